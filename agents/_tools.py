@@ -1,0 +1,241 @@
+"""Tools: Python functions a model may call, with arguments validated by pydantic."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+
+import attrs
+import pydantic
+import trio
+
+from ._context import RunContext, ToolContext
+from ._exceptions import AgentDefinitionError, ToolArgumentsError
+from ._messages import ToolSpec
+
+if typing.TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+_SECTION = re.compile(r"^\s*[A-Z]\w*( \w+)?:\s*$")
+
+
+@attrs.frozen(eq=False)
+class Tool:
+    """A function a model may call. Make one with :func:`tool`."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    """The JSON schema of the arguments."""
+    function: Callable[..., Any] = attrs.field(repr=False)
+    _arguments: pydantic.TypeAdapter[Any] = attrs.field(repr=False, alias="arguments")
+    _context_parameter: str | None = attrs.field(repr=False, alias="context_parameter")
+    _is_async: bool = attrs.field(repr=False, alias="is_async")
+
+    @property
+    def spec(self) -> ToolSpec:
+        """How this tool is described to a model."""
+        return ToolSpec(self.name, self.description, self.parameters)
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``arguments`` against the schema, returning the coerced values.
+
+        Raises:
+            ToolArgumentsError: they do not match.
+        """
+        try:
+            model = self._arguments.validate_python(dict(arguments))
+        except pydantic.ValidationError as exc:
+            raise ToolArgumentsError(
+                self.name,
+                f"invalid arguments for tool {self.name!r}: {_summarize(exc)}",
+                exc.errors(include_url=False),
+            ) from None
+        return {field: getattr(model, field) for field in type(model).model_fields}
+
+    async def call(self, ctx: ToolContext[Any], arguments: Mapping[str, Any]) -> Any:
+        """Validate ``arguments``, then run the tool with them.
+
+        Raises:
+            ToolArgumentsError: the arguments do not match the schema.
+        """
+        return await self.invoke(ctx, self.validate(arguments))
+
+    async def invoke(self, ctx: ToolContext[Any], validated: dict[str, Any]) -> Any:
+        """Run the tool with arguments that :meth:`validate` returned.
+
+        A sync function runs in a worker thread. If the run is cancelled, the
+        thread is abandoned (its result discarded) so cancellation is prompt.
+        """
+        kwargs = dict(validated)
+        if self._context_parameter is not None:
+            kwargs[self._context_parameter] = ctx
+        if self._is_async:
+            return await self.function(**kwargs)
+        return await trio.to_thread.run_sync(
+            functools.partial(self.function, **kwargs), abandon_on_cancel=True
+        )
+
+
+@runtime_checkable
+class Toolset(Protocol):
+    """A source of tools opened when a run starts (the seam for MCP servers).
+
+    ``open_tools`` returns an async context manager: the tools are usable
+    while it is open, and it is closed when the run ends, on every path.
+    """
+
+    def open_tools(self, ctx: RunContext[Any]) -> AbstractAsyncContextManager[Sequence[Tool]]:
+        """Open the toolset for one run."""
+        ...
+
+
+@overload
+def tool(function: F, /) -> Tool: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    function: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Make a :class:`Tool` of a sync or async function.
+
+    The argument schema comes from the type hints, each argument's description
+    from the ``Args:`` section of the docstring, and the tool's description
+    from the rest of the docstring. A parameter annotated :class:`ToolContext`
+    receives the run's context and is not shown to the model.
+
+    Example::
+
+        @tool
+        def add(a: int, b: int) -> int:
+            \"\"\"Add two numbers.
+
+            Args:
+                a: The first number.
+                b: The second number.
+            \"\"\"
+            return a + b
+
+    Raises:
+        AgentDefinitionError: a parameter has no type hint or cannot be described.
+    """
+
+    def make(fn: Callable[..., Any]) -> Tool:
+        return _make_tool(fn, name=name, description=description)
+
+    if function is not None:
+        return make(function)
+    return make
+
+
+def as_tool(item: Tool | Callable[..., Any]) -> Tool:
+    """Return ``item`` if it is a :class:`Tool`, else make one of the function."""
+    return item if isinstance(item, Tool) else tool(item)
+
+
+def _make_tool(fn: Callable[..., Any], *, name: str | None, description: str | None) -> Tool:
+    tool_name = name or getattr(fn, "__name__", None)
+    if not tool_name or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tool_name):
+        raise AgentDefinitionError(f"{fn!r} needs a tool name of letters, digits, '_' or '-'")
+    summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise AgentDefinitionError(f"cannot resolve the type hints of tool {tool_name!r}: {exc}") from exc
+    fields: dict[str, Any] = {}
+    context_parameter = None
+    for parameter in inspect.signature(fn).parameters.values():
+        hint = hints.get(parameter.name)
+        if hint is not None and _is_context(hint):
+            context_parameter = parameter.name
+            continue
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise AgentDefinitionError(f"tool {tool_name!r}: *args and **kwargs are not supported")
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            raise AgentDefinitionError(f"tool {tool_name!r}: positional-only parameters are not supported")
+        if hint is None:
+            raise AgentDefinitionError(f"tool {tool_name!r}: parameter {parameter.name!r} needs a type hint")
+        default = ... if parameter.default is parameter.empty else parameter.default
+        fields[parameter.name] = (hint, pydantic.Field(default, description=arg_docs.get(parameter.name)))
+    try:
+        model = pydantic.create_model(
+            f"{tool_name}_arguments",
+            __config__=pydantic.ConfigDict(extra="forbid"),
+            **fields,
+        )
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(model)
+        schema = adapter.json_schema()
+    except (pydantic.PydanticUserError, pydantic.PydanticSchemaGenerationError, TypeError) as exc:
+        raise AgentDefinitionError(f"tool {tool_name!r}: cannot describe its arguments: {exc}") from exc
+    schema.pop("title", None)
+    return Tool(
+        name=tool_name,
+        description=description if description is not None else summary,
+        parameters=schema,
+        function=fn,
+        arguments=adapter,
+        context_parameter=context_parameter,
+        is_async=inspect.iscoroutinefunction(fn),
+    )
+
+
+def _is_context(hint: Any) -> bool:
+    origin = typing.get_origin(hint) or hint
+    return isinstance(origin, type) and issubclass(origin, RunContext)
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into its description and its ``Args:`` entries.
+
+    Other sections (``Returns:``, ``Raises:``, ``Example:``) are for people
+    reading the code, not for the model, and are left out.
+    """
+    description: list[str] = []
+    args: dict[str, str] = {}
+    section: str | None = None
+    entry_indent: int | None = None
+    current: str | None = None
+    for line in doc.splitlines():
+        indent = len(line) - len(line.lstrip())
+        if indent == 0 and _SECTION.match(line):
+            section = "args" if _ARGS_HEADER.match(line) else "other"
+            entry_indent = current = None
+            continue
+        if section is None or (indent == 0 and line.strip()):
+            section = None
+            description.append(line)
+        elif section == "args" and line.strip():
+            entry_indent = indent if entry_indent is None else entry_indent
+            match = _ARG_LINE.match(line)
+            if indent == entry_indent and match:
+                current = match.group(1).lstrip("*")
+                args[current] = match.group(3).strip()
+            elif current is not None:
+                args[current] = f"{args[current]} {line.strip()}"
+    return "\n".join(description).strip(), args
+
+
+def _summarize(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "arguments"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+ToolLike = Tool | Toolset | Callable[..., Any] | Callable[..., Awaitable[Any]]
+"""What :attr:`Agent.tools` accepts: tools, toolsets, or plain functions."""

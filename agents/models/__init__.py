@@ -1,0 +1,4 @@
+"""Models: the protocol every model implements, and the models that ship."""
+
+from ._protocol import Model as Model
+from ._scripted import Script as Script, ScriptedModel as ScriptedModel, ToolCall as ToolCall, Turn as Turn

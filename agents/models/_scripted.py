@@ -1,0 +1,120 @@
+"""ScriptedModel: a deterministic, offline model for examples, tests and benchmarks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import attrs
+import trio
+
+from .._exceptions import ScriptExhaustedError
+from .._messages import (
+    Message,
+    ModelChunk,
+    ModelRequest,
+    TextChunk,
+    ToolCallChunk,
+    UsageChunk,
+)
+
+_WORDS = re.compile(r"\s*\S+")
+
+
+@attrs.frozen
+class ToolCall:
+    """A tool call in a :class:`ScriptedModel` script."""
+
+    name: str
+    arguments: dict[str, Any] = attrs.field(factory=dict)
+
+
+Turn: TypeAlias = str | ToolCall | Sequence[ToolCall]
+"""One scripted response: final text, one tool call, or several at once."""
+
+Script: TypeAlias = Iterable[Turn | Callable[[ModelRequest], Turn]]
+"""A script: turns, or functions of the request that return a turn."""
+
+
+class ScriptedModel:
+    """A model that answers from a script, with no network and no randomness.
+
+    Each model call takes the next turn of the script, across runs and
+    sessions: a ``str`` is a final answer (streamed word by word), a
+    :class:`ToolCall` or a list of them asks for tools. A turn may also be a
+    function of the :class:`ModelRequest` returning one of those. Usage is
+    counted in words. Every request is kept in :attr:`requests`.
+
+    Example::
+
+        model = ScriptedModel([ToolCall("add", {"a": 1, "b": 2}), "It is 3."])
+
+    Raises:
+        ScriptExhaustedError: from ``stream`` once the script has no turns left.
+    """
+
+    def __init__(self, turns: Script, *, record_requests: bool = True) -> None:
+        self._turns: Iterator[Turn | Callable[[ModelRequest], Turn]] = iter(turns)
+        self._calls = 0
+        self._record = record_requests
+        self.requests: list[ModelRequest] = []
+        """Every request received, oldest first (if ``record_requests``)."""
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        """Answer ``request`` with the script's next turn."""
+        await trio.lowlevel.checkpoint()
+        if self._record:
+            self.requests.append(request)
+        try:
+            turn = next(self._turns)
+        except StopIteration:
+            raise ScriptExhaustedError(
+                f"ScriptedModel ran out of turns after {self._calls} model calls; "
+                "add more turns to its script"
+            ) from None
+        self._calls += 1
+        if callable(turn):
+            turn = turn(request)
+        yield _Chunks(self._chunks(request, turn))
+
+    def _chunks(self, request: ModelRequest, turn: Turn) -> list[ModelChunk]:
+        chunks: list[ModelChunk] = []
+        if isinstance(turn, str):
+            chunks.extend(TextChunk(word) for word in _WORDS.findall(turn))
+            output = len(chunks)
+        else:
+            calls = [turn] if isinstance(turn, ToolCall) else list(turn)
+            start = self._calls * 100
+            chunks.extend(
+                ToolCallChunk(f"call_{start + i}", call.name, call.arguments) for i, call in enumerate(calls)
+            )
+            output = 8 * len(calls)
+        chunks.append(UsageChunk(_count_words(request.instructions, request.messages), output))
+        return chunks
+
+
+class _Chunks:
+    """An async iterator over a list (a class, so abandoning it never warns)."""
+
+    def __init__(self, chunks: list[ModelChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> ModelChunk:
+        await trio.lowlevel.checkpoint()
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def _count_words(instructions: str, messages: tuple[Message, ...]) -> int:
+    total = len(instructions.split())
+    for message in messages:
+        total += len(getattr(message, "content", getattr(message, "text", "")).split())
+    return total

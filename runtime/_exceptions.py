@@ -1,0 +1,51 @@
+"""Exceptions raised by :mod:`runtime`.
+
+The tree::
+
+    AgentRuntimeError
+    ├── ClosedSessionError     the session (or its runtime) was closed
+    ├── ClosedRunStreamError   a RunStream was used after its block exited
+    ├── ReentrantRunError      Session.run() called from inside one of its own runs
+    └── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._result import RunResult
+
+
+class AgentRuntimeError(Exception):
+    """Root of every exception :mod:`runtime` raises."""
+
+
+class ClosedSessionError(AgentRuntimeError):
+    """The session was closed (by its owner, by idle reaping, or by its runtime exiting)."""
+
+
+class ClosedRunStreamError(AgentRuntimeError):
+    """A :class:`~runtime.RunStream` was read after its ``async with`` block exited."""
+
+
+class ReentrantRunError(AgentRuntimeError):
+    """``Session.run`` was called from inside one of that session's own runs.
+
+    Runs in a session are serialized, so waiting would deadlock; use another
+    session (or, later, a sub-agent) instead.
+    """
+
+
+class RunFailedError(AgentRuntimeError):
+    """Raised by ``Session.ask`` when the run ended with ``error`` or ``timeout``.
+
+    Attributes:
+        result: What the run produced before it failed.
+        kind: The failing ``ErrorEvent``'s kind.
+    """
+
+    def __init__(self, message: str, *, kind: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.result = result

@@ -1,0 +1,341 @@
+"""The agent loop: model call, tool calls, repeat; every outcome becomes an event."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from agents import (
+    Agent,
+    AssistantMessage,
+    ErrorChunk,
+    Message,
+    ModelRequest,
+    ReasoningChunk,
+    RunContext,
+    StopRun,
+    TextChunk,
+    Tool,
+    ToolCallChunk,
+    ToolContext,
+    ToolResultMessage,
+    UsageChunk,
+    UserMessage,
+)
+
+from ._result import RunResult, ToolCallRecord
+from .events import (
+    ErrorEvent,
+    Event,
+    FinishReason,
+    ReasoningDelta,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+logger = logging.getLogger("runtime")
+
+ON_RUN_END_GRACE: Final = 1.0
+"""Seconds ``on_run_end`` hooks may take when the run was cancelled."""
+
+
+class _EndRun(Exception):
+    """Ends the run with an ``ErrorEvent`` and the given reason (never escapes the loop)."""
+
+    def __init__(self, kind: str, message: str, reason: FinishReason = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.reason = reason
+
+
+class AgentRun:
+    """One run of an agent: drives the loop and sends every event on ``send``.
+
+    ``drive`` never raises, except the cancellation that stops it: every
+    failure becomes an ``ErrorEvent`` followed by ``RunFinished``.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        agent: Agent,
+        session: Any,
+        user_input: str,
+        deps: Any,
+        history: list[Message],
+        http_client: httpx.AsyncClient | None,
+        send: trio.MemorySendChannel[Event],
+    ) -> None:
+        self.run_id = run_id
+        self._agent = agent
+        self._session = session
+        self._user_input = user_input
+        self._deps = deps
+        self._history = history
+        self._http_client = http_client
+        self._send = send.send
+        self._send_nowait = send.send_nowait
+        self._output = ""
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._tool_calls: list[ToolCallRecord] = []
+        self._reason: FinishReason = "cancelled"
+        self._error: ErrorEvent | None = None
+        self._context = RunContext(deps, agent, session, run_id)
+
+    def result(self) -> RunResult:
+        """What the run produced so far."""
+        return RunResult(
+            run_id=self.run_id,
+            output=self._output,
+            reason=self._reason,
+            usage=Usage(self._input_tokens, self._output_tokens),
+            tool_calls=tuple(self._tool_calls),
+            error=self._error,
+        )
+
+    async def drive(self) -> None:
+        """Run the agent to the end, streaming events; see the class docstring."""
+        try:
+            await self._send(RunStarted(self.run_id))
+            reason, message = await self._run_within_deadline()
+        except BaseException:
+            # Cancelled: the hooks still hear of it, briefly, and the consumer
+            # gets the real RunFinished if there is room (else RunStream makes one).
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
+                await self._run_end_hooks("cancelled")
+            try:
+                self._send_nowait(RunFinished("cancelled"))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            raise
+        self._reason = reason
+        await self._run_end_hooks(reason)
+        await self._send(RunFinished(reason, message))
+
+    async def _run_within_deadline(self) -> tuple[FinishReason, str | None]:
+        timeout = self._agent.run_timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
+            try:
+                return await self._run()
+            except _EndRun as end:
+                return await self._fail(end.kind, end.message, end.reason)
+            except Exception as exc:
+                logger.exception("run %s failed inside trio-agents", self.run_id)
+                return await self._fail("internal", _describe(exc), "error")
+        assert deadline.cancelled_caught
+        return await self._fail("timeout", f"the run took longer than run_timeout={timeout}s", "timeout")
+
+    async def _fail(self, kind: str, message: str, reason: FinishReason) -> tuple[FinishReason, str | None]:
+        self._error = ErrorEvent(kind, message)
+        await self._send(self._error)
+        return reason, message
+
+    async def _run(self) -> tuple[FinishReason, str | None]:
+        for hooks in self._agent.hooks:
+            try:
+                stop = await hooks.on_user_prompt(self._context, self._user_input)
+            except Exception as exc:
+                raise _EndRun("hook", f"on_user_prompt hook failed: {_describe(exc)}") from exc
+            if isinstance(stop, StopRun):
+                self._output = stop.message
+                return "hook_stop", stop.message
+        async with AsyncExitStack() as toolsets:
+            tools = await self._open_tools(toolsets)
+            specs = tuple(tool.spec for tool in tools.values())
+            instructions = await self._instructions()
+            self._history.append(UserMessage(self._user_input))
+            for _ in range(self._agent.max_turns):
+                request = ModelRequest(instructions, tuple(self._history), specs, self._http_client)
+                text, calls = await self._call_model(request)
+                self._output = text
+                self._history.append(AssistantMessage(text, tuple(calls)))
+                if not calls:
+                    return "completed", None
+                await self._call_tools(calls, tools)
+        return "max_turns", f"the run reached max_turns={self._agent.max_turns}"
+
+    async def _open_tools(self, stack: AsyncExitStack) -> dict[str, Tool]:
+        tools: dict[str, Tool] = {}
+        for item in self._agent.tools:
+            if isinstance(item, Tool):
+                tools[item.name] = item
+                continue
+            try:
+                opened = await stack.enter_async_context(item.open_tools(self._context))
+            except Exception as exc:
+                raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
+            for tool in opened:
+                tools.setdefault(tool.name, tool)
+        return tools
+
+    async def _instructions(self) -> str:
+        instructions = self._agent.instructions
+        if isinstance(instructions, str):
+            return instructions
+        try:
+            value = instructions(self._context)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            raise _EndRun("instructions", f"the instructions callable failed: {_describe(exc)}") from exc
+        return str(value)
+
+    async def _call_model(self, request: ModelRequest) -> tuple[str, list[ToolCallChunk]]:
+        texts: list[str] = []
+        calls: list[ToolCallChunk] = []
+        idle = self._agent.model_idle_timeout
+        send = self._send
+        try:
+            with trio.CancelScope() as idle_scope:
+                if idle is not None:
+                    idle_scope.deadline = trio.current_time() + idle
+                async with self._agent.model.stream(request) as chunks:
+                    async for chunk in chunks:
+                        if idle is not None:
+                            # A slow consumer is not an idle model.
+                            idle_scope.deadline = math.inf
+                        if isinstance(chunk, TextChunk):
+                            texts.append(chunk.text)
+                            await send(TextDelta(chunk.text))
+                        elif isinstance(chunk, ReasoningChunk):
+                            await send(ReasoningDelta(chunk.text))
+                        elif isinstance(chunk, ToolCallChunk):
+                            calls.append(chunk)
+                        elif isinstance(chunk, UsageChunk):
+                            self._input_tokens += chunk.input_tokens
+                            self._output_tokens += chunk.output_tokens
+                            await send(Usage(chunk.input_tokens, chunk.output_tokens))
+                        elif isinstance(chunk, ErrorChunk):
+                            raise _EndRun("model", chunk.message)
+                        else:
+                            raise _EndRun("model", f"the model sent an unknown chunk: {chunk!r}")
+                        if idle is not None:
+                            idle_scope.deadline = trio.current_time() + idle
+        except _EndRun:
+            raise
+        except Exception as exc:
+            raise _EndRun("model", _describe(exc)) from exc
+        if idle_scope.cancelled_caught:
+            raise _EndRun("timeout", f"the model sent nothing for model_idle_timeout={idle}s", "timeout")
+        return "".join(texts), calls
+
+    async def _call_tools(self, calls: list[ToolCallChunk], tools: dict[str, Tool]) -> None:
+        results: list[ToolResultMessage | None] = [None] * len(calls)
+        try:
+            parsed = [_parse_arguments(call) for call in calls]
+            for call, (arguments, _) in zip(calls, parsed, strict=True):
+                await self._send(ToolCallStarted(call.call_id, call.name, arguments))
+            if len(calls) == 1:
+                await self._call_tool(results, 0, calls[0], *parsed[0], tools)
+            else:
+                async with trio.open_nursery() as nursery:
+                    for i, call in enumerate(calls):
+                        nursery.start_soon(self._call_tool, results, i, call, *parsed[i], tools)
+        finally:
+            # Every call the model made gets a result, even on cancellation,
+            # so the history stays valid for the next run.
+            for call, result in zip(calls, results, strict=True):
+                self._history.append(
+                    result
+                    or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
+                )
+
+    async def _call_tool(
+        self,
+        results: list[ToolResultMessage | None],
+        index: int,
+        call: ToolCallChunk,
+        arguments: dict[str, Any],
+        parse_error: str | None,
+        tools: dict[str, Tool],
+    ) -> None:
+        tool = tools.get(call.name)
+        value: Any = None
+        error = parse_error
+        ctx = ToolContext(self._deps, self._agent, self._session, self.run_id, call.call_id, call.name)
+        if error is None and tool is None:
+            known = ", ".join(sorted(tools)) or "none"
+            error = f"unknown tool {call.name!r}; the tools are: {known}"
+        if error is None and tool is not None:
+            try:
+                value = await self._invoke(tool, ctx, arguments)
+            except Exception as exc:
+                value, error = None, _describe(exc)
+            for hooks in self._agent.hooks:
+                try:
+                    await hooks.after_tool(ctx, value, error)
+                except Exception as exc:
+                    value, error = None, f"after_tool hook failed: {_describe(exc)}"
+        results[index] = ToolResultMessage(
+            call.call_id, call.name, error if error is not None else _to_content(value), error is not None
+        )
+        self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
+        await self._send(ToolCallFinished(call.call_id, call.name, value, error))
+
+    async def _invoke(self, tool: Tool, ctx: ToolContext[Any], arguments: dict[str, Any]) -> Any:
+        validated = tool.validate(arguments)
+        for hooks in self._agent.hooks:
+            await hooks.before_tool(ctx, validated)
+        timeout = self._agent.tool_timeout
+        if timeout is None:
+            return await tool.invoke(ctx, validated)
+        with trio.move_on_after(timeout):
+            return await tool.invoke(ctx, validated)
+        raise _ToolTimeout(f"tool {tool.name!r} took longer than tool_timeout={timeout}s")
+
+    async def _run_end_hooks(self, reason: FinishReason) -> None:
+        for hooks in self._agent.hooks:
+            try:
+                await hooks.on_run_end(self._context, reason)
+            except Exception:
+                logger.exception("on_run_end hook failed in run %s", self.run_id)
+
+
+class _ToolTimeout(Exception):
+    """A tool call exceeded ``tool_timeout`` (its message is the tool's error result)."""
+
+
+def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
+    raw = call.arguments
+    if isinstance(raw, Mapping):
+        return dict(raw), None
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        return {}, f"the arguments for tool {call.name!r} are not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return {}, f"the arguments for tool {call.name!r} must be a JSON object, not {type(value).__name__}"
+    return value, None
+
+
+def _to_content(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except ValueError:
+        return str(value)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, _EndRun | _ToolTimeout) or type(exc).__module__.startswith("agents"):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,191 @@
+"""Runtime: the root nursery that owns every session, and the shared HTTP client."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import httpx
+import trio
+
+from ._exceptions import ClosedSessionError
+from ._session import DEFAULT_EVENT_BUFFER, Session
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from agents import Agent
+
+logger = logging.getLogger("runtime")
+
+
+@attrs.define(eq=False)
+class SessionHandle:
+    """A session started with ``Runtime.start_session``; it lives until closed.
+
+    It is closed by :meth:`aclose`, by idle reaping, or by the runtime exiting.
+    """
+
+    session: Session
+    """The session; use ``handle.session.run(...)``."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session has been closed."""
+        return self.session.closed
+
+    @property
+    def error(self) -> BaseException | None:
+        """What made the session fail, if a task of its own raised (else ``None``)."""
+        return self.session._error
+
+    async def aclose(self) -> None:
+        """Close the session and wait until all its tasks have finished. Idempotent."""
+        await self.session._aclose()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has been closed, by anyone, and its tasks finished."""
+        await self.session._finished.wait()
+
+
+class Runtime:
+    """Owns every session and the shared HTTP client; made by :func:`open_runtime`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        http_client: httpx.AsyncClient,
+        *,
+        idle_timeout: float | None,
+        event_buffer: int,
+    ) -> None:
+        self._nursery = nursery
+        self.http_client = http_client
+        """The HTTP client every model of this runtime uses."""
+        self.idle_timeout = idle_timeout
+        """Seconds a started session may stay without a run before it is closed (``None``: never)."""
+        self._event_buffer = event_buffer
+        self._sessions: set[Session] = set()
+        self._closed = False
+
+    @property
+    def sessions(self) -> tuple[Session, ...]:
+        """The sessions that are open now."""
+        return tuple(self._sessions)
+
+    @asynccontextmanager
+    async def open_session(self, agent: Agent, *, session_id: str | None = None) -> AsyncIterator[Session]:
+        """Open a session for ``agent``; leaving the block closes it and waits for its tasks.
+
+        Its tasks live in the runtime's nursery, so the runtime exiting closes
+        it too. If one of its tasks raised, the error is raised here when the
+        block exits.
+
+        Example::
+
+            async with runtime.open_session(agent) as session:
+                result = await session.ask("hello")
+
+        Raises:
+            ClosedSessionError: the runtime is closed.
+        """
+        session = await self._start(agent, session_id=session_id, idle_timeout=None)
+        try:
+            yield session
+        finally:
+            await session._aclose()
+        if session._error is not None:
+            raise _unwrap(session._error)
+
+    async def start_session(
+        self, agent: Agent, *, session_id: str | None = None, idle_timeout: float | Any | None = ...
+    ) -> SessionHandle:
+        """Start a session that lives in the runtime until closed, reaped when idle, or the runtime exits.
+
+        Args:
+            agent: What the session runs.
+            session_id: Its id; made up if not given.
+            idle_timeout: Close it after this many seconds without a run;
+                defaults to the runtime's ``idle_timeout``; ``None``: never.
+
+        A failure inside the session (one of its own tasks raising) closes
+        that session only; it is logged and kept on :attr:`SessionHandle.error`.
+
+        Raises:
+            ClosedSessionError: the runtime is closed.
+        """
+        timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
+        session = await self._start(agent, session_id=session_id, idle_timeout=timeout)
+        return SessionHandle(session)
+
+    async def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None) -> Session:
+        if self._closed:
+            raise ClosedSessionError("the runtime is closed")
+        session = Session(
+            agent, http_client=self.http_client, event_buffer=self._event_buffer, session_id=session_id
+        )
+        await self._nursery.start(self._own_session, session, idle_timeout, name=f"session {session.id}")
+        return session
+
+    async def _own_session(
+        self, session: Session, idle_timeout: float | None, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        self._sessions.add(session)
+        try:
+            await session._serve(idle_timeout, task_status=task_status)
+        finally:
+            self._sessions.discard(session)
+        if session._error is not None:
+            logger.error("session %s failed", session.id, exc_info=session._error)
+
+
+@asynccontextmanager
+async def open_runtime(
+    *,
+    idle_timeout: float | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    event_buffer: int = DEFAULT_EVENT_BUFFER,
+) -> AsyncIterator[Runtime]:
+    """Open a runtime: the nursery every session lives in.
+
+    Leaving the block cancels every session (and so every run and every task
+    a session owns) and waits until all of them have finished.
+
+    Example::
+
+        async with open_runtime() as runtime:
+            async with runtime.open_session(agent) as session:
+                print((await session.ask("hi")).output)
+
+    Args:
+        idle_timeout: Default for ``start_session``: close a started session
+            after this many seconds without a run (``None``: never).
+        http_client: Share this client instead of opening one (it is not
+            closed on exit).
+        event_buffer: Events a run may send ahead of a slow consumer.
+    """
+    async with _client(http_client) as client, trio.open_nursery() as nursery:
+        runtime = Runtime(nursery, client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+        try:
+            yield runtime
+        finally:
+            runtime._closed = True
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+    if given is not None:
+        yield given
+        return
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        yield client
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """A group holding one error becomes that error, so callers can ``except`` it."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

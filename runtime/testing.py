@@ -1,0 +1,157 @@
+"""The leak checker: a pytest plugin that fails a test which leaves anything behind.
+
+A test fails if, once its fixtures are torn down:
+
+- a Trio task it started is still alive (only a task outside every nursery
+  the test owns can be: a system task);
+- the process has more open file descriptors (sockets, pipes, files) than
+  before the test;
+- a ``ResourceWarning`` (an unclosed socket or file, an abandoned async
+  generator) or a "coroutine ... was never awaited" warning fired.
+
+Turn it on in your own suite with pytest-trio installed, in ``conftest.py``::
+
+    pytest_plugins = ["runtime.testing"]
+
+or on the command line with ``pytest -p runtime.testing``. Mark a test
+``@pytest.mark.allow_leaks`` to skip it there (say why in a comment).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
+
+_RUN_SYNC_SOON_TASK: Final = "<TrioToken.run_sync_soon task>"
+_FD_DIR: Final = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"
+
+_leaks_key = pytest.StashKey[list[str]]()
+_fds_key = pytest.StashKey[dict[int, str]]()
+
+
+class TaskLeakInstrument(trio.abc.Instrument):
+    """Records the tasks still alive when a ``trio.run``'s main task exits.
+
+    Every task the main task started in a nursery has finished by then, so
+    what is left was started outside any nursery the test owns.
+    """
+
+    def __init__(self) -> None:
+        self._root: trio.lowlevel.Task | None = None
+        self._main: trio.lowlevel.Task | None = None
+        self._alive: dict[trio.lowlevel.Task, None] = {}
+        self.leaked: list[str] = []
+        """Descriptions of the tasks alive when the main task exited."""
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if self._root is None:
+            self._root = task
+        elif self._main is None:
+            self._main = task
+        elif task.name != _RUN_SYNC_SOON_TASK:
+            self._alive[task] = None
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        if task is self._main:
+            self.leaked = [_describe_task(t) for t in self._alive]
+        self._alive.pop(task, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_leaks: the leak checker skips this test")
+    config.addinivalue_line("filterwarnings", "error::ResourceWarning")
+    config.addinivalue_line("filterwarnings", "error:coroutine .* was never awaited:RuntimeWarning")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # pytest-trio calls the `run` of a test's closest `trio` marker; put ours
+    # first so every trio.run of the test carries an instrument.
+    for item in items:
+        marker = item.get_closest_marker("trio")
+        if marker is None or item.get_closest_marker("allow_leaks"):
+            continue
+        item.add_marker(
+            pytest.mark.trio(run=_instrumented(item, marker.kwargs.get("run", trio.run))), append=False
+        )
+
+
+def _instrumented(item: pytest.Item, run: Callable[..., Any]) -> Callable[..., Any]:
+    def run_with_leak_check(fn: Callable[[], Any], *, clock: Any = None, instruments: Any = ()) -> Any:
+        instrument = TaskLeakInstrument()
+        try:
+            return run(fn, clock=clock, instruments=[*instruments, instrument])
+        finally:
+            item.stash.setdefault(_leaks_key, []).extend(instrument.leaked)
+
+    return run_with_leak_check
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    if not item.get_closest_marker("allow_leaks"):
+        gc.collect()
+        item.stash[_fds_key] = _open_fds()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    leaked = item.stash.get(_leaks_key, [])
+    if leaked:
+        pytest.fail(
+            "leak checker: Trio tasks were still alive after the test and its fixtures ended "
+            "(start them in a nursery the test owns):\n  " + "\n  ".join(leaked),
+            pytrace=False,
+        )
+    return result
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    result = yield
+    before = item.stash.get(_fds_key, None)
+    if before is None:
+        return result
+    # Collect first, so an unclosed socket is reported (as a ResourceWarning)
+    # by the test that dropped it, and so it isn't counted twice.
+    gc.collect()
+    after = _open_fds()
+    grown = {fd: target for fd, target in after.items() if before.get(fd) != target}
+    if len(after) > len(before) and grown:
+        listing = "\n  ".join(f"fd {fd}: {target}" for fd, target in sorted(grown.items()))
+        pytest.fail(
+            f"leak checker: the test left {len(after) - len(before)} more file descriptor(s) "
+            f"open:\n  {listing}",
+            pytrace=False,
+        )
+    return result
+
+
+def _open_fds() -> dict[int, str]:
+    try:
+        names = os.listdir(_FD_DIR)
+    except OSError:
+        return {}
+    fds: dict[int, str] = {}
+    for name in names:
+        try:
+            fds[int(name)] = os.readlink(f"{_FD_DIR}/{name}")
+        except OSError:
+            continue  # the descriptor listdir itself used, already closed
+    return fds
+
+
+def _describe_task(task: trio.lowlevel.Task) -> str:
+    frame = next((frame for frame, _ in task.iter_await_frames()), None)
+    where = f" at {frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else ""
+    return f"{task.name}{where}"
