@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -166,13 +168,25 @@ async def open_runtime(
             closed on exit).
         event_buffer: Events a run may send ahead of a slow consumer.
     """
-    async with _client(http_client) as client, trio.open_nursery() as nursery:
-        runtime = Runtime(nursery, client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+    try:
+        async with _client(http_client) as client, trio.open_nursery() as nursery:
+            runtime = Runtime(nursery, client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+            try:
+                yield runtime
+            finally:
+                runtime._closed = True
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Sessions contain their own failures, so a group here holds what the
+        # block raised: give it back as it was, so `except OurError` works.
+        error = _unwrap(group)
+        if error is group:
+            raise
+        context = error.__context__
         try:
-            yield runtime
+            raise error
         finally:
-            runtime._closed = True
-            nursery.cancel_scope.cancel()
+            error.__context__ = context
 
 
 @asynccontextmanager
@@ -180,8 +194,14 @@ async def _client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncC
     if given is not None:
         yield given
         return
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+    async with httpx.AsyncClient(verify=_ssl_context(), timeout=httpx.Timeout(60.0, connect=10.0)) as client:
         yield client
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes ~100 ms; one context serves every runtime.
+    return httpx.create_ssl_context()
 
 
 def _unwrap(error: BaseException) -> BaseException:

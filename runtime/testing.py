@@ -69,6 +69,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: the leak checker skips this test")
     config.addinivalue_line("filterwarnings", "error::ResourceWarning")
     config.addinivalue_line("filterwarnings", "error:coroutine .* was never awaited:RuntimeWarning")
+    # Both usually fire in a finalizer (``__del__``), where the error the two
+    # lines above make of them can't propagate: pytest re-issues it as a
+    # PytestUnraisableExceptionWarning, which must be an error too, or the test
+    # passes in a suite that doesn't set ``filterwarnings = error`` itself.
+    config.addinivalue_line(
+        "filterwarnings",
+        "error:(?s).*(ResourceWarning|coroutine .* was never awaited)"
+        ":pytest.PytestUnraisableExceptionWarning",
+    )
 
 
 @pytest.hookimpl(trylast=True)
@@ -98,7 +107,7 @@ def _instrumented(item: pytest.Item, run: Callable[..., Any]) -> Callable[..., A
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if not item.get_closest_marker("allow_leaks"):
-        gc.collect()
+        # No gc.collect() here: the previous test's teardown already ran one.
         item.stash[_fds_key] = _open_fds()
     return (yield)
 

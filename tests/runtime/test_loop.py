@@ -1,0 +1,452 @@
+"""The agent loop: model call, concurrent tools, results, repeat; every failure an event."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from agents import (
+    Agent,
+    ErrorChunk,
+    Hooks,
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ReasoningChunk,
+    RunContext,
+    ScriptedModel,
+    StopRun,
+    TextChunk,
+    Tool,
+    ToolCall,
+    ToolCallChunk,
+    ToolContext,
+    ToolResultMessage,
+    tool,
+)
+from runtime import RunResult, open_runtime
+from runtime.events import (
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
+
+
+async def collect(agent: Agent, prompt: str = "go", *, deps: Any = None) -> list[Event]:
+    """Run ``agent`` once in a fresh runtime and return every event it streamed."""
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run(prompt, deps=deps) as stream:
+            return [event async for event in stream]
+
+
+def finished(events: list[Event]) -> RunFinished:
+    """The run's RunFinished, checking it is the only one and the last event."""
+    finishes = [event for event in events if isinstance(event, RunFinished)]
+    assert len(finishes) == 1
+    assert events[-1] is finishes[0]
+    return finishes[0]
+
+
+def tool_results(model: ScriptedModel, turn: int) -> list[ToolResultMessage]:
+    """The tool results the model saw in the request of the given turn."""
+    return [m for m in model.requests[turn].messages if isinstance(m, ToolResultMessage)]
+
+
+class ChunkModel:
+    """A model that streams fixed chunks, then (optionally) blocks forever."""
+
+    def __init__(self, chunks: Sequence[ModelChunk], *, then_hang: bool = False) -> None:
+        self.chunks = chunks
+        self.then_hang = then_hang
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        async def chunks() -> AsyncIterator[ModelChunk]:
+            for chunk in self.chunks:
+                yield chunk
+            if self.then_hang:
+                await trio.sleep_forever()
+
+        iterator = chunks()
+        try:
+            yield iterator
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+async def test_loop_text_answer_streams_deltas_and_finishes_completed() -> None:
+    """A plain answer streams RunStarted, text deltas, usage, then RunFinished("completed")."""
+    events = await collect(Agent(name="a", model=ScriptedModel(["Hello there, friend."])))
+    assert isinstance(events[0], RunStarted)
+    deltas = [event.text for event in events if isinstance(event, TextDelta)]
+    assert len(deltas) > 1
+    assert "".join(deltas) == "Hello there, friend."
+    assert any(isinstance(event, Usage) for event in events)
+    assert finished(events).reason == "completed"
+
+
+async def test_loop_tool_call_result_reaches_model_next_turn() -> None:
+    """A tool call is announced, run, finished, and its result is in the next model request."""
+    model = ScriptedModel([ToolCall("add", {"a": 2, "b": 3}), "5"])
+    events = await collect(Agent(name="a", model=model, tools=[add]))
+    started = [event for event in events if isinstance(event, ToolCallStarted)]
+    done = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert [(e.name, e.arguments) for e in started] == [("add", {"a": 2, "b": 3})]
+    assert [(e.result, e.error) for e in done] == [(5, None)]
+    assert events.index(started[0]) < events.index(done[0])
+    assert [(r.content, r.is_error) for r in tool_results(model, 1)] == [("5", False)]
+    assert finished(events).reason == "completed"
+
+
+async def test_loop_reasoning_chunks_become_reasoning_deltas() -> None:
+    """Reasoning the model streams reaches the consumer as ReasoningDelta, apart from the text."""
+    model = ChunkModel([ReasoningChunk("think "), ReasoningChunk("hard"), TextChunk("ok")])
+    events = await collect(Agent(name="a", model=model))
+    assert [e.text for e in events if isinstance(e, ReasoningDelta)] == ["think ", "hard"]
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["ok"]
+
+
+@tool
+async def explode() -> str:
+    """Always fails."""
+    raise ValueError("kaboom")
+
+
+@tool
+async def slow() -> str:
+    """Takes a minute."""
+    await trio.sleep(60)
+    return "late"
+
+
+@pytest.mark.parametrize(
+    ("call", "expected_error"),
+    [
+        (ToolCall("nope", {}), "unknown tool 'nope'"),
+        (ToolCall("explode", {}), "ValueError: kaboom"),
+        (ToolCall("add", {"a": "x", "b": 1}), "invalid arguments for tool 'add': a:"),
+        (ToolCall("slow", {}), "took longer than tool_timeout=1.0s"),
+    ],
+    ids=["unknown", "raises", "bad-arguments", "timeout"],
+)
+async def test_loop_tool_failure_is_error_result_and_run_goes_on(
+    call: ToolCall, expected_error: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A failing tool call becomes an error result the model sees, and the run continues."""
+    model = ScriptedModel([call, "recovered"])
+    agent = Agent(name="a", model=model, tools=[add, explode, slow], tool_timeout=1.0)
+    events = await collect(agent)
+    (done,) = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert done.error is not None
+    assert expected_error in done.error
+    assert done.result is None
+    (result,) = tool_results(model, 1)
+    assert result.is_error
+    assert expected_error in result.content
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "recovered"
+    assert finished(events).reason == "completed"
+
+
+async def test_loop_invalid_json_arguments_are_an_error_result() -> None:
+    """Arguments a provider sent as broken JSON become an error result, not a crash."""
+    model = ChunkModel([ToolCallChunk("c1", "add", '{"a": 1,')])
+    agent = Agent(name="a", model=model, tools=[add], max_turns=1)
+    events = await collect(agent)
+    (started,) = [e for e in events if isinstance(e, ToolCallStarted)]
+    (done,) = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert started.arguments == {}
+    assert done.error is not None
+    assert "not valid JSON" in done.error
+
+
+async def test_loop_tools_of_one_turn_run_concurrently_and_results_keep_call_order() -> None:
+    """Tools of one turn run at once (each waits for the other) and results follow call order."""
+    first_running = trio.Event()
+    second_done = trio.Event()
+
+    @tool
+    async def first() -> str:
+        """Waits for the second to finish."""
+        first_running.set()
+        await second_done.wait()
+        return "first"
+
+    @tool
+    async def second() -> str:
+        """Finishes once the first is running."""
+        await first_running.wait()
+        second_done.set()
+        return "second"
+
+    model = ScriptedModel([[ToolCall("first"), ToolCall("second")], "both"])
+    with trio.fail_after(5):
+        events = await collect(Agent(name="a", model=model, tools=[first, second]))
+    finish_order = [e.name for e in events if isinstance(e, ToolCallFinished)]
+    assert finish_order == ["second", "first"]
+    assert [e.name for e in events if isinstance(e, ToolCallStarted)] == ["first", "second"]
+    assert [r.content for r in tool_results(model, 1)] == ["first", "second"]
+
+
+async def test_loop_max_turns_ends_run_with_max_turns() -> None:
+    """A model that keeps calling tools is stopped after max_turns model calls."""
+    model = ScriptedModel([ToolCall("add", {"a": 1, "b": 1})] * 3)
+    events = await collect(Agent(name="a", model=model, tools=[add], max_turns=3))
+    assert finished(events).reason == "max_turns"
+    assert len(model.requests) == 3
+
+
+async def test_loop_run_timeout_ends_run_with_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """Past run_timeout the run ends with an ErrorEvent naming the deadline and RunFinished("timeout")."""
+    model = ScriptedModel([ToolCall("slow")])
+    async with open_runtime() as runtime:
+        agent = Agent(name="a", model=model, tools=[slow], run_timeout=5.0)
+        async with runtime.open_session(agent) as session:
+            async with session.run("go") as stream:
+                events = [event async for event in stream]
+            (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+            assert error.kind == "timeout"
+            assert "run_timeout=5.0s" in error.message
+            assert finished(events).reason == "timeout"
+            # The cut-short tool call still has a result, so history is valid.
+            (result,) = [m for m in session.history if isinstance(m, ToolResultMessage)]
+            assert result.is_error
+
+
+async def test_loop_model_idle_timeout_ends_run_with_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A model that goes quiet for model_idle_timeout ends the run with "timeout"."""
+    model = ChunkModel([TextChunk("hel")], then_hang=True)
+    events = await collect(Agent(name="a", model=model, model_idle_timeout=2.0))
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.kind == "timeout"
+    assert "model_idle_timeout=2.0s" in error.message
+    assert finished(events).reason == "timeout"
+
+
+async def test_loop_slow_consumer_is_not_an_idle_model(autojump_clock: trio.testing.MockClock) -> None:
+    """Time spent waiting for a slow consumer does not count against model_idle_timeout."""
+    model = ChunkModel([TextChunk(str(i)) for i in range(5)])
+    agent = Agent(name="a", model=model, model_idle_timeout=1.0)
+    async with open_runtime(event_buffer=0) as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            events = []
+            async for event in stream:
+                events.append(event)
+                await trio.sleep(10)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "01234"
+    assert finished(events).reason == "completed"
+
+
+class FailingModel:
+    """A model whose every call raises."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        raise self.error
+        yield  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (FailingModel(ModelError("overloaded")), "overloaded"),
+        (FailingModel(OSError("connection refused")), "OSError: connection refused"),
+        (ChunkModel([TextChunk("par"), ErrorChunk("server_error", "upstream died")]), "upstream died"),
+        (ScriptedModel([]), "ScriptedModel ran out of turns"),
+    ],
+    ids=["model-error", "foreign-error", "error-chunk", "script-exhausted"],
+)
+async def test_loop_model_failure_ends_run_with_error(model: Any, message: str) -> None:
+    """A model that raises or reports an error ends the run: ErrorEvent("model"), RunFinished("error")."""
+    events = await collect(Agent(name="a", model=model))
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.kind == "model"
+    assert message in error.message
+    assert finished(events).reason == "error"
+
+
+class RecordingHooks(Hooks):
+    """Records every hook call."""
+
+    def __init__(self, *, stop: str | None = None, refuse_tools: bool = False) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.stop = stop
+        self.refuse_tools = refuse_tools
+
+    async def on_user_prompt(self, ctx: RunContext[Any], prompt: str) -> StopRun | None:
+        self.calls.append(("on_user_prompt", prompt))
+        return StopRun(self.stop) if self.stop else None
+
+    async def before_tool(self, ctx: ToolContext[Any], arguments: dict[str, Any]) -> None:
+        self.calls.append(("before_tool", (ctx.tool_name, arguments)))
+        if self.refuse_tools:
+            raise PermissionError("not allowed")
+
+    async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
+        self.calls.append(("after_tool", (ctx.tool_name, result, error)))
+
+    async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+        self.calls.append(("on_run_end", reason))
+
+
+async def test_hooks_are_called_in_order_around_tools() -> None:
+    """on_user_prompt, before_tool, after_tool and on_run_end see the run as it happens."""
+    hooks = RecordingHooks()
+    model = ScriptedModel([ToolCall("add", {"a": 1, "b": 2}), "3"])
+    await collect(Agent(name="a", model=model, tools=[add], hooks=[hooks]), "sum")
+    assert hooks.calls == [
+        ("on_user_prompt", "sum"),
+        ("before_tool", ("add", {"a": 1, "b": 2})),
+        ("after_tool", ("add", 3, None)),
+        ("on_run_end", "completed"),
+    ]
+
+
+async def test_hooks_user_prompt_stop_ends_run_before_the_model() -> None:
+    """A StopRun from on_user_prompt ends the run with hook_stop and its message; the model is not called."""
+    hooks = RecordingHooks(stop="not today")
+    model = ScriptedModel(["never"])
+    events = await collect(Agent(name="a", model=model, hooks=[hooks]))
+    assert finished(events) == RunFinished("hook_stop", "not today")
+    assert model.requests == []
+    assert hooks.calls[-1] == ("on_run_end", "hook_stop")
+
+
+async def test_hooks_before_tool_raising_refuses_the_call() -> None:
+    """A before_tool hook that raises stops the tool; its message is the model's error result."""
+    ran: list[int] = []
+
+    @tool
+    async def guarded() -> str:
+        """Must not run."""
+        ran.append(1)
+        return "ran"
+
+    model = ScriptedModel([ToolCall("guarded"), "ok"])
+    events = await collect(Agent(name="a", model=model, tools=[guarded], hooks=[RecordingHooks(refuse_tools=True)]))
+    (done,) = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert done.error == "PermissionError: not allowed"
+    assert ran == []
+
+
+async def test_hooks_failing_user_prompt_hook_is_an_error_event() -> None:
+    """A hook that raises ends the run with ErrorEvent("hook") and RunFinished("error")."""
+
+    class Broken(Hooks):
+        async def on_user_prompt(self, ctx: RunContext[Any], prompt: str) -> StopRun | None:
+            raise KeyError("missing")
+
+    events = await collect(Agent(name="a", model=ScriptedModel(["x"]), hooks=[Broken()]))
+    (error,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert error.kind == "hook"
+    assert finished(events).reason == "error"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_instructions_callable_gets_run_context_with_deps(is_async: bool) -> None:
+    """A callable instructions gets the run's context (deps included) and becomes the system prompt."""
+
+    def sync_instructions(ctx: RunContext[str]) -> str:
+        return f"Speak to {ctx.deps} as {ctx.agent.name}."
+
+    async def async_instructions(ctx: RunContext[str]) -> str:
+        return sync_instructions(ctx)
+
+    model = ScriptedModel(["hi"])
+    instructions = async_instructions if is_async else sync_instructions
+    await collect(Agent(name="guide", model=model, instructions=instructions), deps="Ada")
+    assert model.requests[0].instructions == "Speak to Ada as guide."
+
+
+async def test_tool_context_carries_deps_session_and_call() -> None:
+    """A tool declaring a ToolContext gets the run's deps, session, agent and call id."""
+    seen: list[ToolContext[dict[str, str]]] = []
+
+    @tool
+    async def whoami(ctx: ToolContext[dict[str, str]]) -> str:
+        """Tells who is asking."""
+        seen.append(ctx)
+        return ctx.deps["user"]
+
+    model = ScriptedModel([ToolCall("whoami"), "done"])
+    agent = Agent(name="a", model=model, tools=[whoami])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        result = await session.ask("who?", deps={"user": "ada"})
+    (ctx,) = seen
+    assert ctx.session is session
+    assert ctx.agent is agent
+    assert ctx.run_id == result.run_id
+    assert ctx.tool_name == "whoami"
+    assert [(c.result, c.call_id) for c in result.tool_calls] == [("ada", ctx.call_id)]
+
+
+async def test_sync_tool_runs_in_a_worker_thread() -> None:
+    """A sync tool function runs (in a thread) and its result reaches the model."""
+
+    def shout(text: str) -> str:
+        return text.upper()
+
+    model = ScriptedModel([ToolCall("shout", {"text": "hey"}), "done"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[shout])) as s:
+        result: RunResult = await s.ask("go")
+    assert [c.result for c in result.tool_calls] == ["HEY"]
+
+
+class RecordingToolset:
+    """A toolset that records when it is opened and closed."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.log: list[str] = []
+        self.fail = fail
+
+    @asynccontextmanager
+    async def open_tools(self, ctx: RunContext[Any]) -> AsyncIterator[Sequence[Tool]]:
+        if self.fail:
+            raise ConnectionError("MCP server unreachable")
+        self.log.append("open")
+        try:
+            yield [add]
+        finally:
+            self.log.append("close")
+
+
+async def test_toolset_is_opened_for_the_run_and_closed_after() -> None:
+    """A toolset's tools are usable during the run, and it is closed when the run ends."""
+    toolset = RecordingToolset()
+    model = ScriptedModel([ToolCall("add", {"a": 1, "b": 1}), "2"])
+    events = await collect(Agent(name="a", model=model, tools=[toolset]))
+    assert [e.result for e in events if isinstance(e, ToolCallFinished)] == [2]
+    assert toolset.log == ["open", "close"]
+    assert [spec.name for spec in model.requests[0].tools] == ["add"]
+
+
+async def test_toolset_is_closed_when_the_run_is_cancelled() -> None:
+    """Leaving the run block while a tool runs still closes the toolset."""
+    toolset = RecordingToolset()
+    model = ScriptedModel([ToolCall("slow")])
+    agent = Agent(name="a", model=model, tools=[toolset, slow])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    break
+    assert toolset.log == ["open", "close"]

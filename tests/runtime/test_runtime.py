@@ -1,0 +1,165 @@
+"""Runtimes: the nursery every session lives in, idle reaping, failure containment."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from agents import Agent, ScriptedModel, ToolCall, tool
+from runtime import ClosedSessionError, open_runtime
+from runtime.events import RunFinished, ToolCallStarted
+
+
+@tool
+async def wait() -> str:
+    """Sleeps forever."""
+    await trio.sleep_forever()
+    return "never"
+
+
+async def test_runtime_exit_closes_started_sessions_and_their_tasks() -> None:
+    """Leaving the runtime block cancels and joins every started session and what it owns."""
+    ended: list[str] = []
+
+    async def listener() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.append("listener")
+
+    async with open_runtime() as runtime:
+        handles = [await runtime.start_session(Agent(name="a", model=ScriptedModel([]))) for _ in range(3)]
+        for handle in handles:
+            handle.session.start_soon(listener)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(runtime.sessions) == 3
+    assert ended == ["listener"] * 3
+    assert all(handle.closed for handle in handles)
+    assert runtime.sessions == ()
+    with pytest.raises(ClosedSessionError, match="runtime is closed"):
+        await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+
+
+async def test_runtime_idle_session_is_reaped(autojump_clock: trio.testing.MockClock) -> None:
+    """A started session with no run for idle_timeout seconds is closed, with its listeners."""
+    cancelled = trio.Event()
+
+    async def listener() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async with open_runtime(idle_timeout=30) as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel(["hi"])))
+        handle.session.start_soon(listener)
+        await trio.sleep(20)
+        await handle.session.ask("keep me alive")
+        start = trio.current_time()
+        await handle.wait_closed()
+        assert trio.current_time() - start == pytest.approx(30)
+        assert cancelled.is_set()
+        assert handle.closed
+        assert runtime.sessions == ()
+
+
+async def test_runtime_session_is_not_reaped_during_a_run(autojump_clock: trio.testing.MockClock) -> None:
+    """A run longer than idle_timeout keeps its session alive; reaping starts when it ends."""
+
+    @tool
+    async def long_task() -> str:
+        """Takes 100 seconds."""
+        await trio.sleep(100)
+        return "done"
+
+    model = ScriptedModel([ToolCall("long_task"), "finished"])
+    async with open_runtime(idle_timeout=10) as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=model, tools=[long_task]))
+        result = await handle.session.ask("go")
+        assert result.output == "finished"
+        assert not handle.closed
+        await handle.wait_closed()
+
+
+async def test_runtime_idle_timeout_can_be_disabled_per_session(autojump_clock: trio.testing.MockClock) -> None:
+    """start_session(idle_timeout=None) overrides the runtime's default: never reaped."""
+    async with open_runtime(idle_timeout=1) as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])), idle_timeout=None)
+        await trio.sleep(3600)
+        assert not handle.closed
+
+
+async def test_runtime_session_failure_does_not_disturb_other_sessions() -> None:
+    """A started session whose task raises is closed alone; a run in another session completes."""
+
+    @tool
+    async def gated(text: str) -> str:
+        """Waits for the gate."""
+        await gate.wait()
+        return text
+
+    gate = trio.Event()
+
+    async def crash() -> None:
+        raise ValueError("broken listener")
+
+    async with open_runtime() as runtime:
+        healthy = await runtime.start_session(
+            Agent(name="ok", model=ScriptedModel([ToolCall("gated", {"text": "x"}), "fine"]), tools=[gated])
+        )
+        broken = await runtime.start_session(Agent(name="bad", model=ScriptedModel([])))
+        async with healthy.session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    broken.session.start_soon(crash)
+                    await broken.wait_closed()
+                    gate.set()
+                last = event
+        assert last == RunFinished("completed")
+        assert isinstance(broken.error, BaseExceptionGroup)
+        assert broken.error.exceptions[0].args == ("broken listener",)
+        assert healthy.error is None
+        assert not healthy.closed
+
+
+async def test_runtime_block_error_is_raised_unwrapped() -> None:
+    """An exception raised in the runtime block comes out as itself, not in an exception group."""
+    with pytest.raises(KeyError):
+        async with open_runtime() as runtime:
+            await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+            raise KeyError("mine")
+
+
+async def test_runtime_shares_one_http_client_and_closes_its_own() -> None:
+    """The runtime's client reaches model requests; a client passed in is left open."""
+    model = ScriptedModel(["x"])
+    async with open_runtime() as runtime:
+        async with runtime.open_session(Agent(name="a", model=model)) as session:
+            await session.ask("go")
+        own = runtime.http_client
+        assert model.requests[0].http_client is own
+    assert own.is_closed
+    async with httpx.AsyncClient() as given:
+        async with open_runtime(http_client=given) as runtime:
+            assert runtime.http_client is given
+        assert not given.is_closed
+
+
+async def test_runtime_cancelled_run_consumer_in_other_task_sees_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A consumer outside the runtime whose session the runtime closes gets RunFinished("cancelled")."""
+    seen: list[object] = []
+    async with trio.open_nursery() as consumers:
+        async with open_runtime() as runtime:
+            handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([ToolCall("wait")]), tools=[wait]))
+
+            async def consume() -> None:
+                async with handle.session.run("go") as stream:
+                    seen.extend([event async for event in stream])
+
+            consumers.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+    assert seen[-1] == RunFinished("cancelled")

@@ -1,0 +1,275 @@
+"""Sessions: serialized runs, shared history, run streams, owned tasks."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from agents import (
+    Agent,
+    AssistantMessage,
+    ScriptedModel,
+    ToolCall,
+    ToolContext,
+    ToolResultMessage,
+    UserMessage,
+    tool,
+)
+from runtime import (
+    ClosedRunStreamError,
+    ClosedSessionError,
+    ReentrantRunError,
+    RunFailedError,
+    Session,
+    open_runtime,
+)
+from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished, ToolCallStarted
+
+
+async def test_session_runs_are_served_in_fifo_order() -> None:
+    """Runs started together are served one at a time, in the order run() was called."""
+    model = ScriptedModel(["one", "two", "three"])
+    order: list[str] = []
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+
+        async def consume(prompt: str) -> None:
+            async with session.run(prompt) as stream:
+                async for event in stream:
+                    if isinstance(event, RunStarted):
+                        order.append(prompt)
+
+        async with trio.open_nursery() as nursery:
+            for prompt in ("first", "second", "third"):
+                nursery.start_soon(consume, prompt)
+                await trio.testing.wait_all_tasks_blocked()
+    assert order == ["first", "second", "third"]
+    assert [m.messages[-1] for m in model.requests] == [
+        UserMessage("first"),
+        UserMessage("second"),
+        UserMessage("third"),
+    ]
+
+
+async def test_session_second_concurrent_run_sees_first_exchange() -> None:
+    """Of two concurrent runs, the second's model request contains the first's whole exchange."""
+    model = ScriptedModel([ToolCall("echo", {"text": "a"}), "first done", "second done"])
+
+    @tool
+    async def echo(text: str) -> str:
+        """Echo."""
+        await trio.sleep(0)
+        return text
+
+    async with open_runtime() as runtime:
+        async with runtime.open_session(Agent(name="a", model=model, tools=[echo])) as session:
+            results: dict[str, str] = {}
+
+            async def ask(prompt: str) -> None:
+                results[prompt] = (await session.ask(prompt)).output
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, "q1")
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(ask, "q2")
+    assert results == {"q1": "first done", "q2": "second done"}
+    last_request = model.requests[-1].messages
+    assert last_request == (
+        UserMessage("q1"),
+        AssistantMessage("", (model.requests[1].messages[1].tool_calls[0],)),  # type: ignore[union-attr]
+        ToolResultMessage("call_100", "echo", "a"),
+        AssistantMessage("first done"),
+        UserMessage("q2"),
+    )
+
+
+async def test_session_run_from_inside_own_run_is_a_typed_error() -> None:
+    """A tool calling run() on its own session gets ReentrantRunError instead of a deadlock."""
+
+    @tool
+    async def recurse(ctx: ToolContext[None]) -> str:
+        """Tries to start a run of its own session."""
+        session: Session = ctx.session
+        async with session.run("again"):
+            return "unreachable"
+
+    model = ScriptedModel([ToolCall("recurse"), "done"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[recurse])) as s:
+        with trio.fail_after(5):
+            result = await s.ask("go")
+    (call,) = result.tool_calls
+    assert call.error is not None
+    assert call.error.startswith("ReentrantRunError:")
+    assert result.output == "done"
+
+
+async def test_session_run_from_a_tool_of_another_session_is_allowed() -> None:
+    """A tool may run a different session (only the own session is refused)."""
+    inner_model = ScriptedModel(["inner answer"])
+
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="in", model=inner_model)) as inner:
+
+        @tool
+        async def delegate() -> str:
+            """Asks the other session."""
+            return (await inner.ask("sub")).output
+
+        model = ScriptedModel([ToolCall("delegate"), "done"])
+        async with runtime.open_session(Agent(name="out", model=model, tools=[delegate])) as outer:
+            result = await outer.ask("go")
+    assert [c.result for c in result.tool_calls] == ["inner answer"]
+
+
+async def test_session_history_stays_valid_when_run_is_cancelled_mid_tool() -> None:
+    """Leaving a run while its tools run leaves every tool call with a (cancelled) result."""
+    model = ScriptedModel([[ToolCall("wait"), ToolCall("wait")], "next run"])
+
+    @tool
+    async def wait() -> str:
+        """Sleeps forever."""
+        await trio.sleep_forever()
+        return "never"
+
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[wait])) as s:
+        async with s.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    await trio.testing.wait_all_tasks_blocked()
+                    break
+        calls = s.history[1]
+        assert isinstance(calls, AssistantMessage)
+        results = [m for m in s.history if isinstance(m, ToolResultMessage)]
+        assert [r.call_id for r in results] == [c.call_id for c in calls.tool_calls]
+        assert all(r.is_error and "cancelled" in r.content for r in results)
+        assert (await s.ask("again")).output == "next run"
+
+
+async def test_run_stream_yields_exactly_one_run_finished_when_session_closes() -> None:
+    """A consumer whose session is closed mid-run sees one RunFinished("cancelled"), last."""
+    model = ScriptedModel([ToolCall("wait")])
+
+    @tool
+    async def wait() -> str:
+        """Sleeps forever."""
+        await trio.sleep_forever()
+        return "never"
+
+    events: list[Event] = []
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=model, tools=[wait]))
+        async with handle.session.run("go") as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ToolCallStarted):
+                    await handle.aclose()
+    assert events[-1] == RunFinished("cancelled")
+    assert sum(isinstance(e, RunFinished) for e in events) == 1
+
+
+async def test_run_stream_read_after_block_is_a_clear_error() -> None:
+    """Reading a RunStream after its block exited raises ClosedRunStreamError (or ends, if finished)."""
+    model = ScriptedModel(["a b c", "d"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+        async with session.run("x") as unfinished:
+            await unfinished.__anext__()
+        with pytest.raises(ClosedRunStreamError, match="after its 'async with session.run"):
+            await unfinished.__anext__()
+        async with session.run("y") as complete:
+            events = [event async for event in complete]
+        assert isinstance(events[-1], RunFinished)
+        with pytest.raises(StopAsyncIteration):
+            await complete.__anext__()
+
+
+async def test_run_stream_result_matches_streamed_events() -> None:
+    """RunStream.result holds the output, usage and tool calls of the finished run."""
+    model = ScriptedModel([ToolCall("double", {"x": 4}), "eight"])
+
+    @tool
+    def double(x: int) -> int:
+        """Double it."""
+        return 2 * x
+
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[double])) as s:
+        async with s.run("go") as stream:
+            events = [event async for event in stream]
+    result = stream.result
+    assert result.output == "".join(e.text for e in events if isinstance(e, TextDelta)) == "eight"
+    assert result.reason == "completed"
+    assert [(c.name, c.result) for c in result.tool_calls] == [
+        (e.name, e.result) for e in events if isinstance(e, ToolCallFinished)
+    ]
+    assert result.usage.output_tokens > 0
+
+
+async def test_ask_raises_run_failed_on_error() -> None:
+    """ask() raises RunFailedError carrying the error kind and the partial result."""
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=ScriptedModel([]))) as s:
+        with pytest.raises(RunFailedError, match="ran out of turns") as info:
+            await s.ask("go")
+    assert info.value.kind == "model"
+    assert info.value.result.reason == "error"
+
+
+async def test_closed_session_refuses_runs_and_tasks() -> None:
+    """A closed session raises ClosedSessionError from run(), ask(), start_soon() and start()."""
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel(["x"])))
+        await handle.aclose()
+        await handle.aclose()  # idempotent
+        session = handle.session
+        assert session.closed
+        with pytest.raises(ClosedSessionError):
+            async with session.run("x"):
+                pass  # pragma: no cover
+        with pytest.raises(ClosedSessionError):
+            await session.ask("x")
+        with pytest.raises(ClosedSessionError):
+            session.start_soon(trio.sleep_forever)
+        with pytest.raises(ClosedSessionError):
+            await session.start(trio.sleep_forever)
+
+
+async def test_session_tasks_are_cancelled_when_session_closes() -> None:
+    """Tasks given to start_soon/start live in the session and end when it closes."""
+    ended: list[str] = []
+
+    async def listener(name: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(f"{name} ready")
+        try:
+            await trio.sleep_forever()
+        finally:
+            ended.append(name)
+
+    async with open_runtime() as runtime:
+        async with runtime.open_session(Agent(name="a", model=ScriptedModel([]))) as session:
+            session.start_soon(listener, "soon")
+            assert await session.start(listener, "started") == "started ready"
+            await trio.testing.wait_all_tasks_blocked()
+            assert ended == []
+        assert sorted(ended) == ["soon", "started"]
+
+
+async def test_open_session_raises_a_failing_task_error_at_exit() -> None:
+    """A task of an open_session that raises fails that session; the error surfaces at block exit."""
+
+    async def crash() -> None:
+        raise ValueError("listener broke")
+
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match="listener broke"):
+            async with runtime.open_session(Agent(name="a", model=ScriptedModel([]))) as session:
+                session.start_soon(crash)
+                await trio.testing.wait_all_tasks_blocked()
+                assert session.closed
+
+
+async def test_session_ids_are_unique_and_settable() -> None:
+    """Sessions get distinct ids unless one is given."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        async with runtime.open_session(agent) as one, runtime.open_session(agent) as two:
+            assert one.id != two.id
+        async with runtime.open_session(agent, session_id="chat-42") as named:
+            assert named.id == "chat-42"
+            assert runtime.sessions == (named,)

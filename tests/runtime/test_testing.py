@@ -1,0 +1,168 @@
+"""Tests for runtime.testing, the leak checker, each run in a pytest subprocess of its own."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
+
+_INI = "[pytest]\ntrio_mode = true\n"
+
+
+def _run(pytester: pytest.Pytester, source: str) -> pytest.RunResult:
+    """Run ``source`` as a test module in a fresh pytest process with the leak checker on."""
+    pytester.makeini(_INI)
+    pytester.makepyfile(textwrap.dedent(source))
+    return pytester.runpytest_subprocess("-p", "runtime.testing", "-p", "no:cacheprovider")
+
+
+def test_leak_checker_passes_clean_trio_test(pytester: pytest.Pytester) -> None:
+    """A Trio test that starts and joins its tasks in its own nursery passes."""
+    result = _run(
+        pytester,
+        """
+        import trio
+
+        async def test_clean() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 0)
+                nursery.start_soon(trio.sleep, 0)
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_fails_leaked_task(pytester: pytest.Pytester) -> None:
+    """A Trio task started outside every nursery the test owns fails the test, named in the message."""
+    result = _run(
+        pytester,
+        """
+        import trio
+
+        async def forever_leaked() -> None:
+            await trio.sleep_forever()
+
+        async def test_leaks_task() -> None:
+            trio.lowlevel.spawn_system_task(forever_leaked)
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*leak checker: Trio tasks were still alive after the test and its fixtures ended*",
+            "*forever_leaked*",
+        ]
+    )
+
+
+def test_leak_checker_fails_leaked_socket(pytester: pytest.Pytester) -> None:
+    """A socket the test opens and keeps open past its end fails it with the file descriptor message."""
+    result = _run(
+        pytester,
+        """
+        import socket
+
+        KEPT: list[socket.socket] = []
+
+        def test_leaks_socket() -> None:
+            KEPT.append(socket.socket())
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*leak checker: the test left 1 more file descriptor(s) open:*",
+            "*fd *: socket:*",
+        ]
+    )
+
+
+def test_leak_checker_fails_dropped_unclosed_socket(pytester: pytest.Pytester) -> None:
+    """A socket dropped without being closed raises a ResourceWarning that fails the test."""
+    result = _run(
+        pytester,
+        """
+        import socket
+
+        def test_drops_socket() -> None:
+            socket.socket()
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ResourceWarning: unclosed <socket.socket*"])
+
+
+def test_leak_checker_fails_coroutine_never_awaited(pytester: pytest.Pytester) -> None:
+    """A coroutine created and never awaited fails the test."""
+    result = _run(
+        pytester,
+        """
+        import trio
+
+        async def test_forgets_await() -> None:
+            trio.sleep(0)
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RuntimeWarning: coroutine 'sleep' was never awaited*"])
+
+
+def test_leak_checker_passes_server_in_nursery_fixture(pytester: pytest.Pytester) -> None:
+    """A server started in pytest-trio's nursery fixture, cancelled with it, leaves nothing behind."""
+    result = _run(
+        pytester,
+        """
+        import functools
+
+        import trio
+
+        async def echo(stream: trio.SocketStream) -> None:
+            async with stream:
+                async for data in stream:
+                    await stream.send_all(data)
+
+        async def test_echo_server(nursery: trio.Nursery) -> None:
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            with trio.fail_after(10):
+                async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                    await client.send_all(b"ping")
+                    assert await client.receive_some(4) == b"ping"
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_skips_test_marked_allow_leaks(pytester: pytest.Pytester) -> None:
+    """A test marked allow_leaks that leaks a Trio task passes."""
+    result = _run(
+        pytester,
+        """
+        import pytest
+        import trio
+
+        # The leak is the point: this test proves the opt-out works.
+        @pytest.mark.allow_leaks
+        async def test_leaks_task() -> None:
+            trio.lowlevel.spawn_system_task(trio.sleep_forever)
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_passes_clean_sync_test(pytester: pytest.Pytester) -> None:
+    """A synchronous test that opens and closes its resources passes."""
+    result = _run(
+        pytester,
+        """
+        import socket
+
+        def test_sync() -> None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+            assert sum(range(4)) == 6
+        """,
+    )
+    result.assert_outcomes(passed=1)

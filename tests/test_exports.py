@@ -1,0 +1,171 @@
+"""The public names of each package, pinned (httpx ``test_exported_members.py``, trio ``test_exports.py``).
+
+Adding or removing a public name is an API change: update the expected set
+here in the same commit, on purpose.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from typing import Any, Final
+
+import pytest
+
+OUR_PACKAGES: Final = frozenset({"runtime", "agents", "streams"})
+
+PUBLIC_SUBMODULES: Final = frozenset({"runtime.events"})
+"""Submodules that are deliberately public, so they count as public names of their package."""
+
+EXPECTED: Final[dict[str, frozenset[str]]] = {
+    "runtime": frozenset(
+        {
+            "events",
+            "AgentRuntimeError",
+            "ClosedRunStreamError",
+            "ClosedSessionError",
+            "ReentrantRunError",
+            "RunFailedError",
+            "RunResult",
+            "ToolCallRecord",
+            "Runtime",
+            "SessionHandle",
+            "open_runtime",
+            "Session",
+            "RunStream",
+        }
+    ),
+    "runtime.events": frozenset(
+        {
+            "FinishReason",
+            "FINISH_REASONS",
+            "RunStarted",
+            "TextDelta",
+            "ReasoningDelta",
+            "ToolCallStarted",
+            "ToolCallFinished",
+            "Usage",
+            "ErrorEvent",
+            "RunFinished",
+            "Event",
+        }
+    ),
+    "agents": frozenset(
+        {
+            "Agent",
+            "Instructions",
+            "RunContext",
+            "ToolContext",
+            "AgentDefinitionError",
+            "AgentsError",
+            "ModelError",
+            "ScriptExhaustedError",
+            "ToolArgumentsError",
+            "Hooks",
+            "StopRun",
+            "AssistantMessage",
+            "ErrorChunk",
+            "Message",
+            "ModelChunk",
+            "ModelRequest",
+            "ReasoningChunk",
+            "TextChunk",
+            "ToolCallChunk",
+            "ToolResultMessage",
+            "ToolSpec",
+            "UsageChunk",
+            "UserMessage",
+            "Tool",
+            "ToolLike",
+            "Toolset",
+            "tool",
+            "Model",
+            "ScriptedModel",
+            "ToolCall",
+        }
+    ),
+    "agents.models": frozenset({"Model", "Script", "ScriptedModel", "ToolCall", "Turn"}),
+    "streams": frozenset(),
+}
+
+PACKAGES: Final = sorted(EXPECTED)
+
+
+def _is_import_noise(name: str, value: object) -> bool:
+    """Whether ``name`` is only there because a module body imported it for its own use.
+
+    ``runtime.events`` defines its classes in the module itself, so its
+    namespace also holds ``from __future__ import annotations`` and the
+    ``typing`` names it annotates with; those are not part of the API.
+    """
+    if type(value).__module__ == "__future__":
+        return True
+    return getattr(typing, name, None) is value
+
+
+def _public_names(module: types.ModuleType) -> set[str]:
+    names = set()
+    for name, value in vars(module).items():
+        if name.startswith("_") or _is_import_noise(name, value):
+            continue
+        if isinstance(value, types.ModuleType) and value.__name__ not in PUBLIC_SUBMODULES:
+            continue
+        names.add(name)
+    return names
+
+
+def _is_ours(value: object) -> bool:
+    module = getattr(value, "__module__", None)
+    return isinstance(module, str) and module.split(".")[0] in OUR_PACKAGES
+
+
+def _own_docstring(value: Any) -> str | None:
+    # A class's __doc__ is never inherited, but read it from the class's own
+    # namespace anyway so a subclass can't pass on its base's docstring.
+    doc = vars(value).get("__doc__") if inspect.isclass(value) else getattr(value, "__doc__", None)
+    return doc if isinstance(doc, str) else None
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exports_public_names_are_pinned(package: str) -> None:
+    """Each package exposes exactly the public names written out in EXPECTED."""
+    module = importlib.import_module(package)
+    assert _public_names(module) == EXPECTED[package]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exports_public_classes_and_functions_have_docstrings(package: str) -> None:
+    """Every public class or function defined in our packages has a non-empty docstring."""
+    module = importlib.import_module(package)
+    checked = []
+    for name in sorted(_public_names(module)):
+        value = getattr(module, name)
+        if not (inspect.isclass(value) or inspect.isfunction(value)) or not _is_ours(value):
+            continue
+        checked.append(name)
+        doc = _own_docstring(value)
+        assert doc is not None, f"{package}.{name} has no docstring"
+        assert doc.strip(), f"{package}.{name} has an empty docstring"
+    # Guard the filter above: a package with public classes must have had them checked.
+    if package != "streams":
+        assert checked
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exports_packages_have_docstrings(package: str) -> None:
+    """Every package and public submodule has a module docstring."""
+    module = importlib.import_module(package)
+    assert module.__doc__
+    assert module.__doc__.strip()
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exports_public_classes_and_functions_keep_their_names(package: str) -> None:
+    """Every public class or function is exported under the name it was defined with."""
+    module = importlib.import_module(package)
+    for name in sorted(_public_names(module)):
+        value = getattr(module, name)
+        if (inspect.isclass(value) or inspect.isfunction(value)) and _is_ours(value):
+            assert value.__name__ == name, f"{package}.{name} is {value.__qualname__}"
