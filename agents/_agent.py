@@ -9,10 +9,10 @@ import attrs
 
 from ._context import RunContext
 from ._exceptions import AgentDefinitionError
+from ._hooks import Hooks
 from ._tools import Tool, ToolLike, Toolset, as_tool
 
 if TYPE_CHECKING:
-    from ._hooks import Hooks
     from .models._protocol import Model
 
 Instructions: TypeAlias = str | Callable[[RunContext[Any]], str | Awaitable[str]]
@@ -33,6 +33,14 @@ def _convert_tools(items: Sequence[ToolLike]) -> tuple[Tool | Toolset, ...]:
     if duplicates:
         raise AgentDefinitionError(f"tool names must be unique; repeated: {', '.join(duplicates)}")
     return tuple(converted)
+
+
+def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
+    hooks = tuple(items)
+    for item in hooks:
+        if not isinstance(item, Hooks):
+            raise AgentDefinitionError(f"{item!r} is not a Hooks instance")
+    return hooks
 
 
 def _positive_or_none(instance: Agent, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -62,7 +70,7 @@ class Agent:
     """The system prompt, or a function of the :class:`RunContext` returning it."""
     tools: tuple[Tool | Toolset, ...] = attrs.field(default=(), converter=_convert_tools)
     """Tools, toolsets (opened when a run starts), or plain functions (made tools)."""
-    hooks: tuple[Hooks, ...] = attrs.field(default=(), converter=tuple)
+    hooks: tuple[Hooks, ...] = attrs.field(default=(), converter=_convert_hooks)
     """Called at fixed points of every run, in order."""
     max_turns: int = attrs.field(default=10)
     """Model calls a run may make before it ends with ``max_turns``."""

@@ -80,9 +80,7 @@ class Tool:
             kwargs[self._context_parameter] = ctx
         if self._is_async:
             return await self.function(**kwargs)
-        return await trio.to_thread.run_sync(
-            functools.partial(self.function, **kwargs), abandon_on_cancel=True
-        )
+        return await trio.to_thread.run_sync(functools.partial(self.function, **kwargs), abandon_on_cancel=True)
 
 
 @runtime_checkable
@@ -101,9 +99,7 @@ class Toolset(Protocol):
 @overload
 def tool(function: F, /) -> Tool: ...
 @overload
-def tool(
-    *, name: str | None = None, description: str | None = None
-) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     function: Callable[..., Any] | None = None,
     /,

@@ -10,6 +10,7 @@ Swap ``ScriptedModel`` for a real model to talk to an LLM; nothing else changes.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -22,8 +23,10 @@ from runtime.events import (
     TextDelta,
     ToolCallFinished,
     ToolCallStarted,
-    Usage,
 )
+
+if TYPE_CHECKING:
+    from agents.models import Turn
 
 FORECASTS = {"paris": (18, "light rain"), "lisbon": (24, "sunny")}
 
@@ -52,7 +55,7 @@ def to_fahrenheit(celsius: float) -> float:
 
 def make_agent() -> Agent:
     """The agent; its scripted model answers like an LLM would."""
-    script = [
+    script: list[Turn] = [
         # Turn 1: two tool calls at once; the runtime runs them concurrently.
         [ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_weather", {"city": "Lisbon"})],
         # Turn 2: one more tool call, using what came back.

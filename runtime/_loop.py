@@ -253,8 +253,7 @@ class AgentRun:
             # so the history stays valid for the next run.
             for call, result in zip(calls, results, strict=True):
                 self._history.append(
-                    result
-                    or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
+                    result or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
                 )
 
     async def _call_tool(

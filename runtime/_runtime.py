@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from ._exceptions import ClosedSessionError
 from ._session import DEFAULT_EVENT_BUFFER, Session
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator
 
     from agents import Agent
@@ -125,9 +125,7 @@ class Runtime:
     async def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None) -> Session:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
-        session = Session(
-            agent, http_client=self.http_client, event_buffer=self._event_buffer, session_id=session_id
-        )
+        session = Session(agent, http_client=self.http_client, event_buffer=self._event_buffer, session_id=session_id)
         await self._nursery.start(self._own_session, session, idle_timeout, name=f"session {session.id}")
         return session
 

@@ -194,9 +194,7 @@ class Session:
             raise ClosedSessionError(f"{self!r} was closed during the run")
         return result
 
-    def start_soon(
-        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None
-    ) -> None:
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> None:
         """Start a task in the session's nursery; it is cancelled when the session closes.
 
         If it raises, the session fails: its other tasks are cancelled and the
@@ -207,9 +205,7 @@ class Session:
         """
         self._open_nursery().start_soon(async_fn, *args, name=name)
 
-    async def start(
-        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None
-    ) -> Any:
+    async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
         """Start a task in the session's nursery and wait until it calls ``task_status.started()``.
 
         Returns:

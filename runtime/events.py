@@ -94,13 +94,6 @@ class RunFinished:
 
 
 Event: TypeAlias = (
-    RunStarted
-    | TextDelta
-    | ReasoningDelta
-    | ToolCallStarted
-    | ToolCallFinished
-    | Usage
-    | ErrorEvent
-    | RunFinished
+    RunStarted | TextDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | Usage | ErrorEvent | RunFinished
 )
 """Any event a :class:`~runtime.RunStream` yields."""

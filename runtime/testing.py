@@ -75,8 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # passes in a suite that doesn't set ``filterwarnings = error`` itself.
     config.addinivalue_line(
         "filterwarnings",
-        "error:(?s).*(ResourceWarning|coroutine .* was never awaited)"
-        ":pytest.PytestUnraisableExceptionWarning",
+        "error:(?s).*(ResourceWarning|coroutine .* was never awaited):pytest.PytestUnraisableExceptionWarning",
     )
 
 
@@ -88,9 +87,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         marker = item.get_closest_marker("trio")
         if marker is None or item.get_closest_marker("allow_leaks"):
             continue
-        item.add_marker(
-            pytest.mark.trio(run=_instrumented(item, marker.kwargs.get("run", trio.run))), append=False
-        )
+        item.add_marker(pytest.mark.trio(run=_instrumented(item, marker.kwargs.get("run", trio.run))), append=False)
 
 
 def _instrumented(item: pytest.Item, run: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,8 +136,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     if len(after) > len(before) and grown:
         listing = "\n  ".join(f"fd {fd}: {target}" for fd, target in sorted(grown.items()))
         pytest.fail(
-            f"leak checker: the test left {len(after) - len(before)} more file descriptor(s) "
-            f"open:\n  {listing}",
+            f"leak checker: the test left {len(after) - len(before)} more file descriptor(s) open:\n  {listing}",
             pytrace=False,
         )
     return result

@@ -6,9 +6,12 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
-import pytest
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -16,7 +19,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def load(name: str) -> ModuleType:
     """Import an example script as a module."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,8 +57,6 @@ def test_readme_example_runs() -> None:
     """The README's first Python example runs as written and prints its answers."""
     readme = (EXAMPLES.parent / "README.md").read_text()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "[add -> 5]\n2 + 3 = 5\nStill 5.\n"

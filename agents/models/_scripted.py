@@ -72,8 +72,7 @@ class ScriptedModel:
             turn = next(self._turns)
         except StopIteration:
             raise ScriptExhaustedError(
-                f"ScriptedModel ran out of turns after {self._calls} model calls; "
-                "add more turns to its script"
+                f"ScriptedModel ran out of turns after {self._calls} model calls; add more turns to its script"
             ) from None
         self._calls += 1
         if callable(turn):
@@ -88,9 +87,7 @@ class ScriptedModel:
         else:
             calls = [turn] if isinstance(turn, ToolCall) else list(turn)
             start = self._calls * 100
-            chunks.extend(
-                ToolCallChunk(f"call_{start + i}", call.name, call.arguments) for i, call in enumerate(calls)
-            )
+            chunks.extend(ToolCallChunk(f"call_{start + i}", call.name, call.arguments) for i, call in enumerate(calls))
             output = 8 * len(calls)
         chunks.append(UsageChunk(_count_words(request.instructions, request.messages), output))
         return chunks

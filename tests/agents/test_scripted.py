@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, strategies as st
@@ -21,6 +21,9 @@ from agents import (
     UsageChunk,
     UserMessage,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def _request(prompt: str = "hi", instructions: str = "") -> ModelRequest:
@@ -54,7 +57,14 @@ async def test_scripted_text_turn_streams_several_deltas() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["word", "two words", "  leading spaces", "line one\nline two", "tabs\tand   runs  of spaces", "é ü 漢字"],
+    [
+        "word",
+        "two words",
+        "  leading spaces",
+        "line one\nline two",
+        "tabs\tand   runs  of spaces",
+        "é ü 漢字",
+    ],
 )
 async def test_scripted_text_turn_keeps_inner_whitespace(text: str) -> None:
     """The deltas of a ``str`` turn keep its leading and inner whitespace exactly."""
@@ -90,9 +100,7 @@ async def test_scripted_tool_call_without_arguments_has_empty_arguments() -> Non
 
 async def test_scripted_tool_call_list_gives_chunks_with_distinct_ids() -> None:
     """A list of ``ToolCall``s streams one chunk each, in order, with distinct call ids."""
-    model = ScriptedModel(
-        [[ToolCall("a", {"n": 1}), ToolCall("b", {"n": 2}), ToolCall("a", {"n": 3})], ToolCall("c")]
-    )
+    model = ScriptedModel([[ToolCall("a", {"n": 1}), ToolCall("b", {"n": 2}), ToolCall("a", {"n": 3})], ToolCall("c")])
     first = [chunk for chunk in await _collect(model) if isinstance(chunk, ToolCallChunk)]
     second = [chunk for chunk in await _collect(model) if isinstance(chunk, ToolCallChunk)]
     assert [(chunk.name, chunk.arguments) for chunk in first] == [
@@ -215,7 +223,7 @@ async def test_scripted_empty_script_raises_at_once() -> None:
 
 
 async def test_scripted_abandoned_chunks_do_not_warn() -> None:
-    """Leaving the stream before its last chunk closes cleanly, with no warning about an unfinished iterator."""
+    """Leaving the stream before its last chunk is clean: no warning about an unfinished iterator."""
     model = ScriptedModel(["many words to stream here", "next"])
     async with model.stream(_request()) as chunks:
         async for chunk in chunks:

@@ -59,9 +59,7 @@ def add(a: int, b: int) -> int:
 
 def _context(call_id: str = "call_1", tool_name: str = "t", deps: Any = None) -> ToolContext[Any]:
     agent = Agent(name="tester", model=ScriptedModel([]))
-    return ToolContext(
-        deps=deps, agent=agent, session=None, run_id="run_1", call_id=call_id, tool_name=tool_name
-    )
+    return ToolContext(deps=deps, agent=agent, session=None, run_id="run_1", call_id=call_id, tool_name=tool_name)
 
 
 def test_tool_schema_from_int_and_str_hints() -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -41,6 +40,9 @@ from runtime.events import (
     ToolCallStarted,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
 
 
 async def collect(agent: Agent, prompt: str = "go", *, deps: Any = None) -> list[Event]:
@@ -406,7 +408,10 @@ async def test_sync_tool_runs_in_a_worker_thread() -> None:
         return text.upper()
 
     model = ScriptedModel([ToolCall("shout", {"text": "hey"}), "done"])
-    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[shout])) as s:
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[shout])) as s,
+    ):
         result: RunResult = await s.ask("go")
     assert [c.result for c in result.tool_calls] == ["HEY"]
 

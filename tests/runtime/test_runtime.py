@@ -37,7 +37,7 @@ async def test_runtime_exit_closes_started_sessions_and_their_tasks() -> None:
         assert len(runtime.sessions) == 3
     assert ended == ["listener"] * 3
     assert all(handle.closed for handle in handles)
-    assert runtime.sessions == ()
+    assert len(runtime.sessions) == 0
     with pytest.raises(ClosedSessionError, match="runtime is closed"):
         await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
 
@@ -83,7 +83,9 @@ async def test_runtime_session_is_not_reaped_during_a_run(autojump_clock: trio.t
         await handle.wait_closed()
 
 
-async def test_runtime_idle_timeout_can_be_disabled_per_session(autojump_clock: trio.testing.MockClock) -> None:
+async def test_runtime_idle_timeout_can_be_disabled_per_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """start_session(idle_timeout=None) overrides the runtime's default: never reaped."""
     async with open_runtime(idle_timeout=1) as runtime:
         handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])), idle_timeout=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from agents import (
@@ -19,7 +20,6 @@ from agents import (
 from runtime import (
     ClosedRunStreamError,
     ClosedSessionError,
-    ReentrantRunError,
     RunFailedError,
     Session,
     open_runtime,
@@ -58,7 +58,7 @@ async def test_session_second_concurrent_run_sees_first_exchange() -> None:
     @tool
     async def echo(text: str) -> str:
         """Echo."""
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return text
 
     async with open_runtime() as runtime:
@@ -94,7 +94,10 @@ async def test_session_run_from_inside_own_run_is_a_typed_error() -> None:
             return "unreachable"
 
     model = ScriptedModel([ToolCall("recurse"), "done"])
-    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[recurse])) as s:
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[recurse])) as s,
+    ):
         with trio.fail_after(5):
             result = await s.ask("go")
     (call,) = result.tool_calls
@@ -130,7 +133,10 @@ async def test_session_history_stays_valid_when_run_is_cancelled_mid_tool() -> N
         await trio.sleep_forever()
         return "never"
 
-    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[wait])) as s:
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[wait])) as s,
+    ):
         async with s.run("go") as stream:
             async for event in stream:
                 if isinstance(event, ToolCallStarted):
@@ -172,7 +178,7 @@ async def test_run_stream_read_after_block_is_a_clear_error() -> None:
     async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
         async with session.run("x") as unfinished:
             await unfinished.__anext__()
-        with pytest.raises(ClosedRunStreamError, match="after its 'async with session.run"):
+        with pytest.raises(ClosedRunStreamError, match=r"after its 'async with session\.run"):
             await unfinished.__anext__()
         async with session.run("y") as complete:
             events = [event async for event in complete]
@@ -190,7 +196,10 @@ async def test_run_stream_result_matches_streamed_events() -> None:
         """Double it."""
         return 2 * x
 
-    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[double])) as s:
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[double])) as s,
+    ):
         async with s.run("go") as stream:
             events = [event async for event in stream]
     result = stream.result
