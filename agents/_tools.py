@@ -24,7 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
-_SECTION = re.compile(r"^\s*[A-Z]\w*( \w+)?:\s*$")
+_SECTION = re.compile(r"^\s*[A-Z]\w*( \w+)?::?\s*$")
 
 
 @attrs.frozen(eq=False)
@@ -59,7 +59,7 @@ class Tool:
                 f"invalid arguments for tool {self.name!r}: {_summarize(exc)}",
                 exc.errors(include_url=False),
             ) from None
-        return {field: getattr(model, field) for field in type(model).model_fields}
+        return {info.alias: getattr(model, field) for field, info in type(model).model_fields.items()}
 
     async def call(self, ctx: ToolContext[Any], arguments: Mapping[str, Any]) -> Any:
         """Validate ``arguments``, then run the tool with them.
@@ -166,11 +166,16 @@ def _make_tool(fn: Callable[..., Any], *, name: str | None, description: str | N
         if hint is None:
             raise AgentDefinitionError(f"tool {tool_name!r}: parameter {parameter.name!r} needs a type hint")
         default = ... if parameter.default is parameter.empty else parameter.default
-        fields[parameter.name] = (hint, pydantic.Field(default, description=arg_docs.get(parameter.name)))
+        # Prefixed field names, aliased back, so parameters may be called
+        # `json`, `schema` or `model_config` without clashing with BaseModel.
+        fields[f"p_{parameter.name}"] = (
+            hint,
+            pydantic.Field(default, alias=parameter.name, description=arg_docs.get(parameter.name)),
+        )
     try:
         model = pydantic.create_model(
             f"{tool_name}_arguments",
-            __config__=pydantic.ConfigDict(extra="forbid"),
+            __config__=pydantic.ConfigDict(extra="forbid", protected_namespaces=()),
             **fields,
         )
         adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(model)
@@ -221,7 +226,7 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
                 current = match.group(1).lstrip("*")
                 args[current] = match.group(3).strip()
             elif current is not None:
-                args[current] = f"{args[current]} {line.strip()}"
+                args[current] = f"{args[current]} {line.strip()}".lstrip()
     return "\n".join(description).strip(), args
 
 

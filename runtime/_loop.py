@@ -89,7 +89,7 @@ class AgentRun:
         self._deps = deps
         self._history = history
         self._http_client = http_client
-        self._send = send.send
+        self._send_blocking = send.send
         self._send_nowait = send.send_nowait
         self._output = ""
         self._input_tokens = 0
@@ -113,7 +113,7 @@ class AgentRun:
     async def drive(self) -> None:
         """Run the agent to the end, streaming events; see the class docstring."""
         try:
-            await self._send(RunStarted(self.run_id))
+            await self._emit(RunStarted(self.run_id))
             reason, message = await self._run_within_deadline()
         except BaseException:
             # Cancelled: the hooks still hear of it, briefly, and the consumer
@@ -127,24 +127,38 @@ class AgentRun:
             raise
         self._reason = reason
         await self._run_end_hooks(reason)
-        await self._send(RunFinished(reason, message))
+        await self._emit(RunFinished(reason, message))
+
+    async def _emit(self, event: Event) -> None:
+        # Block policy, bounded by the run's cancel scope. A full trio
+        # checkpoint per event would cost more than the event: only wait (a
+        # schedule point) when the consumer is a whole buffer behind. The
+        # model's stream and the consumer's reads are the cancel points.
+        try:
+            self._send_nowait(event)
+        except trio.WouldBlock:
+            await self._send_blocking(event)
 
     async def _run_within_deadline(self) -> tuple[FinishReason, str | None]:
         timeout = self._agent.run_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
-            try:
-                return await self._run()
-            except _EndRun as end:
-                return await self._fail(end.kind, end.message, end.reason)
-            except Exception as exc:
-                logger.exception("run %s failed inside trio-agents", self.run_id)
-                return await self._fail("internal", _describe(exc), "error")
-        assert deadline.cancelled_caught
+        if timeout is None:
+            return await self._run_catching()
+        with trio.move_on_after(timeout):
+            return await self._run_catching()
         return await self._fail("timeout", f"the run took longer than run_timeout={timeout}s", "timeout")
+
+    async def _run_catching(self) -> tuple[FinishReason, str | None]:
+        try:
+            return await self._run()
+        except _EndRun as end:
+            return await self._fail(end.kind, end.message, end.reason)
+        except Exception as exc:
+            logger.exception("run %s failed inside trio-agents", self.run_id)
+            return await self._fail("internal", _describe(exc), "error")
 
     async def _fail(self, kind: str, message: str, reason: FinishReason) -> tuple[FinishReason, str | None]:
         self._error = ErrorEvent(kind, message)
-        await self._send(self._error)
+        await self._emit(self._error)
         return reason, message
 
     async def _run(self) -> tuple[FinishReason, str | None]:
@@ -201,7 +215,7 @@ class AgentRun:
         texts: list[str] = []
         calls: list[ToolCallChunk] = []
         idle = self._agent.model_idle_timeout
-        send = self._send
+        emit = self._emit
         try:
             with trio.CancelScope() as idle_scope:
                 if idle is not None:
@@ -213,15 +227,15 @@ class AgentRun:
                             idle_scope.deadline = math.inf
                         if isinstance(chunk, TextChunk):
                             texts.append(chunk.text)
-                            await send(TextDelta(chunk.text))
+                            await emit(TextDelta(chunk.text))
                         elif isinstance(chunk, ReasoningChunk):
-                            await send(ReasoningDelta(chunk.text))
+                            await emit(ReasoningDelta(chunk.text))
                         elif isinstance(chunk, ToolCallChunk):
                             calls.append(chunk)
                         elif isinstance(chunk, UsageChunk):
                             self._input_tokens += chunk.input_tokens
                             self._output_tokens += chunk.output_tokens
-                            await send(Usage(chunk.input_tokens, chunk.output_tokens))
+                            await emit(Usage(chunk.input_tokens, chunk.output_tokens))
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)
                         else:
@@ -241,7 +255,7 @@ class AgentRun:
         try:
             parsed = [_parse_arguments(call) for call in calls]
             for call, (arguments, _) in zip(calls, parsed, strict=True):
-                await self._send(ToolCallStarted(call.call_id, call.name, arguments))
+                await self._emit(ToolCallStarted(call.call_id, call.name, arguments))
             if len(calls) == 1:
                 await self._call_tool(results, 0, calls[0], *parsed[0], tools)
             else:
@@ -286,7 +300,7 @@ class AgentRun:
             call.call_id, call.name, error if error is not None else _to_content(value), error is not None
         )
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
-        await self._send(ToolCallFinished(call.call_id, call.name, value, error))
+        await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
 
     async def _invoke(self, tool: Tool, ctx: ToolContext[Any], arguments: dict[str, Any]) -> Any:
         validated = tool.validate(arguments)

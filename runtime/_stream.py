@@ -46,8 +46,14 @@ class RunStream:
     async def __anext__(self) -> Event:
         if self._finished:
             raise StopAsyncIteration
+        # A cancel point always; a schedule point only when nothing is buffered
+        # (a full checkpoint per event would cost more than the event).
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            event = await self._receive.receive()
+            try:
+                event = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                event = await self._receive.receive()
         except trio.EndOfChannel:
             self._finished = True
             return _CANCELLED

@@ -20,7 +20,7 @@ from .._messages import (
     UsageChunk,
 )
 
-_WORDS = re.compile(r"\s*\S+")
+_WORDS = re.compile(r"\s*\S+(?:\s+$)?|\s+$")
 
 
 @attrs.frozen
@@ -86,8 +86,9 @@ class ScriptedModel:
             output = len(chunks)
         else:
             calls = [turn] if isinstance(turn, ToolCall) else list(turn)
-            start = self._calls * 100
-            chunks.extend(ToolCallChunk(f"call_{start + i}", call.name, call.arguments) for i, call in enumerate(calls))
+            chunks.extend(
+                ToolCallChunk(f"call_{self._calls}_{i}", call.name, call.arguments) for i, call in enumerate(calls)
+            )
             output = 8 * len(calls)
         chunks.append(UsageChunk(_count_words(request.instructions, request.messages), output))
         return chunks
@@ -103,7 +104,8 @@ class _Chunks:
         return self
 
     async def __anext__(self) -> ModelChunk:
-        await trio.lowlevel.checkpoint()
+        # A cancel point per chunk; the model call itself was the schedule point.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return next(self._chunks)
         except StopIteration:

@@ -181,3 +181,10 @@ def test_agent_hooks_are_stored_as_a_tuple() -> None:
     agent = _agent(hooks=[first, second])
     assert agent.hooks == (first, second)
     assert isinstance(agent.hooks, tuple)
+
+
+@pytest.mark.parametrize("entry", [None, "hooks", object(), add])
+def test_agent_non_hooks_entry_is_a_definition_error(entry: Any) -> None:
+    """An entry of ``hooks`` that is not a ``Hooks`` instance raises ``AgentDefinitionError``."""
+    with pytest.raises(AgentDefinitionError, match="is not a Hooks instance"):
+        _agent(hooks=[Hooks(), entry])

@@ -77,7 +77,7 @@ async def test_session_second_concurrent_run_sees_first_exchange() -> None:
     assert last_request == (
         UserMessage("q1"),
         AssistantMessage("", (model.requests[1].messages[1].tool_calls[0],)),  # type: ignore[union-attr]
-        ToolResultMessage("call_100", "echo", "a"),
+        ToolResultMessage("call_1_0", "echo", "a"),
         AssistantMessage("first done"),
         UserMessage("q2"),
     )
