@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -30,6 +31,7 @@ from agents import (
     UserMessage,
 )
 
+from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from .events import (
     ErrorEvent,
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     import httpx
 
 logger = logging.getLogger("runtime")
+
+_NO_SCOPE: Final = contextlib.nullcontext()
 
 ON_RUN_END_GRACE: Final = 1.0
 """Seconds ``on_run_end`` hooks may take when the run was cancelled."""
@@ -69,6 +73,27 @@ class AgentRun:
     ``drive`` never raises, except the cancellation that stops it: every
     failure becomes an ``ErrorEvent`` followed by ``RunFinished``.
     """
+
+    __slots__ = (
+        "_agent",
+        "_context",
+        "_deps",
+        "_error",
+        "_history",
+        "_http_client",
+        "_input_tokens",
+        "_output",
+        "_output_tokens",
+        "_reason",
+        "_send_blocking",
+        "_send_nowait",
+        "_session",
+        "_tool_calls",
+        "_user_input",
+        "cancel_scope",
+        "done",
+        "run_id",
+    )
 
     def __init__(
         self,
@@ -98,6 +123,10 @@ class AgentRun:
         self._reason: FinishReason = "cancelled"
         self._error: ErrorEvent | None = None
         self._context = RunContext(deps, agent, session, run_id)
+        self.cancel_scope = trio.CancelScope()
+        """The run task's scope: cancelling it cancels the run."""
+        self.done = Latch()
+        """Set by the run's task as it ends."""
 
     def result(self) -> RunResult:
         """What the run produced so far."""
@@ -114,7 +143,17 @@ class AgentRun:
         """Run the agent to the end, streaming events; see the class docstring."""
         try:
             await self._emit(RunStarted(self.run_id))
-            reason, message = await self._run_within_deadline()
+            timeout = self._agent.run_timeout
+            if timeout is None:
+                reason, message = await self._run_catching()
+            else:
+                with trio.move_on_after(timeout):
+                    reason, message = await self._run_catching()
+                    timeout = None
+                if timeout is not None:
+                    reason, message = await self._fail(
+                        "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
+                    )
         except BaseException:
             # Cancelled: the hooks still hear of it, briefly, and the consumer
             # gets the real RunFinished if there is room (else RunStream makes one).
@@ -136,20 +175,31 @@ class AgentRun:
         # model's stream and the consumer's reads are the cancel points.
         try:
             self._send_nowait(event)
+            return
         except trio.WouldBlock:
-            await self._send_blocking(event)
-
-    async def _run_within_deadline(self) -> tuple[FinishReason, str | None]:
-        timeout = self._agent.run_timeout
-        if timeout is None:
-            return await self._run_catching()
-        with trio.move_on_after(timeout):
-            return await self._run_catching()
-        return await self._fail("timeout", f"the run took longer than run_timeout={timeout}s", "timeout")
+            pass
+        # Outside the except block, so the WouldBlock isn't kept alive while we wait.
+        await self._send_blocking(event)
 
     async def _run_catching(self) -> tuple[FinishReason, str | None]:
         try:
-            return await self._run()
+            if self._agent.hooks and (stop := await self._user_prompt_hooks()):
+                self._output = stop.message
+                return "hook_stop", stop.message
+            tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
+            if len(tools) == len(self._agent.tools):
+                return await self._turns(tools)
+            async with AsyncExitStack() as stack:
+                for item in self._agent.tools:
+                    if isinstance(item, Tool):
+                        continue
+                    try:
+                        opened = await stack.enter_async_context(item.open_tools(self._context))
+                    except Exception as exc:
+                        raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
+                    for tool in opened:
+                        tools.setdefault(tool.name, tool)
+                return await self._turns(tools)
         except _EndRun as end:
             return await self._fail(end.kind, end.message, end.reason)
         except Exception as exc:
@@ -161,43 +211,29 @@ class AgentRun:
         await self._emit(self._error)
         return reason, message
 
-    async def _run(self) -> tuple[FinishReason, str | None]:
+    async def _user_prompt_hooks(self) -> StopRun | None:
         for hooks in self._agent.hooks:
             try:
                 stop = await hooks.on_user_prompt(self._context, self._user_input)
             except Exception as exc:
                 raise _EndRun("hook", f"on_user_prompt hook failed: {_describe(exc)}") from exc
             if isinstance(stop, StopRun):
-                self._output = stop.message
-                return "hook_stop", stop.message
-        async with AsyncExitStack() as toolsets:
-            tools = await self._open_tools(toolsets)
-            specs = tuple(tool.spec for tool in tools.values())
-            instructions = await self._instructions()
-            self._history.append(UserMessage(self._user_input))
-            for _ in range(self._agent.max_turns):
-                request = ModelRequest(instructions, tuple(self._history), specs, self._http_client)
-                text, calls = await self._call_model(request)
-                self._output = text
-                self._history.append(AssistantMessage(text, tuple(calls)))
-                if not calls:
-                    return "completed", None
-                await self._call_tools(calls, tools)
-        return "max_turns", f"the run reached max_turns={self._agent.max_turns}"
+                return stop
+        return None
 
-    async def _open_tools(self, stack: AsyncExitStack) -> dict[str, Tool]:
-        tools: dict[str, Tool] = {}
-        for item in self._agent.tools:
-            if isinstance(item, Tool):
-                tools[item.name] = item
-                continue
-            try:
-                opened = await stack.enter_async_context(item.open_tools(self._context))
-            except Exception as exc:
-                raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
-            for tool in opened:
-                tools.setdefault(tool.name, tool)
-        return tools
+    async def _turns(self, tools: dict[str, Tool]) -> tuple[FinishReason, str | None]:
+        specs = tuple(tool.spec for tool in tools.values())
+        instructions = await self._instructions()
+        self._history.append(UserMessage(self._user_input))
+        for _ in range(self._agent.max_turns):
+            request = ModelRequest(instructions, tuple(self._history), specs, self._http_client)
+            text, calls = await self._call_model(request)
+            self._output = text
+            self._history.append(AssistantMessage(text, tuple(calls)))
+            if not calls:
+                return "completed", None
+            await self._call_tools(calls, tools)
+        return "max_turns", f"the run reached max_turns={self._agent.max_turns}"
 
     async def _instructions(self) -> str:
         instructions = self._agent.instructions
@@ -216,13 +252,13 @@ class AgentRun:
         calls: list[ToolCallChunk] = []
         idle = self._agent.model_idle_timeout
         emit = self._emit
+        # Only a run with model_idle_timeout pays for a cancel scope.
+        idle_scope = None if idle is None else trio.CancelScope(deadline=trio.current_time() + idle)
         try:
-            with trio.CancelScope() as idle_scope:
-                if idle is not None:
-                    idle_scope.deadline = trio.current_time() + idle
+            with idle_scope or _NO_SCOPE:
                 async with self._agent.model.stream(request) as chunks:
                     async for chunk in chunks:
-                        if idle is not None:
+                        if idle_scope is not None:
                             # A slow consumer is not an idle model.
                             idle_scope.deadline = math.inf
                         if isinstance(chunk, TextChunk):
@@ -240,13 +276,13 @@ class AgentRun:
                             raise _EndRun("model", chunk.message)
                         else:
                             raise _EndRun("model", f"the model sent an unknown chunk: {chunk!r}")
-                        if idle is not None:
-                            idle_scope.deadline = trio.current_time() + idle
+                        if idle_scope is not None:
+                            idle_scope.deadline = trio.current_time() + (idle or 0.0)
         except _EndRun:
             raise
         except Exception as exc:
             raise _EndRun("model", _describe(exc)) from exc
-        if idle_scope.cancelled_caught:
+        if idle_scope is not None and idle_scope.cancelled_caught:
             raise _EndRun("timeout", f"the model sent nothing for model_idle_timeout={idle}s", "timeout")
         return "".join(texts), calls
 
@@ -287,8 +323,18 @@ class AgentRun:
             known = ", ".join(sorted(tools)) or "none"
             error = f"unknown tool {call.name!r}; the tools are: {known}"
         if error is None and tool is not None:
+            timeout = self._agent.tool_timeout
             try:
-                value = await self._invoke(tool, ctx, arguments)
+                validated = tool.validate(arguments)
+                for hooks in self._agent.hooks:
+                    await hooks.before_tool(ctx, validated)
+                if timeout is None:
+                    value = await tool.invoke(ctx, validated)
+                else:
+                    with trio.move_on_after(timeout) as deadline:
+                        value = await tool.invoke(ctx, validated)
+                    if deadline.cancelled_caught:
+                        error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
             except Exception as exc:
                 value, error = None, _describe(exc)
             for hooks in self._agent.hooks:
@@ -302,27 +348,12 @@ class AgentRun:
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
         await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
 
-    async def _invoke(self, tool: Tool, ctx: ToolContext[Any], arguments: dict[str, Any]) -> Any:
-        validated = tool.validate(arguments)
-        for hooks in self._agent.hooks:
-            await hooks.before_tool(ctx, validated)
-        timeout = self._agent.tool_timeout
-        if timeout is None:
-            return await tool.invoke(ctx, validated)
-        with trio.move_on_after(timeout):
-            return await tool.invoke(ctx, validated)
-        raise _ToolTimeout(f"tool {tool.name!r} took longer than tool_timeout={timeout}s")
-
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:
             try:
                 await hooks.on_run_end(self._context, reason)
             except Exception:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
-
-
-class _ToolTimeout(Exception):
-    """A tool call exceeded ``tool_timeout`` (its message is the tool's error result)."""
 
 
 def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
@@ -349,6 +380,6 @@ def _to_content(value: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    if isinstance(exc, _EndRun | _ToolTimeout) or type(exc).__module__.startswith("agents"):
+    if isinstance(exc, _EndRun) or type(exc).__module__.startswith("agents"):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
 import trio
 
-from ._exceptions import ClosedSessionError
+from ._exceptions import AgentRuntimeError, ClosedSessionError
 from ._session import DEFAULT_EVENT_BUFFER, Session
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator
+    from types import TracebackType
 
     from agents import Agent
 
@@ -52,6 +53,34 @@ class SessionHandle:
         await self.session._finished.wait()
 
 
+class _SessionBlock:
+    """``async with runtime.open_session(...)``: a class, not a generator, to keep a run's footprint small."""
+
+    __slots__ = ("_agent", "_runtime", "_session", "_session_id")
+
+    def __init__(self, runtime: Runtime, agent: Agent, session_id: str | None) -> None:
+        self._runtime = runtime
+        self._agent = agent
+        self._session_id = session_id
+        self._session: Session | None = None
+
+    async def __aenter__(self) -> Session:
+        if self._session is not None:
+            raise AgentRuntimeError("open_session() blocks can be entered only once")
+        self._session = await self._runtime._start(
+            self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
+        )
+        return self._session
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._session is not None
+        await self._session._aclose()
+        if self._session._error is not None and exc is None:
+            raise _unwrap(self._session._error)
+
+
 class Runtime:
     """Owns every session and the shared HTTP client; made by :func:`open_runtime`."""
 
@@ -77,8 +106,7 @@ class Runtime:
         """The sessions that are open now."""
         return tuple(self._sessions)
 
-    @asynccontextmanager
-    async def open_session(self, agent: Agent, *, session_id: str | None = None) -> AsyncIterator[Session]:
+    def open_session(self, agent: Agent, *, session_id: str | None = None) -> AbstractAsyncContextManager[Session]:
         """Open a session for ``agent``; leaving the block closes it and waits for its tasks.
 
         Its tasks live in the runtime's nursery, so the runtime exiting closes
@@ -93,13 +121,7 @@ class Runtime:
         Raises:
             ClosedSessionError: the runtime is closed.
         """
-        session = await self._start(agent, session_id=session_id, idle_timeout=None)
-        try:
-            yield session
-        finally:
-            await session._aclose()
-        if session._error is not None:
-            raise _unwrap(session._error)
+        return _SessionBlock(self, agent, session_id)
 
     async def start_session(
         self, agent: Agent, *, session_id: str | None = None, idle_timeout: float | Any | None = ...
@@ -119,26 +141,19 @@ class Runtime:
             ClosedSessionError: the runtime is closed.
         """
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
-        session = await self._start(agent, session_id=session_id, idle_timeout=timeout)
+        session = await self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
         return SessionHandle(session)
 
-    async def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None) -> Session:
+    async def _start(
+        self, agent: Agent, *, session_id: str | None, idle_timeout: float | None, log_failure: bool
+    ) -> Session:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
         session = Session(agent, http_client=self.http_client, event_buffer=self._event_buffer, session_id=session_id)
-        await self._nursery.start(self._own_session, session, idle_timeout, name=f"session {session.id}")
+        await self._nursery.start(
+            session._serve, idle_timeout, self._sessions, log_failure, name=f"session {session.id}"
+        )
         return session
-
-    async def _own_session(
-        self, session: Session, idle_timeout: float | None, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        self._sessions.add(session)
-        try:
-            await session._serve(idle_timeout, task_status=task_status)
-        finally:
-            self._sessions.discard(session)
-        if session._error is not None:
-            logger.error("session %s failed", session.id, exc_info=session._error)
 
 
 @asynccontextmanager
@@ -172,8 +187,11 @@ async def open_runtime(
             try:
                 yield runtime
             finally:
+                # Ask every session to close (cheap: no exception raised in an
+                # idle session) and cancel whatever else the nursery holds.
                 runtime._closed = True
-                nursery.cancel_scope.cancel()
+                for session in runtime._sessions:
+                    session._request_close()
     except BaseExceptionGroup as group:
         # Sessions contain their own failures, so a group here holds what the
         # block raised: give it back as it was, so `except OurError` works.

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
-from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
+from ._latch import Latch
 from ._loop import AgentRun
 from ._stream import RunStream
 from .events import Event
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
     import httpx
 
@@ -24,37 +25,51 @@ if TYPE_CHECKING:
 
     from ._result import RunResult
 
+logger = logging.getLogger("runtime")
+
 DEFAULT_EVENT_BUFFER: Final = 64
 """Events a run may send ahead of its consumer before it waits for it."""
 
 # The sessions whose runs the current task is part of: a tool calling run()
 # on its own session would wait forever for the run slot its run holds.
-_RUNNING_IN: ContextVar[frozenset[Session]] = ContextVar("trio_agents_running_in", default=frozenset())
+_RUNNING_IN: ContextVar[tuple[Session, ...]] = ContextVar("trio_agents_running_in", default=())
 
 
 class _RunSlot:
-    """The session's FIFO run slot: one run at a time, in the order run() was called.
+    """The session's FIFO run slot: one run at a time, in the order runs were started.
 
-    Tickets are events; the head of the queue holds the slot. This is the one
-    lock held across awaits (DESIGN.md rule 4): its holder is a run, which
-    closing the session always cancels.
+    This is the one lock held across awaits (DESIGN.md rule 4): its holder is
+    a run, which closing the session always cancels. A run that finds the
+    slot free takes it with no ticket (``None``); the others queue an event,
+    set when their turn comes.
     """
 
-    def __init__(self) -> None:
-        self._queue: deque[trio.Event] = deque()
+    __slots__ = ("_held", "_waiters")
 
-    def take_ticket(self) -> trio.Event:
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: deque[trio.Event] | None = None
+
+    def take_ticket(self) -> trio.Event | None:
+        if not self._held:
+            self._held = True
+            return None
         ticket = trio.Event()
-        self._queue.append(ticket)
-        if len(self._queue) == 1:
-            ticket.set()
+        if self._waiters is None:
+            self._waiters = deque()
+        self._waiters.append(ticket)
         return ticket
 
-    def release(self, ticket: trio.Event) -> None:
-        was_head = self._queue[0] is ticket
-        self._queue.remove(ticket)
-        if was_head and self._queue:
-            self._queue[0].set()
+    def release(self, ticket: trio.Event | None) -> None:
+        if ticket is not None and not ticket.is_set():
+            # It left the queue before its turn (cancelled while waiting).
+            assert self._waiters is not None
+            self._waiters.remove(ticket)
+            return
+        if self._waiters:
+            self._waiters.popleft().set()  # the slot passes on, still held
+        else:
+            self._held = False
 
 
 class Session:
@@ -65,6 +80,26 @@ class Session:
     session closes. Runs are served one at a time, in the order :meth:`run`
     was called, and share the session's :attr:`history`.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_became_idle",
+        "_close_requested",
+        "_closed",
+        "_error",
+        "_event_buffer",
+        "_finished",
+        "_history",
+        "_http_client",
+        "_last_active",
+        "_nursery",
+        "_parked",
+        "_run_count",
+        "_runs_in_flight",
+        "_slot",
+        "agent",
+        "id",
+    )
 
     _ids = itertools.count(1)
 
@@ -84,14 +119,16 @@ class Session:
         self._event_buffer = event_buffer
         self._history: list[Message] = []
         self._slot = _RunSlot()
-        self._run_ids = itertools.count(1)
+        self._run_count = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
-        self._finished = trio.Event()
+        self._close_requested = False
+        self._parked: trio.lowlevel.Task | None = None
+        self._finished = Latch()
         self._error: BaseException | None = None
         self._runs_in_flight = 0
         self._last_active = 0.0
-        self._became_idle = trio.Event()
+        self._became_idle: trio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.id} agent={self.agent.name!r}{' closed' if self._closed else ''}>"
@@ -106,14 +143,15 @@ class Session:
         """Whether the session has been closed (no new runs or tasks are accepted)."""
         return self._closed
 
-    @asynccontextmanager
-    async def run(self, user_input: str, *, deps: Any = None) -> AsyncIterator[RunStream]:
+    def run(self, user_input: str, *, deps: Any = None) -> RunStream:
         """Run the agent on ``user_input``, streaming its events.
 
-        The run's task lives in the session's nursery; this block holds the
-        receiving side. Leaving the block early cancels the run; once the
-        block has exited, the run's task has finished and its channel is
-        closed. Runs wait for the session's run slot in FIFO order.
+        Use the returned :class:`RunStream` as ``async with session.run(...)
+        as stream:``. The run's task lives in the session's nursery; the block
+        holds the receiving side. Leaving the block early cancels the run;
+        once the block has exited, the run's task has finished and its
+        channel is closed. Runs wait for the session's run slot in FIFO order
+        (the order in which their blocks were entered).
 
         Example::
 
@@ -126,9 +164,13 @@ class Session:
             deps: Anything; tools and hooks see it as ``ctx.deps``.
 
         Raises:
-            ClosedSessionError: the session is closed.
-            ReentrantRunError: called from inside one of this session's own runs.
+            ClosedSessionError: (on entering) the session is closed.
+            ReentrantRunError: (on entering) inside one of this session's own runs.
         """
+        return RunStream(self, user_input, deps)
+
+    def _start_run(self, user_input: str, deps: Any) -> tuple[trio.MemoryReceiveChannel[Event], AgentRun]:
+        """Start a run's task in the session's nursery (called by RunStream.__aenter__)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
                 f"{self!r}: run() was called from inside one of its own runs, which would wait "
@@ -136,8 +178,9 @@ class Session:
             )
         nursery = self._open_nursery()
         send, receive = trio.open_memory_channel[Event](self._event_buffer)
+        self._run_count += 1
         run = AgentRun(
-            run_id=f"{self.id}-r{next(self._run_ids)}",
+            run_id=f"{self.id}-r{self._run_count}",
             agent=self.agent,
             session=self,
             user_input=user_input,
@@ -146,26 +189,16 @@ class Session:
             http_client=self._http_client,
             send=send,
         )
-        scope = trio.CancelScope()
-        done = trio.Event()
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
-            nursery.start_soon(self._serve_run, run, send, scope, ticket, done, name=f"run {run.run_id}")
+            nursery.start_soon(self._serve_run, run, send, ticket, name=run.run_id)
         except BaseException:
             self._run_ended(ticket)
             send.close()
             receive.close()
             raise
-        try:
-            yield RunStream(receive, run)
-        finally:
-            # Cancel, then wait until the task has finished (it always finishes
-            # promptly once cancelled), and only then close our side.
-            scope.cancel()
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            receive.close()
+        return receive, run
 
     async def ask(self, user_input: str, *, deps: Any = None) -> RunResult:
         """Run the agent on ``user_input`` and return the result, without streaming.
@@ -221,32 +254,38 @@ class Session:
             raise ClosedSessionError(f"{self!r} is closed")
         return self._nursery
 
-    async def _serve_run(
-        self,
-        run: AgentRun,
-        send: trio.MemorySendChannel[Event],
-        scope: trio.CancelScope,
-        ticket: trio.Event,
-        done: trio.Event,
-    ) -> None:
-        _RUNNING_IN.set(_RUNNING_IN.get() | {self})
+    async def _serve_run(self, run: AgentRun, send: trio.MemorySendChannel[Event], ticket: trio.Event | None) -> None:
+        _RUNNING_IN.set((*_RUNNING_IN.get(), self))
         try:
-            with send, scope:
-                await ticket.wait()
+            with send, run.cancel_scope:
+                if ticket is not None:
+                    await ticket.wait()
                 await run.drive()
         finally:
             self._run_ended(ticket)
-            done.set()
+            run.done.set()
 
-    def _run_ended(self, ticket: trio.Event) -> None:
+    def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)
         self._runs_in_flight -= 1
         self._last_active = trio.current_time()
-        if self._runs_in_flight == 0:
+        if self._runs_in_flight == 0 and self._became_idle is not None:
             self._became_idle.set()
 
-    async def _serve(self, idle_timeout: float | None, *, task_status: trio.TaskStatus[None]) -> None:
-        """The session's life, run as a task of the runtime's nursery."""
+    async def _serve(
+        self,
+        idle_timeout: float | None,
+        registry: set[Session],
+        log_failure: bool,
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """The session's life, run as a task of the runtime's nursery; it is in ``registry`` meanwhile.
+
+        A failure of one of its tasks ends the session only; it is kept on the
+        session (and logged if ``log_failure``, when nobody will re-raise it).
+        """
+        registry.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -254,11 +293,19 @@ class Session:
                 if idle_timeout is not None:
                     nursery.start_soon(self._close_when_idle, idle_timeout)
                 task_status.started()
-                await trio.sleep_forever()
+                # Closing is a request, not a cancellation of this task: the
+                # body returns normally, and only the tasks the session still
+                # owns are cancelled. (An idle session then closes without
+                # raising anything: no Cancelled, no exception group.)
+                await self._wait_for_close_request()
+                nursery.cancel_scope.cancel()
         except* Exception as failure:
             self._error = failure
+            if log_failure:
+                logger.error("session %s failed", self.id, exc_info=failure)
         finally:
             self._closed = True
+            registry.discard(self)
             self._finished.set()
 
     async def _close_when_idle(self, idle_timeout: float) -> None:
@@ -266,20 +313,37 @@ class Session:
             if self._runs_in_flight:
                 self._became_idle = trio.Event()
                 await self._became_idle.wait()
+                self._became_idle = None
                 continue
             deadline = self._last_active + idle_timeout
             if trio.current_time() >= deadline:
                 break
             await trio.sleep_until(deadline)
-        self._cancel()
+        self._request_close()
 
-    def _cancel(self) -> None:
+    def _request_close(self) -> None:
         self._closed = True
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        if not self._close_requested:
+            self._close_requested = True
+            if self._parked is not None:
+                trio.lowlevel.reschedule(self._parked)
+                self._parked = None
+
+    async def _wait_for_close_request(self) -> None:
+        # What trio.Event.wait does, minus the Event: an idle session's task
+        # is the bulk of its memory, and 10,000 idle sessions are a workload.
+        if self._close_requested:
+            return
+        self._parked = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self._parked = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def _aclose(self) -> None:
         """Close the session and wait until every task it owns has finished."""
-        self._cancel()
-        with trio.CancelScope(shield=True):
-            await self._finished.wait()
+        self._request_close()
+        if not self._finished.is_set():
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()

@@ -2,43 +2,86 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._exceptions import ClosedRunStreamError
+from ._exceptions import AgentRuntimeError, ClosedRunStreamError
 from .events import Event, RunFinished
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from ._loop import AgentRun
     from ._result import RunResult
+    from ._session import Session
 
 _CANCELLED = RunFinished("cancelled")
 
 
 class RunStream:
-    """The events of one run, in order; made by ``Session.run``.
+    """One run: an async context manager that starts it, and an async iterator of its events.
 
-    An async iterator (not an async generator, so breaking out of ``async
-    for`` is always safe). Its last event is exactly one
+    Made by ``Session.run``; use it as ``async with session.run(...) as
+    stream: async for event in stream: ...``. Entering starts the run's task
+    in the session's nursery; leaving cancels the run if it is still going
+    and waits until its task has finished.
+
+    The iterator is a class, not an async generator, so breaking out of
+    ``async for`` is always safe. Its last event is exactly one
     :class:`~runtime.events.RunFinished`: if the run was cancelled before it
     could send one, the stream yields ``RunFinished("cancelled")`` itself.
     """
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Event], run: AgentRun) -> None:
-        self._receive = receive
-        self._run = run
+    __slots__ = ("_deps", "_finished", "_receive", "_run", "_session", "_user_input")
+
+    def __init__(self, session: Session, user_input: str, deps: Any) -> None:
+        self._session = session
+        self._user_input = user_input
+        self._deps = deps
+        self._run: AgentRun | None = None
+        self._receive: trio.MemoryReceiveChannel[Event] | None = None
         self._finished = False
+
+    async def __aenter__(self) -> RunStream:
+        if self._run is not None:
+            raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
+        self._receive, self._run = self._session._start_run(self._user_input, self._deps)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._run is not None
+        assert self._receive is not None
+        # Cancel, wait until the task has finished (it does so promptly once
+        # cancelled), and only then close our side.
+        self._run.cancel_scope.cancel()
+        if not self._run.done.is_set():
+            with trio.CancelScope(shield=True):
+                await self._run.done.wait()
+        self._receive.close()
+
+    def __enter__(self) -> None:
+        raise TypeError("use 'async with session.run(...)', not 'with'")
+
+    def __exit__(self, *exc: object) -> None:  # pragma: no cover - __enter__ always raises
+        pass
 
     @property
     def run_id(self) -> str:
         """The run's id, as in its ``RunStarted`` event."""
-        return self._run.run_id
+        return self._started().run_id
 
     @property
     def result(self) -> RunResult:
         """What the run produced so far; final once ``RunFinished`` was seen."""
-        return self._run.result()
+        return self._started().result()
+
+    def _started(self) -> AgentRun:
+        if self._run is None:
+            raise AgentRuntimeError("the run has not started: use 'async with session.run(...) as stream'")
+        return self._run
 
     def __aiter__(self) -> RunStream:
         return self
@@ -46,14 +89,19 @@ class RunStream:
     async def __anext__(self) -> Event:
         if self._finished:
             raise StopAsyncIteration
+        receive = self._receive
+        if receive is None:
+            raise AgentRuntimeError("the run has not started: use 'async with session.run(...) as stream'")
         # A cancel point always; a schedule point only when nothing is buffered
         # (a full checkpoint per event would cost more than the event).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             try:
-                event = self._receive.receive_nowait()
+                event = receive.receive_nowait()
             except trio.WouldBlock:
-                event = await self._receive.receive()
+                event = None
+            if event is None:  # waited for outside the except block, which would keep the WouldBlock alive
+                event = await receive.receive()
         except trio.EndOfChannel:
             self._finished = True
             return _CANCELLED

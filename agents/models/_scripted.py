@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -62,10 +61,11 @@ class ScriptedModel:
         self.requests: list[ModelRequest] = []
         """Every request received, oldest first (if ``record_requests``)."""
 
-    @asynccontextmanager
-    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
-        """Answer ``request`` with the script's next turn."""
-        await trio.lowlevel.checkpoint()
+    def stream(self, request: ModelRequest) -> _ScriptedStream:
+        """Answer ``request`` with the script's next turn (taken when the block is entered)."""
+        return _ScriptedStream(self, request)
+
+    def _next_chunks(self, request: ModelRequest) -> list[ModelChunk]:
         if self._record:
             self.requests.append(request)
         try:
@@ -77,7 +77,7 @@ class ScriptedModel:
         self._calls += 1
         if callable(turn):
             turn = turn(request)
-        yield _Chunks(self._chunks(request, turn))
+        return self._chunks(request, turn)
 
     def _chunks(self, request: ModelRequest, turn: Turn) -> list[ModelChunk]:
         chunks: list[ModelChunk] = []
@@ -94,17 +94,32 @@ class ScriptedModel:
         return chunks
 
 
-class _Chunks:
-    """An async iterator over a list (a class, so abandoning it never warns)."""
+class _ScriptedStream:
+    """One scripted model call: its async context manager and its chunk iterator.
 
-    def __init__(self, chunks: list[ModelChunk]) -> None:
-        self._chunks = iter(chunks)
+    A class rather than an async generator, so abandoning it never warns.
+    """
 
-    def __aiter__(self) -> _Chunks:
+    __slots__ = ("_chunks", "_model", "_request")
+
+    def __init__(self, model: ScriptedModel, request: ModelRequest) -> None:
+        self._model = model
+        self._request = request
+        self._chunks: Iterator[ModelChunk] = iter(())
+
+    async def __aenter__(self) -> _ScriptedStream:
+        await trio.lowlevel.checkpoint()  # a model call is a schedule point
+        self._chunks = iter(self._model._next_chunks(self._request))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> _ScriptedStream:
         return self
 
     async def __anext__(self) -> ModelChunk:
-        # A cancel point per chunk; the model call itself was the schedule point.
+        # A cancel point per chunk; entering the call was the schedule point.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return next(self._chunks)
