@@ -157,8 +157,9 @@ class AgentRun:
         except BaseException:
             # Cancelled: the hooks still hear of it, briefly, and the consumer
             # gets the real RunFinished if there is room (else RunStream makes one).
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
-                await self._run_end_hooks("cancelled")
+            if self._agent.hooks:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
+                    await self._run_end_hooks("cancelled")
             try:
                 self._send_nowait(RunFinished("cancelled"))
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -12,6 +12,7 @@ import httpx
 import trio
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError
+from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Session
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ class _SessionBlock:
     async def __aenter__(self) -> Session:
         if self._session is not None:
             raise AgentRuntimeError("open_session() blocks can be entered only once")
-        self._session = await self._runtime._start(
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._session = self._runtime._start(
             self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
         )
         return self._session
@@ -84,15 +86,9 @@ class _SessionBlock:
 class Runtime:
     """Owns every session and the shared HTTP client; made by :func:`open_runtime`."""
 
-    def __init__(
-        self,
-        nursery: trio.Nursery,
-        http_client: httpx.AsyncClient,
-        *,
-        idle_timeout: float | None,
-        event_buffer: int,
-    ) -> None:
-        self._nursery = nursery
+    def __init__(self, http_client: httpx.AsyncClient, *, idle_timeout: float | None, event_buffer: int) -> None:
+        self._nursery: trio.Nursery | None = None
+        self._exit_requested = Latch()
         self.http_client = http_client
         """The HTTP client every model of this runtime uses."""
         self.idle_timeout = idle_timeout
@@ -100,6 +96,27 @@ class Runtime:
         self._event_buffer = event_buffer
         self._sessions: set[Session] = set()
         self._closed = False
+
+    async def _hold_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own the nursery every session lives in, until the runtime exits.
+
+        The nursery is shielded from cancellation from outside: leaving the
+        runtime block asks each session to close, which it always does at
+        once (cancelling its own runs and tasks). That is the graceful order
+        of DESIGN.md, and far cheaper than a Cancelled raised in every idle
+        session; nothing waits on anything but the sessions' own closing.
+        """
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._exit_requested.wait()
+
+    def _exit(self) -> None:
+        self._closed = True
+        for session in list(self._sessions):
+            session._request_close()
+        self._exit_requested.set()
 
     @property
     def sessions(self) -> tuple[Session, ...]:
@@ -141,18 +158,24 @@ class Runtime:
             ClosedSessionError: the runtime is closed.
         """
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
-        session = await self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        session = self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
         return SessionHandle(session)
 
-    async def _start(
-        self, agent: Agent, *, session_id: str | None, idle_timeout: float | None, log_failure: bool
-    ) -> Session:
+    def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None, log_failure: bool) -> Session:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
-        session = Session(agent, http_client=self.http_client, event_buffer=self._event_buffer, session_id=session_id)
-        await self._nursery.start(
-            session._serve, idle_timeout, self._sessions, log_failure, name=f"session {session.id}"
+        session = Session(
+            agent,
+            http_client=self.http_client,
+            event_buffer=self._event_buffer,
+            session_id=session_id,
+            registry=self._sessions,
         )
+        # Not nursery.start(): the session is usable at once (work given to it
+        # before its task runs is started by that task), saving a round trip.
+        assert self._nursery is not None
+        self._nursery.start_soon(session._serve, idle_timeout, log_failure, name=f"session {session.id}")
         return session
 
 
@@ -183,15 +206,12 @@ async def open_runtime(
     """
     try:
         async with _client(http_client) as client, trio.open_nursery() as nursery:
-            runtime = Runtime(nursery, client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+            runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+            await nursery.start(runtime._hold_sessions)
             try:
                 yield runtime
             finally:
-                # Ask every session to close (cheap: no exception raised in an
-                # idle session) and cancel whatever else the nursery holds.
-                runtime._closed = True
-                for session in runtime._sessions:
-                    session._request_close()
+                runtime._exit()
     except BaseExceptionGroup as group:
         # Sessions contain their own failures, so a group here holds what the
         # block raised: give it back as it was, so `except OurError` works.

@@ -94,6 +94,9 @@ class Session:
         "_last_active",
         "_nursery",
         "_parked",
+        "_pending",
+        "_ready",
+        "_registry",
         "_run_count",
         "_runs_in_flight",
         "_slot",
@@ -110,6 +113,7 @@ class Session:
         http_client: httpx.AsyncClient | None,
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         session_id: str | None = None,
+        registry: set[Session] | None = None,
     ) -> None:
         self.agent = agent
         """The agent every run of this session runs."""
@@ -121,13 +125,18 @@ class Session:
         self._slot = _RunSlot()
         self._run_count = 0
         self._nursery: trio.Nursery | None = None
+        # Tasks started before the session's own task has opened its nursery.
+        self._pending: list[tuple[Callable[..., Awaitable[object]], tuple[object, ...], str | None]] = []
+        self._ready = Latch()
+        self._registry = registry if registry is not None else set()
+        self._registry.add(self)
         self._closed = False
         self._close_requested = False
         self._parked: trio.lowlevel.Task | None = None
         self._finished = Latch()
         self._error: BaseException | None = None
         self._runs_in_flight = 0
-        self._last_active = 0.0
+        self._last_active = trio.current_time()
         self._became_idle: trio.Event | None = None
 
     def __repr__(self) -> str:
@@ -176,7 +185,7 @@ class Session:
                 f"{self!r}: run() was called from inside one of its own runs, which would wait "
                 "forever for the run slot; use another session"
             )
-        nursery = self._open_nursery()
+        self._check_open()
         send, receive = trio.open_memory_channel[Event](self._event_buffer)
         self._run_count += 1
         run = AgentRun(
@@ -192,7 +201,7 @@ class Session:
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
-            nursery.start_soon(self._serve_run, run, send, ticket, name=run.run_id)
+            self._spawn(self._serve_run, (run, send, ticket), f"run {run.run_id}")
         except BaseException:
             self._run_ended(ticket)
             send.close()
@@ -236,7 +245,7 @@ class Session:
         Raises:
             ClosedSessionError: the session is closed.
         """
-        self._open_nursery().start_soon(async_fn, *args, name=name)
+        self._spawn(async_fn, args, name)
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
         """Start a task in the session's nursery and wait until it calls ``task_status.started()``.
@@ -247,12 +256,23 @@ class Session:
         Raises:
             ClosedSessionError: the session is closed.
         """
-        return await self._open_nursery().start(async_fn, *args, name=name)
+        self._check_open()
+        await self._ready.wait()
+        self._check_open()
+        assert self._nursery is not None
+        return await self._nursery.start(async_fn, *args, name=name)
 
-    def _open_nursery(self) -> trio.Nursery:
-        if self._closed or self._nursery is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise ClosedSessionError(f"{self!r} is closed")
-        return self._nursery
+
+    def _spawn(self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...], name: str | None) -> None:
+        """Start a task in the session's nursery, or as soon as the nursery exists."""
+        self._check_open()
+        if self._nursery is None:
+            self._pending.append((async_fn, args, name))
+        else:
+            self._nursery.start_soon(async_fn, *args, name=name)
 
     async def _serve_run(self, run: AgentRun, send: trio.MemorySendChannel[Event], ticket: trio.Event | None) -> None:
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
@@ -272,27 +292,21 @@ class Session:
         if self._runs_in_flight == 0 and self._became_idle is not None:
             self._became_idle.set()
 
-    async def _serve(
-        self,
-        idle_timeout: float | None,
-        registry: set[Session],
-        log_failure: bool,
-        *,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        """The session's life, run as a task of the runtime's nursery; it is in ``registry`` meanwhile.
+    async def _serve(self, idle_timeout: float | None, log_failure: bool) -> None:
+        """The session's life, run as a task of the runtime's nursery.
 
         A failure of one of its tasks ends the session only; it is kept on the
         session (and logged if ``log_failure``, when nobody will re-raise it).
         """
-        registry.add(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._last_active = trio.current_time()
                 if idle_timeout is not None:
                     nursery.start_soon(self._close_when_idle, idle_timeout)
-                task_status.started()
+                for async_fn, args, name in self._pending:
+                    nursery.start_soon(async_fn, *args, name=name)
+                self._pending.clear()
+                self._ready.set()
                 # Closing is a request, not a cancellation of this task: the
                 # body returns normally, and only the tasks the session still
                 # owns are cancelled. (An idle session then closes without
@@ -304,9 +318,7 @@ class Session:
             if log_failure:
                 logger.error("session %s failed", self.id, exc_info=failure)
         finally:
-            self._closed = True
-            registry.discard(self)
-            self._finished.set()
+            self._mark_finished()
 
     async def _close_when_idle(self, idle_timeout: float) -> None:
         while True:
@@ -341,9 +353,21 @@ class Session:
         self._parked = None
         return trio.lowlevel.Abort.SUCCEEDED
 
+    def _mark_finished(self) -> None:
+        self._closed = True
+        self._registry.discard(self)
+        self._ready.set()  # wakes start() callers, which then see the session closed
+        self._finished.set()
+
     async def _aclose(self) -> None:
         """Close the session and wait until every task it owns has finished."""
         self._request_close()
-        if not self._finished.is_set():
-            with trio.CancelScope(shield=True):
-                await self._finished.wait()
+        if self._finished.is_set():
+            return
+        if not self._pending and (self._nursery is None or not self._nursery.child_tasks):
+            # It owns no task: nothing to wait for. (Its own task, owned by the
+            # runtime, just returns when it next runs.)
+            self._mark_finished()
+            return
+        with trio.CancelScope(shield=True):
+            await self._finished.wait()

@@ -108,7 +108,9 @@ class _ScriptedStream:
         self._chunks: Iterator[ModelChunk] = iter(())
 
     async def __aenter__(self) -> _ScriptedStream:
-        await trio.lowlevel.checkpoint()  # a model call is a schedule point
+        # A cancel point, not a schedule point: an offline model has nothing
+        # to wait for (an HTTP model's reads are its schedule points).
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._chunks = iter(self._model._next_chunks(self._request))
         return self
 
@@ -119,7 +121,7 @@ class _ScriptedStream:
         return self
 
     async def __anext__(self) -> ModelChunk:
-        # A cancel point per chunk; entering the call was the schedule point.
+        # A cancel point per chunk.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return next(self._chunks)
