@@ -7,7 +7,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
 import pydantic
@@ -80,7 +80,51 @@ class Tool:
             kwargs[self._context_parameter] = ctx
         if self._is_async:
             return await self.function(**kwargs)
-        return await trio.to_thread.run_sync(functools.partial(self.function, **kwargs), abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            functools.partial(self.function, **kwargs),
+            abandon_on_cancel=True,
+            # trio documents the limiter as any object with these two methods;
+            # its annotation names only CapacityLimiter.
+            limiter=typing.cast("trio.CapacityLimiter", _tool_threads()),
+        )
+
+
+TOOL_THREADS: Final = 40
+"""Sync tools running at once in worker threads, per trio run (trio's own default)."""
+
+
+class _ToolThreads:
+    """A CapacityLimiter that waits (a schedule point) only when every thread is busy.
+
+    trio's limiter always yields on acquire; for a tool call that is a whole
+    scheduler round trip on every call, for nothing when a thread is free.
+    """
+
+    def __init__(self, total: int) -> None:
+        self._limiter = trio.CapacityLimiter(total)
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(borrower)
+            return
+        except trio.WouldBlock:
+            pass
+        await self._limiter.acquire_on_behalf_of(borrower)
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self._limiter.release_on_behalf_of(borrower)
+
+
+_TOOL_LIMITER: trio.lowlevel.RunVar[_ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")
+
+
+def _tool_threads() -> _ToolThreads:
+    try:
+        return _TOOL_LIMITER.get()
+    except LookupError:
+        limiter = _ToolThreads(TOOL_THREADS)
+        _TOOL_LIMITER.set(limiter)
+        return limiter
 
 
 @runtime_checkable

@@ -1,0 +1,46 @@
+"""What every workload script shares: picking the implementation, and printing one JSON result.
+
+Stdlib only: it runs in trio-agents' virtualenv and in the peers' one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import statistics
+import sys
+from typing import Any
+
+IMPLS = {"trio-agents": "impl_trio_agents", "openai-agents": "impl_openai_agents", "pydantic-ai": "impl_pydantic_ai"}
+
+
+def parse(description: str, **sizes: int) -> argparse.Namespace:
+    """Parse ``--impl`` and one ``--<size>`` option per keyword (its default)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--impl", choices=sorted(IMPLS), default="trio-agents")
+    for name, default in sizes.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    return parser.parse_args()
+
+
+def load(impl: str) -> Any:
+    """Import ``bench/impl_<impl>.py`` (the script's folder is first on sys.path)."""
+    return importlib.import_module(IMPLS[impl])
+
+
+def emit(workload: str, impl: str, module: Any, metrics: dict[str, Any]) -> None:
+    """Print the result as the last line of stdout, for the runner."""
+    record = {"workload": workload, "impl": impl, "versions": module.VERSIONS, "metrics": metrics}
+    sys.stdout.write(json.dumps(record) + "\n")
+
+
+def quiet_gc() -> None:
+    """Start a measurement from a collected heap."""
+    gc.collect()
+
+
+def median(values: list[float]) -> float:
+    """The median, for progress lines."""
+    return statistics.median(values)

@@ -1,0 +1,184 @@
+"""The workloads on trio-agents (see _protocol.md for the interface and the workload definitions).
+
+W1 runs each prompt in a fresh session, since the peers' runs start with no
+history too; session creation is included in the measured time.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import platform
+import resource
+import time
+from importlib.metadata import version
+from typing import Any
+
+import trio
+
+from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
+from runtime import open_runtime
+from runtime.events import RunFinished
+
+VERSIONS = {"trio-agents": version("trio-agents"), "trio": trio.__version__, "python": platform.python_version()}
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def answer(request: ModelRequest) -> str | ToolCall:
+    """First the tool call add(k, 1), then, after its result, "done k"."""
+    first = request.messages[0]
+    assert isinstance(first, UserMessage)
+    k = int(first.content.rsplit(" ", 1)[1])
+    if isinstance(request.messages[-1], ToolResultMessage):
+        return f"done {k}"
+    return ToolCall("add", {"a": k, "b": 1})
+
+
+def make_agent() -> Agent:
+    model = ScriptedModel(itertools.repeat(answer), record_requests=False)
+    return Agent(name="bench", model=model, tools=[add])
+
+
+async def run_one(runtime: Any, agent: Agent, k: int, *, streamed: bool) -> str:
+    async with runtime.open_session(agent) as session:
+        if not streamed:
+            return (await session.ask(f"prompt {k}")).output
+        async with session.run(f"prompt {k}") as stream:
+            async for event in stream:
+                last = event
+        assert last == RunFinished("completed")
+        return stream.result.output
+
+
+def w1(prompts: int, *, streamed: bool) -> float:
+    agent = make_agent()
+
+    async def main() -> float:
+        async with open_runtime() as runtime:
+            start = time.perf_counter()
+            for k in range(prompts):
+                output = await run_one(runtime, agent, k, streamed=streamed)
+            elapsed = time.perf_counter() - start
+        assert output == f"done {prompts - 1}", output
+        return elapsed
+
+    return trio.run(main)
+
+
+def current_rss_kib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 1024
+
+
+def w2(runs: int) -> dict[str, float]:
+    agent = make_agent()
+
+    async def main() -> dict[str, float]:
+        async with open_runtime() as runtime:
+            await run_one(runtime, agent, 0, streamed=True)
+            gc.collect()
+            before = current_rss_kib()
+            outputs: list[str] = []
+
+            async def one(k: int) -> None:
+                outputs.append(await run_one(runtime, agent, k, streamed=True))
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for k in range(runs):
+                    nursery.start_soon(one, k)
+            wall = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert sorted(outputs) == sorted(f"done {k}" for k in range(runs))
+        return {"wall_s": wall, "peak_rss_kib_per_run": (peak - before) / runs}
+
+    return trio.run(main)
+
+
+class _Parked:
+    """A model that never answers; counts the runs parked in it."""
+
+    def __init__(self, runs: int) -> None:
+        self.parked = 0
+        self.all_parked = trio.Event()
+        self.runs = runs
+
+    def stream(self, request: ModelRequest) -> Any:
+        return self
+
+    async def __aenter__(self) -> Any:
+        self.parked += 1
+        if self.parked == self.runs:
+            self.all_parked.set()
+        await trio.sleep_forever()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _TaskCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.alive = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.alive += 1
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.alive -= 1
+
+
+def w3(runs: int) -> dict[str, float]:
+    model = _Parked(runs)
+    agent = Agent(name="parked", model=model)  # type: ignore[arg-type]
+    counter = _TaskCounter()
+
+    async def main() -> dict[str, float]:
+        baseline = counter.alive  # trio's own tasks and this one
+        with trio.CancelScope() as owner:
+            async with open_runtime() as runtime, trio.open_nursery() as consumers:
+
+                async def consume() -> None:
+                    async with runtime.open_session(agent) as session, session.run("hi") as stream:
+                        async for _ in stream:
+                            pass
+
+                for _ in range(runs):
+                    consumers.start_soon(consume)
+                await model.all_parked.wait()
+                start = time.perf_counter()
+                owner.cancel()
+        elapsed = time.perf_counter() - start
+        return {"cancel_ms": elapsed * 1000, "tasks_alive": counter.alive - baseline}
+
+    return trio.run(main, instruments=[counter])
+
+
+def w4(sessions: int) -> dict[str, float]:
+    agent = Agent(
+        name="idle", model=ScriptedModel(itertools.cycle([ToolCall("add", {"a": 1, "b": 1}), "done 1"])), tools=[add]
+    )
+
+    async def main() -> dict[str, float]:
+        async with open_runtime() as runtime:
+            warm = await runtime.start_session(agent)
+            await warm.session.ask("prompt 1")
+            await warm.aclose()
+            gc.collect()
+            before = current_rss_kib()
+            handles = []
+            for _ in range(sessions):
+                handle = await runtime.start_session(agent)
+                await handle.session.ask("prompt 1")
+                handles.append(handle)
+            gc.collect()
+            per_session = (current_rss_kib() - before) / sessions
+            start = time.perf_counter()
+        close_ms = (time.perf_counter() - start) * 1000
+        return {"rss_kib_per_session": per_session, "close_ms": close_ms}
+
+    return trio.run(main)

@@ -1,0 +1,348 @@
+"""Run the workloads for trio-agents and its peers, A B A B, and write BENCHMARKS.md.
+
+    python bench/run.py           # everything (make bench), ~10 minutes on 2 cores
+    python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
+
+Each measurement is a fresh process of a workload script (bench/w*_*.py),
+run with the interpreter of that implementation's virtualenv: trio-agents
+in ours, openai-agents and pydantic-ai in bench/.venv-peers (made here from
+bench/requirements-peers.txt; openai-agents' top-level package `agents`
+would clash with ours). Implementations alternate within each round, so a
+slow spell of the machine hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PEERS_VENV = BENCH / ".venv-peers"
+REQUIREMENTS = BENCH / "requirements-peers.txt"
+IMPLS = ("trio-agents", "openai-agents", "pydantic-ai")
+PEERS = IMPLS[1:]
+
+# (workload, script, rounds): W1 processes each report 5 repetitions.
+FULL_PLAN = [("w0", "w0_floor.py", 2), ("w1", "w1_tool_turn.py", 2), ("w2", "w2_concurrency.py", 3),
+             ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3)]  # fmt: skip
+QUICK_PLAN = [("w1", "w1_tool_turn.py", 2)]
+
+TITLES = {
+    "w0": "W0 floor: one event hop",
+    "w1": "W1 tool turn: 300 sequential runs with one tool call",
+    "w2": "W2 concurrency: 1,000 W1 runs at once",
+    "w3": "W3 cancel: 1,000 parked runs cancelled together",
+    "w4": "W4 scale: 10,000 idle sessions",
+}
+METRICS = {  # workload -> [(metric, label, unit, lower is better)]
+    "w0": [
+        ("channel_buffer0_ns", "raw trio channel, buffer 0", "ns/item", True),
+        ("channel_buffer100_ns", "raw trio channel, buffer 100", "ns/item", True),
+        ("agent_event_ns", "trio-agents: one streamed event, model chunk to consumer", "ns/event", True),
+    ],
+    "w1": [
+        ("streamed_us_per_run", "streamed", "µs/run", True),
+        ("plain_us_per_run", "not streamed", "µs/run", True),
+    ],
+    "w2": [
+        ("wall_s", "wall time", "s", True),
+        ("runs_per_s", "throughput", "runs/s", False),
+        ("peak_rss_kib_per_run", "peak RSS over baseline", "KiB/run", True),
+    ],
+    "w3": [
+        ("cancel_ms", "cancel until the owning block exited", "ms", True),
+        ("tasks_alive", "tasks still alive then", "tasks", True),
+    ],
+    "w4": [
+        ("rss_kib_per_session", "RSS", "KiB/session", True),
+        ("close_ms", "close them all", "ms", True),
+    ],
+}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def ensure_peers() -> Path:
+    """Make bench/.venv-peers from the pinned requirements, unless it is up to date."""
+    python = PEERS_VENV / "bin" / "python"
+    stamp = PEERS_VENV / ".installed"
+    wanted = REQUIREMENTS.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    log(f"[setup] creating {PEERS_VENV.relative_to(ROOT)} with {', '.join(_pins())} (about a minute)")
+    shutil.rmtree(PEERS_VENV, ignore_errors=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(wanted)
+    return python
+
+
+def _pins() -> list[str]:
+    return [line.strip() for line in REQUIREMENTS.read_text().splitlines() if line.strip() and line[0] != "#"]
+
+
+def measure(python: Path | str, script: str, impl: str) -> dict[str, Any]:
+    """Run one workload script in a fresh process; return its JSON record."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYDANTIC_AI_NO_BANNER": "1"}
+    done = subprocess.run(
+        [str(python), str(BENCH / script), "--impl", impl],
+        cwd=BENCH,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{script} --impl {impl} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def headline(workload: str, metrics: dict[str, Any]) -> str:
+    """One short summary of a record, for the progress line."""
+    first = METRICS[workload][0 if workload != "w2" else 2]
+    value = metrics[first[0]]
+    value = statistics.median(value) if isinstance(value, list) else value
+    return f"{first[1]}: {value:,.1f} {first[2]}"
+
+
+def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, Any]:
+    """Measure every workload of the plan; return {workload: {impl: {metric: [values]}}, versions}."""
+    results: dict[str, Any] = {"workloads": {}, "versions": {}}
+    steps = sum(rounds * (1 if workload == "w0" else len(IMPLS)) for workload, _, rounds in plan)
+    step = 0
+    started = time.monotonic()
+    for workload, script, rounds in plan:
+        table: dict[str, dict[str, list[float]]] = results["workloads"].setdefault(workload, {})
+        impls = ("trio-agents",) if workload == "w0" else IMPLS
+        for round_ in range(rounds):
+            for impl in impls:
+                step += 1
+                python = sys.executable if impl == "trio-agents" else peers_python
+                began = time.monotonic()
+                record = measure(python, script, impl)
+                results["versions"][impl] = record["versions"]
+                for metric, value in record["metrics"].items():
+                    table.setdefault(impl, {}).setdefault(metric, []).extend(
+                        value if isinstance(value, list) else [value]
+                    )
+                elapsed = time.monotonic() - started
+                eta = elapsed / step * (steps - step)
+                log(
+                    f"[{step:>2}/{steps}] {workload} round {round_ + 1}/{rounds} {impl:<14} "
+                    f"{headline(workload, record['metrics']):<42} ({time.monotonic() - began:4.1f} s, "
+                    f"~{eta / 60:.1f} min left)"
+                )
+    return results
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
+
+
+def median_of(results: dict[str, Any], workload: str, impl: str, metric: str) -> float:
+    return statistics.median(results["workloads"][workload][impl][metric])
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The targets of issue 3 that these results speak to: (target, measured, met)."""
+    w = results["workloads"]
+    rows = []
+    if "w1" in w:
+        ours = median_of(results, "w1", "trio-agents", "streamed_us_per_run")
+        theirs = median_of(results, "w1", "openai-agents", "streamed_us_per_run")
+        rows.append(("W1 streamed ≤ 1/10 of openai-agents'", f"{ours:,.0f} / {theirs:,.0f} µs = {ours / theirs:.3f}",
+                     ours <= theirs / 10))  # fmt: skip
+    if "w2" in w:
+        kib = median_of(results, "w2", "trio-agents", "peak_rss_kib_per_run")
+        rows.append(("W2 ≤ 16 KiB per run", f"{kib:.1f} KiB", kib <= 16))
+    if "w3" in w:
+        ours = median_of(results, "w3", "trio-agents", "cancel_ms")
+        fastest = min(median_of(results, "w3", peer, "cancel_ms") for peer in PEERS)
+        alive = max(results["workloads"]["w3"]["trio-agents"]["tasks_alive"])
+        rows.append(("W3 ≤ 1/4 of the fastest peer's cancel", f"{ours:.0f} / {fastest:.0f} ms = {ours / fastest:.3f}",
+                     ours <= fastest / 4))  # fmt: skip
+        rows.append(("W3: zero tasks alive when the block exits", f"{alive:.0f} (max over rounds)", alive == 0))
+    if "w4" in w:
+        kib = median_of(results, "w4", "trio-agents", "rss_kib_per_session")
+        rows.append(("W4 ≤ 8 KiB per idle session", f"{kib:.2f} KiB", kib <= 8))
+    if "w0" in w:
+        event = median_of(results, "w0", "trio-agents", "agent_event_ns")
+        floor = min(median_of(results, "w0", "trio-agents", m) for m in ("channel_buffer0_ns", "channel_buffer100_ns"))
+        rows.append(("per-event overhead ≤ 2× the W0 floor", f"{event:,.0f} / {floor:,.0f} ns = {event / floor:.2f}×",
+                     event <= 2 * floor))  # fmt: skip
+    return rows
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of trio-agents / peer ratios for W1–W3 (log scale; lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = [
+        ("w1", "streamed_us_per_run", "W1 streamed\ntime/run"),
+        ("w1", "plain_us_per_run", "W1 not streamed\ntime/run"),
+        ("w2", "wall_s", "W2 wall time"),
+        ("w2", "peak_rss_kib_per_run", "W2 memory/run"),
+        ("w3", "cancel_ms", "W3 cancel time"),
+    ]
+    items = [item for item in items if item[0] in results["workloads"]]
+    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    width = 0.38
+    colors = {"openai-agents": "#10a37f", "pydantic-ai": "#e6007a"}
+    for offset, peer in zip((-width / 2, width / 2), PEERS, strict=True):
+        ratios = [median_of(results, w, "trio-agents", m) / median_of(results, w, peer, m) for w, m, _ in items]
+        bars = ax.bar([i + offset for i in range(len(items))], ratios, width, label=f"vs {peer}", color=colors[peer])
+        for bar, ratio in zip(bars, ratios, strict=True):
+            ax.annotate(f"{ratio:.3f}", (bar.get_x() + bar.get_width() / 2, ratio), ha="center", va="bottom",
+                        fontsize=8, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.text(len(items) - 0.5, 1.05, "parity", ha="right", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(items)), [label for _, _, label in items], fontsize=9)
+    ax.set_ylabel("trio-agents / peer (log scale, lower is better)")
+    ax.set_title("trio-agents relative to its peers (median of all rounds)")
+    ax.legend(loc="upper left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def machine() -> list[str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f"{mem_kib / 1024 / 1024:.0f} GiB"
+    except OSError:
+        memory = "unknown memory"
+    return [
+        f"{platform.system()} {platform.release()} ({platform.machine()})",
+        f"{cpu}, {os.cpu_count()} cores, {memory}",
+    ]
+
+
+def report(results: dict[str, Any], elapsed: float) -> str:
+    """BENCHMARKS.md."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`bench/run.py`); do not edit by hand — the profile note at the end comes from",
+        "`bench/PROFILE.md`. Every figure is from the same run, implementations alternating (A B A B), each",
+        "measurement a fresh process. This machine is noisy: read the ratios, not the absolute numbers.",
+        "",
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed / 60:.1f} min",
+        *[f"- Machine: {line}" for line in machine()],
+        *[
+            f"- {impl}: " + ", ".join(f"{k} {v}" for k, v in results["versions"].get(impl, {}).items())
+            for impl in IMPLS
+        ],
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *[f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in targets(results)],
+        "",
+        "![trio-agents / peer ratios](bench/ratios.png)",
+        "",
+    ]
+    for workload, table in results["workloads"].items():
+        lines += [f"## {TITLES[workload]}", "", _describe(workload), ""]
+        impls = [impl for impl in IMPLS if impl in table]
+        header = "| metric | " + " | ".join(f"{impl} min / median / max" for impl in impls)
+        if len(impls) > 1:
+            header += " | " + " | ".join(f"ratio vs {peer}" for peer in impls[1:])
+        lines += [header + " |", "|---" * (2 * len(impls)) + "|"]
+        for metric, label, unit, _ in METRICS[workload]:
+            if metric not in table["trio-agents"]:
+                continue
+            cells = [" / ".join(_fmt(v) for v in stats(table[impl][metric])) for impl in impls]
+            ratios = []
+            for peer in impls[1:]:
+                ours, theirs = statistics.median(table["trio-agents"][metric]), statistics.median(table[peer][metric])
+                ratios.append(f"{ours / theirs:.3f}" if theirs else "–")
+            lines.append(f"| {label} ({unit}) | " + " | ".join(cells + ratios) + " |")
+        lines.append("")
+    lines += [
+        "Ratios are trio-agents' median over the peer's median (below 1: trio-agents uses less; for",
+        "throughput, above 1 is better). Reproduce: `make bench` (or `make bench-quick` for W1 alone).",
+        "",
+    ]
+    profile = BENCH / "PROFILE.md"
+    if profile.exists():
+        lines += [profile.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def _describe(workload: str) -> str:
+    doc = {
+        "w0": "1,000,000 items through a raw `trio.open_memory_channel` (one producer, one consumer), and the "
+        "marginal cost of one streamed `TextDelta` through trio-agents (model chunk → event → channel → "
+        "`RunStream` → consumer), from runs answering 1 and 2,001 words.",
+        "w1": "One agent, one sync tool `add(a, b)` (each library runs it in a worker thread), a scripted offline "
+        'model answering prompt k with the call `add(k, 1)`, then `"done k"`. 300 prompts one after another, '
+        "each a fresh run (trio-agents: a fresh session per run, included in the time); 5 repetitions after a "
+        "warm-up per process.",
+        "w2": "1,000 W1 runs started at once in one process; peak RSS minus the baseline after one warm-up run.",
+        "w3": "1,000 streamed runs whose model never answers, consumed in tasks owned by one block; the block is "
+        "cancelled once all are parked. Time from the cancel until the block has exited, and the tasks "
+        "still alive at that moment (openai-agents leaves its stream-cleanup tasks running).",
+        "w4": "10,000 sessions, each with the history of one W1 run (trio-agents: a started session that ran "
+        "it; openai-agents: `SQLiteSession` in memory, its lightest session; pydantic-ai: a copy of "
+        "`all_messages()`), then all closed.",
+    }
+    return doc[workload]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="W1 only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    started = time.monotonic()
+    peers_python = ensure_peers()
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    log(f"[bench] {'W1 only' if args.quick else 'W0–W4'}: {', '.join(IMPLS)}")
+    results = run_plan(plan, peers_python)
+    elapsed = time.monotonic() - started
+    log("")
+    for name, measured, met in targets(results):
+        log(f"  {'ok  ' if met else 'MISS'} {name}: {measured}")
+    if args.quick:
+        (BENCH / "results-quick.json").write_text(json.dumps(results, indent=1))
+        log(f"\n[bench] done in {elapsed / 60:.1f} min; results in bench/results-quick.json")
+        return
+    (BENCH / "results.json").write_text(json.dumps(results, indent=1))
+    chart(results, BENCH / "ratios.png")
+    (ROOT / "BENCHMARKS.md").write_text(report(results, elapsed))
+    log(f"\n[bench] done in {elapsed / 60:.1f} min; wrote BENCHMARKS.md and bench/ratios.png")
+
+
+if __name__ == "__main__":
+    main()
