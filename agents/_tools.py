@@ -6,6 +6,7 @@ import functools
 import inspect
 import re
 import typing
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
 
@@ -94,25 +95,38 @@ TOOL_THREADS: Final = 40
 
 
 class _ToolThreads:
-    """A CapacityLimiter that waits (a schedule point) only when every thread is busy.
+    """The limiter of sync tools' worker threads: FIFO, and no schedule point when a thread is free.
 
-    trio's limiter always yields on acquire; for a tool call that is a whole
-    scheduler round trip on every call, for nothing when a thread is free.
+    trio's CapacityLimiter always yields on acquire (a scheduler round trip
+    per tool call, for nothing when a thread is free), and a call waiting for
+    a thread holds several frames through its ParkingLot. Here a waiting
+    task parks directly and a released thread is handed to the first waiter.
     """
 
+    __slots__ = ("_free", "_waiting")
+
     def __init__(self, total: int) -> None:
-        self._limiter = trio.CapacityLimiter(total)
+        self._free = total
+        self._waiting: deque[trio.lowlevel.Task] = deque()
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(borrower)
+        if self._free:
+            self._free -= 1
             return
-        except trio.WouldBlock:
-            pass
-        await self._limiter.acquire_on_behalf_of(borrower)
+        task = trio.lowlevel.current_task()
+        self._waiting.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiting.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)  # woken holding a thread
 
     def release_on_behalf_of(self, borrower: object) -> None:
-        self._limiter.release_on_behalf_of(borrower)
+        if self._waiting:
+            trio.lowlevel.reschedule(self._waiting.popleft())
+        else:
+            self._free += 1
 
 
 _TOOL_LIMITER: trio.lowlevel.RunVar[_ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")

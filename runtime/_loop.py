@@ -49,6 +49,8 @@ from .events import (
 if TYPE_CHECKING:
     import httpx
 
+    from ._pipe import EventPipe
+
 logger = logging.getLogger("runtime")
 
 _NO_SCOPE: Final = contextlib.nullcontext()
@@ -68,7 +70,7 @@ class _EndRun(Exception):
 
 
 class AgentRun:
-    """One run of an agent: drives the loop and sends every event on ``send``.
+    """One run of an agent: drives the loop and sends every event into ``events``.
 
     ``drive`` never raises, except the cancellation that stops it: every
     failure becomes an ``ErrorEvent`` followed by ``RunFinished``.
@@ -92,6 +94,7 @@ class AgentRun:
         "_user_input",
         "cancel_scope",
         "done",
+        "events",
         "run_id",
     )
 
@@ -105,7 +108,7 @@ class AgentRun:
         deps: Any,
         history: list[Message],
         http_client: httpx.AsyncClient | None,
-        send: trio.MemorySendChannel[Event],
+        events: EventPipe[Event],
     ) -> None:
         self.run_id = run_id
         self._agent = agent
@@ -114,8 +117,10 @@ class AgentRun:
         self._deps = deps
         self._history = history
         self._http_client = http_client
-        self._send_blocking = send.send
-        self._send_nowait = send.send_nowait
+        self.events = events
+        """The run's events, from its tasks to its RunStream."""
+        self._send_blocking = events.send
+        self._send_nowait = events.send_nowait
         self._output = ""
         self._input_tokens = 0
         self._output_tokens = 0
@@ -141,19 +146,36 @@ class AgentRun:
 
     async def drive(self) -> None:
         """Run the agent to the end, streaming events; see the class docstring."""
+        # One flat frame on purpose: a run's frames are most of a parked
+        # run's memory (1,000 concurrent runs is a workload).
         try:
             await self._emit(RunStarted(self.run_id))
             timeout = self._agent.run_timeout
-            if timeout is None:
-                reason, message = await self._run_catching()
-            else:
-                with trio.move_on_after(timeout):
-                    reason, message = await self._run_catching()
-                    timeout = None
-                if timeout is not None:
-                    reason, message = await self._fail(
-                        "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
-                    )
+            deadline = None if timeout is None else trio.move_on_after(timeout)
+            reason: FinishReason
+            message: str | None
+            with deadline or _NO_SCOPE:
+                try:
+                    stop = await self._user_prompt_hooks() if self._agent.hooks else None
+                    tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
+                    if stop is not None:
+                        self._output = stop.message
+                        reason, message = "hook_stop", stop.message
+                    elif len(tools) == len(self._agent.tools):
+                        reason, message = await self._turns(tools)
+                    else:
+                        async with AsyncExitStack() as stack:
+                            await self._open_toolsets(stack, tools)
+                            reason, message = await self._turns(tools)
+                except _EndRun as end:
+                    reason, message = await self._fail(end.kind, end.message, end.reason)
+                except Exception as exc:
+                    logger.exception("run %s failed inside trio-agents", self.run_id)
+                    reason, message = await self._fail("internal", _describe(exc), "error")
+            if deadline is not None and deadline.cancelled_caught:
+                reason, message = await self._fail(
+                    "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
+                )
         except BaseException:
             # Cancelled: the hooks still hear of it, briefly, and the consumer
             # gets the real RunFinished if there is room (else RunStream makes one).
@@ -182,30 +204,16 @@ class AgentRun:
         # Outside the except block, so the WouldBlock isn't kept alive while we wait.
         await self._send_blocking(event)
 
-    async def _run_catching(self) -> tuple[FinishReason, str | None]:
-        try:
-            if self._agent.hooks and (stop := await self._user_prompt_hooks()):
-                self._output = stop.message
-                return "hook_stop", stop.message
-            tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
-            if len(tools) == len(self._agent.tools):
-                return await self._turns(tools)
-            async with AsyncExitStack() as stack:
-                for item in self._agent.tools:
-                    if isinstance(item, Tool):
-                        continue
-                    try:
-                        opened = await stack.enter_async_context(item.open_tools(self._context))
-                    except Exception as exc:
-                        raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
-                    for tool in opened:
-                        tools.setdefault(tool.name, tool)
-                return await self._turns(tools)
-        except _EndRun as end:
-            return await self._fail(end.kind, end.message, end.reason)
-        except Exception as exc:
-            logger.exception("run %s failed inside trio-agents", self.run_id)
-            return await self._fail("internal", _describe(exc), "error")
+    async def _open_toolsets(self, stack: AsyncExitStack, tools: dict[str, Tool]) -> None:
+        for item in self._agent.tools:
+            if isinstance(item, Tool):
+                continue
+            try:
+                opened = await stack.enter_async_context(item.open_tools(self._context))
+            except Exception as exc:
+                raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
+            for tool in opened:
+                tools.setdefault(tool.name, tool)
 
     async def _fail(self, kind: str, message: str, reason: FinishReason) -> tuple[FinishReason, str | None]:
         self._error = ErrorEvent(kind, message)

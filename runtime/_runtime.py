@@ -98,13 +98,12 @@ class Runtime:
         self._closed = False
 
     async def _hold_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own the nursery every session lives in, until the runtime exits.
+        """Own the nursery every session's tasks live in, until the runtime exits.
 
         The nursery is shielded from cancellation from outside: leaving the
-        runtime block asks each session to close, which it always does at
-        once (cancelling its own runs and tasks). That is the graceful order
-        of DESIGN.md, and far cheaper than a Cancelled raised in every idle
-        session; nothing waits on anything but the sessions' own closing.
+        runtime block closes each session, which cancels the tasks it owns
+        (each in a scope of the session's). That is the graceful order of
+        DESIGN.md; the nursery then joins them all.
         """
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
@@ -165,18 +164,17 @@ class Runtime:
     def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None, log_failure: bool) -> Session:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
-        session = Session(
+        assert self._nursery is not None
+        return Session(
             agent,
+            self._nursery,
             http_client=self.http_client,
             event_buffer=self._event_buffer,
             session_id=session_id,
             registry=self._sessions,
+            idle_timeout=idle_timeout,
+            log_failure=log_failure,
         )
-        # Not nursery.start(): the session is usable at once (work given to it
-        # before its task runs is started by that task), saving a round trip.
-        assert self._nursery is not None
-        self._nursery.start_soon(session._serve, idle_timeout, log_failure, name=f"session {session.id}")
-        return session
 
 
 @asynccontextmanager

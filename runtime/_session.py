@@ -1,4 +1,4 @@
-"""Session: one conversation with an agent, and the nursery that owns its tasks."""
+"""Session: one conversation with an agent, and the tasks it owns."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import trio
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
 from ._latch import Latch
 from ._loop import AgentRun
+from ._pipe import EventPipe
 from ._stream import RunStream
 from .events import Event
 
@@ -75,16 +76,19 @@ class _RunSlot:
 class Session:
     """One conversation with an agent; made by ``Runtime.open_session`` or ``start_session``.
 
-    The session owns a nursery in its runtime: its runs, and any task given to
-    :meth:`start_soon` or :meth:`start`, live there and are cancelled when the
-    session closes. Runs are served one at a time, in the order :meth:`run`
-    was called, and share the session's :attr:`history`.
+    The session owns tasks: its runs, its idle reaper, and any task given to
+    :meth:`start_soon` or :meth:`start`. Each runs in the runtime's nursery
+    inside a cancel scope the session holds, so closing the session cancels
+    them and waits until they have finished, and a task that raises closes
+    its own session, never another. (A session has no task of its own: an
+    idle one costs a few objects, not a task.) Runs are served one at a time,
+    in the order :meth:`run` blocks were entered, and share :attr:`history`.
     """
 
     __slots__ = (
         "__weakref__",
         "_became_idle",
-        "_close_requested",
+        "_children",
         "_closed",
         "_error",
         "_event_buffer",
@@ -92,10 +96,8 @@ class Session:
         "_history",
         "_http_client",
         "_last_active",
+        "_log_failure",
         "_nursery",
-        "_parked",
-        "_pending",
-        "_ready",
         "_registry",
         "_run_count",
         "_runs_in_flight",
@@ -109,35 +111,37 @@ class Session:
     def __init__(
         self,
         agent: Agent,
+        nursery: trio.Nursery,
         *,
-        http_client: httpx.AsyncClient | None,
+        http_client: httpx.AsyncClient | None = None,
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         session_id: str | None = None,
         registry: set[Session] | None = None,
+        idle_timeout: float | None = None,
+        log_failure: bool = False,
     ) -> None:
         self.agent = agent
         """The agent every run of this session runs."""
         self.id = session_id or f"s{next(self._ids)}"
         """Unique within the process unless given."""
+        self._nursery = nursery
         self._http_client = http_client
         self._event_buffer = event_buffer
         self._history: list[Message] = []
         self._slot = _RunSlot()
         self._run_count = 0
-        self._nursery: trio.Nursery | None = None
-        # Tasks started before the session's own task has opened its nursery.
-        self._pending: list[tuple[Callable[..., Awaitable[object]], tuple[object, ...], str | None]] = []
-        self._ready = Latch()
-        self._registry = registry if registry is not None else set()
-        self._registry.add(self)
+        self._children: list[trio.CancelScope] = []  # a list: smaller than a set, and short
         self._closed = False
-        self._close_requested = False
-        self._parked: trio.lowlevel.Task | None = None
         self._finished = Latch()
         self._error: BaseException | None = None
+        self._log_failure = log_failure
         self._runs_in_flight = 0
         self._last_active = trio.current_time()
         self._became_idle: trio.Event | None = None
+        self._registry = registry if registry is not None else set()
+        self._registry.add(self)
+        if idle_timeout is not None:
+            self._spawn(self._close_when_idle, (idle_timeout,), f"idle reaper of session {self.id}")
 
     def __repr__(self) -> str:
         return f"<Session {self.id} agent={self.agent.name!r}{' closed' if self._closed else ''}>"
@@ -178,7 +182,7 @@ class Session:
         """
         return RunStream(self, user_input, deps)
 
-    def _start_run(self, user_input: str, deps: Any) -> tuple[trio.MemoryReceiveChannel[Event], AgentRun]:
+    def _start_run(self, user_input: str, deps: Any) -> AgentRun:
         """Start a run's task in the session's nursery (called by RunStream.__aenter__)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
@@ -186,7 +190,7 @@ class Session:
                 "forever for the run slot; use another session"
             )
         self._check_open()
-        send, receive = trio.open_memory_channel[Event](self._event_buffer)
+        events = EventPipe[Event](self._event_buffer)
         self._run_count += 1
         run = AgentRun(
             run_id=f"{self.id}-r{self._run_count}",
@@ -196,18 +200,19 @@ class Session:
             deps=deps,
             history=self._history,
             http_client=self._http_client,
-            send=send,
+            events=events,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
-            self._spawn(self._serve_run, (run, send, ticket), f"run {run.run_id}")
+            self._nursery.start_soon(self._serve_run, run, ticket, name=f"run {run.run_id}")
+            self._children.append(run.cancel_scope)
         except BaseException:
             self._run_ended(ticket)
-            send.close()
-            receive.close()
+            events.close_sender()
+            events.close_receiver()
             raise
-        return receive, run
+        return run
 
     async def ask(self, user_input: str, *, deps: Any = None) -> RunResult:
         """Run the agent on ``user_input`` and return the result, without streaming.
@@ -237,7 +242,7 @@ class Session:
         return result
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> None:
-        """Start a task in the session's nursery; it is cancelled when the session closes.
+        """Start a task owned by the session; it is cancelled when the session closes.
 
         If it raises, the session fails: its other tasks are cancelled and the
         error reaches whoever owns the session (never another session).
@@ -248,42 +253,101 @@ class Session:
         self._spawn(async_fn, args, name)
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
-        """Start a task in the session's nursery and wait until it calls ``task_status.started()``.
+        """Start a task owned by the session and wait until it calls ``task_status.started()``.
+
+        An exception raised before ``started()`` is raised here; after it,
+        it fails the session as for :meth:`start_soon`.
 
         Returns:
             The value passed to ``task_status.started()``.
 
         Raises:
-            ClosedSessionError: the session is closed.
+            ClosedSessionError: the session is closed (before or while starting).
         """
         self._check_open()
-        await self._ready.wait()
-        self._check_open()
-        assert self._nursery is not None
-        return await self._nursery.start(async_fn, *args, name=name)
+        scope = trio.CancelScope()
+        self._children.append(scope)
+        return await self._nursery.start(self._own_started, scope, async_fn, args, name=name)
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedSessionError(f"{self!r} is closed")
 
-    def _spawn(self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...], name: str | None) -> None:
-        """Start a task in the session's nursery, or as soon as the nursery exists."""
+    def _spawn(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        name: str | None,
+    ) -> None:
+        """Start a task in the runtime's nursery, owned by this session through a cancel scope."""
         self._check_open()
-        if self._nursery is None:
-            self._pending.append((async_fn, args, name))
-        else:
-            self._nursery.start_soon(async_fn, *args, name=name)
+        scope = trio.CancelScope()
+        self._children.append(scope)
+        try:
+            self._nursery.start_soon(self._own, scope, async_fn, args, name=name or async_fn)
+        except BaseException:
+            self._child_done(scope)
+            raise
 
-    async def _serve_run(self, run: AgentRun, send: trio.MemorySendChannel[Event], ticket: trio.Event | None) -> None:
+    async def _own(
+        self, scope: trio.CancelScope, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            with scope:
+                await async_fn(*args)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._child_done(scope)
+
+    async def _own_started(
+        self,
+        scope: trio.CancelScope,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        *,
+        task_status: trio.TaskStatus[Any],
+    ) -> None:
+        status = _TaskStatus(task_status)
+        try:
+            with scope:
+                await async_fn(*args, task_status=status)
+            if not status.started_yet:
+                raise ClosedSessionError(f"{self!r} was closed before the task started")
+        except Exception as exc:
+            if not status.started_yet:
+                raise  # start() raises it in its caller
+            self._fail(exc)
+        finally:
+            self._child_done(scope)
+
+    def _child_done(self, scope: trio.CancelScope) -> None:
+        self._children.remove(scope)
+        if self._closed and not self._children:
+            self._mark_finished()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+            if self._log_failure:
+                logger.error("session %s failed", self.id, exc_info=error)
+        self._request_close()
+
+    async def _serve_run(self, run: AgentRun, ticket: trio.Event | None) -> None:
+        # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
         try:
-            with send, run.cancel_scope:
+            with run.cancel_scope:
                 if ticket is not None:
                     await ticket.wait()
                 await run.drive()
+        except Exception as exc:  # only a bug in the loop itself gets here
+            self._fail(exc)
         finally:
+            run.events.close_sender()
             self._run_ended(ticket)
             run.done.set()
+            self._child_done(run.cancel_scope)
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)
@@ -291,34 +355,6 @@ class Session:
         self._last_active = trio.current_time()
         if self._runs_in_flight == 0 and self._became_idle is not None:
             self._became_idle.set()
-
-    async def _serve(self, idle_timeout: float | None, log_failure: bool) -> None:
-        """The session's life, run as a task of the runtime's nursery.
-
-        A failure of one of its tasks ends the session only; it is kept on the
-        session (and logged if ``log_failure``, when nobody will re-raise it).
-        """
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if idle_timeout is not None:
-                    nursery.start_soon(self._close_when_idle, idle_timeout)
-                for async_fn, args, name in self._pending:
-                    nursery.start_soon(async_fn, *args, name=name)
-                self._pending.clear()
-                self._ready.set()
-                # Closing is a request, not a cancellation of this task: the
-                # body returns normally, and only the tasks the session still
-                # owns are cancelled. (An idle session then closes without
-                # raising anything: no Cancelled, no exception group.)
-                await self._wait_for_close_request()
-                nursery.cancel_scope.cancel()
-        except* Exception as failure:
-            self._error = failure
-            if log_failure:
-                logger.error("session %s failed", self.id, exc_info=failure)
-        finally:
-            self._mark_finished()
 
     async def _close_when_idle(self, idle_timeout: float) -> None:
         while True:
@@ -334,40 +370,34 @@ class Session:
         self._request_close()
 
     def _request_close(self) -> None:
+        """Close: refuse new work and cancel every task the session owns."""
         self._closed = True
-        if not self._close_requested:
-            self._close_requested = True
-            if self._parked is not None:
-                trio.lowlevel.reschedule(self._parked)
-                self._parked = None
-
-    async def _wait_for_close_request(self) -> None:
-        # What trio.Event.wait does, minus the Event: an idle session's task
-        # is the bulk of its memory, and 10,000 idle sessions are a workload.
-        if self._close_requested:
-            return
-        self._parked = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
-
-    def _abort_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
-        self._parked = None
-        return trio.lowlevel.Abort.SUCCEEDED
+        for scope in list(self._children):
+            scope.cancel()
+        if not self._children:
+            self._mark_finished()
 
     def _mark_finished(self) -> None:
-        self._closed = True
         self._registry.discard(self)
-        self._ready.set()  # wakes start() callers, which then see the session closed
         self._finished.set()
 
     async def _aclose(self) -> None:
         """Close the session and wait until every task it owns has finished."""
         self._request_close()
-        if self._finished.is_set():
-            return
-        if not self._pending and (self._nursery is None or not self._nursery.child_tasks):
-            # It owns no task: nothing to wait for. (Its own task, owned by the
-            # runtime, just returns when it next runs.)
-            self._mark_finished()
-            return
-        with trio.CancelScope(shield=True):
-            await self._finished.wait()
+        if not self._finished.is_set():
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()
+
+
+class _TaskStatus:
+    """Passes ``started()`` on, remembering that it was called."""
+
+    __slots__ = ("_status", "started_yet")
+
+    def __init__(self, status: trio.TaskStatus[Any]) -> None:
+        self._status = status
+        self.started_yet = False
+
+    def started(self, value: Any = None) -> None:
+        self.started_yet = True
+        self._status.started(value)

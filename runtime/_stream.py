@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from ._loop import AgentRun
+    from ._pipe import EventPipe
     from ._result import RunResult
     from ._session import Session
 
@@ -33,34 +34,35 @@ class RunStream:
     could send one, the stream yields ``RunFinished("cancelled")`` itself.
     """
 
-    __slots__ = ("_deps", "_finished", "_receive", "_run", "_session", "_user_input")
+    __slots__ = ("_deps", "_events", "_finished", "_run", "_session", "_user_input")
 
     def __init__(self, session: Session, user_input: str, deps: Any) -> None:
         self._session = session
         self._user_input = user_input
         self._deps = deps
         self._run: AgentRun | None = None
-        self._receive: trio.MemoryReceiveChannel[Event] | None = None
+        self._events: EventPipe[Event] | None = None
         self._finished = False
 
     async def __aenter__(self) -> RunStream:
         if self._run is not None:
             raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
-        self._receive, self._run = self._session._start_run(self._user_input, self._deps)
+        self._run = self._session._start_run(self._user_input, self._deps)
+        self._events = self._run.events
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._run is not None
-        assert self._receive is not None
+        assert self._events is not None
         # Cancel, wait until the task has finished (it does so promptly once
         # cancelled), and only then close our side.
         self._run.cancel_scope.cancel()
         if not self._run.done.is_set():
             with trio.CancelScope(shield=True):
                 await self._run.done.wait()
-        self._receive.close()
+        self._events.close_receiver()
 
     def __enter__(self) -> None:
         raise TypeError("use 'async with session.run(...)', not 'with'")
@@ -89,19 +91,19 @@ class RunStream:
     async def __anext__(self) -> Event:
         if self._finished:
             raise StopAsyncIteration
-        receive = self._receive
-        if receive is None:
+        events = self._events
+        if events is None:
             raise AgentRuntimeError("the run has not started: use 'async with session.run(...) as stream'")
         # A cancel point always; a schedule point only when nothing is buffered
         # (a full checkpoint per event would cost more than the event).
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
             try:
-                event = receive.receive_nowait()
+                event = events.receive_nowait()
             except trio.WouldBlock:
                 event = None
             if event is None:  # waited for outside the except block, which would keep the WouldBlock alive
-                event = await receive.receive()
+                event = await events.receive()
         except trio.EndOfChannel:
             self._finished = True
             return _CANCELLED

@@ -282,3 +282,108 @@ async def test_session_ids_are_unique_and_settable() -> None:
         async with runtime.open_session(agent, session_id="chat-42") as named:
             assert named.id == "chat-42"
             assert runtime.sessions == (named,)
+
+
+async def test_session_start_error_before_started_is_raised_to_the_caller() -> None:
+    """A task that raises before task_status.started() raises from start(); the session stays open."""
+
+    async def broken(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise ConnectionRefusedError("cannot listen")
+
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=ScriptedModel(["ok"]))) as s:
+        with pytest.raises(ConnectionRefusedError, match="cannot listen"):
+            await s.start(broken)
+        assert not s.closed
+        assert (await s.ask("still there?")).output == "ok"
+
+
+async def test_session_closed_while_a_task_starts_raises_closed_session() -> None:
+    """Closing the session while start() waits for started() makes start() raise ClosedSessionError."""
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+
+        async def never_ready(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            await trio.sleep_forever()
+
+        async def close_soon() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await handle.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_soon)
+            with pytest.raises(ClosedSessionError, match="closed before the task started"):
+                await handle.session.start(never_ready)
+
+
+async def test_session_task_failing_after_start_cancels_its_siblings() -> None:
+    """A task raising after it started fails the session: its other tasks are cancelled, the error kept."""
+    sibling_cancelled = trio.Event()
+
+    async def sibling() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            sibling_cancelled.set()
+
+    async def fails_later(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.testing.wait_all_tasks_blocked()
+        raise OSError("peer vanished")
+
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+        handle.session.start_soon(sibling)
+        await handle.session.start(fails_later)
+        await handle.wait_closed()
+        assert sibling_cancelled.is_set()
+        assert isinstance(handle.error, OSError)
+        assert handle.closed
+
+
+async def test_idle_session_owns_no_task() -> None:
+    """Starting and closing a session without work spawns no Trio task at all."""
+
+    class Spawns(trio.abc.Instrument):
+        count = 0
+
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            Spawns.count += 1
+
+    async with open_runtime() as runtime:
+        trio.lowlevel.add_instrument(spawns := Spawns())
+        try:
+            handles = [await runtime.start_session(Agent(name="a", model=ScriptedModel([]))) for _ in range(50)]
+            for handle in handles:
+                await handle.aclose()
+        finally:
+            trio.lowlevel.remove_instrument(spawns)
+    assert Spawns.count == 0
+
+
+async def test_outer_cancellation_closes_sessions_through_runtime_exit(autojump_clock: trio.testing.MockClock) -> None:
+    """A deadline around the runtime block ends its runs (RunFinished("cancelled")) and its sessions, promptly."""
+    tool_cancelled = trio.Event()
+
+    @tool
+    async def forever() -> str:
+        """Never returns."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            tool_cancelled.set()
+        return "never"
+
+    seen: list[Event] = []
+    with trio.move_on_after(5) as deadline:
+        async with open_runtime() as runtime:
+            handle = await runtime.start_session(
+                Agent(name="a", model=ScriptedModel([ToolCall("forever")]), tools=[forever])
+            )
+            async with handle.session.run("go") as stream:
+                async for event in stream:
+                    seen.append(event)
+    assert deadline.cancelled_caught
+    assert trio.current_time() == pytest.approx(5)
+    assert tool_cancelled.is_set()
+    assert handle.closed
+    assert isinstance(seen[-1], ToolCallStarted)  # the consumer itself was cancelled mid-stream
