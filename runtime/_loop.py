@@ -382,9 +382,12 @@ def _to_content(value: Any) -> str:
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, default=str)
-    except ValueError:
-        return str(value)
+        return json.dumps(value)  # the C encoder; default= would force the Python one
+    except (TypeError, ValueError):
+        try:
+            return json.dumps(value, default=str)
+        except ValueError:
+            return str(value)
 
 
 def _describe(exc: BaseException) -> str:

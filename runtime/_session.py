@@ -190,7 +190,7 @@ class Session:
                 "forever for the run slot; use another session"
             )
         self._check_open()
-        events = EventPipe[Event](self._event_buffer)
+        events: EventPipe[Event] = EventPipe(self._event_buffer)  # not EventPipe[Event](): typing's call is slow
         self._run_count += 1
         run = AgentRun(
             run_id=f"{self.id}-r{self._run_count}",
