@@ -15,16 +15,35 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import impl_trio_agents  # noqa: E402
+import impl_trio_agents
 
 GROUPS = [  # (group, substrings of the file path), first match wins
     ("waiting in epoll (includes the tool thread's run)", ("method 'poll' of 'select.epoll'",)),
-    ("thread hop (sync tool)", ("trio/_threads.py", "trio/_core/_thread_cache.py", "threading.py", "_thread.",
-                                "_wakeup_socketpair", "'recv' of '_socket", "'send' of '_socket")),  # fmt: skip
+    (
+        "thread hop (sync tool)",
+        (
+            "trio/_threads.py",
+            "trio/_core/_thread_cache.py",
+            "threading.py",
+            "_thread.",
+            "_wakeup_socketpair",
+            "'recv' of '_socket",
+            "'send' of '_socket",
+        ),
+    ),
     ("trio scheduler", ("trio/_core/", "trio._core", "outcome/", "outcome._impl", "_contextvars.Context")),
     ("model (ScriptedModel)", ("agents/models/",)),
-    ("events (emit, pipe/channel, RunStream)", ("runtime/_pipe.py", "runtime/_stream.py", "trio/_channel.py",
-                                                 "runtime.events", "runtime/events.py", "trio._channel")),  # fmt: skip
+    (
+        "events (emit, pipe/channel, RunStream)",
+        (
+            "runtime/_pipe.py",
+            "runtime/_stream.py",
+            "trio/_channel.py",
+            "runtime.events",
+            "runtime/events.py",
+            "trio._channel",
+        ),
+    ),
     ("tool (validation, call)", ("agents/_tools.py", "pydantic", "functools")),
     ("bench harness", ("bench/",)),
 ]
@@ -56,7 +75,8 @@ def main() -> None:
     if "-v" in sys.argv:
         rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])  # type: ignore[attr-defined]
         for (filename, line, name), (_, _, tottime, _, _) in rows[:40]:
-            print(f"{tottime / prompts * 1e6:7.1f} µs  {group_of(f'{filename}:{name}')[:12]:<12} {filename}:{line} {name}")
+            group = group_of(f"{filename}:{name}")[:12]
+            print(f"{tottime / prompts * 1e6:7.1f} µs  {group:<12} {filename}:{line} {name}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/run.py           # everything (make bench), ~10 minutes on 2 cores
     python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
+    python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
 
 Each measurement is a fresh process of a workload script (bench/w*_*.py),
 run with the interpreter of that implementation's virtualenv: trio-agents
@@ -227,7 +228,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> list[str]:
+def machine() -> str:
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -238,10 +239,7 @@ def machine() -> list[str]:
         memory = f"{mem_kib / 1024 / 1024:.0f} GiB"
     except OSError:
         memory = "unknown memory"
-    return [
-        f"{platform.system()} {platform.release()} ({platform.machine()})",
-        f"{cpu}, {os.cpu_count()} cores, {memory}",
-    ]
+    return f"{platform.system()} {platform.release()} ({platform.machine()}), {cpu}, {os.cpu_count()} cores, {memory}"
 
 
 def report(results: dict[str, Any], elapsed: float) -> str:
@@ -253,8 +251,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         "`bench/PROFILE.md`. Every figure is from the same run, implementations alternating (A B A B), each",
         "measurement a fresh process. This machine is noisy: read the ratios, not the absolute numbers.",
         "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed / 60:.1f} min",
-        *[f"- Machine: {line}" for line in machine()],
+        f"- Date: {results['date']}; the whole run took {elapsed / 60:.1f} min",
+        f"- Machine: {results.get('machine', machine())}",
         *[
             f"- {impl}: " + ", ".join(f"{k} {v}" for k, v in results["versions"].get(impl, {}).items())
             for impl in IMPLS
@@ -324,13 +322,22 @@ def _fmt(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="W1 only; leave BENCHMARKS.md alone")
+    parser.add_argument("--report", action="store_true", help="rewrite BENCHMARKS.md from bench/results.json only")
     args = parser.parse_args()
+    if args.report:
+        results = json.loads((BENCH / "results.json").read_text())
+        chart(results, BENCH / "ratios.png")
+        (ROOT / "BENCHMARKS.md").write_text(report(results, results["elapsed_s"]))
+        return
     started = time.monotonic()
     peers_python = ensure_peers()
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     log(f"[bench] {'W1 only' if args.quick else 'W0–W4'}: {', '.join(IMPLS)}")
     results = run_plan(plan, peers_python)
     elapsed = time.monotonic() - started
+    results.update(
+        elapsed_s=elapsed, machine=machine(), date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
+    )
     log("")
     for name, measured, met in targets(results):
         log(f"  {'ok  ' if met else 'MISS'} {name}: {measured}")

@@ -15,7 +15,6 @@ from ._latch import Latch
 from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._stream import RunStream
-from .events import Event
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
     from agents import Agent, Message
 
     from ._result import RunResult
+    from .events import Event
 
 logger = logging.getLogger("runtime")
 
