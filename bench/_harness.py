@@ -9,6 +9,7 @@ import argparse
 import gc
 import importlib
 import json
+import resource
 import statistics
 import sys
 from typing import Any
@@ -34,6 +35,12 @@ def emit(workload: str, impl: str, module: Any, metrics: dict[str, Any]) -> None
     """Print the result as the last line of stdout, for the runner."""
     record = {"workload": workload, "impl": impl, "versions": module.VERSIONS, "metrics": metrics}
     sys.stdout.write(json.dumps(record) + "\n")
+
+
+def current_rss_kib() -> float:
+    """The process's resident memory now, in KiB (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 1024
 
 
 def quiet_gc() -> None:

@@ -46,6 +46,7 @@ import time
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+from _harness import current_rss_kib
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
@@ -308,11 +309,6 @@ def w1(prompts: int, *, streamed: bool) -> float:
         return elapsed
 
     return asyncio.run(main())
-
-
-def current_rss_kib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 1024
 
 
 def w2(runs: int) -> dict[str, float]:

@@ -43,6 +43,7 @@ import time
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+from _harness import current_rss_kib
 from pydantic_ai import (
     Agent,
     AgentRunResultEvent,
@@ -136,11 +137,6 @@ def w1(prompts: int, *, streamed: bool) -> float:
         return elapsed
 
     return asyncio.run(main())
-
-
-def current_rss_kib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 1024
 
 
 def w2(runs: int) -> dict[str, float]:

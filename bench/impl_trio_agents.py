@@ -15,6 +15,7 @@ from importlib.metadata import version
 from typing import Any
 
 import trio
+from _harness import current_rss_kib
 
 from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
 from runtime import open_runtime
@@ -68,11 +69,6 @@ def w1(prompts: int, *, streamed: bool) -> float:
         return elapsed
 
     return trio.run(main)
-
-
-def current_rss_kib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 1024
 
 
 def w2(runs: int) -> dict[str, float]:
