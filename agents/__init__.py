@@ -3,11 +3,20 @@
 Nothing here runs anything by itself; :mod:`runtime` runs agents.
 """
 
-from ._agent import Agent as Agent, Instructions as Instructions
-from ._context import RunContext as RunContext, ToolContext as ToolContext
+from ._agent import TRANSFER_TOOL as TRANSFER_TOOL, Agent as Agent, Instructions as Instructions
+from ._context import (
+    ElicitationAction as ElicitationAction,
+    ElicitationResult as ElicitationResult,
+    Elicitor as Elicitor,
+    RunContext as RunContext,
+    ToolContext as ToolContext,
+)
 from ._exceptions import (
     AgentDefinitionError as AgentDefinitionError,
     AgentsError as AgentsError,
+    ElicitationError as ElicitationError,
+    ElicitationTimeout as ElicitationTimeout,
+    ElicitationUnavailable as ElicitationUnavailable,
     ModelError as ModelError,
     ScriptExhaustedError as ScriptExhaustedError,
     ToolArgumentsError as ToolArgumentsError,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import attrs
 
@@ -14,6 +14,9 @@ from ._tools import Tool, ToolLike, Toolset, as_tool
 
 if TYPE_CHECKING:
     from .models._protocol import Model
+
+TRANSFER_TOOL: Final = "transfer_task"
+"""The name of the tool that hands a task to a sub-agent."""
 
 Instructions: TypeAlias = str | Callable[[RunContext[Any]], str | Awaitable[str]]
 """A system prompt, or a (sync or async) function of the run's context returning one."""
@@ -80,8 +83,27 @@ class Agent:
     """Seconds a whole run may take; past it, the run ends with ``timeout``."""
     model_idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds the model may go without sending a chunk; past it, the run ends with ``timeout``."""
+    sub_agents: tuple[Agent, ...] = attrs.field(default=(), converter=tuple)
+    """Agents this one may hand tasks to: the model gets a ``transfer_task(agent, task)`` tool."""
+    max_depth: int = attrs.field(default=3)
+    """How deep sub-agents may nest below a run of this agent; past it, the transfer is an error result."""
 
     @max_turns.validator
     def _check_max_turns(self, attribute: attrs.Attribute[int], value: int) -> None:
         if value < 1:
             raise AgentDefinitionError(f"max_turns must be at least 1, not {value!r}")
+
+    @max_depth.validator
+    def _check_max_depth(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise AgentDefinitionError(f"max_depth must be at least 0, not {value!r}")
+
+    @sub_agents.validator
+    def _check_sub_agents(self, attribute: attrs.Attribute[tuple[Agent, ...]], value: tuple[Agent, ...]) -> None:
+        names = [agent.name for agent in value]
+        if not all(isinstance(agent, Agent) for agent in value):
+            raise AgentDefinitionError("sub_agents must be Agent instances")
+        if len(set(names)) != len(names):
+            raise AgentDefinitionError(f"sub-agent names must be unique: {names}")
+        if TRANSFER_TOOL in {t.name for t in self.tools if isinstance(t, Tool)} and value:
+            raise AgentDefinitionError(f"a tool named {TRANSFER_TOOL!r} clashes with the sub-agent transfer tool")

@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
 
+from ._exceptions import ElicitationUnavailable
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._agent import Agent
 
 DepsT = TypeVar("DepsT")
+
+ElicitationAction: TypeAlias = Literal["accept", "decline", "cancel"]
+"""How the human answered: accepted (with content), declined, or dismissed the question."""
+
+
+@attrs.frozen
+class ElicitationResult:
+    """The human's answer to ``ToolContext.elicit``."""
+
+    action: ElicitationAction
+    content: Any = None
+    """The answer, validated against the schema (``None`` unless accepted)."""
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the human accepted (and so ``content`` holds the answer)."""
+        return self.action == "accept"
+
+
+class Elicitor(Protocol):
+    """What delivers a tool's question to the human: the runtime's elicitation bridge."""
+
+    async def elicit(
+        self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
+    ) -> ElicitationResult:
+        """Ask, and wait for the answer."""
+        ...
 
 
 @attrs.frozen
@@ -41,3 +72,42 @@ class ToolContext(RunContext[DepsT]):
     """The id of the tool call being served."""
     tool_name: str
     """The name the tool was called by."""
+    elicitor: Elicitor | None = attrs.field(default=None, repr=False, kw_only=True)
+    """Set by the runtime; ``elicit`` goes through it."""
+
+    async def elicit(
+        self,
+        message: str,
+        *,
+        schema: type[Any] | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> ElicitationResult:
+        """Ask the human a question and wait for the answer.
+
+        The question reaches the run's consumer as an ``ElicitationRequest``
+        event; the consumer answers with ``await stream.respond(id, action,
+        content)``.
+
+        Args:
+            message: The question.
+            schema: What an accepted answer must be: a type (validated by
+                pydantic, e.g. ``int`` or a model class) or a flat JSON
+                schema object (MCP's elicitation subset). ``None``: anything.
+            timeout: Seconds to wait for the answer.
+
+        Returns:
+            The answer; check ``result.accepted`` before using ``content``.
+
+        Raises:
+            ElicitationUnavailable: no consumer can receive the question (at once).
+            ElicitationTimeout: no answer within ``timeout``.
+
+        Example::
+
+            answer = await ctx.elicit("Which environment?", schema=Literal["staging", "prod"])
+            if not answer.accepted:
+                return "cancelled by the user"
+        """
+        if self.elicitor is None:
+            raise ElicitationUnavailable("this tool call has no consumer to ask (it is not running in a runtime)")
+        return await self.elicitor.elicit(message, schema=schema, timeout=timeout, agent=self.agent.name)

@@ -5,8 +5,11 @@ The tree::
     AgentsError
     ├── AgentDefinitionError      an Agent or a tool is defined wrongly
     ├── ToolArgumentsError        a model gave a tool arguments that fail validation
-    └── ModelError                a model could not produce a response
-        └── ScriptExhaustedError  a ScriptedModel has no turns left
+    ├── ModelError                a model could not produce a response
+    │   └── ScriptExhaustedError  a ScriptedModel has no turns left
+    └── ElicitationError          asking the human did not work
+        ├── ElicitationUnavailable  no consumer can receive the question
+        └── ElicitationTimeout      nobody answered in time
 """
 
 from __future__ import annotations
@@ -42,3 +45,15 @@ class ModelError(AgentsError):
 
 class ScriptExhaustedError(ModelError):
     """A :class:`~agents.ScriptedModel` was asked for more turns than its script has."""
+
+
+class ElicitationError(AgentsError):
+    """A tool's question to the human (``ToolContext.elicit``) could not be answered."""
+
+
+class ElicitationUnavailable(ElicitationError):
+    """No consumer can receive the question: the run's stream is gone, or nobody streams it (``ask``)."""
+
+
+class ElicitationTimeout(ElicitationError):
+    """The question was not answered within its timeout."""

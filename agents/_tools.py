@@ -40,6 +40,13 @@ class Tool:
     _arguments: pydantic.TypeAdapter[Any] = attrs.field(repr=False, alias="arguments")
     _context_parameter: str | None = attrs.field(repr=False, alias="context_parameter")
     _is_async: bool = attrs.field(repr=False, alias="is_async")
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False
+    """Whether the human must approve a call first: a bool, or a predicate of the validated arguments."""
+
+    def needs_approval(self, arguments: dict[str, Any]) -> bool:
+        """Whether a call with these (validated) arguments must be approved first."""
+        check = self.requires_approval
+        return bool(check(arguments)) if callable(check) else check
 
     @property
     def spec(self) -> ToolSpec:
@@ -157,19 +164,28 @@ class Toolset(Protocol):
 @overload
 def tool(function: F, /) -> Tool: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     function: Callable[..., Any] | None = None,
     /,
     *,
     name: str | None = None,
     description: str | None = None,
+    requires_approval: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a :class:`Tool` of a sync or async function.
 
     The argument schema comes from the type hints, each argument's description
     from the ``Args:`` section of the docstring, and the tool's description
-    from the rest of the docstring. A parameter annotated :class:`ToolContext`
+    from the rest of the docstring. With ``requires_approval`` (``True``, or a
+    predicate of the validated arguments) the runtime asks the human before
+    each call; a declined call gives the model "declined by user". A
+    parameter annotated :class:`ToolContext`
     receives the run's context and is not shown to the model.
 
     Example::
@@ -189,7 +205,8 @@ def tool(
     """
 
     def make(fn: Callable[..., Any]) -> Tool:
-        return _make_tool(fn, name=name, description=description)
+        made = _make_tool(fn, name=name, description=description)
+        return attrs.evolve(made, requires_approval=requires_approval) if requires_approval else made
 
     if function is not None:
         return make(function)

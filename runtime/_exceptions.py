@@ -6,7 +6,10 @@ The tree::
     ├── ClosedSessionError     the session (or its runtime) was closed
     ├── ClosedRunStreamError   a RunStream was used after its block exited
     ├── ReentrantRunError      Session.run() called from inside one of its own runs
-    └── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
+    ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
+    └── ElicitationResponseError   RunStream.respond() could not deliver the answer
+        ├── UnknownElicitationError   no pending request has that id (or it was answered)
+        └── InvalidElicitationResponse   bad action, or content that fails the schema
 """
 
 from __future__ import annotations
@@ -49,3 +52,18 @@ class RunFailedError(AgentRuntimeError):
         super().__init__(message)
         self.kind = kind
         self.result = result
+
+
+class ElicitationResponseError(AgentRuntimeError):
+    """``RunStream.respond`` could not deliver the answer; the request (if any) is unchanged."""
+
+
+class UnknownElicitationError(ElicitationResponseError):
+    """No request with that id is pending: it never existed, was answered, or its tool ended."""
+
+
+class InvalidElicitationResponse(ElicitationResponseError):
+    """The answer is not acceptable (unknown action, or content not matching the schema).
+
+    The request stays open: answer it again.
+    """

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
 import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
+import attrs
 import trio
 
 from agents import (
+    TRANSFER_TOOL,
     Agent,
     AssistantMessage,
+    ElicitationUnavailable,
     ErrorChunk,
     Message,
     ModelRequest,
@@ -29,17 +33,22 @@ from agents import (
     ToolResultMessage,
     UsageChunk,
     UserMessage,
+    tool,
 )
 
+from ._bridge import ElicitationBridge, PendingElicitation
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from .events import (
+    AgentSwitched,
+    ElicitationRequest,
     ErrorEvent,
     Event,
     FinishReason,
     ReasoningDelta,
     RunFinished,
     RunStarted,
+    SubAgentEvent,
     TextDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -47,6 +56,8 @@ from .events import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import httpx
 
     from ._pipe import EventPipe
@@ -78,23 +89,29 @@ class AgentRun:
 
     __slots__ = (
         "_agent",
+        "_answerable",
+        "_bridge",
         "_context",
         "_deps",
+        "_depth",
         "_error",
         "_history",
         "_http_client",
         "_input_tokens",
+        "_max_depth",
         "_output",
         "_output_tokens",
         "_reason",
         "_send_blocking",
         "_send_nowait",
         "_session",
+        "_sub_runs",
         "_tool_calls",
         "_user_input",
         "cancel_scope",
         "done",
         "events",
+        "pending",
         "run_id",
     )
 
@@ -108,8 +125,12 @@ class AgentRun:
         deps: Any,
         history: list[Message],
         http_client: httpx.AsyncClient | None,
-        events: EventPipe[Event],
+        events: EventPipe[Event] | None = None,
+        bridge: ElicitationBridge | None = None,
+        answerable: Callable[[], bool] | None = None,
+        parent: AgentRun | None = None,
     ) -> None:
+        """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream."""
         self.run_id = run_id
         self._agent = agent
         self._session = session
@@ -118,9 +139,29 @@ class AgentRun:
         self._history = history
         self._http_client = http_client
         self.events = events
-        """The run's events, from its tasks to its RunStream."""
-        self._send_blocking = events.send
-        self._send_nowait = events.send_nowait
+        """The run's events, from its tasks to its RunStream (``None`` for a nested run)."""
+        if parent is None:
+            assert events is not None
+            assert bridge is not None
+            self._send_blocking: Callable[[Event], Awaitable[None]] = events.send
+            self._send_nowait: Callable[[Event], None] = events.send_nowait
+            self._bridge = bridge
+            self._answerable = answerable or _never
+            self.pending: dict[str, PendingElicitation] = {}
+            """Questions of this run (and its nested runs) waiting for the consumer's answer."""
+            self._depth = 0
+            self._max_depth = agent.max_depth
+        else:
+            name = agent.name
+            forward_nowait, forward = parent._send_nowait, parent._send_blocking
+            self._send_nowait = lambda event: forward_nowait(SubAgentEvent(name, event))
+            self._send_blocking = lambda event: forward(SubAgentEvent(name, event))
+            self._bridge = parent._bridge
+            self._answerable = parent._answerable
+            self.pending = parent.pending
+            self._depth = parent._depth + 1
+            self._max_depth = parent._max_depth
+        self._sub_runs = 0
         self._output = ""
         self._input_tokens = 0
         self._output_tokens = 0
@@ -132,6 +173,16 @@ class AgentRun:
         """The run task's scope: cancelling it cancels the run."""
         self.done = Latch()
         """Set by the run's task as it ends."""
+
+    # -- ElicitationTarget: questions from this run's tools -----------------
+
+    def can_answer(self) -> bool:
+        """Whether a consumer streams this run and is still there."""
+        return self._answerable()
+
+    async def deliver(self, request: ElicitationRequest) -> None:
+        """Send a question on this run's stream (wrapped, for a nested run)."""
+        await self._emit(request)
 
     def result(self) -> RunResult:
         """What the run produced so far."""
@@ -148,7 +199,9 @@ class AgentRun:
         """Run the agent to the end, streaming events; see the class docstring."""
         # One flat frame on purpose: a run's frames are most of a parked
         # run's memory (1,000 concurrent runs is a workload).
+        target = ElicitationBridge.target(self)  # this run's tools ask its consumer, on every path
         try:
+            target.__enter__()
             await self._emit(RunStarted(self.run_id))
             timeout = self._agent.run_timeout
             deadline = None if timeout is None else trio.move_on_after(timeout)
@@ -158,10 +211,13 @@ class AgentRun:
                 try:
                     stop = await self._user_prompt_hooks() if self._agent.hooks else None
                     tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
+                    if self._agent.sub_agents:
+                        transfer = attrs.evolve(_transfer_tool(self._agent.sub_agents), function=self._transfer)
+                        tools[transfer.name] = transfer
                     if stop is not None:
                         self._output = stop.message
                         reason, message = "hook_stop", stop.message
-                    elif len(tools) == len(self._agent.tools):
+                    elif len(tools) == len(self._agent.tools) + bool(self._agent.sub_agents):
                         reason, message = await self._turns(tools)
                     else:
                         async with AsyncExitStack() as stack:
@@ -187,6 +243,8 @@ class AgentRun:
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             raise
+        finally:
+            target.__exit__(None, None, None)
         self._reason = reason
         await self._run_end_hooks(reason)
         await self._emit(RunFinished(reason, message))
@@ -212,8 +270,8 @@ class AgentRun:
                 opened = await stack.enter_async_context(item.open_tools(self._context))
             except Exception as exc:
                 raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
-            for tool in opened:
-                tools.setdefault(tool.name, tool)
+            for opened_tool in opened:
+                tools.setdefault(opened_tool.name, opened_tool)
 
     async def _fail(self, kind: str, message: str, reason: FinishReason) -> tuple[FinishReason, str | None]:
         self._error = ErrorEvent(kind, message)
@@ -327,7 +385,9 @@ class AgentRun:
         tool = tools.get(call.name)
         value: Any = None
         error = parse_error
-        ctx = ToolContext(self._deps, self._agent, self._session, self.run_id, call.call_id, call.name)
+        ctx = ToolContext(
+            self._deps, self._agent, self._session, self.run_id, call.call_id, call.name, elicitor=self._bridge
+        )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
             error = f"unknown tool {call.name!r}; the tools are: {known}"
@@ -335,6 +395,8 @@ class AgentRun:
             timeout = self._agent.tool_timeout
             try:
                 validated = tool.validate(arguments)
+                if tool.requires_approval and tool.needs_approval(validated):
+                    await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
                 if timeout is None:
@@ -344,6 +406,8 @@ class AgentRun:
                         value = await tool.invoke(ctx, validated)
                     if deadline.cancelled_caught:
                         error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
+            except _Refused as refused:
+                value, error = None, str(refused)
             except Exception as exc:
                 value, error = None, _describe(exc)
             for hooks in self._agent.hooks:
@@ -357,12 +421,89 @@ class AgentRun:
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
         await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
 
+    async def _approve(self, ctx: ToolContext[Any], tool: Tool, arguments: dict[str, Any]) -> None:
+        shown = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
+        try:
+            answer = await ctx.elicit(f"Allow {self._agent.name} to run {tool.name}({shown})?")
+        except ElicitationUnavailable:
+            raise _Refused(f"not run: {tool.name} needs approval, and no one is there to give it") from None
+        if not answer.accepted:
+            raise _Refused("declined by user")
+
+    async def _transfer(self, agent: str, task: str) -> str:
+        """The transfer tool: run a sub-agent's own loop, nested in this tool call."""
+        if self._depth + 1 > self._max_depth:
+            raise _Refused(f"sub-agents may nest at most {self._max_depth} deep; {agent!r} was not started")
+        child_agent = next(a for a in self._agent.sub_agents if a.name == agent)
+        self._sub_runs += 1
+        child = AgentRun(
+            run_id=f"{self.run_id}/{agent}-{self._sub_runs}",
+            agent=child_agent,
+            session=self._session,
+            user_input=task,
+            deps=self._deps,
+            history=[],
+            http_client=self._http_client,
+            parent=self,
+        )
+        await self._emit(AgentSwitched(self._agent.name, agent))
+        try:
+            await child.drive()
+        except BaseException:
+            try:
+                self._send_nowait(AgentSwitched(agent, self._agent.name))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            raise
+        finally:
+            # Sub-agent usage counts toward the run's usage.
+            self._input_tokens += child._input_tokens
+            self._output_tokens += child._output_tokens
+        await self._emit(AgentSwitched(agent, self._agent.name))
+        result = child.result()
+        if result.reason not in ("completed", "max_turns", "hook_stop"):
+            detail = result.error.message if result.error else result.reason
+            raise _Refused(f"{agent} failed: {detail}")
+        return result.output
+
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:
             try:
                 await hooks.on_run_end(self._context, reason)
             except Exception:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
+
+
+class _Refused(Exception):
+    """A tool call that did not run; its message is the error result the model sees."""
+
+
+def _never() -> bool:
+    return False
+
+
+@functools.lru_cache(maxsize=256)
+def _transfer_tool(sub_agents: tuple[Agent, ...]) -> Tool:
+    """The schema of the transfer tool for these sub-agents (its function is bound per run)."""
+    names = tuple(agent.name for agent in sub_agents)
+    listing = "\n".join(f"- {agent.name}: {_summary(agent)}" for agent in sub_agents)
+
+    async def transfer_task(agent: str, task: str) -> str:
+        raise AssertionError("bound per run")  # pragma: no cover
+
+    transfer_task.__annotations__ = {"agent": Literal[names], "task": str, "return": str}
+    transfer_task.__doc__ = (
+        f"Hand a task to another agent and get its answer back.\n\nThe agents:\n{listing}\n\n"
+        "Args:\n    agent: Which agent does the task.\n"
+        "    task: The task, in full: the agent sees nothing of this conversation."
+    )
+    return tool(name=TRANSFER_TOOL)(transfer_task)
+
+
+def _summary(agent: Agent) -> str:
+    if isinstance(agent.instructions, str) and agent.instructions.strip():
+        return agent.instructions.strip().splitlines()[0]
+    return agent.name
 
 
 def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
@@ -392,6 +533,6 @@ def _to_content(value: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    if isinstance(exc, _EndRun) or type(exc).__module__.startswith("agents"):
+    if isinstance(exc, _EndRun | _Refused) or type(exc).__module__.startswith("agents"):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -45,6 +45,16 @@ class EventPipe(Generic[T]):
         self._receiver: trio.lowlevel.Task | None = None
         self._senders: deque[_BlockedSend[T]] | None = None
 
+    @property
+    def receiver_closed(self) -> bool:
+        """Whether the consumer has closed its side."""
+        return self._receiver_closed
+
+    @property
+    def buffered(self) -> int:
+        """Items waiting in the buffer."""
+        return len(self._buffer)
+
     # -- the producers' side --------------------------------------------------
 
     def send_nowait(self, item: T) -> None:

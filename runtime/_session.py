@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from ._bridge import ElicitationBridge
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
 from ._latch import Latch
 from ._loop import AgentRun
@@ -103,6 +104,7 @@ class Session:
         "_runs_in_flight",
         "_slot",
         "agent",
+        "elicitation",
         "id",
     )
 
@@ -125,6 +127,8 @@ class Session:
         self.id = session_id or f"s{next(self._ids)}"
         """Unique within the process unless given."""
         self._nursery = nursery
+        self.elicitation = ElicitationBridge()
+        """Routes its tools' questions to the consumer of the run they belong to."""
         self._http_client = http_client
         self._event_buffer = event_buffer
         self._history: list[Message] = []
@@ -182,7 +186,7 @@ class Session:
         """
         return RunStream(self, user_input, deps)
 
-    def _start_run(self, user_input: str, deps: Any) -> AgentRun:
+    def _start_run(self, user_input: str, deps: Any, answerable: bool) -> AgentRun:
         """Start a run's task in the session's nursery (called by RunStream.__aenter__)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
@@ -201,11 +205,14 @@ class Session:
             history=self._history,
             http_client=self._http_client,
             events=events,
+            bridge=self.elicitation,
+            # Its tools may ask the human only while a consumer streams the run.
+            answerable=(lambda: not events.receiver_closed) if answerable else None,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
-            self._nursery.start_soon(self._serve_run, run, ticket, name=f"run {run.run_id}")
+            self._nursery.start_soon(self._serve_run, run, events, ticket, name=f"run {run.run_id}")
             self._children.append(run.cancel_scope)
         except BaseException:
             self._run_ended(ticket)
@@ -226,7 +233,8 @@ class Session:
             ClosedSessionError: the session was closed before or during the run.
             ReentrantRunError: called from inside one of this session's own runs.
         """
-        async with self.run(user_input, deps=deps) as stream:
+        # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
+        async with RunStream(self, user_input, deps, answerable=False) as stream:
             async for _ in stream:
                 pass
         result = stream.result
@@ -333,7 +341,7 @@ class Session:
                 logger.error("session %s failed", self.id, exc_info=error)
         self._request_close()
 
-    async def _serve_run(self, run: AgentRun, ticket: trio.Event | None) -> None:
+    async def _serve_run(self, run: AgentRun, events: EventPipe[Event], ticket: trio.Event | None) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
         try:
@@ -344,7 +352,7 @@ class Session:
         except Exception as exc:  # only a bug in the loop itself gets here
             self._fail(exc)
         finally:
-            run.events.close_sender()
+            events.close_sender()
             self._run_ended(ticket)
             run.done.set()
             self._child_done(run.cancel_scope)

@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._exceptions import AgentRuntimeError, ClosedRunStreamError
+from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicitationError
 from .events import Event, RunFinished
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from agents import ElicitationAction
 
     from ._loop import AgentRun
     from ._pipe import EventPipe
@@ -34,12 +36,13 @@ class RunStream:
     could send one, the stream yields ``RunFinished("cancelled")`` itself.
     """
 
-    __slots__ = ("_deps", "_events", "_finished", "_run", "_session", "_user_input")
+    __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_session", "_user_input")
 
-    def __init__(self, session: Session, user_input: str, deps: Any) -> None:
+    def __init__(self, session: Session, user_input: str, deps: Any, *, answerable: bool = True) -> None:
         self._session = session
         self._user_input = user_input
         self._deps = deps
+        self._answerable = answerable
         self._run: AgentRun | None = None
         self._events: EventPipe[Event] | None = None
         self._finished = False
@@ -47,7 +50,7 @@ class RunStream:
     async def __aenter__(self) -> RunStream:
         if self._run is not None:
             raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
-        self._run = self._session._start_run(self._user_input, self._deps)
+        self._run = self._session._start_run(self._user_input, self._deps, self._answerable)
         self._events = self._run.events
         return self
 
@@ -79,6 +82,34 @@ class RunStream:
     def result(self) -> RunResult:
         """What the run produced so far; final once ``RunFinished`` was seen."""
         return self._started().result()
+
+    @property
+    def pending_elicitations(self) -> tuple[str, ...]:
+        """Ids of the questions waiting for an answer, oldest first."""
+        return tuple(self._started().pending)
+
+    async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> None:
+        """Answer an :class:`~runtime.events.ElicitationRequest` of this run (or of a sub-agent's nested run).
+
+        Args:
+            request_id: The request's ``id``.
+            action: ``"accept"`` (with ``content``), ``"decline"`` or ``"cancel"``.
+            content: The answer; validated against the request's schema.
+
+        Raises:
+            UnknownElicitationError: no request with that id is pending (never
+                was, already answered, or its tool has ended).
+            InvalidElicitationResponse: unknown action, or content that does not
+                match the schema; the request stays open.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pending = self._started().pending.get(request_id)
+        if pending is None:
+            raise UnknownElicitationError(
+                f"no pending elicitation {request_id!r} in run {self.run_id} (unknown, or already answered)"
+            )
+        pending.answer(action, content)  # raises, leaving it open, if the answer is not acceptable
+        del self._started().pending[request_id]  # answered: a second answer is an error
 
     def _started(self) -> AgentRun:
         if self._run is None:

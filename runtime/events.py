@@ -85,6 +85,47 @@ class ErrorEvent:
 
 
 @attrs.frozen
+class ElicitationRequest:
+    """A tool asks the human; answer with ``await stream.respond(id, action, content)``."""
+
+    id: str
+    message: str
+    schema: dict[str, Any] | None
+    """The JSON schema an accepted answer must match (``None``: anything)."""
+    agent: str
+    """The agent whose tool asks."""
+
+
+@attrs.frozen
+class AgentSwitched:
+    """Work moved from one agent to another: a sub-agent started (or ended, and back)."""
+
+    from_agent: str
+    to_agent: str
+
+
+@attrs.frozen
+class SubAgentEvent:
+    """An event of a sub-agent's nested run, forwarded into its parent's stream.
+
+    Its own ``RunFinished`` arrives wrapped too, so the consumer sees exactly
+    one top-level ``RunFinished``. Nested sub-agents nest the wrapping.
+    """
+
+    agent: str
+    event: Event
+
+    def innermost(self) -> tuple[tuple[str, ...], Event]:
+        """The chain of agent names down to the wrapped event, and that event."""
+        path = [self.agent]
+        event = self.event
+        while isinstance(event, SubAgentEvent):
+            path.append(event.agent)
+            event = event.event
+        return tuple(path), event
+
+
+@attrs.frozen
 class RunFinished:
     """The run is over; always the last event, exactly once."""
 
@@ -94,6 +135,16 @@ class RunFinished:
 
 
 Event: TypeAlias = (
-    RunStarted | TextDelta | ReasoningDelta | ToolCallStarted | ToolCallFinished | Usage | ErrorEvent | RunFinished
+    RunStarted
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStarted
+    | ToolCallFinished
+    | Usage
+    | ErrorEvent
+    | ElicitationRequest
+    | AgentSwitched
+    | SubAgentEvent
+    | RunFinished
 )
 """Any event a :class:`~runtime.RunStream` yields."""

@@ -22,6 +22,10 @@ PUBLIC_SUBMODULES: Final = frozenset({"runtime.events"})
 EXPECTED: Final[dict[str, frozenset[str]]] = {
     "runtime": frozenset(
         {
+            "ElicitationBridge",
+            "ElicitationResponseError",
+            "InvalidElicitationResponse",
+            "UnknownElicitationError",
             "events",
             "AgentRuntimeError",
             "ClosedRunStreamError",
@@ -39,6 +43,9 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     ),
     "runtime.events": frozenset(
         {
+            "AgentSwitched",
+            "ElicitationRequest",
+            "SubAgentEvent",
             "FinishReason",
             "FINISH_REASONS",
             "RunStarted",
@@ -54,6 +61,13 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     ),
     "agents": frozenset(
         {
+            "TRANSFER_TOOL",
+            "ElicitationAction",
+            "ElicitationError",
+            "ElicitationResult",
+            "ElicitationTimeout",
+            "ElicitationUnavailable",
+            "Elicitor",
             "Agent",
             "Instructions",
             "RunContext",

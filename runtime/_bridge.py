@@ -1,0 +1,178 @@
+"""ElicitationBridge: routes a tool's question to the consumer of the run it belongs to."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+import attrs
+import pydantic
+import trio
+
+from agents import ElicitationResult, ElicitationTimeout, ElicitationUnavailable
+
+from ._exceptions import InvalidElicitationResponse
+from .events import ElicitationRequest
+
+
+class ElicitationTarget(Protocol):
+    """Where questions go: the innermost run of the current task (a run, or a sub-agent's nested run)."""
+
+    pending: dict[str, PendingElicitation]
+    """Requests waiting for an answer, shared by a top-level run and its nested runs."""
+
+    def can_answer(self) -> bool:
+        """Whether a consumer is there to answer (it streams the run and has not left)."""
+        ...
+
+    async def deliver(self, request: ElicitationRequest) -> None:
+        """Send the request on the run's stream (block policy, bounded by the run's scope)."""
+        ...
+
+
+# The target is task-local: set with a `with` block by each run (and each
+# nested run) around its body, so every exit path restores the previous one,
+# and concurrent tools, or concurrent sub-agents, never see each other's.
+_TARGET: ContextVar[ElicitationTarget | None] = ContextVar("trio_agents_elicitation_target", default=None)
+
+
+@attrs.define(eq=False)
+class PendingElicitation:
+    """One question waiting for its answer."""
+
+    id: str
+    validate: Callable[[Any], Any]
+    answered: trio.Event = attrs.field(factory=trio.Event)
+    result: ElicitationResult | None = None
+
+    def answer(self, action: str, content: Any) -> None:
+        """Validate and deliver an answer (raises InvalidElicitationResponse, leaving it open)."""
+        if action not in ("accept", "decline", "cancel"):
+            raise InvalidElicitationResponse(f"action must be 'accept', 'decline' or 'cancel', not {action!r}")
+        if action == "accept":
+            try:
+                content = self.validate(content)
+            except (ValueError, TypeError) as exc:  # pydantic.ValidationError is a ValueError
+                if isinstance(exc, pydantic.ValidationError):
+                    reason = "; ".join(error["msg"] for error in exc.errors(include_url=False))
+                else:
+                    reason = str(exc)
+                raise InvalidElicitationResponse(
+                    f"the answer to {self.id} does not match its schema: {reason}"
+                ) from None
+        else:
+            content = None
+        self.result = ElicitationResult(action, content)  # type: ignore[arg-type]
+        self.answered.set()
+
+
+class ElicitationBridge:
+    """A session's bridge between tools that ask and the consumer who answers.
+
+    ``ToolContext.elicit`` goes through it: the question becomes an
+    :class:`~runtime.events.ElicitationRequest` on the stream of the run the
+    tool belongs to (for a sub-agent, wrapped in its parent's stream), and
+    ``RunStream.respond`` delivers the answer. No lock is held at any point;
+    requests travel on the run's bounded event stream.
+    """
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.asked = 0
+        """Questions delivered so far."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def target(target: ElicitationTarget) -> Iterator[None]:
+        """Route this task's questions (and its child tasks') to ``target`` inside the block."""
+        token = _TARGET.set(target)
+        try:
+            yield
+        finally:
+            _TARGET.reset(token)
+
+    async def elicit(
+        self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
+    ) -> ElicitationResult:
+        """Ask the consumer of the current run; see ``ToolContext.elicit``."""
+        target = _TARGET.get()
+        if target is None or not target.can_answer():
+            raise ElicitationUnavailable(
+                "no consumer can answer: the run is not streamed to anyone (ask()), or its consumer left"
+            )
+        json_schema, validate = compile_schema(schema)
+        pending = PendingElicitation(f"elicitation-{next(self._ids)}", validate)
+        target.pending[pending.id] = pending
+        try:
+            await target.deliver(ElicitationRequest(pending.id, message, json_schema, agent))
+            self.asked += 1
+            if timeout is None:
+                await pending.answered.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await pending.answered.wait()
+                if pending.result is None:
+                    raise ElicitationTimeout(f"{pending.id} was not answered within {timeout}s")
+        finally:
+            target.pending.pop(pending.id, None)
+        assert pending.result is not None
+        return pending.result
+
+
+def compile_schema(schema: type[Any] | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, Callable[[Any], Any]]:
+    """The JSON schema to show, and the validator of accepted content."""
+    if schema is None:
+        return None, _anything
+    if isinstance(schema, Mapping):
+        flat = dict(schema)
+        return flat, lambda content: _validate_flat(flat, content)
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(schema)
+    return adapter.json_schema(), adapter.validate_python
+
+
+def _anything(content: Any) -> Any:
+    return content
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+def _validate_flat(schema: dict[str, Any], content: Any) -> Any:
+    """Validate against a JSON schema of the flat kind MCP elicitation uses (primitive properties)."""
+    _check_value(schema, content, "answer")
+    if schema.get("type") == "object":
+        properties: dict[str, Any] = schema.get("properties", {})
+        missing = [name for name in schema.get("required", []) if name not in content]
+        if missing:
+            raise ValueError(f"missing required field(s): {', '.join(missing)}")
+        for name, value in content.items():
+            if name in properties:
+                _check_value(properties[name], value, name)
+            elif schema.get("additionalProperties") is False:
+                raise ValueError(f"unexpected field {name!r}")
+    return content
+
+
+def _check_value(schema: dict[str, Any], value: Any, where: str) -> None:
+    kind = schema.get("type")
+    allowed = _JSON_TYPES.get(kind) if isinstance(kind, str) else None
+    if allowed is not None and (not isinstance(value, allowed) or (kind != "boolean" and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {kind}, got {type(value).__name__}")
+    if "enum" in schema and value not in schema["enum"]:
+        raise ValueError(f"{where}: must be one of {schema['enum']!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            raise ValueError(f"{where}: minimum is {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            raise ValueError(f"{where}: maximum is {schema['maximum']}")
