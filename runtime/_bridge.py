@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 import attrs
@@ -37,6 +36,23 @@ class ElicitationTarget(Protocol):
 # nested run) around its body, so every exit path restores the previous one,
 # and concurrent tools, or concurrent sub-agents, never see each other's.
 _TARGET: ContextVar[ElicitationTarget | None] = ContextVar("trio_agents_elicitation_target", default=None)
+
+
+class TargetScope:
+    """``with bridge.target(run):`` sets the task's target, and restores the previous one on every exit."""
+
+    __slots__ = ("_target", "_token")
+
+    def __init__(self, target: ElicitationTarget) -> None:
+        self._target = target
+        self._token: Token[ElicitationTarget | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _TARGET.set(self._target)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _TARGET.reset(self._token)
 
 
 @attrs.define(eq=False)
@@ -79,20 +95,17 @@ class ElicitationBridge:
     requests travel on the run's bounded event stream.
     """
 
+    __slots__ = ("_ids", "asked")
+
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self.asked = 0
         """Questions delivered so far."""
 
     @staticmethod
-    @contextlib.contextmanager
-    def target(target: ElicitationTarget) -> Iterator[None]:
-        """Route this task's questions (and its child tasks') to ``target`` inside the block."""
-        token = _TARGET.set(target)
-        try:
-            yield
-        finally:
-            _TARGET.reset(token)
+    def target(target: ElicitationTarget) -> TargetScope:
+        """Route this task's questions (and its child tasks') to ``target`` inside a ``with`` block."""
+        return TargetScope(target)
 
     async def elicit(
         self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str

@@ -89,8 +89,8 @@ class AgentRun:
 
     __slots__ = (
         "_agent",
-        "_answerable",
         "_bridge",
+        "_consumer",
         "_context",
         "_deps",
         "_depth",
@@ -127,10 +127,14 @@ class AgentRun:
         http_client: httpx.AsyncClient | None,
         events: EventPipe[Event] | None = None,
         bridge: ElicitationBridge | None = None,
-        answerable: Callable[[], bool] | None = None,
+        consumer: EventPipe[Event] | None = None,
         parent: AgentRun | None = None,
     ) -> None:
-        """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream."""
+        """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
+
+        ``consumer`` is the pipe whose consumer can answer questions (``None``
+        when nobody can, as with ``Session.ask``).
+        """
         self.run_id = run_id
         self._agent = agent
         self._session = session
@@ -146,7 +150,7 @@ class AgentRun:
             self._send_blocking: Callable[[Event], Awaitable[None]] = events.send
             self._send_nowait: Callable[[Event], None] = events.send_nowait
             self._bridge = bridge
-            self._answerable = answerable or _never
+            self._consumer = consumer
             self.pending: dict[str, PendingElicitation] = {}
             """Questions of this run (and its nested runs) waiting for the consumer's answer."""
             self._depth = 0
@@ -157,7 +161,7 @@ class AgentRun:
             self._send_nowait = lambda event: forward_nowait(SubAgentEvent(name, event))
             self._send_blocking = lambda event: forward(SubAgentEvent(name, event))
             self._bridge = parent._bridge
-            self._answerable = parent._answerable
+            self._consumer = parent._consumer
             self.pending = parent.pending
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
@@ -178,7 +182,8 @@ class AgentRun:
 
     def can_answer(self) -> bool:
         """Whether a consumer streams this run and is still there."""
-        return self._answerable()
+        # The consumer that can answer: set if the run is streamed, until it leaves.
+        return self._consumer is not None and not self._consumer.receiver_closed
 
     async def deliver(self, request: ElicitationRequest) -> None:
         """Send a question on this run's stream (wrapped, for a nested run)."""
@@ -476,10 +481,6 @@ class AgentRun:
 
 class _Refused(Exception):
     """A tool call that did not run; its message is the error result the model sees."""
-
-
-def _never() -> bool:
-    return False
 
 
 @functools.lru_cache(maxsize=256)

@@ -207,7 +207,7 @@ class Session:
             events=events,
             bridge=self.elicitation,
             # Its tools may ask the human only while a consumer streams the run.
-            answerable=(lambda: not events.receiver_closed) if answerable else None,
+            consumer=events if answerable else None,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
