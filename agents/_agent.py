@@ -38,6 +38,10 @@ def _convert_tools(items: Sequence[ToolLike]) -> tuple[Tool | Toolset, ...]:
     return tuple(converted)
 
 
+def _convert_agents(items: Sequence[Agent]) -> tuple[Agent, ...]:
+    return tuple(items)
+
+
 def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
     hooks = tuple(items)
     for item in hooks:
@@ -83,7 +87,7 @@ class Agent:
     """Seconds a whole run may take; past it, the run ends with ``timeout``."""
     model_idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds the model may go without sending a chunk; past it, the run ends with ``timeout``."""
-    sub_agents: tuple[Agent, ...] = attrs.field(default=(), converter=tuple)
+    sub_agents: tuple[Agent, ...] = attrs.field(default=(), converter=_convert_agents)
     """Agents this one may hand tasks to: the model gets a ``transfer_task(agent, task)`` tool."""
     max_depth: int = attrs.field(default=3)
     """How deep sub-agents may nest below a run of this agent; past it, the transfer is an error result."""

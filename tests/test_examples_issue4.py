@@ -1,0 +1,164 @@
+"""The approval and sub-agent examples run offline and show what they promise."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+DELETE_PROMPT = "? Allow assistant to run delete_file(path='build/cache.tmp')? [y/N] "
+PAY_PROMPT = "? Allow assistant to run send_payment(to='Globex Consulting', amount=250.0)? [y/N] "
+
+
+def load(name: str) -> ModuleType:
+    """Import an example script as a module."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run an example as a script, with no network, no key and no terminal input."""
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "PYTHONWARNINGS": "error"},
+        check=False,
+    )
+
+
+async def test_approval_with_yes_approves_every_call_without_asking(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --yes every approval is accepted without reading input, and every tool runs."""
+
+    def no_input(prompt: str = "") -> str:
+        raise AssertionError(f"--yes must not ask: {prompt!r}")
+
+    monkeypatch.setattr("builtins.input", no_input)
+    approval = load("approval")
+    assert await approval.main(["--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {DELETE_PROMPT}y (--yes)\n" in out
+    assert f"  {PAY_PROMPT}y (--yes)\n" in out
+    assert out.count("? Allow") == 2  # the 40 EUR payment is under the predicate's limit
+    assert "  <- delete_file: 'deleted build/cache.tmp'\n" in out
+    assert "  <- send_payment: 'paid 40.00 EUR to Acme Hosting'\n" in out
+    assert "  <- send_payment: 'paid 250.00 EUR to Globex Consulting'\n" in out
+    assert "declined" not in out
+    assert "[run finished: completed]" in out
+
+
+async def test_approval_asks_the_human_and_a_declined_call_does_not_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answering y runs the call; answering n gives the model "declined by user" and it carries on."""
+    prompts: list[str] = []
+
+    def answer(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return "n" if "send_payment" in prompt else "y"
+
+    monkeypatch.setattr("builtins.input", answer)
+    approval = load("approval")
+    assert await approval.main([]) == 0
+    out = capsys.readouterr().out
+    assert prompts == [f"  {DELETE_PROMPT}", f"  {PAY_PROMPT}"]
+    assert "  <- delete_file: 'deleted build/cache.tmp'\n" in out
+    assert "  <- send_payment: 'paid 40.00 EUR to Acme Hosting'\n" in out
+    assert "  <- send_payment: error: declined by user\n" in out
+    assert "paid 250.00 EUR" not in out  # the declined payment never ran
+    assert "You declined send_payment(to='Globex Consulting', amount=250.0), so I left that alone." in out
+    assert "[run finished: completed]" in out
+
+
+async def test_approval_treats_end_of_input_as_no(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no input left, every question is declined and the run still completes."""
+
+    def eof(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", eof)
+    approval = load("approval")
+    assert await approval.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(no input: declined)") == 2
+    assert "  <- delete_file: error: declined by user\n" in out
+    assert "  <- send_payment: error: declined by user\n" in out
+    assert "Done: send_payment(to='Acme Hosting', amount=40.0)." in out
+    assert "[run finished: completed]" in out
+
+
+def test_approval_runs_as_a_script_with_yes() -> None:
+    """`python examples/approval.py --yes` exits 0 unattended, with no network and no key."""
+    completed = run_script("approval", "--yes")
+    assert completed.returncode == 0, completed.stderr
+    assert "  <- delete_file: 'deleted build/cache.tmp'\n" in completed.stdout
+    assert "  <- send_payment: 'paid 250.00 EUR to Globex Consulting'\n" in completed.stdout
+    assert "[run finished: completed]" in completed.stdout
+
+
+async def test_subagents_prints_each_agent_indented_and_total_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each specialist's events are indented under its name, hand-overs are headers, and usage adds up."""
+    subagents = load("subagents")
+    assert await subagents.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for header in (
+        "── coordinator → researcher",
+        "── researcher → coordinator",
+        "── coordinator → writer",
+        "── writer → coordinator",
+    ):
+        assert header in lines
+    assert (
+        "coordinator: -> transfer_task(agent='researcher', task='Who made Trio, when, and what is a nursery?')" in lines
+    )
+    assert "    researcher: -> search_notes(topic='trio')" in lines
+    assert "    researcher: -> search_notes(topic='nurseries')" in lines
+    assert "    researcher: [finished: completed]" in lines
+    assert "    writer: <- count_words: 13" in lines
+    assert "    writer: Concurrency you can read top to bottom, where no task is ever forgotten." in lines
+    assert "    writer: [finished: completed]" in lines
+    # Each sub-agent's lines come between its two headers.
+    for name in ("researcher", "writer"):
+        own = [i for i, line in enumerate(lines) if line.startswith(f"    {name}: ")]
+        assert lines.index(f"── coordinator → {name}") < own[0]
+        assert own[-1] < lines.index(f"── {name} → coordinator")
+    final = next(line for line in lines if line.startswith("coordinator: Concurrency you can read"))
+    assert "Nathaniel J. Smith in 2017" in final
+    assert "[run finished: completed]" in lines
+    by_agent = next(line for line in lines if line.startswith("[usage by agent: "))
+    counts = {name: (int(i), int(o)) for name, i, o in re.findall(r"(\w+) (\d+) \+ (\d+)", by_agent)}
+    assert set(counts) == {"coordinator", "researcher", "writer"}
+    total = re.fullmatch(r"\[usage: (\d+) input \+ (\d+) output tokens, sub-agents included\]", lines[-1])
+    assert total is not None
+    assert int(total[1]) == sum(i for i, _ in counts.values())
+    assert int(total[2]) == sum(o for _, o in counts.values())
+
+
+def test_subagents_runs_as_a_script() -> None:
+    """`python examples/subagents.py` exits 0 with no network and no key."""
+    completed = run_script("subagents")
+    assert completed.returncode == 0, completed.stderr
+    assert "── coordinator → researcher" in completed.stdout
+    assert "    writer: [finished: completed]" in completed.stdout
+    assert "[run finished: completed]" in completed.stdout
+    assert "sub-agents included]" in completed.stdout
