@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, Protocol
@@ -120,15 +121,17 @@ class ElicitationBridge:
         pending = PendingElicitation(f"elicitation-{next(self._ids)}", validate)
         target.pending[pending.id] = pending
         try:
-            await target.deliver(ElicitationRequest(pending.id, message, json_schema, agent))
-            self.asked += 1
-            if timeout is None:
+            # The timeout covers delivery too: a consumer that stopped reading
+            # must not hold the tool past it. (A cancelled send is withdrawn.)
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                try:
+                    await target.deliver(ElicitationRequest(pending.id, message, json_schema, agent))
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    raise ElicitationUnavailable("no consumer can answer: the run's stream is closed") from None
+                self.asked += 1
                 await pending.answered.wait()
-            else:
-                with trio.move_on_after(timeout):
-                    await pending.answered.wait()
-                if pending.result is None:
-                    raise ElicitationTimeout(f"{pending.id} was not answered within {timeout}s")
+            if pending.result is None:
+                raise ElicitationTimeout(f"{pending.id} was not answered within {timeout}s")
         finally:
             target.pending.pop(pending.id, None)
         assert pending.result is not None

@@ -91,9 +91,11 @@ class AgentRun:
         "_agent",
         "_bridge",
         "_consumer",
+        "_consumer_left",
         "_context",
         "_deps",
         "_depth",
+        "_ended",
         "_error",
         "_history",
         "_http_client",
@@ -102,6 +104,7 @@ class AgentRun:
         "_output",
         "_output_tokens",
         "_reason",
+        "_root",
         "_send_blocking",
         "_send_nowait",
         "_session",
@@ -151,6 +154,7 @@ class AgentRun:
             self._send_nowait: Callable[[Event], None] = events.send_nowait
             self._bridge = bridge
             self._consumer = consumer
+            self._root = self
             self.pending: dict[str, PendingElicitation] = {}
             """Questions of this run (and its nested runs) waiting for the consumer's answer."""
             self._depth = 0
@@ -162,10 +166,13 @@ class AgentRun:
             self._send_blocking = lambda event: forward(SubAgentEvent(name, event))
             self._bridge = parent._bridge
             self._consumer = parent._consumer
+            self._root = parent._root
             self.pending = parent.pending
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
         self._sub_runs = 0
+        self._ended = False
+        self._consumer_left = False
         self._output = ""
         self._input_tokens = 0
         self._output_tokens = 0
@@ -182,8 +189,15 @@ class AgentRun:
 
     def can_answer(self) -> bool:
         """Whether a consumer streams this run and is still there."""
-        # The consumer that can answer: set if the run is streamed, until it leaves.
-        return self._consumer is not None and not self._consumer.receiver_closed
+        # Only while this run goes on, and the top-level consumer (if the run is
+        # streamed at all) has not started leaving its block.
+        root = self._root
+        consumer = root._consumer
+        return not self._ended and not root._consumer_left and consumer is not None and not consumer.receiver_closed
+
+    def consumer_leaving(self) -> None:
+        """The consumer is leaving its block: from now on, questions fail at once."""
+        self._consumer_left = True
 
     async def deliver(self, request: ElicitationRequest) -> None:
         """Send a question on this run's stream (wrapped, for a nested run)."""
@@ -249,6 +263,7 @@ class AgentRun:
                 pass
             raise
         finally:
+            self._ended = True  # a task it started must not ask its (soon closed) stream
             target.__exit__(None, None, None)
         self._reason = reason
         await self._run_end_hooks(reason)

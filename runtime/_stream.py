@@ -61,6 +61,7 @@ class RunStream:
         assert self._events is not None
         # Cancel, wait until the task has finished (it does so promptly once
         # cancelled), and only then close our side.
+        self._run.consumer_leaving()
         self._run.cancel_scope.cancel()
         if not self._run.done.is_set():
             with trio.CancelScope(shield=True):
@@ -85,7 +86,11 @@ class RunStream:
 
     @property
     def pending_elicitations(self) -> tuple[str, ...]:
-        """Ids of the questions waiting for an answer, oldest first."""
+        """Ids of the questions waiting for an answer, oldest first.
+
+        A question is listed from the moment it is asked, which can be just
+        before its ``ElicitationRequest`` reaches this stream.
+        """
         return tuple(self._started().pending)
 
     async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> None:
