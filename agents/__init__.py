@@ -14,11 +14,18 @@ from ._context import (
 from ._exceptions import (
     AgentDefinitionError as AgentDefinitionError,
     AgentsError as AgentsError,
+    AuthenticationError as AuthenticationError,
+    BadRequestError as BadRequestError,
     ElicitationError as ElicitationError,
     ElicitationTimeout as ElicitationTimeout,
     ElicitationUnavailable as ElicitationUnavailable,
+    MalformedStreamError as MalformedStreamError,
+    ModelConnectionError as ModelConnectionError,
     ModelError as ModelError,
+    ProviderError as ProviderError,
+    RateLimitError as RateLimitError,
     ScriptExhaustedError as ScriptExhaustedError,
+    ServerError as ServerError,
     ToolArgumentsError as ToolArgumentsError,
 )
 from ._hooks import Hooks as Hooks, StopRun as StopRun
@@ -29,6 +36,7 @@ from ._messages import (
     ModelChunk as ModelChunk,
     ModelRequest as ModelRequest,
     ReasoningChunk as ReasoningChunk,
+    ServerToolChunk as ServerToolChunk,
     TextChunk as TextChunk,
     ToolCallChunk as ToolCallChunk,
     ToolResultMessage as ToolResultMessage,
@@ -37,4 +45,10 @@ from ._messages import (
     UserMessage as UserMessage,
 )
 from ._tools import Tool as Tool, ToolLike as ToolLike, Toolset as Toolset, tool as tool
-from .models import Model as Model, ScriptedModel as ScriptedModel, ToolCall as ToolCall
+from .models import (
+    Model as Model,
+    OpenAIChatModel as OpenAIChatModel,
+    RetryPolicy as RetryPolicy,
+    ScriptedModel as ScriptedModel,
+    ToolCall as ToolCall,
+)

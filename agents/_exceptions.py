@@ -6,7 +6,14 @@ The tree::
     ├── AgentDefinitionError      an Agent or a tool is defined wrongly
     ├── ToolArgumentsError        a model gave a tool arguments that fail validation
     ├── ModelError                a model could not produce a response
-    │   └── ScriptExhaustedError  a ScriptedModel has no turns left
+    │   ├── ScriptExhaustedError  a ScriptedModel has no turns left
+    │   ├── ModelConnectionError  the provider could not be reached (after retries)
+    │   ├── MalformedStreamError  the provider sent something that is not its protocol
+    │   └── ProviderError         the provider answered with an HTTP error
+    │       ├── AuthenticationError   401, 403: a missing or wrong API key
+    │       ├── RateLimitError        429 (after retries); ``retry_after`` if given
+    │       ├── BadRequestError       400, 404, 413, 422: the request was refused
+    │       └── ServerError           5xx (after retries)
     └── ElicitationError          asking the human did not work
         ├── ElicitationUnavailable  no consumer can receive the question
         └── ElicitationTimeout      nobody answered in time
@@ -45,6 +52,62 @@ class ModelError(AgentsError):
 
 class ScriptExhaustedError(ModelError):
     """A :class:`~agents.ScriptedModel` was asked for more turns than its script has."""
+
+
+class ModelConnectionError(ModelError):
+    """The provider could not be reached, or the connection broke, after the retries."""
+
+
+class MalformedStreamError(ModelError):
+    """The provider sent a chunk that is not valid for its protocol."""
+
+
+class ProviderError(ModelError):
+    """The provider answered with an HTTP error.
+
+    Attributes:
+        status: The HTTP status code.
+        provider: Which provider ("openai", "anthropic" ...).
+        provider_message: The provider's own error message, if it sent one.
+    """
+
+    def __init__(self, message: str, *, status: int, provider: str, provider_message: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.provider = provider
+        self.provider_message = provider_message
+
+
+class AuthenticationError(ProviderError):
+    """401 or 403: the API key is missing, wrong, or not allowed this model."""
+
+
+class RateLimitError(ProviderError):
+    """429, still after the retries.
+
+    Attributes:
+        retry_after: Seconds the provider asked to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        provider: str,
+        provider_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, provider=provider, provider_message=provider_message)
+        self.retry_after = retry_after
+
+
+class BadRequestError(ProviderError):
+    """400, 404, 413 or 422: the provider refused the request (bad model name, parameter ...)."""
+
+
+class ServerError(ProviderError):
+    """5xx, still after the retries."""
 
 
 class ElicitationError(AgentsError):

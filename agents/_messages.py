@@ -86,7 +86,16 @@ class ErrorChunk:
     message: str
 
 
-ModelChunk: TypeAlias = TextChunk | ReasoningChunk | ToolCallChunk | UsageChunk | ErrorChunk
+@attrs.frozen
+class ServerToolChunk:
+    """A tool the provider ran itself (e.g. Anthropic's web search): reported, not run by us."""
+
+    call_id: str
+    name: str
+    input: Mapping[str, Any]
+
+
+ModelChunk: TypeAlias = TextChunk | ReasoningChunk | ToolCallChunk | UsageChunk | ErrorChunk | ServerToolChunk
 """Everything a model may yield from :meth:`Model.stream`."""
 
 

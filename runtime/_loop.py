@@ -25,6 +25,7 @@ from agents import (
     ModelRequest,
     ReasoningChunk,
     RunContext,
+    ServerToolChunk,
     StopRun,
     TextChunk,
     Tool,
@@ -48,6 +49,7 @@ from .events import (
     ReasoningDelta,
     RunFinished,
     RunStarted,
+    ServerToolUse,
     SubAgentEvent,
     TextDelta,
     ToolCallFinished,
@@ -359,6 +361,8 @@ class AgentRun:
                             self._input_tokens += chunk.input_tokens
                             self._output_tokens += chunk.output_tokens
                             await emit(Usage(chunk.input_tokens, chunk.output_tokens))
+                        elif isinstance(chunk, ServerToolChunk):
+                            await emit(ServerToolUse(chunk.call_id, chunk.name, dict(chunk.input)))
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)
                         else:

@@ -62,6 +62,15 @@ class ToolCallFinished:
 
 
 @attrs.frozen
+class ServerToolUse:
+    """A tool the provider ran itself (e.g. web search); the runtime does not run it."""
+
+    call_id: str
+    name: str
+    input: dict[str, Any]
+
+
+@attrs.frozen
 class Usage:
     """Tokens used by one model call."""
 
@@ -141,6 +150,7 @@ Event: TypeAlias = (
     | ToolCallStarted
     | ToolCallFinished
     | Usage
+    | ServerToolUse
     | ErrorEvent
     | ElicitationRequest
     | AgentSwitched

@@ -1,4 +1,6 @@
 """Models: the protocol every model implements, and the models that ship."""
 
+from ._http import RetryPolicy as RetryPolicy
+from ._openai import OpenAIChatModel as OpenAIChatModel
 from ._protocol import Model as Model
 from ._scripted import Script as Script, ScriptedModel as ScriptedModel, ToolCall as ToolCall, Turn as Turn

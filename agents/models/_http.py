@@ -1,0 +1,187 @@
+"""What every HTTP model shares: the client, retries with backoff, and typed errors."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import httpx
+import trio
+
+from .._exceptions import (
+    AuthenticationError,
+    BadRequestError,
+    ModelConnectionError,
+    ProviderError,
+    RateLimitError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+MAX_RETRY_AFTER: Final = 60.0
+"""Longest wait a provider's Retry-After may ask for; longer asks fail at once."""
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Retries of 429, 5xx and connection errors: capped exponential backoff with full jitter.
+
+    Every wait is a ``trio.sleep`` in the caller's cancel scope, so closing
+    the run or the session ends it at once. ``Retry-After`` is honoured.
+    """
+
+    attempts: int = 4
+    """Tries in all (1: no retry)."""
+    base: float = 0.5
+    """The first backoff, in seconds; it doubles each time."""
+    cap: float = 8.0
+    """The longest backoff, in seconds."""
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 0)."""
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+DEFAULT_RETRY: Final = RetryPolicy()
+
+
+@asynccontextmanager
+async def http_client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+    """The runtime's shared client, or (for a model used alone) one of our own for this call."""
+    if given is not None:
+        yield given
+        return
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    provider: str,
+    retry: RetryPolicy,
+) -> AsyncIterator[httpx.Response]:
+    """POST ``body`` and yield the streaming 200 response, closed on every path.
+
+    Retries 429, 5xx and connection errors as ``retry`` says, before any of
+    the stream is read; other errors raise at once.
+
+    Raises:
+        ProviderError: (a subclass for each kind) the provider answered with an error.
+        ModelConnectionError: the provider could not be reached.
+    """
+    response = await _send_with_retries(client, url, headers, body, provider, retry)
+    try:
+        yield response
+    except (httpx.TransportError, httpx.StreamError) as exc:
+        raise ModelConnectionError(f"{provider}: the stream broke: {_describe(exc)}") from exc
+    finally:
+        await response.aclose()
+
+
+async def _send_with_retries(
+    client: httpx.AsyncClient,
+    url: str,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    provider: str,
+    retry: RetryPolicy,
+) -> httpx.Response:
+    content = json.dumps(body).encode()
+    for attempt in range(retry.attempts):
+        last = attempt == retry.attempts - 1
+        request = client.build_request("POST", url, headers={**headers, "content-type": "application/json"},
+                                       content=content)  # fmt: skip
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            if last:
+                raise ModelConnectionError(f"{provider}: cannot reach {url}: {_describe(exc)}") from exc
+            await trio.sleep(retry.backoff(attempt))
+            continue
+        if response.status_code == 200:
+            return response
+        try:
+            error = await _error_of(response, provider)
+        finally:
+            await response.aclose()
+        retryable = isinstance(error, RateLimitError | ServerError)
+        if not retryable or last:
+            raise error
+        wait = retry.backoff(attempt)
+        if isinstance(error, RateLimitError) and error.retry_after is not None:
+            if error.retry_after > MAX_RETRY_AFTER:
+                raise error
+            wait = error.retry_after
+        await trio.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
+    status = response.status_code
+    try:
+        raw = (await response.aread())[:65536]
+    except httpx.HTTPError:
+        raw = b""
+    message = _provider_message(raw)
+    text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
+    if status == 429:
+        return RateLimitError(
+            text, status=status, provider=provider, provider_message=message,
+            retry_after=_retry_after(response.headers.get("retry-after")),
+        )  # fmt: skip
+    kind: type[ProviderError]
+    if status in (401, 403):
+        kind = AuthenticationError
+    elif status >= 500:
+        kind = ServerError
+    elif status in (400, 404, 409, 413, 422):
+        kind = BadRequestError
+    else:
+        kind = ProviderError
+    return kind(text, status=status, provider=provider, provider_message=message)
+
+
+def _provider_message(raw: bytes) -> str | None:
+    """The message inside an error body: OpenAI's and Anthropic's ``{"error": {"message": ...}}``."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        text = raw.decode("utf-8", "replace").strip()
+        return text[:500] or None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds, or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
