@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 import trio
+import trio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @attrs.define
@@ -82,7 +86,7 @@ class ProviderServer:
                 for start in range(0, len(body), size):
                     await stream.send_all(body[start : start + size])
                     if reply.chunk_size:
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
                 if reply.hang_after is not None:
                     await _wait_for_close(stream)
                     self.disconnected.set()
@@ -124,4 +128,4 @@ async def provider_server(nursery: trio.Nursery) -> AsyncIterator[ProviderServer
     server = ProviderServer()
     listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
     server.port = listeners[0].socket.getsockname()[1]
-    yield server
+    return server
