@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 import trio
 import trio.lowlevel
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
 
 @attrs.define
@@ -123,7 +119,7 @@ async def _wait_for_close(stream: trio.SocketStream) -> None:
 
 
 @pytest.fixture
-async def provider_server(nursery: trio.Nursery) -> AsyncIterator[ProviderServer]:
+async def provider_server(nursery: trio.Nursery) -> ProviderServer:
     """A ProviderServer on an ephemeral loopback port, stopped with the test."""
     server = ProviderServer()
     listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
