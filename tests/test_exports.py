@@ -43,6 +43,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     ),
     "runtime.events": frozenset(
         {
+            "ServerToolUse",
             "AgentSwitched",
             "ElicitationRequest",
             "SubAgentEvent",
@@ -61,6 +62,16 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     ),
     "agents": frozenset(
         {
+            "AuthenticationError",
+            "BadRequestError",
+            "MalformedStreamError",
+            "ModelConnectionError",
+            "ProviderError",
+            "RateLimitError",
+            "ServerError",
+            "ServerToolChunk",
+            "OpenAIChatModel",
+            "RetryPolicy",
             "TRANSFER_TOOL",
             "ElicitationAction",
             "ElicitationError",
@@ -100,7 +111,9 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ToolCall",
         }
     ),
-    "agents.models": frozenset({"Model", "Script", "ScriptedModel", "ToolCall", "Turn"}),
+    "agents.models": frozenset(
+        {"Model", "OpenAIChatModel", "RetryPolicy", "Script", "ScriptedModel", "ToolCall", "Turn"}
+    ),
     "streams": frozenset(),
 }
 
