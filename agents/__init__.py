@@ -46,9 +46,11 @@ from ._messages import (
 )
 from ._tools import Tool as Tool, ToolLike as ToolLike, Toolset as Toolset, tool as tool
 from .models import (
+    AnthropicModel as AnthropicModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,
     RetryPolicy as RetryPolicy,
     ScriptedModel as ScriptedModel,
     ToolCall as ToolCall,
+    resolve_model as resolve_model,
 )

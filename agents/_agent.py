@@ -11,6 +11,7 @@ from ._context import RunContext
 from ._exceptions import AgentDefinitionError
 from ._hooks import Hooks
 from ._tools import Tool, ToolLike, Toolset, as_tool
+from .models._resolve import resolve_model
 
 if TYPE_CHECKING:
     from .models._protocol import Model
@@ -71,8 +72,8 @@ class Agent:
 
     name: str
     """Shown in events and logs."""
-    model: Model
-    """Answers each turn; see :class:`Model`."""
+    model: Model = attrs.field(converter=resolve_model)
+    """Answers each turn; see :class:`Model`. A model string works too: ``"openai:gpt-4o-mini"``."""
     instructions: Instructions = ""
     """The system prompt, or a function of the :class:`RunContext` returning it."""
     tools: tuple[Tool | Toolset, ...] = attrs.field(default=(), converter=_convert_tools)

@@ -4,17 +4,22 @@ Runs offline on ScriptedModel (no key, no network):
 
     python examples/quickstart.py
 
-Swap ``ScriptedModel`` for a real model to talk to an LLM; nothing else changes.
+or against a real model, with nothing else changed:
+
+    OPENAI_API_KEY=... python examples/quickstart.py --model openai:gpt-4o-mini
+    ANTHROPIC_API_KEY=... python examples/quickstart.py --model anthropic:claude-sonnet-4-5
+    python examples/quickstart.py --model ollama:llama3.2      # a local Ollama
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import TYPE_CHECKING
 
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall, tool
+from agents import Agent, ScriptedModel, ToolCall, resolve_model, tool
 from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
@@ -53,8 +58,8 @@ def to_fahrenheit(celsius: float) -> float:
     return round(celsius * 9 / 5 + 32, 1)
 
 
-def make_agent() -> Agent:
-    """The agent; its scripted model answers like an LLM would."""
+def make_agent(model: str = "scripted") -> Agent:
+    """The agent; by default its scripted model answers like an LLM would."""
     script: list[Turn] = [
         # Turn 1: two tool calls at once; the runtime runs them concurrently.
         [ToolCall("get_weather", {"city": "Paris"}), ToolCall("get_weather", {"city": "Lisbon"})],
@@ -66,16 +71,19 @@ def make_agent() -> Agent:
     return Agent(
         name="weather",
         instructions="You compare the weather in cities. Use the tools.",
-        model=ScriptedModel(script),
+        model=resolve_model(model, scripted=ScriptedModel(script)),
         tools=[get_weather, to_fahrenheit],
     )
 
 
-async def main() -> int:
+async def main(argv: list[str] | None = None) -> int:
     """Ask one question and print the run as it streams; returns the exit status."""
+    parser = argparse.ArgumentParser(description="An agent with two tools answers one question.")
+    parser.add_argument("--model", default="scripted", help="scripted (default), openai:<model>, ...")
+    options = parser.parse_args(argv or [])
     question = "Which is warmer today, Paris or Lisbon?"
     print(f"> {question}\n")
-    async with open_runtime() as runtime, runtime.open_session(make_agent()) as session:
+    async with open_runtime() as runtime, runtime.open_session(make_agent(options.model)) as session:
         async with session.run(question) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):
@@ -98,4 +106,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(trio.run(main))
+    sys.exit(trio.run(main, sys.argv[1:]))

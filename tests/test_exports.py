@@ -62,6 +62,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     ),
     "agents": frozenset(
         {
+            "resolve_model",
             "AuthenticationError",
             "BadRequestError",
             "MalformedStreamError",
@@ -70,6 +71,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "RateLimitError",
             "ServerError",
             "ServerToolChunk",
+            "AnthropicModel",
             "OpenAIChatModel",
             "RetryPolicy",
             "TRANSFER_TOOL",
@@ -112,7 +114,17 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "agents.models": frozenset(
-        {"Model", "OpenAIChatModel", "RetryPolicy", "Script", "ScriptedModel", "ToolCall", "Turn"}
+        {
+            "AnthropicModel",
+            "Model",
+            "OpenAIChatModel",
+            "RetryPolicy",
+            "Script",
+            "ScriptedModel",
+            "ToolCall",
+            "Turn",
+            "resolve_model",
+        }
     ),
     "streams": frozenset(),
 }

@@ -1,6 +1,8 @@
 """Models: the protocol every model implements, and the models that ship."""
 
+from ._anthropic import AnthropicModel as AnthropicModel
 from ._http import RetryPolicy as RetryPolicy
 from ._openai import OpenAIChatModel as OpenAIChatModel
 from ._protocol import Model as Model
+from ._resolve import resolve_model as resolve_model
 from ._scripted import Script as Script, ScriptedModel as ScriptedModel, ToolCall as ToolCall, Turn as Turn

@@ -1,0 +1,298 @@
+"""AnthropicModel: Anthropic's Messages API, streamed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from .._exceptions import MalformedStreamError
+from .._messages import (
+    AssistantMessage,
+    ErrorChunk,
+    ModelChunk,
+    ModelRequest,
+    ReasoningChunk,
+    ServerToolChunk,
+    TextChunk,
+    ToolCallChunk,
+    ToolResultMessage,
+    UsageChunk,
+    UserMessage,
+)
+from ._http import DEFAULT_RETRY, RetryPolicy, http_client, open_stream
+from ._sse import SSEStream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+
+    import httpx
+
+DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
+API_VERSION: Final = "2023-06-01"
+_SERVER_TOOL_BLOCKS: Final = frozenset({"server_tool_use", "mcp_tool_use"})
+"""Content blocks of tools the provider runs itself: reported, never run by us."""
+
+
+class AnthropicModel:
+    """A Claude model behind Anthropic's Messages API (``/v1/messages``).
+
+    Streams text, extended thinking (as reasoning), tool calls assembled from
+    their ``input_json_delta`` fragments, the tools Anthropic runs itself
+    (web search, tool search ...: reported as server tool use, never run
+    here) and usage.
+
+    Args:
+        model: The model name, e.g. ``"claude-sonnet-4-5"``.
+        base_url: Defaults to ``ANTHROPIC_BASE_URL``, else Anthropic's.
+        api_key: Defaults to ``ANTHROPIC_API_KEY`` (none is sent if neither is set).
+        retry: Retries of 429, 5xx and connection errors.
+        max_tokens: The most tokens one response may take (the API requires it).
+        **settings: Sent with every request (``temperature``, ``thinking`` ...).
+
+    Example::
+
+        agent = Agent(name="helper", model=AnthropicModel("claude-sonnet-4-5"))
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        max_tokens: int = 4096,
+        **settings: Any,
+    ) -> None:
+        self.model = model
+        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+        self.retry = retry
+        self.max_tokens = max_tokens
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel({self.model!r}, base_url={self.base_url!r})"
+
+    @contextlib.asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        """Send one request; its chunks stream until the block exits (which closes the response)."""
+        headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        async with (
+            http_client(request.http_client) as client,
+            open_stream(
+                client,
+                f"{self.base_url}/v1/messages",
+                headers=headers,
+                body=self.body(request),
+                provider=self.provider,
+                retry=self.retry,
+            ) as response,
+            contextlib.aclosing(_chunks(response)) as chunks,
+        ):
+            yield chunks
+
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body of a request."""
+        messages: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] | None = None  # the tool_result blocks of the open user message
+        for message in request.messages:
+            if isinstance(message, ToolResultMessage):
+                if results is None:
+                    results = []
+                    messages.append({"role": "user", "content": results})
+                results.append(
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": message.call_id,
+                        "content": message.content,
+                        "is_error": message.is_error,
+                    }
+                )
+                continue
+            results = None
+            if isinstance(message, UserMessage):
+                messages.append({"role": "user", "content": message.content})
+            elif isinstance(message, AssistantMessage):
+                content: list[dict[str, Any]] = []
+                if message.text:  # the API refuses empty text blocks
+                    content.append({"type": "text", "text": message.text})
+                content += [
+                    {"type": "tool_use", "id": call.call_id, "name": call.name, "input": _input(call.arguments)}
+                    for call in message.tool_calls
+                ]
+                if content:  # nor does it take an assistant turn with no content
+                    messages.append({"role": "assistant", "content": content})
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
+        if request.instructions:
+            body["system"] = request.instructions
+        body["messages"] = messages
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
+                for t in request.tools
+            ]
+        body["stream"] = True
+        body.update(self.settings)
+        return body
+
+
+def _input(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A tool call's arguments as the object ``tool_use.input`` must be ({} if they are not one)."""
+    if not isinstance(arguments, str):
+        return dict(arguments)
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@attrs.define
+class _ToolBlock:
+    """A tool_use (or server tool) content block while its input streams in."""
+
+    kind: str
+    call_id: str
+    name: str
+    start_input: dict[str, Any]
+    fragments: list[str] = attrs.field(factory=list)
+
+
+async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+    """Map the SSE stream to chunks; each tool call is complete when its content block stops."""
+    blocks: dict[int, _ToolBlock] = {}
+    usage: dict[str, Any] = {}
+    stopped = False
+    async with contextlib.aclosing(SSEStream(response)) as events:
+        async for event in events:
+            data = event.data.strip()
+            if event.event == "error":
+                yield ErrorChunk("provider", _error_message(data))
+                return
+            if not data:
+                continue
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                raise MalformedStreamError(f"anthropic: an event is not JSON: {data[:200]!r}") from None
+            if not isinstance(payload, dict):
+                raise MalformedStreamError(f"anthropic: an event is not an object: {data[:200]!r}")
+            kind = payload.get("type") or event.event
+            if kind == "error":
+                yield ErrorChunk("provider", _error_message(payload))
+                return
+            if kind == "message_start":
+                message = payload.get("message")
+                if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                    usage.update(message["usage"])
+            elif kind == "content_block_start":
+                chunk = _block_start(blocks, payload)
+                if chunk is not None:
+                    yield chunk
+            elif kind == "content_block_delta":
+                chunk = _block_delta(blocks, payload)
+                if chunk is not None:
+                    yield chunk
+            elif kind == "content_block_stop":
+                block = blocks.pop(_index(payload), None)
+                if block is not None:
+                    yield _block_stop(block)
+            elif kind == "message_delta":
+                if isinstance(payload.get("usage"), dict):
+                    usage.update(payload["usage"])
+            elif kind == "message_stop":
+                stopped = True
+                break
+            # "ping", and event types added to the API later, are skipped.
+    if not stopped:
+        raise MalformedStreamError("anthropic: the stream ended before message_stop")
+    if usage:
+        yield UsageChunk(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+
+
+def _index(payload: dict[str, Any]) -> int:
+    index = payload.get("index")
+    if not isinstance(index, int):
+        raise MalformedStreamError(f"anthropic: a {payload.get('type')} event has no index")
+    return index
+
+
+def _block_start(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> ModelChunk | None:
+    block = payload.get("content_block")
+    if not isinstance(block, dict):
+        raise MalformedStreamError("anthropic: a content_block_start event has no content_block")
+    kind = block.get("type")
+    if kind == "tool_use" or kind in _SERVER_TOOL_BLOCKS:
+        start = block.get("input")
+        blocks[_index(payload)] = _ToolBlock(
+            str(kind),
+            str(block.get("id") or ""),
+            str(block.get("name") or ""),
+            start if isinstance(start, dict) else {},
+        )
+    elif kind == "text" and block.get("text"):
+        return TextChunk(str(block["text"]))
+    elif kind == "thinking" and block.get("thinking"):
+        return ReasoningChunk(str(block["thinking"]))
+    # Server tool results (web_search_tool_result ...) and redacted thinking carry nothing for us.
+    return None
+
+
+def _block_delta(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> ModelChunk | None:
+    delta = payload.get("delta")
+    if not isinstance(delta, dict):
+        raise MalformedStreamError("anthropic: a content_block_delta event has no delta")
+    kind = delta.get("type")
+    if kind == "text_delta":
+        return TextChunk(str(delta["text"])) if delta.get("text") else None
+    if kind == "thinking_delta":
+        return ReasoningChunk(str(delta["thinking"])) if delta.get("thinking") else None
+    if kind == "input_json_delta":
+        block = blocks.get(_index(payload))
+        if block is None:
+            raise MalformedStreamError("anthropic: input_json_delta for a block that is not a tool call")
+        block.fragments.append(str(delta.get("partial_json") or ""))
+    # signature_delta, citations_delta ...: nothing to stream.
+    return None
+
+
+def _block_stop(block: _ToolBlock) -> ModelChunk:
+    text = "".join(block.fragments)
+    if block.kind == "tool_use":
+        # The raw JSON text, as the model wrote it; the runtime reports bad JSON to the model.
+        return ToolCallChunk(block.call_id, block.name, text if text.strip() else dict(block.start_input))
+    if not text.strip():
+        return ServerToolChunk(block.call_id, block.name, dict(block.start_input))
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise MalformedStreamError(f"anthropic: the input of server tool {block.name!r} is not a JSON object")
+    return ServerToolChunk(block.call_id, block.name, value)
+
+
+def _error_message(error: Any) -> str:
+    """The message of an ``error`` event: ``{"type": "error", "error": {"type", "message"}}``."""
+    if isinstance(error, str):
+        try:
+            error = json.loads(error)
+        except ValueError:
+            return error or "the provider reported an error"
+    if isinstance(error, dict):
+        inner = error.get("error", error)
+        if isinstance(inner, dict) and inner.get("message"):
+            kind = inner.get("type")
+            return f"{kind}: {inner['message']}" if kind else str(inner["message"])
+        if isinstance(inner, str) and inner:
+            return inner
+    return str(error)

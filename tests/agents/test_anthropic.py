@@ -1,0 +1,398 @@
+"""AnthropicModel against recorded Messages API streams, served byte for byte by a loopback server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import trio
+
+from agents import (
+    Agent,
+    AnthropicModel,
+    AssistantMessage,
+    AuthenticationError,
+    MalformedStreamError,
+    ModelChunk,
+    ModelRequest,
+    ReasoningChunk,
+    RetryPolicy,
+    ServerToolChunk,
+    TextChunk,
+    ToolCallChunk,
+    ToolResultMessage,
+    ToolSpec,
+    UsageChunk,
+    UserMessage,
+    tool,
+)
+from runtime import open_runtime
+from runtime.events import (
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    RunFinished,
+    ServerToolUse,
+    TextDelta,
+    ToolCallStarted,
+    Usage,
+)
+
+FIXTURES: Final = Path("/work/shared/fixtures/llm_streams/anthropic")
+CASES: Final[dict[str, dict[str, Any]]] = {
+    path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))
+}
+"""Every recorded case, by name (the file's stem)."""
+NO_RETRY: Final = RetryPolicy(attempts=1)
+
+
+def _body(name: str) -> bytes:
+    """The recorded response body of a case, byte for byte."""
+    return (FIXTURES / str(CASES[name]["body_file"])).read_bytes()
+
+
+def _model(server: Any, **settings: Any) -> AnthropicModel:
+    return AnthropicModel("m", base_url=server.base_url, api_key="k", retry=NO_RETRY, **settings)
+
+
+async def _run(agent: Agent, prompt: str = "hi") -> list[Event]:
+    events: list[Event] = []
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run(prompt) as stream:
+                events.extend([event async for event in stream])
+    return events
+
+
+async def _chunks(model: AnthropicModel, request: ModelRequest) -> list[ModelChunk]:
+    with trio.fail_after(10):
+        async with model.stream(request) as chunks:
+            return [chunk async for chunk in chunks]
+
+
+def _of(events: list[Event], kind: type[Any]) -> list[Any]:
+    return [event for event in events if isinstance(event, kind)]
+
+
+def _stream(*events: tuple[str, str]) -> bytes:
+    return "".join(f"event: {name}\ndata: {data}\n\n" for name, data in events).encode()
+
+
+_START: Final = (
+    "message_start",
+    '{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":3,"output_tokens":1}}}',
+)
+_TEXT_START: Final = (
+    "content_block_start",
+    '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+)
+_TEXT_HELLO: Final = (
+    "content_block_delta",
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}',
+)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_anthropic_fixture_stream_rebuilds_the_expected_response(provider_server: Any, name: str) -> None:
+    """Each recorded case, served byte for byte, yields the text, reasoning, tool calls, usage and error it expects."""
+    case = CASES[name]
+    expect = case["expect"]
+    provider_server.serve(_body(name), status=case["http_status"], content_type=case["content_type"])
+    agent = Agent(name="claude", model=_model(provider_server), max_turns=1)
+
+    events = await _run(agent)
+
+    assert len(provider_server.requests) == 1
+    assert "".join(event.text for event in _of(events, TextDelta)) == (expect["text"] or "")
+    calls = [(event.call_id, event.name, event.arguments) for event in _of(events, ToolCallStarted)]
+    assert calls == [(call["id"], call["name"], call["arguments"]) for call in expect["tool_calls"]]
+    thinking = "".join(block["thinking"] for block in expect.get("thinking", ()))
+    assert "".join(event.text for event in _of(events, ReasoningDelta)) == (expect.get("reasoning") or thinking)
+    usage = [(event.input_tokens, event.output_tokens) for event in _of(events, Usage)]
+    expected_usage = expect["usage"]
+    assert usage == (
+        [] if expected_usage is None else [(expected_usage["input_tokens"], expected_usage["output_tokens"])]
+    )
+    server_calls = [(event.call_id, event.name, event.input) for event in _of(events, ServerToolUse)]
+    assert server_calls == [
+        (call["id"], call["name"], call["arguments"]) for call in expect.get("server_tool_calls", ())
+    ]
+    errors: list[ErrorEvent] = _of(events, ErrorEvent)
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    if expect["error"] is None:
+        assert errors == []
+        assert finished.reason == ("max_turns" if expect["tool_calls"] else "completed")
+    else:
+        (error,) = errors
+        assert error.kind == "model"
+        assert expect["error"]["message"] in error.message
+        assert finished.reason == "error"
+
+
+async def test_anthropic_fixture_chunks_come_in_block_order(provider_server: Any) -> None:
+    """Used alone, the model streams text, the server tool, text, then the client tool call, and usage last."""
+    provider_server.serve(_body("text_server_tool_then_tool_use"))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("rate?"),)))
+    kinds = [type(chunk).__name__ for chunk in chunks]
+    first_server = kinds.index("ServerToolChunk")
+    assert set(kinds[:first_server]) == {"TextChunk"}
+    assert kinds[-2:] == ["ToolCallChunk", "UsageChunk"]
+    assert chunks[first_server] == ServerToolChunk(
+        "srvtoolu_01S5swZdBmTzLDVzwcT5LbHp",
+        "tool_search_tool_bm25",
+        {"query": "USD EUR exchange rate currency conversion"},
+    )
+    call = chunks[-2]
+    assert isinstance(call, ToolCallChunk)
+    assert (call.call_id, call.name) == ("toolu_01EFn5wTNBYA8Reni8rbmnHT", "get_exchange_rate")
+    assert isinstance(call.arguments, str)
+    assert json.loads(call.arguments) == {"from_currency": "USD", "to_currency": "EUR"}
+    assert chunks[-1] == UsageChunk(1591, 175)
+
+
+async def test_anthropic_thinking_is_reasoning_and_signature_is_dropped(provider_server: Any) -> None:
+    """Thinking deltas are reasoning chunks; the empty thinking delta and the signature yield nothing."""
+    provider_server.serve(_body("thinking_then_tool_use"))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("version?"),)))
+    reasoning = [chunk for chunk in chunks if isinstance(chunk, ReasoningChunk)]
+    assert len(reasoning) == 2
+    assert "EoQDCm0" not in "".join(chunk.text for chunk in reasoning)
+    assert chunks[-2:] == [ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}), UsageChunk(598, 92)]
+
+
+async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:
+    """The requests carry the key and version headers, the system prompt, tools, tool_use inputs and grouped results."""
+
+    @tool
+    def pelican_name_generator() -> str:
+        """Make up a pelican name."""
+        return "Percy"
+
+    @tool
+    def get_exchange_rate(from_currency: str, to_currency: str) -> str:
+        """Look up an exchange rate."""
+        return f"1 {from_currency} = 0.92 {to_currency}"
+
+    provider_server.queue(_body("parallel_tool_use_empty_input"), content_type="text/event-stream; charset=utf-8")
+    provider_server.queue(_body("text_server_tool_then_tool_use"), content_type="text/event-stream; charset=utf-8")
+    provider_server.queue(_body("text"), content_type="text/event-stream; charset=utf-8")
+    agent = Agent(
+        name="claude",
+        instructions="Be brief.",
+        model=_model(provider_server, temperature=0.5),
+        tools=[pelican_name_generator, get_exchange_rate],
+        max_turns=3,
+    )
+
+    events = await _run(agent, "name a pelican, then the rate")
+
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert finished.reason == "completed"
+    assert len(provider_server.requests) == 3
+    for received in provider_server.requests:
+        assert (received.method, received.path) == ("POST", "/v1/messages")
+        assert received.headers["x-api-key"] == "k"
+        assert received.headers["anthropic-version"] == "2023-06-01"
+        assert received.headers["accept"] == "text/event-stream"
+        assert received.headers["content-type"] == "application/json"
+        assert "authorization" not in received.headers
+    first = json.loads(provider_server.requests[0].body)
+    assert first["model"] == "m"
+    assert first["max_tokens"] == 4096
+    assert first["system"] == "Be brief."
+    assert first["stream"] is True
+    assert first["temperature"] == 0.5
+    assert first["messages"] == [{"role": "user", "content": "name a pelican, then the rate"}]
+    tools = {spec["name"]: spec for spec in first["tools"]}
+    assert set(tools) == {"pelican_name_generator", "get_exchange_rate"}
+    assert tools["get_exchange_rate"]["description"] == "Look up an exchange rate."
+    assert tools["get_exchange_rate"]["input_schema"]["type"] == "object"
+    assert set(tools["get_exchange_rate"]["input_schema"]["properties"]) == {"from_currency", "to_currency"}
+    assert set(tools["pelican_name_generator"]) == {"name", "description", "input_schema"}
+
+    last = json.loads(provider_server.requests[2].body)
+    user, pelicans, pelican_results, rate, rate_results = last["messages"]
+    assert user == {"role": "user", "content": "name a pelican, then the rate"}
+    assert pelicans == {
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": "toolu_01LtHJmixrs9NcWQkK8hu8hj", "name": "pelican_name_generator", "input": {}},
+            {"type": "tool_use", "id": "toolu_01N8a4jWyf116qKTMqKKmjyt", "name": "pelican_name_generator", "input": {}},
+        ],
+    }
+    assert pelican_results == {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_01LtHJmixrs9NcWQkK8hu8hj",
+                "content": "Percy",
+                "is_error": False,
+            },
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_01N8a4jWyf116qKTMqKKmjyt",
+                "content": "Percy",
+                "is_error": False,
+            },
+        ],
+    }
+    assert rate["role"] == "assistant"
+    text_block, tool_use = rate["content"]
+    assert text_block == {"type": "text", "text": CASES["text_server_tool_then_tool_use"]["expect"]["text"]}
+    assert tool_use == {
+        "type": "tool_use",
+        "id": "toolu_01EFn5wTNBYA8Reni8rbmnHT",
+        "name": "get_exchange_rate",
+        "input": {"from_currency": "USD", "to_currency": "EUR"},
+    }
+    assert rate_results == {
+        "role": "user",
+        "content": [
+            {
+                "type": "tool_result",
+                "tool_use_id": "toolu_01EFn5wTNBYA8Reni8rbmnHT",
+                "content": "1 USD = 0.92 EUR",
+                "is_error": False,
+            }
+        ],
+    }
+
+
+def test_anthropic_body_groups_results_and_repairs_arguments() -> None:
+    """Only consecutive results share a user message, string arguments become objects, and empty turns are left out."""
+    model = AnthropicModel("claude", base_url="http://unused", api_key="k", max_tokens=64, top_k=5)
+    request = ModelRequest(
+        "",
+        (
+            UserMessage("go"),
+            AssistantMessage(
+                "",
+                (
+                    ToolCallChunk("a", "f", '{"x": 1}'),
+                    ToolCallChunk("b", "f", ""),
+                    ToolCallChunk("c", "f", "{not json"),
+                    ToolCallChunk("d", "f", "[1, 2]"),
+                ),
+            ),
+            ToolResultMessage("a", "f", "1"),
+            ToolResultMessage("b", "f", "2"),
+            ToolResultMessage("c", "f", "bad arguments", is_error=True),
+            ToolResultMessage("d", "f", "4"),
+            AssistantMessage(""),
+            UserMessage("again"),
+        ),
+        (ToolSpec("f", "Does f.", {"type": "object", "properties": {}}),),
+    )
+    body = model.body(request)
+    assert "system" not in body
+    assert (body["model"], body["max_tokens"], body["top_k"], body["stream"]) == ("claude", 64, 5, True)
+    assert body["tools"] == [
+        {"name": "f", "description": "Does f.", "input_schema": {"type": "object", "properties": {}}}
+    ]
+    user, assistant, results, again = body["messages"]
+    assert user == {"role": "user", "content": "go"}
+    assert [block["input"] for block in assistant["content"]] == [{"x": 1}, {}, {}, {}]
+    assert results["role"] == "user"
+    assert [(block["tool_use_id"], block["is_error"]) for block in results["content"]] == [
+        ("a", False),
+        ("b", False),
+        ("c", True),
+        ("d", False),
+    ]
+    assert again == {"role": "user", "content": "again"}
+
+
+def test_anthropic_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base URL and key default to ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY, else Anthropic's URL and no key."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://proxy.example/")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
+    model = AnthropicModel("claude")
+    assert model.base_url == "http://proxy.example"
+    assert model._api_key == "from-env"
+    monkeypatch.delenv("ANTHROPIC_BASE_URL")
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    model = AnthropicModel("claude")
+    assert model.base_url == "https://api.anthropic.com"
+    assert model._api_key is None
+
+
+async def test_anthropic_401_is_an_authentication_error_event(provider_server: Any) -> None:
+    """A 401 JSON error body ends the run with a model ErrorEvent carrying the provider's message."""
+    body = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
+    provider_server.serve(body, status=401, content_type="application/json")
+    agent = Agent(name="claude", model=_model(provider_server), max_turns=1)
+
+    events = await _run(agent)
+
+    (error,) = _of(events, ErrorEvent)
+    assert error.kind == "model"
+    assert "invalid x-api-key" in error.message
+    assert "401" in error.message
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert finished.reason == "error"
+    with pytest.raises(AuthenticationError) as caught:
+        await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    assert (caught.value.status, caught.value.provider) == (401, "anthropic")
+    assert caught.value.provider_message == "invalid x-api-key"
+
+
+async def test_anthropic_error_event_mid_stream_stops_with_the_provider_message(provider_server: Any) -> None:
+    """An `event: error` after some text yields the text, then an error chunk, and nothing after it."""
+    error = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    provider_server.serve(_stream(_START, _TEXT_START, _TEXT_HELLO, ("error", error), _TEXT_HELLO))
+    agent = Agent(name="claude", model=_model(provider_server), max_turns=1)
+
+    events = await _run(agent)
+
+    assert [event.text for event in _of(events, TextDelta)] == ["Hello"]
+    assert _of(events, Usage) == []
+    (event,) = _of(events, ErrorEvent)
+    assert event.kind == "model"
+    assert "Overloaded" in event.message
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert finished.reason == "error"
+
+
+async def test_anthropic_non_json_data_is_a_malformed_stream(provider_server: Any) -> None:
+    """A data line that is not JSON raises MalformedStreamError, and the run ends with an error event."""
+    provider_server.serve(_stream(_START, _TEXT_START, ("content_block_delta", "{not json")))
+    with pytest.raises(MalformedStreamError, match="not JSON"):
+        await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+
+    events = await _run(Agent(name="claude", model=_model(provider_server), max_turns=1))
+
+    (error,) = _of(events, ErrorEvent)
+    assert "not JSON" in error.message
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert finished.reason == "error"
+
+
+async def test_anthropic_stream_without_message_stop_is_malformed(provider_server: Any) -> None:
+    """A stream that ends cleanly but before message_stop is a truncated response, not an answer."""
+    provider_server.serve(_stream(_START, _TEXT_START, _TEXT_HELLO))
+    chunks: list[ModelChunk] = []
+    with pytest.raises(MalformedStreamError, match="message_stop"), trio.fail_after(10):
+        async with _model(provider_server).stream(ModelRequest("", (UserMessage("hi"),))) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+    assert chunks == [TextChunk("Hello")]
+
+
+async def test_anthropic_leaving_early_closes_the_connection(provider_server: Any) -> None:
+    """Leaving the stream block after the first chunk of a hanging stream closes the response promptly."""
+    body = _stream(_START, _TEXT_START, _TEXT_HELLO, _TEXT_HELLO)
+    provider_server.serve(body, hang_after=len(_stream(_START, _TEXT_START, _TEXT_HELLO)))
+    with trio.fail_after(10):
+        async with _model(provider_server).stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for chunk in chunks:
+                assert chunk == TextChunk("Hello")
+                break
+        await provider_server.disconnected.wait()

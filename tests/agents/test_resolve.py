@@ -1,0 +1,71 @@
+"""Model strings, and the quickstart driven through one against a real (loopback) server."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from agents import Agent, AgentDefinitionError, OpenAIChatModel, ScriptedModel, resolve_model
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "llm_streams"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_resolve_model_strings() -> None:
+    """Each known prefix gives its provider; "scripted" gives the script passed in."""
+    script = ScriptedModel(["hi"])
+    assert resolve_model("scripted", scripted=script) is script
+    openai = resolve_model("openai:gpt-4o-mini")
+    assert isinstance(openai, OpenAIChatModel)
+    assert openai.model == "gpt-4o-mini"
+    ollama = resolve_model("ollama:llama3.2")
+    assert isinstance(ollama, OpenAIChatModel)
+    assert ollama.base_url == "http://localhost:11434/v1"
+    assert resolve_model(script) is script
+
+
+def test_resolve_model_anthropic() -> None:
+    """ "anthropic:<model>" gives the Anthropic provider."""
+    model = resolve_model("anthropic:claude-sonnet-4-5")
+    assert type(model).__name__ == "AnthropicModel"
+
+
+@pytest.mark.parametrize("spec", ["scripted", "gpt-4o", "openai:", "mystery:model"])
+def test_resolve_model_rejects_what_it_cannot_build(spec: str) -> None:
+    """An unknown or incomplete model string is a clear AgentDefinitionError."""
+    with pytest.raises(AgentDefinitionError):
+        resolve_model(spec)
+
+
+def test_agent_accepts_a_model_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agent(model="openai:...") builds the provider, with base URL and key from the environment."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    agent = Agent(name="a", model="openai:some-model")
+    assert isinstance(agent.model, OpenAIChatModel)
+    assert agent.model.base_url == "http://127.0.0.1:9/v1"
+
+
+async def test_quickstart_runs_against_an_openai_compatible_server(
+    provider_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`quickstart.py --model openai:...` streams a real recorded answer from the server it is pointed at."""
+    provider_server.serve((FIXTURES / "openai" / "chat_text_usage.sse").read_bytes())
+    monkeypatch.setenv("OPENAI_BASE_URL", provider_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    spec = importlib.util.spec_from_file_location("quickstart_for_model_test", EXAMPLES / "quickstart.py")
+    assert spec is not None
+    assert spec.loader is not None
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    with trio.fail_after(20):
+        status = await quickstart.main(["--model", "openai:gpt-4o-mini"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "[run finished: completed]" in out
+    request = provider_server.requests[0]
+    assert request.path == "/chat/completions"
+    assert request.headers["authorization"] == "Bearer test-key"
