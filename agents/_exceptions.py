@@ -82,8 +82,8 @@ class AuthenticationError(ProviderError):
     """401 or 403: the API key is missing, wrong, or not allowed this model."""
 
 
-class RateLimitError(ProviderError):
-    """429, still after the retries.
+class _RetryAfterError(ProviderError):
+    """An error a provider may answer with a Retry-After (429, 503 ...).
 
     Attributes:
         retry_after: Seconds the provider asked to wait, if it said.
@@ -102,12 +102,16 @@ class RateLimitError(ProviderError):
         self.retry_after = retry_after
 
 
+class RateLimitError(_RetryAfterError):
+    """429, still after the retries; ``retry_after`` is what the provider last asked for."""
+
+
 class BadRequestError(ProviderError):
     """400, 404, 413 or 422: the provider refused the request (bad model name, parameter ...)."""
 
 
-class ServerError(ProviderError):
-    """5xx, still after the retries."""
+class ServerError(_RetryAfterError):
+    """5xx, still after the retries; ``retry_after`` if the provider sent one."""
 
 
 class ElicitationError(AgentsError):

@@ -16,6 +16,7 @@ import trio
 from .._exceptions import (
     AuthenticationError,
     BadRequestError,
+    MalformedStreamError,
     ModelConnectionError,
     ProviderError,
     RateLimitError,
@@ -37,11 +38,11 @@ class RetryPolicy:
     the run or the session ends it at once. ``Retry-After`` is honoured.
     """
 
-    attempts: int = 4
+    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     """Tries in all (1: no retry)."""
-    base: float = 0.5
+    base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     """The first backoff, in seconds; it doubles each time."""
-    cap: float = 8.0
+    cap: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
     """The longest backoff, in seconds."""
 
     def backoff(self, attempt: int) -> float:
@@ -111,7 +112,14 @@ async def _send_with_retries(
             await trio.sleep(retry.backoff(attempt))
             continue
         if response.status_code == 200:
-            return response
+            kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if kind == "text/event-stream":
+                return response
+            try:  # e.g. a proxy that ignored "stream": an answer we cannot read as a stream
+                sample = (await response.aread())[:200]
+            finally:
+                await response.aclose()
+            raise MalformedStreamError(f"{provider}: expected text/event-stream, got {kind!r}: {sample!r}")
         try:
             error = await _error_of(response, provider)
         finally:
@@ -120,7 +128,7 @@ async def _send_with_retries(
         if not retryable or last:
             raise error
         wait = retry.backoff(attempt)
-        if isinstance(error, RateLimitError) and error.retry_after is not None:
+        if isinstance(error, RateLimitError | ServerError) and error.retry_after is not None:
             if error.retry_after > MAX_RETRY_AFTER:
                 raise error
             wait = error.retry_after
@@ -136,16 +144,14 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
         raw = b""
     message = _provider_message(raw)
     text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
+    retry_after = _retry_after(response.headers.get("retry-after"))
     if status == 429:
-        return RateLimitError(
-            text, status=status, provider=provider, provider_message=message,
-            retry_after=_retry_after(response.headers.get("retry-after")),
-        )  # fmt: skip
+        return RateLimitError(text, status=status, provider=provider, provider_message=message, retry_after=retry_after)
+    if status >= 500:
+        return ServerError(text, status=status, provider=provider, provider_message=message, retry_after=retry_after)
     kind: type[ProviderError]
     if status in (401, 403):
         kind = AuthenticationError
-    elif status >= 500:
-        kind = ServerError
     elif status in (400, 404, 409, 413, 422):
         kind = BadRequestError
     else:

@@ -142,6 +142,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     async with contextlib.aclosing(SSEStream(response)) as events:
         async for event in events:
             if event.event == "error":
+                if usage is not None:
+                    yield _usage_chunk(usage)
                 yield ErrorChunk("provider", _error_message(event.data))
                 return
             data = event.data.strip()
@@ -155,11 +157,13 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                 raise MalformedStreamError(f"openai: a chunk is not JSON: {data[:200]!r}") from None
             if not isinstance(chunk, dict):
                 raise MalformedStreamError(f"openai: a chunk is not an object: {data[:200]!r}")
-            if chunk.get("error"):
-                yield ErrorChunk("provider", _error_message(chunk["error"]))
-                return
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            if chunk.get("error"):
+                if usage is not None:  # tokens spent before the error still count
+                    yield _usage_chunk(usage)
+                yield ErrorChunk("provider", _error_message(chunk["error"]))
+                return
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
@@ -172,13 +176,17 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     function = fragment.get("function") or {}
                     call[0] = fragment.get("id") or call[0]
                     name = function.get("name") or ""
-                    if name and not call[1].endswith(name):  # fragments, or the whole name repeated
+                    if name and name != call[1]:  # fragments add up; a repeat of the whole name does not
                         call[1] += name
                     call[2] += function.get("arguments") or ""
     for _, (call_id, name, arguments) in sorted(calls.items()):
         yield ToolCallChunk(call_id, name, arguments)
     if usage is not None:
-        yield UsageChunk(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        yield _usage_chunk(usage)
+
+
+def _usage_chunk(usage: dict[str, Any]) -> UsageChunk:
+    return UsageChunk(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
 def _error_message(error: Any) -> str:

@@ -36,13 +36,23 @@ async def aiter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent,
             text = text.removeprefix(_BOM)
             first = False
         for line in lines.decode(text):
-            event = events.decode(line.rstrip("\n"))
+            event = _decode(events, line.rstrip("\n"))
             if event is not None:
                 yield event
     for line in lines.flush():
-        event = events.decode(line)
+        event = _decode(events, line)
         if event is not None:
             yield event
+
+
+def _decode(events: SSEDecoder, line: str) -> ServerSentEvent | None:
+    # The spec dispatches nothing for a block without data (httpx-sse would
+    # dispatch an event-only or retry-only block): reset it and move on.
+    if not line and not events._data:
+        events._event = ""
+        events._retry = None
+        return None
+    return events.decode(line)
 
 
 class SSEStream:

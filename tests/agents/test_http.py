@@ -1,0 +1,135 @@
+"""The HTTP layer every model shares: Retry-After, backoff, and the SSE decoder against the spec's cases."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from hypothesis import given, strategies as st
+
+from agents import RetryPolicy
+from agents.models._http import _retry_after
+from agents.models._sse import SSEStream, aiter_sse
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+SSE_CASES: list[dict[str, Any]] = json.loads(Path("/work/shared/fixtures/sse_conformance.json").read_text("utf-8"))
+
+
+def _response(body: bytes) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(body))
+
+
+class _OneByteAtATime(httpx.AsyncByteStream):
+    """A response body that arrives one byte per read, splitting every line and character."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(len(self._body)):
+            yield self._body[i : i + 1]
+
+
+async def _events(response: httpx.Response) -> list[dict[str, Any]]:
+    return [
+        {"event": event.event or "message", "data": event.data, "id": event.id, "retry": event.retry}
+        async for event in aiter_sse(response)
+    ]
+
+
+def test_retry_after_seconds() -> None:
+    """A number of seconds is read as such, fractions included, and never negative."""
+    assert _retry_after("120") == 120.0
+    assert _retry_after("0") == 0.0
+    assert _retry_after("1.5") == 1.5
+    assert _retry_after("-3") == 0.0
+
+
+def test_retry_after_http_date() -> None:
+    """An HTTP date is the seconds from now until then, and a past date is zero."""
+    soon = _retry_after(email.utils.formatdate(time.time() + 30, usegmt=True))
+    assert soon is not None
+    assert 27.0 <= soon <= 31.0
+    assert _retry_after(email.utils.formatdate(time.time() - 3600, usegmt=True)) == 0.0
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "tomorrow at noon", "30s", "Mon, 99 Foo 2025 25:61:00 GMT"])
+def test_retry_after_garbage_is_none(value: str | None) -> None:
+    """A missing header, or one that is neither seconds nor an HTTP date, gives None."""
+    assert _retry_after(value) is None
+
+
+@given(
+    attempt=st.integers(min_value=0, max_value=64),
+    base=st.floats(min_value=0.0, max_value=10.0),
+    cap=st.floats(min_value=0.0, max_value=120.0),
+)
+def test_retry_policy_backoff_is_within_its_bounds(attempt: int, base: float, cap: float) -> None:
+    """A backoff is never negative and never longer than ``min(cap, base * 2**attempt)``."""
+    wait = RetryPolicy(attempts=3, base=base, cap=cap).backoff(attempt)
+    assert 0.0 <= wait <= min(cap, base * 2**attempt)
+
+
+def test_retry_policy_backoff_is_jittered() -> None:
+    """Backoffs of the same attempt differ (full jitter), so clients that failed together spread out."""
+    policy = RetryPolicy(base=1.0, cap=8.0)
+    assert len({policy.backoff(3) for _ in range(20)}) > 1
+
+
+def test_retry_policy_rejects_fewer_than_one_attempt() -> None:
+    """A policy with no attempt at all is refused when it is made."""
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
+
+
+@pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
+async def test_sse_conformance_case(case: dict[str, Any]) -> None:
+    """Each case's bytes dispatch the events the spec's tests expect, whole or one byte per read."""
+    body = case["input"].encode("utf-8")
+    assert await _events(_response(body)) == case["events"]
+    split = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_OneByteAtATime(body))
+    assert await _events(split) == case["events"]
+
+
+def test_sse_conformance_cases_are_all_there() -> None:
+    """The fixture holds its 32 cases, BOM case included, so none is silently skipped."""
+    names = {case["name"] for case in SSE_CASES}
+    assert len(SSE_CASES) == 32
+    assert "wpt/format-bom" in names
+
+
+async def test_sse_block_without_data_dispatches_nothing() -> None:
+    """A block of only ``id``/``event``/``retry`` fields, or a blank line after an id, is not an event."""
+    body = b"id: 1\ndata: a\n\n\nevent: ping\n\nretry: 10\n\ndata: b\n\n"
+    assert [event["data"] for event in await _events(_response(body))] == ["a", "b"]
+
+
+async def test_sse_incomplete_last_block_is_dropped() -> None:
+    """A block that the stream ends in the middle of (no blank line after it) is not dispatched."""
+    assert [event["data"] for event in await _events(_response(b"data: 1\n\ndata: 2"))] == ["1"]
+
+
+async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
+    """Closing an ``SSEStream`` after one event closes the response and ends the generators under it."""
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_OneByteAtATime(b"data: 1\n\ndata: 2\n\n")
+        )
+    )
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        client.stream("GET", "http://provider.test/") as response,
+    ):
+        stream = SSEStream(response)
+        first = await stream.__anext__()
+        await stream.aclose()
+        assert first.data == "1"
+        assert response.is_closed
+        await stream.aclose()  # idempotent
