@@ -40,7 +40,11 @@ from runtime.events import (
     Usage,
 )
 
-FIXTURES: Final = Path("/work/shared/fixtures/llm_streams/anthropic")
+# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
+FIXTURES: Final = SHARED / "fixtures" / "llm_streams" / "anthropic"
 CASES: Final[dict[str, dict[str, Any]]] = {
     path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))
 }

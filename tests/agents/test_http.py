@@ -19,7 +19,11 @@ from agents.models._sse import SSEStream, aiter_sse
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-SSE_CASES: list[dict[str, Any]] = json.loads(Path("/work/shared/fixtures/sse_conformance.json").read_text("utf-8"))
+# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
+SSE_CASES: list[dict[str, Any]] = json.loads((SHARED / "fixtures" / "sse_conformance.json").read_text("utf-8"))
 
 
 def _response(body: bytes) -> httpx.Response:

@@ -44,7 +44,11 @@ from runtime.events import (
     Usage,
 )
 
-STREAMS = Path("/work/shared/fixtures/llm_streams")
+# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
+STREAMS = SHARED / "fixtures" / "llm_streams"
 CASES = sorted(
     path
     for provider in ("openai", "deepseek", "groq", "openrouter", "vllm")

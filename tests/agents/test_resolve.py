@@ -11,7 +11,11 @@ import trio
 
 from agents import Agent, AgentDefinitionError, OpenAIChatModel, ScriptedModel, resolve_model
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "llm_streams"
+# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared")
+FIXTURES = SHARED / "fixtures" / "llm_streams"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
