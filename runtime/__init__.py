@@ -7,15 +7,31 @@ owns.
 
 from . import events as events
 from ._bridge import ElicitationBridge as ElicitationBridge
+from ._bus import (
+    BusStatistics as BusStatistics,
+    DirectionStatistics as DirectionStatistics,
+    InboundMessage as InboundMessage,
+    MessageBus as MessageBus,
+    OutboundMessage as OutboundMessage,
+    Policy as Policy,
+)
 from ._exceptions import (
     AgentRuntimeError as AgentRuntimeError,
+    ClosedBusError as ClosedBusError,
     ClosedRunStreamError as ClosedRunStreamError,
     ClosedSessionError as ClosedSessionError,
     ElicitationResponseError as ElicitationResponseError,
     InvalidElicitationResponse as InvalidElicitationResponse,
+    PublishTimeoutError as PublishTimeoutError,
     ReentrantRunError as ReentrantRunError,
     RunFailedError as RunFailedError,
     UnknownElicitationError as UnknownElicitationError,
+)
+from ._gateway import (
+    Channel as Channel,
+    Gateway as Gateway,
+    GatewayStatistics as GatewayStatistics,
+    open_gateway as open_gateway,
 )
 from ._result import RunResult as RunResult, ToolCallRecord as ToolCallRecord
 from ._runtime import Runtime as Runtime, SessionHandle as SessionHandle, open_runtime as open_runtime

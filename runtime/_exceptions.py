@@ -7,6 +7,8 @@ The tree::
     ├── ClosedRunStreamError   a RunStream was used after its block exited
     ├── ReentrantRunError      Session.run() called from inside one of its own runs
     ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
+    ├── ClosedBusError         the message bus was closed
+    ├── PublishTimeoutError    no room on the bus within the publish's timeout
     └── ElicitationResponseError   RunStream.respond() could not deliver the answer
         ├── UnknownElicitationError   no pending request has that id (or it was answered)
         └── InvalidElicitationResponse   bad action, or content that fails the schema
@@ -67,3 +69,11 @@ class InvalidElicitationResponse(ElicitationResponseError):
 
     The request stays open: answer it again.
     """
+
+
+class ClosedBusError(AgentRuntimeError):
+    """The message bus was closed: nothing more can be published."""
+
+
+class PublishTimeoutError(AgentRuntimeError):
+    """A publish with a timeout found no room on the bus in time (and was asked to raise)."""

@@ -22,6 +22,18 @@ PUBLIC_SUBMODULES: Final = frozenset({"runtime.events"})
 EXPECTED: Final[dict[str, frozenset[str]]] = {
     "runtime": frozenset(
         {
+            "BusStatistics",
+            "Channel",
+            "ClosedBusError",
+            "DirectionStatistics",
+            "Gateway",
+            "GatewayStatistics",
+            "InboundMessage",
+            "MessageBus",
+            "OutboundMessage",
+            "Policy",
+            "PublishTimeoutError",
+            "open_gateway",
             "ElicitationBridge",
             "ElicitationResponseError",
             "InvalidElicitationResponse",

@@ -1,0 +1,184 @@
+"""Gateway: chat channels in, agent sessions in the middle, replies out, over a MessageBus."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from ._bus import InboundMessage, MessageBus, OutboundMessage
+from ._exceptions import ClosedBusError, ClosedSessionError
+from .events import ErrorEvent, ReasoningDelta, RunFinished, TextDelta, ToolCallStarted
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from agents import Agent
+
+    from ._runtime import Runtime, SessionHandle
+
+logger = logging.getLogger("runtime")
+
+BEST_EFFORT_TIMEOUT: Final = 0.05
+"""Seconds a reasoning or progress message may wait for room on the bus before it is dropped."""
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """A chat front end (webhook, WebSocket, a chat app), run by a :class:`Gateway`.
+
+    ``run`` serves until cancelled: it publishes what people send with
+    ``bus.publish_inbound`` and delivers ``bus.outbound(self.name)``. It calls
+    ``task_status.started()`` only once it really serves (logged in,
+    listening); login and reconnect-with-backoff are loops inside ``run``.
+    """
+
+    name: str
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled."""
+        ...
+
+
+@attrs.frozen
+class GatewayStatistics:
+    """What :meth:`Gateway.statistics` returns."""
+
+    sessions: int
+    """Chats with a live session now."""
+    handled: int
+    """Inbound messages answered (with a reply or an error reply)."""
+    best_effort_dropped: int
+    """Reasoning and progress messages dropped because the bus had no room in time."""
+
+
+class Gateway:
+    """Routes each inbound message to the session of its (channel, chat id) and publishes the reply.
+
+    Made by :func:`open_gateway`.
+    """
+
+    def __init__(self, runtime: Runtime, agent: Agent, bus: MessageBus, idle_timeout: float | None) -> None:
+        self.runtime = runtime
+        self.agent = agent
+        self.bus = bus
+        self._idle_timeout = idle_timeout
+        self._sessions: dict[tuple[str, str], SessionHandle] = {}
+        self._ready: dict[str, trio.Event] = {}
+        self._handled = 0
+        self._dropped = 0
+
+    def statistics(self) -> GatewayStatistics:
+        """The counters, at any time."""
+        live = sum(1 for handle in self._sessions.values() if not handle.closed)
+        return GatewayStatistics(live, self._handled, self._dropped)
+
+    async def wait_ready(self, channel: str) -> None:
+        """Wait until the channel of that name has started serving."""
+        await self._ready[channel].wait()
+
+    def is_ready(self, channel: str) -> bool:
+        """Whether the channel of that name has started serving."""
+        return self._ready[channel].is_set()
+
+    async def _start_channel(self, nursery: trio.Nursery, channel: Channel) -> None:
+        # Each channel starts in a task of its own: one stuck logging in does
+        # not hold up the others, and is cancelled with the gateway.
+        await nursery.start(channel.run, self.bus)
+        self._ready[channel.name].set()
+
+    async def _route(self) -> None:
+        async with self.bus.inbound() as inbound:
+            async for message in inbound:
+                handle = self._sessions.get((message.channel, message.chat_id))
+                if handle is None or handle.closed:
+                    handle = await self.runtime.start_session(
+                        self.agent, session_id=f"{message.channel}:{message.chat_id}", idle_timeout=self._idle_timeout
+                    )
+                    self._sessions[(message.channel, message.chat_id)] = handle
+                try:
+                    handle.session.start_soon(self._answer, handle, message)
+                except ClosedSessionError:  # reaped just now: the next message gets a new session
+                    self._sessions.pop((message.channel, message.chat_id), None)
+
+    async def _answer(self, handle: SessionHandle, message: InboundMessage) -> None:
+        """Run the agent on one message (runs of a chat are served in order by its session)."""
+        text: list[str] = []
+        error: str | None = None
+        async with handle.session.run(message.text) as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif isinstance(event, ReasoningDelta):
+                    await self._best_effort(message, "reasoning", event.text)
+                elif isinstance(event, ToolCallStarted):
+                    await self._best_effort(message, "progress", f"calling {event.name}")
+                elif isinstance(event, ErrorEvent):
+                    error = event.message
+                elif isinstance(event, RunFinished) and event.reason == "cancelled":
+                    return
+        if error is not None:
+            reply = OutboundMessage(message.channel, message.chat_id, error, "error", message.message_id)
+        else:
+            reply = OutboundMessage(message.channel, message.chat_id, "".join(text), "reply", message.message_id)
+        try:
+            # The reply waits for room, bounded by the session's scope (closing it cancels the wait).
+            await self.bus.publish_outbound(reply, policy="block")
+        except ClosedBusError:
+            return
+        self._handled += 1
+
+    async def _best_effort(self, message: InboundMessage, kind: Literal["reasoning", "progress"], text: str) -> None:
+        extra = OutboundMessage(message.channel, message.chat_id, text, kind, message.message_id)
+        try:
+            if not await self.bus.publish_outbound(extra, policy=BEST_EFFORT_TIMEOUT, on_timeout="drop"):
+                self._dropped += 1
+        except ClosedBusError:
+            self._dropped += 1
+
+
+@asynccontextmanager
+async def open_gateway(
+    runtime: Runtime,
+    agent: Agent,
+    channels: Sequence[Channel],
+    *,
+    bus: MessageBus | None = None,
+    idle_timeout: float | None = 600.0,
+) -> AsyncIterator[Gateway]:
+    """Run ``channels`` and answer their chats with ``agent`` until the block exits.
+
+    Channels start concurrently (``gateway.wait_ready(name)`` waits for
+    one); each chat gets a session of ``runtime``, reaped after
+    ``idle_timeout`` seconds without a message. Leaving the block cancels the
+    channels and closes the bus (and its chats' sessions).
+
+    Example::
+
+        async with open_runtime() as runtime, open_gateway(runtime, agent, [WebhookChannel(port=8080)]) as gw:
+            await gw.wait_ready("webhook")
+            await trio.sleep_forever()
+    """
+    names = [channel.name for channel in channels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"channel names must be unique: {names}")
+    bus = bus if bus is not None else MessageBus()
+    gateway = Gateway(runtime, agent, bus, idle_timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            for channel in channels:
+                gateway._ready[channel.name] = trio.Event()
+                bus.outbound(channel.name)  # its queue exists before its first reply
+                nursery.start_soon(gateway._start_channel, nursery, channel, name=f"channel {channel.name}")
+            nursery.start_soon(gateway._route, name="gateway router")
+            try:
+                yield gateway
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        bus.close()
+        for handle in gateway._sessions.values():
+            await handle.aclose()

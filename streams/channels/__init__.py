@@ -1,0 +1,1 @@
+"""Chat channels for :func:`runtime.open_gateway`: an HTTP webhook and a WebSocket gateway."""
