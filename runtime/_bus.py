@@ -81,6 +81,7 @@ class _Direction:
         policy: Policy,
         on_timeout: Literal["raise", "drop"],
     ) -> bool:
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point, even when it never waits
         if send is None:
             self.dropped += 1
             return False

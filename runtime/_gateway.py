@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkab
 import attrs
 import trio
 
-from ._bus import InboundMessage, MessageBus, OutboundMessage
+from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
+from ._runtime import _unwrap
 from .events import ErrorEvent, ReasoningDelta, RunFinished, TextDelta, ToolCallStarted
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class Gateway:
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
         self._dropped = 0
+        self._prune_at = 64
 
     def statistics(self) -> GatewayStatistics:
         """The counters, at any time."""
@@ -93,29 +95,45 @@ class Gateway:
     async def _route(self) -> None:
         async with self.bus.inbound() as inbound:
             async for message in inbound:
-                handle = self._sessions.get((message.channel, message.chat_id))
-                if handle is None or handle.closed:
-                    handle = await self.runtime.start_session(
-                        self.agent, session_id=f"{message.channel}:{message.chat_id}", idle_timeout=self._idle_timeout
-                    )
-                    self._sessions[(message.channel, message.chat_id)] = handle
-                try:
-                    handle.session.start_soon(self._answer, handle, message)
-                except ClosedSessionError:  # reaped just now: the next message gets a new session
-                    self._sessions.pop((message.channel, message.chat_id), None)
+                for _ in range(2):  # a session reaped just as its message arrives: a fresh one
+                    handle = await self._session_for(message)
+                    try:
+                        handle.session.start_soon(self._answer, handle, message)
+                        break
+                    except ClosedSessionError:
+                        continue
+
+    async def _session_for(self, message: InboundMessage) -> SessionHandle:
+        key = (message.channel, message.chat_id)
+        handle = self._sessions.get(key)
+        if handle is not None and not handle.closed:
+            return handle
+        if len(self._sessions) >= self._prune_at:
+            # Forget reaped chats now and then (amortized O(1)), so the map
+            # tracks live chats, not every chat ever seen.
+            self._sessions = {k: h for k, h in self._sessions.items() if not h.closed}
+            self._prune_at = max(64, 2 * len(self._sessions))
+        handle = await self.runtime.start_session(
+            self.agent, session_id=f"{message.channel}:{message.chat_id}", idle_timeout=self._idle_timeout
+        )
+        self._sessions[key] = handle
+        return handle
 
     async def _answer(self, handle: SessionHandle, message: InboundMessage) -> None:
         """Run the agent on one message (runs of a chat are served in order by its session)."""
         text: list[str] = []
         error: str | None = None
+        stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
         async with handle.session.run(message.text) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                 elif isinstance(event, ReasoningDelta):
-                    await self._best_effort(message, "reasoning", event.text)
+                    sent = await self._best_effort(message, "reasoning", event.text, stalled)
+                    stalled = stalled or not sent
                 elif isinstance(event, ToolCallStarted):
-                    await self._best_effort(message, "progress", f"calling {event.name}")
+                    sent = await self._best_effort(message, "progress", f"calling {event.name}", stalled)
+                    stalled = stalled or not sent
                 elif isinstance(event, ErrorEvent):
                     error = event.message
                 elif isinstance(event, RunFinished) and event.reason == "cancelled":
@@ -131,13 +149,19 @@ class Gateway:
             return
         self._handled += 1
 
-    async def _best_effort(self, message: InboundMessage, kind: Literal["reasoning", "progress"], text: str) -> None:
+    async def _best_effort(
+        self, message: InboundMessage, kind: Literal["reasoning", "progress"], text: str, stalled: bool
+    ) -> bool:
+        """Publish a reasoning or progress message if there is room soon; returns whether it went out."""
         extra = OutboundMessage(message.channel, message.chat_id, text, kind, message.message_id)
+        policy: Policy = "drop" if stalled else BEST_EFFORT_TIMEOUT
         try:
-            if not await self.bus.publish_outbound(extra, policy=BEST_EFFORT_TIMEOUT, on_timeout="drop"):
-                self._dropped += 1
+            if await self.bus.publish_outbound(extra, policy=policy, on_timeout="drop"):
+                return True
         except ClosedBusError:
-            self._dropped += 1
+            pass
+        self._dropped += 1
+        return False
 
 
 @asynccontextmanager
@@ -168,7 +192,7 @@ async def open_gateway(
     bus = bus if bus is not None else MessageBus()
     gateway = Gateway(runtime, agent, bus, idle_timeout)
     try:
-        async with trio.open_nursery() as nursery:
+        async with _unwrapped(), trio.open_nursery() as nursery:
             for channel in channels:
                 gateway._ready[channel.name] = trio.Event()
                 bus.outbound(channel.name)  # its queue exists before its first reply
@@ -182,3 +206,19 @@ async def open_gateway(
         bus.close()
         for handle in gateway._sessions.values():
             await handle.aclose()
+
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """A nursery's group of one error comes out as that error, so callers can ``except`` it."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = _unwrap(group)
+        if error is group:
+            raise
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context

@@ -1,0 +1,411 @@
+"""Gateway: channels in its nursery, a session per chat, replies out, best-effort extras, clean shutdown."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from agents import (
+    Agent,
+    AssistantMessage,
+    ReasoningChunk,
+    ScriptedModel,
+    TextChunk,
+    ToolCall,
+    UserMessage,
+    tool,
+)
+from runtime import Channel, InboundMessage, MessageBus, OutboundMessage, open_gateway, open_runtime
+from runtime._gateway import BEST_EFFORT_TIMEOUT
+
+if TYPE_CHECKING:
+    from agents import Message, ModelChunk, ModelRequest
+
+
+class RecordingChannel:
+    """Serves at once and hands every outbound message for it to the test, through ``delivered``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._send, self.delivered = trio.open_memory_channel[OutboundMessage](math.inf)
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._send:
+            task_status.started()
+            async for message in bus.outbound(self.name):
+                self._send.send_nowait(message)
+
+    async def say(self, bus: MessageBus, chat_id: str, text: str) -> InboundMessage:
+        message = InboundMessage(self.name, chat_id, text)
+        assert await bus.publish_inbound(message, policy="block")
+        return message
+
+    async def reply(self) -> OutboundMessage:
+        """The next delivered message of kind ``reply``, skipping best-effort extras."""
+        with trio.fail_after(5):
+            while True:
+                message = await self.delivered.receive()
+                if message.kind == "reply":
+                    return message
+
+
+class MuteChannel:
+    """Serves at once but never reads its outbound queue."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+class StuckLoginChannel:
+    """A QR login that never completes: ``started()`` is never called."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.login_began = False
+        self.cleaned_up = False
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            self.login_began = True
+            await trio.sleep_forever()  # waiting for someone to scan the QR code
+            task_status.started()
+        finally:
+            self.cleaned_up = True
+
+
+class ReconnectingChannel:
+    """Serves, loses its connection, and reconnects with exponential backoff in its own task."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.attempts: list[float] = []
+        self.cleaned_up = False
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            task_status.started()
+            backoff = 1.0
+            while True:
+                self.attempts.append(trio.current_time())
+                await trio.sleep(backoff)
+                backoff *= 2
+        finally:
+            self.cleaned_up = True
+
+
+class CrashingChannel:
+    """Serves, then fails for good."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fail = trio.Event()
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self.fail.wait()
+        raise RuntimeError("connection lost for good")
+
+
+class _ChunkStream:
+    """One model call answering from a list of chunks (a class, so abandoning it never warns)."""
+
+    def __init__(self, chunks: list[ModelChunk]) -> None:
+        self._chunks = iter(chunks)
+
+    async def __aenter__(self) -> _ChunkStream:
+        await trio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> _ChunkStream:
+        return self
+
+    async def __anext__(self) -> ModelChunk:
+        await trio.lowlevel.checkpoint()
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class ReasoningModel:
+    """Reasons in ``deltas`` chunks, then answers ``answer``."""
+
+    def __init__(self, deltas: int, answer: str) -> None:
+        self.deltas = deltas
+        self.answer = answer
+
+    def stream(self, request: ModelRequest) -> _ChunkStream:
+        chunks: list[ModelChunk] = [ReasoningChunk(f"thought {i}") for i in range(self.deltas)]
+        chunks.append(TextChunk(self.answer))
+        return _ChunkStream(chunks)
+
+
+def _recorder(seen: list[tuple[Message, ...]], answer: str) -> Any:
+    def turn(request: ModelRequest) -> str:
+        seen.append(request.messages)
+        return answer
+
+    return turn
+
+
+async def test_gateway_fake_channels_implement_the_channel_protocol() -> None:
+    """Every fake channel of this file is a runtime.Channel."""
+    for channel in (
+        RecordingChannel("a"),
+        MuteChannel("b"),
+        StuckLoginChannel("c"),
+        ReconnectingChannel("d"),
+        CrashingChannel("e"),
+    ):
+        assert isinstance(channel, Channel)
+
+
+async def test_gateway_replies_on_the_channels_outbound_queue() -> None:
+    """A message gets a reply, delivered by its channel, with reply_to set to the message's id."""
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(["hello there"]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        with trio.fail_after(5):
+            await gateway.wait_ready("web")
+        message = await web.say(gateway.bus, "chat-1", "hi")
+        reply = await web.reply()
+        assert reply == OutboundMessage("web", "chat-1", "hello there", "reply", message.message_id)
+        assert gateway.statistics().handled == 1
+
+
+async def test_gateway_messages_of_one_chat_share_one_session() -> None:
+    """The second message of a chat is answered with the first exchange in the model's input."""
+    seen: list[tuple[Message, ...]] = []
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([_recorder(seen, "one"), _recorder(seen, "two")]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "first")
+        assert (await web.reply()).text == "one"
+        await web.say(gateway.bus, "chat-1", "second")
+        assert (await web.reply()).text == "two"
+        assert gateway.statistics().sessions == 1
+    assert seen[0] == (UserMessage("first"),)
+    assert seen[1] == (UserMessage("first"), AssistantMessage("one"), UserMessage("second"))
+
+
+async def test_gateway_two_chats_get_two_sessions() -> None:
+    """Messages of two chats (and of one chat id on two channels) are answered in separate sessions."""
+    seen: list[tuple[Message, ...]] = []
+    web, ws = RecordingChannel("web"), RecordingChannel("ws")
+    agent = Agent(name="a", model=ScriptedModel([_recorder(seen, "one"), _recorder(seen, "two"), _recorder(seen, "3")]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web, ws]) as gateway:
+        await web.say(gateway.bus, "chat-1", "first")
+        assert (await web.reply()).chat_id == "chat-1"
+        await web.say(gateway.bus, "chat-2", "second")
+        assert (await web.reply()).chat_id == "chat-2"
+        await ws.say(gateway.bus, "chat-1", "third")
+        assert (await ws.reply()).chat_id == "chat-1"
+        assert gateway.statistics().sessions == 3
+    assert seen == [(UserMessage("first"),), (UserMessage("second"),), (UserMessage("third"),)]
+
+
+async def test_gateway_reaps_an_idle_chats_session(autojump_clock: trio.testing.MockClock) -> None:
+    """An idle chat's session is reaped after idle_timeout, and its next message starts a fresh session."""
+    seen: list[tuple[Message, ...]] = []
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([_recorder(seen, "one"), _recorder(seen, "two")]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web], idle_timeout=10) as gateway:
+        await web.say(gateway.bus, "chat-1", "first")
+        await web.reply()
+        await trio.sleep(9)
+        assert gateway.statistics().sessions == 1
+        await trio.sleep(2)
+        assert gateway.statistics().sessions == 0
+        await web.say(gateway.bus, "chat-1", "second")
+        assert (await web.reply()).text == "two"
+        assert gateway.statistics().sessions == 1
+    assert seen == [(UserMessage("first"),), (UserMessage("second"),)]
+
+
+async def test_gateway_delivers_progress_before_the_reply() -> None:
+    """A tool call is announced as a progress message, then the reply follows."""
+
+    @tool
+    async def lookup(query: str) -> str:
+        """Look something up."""
+        await trio.lowlevel.checkpoint()
+        return "found"
+
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("lookup", {"query": "x"}), "done"]), tools=[lookup])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        message = await web.say(gateway.bus, "chat-1", "hi")
+        with trio.fail_after(5):
+            progress = await web.delivered.receive()
+        assert progress == OutboundMessage("web", "chat-1", "calling lookup", "progress", message.message_id)
+        assert (await web.reply()).text == "done"
+        assert gateway.statistics().best_effort_dropped == 0
+
+
+async def test_gateway_reasoning_is_best_effort_and_never_blocks_the_run(mock_clock: trio.testing.MockClock) -> None:
+    """With no room on the outbound queue, reasoning deltas are dropped and counted; only the reply waits."""
+    deltas = 8
+    bus = MessageBus(outbound_size=1)
+    mute = MuteChannel("mute")
+    agent = Agent(name="a", model=ReasoningModel(deltas, "answer"))
+    async with (
+        open_runtime() as runtime,
+        open_gateway(runtime, agent, [mute], bus=bus, idle_timeout=None) as gateway,
+    ):
+        message = InboundMessage("mute", "chat-1", "think")
+        await bus.publish_inbound(message, policy="drop")
+        # The first delta fills the queue; each later one waits BEST_EFFORT_TIMEOUT, then is dropped.
+        for _ in range(deltas - 1):
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(BEST_EFFORT_TIMEOUT)
+        await trio.testing.wait_all_tasks_blocked()
+        assert gateway.statistics().best_effort_dropped == deltas - 1
+        assert gateway.statistics().handled == 0  # the reply waits for room, with no timeout
+        # Only the first extra waited (and timed out); once stalled, the rest dropped without waiting.
+        assert bus.statistics().outbound.timed_out == 1
+        mock_clock.jump(3600)  # the reply waits however long it takes
+        await trio.testing.wait_all_tasks_blocked()
+        assert gateway.statistics().handled == 0
+        outbound = bus.outbound("mute")
+        assert outbound.receive_nowait() == OutboundMessage(
+            "mute", "chat-1", "thought 0", "reasoning", message.message_id
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert outbound.receive_nowait() == OutboundMessage("mute", "chat-1", "answer", "reply", message.message_id)
+        assert gateway.statistics().handled == 1
+        assert gateway.statistics().best_effort_dropped == deltas - 1
+
+
+async def test_gateway_stalled_channel_delays_a_run_by_one_best_effort_timeout_at_most(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On a channel that never reads, a run with many reasoning deltas finishes within a couple of timeouts."""
+    deltas = 200
+    bus = MessageBus(outbound_size=1)
+    agent = Agent(name="a", model=ReasoningModel(deltas, "answer"))
+    async with (
+        open_runtime() as runtime,
+        open_gateway(runtime, agent, [MuteChannel("mute")], bus=bus, idle_timeout=None) as gateway,
+    ):
+        await bus.publish_inbound(InboundMessage("mute", "chat-1", "think"), policy="drop")
+        await trio.sleep(3 * BEST_EFFORT_TIMEOUT)
+        # Today this is about 3 after 0.15 s; all 199 are dropped only after 199 * 0.05 s ≈ 10 s.
+        assert gateway.statistics().best_effort_dropped == deltas - 1
+
+
+async def test_gateway_exit_while_a_reply_is_blocked_finishes_promptly() -> None:
+    """Leaving the gateway while a reply waits on a full outbound queue ends at once, without deadlock."""
+    bus = MessageBus(outbound_size=1)
+    agent = Agent(name="a", model=ScriptedModel(["one", "two"]))
+    with trio.fail_after(5):
+        async with open_runtime() as runtime:
+            async with open_gateway(runtime, agent, [MuteChannel("mute")], bus=bus, idle_timeout=None) as gateway:
+                await bus.publish_inbound(InboundMessage("mute", "chat-1", "a"), policy="drop")
+                await bus.publish_inbound(InboundMessage("mute", "chat-2", "b"), policy="drop")
+                await trio.testing.wait_all_tasks_blocked()
+                assert gateway.statistics().handled == 1  # the other reply waits for room
+                assert bus.statistics().outbound.buffered == 1
+                start = trio.current_time()
+            assert trio.current_time() - start < 1
+            assert bus.closed
+            assert gateway.statistics().sessions == 0
+            assert gateway.statistics().handled == 1
+
+
+async def test_gateway_stuck_login_does_not_delay_other_channels(autojump_clock: trio.testing.MockClock) -> None:
+    """A channel whose login never completes leaves the others to start, and is cancelled cleanly on exit."""
+    stuck, web = StuckLoginChannel("whatsapp"), RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(["hello"]))
+    async with open_runtime() as runtime:
+        async with open_gateway(runtime, agent, [stuck, web]) as gateway:
+            with trio.fail_after(1):
+                await gateway.wait_ready("web")
+            assert gateway.is_ready("web")
+            assert not gateway.is_ready("whatsapp")
+            await web.say(gateway.bus, "chat-1", "hi")
+            assert (await web.reply()).text == "hello"
+            assert stuck.login_began
+            assert not stuck.cleaned_up
+            start = trio.current_time()
+        assert trio.current_time() == start
+        assert stuck.cleaned_up
+        assert not gateway.is_ready("whatsapp")
+
+
+async def test_gateway_cancels_a_reconnect_backoff_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    """A channel sleeping in its reconnect backoff is cancelled at once when the gateway exits."""
+    channel = ReconnectingChannel("flaky")
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        async with open_gateway(runtime, agent, [channel]) as gateway:
+            await gateway.wait_ready("flaky")
+            await trio.sleep(5.5)  # attempts at 0, 1, 3; now 2.5 s into a 4 s backoff
+            assert channel.attempts == [0, 1, 3]
+            start = trio.current_time()
+        assert trio.current_time() - start == pytest.approx(0)
+        assert channel.cleaned_up
+        assert channel.attempts == [0, 1, 3]
+
+
+async def test_gateway_channel_failing_after_start_fails_the_gateway() -> None:
+    """A channel raising after started() cancels the block and the other channels; its error comes out as itself.
+
+    What the code does now: the channel's task lives in the gateway's nursery,
+    so its error cancels the router, the other channels and the body of the
+    ``async with`` block; the bus is closed, the chats' sessions are closed,
+    and ``open_gateway`` raises the error itself (a one-error group is
+    unwrapped, as ``open_runtime`` does).
+    Reconnecting is the channel's own loop, so an error that escapes it is a
+    bug worth surfacing, not one to swallow.
+    """
+    crashing, web = CrashingChannel("crashing"), RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(["hello"]))
+    body_cancelled = False
+    async with open_runtime() as runtime:
+        with trio.fail_after(5), pytest.raises(RuntimeError, match="lost for good"):
+            async with open_gateway(runtime, agent, [crashing, web]) as gateway:
+                await gateway.wait_ready("web")
+                await web.say(gateway.bus, "chat-1", "hi")
+                await web.reply()
+                crashing.fail.set()
+                try:
+                    await trio.sleep_forever()
+                except trio.Cancelled:
+                    body_cancelled = True
+                    raise
+        assert body_cancelled
+        assert gateway.bus.closed
+        assert gateway.statistics().sessions == 0
+
+
+async def test_gateway_error_raised_in_the_block_comes_out_as_itself() -> None:
+    """An error raised in the gateway block comes out unwrapped, as it does from open_runtime."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        with pytest.raises(KeyError):
+            async with open_gateway(runtime, agent, [RecordingChannel("web")]):
+                raise KeyError("mine")
+
+
+async def test_gateway_channel_names_must_be_unique() -> None:
+    """Two channels of one name are refused with ValueError before anything starts."""
+    first, second = StuckLoginChannel("web"), StuckLoginChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match="unique"):
+            async with open_gateway(runtime, agent, [first, second]):
+                pytest.fail("the block must not run")
+    assert not first.login_began
+    assert not second.login_began
