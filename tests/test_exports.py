@@ -138,7 +138,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "resolve_model",
         }
     ),
-    "streams": frozenset(),
+    "streams": frozenset({"WebhookChannel", "WebhookStatistics", "WebSocketChannel", "WebSocketChannelStatistics"}),
 }
 
 PACKAGES: Final = sorted(EXPECTED)

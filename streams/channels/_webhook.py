@@ -1,0 +1,312 @@
+"""WebhookChannel: chat messages over plain HTTP POSTs, served by Hypercorn's Trio worker."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from starlette.requests import Request
+
+    from runtime import MessageBus, OutboundMessage
+
+logger = logging.getLogger("streams.webhook")
+
+MAX_PROGRESS: Final = 100
+"""Progress notes kept per waiting request; later ones are dropped."""
+
+_SHUTDOWN_MARGIN: Final = 1.0
+"""Seconds past Hypercorn's graceful timeout after which the server task is cancelled outright."""
+
+
+@attrs.frozen
+class WebhookStatistics:
+    """What :meth:`WebhookChannel.statistics` returns."""
+
+    accepted: int
+    """Messages published to the bus."""
+    rejected: int
+    """Requests answered with an error status (4xx or 5xx)."""
+    publishing: int
+    """Requests waiting for room on the bus now."""
+    pending: int
+    """Requests waiting for their reply now (``wait_for_response``)."""
+    unclaimed: int
+    """Replies that arrived with no request waiting for them (202 requests, timed out or gone)."""
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    reply: OutboundMessage | None = None
+    progress: list[str] = attrs.field(factory=list)
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+class WebhookChannel:
+    """A :class:`runtime.Channel` that takes chat messages as ``POST /messages`` requests.
+
+    The body is JSON ``{"chat_id": str, "text": str, "wait_for_response":
+    bool}``. The answer is ``202 {"message_id"}`` once the message is on the
+    bus, or with ``wait_for_response`` ``200 {"message_id", "reply", "kind",
+    "progress"}`` once the agent replied. Errors are JSON ``{"error": ...}``:
+    401 (``secret`` set and no matching ``Authorization: Bearer``), 413 (body
+    over ``max_body`` bytes), 422 (not the JSON above), 503 (no room on the
+    bus within ``publish_timeout`` seconds, or shutting down), 504 (no reply
+    within ``response_timeout`` seconds).
+
+    Hypercorn runs inside ``run``'s own nursery. Cancelling ``run`` first
+    answers every request still waiting on the bus with 503, then stops
+    Hypercorn (at most ``graceful_timeout`` seconds for responses in flight).
+
+    Example::
+
+        async with open_runtime() as runtime, open_gateway(runtime, agent, [WebhookChannel(port=8080)]) as gw:
+            await gw.wait_ready("webhook")
+            await trio.sleep_forever()
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "webhook",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        secret: str | None = None,
+        max_body: int = 64 * 1024,
+        publish_timeout: float = 2.0,
+        response_timeout: float = 60.0,
+        graceful_timeout: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        """The port requested; once ``run`` has started, the port really listened on."""
+        self.secret = secret
+        self.max_body = max_body
+        self.publish_timeout = publish_timeout
+        self.response_timeout = response_timeout
+        self.graceful_timeout = graceful_timeout
+        self._bus: MessageBus | None = None
+        self._pending: dict[str, _Waiter] = {}
+        self._request_scopes: set[trio.CancelScope] = set()
+        self._closing = False
+        self._accepted = 0
+        self._rejected = 0
+        self._publishing = 0
+        self._unclaimed = 0
+        self.app = Starlette(routes=[Route("/messages", self._handle, methods=["POST"])])
+        """The ASGI app (served by ``run``)."""
+
+    def statistics(self) -> WebhookStatistics:
+        """The counters, at any time."""
+        return WebhookStatistics(self._accepted, self._rejected, self._publishing, len(self._pending), self._unclaimed)
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; reports the port with ``task_status.started(port)`` once listening."""
+        if self._bus is not None:
+            raise RuntimeError(f"channel {self.name!r} is already running")
+        self._bus = bus
+        self._closing = False
+        outbound = bus.outbound(self.name)
+        config = Config()
+        config.bind = [f"{self.host}:{self.port}"]
+        config.graceful_timeout = self.graceful_timeout
+        config.errorlog = logger
+        config.accesslog = None
+        shutdown = trio.Event()
+        # Shielded, so cancelling ``run`` cannot kill a request handler before
+        # it has answered; its own deadline (set on shutdown) bounds it.
+        server_scope = trio.CancelScope(shield=True)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._deliver, outbound, name=f"{self.name} deliver")
+                try:
+                    binds: list[str] = await nursery.start(self._serve, config, shutdown, server_scope)
+                    self.port = int(binds[0].rsplit(":", 1)[1])
+                    task_status.started(self.port)
+                    await trio.sleep_forever()
+                finally:
+                    # Synchronous, so it runs even while ``run`` is being cancelled.
+                    self._closing = True
+                    for scope in self._request_scopes:
+                        scope.cancel()  # blocked publishes and waits answer 503
+                    shutdown.set()  # Hypercorn stops listening, then drains
+                    server_scope.deadline = trio.current_time() + self.graceful_timeout + _SHUTDOWN_MARGIN
+        finally:
+            self._bus = None
+
+    async def _serve(
+        self,
+        config: Config,
+        shutdown: trio.Event,
+        server_scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with server_scope:
+            await serve(self.app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]  # Starlette's ASGI signature is narrower than hypercorn's Framework union
+
+    async def _deliver(self, outbound: trio.MemoryReceiveChannel[OutboundMessage]) -> None:
+        async for message in outbound:
+            waiter = self._pending.get(message.reply_to) if message.reply_to is not None else None
+            if waiter is None or waiter.done.is_set():
+                if message.kind in ("reply", "error"):
+                    self._unclaimed += 1
+                continue
+            if message.kind in ("reply", "error"):
+                waiter.reply = message
+                waiter.done.set()
+            elif message.kind == "progress" and len(waiter.progress) < MAX_PROGRESS:
+                waiter.progress.append(message.text)
+
+    @contextmanager
+    def _cancelled_on_shutdown(self) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope()
+        if self._closing:
+            scope.cancel()
+        self._request_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._request_scopes.discard(scope)
+
+    async def _handle(self, request: Request) -> JSONResponse:
+        try:
+            return await self._accept(request)
+        except _Rejected as rejected:
+            self._rejected += 1
+            return JSONResponse({"error": rejected.error}, status_code=rejected.status)
+
+    async def _accept(self, request: Request) -> JSONResponse:
+        bus = self._bus
+        if self._closing or bus is None:
+            raise _Rejected(503, "shutting down")
+        self._check_auth(request)
+        chat_id, text, wait = self._parse(await self._read_body(request))
+        message = InboundMessage(self.name, chat_id, text)
+        waiter = _Waiter()
+        if wait:  # registered before publishing: the reply may come before publish returns
+            self._pending[message.message_id] = waiter
+        try:
+            await self._publish(bus, message)
+            if not wait:
+                return JSONResponse({"message_id": message.message_id}, status_code=202)
+            gone = await self._wait_for_reply(request, waiter)
+            reply = waiter.reply
+            if reply is not None:
+                body = {"message_id": message.message_id, "reply": reply.text, "kind": reply.kind}
+                return JSONResponse({**body, "progress": waiter.progress})
+            if self._closing:
+                raise _Rejected(503, "shutting down")
+            if gone:
+                raise _Rejected(499, "client closed the request")  # nobody reads it
+            raise _Rejected(504, f"no reply within {self.response_timeout}s")
+        finally:
+            self._pending.pop(message.message_id, None)
+
+    def _check_auth(self, request: Request) -> None:
+        if self.secret is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {self.secret}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise _Rejected(401, "missing or wrong bearer token")
+
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise _Rejected(422, "invalid Content-Length") from None
+            if declared > self.max_body:
+                raise _Rejected(413, f"body over {self.max_body} bytes")
+        # The raw ASGI receive (not Starlette's async generator), counting real bytes.
+        body = bytearray()
+        while True:
+            event = await request.receive()
+            if event["type"] == "http.disconnect":
+                raise _Rejected(499, "client closed the request")
+            body += event.get("body", b"")
+            if len(body) > self.max_body:
+                raise _Rejected(413, f"body over {self.max_body} bytes")
+            if not event.get("more_body", False):
+                return bytes(body)
+
+    @staticmethod
+    def _parse(body: bytes) -> tuple[str, str, bool]:
+        try:
+            data: Any = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise _Rejected(422, "body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _Rejected(422, "body must be a JSON object")
+        chat_id, text, wait = data.get("chat_id"), data.get("text"), data.get("wait_for_response", False)
+        if not isinstance(chat_id, str) or not chat_id:
+            raise _Rejected(422, '"chat_id" must be a non-empty string')
+        if not isinstance(text, str):
+            raise _Rejected(422, '"text" must be a string')
+        if not isinstance(wait, bool):
+            raise _Rejected(422, '"wait_for_response" must be a boolean')
+        return chat_id, text, wait
+
+    async def _publish(self, bus: MessageBus, message: InboundMessage) -> None:
+        # No lock is held here (ironclaw #905): shutdown cancels this wait through its scope.
+        published = False
+        self._publishing += 1
+        try:
+            with self._cancelled_on_shutdown() as scope:
+                published = await bus.publish_inbound(message, policy=self.publish_timeout)
+        except PublishTimeoutError:
+            raise _Rejected(503, f"no room on the bus within {self.publish_timeout}s") from None
+        except ClosedBusError:
+            raise _Rejected(503, "shutting down") from None
+        finally:
+            self._publishing -= 1
+        if scope.cancelled_caught:
+            raise _Rejected(503, "shutting down")
+        if not published:
+            raise _Rejected(503, "the bus dropped the message")
+        self._accepted += 1
+
+    async def _wait_for_reply(self, request: Request, waiter: _Waiter) -> bool:
+        """Wait for the reply, the timeout, shutdown or the client going away; True if the client went."""
+        gone = False
+
+        async def watch_disconnect(cancel_scope: trio.CancelScope) -> None:
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            cancel_scope.cancel()
+
+        with self._cancelled_on_shutdown():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_disconnect, nursery.cancel_scope)
+                with trio.move_on_after(self.response_timeout):
+                    await waiter.done.wait()
+                nursery.cancel_scope.cancel()
+        return gone

@@ -1,0 +1,263 @@
+"""WebSocketChannel: a chat front end where each WebSocket connection is one chat."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from runtime import ClosedBusError, InboundMessage, MessageBus, OutboundMessage
+
+if TYPE_CHECKING:
+    from trio_websocket import WebSocketServer
+
+logger = logging.getLogger("streams")
+
+_SLOW_CLIENT_REASON: Final = "client too slow"
+
+
+@attrs.frozen
+class WebSocketChannelStatistics:
+    """What :meth:`WebSocketChannel.statistics` returns."""
+
+    connections: int
+    """Connections (chats) being served now."""
+    queued: int
+    """Messages waiting in the per-connection queues now, all connections together."""
+    queue_high_water: int
+    """The most messages any one connection's queue has held; never more than ``queue_size``."""
+    closed_too_slow: int
+    """Connections closed because their client did not read fast enough."""
+    dropped: int
+    """Outbound messages dropped: unknown or closed chat, or their connection's queue was dropped."""
+    rejected: int
+    """Client messages not accepted: bad frames, or no room on the bus within ``publish_timeout``."""
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """One accepted WebSocket: its chat, its bounded outbound queue, and how to end it."""
+
+    chat_id: str
+    websocket: WebSocketConnection
+    send: trio.MemorySendChannel[dict[str, Any]]
+    receive: trio.MemoryReceiveChannel[dict[str, Any]]
+    too_slow: trio.Event = attrs.field(factory=trio.Event)
+
+
+class WebSocketChannel:
+    """A WebSocket server for :func:`runtime.open_gateway`: one chat per connection.
+
+    On connect the client gets ``{"type": "hello", "chat_id": ...}``; each text
+    frame it sends (plain text, or JSON ``{"text": ...}``) is one message of
+    its chat. Replies, reasoning and progress come back as JSON
+    ``{"type": kind, "text": ..., "reply_to": ...}``.
+
+    Every connection has a queue of at most ``queue_size`` messages, drained
+    by that connection's writer task. A client that stops reading fills its
+    queue; it is then closed with code :attr:`SLOW_CLIENT_CODE` (1008, policy
+    violation, reason ``"client too slow"``) and its queue dropped, so memory
+    never grows with a slow client and other chats are not held up.
+
+    Args:
+        name: The channel's name on the bus.
+        host: The interface to listen on.
+        port: The port to listen on; 0 picks a free one (see :attr:`port`).
+        queue_size: The most messages buffered for one connection.
+        connect_timeout: Seconds a client has to finish the opening handshake.
+        disconnect_timeout: Seconds a closing handshake may take before the socket is dropped.
+        publish_timeout: Seconds a client's message may wait for room on the bus before it is rejected.
+
+    Example::
+
+        channel = WebSocketChannel(port=8765)
+        async with open_runtime() as runtime, open_gateway(runtime, agent, [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            await trio.sleep_forever()
+    """
+
+    SLOW_CLIENT_CODE: ClassVar[int] = 1008
+    """The close code sent to a client whose queue overflowed."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "websocket",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        queue_size: int = 32,
+        connect_timeout: float = 10.0,
+        disconnect_timeout: float = 2.0,
+        publish_timeout: float = 2.0,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        self.name = name
+        self.host = host
+        self.port = port
+        """The port being listened on (the real one once :meth:`run` has started)."""
+        self._queue_size = queue_size
+        self._connect_timeout = connect_timeout
+        self._disconnect_timeout = disconnect_timeout
+        self._publish_timeout = publish_timeout
+        self._connections: dict[str, _Connection] = {}
+        self._high_water = 0
+        self._closed_too_slow = 0
+        self._dropped = 0
+        self._rejected = 0
+
+    def statistics(self) -> WebSocketChannelStatistics:
+        """The counters, at any time."""
+        queued = sum(c.receive.statistics().current_buffer_used for c in self._connections.values())
+        return WebSocketChannelStatistics(
+            connections=len(self._connections),
+            queued=queued,
+            queue_high_water=self._high_water,
+            closed_too_slow=self._closed_too_slow,
+            dropped=self._dropped,
+            rejected=self._rejected,
+        )
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; ``task_status.started(port)`` once listening.
+
+        Cancelling it closes the listener and every connection.
+        """
+        # Claim our outbound queue before reporting ready, so no reply published after that is dropped.
+        outbound = bus.outbound(self.name)
+        async with trio.open_nursery() as nursery:
+            server: WebSocketServer = await nursery.start(
+                partial(
+                    serve_websocket,
+                    partial(self._handle, bus),
+                    self.host,
+                    self.port,
+                    ssl_context=None,
+                    connect_timeout=self._connect_timeout,
+                    disconnect_timeout=self._disconnect_timeout,
+                )
+            )
+            self.port = server.port
+            nursery.start_soon(self._route, outbound, name=f"{self.name} router")
+            logger.info("websocket channel %r listening on %s:%d", self.name, self.host, self.port)
+            task_status.started(self.port)
+
+    async def _route(self, outbound: trio.MemoryReceiveChannel[OutboundMessage]) -> None:
+        """Hand each outbound message to its connection's queue, never waiting on a client."""
+        # The bus owns its outbound channel: iterate without closing it; closing the bus ends the loop.
+        async for message in outbound:
+            connection = self._connections.get(message.chat_id)
+            if connection is None:
+                self._dropped += 1
+                continue
+            payload = {"type": message.kind, "text": message.text, "reply_to": message.reply_to}
+            self._enqueue(connection, payload)
+
+    def _enqueue(self, connection: _Connection, payload: dict[str, Any]) -> None:
+        try:
+            connection.send.send_nowait(payload)
+        except trio.WouldBlock:
+            self._dropped += 1
+            self._drop_slow(connection)
+        except trio.ClosedResourceError:
+            self._dropped += 1
+        else:
+            used = connection.receive.statistics().current_buffer_used
+            self._high_water = max(self._high_water, used)
+
+    def _drop_slow(self, connection: _Connection) -> None:
+        """Stop routing to a client that does not read, drop its queue, and have it closed."""
+        if connection.too_slow.is_set():
+            return
+        logger.warning("websocket chat %s: client too slow, closing", connection.chat_id)
+        self._closed_too_slow += 1
+        if self._connections.get(connection.chat_id) is connection:
+            del self._connections[connection.chat_id]
+        connection.send.close()
+        while True:
+            try:
+                connection.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self._dropped += 1
+        connection.too_slow.set()
+
+    async def _handle(self, bus: MessageBus, request: WebSocketRequest) -> None:
+        """Serve one connection: its reader, writer and closer live in this nursery."""
+        websocket = await request.accept()
+        chat_id = f"ws-{secrets.token_hex(8)}"
+        send, receive = trio.open_memory_channel[dict[str, Any]](self._queue_size)
+        connection = _Connection(chat_id, websocket, send, receive)
+        # The hello goes first into the empty queue, before the chat can be routed to.
+        send.send_nowait({"type": "hello", "chat_id": chat_id})
+        try:
+            async with send, receive, trio.open_nursery() as nursery:
+                self._connections[chat_id] = connection
+                nursery.start_soon(self._read, bus, connection, nursery.cancel_scope, name=f"{chat_id} reader")
+                nursery.start_soon(self._write, connection, name=f"{chat_id} writer")
+                nursery.start_soon(self._close_if_slow, connection, nursery.cancel_scope, name=f"{chat_id} closer")
+        finally:
+            if self._connections.get(chat_id) is connection:
+                del self._connections[chat_id]
+
+    async def _read(self, bus: MessageBus, connection: _Connection, scope: trio.CancelScope) -> None:
+        while True:
+            try:
+                frame = await connection.websocket.get_message()
+            except ConnectionClosed:
+                break
+            text, error = _parse(frame)
+            if text is None:
+                self._rejected += 1
+                self._enqueue(connection, {"type": "error", "text": error, "reply_to": None})
+                continue
+            message = InboundMessage(self.name, connection.chat_id, text)
+            try:
+                accepted = await bus.publish_inbound(message, policy=self._publish_timeout, on_timeout="drop")
+            except ClosedBusError:
+                break
+            if not accepted:
+                self._rejected += 1
+                busy = f"server busy: message not accepted within {self._publish_timeout}s, send it again later"
+                self._enqueue(connection, {"type": "error", "text": busy, "reply_to": message.message_id})
+        # The peer closed (or the bus did): end the writer too, unless a slow-client close is under way.
+        if not connection.too_slow.is_set():
+            scope.cancel()
+
+    async def _write(self, connection: _Connection) -> None:
+        try:
+            async for payload in connection.receive:
+                await connection.websocket.send_message(json.dumps(payload))
+        except (ConnectionClosed, trio.ClosedResourceError):
+            # Closed: the reader sees it too. ClosedResourceError: our queue was dropped.
+            return
+
+    async def _close_if_slow(self, connection: _Connection, scope: trio.CancelScope) -> None:
+        await connection.too_slow.wait()
+        # The close frame waits behind the write in progress (trio-websocket's FIFO lock); if the client
+        # never reads again, the timeout drops the socket instead.
+        with trio.move_on_after(self._disconnect_timeout):
+            await connection.websocket.aclose(self.SLOW_CLIENT_CODE, _SLOW_CLIENT_REASON)
+        scope.cancel()
+
+
+def _parse(frame: str | bytes) -> tuple[str, None] | tuple[None, str]:
+    """A client's frame as message text, or an error to send back."""
+    if isinstance(frame, bytes):
+        return None, 'binary frames are not supported: send text or JSON {"text": ...}'
+    try:
+        data = json.loads(frame)
+    except ValueError:
+        return frame, None
+    if not isinstance(data, dict):
+        return frame, None
+    text = data.get("text")
+    if not isinstance(text, str):
+        return None, 'a JSON message needs a string "text" field'
+    return text, None

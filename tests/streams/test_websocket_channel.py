@@ -1,0 +1,232 @@
+"""WebSocketChannel: one chat per connection, bounded per-connection queues, prompt shutdown."""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
+
+from agents import Agent, ModelRequest, ScriptedModel, UserMessage
+from runtime import Channel, MessageBus, OutboundMessage, open_gateway, open_runtime
+from streams import WebSocketChannel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
+
+    from trio_websocket import WebSocketConnection
+
+CONNECT_TIMEOUT: Final = 5.0
+DISCONNECT_TIMEOUT: Final = 2.0
+"""Explicit client timeouts: trio-websocket's defaults are 60 s."""
+
+
+def _open(port: int) -> AbstractAsyncContextManager[WebSocketConnection]:
+    url = f"ws://127.0.0.1:{port}/"
+    return open_websocket_url(url, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=DISCONNECT_TIMEOUT)
+
+
+@asynccontextmanager
+async def _connect_owning_socket(port: int) -> AsyncIterator[WebSocketConnection]:
+    """A client for connections the server closes first, holding its own TCP stream.
+
+    trio-websocket 0.12.2's client never closes its socket when the server
+    ends the connection (``aclose`` returns early once a close reason is
+    set), so ``open_websocket_url`` would leave it to the garbage collector.
+    """
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/")
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(DISCONNECT_TIMEOUT):
+                    await ws.aclose()
+
+
+def _echo(request: ModelRequest) -> str:
+    """Answer with the last user message and how many the session has seen."""
+    said = [message.content for message in request.messages if isinstance(message, UserMessage)]
+    return f"{said[-1]} #{len(said)}"
+
+
+def _echo_agent(turns: int) -> Agent:
+    return Agent(name="echo", model=ScriptedModel([_echo] * turns))
+
+
+async def _receive(ws: WebSocketConnection) -> dict[str, Any]:
+    frame = await ws.get_message()
+    assert isinstance(frame, str)
+    data = json.loads(frame)
+    assert isinstance(data, dict)
+    return data
+
+
+async def _hello(ws: WebSocketConnection) -> str:
+    hello = await _receive(ws)
+    assert hello["type"] == "hello"
+    chat_id = hello["chat_id"]
+    assert isinstance(chat_id, str)
+    return chat_id
+
+
+async def test_websocket_channel_says_hello_and_pushes_the_reply() -> None:
+    """A client gets a hello with its chat id, and the agent's reply to its message is pushed back."""
+    channel = WebSocketChannel(port=0)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, open_gateway(runtime, _echo_agent(1), [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            assert channel.port != 0
+            async with _open(channel.port) as ws:
+                chat_id = await _hello(ws)
+                assert chat_id
+                await ws.send_message("good morning")
+                reply = await _receive(ws)
+                assert reply["type"] == "reply"
+                assert reply["text"] == "good morning #1"
+                assert isinstance(reply["reply_to"], str)
+
+
+async def test_websocket_channel_publishes_text_and_json_frames() -> None:
+    """Plain text and JSON {"text": ...} frames are published to the bus; a malformed one gets an error back."""
+    bus = MessageBus()
+    channel = WebSocketChannel(port=0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(channel.run, bus)
+            async with _open(port) as ws:
+                chat_id = await _hello(ws)
+                await ws.send_message("plain words")
+                await ws.send_message(json.dumps({"text": "json words"}))
+                await ws.send_message(json.dumps({"words": "no text field"}))
+                inbound = bus.inbound()
+                first, second = await inbound.receive(), await inbound.receive()
+                assert (first.channel, first.chat_id, first.text) == ("websocket", chat_id, "plain words")
+                assert (second.channel, second.chat_id, second.text) == ("websocket", chat_id, "json words")
+                error = await _receive(ws)
+                assert error["type"] == "error"
+                assert "text" in error["text"]
+                assert channel.statistics().rejected == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_websocket_channel_two_connections_are_two_chats() -> None:
+    """Two connections get two chat ids, two sessions, and only their own replies."""
+    channel = WebSocketChannel(port=0)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, open_gateway(runtime, _echo_agent(3), [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            async with _open(channel.port) as alice, _open(channel.port) as bob:
+                alice_chat, bob_chat = await _hello(alice), await _hello(bob)
+                assert alice_chat != bob_chat
+                await alice.send_message("alpha")
+                assert (await _receive(alice))["text"] == "alpha #1"
+                await bob.send_message("beta")
+                assert (await _receive(bob))["text"] == "beta #1"
+                await alice.send_message("gamma")
+                assert (await _receive(alice))["text"] == "gamma #2"
+                assert gateway.statistics().sessions == 2
+                assert channel.statistics().connections == 2
+
+
+async def test_websocket_channel_drops_messages_for_unknown_chats() -> None:
+    """An outbound message for a chat with no connection is dropped and counted."""
+    bus = MessageBus()
+    channel = WebSocketChannel(port=0)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run, bus)
+            await bus.publish_outbound(OutboundMessage("websocket", "ws-nobody", "lost"), policy="drop")
+            await trio.testing.wait_all_tasks_blocked()
+            assert channel.statistics().dropped == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_websocket_channel_closes_a_client_that_stops_reading() -> None:
+    """A client that stops reading is closed with 1008 "client too slow"; its queue stays bounded; others go on."""
+    bus = MessageBus(outbound_size=8)
+    channel = WebSocketChannel(port=0, queue_size=4, disconnect_timeout=5.0)
+    big = "x" * 16_384
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(channel.run, bus)
+            async with _connect_owning_socket(port) as slow, _open(port) as fast:
+                slow_chat, fast_chat = await _hello(slow), await _hello(fast)
+                # The slow client reads nothing more: its socket buffers fill, then its queue.
+                pushed = 0
+                while channel.statistics().closed_too_slow == 0:
+                    await bus.publish_outbound(OutboundMessage("websocket", slow_chat, big, "progress"), policy="drop")
+                    pushed += 1
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert channel.statistics().queue_high_water <= 4
+                stats = channel.statistics()
+                assert stats.queue_high_water == 4
+                assert stats.connections == 1
+                assert stats.queued == 0
+
+                # Nothing more is queued for the closed chat.
+                await bus.publish_outbound(OutboundMessage("websocket", slow_chat, "late"), policy="drop")
+                await trio.testing.wait_all_tasks_blocked()
+                assert channel.statistics().dropped > stats.dropped
+
+                # The other connection is unaffected.
+                await bus.publish_outbound(OutboundMessage("websocket", fast_chat, "still here"), policy="drop")
+                assert (await _receive(fast))["text"] == "still here"
+
+                # Reading again, the slow client gets what was already in flight, then the close frame.
+                received = 0
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        message = await _receive(slow)
+                        assert message["type"] == "progress"
+                        received += 1
+                assert closed.value.reason is not None
+                assert closed.value.reason.code == WebSocketChannel.SLOW_CLIENT_CODE
+                assert closed.value.reason.reason == "client too slow"
+                assert received < pushed
+            nursery.cancel_scope.cancel()
+
+
+async def test_websocket_channel_gateway_closes_promptly_with_clients_connected() -> None:
+    """Leaving the gateway with clients connected closes their connections and the listener promptly."""
+    channel = WebSocketChannel(port=0)
+    closed: list[ConnectionClosed] = []
+
+    async def client(port: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with _connect_owning_socket(port) as ws:
+            await _hello(ws)
+            task_status.started()
+            try:
+                while True:
+                    await ws.get_message()
+            except ConnectionClosed as exc:
+                closed.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as clients:
+            async with open_runtime() as runtime, open_gateway(runtime, _echo_agent(0), [channel]) as gateway:
+                await gateway.wait_ready("websocket")
+                await clients.start(client, channel.port)
+                await clients.start(client, channel.port)
+                assert channel.statistics().connections == 2
+    assert len(closed) == 2
+    assert channel.statistics().connections == 0
+
+
+def test_websocket_channel_rejects_a_bad_queue_size() -> None:
+    """A queue size below 1 is a clear error, not a channel that can never deliver."""
+    with pytest.raises(ValueError, match="queue_size"):
+        WebSocketChannel(queue_size=0)
+
+
+def test_websocket_channel_is_a_channel() -> None:
+    """WebSocketChannel implements the runtime's Channel protocol."""
+    assert isinstance(WebSocketChannel(), Channel)
