@@ -33,6 +33,12 @@ from ._gateway import (
     GatewayStatistics as GatewayStatistics,
     open_gateway as open_gateway,
 )
+from ._handlers import (
+    Handler as Handler,
+    HandlerStatistics as HandlerStatistics,
+    Overflow as Overflow,
+    StreamHandler as StreamHandler,
+)
 from ._result import RunResult as RunResult, ToolCallRecord as ToolCallRecord
 from ._runtime import Runtime as Runtime, SessionHandle as SessionHandle, open_runtime as open_runtime
 from ._session import Session as Session

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from ._handlers import Tee
     from ._pipe import EventPipe
 
 logger = logging.getLogger("runtime")
@@ -134,6 +135,7 @@ class AgentRun:
         bridge: ElicitationBridge | None = None,
         consumer: EventPipe[Event] | None = None,
         parent: AgentRun | None = None,
+        tee: Tee | None = None,
     ) -> None:
         """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
 
@@ -152,8 +154,9 @@ class AgentRun:
         if parent is None:
             assert events is not None
             assert bridge is not None
-            self._send_blocking: Callable[[Event], Awaitable[None]] = events.send
-            self._send_nowait: Callable[[Event], None] = events.send_nowait
+            sink = tee or events  # with stream handlers, every event is copied to them too
+            self._send_blocking: Callable[[Event], Awaitable[None]] = sink.send
+            self._send_nowait: Callable[[Event], None] = sink.send_nowait
             self._bridge = bridge
             self._consumer = consumer
             self._root = self

@@ -6,12 +6,13 @@ import itertools
 import logging
 from collections import deque
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import trio
 
 from ._bridge import ElicitationBridge
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
+from ._handlers import Handler, Overflow, StreamHandler, Tee
 from ._latch import Latch
 from ._loop import AgentRun
 from ._pipe import EventPipe
@@ -94,6 +95,7 @@ class Session:
         "_error",
         "_event_buffer",
         "_finished",
+        "_handlers",
         "_history",
         "_http_client",
         "_last_active",
@@ -132,6 +134,7 @@ class Session:
         self._http_client = http_client
         self._event_buffer = event_buffer
         self._history: list[Message] = []
+        self._handlers: list[StreamHandler] = []
         self._slot = _RunSlot()
         self._run_count = 0
         self._children: list[trio.CancelScope] = []  # a list: smaller than a set, and short
@@ -206,6 +209,7 @@ class Session:
             http_client=self._http_client,
             events=events,
             bridge=self.elicitation,
+            tee=Tee(events, tuple(self._handlers)) if self._handlers else None,
             # Its tools may ask the human only while a consumer streams the run.
             consumer=events if answerable else None,
         )
@@ -248,6 +252,46 @@ class Session:
         if result.reason == "cancelled":
             raise ClosedSessionError(f"{self!r} was closed during the run")
         return result
+
+    def add_handler(
+        self,
+        handler: Handler,
+        *,
+        buffer: int = 256,
+        overflow: Overflow = "block",
+        on_error: Literal["raise", "log"] = "raise",
+    ) -> StreamHandler:
+        """Call ``handler`` with every event of this session's runs (from the next run on), in order.
+
+        The handler runs in a task of the session, with a buffer of its own:
+        with ``overflow="block"`` a handler a whole buffer behind makes the
+        run wait for it; ``"drop_oldest"`` and ``"drop_newest"`` never slow
+        the run and count what they drop. A handler that raises fails the
+        session (``on_error="raise"``) or is logged and counted (``"log"``).
+
+        Example::
+
+            async def transcript(event: Event) -> None:
+                print(type(event).__name__, attrs.asdict(event), file=log)
+
+            session.add_handler(transcript, overflow="drop_oldest")
+
+        Raises:
+            ClosedSessionError: the session is closed.
+            ValueError: ``buffer`` is less than 1.
+        """
+        attached = StreamHandler(handler, buffer=buffer, overflow=overflow, on_error=on_error)
+        self._spawn(self._serve_handler, (attached,), f"stream handler {handler!r}")
+        self._handlers.append(attached)
+        return attached
+
+    async def _serve_handler(self, handler: StreamHandler) -> None:
+        try:
+            await handler.serve()
+        finally:
+            handler.remove()
+            if handler in self._handlers:
+                self._handlers.remove(handler)
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> None:
         """Start a task owned by the session; it is cancelled when the session closes.

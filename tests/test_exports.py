@@ -22,6 +22,10 @@ PUBLIC_SUBMODULES: Final = frozenset({"runtime.events"})
 EXPECTED: Final[dict[str, frozenset[str]]] = {
     "runtime": frozenset(
         {
+            "Handler",
+            "HandlerStatistics",
+            "Overflow",
+            "StreamHandler",
             "BusStatistics",
             "Channel",
             "ClosedBusError",

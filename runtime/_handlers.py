@@ -1,0 +1,149 @@
+"""Stream handlers: user code that consumes a session's events in a task of its own."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from ._pipe import EventPipe
+    from .events import Event
+
+logger = logging.getLogger("runtime")
+
+Overflow: TypeAlias = Literal["block", "drop_oldest", "drop_newest"]
+"""What happens when a handler's buffer is full: the run waits for it (``block``),
+the oldest buffered event is dropped (``drop_oldest``), or the new one is (``drop_newest``)."""
+
+Handler: TypeAlias = Callable[["Event"], Awaitable[object]]
+"""An async function called with each event of the session, in order."""
+
+
+@attrs.frozen
+class HandlerStatistics:
+    """What :meth:`StreamHandler.statistics` returns."""
+
+    handled: int
+    """Events the handler has returned from."""
+    dropped: int
+    """Events dropped because the buffer was full (``drop_oldest`` / ``drop_newest``)."""
+    failed: int
+    """Events the handler raised on (with ``on_error="log"``)."""
+    buffered: int
+    """Events waiting for the handler now."""
+
+
+class StreamHandler:
+    """A handler attached with ``Session.add_handler``: its buffer, its counters, and how to remove it."""
+
+    def __init__(self, handler: Handler, *, buffer: int, overflow: Overflow, on_error: Literal["raise", "log"]) -> None:
+        if buffer < 1:
+            raise ValueError("a handler's buffer must hold at least one event")
+        self.handler = handler
+        self.overflow: Overflow = overflow
+        self.on_error = on_error
+        self._buffer: deque[Event] = deque()
+        self._size = buffer
+        self._handled = self._dropped = self._failed = 0
+        self._wakeup = trio.Event()  # the handler's task waits for events here
+        self._room = trio.Event()  # a blocked run waits for room here
+        self._drained = trio.Event()  # drain() waits for the buffer to empty and the handler to return
+        self._busy = False
+        self._scope = trio.CancelScope()
+        self._removed = False
+
+    def statistics(self) -> HandlerStatistics:
+        """The counters, at any time."""
+        return HandlerStatistics(self._handled, self._dropped, self._failed, len(self._buffer))
+
+    def remove(self) -> None:
+        """Detach the handler: it gets no more events and its task ends."""
+        self._removed = True
+        self._scope.cancel()
+        self._room.set()
+        self._drained.set()
+
+    async def drain(self) -> None:
+        """Wait until the handler has handled every event buffered so far (or was removed)."""
+        while (self._buffer or self._busy) and not self._removed:
+            if self._drained.is_set():
+                self._drained = trio.Event()
+            await self._drained.wait()
+
+    def full(self) -> bool:
+        """Whether a ``block`` handler would make a run wait now."""
+        return self.overflow == "block" and not self._removed and len(self._buffer) >= self._size
+
+    def offer_nowait(self, event: Event) -> None:
+        """Buffer an event without waiting (a full ``block`` buffer drops it: used only on cancellation)."""
+        if self._removed:
+            return
+        if len(self._buffer) >= self._size:
+            if self.overflow == "drop_oldest":
+                self._buffer.popleft()
+            else:
+                self._dropped += 1
+                return
+            self._dropped += 1
+        self._buffer.append(event)
+        self._wakeup.set()
+
+    async def offer(self, event: Event) -> None:
+        """Buffer an event; a full ``block`` buffer waits for room (bounded by the run's cancel scope)."""
+        while self.full():
+            if self._room.is_set():  # a fresh one only once the last was used: all waiters share it
+                self._room = trio.Event()
+            await self._room.wait()
+        self.offer_nowait(event)
+
+    async def serve(self) -> None:
+        """The handler's task (in its session): call the handler on each event, in order."""
+        with self._scope:
+            while True:
+                if not self._buffer:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                    continue
+                event = self._buffer.popleft()
+                self._room.set()
+                self._busy = True
+                try:
+                    await self.handler(event)
+                except Exception:
+                    if self.on_error == "raise":
+                        raise  # fails the session, like any task of it
+                    self._failed += 1
+                    logger.exception("stream handler %r failed on %r", self.handler, event)
+                else:
+                    self._handled += 1
+                finally:
+                    self._busy = False
+                    if not self._buffer:
+                        self._drained.set()
+
+
+class Tee:
+    """A run's event pipe, with a copy of each event for the session's handlers."""
+
+    __slots__ = ("_handlers", "_pipe")
+
+    def __init__(self, pipe: EventPipe[Event], handlers: tuple[StreamHandler, ...]) -> None:
+        self._pipe = pipe
+        self._handlers = handlers
+
+    def send_nowait(self, event: Event) -> None:
+        if any(handler.full() for handler in self._handlers):
+            raise trio.WouldBlock  # the run will wait in send() instead
+        self._pipe.send_nowait(event)
+        for handler in self._handlers:
+            handler.offer_nowait(event)
+
+    async def send(self, event: Event) -> None:
+        await self._pipe.send(event)
+        for handler in self._handlers:
+            await handler.offer(event)

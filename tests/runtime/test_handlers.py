@@ -1,0 +1,190 @@
+"""Stream handlers: session events delivered in order to user code in a task of its own."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from agents import Agent, ScriptedModel, ToolCall, tool
+from runtime import open_runtime
+from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
+
+TRANSCRIPT_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "transcript.py"
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add."""
+    return a + b
+
+
+def agent(turns: list[str | ToolCall]) -> Agent:
+    return Agent(name="a", model=ScriptedModel(turns), tools=[add])
+
+
+async def test_handler_sees_every_event_of_every_run_in_order(tmp_path: Path) -> None:
+    """A handler gets each run's events in the order the consumer saw them (here: a JSONL transcript)."""
+    transcript = tmp_path / "transcript.jsonl"
+    lines: list[str] = []
+
+    async def write(event: Event) -> None:
+        lines.append(json.dumps({"type": type(event).__name__, **attrs.asdict(event)}))
+
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(agent([ToolCall("add", {"a": 1, "b": 2}), "3", "again"])) as s,
+    ):
+        handler = s.add_handler(write)
+        seen: list[Event] = []
+        for prompt in ("sum", "more"):
+            async with s.run(prompt) as stream:
+                seen.extend([event async for event in stream])
+        await trio.testing.wait_all_tasks_blocked()
+        transcript.write_text("\n".join(lines) + "\n")
+    written = [json.loads(line) for line in transcript.read_text().splitlines()]
+    assert [entry["type"] for entry in written] == [type(event).__name__ for event in seen]
+    assert sum(entry["type"] == "RunFinished" for entry in written) == 2
+    assert handler.statistics().handled == len(seen)
+
+
+async def test_slow_handler_that_drops_never_slows_the_run(autojump_clock: trio.testing.MockClock) -> None:
+    """With drop_newest, a handler stuck on its first event costs the run nothing and counts the drops."""
+    gate = trio.Event()
+
+    async def stuck(event: Event) -> None:
+        await gate.wait()
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["one two three four five"])) as s:
+        handler = s.add_handler(stuck, buffer=2, overflow="drop_newest")
+        start = trio.current_time()
+        result = await s.ask("go")
+        assert trio.current_time() == start
+        assert result.output == "one two three four five"
+        stats = handler.statistics()
+        assert stats.handled == 0
+        assert stats.buffered <= 2
+        assert stats.dropped > 0
+        gate.set()
+
+
+async def test_drop_oldest_keeps_the_newest_events(autojump_clock: trio.testing.MockClock) -> None:
+    """With drop_oldest, what the stuck handler finally sees ends with the run's last events."""
+    gate = trio.Event()
+    got: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        await gate.wait()
+        got.append(event)
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["a b c d e f"])) as s:
+        handler = s.add_handler(slow, buffer=2, overflow="drop_oldest")
+        await s.ask("go")
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(got[-1], RunFinished)
+        assert handler.statistics().dropped > 0
+
+
+async def test_blocking_handler_holds_the_run_back_until_it_catches_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With block, the run waits for a handler a whole buffer behind, and every event is delivered."""
+    release = trio.Event()
+    got: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        await release.wait()
+        got.append(event)
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["w1 w2 w3 w4 w5 w6"])) as s:
+        s.add_handler(slow, buffer=1, overflow="block")
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def ask() -> None:
+                await s.ask("go")
+                done.set()
+
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # held back by the handler
+            release.set()
+        assert next(type(e) for e in got) is RunStarted
+        assert "".join(e.text for e in got if isinstance(e, TextDelta)) == "w1 w2 w3 w4 w5 w6"
+
+
+async def test_handler_error_logged_or_failing_the_session() -> None:
+    """on_error="log" counts and goes on; on_error="raise" fails the session with the handler's error."""
+
+    async def broken(event: Event) -> None:
+        if isinstance(event, ToolCallFinished):
+            raise ValueError("bad handler")
+
+    async with open_runtime() as runtime:
+        async with runtime.open_session(agent([ToolCall("add", {"a": 1, "b": 1}), "2"])) as s:
+            logged = s.add_handler(broken, on_error="log")
+            await s.ask("go")
+            await trio.testing.wait_all_tasks_blocked()
+            assert logged.statistics().failed == 1
+        with pytest.raises(ValueError, match="bad handler"):
+            async with runtime.open_session(agent([ToolCall("add", {"a": 1, "b": 1}), "2"])) as s:
+                s.add_handler(broken)
+                await s.ask("go")
+                await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_removed_handler_gets_nothing_more_and_its_task_ends() -> None:
+    """remove() detaches the handler; later runs are not copied to it."""
+    got: list[Event] = []
+
+    async def record(event: Event) -> None:
+        got.append(event)
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["x", "y"])) as s:
+        handler = s.add_handler(record)
+        await s.ask("first")
+        await trio.testing.wait_all_tasks_blocked()
+        count = len(got)
+        handler.remove()
+        await s.ask("second")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(got) == count
+    with pytest.raises(ValueError, match="at least one"):
+        async with open_runtime() as runtime, runtime.open_session(agent([])) as s:
+            s.add_handler(record, buffer=0)
+
+
+async def test_drain_waits_until_everything_buffered_is_handled(autojump_clock: trio.testing.MockClock) -> None:
+    """drain() returns only once the handler has returned from every event buffered so far."""
+    got: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        await trio.sleep(1)
+        got.append(event)
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["a b c"])) as s:
+        handler = s.add_handler(slow, buffer=64, overflow="drop_newest")
+        await s.ask("go")
+        await handler.drain()
+        assert isinstance(got[-1], RunFinished)
+        assert handler.statistics().handled == len(got)
+
+
+async def test_transcript_example_writes_one_json_line_per_event(tmp_path: Path) -> None:
+    """examples/transcript.py writes every event of its two runs as JSON lines."""
+    spec = importlib.util.spec_from_file_location("transcript_example", TRANSCRIPT_EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "t.jsonl"
+    assert await module.main([str(out)]) == 0
+    entries = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["type"] for e in entries].count("RunFinished") == 2
+    assert entries[0] == {"type": "RunStarted", "run_id": entries[0]["run_id"]}
