@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -23,7 +24,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, RetryPolicy, http_client, open_stream
+from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
 from ._sse import SSEStream
 
 if TYPE_CHECKING:
@@ -80,25 +81,20 @@ class AnthropicModel:
     def __repr__(self) -> str:
         return f"AnthropicModel({self.model!r}, base_url={self.base_url!r})"
 
-    @contextlib.asynccontextmanager
-    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
         """Send one request; its chunks stream until the block exits (which closes the response)."""
         headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        async with (
-            http_client(request.http_client) as client,
-            open_stream(
-                client,
-                f"{self.base_url}/v1/messages",
-                headers=headers,
-                body=self.body(request),
-                provider=self.provider,
-                retry=self.retry,
-            ) as response,
-            contextlib.aclosing(_chunks(response)) as chunks,
-        ):
-            yield chunks
+        return stream_chunks(
+            request,
+            f"{self.base_url}/v1/messages",
+            headers=headers,
+            body=self.body(request),
+            provider=self.provider,
+            retry=self.retry,
+            parse=_chunks,
+        )
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body of a request."""

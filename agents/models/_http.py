@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import random
@@ -24,7 +25,9 @@ from .._exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+
+    from .._messages import ModelChunk, ModelRequest
 
 MAX_RETRY_AFTER: Final = 60.0
 """Longest wait a provider's Retry-After may ask for; longer asks fail at once."""
@@ -61,6 +64,26 @@ async def http_client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.As
         return
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
         yield client
+
+
+@asynccontextmanager
+async def stream_chunks(
+    request: ModelRequest,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    provider: str,
+    retry: RetryPolicy,
+    parse: Callable[[httpx.Response], AsyncGenerator[ModelChunk, None]],
+) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+    """What a provider's ``stream`` is: POST, then the chunks ``parse`` reads, all closed on every path."""
+    async with (
+        http_client(request.http_client) as client,
+        open_stream(client, url, headers=headers, body=body, provider=provider, retry=retry) as response,
+        contextlib.aclosing(parse(response)) as chunks,
+    ):
+        yield chunks
 
 
 @asynccontextmanager
