@@ -1,4 +1,4 @@
-"""What crosses a process boundary: SSE, WebSocket and HTTP (later issues)."""
+"""What crosses a process boundary: chat channels over HTTP and WebSocket (served mode comes next)."""
 
 from .channels import (
     WebhookChannel as WebhookChannel,
