@@ -10,7 +10,6 @@ import gc
 import importlib
 import json
 import resource
-import statistics
 import sys
 from typing import Any
 
@@ -46,8 +45,3 @@ def current_rss_kib() -> float:
 def quiet_gc() -> None:
     """Start a measurement from a collected heap."""
     gc.collect()
-
-
-def median(values: list[float]) -> float:
-    """The median, for progress lines."""
-    return statistics.median(values)

@@ -1,7 +1,8 @@
 """The structured-concurrency core: runtimes, sessions, runs and their events.
 
-Every task has an owner: a run lives in its session's nursery, a session in
-its runtime's, and leaving an ``async with`` block cancels and joins what it
+Every task has an owner: a session owns its runs and tasks (each in the
+runtime's nursery, inside a cancel scope the session holds), a runtime owns
+its sessions, and leaving an ``async with`` block cancels and joins what it
 owns.
 """
 

@@ -11,7 +11,7 @@ import trio
 
 from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
-from ._runtime import _unwrap
+from ._runtime import single_errors
 from .events import ErrorEvent, ReasoningDelta, RunFinished, TextDelta, ToolCallStarted
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ async def open_gateway(
     bus = bus if bus is not None else MessageBus()
     gateway = Gateway(runtime, agent, bus, idle_timeout)
     try:
-        async with _unwrapped(), trio.open_nursery() as nursery:
+        async with single_errors(), trio.open_nursery() as nursery:
             for channel in channels:
                 gateway._ready[channel.name] = trio.Event()
                 bus.outbound(channel.name)  # its queue exists before its first reply
@@ -206,19 +206,3 @@ async def open_gateway(
         bus.close()
         for handle in gateway._sessions.values():
             await handle.aclose()
-
-
-@asynccontextmanager
-async def _unwrapped() -> AsyncIterator[None]:
-    """A nursery's group of one error comes out as that error, so callers can ``except`` it."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error = _unwrap(group)
-        if error is group:
-            raise
-        context = error.__context__
-        try:
-            raise error
-        finally:
-            error.__context__ = context

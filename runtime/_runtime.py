@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx
 import trio
+
+from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Session
 
 if TYPE_CHECKING:
-    import ssl
     from collections.abc import AsyncIterator
     from types import TracebackType
+
+    import httpx
 
     from agents import Agent
 
@@ -186,7 +187,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: the nursery every session lives in.
 
-    Leaving the block cancels every session (and so every run and every task
+    Leaving the block closes every session (and so every run and every task
     a session owns) and waits until all of them have finished.
 
     Example::
@@ -202,17 +203,30 @@ async def open_runtime(
             closed on exit).
         event_buffer: Events a run may send ahead of a slow consumer.
     """
+    # Sessions contain their own failures, so a group here holds what the
+    # block raised: single_errors() gives it back as it was.
+    async with single_errors(), open_http_client(http_client) as client, trio.open_nursery() as nursery:
+        runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer)
+        await nursery.start(runtime._hold_sessions)
+        try:
+            yield runtime
+        finally:
+            runtime._exit()
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """A group holding one error becomes that error, so callers can ``except`` it."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@asynccontextmanager
+async def single_errors() -> AsyncIterator[None]:
+    """Around a nursery: its group of one error comes out as that error (trio-websocket's rule)."""
     try:
-        async with _client(http_client) as client, trio.open_nursery() as nursery:
-            runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer)
-            await nursery.start(runtime._hold_sessions)
-            try:
-                yield runtime
-            finally:
-                runtime._exit()
+        yield
     except BaseExceptionGroup as group:
-        # Sessions contain their own failures, so a group here holds what the
-        # block raised: give it back as it was, so `except OurError` works.
         error = _unwrap(group)
         if error is group:
             raise
@@ -221,25 +235,3 @@ async def open_runtime(
             raise error
         finally:
             error.__context__ = context
-
-
-@asynccontextmanager
-async def _client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
-    if given is not None:
-        yield given
-        return
-    async with httpx.AsyncClient(verify=_ssl_context(), timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-        yield client
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle takes ~100 ms; one context serves every runtime.
-    return httpx.create_ssl_context()
-
-
-def _unwrap(error: BaseException) -> BaseException:
-    """A group holding one error becomes that error, so callers can ``except`` it."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error

@@ -167,8 +167,8 @@ class Session:
         """Run the agent on ``user_input``, streaming its events.
 
         Use the returned :class:`RunStream` as ``async with session.run(...)
-        as stream:``. The run's task lives in the session's nursery; the block
-        holds the receiving side. Leaving the block early cancels the run;
+        as stream:``. The run's task is owned by the session (see the class
+        docstring); the block holds the receiving side. Leaving the block early cancels the run;
         once the block has exited, the run's task has finished and its
         channel is closed. Runs wait for the session's run slot in FIFO order
         (the order in which their blocks were entered).
@@ -190,7 +190,7 @@ class Session:
         return RunStream(self, user_input, deps)
 
     def _start_run(self, user_input: str, deps: Any, answerable: bool) -> AgentRun:
-        """Start a run's task in the session's nursery (called by RunStream.__aenter__)."""
+        """Start a run's task, owned by this session (called by RunStream.__aenter__)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
                 f"{self!r}: run() was called from inside one of its own runs, which would wait "

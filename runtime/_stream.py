@@ -27,7 +27,7 @@ class RunStream:
 
     Made by ``Session.run``; use it as ``async with session.run(...) as
     stream: async for event in stream: ...``. Entering starts the run's task
-    in the session's nursery; leaving cancels the run if it is still going
+    (owned by the session); leaving cancels the run if it is still going
     and waits until its task has finished.
 
     The iterator is a class, not an async generator, so breaking out of

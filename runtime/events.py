@@ -6,16 +6,15 @@ Every run's stream starts with :class:`RunStarted` and ends with exactly one
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
 FinishReason: TypeAlias = Literal["completed", "max_turns", "hook_stop", "timeout", "error", "cancelled"]
 """Why a run ended."""
 
-FINISH_REASONS: Final[frozenset[str]] = frozenset(
-    ("completed", "max_turns", "hook_stop", "timeout", "error", "cancelled")
-)
+FINISH_REASONS: Final[frozenset[str]] = frozenset(get_args(FinishReason))
+"""Every :data:`FinishReason`, for checking a reason read from elsewhere (JSON, a peer)."""
 
 
 @attrs.frozen

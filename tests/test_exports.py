@@ -139,6 +139,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ScriptedModel",
             "ToolCall",
             "Turn",
+            "http_client",
             "resolve_model",
         }
     ),

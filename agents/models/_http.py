@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import json
 import random
 import time
@@ -25,6 +26,7 @@ from .._exceptions import (
 )
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
     from .._messages import ModelChunk, ModelRequest
@@ -57,13 +59,28 @@ DEFAULT_RETRY: Final = RetryPolicy()
 
 
 @asynccontextmanager
-async def http_client(given: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
-    """The runtime's shared client, or (for a model used alone) one of our own for this call."""
+async def http_client(given: httpx.AsyncClient | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """``given`` as it is (not closed on exit), or a new client of our own, closed on exit.
+
+    The runtime opens its shared client with this; a model used outside a
+    runtime opens one per call (``request.http_client`` is then ``None``).
+
+    Example::
+
+        async with http_client(request.http_client) as client:
+            response = await client.post(url, json=body)
+    """
     if given is not None:
         yield given
         return
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+    async with httpx.AsyncClient(verify=_ssl_context(), timeout=httpx.Timeout(60.0, connect=10.0)) as client:
         yield client
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes ~100 ms; one context serves every client.
+    return httpx.create_ssl_context()
 
 
 @asynccontextmanager
