@@ -1,6 +1,6 @@
 """Run the workloads for trio-agents and its peers, A B A B, and write BENCHMARKS.md.
 
-    python bench/run.py           # everything (make bench), ~10 minutes on 2 cores
+    python bench/run.py           # everything (make bench), ~5 minutes on 2 cores
     python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
     python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
 
