@@ -1,0 +1,108 @@
+"""Fan-out to any number of subscribers, each with a bounded buffer: a slow one loses its oldest items, never memory."""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Dropped:
+    """``count`` items were dropped here because the subscriber fell a whole buffer behind."""
+
+    count: int
+
+
+class Subscriber(Generic[T]):
+    """One subscriber's buffer: :meth:`get` the items in order."""
+
+    def __init__(self, size: int) -> None:
+        self._items: deque[T] = deque()
+        self._size = size
+        self._gap = 0  # dropped since the last get()
+        self.dropped = 0
+        """Items dropped so far."""
+        self._wakeup = trio.Event()
+        self._closed = False
+
+    def put(self, item: T) -> None:
+        if self._closed:
+            return
+        if len(self._items) >= self._size:
+            self._items.popleft()
+            self._gap += 1
+            self.dropped += 1
+        self._items.append(item)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    async def get(self) -> T | Dropped:
+        """The next item, or a :class:`Dropped` marking a gap before it.
+
+        Raises:
+            trio.EndOfChannel: the broadcast was closed and everything was read.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._gap:
+                gap, self._gap = self._gap, 0
+                return Dropped(gap)
+            if self._items:
+                return self._items.popleft()
+            if self._closed:
+                raise trio.EndOfChannel
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+
+class Broadcast(Generic[T]):
+    """Publish without waiting; every subscriber gets every item, up to its buffer's size."""
+
+    def __init__(self, *, buffer: int) -> None:
+        self._buffer = buffer
+        self._subscribers: list[Subscriber[T]] = []
+        self._closed = False
+        self._dropped = 0  # by subscribers that have left
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def dropped(self) -> int:
+        """Items dropped by all subscribers, present and past."""
+        return self._dropped + sum(subscriber.dropped for subscriber in self._subscribers)
+
+    def publish(self, item: T) -> None:
+        for subscriber in self._subscribers:
+            subscriber.put(item)
+
+    def close(self) -> None:
+        """End every subscription once its buffer is read; later ones end at once."""
+        self._closed = True
+        for subscriber in self._subscribers:
+            subscriber.close()
+
+    @contextmanager
+    def subscribe(self) -> Iterator[Subscriber[T]]:
+        subscriber: Subscriber[T] = Subscriber(self._buffer)
+        if self._closed:
+            subscriber.close()
+        self._subscribers.append(subscriber)
+        try:
+            yield subscriber
+        finally:
+            self._subscribers.remove(subscriber)
+            self._dropped += subscriber.dropped

@@ -1,0 +1,634 @@
+"""Served mode: a runtime reachable over HTTP, SSE and WebSocket, with Hypercorn in the runtime's own nursery."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections import OrderedDict
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicitationError, open_runtime
+from runtime.events import RunFinished, RunStarted
+
+from ._broadcast import Broadcast, Dropped
+from ._codec import event_to_json
+from ._errors import WorkspaceError
+from ._runlog import RunLog
+from ._sse import EventStreamResponse
+from ._workspace import Workspace, WorkspaceChange
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from starlette.requests import HTTPConnection, Request
+
+    from agents import Agent
+    from runtime import RunStream, Runtime, Session, SessionHandle
+    from runtime.events import Event
+
+logger = logging.getLogger("streams")
+
+KEPT_RUNS: Final = 8
+"""Finished runs a client can still subscribe to, per session."""
+REPLAY_LIMIT: Final = 10_000
+"""Events of one run kept for clients that subscribe late (the oldest go first)."""
+_SHUTDOWN_MARGIN: Final = 1.0
+_GOING_AWAY: Final = 1001
+
+
+@attrs.frozen
+class ServerStatistics:
+    """What :meth:`Server.statistics` returns."""
+
+    sessions: int
+    """Served sessions open now."""
+    sse_streams: int
+    """SSE responses streaming now (runs and feeds)."""
+    websockets: int
+    """WebSocket connections open now (updates and workspace)."""
+    updates_dropped: int
+    """Events dropped for ``updates`` clients too slow to keep up, since the server started."""
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"type": self.kind, "message": str(self)}}, status_code=self.status)
+
+
+class ServedSession:
+    """A session the server serves: the runtime session, its workspace, its feeds and its runs."""
+
+    def __init__(self, handle: SessionHandle, *, buffer: int) -> None:
+        self.handle = handle
+        self.workspace = Workspace()
+        """The files its runs (``ctx.deps``) and its ``workspace`` clients share."""
+        self.updates: Broadcast[dict[str, Any]] = Broadcast(buffer=buffer)
+        self.feed: Broadcast[dict[str, Any]] = Broadcast(buffer=buffer)
+        self.changes: Broadcast[dict[str, Any]] = Broadcast(buffer=buffer)
+        self.runs: OrderedDict[str, RunLog] = OrderedDict()
+        self.live: dict[str, RunStream] = {}
+        self.state: dict[str, Any] = {"type": "SessionState", "state": "idle"}
+        self.run_count = 0
+        self.workspace.listen(self._workspace_changed)
+
+    @property
+    def session(self) -> Session:
+        """The runtime session."""
+        return self.handle.session
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    def notify(self, message: str) -> None:
+        """Post a ``Notice`` on the session's between-run feed."""
+        self.feed.publish({"type": "Notice", "message": message})
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state["state"], "runs": self.run_count}
+
+    def _workspace_changed(self, change: WorkspaceChange) -> None:
+        message = {"type": "WorkspaceChanged", "op": change.op, "path": change.path, "source": change.source}
+        self.changes.publish(message)
+        self.feed.publish(message)
+
+    def _set_state(self, state: Literal["idle", "running", "closed"], run_id: str | None = None) -> None:
+        self.state = {"type": "SessionState", "state": state}
+        if run_id is not None:
+            self.state["run_id"] = run_id
+        self.feed.publish(self.state)
+
+    def new_log(self, run_id: str) -> RunLog:
+        """Start keeping a run's events (forgetting the oldest finished runs past :data:`KEPT_RUNS`)."""
+        log = self.runs[run_id] = RunLog(run_id, limit=REPLAY_LIMIT)
+        while len(self.runs) > KEPT_RUNS and next(iter(self.runs.values())).finished:
+            self.runs.popitem(last=False)
+        return log
+
+    def record(self, run_id: str, event: Event) -> dict[str, Any]:
+        """Note an event of one of its runs: the run's log, the updates stream, the session's state."""
+        data = event_to_json(event)
+        data["run_id"] = run_id
+        log = self.runs.get(run_id) or self.new_log(run_id)
+        log.append(data)
+        self.updates.publish(data)
+        if type(event) is RunStarted:
+            self.run_count += 1
+            self._set_state("running", run_id)
+        elif type(event) is RunFinished:
+            log.finish()
+            self._set_state("idle")
+        return data
+
+    async def keep(self) -> None:
+        """The session's task while it is served: when the session closes, end every stream of it."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            for log in self.runs.values():
+                log.finish()
+            self._set_state("closed")
+            self.updates.close()
+            self.changes.close()
+            self.feed.close()
+
+
+class Server:
+    """A served runtime; made by :func:`open_server`."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        agent: Agent,
+        *,
+        token: str | None,
+        idle_timeout: float | None,
+        heartbeat: float,
+        subscriber_buffer: int,
+        max_body: int,
+    ) -> None:
+        self.runtime = runtime
+        """The runtime whose sessions are served."""
+        self.agent = agent
+        """What every served session runs."""
+        self.port = 0
+        """The port listened on (once the server has started)."""
+        self.host = "127.0.0.1"
+        self._token = token.encode() if token is not None else None
+        self._idle_timeout = idle_timeout
+        self._heartbeat = heartbeat
+        self._buffer = subscriber_buffer
+        self._max_body = max_body
+        self._sessions: dict[str, ServedSession] = {}
+        self._closing = False
+        self._streaming = 0
+        self._websockets = 0
+        self._dropped = 0  # by sessions that have closed
+        self.app = Starlette(
+            routes=[
+                Route("/health", self._health, methods=["GET"]),
+                Route("/sessions", self._create, methods=["POST"]),
+                Route("/sessions", self._list, methods=["GET"]),
+                Route("/sessions/{sid}", self._get, methods=["GET"]),
+                Route("/sessions/{sid}", self._delete, methods=["DELETE"]),
+                Route("/sessions/{sid}/runs", self._run, methods=["POST"]),
+                Route("/sessions/{sid}/runs/{rid}/events", self._follow_run, methods=["GET"]),
+                Route("/sessions/{sid}/elicitations/{eid}", self._answer, methods=["POST"]),
+                Route("/sessions/{sid}/feed", self._feed, methods=["GET"]),
+                WebSocketRoute("/sessions/{sid}/updates", self._updates),
+                WebSocketRoute("/sessions/{sid}/workspace", self._workspace),
+            ]
+        )
+        """The ASGI app."""
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def sessions(self) -> dict[str, ServedSession]:
+        """The served sessions open now, by id."""
+        return dict(self._sessions)
+
+    def statistics(self) -> ServerStatistics:
+        """The counters, at any time."""
+        dropped = self._dropped + sum(served.updates.dropped for served in self._sessions.values())
+        return ServerStatistics(len(self._sessions), self._streaming, self._websockets, dropped)
+
+    async def open_session(self, session_id: str | None = None) -> ServedSession:
+        """Start a served session (what ``POST /sessions`` does)."""
+        if self._closing:
+            raise ClosedSessionError("the server is shutting down")
+        if session_id is not None and session_id in self._sessions:
+            raise _HTTPError(409, "conflict", f"session {session_id!r} exists")
+        handle = await self.runtime.start_session(self.agent, session_id=session_id, idle_timeout=self._idle_timeout)
+        served = ServedSession(handle, buffer=self._buffer)
+        self._sessions[served.id] = served
+        try:
+            handle.session.start_soon(self._keep, served, name=f"served session {served.id}")
+        except BaseException:
+            del self._sessions[served.id]
+            await handle.aclose()
+            raise
+        return served
+
+    async def _keep(self, served: ServedSession) -> None:
+        try:
+            await served.keep()
+        finally:
+            self._dropped += served.updates.dropped
+            del self._sessions[served.id]
+
+    async def _close_sessions(self) -> None:
+        self._closing = True
+        async with trio.open_nursery() as nursery:
+            for served in list(self._sessions.values()):
+                nursery.start_soon(served.handle.aclose)
+
+    # -- requests --------------------------------------------------------------
+
+    def _authorized(self, connection: HTTPConnection) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    def _served(self, connection: HTTPConnection) -> ServedSession:
+        if not self._authorized(connection):
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
+        sid = connection.path_params.get("sid")
+        if sid is None:
+            raise _HTTPError(500, "internal", "no session in the path")  # pragma: no cover - routes always have one
+        served = self._sessions.get(sid)
+        if served is None or served.session.closed:
+            raise _HTTPError(404, "unknown_session", f"no session {sid!r}")
+        return served
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self._max_body:
+                raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
+        if not body:
+            return {}
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise _HTTPError(422, "bad_json", f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise _HTTPError(422, "bad_json", "the body must be a JSON object")
+        return data
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def _create(self, request: Request) -> Response:
+        return await _answering(self._do_create(request))
+
+    async def _do_create(self, request: Request) -> Response:
+        if not self._authorized(request):
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
+        body = await self._body(request)
+        session_id = body.get("id")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id or len(session_id) > 128):
+            raise _HTTPError(422, "bad_request", "'id' must be a non-empty string of at most 128 characters")
+        try:
+            served = await self.open_session(session_id)
+        except ClosedSessionError:
+            raise _HTTPError(503, "shutting_down", "the server is shutting down") from None
+        return JSONResponse(served.describe(), status_code=201)
+
+    async def _list(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _HTTPError(401, "unauthorized", "a valid bearer token is required").response()
+        return JSONResponse({"sessions": [served.describe() for served in self._sessions.values()]})
+
+    async def _get(self, request: Request) -> Response:
+        return await _answering(self._do_get(request))
+
+    async def _do_get(self, request: Request) -> Response:
+        return JSONResponse(self._served(request).describe())
+
+    async def _delete(self, request: Request) -> Response:
+        return await _answering(self._do_delete(request))
+
+    async def _do_delete(self, request: Request) -> Response:
+        await self._served(request).handle.aclose()
+        return Response(status_code=204)
+
+    async def _run(self, request: Request) -> Response:
+        return await _answering(self._do_run(request))
+
+    async def _do_run(self, request: Request) -> Response:
+        served = self._served(request)
+        body = await self._body(request)
+        user_input = body.get("input")
+        if not isinstance(user_input, str):
+            raise _HTTPError(422, "bad_request", "'input' must be a string")
+        try:
+            if body.get("detach"):
+                run_id = await served.session.start(self._drive_detached, served, user_input)
+                return JSONResponse({"run_id": run_id}, status_code=202)
+            stream = served.session.run(user_input, deps=served.workspace)
+            await stream.__aenter__()
+        except ClosedSessionError:
+            raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
+        return self._stream_attached(served, stream)
+
+    def _stream_attached(self, served: ServedSession, stream: RunStream) -> Response:
+        run_id = stream.run_id
+        served.live[run_id] = stream
+        finished = False
+
+        async def next_message() -> tuple[str, dict[str, Any]] | None:
+            nonlocal finished
+            if finished:
+                return None
+            event = await stream.__anext__()
+            finished = type(event) is RunFinished
+            data = served.record(run_id, event)
+            return data["type"], data
+
+        async def on_close() -> None:
+            served.live.pop(run_id, None)
+            await stream.__aexit__(None, None, None)  # cancels the run if the client left early
+
+        return self._event_stream(next_message, on_close)
+
+    async def _drive_detached(
+        self, served: ServedSession, user_input: str, *, task_status: trio.TaskStatus[str]
+    ) -> None:
+        async with served.session.run(user_input, deps=served.workspace) as stream:
+            run_id = stream.run_id
+            served.live[run_id] = stream
+            try:
+                served.new_log(run_id)
+                task_status.started(run_id)
+                async for event in stream:
+                    served.record(run_id, event)
+            finally:
+                served.live.pop(run_id, None)
+
+    async def _follow_run(self, request: Request) -> Response:
+        return await _answering(self._do_follow_run(request))
+
+    async def _do_follow_run(self, request: Request) -> Response:
+        served = self._served(request)
+        rid = request.path_params["rid"]
+        log = served.runs.get(rid)
+        if log is None:
+            raise _HTTPError(404, "unknown_run", f"no run {rid!r} in session {served.id!r}")
+        follower = log.follow()
+
+        async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
+            event = await follower.next()
+            if event is None or isinstance(event, Dropped):
+                return event
+            return event["type"], event
+
+        return self._event_stream(next_message)
+
+    async def _feed(self, request: Request) -> Response:
+        return await _answering(self._do_feed(request))
+
+    async def _do_feed(self, request: Request) -> Response:
+        served = self._served(request)
+        subscription = served.feed.subscribe()
+        subscriber = subscription.__enter__()
+        subscriber.put(served.state)  # where things stand, first
+
+        async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
+            try:
+                message = await subscriber.get()
+            except trio.EndOfChannel:
+                return None
+            if isinstance(message, Dropped):
+                return message
+            return message["type"], message
+
+        async def on_close() -> None:
+            subscription.__exit__(None, None, None)
+
+        return self._event_stream(next_message, on_close)
+
+    def _event_stream(
+        self,
+        next_message: Callable[[], Awaitable[tuple[str, dict[str, Any]] | Dropped | None]],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> Response:
+        server = self
+
+        class _Counted(EventStreamResponse):
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                server._streaming += 1
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    server._streaming -= 1
+                    if on_close is not None:
+                        with trio.CancelScope(shield=True):
+                            await on_close()
+
+        return _Counted(next_message, heartbeat=self._heartbeat)
+
+    async def _answer(self, request: Request) -> Response:
+        return await _answering(self._do_answer(request))
+
+    async def _do_answer(self, request: Request) -> Response:
+        served = self._served(request)
+        eid = request.path_params["eid"]
+        body = await self._body(request)
+        action = body.get("action")
+        if action not in ("accept", "decline", "cancel"):
+            raise _HTTPError(422, "bad_request", "'action' must be accept, decline or cancel")
+        for stream in list(served.live.values()):
+            if eid in stream.pending_elicitations:
+                try:
+                    await stream.respond(eid, action, body.get("content"))
+                except UnknownElicitationError:
+                    break
+                except ElicitationResponseError as exc:
+                    raise _HTTPError(422, "invalid_answer", str(exc)) from None
+                return Response(status_code=204)
+        raise _HTTPError(404, "unknown_elicitation", f"no pending elicitation {eid!r} in session {served.id!r}")
+
+    # -- WebSockets ------------------------------------------------------------
+
+    async def _accept(self, websocket: WebSocket) -> ServedSession | None:
+        try:
+            served = self._served(websocket)
+        except _HTTPError as error:
+            await websocket.send_denial_response(error.response())
+            return None
+        await websocket.accept()
+        self._websockets += 1
+        return served
+
+    async def _updates(self, websocket: WebSocket) -> None:
+        served = await self._accept(websocket)
+        if served is None:
+            return
+        try:
+            with served.updates.subscribe() as subscriber:
+                await self._pump_ws(websocket, subscriber.get, None)
+        finally:
+            self._websockets -= 1
+
+    async def _workspace(self, websocket: WebSocket) -> None:
+        served = await self._accept(websocket)
+        if served is None:
+            return
+        try:
+            # Changes and answers share the connection's buffer: an answer
+            # follows the change its command caused.
+            with served.changes.subscribe() as subscriber:
+
+                async def receive() -> None:
+                    while True:
+                        subscriber.put(_answer_command(served.workspace, await websocket.receive_text()))
+
+                await self._pump_ws(websocket, subscriber.get, receive)
+        finally:
+            self._websockets -= 1
+
+    async def _pump_ws(
+        self,
+        websocket: WebSocket,
+        get: Callable[[], Awaitable[dict[str, Any] | Dropped]],
+        receive: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        """Send what ``get`` gives until it ends (the session closed) or the client leaves."""
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                try:
+                    if receive is not None:
+                        await receive()
+                    else:
+                        while True:
+                            await websocket.receive_text()  # nothing to read; this notices the client leaving
+                except (WebSocketDisconnect, RuntimeError, KeyError):
+                    pass  # the client left (or broke the protocol: a binary frame)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            try:
+                while True:
+                    message = await get()
+                    if isinstance(message, Dropped):
+                        message = {"type": "EventsDropped", "count": message.count}
+                    await websocket.send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+            except trio.EndOfChannel:
+                with trio.move_on_after(self._heartbeat):
+                    await websocket.close(_GOING_AWAY if self._closing else 1000)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                pass  # the client left
+            nursery.cancel_scope.cancel()
+
+
+def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
+    try:
+        command = json.loads(text)
+    except ValueError:
+        return {"type": "result", "id": None, "ok": False, "error": "a command is a JSON object"}
+    command_id = command.get("id") if isinstance(command, dict) else None
+    try:
+        fields = workspace.command(command)
+    except WorkspaceError as exc:
+        return {"type": "result", "id": command_id, "ok": False, "error": str(exc)}
+    return {"type": "result", "id": command_id, "ok": True, **fields}
+
+
+async def _answering(handler: Awaitable[Response]) -> Response:
+    try:
+        return await handler
+    except _HTTPError as error:
+        return error.response()
+
+
+@asynccontextmanager
+async def open_server(
+    agent: Agent,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    runtime: Runtime | None = None,
+    idle_timeout: float | None = None,
+    heartbeat: float = 15.0,
+    subscriber_buffer: int = 256,
+    max_body: int = 2**20,
+    graceful_timeout: float = 2.0,
+) -> AsyncIterator[Server]:
+    """Serve ``agent`` over HTTP, SSE and WebSocket until the block exits.
+
+    Hypercorn's Trio worker runs in this block's own nursery: the runtime
+    owns the server, never the reverse. Leaving the block closes every
+    served session first (ending every SSE stream with its last event and
+    every WebSocket with code 1001), then stops Hypercorn.
+
+    Example::
+
+        async with open_server(agent, port=8000) as server:
+            print("serving on", server.url)
+            await trio.sleep_forever()
+
+    Args:
+        agent: What every served session runs.
+        host: The interface to listen on.
+        port: The port (0: any free one; see ``server.port``).
+        token: If given, every endpoint but ``/health`` requires
+            ``Authorization: Bearer <token>``.
+        runtime: Serve sessions of this runtime (default: a runtime of its own).
+        idle_timeout: Close a served session after this many seconds without a run.
+        heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
+        subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
+            client; a slower client loses the oldest (and is told how many).
+        max_body: The largest request body accepted (bytes).
+        graceful_timeout: Seconds Hypercorn gives open connections to finish on shutdown.
+    """
+    async with AsyncExitStack() as stack:
+        if runtime is None:
+            runtime = await stack.enter_async_context(open_runtime())
+        server = Server(
+            runtime,
+            agent,
+            token=token,
+            idle_timeout=idle_timeout,
+            heartbeat=heartbeat,
+            subscriber_buffer=subscriber_buffer,
+            max_body=max_body,
+        )
+        config = Config()
+        config.bind = [f"{host}:{port}"]
+        config.graceful_timeout = graceful_timeout
+        config.errorlog = logger
+        config.accesslog = None
+        shutdown = trio.Event()
+        # Shielded so that cancelling the block cannot kill a handler before
+        # its session has ended it; the deadline set on shutdown bounds it.
+        server_scope = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(_serve, server.app, config, shutdown, server_scope)
+            server.host, _, bound_port = binds[0].removeprefix("http://").rpartition(":")
+            server.port = int(bound_port)
+            try:
+                yield server
+            finally:
+                with trio.CancelScope(shield=True):
+                    await server._close_sessions()  # ends every stream from our side
+                shutdown.set()
+                server_scope.deadline = trio.current_time() + graceful_timeout + _SHUTDOWN_MARGIN
+
+
+async def _serve(
+    app: Starlette,
+    config: Config,
+    shutdown: trio.Event,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]  # Starlette's ASGI signature is narrower than hypercorn's Framework union
