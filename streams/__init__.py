@@ -1,5 +1,49 @@
-"""What crosses a process boundary: chat channels over HTTP and WebSocket (served mode comes next)."""
+"""What crosses a process boundary: served mode, its clients, and chat channels.
 
+- :func:`open_server` serves an agent over HTTP, SSE and WebSocket, with
+  Hypercorn running inside the server's own nursery.
+- :func:`open_updates_stream`, :func:`open_workspace_stream` and
+  :func:`open_sse_listener` are clients whose block owns its connection;
+  :class:`RemoteSession` keeps all three alive for a local session.
+- :mod:`streams.channels` connects chat-style channels to a message bus.
+
+``python -m streams serve --agent module:attr --port N`` serves from the shell.
+"""
+
+from ._client import (
+    SSEListener as SSEListener,
+    SSEMessage as SSEMessage,
+    Update as Update,
+    UpdatesStream as UpdatesStream,
+    WorkspaceStream as WorkspaceStream,
+    open_sse_listener as open_sse_listener,
+    open_updates_stream as open_updates_stream,
+    open_workspace_stream as open_workspace_stream,
+)
+from ._codec import event_from_json as event_from_json, event_to_json as event_to_json
+from ._errors import (
+    ListenerBusyError as ListenerBusyError,
+    PeerSilentError as PeerSilentError,
+    RemoteError as RemoteError,
+    StreamClosedError as StreamClosedError,
+    StreamError as StreamError,
+    WorkspaceError as WorkspaceError,
+)
+from ._remote import (
+    LISTENERS as LISTENERS,
+    Backoff as Backoff,
+    ListenerRegistry as ListenerRegistry,
+    RemoteEvent as RemoteEvent,
+    RemoteSession as RemoteSession,
+    RemoteStatistics as RemoteStatistics,
+)
+from ._server import (
+    ServedSession as ServedSession,
+    Server as Server,
+    ServerStatistics as ServerStatistics,
+    open_server as open_server,
+)
+from ._workspace import WORKSPACE_TOOLS as WORKSPACE_TOOLS, Workspace as Workspace, WorkspaceChange as WorkspaceChange
 from .channels import (
     WebhookChannel as WebhookChannel,
     WebhookStatistics as WebhookStatistics,

@@ -1,0 +1,471 @@
+"""Clients of a served runtime: the ``updates`` and ``workspace`` WebSockets, and SSE listeners.
+
+Each is an ``async with`` block that owns everything it starts: its read and
+write loops run in the block's nursery and its socket is closed on the way
+out, so leaving the block (even mid-dial, even mid-message) is the drain
+barrier: nothing of the connection outlives it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+from collections import deque
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
+
+from agents.models import http_client as open_http_client
+from agents.models._sse import SSEStream
+from runtime._runtime import single_errors
+
+from ._codec import event_from_json
+from ._errors import PeerSilentError, RemoteError, StreamClosedError, StreamError, WorkspaceError
+from ._workspace import WorkspaceChange
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from runtime.events import Event
+
+_NORMAL_CLOSE: Final = frozenset({1000, 1001})
+MAX_MESSAGE: Final = 16 * 2**20
+"""The largest WebSocket message a client accepts (bytes)."""
+
+
+@attrs.frozen
+class Update:
+    """An event of one of the remote session's runs."""
+
+    run_id: str | None
+    event: Event
+
+
+@attrs.frozen
+class SSEMessage:
+    """One server-sent event; ``data`` is JSON-decoded when it is JSON."""
+
+    event: str
+    data: Any
+    id: str
+
+
+def _auth(token: str | None) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")] if token is not None else []
+
+
+def _error_message(body: bytes, fallback: str) -> str:
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")[:200] or fallback
+
+
+@asynccontextmanager
+async def _open_websocket(
+    url: str, *, token: str | None, connect_timeout: float, disconnect_timeout: float
+) -> AsyncIterator[tuple[WebSocketConnection, trio.Nursery]]:
+    """A client connection whose TCP stream we own.
+
+    (trio-websocket 0.12.2's own client leaks its socket when the server closes first.)
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream | None = None
+    try:
+        # single_errors: the block's own errors come out as they were, not in a group.
+        async with single_errors(), trio.open_nursery() as nursery:
+            try:
+                try:
+                    with trio.fail_after(connect_timeout):
+                        if parts.scheme == "wss":
+                            stream = await trio.open_ssl_over_tcp_stream(
+                                parts.hostname, port, ssl_context=ssl.create_default_context()
+                            )
+                        else:
+                            stream = await trio.open_tcp_stream(parts.hostname, port)
+                        ws = await wrap_client_stream(
+                            nursery,
+                            stream,
+                            parts.hostname,
+                            resource,
+                            extra_headers=[(name.encode(), value.encode()) for name, value in _auth(token)],
+                            max_message_size=MAX_MESSAGE,
+                        )
+                except trio.TooSlowError:
+                    raise PeerSilentError(f"connecting to {url} took over {connect_timeout} s") from None
+                except (OSError, trio.BrokenResourceError) as exc:
+                    raise StreamClosedError(f"could not connect to {url}: {exc}") from exc
+                try:
+                    yield ws, nursery
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(disconnect_timeout):
+                        await ws.aclose()
+            finally:
+                nursery.cancel_scope.cancel()
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+    # The handshake's failures are raised by trio-websocket's reader task, in the nursery.
+    except ConnectionRejected as rejected:
+        message = _error_message(rejected.body or b"", str(rejected.status_code))
+        raise RemoteError(f"{url} rejected the connection: {message}", status=rejected.status_code) from None
+    except HandshakeError as exc:
+        raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
+
+
+class _Heartbeat:
+    """Pings every ``interval``; a pong later than ``timeout`` means a silent peer (unless we are the slow side)."""
+
+    def __init__(self, ws: WebSocketConnection, interval: float, timeout: float) -> None:
+        self._ws = ws
+        self._interval = interval
+        self._timeout = timeout
+        self.backlogged = False
+        """Set by the owner while it waits for its consumer: pongs may be queued behind messages then."""
+
+    async def run(self, on_silent: Any) -> None:
+        while True:
+            await trio.sleep(self._interval)
+            with trio.move_on_after(self._timeout) as waited:
+                try:
+                    await self._ws.ping()
+                except ConnectionClosed:
+                    return  # the read loop reports how it closed
+            if waited.cancelled_caught and not self.backlogged:
+                on_silent(PeerSilentError(f"no pong within {self._timeout} s"))
+                return
+
+
+class UpdatesStream:
+    """The remote session's run events, live: ``async for update in stream``."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Update]) -> None:
+        self._receive = receive
+        self._error: StreamError | None = None
+        self.dropped = 0
+        """Events the server dropped for this client because it read too slowly."""
+
+    def __aiter__(self) -> UpdatesStream:
+        return self
+
+    async def __anext__(self) -> Update:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._error is not None:
+                raise self._error from None
+            raise StopAsyncIteration from None
+
+
+@asynccontextmanager
+async def open_updates_stream(
+    url: str,
+    *,
+    token: str | None = None,
+    connect_timeout: float = 10.0,
+    disconnect_timeout: float = 2.0,
+    heartbeat: float = 15.0,
+    heartbeat_timeout: float = 10.0,
+    buffer: int = 64,
+) -> AsyncIterator[UpdatesStream]:
+    """Watch a served session's ``updates`` WebSocket (``ws://host:port/sessions/<id>/updates``).
+
+    Iteration ends when the server closes normally (the session closed, or
+    the server shut down).
+
+    Raises:
+        RemoteError: the handshake was rejected (``status`` 401, 404, ...).
+        PeerSilentError: connecting took over ``connect_timeout``, or a ping
+            got no pong within ``heartbeat_timeout``.
+        StreamClosedError: the connection dropped, or closed with an error code.
+    """
+    async with _open_websocket(
+        url, token=token, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
+    ) as (ws, nursery):
+        send, receive = trio.open_memory_channel[Update](buffer)
+        stream = UpdatesStream(receive)
+        beat = _Heartbeat(ws, heartbeat, heartbeat_timeout)
+
+        def fail(error: StreamError) -> None:
+            stream._error = error
+            send.close()
+
+        async def read() -> None:
+            with send:
+                while True:
+                    try:
+                        text = await ws.get_message()
+                    except ConnectionClosed as closed:
+                        if closed.reason is None or closed.reason.code not in _NORMAL_CLOSE:
+                            stream._error = StreamClosedError(f"{url} closed: {closed.reason}")
+                        return
+                    try:
+                        data = json.loads(text)
+                        if data.get("type") == "EventsDropped":
+                            stream.dropped += int(data["count"])
+                            continue
+                        update = Update(data.get("run_id"), event_from_json(data))
+                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                        stream._error = StreamError(f"{url} sent a malformed update: {exc}")
+                        return
+                    beat.backlogged = True
+                    try:
+                        await send.send(update)
+                    except trio.ClosedResourceError:
+                        return  # the heartbeat gave up on the peer
+                    finally:
+                        beat.backlogged = False
+
+        nursery.start_soon(read)
+        nursery.start_soon(beat.run, fail)
+        with receive:
+            yield stream
+
+
+class WorkspaceStream:
+    """A served session's workspace: :meth:`request` commands, ``async for change in stream``."""
+
+    def __init__(self, url: str, outgoing: trio.MemorySendChannel[str], *, buffer: int, request_timeout: float) -> None:
+        self._url = url
+        self._outgoing = outgoing
+        self._waiting: dict[str, _Reply] = {}
+        self._changes: deque[WorkspaceChange] = deque()
+        self._buffer = buffer
+        self._request_timeout = request_timeout
+        self._wakeup = trio.Event()
+        self._ids = itertools.count(1)
+        self._ended = False
+        self._error: StreamError | None = None
+        self.dropped = 0
+        """Changes not kept because this client did not iterate fast enough (or the server dropped them)."""
+
+    async def request(self, op: str, path: str | None = None, content: str | None = None) -> dict[str, Any]:
+        """Run a command (``read``, ``write``, ``delete``, ``list``) and return the server's answer.
+
+        Raises:
+            WorkspaceError: the command failed (``ok`` is false).
+            PeerSilentError: no answer within ``request_timeout``.
+            StreamClosedError: the connection ended first.
+        """
+        if self._ended:
+            raise self._error or StreamClosedError(f"{self._url} is closed")
+        command_id = f"c{next(self._ids)}"
+        command: dict[str, Any] = {"id": command_id, "op": op}
+        if path is not None:
+            command["path"] = path
+        if content is not None:
+            command["content"] = content
+        reply = self._waiting[command_id] = _Reply()
+        try:
+            with trio.move_on_after(self._request_timeout) as waited:
+                await self._outgoing.send(json.dumps(command))
+                await reply.done.wait()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise self._error or StreamClosedError(f"{self._url} is closed") from None
+        finally:
+            del self._waiting[command_id]
+        if waited.cancelled_caught:
+            raise PeerSilentError(f"no answer to {op} within {self._request_timeout} s")
+        if reply.answer is None:
+            raise self._error or StreamClosedError(f"{self._url} closed before answering")
+        if not reply.answer.get("ok"):
+            raise WorkspaceError(str(reply.answer.get("error")))
+        return reply.answer
+
+    def __aiter__(self) -> WorkspaceStream:
+        return self
+
+    async def __anext__(self) -> WorkspaceChange:
+        while not self._changes:
+            if self._ended:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self._changes.popleft()
+
+    def _received(self, data: Any) -> None:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "result":
+            reply = self._waiting.get(str(data.get("id")))
+            if reply is not None:
+                reply.answer = data
+                reply.done.set()
+        elif kind == "WorkspaceChanged":
+            if len(self._changes) >= self._buffer:
+                self._changes.popleft()
+                self.dropped += 1
+            self._changes.append(WorkspaceChange(data["op"], data["path"], data["source"]))
+            self._wakeup.set()
+        elif kind == "EventsDropped":
+            self.dropped += int(data["count"])
+
+    def _end(self, error: StreamError | None) -> None:
+        self._ended = True
+        self._error = error
+        self._wakeup.set()
+        for reply in self._waiting.values():
+            reply.done.set()
+
+
+@attrs.define
+class _Reply:
+    done: trio.Event = attrs.Factory(trio.Event)
+    answer: dict[str, Any] | None = None
+
+
+@asynccontextmanager
+async def open_workspace_stream(
+    url: str,
+    *,
+    token: str | None = None,
+    connect_timeout: float = 10.0,
+    disconnect_timeout: float = 2.0,
+    heartbeat: float = 15.0,
+    heartbeat_timeout: float = 10.0,
+    request_timeout: float = 30.0,
+    buffer: int = 256,
+) -> AsyncIterator[WorkspaceStream]:
+    """Work on a served session's workspace over its ``workspace`` WebSocket.
+
+    The read loop and the write loop live in this block's nursery; leaving
+    the block cancels both and closes the socket.
+
+    Raises:
+        RemoteError: the handshake was rejected (``status`` 401, 404, ...).
+        PeerSilentError: connecting took over ``connect_timeout``.
+        StreamClosedError: the connection could not be made.
+    """
+    async with _open_websocket(
+        url, token=token, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
+    ) as (ws, nursery):
+        outgoing, to_send = trio.open_memory_channel[str](buffer)
+        stream = WorkspaceStream(url, outgoing, buffer=buffer, request_timeout=request_timeout)
+        beat = _Heartbeat(ws, heartbeat, heartbeat_timeout)
+
+        async def read() -> None:
+            error: StreamError | None = None
+            try:
+                while True:
+                    try:
+                        text = await ws.get_message()
+                    except ConnectionClosed as closed:
+                        if closed.reason is None or closed.reason.code not in _NORMAL_CLOSE:
+                            error = StreamClosedError(f"{url} closed: {closed.reason}")
+                        return
+                    try:
+                        stream._received(json.loads(text))
+                    except (ValueError, TypeError, KeyError) as exc:
+                        error = StreamError(f"{url} sent a malformed message: {exc}")
+                        return
+            finally:
+                stream._end(error)
+                outgoing.close()
+
+        async def write() -> None:
+            with to_send:
+                async for text in to_send:
+                    try:
+                        await ws.send_message(text)
+                    except ConnectionClosed:
+                        return  # the read loop reports how it closed
+
+        def silent(error: StreamError) -> None:
+            stream._end(error)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read)
+        nursery.start_soon(write)
+        nursery.start_soon(beat.run, silent)
+        with outgoing:
+            yield stream
+
+
+class SSEListener:
+    """The events of an SSE endpoint: ``async for message in listener``."""
+
+    def __init__(self, url: str, events: SSEStream, read_timeout: float) -> None:
+        self._url = url
+        self._events = events
+        self._read_timeout = read_timeout
+
+    def __aiter__(self) -> SSEListener:
+        return self
+
+    async def __anext__(self) -> SSEMessage:
+        try:
+            sse = await self._events.__anext__()
+        except httpx.ReadTimeout:
+            raise PeerSilentError(f"{self._url} sent nothing for {self._read_timeout} s") from None
+        except httpx.TransportError as exc:
+            raise StreamClosedError(f"{self._url}: the stream broke: {exc}") from exc
+        try:
+            data: Any = json.loads(sse.data)
+        except ValueError:
+            data = sse.data
+        return SSEMessage(sse.event, data, sse.id)
+
+
+@asynccontextmanager
+async def open_sse_listener(
+    url: str,
+    *,
+    token: str | None = None,
+    client: httpx.AsyncClient | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 45.0,
+    method: str = "GET",
+    json_body: Any = None,
+) -> AsyncIterator[SSEListener]:
+    """Listen to a server-sent-events endpoint, e.g. a served session's between-run feed.
+
+    The response is read in the iterating task and closed when the block
+    exits, however it exits: a listener on a dead peer ends as soon as its
+    owner is cancelled, and one that hears nothing (not even a heartbeat)
+    for ``read_timeout`` raises :class:`PeerSilentError`.
+
+    Args:
+        url: The endpoint (``http://host:port/sessions/<id>/feed``).
+        token: A bearer token, if the server needs one.
+        client: Share this httpx client (default: one of its own).
+        connect_timeout: Seconds to connect and get the response's head.
+        read_timeout: Seconds of silence after which the peer counts as gone.
+        method: ``GET``, or ``POST`` for endpoints that stream their answer.
+        json_body: The JSON body of a ``POST``.
+
+    Raises:
+        RemoteError: the server answered with an error status.
+        PeerSilentError: connecting, or the wait for the head, took too long.
+        StreamClosedError: the connection could not be made.
+    """
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(open_http_client(client))
+        timeout = httpx.Timeout(connect_timeout, read=read_timeout)
+        headers = {"accept": "text/event-stream", **dict(_auth(token))}
+        request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise PeerSilentError(f"{url} did not answer within the timeouts") from None
+        except httpx.TransportError as exc:
+            raise StreamClosedError(f"could not connect to {url}: {exc}") from exc
+        events = SSEStream(response)
+        stack.push_async_callback(events.aclose)
+        if response.status_code >= 400:
+            with trio.move_on_after(connect_timeout):
+                await response.aread()
+            raise RemoteError(
+                f"{url} answered {response.status_code}: {_error_message(response.content, response.reason_phrase)}",
+                status=response.status_code,
+            )
+        yield SSEListener(url, events, read_timeout)

@@ -1,0 +1,381 @@
+"""RemoteSession: a local session's live link to a session of a remote runtime."""
+
+from __future__ import annotations
+
+import random
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+
+import attrs
+import httpx
+import trio
+
+from agents.models import http_client as open_http_client
+from runtime.events import RunFinished
+
+from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
+from ._codec import event_from_json, event_to_json
+from ._errors import ListenerBusyError, PeerSilentError, RemoteError, StreamClosedError, StreamError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+    from agents import ElicitationAction
+
+StreamName: TypeAlias = Literal["updates", "feed", "workspace"]
+"""The three streams a :class:`RemoteSession` keeps alive."""
+STREAMS: Final[tuple[StreamName, ...]] = ("updates", "feed", "workspace")
+_FATAL: Final = frozenset({401, 403})
+"""Statuses no retry can fix: ``maintain`` raises them."""
+
+
+@attrs.frozen
+class Backoff:
+    """Capped exponential backoff with jitter: attempt ``n`` waits between half and all of
+    ``min(maximum, initial * multiplier ** n)`` seconds."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 for the first)."""
+        cap = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+
+class ListenerRegistry:
+    """Which remote sessions have a between-run listener: at most one each."""
+
+    def __init__(self) -> None:
+        self._active: set[tuple[str, str]] = set()
+
+    @property
+    def active(self) -> frozenset[tuple[str, str]]:
+        """The ``(base_url, session_id)`` pairs claimed now."""
+        return frozenset(self._active)
+
+    @contextmanager
+    def claim(self, key: tuple[str, str]) -> Iterator[None]:
+        """Hold ``key`` for the block; the entry goes in ``finally``, however the block ends.
+
+        Raises:
+            ListenerBusyError: someone holds it already.
+        """
+        if key in self._active:
+            raise ListenerBusyError(f"a listener for session {key[1]!r} at {key[0]} is already running")
+        self._active.add(key)
+        try:
+            yield
+        finally:
+            self._active.discard(key)
+
+
+LISTENERS: Final = ListenerRegistry()
+"""The process-wide registry :class:`RemoteSession` uses unless given another."""
+
+
+@attrs.frozen
+class RemoteEvent:
+    """A message from one of the remote session's streams, as its JSON object."""
+
+    stream: StreamName
+    data: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        """The message's ``type`` (``TextDelta``, ``SessionState``, ``WorkspaceChanged``, ...)."""
+        return str(self.data.get("type"))
+
+
+@attrs.frozen
+class RemoteStatistics:
+    """What :meth:`RemoteSession.statistics` returns."""
+
+    connected: frozenset[StreamName]
+    """The streams up now."""
+    connects: int
+    """Successful connections so far, over all three streams."""
+    failures: int
+    """Failed or dropped connections so far."""
+    last_error: str | None
+    """The latest failure, as text."""
+
+
+class RemoteSession:
+    """Keeps a remote session's ``updates``, ``workspace`` and between-run feed streams alive.
+
+    Start it in the session that owns it, so closing (or reaping) that
+    session closes every connection, at once, even during a backoff or a
+    dial to a dead peer::
+
+        remote = RemoteSession("http://127.0.0.1:8000", "s1", handler=show)
+        await session.start(remote.maintain)
+        await remote.wait_connected()
+        async with remote.run("hello") as updates:
+            async for update in updates:
+                print(update.event)
+
+    Args:
+        base_url: The server (``http://host:port``).
+        session_id: The remote session; created if it does not exist (again
+            after a server restart).
+        token: A bearer token, if the server needs one.
+        handler: Awaited with each :class:`RemoteEvent`, in order per stream.
+        backoff: How long to wait between reconnection attempts.
+        heartbeat: Seconds between WebSocket pings.
+        heartbeat_timeout: Seconds a ping may wait for its pong.
+        read_timeout: Seconds of silence after which the feed's peer counts as gone
+            (the server sends a heartbeat more often than that).
+        connect_timeout: Seconds to connect.
+        disconnect_timeout: Seconds a WebSocket close handshake may take.
+        registry: Where the one between-run listener per remote session is
+            claimed (default: :data:`LISTENERS`).
+        http_client: Share this httpx client.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        session_id: str,
+        *,
+        token: str | None = None,
+        handler: Callable[[RemoteEvent], Awaitable[object]] | None = None,
+        backoff: Backoff | None = None,
+        heartbeat: float = 15.0,
+        heartbeat_timeout: float = 10.0,
+        read_timeout: float = 45.0,
+        connect_timeout: float = 10.0,
+        disconnect_timeout: float = 2.0,
+        registry: ListenerRegistry | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session_id = session_id
+        self._token = token
+        self._handler = handler
+        self._backoff = backoff or Backoff()
+        self._heartbeat = heartbeat
+        self._heartbeat_timeout = heartbeat_timeout
+        self._read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self._disconnect_timeout = disconnect_timeout
+        self._registry = registry if registry is not None else LISTENERS
+        self._given_client = http_client
+        self._client: httpx.AsyncClient | None = None
+        self._workspace: WorkspaceStream | None = None
+        self._connected: set[StreamName] = set()
+        self._changed = trio.Event()
+        self._connects = 0
+        self._failures = 0
+        self._last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<RemoteSession {self.session_id} at {self.base_url}>"
+
+    @property
+    def _session_url(self) -> str:
+        return f"{self.base_url}/sessions/{self.session_id}"
+
+    def statistics(self) -> RemoteStatistics:
+        """The counters, at any time."""
+        return RemoteStatistics(frozenset(self._connected), self._connects, self._failures, self._last_error)
+
+    async def wait_connected(self) -> None:
+        """Wait until all three streams are up."""
+        while len(self._connected) < len(STREAMS):
+            await self._changed.wait()
+
+    async def maintain(self, *, task_status: trio.TaskStatus[RemoteSession] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the three streams alive until cancelled: start it with ``await session.start(remote.maintain)``.
+
+        Each stream reconnects on its own after a failure, with capped,
+        jittered backoff; the waits are plain cancellable sleeps.
+
+        Raises:
+            ListenerBusyError: (from ``start``) this remote session already has a listener.
+            RemoteError: the server refused the token (401/403): retrying cannot help.
+        """
+        with self._registry.claim((self.base_url, self.session_id)):
+            async with open_http_client(self._given_client) as client:
+                self._client = client
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for name in STREAMS:
+                            nursery.start_soon(self._keep_alive, name, name=f"{self!r} {name}")
+                        task_status.started(self)
+                finally:
+                    self._client = None
+                    self._connected.clear()
+                    self._changed.set()
+
+    async def _keep_alive(self, name: StreamName) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._ensure_session()
+                await self._follow(name)
+                attempt = 0  # it was up and ended normally: reconnect promptly, and count from the start
+            except RemoteError as exc:
+                if exc.status in _FATAL:
+                    raise
+                self._failed(name, exc)
+            except (StreamError, OSError, httpx.TransportError) as exc:
+                self._failed(name, exc)
+            await trio.sleep(self._backoff.delay(attempt))
+            attempt += 1
+
+    def _failed(self, name: StreamName, error: Exception) -> None:
+        self._failures += 1
+        self._last_error = f"{name}: {error}"
+
+    def _up(self, name: StreamName) -> None:
+        self._connected.add(name)
+        self._connects += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _down(self, name: StreamName) -> None:
+        self._connected.discard(name)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _follow(self, name: StreamName) -> None:
+        ws_url = "ws" + self._session_url.removeprefix("http")
+        try:
+            if name == "feed":
+                async with open_sse_listener(
+                    f"{self._session_url}/feed",
+                    token=self._token,
+                    client=self._client,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
+                ) as feed:
+                    self._up(name)
+                    async for message in feed:
+                        if isinstance(message.data, dict):
+                            await self._deliver(name, message.data)
+            elif name == "updates":
+                async with open_updates_stream(f"{ws_url}/updates", **self._ws_options()) as updates:
+                    self._up(name)
+                    async for update in updates:
+                        await self._deliver(name, {**event_to_json(update.event), "run_id": update.run_id})
+            else:
+                async with open_workspace_stream(f"{ws_url}/workspace", **self._ws_options()) as workspace:
+                    self._workspace = workspace
+                    self._up(name)
+                    async for change in workspace:
+                        data = {"type": "WorkspaceChanged", **attrs.asdict(change)}
+                        await self._deliver(name, data)
+        finally:
+            if name == "workspace":
+                self._workspace = None
+            self._down(name)
+
+    def _ws_options(self) -> dict[str, Any]:
+        return {
+            "token": self._token,
+            "connect_timeout": self._connect_timeout,
+            "disconnect_timeout": self._disconnect_timeout,
+            "heartbeat": self._heartbeat,
+            "heartbeat_timeout": self._heartbeat_timeout,
+        }
+
+    async def _deliver(self, name: StreamName, data: dict[str, Any]) -> None:
+        if self._handler is not None:
+            await self._handler(RemoteEvent(name, data))
+
+    async def _ensure_session(self) -> None:
+        """Create the remote session unless it exists (after a server restart, it does not)."""
+        response = await self._post("/sessions", {"id": self.session_id}, base=self.base_url)
+        if response.status_code not in (201, 409):
+            raise _remote_error(response, "creating the session")
+
+    async def _post(self, path: str, body: Any, *, base: str | None = None) -> httpx.Response:
+        headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+        timeout = httpx.Timeout(self._connect_timeout)
+        async with open_http_client(self._client) as client:
+            try:
+                return await client.post(
+                    f"{base or self._session_url}{path}", json=body, headers=headers, timeout=timeout
+                )
+            except httpx.TimeoutException:
+                raise PeerSilentError(f"{base or self._session_url}{path} did not answer") from None
+            except httpx.TransportError as exc:
+                raise StreamClosedError(f"could not reach {self.base_url}: {exc}") from exc
+
+    @asynccontextmanager
+    async def run(self, user_input: str) -> AsyncIterator[AsyncIterator[Update]]:
+        """Run the remote agent on ``user_input`` and stream its events (an attached run).
+
+        Leaving the block early closes the connection, which cancels the
+        remote run.
+
+        Raises:
+            RemoteError: the server refused (unknown session, bad token, ...).
+        """
+        async with AsyncExitStack() as stack:
+            listener = await stack.enter_async_context(
+                open_sse_listener(
+                    f"{self._session_url}/runs",
+                    token=self._token,
+                    client=self._client,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
+                    method="POST",
+                    json_body={"input": user_input},
+                )
+            )
+            yield _RunUpdates(listener)
+
+    async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> None:
+        """Answer an elicitation of one of the remote session's runs.
+
+        Raises:
+            RemoteError: ``status`` 404 (no such pending question) or 422 (the answer does not fit).
+        """
+        response = await self._post(f"/elicitations/{request_id}", {"action": action, "content": content})
+        if response.status_code != 204:
+            raise _remote_error(response, f"answering {request_id!r}")
+
+    async def workspace_request(self, op: str, path: str | None = None, content: str | None = None) -> dict[str, Any]:
+        """A workspace command, over the live ``workspace`` stream (see :meth:`WorkspaceStream.request`).
+
+        Raises:
+            StreamClosedError: the workspace stream is not connected now.
+        """
+        if self._workspace is None:
+            raise StreamClosedError(f"{self!r}: the workspace stream is not connected")
+        return await self._workspace.request(op, path, content)
+
+
+class _RunUpdates:
+    """The events of a run streamed as SSE, as :class:`Update` objects; ends after ``RunFinished``."""
+
+    def __init__(self, listener: AsyncIterator[Any]) -> None:
+        self._listener = listener
+        self._done = False
+
+    def __aiter__(self) -> _RunUpdates:
+        return self
+
+    async def __anext__(self) -> Update:
+        while not self._done:
+            message = await self._listener.__anext__()
+            if not isinstance(message.data, dict) or message.data.get("type") == "EventsDropped":
+                continue
+            try:
+                event = event_from_json(message.data)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StreamError(f"the server sent a malformed event: {exc}") from None
+            self._done = type(event) is RunFinished
+            return Update(message.data.get("run_id"), event)
+        raise StopAsyncIteration
+
+
+def _remote_error(response: httpx.Response, doing: str) -> RemoteError:
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    return RemoteError(f"{doing} failed with {response.status_code}: {message}", status=response.status_code)
