@@ -107,7 +107,10 @@ async def _open_websocket(
                     raise StreamClosedError(f"could not connect to {url}: {exc}") from exc
                 try:
                     yield ws, nursery
-                finally:
+                except BaseException:
+                    raise  # cancelled or failed: the socket is closed below at once, no handshake
+                else:
+                    # A normal exit: the closing handshake, for at most disconnect_timeout.
                     with trio.CancelScope(shield=True), trio.move_on_after(disconnect_timeout):
                         await ws.aclose()
             finally:
