@@ -114,9 +114,11 @@ async def _open_websocket(
                     with trio.CancelScope(shield=True), trio.move_on_after(disconnect_timeout):
                         await ws.aclose()
             finally:
-                nursery.cancel_scope.cancel()
                 if stream is not None:
-                    await trio.aclose_forcefully(stream)
+                    # Shielded: a Cancelled raised here would replace the block's own exception.
+                    with trio.CancelScope(shield=True):
+                        await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()
     # The handshake's failures are raised by trio-websocket's reader task, in the nursery.
     except ConnectionRejected as rejected:
         message = _error_message(rejected.body or b"", str(rejected.status_code))
@@ -383,13 +385,9 @@ async def open_workspace_stream(
                     except ConnectionClosed:
                         return  # the read loop reports how it closed
 
-        def silent(error: StreamError) -> None:
-            stream._end(error)
-            nursery.cancel_scope.cancel()
-
         nursery.start_soon(read)
         nursery.start_soon(write)
-        nursery.start_soon(beat.run, silent)
+        nursery.start_soon(beat.run, stream._end)  # not a cancel: that would cancel the block's body too
         with outgoing:
             yield stream
 

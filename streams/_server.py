@@ -6,7 +6,7 @@ import hmac
 import json
 import logging
 from collections import OrderedDict
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -130,11 +130,18 @@ class ServedSession:
         self.updates.publish(data)
         if type(event) is RunStarted:
             self.run_count += 1
-            self._set_state("running", run_id)
         elif type(event) is RunFinished:
             log.finish()
-            self._set_state("idle")
         return data
+
+    def run_begins(self, run_id: str, stream: RunStream) -> None:
+        """A run was started (call it before the next checkpoint, so nothing the run does comes first)."""
+        self.live[run_id] = stream
+        self._set_state("running", run_id)
+
+    def run_ends(self, run_id: str) -> None:
+        if self.live.pop(run_id, None) is not None and not self.live:
+            self._set_state("idle")
 
     async def keep(self) -> None:
         """The session's task while it is served: when the session closes, end every stream of it."""
@@ -266,10 +273,11 @@ class Server:
         if declared is not None and declared.isdigit() and int(declared) > self._max_body:
             raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self._max_body:
-                raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
+        async with aclosing(request.stream()) as chunks:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > self._max_body:
+                    raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
         if not body:
             return {}
         try:
@@ -338,7 +346,7 @@ class Server:
 
     def _stream_attached(self, served: ServedSession, stream: RunStream) -> Response:
         run_id = stream.run_id
-        served.live[run_id] = stream
+        served.run_begins(run_id, stream)
         finished = False
 
         async def next_message() -> tuple[str, dict[str, Any]] | None:
@@ -351,8 +359,10 @@ class Server:
             return data["type"], data
 
         async def on_close() -> None:
-            served.live.pop(run_id, None)
             await stream.__aexit__(None, None, None)  # cancels the run if the client left early
+            if not finished:  # followers see it end as this client did
+                served.record(run_id, RunFinished("cancelled"))
+            served.run_ends(run_id)
 
         return self._event_stream(next_message, on_close)
 
@@ -361,14 +371,14 @@ class Server:
     ) -> None:
         async with served.session.run(user_input, deps=served.workspace) as stream:
             run_id = stream.run_id
-            served.live[run_id] = stream
+            served.new_log(run_id)
+            served.run_begins(run_id, stream)
             try:
-                served.new_log(run_id)
                 task_status.started(run_id)
                 async for event in stream:
                     served.record(run_id, event)
             finally:
-                served.live.pop(run_id, None)
+                served.run_ends(run_id)
 
     async def _follow_run(self, request: Request) -> Response:
         return await _answering(self._do_follow_run(request))

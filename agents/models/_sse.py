@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import TYPE_CHECKING
 
 import trio
@@ -30,8 +31,12 @@ async def aiter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent,
     """
     lines = SSELineDecoder()
     events = SSEDecoder()
+    # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
+    # httpx's aiter_text would follow the header).
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     first = True
-    async for text in response.aiter_text():
+    async for chunk in response.aiter_bytes():
+        text = utf8.decode(chunk)
         if first and text:
             text = text.removeprefix(_BOM)
             first = False
@@ -39,6 +44,10 @@ async def aiter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent,
             event = _decode(events, line.rstrip("\n"))
             if event is not None:
                 yield event
+    for line in lines.decode(utf8.decode(b"", final=True)):
+        event = _decode(events, line.rstrip("\n"))
+        if event is not None:
+            yield event
     for line in lines.flush():
         event = _decode(events, line)
         if event is not None:
