@@ -6,6 +6,7 @@ import argparse
 import functools
 import importlib
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -37,10 +38,16 @@ def load_agent(spec: str) -> Agent:
 
 
 async def serve(agent: Agent, *, host: str, port: int, token: str | None, idle_timeout: float | None) -> None:
-    """Serve ``agent`` until cancelled, printing the URL once listening."""
-    async with open_server(agent, host=host, port=port, token=token, idle_timeout=idle_timeout) as server:
-        print(f"serving {agent.name!r} on {server.url}", flush=True)
-        await trio.sleep_forever()
+    """Serve ``agent`` until Ctrl-C or SIGTERM, printing the URL once listening."""
+    # Ctrl-C (and SIGTERM) arrive here as a message, so that shutdown is the
+    # ordinary exit of the server's block, not a KeyboardInterrupt raised in
+    # whichever task happens to be running.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_server(agent, host=host, port=port, token=token, idle_timeout=idle_timeout) as server:
+            print(f"serving on {server.url}", flush=True)
+            print(f"agent {agent.name!r}; Ctrl-C stops", flush=True)
+            async for _ in signals:
+                break
 
 
 def main(argv: Sequence[str] | None = None) -> int:

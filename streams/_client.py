@@ -93,14 +93,7 @@ async def _open_websocket(
                             )
                         else:
                             stream = await trio.open_tcp_stream(parts.hostname, port)
-                        ws = await wrap_client_stream(
-                            nursery,
-                            stream,
-                            parts.hostname,
-                            resource,
-                            extra_headers=[(name.encode(), value.encode()) for name, value in _auth(token)],
-                            max_message_size=MAX_MESSAGE,
-                        )
+                        ws = await _handshake(nursery, stream, parts.hostname, resource, token)
                 except trio.TooSlowError:
                     raise PeerSilentError(f"connecting to {url} took over {connect_timeout} s") from None
                 except (OSError, trio.BrokenResourceError) as exc:
@@ -114,17 +107,75 @@ async def _open_websocket(
                     with trio.CancelScope(shield=True), trio.move_on_after(disconnect_timeout):
                         await ws.aclose()
             finally:
+                nursery.cancel_scope.cancel()  # first: no loop of ours runs again
                 if stream is not None:
                     # Shielded: a Cancelled raised here would replace the block's own exception.
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
-                nursery.cancel_scope.cancel()
     # The handshake's failures are raised by trio-websocket's reader task, in the nursery.
     except ConnectionRejected as rejected:
         message = _error_message(rejected.body or b"", str(rejected.status_code))
         raise RemoteError(f"{url} rejected the connection: {message}", status=rejected.status_code) from None
     except HandshakeError as exc:
         raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
+
+
+class _Watched(trio.abc.Stream):
+    """A stream that tells when the peer has gone (reset or closed), for the handshake's sake."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self._inner = inner
+        self.gone = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.gone.set()
+            raise
+        if not data:
+            self.gone.set()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _handshake(
+    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, token: str | None
+) -> WebSocketConnection:
+    """trio-websocket's client handshake, ended at once if the peer goes away during it.
+
+    (trio-websocket 0.12.2's reader task ends quietly on a reset, and the
+    handshake would then wait for ``connect_timeout``.)
+    """
+    watched = _Watched(stream)
+    headers = [(name.encode(), value.encode()) for name, value in _auth(token)]
+    with trio.CancelScope() as dial:
+
+        async def watch() -> None:
+            await watched.gone.wait()
+            dial.cancel()
+
+        async with trio.open_nursery() as watching:
+            watching.start_soon(watch)
+            ws = await wrap_client_stream(
+                nursery,
+                watched,  # type: ignore[arg-type]  # it uses only the Stream interface
+                host,
+                resource,
+                extra_headers=headers,
+                max_message_size=MAX_MESSAGE,
+            )
+            watching.cancel_scope.cancel()
+        return ws
+    raise StreamClosedError(f"{host}: the connection closed during the WebSocket handshake")
 
 
 class _Heartbeat:
@@ -225,8 +276,8 @@ async def open_updates_stream(
                     beat.backlogged = True
                     try:
                         await send.send(update)
-                    except trio.ClosedResourceError:
-                        return  # the heartbeat gave up on the peer
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        return  # the heartbeat gave up on the peer, or the block is leaving
                     finally:
                         beat.backlogged = False
 

@@ -169,6 +169,8 @@ class RemoteSession:
         self._connects = 0
         self._failures = 0
         self._last_error: str | None = None
+        self._running = False
+        self._fatal: RemoteError | None = None
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.session_id} at {self.base_url}>"
@@ -182,9 +184,16 @@ class RemoteSession:
         return RemoteStatistics(frozenset(self._connected), self._connects, self._failures, self._last_error)
 
     async def wait_connected(self) -> None:
-        """Wait until all three streams are up."""
+        """Wait until all three streams are up.
+
+        Raises:
+            StreamClosedError: :meth:`maintain` is not running (it ended, or never started).
+        """
         while len(self._connected) < len(STREAMS):
+            if not self._running:
+                raise StreamClosedError(f"{self!r} is not maintained (start remote.maintain in a session)")
             await self._changed.wait()
+        await trio.lowlevel.checkpoint()
 
     async def maintain(self, *, task_status: trio.TaskStatus[RemoteSession] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the three streams alive until cancelled: start it with ``await session.start(remote.maintain)``.
@@ -196,20 +205,28 @@ class RemoteSession:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
             RemoteError: the server refused the token (401/403): retrying cannot help.
         """
+        if self._running:
+            raise StreamError(f"{self!r} is already maintained")
         with self._registry.claim((self.base_url, self.session_id)):
             async with open_http_client(self._given_client) as client:
                 self._client = client
+                self._running = True
+                self._fatal = None
                 try:
                     async with trio.open_nursery() as nursery:
                         for name in STREAMS:
-                            nursery.start_soon(self._keep_alive, name, name=f"{self!r} {name}")
+                            nursery.start_soon(self._keep_alive, name, nursery.cancel_scope, name=f"{self!r} {name}")
                         task_status.started(self)
                 finally:
                     self._client = None
+                    self._running = False
                     self._connected.clear()
                     self._changed.set()
+                    self._changed = trio.Event()
+        if self._fatal is not None:
+            raise self._fatal
 
-    async def _keep_alive(self, name: StreamName) -> None:
+    async def _keep_alive(self, name: StreamName, scope: trio.CancelScope) -> None:
         attempt = 0
         while True:
             try:
@@ -218,7 +235,12 @@ class RemoteSession:
                 attempt = 0  # it was up and ended normally: reconnect promptly, and count from the start
             except RemoteError as exc:
                 if exc.status in _FATAL:
-                    raise
+                    # One error for the owner, not one per stream: stop them all.
+                    self._failed(name, exc)
+                    if self._fatal is None:
+                        self._fatal = exc
+                    scope.cancel()
+                    return
                 self._failed(name, exc)
             except (StreamError, OSError, httpx.TransportError) as exc:
                 self._failed(name, exc)

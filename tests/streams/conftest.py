@@ -1,0 +1,276 @@
+"""Fixtures for the streams tests.
+
+``fault_proxy``: a TCP proxy on loopback that injects network faults between a
+client and a server: it can forward, delay, stop forwarding without closing
+anything (a peer that died without a FIN), reset every connection, and refuse
+new ones. Its mode applies to live connections as well as new ones.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+
+import pytest
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+Mode: TypeAlias = Literal["forward", "delay", "blackhole", "reset", "refuse"]
+_CHUNK: Final = 65536
+_RST_LINGER: Final = struct.pack("ii", 1, 0)
+
+
+class _Reset(Exception):
+    """Ends a link with an RST instead of a FIN."""
+
+
+def _reset_and_close(stream: trio.SocketStream | None) -> None:
+    if stream is None:
+        return
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+    except OSError:
+        pass  # already closed
+    stream.socket.close()
+
+
+class _Link:
+    """One proxied connection: the client's socket, the upstream socket, and the scope that ends both."""
+
+    def __init__(self, client: trio.SocketStream) -> None:
+        self.client = client
+        self.upstream: trio.SocketStream | None = None
+        self.scope = trio.CancelScope()
+        self.reset = False
+
+
+class FaultProxy:
+    """A TCP proxy from ``127.0.0.1:port`` to :attr:`upstream`, with switchable faults.
+
+    Modes (one at a time, switched at any moment, applying to live connections too):
+
+    - :meth:`forward` (the default): copy bytes both ways;
+    - :meth:`delay`: wait ``seconds`` before forwarding each chunk (order is kept);
+    - :meth:`blackhole`: forward nothing, in either direction, and close nothing;
+      a chunk read meanwhile (or a peer's FIN) is held, and delivered on
+      :meth:`forward`, as TCP's retransmission would. New connections are
+      accepted but not connected upstream;
+    - :meth:`reset`: close every live connection with an RST (``SO_LINGER`` (1, 0)),
+      and each new one at once, until the mode changes;
+    - :meth:`refuse`: new connections are reset at once (the client's dial
+      fails); live ones keep forwarding.
+    """
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 1)) -> None:
+        self.upstream = upstream
+        """Where new connections go; change it at any time (live connections keep theirs)."""
+        self.port = 0
+        """The port the proxy listens on (127.0.0.1)."""
+        self.bytes_up = 0
+        """Bytes forwarded from clients to the upstream."""
+        self.bytes_down = 0
+        """Bytes forwarded from the upstream to clients."""
+        self.accepted = 0
+        """Connections accepted so far."""
+        self._mode: Mode = "forward"
+        self._delay = 0.0
+        self._links: set[_Link] = set()
+        self._mode_changed = trio.Event()
+        self._links_changed = trio.Event()
+        self._traffic = trio.Event()
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    @property
+    def mode(self) -> Mode:
+        """The current mode."""
+        return self._mode
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (accepted and not yet closed)."""
+        return len(self._links)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``("127.0.0.1", port)``."""
+        return ("127.0.0.1", self.port)
+
+    def forward(self) -> None:
+        """Copy bytes both ways (releasing anything held by a blackhole)."""
+        self._set_mode("forward")
+
+    def delay(self, seconds: float) -> None:
+        """Wait ``seconds`` before forwarding each chunk, both ways."""
+        self._delay = seconds
+        self._set_mode("delay")
+
+    def blackhole(self) -> None:
+        """Stop forwarding both ways without closing anything."""
+        self._set_mode("blackhole")
+
+    def reset(self) -> None:
+        """Reset every live connection (RST), and every new one until the mode changes."""
+        self._set_mode("reset")
+        for link in list(self._links):
+            link.reset = True
+            link.scope.cancel()
+
+    def refuse(self) -> None:
+        """Reset new connections as soon as they are accepted; live ones carry on."""
+        self._set_mode("refuse")
+
+    def _set_mode(self, mode: Mode) -> None:
+        self._mode = mode
+        self._mode_changed.set()
+        self._mode_changed = trio.Event()
+
+    def _links_did_change(self) -> None:
+        self._links_changed.set()
+        self._links_changed = trio.Event()
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until exactly ``count`` connections are open."""
+        while len(self._links) != count:
+            await self._links_changed.wait()
+
+    async def wait_accepted(self, count: int) -> None:
+        """Wait until at least ``count`` connections have been accepted in all."""
+        while self.accepted < count:
+            await self._links_changed.wait()
+
+    async def wait_bytes(self, *, up: int = 0, down: int = 0) -> None:
+        """Wait until at least ``up`` bytes went upstream and ``down`` bytes came back, in all."""
+        while self.bytes_up < up or self.bytes_down < down:
+            await self._traffic.wait()
+
+    async def _gate(self) -> None:
+        """Return when a chunk may go on (after the delay); wait while blackholed."""
+        while True:
+            if self._mode == "blackhole":
+                await self._mode_changed.wait()
+            elif self._mode == "reset":
+                raise _Reset
+            else:
+                if self._mode == "delay" and self._delay > 0:
+                    await trio.sleep(self._delay)
+                return
+
+    async def serve(self, *, task_status: trio.TaskStatus[FaultProxy] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and proxy until :meth:`aclose` (or cancellation)."""
+        try:
+            with self._scope:
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                async with listeners[0] as listener, trio.open_nursery() as nursery:
+                    self.port = listener.socket.getsockname()[1]
+                    task_status.started(self)
+                    while True:
+                        client = await listener.accept()
+                        nursery.start_soon(self._handle, client)
+        finally:
+            self._stopped.set()
+
+    async def aclose(self) -> None:
+        """Stop listening and close every connection; returns when all are closed."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        link = _Link(client)
+        self._links.add(link)
+        self.accepted += 1
+        self._links_did_change()
+        try:
+            with link.scope:
+                if self._mode in ("reset", "refuse"):
+                    raise _Reset
+                await self._gate()  # blackholed: accepted, never connected upstream
+                try:
+                    link.upstream = await trio.open_tcp_stream(*self.upstream)
+                except OSError:
+                    raise _Reset from None  # the upstream is down: the client sees its dial fail
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, link, link.client, link.upstream, "up", nursery.cancel_scope)
+                    nursery.start_soon(self._pump, link, link.upstream, link.client, "down", nursery.cancel_scope)
+        except _Reset:
+            link.reset = True
+        finally:
+            if link.reset:
+                _reset_and_close(link.client)
+                _reset_and_close(link.upstream)
+            else:
+                link.client.socket.close()
+                if link.upstream is not None:
+                    link.upstream.socket.close()
+            self._links.discard(link)
+            self._links_did_change()
+
+    async def _pump(
+        self,
+        link: _Link,
+        source: trio.SocketStream,
+        target: trio.SocketStream,
+        direction: Literal["up", "down"],
+        done: trio.CancelScope,
+    ) -> None:
+        """Copy one direction; its end (EOF or a broken socket) closes the whole link."""
+        try:
+            while True:
+                try:
+                    data = await source.receive_some(_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                await self._gate()  # a held FIN is a FIN not yet seen
+                if not data:
+                    return
+                try:
+                    await target.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if direction == "up":
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
+                self._traffic.set()
+                self._traffic = trio.Event()
+        except _Reset:
+            link.reset = True
+            link.scope.cancel()
+        finally:
+            done.cancel()
+
+
+WATCHDOG: Final = 30.0
+"""Seconds after which ``fault_proxy`` resets every connection, and fails the test, if it is still running."""
+
+
+@pytest.fixture
+async def fault_proxy(nursery: trio.Nursery) -> AsyncIterator[FaultProxy]:
+    """A :class:`FaultProxy` on an ephemeral loopback port (set ``upstream`` before connecting through it).
+
+    Code stuck on a fault (a shielded wait on a blackholed socket, which no
+    ``fail_after`` can interrupt) would hang the suite: after
+    :data:`WATCHDOG` seconds the proxy resets every connection, which
+    unsticks it, and the test fails.
+    """
+    proxy = FaultProxy()
+    await nursery.start(proxy.serve)
+    fired = False
+
+    async def watchdog() -> None:
+        nonlocal fired
+        with trio.move_on_after(WATCHDOG):
+            await trio.sleep_forever()  # a deadline, not a wait for something to happen
+        fired = True
+        proxy.reset()
+
+    nursery.start_soon(watchdog)
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
+    if fired:
+        pytest.fail(f"the test was still running after {WATCHDOG} s: fault_proxy reset every connection to unstick it")

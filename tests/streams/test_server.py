@@ -1,0 +1,739 @@
+"""open_server's HTTP and SSE endpoints, driven by httpx and the real httpx-sse client over loopback.
+
+Real sockets, so the real clock: every test is bounded by ``trio.fail_after``
+and synchronises on events (a tool's ``trio.Event``, the next SSE message),
+never on sleeps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import pytest
+import trio
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from agents import Agent, ElicitationResult, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
+from runtime import open_runtime
+from runtime.events import (
+    ElicitationRequest,
+    ErrorEvent,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+    ToolCallFinished,
+    Usage,
+)
+from streams import WORKSPACE_TOOLS, Server, event_from_json, open_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+    from agents import ModelRequest, Tool
+    from agents.models import Turn
+
+TOKEN: Final = "s3cret-token"
+TIMEOUT: Final = 10
+
+
+# -- agents --------------------------------------------------------------------
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two numbers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
+def _script(call: ToolCall | None, after_tool: str) -> Callable[[ModelRequest], Turn]:
+    """A stateless turn: input starting with "tool" makes ``call``, then ``after_tool``; "boom" raises; else echo."""
+
+    def turn(request: ModelRequest) -> Turn:
+        last = request.messages[-1]
+        if not isinstance(last, UserMessage):
+            return after_tool
+        if last.content.startswith("boom"):
+            raise RuntimeError("the model blew up")
+        if call is not None and last.content.startswith("tool"):
+            return call
+        return f"echo: {last.content}"
+
+    return turn
+
+
+def make_agent(*tools: Tool, call: ToolCall | None = None, after_tool: str = "All done.") -> Agent:
+    """An agent whose model needs no script position, so every session (and a local runtime) can share it."""
+    return Agent(name="bot", model=ScriptedModel(itertools.repeat(_script(call, after_tool))), tools=list(tools))
+
+
+def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
+    """A tool that waits for ``release``, noting when it started and whether it was cancelled."""
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until released."""
+        started.set()
+        try:
+            await release.wait()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+        return "released"
+
+    return wait_here
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+    """A server for ``agent`` and an httpx client pointed at it (closed before the server)."""
+    async with open_server(agent, **options) as server:
+        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
+            yield server, client
+
+
+async def create(client: httpx.AsyncClient, session_id: str) -> None:
+    response = await client.post("/sessions", json={"id": session_id})
+    assert response.status_code == 201, response.text
+    assert response.json()["id"] == session_id
+
+
+@asynccontextmanager
+async def open_sse(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[AsyncGenerator[ServerSentEvent, None]]:
+    """httpx-sse's messages of a 200 SSE response; leaving the block closes the response (a disconnect).
+
+    httpx's streaming iterators are async generators nested several deep, and
+    closing only the outermost abandons the others (Trio warns about each):
+    so the response is closed first, then the chain is run to its end, which
+    the closed stream's read error brings at once.
+    """
+    async with aconnect_sse(client, method, url, **kwargs) as source:
+        assert source.response.status_code == 200, await source.response.aread()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        messages = source.aiter_sse()
+        try:
+            yield messages
+        finally:
+            await close_and_drain(source.response, messages)
+
+
+async def close_and_drain(response: httpx.Response, chain: AsyncIterator[object]) -> None:
+    """Close ``response``, then run the generator chain reading it to its end (its read error ends it)."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + TIMEOUT):
+        await response.aclose()
+        try:
+            async for _ in chain:
+                pass
+        except Exception:  # the closed stream's read error, by design
+            pass
+
+
+async def read_sse(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[ServerSentEvent]:
+    """Every message of an SSE response, read to its end with httpx-sse."""
+    async with open_sse(client, method, url, **kwargs) as messages:
+        return [message async for message in messages]
+
+
+async def run_attached(client: httpx.AsyncClient, session_id: str, user_input: str) -> list[dict[str, Any]]:
+    """An attached run's SSE messages' data, checking the framing (event = type, sequential ids)."""
+    messages = await read_sse(client, "POST", f"/sessions/{session_id}/runs", json={"input": user_input})
+    data = [message.json() for message in messages]
+    assert [message.event for message in messages] == [item["type"] for item in data]
+    assert [message.id for message in messages] == [str(n) for n in range(1, len(messages) + 1)]
+    return data
+
+
+def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response has ``status`` and the ``{"error": {"type", "message"}}`` body; returns the error object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert isinstance(error["type"], str)
+    assert error["type"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return error
+
+
+async def next_data(messages: AsyncGenerator[ServerSentEvent, None]) -> dict[str, Any]:
+    message = await anext(messages)
+    data = message.json()
+    assert isinstance(data, dict)
+    assert message.event == data["type"]
+    return data
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+async def test_health_answers_ok() -> None:
+    """GET /health is 200 {"ok": true}."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            response = await client.get("/health")
+            assert response.status_code == 200
+            assert response.json() == {"ok": True}
+
+
+async def test_create_with_and_without_an_id_and_a_duplicate_is_409() -> None:
+    """POST /sessions makes up an id or takes the one given (201); an id in use is 409 with an error body."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            bare = await client.post("/sessions")
+            empty = await client.post("/sessions", json={})
+            named = await client.post("/sessions", json={"id": "alpha"})
+            assert [r.status_code for r in (bare, empty, named)] == [201, 201, 201]
+            ids = [bare.json()["id"], empty.json()["id"], named.json()["id"]]
+            assert ids[2] == "alpha"
+            assert all(isinstance(i, str) and i for i in ids)
+            assert len(set(ids)) == 3
+            assert set(server.sessions) == set(ids)
+
+            duplicate = await client.post("/sessions", json={"id": "alpha"})
+            assert_error(duplicate, 409)
+            assert set(server.sessions) == set(ids)
+            assert server.statistics().sessions == 3
+
+
+async def test_list_and_get_describe_sessions_and_unknown_is_404() -> None:
+    """GET /sessions lists {"id", "state", "runs"}; GET /sessions/{sid} describes one; an unknown one is 404."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            await create(client, "a")
+            await create(client, "b")
+            await run_attached(client, "b", "hello")
+
+            listing = await client.get("/sessions")
+            assert listing.status_code == 200
+            sessions = sorted(listing.json()["sessions"], key=lambda item: item["id"])
+            assert sessions == [{"id": "a", "state": "idle", "runs": 0}, {"id": "b", "state": "idle", "runs": 1}]
+
+            one = await client.get("/sessions/b")
+            assert one.status_code == 200
+            assert one.json() == {"id": "b", "state": "idle", "runs": 1}
+
+            assert_error(await client.get("/sessions/nope"), 404)
+
+
+async def test_delete_closes_the_session_and_later_requests_are_404() -> None:
+    """DELETE /sessions/{sid} is 204 and closes the runtime session; then it is gone (404 everywhere)."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "gone")
+            await create(client, "kept")
+            session = server.sessions["gone"].session
+
+            response = await client.delete("/sessions/gone")
+            assert response.status_code == 204
+            assert session.closed
+            assert set(server.sessions) == {"kept"}
+            assert [item["id"] for item in (await client.get("/sessions")).json()["sessions"]] == ["kept"]
+
+            assert_error(await client.get("/sessions/gone"), 404)
+            assert_error(await client.delete("/sessions/gone"), 404)
+            assert_error(await client.post("/sessions/gone/runs", json={"input": "hi"}), 404)
+            assert_error(await client.get("/sessions/gone/feed"), 404)
+            assert_error(await client.delete("/sessions/never"), 404)
+
+
+async def test_unknown_session_run_and_elicitation_are_404() -> None:
+    """The per-session endpoints answer 404 with an error body for an unknown session, run or elicitation."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            await create(client, "s1")
+            assert_error(await client.post("/sessions/nope/runs", json={"input": "hi"}), 404)
+            assert_error(await client.get("/sessions/nope/runs/nope-r1/events"), 404)
+            assert_error(await client.get("/sessions/s1/runs/s1-r99/events"), 404)
+            assert_error(await client.post("/sessions/nope/elicitations/e1", json={"action": "cancel"}), 404)
+            assert_error(await client.post("/sessions/s1/elicitations/e1", json={"action": "cancel"}), 404)
+            assert_error(await client.get("/sessions/nope/feed"), 404)
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+async def test_an_attached_run_streams_the_events_a_local_run_gives() -> None:
+    """POST /runs streams the run as SSE: each event's JSON with its type and run_id, the same events a
+    local session gives for the same input, ending with RunFinished."""
+
+    def adding_agent() -> Agent:  # a model of its own each: call ids count the model's calls
+        return make_agent(add, call=ToolCall("add", {"a": 2, "b": 3}), after_tool="The sum is 5.")
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(adding_agent()) as (_, client):
+            await create(client, "s1")
+            data = await run_attached(client, "s1", "tool: add 2 and 3")
+            described = (await client.get("/sessions/s1")).json()
+
+        async with open_runtime() as runtime, runtime.open_session(adding_agent(), session_id="s1") as session:
+            async with session.run("tool: add 2 and 3") as stream:
+                local = [event async for event in stream]
+            result = await session.ask("tool: add 2 and 3")
+
+    assert {item["run_id"] for item in data} == {"s1-r1"}
+    served = [event_from_json(item) for item in data]
+    assert served == local
+    assert served[0] == RunStarted("s1-r1")
+    assert served[-1] == RunFinished("completed")
+    assert [type(event) for event in served].count(RunFinished) == 1
+    assert ToolCallFinished(call_id=served[2].call_id, name="add", result=5) in served  # type: ignore[union-attr]
+    assert any(isinstance(event, Usage) for event in served)
+    text = "".join(event.text for event in served if isinstance(event, TextDelta))
+    assert text == result.output == "The sum is 5."
+    assert described == {"id": "s1", "state": "idle", "runs": 1}
+
+
+async def test_a_client_that_disconnects_cancels_its_attached_run() -> None:
+    """Leaving the httpx stream block mid-run cancels the run's tool; the session can run again."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (server, client):
+            await create(client, "s1")
+            async with open_sse(client, "POST", "/sessions/s1/runs", json={"input": "tool: wait"}) as messages:
+                async for message in messages:
+                    if message.event == "ToolCallStarted":
+                        break
+                await started.wait()
+            # The response is closed with the run still in its tool: the server must cancel it.
+            await cancelled.wait()
+            assert not release.is_set()
+
+            data = await run_attached(client, "s1", "hello again")
+            assert data[0]["type"] == "RunStarted"
+            assert data[0]["run_id"] == "s1-r2"
+            assert data[-1] == {"type": "RunFinished", "reason": "completed", "message": None, "run_id": "s1-r2"}
+            assert not server.sessions["s1"].session.closed
+
+
+async def test_an_abandoned_attached_run_ends_for_its_followers() -> None:
+    """Someone following an attached run (GET /runs/{rid}/events) gets its RunFinished("cancelled")
+    once the run's own client has left and the run was cancelled."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            async with AsyncExitStack() as attached:
+                run = await attached.enter_async_context(
+                    open_sse(client, "POST", "/sessions/s1/runs", json={"input": "tool: wait"})
+                )
+                async for message in run:
+                    if message.event == "ToolCallStarted":
+                        break
+                await started.wait()
+                async with open_sse(client, "GET", "/sessions/s1/runs/s1-r1/events") as followed:
+                    assert (await next_data(followed))["type"] == "RunStarted"
+                    await attached.aclose()  # the attached client leaves
+                    await cancelled.wait()
+                    rest = [message.json() async for message in followed]
+    assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": "s1-r1"}
+
+
+async def test_an_abandoned_attached_run_leaves_the_session_idle() -> None:
+    """Once an attached run's client has left and the run was cancelled, the feed says idle again and
+    then GET /sessions/{sid} says idle (before any other run)."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            async with open_sse(client, "GET", "/sessions/s1/feed") as feed:
+                assert await next_data(feed) == {"type": "SessionState", "state": "idle"}
+                async with open_sse(client, "POST", "/sessions/s1/runs", json={"input": "tool: wait"}) as run:
+                    async for message in run:
+                        if message.event == "ToolCallStarted":
+                            break
+                    await started.wait()
+                    assert await next_data(feed) == {"type": "SessionState", "state": "running", "run_id": "s1-r1"}
+                await cancelled.wait()
+                assert await next_data(feed) == {"type": "SessionState", "state": "idle"}
+                described = (await client.get("/sessions/s1")).json()
+                assert described == {"id": "s1", "state": "idle", "runs": 1}
+
+
+async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start() -> None:
+    """detach: 202 with the run id; the run outlives the client that started it, and another client
+    gets every event from RunStarted (replayed) to RunFinished (live), as does one that comes after."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with open_server(agent) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as starter:
+                await create(starter, "s1")
+                response = await starter.post("/sessions/s1/runs", json={"input": "tool: wait", "detach": True})
+                assert response.status_code == 202
+                run_id = response.json()["run_id"]
+                assert run_id == "s1-r1"
+            await started.wait()  # the starting client is gone; the run is in its tool
+
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as other:
+                events: list[dict[str, Any]] = []
+                async with open_sse(other, "GET", f"/sessions/s1/runs/{run_id}/events") as messages:
+                    async for message in messages:
+                        events.append(message.json())
+                        if message.event == "ToolCallStarted":
+                            release.set()  # the rest of the run arrives live
+                again = [
+                    message.json() for message in await read_sse(other, "GET", f"/sessions/s1/runs/{run_id}/events")
+                ]
+                described = (await other.get("/sessions/s1")).json()
+
+    assert not cancelled.is_set()
+    assert release.is_set()
+    assert {event["run_id"] for event in events} == {run_id}
+    decoded = [event_from_json(event) for event in events]
+    assert decoded[0] == RunStarted(run_id)
+    assert decoded[-1] == RunFinished("completed")
+    assert [type(event) for event in decoded].count(RunFinished) == 1
+    assert any(isinstance(event, ToolCallFinished) and event.result == "released" for event in decoded)
+    assert again == events
+    assert described == {"id": "s1", "state": "idle", "runs": 1}
+
+
+async def test_the_last_eight_finished_runs_can_be_followed() -> None:
+    """GET /runs/{rid}/events replays a finished run while it is among the session's last 8; older is 404."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            await create(client, "s1")
+            runs = [await run_attached(client, "s1", f"run {n}") for n in range(1, 10)]
+            assert_error(await client.get("/sessions/s1/runs/s1-r1/events"), 404)
+            for n in range(2, 10):
+                replayed = await read_sse(client, "GET", f"/sessions/s1/runs/s1-r{n}/events")
+                assert [message.json() for message in replayed] == runs[n - 1]
+                assert replayed[-1].event == "RunFinished"
+
+
+# -- elicitation -----------------------------------------------------------------
+
+
+def asking_tool(answers: list[ElicitationResult]) -> Tool:
+    @tool
+    async def pick(ctx: ToolContext[Any]) -> str:
+        """Ask the human for a number."""
+        answer = await ctx.elicit("Pick a number", schema=int)
+        answers.append(answer)
+        return f"picked {answer.content}"
+
+    return pick
+
+
+async def test_an_elicitation_is_answered_over_http() -> None:
+    """The run's SSE shows the ElicitationRequest; a bad answer is 422 and leaves it open, an unknown
+    id is 404, a good answer is 204 and reaches the tool (once)."""
+    answers: list[ElicitationResult] = []
+    agent = make_agent(asking_tool(answers), call=ToolCall("pick"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            events: list[dict[str, Any]] = []
+            statuses: list[int] = []
+            async with open_sse(client, "POST", "/sessions/s1/runs", json={"input": "tool: pick"}) as messages:
+                async for message in messages:
+                    events.append(message.json())
+                    if message.event != "ElicitationRequest":
+                        continue
+                    eid = message.json()["id"]
+                    url = f"/sessions/s1/elicitations/{eid}"
+                    assert_error(await client.post("/sessions/s1/elicitations/nope", json={"action": "accept"}), 404)
+                    assert_error(await client.post(url, json={"action": "accept", "content": "seven"}), 422)
+                    assert_error(await client.post(url, json={"action": "maybe"}), 422)
+                    assert answers == []  # still open
+                    statuses.append((await client.post(url, json={"action": "accept", "content": 7})).status_code)
+                    assert_error(await client.post(url, json={"action": "accept", "content": 8}), 404)
+
+    assert statuses == [204]
+    assert answers == [ElicitationResult("accept", 7)]
+    requests = [event_from_json(event) for event in events if event["type"] == "ElicitationRequest"]
+    assert len(requests) == 1
+    request = requests[0]
+    assert isinstance(request, ElicitationRequest)
+    assert request.message == "Pick a number"
+    assert request.agent == "bot"
+    assert request.schema is not None
+    assert request.schema["type"] == "integer"
+    finished = [event_from_json(event) for event in events if event["type"] == "ToolCallFinished"]
+    assert [event.result for event in finished] == ["picked 7"]  # type: ignore[union-attr]
+    assert events[-1]["type"] == "RunFinished"
+    assert events[-1]["reason"] == "completed"
+
+
+# -- the between-run feed ------------------------------------------------------
+
+
+async def test_the_feed_shows_state_workspace_changes_notices_and_closing() -> None:
+    """GET /feed: SessionState idle, running (with run_id), a WorkspaceChanged from the agent's
+    write_file, idle again, a Notice from served.notify, and SessionState closed, after which it ends."""
+    agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (server, client):
+            await create(client, "s1")
+            served = server.sessions["s1"]
+            async with open_sse(client, "GET", "/sessions/s1/feed") as messages:
+                assert await next_data(messages) == {"type": "SessionState", "state": "idle"}
+
+                run = await run_attached(client, "s1", "tool: write notes")
+                assert run[-1]["reason"] == "completed"
+                between = [await next_data(messages) for _ in range(3)]
+                states = [item for item in between if item["type"] == "SessionState"]
+                assert states == [
+                    {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
+                    {"type": "SessionState", "state": "idle"},
+                ]
+                changes = [item for item in between if item["type"] == "WorkspaceChanged"]
+                assert changes == [{"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "agent"}]
+                assert between[-1]["state"] == "idle"  # the change came during the run
+                assert served.workspace.read("notes.txt") == "hi"
+
+                served.notify("maintenance at noon")
+                assert await next_data(messages) == {"type": "Notice", "message": "maintenance at noon"}
+
+                assert (await client.delete("/sessions/s1")).status_code == 204
+                assert await next_data(messages) == {"type": "SessionState", "state": "closed"}
+                assert [message async for message in messages] == []  # the stream ended
+
+
+async def test_the_feed_says_running_before_the_changes_the_run_makes() -> None:
+    """SessionState running comes before a WorkspaceChanged the run's own tool made: a feed client
+    never sees an agent's write while the session is, as far as it knows, idle."""
+    agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            async with open_sse(client, "GET", "/sessions/s1/feed") as messages:
+                assert await next_data(messages) == {"type": "SessionState", "state": "idle"}
+                await run_attached(client, "s1", "tool: write notes")
+                between = [await next_data(messages) for _ in range(3)]
+    assert between == [
+        {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
+        {"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "agent"},
+        {"type": "SessionState", "state": "idle"},
+    ]
+
+
+async def test_a_quiet_sse_stream_gets_ping_comments() -> None:
+    """With nothing to say, the feed sends ``: ping`` comments every ``heartbeat`` seconds."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), heartbeat=0.05) as (_, client):
+            await create(client, "s1")
+            async with client.stream("GET", "/sessions/s1/feed") as response:
+                assert response.status_code == 200
+                seen = ""
+                chunks = response.aiter_text()
+                try:
+                    async for text in chunks:
+                        seen += text
+                        if seen.count(": ping\n\n") >= 2:
+                            break
+                finally:
+                    await close_and_drain(response, chunks)
+            assert seen.startswith("event: SessionState\n")
+
+
+# -- auth and bad requests -------------------------------------------------------
+
+ENDPOINTS: Final = [
+    ("POST", "/sessions", {"id": "other"}),
+    ("GET", "/sessions", None),
+    ("GET", "/sessions/s1", None),
+    ("DELETE", "/sessions/s1", None),
+    ("POST", "/sessions/s1/runs", {"input": "hi"}),
+    ("POST", "/sessions/s1/runs", {"input": "hi", "detach": True}),
+    ("GET", "/sessions/s1/runs/s1-r1/events", None),
+    ("POST", "/sessions/s1/elicitations/e1", {"action": "cancel"}),
+    ("GET", "/sessions/s1/feed", None),
+]
+
+BAD_CREDENTIALS: Final = [
+    {},
+    {"authorization": "Bearer wrong"},
+    {"authorization": f"Basic {TOKEN}"},
+    {"authorization": f"Bearer {TOKEN}x"},
+]
+
+
+async def test_every_endpoint_but_health_needs_the_bearer_token() -> None:
+    """With a token set, each endpoint kind answers 401 with an error body without it or with a wrong
+    one, and does nothing; /health stays open; the right token works."""
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent(), token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+                good = {"authorization": f"Bearer {TOKEN}"}
+                assert (await client.post("/sessions", json={"id": "s1"}, headers=good)).status_code == 201
+                for (method, path, body), headers in itertools.product(ENDPOINTS, BAD_CREDENTIALS):
+                    response = await client.request(method, path, json=body, headers=headers)
+                    assert response.status_code == 401, (method, path, headers)
+                    assert_error(response, 401)
+
+                health = await client.get("/health")
+                assert health.status_code == 200
+                assert health.json() == {"ok": True}
+
+                assert set(server.sessions) == {"s1"}
+                listing = await client.get("/sessions", headers=good)
+                assert listing.json() == {"sessions": [{"id": "s1", "state": "idle", "runs": 0}]}
+
+
+async def websocket_handshake(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    """Send a WebSocket upgrade request on a raw socket; the answer's status and body.
+
+    (httpx cannot make an upgrade request, and a refused handshake is a plain HTTP answer.)
+    """
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            assert chunk, data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:])
+        length = int({name.strip().lower(): value.strip() for name, value in fields.items()}.get(b"content-length", 0))
+        while len(body) < length:
+            chunk = await stream.receive_some(65536)
+            assert chunk, body
+            body += chunk
+    return status, body
+
+
+@pytest.mark.parametrize("path", ["/sessions/s1/updates", "/sessions/s1/workspace"])
+async def test_a_websocket_handshake_without_the_token_is_rejected_with_401(path: str) -> None:
+    """An upgrade request to a WebSocket endpoint without (or with a wrong) token gets an HTTP 401 with
+    the error body; with the token, an unknown session gets 404, and a known one is switched (101)."""
+    good = {"authorization": f"Bearer {TOKEN}"}
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent(), token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+                assert (await client.post("/sessions", json={"id": "s1"}, headers=good)).status_code == 201
+            for headers in BAD_CREDENTIALS:
+                status, body = await websocket_handshake(server.port, path, headers)
+                assert status == 401
+                assert json.loads(body)["error"]["type"]
+            status, body = await websocket_handshake(server.port, path.replace("s1", "nope"), good)
+            assert status == 404
+            assert json.loads(body)["error"]["type"]
+            status, _ = await websocket_handshake(server.port, path, good)
+            assert status == 101
+
+
+async def test_malformed_json_is_422() -> None:
+    """A body that is not JSON, or not a JSON object, or a run without a string input, is 422 and does nothing."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            json_header = {"content-type": "application/json"}
+            assert_error(await client.post("/sessions", content=b'{"id": ', headers=json_header), 422)
+            assert_error(await client.post("/sessions", json=["s2"]), 422)
+            assert_error(await client.post("/sessions/s1/runs", content=b"{input", headers=json_header), 422)
+            assert_error(await client.post("/sessions/s1/runs", json={"input": 5}), 422)
+            assert_error(await client.post("/sessions/s1/runs", json={}), 422)
+            assert_error(await client.post("/sessions/s1/elicitations/e1", content=b"\xff", headers=json_header), 422)
+            assert set(server.sessions) == {"s1"}
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+
+
+def body_of(size: int) -> bytes:
+    """A run request's JSON body of exactly ``size`` bytes."""
+    overhead = len(json.dumps({"input": ""}))
+    body = json.dumps({"input": "x" * (size - overhead)}).encode()
+    assert len(body) == size
+    return body
+
+
+JSON_HEADER: Final = {"content-type": "application/json"}
+
+
+async def test_a_body_over_max_body_is_413() -> None:
+    """A body of max_body bytes is accepted; one byte more (by its Content-Length) is 413 and does nothing."""
+    limit = 1024
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), max_body=limit) as (server, client):
+            await create(client, "s1")
+            assert_error(await client.post("/sessions/s1/runs", content=body_of(limit + 1), headers=JSON_HEADER), 413)
+            assert_error(await client.post("/sessions", content=b"{" + b" " * limit + b"}", headers=JSON_HEADER), 413)
+            assert set(server.sessions) == {"s1"}
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+
+            async with client.stream("POST", "/sessions/s1/runs", content=body_of(limit), headers=JSON_HEADER) as ok:
+                assert ok.status_code == 200
+                await ok.aread()
+            assert (await client.get("/sessions/s1")).json()["runs"] == 1
+
+
+async def test_a_chunked_body_over_max_body_is_413() -> None:
+    """Without a Content-Length (chunked), the limit holds as the body arrives: 413, and nothing is left behind."""
+    limit = 1024
+
+    async def chunked(body: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), max_body=limit) as (_, client):
+            await create(client, "s1")
+            response = await client.post("/sessions/s1/runs", content=chunked(body_of(limit + 1)), headers=JSON_HEADER)
+            assert_error(response, 413)
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+
+
+# -- isolation -----------------------------------------------------------------
+
+
+async def test_a_failing_run_in_one_session_does_not_disturb_another() -> None:
+    """A run whose model raises ends with ErrorEvent and RunFinished("error") in its own session only:
+    another session's run in flight completes, and both sessions go on serving."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (server, client):
+            await create(client, "good")
+            await create(client, "bad")
+            response = await client.post("/sessions/good/runs", json={"input": "tool: wait", "detach": True})
+            assert response.status_code == 202
+            good_run = response.json()["run_id"]
+            await started.wait()
+
+            failed = [event_from_json(item) for item in await run_attached(client, "bad", "boom")]
+            assert any(isinstance(event, ErrorEvent) for event in failed)
+            assert failed[-1] == RunFinished("error", failed[-1].message)  # type: ignore[union-attr]
+
+            release.set()
+            good = [
+                message.json() for message in await read_sse(client, "GET", f"/sessions/good/runs/{good_run}/events")
+            ]
+            assert good[-1]["type"] == "RunFinished"
+            assert good[-1]["reason"] == "completed"
+            assert not cancelled.is_set()
+
+            again = await run_attached(client, "bad", "still here?")
+            assert [item["text"] for item in again if item["type"] == "TextDelta"] == ["echo:", " still", " here?"]
+            listing = sorted((await client.get("/sessions")).json()["sessions"], key=lambda item: item["id"])
+            assert listing == [{"id": "bad", "state": "idle", "runs": 2}, {"id": "good", "state": "idle", "runs": 1}]
+            assert not server.sessions["good"].session.closed
+            assert server.sessions["bad"].handle.error is None

@@ -1,0 +1,265 @@
+"""The served-mode examples and ``python -m streams serve``, as real processes talking over loopback.
+
+Each test starts its processes with the real clock, waits for a line of
+their output before going on (never a sleep), and kills whatever is still
+running on the way out, even when it fails.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE = str(ROOT / "examples" / "serve.py")
+CLIENT = str(ROOT / "examples" / "remote_client.py")
+PROMPT = "remember the milk"
+URL = re.compile(r"^serving (?:'[^']*' )?on (http://\S+)$", re.MULTILINE)
+
+
+def child_env() -> dict[str, str]:
+    """The test's environment, unbuffered, with warnings as errors."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "error"}
+
+
+class Child:
+    """A running process whose stdout and stderr are collected as they come."""
+
+    def __init__(self, process: trio.Process, args: tuple[str, ...]) -> None:
+        self.process = process
+        self.args = args
+        self.stdout = ""
+        self.stderr = ""
+        self._open_streams = 2
+        self._changed = trio.Event()
+
+    async def collect(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+        """Append everything ``stream`` gives to ``self.stdout`` or ``self.stderr`` until EOF."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := await stream.receive_some():
+            setattr(self, name, getattr(self, name) + decoder.decode(chunk))
+            self._wake()
+        setattr(self, name, getattr(self, name) + decoder.decode(b"", final=True))
+        self._open_streams -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def describe(self) -> str:
+        return f"{' '.join(self.args)}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
+
+    async def wait_for(self, pattern: re.Pattern[str] | str) -> re.Match[str]:
+        """Wait until the process has printed a line matching ``pattern`` (fails if its output ends first)."""
+        regex = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
+        while (match := regex.search(self.stdout)) is None:
+            if self._open_streams == 0:
+                raise AssertionError(
+                    f"the process ended its output without printing {regex.pattern!r}:\n{self.describe()}"
+                )
+            await self._changed.wait()
+        return match
+
+    async def interrupt(self) -> int:
+        """Ctrl-C: send SIGINT, wait for the exit (and the end of its output); returns the exit status."""
+        self.process.send_signal(signal.SIGINT)
+        status = await self.process.wait()
+        while self._open_streams:
+            await self._changed.wait()
+        return status
+
+
+@asynccontextmanager
+async def running(*args: str) -> AsyncIterator[Child]:
+    """Run ``python *args`` from the repository root for the block; whatever is left is killed on the way out."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    child = Child(process, args)
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child.collect, process.stdout, "stdout")
+            nursery.start_soon(child.collect, process.stderr, "stderr")
+            try:
+                yield child
+            finally:
+                if process.returncode is None:
+                    process.kill()  # the test failed (or forgot): the collectors end at EOF
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()  # reaps it
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    await trio.aclose_forcefully(pipe)
+
+
+async def run_client(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``examples/remote_client.py`` to its end (killed if the test is cancelled)."""
+    return await trio.run_process(
+        [sys.executable, CLIENT, *args],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+async def serving_url(server: Child) -> str:
+    """The URL a server prints once it listens."""
+    return (await server.wait_for(URL))[1]
+
+
+ANSWER = "  Noted. Prompt 1 of this session is saved in notes/001.md; read it back over the workspace stream."
+DONE = "done: the run is over and the session is idle again."
+
+
+def check_client_output(lines: list[str], session: str) -> None:
+    """What ``remote_client.py --prompt PROMPT`` prints for the first prompt of a fresh session, up to the run's end."""
+    prompt = lines.index(f"> {PROMPT}")
+    assert "  -> write_file(path='notes/001.md', content='# Note 1\\n\\nremember the milk\\n')" in lines
+    # The answer streamed as text deltas, printed on one line as they came (handler lines wait for its end).
+    assert ANSWER in lines
+    assert "[run finished: completed]" in lines
+    # The updates stream: the same run, from its start to its end.
+    assert f"[updates] RunStarted (run {session}-r1)" in lines
+    assert "[updates] ToolCallStarted write_file" in lines
+    assert any(
+        re.fullmatch(r"\[updates\] RunFinished completed \(after \d+ TextDelta events\)", line) for line in lines
+    )
+    # The between-run feed: running, the agent's write, idle again after the run.
+    running = lines.index(f"[feed] SessionState running (run {session}-r1)")
+    assert prompt < running
+    assert "[feed] SessionState idle" in lines[running + 1 :]
+    assert "[feed] WorkspaceChanged write notes/001.md by agent" in lines
+    assert "[workspace] WorkspaceChanged write notes/001.md by agent" in lines
+    # The note, read back over the workspace stream.
+    note = lines.index("[workspace] read notes/001.md:")
+    assert lines[note + 1 : note + 4] == ["  | # Note 1", "  | ", f"  | {PROMPT}"]
+
+
+async def test_remote_client_once_runs_a_prompt_on_the_served_example_and_the_server_stops_on_ctrl_c() -> None:
+    """The client attaches, streams the answer, sees the feed go idle, reads the note; the server exits 0 on SIGINT."""
+    with trio.fail_after(30):
+        async with running(SERVE, "--port", "0") as server:
+            url = await serving_url(server)
+            await server.wait_for(r"^  curl .*/sessions/curl/runs$")
+            client = await run_client("--url", url, "--once", "--prompt", PROMPT)
+            out = client.stdout.decode()
+            assert client.returncode == 0, f"{out}\n{client.stderr.decode()}"
+            assert "Traceback" not in client.stderr.decode()
+            lines = out.splitlines()
+            check_client_output(lines, "demo")
+            assert lines[-1] == DONE
+
+            with trio.fail_after(10):
+                status = await server.interrupt()
+            assert status == 0, server.describe()
+            assert "Traceback" not in server.stderr, server.describe()
+            assert server.stdout.rstrip().endswith("Goodbye."), server.describe()
+
+
+async def test_streams_serve_command_serves_the_example_agent_and_exits_0_on_ctrl_c() -> None:
+    """``python -m streams serve --agent examples.serve:agent`` (from the repo root) answers /health; SIGINT: exit 0."""
+    with trio.fail_after(30):
+        async with running("-m", "streams", "serve", "--agent", "examples.serve:agent", "--port", "0") as server:
+            url = await serving_url(server)
+            async with httpx.AsyncClient(timeout=10) as client:
+                health = await client.get(f"{url}/health")
+                created = await client.post(f"{url}/sessions", json={"id": "cli"})
+            assert health.status_code == 200
+            assert health.json() == {"ok": True}
+            assert created.status_code == 201
+            with trio.fail_after(10):
+                status = await server.interrupt()
+            assert status == 0, server.describe()
+            assert "Traceback" not in server.stderr, server.describe()
+
+
+async def test_streams_serve_command_rejects_an_agent_it_cannot_find_with_exit_2() -> None:
+    """``--agent nope:x`` is a usage error: exit 2 and a message naming the missing module, no traceback."""
+    with trio.fail_after(30):
+        completed = await trio.run_process(
+            [sys.executable, "-m", "streams", "serve", "--agent", "nope:x", "--port", "0"],
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 2, stderr
+    assert "--agent nope:x" in stderr
+    assert "No module named 'nope'" in stderr
+    assert "Traceback" not in stderr
+    assert completed.stdout == b""
+
+
+async def test_remote_client_watches_until_ctrl_c_and_exits_0() -> None:
+    """Without --once the client keeps watching after the run; SIGINT then ends it with 0 and no traceback.
+
+    (With a bearer token on both sides, which the client passes on every stream and request.)
+    """
+    with trio.fail_after(30):
+        async with running(SERVE, "--port", "0", "--token", "s3cret") as server:
+            url = await serving_url(server)
+            args = ("--url", url, "--token", "s3cret", "--session", "watch", "--prompt", PROMPT)
+            async with running(CLIENT, *args) as client:
+                # It waits for the run's end on every stream before it says so.
+                await client.wait_for(r"^watching the session's streams .*Ctrl-C to stop$")
+                check_client_output(client.stdout.splitlines(), "watch")
+                with trio.fail_after(10):
+                    status = await client.interrupt()
+                assert status == 0, client.describe()
+                assert "Traceback" not in client.stderr, client.describe()
+                assert client.stdout.rstrip().endswith("Goodbye."), client.describe()
+            with trio.fail_after(10):
+                status = await server.interrupt()
+            assert status == 0, server.describe()
+            assert "Traceback" not in server.stderr, server.describe()
+
+
+async def test_served_example_stops_promptly_on_ctrl_c_with_a_client_attached() -> None:
+    """SIGINT to the server while a client watches: the server ends the client's streams and exits 0 promptly;
+    the client sees the session closed, keeps trying to reconnect, and still exits 0 on its own SIGINT."""
+    with trio.fail_after(30):
+        async with running(SERVE, "--port", "0") as server:
+            url = await serving_url(server)
+            async with running(CLIENT, "--url", url, "--prompt", PROMPT) as client:
+                await client.wait_for(r"^watching the session's streams .*Ctrl-C to stop$")
+                started = trio.current_time()
+                with trio.fail_after(10):
+                    status = await server.interrupt()
+                assert status == 0, server.describe()
+                assert trio.current_time() - started < 5, server.describe()
+                assert "Traceback" not in server.stderr, server.describe()
+                await client.wait_for(r"^\[feed\] SessionState closed$")
+                with trio.fail_after(10):
+                    status = await client.interrupt()
+                assert status == 0, client.describe()
+                assert "Traceback" not in client.stderr, client.describe()
