@@ -74,6 +74,11 @@ class _HTTPError(Exception):
         return JSONResponse({"error": {"type": self.kind, "message": str(self)}}, status_code=self.status)
 
 
+async def _error_response(request: Request, error: Exception) -> Response:
+    assert isinstance(error, _HTTPError)
+    return error.response()
+
+
 class ServedSession:
     """A session the server serves: the runtime session, its workspace, its feeds and its runs."""
 
@@ -203,7 +208,8 @@ class Server:
                 Route("/sessions/{sid}/feed", self._feed, methods=["GET"]),
                 WebSocketRoute("/sessions/{sid}/updates", self._updates),
                 WebSocketRoute("/sessions/{sid}/workspace", self._workspace),
-            ]
+            ],
+            exception_handlers={_HTTPError: _error_response},
         )
         """The ASGI app."""
 
@@ -295,9 +301,6 @@ class Server:
         return JSONResponse({"ok": True})
 
     async def _create(self, request: Request) -> Response:
-        return await _answering(self._do_create(request))
-
-    async def _do_create(self, request: Request) -> Response:
         if not self._authorized(request):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
@@ -312,26 +315,17 @@ class Server:
 
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):
-            return _HTTPError(401, "unauthorized", "a valid bearer token is required").response()
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         return JSONResponse({"sessions": [served.describe() for served in self._sessions.values()]})
 
     async def _get(self, request: Request) -> Response:
-        return await _answering(self._do_get(request))
-
-    async def _do_get(self, request: Request) -> Response:
         return JSONResponse(self._served(request).describe())
 
     async def _delete(self, request: Request) -> Response:
-        return await _answering(self._do_delete(request))
-
-    async def _do_delete(self, request: Request) -> Response:
         await self._served(request).handle.aclose()
         return Response(status_code=204)
 
     async def _run(self, request: Request) -> Response:
-        return await _answering(self._do_run(request))
-
-    async def _do_run(self, request: Request) -> Response:
         served = self._served(request)
         body = await self._body(request)
         user_input = body.get("input")
@@ -384,9 +378,6 @@ class Server:
                 served.run_ends(run_id)
 
     async def _follow_run(self, request: Request) -> Response:
-        return await _answering(self._do_follow_run(request))
-
-    async def _do_follow_run(self, request: Request) -> Response:
         served = self._served(request)
         rid = request.path_params["rid"]
         log = served.runs.get(rid)
@@ -403,9 +394,6 @@ class Server:
         return self._event_stream(next_message)
 
     async def _feed(self, request: Request) -> Response:
-        return await _answering(self._do_feed(request))
-
-    async def _do_feed(self, request: Request) -> Response:
         served = self._served(request)
         subscription = served.feed.subscribe()
         subscriber = subscription.__enter__()
@@ -446,9 +434,6 @@ class Server:
         return _Counted(next_message, heartbeat=self._heartbeat)
 
     async def _answer(self, request: Request) -> Response:
-        return await _answering(self._do_answer(request))
-
-    async def _do_answer(self, request: Request) -> Response:
         served = self._served(request)
         eid = request.path_params["eid"]
         body = await self._body(request)
@@ -551,13 +536,6 @@ def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
     except WorkspaceError as exc:
         return {"type": "result", "id": command_id, "ok": False, "error": str(exc)}
     return {"type": "result", "id": command_id, "ok": True, **fields}
-
-
-async def _answering(handler: Awaitable[Response]) -> Response:
-    try:
-        return await handler
-    except _HTTPError as error:
-        return error.response()
 
 
 @asynccontextmanager
