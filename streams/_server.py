@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import logging
@@ -13,10 +12,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 from hypercorn.config import Config
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
-from hypercorn.utils import repr_socket_addr, wrap_app
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -28,6 +23,7 @@ from runtime.events import RunFinished, RunStarted
 from ._broadcast import Broadcast, Dropped
 from ._codec import event_to_json
 from ._errors import WorkspaceError
+from ._hypercorn import serve_app
 from ._runlog import RunLog
 from ._sse import EventStreamResponse
 from ._workspace import Workspace, WorkspaceChange
@@ -598,7 +594,7 @@ async def open_server(
         config.accesslog = None
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(_serve, server.app, config, shutdown)
+            binds: list[str] = await nursery.start(serve_app, server.app, config, shutdown)
             server.host, _, bound_port = binds[0].removeprefix("http://").rpartition(":")
             server.port = int(bound_port)
             try:
@@ -607,61 +603,3 @@ async def open_server(
                 with trio.CancelScope(shield=True):
                     await server._close_sessions()  # ends every stream from our side
                 shutdown.set()
-
-
-async def _serve(
-    app: Starlette,
-    config: Config,
-    shutdown: trio.Event,
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Hypercorn's Trio worker, with the accepted connections kept where shutdown can reach them.
-
-    Hypercorn sends inside a shielded scope, so a client that stopped
-    reading (a full TCP window, no FIN) would hold its connection, and so
-    the server, forever: nothing can cancel that send. Once
-    ``graceful_timeout`` has passed after ``shutdown``, the sockets still
-    open are closed, which ends those sends.
-
-    The whole of it is shielded, so that cancelling the server's block
-    cannot kill a handler before its session has ended it; the shutdown is
-    bounded here instead.
-    """
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]  # see _serve_connection
-    context = WorkerContext(None)
-    listeners = []
-    binds = []
-    for sock in config.create_sockets().insecure_sockets:
-        sock.listen(config.backlog)
-        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-    open_connections: set[trio.SocketStream] = set()
-    none_open = trio.Event()
-
-    async def serve_connection(stream: trio.SocketStream) -> None:
-        open_connections.add(stream)
-        try:
-            server = TCPServer(wrapped, config, context, ConnectionState({}), stream)  # type: ignore[arg-type]  # Starlette's ASGI type is narrower; plain TCP is what TCPServer does without TLS
-            await server.run()
-        finally:
-            open_connections.discard(stream)
-            if not open_connections:
-                none_open.set()
-
-    with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as handlers:
-            async with trio.open_nursery() as accepting:
-                serving = functools.partial(trio.serve_listeners, serve_connection, listeners, handler_nursery=handlers)
-                accepting.start_soon(serving)
-                task_status.started(binds)
-                await shutdown.wait()
-                accepting.cancel_scope.cancel()  # stop listening (serve_listeners closes the listeners)
-            await context.terminated.set()  # idle keep-alive connections close now
-            if open_connections:
-                none_open = trio.Event()
-                with trio.move_on_after(config.graceful_timeout):
-                    await none_open.wait()
-            handlers.cancel_scope.cancel()
-            for stream in list(open_connections):
-                stream.socket.close()  # ends a send stuck on a peer that stopped reading

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
+
+from .._hypercorn import serve_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,7 +31,6 @@ logger = logging.getLogger("streams.webhook")
 MAX_PROGRESS: Final = 100
 """Progress notes kept per waiting request; later ones are dropped."""
 
-_SHUTDOWN_MARGIN: Final = 1.0
 """Seconds past Hypercorn's graceful timeout after which the server task is cancelled outright."""
 
 
@@ -136,14 +136,13 @@ class WebhookChannel:
         config.errorlog = logger
         config.accesslog = None
         shutdown = trio.Event()
-        # Shielded, so cancelling ``run`` cannot kill a request handler before
-        # it has answered; its own deadline (set on shutdown) bounds it.
-        server_scope = trio.CancelScope(shield=True)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._deliver, outbound, name=f"{self.name} deliver")
                 try:
-                    binds: list[str] = await nursery.start(self._serve, config, shutdown, server_scope)
+                    # serve_app is shielded (cancelling ``run`` cannot kill a request
+                    # handler before it has answered) and bounds its own shutdown.
+                    binds: list[str] = await nursery.start(serve_app, self.app, config, shutdown)
                     self.port = int(binds[0].rsplit(":", 1)[1])
                     task_status.started(self.port)
                     await trio.sleep_forever()
@@ -153,20 +152,8 @@ class WebhookChannel:
                     for scope in self._request_scopes:
                         scope.cancel()  # blocked publishes and waits answer 503
                     shutdown.set()  # Hypercorn stops listening, then drains
-                    server_scope.deadline = trio.current_time() + self.graceful_timeout + _SHUTDOWN_MARGIN
         finally:
             self._bus = None
-
-    async def _serve(
-        self,
-        config: Config,
-        shutdown: trio.Event,
-        server_scope: trio.CancelScope,
-        *,
-        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with server_scope:
-            await serve(self.app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]  # Starlette's ASGI signature is narrower than hypercorn's Framework union
 
     async def _deliver(self, outbound: trio.MemoryReceiveChannel[OutboundMessage]) -> None:
         async for message in outbound:
