@@ -1,5 +1,9 @@
 """Fixtures for the streams tests.
 
+Helpers the test files share, as fixtures (under importlib import mode a test
+module cannot import this one): ``make_agent``, ``add``, ``serving``,
+``create``, ``run_attached`` and ``new_recorder``.
+
 ``fault_proxy``: a TCP proxy on loopback that injects network faults between a
 client and a server: it can forward, delay, stop forwarding without closing
 anything (a peer that died without a FIN), reset every connection, and refuse
@@ -8,15 +12,26 @@ new ones. Its mode applies to live connections as well as new ones.
 
 from __future__ import annotations
 
+import itertools
+import json
 import socket
 import struct
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias
 
+import httpx
 import pytest
 import trio
 
+from agents import Agent, ScriptedModel, ToolCall, UserMessage, tool
+from streams import Server, open_server
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
+
+    from agents import ModelRequest, Tool
+    from agents.models import Turn
+    from streams import RemoteEvent
 
 Mode: TypeAlias = Literal["forward", "delay", "blackhole", "reset", "refuse"]
 _CHUNK: Final = 65536
@@ -274,3 +289,153 @@ async def fault_proxy(nursery: trio.Nursery) -> AsyncIterator[FaultProxy]:
         await proxy.aclose()
     if fired:
         pytest.fail(f"the test was still running after {WATCHDOG} s: fault_proxy reset every connection to unstick it")
+
+
+# -- agents, servers and clients shared by the test files ----------------------------
+
+TIMEOUT: Final = 10
+"""The httpx client's timeout in ``serving``."""
+
+
+class MakeAgent(Protocol):
+    def __call__(self, *tools: Tool, call: ToolCall | None = None, answer: str = "All done.") -> Agent: ...
+
+
+def _make_agent(*tools: Tool, call: ToolCall | None = None, answer: str = "All done.") -> Agent:
+    """An agent whose model needs no script position, so every session (and a local runtime) can share it.
+
+    Input starting with "tool" makes ``call`` and then says ``answer``; "long" says ``answer``;
+    "boom" raises; anything else is echoed.
+    """
+
+    def turn(request: ModelRequest) -> Turn:
+        last = request.messages[-1]
+        if not isinstance(last, UserMessage):
+            return answer
+        if last.content.startswith("boom"):
+            raise RuntimeError("the model blew up")
+        if call is not None and last.content.startswith("tool"):
+            return call
+        if last.content.startswith("long"):
+            return answer
+        return f"echo: {last.content}"
+
+    return Agent(name="bot", model=ScriptedModel(itertools.repeat(turn)), tools=list(tools))
+
+
+@pytest.fixture
+def make_agent() -> MakeAgent:
+    """Makes the stateless scripted agent the served-runtime tests share (see ``_make_agent``)."""
+    return _make_agent
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two numbers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
+@pytest.fixture(name="add")
+def add_fixture() -> Tool:
+    """The tool ``add(a, b)``."""
+    return add
+
+
+class Serving(Protocol):
+    def __call__(
+        self, agent: Agent, **options: Any
+    ) -> AbstractAsyncContextManager[tuple[Server, httpx.AsyncClient]]: ...
+
+
+@asynccontextmanager
+async def _serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+    """A server for ``agent`` and an httpx client pointed at it (closed before the server)."""
+    async with open_server(agent, **options) as server:
+        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
+        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
+            yield server, client
+
+
+@pytest.fixture
+def serving() -> Serving:
+    """``serving(agent, **options)``: an async context manager giving a server and an httpx client for it."""
+    return _serving
+
+
+class Create(Protocol):
+    async def __call__(self, client: httpx.AsyncClient, session_id: str) -> None: ...
+
+
+async def _create(client: httpx.AsyncClient, session_id: str) -> None:
+    response = await client.post("/sessions", json={"id": session_id})
+    assert response.status_code == 201, response.text
+
+
+@pytest.fixture
+def create() -> Create:
+    """``await create(client, session_id)``: POST /sessions with that id, which must be 201."""
+    return _create
+
+
+class RunAttached(Protocol):
+    async def __call__(self, client: httpx.AsyncClient, session_id: str, user_input: str) -> list[dict[str, Any]]: ...
+
+
+async def _run_attached(client: httpx.AsyncClient, session_id: str, user_input: str) -> list[dict[str, Any]]:
+    """An attached run over plain httpx, read to its end; the data of its SSE messages."""
+    data: list[dict[str, Any]] = []
+    async with client.stream("POST", f"/sessions/{session_id}/runs", json={"input": user_input}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                data.append(json.loads(line.removeprefix("data: ")))
+    return data
+
+
+@pytest.fixture
+def run_attached() -> RunAttached:
+    """``await run_attached(client, session_id, user_input)``: an attached run's events' JSON, over plain httpx."""
+    return _run_attached
+
+
+class Recorder:
+    """A ``RemoteSession`` handler keeping every message; tests wait for the one, or the state, they expect."""
+
+    def __init__(self) -> None:
+        self.events: list[RemoteEvent] = []
+        self._changed = trio.Event()
+
+    async def __call__(self, event: RemoteEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def of(self, stream: str) -> list[dict[str, Any]]:
+        """The data of every message kept from ``stream``."""
+        return [event.data for event in self.events if event.stream == stream]
+
+    async def wait_for(self, predicate: Callable[[RemoteEvent], bool]) -> RemoteEvent:
+        """The first message (already kept or still to come) that satisfies ``predicate``."""
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            await self._changed.wait()
+
+    async def wait_until(self, predicate: Callable[[Recorder], bool]) -> None:
+        """Until ``predicate`` holds of this recorder."""
+        while not predicate(self):
+            await self._changed.wait()
+
+
+@pytest.fixture
+def new_recorder() -> Callable[[], Recorder]:
+    """Makes a fresh :class:`Recorder`."""
+    return Recorder

@@ -15,19 +15,16 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import itertools
 import json
 import typing
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 import pytest
 import trio
 import trio.testing
 from hypothesis import given, strategies as st
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
+from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import open_runtime
 from runtime.events import (
     AgentSwitched,
@@ -52,7 +49,6 @@ from streams import (
     ListenerRegistry,
     PeerSilentError,
     RemoteError,
-    RemoteEvent,
     RemoteSession,
     Server,
     SSEMessage,
@@ -61,7 +57,6 @@ from streams import (
     WorkspaceError,
     event_from_json,
     event_to_json,
-    open_server,
     open_sse_listener,
     open_updates_stream,
     open_workspace_stream,
@@ -71,8 +66,10 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from contextlib import AbstractAsyncContextManager
 
-    from agents import ModelRequest, Tool
-    from agents.models import Turn
+    import httpx
+
+    from agents import Tool
+    from tests.streams.conftest import Create, MakeAgent, Recorder, RunAttached, Serving
 
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
@@ -81,22 +78,6 @@ SILENCE: Final = 0.3
 
 
 # -- agents and servers -----------------------------------------------------------
-
-
-def make_agent(*tools: Tool, call: ToolCall | None = None, answer: str = "All done.") -> Agent:
-    """Input starting with "tool" makes ``call`` and then says ``answer``; "long" says ``answer``; else echo."""
-
-    def turn(request: ModelRequest) -> Turn:
-        last = request.messages[-1]
-        if not isinstance(last, UserMessage):
-            return answer
-        if call is not None and last.content.startswith("tool"):
-            return call
-        if last.content.startswith("long"):
-            return answer
-        return f"echo: {last.content}"
-
-    return Agent(name="bot", model=ScriptedModel(itertools.repeat(turn)), tools=list(tools))
 
 
 def asking_tool() -> Tool:
@@ -109,32 +90,8 @@ def asking_tool() -> Tool:
     return pick
 
 
-@asynccontextmanager
-async def serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
-    async with open_server(agent, **options) as server:
-        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
-        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
-            yield server, client
-
-
 def ws_url(server: Server, session_id: str, stream: str) -> str:
     return f"ws://127.0.0.1:{server.port}/sessions/{session_id}/{stream}"
-
-
-async def create(client: httpx.AsyncClient, session_id: str) -> None:
-    response = await client.post("/sessions", json={"id": session_id})
-    assert response.status_code == 201, response.text
-
-
-async def run_attached(client: httpx.AsyncClient, session_id: str, user_input: str) -> list[dict[str, Any]]:
-    """An attached run over plain httpx, read to its end; its events' JSON."""
-    data: list[dict[str, Any]] = []
-    async with client.stream("POST", f"/sessions/{session_id}/runs", json={"input": user_input}) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                data.append(json.loads(line.removeprefix("data: ")))
-    return data
 
 
 async def updates_until_finished(updates: AsyncIterator[Update]) -> list[Update]:
@@ -149,7 +106,9 @@ async def updates_until_finished(updates: AsyncIterator[Update]) -> list[Update]
 # -- the updates stream ------------------------------------------------------------
 
 
-async def test_updates_stream_gives_typed_updates_and_ends_when_the_session_closes() -> None:
+async def test_updates_stream_gives_typed_updates_and_ends_when_the_session_closes(
+    make_agent: MakeAgent, serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
     """Each run event arrives as Update(run_id, event), decoded to the runtime's own event classes;
     the iteration ends when the session is deleted (close code 1000)."""
     with trio.fail_after(TIMEOUT):
@@ -175,7 +134,9 @@ async def test_updates_stream_gives_typed_updates_and_ends_when_the_session_clos
     assert received[-1].event == RunFinished("completed")
 
 
-async def test_updates_stream_counts_the_events_the_server_dropped() -> None:
+async def test_updates_stream_counts_the_events_the_server_dropped(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """A client a whole buffer behind loses the oldest events: the server says how many (EventsDropped),
     and ``updates.dropped`` adds them up; what arrives plus what was dropped is the whole run."""
     words = 160
@@ -213,7 +174,9 @@ async def run_attached_follow(client: httpx.AsyncClient, session_id: str, run_id
 # -- the workspace stream ----------------------------------------------------------
 
 
-async def test_workspace_stream_round_trips_and_failed_commands_raise() -> None:
+async def test_workspace_stream_round_trips_and_failed_commands_raise(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """request() gives the server's answer; ok:false raises WorkspaceError and the stream goes on."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -242,7 +205,9 @@ async def test_workspace_stream_round_trips_and_failed_commands_raise() -> None:
     assert files == ["b.txt"]
 
 
-async def test_workspace_stream_iterates_the_changes_of_clients_and_the_agent() -> None:
+async def test_workspace_stream_iterates_the_changes_of_clients_and_the_agent(
+    make_agent: MakeAgent, serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
     """``async for change in ws`` gives WorkspaceChange(op, path, source) for another client's commands
     and for the agent's write_file, in order."""
     agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "plan.md", "content": "# Plan"}))
@@ -270,7 +235,9 @@ async def test_workspace_stream_iterates_the_changes_of_clients_and_the_agent() 
 # -- the SSE listener ------------------------------------------------------------
 
 
-async def test_sse_listener_decodes_the_feed_and_ends_with_it() -> None:
+async def test_sse_listener_decodes_the_feed_and_ends_with_it(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """open_sse_listener gives SSEMessage(event, data, id) with JSON-decoded data; the iteration ends
     when the server ends the stream (the session closed)."""
     with trio.fail_after(TIMEOUT):
@@ -300,7 +267,9 @@ def open_client(kind: str, server: Server, session_id: str, token: str | None) -
 
 
 @pytest.mark.parametrize("kind", ["updates", "workspace", "feed"])
-async def test_clients_raise_remote_error_404_for_an_unknown_session_and_401_for_a_bad_token(kind: str) -> None:
+async def test_clients_raise_remote_error_404_for_an_unknown_session_and_401_for_a_bad_token(
+    kind: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Each client's block raises RemoteError with the status: 404 (unknown session), 401 (no or wrong token)."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent(), token=TOKEN) as (server, client):
@@ -319,7 +288,9 @@ class BlockError(Exception):
 
 
 @pytest.mark.parametrize("kind", ["updates", "workspace", "feed"])
-async def test_an_error_raised_inside_a_client_block_comes_out_of_it(kind: str) -> None:
+async def test_an_error_raised_inside_a_client_block_comes_out_of_it(
+    kind: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """The block's own exception propagates as it is: the client's cleanup neither swallows nor replaces it."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -375,30 +346,20 @@ async def test_a_peer_that_never_answers_the_handshake_is_peer_silent(kind: str,
                 pytest.fail("connected to a server that never answered")  # pragma: no cover
 
 
-async def test_an_updates_stream_whose_pings_get_no_pong_is_peer_silent(nursery: trio.Nursery) -> None:
-    """After the handshake the peer goes quiet: iterating raises PeerSilentError once a ping gets no pong."""
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_a_stream_whose_pings_get_no_pong_is_peer_silent(kind: str, nursery: trio.Nursery) -> None:
+    """After the handshake the peer goes quiet: iterating an updates or workspace stream raises
+    PeerSilentError once a ping gets no pong."""
     port = await serve_raw(nursery, handshake_then_say_nothing)
-    url = f"ws://127.0.0.1:{port}/sessions/s1/updates"
+    url = f"ws://127.0.0.1:{port}/sessions/s1/{kind}"
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
     with trio.fail_after(TIMEOUT):
         with pytest.raises(PeerSilentError):
-            async with open_updates_stream(
+            async with opener(
                 url, heartbeat=SILENCE / 3, heartbeat_timeout=SILENCE, disconnect_timeout=SILENCE
-            ) as updates:
-                async for _ in updates:
-                    pytest.fail("a silent peer sent an update")  # pragma: no cover
-
-
-async def test_a_workspace_stream_whose_pings_get_no_pong_is_peer_silent(nursery: trio.Nursery) -> None:
-    """As for updates: a workspace stream on a peer gone quiet raises PeerSilentError from its iteration."""
-    port = await serve_raw(nursery, handshake_then_say_nothing)
-    url = f"ws://127.0.0.1:{port}/sessions/s1/workspace"
-    with trio.fail_after(TIMEOUT):
-        with pytest.raises(PeerSilentError):
-            async with open_workspace_stream(
-                url, heartbeat=SILENCE / 3, heartbeat_timeout=SILENCE, disconnect_timeout=SILENCE
-            ) as ws:
-                async for _ in ws:
-                    pytest.fail("a silent peer sent a change")  # pragma: no cover
+            ) as stream:
+                async for _ in stream:
+                    pytest.fail(f"a silent peer sent something on {kind}")  # pragma: no cover
 
 
 async def test_an_sse_listener_on_a_peer_gone_quiet_is_peer_silent(provider_server: Any) -> None:
@@ -428,35 +389,17 @@ async def test_an_sse_listener_gets_messages_before_the_peer_goes_quiet(provider
 # -- RemoteSession -----------------------------------------------------------------
 
 
-class Collector:
-    """A RemoteSession handler that keeps every RemoteEvent and lets a test wait for one."""
-
-    def __init__(self) -> None:
-        self.events: list[RemoteEvent] = []
-        self._changed = trio.Event()
-
-    async def __call__(self, event: RemoteEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def of(self, stream: str) -> list[dict[str, Any]]:
-        return [event.data for event in self.events if event.stream == stream]
-
-    async def wait_for(self, predicate: Callable[[Collector], bool]) -> None:
-        while not predicate(self):
-            await self._changed.wait()
-
-
 def local_agent() -> Agent:
     return Agent(name="local", model=ScriptedModel([]))
 
 
-async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handler() -> None:
+async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handler(
+    make_agent: MakeAgent, serving: Serving, new_recorder: Callable[[], Recorder]
+) -> None:
     """maintain creates the remote session and brings up updates, workspace and feed; remote.run streams
     Updates ending with RunFinished; the handler sees the run's events, the feed's states and the
     workspace's changes; workspace_request goes over the live workspace stream."""
-    collector = Collector()
+    collector = new_recorder()
     registry = ListenerRegistry()
     agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "plan.md", "content": "# Plan"}))
     with trio.fail_after(TIMEOUT):
@@ -475,12 +418,12 @@ async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handle
                 async with remote.run("tool: write the plan") as events:
                     updates = [update async for update in events]
 
-                await collector.wait_for(lambda c: any(d["type"] == "RunFinished" for d in c.of("updates")))
-                await collector.wait_for(lambda c: len(c.of("feed")) >= 4)
-                await collector.wait_for(lambda c: len(c.of("workspace")) >= 1)
+                await collector.wait_until(lambda c: any(d["type"] == "RunFinished" for d in c.of("updates")))
+                await collector.wait_until(lambda c: len(c.of("feed")) >= 4)
+                await collector.wait_until(lambda c: len(c.of("workspace")) >= 1)
 
                 written = await remote.workspace_request("write", "notes.txt", "n")
-                await collector.wait_for(lambda c: len(c.of("workspace")) >= 2)
+                await collector.wait_until(lambda c: len(c.of("workspace")) >= 2)
                 with pytest.raises(WorkspaceError):
                     await remote.workspace_request("read", "missing.txt")
                 files = server.sessions["s1"].workspace.list()
@@ -509,7 +452,7 @@ async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handle
     assert files == ["notes.txt", "plan.md"]
 
 
-async def test_remote_session_answers_an_elicitation() -> None:
+async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serving: Serving) -> None:
     """An ElicitationRequest arrives as an Update; remote.respond answers it (a bad answer or an unknown
     id is a RemoteError with the server's status) and the tool gets the answer."""
     with trio.fail_after(TIMEOUT):
@@ -535,7 +478,9 @@ async def test_remote_session_answers_an_elicitation() -> None:
     assert events[-1] == RunFinished("completed")
 
 
-async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_error() -> None:
+async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_error(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """remote.run raises RemoteError with the server's status: 404 for an unknown session, 401 for a bad token."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent(), token=TOKEN) as (server, client):
@@ -549,7 +494,9 @@ async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_
             assert (await client.get("/sessions/s1")).json()["runs"] == 0
 
 
-async def test_a_second_listener_for_the_same_remote_session_is_refused() -> None:
+async def test_a_second_listener_for_the_same_remote_session_is_refused(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
     """One between-run listener per remote session: a second maintain raises ListenerBusyError from
     session.start, the first stays up, and the entry is freed when the owning session closes."""
     registry = ListenerRegistry()
@@ -581,7 +528,9 @@ async def test_a_second_listener_for_the_same_remote_session_is_refused() -> Non
                 assert registry.active == {(server.url, "s1")}
 
 
-async def test_remote_sessions_claim_the_process_wide_registry_by_default() -> None:
+async def test_remote_sessions_claim_the_process_wide_registry_by_default(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
     """Without a registry, maintain claims streams.LISTENERS, and frees it in the end."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, _), open_runtime() as runtime:

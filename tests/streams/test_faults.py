@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from agents.models import Turn
     from runtime import Runtime, SessionHandle
     from streams import Server
-    from tests.streams.conftest import FaultProxy
+    from tests.streams.conftest import FaultProxy, Recorder
 
 BOUND: Final = 10.0
 """A generous bound on anything that should happen (real sockets, real clock)."""
@@ -100,29 +100,6 @@ def _within(seconds: float) -> Iterator[None]:
     assert elapsed < seconds, f"took {elapsed:.2f} s (at most {seconds} s allowed)"
 
 
-class Recorder:
-    """A ``RemoteSession`` handler keeping every message; tests wait for the one they expect."""
-
-    def __init__(self) -> None:
-        self.events: list[RemoteEvent] = []
-        self._changed = trio.Event()
-
-    async def __call__(self, event: RemoteEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, predicate: Callable[[RemoteEvent], bool]) -> RemoteEvent:
-        """The first message (already kept or still to come) that satisfies ``predicate``."""
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if predicate(event):
-                    return event
-            seen = len(self.events)
-            await self._changed.wait()
-
-
 def _notice(message: str) -> Callable[[RemoteEvent], bool]:
     return lambda event: event.stream == "feed" and event.data == {"type": "Notice", "message": message}
 
@@ -148,17 +125,38 @@ async def _start_remote(runtime: Runtime, remote: RemoteSession, *, idle_timeout
     return handle
 
 
+async def _connect_then_stop_server(
+    runtime: Runtime, remote: RemoteSession, proxy: FaultProxy, agent: Agent
+) -> SessionHandle:
+    """Start ``remote`` (``_start_remote``) against a server for ``agent`` behind ``proxy``, then stop that server.
+
+    Returns once the proxy has no connections left and every task is blocked:
+    the remote has seen all three streams end.
+    """
+    async with open_server(agent) as server:
+        proxy.upstream = ("127.0.0.1", server.port)
+        with trio.fail_after(BOUND):
+            handle = await _start_remote(runtime, remote)
+            await remote.wait_connected()
+    with trio.fail_after(BOUND):
+        await proxy.wait_connections(0)
+        await trio.testing.wait_all_tasks_blocked()
+    return handle
+
+
 # -- 1. a blackholed between-run listener ----------------------------------------
 
 
-async def test_blackholed_remote_session_closes_promptly_and_frees_its_listener(fault_proxy: FaultProxy) -> None:
+async def test_blackholed_remote_session_closes_promptly_and_frees_its_listener(
+    fault_proxy: FaultProxy, new_recorder: Callable[[], Recorder]
+) -> None:
     """A RemoteSession on a peer that went silent (no FIN) ends at once with its session, freeing its registry entry.
 
     The entry is in the process-wide ``LISTENERS``; a second listener for the
     same remote session is refused while the first lives, and starts once it
     is gone.
     """
-    recorder = Recorder()
+    recorder = new_recorder()
     async with open_server(make_agent()) as server, open_runtime() as local:
         fault_proxy.upstream = ("127.0.0.1", server.port)
         key = (_via(fault_proxy), "s1")
@@ -185,7 +183,7 @@ async def test_blackholed_remote_session_closes_promptly_and_frees_its_listener(
         assert remote.statistics().connected == frozenset()
 
         fault_proxy.forward()
-        again = Recorder()
+        again = new_recorder()
         successor = RemoteSession(_via(fault_proxy), "s1", handler=again)
         with trio.fail_after(BOUND):
             await other.session.start(successor.maintain)
@@ -367,25 +365,20 @@ async def test_reset_mid_dial_fails_at_once(fault_proxy: FaultProxy, kind: str) 
 # -- 3. a server restarted under a RemoteSession ---------------------------------
 
 
-async def test_remote_session_reconnects_and_resumes_after_server_restart(fault_proxy: FaultProxy) -> None:
+async def test_remote_session_reconnects_and_resumes_after_server_restart(
+    fault_proxy: FaultProxy, new_recorder: Callable[[], Recorder]
+) -> None:
     """Server A stops, B starts elsewhere: the RemoteSession recreates its session on B and all three streams resume."""
-    recorder = Recorder()
+    recorder = new_recorder()
     registry = ListenerRegistry()
     agent = make_agent()
     async with open_runtime() as local:
         remote = RemoteSession(
             _via(fault_proxy), "s1", handler=recorder, registry=registry, backoff=Backoff(initial=0.05, maximum=0.2)
         )
-        async with open_server(agent) as a:
-            fault_proxy.upstream = ("127.0.0.1", a.port)
-            with trio.fail_after(BOUND):
-                handle = await _start_remote(local, remote)
-                await remote.wait_connected()
-        # A is gone; once every task is blocked, the remote has seen all three streams end.
+        handle = await _connect_then_stop_server(local, remote, fault_proxy, agent)  # server A, now gone
+        assert remote.statistics().connected == frozenset()
         with trio.fail_after(BOUND):
-            await fault_proxy.wait_connections(0)
-            await trio.testing.wait_all_tasks_blocked()
-            assert remote.statistics().connected == frozenset()
             await recorder.wait_for(_state("closed"))  # A's session said goodbye on the feed
 
         async with open_server(agent) as b:
@@ -420,14 +413,7 @@ async def test_remote_session_closed_during_backoff_exits_at_once(fault_proxy: F
     registry = ListenerRegistry()
     async with open_runtime() as local:
         remote = RemoteSession(_via(fault_proxy), "s1", registry=registry, backoff=Backoff(initial=30, maximum=60))
-        async with open_server(make_agent()) as server:
-            fault_proxy.upstream = ("127.0.0.1", server.port)
-            with trio.fail_after(BOUND):
-                handle = await _start_remote(local, remote)
-                await remote.wait_connected()
-        with trio.fail_after(BOUND):
-            await fault_proxy.wait_connections(0)
-            await trio.testing.wait_all_tasks_blocked()
+        handle = await _connect_then_stop_server(local, remote, fault_proxy, make_agent())
         # Every stream ended and sleeps before its next attempt (the server is gone, so none is connected).
         assert remote.statistics().connected == frozenset()
         with _within(1.0):

@@ -10,26 +10,23 @@ sockets, so the real clock, with ``trio.fail_after`` around every test.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import httpx
 import pytest
 import trio
 import trio.testing
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from agents import Agent, ScriptedModel, ToolCall, UserMessage, tool
-from streams import WORKSPACE_TOOLS, Server, open_server
+from agents import ToolCall
+from streams import WORKSPACE_TOOLS, Server
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
-    from agents import ModelRequest, Tool
-    from agents.models import Turn
+    from agents import Tool
+    from tests.streams.conftest import Create, MakeAgent, RunAttached, Serving
 
 T = TypeVar("T")
 
@@ -37,57 +34,8 @@ TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
 
 
-@tool
-async def add(a: int, b: int) -> int:
-    """Add two numbers.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    return a + b
-
-
-def make_agent(*tools: Tool, call: ToolCall | None = None) -> Agent:
-    """Input starting with "tool" makes ``call`` and then says "All done."; anything else is echoed."""
-
-    def turn(request: ModelRequest) -> Turn:
-        last = request.messages[-1]
-        if not isinstance(last, UserMessage):
-            return "All done."
-        if call is not None and last.content.startswith("tool"):
-            return call
-        return f"echo: {last.content}"
-
-    return Agent(name="bot", model=ScriptedModel(itertools.repeat(turn)), tools=list(tools))
-
-
-@asynccontextmanager
-async def serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
-    async with open_server(agent, **options) as server:
-        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
-        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
-            yield server, client
-
-
 def ws_url(server: Server, path: str) -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
-
-
-async def create(client: httpx.AsyncClient, session_id: str) -> None:
-    response = await client.post("/sessions", json={"id": session_id})
-    assert response.status_code == 201, response.text
-
-
-async def run_attached(client: httpx.AsyncClient, session_id: str, user_input: str) -> list[dict[str, Any]]:
-    """An attached run over HTTP, read to its end; the data of its SSE messages."""
-    data: list[dict[str, Any]] = []
-    async with client.stream("POST", f"/sessions/{session_id}/runs", json={"input": user_input}) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                data.append(json.loads(line.removeprefix("data: ")))
-    return data
 
 
 # -- running a websockets client in a thread -------------------------------------
@@ -156,7 +104,9 @@ async def command(ws: ClientConnection, message: dict[str, Any] | str) -> tuple[
 # -- updates -------------------------------------------------------------------
 
 
-async def test_updates_stream_gets_every_event_of_a_run_and_1000_when_the_session_is_deleted() -> None:
+async def test_updates_stream_gets_every_event_of_a_run_and_1000_when_the_session_is_deleted(
+    add: Tool, make_agent: MakeAgent, serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
     """A websockets client on /updates receives each event of a run started over HTTP, in order, with
     its run_id, ending with RunFinished; deleting the session closes it with code 1000."""
     connected = trio.Event()
@@ -187,7 +137,9 @@ async def test_updates_stream_gets_every_event_of_a_run_and_1000_when_the_sessio
     assert {message["run_id"] for message in messages} == {"s1-r1"}
 
 
-async def test_server_shutdown_closes_websocket_clients_with_1001() -> None:
+async def test_server_shutdown_closes_websocket_clients_with_1001(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Leaving open_server closes a connected updates client and a workspace client with code 1001."""
     connected = trio.Event()
 
@@ -216,7 +168,9 @@ async def test_server_shutdown_closes_websocket_clients_with_1001() -> None:
 # -- workspace -----------------------------------------------------------------
 
 
-async def test_workspace_commands_are_answered_and_a_malformed_one_keeps_the_connection() -> None:
+async def test_workspace_commands_are_answered_and_a_malformed_one_keeps_the_connection(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """read/write/delete/list get their answers (a write's change comes first); a malformed command
     gets ok:false (id null if it has none) and the connection stays open for the next."""
 
@@ -263,7 +217,9 @@ async def test_workspace_commands_are_answered_and_a_malformed_one_keeps_the_con
     assert files == ["b.txt"]
 
 
-async def test_workspace_changes_reach_every_connection_with_their_source() -> None:
+async def test_workspace_changes_reach_every_connection_with_their_source(
+    make_agent: MakeAgent, serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
     """A client's write reaches a second connection as a WorkspaceChanged (source client); an agent's
     write_file during a run reaches both (source agent)."""
     first_seen = trio.Event()
@@ -304,7 +260,9 @@ async def test_workspace_changes_reach_every_connection_with_their_source() -> N
 
 
 @pytest.mark.parametrize("path", ["/sessions/{sid}/updates", "/sessions/{sid}/workspace"])
-async def test_handshakes_are_rejected_with_401_and_404(path: str) -> None:
+async def test_handshakes_are_rejected_with_401_and_404(
+    path: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Without the token (or with a wrong one) the handshake gets 401; with it, an unknown session gets 404."""
 
     async def status(sid: str, headers: dict[str, str]) -> int:

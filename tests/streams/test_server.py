@@ -17,7 +17,7 @@ import pytest
 import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from agents import Agent, ElicitationResult, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
+from agents import Agent, ElicitationResult, ToolCall, ToolContext, tool
 from runtime import open_runtime
 from runtime.events import (
     ElicitationRequest,
@@ -28,51 +28,19 @@ from runtime.events import (
     ToolCallFinished,
     Usage,
 )
-from streams import WORKSPACE_TOOLS, Server, event_from_json, open_server
+from streams import WORKSPACE_TOOLS, event_from_json, open_server
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator
 
-    from agents import ModelRequest, Tool
-    from agents.models import Turn
+    from agents import Tool
+    from tests.streams.conftest import MakeAgent, Serving
 
 TOKEN: Final = "s3cret-token"
 TIMEOUT: Final = 10
 
 
 # -- agents --------------------------------------------------------------------
-
-
-@tool
-async def add(a: int, b: int) -> int:
-    """Add two numbers.
-
-    Args:
-        a: The first number.
-        b: The second number.
-    """
-    return a + b
-
-
-def _script(call: ToolCall | None, after_tool: str) -> Callable[[ModelRequest], Turn]:
-    """A stateless turn: input starting with "tool" makes ``call``, then ``after_tool``; "boom" raises; else echo."""
-
-    def turn(request: ModelRequest) -> Turn:
-        last = request.messages[-1]
-        if not isinstance(last, UserMessage):
-            return after_tool
-        if last.content.startswith("boom"):
-            raise RuntimeError("the model blew up")
-        if call is not None and last.content.startswith("tool"):
-            return call
-        return f"echo: {last.content}"
-
-    return turn
-
-
-def make_agent(*tools: Tool, call: ToolCall | None = None, after_tool: str = "All done.") -> Agent:
-    """An agent whose model needs no script position, so every session (and a local runtime) can share it."""
-    return Agent(name="bot", model=ScriptedModel(itertools.repeat(_script(call, after_tool))), tools=list(tools))
 
 
 def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
@@ -93,15 +61,6 @@ def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
-    """A server for ``agent`` and an httpx client pointed at it (closed before the server)."""
-    async with open_server(agent, **options) as server:
-        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
-        async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
-            yield server, client
 
 
 async def create(client: httpx.AsyncClient, session_id: str) -> None:
@@ -182,7 +141,7 @@ async def next_data(messages: AsyncGenerator[ServerSentEvent, None]) -> dict[str
 # -- sessions ------------------------------------------------------------------
 
 
-async def test_health_answers_ok() -> None:
+async def test_health_answers_ok(make_agent: MakeAgent, serving: Serving) -> None:
     """GET /health is 200 {"ok": true}."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -191,7 +150,7 @@ async def test_health_answers_ok() -> None:
             assert response.json() == {"ok": True}
 
 
-async def test_create_with_and_without_an_id_and_a_duplicate_is_409() -> None:
+async def test_create_with_and_without_an_id_and_a_duplicate_is_409(make_agent: MakeAgent, serving: Serving) -> None:
     """POST /sessions makes up an id or takes the one given (201); an id in use is 409 with an error body."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -211,7 +170,7 @@ async def test_create_with_and_without_an_id_and_a_duplicate_is_409() -> None:
             assert server.statistics().sessions == 3
 
 
-async def test_list_and_get_describe_sessions_and_unknown_is_404() -> None:
+async def test_list_and_get_describe_sessions_and_unknown_is_404(make_agent: MakeAgent, serving: Serving) -> None:
     """GET /sessions lists {"id", "state", "runs"}; GET /sessions/{sid} describes one; an unknown one is 404."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -231,7 +190,7 @@ async def test_list_and_get_describe_sessions_and_unknown_is_404() -> None:
             assert_error(await client.get("/sessions/nope"), 404)
 
 
-async def test_delete_closes_the_session_and_later_requests_are_404() -> None:
+async def test_delete_closes_the_session_and_later_requests_are_404(make_agent: MakeAgent, serving: Serving) -> None:
     """DELETE /sessions/{sid} is 204 and closes the runtime session; then it is gone (404 everywhere)."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -252,7 +211,7 @@ async def test_delete_closes_the_session_and_later_requests_are_404() -> None:
             assert_error(await client.delete("/sessions/never"), 404)
 
 
-async def test_unknown_session_run_and_elicitation_are_404() -> None:
+async def test_unknown_session_run_and_elicitation_are_404(make_agent: MakeAgent, serving: Serving) -> None:
     """The per-session endpoints answer 404 with an error body for an unknown session, run or elicitation."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -268,12 +227,14 @@ async def test_unknown_session_run_and_elicitation_are_404() -> None:
 # -- runs ----------------------------------------------------------------------
 
 
-async def test_an_attached_run_streams_the_events_a_local_run_gives() -> None:
+async def test_an_attached_run_streams_the_events_a_local_run_gives(
+    make_agent: MakeAgent, add: Tool, serving: Serving
+) -> None:
     """POST /runs streams the run as SSE: each event's JSON with its type and run_id, the same events a
     local session gives for the same input, ending with RunFinished."""
 
     def adding_agent() -> Agent:  # a model of its own each: call ids count the model's calls
-        return make_agent(add, call=ToolCall("add", {"a": 2, "b": 3}), after_tool="The sum is 5.")
+        return make_agent(add, call=ToolCall("add", {"a": 2, "b": 3}), answer="The sum is 5.")
 
     with trio.fail_after(TIMEOUT):
         async with serving(adding_agent()) as (_, client):
@@ -299,7 +260,7 @@ async def test_an_attached_run_streams_the_events_a_local_run_gives() -> None:
     assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_a_client_that_disconnects_cancels_its_attached_run() -> None:
+async def test_a_client_that_disconnects_cancels_its_attached_run(make_agent: MakeAgent, serving: Serving) -> None:
     """Leaving the httpx stream block mid-run cancels the run's tool; the session can run again."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
     agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
@@ -322,7 +283,7 @@ async def test_a_client_that_disconnects_cancels_its_attached_run() -> None:
             assert not server.sessions["s1"].session.closed
 
 
-async def test_an_abandoned_attached_run_ends_for_its_followers() -> None:
+async def test_an_abandoned_attached_run_ends_for_its_followers(make_agent: MakeAgent, serving: Serving) -> None:
     """Someone following an attached run (GET /runs/{rid}/events) gets its RunFinished("cancelled")
     once the run's own client has left and the run was cancelled."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -346,7 +307,7 @@ async def test_an_abandoned_attached_run_ends_for_its_followers() -> None:
     assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": "s1-r1"}
 
 
-async def test_an_abandoned_attached_run_leaves_the_session_idle() -> None:
+async def test_an_abandoned_attached_run_leaves_the_session_idle(make_agent: MakeAgent, serving: Serving) -> None:
     """Once an attached run's client has left and the run was cancelled, the feed says idle again and
     then GET /sessions/{sid} says idle (before any other run)."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -368,7 +329,7 @@ async def test_an_abandoned_attached_run_leaves_the_session_idle() -> None:
                 assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start() -> None:
+async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start(make_agent: MakeAgent) -> None:
     """detach: 202 with the run id; the run outlives the client that started it, and another client
     gets every event from RunStarted (replayed) to RunFinished (live), as does one that comes after."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -407,7 +368,7 @@ async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_sta
     assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_the_last_eight_finished_runs_can_be_followed() -> None:
+async def test_the_last_eight_finished_runs_can_be_followed(make_agent: MakeAgent, serving: Serving) -> None:
     """GET /runs/{rid}/events replays a finished run while it is among the session's last 8; older is 404."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -434,7 +395,7 @@ def asking_tool(answers: list[ElicitationResult]) -> Tool:
     return pick
 
 
-async def test_an_elicitation_is_answered_over_http() -> None:
+async def test_an_elicitation_is_answered_over_http(make_agent: MakeAgent, serving: Serving) -> None:
     """The run's SSE shows the ElicitationRequest; a bad answer is 422 and leaves it open, an unknown
     id is 404, a good answer is 204 and reaches the tool (once)."""
     answers: list[ElicitationResult] = []
@@ -477,7 +438,9 @@ async def test_an_elicitation_is_answered_over_http() -> None:
 # -- the between-run feed ------------------------------------------------------
 
 
-async def test_the_feed_shows_state_workspace_changes_notices_and_closing() -> None:
+async def test_the_feed_shows_state_workspace_changes_notices_and_closing(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
     """GET /feed: SessionState idle, running (with run_id), a WorkspaceChanged from the agent's
     write_file, idle again, a Notice from served.notify, and SessionState closed, after which it ends."""
     agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
@@ -509,7 +472,7 @@ async def test_the_feed_shows_state_workspace_changes_notices_and_closing() -> N
                 assert [message async for message in messages] == []  # the stream ended
 
 
-async def test_the_feed_says_running_before_the_changes_the_run_makes() -> None:
+async def test_the_feed_says_running_before_the_changes_the_run_makes(make_agent: MakeAgent, serving: Serving) -> None:
     """SessionState running comes before a WorkspaceChanged the run's own tool made: a feed client
     never sees an agent's write while the session is, as far as it knows, idle."""
     agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
@@ -527,7 +490,7 @@ async def test_the_feed_says_running_before_the_changes_the_run_makes() -> None:
     ]
 
 
-async def test_a_quiet_sse_stream_gets_ping_comments() -> None:
+async def test_a_quiet_sse_stream_gets_ping_comments(make_agent: MakeAgent, serving: Serving) -> None:
     """With nothing to say, the feed sends ``: ping`` comments every ``heartbeat`` seconds."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent(), heartbeat=0.05) as (_, client):
@@ -568,7 +531,7 @@ BAD_CREDENTIALS: Final = [
 ]
 
 
-async def test_every_endpoint_but_health_needs_the_bearer_token() -> None:
+async def test_every_endpoint_but_health_needs_the_bearer_token(make_agent: MakeAgent) -> None:
     """With a token set, each endpoint kind answers 401 with an error body without it or with a wrong
     one, and does nothing; /health stays open; the right token works."""
     with trio.fail_after(TIMEOUT):
@@ -623,7 +586,7 @@ async def websocket_handshake(port: int, path: str, headers: dict[str, str]) -> 
 
 
 @pytest.mark.parametrize("path", ["/sessions/s1/updates", "/sessions/s1/workspace"])
-async def test_a_websocket_handshake_without_the_token_is_rejected_with_401(path: str) -> None:
+async def test_a_websocket_handshake_without_the_token_is_rejected_with_401(path: str, make_agent: MakeAgent) -> None:
     """An upgrade request to a WebSocket endpoint without (or with a wrong) token gets an HTTP 401 with
     the error body; with the token, an unknown session gets 404, and a known one is switched (101)."""
     good = {"authorization": f"Bearer {TOKEN}"}
@@ -642,7 +605,7 @@ async def test_a_websocket_handshake_without_the_token_is_rejected_with_401(path
             assert status == 101
 
 
-async def test_malformed_json_is_422() -> None:
+async def test_malformed_json_is_422(make_agent: MakeAgent, serving: Serving) -> None:
     """A body that is not JSON, or not a JSON object, or a run without a string input, is 422 and does nothing."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -669,7 +632,7 @@ def body_of(size: int) -> bytes:
 JSON_HEADER: Final = {"content-type": "application/json"}
 
 
-async def test_a_body_over_max_body_is_413() -> None:
+async def test_a_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving) -> None:
     """A body of max_body bytes is accepted; one byte more (by its Content-Length) is 413 and does nothing."""
     limit = 1024
     with trio.fail_after(TIMEOUT):
@@ -686,7 +649,7 @@ async def test_a_body_over_max_body_is_413() -> None:
             assert (await client.get("/sessions/s1")).json()["runs"] == 1
 
 
-async def test_a_chunked_body_over_max_body_is_413() -> None:
+async def test_a_chunked_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving) -> None:
     """Without a Content-Length (chunked), the limit holds as the body arrives: 413, and nothing is left behind."""
     limit = 1024
 
@@ -705,7 +668,7 @@ async def test_a_chunked_body_over_max_body_is_413() -> None:
 # -- isolation -----------------------------------------------------------------
 
 
-async def test_a_failing_run_in_one_session_does_not_disturb_another() -> None:
+async def test_a_failing_run_in_one_session_does_not_disturb_another(make_agent: MakeAgent, serving: Serving) -> None:
     """A run whose model raises ends with ErrorEvent and RunFinished("error") in its own session only:
     another session's run in flight completes, and both sessions go on serving."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -739,7 +702,7 @@ async def test_a_failing_run_in_one_session_does_not_disturb_another() -> None:
             assert server.sessions["bad"].handle.error is None
 
 
-async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not() -> None:
+async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(make_agent: MakeAgent, serving: Serving) -> None:
     """With ``idle_timeout``, a session with a run in flight stays; once idle that long, it is closed:
     its feed ends with SessionState closed and it is gone from the server."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
