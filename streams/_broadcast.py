@@ -95,14 +95,23 @@ class Broadcast(Generic[T]):
         for subscriber in self._subscribers:
             subscriber.close()
 
-    @contextmanager
-    def subscribe(self) -> Iterator[Subscriber[T]]:
+    def add(self) -> Subscriber[T]:
+        """A new subscriber; :meth:`remove` it when done (or use :meth:`subscribe`)."""
         subscriber: Subscriber[T] = Subscriber(self._buffer)
         if self._closed:
             subscriber.close()
         self._subscribers.append(subscriber)
+        return subscriber
+
+    def remove(self, subscriber: Subscriber[T]) -> None:
+        self._subscribers.remove(subscriber)
+        self._dropped += subscriber.dropped
+
+    @contextmanager
+    def subscribe(self) -> Iterator[Subscriber[T]]:
+        """A subscriber for the block."""
+        subscriber = self.add()
         try:
             yield subscriber
         finally:
-            self._subscribers.remove(subscriber)
-            self._dropped += subscriber.dropped
+            self.remove(subscriber)

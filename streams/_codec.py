@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 import attrs
@@ -27,6 +28,11 @@ _TYPES: Final[dict[str, type[Any]]] = {
         events.RunFinished,
     )
 }
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON, one line (what every stream sends)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicita
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
-from ._codec import event_to_json
+from ._codec import dumps, event_to_json
 from ._errors import WorkspaceError
 from ._hypercorn import serve_app
 from ._runlog import RunLog
@@ -118,18 +118,11 @@ class ServedSession:
             self.state["run_id"] = run_id
         self.feed.publish(self.state)
 
-    def new_log(self, run_id: str) -> RunLog:
-        """Start keeping a run's events (forgetting the oldest finished runs past :data:`KEPT_RUNS`)."""
-        log = self.runs[run_id] = RunLog(run_id, limit=REPLAY_LIMIT)
-        while len(self.runs) > KEPT_RUNS and next(iter(self.runs.values())).finished:
-            self.runs.popitem(last=False)
-        return log
-
     def record(self, run_id: str, event: Event) -> dict[str, Any]:
-        """Note an event of one of its runs: the run's log, the updates stream, the session's state."""
+        """Note an event of a run that began: its log, the updates stream, the run count."""
         data = event_to_json(event)
         data["run_id"] = run_id
-        log = self.runs.get(run_id) or self.new_log(run_id)
+        log = self.runs[run_id]  # a live run's log is never dropped
         log.append(data)
         self.updates.publish(data)
         if type(event) is RunStarted:
@@ -139,12 +132,18 @@ class ServedSession:
         return data
 
     def run_begins(self, run_id: str, stream: RunStream) -> None:
-        """A run was started (call it before the next checkpoint, so nothing the run does comes first)."""
+        """A run was started: keep its events (forgetting the oldest finished runs past
+        :data:`KEPT_RUNS`) and say so on the feed. Call it before the next checkpoint,
+        so that nothing the run does comes first."""
+        self.runs[run_id] = RunLog(run_id, limit=REPLAY_LIMIT)
+        while len(self.runs) > KEPT_RUNS and next(iter(self.runs.values())).finished:
+            self.runs.popitem(last=False)
         self.live[run_id] = stream
         self._set_state("running", run_id)
 
     def run_ends(self, run_id: str) -> None:
-        if self.live.pop(run_id, None) is not None and not self.live:
+        del self.live[run_id]
+        if not self.live and not self.feed.closed:  # a closed session stays closed
             self._set_state("idle")
 
     async def keep(self) -> None:
@@ -265,9 +264,7 @@ class Server:
     def _served(self, connection: HTTPConnection) -> ServedSession:
         if not self._authorized(connection):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
-        sid = connection.path_params.get("sid")
-        if sid is None:
-            raise _HTTPError(500, "internal", "no session in the path")  # pragma: no cover - routes always have one
+        sid = connection.path_params["sid"]
         served = self._sessions.get(sid)
         if served is None or served.session.closed:
             raise _HTTPError(404, "unknown_session", f"no session {sid!r}")
@@ -364,7 +361,6 @@ class Server:
     ) -> None:
         async with served.session.run(user_input, deps=served.workspace) as stream:
             run_id = stream.run_id
-            served.new_log(run_id)
             served.run_begins(run_id, stream)
             try:
                 task_status.started(run_id)
@@ -391,8 +387,7 @@ class Server:
 
     async def _feed(self, request: Request) -> Response:
         served = self._served(request)
-        subscription = served.feed.subscribe()
-        subscriber = subscription.__enter__()
+        subscriber = served.feed.add()  # removed by the response, however it ends
         subscriber.put(served.state)  # where things stand, first
 
         async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
@@ -405,7 +400,7 @@ class Server:
             return message["type"], message
 
         async def on_close() -> None:
-            subscription.__exit__(None, None, None)
+            served.feed.remove(subscriber)
 
         return self._event_stream(next_message, on_close)
 
@@ -414,20 +409,14 @@ class Server:
         next_message: Callable[[], Awaitable[tuple[str, dict[str, Any]] | Dropped | None]],
         on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> Response:
-        server = self
+        self._streaming += 1  # the response is always called, and ends by on_close
 
-        class _Counted(EventStreamResponse):
-            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-                server._streaming += 1
-                try:
-                    await super().__call__(scope, receive, send)
-                finally:
-                    server._streaming -= 1
-                    if on_close is not None:
-                        with trio.CancelScope(shield=True):
-                            await on_close()
+        async def closed() -> None:
+            self._streaming -= 1
+            if on_close is not None:
+                await on_close()
 
-        return _Counted(next_message, heartbeat=self._heartbeat)
+        return EventStreamResponse(next_message, heartbeat=self._heartbeat, on_close=closed)
 
     async def _answer(self, request: Request) -> Response:
         served = self._served(request)
@@ -465,7 +454,12 @@ class Server:
             return
         try:
             with served.updates.subscribe() as subscriber:
-                await self._pump_ws(websocket, subscriber.get, None)
+
+                async def receive() -> None:
+                    while True:
+                        await websocket.receive_text()  # nothing to read; this notices the client leaving
+
+                await self._pump_ws(websocket, subscriber.get, receive)
         finally:
             self._websockets -= 1
 
@@ -490,18 +484,14 @@ class Server:
         self,
         websocket: WebSocket,
         get: Callable[[], Awaitable[dict[str, Any] | Dropped]],
-        receive: Callable[[], Awaitable[None]] | None,
+        receive: Callable[[], Awaitable[None]],
     ) -> None:
-        """Send what ``get`` gives until it ends (the session closed) or the client leaves."""
+        """Send what ``get`` gives until it ends (the session closed) or the client leaves (``receive`` returns)."""
         async with trio.open_nursery() as nursery:
 
             async def read() -> None:
                 try:
-                    if receive is not None:
-                        await receive()
-                    else:
-                        while True:
-                            await websocket.receive_text()  # nothing to read; this notices the client leaving
+                    await receive()
                 except (WebSocketDisconnect, RuntimeError, KeyError):
                     pass  # the client left (or broke the protocol: a binary frame)
                 nursery.cancel_scope.cancel()
@@ -512,7 +502,7 @@ class Server:
                     message = await get()
                     if isinstance(message, Dropped):
                         message = {"type": "EventsDropped", "count": message.count}
-                    await websocket.send_text(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+                    await websocket.send_text(dumps(message))
             except trio.EndOfChannel:
                 with trio.move_on_after(self._heartbeat):
                     await websocket.close(_GOING_AWAY if self._closing else 1000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -10,6 +9,7 @@ import trio
 from starlette.responses import Response
 
 from ._broadcast import Dropped
+from ._codec import dumps
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -22,8 +22,7 @@ _PING: Final = b": ping\n\n"
 
 def encode(kind: str, data: dict[str, Any], message_id: int) -> bytes:
     """One SSE message: ``event``, ``id`` and one ``data`` line of compact JSON (which has no newline)."""
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {kind}\nid: {message_id}\ndata: {payload}\n\n".encode()
+    return f"event: {kind}\nid: {message_id}\ndata: {dumps(data)}\n\n".encode()
 
 
 class EventStreamResponse(Response):
@@ -32,10 +31,12 @@ class EventStreamResponse(Response):
     The source is read in the request's task, inside a nursery whose other
     task watches for ``http.disconnect``: a client that goes away cancels
     the source (an attached run's ``async with session.run()`` with it).
-    Whatever ``on_close`` does runs however the stream ended.
+    ``on_close`` runs (shielded) however the stream ended.
     """
 
-    def __init__(self, next_message: NextMessage, *, heartbeat: float) -> None:
+    def __init__(
+        self, next_message: NextMessage, *, heartbeat: float, on_close: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         # Not Response.__init__, which would declare a Content-Length.
         self.status_code = 200
         self.background = None
@@ -46,17 +47,23 @@ class EventStreamResponse(Response):
         ]
         self._next = next_message
         self._heartbeat = heartbeat
+        self._on_close = on_close
         self.disconnected = False
         """Whether the client went away before the stream ended."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch, receive, nursery.cancel_scope)
-            await self._pump(send)
-            nursery.cancel_scope.cancel()
-        if not self.disconnected:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, receive, nursery.cancel_scope)
+                await self._pump(send)
+                nursery.cancel_scope.cancel()
+            if not self.disconnected:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if self._on_close is not None:
+                with trio.CancelScope(shield=True):
+                    await self._on_close()
 
     async def _watch(self, receive: Receive, scope: trio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
