@@ -30,7 +30,7 @@ from ._errors import PeerSilentError, RemoteError, StreamClosedError, StreamErro
 from ._workspace import WorkspaceChange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from runtime.events import Event
 
@@ -178,6 +178,13 @@ async def _handshake(
     raise StreamClosedError(f"{host}: the connection closed during the WebSocket handshake")
 
 
+def _abnormal(url: str, closed: ConnectionClosed) -> StreamClosedError | None:
+    """The error for a close that was not normal (1000 or 1001); ``None`` for one that was."""
+    if closed.reason is not None and closed.reason.code in _NORMAL_CLOSE:
+        return None
+    return StreamClosedError(f"{url} closed: {closed.reason}")
+
+
 class _Heartbeat:
     """Pings every ``interval``; a pong later than ``timeout`` means a silent peer (unless we are the slow side)."""
 
@@ -188,7 +195,7 @@ class _Heartbeat:
         self.backlogged = False
         """Set by the owner while it waits for its consumer: pongs may be queued behind messages then."""
 
-    async def run(self, on_silent: Any) -> None:
+    async def run(self, on_silent: Callable[[StreamError], object]) -> None:
         while True:
             await trio.sleep(self._interval)
             with trio.move_on_after(self._timeout) as waited:
@@ -261,8 +268,7 @@ async def open_updates_stream(
                     try:
                         text = await ws.get_message()
                     except ConnectionClosed as closed:
-                        if closed.reason is None or closed.reason.code not in _NORMAL_CLOSE:
-                            stream._error = StreamClosedError(f"{url} closed: {closed.reason}")
+                        stream._error = _abnormal(url, closed)
                         return
                     try:
                         data = json.loads(text)
@@ -416,8 +422,7 @@ async def open_workspace_stream(
                     try:
                         text = await ws.get_message()
                     except ConnectionClosed as closed:
-                        if closed.reason is None or closed.reason.code not in _NORMAL_CLOSE:
-                            error = StreamClosedError(f"{url} closed: {closed.reason}")
+                        error = _abnormal(url, closed)
                         return
                     try:
                         stream._received(json.loads(text))

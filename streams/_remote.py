@@ -205,8 +205,6 @@ class RemoteSession:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
             RemoteError: the server refused the token (401/403): retrying cannot help.
         """
-        if self._running:
-            raise StreamError(f"{self!r} is already maintained")
         with self._registry.claim((self.base_url, self.session_id)):
             async with open_http_client(self._given_client) as client:
                 self._client = client
@@ -221,8 +219,7 @@ class RemoteSession:
                     self._client = None
                     self._running = False
                     self._connected.clear()
-                    self._changed.set()
-                    self._changed = trio.Event()
+                    self._notify()
         if self._fatal is not None:
             raise self._fatal
 
@@ -251,48 +248,61 @@ class RemoteSession:
         self._failures += 1
         self._last_error = f"{name}: {error}"
 
+    def _notify(self) -> None:
+        """Wake whoever waits in :meth:`wait_connected`."""
+        self._changed.set()
+        self._changed = trio.Event()
+
     def _up(self, name: StreamName) -> None:
         self._connected.add(name)
         self._connects += 1
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _down(self, name: StreamName) -> None:
-        self._connected.discard(name)
-        self._changed.set()
-        self._changed = trio.Event()
+        self._notify()
 
     async def _follow(self, name: StreamName) -> None:
-        ws_url = "ws" + self._session_url.removeprefix("http")
+        """Connect one stream and deliver what it brings until it ends."""
         try:
             if name == "feed":
-                async with open_sse_listener(
-                    f"{self._session_url}/feed",
-                    token=self._token,
-                    client=self._client,
-                    connect_timeout=self._connect_timeout,
-                    read_timeout=self._read_timeout,
-                ) as feed:
-                    self._up(name)
-                    async for message in feed:
-                        if isinstance(message.data, dict):
-                            await self._deliver(name, message.data)
+                await self._follow_feed()
             elif name == "updates":
-                async with open_updates_stream(f"{ws_url}/updates", **self._ws_options()) as updates:
-                    self._up(name)
-                    async for update in updates:
-                        await self._deliver(name, {**event_to_json(update.event), "run_id": update.run_id})
+                await self._follow_updates()
             else:
-                async with open_workspace_stream(f"{ws_url}/workspace", **self._ws_options()) as workspace:
-                    self._workspace = workspace
-                    self._up(name)
-                    async for change in workspace:
-                        data = {"type": "WorkspaceChanged", **attrs.asdict(change)}
-                        await self._deliver(name, data)
+                await self._follow_workspace()
         finally:
-            if name == "workspace":
+            self._connected.discard(name)
+            self._notify()
+
+    async def _follow_feed(self) -> None:
+        async with open_sse_listener(
+            f"{self._session_url}/feed",
+            token=self._token,
+            client=self._client,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        ) as feed:
+            self._up("feed")
+            async for message in feed:
+                if isinstance(message.data, dict):
+                    await self._deliver("feed", message.data)
+
+    async def _follow_updates(self) -> None:
+        async with open_updates_stream(f"{self._ws_url}/updates", **self._ws_options()) as updates:
+            self._up("updates")
+            async for update in updates:
+                await self._deliver("updates", {**event_to_json(update.event), "run_id": update.run_id})
+
+    async def _follow_workspace(self) -> None:
+        async with open_workspace_stream(f"{self._ws_url}/workspace", **self._ws_options()) as workspace:
+            self._workspace = workspace
+            try:
+                self._up("workspace")
+                async for change in workspace:
+                    await self._deliver("workspace", {"type": "WorkspaceChanged", **attrs.asdict(change)})
+            finally:
                 self._workspace = None
-            self._down(name)
+
+    @property
+    def _ws_url(self) -> str:
+        return "ws" + self._session_url.removeprefix("http")
 
     def _ws_options(self) -> dict[str, Any]:
         return {
@@ -309,20 +319,18 @@ class RemoteSession:
 
     async def _ensure_session(self) -> None:
         """Create the remote session unless it exists (after a server restart, it does not)."""
-        response = await self._post("/sessions", {"id": self.session_id}, base=self.base_url)
+        response = await self._post(f"{self.base_url}/sessions", {"id": self.session_id})
         if response.status_code not in (201, 409):
             raise _remote_error(response, "creating the session")
 
-    async def _post(self, path: str, body: Any, *, base: str | None = None) -> httpx.Response:
+    async def _post(self, url: str, body: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
         timeout = httpx.Timeout(self._connect_timeout)
         async with open_http_client(self._client) as client:
             try:
-                return await client.post(
-                    f"{base or self._session_url}{path}", json=body, headers=headers, timeout=timeout
-                )
+                return await client.post(url, json=body, headers=headers, timeout=timeout)
             except httpx.TimeoutException:
-                raise PeerSilentError(f"{base or self._session_url}{path} did not answer") from None
+                raise PeerSilentError(f"{url} did not answer") from None
             except httpx.TransportError as exc:
                 raise StreamClosedError(f"could not reach {self.base_url}: {exc}") from exc
 
@@ -356,7 +364,8 @@ class RemoteSession:
         Raises:
             RemoteError: ``status`` 404 (no such pending question) or 422 (the answer does not fit).
         """
-        response = await self._post(f"/elicitations/{request_id}", {"action": action, "content": content})
+        answer = {"action": action, "content": content}
+        response = await self._post(f"{self._session_url}/elicitations/{request_id}", answer)
         if response.status_code != 204:
             raise _remote_error(response, f"answering {request_id!r}")
 
