@@ -374,11 +374,12 @@ class Create(Protocol):
 async def _create(client: httpx.AsyncClient, session_id: str) -> None:
     response = await client.post("/sessions", json={"id": session_id})
     assert response.status_code == 201, response.text
+    assert response.json()["id"] == session_id
 
 
 @pytest.fixture
 def create() -> Create:
-    """``await create(client, session_id)``: POST /sessions with that id, which must be 201."""
+    """``await create(client, session_id)``: POST /sessions with that id, which must be 201 and take it."""
     return _create
 
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from agents import Tool
-    from tests.streams.conftest import MakeAgent, Serving
+    from tests.streams.conftest import Create, MakeAgent, Serving
 
 TOKEN: Final = "s3cret-token"
 TIMEOUT: Final = 10
@@ -61,12 +61,6 @@ def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-async def create(client: httpx.AsyncClient, session_id: str) -> None:
-    response = await client.post("/sessions", json={"id": session_id})
-    assert response.status_code == 201, response.text
-    assert response.json()["id"] == session_id
 
 
 @asynccontextmanager
@@ -170,7 +164,9 @@ async def test_create_with_and_without_an_id_and_a_duplicate_is_409(make_agent: 
             assert server.statistics().sessions == 3
 
 
-async def test_list_and_get_describe_sessions_and_unknown_is_404(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_list_and_get_describe_sessions_and_unknown_is_404(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """GET /sessions lists {"id", "state", "runs"}; GET /sessions/{sid} describes one; an unknown one is 404."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -190,7 +186,9 @@ async def test_list_and_get_describe_sessions_and_unknown_is_404(make_agent: Mak
             assert_error(await client.get("/sessions/nope"), 404)
 
 
-async def test_delete_closes_the_session_and_later_requests_are_404(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_delete_closes_the_session_and_later_requests_are_404(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """DELETE /sessions/{sid} is 204 and closes the runtime session; then it is gone (404 everywhere)."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -211,7 +209,9 @@ async def test_delete_closes_the_session_and_later_requests_are_404(make_agent: 
             assert_error(await client.delete("/sessions/never"), 404)
 
 
-async def test_unknown_session_run_and_elicitation_are_404(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_unknown_session_run_and_elicitation_are_404(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """The per-session endpoints answer 404 with an error body for an unknown session, run or elicitation."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -228,7 +228,7 @@ async def test_unknown_session_run_and_elicitation_are_404(make_agent: MakeAgent
 
 
 async def test_an_attached_run_streams_the_events_a_local_run_gives(
-    make_agent: MakeAgent, add: Tool, serving: Serving
+    make_agent: MakeAgent, add: Tool, serving: Serving, create: Create
 ) -> None:
     """POST /runs streams the run as SSE: each event's JSON with its type and run_id, the same events a
     local session gives for the same input, ending with RunFinished."""
@@ -260,7 +260,9 @@ async def test_an_attached_run_streams_the_events_a_local_run_gives(
     assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_a_client_that_disconnects_cancels_its_attached_run(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_a_client_that_disconnects_cancels_its_attached_run(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Leaving the httpx stream block mid-run cancels the run's tool; the session can run again."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
     agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
@@ -283,7 +285,9 @@ async def test_a_client_that_disconnects_cancels_its_attached_run(make_agent: Ma
             assert not server.sessions["s1"].session.closed
 
 
-async def test_an_abandoned_attached_run_ends_for_its_followers(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_an_abandoned_attached_run_ends_for_its_followers(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Someone following an attached run (GET /runs/{rid}/events) gets its RunFinished("cancelled")
     once the run's own client has left and the run was cancelled."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -307,7 +311,9 @@ async def test_an_abandoned_attached_run_ends_for_its_followers(make_agent: Make
     assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": "s1-r1"}
 
 
-async def test_an_abandoned_attached_run_leaves_the_session_idle(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_an_abandoned_attached_run_leaves_the_session_idle(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """Once an attached run's client has left and the run was cancelled, the feed says idle again and
     then GET /sessions/{sid} says idle (before any other run)."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -329,7 +335,9 @@ async def test_an_abandoned_attached_run_leaves_the_session_idle(make_agent: Mak
                 assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start(make_agent: MakeAgent) -> None:
+async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start(
+    make_agent: MakeAgent, create: Create
+) -> None:
     """detach: 202 with the run id; the run outlives the client that started it, and another client
     gets every event from RunStarted (replayed) to RunFinished (live), as does one that comes after."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -368,7 +376,9 @@ async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_sta
     assert described == {"id": "s1", "state": "idle", "runs": 1}
 
 
-async def test_the_last_eight_finished_runs_can_be_followed(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_the_last_eight_finished_runs_can_be_followed(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """GET /runs/{rid}/events replays a finished run while it is among the session's last 8; older is 404."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
@@ -395,7 +405,7 @@ def asking_tool(answers: list[ElicitationResult]) -> Tool:
     return pick
 
 
-async def test_an_elicitation_is_answered_over_http(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_an_elicitation_is_answered_over_http(make_agent: MakeAgent, serving: Serving, create: Create) -> None:
     """The run's SSE shows the ElicitationRequest; a bad answer is 422 and leaves it open, an unknown
     id is 404, a good answer is 204 and reaches the tool (once)."""
     answers: list[ElicitationResult] = []
@@ -439,10 +449,13 @@ async def test_an_elicitation_is_answered_over_http(make_agent: MakeAgent, servi
 
 
 async def test_the_feed_shows_state_workspace_changes_notices_and_closing(
-    make_agent: MakeAgent, serving: Serving
+    make_agent: MakeAgent, serving: Serving, create: Create
 ) -> None:
     """GET /feed: SessionState idle, running (with run_id), a WorkspaceChanged from the agent's
-    write_file, idle again, a Notice from served.notify, and SessionState closed, after which it ends."""
+    write_file, idle again, a Notice from served.notify, and SessionState closed, after which it ends.
+
+    In that order: running comes before the change the run's own tool made, so a feed client never
+    sees an agent's write while the session is, as far as it knows, idle."""
     agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
     with trio.fail_after(TIMEOUT):
         async with serving(agent) as (server, client):
@@ -454,14 +467,11 @@ async def test_the_feed_shows_state_workspace_changes_notices_and_closing(
                 run = await run_attached(client, "s1", "tool: write notes")
                 assert run[-1]["reason"] == "completed"
                 between = [await next_data(messages) for _ in range(3)]
-                states = [item for item in between if item["type"] == "SessionState"]
-                assert states == [
+                assert between == [
                     {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
+                    {"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "agent"},
                     {"type": "SessionState", "state": "idle"},
                 ]
-                changes = [item for item in between if item["type"] == "WorkspaceChanged"]
-                assert changes == [{"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "agent"}]
-                assert between[-1]["state"] == "idle"  # the change came during the run
                 assert served.workspace.read("notes.txt") == "hi"
 
                 served.notify("maintenance at noon")
@@ -472,25 +482,7 @@ async def test_the_feed_shows_state_workspace_changes_notices_and_closing(
                 assert [message async for message in messages] == []  # the stream ended
 
 
-async def test_the_feed_says_running_before_the_changes_the_run_makes(make_agent: MakeAgent, serving: Serving) -> None:
-    """SessionState running comes before a WorkspaceChanged the run's own tool made: a feed client
-    never sees an agent's write while the session is, as far as it knows, idle."""
-    agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "notes.txt", "content": "hi"}))
-    with trio.fail_after(TIMEOUT):
-        async with serving(agent) as (_, client):
-            await create(client, "s1")
-            async with open_sse(client, "GET", "/sessions/s1/feed") as messages:
-                assert await next_data(messages) == {"type": "SessionState", "state": "idle"}
-                await run_attached(client, "s1", "tool: write notes")
-                between = [await next_data(messages) for _ in range(3)]
-    assert between == [
-        {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
-        {"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "agent"},
-        {"type": "SessionState", "state": "idle"},
-    ]
-
-
-async def test_a_quiet_sse_stream_gets_ping_comments(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_a_quiet_sse_stream_gets_ping_comments(make_agent: MakeAgent, serving: Serving, create: Create) -> None:
     """With nothing to say, the feed sends ``: ping`` comments every ``heartbeat`` seconds."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent(), heartbeat=0.05) as (_, client):
@@ -605,7 +597,7 @@ async def test_a_websocket_handshake_without_the_token_is_rejected_with_401(path
             assert status == 101
 
 
-async def test_malformed_json_is_422(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_malformed_json_is_422(make_agent: MakeAgent, serving: Serving, create: Create) -> None:
     """A body that is not JSON, or not a JSON object, or a run without a string input, is 422 and does nothing."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (server, client):
@@ -632,7 +624,7 @@ def body_of(size: int) -> bytes:
 JSON_HEADER: Final = {"content-type": "application/json"}
 
 
-async def test_a_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_a_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving, create: Create) -> None:
     """A body of max_body bytes is accepted; one byte more (by its Content-Length) is 413 and does nothing."""
     limit = 1024
     with trio.fail_after(TIMEOUT):
@@ -649,7 +641,7 @@ async def test_a_body_over_max_body_is_413(make_agent: MakeAgent, serving: Servi
             assert (await client.get("/sessions/s1")).json()["runs"] == 1
 
 
-async def test_a_chunked_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_a_chunked_body_over_max_body_is_413(make_agent: MakeAgent, serving: Serving, create: Create) -> None:
     """Without a Content-Length (chunked), the limit holds as the body arrives: 413, and nothing is left behind."""
     limit = 1024
 
@@ -668,7 +660,9 @@ async def test_a_chunked_body_over_max_body_is_413(make_agent: MakeAgent, servin
 # -- isolation -----------------------------------------------------------------
 
 
-async def test_a_failing_run_in_one_session_does_not_disturb_another(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_a_failing_run_in_one_session_does_not_disturb_another(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """A run whose model raises ends with ErrorEvent and RunFinished("error") in its own session only:
     another session's run in flight completes, and both sessions go on serving."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -702,7 +696,9 @@ async def test_a_failing_run_in_one_session_does_not_disturb_another(make_agent:
             assert server.sessions["bad"].handle.error is None
 
 
-async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(make_agent: MakeAgent, serving: Serving) -> None:
+async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
     """With ``idle_timeout``, a session with a run in flight stays; once idle that long, it is closed:
     its feed ends with SessionState closed and it is gone from the server."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
