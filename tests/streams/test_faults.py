@@ -240,6 +240,7 @@ async def test_idle_reaping_ends_a_blackholed_remote_session(fault_proxy: FaultP
             await remote.wait_connected()
         fault_proxy.blackhole()
         assert not handle.closed
+        assert registry.active == {(_via(fault_proxy), "s1")}
         with trio.fail_after(BOUND), _within(idle + PROMPT):
             await handle.wait_closed()
         assert registry.active == frozenset()
@@ -414,8 +415,10 @@ async def test_remote_session_closed_during_backoff_exits_at_once(fault_proxy: F
     async with open_runtime() as local:
         remote = RemoteSession(_via(fault_proxy), "s1", registry=registry, backoff=Backoff(initial=30, maximum=60))
         handle = await _connect_then_stop_server(local, remote, fault_proxy, make_agent())
-        # Every stream ended and sleeps before its next attempt (the server is gone, so none is connected).
+        # Every stream ended and sleeps before its next attempt (the server is gone, so none is connected);
+        # maintain is still running (it holds its claim), so the close below is what ends it.
         assert remote.statistics().connected == frozenset()
+        assert registry.active == {(_via(fault_proxy), "s1")}
         with _within(1.0):
             await handle.aclose()
         assert registry.active == frozenset()
@@ -437,6 +440,7 @@ async def test_remote_session_closed_while_retrying_a_dead_server_exits_at_once(
         stats = remote.statistics()
         assert stats.failures == 3  # one failed attempt per stream: each now sleeps 15-30 s
         assert stats.connects == 0
+        assert registry.active == {(_via(fault_proxy), "s1")}  # maintain did not give up: the close ends it
         with _within(1.0):
             await handle.aclose()
         assert registry.active == frozenset()

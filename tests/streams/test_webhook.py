@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 from contextlib import asynccontextmanager
@@ -165,9 +166,11 @@ async def test_webhook_forgets_a_waiting_request_when_its_client_goes_away() -> 
         await nursery.start(channel.run, bus)  # no gateway: nobody ever replies
         with trio.fail_after(10):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{channel.port}", timeout=10) as client:
-                with trio.move_on_after(0.5):
-                    await client.post("/messages", json={"chat_id": "c", "text": "x", "wait_for_response": True})
-                assert channel.statistics().pending == 1
+                async with trio.open_nursery() as waiting:
+                    body = {"chat_id": "c", "text": "x", "wait_for_response": True}
+                    waiting.start_soon(functools.partial(client.post, "/messages", json=body))
+                    await wait_until(lambda: channel.statistics().pending == 1)  # it waits for its reply
+                    waiting.cancel_scope.cancel()  # the client gives up: its connection closes
             await wait_until(lambda: channel.statistics().pending == 0)
         nursery.cancel_scope.cancel()
     bus.close()
