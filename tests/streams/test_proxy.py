@@ -58,9 +58,11 @@ async def _echo_server(nursery: trio.Nursery) -> EchoServer:
 
 
 @pytest.fixture
-async def echo(nursery: trio.Nursery) -> EchoServer:
-    """An echo server on an ephemeral loopback port."""
-    return await _echo_server(nursery)
+async def echo(nursery: trio.Nursery, fault_proxy: FaultProxy) -> EchoServer:
+    """An echo server on an ephemeral loopback port, set as ``fault_proxy``'s upstream."""
+    server = await _echo_server(nursery)
+    fault_proxy.upstream = ("127.0.0.1", server.port)
+    return server
 
 
 async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
@@ -76,9 +78,14 @@ async def _connect(proxy: FaultProxy) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", proxy.port)
 
 
+async def _echoed(stream: trio.SocketStream, data: bytes) -> None:
+    """Send ``data`` and check that it comes back whole."""
+    await stream.send_all(data)
+    assert await _receive_exactly(stream, len(data)) == data
+
+
 async def test_forward_copies_both_ways_and_counts(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """In forward mode bytes go through both ways, are counted, and a closed client closes its link."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as client:
             await fault_proxy.wait_connections(1)
@@ -94,11 +101,9 @@ async def test_forward_copies_both_ways_and_counts(fault_proxy: FaultProxy, echo
 
 async def test_delay_holds_each_chunk(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """With ``delay(d)`` a round trip takes at least ``2 d`` (one delay each way), and still arrives whole."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as client:
-            await client.send_all(b"warm")
-            await _receive_exactly(client, 4)
+            await _echoed(client, b"warm")
             fault_proxy.delay(0.25)
             start = trio.current_time()
             await client.send_all(b"slow")
@@ -109,11 +114,9 @@ async def test_delay_holds_each_chunk(fault_proxy: FaultProxy, echo: EchoServer)
 
 async def test_blackhole_forwards_nothing_and_closes_nothing(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """A blackholed live connection stays open with no bytes through; ``forward()`` then delivers what was held."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as client:
-            await client.send_all(b"one")
-            await _receive_exactly(client, 3)
+            await _echoed(client, b"one")
             fault_proxy.blackhole()
             await client.send_all(b"two")
             with trio.move_on_after(ABSENCE) as quiet:
@@ -128,7 +131,6 @@ async def test_blackhole_forwards_nothing_and_closes_nothing(fault_proxy: FaultP
 
 async def test_blackhole_holds_a_fin(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """A client closing during a blackhole is not seen upstream (no FIN) until forwarding resumes."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy):
             await echo.wait_for(connections=1)
@@ -146,7 +148,6 @@ async def test_blackhole_accepts_new_connections_without_dialling_upstream(
     fault_proxy: FaultProxy, echo: EchoServer
 ) -> None:
     """A new connection to a blackholed proxy is accepted, but the upstream never hears of it until ``forward()``."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     fault_proxy.blackhole()
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as client:
@@ -163,11 +164,9 @@ async def test_blackhole_accepts_new_connections_without_dialling_upstream(
 
 async def test_reset_breaks_live_and_new_connections(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """``reset()`` gives a live client a connection reset, resets new ones too, until ``forward()``."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as client:
-            await client.send_all(b"x")
-            await _receive_exactly(client, 1)
+            await _echoed(client, b"x")
             fault_proxy.reset()
             with pytest.raises(trio.BrokenResourceError) as broken:
                 await client.receive_some(65536)
@@ -180,23 +179,19 @@ async def test_reset_breaks_live_and_new_connections(fault_proxy: FaultProxy, ec
         await fault_proxy.wait_connections(0)
         fault_proxy.forward()
         async with await _connect(fault_proxy) as again:
-            await again.send_all(b"ok")
-            assert await _receive_exactly(again, 2) == b"ok"
+            await _echoed(again, b"ok")
 
 
 async def test_refuse_resets_new_connections_only(fault_proxy: FaultProxy, echo: EchoServer) -> None:
     """``refuse()`` makes new dials fail while a live connection keeps forwarding."""
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as live:
-            await live.send_all(b"a")
-            await _receive_exactly(live, 1)
+            await _echoed(live, b"a")
             fault_proxy.refuse()
             async with await _connect(fault_proxy) as refused:
                 with pytest.raises(trio.BrokenResourceError):
                     await refused.receive_some(65536)
-            await live.send_all(b"b")
-            assert await _receive_exactly(live, 1) == b"b"
+            await _echoed(live, b"b")
     assert echo.connections == 1
 
 
@@ -218,16 +213,12 @@ async def test_retarget_sends_new_connections_to_the_new_upstream(
 ) -> None:
     """Changing ``upstream`` moves new connections to the new server; a live connection stays where it was."""
     other = await _echo_server(nursery)
-    fault_proxy.upstream = ("127.0.0.1", echo.port)
     with trio.fail_after(BOUND):
         async with await _connect(fault_proxy) as first:
-            await first.send_all(b"1")
-            await _receive_exactly(first, 1)
+            await _echoed(first, b"1")
             fault_proxy.upstream = ("127.0.0.1", other.port)
             async with await _connect(fault_proxy) as second:
-                await second.send_all(b"22")
-                assert await _receive_exactly(second, 2) == b"22"
-            await first.send_all(b"3")
-            await _receive_exactly(first, 1)
+                await _echoed(second, b"22")
+            await _echoed(first, b"3")
     assert (echo.connections, echo.received) == (1, 2)
     assert (other.connections, other.received) == (1, 2)
