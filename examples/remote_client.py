@@ -256,10 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prompt", default="Remember to water the plants.", help="what to ask the remote agent")
     parser.add_argument("--once", action="store_true", help="exit once the run is over and the session idle again")
     options = parser.parse_args(argv)
-    attach_fn = functools.partial(attach, options.url, options.session, options.prompt)
+    attach_fn = functools.partial(
+        attach, options.url, options.session, options.prompt, token=options.token, once=options.once
+    )
     status: int | None = None
     try:
-        status = trio.run(until_signalled, functools.partial(attach_fn, token=options.token, once=options.once))
+        status = trio.run(until_signalled, attach_fn)
     except* KeyboardInterrupt:  # Ctrl-C before the signal receiver was installed
         pass
     except* (RemoteError, StreamError) as group:
