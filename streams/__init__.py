@@ -25,6 +25,7 @@ from ._errors import (
     ListenerBusyError as ListenerBusyError,
     PeerSilentError as PeerSilentError,
     RemoteError as RemoteError,
+    SessionExistsError as SessionExistsError,
     StreamClosedError as StreamClosedError,
     StreamError as StreamError,
     WorkspaceError as WorkspaceError,

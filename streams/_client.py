@@ -258,8 +258,10 @@ async def open_updates_stream(
         stream = UpdatesStream(receive)
         beat = _Heartbeat(ws, heartbeat, heartbeat_timeout)
 
+        # The first error is the one reported: a close that follows a
+        # heartbeat's verdict must not turn a silent peer into a normal end.
         def fail(error: StreamError) -> None:
-            stream._error = error
+            stream._error = stream._error or error
             send.close()
 
         async def read() -> None:
@@ -268,7 +270,7 @@ async def open_updates_stream(
                     try:
                         text = await ws.get_message()
                     except ConnectionClosed as closed:
-                        stream._error = _abnormal(url, closed)
+                        stream._error = stream._error or _abnormal(url, closed)
                         return
                     try:
                         data = json.loads(text)
@@ -277,7 +279,7 @@ async def open_updates_stream(
                             continue
                         update = Update(data.get("run_id"), event_from_json(data))
                     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                        stream._error = StreamError(f"{url} sent a malformed update: {exc}")
+                        stream._error = stream._error or StreamError(f"{url} sent a malformed update: {exc}")
                         return
                     beat.backlogged = True
                     try:
@@ -373,6 +375,8 @@ class WorkspaceStream:
             self.dropped += int(data["count"])
 
     def _end(self, error: StreamError | None) -> None:
+        if self._ended:
+            return  # the first verdict (e.g. a silent peer) stands
         self._ended = True
         self._error = error
         self._wakeup.set()

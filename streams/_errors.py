@@ -30,3 +30,7 @@ class ListenerBusyError(StreamError):
 
 class WorkspaceError(StreamError):
     """A workspace command failed (unknown file, bad command, workspace full)."""
+
+
+class SessionExistsError(ValueError):
+    """``Server.open_session`` was given the id of a session it serves already (HTTP 409)."""

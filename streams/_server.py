@@ -22,7 +22,7 @@ from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
-from ._errors import WorkspaceError
+from ._errors import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._runlog import RunLog
 from ._sse import EventStreamResponse
@@ -224,12 +224,18 @@ class Server:
         return ServerStatistics(len(self._sessions), self._streaming, self._websockets, dropped)
 
     async def open_session(self, session_id: str | None = None) -> ServedSession:
-        """Start a served session (what ``POST /sessions`` does)."""
+        """Start a served session (what ``POST /sessions`` does).
+
+        Raises:
+            SessionExistsError: a served session has that id.
+            ClosedSessionError: the server is shutting down.
+        """
         if self._closing:
             raise ClosedSessionError("the server is shutting down")
-        if session_id is not None and session_id in self._sessions:
-            raise _HTTPError(409, "conflict", f"session {session_id!r} exists")
         handle = await self.runtime.start_session(self.agent, session_id=session_id, idle_timeout=self._idle_timeout)
+        if handle.session.id in self._sessions:  # checked after the await: no other task can slip in between
+            await handle.aclose()
+            raise SessionExistsError(f"session {handle.session.id!r} exists")
         served = ServedSession(handle, buffer=self._buffer)
         self._sessions[served.id] = served
         try:
@@ -304,6 +310,8 @@ class Server:
             served = await self.open_session(session_id)
         except ClosedSessionError:
             raise _HTTPError(503, "shutting_down", "the server is shutting down") from None
+        except SessionExistsError as exc:
+            raise _HTTPError(409, "conflict", str(exc)) from None
         return JSONResponse(served.describe(), status_code=201)
 
     async def _list(self, request: Request) -> Response:

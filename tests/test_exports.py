@@ -159,6 +159,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ServedSession",
             "Server",
             "ServerStatistics",
+            "SessionExistsError",
             "StreamClosedError",
             "StreamError",
             "Update",

@@ -28,7 +28,7 @@ from runtime.events import (
     ToolCallFinished,
     Usage,
 )
-from streams import WORKSPACE_TOOLS, event_from_json, open_server
+from streams import WORKSPACE_TOOLS, SessionExistsError, event_from_json, open_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -162,6 +162,14 @@ async def test_create_with_and_without_an_id_and_a_duplicate_is_409(make_agent: 
             assert_error(duplicate, 409)
             assert set(server.sessions) == set(ids)
             assert server.statistics().sessions == 3
+
+            # The Python API says the same with a public error, and the first "alpha" is untouched.
+            first = server.sessions["alpha"]
+            with pytest.raises(SessionExistsError, match="alpha"):
+                await server.open_session("alpha")
+            assert server.sessions["alpha"] is first
+            assert not first.session.closed
+            assert len(server.runtime.sessions) == 3  # the would-be duplicate was closed
 
 
 async def test_list_and_get_describe_sessions_and_unknown_is_404(
