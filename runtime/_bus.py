@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -14,6 +14,8 @@ Policy: TypeAlias = Literal["block", "drop"] | float
 """How a publish waits for room: ``"block"`` (as long as the caller's cancel
 scope allows), ``"drop"`` (never waits), or a number of seconds (then
 ``on_timeout`` decides: raise ``PublishTimeoutError``, or drop)."""
+
+_M = TypeVar("_M", "InboundMessage", "OutboundMessage")
 
 _message_ids = itertools.count(1)
 _Queue: TypeAlias = "tuple[trio.MemorySendChannel[OutboundMessage], trio.MemoryReceiveChannel[OutboundMessage]]"
@@ -76,8 +78,8 @@ class _Direction:
 
     async def publish(
         self,
-        send: trio.MemorySendChannel[object] | None,
-        message: object,
+        send: trio.MemorySendChannel[_M] | None,
+        message: _M,
         policy: Policy,
         on_timeout: Literal["raise", "drop"],
     ) -> bool:
@@ -124,9 +126,7 @@ class MessageBus:
 
     def __init__(self, *, inbound_size: int = 100, outbound_size: int = 100) -> None:
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[InboundMessage](inbound_size)
-        self._outbound: dict[
-            str, tuple[trio.MemorySendChannel[OutboundMessage], trio.MemoryReceiveChannel[OutboundMessage]]
-        ] = {}
+        self._outbound: dict[str, _Queue] = {}
         self._in = _Direction(inbound_size)
         self._out = _Direction(outbound_size)
         self._closed = False
@@ -146,7 +146,7 @@ class MessageBus:
             ClosedBusError: the bus is closed.
         """
         self._check_open()
-        return await self._in.publish(self._inbound_send, message, policy, on_timeout)  # type: ignore[arg-type]
+        return await self._in.publish(self._inbound_send, message, policy, on_timeout)
 
     async def publish_outbound(
         self, message: OutboundMessage, *, policy: Policy, on_timeout: Literal["raise", "drop"] = "raise"
@@ -162,7 +162,7 @@ class MessageBus:
         self._check_open()
         pair = self._outbound.get(message.channel)
         send = pair[0] if pair is not None else None
-        return await self._out.publish(send, message, policy, on_timeout)  # type: ignore[arg-type]
+        return await self._out.publish(send, message, policy, on_timeout)
 
     def inbound(self) -> trio.MemoryReceiveChannel[InboundMessage]:
         """The gateway's side: inbound messages, until the bus is closed."""

@@ -50,11 +50,6 @@ class EventPipe(Generic[T]):
         """Whether the consumer has closed its side."""
         return self._receiver_closed
 
-    @property
-    def buffered(self) -> int:
-        """Items waiting in the buffer."""
-        return len(self._buffer)
-
     # -- the producers' side --------------------------------------------------
 
     def send_nowait(self, item: T) -> None:
