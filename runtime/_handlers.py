@@ -84,12 +84,10 @@ class StreamHandler:
         if self._removed:
             return
         if len(self._buffer) >= self._size:
-            if self.overflow == "drop_oldest":
-                self._buffer.popleft()
-            else:
-                self._dropped += 1
-                return
             self._dropped += 1
+            if self.overflow != "drop_oldest":
+                return  # the new event goes (drop_newest, or block on cancellation)
+            self._buffer.popleft()
         self._buffer.append(event)
         self._wakeup.set()
 
