@@ -80,7 +80,9 @@ async def test_runtime_session_is_not_reaped_during_a_run(autojump_clock: trio.t
         result = await handle.session.ask("go")
         assert result.output == "finished"
         assert not handle.closed
+        ended = trio.current_time()
         await handle.wait_closed()
+        assert trio.current_time() - ended == pytest.approx(10)
 
 
 async def test_runtime_idle_timeout_can_be_disabled_per_session(

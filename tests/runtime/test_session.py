@@ -29,9 +29,17 @@ from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFi
 
 async def test_session_runs_are_served_in_fifo_order() -> None:
     """Runs started together are served one at a time, in the order run() was called."""
-    model = ScriptedModel(["one", "two", "three"])
+    release = trio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Holds the run slot until released."""
+        await release.wait()
+        return "released"
+
+    model = ScriptedModel([ToolCall("hold"), "one", "two", "three"])
     order: list[str] = []
-    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[hold])) as session:
 
         async def consume(prompt: str) -> None:
             async with session.run(prompt) as stream:
@@ -43,9 +51,12 @@ async def test_session_runs_are_served_in_fifo_order() -> None:
             for prompt in ("first", "second", "third"):
                 nursery.start_soon(consume, prompt)
                 await trio.testing.wait_all_tasks_blocked()
+            # The first run holds the slot, so the other two are both waiting for it.
+            assert order == ["first"]
+            release.set()
     assert order == ["first", "second", "third"]
-    assert [m.messages[-1] for m in model.requests] == [
-        UserMessage("first"),
+    assert [m.messages[-1] for m in model.requests[1:]] == [
+        ToolResultMessage("call_1_0", "hold", "released"),
         UserMessage("second"),
         UserMessage("third"),
     ]
@@ -55,10 +66,12 @@ async def test_session_second_concurrent_run_sees_first_exchange() -> None:
     """Of two concurrent runs, the second's model request contains the first's whole exchange."""
     model = ScriptedModel([ToolCall("echo", {"text": "a"}), "first done", "second done"])
 
+    gate = trio.Event()
+
     @tool
     async def echo(text: str) -> str:
-        """Echo."""
-        await trio.lowlevel.checkpoint()
+        """Echo, once the gate opens."""
+        await gate.wait()
         return text
 
     async with open_runtime() as runtime:
@@ -71,7 +84,10 @@ async def test_session_second_concurrent_run_sees_first_exchange() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ask, "q1")
                 await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(ask, "q2")
+                nursery.start_soon(ask, "q2")  # entered while q1 is still in its tool
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == {}
+                gate.set()
     assert results == {"q1": "first done", "q2": "second done"}
     last_request = model.requests[-1].messages
     assert last_request == (
