@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -404,7 +405,10 @@ async def test_tool_context_carries_deps_session_and_call() -> None:
 async def test_sync_tool_runs_in_a_worker_thread() -> None:
     """A sync tool function runs (in a thread) and its result reaches the model."""
 
+    threads: list[int] = []
+
     def shout(text: str) -> str:
+        threads.append(threading.get_ident())
         return text.upper()
 
     model = ScriptedModel([ToolCall("shout", {"text": "hey"}), "done"])
@@ -414,6 +418,8 @@ async def test_sync_tool_runs_in_a_worker_thread() -> None:
     ):
         result: RunResult = await s.ask("go")
     assert [c.result for c in result.tool_calls] == ["HEY"]
+    assert threads != [threading.get_ident()]
+    assert len(threads) == 1
 
 
 class RecordingToolset:
