@@ -1,16 +1,24 @@
 """Shared fixtures. The leak checker (runtime.testing) is on for the whole suite via pyproject's addopts.
 
 ``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored.
+``load_example``: imports an example script as a module.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 import trio
 import trio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
 
 
 @attrs.define
@@ -126,6 +134,24 @@ async def provider_server(nursery: trio.Nursery) -> ProviderServer:
     listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
     server.port = listeners[0].socket.getsockname()[1]
     return server
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def load_example() -> Callable[[str], ModuleType]:
+    """Import ``examples/<name>.py`` as a module (a fresh one each call)."""
+    return _load_example
 
 
 pytest_plugins = ["pytester"]

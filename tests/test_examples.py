@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
 
     import pytest
@@ -16,19 +16,11 @@ if TYPE_CHECKING:
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def load(name: str) -> ModuleType:
-    """Import an example script as a module."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-async def test_quickstart_streams_tool_calls_text_and_usage(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_quickstart_streams_tool_calls_text_and_usage(
+    capsys: pytest.CaptureFixture[str], load_example: Callable[[str], ModuleType]
+) -> None:
     """The quickstart prints each tool call, the streamed answer, the finish reason and usage."""
-    quickstart = load("quickstart")
+    quickstart = load_example("quickstart")
     assert await quickstart.main() == 0
     out = capsys.readouterr().out
     assert "-> get_weather(city='Paris')" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
 
     import pytest
@@ -18,16 +18,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 DELETE_PROMPT = "? Allow assistant to run delete_file(path='build/cache.tmp')? [y/N] "
 PAY_PROMPT = "? Allow assistant to run send_payment(to='Globex Consulting', amount=250.0)? [y/N] "
-
-
-def load(name: str) -> ModuleType:
-    """Import an example script as a module."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,7 +34,7 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_approval_with_yes_approves_every_call_without_asking(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, load_example: Callable[[str], ModuleType]
 ) -> None:
     """With --yes every approval is accepted without reading input, and every tool runs."""
 
@@ -52,7 +42,7 @@ async def test_approval_with_yes_approves_every_call_without_asking(
         raise AssertionError(f"--yes must not ask: {prompt!r}")
 
     monkeypatch.setattr("builtins.input", no_input)
-    approval = load("approval")
+    approval = load_example("approval")
     assert await approval.main(["--yes"]) == 0
     out = capsys.readouterr().out
     assert f"  {DELETE_PROMPT}y (--yes)\n" in out
@@ -66,7 +56,7 @@ async def test_approval_with_yes_approves_every_call_without_asking(
 
 
 async def test_approval_asks_the_human_and_a_declined_call_does_not_run(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, load_example: Callable[[str], ModuleType]
 ) -> None:
     """Answering y runs the call; answering n gives the model "declined by user" and it carries on."""
     prompts: list[str] = []
@@ -76,7 +66,7 @@ async def test_approval_asks_the_human_and_a_declined_call_does_not_run(
         return "n" if "send_payment" in prompt else "y"
 
     monkeypatch.setattr("builtins.input", answer)
-    approval = load("approval")
+    approval = load_example("approval")
     assert await approval.main([]) == 0
     out = capsys.readouterr().out
     assert prompts == [f"  {DELETE_PROMPT}", f"  {PAY_PROMPT}"]
@@ -89,7 +79,7 @@ async def test_approval_asks_the_human_and_a_declined_call_does_not_run(
 
 
 async def test_approval_treats_end_of_input_as_no(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, load_example: Callable[[str], ModuleType]
 ) -> None:
     """With no input left, every question is declined and the run still completes."""
 
@@ -97,7 +87,7 @@ async def test_approval_treats_end_of_input_as_no(
         raise EOFError
 
     monkeypatch.setattr("builtins.input", eof)
-    approval = load("approval")
+    approval = load_example("approval")
     assert await approval.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("(no input: declined)") == 2
@@ -116,9 +106,11 @@ def test_approval_runs_as_a_script_with_yes() -> None:
     assert "[run finished: completed]" in completed.stdout
 
 
-async def test_subagents_prints_each_agent_indented_and_total_usage(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_subagents_prints_each_agent_indented_and_total_usage(
+    capsys: pytest.CaptureFixture[str], load_example: Callable[[str], ModuleType]
+) -> None:
     """Each specialist's events are indented under its name, hand-overs are headers, and usage adds up."""
-    subagents = load("subagents")
+    subagents = load_example("subagents")
     assert await subagents.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     for header in (

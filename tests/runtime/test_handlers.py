@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -15,7 +14,10 @@ from agents import Agent, ScriptedModel, ToolCall, tool
 from runtime import open_runtime
 from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
 
-TRANSCRIPT_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "transcript.py"
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from types import ModuleType
 
 
 @tool
@@ -176,13 +178,11 @@ async def test_drain_waits_until_everything_buffered_is_handled(autojump_clock: 
         assert handler.statistics().handled == len(got)
 
 
-async def test_transcript_example_writes_one_json_line_per_event(tmp_path: Path) -> None:
+async def test_transcript_example_writes_one_json_line_per_event(
+    tmp_path: Path, load_example: Callable[[str], ModuleType]
+) -> None:
     """examples/transcript.py writes every event of its two runs as JSON lines."""
-    spec = importlib.util.spec_from_file_location("transcript_example", TRANSCRIPT_EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("transcript")
     out = tmp_path / "t.jsonl"
     assert await module.main([str(out)]) == 0
     entries = [json.loads(line) for line in out.read_text().splitlines()]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -222,17 +222,8 @@ async def test_webhook_refuses_with_503_when_the_bus_stays_full() -> None:
     bus.close()
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_webhook_bot", EXAMPLES / "webhook_bot.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-async def test_webhook_bot_example_selftest_exits_0() -> None:
+async def test_webhook_bot_example_selftest_exits_0(load_example: Callable[[str], ModuleType]) -> None:
     """`examples/webhook_bot.py --selftest` serves, answers its own requests and exits 0."""
-    example = _load_example()
+    example = load_example("webhook_bot")
     with trio.fail_after(30):
         assert await example.main(["--selftest", "--port", "0"]) == 0
