@@ -94,41 +94,24 @@ async def stream_chunks(
     retry: RetryPolicy,
     parse: Callable[[httpx.Response], AsyncGenerator[ModelChunk, None]],
 ) -> AsyncIterator[AsyncIterator[ModelChunk]]:
-    """What a provider's ``stream`` is: POST, then the chunks ``parse`` reads, all closed on every path."""
-    async with (
-        http_client(request.http_client) as client,
-        open_stream(client, url, headers=headers, body=body, provider=provider, retry=retry) as response,
-        contextlib.aclosing(parse(response)) as chunks,
-    ):
-        yield chunks
-
-
-@asynccontextmanager
-async def open_stream(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    headers: Mapping[str, str],
-    body: Mapping[str, Any],
-    provider: str,
-    retry: RetryPolicy,
-) -> AsyncIterator[httpx.Response]:
-    """POST ``body`` and yield the streaming 200 response, closed on every path.
+    """What a provider's ``stream`` is: POST ``body``, then the chunks ``parse`` reads, all closed on every path.
 
     Retries 429, 5xx and connection errors as ``retry`` says, before any of
     the stream is read; other errors raise at once.
 
     Raises:
         ProviderError: (a subclass for each kind) the provider answered with an error.
-        ModelConnectionError: the provider could not be reached.
+        ModelConnectionError: the provider could not be reached, or the stream broke.
     """
-    response = await _send_with_retries(client, url, headers, body, provider, retry)
-    try:
-        yield response
-    except (httpx.TransportError, httpx.StreamError) as exc:
-        raise ModelConnectionError(f"{provider}: the stream broke: {_describe(exc)}") from exc
-    finally:
-        await response.aclose()
+    async with http_client(request.http_client) as client:
+        response = await _send_with_retries(client, url, headers, body, provider, retry)
+        try:
+            async with contextlib.aclosing(parse(response)) as chunks:
+                yield chunks
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise ModelConnectionError(f"{provider}: the stream broke: {_describe(exc)}") from exc
+        finally:
+            await response.aclose()
 
 
 async def _send_with_retries(
@@ -164,15 +147,14 @@ async def _send_with_retries(
             error = await _error_of(response, provider)
         finally:
             await response.aclose()
-        retryable = isinstance(error, RateLimitError | ServerError)
-        if not retryable or last:
+        if not isinstance(error, RateLimitError | ServerError) or last:
             raise error
-        wait = retry.backoff(attempt)
-        if isinstance(error, RateLimitError | ServerError) and error.retry_after is not None:
-            if error.retry_after > MAX_RETRY_AFTER:
-                raise error
-            wait = error.retry_after
-        await trio.sleep(wait)
+        if error.retry_after is None:
+            await trio.sleep(retry.backoff(attempt))
+        elif error.retry_after > MAX_RETRY_AFTER:
+            raise error
+        else:
+            await trio.sleep(error.retry_after)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
