@@ -25,7 +25,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
-from ._sse import SSEStream
+from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -176,12 +176,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                 return
             if not data:
                 continue
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                raise MalformedStreamError(f"anthropic: an event is not JSON: {data[:200]!r}") from None
-            if not isinstance(payload, dict):
-                raise MalformedStreamError(f"anthropic: an event is not an object: {data[:200]!r}")
+            payload = json_object(data, "anthropic: an event")
             kind = payload.get("type") or event.event
             if kind == "error":
                 yield ErrorChunk("provider", _error_message(payload))

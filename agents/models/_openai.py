@@ -8,7 +8,6 @@ import os
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import MalformedStreamError
 from .._messages import (
     AssistantMessage,
     ErrorChunk,
@@ -22,7 +21,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
-from ._sse import SSEStream
+from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -147,12 +146,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                 continue
             if data == "[DONE]":
                 break
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise MalformedStreamError(f"openai: a chunk is not JSON: {data[:200]!r}") from None
-            if not isinstance(chunk, dict):
-                raise MalformedStreamError(f"openai: a chunk is not an object: {data[:200]!r}")
+            chunk = json_object(data, "openai: a chunk")
             if chunk.get("usage"):
                 usage = chunk["usage"]
             if chunk.get("error"):

@@ -1,9 +1,10 @@
-"""Server-sent events from an httpx response, via httpx-sse's decoder."""
+"""Server-sent events from an httpx response, via httpx-sse's decoder, and their JSON data."""
 
 from __future__ import annotations
 
 import codecs
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -12,8 +13,10 @@ import trio
 # mark, which would hide the first field (the WHATWG parser drops it).
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
+from .._exceptions import MalformedStreamError
+
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Iterable, Iterator
 
     import httpx
     from httpx_sse import ServerSentEvent
@@ -40,28 +43,40 @@ async def aiter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent,
         if first and text:
             text = text.removeprefix(_BOM)
             first = False
-        for line in lines.decode(text):
-            event = _decode(events, line.rstrip("\n"))
-            if event is not None:
-                yield event
-    for line in lines.decode(utf8.decode(b"", final=True)):
-        event = _decode(events, line.rstrip("\n"))
-        if event is not None:
+        for event in _dispatch(events, lines.decode(text)):
             yield event
-    for line in lines.flush():
-        event = _decode(events, line)
+    for event in _dispatch(events, [*lines.decode(utf8.decode(b"", final=True)), *lines.flush()]):
+        yield event
+
+
+def _dispatch(events: SSEDecoder, lines: Iterable[str]) -> Iterator[ServerSentEvent]:
+    """The events that ``lines`` (without their line ends) complete."""
+    for line in lines:
+        if not line and not events._data:
+            # The spec dispatches nothing for a block without data (httpx-sse
+            # would dispatch an event-only or retry-only block): reset it.
+            events._event = ""
+            events._retry = None
+            continue
+        event = events.decode(line)
         if event is not None:
             yield event
 
 
-def _decode(events: SSEDecoder, line: str) -> ServerSentEvent | None:
-    # The spec dispatches nothing for a block without data (httpx-sse would
-    # dispatch an event-only or retry-only block): reset it and move on.
-    if not line and not events._data:
-        events._event = ""
-        events._retry = None
-        return None
-    return events.decode(line)
+def json_object(data: str, what: str) -> dict[str, Any]:
+    """An event's data read as the JSON object a provider's protocol sends.
+
+    Raises:
+        MalformedStreamError: it is not JSON, or not an object; ``what`` names it
+            (``"openai: a chunk"``).
+    """
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise MalformedStreamError(f"{what} is not JSON: {data[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise MalformedStreamError(f"{what} is not an object: {data[:200]!r}")
+    return value
 
 
 class SSEStream:
