@@ -51,7 +51,7 @@ class ScriptedModel:
         model = ScriptedModel([ToolCall("add", {"a": 1, "b": 2}), "It is 3."])
 
     Raises:
-        ScriptExhaustedError: from ``stream`` once the script has no turns left.
+        ScriptExhaustedError: on entering the ``stream`` block once the script has no turns left.
     """
 
     def __init__(self, turns: Script, *, record_requests: bool = True) -> None:

@@ -31,14 +31,26 @@ def _response(body: bytes) -> httpx.Response:
 
 
 class _OneByteAtATime(httpx.AsyncByteStream):
-    """A response body that arrives one byte per read, splitting every line and character."""
+    """A response body that arrives one byte per read, splitting every line and character.
+
+    Once closed, a read fails, as a closed socket's does.
+    """
 
     def __init__(self, body: bytes) -> None:
         self._body = body
+        self._closed = False
+        self.sent = 0
+        """Bytes handed out so far."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for i in range(len(self._body)):
+            if self._closed:
+                raise httpx.ReadError("the connection is closed")
+            self.sent = i + 1
             yield self._body[i : i + 1]
+
+    async def aclose(self) -> None:
+        self._closed = True
 
 
 async def _events(response: httpx.Response) -> list[dict[str, Any]]:
@@ -122,10 +134,10 @@ async def test_sse_incomplete_last_block_is_dropped() -> None:
 
 async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
     """Closing an ``SSEStream`` after one event closes the response and ends the generators under it."""
+    body = b"data: 1\n\ndata: 2\n\n"
+    served = _OneByteAtATime(body)
     transport = httpx.MockTransport(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=_OneByteAtATime(b"data: 1\n\ndata: 2\n\n")
-        )
+        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=served)
     )
     async with (
         httpx.AsyncClient(transport=transport) as client,
@@ -136,4 +148,5 @@ async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
         await stream.aclose()
         assert first.data == "1"
         assert response.is_closed
+        assert served.sent == len(b"data: 1\n\n")  # closed, not read to the end
         await stream.aclose()  # idempotent

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from agents import Agent, AgentDefinitionError, OpenAIChatModel, ScriptedModel, resolve_model
+from agents import Agent, AgentDefinitionError, AnthropicModel, OpenAIChatModel, ScriptedModel, resolve_model
 
 # ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
 SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -19,8 +19,9 @@ FIXTURES = SHARED / "fixtures" / "llm_streams"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_resolve_model_strings() -> None:
+def test_resolve_model_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each known prefix gives its provider; "scripted" gives the script passed in."""
+    monkeypatch.delenv("OLLAMA_BASE_URL", raising=False)
     script = ScriptedModel(["hi"])
     assert resolve_model("scripted", scripted=script) is script
     openai = resolve_model("openai:gpt-4o-mini")
@@ -28,6 +29,7 @@ def test_resolve_model_strings() -> None:
     assert openai.model == "gpt-4o-mini"
     ollama = resolve_model("ollama:llama3.2")
     assert isinstance(ollama, OpenAIChatModel)
+    assert ollama.model == "llama3.2"
     assert ollama.base_url == "http://localhost:11434/v1"
     assert resolve_model(script) is script
 
@@ -35,7 +37,16 @@ def test_resolve_model_strings() -> None:
 def test_resolve_model_anthropic() -> None:
     """ "anthropic:<model>" gives the Anthropic provider."""
     model = resolve_model("anthropic:claude-sonnet-4-5")
-    assert type(model).__name__ == "AnthropicModel"
+    assert isinstance(model, AnthropicModel)
+    assert model.model == "claude-sonnet-4-5"
+
+
+def test_resolve_model_ollama_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OLLAMA_BASE_URL`` moves "ollama:<model>" to another server."""
+    monkeypatch.setenv("OLLAMA_BASE_URL", "http://gpu-box:11434/v1")
+    model = resolve_model("ollama:llama3.2")
+    assert isinstance(model, OpenAIChatModel)
+    assert model.base_url == "http://gpu-box:11434/v1"
 
 
 @pytest.mark.parametrize("spec", ["scripted", "gpt-4o", "openai:", "mystery:model"])
