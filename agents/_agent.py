@@ -105,9 +105,9 @@ class Agent:
 
     @sub_agents.validator
     def _check_sub_agents(self, attribute: attrs.Attribute[tuple[Agent, ...]], value: tuple[Agent, ...]) -> None:
-        names = [agent.name for agent in value]
         if not all(isinstance(agent, Agent) for agent in value):
             raise AgentDefinitionError("sub_agents must be Agent instances")
+        names = [agent.name for agent in value]
         if len(set(names)) != len(names):
             raise AgentDefinitionError(f"sub-agent names must be unique: {names}")
         if TRANSFER_TOOL in {t.name for t in self.tools if isinstance(t, Tool)} and value:

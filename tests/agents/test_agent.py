@@ -188,3 +188,10 @@ def test_agent_non_hooks_entry_is_a_definition_error(entry: Any) -> None:
     """An entry of ``hooks`` that is not a ``Hooks`` instance raises ``AgentDefinitionError``."""
     with pytest.raises(AgentDefinitionError, match="is not a Hooks instance"):
         _agent(hooks=[Hooks(), entry])
+
+
+@pytest.mark.parametrize("entry", ["helper", None, object()])
+def test_agent_non_agent_sub_agent_is_a_definition_error(entry: Any) -> None:
+    """An entry of ``sub_agents`` that is not an ``Agent`` raises ``AgentDefinitionError``, whatever it lacks."""
+    with pytest.raises(AgentDefinitionError, match="sub_agents must be Agent instances"):
+        _agent(sub_agents=[_agent(), entry])
