@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
 from agents import Agent, AgentDefinitionError, AnthropicModel, OpenAIChatModel, ScriptedModel, resolve_model
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
 # ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared")
 FIXTURES = SHARED / "fixtures" / "llm_streams"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_resolve_model_strings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,17 +67,16 @@ def test_agent_accepts_a_model_string(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_quickstart_runs_against_an_openai_compatible_server(
-    provider_server: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    provider_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    load_example: Callable[[str], ModuleType],
 ) -> None:
     """`quickstart.py --model openai:...` streams a real recorded answer from the server it is pointed at."""
     provider_server.serve((FIXTURES / "openai" / "chat_text_usage.sse").read_bytes())
     monkeypatch.setenv("OPENAI_BASE_URL", provider_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    spec = importlib.util.spec_from_file_location("quickstart_for_model_test", EXAMPLES / "quickstart.py")
-    assert spec is not None
-    assert spec.loader is not None
-    quickstart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quickstart)
+    quickstart = load_example("quickstart")
     with trio.fail_after(20):
         status = await quickstart.main(["--model", "openai:gpt-4o-mini"])
     out = capsys.readouterr().out
