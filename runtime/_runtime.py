@@ -44,15 +44,15 @@ class SessionHandle:
     @property
     def error(self) -> BaseException | None:
         """What made the session fail, if a task of its own raised (else ``None``)."""
-        return self.session._error
+        return self.session.error
 
     async def aclose(self) -> None:
         """Close the session and wait until all its tasks have finished. Idempotent."""
-        await self.session._aclose()
+        await self.session.aclose()
 
     async def wait_closed(self) -> None:
         """Wait until the session has been closed, by anyone, and its tasks finished."""
-        await self.session._finished.wait()
+        await self.session.wait_closed()
 
 
 class _SessionBlock:
@@ -79,9 +79,9 @@ class _SessionBlock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self._session is not None
-        await self._session._aclose()
-        if self._session._error is not None and exc is None:
-            raise _unwrap(self._session._error)
+        await self._session.aclose()
+        if self._session.error is not None and exc is None:
+            raise _unwrap(self._session.error)
 
 
 class Runtime:
@@ -115,7 +115,7 @@ class Runtime:
     def _exit(self) -> None:
         self._closed = True
         for session in list(self._sessions):
-            session._request_close()
+            session.cancel()
         self._exit_requested.set()
 
     @property

@@ -13,10 +13,10 @@ import trio
 from ._bridge import ElicitationBridge
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
 from ._handlers import Handler, Overflow, StreamHandler, Tee
-from ._latch import Latch
 from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._stream import RunStream
+from ._task_group import TaskGroup
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -90,21 +90,16 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_became_idle",
-        "_children",
-        "_closed",
-        "_error",
         "_event_buffer",
-        "_finished",
         "_handlers",
         "_history",
         "_http_client",
         "_last_active",
-        "_log_failure",
-        "_nursery",
         "_registry",
         "_run_count",
         "_runs_in_flight",
         "_slot",
+        "_tasks",
         "agent",
         "elicitation",
         "id",
@@ -128,7 +123,6 @@ class Session:
         """The agent every run of this session runs."""
         self.id = session_id or f"s{next(self._ids)}"
         """Unique within the process unless given."""
-        self._nursery = nursery
         self.elicitation = ElicitationBridge()
         """Routes its tools' questions to the consumer of the run they belong to."""
         self._http_client = http_client
@@ -137,21 +131,19 @@ class Session:
         self._handlers: list[StreamHandler] = []
         self._slot = _RunSlot()
         self._run_count = 0
-        self._children: list[trio.CancelScope] = []  # a list: smaller than a set, and short
-        self._closed = False
-        self._finished = Latch()
-        self._error: BaseException | None = None
-        self._log_failure = log_failure
+        self._tasks = TaskGroup(
+            nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister
+        )
         self._runs_in_flight = 0
         self._last_active = trio.current_time()
         self._became_idle: trio.Event | None = None
         self._registry = registry if registry is not None else set()
         self._registry.add(self)
         if idle_timeout is not None:
-            self._spawn(self._close_when_idle, (idle_timeout,), f"idle reaper of session {self.id}")
+            self._tasks.start_soon(self._close_when_idle, idle_timeout, name=f"idle reaper of session {self.id}")
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} agent={self.agent.name!r}{' closed' if self._closed else ''}>"
+        return f"<Session {self.id} agent={self.agent.name!r}{' closed' if self._tasks.closed else ''}>"
 
     @property
     def history(self) -> tuple[Message, ...]:
@@ -161,7 +153,30 @@ class Session:
     @property
     def closed(self) -> bool:
         """Whether the session has been closed (no new runs or tasks are accepted)."""
-        return self._closed
+        return self._tasks.closed
+
+    @property
+    def error(self) -> Exception | None:
+        """What made the session fail, if one of its own tasks raised (else ``None``)."""
+        return self._tasks.error
+
+    def cancel(self) -> None:
+        """Close the session without waiting: refuse new runs and tasks, and cancel every task it owns.
+
+        Each run it cancels ends with ``RunFinished("cancelled")``. Idempotent.
+        """
+        self._tasks.cancel()
+
+    async def aclose(self) -> None:
+        """Close the session and wait until every task it owns has finished.
+
+        Idempotent; it completes even if the caller is cancelled.
+        """
+        await self._tasks.aclose()
+
+    async def wait_closed(self) -> None:
+        """Wait until the session has been closed, by anyone, and every task it owned has finished."""
+        await self._tasks.wait_finished()
 
     def run(self, user_input: str, *, deps: Any = None) -> RunStream:
         """Run the agent on ``user_input``, streaming its events.
@@ -187,10 +202,10 @@ class Session:
             ClosedSessionError: (on entering) the session is closed.
             ReentrantRunError: (on entering) inside one of this session's own runs.
         """
-        return RunStream(self, user_input, deps)
+        return RunStream(self._start_run, user_input, deps)
 
     def _start_run(self, user_input: str, deps: Any, answerable: bool) -> AgentRun:
-        """Start a run's task, owned by this session (called by RunStream.__aenter__)."""
+        """Start a run's task, owned by this session (RunStream.__aenter__ calls it)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
                 f"{self!r}: run() was called from inside one of its own runs, which would wait "
@@ -216,8 +231,9 @@ class Session:
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
-            self._nursery.start_soon(self._serve_run, run, events, ticket, name=f"run {run.run_id}")
-            self._children.append(run.cancel_scope)
+            self._tasks.start_soon(
+                self._serve_run, run, events, ticket, name=f"run {run.run_id}", scope=run.cancel_scope
+            )
         except BaseException:
             self._run_ended(ticket)
             events.close_sender()
@@ -238,7 +254,7 @@ class Session:
             ReentrantRunError: called from inside one of this session's own runs.
         """
         # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
-        async with RunStream(self, user_input, deps, answerable=False) as stream:
+        async with RunStream(self._start_run, user_input, deps, answerable=False) as stream:
             async for _ in stream:
                 pass
         result = stream.result
@@ -281,7 +297,8 @@ class Session:
             ValueError: ``buffer`` is less than 1.
         """
         attached = StreamHandler(handler, buffer=buffer, overflow=overflow, on_error=on_error)
-        self._spawn(self._serve_handler, (attached,), f"stream handler {handler!r}")
+        self._check_open()
+        self._tasks.start_soon(self._serve_handler, attached, name=f"stream handler {handler!r}")
         self._handlers.append(attached)
         return attached
 
@@ -302,104 +319,56 @@ class Session:
         Raises:
             ClosedSessionError: the session is closed.
         """
-        self._spawn(async_fn, args, name)
+        self._check_open()
+        self._tasks.start_soon(async_fn, *args, name=name)
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
         """Start a task owned by the session and wait until it calls ``task_status.started()``.
 
-        An exception raised before ``started()`` is raised here; after it,
-        it fails the session as for :meth:`start_soon`.
+        As ``nursery.start``: an exception raised before ``started()`` is
+        raised here (and nothing of the task is left behind); after it, it
+        fails the session as for :meth:`start_soon`.
 
         Returns:
             The value passed to ``task_status.started()``.
 
         Raises:
-            ClosedSessionError: the session is closed (before or while starting).
+            ClosedSessionError: the session is closed, or was closed before
+                the task called ``started()``.
+            RuntimeError: the task returned without calling ``started()``
+                (trio's own error).
         """
         self._check_open()
-        scope = trio.CancelScope()
-        self._children.append(scope)
-        return await self._nursery.start(self._own_started, scope, async_fn, args, name=name)
+        try:
+            return await self._tasks.start(async_fn, *args, name=name)
+        except trio.ClosedResourceError:
+            if not self._tasks.closed:
+                raise  # the task's own error
+            raise ClosedSessionError(f"{self!r} was closed before the task started") from None
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._tasks.closed:
             raise ClosedSessionError(f"{self!r} is closed")
 
-    def _spawn(
-        self,
-        async_fn: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-        name: str | None,
-    ) -> None:
-        """Start a task in the runtime's nursery, owned by this session through a cancel scope."""
-        self._check_open()
-        scope = trio.CancelScope()
-        self._children.append(scope)
-        try:
-            self._nursery.start_soon(self._own, scope, async_fn, args, name=name or async_fn)
-        except BaseException:
-            self._child_done(scope)
-            raise
+    def _log_failure(self, error: Exception) -> None:
+        logger.error("session %s failed", self.id, exc_info=error)
 
-    async def _own(
-        self, scope: trio.CancelScope, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
-    ) -> None:
-        try:
-            with scope:
-                await async_fn(*args)
-        except Exception as exc:
-            self._fail(exc)
-        finally:
-            self._child_done(scope)
-
-    async def _own_started(
-        self,
-        scope: trio.CancelScope,
-        async_fn: Callable[..., Awaitable[object]],
-        args: tuple[object, ...],
-        *,
-        task_status: trio.TaskStatus[Any],
-    ) -> None:
-        status = _TaskStatus(task_status)
-        try:
-            with scope:
-                await async_fn(*args, task_status=status)
-            if not status.started_yet:
-                raise ClosedSessionError(f"{self!r} was closed before the task started")
-        except Exception as exc:
-            if not status.started_yet:
-                raise  # start() raises it in its caller
-            self._fail(exc)
-        finally:
-            self._child_done(scope)
-
-    def _child_done(self, scope: trio.CancelScope) -> None:
-        self._children.remove(scope)
-        if self._closed and not self._children:
-            self._mark_finished()
-
-    def _fail(self, error: Exception) -> None:
-        if self._error is None:
-            self._error = error
-            if self._log_failure:
-                logger.error("session %s failed", self.id, exc_info=error)
-        self._request_close()
+    def _unregister(self) -> None:
+        self._registry.discard(self)
 
     async def _serve_run(self, run: AgentRun, events: EventPipe[Event], ticket: trio.Event | None) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
+        # Runs in run.cancel_scope, in the session's task group: only a bug in
+        # the loop itself raises, and that fails the session.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
         try:
-            with run.cancel_scope:
-                if ticket is not None:
-                    await ticket.wait()
-                await run.drive()
-        except Exception as exc:  # only a bug in the loop itself gets here
-            self._fail(exc)
+            if ticket is not None:
+                await ticket.wait()
+            await run.drive()
         finally:
             events.close_sender()
             self._run_ended(ticket)
             run.done.set()
-            self._child_done(run.cancel_scope)
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)
@@ -419,37 +388,4 @@ class Session:
             if trio.current_time() >= deadline:
                 break
             await trio.sleep_until(deadline)
-        self._request_close()
-
-    def _request_close(self) -> None:
-        """Close: refuse new work and cancel every task the session owns."""
-        self._closed = True
-        for scope in list(self._children):
-            scope.cancel()
-        if not self._children:
-            self._mark_finished()
-
-    def _mark_finished(self) -> None:
-        self._registry.discard(self)
-        self._finished.set()
-
-    async def _aclose(self) -> None:
-        """Close the session and wait until every task it owns has finished."""
-        self._request_close()
-        if not self._finished.is_set():
-            with trio.CancelScope(shield=True):
-                await self._finished.wait()
-
-
-class _TaskStatus:
-    """Passes ``started()`` on, remembering that it was called."""
-
-    __slots__ = ("_status", "started_yet")
-
-    def __init__(self, status: trio.TaskStatus[Any]) -> None:
-        self._status = status
-        self.started_yet = False
-
-    def started(self, value: Any = None) -> None:
-        self.started_yet = True
-        self._status.started(value)
+        self._tasks.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import trio
 
@@ -10,6 +10,7 @@ from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicita
 from .events import Event, RunFinished
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
     from agents import ElicitationAction
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
     from ._loop import AgentRun
     from ._pipe import EventPipe
     from ._result import RunResult
-    from ._session import Session
+
+    StartRun: TypeAlias = Callable[[str, Any, bool], AgentRun]
 
 _CANCELLED = RunFinished("cancelled")
 
@@ -36,10 +38,11 @@ class RunStream:
     could send one, the stream yields ``RunFinished("cancelled")`` itself.
     """
 
-    __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_session", "_user_input")
+    __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_start", "_user_input")
 
-    def __init__(self, session: Session, user_input: str, deps: Any, *, answerable: bool = True) -> None:
-        self._session = session
+    def __init__(self, start: StartRun, user_input: str, deps: Any, *, answerable: bool = True) -> None:
+        """``start`` is the session's: it starts the run's task, owned by the session, and returns the run."""
+        self._start = start
         self._user_input = user_input
         self._deps = deps
         self._answerable = answerable
@@ -50,7 +53,7 @@ class RunStream:
     async def __aenter__(self) -> RunStream:
         if self._run is not None:
             raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
-        self._run = self._session._start_run(self._user_input, self._deps, self._answerable)
+        self._run = self._start(self._user_input, self._deps, self._answerable)
         self._events = self._run.events
         return self
 

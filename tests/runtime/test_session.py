@@ -313,6 +313,24 @@ async def test_session_start_error_before_started_is_raised_to_the_caller() -> N
         assert (await s.ask("still there?")).output == "ok"
 
 
+async def test_session_start_of_a_task_that_never_calls_started_is_trios_error() -> None:
+    """A task that returns without started() makes start() raise trio's RuntimeError; the session stays open."""
+
+    async def forgetful(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=ScriptedModel(["ok"]))) as s:
+        with pytest.raises(RuntimeError, match=r"without calling task_status\.started\(\)"):
+            await s.start(forgetful)
+        assert not s.closed
+        assert s.error is None
+        assert (await s.ask("still there?")).output == "ok"
+        with trio.fail_after(1):
+            await s.aclose()  # nothing of the task is left to wait for
+        await s.aclose()  # idempotent
+        assert s.closed
+
+
 async def test_session_closed_while_a_task_starts_raises_closed_session() -> None:
     """Closing the session while start() waits for started() makes start() raise ClosedSessionError."""
     async with open_runtime() as runtime:

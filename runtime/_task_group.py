@@ -1,0 +1,221 @@
+"""TaskGroup: a nursery whose tasks run in a parent nursery, so an idle group owns no task."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._latch import Latch
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+class TaskGroup:
+    """Tasks owned by one group, each run in ``nursery`` inside a cancel scope the group holds.
+
+    It keeps a nursery's semantics where they matter to an owner:
+    :meth:`start_soon` and :meth:`start` (with ``task_status``, an error
+    before ``started()`` raised in the caller, trio's own ``RuntimeError``
+    for a task that returns without calling it), a task that raises cancels
+    its siblings, and the first error is kept. Two differences: the tasks
+    live in a parent nursery (a session that owns no task costs a few
+    objects, not a task and a nursery), and the error is not raised: the
+    owner reads :attr:`error` (or hears of it through ``on_error``) when it
+    chooses to.
+
+    Once cancelled, the group is closed: it takes no new task, and it is
+    finished when the last task has returned (:meth:`wait_finished`).
+    """
+
+    __slots__ = ("_closed", "_error", "_finished", "_nursery", "_on_error", "_on_finished", "_scopes")
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        on_error: Callable[[Exception], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            nursery: Where the tasks run; it must outlive the group.
+            on_error: Called with the first error a task raises.
+            on_finished: Called once, when the group is closed and its last
+                task has returned.
+        """
+        self._nursery = nursery
+        self._on_error = on_error
+        self._on_finished = on_finished
+        self._scopes: list[trio.CancelScope] = []  # a list: smaller than a set, and short
+        self._closed = False
+        self._error: Exception | None = None
+        self._finished = Latch()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`cancel` was called (no new task is accepted)."""
+        return self._closed
+
+    @property
+    def finished(self) -> bool:
+        """Whether the group is closed and every task it owned has returned."""
+        return self._finished.is_set()
+
+    @property
+    def error(self) -> Exception | None:
+        """The first error a task raised (``None`` if none did)."""
+        return self._error
+
+    def __len__(self) -> int:
+        """How many tasks the group owns now (started or starting)."""
+        return len(self._scopes)
+
+    def start_soon(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        *args: object,
+        name: object = None,
+        scope: trio.CancelScope | None = None,
+    ) -> None:
+        """Start a task owned by the group, as ``nursery.start_soon`` does.
+
+        Args:
+            async_fn: The task.
+            args: Its positional arguments.
+            name: Its name, for debugging.
+            scope: The cancel scope to run it in, for an owner that wants to
+                cancel this task alone (the group cancels it too).
+
+        Raises:
+            trio.ClosedResourceError: the group is closed.
+        """
+        self._check_open()
+        scope = scope or trio.CancelScope()
+        self._scopes.append(scope)
+        try:
+            self._nursery.start_soon(self._own, scope, async_fn, args, name=name or async_fn)
+        except BaseException:
+            self._task_done(scope)
+            raise
+
+    async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None) -> Any:
+        """Start a task owned by the group and wait until it calls ``task_status.started()``, as ``nursery.start``.
+
+        An error raised before ``started()`` is raised here and leaves
+        nothing behind; after it, it is the group's error, as for
+        :meth:`start_soon`.
+
+        Returns:
+            The value passed to ``task_status.started()``.
+
+        Raises:
+            trio.ClosedResourceError: the group is closed, or was cancelled
+                before the task called ``started()``.
+            RuntimeError: the task returned without calling ``started()``
+                (trio's own error).
+        """
+        self._check_open()
+        scope = trio.CancelScope()
+        status = _TaskStatus()
+        self._scopes.append(scope)
+        try:
+            return await self._nursery.start(self._own_started, scope, status, async_fn, args, name=name or async_fn)
+        except BaseException:
+            if not status.ran:  # nursery.start failed before the task ran: nothing else removes its scope
+                self._task_done(scope)
+            raise
+
+    def cancel(self) -> None:
+        """Close the group and cancel every task it owns (without waiting for them)."""
+        self._closed = True
+        for scope in list(self._scopes):
+            scope.cancel()
+        if not self._scopes:
+            self._finish()
+
+    async def aclose(self) -> None:
+        """Cancel every task and wait until all have returned; idempotent, and complete even if cancelled."""
+        self.cancel()
+        if not self._finished.is_set():
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()
+
+    async def wait_finished(self) -> None:
+        """Wait until the group is closed (by anyone) and every task has returned."""
+        await self._finished.wait()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the task group is closed")
+
+    async def _own(
+        self, scope: trio.CancelScope, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            with scope:
+                await async_fn(*args)
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._task_done(scope)
+
+    async def _own_started(
+        self,
+        scope: trio.CancelScope,
+        status: _TaskStatus,
+        async_fn: Callable[..., Awaitable[object]],
+        args: tuple[object, ...],
+        *,
+        task_status: trio.TaskStatus[Any],
+    ) -> None:
+        status.ran = True
+        status.status = task_status
+        try:
+            with scope:
+                await async_fn(*args, task_status=status)
+        except Exception as exc:
+            if not status.started_yet:
+                raise  # start() raises it in its caller
+            self._fail(exc)
+        finally:
+            self._task_done(scope)
+        if not status.started_yet and scope.cancelled_caught:
+            raise trio.ClosedResourceError("the task group was closed before the task started")
+        # A task that returned without calling started(): trio's nursery.start raises its own RuntimeError.
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+            if self._on_error is not None:
+                self._on_error(error)
+        self.cancel()
+
+    def _task_done(self, scope: trio.CancelScope) -> None:
+        self._scopes.remove(scope)
+        if self._closed and not self._scopes:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished.is_set():
+            return
+        self._finished.set()
+        on_finished, self._on_finished, self._on_error = self._on_finished, None, None  # no cycle with the owner
+        if on_finished is not None:
+            on_finished()
+
+
+class _TaskStatus:
+    """Passes ``started()`` on to the nursery's task status, remembering that the task ran and called it."""
+
+    __slots__ = ("ran", "started_yet", "status")
+
+    def __init__(self) -> None:
+        self.ran = False
+        self.started_yet = False
+        self.status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+
+    def started(self, value: Any = None) -> None:
+        self.status.started(value)
+        self.started_yet = True
