@@ -44,7 +44,13 @@ from ._messages import (
     UsageChunk as UsageChunk,
     UserMessage as UserMessage,
 )
-from ._tools import Tool as Tool, ToolLike as ToolLike, Toolset as Toolset, tool as tool
+from ._tools import (
+    ThreadLimiter as ThreadLimiter,
+    Tool as Tool,
+    ToolLike as ToolLike,
+    Toolset as Toolset,
+    tool as tool,
+)
 from .models import (
     AnthropicModel as AnthropicModel,
     Model as Model,

@@ -6,9 +6,8 @@ import functools
 import inspect
 import re
 import typing
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
 import pydantic
@@ -77,11 +76,15 @@ class Tool:
         """
         return await self.invoke(ctx, self.validate(arguments))
 
-    async def invoke(self, ctx: ToolContext[Any], validated: dict[str, Any]) -> Any:
+    async def invoke(
+        self, ctx: ToolContext[Any], validated: dict[str, Any], *, limiter: ThreadLimiter | None = None
+    ) -> Any:
         """Run the tool with arguments that :meth:`validate` returned.
 
-        A sync function runs in a worker thread. If the run is cancelled, the
-        thread is abandoned (its result discarded) so cancellation is prompt.
+        A sync function runs in a worker thread, taken from ``limiter`` (the
+        runtime passes its own; ``None``: trio's default thread limiter). If
+        the call is cancelled, the thread is abandoned (its result discarded)
+        so cancellation is prompt.
         """
         kwargs = dict(validated)
         if self._context_parameter is not None:
@@ -93,59 +96,23 @@ class Tool:
             abandon_on_cancel=True,
             # trio documents the limiter as any object with these two methods;
             # its annotation names only CapacityLimiter.
-            limiter=typing.cast("trio.CapacityLimiter", _tool_threads()),
+            limiter=typing.cast("trio.CapacityLimiter | None", limiter),
         )
 
 
-TOOL_THREADS: Final = 40
-"""Sync tools running at once in worker threads, per trio run (trio's own default)."""
+class ThreadLimiter(Protocol):
+    """What bounds the worker threads of sync tools, as ``trio.to_thread.run_sync`` takes it.
 
-
-class _ToolThreads:
-    """The limiter of sync tools' worker threads: FIFO, and no schedule point when a thread is free.
-
-    trio's CapacityLimiter always yields on acquire (a scheduler round trip
-    per tool call, for nothing when a thread is free), and a call waiting for
-    a thread holds several frames through its ParkingLot. Here a waiting
-    task parks directly and a released thread is handed to the first waiter.
+    ``trio.CapacityLimiter`` is one; the runtime passes its own.
     """
 
-    __slots__ = ("_free", "_waiting")
-
-    def __init__(self, total: int) -> None:
-        self._free = total
-        self._waiting: deque[trio.lowlevel.Task] = deque()
-
     async def acquire_on_behalf_of(self, borrower: object) -> None:
-        if self._free:
-            self._free -= 1
-            return
-        task = trio.lowlevel.current_task()
-        self._waiting.append(task)
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._waiting.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)  # woken holding a thread
+        """Wait for a thread for ``borrower``."""
+        ...
 
     def release_on_behalf_of(self, borrower: object) -> None:
-        if self._waiting:
-            trio.lowlevel.reschedule(self._waiting.popleft())
-        else:
-            self._free += 1
-
-
-_TOOL_LIMITER: trio.lowlevel.RunVar[_ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")
-
-
-def _tool_threads() -> _ToolThreads:
-    try:
-        return _TOOL_LIMITER.get()
-    except LookupError:
-        limiter = _ToolThreads(TOOL_THREADS)
-        _TOOL_LIMITER.set(limiter)
-        return limiter
+        """Give back the thread ``borrower`` held."""
+        ...
 
 
 @runtime_checkable

@@ -44,7 +44,7 @@ GROUPS = [  # (group, substrings of the file path), first match wins
             "trio._channel",
         ),
     ),
-    ("tool (validation, call)", ("agents/_tools.py", "pydantic", "functools")),
+    ("tool (validation, call)", ("agents/_tools.py", "runtime/_threads.py", "pydantic", "functools")),
     ("bench harness", ("bench/",)),
 ]
 

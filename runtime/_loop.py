@@ -40,6 +40,7 @@ from agents import (
 from ._bridge import ElicitationBridge, PendingElicitation
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
+from ._threads import tool_threads
 from .events import (
     AgentSwitched,
     ElicitationRequest,
@@ -427,10 +428,10 @@ class AgentRun:
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
                 if timeout is None:
-                    value = await tool.invoke(ctx, validated)
+                    value = await tool.invoke(ctx, validated, limiter=tool_threads())
                 else:
                     with trio.move_on_after(timeout) as deadline:
-                        value = await tool.invoke(ctx, validated)
+                        value = await tool.invoke(ctx, validated, limiter=tool_threads())
                     if deadline.cancelled_caught:
                         error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
             except _Refused as refused:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -15,6 +14,7 @@ from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
 from ._handlers import Handler, Overflow, StreamHandler, Tee
 from ._loop import AgentRun
 from ._pipe import EventPipe
+from ._run_slot import RunSlot
 from ._stream import RunStream
 from ._task_group import TaskGroup
 
@@ -36,43 +36,6 @@ DEFAULT_EVENT_BUFFER: Final = 64
 # The sessions whose runs the current task is part of: a tool calling run()
 # on its own session would wait forever for the run slot its run holds.
 _RUNNING_IN: ContextVar[tuple[Session, ...]] = ContextVar("trio_agents_running_in", default=())
-
-
-class _RunSlot:
-    """The session's FIFO run slot: one run at a time, in the order runs were started.
-
-    This is the one lock held across awaits (DESIGN.md rule 4): its holder is
-    a run, which closing the session always cancels. A run that finds the
-    slot free takes it with no ticket (``None``); the others queue an event,
-    set when their turn comes.
-    """
-
-    __slots__ = ("_held", "_waiters")
-
-    def __init__(self) -> None:
-        self._held = False
-        self._waiters: deque[trio.Event] | None = None
-
-    def take_ticket(self) -> trio.Event | None:
-        if not self._held:
-            self._held = True
-            return None
-        ticket = trio.Event()
-        if self._waiters is None:
-            self._waiters = deque()
-        self._waiters.append(ticket)
-        return ticket
-
-    def release(self, ticket: trio.Event | None) -> None:
-        if ticket is not None and not ticket.is_set():
-            # It left the queue before its turn (cancelled while waiting).
-            assert self._waiters is not None
-            self._waiters.remove(ticket)
-            return
-        if self._waiters:
-            self._waiters.popleft().set()  # the slot passes on, still held
-        else:
-            self._held = False
 
 
 class Session:
@@ -129,7 +92,7 @@ class Session:
         self._event_buffer = event_buffer
         self._history: list[Message] = []
         self._handlers: list[StreamHandler] = []
-        self._slot = _RunSlot()
+        self._slot = RunSlot()
         self._run_count = 0
         self._tasks = TaskGroup(
             nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister

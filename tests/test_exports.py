@@ -121,6 +121,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "UsageChunk",
             "UserMessage",
             "Tool",
+            "ThreadLimiter",
             "ToolLike",
             "Toolset",
             "tool",

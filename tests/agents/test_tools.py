@@ -323,6 +323,37 @@ async def test_tool_sync_tool_runs_in_a_worker_thread() -> None:
     assert await where.call(_context(), {}) != threading.get_ident()
 
 
+class RecordingLimiter:
+    """A ThreadLimiter that lets everything through and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        self.calls.append("acquire")
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self.calls.append("release")
+
+
+async def test_tool_invoke_takes_the_sync_tools_thread_from_the_given_limiter() -> None:
+    """``invoke(limiter=...)`` runs a sync tool's thread under that limiter; an async tool never touches it."""
+
+    @tool
+    def sync_tool() -> int:
+        return threading.get_ident()
+
+    @tool
+    async def async_tool() -> None:
+        await trio.lowlevel.checkpoint()
+
+    limiter = RecordingLimiter()
+    assert await sync_tool.invoke(_context(), {}, limiter=limiter) != threading.get_ident()
+    assert limiter.calls == ["acquire", "release"]
+    await async_tool.invoke(_context(), {}, limiter=limiter)
+    assert limiter.calls == ["acquire", "release"]
+
+
 async def test_tool_async_tool_runs_in_the_calling_task() -> None:
     """An async tool runs in the calling Trio task, on the Trio thread."""
 

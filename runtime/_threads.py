@@ -1,0 +1,72 @@
+"""ToolThreads: the limiter of sync tools' worker threads, FIFO and cheap when a thread is free."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import trio
+
+TOOL_THREADS: Final = 40
+"""Sync tools running at once in worker threads, per trio run (trio's own default)."""
+
+
+class ToolThreads:
+    """At most ``total`` sync tools in worker threads at once; callers wait their turn in FIFO order.
+
+    It implements ``agents.ThreadLimiter`` (the two methods
+    ``trio.to_thread.run_sync`` calls on its ``limiter``) with the semantics of
+    ``trio.CapacityLimiter`` that matter here: never more than ``total``
+    borrowers, waiters served first come first served, a released thread
+    handed to the first waiter (a newcomer cannot take it first), and a
+    cancelled waiter leaving the queue. Why not CapacityLimiter itself: it
+    always yields on acquire (a scheduler round trip per tool call, for
+    nothing when a thread is free, and ``to_thread`` checkpoints anyway), and
+    a call waiting for a thread holds several frames through its ParkingLot.
+    Here a free thread is taken with no schedule point and a waiter parks on
+    its task. Left out: borrowers are not tracked (releasing without
+    acquiring is not detected), and there is no ``*_nowait``,
+    ``statistics()`` or resizing.
+    """
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, total: int) -> None:
+        if total < 0:
+            raise ValueError("total must be >= 0")
+        self._free = total
+        self._waiting: deque[trio.lowlevel.Task] = deque()
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take a thread, waiting in line if none is free (a checkpoint only if it waits)."""
+        if self._free:
+            self._free -= 1
+            return
+        task = trio.lowlevel.current_task()
+        self._waiting.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiting.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)  # woken holding a thread
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give a thread back: to the first waiter if there is one."""
+        if self._waiting:
+            trio.lowlevel.reschedule(self._waiting.popleft())
+        else:
+            self._free += 1
+
+
+_TOOL_THREADS: trio.lowlevel.RunVar[ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")
+
+
+def tool_threads() -> ToolThreads:
+    """This trio run's limiter of sync tools' threads (made on first use, :data:`TOOL_THREADS` wide)."""
+    try:
+        return _TOOL_THREADS.get()
+    except LookupError:
+        limiter = ToolThreads(TOOL_THREADS)
+        _TOOL_THREADS.set(limiter)
+        return limiter

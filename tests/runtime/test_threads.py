@@ -1,0 +1,241 @@
+"""ToolThreads: the sync tools' thread limiter, checked against trio.CapacityLimiter and in a run."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import trio
+import trio.testing
+
+from agents import Agent, ScriptedModel, ThreadLimiter, ToolCall
+from runtime import open_runtime
+from runtime._threads import TOOL_THREADS, ToolThreads, tool_threads
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+WAIT: Final = 10
+"""Seconds after which a broken case fails instead of hanging."""
+
+LIMITERS: Final[dict[str, Callable[[int], ThreadLimiter]]] = {
+    "ToolThreads": ToolThreads,
+    "CapacityLimiter": trio.CapacityLimiter,
+}
+
+
+@pytest.fixture(params=sorted(LIMITERS))
+def make_limiter(request: pytest.FixtureRequest) -> Callable[[int], ThreadLimiter]:
+    """Each limiter in turn: ours, and trio's as the reference."""
+    factory: Callable[[int], ThreadLimiter] = LIMITERS[request.param]
+    return factory
+
+
+class Holders:
+    """Tasks borrowing from a limiter, in the order they got it, and how many held it at once."""
+
+    def __init__(self, limiter: ThreadLimiter) -> None:
+        self.limiter = limiter
+        self.order: list[int] = []
+        self.holding = 0
+        self.most = 0
+        self.go_on = trio.Event()
+
+    async def borrow(self, i: int, scope: trio.CancelScope | None = None) -> None:
+        """Acquire (inside ``scope``), hold until ``go_on``, release."""
+        borrower = object()
+        with scope or trio.CancelScope():
+            await self.limiter.acquire_on_behalf_of(borrower)
+            try:
+                self.order.append(i)
+                self.holding += 1
+                self.most = max(self.most, self.holding)
+                await self.go_on.wait()
+                await trio.lowlevel.checkpoint()  # let others run while this one still holds
+                self.holding -= 1
+            finally:
+                self.limiter.release_on_behalf_of(borrower)
+
+
+async def test_threads_never_more_than_total_at_once(make_limiter: Callable[[int], ThreadLimiter]) -> None:
+    """With a limit of 2, six borrowers hold it two at a time and all get it in the end."""
+    holders = Holders(make_limiter(2))
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(holders.borrow, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert holders.holding == 2
+            holders.go_on.set()
+    assert holders.most == 2
+    assert sorted(holders.order) == list(range(6))
+
+
+async def test_threads_waiters_are_served_in_fifo_order(make_limiter: Callable[[int], ThreadLimiter]) -> None:
+    """Borrowers that had to wait get the limiter in the order they asked."""
+    limiter = make_limiter(1)
+    holders = Holders(limiter)
+    holders.go_on.set()
+    me = object()
+    await limiter.acquire_on_behalf_of(me)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(holders.borrow, i)
+                await trio.testing.wait_all_tasks_blocked()  # so each queues before the next
+            assert holders.order == []
+            limiter.release_on_behalf_of(me)
+    assert holders.order == [0, 1, 2, 3, 4]
+    assert holders.most == 1
+
+
+async def test_threads_released_thread_goes_to_the_waiter_not_a_newcomer(
+    make_limiter: Callable[[int], ThreadLimiter],
+) -> None:
+    """A release hands the thread to the first waiter: a borrower arriving just after cannot take it first."""
+    limiter = make_limiter(1)
+    holders = Holders(limiter)
+    holders.go_on.set()
+    me = object()
+    await limiter.acquire_on_behalf_of(me)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(holders.borrow, 0)
+            await trio.testing.wait_all_tasks_blocked()
+            limiter.release_on_behalf_of(me)
+            nursery.start_soon(holders.borrow, 1)
+    assert holders.order == [0, 1]
+    assert holders.most == 1
+
+
+async def test_threads_cancelled_waiter_leaves_the_queue(make_limiter: Callable[[int], ThreadLimiter]) -> None:
+    """A waiter cancelled in line never gets the limiter; those behind it move up, and no thread is lost."""
+    limiter = make_limiter(1)
+    holders = Holders(limiter)
+    holders.go_on.set()
+    scopes = [trio.CancelScope() for _ in range(3)]
+    me = object()
+    await limiter.acquire_on_behalf_of(me)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            for i, scope in enumerate(scopes):
+                nursery.start_soon(holders.borrow, i, scope)
+                await trio.testing.wait_all_tasks_blocked()
+            scopes[1].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            limiter.release_on_behalf_of(me)
+        # The one thread is free again: taking it does not wait.
+        await limiter.acquire_on_behalf_of(me)
+    limiter.release_on_behalf_of(me)
+    assert holders.order == [0, 2]
+    assert scopes[1].cancelled_caught
+
+
+def test_threads_rejects_a_negative_total(make_limiter: Callable[[int], ThreadLimiter]) -> None:
+    """A negative limit is a ValueError."""
+    with pytest.raises(ValueError, match="must be >= 0"):
+        make_limiter(-1)
+
+
+async def test_threads_to_thread_runs_at_most_total_threads(make_limiter: Callable[[int], ThreadLimiter]) -> None:
+    """Through trio.to_thread.run_sync, six blocking calls with a limit of 2 run two real threads at a time."""
+    limiter = make_limiter(2)
+    lock = threading.Lock()
+    release = threading.Event()
+    started: list[int] = []
+    active = most = 0
+    two_started = trio.Event()
+
+    def note_started(i: int) -> None:
+        started.append(i)
+        if len(started) == 2:
+            two_started.set()
+
+    def work(i: int) -> None:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        trio.from_thread.run_sync(note_started, i)
+        release.wait(WAIT)  # bounded: a broken limiter fails below instead of hanging
+        with lock:
+            active -= 1
+
+    async def call(i: int) -> None:
+        await trio.to_thread.run_sync(work, i, limiter=limiter)  # type: ignore[arg-type]
+
+    try:
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(call, i)
+                await two_started.wait()
+                # The other four wait in the limiter, in Trio, so no thread can start behind our back.
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(started) == 2
+                release.set()
+    finally:
+        release.set()
+    assert most == 2
+    assert sorted(started) == list(range(6))
+
+
+# -- ToolThreads only ------------------------------------------------------------
+
+
+async def test_threads_free_thread_is_taken_without_a_schedule_point() -> None:
+    """Unlike CapacityLimiter, taking a free thread does not checkpoint (to_thread.run_sync does once anyway)."""
+    limiter = ToolThreads(1)
+    with trio.testing.assert_no_checkpoints():
+        await limiter.acquire_on_behalf_of(None)
+    limiter.release_on_behalf_of(None)
+
+
+async def test_threads_one_limiter_per_trio_run() -> None:
+    """tool_threads gives the same TOOL_THREADS-wide limiter for the whole trio run."""
+    limiter = tool_threads()
+    assert tool_threads() is limiter
+    taken = [object() for _ in range(TOOL_THREADS)]
+    for borrower in taken:
+        await limiter.acquire_on_behalf_of(borrower)
+    with trio.move_on_after(0) as scope:  # the next one has to wait: the limit is TOOL_THREADS
+        await limiter.acquire_on_behalf_of(object())
+    assert scope.cancelled_caught
+    for borrower in taken:
+        limiter.release_on_behalf_of(borrower)
+
+
+async def test_threads_sync_tools_in_a_run_wait_for_the_runtimes_limiter() -> None:
+    """A run's sync tool takes its thread from tool_threads: with all taken, it waits there until one is freed."""
+    called: list[int] = []
+
+    def record(n: int) -> int:
+        called.append(n)
+        return n
+
+    limiter = tool_threads()
+    taken = [object() for _ in range(TOOL_THREADS)]
+    for borrower in taken:
+        await limiter.acquire_on_behalf_of(borrower)
+    model = ScriptedModel([ToolCall("record", {"n": 7}), "done"])
+    results: list[Any] = []
+
+    async def run(session: Any) -> None:
+        results.append(await session.ask("go"))
+
+    with trio.fail_after(WAIT):
+        async with (
+            open_runtime() as runtime,
+            runtime.open_session(Agent(name="a", model=model, tools=[record])) as session,
+        ):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, session)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(limiter._waiting) == 1  # the tool call, in line for a thread
+                assert called == []
+                limiter.release_on_behalf_of(taken.pop())
+    for borrower in taken:
+        limiter.release_on_behalf_of(borrower)
+    assert called == [7]
+    assert [c.result for c in results[0].tool_calls] == [7]
