@@ -24,13 +24,15 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
+from ._http import DEFAULT_RETRY, stream_chunks
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
     import httpx
+
+    from .._retry import RetryPolicy
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import functools
+import itertools
 import json
-import random
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import httpx
 import trio
 
@@ -24,6 +23,7 @@ from .._exceptions import (
     RateLimitError,
     ServerError,
 )
+from .._retry import RetryPolicy
 
 if TYPE_CHECKING:
     import ssl
@@ -35,27 +35,8 @@ MAX_RETRY_AFTER: Final = 60.0
 """Longest wait a provider's Retry-After may ask for; longer asks fail at once."""
 
 
-@attrs.frozen
-class RetryPolicy:
-    """Retries of 429, 5xx and connection errors: capped exponential backoff with full jitter.
-
-    Every wait is a ``trio.sleep`` in the caller's cancel scope, so closing
-    the run or the session ends it at once. ``Retry-After`` is honoured.
-    """
-
-    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    """Tries in all (1: no retry)."""
-    base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    """The first backoff, in seconds; it doubles each time."""
-    cap: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
-    """The longest backoff, in seconds."""
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 0)."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
-DEFAULT_RETRY: Final = RetryPolicy()
+DEFAULT_RETRY: Final = RetryPolicy(maximum=8.0, max_attempts=4)
+"""What a model retries with unless given a policy: 4 tries, waits up to 8 s."""
 
 
 @asynccontextmanager
@@ -123,8 +104,8 @@ async def _send_with_retries(
     retry: RetryPolicy,
 ) -> httpx.Response:
     content = json.dumps(body).encode()
-    for attempt in range(retry.attempts):
-        last = attempt == retry.attempts - 1
+    for attempt in itertools.count():
+        last = not retry.allows(attempt + 1)
         request = client.build_request("POST", url, headers={**headers, "content-type": "application/json"},
                                        content=content)  # fmt: skip
         try:
@@ -132,7 +113,7 @@ async def _send_with_retries(
         except httpx.TransportError as exc:
             if last:
                 raise ModelConnectionError(f"{provider}: cannot reach {url}: {_describe(exc)}") from exc
-            await trio.sleep(retry.backoff(attempt))
+            await trio.sleep(retry.delay(attempt))
             continue
         if response.status_code == 200:
             kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -150,7 +131,7 @@ async def _send_with_retries(
         if not isinstance(error, RateLimitError | ServerError) or last:
             raise error
         if error.retry_after is None:
-            await trio.sleep(retry.backoff(attempt))
+            await trio.sleep(retry.delay(attempt))
         elif error.retry_after > MAX_RETRY_AFTER:
             raise error
         else:

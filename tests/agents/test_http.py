@@ -1,4 +1,4 @@
-"""The HTTP layer every model shares: Retry-After, backoff, and the SSE decoder against the spec's cases."""
+"""The HTTP layer every model shares: Retry-After and the SSE decoder against the spec's cases."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from hypothesis import given, strategies as st
 
-from agents import RetryPolicy
 from agents.models._http import _retry_after
 from agents.models._sse import SSEStream, aiter_sse
 
@@ -80,29 +78,6 @@ def test_retry_after_http_date() -> None:
 def test_retry_after_garbage_is_none(value: str | None) -> None:
     """A missing header, or one that is neither seconds nor an HTTP date, gives None."""
     assert _retry_after(value) is None
-
-
-@given(
-    attempt=st.integers(min_value=0, max_value=64),
-    base=st.floats(min_value=0.0, max_value=10.0),
-    cap=st.floats(min_value=0.0, max_value=120.0),
-)
-def test_retry_policy_backoff_is_within_its_bounds(attempt: int, base: float, cap: float) -> None:
-    """A backoff is never negative and never longer than ``min(cap, base * 2**attempt)``."""
-    wait = RetryPolicy(attempts=3, base=base, cap=cap).backoff(attempt)
-    assert 0.0 <= wait <= min(cap, base * 2**attempt)
-
-
-def test_retry_policy_backoff_is_jittered() -> None:
-    """Backoffs of the same attempt differ (full jitter), so clients that failed together spread out."""
-    policy = RetryPolicy(base=1.0, cap=8.0)
-    assert len({policy.backoff(3) for _ in range(20)}) > 1
-
-
-def test_retry_policy_rejects_fewer_than_one_attempt() -> None:
-    """A policy with no attempt at all is refused when it is made."""
-    with pytest.raises(ValueError, match="attempts"):
-        RetryPolicy(attempts=0)
 
 
 @pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
