@@ -22,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from agents.models import http_client as open_http_client
+from agents.models._http import error_message
 from agents.models._sse import SSEStream
 from runtime._runtime import single_errors
 
@@ -58,13 +59,6 @@ class SSEMessage:
 
 def _auth(token: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token is not None else []
-
-
-def _error_message(body: bytes, fallback: str) -> str:
-    try:
-        return str(json.loads(body)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")[:200] or fallback
 
 
 @asynccontextmanager
@@ -114,7 +108,7 @@ async def _open_websocket(
                         await trio.aclose_forcefully(stream)
     # The handshake's failures are raised by trio-websocket's reader task, in the nursery.
     except ConnectionRejected as rejected:
-        message = _error_message(rejected.body or b"", str(rejected.status_code))
+        message = error_message(rejected.body or b"") or str(rejected.status_code)
         raise RemoteError(f"{url} rejected the connection: {message}", status=rejected.status_code) from None
     except HandshakeError as exc:
         raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
@@ -526,7 +520,7 @@ async def open_sse_listener(
             with trio.move_on_after(connect_timeout):
                 await response.aread()
             raise RemoteError(
-                f"{url} answered {response.status_code}: {_error_message(response.content, response.reason_phrase)}",
+                f"{url} answered {response.status_code}: {error_message(response.content) or response.reason_phrase}",
                 status=response.status_code,
             )
         yield SSEListener(url, events, read_timeout)

@@ -11,6 +11,7 @@ import trio
 
 from agents import RetryPolicy
 from agents.models import http_client as open_http_client
+from agents.models._http import error_message
 from runtime.events import RunFinished
 
 from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
@@ -396,8 +397,5 @@ class _RunUpdates:
 
 
 def _remote_error(response: httpx.Response, doing: str) -> RemoteError:
-    try:
-        message = str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:200]
+    message = error_message(response.content) or response.reason_phrase
     return RemoteError(f"{doing} failed with {response.status_code}: {message}", status=response.status_code)

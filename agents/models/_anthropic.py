@@ -13,7 +13,6 @@ import attrs
 from .._exceptions import MalformedStreamError
 from .._messages import (
     AssistantMessage,
-    ErrorChunk,
     ModelChunk,
     ModelRequest,
     ReasoningChunk,
@@ -24,7 +23,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, stream_chunks
+from ._http import DEFAULT_RETRY, error_chunk, stream_chunks
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
@@ -174,14 +173,14 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         async for event in events:
             data = event.data.strip()
             if event.event == "error":
-                yield ErrorChunk("provider", _error_message(data))
+                yield error_chunk(data)
                 return
             if not data:
                 continue
             payload = json_object(data, "anthropic: an event")
             kind = payload.get("type") or event.event
             if kind == "error":
-                yield ErrorChunk("provider", _error_message(payload))
+                yield error_chunk(payload)
                 return
             if kind == "message_start":
                 message = payload.get("message")
@@ -272,20 +271,3 @@ def _block_stop(block: _ToolBlock) -> ModelChunk:
     if not isinstance(value, dict):
         raise MalformedStreamError(f"anthropic: the input of server tool {block.name!r} is not a JSON object")
     return ServerToolChunk(block.call_id, block.name, value)
-
-
-def _error_message(error: Any) -> str:
-    """The message of an ``error`` event: ``{"type": "error", "error": {"type", "message"}}``."""
-    if isinstance(error, str):
-        try:
-            error = json.loads(error)
-        except ValueError:
-            return error or "the provider reported an error"
-    if isinstance(error, dict):
-        inner = error.get("error", error)
-        if isinstance(inner, dict) and inner.get("message"):
-            kind = inner.get("type")
-            return f"{kind}: {inner['message']}" if kind else str(inner["message"])
-        if isinstance(inner, str) and inner:
-            return inner
-    return str(error)

@@ -23,6 +23,7 @@ from .._exceptions import (
     RateLimitError,
     ServerError,
 )
+from .._messages import ErrorChunk
 from .._retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
         raw = (await response.aread())[:65536]
     except httpx.HTTPError:
         raw = b""
-    message = _provider_message(raw)
+    message = error_message(raw)
     text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
     retry_after = _retry_after(response.headers.get("retry-after"))
     if status == 429:
@@ -162,19 +163,40 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     return kind(text, status=status, provider=provider, provider_message=message)
 
 
-def _provider_message(raw: bytes) -> str | None:
-    """The message inside an error body: OpenAI's and Anthropic's ``{"error": {"message": ...}}``."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        text = raw.decode("utf-8", "replace").strip()
-        return text[:500] or None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return None
+def error_message(body: object) -> str | None:
+    """The message of an error body, or ``None`` if it carries none: the one reader of that shape.
+
+    Reads ``{"error": {"message": ...}}`` (OpenAI, Anthropic, and the
+    ``streams`` server's one error shape), ``{"error": "..."}``, and an error
+    object on its own (``{"message": ...}``). ``body`` is raw bytes or text
+    (parsed as JSON; text that is not JSON is its own message, stripped, at
+    most 500 characters) or an already parsed value.
+
+    Example::
+
+        error_message(b'{"error": {"type": "overloaded_error", "message": "Overloaded"}}')  # "Overloaded"
+    """
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body).decode("utf-8", "replace")
+    if isinstance(body, str):
+        text = body.strip()
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError):
+            return text[:500] or None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        message = error.get("message")
+        return message if isinstance(message, str) and message else None
+    return error if isinstance(error, str) and error else None
+
+
+def error_chunk(error: object) -> ErrorChunk:
+    """An error the provider reported inside a stream (an ``error`` event, or an ``error`` in a chunk)."""
+    text = str(error).strip()[:500] if error is not None else ""
+    return ErrorChunk("provider", error_message(error) or text or "the provider reported an error")
 
 
 def _retry_after(value: str | None) -> float | None:

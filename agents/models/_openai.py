@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._messages import (
     AssistantMessage,
-    ErrorChunk,
     ModelChunk,
     ModelRequest,
     ReasoningChunk,
@@ -20,7 +19,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, stream_chunks
+from ._http import DEFAULT_RETRY, error_chunk, stream_chunks
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             if event.event == "error":
                 if usage is not None:
                     yield _usage_chunk(usage)
-                yield ErrorChunk("provider", _error_message(event.data))
+                yield error_chunk(event.data)
                 return
             data = event.data.strip()
             if not data:
@@ -154,7 +153,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             if chunk.get("error"):
                 if usage is not None:  # tokens spent before the error still count
                     yield _usage_chunk(usage)
-                yield ErrorChunk("provider", _error_message(chunk["error"]))
+                yield error_chunk(chunk["error"])
                 return
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
@@ -179,19 +178,3 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
 
 def _usage_chunk(usage: dict[str, Any]) -> UsageChunk:
     return UsageChunk(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-
-
-def _error_message(error: Any) -> str:
-    if isinstance(error, str):
-        text = error
-        try:
-            error = json.loads(text)
-        except ValueError:
-            return text
-    if isinstance(error, dict):
-        inner = error.get("error", error)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return str(inner)
-    return str(error)

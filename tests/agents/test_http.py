@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from agents.models._http import _retry_after
+from agents import ErrorChunk
+from agents.models._http import _retry_after, error_chunk, error_message
 from agents.models._sse import SSEStream, aiter_sse
 
 if TYPE_CHECKING:
@@ -125,3 +126,66 @@ async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
         assert response.is_closed
         assert served.sent == len(b"data: 1\n\n")  # closed, not read to the end
         await stream.aclose()  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": {"message": "invalid x-api-key", "type": "authentication_error"}}', "invalid x-api-key"),
+        ('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', "Overloaded"),
+        ({"error": {"type": "unknown_session", "message": "no session 's1'"}}, "no session 's1'"),
+        ({"message": "context too long", "code": 400}, "context too long"),
+        (b'{"error": "quota exceeded"}', "quota exceeded"),
+        (b"  upstream timed out\n", "upstream timed out"),
+        (b"\xff\xfe not utf-8", "\ufffd\ufffd not utf-8"),
+        (b"[" * 100_000, "[" * 500),
+        (b'{"error": {"code": 500}}', None),
+        (b'{"error": {"message": ""}}', None),
+        (b"[1, 2]", None),
+        (b"", None),
+        (None, None),
+    ],
+    ids=[
+        "openai",
+        "anthropic-event",
+        "our-server",
+        "bare-error-object",
+        "error-string",
+        "plain-text",
+        "bad-utf8",
+        "deeply-nested",
+        "no-message",
+        "empty-message",
+        "not-an-object",
+        "empty",
+        "none",
+    ],
+)
+def test_error_message_reads_every_error_body_shape(body: object, message: str | None) -> None:
+    """The one reader of ``{"error": {"message": ...}}`` bodies finds the message in every shape, or says None."""
+    assert error_message(body) == message
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        ('{"error": {"message": "model melted"}}', "model melted"),
+        ("overloaded, try later", "overloaded, try later"),
+        ({"code": 500}, "{'code': 500}"),
+        ("", "the provider reported an error"),
+    ],
+)
+def test_error_chunk_carries_the_message_or_what_the_provider_sent(error: object, text: str) -> None:
+    """An error inside a stream becomes a provider ErrorChunk with its message, else its text, never an empty one."""
+    assert error_chunk(error) == ErrorChunk("provider", text)
+
+
+def test_error_bodies_have_one_reader() -> None:
+    """The providers, the HTTP layer and the streams clients all read error bodies with the same function."""
+    import agents.models._anthropic as anthropic
+    import agents.models._openai as openai
+    import streams._client as client
+    import streams._remote as remote
+
+    assert vars(openai)["error_chunk"] is vars(anthropic)["error_chunk"] is error_chunk
+    assert vars(client)["error_message"] is vars(remote)["error_message"] is error_message
