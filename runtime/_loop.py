@@ -18,6 +18,7 @@ import trio
 from agents import (
     TRANSFER_TOOL,
     Agent,
+    AgentsError,
     AssistantMessage,
     ElicitationUnavailable,
     ErrorChunk,
@@ -556,6 +557,6 @@ def _to_content(value: Any) -> str:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
-    if isinstance(exc, _EndRun | _Refused) or type(exc).__module__.startswith("agents"):
+    if isinstance(exc, _EndRun | _Refused | AgentsError):  # ours by class: a module's name proves nothing
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
