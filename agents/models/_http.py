@@ -22,6 +22,7 @@ from .._exceptions import (
     ProviderError,
     RateLimitError,
     ServerError,
+    describe,
 )
 from .._messages import ErrorChunk
 from .._retry import RetryPolicy
@@ -91,7 +92,7 @@ async def stream_chunks(
             async with contextlib.aclosing(parse(response)) as chunks:
                 yield chunks
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise ModelConnectionError(f"{provider}: the stream broke: {_describe(exc)}") from exc
+            raise ModelConnectionError(f"{provider}: the stream broke: {describe(exc)}") from exc
         finally:
             await response.aclose()
 
@@ -113,7 +114,7 @@ async def _send_with_retries(
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
             if last:
-                raise ModelConnectionError(f"{provider}: cannot reach {url}: {_describe(exc)}") from exc
+                raise ModelConnectionError(f"{provider}: cannot reach {url}: {describe(exc)}") from exc
             await trio.sleep(retry.delay(attempt))
             continue
         if response.status_code == 200:
@@ -212,7 +213,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

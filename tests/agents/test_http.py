@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from agents import ErrorChunk
+from agents import ErrorChunk, ModelConnectionError
+from agents._exceptions import describe
 from agents.models._http import _retry_after, error_chunk, error_message
 from agents.models._sse import SSEStream, aiter_sse
 
@@ -189,3 +190,24 @@ def test_error_bodies_have_one_reader() -> None:
 
     assert vars(openai)["error_chunk"] is vars(anthropic)["error_chunk"] is error_chunk
     assert vars(client)["error_message"] is vars(remote)["error_message"] is error_message
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (ModelConnectionError("openai: cannot reach it"), "openai: cannot reach it"),
+        (KeyError("x"), "KeyError: 'x'"),
+        (httpx.ReadTimeout(""), "ReadTimeout"),
+    ],
+)
+def test_describe_writes_ours_plainly_and_others_with_their_type(error: BaseException, text: str) -> None:
+    """Our errors are their message; a foreign one gets its type name in front, or alone when it has no message."""
+    assert describe(error) == text
+
+
+def test_errors_have_one_describer() -> None:
+    """The HTTP layer and the runtime's loop describe exceptions with the same function."""
+    import agents.models._http as http
+    import runtime._loop as loop
+
+    assert vars(http)["describe"] is vars(loop)["describe"] is describe
