@@ -101,7 +101,19 @@ class ServedSession:
         return self.session.id
 
     def notify(self, message: str) -> None:
-        """Post a ``Notice`` on the session's between-run feed."""
+        """Post ``{"type": "Notice", "message": message}`` on the session's between-run feed.
+
+        The only producer of ``Notice``: the server itself never posts one;
+        the program that serves does, to tell whoever watches the session
+        something (``examples/serve.py`` announces its shutdown with it).
+        Every feed subscriber gets it, even if the session closes right
+        after; one too slow to keep up loses its oldest messages instead.
+
+        Example::
+
+            for served in server.sessions.values():
+                served.notify("maintenance in 5 minutes")
+        """
         self.feed.publish({"type": "Notice", "message": message})
 
     def describe(self) -> dict[str, Any]:

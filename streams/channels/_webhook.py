@@ -31,8 +31,6 @@ logger = logging.getLogger("streams.webhook")
 MAX_PROGRESS: Final = 100
 """Progress notes kept per waiting request; later ones are dropped."""
 
-"""Seconds past Hypercorn's graceful timeout after which the server task is cancelled outright."""
-
 
 @attrs.frozen
 class WebhookStatistics:
