@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import email.utils
 import functools
 import itertools
 import json
+import os
 import time
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import httpx
 import trio
@@ -162,6 +164,66 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     else:
         kind = ProviderError
     return kind(text, status=status, provider=provider, provider_message=message)
+
+
+class HTTPModel(abc.ABC):
+    """What every HTTP model shares: its settings, its ``__repr__``, and ``stream`` (POST, retries, parse).
+
+    A provider names itself and its endpoint in class attributes, and writes
+    :meth:`headers`, :meth:`body` and :meth:`parse`.
+    """
+
+    provider: ClassVar[str]
+    """The provider's name, in errors (``"openai"``)."""
+    DEFAULT_BASE_URL: ClassVar[str]
+    BASE_URL_ENV: ClassVar[str]
+    """The environment variable that overrides ``DEFAULT_BASE_URL``."""
+    API_KEY_ENV: ClassVar[str]
+    """The environment variable the API key is read from when none is given."""
+    PATH: ClassVar[str]
+    """What is POSTed to, after the base URL."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        **settings: Any,
+    ) -> None:
+        self.model = model
+        self.base_url = (base_url or os.environ.get(self.BASE_URL_ENV) or self.DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get(self.API_KEY_ENV)
+        self.retry = retry
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r}, base_url={self.base_url!r})"
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
+        """Send one request; its chunks stream until the block exits (which closes the response)."""
+        return stream_chunks(
+            request,
+            self.base_url + self.PATH,
+            headers=self.headers(),
+            body=self.body(request),
+            provider=self.provider,
+            retry=self.retry,
+            parse=self.parse,
+        )
+
+    @abc.abstractmethod
+    def headers(self) -> dict[str, str]:
+        """The headers of every request (the API key's among them, if there is one)."""
+
+    @abc.abstractmethod
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body of a request."""
+
+    @abc.abstractmethod
+    def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+        """The chunks of a streamed answer."""
 
 
 def error_message(body: object) -> str | None:

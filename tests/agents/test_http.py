@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from agents import ErrorChunk, ModelConnectionError
+from agents import AnthropicModel, ErrorChunk, ModelConnectionError, OpenAIChatModel
 from agents._exceptions import describe
-from agents.models._http import _retry_after, error_chunk, error_message
+from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message
 from agents.models._sse import SSEStream, aiter_sse
 
 if TYPE_CHECKING:
@@ -211,3 +211,35 @@ def test_errors_have_one_describer() -> None:
     import runtime._loop as loop
 
     assert vars(http)["describe"] is vars(loop)["describe"] is describe
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_env", "key_env"),
+    [
+        (OpenAIChatModel, "OPENAI_BASE_URL", "OPENAI_API_KEY"),
+        (AnthropicModel, "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+    ],
+)
+def test_both_http_models_share_one_base(
+    kind: type[HTTPModel], base_env: str, key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both providers take their constructor, repr and stream set-up from HTTPModel, and behave alike in them."""
+    assert issubclass(kind, HTTPModel)
+    for shared in ("__init__", "__repr__", "stream"):
+        assert shared not in vars(kind) or (shared == "__init__" and kind is AnthropicModel), (
+            f"{kind.__name__}.{shared}"
+        )
+    monkeypatch.setenv(base_env, "http://from-env.invalid/v9/")
+    monkeypatch.setenv(key_env, "env-key")
+    model = kind("m", temperature=0.5)
+    assert model.base_url == "http://from-env.invalid/v9"  # the trailing slash goes
+    assert model.retry == DEFAULT_RETRY
+    assert model.retry.max_attempts == 4
+    assert model.settings == {"temperature": 0.5}
+    assert repr(model) == f"{kind.__name__}('m', base_url='http://from-env.invalid/v9')"
+    assert any(value.endswith("env-key") for value in model.headers().values())
+    given = kind("m", base_url="http://given.invalid/", api_key="")
+    assert given.base_url == "http://given.invalid"
+    assert "env-key" not in str(given.headers())  # an empty key given is no key, not the environment's
+    monkeypatch.delenv(base_env)
+    assert kind("m").base_url == kind.DEFAULT_BASE_URL
