@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from agents import SessionLike
+
     from ._handlers import Tee
     from ._pipe import EventPipe
 
@@ -127,7 +129,7 @@ class AgentRun:
         *,
         run_id: str,
         agent: Agent,
-        session: Any,
+        session: SessionLike,
         user_input: str,
         deps: Any,
         history: list[Message],

@@ -100,6 +100,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Agent",
             "Instructions",
             "RunContext",
+            "SessionLike",
             "ToolContext",
             "AgentDefinitionError",
             "AgentsError",
