@@ -55,12 +55,14 @@ from streams import (
     Update,
     WorkspaceChange,
     WorkspaceError,
+    WorkspaceStream,
     event_from_json,
     event_to_json,
     open_sse_listener,
     open_updates_stream,
     open_workspace_stream,
 )
+from streams._broadcast import Broadcast, Subscriber
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -621,3 +623,40 @@ def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
 def test_event_from_json_refuses_what_is_not_an_event(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="event"):
         event_from_json(data)
+
+
+async def test_workspace_stream_buffers_like_a_broadcast_subscriber() -> None:
+    """A slow workspace reader keeps what a broadcast subscriber of the same size keeps (the newest), counts what
+    went, and ends, after the buffered changes, with the stream's error: the two share one drop-oldest buffer."""
+    send, receive = trio.open_memory_channel[str](1)
+    async with send, receive:
+        stream = WorkspaceStream("ws://x/workspace", send, buffer=2, request_timeout=1.0)
+        broadcast: Broadcast[WorkspaceChange] = Broadcast(buffer=2)
+        with broadcast.subscribe() as subscriber:
+            for i in range(5):
+                change = {"type": "WorkspaceChanged", "op": "write", "path": f"{i}.txt", "source": "agent"}
+                stream._received(change)
+                broadcast.publish(WorkspaceChange("write", f"{i}.txt", "agent"))
+            stream._received({"type": "EventsDropped", "count": 4})
+            stream._end(StreamClosedError("gone"))
+            broadcast.close()
+            kept = [item async for item in _until_end(subscriber)]
+        assert [change async for change in _changes_until_error(stream)] == kept
+        assert [change.path for change in kept] == ["3.txt", "4.txt"]
+        assert stream.dropped == 3 + 4  # ours, and the server's
+
+
+async def _until_end(subscriber: Subscriber[WorkspaceChange]) -> AsyncIterator[WorkspaceChange]:
+    while True:
+        try:
+            item = await subscriber.get()
+        except trio.EndOfChannel:
+            return
+        if isinstance(item, WorkspaceChange):
+            yield item
+
+
+async def _changes_until_error(stream: WorkspaceStream) -> AsyncIterator[WorkspaceChange]:
+    with pytest.raises(StreamClosedError, match="gone"):
+        async for change in stream:
+            yield change
