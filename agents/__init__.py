@@ -9,6 +9,7 @@ from ._context import (
     ElicitationResult as ElicitationResult,
     Elicitor as Elicitor,
     RunContext as RunContext,
+    SessionLike as SessionLike,
     ToolContext as ToolContext,
 )
 from ._exceptions import (

@@ -9,9 +9,10 @@ import attrs
 from ._exceptions import ElicitationUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from ._agent import Agent
+    from ._messages import Message
 
 DepsT = TypeVar("DepsT")
 
@@ -43,6 +44,41 @@ class Elicitor(Protocol):
         ...
 
 
+class SessionLike(Protocol):
+    """What code a run calls (tools, hooks, instructions) may use of the run's session: ``ctx.session``.
+
+    ``runtime.Session`` is one. A tool may read the conversation and start
+    tasks that the session owns (they outlive the tool call, not the
+    session). Running the session again from inside its own run is not
+    offered: it could only fail (``runtime.ReentrantRunError``).
+
+    Example::
+
+        @tool
+        async def remind_later(ctx: ToolContext[None], minutes: float) -> str:
+            ctx.session.start_soon(send_reminder, minutes)
+            return "scheduled"
+    """
+
+    @property
+    def id(self) -> str:
+        """The session's id."""
+        ...
+
+    @property
+    def history(self) -> tuple[Message, ...]:
+        """The conversation so far, oldest first."""
+        ...
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> None:
+        """Start a task owned by the session (cancelled when it closes)."""
+        ...
+
+    async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
+        """Start a task owned by the session and wait for its ``task_status.started()`` value."""
+        ...
+
+
 @attrs.frozen
 class RunContext(Generic[DepsT]):
     """The run that is calling: given to instructions callables and hooks."""
@@ -51,8 +87,8 @@ class RunContext(Generic[DepsT]):
     """Whatever the caller passed as ``deps`` to ``Session.run``."""
     agent: Agent = attrs.field(repr=False)
     """The agent being run."""
-    session: Any = attrs.field(repr=False)
-    """The ``runtime.Session`` the run belongs to."""
+    session: SessionLike = attrs.field(repr=False)
+    """The session the run belongs to (a ``runtime.Session``)."""
     run_id: str
     """The run's id, as in its ``RunStarted`` event."""
 

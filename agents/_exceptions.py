@@ -124,3 +124,16 @@ class ElicitationUnavailable(ElicitationError):
 
 class ElicitationTimeout(ElicitationError):
     """The question was not answered within its timeout."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line, for an error event or a tool's error result.
+
+    One of ours (an :class:`AgentsError`) is its message, written to be read;
+    any other gets its type name in front (``KeyError: 'x'`` says more than
+    ``'x'``), or is its type name alone if it has no message.
+    """
+    text = str(exc)
+    if isinstance(exc, AgentsError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

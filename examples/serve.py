@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from agents import ModelRequest
     from agents.models import Turn
+    from streams import Server
 
 
 def _note_or_answer(request: ModelRequest) -> Turn:
@@ -80,12 +81,27 @@ def curl_example(url: str, token: str | None) -> str:
     return f"curl -s {headers} -d {create} {url}/sessions; echo; curl -sN {headers} -d {run} {url}/sessions/curl/runs"
 
 
+STOPPING = "the server is stopping: this session closes now"
+"""What every session's feed is told before the server stops."""
+
+
+def announce(server: Server, message: str) -> None:
+    """Tell every served session's watchers ``message``: a ``Notice`` on each between-run feed.
+
+    The feed delivers what was published before the session closed, so a
+    notice posted just before shutdown still reaches every client.
+    """
+    for served in server.sessions.values():
+        served.notify(message)
+
+
 async def serve(host: str, port: int, token: str | None) -> None:
     """Serve :data:`agent` until Ctrl-C (SIGINT) or SIGTERM, printing where once listening.
 
     The signals are received as messages, not as a ``KeyboardInterrupt``
     that could land in the middle of any task (Hypercorn's included): the
-    server is stopped by leaving its block, like any other Trio code.
+    server is stopped by leaving its block, like any other Trio code; each
+    session's feed is told so first (:func:`announce`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(agent, host=host, port=port, token=token) as server:
@@ -95,6 +111,7 @@ async def serve(host: str, port: int, token: str | None) -> None:
             print(f"or:\n  python examples/remote_client.py --url {server.url}{token_option}", flush=True)
             async for signum in signals:
                 print(f"\n{signal.Signals(signum).name}: closing every session, then stopping", flush=True)
+                announce(server, STOPPING)
                 break  # leaving the block closes every session and ends every stream, then stops Hypercorn
 
 

@@ -36,6 +36,7 @@ from agents import (
     UserMessage,
     tool,
 )
+from agents._exceptions import describe
 
 from ._bridge import ElicitationBridge, PendingElicitation
 from ._latch import Latch
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     import httpx
+
+    from agents import SessionLike
 
     from ._handlers import Tee
     from ._pipe import EventPipe
@@ -127,7 +130,7 @@ class AgentRun:
         *,
         run_id: str,
         agent: Agent,
-        session: Any,
+        session: SessionLike,
         user_input: str,
         deps: Any,
         history: list[Message],
@@ -252,7 +255,7 @@ class AgentRun:
                     reason, message = await self._fail(end.kind, end.message, end.reason)
                 except Exception as exc:
                     logger.exception("run %s failed inside trio-agents", self.run_id)
-                    reason, message = await self._fail("internal", _describe(exc), "error")
+                    reason, message = await self._fail("internal", describe(exc), "error")
             if deadline is not None and deadline.cancelled_caught:
                 reason, message = await self._fail(
                     "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
@@ -295,7 +298,7 @@ class AgentRun:
             try:
                 opened = await stack.enter_async_context(item.open_tools(self._context))
             except Exception as exc:
-                raise _EndRun("toolset", f"toolset {item!r} failed to open: {_describe(exc)}") from exc
+                raise _EndRun("toolset", f"toolset {item!r} failed to open: {describe(exc)}") from exc
             for opened_tool in opened:
                 tools.setdefault(opened_tool.name, opened_tool)
 
@@ -309,7 +312,7 @@ class AgentRun:
             try:
                 stop = await hooks.on_user_prompt(self._context, self._user_input)
             except Exception as exc:
-                raise _EndRun("hook", f"on_user_prompt hook failed: {_describe(exc)}") from exc
+                raise _EndRun("hook", f"on_user_prompt hook failed: {describe(exc)}") from exc
             if isinstance(stop, StopRun):
                 return stop
         return None
@@ -337,7 +340,7 @@ class AgentRun:
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
-            raise _EndRun("instructions", f"the instructions callable failed: {_describe(exc)}") from exc
+            raise _EndRun("instructions", f"the instructions callable failed: {describe(exc)}") from exc
         return str(value)
 
     async def _call_model(self, request: ModelRequest) -> tuple[str, list[ToolCallChunk]]:
@@ -376,7 +379,7 @@ class AgentRun:
         except _EndRun:
             raise
         except Exception as exc:
-            raise _EndRun("model", _describe(exc)) from exc
+            raise _EndRun("model", describe(exc)) from exc
         if idle_scope is not None and idle_scope.cancelled_caught:
             raise _EndRun("timeout", f"the model sent nothing for model_idle_timeout={idle}s", "timeout")
         return "".join(texts), calls
@@ -437,12 +440,12 @@ class AgentRun:
             except _Refused as refused:
                 value, error = None, str(refused)
             except Exception as exc:
-                value, error = None, _describe(exc)
+                value, error = None, describe(exc)
             for hooks in self._agent.hooks:
                 try:
                     await hooks.after_tool(ctx, value, error)
                 except Exception as exc:
-                    value, error = None, f"after_tool hook failed: {_describe(exc)}"
+                    value, error = None, f"after_tool hook failed: {describe(exc)}"
         results[index] = ToolResultMessage(
             call.call_id, call.name, error if error is not None else _to_content(value), error is not None
         )
@@ -553,10 +556,3 @@ def _to_content(value: Any) -> str:
             return json.dumps(value, default=str)
         except ValueError:
             return str(value)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, _EndRun | _Refused) or type(exc).__module__.startswith("agents"):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import ssl
-from collections import deque
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -22,9 +21,11 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from agents.models import http_client as open_http_client
+from agents.models._http import error_message
 from agents.models._sse import SSEStream
 from runtime._runtime import single_errors
 
+from ._broadcast import Subscriber
 from ._codec import event_from_json
 from ._errors import PeerSilentError, RemoteError, StreamClosedError, StreamError, WorkspaceError
 from ._workspace import WorkspaceChange
@@ -58,13 +59,6 @@ class SSEMessage:
 
 def _auth(token: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token is not None else []
-
-
-def _error_message(body: bytes, fallback: str) -> str:
-    try:
-        return str(json.loads(body)["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return body.decode(errors="replace")[:200] or fallback
 
 
 @asynccontextmanager
@@ -114,7 +108,7 @@ async def _open_websocket(
                         await trio.aclose_forcefully(stream)
     # The handshake's failures are raised by trio-websocket's reader task, in the nursery.
     except ConnectionRejected as rejected:
-        message = _error_message(rejected.body or b"", str(rejected.status_code))
+        message = error_message(rejected.body or b"") or str(rejected.status_code)
         raise RemoteError(f"{url} rejected the connection: {message}", status=rejected.status_code) from None
     except HandshakeError as exc:
         raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
@@ -302,15 +296,17 @@ class WorkspaceStream:
         self._url = url
         self._outgoing = outgoing
         self._waiting: dict[str, _Reply] = {}
-        self._changes: deque[WorkspaceChange] = deque()
-        self._buffer = buffer
+        self._changes: Subscriber[WorkspaceChange] = Subscriber(buffer)  # drop-oldest, like a feed's
+        self._server_dropped = 0
         self._request_timeout = request_timeout
-        self._wakeup = trio.Event()
         self._ids = itertools.count(1)
         self._ended = False
         self._error: StreamError | None = None
-        self.dropped = 0
+
+    @property
+    def dropped(self) -> int:
         """Changes not kept because this client did not iterate fast enough (or the server dropped them)."""
+        return self._changes.dropped + self._server_dropped
 
     async def request(self, op: str, path: str | None = None, content: str | None = None) -> dict[str, Any]:
         """Run a command (``read``, ``write``, ``delete``, ``list``) and return the server's answer.
@@ -349,14 +345,16 @@ class WorkspaceStream:
         return self
 
     async def __anext__(self) -> WorkspaceChange:
-        while not self._changes:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                raise StopAsyncIteration
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
-        return self._changes.popleft()
+        try:
+            while not isinstance(change := await self._changes.get(), WorkspaceChange):
+                pass  # a gap: already counted in ``dropped``
+        except trio.EndOfChannel:
+            pass
+        else:
+            return change
+        if self._error is not None:
+            raise self._error
+        raise StopAsyncIteration
 
     def _received(self, data: Any) -> None:
         kind = data.get("type") if isinstance(data, dict) else None
@@ -366,20 +364,16 @@ class WorkspaceStream:
                 reply.answer = data
                 reply.done.set()
         elif kind == "WorkspaceChanged":
-            if len(self._changes) >= self._buffer:
-                self._changes.popleft()
-                self.dropped += 1
-            self._changes.append(WorkspaceChange(data["op"], data["path"], data["source"]))
-            self._wakeup.set()
+            self._changes.put(WorkspaceChange(data["op"], data["path"], data["source"]))
         elif kind == "EventsDropped":
-            self.dropped += int(data["count"])
+            self._server_dropped += int(data["count"])
 
     def _end(self, error: StreamError | None) -> None:
         if self._ended:
             return  # the first verdict (e.g. a silent peer) stands
         self._ended = True
         self._error = error
-        self._wakeup.set()
+        self._changes.close()
         for reply in self._waiting.values():
             reply.done.set()
 
@@ -526,7 +520,7 @@ async def open_sse_listener(
             with trio.move_on_after(connect_timeout):
                 await response.aread()
             raise RemoteError(
-                f"{url} answered {response.status_code}: {_error_message(response.content, response.reason_phrase)}",
+                f"{url} answered {response.status_code}: {error_message(response.content) or response.reason_phrase}",
                 status=response.status_code,
             )
         yield SSEListener(url, events, read_timeout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
@@ -10,7 +9,9 @@ import attrs
 import httpx
 import trio
 
+from agents import RetryPolicy
 from agents.models import http_client as open_http_client
+from agents.models._http import error_message
 from runtime.events import RunFinished
 
 from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
@@ -29,19 +30,8 @@ _FATAL: Final = frozenset({401, 403})
 """Statuses no retry can fix: ``maintain`` raises them."""
 
 
-@attrs.frozen
-class Backoff:
-    """Capped exponential backoff with jitter: attempt ``n`` waits between half and all of
-    ``min(maximum, initial * multiplier ** n)`` seconds."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 for the first)."""
-        cap = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        return cap / 2 + random.uniform(0, cap / 2)
+Backoff: TypeAlias = RetryPolicy
+"""The reconnection backoff: :class:`agents.RetryPolicy` itself (``Backoff(initial=, maximum=)``)."""
 
 
 class ListenerRegistry:
@@ -122,7 +112,10 @@ class RemoteSession:
             after a server restart).
         token: A bearer token, if the server needs one.
         handler: Awaited with each :class:`RemoteEvent`, in order per stream.
-        backoff: How long to wait between reconnection attempts.
+        backoff: How long to wait between reconnection attempts (default:
+            ``RetryPolicy()``, which never gives up). With ``max_attempts``
+            set, a stream that fails that many times in a row ends
+            :meth:`maintain` with its last error.
         heartbeat: Seconds between WebSocket pings.
         heartbeat_timeout: Seconds a ping may wait for its pong.
         read_timeout: Seconds of silence after which the feed's peer counts as gone
@@ -170,7 +163,7 @@ class RemoteSession:
         self._failures = 0
         self._last_error: str | None = None
         self._running = False
-        self._fatal: RemoteError | None = None
+        self._fatal: Exception | None = None
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.session_id} at {self.base_url}>"
@@ -204,6 +197,8 @@ class RemoteSession:
         Raises:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
             RemoteError: the server refused the token (401/403): retrying cannot help.
+            StreamError: (or ``OSError``, ``httpx.TransportError``) a stream failed
+                ``backoff.max_attempts`` times in a row.
         """
         with self._registry.claim((self.base_url, self.session_id)):
             async with open_http_client(self._given_client) as client:
@@ -230,17 +225,14 @@ class RemoteSession:
                 await self._ensure_session()
                 await self._follow(name)
                 attempt = 0  # it was up and ended normally: reconnect promptly, and count from the start
-            except RemoteError as exc:
-                if exc.status in _FATAL:
+            except (StreamError, OSError, httpx.TransportError) as exc:
+                self._failed(name, exc)
+                if (isinstance(exc, RemoteError) and exc.status in _FATAL) or not self._backoff.allows(attempt + 1):
                     # One error for the owner, not one per stream: stop them all.
-                    self._failed(name, exc)
                     if self._fatal is None:
                         self._fatal = exc
                     scope.cancel()
                     return
-                self._failed(name, exc)
-            except (StreamError, OSError, httpx.TransportError) as exc:
-                self._failed(name, exc)
             await trio.sleep(self._backoff.delay(attempt))
             attempt += 1
 
@@ -405,8 +397,5 @@ class _RunUpdates:
 
 
 def _remote_error(response: httpx.Response, doing: str) -> RemoteError:
-    try:
-        message = str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:200]
+    message = error_message(response.content) or response.reason_phrase
     return RemoteError(f"{doing} failed with {response.status_code}: {message}", status=response.status_code)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections import OrderedDict
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -24,6 +23,7 @@ from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
 from ._errors import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
+from ._requests import RequestRejected, bearer_token_matches, read_body
 from ._runlog import RunLog
 from ._sse import EventStreamResponse
 from ._workspace import Workspace, WorkspaceChange
@@ -101,7 +101,19 @@ class ServedSession:
         return self.session.id
 
     def notify(self, message: str) -> None:
-        """Post a ``Notice`` on the session's between-run feed."""
+        """Post ``{"type": "Notice", "message": message}`` on the session's between-run feed.
+
+        The only producer of ``Notice``: the server itself never posts one;
+        the program that serves does, to tell whoever watches the session
+        something (``examples/serve.py`` announces its shutdown with it).
+        Every feed subscriber gets it, even if the session closes right
+        after; one too slow to keep up loses its oldest messages instead.
+
+        Example::
+
+            for served in server.sessions.values():
+                served.notify("maintenance in 5 minutes")
+        """
         self.feed.publish({"type": "Notice", "message": message})
 
     def describe(self) -> dict[str, Any]:
@@ -262,10 +274,7 @@ class Server:
     # -- requests --------------------------------------------------------------
 
     def _authorized(self, connection: HTTPConnection) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._token)
+        return bearer_token_matches(connection, self._token)
 
     def _served(self, connection: HTTPConnection) -> ServedSession:
         if not self._authorized(connection):
@@ -277,15 +286,10 @@ class Server:
         return served
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
-        body = bytearray()
-        async with aclosing(request.stream()) as chunks:
-            async for chunk in chunks:
-                body += chunk
-                if len(body) > self._max_body:
-                    raise _HTTPError(413, "too_large", f"the body is over {self._max_body} bytes")
+        try:
+            body = await read_body(request, limit=self._max_body)
+        except RequestRejected as rejected:
+            raise _HTTPError(rejected.status, rejected.kind, str(rejected)) from None
         if not body:
             return {}
         try:

@@ -238,8 +238,9 @@ async def test_remote_client_watches_until_ctrl_c_and_exits_0() -> None:
 
 
 async def test_served_example_stops_promptly_on_ctrl_c_with_a_client_attached() -> None:
-    """SIGINT to the server while a client watches: the server ends the client's streams and exits 0 promptly;
-    the client sees the session closed and, its streams down, still exits 0 on its own SIGINT."""
+    """SIGINT to the server while a client watches: the server announces it on the feed (a Notice), ends the
+    client's streams and exits 0 promptly; the client sees the notice, then the session closed and, its streams
+    down, still exits 0 on its own SIGINT."""
     with trio.fail_after(30):
         async with running(SERVE, "--port", "0") as server:
             url = await serving_url(server)
@@ -251,7 +252,9 @@ async def test_served_example_stops_promptly_on_ctrl_c_with_a_client_attached() 
                 assert status == 0, server.describe()
                 assert trio.current_time() - started < 5, server.describe()
                 assert "Traceback" not in server.stderr, server.describe()
-                await client.wait_for(r"^\[feed\] SessionState closed$")
+                notice = await client.wait_for(r"^\[feed\] Notice: the server is stopping: this session closes now$")
+                closed = await client.wait_for(r"^\[feed\] SessionState closed$")
+                assert notice.start() < closed.start()  # told first, then closed
                 with trio.fail_after(10):
                     status = await client.interrupt()
                 assert status == 0, client.describe()

@@ -1,7 +1,8 @@
 """Models: the protocol every model implements, and the models that ship."""
 
+from .._retry import RetryPolicy as RetryPolicy
 from ._anthropic import AnthropicModel as AnthropicModel
-from ._http import RetryPolicy as RetryPolicy, http_client as http_client
+from ._http import http_client as http_client
 from ._openai import OpenAIChatModel as OpenAIChatModel
 from ._protocol import Model as Model
 from ._resolve import resolve_model as resolve_model

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -13,7 +11,6 @@ import attrs
 from .._exceptions import MalformedStreamError
 from .._messages import (
     AssistantMessage,
-    ErrorChunk,
     ModelChunk,
     ModelRequest,
     ReasoningChunk,
@@ -24,13 +21,15 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
+from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+    from collections.abc import AsyncGenerator, Mapping
 
     import httpx
+
+    from .._retry import RetryPolicy
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
@@ -38,7 +37,7 @@ _SERVER_TOOL_BLOCKS: Final = frozenset({"server_tool_use", "mcp_tool_use"})
 """Content blocks of tools the provider runs itself: reported, never run by us."""
 
 
-class AnthropicModel:
+class AnthropicModel(HTTPModel):
     """A Claude model behind Anthropic's Messages API (``/v1/messages``).
 
     Streams text, extended thinking (as reasoning), tool calls assembled from
@@ -50,7 +49,7 @@ class AnthropicModel:
         model: The model name, e.g. ``"claude-sonnet-4-5"``.
         base_url: Defaults to ``ANTHROPIC_BASE_URL``, else Anthropic's.
         api_key: Defaults to ``ANTHROPIC_API_KEY`` (none is sent if neither is set).
-        retry: Retries of 429, 5xx and connection errors.
+        retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         max_tokens: The most tokens one response may take (the API requires it).
         **settings: Sent with every request (``temperature``, ``thinking`` ...).
 
@@ -60,6 +59,10 @@ class AnthropicModel:
     """
 
     provider = "anthropic"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+    API_KEY_ENV = "ANTHROPIC_API_KEY"
+    PATH = "/v1/messages"
 
     def __init__(
         self,
@@ -71,30 +74,19 @@ class AnthropicModel:
         max_tokens: int = 4096,
         **settings: Any,
     ) -> None:
-        self.model = model
-        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-        self.retry = retry
+        super().__init__(model, base_url=base_url, api_key=api_key, retry=retry, **settings)
         self.max_tokens = max_tokens
-        self.settings = settings
 
-    def __repr__(self) -> str:
-        return f"AnthropicModel({self.model!r}, base_url={self.base_url!r})"
-
-    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
-        """Send one request; its chunks stream until the block exits (which closes the response)."""
+    def headers(self) -> dict[str, str]:
+        """The API version, and the key when there is one."""
         headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        return stream_chunks(
-            request,
-            f"{self.base_url}/v1/messages",
-            headers=headers,
-            body=self.body(request),
-            provider=self.provider,
-            retry=self.retry,
-            parse=_chunks,
-        )
+        return headers
+
+    def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+        """The chunks of a Messages stream."""
+        return _chunks(response)
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body of a request."""
@@ -172,14 +164,14 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         async for event in events:
             data = event.data.strip()
             if event.event == "error":
-                yield ErrorChunk("provider", _error_message(data))
+                yield error_chunk(data)
                 return
             if not data:
                 continue
             payload = json_object(data, "anthropic: an event")
             kind = payload.get("type") or event.event
             if kind == "error":
-                yield ErrorChunk("provider", _error_message(payload))
+                yield error_chunk(payload)
                 return
             if kind == "message_start":
                 message = payload.get("message")
@@ -270,20 +262,3 @@ def _block_stop(block: _ToolBlock) -> ModelChunk:
     if not isinstance(value, dict):
         raise MalformedStreamError(f"anthropic: the input of server tool {block.name!r} is not a JSON object")
     return ServerToolChunk(block.call_id, block.name, value)
-
-
-def _error_message(error: Any) -> str:
-    """The message of an ``error`` event: ``{"type": "error", "error": {"type", "message"}}``."""
-    if isinstance(error, str):
-        try:
-            error = json.loads(error)
-        except ValueError:
-            return error or "the provider reported an error"
-    if isinstance(error, dict):
-        inner = error.get("error", error)
-        if isinstance(inner, dict) and inner.get("message"):
-            kind = inner.get("type")
-            return f"{kind}: {inner['message']}" if kind else str(inner["message"])
-        if isinstance(inner, str) and inner:
-            return inner
-    return str(error)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import email.utils
 import functools
+import itertools
 import json
-import random
+import os
 import time
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-import attrs
 import httpx
 import trio
 
@@ -23,7 +24,10 @@ from .._exceptions import (
     ProviderError,
     RateLimitError,
     ServerError,
+    describe,
 )
+from .._messages import ErrorChunk
+from .._retry import RetryPolicy
 
 if TYPE_CHECKING:
     import ssl
@@ -35,27 +39,8 @@ MAX_RETRY_AFTER: Final = 60.0
 """Longest wait a provider's Retry-After may ask for; longer asks fail at once."""
 
 
-@attrs.frozen
-class RetryPolicy:
-    """Retries of 429, 5xx and connection errors: capped exponential backoff with full jitter.
-
-    Every wait is a ``trio.sleep`` in the caller's cancel scope, so closing
-    the run or the session ends it at once. ``Retry-After`` is honoured.
-    """
-
-    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    """Tries in all (1: no retry)."""
-    base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    """The first backoff, in seconds; it doubles each time."""
-    cap: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
-    """The longest backoff, in seconds."""
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 0)."""
-        return random.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
-DEFAULT_RETRY: Final = RetryPolicy()
+DEFAULT_RETRY: Final = RetryPolicy(maximum=8.0, max_attempts=4)
+"""What a model retries with unless given a policy: 4 tries, waits up to 8 s."""
 
 
 @asynccontextmanager
@@ -109,7 +94,7 @@ async def stream_chunks(
             async with contextlib.aclosing(parse(response)) as chunks:
                 yield chunks
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise ModelConnectionError(f"{provider}: the stream broke: {_describe(exc)}") from exc
+            raise ModelConnectionError(f"{provider}: the stream broke: {describe(exc)}") from exc
         finally:
             await response.aclose()
 
@@ -123,16 +108,16 @@ async def _send_with_retries(
     retry: RetryPolicy,
 ) -> httpx.Response:
     content = json.dumps(body).encode()
-    for attempt in range(retry.attempts):
-        last = attempt == retry.attempts - 1
+    for attempt in itertools.count():
+        last = not retry.allows(attempt + 1)
         request = client.build_request("POST", url, headers={**headers, "content-type": "application/json"},
                                        content=content)  # fmt: skip
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
             if last:
-                raise ModelConnectionError(f"{provider}: cannot reach {url}: {_describe(exc)}") from exc
-            await trio.sleep(retry.backoff(attempt))
+                raise ModelConnectionError(f"{provider}: cannot reach {url}: {describe(exc)}") from exc
+            await trio.sleep(retry.delay(attempt))
             continue
         if response.status_code == 200:
             kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
@@ -150,7 +135,7 @@ async def _send_with_retries(
         if not isinstance(error, RateLimitError | ServerError) or last:
             raise error
         if error.retry_after is None:
-            await trio.sleep(retry.backoff(attempt))
+            await trio.sleep(retry.delay(attempt))
         elif error.retry_after > MAX_RETRY_AFTER:
             raise error
         else:
@@ -164,7 +149,7 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
         raw = (await response.aread())[:65536]
     except httpx.HTTPError:
         raw = b""
-    message = _provider_message(raw)
+    message = error_message(raw)
     text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
     retry_after = _retry_after(response.headers.get("retry-after"))
     if status == 429:
@@ -181,19 +166,100 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     return kind(text, status=status, provider=provider, provider_message=message)
 
 
-def _provider_message(raw: bytes) -> str | None:
-    """The message inside an error body: OpenAI's and Anthropic's ``{"error": {"message": ...}}``."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        text = raw.decode("utf-8", "replace").strip()
-        return text[:500] or None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return None
+class HTTPModel(abc.ABC):
+    """What every HTTP model shares: its settings, its ``__repr__``, and ``stream`` (POST, retries, parse).
+
+    A provider names itself and its endpoint in class attributes, and writes
+    :meth:`headers`, :meth:`body` and :meth:`parse`.
+    """
+
+    provider: ClassVar[str]
+    """The provider's name, in errors (``"openai"``)."""
+    DEFAULT_BASE_URL: ClassVar[str]
+    BASE_URL_ENV: ClassVar[str]
+    """The environment variable that overrides ``DEFAULT_BASE_URL``."""
+    API_KEY_ENV: ClassVar[str]
+    """The environment variable the API key is read from when none is given."""
+    PATH: ClassVar[str]
+    """What is POSTed to, after the base URL."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        **settings: Any,
+    ) -> None:
+        self.model = model
+        self.base_url = (base_url or os.environ.get(self.BASE_URL_ENV) or self.DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get(self.API_KEY_ENV)
+        self.retry = retry
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model!r}, base_url={self.base_url!r})"
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
+        """Send one request; its chunks stream until the block exits (which closes the response)."""
+        return stream_chunks(
+            request,
+            self.base_url + self.PATH,
+            headers=self.headers(),
+            body=self.body(request),
+            provider=self.provider,
+            retry=self.retry,
+            parse=self.parse,
+        )
+
+    @abc.abstractmethod
+    def headers(self) -> dict[str, str]:
+        """The headers of every request (the API key's among them, if there is one)."""
+
+    @abc.abstractmethod
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body of a request."""
+
+    @abc.abstractmethod
+    def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+        """The chunks of a streamed answer."""
+
+
+def error_message(body: object) -> str | None:
+    """The message of an error body, or ``None`` if it carries none: the one reader of that shape.
+
+    Reads ``{"error": {"message": ...}}`` (OpenAI, Anthropic, and the
+    ``streams`` server's one error shape), ``{"error": "..."}``, and an error
+    object on its own (``{"message": ...}``). ``body`` is raw bytes or text
+    (parsed as JSON; text that is not JSON is its own message, stripped, at
+    most 500 characters) or an already parsed value.
+
+    Example::
+
+        error_message(b'{"error": {"type": "overloaded_error", "message": "Overloaded"}}')  # "Overloaded"
+    """
+    if isinstance(body, bytes | bytearray):
+        body = bytes(body).decode("utf-8", "replace")
+    if isinstance(body, str):
+        text = body.strip()
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError):
+            return text[:500] or None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error", body)
+    if isinstance(error, dict):
+        message = error.get("message")
+        return message if isinstance(message, str) and message else None
+    return error if isinstance(error, str) and error else None
+
+
+def error_chunk(error: object) -> ErrorChunk:
+    """An error the provider reported inside a stream (an ``error`` event, or an ``error`` in a chunk)."""
+    text = str(error).strip()[:500] if error is not None else ""
+    return ErrorChunk("provider", error_message(error) or text or "the provider reported an error")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -209,7 +275,3 @@ def _retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from .._messages import (
     AssistantMessage,
-    ErrorChunk,
     ModelChunk,
     ModelRequest,
     ReasoningChunk,
@@ -20,18 +17,19 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, RetryPolicy, stream_chunks
+from ._http import HTTPModel, error_chunk
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+    from collections.abc import AsyncGenerator, Mapping
 
     import httpx
+
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(HTTPModel):
     """A model behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
     OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter, DeepSeek,
@@ -43,7 +41,7 @@ class OpenAIChatModel:
         model: The provider's model name, e.g. ``"gpt-4o-mini"``.
         base_url: Defaults to ``OPENAI_BASE_URL``, else OpenAI's.
         api_key: Defaults to ``OPENAI_API_KEY`` (none is sent if neither is set).
-        retry: Retries of 429, 5xx and connection errors.
+        retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         **settings: Sent with every request (``temperature``, ``max_tokens`` ...).
 
     Example::
@@ -52,39 +50,21 @@ class OpenAIChatModel:
     """
 
     provider = "openai"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    BASE_URL_ENV = "OPENAI_BASE_URL"
+    API_KEY_ENV = "OPENAI_API_KEY"
+    PATH = "/chat/completions"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        **settings: Any,
-    ) -> None:
-        self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.retry = retry
-        self.settings = settings
-
-    def __repr__(self) -> str:
-        return f"OpenAIChatModel({self.model!r}, base_url={self.base_url!r})"
-
-    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
-        """Send one request; its chunks stream until the block exits (which closes the response)."""
+    def headers(self) -> dict[str, str]:
+        """Bearer authentication, when there is a key."""
         headers = {"accept": "text/event-stream"}
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
-        return stream_chunks(
-            request,
-            f"{self.base_url}/chat/completions",
-            headers=headers,
-            body=self.body(request),
-            provider=self.provider,
-            retry=self.retry,
-            parse=_chunks,
-        )
+        return headers
+
+    def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+        """The chunks of a Chat Completions stream."""
+        return _chunks(response)
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body of a request."""
@@ -139,7 +119,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             if event.event == "error":
                 if usage is not None:
                     yield _usage_chunk(usage)
-                yield ErrorChunk("provider", _error_message(event.data))
+                yield error_chunk(event.data)
                 return
             data = event.data.strip()
             if not data:
@@ -152,7 +132,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             if chunk.get("error"):
                 if usage is not None:  # tokens spent before the error still count
                     yield _usage_chunk(usage)
-                yield ErrorChunk("provider", _error_message(chunk["error"]))
+                yield error_chunk(chunk["error"])
                 return
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
@@ -177,19 +157,3 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
 
 def _usage_chunk(usage: dict[str, Any]) -> UsageChunk:
     return UsageChunk(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-
-
-def _error_message(error: Any) -> str:
-    if isinstance(error, str):
-        text = error
-        try:
-            error = json.loads(text)
-        except ValueError:
-            return text
-    if isinstance(error, dict):
-        inner = error.get("error", error)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return str(inner)
-    return str(error)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from starlette.routing import Route
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
 
 from .._hypercorn import serve_app
+from .._requests import RequestRejected, bearer_token_matches, read_body
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -30,8 +30,6 @@ logger = logging.getLogger("streams.webhook")
 
 MAX_PROGRESS: Final = 100
 """Progress notes kept per waiting request; later ones are dropped."""
-
-"""Seconds past Hypercorn's graceful timeout after which the server task is cancelled outright."""
 
 
 @attrs.frozen
@@ -71,7 +69,8 @@ class WebhookChannel:
     bool}``. The answer is ``202 {"message_id"}`` once the message is on the
     bus, or with ``wait_for_response`` ``200 {"message_id", "reply", "kind",
     "progress"}`` once the agent replied. Errors are JSON ``{"error": ...}``:
-    401 (``secret`` set and no matching ``Authorization: Bearer``), 413 (body
+    400 (a Content-Length that is not a number), 401 (``secret`` set and no
+    matching ``Authorization: Bearer``, the scheme in any case), 413 (body
     over ``max_body`` bytes), 422 (not the JSON above), 503 (no room on the
     bus within ``publish_timeout`` seconds, or shutting down), 504 (no reply
     within ``response_timeout`` seconds).
@@ -215,33 +214,14 @@ class WebhookChannel:
             self._pending.pop(message.message_id, None)
 
     def _check_auth(self, request: Request) -> None:
-        if self.secret is None:
-            return
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {self.secret}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not bearer_token_matches(request, None if self.secret is None else self.secret.encode()):
             raise _Rejected(401, "missing or wrong bearer token")
 
     async def _read_body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                declared = int(length)
-            except ValueError:
-                raise _Rejected(422, "invalid Content-Length") from None
-            if declared > self.max_body:
-                raise _Rejected(413, f"body over {self.max_body} bytes")
-        # The raw ASGI receive (not Starlette's async generator), counting real bytes.
-        body = bytearray()
-        while True:
-            event = await request.receive()
-            if event["type"] == "http.disconnect":
-                raise _Rejected(499, "client closed the request")
-            body += event.get("body", b"")
-            if len(body) > self.max_body:
-                raise _Rejected(413, f"body over {self.max_body} bytes")
-            if not event.get("more_body", False):
-                return bytes(body)
+        try:
+            return await read_body(request, limit=self.max_body)
+        except RequestRejected as rejected:
+            raise _Rejected(rejected.status, str(rejected)) from None
 
     @staticmethod
     def _parse(body: bytes) -> tuple[str, str, bool]:

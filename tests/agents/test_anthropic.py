@@ -49,7 +49,7 @@ CASES: Final[dict[str, dict[str, Any]]] = {
     path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))
 }
 """Every recorded case, by name (the file's stem)."""
-NO_RETRY: Final = RetryPolicy(attempts=1)
+NO_RETRY: Final = RetryPolicy(max_attempts=1)
 
 
 def _body(name: str) -> bytes:

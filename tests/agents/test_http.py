@@ -1,4 +1,4 @@
-"""The HTTP layer every model shares: Retry-After, backoff, and the SSE decoder against the spec's cases."""
+"""The HTTP layer every model shares: Retry-After and the SSE decoder against the spec's cases."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from hypothesis import given, strategies as st
 
-from agents import RetryPolicy
-from agents.models._http import _retry_after
+from agents import AnthropicModel, ErrorChunk, ModelConnectionError, OpenAIChatModel
+from agents._exceptions import describe
+from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message
 from agents.models._sse import SSEStream, aiter_sse
 
 if TYPE_CHECKING:
@@ -82,29 +82,6 @@ def test_retry_after_garbage_is_none(value: str | None) -> None:
     assert _retry_after(value) is None
 
 
-@given(
-    attempt=st.integers(min_value=0, max_value=64),
-    base=st.floats(min_value=0.0, max_value=10.0),
-    cap=st.floats(min_value=0.0, max_value=120.0),
-)
-def test_retry_policy_backoff_is_within_its_bounds(attempt: int, base: float, cap: float) -> None:
-    """A backoff is never negative and never longer than ``min(cap, base * 2**attempt)``."""
-    wait = RetryPolicy(attempts=3, base=base, cap=cap).backoff(attempt)
-    assert 0.0 <= wait <= min(cap, base * 2**attempt)
-
-
-def test_retry_policy_backoff_is_jittered() -> None:
-    """Backoffs of the same attempt differ (full jitter), so clients that failed together spread out."""
-    policy = RetryPolicy(base=1.0, cap=8.0)
-    assert len({policy.backoff(3) for _ in range(20)}) > 1
-
-
-def test_retry_policy_rejects_fewer_than_one_attempt() -> None:
-    """A policy with no attempt at all is refused when it is made."""
-    with pytest.raises(ValueError, match="attempts"):
-        RetryPolicy(attempts=0)
-
-
 @pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
 async def test_sse_conformance_case(case: dict[str, Any]) -> None:
     """Each case's bytes dispatch the events the spec's tests expect, whole or one byte per read."""
@@ -150,3 +127,119 @@ async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
         assert response.is_closed
         assert served.sent == len(b"data: 1\n\n")  # closed, not read to the end
         await stream.aclose()  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error": {"message": "invalid x-api-key", "type": "authentication_error"}}', "invalid x-api-key"),
+        ('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', "Overloaded"),
+        ({"error": {"type": "unknown_session", "message": "no session 's1'"}}, "no session 's1'"),
+        ({"message": "context too long", "code": 400}, "context too long"),
+        (b'{"error": "quota exceeded"}', "quota exceeded"),
+        (b"  upstream timed out\n", "upstream timed out"),
+        (b"\xff\xfe not utf-8", "\ufffd\ufffd not utf-8"),
+        (b"[" * 100_000, "[" * 500),
+        (b'{"error": {"code": 500}}', None),
+        (b'{"error": {"message": ""}}', None),
+        (b"[1, 2]", None),
+        (b"", None),
+        (None, None),
+    ],
+    ids=[
+        "openai",
+        "anthropic-event",
+        "our-server",
+        "bare-error-object",
+        "error-string",
+        "plain-text",
+        "bad-utf8",
+        "deeply-nested",
+        "no-message",
+        "empty-message",
+        "not-an-object",
+        "empty",
+        "none",
+    ],
+)
+def test_error_message_reads_every_error_body_shape(body: object, message: str | None) -> None:
+    """The one reader of ``{"error": {"message": ...}}`` bodies finds the message in every shape, or says None."""
+    assert error_message(body) == message
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        ('{"error": {"message": "model melted"}}', "model melted"),
+        ("overloaded, try later", "overloaded, try later"),
+        ({"code": 500}, "{'code': 500}"),
+        ("", "the provider reported an error"),
+    ],
+)
+def test_error_chunk_carries_the_message_or_what_the_provider_sent(error: object, text: str) -> None:
+    """An error inside a stream becomes a provider ErrorChunk with its message, else its text, never an empty one."""
+    assert error_chunk(error) == ErrorChunk("provider", text)
+
+
+def test_error_bodies_have_one_reader() -> None:
+    """The providers, the HTTP layer and the streams clients all read error bodies with the same function."""
+    import agents.models._anthropic as anthropic
+    import agents.models._openai as openai
+    import streams._client as client
+    import streams._remote as remote
+
+    assert vars(openai)["error_chunk"] is vars(anthropic)["error_chunk"] is error_chunk
+    assert vars(client)["error_message"] is vars(remote)["error_message"] is error_message
+
+
+@pytest.mark.parametrize(
+    ("error", "text"),
+    [
+        (ModelConnectionError("openai: cannot reach it"), "openai: cannot reach it"),
+        (KeyError("x"), "KeyError: 'x'"),
+        (httpx.ReadTimeout(""), "ReadTimeout"),
+    ],
+)
+def test_describe_writes_ours_plainly_and_others_with_their_type(error: BaseException, text: str) -> None:
+    """Our errors are their message; a foreign one gets its type name in front, or alone when it has no message."""
+    assert describe(error) == text
+
+
+def test_errors_have_one_describer() -> None:
+    """The HTTP layer and the runtime's loop describe exceptions with the same function."""
+    import agents.models._http as http
+    import runtime._loop as loop
+
+    assert vars(http)["describe"] is vars(loop)["describe"] is describe
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_env", "key_env"),
+    [
+        (OpenAIChatModel, "OPENAI_BASE_URL", "OPENAI_API_KEY"),
+        (AnthropicModel, "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+    ],
+)
+def test_both_http_models_share_one_base(
+    kind: type[HTTPModel], base_env: str, key_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both providers take their constructor, repr and stream set-up from HTTPModel, and behave alike in them."""
+    assert issubclass(kind, HTTPModel)
+    for shared in ("__init__", "__repr__", "stream"):
+        assert shared not in vars(kind) or (shared == "__init__" and kind is AnthropicModel), (
+            f"{kind.__name__}.{shared}"
+        )
+    monkeypatch.setenv(base_env, "http://from-env.invalid/v9/")
+    monkeypatch.setenv(key_env, "env-key")
+    model = kind("m", temperature=0.5)
+    assert model.base_url == "http://from-env.invalid/v9"  # the trailing slash goes
+    assert model.retry == DEFAULT_RETRY
+    assert model.retry.max_attempts == 4
+    assert model.settings == {"temperature": 0.5}
+    assert repr(model) == f"{kind.__name__}('m', base_url='http://from-env.invalid/v9')"
+    assert any(value.endswith("env-key") for value in model.headers().values())
+    given = kind("m", base_url="http://given.invalid/", api_key="")
+    assert given.base_url == "http://given.invalid"
+    assert "env-key" not in str(given.headers())  # an empty key given is no key, not the environment's
+    monkeypatch.delenv(base_env)
+    assert kind("m").base_url == kind.DEFAULT_BASE_URL

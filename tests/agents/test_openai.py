@@ -56,7 +56,7 @@ CASES = sorted(
 )
 RUN_LIMIT = 10.0
 """Seconds any one run against the loopback server may take before the test fails."""
-ONE_TRY = RetryPolicy(attempts=1)
+ONE_TRY = RetryPolicy(max_attempts=1)
 
 
 def _case(path: Path) -> dict[str, Any]:
@@ -194,7 +194,7 @@ async def test_openai_http_error_fixture_is_a_bad_request_error(provider_server:
     """The recorded 400 raises BadRequestError carrying the status and the provider's own message, untried again."""
     case = _serve_case(provider_server, STREAMS / "openai" / "error_400_unsupported_value.json")
     with pytest.raises(BadRequestError) as caught:
-        await _chunks(_model(provider_server, retry=RetryPolicy(attempts=3, base=0.01)))
+        await _chunks(_model(provider_server, retry=RetryPolicy(0.01, max_attempts=3)))
     assert caught.value.status == 400
     assert caught.value.provider == "openai"
     assert caught.value.provider_message == case["expect"]["error"]["message"]
@@ -404,7 +404,9 @@ async def test_openai_unreachable_server_is_a_connection_error_after_the_retries
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()  # nothing listens on the port any more: connections are refused
-    model = OpenAIChatModel("m", base_url=f"http://127.0.0.1:{port}", api_key="k", retry=RetryPolicy(2, base=0.01))
+    model = OpenAIChatModel(
+        "m", base_url=f"http://127.0.0.1:{port}", api_key="k", retry=RetryPolicy(0.01, max_attempts=2)
+    )
     events = await _run(Agent(name="gpt", model=model, max_turns=1))
     error = _the_error(events)
     assert error.kind == "model"
@@ -451,7 +453,7 @@ async def test_openai_error_body_that_is_not_json_is_the_message(provider_server
 async def test_openai_401_is_reported_and_not_retried(provider_server: Any) -> None:
     """A 401 ends the run with the provider's message after one request, even with retries allowed."""
     provider_server.serve(_error_body("Incorrect API key provided: k."), status=401, content_type="application/json")
-    events = await _run(_agent(provider_server, retry=RetryPolicy(attempts=3, base=0.01)))
+    events = await _run(_agent(provider_server, retry=RetryPolicy(0.01, max_attempts=3)))
     error = _the_error(events)
     assert error.kind == "model"
     assert "Incorrect API key provided: k." in error.message
@@ -466,7 +468,7 @@ async def test_openai_429_retry_after_is_honoured_then_succeeds(provider_server:
     )
     provider_server.queue(_body("openai", "chat_text_usage"))
     start = time.monotonic()
-    events = await _run(_agent(provider_server, retry=RetryPolicy(attempts=2, base=0.01)))
+    events = await _run(_agent(provider_server, retry=RetryPolicy(0.01, max_attempts=2)))
     elapsed = time.monotonic() - start
     assert _finished(events) == RunFinished("completed")
     assert _text(events) == "The capital of Mexico is Mexico City."
@@ -477,7 +479,7 @@ async def test_openai_429_retry_after_is_honoured_then_succeeds(provider_server:
 async def test_openai_429_every_time_is_a_rate_limit_error(provider_server: Any) -> None:
     """A 429 on every attempt ends the run with the RateLimitError's message after all the attempts."""
     provider_server.serve(_error_body("Rate limit reached"), status=429, content_type="application/json")
-    model = _model(provider_server, retry=RetryPolicy(attempts=2, base=0.01))
+    model = _model(provider_server, retry=RetryPolicy(0.01, max_attempts=2))
     events = await _run(Agent(name="gpt", model=model, max_turns=1))
     error = _the_error(events)
     assert error.kind == "model"
@@ -497,7 +499,7 @@ async def test_openai_429_asking_too_long_a_wait_fails_at_once(provider_server: 
         _error_body("come back later"), status=429, content_type="application/json", headers={"Retry-After": "120"}
     )
     with trio.fail_after(5), pytest.raises(RateLimitError) as caught:
-        await _chunks(_model(provider_server, retry=RetryPolicy(attempts=3, base=0.01)))
+        await _chunks(_model(provider_server, retry=RetryPolicy(0.01, max_attempts=3)))
     assert caught.value.retry_after == 120.0
     assert len(provider_server.requests) == 1
 
@@ -506,7 +508,7 @@ async def test_openai_500_then_200_succeeds(provider_server: Any) -> None:
     """A server error is retried with backoff, and the run succeeds on the next answer."""
     provider_server.queue(_error_body("The server had an error"), status=500, content_type="application/json")
     provider_server.queue(_body("openai", "chat_text_usage"))
-    events = await _run(_agent(provider_server, retry=RetryPolicy(attempts=3, base=0.01)))
+    events = await _run(_agent(provider_server, retry=RetryPolicy(0.01, max_attempts=3)))
     assert _finished(events) == RunFinished("completed")
     assert _errors(events) == []
     assert _text(events) == "The capital of Mexico is Mexico City."
@@ -521,7 +523,7 @@ async def test_openai_503_retry_after_is_honoured(provider_server: Any) -> None:
     )
     provider_server.queue(_body("openai", "chat_text_usage"))
     start = time.monotonic()
-    events = await _run(_agent(provider_server, retry=RetryPolicy(attempts=2, base=0.01)))
+    events = await _run(_agent(provider_server, retry=RetryPolicy(0.01, max_attempts=2)))
     assert _finished(events) == RunFinished("completed")
     assert time.monotonic() - start >= 0.95
 
@@ -543,7 +545,7 @@ async def test_openai_closing_the_session_ends_a_retry_after_wait_at_once(provid
             httpx.AsyncClient(event_hooks={"response": [on_response]}) as client,
             open_runtime(http_client=client) as runtime,
         ):
-            handle = await runtime.start_session(_agent(provider_server, retry=RetryPolicy(attempts=2)))
+            handle = await runtime.start_session(_agent(provider_server, retry=RetryPolicy(max_attempts=2)))
 
             async def consume() -> None:
                 async with handle.session.run("hi") as stream:
@@ -623,7 +625,7 @@ async def test_openai_failing_provider_does_not_disturb_another_session(
     failing.port = listeners[0].socket.getsockname()[1]
     failing.serve(_error_body("upstream on fire"), status=500, content_type="application/json")
     provider_server.serve(_body("deepseek", "reasoner_reasoning_content"), chunk_size=512)
-    bad = Agent(name="bad", model=_model(failing, retry=RetryPolicy(attempts=3, base=0.05)), max_turns=1)
+    bad = Agent(name="bad", model=_model(failing, retry=RetryPolicy(0.05, max_attempts=3)), max_turns=1)
     good = Agent(name="good", model=_model(provider_server), max_turns=1)
     results: dict[str, list[Event]] = {}
     with trio.fail_after(RUN_LIMIT):

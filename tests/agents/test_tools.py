@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pydantic
 import pytest
@@ -16,6 +16,7 @@ from agents import (
     Agent,
     AgentDefinitionError,
     ScriptedModel,
+    SessionLike,
     Tool,
     ToolArgumentsError,
     ToolContext,
@@ -57,9 +58,13 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+NO_SESSION = cast("SessionLike", None)
+"""These tools never touch their session: they are called outside any runtime."""
+
+
 def _context(call_id: str = "call_1", tool_name: str = "t", deps: Any = None) -> ToolContext[Any]:
     agent = Agent(name="tester", model=ScriptedModel([]))
-    return ToolContext(deps=deps, agent=agent, session=None, run_id="run_1", call_id=call_id, tool_name=tool_name)
+    return ToolContext(deps=deps, agent=agent, session=NO_SESSION, run_id="run_1", call_id=call_id, tool_name=tool_name)
 
 
 def test_tool_schema_from_int_and_str_hints() -> None:

@@ -7,7 +7,7 @@ Every test runs under the leak checker and inside a ``trio.fail_after`` (on
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pydantic
 import pytest
@@ -44,7 +44,7 @@ from runtime.events import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from agents import ElicitationAction
+    from agents import ElicitationAction, SessionLike
     from runtime import RunStream
 
 
@@ -428,7 +428,7 @@ async def test_elicit_outside_a_runtime_raises_unavailable() -> None:
         return "asked"
 
     agent = Agent(name="a", model=ScriptedModel([]), tools=[ask_human])
-    ctx: ToolContext[None] = ToolContext(None, agent, None, "r1", "call-1", "ask_human")
+    ctx: ToolContext[None] = ToolContext(None, agent, cast("SessionLike", None), "r1", "call-1", "ask_human")
     with pytest.raises(ElicitationUnavailable, match="not running in a runtime"):
         await ask_human.call(ctx, {})
 

@@ -12,6 +12,7 @@ import trio.testing
 
 from agents import (
     Agent,
+    AgentsError,
     ErrorChunk,
     Hooks,
     ModelChunk,
@@ -285,6 +286,34 @@ async def test_loop_model_failure_ends_run_with_error(model: Any, message: str) 
     assert error.kind == "model"
     assert message in error.message
     assert finished(events).reason == "error"
+
+
+class NamedLikeOurs(Exception):
+    """A third-party error whose package name happens to start with "agents"."""
+
+
+NamedLikeOurs.__module__ = "agents_contrib.errors"
+
+
+class OursFromElsewhere(AgentsError):
+    """An error of the agents tree defined outside the agents package (a plugin's, a test's)."""
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ModelError("overloaded"), "overloaded"),
+        (OursFromElsewhere("said plainly"), "said plainly"),
+        (NamedLikeOurs("boom"), "NamedLikeOurs: boom"),
+        (OSError("connection refused"), "OSError: connection refused"),
+    ],
+    ids=["ours", "ours-from-elsewhere", "named-like-ours", "foreign"],
+)
+async def test_loop_tells_our_errors_by_class_not_by_module_name(error: Exception, message: str) -> None:
+    """An error of the AgentsError tree is reported as its message alone; any other gets its type name in front."""
+    events = await collect(Agent(name="a", model=FailingModel(error)))
+    (event,) = [e for e in events if isinstance(e, ErrorEvent)]
+    assert event.message == message
 
 
 class RecordingHooks(Hooks):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import trio
 import trio.lowlevel
@@ -11,6 +13,7 @@ from agents import (
     Agent,
     AssistantMessage,
     ScriptedModel,
+    SessionLike,
     ToolCall,
     ToolContext,
     ToolResultMessage,
@@ -105,7 +108,7 @@ async def test_session_run_from_inside_own_run_is_a_typed_error() -> None:
     @tool
     async def recurse(ctx: ToolContext[None]) -> str:
         """Tries to start a run of its own session."""
-        session: Session = ctx.session
+        session = cast("Session", ctx.session)  # a tool is not offered run(): this one tries anyway
         async with session.run("again"):
             return "unreachable"
 
@@ -421,3 +424,31 @@ async def test_outer_cancellation_closes_sessions_through_runtime_exit(autojump_
     assert tool_cancelled.is_set()
     assert handle.closed
     assert isinstance(seen[-1], ToolCallStarted)  # the consumer itself was cancelled mid-stream
+
+
+async def test_session_is_what_a_tool_may_use_of_its_session() -> None:
+    """A tool sees its session through agents.SessionLike: its id, its history, and the tasks it owns."""
+    seen: list[object] = []
+    done = trio.Event()
+
+    async def owned(value: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started(f"started {value}")
+
+    async def later() -> None:
+        done.set()
+
+    @tool
+    async def inspect(ctx: ToolContext[None]) -> str:
+        """Looks at its session."""
+        session: SessionLike = ctx.session
+        seen.extend([session.id, len(session.history), await session.start(owned, "a")])
+        session.start_soon(later)
+        return "ok"
+
+    model = ScriptedModel([ToolCall("inspect"), "done"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[inspect])) as s:
+        checked: SessionLike = s  # runtime.Session is one (mypy checks this line)
+        with trio.fail_after(5):
+            await s.ask("go")
+            await done.wait()
+    assert seen == [checked.id, 2, "started a"]  # history: the prompt, and the turn that called the tool

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, strategies as st
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
+from agents import Agent, RetryPolicy, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import open_runtime
 from runtime.events import (
     AgentSwitched,
@@ -52,15 +51,18 @@ from streams import (
     RemoteSession,
     Server,
     SSEMessage,
+    StreamClosedError,
     Update,
     WorkspaceChange,
     WorkspaceError,
+    WorkspaceStream,
     event_from_json,
     event_to_json,
     open_sse_listener,
     open_updates_stream,
     open_workspace_stream,
 )
+from streams._broadcast import Broadcast, Subscriber
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -546,39 +548,29 @@ async def test_remote_sessions_claim_the_process_wide_registry_by_default(
 # -- Backoff -------------------------------------------------------------------
 
 
-@given(
-    initial=st.floats(min_value=0.001, max_value=10),
-    maximum=st.floats(min_value=0.001, max_value=100),
-    multiplier=st.floats(min_value=1, max_value=10),
-    attempt=st.integers(min_value=0, max_value=100_000),
-)
-def test_backoff_delay_is_positive_and_capped_at_maximum(
-    initial: float, maximum: float, multiplier: float, attempt: int
-) -> None:
-    """Every delay is at most ``maximum`` (and at most the uncapped exponential), and not negative."""
-    backoff = Backoff(initial=initial, maximum=maximum, multiplier=multiplier)
-    delay = backoff.delay(attempt)
-    assert 0 <= delay <= maximum
-    if attempt < 20:
-        assert delay <= initial * multiplier**attempt * (1 + 1e-9)
+def test_backoff_is_the_one_retry_policy() -> None:
+    """``streams.Backoff`` is ``agents.RetryPolicy``; ``Backoff(initial=, maximum=)`` never gives up, like before."""
+    assert Backoff is RetryPolicy
+    backoff = Backoff(initial=0.05, maximum=0.2)
+    assert backoff == RetryPolicy(0.05, 0.2)
+    assert backoff.max_attempts is None
+    assert 0.1 <= backoff.delay(10) <= 0.2
 
 
-@given(attempt=st.integers(min_value=0, max_value=1000))
-def test_backoff_delay_is_jittered(attempt: int) -> None:
-    """Repeated delays for the same attempt differ (jitter), so clients do not reconnect in lockstep."""
-    backoff = Backoff(initial=0.5, maximum=30.0)
-    delays = {backoff.delay(attempt) for _ in range(20)}
-    assert len(delays) > 1
-
-
-def test_backoff_grows_until_the_cap() -> None:
-    """Later attempts wait longer, up to the cap: the largest early delay is below the smallest capped one."""
-    backoff = Backoff(initial=0.5, maximum=8.0)
-    first = [backoff.delay(0) for _ in range(50)]
-    capped = [backoff.delay(30) for _ in range(50)]
-    assert max(first) <= 0.5
-    assert max(capped) <= 8.0
-    assert min(capped) > max(first)
+async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -> None:
+    """With ``max_attempts=2`` and nothing listening, ``maintain`` raises after two failed tries in a row."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there: every dial is refused
+    registry = ListenerRegistry()
+    remote = RemoteSession(
+        f"http://127.0.0.1:{port}", "s1", registry=registry, backoff=Backoff(0.01, 0.01, max_attempts=2)
+    )
+    with trio.fail_after(10), pytest.raises(StreamClosedError, match="could not reach"):
+        await remote.maintain()
+    failures = remote.statistics().failures
+    assert 2 <= failures <= 2 * 3  # each stream tried at most twice
+    assert registry.active == frozenset()
 
 
 # -- the codec -----------------------------------------------------------------
@@ -631,3 +623,40 @@ def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
 def test_event_from_json_refuses_what_is_not_an_event(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="event"):
         event_from_json(data)
+
+
+async def test_workspace_stream_buffers_like_a_broadcast_subscriber() -> None:
+    """A slow workspace reader keeps what a broadcast subscriber of the same size keeps (the newest), counts what
+    went, and ends, after the buffered changes, with the stream's error: the two share one drop-oldest buffer."""
+    send, receive = trio.open_memory_channel[str](1)
+    async with send, receive:
+        stream = WorkspaceStream("ws://x/workspace", send, buffer=2, request_timeout=1.0)
+        broadcast: Broadcast[WorkspaceChange] = Broadcast(buffer=2)
+        with broadcast.subscribe() as subscriber:
+            for i in range(5):
+                change = {"type": "WorkspaceChanged", "op": "write", "path": f"{i}.txt", "source": "agent"}
+                stream._received(change)
+                broadcast.publish(WorkspaceChange("write", f"{i}.txt", "agent"))
+            stream._received({"type": "EventsDropped", "count": 4})
+            stream._end(StreamClosedError("gone"))
+            broadcast.close()
+            kept = [item async for item in _until_end(subscriber)]
+        assert [change async for change in _changes_until_error(stream)] == kept
+        assert [change.path for change in kept] == ["3.txt", "4.txt"]
+        assert stream.dropped == 3 + 4  # ours, and the server's
+
+
+async def _until_end(subscriber: Subscriber[WorkspaceChange]) -> AsyncIterator[WorkspaceChange]:
+    while True:
+        try:
+            item = await subscriber.get()
+        except trio.EndOfChannel:
+            return
+        if isinstance(item, WorkspaceChange):
+            yield item
+
+
+async def _changes_until_error(stream: WorkspaceStream) -> AsyncIterator[WorkspaceChange]:
+    with pytest.raises(StreamClosedError, match="gone"):
+        async for change in stream:
+            yield change

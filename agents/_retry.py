@@ -1,0 +1,53 @@
+"""RetryPolicy: the one backoff policy, for model calls and for reconnecting streams."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How many tries, and how long to wait between them: capped exponential backoff with jitter.
+
+    The wait before try ``n + 1`` (``n`` counts from 0) is drawn between half
+    and all of ``min(maximum, initial * multiplier ** n)`` seconds ("equal
+    jitter"): clients that failed together spread out, and no wait is ever
+    near zero, so a client that retries forever cannot spin. Every wait is a
+    ``trio.sleep`` in the caller's cancel scope, so closing the run or the
+    session ends it at once.
+
+    The HTTP models retry 429, 5xx and connection errors with it (honouring
+    ``Retry-After``; by default 4 tries, waits capped at 8 s);
+    ``streams.RemoteSession`` reconnects with it (by default forever).
+    ``streams.Backoff`` is this class.
+
+    Example::
+
+        model = OpenAIChatModel("gpt-4o-mini", retry=RetryPolicy(initial=1.0, max_attempts=6))
+        remote = RemoteSession(url, "s1", backoff=RetryPolicy(initial=1.0, maximum=60.0))
+    """
+
+    initial: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    """The first wait's upper bound, in seconds."""
+    maximum: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    """No wait is longer than this, in seconds."""
+    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+    """How much the bound grows from one wait to the next."""
+    max_attempts: int | None = attrs.field(
+        default=None, kw_only=True, validator=attrs.validators.optional(attrs.validators.ge(1))
+    )
+    """Tries in all, the first included (1: no retry); ``None``: try until cancelled."""
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after try number ``attempt`` (0 for the first) failed."""
+        try:
+            bound = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        except OverflowError:  # a huge multiplier: the cap is what is left
+            bound = self.maximum if self.initial > 0 else 0.0
+        return bound / 2 + random.uniform(0, bound / 2)
+
+    def allows(self, attempt: int) -> bool:
+        """Whether try number ``attempt`` (0 for the first) may be made."""
+        return self.max_attempts is None or attempt < self.max_attempts
