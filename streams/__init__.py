@@ -21,8 +21,12 @@ from ._client import (
     open_workspace_stream as open_workspace_stream,
 )
 from ._codec import event_from_json as event_from_json, event_to_json as event_to_json
-from ._errors import (
+from ._exceptions import (
+    BrokenStreamError as BrokenStreamError,
+    ClosedRemoteSessionError as ClosedRemoteSessionError,
+    InvalidRequestError as InvalidRequestError,
     ListenerBusyError as ListenerBusyError,
+    MalformedMessageError as MalformedMessageError,
     PeerSilentError as PeerSilentError,
     RemoteError as RemoteError,
     SessionExistsError as SessionExistsError,

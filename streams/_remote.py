@@ -15,7 +15,8 @@ from runtime.events import RunFinished
 
 from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
 from ._codec import event_from_json, event_to_json
-from ._errors import ListenerBusyError, PeerSilentError, RemoteError, StreamClosedError, StreamError
+from ._exceptions import ListenerBusyError, RemoteError, StreamClosedError, StreamError
+from ._httpx import map_httpx_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -239,7 +240,7 @@ class RemoteSession:
                     scope.cancel()
                     return
                 self._failed(name, exc)
-            except (StreamError, OSError, httpx.TransportError) as exc:
+            except (StreamError, OSError) as exc:
                 self._failed(name, exc)
             await trio.sleep(self._backoff.delay(attempt))
             attempt += 1
@@ -327,12 +328,8 @@ class RemoteSession:
         headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
         timeout = httpx.Timeout(self._connect_timeout)
         async with open_http_client(self._client) as client:
-            try:
+            with map_httpx_errors(url):
                 return await client.post(url, json=body, headers=headers, timeout=timeout)
-            except httpx.TimeoutException:
-                raise PeerSilentError(f"{url} did not answer") from None
-            except httpx.TransportError as exc:
-                raise StreamClosedError(f"could not reach {self.base_url}: {exc}") from exc
 
     @asynccontextmanager
     async def run(self, user_input: str) -> AsyncIterator[AsyncIterator[Update]]:

@@ -22,7 +22,7 @@ from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
-from ._errors import SessionExistsError, WorkspaceError
+from ._exceptions import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._runlog import RunLog
 from ._sse import EventStreamResponse

@@ -146,6 +146,10 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     "streams": frozenset(
         {
             "Backoff",
+            "BrokenStreamError",
+            "ClosedRemoteSessionError",
+            "InvalidRequestError",
+            "MalformedMessageError",
             "LISTENERS",
             "ListenerBusyError",
             "ListenerRegistry",
