@@ -20,7 +20,7 @@ from ._client import (
     open_updates_stream as open_updates_stream,
     open_workspace_stream as open_workspace_stream,
 )
-from ._codec import event_from_json as event_from_json, event_to_json as event_to_json
+from ._codec import UnknownEvent as UnknownEvent, event_from_json as event_from_json, event_to_json as event_to_json
 from ._exceptions import (
     BrokenStreamError as BrokenStreamError,
     ClosedRemoteSessionError as ClosedRemoteSessionError,

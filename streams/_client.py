@@ -25,8 +25,15 @@ from agents.models import http_client as open_http_client
 from agents.models._sse import SSEStream
 from runtime._runtime import single_errors
 
-from ._codec import event_from_json
-from ._exceptions import PeerSilentError, RemoteError, StreamClosedError, StreamError, WorkspaceError
+from ._codec import UnknownEvent, event_from_json
+from ._exceptions import (
+    MalformedMessageError,
+    PeerSilentError,
+    RemoteError,
+    StreamClosedError,
+    StreamError,
+    WorkspaceError,
+)
 from ._httpx import map_httpx_errors
 from ._workspace import WorkspaceChange
 
@@ -47,7 +54,20 @@ class Update:
     """An event of one of the remote session's runs."""
 
     run_id: str | None
-    event: Event
+    event: Event | UnknownEvent
+    """The event; an :class:`UnknownEvent` if this version does not know its type."""
+
+
+def _run_id(data: dict[str, Any]) -> str | None:
+    """The ``run_id`` of an event on the wire.
+
+    Raises:
+        MalformedMessageError: it is there but not a string.
+    """
+    run_id = data.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise MalformedMessageError(f"'run_id' must be a string, not {type(run_id).__name__}")
+    return run_id
 
 
 @attrs.frozen
@@ -280,9 +300,9 @@ async def open_updates_stream(
                         if data.get("type") == "EventsDropped":
                             stream.dropped += int(data["count"])
                             continue
-                        update = Update(data.get("run_id"), event_from_json(data))
-                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                        stream._error = stream._error or StreamError(f"{url} sent a malformed update: {exc}")
+                        update = Update(_run_id(data), event_from_json(data))
+                    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                        stream._error = stream._error or MalformedMessageError(f"{url} sent a malformed update: {exc}")
                         return
                     beat.backlogged = True
                     try:
@@ -433,8 +453,8 @@ async def open_workspace_stream(
                         return
                     try:
                         stream._received(json.loads(text))
-                    except (ValueError, TypeError, KeyError) as exc:
-                        error = StreamError(f"{url} sent a malformed message: {exc}")
+                    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                        error = MalformedMessageError(f"{url} sent a malformed message: {exc}")
                         return
             finally:
                 stream._end(error)

@@ -13,9 +13,9 @@ import trio
 from agents.models import http_client as open_http_client
 from runtime.events import RunFinished
 
-from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
+from ._client import Update, WorkspaceStream, _run_id, open_sse_listener, open_updates_stream, open_workspace_stream
 from ._codec import event_from_json, event_to_json
-from ._exceptions import ListenerBusyError, RemoteError, StreamClosedError, StreamError
+from ._exceptions import ListenerBusyError, MalformedMessageError, RemoteError, StreamClosedError, StreamError
 from ._httpx import map_httpx_errors
 
 if TYPE_CHECKING:
@@ -393,11 +393,11 @@ class _RunUpdates:
             if not isinstance(message.data, dict) or message.data.get("type") == "EventsDropped":
                 continue
             try:
-                event = event_from_json(message.data)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StreamError(f"the server sent a malformed event: {exc}") from None
-            self._done = type(event) is RunFinished
-            return Update(message.data.get("run_id"), event)
+                update = Update(_run_id(message.data), event_from_json(message.data))
+            except MalformedMessageError as exc:
+                raise MalformedMessageError(f"the server sent a malformed event: {exc}") from None
+            self._done = type(update.event) is RunFinished
+            return update
         raise StopAsyncIteration
 
 

@@ -166,6 +166,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "SessionExistsError",
             "StreamClosedError",
             "StreamError",
+            "UnknownEvent",
             "Update",
             "UpdatesStream",
             "WORKSPACE_TOOLS",

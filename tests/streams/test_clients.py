@@ -52,6 +52,7 @@ from streams import (
     RemoteSession,
     Server,
     SSEMessage,
+    UnknownEvent,
     Update,
     WorkspaceChange,
     WorkspaceError,
@@ -462,7 +463,7 @@ async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serv
                 await local.start(remote.maintain)
                 await remote.wait_connected()
                 statuses: list[int] = []
-                events: list[Event] = []
+                events: list[Event | UnknownEvent] = []
                 async with remote.run("tool: pick") as updates:
                     async for update in updates:
                         events.append(update.event)
@@ -627,7 +628,7 @@ def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
     }
 
 
-@pytest.mark.parametrize("data", [{}, {"type": "Nope"}, {"type": "Notice", "message": "hi"}, {"type": 5}])
+@pytest.mark.parametrize("data", [{}, {"type": 5}])
 def test_event_from_json_refuses_what_is_not_an_event(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="event"):
         event_from_json(data)
