@@ -4,7 +4,8 @@
   Hypercorn running inside the server's own nursery.
 - :func:`open_updates_stream`, :func:`open_workspace_stream` and
   :func:`open_sse_listener` are clients whose block owns its connection;
-  :class:`RemoteSession` keeps all three alive for a local session.
+  :func:`open_remote_session` opens a :class:`RemoteSession`, whose ``serve``
+  keeps all three alive for a local session.
 - :mod:`streams.channels` connects chat-style channels to a message bus.
 
 ``python -m streams serve --agent module:attr --port N`` serves from the shell.
@@ -41,6 +42,7 @@ from ._remote import (
     RemoteEvent as RemoteEvent,
     RemoteSession as RemoteSession,
     RemoteStatistics as RemoteStatistics,
+    open_remote_session as open_remote_session,
 )
 from ._server import (
     ServedSession as ServedSession,

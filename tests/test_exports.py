@@ -181,6 +181,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "event_from_json",
             "event_to_json",
             "open_server",
+            "open_remote_session",
             "open_sse_listener",
             "open_updates_stream",
             "open_workspace_stream",
