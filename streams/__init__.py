@@ -4,7 +4,8 @@
   Hypercorn running inside the server's own nursery.
 - :func:`open_updates_stream`, :func:`open_workspace_stream` and
   :func:`open_sse_listener` are clients whose block owns its connection;
-  :class:`RemoteSession` keeps all three alive for a local session.
+  :func:`open_remote_session` opens a :class:`RemoteSession`, whose ``serve``
+  keeps all three alive for a local session.
 - :mod:`streams.channels` connects chat-style channels to a message bus.
 
 ``python -m streams serve --agent module:attr --port N`` serves from the shell.
@@ -20,9 +21,13 @@ from ._client import (
     open_updates_stream as open_updates_stream,
     open_workspace_stream as open_workspace_stream,
 )
-from ._codec import event_from_json as event_from_json, event_to_json as event_to_json
-from ._errors import (
+from ._codec import UnknownEvent as UnknownEvent, event_from_json as event_from_json, event_to_json as event_to_json
+from ._exceptions import (
+    BrokenStreamError as BrokenStreamError,
+    ClosedRemoteSessionError as ClosedRemoteSessionError,
+    InvalidRequestError as InvalidRequestError,
     ListenerBusyError as ListenerBusyError,
+    MalformedMessageError as MalformedMessageError,
     PeerSilentError as PeerSilentError,
     RemoteError as RemoteError,
     SessionExistsError as SessionExistsError,
@@ -37,6 +42,7 @@ from ._remote import (
     RemoteEvent as RemoteEvent,
     RemoteSession as RemoteSession,
     RemoteStatistics as RemoteStatistics,
+    open_remote_session as open_remote_session,
 )
 from ._server import (
     ServedSession as ServedSession,

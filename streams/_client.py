@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import ssl
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -26,18 +26,28 @@ from agents.models._sse import SSEStream
 from runtime._runtime import single_errors
 
 from ._broadcast import Subscriber
-from ._codec import event_from_json
-from ._errors import PeerSilentError, RemoteError, StreamClosedError, StreamError, WorkspaceError
+from ._codec import UnknownEvent, event_from_json
+from ._exceptions import (
+    MalformedMessageError,
+    PeerSilentError,
+    RemoteError,
+    StreamClosedError,
+    StreamError,
+    WorkspaceError,
+)
+from ._httpx import map_httpx_errors
 from ._workspace import WorkspaceChange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
     from runtime.events import Event
 
 _NORMAL_CLOSE: Final = frozenset({1000, 1001})
 MAX_MESSAGE: Final = 16 * 2**20
 """The largest WebSocket message a client accepts (bytes)."""
+MAX_ERROR_BODY: Final = 64 * 2**10
+"""The most of an HTTP error response's body a client reads, to quote it (bytes)."""
 
 
 @attrs.frozen
@@ -45,7 +55,20 @@ class Update:
     """An event of one of the remote session's runs."""
 
     run_id: str | None
-    event: Event
+    event: Event | UnknownEvent
+    """The event; an :class:`UnknownEvent` if this version does not know its type."""
+
+
+def _run_id(data: dict[str, Any]) -> str | None:
+    """The ``run_id`` of an event on the wire.
+
+    Raises:
+        MalformedMessageError: it is there but not a string.
+    """
+    run_id = data.get("run_id")
+    if run_id is not None and not isinstance(run_id, str):
+        raise MalformedMessageError(f"'run_id' must be a string, not {type(run_id).__name__}")
+    return run_id
 
 
 @attrs.frozen
@@ -271,9 +294,9 @@ async def open_updates_stream(
                         if data.get("type") == "EventsDropped":
                             stream.dropped += int(data["count"])
                             continue
-                        update = Update(data.get("run_id"), event_from_json(data))
-                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                        stream._error = stream._error or StreamError(f"{url} sent a malformed update: {exc}")
+                        update = Update(_run_id(data), event_from_json(data))
+                    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                        stream._error = stream._error or MalformedMessageError(f"{url} sent a malformed update: {exc}")
                         return
                     beat.backlogged = True
                     try:
@@ -424,8 +447,8 @@ async def open_workspace_stream(
                         return
                     try:
                         stream._received(json.loads(text))
-                    except (ValueError, TypeError, KeyError) as exc:
-                        error = StreamError(f"{url} sent a malformed message: {exc}")
+                    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                        error = MalformedMessageError(f"{url} sent a malformed message: {exc}")
                         return
             finally:
                 stream._end(error)
@@ -459,11 +482,10 @@ class SSEListener:
 
     async def __anext__(self) -> SSEMessage:
         try:
-            sse = await self._events.__anext__()
-        except httpx.ReadTimeout:
-            raise PeerSilentError(f"{self._url} sent nothing for {self._read_timeout} s") from None
-        except httpx.TransportError as exc:
-            raise StreamClosedError(f"{self._url}: the stream broke: {exc}") from exc
+            with map_httpx_errors(self._url):
+                sse = await self._events.__anext__()
+        except PeerSilentError as exc:
+            raise PeerSilentError(f"{self._url} sent nothing for {self._read_timeout} s") from exc.__cause__
         try:
             data: Any = json.loads(sse.data)
         except ValueError:
@@ -499,28 +521,46 @@ async def open_sse_listener(
         json_body: The JSON body of a ``POST``.
 
     Raises:
-        RemoteError: the server answered with an error status.
+        RemoteError: the server answered with an error status (however slowly its body arrives).
         PeerSilentError: connecting, or the wait for the head, took too long.
         StreamClosedError: the connection could not be made.
+        InvalidRequestError: ``url`` is not an http(s) URL.
     """
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(open_http_client(client))
         timeout = httpx.Timeout(connect_timeout, read=read_timeout)
         headers = {"accept": "text/event-stream", **dict(_auth(token))}
-        request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
-        try:
+        with map_httpx_errors(url):
+            request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
             response = await http.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise PeerSilentError(f"{url} did not answer within the timeouts") from None
-        except httpx.TransportError as exc:
-            raise StreamClosedError(f"could not connect to {url}: {exc}") from exc
         events = SSEStream(response)
         stack.push_async_callback(events.aclose)
         if response.status_code >= 400:
-            with trio.move_on_after(connect_timeout):
-                await response.aread()
+            body = await _error_body(response, connect_timeout)
             raise RemoteError(
-                f"{url} answered {response.status_code}: {error_message(response.content) or response.reason_phrase}",
+                f"{url} answered {response.status_code}: {error_message(body) or response.reason_phrase}",
                 status=response.status_code,
             )
         yield SSEListener(url, events, read_timeout)
+
+
+async def _error_body(response: httpx.Response, timeout: float) -> bytes:
+    """What of an error response's body arrives within ``timeout`` (at most :data:`MAX_ERROR_BODY` bytes).
+
+    Read chunk by chunk, never through ``response.content``: a body cut short
+    by the timeout or a broken connection is still a body to quote, where
+    ``aread()`` cancelled midway would leave ``content`` unread
+    (``httpx.ResponseNotRead``). The status is the error; the body only says more.
+    """
+    body = bytearray()
+    with trio.move_on_after(timeout):
+        try:
+            # aiter_raw is an async generator (typed as a bare iterator): aclosing ends it on every path.
+            async with aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_raw())) as chunks:
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) >= MAX_ERROR_BODY:
+                        break
+        except httpx.HTTPError:
+            pass  # the connection broke mid-body: what arrived is all there is
+    return bytes(body[:MAX_ERROR_BODY])

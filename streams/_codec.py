@@ -1,33 +1,46 @@
-"""Runtime events as JSON objects, and back: the wire format of every stream."""
+"""Runtime events as JSON objects, and back: the wire format of every stream.
+
+Decoding is for data from a peer: every field of a known event is
+validated (strictly: a ``str`` field takes a string, a finish reason is one
+of :data:`~runtime.events.FINISH_REASONS`), and an event type this version
+does not know becomes an :class:`UnknownEvent`, so a client keeps working
+against a newer server.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, Final
+import typing
+from typing import Any, Final, cast
 
 import attrs
+import pydantic
+from attrs import AttrsInstance
 from pydantic_core import to_jsonable_python
 
 from runtime import events
 from runtime.events import Event, SubAgentEvent
 
-_TYPES: Final[dict[str, type[Any]]] = {
-    cls.__name__: cls
-    for cls in (
-        events.RunStarted,
-        events.TextDelta,
-        events.ReasoningDelta,
-        events.ToolCallStarted,
-        events.ToolCallFinished,
-        events.ServerToolUse,
-        events.Usage,
-        events.ErrorEvent,
-        events.ElicitationRequest,
-        events.AgentSwitched,
-        events.SubAgentEvent,
-        events.RunFinished,
-    )
-}
+from ._exceptions import MalformedMessageError
+
+_TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in typing.get_args(Event)}
+"""Every event class, by the ``type`` it has on the wire (all of :data:`runtime.events.Event`)."""
+_STRICT: Final = pydantic.ConfigDict(strict=True)
+
+
+@attrs.frozen
+class UnknownEvent:
+    """An event this version cannot represent: a type it does not know (a newer server's), or a
+    :class:`~runtime.events.SubAgentEvent` wrapping one.
+
+    Encoding it gives ``data`` back, so it passes through unchanged.
+    """
+
+    type: str
+    """The event's ``type`` on the wire."""
+    data: dict[str, Any]
+    """The JSON object as it came (``type`` included)."""
 
 
 def dumps(data: Any) -> str:
@@ -35,28 +48,63 @@ def dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def event_to_json(event: Event) -> dict[str, Any]:
+def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
     """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``."""
+    if isinstance(event, UnknownEvent):
+        return dict(event.data)
     if isinstance(event, SubAgentEvent):
         return {"type": "SubAgentEvent", "agent": event.agent, "event": event_to_json(event.event)}
     fields = {field.name: getattr(event, field.name) for field in attrs.fields(type(event))}
     return {"type": type(event).__name__, **to_jsonable_python(fields, fallback=str)}
 
 
-def event_from_json(data: dict[str, Any]) -> Event:
-    """The event :func:`event_to_json` made (extra keys, such as ``run_id`` on the wire, are ignored).
+def event_from_json(data: Any) -> Event | UnknownEvent:
+    """The event :func:`event_to_json` made, every field validated (extra keys, such as ``run_id`` on
+    the wire, are ignored); an :class:`UnknownEvent` for a type this version does not know.
 
     Raises:
-        ValueError: ``data`` is not an event.
+        MalformedMessageError: ``data`` is not an event: not a JSON object, no string ``type``, or a
+            known type with a missing or invalid field (``RunFinished(reason="bogus")``,
+            ``TextDelta(text={...})``). It is also a ``ValueError``.
     """
+    if not isinstance(data, dict):
+        raise MalformedMessageError(f"an event is a JSON object, not {type(data).__name__}")
     kind = data.get("type")
-    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        raise MalformedMessageError(f"not an event: type {kind!r}")
+    cls = _TYPES.get(kind)
     if cls is None:
-        raise ValueError(f"not a runtime event: type {kind!r}")
+        return UnknownEvent(kind, data)
     if cls is SubAgentEvent:
-        return SubAgentEvent(agent=data["agent"], event=event_from_json(data["event"]))
-    names = [field.name for field in attrs.fields(cls)]
+        agent = _field(cls, "agent", data)
+        inner = event_from_json(data.get("event"))
+        if isinstance(inner, UnknownEvent):
+            return UnknownEvent(kind, data)
+        return SubAgentEvent(agent=agent, event=inner)
+    values = {name: _field(cls, name, data) for name in _validators(cls) if name in data or _required(cls, name)}
+    return cast("Event", cls(**values))
+
+
+def _field(cls: type[AttrsInstance], name: str, data: dict[str, Any]) -> Any:
+    if name not in data:
+        raise MalformedMessageError(f"malformed {cls.__name__} event: {name!r} is missing")
     try:
-        return cls(**{name: data[name] for name in names if name in data})  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise ValueError(f"malformed {kind} event: {exc}") from None
+        return _validators(cls)[name].validate_python(data[name])
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+        raise MalformedMessageError(f"malformed {cls.__name__} event: {name!r}: {problem}") from None
+
+
+def _required(cls: type[AttrsInstance], name: str) -> bool:
+    return attrs.fields_dict(cls)[name].default is attrs.NOTHING
+
+
+@functools.cache
+def _validators(cls: type[AttrsInstance]) -> dict[str, pydantic.TypeAdapter[Any]]:
+    """A strict validator per field of ``cls`` (but a sub-agent's ``event``, decoded by recursion)."""
+    hints = typing.get_type_hints(cls, vars(events))
+    return {
+        field.name: pydantic.TypeAdapter(hints[field.name], config=_STRICT)
+        for field in attrs.fields(cls)
+        if not (cls is SubAgentEvent and field.name == "event")
+    }

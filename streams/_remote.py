@@ -14,9 +14,17 @@ from agents.models import http_client as open_http_client
 from agents.models._http import error_message
 from runtime.events import RunFinished
 
-from ._client import Update, WorkspaceStream, open_sse_listener, open_updates_stream, open_workspace_stream
+from ._client import Update, WorkspaceStream, _run_id, open_sse_listener, open_updates_stream, open_workspace_stream
 from ._codec import event_from_json, event_to_json
-from ._errors import ListenerBusyError, PeerSilentError, RemoteError, StreamClosedError, StreamError
+from ._exceptions import (
+    ClosedRemoteSessionError,
+    ListenerBusyError,
+    MalformedMessageError,
+    RemoteError,
+    StreamClosedError,
+    StreamError,
+)
+from ._httpx import map_httpx_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,7 +35,7 @@ StreamName: TypeAlias = Literal["updates", "feed", "workspace"]
 """The three streams a :class:`RemoteSession` keeps alive."""
 STREAMS: Final[tuple[StreamName, ...]] = ("updates", "feed", "workspace")
 _FATAL: Final = frozenset({401, 403})
-"""Statuses no retry can fix: ``maintain`` raises them."""
+"""Statuses no retry can fix: ``serve`` raises them."""
 
 
 Backoff: TypeAlias = RetryPolicy
@@ -93,18 +101,26 @@ class RemoteStatistics:
 
 
 class RemoteSession:
-    """Keeps a remote session's ``updates``, ``workspace`` and between-run feed streams alive.
+    """A link to a session of a remote runtime: its runs (:meth:`run`), and its ``updates``, ``workspace``
+    and between-run feed streams kept alive by :meth:`serve`.
 
-    Start it in the session that owns it, so closing (or reaping) that
-    session closes every connection, at once, even during a backoff or a
-    dial to a dead peer::
+    Open it with :func:`open_remote_session`, whose block owns its HTTP
+    client, and start :meth:`serve` in the session that owns the link, so
+    closing (or reaping) that session closes every connection, at once, even
+    during a backoff or a dial to a dead peer::
 
-        remote = RemoteSession("http://127.0.0.1:8000", "s1", handler=show)
-        await session.start(remote.maintain)
-        await remote.wait_connected()
-        async with remote.run("hello") as updates:
-            async for update in updates:
-                print(update.event)
+        async with open_remote_session("http://127.0.0.1:8000", "s1", handler=show) as remote:
+            await session.start(remote.serve)
+            await remote.wait_connected()
+            async with remote.run("hello") as updates:
+                async for update in updates:
+                    print(update.event)
+
+    Made directly, ``RemoteSession(...)`` (the older way, still supported),
+    nothing owns a client for it: :meth:`serve` opens one for its own
+    lifetime, and each :meth:`run` or :meth:`respond` uses one of its own for
+    the call (the ``http_client`` given, or a new one), so the end of
+    :meth:`serve` can never close a client under a live run.
 
     Args:
         base_url: The server (``http://host:port``).
@@ -124,7 +140,7 @@ class RemoteSession:
         disconnect_timeout: Seconds a WebSocket close handshake may take.
         registry: Where the one between-run listener per remote session is
             claimed (default: :data:`LISTENERS`).
-        http_client: Share this httpx client.
+        http_client: Share this httpx client (its owner closes it).
     """
 
     def __init__(
@@ -155,7 +171,7 @@ class RemoteSession:
         self._disconnect_timeout = disconnect_timeout
         self._registry = registry if registry is not None else LISTENERS
         self._given_client = http_client
-        self._client: httpx.AsyncClient | None = None
+        self._owner: _ClientOwner | None = None  # set by open_remote_session, for its block
         self._workspace: WorkspaceStream | None = None
         self._connected: set[StreamName] = set()
         self._changed = trio.Event()
@@ -180,52 +196,78 @@ class RemoteSession:
         """Wait until all three streams are up.
 
         Raises:
-            StreamClosedError: :meth:`maintain` is not running (it ended, or never started).
+            ClosedRemoteSessionError: :meth:`serve` is not running (it ended, or never started).
         """
         while len(self._connected) < len(STREAMS):
             if not self._running:
-                raise StreamClosedError(f"{self!r} is not maintained (start remote.maintain in a session)")
+                raise ClosedRemoteSessionError(f"{self!r} is not served (start remote.serve in a session)")
             await self._changed.wait()
         await trio.lowlevel.checkpoint()
 
-    async def maintain(self, *, task_status: trio.TaskStatus[RemoteSession] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the three streams alive until cancelled: start it with ``await session.start(remote.maintain)``.
+    async def serve(self, *, task_status: trio.TaskStatus[RemoteSession] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the three streams alive until cancelled: start it with ``await session.start(remote.serve)``
+        (or ``nursery.start``).
 
         Each stream reconnects on its own after a failure, with capped,
-        jittered backoff; the waits are plain cancellable sleeps.
+        jittered backoff; the waits are plain cancellable sleeps. In an
+        :func:`open_remote_session` block it uses the block's client and
+        ends when the block does; otherwise it opens a client for its own
+        lifetime.
 
         Raises:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
+            ClosedRemoteSessionError: (from ``start``) its ``open_remote_session`` block has ended.
             RemoteError: the server refused the token (401/403): retrying cannot help.
             StreamError: (or ``OSError``, ``httpx.TransportError``) a stream failed
                 ``backoff.max_attempts`` times in a row.
         """
         with self._registry.claim((self.base_url, self.session_id)):
-            async with open_http_client(self._given_client) as client:
-                self._client = client
+            async with self._http(quiet=True) as client:
                 self._running = True
                 self._fatal = None
                 try:
                     async with trio.open_nursery() as nursery:
                         for name in STREAMS:
-                            nursery.start_soon(self._keep_alive, name, nursery.cancel_scope, name=f"{self!r} {name}")
+                            nursery.start_soon(
+                                self._keep_alive, name, client, nursery.cancel_scope, name=f"{self!r} {name}"
+                            )
                         task_status.started(self)
                 finally:
-                    self._client = None
                     self._running = False
                     self._connected.clear()
                     self._notify()
         if self._fatal is not None:
             raise self._fatal
 
-    async def _keep_alive(self, name: StreamName, scope: trio.CancelScope) -> None:
+    maintain = serve
+    """The name :meth:`serve` had before (an alias, kept for existing code: ``session.start(remote.maintain)``)."""
+
+    @asynccontextmanager
+    async def _http(self, *, quiet: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client nobody can close under the block.
+
+        In an :func:`open_remote_session` block: its client, leased (the block's end cancels the lease and
+        waits for it). Otherwise: the client given to the constructor, or one of the block's own.
+
+        Raises:
+            ClosedRemoteSessionError: the owner's block has ended, or ended during this one (unless ``quiet``:
+                then the block just ends).
+        """
+        if self._owner is None:
+            async with open_http_client(self._given_client) as client:
+                yield client
+            return
+        with self._owner.lease(quiet=quiet) as client:
+            yield client
+
+    async def _keep_alive(self, name: StreamName, client: httpx.AsyncClient, scope: trio.CancelScope) -> None:
         attempt = 0
         while True:
             try:
-                await self._ensure_session()
-                await self._follow(name)
+                await self._ensure_session(client)
+                await self._follow(name, client)
                 attempt = 0  # it was up and ended normally: reconnect promptly, and count from the start
-            except (StreamError, OSError, httpx.TransportError) as exc:
+            except (StreamError, OSError) as exc:
                 self._failed(name, exc)
                 if (isinstance(exc, RemoteError) and exc.status in _FATAL) or not self._backoff.allows(attempt + 1):
                     # One error for the owner, not one per stream: stop them all.
@@ -250,11 +292,11 @@ class RemoteSession:
         self._connects += 1
         self._notify()
 
-    async def _follow(self, name: StreamName) -> None:
+    async def _follow(self, name: StreamName, client: httpx.AsyncClient) -> None:
         """Connect one stream and deliver what it brings until it ends."""
         try:
             if name == "feed":
-                await self._follow_feed()
+                await self._follow_feed(client)
             elif name == "updates":
                 await self._follow_updates()
             else:
@@ -263,11 +305,11 @@ class RemoteSession:
             self._connected.discard(name)
             self._notify()
 
-    async def _follow_feed(self) -> None:
+    async def _follow_feed(self, client: httpx.AsyncClient) -> None:
         async with open_sse_listener(
             f"{self._session_url}/feed",
             token=self._token,
-            client=self._client,
+            client=client,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,
         ) as feed:
@@ -309,39 +351,38 @@ class RemoteSession:
         if self._handler is not None:
             await self._handler(RemoteEvent(name, data))
 
-    async def _ensure_session(self) -> None:
+    async def _ensure_session(self, client: httpx.AsyncClient) -> None:
         """Create the remote session unless it exists (after a server restart, it does not)."""
-        response = await self._post(f"{self.base_url}/sessions", {"id": self.session_id})
+        response = await self._post(client, f"{self.base_url}/sessions", {"id": self.session_id})
         if response.status_code not in (201, 409):
             raise _remote_error(response, "creating the session")
 
-    async def _post(self, url: str, body: Any) -> httpx.Response:
+    async def _post(self, client: httpx.AsyncClient, url: str, body: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
         timeout = httpx.Timeout(self._connect_timeout)
-        async with open_http_client(self._client) as client:
-            try:
-                return await client.post(url, json=body, headers=headers, timeout=timeout)
-            except httpx.TimeoutException:
-                raise PeerSilentError(f"{url} did not answer") from None
-            except httpx.TransportError as exc:
-                raise StreamClosedError(f"could not reach {self.base_url}: {exc}") from exc
+        with map_httpx_errors(url):
+            return await client.post(url, json=body, headers=headers, timeout=timeout)
 
     @asynccontextmanager
     async def run(self, user_input: str) -> AsyncIterator[AsyncIterator[Update]]:
         """Run the remote agent on ``user_input`` and stream its events (an attached run).
 
         Leaving the block early closes the connection, which cancels the
-        remote run.
+        remote run. The HTTP client the run uses cannot be closed under it
+        (see :meth:`_http`): the end of :meth:`serve` does not touch it, and
+        the end of an :func:`open_remote_session` block ends the run first.
 
         Raises:
             RemoteError: the server refused (unknown session, bad token, ...).
+            ClosedRemoteSessionError: the ``open_remote_session`` block has ended (or ended during the run).
         """
         async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(self._http())
             listener = await stack.enter_async_context(
                 open_sse_listener(
                     f"{self._session_url}/runs",
                     token=self._token,
-                    client=self._client,
+                    client=client,
                     connect_timeout=self._connect_timeout,
                     read_timeout=self._read_timeout,
                     method="POST",
@@ -355,9 +396,11 @@ class RemoteSession:
 
         Raises:
             RemoteError: ``status`` 404 (no such pending question) or 422 (the answer does not fit).
+            ClosedRemoteSessionError: the ``open_remote_session`` block has ended.
         """
         answer = {"action": action, "content": content}
-        response = await self._post(f"{self._session_url}/elicitations/{request_id}", answer)
+        async with self._http() as client:
+            response = await self._post(client, f"{self._session_url}/elicitations/{request_id}", answer)
         if response.status_code != 204:
             raise _remote_error(response, f"answering {request_id!r}")
 
@@ -388,14 +431,118 @@ class _RunUpdates:
             if not isinstance(message.data, dict) or message.data.get("type") == "EventsDropped":
                 continue
             try:
-                event = event_from_json(message.data)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StreamError(f"the server sent a malformed event: {exc}") from None
-            self._done = type(event) is RunFinished
-            return Update(message.data.get("run_id"), event)
+                update = Update(_run_id(message.data), event_from_json(message.data))
+            except MalformedMessageError as exc:
+                raise MalformedMessageError(f"the server sent a malformed event: {exc}") from None
+            self._done = type(update.event) is RunFinished
+            return update
         raise StopAsyncIteration
 
 
 def _remote_error(response: httpx.Response, doing: str) -> RemoteError:
     message = error_message(response.content) or response.reason_phrase
     return RemoteError(f"{doing} failed with {response.status_code}: {message}", status=response.status_code)
+
+
+class _ClientOwner:
+    """The one owner of an :func:`open_remote_session` block's HTTP client: lends it, and on :meth:`aclose`
+    takes it back from every borrower (cancelling them) before the client is closed."""
+
+    def __init__(self, client: httpx.AsyncClient, name: str) -> None:
+        self.client = client
+        self._name = name
+        self._closed = False
+        self._leases: dict[trio.CancelScope, trio.lowlevel.Task] = {}
+        self._released = trio.Event()
+
+    @contextmanager
+    def lease(self, *, quiet: bool) -> Iterator[httpx.AsyncClient]:
+        """The client, for the block; :meth:`aclose` cancels the block.
+
+        Raises:
+            ClosedRemoteSessionError: closed already, or closed during the block (unless ``quiet``).
+        """
+        if self._closed:
+            raise ClosedRemoteSessionError(f"{self._name} is closed: its open_remote_session block has ended")
+        scope = trio.CancelScope()
+        self._leases[scope] = trio.lowlevel.current_task()
+        try:
+            with scope:
+                yield self.client
+        finally:
+            del self._leases[scope]
+            self._released.set()
+        if scope.cancelled_caught and not quiet:
+            raise ClosedRemoteSessionError(f"{self._name} was closed during the call: its block ended")
+
+    async def aclose(self) -> None:
+        """Cancel every lease and wait until the other tasks holding one have let go (idempotent; shielded)."""
+        self._closed = True
+        me = trio.lowlevel.current_task()
+        with trio.CancelScope(shield=True):
+            while True:
+                others = [scope for scope, task in self._leases.items() if task is not me]
+                for scope in self._leases:
+                    scope.cancel()
+                if not others:
+                    return
+                self._released = trio.Event()
+                await self._released.wait()
+
+
+@asynccontextmanager
+async def open_remote_session(
+    base_url: str,
+    session_id: str,
+    *,
+    token: str | None = None,
+    handler: Callable[[RemoteEvent], Awaitable[object]] | None = None,
+    backoff: Backoff | None = None,
+    heartbeat: float = 15.0,
+    heartbeat_timeout: float = 10.0,
+    read_timeout: float = 45.0,
+    connect_timeout: float = 10.0,
+    disconnect_timeout: float = 2.0,
+    registry: ListenerRegistry | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> AsyncIterator[RemoteSession]:
+    """A :class:`RemoteSession` whose HTTP client this block owns: every run, answer and :meth:`~RemoteSession.serve`
+    of it uses that client, and none outlives the block.
+
+    Leaving the block ends what still uses the client, in whatever task
+    (a run raises :class:`ClosedRemoteSessionError`, ``serve`` just ends),
+    waits for them, then closes the client (unless it was given:
+    ``http_client``'s owner closes it). After the block, :meth:`~RemoteSession.run`
+    raises :class:`ClosedRemoteSessionError`.
+
+    Example::
+
+        async with open_remote_session("http://127.0.0.1:8000", "s1", handler=show) as remote:
+            await session.start(remote.serve)
+            await remote.wait_connected()
+            async with remote.run("hello") as updates:
+                async for update in updates:
+                    print(update.event)
+
+    Args: as :class:`RemoteSession`'s.
+    """
+    remote = RemoteSession(
+        base_url,
+        session_id,
+        token=token,
+        handler=handler,
+        backoff=backoff,
+        heartbeat=heartbeat,
+        heartbeat_timeout=heartbeat_timeout,
+        read_timeout=read_timeout,
+        connect_timeout=connect_timeout,
+        disconnect_timeout=disconnect_timeout,
+        registry=registry,
+        http_client=http_client,
+    )
+    async with open_http_client(http_client) as client:
+        owner = remote._owner = _ClientOwner(client, repr(remote))
+        try:
+            yield remote
+        finally:
+            await owner.aclose()

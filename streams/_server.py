@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -17,15 +18,16 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicitationError, open_runtime
+from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
-from ._errors import SessionExistsError, WorkspaceError
+from ._exceptions import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._requests import RequestRejected, bearer_token_matches, read_body
 from ._runlog import RunLog
-from ._sse import EventStreamResponse
+from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ class ServerStatistics:
     """Events dropped for ``updates`` clients too slow to keep up, since the server started."""
 
 
-class _HTTPError(Exception):
+class _HTTPError(Refusal):
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -336,37 +338,49 @@ class Server:
         user_input = body.get("input")
         if not isinstance(user_input, str):
             raise _HTTPError(422, "bad_request", "'input' must be a string")
-        try:
-            if body.get("detach"):
+        if body.get("detach"):
+            try:
                 run_id = await served.session.start(self._drive_detached, served, user_input)
-                return JSONResponse({"run_id": run_id}, status_code=202)
-            stream = served.session.run(user_input, deps=served.workspace)
-            await stream.__aenter__()
-        except ClosedSessionError:
-            raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
-        return self._stream_attached(served, stream)
+            except ClosedSessionError:
+                raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
+            return JSONResponse({"run_id": run_id}, status_code=202)
+        return self._event_stream(functools.partial(self._attached_run, served, user_input))
 
-    def _stream_attached(self, served: ServedSession, stream: RunStream) -> Response:
-        run_id = stream.run_id
-        served.run_begins(run_id, stream)
+    @asynccontextmanager
+    async def _attached_run(self, served: ServedSession, user_input: str) -> AsyncIterator[NextMessage]:
+        """An attached run's whole life, in the response's task: ``async with session.run()`` around the stream.
+
+        Raises:
+            _HTTPError: (a 404, before the ``200``) the session closed before the run could start.
+        """
+        entered = False
         finished = False
+        try:
+            async with served.session.run(user_input, deps=served.workspace) as stream:
+                entered = True
+                run_id = stream.run_id
+                served.run_begins(run_id, stream)
 
-        async def next_message() -> tuple[str, dict[str, Any]] | None:
-            nonlocal finished
-            if finished:
-                return None
-            event = await stream.__anext__()
-            finished = type(event) is RunFinished
-            data = served.record(run_id, event)
-            return data["type"], data
+                async def next_message() -> tuple[str, dict[str, Any]] | None:
+                    nonlocal finished
+                    if finished:
+                        return None
+                    event = await stream.__anext__()
+                    finished = type(event) is RunFinished
+                    data = served.record(run_id, event)
+                    return data["type"], data
 
-        async def on_close() -> None:
-            await stream.__aexit__(None, None, None)  # cancels the run if the client left early
-            if not finished:  # followers see it end as this client did
-                served.record(run_id, RunFinished("cancelled"))
-            served.run_ends(run_id)
-
-        return self._event_stream(next_message, on_close)
+                yield next_message
+            # Leaving the block cancelled the run if the client left early, and waited for it.
+        except ClosedSessionError:
+            if entered:
+                raise
+            raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
+        finally:
+            if entered:
+                if not finished:  # followers see it end as this client did
+                    served.record(run_id, RunFinished("cancelled"))
+                served.run_ends(run_id)
 
     async def _drive_detached(
         self, served: ServedSession, user_input: str, *, task_status: trio.TaskStatus[str]
@@ -387,48 +401,58 @@ class Server:
         log = served.runs.get(rid)
         if log is None:
             raise _HTTPError(404, "unknown_run", f"no run {rid!r} in session {served.id!r}")
-        follower = log.follow()
 
-        async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
-            event = await follower.next()
-            if event is None or isinstance(event, Dropped):
-                return event
-            return event["type"], event
+        @asynccontextmanager
+        async def follow() -> AsyncIterator[NextMessage]:
+            follower = log.follow()
 
-        return self._event_stream(next_message)
+            async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
+                event = await follower.next()
+                if event is None or isinstance(event, Dropped):
+                    return event
+                return event["type"], event
+
+            yield next_message
+
+        return self._event_stream(follow)
 
     async def _feed(self, request: Request) -> Response:
         served = self._served(request)
-        subscriber = served.feed.add()  # removed by the response, however it ends
-        subscriber.put(served.state)  # where things stand, first
 
-        async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
+        @asynccontextmanager
+        async def subscribe() -> AsyncIterator[NextMessage]:
+            subscriber = served.feed.add()
             try:
-                message = await subscriber.get()
-            except trio.EndOfChannel:
-                return None
-            if isinstance(message, Dropped):
-                return message
-            return message["type"], message
+                subscriber.put(served.state)  # where things stand, first
 
-        async def on_close() -> None:
-            served.feed.remove(subscriber)
+                async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
+                    try:
+                        message = await subscriber.get()
+                    except trio.EndOfChannel:
+                        return None
+                    if isinstance(message, Dropped):
+                        return message
+                    return message["type"], message
 
-        return self._event_stream(next_message, on_close)
+                yield next_message
+            finally:
+                served.feed.remove(subscriber)
 
-    def _event_stream(
-        self,
-        next_message: Callable[[], Awaitable[tuple[str, dict[str, Any]] | Dropped | None]],
-        on_close: Callable[[], Awaitable[None]] | None = None,
-    ) -> Response:
-        self._streaming += 1  # the response is always called, and ends by on_close
+        return self._event_stream(subscribe)
 
-        async def closed() -> None:
-            self._streaming -= 1
-            if on_close is not None:
-                await on_close()
+    def _event_stream(self, open_source: OpenSource) -> Response:
+        """An SSE response reading ``open_source``, counted in ``sse_streams`` while it streams."""
 
-        return EventStreamResponse(next_message, heartbeat=self._heartbeat, on_close=closed)
+        @asynccontextmanager
+        async def counted() -> AsyncIterator[NextMessage]:
+            async with open_source() as next_message:
+                self._streaming += 1
+                try:
+                    yield next_message
+                finally:
+                    self._streaming -= 1
+
+        return EventStreamResponse(counted, heartbeat=self._heartbeat)
 
     async def _answer(self, request: Request) -> Response:
         served = self._served(request)
@@ -577,7 +601,8 @@ async def open_server(
         max_body: The largest request body accepted (bytes).
         graceful_timeout: Seconds Hypercorn gives open connections to finish on shutdown.
     """
-    async with AsyncExitStack() as stack:
+    # The block's own error comes out as itself, not in a group (as open_runtime's do).
+    async with single_errors(), AsyncExitStack() as stack:
         if runtime is None:
             runtime = await stack.enter_async_context(open_runtime())
         server = Server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 NextMessage = Callable[[], Awaitable["tuple[str, dict[str, Any]] | Dropped | None"]]
 """Gives the next ``(type, data)`` to send, a :class:`Dropped` gap, or ``None`` at the end."""
+OpenSource = Callable[[], AbstractAsyncContextManager[NextMessage]]
+"""Opens what a stream sends, for the stream's whole life: ``async with open_source() as next_message:``."""
 
 _PING: Final = b": ping\n\n"
 
@@ -25,18 +28,28 @@ def encode(kind: str, data: dict[str, Any], message_id: int) -> bytes:
     return f"event: {kind}\nid: {message_id}\ndata: {dumps(data)}\n\n".encode()
 
 
-class EventStreamResponse(Response):
-    """Streams the messages ``next_message`` gives, with a ``: ping`` comment after each quiet ``heartbeat``.
+class Refusal(Exception):
+    """Raised by a source while it opens, before anything was sent: the answer is :meth:`response` instead
+    of a stream (a closed session's 404, ...)."""
 
-    The source is read in the request's task, inside a nursery whose other
-    task watches for ``http.disconnect``: a client that goes away cancels
-    the source (an attached run's ``async with session.run()`` with it).
-    ``on_close`` runs (shielded) however the stream ended.
+    def response(self) -> Response:
+        """The HTTP answer."""
+        raise NotImplementedError
+
+
+class EventStreamResponse(Response):
+    """Streams the messages of a source, with a ``: ping`` comment after each quiet ``heartbeat``.
+
+    The source is opened, read and closed in the request's task, in one
+    ``async with`` (an attached run's ``async with session.run()``, whose
+    whole life is then this one frame), inside a nursery whose other task
+    watches for ``http.disconnect``: a client that goes away cancels the
+    source, even while it is still opening. The ``200`` is sent once the
+    source is open; a :class:`Refusal` raised while it opens is answered
+    with its own response instead.
     """
 
-    def __init__(
-        self, next_message: NextMessage, *, heartbeat: float, on_close: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, open_source: OpenSource, *, heartbeat: float) -> None:
         # Not Response.__init__, which would declare a Content-Length.
         self.status_code = 200
         self.background = None
@@ -45,25 +58,30 @@ class EventStreamResponse(Response):
             (b"cache-control", b"no-store"),
             (b"x-accel-buffering", b"no"),
         ]
-        self._next = next_message
+        self._open_source = open_source
         self._heartbeat = heartbeat
-        self._on_close = on_close
         self.disconnected = False
         """Whether the client went away before the stream ended."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch, receive, nursery.cancel_scope)
-                await self._pump(send)
-                nursery.cancel_scope.cancel()
-            if not self.disconnected:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            if self._on_close is not None:
-                with trio.CancelScope(shield=True):
-                    await self._on_close()
+        refusal: Refusal | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch, receive, nursery.cancel_scope)
+            started = False
+            try:
+                async with self._open_source() as next_message:
+                    started = True
+                    await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                    await self._pump(send, next_message)
+            except Refusal as exc:
+                if started:
+                    raise  # a source refuses while it opens, or not at all
+                refusal = exc
+            nursery.cancel_scope.cancel()
+        if refusal is not None:
+            await refusal.response()(scope, receive, send)
+        elif not self.disconnected:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch(self, receive: Receive, scope: trio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -71,11 +89,11 @@ class EventStreamResponse(Response):
         self.disconnected = True
         scope.cancel()
 
-    async def _pump(self, send: Send) -> None:
+    async def _pump(self, send: Send, next_message: NextMessage) -> None:
         sent = 0
         while True:
             with trio.move_on_after(self._heartbeat) as quiet:
-                message = await self._next()
+                message = await next_message()
             if quiet.cancelled_caught:
                 await send({"type": "http.response.body", "body": _PING, "more_body": True})
                 continue

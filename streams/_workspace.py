@@ -8,7 +8,7 @@ import attrs
 
 from agents import Tool, ToolContext, tool
 
-from ._errors import WorkspaceError
+from ._exceptions import WorkspaceError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -148,6 +148,10 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     "streams": frozenset(
         {
             "Backoff",
+            "BrokenStreamError",
+            "ClosedRemoteSessionError",
+            "InvalidRequestError",
+            "MalformedMessageError",
             "LISTENERS",
             "ListenerBusyError",
             "ListenerRegistry",
@@ -164,6 +168,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "SessionExistsError",
             "StreamClosedError",
             "StreamError",
+            "UnknownEvent",
             "Update",
             "UpdatesStream",
             "WORKSPACE_TOOLS",
@@ -178,6 +183,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "event_from_json",
             "event_to_json",
             "open_server",
+            "open_remote_session",
             "open_sse_listener",
             "open_updates_stream",
             "open_workspace_stream",

@@ -199,15 +199,25 @@ async def test_task_group_keeps_the_first_error_and_reports_it_once() -> None:
     """Of two failing tasks, the first error is kept and on_error hears of it once; on_finished runs once."""
     heard: list[Exception] = []
     finished: list[bool] = []
+    first_heard = trio.Event()
+
+    def on_error(error: Exception) -> None:
+        heard.append(error)
+        first_heard.set()
 
     async def fail(error: Exception) -> None:
         raise error
 
+    async def fail_second(error: Exception) -> None:
+        with trio.CancelScope(shield=True):  # fails even though the first failure cancelled it
+            await first_heard.wait()
+        raise error
+
     async with trio.open_nursery() as parent:
-        group = TaskGroup(parent, on_error=heard.append, on_finished=lambda: finished.append(True))
+        group = TaskGroup(parent, on_error=on_error, on_finished=lambda: finished.append(True))
         first, second = ValueError("first"), ValueError("second")
+        group.start_soon(fail_second, second)
         group.start_soon(fail, first)
-        group.start_soon(fail, second)
         await group.wait_finished()
     assert group.error is first
     assert heard == [first]

@@ -52,6 +52,7 @@ from streams import (
     Server,
     SSEMessage,
     StreamClosedError,
+    UnknownEvent,
     Update,
     WorkspaceChange,
     WorkspaceError,
@@ -464,7 +465,7 @@ async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serv
                 await local.start(remote.maintain)
                 await remote.wait_connected()
                 statuses: list[int] = []
-                events: list[Event] = []
+                events: list[Event | UnknownEvent] = []
                 async with remote.run("tool: pick") as updates:
                     async for update in updates:
                         events.append(update.event)
@@ -566,7 +567,7 @@ async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -
     remote = RemoteSession(
         f"http://127.0.0.1:{port}", "s1", registry=registry, backoff=Backoff(0.01, 0.01, max_attempts=2)
     )
-    with trio.fail_after(10), pytest.raises(StreamClosedError, match="could not reach"):
+    with trio.fail_after(10), pytest.raises(StreamClosedError, match="ConnectError"):
         await remote.maintain()
     failures = remote.statistics().failures
     assert 2 <= failures <= 2 * 3  # each stream tried at most twice
@@ -619,7 +620,7 @@ def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
     }
 
 
-@pytest.mark.parametrize("data", [{}, {"type": "Nope"}, {"type": "Notice", "message": "hi"}, {"type": 5}])
+@pytest.mark.parametrize("data", [{}, {"type": 5}])
 def test_event_from_json_refuses_what_is_not_an_event(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="event"):
         event_from_json(data)

@@ -739,3 +739,112 @@ async def _states(feed: AsyncGenerator[ServerSentEvent, None]) -> AsyncIterator[
         data = message.json()
         if data["type"] == "SessionState":
             yield data
+
+
+# -- the run's life in the response, at the ASGI level ------------------------------
+
+
+def _post_scope(path: str, body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_200(make_agent: MakeAgent) -> None:
+    """The session closes after the request was accepted but before the run is entered (here: while the body
+    is read): the response's own ``async with session.run()`` is refused, and the answer is the 404 error body,
+    never a 200 stream."""
+    sent: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent()) as server:
+            served = await server.open_session("s1")
+            body = json.dumps({"input": "hello"}).encode()
+            delivered = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal delivered
+                if delivered:
+                    await trio.sleep_forever()
+                delivered = True
+                await served.handle.aclose()  # the session goes between the lookup and the run
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            await server.app(_post_scope("/sessions/s1/runs", body), receive, send)  # type: ignore[arg-type]
+
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 404
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]["type"] == "unknown_session"
+
+
+async def test_an_attached_run_whose_client_breaks_mid_stream_is_ended_and_frees_the_session(
+    make_agent: MakeAgent,
+) -> None:
+    """A send that fails (the client's connection broke) after the 200: the run's ``async with`` in the
+    response exits on that path too: the run is cancelled, its log ends with RunFinished("cancelled"), the
+    session is idle and runs again."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with open_server(agent) as server:
+            served = await server.open_session("s1")
+            body = json.dumps({"input": "tool: wait"}).encode()
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if messages:
+                    return messages.pop()
+                await trio.sleep_forever()
+                raise AssertionError("unreachable")  # pragma: no cover
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.body" and b"ToolCallStarted" in message.get("body", b""):
+                    await started.wait()
+                    raise OSError("connection reset by peer")
+
+            with pytest.raises(BaseException) as raised:  # noqa: PT011  # Starlette re-raises it, grouped or not
+                await server.app(_post_scope("/sessions/s1/runs", body), receive, send)  # type: ignore[arg-type]
+            assert "connection reset by peer" in repr(raised.value)
+            assert cancelled.is_set()
+            assert served.state == {"type": "SessionState", "state": "idle"}
+            assert served.live == {}
+            log = served.runs["s1-r1"]
+            assert log.finished
+            followed = [event async for event in _drain(log.follow())]
+            assert followed[-1]["type"] == "RunFinished"
+            assert followed[-1]["reason"] == "cancelled"
+
+            async with served.session.run("again") as stream:
+                assert [event async for event in stream][-1] == RunFinished("completed")
+
+
+async def _drain(follower: Any) -> AsyncIterator[dict[str, Any]]:
+    while (event := await follower.next()) is not None:
+        yield event
+
+
+@pytest.mark.parametrize("own_runtime", [True, False], ids=["own runtime", "given runtime"])
+async def test_an_error_raised_in_the_open_server_block_arrives_as_itself(
+    own_runtime: bool, make_agent: MakeAgent
+) -> None:
+    """``async with open_server(...)`` gives the block's own exception back, not an ExceptionGroup holding it,
+    whether it runs a runtime of its own or serves one it was given."""
+    with trio.fail_after(TIMEOUT):
+        async with open_runtime() as runtime:
+            with pytest.raises(ValueError, match="the block's own") as raised:
+                async with open_server(make_agent(), runtime=None if own_runtime else runtime):
+                    raise ValueError("the block's own")
+    assert type(raised.value) is ValueError

@@ -1,0 +1,83 @@
+"""Exceptions raised by :mod:`streams`: one typed error per cause.
+
+The tree::
+
+    StreamError
+    ├── RemoteError                 the server answered with an error status (``status``)
+    ├── BrokenStreamError           the peer or the network broke it (``__cause__``: the foreign error)
+    │   ├── StreamClosedError       the connection could not be made, dropped, or closed with an error code
+    │   ├── PeerSilentError         the peer stopped answering: a dial, a read or a heartbeat timed out
+    │   └── MalformedMessageError   the peer sent something that is not the protocol (also a ValueError)
+    ├── ClosedRemoteSessionError    we closed it: the ``open_remote_session`` block ended
+    ├── InvalidRequestError         a request could not be made as asked (a bad URL, an unsupported scheme)
+    ├── ListenerBusyError           a between-run listener for that remote session is already running
+    ├── WorkspaceError              a workspace command failed
+    └── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+
+Following trio: *Closed* means this side closed it (trio's
+``ClosedResourceError``); *Broken* means the peer or the network did
+(``BrokenResourceError``). Foreign errors (httpx's) are mapped where they
+enter, in one place (``streams._httpx.map_httpx_errors``).
+"""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    """Root of every exception :mod:`streams` raises."""
+
+
+class RemoteError(StreamError):
+    """The server answered with an error status (an HTTP error, or a rejected WebSocket handshake)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status code."""
+
+
+class BrokenStreamError(StreamError):
+    """The peer or the network broke the connection; ``__cause__`` holds the foreign error, if any."""
+
+
+class StreamClosedError(BrokenStreamError):
+    """The connection could not be made, or ended abnormally (reset, dropped, or closed with an error code).
+
+    The name is the one this error had before :class:`BrokenStreamError` existed; it stays, as that
+    class's most common case.
+    """
+
+
+class PeerSilentError(BrokenStreamError):
+    """The peer stopped answering without closing: a dial, a read or a heartbeat timed out."""
+
+
+class MalformedMessageError(BrokenStreamError, ValueError):
+    """The peer sent something that is not the protocol: not JSON, or an event with invalid fields.
+
+    Also a ``ValueError``, which is what :func:`~streams.event_from_json` raised before.
+    """
+
+
+class ClosedRemoteSessionError(StreamError):
+    """The remote session was closed on this side: its ``open_remote_session`` block ended (during the call,
+    or before it), or nothing serves its streams."""
+
+
+class InvalidRequestError(StreamError):
+    """A request could not be made as asked: a malformed URL, an unsupported scheme, a bad header."""
+
+
+class ListenerBusyError(StreamError):
+    """A between-run listener for this remote session is already running."""
+
+
+class WorkspaceError(StreamError):
+    """A workspace command failed (unknown file, bad command, workspace full)."""
+
+
+class SessionExistsError(StreamError, ValueError):
+    """``Server.open_session`` was given the id of a session it serves already (HTTP 409).
+
+    Also a ``ValueError``, which is what it was before it joined the :class:`StreamError` tree.
+    """
