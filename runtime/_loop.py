@@ -225,55 +225,53 @@ class AgentRun:
 
     async def drive(self) -> None:
         """Run the agent to the end, streaming events; see the class docstring."""
-        # One flat frame on purpose: a run's frames are most of a parked
-        # run's memory (1,000 concurrent runs is a workload).
-        target = ElicitationBridge.target(self)  # this run's tools ask its consumer, on every path
-        try:
-            target.__enter__()
-            await self._emit(RunStarted(self.run_id))
-            timeout = self._agent.run_timeout
-            deadline = None if timeout is None else trio.move_on_after(timeout)
-            reason: FinishReason
-            message: str | None
-            with deadline or _NO_SCOPE:
-                try:
-                    stop = await self._user_prompt_hooks() if self._agent.hooks else None
-                    tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
-                    if self._agent.sub_agents:
-                        transfer = attrs.evolve(_transfer_tool(self._agent.sub_agents), function=self._transfer)
-                        tools[transfer.name] = transfer
-                    if stop is not None:
-                        self._output = stop.message
-                        reason, message = "hook_stop", stop.message
-                    elif len(tools) == len(self._agent.tools) + bool(self._agent.sub_agents):
-                        reason, message = await self._turns(tools)
-                    else:
-                        async with AsyncExitStack() as stack:
-                            await self._open_toolsets(stack, tools)
-                            reason, message = await self._turns(tools)
-                except _EndRun as end:
-                    reason, message = await self._fail(end.kind, end.message, end.reason)
-                except Exception as exc:
-                    logger.exception("run %s failed inside trio-agents", self.run_id)
-                    reason, message = await self._fail("internal", describe(exc), "error")
-            if deadline is not None and deadline.cancelled_caught:
-                reason, message = await self._fail(
-                    "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
-                )
-        except BaseException:
-            # Cancelled: the hooks still hear of it, briefly, and the consumer
-            # gets the real RunFinished if there is room (else RunStream makes one).
-            if self._agent.hooks:
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
-                    await self._run_end_hooks("cancelled")
+        # This run's tools ask its consumer; leaving the block, on every path,
+        # restores the target it replaced (the cagent #3073 seed).
+        with ElicitationBridge.target(self):
             try:
-                self._send_nowait(RunFinished("cancelled"))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            raise
-        finally:
-            self._ended = True  # a task it started must not ask its (soon closed) stream
-            target.__exit__(None, None, None)
+                await self._emit(RunStarted(self.run_id))
+                timeout = self._agent.run_timeout
+                deadline = None if timeout is None else trio.move_on_after(timeout)
+                reason: FinishReason
+                message: str | None
+                with deadline or _NO_SCOPE:
+                    try:
+                        stop = await self._user_prompt_hooks() if self._agent.hooks else None
+                        tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
+                        if self._agent.sub_agents:
+                            transfer = attrs.evolve(_transfer_tool(self._agent.sub_agents), function=self._transfer)
+                            tools[transfer.name] = transfer
+                        if stop is not None:
+                            self._output = stop.message
+                            reason, message = "hook_stop", stop.message
+                        elif len(tools) == len(self._agent.tools) + bool(self._agent.sub_agents):
+                            reason, message = await self._turns(tools)
+                        else:
+                            async with AsyncExitStack() as stack:
+                                await self._open_toolsets(stack, tools)
+                                reason, message = await self._turns(tools)
+                    except _EndRun as end:
+                        reason, message = await self._fail(end.kind, end.message, end.reason)
+                    except Exception as exc:
+                        logger.exception("run %s failed inside trio-agents", self.run_id)
+                        reason, message = await self._fail("internal", describe(exc), "error")
+                if deadline is not None and deadline.cancelled_caught:
+                    reason, message = await self._fail(
+                        "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
+                    )
+            except BaseException:
+                # Cancelled: the hooks still hear of it, briefly, and the consumer
+                # gets the real RunFinished if there is room (else RunStream makes one).
+                if self._agent.hooks:
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
+                        await self._run_end_hooks("cancelled")
+                try:
+                    self._send_nowait(RunFinished("cancelled"))
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                raise
+            finally:
+                self._ended = True  # a task it started must not ask its (soon closed) stream
         self._reason = reason
         await self._run_end_hooks(reason)
         await self._emit(RunFinished(reason, message))
