@@ -79,14 +79,21 @@ class StreamHandler:
         """Whether a ``block`` handler would make a run wait now."""
         return self.overflow == "block" and not self._removed and len(self._buffer) >= self._size
 
-    def offer_nowait(self, event: Event) -> None:
-        """Buffer an event without waiting (a full ``block`` buffer drops it: used only on cancellation)."""
+    def offer_nowait(self, event: Event, *, owed: bool = False) -> None:
+        """Buffer an event without waiting; a full buffer drops it (``drop_newest``) or the oldest (``drop_oldest``).
+
+        A ``block`` handler never drops: ``owed=True`` marks the few events a
+        cancelled run still owes it (the event it was waiting to hand over,
+        then its ``RunFinished``, and one ``AgentSwitched`` and wrapped
+        ``RunFinished`` per sub-agent it was in), which go in even past a full
+        buffer: a bounded overshoot, once per cancelled run.
+        """
         if self._removed:
             return
-        if len(self._buffer) >= self._size:
+        if len(self._buffer) >= self._size and not (owed and self.overflow == "block"):
             self._dropped += 1
             if self.overflow != "drop_oldest":
-                return  # the new event goes (drop_newest, or block on cancellation)
+                return  # the new event goes
             self._buffer.popleft()
         self._buffer.append(event)
         self._wakeup.set()
@@ -142,6 +149,21 @@ class Tee:
             handler.offer_nowait(event)
 
     async def send(self, event: Event) -> None:
-        await self._pipe.send(event)
+        offered = 0
+        try:
+            await self._pipe.send(event)
+            for handler in self._handlers:
+                await handler.offer(event)
+                offered += 1
+        except BaseException:
+            # Cancelled waiting for room: the run made this event, so every
+            # handler still gets it (a block handler sees every event).
+            for handler in self._handlers[offered:]:
+                handler.offer_nowait(event, owed=True)
+            raise
+
+    def send_last(self, event: Event) -> None:
+        """Send what a cancelled run sends last: to the consumer if there is room, to every handler always."""
+        self._pipe.send_last(event)
         for handler in self._handlers:
-            await handler.offer(event)
+            handler.offer_nowait(event, owed=True)

@@ -113,6 +113,7 @@ class AgentRun:
         "_reason",
         "_root",
         "_send_blocking",
+        "_send_last",
         "_send_nowait",
         "_session",
         "_sub_runs",
@@ -161,6 +162,7 @@ class AgentRun:
             sink = tee or events  # with stream handlers, every event is copied to them too
             self._send_blocking: Callable[[Event], Awaitable[None]] = sink.send
             self._send_nowait: Callable[[Event], None] = sink.send_nowait
+            self._send_last: Callable[[Event], None] = sink.send_last  # on the cancellation path
             self._bridge = bridge
             self._consumer = consumer
             self._root = self
@@ -170,9 +172,10 @@ class AgentRun:
             self._max_depth = agent.max_depth
         else:
             name = agent.name
-            forward_nowait, forward = parent._send_nowait, parent._send_blocking
+            forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
             self._send_nowait = lambda event: forward_nowait(SubAgentEvent(name, event))
             self._send_blocking = lambda event: forward(SubAgentEvent(name, event))
+            self._send_last = lambda event: forward_last(SubAgentEvent(name, event))
             self._bridge = parent._bridge
             self._consumer = parent._consumer
             self._root = parent._root
@@ -265,10 +268,7 @@ class AgentRun:
                 if self._agent.hooks:
                     with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                         await self._run_end_hooks("cancelled")
-                try:
-                    self._send_nowait(RunFinished("cancelled"))
-                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+                self._send_last(RunFinished("cancelled"))
                 raise
             finally:
                 self._ended = True  # a task it started must not ask its (soon closed) stream
@@ -479,10 +479,7 @@ class AgentRun:
         try:
             await child.drive()
         except BaseException:
-            try:
-                self._send_nowait(AgentSwitched(agent, self._agent.name))
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            self._send_last(AgentSwitched(agent, self._agent.name))
             raise
         finally:
             # Sub-agent usage counts toward the run's usage.

@@ -72,6 +72,13 @@ class EventPipe(Generic[T]):
         else:
             raise trio.WouldBlock
 
+    def send_last(self, item: T) -> None:
+        """Send if there is room, else drop it: for what a cancelled run sends last (the consumer makes up for it)."""
+        try:
+            self.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
     async def send(self, item: T) -> None:
         """Send, waiting while the buffer is full (a checkpoint, like trio's ``send``)."""
         await trio.lowlevel.checkpoint_if_cancelled()

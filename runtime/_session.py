@@ -244,8 +244,10 @@ class Session:
 
         The handler runs in a task of the session, with a buffer of its own:
         with ``overflow="block"`` a handler a whole buffer behind makes the
-        run wait for it; ``"drop_oldest"`` and ``"drop_newest"`` never slow
-        the run and count what they drop. A handler that raises fails the
+        run wait for it, and it sees every event of every run, each run
+        ending with exactly one ``RunFinished`` (even a run cancelled while
+        it waited for the handler); ``"drop_oldest"`` and ``"drop_newest"``
+        never slow the run and count what they drop. A handler that raises fails the
         session (``on_error="raise"``) or is logged and counted (``"log"``).
 
         Example::

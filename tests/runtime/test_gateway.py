@@ -329,17 +329,19 @@ async def test_gateway_stuck_login_does_not_delay_other_channels(autojump_clock:
     stuck, web = StuckLoginChannel("whatsapp"), RecordingChannel("web")
     agent = Agent(name="a", model=ScriptedModel(["hello"]))
     async with open_runtime() as runtime:
-        async with open_gateway(runtime, agent, [stuck, web]) as gateway:
-            with trio.fail_after(1):
+        # Around the whole block: a gateway that waited for the stuck login
+        # before starting "web" (or before its body) fails here, never hangs.
+        with trio.fail_after(1):
+            async with open_gateway(runtime, agent, [stuck, web]) as gateway:
                 await gateway.wait_ready("web")
-            assert gateway.is_ready("web")
-            assert not gateway.is_ready("whatsapp")
-            await web.say(gateway.bus, "chat-1", "hi")
-            assert (await web.reply()).text == "hello"
-            assert stuck.login_began
-            assert not stuck.cleaned_up
-            start = trio.current_time()
-        assert trio.current_time() == start
+                assert gateway.is_ready("web")
+                assert not gateway.is_ready("whatsapp")
+                await web.say(gateway.bus, "chat-1", "hi")
+                assert (await web.reply()).text == "hello"
+                assert stuck.login_began
+                assert not stuck.cleaned_up
+                start = trio.current_time()
+            assert trio.current_time() == start
         assert stuck.cleaned_up
         assert not gateway.is_ready("whatsapp")
 

@@ -188,3 +188,46 @@ async def test_transcript_example_writes_one_json_line_per_event(
     entries = [json.loads(line) for line in out.read_text().splitlines()]
     assert [e["type"] for e in entries].count("RunFinished") == 2
     assert entries[0] == {"type": "RunStarted", "run_id": entries[0]["run_id"]}
+
+
+@pytest.mark.parametrize("breaks_out", [False, True], ids=["reads-to-the-end", "breaks-out"])
+async def test_block_handler_sees_every_event_and_one_run_finished_when_the_consumer_leaves(
+    autojump_clock: trio.testing.MockClock, breaks_out: bool
+) -> None:
+    """A slow block handler with a buffer of one still gets each run's every event and exactly one RunFinished.
+
+    The consumer leaves as soon as it has what it wants, which cancels the run
+    while it waits for room in the handler: the events the run made still
+    reach the handler, none is dropped, and each run ends with one RunFinished.
+    """
+    got: list[Event] = []
+
+    async def record(event: Event) -> None:
+        await trio.sleep(0.001)
+        got.append(event)
+
+    words = "one two three four five six"
+    async with open_runtime() as runtime, runtime.open_session(agent([words, words])) as s:
+        handler = s.add_handler(record, buffer=1)
+        for _ in range(2):
+            async with s.run("go") as stream:
+                async for event in stream:
+                    if breaks_out and isinstance(event, TextDelta):
+                        break
+        await handler.drain()
+        assert handler.statistics().dropped == 0
+    runs: list[list[Event]] = [[]]
+    for event in got:
+        runs[-1].append(event)
+        if isinstance(event, RunFinished):
+            runs.append([])
+    assert runs[-1] == []
+    assert len(runs) == 3, [type(e).__name__ for e in got]
+    for run in runs[:2]:
+        assert isinstance(run[0], RunStarted)
+        assert [type(e) for e in run].count(RunFinished) == 1
+        if breaks_out:
+            assert run[-1] == RunFinished("cancelled")
+        else:
+            assert "".join(e.text for e in run if isinstance(e, TextDelta)) == words
+            assert isinstance(run[-1], RunFinished)
