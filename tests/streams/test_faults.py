@@ -56,11 +56,9 @@ PROMPT: Final = 2.0
 ABSENCE: Final = 0.2
 """How long a test watches for something that must not happen."""
 
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-SSE_CASES: list[dict[str, Any]] = json.loads((SHARED / "fixtures" / "sse_conformance.json").read_text("utf-8"))
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+SSE_CASES: list[dict[str, Any]] = json.loads((SHARED_FIXTURES / "sse_conformance.json").read_text("utf-8"))
 
 
 # -- agents --------------------------------------------------------------------

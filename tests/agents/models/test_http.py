@@ -6,7 +6,7 @@ import email.utils
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import pytest
@@ -19,11 +19,9 @@ from agents.models._sse import SSEStream, aiter_sse
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-SSE_CASES: list[dict[str, Any]] = json.loads((SHARED / "fixtures" / "sse_conformance.json").read_text("utf-8"))
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+SSE_CASES: list[dict[str, Any]] = json.loads((SHARED_FIXTURES / "sse_conformance.json").read_text("utf-8"))
 
 
 def _response(body: bytes) -> httpx.Response:
