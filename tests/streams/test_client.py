@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -56,6 +58,9 @@ TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
 SILENCE: Final = 0.3
 """Seconds of silence after which the tests' clients give up on a peer."""
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+SSE_CASES: list[dict[str, Any]] = json.loads((SHARED_FIXTURES / "sse_conformance.json").read_text("utf-8"))
 
 
 # -- agents and servers -----------------------------------------------------------
@@ -224,6 +229,38 @@ async def test_sse_listener_decodes_the_feed_and_ends_with_it(
     assert first == SSEMessage("SessionState", {"type": "SessionState", "state": "idle"}, "1")
     assert notice == SSEMessage("Notice", {"type": "Notice", "message": "hello"}, "2")
     assert rest == [SSEMessage("SessionState", {"type": "SessionState", "state": "closed"}, "3")]
+
+
+# -- the SSE listener against the shared conformance cases ----------------------
+
+
+def _as_received(data: str) -> Any:
+    """What ``SSEMessage.data`` holds for a data string: JSON-decoded when it is JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
+async def test_sse_listener_agrees_with_the_conformance_case(
+    provider_server: Any, case: dict[str, Any], chunk_size: int | None
+) -> None:
+    """Each shared case's bytes, served as stored, give the events the spec's tests expect (BOM fixed at the edge)."""
+    body = bytes.fromhex(case["input_utf8_hex"])
+    assert body == case["input"].encode("utf-8")
+    provider_server.serve(body, chunk_size=chunk_size, content_type=case.get("content_type", "text/event-stream"))
+    with trio.fail_after(TIMEOUT):
+        async with open_sse_listener(f"{provider_server.base_url}/events") as listener:
+            got = [(message.event, message.data, message.id) async for message in listener]
+    expected = [(event["event"], _as_received(event["data"]), event["id"]) for event in case["events"]]
+    assert got == expected
+
+
+def test_sse_conformance_cases_are_all_there() -> None:
+    """All 32 shared cases are read, so none is silently skipped."""
+    assert len(SSE_CASES) == 32
 
 
 # -- errors: rejected, unknown, silent ---------------------------------------------
