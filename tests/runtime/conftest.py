@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -34,7 +34,9 @@ class Elicited:
     """Set when the tool was cancelled while it waited for its answer."""
 
 
-class ElicitingTool(Protocol):
+class ElicitingTool:
+    """Makes :class:`Elicited` tools; the ``eliciting_tool`` fixture is one."""
+
     def __call__(
         self,
         name: str = "ask",
@@ -45,38 +47,26 @@ class ElicitingTool(Protocol):
         catch: type[Exception] = ElicitationError,
         answered: str = "answered",
         fallback: str = "not answered",
-    ) -> Elicited: ...
+    ) -> Elicited:
+        elicited = Elicited()
 
+        async def ask(ctx: ToolContext[Any]) -> str:
+            """Asks the human one question."""
+            start = trio.current_time()
+            try:
+                answer = await ctx.elicit(message, schema=schema, timeout=timeout)
+            except catch as exc:
+                elicited.errors.append((exc, trio.current_time() - start))
+                elicited.recorded.set()
+                return fallback
+            except trio.Cancelled:
+                elicited.cancelled.set()
+                raise
+            elicited.answers.append(answer)
+            return answered
 
-def _eliciting_tool(
-    name: str = "ask",
-    message: str = "Still there?",
-    *,
-    schema: type[Any] | Mapping[str, Any] | None = None,
-    timeout: float | None = None,
-    catch: type[Exception] = ElicitationError,
-    answered: str = "answered",
-    fallback: str = "not answered",
-) -> Elicited:
-    elicited = Elicited()
-
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks the human one question."""
-        start = trio.current_time()
-        try:
-            answer = await ctx.elicit(message, schema=schema, timeout=timeout)
-        except catch as exc:
-            elicited.errors.append((exc, trio.current_time() - start))
-            elicited.recorded.set()
-            return fallback
-        except trio.Cancelled:
-            elicited.cancelled.set()
-            raise
-        elicited.answers.append(answer)
-        return answered
-
-    elicited.tool = tool(name=name)(ask)
-    return elicited
+        elicited.tool = tool(name=name)(ask)
+        return elicited
 
 
 @pytest.fixture
@@ -85,4 +75,4 @@ def eliciting_tool() -> ElicitingTool:
     whose tool (named ``name``) asks ``message`` once; an answer is kept and the tool returns ``answered``; an
     error of type ``catch`` is kept with the time waited and the tool returns ``fallback``; a cancellation is
     noted and goes on."""
-    return _eliciting_tool
+    return ElicitingTool()

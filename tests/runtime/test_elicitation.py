@@ -133,42 +133,31 @@ async def test_elicit_accepted_answer_reaches_tool_validated_to_the_schema_type(
     assert finished(events).reason == "completed"
 
 
-async def test_elicit_model_schema_returns_a_model_instance(autojump_clock: trio.testing.MockClock) -> None:
+async def test_elicit_model_schema_returns_a_model_instance(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
     """With a pydantic model as schema, the request shows its JSON schema and the tool gets an instance."""
-    got: list[Any] = []
-
-    @tool
-    async def deploy(ctx: ToolContext[Any]) -> str:
-        """Asks where to deploy."""
-        answer = await ctx.elicit("Where?", schema=Deployment)
-        got.append(answer.content)
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("deploy"), "done"]), tools=[deploy])
+    asked = eliciting_tool("deploy", "Where?", schema=Deployment)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("deploy"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
                 events = await answer_all(stream, lambda request: ("accept", {"env": "prod", "replicas": "3"}))
     (request,) = requests_in(events)
     assert request.schema == Deployment.model_json_schema()
+    got = [answer.content for answer in asked.answers]
     assert got == [Deployment(env="prod", replicas=3)]
     assert isinstance(got[0], Deployment)
 
 
 @pytest.mark.parametrize("action", ["decline", "cancel"])
 async def test_elicit_decline_or_cancel_returns_that_action_without_content(
-    action: ElicitationAction, autojump_clock: trio.testing.MockClock
+    action: ElicitationAction, autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A declined or cancelled question returns that action, not accepted, and drops any content sent with it."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks a yes/no question."""
-        got.append(await ctx.elicit("Proceed?", schema=bool))
-        return "asked"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Proceed?", schema=bool)
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -179,18 +168,12 @@ async def test_elicit_decline_or_cancel_returns_that_action_without_content(
 
 
 async def test_respond_with_invalid_content_is_rejected_and_the_request_stays_open(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """An answer failing the schema raises InvalidElicitationResponse; the tool keeps waiting, a valid answer works."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def pick(ctx: ToolContext[Any]) -> str:
-        """Asks for a number."""
-        got.append(await ctx.elicit("How many?", schema=int))
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("pick"), "done"]), tools=[pick])
+    asked = eliciting_tool("pick", "How many?", schema=int)
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("pick"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -208,18 +191,12 @@ async def test_respond_with_invalid_content_is_rejected_and_the_request_stays_op
 
 
 async def test_respond_with_unknown_action_is_rejected_and_the_request_stays_open(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """An action other than accept, decline or cancel raises InvalidElicitationResponse and leaves the request open."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks anything."""
-        got.append(await ctx.elicit("Anything?"))
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Anything?")
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -233,16 +210,11 @@ async def test_respond_with_unknown_action_is_rejected_and_the_request_stays_ope
 
 
 async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A flat JSON schema (MCP's subset) rejects each kind of bad answer with a clear reason, then takes a good one."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def configure(ctx: ToolContext[Any]) -> str:
-        """Asks for a deployment."""
-        got.append(await ctx.elicit("Configure the deployment", schema=FLAT_SCHEMA))
-        return "ok"
+    asked = eliciting_tool("configure", "Configure the deployment", schema=FLAT_SCHEMA)
+    got = asked.answers
 
     bad_answers: list[tuple[Any, str]] = [
         ("prod", "expected object"),
@@ -253,7 +225,7 @@ async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
         ({"env": "prod", "replicas": True}, "expected integer"),
         ({"env": "prod", "region": "eu"}, "unexpected field 'region'"),
     ]
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("configure"), "done"]), tools=[configure])
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("configure"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
