@@ -2,12 +2,15 @@
 
 ``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored.
 ``load_example``: imports an example script as a module.
+``run_example``: runs an example as a script, offline.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,6 +155,25 @@ def _load_example(name: str) -> ModuleType:
 def load_example() -> Callable[[str], ModuleType]:
     """Import ``examples/<name>.py`` as a module (a fresh one each call)."""
     return _load_example
+
+
+def _run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "PYTHONWARNINGS": "error"},
+        check=False,
+    )
+
+
+@pytest.fixture
+def run_example() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_example(name, *args)``: run ``examples/<name>.py`` as a script with no network, no key and no
+    terminal input, and return the finished process."""
+    return _run_example
 
 
 pytest_plugins = ["pytester"]

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from agents import ElicitationAction, SessionLike
     from runtime import RunStream
+    from tests.runtime.conftest import ElicitingTool
 
 
 def finished(events: list[Event]) -> RunFinished:
@@ -132,42 +133,31 @@ async def test_elicit_accepted_answer_reaches_tool_validated_to_the_schema_type(
     assert finished(events).reason == "completed"
 
 
-async def test_elicit_model_schema_returns_a_model_instance(autojump_clock: trio.testing.MockClock) -> None:
+async def test_elicit_model_schema_returns_a_model_instance(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
     """With a pydantic model as schema, the request shows its JSON schema and the tool gets an instance."""
-    got: list[Any] = []
-
-    @tool
-    async def deploy(ctx: ToolContext[Any]) -> str:
-        """Asks where to deploy."""
-        answer = await ctx.elicit("Where?", schema=Deployment)
-        got.append(answer.content)
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("deploy"), "done"]), tools=[deploy])
+    asked = eliciting_tool("deploy", "Where?", schema=Deployment)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("deploy"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
                 events = await answer_all(stream, lambda request: ("accept", {"env": "prod", "replicas": "3"}))
     (request,) = requests_in(events)
     assert request.schema == Deployment.model_json_schema()
+    got = [answer.content for answer in asked.answers]
     assert got == [Deployment(env="prod", replicas=3)]
     assert isinstance(got[0], Deployment)
 
 
 @pytest.mark.parametrize("action", ["decline", "cancel"])
 async def test_elicit_decline_or_cancel_returns_that_action_without_content(
-    action: ElicitationAction, autojump_clock: trio.testing.MockClock
+    action: ElicitationAction, autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A declined or cancelled question returns that action, not accepted, and drops any content sent with it."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks a yes/no question."""
-        got.append(await ctx.elicit("Proceed?", schema=bool))
-        return "asked"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Proceed?", schema=bool)
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -178,18 +168,12 @@ async def test_elicit_decline_or_cancel_returns_that_action_without_content(
 
 
 async def test_respond_with_invalid_content_is_rejected_and_the_request_stays_open(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """An answer failing the schema raises InvalidElicitationResponse; the tool keeps waiting, a valid answer works."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def pick(ctx: ToolContext[Any]) -> str:
-        """Asks for a number."""
-        got.append(await ctx.elicit("How many?", schema=int))
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("pick"), "done"]), tools=[pick])
+    asked = eliciting_tool("pick", "How many?", schema=int)
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("pick"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -207,18 +191,12 @@ async def test_respond_with_invalid_content_is_rejected_and_the_request_stays_op
 
 
 async def test_respond_with_unknown_action_is_rejected_and_the_request_stays_open(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """An action other than accept, decline or cancel raises InvalidElicitationResponse and leaves the request open."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks anything."""
-        got.append(await ctx.elicit("Anything?"))
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Anything?")
+    got = asked.answers
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -232,16 +210,11 @@ async def test_respond_with_unknown_action_is_rejected_and_the_request_stays_ope
 
 
 async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A flat JSON schema (MCP's subset) rejects each kind of bad answer with a clear reason, then takes a good one."""
-    got: list[ElicitationResult] = []
-
-    @tool
-    async def configure(ctx: ToolContext[Any]) -> str:
-        """Asks for a deployment."""
-        got.append(await ctx.elicit("Configure the deployment", schema=FLAT_SCHEMA))
-        return "ok"
+    asked = eliciting_tool("configure", "Configure the deployment", schema=FLAT_SCHEMA)
+    got = asked.answers
 
     bad_answers: list[tuple[Any, str]] = [
         ("prod", "expected object"),
@@ -252,7 +225,7 @@ async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
         ({"env": "prod", "replicas": True}, "expected integer"),
         ({"env": "prod", "region": "eu"}, "unexpected field 'region'"),
     ]
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("configure"), "done"]), tools=[configure])
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("configure"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -279,22 +252,14 @@ async def test_respond_before_the_run_started_is_a_clear_error() -> None:
 # -- timeouts and nobody to ask --------------------------------------------------
 
 
-async def test_elicit_timeout_raises_and_drops_the_request(autojump_clock: trio.testing.MockClock) -> None:
+async def test_elicit_timeout_raises_and_drops_the_request(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
     """An unanswered question raises ElicitationTimeout after its timeout, is no longer pending, and the run goes on."""
-    outcome: list[tuple[str, float]] = []
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks with a deadline."""
-        start = trio.current_time()
-        try:
-            await ctx.elicit("Quick, yes or no?", schema=bool, timeout=30)
-        except ElicitationTimeout as exc:
-            outcome.append((str(exc), trio.current_time() - start))
-            return "gave up waiting"
-        return "answered"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool(
+        "ask", "Quick, yes or no?", schema=bool, timeout=30, catch=ElicitationTimeout, fallback="gave up waiting"
+    )
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(100):
             async with session.run("go") as stream:
@@ -306,9 +271,9 @@ async def test_elicit_timeout_raises_and_drops_the_request(autojump_clock: trio.
                         assert stream.pending_elicitations == ()
                         with pytest.raises(UnknownElicitationError, match=request.id):
                             await stream.respond(request.id, "accept", True)
-    ((message, waited),) = outcome
+    ((error, waited),) = asked.errors
     assert waited == 30
-    assert "30" in message
+    assert "30" in str(error)
     assert [(e.result, e.error) for e in results_by_call(events).values()] == [("gave up waiting", None)]
     assert finished(events).reason == "completed"
 
@@ -334,24 +299,11 @@ async def test_elicit_answered_in_time_is_not_timed_out(autojump_clock: trio.tes
 
 
 async def test_elicit_timeout_also_bounds_delivery_to_a_stalled_consumer(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """With the stream full and its consumer not reading, elicit(timeout=5) still raises ElicitationTimeout at 5 s."""
-    outcome: list[tuple[BaseException, float]] = []
-    recorded = trio.Event()
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks with a 5 s deadline."""
-        start = trio.current_time()
-        try:
-            await ctx.elicit("Still there?", timeout=5)
-        except ElicitationTimeout as exc:
-            outcome.append((exc, trio.current_time() - start))
-            recorded.set()
-        return "ok"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Still there?", timeout=5, catch=ElicitationTimeout)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
     # event_buffer=0: every event waits for the consumer to take it.
     async with open_runtime(event_buffer=0) as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(100):
@@ -361,35 +313,27 @@ async def test_elicit_timeout_also_bounds_delivery_to_a_stalled_consumer(
                         break
                 # The consumer stalls (busy elsewhere) without leaving the block.
                 with trio.move_on_after(60):
-                    await recorded.wait()
-    assert len(outcome) == 1
-    assert outcome[0][1] == 5
+                    await asked.recorded.wait()
+    assert len(asked.errors) == 1
+    assert asked.errors[0][1] == 5
 
 
-async def test_elicit_in_ask_raises_unavailable_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_elicit_in_ask_raises_unavailable_at_once(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
     """A run started with ask() has no consumer: elicit raises ElicitationUnavailable without waiting at all."""
-    outcome: list[tuple[str, float]] = []
-
-    @tool
-    async def ask_human(ctx: ToolContext[Any]) -> str:
-        """Asks, falling back to a default."""
-        start = trio.current_time()
-        try:
-            await ctx.elicit("Which one?", schema=str, timeout=3600)
-        except ElicitationUnavailable as exc:
-            outcome.append((str(exc), trio.current_time() - start))
-            return "used the default"
-        return "asked"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_human"), "done"]), tools=[ask_human])
+    asked = eliciting_tool(
+        "ask_human", "Which one?", schema=str, timeout=3600, catch=ElicitationUnavailable, fallback="used the default"
+    )
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_human"), "done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             start = trio.current_time()
             result = await session.ask("go")
             assert trio.current_time() == start
-    ((message, waited),) = outcome
+    ((error, waited),) = asked.errors
     assert waited == 0
-    assert "no consumer can answer" in message
+    assert "no consumer can answer" in str(error)
     assert [(call.result, call.error) for call in result.tool_calls] == [("used the default", None)]
     assert session.elicitation.asked == 0
 
@@ -508,22 +452,11 @@ async def test_elicit_in_cleanup_after_the_consumer_left_raises_unavailable_at_o
 
 
 async def test_consumer_leaving_with_a_pending_question_cancels_the_tool_and_drops_it(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """cagent #3073 family: leaving with a question pending cancels its tool at once and drops it; the session lives."""
-    tool_cancelled = trio.Event()
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks and waits."""
-        try:
-            await ctx.elicit("Still there?")
-        except trio.Cancelled:
-            tool_cancelled.set()
-            raise
-        return "answered"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "second run done"]), tools=[ask])
+    asked = eliciting_tool("ask", "Still there?")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "second run done"]), tools=[asked.tool])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -534,7 +467,7 @@ async def test_consumer_leaving_with_a_pending_question_cancels_the_tool_and_dro
                 assert stream.pending_elicitations == (request.id,)
                 left_at = trio.current_time()
             assert trio.current_time() == left_at  # nothing waited on the unanswered question
-            assert tool_cancelled.is_set()
+            assert asked.cancelled.is_set()
             assert len(stream.pending_elicitations) == 0
             with pytest.raises(UnknownElicitationError):
                 await stream.respond(request.id, "accept", None)
@@ -544,22 +477,11 @@ async def test_consumer_leaving_with_a_pending_question_cancels_the_tool_and_dro
 
 
 async def test_consumer_leaving_while_a_question_waits_for_room_cancels_the_tool(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A question still waiting for room on a full stream when the consumer leaves is dropped with its tool, at once."""
-    tool_cancelled = trio.Event()
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks and waits."""
-        try:
-            await ctx.elicit("Still there?")
-        except trio.Cancelled:
-            tool_cancelled.set()
-            raise
-        return "answered"
-
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask")]), tools=[ask])
+    asked = eliciting_tool("ask", "Still there?")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask")]), tools=[asked.tool])
     async with open_runtime(event_buffer=0) as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             async with session.run("go") as stream:
@@ -572,7 +494,7 @@ async def test_consumer_leaving_while_a_question_waits_for_room_cancels_the_tool
                 assert session.elicitation.asked == 0
                 left_at = trio.current_time()
             assert trio.current_time() == left_at
-    assert tool_cancelled.is_set()
+    assert asked.cancelled.is_set()
     assert len(stream.pending_elicitations) == 0
     assert session.elicitation.asked == 0
 

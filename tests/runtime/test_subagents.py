@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
     from agents import ElicitationAction
     from runtime import RunStream
+    from tests.runtime.conftest import ElicitingTool
 
 
 def transfer(agent: str, task: str = "do it") -> ToolCall:
@@ -395,27 +396,19 @@ async def test_concurrent_sub_agents_questions_each_reach_the_right_child(
     assert results == {"alpha": "for alpha", "beta": "for beta"}
 
 
-async def test_sub_agent_question_under_ask_is_unavailable_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_sub_agent_question_under_ask_is_unavailable_at_once(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
     """Under ask() a sub-agent's tool has nobody to ask either: ElicitationUnavailable at once."""
-    outcome: list[tuple[str, float]] = []
-
-    @tool
-    async def careful(ctx: ToolContext[Any]) -> str:
-        """Asks, with a fallback."""
-        start = trio.current_time()
-        try:
-            await ctx.elicit("sure?", timeout=3600)
-        except ElicitationUnavailable as exc:
-            outcome.append((type(exc).__name__, trio.current_time() - start))
-            return "went ahead without asking"
-        return "asked"
-
-    helper = Agent(name="helper", model=ScriptedModel([ToolCall("careful"), last_tool_result]), tools=[careful])
+    asked = eliciting_tool(
+        "careful", "sure?", timeout=3600, catch=ElicitationUnavailable, fallback="went ahead without asking"
+    )
+    helper = Agent(name="helper", model=ScriptedModel([ToolCall("careful"), last_tool_result]), tools=[asked.tool])
     boss = Agent(name="boss", model=ScriptedModel([transfer("helper"), last_tool_result]), sub_agents=[helper])
     async with open_runtime() as runtime, runtime.open_session(boss) as session:
         with trio.fail_after(10):
             result = await session.ask("go")
-    assert outcome == [("ElicitationUnavailable", 0)]
+    assert [(type(error).__name__, waited) for error, waited in asked.errors] == [("ElicitationUnavailable", 0)]
     assert result.output == "went ahead without asking"
 
 
@@ -605,22 +598,11 @@ async def test_cancelling_the_parent_cancels_the_child_at_once(autojump_clock: t
 
 
 async def test_consumer_leaving_with_a_sub_agent_question_pending_drops_it(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
     """A sub-agent's question pending when the consumer leaves is dropped with its tool, and nothing waits for it."""
-    child_tool_cancelled = trio.Event()
-
-    @tool
-    async def ask(ctx: ToolContext[Any]) -> str:
-        """Asks and waits."""
-        try:
-            await ctx.elicit("still there?")
-        except trio.Cancelled:
-            child_tool_cancelled.set()
-            raise
-        return "answered"
-
-    helper = Agent(name="helper", model=ScriptedModel([ToolCall("ask")]), tools=[ask])
+    asked = eliciting_tool("ask", "still there?")
+    helper = Agent(name="helper", model=ScriptedModel([ToolCall("ask")]), tools=[asked.tool])
     boss = Agent(name="boss", model=ScriptedModel([transfer("helper")]), sub_agents=[helper])
     async with open_runtime() as runtime, runtime.open_session(boss) as session:
         with trio.fail_after(10):
@@ -634,7 +616,7 @@ async def test_consumer_leaving_with_a_sub_agent_question_pending_drops_it(
                 assert stream.pending_elicitations == (request.id,)
                 left_at = trio.current_time()
             assert trio.current_time() == left_at
-    assert child_tool_cancelled.is_set()
+    assert asked.cancelled.is_set()
     assert len(stream.pending_elicitations) == 0
     with pytest.raises(UnknownElicitationError):
         await stream.respond(request.id, "accept", None)

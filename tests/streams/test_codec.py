@@ -14,7 +14,22 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from runtime import events
-from runtime.events import FINISH_REASONS, Event, RunFinished, SubAgentEvent, TextDelta
+from runtime.events import (
+    FINISH_REASONS,
+    AgentSwitched,
+    ElicitationRequest,
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    RunFinished,
+    RunStarted,
+    ServerToolUse,
+    SubAgentEvent,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
 from streams import MalformedMessageError, StreamError, UnknownEvent, event_from_json, event_to_json
 from streams._codec import dumps
 
@@ -133,7 +148,8 @@ def test_event_from_json_rejects_a_known_event_with_a_bad_field(data: dict[str, 
 
 @pytest.mark.parametrize("data", [{}, {"type": 5}, {"type": None}, [], "TextDelta", None])
 def test_event_from_json_refuses_what_is_not_an_event(data: Any) -> None:
-    with pytest.raises(MalformedMessageError):
+    """What is not a JSON object with an event type is a MalformedMessageError that says so."""
+    with pytest.raises(MalformedMessageError, match="event"):
         event_from_json(data)
 
 
@@ -142,3 +158,49 @@ def test_validated_fields_keep_their_values() -> None:
     assert event_from_json({"type": "TextDelta", "text": "hé"}) == TextDelta("hé")
     nested = event_from_json({"type": "SubAgentEvent", "agent": "a", "event": {"type": "TextDelta", "text": "x"}})
     assert nested == SubAgentEvent("a", TextDelta("x"))
+
+
+# -- a sample of every event type ----------------------------------------------
+
+SAMPLES: Final[list[Event]] = [
+    RunStarted("s1-r1"),
+    TextDelta("héllo\nworld"),
+    ReasoningDelta("thinking…"),
+    ToolCallStarted("call_1", "add", {"a": 1, "b": [2, 3], "c": {"d": None}}),
+    ToolCallFinished("call_1", "add", {"sum": 6}),
+    ToolCallFinished("call_2", "boom", None, error="it broke"),
+    ServerToolUse("srv_1", "web_search", {"query": "trio"}),
+    Usage(12, 34),
+    ErrorEvent("model", "the model blew up"),
+    ElicitationRequest("e1", "Pick a number", {"type": "integer"}, "bot"),
+    ElicitationRequest("e2", "Anything?", None, "bot"),
+    AgentSwitched("triage", "billing"),
+    SubAgentEvent("billing", TextDelta("nested")),
+    SubAgentEvent("billing", SubAgentEvent("refunds", ToolCallStarted("call_9", "refund", {"amount": 5}))),
+    SubAgentEvent("billing", RunFinished("completed")),
+    RunFinished("completed"),
+    RunFinished("hook_stop", "stopped by a hook"),
+]
+
+
+def test_the_samples_cover_every_event_type() -> None:
+    assert {type(sample) for sample in SAMPLES} == set(typing.get_args(Event))
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=repr)
+def test_event_json_round_trips(event: Event) -> None:
+    """event_to_json gives a JSON object with the class name as type; event_from_json gives the event back
+    (through real JSON text, and ignoring a wire run_id)."""
+    data = event_to_json(event)
+    assert data["type"] == type(event).__name__
+    wire = json.loads(json.dumps({**data, "run_id": "s1-r1"}))
+    assert event_from_json(wire) == event
+
+
+def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
+    event = SubAgentEvent("billing", SubAgentEvent("refunds", TextDelta("hi")))
+    assert event_to_json(event) == {
+        "type": "SubAgentEvent",
+        "agent": "billing",
+        "event": {"type": "SubAgentEvent", "agent": "refunds", "event": {"type": "TextDelta", "text": "hi"}},
+    }

@@ -1,33 +1,58 @@
-"""RemoteSession's HTTP client has one owner: a run's client is never closed under it.
+"""RemoteSession against a real open_server: its streams, runs, answers, listener registry and backoff, and its
+HTTP client's one owner (a run's client is never closed under it).
 
 Real sockets, so the real clock: every test is bounded by ``trio.fail_after``
-and synchronises on a tool's ``trio.Event`` or on the next update.
+and synchronises on a tool's ``trio.Event``, the next update, a handler's
+collector or ``wait_all_tasks_blocked``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import pytest
 import trio
+import trio.testing
 
-from agents import Agent, ScriptedModel, ToolCall, tool
+from agents import Agent, RetryPolicy, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import open_runtime
-from runtime.events import RunFinished, ToolCallStarted
+from runtime.events import ElicitationRequest, Event, RunFinished, RunStarted, ToolCallFinished, ToolCallStarted
 from streams import (
+    LISTENERS,
+    WORKSPACE_TOOLS,
+    Backoff,
     ClosedRemoteSessionError,
+    ListenerBusyError,
     ListenerRegistry,
+    RemoteError,
     RemoteSession,
+    StreamClosedError,
+    UnknownEvent,
     Update,
+    WorkspaceError,
+    event_from_json,
     open_remote_session,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, Serving
+    from tests.streams.conftest import Create, MakeAgent, Recorder, Serving
 
 TIMEOUT: Final = 10
+TOKEN: Final = "s3cret-token"
+
+
+def asking_tool() -> Tool:
+    @tool
+    async def pick(ctx: ToolContext[Any]) -> str:
+        """Ask the human for a number."""
+        answer = await ctx.elicit("Pick a number", schema=int)
+        return f"picked {answer.content}"
+
+    return pick
 
 
 def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
@@ -148,3 +173,184 @@ async def test_open_remote_session_leaves_a_given_client_open(make_agent: MakeAg
 
 def test_maintain_is_an_alias_of_serve() -> None:
     assert RemoteSession.maintain is RemoteSession.serve
+
+
+# -- RemoteSession against open_server -------------------------------------------
+
+
+async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handler(
+    make_agent: MakeAgent, serving: Serving, new_recorder: Callable[[], Recorder]
+) -> None:
+    """maintain creates the remote session and brings up updates, workspace and feed; remote.run streams
+    Updates ending with RunFinished; the handler sees the run's events, the feed's states and the
+    workspace's changes; workspace_request goes over the live workspace stream."""
+    collector = new_recorder()
+    registry = ListenerRegistry()
+    agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "plan.md", "content": "# Plan"}))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (server, _), open_runtime() as runtime:
+            async with runtime.open_session(local_agent()) as local:
+                remote = RemoteSession(server.url, "s1", handler=collector, registry=registry)
+                await local.start(remote.maintain)
+                await remote.wait_connected()
+                await trio.testing.wait_all_tasks_blocked()  # the server has subscribed all three
+                assert set(server.sessions) == {"s1"}
+                assert registry.active == {(server.url, "s1")}
+                statistics = remote.statistics()
+                assert statistics.connected == {"updates", "workspace", "feed"}
+                assert statistics.failures == 0
+
+                async with remote.run("tool: write the plan") as events:
+                    updates = [update async for update in events]
+
+                await collector.wait_until(lambda c: any(d["type"] == "RunFinished" for d in c.of("updates")))
+                await collector.wait_until(lambda c: len(c.of("feed")) >= 4)
+                await collector.wait_until(lambda c: len(c.of("workspace")) >= 1)
+
+                written = await remote.workspace_request("write", "notes.txt", "n")
+                await collector.wait_until(lambda c: len(c.of("workspace")) >= 2)
+                with pytest.raises(WorkspaceError):
+                    await remote.workspace_request("read", "missing.txt")
+                files = server.sessions["s1"].workspace.list()
+            assert registry.active == frozenset()  # freed when the owning session closed
+
+    assert [update.run_id for update in updates] == ["s1-r1"] * len(updates)
+    assert updates[0].event == RunStarted("s1-r1")
+    assert updates[-1].event == RunFinished("completed")
+    assert any(isinstance(update.event, ToolCallFinished) for update in updates)
+
+    run_events = [d for d in collector.of("updates") if d["run_id"] == "s1-r1"]
+    assert [event_from_json(d) for d in run_events] == [update.event for update in updates]
+    feed_states = [d for d in collector.of("feed") if d["type"] == "SessionState"]
+    assert feed_states[:3] == [
+        {"type": "SessionState", "state": "idle"},
+        {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
+        {"type": "SessionState", "state": "idle"},
+    ]
+    agent_change = {"type": "WorkspaceChanged", "op": "write", "path": "plan.md", "source": "agent"}
+    assert agent_change in collector.of("feed")
+    assert collector.of("workspace") == [
+        agent_change,
+        {"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "client"},
+    ]
+    assert written["ok"] is True
+    assert files == ["notes.txt", "plan.md"]
+
+
+async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serving: Serving) -> None:
+    """An ElicitationRequest arrives as an Update; remote.respond answers it (a bad answer or an unknown
+    id is a RemoteError with the server's status) and the tool gets the answer."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(asking_tool(), call=ToolCall("pick"))) as (server, _), open_runtime() as runtime:
+            async with runtime.open_session(local_agent()) as local:
+                remote = RemoteSession(server.url, "s1", registry=ListenerRegistry())
+                await local.start(remote.maintain)
+                await remote.wait_connected()
+                statuses: list[int] = []
+                events: list[Event | UnknownEvent] = []
+                async with remote.run("tool: pick") as updates:
+                    async for update in updates:
+                        events.append(update.event)
+                        if isinstance(update.event, ElicitationRequest):
+                            for eid, content in [("nope", 1), (update.event.id, "seven")]:
+                                with pytest.raises(RemoteError) as raised:
+                                    await remote.respond(eid, "accept", content)
+                                statuses.append(raised.value.status)
+                            await remote.respond(update.event.id, "accept", 7)
+
+    assert statuses == [404, 422]
+    assert [event.result for event in events if isinstance(event, ToolCallFinished)] == ["picked 7"]
+    assert events[-1] == RunFinished("completed")
+
+
+async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_error(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """remote.run raises RemoteError with the server's status: 404 for an unknown session, 401 for a bad token."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), token=TOKEN) as (server, client):
+            await create(client, "s1")
+            for session_id, token, status in [("nope", TOKEN, 404), ("s1", "wrong", 401)]:
+                remote = RemoteSession(server.url, session_id, token=token, registry=ListenerRegistry())
+                with pytest.raises(RemoteError) as raised:
+                    async with remote.run("hello"):
+                        pytest.fail("the run started")  # pragma: no cover
+                assert raised.value.status == status
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+
+
+async def test_a_second_listener_for_the_same_remote_session_is_refused(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
+    """One between-run listener per remote session: a second maintain raises ListenerBusyError from
+    session.start, the first stays up, and the entry is freed when the owning session closes."""
+    registry = ListenerRegistry()
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _), open_runtime() as runtime:
+            async with runtime.open_session(local_agent()) as local:
+                first = RemoteSession(server.url, "s1", registry=registry)
+                await local.start(first.maintain)
+                await first.wait_connected()
+                second = RemoteSession(server.url, "s1", registry=registry)
+                with pytest.raises(ListenerBusyError):
+                    await local.start(second.maintain)
+                async with runtime.open_session(local_agent()) as other:
+                    with pytest.raises(ListenerBusyError):
+                        await other.start(RemoteSession(server.url, "s1", registry=registry).maintain)
+                    # Another remote session is another entry.
+                    elsewhere = RemoteSession(server.url, "s2", registry=registry)
+                    await other.start(elsewhere.maintain)
+                    assert registry.active == {(server.url, "s1"), (server.url, "s2")}
+                assert registry.active == {(server.url, "s1")}
+                assert first.statistics().connected == {"updates", "workspace", "feed"}
+                assert not local.closed
+            assert registry.active == frozenset()
+
+            async with runtime.open_session(local_agent()) as again:
+                third = RemoteSession(server.url, "s1", registry=registry)
+                await again.start(third.maintain)
+                await third.wait_connected()
+                assert registry.active == {(server.url, "s1")}
+
+
+async def test_remote_sessions_claim_the_process_wide_registry_by_default(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
+    """Without a registry, maintain claims streams.LISTENERS, and frees it in the end."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _), open_runtime() as runtime:
+            async with runtime.open_session(local_agent()) as local:
+                remote = RemoteSession(server.url, "s1")
+                await local.start(remote.maintain)
+                assert (server.url, "s1") in LISTENERS.active
+                with pytest.raises(ListenerBusyError):
+                    await local.start(RemoteSession(server.url, "s1").maintain)
+            assert (server.url, "s1") not in LISTENERS.active
+
+
+# -- Backoff -------------------------------------------------------------------
+
+
+def test_backoff_is_the_one_retry_policy() -> None:
+    """``streams.Backoff`` is ``agents.RetryPolicy``; ``Backoff(initial=, maximum=)`` never gives up, like before."""
+    assert Backoff is RetryPolicy
+    backoff = Backoff(initial=0.05, maximum=0.2)
+    assert backoff == RetryPolicy(0.05, 0.2)
+    assert backoff.max_attempts is None
+    assert 0.1 <= backoff.delay(10) <= 0.2
+
+
+async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -> None:
+    """With ``max_attempts=2`` and nothing listening, ``maintain`` raises after two failed tries in a row."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there: every dial is refused
+    registry = ListenerRegistry()
+    remote = RemoteSession(
+        f"http://127.0.0.1:{port}", "s1", registry=registry, backoff=Backoff(0.01, 0.01, max_attempts=2)
+    )
+    with trio.fail_after(10), pytest.raises(StreamClosedError, match="ConnectError"):
+        await remote.maintain()
+    failures = remote.statistics().failures
+    assert 2 <= failures <= 2 * 3  # each stream tried at most twice
+    assert registry.active == frozenset()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 import trio
@@ -14,11 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
 
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-FIXTURES = SHARED / "fixtures" / "llm_streams"
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+FIXTURES = SHARED_FIXTURES / "llm_streams"
 
 
 def test_resolve_model_strings(monkeypatch: pytest.MonkeyPatch) -> None:

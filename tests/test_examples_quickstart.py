@@ -1,4 +1,4 @@
-"""The examples run offline and show what they promise."""
+"""The quickstart example and the README's example run offline and show what they promise."""
 
 from __future__ import annotations
 
@@ -31,16 +31,9 @@ async def test_quickstart_streams_tool_calls_text_and_usage(
     assert "[usage: " in out
 
 
-def test_quickstart_runs_as_a_script() -> None:
+def test_quickstart_runs_as_a_script(run_example: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """`python examples/quickstart.py` exits 0 with no network and no key."""
-    completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "", "PYTHONWARNINGS": "error"},
-        check=False,
-    )
+    completed = run_example("quickstart")
     assert completed.returncode == 0, completed.stderr
     assert "[run finished: completed]" in completed.stdout
 

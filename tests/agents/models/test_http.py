@@ -1,63 +1,14 @@
-"""The HTTP layer every model shares: Retry-After and the SSE decoder against the spec's cases."""
+"""The HTTP layer every model shares: Retry-After, error bodies, and the one base class of both providers."""
 
 from __future__ import annotations
 
 import email.utils
-import json
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
-from agents import AnthropicModel, ErrorChunk, ModelConnectionError, OpenAIChatModel
-from agents._exceptions import describe
+from agents import AnthropicModel, ErrorChunk, OpenAIChatModel
 from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message
-from agents.models._sse import SSEStream, aiter_sse
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-SSE_CASES: list[dict[str, Any]] = json.loads((SHARED / "fixtures" / "sse_conformance.json").read_text("utf-8"))
-
-
-def _response(body: bytes) -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=httpx.ByteStream(body))
-
-
-class _OneByteAtATime(httpx.AsyncByteStream):
-    """A response body that arrives one byte per read, splitting every line and character.
-
-    Once closed, a read fails, as a closed socket's does.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self._closed = False
-        self.sent = 0
-        """Bytes handed out so far."""
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for i in range(len(self._body)):
-            if self._closed:
-                raise httpx.ReadError("the connection is closed")
-            self.sent = i + 1
-            yield self._body[i : i + 1]
-
-    async def aclose(self) -> None:
-        self._closed = True
-
-
-async def _events(response: httpx.Response) -> list[dict[str, Any]]:
-    return [
-        {"event": event.event or "message", "data": event.data, "id": event.id, "retry": event.retry}
-        async for event in aiter_sse(response)
-    ]
 
 
 def test_retry_after_seconds() -> None:
@@ -80,53 +31,6 @@ def test_retry_after_http_date() -> None:
 def test_retry_after_garbage_is_none(value: str | None) -> None:
     """A missing header, or one that is neither seconds nor an HTTP date, gives None."""
     assert _retry_after(value) is None
-
-
-@pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
-async def test_sse_conformance_case(case: dict[str, Any]) -> None:
-    """Each case's bytes dispatch the events the spec's tests expect, whole or one byte per read."""
-    body = case["input"].encode("utf-8")
-    assert await _events(_response(body)) == case["events"]
-    split = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_OneByteAtATime(body))
-    assert await _events(split) == case["events"]
-
-
-def test_sse_conformance_cases_are_all_there() -> None:
-    """The fixture holds its 32 cases, BOM case included, so none is silently skipped."""
-    names = {case["name"] for case in SSE_CASES}
-    assert len(SSE_CASES) == 32
-    assert "wpt/format-bom" in names
-
-
-async def test_sse_block_without_data_dispatches_nothing() -> None:
-    """A block of only ``id``/``event``/``retry`` fields, or a blank line after an id, is not an event."""
-    body = b"id: 1\ndata: a\n\n\nevent: ping\n\nretry: 10\n\ndata: b\n\n"
-    assert [event["data"] for event in await _events(_response(body))] == ["a", "b"]
-
-
-async def test_sse_incomplete_last_block_is_dropped() -> None:
-    """A block that the stream ends in the middle of (no blank line after it) is not dispatched."""
-    assert [event["data"] for event in await _events(_response(b"data: 1\n\ndata: 2"))] == ["1"]
-
-
-async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
-    """Closing an ``SSEStream`` after one event closes the response and ends the generators under it."""
-    body = b"data: 1\n\ndata: 2\n\n"
-    served = _OneByteAtATime(body)
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=served)
-    )
-    async with (
-        httpx.AsyncClient(transport=transport) as client,
-        client.stream("GET", "http://provider.test/") as response,
-    ):
-        stream = SSEStream(response)
-        first = await stream.__anext__()
-        await stream.aclose()
-        assert first.data == "1"
-        assert response.is_closed
-        assert served.sent == len(b"data: 1\n\n")  # closed, not read to the end
-        await stream.aclose()  # idempotent
 
 
 @pytest.mark.parametrize(
@@ -190,27 +94,6 @@ def test_error_bodies_have_one_reader() -> None:
 
     assert vars(openai)["error_chunk"] is vars(anthropic)["error_chunk"] is error_chunk
     assert vars(client)["error_message"] is vars(remote)["error_message"] is error_message
-
-
-@pytest.mark.parametrize(
-    ("error", "text"),
-    [
-        (ModelConnectionError("openai: cannot reach it"), "openai: cannot reach it"),
-        (KeyError("x"), "KeyError: 'x'"),
-        (httpx.ReadTimeout(""), "ReadTimeout"),
-    ],
-)
-def test_describe_writes_ours_plainly_and_others_with_their_type(error: BaseException, text: str) -> None:
-    """Our errors are their message; a foreign one gets its type name in front, or alone when it has no message."""
-    assert describe(error) == text
-
-
-def test_errors_have_one_describer() -> None:
-    """The HTTP layer and the runtime's loop describe exceptions with the same function."""
-    import agents.models._http as http
-    import runtime._loop as loop
-
-    assert vars(http)["describe"] is vars(loop)["describe"] is describe
 
 
 @pytest.mark.parametrize(

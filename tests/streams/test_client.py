@@ -1,5 +1,4 @@
-"""Our clients against a real open_server: the updates and workspace streams, SSE listeners, RemoteSession,
-Backoff and the event codec.
+"""Our clients against a real open_server: the updates and workspace streams and SSE listeners.
 
 Real sockets, so the real clock: every test is bounded by ``trio.fail_after``
 and synchronises on events (the next message, a handler's collector, a tool's
@@ -16,49 +15,31 @@ import base64
 import functools
 import hashlib
 import json
-import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 import trio
 import trio.testing
 
-from agents import Agent, RetryPolicy, ScriptedModel, ToolCall, ToolContext, tool
-from runtime import open_runtime
+from agents import ToolCall
 from runtime.events import (
-    AgentSwitched,
-    ElicitationRequest,
-    ErrorEvent,
-    Event,
-    ReasoningDelta,
     RunFinished,
     RunStarted,
-    ServerToolUse,
-    SubAgentEvent,
     TextDelta,
-    ToolCallFinished,
-    ToolCallStarted,
-    Usage,
 )
 from streams import (
-    LISTENERS,
     WORKSPACE_TOOLS,
-    Backoff,
-    ListenerBusyError,
-    ListenerRegistry,
     PeerSilentError,
     RemoteError,
-    RemoteSession,
     Server,
     SSEMessage,
     StreamClosedError,
-    UnknownEvent,
     Update,
     WorkspaceChange,
     WorkspaceError,
     WorkspaceStream,
     event_from_json,
-    event_to_json,
     open_sse_listener,
     open_updates_stream,
     open_workspace_stream,
@@ -71,26 +52,18 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, Recorder, RunAttached, Serving
+    from tests.streams.conftest import Create, MakeAgent, RunAttached, Serving
 
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
 SILENCE: Final = 0.3
 """Seconds of silence after which the tests' clients give up on a peer."""
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+SSE_CASES: list[dict[str, Any]] = json.loads((SHARED_FIXTURES / "sse_conformance.json").read_text("utf-8"))
 
 
 # -- agents and servers -----------------------------------------------------------
-
-
-def asking_tool() -> Tool:
-    @tool
-    async def pick(ctx: ToolContext[Any]) -> str:
-        """Ask the human for a number."""
-        answer = await ctx.elicit("Pick a number", schema=int)
-        return f"picked {answer.content}"
-
-    return pick
 
 
 def ws_url(server: Server, session_id: str, stream: str) -> str:
@@ -258,6 +231,38 @@ async def test_sse_listener_decodes_the_feed_and_ends_with_it(
     assert rest == [SSEMessage("SessionState", {"type": "SessionState", "state": "closed"}, "3")]
 
 
+# -- the SSE listener against the shared conformance cases ----------------------
+
+
+def _as_received(data: str) -> Any:
+    """What ``SSEMessage.data`` holds for a data string: JSON-decoded when it is JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1], ids=["whole", "bytewise"])
+@pytest.mark.parametrize("case", SSE_CASES, ids=[case["name"] for case in SSE_CASES])
+async def test_sse_listener_agrees_with_the_conformance_case(
+    provider_server: Any, case: dict[str, Any], chunk_size: int | None
+) -> None:
+    """Each shared case's bytes, served as stored, give the events the spec's tests expect (BOM fixed at the edge)."""
+    body = bytes.fromhex(case["input_utf8_hex"])
+    assert body == case["input"].encode("utf-8")
+    provider_server.serve(body, chunk_size=chunk_size, content_type=case.get("content_type", "text/event-stream"))
+    with trio.fail_after(TIMEOUT):
+        async with open_sse_listener(f"{provider_server.base_url}/events") as listener:
+            got = [(message.event, message.data, message.id) async for message in listener]
+    expected = [(event["event"], _as_received(event["data"]), event["id"]) for event in case["events"]]
+    assert got == expected
+
+
+def test_sse_conformance_cases_are_all_there() -> None:
+    """All 32 shared cases are read, so none is silently skipped."""
+    assert len(SSE_CASES) == 32
+
+
 # -- errors: rejected, unknown, silent ---------------------------------------------
 
 
@@ -389,241 +394,7 @@ async def test_an_sse_listener_gets_messages_before_the_peer_goes_quiet(provider
     assert received == [SSEMessage("Notice", {"type": "Notice", "message": "hi"}, "1")]
 
 
-# -- RemoteSession -----------------------------------------------------------------
-
-
-def local_agent() -> Agent:
-    return Agent(name="local", model=ScriptedModel([]))
-
-
-async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handler(
-    make_agent: MakeAgent, serving: Serving, new_recorder: Callable[[], Recorder]
-) -> None:
-    """maintain creates the remote session and brings up updates, workspace and feed; remote.run streams
-    Updates ending with RunFinished; the handler sees the run's events, the feed's states and the
-    workspace's changes; workspace_request goes over the live workspace stream."""
-    collector = new_recorder()
-    registry = ListenerRegistry()
-    agent = make_agent(*WORKSPACE_TOOLS, call=ToolCall("write_file", {"path": "plan.md", "content": "# Plan"}))
-    with trio.fail_after(TIMEOUT):
-        async with serving(agent) as (server, _), open_runtime() as runtime:
-            async with runtime.open_session(local_agent()) as local:
-                remote = RemoteSession(server.url, "s1", handler=collector, registry=registry)
-                await local.start(remote.maintain)
-                await remote.wait_connected()
-                await trio.testing.wait_all_tasks_blocked()  # the server has subscribed all three
-                assert set(server.sessions) == {"s1"}
-                assert registry.active == {(server.url, "s1")}
-                statistics = remote.statistics()
-                assert statistics.connected == {"updates", "workspace", "feed"}
-                assert statistics.failures == 0
-
-                async with remote.run("tool: write the plan") as events:
-                    updates = [update async for update in events]
-
-                await collector.wait_until(lambda c: any(d["type"] == "RunFinished" for d in c.of("updates")))
-                await collector.wait_until(lambda c: len(c.of("feed")) >= 4)
-                await collector.wait_until(lambda c: len(c.of("workspace")) >= 1)
-
-                written = await remote.workspace_request("write", "notes.txt", "n")
-                await collector.wait_until(lambda c: len(c.of("workspace")) >= 2)
-                with pytest.raises(WorkspaceError):
-                    await remote.workspace_request("read", "missing.txt")
-                files = server.sessions["s1"].workspace.list()
-            assert registry.active == frozenset()  # freed when the owning session closed
-
-    assert [update.run_id for update in updates] == ["s1-r1"] * len(updates)
-    assert updates[0].event == RunStarted("s1-r1")
-    assert updates[-1].event == RunFinished("completed")
-    assert any(isinstance(update.event, ToolCallFinished) for update in updates)
-
-    run_events = [d for d in collector.of("updates") if d["run_id"] == "s1-r1"]
-    assert [event_from_json(d) for d in run_events] == [update.event for update in updates]
-    feed_states = [d for d in collector.of("feed") if d["type"] == "SessionState"]
-    assert feed_states[:3] == [
-        {"type": "SessionState", "state": "idle"},
-        {"type": "SessionState", "state": "running", "run_id": "s1-r1"},
-        {"type": "SessionState", "state": "idle"},
-    ]
-    agent_change = {"type": "WorkspaceChanged", "op": "write", "path": "plan.md", "source": "agent"}
-    assert agent_change in collector.of("feed")
-    assert collector.of("workspace") == [
-        agent_change,
-        {"type": "WorkspaceChanged", "op": "write", "path": "notes.txt", "source": "client"},
-    ]
-    assert written["ok"] is True
-    assert files == ["notes.txt", "plan.md"]
-
-
-async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serving: Serving) -> None:
-    """An ElicitationRequest arrives as an Update; remote.respond answers it (a bad answer or an unknown
-    id is a RemoteError with the server's status) and the tool gets the answer."""
-    with trio.fail_after(TIMEOUT):
-        async with serving(make_agent(asking_tool(), call=ToolCall("pick"))) as (server, _), open_runtime() as runtime:
-            async with runtime.open_session(local_agent()) as local:
-                remote = RemoteSession(server.url, "s1", registry=ListenerRegistry())
-                await local.start(remote.maintain)
-                await remote.wait_connected()
-                statuses: list[int] = []
-                events: list[Event | UnknownEvent] = []
-                async with remote.run("tool: pick") as updates:
-                    async for update in updates:
-                        events.append(update.event)
-                        if isinstance(update.event, ElicitationRequest):
-                            for eid, content in [("nope", 1), (update.event.id, "seven")]:
-                                with pytest.raises(RemoteError) as raised:
-                                    await remote.respond(eid, "accept", content)
-                                statuses.append(raised.value.status)
-                            await remote.respond(update.event.id, "accept", 7)
-
-    assert statuses == [404, 422]
-    assert [event.result for event in events if isinstance(event, ToolCallFinished)] == ["picked 7"]
-    assert events[-1] == RunFinished("completed")
-
-
-async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_error(
-    make_agent: MakeAgent, serving: Serving, create: Create
-) -> None:
-    """remote.run raises RemoteError with the server's status: 404 for an unknown session, 401 for a bad token."""
-    with trio.fail_after(TIMEOUT):
-        async with serving(make_agent(), token=TOKEN) as (server, client):
-            await create(client, "s1")
-            for session_id, token, status in [("nope", TOKEN, 404), ("s1", "wrong", 401)]:
-                remote = RemoteSession(server.url, session_id, token=token, registry=ListenerRegistry())
-                with pytest.raises(RemoteError) as raised:
-                    async with remote.run("hello"):
-                        pytest.fail("the run started")  # pragma: no cover
-                assert raised.value.status == status
-            assert (await client.get("/sessions/s1")).json()["runs"] == 0
-
-
-async def test_a_second_listener_for_the_same_remote_session_is_refused(
-    make_agent: MakeAgent, serving: Serving
-) -> None:
-    """One between-run listener per remote session: a second maintain raises ListenerBusyError from
-    session.start, the first stays up, and the entry is freed when the owning session closes."""
-    registry = ListenerRegistry()
-    with trio.fail_after(TIMEOUT):
-        async with serving(make_agent()) as (server, _), open_runtime() as runtime:
-            async with runtime.open_session(local_agent()) as local:
-                first = RemoteSession(server.url, "s1", registry=registry)
-                await local.start(first.maintain)
-                await first.wait_connected()
-                second = RemoteSession(server.url, "s1", registry=registry)
-                with pytest.raises(ListenerBusyError):
-                    await local.start(second.maintain)
-                async with runtime.open_session(local_agent()) as other:
-                    with pytest.raises(ListenerBusyError):
-                        await other.start(RemoteSession(server.url, "s1", registry=registry).maintain)
-                    # Another remote session is another entry.
-                    elsewhere = RemoteSession(server.url, "s2", registry=registry)
-                    await other.start(elsewhere.maintain)
-                    assert registry.active == {(server.url, "s1"), (server.url, "s2")}
-                assert registry.active == {(server.url, "s1")}
-                assert first.statistics().connected == {"updates", "workspace", "feed"}
-                assert not local.closed
-            assert registry.active == frozenset()
-
-            async with runtime.open_session(local_agent()) as again:
-                third = RemoteSession(server.url, "s1", registry=registry)
-                await again.start(third.maintain)
-                await third.wait_connected()
-                assert registry.active == {(server.url, "s1")}
-
-
-async def test_remote_sessions_claim_the_process_wide_registry_by_default(
-    make_agent: MakeAgent, serving: Serving
-) -> None:
-    """Without a registry, maintain claims streams.LISTENERS, and frees it in the end."""
-    with trio.fail_after(TIMEOUT):
-        async with serving(make_agent()) as (server, _), open_runtime() as runtime:
-            async with runtime.open_session(local_agent()) as local:
-                remote = RemoteSession(server.url, "s1")
-                await local.start(remote.maintain)
-                assert (server.url, "s1") in LISTENERS.active
-                with pytest.raises(ListenerBusyError):
-                    await local.start(RemoteSession(server.url, "s1").maintain)
-            assert (server.url, "s1") not in LISTENERS.active
-
-
-# -- Backoff -------------------------------------------------------------------
-
-
-def test_backoff_is_the_one_retry_policy() -> None:
-    """``streams.Backoff`` is ``agents.RetryPolicy``; ``Backoff(initial=, maximum=)`` never gives up, like before."""
-    assert Backoff is RetryPolicy
-    backoff = Backoff(initial=0.05, maximum=0.2)
-    assert backoff == RetryPolicy(0.05, 0.2)
-    assert backoff.max_attempts is None
-    assert 0.1 <= backoff.delay(10) <= 0.2
-
-
-async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -> None:
-    """With ``max_attempts=2`` and nothing listening, ``maintain`` raises after two failed tries in a row."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    await listeners[0].aclose()  # nothing listens there: every dial is refused
-    registry = ListenerRegistry()
-    remote = RemoteSession(
-        f"http://127.0.0.1:{port}", "s1", registry=registry, backoff=Backoff(0.01, 0.01, max_attempts=2)
-    )
-    with trio.fail_after(10), pytest.raises(StreamClosedError, match="ConnectError"):
-        await remote.maintain()
-    failures = remote.statistics().failures
-    assert 2 <= failures <= 2 * 3  # each stream tried at most twice
-    assert registry.active == frozenset()
-
-
-# -- the codec -----------------------------------------------------------------
-
-SAMPLES: Final[list[Event]] = [
-    RunStarted("s1-r1"),
-    TextDelta("héllo\nworld"),
-    ReasoningDelta("thinking…"),
-    ToolCallStarted("call_1", "add", {"a": 1, "b": [2, 3], "c": {"d": None}}),
-    ToolCallFinished("call_1", "add", {"sum": 6}),
-    ToolCallFinished("call_2", "boom", None, error="it broke"),
-    ServerToolUse("srv_1", "web_search", {"query": "trio"}),
-    Usage(12, 34),
-    ErrorEvent("model", "the model blew up"),
-    ElicitationRequest("e1", "Pick a number", {"type": "integer"}, "bot"),
-    ElicitationRequest("e2", "Anything?", None, "bot"),
-    AgentSwitched("triage", "billing"),
-    SubAgentEvent("billing", TextDelta("nested")),
-    SubAgentEvent("billing", SubAgentEvent("refunds", ToolCallStarted("call_9", "refund", {"amount": 5}))),
-    SubAgentEvent("billing", RunFinished("completed")),
-    RunFinished("completed"),
-    RunFinished("hook_stop", "stopped by a hook"),
-]
-
-
-def test_the_samples_cover_every_event_type() -> None:
-    assert {type(sample) for sample in SAMPLES} == set(typing.get_args(Event))
-
-
-@pytest.mark.parametrize("event", SAMPLES, ids=repr)
-def test_event_json_round_trips(event: Event) -> None:
-    """event_to_json gives a JSON object with the class name as type; event_from_json gives the event back
-    (through real JSON text, and ignoring a wire run_id)."""
-    data = event_to_json(event)
-    assert data["type"] == type(event).__name__
-    wire = json.loads(json.dumps({**data, "run_id": "s1-r1"}))
-    assert event_from_json(wire) == event
-
-
-def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
-    event = SubAgentEvent("billing", SubAgentEvent("refunds", TextDelta("hi")))
-    assert event_to_json(event) == {
-        "type": "SubAgentEvent",
-        "agent": "billing",
-        "event": {"type": "SubAgentEvent", "agent": "refunds", "event": {"type": "TextDelta", "text": "hi"}},
-    }
-
-
-@pytest.mark.parametrize("data", [{}, {"type": 5}])
-def test_event_from_json_refuses_what_is_not_an_event(data: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="event"):
-        event_from_json(data)
+# -- the workspace stream's buffer -----------------------------------------------
 
 
 async def test_workspace_stream_buffers_like_a_broadcast_subscriber() -> None:

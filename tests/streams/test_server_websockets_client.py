@@ -1,4 +1,4 @@
-"""The WebSocket endpoints with a client no one here wrote: the ``websockets`` package (asyncio).
+"""open_server's WebSocket endpoints with a client no one here wrote: the ``websockets`` package (asyncio).
 
 Each client runs in a Trio worker thread (``trio.to_thread.run_sync(asyncio.run, ...)``),
 bounded by ``asyncio.timeout``; it synchronises with the server through

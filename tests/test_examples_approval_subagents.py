@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable
     from types import ModuleType
 
     import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+    RunExample = Callable[..., subprocess.CompletedProcess[str]]
 
 DELETE_PROMPT = "? Allow assistant to run delete_file(path='build/cache.tmp')? [y/N] "
 PAY_PROMPT = "? Allow assistant to run send_payment(to='Globex Consulting', amount=250.0)? [y/N] "
-
-
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run an example as a script, with no network, no key and no terminal input."""
-    return subprocess.run(
-        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        timeout=60,
-        env={"PATH": "", "PYTHONWARNINGS": "error"},
-        check=False,
-    )
 
 
 async def test_approval_with_yes_approves_every_call_without_asking(
@@ -97,9 +82,9 @@ async def test_approval_treats_end_of_input_as_no(
     assert "[run finished: completed]" in out
 
 
-def test_approval_runs_as_a_script_with_yes() -> None:
+def test_approval_runs_as_a_script_with_yes(run_example: RunExample) -> None:
     """`python examples/approval.py --yes` exits 0 unattended, with no network and no key."""
-    completed = run_script("approval", "--yes")
+    completed = run_example("approval", "--yes")
     assert completed.returncode == 0, completed.stderr
     assert "  <- delete_file: 'deleted build/cache.tmp'\n" in completed.stdout
     assert "  <- send_payment: 'paid 250.00 EUR to Globex Consulting'\n" in completed.stdout
@@ -146,9 +131,9 @@ async def test_subagents_prints_each_agent_indented_and_total_usage(
     assert int(total[2]) == sum(o for _, o in counts.values())
 
 
-def test_subagents_runs_as_a_script() -> None:
+def test_subagents_runs_as_a_script(run_example: RunExample) -> None:
     """`python examples/subagents.py` exits 0 with no network and no key."""
-    completed = run_script("subagents")
+    completed = run_example("subagents")
     assert completed.returncode == 0, completed.stderr
     assert "── coordinator → researcher" in completed.stdout
     assert "    writer: [finished: completed]" in completed.stdout

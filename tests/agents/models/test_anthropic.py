@@ -40,11 +40,9 @@ from runtime.events import (
     Usage,
 )
 
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-FIXTURES: Final = SHARED / "fixtures" / "llm_streams" / "anthropic"
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+FIXTURES: Final = SHARED_FIXTURES / "llm_streams" / "anthropic"
 CASES: Final[dict[str, dict[str, Any]]] = {
     path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))
 }

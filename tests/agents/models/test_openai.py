@@ -6,7 +6,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -44,11 +44,9 @@ from runtime.events import (
     Usage,
 )
 
-# ../shared/ lies beside the checkout (CI clones next to it); /work/shared in the workplace.
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared")
-STREAMS = SHARED / "fixtures" / "llm_streams"
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+STREAMS = SHARED_FIXTURES / "llm_streams"
 CASES = sorted(
     path
     for provider in ("openai", "deepseek", "groq", "openrouter", "vllm")
