@@ -11,6 +11,7 @@ import importlib
 import json
 import resource
 import sys
+import time
 from typing import Any
 
 IMPLS = {"trio-agents": "impl_trio_agents", "openai-agents": "impl_openai_agents", "pydantic-ai": "impl_pydantic_ai"}
@@ -45,3 +46,28 @@ def current_rss_kib() -> float:
 def quiet_gc() -> None:
     """Start a measurement from a collected heap."""
     gc.collect()
+
+
+class Gen2Timer:
+    """Within ``with Gen2Timer() as timer:``, how many full (generation-2) collections ran, and for how long."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def __enter__(self) -> Gen2Timer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._began

@@ -15,7 +15,7 @@ from importlib.metadata import version
 from typing import Any
 
 import trio
-from _harness import current_rss_kib
+from _harness import Gen2Timer, current_rss_kib
 
 from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
 from runtime import open_runtime
@@ -30,6 +30,12 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@tool(name="add")
+async def add_async(a: int, b: int) -> int:
+    """Add two numbers (an async tool: no worker thread)."""
+    return a + b
+
+
 def answer(request: ModelRequest) -> str | ToolCall:
     """First the tool call add(k, 1), then, after its result, "done k"."""
     first = request.messages[0]
@@ -40,9 +46,9 @@ def answer(request: ModelRequest) -> str | ToolCall:
     return ToolCall("add", {"a": k, "b": 1})
 
 
-def make_agent() -> Agent:
+def make_agent(*, async_tool: bool = False) -> Agent:
     model = ScriptedModel(itertools.repeat(answer), record_requests=False)
-    return Agent(name="bench", model=model, tools=[add])
+    return Agent(name="bench", model=model, tools=[add_async if async_tool else add])
 
 
 async def run_one(runtime: Any, agent: Agent, k: int, *, streamed: bool) -> str:
@@ -71,8 +77,8 @@ def w1(prompts: int, *, streamed: bool) -> float:
     return trio.run(main)
 
 
-def w2(runs: int) -> dict[str, float]:
-    agent = make_agent()
+def w2(runs: int, *, async_tool: bool = False) -> dict[str, float]:
+    agent = make_agent(async_tool=async_tool)
 
     async def main() -> dict[str, float]:
         async with open_runtime() as runtime:
@@ -84,14 +90,20 @@ def w2(runs: int) -> dict[str, float]:
             async def one(k: int) -> None:
                 outputs.append(await run_one(runtime, agent, k, streamed=True))
 
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for k in range(runs):
-                    nursery.start_soon(one, k)
-            wall = time.perf_counter() - start
+            with Gen2Timer() as gen2:
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for k in range(runs):
+                        nursery.start_soon(one, k)
+                wall = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert sorted(outputs) == sorted(f"done {k}" for k in range(runs))
-        return {"wall_s": wall, "peak_rss_kib_per_run": (peak - before) / runs}
+        return {
+            "wall_s": wall,
+            "peak_rss_kib_per_run": (peak - before) / runs,
+            "gen2_collections": gen2.collections,
+            "gen2_share": gen2.seconds / wall,
+        }
 
     return trio.run(main)
 

@@ -1,6 +1,6 @@
 """Run the workloads for trio-agents and its peers, A B A B, and write BENCHMARKS.md.
 
-    python bench/run.py           # everything (make bench), ~5 minutes on 2 cores
+    python bench/run.py           # everything (make bench), ~5.5 minutes on 2 cores
     python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
     python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
 
@@ -36,13 +36,15 @@ PEERS = IMPLS[1:]
 
 # (workload, script, rounds): W1 processes each report 5 repetitions.
 FULL_PLAN = [("w0", "w0_floor.py", 2), ("w1", "w1_tool_turn.py", 2), ("w2", "w2_concurrency.py", 3),
-             ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3)]  # fmt: skip
+             ("w2_50k", "w2_scale.py", 2), ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3)]  # fmt: skip
 QUICK_PLAN = [("w1", "w1_tool_turn.py", 2)]
+TRIO_ONLY = ("w0", "w2_50k")  # measured for trio-agents alone
 
 TITLES = {
     "w0": "W0 floor: one event hop",
     "w1": "W1 tool turn: 300 sequential runs with one tool call",
     "w2": "W2 concurrency: 1,000 W1 runs at once",
+    "w2_50k": "W2 at scale: 1,000 and 50,000 runs at once",
     "w3": "W3 cancel: 1,000 parked runs cancelled together",
     "w4": "W4 scale: 10,000 idle sessions",
 }
@@ -60,6 +62,14 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
         ("wall_s", "wall time", "s", True),
         ("runs_per_s", "throughput", "runs/s", False),
         ("peak_rss_kib_per_run", "peak RSS over baseline", "KiB/run", True),
+    ],
+    "w2_50k": [
+        ("us_per_run_1k", "1,000 runs at once", "µs/run", True),
+        ("us_per_run_50k", "50,000 runs at once", "µs/run", True),
+        ("ratio_50k_1k", "50,000 over 1,000", "×", True),
+        ("peak_rss_kib_per_run_50k", "peak RSS over baseline at 50,000", "KiB/run", True),
+        ("gen2_collections_50k", "generation-2 collections during the 50,000", "collections", True),
+        ("gen2_share_50k", "their share of the 50,000's wall time", "%", True),
     ],
     "w3": [
         ("cancel_ms", "cancel until the owning block exited", "ms", True),
@@ -118,7 +128,7 @@ def measure(python: Path | str, script: str, impl: str) -> dict[str, Any]:
 
 def headline(workload: str, metrics: dict[str, Any]) -> str:
     """One short summary of a record, for the progress line."""
-    first = METRICS[workload][0 if workload != "w2" else 2]
+    first = METRICS[workload][{"w2": 2, "w2_50k": 2}.get(workload, 0)]
     value = metrics[first[0]]
     value = statistics.median(value) if isinstance(value, list) else value
     return f"{first[1]}: {value:,.1f} {first[2]}"
@@ -127,12 +137,12 @@ def headline(workload: str, metrics: dict[str, Any]) -> str:
 def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, Any]:
     """Measure every workload of the plan; return {workload: {impl: {metric: [values]}}, versions}."""
     results: dict[str, Any] = {"workloads": {}, "versions": {}}
-    steps = sum(rounds * (1 if workload == "w0" else len(IMPLS)) for workload, _, rounds in plan)
+    steps = sum(rounds * (1 if workload in TRIO_ONLY else len(IMPLS)) for workload, _, rounds in plan)
     step = 0
     started = time.monotonic()
     for workload, script, rounds in plan:
         table: dict[str, dict[str, list[float]]] = results["workloads"].setdefault(workload, {})
-        impls = ("trio-agents",) if workload == "w0" else IMPLS
+        impls = ("trio-agents",) if workload in TRIO_ONLY else IMPLS
         for round_ in range(rounds):
             for impl in impls:
                 step += 1
@@ -174,6 +184,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "w2" in w:
         kib = median_of(results, "w2", "trio-agents", "peak_rss_kib_per_run")
         rows.append(("W2 ≤ 16 KiB per run", f"{kib:.1f} KiB", kib <= 16))
+    if "w2_50k" in w:
+        small = median_of(results, "w2_50k", "trio-agents", "us_per_run_1k")
+        large = median_of(results, "w2_50k", "trio-agents", "us_per_run_50k")
+        rows.append(("W2 at 50,000: µs/run ≤ 1.15× µs/run at 1,000 (same process)",
+                     f"{large:,.0f} / {small:,.0f} µs = {large / small:.2f}×", large <= 1.15 * small))  # fmt: skip
+        kib = median_of(results, "w2_50k", "trio-agents", "peak_rss_kib_per_run_50k")
+        rows.append(("W2 at 50,000 ≤ 16 KiB per run", f"{kib:.1f} KiB", kib <= 16))
     if "w3" in w:
         ours = median_of(results, "w3", "trio-agents", "cancel_ms")
         fastest = min(median_of(results, "w3", peer, "cancel_ms") for peer in PEERS)
@@ -305,6 +322,10 @@ def _describe(workload: str) -> str:
         "each a fresh run (trio-agents: a fresh session per run, included in the time); 5 repetitions after a "
         "warm-up per process.",
         "w2": "1,000 W1 runs started at once in one process; peak RSS minus the baseline after one warm-up run.",
+        "w2_50k": "W1 runs with an async tool (no worker thread: the runtime's own cost), 1,000 at once three "
+        "times (median) and then 50,000 at once, in one process after a warm-up; the per-run cost should not "
+        "grow with the runs in flight. Also the full (generation-2) collections of Python's cyclic collector "
+        "during the 50,000 and their share of the wall time. trio-agents only.",
         "w3": "1,000 streamed runs whose model never answers, consumed in tasks owned by one block; the block is "
         "cancelled once all are parked. Time from the cancel until the block has exited, and the tasks "
         "still alive at that moment (openai-agents leaves its stream-cleanup tasks running).",

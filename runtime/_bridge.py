@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from contextvars import ContextVar, Token
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import pydantic
@@ -145,6 +147,20 @@ def compile_schema(schema: type[Any] | Mapping[str, Any] | None) -> tuple[dict[s
     if isinstance(schema, Mapping):
         flat = dict(schema)
         return flat, lambda content: _validate_flat(flat, content)
+    try:
+        hash(schema)
+    except TypeError:  # an unhashable type form: compiled each time
+        json_schema, validate = _compile_type.__wrapped__(schema)
+    else:
+        json_schema, validate = _compile_type(cast("Hashable", schema))
+    return copy.deepcopy(json_schema), validate  # a copy: the consumer may change what it is given
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_type(schema: Any) -> tuple[dict[str, Any], Callable[[Any], Any]]:
+    # Cached: building a TypeAdapter costs a few hundred microseconds, and
+    # pydantic's schema generator leaves a reference cycle for the collector
+    # each time (a dict of its own bound methods).
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(schema)
     return adapter.json_schema(), adapter.validate_python
 

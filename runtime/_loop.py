@@ -165,7 +165,7 @@ class AgentRun:
             self._send_last: Callable[[Event], None] = sink.send_last  # on the cancellation path
             self._bridge = bridge
             self._consumer = consumer
-            self._root = self
+            self._root: AgentRun | None = None  # itself: not stored, which would be a reference cycle
             self.pending: dict[str, PendingElicitation] = {}
             """Questions of this run (and its nested runs) waiting for the consumer's answer."""
             self._depth = 0
@@ -178,7 +178,7 @@ class AgentRun:
             self._send_last = lambda event: forward_last(SubAgentEvent(name, event))
             self._bridge = parent._bridge
             self._consumer = parent._consumer
-            self._root = parent._root
+            self._root = parent._root or parent
             self.pending = parent.pending
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
@@ -203,7 +203,7 @@ class AgentRun:
         """Whether a consumer streams this run and is still there."""
         # Only while this run goes on, and the top-level consumer (if the run is
         # streamed at all) has not started leaving its block.
-        root = self._root
+        root = self._root or self
         consumer = root._consumer
         return not self._ended and not root._consumer_left and consumer is not None and not consumer.receiver_closed
 
