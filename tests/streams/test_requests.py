@@ -79,7 +79,7 @@ async def _asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]], bo
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), *headers],
+        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-type", b"application/json"), *headers],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
@@ -121,7 +121,9 @@ def _request(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> Request:
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    return Request(
+        {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json"), *headers]}, receive
+    )
 
 
 async def test_read_body_counts_the_bytes_that_arrive() -> None:
