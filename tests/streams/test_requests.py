@@ -275,6 +275,13 @@ async def _append(answers: list[bytes], answer: Awaitable[bytes]) -> None:
     answers.append(await answer)
 
 
+@asynccontextmanager
+async def _started(channel: WebhookChannel | WebSocketChannel) -> AsyncIterator[None]:
+    async with open_runtime() as runtime, open_gateway(runtime, _agent(), [channel]) as gateway:
+        await gateway.wait_ready(channel.name)
+        yield
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -290,13 +297,6 @@ async def test_every_server_refuses_to_listen_beyond_loopback_without_a_token(ma
     with pytest.raises(UnsafeBindError, match="allow_unauthenticated_remote"):
         async with make():
             pass
-
-
-@asynccontextmanager
-async def _started(channel: WebhookChannel | WebSocketChannel) -> AsyncIterator[None]:
-    async with open_runtime() as runtime, open_gateway(runtime, _agent(), [channel]) as gateway:
-        await gateway.wait_ready(channel.name)
-        yield
 
 
 async def test_a_server_beyond_loopback_starts_with_a_token_or_when_told() -> None:
