@@ -138,6 +138,13 @@ def check_bind(host: str, *, authenticated: bool, allow_unauthenticated_remote: 
     )
 
 
+def check_positive(**values: float) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` (timeouts, a backlog) that is not above zero."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be above zero, not {value!r}")
+
+
 def host_name(value: str) -> str:
     """The name in a ``Host`` header (or an entry of an allow-list): lowercase, without the port or a final dot."""
     value = value.strip().lower()

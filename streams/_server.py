@@ -25,7 +25,15 @@ from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
 from ._exceptions import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
-from ._requests import Exposure, ExposureGuard, RequestRejected, bearer_token_matches, check_bind, read_body
+from ._requests import (
+    Exposure,
+    ExposureGuard,
+    RequestRejected,
+    bearer_token_matches,
+    check_bind,
+    check_positive,
+    read_body,
+)
 from ._runlog import RunLog
 from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
@@ -631,7 +639,9 @@ async def open_server(
     Raises:
         UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
             ``allow_unauthenticated_remote`` is false.
+        ValueError: ``write_timeout``, ``body_timeout`` or ``backlog`` is not above zero.
     """
+    check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
     check_bind(
         host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"
     )

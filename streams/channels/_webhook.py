@@ -18,7 +18,15 @@ from starlette.routing import Route
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
 
 from .._hypercorn import serve_app
-from .._requests import Exposure, ExposureGuard, RequestRejected, bearer_token_matches, check_bind, read_body
+from .._requests import (
+    Exposure,
+    ExposureGuard,
+    RequestRejected,
+    bearer_token_matches,
+    check_bind,
+    check_positive,
+    read_body,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -115,6 +123,7 @@ class WebhookChannel:
         backlog: int = 1024,
         allow_unauthenticated_remote: bool = False,
     ) -> None:
+        check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
         check_bind(
             host,
             authenticated=secret is not None,

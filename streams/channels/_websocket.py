@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from runtime import ClosedBusError, InboundMessage, MessageBus, OutboundMessage
 
-from .._requests import Exposure, RequestRejected, check_bind
+from .._requests import Exposure, RequestRejected, check_bind, check_positive
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -121,6 +121,7 @@ class WebSocketChannel:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        check_positive(write_timeout=write_timeout)
         check_bind(
             host,
             authenticated=False,

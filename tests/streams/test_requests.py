@@ -360,3 +360,13 @@ async def test_every_websocket_refuses_a_cross_origin_handshake_with_403(path: s
                     await _handshake(server.port, path, origin) for origin in (EVIL, None, "http://app.example")
                 ]
     assert statuses == [403, 101, 101]
+
+
+@pytest.mark.parametrize("option", ["write_timeout", "body_timeout", "backlog"])
+async def test_deadlines_and_backlog_must_be_above_zero(option: str) -> None:
+    """A zero deadline would fail inside Hypercorn's send, far from the mistake: it is refused up front."""
+    with pytest.raises(ValueError, match=option):
+        async with open_server(_agent(), **{option: 0}):
+            pass
+    with pytest.raises(ValueError, match=option):
+        WebhookChannel(**{option: 0})
