@@ -365,8 +365,9 @@ async def test_every_websocket_refuses_a_cross_origin_handshake_with_403(path: s
 @pytest.mark.parametrize("option", ["write_timeout", "body_timeout", "backlog"])
 async def test_deadlines_and_backlog_must_be_above_zero(option: str) -> None:
     """A zero deadline would fail inside Hypercorn's send, far from the mistake: it is refused up front."""
+    zero: dict[str, Any] = {option: 0}
     with pytest.raises(ValueError, match=option):
-        async with open_server(_agent(), **{option: 0}):
+        async with open_server(_agent(), **zero):
             pass
     with pytest.raises(ValueError, match=option):
-        WebhookChannel(**{option: 0})
+        WebhookChannel(**zero)
