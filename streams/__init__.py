@@ -33,6 +33,7 @@ from ._exceptions import (
     SessionExistsError as SessionExistsError,
     StreamClosedError as StreamClosedError,
     StreamError as StreamError,
+    UnsafeBindError as UnsafeBindError,
     WorkspaceError as WorkspaceError,
 )
 from ._remote import (

@@ -8,12 +8,14 @@ import importlib
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agents import Agent
 
+from ._exceptions import UnsafeBindError
+from ._requests import check_bind
 from ._server import open_server
 
 if TYPE_CHECKING:
@@ -37,13 +39,17 @@ def load_agent(spec: str) -> Agent:
     return found
 
 
-async def serve(agent: Agent, *, host: str, port: int, token: str | None, idle_timeout: float | None) -> None:
-    """Serve ``agent`` until Ctrl-C or SIGTERM, printing the URL once listening."""
+async def serve(
+    agent: Agent, *, host: str, port: int, token: str | None, idle_timeout: float | None, **options: Any
+) -> None:
+    """Serve ``agent`` until Ctrl-C or SIGTERM, printing the URL once listening; ``options`` go to ``open_server``."""
     # Ctrl-C (and SIGTERM) arrive here as a message, so that shutdown is the
     # ordinary exit of the server's block, not a KeyboardInterrupt raised in
     # whichever task happens to be running.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(agent, host=host, port=port, token=token, idle_timeout=idle_timeout) as server:
+        async with open_server(
+            agent, host=host, port=port, token=token, idle_timeout=idle_timeout, **options
+        ) as server:
             print(f"serving on {server.url}", flush=True)
             print(f"agent {agent.name!r}; Ctrl-C stops", flush=True)
             async for _ in signals:
@@ -61,7 +67,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--token", default=os.environ.get("TRIO_AGENTS_TOKEN"), help="require this bearer token (env TRIO_AGENTS_TOKEN)"
     )
     serve_parser.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this long (s)")
+    serve_parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages of this origin (http://host:port; '*': any) call the server; repeatable (default: none)",
+    )
+    serve_parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a host name the server answers to, any port; repeatable (default: the loopback names on loopback)",
+    )
+    serve_parser.add_argument(
+        "--write-timeout", type=float, default=10.0, help="drop a client that takes longer to take one send (s)"
+    )
+    serve_parser.add_argument(
+        "--body-timeout", type=float, default=10.0, help="answer 408 to a body that takes longer to arrive (s)"
+    )
+    serve_parser.add_argument("--backlog", type=int, default=1024, help="the listen backlog (default: 1024)")
+    serve_parser.add_argument(
+        "--allow-unauthenticated-remote",
+        action="store_true",
+        help="serve on a non-loopback --host with no token (anyone who reaches it drives the agent)",
+    )
     args = parser.parse_args(argv)
+    try:
+        check_bind(
+            args.host,
+            authenticated=args.token is not None,
+            allow_unauthenticated_remote=args.allow_unauthenticated_remote,
+            what="a token (--token or TRIO_AGENTS_TOKEN)",
+        )
+    except UnsafeBindError as exc:
+        parser.error(str(exc))
     sys.path.insert(0, os.getcwd())  # like python -m: modules next to the caller are found
     try:
         agent = load_agent(args.agent)
@@ -70,7 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(
             functools.partial(
-                serve, agent, host=args.host, port=args.port, token=args.token, idle_timeout=args.idle_timeout
+                serve,
+                agent,
+                host=args.host,
+                port=args.port,
+                token=args.token,
+                idle_timeout=args.idle_timeout,
+                allowed_origins=args.allow_origin,
+                allowed_hosts=args.allow_host,
+                write_timeout=args.write_timeout,
+                body_timeout=args.body_timeout,
+                backlog=args.backlog,
+                allow_unauthenticated_remote=args.allow_unauthenticated_remote,
             )
         )
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ The tree::
     ├── InvalidRequestError         a request could not be made as asked (a bad URL, an unsupported scheme)
     ├── ListenerBusyError           a between-run listener for that remote session is already running
     ├── WorkspaceError              a workspace command failed
-    └── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+    ├── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+    └── UnsafeBindError             a server was asked to listen beyond loopback with no token (also a ValueError)
 
 Following trio: *Closed* means this side closed it (trio's
 ``ClosedResourceError``); *Broken* means the peer or the network did
@@ -80,4 +81,13 @@ class SessionExistsError(StreamError, ValueError):
     """``Server.open_session`` was given the id of a session it serves already (HTTP 409).
 
     Also a ``ValueError``, which is what it was before it joined the :class:`StreamError` tree.
+    """
+
+
+class UnsafeBindError(StreamError, ValueError):
+    """A server was asked to listen on a non-loopback address without a token, and not told that is fine.
+
+    Anyone who can reach that address could drive the agent and its tools.
+    Raised before anything listens; pass a token, bind loopback, or
+    ``allow_unauthenticated_remote=True``.
     """

@@ -25,13 +25,21 @@ from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
 from ._exceptions import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
-from ._requests import RequestRejected, bearer_token_matches, read_body
+from ._requests import (
+    Exposure,
+    ExposureGuard,
+    RequestRejected,
+    bearer_token_matches,
+    check_bind,
+    check_positive,
+    read_body,
+)
 from ._runlog import RunLog
 from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
     from starlette.requests import HTTPConnection, Request
 
@@ -186,6 +194,7 @@ class Server:
         heartbeat: float,
         subscriber_buffer: int,
         max_body: int,
+        body_timeout: float = 10.0,
     ) -> None:
         self.runtime = runtime
         """The runtime whose sessions are served."""
@@ -199,6 +208,7 @@ class Server:
         self._heartbeat = heartbeat
         self._buffer = subscriber_buffer
         self._max_body = max_body
+        self._body_timeout = body_timeout
         self._sessions: dict[str, ServedSession] = {}
         self._closing = False
         self._streaming = 0
@@ -289,7 +299,7 @@ class Server:
 
     async def _body(self, request: Request) -> dict[str, Any]:
         try:
-            body = await read_body(request, limit=self._max_body)
+            body = await read_body(request, limit=self._max_body, timeout=self._body_timeout)
         except RequestRejected as rejected:
             raise _HTTPError(rejected.status, rejected.kind, str(rejected)) from None
         if not body:
@@ -547,6 +557,10 @@ class Server:
             nursery.cancel_scope.cancel()
 
 
+def _error_body(rejected: RequestRejected) -> dict[str, Any]:
+    return {"error": {"type": rejected.kind, "message": str(rejected)}}
+
+
 def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
     try:
         command = json.loads(text)
@@ -573,6 +587,12 @@ async def open_server(
     subscriber_buffer: int = 256,
     max_body: int = 2**20,
     graceful_timeout: float = 2.0,
+    allowed_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] | None = None,
+    write_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+    backlog: int = 1024,
+    allow_unauthenticated_remote: bool = False,
 ) -> AsyncIterator[Server]:
     """Serve ``agent`` over HTTP, SSE and WebSocket until the block exits.
 
@@ -600,7 +620,32 @@ async def open_server(
             client; a slower client loses the oldest (and is told how many).
         max_body: The largest request body accepted (bytes).
         graceful_timeout: Seconds Hypercorn gives open connections to finish on shutdown.
+        allowed_origins: Origins (``http://host:port``) whose web pages may call
+            the server; a request or handshake with any other ``Origin``, but
+            the server's own, is 403. The default, none, lets in non-browser
+            clients (which send no ``Origin``) only. ``"*"``: any.
+        allowed_hosts: Host names (any port) the server answers to; any other
+            ``Host`` is 403 (DNS rebinding). Default: ``localhost``,
+            ``127.0.0.1`` and ``::1`` when ``host`` is loopback, else any.
+        write_timeout: Seconds any one send to a client may take; past it the
+            connection is closed (a client that stopped reading), which cancels
+            an attached run and frees what it held.
+        body_timeout: Seconds a request's whole body may take to arrive (else 408).
+        backlog: The listen backlog: connections the kernel queues before
+            they are accepted (capped by ``net.core.somaxconn``).
+        allow_unauthenticated_remote: Serve on a non-loopback ``host`` with no
+            ``token``. Without it, that raises :class:`UnsafeBindError`.
+
+    Raises:
+        UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
+            ``allow_unauthenticated_remote`` is false.
+        ValueError: ``write_timeout``, ``body_timeout`` or ``backlog`` is not above zero.
     """
+    check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+    check_bind(
+        host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"
+    )
+    exposure = Exposure(host, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)
     # The block's own error comes out as itself, not in a group (as open_runtime's do).
     async with single_errors(), AsyncExitStack() as stack:
         if runtime is None:
@@ -613,15 +658,19 @@ async def open_server(
             heartbeat=heartbeat,
             subscriber_buffer=subscriber_buffer,
             max_body=max_body,
+            body_timeout=body_timeout,
         )
+        app = ExposureGuard(server.app, exposure, _error_body)
         config = Config()
         config.bind = [f"{host}:{port}"]
         config.graceful_timeout = graceful_timeout
+        config.backlog = backlog
         config.errorlog = logger
         config.accesslog = None
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(serve_app, server.app, config, shutdown)
+            serving = functools.partial(serve_app, app, config, shutdown, write_timeout=write_timeout)
+            binds: list[str] = await nursery.start(serving)
             server.host, _, bound_port = binds[0].removeprefix("http://").rpartition(":")
             server.port = int(bound_port)
             try:

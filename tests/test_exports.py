@@ -169,6 +169,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "StreamClosedError",
             "StreamError",
             "UnknownEvent",
+            "UnsafeBindError",
             "Update",
             "UpdatesStream",
             "WORKSPACE_TOOLS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from contextlib import contextmanager
@@ -17,10 +18,18 @@ from starlette.routing import Route
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
 
 from .._hypercorn import serve_app
-from .._requests import RequestRejected, bearer_token_matches, read_body
+from .._requests import (
+    Exposure,
+    ExposureGuard,
+    RequestRejected,
+    bearer_token_matches,
+    check_bind,
+    check_positive,
+    read_body,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from starlette.requests import Request
 
@@ -70,10 +79,20 @@ class WebhookChannel:
     bus, or with ``wait_for_response`` ``200 {"message_id", "reply", "kind",
     "progress"}`` once the agent replied. Errors are JSON ``{"error": ...}``:
     400 (a Content-Length that is not a number), 401 (``secret`` set and no
-    matching ``Authorization: Bearer``, the scheme in any case), 413 (body
-    over ``max_body`` bytes), 422 (not the JSON above), 503 (no room on the
-    bus within ``publish_timeout`` seconds, or shutting down), 504 (no reply
-    within ``response_timeout`` seconds).
+    matching ``Authorization: Bearer``, the scheme in any case), 403 (an
+    ``Origin`` or ``Host`` not allowed), 408 (the body took over
+    ``body_timeout`` seconds), 413 (body over ``max_body`` bytes), 415 (a
+    body not sent as ``application/json``), 422 (not the JSON above), 503
+    (no room on the bus within ``publish_timeout`` seconds, or shutting
+    down), 504 (no reply within ``response_timeout`` seconds).
+
+    It is protected as ``streams.open_server`` is, with the same options:
+    ``allowed_origins`` (none by default: same-origin and non-browser
+    clients only), ``allowed_hosts`` (the loopback names when bound to
+    loopback), ``write_timeout`` (a client that reads nothing for that long
+    is disconnected), ``backlog``, and a non-loopback ``host`` needs a
+    ``secret`` or ``allow_unauthenticated_remote=True``
+    (:class:`~streams.UnsafeBindError` otherwise).
 
     Hypercorn runs inside ``run``'s own nursery. Cancelling ``run`` first
     answers every request still waiting on the bus with 503, then stops
@@ -97,7 +116,20 @@ class WebhookChannel:
         publish_timeout: float = 2.0,
         response_timeout: float = 60.0,
         graceful_timeout: float = 1.0,
+        allowed_origins: Iterable[str] = (),
+        allowed_hosts: Iterable[str] | None = None,
+        write_timeout: float = 10.0,
+        body_timeout: float = 10.0,
+        backlog: int = 1024,
+        allow_unauthenticated_remote: bool = False,
     ) -> None:
+        check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+        check_bind(
+            host,
+            authenticated=secret is not None,
+            allow_unauthenticated_remote=allow_unauthenticated_remote,
+            what="a secret",
+        )
         self.name = name
         self.host = host
         self.port = port
@@ -107,6 +139,12 @@ class WebhookChannel:
         self.publish_timeout = publish_timeout
         self.response_timeout = response_timeout
         self.graceful_timeout = graceful_timeout
+        self.allowed_origins = tuple(allowed_origins)
+        self.allowed_hosts = None if allowed_hosts is None else tuple(allowed_hosts)
+        self.write_timeout = write_timeout
+        self.body_timeout = body_timeout
+        self.backlog = backlog
+        self.allow_unauthenticated_remote = allow_unauthenticated_remote
         self._bus: MessageBus | None = None
         self._pending: dict[str, _Waiter] = {}
         self._request_scopes: set[trio.CancelScope] = set()
@@ -126,12 +164,21 @@ class WebhookChannel:
         """Serve until cancelled; reports the port with ``task_status.started(port)`` once listening."""
         if self._bus is not None:
             raise RuntimeError(f"channel {self.name!r} is already running")
+        check_bind(
+            self.host,
+            authenticated=self.secret is not None,
+            allow_unauthenticated_remote=self.allow_unauthenticated_remote,
+            what="a secret",
+        )
+        exposure = Exposure(self.host, allowed_origins=self.allowed_origins, allowed_hosts=self.allowed_hosts)
+        app = ExposureGuard(self.app, exposure, self._count_refusal)
         self._bus = bus
         self._closing = False
         outbound = bus.outbound(self.name)
         config = Config()
         config.bind = [f"{self.host}:{self.port}"]
         config.graceful_timeout = self.graceful_timeout
+        config.backlog = self.backlog
         config.errorlog = logger
         config.accesslog = None
         shutdown = trio.Event()
@@ -141,7 +188,8 @@ class WebhookChannel:
                 try:
                     # serve_app is shielded (cancelling ``run`` cannot kill a request
                     # handler before it has answered) and bounds its own shutdown.
-                    binds: list[str] = await nursery.start(serve_app, self.app, config, shutdown)
+                    serving = functools.partial(serve_app, app, config, shutdown, write_timeout=self.write_timeout)
+                    binds: list[str] = await nursery.start(serving)
                     self.port = int(binds[0].rsplit(":", 1)[1])
                     task_status.started(self.port)
                     await trio.sleep_forever()
@@ -166,6 +214,10 @@ class WebhookChannel:
                 waiter.done.set()
             elif message.kind == "progress" and len(waiter.progress) < MAX_PROGRESS:
                 waiter.progress.append(message.text)
+
+    def _count_refusal(self, rejected: RequestRejected) -> dict[str, str]:
+        self._rejected += 1
+        return {"error": str(rejected)}
 
     @contextmanager
     def _cancelled_on_shutdown(self) -> Iterator[trio.CancelScope]:
@@ -219,7 +271,7 @@ class WebhookChannel:
 
     async def _read_body(self, request: Request) -> bytes:
         try:
-            return await read_body(request, limit=self.max_body)
+            return await read_body(request, limit=self.max_body, timeout=self.body_timeout)
         except RequestRejected as rejected:
             raise _Rejected(rejected.status, str(rejected)) from None
 

@@ -14,7 +14,11 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from runtime import ClosedBusError, InboundMessage, MessageBus, OutboundMessage
 
+from .._requests import Exposure, RequestRejected, check_bind, check_positive
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from trio_websocket import WebSocketServer
 
 logger = logging.getLogger("streams")
@@ -37,7 +41,8 @@ class WebSocketChannelStatistics:
     dropped: int
     """Outbound messages dropped: unknown or closed chat, or their connection's queue was dropped."""
     rejected: int
-    """Client messages not accepted: bad frames, or no room on the bus within ``publish_timeout``."""
+    """Client messages not accepted (bad frames, or no room on the bus within ``publish_timeout``), and handshakes
+    refused (an ``Origin`` or ``Host`` not allowed)."""
 
 
 @attrs.define(eq=False)
@@ -63,7 +68,13 @@ class WebSocketChannel:
     by that connection's writer task. A client that stops reading fills its
     queue; it is then closed with code :attr:`SLOW_CLIENT_CODE` (1008, policy
     violation, reason ``"client too slow"``) and its queue dropped, so memory
-    never grows with a slow client and other chats are not held up.
+    never grows with a slow client and other chats are not held up. So is a
+    client that takes more than ``write_timeout`` seconds to take in one
+    message (its TCP window stayed full).
+
+    A handshake whose ``Origin`` is not allowed (a web page of another site)
+    or whose ``Host`` is not a name the channel answers to (DNS rebinding)
+    is refused with 403, as by ``streams.open_server``.
 
     Args:
         name: The channel's name on the bus.
@@ -73,6 +84,14 @@ class WebSocketChannel:
         connect_timeout: Seconds a client has to finish the opening handshake.
         disconnect_timeout: Seconds a closing handshake may take before the socket is dropped.
         publish_timeout: Seconds a client's message may wait for room on the bus before it is rejected.
+        write_timeout: Seconds one message to a client may take to send before the client is dropped as too slow.
+        allowed_origins: Origins whose web pages may connect, besides the same
+            origin (none by default: non-browser clients only); ``"*"``: any.
+        allowed_hosts: Host names (any port) the channel answers to; default:
+            the loopback names when ``host`` is loopback, else any.
+        allow_unauthenticated_remote: Listen on a non-loopback ``host``
+            (the channel has no token: anyone who reaches it can chat). Without
+            it, that raises :class:`~streams.UnsafeBindError`.
 
     Example::
 
@@ -95,9 +114,20 @@ class WebSocketChannel:
         connect_timeout: float = 10.0,
         disconnect_timeout: float = 2.0,
         publish_timeout: float = 2.0,
+        write_timeout: float = 10.0,
+        allowed_origins: Iterable[str] = (),
+        allowed_hosts: Iterable[str] | None = None,
+        allow_unauthenticated_remote: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        check_positive(write_timeout=write_timeout)
+        check_bind(
+            host,
+            authenticated=False,
+            allow_unauthenticated_remote=allow_unauthenticated_remote,
+            what="a token (this channel has none)",
+        )
         self.name = name
         self.host = host
         self.port = port
@@ -106,6 +136,8 @@ class WebSocketChannel:
         self._connect_timeout = connect_timeout
         self._disconnect_timeout = disconnect_timeout
         self._publish_timeout = publish_timeout
+        self._write_timeout = write_timeout
+        self._exposure = Exposure(host, allowed_origins=allowed_origins, allowed_hosts=allowed_hosts)
         self._connections: dict[str, _Connection] = {}
         self._high_water = 0
         self._closed_too_slow = 0
@@ -190,6 +222,13 @@ class WebSocketChannel:
 
     async def _handle(self, bus: MessageBus, request: WebSocketRequest) -> None:
         """Serve one connection: its reader, writer and closer live in this nursery."""
+        try:
+            self._exposure.check(request.headers)
+        except RequestRejected as rejected:
+            self._rejected += 1
+            body = json.dumps({"type": "error", "text": str(rejected)}).encode()
+            await request.reject(rejected.status, extra_headers=[(b"content-type", b"application/json")], body=body)
+            return
         websocket = await request.accept()
         chat_id = f"ws-{secrets.token_hex(8)}"
         send, receive = trio.open_memory_channel[dict[str, Any]](self._queue_size)
@@ -233,7 +272,11 @@ class WebSocketChannel:
     async def _write(self, connection: _Connection) -> None:
         try:
             async for payload in connection.receive:
-                await connection.websocket.send_message(json.dumps(payload))
+                with trio.move_on_after(self._write_timeout):
+                    await connection.websocket.send_message(json.dumps(payload))
+                    continue
+                self._drop_slow(connection)  # its TCP window stayed full: it reads nothing
+                return
         except (ConnectionClosed, trio.ClosedResourceError):
             # Closed: the reader sees it too. ClosedResourceError: our queue was dropped.
             return

@@ -7,6 +7,7 @@ cannot drift apart again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -14,15 +15,18 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import pytest
 import trio
+import wsproto
 from starlette.requests import Request
+from wsproto.events import AcceptConnection, RejectConnection, Request as WSRequest
 
 from agents import Agent, ScriptedModel
 from runtime import open_gateway, open_runtime
-from streams import WebhookChannel, open_server
+from streams import UnsafeBindError, WebhookChannel, WebSocketChannel, open_server
+from streams.__main__ import main
 from streams._requests import RequestRejected, read_body
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 TOKEN: Final = "s3cret"
 TIMEOUT: Final = 10.0
@@ -79,7 +83,7 @@ async def _asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]], bo
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), *headers],
+        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-type", b"application/json"), *headers],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 80),
     }
@@ -121,7 +125,9 @@ def _request(headers: list[tuple[bytes, bytes]], parts: list[bytes]) -> Request:
     async def receive() -> dict[str, Any]:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    return Request(
+        {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json"), *headers]}, receive
+    )
 
 
 async def test_read_body_counts_the_bytes_that_arrive() -> None:
@@ -145,3 +151,223 @@ async def test_read_body_of_a_client_that_went_away_is_499() -> None:
     with pytest.raises(RequestRejected) as gone:
         await read_body(Request({"type": "http", "method": "POST", "headers": []}, receive), limit=10)
     assert gone.value.status == 499
+
+
+# -- browsers and other origins ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _serve_open(kind: str, **options: Any) -> AsyncIterator[tuple[int, str, dict[str, Any], Callable[[], int]]]:
+    """One of the two servers with no token (the default): its port, the path to POST, a valid body, and how
+    many requests it has accepted so far."""
+    if kind == "server":
+        async with open_server(_agent(), **options) as server:
+            yield server.port, "/sessions", {}, lambda: len(server.sessions)
+        return
+    channel = WebhookChannel(**options)
+    async with open_runtime() as runtime, open_gateway(runtime, _agent(), [channel]) as gateway:
+        await gateway.wait_ready(channel.name)
+        yield channel.port, "/messages", {"chat_id": "c", "text": "x"}, lambda: channel.statistics().accepted
+
+
+EVIL: Final = "http://evil.example"
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_refuse_a_cross_origin_request_and_a_foreign_host_with_403(kind: str) -> None:
+    """A web page of another origin (even sending JSON) and a foreign ``Host`` (DNS rebinding) get 403, in
+    the server's error shape, and nothing is created or accepted; the same request with no ``Origin``
+    (a non-browser client), the server's own origin or another port of a loopback name is fine."""
+    with trio.fail_after(TIMEOUT):
+        async with _serve_open(kind) as (port, path, body, accepted), httpx.AsyncClient(timeout=TIMEOUT) as client:
+            url = f"http://127.0.0.1:{port}{path}"
+            for headers in ({"origin": EVIL}, {"origin": "null"}, {"host": f"evil.example:{port}"}):
+                refused = await client.post(url, json=body, headers=headers)
+                assert refused.status_code == 403, headers
+                assert "error" in refused.json()
+            refused = await client.get(f"http://127.0.0.1:{port}/health", headers={"origin": EVIL})
+            assert refused.status_code in (403, 404)  # every request is checked (the webhook has no /health)
+            assert accepted() == 0
+            for headers in (
+                {},
+                {"origin": f"http://127.0.0.1:{port}"},
+                {"host": "localhost:1", "origin": "http://localhost:1"},
+            ):
+                assert (await client.post(url, json=body, headers=headers)).status_code in (201, 202), headers
+            assert accepted() == 3
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_take_the_origins_and_hosts_they_are_given(kind: str) -> None:
+    """``allowed_origins`` lets the pages of those origins in; ``allowed_hosts`` replaces the loopback names."""
+    options = {"allowed_origins": ["http://app.example:3000/"], "allowed_hosts": ["api.example"]}
+    with trio.fail_after(TIMEOUT):
+        async with _serve_open(kind, **options) as (port, path, body, _), httpx.AsyncClient(timeout=TIMEOUT) as c:
+            url = f"http://127.0.0.1:{port}{path}"
+            allowed = {"host": "API.example:8443", "origin": "http://app.example:3000"}
+            assert (await c.post(url, json=body, headers=allowed)).status_code in (201, 202)
+            assert (await c.post(url, json=body, headers={"host": "api.example", "origin": EVIL})).status_code == 403
+            assert (await c.post(url, json=body)).status_code == 403  # 127.0.0.1 is not a name it answers to now
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_refuse_a_body_that_is_not_json_with_415(kind: str) -> None:
+    """A ``text/plain`` (or untyped) body, which a browser sends cross-origin without asking, is 415; an empty
+    POST with no type (as ``open_sse_listener`` sends) is not."""
+    with trio.fail_after(TIMEOUT):
+        async with _serve_open(kind) as (port, path, body, accepted), httpx.AsyncClient(timeout=TIMEOUT) as client:
+            url = f"http://127.0.0.1:{port}{path}"
+            data = json.dumps(body).encode()
+            for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+                headers = {} if content_type is None else {"content-type": content_type}
+                response = await client.post(url, content=data, headers=headers)
+                assert response.status_code == 415, content_type
+                assert "error" in response.json()
+            assert accepted() == 0
+            assert (await client.post(url)).status_code != 415
+            json_utf8 = {"content-type": "Application/JSON; charset=utf-8"}
+            assert (await client.post(url, content=data, headers=json_utf8)).status_code in (201, 202)
+
+
+async def _dribble(port: int, path: str, *, every: float) -> bytes:
+    """POST a body a byte at a time, every ``every`` seconds, until the server answers; what it answered, to EOF."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        await stream.send_all(head.encode())
+        answer = bytearray()
+        async with trio.open_nursery() as nursery:
+
+            async def dribble() -> None:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while True:
+                        await stream.send_all(b" ")
+                        await trio.sleep(every)  # the pace of a slow client, not a wait for something
+
+            nursery.start_soon(dribble)
+            with contextlib.suppress(trio.BrokenResourceError):
+                while data := await stream.receive_some(4096):
+                    answer += data
+            nursery.cancel_scope.cancel()
+        return bytes(answer)
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_answer_a_dribbled_body_with_408_and_close(kind: str) -> None:
+    """A body sent a byte at a time never tripped Hypercorn's read timeout (it restarts at every read): the
+    whole body now has ``body_timeout`` seconds, then the answer is 408 and the connection is closed."""
+    with trio.fail_after(TIMEOUT):
+        async with _serve_open(kind, body_timeout=0.3) as (port, path, _, accepted):
+            answers: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(lambda: _append(answers, _dribble(port, path, every=0.02)))
+            assert accepted() == 0
+    assert len(answers) == 5
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b'"error"' in answer
+
+
+async def _append(answers: list[bytes], answer: Awaitable[bytes]) -> None:
+    answers.append(await answer)
+
+
+@asynccontextmanager
+async def _started(channel: WebhookChannel | WebSocketChannel) -> AsyncIterator[None]:
+    async with open_runtime() as runtime, open_gateway(runtime, _agent(), [channel]) as gateway:
+        await gateway.wait_ready(channel.name)
+        yield
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: open_server(_agent(), host="0.0.0.0"),  # the address under test
+        lambda: _started(WebhookChannel(host="0.0.0.0")),
+        lambda: _started(WebSocketChannel(host="::")),
+    ],
+    ids=["server", "webhook", "websocket"],
+)
+async def test_every_server_refuses_to_listen_beyond_loopback_without_a_token(make: Callable[[], Any]) -> None:
+    """Bound to every interface with no token, anyone on the network could drive the agent: refused before
+    anything listens, with a message that says what to do."""
+    with pytest.raises(UnsafeBindError, match="allow_unauthenticated_remote"):
+        async with make():
+            pass
+
+
+async def test_a_server_beyond_loopback_starts_with_a_token_or_when_told() -> None:
+    """A token, or ``allow_unauthenticated_remote=True``, lets it listen on every interface; it then answers
+    to any host name (the loopback names are the default only on loopback)."""
+    with trio.fail_after(TIMEOUT):
+        for options in ({"token": TOKEN}, {"allow_unauthenticated_remote": True}):
+            async with open_server(_agent(), host="0.0.0.0", **options) as server:
+                headers = {"host": "my-machine.lan", "authorization": f"Bearer {TOKEN}"}
+                async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+                    response = await client.post(f"http://127.0.0.1:{server.port}/sessions", headers=headers)
+                assert response.status_code == 201
+
+
+def test_the_cli_refuses_to_listen_beyond_loopback_without_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m streams serve --host 0.0.0.0`` with no token exits with the reason (before loading the agent)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--agent", "no_such_module:agent", "--host", "0.0.0.0"])
+    assert exited.value.code == 2
+    assert "--allow-unauthenticated-remote" in capsys.readouterr().err
+
+
+def _handshake(port: int, path: str, origin: str | None) -> Awaitable[int]:
+    """Open a WebSocket by hand with that ``Origin``; the handshake's status (101 if accepted)."""
+
+    async def handshake() -> int:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            extra = [] if origin is None else [(b"origin", origin.encode())]
+            await stream.send_all(ws.send(WSRequest(host=f"127.0.0.1:{port}", target=path, extra_headers=extra)))
+            while True:
+                data = await stream.receive_some(4096)
+                assert data, "closed before answering the handshake"
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection):
+                        return 101
+                    if isinstance(event, RejectConnection):
+                        return event.status_code
+
+    return handshake()
+
+
+@pytest.mark.parametrize("path", ["/sessions/s1/updates", "/sessions/s1/workspace", "websocket channel"])
+async def test_every_websocket_refuses_a_cross_origin_handshake_with_403(path: str) -> None:
+    """A web page of another origin got its WebSocket (101) and its workspace commands answered: now the
+    handshake is 403, on the server's endpoints and the WebSocket channel alike; a non-browser client (no
+    ``Origin``) and an allowed origin still connect."""
+    with trio.fail_after(TIMEOUT):
+        if path == "websocket channel":
+            channel = WebSocketChannel(allowed_origins=["http://app.example"])
+            async with _started(channel):
+                statuses = [
+                    await _handshake(channel.port, "/", origin) for origin in (EVIL, None, "http://app.example")
+                ]
+        else:
+            async with open_server(_agent(), allowed_origins=["http://app.example"]) as server:
+                await server.open_session("s1")
+                statuses = [
+                    await _handshake(server.port, path, origin) for origin in (EVIL, None, "http://app.example")
+                ]
+    assert statuses == [403, 101, 101]
+
+
+@pytest.mark.parametrize("option", ["write_timeout", "body_timeout", "backlog"])
+async def test_deadlines_and_backlog_must_be_above_zero(option: str) -> None:
+    """A zero deadline would fail inside Hypercorn's send, far from the mistake: it is refused up front."""
+    zero: dict[str, Any] = {option: 0}
+    with pytest.raises(ValueError, match=option):
+        async with open_server(_agent(), **zero):
+            pass
+    with pytest.raises(ValueError, match=option):
+        WebhookChannel(**zero)

@@ -130,7 +130,7 @@ async def test_webhook_rejects_bad_json_and_missing_fields_with_422() -> None:
     async with serving(channel) as client:
         with trio.fail_after(10):
             responses = [
-                await client.post("/messages", content=b"{not json"),
+                await client.post("/messages", content=b"{not json", headers={"content-type": "application/json"}),
                 await client.post("/messages", json=["a list"]),
                 await client.post("/messages", json={"text": "no chat id"}),
                 await client.post("/messages", json={"chat_id": "c"}),

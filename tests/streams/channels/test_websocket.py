@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 import trio
 import trio.testing
+import wsproto
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 from agents import Agent, ModelRequest, ScriptedModel, UserMessage
 from runtime import Channel, MessageBus, OutboundMessage, open_gateway, open_runtime
@@ -230,3 +234,32 @@ def test_websocket_channel_rejects_a_bad_queue_size() -> None:
 def test_websocket_channel_is_a_channel() -> None:
     """WebSocketChannel implements the runtime's Channel protocol."""
     assert isinstance(WebSocketChannel(), Channel)
+
+
+async def test_websocket_channel_drops_a_client_that_takes_no_reply_within_the_write_deadline() -> None:
+    """A client that stops reading and is sent one reply larger than the buffers in between: the write
+    waited forever (the queue never overflows with one message). Past ``write_timeout`` it is closed as too
+    slow, while it is still connected."""
+    big = ("x" * 1023 + " ") * 8192  # 8 MiB: more than the server's send and the client's receive buffers
+    channel = WebSocketChannel(write_timeout=0.2)
+    with trio.fail_after(10):
+        async with (
+            open_runtime() as runtime,
+            open_gateway(runtime, Agent(name="big", model=ScriptedModel([big])), [channel]) as gateway,
+        ):
+            await gateway.wait_ready("websocket")
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+            await sock.connect(("127.0.0.1", channel.port))
+            async with trio.SocketStream(sock) as stream:
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+                accepted = False
+                while not accepted:
+                    ws.receive_data(await stream.receive_some(4096))
+                    accepted = any(isinstance(event, AcceptConnection) for event in ws.events())
+                await stream.send_all(ws.send(TextMessage("say something long")))
+                while channel.statistics().connections:  # noqa: ASYNC110  # nothing to wait on: polled, under fail_after
+                    await trio.sleep(0.01)
+                assert channel.statistics().closed_too_slow == 1
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -1,0 +1,206 @@
+"""Serving under Hypercorn: clients that stop reading are dropped on a write deadline; a burst of connections is queued.
+
+Real sockets everywhere, so the real clock and a ``trio.fail_after`` around each test. A client that
+"stops reading" is a raw trio socket with a small receive buffer that reads nothing after the
+response starts; the server is made to send it one message larger than every buffer in between
+(8 MiB), so that send cannot finish until the client reads. The deadlines are short (0.2 s) to keep
+the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+import wsproto
+from wsproto.events import AcceptConnection, Ping, Request, TextMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.streams.conftest import Create, MakeAgent, RunAttached, Serving
+
+TIMEOUT: Final = 10
+DEADLINE: Final = 0.2
+"""The write deadline the servers here are given."""
+BIG: Final = ("x" * 1023 + " ") * 8192
+"""8 MiB: more than the server's send buffer and the client's receive buffer together (Linux: at most 4 MiB and
+a little), in 8192 words, so a run saying it has more events than its channel holds and blocks on its client."""
+_RST_LINGER: Final = struct.pack("ii", 1, 0)
+
+
+async def _connect(port: int) -> trio.SocketStream:
+    """A loopback connection whose receive buffer is as small as the kernel allows, so it fills at once."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+def _reset(stream: trio.SocketStream) -> None:
+    """Close with an RST: no FIN handshake to wait for, no unread data to trip over."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+    stream.socket.close()
+
+
+async def _request(port: int, method: str, path: str, body: Any = None) -> trio.SocketStream:
+    """Send one HTTP/1.1 request and read nothing back."""
+    stream = await _connect(port)
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(payload)}\r\n"
+    if payload:
+        head += "Content-Type: application/json\r\n"
+    await stream.send_all(head.encode() + b"\r\n" + payload)
+    return stream
+
+
+async def _websocket(port: int, path: str) -> tuple[trio.SocketStream, wsproto.WSConnection]:
+    """A WebSocket opened by hand (wsproto), read up to the handshake's answer and never again."""
+    stream = await _connect(port)
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    await stream.send_all(ws.send(Request(host=f"127.0.0.1:{port}", target=path)))
+    while True:
+        data = await stream.receive_some(4096)
+        assert data, "the server closed the handshake"
+        ws.receive_data(data)
+        if any(isinstance(event, AcceptConnection) for event in ws.events()):
+            return stream, ws
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds (the server's counters change in its own tasks, with nothing to wait on)."""
+    while not condition():  # noqa: ASYNC110  # nothing to wait on: polled, bounded by the test's fail_after
+        await trio.sleep(0.01)
+
+
+async def test_an_sse_run_whose_client_stops_reading_is_dropped_on_the_deadline_and_frees_the_run_slot(
+    serving: Serving, make_agent: MakeAgent, create: Create, run_attached: RunAttached
+) -> None:
+    """A run's client that reads nothing held the run, and the session's run slot, forever (Hypercorn's send is
+    shielded). Past the write deadline its connection is closed: the run ends cancelled and the next run of
+    the session streams at once."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(answer=BIG), write_timeout=DEADLINE) as (server, client):
+            await create(client, "s1")
+            stuck = await _request(server.port, "POST", "/sessions/s1/runs", {"input": "long"})
+            try:
+                await _until(lambda: server.statistics().sse_streams == 1)
+                events = await run_attached(client, "s1", "hello")  # waits for the run slot
+                assert (events[-1]["type"], events[-1]["reason"]) == ("RunFinished", "completed")
+                served = server.sessions["s1"]
+                assert served.run_count == 2
+                assert [log.finished for log in served.runs.values()] == [True, True]
+                assert server.statistics().sse_streams == 0
+            finally:
+                _reset(stuck)
+
+
+async def test_a_feed_client_that_stops_reading_is_dropped_and_its_handler_ends_with_the_session(
+    serving: Serving, make_agent: MakeAgent, create: Create
+) -> None:
+    """A between-run feed client that reads nothing: once its session is deleted, its handler (and its
+    socket and tasks) stayed until the client left. Now the deadline closes it while the client is
+    still connected."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), write_timeout=DEADLINE) as (server, client):
+            await create(client, "s1")
+            stuck = await _request(server.port, "GET", "/sessions/s1/feed")
+            try:
+                await _until(lambda: server.statistics().sse_streams == 1)
+                server.sessions["s1"].notify(BIG)
+                assert (await client.delete("/sessions/s1")).status_code == 204
+                await _until(lambda: server.statistics().sse_streams == 0)
+                assert server.statistics().sessions == 0
+            finally:
+                _reset(stuck)
+
+
+async def test_an_updates_websocket_that_stops_reading_is_dropped_on_the_deadline(
+    serving: Serving, make_agent: MakeAgent, create: Create
+) -> None:
+    """An ``updates`` client that reads nothing is closed once a send to it has taken the deadline."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(answer=BIG), write_timeout=DEADLINE) as (server, client):
+            await create(client, "s1")
+            stream, _ = await _websocket(server.port, "/sessions/s1/updates")
+            try:
+                await _until(lambda: server.statistics().websockets == 1)
+                response = await client.post("/sessions/s1/runs", json={"input": "long", "detach": True})
+                assert response.status_code == 202
+                await _until(lambda: server.statistics().websockets == 0)
+            finally:
+                _reset(stream)
+
+
+async def test_a_workspace_client_that_stops_reading_and_pings_is_dropped_not_left_unread(
+    serving: Serving, make_agent: MakeAgent, create: Create
+) -> None:
+    """Why the workspace server stopped reading a non-reading client's commands: Hypercorn answers a ping
+    from its read loop, and the pong waits for the connection's send lock, held by the send stuck on the
+    client's full window, so the read loop (and every command after the ping) waited forever
+    (``websockets`` clients ping every 20 s). Now that stuck send ends on the deadline: the connection is
+    closed, and nothing is left waiting."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), write_timeout=DEADLINE) as (server, client):
+            await create(client, "s1")
+            server.sessions["s1"].workspace.write("big", BIG)
+            stream, ws = await _websocket(server.port, "/sessions/s1/workspace")
+            try:
+                await _until(lambda: server.statistics().websockets == 1)
+                read = ws.send(TextMessage(json.dumps({"op": "read", "path": "big", "id": 1})))
+                await stream.send_all(read + ws.send(Ping(b"are you there")))
+                await _until(lambda: server.statistics().websockets == 0)
+            finally:
+                _reset(stream)
+
+
+def _burst(port: int, count: int) -> int:
+    """Open ``count`` connections at once, without letting the server run, and count those the kernel completed.
+
+    Synchronous on purpose: the server accepts nothing meanwhile, so every connection must wait in the
+    listen backlog; one that does not fit has its SYN dropped and is not established.
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        poller = select.poll()
+        for sock in sockets:
+            poller.register(sock, select.POLLOUT)
+        ready: set[int] = set()
+        for _ in range(50):  # a loopback handshake takes microseconds; a dropped SYN waits 1 s to be sent again
+            ready.update(fd for fd, _ in poller.poll(10))
+            if len(ready) == count:
+                break
+        return sum(
+            1 for sock in sockets if sock.fileno() in ready and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        )
+    finally:
+        for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+            sock.close()
+
+
+BURST: Final = 400
+
+
+async def test_a_burst_of_connections_is_all_accepted(serving: Serving, make_agent: MakeAgent) -> None:
+    """400 connections at once all fit in the listen backlog (Hypercorn's own default, 100, dropped 22 % of a
+    burst of 500); the server then serves on."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            assert _burst(server.port, BURST) == BURST
+            assert (await client.get("/health")).status_code == 200
+
+
+async def test_the_backlog_is_an_option(serving: Serving, make_agent: MakeAgent) -> None:
+    """A small backlog is taken as given: the same burst then overflows it (what the test above guards)."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), backlog=16) as (server, client):
+            assert _burst(server.port, BURST) < BURST // 2
+            assert (await client.get("/health")).status_code == 200
