@@ -11,7 +11,7 @@ The tree::
     ├── ClosedRemoteSessionError    we closed it: the ``open_remote_session`` block ended
     ├── InvalidRequestError         a request could not be made as asked (a bad URL, an unsupported scheme)
     ├── ListenerBusyError           a between-run listener for that remote session is already running
-    ├── WorkspaceError              a workspace command failed
+    ├── WorkspaceError              a workspace command failed (``kind``: the answer's error type)
     └── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
 
 Following trio: *Closed* means this side closed it (trio's
@@ -75,9 +75,16 @@ class ListenerBusyError(StreamError):
 class WorkspaceError(StreamError):
     """A workspace command failed (unknown file, bad command, workspace full)."""
 
+    def __init__(self, message: str, *, kind: str = "bad_command") -> None:
+        super().__init__(message)
+        self.kind = kind
+        """The error's ``type`` in the workspace protocol (PROTOCOL.md): ``no_such_file``, ``bad_path``,
+        ``workspace_full``, ``bad_command``, ``bad_json``."""
+
 
 class SessionExistsError(StreamError, ValueError):
     """``Server.open_session`` was given the id of a session it serves already (HTTP 409).
 
     Also a ``ValueError``, which is what it was before it joined the :class:`StreamError` tree.
     """
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections import OrderedDict
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,18 +16,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agents._json import loads_untrusted
 from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicitationError, open_runtime
 from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
+from ._errors import error_response, json_errors
 from ._exceptions import SessionExistsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._requests import RequestRejected, bearer_token_matches, read_body
 from ._runlog import RunLog
 from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
+from ._ws_failures import send_close_frames_on_protocol_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +48,7 @@ KEPT_RUNS: Final = 8
 REPLAY_LIMIT: Final = 10_000
 """Events of one run kept for clients that subscribe late (the oldest go first)."""
 _GOING_AWAY: Final = 1001
+_UNSUPPORTED_DATA: Final = 1003
 
 
 @attrs.frozen
@@ -69,7 +72,11 @@ class _HTTPError(Refusal):
         self.kind = kind
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"type": self.kind, "message": str(self)}}, status_code=self.status)
+        return error_response(self.status, self.kind, str(self))
+
+
+class _BinaryFrame(Exception):
+    """A client sent a binary frame where the protocol has text (JSON) only."""
 
 
 async def _error_response(request: Request, error: Exception) -> Response:
@@ -207,10 +214,9 @@ class Server:
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
-                Route("/sessions", self._create, methods=["POST"]),
-                Route("/sessions", self._list, methods=["GET"]),
-                Route("/sessions/{sid}", self._get, methods=["GET"]),
-                Route("/sessions/{sid}", self._delete, methods=["DELETE"]),
+                # One route per path, so that a 405 names every method the path takes (``Allow``).
+                Route("/sessions", self._on_sessions, methods=["GET", "POST"]),
+                Route("/sessions/{sid}", self._on_session, methods=["GET", "DELETE"]),
                 Route("/sessions/{sid}/runs", self._run, methods=["POST"]),
                 Route("/sessions/{sid}/runs/{rid}/events", self._follow_run, methods=["GET"]),
                 Route("/sessions/{sid}/elicitations/{eid}", self._answer, methods=["POST"]),
@@ -221,6 +227,7 @@ class Server:
             exception_handlers={_HTTPError: _error_response},
         )
         """The ASGI app."""
+        json_errors(self.app)
 
     @property
     def url(self) -> str:
@@ -295,12 +302,18 @@ class Server:
         if not body:
             return {}
         try:
-            data = json.loads(body)
+            data = loads_untrusted(body)
         except ValueError as exc:
             raise _HTTPError(422, "bad_json", f"the body is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise _HTTPError(422, "bad_json", "the body must be a JSON object")
         return data
+
+    async def _on_sessions(self, request: Request) -> Response:
+        return await (self._create if request.method == "POST" else self._list)(request)
+
+    async def _on_session(self, request: Request) -> Response:
+        return await (self._delete if request.method == "DELETE" else self._get)(request)
 
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -493,7 +506,7 @@ class Server:
 
                 async def receive() -> None:
                     while True:
-                        await websocket.receive_text()  # nothing to read; this notices the client leaving
+                        await _receive_text(websocket)  # nothing to read; this notices the client leaving
 
                 await self._pump_ws(websocket, subscriber.get, receive)
         finally:
@@ -510,7 +523,7 @@ class Server:
 
                 async def receive() -> None:
                     while True:
-                        subscriber.put(_answer_command(served.workspace, await websocket.receive_text()))
+                        subscriber.put(_answer_command(served.workspace, await _receive_text(websocket)))
 
                 await self._pump_ws(websocket, subscriber.get, receive)
         finally:
@@ -522,14 +535,21 @@ class Server:
         get: Callable[[], Awaitable[dict[str, Any] | Dropped]],
         receive: Callable[[], Awaitable[None]],
     ) -> None:
-        """Send what ``get`` gives until it ends (the session closed) or the client leaves (``receive`` returns)."""
+        """Send what ``get`` gives until it ends (the session closed) or the client leaves (``receive`` returns).
+
+        A binary frame from the client closes the connection with 1003 (unsupported data).
+        """
+        close: tuple[int, str] | None = None
         async with trio.open_nursery() as nursery:
 
             async def read() -> None:
+                nonlocal close
                 try:
                     await receive()
-                except (WebSocketDisconnect, RuntimeError, KeyError):
-                    pass  # the client left (or broke the protocol: a binary frame)
+                except _BinaryFrame as exc:
+                    close = (_UNSUPPORTED_DATA, str(exc))
+                except (WebSocketDisconnect, RuntimeError):
+                    pass  # the client left
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(read)
@@ -540,24 +560,47 @@ class Server:
                         message = {"type": "EventsDropped", "count": message.count}
                     await websocket.send_text(dumps(message))
             except trio.EndOfChannel:
-                with trio.move_on_after(self._heartbeat):
-                    await websocket.close(_GOING_AWAY if self._closing else 1000)
+                close = (_GOING_AWAY if self._closing else 1000, "")
             except (WebSocketDisconnect, OSError, RuntimeError):
                 pass  # the client left
             nursery.cancel_scope.cancel()
+        if close is not None:
+            with trio.move_on_after(self._heartbeat):
+                await websocket.close(*close)
+
+
+async def _receive_text(websocket: WebSocket) -> str:
+    """The next text frame from the client.
+
+    Raises:
+        WebSocketDisconnect: the client left.
+        _BinaryFrame: it sent a binary frame.
+    """
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise _BinaryFrame("binary frames are not part of this protocol: send JSON text")
+    return text
 
 
 def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
+    """The ``result`` message answering a client's command (PROTOCOL.md): never an exception."""
     try:
-        command = json.loads(text)
-    except ValueError:
-        return {"type": "result", "id": None, "ok": False, "error": "a command is a JSON object"}
+        command = loads_untrusted(text)
+    except ValueError as exc:
+        return _failed(None, "bad_json", f"a command is a JSON object: {exc}")
     command_id = command.get("id") if isinstance(command, dict) else None
     try:
         fields = workspace.command(command)
     except WorkspaceError as exc:
-        return {"type": "result", "id": command_id, "ok": False, "error": str(exc)}
+        return _failed(command_id, exc.kind, str(exc))
     return {"type": "result", "id": command_id, "ok": True, **fields}
+
+
+def _failed(command_id: Any, kind: str, message: str) -> dict[str, Any]:
+    return {"type": "result", "id": command_id, "ok": False, "error": {"type": kind, "message": message}}
 
 
 @asynccontextmanager
@@ -620,6 +663,7 @@ async def open_server(
         config.errorlog = logger
         config.accesslog = None
         shutdown = trio.Event()
+        send_close_frames_on_protocol_errors()  # 1007 for a text frame that is not UTF-8, not a dropped TCP
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(serve_app, server.app, config, shutdown)
             server.host, _, bound_port = binds[0].removeprefix("http://").rpartition(":")
