@@ -14,7 +14,7 @@ import trio
 
 from agents import Agent
 
-from ._server import open_server
+from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,13 +37,23 @@ def load_agent(spec: str) -> Agent:
     return found
 
 
-async def serve(agent: Agent, *, host: str, port: int, token: str | None, idle_timeout: float | None) -> None:
+async def serve(
+    agent: Agent,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    idle_timeout: float | None,
+    max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+) -> None:
     """Serve ``agent`` until Ctrl-C or SIGTERM, printing the URL once listening."""
     # Ctrl-C (and SIGTERM) arrive here as a message, so that shutdown is the
     # ordinary exit of the server's block, not a KeyboardInterrupt raised in
     # whichever task happens to be running.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(agent, host=host, port=port, token=token, idle_timeout=idle_timeout) as server:
+        async with open_server(
+            agent, host=host, port=port, token=token, idle_timeout=idle_timeout, max_sessions=max_sessions
+        ) as server:
             print(f"serving on {server.url}", flush=True)
             print(f"agent {agent.name!r}; Ctrl-C stops", flush=True)
             async for _ in signals:
@@ -60,7 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument(
         "--token", default=os.environ.get("TRIO_AGENTS_TOKEN"), help="require this bearer token (env TRIO_AGENTS_TOKEN)"
     )
-    serve_parser.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this long (s)")
+    serve_parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"close sessions idle this long, in seconds (default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)",
+    )
+    serve_parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"the most sessions open at once (default {DEFAULT_MAX_SESSIONS}; 0: no limit)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, os.getcwd())  # like python -m: modules next to the caller are found
     try:
@@ -70,7 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(
             functools.partial(
-                serve, agent, host=args.host, port=args.port, token=args.token, idle_timeout=args.idle_timeout
+                serve,
+                agent,
+                host=args.host,
+                port=args.port,
+                token=args.token,
+                idle_timeout=args.idle_timeout or None,
+                max_sessions=args.max_sessions or None,
             )
         )
     except KeyboardInterrupt:

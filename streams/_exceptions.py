@@ -12,7 +12,9 @@ The tree::
     ├── InvalidRequestError         a request could not be made as asked (a bad URL, an unsupported scheme)
     ├── ListenerBusyError           a between-run listener for that remote session is already running
     ├── WorkspaceError              a workspace command failed (``kind``: the answer's error type)
-    └── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+    ├── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+    ├── InvalidSessionIdError       ``Server.open_session`` got an id outside the safe set (also a ValueError)
+    └── TooManySessionsError        ``Server.open_session`` would pass the server's ``max_sessions``
 
 Following trio: *Closed* means this side closed it (trio's
 ``ClosedResourceError``); *Broken* means the peer or the network did
@@ -88,3 +90,14 @@ class SessionExistsError(StreamError, ValueError):
     Also a ``ValueError``, which is what it was before it joined the :class:`StreamError` tree.
     """
 
+
+class InvalidSessionIdError(StreamError, ValueError):
+    """``Server.open_session`` was given an id outside the safe set (HTTP 422 ``bad_session_id``).
+
+    An id is 1 to 128 characters of ``A-Z a-z 0-9 . _ -``, starting with a letter or a digit
+    (:data:`~streams.SESSION_ID_PATTERN`): it goes into URLs and logs as it is.
+    """
+
+
+class TooManySessionsError(StreamError):
+    """``Server.open_session`` would pass the server's ``max_sessions`` (HTTP 503 ``too_many_sessions``)."""

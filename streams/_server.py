@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections import OrderedDict
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -24,7 +25,7 @@ from runtime.events import RunFinished, RunStarted
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
 from ._errors import error_response, json_errors
-from ._exceptions import SessionExistsError, WorkspaceError
+from ._exceptions import InvalidSessionIdError, SessionExistsError, TooManySessionsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._requests import RequestRejected, bearer_token_matches, read_body
 from ._runlog import RunLog
@@ -47,6 +48,15 @@ KEPT_RUNS: Final = 8
 """Finished runs a client can still subscribe to, per session."""
 REPLAY_LIMIT: Final = 10_000
 """Events of one run kept for clients that subscribe late (the oldest go first)."""
+DEFAULT_IDLE_TIMEOUT: Final = 900.0
+"""Seconds a served session may stay idle (no run, no open stream) before it is closed, by default."""
+DEFAULT_MAX_SESSIONS: Final = 1000
+"""Served sessions open at once, at most, by default."""
+SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A session id a client may choose: 1 to 128 of ``A-Z a-z 0-9 . _ -``, the first a letter or a digit.
+
+Each goes into a URL path as it is (no ``/``, no escapes, never ``.`` or ``..``) and into logs (no
+CR or LF)."""
 _GOING_AWAY: Final = 1001
 _UNSUPPORTED_DATA: Final = 1003
 
@@ -193,6 +203,7 @@ class Server:
         heartbeat: float,
         subscriber_buffer: int,
         max_body: int,
+        max_sessions: int | None = DEFAULT_MAX_SESSIONS,
     ) -> None:
         self.runtime = runtime
         """The runtime whose sessions are served."""
@@ -206,6 +217,7 @@ class Server:
         self._heartbeat = heartbeat
         self._buffer = subscriber_buffer
         self._max_body = max_body
+        self._max_sessions = max_sessions
         self._sessions: dict[str, ServedSession] = {}
         self._closing = False
         self._streaming = 0
@@ -248,15 +260,30 @@ class Server:
         """Start a served session (what ``POST /sessions`` does).
 
         Raises:
+            InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
             SessionExistsError: a served session has that id.
+            TooManySessionsError: ``max_sessions`` are open.
             ClosedSessionError: the server is shutting down.
         """
+        if session_id is not None and not (isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id)):
+            raise InvalidSessionIdError(
+                "a session id is 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or a digit"
+            )
         if self._closing:
             raise ClosedSessionError("the server is shutting down")
+        if session_id in self._sessions:  # a conflict, whether or not there is room
+            raise SessionExistsError(f"session {session_id!r} exists")
+        self._check_room()
         handle = await self.runtime.start_session(self.agent, session_id=session_id, idle_timeout=self._idle_timeout)
-        if handle.session.id in self._sessions:  # checked after the await: no other task can slip in between
+        # Checked again after the await: no other task can slip in between these checks and the insert.
+        if handle.session.id in self._sessions:
             await handle.aclose()
             raise SessionExistsError(f"session {handle.session.id!r} exists")
+        try:
+            self._check_room()
+        except TooManySessionsError:
+            await handle.aclose()
+            raise
         served = ServedSession(handle, buffer=self._buffer)
         self._sessions[served.id] = served
         try:
@@ -266,6 +293,10 @@ class Server:
             await handle.aclose()
             raise
         return served
+
+    def _check_room(self) -> None:
+        if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
+            raise TooManySessionsError(f"the server has {self._max_sessions} sessions open, its most")
 
     async def _keep(self, served: ServedSession) -> None:
         try:
@@ -323,14 +354,16 @@ class Server:
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
         session_id = body.get("id")
-        if session_id is not None and (not isinstance(session_id, str) or not session_id or len(session_id) > 128):
-            raise _HTTPError(422, "bad_request", "'id' must be a non-empty string of at most 128 characters")
         try:
             served = await self.open_session(session_id)
+        except InvalidSessionIdError as exc:
+            raise _HTTPError(422, "bad_session_id", f"'id': {exc}") from None
         except ClosedSessionError:
             raise _HTTPError(503, "shutting_down", "the server is shutting down") from None
         except SessionExistsError as exc:
             raise _HTTPError(409, "conflict", str(exc)) from None
+        except TooManySessionsError as exc:
+            raise _HTTPError(503, "too_many_sessions", str(exc)) from None
         return JSONResponse(served.describe(), status_code=201)
 
     async def _list(self, request: Request) -> Response:
@@ -447,7 +480,8 @@ class Server:
                         return message
                     return message["type"], message
 
-                yield next_message
+                with served.session.in_use():  # a client watching counts as activity: no idle reaping
+                    yield next_message
             finally:
                 served.feed.remove(subscriber)
 
@@ -502,7 +536,7 @@ class Server:
         if served is None:
             return
         try:
-            with served.updates.subscribe() as subscriber:
+            with served.updates.subscribe() as subscriber, served.session.in_use():
 
                 async def receive() -> None:
                     while True:
@@ -519,7 +553,7 @@ class Server:
         try:
             # Changes and answers share the connection's buffer: an answer
             # follows the change its command caused.
-            with served.changes.subscribe() as subscriber:
+            with served.changes.subscribe() as subscriber, served.session.in_use():
 
                 async def receive() -> None:
                     while True:
@@ -611,7 +645,8 @@ async def open_server(
     port: int = 0,
     token: str | None = None,
     runtime: Runtime | None = None,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    max_sessions: int | None = DEFAULT_MAX_SESSIONS,
     heartbeat: float = 15.0,
     subscriber_buffer: int = 256,
     max_body: int = 2**20,
@@ -637,7 +672,11 @@ async def open_server(
         token: If given, every endpoint but ``/health`` requires
             ``Authorization: Bearer <token>``.
         runtime: Serve sessions of this runtime (default: a runtime of its own).
-        idle_timeout: Close a served session after this many seconds without a run.
+        idle_timeout: Close a served session after this many seconds idle: no run,
+            and no feed, ``updates`` or ``workspace`` connection open; ``None``:
+            never. 15 minutes by default.
+        max_sessions: The most served sessions open at once; past it, ``POST
+            /sessions`` is 503 ``too_many_sessions`` (``None``: no limit).
         heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
         subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
             client; a slower client loses the oldest (and is told how many).
@@ -656,6 +695,7 @@ async def open_server(
             heartbeat=heartbeat,
             subscriber_buffer=subscriber_buffer,
             max_body=max_body,
+            max_sessions=max_sessions,
         )
         config = Config()
         config.bind = [f"{host}:{port}"]
