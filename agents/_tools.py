@@ -7,7 +7,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
 import pydantic
@@ -20,11 +20,19 @@ from ._messages import ToolSpec
 if typing.TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from pydantic_core import ErrorDetails
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
 _ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 _SECTION = re.compile(r"^\s*[A-Z]\w*( \w+)?::?\s*$")
+
+MAX_REPORTED_ERRORS: Final = 10
+"""Validation problems a tool's arguments error names (the rest are counted): a model sending
+100,000 unexpected arguments gets a short answer, quickly."""
+_MAX_LOCATION: Final = 100
+_MAX_PROBLEM: Final = 200
 
 
 @attrs.frozen(eq=False)
@@ -55,16 +63,30 @@ class Tool:
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``arguments`` against the schema, returning the coerced values.
 
+        The error names at most :data:`MAX_REPORTED_ERRORS` problems (each
+        clipped) and counts the rest, however many arguments a model sent:
+        its message goes back to the model.
+
         Raises:
             ToolArgumentsError: they do not match.
         """
+        known = self.parameters.get("properties", {})
+        values: dict[str, Any] = {}
+        unexpected = 0
+        for key, value in arguments.items():
+            if key in known:
+                values[key] = value
+            else:
+                unexpected += 1
+                if unexpected <= MAX_REPORTED_ERRORS:  # enough for pydantic to name; the rest are counted
+                    values[key] = value
         try:
-            model = self._arguments.validate_python(dict(arguments))
+            model = self._arguments.validate_python(values)
         except pydantic.ValidationError as exc:
+            errors = exc.errors(include_url=False)[:MAX_REPORTED_ERRORS]
+            more = exc.error_count() - len(errors) + max(0, unexpected - MAX_REPORTED_ERRORS)
             raise ToolArgumentsError(
-                self.name,
-                f"invalid arguments for tool {self.name!r}: {_summarize(exc)}",
-                exc.errors(include_url=False),
+                self.name, f"invalid arguments for tool {self.name!r}: {_summarize(errors, more)}", errors
             ) from None
         return {info.alias: getattr(model, field) for field, info in type(model).model_fields.items()}
 
@@ -272,12 +294,19 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return "\n".join(description).strip(), args
 
 
-def _summarize(exc: pydantic.ValidationError) -> str:
+def _summarize(errors: list[ErrorDetails], more: int) -> str:
+    """The errors (each clipped), then how many ``more`` there were."""
     parts = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         location = ".".join(str(part) for part in error["loc"]) or "arguments"
-        parts.append(f"{location}: {error['msg']}")
+        parts.append(f"{_clip(location, _MAX_LOCATION)}: {_clip(error['msg'], _MAX_PROBLEM)}")
+    if more:
+        parts.append(f"and {more} more")
     return "; ".join(parts)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 ToolLike = Tool | Toolset | Callable[..., Any] | Callable[..., Awaitable[Any]]

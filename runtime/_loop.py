@@ -37,6 +37,7 @@ from agents import (
     tool,
 )
 from agents._exceptions import describe
+from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 
 from ._bridge import ElicitationBridge, PendingElicitation
 from ._latch import Latch
@@ -529,11 +530,16 @@ def _summary(agent: Agent) -> str:
 
 
 def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
+    """The call's arguments, or ``{}`` and the error the model is told (never an exception: a model's
+    bad arguments are an error result of that call, and the turn's other calls go on)."""
     raw = call.arguments
     if isinstance(raw, Mapping):
-        return dict(raw), None
+        arguments = dict(raw)
+        if nested_deeper_than(arguments, MAX_JSON_DEPTH):
+            return {}, f"the arguments for tool {call.name!r} are nested deeper than {MAX_JSON_DEPTH} levels"
+        return arguments, None
     try:
-        value = json.loads(raw) if raw.strip() else {}
+        value = loads_untrusted(raw) if raw.strip() else {}
     except ValueError as exc:
         return {}, f"the arguments for tool {call.name!r} are not valid JSON: {exc}"
     if not isinstance(value, dict):

@@ -148,8 +148,9 @@ class Runtime:
         Args:
             agent: What the session runs.
             session_id: Its id; made up if not given.
-            idle_timeout: Close it after this many seconds without a run;
-                defaults to the runtime's ``idle_timeout``; ``None``: never.
+            idle_timeout: Close it after this many seconds without a run (or a
+                :meth:`Session.in_use` block); defaults to the runtime's
+                ``idle_timeout``; ``None``: never.
 
         A failure inside the session (one of its own tasks raising) closes
         that session only; it is logged and kept on :attr:`SessionHandle.error`.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -19,7 +20,7 @@ from ._stream import RunStream
 from ._task_group import TaskGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
     import httpx
 
@@ -267,6 +268,27 @@ class Session:
         self._handlers.append(attached)
         return attached
 
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """While the block runs, the session counts as busy for idle reaping, as during a run.
+
+        For what uses a session between its runs: the served runtime holds it
+        for each connection watching the session (an SSE feed, an ``updates``
+        or ``workspace`` WebSocket), so a client that only listens does not
+        see its session reaped. The idle time counts again from the block's
+        end. Tasks given to :meth:`start_soon` do not count: only this does.
+
+        Example::
+
+            with session.in_use():
+                await serve_the_watcher()
+        """
+        self._runs_in_flight += 1  # reaping waits for this count (runs and holders) to fall to 0
+        try:
+            yield
+        finally:
+            self._became_unused()
+
     async def _serve_handler(self, handler: StreamHandler) -> None:
         try:
             await handler.serve()
@@ -337,6 +359,9 @@ class Session:
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)
+        self._became_unused()
+
+    def _became_unused(self) -> None:
         self._runs_in_flight -= 1
         self._last_active = trio.current_time()
         if self._runs_in_flight == 0 and self._became_idle is not None:

@@ -26,6 +26,7 @@ from ._exceptions import (
     BrokenStreamError as BrokenStreamError,
     ClosedRemoteSessionError as ClosedRemoteSessionError,
     InvalidRequestError as InvalidRequestError,
+    InvalidSessionIdError as InvalidSessionIdError,
     ListenerBusyError as ListenerBusyError,
     MalformedMessageError as MalformedMessageError,
     PeerSilentError as PeerSilentError,
@@ -33,6 +34,7 @@ from ._exceptions import (
     SessionExistsError as SessionExistsError,
     StreamClosedError as StreamClosedError,
     StreamError as StreamError,
+    TooManySessionsError as TooManySessionsError,
     UnsafeBindError as UnsafeBindError,
     WorkspaceError as WorkspaceError,
 )
@@ -46,6 +48,9 @@ from ._remote import (
     open_remote_session as open_remote_session,
 )
 from ._server import (
+    DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
+    SESSION_ID_PATTERN as SESSION_ID_PATTERN,
     ServedSession as ServedSession,
     Server as Server,
     ServerStatistics as ServerStatistics,

@@ -16,7 +16,7 @@ from agents import Agent
 
 from ._exceptions import UnsafeBindError
 from ._requests import check_bind
-from ._server import open_server
+from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,7 +66,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument(
         "--token", default=os.environ.get("TRIO_AGENTS_TOKEN"), help="require this bearer token (env TRIO_AGENTS_TOKEN)"
     )
-    serve_parser.add_argument("--idle-timeout", type=float, default=None, help="close sessions idle this long (s)")
+    serve_parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help=f"close sessions idle this long, in seconds (default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)",
+    )
+    serve_parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"the most sessions open at once (default {DEFAULT_MAX_SESSIONS}; 0: no limit)",
+    )
     serve_parser.add_argument(
         "--allow-origin",
         action="append",
@@ -116,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 host=args.host,
                 port=args.port,
                 token=args.token,
-                idle_timeout=args.idle_timeout,
+                idle_timeout=args.idle_timeout or None,
+                max_sessions=args.max_sessions or None,
                 allowed_origins=args.allow_origin,
                 allowed_hosts=args.allow_host,
                 write_timeout=args.write_timeout,

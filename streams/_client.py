@@ -361,7 +361,7 @@ class WorkspaceStream:
         if reply.answer is None:
             raise self._error or StreamClosedError(f"{self._url} closed before answering")
         if not reply.answer.get("ok"):
-            raise WorkspaceError(str(reply.answer.get("error")))
+            raise _workspace_error(reply.answer.get("error"))
         return reply.answer
 
     def __aiter__(self) -> WorkspaceStream:
@@ -399,6 +399,14 @@ class WorkspaceStream:
         self._changes.close()
         for reply in self._waiting.values():
             reply.done.set()
+
+
+def _workspace_error(error: Any) -> WorkspaceError:
+    """The error of a failed answer: ``{"type", "message"}`` (an older server sent a string)."""
+    if isinstance(error, dict):
+        kind, message = error.get("type"), error.get("message")
+        return WorkspaceError(str(message), kind=kind if isinstance(kind, str) else "bad_command")
+    return WorkspaceError(str(error))
 
 
 @attrs.define

@@ -11,8 +11,10 @@ The tree::
     ├── ClosedRemoteSessionError    we closed it: the ``open_remote_session`` block ended
     ├── InvalidRequestError         a request could not be made as asked (a bad URL, an unsupported scheme)
     ├── ListenerBusyError           a between-run listener for that remote session is already running
-    ├── WorkspaceError              a workspace command failed
+    ├── WorkspaceError              a workspace command failed (``kind``: the answer's error type)
     ├── SessionExistsError          ``Server.open_session`` got an id it serves already (also a ValueError)
+    ├── InvalidSessionIdError       ``Server.open_session`` got an id outside the safe set (also a ValueError)
+    ├── TooManySessionsError        ``Server.open_session`` would pass the server's ``max_sessions``
     └── UnsafeBindError             a server was asked to listen beyond loopback with no token (also a ValueError)
 
 Following trio: *Closed* means this side closed it (trio's
@@ -76,12 +78,30 @@ class ListenerBusyError(StreamError):
 class WorkspaceError(StreamError):
     """A workspace command failed (unknown file, bad command, workspace full)."""
 
+    def __init__(self, message: str, *, kind: str = "bad_command") -> None:
+        super().__init__(message)
+        self.kind = kind
+        """The error's ``type`` in the workspace protocol (PROTOCOL.md): ``no_such_file``, ``bad_path``,
+        ``workspace_full``, ``bad_command``, ``bad_json``."""
+
 
 class SessionExistsError(StreamError, ValueError):
     """``Server.open_session`` was given the id of a session it serves already (HTTP 409).
 
     Also a ``ValueError``, which is what it was before it joined the :class:`StreamError` tree.
     """
+
+
+class InvalidSessionIdError(StreamError, ValueError):
+    """``Server.open_session`` was given an id outside the safe set (HTTP 422 ``bad_session_id``).
+
+    An id is 1 to 128 characters of ``A-Z a-z 0-9 . _ -``, starting with a letter or a digit
+    (:data:`~streams.SESSION_ID_PATTERN`): it goes into URLs and logs as it is.
+    """
+
+
+class TooManySessionsError(StreamError):
+    """``Server.open_session`` would pass the server's ``max_sessions`` (HTTP 503 ``too_many_sessions``)."""
 
 
 class UnsafeBindError(StreamError, ValueError):

@@ -17,10 +17,11 @@ import hmac
 import ipaddress
 import json
 import math
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
+from ._error_shape import error_json
 from ._exceptions import UnsafeBindError
 
 if TYPE_CHECKING:
@@ -208,13 +209,13 @@ class Exposure:
 class ExposureGuard:
     """ASGI middleware: every HTTP request and WebSocket handshake passes :meth:`Exposure.check` or gets a 403.
 
-    ``error_body`` shapes the JSON of the 403 (each server has its own error shape).
+    The 403 is in the one error shape; ``on_reject`` (if given) is called for each.
     """
 
-    def __init__(self, app: ASGIApp, exposure: Exposure, error_body: Callable[[RequestRejected], Any]) -> None:
+    def __init__(self, app: ASGIApp, exposure: Exposure, on_reject: Callable[[], object] | None = None) -> None:
         self._app = app
         self._exposure = exposure
-        self._error_body = error_body
+        self._on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -223,7 +224,9 @@ class ExposureGuard:
         try:
             self._exposure.check(scope["headers"])
         except RequestRejected as rejected:
-            body = json.dumps(self._error_body(rejected)).encode()
+            if self._on_reject is not None:
+                self._on_reject()
+            body = json.dumps(error_json(rejected.kind, str(rejected))).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             if scope["type"] == "http":
                 await send({"type": "http.response.start", "status": rejected.status, "headers": headers})

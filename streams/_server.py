@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import re
 from collections import OrderedDict
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -17,13 +17,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agents._json import loads_untrusted
 from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicitationError, open_runtime
 from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped
 from ._codec import dumps, event_to_json
-from ._exceptions import SessionExistsError, WorkspaceError
+from ._error_shape import error_response, json_errors
+from ._exceptions import InvalidSessionIdError, SessionExistsError, TooManySessionsError, WorkspaceError
 from ._hypercorn import serve_app
 from ._requests import (
     Exposure,
@@ -37,6 +39,7 @@ from ._requests import (
 from ._runlog import RunLog
 from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
+from ._ws_failures import send_close_frames_on_protocol_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -53,7 +56,17 @@ KEPT_RUNS: Final = 8
 """Finished runs a client can still subscribe to, per session."""
 REPLAY_LIMIT: Final = 10_000
 """Events of one run kept for clients that subscribe late (the oldest go first)."""
+DEFAULT_IDLE_TIMEOUT: Final = 900.0
+"""Seconds a served session may stay idle (no run, no open stream) before it is closed, by default."""
+DEFAULT_MAX_SESSIONS: Final = 1000
+"""Served sessions open at once, at most, by default."""
+SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A session id a client may choose: 1 to 128 of ``A-Z a-z 0-9 . _ -``, the first a letter or a digit.
+
+Each goes into a URL path as it is (no ``/``, no escapes, never ``.`` or ``..``) and into logs (no
+CR or LF)."""
 _GOING_AWAY: Final = 1001
+_UNSUPPORTED_DATA: Final = 1003
 
 
 @attrs.frozen
@@ -77,7 +90,11 @@ class _HTTPError(Refusal):
         self.kind = kind
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"type": self.kind, "message": str(self)}}, status_code=self.status)
+        return error_response(self.status, self.kind, str(self))
+
+
+class _BinaryFrame(Exception):
+    """A client sent a binary frame where the protocol has text (JSON) only."""
 
 
 async def _error_response(request: Request, error: Exception) -> Response:
@@ -195,6 +212,7 @@ class Server:
         subscriber_buffer: int,
         max_body: int,
         body_timeout: float = 10.0,
+        max_sessions: int | None = DEFAULT_MAX_SESSIONS,
     ) -> None:
         self.runtime = runtime
         """The runtime whose sessions are served."""
@@ -209,6 +227,7 @@ class Server:
         self._buffer = subscriber_buffer
         self._max_body = max_body
         self._body_timeout = body_timeout
+        self._max_sessions = max_sessions
         self._sessions: dict[str, ServedSession] = {}
         self._closing = False
         self._streaming = 0
@@ -217,10 +236,9 @@ class Server:
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
-                Route("/sessions", self._create, methods=["POST"]),
-                Route("/sessions", self._list, methods=["GET"]),
-                Route("/sessions/{sid}", self._get, methods=["GET"]),
-                Route("/sessions/{sid}", self._delete, methods=["DELETE"]),
+                # One route per path, so that a 405 names every method the path takes (``Allow``).
+                Route("/sessions", self._on_sessions, methods=["GET", "POST"]),
+                Route("/sessions/{sid}", self._on_session, methods=["GET", "DELETE"]),
                 Route("/sessions/{sid}/runs", self._run, methods=["POST"]),
                 Route("/sessions/{sid}/runs/{rid}/events", self._follow_run, methods=["GET"]),
                 Route("/sessions/{sid}/elicitations/{eid}", self._answer, methods=["POST"]),
@@ -231,6 +249,7 @@ class Server:
             exception_handlers={_HTTPError: _error_response},
         )
         """The ASGI app."""
+        json_errors(self.app)
 
     @property
     def url(self) -> str:
@@ -251,15 +270,30 @@ class Server:
         """Start a served session (what ``POST /sessions`` does).
 
         Raises:
+            InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
             SessionExistsError: a served session has that id.
+            TooManySessionsError: ``max_sessions`` are open.
             ClosedSessionError: the server is shutting down.
         """
+        if session_id is not None and not (isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id)):
+            raise InvalidSessionIdError(
+                "a session id is 1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or a digit"
+            )
         if self._closing:
             raise ClosedSessionError("the server is shutting down")
+        if session_id in self._sessions:  # a conflict, whether or not there is room
+            raise SessionExistsError(f"session {session_id!r} exists")
+        self._check_room()
         handle = await self.runtime.start_session(self.agent, session_id=session_id, idle_timeout=self._idle_timeout)
-        if handle.session.id in self._sessions:  # checked after the await: no other task can slip in between
+        # Checked again after the await: no other task can slip in between these checks and the insert.
+        if handle.session.id in self._sessions:
             await handle.aclose()
             raise SessionExistsError(f"session {handle.session.id!r} exists")
+        try:
+            self._check_room()
+        except TooManySessionsError:
+            await handle.aclose()
+            raise
         served = ServedSession(handle, buffer=self._buffer)
         self._sessions[served.id] = served
         try:
@@ -269,6 +303,10 @@ class Server:
             await handle.aclose()
             raise
         return served
+
+    def _check_room(self) -> None:
+        if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
+            raise TooManySessionsError(f"the server has {self._max_sessions} sessions open, its most")
 
     async def _keep(self, served: ServedSession) -> None:
         try:
@@ -305,12 +343,18 @@ class Server:
         if not body:
             return {}
         try:
-            data = json.loads(body)
+            data = loads_untrusted(body)
         except ValueError as exc:
             raise _HTTPError(422, "bad_json", f"the body is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise _HTTPError(422, "bad_json", "the body must be a JSON object")
         return data
+
+    async def _on_sessions(self, request: Request) -> Response:
+        return await (self._create if request.method == "POST" else self._list)(request)
+
+    async def _on_session(self, request: Request) -> Response:
+        return await (self._delete if request.method == "DELETE" else self._get)(request)
 
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -320,14 +364,16 @@ class Server:
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
         session_id = body.get("id")
-        if session_id is not None and (not isinstance(session_id, str) or not session_id or len(session_id) > 128):
-            raise _HTTPError(422, "bad_request", "'id' must be a non-empty string of at most 128 characters")
         try:
             served = await self.open_session(session_id)
+        except InvalidSessionIdError as exc:
+            raise _HTTPError(422, "bad_session_id", f"'id': {exc}") from None
         except ClosedSessionError:
             raise _HTTPError(503, "shutting_down", "the server is shutting down") from None
         except SessionExistsError as exc:
             raise _HTTPError(409, "conflict", str(exc)) from None
+        except TooManySessionsError as exc:
+            raise _HTTPError(503, "too_many_sessions", str(exc)) from None
         return JSONResponse(served.describe(), status_code=201)
 
     async def _list(self, request: Request) -> Response:
@@ -444,7 +490,8 @@ class Server:
                         return message
                     return message["type"], message
 
-                yield next_message
+                with served.session.in_use():  # a client watching counts as activity: no idle reaping
+                    yield next_message
             finally:
                 served.feed.remove(subscriber)
 
@@ -499,11 +546,11 @@ class Server:
         if served is None:
             return
         try:
-            with served.updates.subscribe() as subscriber:
+            with served.updates.subscribe() as subscriber, served.session.in_use():
 
                 async def receive() -> None:
                     while True:
-                        await websocket.receive_text()  # nothing to read; this notices the client leaving
+                        await _receive_text(websocket)  # nothing to read; this notices the client leaving
 
                 await self._pump_ws(websocket, subscriber.get, receive)
         finally:
@@ -516,11 +563,11 @@ class Server:
         try:
             # Changes and answers share the connection's buffer: an answer
             # follows the change its command caused.
-            with served.changes.subscribe() as subscriber:
+            with served.changes.subscribe() as subscriber, served.session.in_use():
 
                 async def receive() -> None:
                     while True:
-                        subscriber.put(_answer_command(served.workspace, await websocket.receive_text()))
+                        subscriber.put(_answer_command(served.workspace, await _receive_text(websocket)))
 
                 await self._pump_ws(websocket, subscriber.get, receive)
         finally:
@@ -532,14 +579,21 @@ class Server:
         get: Callable[[], Awaitable[dict[str, Any] | Dropped]],
         receive: Callable[[], Awaitable[None]],
     ) -> None:
-        """Send what ``get`` gives until it ends (the session closed) or the client leaves (``receive`` returns)."""
+        """Send what ``get`` gives until it ends (the session closed) or the client leaves (``receive`` returns).
+
+        A binary frame from the client closes the connection with 1003 (unsupported data).
+        """
+        close: tuple[int, str] | None = None
         async with trio.open_nursery() as nursery:
 
             async def read() -> None:
+                nonlocal close
                 try:
                     await receive()
-                except (WebSocketDisconnect, RuntimeError, KeyError):
-                    pass  # the client left (or broke the protocol: a binary frame)
+                except _BinaryFrame as exc:
+                    close = (_UNSUPPORTED_DATA, str(exc))
+                except (WebSocketDisconnect, RuntimeError):
+                    pass  # the client left
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(read)
@@ -550,28 +604,47 @@ class Server:
                         message = {"type": "EventsDropped", "count": message.count}
                     await websocket.send_text(dumps(message))
             except trio.EndOfChannel:
-                with trio.move_on_after(self._heartbeat):
-                    await websocket.close(_GOING_AWAY if self._closing else 1000)
+                close = (_GOING_AWAY if self._closing else 1000, "")
             except (WebSocketDisconnect, OSError, RuntimeError):
                 pass  # the client left
             nursery.cancel_scope.cancel()
+        if close is not None:
+            with trio.move_on_after(self._heartbeat):
+                await websocket.close(*close)
 
 
-def _error_body(rejected: RequestRejected) -> dict[str, Any]:
-    return {"error": {"type": rejected.kind, "message": str(rejected)}}
+async def _receive_text(websocket: WebSocket) -> str:
+    """The next text frame from the client.
+
+    Raises:
+        WebSocketDisconnect: the client left.
+        _BinaryFrame: it sent a binary frame.
+    """
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise _BinaryFrame("binary frames are not part of this protocol: send JSON text")
+    return text
 
 
 def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
+    """The ``result`` message answering a client's command (PROTOCOL.md): never an exception."""
     try:
-        command = json.loads(text)
-    except ValueError:
-        return {"type": "result", "id": None, "ok": False, "error": "a command is a JSON object"}
+        command = loads_untrusted(text)
+    except ValueError as exc:
+        return _failed(None, "bad_json", f"a command is a JSON object: {exc}")
     command_id = command.get("id") if isinstance(command, dict) else None
     try:
         fields = workspace.command(command)
     except WorkspaceError as exc:
-        return {"type": "result", "id": command_id, "ok": False, "error": str(exc)}
+        return _failed(command_id, exc.kind, str(exc))
     return {"type": "result", "id": command_id, "ok": True, **fields}
+
+
+def _failed(command_id: Any, kind: str, message: str) -> dict[str, Any]:
+    return {"type": "result", "id": command_id, "ok": False, "error": {"type": kind, "message": message}}
 
 
 @asynccontextmanager
@@ -582,7 +655,8 @@ async def open_server(
     port: int = 0,
     token: str | None = None,
     runtime: Runtime | None = None,
-    idle_timeout: float | None = None,
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+    max_sessions: int | None = DEFAULT_MAX_SESSIONS,
     heartbeat: float = 15.0,
     subscriber_buffer: int = 256,
     max_body: int = 2**20,
@@ -614,7 +688,11 @@ async def open_server(
         token: If given, every endpoint but ``/health`` requires
             ``Authorization: Bearer <token>``.
         runtime: Serve sessions of this runtime (default: a runtime of its own).
-        idle_timeout: Close a served session after this many seconds without a run.
+        idle_timeout: Close a served session after this many seconds idle: no run,
+            and no feed, ``updates`` or ``workspace`` connection open; ``None``:
+            never. 15 minutes by default.
+        max_sessions: The most served sessions open at once; past it, ``POST
+            /sessions`` is 503 ``too_many_sessions`` (``None``: no limit).
         heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
         subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
             client; a slower client loses the oldest (and is told how many).
@@ -659,8 +737,9 @@ async def open_server(
             subscriber_buffer=subscriber_buffer,
             max_body=max_body,
             body_timeout=body_timeout,
+            max_sessions=max_sessions,
         )
-        app = ExposureGuard(server.app, exposure, _error_body)
+        app = ExposureGuard(server.app, exposure)
         config = Config()
         config.bind = [f"{host}:{port}"]
         config.graceful_timeout = graceful_timeout
@@ -668,6 +747,7 @@ async def open_server(
         config.errorlog = logger
         config.accesslog = None
         shutdown = trio.Event()
+        send_close_frames_on_protocol_errors()  # 1007 for a text frame that is not UTF-8, not a dropped TCP
         async with trio.open_nursery() as nursery:
             serving = functools.partial(serve_app, app, config, shutdown, write_timeout=write_timeout)
             binds: list[str] = await nursery.start(serving)

@@ -50,7 +50,7 @@ class Workspace:
         try:
             return self._files[_checked(path)]
         except KeyError:
-            raise WorkspaceError(f"no such file: {path!r}") from None
+            raise WorkspaceError(f"no such file: {path!r}", kind="no_such_file") from None
 
     def list(self, prefix: str = "") -> list[str]:
         """The paths of the files, sorted; only those starting with ``prefix`` if given."""
@@ -60,10 +60,10 @@ class Workspace:
         """Create or replace a file. Raises :class:`WorkspaceError` past ``max_bytes``."""
         path = _checked(path)
         if not isinstance(content, str):
-            raise WorkspaceError("content must be a string")
+            raise WorkspaceError("content must be a string", kind="bad_command")
         size = self._size - _size(self._files.get(path)) + _size(content)
         if size > self.max_bytes:
-            raise WorkspaceError(f"the workspace is full ({self.max_bytes} bytes)")
+            raise WorkspaceError(f"the workspace is full ({self.max_bytes} bytes)", kind="workspace_full")
         self._files[path] = content
         self._size = size
         self._changed(WorkspaceChange("write", path, source))
@@ -72,7 +72,7 @@ class Workspace:
         """Remove a file. Raises :class:`WorkspaceError` if there is no such file."""
         path = _checked(path)
         if path not in self._files:
-            raise WorkspaceError(f"no such file: {path!r}")
+            raise WorkspaceError(f"no such file: {path!r}", kind="no_such_file")
         self._size -= _size(self._files.pop(path))
         self._changed(WorkspaceChange("delete", path, source))
 
@@ -94,7 +94,7 @@ class Workspace:
         if op == "delete":
             self.delete(path, source="client")
             return {}
-        raise WorkspaceError(f"unknown op {op!r} (read, write, delete, list)")
+        raise WorkspaceError(f"unknown op {_shown(op)} (read, write, delete, list)")
 
     def _changed(self, change: WorkspaceChange) -> None:
         for listener in list(self._listeners):
@@ -106,8 +106,14 @@ MAX_PATH: Final = 1024
 
 def _checked(path: str) -> str:
     if not isinstance(path, str) or not path or len(path) > MAX_PATH or "\x00" in path:
-        raise WorkspaceError(f"bad path {path!r}")
+        raise WorkspaceError(f"bad path {_shown(path)}", kind="bad_path")
     return path
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, clipped: an error message quotes what a client sent, not all of it."""
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:99]}…"
 
 
 def _size(content: str | None) -> int:
@@ -116,7 +122,7 @@ def _size(content: str | None) -> int:
 
 def _workspace(ctx: ToolContext[Any]) -> Workspace:
     if not isinstance(ctx.deps, Workspace):
-        raise WorkspaceError("no workspace: these tools work in runs of a served session")
+        raise WorkspaceError("no workspace: these tools work in runs of a served session", kind="no_workspace")
     return ctx.deps
 
 

@@ -149,6 +149,11 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
         {
             "Backoff",
             "BrokenStreamError",
+            "DEFAULT_IDLE_TIMEOUT",
+            "DEFAULT_MAX_SESSIONS",
+            "InvalidSessionIdError",
+            "SESSION_ID_PATTERN",
+            "TooManySessionsError",
             "ClosedRemoteSessionError",
             "InvalidRequestError",
             "MalformedMessageError",

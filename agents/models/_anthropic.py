@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
 from .._exceptions import MalformedStreamError
+from .._json import loads_untrusted
 from .._messages import (
     AssistantMessage,
     ModelChunk,
@@ -138,7 +138,7 @@ def _input(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
     if not isinstance(arguments, str):
         return dict(arguments)
     try:
-        value = json.loads(arguments) if arguments.strip() else {}
+        value = loads_untrusted(arguments) if arguments.strip() else {}
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -256,7 +256,7 @@ def _block_stop(block: _ToolBlock) -> ModelChunk:
     if not text.strip():
         return ServerToolChunk(block.call_id, block.name, dict(block.start_input))
     try:
-        value = json.loads(text)
+        value = loads_untrusted(text)
     except ValueError:
         value = None
     if not isinstance(value, dict):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
@@ -15,8 +14,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agents._json import loads_untrusted
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
 
+from .._error_shape import error_response, json_errors
 from .._hypercorn import serve_app
 from .._requests import (
     Exposure,
@@ -65,10 +66,10 @@ class _Waiter:
 
 
 class _Rejected(Exception):
-    def __init__(self, status: int, error: str) -> None:
-        super().__init__(error)
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
         self.status = status
-        self.error = error
+        self.kind = kind
 
 
 class WebhookChannel:
@@ -77,14 +78,17 @@ class WebhookChannel:
     The body is JSON ``{"chat_id": str, "text": str, "wait_for_response":
     bool}``. The answer is ``202 {"message_id"}`` once the message is on the
     bus, or with ``wait_for_response`` ``200 {"message_id", "reply", "kind",
-    "progress"}`` once the agent replied. Errors are JSON ``{"error": ...}``:
-    400 (a Content-Length that is not a number), 401 (``secret`` set and no
-    matching ``Authorization: Bearer``, the scheme in any case), 403 (an
-    ``Origin`` or ``Host`` not allowed), 408 (the body took over
-    ``body_timeout`` seconds), 413 (body over ``max_body`` bytes), 415 (a
-    body not sent as ``application/json``), 422 (not the JSON above), 503
-    (no room on the bus within ``publish_timeout`` seconds, or shutting
-    down), 504 (no reply within ``response_timeout`` seconds).
+    "progress"}`` once the agent replied. Errors are JSON ``{"error": {"type",
+    "message"}}`` (every type is in PROTOCOL.md): 400 ``bad_request`` (a
+    Content-Length that is not a number), 401 ``unauthorized`` (``secret``
+    set and no matching ``Authorization: Bearer``, the scheme in any case),
+    403 (an ``Origin`` or ``Host`` not allowed), 408 (the body took over
+    ``body_timeout`` seconds), 413 ``too_large`` (body over ``max_body``
+    bytes), 415 (a body not sent as ``application/json``), 422 ``bad_json``
+    (not JSON, or nested too deep) and ``bad_request`` (not the object
+    above), 503 ``bus_full`` (no room on the bus within ``publish_timeout``
+    seconds) and ``shutting_down``, 504 ``no_reply`` (no reply within
+    ``response_timeout`` seconds).
 
     It is protected as ``streams.open_server`` is, with the same options:
     ``allowed_origins`` (none by default: same-origin and non-browser
@@ -153,7 +157,7 @@ class WebhookChannel:
         self._rejected = 0
         self._publishing = 0
         self._unclaimed = 0
-        self.app = Starlette(routes=[Route("/messages", self._handle, methods=["POST"])])
+        self.app = json_errors(Starlette(routes=[Route("/messages", self._handle, methods=["POST"])]))
         """The ASGI app (served by ``run``)."""
 
     def statistics(self) -> WebhookStatistics:
@@ -215,9 +219,8 @@ class WebhookChannel:
             elif message.kind == "progress" and len(waiter.progress) < MAX_PROGRESS:
                 waiter.progress.append(message.text)
 
-    def _count_refusal(self, rejected: RequestRejected) -> dict[str, str]:
+    def _count_refusal(self) -> None:
         self._rejected += 1
-        return {"error": str(rejected)}
 
     @contextmanager
     def _cancelled_on_shutdown(self) -> Iterator[trio.CancelScope]:
@@ -236,12 +239,12 @@ class WebhookChannel:
             return await self._accept(request)
         except _Rejected as rejected:
             self._rejected += 1
-            return JSONResponse({"error": rejected.error}, status_code=rejected.status)
+            return error_response(rejected.status, rejected.kind, str(rejected))
 
     async def _accept(self, request: Request) -> JSONResponse:
         bus = self._bus
         if self._closing or bus is None:
-            raise _Rejected(503, "shutting down")
+            raise _Rejected(503, "shutting_down", "shutting down")
         self._check_auth(request)
         chat_id, text, wait = self._parse(await self._read_body(request))
         message = InboundMessage(self.name, chat_id, text)
@@ -258,38 +261,38 @@ class WebhookChannel:
                 body = {"message_id": message.message_id, "reply": reply.text, "kind": reply.kind}
                 return JSONResponse({**body, "progress": waiter.progress})
             if self._closing:
-                raise _Rejected(503, "shutting down")
+                raise _Rejected(503, "shutting_down", "shutting down")
             if gone:
-                raise _Rejected(499, "client closed the request")  # nobody reads it
-            raise _Rejected(504, f"no reply within {self.response_timeout}s")
+                raise _Rejected(499, "client_closed", "client closed the request")  # nobody reads it
+            raise _Rejected(504, "no_reply", f"no reply within {self.response_timeout}s")
         finally:
             self._pending.pop(message.message_id, None)
 
     def _check_auth(self, request: Request) -> None:
         if not bearer_token_matches(request, None if self.secret is None else self.secret.encode()):
-            raise _Rejected(401, "missing or wrong bearer token")
+            raise _Rejected(401, "unauthorized", "missing or wrong bearer token")
 
     async def _read_body(self, request: Request) -> bytes:
         try:
             return await read_body(request, limit=self.max_body, timeout=self.body_timeout)
         except RequestRejected as rejected:
-            raise _Rejected(rejected.status, str(rejected)) from None
+            raise _Rejected(rejected.status, rejected.kind, str(rejected)) from None
 
     @staticmethod
     def _parse(body: bytes) -> tuple[str, str, bool]:
         try:
-            data: Any = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise _Rejected(422, "body is not valid JSON") from None
+            data: Any = loads_untrusted(body)
+        except ValueError as exc:  # UnicodeDecodeError and a body nested too deep too
+            raise _Rejected(422, "bad_json", f"body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise _Rejected(422, "body must be a JSON object")
+            raise _Rejected(422, "bad_json", "body must be a JSON object")
         chat_id, text, wait = data.get("chat_id"), data.get("text"), data.get("wait_for_response", False)
         if not isinstance(chat_id, str) or not chat_id:
-            raise _Rejected(422, '"chat_id" must be a non-empty string')
+            raise _Rejected(422, "bad_request", '"chat_id" must be a non-empty string')
         if not isinstance(text, str):
-            raise _Rejected(422, '"text" must be a string')
+            raise _Rejected(422, "bad_request", '"text" must be a string')
         if not isinstance(wait, bool):
-            raise _Rejected(422, '"wait_for_response" must be a boolean')
+            raise _Rejected(422, "bad_request", '"wait_for_response" must be a boolean')
         return chat_id, text, wait
 
     async def _publish(self, bus: MessageBus, message: InboundMessage) -> None:
@@ -300,15 +303,15 @@ class WebhookChannel:
             with self._cancelled_on_shutdown() as scope:
                 published = await bus.publish_inbound(message, policy=self.publish_timeout)
         except PublishTimeoutError:
-            raise _Rejected(503, f"no room on the bus within {self.publish_timeout}s") from None
+            raise _Rejected(503, "bus_full", f"no room on the bus within {self.publish_timeout}s") from None
         except ClosedBusError:
-            raise _Rejected(503, "shutting down") from None
+            raise _Rejected(503, "shutting_down", "shutting down") from None
         finally:
             self._publishing -= 1
         if scope.cancelled_caught:
-            raise _Rejected(503, "shutting down")
+            raise _Rejected(503, "shutting_down", "shutting down")
         if not published:
-            raise _Rejected(503, "the bus dropped the message")
+            raise _Rejected(503, "bus_full", "the bus dropped the message")
         self._accepted += 1
 
     async def _wait_for_reply(self, request: Request, waiter: _Waiter) -> bool:

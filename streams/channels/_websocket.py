@@ -296,7 +296,7 @@ def _parse(frame: str | bytes) -> tuple[str, None] | tuple[None, str]:
         return None, 'binary frames are not supported: send text or JSON {"text": ...}'
     try:
         data = json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: plain text
         return frame, None
     if not isinstance(data, dict):
         return frame, None

@@ -85,6 +85,24 @@ async def test_runtime_session_is_not_reaped_during_a_run(autojump_clock: trio.t
         assert trio.current_time() - ended == pytest.approx(10)
 
 
+async def test_runtime_session_is_not_reaped_while_in_use(autojump_clock: trio.testing.MockClock) -> None:
+    """Inside ``session.in_use()`` (two of them, overlapping) a session is not reaped however long it is
+    idle; reaping counts from the end of the last block."""
+    async with open_runtime(idle_timeout=10) as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+        with handle.session.in_use():
+            with handle.session.in_use():
+                with trio.move_on_after(100):
+                    await handle.wait_closed()
+            with trio.move_on_after(100):
+                await handle.wait_closed()
+            assert not handle.closed
+        released = trio.current_time()
+        with trio.fail_after(60):  # virtual time: a reaper that was never told fails here, not hangs
+            await handle.wait_closed()
+        assert trio.current_time() - released == pytest.approx(10)
+
+
 async def test_runtime_idle_timeout_can_be_disabled_per_session(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

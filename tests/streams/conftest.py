@@ -12,8 +12,10 @@ new ones. Its mode applies to live connections as well as new ones.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import secrets
 import socket
 import struct
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -440,3 +442,122 @@ class Recorder:
 def new_recorder() -> Callable[[], Recorder]:
     """Makes a fresh :class:`Recorder`."""
     return Recorder
+
+
+# -- a WebSocket client that sends exactly the bytes it is told -----------------------
+
+
+class RawWebSocket:
+    """A WebSocket client over a raw trio socket: frames are built by hand, so it can break the protocol.
+
+    Frames from the server are read as they come (unmasked, unfragmented: what Hypercorn sends).
+    """
+
+    def __init__(self, stream: trio.SocketStream, buffered: bytes) -> None:
+        self.stream = stream
+        self._buffer = bytearray(buffered)
+
+    async def send_frame(self, opcode: int, payload: bytes, *, mask: bool = True, rsv: int = 0) -> None:
+        """One final frame: ``opcode`` (1 text, 2 binary, 8 close), masked unless told not to (a protocol error)."""
+        size = len(payload)
+        head = bytearray([0x80 | rsv << 4 | opcode])
+        mask_bit = 0x80 if mask else 0
+        if size < 126:
+            head.append(mask_bit | size)
+        elif size < 2**16:
+            head += bytes([mask_bit | 126]) + size.to_bytes(2, "big")
+        else:
+            head += bytes([mask_bit | 127]) + size.to_bytes(8, "big")
+        if mask:
+            key = secrets.token_bytes(4)
+            head += key
+            keystream = (key * (size // 4 + 1))[:size]
+            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(size, "big")
+        await self.stream.send_all(bytes(head) + payload)
+
+    async def send_text(self, text: str) -> None:
+        await self.send_frame(1, text.encode())
+
+    async def _read(self, size: int) -> bytes | None:
+        while len(self._buffer) < size:
+            chunk = await self.stream.receive_some(_CHUNK)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def receive_frame(self) -> tuple[int, bytes] | None:
+        """The next frame's ``(opcode, payload)``; ``None`` if the server closed the TCP connection first."""
+        head = await self._read(2)
+        if head is None:
+            return None
+        size = head[1] & 0x7F
+        if size >= 126:
+            extended = await self._read(2 if size == 126 else 8)
+            if extended is None:
+                return None
+            size = int.from_bytes(extended, "big")
+        payload = await self._read(size)
+        return None if payload is None else (head[0] & 0x0F, payload)
+
+    async def receive_json(self) -> dict[str, Any]:
+        """The next text frame, as a JSON object."""
+        frame = await self.receive_frame()
+        assert frame is not None, "the server closed the connection"
+        assert frame[0] == 1, frame
+        data = json.loads(frame[1])
+        assert isinstance(data, dict)
+        return data
+
+    async def close_code(self) -> int | None:
+        """Read until the server's close frame: its code (1005 if it has none); ``None`` if the TCP
+        connection ended without one."""
+        while True:
+            frame = await self.receive_frame()
+            if frame is None:
+                return None
+            opcode, payload = frame
+            if opcode == 8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+
+class OpenRawWebSocket(Protocol):
+    def __call__(
+        self, port: int, path: str, *, headers: dict[str, str] | None = None
+    ) -> AbstractAsyncContextManager[RawWebSocket]: ...
+
+
+@asynccontextmanager
+async def _open_raw_websocket(
+    port: int, path: str, *, headers: dict[str, str] | None = None
+) -> AsyncIterator[RawWebSocket]:
+    """Connect to ``127.0.0.1:port``, complete the opening handshake for ``path`` (it must be 101)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        key = base64.b64encode(secrets.token_bytes(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        ]
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = await stream.receive_some(_CHUNK)
+            assert chunk, f"the server closed during the handshake: {received!r}"
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        yield RawWebSocket(stream, rest)
+
+
+@pytest.fixture
+def open_raw_websocket() -> OpenRawWebSocket:
+    """``async with open_raw_websocket(port, path) as ws``: a :class:`RawWebSocket`, handshake done."""
+    return _open_raw_websocket

@@ -172,7 +172,7 @@ async def test_workspace_commands_are_answered_and_a_malformed_one_keeps_the_con
     make_agent: MakeAgent, serving: Serving, create: Create
 ) -> None:
     """read/write/delete/list get their answers (a write's change comes first); a malformed command
-    gets ok:false (id null if it has none) and the connection stays open for the next."""
+    gets ok:false with a typed error (id null if it has none) and the connection stays open for the next."""
 
     async def talk() -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         async with open_ws(ws_url(server, "/sessions/s1/workspace")) as ws:
@@ -203,14 +203,18 @@ async def test_workspace_commands_are_answered_and_a_malformed_one_keeps_the_con
     assert changes[0] == [{"type": "WorkspaceChanged", "op": "write", "path": "a.txt", "source": "client"}]
     assert results[1] == {"type": "result", "id": "c2", "ok": True, "content": "hello"}
     assert results[3] == {"type": "result", "id": "c4", "ok": True, "paths": ["a.txt", "b.txt"]}
-    for result, expected_id in zip(results[4:9], ["c5", None, None, "c8", None], strict=True):
+    expected = [("c5", "no_such_file"), (None, "bad_json"), (None, "bad_command"), ("c8", "bad_command")]
+    for result, (expected_id, kind) in zip(results[4:9], [*expected, (None, "bad_command")], strict=True):
         assert result["ok"] is False
         assert result["id"] == expected_id
-        assert isinstance(result["error"], str)
-        assert result["error"]
+        assert set(result["error"]) == {"type", "message"}
+        assert result["error"]["type"] == kind
+        assert isinstance(result["error"]["message"], str)
+        assert result["error"]["message"]
     assert results[9] == {"type": "result", "id": "c10", "ok": True}
     assert changes[9] == [{"type": "WorkspaceChanged", "op": "delete", "path": "a.txt", "source": "client"}]
     assert results[10]["ok"] is False
+    assert results[10]["error"]["type"] == "no_such_file"
     assert results[11] == {"type": "result", "id": "c12", "ok": True, "paths": ["b.txt"]}
     assert changes[2] == [{"type": "WorkspaceChanged", "op": "write", "path": "b.txt", "source": "client"}]
     assert all(before == [] for before in [changes[1], *changes[3:9], *changes[10:]])
