@@ -3,13 +3,18 @@
 One server per measurement, in its own process (a fresh one for each M):
 
 - ``trio-agents``: ``streams.open_server`` (Hypercorn's Trio worker) serving
-  W1's agent (bench/served_trio.py, trio-agents' interpreter, this checkout
-  on ``PYTHONPATH``);
+  W1's agent (bench/served_trio.py --mode agent, trio-agents' interpreter,
+  this checkout on ``PYTHONPATH``);
 - ``pydantic-ai``: (a) FastAPI + sse-starlette + uvicorn wrapping
   pydantic-ai's ``run_stream_events`` with W1's ``FunctionModel``
   (bench/served_peers.py --mode agent, bench/.venv-peers);
 - ``floor``: (b) the same stack sending 8 pre-made events per run, no agent:
-  the plumbing floor (bench/served_peers.py --mode floor).
+  the plumbing floor (bench/served_peers.py --mode floor);
+- two that take trio-agents' figure apart (bench/served_trio.py):
+  ``trio-agents-async-tool``, the same agent with an async tool (no hop to a
+  worker thread and back), and ``trio-floor``, trio-agents' own plumbing
+  (Hypercorn's Trio worker + Starlette + ``EventStreamResponse``) sending the
+  same pre-made events with no runtime.
 
 The load comes from one more process, bench/served_client.py (trio, raw HTTP/1.1,
 trio-agents' interpreter: the same client for every server), on loopback.
@@ -35,9 +40,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEERS_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
 SERVERS = {  # impl: (interpreter, script, what a run's SSE body must hold)
-    "trio-agents": (sys.executable, ["served_trio.py"], '"text":" {k}"'),
+    "trio-agents": (sys.executable, ["served_trio.py", "--mode", "agent"], '"text":" {k}"'),
     "pydantic-ai": (str(PEERS_PYTHON), ["served_peers.py", "--mode", "agent"], "done {k}"),
     "floor": (str(PEERS_PYTHON), ["served_peers.py", "--mode", "floor"], '"text":" 0"'),
+    "trio-agents-async-tool": (sys.executable, ["served_trio.py", "--mode", "async-tool"], '"text":" {k}"'),
+    "trio-floor": (sys.executable, ["served_trio.py", "--mode", "floor"], '"text":" 0"'),
 }
 IMPLS = tuple(SERVERS)
 
