@@ -22,9 +22,10 @@ class _Connection(TCPServer):
     """Hypercorn's connection, with what it does per request and per write made cheaper.
 
     - A write that the socket takes at once, with no other write under
-      way, is made right away: no lock, no shielded cancel scope, no
-      scheduler round trip (each ASGI ``send`` was all three and a syscall).
-      Anything else (a full socket buffer, an error) goes Hypercorn's way.
+      way, is made right away: no lock, no shielded cancel scope, no trip
+      through trio's ``send_all`` (each ASGI ``send`` was all three and a
+      syscall); it stays a schedule point. Anything else (a full socket
+      buffer, an error) goes Hypercorn's way.
     - The keep-alive timer is one task per connection that looks at the time
       the connection went idle (:class:`_KeepAlive`), not a task started and
       cancelled per request.
@@ -43,6 +44,10 @@ class _Connection(TCPServer):
             except OSError:
                 sent = 0  # would block, or broken: Hypercorn's way reports it as it does
             if sent == len(data):
+                # Still a schedule point, as Hypercorn's write is: its reader must get to
+                # parse the rest of a request before a response that did not wait for it
+                # ends (else Hypercorn closes the connection after that response).
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             event = RawData(data[sent:])
         await super().protocol_send(event)
