@@ -335,7 +335,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         lines.append("")
     lines += [
         "Ratios are trio-agents' median over the peer's median (below 1: trio-agents uses less; for",
-        "throughput, above 1 is better). Reproduce: `make bench` (or `make bench-quick` for W1 alone).",
+        "throughput, above 1 is better). Reproduce: `make bench` (`make bench-quick`: W1 alone; `make bench-served`:",
+        "W5 alone).",
         "",
     ]
     profile = BENCH / "PROFILE.md"
