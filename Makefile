@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean
+.PHONY: demo test lint typecheck unit bench bench-quick bench-served clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick
+
+# W5 alone (served mode, ~5 minutes), merged into bench/results.json and BENCHMARKS.md.
+bench-served: $(BENCH_STAMP)
+	$(PY) bench/run.py --only w5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

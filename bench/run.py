@@ -3,6 +3,7 @@
     python bench/run.py           # everything (make bench), ~5.5 minutes on 2 cores
     python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
     python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
+    python bench/run.py --only w5 # one workload; its results replace that workload's in bench/results.json
 
 Each measurement is a fresh process of a workload script (bench/w*_*.py),
 run with the interpreter of that implementation's virtualenv: trio-agents
@@ -10,6 +11,10 @@ in ours, openai-agents and pydantic-ai in bench/.venv-peers (made here from
 bench/requirements-peers.txt; openai-agents' top-level package `agents`
 would clash with ours). Implementations alternate within each round, so a
 slow spell of the machine hits all of them alike.
+
+W5 (served) is the exception to "each implementation's interpreter": its
+script runs in ours and starts each server in its own process, with the
+interpreter that server needs (bench/w5_served.py).
 """
 
 from __future__ import annotations
@@ -36,9 +41,20 @@ PEERS = IMPLS[1:]
 
 # (workload, script, rounds): W1 processes each report 5 repetitions.
 FULL_PLAN = [("w0", "w0_floor.py", 2), ("w1", "w1_tool_turn.py", 2), ("w2", "w2_concurrency.py", 3),
-             ("w2_50k", "w2_scale.py", 2), ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3)]  # fmt: skip
+             ("w2_50k", "w2_scale.py", 2), ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3),
+             ("w5", "w5_served.py", 3)]  # fmt: skip
 QUICK_PLAN = [("w1", "w1_tool_turn.py", 2)]
-TRIO_ONLY = ("w0", "w2_50k")  # measured for trio-agents alone
+# W5's servers: trio-agents, (a) the peer stack around pydantic-ai, (b) the plumbing floor, and two
+# that take trio-agents' figure apart.
+W5_IMPLS = ("trio-agents", "pydantic-ai", "floor", "trio-agents-async-tool", "trio-floor")
+W5_CLIENTS = (50, 200)
+W5_LABELS = {
+    "trio-agents": "trio-agents",
+    "pydantic-ai": "(a) pydantic-ai",
+    "floor": "(b) floor",
+    "trio-agents-async-tool": "trio-agents, async tool",
+    "trio-floor": "trio-agents' plumbing",
+}
 
 TITLES = {
     "w0": "W0 floor: one event hop",
@@ -47,6 +63,7 @@ TITLES = {
     "w2_50k": "W2 at scale: 1,000 and 50,000 runs at once",
     "w3": "W3 cancel: 1,000 parked runs cancelled together",
     "w4": "W4 scale: 10,000 idle sessions",
+    "w5": "W5 served: M concurrent HTTP clients, each creating a session and streaming one W1 run over SSE",
 }
 METRICS = {  # workload -> [(metric, label, unit, lower is better)]
     "w0": [
@@ -78,6 +95,16 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
     "w4": [
         ("rss_kib_per_session", "RSS", "KiB/session", True),
         ("close_ms", "close them all", "ms", True),
+    ],
+    "w5": [
+        (f"{metric}_{clients}", f"{label}, M={clients}", unit, lower)
+        for clients in W5_CLIENTS
+        for metric, label, unit, lower in (
+            ("cpu_us_per_run", "server CPU per run", "µs/run", True),
+            ("runs_per_s", "throughput", "runs/s", False),
+            ("p50_ms", "p50 latency", "ms", True),
+            ("p99_ms", "p99 latency", "ms", True),
+        )
     ],
 }
 
@@ -137,16 +164,16 @@ def headline(workload: str, metrics: dict[str, Any]) -> str:
 def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, Any]:
     """Measure every workload of the plan; return {workload: {impl: {metric: [values]}}, versions}."""
     results: dict[str, Any] = {"workloads": {}, "versions": {}}
-    steps = sum(rounds * (1 if workload in TRIO_ONLY else len(IMPLS)) for workload, _, rounds in plan)
+    steps = sum(rounds * len(_impls(workload)) for workload, _, rounds in plan)
     step = 0
     started = time.monotonic()
     for workload, script, rounds in plan:
         table: dict[str, dict[str, list[float]]] = results["workloads"].setdefault(workload, {})
-        impls = ("trio-agents",) if workload in TRIO_ONLY else IMPLS
+        impls = _impls(workload)
         for round_ in range(rounds):
             for impl in impls:
                 step += 1
-                python = sys.executable if impl == "trio-agents" else peers_python
+                python = sys.executable if impl == "trio-agents" or workload == "w5" else peers_python
                 began = time.monotonic()
                 record = measure(python, script, impl)
                 results["versions"][impl] = record["versions"]
@@ -162,6 +189,10 @@ def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, 
                     f"~{eta / 60:.1f} min left)"
                 )
     return results
+
+
+def _impls(workload: str) -> tuple[str, ...]:
+    return {"w0": ("trio-agents",), "w2_50k": ("trio-agents",), "w5": W5_IMPLS}.get(workload, IMPLS)
 
 
 def stats(values: list[float]) -> tuple[float, float, float]:
@@ -201,6 +232,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if "w4" in w:
         kib = median_of(results, "w4", "trio-agents", "rss_kib_per_session")
         rows.append(("W4 ≤ 8 KiB per idle session", f"{kib:.2f} KiB", kib <= 8))
+    if "w5" in w:
+        for clients in W5_CLIENTS:
+            ours = median_of(results, "w5", "trio-agents", f"cpu_us_per_run_{clients}")
+            floor = median_of(results, "w5", "floor", f"cpu_us_per_run_{clients}")
+            rows.append((f"W5 server CPU per run ≤ 1.2× the plumbing floor (b), M={clients}",
+                         f"{ours:,.0f} / {floor:,.0f} µs = {ours / floor:.2f}×", ours <= 1.2 * floor))  # fmt: skip
     if "w0" in w:
         event = median_of(results, "w0", "trio-agents", "agent_event_ns")
         floor = min(median_of(results, "w0", "trio-agents", m) for m in ("channel_buffer0_ns", "channel_buffer100_ns"))
@@ -271,8 +308,17 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         f"- Date: {results['date']}; the whole run took {elapsed / 60:.1f} min",
         f"- Machine: {results.get('machine', machine())}",
         *[
+            f"- {workload.upper()} was run alone on {when} (`bench/run.py --only {workload}`), on the same machine"
+            for workload, when in results.get("alone", {}).items()
+        ],
+        *[
             f"- {impl}: " + ", ".join(f"{k} {v}" for k, v in results["versions"].get(impl, {}).items())
             for impl in IMPLS
+        ],
+        *[
+            f"- W5 {W5_LABELS[impl]}: " + ", ".join(f"{k} {v}" for k, v in results["versions"][impl].items())
+            for impl in ("pydantic-ai", "floor")
+            if "w5" in results["workloads"] and impl in results["versions"]
         ],
         "",
         "## Targets",
@@ -286,6 +332,9 @@ def report(results: dict[str, Any], elapsed: float) -> str:
     ]
     for workload, table in results["workloads"].items():
         lines += [f"## {TITLES[workload]}", "", _describe(workload), ""]
+        if workload == "w5":
+            lines += _w5_table(table)
+            continue
         impls = [impl for impl in IMPLS if impl in table]
         header = "| metric | " + " | ".join(f"{impl} min / median / max" for impl in impls)
         if len(impls) > 1:
@@ -303,13 +352,36 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         lines.append("")
     lines += [
         "Ratios are trio-agents' median over the peer's median (below 1: trio-agents uses less; for",
-        "throughput, above 1 is better). Reproduce: `make bench` (or `make bench-quick` for W1 alone).",
+        "throughput, above 1 is better). Reproduce: `make bench` (`make bench-quick`: W1 alone; `make bench-served`:",
+        "W5 alone).",
         "",
     ]
     profile = BENCH / "PROFILE.md"
     if profile.exists():
         lines += [profile.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def _w5_table(table: dict[str, dict[str, list[float]]]) -> list[str]:
+    """W5's servers side by side (medians, and min–max), with each one's ratio to the floor (b)."""
+    impls = [impl for impl in W5_IMPLS if impl in table]
+    lines = [
+        "| metric | " + " | ".join(f"{W5_LABELS[impl]} median (min–max)" for impl in impls)
+        + " | trio-agents / (b) | (a) / (b) |",
+        "|---" * (len(impls) + 3) + "|",
+    ]  # fmt: skip
+    for metric, label, unit, _ in METRICS["w5"]:
+        if metric not in table.get("trio-agents", {}):
+            continue
+        cells = []
+        for impl in impls:
+            low, mid, high = stats(table[impl][metric])
+            cells.append(f"{_fmt(mid)} ({_fmt(low)}–{_fmt(high)})")
+        floor = statistics.median(table["floor"][metric])
+        ratios = [f"{statistics.median(table[impl][metric]) / floor:.2f}×" for impl in ("trio-agents", "pydantic-ai")]
+        lines.append(f"| {label} ({unit}) | " + " | ".join(cells + ratios) + " |")
+    lines.append("")
+    return lines
 
 
 def _describe(workload: str) -> str:
@@ -332,6 +404,18 @@ def _describe(workload: str) -> str:
         "w4": "10,000 sessions, each with the history of one W1 run (trio-agents: a started session that ran "
         "it; openai-agents: `SQLiteSession` in memory, its lightest session; pydantic-ai: a copy of "
         "`all_messages()`), then all closed.",
+        "w5": "Each server in its own process on loopback; the load from another (bench/served_client.py: trio and "
+        "a minimal HTTP/1.1 client on raw sockets, the same for every server, far cheaper than any of them). M "
+        "clients, one keep-alive connection each, loop: `POST /sessions`, then `POST /sessions/{id}/runs` "
+        "streaming the run's events over SSE to the end of the body. 400 warm-up runs, then 1,500 measured; a "
+        "fresh server per M. Server CPU per run is user + system time of the server process (all threads, from "
+        "`/proc/<pid>/stat`) over the measured runs; latency runs from the first request to the end of the SSE "
+        "body. trio-agents: `streams.open_server` (Hypercorn's Trio worker) serving W1's agent; (a) FastAPI + "
+        "sse-starlette + uvicorn around pydantic-ai's `run_stream_events` with W1's `FunctionModel`; (b) the "
+        "plumbing floor: the same stack sending the 8 messages of a trio-agents W1 run, made once at start-up, "
+        "no agent. Two more take trio-agents' figure apart: the same agent with an async tool (no hop to a "
+        "worker thread), and trio-agents' own plumbing (Hypercorn + Starlette + its SSE response) sending the "
+        "pre-made messages with no runtime.",
     }
     return doc[workload]
 
@@ -344,6 +428,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="W1 only; leave BENCHMARKS.md alone")
     parser.add_argument("--report", action="store_true", help="rewrite BENCHMARKS.md from bench/results.json only")
+    parser.add_argument("--only", choices=[w for w, _, _ in FULL_PLAN], help="one workload, merged into results.json")
     args = parser.parse_args()
     if args.report:
         results = json.loads((BENCH / "results.json").read_text())
@@ -353,9 +438,24 @@ def main() -> None:
     started = time.monotonic()
     peers_python = ensure_peers()
     plan = QUICK_PLAN if args.quick else FULL_PLAN
-    log(f"[bench] {'W1 only' if args.quick else 'W0–W4'}: {', '.join(IMPLS)}")
+    if args.only:
+        plan = [step for step in FULL_PLAN if step[0] == args.only]
+    log(f"[bench] {'W1 only' if args.quick else args.only.upper() if args.only else 'W0–W5'}")
     results = run_plan(plan, peers_python)
     elapsed = time.monotonic() - started
+    if args.only and (BENCH / "results.json").exists():
+        previous = json.loads((BENCH / "results.json").read_text())
+        previous["workloads"][args.only] = results["workloads"][args.only]
+        previous["versions"].update(results["versions"])
+        previous.setdefault("alone", {})[args.only] = (
+            f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min"
+        )
+        for name, measured, met in targets(previous):
+            log(f"  {'ok  ' if met else 'MISS'} {name}: {measured}")
+        (BENCH / "results.json").write_text(json.dumps(previous, indent=1))
+        (ROOT / "BENCHMARKS.md").write_text(report(previous, previous["elapsed_s"]))
+        log(f"\n[bench] {args.only} done in {elapsed / 60:.1f} min; merged into results.json, wrote BENCHMARKS.md")
+        return
     results.update(
         elapsed_s=elapsed, machine=machine(), date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
     )

@@ -127,6 +127,33 @@ class RunStream:
     def __aiter__(self) -> RunStream:
         return self
 
+    def next_nowait(self) -> Event:
+        """The next event if one is already buffered, without waiting (not a checkpoint, like trio's
+        ``receive_nowait``): what ``async for`` would give next, ``RunFinished`` last.
+
+        Raises:
+            trio.WouldBlock: no event is buffered yet.
+            trio.EndOfChannel: the stream already gave its ``RunFinished``.
+            ClosedRunStreamError: the ``async with`` block has exited.
+        """
+        if self._finished:
+            raise trio.EndOfChannel
+        events = self._events
+        if events is None:
+            raise AgentRuntimeError("the run has not started: use 'async with session.run(...) as stream'")
+        try:
+            event = events.receive_nowait()
+        except trio.EndOfChannel:
+            self._finished = True
+            return _CANCELLED
+        except trio.ClosedResourceError:
+            raise ClosedRunStreamError(
+                f"run {self.run_id} was read after its 'async with session.run(...)' block exited"
+            ) from None
+        if type(event) is RunFinished:
+            self._finished = True
+        return event
+
     async def __anext__(self) -> Event:
         if self._finished:
             raise StopAsyncIteration

@@ -48,6 +48,22 @@ class Subscriber(Generic[T]):
         self._closed = True
         self._wakeup.set()
 
+    def get_nowait(self) -> T | Dropped:
+        """What :meth:`get` would give, without waiting.
+
+        Raises:
+            trio.WouldBlock: nothing is buffered.
+            trio.EndOfChannel: the broadcast was closed and everything was read.
+        """
+        if self._gap:
+            gap, self._gap = self._gap, 0
+            return Dropped(gap)
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
     async def get(self) -> T | Dropped:
         """The next item, or a :class:`Dropped` marking a gap before it.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import typing
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 import pydantic
@@ -23,6 +23,9 @@ from runtime import events
 from runtime.events import Event, SubAgentEvent
 
 from ._exceptions import MalformedMessageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 """Every event class, by the ``type`` it has on the wire (all of :data:`runtime.events.Event`)."""
@@ -43,9 +46,14 @@ class UnknownEvent:
     """The JSON object as it came (``type`` included)."""
 
 
-def dumps(data: Any) -> str:
-    """Compact JSON, one line (what every stream sends)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+dumps: Final[Callable[[Any], str]] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Compact JSON, one line (what every stream sends). One encoder made once: ``json.dumps`` with
+arguments builds a new one per call."""
+
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+"""Values that are their own JSON form: no conversion needed."""
+_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {}
+"""Each event class's field names, once looked up."""
 
 
 def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
@@ -54,8 +62,15 @@ def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
         return dict(event.data)
     if isinstance(event, SubAgentEvent):
         return {"type": "SubAgentEvent", "agent": event.agent, "event": event_to_json(event.event)}
-    fields = {field.name: getattr(event, field.name) for field in attrs.fields(type(event))}
-    return {"type": type(event).__name__, **to_jsonable_python(fields, fallback=str)}
+    cls = type(event)
+    data: dict[str, Any] = {"type": cls.__name__}
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(field.name for field in attrs.fields(cls))
+    for name in names:
+        value = getattr(event, name)
+        data[name] = value if type(value) in _PLAIN else to_jsonable_python(value, fallback=str)
+    return data
 
 
 def event_from_json(data: Any) -> Event | UnknownEvent:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
+from hypercorn.events import RawData
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -14,6 +15,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
+    from hypercorn.events import Event
     from starlette.types import ASGIApp
 
 
@@ -57,6 +59,99 @@ class _DeadlineStream:
         await self._stream.aclose()
 
 
+class _Connection(TCPServer):
+    """Hypercorn's connection, with what it does per request and per write made cheaper.
+
+    - A write that the socket takes at once, with no other write under
+      way, is made right away: no lock, no shielded cancel scope, no trip
+      through trio's ``send_all`` (each ASGI ``send`` was all three and a
+      syscall); it stays a schedule point. Anything else (a full socket
+      buffer, an error) goes Hypercorn's way.
+    - The keep-alive timer is one task per connection that looks at the time
+      the connection went idle (:class:`_KeepAlive`), not a task started and
+      cancelled per request.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._keep_alive = _KeepAlive(self)
+        self.idle_task = self._keep_alive  # type: ignore[assignment]  # TrioSingleTask's two methods
+
+    async def protocol_send(self, event: Event) -> None:
+        if type(event) is RawData and not self.send_lock.locked():
+            data = event.data
+            try:
+                sent = self.stream.socket._sock.send(data)  # the stdlib socket under trio's
+            except OSError:
+                sent = 0  # would block, or broken: Hypercorn's way reports it as it does
+            if sent == len(data):
+                # Still a schedule point, as Hypercorn's write is: its reader must get to
+                # parse the rest of a request before a response that did not wait for it
+                # ends (else Hypercorn closes the connection after that response).
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            event = RawData(data[sent:])
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            self._keep_alive.close()  # the connection is ending: so does its timer
+
+
+class _KeepAlive:
+    """Closes a connection that stayed idle ``keep_alive_timeout`` seconds, or is idle once the server terminates.
+
+    What Hypercorn's ``TrioSingleTask`` running ``TCPServer._idle_timeout`` does,
+    but the timer is one task that sleeps until the deadline and looks again;
+    :meth:`restart` (the connection went idle) and :meth:`stop` (a request came)
+    only note the time.
+    """
+
+    def __init__(self, server: _Connection) -> None:
+        self._server = server
+        self._idle_since: float | None = None  # None: a request is under way
+        self._scope: trio.CancelScope | None = None  # the timer task's, once started
+        self._became_idle: trio.Event | None = None  # set when the timer waits for that
+
+    async def restart(self, task_group: Any, action: object) -> None:
+        """The connection went idle (``action`` is Hypercorn's timer, which this replaces)."""
+        self._idle_since = trio.current_time()
+        if self._scope is None:
+            self._scope = trio.CancelScope()
+            task_group._nursery.start_soon(self._watch, self._scope)
+        elif self._became_idle is not None:
+            self._became_idle.set()
+            self._became_idle = None
+
+    async def stop(self) -> None:
+        """A request came."""
+        self._idle_since = None
+
+    def close(self) -> None:
+        """The connection is ending: the timer task ends too."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        timeout = self._server.config.keep_alive_timeout
+        terminated = self._server.context.terminated
+        with scope:
+            while True:
+                since = self._idle_since
+                if since is None:  # busy: look again once it is idle
+                    self._became_idle = trio.Event()
+                    await self._became_idle.wait()
+                    continue
+                if terminated.is_set() or trio.current_time() >= since + timeout:
+                    break
+                with trio.move_on_at(since + timeout):
+                    await terminated.wait()
+            with trio.CancelScope(shield=True):
+                await self._server._initiate_server_close()
+
+
 async def serve_app(
     app: ASGIApp,
     config: Config,
@@ -94,8 +189,7 @@ async def serve_app(
     async def serve_connection(stream: trio.SocketStream) -> None:
         open_connections.add(stream)
         try:
-            deadlined = _DeadlineStream(stream, write_timeout)
-            server = TCPServer(wrapped, config, context, ConnectionState({}), deadlined)  # type: ignore[arg-type]  # Starlette's ASGI type is narrower; plain TCP is what TCPServer does without TLS
+            server = _Connection(wrapped, config, context, ConnectionState({}), _DeadlineStream(stream, write_timeout))
             await server.run()
         finally:
             open_connections.discard(stream)

@@ -44,20 +44,33 @@ class RunFollower:
         self._log = log
         self._index = 0
 
+    def next_nowait(self) -> dict[str, Any] | Dropped | None:
+        """What :meth:`next` would give, without waiting.
+
+        Raises:
+            trio.WouldBlock: the run has no newer event yet.
+        """
+        log = self._log
+        if self._index < log._start:
+            gap = log._start - self._index
+            self._index = log._start
+            return Dropped(gap)
+        if self._index < log._start + len(log._events):
+            event = log._events[self._index - log._start]
+            self._index += 1
+            return event
+        if log.finished:
+            return None
+        raise trio.WouldBlock
+
     async def next(self) -> dict[str, Any] | Dropped | None:
         await trio.lowlevel.checkpoint_if_cancelled()
         log = self._log
         while True:
-            if self._index < log._start:
-                gap = log._start - self._index
-                self._index = log._start
-                return Dropped(gap)
-            if self._index < log._start + len(log._events):
-                event = log._events[self._index - log._start]
-                self._index += 1
-                return event
-            if log.finished:
-                return None
+            try:
+                return self.next_nowait()
+            except trio.WouldBlock:
+                pass
             if log._changed.is_set():
                 log._changed = trio.Event()
             await log._changed.wait()

@@ -22,7 +22,7 @@ from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicita
 from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
-from ._broadcast import Broadcast, Dropped
+from ._broadcast import Broadcast, Dropped, Subscriber
 from ._codec import dumps, event_to_json
 from ._error_shape import error_response, json_errors
 from ._exceptions import InvalidSessionIdError, SessionExistsError, TooManySessionsError, WorkspaceError
@@ -36,8 +36,8 @@ from ._requests import (
     check_positive,
     read_body,
 )
-from ._runlog import RunLog
-from ._sse import EventStreamResponse, NextMessage, OpenSource, Refusal
+from ._runlog import RunFollower, RunLog
+from ._sse import EventStreamResponse, MessageSource, OpenSource, Refusal
 from ._workspace import Workspace, WorkspaceChange
 from ._ws_failures import send_close_frames_on_protocol_errors
 
@@ -403,40 +403,28 @@ class Server:
         return self._event_stream(functools.partial(self._attached_run, served, user_input))
 
     @asynccontextmanager
-    async def _attached_run(self, served: ServedSession, user_input: str) -> AsyncIterator[NextMessage]:
+    async def _attached_run(self, served: ServedSession, user_input: str) -> AsyncIterator[MessageSource]:
         """An attached run's whole life, in the response's task: ``async with session.run()`` around the stream.
 
         Raises:
             _HTTPError: (a 404, before the ``200``) the session closed before the run could start.
         """
-        entered = False
-        finished = False
+        source: _AttachedRun | None = None
         try:
             async with served.session.run(user_input, deps=served.workspace) as stream:
-                entered = True
-                run_id = stream.run_id
-                served.run_begins(run_id, stream)
-
-                async def next_message() -> tuple[str, dict[str, Any]] | None:
-                    nonlocal finished
-                    if finished:
-                        return None
-                    event = await stream.__anext__()
-                    finished = type(event) is RunFinished
-                    data = served.record(run_id, event)
-                    return data["type"], data
-
-                yield next_message
+                source = _AttachedRun(served, stream)
+                served.run_begins(source.run_id, stream)
+                yield source
             # Leaving the block cancelled the run if the client left early, and waited for it.
         except ClosedSessionError:
-            if entered:
+            if source is not None:
                 raise
             raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
         finally:
-            if entered:
-                if not finished:  # followers see it end as this client did
-                    served.record(run_id, RunFinished("cancelled"))
-                served.run_ends(run_id)
+            if source is not None:
+                if not source.finished:  # followers see it end as this client did
+                    served.record(source.run_id, RunFinished("cancelled"))
+                served.run_ends(source.run_id)
 
     async def _drive_detached(
         self, served: ServedSession, user_input: str, *, task_status: trio.TaskStatus[str]
@@ -459,16 +447,8 @@ class Server:
             raise _HTTPError(404, "unknown_run", f"no run {rid!r} in session {served.id!r}")
 
         @asynccontextmanager
-        async def follow() -> AsyncIterator[NextMessage]:
-            follower = log.follow()
-
-            async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
-                event = await follower.next()
-                if event is None or isinstance(event, Dropped):
-                    return event
-                return event["type"], event
-
-            yield next_message
+        async def follow() -> AsyncIterator[MessageSource]:
+            yield _Following(log.follow())
 
         return self._event_stream(follow)
 
@@ -476,22 +456,12 @@ class Server:
         served = self._served(request)
 
         @asynccontextmanager
-        async def subscribe() -> AsyncIterator[NextMessage]:
+        async def subscribe() -> AsyncIterator[MessageSource]:
             subscriber = served.feed.add()
             try:
                 subscriber.put(served.state)  # where things stand, first
-
-                async def next_message() -> tuple[str, dict[str, Any]] | Dropped | None:
-                    try:
-                        message = await subscriber.get()
-                    except trio.EndOfChannel:
-                        return None
-                    if isinstance(message, Dropped):
-                        return message
-                    return message["type"], message
-
                 with served.session.in_use():  # a client watching counts as activity: no idle reaping
-                    yield next_message
+                    yield _Subscribed(subscriber)
             finally:
                 served.feed.remove(subscriber)
 
@@ -501,11 +471,11 @@ class Server:
         """An SSE response reading ``open_source``, counted in ``sse_streams`` while it streams."""
 
         @asynccontextmanager
-        async def counted() -> AsyncIterator[NextMessage]:
-            async with open_source() as next_message:
+        async def counted() -> AsyncIterator[MessageSource]:
+            async with open_source() as source:
                 self._streaming += 1
                 try:
-                    yield next_message
+                    yield source
                 finally:
                     self._streaming -= 1
 
@@ -627,6 +597,76 @@ async def _receive_text(websocket: WebSocket) -> str:
     if not isinstance(text, str):
         raise _BinaryFrame("binary frames are not part of this protocol: send JSON text")
     return text
+
+
+class _AttachedRun:
+    """The messages of an attached run, each recorded (run log, ``updates``) as it is read."""
+
+    __slots__ = ("_served", "_stream", "finished", "run_id")
+
+    def __init__(self, served: ServedSession, stream: RunStream) -> None:
+        self._served = served
+        self._stream = stream
+        self.run_id = stream.run_id
+        self.finished = False
+        """Whether its ``RunFinished`` was read."""
+
+    def next_nowait(self) -> tuple[str, dict[str, Any]] | None:
+        if self.finished:
+            return None
+        return self._record(self._stream.next_nowait())
+
+    async def next(self) -> tuple[str, dict[str, Any]] | None:
+        if self.finished:
+            return None
+        return self._record(await self._stream.__anext__())
+
+    def _record(self, event: Event) -> tuple[str, dict[str, Any]]:
+        self.finished = type(event) is RunFinished
+        data = self._served.record(self.run_id, event)
+        return data["type"], data
+
+
+class _Following:
+    """The messages of a run's log, from its start."""
+
+    __slots__ = ("_follower",)
+
+    def __init__(self, follower: RunFollower) -> None:
+        self._follower = follower
+
+    def next_nowait(self) -> tuple[str, dict[str, Any]] | Dropped | None:
+        return _message(self._follower.next_nowait())
+
+    async def next(self) -> tuple[str, dict[str, Any]] | Dropped | None:
+        return _message(await self._follower.next())
+
+
+class _Subscribed:
+    """The messages of a session's feed."""
+
+    __slots__ = ("_subscriber",)
+
+    def __init__(self, subscriber: Subscriber[dict[str, Any]]) -> None:
+        self._subscriber = subscriber
+
+    def next_nowait(self) -> tuple[str, dict[str, Any]] | Dropped | None:
+        try:
+            return _message(self._subscriber.get_nowait())
+        except trio.EndOfChannel:
+            return None
+
+    async def next(self) -> tuple[str, dict[str, Any]] | Dropped | None:
+        try:
+            return _message(await self._subscriber.get())
+        except trio.EndOfChannel:
+            return None
+
+
+def _message(item: dict[str, Any] | Dropped | None) -> tuple[str, dict[str, Any]] | Dropped | None:
+    if item is None or isinstance(item, Dropped):
+        return item
+    return item["type"], item
 
 
 def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:

@@ -291,6 +291,7 @@ async def test_workspace_stream_left_mid_dial_leaves_nothing(fault_proxy: FaultP
         fault_proxy.forward()  # the link closes only on the client's FIN (else it would now carry the handshake)
         with trio.fail_after(BOUND):
             await fault_proxy.wait_connections(0)
+            await trio.testing.wait_all_tasks_blocked()  # the server has read the FIN too
         assert server.statistics().websockets == 0
 
 
