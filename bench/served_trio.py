@@ -130,7 +130,9 @@ async def main(mode: str) -> None:
                 shutdown.set()
             return
         agent = make_agent() if mode == "agent" else make_async_agent()
-        async with open_server(agent, port=0) as server:
+        # The load client creates a session per run and leaves it, as the peers' servers let it:
+        # no cap on open sessions, so the 1,000 default does not refuse the measured runs.
+        async with open_server(agent, port=0, max_sessions=None) as server:
             print(json.dumps({"port": server.port, "versions": VERSIONS}), flush=True)
             async for _ in signals:
                 break
