@@ -496,7 +496,7 @@ class SSEListener:
             raise PeerSilentError(f"{self._url} sent nothing for {self._read_timeout} s") from exc.__cause__
         try:
             data: Any = json.loads(sse.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python's parser goes: the text
             data = sse.data
         return SSEMessage(sse.event, data, sse.id)
 

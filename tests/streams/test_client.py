@@ -394,6 +394,17 @@ async def test_an_sse_listener_gets_messages_before_the_peer_goes_quiet(provider
     assert received == [SSEMessage("Notice", {"type": "Notice", "message": "hi"}, "1")]
 
 
+async def test_an_sse_listener_gives_data_too_deep_to_parse_as_its_text(provider_server: Any) -> None:
+    """Data nested deeper than Python's JSON parser goes (RecursionError) arrives as its text, not as a crash."""
+    deep = "[" * 100_000 + "]" * 100_000
+    body = f"event: Deep\nid: 1\ndata: {deep}\n\nevent: Notice\nid: 2\ndata: {{}}\n\n".encode()
+    provider_server.serve(body)
+    with trio.fail_after(TIMEOUT):
+        async with open_sse_listener(f"{provider_server.base_url}/feed") as feed:
+            received = [message async for message in feed]
+    assert received == [SSEMessage("Deep", deep, "1"), SSEMessage("Notice", {}, "2")]
+
+
 # -- the workspace stream's buffer -----------------------------------------------
 
 
