@@ -420,7 +420,8 @@ class AgentRun:
         )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
-            error = f"unknown tool {call.name!r}; the tools are: {known}"
+            shown = call.name if len(call.name) <= 100 else f"{call.name[:99]}…"  # the model's text: bounded
+            error = f"unknown tool {shown!r}; the tools are: {known}"
         if error is None and tool is not None:
             timeout = self._agent.tool_timeout
             try:
@@ -552,8 +553,10 @@ def _to_content(value: Any) -> str:
         return value
     try:
         return json.dumps(value)  # the C encoder; default= would force the Python one
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep to send as JSON>"
     except (TypeError, ValueError):
         try:
             return json.dumps(value, default=str)
-        except ValueError:
+        except (ValueError, RecursionError):
             return str(value)

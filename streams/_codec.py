@@ -57,7 +57,8 @@ _FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {}
 
 
 def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
-    """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``."""
+    """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, and a
+    value nested too deep to serialize a short placeholder saying so (the event is still sent)."""
     if isinstance(event, UnknownEvent):
         return dict(event.data)
     if isinstance(event, SubAgentEvent):
@@ -69,8 +70,15 @@ def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
         names = _FIELD_NAMES[cls] = tuple(field.name for field in attrs.fields(cls))
     for name in names:
         value = getattr(event, name)
-        data[name] = value if type(value) in _PLAIN else to_jsonable_python(value, fallback=str)
+        data[name] = value if type(value) in _PLAIN else _jsonable(value)
     return data
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return to_jsonable_python(value, fallback=str)
+    except (ValueError, RecursionError):  # nested deeper than pydantic serializes (a tool's result, say)
+        return f"<{type(value).__name__} nested too deep to send as JSON>"
 
 
 def event_from_json(data: Any) -> Event | UnknownEvent:

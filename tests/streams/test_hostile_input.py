@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from agents import Agent, OpenAIChatModel, RetryPolicy, ScriptedModel, ToolCall, UserMessage
+from agents import Agent, OpenAIChatModel, RetryPolicy, ScriptedModel, ToolCall, UserMessage, tool
 from runtime import open_gateway, open_runtime
 from streams import WebhookChannel
 
@@ -292,3 +292,44 @@ async def test_a_tool_called_with_100000_unexpected_arguments_gets_a_short_error
     assert len(error) < 1000
     assert len(_tool_results(provider_server.requests[1].body)["call_1"]) < 1000
     assert events[-1]["reason"] == "completed"
+
+
+async def test_a_tool_result_nested_too_deep_for_json_is_sent_as_a_placeholder(
+    serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
+    """A tool's result nested deeper than the encoder goes still reaches the client as a ToolCallFinished (its
+    result a short placeholder), the run completes, and the session goes on (it used to fail the session)."""
+
+    @tool
+    async def deep() -> list[Any]:
+        """Returns a list nested 5,000 deep."""
+        value: list[Any] = []
+        for _ in range(5000):
+            value = [value]
+        return value
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("deep"), "done", "again"]), tools=[deep])
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            events = await run_attached(client, "s1", "go")
+            (finished,) = [event for event in events if event["type"] == "ToolCallFinished"]
+            assert finished["result"] == "<list nested too deep to send as JSON>"
+            assert finished["error"] is None
+            assert events[-1]["type"] == "RunFinished"
+            assert events[-1]["reason"] == "completed"
+            again = await run_attached(client, "s1", "again")
+            assert again[-1]["reason"] == "completed"
+            assert (await client.get("/sessions/s1")).status_code == 200
+
+
+async def test_an_unknown_tool_name_is_clipped_in_its_error() -> None:
+    """A model calling a tool with a 100,000-character name gets a short error result, not the name back."""
+    name = "x" * 100_000
+    model = ScriptedModel([ToolCall(name), "done"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+        result = await session.ask("go")
+    (call,) = result.tool_calls
+    assert call.error is not None
+    assert call.error.startswith("unknown tool 'xxxx")
+    assert len(call.error) < 300
