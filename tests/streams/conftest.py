@@ -561,3 +561,58 @@ async def _open_raw_websocket(
 def open_raw_websocket() -> OpenRawWebSocket:
     """``async with open_raw_websocket(port, path) as ws``: a :class:`RawWebSocket`, handshake done."""
     return _open_raw_websocket
+
+
+class WaitingTool(Protocol):
+    def __call__(self, started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool: ...
+
+
+def _waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
+    """A tool (``wait_here``) that waits for ``release``, noting when it started and whether it was cancelled."""
+
+    @tool
+    async def wait_here() -> str:
+        """Wait until released."""
+        started.set()
+        try:
+            await release.wait()
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+        return "released"
+
+    return wait_here
+
+
+@pytest.fixture
+def waiting_tool() -> WaitingTool:
+    """``waiting_tool(started, release, cancelled)``: a tool that holds its run until released."""
+    return _waiting_tool
+
+
+class PostScope(Protocol):
+    def __call__(self, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]: ...
+
+
+def _post_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The ASGI scope of a JSON ``POST path`` with these extra headers, for driving an app with no HTTP parser."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+
+
+@pytest.fixture
+def post_scope() -> PostScope:
+    """``post_scope(path, headers)``: the ASGI scope of a JSON POST, to call ``app(scope, receive, send)`` directly."""
+    return _post_scope

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, Recorder, Serving
+    from tests.streams.conftest import Create, MakeAgent, Recorder, Serving, WaitingTool
 
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
@@ -55,29 +55,12 @@ def asking_tool() -> Tool:
     return pick
 
 
-def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
-    """A tool that waits for ``release``, noting when it started and whether it was cancelled."""
-
-    @tool
-    async def wait_here() -> str:
-        """Wait until released."""
-        started.set()
-        try:
-            await release.wait()
-        except trio.Cancelled:
-            cancelled.set()
-            raise
-        return "released"
-
-    return wait_here
-
-
 def local_agent() -> Agent:
     return Agent(name="local", model=ScriptedModel([]))
 
 
 async def test_a_run_outlives_the_serve_started_beside_it(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
 ) -> None:
     """A RemoteSession made directly (the older way): its serve ends (its owning session closes) in the middle
     of a run; the run's client is not serve's, so the run goes on to RunFinished("completed")."""
@@ -104,7 +87,7 @@ async def test_a_run_outlives_the_serve_started_beside_it(
 
 
 async def test_leaving_open_remote_session_ends_a_run_of_another_task_first(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
 ) -> None:
     """The block owns the client: leaving it while another task's run is live ends that run with
     ClosedRemoteSessionError (the server cancels the run, its client having left), and only then closes the

@@ -28,6 +28,8 @@ from streams._requests import RequestRejected, read_body
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from tests.streams.conftest import PostScope
+
 TOKEN: Final = "s3cret"
 TIMEOUT: Final = 10.0
 SERVERS: Final = ["server", "webhook"]
@@ -71,22 +73,8 @@ async def test_both_servers_refuse_a_missing_or_wrong_token_with_401(kind: str, 
     assert response.status_code == 401
 
 
-async def _asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+async def _asgi_post(app: Any, scope: dict[str, Any], body: bytes) -> int:
     """POST ``body`` straight to ``app`` (no HTTP parser in between, which would refuse a bad header itself)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-type", b"application/json"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
     sent: list[dict[str, Any]] = []
     parts = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -106,13 +94,18 @@ async def _asgi_post(app: Any, path: str, headers: list[tuple[bytes, bytes]], bo
 
 @pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("length", [b"12x", b"+5", b"1_0", b" 5", b"-1", b"\xb2", b""])
-async def test_both_servers_answer_a_malformed_content_length_with_400(kind: str, length: bytes) -> None:
+async def test_both_servers_answer_a_malformed_content_length_with_400(
+    kind: str, length: bytes, post_scope: PostScope
+) -> None:
     """A Content-Length that is not all ASCII digits is 400 on the server and the webhook alike, before any read."""
     with trio.fail_after(TIMEOUT):
         async with _serve(kind) as (app, url, body):
             path = httpx.URL(url).path
-            status = await _asgi_post(app, path, [(b"content-length", length)], json.dumps(body).encode())
-            good = await _asgi_post(app, path, [], json.dumps(body).encode())
+            auth = (b"authorization", f"Bearer {TOKEN}".encode())
+            status = await _asgi_post(
+                app, post_scope(path, [auth, (b"content-length", length)]), json.dumps(body).encode()
+            )
+            good = await _asgi_post(app, post_scope(path, [auth]), json.dumps(body).encode())
     assert status == 400
     assert good in (201, 202)  # the same request with no Content-Length is fine
 

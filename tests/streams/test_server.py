@@ -34,30 +34,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, Serving
+    from tests.streams.conftest import Create, MakeAgent, PostScope, Serving, WaitingTool
 
 TOKEN: Final = "s3cret-token"
 TIMEOUT: Final = 10
 
 
 # -- agents --------------------------------------------------------------------
-
-
-def waiting_tool(started: trio.Event, release: trio.Event, cancelled: trio.Event) -> Tool:
-    """A tool that waits for ``release``, noting when it started and whether it was cancelled."""
-
-    @tool
-    async def wait_here() -> str:
-        """Wait until released."""
-        started.set()
-        try:
-            await release.wait()
-        except trio.Cancelled:
-            cancelled.set()
-            raise
-        return "released"
-
-    return wait_here
 
 
 # -- helpers -------------------------------------------------------------------
@@ -269,7 +252,10 @@ async def test_an_attached_run_streams_the_events_a_local_run_gives(
 
 
 async def test_a_client_that_disconnects_cancels_its_attached_run(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent,
+    serving: Serving,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """Leaving the httpx stream block mid-run cancels the run's tool; the session can run again."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
@@ -294,7 +280,10 @@ async def test_a_client_that_disconnects_cancels_its_attached_run(
 
 
 async def test_an_abandoned_attached_run_ends_for_its_followers(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent,
+    serving: Serving,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """Someone following an attached run (GET /runs/{rid}/events) gets its RunFinished("cancelled")
     once the run's own client has left and the run was cancelled."""
@@ -320,7 +309,10 @@ async def test_an_abandoned_attached_run_ends_for_its_followers(
 
 
 async def test_an_abandoned_attached_run_leaves_the_session_idle(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent,
+    serving: Serving,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """Once an attached run's client has left and the run was cancelled, the feed says idle again and
     then GET /sessions/{sid} says idle (before any other run)."""
@@ -344,7 +336,9 @@ async def test_an_abandoned_attached_run_leaves_the_session_idle(
 
 
 async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start(
-    make_agent: MakeAgent, create: Create
+    make_agent: MakeAgent,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """detach: 202 with the run id; the run outlives the client that started it, and another client
     gets every event from RunStarted (replayed) to RunFinished (live), as does one that comes after."""
@@ -669,7 +663,10 @@ async def test_a_chunked_body_over_max_body_is_413(make_agent: MakeAgent, servin
 
 
 async def test_a_failing_run_in_one_session_does_not_disturb_another(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent,
+    serving: Serving,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """A run whose model raises ends with ErrorEvent and RunFinished("error") in its own session only:
     another session's run in flight completes, and both sessions go on serving."""
@@ -705,7 +702,10 @@ async def test_a_failing_run_in_one_session_does_not_disturb_another(
 
 
 async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(
-    make_agent: MakeAgent, serving: Serving, create: Create
+    make_agent: MakeAgent,
+    serving: Serving,
+    create: Create,
+    waiting_tool: WaitingTool,
 ) -> None:
     """With ``idle_timeout``, a session with a run in flight stays; once idle that long (its run over, its
     feed closed), it is closed and gone from the server."""
@@ -741,24 +741,9 @@ async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(
 # -- the run's life in the response, at the ASGI level ------------------------------
 
 
-def _post_scope(path: str, body: bytes) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-
-
-async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_200(make_agent: MakeAgent) -> None:
+async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_200(
+    make_agent: MakeAgent, post_scope: PostScope
+) -> None:
     """The session closes after the request was accepted but before the run is entered (here: while the body
     is read): the response's own ``async with session.run()`` is refused, and the answer is the 404 error body,
     never a 200 stream."""
@@ -767,6 +752,7 @@ async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_20
         async with open_server(make_agent()) as server:
             served = await server.open_session("s1")
             body = json.dumps({"input": "hello"}).encode()
+            scope = post_scope("/sessions/s1/runs", [(b"content-length", str(len(body)).encode())])
             delivered = False
 
             async def receive() -> dict[str, Any]:
@@ -780,7 +766,7 @@ async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_20
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            await server.app(_post_scope("/sessions/s1/runs", body), receive, send)  # type: ignore[arg-type]
+            await server.app(scope, receive, send)  # type: ignore[arg-type]
 
     assert sent[0]["type"] == "http.response.start"
     assert sent[0]["status"] == 404
@@ -789,6 +775,8 @@ async def test_a_session_closed_before_its_attached_run_starts_is_a_404_not_a_20
 
 async def test_an_attached_run_whose_client_breaks_mid_stream_is_ended_and_frees_the_session(
     make_agent: MakeAgent,
+    waiting_tool: WaitingTool,
+    post_scope: PostScope,
 ) -> None:
     """A send that fails (the client's connection broke) after the 200: the run's ``async with`` in the
     response exits on that path too: the run is cancelled, its log ends with RunFinished("cancelled"), the
@@ -799,6 +787,7 @@ async def test_an_attached_run_whose_client_breaks_mid_stream_is_ended_and_frees
         async with open_server(agent) as server:
             served = await server.open_session("s1")
             body = json.dumps({"input": "tool: wait"}).encode()
+            scope = post_scope("/sessions/s1/runs", [(b"content-length", str(len(body)).encode())])
             messages = [{"type": "http.request", "body": body, "more_body": False}]
 
             async def receive() -> dict[str, Any]:
@@ -813,7 +802,7 @@ async def test_an_attached_run_whose_client_breaks_mid_stream_is_ended_and_frees
                     raise OSError("connection reset by peer")
 
             with pytest.raises(BaseException) as raised:  # noqa: PT011  # Starlette re-raises it, grouped or not
-                await server.app(_post_scope("/sessions/s1/runs", body), receive, send)  # type: ignore[arg-type]
+                await server.app(scope, receive, send)  # type: ignore[arg-type]
             assert "connection reset by peer" in repr(raised.value)
             assert cancelled.is_set()
             assert served.state == {"type": "SessionState", "state": "idle"}
