@@ -8,6 +8,7 @@ from ._context import (
     ElicitationAction as ElicitationAction,
     ElicitationResult as ElicitationResult,
     Elicitor as Elicitor,
+    EventSink as EventSink,
     RunContext as RunContext,
     SessionLike as SessionLike,
     ToolContext as ToolContext,
@@ -36,15 +37,21 @@ from ._messages import (
     Message as Message,
     ModelChunk as ModelChunk,
     ModelRequest as ModelRequest,
+    OutputSchema as OutputSchema,
     ReasoningChunk as ReasoningChunk,
+    RefusalChunk as RefusalChunk,
     ServerToolChunk as ServerToolChunk,
+    StopChunk as StopChunk,
+    StopReason as StopReason,
     TextChunk as TextChunk,
     ToolCallChunk as ToolCallChunk,
+    ToolCallDeltaChunk as ToolCallDeltaChunk,
     ToolResultMessage as ToolResultMessage,
     ToolSpec as ToolSpec,
     UsageChunk as UsageChunk,
     UserMessage as UserMessage,
 )
+from ._output import FINAL_RESULT_TOOL as FINAL_RESULT_TOOL, OutputMode as OutputMode
 from ._tools import (
     ThreadLimiter as ThreadLimiter,
     Tool as Tool,
@@ -52,6 +59,7 @@ from ._tools import (
     Toolset as Toolset,
     tool as tool,
 )
+from ._usage import RunUsage as RunUsage, UsageLimits as UsageLimits
 from .models import (
     AnthropicModel as AnthropicModel,
     Model as Model,

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias
 
 import attrs
+from typing_extensions import TypeVar
 
 from ._context import RunContext
 from ._exceptions import AgentDefinitionError
 from ._hooks import Hooks
+from ._output import OutputMode, OutputSpec, output_spec
 from ._tools import Tool, ToolLike, Toolset, as_tool
 from .models._resolve import resolve_model
 
 if TYPE_CHECKING:
+    import types
+
+    from ._usage import UsageLimits
     from .models._protocol import Model
 
 TRANSFER_TOOL: Final = "transfer_task"
 """The name of the tool that hands a task to a sub-agent."""
+
+AgentDepsT = TypeVar("AgentDepsT", default=Any)
+"""The type of ``deps`` an agent's tools, hooks and instructions receive."""
+OutputT = TypeVar("OutputT", default=str)
+"""The type of an agent's output: ``str`` unless ``output_type`` says otherwise."""
 
 Instructions: TypeAlias = str | Callable[[RunContext[Any]], str | Awaitable[str]]
 """A system prompt, or a (sync or async) function of the run's context returning one."""
@@ -39,7 +49,7 @@ def _convert_tools(items: Sequence[ToolLike]) -> tuple[Tool | Toolset, ...]:
     return tuple(converted)
 
 
-def _convert_agents(items: Sequence[Agent]) -> tuple[Agent, ...]:
+def _convert_agents(items: Sequence[Agent[Any, Any]]) -> tuple[Agent[Any, Any], ...]:
     return tuple(items)
 
 
@@ -51,14 +61,19 @@ def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
     return hooks
 
 
-def _positive_or_none(instance: Agent, attribute: attrs.Attribute[Any], value: float | None) -> None:
+def _positive_or_none(instance: Agent[Any, Any], attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and value <= 0:
         raise AgentDefinitionError(f"{attribute.name} must be positive or None, not {value!r}")
 
 
 @attrs.frozen(kw_only=True)
-class Agent:
+class Agent(Generic[AgentDepsT, OutputT]):
     """An agent definition: immutable, and safe to share between sessions.
+
+    Generic in the ``deps`` its code receives and in its output type, so
+    ``RunResult.output`` and ``Session.ask`` are typed: ``Agent(...,
+    output_type=Weather)`` is an ``Agent[Any, Weather]``. (mypy cannot infer
+    a union: annotate, ``Agent[None, Cat | Dog](..., output_type=Cat | Dog)``.)
 
     Example::
 
@@ -88,10 +103,38 @@ class Agent:
     """Seconds a whole run may take; past it, the run ends with ``timeout``."""
     model_idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds the model may go without sending a chunk; past it, the run ends with ``timeout``."""
-    sub_agents: tuple[Agent, ...] = attrs.field(default=(), converter=_convert_agents)
+    sub_agents: tuple[Agent[Any, Any], ...] = attrs.field(default=(), converter=_convert_agents)
     """Agents this one may hand tasks to: the model gets a ``transfer_task(agent, task)`` tool."""
     max_depth: int = attrs.field(default=3)
     """How deep sub-agents may nest below a run of this agent; past it, the transfer is an error result."""
+    output_type: type[OutputT] | types.UnionType = attrs.field(default=str)  # type: ignore[assignment]
+    """What a run returns: ``str`` (the last response's text), or anything pydantic validates (a
+    ``BaseModel``, a dataclass, a ``TypedDict``, ``list[...]``, a union of those)."""
+    output_mode: OutputMode = "tool"
+    """How the model answers with a typed output: ``"tool"`` (it calls ``final_result``; every model),
+    ``"native"`` (the provider's JSON-schema response format) or ``"prompted"`` (JSON text, schema in
+    the instructions)."""
+    output_retries: int = attrs.field(default=1)
+    """Answers that fail validation the model may correct (each a turn, counted in ``max_turns``)."""
+    usage_limits: UsageLimits | None = None
+    """What one run may spend (its sub-agents' runs included)."""
+    session_usage_limits: UsageLimits | None = None
+    """What all runs of one session may spend together."""
+    output: OutputSpec = attrs.field(init=False, repr=False, eq=False)
+    """How the output is asked for and validated (made from ``output_type`` and ``output_mode``)."""
+
+    def __attrs_post_init__(self) -> None:
+        spec = output_spec(self.output_type, self.output_mode)
+        if spec.mode == "native" and not spec.is_text and not getattr(self.model, "native_output", False):
+            raise AgentDefinitionError(
+                f"{type(self.model).__name__} has no native structured output; use output_mode='tool' or 'prompted'"
+            )
+        object.__setattr__(self, "output", spec)
+
+    @output_retries.validator
+    def _check_output_retries(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise AgentDefinitionError(f"output_retries must be at least 0, not {value!r}")
 
     @max_turns.validator
     def _check_max_turns(self, attribute: attrs.Attribute[int], value: int) -> None:
@@ -104,7 +147,9 @@ class Agent:
             raise AgentDefinitionError(f"max_depth must be at least 0, not {value!r}")
 
     @sub_agents.validator
-    def _check_sub_agents(self, attribute: attrs.Attribute[tuple[Agent, ...]], value: tuple[Agent, ...]) -> None:
+    def _check_sub_agents(
+        self, attribute: attrs.Attribute[tuple[Agent[Any, Any], ...]], value: tuple[Agent[Any, Any], ...]
+    ) -> None:
         if not all(isinstance(agent, Agent) for agent in value):
             raise AgentDefinitionError("sub_agents must be Agent instances")
         names = [agent.name for agent in value]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
+import trio
 
 from ._exceptions import ElicitationUnavailable
 
@@ -41,6 +43,18 @@ class Elicitor(Protocol):
         self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
     ) -> ElicitationResult:
         """Ask, and wait for the answer."""
+        ...
+
+
+class EventSink(Protocol):
+    """Where ``ctx.emit`` and ``ctx.report_progress`` send: the run's event stream (set by the runtime)."""
+
+    def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
+        """Send a ``ToolProgress`` event if there is room; drop and count it if not."""
+        ...
+
+    async def emit(self, event: Any) -> None:
+        """Send a ``CustomEvent``, in order with the run's other events (waits for room)."""
         ...
 
 
@@ -85,12 +99,31 @@ class RunContext(Generic[DepsT]):
 
     deps: DepsT
     """Whatever the caller passed as ``deps`` to ``Session.run``."""
-    agent: Agent = attrs.field(repr=False)
+    agent: Agent[Any, Any] = attrs.field(repr=False)
     """The agent being run."""
     session: SessionLike = attrs.field(repr=False)
     """The session the run belongs to (a ``runtime.Session``)."""
     run_id: str
     """The run's id, as in its ``RunStarted`` event."""
+    events: EventSink | None = attrs.field(default=None, repr=False, kw_only=True)
+    """Set by the runtime; ``emit`` and ``report_progress`` go through it."""
+
+    async def emit(self, event: Any) -> None:
+        """Send a user-defined event to the run's stream and its stream handlers, in order with the
+        run's other events (served, to remote clients too).
+
+        Args:
+            event: An instance of a frozen attrs subclass of ``runtime.events.CustomEvent``.
+
+        Raises:
+            TypeError: ``event`` is not a ``CustomEvent``.
+
+        Example::
+
+            await ctx.emit(Deployed(url="https://example.com"))
+        """
+        if self.events is not None:
+            await self.events.emit(event)
 
 
 @attrs.frozen
@@ -110,6 +143,27 @@ class ToolContext(RunContext[DepsT]):
     """The name the tool was called by."""
     elicitor: Elicitor | None = attrs.field(default=None, repr=False, kw_only=True)
     """Set by the runtime; ``elicit`` goes through it."""
+
+    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        """Tell the run's consumer how far this tool got: a ``ToolProgress`` event.
+
+        Best-effort: when the stream is full the report is dropped (and
+        counted in ``RunResult.progress_dropped``); it never blocks the
+        tool. Call it as often as you like.
+
+        Raises:
+            ValueError: ``progress`` or ``total`` is not a finite number.
+
+        Example::
+
+            for i, row in enumerate(rows):
+                await ctx.report_progress(i + 1, total=len(rows), message=f"row {row.id}")
+        """
+        if not math.isfinite(progress) or (total is not None and not math.isfinite(total)):
+            raise ValueError(f"progress and total must be finite numbers, not {progress!r} and {total!r}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self.events is not None:
+            self.events.progress(self.call_id, progress, total, message)
 
     async def elicit(
         self,

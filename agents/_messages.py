@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import attrs
 
@@ -71,6 +71,43 @@ class ReasoningChunk:
 
 
 @attrs.frozen
+class ToolCallDeltaChunk:
+    """A fragment of a tool call's arguments while the model writes them.
+
+    The whole call follows as a :class:`ToolCallChunk`; the deltas are for
+    watching, never for running the call.
+    """
+
+    call_id: str
+    name: str
+    """The tool's name as far as the model has sent it."""
+    arguments_delta: str
+    """The next piece of the arguments' JSON text."""
+
+
+StopReason: TypeAlias = Literal[
+    "end_turn", "tool_use", "max_tokens", "content_filter", "refusal", "pause_turn", "other"
+]
+"""Why a model stopped one response, normalised across providers."""
+
+
+@attrs.frozen
+class StopChunk:
+    """Why the response ended: at most one per model call, after its content."""
+
+    reason: StopReason
+    raw: str | None = None
+    """The provider's own value (OpenAI's ``"length"``, Anthropic's ``"stop_sequence"`` ...)."""
+
+
+@attrs.frozen
+class RefusalChunk:
+    """A piece of a refusal (OpenAI's ``delta.refusal``): the model declined to answer."""
+
+    text: str
+
+
+@attrs.frozen
 class UsageChunk:
     """Tokens used by the model call that streamed it."""
 
@@ -95,7 +132,17 @@ class ServerToolChunk:
     input: Mapping[str, Any]
 
 
-ModelChunk: TypeAlias = TextChunk | ReasoningChunk | ToolCallChunk | UsageChunk | ErrorChunk | ServerToolChunk
+ModelChunk: TypeAlias = (
+    TextChunk
+    | ReasoningChunk
+    | ToolCallChunk
+    | UsageChunk
+    | ErrorChunk
+    | ServerToolChunk
+    | ToolCallDeltaChunk
+    | StopChunk
+    | RefusalChunk
+)
 """Everything a model may yield from :meth:`Model.stream`."""
 
 
@@ -110,6 +157,20 @@ class ToolSpec:
 
 
 @attrs.frozen
+class OutputSchema:
+    """The JSON schema the answer must match, for a provider's native structured output.
+
+    Set on :attr:`ModelRequest.output` only in ``output_mode="native"``;
+    the schema is always an ``object`` schema (a non-object output type is
+    wrapped as ``{"response": ...}``).
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    description: str = ""
+
+
+@attrs.frozen
 class ModelRequest:
     """Everything a model needs for one call."""
 
@@ -119,5 +180,7 @@ class ModelRequest:
     """The conversation so far, oldest first."""
     tools: tuple[ToolSpec, ...] = ()
     """The tools the model may call."""
+    output: OutputSchema | None = None
+    """Answer in JSON matching this schema, with the provider's native structured output (``None``: free text)."""
     http_client: httpx.AsyncClient | None = attrs.field(default=None, eq=False, repr=False)
     """The runtime's shared HTTP client; a model used alone opens its own."""

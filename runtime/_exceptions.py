@@ -16,7 +16,7 @@ The tree::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._result import RunResult
@@ -50,7 +50,7 @@ class RunFailedError(AgentRuntimeError):
         kind: The failing ``ErrorEvent``'s kind.
     """
 
-    def __init__(self, message: str, *, kind: str, result: RunResult) -> None:
+    def __init__(self, message: str, *, kind: str, result: RunResult[Any]) -> None:
         super().__init__(message)
         self.kind = kind
         self.result = result

@@ -62,7 +62,7 @@ class Gateway:
     Made by :func:`open_gateway`.
     """
 
-    def __init__(self, runtime: Runtime, agent: Agent, bus: MessageBus, idle_timeout: float | None) -> None:
+    def __init__(self, runtime: Runtime, agent: Agent[Any, Any], bus: MessageBus, idle_timeout: float | None) -> None:
         self.runtime = runtime
         self.agent = agent
         self.bus = bus
@@ -167,7 +167,7 @@ class Gateway:
 @asynccontextmanager
 async def open_gateway(
     runtime: Runtime,
-    agent: Agent,
+    agent: Agent[Any, Any],
     channels: Sequence[Channel],
     *,
     bus: MessageBus | None = None,

@@ -24,12 +24,15 @@ from agents import (
     Message,
     ModelRequest,
     ReasoningChunk,
+    RefusalChunk,
     RunContext,
     ServerToolChunk,
+    StopChunk,
     StopRun,
     TextChunk,
     Tool,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     ToolContext,
     ToolResultMessage,
     UsageChunk,
@@ -38,25 +41,34 @@ from agents import (
 )
 from agents._exceptions import describe
 from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
+from agents._output import OutputSpec, OutputValidationError
 
 from ._bridge import ElicitationBridge, PendingElicitation
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
+from ._tally import UsageTally
 from ._threads import tool_threads
 from .events import (
     AgentSwitched,
+    CustomEvent,
     ElicitationRequest,
     ErrorEvent,
     Event,
+    FinalOutput,
     FinishReason,
+    ModelStopped,
+    OutputDelta,
     ReasoningDelta,
+    Refusal,
     RunFinished,
     RunStarted,
     ServerToolUse,
     SubAgentEvent,
     TextDelta,
+    ToolCallDelta,
     ToolCallFinished,
     ToolCallStarted,
+    ToolProgress,
     Usage,
 )
 
@@ -65,7 +77,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import SessionLike
+    from agents import SessionLike, StopReason, UsageLimits
 
     from ._handlers import Tee
     from ._pipe import EventPipe
@@ -76,6 +88,12 @@ _NO_SCOPE: Final = contextlib.nullcontext()
 
 ON_RUN_END_GRACE: Final = 1.0
 """Seconds ``on_run_end`` hooks may take when the run was cancelled."""
+
+OUTPUT_DELTA_INTERVAL: Final = 0.05
+"""Seconds between two ``OutputDelta`` events: partial parsing is not free, and a person sees no faster."""
+
+_ANSWERED: Final = "the final answer was given in this response: not run"
+"""The tool result of a call made alongside a valid final answer."""
 
 
 class _EndRun(Exception):
@@ -107,17 +125,22 @@ class AgentRun:
         "_error",
         "_history",
         "_http_client",
-        "_input_tokens",
+        "_limits",
         "_max_depth",
         "_output",
-        "_output_tokens",
         "_reason",
+        "_refusal",
         "_root",
         "_send_blocking",
         "_send_last",
         "_send_nowait",
         "_session",
+        "_sink",
+        "_stop",
         "_sub_runs",
+        "_tallies",
+        "_tally",
+        "_text",
         "_tool_calls",
         "_user_input",
         "cancel_scope",
@@ -131,7 +154,7 @@ class AgentRun:
         self,
         *,
         run_id: str,
-        agent: Agent,
+        agent: Agent[Any, Any],
         session: SessionLike,
         user_input: str,
         deps: Any,
@@ -142,11 +165,13 @@ class AgentRun:
         consumer: EventPipe[Event] | None = None,
         parent: AgentRun | None = None,
         tee: Tee | None = None,
+        session_usage: UsageTally | None = None,
     ) -> None:
         """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
 
         ``consumer`` is the pipe whose consumer can answer questions (``None``
-        when nobody can, as with ``Session.ask``).
+        when nobody can, as with ``Session.ask``). ``session_usage`` is the
+        session's running total, counted into as the run spends.
         """
         self.run_id = run_id
         self._agent = agent
@@ -171,6 +196,15 @@ class AgentRun:
             """Questions of this run (and its nested runs) waiting for the consumer's answer."""
             self._depth = 0
             self._max_depth = agent.max_depth
+            self._sink = _RunSink(self._send_nowait, self._send_blocking, None)
+            self._tally = UsageTally()
+            # Counted into live: this run's, and the session's.
+            self._tallies: tuple[UsageTally, ...] = (
+                (self._tally,) if session_usage is None else (self._tally, session_usage)
+            )
+            self._limits: tuple[tuple[UsageLimits, UsageTally], ...] = _limits(agent.usage_limits, self._tally)
+            if session_usage is not None:
+                self._limits += _limits(agent.session_usage_limits, session_usage)
         else:
             name = agent.name
             forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
@@ -183,16 +217,22 @@ class AgentRun:
             self.pending = parent.pending
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
+            self._sink = _RunSink(self._send_nowait, self._send_blocking, parent._sink)
+            # A sub-agent spends its parent's budget too: counted into every tally above it.
+            self._tally = UsageTally()
+            self._tallies = (self._tally, *parent._tallies)
+            self._limits = _limits(agent.usage_limits, self._tally) + parent._limits
         self._sub_runs = 0
         self._ended = False
         self._consumer_left = False
-        self._output = ""
-        self._input_tokens = 0
-        self._output_tokens = 0
+        self._output: Any = "" if agent.output.is_text else None
+        self._text = ""
+        self._stop: StopReason | None = None
+        self._refusal: str | None = None
         self._tool_calls: list[ToolCallRecord] = []
         self._reason: FinishReason = "cancelled"
         self._error: ErrorEvent | None = None
-        self._context = RunContext(deps, agent, session, run_id)
+        self._context = RunContext(deps, agent, session, run_id, events=self._sink)
         self.cancel_scope = trio.CancelScope()
         """The run task's scope: cancelling it cancels the run."""
         self.done = Latch()
@@ -216,15 +256,21 @@ class AgentRun:
         """Send a question on this run's stream (wrapped, for a nested run)."""
         await self._emit(request)
 
-    def result(self) -> RunResult:
+    def result(self) -> RunResult[Any]:
         """What the run produced so far."""
+        tally = self._tally
         return RunResult(
             run_id=self.run_id,
             output=self._output,
             reason=self._reason,
-            usage=Usage(self._input_tokens, self._output_tokens),
+            usage=Usage(tally.input_tokens, tally.output_tokens),
             tool_calls=tuple(self._tool_calls),
             error=self._error,
+            text=self._text,
+            stop_reason=self._stop,
+            refusal=self._refusal,
+            requests=tally.requests,
+            progress_dropped=self._sink.dropped,
         )
 
     async def drive(self) -> None:
@@ -246,7 +292,8 @@ class AgentRun:
                             transfer = attrs.evolve(_transfer_tool(self._agent.sub_agents), function=self._transfer)
                             tools[transfer.name] = transfer
                         if stop is not None:
-                            self._output = stop.message
+                            # A typed output has no value to give; text output gives the hook's message.
+                            self._output = stop.message if self._agent.output.is_text else None
                             reason, message = "hook_stop", stop.message
                         elif len(tools) == len(self._agent.tools) + bool(self._agent.sub_agents):
                             reason, message = await self._turns(tools)
@@ -317,18 +364,101 @@ class AgentRun:
         return None
 
     async def _turns(self, tools: dict[str, Tool]) -> tuple[FinishReason, str | None]:
+        output = self._agent.output
         specs = tuple(tool.spec for tool in tools.values())
         instructions = await self._instructions()
+        request_output = None
+        if not output.is_text:
+            specs += output.tool_specs()
+            instructions = output.instructions(instructions)
+            request_output = output.request_output()
         self._history.append(UserMessage(self._user_input))
+        retries = self._agent.output_retries
         for _ in range(self._agent.max_turns):
-            request = ModelRequest(instructions, tuple(self._history), specs, self._http_client)
-            text, calls = await self._call_model(request)
-            self._output = text
+            if self._limits:
+                self._check_limits()
+            request = ModelRequest(
+                instructions, tuple(self._history), specs, output=request_output, http_client=self._http_client
+            )
+            text, calls, refusal = await self._call_model(request, output)
+            self._text = text
+            if refusal is not None:
+                self._history.append(AssistantMessage(text))  # its calls, if any, are not run: no results owed
+                self._refusal = refusal
+                await self._emit(Refusal(refusal))
+                return "refusal", refusal or "the model refused to answer"
             self._history.append(AssistantMessage(text, tuple(calls)))
-            if not calls:
+            if output.is_text:
+                self._output = text
+                if not calls:
+                    return "completed", None
+                await self._call_tools(calls, tools)
+                continue
+            problem = await self._typed_turn(output, text, calls, tools)
+            if problem is None:
+                await self._emit(FinalOutput(self._output))
                 return "completed", None
-            await self._call_tools(calls, tools)
+            if problem:
+                if retries == 0:
+                    tries = self._agent.output_retries + 1
+                    raise _EndRun("output", f"the output was not valid after {tries} attempt(s): {problem}")
+                retries -= 1
         return "max_turns", f"the run reached max_turns={self._agent.max_turns}"
+
+    async def _typed_turn(
+        self, output: OutputSpec, text: str, calls: list[ToolCallChunk], tools: dict[str, Tool]
+    ) -> str | None:
+        """One response, for a typed output: ``None`` if it gave the valid answer (now in ``_output``), else
+        ``""`` (it asked for tools: go on) or what was wrong with its answer (the model is told, to retry)."""
+        answers = [call for call in calls if output.is_output_tool(call.name)]
+        if answers:
+            answer = answers[0]
+            try:
+                value = output.validate_call(answer.name, answer.arguments)
+            except OutputValidationError as invalid:
+                problem = self._cut_off(str(invalid))
+            else:
+                self._output = value
+                self._history.extend(
+                    ToolResultMessage(call.call_id, call.name, "final answer accepted" if call is answer else _ANSWERED)
+                    for call in calls
+                )
+                return None
+            others = [call for call in calls if not output.is_output_tool(call.name)]
+            if others:
+                await self._call_tools(others, tools)
+            self._history.extend(
+                ToolResultMessage(call.call_id, call.name, f"{problem}. Fix it and call {call.name} again.", True)
+                for call in answers
+            )
+            return problem
+        if calls:
+            await self._call_tools(calls, tools)
+            return ""
+        if output.mode == "tool":
+            if output.accepts_text:
+                self._output = text
+                return None
+            self._history.append(UserMessage(output.text_retry()))
+            return "the model answered in text instead of calling the output tool"
+        try:
+            self._output = output.validate_text(text)
+        except OutputValidationError as invalid:
+            problem = self._cut_off(str(invalid))
+            self._history.append(UserMessage(f"{problem}. Answer again: only JSON matching the schema."))
+            return problem
+        return None
+
+    def _cut_off(self, problem: str) -> str:
+        if self._stop == "max_tokens":
+            return f"the response was cut off at the token limit (max_tokens), so {problem}"
+        return problem
+
+    def _check_limits(self) -> None:
+        for limits, tally in self._limits:
+            crossed = limits.crossed(tally.snapshot())
+            if crossed is not None:
+                raise _EndRun("usage_limit", crossed, "usage_limit")
 
     async def _instructions(self) -> str:
         instructions = self._agent.instructions
@@ -342,11 +472,21 @@ class AgentRun:
             raise _EndRun("instructions", f"the instructions callable failed: {describe(exc)}") from exc
         return str(value)
 
-    async def _call_model(self, request: ModelRequest) -> tuple[str, list[ToolCallChunk]]:
+    async def _call_model(
+        self, request: ModelRequest, output: OutputSpec
+    ) -> tuple[str, list[ToolCallChunk], str | None]:
+        """One model call, streamed: its text, its tool calls, and its refusal (``None`` if it did not refuse)."""
         texts: list[str] = []
         calls: list[ToolCallChunk] = []
+        refusals: list[str] | None = None
         idle = self._agent.model_idle_timeout
         emit = self._emit
+        tallies = self._tallies
+        for tally in tallies:
+            tally.requests += 1
+        self._stop = None
+        # A typed answer being written is parsed as it comes, for OutputDelta.
+        partial = None if output.is_text else _PartialOutput(output)
         # Only a run with model_idle_timeout pays for a cancel scope.
         idle_scope = None if idle is None else trio.CancelScope(deadline=trio.current_time() + idle)
         try:
@@ -359,14 +499,27 @@ class AgentRun:
                         if isinstance(chunk, TextChunk):
                             texts.append(chunk.text)
                             await emit(TextDelta(chunk.text))
+                            if partial is not None and output.mode != "tool":
+                                await partial.feed(chunk.text, None, emit)
                         elif isinstance(chunk, ReasoningChunk):
                             await emit(ReasoningDelta(chunk.text))
                         elif isinstance(chunk, ToolCallChunk):
                             calls.append(chunk)
                         elif isinstance(chunk, UsageChunk):
-                            self._input_tokens += chunk.input_tokens
-                            self._output_tokens += chunk.output_tokens
+                            for tally in tallies:
+                                tally.input_tokens += chunk.input_tokens
+                                tally.output_tokens += chunk.output_tokens
                             await emit(Usage(chunk.input_tokens, chunk.output_tokens))
+                        elif isinstance(chunk, ToolCallDeltaChunk):
+                            await emit(ToolCallDelta(chunk.call_id, chunk.name, chunk.arguments_delta))
+                            if partial is not None and output.is_output_tool(chunk.name):
+                                await partial.feed(chunk.arguments_delta, chunk.call_id, emit, chunk.name)
+                        elif isinstance(chunk, StopChunk):
+                            self._stop = chunk.reason
+                            await emit(ModelStopped(chunk.reason, chunk.raw))
+                        elif isinstance(chunk, RefusalChunk):
+                            refusals = refusals or []
+                            refusals.append(chunk.text)
                         elif isinstance(chunk, ServerToolChunk):
                             await emit(ServerToolUse(chunk.call_id, chunk.name, dict(chunk.input)))
                         elif isinstance(chunk, ErrorChunk):
@@ -381,12 +534,22 @@ class AgentRun:
             raise _EndRun("model", describe(exc)) from exc
         if idle_scope is not None and idle_scope.cancelled_caught:
             raise _EndRun("timeout", f"the model sent nothing for model_idle_timeout={idle}s", "timeout")
-        return "".join(texts), calls
+        text = "".join(texts)
+        if partial is not None:
+            await partial.flush(emit)
+        if refusals is not None:
+            return text, calls, "".join(refusals)
+        if self._stop == "refusal":
+            return "", calls, text  # Anthropic: what it wrote before refusing is the refusal
+        return text, calls, None
 
     async def _call_tools(self, calls: list[ToolCallChunk], tools: dict[str, Tool]) -> None:
         results: list[ToolResultMessage | None] = [None] * len(calls)
+        for tally in self._tallies:
+            tally.tool_calls += len(calls)
         try:
-            parsed = [_parse_arguments(call) for call in calls]
+            cut_off = self._stop == "max_tokens"
+            parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
             for call, (arguments, _) in zip(calls, parsed, strict=True):
                 await self._emit(ToolCallStarted(call.call_id, call.name, arguments))
             if len(calls) == 1:
@@ -416,7 +579,14 @@ class AgentRun:
         value: Any = None
         error = parse_error
         ctx = ToolContext(
-            self._deps, self._agent, self._session, self.run_id, call.call_id, call.name, elicitor=self._bridge
+            self._deps,
+            self._agent,
+            self._session,
+            self.run_id,
+            call.call_id,
+            call.name,
+            elicitor=self._bridge,
+            events=self._sink,
         )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
@@ -479,20 +649,22 @@ class AgentRun:
         )
         await self._emit(AgentSwitched(self._agent.name, agent))
         try:
-            await child.drive()
+            await child.drive()  # its usage is counted into this run's as it goes
         except BaseException:
             self._send_last(AgentSwitched(agent, self._agent.name))
             raise
-        finally:
-            # Sub-agent usage counts toward the run's usage.
-            self._input_tokens += child._input_tokens
-            self._output_tokens += child._output_tokens
         await self._emit(AgentSwitched(agent, self._agent.name))
         result = child.result()
         if result.reason not in ("completed", "max_turns", "hook_stop"):
-            detail = result.error.message if result.error else result.reason
+            if result.error is not None:
+                detail = result.error.message
+            else:
+                detail = f"it refused: {result.refusal}" if result.refusal is not None else result.reason
             raise _Refused(f"{agent} failed: {detail}")
-        return result.output
+        if child_agent.output.is_text:
+            return str(result.output)
+        # A typed sub-agent answers with its validated value, as JSON.
+        return "null" if result.output is None else child_agent.output.to_json(result.output)
 
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:
@@ -506,8 +678,90 @@ class _Refused(Exception):
     """A tool call that did not run; its message is the error result the model sees."""
 
 
+class _RunSink:
+    """What ``ctx.emit`` and ``ctx.report_progress`` send through (an ``agents.EventSink``).
+
+    It holds the run's send functions, not the run: a run holding its sink
+    and a sink holding its run would be a reference cycle, and a finished
+    run is freed by reference counting alone.
+    """
+
+    __slots__ = ("_root", "_send_blocking", "_send_nowait", "dropped")
+
+    def __init__(
+        self,
+        send_nowait: Callable[[Event], None],
+        send_blocking: Callable[[Event], Awaitable[None]],
+        parent: _RunSink | None,
+    ) -> None:
+        self._send_nowait = send_nowait
+        self._send_blocking = send_blocking
+        # A nested run's dropped reports count at the top, in the RunResult the consumer gets.
+        self._root: _RunSink | None = None if parent is None else (parent._root or parent)
+        self.dropped = 0
+        """Progress reports dropped because the stream was full."""
+
+    def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
+        try:
+            self._send_nowait(ToolProgress(call_id, progress, total, message))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            (self._root or self).dropped += 1
+
+    async def emit(self, event: Any) -> None:
+        if not isinstance(event, CustomEvent) or not attrs.has(type(event)):
+            raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
+        try:
+            self._send_nowait(event)
+            return
+        except trio.WouldBlock:
+            pass
+        await self._send_blocking(event)
+
+
+class _PartialOutput:
+    """A typed answer as it streams: parsed at most every ``OUTPUT_DELTA_INTERVAL`` s, sent when it changed."""
+
+    __slots__ = ("_call_id", "_last", "_output", "_parsed_at", "_pending", "_text", "_tool")
+
+    def __init__(self, output: OutputSpec) -> None:
+        self._output = output
+        self._text: list[str] = []
+        self._call_id: str | None = None
+        self._tool: str | None = None
+        self._last: Any = None
+        self._parsed_at = -math.inf
+        self._pending = False
+
+    async def feed(
+        self, piece: str, call_id: str | None, emit: Callable[[Event], Awaitable[None]], tool: str | None = None
+    ) -> None:
+        if call_id is not None and call_id != self._call_id:
+            if self._call_id is not None:
+                return  # a second answer in one response: the first one counts
+            self._call_id, self._tool = call_id, tool
+        self._text.append(piece)
+        self._pending = True
+        now = trio.current_time()
+        if now - self._parsed_at >= OUTPUT_DELTA_INTERVAL:
+            self._parsed_at = now
+            await self.flush(emit)
+
+    async def flush(self, emit: Callable[[Event], Awaitable[None]]) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        value = self._output.partial("".join(self._text), self._tool)
+        if value is not None and value != self._last:
+            self._last = value
+            await emit(OutputDelta(value))
+
+
+def _limits(limits: UsageLimits | None, tally: UsageTally) -> tuple[tuple[UsageLimits, UsageTally], ...]:
+    return () if limits is None else ((limits, tally),)
+
+
 @functools.lru_cache(maxsize=256)
-def _transfer_tool(sub_agents: tuple[Agent, ...]) -> Tool:
+def _transfer_tool(sub_agents: tuple[Agent[Any, Any], ...]) -> Tool:
     """The schema of the transfer tool for these sub-agents (its function is bound per run)."""
     names = tuple(agent.name for agent in sub_agents)
     listing = "\n".join(f"- {agent.name}: {_summary(agent)}" for agent in sub_agents)
@@ -524,15 +778,16 @@ def _transfer_tool(sub_agents: tuple[Agent, ...]) -> Tool:
     return tool(name=TRANSFER_TOOL)(transfer_task)
 
 
-def _summary(agent: Agent) -> str:
+def _summary(agent: Agent[Any, Any]) -> str:
     if isinstance(agent.instructions, str) and agent.instructions.strip():
         return agent.instructions.strip().splitlines()[0]
     return agent.name
 
 
-def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
+def _parse_arguments(call: ToolCallChunk, *, cut_off: bool = False) -> tuple[dict[str, Any], str | None]:
     """The call's arguments, or ``{}`` and the error the model is told (never an exception: a model's
-    bad arguments are an error result of that call, and the turn's other calls go on)."""
+    bad arguments are an error result of that call, and the turn's other calls go on). ``cut_off``: the
+    response ended at ``max_tokens``, which is then the likely reason for broken JSON."""
     raw = call.arguments
     if isinstance(raw, Mapping):
         arguments = dict(raw)
@@ -542,6 +797,11 @@ def _parse_arguments(call: ToolCallChunk) -> tuple[dict[str, Any], str | None]:
     try:
         value = loads_untrusted(raw) if raw.strip() else {}
     except ValueError as exc:
+        if cut_off:
+            return {}, (
+                f"the arguments for tool {call.name!r} were cut off: the response reached its token limit "
+                f"(max_tokens) before they were complete ({exc})"
+            )
         return {}, f"the arguments for tool {call.name!r} are not valid JSON: {exc}"
     if not isinstance(value, dict):
         return {}, f"the arguments for tool {call.name!r} must be a JSON object, not {type(value).__name__}"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import httpx
 
     from agents import Agent
+    from agents._agent import OutputT
 
 logger = logging.getLogger("runtime")
 
@@ -33,7 +34,7 @@ class SessionHandle:
     It is closed by :meth:`aclose`, by idle reaping, or by the runtime exiting.
     """
 
-    session: Session
+    session: Session[Any]
     """The session; use ``handle.session.run(...)``."""
 
     @property
@@ -60,13 +61,13 @@ class _SessionBlock:
 
     __slots__ = ("_agent", "_runtime", "_session", "_session_id")
 
-    def __init__(self, runtime: Runtime, agent: Agent, session_id: str | None) -> None:
+    def __init__(self, runtime: Runtime, agent: Agent[Any, Any], session_id: str | None) -> None:
         self._runtime = runtime
         self._agent = agent
         self._session_id = session_id
-        self._session: Session | None = None
+        self._session: Session[Any] | None = None
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self) -> Session[Any]:
         if self._session is not None:
             raise AgentRuntimeError("open_session() blocks can be entered only once")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -95,7 +96,7 @@ class Runtime:
         self.idle_timeout = idle_timeout
         """Seconds a started session may stay without a run before it is closed (``None``: never)."""
         self._event_buffer = event_buffer
-        self._sessions: set[Session] = set()
+        self._sessions: set[Session[Any]] = set()
         self._closed = False
 
     async def _hold_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -119,11 +120,13 @@ class Runtime:
         self._exit_requested.set()
 
     @property
-    def sessions(self) -> tuple[Session, ...]:
+    def sessions(self) -> tuple[Session[Any], ...]:
         """The sessions that are open now."""
         return tuple(self._sessions)
 
-    def open_session(self, agent: Agent, *, session_id: str | None = None) -> AbstractAsyncContextManager[Session]:
+    def open_session(
+        self, agent: Agent[Any, OutputT], *, session_id: str | None = None
+    ) -> AbstractAsyncContextManager[Session[OutputT]]:
         """Open a session for ``agent``; leaving the block closes it and waits for its tasks.
 
         Its tasks live in the runtime's nursery, so the runtime exiting closes
@@ -141,7 +144,7 @@ class Runtime:
         return _SessionBlock(self, agent, session_id)
 
     async def start_session(
-        self, agent: Agent, *, session_id: str | None = None, idle_timeout: float | Any | None = ...
+        self, agent: Agent[Any, Any], *, session_id: str | None = None, idle_timeout: float | Any | None = ...
     ) -> SessionHandle:
         """Start a session that lives in the runtime until closed, reaped when idle, or the runtime exits.
 
@@ -163,7 +166,9 @@ class Runtime:
         session = self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
         return SessionHandle(session)
 
-    def _start(self, agent: Agent, *, session_id: str | None, idle_timeout: float | None, log_failure: bool) -> Session:
+    def _start(
+        self, agent: Agent[Any, OutputT], *, session_id: str | None, idle_timeout: float | None, log_failure: bool
+    ) -> Session[OutputT]:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
         assert self._nursery is not None

@@ -6,9 +6,11 @@ import itertools
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal
 
 import trio
+
+from agents._agent import OutputT
 
 from ._bridge import ElicitationBridge
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
@@ -17,6 +19,7 @@ from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._run_slot import RunSlot
 from ._stream import RunStream
+from ._tally import UsageTally
 from ._task_group import TaskGroup
 
 if TYPE_CHECKING:
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import Agent, Message
+    from agents import Agent, Message, RunUsage
 
     from ._result import RunResult
     from .events import Event
@@ -36,11 +39,13 @@ DEFAULT_EVENT_BUFFER: Final = 64
 
 # The sessions whose runs the current task is part of: a tool calling run()
 # on its own session would wait forever for the run slot its run holds.
-_RUNNING_IN: ContextVar[tuple[Session, ...]] = ContextVar("trio_agents_running_in", default=())
+_RUNNING_IN: ContextVar[tuple[Session[Any], ...]] = ContextVar("trio_agents_running_in", default=())
 
 
-class Session:
+class Session(Generic[OutputT]):
     """One conversation with an agent; made by ``Runtime.open_session`` or ``start_session``.
+
+    Generic in the agent's output type: ``ask`` returns a ``RunResult[OutputT]``.
 
     The session owns tasks: its runs, its idle reaper, and any task given to
     :meth:`start_soon` or :meth:`start`. Each runs in the runtime's nursery
@@ -64,6 +69,7 @@ class Session:
         "_runs_in_flight",
         "_slot",
         "_tasks",
+        "_usage",
         "agent",
         "elicitation",
         "id",
@@ -73,13 +79,13 @@ class Session:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: Agent[Any, OutputT],
         nursery: trio.Nursery,
         *,
         http_client: httpx.AsyncClient | None = None,
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         session_id: str | None = None,
-        registry: set[Session] | None = None,
+        registry: set[Session[Any]] | None = None,
         idle_timeout: float | None = None,
         log_failure: bool = False,
     ) -> None:
@@ -95,6 +101,7 @@ class Session:
         self._handlers: list[StreamHandler] = []
         self._slot = RunSlot()
         self._run_count = 0
+        self._usage = UsageTally()
         self._tasks = TaskGroup(
             nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister
         )
@@ -113,6 +120,11 @@ class Session:
     def history(self) -> tuple[Message, ...]:
         """The conversation so far: every run's messages, oldest first."""
         return tuple(self._history)
+
+    @property
+    def usage(self) -> RunUsage:
+        """What all runs of this session have spent so far (checked against ``Agent.session_usage_limits``)."""
+        return self._usage.snapshot()
 
     @property
     def closed(self) -> bool:
@@ -191,6 +203,7 @@ class Session:
             tee=Tee(events, tuple(self._handlers)) if self._handlers else None,
             # Its tools may ask the human only while a consumer streams the run.
             consumer=events if answerable else None,
+            session_usage=self._usage,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
@@ -205,15 +218,18 @@ class Session:
             raise
         return run
 
-    async def ask(self, user_input: str, *, deps: Any = None) -> RunResult:
+    async def ask(self, user_input: str, *, deps: Any = None) -> RunResult[OutputT]:
         """Run the agent on ``user_input`` and return the result, without streaming.
 
         Returns:
             The :class:`RunResult`; its ``reason`` is ``completed``,
-            ``max_turns`` or ``hook_stop``.
+            ``max_turns`` or ``hook_stop`` (with a typed output, only a
+            ``completed`` run has one: ``output`` is ``None`` otherwise).
 
         Raises:
-            RunFailedError: the run ended with ``error`` or ``timeout``.
+            RunFailedError: the run ended with any other reason (``error``,
+                ``timeout``, ``refusal``, ``usage_limit``, or one added later);
+                its ``result`` holds the refusal, the stop reason and the usage.
             ClosedSessionError: the session was closed before or during the run.
             ReentrantRunError: called from inside one of this session's own runs.
         """
@@ -221,16 +237,18 @@ class Session:
         async with RunStream(self._start_run, user_input, deps, answerable=False) as stream:
             async for _ in stream:
                 pass
-        result = stream.result
-        if result.reason in ("error", "timeout"):
-            error = result.error
-            raise RunFailedError(
-                error.message if error else f"the run ended with {result.reason}",
-                kind=error.kind if error else result.reason,
-                result=result,
-            )
+        result: RunResult[OutputT] = stream.result
         if result.reason == "cancelled":
             raise ClosedSessionError(f"{self!r} was closed during the run")
+        if result.reason not in ("completed", "max_turns", "hook_stop"):
+            error = result.error
+            if error is not None:
+                message, kind = error.message, error.kind
+            elif result.reason == "refusal":
+                message, kind = f"the model refused: {result.refusal or '(no text)'}", "refusal"
+            else:
+                message, kind = f"the run ended with {result.reason}", result.reason
+            raise RunFailedError(message, kind=kind, result=result)
         return result
 
     def add_handler(

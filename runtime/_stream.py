@@ -83,7 +83,7 @@ class RunStream:
         return self._started().run_id
 
     @property
-    def result(self) -> RunResult:
+    def result(self) -> RunResult[Any]:
         """What the run produced so far; final once ``RunFinished`` was seen."""
         return self._started().result()
 

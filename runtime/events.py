@@ -10,11 +10,23 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
-FinishReason: TypeAlias = Literal["completed", "max_turns", "hook_stop", "timeout", "error", "cancelled"]
-"""Why a run ended."""
+from agents._messages import StopReason as StopReason
+
+FinishReason: TypeAlias = Literal[
+    "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit"
+]
+"""Why a run ended.
+
+Consumers must accept reasons they do not know (treat one like ``error``):
+later versions may add more, and a newer served runtime may send them.
+"""
 
 FINISH_REASONS: Final[frozenset[str]] = frozenset(get_args(FinishReason))
 """Every :data:`FinishReason`, for checking a reason read from elsewhere (JSON, a peer)."""
+
+
+STOP_REASONS: Final[frozenset[str]] = frozenset(get_args(StopReason))
+"""Every :data:`StopReason`."""
 
 
 @attrs.frozen
@@ -49,6 +61,34 @@ class ToolCallStarted:
 
 
 @attrs.frozen
+class ToolCallDelta:
+    """A piece of a tool call's arguments, as the model writes them (JSON text, not yet valid).
+
+    ``ToolCallStarted`` follows with the whole, parsed arguments. ``name``
+    is what the model has sent of the name so far (usually all of it).
+    """
+
+    call_id: str
+    name: str
+    arguments_delta: str
+
+
+@attrs.frozen
+class ToolProgress:
+    """A running tool reports how far it got (``ToolContext.report_progress``).
+
+    Best-effort: when the stream is full it is dropped (and counted in
+    ``RunResult.progress_dropped``), never blocking the tool.
+    """
+
+    call_id: str
+    progress: float
+    total: float | None = None
+    """What ``progress`` counts up to, if known."""
+    message: str | None = None
+
+
+@attrs.frozen
 class ToolCallFinished:
     """A tool call ended: ``result`` is set on success, ``error`` on failure."""
 
@@ -78,12 +118,70 @@ class Usage:
 
 
 @attrs.frozen
+class ModelStopped:
+    """One model response ended, and why: ``max_tokens`` means the answer was cut off."""
+
+    reason: StopReason
+    raw: str | None = None
+    """The provider's own value (``"length"``, ``"stop_sequence"`` ...), if it sent one."""
+
+
+@attrs.frozen
+class Refusal:
+    """The model refused to answer; the run ends with ``RunFinished("refusal")``."""
+
+    text: str
+    """The refusal as the model wrote it (may be empty when the provider gives no text)."""
+
+
+@attrs.frozen
+class OutputDelta:
+    """The typed output as parsed so far, while the model writes it (``Agent(output_type=...)``).
+
+    ``partial`` is plain JSON data (dicts, lists, strings ...) from partial
+    parsing: fields still missing are absent, the last string may be cut
+    short. Sent at a bounded rate, and only when it changed; the validated
+    value follows in :class:`FinalOutput`.
+    """
+
+    partial: Any
+
+
+@attrs.frozen
+class FinalOutput:
+    """The run's validated typed output (also ``RunResult.output``), just before ``RunFinished("completed")``."""
+
+    output: Any
+
+
+@attrs.frozen
+class CustomEvent:
+    """Base class of events a tool or hook sends with ``await ctx.emit(event)``.
+
+    Subclass it as a frozen attrs class; its fields must not be named
+    ``type`` or ``name`` (the wire form uses those). Served, it travels as
+    ``{"type": "CustomEvent", "name": <class name>, <fields>...}``, so a
+    user's class is never mistaken for a built-in event.
+
+    Example::
+
+        @attrs.frozen
+        class Deployed(CustomEvent):
+            url: str
+
+        await ctx.emit(Deployed("https://example.com"))
+    """
+
+
+@attrs.frozen
 class ErrorEvent:
-    """Something went wrong; a :class:`RunFinished` with reason ``error`` or ``timeout`` follows.
+    """Something went wrong; a :class:`RunFinished` with reason ``error``, ``timeout`` or ``usage_limit`` follows.
 
     ``kind`` is one of ``"model"`` (the model failed or reported an error),
     ``"toolset"`` (a toolset could not be opened), ``"hook"`` (a hook
     raised), ``"instructions"`` (the instructions callable raised),
+    ``"output"`` (the typed output failed validation after every retry),
+    ``"usage_limit"`` (a :class:`~agents.UsageLimits` limit was crossed),
     ``"timeout"`` (``run_timeout`` or ``model_idle_timeout``), or
     ``"internal"`` (a bug in trio-agents; please report it).
     """
@@ -146,10 +244,17 @@ Event: TypeAlias = (
     RunStarted
     | TextDelta
     | ReasoningDelta
+    | ToolCallDelta
     | ToolCallStarted
+    | ToolProgress
     | ToolCallFinished
     | Usage
     | ServerToolUse
+    | ModelStopped
+    | Refusal
+    | OutputDelta
+    | FinalOutput
+    | CustomEvent
     | ErrorEvent
     | ElicitationRequest
     | AgentSwitched

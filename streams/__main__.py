@@ -40,7 +40,7 @@ def load_agent(spec: str) -> Agent:
 
 
 async def serve(
-    agent: Agent, *, host: str, port: int, token: str | None, idle_timeout: float | None, **options: Any
+    agent: Agent[Any, Any], *, host: str, port: int, token: str | None, idle_timeout: float | None, **options: Any
 ) -> None:
     """Serve ``agent`` until Ctrl-C or SIGTERM, printing the URL once listening; ``options`` go to ``open_server``."""
     # Ctrl-C (and SIGTERM) arrive here as a message, so that shutdown is the

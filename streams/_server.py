@@ -204,7 +204,7 @@ class Server:
     def __init__(
         self,
         runtime: Runtime,
-        agent: Agent,
+        agent: Agent[Any, Any],
         *,
         token: str | None,
         idle_timeout: float | None,
@@ -689,7 +689,7 @@ def _failed(command_id: Any, kind: str, message: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def open_server(
-    agent: Agent,
+    agent: Agent[Any, Any],
     *,
     host: str = "127.0.0.1",
     port: int = 0,

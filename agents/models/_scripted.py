@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
@@ -14,8 +15,10 @@ from .._messages import (
     Message,
     ModelChunk,
     ModelRequest,
+    StopChunk,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     UsageChunk,
 )
 
@@ -30,8 +33,9 @@ class ToolCall:
     arguments: dict[str, Any] = attrs.field(factory=dict)
 
 
-Turn: TypeAlias = str | ToolCall | Sequence[ToolCall]
-"""One scripted response: final text, one tool call, or several at once."""
+Turn: TypeAlias = str | ToolCall | Sequence[ToolCall] | Sequence[ModelChunk]
+"""One scripted response: final text, one tool call, several at once, or the exact chunks to stream
+(to script what a provider does: ``[TextChunk("cut of"), StopChunk("max_tokens", "length")]``)."""
 
 Script: TypeAlias = Iterable[Turn | Callable[[ModelRequest], Turn]]
 """A script: turns, or functions of the request that return a turn."""
@@ -42,9 +46,17 @@ class ScriptedModel:
 
     Each model call takes the next turn of the script, across runs and
     sessions: a ``str`` is a final answer (streamed word by word), a
-    :class:`ToolCall` or a list of them asks for tools. A turn may also be a
-    function of the :class:`ModelRequest` returning one of those. Usage is
-    counted in words. Every request is kept in :attr:`requests`.
+    :class:`ToolCall` or a list of them asks for tools, and a list of model
+    chunks is streamed as it is. A turn may also be a function of the
+    :class:`ModelRequest` returning one of those. Each response ends with
+    its stop reason (``end_turn`` or ``tool_use``) and its usage, counted in
+    words. Every request is kept in :attr:`requests`.
+
+    It answers a typed output in every mode: a JSON string is a
+    ``native`` or ``prompted`` answer, ``ToolCall("final_result", {...})``
+    a ``tool`` one. With ``stream_arguments`` each tool call's arguments
+    also stream as ``ToolCallDeltaChunk`` pieces first (as real providers
+    do), and ``chunk_delay`` paces the chunks like a model writing.
 
     Example::
 
@@ -54,10 +66,22 @@ class ScriptedModel:
         ScriptExhaustedError: on entering the ``stream`` block once the script has no turns left.
     """
 
-    def __init__(self, turns: Script, *, record_requests: bool = True) -> None:
+    native_output = True
+    """It answers ``output_mode="native"`` (with whatever JSON the script holds)."""
+
+    def __init__(
+        self,
+        turns: Script,
+        *,
+        record_requests: bool = True,
+        stream_arguments: bool = False,
+        chunk_delay: float = 0.0,
+    ) -> None:
         self._turns: Iterator[Turn | Callable[[ModelRequest], Turn]] = iter(turns)
         self._calls = 0
         self._record = record_requests
+        self._stream_arguments = stream_arguments
+        self._chunk_delay = chunk_delay
         self.requests: list[ModelRequest] = []
         """Every request received, oldest first (if ``record_requests``)."""
 
@@ -83,13 +107,20 @@ class ScriptedModel:
         chunks: list[ModelChunk] = []
         if isinstance(turn, str):
             chunks.extend(TextChunk(word) for word in _WORDS.findall(turn))
-            output = len(chunks)
-        else:
-            calls = [turn] if isinstance(turn, ToolCall) else list(turn)
-            chunks.extend(
-                ToolCallChunk(f"call_{self._calls}_{i}", call.name, call.arguments) for i, call in enumerate(calls)
-            )
+            chunks.append(StopChunk("end_turn"))
+            output = len(chunks) - 1
+        elif isinstance(turn, ToolCall) or all(isinstance(item, ToolCall) for item in turn):
+            calls: list[ToolCall] = [turn] if isinstance(turn, ToolCall) else list(turn)  # type: ignore[arg-type]
+            for i, call in enumerate(calls):
+                call_id = f"call_{self._calls}_{i}"
+                if self._stream_arguments:
+                    text = json.dumps(call.arguments)
+                    chunks.extend(ToolCallDeltaChunk(call_id, call.name, piece) for piece in _WORDS.findall(text))
+                chunks.append(ToolCallChunk(call_id, call.name, call.arguments))
+            chunks.append(StopChunk("tool_use"))
             output = 8 * len(calls)
+        else:
+            return list(turn)  # type: ignore[arg-type]
         chunks.append(UsageChunk(_count_words(request.instructions, request.messages), output))
         return chunks
 
@@ -100,12 +131,13 @@ class _ScriptedStream:
     A class rather than an async generator, so abandoning it never warns.
     """
 
-    __slots__ = ("_chunks", "_model", "_request")
+    __slots__ = ("_chunks", "_delay", "_model", "_request")
 
     def __init__(self, model: ScriptedModel, request: ModelRequest) -> None:
         self._model = model
         self._request = request
         self._chunks: Iterator[ModelChunk] = iter(())
+        self._delay = model._chunk_delay
 
     async def __aenter__(self) -> _ScriptedStream:
         # A cancel point, not a schedule point: an offline model has nothing
@@ -122,7 +154,10 @@ class _ScriptedStream:
 
     async def __anext__(self) -> ModelChunk:
         # A cancel point per chunk.
-        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._delay:
+            await trio.sleep(self._delay)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         try:
             return next(self._chunks)
         except StopIteration:

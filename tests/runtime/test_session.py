@@ -79,7 +79,7 @@ async def test_session_second_concurrent_run_sees_first_exchange() -> None:
 
     async with open_runtime() as runtime:
         async with runtime.open_session(Agent(name="a", model=model, tools=[echo])) as session:
-            results: dict[str, str] = {}
+            results: dict[str, str | None] = {}
 
             async def ask(prompt: str) -> None:
                 results[prompt] = (await session.ask(prompt)).output
@@ -134,7 +134,7 @@ async def test_session_run_from_a_tool_of_another_session_is_allowed() -> None:
         @tool
         async def delegate() -> str:
             """Asks the other session."""
-            return (await inner.ask("sub")).output
+            return str((await inner.ask("sub")).output)
 
         model = ScriptedModel([ToolCall("delegate"), "done"])
         async with runtime.open_session(Agent(name="out", model=model, tools=[delegate])) as outer:

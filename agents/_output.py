@@ -1,0 +1,235 @@
+"""Typed output: how an agent's answer is asked for, parsed while it streams, and validated."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+
+import pydantic
+import pydantic_core
+
+from ._exceptions import AgentDefinitionError
+from ._json import loads_untrusted
+from ._messages import OutputSchema, ToolSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+OutputMode: TypeAlias = Literal["tool", "native", "prompted"]
+"""How the model gives a typed answer: by calling a ``final_result`` tool, with the provider's native
+JSON-schema response format, or as JSON text asked for in the instructions."""
+
+OUTPUT_MODES: Final = frozenset(typing.get_args(OutputMode))
+
+FINAL_RESULT_TOOL: Final = "final_result"
+"""The tool a model calls to answer in ``output_mode="tool"`` (``final_result_<Member>`` per member of a union)."""
+
+_WRAPPER: Final = "response"
+"""The one property a non-object output type is wrapped in (tool arguments and native schemas are objects)."""
+
+_FENCE: Final = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
+
+
+class OutputValidationError(Exception):
+    """The model's answer is not a valid output; the message is what the model is told, to retry."""
+
+
+class _Target:
+    """One shape the answer may take: a type, its adapter, and its (object) schema."""
+
+    __slots__ = ("adapter", "description", "name", "schema", "wrapped")
+
+    def __init__(self, output_type: Any, name: str) -> None:
+        try:
+            self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(output_type)
+            schema = self.adapter.json_schema()
+        except (pydantic.PydanticSchemaGenerationError, pydantic.errors.PydanticUserError, TypeError) as exc:
+            raise AgentDefinitionError(
+                f"output_type {output_type!r} is not something pydantic can validate: {exc}"
+            ) from None
+        self.name = name
+        self.description = str(schema.pop("description", "") or f"The final answer, as {_type_name(output_type)}.")
+        self.wrapped = schema.get("type") != "object"
+        if self.wrapped:
+            defs = schema.pop("$defs", None)
+            schema = {"type": "object", "properties": {_WRAPPER: schema}, "required": [_WRAPPER]}
+            if defs:
+                schema["$defs"] = defs  # refs are "#/$defs/...": they resolve from the new root
+        self.schema: dict[str, Any] = schema
+
+    def validate(self, value: Any) -> Any:
+        if self.wrapped:
+            if not isinstance(value, dict) or _WRAPPER not in value:
+                raise OutputValidationError(f'the answer must be a JSON object {{"{_WRAPPER}": ...}}')
+            value = value[_WRAPPER]
+        try:
+            return self.adapter.validate_python(value)
+        except pydantic.ValidationError as exc:
+            errors = json.dumps(exc.errors(include_url=False, include_context=False), default=str)
+            raise OutputValidationError(f"the answer did not validate: {errors}") from None
+
+    def unwrap(self, partial: Any) -> Any:
+        return partial.get(_WRAPPER) if self.wrapped and isinstance(partial, dict) else partial
+
+
+class OutputSpec:
+    """What ``Agent(output_type=..., output_mode=...)`` asks of the model, and how its answer is checked.
+
+    ``str`` (the default) is plain text: the run's output is the last
+    response's text, as it always was.
+    """
+
+    __slots__ = ("_by_tool", "_targets", "accepts_text", "is_text", "mode", "output_type")
+
+    def __init__(self, output_type: Any, mode: OutputMode) -> None:
+        if mode not in OUTPUT_MODES:
+            raise AgentDefinitionError(f"output_mode must be one of {sorted(OUTPUT_MODES)}, not {mode!r}")
+        self.output_type = output_type
+        self.mode = mode
+        self.is_text = output_type is str
+        members = _union_members(output_type)
+        # In tool mode a union may include str: a plain-text answer is then that member.
+        self.accepts_text = self.is_text or (mode == "tool" and str in members)
+        self._targets: list[_Target] = []
+        if self.is_text:
+            self._by_tool: dict[str, _Target] = {}
+            return
+        if mode == "tool":
+            structured = [member for member in members if member is not str]
+            if len(structured) == 1:
+                self._targets = [_Target(structured[0], FINAL_RESULT_TOOL)]
+            else:
+                names = [f"{FINAL_RESULT_TOOL}_{_type_name(member)}" for member in structured]
+                if len(set(names)) != len(names):
+                    raise AgentDefinitionError(f"output_type {output_type!r}: union members need distinct names")
+                self._targets = [_Target(member, name) for member, name in zip(structured, names, strict=True)]
+        else:
+            self._targets = [_Target(output_type, FINAL_RESULT_TOOL)]
+        self._by_tool = {target.name: target for target in self._targets} if mode == "tool" else {}
+
+    # -- what the model is asked -------------------------------------------------
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The output tools (``output_mode="tool"``), to offer with the agent's own tools."""
+        return tuple(ToolSpec(target.name, target.description, target.schema) for target in self._by_tool.values())
+
+    def is_output_tool(self, name: str) -> bool:
+        """Whether a call of ``name`` is an answer, not a tool to run."""
+        return name in self._by_tool
+
+    def request_output(self) -> OutputSchema | None:
+        """The schema for the provider's native structured output (``output_mode="native"``)."""
+        if self.mode != "native" or self.is_text:
+            return None
+        target = self._targets[0]
+        return OutputSchema(_schema_name(self.output_type), target.schema, target.description)
+
+    def instructions(self, instructions: str) -> str:
+        """The instructions, with the schema appended in ``output_mode="prompted"``."""
+        if self.mode != "prompted" or self.is_text:
+            return instructions
+        schema = json.dumps(self._targets[0].schema)
+        prompt = (
+            "Answer with a single JSON value matching this JSON schema, and nothing else "
+            f"(no prose, no code fences):\n{schema}"
+        )
+        return f"{instructions}\n\n{prompt}" if instructions else prompt
+
+    def text_retry(self) -> str:
+        """What the model is told when it answered in text where a tool call was required."""
+        names = " or ".join(self._by_tool)
+        return f"Plain text is not accepted as the answer: answer by calling {names} with the result."
+
+    # -- checking the answer -----------------------------------------------------
+
+    def validate_call(self, name: str, arguments: Mapping[str, Any] | str) -> Any:
+        """The validated output from a call of output tool ``name``.
+
+        Raises:
+            OutputValidationError: the arguments are not valid JSON, or do not validate.
+        """
+        target = self._by_tool[name]
+        if isinstance(arguments, str):
+            try:
+                value = loads_untrusted(arguments) if arguments.strip() else {}
+            except ValueError as exc:
+                raise OutputValidationError(f"the arguments are not valid JSON: {exc}") from None
+        else:
+            value = dict(arguments)
+        return target.validate(value)
+
+    def validate_text(self, text: str) -> Any:
+        """The validated output from a text answer (``native`` and ``prompted`` modes).
+
+        Raises:
+            OutputValidationError: the text is not valid JSON, or does not validate.
+        """
+        try:
+            value = loads_untrusted(_strip_fences(text))
+        except ValueError as exc:
+            raise OutputValidationError(f"the answer is not valid JSON: {exc}") from None
+        return self._targets[0].validate(value)
+
+    def partial(self, text: str, tool: str | None = None) -> Any:
+        """The JSON value ``text`` (an answer still being written) holds so far; ``None`` if nothing yet."""
+        target = self._targets[0] if tool is None else self._by_tool[tool]
+        start = _json_start(text)
+        if start < 0:
+            return None
+        try:
+            value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
+        except ValueError:
+            return None
+        return target.unwrap(value)
+
+    def to_json(self, value: Any) -> str:
+        """The output as JSON text (a sub-agent's output, as its parent's tool result)."""
+        if self.is_text and isinstance(value, str):
+            return value
+        return pydantic_core.to_json(value, fallback=str).decode()
+
+
+def output_spec(output_type: Any, mode: OutputMode) -> OutputSpec:
+    """The spec for an agent's output settings (the shared one for plain text)."""
+    if output_type is str:
+        if mode not in OUTPUT_MODES:
+            raise AgentDefinitionError(f"output_mode must be one of {sorted(OUTPUT_MODES)}, not {mode!r}")
+        return TEXT_OUTPUT
+    return OutputSpec(output_type, mode)
+
+
+def _union_members(output_type: Any) -> tuple[Any, ...]:
+    if typing.get_origin(output_type) in (typing.Union, types.UnionType):
+        return typing.get_args(output_type)
+    return (output_type,)
+
+
+def _type_name(output_type: Any) -> str:
+    name = getattr(output_type, "__name__", None)
+    if isinstance(name, str) and typing.get_origin(output_type) is None:
+        return name
+    return re.sub(r"\W+", "_", str(output_type)).strip("_") or "output"
+
+
+def _schema_name(output_type: Any) -> str:
+    # Providers take [a-zA-Z0-9_-]{1,64}.
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", _type_name(output_type))[:64]
+
+
+def _strip_fences(text: str) -> str:
+    return _FENCE.sub("", text) if "```" in text else text
+
+
+def _json_start(text: str) -> int:
+    """Where the JSON value begins (after any code fence or preamble); -1 if it has not begun."""
+    for i, char in enumerate(text):
+        if char in "{[":
+            return i
+    return -1
+
+
+TEXT_OUTPUT: Final = OutputSpec(str, "tool")
+"""The default: plain text."""
