@@ -70,6 +70,7 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
         ("channel_buffer0_ns", "raw trio channel, buffer 0", "ns/item", True),
         ("channel_buffer100_ns", "raw trio channel, buffer 100", "ns/item", True),
         ("agent_event_ns", "trio-agents: one streamed event, model chunk to consumer", "ns/event", True),
+        ("agent_tool_delta_ns", "trio-agents: one ToolCallDelta, model chunk to consumer", "ns/event", True),
     ],
     "w1": [
         ("streamed_us_per_run", "streamed", "µs/run", True),
@@ -243,6 +244,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         floor = min(median_of(results, "w0", "trio-agents", m) for m in ("channel_buffer0_ns", "channel_buffer100_ns"))
         rows.append(("per-event overhead ≤ 2× the W0 floor", f"{event:,.0f} / {floor:,.0f} ns = {event / floor:.2f}×",
                      event <= 2 * floor))  # fmt: skip
+        if "agent_tool_delta_ns" in results["workloads"]["w0"]["trio-agents"]:
+            delta = median_of(results, "w0", "trio-agents", "agent_tool_delta_ns")
+            rows.append(("ToolCallDelta per-event overhead ≤ 2× the W0 floor",
+                         f"{delta:,.0f} / {floor:,.0f} ns = {delta / floor:.2f}×", delta <= 2 * floor))  # fmt: skip
     return rows
 
 

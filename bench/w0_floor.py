@@ -4,7 +4,9 @@
 one producer, one consumer: ns per item, the physical floor of one event hop
 on this machine. Then trio-agents' marginal cost of one streamed event:
 runs whose answer is 1 word and 2,001 words (each word one ``TextDelta``
-from model chunk to consumer), (t_2001 - t_1) / 2000.
+from model chunk to consumer), (t_2001 - t_1) / 2000. And the same for
+``ToolCallDelta``: runs making one tool call whose arguments stream in 2 and
+2,002 pieces (``ScriptedModel(stream_arguments=True)``), then answering.
 
 Run with trio-agents' interpreter: ``.venv/bin/python bench/w0_floor.py``.
 """
@@ -62,6 +64,36 @@ def agent_ns_per_event(words: int, repeats: int) -> float:
     return trio.run(main)
 
 
+def tool_delta_ns_per_event(words: int, repeats: int) -> float:
+    from agents import Agent, ScriptedModel, ToolCall, tool
+    from runtime import open_runtime
+
+    @tool
+    async def echo(text: str) -> int:
+        """Count the characters."""
+        return len(text)
+
+    async def timed(text: str) -> float:
+        script = [ToolCall("echo", {"text": text}), "ok"] * repeats
+        model = ScriptedModel(script, record_requests=False, stream_arguments=True)
+        agent = Agent(name="w0", model=model, tools=[echo])
+        async with open_runtime() as runtime:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                async with runtime.open_session(agent) as session, session.run("go") as stream:
+                    async for _ in stream:
+                        pass
+            return (time.perf_counter() - start) / repeats
+
+    async def main() -> float:
+        await timed("warm")
+        short = min([await timed("word") for _ in range(3)])
+        long = min([await timed(" ".join(["word"] * words)) for _ in range(3)])
+        return (long - short) / (words - 1) * 1e9
+
+    return trio.run(main)
+
+
 def main() -> None:
     args = parse(__doc__ or "", items=1_000_000, words=2001)
     module = load("trio-agents")
@@ -69,6 +101,7 @@ def main() -> None:
         "channel_buffer0_ns": channel_ns_per_item(args.items, 0),
         "channel_buffer100_ns": channel_ns_per_item(args.items, 100),
         "agent_event_ns": agent_ns_per_event(args.words, 20),
+        "agent_tool_delta_ns": tool_delta_ns_per_event(args.words, 20),
     }
     emit("w0", "trio-agents", module, metrics)
 

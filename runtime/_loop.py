@@ -136,6 +136,7 @@ class AgentRun:
         "_send_nowait",
         "_session",
         "_sink",
+        "_sink_parent",
         "_stop",
         "_sub_runs",
         "_tallies",
@@ -196,15 +197,18 @@ class AgentRun:
             """Questions of this run (and its nested runs) waiting for the consumer's answer."""
             self._depth = 0
             self._max_depth = agent.max_depth
-            self._sink = _RunSink(self._send_nowait, self._send_blocking, None)
+            self._sink_parent: _RunSink | None = None
             self._tally = UsageTally()
             # Counted into live: this run's, and the session's.
             self._tallies: tuple[UsageTally, ...] = (
                 (self._tally,) if session_usage is None else (self._tally, session_usage)
             )
-            self._limits: tuple[tuple[UsageLimits, UsageTally], ...] = _limits(agent.usage_limits, self._tally)
-            if session_usage is not None:
-                self._limits += _limits(agent.session_usage_limits, session_usage)
+            limits, session_limits = agent.usage_limits, agent.session_usage_limits
+            self._limits: tuple[tuple[UsageLimits, UsageTally], ...] = (
+                () if limits is None else ((limits, self._tally),)
+            )
+            if session_usage is not None and session_limits is not None:
+                self._limits += ((session_limits, session_usage),)
         else:
             name = agent.name
             forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
@@ -217,11 +221,12 @@ class AgentRun:
             self.pending = parent.pending
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
-            self._sink = _RunSink(self._send_nowait, self._send_blocking, parent._sink)
+            self._sink_parent = parent._events()
             # A sub-agent spends its parent's budget too: counted into every tally above it.
             self._tally = UsageTally()
             self._tallies = (self._tally, *parent._tallies)
-            self._limits = _limits(agent.usage_limits, self._tally) + parent._limits
+            limits = agent.usage_limits
+            self._limits = parent._limits if limits is None else ((limits, self._tally), *parent._limits)
         self._sub_runs = 0
         self._ended = False
         self._consumer_left = False
@@ -232,7 +237,9 @@ class AgentRun:
         self._tool_calls: list[ToolCallRecord] = []
         self._reason: FinishReason = "cancelled"
         self._error: ErrorEvent | None = None
-        self._context = RunContext(deps, agent, session, run_id, events=self._sink)
+        # Made when first needed: most runs (no hooks, no toolsets, no tool asking for a context) never do.
+        self._context: RunContext[Any] | None = None
+        self._sink: _RunSink | None = None
         self.cancel_scope = trio.CancelScope()
         """The run task's scope: cancelling it cancels the run."""
         self.done = Latch()
@@ -270,7 +277,7 @@ class AgentRun:
             stop_reason=self._stop,
             refusal=self._refusal,
             requests=tally.requests,
-            progress_dropped=self._sink.dropped,
+            progress_dropped=0 if self._sink is None else self._sink.dropped,
         )
 
     async def drive(self) -> None:
@@ -324,6 +331,19 @@ class AgentRun:
         await self._run_end_hooks(reason)
         await self._emit(RunFinished(reason, message))
 
+    def _run_context(self) -> RunContext[Any]:
+        context = self._context
+        if context is None:
+            context = RunContext(self._deps, self._agent, self._session, self.run_id, events=self._events())
+            self._context = context
+        return context
+
+    def _events(self) -> _RunSink:
+        sink = self._sink
+        if sink is None:
+            sink = self._sink = _RunSink(self._send_nowait, self._send_blocking, self._sink_parent)
+        return sink
+
     async def _emit(self, event: Event) -> None:
         # Block policy, bounded by the run's cancel scope. A full trio
         # checkpoint per event would cost more than the event: only wait (a
@@ -342,7 +362,7 @@ class AgentRun:
             if isinstance(item, Tool):
                 continue
             try:
-                opened = await stack.enter_async_context(item.open_tools(self._context))
+                opened = await stack.enter_async_context(item.open_tools(self._run_context()))
             except Exception as exc:
                 raise _EndRun("toolset", f"toolset {item!r} failed to open: {describe(exc)}") from exc
             for opened_tool in opened:
@@ -356,7 +376,7 @@ class AgentRun:
     async def _user_prompt_hooks(self) -> StopRun | None:
         for hooks in self._agent.hooks:
             try:
-                stop = await hooks.on_user_prompt(self._context, self._user_input)
+                stop = await hooks.on_user_prompt(self._run_context(), self._user_input)
             except Exception as exc:
                 raise _EndRun("hook", f"on_user_prompt hook failed: {describe(exc)}") from exc
             if isinstance(stop, StopRun):
@@ -465,7 +485,7 @@ class AgentRun:
         if isinstance(instructions, str):
             return instructions
         try:
-            value = instructions(self._context)
+            value = instructions(self._run_context())
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
@@ -501,6 +521,10 @@ class AgentRun:
                             await emit(TextDelta(chunk.text))
                             if partial is not None and output.mode != "tool":
                                 await partial.feed(chunk.text, None, emit)
+                        elif isinstance(chunk, ToolCallDeltaChunk):
+                            await emit(ToolCallDelta(chunk.call_id, chunk.name, chunk.arguments_delta))
+                            if partial is not None and output.is_output_tool(chunk.name):
+                                await partial.feed(chunk.arguments_delta, chunk.call_id, emit, chunk.name)
                         elif isinstance(chunk, ReasoningChunk):
                             await emit(ReasoningDelta(chunk.text))
                         elif isinstance(chunk, ToolCallChunk):
@@ -510,10 +534,6 @@ class AgentRun:
                                 tally.input_tokens += chunk.input_tokens
                                 tally.output_tokens += chunk.output_tokens
                             await emit(Usage(chunk.input_tokens, chunk.output_tokens))
-                        elif isinstance(chunk, ToolCallDeltaChunk):
-                            await emit(ToolCallDelta(chunk.call_id, chunk.name, chunk.arguments_delta))
-                            if partial is not None and output.is_output_tool(chunk.name):
-                                await partial.feed(chunk.arguments_delta, chunk.call_id, emit, chunk.name)
                         elif isinstance(chunk, StopChunk):
                             self._stop = chunk.reason
                             await emit(ModelStopped(chunk.reason, chunk.raw))
@@ -586,7 +606,7 @@ class AgentRun:
             call.call_id,
             call.name,
             elicitor=self._bridge,
-            events=self._sink,
+            events=self._events(),
         )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
@@ -669,7 +689,7 @@ class AgentRun:
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:
             try:
-                await hooks.on_run_end(self._context, reason)
+                await hooks.on_run_end(self._run_context(), reason)
             except Exception:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
 
@@ -754,10 +774,6 @@ class _PartialOutput:
         if value is not None and value != self._last:
             self._last = value
             await emit(OutputDelta(value))
-
-
-def _limits(limits: UsageLimits | None, tally: UsageTally) -> tuple[tuple[UsageLimits, UsageTally], ...]:
-    return () if limits is None else ((limits, tally),)
 
 
 @functools.lru_cache(maxsize=256)
