@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick bench-served clean
+.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-compare clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick
+
+# W1 of this tree against an earlier commit, alternating in one run: make bench-compare REV=8094c21
+bench-compare: $(STAMP)
+	$(PY) bench/w1_compare.py --rev $(REV)
 
 # W5 alone (served mode, ~5 minutes), merged into bench/results.json and BENCHMARKS.md.
 bench-served: $(BENCH_STAMP)
