@@ -7,12 +7,22 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 import attrs
+import pydantic_core
 import trio
 
 from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
 from ._runtime import single_errors
-from .events import ErrorEvent, ReasoningDelta, RunFinished, TextDelta, ToolCallStarted
+from .events import (
+    ErrorEvent,
+    FinalOutput,
+    ReasoningDelta,
+    Refusal,
+    RunFinished,
+    TextDelta,
+    ToolCallStarted,
+    ToolProgress,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -120,7 +130,11 @@ class Gateway:
         return handle
 
     async def _answer(self, handle: SessionHandle, message: InboundMessage) -> None:
-        """Run the agent on one message (runs of a chat are served in order by its session)."""
+        """Run the agent on one message (runs of a chat are served in order by its session).
+
+        The reply is the answer's text; for a typed output, the validated value as JSON; for a
+        refusal, the refusal. Tool calls and tool progress go out as best-effort progress messages.
+        """
         text: list[str] = []
         error: str | None = None
         stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
@@ -134,6 +148,13 @@ class Gateway:
                 elif isinstance(event, ToolCallStarted):
                     sent = await self._best_effort(message, "progress", f"calling {event.name}", stalled)
                     stalled = stalled or not sent
+                elif isinstance(event, ToolProgress):
+                    sent = await self._best_effort(message, "progress", _progress_text(event), stalled)
+                    stalled = stalled or not sent
+                elif isinstance(event, FinalOutput):
+                    text = [pydantic_core.to_json(event.output, fallback=str).decode()]
+                elif isinstance(event, Refusal):
+                    text = [event.text or "(the model declined to answer)"]
                 elif isinstance(event, ErrorEvent):
                     error = event.message
                 elif isinstance(event, RunFinished) and event.reason == "cancelled":
@@ -162,6 +183,11 @@ class Gateway:
             pass
         self._dropped += 1
         return False
+
+
+def _progress_text(event: ToolProgress) -> str:
+    done = f"{event.progress:g}" if event.total is None else f"{event.progress:g}/{event.total:g}"
+    return f"{event.message} ({done})" if event.message else f"progress {done}"
 
 
 @asynccontextmanager

@@ -33,7 +33,7 @@ class ToolCall:
     arguments: dict[str, Any] = attrs.field(factory=dict)
 
 
-Turn: TypeAlias = str | ToolCall | Sequence[ToolCall] | Sequence[ModelChunk]
+Turn: TypeAlias = str | ToolCall | Sequence[ToolCall | ModelChunk]
 """One scripted response: final text, one tool call, several at once, or the exact chunks to stream
 (to script what a provider does: ``[TextChunk("cut of"), StopChunk("max_tokens", "length")]``)."""
 
@@ -119,8 +119,10 @@ class ScriptedModel:
                 chunks.append(ToolCallChunk(call_id, call.name, call.arguments))
             chunks.append(StopChunk("tool_use"))
             output = 8 * len(calls)
+        elif any(isinstance(item, ToolCall) for item in turn):
+            raise TypeError(f"a scripted turn is tool calls or model chunks, not both: {turn!r}")
         else:
-            return list(turn)  # type: ignore[arg-type]
+            return list(turn)  # type: ignore[arg-type]  # no ToolCall in it: all chunks
         chunks.append(UsageChunk(_count_words(request.instructions, request.messages), output))
         return chunks
 

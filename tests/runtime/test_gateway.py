@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
+import pydantic
 import pytest
 import trio
 import trio.lowlevel
@@ -14,9 +16,12 @@ from agents import (
     Agent,
     AssistantMessage,
     ReasoningChunk,
+    RefusalChunk,
     ScriptedModel,
+    StopChunk,
     TextChunk,
     ToolCall,
+    ToolContext,
     UserMessage,
     tool,
 )
@@ -252,6 +257,51 @@ async def test_gateway_delivers_progress_before_the_reply() -> None:
         assert progress == OutboundMessage("web", "chat-1", "calling lookup", "progress", message.message_id)
         assert (await web.reply()).text == "done"
         assert gateway.statistics().best_effort_dropped == 0
+
+
+async def test_gateway_sends_tool_progress_as_progress_messages() -> None:
+    """``ctx.report_progress`` in a tool reaches the chat as progress messages, before the reply."""
+
+    @tool
+    async def crunch(ctx: ToolContext[None]) -> str:
+        """Crunch numbers."""
+        await ctx.report_progress(1, total=2, message="half way")
+        await ctx.report_progress(2)
+        return "crunched"
+
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("crunch"), "done"]), tools=[crunch])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "hi")
+        with trio.fail_after(5):
+            texts = [(await web.delivered.receive()).text for _ in range(4)]
+    assert texts == ["calling crunch", "half way (1/2)", "progress 2", "done"]
+
+
+async def test_gateway_replies_with_a_typed_output_as_json() -> None:
+    """An agent with an output type answers the chat with its validated value, as JSON."""
+
+    class Answer(pydantic.BaseModel):
+        city: str
+        celsius: float
+
+    web = RecordingChannel("web")
+    model = ScriptedModel([ToolCall("final_result", {"city": "Oslo", "celsius": "3"})])
+    agent = Agent(name="a", model=model, output_type=Answer)
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "weather?")
+        reply = await web.reply()
+    assert json.loads(reply.text) == {"city": "Oslo", "celsius": 3.0}  # validated: "3" became 3.0
+
+
+async def test_gateway_replies_with_the_refusal() -> None:
+    """A refusal is the reply (an OpenAI refusal streams no text at all)."""
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([[RefusalChunk("I can't help with that."), StopChunk("refusal")]]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "something bad")
+        reply = await web.reply()
+    assert reply.text == "I can't help with that."
 
 
 async def test_gateway_reasoning_is_best_effort_and_never_blocks_the_run(mock_clock: trio.testing.MockClock) -> None:
