@@ -20,8 +20,10 @@ from agents import (
     ReasoningChunk,
     RetryPolicy,
     ServerToolChunk,
+    StopChunk,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     ToolResultMessage,
     ToolSpec,
     UsageChunk,
@@ -135,19 +137,20 @@ async def test_anthropic_fixture_stream_rebuilds_the_expected_response(provider_
 
 
 async def test_anthropic_fixture_chunks_come_in_block_order(provider_server: Any) -> None:
-    """Used alone, the model streams text, the server tool, text, then the client tool call, and usage last."""
+    """Used alone, the model streams text, the server tool, text, the client tool call, its stop, and usage last."""
     provider_server.serve(_body("text_server_tool_then_tool_use"))
     chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("rate?"),)))
-    kinds = [type(chunk).__name__ for chunk in chunks]
+    kinds = [type(chunk).__name__ for chunk in chunks if not isinstance(chunk, ToolCallDeltaChunk)]
     first_server = kinds.index("ServerToolChunk")
     assert set(kinds[:first_server]) == {"TextChunk"}
-    assert kinds[-2:] == ["ToolCallChunk", "UsageChunk"]
+    assert kinds[-3:] == ["ToolCallChunk", "StopChunk", "UsageChunk"]
     assert chunks[first_server] == ServerToolChunk(
         "srvtoolu_01S5swZdBmTzLDVzwcT5LbHp",
         "tool_search_tool_bm25",
         {"query": "USD EUR exchange rate currency conversion"},
     )
-    call = chunks[-2]
+    assert chunks[-2] == StopChunk("tool_use", "tool_use")
+    call = chunks[-3]
     assert isinstance(call, ToolCallChunk)
     assert (call.call_id, call.name) == ("toolu_01EFn5wTNBYA8Reni8rbmnHT", "get_exchange_rate")
     assert isinstance(call.arguments, str)
@@ -162,7 +165,11 @@ async def test_anthropic_thinking_is_reasoning_and_signature_is_dropped(provider
     reasoning = [chunk for chunk in chunks if isinstance(chunk, ReasoningChunk)]
     assert len(reasoning) == 2
     assert "EoQDCm0" not in "".join(chunk.text for chunk in reasoning)
-    assert chunks[-2:] == [ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}), UsageChunk(598, 92)]
+    assert chunks[-3:] == [
+        ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}),
+        StopChunk("tool_use", "tool_use"),
+        UsageChunk(598, 92),
+    ]
 
 
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:
