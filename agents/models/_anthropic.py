@@ -15,8 +15,11 @@ from .._messages import (
     ModelRequest,
     ReasoningChunk,
     ServerToolChunk,
+    StopChunk,
+    StopReason,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     ToolResultMessage,
     UsageChunk,
     UserMessage,
@@ -33,6 +36,18 @@ if TYPE_CHECKING:
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
+STRUCTURED_OUTPUTS_BETA: Final = "structured-outputs-2025-11-13"
+"""The ``anthropic-beta`` feature that ``output_format`` (native structured output) needs."""
+STOP_REASONS: Final[Mapping[str, StopReason]] = {
+    "end_turn": "end_turn",
+    "stop_sequence": "end_turn",
+    "tool_use": "tool_use",
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+    "refusal": "refusal",
+    "pause_turn": "pause_turn",
+}
+"""``stop_reason`` values as stop reasons; any other is ``"other"``."""
 _SERVER_TOOL_BLOCKS: Final = frozenset({"server_tool_use", "mcp_tool_use"})
 """Content blocks of tools the provider runs itself: reported, never run by us."""
 
@@ -41,9 +56,12 @@ class AnthropicModel(HTTPModel):
     """A Claude model behind Anthropic's Messages API (``/v1/messages``).
 
     Streams text, extended thinking (as reasoning), tool calls assembled from
-    their ``input_json_delta`` fragments, the tools Anthropic runs itself
-    (web search, tool search ...: reported as server tool use, never run
-    here) and usage.
+    their ``input_json_delta`` fragments (each fragment also streamed as it
+    comes), the tools Anthropic runs itself (web search, tool search ...:
+    reported as server tool use, never run here), why the response stopped
+    (``stop_reason``: a ``refusal`` is how Claude declines) and usage. A
+    native structured output is asked for with ``output_format`` and the
+    ``structured-outputs-2025-11-13`` beta.
 
     Args:
         model: The model name, e.g. ``"claude-sonnet-4-5"``.
@@ -63,6 +81,7 @@ class AnthropicModel(HTTPModel):
     BASE_URL_ENV = "ANTHROPIC_BASE_URL"
     API_KEY_ENV = "ANTHROPIC_API_KEY"
     PATH = "/v1/messages"
+    native_output = True
 
     def __init__(
         self,
@@ -77,11 +96,13 @@ class AnthropicModel(HTTPModel):
         super().__init__(model, base_url=base_url, api_key=api_key, retry=retry, **settings)
         self.max_tokens = max_tokens
 
-    def headers(self) -> dict[str, str]:
-        """The API version, and the key when there is one."""
+    def headers(self, request: ModelRequest) -> dict[str, str]:
+        """The API version, the key when there is one, and the beta a native structured output needs."""
         headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
         if self._api_key:
             headers["x-api-key"] = self._api_key
+        if request.output is not None:
+            headers["anthropic-beta"] = _with_beta(request.http_client, STRUCTURED_OUTPUTS_BETA)
         return headers
 
     def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
@@ -128,9 +149,17 @@ class AnthropicModel(HTTPModel):
                 {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
                 for t in request.tools
             ]
+        if request.output is not None:
+            body["output_format"] = {"type": "json_schema", "schema": dict(request.output.schema)}
         body["stream"] = True
         body.update(self.settings)
         return body
+
+
+def _with_beta(client: httpx.AsyncClient | None, beta: str) -> str:
+    """``beta`` added to the betas the client already sends: a request's header would replace the client's."""
+    betas = [] if client is None else client.headers.get_list("anthropic-beta", split_commas=True)
+    return ",".join(betas if beta in betas else [*betas, beta])
 
 
 def _input(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
@@ -159,6 +188,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     """Map the SSE stream to chunks; each tool call is complete when its content block stops."""
     blocks: dict[int, _ToolBlock] = {}
     usage: dict[str, Any] = {}
+    stop_reason: str | None = None
     stopped = False
     async with contextlib.aclosing(SSEStream(response)) as events:
         async for event in events:
@@ -192,12 +222,17 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             elif kind == "message_delta":
                 if isinstance(payload.get("usage"), dict):
                     usage.update(payload["usage"])
+                delta = payload.get("delta")
+                if isinstance(delta, dict) and delta.get("stop_reason"):
+                    stop_reason = str(delta["stop_reason"])
             elif kind == "message_stop":
                 stopped = True
                 break
             # "ping", and event types added to the API later, are skipped.
     if not stopped:
         raise MalformedStreamError("anthropic: the stream ended before message_stop")
+    if stop_reason is not None:
+        yield StopChunk(STOP_REASONS.get(stop_reason, "other"), stop_reason)
     if usage:
         yield UsageChunk(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
 
@@ -243,7 +278,10 @@ def _block_delta(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> Mode
         block = blocks.get(_index(payload))
         if block is None:
             raise MalformedStreamError("anthropic: input_json_delta for a block that is not a tool call")
-        block.fragments.append(str(delta.get("partial_json") or ""))
+        fragment = str(delta.get("partial_json") or "")
+        block.fragments.append(fragment)
+        if fragment and block.kind == "tool_use":  # a server tool's input is reported whole, when it stops
+            return ToolCallDeltaChunk(block.call_id, block.name, fragment)
     # signature_delta, citations_delta ...: nothing to stream.
     return None
 

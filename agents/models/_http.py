@@ -170,7 +170,8 @@ class HTTPModel(abc.ABC):
     """What every HTTP model shares: its settings, its ``__repr__``, and ``stream`` (POST, retries, parse).
 
     A provider names itself and its endpoint in class attributes, and writes
-    :meth:`headers`, :meth:`body` and :meth:`parse`.
+    :meth:`headers`, :meth:`body` and :meth:`parse`. One that answers
+    ``output_mode="native"`` sets ``native_output = True``.
     """
 
     provider: ClassVar[str]
@@ -182,6 +183,8 @@ class HTTPModel(abc.ABC):
     """The environment variable the API key is read from when none is given."""
     PATH: ClassVar[str]
     """What is POSTed to, after the base URL."""
+    native_output: ClassVar[bool] = False
+    """Whether it answers ``output_mode="native"`` (``ModelRequest.output``) with the provider's own feature."""
 
     def __init__(
         self,
@@ -206,7 +209,7 @@ class HTTPModel(abc.ABC):
         return stream_chunks(
             request,
             self.base_url + self.PATH,
-            headers=self.headers(),
+            headers=self.headers(request),
             body=self.body(request),
             provider=self.provider,
             retry=self.retry,
@@ -214,8 +217,8 @@ class HTTPModel(abc.ABC):
         )
 
     @abc.abstractmethod
-    def headers(self) -> dict[str, str]:
-        """The headers of every request (the API key's among them, if there is one)."""
+    def headers(self, request: ModelRequest) -> dict[str, str]:
+        """The headers of a request (the API key's among them, if there is one)."""
 
     @abc.abstractmethod
     def body(self, request: ModelRequest) -> dict[str, Any]:

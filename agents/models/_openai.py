@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .._messages import (
     AssistantMessage,
     ModelChunk,
     ModelRequest,
     ReasoningChunk,
+    RefusalChunk,
+    StopChunk,
+    StopReason,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     ToolResultMessage,
     UsageChunk,
     UserMessage,
@@ -27,6 +31,14 @@ if TYPE_CHECKING:
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+STOP_REASONS: Final[Mapping[str, StopReason]] = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",  # the pre-tools API's name, still sent by some servers
+    "length": "max_tokens",
+    "content_filter": "content_filter",
+}
+"""``finish_reason`` values as stop reasons; any other is ``"other"``."""
 
 
 class OpenAIChatModel(HTTPModel):
@@ -34,8 +46,12 @@ class OpenAIChatModel(HTTPModel):
 
     OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter, DeepSeek,
     Groq ...: streams text, reasoning (``reasoning_content`` or
-    ``reasoning`` deltas), tool calls assembled from their fragments, and
-    usage (it asks for ``stream_options.include_usage``).
+    ``reasoning`` deltas), refusals, tool calls (their argument fragments as
+    they come, then each whole call), why the response stopped
+    (``finish_reason``) and usage (it asks for
+    ``stream_options.include_usage``). A native structured output is asked
+    for as a ``json_schema`` ``response_format``, not strict (OpenAI's strict
+    mode refuses many schemas pydantic writes); the runtime validates the answer.
 
     Args:
         model: The provider's model name, e.g. ``"gpt-4o-mini"``.
@@ -54,8 +70,9 @@ class OpenAIChatModel(HTTPModel):
     BASE_URL_ENV = "OPENAI_BASE_URL"
     API_KEY_ENV = "OPENAI_API_KEY"
     PATH = "/chat/completions"
+    native_output = True
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, request: ModelRequest) -> dict[str, str]:
         """Bearer authentication, when there is a key."""
         headers = {"accept": "text/event-stream"}
         if self._api_key:
@@ -75,7 +92,9 @@ class OpenAIChatModel(HTTPModel):
             if isinstance(message, UserMessage):
                 messages.append({"role": "user", "content": message.content})
             elif isinstance(message, AssistantMessage):
-                entry: dict[str, Any] = {"role": "assistant", "content": message.text or None}
+                # Null content only beside tool calls: an assistant turn of neither (a refusal's) is rejected.
+                content = message.text or (None if message.tool_calls else "")
+                entry: dict[str, Any] = {"role": "assistant", "content": content}
                 if message.tool_calls:
                     entry["tool_calls"] = [
                         {
@@ -103,6 +122,12 @@ class OpenAIChatModel(HTTPModel):
                 }
                 for t in request.tools
             ]
+        if request.output is not None:
+            schema: dict[str, Any] = {"name": request.output.name, "schema": dict(request.output.schema)}
+            if request.output.description:
+                schema["description"] = request.output.description
+            schema["strict"] = False
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
 
 
@@ -111,9 +136,10 @@ def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
-    """Map the SSE stream to chunks; tool calls are complete only when the stream ends."""
+    """Map the SSE stream to chunks; tool calls are complete, and the stop reason known, only when it ends."""
     calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
     usage: dict[str, Any] | None = None
+    finish: str | None = None
     async with contextlib.aclosing(SSEStream(response)) as events:
         async for event in events:
             if event.event == "error":
@@ -141,6 +167,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     yield ReasoningChunk(reasoning)
                 if delta.get("content"):
                     yield TextChunk(delta["content"])
+                elif delta.get("refusal"):  # never beside content: a text delta pays no extra lookup
+                    yield RefusalChunk(str(delta["refusal"]))
                 for fragment in delta.get("tool_calls") or ():
                     call = calls.setdefault(fragment.get("index", len(calls)), ["", "", ""])
                     function = fragment.get("function") or {}
@@ -148,9 +176,16 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     name = function.get("name") or ""
                     if name and name != call[1]:  # fragments add up; a repeat of the whole name does not
                         call[1] += name
-                    call[2] += function.get("arguments") or ""
+                    arguments = function.get("arguments")
+                    if arguments:
+                        call[2] += arguments
+                        yield ToolCallDeltaChunk(call[0], call[1], arguments)
+                if choice.get("finish_reason"):  # a later chunk's null does not undo it
+                    finish = str(choice["finish_reason"])
     for _, (call_id, name, arguments) in sorted(calls.items()):
         yield ToolCallChunk(call_id, name, arguments)
+    if finish is not None:
+        yield StopChunk(STOP_REASONS.get(finish, "other"), finish)
     if usage is not None:
         yield _usage_chunk(usage)
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+import httpx
+import pydantic
 import pytest
 import trio
 
@@ -20,8 +22,11 @@ from agents import (
     ReasoningChunk,
     RetryPolicy,
     ServerToolChunk,
+    StopChunk,
+    StopReason,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     ToolResultMessage,
     ToolSpec,
     UsageChunk,
@@ -32,10 +37,14 @@ from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
     Event,
+    ModelStopped,
     ReasoningDelta,
+    Refusal,
     RunFinished,
     ServerToolUse,
     TextDelta,
+    ToolCallDelta,
+    ToolCallFinished,
     ToolCallStarted,
     Usage,
 )
@@ -48,6 +57,17 @@ CASES: Final[dict[str, dict[str, Any]]] = {
 }
 """Every recorded case, by name (the file's stem)."""
 NO_RETRY: Final = RetryPolicy(max_attempts=1)
+STOP_REASONS: Final[dict[str, StopReason]] = {
+    "end_turn": "end_turn",
+    "stop_sequence": "end_turn",
+    "tool_use": "tool_use",
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+    "refusal": "refusal",
+    "pause_turn": "pause_turn",
+}
+"""What each ``stop_reason`` means as a stop reason (any other is ``"other"``)."""
+BETA: Final = "structured-outputs-2025-11-13"
 
 
 def _body(name: str) -> bytes:
@@ -124,6 +144,8 @@ async def test_anthropic_fixture_stream_rebuilds_the_expected_response(provider_
     errors: list[ErrorEvent] = _of(events, ErrorEvent)
     finished = events[-1]
     assert isinstance(finished, RunFinished)
+    stop = expect["finish_reason"]
+    assert _of(events, ModelStopped) == ([] if stop is None else [ModelStopped(STOP_REASONS[stop], stop)])
     if expect["error"] is None:
         assert errors == []
         assert finished.reason == ("max_turns" if expect["tool_calls"] else "completed")
@@ -135,19 +157,20 @@ async def test_anthropic_fixture_stream_rebuilds_the_expected_response(provider_
 
 
 async def test_anthropic_fixture_chunks_come_in_block_order(provider_server: Any) -> None:
-    """Used alone, the model streams text, the server tool, text, then the client tool call, and usage last."""
+    """Used alone, the model streams text, the server tool, text, the client tool call, its stop, and usage last."""
     provider_server.serve(_body("text_server_tool_then_tool_use"))
     chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("rate?"),)))
-    kinds = [type(chunk).__name__ for chunk in chunks]
+    kinds = [type(chunk).__name__ for chunk in chunks if not isinstance(chunk, ToolCallDeltaChunk)]
     first_server = kinds.index("ServerToolChunk")
     assert set(kinds[:first_server]) == {"TextChunk"}
-    assert kinds[-2:] == ["ToolCallChunk", "UsageChunk"]
+    assert kinds[-3:] == ["ToolCallChunk", "StopChunk", "UsageChunk"]
     assert chunks[first_server] == ServerToolChunk(
         "srvtoolu_01S5swZdBmTzLDVzwcT5LbHp",
         "tool_search_tool_bm25",
         {"query": "USD EUR exchange rate currency conversion"},
     )
-    call = chunks[-2]
+    assert chunks[-2] == StopChunk("tool_use", "tool_use")
+    call = chunks[-3]
     assert isinstance(call, ToolCallChunk)
     assert (call.call_id, call.name) == ("toolu_01EFn5wTNBYA8Reni8rbmnHT", "get_exchange_rate")
     assert isinstance(call.arguments, str)
@@ -162,7 +185,11 @@ async def test_anthropic_thinking_is_reasoning_and_signature_is_dropped(provider
     reasoning = [chunk for chunk in chunks if isinstance(chunk, ReasoningChunk)]
     assert len(reasoning) == 2
     assert "EoQDCm0" not in "".join(chunk.text for chunk in reasoning)
-    assert chunks[-2:] == [ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}), UsageChunk(598, 92)]
+    assert chunks[-3:] == [
+        ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}),
+        StopChunk("tool_use", "tool_use"),
+        UsageChunk(598, 92),
+    ]
 
 
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:
@@ -202,6 +229,7 @@ async def test_anthropic_request_body_and_headers_over_three_turns(provider_serv
         assert received.headers["accept"] == "text/event-stream"
         assert received.headers["content-type"] == "application/json"
         assert "authorization" not in received.headers
+        assert "anthropic-beta" not in received.headers  # only a native structured output needs one
     first = json.loads(provider_server.requests[0].body)
     assert first["model"] == "m"
     assert first["max_tokens"] == 4096
@@ -398,3 +426,177 @@ async def test_anthropic_leaving_early_closes_the_connection(provider_server: An
                 assert chunk == TextChunk("Hello")
                 break
         await provider_server.disconnected.wait()
+
+
+# -- stop reasons, refusals, argument deltas, native structured output -------------------------------
+
+
+def _message(*events: tuple[str, str], stop_reason: str | None, output_tokens: int = 9) -> bytes:
+    """A whole Messages stream: message_start, ``events``, message_delta (with ``stop_reason``), message_stop."""
+    delta = json.dumps(
+        {"type": "message_delta", "delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": output_tokens}}
+    )
+    return _stream(_START, *events, ("message_delta", delta), ("message_stop", '{"type":"message_stop"}'))
+
+
+def _block(index: int, block: dict[str, Any]) -> tuple[str, str]:
+    return "content_block_start", json.dumps({"type": "content_block_start", "index": index, "content_block": block})
+
+
+def _delta(index: int, delta: dict[str, Any]) -> tuple[str, str]:
+    return "content_block_delta", json.dumps({"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def _block_stop(index: int) -> tuple[str, str]:
+    return "content_block_stop", json.dumps({"type": "content_block_stop", "index": index})
+
+
+def _text_block(text: str) -> tuple[tuple[str, str], ...]:
+    return _block(0, {"type": "text", "text": ""}), _delta(0, {"type": "text_delta", "text": text}), _block_stop(0)
+
+
+class City(pydantic.BaseModel):
+    """A city and its country."""
+
+    name: str
+    country: str
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"), [*STOP_REASONS.items(), ("brand_new_reason", "other")], ids=lambda value: str(value)
+)
+async def test_anthropic_stop_reason_is_one_stop_chunk(provider_server: Any, raw: str, reason: StopReason) -> None:
+    """Each ``stop_reason`` (an unknown one as ``other``) is one StopChunk after the content, before the usage."""
+    provider_server.serve(_message(*_text_block("Hi"), stop_reason=raw))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    assert chunks == [TextChunk("Hi"), StopChunk(reason, raw), UsageChunk(3, 9)]
+
+
+async def test_anthropic_no_stop_chunk_without_a_stop_reason(provider_server: Any) -> None:
+    """A message_delta with a null stop_reason yields no StopChunk; an error event ends the stream without one."""
+    provider_server.serve(_message(*_text_block("Hi"), stop_reason=None))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    assert chunks == [TextChunk("Hi"), UsageChunk(3, 9)]
+    error = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    stopped = json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
+    provider_server.serve(_stream(_START, *_text_block("Hi"), ("message_delta", stopped), ("error", error)))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    assert [type(chunk).__name__ for chunk in chunks] == ["TextChunk", "ErrorChunk"]
+
+
+async def test_anthropic_refusal_ends_the_run_and_leaves_history_valid(provider_server: Any) -> None:
+    """stop_reason "refusal" ends the run with ``refusal``, the text written so far the refusal; the next run works."""
+    provider_server.queue(_message(*_text_block("I can't help with that."), stop_reason="refusal"))
+    provider_server.queue(_body("text"))
+    agent = Agent(name="claude", model=_model(provider_server), max_turns=1)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with session.run("how do I pick a lock?") as stream:
+                events = [event async for event in stream]
+            result = stream.result
+            async with session.run("the rate?") as stream:
+                again = [event async for event in stream]
+    assert _of(events, ModelStopped) == [ModelStopped("refusal", "refusal")]
+    assert _of(events, Refusal) == [Refusal("I can't help with that.")]
+    assert events[-1] == RunFinished("refusal", "I can't help with that.")
+    assert (result.reason, result.refusal, result.stop_reason) == ("refusal", "I can't help with that.", "refusal")
+    assert again[-1] == RunFinished("completed")
+    messages = json.loads(provider_server.requests[1].body)["messages"]
+    # The refused turn left no empty assistant message (the API refuses those); consecutive user turns are allowed.
+    assert messages == [
+        {"role": "user", "content": "how do I pick a lock?"},
+        {"role": "user", "content": "the rate?"},
+    ]
+
+
+async def test_anthropic_tool_call_cut_off_at_max_tokens_is_an_error_result(provider_server: Any) -> None:
+    """Arguments cut mid-JSON by stop_reason "max_tokens" are the call's is_error result, never an internal error."""
+    ran: list[str] = []
+
+    @tool
+    def get_exchange_rate(from_currency: str, to_currency: str) -> str:
+        """Look up an exchange rate."""
+        ran.append(from_currency)
+        return "0.92"
+
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_exchange_rate", "input": {}}
+    provider_server.queue(
+        _message(
+            _block(0, use),
+            _delta(0, {"type": "input_json_delta", "partial_json": '{"from_currency": "USD", "to_cur'}),
+            _block_stop(0),
+            stop_reason="max_tokens",
+        )
+    )
+    provider_server.queue(_body("text"))
+    agent = Agent(name="claude", model=_model(provider_server), tools=[get_exchange_rate], max_turns=2)
+    events = await _run(agent)
+    assert _of(events, ErrorEvent) == []
+    assert events[-1] == RunFinished("completed")
+    assert _of(events, ModelStopped) == [ModelStopped("max_tokens", "max_tokens"), ModelStopped("end_turn", "end_turn")]
+    [finished] = _of(events, ToolCallFinished)
+    assert finished.error is not None
+    assert "cut off" in finished.error
+    assert ran == []
+    *_, assistant, results = json.loads(provider_server.requests[1].body)["messages"]
+    assert assistant["content"] == [{"type": "tool_use", "id": "toolu_1", "name": "get_exchange_rate", "input": {}}]
+    [result] = results["content"]
+    assert (result["type"], result["tool_use_id"], result["is_error"]) == ("tool_result", "toolu_1", True)
+    assert "were cut off" in result["content"]
+    assert "max_tokens" in result["content"]
+
+
+async def test_anthropic_argument_deltas_join_to_the_tool_call(provider_server: Any) -> None:
+    """A tool_use block's input_json_delta pieces stream as deltas that join to its arguments; a server tool's don't."""
+    provider_server.serve(_body("text_server_tool_then_tool_use"))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("rate?"),)))
+    deltas = [chunk for chunk in chunks if isinstance(chunk, ToolCallDeltaChunk)]
+    [call] = [chunk for chunk in chunks if isinstance(chunk, ToolCallChunk)]
+    assert len(deltas) > 1
+    assert {(delta.call_id, delta.name) for delta in deltas} == {(call.call_id, call.name)}
+    assert "".join(delta.arguments_delta for delta in deltas) == call.arguments
+    assert chunks.index(deltas[-1]) < chunks.index(call)
+
+    events = await _run(Agent(name="claude", model=_model(provider_server), max_turns=1))
+    assert [(e.call_id, e.name, e.arguments_delta) for e in _of(events, ToolCallDelta)] == [
+        (delta.call_id, delta.name, delta.arguments_delta) for delta in deltas
+    ]
+
+
+async def test_anthropic_native_output_sends_output_format_and_the_beta(provider_server: Any) -> None:
+    """``output_mode="native"`` sends the schema as ``output_format`` with the structured-outputs beta header."""
+    answer = json.dumps({"name": "Oslo", "country": "Norway"})
+    provider_server.serve(_message(*_text_block(answer), stop_reason="end_turn"))
+    agent = Agent(name="claude", model=_model(provider_server), output_type=City, output_mode="native", max_turns=1)
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            result = await session.ask("where?")
+    assert result.output == City(name="Oslo", country="Norway")
+    [request] = provider_server.requests
+    assert request.headers["anthropic-beta"] == BETA
+    output = agent.output.request_output()
+    assert output is not None
+    body = json.loads(request.body)
+    assert body["output_format"] == {"type": "json_schema", "schema": dict(output.schema)}
+    assert set(body["output_format"]["schema"]["properties"]) == {"name", "country"}
+    assert "tools" not in body
+    assert AnthropicModel.native_output is True
+
+
+async def test_anthropic_beta_header_keeps_the_clients_own_betas(provider_server: Any) -> None:
+    """A shared client that sends its own ``anthropic-beta`` keeps it: the structured-outputs beta is added, once."""
+    answer = json.dumps({"name": "Oslo", "country": "Norway"})
+    provider_server.serve(_message(*_text_block(answer), stop_reason="end_turn"))
+    agent = Agent(name="claude", model=_model(provider_server), output_type=City, output_mode="native", max_turns=1)
+    for sent, expected in [
+        ("fine-grained-tool-streaming-2025-05-14", f"fine-grained-tool-streaming-2025-05-14,{BETA}"),
+        (f"a-beta, {BETA}", f"a-beta,{BETA}"),
+    ]:
+        async with (
+            httpx.AsyncClient(headers={"anthropic-beta": sent}) as client,
+            open_runtime(http_client=client) as runtime,
+            runtime.open_session(agent) as session,
+        ):
+            with trio.fail_after(10):
+                await session.ask("where?")
+        assert provider_server.requests[-1].headers["anthropic-beta"] == expected

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agents import AnthropicModel, ErrorChunk, OpenAIChatModel
+from agents import AnthropicModel, ErrorChunk, ModelRequest, OpenAIChatModel
 from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message
 
 
@@ -120,9 +120,10 @@ def test_both_http_models_share_one_base(
     assert model.retry.max_attempts == 4
     assert model.settings == {"temperature": 0.5}
     assert repr(model) == f"{kind.__name__}('m', base_url='http://from-env.invalid/v9')"
-    assert any(value.endswith("env-key") for value in model.headers().values())
+    request = ModelRequest("", ())
+    assert any(value.endswith("env-key") for value in model.headers(request).values())
     given = kind("m", base_url="http://given.invalid/", api_key="")
     assert given.base_url == "http://given.invalid"
-    assert "env-key" not in str(given.headers())  # an empty key given is no key, not the environment's
+    assert "env-key" not in str(given.headers(request))  # an empty key given is no key, not the environment's
     monkeypatch.delenv(base_env)
     assert kind("m").base_url == kind.DEFAULT_BASE_URL

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import pydantic
 import pytest
 import trio
 import trio.testing
@@ -22,12 +23,17 @@ from agents import (
     ModelConnectionError,
     ModelRequest,
     OpenAIChatModel,
+    OutputSchema,
     ProviderError,
     RateLimitError,
+    RefusalChunk,
     RetryPolicy,
     ServerError,
+    StopChunk,
+    StopReason,
     TextChunk,
     ToolCallChunk,
+    ToolCallDeltaChunk,
     UsageChunk,
     UserMessage,
 )
@@ -35,10 +41,13 @@ from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
     Event,
+    ModelStopped,
     ReasoningDelta,
+    Refusal,
     RunFinished,
     RunStarted,
     TextDelta,
+    ToolCallDelta,
     ToolCallFinished,
     ToolCallStarted,
     Usage,
@@ -52,6 +61,14 @@ CASES = sorted(
     for provider in ("openai", "deepseek", "groq", "openrouter", "vllm")
     for path in (STREAMS / provider).glob("*.json")
 )
+FINISH_REASONS: Final[dict[str, StopReason]] = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "content_filter",
+}
+"""What each ``finish_reason`` means as a stop reason (any other is ``"other"``)."""
 RUN_LIMIT = 10.0
 """Seconds any one run against the loopback server may take before the test fails."""
 ONE_TRY = RetryPolicy(max_attempts=1)
@@ -160,10 +177,17 @@ def _check_expect(events: list[Event], expect: dict[str, Any]) -> None:
         assert _finished(events).reason == ("max_turns" if expect["tool_calls"] else "completed")
         usage = expect["usage"]
         assert _usage(events) == ([] if usage is None else [(usage["prompt_tokens"], usage["completion_tokens"])])
+        finish = expect["finish_reason"]
+        assert _stops(events) == ([] if finish is None else [ModelStopped(FINISH_REASONS[finish], finish)])
     else:
         event = _the_error(events)
         assert event.kind == "model"
         assert error["message"] in event.message
+        assert _stops(events) == []  # an error ends the stream with no stop reason, even one sent before it
+
+
+def _stops(events: list[Event]) -> list[ModelStopped]:
+    return [event for event in events if isinstance(event, ModelStopped)]
 
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{path.parent.name}/{path.stem}" for path in CASES])
@@ -210,7 +234,8 @@ async def test_openai_usage_in_an_error_chunk_is_still_reported(provider_server:
 
 
 async def test_openai_tool_calls_split_across_chunks_are_assembled(provider_server: Any) -> None:
-    """Two calls whose id, name and argument fragments arrive interleaved across chunks are rebuilt in index order."""
+    """Two calls whose id, name and argument fragments arrive interleaved across chunks are rebuilt in index order,
+    each fragment streamed first as a delta with the call's id and name so far."""
 
     def call(index: int, **fields: Any) -> dict[str, Any]:
         return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, **fields}]}}]}
@@ -229,8 +254,13 @@ async def test_openai_tool_calls_split_across_chunks_are_assembled(provider_serv
     )
     chunks = await _chunks(_model(provider_server))
     assert chunks == [
+        ToolCallDeltaChunk("call_b", "lookup", '{"q"'),
+        ToolCallDeltaChunk("call_a", "get_weather", '{"city": '),
+        ToolCallDeltaChunk("call_b", "lookup", ': "x"}'),
+        ToolCallDeltaChunk("call_a", "get_weather", '"Oslo"}'),
         ToolCallChunk("call_a", "get_weather", '{"city": "Oslo"}'),
         ToolCallChunk("call_b", "lookup", '{"q": "x"}'),
+        StopChunk("tool_use", "tool_calls"),
     ]
 
 
@@ -654,8 +684,218 @@ async def test_openai_failing_provider_does_not_disturb_another_session(
 
 
 async def test_openai_usage_chunk_counts(provider_server: Any) -> None:
-    """Usage is read from the last chunk that carries it, after the tool calls, as one UsageChunk."""
+    """Usage is read from the last chunk that carries it, after the tool calls and the stop, as one UsageChunk."""
     provider_server.serve(_body("openai", "chat_parallel_tool_calls"))
     chunks = await _chunks(_model(provider_server))
-    assert [type(chunk) for chunk in chunks] == [ToolCallChunk, ToolCallChunk, UsageChunk]
+    whole = [type(chunk) for chunk in chunks if not isinstance(chunk, ToolCallDeltaChunk)]
+    assert whole == [ToolCallChunk, ToolCallChunk, StopChunk, UsageChunk]
     assert chunks[-1] == UsageChunk(417, 44)
+
+
+# -- stop reasons, refusals, argument deltas, native structured output -------------------------------
+
+EXPECT = {path: _case(path)["expect"] for path in CASES}
+TOOL_CASES = [path for path in CASES if EXPECT[path]["tool_calls"]]
+FINISHED_CASES = [path for path in CASES if EXPECT[path]["finish_reason"] and not EXPECT[path]["error"]]
+
+
+def _delta(**delta: Any) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta}]}
+
+
+def _finish(reason: str) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+
+
+_USAGE: Final = {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+
+
+class City(pydantic.BaseModel):
+    """A city and its country."""
+
+    name: str
+    country: str
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"), [*FINISH_REASONS.items(), ("tool_budget_exhausted", "other")], ids=lambda value: str(value)
+)
+async def test_openai_finish_reason_is_one_stop_chunk(provider_server: Any, raw: str, reason: StopReason) -> None:
+    """Each ``finish_reason`` (an unknown one as ``other``) is one StopChunk after the content, before the usage."""
+    provider_server.serve(_sse(_delta(role="assistant", content="Hi"), _finish(raw), _USAGE, "[DONE]"))
+    chunks = await _chunks(_model(provider_server))
+    assert chunks == [TextChunk("Hi"), StopChunk(reason, raw), UsageChunk(5, 2)]
+
+
+async def test_openai_no_stop_chunk_without_a_finish_reason(provider_server: Any) -> None:
+    """A stream that never names a finish_reason (null everywhere) yields no StopChunk."""
+    provider_server.serve(_sse({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}))
+    assert await _chunks(_model(provider_server)) == [TextChunk("Hi")]
+
+
+@pytest.mark.parametrize("path", FINISHED_CASES, ids=[f"{path.parent.name}/{path.stem}" for path in FINISHED_CASES])
+async def test_openai_fixture_finish_reason_is_the_stop_chunk(provider_server: Any, path: Path) -> None:
+    """A recorded stream's finish_reason is its one StopChunk, just before the usage (a later null changes nothing)."""
+    case = _serve_case(provider_server, path)
+    chunks = await _chunks(_model(provider_server))
+    finish = case["expect"]["finish_reason"]
+    assert [chunk for chunk in chunks if isinstance(chunk, StopChunk)] == [StopChunk(FINISH_REASONS[finish], finish)]
+    assert [type(chunk) for chunk in chunks[-2:]] == [StopChunk, UsageChunk]
+
+
+async def test_openai_error_after_a_finish_reason_gives_no_stop_chunk(provider_server: Any) -> None:
+    """OpenRouter's stream names finish_reason "length" and then reports an error: usage, the error, no stop."""
+    _serve_case(provider_server, STREAMS / "openrouter" / "minimax_reasoning_comments_stream_error.json")
+    chunks = await _chunks(_model(provider_server))
+    assert not [chunk for chunk in chunks if isinstance(chunk, StopChunk)]
+    assert [type(chunk).__name__ for chunk in chunks[-2:]] == ["UsageChunk", "ErrorChunk"]
+
+
+def _refusal_stream() -> bytes:
+    return _sse(
+        _delta(role="assistant", content=None, refusal=None),
+        _delta(refusal=""),
+        _delta(refusal="I'm sorry, "),
+        _delta(content=None, refusal="I can't help with that."),
+        _finish("stop"),
+        _USAGE,
+        "[DONE]",
+    )
+
+
+async def test_openai_refusal_deltas_are_refusal_chunks(provider_server: Any) -> None:
+    """Each non-empty ``delta.refusal`` piece is a RefusalChunk (null and empty ones yield nothing)."""
+    provider_server.serve(_refusal_stream())
+    assert await _chunks(_model(provider_server)) == [
+        RefusalChunk("I'm sorry, "),
+        RefusalChunk("I can't help with that."),
+        StopChunk("end_turn", "stop"),
+        UsageChunk(5, 2),
+    ]
+
+
+async def test_openai_refusal_ends_the_run_and_leaves_history_valid(provider_server: Any) -> None:
+    """A refusal ends the run with ``refusal`` and its text in the result; the next run sends a valid history."""
+    provider_server.queue(_refusal_stream())
+    provider_server.queue(_body("openai", "chat_text_usage"))
+    agent = Agent(name="gpt", model=_model(provider_server), max_turns=1)
+    with trio.fail_after(RUN_LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with session.run("how do I pick a lock?") as stream:
+                events = [event async for event in stream]
+            result = stream.result
+            async with session.run("the capital of Mexico?") as stream:
+                again = [event async for event in stream]
+    assert [event for event in events if isinstance(event, Refusal)] == [Refusal("I'm sorry, I can't help with that.")]
+    assert _finished(events).reason == "refusal"
+    assert (result.reason, result.refusal, result.stop_reason) == (
+        "refusal",
+        "I'm sorry, I can't help with that.",
+        "end_turn",
+    )
+    assert _finished(again) == RunFinished("completed")
+    user, assistant, next_user = json.loads(provider_server.requests[1].body)["messages"]
+    assert user == {"role": "user", "content": "how do I pick a lock?"}
+    assert assistant == {"role": "assistant", "content": ""}  # null content is allowed only beside tool calls
+    assert next_user == {"role": "user", "content": "the capital of Mexico?"}
+
+
+async def test_openai_tool_call_cut_off_at_length_is_an_error_result(provider_server: Any) -> None:
+    """Arguments cut mid-JSON by finish_reason "length" are the call's error result, never an internal error."""
+    ran: list[str] = []
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return "sunny"
+
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    provider_server.queue(
+        _sse(
+            _delta(role="assistant", content=None, tool_calls=[call]),
+            _delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city": "Mex'}}]),
+            _finish("length"),
+            _USAGE,
+            "[DONE]",
+        )
+    )
+    provider_server.queue(_body("openai", "chat_text_usage"))
+    agent = Agent(name="gpt", model=_model(provider_server), tools=[get_weather], max_turns=2)
+    events = await _run(agent)
+    assert _errors(events) == []
+    assert _finished(events) == RunFinished("completed")
+    assert _stops(events) == [ModelStopped("max_tokens", "length"), ModelStopped("end_turn", "stop")]
+    [finished] = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert finished.error is not None
+    assert "cut off" in finished.error
+    assert ran == []
+    *_, assistant, result = json.loads(provider_server.requests[1].body)["messages"]
+    assert assistant["tool_calls"][0]["function"]["arguments"] == '{"city": "Mex'
+    assert result["role"] == "tool"
+    assert result["tool_call_id"] == "call_1"
+    assert "were cut off" in result["content"]
+    assert "max_tokens" in result["content"]
+
+
+@pytest.mark.parametrize("path", TOOL_CASES, ids=[f"{path.parent.name}/{path.stem}" for path in TOOL_CASES])
+async def test_openai_argument_deltas_join_to_each_calls_arguments(provider_server: Any, path: Path) -> None:
+    """A recorded tool-call stream's argument deltas, joined per call, are the call's arguments text, all before it."""
+    _serve_case(provider_server, path)
+    chunks = await _chunks(_model(provider_server))
+    calls = [(i, chunk) for i, chunk in enumerate(chunks) if isinstance(chunk, ToolCallChunk)]
+    assert calls
+    for position, call in calls:
+        deltas = [c for c in chunks[:position] if isinstance(c, ToolCallDeltaChunk) and c.call_id == call.call_id]
+        assert {delta.name for delta in deltas} <= {call.name}
+        assert "".join(delta.arguments_delta for delta in deltas) == call.arguments
+    assert not [c for c in chunks[calls[0][0] :] if isinstance(c, ToolCallDeltaChunk)]
+
+
+async def test_openai_argument_deltas_reach_the_consumer_before_the_call(provider_server: Any) -> None:
+    """Through a run, the ToolCallDelta events of the recorded call come before its ToolCallStarted and add up to it."""
+    case = _serve_case(provider_server, STREAMS / "openai" / "chat_tool_call.json")
+    events = await _run(_agent(provider_server))
+    deltas = [event for event in events if isinstance(event, ToolCallDelta)]
+    [started] = [event for event in events if isinstance(event, ToolCallStarted)]
+    assert len(deltas) > 1
+    assert {(delta.call_id, delta.name) for delta in deltas} == {(started.call_id, started.name)}
+    assert events.index(deltas[-1]) < events.index(started)
+    arguments = "".join(delta.arguments_delta for delta in deltas)
+    assert json.loads(arguments) == case["expect"]["tool_calls"][0]["arguments"]
+
+
+async def test_openai_native_output_sends_a_json_schema_response_format(provider_server: Any) -> None:
+    """``output_mode="native"`` sends the output's schema as a non-strict ``json_schema`` response_format."""
+    answer = json.dumps({"name": "Oslo", "country": "Norway"})
+    provider_server.serve(_sse(_delta(content=answer[:9]), _delta(content=answer[9:]), _finish("stop"), "[DONE]"))
+    agent = Agent(name="gpt", model=_model(provider_server), output_type=City, output_mode="native", max_turns=1)
+    with trio.fail_after(RUN_LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            result = await session.ask("where?")
+    assert result.output == City(name="Oslo", country="Norway")
+    [request] = provider_server.requests
+    body = json.loads(request.body)
+    output = agent.output.request_output()
+    assert output is not None
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "City",
+            "schema": dict(output.schema),
+            "description": "A city and its country.",
+            "strict": False,
+        },
+    }
+    assert set(body["response_format"]["json_schema"]["schema"]["properties"]) == {"name", "country"}
+    assert "tools" not in body
+
+
+def test_openai_body_without_an_output_or_its_description_leaves_them_out() -> None:
+    """No ``request.output``: no response_format; an output with no description: no ``description`` key."""
+    model = OpenAIChatModel("m", base_url="http://unused", api_key="k")
+    request = ModelRequest("", (UserMessage("hi"),))
+    assert "response_format" not in model.body(request)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    body = model.body(ModelRequest("", (UserMessage("hi"),), output=OutputSchema("count", schema)))
+    assert body["response_format"]["json_schema"] == {"name": "count", "schema": schema, "strict": False}
+    assert OpenAIChatModel.native_output is True
