@@ -403,7 +403,8 @@ class AgentRun:
             text, calls, refusal = await self._call_model(request, output)
             self._text = text
             if refusal is not None:
-                self._history.append(AssistantMessage(text))  # its calls, if any, are not run: no results owed
+                # The model sees its own refusal next turn; its calls, if any, are not run: no results owed.
+                self._history.append(AssistantMessage(text or refusal))
                 self._refusal = refusal
                 await self._emit(Refusal(refusal))
                 return "refusal", refusal or "the model refused to answer"

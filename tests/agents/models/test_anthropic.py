@@ -502,9 +502,10 @@ async def test_anthropic_refusal_ends_the_run_and_leaves_history_valid(provider_
     assert (result.reason, result.refusal, result.stop_reason) == ("refusal", "I can't help with that.", "refusal")
     assert again[-1] == RunFinished("completed")
     messages = json.loads(provider_server.requests[1].body)["messages"]
-    # The refused turn left no empty assistant message (the API refuses those); consecutive user turns are allowed.
+    # The model sees its own refusal next turn.
     assert messages == [
         {"role": "user", "content": "how do I pick a lock?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]},
         {"role": "user", "content": "the rate?"},
     ]
 

@@ -796,7 +796,7 @@ async def test_openai_refusal_ends_the_run_and_leaves_history_valid(provider_ser
     assert _finished(again) == RunFinished("completed")
     user, assistant, next_user = json.loads(provider_server.requests[1].body)["messages"]
     assert user == {"role": "user", "content": "how do I pick a lock?"}
-    assert assistant == {"role": "assistant", "content": ""}  # null content is allowed only beside tool calls
+    assert assistant == {"role": "assistant", "content": "I'm sorry, I can't help with that."}  # its own refusal
     assert next_user == {"role": "user", "content": "the capital of Mexico?"}
 
 
