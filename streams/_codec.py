@@ -2,9 +2,16 @@
 
 Decoding is for data from a peer: every field of a known event is
 validated (strictly: a ``str`` field takes a string, a finish reason is one
-of :data:`~runtime.events.FINISH_REASONS`), and an event type this version
-does not know becomes an :class:`UnknownEvent`, so a client keeps working
-against a newer server.
+of :data:`~runtime.events.FINISH_REASONS`, a stop reason one of
+:data:`~runtime.events.STOP_REASONS`, a ``float`` a finite number), and an
+event type this version does not know becomes an :class:`UnknownEvent`, so a
+client keeps working against a newer server.
+
+A user's :class:`~runtime.events.CustomEvent` travels as ``{"type":
+"CustomEvent", "name": <its class name>, <field>: <value>, ...}`` and always
+decodes as an :class:`UnknownEvent` of type ``CustomEvent``: the receiving
+process cannot know the sender's class, and a ``name`` that happens to be a
+built-in event's never makes it one.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from attrs import AttrsInstance
 from pydantic_core import to_jsonable_python
 
 from runtime import events
-from runtime.events import Event, SubAgentEvent
+from runtime.events import CustomEvent, Event, SubAgentEvent
 
 from ._exceptions import MalformedMessageError
 
@@ -29,13 +36,16 @@ if TYPE_CHECKING:
 
 _TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 """Every event class, by the ``type`` it has on the wire (all of :data:`runtime.events.Event`)."""
-_STRICT: Final = pydantic.ConfigDict(strict=True)
+_STRICT: Final = pydantic.ConfigDict(strict=True, allow_inf_nan=False)
+"""Decoding config: no coercion; and no NaN or infinity, which ``report_progress`` refuses to send."""
+_CUSTOM: Final = CustomEvent.__name__
 
 
 @attrs.frozen
 class UnknownEvent:
-    """An event this version cannot represent: a type it does not know (a newer server's), or a
-    :class:`~runtime.events.SubAgentEvent` wrapping one.
+    """An event this version cannot represent: a type it does not know (a newer server's), a user's
+    :class:`~runtime.events.CustomEvent` (``type`` ``"CustomEvent"``, its class name in ``data["name"]``,
+    its fields beside it), or a :class:`~runtime.events.SubAgentEvent` wrapping one of those.
 
     Encoding it gives ``data`` back, so it passes through unchanged.
     """
@@ -52,26 +62,42 @@ arguments builds a new one per call."""
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 """Values that are their own JSON form: no conversion needed."""
-_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {}
-"""Each event class's field names, once looked up."""
+_SHAPES: Final[dict[type[Any], tuple[str, str | None, tuple[str, ...]]]] = {}
+"""Each event class's wire ``type``, ``name`` (a custom event's) and field names, once looked up."""
 
 
 def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
     """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, and a
-    value nested too deep to serialize a short placeholder saying so (the event is still sent)."""
+    value nested too deep to serialize a short placeholder saying so (the event is still sent).
+
+    Any value (a typed output, a custom event's field) goes through pydantic's JSON conversion: a
+    pydantic model becomes its dict. A :class:`~runtime.events.CustomEvent` (a subclass of it) is
+    ``{"type": "CustomEvent", "name": <class name>, <field>: <value>, ...}``; a field of it named
+    ``type`` or ``name`` is left out, so that those two always say what the event is.
+    """
     if isinstance(event, UnknownEvent):
         return dict(event.data)
     if isinstance(event, SubAgentEvent):
         return {"type": "SubAgentEvent", "agent": event.agent, "event": event_to_json(event.event)}
     cls = type(event)
-    data: dict[str, Any] = {"type": cls.__name__}
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(field.name for field in attrs.fields(cls))
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _shape(cls)
+    kind, custom_name, names = shape
+    data: dict[str, Any] = {"type": kind}
+    if custom_name is not None:
+        data["name"] = custom_name
     for name in names:
         value = getattr(event, name)
         data[name] = value if type(value) in _PLAIN else _jsonable(value)
     return data
+
+
+def _shape(cls: type[Any]) -> tuple[str, str | None, tuple[str, ...]]:
+    names = tuple(field.name for field in attrs.fields(cls))
+    if issubclass(cls, CustomEvent):  # the wire form's own keys win over fields of those names
+        return _CUSTOM, cls.__name__, tuple(name for name in names if name not in ("type", "name"))
+    return cls.__name__, None, names
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,10 +111,16 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
     """The event :func:`event_to_json` made, every field validated (extra keys, such as ``run_id`` on
     the wire, are ignored); an :class:`UnknownEvent` for a type this version does not know.
 
+    A ``CustomEvent`` is always an ``UnknownEvent("CustomEvent", data)`` (its ``name`` must be a string):
+    the user's class lives in the sending process, and this one cannot know it. ``Any`` values
+    (``FinalOutput.output``, ``OutputDelta.partial``) come back as plain JSON data, never as the typed
+    value the sender had.
+
     Raises:
         MalformedMessageError: ``data`` is not an event: not a JSON object, no string ``type``, or a
             known type with a missing or invalid field (``RunFinished(reason="bogus")``,
-            ``TextDelta(text={...})``). It is also a ``ValueError``.
+            ``TextDelta(text={...})``, ``ToolProgress(progress=NaN)``, a ``CustomEvent`` without a
+            string ``name``). It is also a ``ValueError``.
     """
     if not isinstance(data, dict):
         raise MalformedMessageError(f"an event is a JSON object, not {type(data).__name__}")
@@ -97,6 +129,10 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
         raise MalformedMessageError(f"not an event: type {kind!r}")
     cls = _TYPES.get(kind)
     if cls is None:
+        return UnknownEvent(kind, data)
+    if cls is CustomEvent:
+        if not isinstance(data.get("name"), str):
+            raise MalformedMessageError("malformed CustomEvent event: 'name' is missing or not a string")
         return UnknownEvent(kind, data)
     if cls is SubAgentEvent:
         agent = _field(cls, "agent", data)

@@ -350,12 +350,12 @@ def add_fixture() -> Tool:
 
 class Serving(Protocol):
     def __call__(
-        self, agent: Agent, **options: Any
+        self, agent: Agent[Any, Any], **options: Any
     ) -> AbstractAsyncContextManager[tuple[Server, httpx.AsyncClient]]: ...
 
 
 @asynccontextmanager
-async def _serving(agent: Agent, **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
+async def _serving(agent: Agent[Any, Any], **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
     """A server for ``agent`` and an httpx client pointed at it (closed before the server)."""
     async with open_server(agent, **options) as server:
         headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}

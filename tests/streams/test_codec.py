@@ -10,24 +10,33 @@ import typing
 from typing import Any, Final
 
 import attrs
+import pydantic
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from runtime import events
 from runtime.events import (
     FINISH_REASONS,
+    STOP_REASONS,
     AgentSwitched,
+    CustomEvent,
     ElicitationRequest,
     ErrorEvent,
     Event,
+    FinalOutput,
+    ModelStopped,
+    OutputDelta,
     ReasoningDelta,
+    Refusal,
     RunFinished,
     RunStarted,
     ServerToolUse,
     SubAgentEvent,
     TextDelta,
+    ToolCallDelta,
     ToolCallFinished,
     ToolCallStarted,
+    ToolProgress,
     Usage,
 )
 from streams import MalformedMessageError, StreamError, UnknownEvent, event_from_json, event_to_json
@@ -50,6 +59,26 @@ JSON: Final = st.recursive(
 )
 
 
+NUMBERS: Final = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
+"""What a ``float`` field holds: finite (``report_progress`` refuses others), and ints, which it takes too."""
+
+
+@attrs.frozen
+class Deployed(CustomEvent):
+    """A user's event, as ``ctx.emit`` sends it."""
+
+    url: str
+    attempts: int
+    details: Any = None
+
+
+class City(pydantic.BaseModel):
+    """A typed output."""
+
+    name: str
+    population: int
+
+
 def _hints(cls: type[Any]) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(events))
 
@@ -68,6 +97,8 @@ def _values(hint: Any, depth: int) -> st.SearchStrategy[Any]:
         return st.one_of(*(_values(arg, depth) for arg in args))
     if hint is type(None):
         return st.none()
+    if hint is float:
+        return NUMBERS
     return st.from_type(hint)
 
 
@@ -89,7 +120,16 @@ def test_every_event_class_round_trips_through_json(cls: type[Any], data: st.Dat
     """Any value of every event class comes back equal from event_to_json, JSON text, and event_from_json."""
     event = data.draw(_events(cls))
     wire = json.loads(dumps({"run_id": "s1-r1", **event_to_json(event)}))  # the wire adds a run_id
-    assert event_from_json(wire) == event
+    assert event_from_json(wire) == _decoded(event, wire)
+
+
+def _decoded(event: Event, wire: dict[str, Any]) -> Event | UnknownEvent:
+    """What ``wire``, made of ``event``, decodes to: the event, but a custom event (even wrapped) is unknown."""
+    if isinstance(event, CustomEvent):
+        return UnknownEvent("CustomEvent", wire)
+    if isinstance(event, SubAgentEvent) and isinstance(event.innermost()[1], CustomEvent):
+        return UnknownEvent("SubAgentEvent", wire)
+    return event
 
 
 @given(
@@ -106,13 +146,87 @@ def test_an_unknown_event_type_decodes_to_unknown_event_and_back(kind: str, fiel
 
 
 def test_a_sub_agent_event_wrapping_an_unknown_event_is_unknown() -> None:
-    wire = {"type": "SubAgentEvent", "agent": "billing", "event": {"type": "OutputDelta", "delta": "x"}}
+    wire = {"type": "SubAgentEvent", "agent": "billing", "event": {"type": "FutureEvent", "delta": "x"}}
     assert event_from_json(wire) == UnknownEvent("SubAgentEvent", wire)
 
 
 @pytest.mark.parametrize("reason", sorted(FINISH_REASONS))
 def test_every_finish_reason_decodes(reason: str) -> None:
     assert event_from_json({"type": "RunFinished", "reason": reason}) == RunFinished(reason)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason", sorted(STOP_REASONS))
+def test_every_stop_reason_decodes(reason: str) -> None:
+    assert event_from_json({"type": "ModelStopped", "reason": reason}) == ModelStopped(reason)  # type: ignore[arg-type]
+
+
+# -- custom events, typed output, progress ---------------------------------------
+
+
+def test_a_custom_event_travels_as_custom_event_with_its_class_name() -> None:
+    """A CustomEvent subclass is sent as type CustomEvent, its class name and its fields (JSON-converted)."""
+    event = Deployed("https://example.com", 2, details=City(name="Paris", population=2))
+    assert event_to_json(event) == {
+        "type": "CustomEvent",
+        "name": "Deployed",
+        "url": "https://example.com",
+        "attempts": 2,
+        "details": {"name": "Paris", "population": 2},
+    }
+
+
+def test_a_custom_event_decodes_as_unknown_and_encodes_back_unchanged() -> None:
+    """The receiver cannot know the sender's class: it gets an UnknownEvent holding the object, which
+    passes through a relay unchanged."""
+    wire = json.loads(dumps({**event_to_json(Deployed("u", 1)), "run_id": "s1-r1"}))
+    decoded = event_from_json(wire)
+    assert decoded == UnknownEvent("CustomEvent", wire)
+    assert event_to_json(decoded) == wire
+
+
+@pytest.mark.parametrize("name", ["RunFinished", "TextDelta", "SubAgentEvent", "CustomEvent"])
+def test_a_custom_event_named_like_a_built_in_event_is_never_one(name: str) -> None:
+    """A user's class named RunFinished (say) stays a CustomEvent on the wire and an UnknownEvent off it."""
+    impostor = attrs.frozen(type(name, (CustomEvent,), {"__annotations__": {"reason": "str"}}))
+    data = event_to_json(impostor(reason="completed"))
+    assert data == {"type": "CustomEvent", "name": name, "reason": "completed"}
+    assert event_from_json(data) == UnknownEvent("CustomEvent", data)
+
+
+def test_custom_event_fields_named_type_or_name_cannot_change_what_it_is() -> None:
+    """Fields named like the wire form's own keys are left out: the event stays a CustomEvent of its class."""
+
+    @attrs.frozen
+    class Clash(CustomEvent):
+        type: str
+        name: str
+        other: int
+
+    assert event_to_json(Clash("RunFinished", "completed", 3)) == {"type": "CustomEvent", "name": "Clash", "other": 3}
+
+
+def test_a_sub_agent_custom_event_is_unknown_and_keeps_its_wire_form() -> None:
+    event = SubAgentEvent("billing", Deployed("u", 1))
+    wire = event_to_json(event)
+    assert wire["event"] == {"type": "CustomEvent", "name": "Deployed", "url": "u", "attempts": 1, "details": None}
+    assert event_from_json(wire) == UnknownEvent("SubAgentEvent", wire)
+
+
+def test_a_typed_output_is_sent_as_its_json_data_and_decodes_as_plain_data() -> None:
+    """FinalOutput's pydantic model goes on the wire as a dict, and comes back as that dict."""
+    data = event_to_json(FinalOutput(City(name="Paris", population=2_100_000)))
+    assert data == {"type": "FinalOutput", "output": {"name": "Paris", "population": 2_100_000}}
+    assert event_from_json(json.loads(dumps(data))) == FinalOutput({"name": "Paris", "population": 2_100_000})
+
+
+def test_progress_sent_as_ints_decodes_as_floats() -> None:
+    """report_progress(1, total=2) sends ints; they decode as the floats the field holds."""
+    data = json.loads(dumps(event_to_json(ToolProgress("c1", 1, 2, "half"))))
+    assert data == {"type": "ToolProgress", "call_id": "c1", "progress": 1, "total": 2, "message": "half"}
+    decoded = event_from_json(data)
+    assert isinstance(decoded, ToolProgress)
+    assert (type(decoded.progress), type(decoded.total)) == (float, float)
+    assert decoded == ToolProgress("c1", 1.0, 2.0, "half")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +248,24 @@ def test_every_finish_reason_decodes(reason: str) -> None:
         {"type": "SubAgentEvent", "agent": 7, "event": {"type": "TextDelta", "text": "t"}},
         {"type": "SubAgentEvent", "agent": "a"},
         {"type": "SubAgentEvent", "agent": "a", "event": "TextDelta"},
+        {"type": "SubAgentEvent", "agent": "a", "event": {"type": "CustomEvent"}},
+        {"type": "ModelStopped", "reason": "bogus"},
+        {"type": "ModelStopped", "reason": "end_turn", "raw": 1},
+        {"type": "ModelStopped"},
+        {"type": "ToolProgress", "call_id": "c", "progress": "1"},
+        {"type": "ToolProgress", "call_id": "c", "progress": True},
+        {"type": "ToolProgress", "call_id": "c", "progress": float("nan")},
+        {"type": "ToolProgress", "call_id": "c", "progress": 1, "total": float("inf")},
+        {"type": "ToolProgress", "call_id": "c", "progress": 1, "message": 5},
+        {"type": "ToolProgress", "progress": 1},
+        {"type": "ToolCallDelta", "call_id": "c", "name": "t"},
+        {"type": "ToolCallDelta", "call_id": "c", "name": "t", "arguments_delta": {}},
+        {"type": "Refusal"},
+        {"type": "Refusal", "text": None},
+        {"type": "OutputDelta"},
+        {"type": "FinalOutput"},
+        {"type": "CustomEvent"},
+        {"type": "CustomEvent", "name": 5},
     ],
     ids=repr,
 )
@@ -178,23 +310,39 @@ SAMPLES: Final[list[Event]] = [
     SubAgentEvent("billing", TextDelta("nested")),
     SubAgentEvent("billing", SubAgentEvent("refunds", ToolCallStarted("call_9", "refund", {"amount": 5}))),
     SubAgentEvent("billing", RunFinished("completed")),
+    ToolCallDelta("call_3", "final_result", '{"name": "Par'),
+    ToolProgress("call_3", 1, total=2, message="half"),
+    ToolProgress("call_3", 0.25),
+    ModelStopped("max_tokens", "length"),
+    ModelStopped("end_turn"),
+    Refusal("I can't help with that"),
+    OutputDelta({"name": "Par"}),
+    FinalOutput({"name": "Paris", "population": 2_100_000}),
+    FinalOutput(None),
     RunFinished("completed"),
     RunFinished("hook_stop", "stopped by a hook"),
+    RunFinished("refusal", "I can't help with that"),
+    RunFinished("usage_limit", "requests limit of 1 reached"),
 ]
+
+CUSTOM_SAMPLES: Final[list[Event]] = [Deployed("https://example.com", 1), CustomEvent()]
+"""Custom events: sent as type CustomEvent, received as UnknownEvent."""
 
 
 def test_the_samples_cover_every_event_type() -> None:
-    assert {type(sample) for sample in SAMPLES} == set(typing.get_args(Event))
+    assert {type(sample) for sample in SAMPLES} | {CustomEvent} == set(typing.get_args(Event))
+    assert all(isinstance(sample, CustomEvent) for sample in CUSTOM_SAMPLES)
 
 
-@pytest.mark.parametrize("event", SAMPLES, ids=repr)
+@pytest.mark.parametrize("event", SAMPLES + CUSTOM_SAMPLES, ids=repr)
 def test_event_json_round_trips(event: Event) -> None:
-    """event_to_json gives a JSON object with the class name as type; event_from_json gives the event back
-    (through real JSON text, and ignoring a wire run_id)."""
+    """event_to_json gives a JSON object with the class name as type (CustomEvent, for a custom event);
+    event_from_json gives the event back, an UnknownEvent for a custom one (through real JSON text, and
+    ignoring a wire run_id)."""
     data = event_to_json(event)
-    assert data["type"] == type(event).__name__
+    assert data["type"] == ("CustomEvent" if isinstance(event, CustomEvent) else type(event).__name__)
     wire = json.loads(json.dumps({**data, "run_id": "s1-r1"}))
-    assert event_from_json(wire) == event
+    assert event_from_json(wire) == _decoded(event, wire)
 
 
 def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:

@@ -17,12 +17,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import httpx
+import pydantic
 import trio
 import trio.testing
 
 from agents import Agent, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
 from runtime import MessageBus
+from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, ErrorEvent
 from streams import ServedSession, WebhookChannel, open_server
 from streams._codec import _TYPES
 
@@ -65,7 +68,7 @@ def test_the_protocol_tables_parse() -> None:
     """Every machine-readable table is there and has rows (a renamed marker would empty a check)."""
     for name in ["routes", "http-errors", "webhook-errors", "run-events", "feed-messages"]:
         assert protocol_table(name), name
-    for name in ["workspace-messages", "workspace-errors", "close-codes"]:
+    for name in ["workspace-messages", "workspace-errors", "close-codes", "error-kinds"]:
         assert protocol_table(name), name
     assert ("404", "unknown_session") in {(row["status"], row["type"]) for row in protocol_table("http-errors")}
 
@@ -141,14 +144,15 @@ def documented_errors(table: str) -> set[tuple[str, str]]:
 
 
 async def next_sse(stream: trio.SocketStream, buffer: bytearray, kind: str) -> dict[str, Any]:
-    """Read an SSE response on a raw socket until a message of type ``kind``; its data."""
+    """Read an SSE response on a raw socket until a message of type ``kind`` (any type if empty); its data."""
     while True:
         match = re.search(rb"event: (\w+)\nid: \d+\ndata: (.*)\n\n", buffer)
         if match is not None:
             found, data = match.group(1).decode(), bytes(match.group(2))
             del buffer[: match.end()]  # after reading the groups: the match reads the buffer itself
-            if found == kind:
+            if found == kind or not kind:
                 message: dict[str, Any] = json.loads(data)
+                assert message["type"] == found
                 return message
             continue
         chunk = await stream.receive_some(65536)
@@ -363,6 +367,79 @@ async def test_run_events_are_the_runtime_events_and_a_run_sends_only_documented
     assert {"RunStarted", "ToolCallStarted", "ElicitationRequest", "ToolCallFinished", "RunFinished"} <= {
         message["type"] for message in sent
     }
+
+
+def documented_fields(event_type: str) -> set[str]:
+    """The field names of a run-events row: its backticked words outside parentheses."""
+    (row,) = [row for row in protocol_table("run-events") if row["type"] == event_type]
+    outside = re.sub(r"\([^)]*\)", "", row["fields"])
+    return set(re.findall(r"`(\w+)`", f"`{outside}`"))
+
+
+def documented_values(event_type: str, field: str) -> set[str]:
+    """The values a run-events row lists in parentheses after ``field``."""
+    (row,) = [row for row in protocol_table("run-events") if row["type"] == event_type]
+    match = re.search(rf"{field}`? \(([^)]*)\)", row["fields"])
+    assert match is not None, row
+    return set(re.findall(r"`(\w+)`", match.group(1)))
+
+
+def test_the_documented_reasons_and_error_kinds_are_the_runtimes() -> None:
+    """RunFinished's reasons and ModelStopped's are exactly the runtime's; the error-kinds table is
+    ErrorEvent's list, each with the RunFinished reason that follows it."""
+    assert documented_values("RunFinished", "reason") == FINISH_REASONS
+    assert documented_values("ModelStopped", "reason") == STOP_REASONS
+    kinds = {row["kind"] for row in protocol_table("error-kinds")}
+    assert kinds == set(re.findall(r'``"(\w+)"``', ErrorEvent.__doc__ or ""))
+    assert {row["finish reason"] for row in protocol_table("error-kinds")} <= FINISH_REASONS
+
+
+class Forecast(pydantic.BaseModel):
+    """A typed output."""
+
+    city: str
+    days: list[str]
+
+
+@attrs.frozen
+class Measured(CustomEvent):
+    """A user's event."""
+
+    value: float
+
+
+@tool
+async def measure(ctx: ToolContext[Any]) -> str:
+    """Measure, reporting progress and a custom event."""
+    await ctx.report_progress(1, total=2, message="half")
+    await ctx.emit(Measured(0.5))
+    return "measured"
+
+
+async def test_a_typed_run_with_progress_and_custom_events_sends_the_documented_fields() -> None:
+    """A served run with streamed arguments, progress, a custom event and a typed output sends each
+    event with exactly the fields its run-events row lists (a custom event: its name and its own)."""
+    final = ToolCall("final_result", {"city": "Paris", "days": ["sun", "rain"]})
+    model = ScriptedModel([ToolCall("measure"), final], stream_arguments=True)
+    agent = Agent(name="bot", model=model, tools=[measure], output_type=Forecast)
+    sent: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT):
+        async with open_server(agent, token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
+                await client.post("/sessions", json={"id": "s1"})
+                run = await client.post("/sessions/s1/runs", json={"input": "go", "detach": True})
+                async with raw_get(server, f"/sessions/s1/runs/{run.json()['run_id']}/events") as (stream, buffer):
+                    while not sent or sent[-1]["type"] != "RunFinished":
+                        sent.append(await next_sse(stream, buffer, ""))
+    types = [message["type"] for message in sent]
+    assert {"ToolCallDelta", "ToolProgress", "CustomEvent", "ModelStopped", "OutputDelta", "FinalOutput"} <= set(types)
+    assert set(types) <= documented_types("run-events")
+    for message in sent:
+        if message["type"] == "CustomEvent":
+            assert message == {"type": "CustomEvent", "name": "Measured", "value": 0.5, "run_id": "s1-r1"}
+        else:  # every message has the wire's run_id
+            assert set(message) - {"type"} == documented_fields(message["type"]) | {"run_id"}, message
+    assert sent[-1]["reason"] == "completed"
 
 
 async def test_the_feed_sends_exactly_the_documented_messages() -> None:
