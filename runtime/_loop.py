@@ -731,12 +731,19 @@ class _RunSink:
     async def emit(self, event: Any) -> None:
         if not isinstance(event, CustomEvent) or not attrs.has(type(event)):
             raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
+        clashing = _WIRE_NAMES.intersection(attrs.fields_dict(type(event)))
+        if clashing:
+            # On the wire "type" and "name" say what the event is: a field of the same name would be lost.
+            raise TypeError(f"{type(event).__name__} has fields named {sorted(clashing)}, which CustomEvent reserves")
         try:
             self._send_nowait(event)
             return
         except trio.WouldBlock:
             pass
         await self._send_blocking(event)
+
+
+_WIRE_NAMES: Final = frozenset({"type", "name"})
 
 
 class _PartialOutput:

@@ -27,7 +27,7 @@ from attrs import AttrsInstance
 from pydantic_core import to_jsonable_python
 
 from runtime import events
-from runtime.events import CustomEvent, Event, SubAgentEvent
+from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, Event, ModelStopped, RunFinished, SubAgentEvent
 
 from ._exceptions import MalformedMessageError
 
@@ -114,11 +114,13 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
     A ``CustomEvent`` is always an ``UnknownEvent("CustomEvent", data)`` (its ``name`` must be a string):
     the user's class lives in the sending process, and this one cannot know it. ``Any`` values
     (``FinalOutput.output``, ``OutputDelta.partial``) come back as plain JSON data, never as the typed
-    value the sender had.
+    value the sender had. A ``RunFinished`` reason this version does not know (a newer server's) is
+    ``RunFinished("error", <what it was>)``, so the run still ends; a ``ModelStopped`` one is ``"other"``
+    with the unknown reason as ``raw``.
 
     Raises:
         MalformedMessageError: ``data`` is not an event: not a JSON object, no string ``type``, or a
-            known type with a missing or invalid field (``RunFinished(reason="bogus")``,
+            known type with a missing or invalid field (``RunFinished(reason=5)``,
             ``TextDelta(text={...})``, ``ToolProgress(progress=NaN)``, a ``CustomEvent`` without a
             string ``name``). It is also a ``ValueError``.
     """
@@ -134,6 +136,11 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
         if not isinstance(data.get("name"), str):
             raise MalformedMessageError("malformed CustomEvent event: 'name' is missing or not a string")
         return UnknownEvent(kind, data)
+    known = _KNOWN_REASONS.get(kind)
+    if known is not None:
+        reason = data.get("reason")
+        if isinstance(reason, str) and reason not in known:
+            return _unknown_reason(cls, reason, data)
     if cls is SubAgentEvent:
         agent = _field(cls, "agent", data)
         inner = event_from_json(data.get("event"))
@@ -142,6 +149,19 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
         return SubAgentEvent(agent=agent, event=inner)
     values = {name: _field(cls, name, data) for name in _validators(cls) if name in data or _required(cls, name)}
     return cast("Event", cls(**values))
+
+
+_KNOWN_REASONS: Final = {"RunFinished": FINISH_REASONS, "ModelStopped": STOP_REASONS}
+
+
+def _unknown_reason(cls: type[AttrsInstance], reason: str, data: dict[str, Any]) -> Event:
+    """A reason a newer server added: a run's ending is still an ending (``error``), a model's stop ``other``."""
+    if cls is ModelStopped:
+        raw = _field(cls, "raw", data) if data.get("raw") is not None else None
+        return ModelStopped("other", raw or reason)
+    message = _field(cls, "message", data) if data.get("message") is not None else None
+    detail = f"the run finished with {reason!r}, a reason this version does not know"
+    return RunFinished("error", f"{detail}: {message}" if message else detail)
 
 
 def _field(cls: type[AttrsInstance], name: str, data: dict[str, Any]) -> Any:

@@ -232,7 +232,7 @@ def test_progress_sent_as_ints_decodes_as_floats() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"type": "RunFinished", "reason": "bogus"},
+        {"type": "RunFinished", "reason": 5},
         {"type": "RunFinished"},
         {"type": "RunFinished", "reason": "completed", "message": 5},
         {"type": "TextDelta", "text": {"a": 1}},
@@ -249,7 +249,7 @@ def test_progress_sent_as_ints_decodes_as_floats() -> None:
         {"type": "SubAgentEvent", "agent": "a"},
         {"type": "SubAgentEvent", "agent": "a", "event": "TextDelta"},
         {"type": "SubAgentEvent", "agent": "a", "event": {"type": "CustomEvent"}},
-        {"type": "ModelStopped", "reason": "bogus"},
+        {"type": "ModelStopped", "reason": ["end_turn"]},
         {"type": "ModelStopped", "reason": "end_turn", "raw": 1},
         {"type": "ModelStopped"},
         {"type": "ToolProgress", "call_id": "c", "progress": "1"},
@@ -352,3 +352,22 @@ def test_a_nested_sub_agent_event_has_the_documented_shape() -> None:
         "agent": "billing",
         "event": {"type": "SubAgentEvent", "agent": "refunds", "event": {"type": "TextDelta", "text": "hi"}},
     }
+
+
+def test_a_finish_reason_this_version_does_not_know_still_ends_the_run() -> None:
+    """A newer server's RunFinished reason is an ending (``error``, saying what it was), never a malformed stream."""
+    decoded = event_from_json({"type": "RunFinished", "reason": "paused", "message": "waiting for approval"})
+    assert decoded == RunFinished(
+        "error", "the run finished with 'paused', a reason this version does not know: waiting for approval"
+    )
+    assert event_from_json({"type": "RunFinished", "reason": "paused"}) == RunFinished(
+        "error", "the run finished with 'paused', a reason this version does not know"
+    )
+
+
+def test_a_stop_reason_this_version_does_not_know_is_other_with_the_reason_kept() -> None:
+    """A newer server's ModelStopped reason is ``other``, the reason (or the raw value) kept in ``raw``."""
+    assert event_from_json({"type": "ModelStopped", "reason": "thinking_budget"}) == ModelStopped(
+        "other", "thinking_budget"
+    )
+    assert event_from_json({"type": "ModelStopped", "reason": "x", "raw": "X_RAW"}) == ModelStopped("other", "X_RAW")
