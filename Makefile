@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-compare clean
+.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-compare clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-compare: $(STAMP)
 # W5 alone (served mode, ~5 minutes), merged into bench/results.json and BENCHMARKS.md.
 bench-served: $(BENCH_STAMP)
 	$(PY) bench/run.py --only w5
+
+# W6 alone (token stream, ~3 minutes), merged into bench/results.json and BENCHMARKS.md.
+bench-tokens: $(BENCH_STAMP)
+	$(PY) bench/run.py --only w6
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

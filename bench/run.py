@@ -1,9 +1,10 @@
 """Run the workloads for trio-agents and its peers, A B A B, and write BENCHMARKS.md.
 
-    python bench/run.py           # everything (make bench), ~5.5 minutes on 2 cores
+    python bench/run.py           # everything (make bench), ~8.5 minutes on 2 cores
     python bench/run.py --quick   # W1 only (make bench-quick), ~2 minutes; writes bench/results-quick.json
     python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
     python bench/run.py --only w5 # one workload; its results replace that workload's in bench/results.json
+    python bench/run.py --only w6 # the token stream (make bench-tokens), ~3 minutes
 
 Each measurement is a fresh process of a workload script (bench/w*_*.py),
 run with the interpreter of that implementation's virtualenv: trio-agents
@@ -14,7 +15,9 @@ slow spell of the machine hits all of them alike.
 
 W5 (served) is the exception to "each implementation's interpreter": its
 script runs in ours and starts each server in its own process, with the
-interpreter that server needs (bench/w5_served.py).
+interpreter that server needs (bench/w5_served.py). W6 (token stream) adds
+an implementation of its own, the raw floor, run in ours; its loopback
+provider is a process of its own (bench/w6_tokens.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from token_bodies import FORMATS
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEERS_VENV = BENCH / ".venv-peers"
@@ -42,7 +47,7 @@ PEERS = IMPLS[1:]
 # (workload, script, rounds): W1 processes each report 5 repetitions.
 FULL_PLAN = [("w0", "w0_floor.py", 2), ("w1", "w1_tool_turn.py", 2), ("w2", "w2_concurrency.py", 3),
              ("w2_50k", "w2_scale.py", 2), ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3),
-             ("w5", "w5_served.py", 3)]  # fmt: skip
+             ("w5", "w5_served.py", 3), ("w6", "w6_tokens.py", 3)]  # fmt: skip
 QUICK_PLAN = [("w1", "w1_tool_turn.py", 2)]
 # W5's servers: trio-agents, (a) the peer stack around pydantic-ai, (b) the plumbing floor, and two
 # that take trio-agents' figure apart.
@@ -55,6 +60,9 @@ W5_LABELS = {
     "trio-agents-async-tool": "trio-agents, async tool",
     "trio-floor": "trio-agents' plumbing",
 }
+# W6: the raw floor (httpx + httpx-sse + json.loads, under Trio) first, the ratios' denominator.
+W6_IMPLS = ("raw-floor", "trio-agents", "openai-agents", "pydantic-ai")
+W6_TARGET = 1.1
 
 TITLES = {
     "w0": "W0 floor: one event hop",
@@ -64,6 +72,7 @@ TITLES = {
     "w3": "W3 cancel: 1,000 parked runs cancelled together",
     "w4": "W4 scale: 10,000 idle sessions",
     "w5": "W5 served: M concurrent HTTP clients, each creating a session and streaming one W1 run over SSE",
+    "w6": "W6 token stream: 5,000 one-token chunks from a loopback provider, per provider format",
 }
 METRICS = {  # workload -> [(metric, label, unit, lower is better)]
     "w0": [
@@ -105,6 +114,16 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
             ("runs_per_s", "throughput", "runs/s", False),
             ("p50_ms", "p50 latency", "ms", True),
             ("p99_ms", "p99 latency", "ms", True),
+        )
+    ],
+    "w6": [
+        (f"{fmt}_{metric}", f"{spec.label}: {label}", unit, True)
+        for fmt, spec in FORMATS.items()
+        for metric, label, unit in (
+            ("cpu_us_per_chunk", "CPU per chunk", "µs/chunk"),
+            ("first_event_ms", "time to first event", "ms"),
+            ("model_cpu_us_per_chunk", "CPU per chunk, model alone", "µs/chunk"),
+            ("model_first_event_ms", "time to first event, model alone", "ms"),
         )
     ],
 }
@@ -156,7 +175,8 @@ def measure(python: Path | str, script: str, impl: str) -> dict[str, Any]:
 
 def headline(workload: str, metrics: dict[str, Any]) -> str:
     """One short summary of a record, for the progress line."""
-    first = METRICS[workload][{"w2": 2, "w2_50k": 2}.get(workload, 0)]
+    preferred = METRICS[workload][{"w2": 2, "w2_50k": 2}.get(workload, 0) :]
+    first = next(m for m in [*preferred, *METRICS[workload]] if m[0] in metrics)
     value = metrics[first[0]]
     value = statistics.median(value) if isinstance(value, list) else value
     return f"{first[1]}: {value:,.1f} {first[2]}"
@@ -174,10 +194,13 @@ def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, 
         for round_ in range(rounds):
             for impl in impls:
                 step += 1
-                python = sys.executable if impl == "trio-agents" or workload == "w5" else peers_python
+                ours = impl in ("trio-agents", "raw-floor") or workload == "w5"
+                python = sys.executable if ours else peers_python
                 began = time.monotonic()
                 record = measure(python, script, impl)
                 results["versions"][impl] = record["versions"]
+                if record.get("notes"):  # what a W6 implementation did not measure, and why
+                    results.setdefault("notes", {}).setdefault(workload, {})[impl] = record["notes"]
                 for metric, value in record["metrics"].items():
                     table.setdefault(impl, {}).setdefault(metric, []).extend(
                         value if isinstance(value, list) else [value]
@@ -193,7 +216,7 @@ def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, 
 
 
 def _impls(workload: str) -> tuple[str, ...]:
-    return {"w0": ("trio-agents",), "w2_50k": ("trio-agents",), "w5": W5_IMPLS}.get(workload, IMPLS)
+    return {"w0": ("trio-agents",), "w2_50k": ("trio-agents",), "w5": W5_IMPLS, "w6": W6_IMPLS}.get(workload, IMPLS)
 
 
 def stats(values: list[float]) -> tuple[float, float, float]:
@@ -248,6 +271,27 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             delta = median_of(results, "w0", "trio-agents", "agent_tool_delta_ns")
             rows.append(("ToolCallDelta per-event overhead ≤ 2× the W0 floor",
                          f"{delta:,.0f} / {floor:,.0f} ns = {delta / floor:.2f}×", delta <= 2 * floor))  # fmt: skip
+    if "w6" in w:
+        rows += _w6_targets(results)
+    return rows
+
+
+def _w6_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Per format: trio-agents' CPU per chunk, through the runtime, at most W6_TARGET times the raw floor's."""
+    table = results["workloads"]["w6"]
+    notes = results.get("notes", {}).get("w6", {}).get("trio-agents", {})
+    rows = []
+    for fmt, spec in FORMATS.items():
+        name = f"W6 {spec.label}: CPU per chunk ≤ {W6_TARGET}× the floor"
+        metric = f"{fmt}_cpu_us_per_chunk"
+        if metric not in table.get("trio-agents", {}) or metric not in table.get("raw-floor", {}):
+            rows.append((name, f"not measured: {notes.get(fmt, 'no figures')}", False))
+            continue
+        ours = median_of(results, "w6", "trio-agents", metric)
+        floor = median_of(results, "w6", "raw-floor", metric)
+        alone = median_of(results, "w6", "trio-agents", f"{fmt}_model_cpu_us_per_chunk")
+        rows.append((name, f"{ours:.1f} / {floor:.1f} µs = {ours / floor:.2f}× (the model alone: {alone / floor:.2f}×)",
+                     ours <= W6_TARGET * floor))  # fmt: skip
     return rows
 
 
@@ -325,6 +369,11 @@ def report(results: dict[str, Any], elapsed: float) -> str:
             for impl in ("pydantic-ai", "floor")
             if "w5" in results["workloads"] and impl in results["versions"]
         ],
+        *(
+            ["- W6 raw floor: " + ", ".join(f"{k} {v}" for k, v in results["versions"]["raw-floor"].items())]
+            if "w6" in results["workloads"] and "raw-floor" in results["versions"]
+            else []
+        ),
         "",
         "## Targets",
         "",
@@ -339,6 +388,9 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         lines += [f"## {TITLES[workload]}", "", _describe(workload), ""]
         if workload == "w5":
             lines += _w5_table(table)
+            continue
+        if workload == "w6":
+            lines += _w6_table(table, results.get("notes", {}).get("w6", {}))
             continue
         impls = [impl for impl in IMPLS if impl in table]
         header = "| metric | " + " | ".join(f"{impl} min / median / max" for impl in impls)
@@ -358,7 +410,7 @@ def report(results: dict[str, Any], elapsed: float) -> str:
     lines += [
         "Ratios are trio-agents' median over the peer's median (below 1: trio-agents uses less; for",
         "throughput, above 1 is better). Reproduce: `make bench` (`make bench-quick`: W1 alone; `make bench-served`:",
-        "W5 alone).",
+        "W5 alone; `make bench-tokens`: W6 alone).",
         "",
     ]
     profile = BENCH / "PROFILE.md"
@@ -378,15 +430,43 @@ def _w5_table(table: dict[str, dict[str, list[float]]]) -> list[str]:
     for metric, label, unit, _ in METRICS["w5"]:
         if metric not in table.get("trio-agents", {}):
             continue
-        cells = []
-        for impl in impls:
-            low, mid, high = stats(table[impl][metric])
-            cells.append(f"{_fmt(mid)} ({_fmt(low)}–{_fmt(high)})")
+        cells = [_spread(table[impl][metric]) for impl in impls]
         floor = statistics.median(table["floor"][metric])
         ratios = [f"{statistics.median(table[impl][metric]) / floor:.2f}×" for impl in ("trio-agents", "pydantic-ai")]
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells + ratios) + " |")
     lines.append("")
     return lines
+
+
+def _w6_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[str, str]]) -> list[str]:
+    """W6 per format: each implementation's CPU per chunk (and trio-agents' model alone), over the raw floor's."""
+    rows = [("raw-floor", "", "raw floor"), ("trio-agents", "", "trio-agents"),
+            ("trio-agents", "model_", "trio-agents, model alone"), ("openai-agents", "", "openai-agents"),
+            ("pydantic-ai", "", "pydantic-ai")]  # fmt: skip
+    lines = [
+        "| format | implementation | CPU per chunk (µs), median (min–max) | × the raw floor "
+        "| time to first event (ms), median (min–max) |",
+        "|---|---|---|---|---|",
+    ]
+    for fmt, spec in FORMATS.items():
+        floor = table.get("raw-floor", {}).get(f"{fmt}_cpu_us_per_chunk")
+        for impl, prefix, label in rows:
+            figures = table.get(impl, {})
+            cpu = figures.get(f"{fmt}_{prefix}cpu_us_per_chunk")
+            if cpu is None:
+                if not prefix and impl in table:
+                    lines.append(f"| {spec.label} | {label} | not measured: {notes.get(impl, {}).get(fmt, '?')} | | |")
+                continue
+            ratio = f"{statistics.median(cpu) / statistics.median(floor):.2f}×" if floor else "–"
+            first = _spread(figures[f"{fmt}_{prefix}first_event_ms"])
+            lines.append(f"| {spec.label} | {label} | {_spread(cpu)} | {ratio} | {first} |")
+    lines.append("")
+    return lines
+
+
+def _spread(values: list[float]) -> str:
+    low, mid, high = stats(values)
+    return f"{_fmt(mid)} ({_fmt(low)}–{_fmt(high)})"
 
 
 def _describe(workload: str) -> str:
@@ -421,6 +501,19 @@ def _describe(workload: str) -> str:
         "no agent. Two more take trio-agents' figure apart: the same agent with an async tool (no hop to a "
         "worker thread), and trio-agents' own plumbing (Hypercorn + Starlette + its SSE response) sending the "
         "pre-made messages with no runtime.",
+        "w6": "A loopback provider (bench/token_server.py, its own process) answers every request with one pre-built "
+        "body of 5,000 one-token chunks in the provider's format (bench/token_bodies.py: Chat Completions, "
+        "Anthropic Messages, Responses, Gemini `streamGenerateContent?alt=sse`), chunked transfer encoding, one "
+        "HTTP chunk per SSE event, sent as fast as the client reads. CPU per chunk is the client process's user + "
+        "system time (`time.process_time`) from just before the request to the end of the stream, over 5,000; "
+        "time to first event is the wall time from the request to the first text piece. The raw floor: "
+        "`httpx.AsyncClient` under Trio, httpx-sse's `aiter_sse` and `json.loads` of every event, the cheapest "
+        "client there is to build on. trio-agents: the provider's model through the runtime (`Agent`, "
+        "`open_runtime`, `session.run`, every `TextDelta` consumed), and the model alone (`model.stream`, every "
+        "`TextChunk`). openai-agents: `OpenAIChatCompletionsModel` / `OpenAIResponsesModel` on an `AsyncOpenAI` "
+        "client, `Runner.run_streamed`. pydantic-ai: its OpenAI chat / Responses, Anthropic and Google models, "
+        "`run_stream_events`. Each process: one warm-up request per path and 3 measured, on a kept-alive "
+        "connection; the text received is checked.",
     }
     return doc[workload]
 
@@ -445,12 +538,13 @@ def main() -> None:
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.only:
         plan = [step for step in FULL_PLAN if step[0] == args.only]
-    log(f"[bench] {'W1 only' if args.quick else args.only.upper() if args.only else 'W0–W5'}")
+    log(f"[bench] {'W1 only' if args.quick else args.only.upper() if args.only else 'W0–W6'}")
     results = run_plan(plan, peers_python)
     elapsed = time.monotonic() - started
     if args.only and (BENCH / "results.json").exists():
         previous = json.loads((BENCH / "results.json").read_text())
         previous["workloads"][args.only] = results["workloads"][args.only]
+        previous.setdefault("notes", {})[args.only] = results.get("notes", {}).get(args.only, {})
         previous["versions"].update(results["versions"])
         previous.setdefault("alone", {})[args.only] = (
             f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min"
