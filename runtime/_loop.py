@@ -425,12 +425,15 @@ class AgentRun:
                 )
                 return None
             others = [call for call in calls if not output.is_output_tool(call.name)]
-            if others:
-                await self._call_tools(others, tools)
-            self._history.extend(
-                ToolResultMessage(call.call_id, call.name, f"{problem}. Fix it and call {call.name} again.", True)
-                for call in answers
-            )
+            try:
+                if others:
+                    await self._call_tools(others, tools)
+            finally:
+                # Even if the other calls are cancelled (run_timeout, the consumer leaving): every call gets a result.
+                self._history.extend(
+                    ToolResultMessage(call.call_id, call.name, f"{problem}. Fix it and call {call.name} again.", True)
+                    for call in answers
+                )
             return problem
         if calls:
             await self._call_tools(calls, tools)
