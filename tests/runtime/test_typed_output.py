@@ -596,3 +596,36 @@ async def test_typed_output_hook_stop_has_no_output() -> None:
     assert result.output is None
     assert finished(events) == RunFinished("hook_stop", "not today")
     assert not [event for event in events if isinstance(event, FinalOutput)]
+
+
+@tool
+async def hang() -> int:
+    """Never return."""
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_typed_output_history_valid_when_the_run_times_out_beside_an_invalid_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A run timing out while a call made beside an invalid final_result runs still leaves every call a result."""
+    model = ScriptedModel([[ToolCall("hang"), ToolCall("final_result", {"name": None})]])
+    ran = await run_once(Agent(name="a", model=model, output_type=Cat, tools=[hang], run_timeout=1))
+    assert finished(ran.events).reason == "timeout"
+    assert_history_valid(ran.history)
+    (told,) = results_for(ran.history, "final_result")
+    assert told.is_error
+
+
+async def test_typed_output_history_valid_when_the_consumer_leaves_beside_an_invalid_answer() -> None:
+    """A consumer leaving while a call made beside an invalid final_result runs leaves every call a result."""
+    model = ScriptedModel([[ToolCall("hang"), ToolCall("final_result", {"name": None})]])
+    agent = Agent(name="a", model=model, output_type=Cat, tools=[hang])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    break
+        history = session.history
+    assert_history_valid(history)
+    assert sorted(m.name for m in history if isinstance(m, ToolResultMessage)) == ["final_result", "hang"]
