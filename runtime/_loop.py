@@ -385,6 +385,8 @@ class AgentRun:
             if refusal is not None:
                 self._history.append(AssistantMessage(text))  # its calls, if any, are not run: no results owed
                 self._refusal = refusal
+                if output.is_text:
+                    self._output = text  # the last response's text, as for any other ending
                 await self._emit(Refusal(refusal))
                 return "refusal", refusal or "the model refused to answer"
             self._history.append(AssistantMessage(text, tuple(calls)))
