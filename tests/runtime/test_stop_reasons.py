@@ -292,3 +292,17 @@ async def test_text_deltas_before_a_refusal_are_still_streamed() -> None:
     model = ScriptedModel([turn(TextChunk("I won't"), StopChunk("refusal"))])
     ran = await run_once(Agent(name="a", model=model))
     assert [event.text for event in ran.events if isinstance(event, TextDelta)] == ["I won't"]
+
+
+async def test_refusal_output_of_a_text_agent_is_not_an_earlier_responses_text() -> None:
+    """After a tool turn, a refusing response is the last one: output is its text (empty), not the earlier words."""
+    model = ScriptedModel(
+        [
+            turn(TextChunk("Let me add."), ToolCallChunk("c1", "add", {"a": 1, "b": 2}), StopChunk("tool_use")),
+            turn(RefusalChunk("no")),
+        ]
+    )
+    ran = await run_once(Agent(name="a", model=model, tools=[add]))
+    assert ran.result.reason == "refusal"
+    assert ran.result.refusal == "no"
+    assert ran.result.output == ran.result.text == ""
