@@ -41,6 +41,7 @@ from runtime.events import CustomEvent, ElicitationRequest, ToolCallStarted
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from agents import ModelChunk
     from agents.models import Turn
     from runtime import Runtime
 
@@ -371,7 +372,9 @@ async def test_gc_typed_output_with_progress_dropped_on_a_full_stream_is_freed_b
 async def test_gc_runs_ended_by_output_error_refusal_and_usage_limit_are_freed_by_refcount() -> None:
     """Runs ending with an output error, a refusal, or a usage limit (each an early way out) leave no cycle."""
     failing = agent("not json", output_type=Tally, output_mode="prompted", output_retries=0)
-    refusing = agent([TextChunk("I won't"), StopChunk("refusal", "refusal")], [RefusalChunk("no")])
+    anthropic_refusal: list[ModelChunk] = [TextChunk("I won't"), StopChunk("refusal", "refusal")]
+    openai_refusal: list[ModelChunk] = [RefusalChunk("no")]
+    refusing = agent(anthropic_refusal, openai_refusal)
     limited = agent(ToolCall("add", {"a": 1, "b": 2}), "done", usage_limits=UsageLimits(requests=1))
 
     async def scenario(runtime: Runtime) -> None:
