@@ -406,6 +406,8 @@ class AgentRun:
                 # The model sees its own refusal next turn; its calls, if any, are not run: no results owed.
                 self._history.append(AssistantMessage(text or refusal))
                 self._refusal = refusal
+                if output.is_text:
+                    self._output = text  # the last response's text, as for any other ending
                 await self._emit(Refusal(refusal))
                 return "refusal", refusal or "the model refused to answer"
             self._history.append(AssistantMessage(text, tuple(calls)))
@@ -446,12 +448,15 @@ class AgentRun:
                 )
                 return None
             others = [call for call in calls if not output.is_output_tool(call.name)]
-            if others:
-                await self._call_tools(others, tools)
-            self._history.extend(
-                ToolResultMessage(call.call_id, call.name, f"{problem}. Fix it and call {call.name} again.", True)
-                for call in answers
-            )
+            try:
+                if others:
+                    await self._call_tools(others, tools)
+            finally:
+                # Even if the other calls are cancelled (run_timeout, the consumer leaving): every call gets a result.
+                self._history.extend(
+                    ToolResultMessage(call.call_id, call.name, f"{problem}. Fix it and call {call.name} again.", True)
+                    for call in answers
+                )
             return problem
         if calls:
             await self._call_tools(calls, tools)

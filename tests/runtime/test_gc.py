@@ -19,16 +19,29 @@ import types
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import attrs
+import pydantic
 import trio
 import trio.testing
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
+from agents import (
+    Agent,
+    RefusalChunk,
+    ScriptedModel,
+    StopChunk,
+    TextChunk,
+    ToolCall,
+    ToolContext,
+    UsageLimits,
+    tool,
+)
 from runtime import open_runtime
-from runtime.events import ElicitationRequest, ToolCallStarted
+from runtime.events import CustomEvent, ElicitationRequest, ToolCallStarted
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from agents import ModelChunk
     from agents.models import Turn
     from runtime import Runtime
 
@@ -166,10 +179,34 @@ async def guarded(a: int) -> int:
     return a
 
 
+@attrs.frozen
+class Counted(CustomEvent):
+    """A custom event a tool emits."""
+
+    n: int
+
+
+@tool
+async def report(ctx: ToolContext[Any], count: int, emit: bool = True) -> int:
+    """Report progress (best-effort: never waits) and emit custom events (these wait for room)."""
+    for i in range(count):
+        await ctx.report_progress(i, total=count, message="counting")
+        if emit:
+            await ctx.emit(Counted(i))
+    return count
+
+
+class Tally(pydantic.BaseModel):
+    """A typed answer."""
+
+    total: int
+    note: str
+
+
 def agent(*script: Turn, **options: Any) -> Agent:
     """An agent answering with ``script``, again and again (the warm-up and the checked run each use it once)."""
     options.setdefault("name", "gc")
-    options.setdefault("tools", [add, add_in_thread, fail, hang, ask, guarded])
+    options.setdefault("tools", [add, add_in_thread, fail, hang, ask, guarded, report])
     return Agent(model=ScriptedModel(itertools.cycle(script)), **options)
 
 
@@ -290,3 +327,58 @@ def _append_to(seen: list[object]) -> Callable[[object], Awaitable[None]]:
         seen.append(event)
 
     return handler
+
+
+async def test_gc_typed_output_run_with_progress_and_custom_events_is_freed_by_refcount() -> None:
+    """A typed run whose tool reports progress and emits events, whose first answer fails validation (a retry with
+    pydantic's errors) and whose output streams as OutputDelta, leaves no cycle."""
+    script = [
+        ToolCall("report", {"count": 3}),
+        ToolCall("final_result", {"total": "three"}),
+        ToolCall("final_result", {"total": 3, "note": "counted"}),
+    ]
+    # Arguments streamed as deltas: the answer is parsed as it comes, into OutputDelta events.
+    model = ScriptedModel(itertools.cycle(script), stream_arguments=True)
+    typed = Agent(name="gc", model=model, tools=[report], output_type=Tally)
+    seen: list[object] = []
+
+    async def scenario(runtime: Runtime) -> None:
+        async with runtime.open_session(typed) as session, session.run("go") as stream:
+            seen.extend([type(event).__name__ async for event in stream])
+
+    await assert_freed_by_refcount(scenario)
+    for kind in ("ToolProgress", "Counted", "ToolCallDelta", "OutputDelta", "FinalOutput"):
+        assert kind in seen
+
+
+async def test_gc_typed_output_with_progress_dropped_on_a_full_stream_is_freed_by_refcount() -> None:
+    """Progress dropped for want of room (more reports than the stream holds, and the tool never waits) leaves no
+    cycle."""
+    typed = agent(
+        ToolCall("report", {"count": 500, "emit": False}),
+        '{"total": 500, "note": "many"}',
+        output_type=Tally,
+        output_mode="prompted",
+    )
+
+    async def scenario(runtime: Runtime) -> None:
+        async with runtime.open_session(typed) as session:
+            result = await session.ask("go")
+            assert result.progress_dropped > 0
+
+    await assert_freed_by_refcount(scenario)
+
+
+async def test_gc_runs_ended_by_output_error_refusal_and_usage_limit_are_freed_by_refcount() -> None:
+    """Runs ending with an output error, a refusal, or a usage limit (each an early way out) leave no cycle."""
+    failing = agent("not json", output_type=Tally, output_mode="prompted", output_retries=0)
+    anthropic_refusal: list[ModelChunk] = [TextChunk("I won't"), StopChunk("refusal", "refusal")]
+    openai_refusal: list[ModelChunk] = [RefusalChunk("no")]
+    refusing = agent(anthropic_refusal, openai_refusal)
+    limited = agent(ToolCall("add", {"a": 1, "b": 2}), "done", usage_limits=UsageLimits(requests=1))
+
+    async def scenario(runtime: Runtime) -> None:
+        for each in (failing, refusing, refusing, limited):
+            await streamed(each)(runtime)
+
+    await assert_freed_by_refcount(scenario)

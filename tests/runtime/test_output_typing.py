@@ -1,0 +1,88 @@
+"""Typed output is typed for mypy: ``Agent(output_type=M)`` is an ``Agent[Any, M]`` and its results hold ``M``.
+
+mypy runs over tests/ in strict mode, so each ``assert_type`` here is a
+check of the public types; the tests also run, and check the values match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, assert_type
+
+import pydantic
+import pytest
+
+from agents import Agent, ScriptedModel, ToolCall
+from runtime import RunFailedError, RunResult, Session, open_runtime
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    celsius: float
+
+
+@dataclasses.dataclass
+class Alert:
+    level: int
+
+
+async def test_typing_typed_agent_is_generic_in_its_output() -> None:
+    """Agent(output_type=Weather) is an Agent[Any, Weather]; its session and ask() results carry Weather."""
+    agent = Agent(
+        name="weather",
+        model=ScriptedModel([ToolCall("final_result", {"city": "Oslo", "celsius": -3})]),
+        output_type=Weather,
+    )
+    assert_type(agent, Agent[Any, Weather])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        assert_type(session, Session[Weather])
+        result = await session.ask("Weather in Oslo?")
+        assert_type(result, RunResult[Weather])
+        output = result.output
+        assert_type(output, Weather | None)
+    assert output == Weather(city="Oslo", celsius=-3)
+    assert output is not None
+    assert_type(output.celsius, float)
+
+
+async def test_typing_default_agent_outputs_str() -> None:
+    """An agent without output_type is an Agent[Any, str] whose results hold str."""
+    agent = Agent(name="plain", model=ScriptedModel(["hello"]))
+    assert_type(agent, Agent[Any, str])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        assert_type(session, Session[str])
+        result = await session.ask("hi")
+    assert_type(result.output, str | None)
+    assert result.output == "hello"
+
+
+async def test_typing_list_and_union_outputs() -> None:
+    """list[...] is inferred; a union is annotated on the agent, and the output has the union's type."""
+    numbers = Agent(
+        name="n", model=ScriptedModel(['{"response": [1, 2]}']), output_type=list[int], output_mode="native"
+    )
+    assert_type(numbers, Agent[Any, list[int]])
+    either = Agent[None, Weather | Alert](
+        name="e", model=ScriptedModel([ToolCall("final_result_Alert", {"level": 2})]), output_type=Weather | Alert
+    )
+    async with open_runtime() as runtime:
+        async with runtime.open_session(numbers) as session:
+            listed = (await session.ask("go")).output
+        async with runtime.open_session(either) as session:
+            chosen = (await session.ask("go")).output
+    assert_type(listed, list[int] | None)
+    assert_type(chosen, Weather | Alert | None)
+    assert listed == [1, 2]
+    assert chosen == Alert(2)
+
+
+async def test_typing_run_failed_error_carries_the_result() -> None:
+    """RunFailedError.result is a RunResult (of any output type: the error is not generic)."""
+    agent = Agent(
+        name="w", model=ScriptedModel(["not json"]), output_type=Weather, output_mode="prompted", output_retries=0
+    )
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with pytest.raises(RunFailedError) as info:
+            await session.ask("go")
+    assert_type(info.value.result, RunResult[Any])
+    assert info.value.result.output is None
