@@ -116,7 +116,8 @@ class RunContext(Generic[DepsT]):
             event: An instance of a frozen attrs subclass of ``runtime.events.CustomEvent``.
 
         Raises:
-            TypeError: ``event`` is not a ``CustomEvent``.
+            TypeError: ``event`` is not an attrs ``CustomEvent``, or has a field named ``type`` or ``name``.
+            runtime.ClosedRunStreamError: the run has ended (a task that outlived it still holds the context).
 
         Example::
 

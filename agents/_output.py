@@ -99,13 +99,17 @@ class OutputSpec:
             return
         if mode == "tool":
             structured = [member for member in members if member is not str]
-            if len(structured) == 1:
-                self._targets = [_Target(structured[0], FINAL_RESULT_TOOL)]
-            else:
+            targets = [_Target(member, FINAL_RESULT_TOOL) for member in structured]
+            if len(targets) > 1 and not any(target.wrapped for target in targets):
+                # A union of objects (models, dataclasses, TypedDicts): one tool each, which models pick well.
                 names = [f"{FINAL_RESULT_TOOL}_{_type_name(member)}" for member in structured]
                 if len(set(names)) != len(names):
                     raise AgentDefinitionError(f"output_type {output_type!r}: union members need distinct names")
                 self._targets = [_Target(member, name) for member, name in zip(structured, names, strict=True)]
+            else:
+                # One type, or a union with scalars (``int | None``): one tool for the whole of it.
+                rest = structured[0] if len(structured) == 1 else typing.Union[tuple(structured)]  # noqa: UP007
+                self._targets = [_Target(rest, FINAL_RESULT_TOOL)]
         else:
             self._targets = [_Target(output_type, FINAL_RESULT_TOOL)]
         self._by_tool = {target.name: target for target in self._targets} if mode == "tool" else {}

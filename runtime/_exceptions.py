@@ -4,7 +4,7 @@ The tree::
 
     AgentRuntimeError
     ├── ClosedSessionError     the session (or its runtime) was closed
-    ├── ClosedRunStreamError   a RunStream was used after its block exited
+    ├── ClosedRunStreamError   a RunStream used after its block exited, or an emit after its run
     ├── ReentrantRunError      Session.run() called from inside one of its own runs
     ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
     ├── ClosedBusError         the message bus was closed
@@ -31,7 +31,8 @@ class ClosedSessionError(AgentRuntimeError):
 
 
 class ClosedRunStreamError(AgentRuntimeError):
-    """A :class:`~runtime.RunStream` was read after its ``async with`` block exited."""
+    """A :class:`~runtime.RunStream` was read after its ``async with`` block exited, or ``ctx.emit`` was
+    called after its run had ended."""
 
 
 class ReentrantRunError(AgentRuntimeError):
@@ -43,11 +44,12 @@ class ReentrantRunError(AgentRuntimeError):
 
 
 class RunFailedError(AgentRuntimeError):
-    """Raised by ``Session.ask`` when the run ended with ``error`` or ``timeout``.
+    """Raised by ``Session.ask`` when the run ended with any reason but ``completed``, ``max_turns``,
+    ``hook_stop`` and ``cancelled``: ``error``, ``timeout``, ``refusal``, ``usage_limit``, or one added later.
 
     Attributes:
-        result: What the run produced before it failed.
-        kind: The failing ``ErrorEvent``'s kind.
+        result: What the run produced before it failed (its refusal, stop reason and usage too).
+        kind: The failing ``ErrorEvent``'s kind (``"refusal"`` for a refusal).
     """
 
     def __init__(self, message: str, *, kind: str, result: RunResult[Any]) -> None:

@@ -44,6 +44,7 @@ from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from agents._output import OutputSpec, OutputValidationError
 
 from ._bridge import ElicitationBridge, PendingElicitation
+from ._exceptions import ClosedRunStreamError
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._tally import UsageTally
@@ -734,18 +735,22 @@ class _RunSink:
             (self._root or self).dropped += 1
 
     async def emit(self, event: Any) -> None:
-        if not isinstance(event, CustomEvent) or not attrs.has(type(event)):
+        # An attrs class has its own __attrs_attrs__; a plain subclass only inherits its base's.
+        if not isinstance(event, CustomEvent) or "__attrs_attrs__" not in type(event).__dict__:
             raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
         clashing = _WIRE_NAMES.intersection(attrs.fields_dict(type(event)))
         if clashing:
             # On the wire "type" and "name" say what the event is: a field of the same name would be lost.
             raise TypeError(f"{type(event).__name__} has fields named {sorted(clashing)}, which CustomEvent reserves")
         try:
-            self._send_nowait(event)
-            return
-        except trio.WouldBlock:
-            pass
-        await self._send_blocking(event)
+            try:
+                self._send_nowait(event)
+                return
+            except trio.WouldBlock:
+                pass
+            await self._send_blocking(event)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
 
 
 _WIRE_NAMES: Final = frozenset({"type", "name"})

@@ -124,6 +124,16 @@ def test_output_union_with_str_in_tool_mode_accepts_a_text_answer() -> None:
     assert not OutputSpec(Cat, "tool").accepts_text
 
 
+def test_output_union_with_scalars_is_one_final_result_tool() -> None:
+    """``int | None`` (or a model beside a scalar) is one tool for the whole union, not one per member."""
+    for output_type in (int | None, Cat | int):
+        spec = OutputSpec(output_type, "tool")
+        assert [tool.name for tool in spec.tool_specs()] == ["final_result"]
+    spec = OutputSpec(int | None, "tool")
+    assert spec.validate_call("final_result", {"response": None}) is None
+    assert spec.validate_call("final_result", {"response": 3}) == 3
+
+
 def test_output_union_members_with_the_same_name_are_a_definition_error() -> None:
     """Two members named alike would make two tools of one name: refused when the agent is defined."""
 
@@ -281,10 +291,12 @@ def test_output_partial_unwraps_a_wrapped_type() -> None:
 
 
 def test_output_partial_of_a_union_member_uses_that_members_tool() -> None:
-    """Partial arguments of final_result_Dog parse as they are (no wrapper to take off)."""
-    spec = OutputSpec(Cat | list[int], "tool")
+    """Partial arguments of final_result_Cat parse as they are (no wrapper to take off); a union with a
+    non-object member is one wrapped tool."""
+    spec = OutputSpec(Cat | Dog, "tool")
     assert spec.partial('{"name": "Re', "final_result_Cat") == {"name": "Re"}
-    assert spec.partial('{"response": [4', "final_result_list_int") == [4]
+    spec = OutputSpec(Cat | list[int], "tool")
+    assert spec.partial('{"response": [4', "final_result") == [4]
 
 
 def test_output_to_json_is_the_validated_values_json() -> None:

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from agents import TRANSFER_TOOL, Agent, Hooks, RunContext, ScriptedModel, StopRun, ToolCall, ToolContext, tool
-from runtime import open_runtime
+from runtime import ClosedRunStreamError, open_runtime
 from runtime.events import (
     CustomEvent,
     Event,
@@ -291,7 +291,22 @@ class NotAnEvent:
     pass
 
 
-@pytest.mark.parametrize("event", [TextDelta("forged"), RunFinished("completed"), {"n": 1}, NotAnEvent(), "Step"])
+class PlainSubclass(CustomEvent):
+    """Not an attrs class of its own: its fields would not be seen, on the wire or in handlers."""
+
+    def __init__(self, n: int) -> None:
+        object.__setattr__(self, "n", n)
+
+
+@attrs.frozen
+class Named(CustomEvent):
+    name: str  # reserved: on the wire "name" is the class name
+
+
+@pytest.mark.parametrize(
+    "event",
+    [TextDelta("forged"), RunFinished("completed"), {"n": 1}, NotAnEvent(), "Step", PlainSubclass(1), Named("x")],
+)
 async def test_emit_of_anything_but_a_custom_event_raises_type_error(event: object) -> None:
     """ctx.emit takes CustomEvent subclasses only: not built-in events (a tool cannot forge RunFinished), not data."""
     caught: list[Exception] = []
@@ -311,3 +326,33 @@ async def test_emit_of_anything_but_a_custom_event_raises_type_error(event: obje
     assert not any(e is event for e in events)
     assert sum(isinstance(e, RunFinished) for e in events) == 1
     assert result.reason == "completed"
+
+
+async def test_emit_after_the_run_ended_is_a_closed_run_stream_error() -> None:
+    """A session task holding a tool's context emits after the run: a clear runtime error, not trio's."""
+    outcome: list[BaseException] = []
+    run_over, ran_late = trio.Event(), trio.Event()
+
+    @tool
+    async def later(ctx: ToolContext[None]) -> str:
+        """Leave a task behind that emits once the run is over."""
+
+        async def emit_late() -> None:
+            await run_over.wait()
+            try:
+                await ctx.emit(Step(1))
+            except ClosedRunStreamError as exc:
+                outcome.append(exc)
+            ran_late.set()
+
+        ctx.session.start_soon(emit_late)
+        return "scheduled"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("later"), "done"]), tools=[later])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(5):
+            await session.ask("go")
+            run_over.set()
+            await ran_late.wait()
+    assert len(outcome) == 1
+    assert "after its run had ended" in str(outcome[0])
