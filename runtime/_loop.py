@@ -508,6 +508,7 @@ class AgentRun:
         refusals: list[str] | None = None
         idle = self._agent.model_idle_timeout
         emit = self._emit
+        send_nowait = self._send_nowait
         tallies = self._tallies
         for tally in tallies:
             tally.requests += 1
@@ -525,7 +526,15 @@ class AgentRun:
                             idle_scope.deadline = math.inf
                         if isinstance(chunk, TextChunk):
                             texts.append(chunk.text)
-                            await emit(TextDelta(chunk.text))
+                            # _emit inlined: the one event every token makes.
+                            delta = TextDelta(chunk.text)
+                            try:
+                                send_nowait(delta)
+                                sent = True
+                            except trio.WouldBlock:
+                                sent = False
+                            if not sent:  # waited for outside the except block (see _emit)
+                                await self._send_blocking(delta)
                             if partial is not None and output.mode != "tool":
                                 await partial.feed(chunk.text, None, emit)
                         elif isinstance(chunk, ToolCallDeltaChunk):

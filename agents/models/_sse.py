@@ -16,7 +16,7 @@ from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from .._exceptions import MalformedStreamError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Iterable, Iterator
+    from collections.abc import Iterable
 
     import httpx
     from httpx_sse import ServerSentEvent
@@ -26,31 +26,9 @@ _CLOSE_GRACE = 5.0
 """Seconds closing a stream may take (it takes none: the socket is closed first)."""
 
 
-async def aiter_sse(response: httpx.Response) -> AsyncGenerator[ServerSentEvent, None]:
-    """The events of a streamed response, in order.
-
-    An async generator: close it on every path (``contextlib.aclosing``), as
-    Trio warns about one left unfinished.
-    """
-    lines = SSELineDecoder()
-    events = SSEDecoder()
-    # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
-    # httpx's aiter_text would follow the header).
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    first = True
-    async for chunk in response.aiter_bytes():
-        text = utf8.decode(chunk)
-        if first and text:
-            text = text.removeprefix(_BOM)
-            first = False
-        for event in _dispatch(events, lines.decode(text)):
-            yield event
-    for event in _dispatch(events, [*lines.decode(utf8.decode(b"", final=True)), *lines.flush()]):
-        yield event
-
-
-def _dispatch(events: SSEDecoder, lines: Iterable[str]) -> Iterator[ServerSentEvent]:
+def _dispatch(events: SSEDecoder, lines: Iterable[str]) -> list[ServerSentEvent]:
     """The events that ``lines`` (without their line ends) complete."""
+    dispatched = []
     for line in lines:
         if not line and not events._data:
             # The spec dispatches nothing for a block without data (httpx-sse
@@ -60,7 +38,8 @@ def _dispatch(events: SSEDecoder, lines: Iterable[str]) -> Iterator[ServerSentEv
             continue
         event = events.decode(line)
         if event is not None:
-            yield event
+            dispatched.append(event)
+    return dispatched
 
 
 def json_object(data: str, what: str) -> dict[str, Any]:
@@ -80,7 +59,11 @@ def json_object(data: str, what: str) -> dict[str, Any]:
 
 
 class SSEStream:
-    """The events of a streamed response, closable at any point without leaving a generator behind.
+    """The events of a streamed response, read a network read at a time, closable at any point.
+
+    ``await stream.read()`` gives the events the next bytes complete, so a
+    provider's parser pays one await per read, not one per event;
+    ``async for event in stream`` gives them one by one.
 
     httpx's streaming iterators are async generators nested several deep;
     closing the outermost abandons the inner ones, and Trio warns about each.
@@ -89,17 +72,49 @@ class SSEStream:
     normal exception, and nothing is abandoned.
     """
 
-    __slots__ = ("_events", "_response")
+    __slots__ = ("_bytes", "_decoder", "_ended", "_first", "_lines", "_pending", "_response", "_utf8")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self._events = aiter_sse(response)
+        self._bytes = response.aiter_bytes()
+        self._lines = SSELineDecoder()
+        self._decoder = SSEDecoder()
+        # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
+        # httpx's aiter_text would follow the header).
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._first = True
+        self._ended = False
+        self._pending: list[ServerSentEvent] = []  # read, not yet given by __anext__ (reversed)
+
+    async def read(self) -> list[ServerSentEvent]:
+        """The next events, in order: never empty until the stream has ended, then ``[]``."""
+        while not self._ended:
+            try:
+                chunk = await self._bytes.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                rest = [*self._lines.decode(self._utf8.decode(b"", final=True)), *self._lines.flush()]
+                return _dispatch(self._decoder, rest)
+            text = self._utf8.decode(chunk)
+            if self._first and text:
+                text = text.removeprefix(_BOM)
+                self._first = False
+            if text:
+                events = _dispatch(self._decoder, self._lines.decode(text))
+                if events:
+                    return events
+        return []
 
     def __aiter__(self) -> SSEStream:
         return self
 
     async def __anext__(self) -> ServerSentEvent:
-        return await self._events.__anext__()
+        if not self._pending:
+            self._pending = await self.read()
+            if not self._pending:
+                raise StopAsyncIteration
+            self._pending.reverse()
+        return self._pending.pop()
 
     async def aclose(self) -> None:
         """Close the response and end the generators under it (prompt: the socket is closed)."""
@@ -107,6 +122,6 @@ class SSEStream:
             await self._response.aclose()
             try:
                 while True:
-                    await self._events.__anext__()
+                    await self._bytes.__anext__()
             except (StopAsyncIteration, Exception):  # the closed stream's error, by design
                 pass

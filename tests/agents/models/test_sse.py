@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import pytest
 
-from agents.models._sse import SSEStream, aiter_sse
+from agents.models._sse import SSEStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -49,7 +49,7 @@ class _OneByteAtATime(httpx.AsyncByteStream):
 async def _events(response: httpx.Response) -> list[dict[str, Any]]:
     return [
         {"event": event.event or "message", "data": event.data, "id": event.id, "retry": event.retry}
-        async for event in aiter_sse(response)
+        async for event in SSEStream(response)
     ]
 
 
