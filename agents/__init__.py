@@ -62,6 +62,7 @@ from ._tools import (
 from ._usage import RunUsage as RunUsage, UsageLimits as UsageLimits
 from .models import (
     AnthropicModel as AnthropicModel,
+    GeminiModel as GeminiModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,
     RetryPolicy as RetryPolicy,

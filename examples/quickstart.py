@@ -8,6 +8,7 @@ or against a real model, with nothing else changed:
 
     OPENAI_API_KEY=... python examples/quickstart.py --model openai:gpt-4o-mini
     ANTHROPIC_API_KEY=... python examples/quickstart.py --model anthropic:claude-sonnet-4-5
+    GEMINI_API_KEY=... python examples/quickstart.py --model google:gemini-2.5-flash
     python examples/quickstart.py --model ollama:llama3.2      # a local Ollama
 """
 

@@ -107,6 +107,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ServerError",
             "ServerToolChunk",
             "AnthropicModel",
+            "GeminiModel",
             "OpenAIChatModel",
             "RetryPolicy",
             "TRANSFER_TOOL",
@@ -153,6 +154,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     "agents.models": frozenset(
         {
             "AnthropicModel",
+            "GeminiModel",
             "Model",
             "OpenAIChatModel",
             "RetryPolicy",

@@ -208,13 +208,18 @@ class HTTPModel(abc.ABC):
         """Send one request; its chunks stream until the block exits (which closes the response)."""
         return stream_chunks(
             request,
-            self.base_url + self.PATH,
+            self.url(),
             headers=self.headers(request),
             body=self.body(request),
             provider=self.provider,
             retry=self.retry,
             parse=self.parse,
         )
+
+    def url(self) -> str:
+        """Where a request is POSTed: the base URL, then ``PATH`` (a provider whose path names the model
+        writes its own)."""
+        return self.base_url + self.PATH
 
     @abc.abstractmethod
     def headers(self, request: ModelRequest) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Model strings: "scripted", "openai:gpt-4o-mini", "anthropic:claude-…", "ollama:llama3.2"."""
+"""Model strings: "scripted", "openai:gpt-4o-mini", "anthropic:claude-…", "google:gemini-…", "ollama:llama3.2"."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
     - ``"scripted"``: the ``scripted`` model given here (offline, the default of the examples);
     - ``"openai:<model>"``: :class:`OpenAIChatModel` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``);
     - ``"anthropic:<model>"``: :class:`AnthropicModel` (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``);
+    - ``"google:<model>"``: :class:`GeminiModel` (``GOOGLE_API_KEY`` or ``GEMINI_API_KEY``, ``GEMINI_BASE_URL``);
     - ``"ollama:<model>"``: an OpenAI-compatible model at Ollama's local URL.
 
     Raises:
@@ -42,10 +43,15 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
         from ._anthropic import AnthropicModel
 
         return AnthropicModel(name)
+    if provider == "google":
+        from ._gemini import GeminiModel
+
+        return GeminiModel(name)
     if provider == "ollama":
         from ._openai import OpenAIChatModel
 
         return OpenAIChatModel(name, base_url=os.environ.get("OLLAMA_BASE_URL", OLLAMA_BASE_URL), api_key="ollama")
     raise AgentDefinitionError(
-        f"unknown model {spec!r}: use 'scripted', 'openai:<model>', 'anthropic:<model>' or 'ollama:<model>'"
+        f"unknown model {spec!r}: use 'scripted', 'openai:<model>', 'anthropic:<model>', 'google:<model>' "
+        "or 'ollama:<model>'"
     )

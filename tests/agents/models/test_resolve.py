@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 import trio
 
-from agents import Agent, AgentDefinitionError, AnthropicModel, OpenAIChatModel, ScriptedModel, resolve_model
+from agents import (
+    Agent,
+    AgentDefinitionError,
+    AnthropicModel,
+    GeminiModel,
+    OpenAIChatModel,
+    ScriptedModel,
+    resolve_model,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,6 +47,17 @@ def test_resolve_model_anthropic() -> None:
     model = resolve_model("anthropic:claude-sonnet-4-5")
     assert isinstance(model, AnthropicModel)
     assert model.model == "claude-sonnet-4-5"
+
+
+def test_resolve_model_google() -> None:
+    """ "google:<model>" gives the Gemini provider, and an unknown prefix's error names every valid one."""
+    model = resolve_model("google:gemini-2.5-flash")
+    assert isinstance(model, GeminiModel)
+    assert model.model == "gemini-2.5-flash"
+    with pytest.raises(AgentDefinitionError) as caught:
+        resolve_model("gemini:gemini-2.5-flash")
+    for prefix in ("'scripted'", "'openai:<model>'", "'anthropic:<model>'", "'google:<model>'", "'ollama:<model>'"):
+        assert prefix in str(caught.value)
 
 
 def test_resolve_model_ollama_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,286 @@
+"""GeminiModel: Google's Gemini API (``streamGenerateContent``), streamed as server-sent events."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Final
+
+from .._json import loads_untrusted
+from .._messages import (
+    AssistantMessage,
+    ModelChunk,
+    ModelRequest,
+    ReasoningChunk,
+    StopChunk,
+    StopReason,
+    TextChunk,
+    ToolCallChunk,
+    ToolCallDeltaChunk,
+    ToolResultMessage,
+    UsageChunk,
+    UserMessage,
+)
+from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
+from ._sse import SSEStream, json_object
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Mapping
+
+    import httpx
+
+    from .._retry import RetryPolicy
+
+DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com/v1beta"
+SKIP_SIGNATURE: Final = "c2tpcF90aG91Z2h0X3NpZ25hdHVyZV92YWxpZGF0b3I="
+"""base64 of ``skip_thought_signature_validator``: Google's documented stand-in for a thought signature.
+
+Gemini 3 answers 400 to a history whose function call has no ``thoughtSignature``;
+the history keeps no signatures, so each model turn's first function call is
+sent with this one (the model then reasons without its earlier thoughts)."""
+_REQUEST_FIELDS: Final = frozenset(
+    {"safetySettings", "safety_settings", "toolConfig", "tool_config", "cachedContent", "cached_content"}
+)
+"""Settings that belong to the request itself; every other setting goes into ``generationConfig``."""
+_CONTENT_FILTER: Final = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
+"""Finish reasons that mean a filter withheld the answer."""
+
+
+class GeminiModel(HTTPModel):
+    """A Gemini model behind Google's Gemini API (``models/<model>:streamGenerateContent``).
+
+    Streams text, thought summaries (as reasoning, when ``thinkingConfig``
+    asks for them), function calls (each arrives whole; its id is the one
+    Gemini sent, else ``"<name>-<n>"``, n counting the response's calls),
+    the stop reason and usage (output tokens include the thinking tokens).
+    Answers ``output_mode="native"`` with ``responseJsonSchema``.
+
+    The API key is sent in the ``x-goog-api-key`` header only, never in the
+    URL, where it would end up in error messages and logs.
+
+    Args:
+        model: The model name, e.g. ``"gemini-2.5-flash"`` (a name with a ``/``,
+            such as ``"tunedModels/my-model"``, is used as the resource path as it is).
+        base_url: Defaults to ``GEMINI_BASE_URL``, else Google's (``.../v1beta``).
+        api_key: Defaults to ``GOOGLE_API_KEY``, else ``GEMINI_API_KEY`` (Google's
+            SDKs read them in that order); none is sent if neither is set.
+        retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
+        **settings: Sent in ``generationConfig`` (``temperature``, ``maxOutputTokens``,
+            ``thinkingConfig`` ...), except ``safetySettings``, ``toolConfig`` and
+            ``cachedContent``, which are fields of the request itself.
+
+    Example::
+
+        agent = Agent(name="helper", model=GeminiModel("gemini-2.5-flash", temperature=0.2))
+    """
+
+    provider = "gemini"
+    DEFAULT_BASE_URL = DEFAULT_BASE_URL
+    BASE_URL_ENV = "GEMINI_BASE_URL"
+    API_KEY_ENV = "GEMINI_API_KEY"
+    PATH = ":streamGenerateContent?alt=sse"
+    native_output = True
+    """It answers ``output_mode="native"`` (``responseMimeType`` and ``responseJsonSchema``)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        **settings: Any,
+    ) -> None:
+        if api_key is None:
+            api_key = os.environ.get("GOOGLE_API_KEY") or os.environ.get(self.API_KEY_ENV)
+        super().__init__(model, base_url=base_url, api_key=api_key, retry=retry, **settings)
+
+    def url(self) -> str:
+        """``{base_url}/models/{model}:streamGenerateContent?alt=sse``: the model is part of the path."""
+        name = self.model if "/" in self.model else f"models/{self.model}"
+        return f"{self.base_url}/{urllib.parse.quote(name, safe='/')}{self.PATH}"
+
+    def headers(self, request: ModelRequest) -> dict[str, str]:
+        """The key, when there is one, in ``x-goog-api-key``."""
+        headers = {"accept": "text/event-stream"}
+        if self._api_key:
+            headers["x-goog-api-key"] = self._api_key
+        return headers
+
+    def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+        """The chunks of a ``streamGenerateContent`` stream."""
+        return _chunks(response)
+
+    def body(self, request: ModelRequest) -> dict[str, Any]:
+        """The JSON body of a request."""
+        contents: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] | None = None  # the functionResponse parts of the open user content
+        for message in request.messages:
+            if isinstance(message, ToolResultMessage):
+                if results is None:
+                    results = []
+                    contents.append({"role": "user", "parts": results})
+                key = "error" if message.is_error else "result"
+                response = {"id": message.call_id, "name": message.name, "response": {key: message.content}}
+                results.append({"functionResponse": response})
+                continue
+            results = None
+            if isinstance(message, UserMessage):
+                contents.append({"role": "user", "parts": [{"text": message.content}]})
+            elif isinstance(message, AssistantMessage):
+                parts: list[dict[str, Any]] = [{"text": message.text}] if message.text else []
+                for i, call in enumerate(message.tool_calls):
+                    part: dict[str, Any] = {
+                        "functionCall": {"id": call.call_id, "name": call.name, "args": _args(call.arguments)}
+                    }
+                    if i == 0:
+                        part["thoughtSignature"] = SKIP_SIGNATURE
+                    parts.append(part)
+                if parts:  # the API refuses a content with no parts
+                    contents.append({"role": "model", "parts": parts})
+        body: dict[str, Any] = {"contents": contents}
+        if request.instructions:
+            body["systemInstruction"] = {"parts": [{"text": request.instructions}]}
+        if request.tools:
+            # parametersJsonSchema takes full JSON schema ($defs, anyOf, additionalProperties ...);
+            # the older "parameters" takes an OpenAPI subset that refuses some of it.
+            body["tools"] = [
+                {
+                    "functionDeclarations": [
+                        {"name": t.name, "description": t.description, "parametersJsonSchema": dict(t.parameters)}
+                        for t in request.tools
+                    ]
+                }
+            ]
+        config = {key: value for key, value in self.settings.items() if key not in _REQUEST_FIELDS}
+        if request.output is not None:
+            config["responseMimeType"] = "application/json"
+            config["responseJsonSchema"] = dict(request.output.schema)
+        if config:
+            body["generationConfig"] = config
+        body.update({key: value for key, value in self.settings.items() if key in _REQUEST_FIELDS})
+        return body
+
+
+def _args(arguments: Mapping[str, Any] | str) -> dict[str, Any]:
+    """A call's arguments as the object ``functionCall.args`` must be ({} if they are not one)."""
+    if not isinstance(arguments, str):
+        return dict(arguments)
+    try:
+        value = loads_untrusted(arguments) if arguments.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _stop(reason: str, called: bool) -> StopChunk:
+    kind: StopReason
+    if reason == "STOP":
+        kind = "tool_use" if called else "end_turn"
+    elif reason == "MAX_TOKENS":
+        kind = "max_tokens"
+    elif reason in _CONTENT_FILTER:
+        kind = "content_filter"
+    else:
+        kind = "other"
+    return StopChunk(kind, reason)
+
+
+def _usage(usage: dict[str, Any]) -> UsageChunk:
+    output = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+    return UsageChunk(int(usage.get("promptTokenCount") or 0), output)
+
+
+def _candidate(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """The first candidate (index 0): the answer; more come only when ``candidateCount`` asks."""
+    candidates = chunk.get("candidates")
+    if not isinstance(candidates, list):
+        return None
+    for candidate in candidates:
+        if isinstance(candidate, dict) and not candidate.get("index"):
+            return candidate
+    return None
+
+
+def _call_chunks(call: object, number: int) -> list[ModelChunk]:
+    """A function call part's chunks: its whole arguments as one delta (if they print as JSON), then the call."""
+    if not isinstance(call, dict):
+        return []
+    name = str(call.get("name") or "")
+    call_id = str(call.get("id") or f"{name}-{number}")
+    args = call.get("args", {})
+    try:
+        text = json.dumps(args)
+    except (ValueError, RecursionError):  # nested too deep to print: the runtime reports it to the model
+        return [ToolCallChunk(call_id, name, args if isinstance(args, dict) else {})]
+    # Anything but an object goes on as its JSON text, which the runtime refuses with a clear error.
+    return [
+        ToolCallDeltaChunk(call_id, name, text),
+        ToolCallChunk(call_id, name, args if isinstance(args, dict) else text),
+    ]
+
+
+async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+    """Map the SSE stream to chunks: content as it comes, then the stop reason and the last usage seen."""
+    usage: dict[str, Any] | None = None
+    finish: str | None = None
+    blocked: str | None = None
+    calls = 0
+    async with contextlib.aclosing(SSEStream(response)) as events:
+        async for event in events:
+            data = event.data.strip()
+            if event.event == "error":
+                if usage is not None:
+                    yield _usage(usage)
+                yield error_chunk(data)
+                return
+            if not data:
+                continue
+            chunk = json_object(data, "gemini: a chunk")
+            if isinstance(chunk.get("usageMetadata"), dict):
+                usage = chunk["usageMetadata"]
+            if chunk.get("error"):
+                if usage is not None:  # tokens spent before the error still count
+                    yield _usage(usage)
+                yield error_chunk(chunk["error"])
+                return
+            candidate = _candidate(chunk)
+            if candidate is None:
+                feedback = chunk.get("promptFeedback")
+                if isinstance(feedback, dict) and feedback.get("blockReason"):
+                    blocked = str(feedback["blockReason"])  # the prompt itself was refused
+                continue
+            content = candidate.get("content")
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for part in parts if isinstance(parts, list) else ():
+                if not isinstance(part, dict):
+                    continue
+                if "functionCall" in part:
+                    for call_chunk in _call_chunks(part["functionCall"], calls):
+                        yield call_chunk
+                    calls += 1
+                elif part.get("text"):
+                    text = str(part["text"])
+                    yield ReasoningChunk(text) if part.get("thought") else TextChunk(text)
+                # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
+            if candidate.get("finishReason"):
+                finish = str(candidate["finishReason"])
+    if finish is not None:
+        yield _stop(finish, calls > 0)
+    elif blocked is not None:
+        yield StopChunk("content_filter", blocked)
+    if usage is not None:
+        yield _usage(usage)
