@@ -99,6 +99,9 @@ def _usage(prompt: int, candidates: int, thoughts: int | None = None) -> dict[st
     return usage
 
 
+_HI = ModelRequest("", (UserMessage("hi"),))
+
+
 async def _chunks(model: GeminiModel, request: ModelRequest | None = None) -> list[ModelChunk]:
     """Drive the model alone (its own client), so its typed exceptions reach the test."""
     with trio.fail_after(RUN_LIMIT):
@@ -380,7 +383,7 @@ def test_gemini_url_names_the_model_and_never_the_key() -> None:
     tuned = GeminiModel("tunedModels/my model", base_url="http://proxy.example/v1beta/", api_key=KEY)
     assert tuned.url() == "http://proxy.example/v1beta/tunedModels/my%20model:streamGenerateContent?alt=sse"
     assert KEY not in repr(tuned)
-    assert tuned.headers() == {"accept": "text/event-stream", "x-goog-api-key": KEY}
+    assert tuned.headers(_HI) == {"accept": "text/event-stream", "x-goog-api-key": KEY}
 
 
 def test_gemini_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,17 +393,17 @@ def test_gemini_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     model = GeminiModel("g", temperature=0.5)
     assert model.base_url == "http://proxy.example/v1beta"
-    assert model.headers()["x-goog-api-key"] == "gemini-key"
+    assert model.headers(_HI)["x-goog-api-key"] == "gemini-key"
     assert model.settings == {"temperature": 0.5}
     monkeypatch.setenv("GOOGLE_API_KEY", "google-key")
-    assert GeminiModel("g").headers()["x-goog-api-key"] == "google-key"
-    assert GeminiModel("g", api_key="given").headers()["x-goog-api-key"] == "given"
-    assert "x-goog-api-key" not in GeminiModel("g", api_key="").headers()
+    assert GeminiModel("g").headers(_HI)["x-goog-api-key"] == "google-key"
+    assert GeminiModel("g", api_key="given").headers(_HI)["x-goog-api-key"] == "given"
+    assert "x-goog-api-key" not in GeminiModel("g", api_key="").headers(_HI)
     for name in ("GEMINI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
         monkeypatch.delenv(name)
     model = GeminiModel("g")
     assert model.base_url == "https://generativelanguage.googleapis.com/v1beta"
-    assert "x-goog-api-key" not in model.headers()
+    assert "x-goog-api-key" not in model.headers(_HI)
 
 
 def test_gemini_shares_the_http_model_base() -> None:
