@@ -15,6 +15,7 @@ from agents import (
     ModelRequest,
     ScriptedModel,
     ScriptExhaustedError,
+    StopChunk,
     TextChunk,
     ToolCall,
     ToolCallChunk,
@@ -45,11 +46,13 @@ def test_scripted_model_is_a_model() -> None:
 
 
 async def test_scripted_text_turn_streams_several_deltas() -> None:
-    """A ``str`` turn streams as several ``TextChunk`` deltas that join to the original text."""
+    """A ``str`` turn streams as several ``TextChunk`` deltas that join to the original text, then stop and usage."""
     model = ScriptedModel(["The answer is 42."])
     async with model.stream(_request()) as chunks:
         received = [chunk async for chunk in chunks]
-    text_chunks = received[:-1]
+    text_chunks = received[:-2]
+    assert received[-2] == StopChunk("end_turn")
+    assert isinstance(received[-1], UsageChunk)
     assert len(text_chunks) > 1
     assert all(isinstance(chunk, TextChunk) for chunk in text_chunks)
     assert _text(received) == "The answer is 42."
@@ -80,10 +83,11 @@ async def test_scripted_text_turn_joins_to_any_text(text: str) -> None:
 
 
 async def test_scripted_tool_call_turn_gives_a_tool_call_chunk() -> None:
-    """A ``ToolCall`` turn streams one ``ToolCallChunk`` with its name and arguments."""
+    """A ``ToolCall`` turn streams one ``ToolCallChunk`` with its name and arguments, then a tool_use stop."""
     model = ScriptedModel([ToolCall("add", {"a": 1, "b": 2})])
     received = await _collect(model)
-    assert len(received) == 2
+    assert len(received) == 3
+    assert received[1] == StopChunk("tool_use")
     call = received[0]
     assert isinstance(call, ToolCallChunk)
     assert call.name == "add"
