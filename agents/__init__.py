@@ -64,6 +64,7 @@ from .models import (
     AnthropicModel as AnthropicModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,
+    OpenAIResponsesModel as OpenAIResponsesModel,
     RetryPolicy as RetryPolicy,
     ScriptedModel as ScriptedModel,
     ToolCall as ToolCall,
