@@ -65,6 +65,7 @@ from .models import (
     GeminiModel as GeminiModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,
+    OpenAIResponsesModel as OpenAIResponsesModel,
     RetryPolicy as RetryPolicy,
     ScriptedModel as ScriptedModel,
     ToolCall as ToolCall,

@@ -5,6 +5,7 @@ from ._anthropic import AnthropicModel as AnthropicModel
 from ._gemini import GeminiModel as GeminiModel
 from ._http import http_client as http_client
 from ._openai import OpenAIChatModel as OpenAIChatModel
+from ._openai_responses import OpenAIResponsesModel as OpenAIResponsesModel
 from ._protocol import Model as Model
 from ._resolve import resolve_model as resolve_model
 from ._scripted import Script as Script, ScriptedModel as ScriptedModel, ToolCall as ToolCall, Turn as Turn

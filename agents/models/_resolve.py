@@ -1,4 +1,4 @@
-"""Model strings: "scripted", "openai:gpt-4o-mini", "anthropic:claude-…", "google:gemini-…", "ollama:llama3.2"."""
+"""Model strings: "scripted", "openai:…", "openai-responses:…", "anthropic:…", "google:…", "ollama:…"."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
 
     - ``"scripted"``: the ``scripted`` model given here (offline, the default of the examples);
     - ``"openai:<model>"``: :class:`OpenAIChatModel` (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``);
+    - ``"openai-responses:<model>"``: :class:`OpenAIResponsesModel`, OpenAI's Responses API (the same variables);
     - ``"anthropic:<model>"``: :class:`AnthropicModel` (``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``);
     - ``"google:<model>"``: :class:`GeminiModel` (``GOOGLE_API_KEY`` or ``GEMINI_API_KEY``, ``GEMINI_BASE_URL``);
     - ``"ollama:<model>"``: an OpenAI-compatible model at Ollama's local URL.
@@ -39,6 +40,10 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
         from ._openai import OpenAIChatModel
 
         return OpenAIChatModel(name)
+    if provider == "openai-responses":
+        from ._openai_responses import OpenAIResponsesModel
+
+        return OpenAIResponsesModel(name)
     if provider == "anthropic":
         from ._anthropic import AnthropicModel
 
@@ -52,6 +57,6 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
 
         return OpenAIChatModel(name, base_url=os.environ.get("OLLAMA_BASE_URL", OLLAMA_BASE_URL), api_key="ollama")
     raise AgentDefinitionError(
-        f"unknown model {spec!r}: use 'scripted', 'openai:<model>', 'anthropic:<model>', 'google:<model>' "
-        "or 'ollama:<model>'"
+        f"unknown model {spec!r}: use 'scripted', 'openai:<model>', 'openai-responses:<model>', "
+        "'anthropic:<model>', 'google:<model>' or 'ollama:<model>'"
     )

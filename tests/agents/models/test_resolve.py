@@ -14,6 +14,7 @@ from agents import (
     AnthropicModel,
     GeminiModel,
     OpenAIChatModel,
+    OpenAIResponsesModel,
     ScriptedModel,
     resolve_model,
 )
@@ -60,6 +61,16 @@ def test_resolve_model_google() -> None:
         assert prefix in str(caught.value)
 
 
+def test_resolve_model_openai_responses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "openai-responses:<model>" gives the Responses API model, configured by OpenAI's variables."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
+    model = resolve_model("openai-responses:o4-mini")
+    assert isinstance(model, OpenAIResponsesModel)
+    assert model.model == "o4-mini"
+    assert model.base_url == "http://127.0.0.1:9/v1"
+    assert isinstance(Agent(name="a", model="openai-responses:gpt-4.1-mini").model, OpenAIResponsesModel)
+
+
 def test_resolve_model_ollama_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """``OLLAMA_BASE_URL`` moves "ollama:<model>" to another server."""
     monkeypatch.setenv("OLLAMA_BASE_URL", "http://gpu-box:11434/v1")
@@ -68,11 +79,25 @@ def test_resolve_model_ollama_base_url_from_the_environment(monkeypatch: pytest.
     assert model.base_url == "http://gpu-box:11434/v1"
 
 
-@pytest.mark.parametrize("spec", ["scripted", "gpt-4o", "openai:", "mystery:model"])
+@pytest.mark.parametrize("spec", ["scripted", "gpt-4o", "openai:", "openai-responses:", "mystery:model"])
 def test_resolve_model_rejects_what_it_cannot_build(spec: str) -> None:
     """An unknown or incomplete model string is a clear AgentDefinitionError."""
     with pytest.raises(AgentDefinitionError):
         resolve_model(spec)
+
+
+def test_resolve_model_unknown_prefix_lists_every_valid_one() -> None:
+    """The error for an unknown model string names every prefix that would work."""
+    with pytest.raises(AgentDefinitionError) as caught:
+        resolve_model("mystery:model")
+    for prefix in (
+        "'scripted'",
+        "'openai:<model>'",
+        "'openai-responses:<model>'",
+        "'anthropic:<model>'",
+        "'ollama:<model>'",
+    ):
+        assert prefix in str(caught.value)
 
 
 def test_agent_accepts_a_model_string(monkeypatch: pytest.MonkeyPatch) -> None:
