@@ -239,45 +239,46 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     finish: str | None = None
     blocked: str | None = None
     calls = 0
-    async with contextlib.aclosing(SSEStream(response)) as events:
-        async for event in events:
-            data = event.data.strip()
-            if event.event == "error":
-                if usage is not None:
-                    yield _usage(usage)
-                yield error_chunk(data)
-                return
-            if not data:
-                continue
-            chunk = json_object(data, "gemini: a chunk")
-            if isinstance(chunk.get("usageMetadata"), dict):
-                usage = chunk["usageMetadata"]
-            if chunk.get("error"):
-                if usage is not None:  # tokens spent before the error still count
-                    yield _usage(usage)
-                yield error_chunk(chunk["error"])
-                return
-            candidate = _candidate(chunk)
-            if candidate is None:
-                feedback = chunk.get("promptFeedback")
-                if isinstance(feedback, dict) and feedback.get("blockReason"):
-                    blocked = str(feedback["blockReason"])  # the prompt itself was refused
-                continue
-            content = candidate.get("content")
-            parts = content.get("parts") if isinstance(content, dict) else None
-            for part in parts if isinstance(parts, list) else ():
-                if not isinstance(part, dict):
+    async with contextlib.aclosing(SSEStream(response)) as stream:
+        while events := await stream.read():  # one await per network read, not per event
+            for event in events:
+                data = event.data.strip()
+                if event.event == "error":
+                    if usage is not None:
+                        yield _usage(usage)
+                    yield error_chunk(data)
+                    return
+                if not data:
                     continue
-                if "functionCall" in part:
-                    for call_chunk in _call_chunks(part["functionCall"], calls):
-                        yield call_chunk
-                    calls += 1
-                elif part.get("text"):
-                    text = str(part["text"])
-                    yield ReasoningChunk(text) if part.get("thought") else TextChunk(text)
-                # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
-            if candidate.get("finishReason"):
-                finish = str(candidate["finishReason"])
+                chunk = json_object(data, "gemini: a chunk")
+                if isinstance(chunk.get("usageMetadata"), dict):
+                    usage = chunk["usageMetadata"]
+                if chunk.get("error"):
+                    if usage is not None:  # tokens spent before the error still count
+                        yield _usage(usage)
+                    yield error_chunk(chunk["error"])
+                    return
+                candidate = _candidate(chunk)
+                if candidate is None:
+                    feedback = chunk.get("promptFeedback")
+                    if isinstance(feedback, dict) and feedback.get("blockReason"):
+                        blocked = str(feedback["blockReason"])  # the prompt itself was refused
+                    continue
+                content = candidate.get("content")
+                parts = content.get("parts") if isinstance(content, dict) else None
+                for part in parts if isinstance(parts, list) else ():
+                    if not isinstance(part, dict):
+                        continue
+                    if "functionCall" in part:
+                        for call_chunk in _call_chunks(part["functionCall"], calls):
+                            yield call_chunk
+                        calls += 1
+                    elif part.get("text"):
+                        text = str(part["text"])
+                        yield ReasoningChunk(text) if part.get("thought") else TextChunk(text)
+                    # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
+                if candidate.get("finishReason"):
+                    finish = str(candidate["finishReason"])
     if finish is not None:
         yield _stop(finish, calls > 0)
     elif blocked is not None:

@@ -194,74 +194,75 @@ def _finish(call: _Call, arguments: object) -> ToolCallChunk | None:
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     """Map the SSE stream to chunks; each function call is whole when its arguments are done."""
     calls = _Calls()
-    async with contextlib.aclosing(SSEStream(response)) as events:
-        async for event in events:
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":  # not OpenAI's, but some compatible servers end with it
-                break
-            payload = json_object(data, "openai: a Responses event")
-            kind = payload.get("type") or event.event
-            if kind == "response.output_text.delta":
-                if payload.get("delta"):
-                    yield TextChunk(str(payload["delta"]))
-            elif kind == "response.function_call_arguments.delta":
-                call = calls.get(payload, kind)
-                if payload.get("delta"):
-                    delta = str(payload["delta"])
-                    call.fragments.append(delta)
-                    yield ToolCallDeltaChunk(call.call_id, call.name, delta)
-            elif kind in _REASONING_DELTAS:
-                if payload.get("delta"):
-                    yield ReasoningChunk(str(payload["delta"]))
-            elif kind == "response.refusal.delta":
-                if payload.get("delta"):
-                    yield RefusalChunk(str(payload["delta"]))
-            elif kind == "response.output_item.added":
-                item = _item(payload, kind)
-                if item.get("type") == "function_call":
-                    calls.add(payload, item)
-            elif kind == "response.function_call_arguments.done":
-                chunk = _finish(calls.get(payload, kind), payload.get("arguments"))
-                if chunk is not None:
-                    yield chunk
-            elif kind == "response.output_item.done":
-                item = _item(payload, kind)
-                if item.get("type") == "function_call":
-                    # A server that streams no arguments may send the whole item only here.
-                    call = calls.find({**payload, "item_id": item.get("id")}) or calls.add(payload, item)
-                    chunk = _finish(call, item.get("arguments"))
+    async with contextlib.aclosing(SSEStream(response)) as stream:
+        while events := await stream.read():  # one await per network read, not per event
+            for event in events:
+                data = event.data.strip()
+                if not data:
+                    continue
+                if data == "[DONE]":  # not OpenAI's, but some compatible servers end with it
+                    raise MalformedStreamError("openai: the Responses stream ended before response.completed")
+                payload = json_object(data, "openai: a Responses event")
+                kind = payload.get("type") or event.event
+                if kind == "response.output_text.delta":
+                    if payload.get("delta"):
+                        yield TextChunk(str(payload["delta"]))
+                elif kind == "response.function_call_arguments.delta":
+                    call = calls.get(payload, kind)
+                    if payload.get("delta"):
+                        delta = str(payload["delta"])
+                        call.fragments.append(delta)
+                        yield ToolCallDeltaChunk(call.call_id, call.name, delta)
+                elif kind in _REASONING_DELTAS:
+                    if payload.get("delta"):
+                        yield ReasoningChunk(str(payload["delta"]))
+                elif kind == "response.refusal.delta":
+                    if payload.get("delta"):
+                        yield RefusalChunk(str(payload["delta"]))
+                elif kind == "response.output_item.added":
+                    item = _item(payload, kind)
+                    if item.get("type") == "function_call":
+                        calls.add(payload, item)
+                elif kind == "response.function_call_arguments.done":
+                    chunk = _finish(calls.get(payload, kind), payload.get("arguments"))
                     if chunk is not None:
                         yield chunk
-            elif kind in ("response.completed", "response.incomplete"):
-                result = _response(payload, kind)
-                for call in calls.order:
-                    chunk = _finish(call, None)
-                    if chunk is not None:
-                        yield chunk
-                if kind == "response.completed":
-                    yield StopChunk("tool_use" if calls.order else "end_turn", "completed")
-                else:
-                    details = result.get("incomplete_details")
-                    reason = details.get("reason") if isinstance(details, dict) else None
-                    raw = str(reason) if reason else "incomplete"
-                    yield StopChunk(INCOMPLETE_REASONS.get(raw, "other"), raw)
-                usage = _usage_chunk(result)
-                if usage is not None:
-                    yield usage
-                return
-            elif kind == "response.failed":
-                result = _response(payload, kind)
-                usage = _usage_chunk(result)
-                if usage is not None:  # tokens spent before the failure still count
-                    yield usage
-                yield error_chunk(result.get("error") or "openai: the response failed")
-                return
-            elif kind == "error":
-                yield error_chunk(payload)
-                return
-            # response.created, content parts, *.done of text, and event types added to the API later: skipped.
+                elif kind == "response.output_item.done":
+                    item = _item(payload, kind)
+                    if item.get("type") == "function_call":
+                        # A server that streams no arguments may send the whole item only here.
+                        call = calls.find({**payload, "item_id": item.get("id")}) or calls.add(payload, item)
+                        chunk = _finish(call, item.get("arguments"))
+                        if chunk is not None:
+                            yield chunk
+                elif kind in ("response.completed", "response.incomplete"):
+                    result = _response(payload, kind)
+                    for call in calls.order:
+                        chunk = _finish(call, None)
+                        if chunk is not None:
+                            yield chunk
+                    if kind == "response.completed":
+                        yield StopChunk("tool_use" if calls.order else "end_turn", "completed")
+                    else:
+                        details = result.get("incomplete_details")
+                        reason = details.get("reason") if isinstance(details, dict) else None
+                        raw = str(reason) if reason else "incomplete"
+                        yield StopChunk(INCOMPLETE_REASONS.get(raw, "other"), raw)
+                    usage = _usage_chunk(result)
+                    if usage is not None:
+                        yield usage
+                    return
+                elif kind == "response.failed":
+                    result = _response(payload, kind)
+                    usage = _usage_chunk(result)
+                    if usage is not None:  # tokens spent before the failure still count
+                        yield usage
+                    yield error_chunk(result.get("error") or "openai: the response failed")
+                    return
+                elif kind == "error":
+                    yield error_chunk(payload)
+                    return
+                # response.created, content parts, *.done of text, and event types added to the API later: skipped.
     raise MalformedStreamError("openai: the Responses stream ended before response.completed")
 
 
