@@ -76,7 +76,9 @@ class SSEStream:
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self._bytes = response.aiter_bytes()
+        # Unencoded (as providers stream), the raw bytes: one generator layer less per network read.
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        self._bytes = response.aiter_raw() if encoding in ("", "identity") else response.aiter_bytes()
         self._lines = SSELineDecoder()
         self._decoder = SSEDecoder()
         # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
