@@ -47,10 +47,12 @@ class OpenAIChatModel(HTTPModel):
 
     OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter, DeepSeek,
     Groq ...: streams text, reasoning (``reasoning_content`` or
-    ``reasoning`` deltas), refusals, tool calls (their argument fragments as
-    they come, then each whole call), why the response stopped
-    (``finish_reason``) and usage (it asks for
-    ``stream_options.include_usage``). A native structured output is asked
+    ``reasoning`` deltas, or Mistral's ``thinking`` content parts), refusals,
+    tool calls (their argument fragments as they come, then each whole call;
+    calls sharing an ``index`` but not an ``id``, as Ollama sends them, are
+    told apart), why the response stopped (``finish_reason``) and usage, with
+    cached and reasoning tokens (it asks for ``stream_options.include_usage``;
+    Groq's ``x_groq.usage`` serves too). A native structured output is asked
     for as a ``json_schema`` ``response_format``, not strict (OpenAI's strict
     mode refuses many schemas pydantic writes); the runtime validates the answer.
 
