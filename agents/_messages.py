@@ -109,10 +109,19 @@ class RefusalChunk:
 
 @attrs.frozen
 class UsageChunk:
-    """Tokens used by the model call that streamed it."""
+    """Tokens used by the model call that streamed it, as the provider counts them."""
 
     input_tokens: int
+    """The provider's own input count: OpenAI's ``prompt_tokens`` includes cached tokens, Anthropic's
+    ``input_tokens`` excludes cache reads and writes."""
     output_tokens: int
+    cache_read_tokens: int = 0
+    """Input tokens read from the provider's prompt cache (OpenAI ``cached_tokens``, Anthropic
+    ``cache_read_input_tokens``)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the prompt cache (Anthropic ``cache_creation_input_tokens``)."""
+    reasoning_tokens: int = 0
+    """Output tokens spent reasoning, when the provider says (``reasoning_tokens``); part of ``output_tokens``."""
 
 
 @attrs.frozen

@@ -549,7 +549,15 @@ class AgentRun:
                             for tally in tallies:
                                 tally.input_tokens += chunk.input_tokens
                                 tally.output_tokens += chunk.output_tokens
-                            await emit(Usage(chunk.input_tokens, chunk.output_tokens))
+                            await emit(
+                                Usage(
+                                    chunk.input_tokens,
+                                    chunk.output_tokens,
+                                    chunk.cache_read_tokens,
+                                    chunk.cache_write_tokens,
+                                    chunk.reasoning_tokens,
+                                )
+                            )
                         elif isinstance(chunk, StopChunk):
                             self._stop = chunk.reason
                             await emit(ModelStopped(chunk.reason, chunk.raw))

@@ -111,10 +111,18 @@ class ServerToolUse:
 
 @attrs.frozen
 class Usage:
-    """Tokens used by one model call."""
+    """Tokens used by one model call, as its provider counts them."""
 
     input_tokens: int
+    """The provider's own input count: OpenAI's ``prompt_tokens`` includes cached tokens, Anthropic's
+    ``input_tokens`` excludes cache reads and writes (the cache counts are beside it)."""
     output_tokens: int
+    cache_read_tokens: int = 0
+    """Input tokens read from the provider's prompt cache."""
+    cache_write_tokens: int = 0
+    """Input tokens written to the provider's prompt cache (Anthropic)."""
+    reasoning_tokens: int = 0
+    """Output tokens spent reasoning, when the provider says; part of ``output_tokens``."""
 
 
 @attrs.frozen

@@ -69,6 +69,9 @@ class AnthropicModel(HTTPModel):
         api_key: Defaults to ``ANTHROPIC_API_KEY`` (none is sent if neither is set).
         retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         max_tokens: The most tokens one response may take (the API requires it).
+        cache_prompt: Mark the system prompt and the tool definitions with ``cache_control``
+            (``ephemeral``), so Anthropic caches them between calls; ``Usage`` then reports the
+            tokens written to the cache and, on later calls, read from it.
         **settings: Sent with every request (``temperature``, ``thinking`` ...).
 
     Example::
@@ -91,10 +94,12 @@ class AnthropicModel(HTTPModel):
         api_key: str | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         max_tokens: int = 4096,
+        cache_prompt: bool = False,
         **settings: Any,
     ) -> None:
         super().__init__(model, base_url=base_url, api_key=api_key, retry=retry, **settings)
         self.max_tokens = max_tokens
+        self.cache_prompt = cache_prompt
 
     def headers(self, request: ModelRequest) -> dict[str, str]:
         """The API version, the key when there is one, and the beta a native structured output needs."""
@@ -149,11 +154,21 @@ class AnthropicModel(HTTPModel):
                 {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
                 for t in request.tools
             ]
+        if self.cache_prompt:
+            _mark_cache(body)
         if request.output is not None:
             body["output_format"] = {"type": "json_schema", "schema": dict(request.output.schema)}
         body["stream"] = True
         body.update(self.settings)
         return body
+
+
+def _mark_cache(body: dict[str, Any]) -> None:
+    """Cache breakpoints after the system prompt (a list of one text block) and after the last tool."""
+    if body.get("system"):
+        body["system"] = [{"type": "text", "text": body["system"], "cache_control": {"type": "ephemeral"}}]
+    if body.get("tools"):
+        body["tools"][-1]["cache_control"] = {"type": "ephemeral"}
 
 
 def _with_beta(client: httpx.AsyncClient | None, beta: str) -> str:
@@ -234,7 +249,20 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     if stop_reason is not None:
         yield StopChunk(STOP_REASONS.get(stop_reason, "other"), stop_reason)
     if usage:
-        yield UsageChunk(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+        yield _usage_chunk(usage)
+
+
+def _usage_chunk(usage: dict[str, Any]) -> UsageChunk:
+    """The usage of a call: Anthropic's ``input_tokens`` excludes the cache reads and writes counted beside it."""
+    details = usage.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+    return UsageChunk(
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        reasoning_tokens=int(thinking or 0),
+    )
 
 
 def _index(payload: dict[str, Any]) -> int:

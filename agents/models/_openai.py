@@ -6,6 +6,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any, Final
 
+from .._exceptions import MalformedStreamError
 from .._messages import (
     AssistantMessage,
     ModelChunk,
@@ -46,10 +47,12 @@ class OpenAIChatModel(HTTPModel):
 
     OpenAI, Ollama, vLLM, llama.cpp's server, LM Studio, OpenRouter, DeepSeek,
     Groq ...: streams text, reasoning (``reasoning_content`` or
-    ``reasoning`` deltas), refusals, tool calls (their argument fragments as
-    they come, then each whole call), why the response stopped
-    (``finish_reason``) and usage (it asks for
-    ``stream_options.include_usage``). A native structured output is asked
+    ``reasoning`` deltas, or Mistral's ``thinking`` content parts), refusals,
+    tool calls (their argument fragments as they come, then each whole call;
+    calls sharing an ``index`` but not an ``id``, as Ollama sends them, are
+    told apart), why the response stopped (``finish_reason``) and usage, with
+    cached and reasoning tokens (it asks for ``stream_options.include_usage``;
+    Groq's ``x_groq.usage`` serves too). A native structured output is asked
     for as a ``json_schema`` ``response_format``, not strict (OpenAI's strict
     mode refuses many schemas pydantic writes); the runtime validates the answer.
 
@@ -137,7 +140,8 @@ def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     """Map the SSE stream to chunks; tool calls are complete, and the stop reason known, only when it ends."""
-    calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+    calls: list[tuple[int, list[str]]] = []  # (index, [id, name, arguments so far]), in the order they began
+    open_calls: dict[int, list[str]] = {}  # index -> the call its fragments now add to
     usage: dict[str, Any] | None = None
     finish: str | None = None
     async with contextlib.aclosing(SSEStream(response)) as events:
@@ -155,22 +159,30 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             chunk = json_object(data, "openai: a chunk")
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            elif "x_groq" in chunk:  # Groq, before it honoured stream_options: usage only in its own object
+                usage = _groq_usage(chunk["x_groq"]) or usage
             if chunk.get("error"):
                 if usage is not None:  # tokens spent before the error still count
                     yield _usage_chunk(usage)
                 yield error_chunk(chunk["error"])
                 return
+            # Azure's first chunk has no choices (only prompt_filter_results), nor does a usage-only chunk.
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 if reasoning:
                     yield ReasoningChunk(reasoning)
-                if delta.get("content"):
-                    yield TextChunk(delta["content"])
+                content = delta.get("content")
+                if content:
+                    if content.__class__ is str:
+                        yield TextChunk(content)
+                    else:  # Mistral's typed parts: thinking, then text
+                        for part in _content_parts(content):
+                            yield part
                 elif delta.get("refusal"):  # never beside content: a text delta pays no extra lookup
                     yield RefusalChunk(str(delta["refusal"]))
                 for fragment in delta.get("tool_calls") or ():
-                    call = calls.setdefault(fragment.get("index", len(calls)), ["", "", ""])
+                    call = _call_for(fragment, calls, open_calls)
                     function = fragment.get("function") or {}
                     call[0] = fragment.get("id") or call[0]
                     name = function.get("name") or ""
@@ -182,7 +194,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                         yield ToolCallDeltaChunk(call[0], call[1], arguments)
                 if choice.get("finish_reason"):  # a later chunk's null does not undo it
                     finish = str(choice["finish_reason"])
-    for _, (call_id, name, arguments) in sorted(calls.items()):
+    for _, (call_id, name, arguments) in sorted(calls, key=lambda entry: entry[0]):  # stable: same index, in order
         yield ToolCallChunk(call_id, name, arguments)
     if finish is not None:
         yield StopChunk(STOP_REASONS.get(finish, "other"), finish)
@@ -190,5 +202,67 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         yield _usage_chunk(usage)
 
 
+def _call_for(
+    fragment: dict[str, Any], calls: list[tuple[int, list[str]]], open_calls: dict[int, list[str]]
+) -> list[str]:
+    """The call a tool-call fragment adds to, begun if it is new.
+
+    Calls are told apart by ``index``, and by ``id`` too: Ollama 0.20 sends every parallel call with
+    ``index: 0`` (ollama #15457), so a fragment bringing an id other than its index's call begins a new
+    call. A fragment with no index is a whole call of its own (Ollama before 0.4.7).
+    """
+    index = fragment.get("index")
+    if index.__class__ is not int:
+        index = int(index) if isinstance(index, str) and index.isdigit() else len(calls)
+    call = open_calls.get(index)
+    call_id = fragment.get("id")
+    if call is None or (call_id and call[0] and call_id != call[0]):
+        call = open_calls[index] = ["", "", ""]
+        calls.append((index, call))
+    return call
+
+
+def _content_parts(content: Any) -> list[ModelChunk]:
+    """Chunks of a ``content`` sent as a list of typed parts (Mistral's magistral models).
+
+    ``{"type": "thinking", "thinking": [{"type": "text", "text": ...}]}`` is reasoning, ``{"type": "text",
+    "text": ...}`` is text; parts of other types carry nothing to stream.
+    """
+    if not isinstance(content, list):
+        raise MalformedStreamError(f"openai: a delta's content is {type(content).__name__}, not text or parts")
+    chunks: list[ModelChunk] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text" and part.get("text"):
+            chunks.append(TextChunk(str(part["text"])))
+        elif kind == "thinking":
+            thinking = part.get("thinking")
+            pieces = thinking if isinstance(thinking, list) else [{"text": thinking}]
+            text = "".join(str(piece.get("text") or "") for piece in pieces if isinstance(piece, dict))
+            if text:
+                chunks.append(ReasoningChunk(text))
+    return chunks
+
+
+def _groq_usage(x_groq: Any) -> dict[str, Any] | None:
+    usage = x_groq.get("usage") if isinstance(x_groq, dict) else None
+    return usage if isinstance(usage, dict) and usage else None
+
+
 def _usage_chunk(usage: dict[str, Any]) -> UsageChunk:
-    return UsageChunk(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    """The usage of a call: OpenAI's ``prompt_tokens`` includes the cached tokens counted beside it."""
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    if isinstance(prompt, dict):
+        cached = prompt.get("cached_tokens")
+    else:
+        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's own name for it
+    reasoning = completion.get("reasoning_tokens") if isinstance(completion, dict) else None
+    return UsageChunk(
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        cache_read_tokens=int(cached or 0),
+        reasoning_tokens=int(reasoning or 0),
+    )

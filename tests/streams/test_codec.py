@@ -292,6 +292,11 @@ def test_validated_fields_keep_their_values() -> None:
     assert nested == SubAgentEvent("a", TextDelta("x"))
 
 
+def test_a_usage_without_the_cache_counts_decodes_with_zeros() -> None:
+    """A Usage from a peer older than the cache and reasoning counts is still a Usage: those are 0."""
+    assert event_from_json({"type": "Usage", "input_tokens": 5, "output_tokens": 2}) == Usage(5, 2, 0, 0, 0)
+
+
 # -- a sample of every event type ----------------------------------------------
 
 SAMPLES: Final[list[Event]] = [
@@ -303,6 +308,7 @@ SAMPLES: Final[list[Event]] = [
     ToolCallFinished("call_2", "boom", None, error="it broke"),
     ServerToolUse("srv_1", "web_search", {"query": "trio"}),
     Usage(12, 34),
+    Usage(1200, 7, cache_read_tokens=1024, cache_write_tokens=5, reasoning_tokens=3),
     ErrorEvent("model", "the model blew up"),
     ElicitationRequest("e1", "Pick a number", {"type": "integer"}, "bot"),
     ElicitationRequest("e2", "Anything?", None, "bot"),

@@ -188,7 +188,7 @@ async def test_anthropic_thinking_is_reasoning_and_signature_is_dropped(provider
     assert chunks[-3:] == [
         ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}),
         StopChunk("tool_use", "tool_use"),
-        UsageChunk(598, 92),
+        UsageChunk(598, 92, reasoning_tokens=53),  # message_delta.usage.output_tokens_details.thinking_tokens
     ]
 
 
