@@ -271,7 +271,13 @@ class AgentRun:
             run_id=self.run_id,
             output=self._output,
             reason=self._reason,
-            usage=Usage(tally.input_tokens, tally.output_tokens),
+            usage=Usage(
+                tally.input_tokens,
+                tally.output_tokens,
+                tally.cache_read_tokens,
+                tally.cache_write_tokens,
+                tally.reasoning_tokens,
+            ),
             tool_calls=tuple(self._tool_calls),
             error=self._error,
             text=self._text,
@@ -547,8 +553,7 @@ class AgentRun:
                             calls.append(chunk)
                         elif isinstance(chunk, UsageChunk):
                             for tally in tallies:
-                                tally.input_tokens += chunk.input_tokens
-                                tally.output_tokens += chunk.output_tokens
+                                tally.add(chunk)
                             await emit(
                                 Usage(
                                     chunk.input_tokens,

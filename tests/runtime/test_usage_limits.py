@@ -26,7 +26,7 @@ from agents import (
     tool,
 )
 from runtime import RunFailedError, open_runtime
-from runtime.events import ErrorEvent, Event, RunFinished, SubAgentEvent
+from runtime.events import ErrorEvent, Event, RunFinished, SubAgentEvent, Usage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -325,3 +325,13 @@ async def test_sub_agent_usage_counts_against_the_session_limit() -> None:
             await session.ask("again")
         assert session.usage.requests == 3
     assert first.requests == 3
+
+
+async def test_run_result_usage_sums_every_token_count_of_every_call() -> None:
+    """Cached (read and written) and reasoning tokens add up over the run's calls, beside input and output."""
+    first: list[ModelChunk] = [ToolCallChunk("c1", "add", {"a": 1, "b": 2}), UsageChunk(100, 10, 80, 5, 3)]
+    second: list[ModelChunk] = [TextChunk("3"), UsageChunk(120, 4, 100, 0, 2)]
+    agent = Agent(name="a", model=ScriptedModel([first, second]), tools=[add])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        result = await session.ask("1 + 2?")
+    assert result.usage == Usage(220, 14, 180, 5, 5)
