@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
 import trio
@@ -21,6 +21,9 @@ from .._messages import (
     ToolCallDeltaChunk,
     UsageChunk,
 )
+
+_END_TURN: Final = StopChunk("end_turn")
+_TOOL_USE: Final = StopChunk("tool_use")  # frozen: one of each serves every response
 
 _WORDS = re.compile(r"\s*\S+(?:\s+$)?|\s+$")
 
@@ -107,7 +110,7 @@ class ScriptedModel:
         chunks: list[ModelChunk] = []
         if isinstance(turn, str):
             chunks.extend(TextChunk(word) for word in _WORDS.findall(turn))
-            chunks.append(StopChunk("end_turn"))
+            chunks.append(_END_TURN)
             output = len(chunks) - 1
         elif isinstance(turn, ToolCall) or all(isinstance(item, ToolCall) for item in turn):
             calls: list[ToolCall] = [turn] if isinstance(turn, ToolCall) else list(turn)  # type: ignore[arg-type]
@@ -117,7 +120,7 @@ class ScriptedModel:
                     text = json.dumps(call.arguments)
                     chunks.extend(ToolCallDeltaChunk(call_id, call.name, piece) for piece in _WORDS.findall(text))
                 chunks.append(ToolCallChunk(call_id, call.name, call.arguments))
-            chunks.append(StopChunk("tool_use"))
+            chunks.append(_TOOL_USE)
             output = 8 * len(calls)
         elif any(isinstance(item, ToolCall) for item in turn):
             raise TypeError(f"a scripted turn is tool calls or model chunks, not both: {turn!r}")
