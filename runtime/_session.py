@@ -226,8 +226,9 @@ class Session(Generic[OutputT]):
         return run
 
     async def ask(self, user_input: UserContent, *, deps: Any = None) -> RunResult[OutputT]:
-        """Run the agent on ``user_input`` (text, or text and content parts, as for :meth:`run`) and
-        return the result, without streaming.
+        """Run the agent on ``user_input`` and return the result, without streaming.
+
+        ``user_input`` is text, or text and content parts, as for :meth:`run`.
 
         Returns:
             The :class:`RunResult`; its ``reason`` is ``completed``,

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from agents import Agent, DocumentPart, ImagePart, ScriptedModel, TextPart, UserMessage
-from runtime.events import RunFinished
+from runtime.events import RunFinished, ToolCallFinished
 from streams import ListenerRegistry, MalformedMessageError, open_remote_session
-from streams._codec import content_from_json, content_to_json
+from streams._codec import content_from_json, content_to_json, event_to_json
 
 if TYPE_CHECKING:
     from tests.streams.conftest import Create, Serving
@@ -50,6 +50,15 @@ def test_content_json_round_trips() -> None:
         TextPart("plain"),
         DocumentPart(data=PDF),
     )
+
+
+def test_a_tool_image_in_an_event_is_described_not_sent() -> None:
+    """A tool's image result on the wire (ToolCallFinished.result) is a short description, never its bytes."""
+    event = ToolCallFinished("c1", "snap", ["Here:", ImagePart(data=PNG * 100, media_type="image/png")], None)
+    assert event_to_json(event)["result"] == [
+        "Here:",
+        f"ImagePart(url=None, data=<{len(PNG) * 100} bytes>, media_type='image/png')",
+    ]
 
 
 @pytest.mark.parametrize(
