@@ -4,6 +4,13 @@ Nothing here runs anything by itself; :mod:`runtime` runs agents.
 """
 
 from ._agent import TRANSFER_TOOL as TRANSFER_TOOL, Agent as Agent, Instructions as Instructions
+from ._content import (
+    ContentPart as ContentPart,
+    DocumentPart as DocumentPart,
+    ImagePart as ImagePart,
+    TextPart as TextPart,
+    UserContent as UserContent,
+)
 from ._context import (
     ElicitationAction as ElicitationAction,
     ElicitationResult as ElicitationResult,
@@ -29,6 +36,7 @@ from ._exceptions import (
     ScriptExhaustedError as ScriptExhaustedError,
     ServerError as ServerError,
     ToolArgumentsError as ToolArgumentsError,
+    UnsupportedContentError as UnsupportedContentError,
 )
 from ._hooks import Hooks as Hooks, StopRun as StopRun
 from ._messages import (

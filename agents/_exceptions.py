@@ -9,6 +9,7 @@ The tree::
     │   ├── ScriptExhaustedError  a ScriptedModel has no turns left
     │   ├── ModelConnectionError  the provider could not be reached (after retries)
     │   ├── MalformedStreamError  the provider sent something that is not its protocol
+    │   ├── UnsupportedContentError  the provider cannot take a content part (nothing was sent)
     │   └── ProviderError         the provider answered with an HTTP error
     │       ├── AuthenticationError   401, 403: a missing or wrong API key
     │       ├── RateLimitError        429 (after retries); ``retry_after`` if given
@@ -22,6 +23,8 @@ The tree::
 from __future__ import annotations
 
 from typing import Any
+
+from ._content import describe_part
 
 
 class AgentsError(Exception):
@@ -60,6 +63,25 @@ class ModelConnectionError(ModelError):
 
 class MalformedStreamError(ModelError):
     """The provider sent a chunk that is not valid for its protocol."""
+
+
+class UnsupportedContentError(ModelError):
+    """A content part (an image, a document ...) that the model's provider cannot take.
+
+    Raised when the request is built, before anything is sent: e.g. a
+    document by URL to Chat Completions, which takes documents only as bytes.
+
+    Attributes:
+        part: The part.
+        provider: Which provider ("openai", "anthropic" ...).
+        reason: Why it cannot be sent, and what would work instead.
+    """
+
+    def __init__(self, part: object, *, provider: str, reason: str) -> None:
+        super().__init__(f"{provider}: cannot send {describe_part(part)}: {reason}")
+        self.part = part
+        self.provider = provider
+        self.reason = reason
 
 
 class ProviderError(ModelError):

@@ -31,7 +31,11 @@ class Hooks:
     """
 
     async def on_user_prompt(self, ctx: RunContext[Any], prompt: str) -> StopRun | None:
-        """Called with the user's input before anything else; return :class:`StopRun` to stop."""
+        """Called with the user's input before anything else; return :class:`StopRun` to stop.
+
+        ``prompt`` is the input's text: for an input of parts (``session.run(["Look:", image])``),
+        its text parts joined by newlines; the images and documents are not in it.
+        """
         return None
 
     async def before_tool(self, ctx: ToolContext[Any], arguments: dict[str, Any]) -> None:

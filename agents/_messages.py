@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import attrs
 
+from ._content import Content, content_text
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -14,9 +16,15 @@ if TYPE_CHECKING:
 
 @attrs.frozen
 class UserMessage:
-    """What the user said."""
+    """What the user said: text, or a tuple of content parts (text, images, documents)."""
 
-    content: str
+    content: Content
+    """A string (the common case), or the parts ``Session.run([...])`` was given, as a tuple."""
+
+    @property
+    def text(self) -> str:
+        """The text: ``content`` if it is a string, else its text parts joined by newlines."""
+        return content_text(self.content)
 
 
 @attrs.frozen
@@ -48,8 +56,14 @@ class ToolResultMessage:
 
     call_id: str
     name: str
-    content: str
+    content: Content
+    """The result as text, or as parts when the tool returned any (an :class:`~agents.ImagePart` ...)."""
     is_error: bool = False
+
+    @property
+    def text(self) -> str:
+        """The text: ``content`` if it is a string, else its text parts joined by newlines."""
+        return content_text(self.content)
 
 
 Message: TypeAlias = UserMessage | AssistantMessage | ToolResultMessage

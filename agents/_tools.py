@@ -177,6 +177,12 @@ def tool(
     parameter annotated :class:`ToolContext`
     receives the run's context and is not shown to the model.
 
+    What the function returns is the result the model sees: a ``str`` as it
+    is, an :class:`ImagePart` or :class:`DocumentPart` (or a list of them
+    and strings) as content parts, where the provider takes them in a tool
+    result (Anthropic does; Chat Completions gets the text and a placeholder
+    for each image), anything else as JSON.
+
     Example::
 
         @tool

@@ -48,7 +48,7 @@ def word_count(text: str) -> int:
 def _last_user_text(request: ModelRequest) -> str:
     for message in reversed(request.messages):
         if isinstance(message, UserMessage):
-            return message.content
+            return message.text
     return ""
 
 

@@ -39,6 +39,7 @@ from agents import (
     UserMessage,
     tool,
 )
+from agents._content import Content, content_text, tool_content
 from agents._exceptions import describe
 from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from agents._output import OutputSpec, OutputValidationError
@@ -158,7 +159,7 @@ class AgentRun:
         run_id: str,
         agent: Agent[Any, Any],
         session: SessionLike,
-        user_input: str,
+        user_input: Content,
         deps: Any,
         history: list[Message],
         http_client: httpx.AsyncClient | None,
@@ -383,7 +384,7 @@ class AgentRun:
     async def _user_prompt_hooks(self) -> StopRun | None:
         for hooks in self._agent.hooks:
             try:
-                stop = await hooks.on_user_prompt(self._run_context(), self._user_input)
+                stop = await hooks.on_user_prompt(self._run_context(), content_text(self._user_input))
             except Exception as exc:
                 raise _EndRun("hook", f"on_user_prompt hook failed: {describe(exc)}") from exc
             if isinstance(stop, StopRun):
@@ -864,9 +865,14 @@ def _parse_arguments(call: ToolCallChunk, *, cut_off: bool = False) -> tuple[dic
     return value, None
 
 
-def _to_content(value: Any) -> str:
+def _to_content(value: Any) -> Content:
+    """A tool's return value as a result's content: a string as it is, parts (an image, or a list
+    holding one) as parts, anything else as JSON."""
     if isinstance(value, str):
         return value
+    parts = tool_content(value)
+    if parts is not None:
+        return parts
     try:
         return json.dumps(value)  # the C encoder; default= would force the Python one
     except RecursionError:

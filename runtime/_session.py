@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal
 import trio
 
 from agents._agent import OutputT
+from agents._content import Content, user_content
 
 from ._bridge import ElicitationBridge
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import Agent, Message, RunUsage
+    from agents import Agent, Message, RunUsage, UserContent
 
     from ._result import RunResult
     from .events import Event
@@ -154,7 +155,7 @@ class Session(Generic[OutputT]):
         """Wait until the session has been closed, by anyone, and every task it owned has finished."""
         await self._tasks.wait_finished()
 
-    def run(self, user_input: str, *, deps: Any = None) -> RunStream:
+    def run(self, user_input: UserContent, *, deps: Any = None) -> RunStream:
         """Run the agent on ``user_input``, streaming its events.
 
         Use the returned :class:`RunStream` as ``async with session.run(...)
@@ -170,17 +171,23 @@ class Session(Generic[OutputT]):
                 async for event in stream:
                     print(event)
 
+            async with session.run(["What is in it?", ImagePart(url=photo_url)]) as stream:
+                ...
+
         Args:
-            user_input: What the user said.
+            user_input: What the user said: text, or a sequence of text and content
+                parts (:class:`~agents.ImagePart`, :class:`~agents.DocumentPart` ...;
+                a plain ``str`` item is a text part).
             deps: Anything; tools and hooks see it as ``ctx.deps``.
 
         Raises:
+            TypeError, ValueError: (at once) ``user_input`` is not text or parts, or is no parts at all.
             ClosedSessionError: (on entering) the session is closed.
             ReentrantRunError: (on entering) inside one of this session's own runs.
         """
-        return RunStream(self._start_run, user_input, deps)
+        return RunStream(self._start_run, user_content(user_input), deps)
 
-    def _start_run(self, user_input: str, deps: Any, answerable: bool) -> AgentRun:
+    def _start_run(self, user_input: Content, deps: Any, answerable: bool) -> AgentRun:
         """Start a run's task, owned by this session (RunStream.__aenter__ calls it)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
@@ -218,8 +225,10 @@ class Session(Generic[OutputT]):
             raise
         return run
 
-    async def ask(self, user_input: str, *, deps: Any = None) -> RunResult[OutputT]:
+    async def ask(self, user_input: UserContent, *, deps: Any = None) -> RunResult[OutputT]:
         """Run the agent on ``user_input`` and return the result, without streaming.
+
+        ``user_input`` is text, or text and content parts, as for :meth:`run`.
 
         Returns:
             The :class:`RunResult`; its ``reason`` is ``completed``,
@@ -232,9 +241,10 @@ class Session(Generic[OutputT]):
                 its ``result`` holds the refusal, the stop reason and the usage.
             ClosedSessionError: the session was closed before or during the run.
             ReentrantRunError: called from inside one of this session's own runs.
+            TypeError, ValueError: ``user_input`` is not text or parts, or is no parts at all.
         """
         # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
-        async with RunStream(self._start_run, user_input, deps, answerable=False) as stream:
+        async with RunStream(self._start_run, user_content(user_input), deps, answerable=False) as stream:
             async for _ in stream:
                 pass
         result: RunResult[OutputT] = stream.result

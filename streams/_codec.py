@@ -12,10 +12,14 @@ A user's :class:`~runtime.events.CustomEvent` travels as ``{"type":
 decodes as an :class:`UnknownEvent` of type ``CustomEvent``: the receiving
 process cannot know the sender's class, and a ``name`` that happens to be a
 built-in event's never makes it one.
+
+A run's input travels here too: a string, or a list of content parts
+(:func:`content_to_json`, :func:`content_from_json`).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import typing
@@ -26,6 +30,7 @@ import pydantic
 from attrs import AttrsInstance
 from pydantic_core import to_jsonable_python
 
+from agents import DocumentPart, ImagePart, TextPart
 from runtime import events
 from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, Event, ModelStopped, RunFinished, SubAgentEvent
 
@@ -33,6 +38,9 @@ from ._exceptions import MalformedMessageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from agents import ContentPart
+    from agents._content import Content
 
 _TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in typing.get_args(Event)}
 """Every event class, by the ``type`` it has on the wire (all of :data:`runtime.events.Event`)."""
@@ -187,3 +195,79 @@ def _validators(cls: type[AttrsInstance]) -> dict[str, pydantic.TypeAdapter[Any]
         for field in attrs.fields(cls)
         if not (cls is SubAgentEvent and field.name == "event")
     }
+
+
+# -- a run's input: text, or text and content parts ------------------------------
+
+
+def content_to_json(content: Content) -> str | list[dict[str, Any]]:
+    """A run's input on the wire: a string as it is; parts as ``{"type": "text" | "image" | "document", ...}``
+    objects, bytes as base64 ``data`` (what :func:`content_from_json` reads)."""
+    if isinstance(content, str):
+        return content
+    wire: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            wire.append({"type": "text", "text": part.text})
+            continue
+        item: dict[str, Any] = {"type": "image" if isinstance(part, ImagePart) else "document"}
+        if part.url is not None:
+            item["url"] = part.url
+        else:
+            item["data"] = part.base64()
+        if part.media_type is not None:
+            item["media_type"] = part.media_type
+        if isinstance(part, DocumentPart) and part.filename is not None:
+            item["filename"] = part.filename
+        wire.append(item)
+    return wire
+
+
+_PART_FIELDS: Final = {
+    "text": frozenset({"text"}),
+    "image": frozenset({"url", "data", "media_type"}),
+    "document": frozenset({"url", "data", "media_type", "filename"}),
+}
+
+
+def content_from_json(value: Any) -> Content:
+    """A run's input from the wire: a string, or a list of parts (see :func:`content_to_json`).
+
+    Raises:
+        MalformedMessageError: not a string or a non-empty list of parts; a part of an unknown
+            ``type``, with an unknown or mistyped field, bad base64, or that fails the part's own
+            validation (no source, an unsupported media type ...). It is also a ``ValueError``.
+    """
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise MalformedMessageError("'input' must be a string or a non-empty list of content parts")
+    return tuple(_part_from_json(index, item) for index, item in enumerate(value))
+
+
+def _part_from_json(index: int, item: Any) -> ContentPart:
+    where = f"'input' part {index}"
+    if isinstance(item, str):
+        return TextPart(item)
+    kind = item.get("type") if isinstance(item, dict) else None
+    fields = _PART_FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise MalformedMessageError(f"{where} must be a string or an object of type text, image or document")
+    values = {name: value for name, value in item.items() if name != "type"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise MalformedMessageError(f"{where} ({kind}) has unknown fields {unknown}")
+    mistyped = sorted(name for name, value in values.items() if not isinstance(value, str))
+    if mistyped:
+        raise MalformedMessageError(f"{where} ({kind}): {mistyped} must be strings")
+    if "data" in values:
+        try:
+            values["data"] = base64.b64decode(values["data"], validate=True)
+        except ValueError:
+            raise MalformedMessageError(f"{where} ({kind}): 'data' is not base64") from None
+    try:
+        if kind == "text":
+            return TextPart(**values)
+        return ImagePart(**values) if kind == "image" else DocumentPart(**values)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"{where}: {exc}") from None

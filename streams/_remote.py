@@ -10,12 +10,13 @@ import httpx
 import trio
 
 from agents import RetryPolicy
+from agents._content import user_content
 from agents.models import http_client as open_http_client
 from agents.models._http import error_message
 from runtime.events import RunFinished
 
 from ._client import Update, WorkspaceStream, _run_id, open_sse_listener, open_updates_stream, open_workspace_stream
-from ._codec import event_from_json, event_to_json
+from ._codec import content_to_json, event_from_json, event_to_json
 from ._exceptions import (
     ClosedRemoteSessionError,
     ListenerBusyError,
@@ -29,7 +30,7 @@ from ._httpx import map_httpx_errors
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
-    from agents import ElicitationAction
+    from agents import ElicitationAction, UserContent
 
 StreamName: TypeAlias = Literal["updates", "feed", "workspace"]
 """The three streams a :class:`RemoteSession` keeps alive."""
@@ -364,8 +365,11 @@ class RemoteSession:
             return await client.post(url, json=body, headers=headers, timeout=timeout)
 
     @asynccontextmanager
-    async def run(self, user_input: str) -> AsyncIterator[AsyncIterator[Update]]:
+    async def run(self, user_input: UserContent) -> AsyncIterator[AsyncIterator[Update]]:
         """Run the remote agent on ``user_input`` and stream its events (an attached run).
+
+        ``user_input`` is text, or text and content parts as for ``Session.run`` (sent
+        as JSON, bytes in base64: mind the server's ``max_body``).
 
         Leaving the block early closes the connection, which cancels the
         remote run. The HTTP client the run uses cannot be closed under it
@@ -373,9 +377,11 @@ class RemoteSession:
         the end of an :func:`open_remote_session` block ends the run first.
 
         Raises:
-            RemoteError: the server refused (unknown session, bad token, ...).
+            RemoteError: the server refused (unknown session, bad token, a body over its ``max_body`` ...).
             ClosedRemoteSessionError: the ``open_remote_session`` block has ended (or ended during the run).
+            TypeError, ValueError: (before sending) ``user_input`` is not text or parts, or is no parts at all.
         """
+        wire_input = content_to_json(user_content(user_input))
         async with AsyncExitStack() as stack:
             client = await stack.enter_async_context(self._http())
             listener = await stack.enter_async_context(
@@ -386,7 +392,7 @@ class RemoteSession:
                     connect_timeout=self._connect_timeout,
                     read_timeout=self._read_timeout,
                     method="POST",
-                    json_body={"input": user_input},
+                    json_body={"input": wire_input},
                 )
             )
             yield _RunUpdates(listener)

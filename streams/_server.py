@@ -23,9 +23,15 @@ from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped, Subscriber
-from ._codec import dumps, event_to_json
+from ._codec import content_from_json, dumps, event_to_json
 from ._error_shape import error_response, json_errors
-from ._exceptions import InvalidSessionIdError, SessionExistsError, TooManySessionsError, WorkspaceError
+from ._exceptions import (
+    InvalidSessionIdError,
+    MalformedMessageError,
+    SessionExistsError,
+    TooManySessionsError,
+    WorkspaceError,
+)
 from ._hypercorn import serve_app
 from ._requests import (
     Exposure,
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
     from starlette.requests import HTTPConnection, Request
 
     from agents import Agent
+    from agents._content import Content
     from runtime import RunStream, Runtime, Session, SessionHandle
     from runtime.events import Event
 
@@ -391,9 +398,10 @@ class Server:
     async def _run(self, request: Request) -> Response:
         served = self._served(request)
         body = await self._body(request)
-        user_input = body.get("input")
-        if not isinstance(user_input, str):
-            raise _HTTPError(422, "bad_request", "'input' must be a string")
+        try:
+            user_input = content_from_json(body.get("input"))
+        except MalformedMessageError as exc:
+            raise _HTTPError(422, "bad_request", str(exc)) from None
         if body.get("detach"):
             try:
                 run_id = await served.session.start(self._drive_detached, served, user_input)
@@ -403,7 +411,7 @@ class Server:
         return self._event_stream(functools.partial(self._attached_run, served, user_input))
 
     @asynccontextmanager
-    async def _attached_run(self, served: ServedSession, user_input: str) -> AsyncIterator[MessageSource]:
+    async def _attached_run(self, served: ServedSession, user_input: Content) -> AsyncIterator[MessageSource]:
         """An attached run's whole life, in the response's task: ``async with session.run()`` around the stream.
 
         Raises:
@@ -427,7 +435,7 @@ class Server:
                 served.run_ends(source.run_id)
 
     async def _drive_detached(
-        self, served: ServedSession, user_input: str, *, task_status: trio.TaskStatus[str]
+        self, served: ServedSession, user_input: Content, *, task_status: trio.TaskStatus[str]
     ) -> None:
         async with served.session.run(user_input, deps=served.workspace) as stream:
             run_id = stream.run_id

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._exceptions import MalformedStreamError
+from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._json import loads_untrusted
 from .._messages import (
     AssistantMessage,
@@ -127,14 +128,14 @@ class AnthropicModel(HTTPModel):
                     {
                         "type": "tool_result",
                         "tool_use_id": message.call_id,
-                        "content": message.content,
+                        "content": _content(message.content),
                         "is_error": message.is_error,
                     }
                 )
                 continue
             results = None
             if isinstance(message, UserMessage):
-                messages.append({"role": "user", "content": message.content})
+                messages.append({"role": "user", "content": _content(message.content)})
             elif isinstance(message, AssistantMessage):
                 content: list[dict[str, Any]] = []
                 if message.text:  # the API refuses empty text blocks
@@ -169,6 +170,38 @@ def _mark_cache(body: dict[str, Any]) -> None:
         body["system"] = [{"type": "text", "text": body["system"], "cache_control": {"type": "ephemeral"}}]
     if body.get("tools"):
         body["tools"][-1]["cache_control"] = {"type": "ephemeral"}
+
+
+def _content(content: Content) -> str | list[dict[str, Any]]:
+    """A user message's or a tool result's content: a string, or content blocks (empty text left out:
+    the API refuses an empty text block)."""
+    if isinstance(content, str):
+        return content
+    return [_block(part) for part in content if not isinstance(part, TextPart) or part.text]
+
+
+def _block(part: ContentPart) -> dict[str, Any]:
+    """A part as a Messages API content block (in a user message or a ``tool_result``).
+
+    Raises:
+        UnsupportedContentError: a kind of part this model does not know.
+    """
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        return {"type": "image", "source": _source(part)}
+    if isinstance(part, DocumentPart):
+        block: dict[str, Any] = {"type": "document", "source": _source(part)}
+        if part.filename:
+            block["title"] = part.filename
+        return block
+    raise UnsupportedContentError(part, provider="anthropic", reason="the Messages API has no such content block")
+
+
+def _source(part: ImagePart | DocumentPart) -> dict[str, Any]:
+    if part.url is not None:
+        return {"type": "url", "url": part.url}
+    return {"type": "base64", "media_type": part.media_type, "data": part.base64()}
 
 
 def _with_beta(client: httpx.AsyncClient | None, beta: str) -> str:

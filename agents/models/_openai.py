@@ -6,7 +6,8 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any, Final
 
-from .._exceptions import MalformedStreamError
+from .._content import TEXT_SEPARATOR, Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._messages import (
     AssistantMessage,
     ModelChunk,
@@ -93,7 +94,7 @@ class OpenAIChatModel(HTTPModel):
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
             if isinstance(message, UserMessage):
-                messages.append({"role": "user", "content": message.content})
+                messages.append({"role": "user", "content": _user_content(message.content)})
             elif isinstance(message, AssistantMessage):
                 # Null content only beside tool calls: an assistant turn of neither (a refusal's) is rejected.
                 content = message.text or (None if message.tool_calls else "")
@@ -109,7 +110,9 @@ class OpenAIChatModel(HTTPModel):
                     ]
                 messages.append(entry)
             elif isinstance(message, ToolResultMessage):
-                messages.append({"role": "tool", "tool_call_id": message.call_id, "content": message.content})
+                messages.append(
+                    {"role": "tool", "tool_call_id": message.call_id, "content": _tool_content(message.content)}
+                )
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -132,6 +135,50 @@ class OpenAIChatModel(HTTPModel):
             schema["strict"] = False
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
+
+
+def _user_content(content: Content) -> str | list[dict[str, Any]]:
+    return content if isinstance(content, str) else [_part(part) for part in content]
+
+
+def _part(part: ContentPart) -> dict[str, Any]:
+    """A part of a user message as a Chat Completions content part.
+
+    Raises:
+        UnsupportedContentError: a document by URL (Chat Completions takes a file only as its bytes or an
+            uploaded file's id), or a kind of part this model does not know.
+    """
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        return {"type": "image_url", "image_url": {"url": part.url if part.url is not None else part.data_url()}}
+    if isinstance(part, DocumentPart) and part.data is not None:
+        return {"type": "file", "file": {"filename": part.filename or "document.pdf", "file_data": part.data_url()}}
+    if isinstance(part, DocumentPart):
+        raise UnsupportedContentError(
+            part, provider="openai", reason="Chat Completions takes a document only as bytes: DocumentPart(data=...)"
+        )
+    raise UnsupportedContentError(part, provider="openai", reason="Chat Completions has no such content part")
+
+
+TOOL_RESULT_PLACEHOLDER: Final = "[the tool returned {kind}, not shown: tool results here are text only]"
+"""What stands in a tool message for each image or document the tool returned."""
+
+
+def _tool_content(content: Content) -> str:
+    """A tool result as the text of a ``tool`` message: its text parts, and a placeholder for each other part.
+
+    Chat Completions takes only text in a tool message, so an image or a
+    document a tool returned cannot reach the model this way.
+    """
+    if isinstance(content, str):
+        return content
+    return TEXT_SEPARATOR.join(
+        part.text
+        if isinstance(part, TextPart)
+        else TOOL_RESULT_PLACEHOLDER.format(kind="an image" if isinstance(part, ImagePart) else "a document")
+        for part in content
+    )
 
 
 def _arguments_text(arguments: Mapping[str, Any] | str) -> str:

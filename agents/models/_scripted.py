@@ -53,7 +53,8 @@ class ScriptedModel:
     chunks is streamed as it is. A turn may also be a function of the
     :class:`ModelRequest` returning one of those. Each response ends with
     its stop reason (``end_turn`` or ``tool_use``) and its usage, counted in
-    words. Every request is kept in :attr:`requests`.
+    words (of the text parts, for a message with images or documents).
+    Every request is kept in :attr:`requests`.
 
     It answers a typed output in every mode: a JSON string is a
     ``native`` or ``prompted`` answer, ``ToolCall("final_result", {...})``
@@ -172,5 +173,5 @@ class _ScriptedStream:
 def _count_words(instructions: str, messages: tuple[Message, ...]) -> int:
     total = len(instructions.split())
     for message in messages:
-        total += len(getattr(message, "content", getattr(message, "text", "")).split())
+        total += len(message.text.split())  # of a message with parts, its text parts (images count nothing)
     return total

@@ -102,7 +102,7 @@ async def answer_all(
 
 def last_tool_result(request: ModelRequest) -> str:
     """The content of the newest tool result the model sees."""
-    return [m for m in request.messages if isinstance(m, ToolResultMessage)][-1].content
+    return [m for m in request.messages if isinstance(m, ToolResultMessage)][-1].text
 
 
 @tool

@@ -247,7 +247,7 @@ async def test_typed_output_invalid_call_is_retried_with_pydantics_errors() -> N
     assert told[0].is_error
     assert '"loc": ["name"]' in told[0].content
     assert "Input should be a valid string" in told[0].content
-    assert told[0].content.endswith("Fix it and call final_result again.")
+    assert told[0].text.endswith("Fix it and call final_result again.")
     assert_history_valid(ran.history)
 
 
@@ -262,7 +262,7 @@ async def test_typed_output_invalid_text_is_retried_with_pydantics_errors(mode: 
     assert "Field required" in retry.content
     assert '"loc": ["name"]' in retry.content
     assert '"loc": ["lives"]' in retry.content
-    assert retry.content.endswith("Answer again: only JSON matching the schema.")
+    assert retry.text.endswith("Answer again: only JSON matching the schema.")
 
 
 async def test_typed_output_text_that_is_not_json_is_retried() -> None:
@@ -272,7 +272,7 @@ async def test_typed_output_text_that_is_not_json_is_retried() -> None:
     assert ran.result.output == Cat(name="Tom")
     retry = model.requests[1].messages[-1]
     assert isinstance(retry, UserMessage)
-    assert retry.content.startswith("the answer is not valid JSON")
+    assert retry.text.startswith("the answer is not valid JSON")
 
 
 @pytest.mark.parametrize("retries", [0, 2])
@@ -520,7 +520,7 @@ async def test_typed_output_text_cut_at_max_tokens_is_a_validation_retry() -> No
     ]
     retry = model.requests[1].messages[-1]
     assert isinstance(retry, UserMessage)
-    assert retry.content.startswith("the response was cut off at the token limit (max_tokens)")
+    assert retry.text.startswith("the response was cut off at the token limit (max_tokens)")
 
 
 async def test_typed_output_call_cut_at_max_tokens_is_a_validation_retry() -> None:
@@ -560,7 +560,7 @@ async def test_typed_output_sub_agent_answers_its_parent_with_its_value_as_json(
     ran = await run_once(Agent(name="boss", model=model, sub_agents=[child]))
     (told,) = [m for m in model.requests[1].messages if isinstance(m, ToolResultMessage)]
     assert not told.is_error
-    assert json.loads(told.content) == {"name": "Tom", "lives": 9}
+    assert json.loads(told.text) == {"name": "Tom", "lives": 9}
     (done,) = [e for e in ran.events if isinstance(e, ToolCallFinished)]
     assert json.loads(done.result) == {"name": "Tom", "lives": 9}
     # The child's FinalOutput reaches the parent's stream wrapped, like its other events.
@@ -576,7 +576,7 @@ async def test_typed_output_sub_agent_that_fails_validation_is_an_error_result()
     ran = await run_once(Agent(name="boss", model=model, sub_agents=[child]))
     (told,) = [m for m in model.requests[1].messages if isinstance(m, ToolResultMessage)]
     assert told.is_error
-    assert told.content.startswith("vet failed: the output was not valid")
+    assert told.text.startswith("vet failed: the output was not valid")
     assert finished(ran.events).reason == "completed"
 
 

@@ -314,11 +314,11 @@ def _make_agent(*tools: Tool, call: ToolCall | None = None, answer: str = "All d
         last = request.messages[-1]
         if not isinstance(last, UserMessage):
             return answer
-        if last.content.startswith("boom"):
+        if last.text.startswith("boom"):
             raise RuntimeError("the model blew up")
-        if call is not None and last.content.startswith("tool"):
+        if call is not None and last.text.startswith("tool"):
             return call
-        if last.content.startswith("long"):
+        if last.text.startswith("long"):
             return answer
         return f"echo: {last.content}"
 

@@ -61,7 +61,7 @@ ABSENCE: Final = 0.2
 
 def _echo(request: ModelRequest) -> Turn:
     last = request.messages[-1]
-    if isinstance(last, UserMessage) and last.content.startswith("tool"):
+    if isinstance(last, UserMessage) and last.text.startswith("tool"):
         return ToolCall("wait_here")
     if isinstance(last, UserMessage):
         return f"echo: {last.content}"
