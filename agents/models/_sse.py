@@ -78,7 +78,8 @@ class SSEStream:
         self._response = response
         # Unencoded (as providers stream), the raw bytes: one generator layer less per network read.
         encoding = response.headers.get("content-encoding", "").strip().lower()
-        self._bytes = response.aiter_raw() if encoding in ("", "identity") else response.aiter_bytes()
+        raw = encoding in ("", "identity") and not response.is_stream_consumed  # a read body: from memory
+        self._bytes = response.aiter_raw() if raw else response.aiter_bytes()
         self._lines = SSELineDecoder()
         self._decoder = SSEDecoder()
         # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
