@@ -22,6 +22,7 @@ from ._exceptions import (
     ElicitationTimeout as ElicitationTimeout,
     ElicitationUnavailable as ElicitationUnavailable,
     MalformedStreamError as MalformedStreamError,
+    MissingAPIKeyError as MissingAPIKeyError,
     ModelConnectionError as ModelConnectionError,
     ModelError as ModelError,
     ProviderError as ProviderError,

@@ -130,13 +130,17 @@ async def _wait_for_close(stream: trio.SocketStream) -> None:
         pass
 
 
-@pytest.fixture
-async def provider_server(nursery: trio.Nursery) -> ProviderServer:
-    """A ProviderServer on an ephemeral loopback port, stopped with the test."""
+async def _start_provider_server(nursery: trio.Nursery) -> ProviderServer:
     server = ProviderServer()
     listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
     server.port = listeners[0].socket.getsockname()[1]
     return server
+
+
+@pytest.fixture
+async def provider_server(nursery: trio.Nursery) -> ProviderServer:
+    """A ProviderServer on an ephemeral loopback port, stopped with the test."""
+    return await _start_provider_server(nursery)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -162,22 +166,23 @@ def load_example() -> Callable[[str], ModuleType]:
     return _load_example
 
 
-def _run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_example(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,
         timeout=60,
-        env={"PATH": "", "PYTHONWARNINGS": "error"},
+        # PYTHONPATH: the packages of this checkout, whichever one the environment has installed.
+        env={"PATH": "", "PYTHONWARNINGS": "error", "PYTHONPATH": str(EXAMPLES.parent), **(env or {})},
         check=False,
     )
 
 
 @pytest.fixture
 def run_example() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_example(name, *args)``: run ``examples/<name>.py`` as a script with no network, no key and no
-    terminal input, and return the finished process."""
+    """``run_example(name, *args, env=None)``: run ``examples/<name>.py`` as a script with no network, no key
+    and no terminal input (``env``: a few variables more), and return the finished process."""
     return _run_example
 
 

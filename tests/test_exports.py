@@ -107,6 +107,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ServerError",
             "ServerToolChunk",
             "AnthropicModel",
+            "MissingAPIKeyError",
             "OpenAIChatModel",
             "RetryPolicy",
             "TRANSFER_TOOL",
