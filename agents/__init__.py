@@ -37,6 +37,7 @@ from ._messages import (
     ErrorChunk as ErrorChunk,
     Message as Message,
     ModelChunk as ModelChunk,
+    ModelFallbackChunk as ModelFallbackChunk,
     ModelRequest as ModelRequest,
     OutputSchema as OutputSchema,
     ReasoningChunk as ReasoningChunk,
@@ -63,6 +64,7 @@ from ._tools import (
 from ._usage import RunUsage as RunUsage, UsageLimits as UsageLimits
 from .models import (
     AnthropicModel as AnthropicModel,
+    FallbackModel as FallbackModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,
     RetryPolicy as RetryPolicy,

@@ -1,6 +1,7 @@
 """Shared fixtures. The leak checker (runtime.testing) is on for the whole suite via pyproject's addopts.
 
-``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored.
+``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored
+(``backup_server``: a second one).
 ``load_example``: imports an example script as a module.
 ``run_example``: runs an example as a script, offline.
 """
@@ -59,6 +60,8 @@ class ProviderServer:
     requests: list[Received] = attrs.field(factory=list)
     disconnected: trio.Event = attrs.field(factory=trio.Event)
     """Set when a client closes its connection before the reply was fully sent."""
+    received: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the first request has been read."""
 
     @property
     def base_url(self) -> str:
@@ -78,6 +81,7 @@ class ProviderServer:
             if request is None:
                 return
             self.requests.append(request)
+            self.received.set()
             reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
             reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests"}.get(
                 reply.status, "Error"
@@ -140,6 +144,12 @@ async def _start_provider_server(nursery: trio.Nursery) -> ProviderServer:
 @pytest.fixture
 async def provider_server(nursery: trio.Nursery) -> ProviderServer:
     """A ProviderServer on an ephemeral loopback port, stopped with the test."""
+    return await _start_provider_server(nursery)
+
+
+@pytest.fixture
+async def backup_server(nursery: trio.Nursery) -> ProviderServer:
+    """A second ProviderServer, for the model that takes over from the first (``FallbackModel``)."""
     return await _start_provider_server(nursery)
 
 

@@ -83,6 +83,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "OutputDelta",
             "FinalOutput",
             "CustomEvent",
+            "ModelFallback",
         }
     ),
     "agents": frozenset(
@@ -107,7 +108,9 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ServerError",
             "ServerToolChunk",
             "AnthropicModel",
+            "FallbackModel",
             "MissingAPIKeyError",
+            "ModelFallbackChunk",
             "OpenAIChatModel",
             "RetryPolicy",
             "TRANSFER_TOOL",
@@ -154,6 +157,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
     "agents.models": frozenset(
         {
             "AnthropicModel",
+            "FallbackModel",
             "Model",
             "OpenAIChatModel",
             "RetryPolicy",
