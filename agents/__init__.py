@@ -29,6 +29,7 @@ from ._exceptions import (
     ElicitationTimeout as ElicitationTimeout,
     ElicitationUnavailable as ElicitationUnavailable,
     MalformedStreamError as MalformedStreamError,
+    MissingAPIKeyError as MissingAPIKeyError,
     ModelConnectionError as ModelConnectionError,
     ModelError as ModelError,
     ProviderError as ProviderError,
@@ -44,6 +45,7 @@ from ._messages import (
     ErrorChunk as ErrorChunk,
     Message as Message,
     ModelChunk as ModelChunk,
+    ModelFallbackChunk as ModelFallbackChunk,
     ModelRequest as ModelRequest,
     OutputSchema as OutputSchema,
     ReasoningChunk as ReasoningChunk,
@@ -70,6 +72,7 @@ from ._tools import (
 from ._usage import RunUsage as RunUsage, UsageLimits as UsageLimits
 from .models import (
     AnthropicModel as AnthropicModel,
+    FallbackModel as FallbackModel,
     GeminiModel as GeminiModel,
     Model as Model,
     OpenAIChatModel as OpenAIChatModel,

@@ -12,6 +12,7 @@ The tree::
     │   ├── UnsupportedContentError  the provider cannot take a content part (nothing was sent)
     │   └── ProviderError         the provider answered with an HTTP error
     │       ├── AuthenticationError   401, 403: a missing or wrong API key
+    │       │   └── MissingAPIKeyError  no key at all: refused before any request
     │       ├── RateLimitError        429 (after retries); ``retry_after`` if given
     │       ├── BadRequestError       400, 404, 413, 422: the request was refused
     │       └── ServerError           5xx (after retries)
@@ -102,6 +103,21 @@ class ProviderError(ModelError):
 
 class AuthenticationError(ProviderError):
     """401 or 403: the API key is missing, wrong, or not allowed this model."""
+
+
+class MissingAPIKeyError(AuthenticationError):
+    """The provider needs an API key and the model has none: raised on entering ``stream``, before any request.
+
+    Its message names the environment variable to set. ``status`` is 401,
+    what the provider would have answered; nothing was sent.
+
+    Attributes:
+        variable: The environment variable the key is read from (``"OPENAI_API_KEY"`` ...).
+    """
+
+    def __init__(self, message: str, *, provider: str, variable: str) -> None:
+        super().__init__(message, status=401, provider=provider)
+        self.variable = variable
 
 
 class _RetryAfterError(ProviderError):

@@ -155,6 +155,22 @@ class ServerToolChunk:
     input: Mapping[str, Any]
 
 
+@attrs.frozen
+class ModelFallbackChunk:
+    """A :class:`~agents.FallbackModel` moves on: ``failed`` could not answer, ``next`` is tried now.
+
+    Sent before anything of ``next``'s answer; the model named by the last
+    one of a call is the one that answered (none: the first model did).
+    """
+
+    failed: str
+    """The name of the model that failed (``"openai:gpt-4o-mini"``)."""
+    error: str
+    """Why, as one line."""
+    next: str
+    """The name of the model tried next."""
+
+
 ModelChunk: TypeAlias = (
     TextChunk
     | ReasoningChunk
@@ -165,6 +181,7 @@ ModelChunk: TypeAlias = (
     | ToolCallDeltaChunk
     | StopChunk
     | RefusalChunk
+    | ModelFallbackChunk
 )
 """Everything a model may yield from :meth:`Model.stream`."""
 

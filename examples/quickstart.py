@@ -4,12 +4,18 @@ Runs offline on ScriptedModel (no key, no network):
 
     python examples/quickstart.py
 
-or against a real model, with nothing else changed:
+or against a real model, with nothing else changed (any model string of the
+README's "Real models" table):
 
     OPENAI_API_KEY=... python examples/quickstart.py --model openai:gpt-4o-mini
     ANTHROPIC_API_KEY=... python examples/quickstart.py --model anthropic:claude-sonnet-4-5
     GEMINI_API_KEY=... python examples/quickstart.py --model google:gemini-2.5-flash
+    GROQ_API_KEY=... python examples/quickstart.py --model groq:llama-3.3-70b-versatile
     python examples/quickstart.py --model ollama:llama3.2      # a local Ollama
+
+It exits 1 when the run ends otherwise than completed (a missing key, a
+server that is not running ...), saying why; 2 for a model string it does
+not know.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall, resolve_model, tool
+from agents import Agent, AgentDefinitionError, ScriptedModel, ToolCall, resolve_model, tool
 from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
@@ -80,11 +86,15 @@ def make_agent(model: str = "scripted") -> Agent:
 async def main(argv: list[str] | None = None) -> int:
     """Ask one question and print the run as it streams; returns the exit status."""
     parser = argparse.ArgumentParser(description="An agent with two tools answers one question.")
-    parser.add_argument("--model", default="scripted", help="scripted (default), openai:<model>, ...")
+    parser.add_argument("--model", default="scripted", help="scripted (default), openai:<model>, groq:<model> ...")
     options = parser.parse_args(argv or [])
+    try:
+        agent = make_agent(options.model)
+    except AgentDefinitionError as exc:
+        parser.error(str(exc))  # exits with status 2
     question = "Which is warmer today, Paris or Lisbon?"
     print(f"> {question}\n")
-    async with open_runtime() as runtime, runtime.open_session(make_agent(options.model)) as session:
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
         async with session.run(question) as stream:
             async for event in stream:
                 if isinstance(event, TextDelta):

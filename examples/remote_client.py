@@ -20,7 +20,8 @@ session state, workspace changes, notices). Their messages reach
 ``print_event`` below, prefixed ``[updates]``, ``[workspace]`` and ``[feed]``.
 The prompt itself runs attached: its events stream back as SSE, and the
 answer is printed as it streams. Closing the local session (Ctrl-C, or the
-end of ``--once``) closes every connection at once.
+end of ``--once``) closes every connection at once. A prompt whose run ends
+otherwise than completed exits 1 at once, saying how it ended.
 """
 
 from __future__ import annotations
@@ -147,10 +148,12 @@ def _fields(data: dict[str, Any]) -> str:
     return " ".join(f"{key}={value!r}" for key, value in data.items() if key not in ("type", "run_id"))
 
 
-async def run_prompt(remote: RemoteSession, prompt: str, console: Console) -> tuple[str | None, str | None]:
-    """Run ``prompt`` in the remote session, printing its events as they stream; returns its run id and note."""
+async def run_prompt(remote: RemoteSession, prompt: str, console: Console) -> tuple[str | None, str | None, str | None]:
+    """Run ``prompt`` in the remote session, printing its events as they stream; returns its run id, note and
+    finish reason (``None``: the stream ended without one)."""
     run_id: str | None = None
     note: str | None = None
+    reason: str | None = None
     async with remote.run(prompt) as updates:
         async for update in updates:
             run_id = update.run_id or run_id
@@ -170,9 +173,10 @@ async def run_prompt(remote: RemoteSession, prompt: str, console: Console) -> tu
             elif isinstance(event, ErrorEvent):
                 console.line(f"  [{event.kind} error] {event.message}")
             elif isinstance(event, RunFinished):
+                reason = event.reason
                 console.line(f"[run finished: {event.reason}]")
     console.end_stream()
-    return run_id, note
+    return run_id, note, reason
 
 
 async def attach(url: str, session_id: str, prompt: str, *, token: str | None = None, once: bool = False) -> int:
@@ -197,7 +201,10 @@ async def attach(url: str, session_id: str, prompt: str, *, token: str | None = 
         print(f"attached to session {session_id!r} at {url}: updates, workspace and feed are up\n", flush=True)
 
         print(f"> {prompt}", flush=True)
-        run_id, note = await run_prompt(remote, prompt, console)
+        run_id, note, finished = await run_prompt(remote, prompt, console)
+        if finished != "completed":
+            print(f"error: the run ended with {finished or 'no RunFinished'}", file=sys.stderr)
+            return 1
 
         if note is not None:
             answer = await remote.workspace_request("read", note)

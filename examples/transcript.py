@@ -4,7 +4,8 @@
 
 The handler runs in a task of the session with a buffer of its own
 (``overflow="drop_oldest"`` here, so a slow disk can never slow the agent);
-``handler.statistics()`` says what it wrote and what it dropped.
+``handler.statistics()`` says what it wrote and what it dropped. It exits 1
+when a run ends in error.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import attrs
 import trio
 
 from agents import Agent, ScriptedModel, ToolCall, tool
-from runtime import open_runtime
+from runtime import RunFailedError, open_runtime
 
 if TYPE_CHECKING:
     from runtime.events import Event
@@ -39,14 +40,19 @@ def to_json(event: Event) -> str:
     return json.dumps({"type": type(event).__name__, **attrs.asdict(event)}, default=repr)
 
 
-async def main(argv: list[str] | None = None) -> int:
-    """Run two questions with a transcript handler attached; returns the exit status."""
-    path = Path((argv or [])[0] if argv else "transcript.jsonl")
-    agent = Agent(
+def make_agent() -> Agent:
+    """The agent: it looks the city up, then answers."""
+    return Agent(
         name="geo",
         model=ScriptedModel([ToolCall("lookup", {"city": "Lisbon"}), "Lisbon is in Portugal.", "You're welcome!"]),
         tools=[lookup],
     )
+
+
+async def main(argv: list[str] | None = None) -> int:
+    """Run two questions with a transcript handler attached; returns the exit status."""
+    path = Path((argv or [])[0] if argv else "transcript.jsonl")
+    agent = make_agent()
     async with await trio.open_file(path, "w") as out:
 
         async def write(event: Event) -> None:
@@ -54,12 +60,19 @@ async def main(argv: list[str] | None = None) -> int:
 
         async with open_runtime() as runtime, runtime.open_session(agent) as session:
             handler = session.add_handler(write, buffer=1024, overflow="drop_oldest")
+            status = 0
             for question in ("Where is Lisbon?", "Thanks!"):
-                print(f"> {question}\n{(await session.ask(question)).output}")
+                print(f"> {question}")
+                try:
+                    print((await session.ask(question)).output)
+                except RunFailedError as exc:  # the transcript has the run's events all the same
+                    print(f"error: the run ended with {exc.result.reason}: {exc}", file=sys.stderr)
+                    status = 1
+                    break
             await handler.drain()  # every event written before the session closes
         stats = handler.statistics()
     print(f"[transcript: {stats.handled} events in {path}, {stats.dropped} dropped]")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

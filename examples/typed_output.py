@@ -8,6 +8,8 @@ or against a real model (the default ``output_mode="tool"`` works with every mod
 
     OPENAI_API_KEY=... python examples/typed_output.py --model openai:gpt-4o-mini
     ANTHROPIC_API_KEY=... python examples/typed_output.py --model anthropic:claude-sonnet-4-5
+
+It exits 1 when the run ends otherwise than completed, saying why.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, resolve_model, tool
+from agents import Agent, AgentDefinitionError, ScriptedModel, ToolCall, ToolContext, resolve_model, tool
 from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
@@ -116,9 +118,13 @@ async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="An agent answers with a validated Forecast.")
     parser.add_argument("--model", default="scripted", help="scripted (default), openai:<model>, ...")
     options = parser.parse_args(argv or [])
+    try:
+        agent = make_agent(options.model)
+    except AgentDefinitionError as exc:
+        parser.error(str(exc))  # exits with status 2
     question = "What's the weather in Lisbon for the next three days? Do I need an umbrella?"
     print(f"> {question}\n")
-    async with open_runtime() as runtime, runtime.open_session(make_agent(options.model)) as session:
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
         async with session.run(question) as stream:
             async for event in stream:
                 if isinstance(event, ToolCallStarted) and event.name == "get_forecast":

@@ -72,7 +72,8 @@ def make_agent() -> Agent:
 
 
 async def selftest(port: int, secret: str) -> int:
-    """Send the bot a few requests and print what came back; 0 if each got the expected status."""
+    """Send the bot a few requests and print what came back; 0 if each got the expected status, and no
+    reply was an error."""
     auth = {"Authorization": f"Bearer {secret}"}
     checks: list[tuple[str, int, httpx.Response]] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -85,9 +86,10 @@ async def selftest(port: int, secret: str) -> int:
         checks.append(("oversized body", 413, await client.post("/messages", json=big, headers=auth)))
     ok = True
     for label, expected, response in checks:
-        mark = "ok" if response.status_code == expected else "FAILED"
-        print(f"[{mark}] {label}: {response.status_code} {json.dumps(response.json())}")
-        ok = ok and response.status_code == expected
+        # A reply of kind "error" is the agent's run ending in error: a failure too.
+        good = response.status_code == expected and response.json().get("kind") != "error"
+        print(f"[{'ok' if good else 'FAILED'}] {label}: {response.status_code} {json.dumps(response.json())}")
+        ok = ok and good
     return 0 if ok else 1
 
 

@@ -22,6 +22,7 @@ from agents import (
     ElicitationUnavailable,
     ErrorChunk,
     Message,
+    ModelFallbackChunk,
     ModelRequest,
     ReasoningChunk,
     RefusalChunk,
@@ -58,6 +59,7 @@ from .events import (
     Event,
     FinalOutput,
     FinishReason,
+    ModelFallback,
     ModelStopped,
     OutputDelta,
     ReasoningDelta,
@@ -572,6 +574,8 @@ class AgentRun:
                             refusals.append(chunk.text)
                         elif isinstance(chunk, ServerToolChunk):
                             await emit(ServerToolUse(chunk.call_id, chunk.name, dict(chunk.input)))
+                        elif isinstance(chunk, ModelFallbackChunk):
+                            await emit(ModelFallback(chunk.failed, chunk.error, chunk.next))
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)
                         else:

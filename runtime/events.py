@@ -135,6 +135,23 @@ class ModelStopped:
 
 
 @attrs.frozen
+class ModelFallback:
+    """A :class:`~agents.FallbackModel`'s model was unavailable before it answered; the next one is tried.
+
+    The ``next`` of the last one in a model call is the model that answered
+    (no ``ModelFallback``: its first model did). When the last model fails
+    too, the run ends with an ``ErrorEvent`` of kind ``"model"``.
+    """
+
+    failed: str
+    """The model that failed, by name (``"openai:gpt-4o-mini"``)."""
+    error: str
+    """Why it failed."""
+    next: str
+    """The model tried now, by name."""
+
+
+@attrs.frozen
 class Refusal:
     """The model refused to answer; the run ends with ``RunFinished("refusal")``."""
 
@@ -259,6 +276,7 @@ Event: TypeAlias = (
     | Usage
     | ServerToolUse
     | ModelStopped
+    | ModelFallback
     | Refusal
     | OutputDelta
     | FinalOutput

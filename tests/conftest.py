@@ -1,6 +1,7 @@
 """Shared fixtures. The leak checker (runtime.testing) is on for the whole suite via pyproject's addopts.
 
-``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored.
+``provider_server``: a loopback HTTP server that serves recorded bytes exactly as stored
+(``backup_server``: a second one).
 ``load_example``: imports an example script as a module.
 ``run_example``: runs an example as a script, offline.
 """
@@ -59,6 +60,8 @@ class ProviderServer:
     requests: list[Received] = attrs.field(factory=list)
     disconnected: trio.Event = attrs.field(factory=trio.Event)
     """Set when a client closes its connection before the reply was fully sent."""
+    received: trio.Event = attrs.field(factory=trio.Event)
+    """Set when the first request has been read."""
 
     @property
     def base_url(self) -> str:
@@ -78,6 +81,7 @@ class ProviderServer:
             if request is None:
                 return
             self.requests.append(request)
+            self.received.set()
             reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
             reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests"}.get(
                 reply.status, "Error"
@@ -130,13 +134,23 @@ async def _wait_for_close(stream: trio.SocketStream) -> None:
         pass
 
 
-@pytest.fixture
-async def provider_server(nursery: trio.Nursery) -> ProviderServer:
-    """A ProviderServer on an ephemeral loopback port, stopped with the test."""
+async def _start_provider_server(nursery: trio.Nursery) -> ProviderServer:
     server = ProviderServer()
     listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
     server.port = listeners[0].socket.getsockname()[1]
     return server
+
+
+@pytest.fixture
+async def provider_server(nursery: trio.Nursery) -> ProviderServer:
+    """A ProviderServer on an ephemeral loopback port, stopped with the test."""
+    return await _start_provider_server(nursery)
+
+
+@pytest.fixture
+async def backup_server(nursery: trio.Nursery) -> ProviderServer:
+    """A second ProviderServer, for the model that takes over from the first (``FallbackModel``)."""
+    return await _start_provider_server(nursery)
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -162,22 +176,23 @@ def load_example() -> Callable[[str], ModuleType]:
     return _load_example
 
 
-def _run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_example(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,
         timeout=60,
-        env={"PATH": "", "PYTHONWARNINGS": "error"},
+        # PYTHONPATH: the packages of this checkout, whichever one the environment has installed.
+        env={"PATH": "", "PYTHONWARNINGS": "error", "PYTHONPATH": str(EXAMPLES.parent), **(env or {})},
         check=False,
     )
 
 
 @pytest.fixture
 def run_example() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """``run_example(name, *args)``: run ``examples/<name>.py`` as a script with no network, no key and no
-    terminal input, and return the finished process."""
+    """``run_example(name, *args, env=None)``: run ``examples/<name>.py`` as a script with no network, no key
+    and no terminal input (``env``: a few variables more), and return the finished process."""
     return _run_example
 
 

@@ -83,6 +83,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "OutputDelta",
             "FinalOutput",
             "CustomEvent",
+            "ModelFallback",
         }
     ),
     "agents": frozenset(
@@ -114,6 +115,9 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ServerToolChunk",
             "AnthropicModel",
             "GeminiModel",
+            "FallbackModel",
+            "MissingAPIKeyError",
+            "ModelFallbackChunk",
             "OpenAIChatModel",
             "OpenAIResponsesModel",
             "RetryPolicy",
@@ -162,6 +166,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
         {
             "AnthropicModel",
             "GeminiModel",
+            "FallbackModel",
             "Model",
             "OpenAIChatModel",
             "OpenAIResponsesModel",

@@ -2,6 +2,7 @@
 
 from .._retry import RetryPolicy as RetryPolicy
 from ._anthropic import AnthropicModel as AnthropicModel
+from ._fallback import FallbackModel as FallbackModel
 from ._gemini import GeminiModel as GeminiModel
 from ._http import http_client as http_client
 from ._openai import OpenAIChatModel as OpenAIChatModel

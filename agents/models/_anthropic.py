@@ -67,7 +67,8 @@ class AnthropicModel(HTTPModel):
     Args:
         model: The model name, e.g. ``"claude-sonnet-4-5"``.
         base_url: Defaults to ``ANTHROPIC_BASE_URL``, else Anthropic's.
-        api_key: Defaults to ``ANTHROPIC_API_KEY`` (none is sent if neither is set).
+        api_key: Defaults to ``ANTHROPIC_API_KEY``. With neither, a server on this machine gets none, and any
+            other fails with :class:`~agents.MissingAPIKeyError` (``api_key=""``: it needs none).
         retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         max_tokens: The most tokens one response may take (the API requires it).
         cache_prompt: Mark the system prompt and the tool definitions with ``cache_control``

@@ -102,11 +102,21 @@ class GeminiModel(HTTPModel):
         base_url: str | None = None,
         api_key: str | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        provider: str | None = None,
+        api_key_env: str | None = None,
         **settings: Any,
     ) -> None:
         if api_key is None:
-            api_key = os.environ.get("GOOGLE_API_KEY") or os.environ.get(self.API_KEY_ENV)
-        super().__init__(model, base_url=base_url, api_key=api_key, retry=retry, **settings)
+            api_key = os.environ.get("GOOGLE_API_KEY") or None  # else GEMINI_API_KEY, read by HTTPModel
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            retry=retry,
+            provider=provider,
+            api_key_env=api_key_env,
+            **settings,
+        )
 
     def url(self) -> str:
         """``{base_url}/models/{model}:streamGenerateContent?alt=sse``: the model is part of the path."""

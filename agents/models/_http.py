@@ -6,6 +6,7 @@ import abc
 import contextlib
 import email.utils
 import functools
+import ipaddress
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ from .._exceptions import (
     AuthenticationError,
     BadRequestError,
     MalformedStreamError,
+    MissingAPIKeyError,
     ModelConnectionError,
     ProviderError,
     RateLimitError,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
+    from .._exceptions import ModelError
     from .._messages import ModelChunk, ModelRequest
 
 MAX_RETRY_AFTER: Final = 60.0
@@ -115,6 +118,12 @@ async def _send_with_retries(
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
+            if isinstance(exc, httpx.ConnectError) and is_loopback(url) and _refused(exc):
+                # Nothing to wait for: a local server that is not running does not start by itself.
+                hint = " (start it with `ollama serve`)" if provider == "ollama" else ""
+                raise ModelConnectionError(
+                    f"{provider}: nothing is listening at {url}; is the server running?{hint}"
+                ) from exc
             if last:
                 raise ModelConnectionError(f"{provider}: cannot reach {url}: {describe(exc)}") from exc
             await trio.sleep(retry.delay(attempt))
@@ -172,10 +181,21 @@ class HTTPModel(abc.ABC):
     A provider names itself and its endpoint in class attributes, and writes
     :meth:`headers`, :meth:`body` and :meth:`parse`. One that answers
     ``output_mode="native"`` sets ``native_output = True``.
+
+    A model needs an API key unless its base URL is on this machine
+    (``localhost``, ``127.0.0.1``, ``[::1]``: Ollama, a local vLLM ...) or it
+    was given one, an empty one included (``api_key=""``: a server that
+    needs none). Without one, entering :meth:`stream` raises
+    :class:`~agents.MissingAPIKeyError` naming the variable to set, and
+    nothing is sent.
+
+    ``provider`` and ``api_key_env`` are for a model string's provider that
+    speaks another's API (``"groq:…"`` is an :class:`OpenAIChatModel` named
+    ``groq`` that reads ``GROQ_API_KEY``); they default to the class's.
     """
 
-    provider: ClassVar[str]
-    """The provider's name, in errors (``"openai"``)."""
+    provider: str
+    """The provider's name, as the user named it: in errors and in :attr:`name` (``"openai"``, ``"ollama"``)."""
     DEFAULT_BASE_URL: ClassVar[str]
     BASE_URL_ENV: ClassVar[str]
     """The environment variable that overrides ``DEFAULT_BASE_URL``."""
@@ -193,19 +213,44 @@ class HTTPModel(abc.ABC):
         base_url: str | None = None,
         api_key: str | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        provider: str | None = None,
+        api_key_env: str | None = None,
         **settings: Any,
     ) -> None:
         self.model = model
+        if provider is not None:
+            self.provider = provider
+        self.api_key_env = api_key_env or self.API_KEY_ENV
+        """The environment variable the key was read from (and is asked for when it is missing)."""
         self.base_url = (base_url or os.environ.get(self.BASE_URL_ENV) or self.DEFAULT_BASE_URL).rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get(self.API_KEY_ENV)
+        self._api_key = api_key if api_key is not None else os.environ.get(self.api_key_env)
         self.retry = retry
         self.settings = settings
+        # Decided once: the key and the URL are fixed from here on.
+        self._key_missing = not self._api_key and api_key is None and not is_loopback(self.base_url)
+
+    @property
+    def name(self) -> str:
+        """The model as a model string names it: ``"openai:gpt-4o-mini"``, ``"ollama:llama3.2"``."""
+        return f"{self.provider}:{self.model}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model!r}, base_url={self.base_url!r})"
 
     def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
-        """Send one request; its chunks stream until the block exits (which closes the response)."""
+        """Send one request; its chunks stream until the block exits (which closes the response).
+
+        Raises:
+            MissingAPIKeyError: on entering, when the provider needs a key and there is none.
+        """
+        if self._key_missing:
+            return _raise_on_enter(
+                MissingAPIKeyError(
+                    f"{self.provider}: no API key: set {self.api_key_env} (or pass api_key=...)",
+                    provider=self.provider,
+                    variable=self.api_key_env,
+                )
+            )
         return stream_chunks(
             request,
             self.url(),
@@ -232,6 +277,40 @@ class HTTPModel(abc.ABC):
     @abc.abstractmethod
     def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         """The chunks of a streamed answer."""
+
+
+@asynccontextmanager
+async def _raise_on_enter(error: ModelError) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+    raise error
+    yield  # pragma: no cover  (makes this a generator)
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
+    host = httpx.URL(url).host
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error was a refusal (nothing listening), anywhere in its causes."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        pending.extend(cause for cause in (error.__cause__, error.__context__) if cause is not None)
+    return False
 
 
 def error_message(body: object) -> str | None:

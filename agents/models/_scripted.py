@@ -61,6 +61,7 @@ class ScriptedModel:
     a ``tool`` one. With ``stream_arguments`` each tool call's arguments
     also stream as ``ToolCallDeltaChunk`` pieces first (as real providers
     do), and ``chunk_delay`` paces the chunks like a model writing.
+    ``name`` is what it is called in events (``"scripted"``).
 
     Example::
 
@@ -80,7 +81,10 @@ class ScriptedModel:
         record_requests: bool = True,
         stream_arguments: bool = False,
         chunk_delay: float = 0.0,
+        name: str = "scripted",
     ) -> None:
+        self.name = name
+        """What it is called in events and errors (a :class:`~agents.FallbackModel`'s ``ModelFallback``)."""
         self._turns: Iterator[Turn | Callable[[ModelRequest], Turn]] = iter(turns)
         self._calls = 0
         self._record = record_requests

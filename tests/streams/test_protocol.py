@@ -23,7 +23,7 @@ import pydantic
 import trio
 import trio.testing
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
+from agents import Agent, FallbackModel, ScriptedModel, ServerError, ToolCall, ToolContext, UserMessage, tool
 from runtime import MessageBus
 from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, ErrorEvent
 from streams import ServedSession, WebhookChannel, open_server
@@ -408,6 +408,11 @@ class Measured(CustomEvent):
     value: float
 
 
+def unavailable(request: ModelRequest) -> Turn:
+    """A scripted turn whose model is down."""
+    raise ServerError("down: HTTP 503", status=503, provider="down")
+
+
 @tool
 async def measure(ctx: ToolContext[Any]) -> str:
     """Measure, reporting progress and a custom event."""
@@ -417,11 +422,12 @@ async def measure(ctx: ToolContext[Any]) -> str:
 
 
 async def test_a_typed_run_with_progress_and_custom_events_sends_the_documented_fields() -> None:
-    """A served run with streamed arguments, progress, a custom event and a typed output sends each
-    event with exactly the fields its run-events row lists (a custom event: its name and its own)."""
+    """A served run with a fallback, streamed arguments, progress, a custom event and a typed output
+    sends each event with exactly the fields its run-events row lists (a custom event: its name and its own)."""
     final = ToolCall("final_result", {"city": "Paris", "days": ["sun", "rain"]})
     model = ScriptedModel([ToolCall("measure"), final], stream_arguments=True)
-    agent = Agent(name="bot", model=model, tools=[measure], output_type=Forecast)
+    down = ScriptedModel(itertools.repeat(unavailable), name="down")
+    agent = Agent(name="bot", model=FallbackModel(down, model), tools=[measure], output_type=Forecast)
     sent: list[dict[str, Any]] = []
     with trio.fail_after(TIMEOUT):
         async with open_server(agent, token=TOKEN) as server:
@@ -432,7 +438,8 @@ async def test_a_typed_run_with_progress_and_custom_events_sends_the_documented_
                     while not sent or sent[-1]["type"] != "RunFinished":
                         sent.append(await next_sse(stream, buffer, ""))
     types = [message["type"] for message in sent]
-    assert {"ToolCallDelta", "ToolProgress", "CustomEvent", "ModelStopped", "OutputDelta", "FinalOutput"} <= set(types)
+    expected = {"ModelFallback", "ToolCallDelta", "ToolProgress", "CustomEvent", "ModelStopped", "OutputDelta"}
+    assert expected | {"FinalOutput"} <= set(types)
     assert set(types) <= documented_types("run-events")
     for message in sent:
         if message["type"] == "CustomEvent":

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import email.utils
 import time
+from typing import Any, Final
 
+import httpx
 import pytest
+import trio
 
-from agents import AnthropicModel, ErrorChunk, ModelRequest, OpenAIChatModel
-from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message
+from agents import (
+    Agent,
+    AnthropicModel,
+    AuthenticationError,
+    BadRequestError,
+    ErrorChunk,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelRequest,
+    OpenAIChatModel,
+    RetryPolicy,
+    UserMessage,
+    resolve_model,
+)
+from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message, is_loopback
+from runtime import RunFailedError, open_runtime
+from runtime.events import ErrorEvent, RunFinished
 
 
 def test_retry_after_seconds() -> None:
@@ -127,3 +145,145 @@ def test_both_http_models_share_one_base(
     assert "env-key" not in str(given.headers(request))  # an empty key given is no key, not the environment's
     monkeypatch.delenv(base_env)
     assert kind("m").base_url == kind.DEFAULT_BASE_URL
+
+
+# -- first contact: a missing key, a provider named as the user named it, a local server not running --------
+
+KEYED: Final = ["openai", "anthropic", "mistral", "groq", "deepseek", "openrouter", "together"]
+"""The model-string providers that need an API key."""
+
+
+class _Sent(Exception):
+    """Raised by a request hook: the model was about to send a request."""
+
+
+def _recording_client(sent: list[httpx.Request]) -> httpx.AsyncClient:
+    """A real client whose request hook records each request and stops it before it reaches the network."""
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+        raise _Sent(str(request.url))
+
+    return httpx.AsyncClient(event_hooks={"request": [record]})
+
+
+@pytest.mark.parametrize("prefix", KEYED)
+async def test_a_provider_with_no_key_fails_on_entering_naming_the_variable(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No key given and its variable unset: entering the stream raises MissingAPIKeyError naming the variable,
+    and no request is made."""
+    variable = f"{prefix.upper()}_API_KEY"
+    monkeypatch.delenv(variable, raising=False)
+    model = resolve_model(f"{prefix}:m")
+    assert isinstance(model, HTTPModel)
+    sent: list[httpx.Request] = []
+    async with _recording_client(sent) as client:
+        stream = model.stream(ModelRequest("", (UserMessage("hi"),), http_client=client))  # not yet
+        with pytest.raises(MissingAPIKeyError) as caught:
+            async with stream:
+                pass  # pragma: no cover
+    assert sent == []
+    error = caught.value
+    assert isinstance(error, AuthenticationError)
+    assert error.variable == model.api_key_env == variable
+    assert (error.provider, error.status) == (prefix, 401)
+    assert str(error) == f"{prefix}: no API key: set {variable} (or pass api_key=...)"
+
+
+async def test_a_run_with_no_key_ends_with_the_error_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a new user meets it: Agent(model="groq:...") with no GROQ_API_KEY ends its run with a model error
+    saying what to set, and ``ask`` raises it."""
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    agent = Agent(name="a", model="groq:llama-3.3-70b-versatile")
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with session.run("hi") as stream:
+                events = [event async for event in stream]
+            with pytest.raises(RunFailedError, match="set GROQ_API_KEY"):
+                await session.ask("hi")
+    assert ErrorEvent("model", "groq: no API key: set GROQ_API_KEY (or pass api_key=...)") in events
+    assert events[-1] == RunFinished("error", "groq: no API key: set GROQ_API_KEY (or pass api_key=...)")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "api_key"),
+    [
+        ("http://localhost:8000/v1", None),
+        ("http://127.0.0.1:8000/v1", None),
+        ("http://[::1]:8000/v1", None),
+        ("https://llm.example.com/v1", ""),
+        ("https://llm.example.com/v1", "k"),
+    ],
+)
+async def test_no_key_is_needed_on_this_machine_or_when_an_empty_one_is_given(
+    base_url: str, api_key: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server on this machine needs no key, nor one given ``api_key=""``: the request is made."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = OpenAIChatModel("m", base_url=base_url, api_key=api_key)
+    sent: list[httpx.Request] = []
+    async with _recording_client(sent) as client:
+        with pytest.raises(_Sent):
+            async with model.stream(ModelRequest("", (UserMessage("hi"),), http_client=client)):
+                pass  # pragma: no cover
+    assert [str(request.url) for request in sent] == [f"{base_url}/chat/completions"]
+
+
+def test_is_loopback() -> None:
+    """This machine is localhost, 127.0.0.0/8 and ::1, by name or address; nothing else is."""
+    for url in (
+        "http://localhost:11434/v1",
+        "http://127.0.0.1",
+        "http://127.1.2.3:80",
+        "http://[::1]:8000",
+        "http://a.localhost",
+    ):
+        assert is_loopback(url), url
+    for url in ("https://api.openai.com/v1", "http://10.0.0.1", "http://[::2]", "http://localhost.example.com"):
+        assert not is_loopback(url), url
+
+
+async def test_ollama_names_itself_ollama(provider_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An "ollama:" model is named so, and its errors say "ollama", not "openai"."""
+    monkeypatch.setenv("OLLAMA_BASE_URL", provider_server.base_url)
+    body = b'{"error": {"message": "model \\"nope\\" not found, try pulling it first"}}'
+    provider_server.serve(body, status=404, content_type="application/json")
+    model = resolve_model("ollama:nope")
+    assert isinstance(model, HTTPModel)
+    assert model.name == "ollama:nope"
+    with trio.fail_after(5), pytest.raises(BadRequestError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for _ in chunks:
+                pass  # pragma: no cover
+    assert caught.value.provider == "ollama"
+    assert str(caught.value) == 'ollama: HTTP 404: model "nope" not found, try pulling it first'
+
+
+@pytest.mark.parametrize(
+    ("spec", "hint"), [("ollama:llama3.2", " (start it with `ollama serve`)"), ("openai:local", "")]
+)
+async def test_a_local_server_not_running_fails_at_once_saying_so(
+    spec: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connection refused on a loopback URL: a ModelConnectionError with the URL and a hint, with no retry.
+
+    Its retries would wait at least 50 s each, so any retry fails the test's 5 s bound (real socket: real clock).
+    """
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens on the port any more: connections are refused
+    base_url = f"http://127.0.0.1:{port}/v1"
+    monkeypatch.setenv("OLLAMA_BASE_URL", base_url)
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    model = resolve_model(spec)
+    assert isinstance(model, HTTPModel)
+    model.retry = RetryPolicy(100, maximum=100, max_attempts=4)
+    with trio.fail_after(5), pytest.raises(ModelConnectionError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))):
+            pass  # pragma: no cover
+    provider = spec.partition(":")[0]
+    message = f"{provider}: nothing is listening at {base_url}/chat/completions; is the server running?{hint}"
+    assert str(caught.value) == message
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)

@@ -426,12 +426,27 @@ async def test_openai_dropped_connection_mid_stream_ends_the_run(provider_server
     assert isinstance(caught.value.__cause__, httpx.TransportError)
 
 
-async def test_openai_unreachable_server_is_a_connection_error_after_the_retries() -> None:
-    """Nothing listening at the base URL: every attempt is made, then a ModelConnectionError ends the run."""
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()  # nothing listens on the port any more: connections are refused
+async def test_openai_unreachable_server_is_a_connection_error_after_the_retries(nursery: trio.Nursery) -> None:
+    """A server that hangs up before answering: every attempt is made, then a ModelConnectionError ends the run.
+
+    (Nothing listening at all, on this machine, fails at once: tests/agents/models/test_http.py.)
+    """
+    connections = 0
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async with stream:  # the whole request is read (httpx warns if its body is cut off), then no answer
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(65536)
+            head, _, body = head.partition(b"\r\n\r\n")
+            length = next(int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+            while len(body) < length:
+                body += await stream.receive_some(65536)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, hang_up, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
     model = OpenAIChatModel(
         "m", base_url=f"http://127.0.0.1:{port}", api_key="k", retry=RetryPolicy(0.01, max_attempts=2)
     )
@@ -439,6 +454,7 @@ async def test_openai_unreachable_server_is_a_connection_error_after_the_retries
     error = _the_error(events)
     assert error.kind == "model"
     assert "cannot reach" in error.message
+    assert connections == 2
     with pytest.raises(ModelConnectionError, match="cannot reach"):
         await _chunks(model)
 

@@ -1,0 +1,177 @@
+"""FallbackModel: the next model answers when one is unavailable, as long as nothing was streamed yet."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import trio
+
+from .._exceptions import AuthenticationError, ModelConnectionError, RateLimitError, ServerError, describe
+from .._messages import ModelFallbackChunk
+from ._resolve import resolve_model
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
+    from types import TracebackType
+
+    from .._messages import ModelChunk, ModelRequest
+    from ._protocol import Model
+
+
+def model_name(model: Model) -> str:
+    """A model's name for people: its ``name`` (``"openai:gpt-4o-mini"``), else its class's."""
+    name = getattr(model, "name", None)
+    return name if isinstance(name, str) else type(model).__name__
+
+
+class FallbackModel:
+    """Models tried in order: when one is unavailable before it has streamed anything, the next one answers.
+
+    A model is unavailable when it raises one of ``fallback_on``, on
+    entering its stream or before its first chunk. By default that is a
+    :class:`~agents.ModelConnectionError` (nothing reachable, the HTTP
+    models having retried already; a local server not running fails at
+    once), a :class:`~agents.RateLimitError` or :class:`~agents.ServerError`
+    still there after the retries, and an :class:`~agents.AuthenticationError`
+    (a wrong, expired or missing key: :class:`~agents.MissingAPIKeyError`).
+    A bad key falls back too because, to the program running the agent, that
+    model cannot answer now and the next one can: a fallback exists to keep
+    answering, and the key problem is not hidden (see below). A
+    :class:`~agents.BadRequestError` does not: the request itself was
+    refused (a parameter, a context too long, an unknown model name), which
+    the next model would most likely refuse too, and which is a mistake to
+    fix rather than an outage to ride out. The last model's error is the
+    call's error.
+
+    Once a chunk has reached the consumer, the model answering is the one:
+    an error after that ends the run like any model's, never switching
+    silently halfway through an answer.
+
+    Each move is visible: the stream yields a :class:`~agents.ModelFallbackChunk`
+    (``failed``, ``error``, ``next``; the runtime's ``ModelFallback`` event)
+    before the next model's answer, so the model that answered is the
+    ``next`` of the last one, or the first model when there is none. A run
+    whose first model answers streams nothing extra.
+
+    Args:
+        first: The model tried first: a model, or a model string (``"openai:gpt-4o-mini"``).
+        *others: The models tried next, in order.
+        fallback_on: The exceptions that mean "try the next one" (default :attr:`FALLBACK_ON`;
+            e.g. ``(*FallbackModel.FALLBACK_ON, BadRequestError)`` to move on from a refused request too).
+
+    Example::
+
+        model = FallbackModel("openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "ollama:llama3.2")
+        agent = Agent(name="helper", model=model)
+    """
+
+    FALLBACK_ON: ClassVar[tuple[type[Exception], ...]] = (
+        ModelConnectionError,
+        RateLimitError,
+        ServerError,
+        AuthenticationError,
+    )
+    """What makes it move on by default: the model is unavailable, not the request wrong."""
+
+    def __init__(
+        self,
+        first: Model | str,
+        *others: Model | str,
+        fallback_on: tuple[type[Exception], ...] | None = None,
+    ) -> None:
+        self.models: tuple[Model, ...] = tuple(resolve_model(model) for model in (first, *others))
+        """The models, in the order they are tried."""
+        self.fallback_on = self.FALLBACK_ON if fallback_on is None else fallback_on
+        """The exceptions that make it try the next model."""
+
+    @property
+    def name(self) -> str:
+        """``"fallback(<first>, <next>, ...)"``, each model by its name."""
+        return f"fallback({', '.join(model_name(model) for model in self.models)})"
+
+    @property
+    def native_output(self) -> bool:
+        """Whether every one of its models has native structured output (any of them may answer)."""
+        return all(getattr(model, "native_output", False) for model in self.models)
+
+    def __repr__(self) -> str:
+        return f"FallbackModel({', '.join(repr(model) for model in self.models)})"
+
+    def stream(self, request: ModelRequest) -> _FallbackStream:
+        """Answer ``request`` with the first model that is available."""
+        return _FallbackStream(self, request)
+
+
+class _FallbackStream:
+    """One call of a :class:`FallbackModel`: its async context manager and its chunk iterator.
+
+    A class rather than an async generator, so abandoning it never warns.
+    Until a model's first chunk arrives, ``__anext__`` tries the models in
+    turn; after it, it only passes that model's chunks on.
+    """
+
+    __slots__ = ("_chunks", "_entered", "_index", "_model", "_request")
+
+    def __init__(self, model: FallbackModel, request: ModelRequest) -> None:
+        self._model = model
+        self._request = request
+        self._index = 0
+        self._entered: AbstractAsyncContextManager[AsyncIterator[ModelChunk]] | None = None
+        """The stream of the model being tried, or answering; closed by ``__aexit__``."""
+        self._chunks: AsyncIterator[ModelChunk] | None = None
+        """The answering model's chunks, once it has sent its first one."""
+
+    async def __aenter__(self) -> _FallbackStream:
+        # Entering a model's stream happens in __anext__, so a fallback is reported as it happens.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool | None:
+        entered, self._entered = self._entered, None
+        if entered is None:
+            return None
+        return await entered.__aexit__(kind, error, traceback)
+
+    def __aiter__(self) -> _FallbackStream:
+        return self
+
+    async def __anext__(self) -> ModelChunk:
+        if self._chunks is not None:
+            return await self._chunks.__anext__()
+        return await self._try_next()
+
+    async def _try_next(self) -> ModelChunk:
+        """The current model's first chunk; or, if it is unavailable, the fallback chunk that moves on."""
+        model = self._model.models[self._index]
+        try:
+            stream = model.stream(self._request)
+            chunks = await stream.__aenter__()
+        except Exception as exc:
+            return self._fall_back(exc)
+        self._entered = stream
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:  # it answered with nothing: that is its answer
+            self._chunks = chunks
+            raise
+        except Exception as exc:
+            # Closing the stream with the error maps what the model raised (an httpx error, say).
+            self._entered = None
+            try:
+                await stream.__aexit__(type(exc), exc, exc.__traceback__)
+            except Exception as mapped:
+                return self._fall_back(mapped)
+            return self._fall_back(exc)
+        self._chunks = chunks
+        return first
+
+    def _fall_back(self, error: Exception) -> ModelFallbackChunk:
+        models = self._model.models
+        if not isinstance(error, self._model.fallback_on) or self._index + 1 == len(models):
+            raise error
+        failed = models[self._index]
+        self._index += 1
+        return ModelFallbackChunk(model_name(failed), describe(error), model_name(models[self._index]))

@@ -1,0 +1,304 @@
+"""FallbackModel: from a first loopback server to a second when the first is unavailable, never mid-answer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import trio
+
+from agents import (
+    Agent,
+    AnthropicModel,
+    AuthenticationError,
+    BadRequestError,
+    FallbackModel,
+    MalformedStreamError,
+    MissingAPIKeyError,
+    ModelConnectionError,
+    ModelFallbackChunk,
+    ModelRequest,
+    OpenAIChatModel,
+    RateLimitError,
+    RetryPolicy,
+    ScriptedModel,
+    ServerError,
+    TextChunk,
+    UserMessage,
+)
+from runtime import open_runtime
+from runtime.events import ErrorEvent, Event, ModelFallback, RunFinished, TextDelta
+
+if TYPE_CHECKING:
+    from agents import Model
+    from agents.models import Turn
+
+SHARED_FIXTURES: Final = Path(__file__).resolve().parents[4] / "shared" / "fixtures"
+"""The shared test data: ``../shared/fixtures`` beside the checkout, and nowhere else."""
+STREAMS: Final = SHARED_FIXTURES / "llm_streams"
+OPENAI_TEXT: Final = (STREAMS / "openai" / "chat_text_usage.sse").read_bytes()
+OPENAI_ANSWER: Final = "The capital of Mexico is Mexico City."
+ANTHROPIC_TEXT: Final = (STREAMS / "anthropic" / "text.sse").read_bytes()
+RUN_LIMIT: Final = 10.0
+"""Seconds any one run against the loopback servers may take before the test fails (real sockets: real clock)."""
+TWO_TRIES: Final = RetryPolicy(0.001, maximum=0.001, max_attempts=2)
+
+
+def _openai(server: Any, *, retry: RetryPolicy = TWO_TRIES) -> OpenAIChatModel:
+    return OpenAIChatModel("gpt", base_url=server.base_url, api_key="k", retry=retry)
+
+
+def _anthropic(server: Any) -> AnthropicModel:
+    return AnthropicModel("claude", base_url=server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "test_error"}}).encode()
+
+
+async def _run(model: Model) -> list[Event]:
+    with trio.fail_after(RUN_LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+            async with session.run("hi") as stream:
+                return [event async for event in stream]
+
+
+def _text(events: list[Event]) -> str:
+    return "".join(event.text for event in events if isinstance(event, TextDelta))
+
+
+def _fallbacks(events: list[Event]) -> list[ModelFallback]:
+    return [event for event in events if isinstance(event, ModelFallback)]
+
+
+def _finished(events: list[Event]) -> str:
+    assert isinstance(events[-1], RunFinished)
+    return events[-1].reason
+
+
+def _errors(events: list[Event]) -> list[ErrorEvent]:
+    return [event for event in events if isinstance(event, ErrorEvent)]
+
+
+async def _closed_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port: int = listener.getsockname()[1]
+    listener.close()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "said"),
+    [(503, {}, "openai: HTTP 503: overloaded"), (429, {"retry-after": "0"}, "openai: HTTP 429: overloaded")],
+    ids=["5xx", "429"],
+)
+async def test_fallback_after_the_retries_of_a_5xx_or_429(
+    provider_server: Any, backup_server: Any, status: int, headers: dict[str, str], said: str
+) -> None:
+    """A first model still failing with 5xx or 429 after its retries hands over to the second, which answers;
+    a ModelFallback naming both, and why, comes before any of the answer."""
+    provider_server.serve(_error_body("overloaded"), status=status, content_type="application/json", headers=headers)
+    backup_server.serve(ANTHROPIC_TEXT)
+    events = await _run(FallbackModel(_openai(provider_server), _anthropic(backup_server)))
+    assert _fallbacks(events) == [ModelFallback("openai:gpt", said, "anthropic:claude")]
+    first_text = next(i for i, event in enumerate(events) if isinstance(event, TextDelta))
+    assert events.index(_fallbacks(events)[0]) < first_text
+    assert _text(events)
+    assert _finished(events) == "completed"
+    assert len(provider_server.requests) == 2  # both tries, then the fallback
+    assert len(backup_server.requests) == 1
+
+
+async def test_fallback_when_nothing_listens_at_the_first(backup_server: Any) -> None:
+    """A first model whose local server is not running hands over at once, saying so."""
+    backup_server.serve(OPENAI_TEXT)
+    down = OpenAIChatModel("llama", base_url=f"http://127.0.0.1:{await _closed_port()}/v1", provider="ollama")
+    events = await _run(FallbackModel(down, _openai(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert (fallback.failed, fallback.next) == ("ollama:llama", "openai:gpt")
+    assert "nothing is listening at http://127.0.0.1:" in fallback.error
+    assert _text(events) == OPENAI_ANSWER
+    assert _finished(events) == "completed"
+
+
+async def test_fallback_when_the_first_has_no_key(backup_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first model with no API key hands over without sending anything; the event says which variable to set."""
+    monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
+    backup_server.serve(OPENAI_TEXT)
+    events = await _run(FallbackModel("mistral:mistral-small-latest", _openai(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert fallback.failed == "mistral:mistral-small-latest"
+    assert "set MISTRAL_API_KEY" in fallback.error
+    assert _text(events) == OPENAI_ANSWER
+
+
+async def test_fallback_when_the_stream_breaks_before_its_first_chunk(provider_server: Any, backup_server: Any) -> None:
+    """A first model whose answer breaks before it sent a single chunk hands over: nothing of it was seen."""
+    provider_server.serve(OPENAI_TEXT, drop_after=0)
+    backup_server.serve(ANTHROPIC_TEXT)
+    events = await _run(FallbackModel(_openai(provider_server), _anthropic(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert "the stream broke" in fallback.error
+    assert _finished(events) == "completed"
+
+
+async def test_no_fallback_once_output_reached_the_consumer(provider_server: Any, backup_server: Any) -> None:
+    """A first model that breaks halfway through its answer ends the run: no silent switch, the second is
+    never asked."""
+    provider_server.serve(OPENAI_TEXT, drop_after=len(OPENAI_TEXT) // 2)
+    backup_server.serve(ANTHROPIC_TEXT)
+    events = await _run(FallbackModel(_openai(provider_server), _anthropic(backup_server)))
+    assert _text(events)
+    assert OPENAI_ANSWER.startswith(_text(events))
+    [error] = _errors(events)
+    assert "the stream broke" in error.message
+    assert _finished(events) == "error"
+    assert _fallbacks(events) == []
+    assert backup_server.requests == []
+
+
+async def test_no_fallback_on_a_bad_request(provider_server: Any, backup_server: Any) -> None:
+    """A refused request (400) ends the run with its error: the next model would refuse it too."""
+    provider_server.serve(_error_body("unknown parameter"), status=400, content_type="application/json")
+    backup_server.serve(ANTHROPIC_TEXT)
+    events = await _run(FallbackModel(_openai(provider_server), _anthropic(backup_server)))
+    [error] = _errors(events)
+    assert error.message == "openai: HTTP 400: unknown parameter"
+    assert _fallbacks(events) == []
+    assert len(provider_server.requests) == 1
+    assert backup_server.requests == []
+
+
+async def test_fallback_on_a_bad_request_when_asked(provider_server: Any, backup_server: Any) -> None:
+    """``fallback_on`` widens what moves on: with BadRequestError in it, a 400 hands over too."""
+    provider_server.serve(_error_body("context too long"), status=400, content_type="application/json")
+    backup_server.serve(ANTHROPIC_TEXT)
+    model = FallbackModel(
+        _openai(provider_server), _anthropic(backup_server), fallback_on=(*FallbackModel.FALLBACK_ON, BadRequestError)
+    )
+    events = await _run(model)
+    assert [event.error for event in _fallbacks(events)] == ["openai: HTTP 400: context too long"]
+    assert _finished(events) == "completed"
+
+
+async def test_every_model_failing_ends_the_run_with_the_last_error(provider_server: Any) -> None:
+    """Each move is an event; when the last model fails too, its error ends the run."""
+    provider_server.serve(_error_body("overloaded"), status=503, content_type="application/json")
+    refused = OpenAIChatModel("b", base_url=f"http://127.0.0.1:{await _closed_port()}", api_key="k")
+    last = AnthropicModel("c", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+    events = await _run(FallbackModel(_openai(provider_server), refused, last))
+    assert [(event.failed, event.next) for event in _fallbacks(events)] == [
+        ("openai:gpt", "openai:b"),
+        ("openai:b", "anthropic:c"),
+    ]
+    [error] = _errors(events)
+    assert error.message == "anthropic: HTTP 503: overloaded"
+    assert _finished(events) == "error"
+
+
+async def test_leaving_the_run_while_the_next_model_starts_closes_its_response(
+    provider_server: Any, backup_server: Any
+) -> None:
+    """A consumer that leaves after the ModelFallback, while the second model is silent, closes its connection."""
+    provider_server.serve(_error_body("overloaded"), status=503, content_type="application/json")
+    backup_server.serve(OPENAI_TEXT, hang_after=0)
+    model = FallbackModel(_openai(provider_server, retry=RetryPolicy(max_attempts=1)), _openai(backup_server))
+    with trio.fail_after(RUN_LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+            async with session.run("hi") as stream:
+                async for event in stream:
+                    if isinstance(event, ModelFallback):
+                        await backup_server.received.wait()  # the second model waits for its first chunk
+                        break
+        await backup_server.disconnected.wait()
+    assert len(backup_server.requests) == 1
+
+
+async def test_fallback_model_used_alone_streams_the_fallback_then_the_answer(
+    provider_server: Any, backup_server: Any
+) -> None:
+    """Driven alone, its stream yields the ModelFallbackChunk and then the next model's chunks; abandoning it
+    halfway closes everything without a warning."""
+    provider_server.serve(_error_body("overloaded"), status=500, content_type="application/json")
+    backup_server.serve(OPENAI_TEXT)
+    model = FallbackModel(_openai(provider_server), _openai(backup_server))
+    request = ModelRequest("", (UserMessage("hi"),))
+    with trio.fail_after(RUN_LIMIT):
+        async with model.stream(request) as chunks:
+            first = await chunks.__anext__()
+            second = await chunks.__anext__()
+    assert first == ModelFallbackChunk("openai:gpt", "openai: HTTP 500: overloaded", "openai:gpt")
+    assert isinstance(second, TextChunk)
+
+
+def _raising(error: Exception) -> Turn:
+    raise error
+
+
+@pytest.mark.parametrize(
+    ("error", "moves_on"),
+    [
+        (ModelConnectionError("a: cannot reach it"), True),
+        (RateLimitError("a: HTTP 429", status=429, provider="a"), True),
+        (ServerError("a: HTTP 502", status=502, provider="a"), True),
+        (AuthenticationError("a: HTTP 401", status=401, provider="a"), True),
+        (MissingAPIKeyError("a: no API key: set A_KEY", provider="a", variable="A_KEY"), True),
+        (BadRequestError("a: HTTP 400", status=400, provider="a"), False),
+        (MalformedStreamError("a: not its protocol"), False),
+        (ValueError("a bug"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+async def test_what_moves_on_and_what_ends_the_run(error: Exception, moves_on: bool) -> None:
+    """The unavailable kinds (connection, 429, 5xx, a wrong or missing key) move on; a refused request, a
+    malformed stream or a bug end the run with that error."""
+    first = ScriptedModel([lambda request: _raising(error)], name="first")
+    events = await _run(FallbackModel(first, ScriptedModel(["fine"], name="second")))
+    if moves_on:
+        assert _fallbacks(events) == [ModelFallback("first", str(error), "second")]
+        assert _text(events) == "fine"
+    else:
+        assert _fallbacks(events) == []
+        [event] = _errors(events)
+        assert str(error) in event.message
+        assert _finished(events) == "error"
+
+
+async def test_a_run_with_a_first_model_that_answers_streams_nothing_extra() -> None:
+    """When the first model answers, its chunks pass as they are: no ModelFallback, every turn from the first."""
+    first = ScriptedModel(["one", "two"])
+    second = ScriptedModel(itertools.repeat("never"))
+    model = FallbackModel(first, second)
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+        for expected in ("one", "two"):
+            async with session.run("hi") as stream:
+                events = [event async for event in stream]
+            assert _fallbacks(events) == []
+            assert _text(events) == expected
+    assert second.requests == []
+
+
+def test_fallback_model_takes_model_strings_and_has_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strings are resolved like Agent(model=...); the name lists each model's; native output needs all of them."""
+    monkeypatch.setenv("GROQ_API_KEY", "k")
+    model = FallbackModel("groq:llama-3.3-70b-versatile", ScriptedModel([], name="local"))
+    groq = model.models[0]
+    assert isinstance(groq, OpenAIChatModel)
+    assert groq.base_url == "https://api.groq.com/openai/v1"
+    assert model.name == "fallback(groq:llama-3.3-70b-versatile, local)"
+    assert model.native_output
+    assert model.fallback_on == FallbackModel.FALLBACK_ON
+    assert "FallbackModel(OpenAIChatModel('llama-3.3-70b-versatile'" in repr(model)
+
+    class Plain:
+        def stream(self, request: ModelRequest) -> Any:
+            raise NotImplementedError
+
+    plain = FallbackModel(Plain())
+    assert plain.name == "fallback(Plain)"
+    assert not plain.native_output
