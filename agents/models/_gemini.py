@@ -8,6 +8,8 @@ import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
+from .._content import TEXT_SEPARATOR, Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._exceptions import UnsupportedContentError
 from .._json import loads_untrusted
 from .._messages import (
     AssistantMessage,
@@ -144,12 +146,13 @@ class GeminiModel(HTTPModel):
                     results = []
                     contents.append({"role": "user", "parts": results})
                 key = "error" if message.is_error else "result"
-                response = {"id": message.call_id, "name": message.name, "response": {key: message.content}}
+                value = _tool_text(message.content)
+                response = {"id": message.call_id, "name": message.name, "response": {key: value}}
                 results.append({"functionResponse": response})
                 continue
             results = None
             if isinstance(message, UserMessage):
-                contents.append({"role": "user", "parts": [{"text": message.content}]})
+                contents.append({"role": "user", "parts": _parts(message.content)})
             elif isinstance(message, AssistantMessage):
                 parts: list[dict[str, Any]] = [{"text": message.text}] if message.text else []
                 for i, call in enumerate(message.tool_calls):
@@ -241,6 +244,50 @@ def _call_chunks(call: object, number: int) -> list[ModelChunk]:
         ToolCallDeltaChunk(call_id, name, text),
         ToolCallChunk(call_id, name, args if isinstance(args, dict) else text),
     ]
+
+
+def _parts(content: Content) -> list[dict[str, Any]]:
+    """A user message's content as Gemini parts."""
+    return [{"text": content}] if isinstance(content, str) else [_part(part) for part in content]
+
+
+def _part(part: ContentPart) -> dict[str, Any]:
+    """A part as a Gemini ``Part``: text, ``inlineData`` (bytes) or ``fileData`` (a URL, with its media type).
+
+    Raises:
+        UnsupportedContentError: an image by URL without a ``media_type`` (Gemini needs one), or a kind of
+            part this model does not know.
+    """
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    if isinstance(part, ImagePart | DocumentPart):
+        media_type = part.media_type
+        if part.data is not None:
+            return {"inlineData": {"mimeType": media_type, "data": part.base64()}}
+        if media_type is None:
+            raise UnsupportedContentError(
+                part,
+                provider="google",
+                reason="Gemini takes a file URL only with its type: ImagePart(url=..., media_type='image/png')",
+            )
+        return {"fileData": {"mimeType": media_type, "fileUri": part.url}}
+    raise UnsupportedContentError(part, provider="google", reason="the Gemini API has no such part")
+
+
+TOOL_RESULT_PLACEHOLDER: Final = "[the tool returned {kind}, not shown: tool results here are text only]"
+"""What stands in a function response for each image or document the tool returned."""
+
+
+def _tool_text(content: Content) -> str:
+    """A tool result as the text of a function response: its text parts, a placeholder for each other part."""
+    if isinstance(content, str):
+        return content
+    return TEXT_SEPARATOR.join(
+        part.text
+        if isinstance(part, TextPart)
+        else TOOL_RESULT_PLACEHOLDER.format(kind="an image" if isinstance(part, ImagePart) else "a document")
+        for part in content
+    )
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:

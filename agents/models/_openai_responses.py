@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._exceptions import MalformedStreamError
+from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._messages import (
     AssistantMessage,
     ModelChunk,
@@ -88,7 +89,7 @@ class OpenAIResponsesModel(HTTPModel):
         items: list[dict[str, Any]] = []
         for message in request.messages:
             if isinstance(message, UserMessage):
-                items.append({"role": "user", "content": message.content})
+                items.append({"role": "user", "content": _content(message.content)})
             elif isinstance(message, AssistantMessage):
                 if message.text:  # a turn of tool calls alone has no message item
                     items.append({"role": "assistant", "content": message.text})
@@ -102,7 +103,8 @@ class OpenAIResponsesModel(HTTPModel):
                     for call in message.tool_calls
                 ]
             elif isinstance(message, ToolResultMessage):
-                items.append({"type": "function_call_output", "call_id": message.call_id, "output": message.content})
+                output = _content(message.content)
+                items.append({"type": "function_call_output", "call_id": message.call_id, "output": output})
         body: dict[str, Any] = {"model": self.model}
         if request.instructions:
             body["instructions"] = request.instructions
@@ -189,6 +191,29 @@ def _finish(call: _Call, arguments: object) -> ToolCallChunk | None:
     # The raw JSON text, as the model wrote it; the runtime reports bad JSON to the model.
     text = arguments if isinstance(arguments, str) else "".join(call.fragments)
     return ToolCallChunk(call.call_id, call.name, text)
+
+
+def _content(content: Content) -> str | list[dict[str, Any]]:
+    """A user message's or a tool output's content: a string, or input items (images and files too: a
+    ``function_call_output`` takes the same list as a user message)."""
+    return content if isinstance(content, str) else [_part(part) for part in content]
+
+
+def _part(part: ContentPart) -> dict[str, Any]:
+    """A part as a Responses API input item.
+
+    Raises:
+        UnsupportedContentError: a kind of part this model does not know.
+    """
+    if isinstance(part, TextPart):
+        return {"type": "input_text", "text": part.text}
+    if isinstance(part, ImagePart):
+        return {"type": "input_image", "image_url": part.url if part.url is not None else part.data_url()}
+    if isinstance(part, DocumentPart):
+        if part.url is not None:
+            return {"type": "input_file", "file_url": part.url}
+        return {"type": "input_file", "filename": part.filename or "document.pdf", "file_data": part.data_url()}
+    raise UnsupportedContentError(part, provider="openai-responses", reason="the Responses API has no such input")
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:

@@ -13,9 +13,11 @@ from agents import (
     Agent,
     AnthropicModel,
     DocumentPart,
+    GeminiModel,
     ImagePart,
     ModelRequest,
     OpenAIChatModel,
+    OpenAIResponsesModel,
     RetryPolicy,
     TextPart,
     ToolResultMessage,
@@ -277,3 +279,136 @@ async def test_anthropic_history_keeps_a_tool_results_parts(provider_server: Any
     third = _sent(provider_server, 2)["messages"]
     assert third[2] == _sent(provider_server, 1)["messages"][2]
     assert third[-1]["content"][1] == {"type": "image", "source": {"type": "url", "url": IMAGE_URL}}
+
+
+# -- OpenAI Responses ----------------------------------------------------------
+
+
+def _responses_sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+RESPONSES_TEXT: Final = _responses_sse(
+    {"type": "response.output_text.delta", "delta": "Seen."},
+    {"type": "response.completed", "response": {"status": "completed", "usage": {"input_tokens": 1}}},
+)
+RESPONSES_TOOL_CALL: Final = _responses_sse(
+    {
+        "type": "response.output_item.done",
+        "output_index": 0,
+        "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "snap", "arguments": "{}"},
+    },
+    {"type": "response.completed", "response": {"status": "completed"}},
+)
+
+
+def _responses(server: Any) -> OpenAIResponsesModel:
+    return OpenAIResponsesModel("gpt-test", base_url=server.base_url, api_key="k", retry=NO_RETRY)
+
+
+async def test_responses_user_parts_become_input_items(provider_server: Any) -> None:
+    """Text, images by URL and by bytes, and PDFs (bytes and URL) reach the Responses API as input items."""
+    provider_server.serve(RESPONSES_TEXT)
+    [events] = await _run(Agent(name="a", model=_responses(provider_server)), [*ALL_PARTS, DocumentPart(url=PDF_URL)])
+    assert events[-1] == RunFinished("completed")
+    [user] = _sent(provider_server)["input"]
+    assert user == {
+        "role": "user",
+        "content": [
+            {"type": "input_text", "text": "Compare these:"},
+            {"type": "input_image", "image_url": IMAGE_URL},
+            {"type": "input_image", "image_url": f"data:image/png;base64,{PNG_B64}"},
+            {"type": "input_file", "filename": "report.pdf", "file_data": PDF_DATA_URL},
+            {"type": "input_file", "filename": "document.pdf", "file_data": PDF_DATA_URL},
+            {"type": "input_file", "file_url": PDF_URL},
+        ],
+    }
+
+
+async def test_responses_tool_image_reaches_the_function_call_output(provider_server: Any) -> None:
+    """A function_call_output takes input items: the tool's image reaches the model."""
+    provider_server.queue(RESPONSES_TOOL_CALL)
+    provider_server.queue(RESPONSES_TEXT)
+    await _run(Agent(name="a", model=_responses(provider_server), tools=[snap]), "Take a picture.")
+    *_, output = _sent(provider_server, 1)["input"]
+    assert output == {
+        "type": "function_call_output",
+        "call_id": "call_1",
+        "output": [
+            {"type": "input_text", "text": "Here it is:"},
+            {"type": "input_image", "image_url": f"data:image/jpeg;base64,{JPEG_B64}"},
+        ],
+    }
+
+
+# -- Gemini ----------------------------------------------------------------------
+
+
+def _gemini_sse(*chunks: dict[str, Any]) -> bytes:
+    return b"".join(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n" for chunk in chunks)
+
+
+GEMINI_TEXT: Final = _gemini_sse(
+    {"candidates": [{"content": {"role": "model", "parts": [{"text": "Seen."}]}, "finishReason": "STOP"}]}
+)
+GEMINI_TOOL_CALL: Final = _gemini_sse(
+    {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": [{"functionCall": {"id": "call_1", "name": "snap", "args": {}}}]},
+                "finishReason": "STOP",
+            }
+        ]
+    }
+)
+
+
+def _gemini(server: Any) -> GeminiModel:
+    return GeminiModel("gemini-test", base_url=server.base_url, api_key="k", retry=NO_RETRY)
+
+
+async def test_gemini_user_parts_become_inline_and_file_data(provider_server: Any) -> None:
+    """Bytes go as inlineData, URLs (with their media type) as fileData."""
+    provider_server.serve(GEMINI_TEXT)
+    parts: list[str | ImagePart | DocumentPart] = [
+        "Compare these:",
+        ImagePart(url=IMAGE_URL, media_type="image/jpeg"),
+        ImagePart(data=PNG, media_type="image/png"),
+        DocumentPart(data=PDF),
+        DocumentPart(url=PDF_URL),
+    ]
+    [events] = await _run(Agent(name="a", model=_gemini(provider_server)), parts)
+    assert events[-1] == RunFinished("completed")
+    [user] = _sent(provider_server)["contents"]
+    assert user == {
+        "role": "user",
+        "parts": [
+            {"text": "Compare these:"},
+            {"fileData": {"mimeType": "image/jpeg", "fileUri": IMAGE_URL}},
+            {"inlineData": {"mimeType": "image/png", "data": PNG_B64}},
+            {"inlineData": {"mimeType": "application/pdf", "data": PDF_B64}},
+            {"fileData": {"mimeType": "application/pdf", "fileUri": PDF_URL}},
+        ],
+    }
+
+
+async def test_gemini_image_url_without_a_media_type_fails_before_any_request(provider_server: Any) -> None:
+    """Gemini needs a file URL's type: without one, a typed error and nothing sent."""
+    provider_server.serve(GEMINI_TEXT)
+    [events] = await _run(Agent(name="a", model=_gemini(provider_server)), ["Look:", ImagePart(url=IMAGE_URL)])
+    [error] = [event for event in events if isinstance(event, ErrorEvent)]
+    assert error.kind == "model"
+    assert "media_type" in error.message
+    assert provider_server.requests == []
+
+
+async def test_gemini_tool_image_is_a_placeholder_in_the_function_response(provider_server: Any) -> None:
+    """A function response holds text: the tool's text parts, and a placeholder for the image."""
+    provider_server.queue(GEMINI_TOOL_CALL)
+    provider_server.queue(GEMINI_TEXT)
+    await _run(Agent(name="a", model=_gemini(provider_server), tools=[snap]), "Take a picture.")
+    *_, results = _sent(provider_server, 1)["contents"]
+    [part] = results["parts"]
+    assert part["functionResponse"]["response"] == {
+        "result": "Here it is:\n[the tool returned an image, not shown: tool results here are text only]"
+    }
