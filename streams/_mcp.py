@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -58,9 +59,10 @@ from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import SessionMessage
 from starlette.responses import Response
 
-from runtime import InvalidElicitationResponse, UnknownElicitationError, open_runtime
+from runtime import ClosedSessionError, InvalidElicitationResponse, UnknownElicitationError, open_runtime
 from runtime.events import ElicitationRequest, ErrorEvent, RunFinished, SubAgentEvent, TextDelta
 
+from ._error_shape import error_response
 from ._workspace import Workspace
 
 if TYPE_CHECKING:
@@ -481,7 +483,7 @@ class McpEndpoint:
 
     async def _open(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Raises ClosedSessionError or TooManySessionsError: the caller answers those.
-        served = await self._open_session(f"mcp-{os.urandom(16).hex()}")
+        served = await self._open_session(f"mcp-{secrets.token_hex(16)}")
         transport = StreamableHTTPServerTransport(mcp_session_id=served.id)
         status: int | None = None
 
@@ -492,7 +494,11 @@ class McpEndpoint:
             await send(message)
 
         try:
-            await served.session.start(self._serve, transport, served, name=f"MCP session {served.id}")
+            try:
+                await served.session.start(self._serve, transport, served, name=f"MCP session {served.id}")
+            except ClosedSessionError:  # closed as soon as it was opened: the server is shutting down
+                await error_response(503, "shutting_down", "the server is shutting down")(scope, receive, send)
+                return
             with served.session.in_use():
                 await transport.handle_request(scope, receive, watch)
         finally:

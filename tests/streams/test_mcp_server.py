@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from agents import Agent
     from streams import Server
+    from streams._runlog import RunLog
 
 pytestmark = [
     # The SDK's HTTP client (httpx2, its fork of httpx) leaves its SSE and body iterators to the
@@ -89,6 +90,16 @@ class Asked:
 
 def accept(content: dict[str, Any]) -> types.ElicitResult:
     return types.ElicitResult(action="accept", content=content)
+
+
+def logged(log: RunLog) -> list[dict[str, Any]]:
+    """The events of a finished run, as the served session recorded them."""
+    follower = log.follow()
+    events = []
+    while (event := follower.next_nowait()) is not None:
+        assert isinstance(event, dict)
+        events.append(event)
+    return events
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -236,6 +247,30 @@ async def test_mcp_http_a_run_that_fails_is_an_error_result() -> None:
     assert text_of(failed) == "the run ended: error: the model is down"
     assert no_task.is_error
     assert "'task' must be a string" in text_of(no_task)
+
+
+async def test_mcp_http_a_call_the_client_cancels_cancels_its_run() -> None:
+    """A call the client gives up on (notifications/cancelled) cancels its run; the MCP session goes on."""
+    asked = trio.Event()
+
+    async def never_answer(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        asked.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(TIMEOUT):
+        async with serving() as server, connected(server, elicit=never_answer) as session:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.call_tool, TOOL, {"task": "ask"})
+                await asked.wait()
+                nursery.cancel_scope.cancel()
+            after = await session.call_tool(TOOL, {"task": "after"})  # runs once the first run has ended
+            (served,) = server.sessions.values()
+            logs = [logged(log) for log in served.runs.values()]
+    assert text_of(after) == "You said: after"
+    assert [events[-1]["type"] for events in logs] == ["RunFinished", "RunFinished"]
+    assert [events[-1]["reason"] for events in logs] == ["cancelled", "completed"]
 
 
 async def test_mcp_http_ending_the_mcp_session_closes_its_session() -> None:
