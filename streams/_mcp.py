@@ -80,8 +80,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("streams.mcp")
 
-MCP_PATH: Final = "/mcp"
-"""Where the served runtime answers MCP's streamable HTTP transport."""
 TASK_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "properties": {"task": {"type": "string", "description": "What the agent should do, in plain words."}},
@@ -461,11 +459,6 @@ class McpEndpoint:
         self._server = AgentTool(agent).server()
         self._open_session = open_session
         self._sessions: dict[str, tuple[StreamableHTTPServerTransport, ServedSession]] = {}
-
-    @property
-    def session_ids(self) -> frozenset[str]:
-        """The MCP sessions open now (each is also the id of its served session)."""
-        return frozenset(self._sessions)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request (the checks of the served runtime passed)."""

@@ -8,6 +8,7 @@ Real sockets and processes, so the real clock, bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import subprocess
@@ -17,18 +18,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import httpx
 import httpx2
 import mcp.types as types
 import pytest
 import trio
-from mcp import ClientSession, StdioServerParameters
+import trio.testing
+from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 
-from streams import open_server
-from streams._mcp import TASK_SCHEMA, tool_description, tool_name
+from streams import _mcp, open_server
+from streams._mcp import TASK_SCHEMA, serve_stdio, tool_description, tool_name
 from tests.streams import mcp_agents
 
 if TYPE_CHECKING:
@@ -372,6 +376,18 @@ async def test_mcp_http_a_request_that_does_not_open_a_session_leaves_none() -> 
     assert full.json()["error"]["type"] == "too_many_sessions"
 
 
+async def test_mcp_http_a_client_probing_the_2026_era_first_falls_back_to_the_handshake() -> None:
+    """The SDK's high-level Client (mode "auto": server/discover first) ends up on the handshake era, and works."""
+    timeout = httpx2.Timeout(TIMEOUT, read=300)
+    with trio.fail_after(TIMEOUT):
+        async with serving() as server, httpx2.AsyncClient(headers=AUTH, timeout=timeout) as http:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client:
+                result = await client.call_tool(TOOL, {"task": "auto"})
+                version = client.protocol_version
+    assert version == "2025-11-25"
+    assert text_of(result) == "You said: auto"
+
+
 # -- stdio -------------------------------------------------------------------------------------
 
 
@@ -461,3 +477,33 @@ async def test_mcp_stdio_ends_with_its_input_or_a_signal_and_exits_0(ending: str
                     await trio.aclose_forcefully(pipe)
     assert status == 0, stderr.decode()
     assert b"Traceback" not in stderr, stderr.decode()
+
+
+async def test_mcp_stdio_frames_lines_and_stops_when_cancelled_with_its_input_open() -> None:
+    """serve_stdio on in-memory streams: a line that is not a message is skipped, the SDK's client is served
+    line by line, and cancelling it ends it at once, its input still open."""
+    server_end, client_end = trio.testing.memory_stream_pair()
+    read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_send, write_receive = anyio.create_memory_object_stream[SessionMessage](0)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(serve_stdio, mcp_agents.agent, stdin=server_end, stdout=server_end))
+            nursery.start_soon(_mcp._read_lines, client_end, read_send, trio.CancelScope())
+            nursery.start_soon(_mcp._write_lines, client_end, write_receive)
+            await client_end.send_all(b"this is not a message\n\n")
+            async with ClientSession(read_receive, write_send) as session:
+                await session.initialize()
+                result = await session.call_tool(TOOL, {"task": "in memory"})
+            nursery.cancel_scope.cancel()
+    assert text_of(result) == "You said: in memory"
+
+
+async def test_mcp_stdio_a_line_over_the_limit_ends_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Input that grows past MAX_LINE without a newline ends the connection: serve_stdio returns."""
+    monkeypatch.setattr(_mcp, "MAX_LINE", 100)
+    server_end, client_end = trio.testing.memory_stream_pair()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(serve_stdio, mcp_agents.agent, stdin=server_end, stdout=server_end))
+            await client_end.send_all(b"x" * 101)
+    # The nursery ended: serve_stdio returned by itself, its input still open.
