@@ -304,6 +304,21 @@ async def test_mcp_http_closing_the_session_ends_the_mcp_session() -> None:
     assert stale.json()["error"]["message"] == "Session not found"
 
 
+async def test_mcp_http_an_idle_mcp_session_is_reaped_like_any_session() -> None:
+    """An MCP session with nothing in flight is closed after idle_timeout, as any served session; its id is 404."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(idle_timeout=0.2) as server,
+            httpx.AsyncClient(base_url=server.url, headers={**AUTH, **MCP_HEADERS}) as http,
+        ):
+            opened = await http.post("/mcp", json=INITIALIZE)
+            (served,) = server.sessions.values()
+            await served.handle.wait_closed()
+            session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+            stale = await http.post("/mcp", json=INITIALIZE, headers=session)
+    assert stale.status_code == 404
+
+
 async def test_mcp_http_server_shutdown_ends_open_mcp_sessions() -> None:
     """Leaving open_server with an MCP session open (its GET stream too) ends it, and closes its session."""
     with trio.fail_after(TIMEOUT):
@@ -435,6 +450,24 @@ async def test_mcp_stdio_typed_output_is_structured_content() -> None:
             result = await session.call_tool("weather", {"task": "Oslo"})
     assert tool.output_schema is not None
     assert result.structured_content == {"city": "Oslo", "celsius": 21.5}
+
+
+async def test_mcp_stdio_command_rejects_an_agent_it_cannot_find_with_exit_2() -> None:
+    """``--agent nope:x`` is a usage error: exit 2 and a message naming the missing module, nothing on stdout."""
+    with trio.fail_after(TIMEOUT):
+        completed = await trio.run_process(
+            [sys.executable, "-m", "streams", "mcp", "--agent", "nope:x"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    stderr = completed.stderr.decode()
+    assert completed.returncode == 2, stderr
+    assert "No module named 'nope'" in stderr
+    assert "Traceback" not in stderr
+    assert completed.stdout == b""
 
 
 @pytest.mark.parametrize("ending", ["eof", "sigterm", "sigint"])
