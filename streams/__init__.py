@@ -8,7 +8,10 @@
   keeps all three alive for a local session.
 - :mod:`streams.channels` connects chat-style channels to a message bus.
 
-``python -m streams serve --agent module:attr --port N`` serves from the shell.
+``python -m streams serve --agent module:attr --port N`` serves from the shell;
+``python -m streams mcp --agent module:attr`` serves the agent as an MCP
+server over stdio, as every served runtime does over HTTP at ``/mcp`` (both
+with the ``mcp`` extra).
 """
 
 from ._client import (

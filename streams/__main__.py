@@ -1,4 +1,8 @@
-"""``python -m streams serve --agent module:attr --port N``: serve an agent until Ctrl-C."""
+"""``python -m streams serve --agent module:attr --port N``: serve an agent until Ctrl-C.
+
+``python -m streams mcp --agent module:attr``: serve it as an MCP server over
+stdin and stdout (for an MCP client that starts it), until stdin ends.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +60,22 @@ async def serve(
                 break
 
 
+async def serve_mcp(agent: Agent[Any, Any]) -> None:
+    """Serve ``agent`` as an MCP server on stdin and stdout until stdin ends, Ctrl-C or SIGTERM."""
+    from ._mcp import serve_stdio  # the mcp package is an extra: imported only for this command
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            await serve_stdio(agent)
+            nursery.cancel_scope.cancel()  # stdin ended: the client is gone
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="serve on a non-loopback --host with no token (anyone who reaches it drives the agent)",
     )
+    mcp_parser = commands.add_parser("mcp", help="serve an agent as an MCP server over stdin and stdout")
+    mcp_parser.add_argument("--agent", required=True, help="module:attr of an agents.Agent")
     args = parser.parse_args(argv)
+    if args.command == "mcp":
+        return _main_mcp(parser, args)
     try:
         check_bind(
             args.host,
@@ -139,6 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         print("stopped", flush=True)
+    return 0
+
+
+def _main_mcp(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        import mcp  # noqa: F401  # only to say what is missing before anything starts
+    except ImportError:
+        parser.error("the mcp command needs the mcp package: pip install 'trio-agents[mcp]'")
+    sys.path.insert(0, os.getcwd())
+    try:
+        agent = load_agent(args.agent)
+    except (ImportError, AttributeError, ValueError) as exc:
+        parser.error(f"--agent {args.agent}: {exc}")
+    trio.run(serve_mcp, agent)
     return 0
 
 

@@ -13,6 +13,7 @@ import attrs
 import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -50,12 +51,15 @@ from ._ws_failures import send_close_frames_on_protocol_errors
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
-    from starlette.requests import HTTPConnection, Request
+    from starlette.requests import HTTPConnection
+    from starlette.types import Message, Receive, Scope, Send
 
     from agents import Agent
     from agents._content import Content
     from runtime import RunStream, Runtime, Session, SessionHandle
     from runtime.events import Event
+
+    from ._mcp import McpEndpoint
 
 logger = logging.getLogger("streams")
 
@@ -240,6 +244,7 @@ class Server:
         self._streaming = 0
         self._websockets = 0
         self._dropped = 0  # by sessions that have closed
+        self._mcp: McpEndpoint | None = None  # made at the first request to /mcp: only then is the SDK imported
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -252,6 +257,7 @@ class Server:
                 Route("/sessions/{sid}/feed", self._feed, methods=["GET"]),
                 WebSocketRoute("/sessions/{sid}/updates", self._updates),
                 WebSocketRoute("/sessions/{sid}/workspace", self._workspace),
+                Route("/mcp", _McpRoute(self), methods=["GET", "POST", "DELETE"]),
             ],
             exception_handlers={_HTTPError: _error_response},
         )
@@ -342,11 +348,14 @@ class Server:
             raise _HTTPError(404, "unknown_session", f"no session {sid!r}")
         return served
 
-    async def _body(self, request: Request) -> dict[str, Any]:
+    async def _raw_body(self, request: Request) -> bytes:
         try:
-            body = await read_body(request, limit=self._max_body, timeout=self._body_timeout)
+            return await read_body(request, limit=self._max_body, timeout=self._body_timeout)
         except RequestRejected as rejected:
             raise _HTTPError(rejected.status, rejected.kind, str(rejected)) from None
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        body = await self._raw_body(request)
         if not body:
             return {}
         try:
@@ -370,9 +379,13 @@ class Server:
         if not self._authorized(request):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
-        session_id = body.get("id")
+        served = await self._open_session_answering(body.get("id"))
+        return JSONResponse(served.describe(), status_code=201)
+
+    async def _open_session_answering(self, session_id: str | None) -> ServedSession:
+        """:meth:`open_session`, its errors raised as the answers to give."""
         try:
-            served = await self.open_session(session_id)
+            return await self.open_session(session_id)
         except InvalidSessionIdError as exc:
             raise _HTTPError(422, "bad_session_id", f"'id': {exc}") from None
         except ClosedSessionError:
@@ -381,7 +394,6 @@ class Server:
             raise _HTTPError(409, "conflict", str(exc)) from None
         except TooManySessionsError as exc:
             raise _HTTPError(503, "too_many_sessions", str(exc)) from None
-        return JSONResponse(served.describe(), status_code=201)
 
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -507,6 +519,29 @@ class Server:
                 return Response(status_code=204)
         raise _HTTPError(404, "unknown_elicitation", f"no pending elicitation {eid!r} in session {served.id!r}")
 
+    # -- MCP -------------------------------------------------------------------
+
+    async def _serve_mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/mcp``: the checks of every route, then MCP's streamable HTTP transport (``streams._mcp``)."""
+        request = Request(scope, receive)
+        if not self._authorized(request):
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
+        endpoint = self._mcp_endpoint()
+        if request.method == "POST":
+            receive = _replaying(await self._raw_body(request), receive)
+        await endpoint.handle(scope, receive, send)
+
+    def _mcp_endpoint(self) -> McpEndpoint:
+        if self._mcp is None:
+            try:
+                from ._mcp import McpEndpoint
+            except ImportError as exc:
+                raise _HTTPError(
+                    501, "mcp_unavailable", f"serving MCP needs the mcp package (trio-agents[mcp]): {exc}"
+                ) from None
+            self._mcp = McpEndpoint(self.agent, self._open_session_answering)
+        return self._mcp
+
     # -- WebSockets ------------------------------------------------------------
 
     async def _accept(self, websocket: WebSocket) -> ServedSession | None:
@@ -589,6 +624,30 @@ class Server:
         if close is not None:
             with trio.move_on_after(self._heartbeat):
                 await websocket.close(*close)
+
+
+class _McpRoute:
+    """The ASGI app of ``/mcp``: an object, not a function, so that Starlette hands it the raw ASGI call."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._server._serve_mcp(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive``, giving the body already read first (then what comes after it: a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _receive_text(websocket: WebSocket) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +44,15 @@ PROTOCOL: Final = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret"
 AUTH: Final = {"authorization": f"Bearer {TOKEN}"}
+
+MCP_HEADERS: Final = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INITIALIZE: Final = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+}
+"""MCP's first request, as any MCP client sends it (tests/streams/test_mcp_server.py drives the SDK's own)."""
 
 NOT_SENT_THROUGH_HYPERCORN: Final = {
     ("400", "bad_request"): "h11 refuses a Content-Length that is not digits before the app (tests/test_requests.py)",
@@ -257,6 +267,12 @@ async def test_every_http_error_of_the_server_is_documented_and_sent(monkeypatch
 
                         patch.setattr(ServedSession, "describe", broken)
                         errors.note(await client.get("/sessions/s1"), 500, "internal")
+
+                    with monkeypatch.context() as patch:
+                        patch.setitem(sys.modules, "streams._mcp", None)  # as if the mcp extra were not installed
+                        errors.note(
+                            await client.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS), 501, "mcp_unavailable"
+                        )
 
                     assert (await client.post("/sessions", json={"id": "s2"})).status_code == 201
                     errors.note(await client.post("/sessions", json={"id": "s3"}), 503, "too_many_sessions")
@@ -564,6 +580,18 @@ async def test_every_close_code_is_documented_and_sent(open_raw_websocket: OpenR
 # -- routes ---------------------------------------------------------------------------------
 
 
+async def mcp_request(client: httpx.AsyncClient, method: str) -> int:
+    """The status of ``method`` on ``/mcp``: an initialize (POST), or in the MCP session it opened (GET, DELETE)."""
+    opened = await client.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS)
+    if method == "POST":
+        return opened.status_code
+    session = {"mcp-session-id": opened.headers["mcp-session-id"]}
+    if method == "GET":
+        async with client.stream("GET", "/mcp", headers={**session, "accept": "text/event-stream"}) as response:
+            return response.status_code
+    return (await client.delete("/mcp", headers=session)).status_code
+
+
 async def test_every_documented_route_answers_as_documented(open_raw_websocket: OpenRawWebSocket) -> None:
     """Each row of the routes table, requested as it says, answers its success status; the server has
     no route the table does not list."""
@@ -585,6 +613,8 @@ async def test_every_documented_route_answers_as_documented(open_raw_websocket: 
                             answer = {"action": "decline"}
                             url = concrete.replace("{eid}", question["id"])
                             status = (await client.post(url, json=answer)).status_code
+                    elif path == "/mcp":
+                        status = await mcp_request(client, method)
                     elif method == "DELETE":
                         status = (await client.delete(concrete)).status_code
                         await client.post("/sessions", json={"id": "s1"})
