@@ -54,6 +54,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "SessionHandle",
             "open_runtime",
             "Session",
+            "SessionResource",
             "RunStream",
         }
     ),
@@ -122,6 +123,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Instructions",
             "RunContext",
             "SessionLike",
+            "SessionResourceLike",
             "ToolContext",
             "AgentDefinitionError",
             "AgentsError",
