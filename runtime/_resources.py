@@ -138,27 +138,39 @@ class SessionResource(Generic[T]):
         the caller); nothing after ``started`` is.
         """
         try:
-            with trio.CancelScope() as scope:
+            failed = await self._serve(opener, task_status)
+        finally:
+            self._finished.set()
+        if failed is not None:
+            raise failed  # out of the nursery, which would have wrapped it in a group
+
+    async def _serve(
+        self, opener: Callable[[], AbstractAsyncContextManager[T]], task_status: trio.TaskStatus[SessionResource[T]]
+    ) -> BaseException | None:
+        # The watcher (a child of this task) is what the session's closing
+        # cancels; the manager is shielded from it once open, so that its own
+        # tasks (a connection's reader, an HTTP client) live on while it closes
+        # gracefully: a stdio server's shutdown, an HTTP session's DELETE.
+        async with trio.open_nursery() as watcher:
+            with trio.CancelScope() as scope:  # not shielded while opening: the opener's caller may cancel it
                 manager = opener()
-                self._value = await manager.__aenter__()
+                try:
+                    self._value = await manager.__aenter__()
+                except BaseException as exc:
+                    return exc
+                scope.shield = True
+                watcher.start_soon(self._close_when_cancelled)
                 task_status.started(self)
                 try:
                     if not self._close_requested:
                         event = self._event = trio.Event()
                         await event.wait()
                 except trio.Cancelled:
-                    # The session is closing, or a task of the manager's own failed
-                    # (its nursery cancels us): either way, exit it below, here.
-                    pass
+                    pass  # a task of the manager's own failed (its nursery cancels us): exit it below
                 finally:
                     self._close_requested = True
                     self._forget(self)
-                    # Shielded, so the manager closes gracefully (a stdio server's
-                    # shutdown, an HTTP session's DELETE) even while the session is
-                    # cancelled; bounded, so a manager that never finishes closing
-                    # can't hold the session. The scope is the one around the
-                    # manager, not a new one inside: scopes and nurseries must nest.
-                    scope.shield = True
+                    # Bounded, so a manager that never finishes closing can't hold the session.
                     scope.deadline = trio.current_time() + self._close_timeout
                     try:
                         await manager.__aexit__(None, None, None)
@@ -168,8 +180,14 @@ class SessionResource(Generic[T]):
             if scope.cancelled_caught:
                 self._error = TimeoutError(f"{self.name} did not close within {self._close_timeout}s")
                 logger.warning("session resource %s did not close within %ss", self.name, self._close_timeout)
+            watcher.cancel_scope.cancel()
+        return None
+
+    async def _close_when_cancelled(self) -> None:
+        try:
+            await trio.sleep_forever()
         finally:
-            self._finished.set()
+            self.close()  # the session is closing: the owner exits the manager, gracefully
 
     def _opening_ended(self) -> None:
         self._opened.set()

@@ -154,6 +154,18 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "ToolCall",
         }
     ),
+    "agents.mcp": frozenset(
+        {
+            "BrokenMCPServerError",
+            "Lifetime",
+            "MCPConnectionError",
+            "MCPResult",
+            "MCPServerError",
+            "MCPServerStdio",
+            "MCPServerStreamableHTTP",
+            "MCPToolError",
+        }
+    ),
     "agents.models": frozenset(
         {
             "AnthropicModel",

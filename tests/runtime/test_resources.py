@@ -96,6 +96,35 @@ async def test_resource_is_opened_once_and_closed_with_the_session_in_the_task_t
         assert session.error is None
 
 
+async def test_resource_tasks_live_on_while_it_closes_with_its_session() -> None:
+    """The session's closing does not cancel the manager's own tasks: its exit can still use them (a goodbye
+    to a peer, an HTTP session's DELETE), and it stops them itself."""
+    said: list[str] = []
+
+    @asynccontextmanager
+    async def with_a_peer() -> AsyncIterator[None]:
+        requests, inbox = trio.open_memory_channel[tuple[str, trio.Event]](0)
+
+        async def peer() -> None:
+            async for message, answered in inbox:
+                said.append(message)
+                answered.set()
+
+        async with trio.open_nursery() as nursery, requests:
+            nursery.start_soon(peer)
+            yield
+            goodbye = trio.Event()
+            await requests.send(("goodbye", goodbye))  # needs the peer task alive
+            await goodbye.wait()
+            await requests.aclose()
+
+    async with open_runtime() as runtime:
+        async with runtime.open_session(_agent()) as session:
+            resource = await session.resource("peer", with_a_peer)
+    assert said == ["goodbye"]
+    assert resource.error is None
+
+
 async def test_resource_is_shared_by_the_runs_of_a_session_and_outlives_them() -> None:
     """A resource a tool opens is there for the next run's tools, and closes with the session, not the run."""
     tracked = Tracked()
@@ -178,6 +207,7 @@ async def test_resource_failing_while_open_is_recorded_never_raised_into_the_ses
         async with trio.open_nursery() as nursery:
             nursery.start_soon(worker)
             yield crash
+            nursery.cancel_scope.cancel()
 
     async with open_runtime() as runtime, runtime.open_session(_agent("ok")) as session:
         resource = await session.resource("peer", with_a_worker)
