@@ -48,7 +48,7 @@ _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("tr
 @asynccontextmanager
 async def open_connection(
     server: str,
-    transport: Callable[[Connection], AbstractAsyncContextManager[Any]],
+    transport: AbstractAsyncContextManager[Any],
     *,
     connect_timeout: float,
     process: ServerProcess | None = None,
@@ -67,7 +67,7 @@ async def open_connection(
     _CURRENT_CALL.set(None)
     connection = Connection(server, process)
     client = Client(
-        transport(connection),
+        transport,  # entered by the client, in this task
         cache=None,  # tools/list is read once per connection and on list changes, never from a cache
         client_info=CLIENT_INFO,
         elicitation_callback=connection.on_elicitation,

@@ -13,7 +13,6 @@ import httpx2
 import pydantic
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from agents._tools import Tool
 
@@ -220,9 +219,10 @@ class MCPServerStdio(_MCPServer):
         env: Extra environment variables, over a safe inherited few (``HOME``, ``PATH``, ``USER`` …).
         cwd: Its working directory.
         name: The server's name (default: the command's file name).
-        prefix: Tool names as ``{prefix}_{tool}``.
-        allow: Only these tools. deny: Not these.
-        lifetime: ``"session"`` (default) or ``"run"``.
+        prefix: Show the tools to the model as ``{prefix}_{tool}``.
+        allow: Only these of its tools (by their names on the server).
+        deny: None of these.
+        lifetime: ``"session"`` (default: one connection per session, shared by its runs) or ``"run"``.
         connect_timeout: Seconds to start and answer ``initialize``.
         shutdown_grace: Seconds to exit once its stdin is closed.
         terminate_grace: Seconds between SIGTERM and SIGKILL.
@@ -272,19 +272,15 @@ class MCPServerStdio(_MCPServer):
 
     def _open(self) -> AbstractAsyncContextManager[Connection]:
         process = ServerProcess(self.name)
-        environment = get_default_environment() | dict(self.env or {})
-
-        def transport(connection: Connection) -> AbstractAsyncContextManager[Any]:
-            return stdio_transport(
-                self.command,
-                self.args,
-                env=environment,
-                cwd=self.cwd,
-                process=process,
-                shutdown_grace=self.shutdown_grace,
-                terminate_grace=self.terminate_grace,
-            )
-
+        transport = stdio_transport(
+            self.command,
+            self.args,
+            env=get_default_environment() | dict(self.env or {}),
+            cwd=self.cwd,
+            process=process,
+            shutdown_grace=self.shutdown_grace,
+            terminate_grace=self.terminate_grace,
+        )
         return open_connection(self.name, transport, connect_timeout=self.connect_timeout, process=process)
 
     @property
@@ -349,9 +345,7 @@ class MCPServerStreamableHTTP(_MCPServer):
         return f"<MCPServerStreamableHTTP {self.name!r}: {self.url}>"
 
     def _open(self) -> AbstractAsyncContextManager[Connection]:
-        def transport(connection: Connection) -> AbstractAsyncContextManager[Any]:
-            return _http_transport(self.url, self.headers, self.timeout, self.sse_read_timeout)
-
+        transport = _http_transport(self.url, self.headers, self.timeout, self.sse_read_timeout)
         return open_connection(self.name, transport, connect_timeout=self.connect_timeout)
 
     @property
@@ -363,6 +357,7 @@ class MCPServerStreamableHTTP(_MCPServer):
 async def _http_transport(
     url: str, headers: Mapping[str, str] | None, timeout: float, sse_read_timeout: float
 ) -> AsyncIterator[Any]:
-    client = create_mcp_http_client(headers=dict(headers or {}), timeout=httpx2.Timeout(timeout, read=sse_read_timeout))
+    # As the SDK's own factory makes it: redirects are the transport's to follow, within the endpoint's origin.
+    client = httpx2.AsyncClient(headers=dict(headers or {}), timeout=httpx2.Timeout(timeout, read=sse_read_timeout))
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams
