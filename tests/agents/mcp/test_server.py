@@ -10,7 +10,7 @@ import trio
 from agents import Agent, ScriptedModel, ToolCall
 from agents.mcp import MCPResult, MCPServerStdio, MCPServerStreamableHTTP
 from runtime import open_runtime
-from runtime.events import ToolCallFinished, ToolCallStarted
+from runtime.events import ToolCallFinished, ToolProgress
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -98,13 +98,13 @@ async def test_server_cancelled_call_sends_notifications_cancelled(test_server: 
             [ToolCall("slow", {"label": "timed out", "seconds": 60}), ToolCall("cancellations", {}), "done"]
         ),
         tools=[_server(test_server)],
-        tool_timeout=0.5,
+        tool_timeout=2,  # long enough for the server to be running the call (it reports progress every 0.1 s)
     )
     with trio.fail_after(LIMIT):
         async with open_runtime() as runtime, runtime.open_session(agent) as session:
             result = await session.ask("go")
     slow, cancellations = result.tool_calls
-    assert slow.error == "tool 'slow' took longer than tool_timeout=0.5s"
+    assert slow.error == "tool 'slow' took longer than tool_timeout=2s"
     assert cancellations.result.structured == {"result": ["timed out"]}
 
 
@@ -116,8 +116,8 @@ async def test_server_run_left_mid_call_cancels_it_on_the_server(test_server: li
         async with open_runtime() as runtime, runtime.open_session(agent) as session:
             async with session.run("go") as stream:
                 async for event in stream:
-                    if isinstance(event, ToolCallStarted):
-                        break  # leave the block: the run is cancelled
+                    if isinstance(event, ToolProgress):
+                        break  # the server is running the call: leave the block, which cancels the run
             assert stream.result.reason == "cancelled"
             events = await stream_run(session, "again")
     (finished,) = [event for event in events if isinstance(event, ToolCallFinished)]
