@@ -1,15 +1,26 @@
-# Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3 and make.
+# Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3, make and npm
+# (Node.js 20+, for the MCP reference server the tests run).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# MCP servers the tests run (tests/agents/mcp): installed from a pinned lockfile into a git-ignored directory.
+MCP_NPM := tests/agents/mcp/npm
+MCP_DIR := .mcp
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-compare clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "make: npm (Node.js 20 or later) is needed to install the MCP reference server the tests run;" >&2; \
+		echo "      install Node.js and npm (e.g. apt-get install nodejs npm), then run make again." >&2; \
+		exit 1; }
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp]'
+	mkdir -p $(MCP_DIR)
+	cp $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json $(MCP_DIR)/
+	npm ci --prefix $(MCP_DIR) --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -51,4 +62,4 @@ bench-tokens: $(BENCH_STAMP)
 	$(PY) bench/run.py --only w6
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MCP_DIR) .mypy_cache .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from ._context import (
     EventSink as EventSink,
     RunContext as RunContext,
     SessionLike as SessionLike,
+    SessionResourceLike as SessionResourceLike,
     ToolContext as ToolContext,
 )
 from ._exceptions import (

@@ -11,12 +11,15 @@ import trio
 from ._exceptions import ElicitationUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Hashable, Mapping
+    from contextlib import AbstractAsyncContextManager
 
     from ._agent import Agent
     from ._messages import Message
 
 DepsT = TypeVar("DepsT")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 ElicitationAction: TypeAlias = Literal["accept", "decline", "cancel"]
 """How the human answered: accepted (with content), declined, or dismissed the question."""
@@ -58,6 +61,37 @@ class EventSink(Protocol):
         ...
 
 
+class SessionResourceLike(Protocol[T_co]):
+    """A resource the session owns, as ``SessionLike.resource`` returns it (``runtime.SessionResource`` is one).
+
+    Its async context manager was entered by a task of the session and is
+    exited by that same task when the resource or the session closes.
+    """
+
+    @property
+    def value(self) -> T_co:
+        """What the manager's ``__aenter__`` returned."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether it is closing or closed."""
+        ...
+
+    @property
+    def error(self) -> Exception | None:
+        """What its manager raised while open or while closing, if anything."""
+        ...
+
+    def close(self) -> None:
+        """Ask for it to be closed, without waiting (the next ``resource()`` with its key opens a fresh one)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close it and wait until its manager has exited."""
+        ...
+
+
 class SessionLike(Protocol):
     """What code a run calls (tools, hooks, instructions) may use of the run's session: ``ctx.session``.
 
@@ -90,6 +124,21 @@ class SessionLike(Protocol):
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
         """Start a task owned by the session and wait for its ``task_status.started()`` value."""
+        ...
+
+    async def resource(
+        self,
+        key: Hashable,
+        opener: Callable[[], AbstractAsyncContextManager[T]],
+        *,
+        name: str | None = None,
+        close_timeout: float = ...,
+    ) -> SessionResourceLike[T]:
+        """The session's resource ``key``, opened (entered in a task of the session) if none is open.
+
+        See ``runtime.Session.resource``: the manager is entered and exited by
+        one task the session owns, and closed when the session closes.
+        """
         ...
 
 

@@ -16,9 +16,10 @@ The tree::
     │       ├── RateLimitError        429 (after retries); ``retry_after`` if given
     │       ├── BadRequestError       400, 404, 413, 422: the request was refused
     │       └── ServerError           5xx (after retries)
-    └── ElicitationError          asking the human did not work
-        ├── ElicitationUnavailable  no consumer can receive the question
-        └── ElicitationTimeout      nobody answered in time
+    ├── ElicitationError          asking the human did not work
+    │   ├── ElicitationUnavailable  no consumer can receive the question
+    │   └── ElicitationTimeout      nobody answered in time
+    └── MCPServerError            an MCP server could not serve a call (agents.mcp, with the mcp extra)
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from ._handlers import (
     Overflow as Overflow,
     StreamHandler as StreamHandler,
 )
+from ._resources import SessionResource as SessionResource
 from ._result import RunResult as RunResult, ToolCallRecord as ToolCallRecord
 from ._runtime import Runtime as Runtime, SessionHandle as SessionHandle, open_runtime as open_runtime
 from ._session import Session as Session

@@ -41,6 +41,11 @@ class ElicitationTarget(Protocol):
 _TARGET: ContextVar[ElicitationTarget | None] = ContextVar("trio_agents_elicitation_target", default=None)
 
 
+def clear_target() -> None:
+    """Forget the current task's target: for a task that serves no run, though a run's task started it."""
+    _TARGET.set(None)
+
+
 class TargetScope:
     """``with bridge.target(run):`` sets the task's target, and restores the previous one on every exit."""
 

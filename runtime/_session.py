@@ -6,25 +6,27 @@ import itertools
 import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 import trio
 
 from agents._agent import OutputT
 from agents._content import Content, user_content
 
-from ._bridge import ElicitationBridge
+from ._bridge import ElicitationBridge, clear_target
 from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
 from ._handlers import Handler, Overflow, StreamHandler, Tee
 from ._loop import AgentRun
 from ._pipe import EventPipe
+from ._resources import DEFAULT_CLOSE_TIMEOUT, SessionResource, open_resource
 from ._run_slot import RunSlot
 from ._stream import RunStream
 from ._tally import UsageTally
 from ._task_group import TaskGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Hashable, Iterator
+    from contextlib import AbstractAsyncContextManager
 
     import httpx
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from .events import Event
 
 logger = logging.getLogger("runtime")
+
+T = TypeVar("T")
 
 DEFAULT_EVENT_BUFFER: Final = 64
 """Events a run may send ahead of its consumer before it waits for it."""
@@ -66,6 +70,7 @@ class Session(Generic[OutputT]):
         "_http_client",
         "_last_active",
         "_registry",
+        "_resources",
         "_run_count",
         "_runs_in_flight",
         "_slot",
@@ -111,6 +116,7 @@ class Session(Generic[OutputT]):
         self._became_idle: trio.Event | None = None
         self._registry = registry if registry is not None else set()
         self._registry.add(self)
+        self._resources: dict[Hashable, SessionResource[Any]] | None = None  # made by the first resource()
         if idle_timeout is not None:
             self._tasks.start_soon(self._close_when_idle, idle_timeout, name=f"idle reaper of session {self.id}")
 
@@ -360,6 +366,72 @@ class Session(Generic[OutputT]):
             if not self._tasks.closed:
                 raise  # the task's own error
             raise ClosedSessionError(f"{self!r} was closed before the task started") from None
+
+    async def resource(
+        self,
+        key: Hashable,
+        opener: Callable[[], AbstractAsyncContextManager[T]],
+        *,
+        name: str | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> SessionResource[T]:
+        """The session's resource ``key``, opened first (``opener()``, entered) if the session has none open.
+
+        For what the session's runs share and the session must close: an MCP
+        server's connection, a database pool. The resource's async context
+        manager is entered by a task of the session, its *owner*, started with
+        :meth:`start`, which holds it open and exits it, in that same task,
+        when the resource is closed or the session closes (gracefully: the
+        exit is shielded, for at most ``close_timeout`` seconds). Other tasks
+        use ``resource.value``. Concurrent callers with one key share one
+        opening. The owner never raises into the session: an error from the
+        manager once open is kept in ``resource.error`` and closes the
+        resource; the next call with its key opens a fresh one.
+
+        Example::
+
+            async def pool(ctx: ToolContext[None]) -> Pool:
+                resource = await ctx.session.resource("db", lambda: open_pool(DSN))
+                return resource.value
+
+        Args:
+            key: What identifies the resource in this session (hashable).
+            opener: Makes the async context manager (called in the owner task).
+            name: For logs and errors (default: ``repr(key)``).
+            close_timeout: Seconds the manager's exit may take.
+
+        Returns:
+            The open :class:`SessionResource`.
+
+        Raises:
+            ClosedSessionError: the session is closed, or closed while opening.
+            Exception: whatever entering the manager raised (nothing is left behind).
+        """
+        resources = self._resources
+        if resources is None:
+            resources = self._resources = {}
+        return await open_resource(
+            resources,
+            key,
+            opener,
+            name=name or repr(key),
+            close_timeout=close_timeout,
+            start=self._start_owner,
+            check_open=self._check_open,
+        )
+
+    async def _start_owner(self, serve: Callable[..., Awaitable[object]], *args: object, name: str) -> Any:
+        return await self.start(self._own_resource, serve, *args, name=f"{name} of session {self.id}")
+
+    @staticmethod
+    async def _own_resource(
+        serve: Callable[..., Awaitable[object]], *args: object, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        # The owner serves no run, though a run's task may have started it: it
+        # must not keep that run alive, nor ask its consumer, nor count as inside it.
+        _RUNNING_IN.set(())
+        clear_target()
+        await serve(*args, task_status=task_status)
 
     def _check_open(self) -> None:
         if self._tasks.closed:

@@ -54,6 +54,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "SessionHandle",
             "open_runtime",
             "Session",
+            "SessionResource",
             "RunStream",
         }
     ),
@@ -132,6 +133,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Instructions",
             "RunContext",
             "SessionLike",
+            "SessionResourceLike",
             "ToolContext",
             "AgentDefinitionError",
             "AgentsError",
@@ -160,6 +162,18 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Model",
             "ScriptedModel",
             "ToolCall",
+        }
+    ),
+    "agents.mcp": frozenset(
+        {
+            "BrokenMCPServerError",
+            "Lifetime",
+            "MCPConnectionError",
+            "MCPResult",
+            "MCPServerError",
+            "MCPServerStdio",
+            "MCPServerStreamableHTTP",
+            "MCPToolError",
         }
     ),
     "agents.models": frozenset(

@@ -1,0 +1,102 @@
+"""An MCP tool result as the model reads it (text, placeholders) and as the program gets it (parts)."""
+
+from __future__ import annotations
+
+import base64
+import pickle
+
+import mcp_types as types
+import pytest
+
+from agents.mcp import MCPResult, MCPToolError
+from agents.mcp._results import to_value
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(2040)).decode()
+
+
+def test_results_plain_text_is_a_plain_string() -> None:
+    """Text parts alone are joined into a str, nothing more."""
+    result = types.CallToolResult(content=[types.TextContent(text="one"), types.TextContent(text="two")])
+    value = to_value("srv", "t", result)
+    assert value == "one\ntwo"
+    assert type(value) is str
+
+
+def test_results_image_is_a_placeholder_for_the_model_and_data_for_the_program() -> None:
+    """An image is a short placeholder in the text, never its bytes; its data is in ``parts``."""
+    result = types.CallToolResult(
+        content=[types.TextContent(text="Here it is:"), types.ImageContent(data=PNG, mime_type="image/png")]
+    )
+    value = to_value("srv", "t", result)
+    assert isinstance(value, MCPResult)
+    assert value == "Here it is:\n[image: image/png, 2.0 kB]"
+    assert PNG not in value
+    assert value.parts == ("Here it is:", {"type": "image", "media_type": "image/png", "data": PNG})
+    image = value.parts[1]
+    assert isinstance(image, dict)
+    assert base64.b64decode(image["data"]).startswith(b"\x89PNG")
+
+
+def test_results_embedded_resources_and_links() -> None:
+    """A text resource is read with its URI; a binary one and a link are placeholders."""
+    blob = base64.b64encode(b"x" * 10).decode()
+    result = types.CallToolResult(
+        content=[
+            types.EmbeddedResource(
+                resource=types.TextResourceContents(uri="demo://a", mime_type="text/plain", text="hello")
+            ),
+            types.EmbeddedResource(resource=types.BlobResourceContents(uri="demo://b", blob=blob)),
+            types.ResourceLink(name="readme", uri="file:///readme.md", description="The readme"),
+            types.AudioContent(data=blob, mime_type="audio/wav"),
+        ]
+    )
+    value = to_value("srv", "t", result)
+    assert value.splitlines() == [
+        "[resource demo://a (text/plain)]",
+        "hello",
+        "[resource demo://b: unknown type, 10 bytes]",
+        "[resource link readme <file:///readme.md>: The readme]",
+        "[audio: audio/wav, 10 bytes]",
+    ]
+    assert isinstance(value, MCPResult)
+    assert [part["type"] for part in value.parts if isinstance(part, dict)] == [
+        "resource",
+        "resource",
+        "resource_link",
+        "audio",
+    ]
+
+
+def test_results_structured_content_is_kept_and_shown_when_there_is_no_text() -> None:
+    """Structured content rides along; with no text part, the model reads it as JSON."""
+    with_text = to_value(
+        "srv", "t", types.CallToolResult(content=[types.TextContent(text="21 °C")], structured_content={"c": 21})
+    )
+    assert with_text == "21 °C"
+    assert isinstance(with_text, MCPResult)
+    assert with_text.structured == {"c": 21}
+    alone = to_value("srv", "t", types.CallToolResult(content=[], structured_content={"c": 21}))
+    assert alone == '{"c": 21}'
+    assert isinstance(alone, MCPResult)
+    assert alone.structured == {"c": 21}
+
+
+def test_results_is_error_raises_with_the_servers_text() -> None:
+    """An isError result raises MCPToolError whose message is what the server said."""
+    result = types.CallToolResult(content=[types.TextContent(text="no such city")], is_error=True)
+    with pytest.raises(MCPToolError, match=r"^no such city$") as caught:
+        to_value("weather", "forecast", result)
+    assert caught.value.server == "weather"
+    assert caught.value.tool == "forecast"
+    with pytest.raises(MCPToolError, match="gave no message"):
+        to_value("weather", "forecast", types.CallToolResult(content=[], is_error=True))
+
+
+def test_results_survive_a_copy() -> None:
+    """An MCPResult pickles (and so copies) with its parts and structured content."""
+    value = to_value("srv", "t", types.CallToolResult(content=[types.ImageContent(data=PNG, mime_type="image/png")]))
+    copied = pickle.loads(pickle.dumps(value))
+    assert copied == value
+    assert isinstance(value, MCPResult)
+    assert isinstance(copied, MCPResult)
+    assert copied.parts == value.parts
