@@ -1,27 +1,37 @@
-# Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3, make and npm
-# (Node.js 20+, for the MCP reference server the tests run).
+# Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3 and make.
+# `make test` also needs npm (Node.js 20+) for the MCP reference server the tests run: installed with
+# apt-get when missing and running as root (as CI does), else it says what to install.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # MCP servers the tests run (tests/agents/mcp): installed from a pinned lockfile into a git-ignored directory.
 MCP_NPM := tests/agents/mcp/npm
 MCP_DIR := .mcp
+MCP_STAMP := $(MCP_DIR)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-compare clean
 
-$(STAMP): pyproject.toml $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { \
-		echo "make: npm (Node.js 20 or later) is needed to install the MCP reference server the tests run;" >&2; \
-		echo "      install Node.js and npm (e.g. apt-get install nodejs npm), then run make again." >&2; \
-		exit 1; }
+$(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp]'
+	touch $(STAMP)
+
+$(MCP_STAMP): $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing nodejs and npm (apt-get) for the MCP reference server the tests run"; \
+			apt-get install -y -qq nodejs npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }; \
+		else \
+			echo "make: npm (Node.js 20 or later) is needed to install the MCP reference server the tests run;" >&2; \
+			echo "      install Node.js and npm (e.g. apt-get install nodejs npm), then run make again." >&2; \
+			exit 1; \
+		fi; }
 	mkdir -p $(MCP_DIR)
 	cp $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json $(MCP_DIR)/
 	npm ci --prefix $(MCP_DIR) --no-audit --no-fund --loglevel=error
-	touch $(STAMP)
+	touch $(MCP_STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
@@ -35,7 +45,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(MCP_STAMP)
 	$(PY) -m pytest
 
 $(BENCH_STAMP): $(STAMP)
