@@ -206,8 +206,13 @@ def _part(item: object) -> ContentPart:
 def tool_content(value: Any) -> tuple[ContentPart, ...] | None:
     """A tool's return value as parts, if it is a part or a list or tuple holding one (else ``None``).
 
-    A list of strings alone is not: it is JSON, as before parts existed.
+    A list of strings alone is not: it is JSON, as before parts existed. A value with a
+    ``content_parts()`` method (``agents.mcp.MCPResult``) gives what that returns, if anything.
     """
+    content_parts = getattr(value, "content_parts", None)
+    if callable(content_parts):
+        given = content_parts()
+        return tuple(given) if given else None
     if isinstance(value, _PARTS):
         return (value,)
     if isinstance(value, list | tuple) and any(isinstance(item, _PARTS) for item in value):

@@ -873,7 +873,8 @@ def _to_content(value: Any) -> Content:
     """A tool's return value as a result's content: a string as it is, parts (an image, or a list
     holding one) as parts, anything else as JSON."""
     if isinstance(value, str):
-        return value
+        # A str that carries more (an MCP result with images) gives its parts.
+        return value if type(value) is str else (tool_content(value) or value)
     parts = tool_content(value)
     if parts is not None:
         return parts

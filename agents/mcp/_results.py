@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import TYPE_CHECKING, Any, Final
 
 import mcp_types as types
 
+from .._content import IMAGE_MEDIA_TYPES, ContentPart, ImagePart, TextPart
 from ._exceptions import MCPToolError
 
 if TYPE_CHECKING:
@@ -24,8 +26,8 @@ class MCPResult(str):
     never their bytes. The rest is kept for the program, which sees this
     value in ``ToolCallFinished.result`` and ``RunResult.tool_calls``.
 
-    (Images go to the model as placeholders only until tool results can carry
-    content parts; ``parts`` keeps their data meanwhile.)
+    Images the model can take also go to it as images (:meth:`content_parts`),
+    where its provider allows images in tool results.
     """
 
     parts: tuple[str | dict[str, Any], ...]
@@ -40,6 +42,28 @@ class MCPResult(str):
         result.parts = parts
         result.structured = structured
         return result
+
+    def content_parts(self) -> tuple[ContentPart, ...]:
+        """What the model is sent when the result holds images it can take (PNG, JPEG, GIF, WebP): the
+        text, then each image as an :class:`~agents.ImagePart`; ``()`` (the text alone) otherwise.
+
+        A provider whose tool results are text only sends the text and a placeholder per image.
+        """
+        images = [
+            part
+            for part in self.parts
+            if isinstance(part, dict) and part.get("type") == "image" and part.get("media_type") in IMAGE_MEDIA_TYPES
+        ]
+        if not images:
+            return ()
+        texts = [part for part in self.parts if isinstance(part, str)]
+        built: list[ContentPart] = [TextPart(_TEXT_JOIN.join(texts))] if texts else []
+        for image in images:
+            try:
+                built.append(ImagePart(data=base64.b64decode(image["data"]), media_type=image["media_type"]))
+            except (ValueError, TypeError):  # data that is not base64: the placeholder in the text stays
+                return ()
+        return tuple(built)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (MCPResult, (str(self), self.parts, self.structured))

@@ -8,8 +8,11 @@ import pickle
 import mcp_types as types
 import pytest
 
+from agents import Agent, ImagePart, ScriptedModel, TextPart, ToolCall, ToolResultMessage, tool
+from agents._content import tool_content
 from agents.mcp import MCPResult, MCPToolError
 from agents.mcp._results import to_value
+from runtime import open_runtime
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(2040)).decode()
 
@@ -100,3 +103,51 @@ def test_results_survive_a_copy() -> None:
     assert isinstance(value, MCPResult)
     assert isinstance(copied, MCPResult)
     assert copied.parts == value.parts
+
+
+def test_results_image_goes_to_the_model_as_an_image_part() -> None:
+    """A result with an image the model can take gives the text and an ImagePart as its content parts."""
+    result = types.CallToolResult(
+        content=[types.TextContent(text="Here it is:"), types.ImageContent(data=PNG, mime_type="image/png")]
+    )
+    value = to_value("srv", "t", result)
+    assert isinstance(value, MCPResult)
+    assert value.content_parts() == (
+        TextPart("Here it is:"),
+        ImagePart(data=base64.b64decode(PNG), media_type="image/png"),
+    )
+    assert tool_content(value) == value.content_parts()
+
+
+def test_results_without_an_image_the_model_can_take_have_no_parts() -> None:
+    """Text with a resource, or an image of a type no provider takes, stays text (the placeholder)."""
+    bmp = types.CallToolResult(content=[types.ImageContent(data=PNG, mime_type="image/bmp")])
+    value = to_value("srv", "t", bmp)
+    assert isinstance(value, MCPResult)
+    assert value.content_parts() == ()
+    assert tool_content(value) is None
+
+
+async def test_results_image_reaches_the_models_history_as_parts() -> None:
+    """Run through the loop: the tool result in history holds the image part, the event the MCPResult."""
+    value = to_value(
+        "srv",
+        "t",
+        types.CallToolResult(
+            content=[types.TextContent(text="A dot."), types.ImageContent(data=PNG, mime_type="image/png")]
+        ),
+    )
+
+    @tool
+    async def snap() -> str:
+        """Take a picture."""
+        return value
+
+    model = ScriptedModel([ToolCall("snap"), "Seen."])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model, tools=[snap])) as session:
+        result = await session.ask("Look.")
+    (record,) = result.tool_calls
+    assert record.result is value
+    tool_message = model.requests[1].messages[-1]
+    assert isinstance(tool_message, ToolResultMessage)
+    assert tool_message.content == value.content_parts()
