@@ -23,7 +23,11 @@ from .events import ElicitationRequest
 class ElicitationTarget(Protocol):
     """Where questions go: the innermost run of the current task (a run, or a sub-agent's nested run)."""
 
-    pending: dict[str, PendingElicitation]
+    @property
+    def pending(self) -> dict[str, PendingElicitation]:
+        """Questions waiting for the consumer's answer, by id."""
+        ...
+
     """Requests waiting for an answer, shared by a top-level run and its nested runs."""
 
     def can_answer(self) -> bool:

@@ -27,6 +27,7 @@ from agents import (
     ReasoningChunk,
     RefusalChunk,
     RunContext,
+    RunUsage,
     ServerToolChunk,
     StopChunk,
     StopRun,
@@ -49,7 +50,6 @@ from ._bridge import ElicitationBridge, PendingElicitation
 from ._exceptions import ClosedRunStreamError
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
-from ._tally import UsageTally
 from ._threads import tool_threads
 from .events import (
     AgentSwitched,
@@ -81,10 +81,11 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import SessionLike, StopReason, UsageLimits
+    from agents import SessionLike, StopReason
 
     from ._handlers import Tee
     from ._pipe import EventPipe
+    from ._tally import UsageTally
 
 logger = logging.getLogger("runtime")
 
@@ -125,13 +126,15 @@ class AgentRun:
         "_context",
         "_deps",
         "_depth",
+        "_dropped",
         "_ended",
         "_error",
         "_history",
         "_http_client",
-        "_limits",
+        "_limited",
         "_max_depth",
         "_output",
+        "_pending",
         "_reason",
         "_refusal",
         "_root",
@@ -140,19 +143,23 @@ class AgentRun:
         "_send_nowait",
         "_session",
         "_sink",
-        "_sink_parent",
         "_stop",
         "_sub_runs",
-        "_tallies",
-        "_tally",
         "_text",
         "_tool_calls",
+        "_up",
         "_user_input",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "cancel_scope",
         "done",
         "events",
-        "pending",
+        "input_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "requests",
         "run_id",
+        "tool_calls",
     )
 
     def __init__(
@@ -197,22 +204,14 @@ class AgentRun:
             self._bridge = bridge
             self._consumer = consumer
             self._root: AgentRun | None = None  # itself: not stored, which would be a reference cycle
-            self.pending: dict[str, PendingElicitation] = {}
-            """Questions of this run (and its nested runs) waiting for the consumer's answer."""
+            self._pending: dict[str, PendingElicitation] | None = None  # made at the first question
             self._depth = 0
             self._max_depth = agent.max_depth
-            self._sink_parent: _RunSink | None = None
-            self._tally = UsageTally()
-            # Counted into live: this run's, and the session's.
-            self._tallies: tuple[UsageTally, ...] = (
-                (self._tally,) if session_usage is None else (self._tally, session_usage)
+            # Spending is counted into this run, then up the chain: the session's total.
+            self._up: AgentRun | UsageTally | None = session_usage
+            self._limited = agent.usage_limits is not None or (
+                session_usage is not None and session_usage.limits is not None
             )
-            limits, session_limits = agent.usage_limits, agent.session_usage_limits
-            self._limits: tuple[tuple[UsageLimits, UsageTally], ...] = (
-                () if limits is None else ((limits, self._tally),)
-            )
-            if session_usage is not None and session_limits is not None:
-                self._limits += ((session_limits, session_usage),)
         else:
             name = agent.name
             forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
@@ -222,15 +221,20 @@ class AgentRun:
             self._bridge = parent._bridge
             self._consumer = parent._consumer
             self._root = parent._root or parent
-            self.pending = parent.pending
+            self._pending = None  # the root's holds its nested runs' questions too
             self._depth = parent._depth + 1
             self._max_depth = parent._max_depth
-            self._sink_parent = parent._events()
-            # A sub-agent spends its parent's budget too: counted into every tally above it.
-            self._tally = UsageTally()
-            self._tallies = (self._tally, *parent._tallies)
-            limits = agent.usage_limits
-            self._limits = parent._limits if limits is None else ((limits, self._tally), *parent._limits)
+            # A sub-agent spends its parent's budget too: counted into the parent, and up from there.
+            self._up = parent
+            self._limited = agent.usage_limits is not None or parent._limited
+        self.requests = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.tool_calls = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self._dropped = 0
         self._sub_runs = 0
         self._ended = False
         self._consumer_left = False
@@ -243,13 +247,21 @@ class AgentRun:
         self._error: ErrorEvent | None = None
         # Made when first needed: most runs (no hooks, no toolsets, no tool asking for a context) never do.
         self._context: RunContext[Any] | None = None
-        self._sink: _RunSink | None = None
+        self._sink: _RunSink | None = None  # a RunContext's (hooks'): not this run, which would be a cycle
         self.cancel_scope = trio.CancelScope()
         """The run task's scope: cancelling it cancels the run."""
         self.done = Latch()
         """Set by the run's task as it ends."""
 
     # -- ElicitationTarget: questions from this run's tools -----------------
+
+    @property
+    def pending(self) -> dict[str, PendingElicitation]:
+        """Questions of this run (and its nested runs) waiting for the consumer's answer."""
+        root = self._root or self
+        if root._pending is None:
+            root._pending = {}
+        return root._pending
 
     def can_answer(self) -> bool:
         """Whether a consumer streams this run and is still there."""
@@ -269,25 +281,24 @@ class AgentRun:
 
     def result(self) -> RunResult[Any]:
         """What the run produced so far."""
-        tally = self._tally
         return RunResult(
             run_id=self.run_id,
             output=self._output,
             reason=self._reason,
             usage=Usage(
-                tally.input_tokens,
-                tally.output_tokens,
-                tally.cache_read_tokens,
-                tally.cache_write_tokens,
-                tally.reasoning_tokens,
+                self.input_tokens,
+                self.output_tokens,
+                self.cache_read_tokens,
+                self.cache_write_tokens,
+                self.reasoning_tokens,
             ),
             tool_calls=tuple(self._tool_calls),
             error=self._error,
             text=self._text,
             stop_reason=self._stop,
             refusal=self._refusal,
-            requests=tally.requests,
-            progress_dropped=0 if self._sink is None else self._sink.dropped,
+            requests=self.requests,
+            progress_dropped=self._dropped,
         )
 
     async def drive(self) -> None:
@@ -351,7 +362,7 @@ class AgentRun:
     def _events(self) -> _RunSink:
         sink = self._sink
         if sink is None:
-            sink = self._sink = _RunSink(self._send_nowait, self._send_blocking, self._sink_parent)
+            sink = self._sink = _RunSink(self._send_nowait, self._send_blocking)
         return sink
 
     async def _emit(self, event: Event) -> None:
@@ -405,7 +416,7 @@ class AgentRun:
         self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries
         for _ in range(self._agent.max_turns):
-            if self._limits:
+            if self._limited:
                 self._check_limits()
             request = ModelRequest(
                 instructions, tuple(self._history), specs, output=request_output, http_client=self._http_client
@@ -491,10 +502,26 @@ class AgentRun:
         return problem
 
     def _check_limits(self) -> None:
-        for limits, tally in self._limits:
-            crossed = limits.crossed(tally.snapshot())
+        node: AgentRun | UsageTally | None = self
+        while node is not None:
+            limits = node._agent.usage_limits if isinstance(node, AgentRun) else node.limits
+            crossed = None if limits is None else limits.crossed(_usage_of(node))
             if crossed is not None:
                 raise _EndRun("usage_limit", crossed, "usage_limit")
+            node = node._up
+
+    # -- EventSink, for this run's tool calls: ctx.report_progress and ctx.emit ---
+
+    def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
+        """Send a ``ToolProgress`` if there is room; drop and count it if not (never waits)."""
+        try:
+            self._send_nowait(ToolProgress(call_id, progress, total, message))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            (self._root or self)._dropped += 1  # a nested run's drops count in the result the consumer gets
+
+    async def emit(self, event: Any) -> None:
+        """Send a ``CustomEvent`` in order with the run's events (waits for room)."""
+        await _emit_custom(event, self._send_nowait, self._send_blocking)
 
     async def _instructions(self) -> str:
         instructions = self._agent.instructions
@@ -518,9 +545,10 @@ class AgentRun:
         idle = self._agent.model_idle_timeout
         emit = self._emit
         send_nowait = self._send_nowait
-        tallies = self._tallies
-        for tally in tallies:
-            tally.requests += 1
+        node: AgentRun | UsageTally | None = self
+        while node is not None:
+            node.requests += 1
+            node = node._up
         self._stop = None
         # A typed answer being written is parsed as it comes, for OutputDelta.
         partial = None if output.is_text else _PartialOutput(output)
@@ -555,8 +583,14 @@ class AgentRun:
                         elif isinstance(chunk, ToolCallChunk):
                             calls.append(chunk)
                         elif isinstance(chunk, UsageChunk):
-                            for tally in tallies:
-                                tally.add(chunk)
+                            node = self
+                            while node is not None:
+                                node.input_tokens += chunk.input_tokens
+                                node.output_tokens += chunk.output_tokens
+                                node.cache_read_tokens += chunk.cache_read_tokens
+                                node.cache_write_tokens += chunk.cache_write_tokens
+                                node.reasoning_tokens += chunk.reasoning_tokens
+                                node = node._up
                             await emit(
                                 Usage(
                                     chunk.input_tokens,
@@ -599,8 +633,10 @@ class AgentRun:
 
     async def _call_tools(self, calls: list[ToolCallChunk], tools: dict[str, Tool]) -> None:
         results: list[ToolResultMessage | None] = [None] * len(calls)
-        for tally in self._tallies:
-            tally.tool_calls += len(calls)
+        node: AgentRun | UsageTally | None = self
+        while node is not None:
+            node.tool_calls += len(calls)
+            node = node._up
         try:
             cut_off = self._stop == "max_tokens"
             parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
@@ -640,7 +676,7 @@ class AgentRun:
             call.call_id,
             call.name,
             elicitor=self._bridge,
-            events=self._events(),
+            events=self,
         )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
@@ -733,51 +769,51 @@ class _Refused(Exception):
 
 
 class _RunSink:
-    """What ``ctx.emit`` and ``ctx.report_progress`` send through (an ``agents.EventSink``).
+    """What a :class:`RunContext` (hooks, instructions, toolsets) emits through: ``ctx.emit``.
 
-    It holds the run's send functions, not the run: a run holding its sink
-    and a sink holding its run would be a reference cycle, and a finished
-    run is freed by reference counting alone.
+    It holds the run's send functions, not the run: the run keeps its
+    context, and a context holding the run would be a reference cycle (a
+    finished run is freed by reference counting alone). A tool's context
+    holds the run itself, which implements the same two methods.
     """
 
-    __slots__ = ("_root", "_send_blocking", "_send_nowait", "dropped")
+    __slots__ = ("_send_blocking", "_send_nowait")
 
-    def __init__(
-        self,
-        send_nowait: Callable[[Event], None],
-        send_blocking: Callable[[Event], Awaitable[None]],
-        parent: _RunSink | None,
-    ) -> None:
+    def __init__(self, send_nowait: Callable[[Event], None], send_blocking: Callable[[Event], Awaitable[None]]) -> None:
         self._send_nowait = send_nowait
         self._send_blocking = send_blocking
-        # A nested run's dropped reports count at the top, in the RunResult the consumer gets.
-        self._root: _RunSink | None = None if parent is None else (parent._root or parent)
-        self.dropped = 0
-        """Progress reports dropped because the stream was full."""
 
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
-        try:
-            self._send_nowait(ToolProgress(call_id, progress, total, message))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            (self._root or self).dropped += 1
+        # A RunContext has no report_progress: only a ToolContext does.
+        raise NotImplementedError  # pragma: no cover
 
     async def emit(self, event: Any) -> None:
-        # An attrs class has its own __attrs_attrs__; a plain subclass only inherits its base's.
-        if not isinstance(event, CustomEvent) or "__attrs_attrs__" not in type(event).__dict__:
-            raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
-        clashing = _WIRE_NAMES.intersection(attrs.fields_dict(type(event)))
-        if clashing:
-            # On the wire "type" and "name" say what the event is: a field of the same name would be lost.
-            raise TypeError(f"{type(event).__name__} has fields named {sorted(clashing)}, which CustomEvent reserves")
+        await _emit_custom(event, self._send_nowait, self._send_blocking)
+
+
+async def _emit_custom(
+    event: Any, send_nowait: Callable[[Event], None], send_blocking: Callable[[Event], Awaitable[None]]
+) -> None:
+    # An attrs class has its own __attrs_attrs__; a plain subclass only inherits its base's.
+    if not isinstance(event, CustomEvent) or "__attrs_attrs__" not in type(event).__dict__:
+        raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
+    clashing = _WIRE_NAMES.intersection(attrs.fields_dict(type(event)))
+    if clashing:
+        # On the wire "type" and "name" say what the event is: a field of the same name would be lost.
+        raise TypeError(f"{type(event).__name__} has fields named {sorted(clashing)}, which CustomEvent reserves")
+    try:
         try:
-            try:
-                self._send_nowait(event)
-                return
-            except trio.WouldBlock:
-                pass
-            await self._send_blocking(event)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
+            send_nowait(event)
+            return
+        except trio.WouldBlock:
+            pass
+        await send_blocking(event)
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
+
+
+def _usage_of(node: AgentRun | UsageTally) -> RunUsage:
+    return RunUsage(node.requests, node.input_tokens, node.output_tokens, node.tool_calls)
 
 
 _WIRE_NAMES: Final = frozenset({"type", "name"})

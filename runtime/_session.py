@@ -107,7 +107,7 @@ class Session(Generic[OutputT]):
         self._handlers: list[StreamHandler] = []
         self._slot = RunSlot()
         self._run_count = 0
-        self._usage = UsageTally()
+        self._usage = UsageTally(agent.session_usage_limits)
         self._tasks = TaskGroup(
             nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister
         )

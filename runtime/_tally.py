@@ -7,23 +7,28 @@ from typing import TYPE_CHECKING
 from agents import RunUsage
 
 if TYPE_CHECKING:
-    from agents import UsageChunk
+    from agents import UsageLimits
 
 
 class UsageTally:
     """Mutable counters; :meth:`snapshot` is the public, frozen form."""
 
     __slots__ = (
+        "_up",
         "cache_read_tokens",
         "cache_write_tokens",
         "input_tokens",
+        "limits",
         "output_tokens",
         "reasoning_tokens",
         "requests",
         "tool_calls",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, limits: UsageLimits | None = None) -> None:
+        self.limits = limits
+        """What the total may reach (``Agent.session_usage_limits``)."""
+        self._up: UsageTally | None = None  # the top of a run's counting chain
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -31,14 +36,6 @@ class UsageTally:
         self.cache_read_tokens = 0
         self.cache_write_tokens = 0
         self.reasoning_tokens = 0
-
-    def add(self, usage: UsageChunk) -> None:
-        """Count one model call's tokens."""
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
-        self.cache_read_tokens += usage.cache_read_tokens
-        self.cache_write_tokens += usage.cache_write_tokens
-        self.reasoning_tokens += usage.reasoning_tokens
 
     def snapshot(self) -> RunUsage:
         """The counts now."""
