@@ -238,3 +238,20 @@ def describe_part(part: object) -> str:
             return f"{kind} by URL"
         return f"{kind} ({part.media_type}, {len(part.data)} bytes)"
     return f"a {type(part).__name__}"
+
+
+TOOL_RESULT_PLACEHOLDER: Final = "[the tool returned {kind}, not shown: tool results here are text only]"
+"""What stands, for a provider whose tool results are text only, in place of each image or document."""
+
+
+def text_only(content: Content) -> str:
+    """``content`` for a provider that takes only text in a tool result: its text parts, and a placeholder
+    for each image or document."""
+    if isinstance(content, str):
+        return content
+    return TEXT_SEPARATOR.join(
+        part.text
+        if isinstance(part, TextPart)
+        else TOOL_RESULT_PLACEHOLDER.format(kind="an image" if isinstance(part, ImagePart) else "a document")
+        for part in content
+    )

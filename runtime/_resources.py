@@ -157,7 +157,7 @@ class SessionResource(Generic[T]):
                 try:
                     self._value = await manager.__aenter__()
                 except BaseException as exc:
-                    return exc
+                    return exc  # re-raised by _run outside the nursery, which would wrap it (a Cancelled too)
                 scope.shield = True
                 watcher.start_soon(self._close_when_cancelled)
                 task_status.started(self)

@@ -8,7 +8,7 @@ import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
-from .._content import TEXT_SEPARATOR, Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart, text_only
 from .._exceptions import UnsupportedContentError
 from .._json import loads_untrusted
 from .._messages import (
@@ -146,7 +146,7 @@ class GeminiModel(HTTPModel):
                     results = []
                     contents.append({"role": "user", "parts": results})
                 key = "error" if message.is_error else "result"
-                value = _tool_text(message.content)
+                value = text_only(message.content)
                 response = {"id": message.call_id, "name": message.name, "response": {key: value}}
                 results.append({"functionResponse": response})
                 continue
@@ -272,22 +272,6 @@ def _part(part: ContentPart) -> dict[str, Any]:
             )
         return {"fileData": {"mimeType": media_type, "fileUri": part.url}}
     raise UnsupportedContentError(part, provider="google", reason="the Gemini API has no such part")
-
-
-TOOL_RESULT_PLACEHOLDER: Final = "[the tool returned {kind}, not shown: tool results here are text only]"
-"""What stands in a function response for each image or document the tool returned."""
-
-
-def _tool_text(content: Content) -> str:
-    """A tool result as the text of a function response: its text parts, a placeholder for each other part."""
-    if isinstance(content, str):
-        return content
-    return TEXT_SEPARATOR.join(
-        part.text
-        if isinstance(part, TextPart)
-        else TOOL_RESULT_PLACEHOLDER.format(kind="an image" if isinstance(part, ImagePart) else "a document")
-        for part in content
-    )
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:

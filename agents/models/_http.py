@@ -285,6 +285,14 @@ async def _raise_on_enter(error: ModelError) -> AsyncIterator[AsyncIterator[Mode
     yield  # pragma: no cover  (makes this a generator)
 
 
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """An SSE request's headers with ``Authorization: Bearer`` when there is a key (OpenAI's APIs)."""
+    headers = {"accept": "text/event-stream"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 def is_loopback(url: str) -> bool:
     """Whether ``url``'s host is this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
     host = httpx.URL(url).host

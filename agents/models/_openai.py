@@ -6,7 +6,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any, Final
 
-from .._content import TEXT_SEPARATOR, Content, ContentPart, DocumentPart, ImagePart, TextPart
+from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart, text_only
 from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._messages import (
     AssistantMessage,
@@ -23,7 +23,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, error_chunk
+from ._http import HTTPModel, bearer_headers, error_chunk
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
@@ -79,10 +79,7 @@ class OpenAIChatModel(HTTPModel):
 
     def headers(self, request: ModelRequest) -> dict[str, str]:
         """Bearer authentication, when there is a key."""
-        headers = {"accept": "text/event-stream"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+        return bearer_headers(self._api_key)
 
     def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         """The chunks of a Chat Completions stream."""
@@ -112,7 +109,7 @@ class OpenAIChatModel(HTTPModel):
                 messages.append(entry)
             elif isinstance(message, ToolResultMessage):
                 messages.append(
-                    {"role": "tool", "tool_call_id": message.call_id, "content": _tool_content(message.content)}
+                    {"role": "tool", "tool_call_id": message.call_id, "content": text_only(message.content)}
                 )
         body: dict[str, Any] = {
             "model": self.model,
@@ -160,26 +157,6 @@ def _part(part: ContentPart) -> dict[str, Any]:
             part, provider="openai", reason="Chat Completions takes a document only as bytes: DocumentPart(data=...)"
         )
     raise UnsupportedContentError(part, provider="openai", reason="Chat Completions has no such content part")
-
-
-TOOL_RESULT_PLACEHOLDER: Final = "[the tool returned {kind}, not shown: tool results here are text only]"
-"""What stands in a tool message for each image or document the tool returned."""
-
-
-def _tool_content(content: Content) -> str:
-    """A tool result as the text of a ``tool`` message: its text parts, and a placeholder for each other part.
-
-    Chat Completions takes only text in a tool message, so an image or a
-    document a tool returned cannot reach the model this way.
-    """
-    if isinstance(content, str):
-        return content
-    return TEXT_SEPARATOR.join(
-        part.text
-        if isinstance(part, TextPart)
-        else TOOL_RESULT_PLACEHOLDER.format(kind="an image" if isinstance(part, ImagePart) else "a document")
-        for part in content
-    )
 
 
 def _arguments_text(arguments: Mapping[str, Any] | str) -> str:

@@ -25,7 +25,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, error_chunk
+from ._http import HTTPModel, bearer_headers, error_chunk
 from ._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
@@ -75,10 +75,7 @@ class OpenAIResponsesModel(HTTPModel):
 
     def headers(self, request: ModelRequest) -> dict[str, str]:
         """Bearer authentication, when there is a key (the same for every request)."""
-        headers = {"accept": "text/event-stream"}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+        return bearer_headers(self._api_key)
 
     def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         """The chunks of a Responses stream."""
