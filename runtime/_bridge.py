@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import math
+import secrets
 from collections.abc import Callable, Hashable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, Protocol, cast
@@ -107,10 +107,9 @@ class ElicitationBridge:
     requests travel on the run's bounded event stream.
     """
 
-    __slots__ = ("_ids", "asked")
+    __slots__ = ("asked",)
 
     def __init__(self) -> None:
-        self._ids = itertools.count(1)
         self.asked = 0
         """Questions delivered so far."""
 
@@ -120,16 +119,25 @@ class ElicitationBridge:
         return TargetScope(target)
 
     async def elicit(
-        self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
+        self,
+        message: str,
+        *,
+        schema: type[Any] | Mapping[str, Any] | None,
+        timeout: float | None,
+        agent: str,
+        request_id: str | None = None,
     ) -> ElicitationResult:
-        """Ask the consumer of the current run; see ``ToolContext.elicit``."""
+        """Ask the consumer of the current run; see ``ToolContext.elicit``.
+
+        Its id is made up (unique across processes and restarts: a durable session keeps it) unless given.
+        """
         target = _TARGET.get()
         if target is None or not target.can_answer():
             raise ElicitationUnavailable(
                 "no consumer can answer: the run is not streamed to anyone (ask()), or its consumer left"
             )
         json_schema, validate = compile_schema(schema)
-        pending = PendingElicitation(f"elicitation-{next(self._ids)}", validate)
+        pending = PendingElicitation(request_id or f"elicitation-{secrets.token_hex(8)}", validate)
         target.pending[pending.id] = pending
         try:
             # The timeout covers delivery too: a consumer that stopped reading

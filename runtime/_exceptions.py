@@ -6,6 +6,8 @@ The tree::
     ├── ClosedSessionError     the session (or its runtime) was closed
     ├── ClosedRunStreamError   a RunStream used after its block exited, or an emit after its run
     ├── ReentrantRunError      Session.run() called from inside one of its own runs
+    ├── NothingToResumeError   Session.resume() with no interrupted run waiting for answers
+    ├── StoreError             a session store failed (runtime._store: its subclasses)
     ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
     ├── ClosedBusError         the message bus was closed
     ├── PublishTimeoutError    no room on the bus within the publish's timeout
@@ -41,6 +43,10 @@ class ReentrantRunError(AgentRuntimeError):
     Runs in a session are serialized, so waiting would deadlock; use another
     session (or, later, a sub-agent) instead.
     """
+
+
+class NothingToResumeError(AgentRuntimeError):
+    """``Session.resume`` was called, but no interrupted run of the session waits for answers."""
 
 
 class RunFailedError(AgentRuntimeError):

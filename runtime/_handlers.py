@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import attrs
 import trio
@@ -132,12 +132,22 @@ class StreamHandler:
                         self._drained.set()
 
 
+class Sink(Protocol):
+    """What a :class:`Tee` copies events to: a stream handler, or a durable run's recorder."""
+
+    def full(self) -> bool: ...
+
+    def offer_nowait(self, event: Event, *, owed: bool = False) -> None: ...
+
+    async def offer(self, event: Event) -> None: ...
+
+
 class Tee:
-    """A run's event pipe, with a copy of each event for the session's handlers."""
+    """A run's event pipe, with a copy of each event for the session's handlers (and its store's journal)."""
 
     __slots__ = ("_handlers", "_pipe")
 
-    def __init__(self, pipe: EventPipe[Event], handlers: tuple[StreamHandler, ...]) -> None:
+    def __init__(self, pipe: EventPipe[Event], handlers: tuple[Sink, ...]) -> None:
         self._pipe = pipe
         self._handlers = handlers
 

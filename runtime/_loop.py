@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -50,6 +51,7 @@ from ._bridge import ElicitationBridge, PendingElicitation
 from ._exceptions import ClosedRunStreamError
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
+from ._store import StoreError
 from ._threads import tool_threads
 from .events import (
     AgentSwitched,
@@ -81,15 +83,20 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import SessionLike, StopReason
+    from agents import ElicitationResult, SessionLike, StopReason
+    from agents._context import Elicitor
 
     from ._handlers import Tee
+    from ._journal import Journal, Resumption
     from ._pipe import EventPipe
     from ._tally import UsageTally
 
 logger = logging.getLogger("runtime")
 
 _NO_SCOPE: Final = contextlib.nullcontext()
+
+# In a durable run, the top-level tool call the current task works for: its questions are stored with it.
+_TOP_CALL: ContextVar[str | None] = ContextVar("trio_agents_top_call", default=None)
 
 ON_RUN_END_GRACE: Final = 1.0
 """Seconds ``on_run_end`` hooks may take when the run was cancelled."""
@@ -131,12 +138,14 @@ class AgentRun:
         "_error",
         "_history",
         "_http_client",
+        "_journal",
         "_limited",
         "_max_depth",
         "_output",
         "_pending",
         "_reason",
         "_refusal",
+        "_resume",
         "_root",
         "_send_blocking",
         "_send_last",
@@ -168,7 +177,7 @@ class AgentRun:
         run_id: str,
         agent: Agent[Any, Any],
         session: SessionLike,
-        user_input: Content,
+        user_input: Content | None,
         deps: Any,
         history: list[Message],
         http_client: httpx.AsyncClient | None,
@@ -178,12 +187,16 @@ class AgentRun:
         parent: AgentRun | None = None,
         tee: Tee | None = None,
         session_usage: UsageTally | None = None,
+        journal: Journal | None = None,
+        resume: Resumption | None = None,
     ) -> None:
         """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
 
         ``consumer`` is the pipe whose consumer can answer questions (``None``
         when nobody can, as with ``Session.ask``). ``session_usage`` is the
-        session's running total, counted into as the run spends.
+        session's running total, counted into as the run spends. A durable
+        session's run writes through ``journal``; ``resume`` makes it first call
+        again the tool calls an interrupted run was waiting on.
         """
         self.run_id = run_id
         self._agent = agent
@@ -212,6 +225,8 @@ class AgentRun:
             self._limited = agent.usage_limits is not None or (
                 session_usage is not None and session_usage.limits is not None
             )
+            self._journal = journal
+            self._resume = resume
         else:
             name = agent.name
             forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
@@ -227,6 +242,8 @@ class AgentRun:
             # A sub-agent spends its parent's budget too: counted into the parent, and up from there.
             self._up = parent
             self._limited = agent.usage_limits is not None or parent._limited
+            self._journal = None  # written by the top-level run: its tool call is the unit of recovery
+            self._resume = None
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -276,7 +293,19 @@ class AgentRun:
         self._consumer_left = True
 
     async def deliver(self, request: ElicitationRequest) -> None:
-        """Send a question on this run's stream (wrapped, for a nested run)."""
+        """Send a question on this run's stream (wrapped, for a nested run).
+
+        In a durable session the question is written first, with the top-level
+        tool call that asked: a restarted process can resume the run from it.
+        """
+        root = self._root or self
+        journal = root._journal
+        call_id = _TOP_CALL.get()
+        if journal is not None and call_id is not None and journal.asked(root.run_id, call_id, request):
+            try:
+                await journal.flush()
+            except StoreError as exc:
+                raise ElicitationUnavailable(f"the question could not be kept: {describe(exc)}") from exc
         await self._emit(request)
 
     def result(self) -> RunResult[Any]:
@@ -307,13 +336,18 @@ class AgentRun:
         # restores the target it replaced (the cagent #3073 seed).
         with ElicitationBridge.target(self):
             try:
-                await self._emit(RunStarted(self.run_id))
+                stored = None
+                if self._journal is not None:
+                    stored = await self._accepted()
+                await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
                 timeout = self._agent.run_timeout
                 deadline = None if timeout is None else trio.move_on_after(timeout)
                 reason: FinishReason
                 message: str | None
                 with deadline or _NO_SCOPE:
                     try:
+                        if stored is not None:
+                            raise _EndRun("store", f"the session store could not write the run: {stored}")
                         stop = await self._user_prompt_hooks() if self._agent.hooks else None
                         tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
                         if self._agent.sub_agents:
@@ -351,6 +385,19 @@ class AgentRun:
         self._reason = reason
         await self._run_end_hooks(reason)
         await self._emit(RunFinished(reason, message))
+
+    async def _accepted(self) -> str | None:
+        """The first durability point: the run, and its user's message, are written before ``RunStarted``.
+
+        Returns:
+            ``None``, or why the store could not write it (the run then ends with that error).
+        """
+        assert self._journal is not None
+        try:
+            await self._journal.flush()
+        except StoreError as exc:
+            return describe(exc)
+        return None
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context
@@ -395,6 +442,8 @@ class AgentRun:
         return reason, message
 
     async def _user_prompt_hooks(self) -> StopRun | None:
+        if self._user_input is None:
+            return None  # a resumption without a new message: the user said nothing new
         for hooks in self._agent.hooks:
             try:
                 stop = await hooks.on_user_prompt(self._run_context(), content_text(self._user_input))
@@ -413,7 +462,11 @@ class AgentRun:
             specs += output.tool_specs()
             instructions = output.instructions(instructions)
             request_output = output.request_output()
-        self._history.append(UserMessage(self._user_input))
+        if self._resume is not None:
+            # The tool calls an interrupted run was waiting on are called again (the model is not asked again).
+            await self._call_tools(list(self._resume.calls.values()), tools)
+        if self._user_input is not None:
+            self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries
         for _ in range(self._agent.max_turns):
             if self._limited:
@@ -638,6 +691,13 @@ class AgentRun:
             node.tool_calls += len(calls)
             node = node._up
         try:
+            if self._journal is not None:
+                # The second durability point: the turn that asks for tools is written before any runs,
+                # so that a restarted process knows these calls were made and never makes them unknowingly.
+                try:
+                    await self._journal.flush()
+                except StoreError as exc:
+                    raise _EndRun("store", f"the session store could not write the turn: {describe(exc)}") from exc
             cut_off = self._stop == "max_tokens"
             parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
             for call, (arguments, _) in zip(calls, parsed, strict=True):
@@ -665,6 +725,30 @@ class AgentRun:
         parse_error: str | None,
         tools: dict[str, Tool],
     ) -> None:
+        journal = self._journal
+        if journal is None:
+            await self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
+            return
+        # A durable run: the questions this call asks are written with its id, and settled when it ends.
+        token = _TOP_CALL.set(call.call_id)
+        try:
+            resumed = None if self._resume is None else self._resume.answers.get(call.call_id)
+            elicitor = self._bridge if resumed is None else _ResumedQuestion(self._bridge, *resumed)
+            await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
+        finally:
+            _TOP_CALL.reset(token)
+            journal.settle_call(call.call_id)
+
+    async def _run_tool(
+        self,
+        results: list[ToolResultMessage | None],
+        index: int,
+        call: ToolCallChunk,
+        arguments: dict[str, Any],
+        parse_error: str | None,
+        tools: dict[str, Tool],
+        elicitor: Elicitor,
+    ) -> None:
         tool = tools.get(call.name)
         value: Any = None
         error = parse_error
@@ -675,7 +759,7 @@ class AgentRun:
             self.run_id,
             call.call_id,
             call.name,
-            elicitor=self._bridge,
+            elicitor=elicitor,
             events=self,
         )
         if error is None and tool is None:
@@ -762,6 +846,27 @@ class AgentRun:
                 await hooks.on_run_end(self._run_context(), reason)
             except Exception:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
+
+
+class _ResumedQuestion:
+    """A resumed tool call's elicitor: its first question keeps the id it had (answered at once if the
+    answer came with the resumption); later ones are asked as usual."""
+
+    __slots__ = ("_answer", "_bridge", "_id")
+
+    def __init__(self, bridge: ElicitationBridge, request_id: str, answer: ElicitationResult | None) -> None:
+        self._bridge = bridge
+        self._id: str | None = request_id
+        self._answer = answer
+
+    async def elicit(
+        self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
+    ) -> ElicitationResult:
+        request_id, self._id = self._id, None
+        if request_id is not None and self._answer is not None:
+            await trio.lowlevel.checkpoint()
+            return self._answer
+        return await self._bridge.elicit(message, schema=schema, timeout=timeout, agent=agent, request_id=request_id)
 
 
 class _Refused(Exception):

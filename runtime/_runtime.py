@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -12,8 +12,10 @@ import trio
 from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError
+from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
-from ._session import DEFAULT_EVENT_BUFFER, Session
+from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
+from .events import RunFinished
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
 
     from agents import Agent
     from agents._agent import OutputT
+
+    from ._journal import StoreWriter
+    from ._store import SessionStore
 
 logger = logging.getLogger("runtime")
 
@@ -70,10 +75,16 @@ class _SessionBlock:
     async def __aenter__(self) -> Session[Any]:
         if self._session is not None:
             raise AgentRuntimeError("open_session() blocks can be entered only once")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._session = self._runtime._start(
-            self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
-        )
+        runtime = self._runtime
+        if runtime._writer is None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._session = runtime._start(
+                self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
+            )
+        else:
+            self._session = await runtime._start_durable(
+                self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
+            )
         return self._session
 
     async def __aexit__(
@@ -88,8 +99,16 @@ class _SessionBlock:
 class Runtime:
     """Owns every session and the shared HTTP client; made by :func:`open_runtime`."""
 
-    def __init__(self, http_client: httpx.AsyncClient, *, idle_timeout: float | None, event_buffer: int) -> None:
+    def __init__(
+        self,
+        http_client: httpx.AsyncClient,
+        *,
+        idle_timeout: float | None,
+        event_buffer: int,
+        writer: StoreWriter | None = None,
+    ) -> None:
         self._nursery: trio.Nursery | None = None
+        self._writer = writer
         self._exit_requested = Latch()
         self.http_client = http_client
         """The HTTP client every model of this runtime uses."""
@@ -120,6 +139,11 @@ class Runtime:
         self._exit_requested.set()
 
     @property
+    def store(self) -> SessionStore | None:
+        """Where its sessions live (``open_runtime(store=...)``), or ``None``: in this process's memory."""
+        return None if self._writer is None else self._writer.store
+
+    @property
     def sessions(self) -> tuple[Session[Any], ...]:
         """The sessions that are open now."""
         return tuple(self._sessions)
@@ -133,6 +157,11 @@ class Runtime:
         it too. If one of its tasks raised, the error is raised here when the
         block exits.
 
+        With a store, ``session_id`` opens that session if the store has it
+        (its history, its interrupted runs marked ``interrupted`` and repaired,
+        the questions a run was waiting on in :attr:`Session.pending`), and
+        makes it otherwise; the session is this process's until it closes.
+
         Example::
 
             async with runtime.open_session(agent) as session:
@@ -140,6 +169,8 @@ class Runtime:
 
         Raises:
             ClosedSessionError: the runtime is closed.
+            SessionOwnedError: (with a store) another process has the session open.
+            StoreUnavailableError: (with a store) the store cannot be reached.
         """
         return _SessionBlock(self, agent, session_id)
 
@@ -160,14 +191,25 @@ class Runtime:
 
         Raises:
             ClosedSessionError: the runtime is closed.
+            SessionOwnedError: (with a store) another process has the session open.
+            StoreUnavailableError: (with a store) the store cannot be reached.
         """
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
-        await trio.lowlevel.checkpoint_if_cancelled()
-        session = self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
+        if self._writer is None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            session = self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
+        else:
+            session = await self._start_durable(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
         return SessionHandle(session)
 
     def _start(
-        self, agent: Agent[Any, OutputT], *, session_id: str | None, idle_timeout: float | None, log_failure: bool
+        self,
+        agent: Agent[Any, OutputT],
+        *,
+        session_id: str | None,
+        idle_timeout: float | None,
+        log_failure: bool,
+        restored: Restored | None = None,
     ) -> Session[OutputT]:
         if self._closed:
             raise ClosedSessionError("the runtime is closed")
@@ -181,7 +223,44 @@ class Runtime:
             registry=self._sessions,
             idle_timeout=idle_timeout,
             log_failure=log_failure,
+            restored=restored,
         )
+
+    async def _start_durable(
+        self, agent: Agent[Any, OutputT], *, session_id: str | None, idle_timeout: float | None, log_failure: bool
+    ) -> Session[OutputT]:
+        """Claim the session in the store, load and recover it, and start it holding its claim."""
+        if self._closed:
+            raise ClosedSessionError("the runtime is closed")
+        writer = self._writer
+        assert writer is not None
+        store = writer.store
+        session_id = session_id or new_session_id()
+        snapshot = await store.claim(session_id, agent.name, create=True)
+        assert snapshot is not None
+        try:
+            history, interrupted, suspended, unchanged = recover(snapshot)
+            journal = Journal(writer, session_id, snapshot.version, history, snapshot.runs, snapshot.pending, unchanged)
+            for row in interrupted:
+                # Its log ends as every run's does: with one RunFinished.
+                logged = len(await store.events(session_id, row.run_id))
+                journal.run_row(row, first_event=logged)
+                journal.event(row.run_id, RunFinished("interrupted", "the process running it stopped"))
+            session = self._start(
+                agent,
+                session_id=session_id,
+                idle_timeout=idle_timeout,
+                log_failure=log_failure,
+                restored=Restored(journal, history, len(snapshot.runs), suspended),
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store.release(session_id)
+            raise
+        restore_usage(session._usage, snapshot.usage)
+        session._start_holding(store)  # from here on, closing the session releases the claim
+        await journal.flush()  # the recovery is written before the session is used
+        return session
 
 
 @asynccontextmanager
@@ -190,6 +269,8 @@ async def open_runtime(
     idle_timeout: float | None = None,
     http_client: httpx.AsyncClient | None = None,
     event_buffer: int = DEFAULT_EVENT_BUFFER,
+    store: SessionStore | None = None,
+    owner: str | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: the nursery every session lives in.
 
@@ -208,16 +289,30 @@ async def open_runtime(
         http_client: Share this client instead of opening one (it is not
             closed on exit).
         event_buffer: Events a run may send ahead of a slow consumer.
+        store: Keep sessions in it (:class:`SQLiteStore`, :class:`PostgresStore`): their
+            history, their runs' logs and their pending questions outlive this process,
+            and ``open_session(agent, session_id=...)`` opens one again. ``None``: in memory.
+        owner: How this process names itself to others that find a session it holds
+            (default ``host:pid``).
+
+    Raises:
+        StoreUnavailableError, StoreCorruptError, StoreVersionError: (on entering) the store
+            cannot be used.
     """
     # Sessions contain their own failures, so a group here holds what the
     # block raised: single_errors() gives it back as it was.
-    async with single_errors(), open_http_client(http_client) as client, trio.open_nursery() as nursery:
-        runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer)
-        await nursery.start(runtime._hold_sessions)
-        try:
-            yield runtime
-        finally:
-            runtime._exit()
+    async with single_errors(), open_http_client(http_client) as client, AsyncExitStack() as stack:
+        # The writer outlives the sessions' nursery: what closing sessions write is written.
+        writer = (
+            None if store is None else await stack.enter_async_context(open_writer(store, owner or default_owner()))
+        )
+        async with trio.open_nursery() as nursery:
+            runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer, writer=writer)
+            await nursery.start(runtime._hold_sessions)
+            try:
+                yield runtime
+            finally:
+                runtime._exit()
 
 
 def _unwrap(error: BaseException) -> BaseException:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
+import secrets
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
@@ -14,26 +15,30 @@ from agents._agent import OutputT
 from agents._content import Content, user_content
 
 from ._bridge import ElicitationBridge, clear_target
-from ._exceptions import ClosedSessionError, ReentrantRunError, RunFailedError
-from ._handlers import Handler, Overflow, StreamHandler, Tee
+from ._exceptions import ClosedSessionError, NothingToResumeError, ReentrantRunError, RunFailedError
+from ._handlers import Handler, Overflow, Sink, StreamHandler, Tee
+from ._journal import CLOSE_FLUSH_TIMEOUT, Recorder, run_input_to_json
 from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._resources import DEFAULT_CLOSE_TIMEOUT, SessionResource, open_resource
 from ._run_slot import RunSlot
+from ._store import RunRow
 from ._stream import RunStream
 from ._tally import UsageTally
 from ._task_group import TaskGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Hashable, Iterator
+    from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
     from contextlib import AbstractAsyncContextManager
 
     import httpx
 
-    from agents import Agent, Message, RunUsage, UserContent
+    from agents import Agent, ElicitationAction, Message, RunUsage, UserContent
 
+    from ._journal import Journal, Suspended
     from ._result import RunResult
-    from .events import Event
+    from ._store import SessionStore
+    from .events import ElicitationRequest, Event
 
 logger = logging.getLogger("runtime")
 
@@ -68,20 +73,20 @@ class Session(Generic[OutputT]):
         "_handlers",
         "_history",
         "_http_client",
+        "_journal",
         "_last_active",
         "_registry",
         "_resources",
         "_run_count",
         "_runs_in_flight",
         "_slot",
+        "_suspended",
         "_tasks",
         "_usage",
         "agent",
         "elicitation",
         "id",
     )
-
-    _ids = itertools.count(1)
 
     def __init__(
         self,
@@ -94,20 +99,30 @@ class Session(Generic[OutputT]):
         registry: set[Session[Any]] | None = None,
         idle_timeout: float | None = None,
         log_failure: bool = False,
+        restored: Restored | None = None,
     ) -> None:
         self.agent = agent
         """The agent every run of this session runs."""
-        self.id = session_id or f"s{next(self._ids)}"
-        """Unique within the process unless given."""
+        self.id = session_id or new_session_id()
+        """Unique across processes and restarts unless given (a durable session is found again by it)."""
         self.elicitation = ElicitationBridge()
         """Routes its tools' questions to the consumer of the run they belong to."""
         self._http_client = http_client
         self._event_buffer = event_buffer
-        self._history: list[Message] = []
         self._handlers: list[StreamHandler] = []
         self._slot = RunSlot()
-        self._run_count = 0
         self._usage = UsageTally(agent.session_usage_limits)
+        if restored is None:
+            self._history: list[Message] = []
+            self._run_count = 0
+            self._journal: Journal | None = None
+            self._suspended: Suspended | None = None
+        else:
+            self._history = restored.history
+            self._run_count = restored.runs
+            self._journal = restored.journal
+            self._suspended = restored.suspended
+            restored.journal.track_usage(self._usage)
         self._tasks = TaskGroup(
             nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister
         )
@@ -127,6 +142,26 @@ class Session(Generic[OutputT]):
     def history(self) -> tuple[Message, ...]:
         """The conversation so far: every run's messages, oldest first."""
         return tuple(self._history)
+
+    @property
+    def pending(self) -> tuple[ElicitationRequest, ...]:
+        """The questions an interrupted run was waiting on when its process stopped (a durable session's).
+
+        Answer them with :meth:`resume` (``answers``), or in the stream of the
+        next :meth:`resume` or :meth:`run`, where they are asked again with the
+        same ids. Empty when nothing waits.
+        """
+        return () if self._suspended is None else self._suspended.requests()
+
+    @property
+    def suspended_run(self) -> str | None:
+        """The id of the interrupted run that :meth:`resume` continues, if one waits for answers."""
+        return None if self._suspended is None else self._suspended.run_id
+
+    @property
+    def durable(self) -> bool:
+        """Whether the session lives in a store (``open_runtime(store=...)``)."""
+        return self._journal is not None
 
     @property
     def usage(self) -> RunUsage:
@@ -193,7 +228,46 @@ class Session(Generic[OutputT]):
         """
         return RunStream(self._start_run, user_content(user_input), deps)
 
-    def _start_run(self, user_input: Content, deps: Any, answerable: bool) -> AgentRun:
+    def resume(
+        self, answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None, *, deps: Any = None
+    ) -> RunStream:
+        """Continue the run that was interrupted while it waited for answers (see :attr:`pending`).
+
+        The resuming run is a new run (its ``RunStarted`` names the run it
+        resumes in ``resumes``): the tool calls that were waiting are called
+        again, their first question answered from ``answers`` (by question id:
+        ``(action, content)``) or asked again on this stream with its old id,
+        and the loop goes on from there; the model is not asked again for the
+        turn that made those calls. :meth:`run` does the same first when a run
+        is suspended, then adds its user's message.
+
+        Tools that can be resumed this way are those that may be called again:
+        anything a tool does before its question happens twice, so it must be
+        idempotent.
+
+        Example::
+
+            async with runtime.open_session(agent, session_id="s-42") as session:
+                for question in session.pending:
+                    print(question.message)
+                async with session.resume({question.id: ("accept", None)}) as stream:
+                    async for event in stream:
+                        ...
+
+        Raises:
+            NothingToResumeError: (on entering) no run of this session waits for answers.
+            UnknownElicitationError, InvalidElicitationResponse: (on entering) an answer
+                names no pending question, or does not fit it.
+        """
+        return RunStream(functools.partial(self._start_run, answers=answers or {}), None, deps)
+
+    def _start_run(
+        self,
+        user_input: Content | None,
+        deps: Any,
+        answerable: bool,
+        answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None,
+    ) -> AgentRun:
         """Start a run's task, owned by this session (RunStream.__aenter__ calls it)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
@@ -201,10 +275,30 @@ class Session(Generic[OutputT]):
                 "forever for the run slot; use another session"
             )
         self._check_open()
+        suspended = self._suspended
+        if answers is not None and suspended is None:
+            raise NothingToResumeError(f"{self!r} has no interrupted run waiting for answers")
+        resumption = None if suspended is None else suspended.resumption(answers)
         events: EventPipe[Event] = EventPipe(self._event_buffer)  # not EventPipe[Event](): typing's call is slow
         self._run_count += 1
+        run_id = f"{self.id}-r{self._run_count}"
+        journal = self._journal
+        sinks: tuple[Sink, ...] = tuple(self._handlers)
+        if journal is not None:
+            # The run's row and its user's message are written before its RunStarted (drive() waits for it).
+            journal.run_row(
+                RunRow(
+                    run_id,
+                    self._run_count,
+                    run_input_to_json(user_input, len(self._history)),
+                    "running",
+                    resumes=None if suspended is None else suspended.run_id,
+                )
+            )
+            sinks += (Recorder(journal, run_id),)
+            self._suspended = None
         run = AgentRun(
-            run_id=f"{self.id}-r{self._run_count}",
+            run_id=run_id,
             agent=self.agent,
             session=self,
             user_input=user_input,
@@ -213,10 +307,12 @@ class Session(Generic[OutputT]):
             http_client=self._http_client,
             events=events,
             bridge=self.elicitation,
-            tee=Tee(events, tuple(self._handlers)) if self._handlers else None,
+            tee=Tee(events, sinks) if sinks else None,
             # Its tools may ask the human only while a consumer streams the run.
             consumer=events if answerable else None,
             session_usage=self._usage,
+            journal=journal,
+            resume=resumption,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
@@ -437,6 +533,31 @@ class Session(Generic[OutputT]):
         if self._tasks.closed:
             raise ClosedSessionError(f"{self!r} is closed")
 
+    def _start_holding(self, store: SessionStore) -> None:
+        self._tasks.start_soon(self._hold_claim, store, name=f"store claim of session {self.id}")
+
+    async def _hold_claim(self, store: SessionStore) -> None:
+        """A durable session's task: it holds the store's claim until the session closes, then writes
+        what its runs left and lets the session go (for at most :data:`CLOSE_FLUSH_TIMEOUT` seconds)."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_FLUSH_TIMEOUT):
+                ticket = self._slot.take_ticket()  # granted once every run has ended
+                try:
+                    if ticket is not None:
+                        await ticket.wait()
+                    if journal.lost is None:
+                        try:
+                            await journal.flush()
+                        except Exception as exc:  # the store is down: the claim goes with this process
+                            logger.warning("session %s closed with unwritten changes: %s", self.id, exc)
+                finally:
+                    self._slot.release(ticket)
+                    await store.release(self.id)
+
     def _log_failure(self, error: Exception) -> None:
         logger.error("session %s failed", self.id, exc_info=error)
 
@@ -479,3 +600,20 @@ class Session(Generic[OutputT]):
                 break
             await trio.sleep_until(deadline)
         self._tasks.cancel()
+
+
+def new_session_id() -> str:
+    """A session id no other process or restart makes: ``s`` and 16 random hex digits."""
+    return f"s{secrets.token_hex(8)}"
+
+
+class Restored:
+    """What a durable session is opened with: its recovered history, its journal, the run that waits."""
+
+    __slots__ = ("history", "journal", "runs", "suspended")
+
+    def __init__(self, journal: Journal, history: list[Message], runs: int, suspended: Suspended | None) -> None:
+        self.journal = journal
+        self.history = history
+        self.runs = runs
+        self.suspended = suspended

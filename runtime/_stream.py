@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ._pipe import EventPipe
     from ._result import RunResult
 
-    StartRun: TypeAlias = Callable[[Content, Any, bool], AgentRun]
+    StartRun: TypeAlias = Callable[[Content | None, Any, bool], AgentRun]
 
 _CANCELLED = RunFinished("cancelled")
 
@@ -41,7 +41,7 @@ class RunStream:
 
     __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_start", "_user_input")
 
-    def __init__(self, start: StartRun, user_input: Content, deps: Any, *, answerable: bool = True) -> None:
+    def __init__(self, start: StartRun, user_input: Content | None, deps: Any, *, answerable: bool = True) -> None:
         """``start`` is the session's: it starts the run's task, owned by the session, and returns the run."""
         self._start = start
         self._user_input = user_input

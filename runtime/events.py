@@ -13,9 +13,12 @@ import attrs
 from agents._messages import StopReason as StopReason
 
 FinishReason: TypeAlias = Literal[
-    "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit"
+    "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit", "interrupted"
 ]
 """Why a run ended.
+
+``interrupted``: the process running it stopped (killed, crashed) before it
+ended; a durable session's log says so when it is opened again.
 
 Consumers must accept reasons they do not know (treat one like ``error``):
 later versions may add more, and a newer served runtime may send them.
@@ -34,6 +37,8 @@ class RunStarted:
     """The run has begun; it holds the session's run slot."""
 
     run_id: str
+    resumes: str | None = None
+    """The run this one continues (``Session.resume``: an interrupted run waiting for an answer), if any."""
 
 
 @attrs.frozen
@@ -207,7 +212,8 @@ class ErrorEvent:
     raised), ``"instructions"`` (the instructions callable raised),
     ``"output"`` (the typed output failed validation after every retry),
     ``"usage_limit"`` (a :class:`~agents.UsageLimits` limit was crossed),
-    ``"timeout"`` (``run_timeout`` or ``model_idle_timeout``), or
+    ``"timeout"`` (``run_timeout`` or ``model_idle_timeout``), ``"store"``
+    (a durable session's store could not write the run's checkpoint), or
     ``"internal"`` (a bug in trio-agents; please report it).
     """
 

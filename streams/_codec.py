@@ -19,27 +19,26 @@ A run's input travels here too: a string, or a list of content parts
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import typing
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 import pydantic
 from attrs import AttrsInstance
-from pydantic_core import to_jsonable_python
 
-from agents import DocumentPart, ImagePart, TextPart
 from runtime import events
+from runtime._wire import (
+    content_from_json as _content_from_json,
+    content_to_json as content_to_json,
+    dumps as dumps,
+    event_to_json as _event_to_json,
+)
 from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, Event, ModelStopped, RunFinished, SubAgentEvent
 
 from ._exceptions import MalformedMessageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from agents import ContentPart
     from agents._content import Content
 
 _TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in typing.get_args(Event)}
@@ -64,55 +63,12 @@ class UnknownEvent:
     """The JSON object as it came (``type`` included)."""
 
 
-dumps: Final[Callable[[Any], str]] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-"""Compact JSON, one line (what every stream sends). One encoder made once: ``json.dumps`` with
-arguments builds a new one per call."""
-
-_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
-"""Values that are their own JSON form: no conversion needed."""
-_SHAPES: Final[dict[type[Any], tuple[str, str | None, tuple[str, ...]]]] = {}
-"""Each event class's wire ``type``, ``name`` (a custom event's) and field names, once looked up."""
-
-
 def event_to_json(event: Event | UnknownEvent) -> dict[str, Any]:
-    """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, and a
-    value nested too deep to serialize a short placeholder saying so (the event is still sent).
-
-    Any value (a typed output, a custom event's field) goes through pydantic's JSON conversion: a
-    pydantic model becomes its dict. A :class:`~runtime.events.CustomEvent` (a subclass of it) is
-    ``{"type": "CustomEvent", "name": <class name>, <field>: <value>, ...}``; a field of it named
-    ``type`` or ``name`` is left out, so that those two always say what the event is.
-    """
+    """``{"type": <class name>, <field>: <value>, ...}`` (see :func:`runtime._wire.event_to_json`); an
+    :class:`UnknownEvent` gives its ``data`` back."""
     if isinstance(event, UnknownEvent):
         return dict(event.data)
-    if isinstance(event, SubAgentEvent):
-        return {"type": "SubAgentEvent", "agent": event.agent, "event": event_to_json(event.event)}
-    cls = type(event)
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        shape = _SHAPES[cls] = _shape(cls)
-    kind, custom_name, names = shape
-    data: dict[str, Any] = {"type": kind}
-    if custom_name is not None:
-        data["name"] = custom_name
-    for name in names:
-        value = getattr(event, name)
-        data[name] = value if type(value) in _PLAIN else _jsonable(value)
-    return data
-
-
-def _shape(cls: type[Any]) -> tuple[str, str | None, tuple[str, ...]]:
-    names = tuple(field.name for field in attrs.fields(cls))
-    if issubclass(cls, CustomEvent):  # the wire form's own keys win over fields of those names
-        return _CUSTOM, cls.__name__, tuple(name for name in names if name not in ("type", "name"))
-    return cls.__name__, None, names
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return to_jsonable_python(value, fallback=str)
-    except (ValueError, RecursionError):  # nested deeper than pydantic serializes (a tool's result, say)
-        return f"<{type(value).__name__} nested too deep to send as JSON>"
+    return _event_to_json(event)
 
 
 def event_from_json(data: Any) -> Event | UnknownEvent:
@@ -200,36 +156,6 @@ def _validators(cls: type[AttrsInstance]) -> dict[str, pydantic.TypeAdapter[Any]
 # -- a run's input: text, or text and content parts ------------------------------
 
 
-def content_to_json(content: Content) -> str | list[dict[str, Any]]:
-    """A run's input on the wire: a string as it is; parts as ``{"type": "text" | "image" | "document", ...}``
-    objects, bytes as base64 ``data`` (what :func:`content_from_json` reads)."""
-    if isinstance(content, str):
-        return content
-    wire: list[dict[str, Any]] = []
-    for part in content:
-        if isinstance(part, TextPart):
-            wire.append({"type": "text", "text": part.text})
-            continue
-        item: dict[str, Any] = {"type": "image" if isinstance(part, ImagePart) else "document"}
-        if part.url is not None:
-            item["url"] = part.url
-        else:
-            item["data"] = part.base64()
-        if part.media_type is not None:
-            item["media_type"] = part.media_type
-        if isinstance(part, DocumentPart) and part.filename is not None:
-            item["filename"] = part.filename
-        wire.append(item)
-    return wire
-
-
-_PART_FIELDS: Final = {
-    "text": frozenset({"text"}),
-    "image": frozenset({"url", "data", "media_type"}),
-    "document": frozenset({"url", "data", "media_type", "filename"}),
-}
-
-
 def content_from_json(value: Any) -> Content:
     """A run's input from the wire: a string, or a list of parts (see :func:`content_to_json`).
 
@@ -238,36 +164,7 @@ def content_from_json(value: Any) -> Content:
             ``type``, with an unknown or mistyped field, bad base64, or that fails the part's own
             validation (no source, an unsupported media type ...). It is also a ``ValueError``.
     """
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list) or not value:
-        raise MalformedMessageError("'input' must be a string or a non-empty list of content parts")
-    return tuple(_part_from_json(index, item) for index, item in enumerate(value))
-
-
-def _part_from_json(index: int, item: Any) -> ContentPart:
-    where = f"'input' part {index}"
-    if isinstance(item, str):
-        return TextPart(item)
-    kind = item.get("type") if isinstance(item, dict) else None
-    fields = _PART_FIELDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
-        raise MalformedMessageError(f"{where} must be a string or an object of type text, image or document")
-    values = {name: value for name, value in item.items() if name != "type"}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise MalformedMessageError(f"{where} ({kind}) has unknown fields {unknown}")
-    mistyped = sorted(name for name, value in values.items() if not isinstance(value, str))
-    if mistyped:
-        raise MalformedMessageError(f"{where} ({kind}): {mistyped} must be strings")
-    if "data" in values:
-        try:
-            values["data"] = base64.b64decode(values["data"], validate=True)
-        except ValueError:
-            raise MalformedMessageError(f"{where} ({kind}): 'data' is not base64") from None
     try:
-        if kind == "text":
-            return TextPart(**values)
-        return ImagePart(**values) if kind == "image" else DocumentPart(**values)
-    except (TypeError, ValueError) as exc:
-        raise MalformedMessageError(f"{where}: {exc}") from None
+        return _content_from_json(value)
+    except ValueError as exc:
+        raise MalformedMessageError(str(exc)) from None

@@ -599,7 +599,9 @@ async def test_two_sessions_questions_reach_their_own_consumer(autojump_clock: t
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(converse, "left")
                 nursery.start_soon(converse, "right")
-    assert ids["left"] == ids["right"]  # ids are per session: only the stream routes the answer
+    # Ids are unique across sessions, processes and restarts (a durable session keeps them), and each
+    # answer reaches its own question through its own stream.
+    assert ids["left"] != ids["right"]
     for name in ("left", "right"):
         (done,) = results_by_call(outputs[name]).values()
         assert done.result == f"answer for {name}"

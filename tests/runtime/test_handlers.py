@@ -187,7 +187,7 @@ async def test_transcript_example_writes_one_json_line_per_event(
     assert await module.main([str(out)]) == 0
     entries = [json.loads(line) for line in out.read_text().splitlines()]
     assert [e["type"] for e in entries].count("RunFinished") == 2
-    assert entries[0] == {"type": "RunStarted", "run_id": entries[0]["run_id"]}
+    assert entries[0] == {"type": "RunStarted", "run_id": entries[0]["run_id"], "resumes": None}
 
 
 @pytest.mark.parametrize("breaks_out", [False, True], ids=["reads-to-the-end", "breaks-out"])

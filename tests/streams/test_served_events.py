@@ -200,7 +200,7 @@ async def test_a_refusal_is_sent_then_the_run_finishes_with_refusal(
             session = (await client.get("/sessions/s1")).json()
 
     assert raw == [
-        {"type": "RunStarted", "run_id": "s1-r1"},
+        {"type": "RunStarted", "run_id": "s1-r1", "resumes": None},
         {"type": "ModelStopped", "reason": "refusal", "raw": None, "run_id": "s1-r1"},
         {"type": "Refusal", "text": REFUSAL, "run_id": "s1-r1"},
         {"type": "RunFinished", "reason": "refusal", "message": REFUSAL, "run_id": "s1-r1"},

@@ -1,0 +1,532 @@
+"""Durable sessions: each session's journal of what to write, and the runtime's one writer that commits them.
+
+A durable session keeps a :class:`Journal`: the run rows, events, history
+messages and questions it has not yet written. The runtime's :class:`StoreWriter`
+commits every dirty journal in one transaction (group commit), in a task of
+its own; runs never touch the database. A run waits for a commit only at the
+two durability points (its user's message, before ``RunStarted``; a model turn
+that asks for tools, before any tool runs: :meth:`Journal.flush`) and for room
+when the writer is a whole backlog behind; a slow store slows the runs that
+write into it, never another session's events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from agents import AssistantMessage, ElicitationResult, RetryPolicy, RunUsage, ToolCallChunk, ToolResultMessage
+from agents._exceptions import describe
+
+from ._bridge import compile_schema
+from ._store import (
+    Checkpoint,
+    EventRow,
+    PendingRow,
+    RunRow,
+    SessionConflictError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ._wire import content_from_json, content_to_json, dumps, event_to_json, message_from_json, message_to_json
+from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+    from agents import Message
+    from agents._content import Content
+
+    from ._store import SessionSnapshot, SessionStore
+    from ._tally import UsageTally
+
+logger = logging.getLogger("runtime")
+
+WRITER_BACKLOG: Final = 8192
+"""Records (events, messages, rows) waiting to be written before runs wait for the writer."""
+CLOSE_FLUSH_TIMEOUT: Final = 10.0
+"""Seconds a closing session or runtime may take to write what it has left."""
+INTERRUPTED_RESULT: Final = "error: interrupted: the process running this tool call stopped before it finished"
+"""The result a tool call gets when its run was interrupted before the call had one."""
+
+_RETRY: Final = RetryPolicy(initial=0.05, maximum=2.0)
+
+
+def default_owner() -> str:
+    """How this process names itself to other processes that find a session it holds: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StoreWriter:
+    """The runtime's writer: commits every dirty journal in one transaction, again and again.
+
+    Bounded: once :data:`WRITER_BACKLOG` records wait, runs wait (in
+    :meth:`Journal.room`) until a commit makes room. A failed commit is retried
+    with backoff, keeping everything (nothing accepted is lost); meanwhile the
+    journals' flushes fail with :class:`StoreUnavailableError`, so runs at a
+    durability point end with a typed error instead of waiting.
+    """
+
+    def __init__(self, store: SessionStore, *, backlog: int = WRITER_BACKLOG) -> None:
+        self.store = store
+        self._backlog_limit = backlog
+        self._dirty: dict[Journal, None] = {}  # an ordered set
+        self._wake = trio.Event()
+        self._room = trio.Event()
+        self.backlog = 0
+        """Records waiting to be written."""
+        self.failure: StoreError | None = None
+        """The last commit's error, while the store is failing (``None`` once a commit succeeds)."""
+        self._closing = False
+        self.commits = 0
+        """Transactions committed so far."""
+
+    @property
+    def full(self) -> bool:
+        return self.backlog >= self._backlog_limit
+
+    def mark(self, journal: Journal) -> None:
+        self._dirty[journal] = None
+        self._wake.set()
+
+    async def room(self) -> None:
+        """Wait until the backlog has room (a checkpoint only if it waits)."""
+        while self.backlog >= self._backlog_limit:
+            if self.failure is not None:
+                raise StoreUnavailableError(f"the session store is failing: {self.failure}") from self.failure
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit dirty journals until :meth:`close` and nothing is left (or the close timeout)."""
+        task_status.started()
+        attempt = 0
+        while True:
+            if not self._dirty:
+                if self._closing:
+                    return
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            journals = list(self._dirty)
+            self._dirty.clear()
+            taken = [(journal, journal.take()) for journal in journals if not journal.lost]
+            checkpoints = [checkpoint for _, checkpoint in taken]
+            try:
+                if checkpoints:
+                    await self.store.commit(checkpoints)
+            except SessionConflictError as conflict:
+                # That session is someone else's now: it is failed; the others go again at once.
+                for journal, checkpoint in taken:
+                    if journal.session_id == conflict.session_id:
+                        journal.lose(conflict)
+                        self.backlog -= checkpoint_size(checkpoint)
+                    else:
+                        journal.restore(checkpoint)
+                        self._dirty[journal] = None
+                self._made_room()
+                continue
+            except StoreError as error:
+                self.failure = error
+                for journal, checkpoint in taken:
+                    journal.restore(checkpoint)
+                    journal.failed(error)
+                    self._dirty[journal] = None
+                logger.warning("the session store failed (%s); retrying", describe(error))
+                if self._closing:
+                    return  # the close timeout, not this loop, bounds how long a closing runtime tries
+                await trio.sleep(_RETRY.delay(attempt))
+                attempt += 1
+                continue
+            except BaseException:
+                for journal, checkpoint in taken:
+                    journal.restore(checkpoint)
+                raise
+            attempt = 0
+            self.failure = None
+            self.commits += 1
+            for journal, checkpoint in taken:
+                self.backlog -= checkpoint_size(checkpoint)
+                journal.committed(checkpoint)
+            self._made_room()
+
+    def _made_room(self) -> None:
+        if self.backlog < self._backlog_limit:
+            self._room.set()
+
+    def close(self) -> None:
+        """Stop once nothing is dirty."""
+        self._closing = True
+        self._wake.set()
+
+
+def checkpoint_size(checkpoint: Checkpoint) -> int:
+    return (
+        len(checkpoint.messages)
+        + len(checkpoint.runs)
+        + len(checkpoint.events)
+        + len(checkpoint.pending_added)
+        + len(checkpoint.pending_removed)
+    )
+
+
+@asynccontextmanager
+async def open_writer(store: SessionStore, owner: str) -> AsyncIterator[StoreWriter]:
+    """Open the store, and run its writer until the block exits; then write what is left (bounded) and close."""
+    async with store.open(owner), trio.open_nursery() as nursery:
+        writer = StoreWriter(store)
+        await nursery.start(writer.serve)
+        try:
+            yield writer
+        finally:
+            writer.close()
+            # What sessions left is written even if the runtime is being cancelled, for a while.
+            nursery.cancel_scope.shield = True
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT
+
+
+class Journal:
+    """One durable session's record of what is not yet written, and of what its store holds.
+
+    Run rows, events and questions wait in lists until the writer takes them;
+    the history is the session's own list, of which the journal knows how many
+    messages are written (the loop only appends to it).
+    """
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        session_id: str,
+        version: int,
+        history: list[Message],
+        runs: Sequence[RunRow] = (),
+        pending: Sequence[PendingRow] = (),
+        stored: int | None = None,
+    ) -> None:
+        self.writer = writer
+        self.session_id = session_id
+        self.version = version
+        self._history = history
+        self._stored = len(history) if stored is None else stored  # how many of its messages the store holds
+        self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as last written
+        self._runs: dict[str, RunRow] = {}
+        self._events: list[tuple[str, int, Event]] = []
+        self._unwritten: list[EventRow] = []  # events of a checkpoint that failed: they go first
+        self._next_seq: dict[str, int] = {}
+        self._added: list[PendingRow] = []
+        self._removed: list[str] = []
+        self._questions: dict[str, list[str]] = {}  # the stored questions, by the tool call that asked
+        for row in pending:
+            self._questions.setdefault(row.call_id, []).append(row.elicitation_id)
+        self._usage: UsageTally | None = None
+        self._flushed = trio.Event()
+        self._asked = 0  # bumped by every flush: what a commit must include to satisfy it
+        self._taken = 0  # what the checkpoint being written includes
+        self._done = 0  # what the last successful commit included
+        self.error: StoreError | None = None
+        """Why the last commit failed, until one succeeds."""
+        self.lost: SessionConflictError | None = None
+        """Set if another process took the session: nothing more is written."""
+
+    def track_usage(self, usage: UsageTally) -> None:
+        self._usage = usage
+
+    # -- what runs record -------------------------------------------------------
+
+    def run_row(self, row: RunRow, *, first_event: int = 0) -> None:
+        self._runs[row.run_id] = row
+        self._next_seq[row.run_id] = first_event
+        self._dirty(1)
+
+    def event(self, run_id: str, event: Event) -> None:
+        """Record an event of a run's log; consecutive text (or reasoning) pieces become one."""
+        events = self._events
+        kind = type(event)
+        if isinstance(event, TextDelta | ReasoningDelta) and events:
+            last_run, seq, last = events[-1]
+            if last_run == run_id and type(last) is kind:
+                assert isinstance(last, TextDelta | ReasoningDelta)
+                events[-1] = (run_id, seq, type(event)(last.text + event.text))
+                return
+        seq = self._next_seq.get(run_id, 0)
+        self._next_seq[run_id] = seq + 1
+        events.append((run_id, seq, event))
+        if isinstance(event, RunFinished):
+            row = self._runs.get(run_id) or self._known.get(run_id)
+            if row is not None:
+                self._runs[run_id] = RunRow(row.run_id, row.seq, row.input, "finished", event.reason, row.resumes)
+            self._next_seq.pop(run_id, None)
+        self._dirty(1)
+
+    def asked(self, run_id: str, call_id: str, request: ElicitationRequest) -> bool:
+        """Record a question (``False`` if it is already stored: a resumed call asking it again)."""
+        open_ids = self._questions.setdefault(call_id, [])
+        if request.id in open_ids:
+            return False
+        open_ids.append(request.id)
+        self._added.append(PendingRow(request.id, run_id, call_id, dumps(event_to_json(request))))
+        self._dirty(1)
+        return True
+
+    def settle_call(self, call_id: str) -> None:
+        """The tool call ended: its questions are pending no more."""
+        settled = self._questions.pop(call_id, None)
+        if settled:
+            self._removed.extend(settled)
+            self._dirty(len(settled))
+
+    def _dirty(self, records: int) -> None:
+        self.writer.backlog += records
+        self.writer.mark(self)
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far (the history too) is written.
+
+        Raises:
+            StoreUnavailableError: the store failed to write it (it is kept, and written once it can be).
+            SessionConflictError: another process took the session.
+        """
+        if self.lost is not None:
+            raise self.lost
+        self._asked += 1
+        wanted = self._asked
+        self.writer.mark(self)
+        while self._done < wanted:
+            if self._flushed.is_set():
+                self._flushed = trio.Event()
+            await self._flushed.wait()
+            if self.lost is not None:
+                raise self.lost
+            if self._done < wanted and self.error is not None:
+                raise StoreUnavailableError(f"the session store did not write it: {self.error}") from self.error
+
+    # -- the writer's side --------------------------------------------------------
+
+    def take(self) -> Checkpoint:
+        """What is not yet written, as one checkpoint (given back by :meth:`restore` if it fails)."""
+        history = self._history
+        events = self._unwritten
+        events.extend(EventRow(run_id, seq, dumps(event_to_json(event))) for run_id, seq, event in self._events)
+        checkpoint = Checkpoint(
+            self.session_id,
+            self.version,
+            self._stored,
+            [dumps(message_to_json(message)) for message in history[self._stored :]],
+            list(self._runs.values()),
+            events,
+            self._added,
+            self._removed,
+            None if self._usage is None else usage_to_json(self._usage.snapshot()),
+        )
+        self._taken = self._asked
+        self._runs = {}
+        self._events = []
+        self._unwritten = []
+        self._added = []
+        self._removed = []
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint was not written: what it held waits again (before what came since)."""
+        for row in checkpoint.runs:
+            self._runs.setdefault(row.run_id, row)
+        self._unwritten = checkpoint.events
+        self._added[:0] = checkpoint.pending_added
+        self._removed[:0] = checkpoint.pending_removed
+
+    def failed(self, error: StoreError) -> None:
+        self.error = error
+        self._flushed.set()
+
+    def committed(self, checkpoint: Checkpoint) -> None:
+        self.version += 1
+        self._stored = checkpoint.message_base + len(checkpoint.messages)
+        self._done = self._taken
+        self.error = None
+        for row in checkpoint.runs:
+            self._known[row.run_id] = row
+        self._flushed.set()
+
+    def lose(self, conflict: SessionConflictError) -> None:
+        self.lost = conflict
+        self._runs.clear()
+        self._events.clear()
+        self._flushed.set()
+
+
+def usage_to_json(usage: RunUsage) -> str:
+    return dumps(
+        {
+            "requests": usage.requests,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "tool_calls": usage.tool_calls,
+        }
+    )
+
+
+def restore_usage(tally: UsageTally, usage: str | None) -> None:
+    if usage is None:
+        return
+    data = json.loads(usage)
+    tally.requests = int(data.get("requests", 0))
+    tally.input_tokens = int(data.get("input_tokens", 0))
+    tally.output_tokens = int(data.get("output_tokens", 0))
+    tally.tool_calls = int(data.get("tool_calls", 0))
+
+
+# -- a run's input, as its row holds it ----------------------------------------------
+
+
+def run_input_to_json(content: Content | None, history_at: int) -> str:
+    """A run row's ``input``: the user's content (``None`` for a resumption without one) and how long the
+    history was when the run began (recovery puts an interrupted run's message back at that place)."""
+    return dumps({"content": None if content is None else content_to_json(content), "at": history_at})
+
+
+def run_input_from_json(text: str) -> tuple[Content | None, int]:
+    data = json.loads(text)
+    content = data.get("content")
+    return (None if content is None else content_from_json(content)), int(data.get("at", 0))
+
+
+# -- recovery: what a session is after its process stopped --------------------------
+
+
+class Suspended:
+    """An interrupted run that was waiting for answers: resuming it calls those tool calls again."""
+
+    __slots__ = ("calls", "questions", "run_id")
+
+    def __init__(self, run_id: str, questions: list[PendingRow], calls: dict[str, ToolCallChunk]) -> None:
+        self.run_id = run_id
+        self.questions = questions
+        self.calls = calls
+        """The tool calls to call again, by call id."""
+
+    def requests(self) -> tuple[ElicitationRequest, ...]:
+        return tuple(request_from_row(row) for row in self.questions)
+
+    def resumption(self, given: Mapping[str, tuple[str, Any]] | None) -> Resumption:
+        """What the resuming run needs: per call id, the question's id and its answer if ``given`` has one.
+
+        Raises:
+            UnknownElicitationError: ``given`` answers a question that is not pending.
+            InvalidElicitationResponse: an answer does not fit its question.
+        """
+        from ._bridge import PendingElicitation
+        from ._exceptions import UnknownElicitationError
+
+        given = dict(given or {})
+        result: dict[str, tuple[str, ElicitationResult | None]] = {}
+        for row in self.questions:
+            answer = given.pop(row.elicitation_id, None)
+            outcome: ElicitationResult | None = None
+            if answer is not None:
+                request = request_from_row(row)
+                _, validate = compile_schema(request.schema)
+                pending = PendingElicitation(row.elicitation_id, validate)
+                pending.answer(*answer)
+                outcome = pending.result
+            result[row.call_id] = (row.elicitation_id, outcome)
+        if given:
+            raise UnknownElicitationError(f"no pending elicitation {next(iter(given))!r} in this session")
+        return Resumption(self.run_id, self.calls, result)
+
+
+class Resumption:
+    """A run resuming an interrupted one: the calls to make again, and their questions' ids and answers."""
+
+    __slots__ = ("answers", "calls", "run_id")
+
+    def __init__(
+        self,
+        run_id: str,
+        calls: dict[str, ToolCallChunk],
+        answers: dict[str, tuple[str, ElicitationResult | None]],
+    ) -> None:
+        self.run_id = run_id
+        """The run it resumes."""
+        self.calls = calls
+        self.answers = answers
+
+
+def request_from_row(row: PendingRow) -> ElicitationRequest:
+    data = json.loads(row.request)
+    return ElicitationRequest(data["id"], data["message"], data.get("schema"), data.get("agent", ""))
+
+
+def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Suspended | None, int]:
+    """The history to go on with, the interrupted runs (to be marked), the run to resume if any, and how
+    many of the history's first messages are as stored (the rest is written again).
+
+    An interrupted run (still ``running`` in the store: its process stopped)
+    gets its user's message back if it was not written, and a result for every
+    tool call that has none ("interrupted"), except the calls that were waiting
+    for an answer: those are called again when the session resumes.
+    """
+    history = [message_from_json(json.loads(text)) for text in snapshot.messages]
+    unchanged = len(history)
+    interrupted = [row for row in snapshot.runs if row.status == "running"]
+    suspended: Suspended | None = None
+    for row in interrupted:
+        content, at = run_input_from_json(row.input)
+        if content is not None and len(history) <= at:
+            history.append(_user_message(content))
+    waiting = {pending.call_id: pending for pending in snapshot.pending}
+    resumable: dict[str, ToolCallChunk] = {}
+    answered = {message.call_id for message in history if isinstance(message, ToolResultMessage)}
+    repaired: list[Message] = []
+    for message in history:
+        repaired.append(message)
+        if isinstance(message, AssistantMessage):
+            for call in message.tool_calls:
+                if call.call_id in answered:
+                    continue
+                if call.call_id in waiting:
+                    resumable[call.call_id] = call
+                else:
+                    answered.add(call.call_id)
+                    unchanged = min(unchanged, len(repaired))
+                    repaired.append(ToolResultMessage(call.call_id, call.name, INTERRUPTED_RESULT, True))
+    if resumable:
+        questions = [pending for pending in snapshot.pending if pending.call_id in resumable]
+        suspended = Suspended(questions[0].run_id, questions, resumable)
+    return repaired, interrupted, suspended, unchanged
+
+
+def _user_message(content: Content) -> Message:
+    from agents import UserMessage
+
+    return UserMessage(content)
+
+
+class Recorder:
+    """A durable run's copy of its events into its session's journal (a sink of the run's ``Tee``)."""
+
+    __slots__ = ("_journal", "_run_id")
+
+    def __init__(self, journal: Journal, run_id: str) -> None:
+        self._journal = journal
+        self._run_id = run_id
+
+    def full(self) -> bool:
+        """Whether the writer is a whole backlog behind (the run then waits in :meth:`offer`)."""
+        return self._journal.writer.full
+
+    def offer_nowait(self, event: Event, *, owed: bool = False) -> None:
+        self._journal.event(self._run_id, event)
+
+    async def offer(self, event: Event) -> None:
+        try:
+            await self._journal.writer.room()
+        except StoreUnavailableError:
+            pass  # kept past the bound: the run's next durability point fails it with this error
+        self._journal.event(self._run_id, event)
