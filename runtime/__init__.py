@@ -23,9 +23,11 @@ from ._exceptions import (
     ClosedSessionError as ClosedSessionError,
     ElicitationResponseError as ElicitationResponseError,
     InvalidElicitationResponse as InvalidElicitationResponse,
+    NothingToResumeError as NothingToResumeError,
     PublishTimeoutError as PublishTimeoutError,
     ReentrantRunError as ReentrantRunError,
     RunFailedError as RunFailedError,
+    SessionNotFoundError as SessionNotFoundError,
     UnknownElicitationError as UnknownElicitationError,
 )
 from ._gateway import (
@@ -44,4 +46,13 @@ from ._resources import SessionResource as SessionResource
 from ._result import RunResult as RunResult, ToolCallRecord as ToolCallRecord
 from ._runtime import Runtime as Runtime, SessionHandle as SessionHandle, open_runtime as open_runtime
 from ._session import Session as Session
+from ._store import (
+    SessionConflictError as SessionConflictError,
+    SessionOwnedError as SessionOwnedError,
+    SessionStore as SessionStore,
+    StoreCorruptError as StoreCorruptError,
+    StoreError as StoreError,
+    StoreUnavailableError as StoreUnavailableError,
+    StoreVersionError as StoreVersionError,
+)
 from ._stream import RunStream as RunStream

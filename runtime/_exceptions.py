@@ -7,6 +7,7 @@ The tree::
     ├── ClosedRunStreamError   a RunStream used after its block exited, or an emit after its run
     ├── ReentrantRunError      Session.run() called from inside one of its own runs
     ├── NothingToResumeError   Session.resume() with no interrupted run waiting for answers
+    ├── SessionNotFoundError   open_session(..., create=False): the store has no such session
     ├── StoreError             a session store failed (runtime._store: its subclasses)
     ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
     ├── ClosedBusError         the message bus was closed
@@ -47,6 +48,10 @@ class ReentrantRunError(AgentRuntimeError):
 
 class NothingToResumeError(AgentRuntimeError):
     """``Session.resume`` was called, but no interrupted run of the session waits for answers."""
+
+
+class SessionNotFoundError(AgentRuntimeError):
+    """``open_session``/``start_session`` with ``create=False`` found no session of that id."""
 
 
 class RunFailedError(AgentRuntimeError):

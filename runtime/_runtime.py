@@ -11,7 +11,7 @@ import trio
 
 from agents.models import http_client as open_http_client
 
-from ._exceptions import AgentRuntimeError, ClosedSessionError
+from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundError
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
@@ -64,12 +64,13 @@ class SessionHandle:
 class _SessionBlock:
     """``async with runtime.open_session(...)``: a class, not a generator, to keep a run's footprint small."""
 
-    __slots__ = ("_agent", "_runtime", "_session", "_session_id")
+    __slots__ = ("_agent", "_create", "_runtime", "_session", "_session_id")
 
-    def __init__(self, runtime: Runtime, agent: Agent[Any, Any], session_id: str | None) -> None:
+    def __init__(self, runtime: Runtime, agent: Agent[Any, Any], session_id: str | None, create: bool) -> None:
         self._runtime = runtime
         self._agent = agent
         self._session_id = session_id
+        self._create = create
         self._session: Session[Any] | None = None
 
     async def __aenter__(self) -> Session[Any]:
@@ -149,7 +150,7 @@ class Runtime:
         return tuple(self._sessions)
 
     def open_session(
-        self, agent: Agent[Any, OutputT], *, session_id: str | None = None
+        self, agent: Agent[Any, OutputT], *, session_id: str | None = None, create: bool = True
     ) -> AbstractAsyncContextManager[Session[OutputT]]:
         """Open a session for ``agent``; leaving the block closes it and waits for its tasks.
 
@@ -160,7 +161,8 @@ class Runtime:
         With a store, ``session_id`` opens that session if the store has it
         (its history, its interrupted runs marked ``interrupted`` and repaired,
         the questions a run was waiting on in :attr:`Session.pending`), and
-        makes it otherwise; the session is this process's until it closes.
+        makes it otherwise (unless ``create`` is false); the session is this
+        process's until it closes.
 
         Example::
 
@@ -170,12 +172,18 @@ class Runtime:
         Raises:
             ClosedSessionError: the runtime is closed.
             SessionOwnedError: (with a store) another process has the session open.
+            SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
         """
-        return _SessionBlock(self, agent, session_id)
+        return _SessionBlock(self, agent, session_id, create)
 
     async def start_session(
-        self, agent: Agent[Any, Any], *, session_id: str | None = None, idle_timeout: float | Any | None = ...
+        self,
+        agent: Agent[Any, Any],
+        *,
+        session_id: str | None = None,
+        idle_timeout: float | Any | None = ...,
+        create: bool = True,
     ) -> SessionHandle:
         """Start a session that lives in the runtime until closed, reaped when idle, or the runtime exits.
 
@@ -185,6 +193,9 @@ class Runtime:
             idle_timeout: Close it after this many seconds without a run (or a
                 :meth:`Session.in_use` block); defaults to the runtime's
                 ``idle_timeout``; ``None``: never.
+            create: With a store: make the session if the store has none of that
+                id (else :class:`SessionNotFoundError`). Without one, a session is
+                always new.
 
         A failure inside the session (one of its own tasks raising) closes
         that session only; it is logged and kept on :attr:`SessionHandle.error`.
@@ -192,14 +203,19 @@ class Runtime:
         Raises:
             ClosedSessionError: the runtime is closed.
             SessionOwnedError: (with a store) another process has the session open.
+            SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
         """
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
         if self._writer is None:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if not create:
+                raise SessionNotFoundError(f"no session {session_id!r}: the runtime has no store")
             session = self._start(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
         else:
-            session = await self._start_durable(agent, session_id=session_id, idle_timeout=timeout, log_failure=True)
+            session = await self._start_durable(
+                agent, session_id=session_id, idle_timeout=timeout, log_failure=True, create=create
+            )
         return SessionHandle(session)
 
     def _start(
@@ -227,7 +243,13 @@ class Runtime:
         )
 
     async def _start_durable(
-        self, agent: Agent[Any, OutputT], *, session_id: str | None, idle_timeout: float | None, log_failure: bool
+        self,
+        agent: Agent[Any, OutputT],
+        *,
+        session_id: str | None,
+        idle_timeout: float | None,
+        log_failure: bool,
+        create: bool = True,
     ) -> Session[OutputT]:
         """Claim the session in the store, load and recover it, and start it holding its claim."""
         if self._closed:
@@ -236,8 +258,9 @@ class Runtime:
         assert writer is not None
         store = writer.store
         session_id = session_id or new_session_id()
-        snapshot = await store.claim(session_id, agent.name, create=True)
-        assert snapshot is not None
+        snapshot = await store.claim(session_id, agent.name, create=create)
+        if snapshot is None:
+            raise SessionNotFoundError(f"no session {session_id!r} in {store.url}")
         try:
             history, interrupted, suspended, unchanged = recover(snapshot)
             journal = Journal(writer, session_id, snapshot.version, history, snapshot.runs, snapshot.pending, unchanged)

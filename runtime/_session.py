@@ -159,6 +159,11 @@ class Session(Generic[OutputT]):
         return None if self._suspended is None else self._suspended.run_id
 
     @property
+    def run_count(self) -> int:
+        """Runs started in this session so far (a durable session's earlier processes' included)."""
+        return self._run_count
+
+    @property
     def durable(self) -> bool:
         """Whether the session lives in a store (``open_runtime(store=...)``)."""
         return self._journal is not None

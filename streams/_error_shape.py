@@ -30,16 +30,26 @@ MAX_MESSAGE: Final = 500
 _ROUTING: Final = {404: "not_found", 405: "method_not_allowed"}
 
 
-def error_json(kind: str, message: str) -> dict[str, dict[str, str]]:
-    """``{"error": {"type": kind, "message": message}}``, ``message`` clipped to :data:`MAX_MESSAGE` characters."""
+def error_json(kind: str, message: str, **extra: str | None) -> dict[str, dict[str, str | None]]:
+    """``{"error": {"type": kind, "message": message, **extra}}``, ``message`` clipped to :data:`MAX_MESSAGE`
+    characters (``extra``: what an error type adds, such as ``owner`` for ``session_elsewhere``)."""
     if len(message) > MAX_MESSAGE:
         message = f"{message[: MAX_MESSAGE - 1]}…"
-    return {"error": {"type": kind, "message": message}}
+    return {"error": {"type": kind, "message": message, **extra}}
 
 
-def error_response(status: int, kind: str, message: str, *, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    kind: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, str | None] | None = None,
+) -> JSONResponse:
     """``status`` with the body :func:`error_json` makes."""
-    return JSONResponse(error_json(kind, message), status_code=status, headers=dict(headers) if headers else None)
+    return JSONResponse(
+        error_json(kind, message, **(extra or {})), status_code=status, headers=dict(headers) if headers else None
+    )
 
 
 def json_errors(app: Starlette) -> Starlette:

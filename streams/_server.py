@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from collections import OrderedDict
@@ -19,7 +20,15 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agents._json import loads_untrusted
-from runtime import ClosedSessionError, ElicitationResponseError, UnknownElicitationError, open_runtime
+from runtime import (
+    ClosedSessionError,
+    ElicitationResponseError,
+    SessionNotFoundError,
+    SessionOwnedError,
+    StoreUnavailableError,
+    UnknownElicitationError,
+    open_runtime,
+)
 from runtime._runtime import single_errors
 from runtime.events import RunFinished, RunStarted
 
@@ -56,7 +65,7 @@ if TYPE_CHECKING:
 
     from agents import Agent
     from agents._content import Content
-    from runtime import RunStream, Runtime, Session, SessionHandle
+    from runtime import RunStream, Runtime, Session, SessionHandle, SessionStore
     from runtime.events import Event
 
     from ._mcp import McpEndpoint
@@ -95,13 +104,14 @@ class ServerStatistics:
 
 
 class _HTTPError(Refusal):
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, kind: str, message: str, **extra: str | None) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.extra = extra
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.kind, str(self))
+        return error_response(self.status, self.kind, str(self), extra=self.extra)
 
 
 class _BinaryFrame(Exception):
@@ -155,7 +165,14 @@ class ServedSession:
         self.feed.publish({"type": "Notice", "message": message})
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state["state"], "runs": self.run_count}
+        """``{"id", "state", "runs", "pending"}``: ``pending`` holds the questions an interrupted run of a
+        durable session waits on (``ElicitationRequest`` events); answering one resumes that run."""
+        return {
+            "id": self.id,
+            "state": self.state["state"],
+            "runs": self.run_count,
+            "pending": [event_to_json(request) for request in self.session.pending],
+        }
 
     def _workspace_changed(self, change: WorkspaceChange) -> None:
         message = {"type": "WorkspaceChanged", "op": change.op, "path": change.path, "source": change.source}
@@ -245,6 +262,7 @@ class Server:
         self._websockets = 0
         self._dropped = 0  # by sessions that have closed
         self._mcp: McpEndpoint | None = None  # made at the first request to /mcp: only then is the SDK imported
+        self._opening: dict[str, trio.Event] = {}  # stored sessions being opened here, by id
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -279,14 +297,17 @@ class Server:
         dropped = self._dropped + sum(served.updates.dropped for served in self._sessions.values())
         return ServerStatistics(len(self._sessions), self._streaming, self._websockets, dropped)
 
-    async def open_session(self, session_id: str | None = None) -> ServedSession:
-        """Start a served session (what ``POST /sessions`` does).
+    async def open_session(self, session_id: str | None = None, *, create: bool = True) -> ServedSession:
+        """Start a served session (what ``POST /sessions`` does); with a store, open it from there if it has it.
 
         Raises:
             InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
             SessionExistsError: a served session has that id.
             TooManySessionsError: ``max_sessions`` are open.
             ClosedSessionError: the server is shutting down.
+            SessionOwnedError: (with a store) another process serves it.
+            SessionNotFoundError: (with a store) ``create`` is false and the store has no such session.
+            StoreUnavailableError: (with a store) the store cannot be reached.
         """
         if session_id is not None and not (isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id)):
             raise InvalidSessionIdError(
@@ -297,7 +318,9 @@ class Server:
         if session_id in self._sessions:  # a conflict, whether or not there is room
             raise SessionExistsError(f"session {session_id!r} exists")
         self._check_room()
-        handle = await self.runtime.start_session(self.agent, session_id=session_id, idle_timeout=self._idle_timeout)
+        handle = await self.runtime.start_session(
+            self.agent, session_id=session_id, idle_timeout=self._idle_timeout, create=create
+        )
         # Checked again after the await: no other task can slip in between these checks and the insert.
         if handle.session.id in self._sessions:
             await handle.aclose()
@@ -308,6 +331,7 @@ class Server:
             await handle.aclose()
             raise
         served = ServedSession(handle, buffer=self._buffer)
+        served.run_count = handle.session.run_count
         self._sessions[served.id] = served
         try:
             handle.session.start_soon(self._keep, served, name=f"served session {served.id}")
@@ -339,14 +363,35 @@ class Server:
     def _authorized(self, connection: HTTPConnection) -> bool:
         return bearer_token_matches(connection, self._token)
 
-    def _served(self, connection: HTTPConnection) -> ServedSession:
+    async def _served(self, connection: HTTPConnection) -> ServedSession:
         if not self._authorized(connection):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         sid = connection.path_params["sid"]
         served = self._sessions.get(sid)
+        if served is None and self.runtime.store is not None and SESSION_ID_PATTERN.fullmatch(sid):
+            served = await self._open_stored(sid)
         if served is None or served.session.closed:
             raise _HTTPError(404, "unknown_session", f"no session {sid!r}")
         return served
+
+    async def _open_stored(self, sid: str) -> ServedSession | None:
+        """The session ``sid`` from the store, now served here (``None`` if the store has none)."""
+        opening = self._opening.get(sid)
+        if opening is not None:  # another request is opening it: wait for that one
+            await opening.wait()
+            return self._sessions.get(sid)
+        opening = self._opening[sid] = trio.Event()
+        try:
+            return await self._open_session_answering(sid, create=False)
+        except _HTTPError as error:
+            if error.kind == "unknown_session":
+                return None
+            if error.kind == "conflict":  # opened meanwhile by POST /sessions
+                return self._sessions.get(sid)
+            raise
+        finally:
+            del self._opening[sid]
+            opening.set()
 
     async def _raw_body(self, request: Request) -> bytes:
         try:
@@ -380,12 +425,14 @@ class Server:
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
         served = await self._open_session_answering(body.get("id"))
+        if served.session.run_count:  # a stored session, opened here again: it existed
+            raise _HTTPError(409, "conflict", f"session {served.id!r} exists")
         return JSONResponse(served.describe(), status_code=201)
 
-    async def _open_session_answering(self, session_id: str | None) -> ServedSession:
+    async def _open_session_answering(self, session_id: str | None, *, create: bool = True) -> ServedSession:
         """:meth:`open_session`, its errors raised as the answers to give."""
         try:
-            return await self.open_session(session_id)
+            return await self.open_session(session_id, create=create)
         except InvalidSessionIdError as exc:
             raise _HTTPError(422, "bad_session_id", f"'id': {exc}") from None
         except ClosedSessionError:
@@ -394,6 +441,13 @@ class Server:
             raise _HTTPError(409, "conflict", str(exc)) from None
         except TooManySessionsError as exc:
             raise _HTTPError(503, "too_many_sessions", str(exc)) from None
+        except SessionOwnedError as exc:
+            # Not 409, which a client reads as "it exists, go on": this request is for another process.
+            raise _HTTPError(421, "session_elsewhere", str(exc), owner=exc.owner) from None
+        except SessionNotFoundError:
+            raise _HTTPError(404, "unknown_session", f"no session {session_id!r}") from None
+        except StoreUnavailableError as exc:
+            raise _HTTPError(503, "store_unavailable", str(exc)) from None
 
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -401,14 +455,14 @@ class Server:
         return JSONResponse({"sessions": [served.describe() for served in self._sessions.values()]})
 
     async def _get(self, request: Request) -> Response:
-        return JSONResponse(self._served(request).describe())
+        return JSONResponse((await self._served(request)).describe())
 
     async def _delete(self, request: Request) -> Response:
-        await self._served(request).handle.aclose()
+        await (await self._served(request)).handle.aclose()
         return Response(status_code=204)
 
     async def _run(self, request: Request) -> Response:
-        served = self._served(request)
+        served = await self._served(request)
         body = await self._body(request)
         try:
             user_input = content_from_json(body.get("input"))
@@ -416,7 +470,7 @@ class Server:
             raise _HTTPError(422, "bad_request", str(exc)) from None
         if body.get("detach"):
             try:
-                run_id = await served.session.start(self._drive_detached, served, user_input)
+                run_id = await served.session.start(self._drive_detached, served, served.session.run, user_input)
             except ClosedSessionError:
                 raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
             return JSONResponse({"run_id": run_id}, status_code=202)
@@ -447,9 +501,15 @@ class Server:
                 served.run_ends(source.run_id)
 
     async def _drive_detached(
-        self, served: ServedSession, user_input: Content, *, task_status: trio.TaskStatus[str]
+        self,
+        served: ServedSession,
+        start: Callable[..., RunStream],
+        what: Any,
+        *,
+        task_status: trio.TaskStatus[str],
     ) -> None:
-        async with served.session.run(user_input, deps=served.workspace) as stream:
+        """A run no client is attached to (``detach``, or an answer that resumes a run): followed by its log."""
+        async with start(what, deps=served.workspace) as stream:
             run_id = stream.run_id
             served.run_begins(run_id, stream)
             try:
@@ -460,9 +520,17 @@ class Server:
                 served.run_ends(run_id)
 
     async def _follow_run(self, request: Request) -> Response:
-        served = self._served(request)
+        served = await self._served(request)
         rid = request.path_params["rid"]
         log = served.runs.get(rid)
+        store = self.runtime.store
+        if log is None and store is not None:  # a run of an earlier process: its log is in the store
+            stored = await store.events(served.id, rid)
+            if stored:
+                log = RunLog(rid, limit=REPLAY_LIMIT)
+                for text in stored:
+                    log.append({**json.loads(text), "run_id": rid})
+                log.finish()
         if log is None:
             raise _HTTPError(404, "unknown_run", f"no run {rid!r} in session {served.id!r}")
 
@@ -473,7 +541,7 @@ class Server:
         return self._event_stream(follow)
 
     async def _feed(self, request: Request) -> Response:
-        served = self._served(request)
+        served = await self._served(request)
 
         @asynccontextmanager
         async def subscribe() -> AsyncIterator[MessageSource]:
@@ -502,7 +570,7 @@ class Server:
         return EventStreamResponse(counted, heartbeat=self._heartbeat)
 
     async def _answer(self, request: Request) -> Response:
-        served = self._served(request)
+        served = await self._served(request)
         eid = request.path_params["eid"]
         body = await self._body(request)
         action = body.get("action")
@@ -517,6 +585,18 @@ class Server:
                 except ElicitationResponseError as exc:
                     raise _HTTPError(422, "invalid_answer", str(exc)) from None
                 return Response(status_code=204)
+        if any(request.id == eid for request in served.session.pending):
+            # A question an interrupted run waited on: the answer resumes that run, detached.
+            resume = functools.partial(served.session.resume, {eid: (action, body.get("content"))})
+            try:
+                run_id = await served.session.start(
+                    self._drive_detached, served, lambda _, deps: resume(deps=deps), None
+                )
+            except ElicitationResponseError as exc:
+                raise _HTTPError(422, "invalid_answer", str(exc)) from None
+            except ClosedSessionError:
+                raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
+            return JSONResponse({"run_id": run_id}, status_code=202)
         raise _HTTPError(404, "unknown_elicitation", f"no pending elicitation {eid!r} in session {served.id!r}")
 
     # -- MCP -------------------------------------------------------------------
@@ -546,7 +626,7 @@ class Server:
 
     async def _accept(self, websocket: WebSocket) -> ServedSession | None:
         try:
-            served = self._served(websocket)
+            served = await self._served(websocket)
         except _HTTPError as error:
             await websocket.send_denial_response(error.response())
             return None
@@ -774,6 +854,7 @@ async def open_server(
     body_timeout: float = 10.0,
     backlog: int = 1024,
     allow_unauthenticated_remote: bool = False,
+    store: SessionStore | None = None,
 ) -> AsyncIterator[Server]:
     """Serve ``agent`` over HTTP, SSE and WebSocket until the block exits.
 
@@ -820,6 +901,10 @@ async def open_server(
             they are accepted (capped by ``net.core.somaxconn``).
         allow_unauthenticated_remote: Serve on a non-loopback ``host`` with no
             ``token``. Without it, that raises :class:`UnsafeBindError`.
+        store: Keep the served sessions in it (for the runtime the server opens;
+            give ``runtime`` one of its own otherwise): a request for a session
+            this process does not serve opens it from the store, one that another
+            process serves is answered 421 ``session_elsewhere`` naming it.
 
     Raises:
         UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
@@ -834,7 +919,9 @@ async def open_server(
     # The block's own error comes out as itself, not in a group (as open_runtime's do).
     async with single_errors(), AsyncExitStack() as stack:
         if runtime is None:
-            runtime = await stack.enter_async_context(open_runtime())
+            runtime = await stack.enter_async_context(open_runtime(store=store))
+        elif store is not None:
+            raise ValueError("give the store to the runtime you pass (open_runtime(store=...)), not to open_server")
         server = Server(
             runtime,
             agent,
