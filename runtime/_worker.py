@@ -47,9 +47,18 @@ class WorkerCall(Generic[T]):
             return self._abandoned
 
     def set_interrupt(self, interrupt: Callable[[], None] | None) -> None:
-        """Name what stops the thread's current statement if the caller is cancelled (``None``: nothing)."""
+        """Name what stops the thread's current statement if the caller is cancelled (``None``: nothing).
+
+        Clearing it waits for an interrupt being sent: one meant for this call's statement never
+        reaches the next user of its connection.
+        """
         with self._lock:
             self._interrupt = interrupt
+
+    def _interrupt_now(self) -> None:
+        with self._lock:
+            if self._interrupt is not None:
+                self._interrupt()
 
 
 async def run_worker(
@@ -85,15 +94,15 @@ async def run_worker(
             call._abandoned = True
             finished = call._finished
             result = call._result
-            interrupt = call._interrupt
+            interruptible = call._interrupt is not None
         with trio.CancelScope(shield=True):
             if finished and undo is not None:
                 # The thread was done, but Trio dropped its result when the cancel won the race.
                 await trio.to_thread.run_sync(undo, cast("T", result))
-            elif not finished and interrupt is not None:
+            elif not finished and interruptible:
                 # Bounded: a server that cannot be reached must not hold up the cancellation for long.
                 with trio.move_on_after(INTERRUPT_TIMEOUT):
-                    await trio.to_thread.run_sync(interrupt, abandon_on_cancel=True)
+                    await trio.to_thread.run_sync(call._interrupt_now, abandon_on_cancel=True)
         raise
 
 
