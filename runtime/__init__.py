@@ -42,13 +42,20 @@ from ._handlers import (
     Overflow as Overflow,
     StreamHandler as StreamHandler,
 )
+from ._postgres import PostgresStore as PostgresStore
 from ._resources import SessionResource as SessionResource
 from ._result import RunResult as RunResult, ToolCallRecord as ToolCallRecord
 from ._runtime import Runtime as Runtime, SessionHandle as SessionHandle, open_runtime as open_runtime
 from ._session import Session as Session
+from ._sqlite import SQLiteStore as SQLiteStore
 from ._store import (
+    Checkpoint as Checkpoint,
+    EventRow as EventRow,
+    PendingRow as PendingRow,
+    RunRow as RunRow,
     SessionConflictError as SessionConflictError,
     SessionOwnedError as SessionOwnedError,
+    SessionSnapshot as SessionSnapshot,
     SessionStore as SessionStore,
     StoreCorruptError as StoreCorruptError,
     StoreError as StoreError,

@@ -12,9 +12,15 @@ The tree::
     ├── RunFailedError         Session.ask(): the run ended with "error" or "timeout"
     ├── ClosedBusError         the message bus was closed
     ├── PublishTimeoutError    no room on the bus within the publish's timeout
-    └── ElicitationResponseError   RunStream.respond() could not deliver the answer
-        ├── UnknownElicitationError   no pending request has that id (or it was answered)
-        └── InvalidElicitationResponse   bad action, or content that fails the schema
+    ├── ElicitationResponseError   RunStream.respond() could not deliver the answer
+    │   ├── UnknownElicitationError   no pending request has that id (or it was answered)
+    │   └── InvalidElicitationResponse   bad action, or content that fails the schema
+    └── StoreError             a session store failed (defined in _store.py)
+        ├── StoreUnavailableError   the database cannot be reached, or a write failed
+        ├── StoreCorruptError       the file or database is not a session store
+        ├── StoreVersionError       a newer trio-agents wrote it
+        ├── SessionOwnedError       another process has the session live
+        └── SessionConflictError    a checkpoint found the session changed or lost under it
 """
 
 from __future__ import annotations

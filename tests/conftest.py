@@ -4,6 +4,8 @@
 (``backup_server``: a second one).
 ``load_example``: imports an example script as a module.
 ``run_example``: runs an example as a script, offline.
+``postgres_cluster``: a throwaway PostgreSQL cluster, one per test session (``tests/pg.py``).
+``postgres_dsn``: a fresh empty database in it, one per test.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import pytest
 import trio
 import trio.lowlevel
 
+from tests.pg import PostgresCluster, PostgresMissingError, find_bindir, postgres_cluster as _postgres_cluster
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from types import ModuleType
 
 
@@ -194,6 +198,23 @@ def run_example() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_example(name, *args, env=None)``: run ``examples/<name>.py`` as a script with no network, no key
     and no terminal input (``env``: a few variables more), and return the finished process."""
     return _run_example
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster on loopback for the whole test session (``initdb`` + ``pg_ctl``, trust auth)."""
+    try:
+        find_bindir()
+    except PostgresMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with _postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: PostgresCluster) -> str:
+    """A fresh empty database of the session's cluster, for this test alone (its connection string)."""
+    return postgres_cluster.create_database()
 
 
 pytest_plugins = ["pytester"]

@@ -1,0 +1,125 @@
+"""Worker-thread calls for the session stores: cancellable from the caller's scope, undone when abandoned.
+
+A store runs every database call in a worker thread with
+``trio.to_thread.run_sync(..., abandon_on_cancel=True)``: a cancelled caller
+returns at once, and the thread runs on to the end of its statement (its
+connection is never handed to another thread mid-statement). What an
+abandoned call did must not outlive it unseen: a claim nobody received is
+released. :class:`WorkerCall` is the handshake between the two sides: the
+thread records its result under a lock, the cancelled side marks the call
+abandoned under the same lock, and whichever side comes second undoes the
+result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
+
+INTERRUPT_TIMEOUT: Final = 1.0
+"""Seconds a cancelled caller gives the request that interrupts its thread's statement (PostgreSQL)."""
+
+
+class WorkerCall(Generic[T]):
+    """One call's state, shared by its worker thread and the task waiting for it."""
+
+    __slots__ = ("_abandoned", "_finished", "_interrupt", "_lock", "_result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._finished = False
+        self._result: T | None = None
+        self._interrupt: Callable[[], None] | None = None
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether the caller was cancelled (checked by a thread before it commits, to roll back instead)."""
+        with self._lock:
+            return self._abandoned
+
+    def set_interrupt(self, interrupt: Callable[[], None] | None) -> None:
+        """Name what stops the thread's current statement if the caller is cancelled (``None``: nothing).
+
+        Clearing it waits for an interrupt being sent: one meant for this call's statement never
+        reaches the next user of its connection.
+        """
+        with self._lock:
+            self._interrupt = interrupt
+
+    def _interrupt_now(self) -> None:
+        with self._lock:
+            if self._interrupt is not None:
+                self._interrupt()
+
+
+async def run_worker(
+    fn: Callable[[WorkerCall[T]], T],
+    *,
+    limiter: trio.CapacityLimiter,
+    undo: Callable[[T], None] | None = None,
+) -> T:
+    """Run ``fn(call)`` in a worker thread; if the caller is cancelled, abandon the thread and undo its result.
+
+    Args:
+        fn: The blocking call; it may check ``call.abandoned`` and register an interrupt.
+        limiter: Bounds the store's threads (an abandoned thread keeps its token until it ends).
+        undo: Called with ``fn``'s result if the caller was cancelled before it could receive it (in the
+            thread when it finishes late; else, shielded, in a thread of its own). It must not raise.
+    """
+    call: WorkerCall[T] = WorkerCall()
+
+    def work() -> T:
+        result = fn(call)
+        with call._lock:
+            call._finished = True
+            call._result = result
+            abandoned = call._abandoned
+        if abandoned and undo is not None:
+            undo(result)
+        return result
+
+    try:
+        return await trio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+    except trio.Cancelled:
+        with call._lock:
+            call._abandoned = True
+            finished = call._finished
+            result = call._result
+            interruptible = call._interrupt is not None
+        with trio.CancelScope(shield=True):
+            if finished and undo is not None:
+                # The thread was done, but Trio dropped its result when the cancel won the race.
+                await trio.to_thread.run_sync(undo, cast("T", result))
+            elif not finished and interruptible:
+                # Bounded: a server that cannot be reached must not hold up the cancellation for long.
+                with trio.move_on_after(INTERRUPT_TIMEOUT):
+                    await trio.to_thread.run_sync(call._interrupt_now, abandon_on_cancel=True)
+        raise
+
+
+async def settle(limiter: trio.CapacityLimiter) -> None:
+    """Wait until every thread holding a token of ``limiter`` has ended (abandoned ones too)."""
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    taken = []
+    try:
+        for borrower in borrowers:
+            await limiter.acquire_on_behalf_of(borrower)
+            taken.append(borrower)
+    finally:
+        for borrower in taken:
+            limiter.release_on_behalf_of(borrower)
+
+
+def session_hash(session_id: str) -> int:
+    """A session id's 64-bit hash, unsigned (the key of its lock)."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=8, person=b"trio-agents").digest()
+    return int.from_bytes(digest, "big")
