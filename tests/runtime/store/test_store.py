@@ -318,4 +318,3 @@ async def test_store_calls_outside_open_fail_clearly(backend: Backend) -> None:
     with pytest.raises(StoreUnavailableError, match="not open"):
         await store.commit([])
     await store.release("s1")
-
