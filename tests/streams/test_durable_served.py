@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import trio
 
 from tests.processes import Child, running
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 AGENT = "tests.streams.durable_agent:agent"
 URL = re.compile(r"^serving on (http://\S+)$", re.MULTILINE)
@@ -39,8 +41,6 @@ class Served:
 
 async def start(nursery: trio.Nursery, store: str, ledger: Path) -> Served:
     """Start a server process on ``store`` in ``nursery``'s lifetime and wait until it listens."""
-    ready: trio.Event = trio.Event()
-    box: list[Served] = []
 
     async def serve(task_status: trio.TaskStatus[Served]) -> None:
         args = ("-m", "streams", "serve", "--agent", AGENT, "--port", "0", "--store", store)
@@ -49,10 +49,8 @@ async def start(nursery: trio.Nursery, store: str, ledger: Path) -> Served:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 task_status.started(Served(child, url, client))
                 await child.process.wait()
-                ready.set()
 
     served: Served = await nursery.start(serve)
-    box.append(served)
     return served
 
 
@@ -151,7 +149,7 @@ async def test_a_run_killed_mid_tool_is_marked_interrupted_and_the_session_goes_
             assert state["runs"] == 1
             assert state["pending"] == []
             replay = await sse_events(second.client, "GET", "/sessions/d2/runs/d2-r1/events")
-            assert [event["type"] for event in replay][0] == "RunStarted"
+            assert replay[0]["type"] == "RunStarted"
             assert replay[-1]["reason"] == "interrupted"
             # The history was repaired: the stalled call has a result, so the model gets a valid history.
             events = await sse_events(second.client, "POST", "/sessions/d2/runs", json={"input": "hi"})
