@@ -80,6 +80,15 @@ async def sse_events(
     return events
 
 
+async def detached_until(served: Served, session: str, user_input: str, until: str) -> list[dict[str, Any]]:
+    """Start a detached run (the server drives it: a client leaving does not cancel it, as it would an
+    attached one) and follow its log up to the first event of type ``until``."""
+    started = await served.client.post(f"/sessions/{session}/runs", json={"input": user_input, "detach": True})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    return await sse_events(served.client, "GET", f"/sessions/{session}/runs/{run_id}/events", until=until)
+
+
 def ledger_lines(ledger: Path) -> list[str]:
     return ledger.read_text().splitlines() if ledger.exists() else []
 
@@ -98,9 +107,7 @@ async def test_an_approval_pending_when_the_process_is_killed_is_answered_after_
             first = await start(nursery, sqlite_store, ledger)
             created = await first.client.post("/sessions", json={"id": "d1"})
             assert created.status_code == 201
-            events = await sse_events(
-                first.client, "POST", "/sessions/d1/runs", until="ElicitationRequest", json={"input": "pay 5"}
-            )
+            events = await detached_until(first, "d1", "pay 5", "ElicitationRequest")
             request = events[-1]
             assert request["type"] == "ElicitationRequest"
             first.kill()
@@ -138,9 +145,7 @@ async def test_a_run_killed_mid_tool_is_marked_interrupted_and_the_session_goes_
         async with trio.open_nursery() as nursery:
             first = await start(nursery, sqlite_store, ledger)
             assert (await first.client.post("/sessions", json={"id": "d2"})).status_code == 201
-            events = await sse_events(
-                first.client, "POST", "/sessions/d2/runs", until="ToolCallStarted", json={"input": "stall"}
-            )
+            events = await detached_until(first, "d2", "stall", "ToolCallStarted")
             assert events[-1]["name"] == "stall"
             first.kill()
 
@@ -185,3 +190,81 @@ async def test_runs_killed_at_any_point_leave_a_store_that_opens_whole(sqlite_st
             text = "".join(event["text"] for event in events if event["type"] == "TextDelta")
             assert text == "echo: hi"
             second.kill()
+
+
+def postgres_url(dsn: str) -> str:
+    """``--store``'s form of a libpq key=value connection string."""
+    fields = dict(item.split("=", 1) for item in dsn.split())
+    return f"postgresql://{fields['user']}@{fields['host']}:{fields['port']}/{fields['dbname']}"
+
+
+async def get_when_free(served: Served, path: str) -> httpx.Response:
+    """GET ``path`` until it is no longer 421: the killed owner's connection is gone once PostgreSQL sees its
+    socket closed, which it does on its own time (checked every 50 ms; the test's deadline bounds it)."""
+    while True:
+        response = await served.client.get(path)
+        if response.status_code != 421:
+            return response
+        await trio.sleep(0.05)
+
+
+async def test_another_process_answers_421_naming_the_owner_and_takes_over_when_it_dies(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    store = postgres_url(postgres_dsn)
+    ledger = tmp_path / "ledger"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, store, ledger)
+            b = await start(nursery, store, ledger)
+            assert (await a.client.post("/sessions", json={"id": "p1"})).status_code == 201
+            events = await detached_until(a, "p1", "pay 7", "ElicitationRequest")
+            request = events[-1]
+
+            elsewhere = await b.client.get("/sessions/p1")
+            assert elsewhere.status_code == 421
+            error = elsewhere.json()["error"]
+            assert error["type"] == "session_elsewhere"
+            assert error["owner"].endswith(f":{a.child.process.pid}")
+            # Creating it there is no "409, it exists, go on" either.
+            assert (await b.client.post("/sessions", json={"id": "p1"})).status_code == 421
+
+            a.kill()
+            taken = await get_when_free(b, "/sessions/p1")
+            assert taken.status_code == 200
+            assert [pending["id"] for pending in taken.json()["pending"]] == [request["id"]]
+            answered = await b.client.post(f"/sessions/p1/elicitations/{request['id']}", json={"action": "accept"})
+            assert answered.status_code == 202
+            resumed = await sse_events(b.client, "GET", f"/sessions/p1/runs/{answered.json()['run_id']}/events")
+            assert resumed[-1]["reason"] == "completed"
+            b.kill()
+    assert ledger_lines(ledger) == ["model 1", "pay 7", "model 3"]
+
+
+async def test_two_processes_racing_for_one_session_exactly_one_wins(postgres_dsn: str, tmp_path: Path) -> None:
+    store = postgres_url(postgres_dsn)
+    ledger = tmp_path / "ledger"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, store, ledger)
+            b = await start(nursery, store, ledger)
+            assert (await a.client.post("/sessions", json={"id": "p2"})).status_code == 201
+            await sse_events(a.client, "POST", "/sessions/p2/runs", json={"input": "first"})
+            assert (await a.client.delete("/sessions/p2")).status_code == 204  # closed here: stored, owned by none
+            statuses: dict[str, int] = {}
+
+            async def take(name: str, served: Served) -> None:
+                statuses[name] = (await served.client.get("/sessions/p2")).status_code
+
+            async with trio.open_nursery() as race:
+                race.start_soon(take, "a", a)
+                race.start_soon(take, "b", b)
+            assert sorted(statuses.values()) == [200, 421]
+            winner = a if statuses["a"] == 200 else b
+            events = await sse_events(winner.client, "POST", "/sessions/p2/runs", json={"input": "second"})
+            assert events[0]["run_id"] == "p2-r2"  # the history and the run count came along, once
+            text = "".join(event["text"] for event in events if event["type"] == "TextDelta")
+            assert text == "echo: second"
+            a.kill()
+            b.kill()
+    assert ledger_lines(ledger) == ["model 1", "model 3"]
