@@ -172,7 +172,7 @@ async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tm
         assert [event.id for event in events if isinstance(event, ElicitationRequest)] == [asked.id]
         assert events[-1] == RunFinished("completed")
         assert stream.result.output == "done: paid 3"
-        assert session.pending == ()
+        assert not session.pending
     assert paid == [3]
 
 
