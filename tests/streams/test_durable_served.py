@@ -17,10 +17,16 @@ import httpx
 import pytest
 import trio
 
+from runtime import PostgresStore
+from streams import open_server
 from tests.processes import Child, running
+from tests.streams import durable_agent
+from tests.streams.test_protocol import protocol_table
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tests.pg import PostgresCluster
 
 AGENT = "tests.streams.durable_agent:agent"
 URL = re.compile(r"^serving on (http://\S+)$", re.MULTILINE)
@@ -268,3 +274,28 @@ async def test_two_processes_racing_for_one_session_exactly_one_wins(postgres_ds
             a.kill()
             b.kill()
     assert ledger_lines(ledger) == ["model 1", "model 3"]
+
+
+async def test_the_durable_errors_table_is_what_the_server_sends(postgres_cluster: PostgresCluster) -> None:
+    """PROTOCOL.md's durable-errors rows, each provoked: two served runtimes on one PostgreSQL (in this
+    process: each store holds its own locks), then the database stopped."""
+    documented = {(row["status"], row["type"]) for row in protocol_table("durable-errors")}
+    seen: set[tuple[str, str]] = set()
+    dsn = postgres_cluster.create_database()
+    with trio.fail_after(60):
+        async with (
+            open_server(durable_agent.agent, store=PostgresStore(dsn)) as first,
+            open_server(durable_agent.agent, store=PostgresStore(dsn)) as second,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            assert (await client.post(f"{first.url}/sessions", json={"id": "t1"})).status_code == 201
+            elsewhere = await client.get(f"{second.url}/sessions/t1")
+            seen.add((str(elsewhere.status_code), elsewhere.json()["error"]["type"]))
+            assert elsewhere.json()["error"]["owner"]
+            await trio.to_thread.run_sync(postgres_cluster.stop, "immediate")
+            try:
+                down = await client.get(f"{second.url}/sessions/t2")
+            finally:
+                await trio.to_thread.run_sync(postgres_cluster.start)
+            seen.add((str(down.status_code), down.json()["error"]["type"]))
+    assert seen == documented
