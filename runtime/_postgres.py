@@ -210,7 +210,7 @@ class PostgresStore:
 
         Raises:
             StoreUnavailableError: The server cannot be reached (within ``connect_timeout``) or refused us.
-            StoreCorruptError: The database has tables of ours' names that are not ours.
+            StoreCorruptError: The database has tables named like ours that are not a session store.
             StoreVersionError: A newer trio-agents wrote it.
         """
         if self._limiter is not None:

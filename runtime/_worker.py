@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 INTERRUPT_TIMEOUT: Final = 1.0
-"""Seconds a cancelled caller gives the request that interrupts its thread's statement (PostgreSQL)."""
+"""Seconds a cancelled caller waits for its thread's statement to be interrupted (PostgreSQL), or for the undo
+of a result it dropped, before it goes."""
 
 
 class WorkerCall(Generic[T]):
@@ -73,7 +74,7 @@ async def run_worker(
         fn: The blocking call; it may check ``call.abandoned`` and register an interrupt.
         limiter: Bounds the store's threads (an abandoned thread keeps its token until it ends).
         undo: Called with ``fn``'s result if the caller was cancelled before it could receive it (in the
-            thread when it finishes late; else, shielded, in a thread of its own). It must not raise.
+            thread when it finishes late; else in a thread of its own, waited for a moment). It must not raise.
     """
     call: WorkerCall[T] = WorkerCall()
 
@@ -97,8 +98,10 @@ async def run_worker(
             interruptible = call._interrupt is not None
         with trio.CancelScope(shield=True):
             if finished and undo is not None:
-                # The thread was done, but Trio dropped its result when the cancel won the race.
-                await trio.to_thread.run_sync(undo, cast("T", result))
+                # The thread was done, but Trio dropped its result when the cancel won the race. Bounded
+                # like the interrupt: an undo that outlasts it is abandoned too, and still runs to its end.
+                with trio.move_on_after(INTERRUPT_TIMEOUT):
+                    await trio.to_thread.run_sync(undo, cast("T", result), abandon_on_cancel=True)
             elif not finished and interruptible:
                 # Bounded: a server that cannot be reached must not hold up the cancellation for long.
                 with trio.move_on_after(INTERRUPT_TIMEOUT):
