@@ -64,6 +64,8 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "StoreCorruptError",
             "StoreVersionError",
             "SessionOwnedError",
+            "SessionNotFoundError",
+            "NothingToResumeError",
             "SessionConflictError",
             "Checkpoint",
             "EventRow",

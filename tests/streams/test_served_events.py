@@ -211,7 +211,7 @@ async def test_a_refusal_is_sent_then_the_run_finishes_with_refusal(
         Refusal(REFUSAL),
         RunFinished("refusal", REFUSAL),
     ]
-    assert session == {"id": "s1", "state": "idle", "runs": 2}
+    assert session == {"id": "s1", "state": "idle", "runs": 2, "pending": []}
 
 
 def tool_then_answer(request: ModelRequest) -> Turn:

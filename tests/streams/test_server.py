@@ -169,11 +169,14 @@ async def test_list_and_get_describe_sessions_and_unknown_is_404(
             listing = await client.get("/sessions")
             assert listing.status_code == 200
             sessions = sorted(listing.json()["sessions"], key=lambda item: item["id"])
-            assert sessions == [{"id": "a", "state": "idle", "runs": 0}, {"id": "b", "state": "idle", "runs": 1}]
+            assert sessions == [
+                {"id": "a", "state": "idle", "runs": 0, "pending": []},
+                {"id": "b", "state": "idle", "runs": 1, "pending": []},
+            ]
 
             one = await client.get("/sessions/b")
             assert one.status_code == 200
-            assert one.json() == {"id": "b", "state": "idle", "runs": 1}
+            assert one.json() == {"id": "b", "state": "idle", "runs": 1, "pending": []}
 
             assert_error(await client.get("/sessions/nope"), 404)
 
@@ -250,7 +253,7 @@ async def test_an_attached_run_streams_the_events_a_local_run_gives(
     assert any(isinstance(event, Usage) for event in served)
     text = "".join(event.text for event in served if isinstance(event, TextDelta))
     assert text == result.output == "The sum is 5."
-    assert described == {"id": "s1", "state": "idle", "runs": 1}
+    assert described == {"id": "s1", "state": "idle", "runs": 1, "pending": []}
 
 
 async def test_a_client_that_disconnects_cancels_its_attached_run(
@@ -334,7 +337,7 @@ async def test_an_abandoned_attached_run_leaves_the_session_idle(
                 await cancelled.wait()
                 assert await next_data(feed) == {"type": "SessionState", "state": "idle"}
                 described = (await client.get("/sessions/s1")).json()
-                assert described == {"id": "s1", "state": "idle", "runs": 1}
+                assert described == {"id": "s1", "state": "idle", "runs": 1, "pending": []}
 
 
 async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_start(
@@ -377,7 +380,7 @@ async def test_a_detached_run_lives_on_and_any_client_can_follow_it_from_its_sta
     assert [type(event) for event in decoded].count(RunFinished) == 1
     assert any(isinstance(event, ToolCallFinished) and event.result == "released" for event in decoded)
     assert again == events
-    assert described == {"id": "s1", "state": "idle", "runs": 1}
+    assert described == {"id": "s1", "state": "idle", "runs": 1, "pending": []}
 
 
 async def test_the_last_eight_finished_runs_can_be_followed(
@@ -546,7 +549,7 @@ async def test_every_endpoint_but_health_needs_the_bearer_token(make_agent: Make
 
                 assert set(server.sessions) == {"s1"}
                 listing = await client.get("/sessions", headers=good)
-                assert listing.json() == {"sessions": [{"id": "s1", "state": "idle", "runs": 0}]}
+                assert listing.json() == {"sessions": [{"id": "s1", "state": "idle", "runs": 0, "pending": []}]}
 
 
 async def websocket_handshake(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -698,7 +701,10 @@ async def test_a_failing_run_in_one_session_does_not_disturb_another(
             again = await run_attached(client, "bad", "still here?")
             assert [item["text"] for item in again if item["type"] == "TextDelta"] == ["echo:", " still", " here?"]
             listing = sorted((await client.get("/sessions")).json()["sessions"], key=lambda item: item["id"])
-            assert listing == [{"id": "bad", "state": "idle", "runs": 2}, {"id": "good", "state": "idle", "runs": 1}]
+            assert listing == [
+                {"id": "bad", "state": "idle", "runs": 2, "pending": []},
+                {"id": "good", "state": "idle", "runs": 1, "pending": []},
+            ]
             assert not server.sessions["good"].session.closed
             assert server.sessions["bad"].handle.error is None
 
