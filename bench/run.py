@@ -526,6 +526,9 @@ def _w6_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[st
     return lines
 
 
+RATIOED = ("fresh_us_per_run", "shared_us_per_run", "concurrent_wall_s", "concurrent_runs_per_s")
+
+
 def _w1_durable_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[str, str]]) -> list[str]:
     """W1 durable's columns side by side (medians, and min–max), with the ratios the targets name."""
     impls = [impl for impl in W1D_IMPLS if impl in table or impl in notes]
@@ -536,7 +539,7 @@ def _w1_durable_table(table: dict[str, dict[str, list[float]]], notes: dict[str,
     ]  # fmt: skip
 
     def ratio(impl: str, over: str, metric: str) -> str:
-        if metric not in table.get(impl, {}) or metric not in table.get(over, {}):
+        if metric not in RATIOED or metric not in table.get(impl, {}) or metric not in table.get(over, {}):
             return "–"
         value = statistics.median(table[impl][metric]) / statistics.median(table[over][metric])
         return f"{value:.3f}" if value < 0.1 else f"{value:.2f}×"
