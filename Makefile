@@ -1,6 +1,7 @@
 # Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3 and make.
-# `make test` also needs npm (Node.js 20+) for the MCP reference server the tests run: installed with
-# apt-get when missing and running as root (as CI does), else it says what to install.
+# `make test` also needs npm (Node.js 20+) for the MCP reference server the tests run, and the PostgreSQL
+# server binaries for the session store tests: installed with apt-get when missing and running as root
+# (as CI does), else it says what to install.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -8,6 +9,8 @@ STAMP := $(VENV)/.installed
 MCP_NPM := tests/agents/mcp/npm
 MCP_DIR := .mcp
 MCP_STAMP := $(MCP_DIR)/.installed
+# PostgreSQL server binaries (initdb, pg_ctl) for the tests' throwaway cluster (tests/pg.py).
+PG_STAMP := $(VENV)/.postgresql-found
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -15,7 +18,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp,postgres]'
 	touch $(STAMP)
 
 $(MCP_STAMP): $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json
@@ -33,6 +36,18 @@ $(MCP_STAMP): $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json
 	npm ci --prefix $(MCP_DIR) --no-audit --no-fund --loglevel=error
 	touch $(MCP_STAMP)
 
+$(PG_STAMP): $(STAMP)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing postgresql (apt-get) for the session store tests"; \
+			apt-get install -y -qq postgresql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }; \
+		else \
+			echo "make: the PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) are needed by the session store tests;" >&2; \
+			echo "      install the Debian package postgresql (apt-get install postgresql), then run make again." >&2; \
+			exit 1; \
+		fi; }
+	touch $(PG_STAMP)
+
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
@@ -45,7 +60,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP) $(MCP_STAMP)
+unit: $(STAMP) $(MCP_STAMP) $(PG_STAMP)
 	$(PY) -m pytest
 
 $(BENCH_STAMP): $(STAMP)

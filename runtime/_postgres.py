@@ -43,7 +43,6 @@ from ._worker import INTERRUPT_TIMEOUT, WorkerCall, run_worker, session_hash, se
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
-    from types import ModuleType
 
     import psycopg
     import psycopg_pool
@@ -112,15 +111,15 @@ _MIGRATION_LOCK: Final = session_hash("trio_agents_schema") - (1 << 63)
 _MASK64: Final = (1 << 64) - 1
 
 
-def _import_psycopg() -> tuple[ModuleType, ModuleType]:
+def _require_psycopg() -> None:
+    # Imported where used, so that `import runtime` works without the postgres extra.
     try:
-        import psycopg
-        import psycopg_pool
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             f"PostgresStore needs psycopg and psycopg-pool ({exc}): pip install 'trio-agents[postgres]'"
         ) from exc
-    return psycopg, psycopg_pool
 
 
 def _lock_key(session_id: str) -> int:
@@ -155,7 +154,9 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         statement_timeout: float | None = 30.0,
     ) -> None:
-        psycopg, _ = _import_psycopg()
+        _require_psycopg()
+        import psycopg
+
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self._dsn = dsn
@@ -216,7 +217,8 @@ class PostgresStore:
             raise StoreUnavailableError(f"{self!r} is already open")
         self._owner = owner
         limiter = trio.CapacityLimiter(self._max_connections)
-        self._pool = await run_worker(self._open_sync, limiter=limiter, undo=self._close_opened)
+        pool = await run_worker(self._open_sync, limiter=limiter, undo=self._close_opened)
+        self._pool = pool
         self._limiter = limiter
         try:
             yield
@@ -226,8 +228,9 @@ class PostgresStore:
                 await trio.to_thread.run_sync(self._close_sync)
             self._limiter = None
 
-    def _open_sync(self, call: WorkerCall[Any]) -> psycopg_pool.ConnectionPool[Any]:
-        psycopg, psycopg_pool = _import_psycopg()
+    def _open_sync(self, call: WorkerCall[psycopg_pool.ConnectionPool[Any]]) -> psycopg_pool.ConnectionPool[Any]:
+        import psycopg_pool
+
         with self._lock_conn_lock:
             conn = self._reconnect()
             try:
@@ -253,7 +256,8 @@ class PostgresStore:
         return pool
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -262,8 +266,7 @@ class PostgresStore:
                 version = 0 if row is None or row[0] is None else int(row[0])
                 if version > SCHEMA_VERSION:
                     raise StoreVersionError(
-                        f"{self.url} has session store schema {version}; "
-                        f"this trio-agents knows up to {SCHEMA_VERSION}"
+                        f"{self.url} has session store schema {version}; this trio-agents knows up to {SCHEMA_VERSION}"
                     )
                 for step in range(version, SCHEMA_VERSION):
                     for statement in MIGRATIONS[step]:
@@ -294,7 +297,8 @@ class PostgresStore:
     # The lock connection (each method below is called in a worker thread holding _lock_conn_lock).
 
     def _reconnect(self) -> psycopg.Connection[Any]:
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         old, self._lock_conn = self._lock_conn, None
         if old is not None:
             old.close()
@@ -307,7 +311,8 @@ class PostgresStore:
 
     def _lock_connection(self) -> psycopg.Connection[Any]:
         """The lock connection, alive: if it broke, a new one that has taken back every lock it could."""
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         conn = self._lock_conn
         if conn is not None and not conn.broken and not conn.closed:
             try:
@@ -329,7 +334,8 @@ class PostgresStore:
 
     def _take(self, session_id: str) -> None:
         """Take the session's advisory lock for this store, or raise :class:`SessionOwnedError`."""
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         key = _lock_key(session_id)
         with self._lock_conn_lock:
             if session_id in self._held:
@@ -349,7 +355,8 @@ class PostgresStore:
         raise SessionOwnedError(session_id, None if owner_row is None else owner_row[0])
 
     def _let_go(self, session_id: str) -> None:
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         with self._lock_conn_lock:
             self._lost.discard(session_id)
             key = self._held.pop(session_id, None)
@@ -362,7 +369,9 @@ class PostgresStore:
 
     def _with_connection(self, call: WorkerCall[Any], fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
         """``fn(conn)`` on a pooled connection known to be alive; a cancelled caller interrupts its statement."""
-        psycopg, psycopg_pool = _import_psycopg()
+        import psycopg
+        import psycopg_pool
+
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError(f"{self!r} is not open")
@@ -487,7 +496,8 @@ class PostgresStore:
                 while the server was away), or not at the checkpoint's version.
             StoreUnavailableError: The write failed (nothing was written).
         """
-        psycopg, _ = _import_psycopg()
+        import psycopg
+
         checkpoints = list(checkpoints)
 
         def write(call: WorkerCall[None], pid: int, keys: dict[str, int], conn: psycopg.Connection[Any]) -> None:

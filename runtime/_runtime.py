@@ -79,12 +79,14 @@ class _SessionBlock:
         runtime = self._runtime
         if runtime._writer is None:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if not self._create:
+                raise SessionNotFoundError(f"no session {self._session_id!r}: the runtime has no store")
             self._session = runtime._start(
                 self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
             )
         else:
             self._session = await runtime._start_durable(
-                self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False
+                self._agent, session_id=self._session_id, idle_timeout=None, log_failure=False, create=self._create
             )
         return self._session
 

@@ -233,7 +233,7 @@ class SQLiteStore:
                         f"{sorted(tables - TABLES)} more, {sorted(TABLES - tables)} missing"
                     )
                 # Reads the schema's pages: a truncated file fails here, at open.
-                conn.execute("SELECT count(*) FROM sessions").fetchone()
+                conn.execute("SELECT 1 FROM sessions LIMIT 1").fetchone()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -1,4 +1,4 @@
-"""``python -m streams serve --agent module:attr --port N``: serve an agent until Ctrl-C.
+"""``python -m streams serve --agent module:attr --port N [--store URL]``: serve an agent until Ctrl-C.
 
 ``python -m streams mcp --agent module:attr``: serve it as an MCP server over
 stdin and stdout (for an MCP client that starts it), until stdin ends.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agents import Agent
+from runtime import PostgresStore, SQLiteStore, StoreError
 
 from ._exceptions import UnsafeBindError
 from ._requests import check_bind
@@ -24,6 +25,24 @@ from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from runtime import SessionStore
+
+
+def store_from_url(url: str) -> SessionStore:
+    """The store ``url`` names: ``sqlite:PATH`` (a file) or ``postgresql://...`` (a libpq URL).
+
+    Raises:
+        ValueError: ``url`` names neither.
+    """
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:").removeprefix("//")
+        if not path:
+            raise ValueError("sqlite:PATH needs a path")
+        return SQLiteStore(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError("a store is sqlite:PATH or postgresql://user@host/dbname")
 
 
 def load_agent(spec: str) -> Agent:
@@ -120,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve_parser.add_argument("--backlog", type=int, default=1024, help="the listen backlog (default: 1024)")
     serve_parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="keep sessions in sqlite:PATH or postgresql://... (default: in memory, lost at exit)",
+    )
+    serve_parser.add_argument(
         "--allow-unauthenticated-remote",
         action="store_true",
         help="serve on a non-loopback --host with no token (anyone who reaches it drives the agent)",
@@ -144,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError) as exc:
         parser.error(f"--agent {args.agent}: {exc}")
     try:
+        store = None if args.store is None else store_from_url(args.store)
+    except ValueError as exc:
+        parser.error(f"--store {args.store}: {exc}")
+    try:
         trio.run(
             functools.partial(
                 serve,
@@ -159,8 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 body_timeout=args.body_timeout,
                 backlog=args.backlog,
                 allow_unauthenticated_remote=args.allow_unauthenticated_remote,
+                store=store,
             )
         )
+    except StoreError as exc:
+        print(f"error: the store {args.store}: {exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("stopped", flush=True)
     return 0

@@ -88,7 +88,9 @@ class PostgresCluster:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory} -F -c max_connections=200"
-        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.directory / "server.log"), "-w", "-o", options, "start")
+        self._run(
+            "pg_ctl", "-D", str(self.datadir), "-l", str(self.directory / "server.log"), "-w", "-o", options, "start"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` (clean), or ``immediate`` (as if it crashed)."""

@@ -26,4 +26,5 @@ async def main(kind: str, target: str, owner: str, session_id: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:5])
+    kind, target, owner, session_id = sys.argv[1:5]
+    trio.run(main, kind, target, owner, session_id)

@@ -140,3 +140,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         return Backend("sqlite", str(tmp_path / "sessions.db"))
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     return Backend("postgres", cluster.create_database(), cluster)
+
+
+@pytest.fixture
+def pg_backend(postgres_cluster: PostgresCluster) -> Backend:
+    """A fresh database of the session's PostgreSQL cluster (for the PostgreSQL-only tests)."""
+    return Backend("postgres", postgres_cluster.create_database(), postgres_cluster)
+
+
+@pytest.fixture
+def sqlite_backend(tmp_path: Path) -> Backend:
+    """A fresh SQLite file (for the SQLite-only tests)."""
+    return Backend("sqlite", str(tmp_path / "sessions.db"))

@@ -25,7 +25,6 @@ from runtime._worker import settle
 
 if TYPE_CHECKING:
     from runtime import SessionStore
-
     from tests.runtime.store.conftest import Backend
 
 OWNER = "test-host:1"
@@ -153,6 +152,25 @@ async def test_store_version_conflict_writes_nothing(backend: Backend) -> None:
         # The batch is writable once it names the right versions.
         await store.commit([Checkpoint("a", 0, 0, messages=["a0"]), Checkpoint("b", 1, 1, messages=["b1"])])
         assert (await _reclaim(store, "b")).messages == ("b0", "b1")
+
+
+async def test_store_failed_write_is_unavailable_and_writes_nothing(backend: Backend) -> None:
+    """A commit the database refuses (here: one event written twice) raises StoreUnavailableError, all undone."""
+    store = backend.store()
+    async with store.open(OWNER):
+        await store.claim("a", "agent", create=True)
+        await store.claim("b", "agent", create=True)
+        with pytest.raises(StoreUnavailableError):
+            await store.commit(
+                [
+                    Checkpoint("a", 0, 0, messages=["a0"], usage="1"),
+                    Checkpoint("b", 0, 0, events=[EventRow("r1", 0, "{}"), EventRow("r1", 0, "{}")]),
+                ]
+            )
+        a = await _reclaim(store, "a")
+        assert (a.version, a.messages, a.usage) == (0, (), None)
+        assert await store.events("b", "r1") == []
+        await store.commit([Checkpoint("a", 0, 0, messages=["a0"])])  # the store goes on
 
 
 async def test_store_commit_of_unclaimed_session_conflicts(backend: Backend) -> None:
@@ -318,4 +336,3 @@ async def test_store_calls_outside_open_fail_clearly(backend: Backend) -> None:
     with pytest.raises(StoreUnavailableError, match="not open"):
         await store.commit([])
     await store.release("s1")
-

@@ -1,0 +1,251 @@
+"""Durable sessions through the runtime: opened again by id, recovered after a crash, resumed.
+
+A crash is made real without killing the test process: SQLite's backup API
+copies what is committed at that moment, which is exactly what a process
+killed then leaves behind (the copy has no owner). The served tests in
+``tests/streams/test_durable_served.py`` kill real processes with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+
+from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
+from runtime import (
+    NothingToResumeError,
+    SessionNotFoundError,
+    SessionOwnedError,
+    SQLiteStore,
+    UnknownElicitationError,
+    open_runtime,
+)
+from runtime._journal import INTERRUPTED_RESULT
+from runtime.events import ElicitationRequest, ErrorEvent, Event, RunFinished, RunStarted, ToolCallStarted
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from runtime import Session
+    from tests.pg import PostgresCluster
+
+paid: list[int] = []
+release = trio.Event()
+
+
+@tool(requires_approval=True)
+def pay(amount: int) -> str:
+    """Pay."""
+    paid.append(amount)
+    return f"paid {amount}"
+
+
+@tool
+async def stall() -> str:
+    """Wait until the test lets it go."""
+    await release.wait()
+    return "released"
+
+
+def answer(request: ModelRequest) -> str | ToolCall:
+    last = request.messages[-1]
+    if isinstance(last, ToolResultMessage):
+        return f"done: {last.text}"
+    assert isinstance(last, UserMessage)
+    words = last.text.split()
+    if words[0] == "pay":
+        return ToolCall("pay", {"amount": int(words[1])})
+    if words[0] == "stall":
+        return ToolCall("stall", {})
+    return f"echo: {last.text}"
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    paid.clear()
+    global release
+    release = trio.Event()
+
+
+def make_agent() -> Agent:
+    return Agent(name="durable", model=ScriptedModel(itertools.repeat(answer)), tools=[pay, stall])
+
+
+def crash_image(path: Path, image: Path) -> None:
+    """What a process killed now would leave: every committed transaction, and no owner."""
+    with sqlite3.connect(path) as source, sqlite3.connect(image) as copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+
+
+async def until(session: Session[Any], user_input: str, kind: type[Event], store: Path, image: Path) -> Event:
+    """Run until an event of ``kind``, take a crash image of the store there, and return that event."""
+    async with session.run(user_input) as stream:
+        async for event in stream:
+            if isinstance(event, kind):
+                crash_image(store, image)
+                return event
+    raise AssertionError(f"the run ended without a {kind.__name__}")
+
+
+def stored_events(path: Path, run_id: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT event FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+    db.close()
+    return [json.loads(row[0]) for row in rows]
+
+
+async def test_a_session_opens_again_by_id_with_its_history_usage_and_run_count(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="a") as session:
+        assert (await session.ask("hello")).output == "echo: hello"
+        first_usage = session.usage
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="a") as session:
+        assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
+        assert session.usage == first_usage
+        result = await session.ask("again")
+        assert result.run_id == "a-r2"
+        assert len(session.history) == 4
+
+
+async def test_open_without_create_and_a_second_open_in_one_process_are_typed_errors(tmp_path: Path) -> None:
+    async with open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime:
+        with pytest.raises(SessionNotFoundError):
+            async with runtime.open_session(make_agent(), session_id="nobody", create=False):
+                pass
+        async with runtime.open_session(make_agent(), session_id="b"):
+            with pytest.raises(SessionOwnedError):
+                async with runtime.open_session(make_agent(), session_id="b"):
+                    pass
+
+
+async def test_a_run_interrupted_mid_tool_is_marked_and_its_history_repaired(tmp_path: Path) -> None:
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="c") as session:
+        started = await until(session, "stall", ToolCallStarted, path, image)
+        assert isinstance(started, ToolCallStarted)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="c") as session,
+    ):
+        assert session.pending == ()
+        last = session.history[-1]
+        assert isinstance(last, ToolResultMessage)
+        assert (last.call_id, last.content, last.is_error) == (started.call_id, INTERRUPTED_RESULT, True)
+        with pytest.raises(NothingToResumeError):
+            async with session.resume():
+                pass
+        assert (await session.ask("hi")).output == "echo: hi"
+    log = stored_events(image, "c-r1")
+    assert log[0]["type"] == "RunStarted"
+    assert [event["type"] for event in log].count("RunFinished") == 1
+    assert log[-1]["reason"] == "interrupted"
+
+
+async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tmp_path: Path) -> None:
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="d") as session:
+        asked = await until(session, "pay 3", ElicitationRequest, path, image)
+    assert isinstance(asked, ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="d") as session,
+    ):
+        assert session.pending == (asked,)
+        assert session.suspended_run == "d-r1"
+        events: list[Event] = []
+        async with session.resume() as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ElicitationRequest):
+                    await stream.respond(event.id, "accept")
+        assert events[0] == RunStarted("d-r2", resumes="d-r1")
+        assert [event.id for event in events if isinstance(event, ElicitationRequest)] == [asked.id]
+        assert events[-1] == RunFinished("completed")
+        assert stream.result.output == "done: paid 3"
+        assert not session.pending
+    assert paid == [3]
+
+
+async def test_answers_given_to_resume_are_used_and_unknown_ones_refused(tmp_path: Path) -> None:
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="e") as session:
+        asked = await until(session, "pay 4", ElicitationRequest, path, image)
+    assert isinstance(asked, ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="e") as session,
+    ):
+        with pytest.raises(UnknownElicitationError):
+            async with session.resume({"elicitation-nope": ("accept", None)}):
+                pass
+        assert session.pending == (asked,)  # a refused answer changes nothing
+        async with session.resume({asked.id: ("decline", None)}) as stream:
+            events = [event async for event in stream]
+        assert not any(isinstance(event, ElicitationRequest) for event in events)
+        assert stream.result.tool_calls[0].error == "declined by user"
+        assert events[-1] == RunFinished("completed")
+    assert paid == []
+
+
+async def test_run_on_a_suspended_session_settles_the_waiting_call_then_takes_the_new_message(
+    tmp_path: Path,
+) -> None:
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="f") as session:
+        asked = await until(session, "pay 5", ElicitationRequest, path, image)
+    assert isinstance(asked, ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="f") as session,
+    ):
+        async with session.run("thanks") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    assert event.id == asked.id
+                    await stream.respond(event.id, "accept")
+        assert stream.result.output == "echo: thanks"
+        kinds = [type(message).__name__ for message in session.history]
+        assert kinds == ["UserMessage", "AssistantMessage", "ToolResultMessage", "UserMessage", "AssistantMessage"]
+    assert paid == [5]
+
+
+async def test_postgres_going_away_fails_a_run_with_a_store_error_and_the_session_recovers(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from runtime import PostgresStore
+
+    dsn = postgres_cluster.create_database()
+    with trio.fail_after(60):
+        async with open_runtime(store=PostgresStore(dsn)) as runtime:
+            async with runtime.open_session(make_agent(), session_id="g") as session:
+                assert (await session.ask("one")).output == "echo: one"
+                await trio.to_thread.run_sync(postgres_cluster.stop, "immediate")
+                try:
+                    async with session.run("two") as stream:
+                        events = [event async for event in stream]
+                finally:
+                    await trio.to_thread.run_sync(postgres_cluster.start)
+                errors = [event for event in events if isinstance(event, ErrorEvent)]
+                assert [error.kind for error in errors] == ["store"]
+                assert events[-1] == RunFinished("error", errors[0].message)
+                # Back: the writer writes what waited, and runs go on (the first may still meet the outage).
+                while True:
+                    async with session.run("three") as stream:
+                        async for _ in stream:
+                            pass
+                    if stream.result.reason == "completed":
+                        break
+                    await trio.sleep(0.1)  # the writer retries with backoff; this waits for it, bounded above
+                assert stream.result.output == "echo: three"

@@ -1,0 +1,170 @@
+"""PostgresStore beyond the shared contract: an unreachable or restarted server, interrupted statements, urls."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from runtime import (
+    Checkpoint,
+    PostgresStore,
+    SessionConflictError,
+    SessionOwnedError,
+    StoreCorruptError,
+    StoreUnavailableError,
+)
+from runtime._worker import settle
+
+if TYPE_CHECKING:
+    from tests.runtime.store.conftest import Backend
+
+OWNER = "test-host:1"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port  # nobody listens once it is closed
+
+
+async def test_postgres_unreachable_is_unavailable_at_open_quickly() -> None:
+    """A server that cannot be reached raises StoreUnavailableError at open, without waiting out a timeout."""
+    store = PostgresStore(f"host=127.0.0.1 port={_closed_port()} user=nobody dbname=nothing")
+    with trio.fail_after(3), pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1"):
+        async with store.open(OWNER):
+            pytest.fail("opened")
+
+
+async def test_postgres_foreign_tables_are_corrupt(pg_backend: Backend) -> None:
+    """A database that has a table of our name that is not ours raises StoreCorruptError at open."""
+    import psycopg
+
+    with psycopg.connect(pg_backend.target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE trio_agents_sessions (name text)")
+    with pytest.raises(StoreCorruptError):
+        async with pg_backend.store().open(OWNER):
+            pytest.fail("opened")
+
+
+async def test_postgres_server_restart_unavailable_then_locks_taken_back(pg_backend: Backend) -> None:
+    """While the server is down a commit raises StoreUnavailableError; once it is back, the store takes its
+    locks again (another process cannot claim) and commits."""
+    cluster = pg_backend.cluster
+    assert cluster is not None
+    store = pg_backend.store()
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True)
+        await store.commit([Checkpoint("s1", 0, 0, messages=["a"])])
+        await trio.to_thread.run_sync(functools.partial(cluster.stop, "immediate"))
+        try:
+            with trio.fail_after(10), pytest.raises(StoreUnavailableError):
+                await store.commit([Checkpoint("s1", 1, 1, messages=["b"])])
+        finally:
+            await trio.to_thread.run_sync(cluster.start)
+        await store.commit([Checkpoint("s1", 1, 1, messages=["b"])])
+        async with pg_backend.child("s1", "child") as child:
+            assert child.line == f"owned {OWNER}"
+        await store.release("s1")
+        snapshot = await store.claim("s1", "agent", create=False)
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.messages) == (2, ("a", "b"))
+
+
+async def test_postgres_session_taken_while_server_was_away_is_lost(pg_backend: Backend) -> None:
+    """A session another process claimed after a server restart is lost here: its next commit raises
+    SessionConflictError and writes nothing."""
+    cluster = pg_backend.cluster
+    assert cluster is not None
+    store = pg_backend.store()
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True)
+        await store.claim("s2", "agent", create=True)
+        await trio.to_thread.run_sync(cluster.restart_after_crash)
+        async with pg_backend.child("s1", "thief") as child:
+            assert child.line == "claimed"
+            with pytest.raises(SessionConflictError) as caught:
+                await store.commit([Checkpoint("s2", 0, 0, messages=["ok"]), Checkpoint("s1", 0, 0, messages=["x"])])
+            assert caught.value.session_id == "s1"
+            with pytest.raises(SessionConflictError):
+                await store.commit([Checkpoint("s1", 0, 0, messages=["x"])])
+            await store.commit([Checkpoint("s2", 0, 0, messages=["ok"])])  # s2 was taken back
+            await child.kill()
+        await pg_backend.wait_released("s1")
+        await store.release("s1")  # a lost session releases quietly
+        snapshot = await store.claim("s1", "agent", create=False)
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.messages) == (0, ())
+
+
+async def test_postgres_cancelled_commit_interrupts_its_statement(pg_backend: Backend) -> None:
+    """A commit cancelled while its statement waits on a lock has the server cancel it: the thread ends
+    at once (not when the lock is let go) and nothing is written."""
+    store = PostgresStore(pg_backend.target)
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True)
+        limiter = store._limiter
+        assert limiter is not None
+        with pg_backend.writes_held():
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(store.commit, [Checkpoint("s1", 0, 0, messages=["never"])])
+                    # The commit's thread is blocked on the table lock once the server says so.
+                    await trio.to_thread.run_sync(_wait_for_lock_wait, pg_backend.target)
+                    scope.cancel()
+            with trio.fail_after(10):
+                await settle(limiter)  # the writes are still held: only the interrupt can have ended it
+        await store.release("s1")
+        snapshot = await store.claim("s1", "agent", create=False)
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.messages) == (0, ())
+
+
+def _wait_for_lock_wait(dsn: str) -> None:
+    """Block until some backend of this database waits on a lock (LISTEN-free: a server-side wait loop)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            """DO $$
+            BEGIN
+                WHILE NOT EXISTS (
+                    SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'
+                ) LOOP
+                    PERFORM pg_sleep(0.01);
+                END LOOP;
+            END $$"""
+        )
+
+
+def test_postgres_url_hides_the_password() -> None:
+    """url names user, host, port and database, never the password."""
+    assert (
+        PostgresStore("postgresql://app:s3cret@db.example:6543/agents").url == "postgresql://app@db.example:6543/agents"
+    )
+    assert "s3cret" not in PostgresStore("host=h user=u password=s3cret dbname=d").url
+    assert PostgresStore("host=/run/pg dbname=d").url == "postgresql:///d?host=/run/pg"
+
+
+def test_postgres_without_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without psycopg installed, making a PostgresStore raises ImportError naming the postgres extra."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ImportError, match=r"trio-agents\[postgres\]"):
+        PostgresStore("dbname=x")
+
+
+async def test_postgres_second_store_in_process_is_owned(pg_backend: Backend) -> None:
+    """Two stores in one process have a lock connection each: one's claim is owned for the other, by name."""
+    first, second = pg_backend.store(), pg_backend.store()
+    async with first.open("first"), second.open("second"):
+        await first.claim("s1", "agent", create=True)
+        with pytest.raises(SessionOwnedError) as caught:
+            await second.claim("s1", "agent", create=False)
+        assert caught.value.owner == "first"

@@ -1,0 +1,114 @@
+"""SQLiteStore beyond the shared contract: files that are not session stores, paths that cannot be opened."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import TYPE_CHECKING
+
+import pytest
+
+from runtime import (
+    Checkpoint,
+    EventRow,
+    SQLiteStore,
+    StoreCorruptError,
+    StoreUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.runtime.store.conftest import Backend
+
+OWNER = "test-host:1"
+
+
+async def _fill(path: Path) -> None:
+    store = SQLiteStore(path)
+    async with store.open(OWNER):
+        for i in range(20):
+            await store.claim(f"s{i}", "agent", create=True)
+            events = [EventRow("r1", seq, "x" * 500) for seq in range(20)]
+            await store.commit([Checkpoint(f"s{i}", 0, 0, messages=["m" * 500] * 20, events=events)])
+
+
+async def test_sqlite_garbage_file_is_corrupt(tmp_path: Path) -> None:
+    """A file that is not an SQLite database raises StoreCorruptError at open."""
+    path = tmp_path / "sessions.db"
+    path.write_bytes(b"this is not a database, just some text " * 200)
+    with pytest.raises(StoreCorruptError):
+        async with SQLiteStore(path).open(OWNER):
+            pytest.fail("opened")
+
+
+@pytest.mark.parametrize("keep", [100, 4096, 2 * 4096, 0.5, 0.9, 0.99])
+async def test_sqlite_truncated_file_is_corrupt(tmp_path: Path, keep: float) -> None:
+    """A session store cut short (a bad copy, a full disk) raises StoreCorruptError at open, not later."""
+    path = tmp_path / "sessions.db"
+    await _fill(path)
+    size = path.stat().st_size
+    assert size > 10 * 4096
+    os.truncate(path, int(size * keep) if keep < 1 else int(keep))
+    with pytest.raises(StoreCorruptError):
+        async with SQLiteStore(path).open(OWNER):
+            pytest.fail("opened")
+
+
+async def test_sqlite_foreign_tables_are_corrupt(tmp_path: Path) -> None:
+    """An SQLite database of someone else's (its own tables, no schema version) raises StoreCorruptError."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    with pytest.raises(StoreCorruptError, match="not a session store"):
+        async with SQLiteStore(path).open(OWNER):
+            pytest.fail("opened")
+
+
+async def test_sqlite_extra_table_in_a_session_store_is_corrupt(tmp_path: Path) -> None:
+    """A session store with a table that is not ours raises StoreCorruptError."""
+    path = tmp_path / "sessions.db"
+    async with SQLiteStore(path).open(OWNER):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE extra (x)")
+    conn.close()
+    with pytest.raises(StoreCorruptError, match="extra"):
+        async with SQLiteStore(path).open(OWNER):
+            pytest.fail("opened")
+
+
+async def test_sqlite_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    """A file in a missing directory, or a directory, raises StoreUnavailableError at open."""
+    for path in (tmp_path / "missing" / "sessions.db", tmp_path):
+        with pytest.raises(StoreUnavailableError):
+            async with SQLiteStore(path).open(OWNER):
+                pytest.fail("opened")
+
+
+async def test_sqlite_empty_file_becomes_a_store_in_wal_mode(tmp_path: Path) -> None:
+    """An empty file is made a session store, in WAL mode, with its sidecar lock file; its url names it."""
+    path = tmp_path / "sessions.db"
+    path.touch()
+    store = SQLiteStore(path)
+    assert store.url == f"sqlite:{path}"
+    async with store.open(OWNER):
+        assert await store.claim("s1", "agent", create=True) is not None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    conn.close()
+    assert (tmp_path / "sessions.db-sessions.lock").exists()
+
+
+async def test_sqlite_closing_one_store_keeps_another_stores_locks(sqlite_backend: Backend) -> None:
+    """Two stores of one file in one process share its lock file: closing one leaves the other's claims held
+    (POSIX drops all of a process's locks on a file when any descriptor of it is closed)."""
+    keeper = sqlite_backend.store()
+    async with keeper.open("keeper"):
+        await keeper.claim("s1", "agent", create=True)
+        async with sqlite_backend.store().open("passer-by"):
+            pass
+        async with sqlite_backend.child("s1", "other") as child:
+            assert child.line == "owned keeper"
