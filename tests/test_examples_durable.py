@@ -190,3 +190,20 @@ async def test_durable_ctrl_c_at_the_prompt_keeps_the_approval_and_a_decline_nev
     assert "The deployment did not happen (declined by user)." in lines
     assert "[run finished: completed]" in lines
     assert not (tmp_path / "sessions.db.deployments").exists()
+
+
+def test_readme_durable_sessions_example_finds_the_first_process_history(tmp_path: Path) -> None:
+    """The README's durable-sessions script, run twice in one directory: the second process opens the
+    first one's session by its id, with its two messages and its run."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("## Durable sessions\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": str(ROOT)}
+    outputs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs == ["history: 0 messages, runs: 0\nNoted.\n", "history: 2 messages, runs: 1\nNoted.\n"]
+    assert (tmp_path / "sessions.db").exists()
