@@ -14,7 +14,7 @@ PG_STAMP := $(VENV)/.postgresql-found
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-compare clean
+.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-durable bench-compare clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -85,6 +85,11 @@ bench-served: $(BENCH_STAMP)
 # W6 alone (token stream, ~3 minutes), merged into bench/results.json and BENCHMARKS.md.
 bench-tokens: $(BENCH_STAMP)
 	$(PY) bench/run.py --only w6
+
+# W1 durable alone (W1 on SQLite, PostgreSQL and openai-agents' SQLiteSession, ~3 minutes), merged into
+# bench/results.json and BENCHMARKS.md. Its PostgreSQL column needs the server binaries (Debian `postgresql`).
+bench-durable: $(BENCH_STAMP)
+	$(PY) bench/run.py --only w1_durable
 
 clean:
 	rm -rf $(VENV) $(MCP_DIR) .mypy_cache .pytest_cache .ruff_cache

@@ -34,6 +34,13 @@ W4 scale
     sessions is given the items one completed W1 run stores in a session
     (read back from a session the W1 run used). ``close_ms`` times
     ``close()`` on each session and dropping them.
+W1 durable
+    W1 streamed with ``SQLiteSession(session_id, db_path=FILE)``: a database
+    file, not ``:memory:`` (the durable sessions openai-agents ships). Each
+    prompt in a fresh session (a new id; the ``SQLiteSession`` made and
+    closed in the timed loop), or all prompts in one session (its history
+    read back and sent to the model on every run). The model answers the
+    latest prompt (:func:`answer_latest`).
 """
 
 from __future__ import annotations
@@ -381,5 +388,83 @@ def w4(sessions: int) -> dict[str, float]:
         del opened, session
         close_ms = (time.perf_counter() - start) * 1000
         return {"rss_kib_per_session": per_session, "close_ms": close_ms}
+
+    return asyncio.run(main())
+
+
+# --- W1 durable ---------------------------------------------------------------------------------
+
+
+def answer_latest(input: str | list[TResponseInputItem]) -> list[TResponseOutputItem]:
+    """:func:`answer` for the latest prompt: a shared session's history holds the earlier ones."""
+    items: list[Any] = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
+    prompt = next(item for item in reversed(items) if item.get("role") == "user")
+    k = int(_text(prompt).rsplit(" ", 1)[1])
+    if items[-1].get("type") == "function_call_output":
+        text = ResponseOutputText(type="output_text", text=f"done {k}", annotations=[], logprobs=[])
+        return [
+            ResponseOutputMessage(id=f"msg_{k}", type="message", role="assistant", status="completed", content=[text])
+        ]
+    return [
+        ResponseFunctionToolCall(
+            id=f"fc_{k}", call_id=f"call_{k}", type="function_call", name="add", arguments=f'{{"a": {k}, "b": 1}}'
+        )
+    ]
+
+
+class LatestModel(AddModel):
+    """:class:`AddModel` answering the latest prompt (streamed only: W1 durable streams)."""
+
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        for event in _stream_events(answer_latest(input)):
+            yield event
+
+
+_durable_sessions = 0
+
+
+def durable_w1(prompts: int, *, db_path: str, shared: bool) -> float:
+    """W1 streamed with ``SQLiteSession`` on the file ``db_path``, ``prompts`` runs one after another;
+    seconds. Each prompt in a fresh session, or all in one."""
+    agent = make_agent(LatestModel())
+
+    def new_session() -> SQLiteSession:
+        global _durable_sessions
+        _durable_sessions += 1
+        return SQLiteSession(f"s{_durable_sessions}", db_path=db_path)
+
+    async def main() -> float:
+        output = ""
+        start = time.perf_counter()
+        if shared:
+            session = new_session()
+            try:
+                for k in range(prompts):
+                    output = await run_one(agent, k, streamed=True, session=session)
+            finally:
+                session.close()
+        else:
+            for k in range(prompts):
+                session = new_session()
+                try:
+                    output = await run_one(agent, k, streamed=True, session=session)
+                finally:
+                    session.close()
+        elapsed = time.perf_counter() - start
+        assert output == f"done {prompts - 1}", output
+        return elapsed
 
     return asyncio.run(main())

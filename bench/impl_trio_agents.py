@@ -2,24 +2,34 @@
 
 W1 runs each prompt in a fresh session, since the peers' runs start with no
 history too; session creation is included in the measured time.
+
+W1 durable (``durable_w1``, ``durable_concurrent``) runs W1 with the runtime's
+sessions in a store (``open_runtime(store=...)``), or in memory for the same
+run's reference, each prompt in a fresh session or all prompts in one.
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import platform
 import resource
 import time
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from _harness import Gen2Timer, current_rss_kib
 
 from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
 from runtime import open_runtime
-from runtime.events import RunFinished
+from runtime.events import ErrorEvent, RunFinished
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from runtime import SessionStore
 
 VERSIONS = {"trio-agents": version("trio-agents"), "trio": trio.__version__, "python": platform.python_version()}
 
@@ -190,3 +200,120 @@ def w4(sessions: int) -> dict[str, float]:
         return {"rss_kib_per_session": per_session, "close_ms": close_ms}
 
     return trio.run(main)
+
+
+# --- W1 durable -------------------------------------------------------------------------------------
+
+
+def answer_latest(request: ModelRequest) -> str | ToolCall:
+    """W1's answer to the latest prompt (a shared session's history holds the earlier ones)."""
+    last = request.messages[-1]
+    prompt = next(m for m in reversed(request.messages) if isinstance(m, UserMessage))
+    k = int(prompt.content.rsplit(" ", 1)[1])
+    if isinstance(last, ToolResultMessage):
+        return f"done {k}"
+    return ToolCall("add", {"a": k, "b": 1})
+
+
+def make_durable_agent() -> Agent:
+    return Agent(name="bench", model=ScriptedModel(itertools.repeat(answer_latest), record_requests=False), tools=[add])
+
+
+async def _streamed(session: Any, k: int) -> str:
+    async with session.run(f"prompt {k}") as stream:
+        async for event in stream:
+            last = event
+    assert last == RunFinished("completed"), last
+    return stream.result.output
+
+
+def durable_w1(prompts: int, *, store: Callable[[], SessionStore | None], shared: bool) -> float:
+    """W1 streamed, ``prompts`` runs one after another; seconds. ``store()`` makes the runtime's store
+    (``None``: in memory). Each prompt in a fresh session (its claim, load and release included), or all
+    in one session opened for the block (its history growing by 4 messages a run)."""
+    agent = make_durable_agent()
+
+    async def main() -> float:
+        async with open_runtime(store=store()) as runtime:
+            start = time.perf_counter()
+            if shared:
+                async with runtime.open_session(agent) as session:
+                    for k in range(prompts):
+                        output = await _streamed(session, k)
+            else:
+                for k in range(prompts):
+                    async with runtime.open_session(agent) as session:
+                        output = await _streamed(session, k)
+            elapsed = time.perf_counter() - start
+        assert output == f"done {prompts - 1}", output
+        return elapsed
+
+    return trio.run(main)
+
+
+class _LockedCounter(logging.Handler):
+    """Counts the runtime's log records that say "database is locked" (the writer logs a failed commit)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.locked = 0
+        self.records = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records += 1
+        if "locked" in record.getMessage().lower():
+            self.locked += 1
+
+
+def durable_concurrent(runs: int, *, store: Callable[[], SessionStore | None], sessions: int) -> dict[str, float]:
+    """``runs`` streamed W1 runs at once across ``sessions`` fresh sessions of one store (``runs //
+    sessions`` each, queued in their session's run slot); wall time, how many completed, and every
+    "database is locked" seen (an error raised, an ``ErrorEvent``, a log record)."""
+    agent = make_durable_agent()
+    counter = _LockedCounter()
+    logger = logging.getLogger("runtime")
+    logger.addHandler(counter)
+
+    async def main() -> dict[str, float]:
+        reasons: dict[str, int] = {}
+        errors: list[str] = []
+
+        async def one(session: Any, k: int) -> None:
+            async with session.run(f"prompt {k}") as stream:
+                async for event in stream:
+                    if isinstance(event, ErrorEvent):
+                        errors.append(event.message)
+            reasons[stream.result.reason] = reasons.get(stream.result.reason, 0) + 1
+
+        async def serve(s: int) -> None:
+            try:
+                async with runtime.open_session(agent) as session, trio.open_nursery() as nursery:
+                    for k in range(s, runs, sessions):
+                        nursery.start_soon(one, session, k)
+            except Exception as exc:  # counted, not raised: the other sessions go on
+                errors.append(repr(exc))
+
+        async with open_runtime(store=store()) as runtime:
+            writer = runtime._writer  # diagnostics: transactions committed
+            commits = 0 if writer is None else writer.commits
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for s in range(sessions):
+                    nursery.start_soon(serve, s)
+            wall = time.perf_counter() - start
+            commits = (0 if writer is None else writer.commits) - commits
+        locked = counter.locked + sum("locked" in error.lower() for error in errors)
+        return {
+            "wall_s": wall,
+            "runs_per_s": runs / wall,
+            "completed": reasons.get("completed", 0),
+            "not_completed": runs - reasons.get("completed", 0),
+            "errors": len(errors) + counter.records,
+            "locked_errors": locked,
+            "commits_per_run": commits / runs,
+        }
+
+    try:
+        return trio.run(main)
+    finally:
+        logger.removeHandler(counter)

@@ -5,6 +5,7 @@
     python bench/run.py --report  # rewrite BENCHMARKS.md and the chart from bench/results.json
     python bench/run.py --only w5 # one workload; its results replace that workload's in bench/results.json
     python bench/run.py --only w6 # the token stream (make bench-tokens), ~3 minutes
+    python bench/run.py --only w1_durable # W1 on session stores (make bench-durable), ~3 minutes
 
 Each measurement is a fresh process of a workload script (bench/w*_*.py),
 run with the interpreter of that implementation's virtualenv: trio-agents
@@ -17,7 +18,9 @@ W5 (served) is the exception to "each implementation's interpreter": its
 script runs in ours and starts each server in its own process, with the
 interpreter that server needs (bench/w5_served.py). W6 (token stream) adds
 an implementation of its own, the raw floor, run in ours; its loopback
-provider is a process of its own (bench/w6_tokens.py).
+provider is a process of its own (bench/w6_tokens.py). W1 durable has a
+column per store: trio-agents in memory, on SQLite and on PostgreSQL (in
+ours), and openai-agents with its SQLiteSession on a file (in the peers').
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ PEERS = IMPLS[1:]
 # (workload, script, rounds): W1 processes each report 5 repetitions.
 FULL_PLAN = [("w0", "w0_floor.py", 2), ("w1", "w1_tool_turn.py", 2), ("w2", "w2_concurrency.py", 3),
              ("w2_50k", "w2_scale.py", 2), ("w3", "w3_cancel.py", 3), ("w4", "w4_scale.py", 3),
-             ("w5", "w5_served.py", 3), ("w6", "w6_tokens.py", 3)]  # fmt: skip
+             ("w5", "w5_served.py", 3), ("w6", "w6_tokens.py", 3), ("w1_durable", "w1_durable.py", 2)]  # fmt: skip
 QUICK_PLAN = [("w1", "w1_tool_turn.py", 2)]
 # W5's servers: trio-agents, (a) the peer stack around pydantic-ai, (b) the plumbing floor, and two
 # that take trio-agents' figure apart.
@@ -63,6 +66,16 @@ W5_LABELS = {
 # W6: the raw floor (httpx + httpx-sse + json.loads, under Trio) first, the ratios' denominator.
 W6_IMPLS = ("raw-floor", "trio-agents", "openai-agents", "pydantic-ai")
 W6_TARGET = 1.1
+# W1 durable: trio-agents in memory (the reference), on each store, and openai-agents on SQLiteSession (a file).
+W1D_IMPLS = ("trio-agents", "trio-agents-sqlite", "trio-agents-postgres", "openai-agents-sqlite")
+W1D_LABELS = {
+    "trio-agents": "trio-agents, in memory",
+    "trio-agents-sqlite": "trio-agents, SQLiteStore",
+    "trio-agents-postgres": "trio-agents, PostgresStore",
+    "openai-agents-sqlite": "openai-agents, SQLiteSession (file)",
+}
+W1D_SQLITE_OVER_MEMORY = 3.0
+W1D_SQLITE_OVER_PEER = 1 / 5
 
 TITLES = {
     "w0": "W0 floor: one event hop",
@@ -73,6 +86,7 @@ TITLES = {
     "w4": "W4 scale: 10,000 idle sessions",
     "w5": "W5 served: M concurrent HTTP clients, each creating a session and streaming one W1 run over SSE",
     "w6": "W6 token stream: 5,000 one-token chunks from a loopback provider, per provider format",
+    "w1_durable": "W1 durable: W1 with its sessions in a store, and 1,000 runs at once on one SQLite file",
 }
 METRICS = {  # workload -> [(metric, label, unit, lower is better)]
     "w0": [
@@ -115,6 +129,15 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
             ("p50_ms", "p50 latency", "ms", True),
             ("p99_ms", "p99 latency", "ms", True),
         )
+    ],
+    "w1_durable": [
+        ("fresh_us_per_run", "W1 streamed, a fresh session per prompt", "µs/run", True),
+        ("shared_us_per_run", "W1 streamed, all prompts in one session", "µs/run", True),
+        ("concurrent_wall_s", "1,000 runs at once, one session each: wall time", "s", True),
+        ("concurrent_runs_per_s", "1,000 runs at once: throughput", "runs/s", False),
+        ("concurrent_completed", "1,000 runs at once: ended completed", "runs", False),
+        ("concurrent_locked_errors", '1,000 runs at once: "database is locked" seen', "errors", True),
+        ("concurrent_commits_per_run", "1,000 runs at once: store transactions per run", "commits/run", True),
     ],
     "w6": [
         (f"{fmt}_{metric}", f"{spec.label}: {label}", unit, True)
@@ -159,6 +182,8 @@ def _pins() -> list[str]:
 def measure(python: Path | str, script: str, impl: str) -> dict[str, Any]:
     """Run one workload script in a fresh process; return its JSON record."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYDANTIC_AI_NO_BANNER": "1"}
+    if str(python) != sys.executable:
+        env.pop("PYTHONPATH", None)  # the peers' `agents` is openai-agents': never this checkout's
     done = subprocess.run(
         [str(python), str(BENCH / script), "--impl", impl],
         cwd=BENCH,
@@ -176,7 +201,9 @@ def measure(python: Path | str, script: str, impl: str) -> dict[str, Any]:
 def headline(workload: str, metrics: dict[str, Any]) -> str:
     """One short summary of a record, for the progress line."""
     preferred = METRICS[workload][{"w2": 2, "w2_50k": 2}.get(workload, 0) :]
-    first = next(m for m in [*preferred, *METRICS[workload]] if m[0] in metrics)
+    first = next((m for m in [*preferred, *METRICS[workload]] if m[0] in metrics), None)
+    if first is None:
+        return "not measured"
     value = metrics[first[0]]
     value = statistics.median(value) if isinstance(value, list) else value
     return f"{first[1]}: {value:,.1f} {first[2]}"
@@ -194,7 +221,7 @@ def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, 
         for round_ in range(rounds):
             for impl in impls:
                 step += 1
-                ours = impl in ("trio-agents", "raw-floor") or workload == "w5"
+                ours = workload == "w5" or not impl.startswith(PEERS)
                 python = sys.executable if ours else peers_python
                 began = time.monotonic()
                 record = measure(python, script, impl)
@@ -216,7 +243,13 @@ def run_plan(plan: list[tuple[str, str, int]], peers_python: Path) -> dict[str, 
 
 
 def _impls(workload: str) -> tuple[str, ...]:
-    return {"w0": ("trio-agents",), "w2_50k": ("trio-agents",), "w5": W5_IMPLS, "w6": W6_IMPLS}.get(workload, IMPLS)
+    return {
+        "w0": ("trio-agents",),
+        "w2_50k": ("trio-agents",),
+        "w5": W5_IMPLS,
+        "w6": W6_IMPLS,
+        "w1_durable": W1D_IMPLS,
+    }.get(workload, IMPLS)
 
 
 def stats(values: list[float]) -> tuple[float, float, float]:
@@ -273,6 +306,32 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                          f"{delta:,.0f} / {floor:,.0f} ns = {delta / floor:.2f}×", delta <= 2 * floor))  # fmt: skip
     if "w6" in w:
         rows += _w6_targets(results)
+    if "w1_durable" in w:
+        rows += _w1_durable_targets(results)
+    return rows
+
+
+def _w1_durable_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """SQLite W1 against in-memory W1 and against openai-agents' SQLiteSession, each way of using sessions;
+    and the 1,000 runs at once on one SQLite file."""
+    table = results["workloads"]["w1_durable"]
+    rows = []
+    for metric, how in (("fresh_us_per_run", "fresh sessions"), ("shared_us_per_run", "one shared session")):
+        sqlite = median_of(results, "w1_durable", "trio-agents-sqlite", metric)
+        memory = median_of(results, "w1_durable", "trio-agents", metric)
+        peer = median_of(results, "w1_durable", "openai-agents-sqlite", metric)
+        rows.append((f"W1 durable, {how}: SQLite ≤ {W1D_SQLITE_OVER_MEMORY:.0f}× in memory",
+                     f"{sqlite:,.0f} / {memory:,.0f} µs = {sqlite / memory:.2f}×",
+                     sqlite <= W1D_SQLITE_OVER_MEMORY * memory))  # fmt: skip
+        rows.append((f"W1 durable, {how}: SQLite ≤ 1/5 of openai-agents + SQLiteSession (file)",
+                     f"{sqlite:,.0f} / {peer:,.0f} µs = {sqlite / peer:.3f}",
+                     sqlite <= W1D_SQLITE_OVER_PEER * peer))  # fmt: skip
+    sqlite_runs = table["trio-agents-sqlite"]
+    completed = min(sqlite_runs["concurrent_completed"])
+    locked = max(sqlite_runs["concurrent_locked_errors"])
+    rows.append(('W1 durable: 1,000 runs at once on one SQLite file all completed, 0 "database is locked"',
+                 f"{completed:,.0f} completed (min over rounds), {locked:.0f} locked (max)",
+                 completed == 1000 and locked == 0))  # fmt: skip
     return rows
 
 
@@ -392,6 +451,9 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         if workload == "w6":
             lines += _w6_table(table, results.get("notes", {}).get("w6", {}))
             continue
+        if workload == "w1_durable":
+            lines += _w1_durable_table(table, results.get("notes", {}).get("w1_durable", {}))
+            continue
         impls = [impl for impl in IMPLS if impl in table]
         header = "| metric | " + " | ".join(f"{impl} min / median / max" for impl in impls)
         if len(impls) > 1:
@@ -410,7 +472,7 @@ def report(results: dict[str, Any], elapsed: float) -> str:
     lines += [
         "Ratios are trio-agents' median over the peer's median (below 1: trio-agents uses less; for",
         "throughput, above 1 is better). Reproduce: `make bench` (`make bench-quick`: W1 alone; `make bench-served`:",
-        "W5 alone; `make bench-tokens`: W6 alone).",
+        "W5 alone; `make bench-tokens`: W6 alone; `make bench-durable`: W1 durable alone).",
         "",
     ]
     profile = BENCH / "PROFILE.md"
@@ -464,6 +526,43 @@ def _w6_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[st
     return lines
 
 
+RATIOED = ("fresh_us_per_run", "shared_us_per_run", "concurrent_wall_s", "concurrent_runs_per_s")
+
+
+def _w1_durable_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[str, str]]) -> list[str]:
+    """W1 durable's columns side by side (medians, and min–max), with the ratios the targets name."""
+    impls = [impl for impl in W1D_IMPLS if impl in table or impl in notes]
+    lines = [
+        "| metric | " + " | ".join(f"{W1D_LABELS[impl]} median (min–max)" for impl in impls)
+        + " | SQLite / in memory | SQLite / openai-agents | PostgreSQL / in memory |",
+        "|---" * (len(impls) + 4) + "|",
+    ]  # fmt: skip
+
+    def ratio(impl: str, over: str, metric: str) -> str:
+        if metric not in RATIOED or metric not in table.get(impl, {}) or metric not in table.get(over, {}):
+            return "–"
+        value = statistics.median(table[impl][metric]) / statistics.median(table[over][metric])
+        return f"{value:.3f}" if value < 0.1 else f"{value:.2f}×"
+
+    for metric, label, unit, _ in METRICS["w1_durable"]:
+        if metric not in table.get("trio-agents-sqlite", {}):
+            continue
+        cells = []
+        for impl in impls:
+            if metric in table.get(impl, {}):
+                cells.append(_spread(table[impl][metric]))
+            elif impl in notes:
+                cells.append(notes[impl].get("w1_durable", "not measured"))
+            else:
+                cells.append("–")
+        ratios = [ratio("trio-agents-sqlite", "trio-agents", metric),
+                  ratio("trio-agents-sqlite", "openai-agents-sqlite", metric),
+                  ratio("trio-agents-postgres", "trio-agents", metric)]  # fmt: skip
+        lines.append(f"| {label} ({unit}) | " + " | ".join(cells + ratios) + " |")
+    lines.append("")
+    return lines
+
+
 def _spread(values: list[float]) -> str:
     low, mid, high = stats(values)
     return f"{_fmt(mid)} ({_fmt(low)}–{_fmt(high)})"
@@ -501,6 +600,19 @@ def _describe(workload: str) -> str:
         "no agent. Two more take trio-agents' figure apart: the same agent with an async tool (no hop to a "
         "worker thread), and trio-agents' own plumbing (Hypercorn + Starlette + its SSE response) sending the "
         "pre-made messages with no runtime.",
+        "w1_durable": "W1 (streamed; the model answers the latest prompt) with its sessions in a store, four "
+        "columns in the same run, alternating: trio-agents in memory (no store: this run's reference), with "
+        "`SQLiteStore` (a file in a temporary directory), with `PostgresStore` (a throwaway cluster the script "
+        "starts with tests/pg.py, the tests' helper; not timed), and openai-agents with `SQLiteSession(id, "
+        "db_path=FILE)` (a file, not `:memory:`). Two ways, the same for every column: a **fresh session per "
+        "prompt** (a new id; for a store: claim, load, write the new session, release, all in the time, as W1 "
+        "counts making a session), and **one session shared by all 300 prompts** (opened once per repetition; "
+        "its history grows by 4 messages a run and goes to the model on every turn, so runs get slower in both "
+        "libraries). 5 repetitions of 300 prompts after a warm-up, per process. trio-agents columns also run "
+        "1,000 streamed runs at once, each its own fresh session, on one store: wall time, runs/s, runs that "
+        'ended `completed`, every "database is locked" seen (raised, an `ErrorEvent`, or logged by the '
+        "writer) and store transactions per run (the writer commits every dirty session in one). Ratios: "
+        "medians over medians; below 1, the first uses less time.",
         "w6": "A loopback provider (bench/token_server.py, its own process) answers every request with one pre-built "
         "body of 5,000 one-token chunks in the provider's format (bench/token_bodies.py: Chat Completions, "
         "Anthropic Messages, Responses, Gemini `streamGenerateContent?alt=sse`), chunked transfer encoding, one "

@@ -39,6 +39,7 @@ def failing_agent(*args: object) -> Agent:
         ("approval", ["--yes"]),
         ("subagents", []),
         ("transcript", None),  # its argument: the transcript's path
+        ("durable", ["--db", "{tmp}/sessions.db"]),
     ],
 )
 async def test_an_example_whose_run_ends_in_error_returns_1(
@@ -53,7 +54,8 @@ async def test_an_example_whose_run_ends_in_error_returns_1(
     module = load_example(example)
     monkeypatch.setattr(module, "make_agent", failing_agent)
     with trio.fail_after(20):
-        status = await module.main([str(tmp_path / "transcript.jsonl")] if argv is None else argv)
+        arguments = [str(tmp_path / "transcript.jsonl")] if argv is None else argv
+        status = await module.main([argument.replace("{tmp}", str(tmp_path)) for argument in arguments])
     captured = capsys.readouterr()
     assert status == 1, captured
     assert OVERLOADED in captured.out + captured.err
