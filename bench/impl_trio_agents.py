@@ -310,7 +310,7 @@ def durable_concurrent(runs: int, *, store: Callable[[], SessionStore | None], s
             "not_completed": runs - reasons.get("completed", 0),
             "errors": len(errors) + counter.records,
             "locked_errors": locked,
-            "commits_per_run": commits / runs,
+            "commits": commits,
         }
 
     try:

@@ -137,7 +137,7 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
         ("concurrent_runs_per_s", "1,000 runs at once: throughput", "runs/s", False),
         ("concurrent_completed", "1,000 runs at once: ended completed", "runs", False),
         ("concurrent_locked_errors", '1,000 runs at once: "database is locked" seen', "errors", True),
-        ("concurrent_commits_per_run", "1,000 runs at once: store transactions per run", "commits/run", True),
+        ("concurrent_commits", "1,000 runs at once: store transactions for them all", "commits", True),
     ],
     "w6": [
         (f"{fmt}_{metric}", f"{spec.label}: {label}", unit, True)
@@ -611,7 +611,7 @@ def _describe(workload: str) -> str:
         "libraries). 5 repetitions of 300 prompts after a warm-up, per process. trio-agents columns also run "
         "1,000 streamed runs at once, each its own fresh session, on one store: wall time, runs/s, runs that "
         'ended `completed`, every "database is locked" seen (raised, an `ErrorEvent`, or logged by the '
-        "writer) and store transactions per run (the writer commits every dirty session in one). Ratios: "
+        "writer) and the store transactions they took (the writer commits every dirty session in one). Ratios: "
         "medians over medians; below 1, the first uses less time.",
         "w6": "A loopback provider (bench/token_server.py, its own process) answers every request with one pre-built "
         "body of 5,000 one-token chunks in the provider's format (bench/token_bodies.py: Chat Completions, "
