@@ -116,7 +116,18 @@ class Connection:
     server's question reaches the run of the call it belongs to.
     """
 
-    __slots__ = ("_broken", "_calls", "_changes", "_listed_at", "_tools", "client", "process", "server", "tool_cache")
+    __slots__ = (
+        "_broken",
+        "_calls",
+        "_changed",
+        "_changes",
+        "_listed_at",
+        "_tools",
+        "client",
+        "process",
+        "server",
+        "tool_cache",
+    )
 
     def __init__(self, server: str, process: ServerProcess | None) -> None:
         self.server = server
@@ -127,6 +138,7 @@ class Connection:
         """What the toolset built of the last listing, with that listing's number."""
         self._tools: list[types.Tool] | None = None
         self._changes = 0
+        self._changed = trio.Event()
         self._listed_at = -1
         self._calls: list[_Call] = []
 
@@ -137,6 +149,20 @@ class Connection:
         if self._broken is None and process is not None and (process.returncode is not None or process.problem):
             self._broken = process.describe_end()
         return self._broken
+
+    def _tools_changed(self) -> None:
+        self._changes += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for_tool_change(self, seen: int = 0) -> int:
+        """Wait until the server has said its tool list changed more than ``seen`` times; how many times.
+
+        The notice travels apart from the answer of the call that made the change, so it may come after it.
+        """
+        while self._changes <= seen:
+            await self._changed.wait()
+        return self._changes
 
     async def tools(self) -> tuple[int, list[types.Tool]]:
         """The server's tools and the number of their listing, listed again only after a change."""
@@ -221,7 +247,7 @@ class Connection:
     async def on_message(self, message: IncomingMessage) -> None:
         """Server notifications (a tool list change), and transport errors."""
         if isinstance(message, types.ToolListChangedNotification):
-            self._changes += 1
+            self._tools_changed()
         elif isinstance(message, Exception):
             logger.info("MCP server %s: %s", self.server, describe_error(message))
 
@@ -230,7 +256,7 @@ class Connection:
         try:
             async with self._client.listen(tools_list_changed=True) as subscription:
                 async for _ in subscription:
-                    self._changes += 1
+                    self._tools_changed()
         except Exception as exc:  # never into the connection: without it, the tools are the ones listed first
             logger.info("MCP server %s: no tool list changes: %s", self.server, describe_error(exc))
 
