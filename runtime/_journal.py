@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("runtime")
 
+GROUP_COMMIT_DELAY: Final = 0.005
+"""Seconds the writer waits for more to write when no run waits for a commit: a run's events after its last
+durability point then go with the next one, in one transaction instead of several."""
 WRITER_BACKLOG: Final = 8192
 """Records (events, messages, rows) waiting to be written before runs wait for the writer."""
 CLOSE_FLUSH_TIMEOUT: Final = 10.0
@@ -78,12 +81,16 @@ class StoreWriter:
         self._backlog_limit = backlog
         self._dirty: dict[Journal, None] = {}  # an ordered set
         self._wake = trio.Event()
+        self._urgent = trio.Event()  # set when a run waits for a commit (a flush): no group-commit delay
         self._room = trio.Event()
         self.backlog = 0
         """Records waiting to be written."""
         self.failure: StoreError | None = None
         """The last commit's error, while the store is failing (``None`` once a commit succeeds)."""
         self._closing = False
+        self.closing: dict[str, Journal] = {}
+        """Journals of closed sessions whose last changes are not yet written, by session id: the writer
+        lets each claim go once they are (a session opened again by id waits for that)."""
         self.commits = 0
         """Transactions committed so far."""
 
@@ -91,9 +98,11 @@ class StoreWriter:
     def full(self) -> bool:
         return self.backlog >= self._backlog_limit
 
-    def mark(self, journal: Journal) -> None:
+    def mark(self, journal: Journal, *, urgent: bool = False) -> None:
         self._dirty[journal] = None
         self._wake.set()
+        if urgent:
+            self._urgent.set()
 
     async def room(self) -> None:
         """Wait until the backlog has room (a checkpoint only if it waits)."""
@@ -115,9 +124,13 @@ class StoreWriter:
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
+            if not self._urgent.is_set() and not self._closing and not self.full:
+                with trio.move_on_after(GROUP_COMMIT_DELAY):
+                    await self._urgent.wait()
+            self._urgent = trio.Event()
             journals = list(self._dirty)
             self._dirty.clear()
-            taken = [(journal, journal.take()) for journal in journals if not journal.lost]
+            taken = [(journal, journal.take()) for journal in journals if not journal.lost and journal.unwritten()]
             checkpoints = [checkpoint for _, checkpoint in taken]
             try:
                 if checkpoints:
@@ -132,6 +145,7 @@ class StoreWriter:
                         journal.restore(checkpoint)
                         self._dirty[journal] = None
                 self._made_room()
+                await self._release_closed(journals)
                 continue
             except StoreError as error:
                 self.failure = error
@@ -156,6 +170,21 @@ class StoreWriter:
                 self.backlog -= checkpoint_size(checkpoint)
                 journal.committed(checkpoint)
             self._made_room()
+            await self._release_closed(journals)
+
+    async def _release_closed(self, journals: list[Journal]) -> None:
+        """Let go of the closed sessions among ``journals`` that have nothing left to write (or were lost)."""
+        for journal in journals:
+            if self.closing.get(journal.session_id) is journal and (journal.lost or not journal.unwritten()):
+                del self.closing[journal.session_id]
+                await self.store.release(journal.session_id)
+                journal.released.set()
+
+    def closed(self, journal: Journal) -> None:
+        """The session closed: what it left is written with the next commit, then its claim let go (by
+        :meth:`serve`); nobody waits for it. The store's own close lets go of what is still held then."""
+        self.closing[journal.session_id] = journal
+        self.mark(journal)
 
     def _made_room(self) -> None:
         if self.backlog < self._backlog_limit:
@@ -165,6 +194,7 @@ class StoreWriter:
         """Stop once nothing is dirty."""
         self._closing = True
         self._wake.set()
+        self._urgent.set()
 
 
 def checkpoint_size(checkpoint: Checkpoint) -> int:
@@ -190,6 +220,8 @@ async def open_writer(store: SessionStore, owner: str) -> AsyncIterator[StoreWri
             # What sessions left is written even if the runtime is being cancelled, for a while.
             nursery.cancel_scope.shield = True
             nursery.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT
+    for journal in writer.closing.values():  # not written in time: the store's close let them go
+        journal.released.set()
 
 
 class Journal:
@@ -215,6 +247,7 @@ class Journal:
         self.version = version
         self._history = history
         self._stored = len(history) if stored is None else stored  # how many of its messages the store holds
+        self._sent = self._stored  # ... or the checkpoint being written will hold
         self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as last written
         self._runs: dict[str, RunRow] = {}
         self._events: list[tuple[str, int, Event]] = []
@@ -234,6 +267,14 @@ class Journal:
         """Why the last commit failed, until one succeeds."""
         self.lost: SessionConflictError | None = None
         """Set if another process took the session: nothing more is written."""
+        self.released = trio.Event()
+        """Set once the session, closed, has been let go in the store."""
+
+    def unwritten(self) -> bool:
+        """Whether anything recorded (history included) is not yet in a checkpoint."""
+        return bool(self._runs or self._events or self._unwritten or self._added or self._removed) or (
+            len(self._history) != self._sent
+        )
 
     def track_usage(self, usage: UsageTally) -> None:
         self._usage = usage
@@ -295,9 +336,15 @@ class Journal:
         """
         if self.lost is not None:
             raise self.lost
-        self._asked += 1
-        wanted = self._asked
-        self.writer.mark(self)
+        if self.unwritten():
+            self._asked += 1
+            wanted = self._asked
+            self.writer.mark(self, urgent=True)
+        else:
+            wanted = self._taken  # all of it is written, or in the commit being made: wait for that one only
+            if self._done >= wanted:
+                await trio.lowlevel.checkpoint()
+                return
         while self._done < wanted:
             if self._flushed.is_set():
                 self._flushed = trio.Event()
@@ -326,6 +373,7 @@ class Journal:
             None if self._usage is None else usage_to_json(self._usage.snapshot()),
         )
         self._taken = self._asked
+        self._sent = len(history)
         self._runs = {}
         self._events = []
         self._unwritten = []
@@ -335,6 +383,7 @@ class Journal:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was not written: what it held waits again (before what came since)."""
+        self._sent = self._stored
         for row in checkpoint.runs:
             self._runs.setdefault(row.run_id, row)
         self._unwritten = checkpoint.events

@@ -260,6 +260,9 @@ class Runtime:
         assert writer is not None
         store = writer.store
         session_id = session_id or new_session_id()
+        closing = writer.closing.get(session_id)
+        if closing is not None:  # closed here a moment ago: its last changes are being written
+            await closing.released.wait()
         snapshot = await store.claim(session_id, agent.name, create=create)
         if snapshot is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {store.url}")

@@ -542,8 +542,8 @@ class Session(Generic[OutputT]):
         self._tasks.start_soon(self._hold_claim, store, name=f"store claim of session {self.id}")
 
     async def _hold_claim(self, store: SessionStore) -> None:
-        """A durable session's task: it holds the store's claim until the session closes, then writes
-        what its runs left and lets the session go (for at most :data:`CLOSE_FLUSH_TIMEOUT` seconds)."""
+        """A durable session's task: it holds the store's claim until the session closes; then, once every
+        run has ended, the runtime's writer writes what they left and lets the session go."""
         journal = self._journal
         assert journal is not None
         try:
@@ -554,14 +554,13 @@ class Session(Generic[OutputT]):
                 try:
                     if ticket is not None:
                         await ticket.wait()
-                    if journal.lost is None:
-                        try:
-                            await journal.flush()
-                        except Exception as exc:  # the store is down: the claim goes with this process
-                            logger.warning("session %s closed with unwritten changes: %s", self.id, exc)
                 finally:
                     self._slot.release(ticket)
-                    await store.release(self.id)
+                    if journal.lost is not None:
+                        await store.release(self.id)
+                        journal.released.set()
+                    else:
+                        journal.writer.closed(journal)
 
     def _log_failure(self, error: Exception) -> None:
         logger.error("session %s failed", self.id, exc_info=error)
