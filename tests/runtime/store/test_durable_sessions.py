@@ -249,3 +249,29 @@ async def test_postgres_going_away_fails_a_run_with_a_store_error_and_the_sessio
                         break
                     await trio.sleep(0.1)  # the writer retries with backoff; this waits for it, bounded above
                 assert stream.result.output == "echo: three"
+
+
+async def test_the_users_message_is_written_before_run_started(tmp_path: Path) -> None:
+    """The first durability point: a crash right after RunStarted still has the run and its message."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="h") as session:
+        await until(session, "stall", RunStarted, path, image)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="h") as session,
+    ):
+        assert session.history[0] == UserMessage("stall")
+        assert session.run_count == 1
+    assert stored_events(image, "h-r1")[-1]["reason"] == "interrupted"
+
+
+async def test_a_session_closed_and_opened_again_at_once_in_one_runtime_has_everything(tmp_path: Path) -> None:
+    """A closed session's last changes are written after it closed, by the writer: opening it again by id
+    waits for them (and for its claim to be let go) instead of failing or seeing less."""
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime:
+        for k in range(5):
+            async with runtime.open_session(agent, session_id="i") as session:
+                assert len(session.history) == 2 * k
+                assert (await session.ask(f"hello {k}")).output == f"echo: hello {k}"
