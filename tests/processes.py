@@ -71,6 +71,10 @@ class Child:
     async def interrupt(self) -> int:
         """Ctrl-C: send SIGINT, wait for the exit (and the end of its output); returns the exit status."""
         self.process.send_signal(signal.SIGINT)
+        return await self.finish()
+
+    async def finish(self) -> int:
+        """Wait for the exit and the end of its output; returns the exit status."""
         status = await self.process.wait()
         while self._open_streams:
             await self._changed.wait()
@@ -78,13 +82,16 @@ class Child:
 
 
 @asynccontextmanager
-async def running(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Child]:
-    """Run ``python *args`` from the repository root for the block; whatever is left is killed on the way out."""
+async def running(*args: str, env: Mapping[str, str] | None = None, stdin_pipe: bool = False) -> AsyncIterator[Child]:
+    """Run ``python *args`` from the repository root for the block; whatever is left is killed on the way out.
+
+    With ``stdin_pipe``, its stdin is a pipe the test holds open (a prompt waits on it; nobody answers).
+    """
     process = await trio.lowlevel.open_process(
         [sys.executable, *args],
         cwd=ROOT,
         env={**child_env(), **(env or {})},
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -105,7 +112,7 @@ async def running(*args: str, env: Mapping[str, str] | None = None) -> AsyncIter
             if process.returncode is None:
                 process.kill()
             await process.wait()  # reaps it
-            for pipe in (process.stdout, process.stderr):
+            for pipe in (process.stdin, process.stdout, process.stderr):
                 if pipe is not None:
                     await trio.aclose_forcefully(pipe)
 

@@ -9,98 +9,30 @@ is killed on the way out.
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import signal
 import subprocess
 import sys
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from tests import processes
+from tests.processes import ROOT, Child
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+    from pathlib import Path
+
 EXAMPLE = str(ROOT / "examples" / "durable.py")
 WAITING = re.compile(r"^waiting for approval: (.*) \(question (\S+)\)$", re.MULTILINE)
 TIMEOUT = 60
 
 
-class Child:
-    """A running example whose output is collected as it comes."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.stdout = ""
-        self.stderr = ""
-        self._open_streams = 2
-        self._changed = trio.Event()
-
-    async def collect(self, stream: trio.abc.ReceiveStream, name: str) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while chunk := await stream.receive_some():
-            setattr(self, name, getattr(self, name) + decoder.decode(chunk))
-            self._wake()
-        setattr(self, name, getattr(self, name) + decoder.decode(b"", final=True))
-        self._open_streams -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, pattern: re.Pattern[str]) -> re.Match[str]:
-        """Wait until the process has printed a line matching ``pattern`` (fails if its output ends first)."""
-        while (match := pattern.search(self.stdout)) is None:
-            if self._open_streams == 0:
-                raise AssertionError(f"no {pattern.pattern!r} in:\n{self.stdout}\n--- stderr:\n{self.stderr}")
-            await self._changed.wait()
-        return match
-
-    async def finish(self) -> int:
-        """Wait for the exit and the end of its output; returns the exit status."""
-        status = await self.process.wait()
-        while self._open_streams:
-            await self._changed.wait()
-        return status
-
-
-@asynccontextmanager
-async def running(*args: str) -> AsyncIterator[Child]:
+def running(*args: str) -> AbstractAsyncContextManager[Child]:
     """Run the example with ``args`` for the block, its stdin a pipe the test holds open (nobody answers)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "error", "PYTHONPATH": str(ROOT)}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, EXAMPLE, *args],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    child = Child(process)
-    try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(child.collect, process.stdout, "stdout")
-            nursery.start_soon(child.collect, process.stderr, "stderr")
-            try:
-                yield child
-            finally:
-                if process.returncode is None:
-                    process.kill()  # the test failed: the collectors end at EOF
-    finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.kill()
-            await process.wait()
-            for pipe in (process.stdin, process.stdout, process.stderr):
-                if pipe is not None:
-                    await trio.aclose_forcefully(pipe)
+    return processes.running(EXAMPLE, *args, env={"PYTHONPATH": str(ROOT)}, stdin_pipe=True)
 
 
 async def run_to_end(*args: str) -> tuple[int, str, str]:
