@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import trio
@@ -31,8 +31,9 @@ from runtime.events import ElicitationRequest, ErrorEvent, Event, RunFinished, R
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runtime import Session
     from tests.pg import PostgresCluster
+
+E = TypeVar("E", bound=Event)
 
 paid: list[int] = []
 release = trio.Event()
@@ -84,13 +85,19 @@ def crash_image(path: Path, image: Path) -> None:
     copy.close()
 
 
-async def until(session: Session[Any], user_input: str, kind: type[Event], store: Path, image: Path) -> Event:
-    """Run until an event of ``kind``, take a crash image of the store there, and return that event."""
-    async with session.run(user_input) as stream:
+async def crash_at(tmp_path: Path, session_id: str, user_input: str, kind: type[E]) -> tuple[Path, E]:
+    """Run ``user_input`` in a new session of a store until an event of ``kind``, and take a crash image of
+    the store there; the image's path, and that event."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id=session_id) as session,
+        session.run(user_input) as stream,
+    ):
         async for event in stream:
             if isinstance(event, kind):
-                crash_image(store, image)
-                return event
+                crash_image(path, image)
+                return image, event
     raise AssertionError(f"the run ended without a {kind.__name__}")
 
 
@@ -127,11 +134,8 @@ async def test_open_without_create_and_a_second_open_in_one_process_are_typed_er
 
 
 async def test_a_run_interrupted_mid_tool_is_marked_and_its_history_repaired(tmp_path: Path) -> None:
-    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     agent = make_agent()
-    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="c") as session:
-        started = await until(session, "stall", ToolCallStarted, path, image)
-        assert isinstance(started, ToolCallStarted)
+    image, started = await crash_at(tmp_path, "c", "stall", ToolCallStarted)
     async with (
         open_runtime(store=SQLiteStore(image)) as runtime,
         runtime.open_session(agent, session_id="c") as session,
@@ -151,11 +155,8 @@ async def test_a_run_interrupted_mid_tool_is_marked_and_its_history_repaired(tmp
 
 
 async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tmp_path: Path) -> None:
-    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     agent = make_agent()
-    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="d") as session:
-        asked = await until(session, "pay 3", ElicitationRequest, path, image)
-    assert isinstance(asked, ElicitationRequest)
+    image, asked = await crash_at(tmp_path, "d", "pay 3", ElicitationRequest)
     async with (
         open_runtime(store=SQLiteStore(image)) as runtime,
         runtime.open_session(agent, session_id="d") as session,
@@ -177,11 +178,8 @@ async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tm
 
 
 async def test_answers_given_to_resume_are_used_and_unknown_ones_refused(tmp_path: Path) -> None:
-    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     agent = make_agent()
-    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="e") as session:
-        asked = await until(session, "pay 4", ElicitationRequest, path, image)
-    assert isinstance(asked, ElicitationRequest)
+    image, asked = await crash_at(tmp_path, "e", "pay 4", ElicitationRequest)
     async with (
         open_runtime(store=SQLiteStore(image)) as runtime,
         runtime.open_session(agent, session_id="e") as session,
@@ -201,11 +199,8 @@ async def test_answers_given_to_resume_are_used_and_unknown_ones_refused(tmp_pat
 async def test_run_on_a_suspended_session_settles_the_waiting_call_then_takes_the_new_message(
     tmp_path: Path,
 ) -> None:
-    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     agent = make_agent()
-    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="f") as session:
-        asked = await until(session, "pay 5", ElicitationRequest, path, image)
-    assert isinstance(asked, ElicitationRequest)
+    image, asked = await crash_at(tmp_path, "f", "pay 5", ElicitationRequest)
     async with (
         open_runtime(store=SQLiteStore(image)) as runtime,
         runtime.open_session(agent, session_id="f") as session,
@@ -253,10 +248,8 @@ async def test_postgres_going_away_fails_a_run_with_a_store_error_and_the_sessio
 
 async def test_the_users_message_is_written_before_run_started(tmp_path: Path) -> None:
     """The first durability point: a crash right after RunStarted still has the run and its message."""
-    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     agent = make_agent()
-    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, session_id="h") as session:
-        await until(session, "stall", RunStarted, path, image)
+    image, _ = await crash_at(tmp_path, "h", "stall", RunStarted)
     async with (
         open_runtime(store=SQLiteStore(image)) as runtime,
         runtime.open_session(agent, session_id="h") as session,
