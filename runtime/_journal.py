@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
+from pydantic_core import to_json
 
 from agents import AssistantMessage, ElicitationResult, RetryPolicy, RunUsage, ToolCallChunk, ToolResultMessage
 from agents._exceptions import describe
@@ -34,7 +35,7 @@ from ._store import (
     StoreError,
     StoreUnavailableError,
 )
-from ._wire import content_from_json, content_to_json, dumps, event_to_json, message_from_json, message_to_json
+from ._wire import content_from_json, content_to_json, event_to_json, message_from_json, message_to_json
 from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ INTERRUPTED_RESULT: Final = "error: interrupted: the process running this tool c
 """The result a tool call gets when its run was interrupted before the call had one."""
 
 _RETRY: Final = RetryPolicy(initial=0.05, maximum=2.0)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of a value already in JSON form (pydantic-core's encoder: several times faster
+    than ``json``'s, and every event and message of a durable run goes through it)."""
+    return to_json(value).decode()
 
 
 def default_owner() -> str:

@@ -23,6 +23,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -39,7 +40,7 @@ from ._store import (
     StoreUnavailableError,
     StoreVersionError,
 )
-from ._worker import WorkerCall, run_worker, session_hash, settle
+from ._worker import WorkerCall, WorkerThread, run_worker, session_hash
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -150,7 +151,7 @@ class SQLiteStore:
         self._lock_file: _LockFile | None = None
         self._held: set[str] = set()  # guarded by _LOCK_FILES_LOCK
         self._owner = ""
-        self._limiter: trio.CapacityLimiter | None = None
+        self._thread: WorkerThread | None = None  # the connection's own thread, while open
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self._path!r} {'open' if self._conn is not None else 'closed'}>"
@@ -172,20 +173,22 @@ class SQLiteStore:
             StoreCorruptError: It is not a session store (garbage, truncated, or someone else's tables).
             StoreVersionError: A newer trio-agents wrote it.
         """
-        if self._limiter is not None:
+        if self._thread is not None:
             raise StoreUnavailableError(f"{self!r} is already open")
         self._owner = owner
-        # One token: the connection serves one thread at a time, so more would only queue in threads.
-        limiter = trio.CapacityLimiter(1)
-        self._conn, self._lock_file = await run_worker(self._open_sync, limiter=limiter, undo=_close_opened)
-        self._limiter = limiter
+        self._conn, self._lock_file = await run_worker(
+            self._open_sync, limiter=trio.CapacityLimiter(1), undo=_close_opened
+        )
+        # The connection's calls run in one thread of its own, in order: one thread on it at a time.
+        thread = self._thread = WorkerThread(f"SQLiteStore {self._path}")
+        thread.start()
         try:
             yield
         finally:
             with trio.CancelScope(shield=True):
-                await settle(limiter)  # abandoned calls end first: they may still be using the connection
+                await thread.stop()  # abandoned calls end first: they may still be using the connection
                 await trio.to_thread.run_sync(self._close_sync)
-            self._limiter = None
+            self._thread = None
 
     def _open_sync(self, call: WorkerCall[Any]) -> tuple[sqlite3.Connection, _LockFile]:
         try:
@@ -195,7 +198,7 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate(conn)
             return conn, _open_lock_file(self._lock_path)
@@ -252,14 +255,14 @@ class SQLiteStore:
         if conn is not None and lock_file is not None:
             _close_opened((conn, lock_file))
 
-    def _connection(self) -> tuple[sqlite3.Connection, trio.CapacityLimiter]:
-        if self._conn is None or self._limiter is None:
+    def _connection(self) -> tuple[sqlite3.Connection, WorkerThread]:
+        if self._conn is None or self._thread is None:
             raise StoreUnavailableError(f"{self!r} is not open (use `async with store.open(owner):`)")
-        return self._conn, self._limiter
+        return self._conn, self._thread
 
     async def _run(self, fn: Callable[[WorkerCall[Any]], Any], *, undo: Callable[[Any], None] | None = None) -> Any:
-        _, limiter = self._connection()
-        return await run_worker(fn, limiter=limiter, undo=undo)
+        _, thread = self._connection()
+        return await thread.run(fn, undo=undo)
 
     async def claim(self, session_id: str, agent: str, *, create: bool) -> SessionSnapshot | None:
         """Take the session for this process and load it; with ``create``, make it if it does not exist.
@@ -470,6 +473,20 @@ def _unlock(lock_file: _LockFile, session_id: str) -> None:
     lock_file.claims.pop(session_id, None)
     with contextlib.suppress(OSError):
         fcntl.lockf(lock_file.fd, fcntl.LOCK_UN, 1, _lock_offset(session_id))
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Switching takes the file's exclusive lock without the busy
+    handler's waiting: processes opening a new file at once retry, within :data:`BUSY_TIMEOUT`."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)  # in the store's worker thread, never the event loop's
 
 
 @contextlib.contextmanager

@@ -21,13 +21,22 @@ from runtime import (
     StoreVersionError,
 )
 from runtime._store import SCHEMA_VERSION
-from runtime._worker import settle
+from runtime._worker import WorkerThread, settle
 
 if TYPE_CHECKING:
     from runtime import SessionStore
     from tests.runtime.store.conftest import Backend
 
 OWNER = "test-host:1"
+
+
+async def settled(store: object) -> None:
+    """Wait until the store's abandoned worker calls have ended (SQLite: its thread's queue is drained)."""
+    thread = getattr(store, "_thread", None)
+    if isinstance(thread, WorkerThread):
+        await thread.run(lambda call: None)
+    else:
+        await settle(store._limiter)  # type: ignore[attr-defined]
 
 
 def _full_checkpoint(session_id: str, version: int) -> Checkpoint:
@@ -247,7 +256,7 @@ async def test_store_cancelled_claim_leaves_nothing_claimed(backend: Backend) ->
                     await trio.testing.wait_all_tasks_blocked()  # the claim's thread has started
                     scope.cancel()
             assert scope.cancelled_caught
-        await settle(store._limiter)  # type: ignore[attr-defined]  # the abandoned thread has ended
+        await settled(store)  # the abandoned call has ended
         async with backend.child("s1", "child") as child:
             assert child.line == "claimed"
             await child.kill()
