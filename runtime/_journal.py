@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from contextlib import asynccontextmanager
@@ -87,8 +88,8 @@ class StoreWriter:
         self.store = store
         self._backlog_limit = backlog
         self._dirty: dict[Journal, None] = {}  # an ordered set
-        self._wake = trio.Event()
         self._urgent = trio.Event()  # set when a run waits for a commit (a flush): no group-commit delay
+        self._waiting = trio.CancelScope()  # the writer's wait for more to write; its deadline: write anyway
         self._room = trio.Event()
         self.backlog = 0
         """Records waiting to be written."""
@@ -107,9 +108,11 @@ class StoreWriter:
 
     def mark(self, journal: Journal, *, urgent: bool = False) -> None:
         self._dirty[journal] = None
-        self._wake.set()
-        if urgent:
+        if urgent or self.full:
             self._urgent.set()
+        elif self._waiting.deadline == math.inf:
+            # Written within GROUP_COMMIT_DELAY, with whatever comes meanwhile: no wake-up now.
+            self._waiting.deadline = trio.current_time() + GROUP_COMMIT_DELAY
 
     async def room(self) -> None:
         """Wait until the backlog has room (a checkpoint only if it waits)."""
@@ -125,16 +128,18 @@ class StoreWriter:
         task_status.started()
         attempt = 0
         while True:
-            if not self._dirty:
-                if self._closing:
+            if not self._urgent.is_set():
+                if not self._dirty and self._closing:
                     return
-                self._wake = trio.Event()
-                await self._wake.wait()
-                continue
-            if not self._urgent.is_set() and not self._closing and not self.full:
-                with trio.move_on_after(GROUP_COMMIT_DELAY):
+                # Until a run waits for a commit (urgent), or what is dirty has waited long enough.
+                self._waiting = trio.CancelScope(deadline=trio.current_time() if self._dirty else math.inf)
+                if self._dirty:
+                    self._waiting.deadline += GROUP_COMMIT_DELAY
+                with self._waiting:
                     await self._urgent.wait()
             self._urgent = trio.Event()
+            if not self._dirty:
+                continue
             journals = list(self._dirty)
             self._dirty.clear()
             taken = [(journal, journal.take()) for journal in journals if not journal.lost and journal.unwritten()]
@@ -200,7 +205,6 @@ class StoreWriter:
     def close(self) -> None:
         """Stop once nothing is dirty."""
         self._closing = True
-        self._wake.set()
         self._urgent.set()
 
 
