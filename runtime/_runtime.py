@@ -15,6 +15,7 @@ from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundE
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
+from ._store import StoreCorruptError
 from .events import RunFinished
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ class Runtime:
             SessionOwnedError: (with a store) another process has the session open.
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
+            StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
         """
         return _SessionBlock(self, agent, session_id, create)
 
@@ -267,7 +269,10 @@ class Runtime:
         if snapshot is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {store.url}")
         try:
-            history, interrupted, suspended, unchanged = recover(snapshot)
+            try:
+                history, interrupted, suspended, unchanged = recover(snapshot)
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # rows we did not write
+                raise StoreCorruptError(f"session {session_id!r} in {store.url} cannot be read: {exc!r}") from exc
             journal = Journal(writer, session_id, snapshot.version, history, snapshot.runs, snapshot.pending, unchanged)
             for row in interrupted:
                 # Its log ends as every run's does: with one RunFinished.

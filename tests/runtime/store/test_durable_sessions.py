@@ -22,6 +22,7 @@ from runtime import (
     SessionNotFoundError,
     SessionOwnedError,
     SQLiteStore,
+    StoreCorruptError,
     UnknownElicitationError,
     open_runtime,
 )
@@ -268,3 +269,20 @@ async def test_a_session_closed_and_opened_again_at_once_in_one_runtime_has_ever
             async with runtime.open_session(agent, session_id="i") as session:
                 assert len(session.history) == 2 * k
                 assert (await session.ask(f"hello {k}")).output == f"echo: hello {k}"
+
+
+async def test_a_session_whose_rows_are_garbage_fails_to_open_with_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(make_agent(), session_id="j"):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO messages (session_id, seq, message) VALUES ('j', 0, '{\"role\": \"robot\"}')")
+    db.close()
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        with pytest.raises(StoreCorruptError, match="'j'"):
+            async with runtime.open_session(make_agent(), session_id="j"):
+                pass
+        # Nothing is left claimed: the session can be tried again (and fails the same way).
+        with pytest.raises(StoreCorruptError):
+            async with runtime.open_session(make_agent(), session_id="j"):
+                pass
