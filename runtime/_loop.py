@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from ._journal import Journal, Resumption
     from ._pipe import EventPipe
     from ._tally import UsageTally
+    from ._tracing import Tracing
 
 logger = logging.getLogger("runtime")
 
@@ -156,6 +157,7 @@ class AgentRun:
         "_sub_runs",
         "_text",
         "_tool_calls",
+        "_tracing",
         "_up",
         "_user_input",
         "cache_read_tokens",
@@ -189,6 +191,7 @@ class AgentRun:
         session_usage: UsageTally | None = None,
         journal: Journal | None = None,
         resume: Resumption | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
 
@@ -196,7 +199,8 @@ class AgentRun:
         when nobody can, as with ``Session.ask``). ``session_usage`` is the
         session's running total, counted into as the run spends. A durable
         session's run writes through ``journal``; ``resume`` makes it first call
-        again the tool calls an interrupted run was waiting on.
+        again the tool calls an interrupted run was waiting on. ``tracing``: the
+        runtime's, if OpenTelemetry is installed (a nested run uses its parent's).
         """
         self.run_id = run_id
         self._agent = agent
@@ -227,6 +231,7 @@ class AgentRun:
             )
             self._journal = journal
             self._resume = resume
+            self._tracing = tracing
         else:
             name = agent.name
             forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
@@ -244,6 +249,7 @@ class AgentRun:
             self._limited = agent.usage_limits is not None or parent._limited
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
             self._resume = None
+            self._tracing = parent._tracing
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -332,6 +338,49 @@ class AgentRun:
 
     async def drive(self) -> None:
         """Run the agent to the end, streaming events; see the class docstring."""
+        tracing = self._tracing
+        if tracing is not None and not tracing.active():
+            tracing = self._tracing = None  # nothing would record it: this run's calls skip tracing too
+        if tracing is None:
+            await self._drive()
+            return
+        session_id = getattr(self._session, "id", None)
+        span, token = tracing.start_agent(
+            self._agent.name,
+            self._agent.model,
+            self.run_id,
+            session_id if isinstance(session_id, str) else None,
+            self._user_input,
+        )
+        try:
+            await self._drive()
+        except BaseException as exc:
+            kind = "cancelled" if isinstance(exc, trio.Cancelled) else type(exc).__qualname__
+            tracing.end_agent(
+                span,
+                token,
+                reason="cancelled",
+                error=kind,
+                message="the run was cancelled" if kind == "cancelled" else describe(exc),
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+                output=None,
+            )
+            raise
+        error = self._error
+        output = self._output
+        tracing.end_agent(
+            span,
+            token,
+            reason=self._reason,
+            error=None if error is None else error.kind,
+            message=None if error is None else error.message,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            output=None if not tracing.content or output is None else content_text(_to_content(output)),
+        )
+
+    async def _drive(self) -> None:
         # This run's tools ask its consumer; leaving the block, on every path,
         # restores the target it replaced (the cagent #3073 seed).
         with ElicitationBridge.target(self):
@@ -592,6 +641,43 @@ class AgentRun:
         self, request: ModelRequest, output: OutputSpec
     ) -> tuple[str, list[ToolCallChunk], str | None]:
         """One model call, streamed: its text, its tool calls, and its refusal (``None`` if it did not refuse)."""
+        tracing = self._tracing
+        if tracing is None:
+            return await self._stream_model(request, output)
+        span, token, measured, started = tracing.start_chat(
+            self._agent.model, request.instructions, request.messages, request.tools
+        )
+        input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        try:
+            text, calls, refusal = await self._stream_model(request, output)
+        except BaseException as exc:
+            if isinstance(exc, _EndRun):
+                kind, message = exc.kind, exc.message
+            elif isinstance(exc, trio.Cancelled):
+                kind, message = "cancelled", "the model request was cancelled"
+            else:
+                kind, message = type(exc).__qualname__, describe(exc)
+            tracing.end_chat(
+                span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0, error=kind,
+                description=message,
+            )  # fmt: skip
+            raise
+        tracing.end_chat(
+            span,
+            token,
+            measured,
+            started,
+            stop=self._stop,
+            input_tokens=self.input_tokens - input_tokens,
+            output_tokens=self.output_tokens - output_tokens,
+            text=text or refusal,
+            calls=calls,
+        )
+        return text, calls, refusal
+
+    async def _stream_model(
+        self, request: ModelRequest, output: OutputSpec
+    ) -> tuple[str, list[ToolCallChunk], str | None]:
         texts: list[str] = []
         calls: list[ToolCallChunk] = []
         refusals: list[str] | None = None
@@ -724,17 +810,38 @@ class AgentRun:
         arguments: dict[str, Any],
         parse_error: str | None,
         tools: dict[str, Tool],
-    ) -> None:
+        traced: bool = True,
+    ) -> str | None:
+        """Call one tool, into ``results[index]``: ``None``, or the ``error.type`` of its failure."""
+        tracing = self._tracing
+        if tracing is not None and traced:
+            # Its span is current while it runs: a sub-agent it starts (the transfer tool) nests in it.
+            span, token = tracing.start_tool(call.name, call.call_id, arguments)
+            try:
+                kind = await self._call_tool(results, index, call, arguments, parse_error, tools, False)
+            except BaseException as exc:
+                kind = "cancelled" if isinstance(exc, trio.Cancelled) else type(exc).__qualname__
+                tracing.end_tool(span, token, error=kind, description="the tool call was cancelled", result=None)
+                raise
+            result = results[index]
+            assert result is not None
+            tracing.end_tool(
+                span,
+                token,
+                error=kind,
+                description=content_text(result.content) if kind is not None else None,
+                result=result.content,
+            )
+            return kind
         journal = self._journal
         if journal is None:
-            await self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
-            return
+            return await self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
         # A durable run: the questions this call asks are written with its id, and settled when it ends.
         token = _TOP_CALL.set(call.call_id)
         try:
             resumed = None if self._resume is None else self._resume.answers.get(call.call_id)
             elicitor = self._bridge if resumed is None else _ResumedQuestion(self._bridge, *resumed)
-            await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
+            return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         finally:
             _TOP_CALL.reset(token)
             journal.settle_call(call.call_id)
@@ -748,10 +855,12 @@ class AgentRun:
         parse_error: str | None,
         tools: dict[str, Tool],
         elicitor: Elicitor,
-    ) -> None:
+    ) -> str | None:
+        """Returns ``None``, or a short name of the failure (its ``error.type``)."""
         tool = tools.get(call.name)
         value: Any = None
         error = parse_error
+        kind = None if error is None else "invalid_arguments"
         ctx = ToolContext(
             self._deps,
             self._agent,
@@ -766,6 +875,7 @@ class AgentRun:
             known = ", ".join(sorted(tools)) or "none"
             shown = call.name if len(call.name) <= 100 else f"{call.name[:99]}…"  # the model's text: bounded
             error = f"unknown tool {shown!r}; the tools are: {known}"
+            kind = "unknown_tool"
         if error is None and tool is not None:
             timeout = self._agent.tool_timeout
             try:
@@ -781,20 +891,22 @@ class AgentRun:
                         value = await tool.invoke(ctx, validated, limiter=tool_threads())
                     if deadline.cancelled_caught:
                         error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
+                        kind = "timeout"
             except _Refused as refused:
-                value, error = None, str(refused)
+                value, error, kind = None, str(refused), "refused"
             except Exception as exc:
-                value, error = None, describe(exc)
+                value, error, kind = None, describe(exc), type(exc).__qualname__
             for hooks in self._agent.hooks:
                 try:
                     await hooks.after_tool(ctx, value, error)
                 except Exception as exc:
-                    value, error = None, f"after_tool hook failed: {describe(exc)}"
+                    value, error, kind = None, f"after_tool hook failed: {describe(exc)}", type(exc).__qualname__
         results[index] = ToolResultMessage(
             call.call_id, call.name, error if error is not None else _to_content(value), error is not None
         )
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
         await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
+        return kind
 
     async def _approve(self, ctx: ToolContext[Any], tool: Tool, arguments: dict[str, Any]) -> None:
         shown = ", ".join(f"{key}={value!r}" for key, value in arguments.items())

@@ -34,6 +34,10 @@ class RunSlot:
         self._held = False
         self._waiters: deque[trio.Event] | None = None
 
+    def runs(self) -> int:
+        """How many runs hold the slot or wait for it."""
+        return self._held + len(self._waiters or ())
+
     def take_ticket(self) -> trio.Event | None:
         """Take the slot if it is free (``None``), else queue for it (an event set on our turn)."""
         if not self._held:

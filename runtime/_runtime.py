@@ -16,6 +16,7 @@ from ._journal import Journal, default_owner, open_writer, recover, restore_usag
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
 from ._store import StoreCorruptError
+from ._tracing import open_tracing
 from .events import RunFinished
 
 if TYPE_CHECKING:
@@ -23,12 +24,15 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     import httpx
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
     from agents import Agent
     from agents._agent import OutputT
 
     from ._journal import StoreWriter
     from ._store import SessionStore
+    from ._tracing import Tracing
 
 logger = logging.getLogger("runtime")
 
@@ -110,8 +114,10 @@ class Runtime:
         idle_timeout: float | None,
         event_buffer: int,
         writer: StoreWriter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._nursery: trio.Nursery | None = None
+        self._tracing = tracing
         self._writer = writer
         self._exit_requested = Latch()
         self.http_client = http_client
@@ -244,6 +250,7 @@ class Runtime:
             idle_timeout=idle_timeout,
             log_failure=log_failure,
             restored=restored,
+            tracing=self._tracing,
         )
 
     async def _start_durable(
@@ -304,6 +311,9 @@ async def open_runtime(
     event_buffer: int = DEFAULT_EVENT_BUFFER,
     store: SessionStore | None = None,
     owner: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    trace_content: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Open a runtime: the nursery every session lives in.
 
@@ -327,11 +337,20 @@ async def open_runtime(
             and ``open_session(agent, session_id=...)`` opens one again. ``None``: in memory.
         owner: How this process names itself to others that find a session it holds
             (default ``host:pid``).
+        tracer_provider: Where its OpenTelemetry spans go (see the README's "Tracing"): ``None``,
+            the global provider, so runs are traced once an SDK is configured. Spans and metrics
+            need ``opentelemetry-api`` (``pip install 'trio-agents[otel]'``); without it nothing is
+            traced and nothing of OpenTelemetry is imported.
+        meter_provider: Where its OpenTelemetry metrics go (``None``: the global provider).
+        trace_content: Record what runs say in their spans: messages, instructions, tool
+            arguments and results. Off by default: they can hold secrets.
 
     Raises:
         StoreUnavailableError, StoreCorruptError, StoreVersionError: (on entering) the store
             cannot be used.
+        ImportError: a provider was given, and ``opentelemetry-api`` is not installed.
     """
+    tracing = open_tracing(tracer_provider, meter_provider, content=trace_content)
     # Sessions contain their own failures, so a group here holds what the
     # block raised: single_errors() gives it back as it was.
     async with single_errors(), open_http_client(http_client) as client, AsyncExitStack() as stack:
@@ -340,7 +359,11 @@ async def open_runtime(
             None if store is None else await stack.enter_async_context(open_writer(store, owner or default_owner()))
         )
         async with trio.open_nursery() as nursery:
-            runtime = Runtime(client, idle_timeout=idle_timeout, event_buffer=event_buffer, writer=writer)
+            runtime = Runtime(
+                client, idle_timeout=idle_timeout, event_buffer=event_buffer, writer=writer, tracing=tracing
+            )
+            if tracing is not None:
+                tracing.watch(runtime)
             await nursery.start(runtime._hold_sessions)
             try:
                 yield runtime

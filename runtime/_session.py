@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._journal import Journal, Suspended
     from ._result import RunResult
     from ._store import SessionStore
+    from ._tracing import Tracing
     from .events import ElicitationRequest, Event
 
 logger = logging.getLogger("runtime")
@@ -82,6 +83,7 @@ class Session(Generic[OutputT]):
         "_slot",
         "_suspended",
         "_tasks",
+        "_tracing",
         "_usage",
         "agent",
         "elicitation",
@@ -100,6 +102,7 @@ class Session(Generic[OutputT]):
         idle_timeout: float | None = None,
         log_failure: bool = False,
         restored: Restored | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.agent = agent
         """The agent every run of this session runs."""
@@ -108,6 +111,7 @@ class Session(Generic[OutputT]):
         self.elicitation = ElicitationBridge()
         """Routes its tools' questions to the consumer of the run they belong to."""
         self._http_client = http_client
+        self._tracing = tracing
         self._event_buffer = event_buffer
         self._handlers: list[StreamHandler] = []
         self._slot = RunSlot()
@@ -318,6 +322,7 @@ class Session(Generic[OutputT]):
             session_usage=self._usage,
             journal=journal,
             resume=resumption,
+            tracing=self._tracing,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
@@ -423,6 +428,16 @@ class Session(Generic[OutputT]):
             yield
         finally:
             self._became_unused()
+
+    def _load(self) -> tuple[int, int, int]:
+        """``(runs, buffered events, dropped events)``: its live runs, and what its stream handlers hold and dropped
+        (read by the runtime's tracing gauges)."""
+        buffered = dropped = 0
+        for handler in self._handlers:
+            statistics = handler.statistics()
+            buffered += statistics.buffered
+            dropped += statistics.dropped
+        return self._slot.runs(), buffered, dropped
 
     async def _serve_handler(self, handler: StreamHandler) -> None:
         try:
