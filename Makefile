@@ -18,7 +18,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp,postgres]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,mcp,postgres,otel]'
 	touch $(STAMP)
 
 $(MCP_STAMP): $(MCP_NPM)/package.json $(MCP_NPM)/package-lock.json

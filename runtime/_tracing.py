@@ -388,7 +388,7 @@ def extracted(headers: Mapping[str, str]) -> Context | None:
     return propagate.extract(headers)
 
 
-class attached:  # noqa: N801 (used as a function: ``with attached(context):``)
+class attached:
     """``with attached(context):`` makes ``context`` current for the block (nothing if it is ``None``)."""
 
     __slots__ = ("_context", "_token")

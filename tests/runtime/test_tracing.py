@@ -1,0 +1,397 @@
+"""OpenTelemetry: spans follow the ownership tree, by the GenAI conventions; metrics; nothing without the extra.
+
+Spans go to the SDK's in-memory exporter, metrics to its in-memory reader,
+through providers given to ``open_runtime`` (the global ones are left alone).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+import trio.testing
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from agents import TRANSFER_TOOL, Agent, ScriptedModel, ToolCall, tool
+from runtime import RunFailedError, open_runtime
+from runtime._tracing import provider_name
+from runtime.events import ToolCallStarted
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from runtime import Runtime
+
+
+class Traced:
+    """An SDK tracer and meter provider with in-memory export, and what they recorded."""
+
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def runtime(self, *, content: bool = False) -> AbstractAsyncContextManager[Runtime]:
+        return open_runtime(
+            tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, trace_content=content
+        )
+
+    @property
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.spans if span.name == name]
+
+    def one(self, name: str) -> ReadableSpan:
+        (span,) = self.named(name)
+        return span
+
+    def metrics(self) -> dict[str, list[Any]]:
+        """Data points by metric name."""
+        found: dict[str, list[Any]] = {}
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    found.setdefault(metric.name, []).extend(metric.data.data_points)
+        return found
+
+
+@pytest.fixture
+def traced() -> Iterator[Traced]:
+    """Providers with in-memory export; shut down after the test."""
+    recorder = Traced()
+    yield recorder
+    recorder.tracer_provider.shutdown()
+    recorder.meter_provider.shutdown()
+
+
+def parent_of(span: ReadableSpan) -> int | None:
+    return None if span.parent is None else int(span.parent.span_id)
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return int(span.context.span_id)
+
+
+def attrs_of(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+@tool
+async def broken(reason: str) -> str:
+    """Always fails."""
+    raise ValueError(reason)
+
+
+def calls(*items: ToolCall) -> Sequence[ToolCall]:
+    return list(items)
+
+
+async def test_tracing_parallel_tools_nest_under_the_run(traced: Traced) -> None:
+    """A run is one invoke_agent span; its model requests (chat) and its two parallel tool calls
+    (execute_tool) are its children, each attributed by the GenAI conventions."""
+    arrived: list[str] = []
+    both = trio.Event()
+
+    @tool
+    async def meet(who: str) -> str:
+        """Returns once both calls have started: they run in parallel."""
+        arrived.append(who)
+        if len(arrived) == 2:
+            both.set()
+        await both.wait()
+        return who
+
+    model = ScriptedModel([calls(ToolCall("meet", {"who": "x"}), ToolCall("meet", {"who": "y"})), "done"])
+    agent = Agent(name="calc", model=model, tools=[meet])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        result = await session.ask("add them")
+    assert result.output == "done"
+    run = traced.one("invoke_agent calc")
+    assert run.parent is None
+    assert run.kind is SpanKind.INTERNAL
+    assert run.status.status_code is StatusCode.UNSET
+    run_attrs = attrs_of(run)
+    assert run_attrs["gen_ai.operation.name"] == "invoke_agent"
+    assert run_attrs["gen_ai.agent.name"] == "calc"
+    assert run_attrs["gen_ai.conversation.id"] == session.id
+    assert run_attrs["gen_ai.provider.name"] == "trio_agents.scripted"
+    assert run_attrs["trio_agents.run.reason"] == "completed"
+    assert run_attrs["gen_ai.usage.input_tokens"] == result.usage.input_tokens
+    assert run_attrs["gen_ai.usage.output_tokens"] == result.usage.output_tokens
+    chats = traced.named("chat scripted")
+    assert len(chats) == 2
+    assert all(parent_of(chat) == span_id(run) for chat in chats)
+    first = attrs_of(chats[0])
+    assert chats[0].kind is SpanKind.CLIENT
+    assert first["gen_ai.operation.name"] == "chat"
+    assert first["gen_ai.request.model"] == first["gen_ai.response.model"] == "scripted"
+    assert first["gen_ai.response.finish_reasons"] == ("tool_use",)
+    assert first["gen_ai.usage.output_tokens"] == 16
+    assert attrs_of(chats[1])["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert sum(attrs_of(chat)["gen_ai.usage.input_tokens"] for chat in chats) == result.usage.input_tokens
+    tools = traced.named("execute_tool meet")
+    assert len(tools) == 2
+    assert all(parent_of(span) == span_id(run) for span in tools)
+    assert {attrs_of(span)["gen_ai.tool.call.id"] for span in tools} == {"call_1_0", "call_1_1"}
+    assert all(attrs_of(span)["gen_ai.tool.name"] == "meet" for span in tools)
+    assert all(span.status.status_code is StatusCode.UNSET for span in tools)
+    # The tools ran in parallel: both started before either ended.
+    assert max(span.start_time or 0 for span in tools) < min(span.end_time or 0 for span in tools)
+    assert len({span.context.trace_id for span in traced.spans if span.context is not None}) == 1
+
+
+async def test_tracing_sub_agent_nests_under_its_transfer_call(traced: Traced) -> None:
+    """A sub-agent's invoke_agent span is a child of the execute_tool span of the transfer call."""
+    helper = Agent(name="helper", model=ScriptedModel(["helped"], name="helper-model"))
+    boss = Agent(
+        name="boss",
+        model=ScriptedModel([ToolCall(TRANSFER_TOOL, {"agent": "helper", "task": "help"}), "done"]),
+        sub_agents=[helper],
+    )
+    async with traced.runtime() as runtime, runtime.open_session(boss) as session:
+        await session.ask("go")
+    top = traced.one("invoke_agent boss")
+    transfer = traced.one(f"execute_tool {TRANSFER_TOOL}")
+    nested = traced.one("invoke_agent helper")
+    assert parent_of(transfer) == span_id(top)
+    assert parent_of(nested) == span_id(transfer)
+    (helper_chat,) = [span for span in traced.named("chat helper-model")]
+    assert parent_of(helper_chat) == span_id(nested)
+    assert attrs_of(nested)["trio_agents.run.reason"] == "completed"
+
+
+async def test_tracing_failing_tool_is_an_error_span(traced: Traced) -> None:
+    """A tool that raises ends its execute_tool span with an error status and ``error.type``; the run goes on."""
+    model = ScriptedModel([ToolCall("broken", {"reason": "no disk"}), "sorry"])
+    agent = Agent(name="a", model=model, tools=[broken])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        assert (await session.ask("go")).output == "sorry"
+    span = traced.one("execute_tool broken")
+    assert span.status.status_code is StatusCode.ERROR
+    assert "no disk" in (span.status.description or "")
+    assert attrs_of(span)["error.type"] == "ValueError"
+    assert traced.one("invoke_agent a").status.status_code is StatusCode.UNSET
+
+
+async def test_tracing_cancelled_run_ends_its_spans(traced: Traced) -> None:
+    """A run cancelled by its consumer leaving ends its spans (none left open), marked cancelled."""
+    started = trio.Event()
+
+    @tool
+    async def wait() -> str:
+        """Waits forever."""
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("wait", {})]), tools=[wait])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    await started.wait()
+                    break
+    run = traced.one("invoke_agent a")
+    assert run.end_time is not None
+    assert run.status.status_code is StatusCode.ERROR
+    assert attrs_of(run)["error.type"] == "cancelled"
+    assert attrs_of(run)["trio_agents.run.reason"] == "cancelled"
+    call = traced.one("execute_tool wait")
+    assert attrs_of(call)["error.type"] == "cancelled"
+    assert parent_of(call) == span_id(run)
+
+
+async def test_tracing_run_timeout_is_an_error(traced: Traced, autojump_clock: trio.testing.MockClock) -> None:
+    """A run past ``run_timeout`` ends its invoke_agent span with an error status, ``error.type`` ``timeout``."""
+
+    @tool
+    async def slow() -> str:
+        """Slow."""
+        await trio.sleep(100)
+        return "late"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("slow", {})]), tools=[slow], run_timeout=5.0)
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        with pytest.raises(RunFailedError):
+            await session.ask("go")
+    run = traced.one("invoke_agent a")
+    assert run.status.status_code is StatusCode.ERROR
+    assert attrs_of(run)["error.type"] == "timeout"
+    assert "run_timeout=5.0s" in (run.status.description or "")
+    assert attrs_of(traced.one("execute_tool slow"))["error.type"] == "cancelled"
+
+
+async def test_tracing_model_error_marks_the_chat_span(traced: Traced) -> None:
+    """A model request that fails ends its chat span as an error, and the run's too."""
+    from agents import ErrorChunk
+
+    agent = Agent(name="a", model=ScriptedModel([[ErrorChunk("overloaded", "the model is overloaded")]]))
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        with pytest.raises(RunFailedError):
+            await session.ask("go")
+    chat = traced.one("chat scripted")
+    assert attrs_of(chat)["error.type"] == "model"
+    assert chat.status.status_code is StatusCode.ERROR
+    assert attrs_of(traced.one("invoke_agent a"))["error.type"] == "model"
+    points = traced.metrics()["gen_ai.client.operation.duration"]
+    assert [dict(point.attributes)["error.type"] for point in points] == ["model"]
+
+
+async def test_tracing_user_span_parents_the_run(traced: Traced) -> None:
+    """A span the user holds around ``session.run()`` is the parent of the run's span (context is copied
+    into the run's task)."""
+    agent = Agent(name="a", model=ScriptedModel(["hi"]))
+    tracer = traced.tracer_provider.get_tracer("test")
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        with tracer.start_as_current_span("mine") as mine:
+            async with session.run("hello") as stream:
+                async for _ in stream:
+                    pass
+    run = traced.one("invoke_agent a")
+    assert parent_of(run) == mine.get_span_context().span_id
+    assert run.context is not None
+    assert run.context.trace_id == mine.get_span_context().trace_id
+
+
+async def test_tracing_content_is_recorded_only_when_asked(traced: Traced) -> None:
+    """Messages, instructions and tool arguments and results are in the spans only with ``trace_content``."""
+
+    def agent() -> Agent:
+        model = ScriptedModel([ToolCall("add", {"a": 1, "b": 2}), "three"])
+        return Agent(name="a", instructions="Be exact.", model=model, tools=[add])
+
+    content_keys = {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "gen_ai.tool.definitions",
+    }
+    async with traced.runtime() as runtime, runtime.open_session(agent()) as session:
+        await session.ask("one plus two")
+    assert all(not content_keys & set(attrs_of(span)) for span in traced.spans)
+
+    traced.exporter.clear()
+    async with traced.runtime(content=True) as runtime, runtime.open_session(agent()) as session:
+        await session.ask("one plus two")
+    run = attrs_of(traced.one("invoke_agent a"))
+    assert json.loads(run["gen_ai.input.messages"]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "one plus two"}]}
+    ]
+    assert json.loads(run["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": "three"}]
+    first, second = (attrs_of(span) for span in traced.named("chat scripted"))
+    assert json.loads(first["gen_ai.system_instructions"]) == [{"type": "text", "content": "Be exact."}]
+    assert json.loads(first["gen_ai.tool.definitions"])[0]["name"] == "add"
+    (output,) = json.loads(first["gen_ai.output.messages"])
+    assert output["finish_reason"] == "tool_use"
+    assert output["parts"] == [{"type": "tool_call", "id": "call_1_0", "name": "add", "arguments": {"a": 1, "b": 2}}]
+    roles = [message["role"] for message in json.loads(second["gen_ai.input.messages"])]
+    assert roles == ["user", "assistant", "tool"]
+    call = attrs_of(traced.one("execute_tool add"))
+    assert json.loads(call["gen_ai.tool.call.arguments"]) == {"a": 1, "b": 2}
+    assert call["gen_ai.tool.call.result"] == "3"
+
+
+async def test_tracing_metrics_token_usage_duration_and_gauges(traced: Traced) -> None:
+    """Each model request records its tokens (input and output) and its duration; the gauges count the
+    runtime's open sessions and live runs."""
+    release = trio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Waits for the test."""
+        await release.wait()
+        return "ok"
+
+    model = ScriptedModel([ToolCall("hold", {}), "done"])
+    agent = Agent(name="a", model=model, tools=[hold])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    await trio.testing.wait_all_tasks_blocked()
+                    gauges = {
+                        name: [point.value for point in points]
+                        for name, points in traced.metrics().items()
+                        if name.startswith("trio_agents.")
+                    }
+                    assert gauges["trio_agents.sessions"] == [1]
+                    assert gauges["trio_agents.runs"] == [1]
+                    assert gauges["trio_agents.events.buffered"] == [0]
+                    assert gauges["trio_agents.events.dropped"] == [0]
+                    release.set()
+        result = stream.result
+    found = traced.metrics()
+    tokens = {dict(point.attributes)["gen_ai.token.type"]: point for point in found["gen_ai.client.token.usage"]}
+    assert tokens["input"].sum == result.usage.input_tokens
+    assert tokens["output"].sum == result.usage.output_tokens
+    assert tokens["input"].count == 2
+    attributes = dict(tokens["input"].attributes)
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "trio_agents.scripted"
+    assert attributes["gen_ai.request.model"] == "scripted"
+    (duration,) = found["gen_ai.client.operation.duration"]
+    assert duration.count == 2
+    assert "error.type" not in dict(duration.attributes)
+    # The runtime has exited: the gauges count nothing.
+    assert [point.value for point in found["trio_agents.sessions"]] == [0]
+
+
+async def test_tracing_absent_opentelemetry_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``opentelemetry-api`` a runtime runs as ever, and asking for a provider is a clear error."""
+    from runtime import _tracing
+
+    monkeypatch.setattr(_tracing, "_otel", [None])
+    assert _tracing.open_tracing(None, None, content=False) is None
+    headers: dict[str, str] = {}
+    _tracing.inject(headers)
+    assert headers == {}
+    assert _tracing.extracted({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}) is None
+    agent = Agent(name="a", model=ScriptedModel(["hi"]))
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        assert runtime._tracing is None
+        assert (await session.ask("hello")).output == "hi"
+    with pytest.raises(ImportError, match="otel"):
+        async with open_runtime(tracer_provider=TracerProvider()):
+            pass
+
+
+async def test_tracing_global_proxy_providers_trace_nothing() -> None:
+    """With the global providers and no SDK configured, runs are not traced at all (not even no-op spans)."""
+    agent = Agent(name="a", model=ScriptedModel(["hi"]))
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        assert runtime._tracing is not None
+        assert not runtime._tracing.active()
+        assert (await session.ask("hello")).output == "hi"
+
+
+def test_tracing_provider_names_follow_the_conventions() -> None:
+    """Models name their provider as the GenAI conventions spell it."""
+    from agents.models import AnthropicModel, GeminiModel, OpenAIChatModel
+
+    assert provider_name(OpenAIChatModel("gpt-4o-mini", api_key="k")) == "openai"
+    assert provider_name(AnthropicModel("claude-sonnet-4-5", api_key="k")) == "anthropic"
+    assert provider_name(GeminiModel("gemini-2.5-flash", api_key="k")) == "gcp.gemini"
+    assert provider_name(ScriptedModel([])) == "trio_agents.scripted"
