@@ -24,6 +24,7 @@ from agents.models import http_client as open_http_client
 from agents.models._http import error_message
 from agents.models._sse import SSEStream
 from runtime._runtime import single_errors
+from runtime._tracing import inject as inject_trace
 
 from ._broadcast import Subscriber
 from ._codec import UnknownEvent, event_from_json
@@ -538,6 +539,7 @@ async def open_sse_listener(
         http = await stack.enter_async_context(open_http_client(client))
         timeout = httpx.Timeout(connect_timeout, read=read_timeout)
         headers = {"accept": "text/event-stream", **dict(_auth(token))}
+        inject_trace(headers)  # the current span's W3C traceparent: a served run's trace continues it
         with map_httpx_errors(url):
             request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
             response = await http.send(request, stream=True)

@@ -13,6 +13,7 @@ from agents import RetryPolicy
 from agents._content import user_content
 from agents.models import http_client as open_http_client
 from agents.models._http import error_message
+from runtime._tracing import inject as inject_trace
 from runtime.events import RunFinished
 
 from ._client import Update, WorkspaceStream, _run_id, open_sse_listener, open_updates_stream, open_workspace_stream
@@ -360,6 +361,7 @@ class RemoteSession:
 
     async def _post(self, client: httpx.AsyncClient, url: str, body: Any) -> httpx.Response:
         headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+        inject_trace(headers)
         timeout = httpx.Timeout(self._connect_timeout)
         with map_httpx_errors(url):
             return await client.post(url, json=body, headers=headers, timeout=timeout)

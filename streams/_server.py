@@ -30,6 +30,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._runtime import single_errors
+from runtime._tracing import attached as attached_trace, extracted as extracted_trace
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped, Subscriber
@@ -60,6 +61,7 @@ from ._ws_failures import send_close_frames_on_protocol_errors
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
+    from opentelemetry.context import Context as TraceContext
     from starlette.requests import HTTPConnection
     from starlette.types import Message, Receive, Scope, Send
 
@@ -468,16 +470,21 @@ class Server:
             user_input = content_from_json(body.get("input"))
         except MalformedMessageError as exc:
             raise _HTTPError(422, "bad_request", str(exc)) from None
+        # The client's trace (its W3C traceparent), if it sent one: the run's span continues it.
+        parent = extracted_trace(request.headers)
         if body.get("detach"):
             try:
-                run_id = await served.session.start(self._drive_detached, served, served.session.run, user_input)
+                with attached_trace(parent):  # the run's task copies the current context as it starts
+                    run_id = await served.session.start(self._drive_detached, served, served.session.run, user_input)
             except ClosedSessionError:
                 raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
             return JSONResponse({"run_id": run_id}, status_code=202)
-        return self._event_stream(functools.partial(self._attached_run, served, user_input))
+        return self._event_stream(functools.partial(self._attached_run, served, user_input, parent))
 
     @asynccontextmanager
-    async def _attached_run(self, served: ServedSession, user_input: Content) -> AsyncIterator[MessageSource]:
+    async def _attached_run(
+        self, served: ServedSession, user_input: Content, parent: TraceContext | None = None
+    ) -> AsyncIterator[MessageSource]:
         """An attached run's whole life, in the response's task: ``async with session.run()`` around the stream.
 
         Raises:
@@ -485,10 +492,12 @@ class Server:
         """
         source: _AttachedRun | None = None
         try:
-            async with served.session.run(user_input, deps=served.workspace) as stream:
-                source = _AttachedRun(served, stream)
-                served.run_begins(source.run_id, stream)
-                yield source
+            # The run's task copies the context current as it starts (entered and left in the response's task).
+            with attached_trace(parent):
+                async with served.session.run(user_input, deps=served.workspace) as stream:
+                    source = _AttachedRun(served, stream)
+                    served.run_begins(source.run_id, stream)
+                    yield source
             # Leaving the block cancelled the run if the client left early, and waited for it.
         except ClosedSessionError:
             if source is not None:
