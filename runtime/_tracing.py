@@ -119,14 +119,9 @@ class Tracing:
         self._duration = self._instruments.duration
 
     def active(self) -> bool:
-        """Whether a run starting now is traced: a provider was given, or the global one is an SDK's."""
-        if self._explicit:
-            return True
-        from opentelemetry import metrics, trace
-
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) or (
-            type(metrics.get_meter_provider()).__name__ != "_ProxyMeterProvider"
-        )
+        """Whether a run starting now is traced: a provider was given, or a global one is an SDK's (set
+        since, maybe: the runtime's tracer and meter then forward to it)."""
+        return self._explicit or _global_provider_set()
 
     def watch(self, runtime: Runtime) -> None:
         """Count the runtime in the gauges while it lives (they are read only when a metric reader collects)."""
@@ -284,6 +279,32 @@ _GAUGES: Final = (
     ("trio_agents.events.buffered", "{event}", "Events buffered for the stream handlers of open sessions."),
     ("trio_agents.events.dropped", "{event}", "Events the stream handlers of open sessions dropped (their overflow)."),
 )
+
+
+def _global_provider_set() -> bool:
+    """Whether a global tracer or meter provider was set (else OpenTelemetry's proxies, which record nothing).
+
+    Asked once per run, so it reads the module globals that the API's getters
+    read (they would look the environment up each time); the getters were
+    called once already (``Tracing()``), which sets a provider that the
+    environment names.
+    """
+    if _globals:
+        trace, metrics = _globals
+        return trace._TRACER_PROVIDER is not None or metrics._METER_PROVIDER is not None
+    from opentelemetry import trace as trace_api
+    from opentelemetry.metrics import _internal as metrics_api
+
+    if hasattr(trace_api, "_TRACER_PROVIDER") and hasattr(metrics_api, "_METER_PROVIDER"):
+        _globals.extend((trace_api, metrics_api))
+        return _global_provider_set()
+    # An API that moved them: the public way.
+    return not isinstance(trace_api.get_tracer_provider(), trace_api.ProxyTracerProvider) or (
+        type(metrics_api.get_meter_provider()).__name__ != "_ProxyMeterProvider"
+    )
+
+
+_globals: list[Any] = []  # opentelemetry.trace and opentelemetry.metrics._internal, once found to hold them
 
 
 class _Instruments:

@@ -395,3 +395,18 @@ def test_tracing_provider_names_follow_the_conventions() -> None:
     assert provider_name(AnthropicModel("claude-sonnet-4-5", api_key="k")) == "anthropic"
     assert provider_name(GeminiModel("gemini-2.5-flash", api_key="k")) == "gcp.gemini"
     assert provider_name(ScriptedModel([])) == "trio_agents.scripted"
+
+
+async def test_tracing_global_provider_set_later_is_used(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime on the global providers traces the runs that start once a global SDK provider is set."""
+    from opentelemetry import trace
+
+    agent = Agent(name="a", model=ScriptedModel(["one", "two"]))
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        await session.ask("first")
+        # What trace.set_tracer_provider() does, undone after the test (it can be called once per process).
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", traced.tracer_provider)
+        await session.ask("second")
+    run = traced.one("invoke_agent a")
+    assert attrs_of(run)["trio_agents.run.id"] == f"{session.id}-r2"
+    assert [span.name for span in traced.spans] == ["chat scripted", "invoke_agent a"]
