@@ -362,13 +362,15 @@ async def open_runtime(
             runtime = Runtime(
                 client, idle_timeout=idle_timeout, event_buffer=event_buffer, writer=writer, tracing=tracing
             )
+            await nursery.start(runtime._hold_sessions)
             if tracing is not None:
                 tracing.watch(runtime)
-            await nursery.start(runtime._hold_sessions)
             try:
                 yield runtime
             finally:
                 runtime._exit()
+                if tracing is not None:
+                    tracing.unwatch(runtime)
 
 
 def _unwrap(error: BaseException) -> BaseException:

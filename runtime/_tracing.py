@@ -124,8 +124,12 @@ class Tracing:
         return self._explicit or _global_provider_set()
 
     def watch(self, runtime: Runtime) -> None:
-        """Count the runtime in the gauges while it lives (they are read only when a metric reader collects)."""
+        """Count the runtime in the gauges until :meth:`unwatch` (they are read when a metric reader collects)."""
         self._instruments.runtimes.add(runtime)
+
+    def unwatch(self, runtime: Runtime) -> None:
+        """The runtime has exited: the gauges forget it."""
+        self._instruments.runtimes.discard(runtime)
 
     # -- spans --------------------------------------------------------------
 
@@ -316,7 +320,8 @@ class _Instruments:
     def __init__(self, meter: Meter) -> None:
         from opentelemetry.metrics import CallbackOptions, Observation
 
-        self.runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+        self.runtimes: set[Runtime] = set()
+        """The runtimes open now that trace to this provider."""
         self.tokens: Histogram = meter.create_histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
@@ -333,8 +338,10 @@ class _Instruments:
 
         def observe(index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
             def callback(options: CallbackOptions) -> Iterable[Observation]:
+                # An SDK's periodic reader calls this from a thread of its own: tuple() copies the set in
+                # one step (iterating it would fail if a runtime opened meanwhile).
                 total = 0
-                for runtime in list(runtimes):
+                for runtime in tuple(runtimes):
                     if not runtime._closed:
                         total += runtime_load(runtime)[index]
                 return (Observation(total),)
