@@ -410,3 +410,40 @@ async def test_tracing_global_provider_set_later_is_used(traced: Traced, monkeyp
     run = traced.one("invoke_agent a")
     assert attrs_of(run)["trio_agents.run.id"] == f"{session.id}-r2"
     assert [span.name for span in traced.spans] == ["chat scripted", "invoke_agent a"]
+
+
+def test_tracing_without_opentelemetry_installed_imports_nothing() -> None:
+    """In a process where ``opentelemetry`` cannot be imported, runs work, served-mode clients too, and the
+    runtime tried the import once only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys
+sys.modules["opentelemetry"] = None  # what an environment without the extra looks like to an import
+import trio
+from agents import Agent, ScriptedModel
+from runtime import open_runtime, _tracing
+
+
+async def main() -> None:
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=ScriptedModel(["hi"]))) as session:
+        assert runtime._tracing is None
+        print((await session.ask("hello")).output)
+    headers = {}
+    _tracing.inject(headers)
+    assert headers == {} and _tracing._otel == [None]
+
+
+trio.run(main)
+print(sorted(name for name in sys.modules if name.startswith("opentelemetry.")))
+"""
+    root = Path(__file__).resolve().parent.parent.parent
+    env = {**os.environ, "PYTHONWARNINGS": "error", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hi\n[]\n"
