@@ -14,7 +14,7 @@ PG_STAMP := $(VENV)/.postgresql-found
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-durable bench-compare clean
+.PHONY: demo test lint typecheck unit bench bench-quick bench-served bench-tokens bench-durable bench-compare bench-tracing clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -73,6 +73,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/run.py --quick
+
+# W1 with opentelemetry-api installed and no SDK configured, against tracing absent, in one process (target: <= 1.05)
+bench-tracing: $(STAMP)
+	$(PY) bench/w1_tracing.py
 
 # W1 of this tree against an earlier commit, alternating in one run: make bench-compare REV=8094c21
 bench-compare: $(STAMP)
