@@ -53,6 +53,7 @@ from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._store import StoreError
 from ._threads import tool_threads
+from ._tracing import failure
 from .events import (
     AgentSwitched,
     CustomEvent,
@@ -355,13 +356,13 @@ class AgentRun:
         try:
             await self._drive()
         except BaseException as exc:
-            kind = "cancelled" if isinstance(exc, trio.Cancelled) else type(exc).__qualname__
+            kind, message = failure(exc, "the run")
             tracing.end_agent(
                 span,
                 token,
                 reason="cancelled",
                 error=kind,
-                message="the run was cancelled" if kind == "cancelled" else describe(exc),
+                message=message,
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
                 output=None,
@@ -651,12 +652,7 @@ class AgentRun:
         try:
             text, calls, refusal = await self._stream_model(request, output)
         except BaseException as exc:
-            if isinstance(exc, _EndRun):
-                kind, message = exc.kind, exc.message
-            elif isinstance(exc, trio.Cancelled):
-                kind, message = "cancelled", "the model request was cancelled"
-            else:
-                kind, message = type(exc).__qualname__, describe(exc)
+            kind, message = (exc.kind, exc.message) if isinstance(exc, _EndRun) else failure(exc, "the model request")
             tracing.end_chat(
                 span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0, error=kind,
                 description=message,
@@ -820,8 +816,8 @@ class AgentRun:
             try:
                 kind = await self._call_tool(results, index, call, arguments, parse_error, tools, False)
             except BaseException as exc:
-                kind = "cancelled" if isinstance(exc, trio.Cancelled) else type(exc).__qualname__
-                tracing.end_tool(span, token, error=kind, description="the tool call was cancelled", result=None)
+                kind, message = failure(exc, "the tool call")
+                tracing.end_tool(span, token, error=kind, description=message, result=None)
                 raise
             result = results[index]
             assert result is not None

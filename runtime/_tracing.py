@@ -376,6 +376,20 @@ def runtime_load(runtime: Runtime) -> tuple[int, int, int, int]:
     return len(sessions), runs, buffered, dropped
 
 
+def failure(exc: BaseException, what: str) -> tuple[str, str]:
+    """The ``error.type`` and description of what ended ``what`` (``"the run"``): ``cancelled`` for a
+    cancellation, even one a nursery's group carries, else the exception's class."""
+    import trio
+
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None:
+            return "cancelled", f"{what} was cancelled"
+    elif isinstance(exc, trio.Cancelled):
+        return "cancelled", f"{what} was cancelled"
+    return type(exc).__qualname__, str(exc) or type(exc).__qualname__
+
+
 def provider_name(model: Model) -> str:
     """The ``gen_ai.provider.name`` of a model: its ``provider`` (``openai``, ``anthropic`` ...), as the
     conventions spell it, or ``trio_agents.<kind>`` for a model of no provider (``ScriptedModel``)."""

@@ -195,7 +195,8 @@ async def test_tracing_failing_tool_is_an_error_span(traced: Traced) -> None:
 
 
 async def test_tracing_cancelled_run_ends_its_spans(traced: Traced) -> None:
-    """A run cancelled by its consumer leaving ends its spans (none left open), marked cancelled."""
+    """A run cancelled by its consumer leaving (its two tool calls waiting) ends its spans, none left open,
+    marked cancelled."""
     started = trio.Event()
 
     @tool
@@ -205,21 +206,24 @@ async def test_tracing_cancelled_run_ends_its_spans(traced: Traced) -> None:
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("wait", {})]), tools=[wait])
+    agent = Agent(name="a", model=ScriptedModel([calls(ToolCall("wait", {}), ToolCall("wait", {}))]), tools=[wait])
     async with traced.runtime() as runtime, runtime.open_session(agent) as session:
         async with session.run("go") as stream:
             async for event in stream:
                 if isinstance(event, ToolCallStarted):
                     await started.wait()
+                    await trio.testing.wait_all_tasks_blocked()
                     break
     run = traced.one("invoke_agent a")
     assert run.end_time is not None
     assert run.status.status_code is StatusCode.ERROR
     assert attrs_of(run)["error.type"] == "cancelled"
     assert attrs_of(run)["trio_agents.run.reason"] == "cancelled"
-    call = traced.one("execute_tool wait")
-    assert attrs_of(call)["error.type"] == "cancelled"
-    assert parent_of(call) == span_id(run)
+    tool_calls = traced.named("execute_tool wait")
+    assert len(tool_calls) == 2
+    assert all(attrs_of(call)["error.type"] == "cancelled" for call in tool_calls)
+    assert all(parent_of(call) == span_id(run) for call in tool_calls)
+    assert run.status.description == "the run was cancelled"
 
 
 async def test_tracing_run_timeout_is_an_error(traced: Traced, autojump_clock: trio.testing.MockClock) -> None:
