@@ -27,6 +27,7 @@ from runtime.events import ToolCallStarted
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
+    from pathlib import Path
 
     from runtime import Runtime
 
@@ -451,3 +452,36 @@ print(sorted(name for name in sys.modules if name.startswith("opentelemetry.")))
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hi\n[]\n"
+
+
+async def test_tracing_sync_tool_spans_nest_under_execute_tool(traced: Traced) -> None:
+    """A span a sync tool opens in its worker thread is a child of the tool call's span (Trio copies the
+    context into the thread)."""
+    tracer = traced.tracer_provider.get_tracer("tool")
+
+    @tool
+    def lookup(key: str) -> str:
+        """Looks a key up."""
+        with tracer.start_as_current_span("database query"):
+            return key.upper()
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("lookup", {"key": "k"}), "K"]), tools=[lookup])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        await session.ask("go")
+    assert parent_of(traced.one("database query")) == span_id(traced.one("execute_tool lookup"))
+
+
+async def test_tracing_durable_run_is_traced_as_any(traced: Traced, tmp_path: Path) -> None:
+    """A run of a session in a store has the same spans (its tool calls go through the journal)."""
+    from runtime import SQLiteStore
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("add", {"a": 1, "b": 2}), "3"]), tools=[add])
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db"), tracer_provider=traced.tracer_provider) as runtime,
+        runtime.open_session(agent, session_id="s1") as session,
+    ):
+        assert (await session.ask("go")).output == "3"
+    run = traced.one("invoke_agent a")
+    assert attrs_of(run)["gen_ai.conversation.id"] == "s1"
+    assert parent_of(traced.one("execute_tool add")) == span_id(run)
+    assert len(traced.named("chat scripted")) == 2
