@@ -129,6 +129,7 @@ class AgentRun:
 
     __slots__ = (
         "_agent",
+        "_answered_by",
         "_bridge",
         "_consumer",
         "_consumer_left",
@@ -649,13 +650,14 @@ class AgentRun:
             self._agent.model, request.instructions, request.messages, request.tools
         )
         input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        self._answered_by: str | None = None  # (read only here: an untraced run never sets it first)
         try:
             text, calls, refusal = await self._stream_model(request, output)
         except BaseException as exc:
             kind, message = (exc.kind, exc.message) if isinstance(exc, _EndRun) else failure(exc, "the model request")
             tracing.end_chat(
-                span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0, error=kind,
-                description=message,
+                span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0,
+                answered_by=self._answered_by, error=kind, description=message,
             )  # fmt: skip
             raise
         tracing.end_chat(
@@ -666,6 +668,7 @@ class AgentRun:
             stop=self._stop,
             input_tokens=self.input_tokens - input_tokens,
             output_tokens=self.output_tokens - output_tokens,
+            answered_by=self._answered_by,
             text=text or refusal,
             calls=calls,
         )
@@ -744,6 +747,7 @@ class AgentRun:
                         elif isinstance(chunk, ServerToolChunk):
                             await emit(ServerToolUse(chunk.call_id, chunk.name, dict(chunk.input)))
                         elif isinstance(chunk, ModelFallbackChunk):
+                            self._answered_by = chunk.next  # for a traced call's gen_ai.response.model
                             await emit(ModelFallback(chunk.failed, chunk.error, chunk.next))
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)

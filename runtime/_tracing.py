@@ -25,6 +25,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from agents._content import content_text
+from agents.models._fallback import model_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -56,6 +57,8 @@ _PROVIDERS: Final = {
     "vertex": "gcp.vertex_ai",
     "bedrock": "aws.bedrock",
 }
+
+_MODEL: Final = "trio_agents.model"  # the model of a chat's measured attributes, between start_chat and end_chat
 
 _ENDED_WELL: Final = frozenset({"completed", "max_turns", "hook_stop"})
 """Run reasons that are not an error of the ``invoke_agent`` span."""
@@ -213,7 +216,12 @@ class Tracing:
                 [{"type": "function", "name": spec.name, "description": spec.description} for spec in tools]
             )
         span, token = self.start(f"chat {name}", attributes, client=True)
-        measured = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": name}
+        measured: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": name,
+        }
+        measured[_MODEL] = model  # taken out by end_chat
         return span, token, measured, time.perf_counter()
 
     def end_chat(
@@ -226,13 +234,26 @@ class Tracing:
         stop: str | None,
         input_tokens: int,
         output_tokens: int,
+        answered_by: str | None = None,
         text: str | None = None,
         calls: Iterable[ToolCallChunk] = (),
         error: str | None = None,
         description: str | None = None,
     ) -> None:
-        """End a model request's span, and record its duration and tokens."""
+        """End a model request's span, and record its duration and tokens.
+
+        ``answered_by``: the name of the model a :class:`~agents.FallbackModel` moved on to last (its
+        provider and model name are then the response's).
+        """
+        model = measured.pop(_MODEL)
         response_model = measured["gen_ai.request.model"]
+        if answered_by is not None:
+            for candidate in getattr(model, "models", ()):
+                if model_name(candidate) == answered_by:
+                    response_model = request_model(candidate)
+                    measured["gen_ai.provider.name"] = provider_name(candidate)
+                    span.set_attribute("gen_ai.provider.name", measured["gen_ai.provider.name"])
+                    break
         span.set_attribute("gen_ai.response.model", response_model)
         measured["gen_ai.response.model"] = response_model
         if stop is not None:
@@ -403,10 +424,14 @@ def provider_name(model: Model) -> str:
 
 
 def request_model(model: Model) -> str:
-    """The ``gen_ai.request.model`` of a model: the provider's model name, else the model's name."""
+    """The ``gen_ai.request.model`` of a model: the provider's model name, else the model's name (a
+    :class:`~agents.FallbackModel`'s first model's)."""
     name = getattr(model, "model", None)
     if isinstance(name, str):
         return name
+    models = getattr(model, "models", None)
+    if isinstance(models, tuple | list) and models:
+        return request_model(models[0])
     name = getattr(model, "name", None)
     return name if isinstance(name, str) else type(model).__name__
 

@@ -485,3 +485,21 @@ async def test_tracing_durable_run_is_traced_as_any(traced: Traced, tmp_path: Pa
     assert attrs_of(run)["gen_ai.conversation.id"] == "s1"
     assert parent_of(traced.one("execute_tool add")) == span_id(run)
     assert len(traced.named("chat scripted")) == 2
+
+
+async def test_tracing_fallback_model_names_the_model_that_answered(traced: Traced) -> None:
+    """With a FallbackModel, a chat span's ``gen_ai.request.model`` is the first model's and its
+    ``gen_ai.response.model`` the one that answered."""
+    from agents import FallbackModel, ModelConnectionError
+
+    def unreachable(request: object) -> str:
+        raise ModelConnectionError("first: cannot reach it")
+
+    model = FallbackModel(ScriptedModel([unreachable], name="first"), ScriptedModel(["hi"], name="second"))
+    async with traced.runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+        assert (await session.ask("go")).output == "hi"
+    chat = attrs_of(traced.one("chat first"))
+    assert chat["gen_ai.request.model"] == "first"
+    assert chat["gen_ai.response.model"] == "second"
+    (duration,) = traced.metrics()["gen_ai.client.operation.duration"]
+    assert dict(duration.attributes)["gen_ai.response.model"] == "second"
