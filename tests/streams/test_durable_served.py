@@ -123,6 +123,9 @@ async def test_an_approval_pending_when_the_process_is_killed_is_answered_after_
             assert state["runs"] == 1
             assert [pending["id"] for pending in state["pending"]] == [request["id"]]
             assert state["pending"][0]["message"] == request["message"]
+            # The between-run feed says so too, first thing.
+            feed = await sse_events(second.client, "GET", "/sessions/d1/feed", until="SessionState")
+            assert feed[-1] == {"type": "SessionState", "state": "idle", "pending": state["pending"]}
             replay = await sse_events(second.client, "GET", "/sessions/d1/runs/d1-r1/events")
             assert replay[-1]["type"] == "RunFinished"
             assert replay[-1]["reason"] == "interrupted"
