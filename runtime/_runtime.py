@@ -291,8 +291,12 @@ class Runtime:
                 await store.release(session_id)
             raise
         restore_usage(session._usage, snapshot.usage)
-        session._start_holding(store)  # from here on, closing the session releases the claim
-        await journal.flush()  # the recovery is written before the session is used
+        # From here on, closing the session hands its journal to the writer, which lets the claim go.
+        try:
+            await journal.flush()  # the recovery is written before the session is used
+        except BaseException:
+            await session.aclose()
+            raise
         return session
 
 
