@@ -15,7 +15,7 @@ from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundE
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
-from ._store import StoreCorruptError
+from ._store import StoreCorruptError, StoreUnavailableError
 from .events import RunFinished
 
 if TYPE_CHECKING:
@@ -264,6 +264,10 @@ class Runtime:
         session_id = session_id or new_session_id()
         closing = writer.closing.get(session_id)
         if closing is not None:  # closed here a moment ago: its last changes are being written
+            if writer.failure is not None:  # and cannot be, for now: do not wait for the store to return
+                raise StoreUnavailableError(
+                    f"session {session_id!r} is still closing: its last changes wait for {store.url}"
+                ) from writer.failure
             await closing.released.wait()
         snapshot = await store.claim(session_id, agent.name, create=create)
         if snapshot is None:
