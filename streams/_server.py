@@ -25,6 +25,7 @@ from runtime import (
     ElicitationResponseError,
     SessionNotFoundError,
     SessionOwnedError,
+    StoreCorruptError,
     StoreUnavailableError,
     UnknownElicitationError,
     open_runtime,
@@ -455,6 +456,8 @@ class Server:
             raise _HTTPError(404, "unknown_session", f"no session {session_id!r}") from None
         except StoreUnavailableError as exc:
             raise _HTTPError(503, "store_unavailable", str(exc)) from None
+        except StoreCorruptError as exc:
+            raise _HTTPError(500, "store_corrupt", str(exc)) from None
 
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):
