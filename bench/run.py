@@ -390,6 +390,76 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# One panel per workload of bench/standing.png: (workload, metric, title, unit, [(impl, label), ...]);
+# the floor (what the work costs with no framework at all) where the workload has one.
+STANDING = [
+    ("w1", "streamed_us_per_run", "W1 tool-turn run, streamed", "µs/run",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai")]),
+    ("w2", "wall_s", "W2 1,000 runs at once", "s",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai")]),
+    ("w2", "peak_rss_kib_per_run", "W2 memory", "KiB/run",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai")]),
+    ("w3", "cancel_ms", "W3 cancel 100 runs", "ms",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai")]),
+    ("w4", "rss_kib_per_session", "W4 idle session", "KiB",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai")]),
+    ("w5", "cpu_us_per_run_50", "W5 served run, server CPU (M=50)", "µs/run",
+     [("trio-agents", "trio-agents"), ("pydantic-ai", "pydantic-ai stack"), ("floor", "floor")]),
+    ("w6", "chat_cpu_us_per_chunk", "W6 streamed token (Chat Completions)", "µs/chunk",
+     [("trio-agents", "trio-agents"), ("openai-agents", "openai-agents"), ("pydantic-ai", "pydantic-ai"),
+      ("raw-floor", "floor")]),
+    ("w1_durable", "fresh_us_per_run", "W1 with a store (fresh sessions)", "µs/run",
+     [("trio-agents", "in memory"), ("trio-agents-sqlite", "SQLiteStore"), ("trio-agents-postgres", "PostgresStore"),
+      ("openai-agents-sqlite", "openai-agents\n+ SQLiteSession")]),
+]  # fmt: skip
+STANDING_COLORS = {"openai-agents": "#10a37f", "pydantic-ai": "#e6007a", "floor": "#9e9e9e", "raw-floor": "#9e9e9e",
+                   "openai-agents-sqlite": "#10a37f"}  # fmt: skip
+OURS = "#1f5fbf"
+
+
+def standing_chart(results: dict[str, Any], path: Path) -> None:
+    """Each workload in a panel of its own: every implementation's median and the floor, in the workload's
+    unit (log scale, shorter is better), so a reader sees where trio-agents stands at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for workload, metric, title, unit, impls in STANDING:
+        table = results["workloads"].get(workload, {})
+        bars = [(label, median_of(results, workload, impl, metric), impl) for impl, label in impls
+                if metric in table.get(impl, {}) and table[impl][metric]]  # fmt: skip
+        if bars:
+            panels.append((title, unit, bars))
+    columns = 2
+    rows = (len(panels) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(11, 2.1 * rows + 0.6), dpi=100, squeeze=False)
+    for ax, (title, unit, bars) in zip(axes.flat, panels, strict=False):
+        labels = [label for label, _, _ in bars]
+        values = [value for _, value, _ in bars]
+        colors = [STANDING_COLORS.get(impl, OURS) for _, _, impl in bars]
+        positions = range(len(bars))[::-1]  # the first (trio-agents) on top
+        ax.barh(list(positions), values, color=colors, height=0.6)
+        ax.set_yticks(list(positions), labels, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlim(min(values) / 2, max(values) * 6)
+        ours = values[0]
+        for y, value in zip(positions, values, strict=True):
+            shown = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+            text = f"{shown} {unit}" + ("" if value == ours else f"  ({value / ours:.2g}×)")
+            ax.annotate(text, (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7.5)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle("Where trio-agents stands: each workload's median, peers and floor (log scale, shorter is better;"
+                 " × = that bar / the first)", fontsize=9.5)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -441,6 +511,8 @@ def report(results: dict[str, Any], elapsed: float) -> str:
         *[f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in targets(results)],
         "",
         "![trio-agents / peer ratios](bench/ratios.png)",
+        "",
+        "![each workload: trio-agents, its peers and the floor](bench/standing.png)",
         "",
     ]
     for workload, table in results["workloads"].items():
@@ -643,6 +715,7 @@ def main() -> None:
     if args.report:
         results = json.loads((BENCH / "results.json").read_text())
         chart(results, BENCH / "ratios.png")
+        standing_chart(results, BENCH / "standing.png")
         (ROOT / "BENCHMARKS.md").write_text(report(results, results["elapsed_s"]))
         return
     started = time.monotonic()
@@ -664,6 +737,8 @@ def main() -> None:
         for name, measured, met in targets(previous):
             log(f"  {'ok  ' if met else 'MISS'} {name}: {measured}")
         (BENCH / "results.json").write_text(json.dumps(previous, indent=1))
+        chart(previous, BENCH / "ratios.png")
+        standing_chart(previous, BENCH / "standing.png")
         (ROOT / "BENCHMARKS.md").write_text(report(previous, previous["elapsed_s"]))
         log(f"\n[bench] {args.only} done in {elapsed / 60:.1f} min; merged into results.json, wrote BENCHMARKS.md")
         return
@@ -679,8 +754,9 @@ def main() -> None:
         return
     (BENCH / "results.json").write_text(json.dumps(results, indent=1))
     chart(results, BENCH / "ratios.png")
+    standing_chart(results, BENCH / "standing.png")
     (ROOT / "BENCHMARKS.md").write_text(report(results, elapsed))
-    log(f"\n[bench] done in {elapsed / 60:.1f} min; wrote BENCHMARKS.md and bench/ratios.png")
+    log(f"\n[bench] done in {elapsed / 60:.1f} min; wrote BENCHMARKS.md, bench/ratios.png and bench/standing.png")
 
 
 if __name__ == "__main__":

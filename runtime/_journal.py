@@ -558,7 +558,9 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
                     repaired.append(ToolResultMessage(call.call_id, call.name, INTERRUPTED_RESULT, True))
     if resumable:
         questions = [pending for pending in snapshot.pending if pending.call_id in resumable]
-        suspended = Suspended(questions[0].run_id, questions, resumable)
+        # The run that waited: the last one interrupted (a resumption interrupted in its turn resumes it).
+        waited = interrupted[-1].run_id if interrupted else questions[0].run_id
+        suspended = Suspended(waited, questions, resumable)
     return repaired, interrupted, suspended, unchanged
 
 

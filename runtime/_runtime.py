@@ -15,7 +15,7 @@ from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundE
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
-from ._store import StoreCorruptError
+from ._store import StoreCorruptError, StoreUnavailableError
 from ._tracing import open_tracing
 from .events import RunFinished
 
@@ -271,6 +271,10 @@ class Runtime:
         session_id = session_id or new_session_id()
         closing = writer.closing.get(session_id)
         if closing is not None:  # closed here a moment ago: its last changes are being written
+            if writer.failure is not None:  # and cannot be, for now: do not wait for the store to return
+                raise StoreUnavailableError(
+                    f"session {session_id!r} is still closing: its last changes wait for {store.url}"
+                ) from writer.failure
             await closing.released.wait()
         snapshot = await store.claim(session_id, agent.name, create=create)
         if snapshot is None:
@@ -298,8 +302,12 @@ class Runtime:
                 await store.release(session_id)
             raise
         restore_usage(session._usage, snapshot.usage)
-        session._start_holding(store)  # from here on, closing the session releases the claim
-        await journal.flush()  # the recovery is written before the session is used
+        # From here on, closing the session hands its journal to the writer, which lets the claim go.
+        try:
+            await journal.flush()  # the recovery is written before the session is used
+        except BaseException:
+            await session.aclose()
+            raise
         return session
 
 

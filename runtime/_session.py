@@ -17,7 +17,7 @@ from agents._content import Content, user_content
 from ._bridge import ElicitationBridge, clear_target
 from ._exceptions import ClosedSessionError, NothingToResumeError, ReentrantRunError, RunFailedError
 from ._handlers import Handler, Overflow, Sink, StreamHandler, Tee
-from ._journal import CLOSE_FLUSH_TIMEOUT, Recorder, run_input_to_json
+from ._journal import Recorder, run_input_to_json
 from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._resources import DEFAULT_CLOSE_TIMEOUT, SessionResource, open_resource
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
     from ._journal import Journal, Suspended
     from ._result import RunResult
-    from ._store import SessionStore
     from ._tracing import Tracing
     from .events import ElicitationRequest, Event
 
@@ -553,35 +552,15 @@ class Session(Generic[OutputT]):
         if self._tasks.closed:
             raise ClosedSessionError(f"{self!r} is closed")
 
-    def _start_holding(self, store: SessionStore) -> None:
-        self._tasks.start_soon(self._hold_claim, store, name=f"store claim of session {self.id}")
-
-    async def _hold_claim(self, store: SessionStore) -> None:
-        """A durable session's task: it holds the store's claim until the session closes; then, once every
-        run has ended, the runtime's writer writes what they left and lets the session go."""
-        journal = self._journal
-        assert journal is not None
-        try:
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_FLUSH_TIMEOUT):
-                ticket = self._slot.take_ticket()  # granted once every run has ended
-                try:
-                    if ticket is not None:
-                        await ticket.wait()
-                finally:
-                    self._slot.release(ticket)
-                    if journal.lost is not None:
-                        await store.release(self.id)
-                        journal.released.set()
-                    else:
-                        journal.writer.closed(journal)
-
     def _log_failure(self, error: Exception) -> None:
         logger.error("session %s failed", self.id, exc_info=error)
 
     def _unregister(self) -> None:
+        # Every task has ended, runs included: a durable session's last changes go to the runtime's
+        # writer, which writes them with its next commit and then lets the session go in the store.
         self._registry.discard(self)
+        if self._journal is not None:
+            self._journal.writer.closed(self._journal)
 
     async def _serve_run(self, run: AgentRun, events: EventPipe[Event], ticket: trio.Event | None) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.

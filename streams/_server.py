@@ -25,6 +25,7 @@ from runtime import (
     ElicitationResponseError,
     SessionNotFoundError,
     SessionOwnedError,
+    StoreCorruptError,
     StoreUnavailableError,
     UnknownElicitationError,
     open_runtime,
@@ -137,7 +138,7 @@ class ServedSession:
         self.changes: Broadcast[dict[str, Any]] = Broadcast(buffer=buffer)
         self.runs: OrderedDict[str, RunLog] = OrderedDict()
         self.live: dict[str, RunStream] = {}
-        self.state: dict[str, Any] = {"type": "SessionState", "state": "idle"}
+        self.state: dict[str, Any] = self._state("idle")
         self.run_count = 0
         self.workspace.listen(self._workspace_changed)
 
@@ -181,10 +182,17 @@ class ServedSession:
         self.changes.publish(message)
         self.feed.publish(message)
 
-    def _set_state(self, state: Literal["idle", "running", "closed"], run_id: str | None = None) -> None:
-        self.state = {"type": "SessionState", "state": state}
+    def _state(self, state: Literal["idle", "running", "closed"], run_id: str | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "SessionState", "state": state}
         if run_id is not None:
-            self.state["run_id"] = run_id
+            message["run_id"] = run_id
+        pending = self.session.pending if state != "closed" else ()
+        if pending:  # a durable session's interrupted run waits for these answers
+            message["pending"] = [event_to_json(request) for request in pending]
+        return message
+
+    def _set_state(self, state: Literal["idle", "running", "closed"], run_id: str | None = None) -> None:
+        self.state = self._state(state, run_id)
         self.feed.publish(self.state)
 
     def record(self, run_id: str, event: Event) -> dict[str, Any]:
@@ -450,6 +458,8 @@ class Server:
             raise _HTTPError(404, "unknown_session", f"no session {session_id!r}") from None
         except StoreUnavailableError as exc:
             raise _HTTPError(503, "store_unavailable", str(exc)) from None
+        except StoreCorruptError as exc:
+            raise _HTTPError(500, "store_corrupt", str(exc)) from None
 
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):

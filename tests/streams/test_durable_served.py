@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import psycopg
 import pytest
 import trio
 
@@ -123,6 +124,9 @@ async def test_an_approval_pending_when_the_process_is_killed_is_answered_after_
             assert state["runs"] == 1
             assert [pending["id"] for pending in state["pending"]] == [request["id"]]
             assert state["pending"][0]["message"] == request["message"]
+            # The between-run feed says so too, first thing.
+            feed = await sse_events(second.client, "GET", "/sessions/d1/feed", until="SessionState")
+            assert feed[-1] == {"type": "SessionState", "state": "idle", "pending": state["pending"]}
             replay = await sse_events(second.client, "GET", "/sessions/d1/runs/d1-r1/events")
             assert replay[-1]["type"] == "RunFinished"
             assert replay[-1]["reason"] == "interrupted"
@@ -292,6 +296,11 @@ async def test_the_durable_errors_table_is_what_the_server_sends(postgres_cluste
             elsewhere = await client.get(f"{second.url}/sessions/t1")
             seen.add((str(elsewhere.status_code), elsewhere.json()["error"]["type"]))
             assert elsewhere.json()["error"]["owner"]
+            with psycopg.connect(dsn, autocommit=True) as db:  # a row that trio-agents did not write
+                db.execute("INSERT INTO trio_agents_sessions (id, agent, owner) VALUES ('t3', 'durable', 'x')")
+                db.execute("INSERT INTO trio_agents_messages (session_id, seq, message) VALUES ('t3', 0, 'garbage')")
+            corrupt = await client.get(f"{second.url}/sessions/t3")
+            seen.add((str(corrupt.status_code), corrupt.json()["error"]["type"]))
             await trio.to_thread.run_sync(postgres_cluster.stop, "immediate")
             try:
                 down = await client.get(f"{second.url}/sessions/t2")

@@ -286,3 +286,32 @@ async def test_a_session_whose_rows_are_garbage_fails_to_open_with_a_typed_error
         with pytest.raises(StoreCorruptError):
             async with runtime.open_session(make_agent(), session_id="j"):
                 pass
+
+
+async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_path: Path) -> None:
+    """Crash while waiting, resume, crash again while the same question waits: the next resumption names
+    the second run, and the question keeps its id."""
+    agent = make_agent()
+    image, asked = await crash_at(tmp_path, "k", "pay 6", ElicitationRequest)
+    again = tmp_path / "again.db"
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="k") as session,
+        session.resume() as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                assert event.id == asked.id
+                crash_image(image, again)
+                break
+    async with (
+        open_runtime(store=SQLiteStore(again)) as runtime,
+        runtime.open_session(agent, session_id="k") as session,
+    ):
+        assert session.suspended_run == "k-r2"
+        assert session.pending == (asked,)
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[0] == RunStarted("k-r3", resumes="k-r2")
+        assert events[-1] == RunFinished("completed")
+    assert paid == [6]
