@@ -327,10 +327,10 @@ class Inspector:
             return
         run.events += 1
         kind = data["type"]
-        if kind == "Usage":
-            node.input_tokens += data["input_tokens"]
-            node.output_tokens += data["output_tokens"]
+        tokens = run.input_tokens, run.output_tokens
         run.note(data, None)
+        node.input_tokens += run.input_tokens - tokens[0]  # sub-agents' too
+        node.output_tokens += run.output_tokens - tokens[1]
         if run.pending and kind != "ElicitationRequest":
             self._reconcile(node, run)
         self._changed(session_id)

@@ -284,7 +284,7 @@ function renderRun(session, run) {
   const modelCalls = run.model_calls
     .map((call, i) => `<tr><td>model call ${i + 1}${call.agent ? ` <span class="muted">(${escapeHtml(call.agent)})</span>` : ""}</td>
       <td>${durationSpan(call.started, call.ended)}</td><td>${tokens(call.input_tokens, call.output_tokens)}</td>
-      <td class="muted">${call.stop ? `stop: ${escapeHtml(call.stop)}` : "streaming…"}</td></tr>`)
+      <td class="muted">${call.stop ? escapeHtml(call.stop) : "streaming…"}</td></tr>`)
     .join("");
   const toolCalls = run.tool_calls.map(renderToolCall).join("");
   return `
@@ -302,10 +302,10 @@ function renderRun(session, run) {
       ${run.message ? `<div class="muted">${escapeHtml(run.message)}</div>` : ""}
       ${run.error ? `<div class="error">${escapeHtml(run.error)}</div>` : ""}
       ${run.text ? `<div class="text">${escapeHtml(run.text)}</div>` : ""}
-      ${modelCalls || toolCalls ? `<table class="calls">
-        ${modelCalls}
-        ${toolCalls ? `<tr><th>tool</th><th>arguments</th><th>progress</th><th>time</th><th>result</th></tr>${toolCalls}` : ""}
-      </table>` : ""}
+      ${modelCalls ? `<table class="calls models">
+        <tr><th>model</th><th>time</th><th>tokens</th><th>stop</th></tr>${modelCalls}</table>` : ""}
+      ${toolCalls ? `<table class="calls tools">
+        <tr><th>tool</th><th>arguments</th><th>progress</th><th>time</th><th>result</th></tr>${toolCalls}</table>` : ""}
       ${run.tool_calls_hidden ? `<div class="muted">and ${run.tool_calls_hidden} earlier tool calls (see the event log)</div>` : ""}
     </div>`;
 }
