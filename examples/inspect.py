@@ -22,7 +22,7 @@ import json
 import signal
 import sys
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import trio
@@ -31,7 +31,7 @@ from agents import TRANSFER_TOOL, Agent, ScriptedModel, ToolCall, ToolContext, T
 from streams import open_server
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Sequence
 
     from agents import ModelRequest
     from agents.models import Turn
@@ -128,7 +128,7 @@ async def run_once(client: httpx.AsyncClient, session: str, prompt: str) -> str:
     """Run ``prompt`` in ``session`` over the served protocol (an attached run); its finish reason."""
     reason = "?"
     async with client.stream("POST", f"/sessions/{session}/runs", json={"input": prompt}) as response:
-        async with aclosing(response.aiter_lines()) as lines:
+        async with aclosing(cast("AsyncGenerator[str]", response.aiter_lines())) as lines:
             async for line in lines:
                 if line.startswith("data: "):
                     event = json.loads(line.removeprefix("data: "))
