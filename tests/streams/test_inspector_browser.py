@@ -143,7 +143,7 @@ async def test_the_inspector_shows_the_tree_live_and_answers_cancels_and_closes_
     """The page (signing in with the token, if any) shows sessions and runs started by another client as
     they happen; approving a question from the page finishes its run; cancelling a run and closing a
     session from the page do so; a run's event log opens; a screenshot is saved."""
-    example = load_example("inspect")
+    example = load_example("inspector")
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
     page = Page(browser)
     with trio.fail_after(TIMEOUT):

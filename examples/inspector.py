@@ -2,8 +2,8 @@
 
 Runs offline on ScriptedModel (no key, no network beyond the port it listens on):
 
-    python examples/inspect.py                     # then open http://127.0.0.1:8766/inspect
-    python examples/inspect.py --port 0 --token s3cret --sessions 20
+    python examples/inspector.py                     # then open http://127.0.0.1:8766/inspect
+    python examples/inspector.py --port 0 --token s3cret --sessions 20
 
 It serves an operations agent whose ``deploy`` tool asks for approval (answer
 it from the page: Approve or Decline), whose ``crunch`` tool is slow and
@@ -121,7 +121,7 @@ def make_agent() -> Agent:
 
 
 agent = make_agent()
-"""What ``python -m streams serve --agent examples.inspect:agent`` serves."""
+"""What ``python -m streams serve --agent examples.inspector:agent`` serves."""
 
 
 async def run_once(client: httpx.AsyncClient, session: str, prompt: str) -> str:
