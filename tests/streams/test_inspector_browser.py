@@ -204,3 +204,31 @@ async def test_the_inspector_shows_the_tree_live_and_answers_cancels_and_closes_
             await page.click('.session[data-sid="chat"] button[data-action="close"]')
             await page.wait_gone('.session[data-sid="chat"]')
             assert "chat" not in server.sessions
+
+
+async def test_the_inspector_pages_a_thousand_sessions(
+    browser: WebDriver, load_example: Callable[[str], ModuleType]
+) -> None:
+    """With 1,000 sessions the page shows one page of 50, collapsed; paging and the filter reach the others,
+    and a session opened meanwhile is counted."""
+    from selenium.webdriver.common.by import By
+
+    example = load_example("inspector")
+    page = Page(browser)
+    with trio.fail_after(TIMEOUT):
+        async with open_server(example.make_agent(), max_sessions=None) as server:
+            for n in range(1000):
+                await server.open_session(f"s{n:04}")
+            await page.call(lambda: browser.get(f"{server.url}/inspect"))
+            await page.wait_for("#page", text="page 1 of 20 (1000 sessions)")
+            shown = await page.call(lambda: browser.find_elements(By.CSS_SELECTOR, "#sessions .session"))
+            assert len(shown) == 50
+            assert await page.call(lambda: shown[0].get_attribute("data-sid")) == "s0000"
+            await page.click("#next")
+            await page.wait_for("#page", text="page 2 of 20")
+            await page.wait_for('.session[data-sid="s0050"]')
+            await page.type("#filter", "s0999")
+            await page.wait_for("#page", text="page 1 of 1 (1 sessions)")
+            await page.wait_for('.session[data-sid="s0999"]')
+            await server.open_session("s1000")
+            await page.wait_for("#totals", text="1001 sessions")
