@@ -327,13 +327,20 @@ class Inspector:
             return
         run.events += 1
         kind = data["type"]
-        tokens = run.input_tokens, run.output_tokens
-        run.note(data, None)
-        node.input_tokens += run.input_tokens - tokens[0]  # sub-agents' too
-        node.output_tokens += run.output_tokens - tokens[1]
-        if run.pending and kind != "ElicitationRequest":
-            self._reconcile(node, run)
-        self._changed(session_id)
+        if kind == "TextDelta":  # the most frequent by far: its own short path
+            if not run.model_open:
+                run._model_call(None)
+            text = run.text + data["text"]
+            run.text = text if len(text) <= TEXT_CHARS else text[-TEXT_CHARS:]
+        else:
+            tokens = run.input_tokens, run.output_tokens
+            run.note(data, None)
+            node.input_tokens += run.input_tokens - tokens[0]  # sub-agents' too
+            node.output_tokens += run.output_tokens - tokens[1]
+            if run.pending and kind != "ElicitationRequest":
+                self._reconcile(node, run)
+        if self._subscribers:
+            self._changed(session_id)
 
     def answered(self, session_id: str) -> None:
         """A question of a session was answered: its runs' pending questions are looked at again."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM: Final = Path("/usr/bin/chromium")
 CHROMEDRIVER: Final = Path("/usr/bin/chromedriver")
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.skipif(
 
 def _start_browser(home: str) -> WebDriver:
     """Headless Chromium under Debian's chromedriver, its profile, HOME and TMPDIR in ``home``."""
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -67,8 +67,9 @@ def _start_browser(home: str) -> WebDriver:
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[WebDriver]:
+async def browser(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[WebDriver]:
     """A headless Chromium, quit (with its driver) on every path."""
+    monkeypatch.setenv("SE_OFFLINE", "true")  # and never let Selenium Manager reach the network
     home = tempfile.mkdtemp(prefix="inspector-browser-")
     try:
         driver = await trio.to_thread.run_sync(_start_browser, home)
@@ -90,21 +91,26 @@ class Page:
         return await trio.to_thread.run_sync(fn)
 
     async def wait_for(self, css: str, *, text: str | None = None) -> None:
-        """Wait until an element matches ``css`` (holding ``text``, if given)."""
+        """Wait until an element matches ``css`` (holding ``text``, if given); the page may rebuild it meanwhile."""
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
         def present(driver: WebDriver) -> bool:
             return any(text is None or text in element.text for element in driver.find_elements(By.CSS_SELECTOR, css))
 
-        await self.call(lambda: WebDriverWait(self.driver, WAIT).until(present, f"no {css!r} with {text!r}"))
+        await self.call(lambda: self._wait().until(present, f"no {css!r} with {text!r}"))
+
+    def _wait(self) -> WebDriverWait[WebDriver]:
+        """A wait of :data:`WAIT` seconds that takes an element the page rebuilt meanwhile as not there yet."""
+        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, WAIT, ignored_exceptions=[StaleElementReferenceException])
 
     async def wait_gone(self, css: str) -> None:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
         await self.call(
-            lambda: WebDriverWait(self.driver, WAIT).until(
+            lambda: self._wait().until(
                 lambda driver: not driver.find_elements(By.CSS_SELECTOR, css), f"{css!r} is still there"
             )
         )
@@ -113,7 +119,6 @@ class Page:
         """Click the element ``css`` once it is there (found again if the page rebuilt it meanwhile)."""
         from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
 
         def clicked(driver: WebDriver) -> bool:
             try:
@@ -123,11 +128,7 @@ class Page:
             return True
 
         await self.wait_for(css)
-        await self.call(
-            lambda: WebDriverWait(self.driver, WAIT, ignored_exceptions=[StaleElementReferenceException]).until(
-                clicked, f"cannot click {css!r}"
-            )
-        )
+        await self.call(lambda: self._wait().until(clicked, f"cannot click {css!r}"))
 
     async def type(self, css: str, text: str) -> None:
         from selenium.webdriver.common.by import By
