@@ -974,6 +974,9 @@ async def open_server(
     served session first (ending every SSE stream with its last event and
     every WebSocket with code 1001), then stops Hypercorn.
 
+    ``/inspect`` is the live inspector, a page fed by ``GET /inspect/events``
+    (see :attr:`Server.inspector`).
+
     Example::
 
         async with open_server(agent, port=8000) as server:
@@ -984,8 +987,9 @@ async def open_server(
         agent: What every served session runs.
         host: The interface to listen on.
         port: The port (0: any free one; see ``server.port``).
-        token: If given, every endpoint but ``/health`` requires
-            ``Authorization: Bearer <token>``.
+        token: If given, every endpoint but ``/health`` and the inspector's page
+            (``/inspect`` and its static files) requires ``Authorization: Bearer
+            <token>``, or (HTTP only) the cookie of a sign-in at ``POST /inspect/login``.
         runtime: Serve sessions of this runtime (default: a runtime of its own).
         idle_timeout: Close a served session after this many seconds idle: no run,
             and no feed, ``updates`` or ``workspace`` connection open; ``None``:
