@@ -1,7 +1,7 @@
 # Self-bootstrapping: `make demo` and `make test` work on a fresh machine with python3 and make.
-# `make test` also needs npm (Node.js 20+) for the MCP reference server the tests run, and the PostgreSQL
-# server binaries for the session store tests: installed with apt-get when missing and running as root
-# (as CI does), else it says what to install.
+# `make test` also needs npm (Node.js 20+) for the MCP reference server the tests run, the PostgreSQL
+# server binaries for the session store tests, and Chromium with its driver for the inspector's browser
+# test: installed with apt-get when missing and running as root (as CI does), else it says what to install.
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -11,6 +11,8 @@ MCP_DIR := .mcp
 MCP_STAMP := $(MCP_DIR)/.installed
 # PostgreSQL server binaries (initdb, pg_ctl) for the tests' throwaway cluster (tests/pg.py).
 PG_STAMP := $(VENV)/.postgresql-found
+# Headless Chromium and its driver (Debian's) for the inspector's browser test (tests/streams/test_inspector_browser.py).
+BROWSER_STAMP := $(VENV)/.chromium-found
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -48,6 +50,18 @@ $(PG_STAMP): $(STAMP)
 		fi; }
 	touch $(PG_STAMP)
 
+$(BROWSER_STAMP): $(STAMP)
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing chromium and chromium-driver (apt-get) for the inspector's browser test"; \
+			apt-get install -y -qq chromium chromium-driver >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }; \
+		else \
+			echo "make: Chromium and its driver (/usr/bin/chromium, /usr/bin/chromedriver) are needed by the inspector's browser test;" >&2; \
+			echo "      install the Debian packages chromium and chromium-driver (apt-get install chromium chromium-driver), then run make again." >&2; \
+			exit 1; \
+		fi; }
+	touch $(BROWSER_STAMP)
+
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
@@ -60,7 +74,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP) $(MCP_STAMP) $(PG_STAMP)
+unit: $(STAMP) $(MCP_STAMP) $(PG_STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest
 
 $(BENCH_STAMP): $(STAMP)

@@ -177,6 +177,11 @@ class Session(Generic[OutputT]):
         return self._usage.snapshot()
 
     @property
+    def handlers(self) -> tuple[StreamHandler, ...]:
+        """The stream handlers attached now (:meth:`add_handler`), with their counters (``statistics()``)."""
+        return tuple(self._handlers)
+
+    @property
     def closed(self) -> bool:
         """Whether the session has been closed (no new runs or tasks are accepted)."""
         return self._tasks.closed

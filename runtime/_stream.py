@@ -97,6 +97,13 @@ class RunStream:
         """
         return tuple(self._started().pending)
 
+    def cancel(self) -> None:
+        """Cancel the run, without waiting: it ends with ``RunFinished("cancelled")``, its last event.
+
+        Idempotent; a run that has already ended is left as it is.
+        """
+        self._started().cancel_scope.cancel()
+
     async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> None:
         """Answer an :class:`~runtime.events.ElicitationRequest` of this run (or of a sub-agent's nested run).
 

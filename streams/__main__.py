@@ -74,6 +74,7 @@ async def serve(
             agent, host=host, port=port, token=token, idle_timeout=idle_timeout, **options
         ) as server:
             print(f"serving on {server.url}", flush=True)
+            print(f"inspector: {server.url}/inspect", flush=True)
             print(f"agent {agent.name!r}; Ctrl-C stops", flush=True)
             async for _ in signals:
                 break

@@ -6,8 +6,10 @@ import functools
 import json
 import logging
 import re
+import secrets
 from collections import OrderedDict
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -45,6 +47,7 @@ from ._exceptions import (
     WorkspaceError,
 )
 from ._hypercorn import serve_app
+from ._inspect import Inspector
 from ._requests import (
     Exposure,
     ExposureGuard,
@@ -88,6 +91,21 @@ SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 Each goes into a URL path as it is (no ``/``, no escapes, never ``.`` or ``..``) and into logs (no
 CR or LF)."""
+INSPECT_COOKIE: Final = "trio_agents_inspect"
+"""The cookie ``POST /inspect/login`` sets: it stands in for the bearer token (see PROTOCOL.md, *Authentication*)."""
+KEPT_LOGINS: Final = 64
+"""Inspector sign-ins (cookies) a server honours at once; the oldest is forgotten past it."""
+_INSPECT_FILES: Final = {"inspect.js": "text/javascript; charset=utf-8", "inspect.css": "text/css; charset=utf-8"}
+_INSPECT_DIR: Final = Path(__file__).resolve().parent / "inspect"
+_PAGE_HEADERS: Final = {
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",  # its buttons act: no page may frame it (clickjacking)
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
 _GOING_AWAY: Final = 1001
 _UNSUPPORTED_DATA: Final = 1003
 
@@ -129,8 +147,9 @@ async def _error_response(request: Request, error: Exception) -> Response:
 class ServedSession:
     """A session the server serves: the runtime session, its workspace, its feeds and its runs."""
 
-    def __init__(self, handle: SessionHandle, *, buffer: int) -> None:
+    def __init__(self, handle: SessionHandle, *, buffer: int, inspector: Inspector | None = None) -> None:
         self.handle = handle
+        self._inspector = inspector
         self.workspace = Workspace()
         """The files its runs (``ctx.deps``) and its ``workspace`` clients share."""
         self.updates: Broadcast[dict[str, Any]] = Broadcast(buffer=buffer)
@@ -194,6 +213,8 @@ class ServedSession:
     def _set_state(self, state: Literal["idle", "running", "closed"], run_id: str | None = None) -> None:
         self.state = self._state(state, run_id)
         self.feed.publish(self.state)
+        if self._inspector is not None:
+            self._inspector.state(self.id, state)
 
     def record(self, run_id: str, event: Event) -> dict[str, Any]:
         """Note an event of a run that began: its log, the updates stream, the run count."""
@@ -206,6 +227,8 @@ class ServedSession:
             self.run_count += 1
         elif type(event) is RunFinished:
             log.finish()
+        if self._inspector is not None:
+            self._inspector.record(self.id, run_id, data)
         return data
 
     def run_begins(self, run_id: str, stream: RunStream) -> None:
@@ -216,6 +239,8 @@ class ServedSession:
         while len(self.runs) > KEPT_RUNS and next(iter(self.runs.values())).finished:
             self.runs.popitem(last=False)
         self.live[run_id] = stream
+        if self._inspector is not None:
+            self._inspector.run_begins(self.id, run_id)
         self._set_state("running", run_id)
 
     def run_ends(self, run_id: str) -> None:
@@ -273,6 +298,9 @@ class Server:
         self._dropped = 0  # by sessions that have closed
         self._mcp: McpEndpoint | None = None  # made at the first request to /mcp: only then is the SDK imported
         self._opening: dict[str, trio.Event] = {}  # stored sessions being opened here, by id
+        self.inspector = Inspector(kept_runs=KEPT_RUNS)
+        """The live tree of the served sessions, that ``/inspect`` shows (``GET /inspect/events``)."""
+        self._logins: OrderedDict[str, None] = OrderedDict()  # inspector cookies honoured, oldest first
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -286,6 +314,11 @@ class Server:
                 WebSocketRoute("/sessions/{sid}/updates", self._updates),
                 WebSocketRoute("/sessions/{sid}/workspace", self._workspace),
                 Route("/mcp", _McpRoute(self), methods=["GET", "POST", "DELETE"]),
+                Route("/sessions/{sid}/runs/{rid}/cancel", self._cancel_run, methods=["POST"]),
+                Route("/inspect", self._inspect_page, methods=["GET"]),
+                Route("/inspect/static/{file}", self._inspect_static, methods=["GET"]),
+                Route("/inspect/login", self._inspect_login, methods=["POST"]),
+                Route("/inspect/events", self._inspect_events, methods=["GET"]),
             ],
             exception_handlers={_HTTPError: _error_response},
         )
@@ -340,13 +373,15 @@ class Server:
         except TooManySessionsError:
             await handle.aclose()
             raise
-        served = ServedSession(handle, buffer=self._buffer)
+        served = ServedSession(handle, buffer=self._buffer, inspector=self.inspector)
         served.run_count = handle.session.run_count
         self._sessions[served.id] = served
+        self.inspector.session_opened(served)
         try:
             handle.session.start_soon(self._keep, served, name=f"served session {served.id}")
         except BaseException:
             del self._sessions[served.id]
+            self.inspector.session_closed(served.id)
             await handle.aclose()
             raise
         return served
@@ -361,6 +396,7 @@ class Server:
         finally:
             self._dropped += served.updates.dropped
             del self._sessions[served.id]
+            self.inspector.session_closed(served.id)
 
     async def _close_sessions(self) -> None:
         self._closing = True
@@ -371,7 +407,13 @@ class Server:
     # -- requests --------------------------------------------------------------
 
     def _authorized(self, connection: HTTPConnection) -> bool:
-        return bearer_token_matches(connection, self._token)
+        """The bearer token, or (HTTP only) the cookie of an inspector sign-in (``POST /inspect/login``)."""
+        if bearer_token_matches(connection, self._token):
+            return True
+        if connection.scope["type"] != "http":
+            return False
+        cookie = connection.cookies.get(INSPECT_COOKIE)
+        return cookie is not None and cookie in self._logins
 
     async def _served(self, connection: HTTPConnection) -> ServedSession:
         if not self._authorized(connection):
@@ -603,6 +645,7 @@ class Server:
                     break
                 except ElicitationResponseError as exc:
                     raise _HTTPError(422, "invalid_answer", str(exc)) from None
+                self.inspector.answered(served.id)
                 return Response(status_code=204)
         if any(request.id == eid for request in served.session.pending):
             # A question an interrupted run waited on: the answer resumes that run, detached.
@@ -617,6 +660,63 @@ class Server:
                 raise _HTTPError(404, "unknown_session", f"session {served.id!r} is closed") from None
             return JSONResponse({"run_id": run_id}, status_code=202)
         raise _HTTPError(404, "unknown_elicitation", f"no pending elicitation {eid!r} in session {served.id!r}")
+
+    async def _cancel_run(self, request: Request) -> Response:
+        """``POST /sessions/{sid}/runs/{rid}/cancel``: the run in flight ends with ``RunFinished`` ``cancelled``."""
+        served = await self._served(request)
+        rid = request.path_params["rid"]
+        stream = served.live.get(rid)
+        if stream is None:
+            raise _HTTPError(404, "unknown_run", f"no run {rid!r} in flight in session {served.id!r}")
+        stream.cancel()
+        return Response(status_code=204)
+
+    # -- the inspector ---------------------------------------------------------
+
+    async def _inspect_page(self, request: Request) -> Response:
+        """``GET /inspect``: the page (it holds no data: no token needed; it signs in itself)."""
+        return _inspect_file("index.html", "text/html; charset=utf-8")
+
+    async def _inspect_static(self, request: Request) -> Response:
+        name = request.path_params["file"]
+        kind = _INSPECT_FILES.get(name)
+        if kind is None:
+            raise _HTTPError(404, "not_found", f"no file {name!r} in the inspector")
+        return _inspect_file(name, kind)
+
+    async def _inspect_login(self, request: Request) -> Response:
+        """``POST /inspect/login``: 204 if the request may watch (no token needed, or it signed in), and with
+        ``{"token"}`` matching, a cookie that stands in for the token from then on; else 401."""
+        if self._authorized(request):
+            await self._raw_body(request)
+            return Response(status_code=204)
+        body = await self._body(request)
+        token = body.get("token")
+        if self._token is None or not isinstance(token, str) or not secrets.compare_digest(token.encode(), self._token):
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
+        secret = secrets.token_urlsafe(32)
+        self._logins[secret] = None
+        while len(self._logins) > KEPT_LOGINS:
+            self._logins.popitem(last=False)
+        response = Response(status_code=204)
+        response.set_cookie(INSPECT_COOKIE, secret, httponly=True, samesite="strict", path="/")
+        return response
+
+    async def _inspect_events(self, request: Request) -> Response:
+        """``GET /inspect/events``: the whole tree, then its changes (coalesced), over one SSE stream."""
+        if not self._authorized(request):
+            raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
+        inspector = self.inspector
+
+        @asynccontextmanager
+        async def subscribe() -> AsyncIterator[MessageSource]:
+            subscriber = inspector.subscribe()
+            try:
+                yield subscriber
+            finally:
+                inspector.unsubscribe(subscriber)
+
+        return self._event_stream(subscribe)
 
     # -- MCP -------------------------------------------------------------------
 
@@ -733,6 +833,17 @@ class _McpRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._server._serve_mcp(scope, receive, send)
+
+
+def _inspect_file(name: str, media_type: str) -> Response:
+    """A file of the inspector's page (``streams/inspect/``), with headers that keep it from being framed."""
+    return Response(_inspect_bytes(name), media_type=media_type, headers=_PAGE_HEADERS)
+
+
+@functools.cache
+def _inspect_bytes(name: str) -> bytes:
+    """A file of the page, read once (a few KiB: the blocking read happens once per process)."""
+    return (_INSPECT_DIR / name).read_bytes()
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
@@ -882,6 +993,9 @@ async def open_server(
     served session first (ending every SSE stream with its last event and
     every WebSocket with code 1001), then stops Hypercorn.
 
+    ``/inspect`` is the live inspector, a page fed by ``GET /inspect/events``
+    (see :attr:`Server.inspector`).
+
     Example::
 
         async with open_server(agent, port=8000) as server:
@@ -892,8 +1006,9 @@ async def open_server(
         agent: What every served session runs.
         host: The interface to listen on.
         port: The port (0: any free one; see ``server.port``).
-        token: If given, every endpoint but ``/health`` requires
-            ``Authorization: Bearer <token>``.
+        token: If given, every endpoint but ``/health`` and the inspector's page
+            (``/inspect`` and its static files) requires ``Authorization: Bearer
+            <token>``, or (HTTP only) the cookie of a sign-in at ``POST /inspect/login``.
         runtime: Serve sessions of this runtime (default: a runtime of its own).
         idle_timeout: Close a served session after this many seconds idle: no run,
             and no feed, ``updates`` or ``workspace`` connection open; ``None``:
@@ -971,4 +1086,5 @@ async def open_server(
             finally:
                 with trio.CancelScope(shield=True):
                     await server._close_sessions()  # ends every stream from our side
+                    server.inspector.close()  # and the inspector's, once they have read the last changes
                 shutdown.set()

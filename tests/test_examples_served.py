@@ -7,12 +7,18 @@ running on the way out, even when it fails.
 
 from __future__ import annotations
 
+import json
 import re
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import trio
 
 from tests.processes import ROOT, Child, run_python, running
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
 
 SERVE = str(ROOT / "examples" / "serve.py")
 CLIENT = str(ROOT / "examples" / "remote_client.py")
@@ -79,10 +85,15 @@ async def test_streams_serve_command_serves_the_example_agent_and_exits_0_on_ctr
     with trio.fail_after(30):
         async with running("-m", "streams", "serve", "--agent", "examples.serve:agent", "--port", "0") as server:
             url = await serving_url(server)
+            inspector = (await server.wait_for(r"^inspector: (\S+)$"))[1]
             await server.wait_for(r"^agent 'notes'; Ctrl-C stops$")  # the example's agent, not some other
             async with httpx.AsyncClient(timeout=10) as client:
                 health = await client.get(f"{url}/health")
                 created = await client.post(f"{url}/sessions", json={"id": "cli"})
+                page = await client.get(inspector)
+            assert inspector == f"{url}/inspect"
+            assert page.status_code == 200
+            assert "trio-agents inspector" in page.text
             assert health.status_code == 200
             assert health.json() == {"ok": True}
             assert created.status_code == 201
@@ -150,3 +161,42 @@ async def test_served_example_stops_promptly_on_ctrl_c_with_a_client_attached() 
                     status = await client.interrupt()
                 assert status == 0, client.describe()
                 assert "Traceback" not in client.stderr, client.describe()
+
+
+INSPECT = str(ROOT / "examples" / "inspector.py")
+
+
+async def test_the_inspect_example_keeps_sessions_busy_for_the_inspector_and_stops_on_ctrl_c() -> None:
+    """``examples/inspector.py`` prints the inspector's URL; the page's stream shows its busy sessions, one of
+    them waiting for an approval; SIGINT: exit 0."""
+    with trio.fail_after(30):
+        async with running(INSPECT, "--port", "0", "--token", "s3cret") as server:
+            url = await serving_url(server)
+            assert (await server.wait_for(r"^inspector: (\S+)$"))[1] == f"{url}/inspect"
+            auth = {"authorization": "Bearer s3cret"}
+            sessions: dict[str, Any] = {}
+            busy = trio.Event()
+
+            async def watch() -> None:
+                """Read the inspector's stream; cancelled once ``busy``, while it waits in a read."""
+                async with (
+                    httpx.AsyncClient(timeout=10, headers=auth) as client,
+                    client.stream("GET", f"{url}/inspect/events") as response,
+                    aclosing(cast("AsyncGenerator[str]", response.aiter_lines())) as lines,
+                ):
+                    async for line in lines:
+                        if line.startswith("data: "):
+                            message = json.loads(line.removeprefix("data: "))
+                            sessions.update((node["id"], node) for node in message["sessions"])
+                            if {"release", "batch", "research", "chat-0"} <= set(sessions):
+                                if sessions["release"]["pending"]:
+                                    busy.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                await busy.wait()
+                nursery.cancel_scope.cancel()
+            with trio.fail_after(10):
+                status = await server.interrupt()
+            assert status == 0, server.describe()
+            assert "Traceback" not in server.stderr, server.describe()

@@ -27,7 +27,7 @@ import trio.testing
 from agents import Agent, FallbackModel, ScriptedModel, ServerError, ToolCall, ToolContext, UserMessage, tool
 from runtime import MessageBus
 from runtime.events import FINISH_REASONS, STOP_REASONS, CustomEvent, ErrorEvent
-from streams import ServedSession, WebhookChannel, open_server
+from streams import LISTENERS, ServedSession, WebhookChannel, open_server
 from streams._codec import _TYPES
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def test_the_protocol_tables_parse() -> None:
     """Every machine-readable table is there and has rows (a renamed marker would empty a check)."""
     for name in ["routes", "http-errors", "webhook-errors", "run-events", "feed-messages"]:
         assert protocol_table(name), name
-    for name in ["workspace-messages", "workspace-errors", "close-codes", "error-kinds"]:
+    for name in ["workspace-messages", "workspace-errors", "close-codes", "error-kinds", "inspect-messages"]:
         assert protocol_table(name), name
     assert ("404", "unknown_session") in {(row["status"], row["type"]) for row in protocol_table("http-errors")}
 
@@ -615,6 +615,10 @@ async def test_every_documented_route_answers_as_documented(open_raw_websocket: 
                             status = (await client.post(url, json=answer)).status_code
                     elif path == "/mcp":
                         status = await mcp_request(client, method)
+                    elif path.endswith("/cancel"):
+                        run = await client.post("/sessions/s1/runs", json={"input": "ask", "detach": True})
+                        url = concrete.replace("s1-r1", run.json()["run_id"])
+                        status = (await client.post(url)).status_code
                     elif method == "DELETE":
                         status = (await client.delete(concrete)).status_code
                         await client.post("/sessions", json={"id": "s1"})
@@ -622,6 +626,8 @@ async def test_every_documented_route_answers_as_documented(open_raw_websocket: 
                         json_body: dict[str, Any] = {}
                         if path == "/sessions":
                             json_body = {"id": "s1"}
+                        elif path == "/inspect/login":
+                            json_body = {"token": TOKEN}
                         elif "input" in body:
                             json_body = {"input": "hello", **({"detach": True} if "detach" in body else {})}
                         status = (await client.post(concrete, json=json_body)).status_code
@@ -629,9 +635,40 @@ async def test_every_documented_route_answers_as_documented(open_raw_websocket: 
                         async with client.stream("GET", concrete) as response:
                             status = response.status_code
                     else:
-                        status = (await client.get(concrete)).status_code
+                        status = (await client.get(concrete.replace("{file}", "inspect.js"))).status_code
                     statuses[(method, path, body)] = status
             served_paths = {route.path for route in server.app.routes}  # type: ignore[attr-defined]
     expected = {(row["method"], row["path"], row["body"]): int(row["success"][:3]) for row in rows}
     assert statuses == expected
     assert served_paths == {row["path"].replace("{id}", "{sid}").replace("{run_id}", "{rid}") for row in rows}
+
+
+def documented_inspect_fields(message_type: str) -> set[str]:
+    """The field names of an inspect-messages row: its backticked words outside parentheses."""
+    (row,) = [row for row in protocol_table("inspect-messages") if row["type"] == message_type]
+    outside = re.sub(r"\([^)]*\)", "", row["fields"])
+    return set(re.findall(r"`(\w+)`", f"`{outside}`"))
+
+
+async def test_the_inspector_sends_exactly_the_documented_messages() -> None:
+    """The inspector's stream, while sessions open, run, close and a remote listener comes and goes, sends
+    exactly the inspect-messages types, each with the fields its row lists (``listeners`` when they changed)."""
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT):
+        async with open_server(protocol_agent(Stubborn()), token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
+                await client.post("/sessions", json={"id": "s1"})
+                async with raw_get(server, "/inspect/events") as (stream, buffer):
+                    seen.append(await next_sse(stream, buffer, "Snapshot"))
+                    await client.post("/sessions/s1/runs", json={"input": "hello"})
+                    await client.delete("/sessions/s1")
+                    with LISTENERS.claim(("http://elsewhere", "s9")):
+                        while not any("s1" in message.get("closed", ()) for message in seen):
+                            seen.append(await next_sse(stream, buffer, "Changed"))
+                        while not any(message.get("listeners") for message in seen[1:]):
+                            seen.append(await next_sse(stream, buffer, "Changed"))
+    assert {message["type"] for message in seen} == documented_types("inspect-messages")
+    for message in seen:
+        fields = set(message) - {"type"}
+        assert fields <= documented_inspect_fields(message["type"]) | {"listeners"}, message
+        assert fields >= documented_inspect_fields(message["type"]) - {"listeners"}, message
