@@ -80,7 +80,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     import httpx
 
@@ -338,14 +338,20 @@ class AgentRun:
             progress_dropped=self._dropped,
         )
 
-    async def drive(self) -> None:
-        """Run the agent to the end, streaming events; see the class docstring."""
+    def drive(self) -> Coroutine[Any, Any, None]:
+        """Run the agent to the end, streaming events; see the class docstring.
+
+        A plain function returning the run's coroutine: untraced, the run is :meth:`_drive` itself,
+        with no frame of this one (many runs at once each hold theirs).
+        """
         tracing = self._tracing
         if tracing is not None and not tracing.active():
             tracing = self._tracing = None  # nothing would record it: this run's calls skip tracing too
         if tracing is None:
-            await self._drive()
-            return
+            return self._drive()
+        return self._drive_traced(tracing)
+
+    async def _drive_traced(self, tracing: Tracing) -> None:
         session_id = getattr(self._session, "id", None)
         span, token = tracing.start_agent(
             self._agent.name,
@@ -802,7 +808,7 @@ class AgentRun:
                     result or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
                 )
 
-    async def _call_tool(
+    def _call_tool(
         self,
         results: list[ToolResultMessage | None],
         index: int,
@@ -811,31 +817,59 @@ class AgentRun:
         parse_error: str | None,
         tools: dict[str, Tool],
         traced: bool = True,
-    ) -> str | None:
-        """Call one tool, into ``results[index]``: ``None``, or the ``error.type`` of its failure."""
+    ) -> Coroutine[Any, Any, str | None]:
+        """Call one tool, into ``results[index]``: ``None``, or the ``error.type`` of its failure.
+
+        A plain function returning the call's coroutine: on the plain path (no tracing, no store) the
+        call is :meth:`_run_tool` itself, with no frame of this one (many runs at once each hold theirs).
+        """
         tracing = self._tracing
         if tracing is not None and traced:
-            # Its span is current while it runs: a sub-agent it starts (the transfer tool) nests in it.
-            span, token = tracing.start_tool(call.name, call.call_id, arguments)
-            try:
-                kind = await self._call_tool(results, index, call, arguments, parse_error, tools, False)
-            except BaseException as exc:
-                kind, message = failure(exc, "the tool call")
-                tracing.end_tool(span, token, error=kind, description=message, result=None)
-                raise
-            result = results[index]
-            assert result is not None
-            tracing.end_tool(
-                span,
-                token,
-                error=kind,
-                description=content_text(result.content) if kind is not None else None,
-                result=result.content,
-            )
-            return kind
+            return self._call_tool_traced(tracing, results, index, call, arguments, parse_error, tools)
         journal = self._journal
         if journal is None:
-            return await self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
+            return self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
+        return self._call_tool_durable(journal, results, index, call, arguments, parse_error, tools)
+
+    async def _call_tool_traced(
+        self,
+        tracing: Tracing,
+        results: list[ToolResultMessage | None],
+        index: int,
+        call: ToolCallChunk,
+        arguments: dict[str, Any],
+        parse_error: str | None,
+        tools: dict[str, Tool],
+    ) -> str | None:
+        # Its span is current while it runs: a sub-agent it starts (the transfer tool) nests in it.
+        span, token = tracing.start_tool(call.name, call.call_id, arguments)
+        try:
+            kind = await self._call_tool(results, index, call, arguments, parse_error, tools, False)
+        except BaseException as exc:
+            kind, message = failure(exc, "the tool call")
+            tracing.end_tool(span, token, error=kind, description=message, result=None)
+            raise
+        result = results[index]
+        assert result is not None
+        tracing.end_tool(
+            span,
+            token,
+            error=kind,
+            description=content_text(result.content) if kind is not None else None,
+            result=result.content,
+        )
+        return kind
+
+    async def _call_tool_durable(
+        self,
+        journal: Journal,
+        results: list[ToolResultMessage | None],
+        index: int,
+        call: ToolCallChunk,
+        arguments: dict[str, Any],
+        parse_error: str | None,
+        tools: dict[str, Tool],
+    ) -> str | None:
         # A durable run: the questions this call asks are written with its id, and settled when it ends.
         token = _TOP_CALL.set(call.call_id)
         try:
