@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 import attrs
 
@@ -69,7 +69,30 @@ class ToolResultMessage:
 Message: TypeAlias = UserMessage | AssistantMessage | ToolResultMessage
 """One entry of a session's history."""
 
+_Text = TypeVar("_Text")
 
+
+def text_init(cls: type[_Text]) -> type[_Text]:
+    """Give a frozen attrs class whose one field is ``text`` an ``__init__`` that sets the slot directly.
+
+    For what a stream makes per token (the model's chunk, the run's event):
+    attrs' own frozen ``__init__`` goes through ``object.__setattr__``, 0.23 µs
+    against 0.15. Same signature, same instance; the class stays frozen.
+    """
+    (field,) = attrs.fields(cls)  # type: ignore[arg-type]
+    if field.name != "text" or field.validator is not None or field.converter is not None:
+        raise TypeError(f"text_init is for classes whose one field is a plain 'text', not {cls.__name__}")
+    set_text = cls.__dict__["text"].__set__
+
+    def __init__(self: _Text, text: str) -> None:
+        set_text(self, text)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = __init__  # type: ignore[assignment]
+    return cls
+
+
+@text_init
 @attrs.frozen
 class TextChunk:
     """A piece of the response text."""
@@ -77,6 +100,7 @@ class TextChunk:
     text: str
 
 
+@text_init
 @attrs.frozen
 class ReasoningChunk:
     """A piece of the model's reasoning, streamed before or between answers."""

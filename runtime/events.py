@@ -10,7 +10,7 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
-from agents._messages import StopReason as StopReason
+from agents._messages import StopReason as StopReason, text_init as _text_init
 
 FinishReason: TypeAlias = Literal[
     "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit", "interrupted"
@@ -41,6 +41,7 @@ class RunStarted:
     """The run this one continues (``Session.resume``: an interrupted run waiting for an answer), if any."""
 
 
+@_text_init
 @attrs.frozen
 class TextDelta:
     """A piece of the model's answer."""
@@ -48,6 +49,7 @@ class TextDelta:
     text: str
 
 
+@_text_init
 @attrs.frozen
 class ReasoningDelta:
     """A piece of the model's reasoning."""

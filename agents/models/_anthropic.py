@@ -239,45 +239,46 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     usage: dict[str, Any] = {}
     stop_reason: str | None = None
     stopped = False
-    async with contextlib.aclosing(SSEStream(response)) as events:
-        async for event in events:
-            data = event.data.strip()
-            if event.event == "error":
-                yield error_chunk(data)
-                return
-            if not data:
-                continue
-            payload = json_object(data, "anthropic: an event")
-            kind = payload.get("type") or event.event
-            if kind == "error":
-                yield error_chunk(payload)
-                return
-            if kind == "message_start":
-                message = payload.get("message")
-                if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-                    usage.update(message["usage"])
-            elif kind == "content_block_start":
-                chunk = _block_start(blocks, payload)
-                if chunk is not None:
-                    yield chunk
-            elif kind == "content_block_delta":
-                chunk = _block_delta(blocks, payload)
-                if chunk is not None:
-                    yield chunk
-            elif kind == "content_block_stop":
-                block = blocks.pop(_index(payload), None)
-                if block is not None:
-                    yield _block_stop(block)
-            elif kind == "message_delta":
-                if isinstance(payload.get("usage"), dict):
-                    usage.update(payload["usage"])
-                delta = payload.get("delta")
-                if isinstance(delta, dict) and delta.get("stop_reason"):
-                    stop_reason = str(delta["stop_reason"])
-            elif kind == "message_stop":
-                stopped = True
-                break
-            # "ping", and event types added to the API later, are skipped.
+    async with contextlib.aclosing(SSEStream(response)) as stream:
+        while not stopped and (events := await stream.read()):  # one await per network read, not per event
+            for event in events:
+                data = event.data.strip()
+                if event.event == "error":
+                    yield error_chunk(data)
+                    return
+                if not data:
+                    continue
+                payload = json_object(data, "anthropic: an event")
+                kind = payload.get("type") or event.event
+                if kind == "error":
+                    yield error_chunk(payload)
+                    return
+                if kind == "message_start":
+                    message = payload.get("message")
+                    if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                        usage.update(message["usage"])
+                elif kind == "content_block_start":
+                    chunk = _block_start(blocks, payload)
+                    if chunk is not None:
+                        yield chunk
+                elif kind == "content_block_delta":
+                    chunk = _block_delta(blocks, payload)
+                    if chunk is not None:
+                        yield chunk
+                elif kind == "content_block_stop":
+                    block = blocks.pop(_index(payload), None)
+                    if block is not None:
+                        yield _block_stop(block)
+                elif kind == "message_delta":
+                    if isinstance(payload.get("usage"), dict):
+                        usage.update(payload["usage"])
+                    delta = payload.get("delta")
+                    if isinstance(delta, dict) and delta.get("stop_reason"):
+                        stop_reason = str(delta["stop_reason"])
+                elif kind == "message_stop":
+                    stopped = True
+                    break
+                # "ping", and event types added to the API later, are skipped.
     if not stopped:
         raise MalformedStreamError("anthropic: the stream ended before message_stop")
     if stop_reason is not None:

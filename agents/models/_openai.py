@@ -169,56 +169,59 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     open_calls: dict[int, list[str]] = {}  # index -> the call its fragments now add to
     usage: dict[str, Any] | None = None
     finish: str | None = None
-    async with contextlib.aclosing(SSEStream(response)) as events:
-        async for event in events:
-            if event.event == "error":
-                if usage is not None:
-                    yield _usage_chunk(usage)
-                yield error_chunk(event.data)
-                return
-            data = event.data.strip()
-            if not data:
-                continue
-            if data == "[DONE]":
-                break
-            chunk = json_object(data, "openai: a chunk")
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            elif "x_groq" in chunk:  # Groq, before it honoured stream_options: usage only in its own object
-                usage = _groq_usage(chunk["x_groq"]) or usage
-            if chunk.get("error"):
-                if usage is not None:  # tokens spent before the error still count
-                    yield _usage_chunk(usage)
-                yield error_chunk(chunk["error"])
-                return
-            # Azure's first chunk has no choices (only prompt_filter_results), nor does a usage-only chunk.
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                if reasoning:
-                    yield ReasoningChunk(reasoning)
-                content = delta.get("content")
-                if content:
-                    if content.__class__ is str:
-                        yield TextChunk(content)
-                    else:  # Mistral's typed parts: thinking, then text
-                        for part in _content_parts(content):
-                            yield part
-                elif delta.get("refusal"):  # never beside content: a text delta pays no extra lookup
-                    yield RefusalChunk(str(delta["refusal"]))
-                for fragment in delta.get("tool_calls") or ():
-                    call = _call_for(fragment, calls, open_calls)
-                    function = fragment.get("function") or {}
-                    call[0] = fragment.get("id") or call[0]
-                    name = function.get("name") or ""
-                    if name and name != call[1]:  # fragments add up; a repeat of the whole name does not
-                        call[1] += name
-                    arguments = function.get("arguments")
-                    if arguments:
-                        call[2] += arguments
-                        yield ToolCallDeltaChunk(call[0], call[1], arguments)
-                if choice.get("finish_reason"):  # a later chunk's null does not undo it
-                    finish = str(choice["finish_reason"])
+    done = False
+    async with contextlib.aclosing(SSEStream(response)) as stream:
+        while not done and (events := await stream.read()):  # one await per network read, not per event
+            for event in events:
+                if event.event == "error":
+                    if usage is not None:
+                        yield _usage_chunk(usage)
+                    yield error_chunk(event.data)
+                    return
+                data = event.data.strip()
+                if not data:
+                    continue
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json_object(data, "openai: a chunk")
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                elif "x_groq" in chunk:  # Groq, before it honoured stream_options: usage only in its own object
+                    usage = _groq_usage(chunk["x_groq"]) or usage
+                if chunk.get("error"):
+                    if usage is not None:  # tokens spent before the error still count
+                        yield _usage_chunk(usage)
+                    yield error_chunk(chunk["error"])
+                    return
+                # Azure's first chunk has no choices (only prompt_filter_results), nor does a usage-only chunk.
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if reasoning:
+                        yield ReasoningChunk(reasoning)
+                    content = delta.get("content")
+                    if content:
+                        if content.__class__ is str:
+                            yield TextChunk(content)
+                        else:  # Mistral's typed parts: thinking, then text
+                            for part in _content_parts(content):
+                                yield part
+                    elif delta.get("refusal"):  # never beside content: a text delta pays no extra lookup
+                        yield RefusalChunk(str(delta["refusal"]))
+                    for fragment in delta.get("tool_calls") or ():
+                        call = _call_for(fragment, calls, open_calls)
+                        function = fragment.get("function") or {}
+                        call[0] = fragment.get("id") or call[0]
+                        name = function.get("name") or ""
+                        if name and name != call[1]:  # fragments add up; a repeat of the whole name does not
+                            call[1] += name
+                        arguments = function.get("arguments")
+                        if arguments:
+                            call[2] += arguments
+                            yield ToolCallDeltaChunk(call[0], call[1], arguments)
+                    if choice.get("finish_reason"):  # a later chunk's null does not undo it
+                        finish = str(choice["finish_reason"])
     for _, (call_id, name, arguments) in sorted(calls, key=lambda entry: entry[0]):  # stable: same index, in order
         yield ToolCallChunk(call_id, name, arguments)
     if finish is not None:

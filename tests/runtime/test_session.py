@@ -206,6 +206,32 @@ async def test_run_stream_read_after_block_is_a_clear_error() -> None:
             await complete.__anext__()
 
 
+async def test_run_stream_checks_for_cancellation_every_32_buffered_events() -> None:
+    """A cancelled consumer reading buffered events is stopped within 32 of them, and at once when it must wait."""
+    model = ScriptedModel([" ".join(f"w{i}" for i in range(100)), "b"])
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+        async with session.run("x") as stream:
+            await trio.testing.wait_all_tasks_blocked()  # the whole run now waits in the buffer
+            read = 0
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                async for _ in stream:
+                    read += 1
+            assert scope.cancelled_caught
+            assert 0 < read < 32
+    slow = ScriptedModel(["a b"], chunk_delay=3600)
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=slow)) as session:
+        async with session.run("y") as stream:
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.WouldBlock):
+                while True:
+                    stream.next_nowait()  # take what is buffered
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await stream.__anext__()
+            assert scope.cancelled_caught
+
+
 async def test_run_stream_result_matches_streamed_events() -> None:
     """RunStream.result holds the output, usage and tool calls of the finished run."""
     model = ScriptedModel([ToolCall("double", {"x": 4}), "eight"])

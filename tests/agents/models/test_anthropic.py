@@ -601,3 +601,10 @@ async def test_anthropic_beta_header_keeps_the_clients_own_betas(provider_server
             with trio.fail_after(10):
                 await session.ask("where?")
         assert provider_server.requests[-1].headers["anthropic-beta"] == expected
+
+
+async def test_anthropic_message_stop_ends_the_stream_even_with_more_in_the_same_read(provider_server: Any) -> None:
+    """Events are parsed a network read at a time: what follows message_stop in that read is not an answer."""
+    provider_server.serve(_message(*_text_block("Hello"), stop_reason="end_turn") + _stream(_TEXT_HELLO))
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    assert [chunk for chunk in chunks if isinstance(chunk, TextChunk)] == [TextChunk("Hello")]

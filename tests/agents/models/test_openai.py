@@ -915,3 +915,11 @@ def test_openai_body_without_an_output_or_its_description_leaves_them_out() -> N
     body = model.body(ModelRequest("", (UserMessage("hi"),), output=OutputSchema("count", schema)))
     assert body["response_format"]["json_schema"] == {"name": "count", "schema": schema, "strict": False}
     assert OpenAIChatModel.native_output is True
+
+
+async def test_openai_done_ends_the_stream_though_the_connection_stays_open(provider_server: Any) -> None:
+    """``[DONE]`` ends the answer: what follows is not read, even when the server holds the response open."""
+    answer = _sse(_delta(content="Hi"), "[DONE]")
+    provider_server.serve(answer + _sse(_delta(content=" and more")), hang_after=len(answer))
+    chunks = await _chunks(_model(provider_server))
+    assert [chunk.text for chunk in chunks if isinstance(chunk, TextChunk)] == ["Hi"]
