@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import pytest
 
-from agents.models._sse import SSEStream
+from agents import MalformedStreamError
+from agents.models._sse import SSEStream, json_object
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -98,3 +99,29 @@ async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
         assert response.is_closed
         assert served.sent == len(b"data: 1\n\n")  # closed, not read to the end
         await stream.aclose()  # idempotent
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"choices": [{"delta": {"content": " token"}}], "n": 12345678901234567890123, "x": 0.1}',
+        '{"text": "\\ud83d"}',  # half of a surrogate pair (a split emoji): json takes it, so do we
+        '{"a": 1, "a": 2}',
+        '{"nested": ' + "[" * 300 + "]" * 300 + "}",
+    ],
+    ids=["chunk", "lone-surrogate", "duplicate-key", "deep"],
+)
+def test_json_object_reads_what_json_reads(data: str) -> None:
+    """A provider's event reads as ``json.loads`` reads it, the fast parser's refusals included."""
+    assert json_object(data, "a chunk") == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [("{not json", "is not JSON"), ("[1, 2]", "is not an object"), ("[" * 100_000, "is not JSON")],
+    ids=["broken", "array", "too-deep"],
+)
+def test_json_object_refuses_what_is_not_an_object(data: str, problem: str) -> None:
+    """Anything else is a MalformedStreamError naming what was read."""
+    with pytest.raises(MalformedStreamError, match=f"a chunk {problem}"):
+        json_object(data, "a chunk")
