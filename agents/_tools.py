@@ -108,9 +108,9 @@ class Tool:
         the call is cancelled, the thread is abandoned (its result discarded)
         so cancellation is prompt.
         """
-        kwargs = dict(validated)
+        kwargs = validated  # not changed: both calls below copy it
         if self._context_parameter is not None:
-            kwargs[self._context_parameter] = ctx
+            kwargs = {**validated, self._context_parameter: ctx}
         if self._is_async:
             return await self.function(**kwargs)
         return await trio.to_thread.run_sync(

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
 import trio
@@ -144,15 +144,13 @@ class AgentRun:
         "_journal",
         "_limited",
         "_max_depth",
+        "_out",
         "_output",
         "_pending",
         "_reason",
         "_refusal",
         "_resume",
         "_root",
-        "_send_blocking",
-        "_send_last",
-        "_send_nowait",
         "_session",
         "_sink",
         "_stop",
@@ -216,10 +214,8 @@ class AgentRun:
         if parent is None:
             assert events is not None
             assert bridge is not None
-            sink = tee or events  # with stream handlers, every event is copied to them too
-            self._send_blocking: Callable[[Event], Awaitable[None]] = sink.send
-            self._send_nowait: Callable[[Event], None] = sink.send_nowait
-            self._send_last: Callable[[Event], None] = sink.send_last  # on the cancellation path
+            # Where its events go; with stream handlers, every event is copied to them too.
+            self._out: EventOut = tee or events
             self._bridge = bridge
             self._consumer = consumer
             self._root: AgentRun | None = None  # itself: not stored, which would be a reference cycle
@@ -235,11 +231,7 @@ class AgentRun:
             self._resume = resume
             self._tracing = tracing
         else:
-            name = agent.name
-            forward_nowait, forward, forward_last = parent._send_nowait, parent._send_blocking, parent._send_last
-            self._send_nowait = lambda event: forward_nowait(SubAgentEvent(name, event))
-            self._send_blocking = lambda event: forward(SubAgentEvent(name, event))
-            self._send_last = lambda event: forward_last(SubAgentEvent(name, event))
+            self._out = _SubAgentOut(parent._out, agent.name)
             self._bridge = parent._bridge
             self._consumer = parent._consumer
             self._root = parent._root or parent
@@ -435,7 +427,7 @@ class AgentRun:
                 if self._agent.hooks:
                     with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                         await self._run_end_hooks("cancelled")
-                self._send_last(RunFinished("cancelled"))
+                self._out.send_last(RunFinished("cancelled"))
                 raise
             finally:
                 self._ended = True  # a task it started must not ask its (soon closed) stream
@@ -466,7 +458,7 @@ class AgentRun:
     def _events(self) -> _RunSink:
         sink = self._sink
         if sink is None:
-            sink = self._sink = _RunSink(self._send_nowait, self._send_blocking)
+            sink = self._sink = _RunSink(self._out)
         return sink
 
     async def _emit(self, event: Event) -> None:
@@ -475,12 +467,12 @@ class AgentRun:
         # schedule point) when the consumer is a whole buffer behind. The
         # model's stream and the consumer's reads are the cancel points.
         try:
-            self._send_nowait(event)
+            self._out.send_nowait(event)
             return
         except trio.WouldBlock:
             pass
         # Outside the except block, so the WouldBlock isn't kept alive while we wait.
-        await self._send_blocking(event)
+        await self._out.send(event)
 
     async def _open_toolsets(self, stack: AsyncExitStack, tools: dict[str, Tool]) -> None:
         for item in self._agent.tools:
@@ -625,13 +617,13 @@ class AgentRun:
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
         """Send a ``ToolProgress`` if there is room; drop and count it if not (never waits)."""
         try:
-            self._send_nowait(ToolProgress(call_id, progress, total, message))
+            self._out.send_nowait(ToolProgress(call_id, progress, total, message))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             (self._root or self)._dropped += 1  # a nested run's drops count in the result the consumer gets
 
     async def emit(self, event: Any) -> None:
         """Send a ``CustomEvent`` in order with the run's events (waits for room)."""
-        await _emit_custom(event, self._send_nowait, self._send_blocking)
+        await _emit_custom(event, self._out)
 
     async def _instructions(self) -> str:
         instructions = self._agent.instructions
@@ -688,7 +680,8 @@ class AgentRun:
         refusals: list[str] | None = None
         idle = self._agent.model_idle_timeout
         emit = self._emit
-        send_nowait = self._send_nowait
+        out = self._out
+        send_nowait = out.send_nowait
         node: AgentRun | UsageTally | None = self
         while node is not None:
             node.requests += 1
@@ -715,7 +708,7 @@ class AgentRun:
                             except trio.WouldBlock:
                                 sent = False
                             if not sent:  # waited for outside the except block (see _emit)
-                                await self._send_blocking(delta)
+                                await out.send(delta)
                             if partial is not None and output.mode != "tool":
                                 await partial.feed(chunk.text, None, emit)
                         elif isinstance(chunk, ToolCallDeltaChunk):
@@ -971,7 +964,7 @@ class AgentRun:
         try:
             await child.drive()  # its usage is counted into this run's as it goes
         except BaseException:
-            self._send_last(AgentSwitched(agent, self._agent.name))
+            self._out.send_last(AgentSwitched(agent, self._agent.name))
             raise
         await self._emit(AgentSwitched(agent, self._agent.name))
         result = child.result()
@@ -1022,29 +1015,53 @@ class _Refused(Exception):
 class _RunSink:
     """What a :class:`RunContext` (hooks, instructions, toolsets) emits through: ``ctx.emit``.
 
-    It holds the run's send functions, not the run: the run keeps its
+    It holds where the run's events go, not the run: the run keeps its
     context, and a context holding the run would be a reference cycle (a
     finished run is freed by reference counting alone). A tool's context
     holds the run itself, which implements the same two methods.
     """
 
-    __slots__ = ("_send_blocking", "_send_nowait")
+    __slots__ = ("_out",)
 
-    def __init__(self, send_nowait: Callable[[Event], None], send_blocking: Callable[[Event], Awaitable[None]]) -> None:
-        self._send_nowait = send_nowait
-        self._send_blocking = send_blocking
+    def __init__(self, out: EventOut) -> None:
+        self._out = out
 
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
         # A RunContext has no report_progress: only a ToolContext does.
         raise NotImplementedError  # pragma: no cover
 
     async def emit(self, event: Any) -> None:
-        await _emit_custom(event, self._send_nowait, self._send_blocking)
+        await _emit_custom(event, self._out)
 
 
-async def _emit_custom(
-    event: Any, send_nowait: Callable[[Event], None], send_blocking: Callable[[Event], Awaitable[None]]
-) -> None:
+class EventOut(Protocol):
+    """Where a run sends its events: its pipe, a Tee (stream handlers), or its parent run's (a sub-agent)."""
+
+    def send_nowait(self, event: Event) -> None: ...
+    async def send(self, event: Event) -> None: ...
+    def send_last(self, event: Event) -> None: ...
+
+
+class _SubAgentOut:
+    """A nested run's events, each sent on into its parent's as a :class:`SubAgentEvent`."""
+
+    __slots__ = ("_name", "_parent")
+
+    def __init__(self, parent: EventOut, name: str) -> None:
+        self._parent = parent
+        self._name = name
+
+    def send_nowait(self, event: Event) -> None:
+        self._parent.send_nowait(SubAgentEvent(self._name, event))
+
+    async def send(self, event: Event) -> None:
+        await self._parent.send(SubAgentEvent(self._name, event))
+
+    def send_last(self, event: Event) -> None:
+        self._parent.send_last(SubAgentEvent(self._name, event))
+
+
+async def _emit_custom(event: Any, out: EventOut) -> None:
     # An attrs class has its own __attrs_attrs__; a plain subclass only inherits its base's.
     if not isinstance(event, CustomEvent) or "__attrs_attrs__" not in type(event).__dict__:
         raise TypeError(f"ctx.emit takes an attrs subclass of runtime.events.CustomEvent, not {event!r}")
@@ -1054,11 +1071,11 @@ async def _emit_custom(
         raise TypeError(f"{type(event).__name__} has fields named {sorted(clashing)}, which CustomEvent reserves")
     try:
         try:
-            send_nowait(event)
+            out.send_nowait(event)
             return
         except trio.WouldBlock:
             pass
-        await send_blocking(event)
+        await out.send(event)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
 

@@ -486,3 +486,26 @@ def test_tool_validate_round_trips_ints(a: int, b: int) -> None:
     assert validated == {"a": a, "b": b}
     assert type(validated["a"]) is int
     assert type(validated["b"]) is int
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_tool_invoke_leaves_the_validated_arguments_as_they_were(sync: bool) -> None:
+    """The arguments ``validate`` returned are not changed by a call, with or without a context parameter."""
+
+    def with_ctx(ctx: ToolContext[Any], a: int) -> int:
+        return a + len(ctx.call_id)
+
+    def plain(a: int) -> int:
+        return a
+
+    async def with_ctx_async(ctx: ToolContext[Any], a: int) -> int:
+        return with_ctx(ctx, a)
+
+    async def plain_async(a: int) -> int:
+        return a
+
+    for function, expected in ((with_ctx, 7), (plain, 1)) if sync else ((with_ctx_async, 7), (plain_async, 1)):
+        made = tool(function)
+        validated = made.validate({"a": 1})
+        assert await made.invoke(_context(call_id="call_1"), validated) == expected
+        assert validated == {"a": 1}
