@@ -261,7 +261,7 @@ class Journal:
         self._sent = self._stored  # ... or the checkpoint being written will hold
         self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as last written
         self._runs: dict[str, RunRow] = {}
-        self._events: list[tuple[str, int, Event]] = []
+        self._events: list[tuple[str, int, Event | _Pieces]] = []
         self._unwritten: list[EventRow] = []  # events of a checkpoint that failed: they go first
         self._next_seq: dict[str, int] = {}
         self._added: list[PendingRow] = []
@@ -300,16 +300,17 @@ class Journal:
     def event(self, run_id: str, event: Event) -> None:
         """Record an event of a run's log; consecutive text (or reasoning) pieces become one."""
         events = self._events
-        kind = type(event)
-        if isinstance(event, TextDelta | ReasoningDelta) and events:
-            last_run, seq, last = events[-1]
-            if last_run == run_id and type(last) is kind:
-                assert isinstance(last, TextDelta | ReasoningDelta)
-                events[-1] = (run_id, seq, type(event)(last.text + event.text))
-                return
+        record: Event | _Pieces = event
+        if isinstance(event, TextDelta | ReasoningDelta):
+            if events:
+                last_run, _, last = events[-1]
+                if last_run == run_id and isinstance(last, _Pieces) and last.kind is type(event):
+                    last.texts.append(event.text)  # joined once, when written: no copy per token
+                    return
+            record = _Pieces(type(event), [event.text])
         seq = self._next_seq.get(run_id, 0)
         self._next_seq[run_id] = seq + 1
-        events.append((run_id, seq, event))
+        events.append((run_id, seq, record))
         if isinstance(event, RunFinished):
             row = self._runs.get(run_id) or self._known.get(run_id)
             if row is not None:
@@ -371,7 +372,10 @@ class Journal:
         """What is not yet written, as one checkpoint (given back by :meth:`restore` if it fails)."""
         history = self._history
         events = self._unwritten
-        events.extend(EventRow(run_id, seq, dumps(event_to_json(event))) for run_id, seq, event in self._events)
+        events.extend(
+            EventRow(run_id, seq, dumps(event_to_json(event.join() if isinstance(event, _Pieces) else event)))
+            for run_id, seq, event in self._events
+        )
         checkpoint = Checkpoint(
             self.session_id,
             self.version,
@@ -419,6 +423,19 @@ class Journal:
         self._runs.clear()
         self._events.clear()
         self._flushed.set()
+
+
+class _Pieces:
+    """Consecutive text (or reasoning) pieces of a run's log, written as one event."""
+
+    __slots__ = ("kind", "texts")
+
+    def __init__(self, kind: type[TextDelta | ReasoningDelta], texts: list[str]) -> None:
+        self.kind = kind
+        self.texts = texts
+
+    def join(self) -> TextDelta | ReasoningDelta:
+        return self.kind("".join(self.texts))
 
 
 def usage_to_json(usage: RunUsage) -> str:

@@ -27,7 +27,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._journal import INTERRUPTED_RESULT
-from runtime.events import ElicitationRequest, ErrorEvent, Event, RunFinished, RunStarted, ToolCallStarted
+from runtime.events import ElicitationRequest, ErrorEvent, Event, RunFinished, RunStarted, TextDelta, ToolCallStarted
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -315,3 +315,18 @@ async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_
         assert events[0] == RunStarted("k-r3", resumes="k-r2")
         assert events[-1] == RunFinished("completed")
     assert paid == [6]
+
+
+async def test_a_streamed_answer_is_logged_as_one_text_event(tmp_path: Path) -> None:
+    """The pieces a model streams between two other events are written as one TextDelta with all their text."""
+    words = " ".join(f"w{i}" for i in range(300))
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        runtime.open_session(make_agent(), session_id="long") as session,
+    ):
+        async with session.run(words) as stream:
+            streamed = [event async for event in stream]
+    assert sum(isinstance(event, TextDelta) for event in streamed) > 100  # streamed word by word
+    logged = stored_events(tmp_path / "s.db", stream.run_id)
+    assert [event["text"] for event in logged if event["type"] == "TextDelta"] == [f"echo: {words}"]
+    assert logged[-1]["type"] == "RunFinished"
