@@ -52,8 +52,8 @@ def json_object(data: str, what: str) -> dict[str, Any]:
     """
     try:
         value = from_json(data)  # pydantic-core's parser: a provider's chunk in 40 % of json.loads' time
-    except ValueError:
-        # What it refuses that json takes (a lone surrogate escape, nesting past its limit) reads as before.
+    except (ValueError, TypeError):  # TypeError: a str holding a lone surrogate, which it cannot encode
+        # What it refuses that json takes (a lone surrogate, nesting past its limit) reads as before.
         try:
             value = json.loads(data)
         except (ValueError, RecursionError):

@@ -603,8 +603,9 @@ async def test_anthropic_beta_header_keeps_the_clients_own_betas(provider_server
         assert provider_server.requests[-1].headers["anthropic-beta"] == expected
 
 
-async def test_anthropic_message_stop_ends_the_stream_even_with_more_in_the_same_read(provider_server: Any) -> None:
-    """Events are parsed a network read at a time: what follows message_stop in that read is not an answer."""
-    provider_server.serve(_message(*_text_block("Hello"), stop_reason="end_turn") + _stream(_TEXT_HELLO))
+async def test_anthropic_message_stop_ends_the_stream_though_the_connection_stays_open(provider_server: Any) -> None:
+    """message_stop ends the answer: what follows is not read, even when the server holds the response open."""
+    answer = _message(*_text_block("Hello"), stop_reason="end_turn")
+    provider_server.serve(answer + _stream(_TEXT_HELLO), hang_after=len(answer))
     chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
     assert [chunk for chunk in chunks if isinstance(chunk, TextChunk)] == [TextChunk("Hello")]

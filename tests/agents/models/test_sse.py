@@ -106,10 +106,11 @@ async def test_sse_stream_close_midway_leaves_nothing_behind() -> None:
     [
         '{"choices": [{"delta": {"content": " token"}}], "n": 12345678901234567890123, "x": 0.1}',
         '{"text": "\\ud83d"}',  # half of a surrogate pair (a split emoji): json takes it, so do we
+        '{"text": "\ud83d"}',  # the same, decoded already: a str holding a lone surrogate
         '{"a": 1, "a": 2}',
         '{"nested": ' + "[" * 300 + "]" * 300 + "}",
     ],
-    ids=["chunk", "lone-surrogate", "duplicate-key", "deep"],
+    ids=["chunk", "lone-surrogate", "raw-lone-surrogate", "duplicate-key", "deep"],
 )
 def test_json_object_reads_what_json_reads(data: str) -> None:
     """A provider's event reads as ``json.loads`` reads it, the fast parser's refusals included."""

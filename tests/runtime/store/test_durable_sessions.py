@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 import trio
@@ -26,12 +26,22 @@ from runtime import (
     UnknownElicitationError,
     open_runtime,
 )
-from runtime._journal import INTERRUPTED_RESULT
-from runtime.events import ElicitationRequest, ErrorEvent, Event, RunFinished, RunStarted, TextDelta, ToolCallStarted
+from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter
+from runtime.events import (
+    ElicitationRequest,
+    ErrorEvent,
+    Event,
+    ReasoningDelta,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+    ToolCallStarted,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from runtime import SessionStore
     from tests.pg import PostgresCluster
 
 E = TypeVar("E", bound=Event)
@@ -330,3 +340,25 @@ async def test_a_streamed_answer_is_logged_as_one_text_event(tmp_path: Path) -> 
     logged = stored_events(tmp_path / "s.db", stream.run_id)
     assert [event["text"] for event in logged if event["type"] == "TextDelta"] == [f"echo: {words}"]
     assert logged[-1]["type"] == "RunFinished"
+
+
+async def test_text_pieces_are_joined_per_checkpoint_and_numbered_in_order() -> None:
+    """Pieces before a checkpoint is taken are one event; pieces after it start the next, in sequence."""
+    writer = StoreWriter(cast("SessionStore", None))
+    journal = Journal(writer, "s", 0, [])
+    for event in (RunStarted("r1"), TextDelta("a"), TextDelta("b"), ReasoningDelta("x"), TextDelta("c")):
+        journal.event("r1", event)
+    first = journal.take()
+    journal.event("r1", TextDelta("d"))
+    journal.event("r1", TextDelta("e"))
+    journal.event("r1", RunFinished("completed"))
+    second = journal.take()
+    logged = [(row.seq, json.loads(row.event)) for row in (*first.events, *second.events)]
+    assert [(seq, event["type"], event.get("text")) for seq, event in logged] == [
+        (0, "RunStarted", None),
+        (1, "TextDelta", "ab"),
+        (2, "ReasoningDelta", "x"),
+        (3, "TextDelta", "c"),
+        (4, "TextDelta", "de"),
+        (5, "RunFinished", None),
+    ]
