@@ -252,6 +252,7 @@ class Journal:
         runs: Sequence[RunRow] = (),
         pending: Sequence[PendingRow] = (),
         stored: int | None = None,
+        create: str | None = None,
     ) -> None:
         self.writer = writer
         self.session_id = session_id
@@ -270,6 +271,7 @@ class Journal:
         for row in pending:
             self._questions.setdefault(row.call_id, []).append(row.elicitation_id)
         self._usage: UsageTally | None = None
+        self._create = create  # the agent's name until a checkpoint makes the session (claimed fresh)
         self._flushed = trio.Event()
         self._asked = 0  # bumped by every flush: what a commit must include to satisfy it
         self._taken = 0  # what the checkpoint being written includes
@@ -283,8 +285,10 @@ class Journal:
 
     def unwritten(self) -> bool:
         """Whether anything recorded (history included) is not yet in a checkpoint."""
-        return bool(self._runs or self._events or self._unwritten or self._added or self._removed) or (
-            len(self._history) != self._sent
+        return (
+            bool(self._runs or self._events or self._unwritten or self._added or self._removed)
+            or len(self._history) != self._sent
+            or self._create is not None
         )
 
     def track_usage(self, usage: UsageTally) -> None:
@@ -386,9 +390,11 @@ class Journal:
             self._added,
             self._removed,
             None if self._usage is None else usage_to_json(self._usage.snapshot()),
+            self._create,
         )
         self._taken = self._asked
         self._sent = len(history)
+        self._create = None
         self._runs = {}
         self._events = []
         self._unwritten = []
@@ -399,6 +405,7 @@ class Journal:
     def restore(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was not written: what it held waits again (before what came since)."""
         self._sent = self._stored
+        self._create = checkpoint.create
         for row in checkpoint.runs:
             self._runs.setdefault(row.run_id, row)
         self._unwritten = checkpoint.events

@@ -400,13 +400,15 @@ class PostgresStore:
             raise StoreUnavailableError(f"{self!r} is not open (use `async with store.open(owner):`)")
         return self._limiter
 
-    async def claim(self, session_id: str, agent: str, *, create: bool) -> SessionSnapshot | None:
+    async def claim(self, session_id: str, agent: str, *, create: bool, fresh: bool = False) -> SessionSnapshot | None:
         """Take the session for this process and load it; with ``create``, make it if it does not exist.
 
         Args:
             session_id: The session.
             agent: The agent's name, stored when the session is made.
             create: Make the session if it does not exist.
+            fresh: With ``create``: the id was just made, so only take it (its lock, nothing read); the
+                first checkpoint, with :attr:`Checkpoint.create`, makes it.
 
         Returns:
             The session; ``None`` if it does not exist and ``create`` is false (nothing is claimed then).
@@ -460,6 +462,8 @@ class PostgresStore:
 
         def claim(call: WorkerCall[Any]) -> SessionSnapshot | None:
             self._take(session_id)
+            if fresh and create:
+                return SessionSnapshot(session_id, agent, 0, (), (), (), None, created=True)
             try:
                 snapshot: SessionSnapshot | None = self._with_connection(call, load)
             except BaseException:
@@ -515,7 +519,7 @@ class PostgresStore:
                     if keys[cp.session_id] & _MASK64 not in locked:
                         raise SessionConflictError(cp.session_id, f"session {cp.session_id!r} lost its lock")
                 for cp in checkpoints:
-                    _write(conn, cp)
+                    _write(conn, cp, self._owner)
                 if call.abandoned:
                     raise psycopg.Rollback  # the caller gave up on this write: don't make it behind its back
 
@@ -583,8 +587,15 @@ class PostgresStore:
         await run_worker(delete, limiter=self._connection())
 
 
-def _write(conn: psycopg.Connection[Any], cp: Checkpoint) -> None:
+def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
     sid = cp.session_id
+    if cp.create is not None:
+        made = conn.execute(
+            "INSERT INTO trio_agents_sessions (id, agent, owner) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (sid, cp.create, owner),
+        ).rowcount
+        if made != 1:
+            raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
     updated = conn.execute(
         "UPDATE trio_agents_sessions SET version = version + 1, usage = COALESCE(%s, usage)"
         " WHERE id = %s AND version = %s",

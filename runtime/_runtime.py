@@ -268,6 +268,8 @@ class Runtime:
         writer = self._writer
         assert writer is not None
         store = writer.store
+        # An id made here is in no store yet: it is only locked now, and made by its first checkpoint.
+        fresh = create and not session_id
         session_id = session_id or new_session_id()
         closing = writer.closing.get(session_id)
         if closing is not None:  # closed here a moment ago: its last changes are being written
@@ -276,7 +278,7 @@ class Runtime:
                     f"session {session_id!r} is still closing: its last changes wait for {store.url}"
                 ) from writer.failure
             await closing.released.wait()
-        snapshot = await store.claim(session_id, agent.name, create=create)
+        snapshot = await store.claim(session_id, agent.name, create=create, fresh=fresh)
         if snapshot is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {store.url}")
         try:
@@ -284,7 +286,16 @@ class Runtime:
                 history, interrupted, suspended, unchanged = recover(snapshot)
             except (ValueError, KeyError, TypeError, RecursionError) as exc:  # rows we did not write
                 raise StoreCorruptError(f"session {session_id!r} in {store.url} cannot be read: {exc!r}") from exc
-            journal = Journal(writer, session_id, snapshot.version, history, snapshot.runs, snapshot.pending, unchanged)
+            journal = Journal(
+                writer,
+                session_id,
+                snapshot.version,
+                history,
+                snapshot.runs,
+                snapshot.pending,
+                unchanged,
+                create=agent.name if fresh else None,
+            )
             for row in interrupted:
                 # Its log ends as every run's does: with one RunFinished.
                 logged = len(await store.events(session_id, row.run_id))
@@ -303,11 +314,12 @@ class Runtime:
             raise
         restore_usage(session._usage, snapshot.usage)
         # From here on, closing the session hands its journal to the writer, which lets the claim go.
-        try:
-            await journal.flush()  # the recovery is written before the session is used
-        except BaseException:
-            await session.aclose()
-            raise
+        if not fresh:
+            try:
+                await journal.flush()  # the recovery is written before the session is used
+            except BaseException:
+                await session.aclose()
+                raise
         return session
 
 

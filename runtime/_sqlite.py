@@ -264,13 +264,15 @@ class SQLiteStore:
         _, thread = self._connection()
         return await thread.run(fn, undo=undo)
 
-    async def claim(self, session_id: str, agent: str, *, create: bool) -> SessionSnapshot | None:
+    async def claim(self, session_id: str, agent: str, *, create: bool, fresh: bool = False) -> SessionSnapshot | None:
         """Take the session for this process and load it; with ``create``, make it if it does not exist.
 
         Args:
             session_id: The session.
             agent: The agent's name, stored when the session is made.
             create: Make the session if it does not exist.
+            fresh: With ``create``: the id was just made, so only take it (no thread, nothing read);
+                the first checkpoint, with :attr:`Checkpoint.create`, makes it.
 
         Returns:
             The session; ``None`` if it does not exist and ``create`` is false (nothing is claimed then).
@@ -279,6 +281,11 @@ class SQLiteStore:
             SessionOwnedError: Another process, or another claim in this one, holds it.
             StoreUnavailableError: The file could not be read or written.
         """
+        # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed. If the id
+        # is taken after all, the usual claim below says by whom.
+        if fresh and create and self._lock(session_id):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return SessionSnapshot(session_id, agent, 0, (), (), (), None, created=True)
 
         def claim(call: WorkerCall[Any]) -> SessionSnapshot | None:
             self._take(session_id)
@@ -300,23 +307,29 @@ class SQLiteStore:
 
     def _take(self, session_id: str) -> None:
         """Lock the session for this store, or raise :class:`SessionOwnedError` (in a worker thread)."""
+        if self._lock(session_id):
+            return
+        with _LOCK_FILES_LOCK:
+            holder = None if self._lock_file is None else self._lock_file.claims.get(session_id)
+        raise SessionOwnedError(session_id, holder or self._stored_owner(session_id))
+
+    def _lock(self, session_id: str) -> bool:
+        """Lock the session for this store; ``False`` if another claim, here or elsewhere, holds it."""
         with _LOCK_FILES_LOCK:
             lock_file = self._lock_file
             if lock_file is None:
                 raise StoreUnavailableError(f"{self!r} is not open")
-            holder = lock_file.claims.get(session_id)
-            if holder is not None:
-                raise SessionOwnedError(session_id, holder)
+            if session_id in lock_file.claims:
+                return False
             try:
                 fcntl.lockf(lock_file.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _lock_offset(session_id))
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise StoreUnavailableError(f"cannot lock {self._lock_path}: {exc}") from exc
-            else:
-                lock_file.claims[session_id] = self._owner
-                self._held.add(session_id)
-                return
-        raise SessionOwnedError(session_id, self._stored_owner(session_id))
+                return False
+            lock_file.claims[session_id] = self._owner
+            self._held.add(session_id)
+            return True
 
     def _let_go(self, session_id: str) -> None:
         with _LOCK_FILES_LOCK:
@@ -392,7 +405,7 @@ class SQLiteStore:
             conn, _ = self._connection()
             with self._conn_lock, _transaction(conn, self._path, call):
                 for cp in checkpoints:
-                    _write(conn, cp)
+                    _write(conn, cp, self._owner)
 
         await self._run(commit)
 
@@ -512,39 +525,51 @@ def _transaction(conn: sqlite3.Connection, path: str, call: WorkerCall[Any] | No
         raise
 
 
-def _write(conn: sqlite3.Connection, cp: Checkpoint) -> None:
+def _write(conn: sqlite3.Connection, cp: Checkpoint, owner: str) -> None:
     sid = cp.session_id
+    if cp.create is not None:
+        made = conn.execute(
+            "INSERT INTO sessions (id, agent, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (sid, cp.create, owner)
+        ).rowcount
+        if made != 1:
+            raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
     updated = conn.execute(
         "UPDATE sessions SET version = version + 1, usage = COALESCE(?, usage) WHERE id = ? AND version = ?",
         (cp.usage, sid, cp.version),
     ).rowcount
     if updated != 1:
         raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
-    conn.execute("DELETE FROM messages WHERE session_id = ? AND seq >= ?", (sid, cp.message_base))
-    conn.executemany(
-        "INSERT INTO messages (session_id, seq, message) VALUES (?, ?, ?)",
-        [(sid, cp.message_base + i, message) for i, message in enumerate(cp.messages)],
-    )
-    conn.executemany(
-        "INSERT INTO runs (session_id, run_id, seq, input, status, reason, resumes) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (session_id, run_id) DO UPDATE SET seq = excluded.seq, input = excluded.input,"
-        " status = excluded.status, reason = excluded.reason, resumes = excluded.resumes",
-        [(sid, r.run_id, r.seq, r.input, r.status, r.reason, r.resumes) for r in cp.runs],
-    )
-    conn.executemany(
-        "INSERT INTO events (session_id, run_id, seq, event) VALUES (?, ?, ?, ?)",
-        [(sid, e.run_id, e.seq, e.event) for e in cp.events],
-    )
-    conn.executemany(
-        "INSERT INTO pending (session_id, elicitation_id, run_id, call_id, request) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (session_id, elicitation_id) DO UPDATE SET run_id = excluded.run_id,"
-        " call_id = excluded.call_id, request = excluded.request",
-        [(sid, p.elicitation_id, p.run_id, p.call_id, p.request) for p in cp.pending_added],
-    )
-    conn.executemany(
-        "DELETE FROM pending WHERE session_id = ? AND elicitation_id = ?",
-        [(sid, elicitation_id) for elicitation_id in cp.pending_removed],
-    )
+    if cp.create is None:  # a session made just now has no messages to cut
+        conn.execute("DELETE FROM messages WHERE session_id = ? AND seq >= ?", (sid, cp.message_base))
+    if cp.messages:
+        conn.executemany(
+            "INSERT INTO messages (session_id, seq, message) VALUES (?, ?, ?)",
+            [(sid, cp.message_base + i, message) for i, message in enumerate(cp.messages)],
+        )
+    if cp.runs:
+        conn.executemany(
+            "INSERT INTO runs (session_id, run_id, seq, input, status, reason, resumes) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (session_id, run_id) DO UPDATE SET seq = excluded.seq, input = excluded.input,"
+            " status = excluded.status, reason = excluded.reason, resumes = excluded.resumes",
+            [(sid, r.run_id, r.seq, r.input, r.status, r.reason, r.resumes) for r in cp.runs],
+        )
+    if cp.events:
+        conn.executemany(
+            "INSERT INTO events (session_id, run_id, seq, event) VALUES (?, ?, ?, ?)",
+            [(sid, e.run_id, e.seq, e.event) for e in cp.events],
+        )
+    if cp.pending_added:
+        conn.executemany(
+            "INSERT INTO pending (session_id, elicitation_id, run_id, call_id, request) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (session_id, elicitation_id) DO UPDATE SET run_id = excluded.run_id,"
+            " call_id = excluded.call_id, request = excluded.request",
+            [(sid, p.elicitation_id, p.run_id, p.call_id, p.request) for p in cp.pending_added],
+        )
+    if cp.pending_removed:
+        conn.executemany(
+            "DELETE FROM pending WHERE session_id = ? AND elicitation_id = ?",
+            [(sid, elicitation_id) for elicitation_id in cp.pending_removed],
+        )
 
 
 def _run_row(run_id: str, seq: int, input: str, status: RunStatus, reason: str | None, resumes: str | None) -> RunRow:

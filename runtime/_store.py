@@ -148,6 +148,9 @@ class Checkpoint:
     """Elicitation ids."""
     usage: str | None = None
     """The new usage totals, if they changed."""
+    create: str | None = None
+    """The agent's name, on the first checkpoint of a session claimed ``fresh``: the store makes the
+    session with this checkpoint (at version 0), and refuses it as a conflict if the id exists."""
 
 
 class SessionStore(Protocol):
@@ -174,8 +177,12 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def claim(self, session_id: str, agent: str, *, create: bool) -> SessionSnapshot | None:
+    async def claim(self, session_id: str, agent: str, *, create: bool, fresh: bool = False) -> SessionSnapshot | None:
         """Take the session for this process and load it; with ``create``, make it if it does not exist.
+
+        With ``fresh`` (and ``create``), the caller has just made the id (no store can hold it yet): the
+        store only takes the session, and returns it empty at version 0 without reading or writing a
+        row; the caller's first checkpoint of it carries :attr:`Checkpoint.create`, which makes it.
 
         Returns:
             The session; ``None`` if it does not exist and ``create`` is false.

@@ -96,9 +96,9 @@ def crash_image(path: Path, image: Path) -> None:
     copy.close()
 
 
-async def crash_at(tmp_path: Path, session_id: str, user_input: str, kind: type[E]) -> tuple[Path, E]:
-    """Run ``user_input`` in a new session of a store until an event of ``kind``, and take a crash image of
-    the store there; the image's path, and that event."""
+async def crash_at(tmp_path: Path, session_id: str | None, user_input: str, kind: type[E]) -> tuple[Path, E]:
+    """Run ``user_input`` in a new session of a store (``None``: an id the runtime makes) until an event of
+    ``kind``, and take a crash image of the store there; the image's path, and that event."""
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     async with (
         open_runtime(store=SQLiteStore(path)) as runtime,
@@ -268,6 +268,62 @@ async def test_the_users_message_is_written_before_run_started(tmp_path: Path) -
         assert session.history[0] == UserMessage("stall")
         assert session.run_count == 1
     assert stored_events(image, "h-r1")[-1]["reason"] == "interrupted"
+
+
+async def test_a_fresh_session_is_made_in_the_store_by_its_first_run_before_run_started(tmp_path: Path) -> None:
+    """A session whose id the runtime made is stored by its first checkpoint (opening it wrote nothing):
+    a crash right after RunStarted has the session, the run and its message."""
+    image, started = await crash_at(tmp_path, None, "stall", RunStarted)
+    session_id = started.run_id.rsplit("-r", 1)[0]
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id=session_id, create=False) as session,
+    ):
+        assert session.history[0] == UserMessage("stall")
+        assert session.run_count == 1
+    with sqlite3.connect(image) as db:
+        assert db.execute("SELECT agent FROM sessions WHERE id = ?", (session_id,)).fetchone() == ("durable",)
+    db.close()
+
+
+async def test_a_fresh_session_opens_without_the_store_and_is_taken_at_once(tmp_path: Path) -> None:
+    """Opening a session with an id the runtime makes reads and writes nothing: it opens while another
+    connection holds the file's write lock (a claim would wait for it, then fail). Its id is taken at
+    once all the same (another store cannot open it), and its first run stores it."""
+    path = tmp_path / "s.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as other:
+        async with open_runtime(store=SQLiteStore(path)) as runtime:
+            held = sqlite3.connect(path, isolation_level=None)
+            try:
+                held.execute("BEGIN IMMEDIATE")
+                async with runtime.open_session(agent) as session:
+                    with pytest.raises(SessionOwnedError):
+                        async with other.open_session(agent, session_id=session.id):
+                            pass
+                    held.execute("ROLLBACK")
+                    assert (await session.ask("hello")).output == "echo: hello"
+            finally:
+                held.close()
+        async with other.open_session(agent, session_id=session.id, create=False) as again:
+            assert [type(message).__name__ for message in again.history] == ["UserMessage", "AssistantMessage"]
+
+
+async def test_a_fresh_session_closed_before_any_run_is_stored_and_opens_again(tmp_path: Path) -> None:
+    """A fresh session that never ran is still made in the store when it closes (by the writer, as every
+    close's last changes are): opened again by id, here and in a new runtime, it is there and empty."""
+    path = tmp_path / "s.db"
+    agent = make_agent()
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        async with runtime.open_session(agent) as session:
+            pass
+        async with runtime.open_session(agent, session_id=session.id, create=False) as again:
+            assert (again.history, again.run_count) == ((), 0)
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(agent, session_id=session.id, create=False) as again,
+    ):
+        assert (await again.ask("hi")).run_id == f"{session.id}-r1"
 
 
 async def test_a_session_closed_and_opened_again_at_once_in_one_runtime_has_everything(tmp_path: Path) -> None:

@@ -71,6 +71,45 @@ async def test_store_claim_creates_and_reports_created(backend: Backend) -> None
         assert again.agent == "helper"
 
 
+async def test_store_fresh_claim_takes_the_id_and_its_first_checkpoint_makes_it(backend: Backend) -> None:
+    """claim(fresh=True) takes the id (another store cannot) but stores nothing: let go, the session is not
+    there; taken again, a checkpoint with ``create`` makes it, with the agent's name, at version 1."""
+    store, other = backend.store(), backend.store()
+    async with store.open(OWNER), other.open("other-store"):
+        snapshot = await store.claim("f1", "helper", create=True, fresh=True)
+        assert snapshot == SessionSnapshot("f1", "helper", 0, (), (), (), None, created=True)
+        with pytest.raises(SessionOwnedError):
+            await other.claim("f1", "helper", create=True)
+        await store.release("f1")
+        assert await other.claim("f1", "helper", create=False) is None
+        await store.claim("f1", "helper", create=True, fresh=True)
+        await store.commit([Checkpoint("f1", 0, 0, messages=["m0"], create="helper")])
+        again = await _reclaim(store, "f1")
+        assert (again.agent, again.version, again.messages, again.created) == ("helper", 1, ("m0",), False)
+
+
+async def test_store_fresh_claim_of_an_id_held_elsewhere_is_owned(backend: Backend) -> None:
+    """A fresh claim of an id another process holds raises SessionOwnedError naming it, as any claim does."""
+    store = backend.store()
+    async with store.open(OWNER), backend.child("f2", "child-host:7") as child:
+        assert child.line == "claimed"
+        with pytest.raises(SessionOwnedError) as caught:
+            await store.claim("f2", "agent", create=True, fresh=True)
+        assert caught.value.owner == "child-host:7"
+        await child.kill()
+
+
+async def test_store_checkpoint_making_a_session_that_exists_conflicts(backend: Backend) -> None:
+    """A checkpoint with ``create`` for an id already stored is refused as a conflict, writing nothing."""
+    store = backend.store()
+    async with store.open(OWNER):
+        await store.claim("f3", "agent", create=True)
+        with pytest.raises(SessionConflictError) as caught:
+            await store.commit([Checkpoint("f3", 0, 0, messages=["m0"], create="agent")])
+        assert caught.value.session_id == "f3"
+        assert (await _reclaim(store, "f3")).messages == ()
+
+
 async def test_store_claim_unknown_without_create_is_none_and_claims_nothing(backend: Backend) -> None:
     """claim(create=False) of an unknown id returns None and leaves nothing claimed."""
     store = backend.store()
