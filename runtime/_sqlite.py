@@ -4,7 +4,9 @@ One connection, used by one worker thread at a time (a ``threading.Lock``
 taken inside the thread, so a call abandoned by a cancelled caller finishes
 its statement before the next one starts). WAL mode with ``synchronous =
 NORMAL``: a committed checkpoint survives a killed process (not a power
-cut, which may lose the last few).
+cut, which may lose the last few). The log is copied into the file by a
+second thread and connection of the store's own (``_Checkpointer``), never
+inside a commit that a run waits for.
 
 Ownership is an OS lock that the kernel drops when the process dies: per
 claimed session, a byte-range lock (``fcntl.lockf``) in the sidecar file
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -49,6 +52,14 @@ if TYPE_CHECKING:
 
 BUSY_TIMEOUT: Final = 5.0
 """Seconds a statement waits for another process's write lock on the file before it fails."""
+
+CHECKPOINT_PAGES: Final = 1000
+"""About how many pages commits add to the write-ahead log before the store's checkpointer copies it into
+the database file (SQLite's own threshold, which it would meet inside the commit that crosses it)."""
+
+PAGE_SIZE: Final = 4096
+
+logger = logging.getLogger("runtime")
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 0 -> 1: the first schema.
@@ -130,6 +141,57 @@ def _lock_offset(session_id: str) -> int:
     return session_hash(session_id) >> 2
 
 
+class _Checkpointer:
+    """Copies the write-ahead log into the database file in a thread of its own, once commits have added
+    about :data:`CHECKPOINT_PAGES` pages to it (``PRAGMA wal_checkpoint(PASSIVE)``: it never blocks a writer).
+
+    SQLite's automatic checkpoint would run inside the commit that crosses the threshold: milliseconds and
+    two fsyncs, every hundred or so commits, paid by whichever run waits on that commit. Here no commit pays.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._thread = WorkerThread(f"SQLiteStore {path} checkpoints")
+        self._conn: sqlite3.Connection | None = None  # its own, used in its thread only
+        self._pages = 0  # written since the last checkpoint was queued (counted in the store's thread)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wrote(self, pages: int) -> None:
+        """A commit wrote about ``pages`` pages (called in the store's thread): queue a checkpoint if it is time."""
+        self._pages += pages
+        if self._pages >= CHECKPOINT_PAGES:
+            self._pages = 0
+            self._thread.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # the log only grows until a checkpoint succeeds; nothing is lost
+            logger.warning("checkpointing %s failed: %s", self._path, exc)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def stop(self) -> None:
+        """Let a queued checkpoint finish, close the connection, and end the thread."""
+        self._thread.submit(self._close)
+        await self._thread.stop()
+
+
+def _pages(checkpoints: Sequence[Checkpoint]) -> int:
+    """About how many pages a commit of ``checkpoints`` adds to the log: the leaves it touches, and its text."""
+    size = sum(len(m) for cp in checkpoints for m in cp.messages) + sum(
+        len(e.event) for cp in checkpoints for e in cp.events
+    )
+    return 4 * len(checkpoints) + size // PAGE_SIZE
+
+
 class SQLiteStore:
     """A :class:`~runtime.SessionStore` in one SQLite file (the embedded default).
 
@@ -152,6 +214,7 @@ class SQLiteStore:
         self._held: set[str] = set()  # guarded by _LOCK_FILES_LOCK
         self._owner = ""
         self._thread: WorkerThread | None = None  # the connection's own thread, while open
+        self._checkpointer: _Checkpointer | None = None  # while open
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self._path!r} {'open' if self._conn is not None else 'closed'}>"
@@ -181,14 +244,17 @@ class SQLiteStore:
         )
         # The connection's calls run in one thread of its own, in order: one thread on it at a time.
         thread = self._thread = WorkerThread(f"SQLiteStore {self._path}")
+        checkpointer = self._checkpointer = _Checkpointer(self._path)
         thread.start()
+        checkpointer.start()
         try:
             yield
         finally:
             with trio.CancelScope(shield=True):
                 await thread.stop()  # abandoned calls end first: they may still be using the connection
+                await checkpointer.stop()
                 await trio.to_thread.run_sync(self._close_sync)
-            self._thread = None
+            self._thread = self._checkpointer = None
 
     def _open_sync(self, call: WorkerCall[Any]) -> tuple[sqlite3.Connection, _LockFile]:
         try:
@@ -200,6 +266,7 @@ class SQLiteStore:
             conn.execute("PRAGMA foreign_keys = ON")
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store's checkpointer does it, off the commits
             self._migrate(conn)
             return conn, _open_lock_file(self._lock_path)
         except BaseException as exc:
@@ -406,6 +473,8 @@ class SQLiteStore:
             with self._conn_lock, _transaction(conn, self._path, call):
                 for cp in checkpoints:
                     _write(conn, cp, self._owner)
+            if self._checkpointer is not None:
+                self._checkpointer.wrote(_pages(checkpoints))
 
         await self._run(commit)
 

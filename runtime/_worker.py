@@ -131,6 +131,11 @@ class WorkerThread:
         while (job := self._jobs.get()) is not None:
             job()
 
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job()`` to run in the thread, after what is queued; from any thread, and nobody waits for
+        it (it must not raise: it would end the thread)."""
+        self._jobs.put(job)
+
     async def run(self, fn: Callable[[WorkerCall[T]], T], *, undo: Callable[[T], None] | None = None) -> T:
         """Run ``fn(call)`` in the thread; see :func:`run_worker`."""
         await trio.lowlevel.checkpoint_if_cancelled()

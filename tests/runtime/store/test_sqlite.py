@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,6 +16,7 @@ from runtime import (
     StoreCorruptError,
     StoreUnavailableError,
 )
+from runtime._sqlite import CHECKPOINT_PAGES, PAGE_SIZE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,3 +114,36 @@ async def test_sqlite_closing_one_store_keeps_another_stores_locks(sqlite_backen
             pass
         async with sqlite_backend.child("s1", "other") as child:
             assert child.line == "owned keeper"
+
+
+def _size(path: str | Path) -> int:
+    return os.stat(path).st_size
+
+
+async def test_sqlite_commits_leave_checkpoints_to_the_checkpointer_thread(tmp_path: Path) -> None:
+    """No commit copies the write-ahead log into the file (SQLite's automatic checkpoint would, inside the
+    commit that crosses 1,000 pages): with the checkpointer's thread held, 2,000 pages are committed and
+    the file stays as it was; let go, the checkpointer copies them in."""
+    path = tmp_path / "sessions.db"
+    store = SQLiteStore(path)
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True)
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        held = threading.Event()
+
+        def hold() -> None:
+            held.wait()
+
+        checkpointer._thread.submit(hold)
+        try:
+            before = _size(path)
+            text = "x" * 100_000
+            for version in range(80):  # 8 MB: about 2,000 pages
+                await store.commit([Checkpoint("s1", version, version, messages=[text])])
+            assert _size(path) == before
+            assert _size(f"{path}-wal") > 2 * CHECKPOINT_PAGES * PAGE_SIZE
+        finally:
+            held.set()  # a failure fails, instead of waiting for the thread at close
+        await checkpointer._thread.run(lambda call: None)  # what was queued before this has run
+        assert _size(path) > 8_000_000
