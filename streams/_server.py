@@ -33,6 +33,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._runtime import single_errors
+from runtime._session import new_session_id
 from runtime._tracing import attached as attached_trace, extracted as extracted_trace
 from runtime.events import RunFinished, RunStarted
 
@@ -361,8 +362,10 @@ class Server:
         if session_id in self._sessions:  # a conflict, whether or not there is room
             raise SessionExistsError(f"session {session_id!r} exists")
         self._check_room()
+        # The id is made here, not by the runtime: with a store, a session the runtime names is only made
+        # there by its first run, and a served session exists (in the store too) once it is answered 201.
         handle = await self.runtime.start_session(
-            self.agent, session_id=session_id, idle_timeout=self._idle_timeout, create=create
+            self.agent, session_id=session_id or new_session_id(), idle_timeout=self._idle_timeout, create=create
         )
         # Checked again after the await: no other task can slip in between these checks and the insert.
         if handle.session.id in self._sessions:

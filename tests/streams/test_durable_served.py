@@ -147,6 +147,27 @@ async def test_an_approval_pending_when_the_process_is_killed_is_answered_after_
     assert ledger_lines(ledger) == ["model 1", "pay 5", "model 3"]
 
 
+async def test_a_session_created_over_http_outlives_a_kill_before_its_first_run(
+    sqlite_store: str, tmp_path: Path
+) -> None:
+    """201 means stored: a session the server named is in the store before it is answered, so a process
+    killed before its first run leaves it there, empty, for the next one."""
+    ledger = tmp_path / "ledger"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            first = await start(nursery, sqlite_store, ledger)
+            created = await first.client.post("/sessions")
+            assert created.status_code == 201
+            session = created.json()["id"]
+            first.kill()
+
+            second = await start(nursery, sqlite_store, ledger)
+            state = await second.client.get(f"/sessions/{session}")
+            assert state.status_code == 200, state.text
+            assert (state.json()["runs"], state.json()["pending"]) == (0, [])
+            second.kill()
+
+
 async def test_a_run_killed_mid_tool_is_marked_interrupted_and_the_session_goes_on(
     sqlite_store: str, tmp_path: Path
 ) -> None:
