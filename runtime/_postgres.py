@@ -497,7 +497,8 @@ class PostgresStore:
 
         Raises:
             SessionConflictError: A session is not held by this store (never claimed, released, or lost
-                while the server was away), or not at the checkpoint's version.
+                while the server was away), or not at the checkpoint's version, or one to be made
+                (``create``) exists.
             StoreUnavailableError: The write failed (nothing was written).
         """
         import psycopg

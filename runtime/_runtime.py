@@ -278,7 +278,10 @@ class Runtime:
                     f"session {session_id!r} is still closing: its last changes wait for {store.url}"
                 ) from writer.failure
             await closing.released.wait()
-        snapshot = await store.claim(session_id, agent.name, create=create, fresh=fresh)
+        if fresh:
+            snapshot = await store.claim(session_id, agent.name, create=True, fresh=True)
+        else:
+            snapshot = await store.claim(session_id, agent.name, create=create)
         if snapshot is None:
             raise SessionNotFoundError(f"no session {session_id!r} in {store.url}")
         try:

@@ -166,17 +166,21 @@ class _Checkpointer:
             self._thread.submit(self._checkpoint)
 
     def _checkpoint(self) -> None:
+        # Nothing may escape a job: it would end the thread, and with it every later checkpoint.
         try:
             if self._conn is None:
                 self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:  # the log only grows until a checkpoint succeeds; nothing is lost
             logger.warning("checkpointing %s failed: %s", self._path, exc)
+        except Exception:
+            logger.exception("checkpointing %s failed", self._path)
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     async def stop(self) -> None:
         """Let a queued checkpoint finish, close the connection, and end the thread."""
@@ -215,6 +219,7 @@ class SQLiteStore:
         self._owner = ""
         self._thread: WorkerThread | None = None  # the connection's own thread, while open
         self._checkpointer: _Checkpointer | None = None  # while open
+        self._file = self._path  # once open: the file the connection has, as SQLite names it (absolute)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self._path!r} {'open' if self._conn is not None else 'closed'}>"
@@ -244,7 +249,8 @@ class SQLiteStore:
         )
         # The connection's calls run in one thread of its own, in order: one thread on it at a time.
         thread = self._thread = WorkerThread(f"SQLiteStore {self._path}")
-        checkpointer = self._checkpointer = _Checkpointer(self._path)
+        # The file the connection opened, by its absolute name: the process may change directory.
+        checkpointer = self._checkpointer = _Checkpointer(self._file)
         thread.start()
         checkpointer.start()
         try:
@@ -267,6 +273,7 @@ class SQLiteStore:
             _set_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store's checkpointer does it, off the commits
+            self._file = conn.execute("PRAGMA database_list").fetchone()[2]
             self._migrate(conn)
             return conn, _open_lock_file(self._lock_path)
         except BaseException as exc:
@@ -348,9 +355,11 @@ class SQLiteStore:
             SessionOwnedError: Another process, or another claim in this one, holds it.
             StoreUnavailableError: The file could not be read or written.
         """
-        # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed. If the id
-        # is taken after all, the usual claim below says by whom.
-        if fresh and create and self._lock(session_id):
+        if fresh and create:
+            # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed. If the
+            # id is held after all, the thread's claim says by whom (reading the file), or takes it.
+            if not self._lock(session_id):
+                await self._run(lambda call: self._take(session_id), undo=lambda _: self._let_go(session_id))
             await trio.lowlevel.cancel_shielded_checkpoint()
             return SessionSnapshot(session_id, agent, 0, (), (), (), None, created=True)
 
@@ -459,7 +468,8 @@ class SQLiteStore:
         """Write the checkpoints in one transaction: all of them, or (raising) none.
 
         Raises:
-            SessionConflictError: A session is not claimed by this store, or not at the checkpoint's version.
+            SessionConflictError: A session is not claimed by this store, or not at the checkpoint's version,
+                or one to be made (``create``) exists.
             StoreUnavailableError: The write failed (nothing was written).
         """
         checkpoints = list(checkpoints)

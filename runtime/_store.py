@@ -116,7 +116,7 @@ class SessionSnapshot:
     usage: str | None
     """The session's usage totals, JSON (``None`` before the first checkpoint)."""
     created: bool
-    """Whether ``claim`` made it (it did not exist)."""
+    """Whether it is new: ``claim`` made it (it did not exist), or, claimed ``fresh``, the first checkpoint will."""
 
 
 @attrs.frozen
@@ -201,8 +201,9 @@ class SessionStore(Protocol):
         """Write the checkpoints in one transaction: all of them, or (raising) none.
 
         Raises:
-            SessionConflictError: a session is not held here or not at the checkpoint's version
-                (its ``session_id`` says which; nothing was written).
+            SessionConflictError: a session is not held here or not at the checkpoint's version, or a
+                checkpoint with ``create`` found it exists (its ``session_id`` says which; nothing was
+                written).
             StoreUnavailableError: the write failed; nothing was written.
         """
         ...

@@ -147,3 +147,24 @@ async def test_sqlite_commits_leave_checkpoints_to_the_checkpointer_thread(tmp_p
             held.set()  # a failure fails, instead of waiting for the thread at close
         await checkpointer._thread.run(lambda call: None)  # what was queued before this has run
         assert _size(path) > 8_000_000
+
+
+async def test_sqlite_checkpoints_the_file_it_opened_after_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store opened by a relative path checkpoints that file, not one of the same name wherever the
+    process has moved to since."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore("sessions.db")
+    async with store.open(OWNER):
+        monkeypatch.chdir(elsewhere)
+        await store.claim("s1", "agent", create=True)
+        text = "x" * 100_000
+        for version in range(60):  # 6 MB: about 1,500 pages
+            await store.commit([Checkpoint("s1", version, version, messages=[text])])
+        assert store._checkpointer is not None
+        await store._checkpointer._thread.run(lambda call: None)  # the queued checkpoint has run
+        assert _size(tmp_path / "sessions.db") > 3_000_000  # at least the first ~1,000 pages
+    assert not (elsewhere / "sessions.db").exists()

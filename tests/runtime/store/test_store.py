@@ -80,6 +80,8 @@ async def test_store_fresh_claim_takes_the_id_and_its_first_checkpoint_makes_it(
         assert snapshot == SessionSnapshot("f1", "helper", 0, (), (), (), None, created=True)
         with pytest.raises(SessionOwnedError):
             await other.claim("f1", "helper", create=True)
+        async with backend.child("f1", "child-host:8") as child:
+            assert child.line.startswith("owned ")  # by nobody it can name yet: no row says who
         await store.release("f1")
         assert await other.claim("f1", "helper", create=False) is None
         await store.claim("f1", "helper", create=True, fresh=True)
