@@ -253,6 +253,7 @@ class Journal:
         pending: Sequence[PendingRow] = (),
         stored: int | None = None,
         create: str | None = None,
+        rows: int | None = None,
     ) -> None:
         self.writer = writer
         self.session_id = session_id
@@ -260,6 +261,8 @@ class Journal:
         self._history = history
         self._stored = len(history) if stored is None else stored  # how many of its messages the store holds
         self._sent = self._stored  # ... or the checkpoint being written will hold
+        # How many message rows the store holds: more than _stored after a repair, which the next checkpoint cuts.
+        self._rows = len(history) if rows is None else rows
         self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as last written
         self._runs: dict[str, RunRow] = {}
         self._events: list[tuple[str, int, Event | _Pieces]] = []
@@ -391,6 +394,7 @@ class Journal:
             self._removed,
             None if self._usage is None else usage_to_json(self._usage.snapshot()),
             self._create,
+            self._stored < self._rows,
         )
         self._taken = self._asked
         self._sent = len(history)
@@ -418,7 +422,7 @@ class Journal:
 
     def committed(self, checkpoint: Checkpoint) -> None:
         self.version += 1
-        self._stored = checkpoint.message_base + len(checkpoint.messages)
+        self._stored = self._rows = checkpoint.message_base + len(checkpoint.messages)
         self._done = self._taken
         self.error = None
         for row in checkpoint.runs:

@@ -590,21 +590,24 @@ class PostgresStore:
 
 def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
     sid = cp.session_id
-    if cp.create is not None:
+    if cp.create is not None:  # made by this checkpoint, at the version its update would give it
         made = conn.execute(
-            "INSERT INTO trio_agents_sessions (id, agent, owner) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (sid, cp.create, owner),
+            "INSERT INTO trio_agents_sessions (id, agent, owner, version, usage) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (sid, cp.create, owner, cp.version + 1, cp.usage),
         ).rowcount
         if made != 1:
             raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
-    updated = conn.execute(
-        "UPDATE trio_agents_sessions SET version = version + 1, usage = COALESCE(%s, usage)"
-        " WHERE id = %s AND version = %s",
-        (cp.usage, sid, cp.version),
-    ).rowcount
-    if updated != 1:
-        raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
-    conn.execute("DELETE FROM trio_agents_messages WHERE session_id = %s AND seq >= %s", (sid, cp.message_base))
+    else:
+        updated = conn.execute(
+            "UPDATE trio_agents_sessions SET version = version + 1, usage = COALESCE(%s, usage)"
+            " WHERE id = %s AND version = %s",
+            (cp.usage, sid, cp.version),
+        ).rowcount
+        if updated != 1:
+            raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
+    if cp.cut:
+        conn.execute("DELETE FROM trio_agents_messages WHERE session_id = %s AND seq >= %s", (sid, cp.message_base))
     with conn.cursor() as cursor:
         if cp.messages:
             cursor.executemany(

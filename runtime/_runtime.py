@@ -298,6 +298,7 @@ class Runtime:
                 snapshot.pending,
                 unchanged,
                 create=agent.name if fresh else None,
+                rows=len(snapshot.messages),
             )
             for row in interrupted:
                 # Its log ends as every run's does: with one RunFinished.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
@@ -611,8 +612,12 @@ class Session(Generic[OutputT]):
 
 
 def new_session_id() -> str:
-    """A session id no other process or restart makes: ``s`` and 16 random hex digits."""
-    return f"s{secrets.token_hex(8)}"
+    """A session id no other process or restart makes: ``s``, the time in ms (11 hex digits), 16 random ones.
+
+    Time first, as in UUIDv7: ids made one after another sort one after another, so a store's indexes
+    grow at their end (one warm page per table a commit) instead of at a random page each.
+    """
+    return f"s{time.time_ns() // 1_000_000:011x}{secrets.token_hex(8)}"
 
 
 class Restored:

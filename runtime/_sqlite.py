@@ -606,19 +606,21 @@ def _transaction(conn: sqlite3.Connection, path: str, call: WorkerCall[Any] | No
 
 def _write(conn: sqlite3.Connection, cp: Checkpoint, owner: str) -> None:
     sid = cp.session_id
-    if cp.create is not None:
+    if cp.create is not None:  # made by this checkpoint, at the version its update would give it
         made = conn.execute(
-            "INSERT INTO sessions (id, agent, owner) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (sid, cp.create, owner)
+            "INSERT INTO sessions (id, agent, owner, version, usage) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (sid, cp.create, owner, cp.version + 1, cp.usage),
         ).rowcount
         if made != 1:
             raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
-    updated = conn.execute(
-        "UPDATE sessions SET version = version + 1, usage = COALESCE(?, usage) WHERE id = ? AND version = ?",
-        (cp.usage, sid, cp.version),
-    ).rowcount
-    if updated != 1:
-        raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
-    if cp.create is None:  # a session made just now has no messages to cut
+    else:
+        updated = conn.execute(
+            "UPDATE sessions SET version = version + 1, usage = COALESCE(?, usage) WHERE id = ? AND version = ?",
+            (cp.usage, sid, cp.version),
+        ).rowcount
+        if updated != 1:
+            raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
+    if cp.cut:
         conn.execute("DELETE FROM messages WHERE session_id = ? AND seq >= ?", (sid, cp.message_base))
     if cp.messages:
         conn.executemany(

@@ -138,7 +138,8 @@ class Checkpoint:
     version: int
     """The version this follows; the store writes only if the session is still at it, then bumps it."""
     message_base: int
-    """How many messages the stored history keeps before ``messages`` (it is cut to this length first)."""
+    """How many messages the stored history keeps before ``messages`` (it is cut to this length first if
+    :attr:`cut`)."""
     messages: list[str] = attrs.Factory(list)
     runs: list[RunRow] = attrs.Factory(list)
     """Runs to insert or update (by ``run_id``)."""
@@ -151,6 +152,9 @@ class Checkpoint:
     create: str | None = None
     """The agent's name, on the first checkpoint of a session claimed ``fresh``: the store makes the
     session with this checkpoint (at version 0), and refuses it as a conflict if the id exists."""
+    cut: bool = True
+    """Whether the stored history may hold messages from ``message_base`` on, to be deleted first
+    (``False`` when the writer knows it holds exactly ``message_base``: no statement for nothing)."""
 
 
 class SessionStore(Protocol):

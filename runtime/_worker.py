@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import socket
 import threading
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast
 
 import outcome
 import trio
@@ -111,18 +112,48 @@ async def run_worker(
         raise
 
 
+class _Wakeup:
+    """A socket pair: a thread sends a byte, the Trio task waiting in :func:`trio.lowlevel.wait_readable` wakes.
+
+    Cheaper than ``TrioToken.run_sync_soon`` (~30 against ~50 µs a hop here): Trio's I/O wait wakes the task
+    itself, where a callback would first wake Trio's callback task, which reschedules it a pass later.
+    """
+
+    __slots__ = ("_reader", "_writer")
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def set(self) -> None:
+        self._writer.send(b"\0")
+
+    async def wait(self) -> None:
+        await trio.lowlevel.wait_readable(self._reader)
+
+    def clear(self) -> None:
+        self._reader.recv(1)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 class WorkerThread:
     """One thread of a store's own, running its calls one at a time, in order (SQLite's one connection).
 
-    Cheaper per call than ``trio.to_thread`` (no thread hand-off, no limiter), with the same contract as
-    :func:`run_worker`: a cancelled caller abandons the call at once, the thread runs it to its end, and
-    ``undo`` gets a result nobody received. Started by :meth:`start`, ended (after every queued call) by
-    :meth:`stop`, which waits for the thread.
+    Cheaper per call than ``trio.to_thread`` (no thread hand-off, no limiter, and a finished call wakes
+    its caller through a socket of its own), with the same contract as :func:`run_worker`: a cancelled
+    caller abandons the call at once, the thread runs it to its end, and ``undo`` gets a result nobody
+    received. Started by :meth:`start`, ended (after every queued call) by :meth:`stop`, which waits for
+    the thread.
     """
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._wakeups: list[_Wakeup] = []  # idle ones: a call takes one, and gives it back unless abandoned
 
     def start(self) -> None:
         self._thread.start()
@@ -140,35 +171,47 @@ class WorkerThread:
         """Run ``fn(call)`` in the thread; see :func:`run_worker`."""
         await trio.lowlevel.checkpoint_if_cancelled()
         call: WorkerCall[T] = WorkerCall()
-        task = trio.lowlevel.current_task()
-        token = trio.lowlevel.current_trio_token()
+        wakeup = self._wakeups.pop() if self._wakeups else _Wakeup()
+        result: list[outcome.Outcome[T]] = []
 
         def job() -> None:
-            result = outcome.capture(fn, call)
+            done = outcome.capture(fn, call)
             with call._lock:
                 call._finished = True
                 abandoned = call._abandoned
                 if not abandoned:
-                    token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-            if abandoned and undo is not None and isinstance(result, outcome.Value):
-                undo(result.value)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            with call._lock:
-                if call._finished:
-                    return trio.lowlevel.Abort.FAILED  # its result is on its way: the call completed
-                call._abandoned = True
-            return trio.lowlevel.Abort.SUCCEEDED
+                    result.append(done)
+                    wakeup.set()
+            if abandoned:
+                wakeup.close()  # its caller is gone, and no longer waits on it
+                if undo is not None and isinstance(done, outcome.Value):
+                    undo(done.value)
 
         self._jobs.put(job)
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
-        return result
+        try:
+            await wakeup.wait()
+        except BaseException as exc:
+            with call._lock:
+                if not call._finished:
+                    call._abandoned = True  # the thread closes the wakeup, and undoes the result
+                    raise
+            if not isinstance(exc, trio.Cancelled):  # KeyboardInterrupt: the store's close lets go of all
+                wakeup.close()
+                raise
+            # It completed as the cancel came: its result is the caller's (the cancel is raised at the
+            # caller's next checkpoint), as when a wait_task_rescheduled abort fails.
+        wakeup.clear()
+        self._wakeups.append(wakeup)
+        return result[0].unwrap()
 
     async def stop(self) -> None:
         """Let the queued calls (abandoned ones too) finish, then end the thread and wait for it."""
         self._jobs.put(None)
         if self._thread.is_alive():
             await trio.to_thread.run_sync(self._thread.join)
+        for wakeup in self._wakeups:
+            wakeup.close()
+        self._wakeups.clear()
 
 
 async def settle(limiter: trio.CapacityLimiter) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+import time
 from typing import cast
 
 import pytest
@@ -27,6 +30,7 @@ from runtime import (
     Session,
     open_runtime,
 )
+from runtime._session import new_session_id
 from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished, ToolCallStarted
 
 
@@ -327,6 +331,18 @@ async def test_session_ids_are_unique_and_settable() -> None:
         async with runtime.open_session(agent, session_id="chat-42") as named:
             assert named.id == "chat-42"
             assert runtime.sessions == (named,)
+
+
+def test_made_session_ids_sort_in_the_order_they_are_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A made id is ``s``, the time in ms and 16 random hex digits: ids made a millisecond apart sort in
+    that order (a store's index grows at its end), ids made in the same millisecond still differ."""
+    clock = itertools.count(1_764_900_000_000_000_000, 1_000_000)  # ns, 1 ms apart
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    made = [new_session_id() for _ in range(200)]
+    assert sorted(made) == made
+    assert all(re.fullmatch(r"s[0-9a-f]{27}", session_id) for session_id in made)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_764_900_000_000_000_000)
+    assert len({new_session_id() for _ in range(200)}) == 200
 
 
 async def test_session_start_error_before_started_is_raised_to_the_caller() -> None:

@@ -418,3 +418,19 @@ async def test_text_pieces_are_joined_per_checkpoint_and_numbered_in_order() -> 
         (4, "TextDelta", "de"),
         (5, "RunFinished", None),
     ]
+
+
+async def test_a_checkpoint_cuts_the_stored_history_only_after_a_repair() -> None:
+    """A journal whose store holds more message rows than it keeps (a repaired history) asks the next
+    checkpoint to cut them; after that commit, and for a fresh session, nothing is cut (no statement)."""
+    writer = StoreWriter(cast("SessionStore", None))
+    history: list[Any] = [UserMessage("a"), UserMessage("b")]
+    repaired = Journal(writer, "s", 3, history, stored=1, rows=3)
+    first = repaired.take()
+    assert (first.message_base, first.cut, len(first.messages)) == (1, True, 1)
+    repaired.committed(first)
+    history.append(UserMessage("c"))
+    second = repaired.take()
+    assert (second.message_base, second.cut, len(second.messages)) == (2, False, 1)
+    fresh = Journal(writer, "f", 0, [UserMessage("x")], stored=0, rows=0, create="agent")
+    assert fresh.take().cut is False

@@ -73,7 +73,7 @@ async def test_store_claim_creates_and_reports_created(backend: Backend) -> None
 
 async def test_store_fresh_claim_takes_the_id_and_its_first_checkpoint_makes_it(backend: Backend) -> None:
     """claim(fresh=True) takes the id (another store cannot) but stores nothing: let go, the session is not
-    there; taken again, a checkpoint with ``create`` makes it, with the agent's name, at version 1."""
+    there; taken again, a checkpoint with ``create`` makes it, with the agent's name and its usage, at version 1."""
     store, other = backend.store(), backend.store()
     async with store.open(OWNER), other.open("other-store"):
         snapshot = await store.claim("f1", "helper", create=True, fresh=True)
@@ -85,9 +85,15 @@ async def test_store_fresh_claim_takes_the_id_and_its_first_checkpoint_makes_it(
         await store.release("f1")
         assert await other.claim("f1", "helper", create=False) is None
         await store.claim("f1", "helper", create=True, fresh=True)
-        await store.commit([Checkpoint("f1", 0, 0, messages=["m0"], create="helper")])
+        await store.commit([Checkpoint("f1", 0, 0, messages=["m0"], usage="u1", create="helper")])
         again = await _reclaim(store, "f1")
-        assert (again.agent, again.version, again.messages, again.created) == ("helper", 1, ("m0",), False)
+        assert (again.agent, again.version, again.messages, again.usage, again.created) == (
+            "helper",
+            1,
+            ("m0",),
+            "u1",
+            False,
+        )
 
 
 async def test_store_fresh_claim_of_an_id_held_elsewhere_is_owned(backend: Backend) -> None:

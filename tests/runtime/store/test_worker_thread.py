@@ -1,0 +1,125 @@
+"""WorkerThread: a store's own thread, whose finished calls wake their callers through a socket.
+
+The contract is ``run_worker``'s: a cancelled caller abandons its call at once and the thread runs it
+to its end; a call that finished as its caller was cancelled still gives the caller its result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+
+from runtime._worker import WorkerThread
+
+if TYPE_CHECKING:
+    from runtime._worker import WorkerCall
+
+SYNC_TIMEOUT = 10.0
+"""Seconds a test blocks on a threading.Event set by the worker thread (a bound, never a wait on time)."""
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+async def test_calls_one_after_another_reuse_one_wakeup_and_stop_closes_it() -> None:
+    before = open_fds()
+    thread = WorkerThread("test worker")
+    thread.start()
+    results = []
+    for k in range(50):
+
+        def double(call: WorkerCall[int], k: int = k) -> int:
+            return k * 2
+
+        results.append(await thread.run(double))
+    assert results == [k * 2 for k in range(50)]
+    assert open_fds() - before == 2  # one socket pair, whatever the number of calls
+    await thread.stop()
+    assert open_fds() == before
+
+
+async def test_an_error_in_the_thread_is_raised_to_the_caller_and_the_thread_goes_on() -> None:
+    thread = WorkerThread("test worker")
+    thread.start()
+
+    def broken(call: WorkerCall[None]) -> None:
+        raise LookupError("no such row")
+
+    with pytest.raises(LookupError, match="no such row"):
+        await thread.run(broken)
+    assert await thread.run(lambda call: "next") == "next"
+    await thread.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+async def test_a_cancelled_caller_abandons_the_call_which_ends_undone_and_closes_its_wakeup() -> None:
+    before = open_fds()
+    thread = WorkerThread("test worker")
+    thread.start()
+    go, ended = threading.Event(), threading.Event()
+    undone: list[str] = []
+
+    def slow(call: WorkerCall[str]) -> str:
+        go.wait(SYNC_TIMEOUT)
+        return "claimed"
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await thread.run(slow, undo=undone.append)  # cancelled before it starts: nothing is queued
+    assert scope.cancelled_caught
+    async with trio.open_nursery() as nursery:
+
+        async def caller() -> None:
+            await thread.run(slow, undo=undone.append)
+
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()  # the caller is gone at once; its call is still running
+    go.set()
+    thread.submit(ended.set)  # runs after the abandoned call
+    await trio.to_thread.run_sync(ended.wait, SYNC_TIMEOUT)
+    assert undone == ["claimed"]  # the result nobody received
+    assert open_fds() - before == 0  # the abandoned call closed its wakeup; no other was left open
+    await thread.stop()
+
+
+async def test_a_call_that_finished_as_its_caller_was_cancelled_gives_the_caller_its_result() -> None:
+    thread = WorkerThread("test worker")
+    thread.start()
+    go, behind = threading.Event(), threading.Event()
+    got: list[str] = []
+    undone: list[str] = []
+
+    def claim(call: WorkerCall[str]) -> str:
+        go.wait(SYNC_TIMEOUT)
+        return "claimed"
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def caller() -> None:
+            with scope:
+                got.append(await thread.run(claim, undo=undone.append))
+                await trio.lowlevel.checkpoint()  # the cancel arrives here
+                got.append("not reached")
+
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        go.set()
+        thread.submit(behind.set)
+        # Blocks this Trio thread until the call has finished and woken its caller's socket, so that
+        # the cancel below comes before Trio has seen the wakeup: the race, made certain.
+        assert behind.wait(SYNC_TIMEOUT)
+        scope.cancel()
+    assert got == ["claimed"]
+    assert scope.cancelled_caught
+    assert undone == []  # received, so not undone
+    assert await thread.run(lambda call: "reused") == "reused"  # its wakeup was drained before reuse
+    await thread.stop()
