@@ -353,23 +353,17 @@ class Journal:
             StoreUnavailableError: the store failed to write it (it is kept, and written once it can be).
             SessionConflictError: another process took the session.
         """
-        await self.flushed(self.start_flush())
-
-    def start_flush(self) -> int:
-        """Have everything recorded so far written at once, without waiting: what :meth:`flushed` waits for."""
-        if self.lost is None and self.unwritten():
-            self._asked += 1
-            self.writer.mark(self, urgent=True)
-            return self._asked
-        return self._taken  # all of it is written, or in the commit being made: that one only
-
-    async def flushed(self, wanted: int) -> None:
-        """Wait until what :meth:`start_flush` returned ``wanted`` for is written; raises as :meth:`flush`."""
         if self.lost is not None:
             raise self.lost
-        if self._done >= wanted:
-            await trio.lowlevel.checkpoint()
-            return
+        if self.unwritten():
+            self._asked += 1
+            wanted = self._asked
+            self.writer.mark(self, urgent=True)
+        else:
+            wanted = self._taken  # all of it is written, or in the commit being made: wait for that one only
+            if self._done >= wanted:
+                await trio.lowlevel.checkpoint()
+                return
         while self._done < wanted:
             if self._flushed.is_set():
                 self._flushed = trio.Event()

@@ -128,7 +128,6 @@ class AgentRun:
     """
 
     __slots__ = (
-        "_accepting",
         "_agent",
         "_answered_by",
         "_bridge",
@@ -159,7 +158,6 @@ class AgentRun:
         "_text",
         "_tool_calls",
         "_tracing",
-        "_unaccepted",
         "_up",
         "_user_input",
         "cache_read_tokens",
@@ -232,8 +230,6 @@ class AgentRun:
             self._journal = journal
             self._resume = resume
             self._tracing = tracing
-            self._accepting: int | None = None  # the first durability point's commit, until RunStarted is sent
-            self._unaccepted: str | None = None  # why the store could not write it
         else:
             self._out = _SubAgentOut(parent._out, agent.name)
             self._bridge = parent._bridge
@@ -248,8 +244,6 @@ class AgentRun:
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
             self._resume = None
             self._tracing = parent._tracing
-            self._accepting = None
-            self._unaccepted = None
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -391,18 +385,18 @@ class AgentRun:
         # restores the target it replaced (the cagent #3073 seed).
         with ElicitationBridge.target(self):
             try:
+                stored = None
                 if self._journal is not None:
-                    # The first durability point, started: the model call begins while it is written,
-                    # and RunStarted goes out (in _accept) once it is, before any other event.
-                    self._accepting = self._journal.start_flush()
-                else:
-                    await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
+                    stored = await self._accepted()
+                await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
                 timeout = self._agent.run_timeout
                 deadline = None if timeout is None else trio.move_on_after(timeout)
                 reason: FinishReason
                 message: str | None
                 with deadline or _NO_SCOPE:
                     try:
+                        if stored is not None:
+                            raise _EndRun("store", f"the session store could not write the run: {stored}")
                         stop = await self._user_prompt_hooks() if self._agent.hooks else None
                         tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
                         if self._agent.sub_agents:
@@ -418,7 +412,6 @@ class AgentRun:
                             async with AsyncExitStack() as stack:
                                 await self._open_toolsets(stack, tools)
                                 reason, message = await self._turns(tools)
-                        await self._accepted()  # a run that ends without an event or a tool call
                     except _EndRun as end:
                         reason, message = await self._fail(end.kind, end.message, end.reason)
                     except Exception as exc:
@@ -442,32 +435,18 @@ class AgentRun:
         await self._run_end_hooks(reason)
         await self._emit(RunFinished(reason, message))
 
-    async def _accept(self) -> str | None:
-        """The first durability point, waited for: ``RunStarted`` is sent once the run and its user's message
-        are written (the model call has begun meanwhile). Returns why the store could not write them, or
-        ``None``; the run then ends with that error at :meth:`_accepted`."""
-        wanted = self._accepting
-        if wanted is None:
-            return self._unaccepted
-        self._accepting = None
+    async def _accepted(self) -> str | None:
+        """The first durability point: the run, and its user's message, are written before ``RunStarted``.
+
+        Returns:
+            ``None``, or why the store could not write it (the run then ends with that error).
+        """
         assert self._journal is not None
         try:
-            await self._journal.flushed(wanted)
+            await self._journal.flush()
         except StoreError as exc:
-            self._unaccepted = f"the session store could not write the run: {describe(exc)}"
-        await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
-        return self._unaccepted
-
-    async def _accepted(self) -> None:
-        """Before the model's answer is read, a tool runs, or the run ends: the first durability point holds.
-
-        Raises:
-            _EndRun: the store could not write the run.
-        """
-        if self._journal is not None:
-            unaccepted = await self._accept()
-            if unaccepted is not None:
-                raise _EndRun("store", unaccepted)
+            return describe(exc)
+        return None
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context
@@ -487,8 +466,6 @@ class AgentRun:
         # checkpoint per event would cost more than the event: only wait (a
         # schedule point) when the consumer is a whole buffer behind. The
         # model's stream and the consumer's reads are the cancel points.
-        if self._accepting is not None:
-            await self._accept()  # RunStarted first (a failure to write it ends the run at _accepted)
         try:
             self._out.send_nowait(event)
             return
@@ -717,7 +694,6 @@ class AgentRun:
         try:
             with idle_scope or _NO_SCOPE:
                 async with self._agent.model.stream(request) as chunks:
-                    await self._accepted()  # the request is out: now its answer may be shown
                     async for chunk in chunks:
                         if idle_scope is not None:
                             # A slow consumer is not an idle model.
@@ -800,7 +776,6 @@ class AgentRun:
             node.tool_calls += len(calls)
             node = node._up
         try:
-            await self._accepted()
             if self._journal is not None:
                 # The second durability point: the turn that asks for tools is written before any runs,
                 # so that a restarted process knows these calls were made and never makes them unknowingly.
