@@ -244,6 +244,7 @@ async def test_postgres_going_away_fails_a_run_with_a_store_error_and_the_sessio
                 finally:
                     await trio.to_thread.run_sync(postgres_cluster.start)
                 errors = [event for event in events if isinstance(event, ErrorEvent)]
+                assert isinstance(events[0], RunStarted)  # first, even though what it promises failed
                 assert [error.kind for error in errors] == ["store"]
                 assert events[-1] == RunFinished("error", errors[0].message)
                 # Back: the writer writes what waited, and runs go on (the first may still meet the outage).
