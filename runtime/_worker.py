@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+WAITING_CALLS: Final = 8
+"""Calls a :class:`WorkerThread` has queued at once (it runs them one by one); more wait in Trio."""
 INTERRUPT_TIMEOUT: Final = 1.0
 """Seconds a cancelled caller waits for its thread's statement to be interrupted (PostgreSQL), or for the undo
 of a result it dropped, before it goes."""
@@ -146,14 +148,17 @@ class WorkerThread:
     Cheaper per call than ``trio.to_thread`` (no thread hand-off, no limiter, and a finished call wakes
     its caller through a socket of its own), with the same contract as :func:`run_worker`: a cancelled
     caller abandons the call at once, the thread runs it to its end, and ``undo`` gets a result nobody
-    received. Started by :meth:`start`, ended (after every queued call) by :meth:`stop`, which waits for
-    the thread.
+    received. At most :data:`WAITING_CALLS` calls are queued at once (each holds a socket pair); more
+    wait their turn in Trio. Started by :meth:`start`, ended (after every queued call) by :meth:`stop`,
+    which waits for the thread.
     """
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._wakeups: list[_Wakeup] = []  # idle ones: a call takes one, and gives it back unless abandoned
+        self._idle: list[_Wakeup] = []  # made and free: a call takes one, and gives it back
+        self._made = 0  # wakeups open, idle or in use (never more than WAITING_CALLS)
+        self._turn = trio.lowlevel.ParkingLot()  # calls waiting for a wakeup
 
     def start(self) -> None:
         self._thread.start()
@@ -170,8 +175,14 @@ class WorkerThread:
     async def run(self, fn: Callable[[WorkerCall[T]], T], *, undo: Callable[[T], None] | None = None) -> T:
         """Run ``fn(call)`` in the thread; see :func:`run_worker`."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._idle and self._made >= WAITING_CALLS:
+            await self._turn.park()
+        if self._idle:
+            wakeup = self._idle.pop()
+        else:
+            wakeup = _Wakeup()
+            self._made += 1
         call: WorkerCall[T] = WorkerCall()
-        wakeup = self._wakeups.pop() if self._wakeups else _Wakeup()
         result: list[outcome.Outcome[T]] = []
 
         def job() -> None:
@@ -182,36 +193,40 @@ class WorkerThread:
                 if not abandoned:
                     result.append(done)
                     wakeup.set()
-            if abandoned:
-                wakeup.close()  # its caller is gone, and no longer waits on it
-                if undo is not None and isinstance(done, outcome.Value):
-                    undo(done.value)
+            if abandoned and undo is not None and isinstance(done, outcome.Value):
+                undo(done.value)
 
         self._jobs.put(job)
         try:
             await wakeup.wait()
         except BaseException as exc:
             with call._lock:
-                if not call._finished:
-                    call._abandoned = True  # the thread closes the wakeup, and undoes the result
-                    raise
-            if not isinstance(exc, trio.Cancelled):  # KeyboardInterrupt: the store's close lets go of all
-                wakeup.close()
+                finished = call._finished
+                call._abandoned = not finished  # then the thread no longer touches the wakeup
+            if not finished or not isinstance(exc, trio.Cancelled):  # KeyboardInterrupt: the close lets go
+                self._discard(wakeup)
                 raise
             # It completed as the cancel came: its result is the caller's (the cancel is raised at the
             # caller's next checkpoint), as when a wait_task_rescheduled abort fails.
         wakeup.clear()
-        self._wakeups.append(wakeup)
+        self._idle.append(wakeup)
+        self._turn.unpark()
         return result[0].unwrap()
+
+    def _discard(self, wakeup: _Wakeup) -> None:
+        wakeup.close()  # Trio no longer waits on it: a cancelled wait_readable has let it go
+        self._made -= 1
+        self._turn.unpark()
 
     async def stop(self) -> None:
         """Let the queued calls (abandoned ones too) finish, then end the thread and wait for it."""
         self._jobs.put(None)
         if self._thread.is_alive():
             await trio.to_thread.run_sync(self._thread.join)
-        for wakeup in self._wakeups:
+        for wakeup in self._idle:
             wakeup.close()
-        self._wakeups.clear()
+        self._made -= len(self._idle)
+        self._idle.clear()
 
 
 async def settle(limiter: trio.CapacityLimiter) -> None:

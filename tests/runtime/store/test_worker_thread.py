@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime._worker import WorkerThread
+from runtime._worker import WAITING_CALLS, WorkerThread
 
 if TYPE_CHECKING:
     from runtime._worker import WorkerCall
@@ -59,7 +59,7 @@ async def test_an_error_in_the_thread_is_raised_to_the_caller_and_the_thread_goe
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
-async def test_a_cancelled_caller_abandons_the_call_which_ends_undone_and_closes_its_wakeup() -> None:
+async def test_a_cancelled_caller_abandons_the_call_and_closes_its_wakeup_and_the_call_ends_undone() -> None:
     before = open_fds()
     thread = WorkerThread("test worker")
     thread.start()
@@ -86,7 +86,7 @@ async def test_a_cancelled_caller_abandons_the_call_which_ends_undone_and_closes
     thread.submit(ended.set)  # runs after the abandoned call
     await trio.to_thread.run_sync(ended.wait, SYNC_TIMEOUT)
     assert undone == ["claimed"]  # the result nobody received
-    assert open_fds() - before == 0  # the abandoned call closed its wakeup; no other was left open
+    assert open_fds() - before == 0  # the abandoned caller closed its wakeup; no other was left open
     await thread.stop()
 
 
@@ -123,3 +123,35 @@ async def test_a_call_that_finished_as_its_caller_was_cancelled_gives_the_caller
     assert undone == []  # received, so not undone
     assert await thread.run(lambda call: "reused") == "reused"  # its wakeup was drained before reuse
     await thread.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+async def test_many_callers_at_once_hold_a_bounded_number_of_sockets_and_all_get_their_results() -> None:
+    """A burst of callers (a reconnecting crowd claiming sessions) queues at most WAITING_CALLS calls, each
+    with its socket pair; the rest wait their turn in Trio, and every one gets its own result."""
+    before = open_fds()
+    thread = WorkerThread("test worker")
+    thread.start()
+    go = threading.Event()
+    results: dict[int, int] = {}
+
+    def first(call: WorkerCall[int]) -> int:
+        go.wait(SYNC_TIMEOUT)
+        return -1
+
+    async def caller(k: int) -> None:
+        def triple(call: WorkerCall[int]) -> int:
+            return 3 * k
+
+        results[k] = await thread.run(first if k < 0 else triple)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller, -1)
+        for k in range(50):
+            nursery.start_soon(caller, k)
+        await trio.testing.wait_all_tasks_blocked()
+        assert open_fds() - before == 2 * WAITING_CALLS  # bounded, whatever the number of callers
+        go.set()
+    assert results == {-1: -1, **{k: 3 * k for k in range(50)}}
+    await thread.stop()
+    assert open_fds() == before
