@@ -336,7 +336,10 @@ class SQLiteStore:
 
     async def _run(self, fn: Callable[[WorkerCall[Any]], Any], *, undo: Callable[[Any], None] | None = None) -> Any:
         _, thread = self._connection()
-        return await thread.run(fn, undo=undo)
+        try:
+            return await thread.run(fn, undo=undo)
+        except trio.ClosedResourceError as exc:  # the store's open block is exiting under this call
+            raise StoreUnavailableError(f"{self!r} is closing") from exc
 
     async def claim(self, session_id: str, agent: str, *, create: bool, fresh: bool = False) -> SessionSnapshot | None:
         """Take the session for this process and load it; with ``create``, make it if it does not exist.

@@ -151,7 +151,8 @@ class Checkpoint:
     """The new usage totals, if they changed."""
     create: str | None = None
     """The agent's name, on the first checkpoint of a session claimed ``fresh``: the store makes the
-    session with this checkpoint (at version 0), and refuses it as a conflict if the id exists."""
+    session with this checkpoint (claimed fresh, it is at version 0: stored at 1), and refuses it as a conflict
+    if the id exists."""
     cut: bool = True
     """Whether the stored history may hold messages from ``message_base`` on, to be deleted first
     (``False`` when the writer knows it holds exactly ``message_base``: no statement for nothing)."""

@@ -159,6 +159,7 @@ class WorkerThread:
         self._idle: list[_Wakeup] = []  # made and free: a call takes one, and gives it back
         self._made = 0  # wakeups open, idle or in use (never more than WAITING_CALLS)
         self._turn = trio.lowlevel.ParkingLot()  # calls waiting for a wakeup
+        self._stopping = False
 
     def start(self) -> None:
         self._thread.start()
@@ -173,10 +174,16 @@ class WorkerThread:
         self._jobs.put(job)
 
     async def run(self, fn: Callable[[WorkerCall[T]], T], *, undo: Callable[[T], None] | None = None) -> T:
-        """Run ``fn(call)`` in the thread; see :func:`run_worker`."""
+        """Run ``fn(call)`` in the thread; see :func:`run_worker`.
+
+        Raises:
+            trio.ClosedResourceError: :meth:`stop` has begun (the call would never run).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while not self._idle and self._made >= WAITING_CALLS:
+        while not self._idle and self._made >= WAITING_CALLS and not self._stopping:
             await self._turn.park()
+        if self._stopping:
+            raise trio.ClosedResourceError(f"{self._thread.name} is stopping")
         if self._idle:
             wakeup = self._idle.pop()
         else:
@@ -203,8 +210,11 @@ class WorkerThread:
             with call._lock:
                 finished = call._finished
                 call._abandoned = not finished  # then the thread no longer touches the wakeup
-            if not finished or not isinstance(exc, trio.Cancelled):  # KeyboardInterrupt: the close lets go
+            if not finished or not isinstance(exc, trio.Cancelled):
                 self._discard(wakeup)
+                done = result[0] if result else None
+                if undo is not None and isinstance(done, outcome.Value):
+                    undo(done.value)  # KeyboardInterrupt after it finished: nobody will receive it
                 raise
             # It completed as the cancel came: its result is the caller's (the cancel is raised at the
             # caller's next checkpoint), as when a wait_task_rescheduled abort fails.
@@ -219,7 +229,10 @@ class WorkerThread:
         self._turn.unpark()
 
     async def stop(self) -> None:
-        """Let the queued calls (abandoned ones too) finish, then end the thread and wait for it."""
+        """Let the queued calls (abandoned ones too) finish, then end the thread and wait for it; calls
+        still waiting for their turn, and later ones, raise :class:`trio.ClosedResourceError`."""
+        self._stopping = True
+        self._turn.unpark_all()
         self._jobs.put(None)
         if self._thread.is_alive():
             await trio.to_thread.run_sync(self._thread.join)

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import pytest
 import trio
 
-from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolResultMessage, UserMessage, tool
+from agents import (
+    Agent,
+    AssistantMessage,
+    ModelRequest,
+    ScriptedModel,
+    ToolCall,
+    ToolCallChunk,
+    ToolResultMessage,
+    UserMessage,
+    tool,
+)
 from runtime import (
     NothingToResumeError,
     SessionNotFoundError,
@@ -26,7 +36,9 @@ from runtime import (
     UnknownElicitationError,
     open_runtime,
 )
-from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter
+from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, dumps, run_input_to_json
+from runtime._store import Checkpoint, RunRow
+from runtime._wire import message_to_json
 from runtime.events import (
     ElicitationRequest,
     ErrorEvent,
@@ -41,6 +53,7 @@ from runtime.events import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from agents import Message
     from runtime import SessionStore
     from tests.pg import PostgresCluster
 
@@ -435,3 +448,23 @@ async def test_a_checkpoint_cuts_the_stored_history_only_after_a_repair() -> Non
     assert (second.message_base, second.cut, len(second.messages)) == (2, False, 1)
     fresh = Journal(writer, "f", 0, [UserMessage("x")], stored=0, rows=0, create="agent")
     assert fresh.take().cut is False
+
+
+async def test_a_repair_inside_the_history_rewrites_the_stored_messages_after_it(tmp_path: Path) -> None:
+    """A run interrupted with one of two calls answered: its missing result goes right after the call,
+    before the stored answer, so the stored history is rewritten from there (cut, then written again)."""
+    path = tmp_path / "s.db"
+    calls = (ToolCallChunk("a", "pay", {"amount": 1}), ToolCallChunk("b", "pay", {"amount": 2}))
+    stored: list[Message] = [UserMessage("pay twice"), AssistantMessage("", calls), ToolResultMessage("a", "pay", "1")]
+    store = SQLiteStore(path)
+    async with store.open("crashed-host:1"):  # what a process killed after the first call's result leaves
+        await store.claim("m", "durable", create=True)
+        run = RunRow("m-r1", 1, run_input_to_json("pay twice", 0), "running")
+        await store.commit([Checkpoint("m", 0, 0, [dumps(message_to_json(m)) for m in stored], [run])])
+    repaired = [stored[0], stored[1], ToolResultMessage("b", "pay", INTERRUPTED_RESULT, True), stored[2]]
+    for _ in range(2):  # recovered, then as written back
+        async with (
+            open_runtime(store=SQLiteStore(path)) as runtime,
+            runtime.open_session(make_agent(), session_id="m", create=False) as session,
+        ):
+            assert list(session.history) == repaired

@@ -6,6 +6,7 @@ to its end; a call that finished as its caller was cancelled still gives the cal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -24,7 +25,13 @@ SYNC_TIMEOUT = 10.0
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """This process's open sockets (a wakeup is a socket pair; files other tests' threads may still be
+    closing are not counted)."""
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return sockets
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
@@ -147,6 +154,7 @@ async def test_many_callers_at_once_hold_a_bounded_number_of_sockets_and_all_get
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(caller, -1)
+        await trio.testing.wait_all_tasks_blocked()  # its call holds the thread: the next ones queue up
         for k in range(50):
             nursery.start_soon(caller, k)
         await trio.testing.wait_all_tasks_blocked()
@@ -155,3 +163,43 @@ async def test_many_callers_at_once_hold_a_bounded_number_of_sockets_and_all_get
     assert results == {-1: -1, **{k: 3 * k for k in range(50)}}
     await thread.stop()
     assert open_fds() == before
+
+
+async def test_stop_runs_the_queued_calls_and_fails_those_still_waiting_their_turn() -> None:
+    """stop() lets every queued call finish; a caller still waiting for its turn, or calling after, gets
+    ClosedResourceError at once instead of queueing behind the end (where it would wait forever)."""
+    thread = WorkerThread("test worker")
+    thread.start()
+    go = threading.Event()
+    outcomes: dict[int, int | str] = {}
+
+    def first(call: WorkerCall[int]) -> int:
+        go.wait(SYNC_TIMEOUT)
+        return -1
+
+    async def caller(k: int) -> None:
+        def triple(call: WorkerCall[int]) -> int:
+            return 3 * k
+
+        try:
+            result: int = await thread.run(first if k < 0 else triple)
+            outcomes[k] = result
+        except trio.ClosedResourceError:
+            outcomes[k] = "closed"
+
+    with trio.fail_after(SYNC_TIMEOUT):  # a caller queued behind the end would hang here
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller, -1)
+            await trio.testing.wait_all_tasks_blocked()  # its call holds the thread: the next ones queue up
+            for k in range(12):
+                nursery.start_soon(caller, k)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(thread.stop)
+            await trio.testing.wait_all_tasks_blocked()  # the waiting callers have been told
+            assert sum(outcome == "closed" for outcome in outcomes.values()) == 13 - WAITING_CALLS
+            go.set()
+    ran = {k: outcome for k, outcome in outcomes.items() if outcome != "closed"}
+    assert len(ran) == WAITING_CALLS
+    assert all(outcome == (-1 if k < 0 else 3 * k) for k, outcome in ran.items())
+    with pytest.raises(trio.ClosedResourceError):
+        await thread.run(lambda call: None)
