@@ -132,6 +132,37 @@ async def test_a_call_that_finished_as_its_caller_was_cancelled_gives_the_caller
     await thread.stop()
 
 
+class Crowd:
+    """A call that holds the thread until ``go`` is set (``-1``), then ``n`` callers behind it (``3 * k``);
+    each caller's outcome by its ``k``: its result, or ``"closed"`` if the thread was stopping."""
+
+    def __init__(self, thread: WorkerThread) -> None:
+        self.thread = thread
+        self.go = threading.Event()
+        self.outcomes: dict[int, int | str] = {}
+
+    async def arrive(self, nursery: trio.Nursery, n: int) -> None:
+        nursery.start_soon(self._call, -1)
+        await trio.testing.wait_all_tasks_blocked()  # its call holds the thread: the next ones queue up
+        for k in range(n):
+            nursery.start_soon(self._call, k)
+        await trio.testing.wait_all_tasks_blocked()
+
+    async def _call(self, k: int) -> None:
+        def hold(call: WorkerCall[int]) -> int:
+            self.go.wait(SYNC_TIMEOUT)
+            return -1
+
+        def triple(call: WorkerCall[int]) -> int:
+            return 3 * k
+
+        try:
+            result: int = await self.thread.run(hold if k < 0 else triple)
+            self.outcomes[k] = result
+        except trio.ClosedResourceError:
+            self.outcomes[k] = "closed"
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
 async def test_many_callers_at_once_hold_a_bounded_number_of_sockets_and_all_get_their_results() -> None:
     """A burst of callers (a reconnecting crowd claiming sessions) queues at most WAITING_CALLS calls, each
@@ -139,28 +170,12 @@ async def test_many_callers_at_once_hold_a_bounded_number_of_sockets_and_all_get
     before = open_fds()
     thread = WorkerThread("test worker")
     thread.start()
-    go = threading.Event()
-    results: dict[int, int] = {}
-
-    def first(call: WorkerCall[int]) -> int:
-        go.wait(SYNC_TIMEOUT)
-        return -1
-
-    async def caller(k: int) -> None:
-        def triple(call: WorkerCall[int]) -> int:
-            return 3 * k
-
-        results[k] = await thread.run(first if k < 0 else triple)
-
+    crowd = Crowd(thread)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(caller, -1)
-        await trio.testing.wait_all_tasks_blocked()  # its call holds the thread: the next ones queue up
-        for k in range(50):
-            nursery.start_soon(caller, k)
-        await trio.testing.wait_all_tasks_blocked()
+        await crowd.arrive(nursery, 50)
         assert open_fds() - before == 2 * WAITING_CALLS  # bounded, whatever the number of callers
-        go.set()
-    assert results == {-1: -1, **{k: 3 * k for k in range(50)}}
+        crowd.go.set()
+    assert crowd.outcomes == {-1: -1, **{k: 3 * k for k in range(50)}}
     await thread.stop()
     assert open_fds() == before
 
@@ -170,35 +185,15 @@ async def test_stop_runs_the_queued_calls_and_fails_those_still_waiting_their_tu
     ClosedResourceError at once instead of queueing behind the end (where it would wait forever)."""
     thread = WorkerThread("test worker")
     thread.start()
-    go = threading.Event()
-    outcomes: dict[int, int | str] = {}
-
-    def first(call: WorkerCall[int]) -> int:
-        go.wait(SYNC_TIMEOUT)
-        return -1
-
-    async def caller(k: int) -> None:
-        def triple(call: WorkerCall[int]) -> int:
-            return 3 * k
-
-        try:
-            result: int = await thread.run(first if k < 0 else triple)
-            outcomes[k] = result
-        except trio.ClosedResourceError:
-            outcomes[k] = "closed"
-
+    crowd = Crowd(thread)
     with trio.fail_after(SYNC_TIMEOUT):  # a caller queued behind the end would hang here
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(caller, -1)
-            await trio.testing.wait_all_tasks_blocked()  # its call holds the thread: the next ones queue up
-            for k in range(12):
-                nursery.start_soon(caller, k)
-            await trio.testing.wait_all_tasks_blocked()
+            await crowd.arrive(nursery, 12)
             nursery.start_soon(thread.stop)
             await trio.testing.wait_all_tasks_blocked()  # the waiting callers have been told
-            assert sum(outcome == "closed" for outcome in outcomes.values()) == 13 - WAITING_CALLS
-            go.set()
-    ran = {k: outcome for k, outcome in outcomes.items() if outcome != "closed"}
+            assert list(crowd.outcomes.values()).count("closed") == 13 - WAITING_CALLS
+            crowd.go.set()
+    ran = {k: outcome for k, outcome in crowd.outcomes.items() if outcome != "closed"}
     assert len(ran) == WAITING_CALLS
     assert all(outcome == (-1 if k < 0 else 3 * k) for k, outcome in ran.items())
     with pytest.raises(trio.ClosedResourceError):
