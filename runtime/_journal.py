@@ -568,20 +568,29 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
         content, at = run_input_from_json(row.input)
         if content is not None and len(history) <= at:
             history.append(_user_message(content))
-    waiting = {pending.call_id: pending for pending in snapshot.pending}
+    waiting = {pending.call_id for pending in snapshot.pending}
     resumable: dict[str, ToolCallChunk] = {}
-    answered = {message.call_id for message in history if isinstance(message, ToolResultMessage)}
+    # A call is answered by a result after it, before the next model turn; not by any result of its id:
+    # models may number their calls anew (a scripted model per process, Gemini without ids).
+    answered: dict[int, set[str]] = {}  # by the model turn's place in the history
+    results: set[str] = set()
+    for at, message in enumerate(history):
+        if isinstance(message, AssistantMessage):
+            results = answered[at] = set()
+        elif isinstance(message, ToolResultMessage):
+            results.add(message.call_id)
+    last_turn = max(answered, default=-1)
     repaired: list[Message] = []
-    for message in history:
+    for at, message in enumerate(history):
         repaired.append(message)
         if isinstance(message, AssistantMessage):
             for call in message.tool_calls:
-                if call.call_id in answered:
+                if call.call_id in answered[at]:
                     continue
-                if call.call_id in waiting:
+                answered[at].add(call.call_id)
+                if call.call_id in waiting and at == last_turn:  # a run waits at its last model turn
                     resumable[call.call_id] = call
                 else:
-                    answered.add(call.call_id)
                     unchanged = min(unchanged, len(repaired))
                     repaired.append(ToolResultMessage(call.call_id, call.name, INTERRUPTED_RESULT, True))
     if resumable:

@@ -514,6 +514,7 @@ class AgentRun:
         if self._resume is not None:
             # The tool calls an interrupted run was waiting on are called again (the model is not asked again).
             await self._call_tools(list(self._resume.calls.values()), tools)
+            self._resume.answers.clear()  # those of calls refused before they ran, too
         if self._user_input is not None:
             self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries
@@ -866,7 +867,9 @@ class AgentRun:
         # A durable run: the questions this call asks are written with its id, and settled when it ends.
         token = _TOP_CALL.set(call.call_id)
         try:
-            resumed = None if self._resume is None else self._resume.answers.get(call.call_id)
+            # Only the resumed call itself takes its question's id and answer: the model may give a later
+            # call the same id.
+            resumed = None if self._resume is None else self._resume.answers.pop(call.call_id, None)
             elicitor = self._bridge if resumed is None else _ResumedQuestion(self._bridge, *resumed)
             return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         finally:

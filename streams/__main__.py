@@ -20,7 +20,7 @@ from agents import Agent
 from runtime import PostgresStore, SQLiteStore, StoreError
 
 from ._exceptions import UnsafeBindError
-from ._requests import check_bind
+from ._requests import check_bind, check_token
 from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
@@ -146,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep sessions in sqlite:PATH or postgresql://... (default: in memory, lost at exit)",
     )
     serve_parser.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="where clients and the other servers on --store reach this one; named as the owner in their 421 "
+        "answers (default: http://HOST:PORT, or hostname:pid with --port 0)",
+    )
+    serve_parser.add_argument(
         "--allow-unauthenticated-remote",
         action="store_true",
         help="serve on a non-loopback --host with no token (anyone who reaches it drives the agent)",
@@ -155,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "mcp":
         return _main_mcp(parser, args)
+    try:
+        check_token(args.token, "the token (--token or TRIO_AGENTS_TOKEN)")
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         check_bind(
             args.host,
@@ -190,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 backlog=args.backlog,
                 allow_unauthenticated_remote=args.allow_unauthenticated_remote,
                 store=store,
+                public_url=args.public_url,
             )
         )
     except StoreError as exc:

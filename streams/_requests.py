@@ -139,6 +139,21 @@ def check_bind(host: str, *, authenticated: bool, allow_unauthenticated_remote: 
     )
 
 
+def check_token(token: str | None, what: str) -> None:
+    """Refuse a token no client could send: empty (a variable set to nothing would otherwise let in every
+    request that says ``Bearer`` and nothing else), or holding spaces or control characters.
+
+    Raises:
+        ValueError: it is.
+    """
+    if token is None:
+        return
+    if not token.strip():
+        raise ValueError(f"{what} is empty: give a secret, or none at all")
+    if any(not char.isprintable() or char.isspace() for char in token):
+        raise ValueError(f"{what} holds spaces or control characters: no Authorization header could carry it")
+
+
 def check_positive(**values: float) -> None:
     """Raise ``ValueError`` naming the first of ``values`` (timeouts, a backlog) that is not above zero."""
     for name, value in values.items():

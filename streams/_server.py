@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 from collections import OrderedDict
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -56,6 +57,7 @@ from ._requests import (
     bearer_token_matches,
     check_bind,
     check_positive,
+    check_token,
     read_body,
 )
 from ._runlog import RunFollower, RunLog
@@ -967,6 +969,16 @@ def _failed(command_id: Any, kind: str, message: str) -> dict[str, Any]:
     return {"type": "result", "id": command_id, "ok": False, "error": {"type": kind, "message": message}}
 
 
+def _owner(public_url: str | None, host: str, port: int) -> str | None:
+    """How a served runtime names itself to the other servers of its store (``None``: ``hostname:pid``)."""
+    if public_url is not None:
+        return public_url
+    if port == 0:
+        return None
+    name = socket.gethostname() if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
 @asynccontextmanager
 async def open_server(
     agent: Agent[Any, Any],
@@ -988,6 +1000,7 @@ async def open_server(
     backlog: int = 1024,
     allow_unauthenticated_remote: bool = False,
     store: SessionStore | None = None,
+    public_url: str | None = None,
 ) -> AsyncIterator[Server]:
     """Serve ``agent`` over HTTP, SSE and WebSocket until the block exits.
 
@@ -1042,13 +1055,20 @@ async def open_server(
             give ``runtime`` one of its own otherwise): a request for a session
             this process does not serve opens it from the store, one that another
             process serves is answered 421 ``session_elsewhere`` naming it.
+        public_url: Where clients and the other servers on ``store`` reach this one
+            (``https://agents-2.internal``): the owner a 421 from another server
+            names for the sessions served here. Default: ``http://HOST:PORT``,
+            with this machine's name for a wildcard ``host``; with ``port`` 0 (not
+            known until listening), ``hostname:pid``. It matters only with ``store``.
 
     Raises:
         UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
             ``allow_unauthenticated_remote`` is false.
-        ValueError: ``write_timeout``, ``body_timeout`` or ``backlog`` is not above zero.
+        ValueError: ``write_timeout``, ``body_timeout`` or ``backlog`` is not above zero, or ``token`` is
+            empty or holds spaces.
     """
     check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+    check_token(token, "the token")
     check_bind(
         host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"
     )
@@ -1056,9 +1076,13 @@ async def open_server(
     # The block's own error comes out as itself, not in a group (as open_runtime's do).
     async with single_errors(), AsyncExitStack() as stack:
         if runtime is None:
-            runtime = await stack.enter_async_context(open_runtime(store=store))
-        elif store is not None:
-            raise ValueError("give the store to the runtime you pass (open_runtime(store=...)), not to open_server")
+            owner = None if store is None else _owner(public_url, host, port)
+            runtime = await stack.enter_async_context(open_runtime(store=store, owner=owner))
+        elif store is not None or public_url is not None:
+            raise ValueError(
+                "give the store and the owner to the runtime you pass (open_runtime(store=..., owner=...)), "
+                "not to open_server"
+            )
         server = Server(
             runtime,
             agent,

@@ -26,6 +26,7 @@ from .._requests import (
     bearer_token_matches,
     check_bind,
     check_positive,
+    check_token,
     read_body,
 )
 
@@ -96,7 +97,8 @@ class WebhookChannel:
     loopback), ``write_timeout`` (a client that reads nothing for that long
     is disconnected), ``backlog``, and a non-loopback ``host`` needs a
     ``secret`` or ``allow_unauthenticated_remote=True``
-    (:class:`~streams.UnsafeBindError` otherwise).
+    (:class:`~streams.UnsafeBindError` otherwise). An empty ``secret``, or one
+    with spaces, is refused with ``ValueError``.
 
     Hypercorn runs inside ``run``'s own nursery. Cancelling ``run`` first
     answers every request still waiting on the bus with 503, then stops
@@ -128,6 +130,7 @@ class WebhookChannel:
         allow_unauthenticated_remote: bool = False,
     ) -> None:
         check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+        check_token(secret, "the secret")
         check_bind(
             host,
             authenticated=secret is not None,

@@ -46,11 +46,12 @@ class Served:
         self.child.process.kill()
 
 
-async def start(nursery: trio.Nursery, store: str, ledger: Path) -> Served:
-    """Start a server process on ``store`` in ``nursery``'s lifetime and wait until it listens."""
+async def start(nursery: trio.Nursery, store: str, ledger: Path, *options: str) -> Served:
+    """Start a server process on ``store`` (with more ``serve`` options) in ``nursery``'s lifetime and wait
+    until it listens."""
 
     async def serve(task_status: trio.TaskStatus[Served]) -> None:
-        args = ("-m", "streams", "serve", "--agent", AGENT, "--port", "0", "--store", store)
+        args = ("-m", "streams", "serve", "--agent", AGENT, "--port", "0", "--store", store, *options)
         async with running(*args, env={"DURABLE_LEDGER": str(ledger)}) as child:
             url = (await child.wait_for(URL))[1]
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -246,7 +247,7 @@ async def test_another_process_answers_421_naming_the_owner_and_takes_over_when_
     ledger = tmp_path / "ledger"
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            a = await start(nursery, store, ledger)
+            a = await start(nursery, store, ledger, "--public-url", "https://agents-a.internal")
             b = await start(nursery, store, ledger)
             assert (await a.client.post("/sessions", json={"id": "p1"})).status_code == 201
             events = await detached_until(a, "p1", "pay 7", "ElicitationRequest")
@@ -256,7 +257,7 @@ async def test_another_process_answers_421_naming_the_owner_and_takes_over_when_
             assert elsewhere.status_code == 421
             error = elsewhere.json()["error"]
             assert error["type"] == "session_elsewhere"
-            assert error["owner"].endswith(f":{a.child.process.pid}")
+            assert error["owner"] == "https://agents-a.internal"  # where a client or router can go
             # Creating it there is no "409, it exists, go on" either.
             assert (await b.client.post("/sessions", json={"id": "p1"})).status_code == 421
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,6 +25,7 @@ from runtime import open_gateway, open_runtime
 from streams import UnsafeBindError, WebhookChannel, WebSocketChannel, open_server
 from streams.__main__ import main
 from streams._requests import RequestRejected, read_body
+from streams._server import _owner
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -364,3 +366,33 @@ async def test_deadlines_and_backlog_must_be_above_zero(option: str) -> None:
             pass
     with pytest.raises(ValueError, match=option):
         WebhookChannel(**zero)
+
+
+@pytest.mark.parametrize("token", ["", "  ", "two words", "tab\there"])
+async def test_a_token_no_client_could_send_is_refused_before_anything_listens(token: str) -> None:
+    """An empty token (a variable set to nothing) would let in every ``Authorization: Bearer`` with nothing
+    after it; one with spaces could never match. Both are refused, for the server and the webhook."""
+    with pytest.raises(ValueError, match="the token"):
+        async with open_server(_agent(), host="0.0.0.0", token=token):
+            pass
+    with pytest.raises(ValueError, match="the secret"):
+        WebhookChannel(secret=token)
+
+
+def test_the_cli_refuses_an_empty_token(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TRIO_AGENTS_TOKEN=`` (set to nothing) is not a token: the CLI says so instead of serving to anyone."""
+    monkeypatch.setenv("TRIO_AGENTS_TOKEN", "")
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--agent", "no_such_module:agent", "--host", "0.0.0.0"])
+    assert exited.value.code == 2
+    assert "TRIO_AGENTS_TOKEN" in capsys.readouterr().err
+
+
+def test_a_served_runtime_names_itself_by_where_it_listens() -> None:
+    """The owner other servers of the store name in a 421: the public URL if given, else the address it
+    listens on (this machine's name for a wildcard), else (a port not known yet) ``hostname:pid``."""
+    assert _owner("https://agents-2.internal", "0.0.0.0", 8000) == "https://agents-2.internal"
+    assert _owner(None, "10.0.0.7", 8000) == "http://10.0.0.7:8000"
+    assert _owner(None, "0.0.0.0", 8000) == f"http://{socket.gethostname()}:8000"
+    assert _owner(None, "::1", 8000) == "http://[::1]:8000"
+    assert _owner(None, "10.0.0.7", 0) is None

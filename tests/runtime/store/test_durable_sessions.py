@@ -468,3 +468,105 @@ async def test_a_repair_inside_the_history_rewrites_the_stored_messages_after_it
             runtime.open_session(make_agent(), session_id="m", create=False) as session,
         ):
             assert list(session.history) == repaired
+
+
+async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted_call(tmp_path: Path) -> None:
+    """Models may repeat call ids across turns (a scripted model per process, Gemini without ids): a call
+    is answered by a result after it, not by an earlier call's result of the same id."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="n") as session,
+        session.run("pay 7") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                await stream.respond(event.id, "accept")
+    first_call = next(m for m in session.history if isinstance(m, AssistantMessage)).tool_calls[0].call_id
+    # A new process, whose model numbers its calls from the start again.
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="n") as session,
+        session.run("stall") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ToolCallStarted):
+                assert event.call_id == first_call
+                crash_image(path, image)
+                break
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="n") as session,
+    ):
+        last = session.history[-1]
+        assert isinstance(last, ToolResultMessage)
+        assert (last.call_id, last.content, last.is_error) == (first_call, INTERRUPTED_RESULT, True)
+        assert (await session.ask("hi")).output == "echo: hi"
+    assert stored_events(image, "n-r2")[-1]["reason"] == "interrupted"
+    assert paid == [7]
+
+
+async def test_a_question_waiting_under_a_call_id_used_before_is_pending_after_a_crash(tmp_path: Path) -> None:
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="o") as session,
+    ):
+        async with session.run("pay 1") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    await stream.respond(event.id, "accept")
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="o") as session,
+        session.run("pay 2") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                asked = event
+                crash_image(path, image)
+                break
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="o") as session,
+    ):
+        assert session.pending == (asked,)
+        assert session.suspended_run == "o-r2"
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        assert stream.result.output == "done: paid 2"
+    assert paid == [1, 2]
+
+
+def greedy(request: ModelRequest) -> str | ToolCall:
+    """Pays what the user says, then asks to pay 5000 more (a second call that must be approved on its own)."""
+    last = request.messages[-1]
+    if isinstance(last, UserMessage):
+        return ToolCall("pay", {"amount": int(last.text.split()[1])})
+    assert isinstance(last, ToolResultMessage)
+    return ToolCall("pay", {"amount": 5000}) if last.text == "paid 10" else f"done: {last.text}"
+
+
+async def test_an_answer_given_to_resume_approves_the_resumed_call_only(tmp_path: Path) -> None:
+    """The resumed run's model makes a new call with the very id of the resumed one (its model numbers
+    calls from the start again): the answer given for the old question must not approve it."""
+    image, asked = await crash_at(tmp_path, "p", "pay 10", ElicitationRequest)
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(greedy)), tools=[pay])
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="p") as session,
+        session.resume({asked.id: ("accept", None)}) as stream,
+    ):
+        questions = []
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                questions.append(event)
+                await stream.respond(event.id, "decline")
+        calls = stream.result.tool_calls
+    assert len(calls) == 2
+    assert calls[0].call_id == calls[1].call_id  # the model did repeat the id
+    assert len(questions) == 1
+    assert questions[0].id != asked.id
+    assert paid == [10]
+    assert calls[1].error == "declined by user"
