@@ -38,6 +38,10 @@ class ElicitationTarget(Protocol):
         """Send the request on the run's stream (block policy, bounded by the run's scope)."""
         ...
 
+    def answered(self, request_id: str) -> None:
+        """The request was answered (a durable run writes that it no longer waits)."""
+        ...
+
 
 # The target is task-local: set with a `with` block by each run (and each
 # nested run) around its body, so every exit path restores the previous one,
@@ -149,6 +153,7 @@ class ElicitationBridge:
                     raise ElicitationUnavailable("no consumer can answer: the run's stream is closed") from None
                 self.asked += 1
                 await pending.answered.wait()
+                target.answered(pending.id)
             if pending.result is None:
                 raise ElicitationTimeout(f"{pending.id} was not answered within {timeout}s")
         finally:

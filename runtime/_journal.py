@@ -152,7 +152,7 @@ class StoreWriter:
                 for journal, checkpoint in taken:
                     if journal.session_id == conflict.session_id:
                         journal.lose(conflict)
-                        self.backlog -= checkpoint_size(checkpoint)
+                        self.backlog -= journal.taken_records
                     else:
                         journal.restore(checkpoint)
                         self._dirty[journal] = None
@@ -166,8 +166,7 @@ class StoreWriter:
                     journal.failed(error)
                     self._dirty[journal] = None
                 logger.warning("the session store failed (%s); retrying", describe(error))
-                if self._closing:
-                    return  # the close timeout, not this loop, bounds how long a closing runtime tries
+                # Closing too: what was accepted is kept trying until the close timeout (open_writer's) ends it.
                 await trio.sleep(_RETRY.delay(attempt))
                 attempt += 1
                 continue
@@ -179,7 +178,7 @@ class StoreWriter:
             self.failure = None
             self.commits += 1
             for journal, checkpoint in taken:
-                self.backlog -= checkpoint_size(checkpoint)
+                self.backlog -= journal.taken_records
                 journal.committed(checkpoint)
             self._made_room()
             await self._release_closed(journals)
@@ -206,16 +205,6 @@ class StoreWriter:
         """Stop once nothing is dirty."""
         self._closing = True
         self._urgent.set()
-
-
-def checkpoint_size(checkpoint: Checkpoint) -> int:
-    return (
-        len(checkpoint.messages)
-        + len(checkpoint.runs)
-        + len(checkpoint.events)
-        + len(checkpoint.pending_added)
-        + len(checkpoint.pending_removed)
-    )
 
 
 @asynccontextmanager
@@ -274,6 +263,9 @@ class Journal:
         for row in pending:
             self._questions.setdefault(row.call_id, []).append(row.elicitation_id)
         self._usage: UsageTally | None = None
+        self._records = 0  # what this journal added to the writer's backlog since its last take()
+        self.taken_records = 0
+        """What the checkpoint being written added to the backlog (taken off it once written or lost)."""
         self._create = create  # the agent's name until a checkpoint makes the session (claimed fresh)
         self._flushed = trio.Event()
         self._asked = 0  # bumped by every flush: what a commit must include to satisfy it
@@ -335,6 +327,17 @@ class Journal:
         self._dirty(1)
         return True
 
+    def answered(self, elicitation_id: str) -> None:
+        """A question was answered: it is pending no more (the next commit says so)."""
+        for call_id, open_ids in self._questions.items():
+            if elicitation_id in open_ids:
+                open_ids.remove(elicitation_id)
+                if not open_ids:
+                    del self._questions[call_id]
+                self._removed.append(elicitation_id)
+                self._dirty(1)
+                return
+
     def settle_call(self, call_id: str) -> None:
         """The tool call ended: its questions are pending no more."""
         settled = self._questions.pop(call_id, None)
@@ -343,6 +346,11 @@ class Journal:
             self._dirty(len(settled))
 
     def _dirty(self, records: int) -> None:
+        if self.lost is not None:  # nothing more is written: nothing kept, nothing in the backlog
+            self._runs.clear()
+            self._events.clear()
+            return
+        self._records += records
         self.writer.backlog += records
         self.writer.mark(self)
 
@@ -397,6 +405,7 @@ class Journal:
             self._stored < self._rows,
         )
         self._taken = self._asked
+        self.taken_records, self._records = self._records, 0
         self._sent = len(history)
         self._create = None
         self._runs = {}
@@ -408,6 +417,7 @@ class Journal:
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was not written: what it held waits again (before what came since)."""
+        self._records += self.taken_records  # still in the backlog
         self._sent = self._stored
         self._create = checkpoint.create
         for row in checkpoint.runs:
@@ -433,6 +443,8 @@ class Journal:
         self.lost = conflict
         self._runs.clear()
         self._events.clear()
+        self.writer.backlog -= self._records  # what came since the lost checkpoint was taken
+        self._records = 0
         self._flushed.set()
 
 
@@ -473,16 +485,18 @@ def restore_usage(tally: UsageTally, usage: str | None) -> None:
 # -- a run's input, as its row holds it ----------------------------------------------
 
 
-def run_input_to_json(content: Content | None, history_at: int) -> str:
+def run_input_to_json(content: Content | None, history_at: int | None) -> str:
     """A run row's ``input``: the user's content (``None`` for a resumption without one) and how long the
-    history was when the run began (recovery puts an interrupted run's message back at that place)."""
+    history was when the run began (recovery puts an interrupted run's message back at that place); ``None``
+    while the run waits for its turn (its message goes after everything)."""
     return dumps({"content": None if content is None else content_to_json(content), "at": history_at})
 
 
-def run_input_from_json(text: str) -> tuple[Content | None, int]:
+def run_input_from_json(text: str) -> tuple[Content | None, int | None]:
     data = json.loads(text)
     content = data.get("content")
-    return (None if content is None else content_from_json(content)), int(data.get("at", 0))
+    at = data.get("at", 0)
+    return (None if content is None else content_from_json(content)), (None if at is None else int(at))
 
 
 # -- recovery: what a session is after its process stopped --------------------------
@@ -491,19 +505,27 @@ def run_input_from_json(text: str) -> tuple[Content | None, int]:
 class Suspended:
     """An interrupted run that was waiting for answers: resuming it calls those tool calls again."""
 
-    __slots__ = ("calls", "questions", "run_id")
+    __slots__ = ("calls", "questions", "run_id", "then")
 
-    def __init__(self, run_id: str, questions: list[PendingRow], calls: dict[str, ToolCallChunk]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        questions: list[PendingRow],
+        calls: dict[str, ToolCallChunk],
+        then: Sequence[Content] = (),
+    ) -> None:
         self.run_id = run_id
         self.questions = questions
         self.calls = calls
         """The tool calls to call again, by call id."""
+        self.then = tuple(then)
+        """Users' messages of runs that were resuming it: they follow the calls' results."""
 
     def requests(self) -> tuple[ElicitationRequest, ...]:
         return tuple(request_from_row(row) for row in self.questions)
 
     def resumption(self, given: Mapping[str, tuple[str, Any]] | None) -> Resumption:
-        """What the resuming run needs: per call id, the question's id and its answer if ``given`` has one.
+        """What the resuming run needs: per call id, its questions, each with its answer if ``given`` has one.
 
         Raises:
             UnknownElicitationError: ``given`` answers a question that is not pending.
@@ -513,37 +535,56 @@ class Suspended:
         from ._exceptions import UnknownElicitationError
 
         given = dict(given or {})
-        result: dict[str, tuple[str, ElicitationResult | None]] = {}
+        questions: dict[str, list[ResumedQuestion]] = {}
         for row in self.questions:
+            request = request_from_row(row)
             answer = given.pop(row.elicitation_id, None)
             outcome: ElicitationResult | None = None
             if answer is not None:
-                request = request_from_row(row)
                 _, validate = compile_schema(request.schema)
                 pending = PendingElicitation(row.elicitation_id, validate)
                 pending.answer(*answer)
                 outcome = pending.result
-            result[row.call_id] = (row.elicitation_id, outcome)
+            questions.setdefault(row.call_id, []).append(ResumedQuestion(request, outcome))
         if given:
             raise UnknownElicitationError(f"no pending elicitation {next(iter(given))!r} in this session")
-        return Resumption(self.run_id, self.calls, result)
+        return Resumption(self.run_id, self.calls, questions, self.then)
+
+
+class ResumedQuestion:
+    """A question a resumed call asked before: asked again with the same text, it keeps its id (and is
+    answered at once if the answer came with the resumption)."""
+
+    __slots__ = ("answer", "request")
+
+    def __init__(self, request: ElicitationRequest, answer: ElicitationResult | None) -> None:
+        self.request = request
+        self.answer = answer
+
+    def matches(self, message: str, schema: dict[str, Any] | None, agent: str) -> bool:
+        request = self.request
+        return request.message == message and request.schema == schema and request.agent == agent
 
 
 class Resumption:
-    """A run resuming an interrupted one: the calls to make again, and their questions' ids and answers."""
+    """A run resuming an interrupted one: the calls to make again, their questions, and what follows."""
 
-    __slots__ = ("answers", "calls", "run_id")
+    __slots__ = ("calls", "questions", "run_id", "then")
 
     def __init__(
         self,
         run_id: str,
         calls: dict[str, ToolCallChunk],
-        answers: dict[str, tuple[str, ElicitationResult | None]],
+        questions: dict[str, list[ResumedQuestion]],
+        then: tuple[Content, ...] = (),
     ) -> None:
         self.run_id = run_id
         """The run it resumes."""
         self.calls = calls
-        self.answers = answers
+        self.questions = questions
+        """By call id, in the order they were asked."""
+        self.then = then
+        """Users' messages that go after the calls' results."""
 
 
 def request_from_row(row: PendingRow) -> ElicitationRequest:
@@ -564,11 +605,16 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
     unchanged = len(history)
     interrupted = [row for row in snapshot.runs if row.status == "running"]
     suspended: Suspended | None = None
+    waiting = {pending.call_id for pending in snapshot.pending}
+    then: list[Content] = []  # messages of runs that were resuming: they go after the resumed calls' results
     for row in interrupted:
         content, at = run_input_from_json(row.input)
-        if content is not None and len(history) <= at:
+        if content is None or (at is not None and len(history) > at):
+            continue  # none, or written with the history
+        if row.resumes is not None and _waits(history, waiting):
+            then.append(content)
+        else:
             history.append(_user_message(content))
-    waiting = {pending.call_id for pending in snapshot.pending}
     resumable: dict[str, ToolCallChunk] = {}
     # A call is answered by a result after it, before the next model turn; not by any result of its id:
     # models may number their calls anew (a scripted model per process, Gemini without ids).
@@ -597,8 +643,20 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
         questions = [pending for pending in snapshot.pending if pending.call_id in resumable]
         # The run that waited: the last one interrupted (a resumption interrupted in its turn resumes it).
         waited = interrupted[-1].run_id if interrupted else questions[0].run_id
-        suspended = Suspended(waited, questions, resumable)
+        suspended = Suspended(waited, questions, resumable, then)
+    else:
+        repaired.extend(_user_message(content) for content in then)
     return repaired, interrupted, suspended, unchanged
+
+
+def _waits(history: list[Message], waiting: set[str]) -> bool:
+    """Whether the last model turn has a call with no result that a question waits on."""
+    for at in range(len(history) - 1, -1, -1):
+        message = history[at]
+        if isinstance(message, AssistantMessage):
+            results = {m.call_id for m in history[at + 1 :] if isinstance(m, ToolResultMessage)}
+            return any(call.call_id in waiting and call.call_id not in results for call in message.tool_calls)
+    return False
 
 
 def _user_message(content: Content) -> Message:

@@ -47,7 +47,7 @@ from agents._exceptions import describe
 from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from agents._output import OutputSpec, OutputValidationError
 
-from ._bridge import ElicitationBridge, PendingElicitation
+from ._bridge import ElicitationBridge, PendingElicitation, compile_schema
 from ._exceptions import ClosedRunStreamError
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
     from agents._context import Elicitor
 
     from ._handlers import Tee
-    from ._journal import Journal, Resumption
+    from ._journal import Journal, ResumedQuestion, Resumption
     from ._pipe import EventPipe
     from ._tally import UsageTally
     from ._tracing import Tracing
@@ -169,6 +169,7 @@ class AgentRun:
         "output_tokens",
         "reasoning_tokens",
         "requests",
+        "resumed",
         "run_id",
         "tool_calls",
     )
@@ -190,7 +191,6 @@ class AgentRun:
         tee: Tee | None = None,
         session_usage: UsageTally | None = None,
         journal: Journal | None = None,
-        resume: Resumption | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         """A top-level run sends into ``events``; a nested run (``parent``) forwards into its parent's stream.
@@ -198,8 +198,7 @@ class AgentRun:
         ``consumer`` is the pipe whose consumer can answer questions (``None``
         when nobody can, as with ``Session.ask``). ``session_usage`` is the
         session's running total, counted into as the run spends. A durable
-        session's run writes through ``journal``; ``resume`` makes it first call
-        again the tool calls an interrupted run was waiting on. ``tracing``: the
+        session's run writes through ``journal``. ``tracing``: the
         runtime's, if OpenTelemetry is installed (a nested run uses its parent's).
         """
         self.run_id = run_id
@@ -228,7 +227,7 @@ class AgentRun:
                 session_usage is not None and session_usage.limits is not None
             )
             self._journal = journal
-            self._resume = resume
+            self._resume: Resumption | None = None
             self._tracing = tracing
         else:
             self._out = _SubAgentOut(parent._out, agent.name)
@@ -244,6 +243,8 @@ class AgentRun:
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
             self._resume = None
             self._tracing = parent._tracing
+        self.resumed = False
+        """Whether it has called again the tool calls of the run it resumes (see :meth:`resume`)."""
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -287,6 +288,16 @@ class AgentRun:
         root = self._root or self
         consumer = root._consumer
         return not self._ended and not root._consumer_left and consumer is not None and not consumer.receiver_closed
+
+    def resume(self, resumption: Resumption) -> None:
+        """Before :meth:`drive`: first call again the tool calls an interrupted run was waiting on."""
+        self._resume = resumption
+
+    def answered(self, request_id: str) -> None:
+        """A question of this run (or a nested one) was answered: a durable session writes that it waits no more."""
+        journal = (self._root or self)._journal
+        if journal is not None:
+            journal.answered(request_id)
 
     def consumer_leaving(self) -> None:
         """The consumer is leaving its block: from now on, questions fail at once."""
@@ -514,7 +525,9 @@ class AgentRun:
         if self._resume is not None:
             # The tool calls an interrupted run was waiting on are called again (the model is not asked again).
             await self._call_tools(list(self._resume.calls.values()), tools)
-            self._resume.answers.clear()  # those of calls refused before they ran, too
+            self._resume.questions.clear()  # those of calls refused before they ran, too
+            self._history.extend(UserMessage(content) for content in self._resume.then)
+            self.resumed = True
         if self._user_input is not None:
             self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries
@@ -867,10 +880,10 @@ class AgentRun:
         # A durable run: the questions this call asks are written with its id, and settled when it ends.
         token = _TOP_CALL.set(call.call_id)
         try:
-            # Only the resumed call itself takes its question's id and answer: the model may give a later
+            # Only the resumed call itself takes its questions' ids and answers: the model may give a later
             # call the same id.
-            resumed = None if self._resume is None else self._resume.answers.pop(call.call_id, None)
-            elicitor = self._bridge if resumed is None else _ResumedQuestion(self._bridge, *resumed)
+            resumed = None if self._resume is None else self._resume.questions.pop(call.call_id, None)
+            elicitor = self._bridge if resumed is None else _ResumedQuestions(self._bridge, resumed, journal.answered)
             return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         finally:
             _TOP_CALL.reset(token)
@@ -946,6 +959,14 @@ class AgentRun:
             raise _Refused(f"not run: {tool.name} needs approval, and no one is there to give it") from None
         if not answer.accepted:
             raise _Refused("declined by user")
+        journal = (self._root or self)._journal
+        if journal is not None:
+            # Written before the body runs: a process that stops in it leaves the call interrupted, never
+            # approved again and run twice.
+            try:
+                await journal.flush()
+            except StoreError as exc:
+                raise _Refused(f"not run: the approval could not be kept: {describe(exc)}") from exc
 
     async def _transfer(self, agent: str, task: str) -> str:
         """The transfer tool: run a sub-agent's own loop, nested in this tool call."""
@@ -990,25 +1011,35 @@ class AgentRun:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
 
 
-class _ResumedQuestion:
-    """A resumed tool call's elicitor: its first question keeps the id it had (answered at once if the
-    answer came with the resumption); later ones are asked as usual."""
+class _ResumedQuestions:
+    """A resumed tool call's elicitor: a question it asked before, asked again (the same text, schema and
+    agent), keeps its id, and is answered at once if the answer came with the resumption; others are asked
+    as usual."""
 
-    __slots__ = ("_answer", "_bridge", "_id")
+    __slots__ = ("_answered", "_bridge", "_questions")
 
-    def __init__(self, bridge: ElicitationBridge, request_id: str, answer: ElicitationResult | None) -> None:
+    def __init__(
+        self, bridge: ElicitationBridge, questions: list[ResumedQuestion], answered: Callable[[str], None]
+    ) -> None:
         self._bridge = bridge
-        self._id: str | None = request_id
-        self._answer = answer
+        self._questions = questions
+        self._answered = answered
 
     async def elicit(
         self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
     ) -> ElicitationResult:
-        request_id, self._id = self._id, None
-        if request_id is not None and self._answer is not None:
-            await trio.lowlevel.checkpoint()
-            return self._answer
-        return await self._bridge.elicit(message, schema=schema, timeout=timeout, agent=agent, request_id=request_id)
+        json_schema, _ = compile_schema(schema)
+        for at, question in enumerate(self._questions):
+            if question.matches(message, json_schema, agent):
+                del self._questions[at]
+                if question.answer is not None:
+                    self._answered(question.request.id)
+                    await trio.lowlevel.checkpoint()
+                    return question.answer
+                return await self._bridge.elicit(
+                    message, schema=schema, timeout=timeout, agent=agent, request_id=question.request.id
+                )
+        return await self._bridge.elicit(message, schema=schema, timeout=timeout, agent=agent)
 
 
 class _Refused(Exception):

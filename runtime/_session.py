@@ -10,13 +10,20 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
+import attrs
 import trio
 
 from agents._agent import OutputT
 from agents._content import Content, user_content
 
 from ._bridge import ElicitationBridge, clear_target
-from ._exceptions import ClosedSessionError, NothingToResumeError, ReentrantRunError, RunFailedError
+from ._exceptions import (
+    AgentRuntimeError,
+    ClosedSessionError,
+    NothingToResumeError,
+    ReentrantRunError,
+    RunFailedError,
+)
 from ._handlers import Handler, Overflow, Sink, StreamHandler, Tee
 from ._journal import Recorder, run_input_to_json
 from ._loop import AgentRun
@@ -27,6 +34,7 @@ from ._store import RunRow
 from ._stream import RunStream
 from ._tally import UsageTally
 from ._task_group import TaskGroup
+from .events import RunFinished
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping
@@ -254,11 +262,13 @@ class Session(Generic[OutputT]):
 
         The resuming run is a new run (its ``RunStarted`` names the run it
         resumes in ``resumes``): the tool calls that were waiting are called
-        again, their first question answered from ``answers`` (by question id:
-        ``(action, content)``) or asked again on this stream with its old id,
-        and the loop goes on from there; the model is not asked again for the
-        turn that made those calls. :meth:`run` does the same first when a run
-        is suspended, then adds its user's message.
+        again, a pending question they ask again (the same message, schema and
+        agent) answered from ``answers`` (by question id: ``(action, content)``)
+        or asked again on this stream with its old id, and the loop goes on
+        from there; the model is not asked again for the turn that made those
+        calls. :meth:`run` does the same first when a run is suspended, then
+        adds its user's message. A resuming run that ends before it has made
+        those calls leaves the session suspended.
 
         Tools that can be resumed this way are those that may be called again:
         anything a tool does before its question happens twice, so it must be
@@ -297,25 +307,32 @@ class Session(Generic[OutputT]):
         suspended = self._suspended
         if answers is not None and suspended is None:
             raise NothingToResumeError(f"{self!r} has no interrupted run waiting for answers")
-        resumption = None if suspended is None else suspended.resumption(answers)
+        if suspended is not None:
+            suspended.resumption(answers)  # refuses answers that fit no question, now; used when the run starts
         events: EventPipe[Event] = EventPipe(self._event_buffer)  # not EventPipe[Event](): typing's call is slow
         self._run_count += 1
         run_id = f"{self.id}-r{self._run_count}"
         journal = self._journal
         sinks: tuple[Sink, ...] = tuple(self._handlers)
+        row = None
+        queued = self._slot.runs() > 0  # it waits for its turn
         if journal is not None:
             # The run's row and its user's message are written before its RunStarted (drive() waits for it).
-            journal.run_row(
-                RunRow(
+            # A run that waits for its turn says where its message goes when its turn comes (_begin): until
+            # then, after the whole history.
+            if queued:
+                row = RunRow(run_id, self._run_count, run_input_to_json(user_input, None), "running")
+            else:
+                resumes = None if suspended is None else suspended.run_id
+                row = RunRow(
                     run_id,
                     self._run_count,
                     run_input_to_json(user_input, len(self._history)),
                     "running",
-                    resumes=None if suspended is None else suspended.run_id,
+                    resumes=resumes,
                 )
-            )
+            journal.run_row(row)
             sinks += (Recorder(journal, run_id),)
-            self._suspended = None
         run = AgentRun(
             run_id=run_id,
             agent=self.agent,
@@ -331,14 +348,19 @@ class Session(Generic[OutputT]):
             consumer=events if answerable else None,
             session_usage=self._usage,
             journal=journal,
-            resume=resumption,
             tracing=self._tracing,
         )
         ticket = self._slot.take_ticket()
         self._runs_in_flight += 1
         try:
             self._tasks.start_soon(
-                self._serve_run, run, events, ticket, name=f"run {run.run_id}", scope=run.cancel_scope
+                self._serve_run,
+                run,
+                events,
+                ticket,
+                (row if queued else None, user_input, answers),
+                name=f"run {run.run_id}",
+                scope=run.cancel_scope,
             )
         except BaseException:
             self._run_ended(ticket)
@@ -573,19 +595,55 @@ class Session(Generic[OutputT]):
         if self._journal is not None:
             self._journal.writer.closed(self._journal)
 
-    async def _serve_run(self, run: AgentRun, events: EventPipe[Event], ticket: trio.Event | None) -> None:
+    async def _serve_run(
+        self,
+        run: AgentRun,
+        events: EventPipe[Event],
+        ticket: trio.Event | None,
+        start: tuple[RunRow | None, Content | None, Mapping[str, tuple[ElicitationAction, Any]] | None],
+    ) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
         # Runs in run.cancel_scope, in the session's task group: only a bug in
         # the loop itself raises, and that fails the session.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
+        suspended = None
+        started = False
         try:
             if ticket is not None:
                 await ticket.wait()
+            started = True
+            suspended = self._begin(run, *start)
             await run.drive()
         finally:
+            if suspended is not None and not run.resumed and self._suspended is None:
+                self._suspended = suspended  # it ended before calling them again: the next run resumes
+            if not started and self._journal is not None:
+                self._journal.event(run.run_id, RunFinished("cancelled"))  # in its log too, as the stream says
             events.close_sender()
             self._run_ended(ticket)
             run.done.set()
+
+    def _begin(
+        self,
+        run: AgentRun,
+        row: RunRow | None,
+        user_input: Content | None,
+        answers: Mapping[str, tuple[ElicitationAction, Any]] | None,
+    ) -> Suspended | None:
+        """The run's turn has come: it resumes the interrupted run if one waits, and its row (``row``: one
+        written while it waited) says where in the history its message goes."""
+        suspended, self._suspended = self._suspended, None
+        if suspended is not None:
+            try:
+                run.resume(suspended.resumption(answers))
+            except AgentRuntimeError:  # answers checked against another run's questions: not these
+                run.resume(suspended.resumption(None))
+        if row is not None and self._journal is not None:
+            resumes = None if suspended is None else suspended.run_id
+            self._journal.run_row(
+                attrs.evolve(row, input=run_input_to_json(user_input, len(self._history)), resumes=resumes)
+            )
+        return suspended
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 import trio
+import trio.testing
 
 from agents import (
     Agent,
@@ -23,16 +24,19 @@ from agents import (
     ScriptedModel,
     ToolCall,
     ToolCallChunk,
+    ToolContext,
     ToolResultMessage,
     UserMessage,
     tool,
 )
 from runtime import (
     NothingToResumeError,
+    RunFailedError,
     SessionNotFoundError,
     SessionOwnedError,
     SQLiteStore,
     StoreCorruptError,
+    StoreUnavailableError,
     UnknownElicitationError,
     open_runtime,
 )
@@ -570,3 +574,254 @@ async def test_an_answer_given_to_resume_approves_the_resumed_call_only(tmp_path
     assert questions[0].id != asked.id
     assert paid == [10]
     assert calls[1].error == "declined by user"
+
+
+async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_path: Path) -> None:
+    """The second run waits behind the first; the process dies as the second's model works. Its message
+    was accepted (its RunStarted was sent): recovery puts it after the first run's messages."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    crashed = trio.Event()
+
+    def crash_on_second(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        if isinstance(last, UserMessage) and last.text == "second":
+            crash_image(path, image)
+            crashed.set()
+        return answer(request)
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(crash_on_second)), tools=[stall])
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(agent, session_id="q") as session,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(session.ask, "stall")
+        await trio.testing.wait_all_tasks_blocked()
+        async with session.run("second") as stream:  # waits behind the first run
+            release.set()
+            kinds = [type(event) async for event in stream]
+        assert kinds[0] is RunStarted
+    assert crashed.is_set()
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="q") as session,
+    ):
+        texts = [message.text for message in session.history]
+        assert texts == ["stall", "", "released", "done: released", "second"]
+    assert stored_events(image, "q-r2")[-1]["reason"] == "interrupted"
+
+
+async def test_a_run_cancelled_while_waiting_for_its_turn_is_logged_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="g") as session,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(session.ask, "stall")
+        await trio.testing.wait_all_tasks_blocked()
+        async with session.run("never") as stream:
+            pass  # left while it waits for the first run: cancelled before it started
+        assert stream.result.reason == "cancelled"
+        release.set()
+    assert [event["type"] for event in stored_events(path, "g-r2")] == ["RunFinished"]
+    assert stored_events(path, "g-r2")[0]["reason"] == "cancelled"
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="g") as session,
+    ):
+        assert [message.text for message in session.history] == ["stall", "", "released", "done: released"]
+    assert stored_events(path, "g-r2")[-1]["reason"] == "cancelled"  # not marked interrupted on reopen
+
+
+async def test_a_resumption_that_ends_before_calling_again_leaves_the_session_suspended(tmp_path: Path) -> None:
+    """The resuming run's consumer leaves before the waiting call is called again: the question stays
+    pending, and the next run resumes (the history never has a call without its result)."""
+    image, asked = await crash_at(tmp_path, "r", "pay 3", ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="r") as session,
+    ):
+        async with session.resume() as stream:
+            pass
+        assert stream.result.reason == "cancelled"
+        assert session.pending == (asked,)
+        assert session.suspended_run == "r-r1"
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[0] == RunStarted("r-r3", resumes="r-r1")
+        assert stream.result.output == "done: paid 3"
+    assert paid == [3]
+
+
+async def test_a_commit_failing_as_the_runtime_closes_is_retried(tmp_path: Path) -> None:
+    """What a run wrote last goes with the close's commit: a store that fails it once is tried again
+    (within the close timeout), and nothing accepted is lost."""
+
+    class FailingOnce(SQLiteStore):
+        fail = False
+
+        async def commit(self, checkpoints: Any) -> None:
+            if self.fail:
+                self.fail = False
+                raise StoreUnavailableError("disk I/O error (once)")
+            await super().commit(checkpoints)
+
+    path = tmp_path / "s.db"
+    store = FailingOnce(path)
+    async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="c") as session:
+        assert (await session.ask("hello")).output == "echo: hello"
+        store.fail = True
+    assert not store.fail
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="c") as session,
+    ):
+        assert [message.text for message in session.history] == ["hello", "echo: hello"]
+    assert stored_events(path, "c-r1")[-1]["reason"] == "completed"
+
+
+async def test_an_approved_body_runs_once_though_the_process_dies_in_it(tmp_path: Path) -> None:
+    """The approval is written before the body runs: a process that dies in the body leaves the call
+    interrupted, not its question pending to be approved and run again."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+
+    @tool(requires_approval=True)
+    def transfer(amount: int) -> str:
+        """Transfer."""
+        paid.append(amount)
+        crash_image(path, image)  # the process dies right after the side effect
+        return f"sent {amount}"
+
+    def model(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        return ToolCall("transfer", {"amount": 100}) if isinstance(last, UserMessage) else "sent"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[transfer])
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(agent, session_id="t") as session,
+        session.run("send it") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                await stream.respond(event.id, "accept")
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="t") as session,
+    ):
+        assert session.pending == ()
+        last = session.history[-1]
+        assert isinstance(last, ToolResultMessage)
+        assert last.content == INTERRUPTED_RESULT
+        with pytest.raises(NothingToResumeError):
+            async with session.resume():
+                pass
+    assert paid == [100]
+
+
+async def test_a_call_that_asked_twice_resumes_with_each_answer_for_its_own_question(tmp_path: Path) -> None:
+    """Approved, then its body asks which account, and the process dies: only the account question is
+    pending, and its answer goes to that question when the call is made again (the approval, written, is
+    asked again: the body runs from the top)."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    got: list[Any] = []
+
+    @tool(requires_approval=True)
+    async def transfer(ctx: ToolContext[None], amount: int) -> str:
+        """Transfer."""
+        account = await ctx.elicit("Which account?", schema=str)
+        got.append(account.content)
+        return f"sent {amount} from {account.content}"
+
+    def model(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        return ToolCall("transfer", {"amount": 9}) if isinstance(last, UserMessage) else f"done: {last.text}"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[transfer])
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(agent, session_id="w") as session,
+        session.run("send") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                if event.message == "Which account?":
+                    account = event
+                    crash_image(path, image)
+                    break
+                await stream.respond(event.id, "accept")
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(agent, session_id="w") as session,
+    ):
+        assert session.pending == (account,)
+        async with session.resume({account.id: ("accept", "acct-42")}) as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    assert event.message.startswith("Allow durable to run transfer")
+                    assert event.id != account.id
+                    await stream.respond(event.id, "accept")
+        assert stream.result.output == "done: sent 9 from acct-42"
+    assert got == ["acct-42"]
+
+
+async def test_a_message_sent_while_resuming_follows_the_resumed_calls_results_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    """run("thanks") on a suspended session calls the waiting call again first; the process dies while it
+    asks again. Recovered, "thanks" waits for that call's result, which it follows once resumed."""
+    image, asked = await crash_at(tmp_path, "x", "pay 5", ElicitationRequest)
+    again = tmp_path / "again.db"
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="x") as session,
+        session.run("thanks") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                crash_image(image, again)
+                break
+    async with (
+        open_runtime(store=SQLiteStore(again)) as runtime,
+        runtime.open_session(make_agent(), session_id="x") as session,
+    ):
+        assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
+        assert session.pending == (asked,)
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            pass_events = [event async for event in stream]
+        assert pass_events[-1] == RunFinished("completed")
+        texts = [(type(message).__name__, message.text) for message in session.history]
+        assert texts[2:] == [
+            ("ToolResultMessage", "paid 5"),
+            ("UserMessage", "thanks"),
+            ("AssistantMessage", "echo: thanks"),
+        ]
+    assert paid == [5]
+
+
+async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_written(tmp_path: Path) -> None:
+    """The bound on what waits to be written holds only if the count is right: back to 0 once everything
+    is written, after runs that rewrote their rows and a commit that failed and was retried."""
+
+    class FailingOnce(SQLiteStore):
+        fail = True
+
+        async def commit(self, checkpoints: Any) -> None:
+            if self.fail:
+                self.fail = False
+                raise StoreUnavailableError("disk I/O error (once)")
+            await super().commit(checkpoints)
+
+    async with open_runtime(store=FailingOnce(tmp_path / "s.db")) as runtime:
+        writer = runtime._writer
+        assert writer is not None
+        async with runtime.open_session(make_agent(), session_id="b") as session:
+            with pytest.raises(RunFailedError):  # its first durability point meets the failing commit
+                await session.ask("first")
+            for k in range(20):
+                assert (await session.ask(f"hello {k}")).output == f"echo: hello {k}"
+            journal = writer.closing.get("b") or session._journal
+        assert journal is not None
+        await journal.released.wait()
+        assert writer.backlog == 0
