@@ -248,22 +248,34 @@ async def test_gc_run_whose_tool_raises_is_freed_by_refcount() -> None:
 
 async def test_gc_run_left_mid_tool_is_freed_by_refcount() -> None:
     """A consumer breaking out while a tool runs cancels the run; the Cancelled leaves no cycle."""
-    hanging = agent(ToolCall("hang"), "done")
+    hanging = agent(ToolCall("hang"))
+    reasons: list[str] = []
 
     async def scenario(runtime: Runtime) -> None:
         async with runtime.open_session(hanging) as session, session.run("go") as stream:
             async for event in stream:
                 if isinstance(event, ToolCallStarted):
                     break
+        reasons.append(stream.result.reason)
 
     await assert_freed_by_refcount(scenario)
+    assert reasons == ["cancelled", "cancelled"]  # the checked run left mid-tool too
 
 
 async def test_gc_run_ending_in_timeouts_is_freed_by_refcount(autojump_clock: trio.testing.MockClock) -> None:
     """A tool timing out, then the run timing out, leaves no cycle."""
-    await assert_freed_by_refcount(
-        streamed(agent(ToolCall("hang"), ToolCall("hang"), "done", tool_timeout=1, run_timeout=1.5))
-    )
+    timing_out = agent(ToolCall("hang"), ToolCall("hang"), tool_timeout=1, run_timeout=1.5)
+    results: list[tuple[str, tuple[str | None, ...]]] = []
+
+    async def scenario(runtime: Runtime) -> None:
+        async with runtime.open_session(timing_out) as session, session.run("go") as stream:
+            async for _ in stream:
+                pass
+        results.append((stream.result.reason, tuple(call.error for call in stream.result.tool_calls)))
+
+    await assert_freed_by_refcount(scenario)
+    tool_timeout = "tool 'hang' took longer than tool_timeout=1s"
+    assert results == [("timeout", (tool_timeout,))] * 2  # the checked run timed out both ways too
 
 
 async def test_gc_run_asking_the_human_is_freed_by_refcount() -> None:
@@ -314,12 +326,13 @@ async def test_gc_session_with_a_stream_handler_is_freed_by_refcount() -> None:
     seen: list[object] = []
 
     async def scenario(runtime: Runtime) -> None:
+        seen.clear()  # what the checked run's handler saw, only
         async with runtime.open_session(answering) as session:
             session.add_handler(_append_to(seen))
             await session.ask("go")
 
     await assert_freed_by_refcount(scenario)
-    assert seen
+    assert [type(event).__name__ for event in seen].count("ToolCallFinished") == 1
 
 
 def _append_to(seen: list[object]) -> Callable[[object], Awaitable[None]]:
@@ -343,6 +356,7 @@ async def test_gc_typed_output_run_with_progress_and_custom_events_is_freed_by_r
     seen: list[object] = []
 
     async def scenario(runtime: Runtime) -> None:
+        seen.clear()  # what the checked run streamed, only
         async with runtime.open_session(typed) as session, session.run("go") as stream:
             seen.extend([type(event).__name__ async for event in stream])
 
@@ -375,10 +389,15 @@ async def test_gc_runs_ended_by_output_error_refusal_and_usage_limit_are_freed_b
     anthropic_refusal: list[ModelChunk] = [TextChunk("I won't"), StopChunk("refusal", "refusal")]
     openai_refusal: list[ModelChunk] = [RefusalChunk("no")]
     refusing = agent(anthropic_refusal, openai_refusal)
-    limited = agent(ToolCall("add", {"a": 1, "b": 2}), "done", usage_limits=UsageLimits(requests=1))
+    limited = agent(ToolCall("add", {"a": 1, "b": 2}), usage_limits=UsageLimits(requests=1))
+    reasons: list[str] = []
 
     async def scenario(runtime: Runtime) -> None:
         for each in (failing, refusing, refusing, limited):
-            await streamed(each)(runtime)
+            async with runtime.open_session(each) as session, session.run("go") as stream:
+                async for _ in stream:
+                    pass
+            reasons.append(stream.result.reason)
 
     await assert_freed_by_refcount(scenario)
+    assert reasons == ["error", "refusal", "refusal", "usage_limit"] * 2  # the checked runs ended so too

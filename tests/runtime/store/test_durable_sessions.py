@@ -264,15 +264,19 @@ async def test_postgres_going_away_fails_a_run_with_a_store_error_and_the_sessio
                 assert isinstance(events[0], RunStarted)  # first, even though what it promises failed
                 assert [error.kind for error in errors] == ["store"]
                 assert events[-1] == RunFinished("error", errors[0].message)
-                # Back: the writer writes what waited, and runs go on (the first may still meet the outage).
+                # Back: the writer's retry writes what waited (it polls the server, with backoff: so does this,
+                # bounded by fail_after), and runs go on.
+                writer = runtime._writer
+                assert writer is not None
                 while True:
-                    async with session.run("three") as stream:
-                        async for _ in stream:
-                            pass
-                    if stream.result.reason == "completed":
+                    if writer.failure is None and not writer.backlog:
                         break
-                    await trio.sleep(0.1)  # the writer retries with backoff; this waits for it, bounded above
-                assert stream.result.output == "echo: three"
+                    await trio.sleep(0.05)
+                assert (await session.ask("three")).output == "echo: three"
+        async with open_runtime(store=PostgresStore(dsn)) as runtime:
+            async with runtime.open_session(make_agent(), session_id="g", create=False) as session:
+                assert session.run_count == 3  # the failed run's row was kept through the outage
+                assert [message.text for message in session.history] == ["one", "echo: one", "three", "echo: three"]
 
 
 async def test_the_users_message_is_written_before_run_started(tmp_path: Path) -> None:
@@ -825,3 +829,10 @@ async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_wri
         assert journal is not None
         await journal.released.wait()
         assert writer.backlog == 0
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        runtime.open_session(make_agent(), session_id="b") as session,
+    ):
+        assert session.run_count == 21  # the failed commit's rows were kept and written by the retry
+        assert len(session.history) == 40  # "first" failed before it began: never in the history
+    assert [event["type"] for event in stored_events(tmp_path / "s.db", "b-r1")][-1] == "RunFinished"
