@@ -524,10 +524,14 @@ class AgentRun:
             request_output = output.request_output()
         if self._resume is not None:
             # The tool calls an interrupted run was waiting on are called again (the model is not asked again).
-            await self._call_tools(list(self._resume.calls.values()), tools)
-            self._resume.questions.clear()  # those of calls refused before they ran, too
-            self._history.extend(UserMessage(content) for content in self._resume.then)
-            self.resumed = True
+            try:
+                await self._call_tools(list(self._resume.calls.values()), tools)
+            finally:
+                # Their results are in the history now (errors, if the run ends in them): done, whatever
+                # comes next; the messages of runs that were resuming follow them.
+                self.resumed = True
+                self._resume.questions.clear()  # those of calls refused before they ran, too
+                self._history.extend(UserMessage(content) for content in self._resume.then)
         if self._user_input is not None:
             self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries

@@ -836,3 +836,24 @@ async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_wri
         assert session.run_count == 21  # the failed commit's rows were kept and written by the retry
         assert len(session.history) == 40  # "first" failed before it began: never in the history
     assert [event["type"] for event in stored_events(tmp_path / "s.db", "b-r1")][-1] == "RunFinished"
+
+
+async def test_a_resumption_left_while_the_call_asks_again_ends_that_call(tmp_path: Path) -> None:
+    """Once the waiting call has been called again, a consumer leaving ends it like any call (its result says
+    it was cancelled): the session is no longer suspended, and its history has one result for the call."""
+    image, asked = await crash_at(tmp_path, "y", "pay 8", ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="y") as session,
+    ):
+        async with session.resume() as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    assert event.id == asked.id
+                    break
+        assert session.pending == ()
+        assert session.suspended_run is None
+        assert (await session.ask("hi")).output == "echo: hi"
+        kinds = [type(message).__name__ for message in session.history]
+        assert kinds == ["UserMessage", "AssistantMessage", "ToolResultMessage", "UserMessage", "AssistantMessage"]
+    assert paid == []
