@@ -13,13 +13,14 @@ import trio
 from streams import (
     BrokenStreamError,
     InvalidRequestError,
+    MalformedMessageError,
     PeerSilentError,
     RemoteError,
     StreamClosedError,
     StreamError,
     open_sse_listener,
 )
-from streams._httpx import map_httpx_errors
+from streams._httpx import _MAPPING, map_httpx_errors
 
 TIMEOUT: Final = 10
 SLOW: Final = 0.3
@@ -73,26 +74,42 @@ def test_every_httpx_exception_arrives_as_a_streams_error(cls: type[BaseExceptio
     assert "http://peer.test/x" in str(raised.value)
 
 
+_CASES: list[tuple[Exception, type[StreamError]]] = [
+    (httpx.ReadTimeout("slow"), PeerSilentError),
+    (httpx.ConnectTimeout("slow"), PeerSilentError),
+    (httpx.ConnectError("refused"), StreamClosedError),
+    (httpx.ReadError("reset"), StreamClosedError),
+    (httpx.RemoteProtocolError("garbage"), StreamClosedError),
+    (httpx.UnsupportedProtocol("ftp"), InvalidRequestError),
+    (httpx.InvalidURL("bad"), InvalidRequestError),
+    (httpx.ResponseNotRead(), InvalidRequestError),
+    (httpx.TooManyRedirects("loop"), BrokenStreamError),
+    (httpx.DecodingError("bad gzip"), MalformedMessageError),
+    (httpx.ProxyError("proxy"), StreamClosedError),
+    (httpx.LocalProtocolError("bad header"), InvalidRequestError),
+    (httpx.CookieConflict("two"), InvalidRequestError),
+    (httpx.HTTPError("other"), BrokenStreamError),
+]
+
+
 @pytest.mark.parametrize(
     ("original", "expected"),
-    [
-        (httpx.ReadTimeout("slow"), PeerSilentError),
-        (httpx.ConnectTimeout("slow"), PeerSilentError),
-        (httpx.ConnectError("refused"), StreamClosedError),
-        (httpx.ReadError("reset"), StreamClosedError),
-        (httpx.RemoteProtocolError("garbage"), StreamClosedError),
-        (httpx.UnsupportedProtocol("ftp"), InvalidRequestError),
-        (httpx.InvalidURL("bad"), InvalidRequestError),
-        (httpx.ResponseNotRead(), InvalidRequestError),
-        (httpx.TooManyRedirects("loop"), BrokenStreamError),
-    ],
+    _CASES,
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else value.__name__,
 )
 def test_httpx_exceptions_map_to_the_error_of_their_cause(original: Exception, expected: type[StreamError]) -> None:
     """A timeout is a silent peer, a broken connection is Broken, a request we could not make is Invalid."""
-    with pytest.raises(expected):
+    with pytest.raises(StreamError) as raised:
         with map_httpx_errors("http://peer.test/x"):
             raise original
+    assert type(raised.value) is expected  # exactly: pytest.raises accepts subclasses too
+
+
+def test_every_entry_of_the_mapping_is_some_case_s_own() -> None:
+    """Each entry of the table is the one that decides some case above (the most specific entry of the case's
+    MRO, as the mapping looks it up): an entry changed or added is tested."""
+    deciding = {next(cls for cls in type(original).__mro__ if cls in _MAPPING) for original, _ in _CASES}
+    assert deciding == set(_MAPPING)
 
 
 def test_an_http_status_error_is_a_remote_error_with_its_status() -> None:
