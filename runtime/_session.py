@@ -489,7 +489,7 @@ class Session(Generic[OutputT]):
             ClosedSessionError: the session is closed.
         """
         self._check_open()
-        self._tasks.start_soon(async_fn, *args, name=name)
+        self._tasks.start_soon(self._outside_runs, async_fn, args, name=name or async_fn)
 
     async def start(self, async_fn: Callable[..., Awaitable[object]], *args: object, name: str | None = None) -> Any:
         """Start a task owned by the session and wait until it calls ``task_status.started()``.
@@ -509,7 +509,7 @@ class Session(Generic[OutputT]):
         """
         self._check_open()
         try:
-            return await self._tasks.start(async_fn, *args, name=name)
+            return await self._tasks.start(self._own_resource, async_fn, *args, name=name or async_fn)
         except trio.ClosedResourceError:
             if not self._tasks.closed:
                 raise  # the task's own error
@@ -569,17 +569,23 @@ class Session(Generic[OutputT]):
         )
 
     async def _start_owner(self, serve: Callable[..., Awaitable[object]], *args: object, name: str) -> Any:
-        return await self.start(self._own_resource, serve, *args, name=f"{name} of session {self.id}")
+        return await self.start(serve, *args, name=f"{name} of session {self.id}")
 
     @staticmethod
     async def _own_resource(
         serve: Callable[..., Awaitable[object]], *args: object, task_status: trio.TaskStatus[Any]
     ) -> None:
-        # The owner serves no run, though a run's task may have started it: it
-        # must not keep that run alive, nor ask its consumer, nor count as inside it.
+        # A task of the session serves no run, though a run's task (a tool) may have started it: it must
+        # not ask that run's consumer, nor count as inside the run (its session.ask() would be refused).
         _RUNNING_IN.set(())
         clear_target()
         await serve(*args, task_status=task_status)
+
+    @staticmethod
+    async def _outside_runs(async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+        _RUNNING_IN.set(())  # as _own_resource, for start_soon
+        clear_target()
+        await async_fn(*args)
 
     def _check_open(self) -> None:
         if self._tasks.closed:

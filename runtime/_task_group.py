@@ -29,7 +29,17 @@ class TaskGroup:
     finished when the last task has returned (:meth:`wait_finished`).
     """
 
-    __slots__ = ("_closed", "_error", "_finished", "_nursery", "_on_error", "_on_finished", "_scopes")
+    __slots__ = (
+        "_closed",
+        "_error",
+        "_finished",
+        "_left_alone",
+        "_nursery",
+        "_on_error",
+        "_on_finished",
+        "_scopes",
+        "_tasks",
+    )
 
     def __init__(
         self,
@@ -49,6 +59,8 @@ class TaskGroup:
         self._on_error = on_error
         self._on_finished = on_finished
         self._scopes: list[trio.CancelScope] = []  # a list: smaller than a set, and short
+        self._tasks: list[trio.lowlevel.Task] = []  # those running (a task may be started, not yet running)
+        self._left_alone: trio.Event | None = None  # for aclose() from inside: set when only its task is left
         self._closed = False
         self._error: Exception | None = None
         self._finished = Latch()
@@ -136,11 +148,30 @@ class TaskGroup:
             self._finish()
 
     async def aclose(self) -> None:
-        """Cancel every task and wait until all have returned; idempotent, and complete even if cancelled."""
+        """Cancel every task and wait until all have returned; idempotent, and complete even if cancelled.
+
+        Called from inside one of the group's tasks (or a task that one of them started), it cannot wait for
+        that task: it waits for all the others, and that task, cancelled, ends at its next checkpoint.
+        """
         self.cancel()
-        if not self._finished.is_set():
-            with trio.CancelScope(shield=True):
+        if self._finished.is_set():
+            return
+        with trio.CancelScope(shield=True):
+            if self._own_task() is None:
                 await self._finished.wait()
+            elif len(self._scopes) > 1:
+                self._left_alone = trio.Event()
+                await self._left_alone.wait()
+
+    def _own_task(self) -> trio.lowlevel.Task | None:
+        """The group's task the current task is, or runs under (``None`` if it is outside the group)."""
+        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+        while task is not None:
+            if task in self._tasks:
+                return task
+            nursery = task.parent_nursery
+            task = None if nursery is None else nursery.parent_task
+        return None
 
     async def wait_finished(self) -> None:
         """Wait until the group is closed (by anyone) and every task has returned."""
@@ -153,12 +184,15 @@ class TaskGroup:
     async def _own(
         self, scope: trio.CancelScope, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
     ) -> None:
+        task = trio.lowlevel.current_task()
+        self._tasks.append(task)
         try:
             with scope:
                 await async_fn(*args)
         except Exception as exc:
             self._fail(exc)
         finally:
+            self._tasks.remove(task)
             self._task_done(scope)
 
     async def _own_started(
@@ -172,6 +206,8 @@ class TaskGroup:
     ) -> None:
         status.ran = True
         status.status = task_status
+        task = trio.lowlevel.current_task()
+        self._tasks.append(task)
         try:
             with scope:
                 await async_fn(*args, task_status=status)
@@ -180,6 +216,7 @@ class TaskGroup:
                 raise  # start() raises it in its caller
             self._fail(exc)
         finally:
+            self._tasks.remove(task)
             self._task_done(scope)
         if not status.started_yet and scope.cancelled_caught:
             raise trio.ClosedResourceError("the task group was closed before the task started")
@@ -194,6 +231,8 @@ class TaskGroup:
 
     def _task_done(self, scope: trio.CancelScope) -> None:
         self._scopes.remove(scope)
+        if self._left_alone is not None and len(self._scopes) <= 1:
+            self._left_alone.set()
         if self._closed and not self._scopes:
             self._finish()
 

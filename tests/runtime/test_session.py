@@ -494,3 +494,51 @@ async def test_session_is_what_a_tool_may_use_of_its_session() -> None:
             await s.ask("go")
             await done.wait()
     assert seen == [checked.id, 2, "started a"]  # history: the prompt, and the turn that called the tool
+
+
+async def test_a_session_closed_from_its_own_handler_or_task_closes_and_its_runtime_exits() -> None:
+    """aclose() from inside the session (a stream handler on RunFinished; a task of session.start_soon)
+    cannot wait for the task it runs in: the session still closes, and leaving the runtime does not hang."""
+    with trio.fail_after(5):
+        async with open_runtime() as runtime:
+            by_handler = (await runtime.start_session(Agent(name="a", model=ScriptedModel(["hi"])))).session
+
+            async def close_when_done(event: Event) -> None:
+                if isinstance(event, RunFinished):
+                    await by_handler.aclose()
+
+            by_handler.add_handler(close_when_done)
+            await by_handler.ask("hello")
+            await by_handler.wait_closed()
+
+            by_task = (await runtime.start_session(Agent(name="b", model=ScriptedModel(["hi"])))).session
+            by_task.start_soon(by_task.aclose)
+            await by_task.wait_closed()
+        assert by_handler.closed
+        assert by_task.closed
+
+
+async def test_a_task_a_tool_starts_in_its_session_is_not_inside_the_run() -> None:
+    """The "remind me later" pattern: a tool starts a session task that asks the session once the run is
+    over. It is not inside the run (no ReentrantRunError): it waits for the run slot like anyone."""
+    reminded: list[str] = []
+    done = trio.Event()
+
+    async def remind(session: SessionLike) -> None:
+        # It waits for the slot: the run that started it goes on.
+        result = await cast("Session[None]", session).ask("reminder due")
+        reminded.append(result.output)
+        done.set()
+
+    @tool
+    async def remind_later(ctx: ToolContext[None]) -> str:
+        """Schedule a reminder."""
+        ctx.session.start_soon(remind, ctx.session)
+        return "scheduled"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("remind_later", {}), "ok", "reminded"]), tools=[remind_later])
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            assert (await session.ask("remind me")).output == "ok"
+            await done.wait()
+    assert reminded == ["reminded"]

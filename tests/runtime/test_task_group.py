@@ -271,3 +271,39 @@ async def test_task_group_aclose_completes_when_its_caller_is_cancelled() -> Non
             await group.aclose()
         assert ended.is_set()
         assert group.finished
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["its-own-task", "a-task-it-started"])
+async def test_task_group_aclose_from_inside_waits_for_the_others_and_ends_its_caller(nested: bool) -> None:
+    """aclose() from one of the group's tasks, or from a task one of them started, cannot wait for that
+    task: it waits for every other, and the caller's task, cancelled, ends at its next checkpoint."""
+    others_ended = trio.Event()
+    returned: list[bool] = []
+
+    async def other() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.checkpoint()
+            others_ended.set()
+
+    async def closer(group: TaskGroup) -> None:
+        await group.aclose()
+        returned.append(others_ended.is_set())
+        await trio.lowlevel.checkpoint()  # cancelled: it ends here
+        raise AssertionError("not cancelled")  # pragma: no cover
+
+    async def closer_in_a_nursery(group: TaskGroup) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(closer, group)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as parent:
+            group = TaskGroup(parent)
+            group.start_soon(other)
+            await trio.testing.wait_all_tasks_blocked()
+            group.start_soon(closer_in_a_nursery if nested else closer, group)
+            await group.wait_finished()
+    assert returned == [True]
+    assert group.finished
