@@ -526,8 +526,8 @@ async def test_a_task_a_tool_starts_in_its_session_is_not_inside_the_run() -> No
 
     async def remind(session: SessionLike) -> None:
         # It waits for the slot: the run that started it goes on.
-        result = await cast("Session[None]", session).ask("reminder due")
-        reminded.append(result.output)
+        result = await cast("Session[str]", session).ask("reminder due")
+        reminded.append(str(result.output))
         done.set()
 
     @tool
