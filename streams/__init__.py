@@ -52,6 +52,7 @@ from ._remote import (
 )
 from ._server import (
     DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_QUEUED_RUNS as DEFAULT_MAX_QUEUED_RUNS,
     DEFAULT_MAX_SESSIONS as DEFAULT_MAX_SESSIONS,
     SESSION_ID_PATTERN as SESSION_ID_PATTERN,
     ServedSession as ServedSession,

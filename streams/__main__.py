@@ -21,7 +21,7 @@ from runtime import PostgresStore, SQLiteStore, StoreError
 
 from ._exceptions import UnsafeBindError
 from ._requests import check_bind, check_token
-from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_SESSIONS, open_server
+from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUED_RUNS, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -119,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"the most sessions open at once (default {DEFAULT_MAX_SESSIONS}; 0: no limit)",
     )
     serve_parser.add_argument(
+        "--max-queued-runs",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_RUNS,
+        help=f"the most runs of a session waiting for their turn (default {DEFAULT_MAX_QUEUED_RUNS}; 0: no limit)",
+    )
+    serve_parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -194,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 token=args.token,
                 idle_timeout=args.idle_timeout or None,
                 max_sessions=args.max_sessions or None,
+                max_queued_runs=args.max_queued_runs or None,
                 allowed_origins=args.allow_origin,
                 allowed_hosts=args.allow_host,
                 write_timeout=args.write_timeout,

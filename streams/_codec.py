@@ -15,11 +15,17 @@ built-in event's never makes it one.
 
 A run's input travels here too: a string, or a list of content parts
 (:func:`content_to_json`, :func:`content_from_json`).
+
+Every JSON text the servers send goes out through :func:`utf8` (or, for a
+WebSocket text frame, :func:`escape_surrogates`): ``"\\ud800"`` is valid JSON,
+so a string from a client, a model or a tool may hold a lone surrogate, which
+UTF-8 cannot encode; it is sent as that escape again.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -46,6 +52,7 @@ _TYPES: Final[dict[str, type[AttrsInstance]]] = {cls.__name__: cls for cls in ty
 _STRICT: Final = pydantic.ConfigDict(strict=True, allow_inf_nan=False)
 """Decoding config: no coercion; and no NaN or infinity, which ``report_progress`` refuses to send."""
 _CUSTOM: Final = CustomEvent.__name__
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 @attrs.frozen
@@ -168,3 +175,33 @@ def content_from_json(value: Any) -> Content:
         return _content_from_json(value)
     except ValueError as exc:
         raise MalformedMessageError(str(exc)) from None
+
+
+# -- JSON text for a client ------------------------------------------------------
+
+
+def utf8(text: str) -> bytes:
+    """JSON text (as :func:`dumps` makes it) in UTF-8, a lone surrogate in it written as its escape.
+
+    ``json.loads`` gives ``"\\ud800"`` as a lone surrogate, which UTF-8
+    cannot encode (``str.encode`` raises). In JSON text one can only be
+    inside a string, where ``backslashreplace`` writes exactly the escape
+    ``\\ud800``, which decodes back to it: nothing is lost. Text without
+    one (nearly all) costs one ``encode``, as before.
+    """
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (``\\ud800``, six characters), so that UTF-8
+    can encode it: :func:`utf8` for what must stay a ``str`` (a WebSocket text frame, a string for the MCP SDK,
+    whose encoder refuses surrogates). In JSON text that is lossless; in plain text, a visible stand-in.
+
+    ASCII text is returned at once, other text after one scan that finds no surrogate.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode()

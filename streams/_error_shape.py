@@ -4,17 +4,21 @@ The served runtime and the webhook channel answer their own errors in it;
 :func:`json_errors` makes the rest say the same: Starlette's routing (404,
 405, and an unknown WebSocket path, refused with a JSON 404 instead of a bare
 403) and a bug (500 ``internal``, the traceback going to the log only).
-PROTOCOL.md lists every type.
+PROTOCOL.md lists every type. Both servers answer JSON with :class:`JSONResponse`,
+which no string can fail.
 """
 
 from __future__ import annotations
 
 import http
-from typing import TYPE_CHECKING, Final
+import json
+from typing import TYPE_CHECKING, Any, Final
 
+from starlette import responses
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
+
+from ._codec import utf8
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,6 +32,14 @@ MAX_MESSAGE: Final = 500
 """The most characters of an error's ``message`` (they may quote what the client sent)."""
 
 _ROUTING: Final = {404: "not_found", 405: "method_not_allowed"}
+
+
+class JSONResponse(responses.JSONResponse):
+    """Starlette's ``JSONResponse``, but a lone surrogate in a string (a client's, a model's, a tool's text)
+    is sent as its escape ``\\ud800`` (:func:`~streams._codec.utf8`) instead of failing the answer with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return utf8(json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
 
 
 def error_json(kind: str, message: str, **extra: str | None) -> dict[str, dict[str, str | None]]:

@@ -313,9 +313,15 @@ class Inspector:
         if node is None:
             return
         node.runs[run_id] = _Run(run_id)
-        while len(node.runs) > self._kept_runs and next(iter(node.runs.values())).reason is not None:
-            node.runs.popitem(last=False)
+        self._forget_finished(node)
         self._changed(session_id)
+
+    def _forget_finished(self, node: _Session) -> None:
+        """Forget the oldest finished runs while more than ``kept_runs`` are kept (as the server forgets logs)."""
+        excess = len(node.runs) - self._kept_runs
+        if excess > 0:
+            for run_id in [run_id for run_id, run in node.runs.items() if run.reason is not None][:excess]:
+                del node.runs[run_id]
 
     def record(self, session_id: str, run_id: str, data: dict[str, Any]) -> None:
         """An event of a run (its JSON form, as the run's log has it)."""
@@ -339,6 +345,8 @@ class Inspector:
             node.output_tokens += run.output_tokens - tokens[1]
             if run.pending and kind != "ElicitationRequest":
                 self._reconcile(node, run)
+            if kind == "RunFinished":  # runs that waited behind others, kept meanwhile, go once finished
+                self._forget_finished(node)
         if self._subscribers:
             self._changed(session_id)
 

@@ -28,7 +28,12 @@ its ``message``; an elicitation in the run is asked of the client with
 ``elicitation/create`` and its answer goes back to the run; the result is the
 final text, or for a typed output (``Agent(output_type=...)``) its JSON as
 text plus ``structuredContent`` (the tool declares its ``outputSchema``). A
-run that does not complete is an ``isError`` result saying why.
+run that does not complete is an ``isError`` result saying why. Over HTTP,
+a call whose POST stream ends before its result (the client left) is
+cancelled, with its questions: the transport keeps no events for a client to
+resume the stream with, so nothing of that call could reach the client again.
+The SDK's encoder refuses a lone surrogate, so one in what is sent (a model's
+text, a question) goes as the six characters of its escape (``\\ud800``).
 
 The server speaks the handshake era of MCP (``initialize``, up to
 2025-11-25), the one with server-to-client requests, which elicitation
@@ -44,7 +49,7 @@ import os
 import re
 import secrets
 import sys
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
@@ -62,11 +67,12 @@ from starlette.responses import Response
 from runtime import ClosedSessionError, InvalidElicitationResponse, UnknownElicitationError, open_runtime
 from runtime.events import ElicitationRequest, ErrorEvent, RunFinished, SubAgentEvent, TextDelta
 
+from ._codec import escape_surrogates
 from ._error_shape import error_response
 from ._workspace import Workspace
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
     from mcp.server.context import ServerRequestContext
@@ -140,6 +146,40 @@ class RunRecorder(Protocol):
     def run_ends(self, run_id: str) -> None: ...
 
 
+class OpenRequests:
+    """The requests of an MCP session over streamable HTTP whose POST is still being answered, by JSON-RPC id.
+
+    The transport has no event store, so a client cannot resume a request's
+    stream: once its POST has ended, nothing more of that request (progress,
+    questions, its result) can reach the client.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[types.RequestId, trio.Event] = {}
+
+    @contextmanager
+    def open(self, request_id: types.RequestId | None) -> Iterator[None]:
+        """While the POST of the request ``request_id`` is being answered (``None``: not a request, nothing)."""
+        if request_id is None:
+            yield
+            return
+        ended = self._open[request_id] = trio.Event()
+        try:
+            yield
+        finally:
+            ended.set()
+            if self._open.get(request_id) is ended:
+                del self._open[request_id]
+
+    def ended(self, request_id: types.RequestId) -> trio.Event:
+        """Set once the POST of ``request_id`` has ended (already, if it has)."""
+        ended = self._open.get(request_id)
+        if ended is None:  # it ended before its call started
+            ended = trio.Event()
+            ended.set()
+        return ended
+
+
 @attrs.frozen
 class McpScope:
     """What the tool calls of one MCP connection run in (the SDK's per-connection "lifespan state")."""
@@ -150,6 +190,8 @@ class McpScope:
     """The ``deps`` of every run: the session's workspace."""
     recorder: RunRecorder | None = None
     """The served session that records the runs, if any."""
+    requests: OpenRequests | None = None
+    """The requests whose POST is being answered (HTTP); ``None`` over stdio, where one stream carries all."""
 
 
 class AgentTool:
@@ -188,7 +230,18 @@ class AgentTool:
 
 
 def _error_result(message: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=message)], is_error=True)
+    return types.CallToolResult(content=[types.TextContent(text=escape_surrogates(message))], is_error=True)
+
+
+def _sendable(value: Any) -> Any:
+    """JSON data with :func:`~streams._codec.escape_surrogates` applied to every string in it."""
+    if isinstance(value, str):
+        return escape_surrogates(value)
+    if isinstance(value, dict):
+        return {_sendable(key): _sendable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_sendable(item) for item in value]
+    return value
 
 
 def _elicitation(event: Event) -> ElicitationRequest | None:
@@ -231,7 +284,7 @@ class _Progress:
                 self._pending.clear()
                 self._sent += len(text)
                 # A no-op when the call did not ask for progress (no progressToken).
-                await self._ctx.session.report_progress(self._sent, None, text)
+                await self._ctx.session.report_progress(self._sent, None, escape_surrogates(text))
             elif self._closed:
                 return
             else:
@@ -252,6 +305,8 @@ class _Call:
         finished: RunFinished | None = None
         error: ErrorEvent | None = None
         progress = _Progress(self._ctx)
+        requests = self._scope.requests
+        gone = None if requests is None or self._ctx.request_id is None else requests.ended(self._ctx.request_id)
         async with self._scope.session.run(task, deps=self._scope.deps) as stream:
             run_id = stream.run_id
             if recorder is not None:
@@ -261,6 +316,8 @@ class _Call:
                     pumping.start_soon(progress.pump)
                     try:
                         async with trio.open_nursery() as asking:
+                            if gone is not None:
+                                asking.start_soon(self._cancel_when_gone, gone, stream)
                             async for event in stream:
                                 if recorder is not None:
                                     recorder.record(run_id, event)
@@ -287,14 +344,22 @@ class _Call:
             reason = error.message if error is not None else finished.message
             return _error_result(f"the run ended: {finished.reason}" + (f": {reason}" if reason else ""))
         if self._output is None:
-            return types.CallToolResult(content=[types.TextContent(text=str(result.output or ""))])
+            return types.CallToolResult(content=[types.TextContent(text=escape_surrogates(str(result.output or "")))])
         data, structured = self._output.dump(result.output)
-        return types.CallToolResult(content=[types.TextContent(text=json.dumps(data))], structured_content=structured)
+        return types.CallToolResult(
+            content=[types.TextContent(text=json.dumps(data))], structured_content=_sendable(structured)
+        )
+
+    async def _cancel_when_gone(self, gone: trio.Event, stream: RunStream) -> None:
+        """Cancel the run once the client's stream of this call has ended: it would wait for answers forever."""
+        await gone.wait()
+        logger.info("the stream of MCP request %r ended before its result: cancelling its run", self._ctx.request_id)
+        stream.cancel()
 
     async def _ask(self, stream: RunStream, question: ElicitationRequest) -> None:
         """Put ``question`` to the client (``elicitation/create``) and give the run its answer."""
-        form, unwrap = _form(question.schema)
-        message = question.message
+        form, unwrap = _form(_sendable(question.schema))
+        message = escape_surrogates(question.message)
         session = self._ctx.session
         capabilities = session.client_capabilities
         for _ in range(ELICITATION_ATTEMPTS if capabilities is not None and capabilities.elicitation else 0):
@@ -310,7 +375,7 @@ class _Call:
                     await stream.respond(question.id, answer.action)
                 return
             except InvalidElicitationResponse as exc:
-                message = f"{question.message}\n\n(Please answer again: {exc})"
+                message = escape_surrogates(f"{question.message}\n\n(Please answer again: {exc})")
             except UnknownElicitationError:
                 return  # its tool stopped waiting (a timeout, or its call ended)
         try:
@@ -458,10 +523,11 @@ class McpEndpoint:
     def __init__(self, agent: Agent[Any, Any], open_session: Callable[[str], Awaitable[ServedSession]]) -> None:
         self._server = AgentTool(agent).server()
         self._open_session = open_session
-        self._sessions: dict[str, tuple[StreamableHTTPServerTransport, ServedSession]] = {}
+        self._sessions: dict[str, tuple[StreamableHTTPServerTransport, ServedSession, OpenRequests]] = {}
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer one request (the checks of the served runtime passed)."""
+    async def handle(self, scope: Scope, receive: Receive, send: Send, *, body: bytes = b"") -> None:
+        """Answer one request (the checks of the served runtime passed); ``body``: a POST's, already read
+        (``receive`` gives it again)."""
         session_id = _header(scope, MCP_SESSION_ID_HEADER)
         if session_id is None:
             await self._open(scope, receive, send)
@@ -470,8 +536,9 @@ class McpEndpoint:
         if found is None:
             await _unknown_session(scope, receive, send)
             return
-        transport, served = found
-        with served.session.in_use():  # a request in flight (a GET stream too) keeps the session
+        transport, served, requests = found
+        # A request in flight (a GET stream too) keeps the session; a call's run lasts no longer than its POST.
+        with served.session.in_use(), requests.open(_request_id(body) if body else None):
             await transport.handle_request(scope, receive, send)
 
     async def _open(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -506,12 +573,15 @@ class McpEndpoint:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The MCP session's loop, a task of its served session: it ends when either ends."""
-        self._sessions[served.id] = (transport, served)
+        requests = OpenRequests()
+        self._sessions[served.id] = (transport, served, requests)
         try:
-            async with transport.connect() as (read_stream, write_stream):
+            async with transport.connect() as (read_stream, write_stream), trio.open_nursery() as nursery:
+                nursery.start_soon(_terminate_when_cancelled, transport)
                 task_status.started()
-                scope = McpScope(served.session, deps=served.workspace, recorder=served)
+                scope = McpScope(served.session, deps=served.workspace, recorder=served, requests=requests)
                 await serve_loop(self._server, read_stream, write_stream, lifespan_state=scope, session_id=served.id)
+                nursery.cancel_scope.cancel()
         except Exception:
             logger.exception("MCP session %s failed", served.id)
         finally:
@@ -519,6 +589,30 @@ class McpEndpoint:
             with trio.CancelScope(shield=True):
                 await transport.terminate()  # what still reaches it is answered 404, and its streams end
             served.session.cancel()  # the MCP session ended (a DELETE): so does the session
+
+
+async def _terminate_when_cancelled(transport: StreamableHTTPServerTransport) -> None:
+    """Terminate ``transport`` as soon as the MCP session's task is cancelled (its session closes).
+
+    Its streams closed, a handler's last writes fail at once: the SDK's courtesy
+    ``notifications/cancelled`` for a question still open would otherwise wait
+    5 s for the transport's router, cancelled with it, before giving up.
+    """
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await transport.terminate()
+
+
+def _request_id(body: bytes) -> types.RequestId | None:
+    """The id of the JSON-RPC request ``body`` holds, as the transport reads it; ``None`` for anything else
+    (a notification, a response, or what is not a message: the transport answers that)."""
+    try:
+        message = types.jsonrpc_message_adapter.validate_json(body, by_name=False)
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return None
+    return message.id if isinstance(message, types.JSONRPCRequest) else None
 
 
 def _header(scope: Scope, name: str) -> str | None:

@@ -18,7 +18,7 @@ import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -39,8 +39,8 @@ from runtime._tracing import attached as attached_trace, extracted as extracted_
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped, Subscriber
-from ._codec import content_from_json, dumps, event_to_json
-from ._error_shape import error_response, json_errors
+from ._codec import content_from_json, dumps, escape_surrogates, event_to_json
+from ._error_shape import JSONResponse, error_response, json_errors
 from ._exceptions import (
     InvalidSessionIdError,
     MalformedMessageError,
@@ -89,6 +89,8 @@ DEFAULT_IDLE_TIMEOUT: Final = 900.0
 """Seconds a served session may stay idle (no run, no open stream) before it is closed, by default."""
 DEFAULT_MAX_SESSIONS: Final = 1000
 """Served sessions open at once, at most, by default."""
+DEFAULT_MAX_QUEUED_RUNS: Final = 16
+"""Runs of one served session that may wait for their turn behind its running run, at most, by default."""
 SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A session id a client may choose: 1 to 128 of ``A-Z a-z 0-9 . _ -``, the first a letter or a digit.
 
@@ -239,8 +241,7 @@ class ServedSession:
         :data:`KEPT_RUNS`) and say so on the feed. Call it before the next checkpoint,
         so that nothing the run does comes first."""
         self.runs[run_id] = RunLog(run_id, limit=REPLAY_LIMIT)
-        while len(self.runs) > KEPT_RUNS and next(iter(self.runs.values())).finished:
-            self.runs.popitem(last=False)
+        self._forget_finished()
         self.live[run_id] = stream
         if self._inspector is not None:
             self._inspector.run_begins(self.id, run_id)
@@ -248,8 +249,16 @@ class ServedSession:
 
     def run_ends(self, run_id: str) -> None:
         del self.live[run_id]
+        self._forget_finished()  # runs that waited behind others, kept meanwhile, go once finished
         if not self.live and not self.feed.closed:  # a closed session stays closed
             self._set_state("idle")
+
+    def _forget_finished(self) -> None:
+        """Forget the oldest finished runs while more than :data:`KEPT_RUNS` are kept (never one in flight)."""
+        excess = len(self.runs) - KEPT_RUNS
+        if excess > 0:
+            for run_id in [run_id for run_id, log in self.runs.items() if log.finished][:excess]:
+                del self.runs[run_id]
 
     async def keep(self) -> None:
         """The session's task while it is served: when the session closes, end every stream of it."""
@@ -279,6 +288,7 @@ class Server:
         max_body: int,
         body_timeout: float = 10.0,
         max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+        max_queued_runs: int | None = DEFAULT_MAX_QUEUED_RUNS,
     ) -> None:
         self.runtime = runtime
         """The runtime whose sessions are served."""
@@ -294,6 +304,7 @@ class Server:
         self._max_body = max_body
         self._body_timeout = body_timeout
         self._max_sessions = max_sessions
+        self._max_queued_runs = max_queued_runs
         self._sessions: dict[str, ServedSession] = {}
         self._closing = False
         self._streaming = 0
@@ -395,6 +406,18 @@ class Server:
         if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
             raise TooManySessionsError(f"the server has {self._max_sessions} sessions open, its most")
 
+    def _check_queue(self, served: ServedSession) -> None:
+        """Refuse a run that would wait behind more than ``max_queued_runs`` others (one runs, the rest wait).
+
+        Call it with no checkpoint before the run's :meth:`ServedSession.run_begins`, so that concurrent
+        requests cannot all pass it.
+        """
+        if self._max_queued_runs is not None and len(served.live) > self._max_queued_runs:
+            waiting = len(served.live) - 1
+            raise _HTTPError(
+                503, "too_many_runs", f"session {served.id!r} is busy: {waiting} runs already wait for their turn"
+            )
+
     async def _keep(self, served: ServedSession) -> None:
         try:
             await served.keep()
@@ -481,7 +504,10 @@ class Server:
         if not self._authorized(request):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         body = await self._body(request)
-        served = await self._open_session_answering(body.get("id"))
+        session_id = body.get("id")
+        if session_id is None and "id" in body:  # null is no string: not "no id"
+            raise _HTTPError(422, "bad_session_id", "'id' must be a string, or left out for one made up")
+        served = await self._open_session_answering(session_id)
         if served.session.run_count:  # a stored session, opened here again: it existed
             raise _HTTPError(409, "conflict", f"session {served.id!r} exists")
         return JSONResponse(served.describe(), status_code=201)
@@ -527,9 +553,12 @@ class Server:
             user_input = content_from_json(body.get("input"))
         except MalformedMessageError as exc:
             raise _HTTPError(422, "bad_request", str(exc)) from None
+        detach = body.get("detach", False)
+        if not isinstance(detach, bool):  # "false" and [0] are true in Python
+            raise _HTTPError(422, "bad_request", "'detach' must be true or false")
         # The client's trace (its W3C traceparent), if it sent one: the run's span continues it.
         parent = extracted_trace(request.headers)
-        if body.get("detach"):
+        if detach:
             try:
                 with attached_trace(parent):  # the run's task copies the current context as it starts
                     run_id = await served.session.start(self._drive_detached, served, served.session.run, user_input)
@@ -545,12 +574,14 @@ class Server:
         """An attached run's whole life, in the response's task: ``async with session.run()`` around the stream.
 
         Raises:
-            _HTTPError: (a 404, before the ``200``) the session closed before the run could start.
+            _HTTPError: (before the ``200``) a 404: the session closed before the run could start; the 503 of
+                :meth:`_check_queue`.
         """
         source: _AttachedRun | None = None
         try:
             # The run's task copies the context current as it starts (entered and left in the response's task).
             with attached_trace(parent):
+                self._check_queue(served)
                 async with served.session.run(user_input, deps=served.workspace) as stream:
                     source = _AttachedRun(served, stream)
                     served.run_begins(source.run_id, stream)
@@ -574,7 +605,12 @@ class Server:
         *,
         task_status: trio.TaskStatus[str],
     ) -> None:
-        """A run no client is attached to (``detach``, or an answer that resumes a run): followed by its log."""
+        """A run no client is attached to (``detach``, or an answer that resumes a run): followed by its log.
+
+        Raises:
+            _HTTPError: (before ``started``) the 503 of :meth:`_check_queue`.
+        """
+        self._check_queue(served)
         async with start(what, deps=served.workspace) as stream:
             run_id = stream.run_id
             served.run_begins(run_id, stream)
@@ -697,7 +733,13 @@ class Server:
             return Response(status_code=204)
         body = await self._body(request)
         token = body.get("token")
-        if self._token is None or not isinstance(token, str) or not secrets.compare_digest(token.encode(), self._token):
+        # surrogatepass: "\ud800" is valid JSON, which plain UTF-8 cannot encode (that was a 500); a string
+        # holding one never encodes to a real token's bytes this way.
+        if (
+            self._token is None
+            or not isinstance(token, str)
+            or not secrets.compare_digest(token.encode("utf-8", "surrogatepass"), self._token)
+        ):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         secret = secrets.token_urlsafe(32)
         self._logins[secret] = None
@@ -731,9 +773,11 @@ class Server:
         if not self._authorized(request):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
         endpoint = self._mcp_endpoint()
+        body = b""
         if request.method == "POST":
-            receive = _replaying(await self._raw_body(request), receive)
-        await endpoint.handle(scope, receive, send)
+            body = await self._raw_body(request)
+            receive = _replaying(body, receive)
+        await endpoint.handle(scope, receive, send, body=body)
 
     def _mcp_endpoint(self) -> McpEndpoint:
         if self._mcp is None:
@@ -819,7 +863,7 @@ class Server:
                     message = await get()
                     if isinstance(message, Dropped):
                         message = {"type": "EventsDropped", "count": message.count}
-                    await websocket.send_text(dumps(message))
+                    await websocket.send_text(escape_surrogates(dumps(message)))
             except trio.EndOfChannel:
                 close = (_GOING_AWAY if self._closing else 1000, "")
             except (WebSocketDisconnect, OSError, RuntimeError):
@@ -989,6 +1033,7 @@ async def open_server(
     runtime: Runtime | None = None,
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+    max_queued_runs: int | None = DEFAULT_MAX_QUEUED_RUNS,
     heartbeat: float = 15.0,
     subscriber_buffer: int = 256,
     max_body: int = 2**20,
@@ -1031,6 +1076,10 @@ async def open_server(
             never. 15 minutes by default.
         max_sessions: The most served sessions open at once; past it, ``POST
             /sessions`` is 503 ``too_many_sessions`` (``None``: no limit).
+        max_queued_runs: The most runs of one session that may wait for their turn
+            behind its running run (runs of a session go one at a time); past it,
+            a new run (``POST .../runs``, or an answer that resumes one) is 503
+            ``too_many_runs``. 0: none may wait; ``None``: no limit. 16 by default.
         heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
         subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
             client; a slower client loses the oldest (and is told how many).
@@ -1093,6 +1142,7 @@ async def open_server(
             max_body=max_body,
             body_timeout=body_timeout,
             max_sessions=max_sessions,
+            max_queued_runs=max_queued_runs,
         )
         app = ExposureGuard(server.app, exposure)
         config = Config()

@@ -10,7 +10,7 @@ import trio
 from starlette.responses import Response
 
 from ._broadcast import Dropped
-from ._codec import dumps
+from ._codec import dumps, utf8
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -40,8 +40,9 @@ CHUNK_SIZE: Final = 65536
 
 
 def encode(kind: str, data: dict[str, Any], message_id: int) -> bytes:
-    """One SSE message: ``event``, ``id`` and one ``data`` line of compact JSON (which has no newline)."""
-    return f"event: {kind}\nid: {message_id}\ndata: {dumps(data)}\n\n".encode()
+    """One SSE message: ``event``, ``id`` and one ``data`` line of compact JSON (which has no newline), in UTF-8
+    with a lone surrogate in a string sent as its escape (:func:`~streams._codec.utf8`)."""
+    return utf8(f"event: {kind}\nid: {message_id}\ndata: {dumps(data)}\n\n")
 
 
 def _encode(message: tuple[str, dict[str, Any]] | Dropped, message_id: int) -> bytes:

@@ -82,7 +82,10 @@ class Workspace:
             raise WorkspaceError("a command is a JSON object")
         op = command.get("op")
         if op == "list":
-            return {"paths": self.list(str(command.get("path") or ""))}
+            prefix = command.get("path", "")
+            if not isinstance(prefix, str):  # not str(prefix): 0, false and [] are no prefix, 5 is not "5"
+                raise WorkspaceError("the 'path' of a list is a string prefix, or left out")
+            return {"paths": self.list(prefix)}
         path = command.get("path")
         if not isinstance(path, str):
             raise WorkspaceError("a command needs a string 'path'")
@@ -117,7 +120,8 @@ def _shown(value: object) -> str:
 
 
 def _size(content: str | None) -> int:
-    return 0 if content is None else len(content.encode())
+    # surrogatepass: a lone surrogate ("\ud800" is valid JSON) counts, where plain UTF-8 would raise
+    return 0 if content is None else len(content.encode("utf-8", "surrogatepass"))
 
 
 def _workspace(ctx: ToolContext[Any]) -> Workspace:

@@ -214,6 +214,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Backoff",
             "BrokenStreamError",
             "DEFAULT_IDLE_TIMEOUT",
+            "DEFAULT_MAX_QUEUED_RUNS",
             "DEFAULT_MAX_SESSIONS",
             "InvalidSessionIdError",
             "SESSION_ID_PATTERN",

@@ -11,13 +11,12 @@ import attrs
 import trio
 from hypercorn.config import Config
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agents._json import loads_untrusted
 from runtime import ClosedBusError, InboundMessage, PublishTimeoutError
 
-from .._error_shape import error_response, json_errors
+from .._error_shape import JSONResponse, error_response, json_errors
 from .._hypercorn import serve_app
 from .._requests import (
     Exposure,

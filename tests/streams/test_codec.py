@@ -41,7 +41,7 @@ from runtime.events import (
     Usage,
 )
 from streams import MalformedMessageError, StreamError, UnknownEvent, event_from_json, event_to_json
-from streams._codec import dumps
+from streams._codec import dumps, escape_surrogates, utf8
 
 EVENT_CLASSES: Final = sorted(
     (
@@ -379,3 +379,45 @@ def test_a_stop_reason_this_version_does_not_know_is_other_with_the_reason_kept(
         "other", "thinking_budget"
     )
     assert event_from_json({"type": "ModelStopped", "reason": "x", "raw": "X_RAW"}) == ModelStopped("other", "X_RAW")
+
+
+# -- JSON text for a client --------------------------------------------------------------
+
+ANY_TEXT: Final = st.text(st.characters() | st.integers(0xD800, 0xDFFF).map(chr))
+"""Text with lone surrogates in it, often (``st.characters()`` leaves them out)."""
+WIRE_JSON: Final = st.recursive(
+    st.none() | st.booleans() | st.integers() | ANY_TEXT,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(ANY_TEXT, children, max_size=3),
+    max_leaves=8,
+)
+
+
+def paired(value: Any) -> Any:
+    """``value`` with each high-then-low pair of surrogates in its strings made the one character they are
+    in JSON (a peer's decoder reads the escapes ``\\ud83d\\ude00`` as one character)."""
+    if isinstance(value, str):
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    if isinstance(value, dict):
+        return {paired(key): paired(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [paired(item) for item in value]
+    return value
+
+
+@given(value=WIRE_JSON)
+def test_json_text_for_a_client_is_utf8_and_decodes_to_what_was_sent(value: Any) -> None:
+    """utf8(dumps(value)) is UTF-8 for any JSON data, lone surrogates in its strings included (each as its
+    escape), and decodes back to the value; escape_surrogates does the same as a str (a WebSocket frame)."""
+    encoded = utf8(dumps(value))
+    text = escape_surrogates(dumps(value))
+    assert text.encode() == encoded
+    assert json.loads(encoded.decode()) == paired(value)
+
+
+def test_json_text_without_a_lone_surrogate_is_sent_as_it_is() -> None:
+    """Text UTF-8 can encode is left as it is (the common case: no copy), a lone surrogate made its escape."""
+    text = dumps({"a": "caf\u00e9 \U0001f600"})
+    assert escape_surrogates(text) is text
+    assert utf8(text) == text.encode()
+    assert utf8(dumps("\ud800")) == b'"\\ud800"'
+    assert escape_surrogates(dumps(["\udfff"])) == '["\\udfff"]'

@@ -1,8 +1,9 @@
 """Bad input never reaches a traceback: what a hostile client (or model) sends gets a typed answer.
 
 Deeply nested JSON (which makes ``json.loads`` raise ``RecursionError``, not
-``ValueError``), binary and non-UTF-8 WebSocket frames, and a tool called with
-100,000 unexpected arguments, each from the other side of a real socket:
+``ValueError``), binary and non-UTF-8 WebSocket frames, a tool called with
+100,000 unexpected arguments, and lone surrogates (valid JSON that UTF-8
+cannot encode), each from the other side of a real socket:
 Hypercorn serving on port 0, driven by httpx or a raw WebSocket client; the
 model is OpenAI-compatible, streamed from a loopback server. Real sockets,
 so the real clock, bounded by ``trio.fail_after``.
@@ -24,7 +25,7 @@ from runtime import open_gateway, open_runtime
 from streams import WebhookChannel
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from agents import ModelRequest, Tool
     from agents.models import Turn
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 TIMEOUT: Final = 10
 DEEP_ARRAY: Final = "[" * 100_000 + "]" * 100_000
 DEEP_OBJECT: Final = '{"a":' * 50_000 + "1" + "}" * 50_000
+JSON: Final = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -333,3 +335,104 @@ async def test_an_unknown_tool_name_is_clipped_in_its_error() -> None:
     assert call.error is not None
     assert call.error.startswith("unknown tool 'xxxx")
     assert len(call.error) < 300
+
+
+# -- lone surrogates -----------------------------------------------------------------
+
+SURROGATE: Final = "\ud800"
+"""A lone surrogate: ``"\\ud800"`` is valid JSON (``json.loads`` gives this), and UTF-8 has no bytes for it."""
+
+
+def holds(value: Any, wanted: str) -> bool:
+    """Whether ``value`` (JSON data) has a string holding ``wanted``, at any depth."""
+    if isinstance(value, str):
+        return wanted in value
+    if isinstance(value, dict):
+        return any(holds(item, wanted) for item in value.values())
+    if isinstance(value, list):
+        return any(holds(item, wanted) for item in value)
+    return False
+
+
+async def sse_until(
+    port: int, path: str, done: Callable[[dict[str, Any]], bool], *, task_status: trio.TaskStatus[list[dict[str, Any]]]
+) -> None:
+    """GET the SSE stream ``path`` on a raw socket, keeping each message's data (the list given to ``started``
+    once the first message came), until one satisfies ``done``; fails if the stream ends first."""
+    messages: list[dict[str, Any]] = []
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        received = b""
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+            *complete, received = received.split(b"\n\n")
+            for message in complete:
+                _, _, data = message.partition(b"\ndata: ")
+                if data:
+                    messages.append(json.loads(data))
+                    if len(messages) == 1:
+                        task_status.started(messages)
+                    if done(messages[-1]):
+                        return
+    raise AssertionError(f"{path} ended: {messages}")
+
+
+@pytest.mark.usefixtures("no_error_logged")
+async def test_a_lone_surrogate_reaches_every_client_as_its_escape(
+    serving: Serving, create: Create, open_raw_websocket: OpenRawWebSocket
+) -> None:
+    """A workspace file named "\\ud800" and a run whose input (echoed by the model) is "\\ud800" reach the
+    workspace client, the session's feed, its updates, the run's own stream and the inspector's as that JSON
+    escape, which decodes back to the same string; no connection is dropped (they were, with a
+    UnicodeEncodeError: one client's input broke everyone's streams)."""
+    echoed = f"echo: {SURROGATE}"
+    with trio.fail_after(TIMEOUT):
+        async with serving(echo_agent()) as (server, client), trio.open_nursery() as nursery:
+            await create(client, "s1")
+            feed = await nursery.start(sse_until, server.port, "/sessions/s1/feed", lambda m: "path" in m)
+            inspector = await nursery.start(sse_until, server.port, "/inspect/events", lambda m: holds(m, echoed))
+            async with (
+                open_raw_websocket(server.port, "/sessions/s1/updates") as updates,
+                open_raw_websocket(server.port, "/sessions/s1/workspace") as workspace,
+            ):
+                await workspace.send_text('{"id": 1, "op": "write", "path": "\\ud800", "content": "\\udfff"}')
+                changed, written = await workspace.receive_json(), await workspace.receive_json()
+                await workspace.send_text('{"id": 2, "op": "read", "path": "\\ud800"}')
+                read = await workspace.receive_json()
+                await workspace.send_text('{"id": 3, "op": "list"}')
+                listed = await workspace.receive_json()
+                run: list[dict[str, Any]] = []
+                body = b'{"input": "\\ud800"}'
+                async with client.stream("POST", "/sessions/s1/runs", content=body, headers=JSON) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            run.append(json.loads(line.removeprefix("data: ")))
+                updated = [await updates.receive_json()]
+                while updated[-1]["type"] != "RunFinished":
+                    updated.append(await updates.receive_json())
+    assert changed == {"type": "WorkspaceChanged", "op": "write", "path": SURROGATE, "source": "client"}
+    assert written == {"type": "result", "id": 1, "ok": True}
+    assert read == {"type": "result", "id": 2, "ok": True, "content": "\udfff"}
+    assert listed == {"type": "result", "id": 3, "ok": True, "paths": [SURROGATE]}
+    assert feed[-1] == changed
+    for events in [run, updated]:
+        assert "".join(event["text"] for event in events if event["type"] == "TextDelta") == echoed
+        assert events[-1]["reason"] == "completed"
+    assert holds(inspector[-1], echoed)
+
+
+@pytest.mark.usefixtures("no_error_logged")
+async def test_a_lone_surrogate_in_a_webhook_reply_is_sent_as_its_escape() -> None:
+    """The webhook channel answers a reply holding a lone surrogate (the agent echoes "\\ud800") with 200 and
+    that JSON escape, not a 500."""
+    channel = WebhookChannel()
+    async with open_runtime() as runtime, open_gateway(runtime, echo_agent(), [channel]) as gateway:
+        with trio.fail_after(TIMEOUT):
+            await gateway.wait_ready(channel.name)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{channel.port}", timeout=TIMEOUT) as client:
+                body = b'{"chat_id": "c", "text": "\\ud800", "wait_for_response": true}'
+                response = await client.post("/messages", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert b"\\ud800" in response.content
+    assert response.json()["reply"] == f"echo: {SURROGATE}"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 TIMEOUT: Final = 20
 TOKEN: Final = "s3cret"
 AUTH: Final = {"authorization": f"Bearer {TOKEN}"}
+JSON: Final = {"content-type": "application/json"}
 LONG_ANSWER: Final = " ".join(f"word{n}" for n in range(300))
 
 
@@ -321,6 +322,19 @@ async def test_the_sign_in_sets_a_cookie_that_stands_in_for_the_token() -> None:
                 assert (await anonymous.get("/sessions")).status_code == 401
             async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
                 assert (await client.post("/inspect/login")).status_code == 204  # the header will do
+
+
+async def test_a_sign_in_with_a_lone_surrogate_for_token_is_401() -> None:
+    """``{"token": "\\ud800"}`` (valid JSON, a string UTF-8 cannot encode) is a wrong token: 401
+    unauthorized, no cookie; not a 500."""
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent(), token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as anonymous:
+                for token in [b'"\\ud800"', b'"s3cre\\udc74"', b'"\\udfff\\ud800"']:
+                    body = b'{"token": ' + token + b"}"
+                    answer = await anonymous.post("/inspect/login", content=body, headers=JSON)
+                    assert (answer.status_code, answer.json()["error"]["type"]) == (401, "unauthorized")
+                    assert "set-cookie" not in answer.headers
 
 
 async def test_without_a_token_the_sign_in_needs_nothing() -> None:

@@ -1,4 +1,5 @@
-"""Limits a served runtime needs: safe session ids, a cap on sessions, and idle reaping that counts listeners.
+"""Limits a served runtime needs: safe session ids, a cap on sessions and on runs waiting in one, and idle
+reaping that counts listeners.
 
 Every test runs Hypercorn on port 0 and talks to it over loopback (httpx, a raw
 socket, a raw WebSocket, a ``RemoteSession``): the real clock, bounded by
@@ -16,10 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from agents import Agent, ScriptedModel
+from agents import Agent, ScriptedModel, ToolCall
 from runtime import open_runtime
 from streams import (
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_QUEUED_RUNS,
     DEFAULT_MAX_SESSIONS,
     SESSION_ID_PATTERN,
     InvalidSessionIdError,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     import httpx
 
     from streams import Server
-    from tests.streams.conftest import Create, MakeAgent, OpenRawWebSocket, Recorder, Serving
+    from tests.streams.conftest import Create, MakeAgent, OpenRawWebSocket, Recorder, Serving, WaitingTool
 
 TIMEOUT: Final = 10
 IDLE: Final = 0.1
@@ -126,11 +128,55 @@ async def test_concurrent_creates_never_pass_max_sessions(make_agent: MakeAgent,
     assert sorted(statuses) == [201] * 5 + [503] * 15
 
 
-def test_the_defaults_are_a_cap_and_an_idle_timeout() -> None:
-    """open_server caps sessions (1,000) and reaps idle ones (15 minutes) unless told otherwise."""
+def test_the_defaults_are_caps_and_an_idle_timeout() -> None:
+    """open_server caps sessions (1,000) and the runs waiting in one (16), and reaps idle sessions (15 minutes),
+    unless told otherwise."""
     defaults = {name: p.default for name, p in inspect.signature(open_server).parameters.items()}
     assert defaults["max_sessions"] == DEFAULT_MAX_SESSIONS == 1000
+    assert defaults["max_queued_runs"] == DEFAULT_MAX_QUEUED_RUNS == 16
     assert defaults["idle_timeout"] == DEFAULT_IDLE_TIMEOUT == 900.0
+
+
+# -- the runs waiting in a session -----------------------------------------------------------
+
+
+async def test_past_max_queued_runs_a_run_is_503_too_many_runs_and_finished_runs_are_forgotten(
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
+) -> None:
+    """With max_queued_runs=10 and a run holding the session, ten detached runs queue behind it (202) and
+    the rest of a burst of twenty (at once) are 503 too_many_runs, attached runs too; once they have all
+    finished, the session keeps the logs of the last KEPT_RUNS (8) only."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    statuses: list[int] = []
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, max_queued_runs=10) as (server, client):
+            await create(client, "s1")
+            holding = await client.post("/sessions/s1/runs", json={"input": "tool", "detach": True})
+            assert holding.status_code == 202
+            await started.wait()
+
+            async def post() -> None:
+                statuses.append(
+                    (await client.post("/sessions/s1/runs", json={"input": "hi", "detach": True})).status_code
+                )
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(20):
+                    nursery.start_soon(post)
+            assert_error(await client.post("/sessions/s1/runs", json={"input": "hi"}), 503, "too_many_runs")
+            served = server.sessions["s1"]
+            assert len(served.live) == len(served.runs) == 11
+            last = list(served.runs.values())[-1].follow()
+            release.set()
+            while (event := await last.next()) is not None:
+                assert isinstance(event, dict)
+            await trio.testing.wait_all_tasks_blocked()  # its task ends the run, after its last event
+            assert served.live == {}
+            assert len(served.runs) == 8
+            assert list(served.runs)[-1] == "s1-r11"
+            assert (await client.get("/sessions/s1")).json()["runs"] == 11
+    assert sorted(statuses) == [202] * 10 + [503] * 10
 
 
 # -- idle reaping and the streams that watch a session ---------------------------------------

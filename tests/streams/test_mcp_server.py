@@ -9,6 +9,7 @@ Real sockets and processes, so the real clock, bounded by ``trio.fail_after``.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
+from agents import Agent, ScriptedModel, ToolCall, ToolContext, ToolResultMessage, tool
 from streams import _mcp, open_server
 from streams._mcp import TASK_SCHEMA, serve_stdio, tool_description, tool_name
 from tests.streams import mcp_agents
@@ -40,7 +42,8 @@ if TYPE_CHECKING:
 
     from mcp.client.session import ClientRequestContext, ElicitationFnT
 
-    from agents import Agent
+    from agents import ModelRequest
+    from agents.models import Turn
     from streams import Server
     from streams._runlog import RunLog
 
@@ -401,6 +404,119 @@ async def test_mcp_http_a_client_probing_the_2026_era_first_falls_back_to_the_ha
                 version = client.protocol_version
     assert version == "2025-11-25"
     assert text_of(result) == "You said: auto"
+
+
+async def open_raw_session(http: httpx.AsyncClient) -> str:
+    """An MCP session opened over plain HTTP by a client that takes questions (``elicitation``); its id."""
+    client = {"name": "raw", "version": "0"}
+    params = {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {}}, "clientInfo": client}
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    opened = await http.post("/mcp", json=initialize)
+    assert opened.status_code == 200
+    session_id = opened.headers["mcp-session-id"]
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post("/mcp", json=initialized, headers={"mcp-session-id": session_id})).status_code == 202
+    return session_id
+
+
+async def call_until_asked(port: int, session_id: str, task: str, asked: trio.Event | None = None) -> None:
+    """POST a call of the tool with ``task`` on a raw socket and read its stream until the server asks the client
+    a question (``elicitation/create``); then either leave (close the connection), or with ``asked``, set it
+    and read on until the server ends the connection."""
+    body = json.dumps(
+        {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": TOOL, "arguments": {"task": task}}}
+    )
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Accept: {MCP_HEADERS['accept']}\r\nContent-Type: application/json\r\nMcp-Session-Id: {session_id}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all((head + body).encode())
+        received = b""
+        while b"elicitation/create" not in received:
+            chunk = await stream.receive_some(65536)
+            assert chunk, received
+            received += chunk
+        if asked is not None:
+            asked.set()
+            while await stream.receive_some(65536):
+                pass
+
+
+async def test_mcp_http_a_call_whose_stream_ends_is_cancelled_with_its_question() -> None:
+    """A client that leaves (closes its POST) while its call waits for an answer can never see the question
+    again: the call's run is cancelled, which frees the session for the next call and lets it be reaped when
+    idle (it used to wait forever, holding the session and its max_sessions slot)."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            serving(idle_timeout=0.5) as server,
+            httpx.AsyncClient(base_url=server.url, headers={**AUTH, **MCP_HEADERS}, timeout=TIMEOUT) as http,
+        ):
+            session_id = await open_raw_session(http)
+            await call_until_asked(server.port, session_id, "ask")
+            served = server.sessions[session_id]
+            (log,) = served.runs.values()
+            events = log.follow()
+            while (event := await events.next()) is not None:
+                assert isinstance(event, dict)
+                last = event
+            assert (last["type"], last["reason"]) == ("RunFinished", "cancelled")
+            call = {
+                "jsonrpc": "2.0",
+                "id": 8,
+                "method": "tools/call",
+                "params": {"name": TOOL, "arguments": {"task": "hi"}},
+            }
+            answered = await http.post("/mcp", json=call, headers={"mcp-session-id": session_id})
+            (data,) = [line for line in answered.text.splitlines() if line.startswith("data: {")]
+            assert json.loads(data.removeprefix("data: "))["result"]["content"][0]["text"] == "You said: hi"
+            await served.handle.wait_closed()  # reaped when idle, as any session
+
+
+async def test_mcp_http_shutdown_with_a_question_waiting_is_prompt() -> None:
+    """Leaving open_server while a call waits for its client's answer (the client still there) is prompt: the
+    SDK's courtesy cancel of the question used to wait 5 s for a transport cancelled with it."""
+    asked = trio.Event()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            async with (
+                serving() as server,
+                httpx.AsyncClient(base_url=server.url, headers={**AUTH, **MCP_HEADERS}, timeout=TIMEOUT) as http,
+            ):
+                session_id = await open_raw_session(http)
+                nursery.start_soon(call_until_asked, server.port, session_id, "ask", asked)
+                await asked.wait()
+                leaving = trio.current_time()
+            took = trio.current_time() - leaving
+    assert took < 4
+
+
+async def test_mcp_http_a_lone_surrogate_in_what_is_sent_goes_as_its_escape() -> None:
+    """A question and an answer holding a lone surrogate (a model's or a tool's text: the SDK's encoder refuses
+    one) reach the client with it written as its escape, six characters, instead of the call never answering."""
+
+    @tool
+    async def odd(ctx: ToolContext[Any]) -> str:
+        """Ask an odd question."""
+        answer = await ctx.elicit("Go \ud800 on?", schema=bool, timeout=TIMEOUT)
+        return f"{answer.content}"
+
+    def turn(request: ModelRequest) -> Turn:
+        last = request.messages[-1]
+        return "odd \udfff answer" if isinstance(last, ToolResultMessage) else ToolCall("odd")
+
+    agent = Agent(name="odd", model=ScriptedModel(itertools.repeat(turn)), tools=[odd])
+    asked = Asked(accept({"answer": True}))
+    progress = Progress()
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as server, connected(server, elicit=asked) as session:
+            result = await session.call_tool("odd", {"task": "go"}, progress_callback=progress)
+    (question,) = asked.questions
+    assert question.message == "Go \\ud800 on?"
+    assert text_of(result) == "odd \\udfff answer"
+    assert progress.text == "odd \\udfff answer"
 
 
 # -- stdio -------------------------------------------------------------------------------------

@@ -210,7 +210,12 @@ async def test_every_http_error_of_the_server_is_documented_and_sent(monkeypatch
             trio.open_nursery() as nursery,
         ):
             async with open_server(
-                protocol_agent(stubborn), token=TOKEN, max_body=4096, max_sessions=2, body_timeout=0.2
+                protocol_agent(stubborn),
+                token=TOKEN,
+                max_body=4096,
+                max_sessions=2,
+                max_queued_runs=0,
+                body_timeout=0.2,
             ) as server:
                 async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
                     assert (await client.post("/sessions", json={"id": "s1"})).status_code == 201
@@ -280,6 +285,11 @@ async def test_every_http_error_of_the_server_is_documented_and_sent(monkeypatch
                         await client.post("/sessions/s2/runs", json={"input": "stubborn", "detach": True})
                     ).is_success
                     await stubborn.started.wait()
+                    errors.note(
+                        await client.post("/sessions/s2/runs", json={"input": "hi", "detach": True}),
+                        503,
+                        "too_many_runs",
+                    )
 
                 async def during_shutdown() -> None:
                     await stubborn.closing.wait()  # the server is closing its sessions, still serving

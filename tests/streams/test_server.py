@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, PostScope, Serving, WaitingTool
+    from tests.streams.conftest import Create, MakeAgent, OpenRawWebSocket, PostScope, Serving, WaitingTool
 
 TOKEN: Final = "s3cret-token"
 TIMEOUT: Final = 10
@@ -211,12 +211,16 @@ async def test_unknown_session_run_and_elicitation_are_404(
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent()) as (_, client):
             await create(client, "s1")
-            assert_error(await client.post("/sessions/nope/runs", json={"input": "hi"}), 404)
-            assert_error(await client.get("/sessions/nope/runs/nope-r1/events"), 404)
-            assert_error(await client.get("/sessions/s1/runs/s1-r99/events"), 404)
-            assert_error(await client.post("/sessions/nope/elicitations/e1", json={"action": "cancel"}), 404)
-            assert_error(await client.post("/sessions/s1/elicitations/e1", json={"action": "cancel"}), 404)
-            assert_error(await client.get("/sessions/nope/feed"), 404)
+            answers = [
+                (await client.post("/sessions/nope/runs", json={"input": "hi"}), "unknown_session"),
+                (await client.get("/sessions/nope/runs/nope-r1/events"), "unknown_session"),
+                (await client.get("/sessions/s1/runs/s1-r99/events"), "unknown_run"),
+                (await client.post("/sessions/nope/elicitations/e1", json={"action": "cancel"}), "unknown_session"),
+                (await client.post("/sessions/s1/elicitations/e1", json={"action": "cancel"}), "unknown_elicitation"),
+                (await client.get("/sessions/nope/feed"), "unknown_session"),
+            ]
+            for response, kind in answers:
+                assert assert_error(response, 404)["type"] == kind
 
 
 # -- runs ----------------------------------------------------------------------
@@ -618,6 +622,53 @@ async def test_malformed_json_is_422(make_agent: MakeAgent, serving: Serving, cr
             assert_error(await client.post("/sessions/s1/elicitations/e1", content=b"\xff", headers=json_header), 422)
             assert set(server.sessions) == {"s1"}
             assert (await client.get("/sessions/s1")).json()["runs"] == 0
+
+
+@pytest.mark.parametrize("detach", ["false", "no", [0], 1, 0, "", None])
+async def test_detach_takes_only_true_or_false(
+    detach: Any, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """``detach`` is a JSON boolean (left out: false): any other value (a truthy "false" or [0], a falsy 0 or
+    null) is 422 bad_request and starts no run; ``false`` streams the run, ``true`` detaches it."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            await create(client, "s1")
+            error = assert_error(await client.post("/sessions/s1/runs", json={"input": "hi", "detach": detach}), 422)
+            assert error["type"] == "bad_request"
+            assert "'detach'" in error["message"]
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+            async with client.stream("POST", "/sessions/s1/runs", json={"input": "hi", "detach": False}) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                await response.aread()
+            detached = await client.post("/sessions/s1/runs", json={"input": "hi", "detach": True})
+            assert detached.status_code == 202
+            assert detached.json() == {"run_id": "s1-r2"}
+
+
+async def test_the_optional_fields_of_sessions_and_workspace_commands_take_only_their_type(
+    make_agent: MakeAgent, serving: Serving, create: Create, open_raw_websocket: OpenRawWebSocket
+) -> None:
+    """``{"id": null}`` is not "no id" (422 bad_session_id, nothing made), and a ``list`` command's ``path``
+    is a string prefix or left out: 5 is not "5", nor 0 or false "every file" (a failed command)."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            assert assert_error(await client.post("/sessions", json={"id": None}), 422)["type"] == "bad_session_id"
+            assert server.sessions == {}
+            await create(client, "s1")
+            async with open_raw_websocket(server.port, "/sessions/s1/workspace") as ws:
+                await ws.send_text(json.dumps({"id": 1, "op": "write", "path": "5", "content": "x"}))
+                assert (await ws.receive_json())["type"] == "WorkspaceChanged"
+                assert (await ws.receive_json())["ok"] is True
+                answers = []
+                prefixes: list[Any] = [5, 0, False, None, []]
+                for prefix in prefixes:
+                    await ws.send_text(json.dumps({"id": 2, "op": "list", "path": prefix}))
+                    answers.append(await ws.receive_json())
+                await ws.send_text(json.dumps({"id": 3, "op": "list"}))
+                listed = await ws.receive_json()
+    assert [answer["ok"] for answer in answers] == [False] * 5
+    assert {answer["error"]["type"] for answer in answers} == {"bad_command"}
+    assert listed == {"type": "result", "id": 3, "ok": True, "paths": ["5"]}
 
 
 def body_of(size: int) -> bytes:
