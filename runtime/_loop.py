@@ -165,6 +165,7 @@ class AgentRun:
         "cancel_scope",
         "done",
         "events",
+        "final",
         "input_tokens",
         "output_tokens",
         "reasoning_tokens",
@@ -245,6 +246,8 @@ class AgentRun:
             self._tracing = parent._tracing
         self.resumed = False
         """Whether it has called again the tool calls of the run it resumes (see :meth:`resume`)."""
+        self.final: RunFinished | None = None
+        """Its ``RunFinished``, once its end is decided (before its end hooks run and it is sent)."""
         self.requests = 0
         self.input_tokens = 0
         self.output_tokens = 0
@@ -442,9 +445,16 @@ class AgentRun:
                 raise
             finally:
                 self._ended = True  # a task it started must not ask its (soon closed) stream
+        # It has ended as it did: a cancel from now on (the consumer leaving, or cancel()) does not change
+        # that. Its RunFinished still reaches every handler, and the consumer (final, if it has no room).
         self._reason = reason
-        await self._run_end_hooks(reason)
-        await self._emit(RunFinished(reason, message))
+        self.final = finished = RunFinished(reason, message)
+        try:
+            await self._run_end_hooks(reason)
+        except BaseException:
+            self._out.send_last(finished)
+            raise
+        await self._emit(finished)  # cancelled waiting for room, it still goes to every handler (Tee.send)
 
     async def _accepted(self) -> str | None:
         """The first durability point: the run, and its user's message, are written before ``RunStarted``.
@@ -633,14 +643,23 @@ class AgentRun:
     # -- EventSink, for this run's tool calls: ctx.report_progress and ctx.emit ---
 
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
-        """Send a ``ToolProgress`` if there is room; drop and count it if not (never waits)."""
+        """Send a ``ToolProgress`` if there is room; drop and count it if not (never waits), or if the run
+        has ended (a task the tool started outlived it)."""
         try:
+            if self._ended:  # a nested run's stream is its parent's, still open: nothing else refuses it
+                raise trio.ClosedResourceError
             self._out.send_nowait(ToolProgress(call_id, progress, total, message))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             (self._root or self)._dropped += 1  # a nested run's drops count in the result the consumer gets
 
     async def emit(self, event: Any) -> None:
-        """Send a ``CustomEvent`` in order with the run's events (waits for room)."""
+        """Send a ``CustomEvent`` in order with the run's events (waits for room).
+
+        Raises:
+            ClosedRunStreamError: the run has ended (for a sub-agent's run too, whose parent goes on).
+        """
+        if self._ended:
+            raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended")
         await _emit_custom(event, self._out)
 
     async def _instructions(self) -> str:

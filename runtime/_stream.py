@@ -41,7 +41,8 @@ class RunStream:
     and checks for cancellation every 32nd time (a check per event would
     cost a fifth of a streamed token). Its last event is exactly one
     :class:`~runtime.events.RunFinished`: if the run was cancelled before it
-    could send one, the stream yields ``RunFinished("cancelled")`` itself.
+    could send one, the stream yields ``RunFinished("cancelled")`` itself
+    (or the run's own, if it was cancelled once it had ended).
     """
 
     __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_start", "_unchecked", "_user_input")
@@ -159,7 +160,7 @@ class RunStream:
             event = events.receive_nowait()
         except trio.EndOfChannel:
             self._finished = True
-            return _CANCELLED
+            return self._started().final or _CANCELLED
         except trio.ClosedResourceError:
             raise ClosedRunStreamError(
                 f"run {self.run_id} was read after its 'async with session.run(...)' block exited"
@@ -191,7 +192,7 @@ class RunStream:
                 event = await events.receive()
         except trio.EndOfChannel:
             self._finished = True
-            return _CANCELLED
+            return self._started().final or _CANCELLED
         except trio.ClosedResourceError:
             raise ClosedRunStreamError(
                 f"run {self.run_id} was read after its 'async with session.run(...)' block exited"

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from agents import Agent, ScriptedModel, ToolCall, tool
+from agents import Agent, Hooks, RunContext, ScriptedModel, ToolCall, tool
 from runtime import open_runtime
 from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
 
@@ -231,3 +231,42 @@ async def test_block_handler_sees_every_event_and_one_run_finished_when_the_cons
         else:
             assert "".join(e.text for e in run if isinstance(e, TextDelta)) == words
             assert isinstance(run[-1], RunFinished)
+
+
+async def test_a_run_cancelled_once_it_has_ended_keeps_its_end_for_handlers_and_consumer() -> None:
+    """Cancelled after its work was done (while its end hook runs; while its RunFinished waits for room in
+    the consumer's buffer): the run ended as it did. A block handler and the consumer each get exactly one
+    RunFinished, the real one, and the result says the same."""
+    hook_running = trio.Event()
+
+    class SlowEnd(Hooks):
+        async def on_run_end(self, ctx: RunContext[None], reason: str) -> None:
+            hook_running.set()
+            await trio.sleep_forever()
+
+    # RunStarted + 253 TextDelta + ModelStopped + Usage fill the 256-event buffer: RunFinished must wait.
+    for agent, cancel_while in (
+        (Agent(name="hooked", model=ScriptedModel(["hello"]), hooks=[SlowEnd()]), "end hook"),
+        (Agent(name="wordy", model=ScriptedModel([" ".join(["w"] * 253)])), "buffer full"),
+    ):
+        finished: list[str] = []
+
+        async def handler(event: Event) -> None:
+            if isinstance(event, RunFinished):
+                finished.append(event.reason)  # noqa: B023 (each round waits for its handler: drain())
+
+        with trio.fail_after(5):
+            async with open_runtime() as runtime, runtime.open_session(agent) as session:
+                attached = session.add_handler(handler, overflow="block")
+                async with session.run("hi") as stream:
+                    if cancel_while == "end hook":
+                        await hook_running.wait()
+                    else:
+                        await trio.testing.wait_all_tasks_blocked()
+                    assert stream.result.reason == "completed"
+                    stream.cancel()
+                    ends = [event.reason async for event in stream if isinstance(event, RunFinished)]
+                assert ends == ["completed"], cancel_while
+                assert stream.result.reason == "completed"
+                await attached.drain()
+        assert finished == ["completed"], cancel_while

@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -31,9 +32,10 @@ from agents import (
     UserMessage,
     tool,
 )
-from runtime import UnknownElicitationError, open_runtime
+from runtime import ClosedRunStreamError, UnknownElicitationError, open_runtime
 from runtime.events import (
     AgentSwitched,
+    CustomEvent,
     ElicitationRequest,
     ErrorEvent,
     Event,
@@ -620,3 +622,56 @@ async def test_consumer_leaving_with_a_sub_agent_question_pending_drops_it(
     assert len(stream.pending_elicitations) == 0
     with pytest.raises(UnknownElicitationError):
         await stream.respond(request.id, "accept", None)
+
+
+@attrs.frozen
+class _Late(CustomEvent):
+    note: str
+
+
+async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tools_tasks() -> None:
+    """A sub-agent's tool starts a task that outlives the sub-agent's run: its progress is dropped and its
+    emit refused (as at top level), never a SubAgentEvent after the sub-agent's RunFinished."""
+    child_ended = trio.Event()
+    refused: list[BaseException] = []
+    done = trio.Event()
+
+    @tool
+    async def kick(ctx: ToolContext[None]) -> str:
+        """Start background work."""
+
+        async def later() -> None:
+            await child_ended.wait()
+            await ctx.report_progress(1, message="late")
+            try:
+                await ctx.emit(_Late("late"))
+            except ClosedRunStreamError as exc:
+                refused.append(exc)
+            done.set()
+
+        ctx.session.start_soon(later)
+        return "started"
+
+    @tool
+    async def wait_for_late() -> str:
+        """The parent's next tool: the late task has had its chance by the time it returns."""
+        child_ended.set()
+        await done.wait()
+        return "waited"
+
+    child = Agent(name="child", model=ScriptedModel([ToolCall("kick", {}), "child done"]), tools=[kick])
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel(
+            [ToolCall(TRANSFER_TOOL, {"agent": "child", "task": "t"}), ToolCall("wait_for_late"), "end"]
+        ),
+        sub_agents=[child],
+        tools=[wait_for_late],
+    )
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(parent) as session, session.run("go") as stream:
+            events = [event async for event in stream]
+    nested = [event.innermost()[1] for event in events if isinstance(event, SubAgentEvent)]
+    assert isinstance(nested[-1], RunFinished)  # nothing of the child after its end
+    assert len(refused) == 1
+    assert stream.result.progress_dropped == 1
