@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
 from agents import AssistantMessage, ElicitationResult, RetryPolicy, RunUsage, ToolCallChunk, ToolResultMessage
 from agents._exceptions import describe
@@ -65,8 +65,15 @@ _RETRY: Final = RetryPolicy(initial=0.05, maximum=2.0)
 
 def dumps(value: Any) -> str:
     """Compact JSON text of a value already in JSON form (pydantic-core's encoder: several times faster
-    than ``json``'s, and every event and message of a durable run goes through it)."""
-    return to_json(value).decode()
+    than ``json``'s, and every event and message of a durable run goes through it).
+
+    A string holding a lone surrogate (valid JSON's ``"\\ud800"``, from a client, a model or a tool) is
+    kept as that escape: pydantic-core, and the databases' UTF-8, refuse the character itself.
+    """
+    try:
+        return to_json(value).decode()
+    except PydanticSerializationError:
+        return json.dumps(value, separators=(",", ":"))  # every non-ASCII character escaped
 
 
 def default_owner() -> str:

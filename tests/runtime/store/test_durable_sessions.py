@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from agents import Message
     from runtime import SessionStore
     from tests.pg import PostgresCluster
+    from tests.runtime.store.conftest import Backend
 
 E = TypeVar("E", bound=Event)
 
@@ -857,3 +858,13 @@ async def test_a_resumption_left_while_the_call_asks_again_ends_that_call(tmp_pa
         kinds = [type(message).__name__ for message in session.history]
         assert kinds == ["UserMessage", "AssistantMessage", "ToolResultMessage", "UserMessage", "AssistantMessage"]
     assert paid == []
+
+
+async def test_a_lone_surrogate_in_a_message_is_stored_and_read_back(backend: Backend) -> None:
+    """JSON's "\\ud800" is a valid string; a client, a model or a tool may give one. It is written (as its
+    escape: the encoder and the databases refuse the character itself) and read back the same."""
+    text = "odd \ud800 text"
+    async with open_runtime(store=backend.store()) as runtime, runtime.open_session(make_agent(), session_id="u") as s:
+        assert (await s.ask(text)).output == f"echo: {text}"
+    async with open_runtime(store=backend.store()) as runtime, runtime.open_session(make_agent(), session_id="u") as s:
+        assert [message.text for message in s.history] == [text, f"echo: {text}"]
