@@ -205,8 +205,11 @@ class MCPServerStdio(_MCPServer):
     closes its stdin (the protocol's shutdown), waits ``shutdown_grace``
     seconds, then sends its process group SIGTERM, waits
     ``terminate_grace``, then SIGKILL; it is always reaped, and no pipe is
-    left open. If it crashes, the calls in flight get error results naming
-    how it ended, the run goes on, and the next call starts it again.
+    left open. What it left in its process group when it exited gets SIGTERM,
+    then SIGKILL after ``terminate_grace`` (at once if it crashed). If it
+    crashes, the calls in flight get error results naming how it ended (even
+    while something it started holds its stdout open), the run goes on, and
+    the next call starts it again.
 
     Example::
 

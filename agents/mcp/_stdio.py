@@ -40,6 +40,8 @@ FLUSH_TIMEOUT: Final = 0.5
 """Seconds the messages already accepted may take to reach the server's stdin when closing."""
 KILL_WAIT: Final = 5.0
 """Seconds to wait for a killed process to be reaped (only a process stuck in the kernel takes any)."""
+GROUP_POLL: Final = 0.05
+"""Seconds between looks at whether what a server left in its process group has exited (they are not our children)."""
 _STDERR_LINES: Final = 20
 _STDERR_SHOWN: Final = 500
 _STDERR_NAMED: Final = 2  # the last lines, in an error: a traceback's last line says the most
@@ -102,7 +104,10 @@ async def stdio_transport(
     closed, it has ``shutdown_grace`` seconds to exit, then its process group
     gets SIGTERM, ``terminate_grace`` seconds more, then SIGKILL; it is
     reaped on every path (no zombie) and every pipe is closed. Shielded, so
-    a cancelled owner still does all of it.
+    a cancelled owner still does all of it. Whatever it started that is left
+    in its group once it has exited gets SIGTERM, then SIGKILL after
+    ``terminate_grace``; at once if it crashed. A crash ends the connection
+    even while such a process holds its stdout open.
 
     Raises:
         OSError: the command could not be started.
@@ -127,6 +132,7 @@ async def stdio_transport(
             nursery.start_soon(_read_stderr, proc, process, stderr_done)
             nursery.start_soon(_read_stdout, proc, process, read_send, stderr_done)
             nursery.start_soon(_write_stdin, proc, process, write_receive, read_send, writer_done)
+            nursery.start_soon(_watch_exit, proc, process, terminate_grace)
             try:
                 yield read_receive, write_send
             finally:
@@ -141,6 +147,8 @@ async def stdio_transport(
         with trio.CancelScope(shield=True):
             if proc.returncode is None:  # an error before the block ran, or the graceful stop gave up
                 await _stop(proc, process, 0, 0)
+                if proc.returncode is not None:
+                    await _end_group(proc.pid, 0)
             for stream in (read_send, read_receive, write_send, write_receive):
                 stream.close()
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
@@ -199,6 +207,24 @@ def _parse(line: bytes) -> SessionMessage | Exception:
         shown = line[:200].decode("utf-8", "replace")
         logger.warning("an MCP server sent a line that is not a JSON-RPC message: %s", shown)
         return exc
+
+
+async def _watch_exit(proc: trio.Process, process: ServerProcess, terminate_grace: float) -> None:
+    """Whenever the server exits: end what it left in its process group, and its pipes if they stay open."""
+    await proc.wait()
+    # Just reaped, its pid is still its group's id and no one else's; what it
+    # started in that group (npx's node, a helper) would outlive it unstopped.
+    with trio.CancelScope(shield=True):
+        await _end_group(proc.pid, terminate_grace if process.closing else 0)
+    if not process.closing:
+        # A crash: what it wrote before is in the pipes, but a survivor out of its
+        # group may hold them open, and the calls in flight would wait forever
+        # for the end of stdout. Closing them ends the readers.
+        await trio.sleep(EXIT_WAIT)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with suppress(trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+                    await pipe.aclose()
 
 
 async def _write_stdin(
@@ -273,3 +299,31 @@ def _signal_group(proc: trio.Process, signum: signal.Signals) -> None:
     if proc.returncode is None:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signum)
+
+
+async def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM what is left in the group of a server just reaped, and SIGKILL what is still there after ``grace``.
+
+    Called right after the reap: a group id is not reused while the group has
+    a member, and a pid just freed is not handed out again at once.
+    """
+    if not _signal_pgid(pgid, signal.SIGTERM):
+        return  # nothing left
+    with trio.move_on_after(grace):
+        # No event says a process that is not our child has exited: look again and again.
+        while True:
+            if not _signal_pgid(pgid, 0):
+                return
+            await trio.sleep(GROUP_POLL)
+    _signal_pgid(pgid, signal.SIGKILL)
+
+
+def _signal_pgid(pgid: int, signum: int) -> bool:
+    """Signal a process group; whether it still had a member."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

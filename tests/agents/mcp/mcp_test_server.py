@@ -2,8 +2,9 @@
 
 For what the reference server cannot stage: a tool list that changes, a
 cancelled call the server can tell us about, a crash with an exit status and
-last words, a server that never answers ``initialize``, and one that ignores
-the end of its input and SIGTERM::
+last words, a process it starts and leaves behind, a server that never
+answers ``initialize``, and one that ignores the end of its input and
+SIGTERM::
 
     python tests/agents/mcp/mcp_test_server.py [--hang-at-initialize] [--stubborn]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -24,6 +26,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+# The pipe the client reads, taken before the SDK points fd 1 at stderr (so prints can't corrupt it).
+WIRE = os.dup(1)
 HANG_AT_INITIALIZE = "--hang-at-initialize" in sys.argv
 STUBBORN = "--stubborn" in sys.argv
 
@@ -95,6 +99,14 @@ def crash(status: int) -> str:
     """Write last words on stderr and exit with ``status`` in the middle of the call."""
     print(f"fatal: crashing on purpose with status {status}", file=sys.stderr, flush=True)
     os._exit(status)
+
+
+@server.tool()
+def start_child(own_group: bool = False) -> int:
+    """Start a process that holds this server's stdout (the client's end never sees it end while it lives) in
+    its process group (or, ``own_group``, out of it) and sleeps; its process id."""
+    command = [sys.executable, "-c", "import time; time.sleep(300)"]
+    return subprocess.Popen(command, stdout=WIRE, start_new_session=own_group).pid
 
 
 @server.tool()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     Children = Callable[[], list[Any]]
 
 LIMIT = 60  # seconds: real processes on a loaded machine
+EXIT_LIMIT = 10  # seconds for a killed process to be gone
 
 
 def _server(command: list[str], *flags: str, **options: Any) -> MCPServerStdio:
@@ -35,6 +39,27 @@ def _alive(children: Children) -> list[int]:
 
 def _zombies(children: Children) -> list[int]:
     return [child.pid for child in children() if child.state == "Z"]
+
+
+def _running(pid: int) -> bool:
+    """Whether a process that is not our child (a server's) still runs: exited ones are gone, or zombies."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+async def _exited(pid: int) -> None:
+    """Wait until a process that is not our child (a server's) has exited (a signal takes a moment to)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 async def test_stdio_crash_is_named_in_the_calls_error_and_the_next_call_restarts_it(
@@ -93,5 +118,65 @@ async def test_stdio_server_that_ignores_shutdown_and_sigterm_is_killed_and_reap
                 start = trio.current_time()
             took = trio.current_time() - start
     assert 1.0 <= took < 1.0 + 10  # both grace periods, then SIGKILL
+    assert _alive(children) == []
+    assert _zombies(children) == []
+
+
+async def test_stdio_crash_with_a_child_holding_stdout_fails_the_call_and_kills_the_child(
+    test_server: list[str], stream_run: StreamRun, children: Children
+) -> None:
+    """A server that crashes after starting a process that shares its stdout (so stdout never ends): the call
+    in flight still fails, naming the exit status, and that process is killed with its group."""
+    model = ScriptedModel([ToolCall("start_child", {}), ToolCall("crash", {"status": 3}), "done"])
+    agent = Agent(name="a", model=model, tools=[_server(test_server)])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            events = await stream_run(session, "go")
+    started, crash = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert crash.error is not None
+    assert crash.error.startswith("MCP server 'test' crashed during crash: its process exited with status 3")
+    assert events[-1] == RunFinished("completed")
+    with trio.fail_after(EXIT_LIMIT):
+        await _exited(int(started.result))
+    assert _alive(children) == []
+    assert _zombies(children) == []
+
+
+async def test_stdio_crash_with_a_process_outside_its_group_holding_stdout_still_fails_the_call(
+    test_server: list[str], stream_run: StreamRun, children: Children
+) -> None:
+    """A server that crashes while a process out of reach (a session of its own) holds its stdout open: the call
+    in flight fails all the same, once the exit has had EXIT_WAIT to be read to its end."""
+    model = ScriptedModel([ToolCall("start_child", {"own_group": True}), ToolCall("crash", {"status": 3}), "done"])
+    agent = Agent(name="a", model=model, tools=[_server(test_server)])
+    events: list[Event] = []
+    try:
+        with trio.fail_after(LIMIT):
+            async with open_runtime() as runtime, runtime.open_session(agent) as session:
+                events = await stream_run(session, "go")
+    finally:
+        for event in events:
+            if isinstance(event, ToolCallFinished) and event.name == "start_child" and event.result:
+                os.kill(int(event.result), signal.SIGKILL)  # not the server's to stop: it left the group
+    crash = [event for event in events if isinstance(event, ToolCallFinished)][-1]
+    assert crash.error is not None
+    assert crash.error.startswith("MCP server 'test' crashed during crash: its process exited with status 3")
+    assert events[-1] == RunFinished("completed")
+    assert _alive(children) == []
+
+
+async def test_stdio_close_stops_what_the_server_left_in_its_process_group(
+    test_server: list[str], children: Children
+) -> None:
+    """A server that exits when its stdin closes but leaves a child behind: closing stops that child too."""
+    server = _server(test_server, shutdown_grace=5, terminate_grace=0.5)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("start_child", {}), "ok"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime:
+            async with runtime.open_session(agent) as session:
+                child = int((await session.ask("go")).tool_calls[0].result)
+                assert _running(child)
+        with trio.fail_after(EXIT_LIMIT):
+            await _exited(child)
     assert _alive(children) == []
     assert _zombies(children) == []
