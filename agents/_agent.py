@@ -129,6 +129,13 @@ class Agent(Generic[AgentDepsT, OutputT]):
             raise AgentDefinitionError(
                 f"{type(self.model).__name__} has no native structured output; use output_mode='tool' or 'prompted'"
             )
+        answers = {tool_spec.name for tool_spec in spec.tool_specs()}
+        clashing = answers & {t.name for t in self.tools if isinstance(t, Tool)}
+        if clashing:
+            raise AgentDefinitionError(
+                f"a tool named {sorted(clashing)[0]!r} clashes with the tool the model answers with "
+                f"(output_mode='tool'): rename the tool"
+            )
         object.__setattr__(self, "output", spec)
 
     @output_retries.validator

@@ -12,7 +12,7 @@ import pydantic
 import pydantic_core
 
 from ._exceptions import AgentDefinitionError
-from ._json import loads_untrusted
+from ._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from ._messages import OutputSchema, ToolSpec
 
 if TYPE_CHECKING:
@@ -163,6 +163,8 @@ class OutputSpec:
                 raise OutputValidationError(f"the arguments are not valid JSON: {exc}") from None
         else:
             value = dict(arguments)
+            if nested_deeper_than(value, MAX_JSON_DEPTH):  # as a string's would be refused by loads_untrusted
+                raise OutputValidationError(f"the arguments are nested deeper than {MAX_JSON_DEPTH} levels")
         return target.validate(value)
 
     def validate_text(self, text: str) -> Any:

@@ -15,11 +15,9 @@ from ._exceptions import ClosedBusError, ClosedSessionError
 from ._runtime import single_errors
 from .events import (
     ErrorEvent,
-    FinalOutput,
     ReasoningDelta,
     Refusal,
     RunFinished,
-    TextDelta,
     ToolCallStarted,
     ToolProgress,
 )
@@ -132,17 +130,16 @@ class Gateway:
     async def _answer(self, handle: SessionHandle, message: InboundMessage) -> None:
         """Run the agent on one message (runs of a chat are served in order by its session).
 
-        The reply is the answer's text; for a typed output, the validated value as JSON; for a
-        refusal, the refusal. Tool calls and tool progress go out as best-effort progress messages.
+        The reply is the run's output (the final answer's text, or a stop hook's message); for a typed
+        output, the validated value as JSON; for a refusal, the refusal. Tool calls and tool progress go
+        out as best-effort progress messages.
         """
-        text: list[str] = []
+        refusal: str | None = None
         error: str | None = None
         stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
         async with handle.session.run(message.text) as stream:
             async for event in stream:
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                elif isinstance(event, ReasoningDelta):
+                if isinstance(event, ReasoningDelta):
                     sent = await self._best_effort(message, "reasoning", event.text, stalled)
                     stalled = stalled or not sent
                 elif isinstance(event, ToolCallStarted):
@@ -151,18 +148,23 @@ class Gateway:
                 elif isinstance(event, ToolProgress):
                     sent = await self._best_effort(message, "progress", _progress_text(event), stalled)
                     stalled = stalled or not sent
-                elif isinstance(event, FinalOutput):
-                    text = [pydantic_core.to_json(event.output, fallback=str).decode()]
                 elif isinstance(event, Refusal):
-                    text = [event.text or "(the model declined to answer)"]
+                    refusal = event.text or "(the model declined to answer)"
                 elif isinstance(event, ErrorEvent):
                     error = event.message
                 elif isinstance(event, RunFinished) and event.reason == "cancelled":
                     return
+        output = stream.result.output
+        text = refusal if refusal is not None else output if isinstance(output, str) or output is None else None
+        if text is None:
+            try:
+                text = pydantic_core.to_json(output, fallback=str).decode()
+            except (ValueError, RecursionError) as exc:  # PydanticSerializationError is a ValueError
+                error = error or f"the answer could not be sent as JSON: {exc}"
         if error is not None:
             reply = OutboundMessage(message.channel, message.chat_id, error, "error", message.message_id)
         else:
-            reply = OutboundMessage(message.channel, message.chat_id, "".join(text), "reply", message.message_id)
+            reply = OutboundMessage(message.channel, message.chat_id, text or "", "reply", message.message_id)
         try:
             # The reply waits for room, bounded by the session's scope (closing it cancels the wait).
             await self.bus.publish_outbound(reply, policy="block")

@@ -1216,6 +1216,8 @@ def _parse_arguments(call: ToolCallChunk, *, cut_off: bool = False) -> tuple[dic
         if nested_deeper_than(arguments, MAX_JSON_DEPTH):
             return {}, f"the arguments for tool {call.name!r} are nested deeper than {MAX_JSON_DEPTH} levels"
         return arguments, None
+    if not isinstance(raw, str):  # a model adapter's bug (or a custom model's): this call fails, not the run
+        return {}, f"the arguments for tool {call.name!r} must be a JSON object, not {type(raw).__name__}"
     try:
         value = loads_untrusted(raw) if raw.strip() else {}
     except ValueError as exc:

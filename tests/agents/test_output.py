@@ -12,7 +12,7 @@ import pydantic
 import pytest
 from typing_extensions import TypedDict
 
-from agents import FINAL_RESULT_TOOL, Agent, AgentDefinitionError, ScriptedModel
+from agents import FINAL_RESULT_TOOL, Agent, AgentDefinitionError, ScriptedModel, tool
 from agents._output import OutputSpec, OutputValidationError
 
 if TYPE_CHECKING:
@@ -364,3 +364,31 @@ def test_output_native_mode_needs_a_model_with_native_output(model: Any) -> None
     for mode in modes:
         assert Agent(name="a", model=model, output_type=Cat, output_mode=mode).output.mode == mode
     assert Agent(name="a", model=model, output_mode="native").output.is_text
+
+
+def test_a_tool_named_like_the_output_tool_is_refused() -> None:
+    """The model would be offered two tools of one name, and a call meant for the tool taken as the answer."""
+
+    class Answer(pydantic.BaseModel):
+        total: int
+
+    @tool
+    def final_result(total: int) -> int:
+        """Mine."""
+        return total
+
+    with pytest.raises(AgentDefinitionError, match="final_result"):
+        Agent(name="a", model=ScriptedModel(["x"]), output_type=Answer, tools=[final_result])
+    Agent(name="a", model=ScriptedModel(["x"]), output_type=Answer, output_mode="prompted", tools=[final_result])
+
+
+def test_output_arguments_given_as_a_mapping_are_held_to_the_depth_limit() -> None:
+    """As arguments given as JSON text are (loads_untrusted): a model's adapter may hand them over parsed."""
+    spec = OutputSpec(dict[str, Any], "tool")
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(100):
+        deep = {"next": deep}
+    with pytest.raises(OutputValidationError, match="nested deeper than 64"):
+        spec.validate_call(FINAL_RESULT_TOOL, deep)
+    with pytest.raises(OutputValidationError, match="nested deeper than 64"):
+        spec.validate_call(FINAL_RESULT_TOOL, json.dumps(deep))

@@ -15,12 +15,16 @@ import trio.testing
 from agents import (
     Agent,
     AssistantMessage,
+    Hooks,
     ReasoningChunk,
     RefusalChunk,
+    RunContext,
     ScriptedModel,
     StopChunk,
+    StopRun,
     TextChunk,
     ToolCall,
+    ToolCallChunk,
     ToolContext,
     UserMessage,
     tool,
@@ -461,3 +465,51 @@ async def test_gateway_channel_names_must_be_unique() -> None:
                 pytest.fail("the block must not run")
     assert not first.login_began
     assert not second.login_began
+
+
+async def test_gateway_replies_with_the_runs_output_not_every_turns_text() -> None:
+    """The reply is the run's answer: not the text the model wrote before calling a tool, and a stop
+    hook's message when a hook ends the run."""
+
+    @tool
+    async def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    class Stopper(Hooks):
+        async def on_user_prompt(self, ctx: RunContext[None], prompt: str) -> StopRun | None:
+            return StopRun("Sorry, I can't help with that.") if prompt == "stop" else None
+
+    model = ScriptedModel(
+        [[TextChunk("Let me compute that. "), ToolCallChunk("c1", "add", {"a": 2, "b": 3}), StopChunk("tool_use")], "5"]
+    )
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=model, tools=[add], hooks=[Stopper()])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "add 2 and 3")
+        assert (await web.reply()).text == "5"
+        await web.say(gateway.bus, "chat-1", "stop")
+        assert (await web.reply()).text == "Sorry, I can't help with that."
+
+
+async def test_gateway_answers_an_output_it_cannot_send_with_an_error_reply() -> None:
+    """A typed answer the model nested past the arguments' depth limit is refused as output (the run
+    fails, with an error reply); the session goes on serving the chat."""
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(200):
+        deep = {"next": deep}
+
+    class Deep(pydantic.BaseModel):
+        tree: dict[str, Any]
+
+    web = RecordingChannel("web")
+    model = ScriptedModel([ToolCall("final_result", {"tree": deep}), ToolCall("final_result", {"tree": {"a": 1}})])
+    agent = Agent(name="a", model=model, output_type=Deep, output_retries=0)
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "deep")
+        with trio.fail_after(5):
+            while (message := await web.delivered.receive()).kind != "error":
+                pass
+        assert "nested deeper than 64" in message.text
+        await web.say(gateway.bus, "chat-1", "again")
+        assert json.loads((await web.reply()).text) == {"tree": {"a": 1}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import trio
@@ -178,6 +178,19 @@ async def test_loop_invalid_json_arguments_are_an_error_result() -> None:
     assert started.arguments == {}
     assert done.error is not None
     assert "not valid JSON" in done.error
+
+
+async def test_loop_arguments_of_another_type_are_that_calls_error_and_the_turn_goes_on() -> None:
+    """A custom model (or an adapter's bug) giving arguments that are neither text nor a mapping fails that
+    call with an error result, not the run; the turn's other call runs."""
+    model = ChunkModel([ToolCallChunk("c1", "add", cast("Any", 5)), ToolCallChunk("c2", "add", {"a": 1, "b": 2})])
+    agent = Agent(name="a", model=model, tools=[add], max_turns=1)
+    events = await collect(agent)
+    finished_calls = {e.call_id: e for e in events if isinstance(e, ToolCallFinished)}  # in the order they ended
+    first, second = finished_calls["c1"], finished_calls["c2"]
+    assert first.error is not None
+    assert "must be a JSON object, not int" in first.error
+    assert second.result == 3
 
 
 async def test_loop_tools_of_one_turn_run_concurrently_and_results_keep_call_order() -> None:
