@@ -9,6 +9,7 @@ import math
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import attrs
 import mcp_types as types
 import pydantic
 import trio
@@ -45,6 +46,20 @@ MAX_TOOL_PAGES: Final = 100
 _CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("trio_agents_mcp_call", default=None)
 
 
+@attrs.define(eq=False)
+class RemoteSession:
+    """What a streamable-HTTP connection knows of its session on the server."""
+
+    forgotten: bool = False
+    """The server answered 404 to a request naming the session: it no longer knows it (it restarted, or
+    ended an idle session), and the protocol says to start a new one. The SDK passes on the server's error
+    body, whatever its code, so only the transport, which sees the status, can tell."""
+
+    def describe_end(self) -> str:
+        """Why the connection can no longer serve, for an error."""
+        return "it no longer knows our session (HTTP 404 for its Mcp-Session-Id)"
+
+
 @asynccontextmanager
 async def open_connection(
     server: str,
@@ -52,6 +67,7 @@ async def open_connection(
     *,
     connect_timeout: float,
     process: ServerProcess | None = None,
+    remote: RemoteSession | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect (start the transport, then the protocol's handshake) and yield the connection.
 
@@ -65,7 +81,7 @@ async def open_connection(
     """
     # This task owns the connection; it makes no call, even if a call's task started it.
     _CURRENT_CALL.set(None)
-    connection = Connection(server, process)
+    connection = Connection(server, process, remote)
     client = Client(
         transport,  # entered by the client, in this task
         cache=None,  # tools/list is read once per connection and on list changes, never from a cache
@@ -125,13 +141,15 @@ class Connection:
         "_tools",
         "client",
         "process",
+        "remote",
         "server",
         "tool_cache",
     )
 
-    def __init__(self, server: str, process: ServerProcess | None) -> None:
+    def __init__(self, server: str, process: ServerProcess | None, remote: RemoteSession | None = None) -> None:
         self.server = server
         self.process = process
+        self.remote = remote
         self.client: Client | None = None
         self._broken: str | None = None
         self.tool_cache: tuple[int, Any] | None = None
@@ -144,10 +162,13 @@ class Connection:
 
     @property
     def broken(self) -> str | None:
-        """Why it can no longer serve (``None`` while it can): a call saw it end, or its process did."""
+        """Why it can no longer serve (``None`` while it can): a call saw it end, its process did, or the
+        server forgot its session."""
         process = self.process
         if self._broken is None and process is not None and (process.returncode is not None or process.problem):
             self._broken = process.describe_end()
+        if self._broken is None and self.remote is not None and self.remote.forgotten:
+            self._broken = self.remote.describe_end()
         return self._broken
 
     def _tools_changed(self) -> None:
@@ -217,7 +238,7 @@ class Connection:
         try:
             return await send()
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:
+            if exc.code == CONNECTION_CLOSED or (self.remote is not None and self.remote.forgotten):
                 broken = self._broken = self.broken or self.describe_end(exc)
                 ended = "crashed" if self.process is not None else "went away"
                 raise BrokenMCPServerError(
@@ -238,6 +259,8 @@ class Connection:
         """How the connection ended, as far as we know."""
         if self.process is not None and (self.process.returncode is not None or self.process.problem is not None):
             return self.process.describe_end()
+        if self.remote is not None and self.remote.forgotten:
+            return self.remote.describe_end()
         if isinstance(error, MCPError):
             return f"the connection was closed ({error.message})"
         return describe_error(error) if error is not None else "the connection was closed"

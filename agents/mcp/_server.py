@@ -12,11 +12,11 @@ import attrs
 import httpx2
 import pydantic
 from mcp.client.stdio import get_default_environment
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 
 from agents._tools import Tool
 
-from ._connection import Connection, open_connection
+from ._connection import Connection, RemoteSession, open_connection
 from ._exceptions import BrokenMCPServerError
 from ._stdio import ServerProcess, stdio_transport
 
@@ -296,7 +296,8 @@ class MCPServerStreamableHTTP(_MCPServer):
     """A remote MCP server over Streamable HTTP: a toolset for ``Agent(tools=[...])``.
 
     Closing ends the server's session (an HTTP ``DELETE``). If the server
-    goes away, the calls in flight get error results, the run goes on, and
+    goes away, or no longer knows the session (it answers 404, as after a
+    restart), the calls in flight get error results, the run goes on, and
     the next call connects again.
 
     Example::
@@ -348,8 +349,9 @@ class MCPServerStreamableHTTP(_MCPServer):
         return f"<MCPServerStreamableHTTP {self.name!r}: {self.url}>"
 
     def _open(self) -> AbstractAsyncContextManager[Connection]:
-        transport = _http_transport(self.url, self.headers, self.timeout, self.sse_read_timeout)
-        return open_connection(self.name, transport, connect_timeout=self.connect_timeout)
+        remote = RemoteSession()
+        transport = _http_transport(self.url, self.headers, self.timeout, self.sse_read_timeout, remote)
+        return open_connection(self.name, transport, connect_timeout=self.connect_timeout, remote=remote)
 
     @property
     def _close_timeout(self) -> float:
@@ -358,9 +360,18 @@ class MCPServerStreamableHTTP(_MCPServer):
 
 @asynccontextmanager
 async def _http_transport(
-    url: str, headers: Mapping[str, str] | None, timeout: float, sse_read_timeout: float
+    url: str, headers: Mapping[str, str] | None, timeout: float, sse_read_timeout: float, remote: RemoteSession
 ) -> AsyncIterator[Any]:
+    async def notice_forgotten(response: httpx2.Response) -> None:
+        # The protocol's "that session is gone": 404 to a request naming it (seen before the SDK reads the body).
+        if response.status_code == 404 and MCP_SESSION_ID in response.request.headers:
+            remote.forgotten = True
+
     # As the SDK's own factory makes it: redirects are the transport's to follow, within the endpoint's origin.
-    client = httpx2.AsyncClient(headers=dict(headers or {}), timeout=httpx2.Timeout(timeout, read=sse_read_timeout))
+    client = httpx2.AsyncClient(
+        headers=dict(headers or {}),
+        timeout=httpx2.Timeout(timeout, read=sse_read_timeout),
+        event_hooks={"response": [notice_forgotten]},
+    )
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall
+from agents import Agent, Hooks, ScriptedModel, ToolCall, ToolContext
 from agents.mcp import MCPResult, MCPServerStdio, MCPServerStreamableHTTP
 from runtime import open_runtime
 from runtime.events import ToolCallFinished, ToolProgress
@@ -20,6 +22,72 @@ if TYPE_CHECKING:
     StreamRun = Callable[..., Awaitable[list[Event]]]
 
 LIMIT = 60  # seconds: real processes on a loaded machine
+
+
+@attrs.define(eq=False)
+class _SessionServer:
+    """A minimal streamable-HTTP MCP server of the 2025 protocol, with sessions it can forget (as a restart
+    does): then it answers requests naming one with 404, as the SDK's server does."""
+
+    sessions: list[str] = attrs.field(factory=list)
+    """The sessions it opened, in order."""
+    forgotten: set[str] = attrs.field(factory=set)
+    calls: list[tuple[str | None, int]] = attrs.field(factory=list)
+    """Each tools/call: the session it named, and the status it was answered with."""
+
+    def restart(self) -> None:
+        self.forgotten.update(self.sessions)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                if not (chunk := await stream.receive_some()):
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            method, *lines = head.decode().split("\r\n")
+            headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+            while len(body) < int(headers.get("content-length", 0)):
+                body += await stream.receive_some()
+            status, answer, extra = self._answer(method.split()[0], headers.get("mcp-session-id"), body)
+            out = json.dumps(answer).encode() if answer is not None else b""
+            response = {"content-type": "application/json", "content-length": str(len(out)), **extra}
+            fields = "".join(f"{name}: {value}\r\n" for name, value in response.items())
+            await stream.send_all(f"HTTP/1.1 {status} X\r\nconnection: close\r\n{fields}\r\n".encode() + out)
+
+    def _answer(self, method: str, session: str | None, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if method != "POST":
+            return 405, None, {}
+        message = json.loads(body)
+        what, id_ = message.get("method"), message.get("id")
+        if session in self.forgotten:
+            if what == "tools/call":
+                self.calls.append((session, 404))
+            return 404, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Session not found"}}, {}
+        if id_ is None:
+            return 202, None, {}
+        if what == "initialize":
+            self.sessions.append(f"session-{len(self.sessions)}")
+            result = {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "sessions", "version": "1"},
+            }
+            return 200, {"jsonrpc": "2.0", "id": id_, "result": result}, {"mcp-session-id": self.sessions[-1]}
+        if what == "tools/list":
+            tool = {"name": "echo", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}
+            return 200, {"jsonrpc": "2.0", "id": id_, "result": {"tools": [tool]}}, {}
+        if what == "tools/call":
+            self.calls.append((session, 200))
+            content = [{"type": "text", "text": message["params"]["arguments"]["text"]}]
+            return 200, {"jsonrpc": "2.0", "id": id_, "result": {"content": content}}, {}
+        return 200, {"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": "Method not found"}}, {}
 
 
 def _server(command: list[str], **options: Any) -> MCPServerStdio:
@@ -127,3 +195,31 @@ async def test_server_run_left_mid_call_cancels_it_on_the_server(test_server: li
             events = await stream_run(session, "again")
     (finished,) = [event for event in events if isinstance(event, ToolCallFinished)]
     assert finished.result.structured == {"result": ["left"]}
+
+
+async def test_server_http_session_the_server_forgot_is_replaced_by_the_next_call(
+    nursery: trio.Nursery, stream_run: StreamRun
+) -> None:
+    """A 404 to a request naming our session (the server restarted, or ended it): that call fails saying so,
+    and the next call starts a new session instead of naming the forgotten one forever."""
+    remote = _SessionServer()
+    port = await nursery.start(remote.serve)
+
+    class RestartBeforeTwo(Hooks):
+        async def before_tool(self, ctx: ToolContext[Any], arguments: dict[str, Any]) -> None:
+            if arguments == {"text": "two"}:
+                remote.restart()
+
+    server = MCPServerStreamableHTTP(f"http://127.0.0.1:{port}/mcp", name="remote", timeout=10)
+    calls = [ToolCall("echo", {"text": text}) for text in ("one", "two", "three")]
+    agent = Agent(name="a", model=ScriptedModel([*calls, "done"]), tools=[server], hooks=[RestartBeforeTwo()])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            events = await stream_run(session, "go")
+    one, two, three = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert one.result == "one"
+    assert two.error == (
+        "MCP server 'remote' went away during echo: it no longer knows our session (HTTP 404 for its Mcp-Session-Id)"
+    )
+    assert three.result == "three"
+    assert remote.calls == [("session-0", 200), ("session-0", 404), ("session-1", 200)]
