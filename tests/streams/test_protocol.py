@@ -351,8 +351,8 @@ async def test_every_http_error_of_the_webhook_is_documented_and_sent(monkeypatc
                     answered.set()
 
                 nursery.start_soon(post)
-                while blocked.statistics().publishing == 0:  # noqa: ASYNC110  # set by a server task
-                    await trio.sleep(0.01)
+                await trio.testing.wait_all_tasks_blocked()  # the server task (this loop) parks on the bus
+                assert blocked.statistics().publishing == 1
                 serving.cancel_scope.cancel()
             await answered.wait()
             nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import trio
+import trio.testing
 
 from agents import Agent, ScriptedModel, ToolCall, tool
 from runtime import InboundMessage, MessageBus, open_gateway, open_runtime
@@ -50,10 +51,10 @@ def make_agent(turns: list[Turn] | None = None) -> Agent:
 
 
 async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Check ``predicate`` every 10 ms until it holds (callers bound this with ``trio.fail_after``)."""
-    # The state is changed by a server task that the test reaches only over a socket, so poll it.
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(0.01)
+    """Let every task run until all of them wait, then check ``predicate``: the server runs in this test's
+    Trio loop, and loopback bytes are there at once for its next I/O poll, so nothing is left in flight."""
+    await trio.testing.wait_all_tasks_blocked()
+    assert predicate()
 
 
 @asynccontextmanager
