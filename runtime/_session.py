@@ -215,7 +215,9 @@ class Session(Generic[OutputT]):
     async def aclose(self) -> None:
         """Close the session and wait until every task it owns has finished.
 
-        Idempotent; it completes even if the caller is cancelled.
+        Idempotent; it completes even if the caller is cancelled. Called from inside the session (a
+        stream handler, a task of :meth:`start_soon`, a tool), it waits for every other task: the one it
+        runs in is cancelled, and ends at its next checkpoint.
         """
         await self._tasks.aclose()
 
