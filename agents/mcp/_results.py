@@ -26,14 +26,16 @@ class MCPResult(str):
     never their bytes. The rest is kept for the program, which sees this
     value in ``ToolCallFinished.result`` and ``RunResult.tool_calls``.
 
-    Images the model can take also go to it as images (:meth:`content_parts`),
-    where its provider allows images in tool results.
+    Images the model can take go to it as images in place of their
+    placeholders (:meth:`content_parts`), where its provider allows images in
+    tool results; the rest of the text goes beside them.
     """
 
     parts: tuple[str | dict[str, Any], ...]
     """Each content block in order: text as a ``str``; anything else as a dict with its ``type``
     (``image``, ``audio``, ``resource``, ``resource_link``), its media type and its data
-    (``data``, base64, for images and audio; ``text`` or ``blob`` for a resource)."""
+    (``data``, base64, for images and audio; ``text`` or ``blob`` for a resource; ``name`` and
+    ``description`` for a link)."""
     structured: Any
     """The server's ``structuredContent`` (``None`` if it sent none)."""
 
@@ -45,24 +47,29 @@ class MCPResult(str):
 
     def content_parts(self) -> tuple[ContentPart, ...]:
         """What the model is sent when the result holds images it can take (PNG, JPEG, GIF, WebP): the
-        text, then each image as an :class:`~agents.ImagePart`; ``()`` (the text alone) otherwise.
+        text as ``str()`` shows it, in order, with each of those images as an :class:`~agents.ImagePart`
+        where its placeholder was; ``()`` (the text alone) otherwise.
 
         A provider whose tool results are text only sends the text and a placeholder per image.
         """
-        images = [
-            part
-            for part in self.parts
-            if isinstance(part, dict) and part.get("type") == "image" and part.get("media_type") in IMAGE_MEDIA_TYPES
-        ]
-        if not images:
+        built: list[ContentPart] = []
+        texts: list[str] = []
+        for part in self.parts:
+            if isinstance(part, dict) and part.get("type") == "image" and part.get("media_type") in IMAGE_MEDIA_TYPES:
+                try:
+                    image = ImagePart(data=base64.b64decode(part["data"]), media_type=part["media_type"])
+                except (ValueError, TypeError):  # data that is not base64: the placeholder in the text stays
+                    return ()
+                if texts:
+                    built.append(TextPart(_TEXT_JOIN.join(texts)))
+                    texts = []
+                built.append(image)
+            else:
+                texts.append(part if isinstance(part, str) else _describe(part))
+        if not built:  # no image it can take: the text alone
             return ()
-        texts = [part for part in self.parts if isinstance(part, str)]
-        built: list[ContentPart] = [TextPart(_TEXT_JOIN.join(texts))] if texts else []
-        for image in images:
-            try:
-                built.append(ImagePart(data=base64.b64decode(image["data"]), media_type=image["media_type"]))
-            except (ValueError, TypeError):  # data that is not base64: the placeholder in the text stays
-                return ()
+        if texts:
+            built.append(TextPart(_TEXT_JOIN.join(texts)))
         return tuple(built)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -89,36 +96,52 @@ def to_value(server: str, tool: str, result: types.CallToolResult) -> str:
 
 def _render(content: Sequence[types.ContentBlock]) -> tuple[list[str], list[str | dict[str, Any]], bool]:
     """The texts the model reads, the parts kept, and whether all of it was plain text."""
-    texts: list[str] = []
     parts: list[str | dict[str, Any]] = []
     plain = True
     for block in content:
         if isinstance(block, types.TextContent):
-            texts.append(block.text)
             parts.append(block.text)
             continue
         plain = False
         if isinstance(block, types.ImageContent | types.AudioContent):
-            texts.append(f"[{block.type}: {block.mime_type}, {_size(block.data)}]")
             parts.append({"type": block.type, "media_type": block.mime_type, "data": block.data})
         elif isinstance(block, types.EmbeddedResource):
             resource = block.resource
             media = resource.mime_type or "unknown type"
             if isinstance(resource, types.TextResourceContents):
-                texts.append(f"[resource {resource.uri} ({media})]\n{resource.text}")
                 parts.append({"type": "resource", "uri": resource.uri, "media_type": media, "text": resource.text})
             else:
-                texts.append(f"[resource {resource.uri}: {media}, {_size(resource.blob)}]")
                 parts.append({"type": "resource", "uri": resource.uri, "media_type": media, "blob": resource.blob})
         elif isinstance(block, types.ResourceLink):
-            about = f": {block.description}" if block.description else ""
-            texts.append(f"[resource link {block.name} <{block.uri}>{about}]")
-            parts.append({"type": "resource_link", "uri": block.uri, "name": block.name, "media_type": block.mime_type})
+            parts.append(
+                {
+                    "type": "resource_link",
+                    "uri": block.uri,
+                    "name": block.name,
+                    "media_type": block.mime_type,
+                    "description": block.description,
+                }
+            )
         else:  # a content type newer than this module
             kind = getattr(block, "type", type(block).__name__)
-            texts.append(f"[{kind} content]")
             parts.append({"type": kind, "value": block.model_dump(mode="json", by_alias=True)})
+    texts = [part if isinstance(part, str) else _describe(part) for part in parts]
     return texts, parts, plain
+
+
+def _describe(part: dict[str, Any]) -> str:
+    """What the model reads for a part that is not text: a placeholder, or a text resource with its URI."""
+    kind = part["type"]
+    if kind in ("image", "audio"):
+        return f"[{kind}: {part['media_type']}, {_size(part['data'])}]"
+    if kind == "resource":
+        if "text" in part:
+            return f"[resource {part['uri']} ({part['media_type']})]\n{part['text']}"
+        return f"[resource {part['uri']}: {part['media_type']}, {_size(part['blob'])}]"
+    if kind == "resource_link":
+        about = f": {part['description']}" if part["description"] else ""
+        return f"[resource link {part['name']} <{part['uri']}>{about}]"
+    return f"[{kind} content]"
 
 
 def _size(base64_data: str) -> str:

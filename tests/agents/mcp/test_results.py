@@ -119,6 +119,43 @@ def test_results_image_goes_to_the_model_as_an_image_part() -> None:
     assert tool_content(value) == value.content_parts()
 
 
+def test_results_image_beside_other_parts_keeps_all_their_text_for_the_model() -> None:
+    """With an image, every other part still reaches the model as the text it shows, in order: a text
+    resource with its URI, a link, placeholders for audio and an image of a type it can't take."""
+    result = types.CallToolResult(
+        content=[
+            types.TextContent(text="The chart and the report."),
+            types.ImageContent(data=PNG, mime_type="image/png"),
+            types.EmbeddedResource(
+                resource=types.TextResourceContents(uri="file:///report.txt", mime_type="text/plain", text="total=42")
+            ),
+            types.ResourceLink(name="big.csv", uri="file:///big.csv", description="All rows"),
+            types.AudioContent(data=PNG, mime_type="audio/wav"),
+            types.ImageContent(data=PNG, mime_type="image/bmp"),
+            types.ImageContent(data=PNG, mime_type="image/jpeg"),
+        ]
+    )
+    value = to_value("srv", "t", result)
+    assert isinstance(value, MCPResult)
+    image = base64.b64decode(PNG)
+    assert value.content_parts() == (
+        TextPart("The chart and the report."),
+        ImagePart(data=image, media_type="image/png"),
+        TextPart(
+            "[resource file:///report.txt (text/plain)]\ntotal=42\n"
+            "[resource link big.csv <file:///big.csv>: All rows]\n"
+            "[audio: audio/wav, 2.0 kB]\n"
+            "[image: image/bmp, 2.0 kB]"
+        ),
+        ImagePart(data=image, media_type="image/jpeg"),
+    )
+    shown = [
+        part.text if isinstance(part, TextPart) else f"[image: {part.media_type}, 2.0 kB]"
+        for part in value.content_parts()
+    ]
+    assert "\n".join(shown) == value
+
+
 def test_results_without_an_image_the_model_can_take_have_no_parts() -> None:
     """Text with a resource, or an image of a type no provider takes, stays text (the placeholder)."""
     bmp = types.CallToolResult(content=[types.ImageContent(data=PNG, mime_type="image/bmp")])
