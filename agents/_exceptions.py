@@ -64,7 +64,18 @@ class ModelConnectionError(ModelError):
 
 
 class MalformedStreamError(ModelError):
-    """The provider sent a chunk that is not valid for its protocol."""
+    """The provider sent a chunk that is not valid for its protocol.
+
+    Attributes:
+        summary: What was wrong, without the sample of what it sent that the message quotes (which may
+            hold the model's output: traces without content show this).
+        sample: That sample, cut short (``None`` if the message quotes none).
+    """
+
+    def __init__(self, summary: str, sample: str | bytes | None = None) -> None:
+        super().__init__(summary if sample is None else f"{summary}: {sample!r}")
+        self.summary = summary
+        self.sample = sample
 
 
 class UnsupportedContentError(ModelError):

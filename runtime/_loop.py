@@ -22,6 +22,7 @@ from agents import (
     AssistantMessage,
     ElicitationUnavailable,
     ErrorChunk,
+    MalformedStreamError,
     Message,
     ModelFallbackChunk,
     ModelRequest,
@@ -111,13 +112,18 @@ _ANSWERED: Final = "the final answer was given in this response: not run"
 
 
 class _EndRun(Exception):
-    """Ends the run with an ``ErrorEvent`` and the given reason (never escapes the loop)."""
+    """Ends the run with an ``ErrorEvent`` and the given reason (never escapes the loop).
 
-    def __init__(self, kind: str, message: str, reason: FinishReason = "error") -> None:
+    ``traced``: the message without what it quotes of the run's content (the model's answer, a chunk
+    it sent), for spans when ``trace_content`` is off; the message itself if it quotes none.
+    """
+
+    def __init__(self, kind: str, message: str, reason: FinishReason = "error", *, traced: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.reason = reason
+        self.traced = message if traced is None else traced
 
 
 class AgentRun:
@@ -139,6 +145,7 @@ class AgentRun:
         "_dropped",
         "_ended",
         "_error",
+        "_error_traced",
         "_history",
         "_http_client",
         "_journal",
@@ -266,6 +273,7 @@ class AgentRun:
         self._tool_calls: list[ToolCallRecord] = []
         self._reason: FinishReason = "cancelled"
         self._error: ErrorEvent | None = None
+        self._error_traced: str | None = None  # _error's message as spans show it when trace_content is off
         # Made when first needed: most runs (no hooks, no toolsets, no tool asking for a context) never do.
         self._context: RunContext[Any] | None = None
         self._sink: _RunSink | None = None  # a RunContext's (hooks'): not this run, which would be a cycle
@@ -388,7 +396,7 @@ class AgentRun:
             token,
             reason=self._reason,
             error=None if error is None else error.kind,
-            message=None if error is None else error.message,
+            message=None if error is None else error.message if tracing.content else self._error_traced,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             output=None if not tracing.content or output is None else content_text(_to_content(output)),
@@ -427,7 +435,7 @@ class AgentRun:
                                 await self._open_toolsets(stack, tools)
                                 reason, message = await self._turns(tools)
                     except _EndRun as end:
-                        reason, message = await self._fail(end.kind, end.message, end.reason)
+                        reason, message = await self._fail(end.kind, end.message, end.reason, end.traced)
                     except Exception as exc:
                         logger.exception("run %s failed inside trio-agents", self.run_id)
                         reason, message = await self._fail("internal", describe(exc), "error")
@@ -506,8 +514,11 @@ class AgentRun:
             for opened_tool in opened:
                 tools.setdefault(opened_tool.name, opened_tool)
 
-    async def _fail(self, kind: str, message: str, reason: FinishReason) -> tuple[FinishReason, str | None]:
+    async def _fail(
+        self, kind: str, message: str, reason: FinishReason, traced: str | None = None
+    ) -> tuple[FinishReason, str | None]:
         self._error = ErrorEvent(kind, message)
+        self._error_traced = message if traced is None else traced
         await self._emit(self._error)
         return reason, message
 
@@ -575,7 +586,8 @@ class AgentRun:
             if problem:
                 if retries == 0:
                     tries = self._agent.output_retries + 1
-                    raise _EndRun("output", f"the output was not valid after {tries} attempt(s): {problem}")
+                    invalid = f"the output was not valid after {tries} attempt(s)"
+                    raise _EndRun("output", f"{invalid}: {problem}", traced=invalid)  # problem quotes the answer
                 retries -= 1
         return "max_turns", f"the run reached max_turns={self._agent.max_turns}"
 
@@ -689,7 +701,10 @@ class AgentRun:
         try:
             text, calls, refusal = await self._stream_model(request, output)
         except BaseException as exc:
-            kind, message = (exc.kind, exc.message) if isinstance(exc, _EndRun) else failure(exc, "the model request")
+            if isinstance(exc, _EndRun):
+                kind, message = exc.kind, exc.message if tracing.content else exc.traced
+            else:
+                kind, message = failure(exc, "the model request")
             tracing.end_chat(
                 span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0,
                 answered_by=self._answered_by, error=kind, description=message,
@@ -794,7 +809,8 @@ class AgentRun:
         except _EndRun:
             raise
         except Exception as exc:
-            raise _EndRun("model", describe(exc)) from exc
+            traced = exc.summary if isinstance(exc, MalformedStreamError) else None
+            raise _EndRun("model", describe(exc), traced=traced) from exc
         if idle_scope is not None and idle_scope.cancelled_caught:
             raise _EndRun("timeout", f"the model sent nothing for model_idle_timeout={idle}s", "timeout")
         text = "".join(texts)

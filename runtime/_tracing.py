@@ -63,6 +63,10 @@ _MODEL: Final = "trio_agents.model"  # the model of a chat's measured attributes
 _ENDED_WELL: Final = frozenset({"completed", "max_turns", "hook_stop"})
 """Run reasons that are not an error of the ``invoke_agent`` span."""
 
+_TOOL_ERRORS_WITHOUT_CONTENT: Final = frozenset({"timeout", "invalid_arguments", "ToolArgumentsError", "cancelled"})
+"""The ``error.type`` of tool failures whose message the loop writes quoting nothing of the call; any
+other's is the tool's own (an exception's message, a sub-agent's failure): its result, content."""
+
 _otel: list[ModuleType | None] = []  # the cached result of the first import attempt
 
 
@@ -292,9 +296,12 @@ class Tracing:
     def end_tool(
         self, span: Span, token: object, *, error: str | None, description: str | None, result: Content | None
     ) -> None:
-        """End a tool call's span: an error status (``error.type``) if it failed."""
+        """End a tool call's span: an error status (``error.type``) if it failed, described by the error
+        result only if it quotes nothing of the call or content is recorded."""
         if self.content and result is not None and error is None:
             span.set_attribute("gen_ai.tool.call.result", content_text(result))
+        if not self.content and error not in _TOOL_ERRORS_WITHOUT_CONTENT:
+            description = None
         self.end(span, token, error, description)
 
 

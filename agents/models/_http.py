@@ -136,7 +136,7 @@ async def _send_with_retries(
                 sample = (await response.aread())[:200]
             finally:
                 await response.aclose()
-            raise MalformedStreamError(f"{provider}: expected text/event-stream, got {kind!r}: {sample!r}")
+            raise MalformedStreamError(f"{provider}: expected text/event-stream, got {kind!r}", sample)
         try:
             error = await _error_of(response, provider)
         finally:

@@ -57,9 +57,9 @@ def json_object(data: str, what: str) -> dict[str, Any]:
         try:
             value = json.loads(data)
         except (ValueError, RecursionError):
-            raise MalformedStreamError(f"{what} is not JSON: {data[:200]!r}") from None
+            raise MalformedStreamError(f"{what} is not JSON", data[:200]) from None
     if not isinstance(value, dict):
-        raise MalformedStreamError(f"{what} is not an object: {data[:200]!r}")
+        raise MalformedStreamError(f"{what} is not an object", data[:200])
     return value
 
 

@@ -183,10 +183,11 @@ async def test_tracing_sub_agent_nests_under_its_transfer_call(traced: Traced) -
 
 
 async def test_tracing_failing_tool_is_an_error_span(traced: Traced) -> None:
-    """A tool that raises ends its execute_tool span with an error status and ``error.type``; the run goes on."""
+    """A tool that raises ends its execute_tool span with an error status and ``error.type`` (and, content
+    recorded, its error result); the run goes on."""
     model = ScriptedModel([ToolCall("broken", {"reason": "no disk"}), "sorry"])
     agent = Agent(name="a", model=model, tools=[broken])
-    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+    async with traced.runtime(content=True) as runtime, runtime.open_session(agent) as session:
         assert (await session.ask("go")).output == "sorry"
     span = traced.one("execute_tool broken")
     assert span.status.status_code is StatusCode.ERROR
@@ -317,6 +318,74 @@ async def test_tracing_content_is_recorded_only_when_asked(traced: Traced) -> No
     call = attrs_of(traced.one("execute_tool add"))
     assert json.loads(call["gen_ai.tool.call.arguments"]) == {"a": 1, "b": 2}
     assert call["gen_ai.tool.call.result"] == "3"
+
+
+SECRET = "patient-ssn-078-05-1120"
+
+
+def _mentions_secret(spans: Sequence[ReadableSpan]) -> list[str]:
+    """The spans whose attributes, status or events hold SECRET."""
+    return [
+        span.name
+        for span in spans
+        if SECRET in repr(dict(span.attributes or {})) + repr(span.status.description)
+        or any(SECRET in repr(dict(event.attributes or {})) for event in span.events)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["tool", "prompted"])
+async def test_tracing_invalid_typed_output_keeps_the_answer_out_of_spans(traced: Traced, mode: str) -> None:
+    """Typed output that never validates: the run's span says so without the answer (pydantic's errors quote
+    it) unless content is recorded; the run's ErrorEvent keeps the detail."""
+    import pydantic
+
+    class Out(pydantic.BaseModel):
+        n: int
+
+    answer = ToolCall("final_result", {"n": SECRET}) if mode == "tool" else json.dumps({"n": SECRET})
+    for content in (False, True):
+        traced.exporter.clear()
+        agent = Agent(name="a", model=ScriptedModel([answer] * 2), output_type=Out, output_mode=mode)  # type: ignore[arg-type]
+        async with traced.runtime(content=content) as runtime, runtime.open_session(agent) as session:
+            with pytest.raises(RunFailedError) as failed:
+                await session.ask("go")
+        assert SECRET in str(failed.value)
+        run = traced.one("invoke_agent a")
+        assert attrs_of(run)["error.type"] == "output"
+        if content:
+            assert SECRET in (run.status.description or "")
+        else:
+            assert run.status.description == "the output was not valid after 2 attempt(s)"
+            assert _mentions_secret(traced.spans) == []
+
+
+async def test_tracing_failed_tool_and_malformed_stream_keep_content_out_of_spans(traced: Traced) -> None:
+    """A tool's error result (its exception's words, a sub-agent's failure quoting its answer) and a
+    malformed chunk quoted by the model's error stay out of spans unless content is recorded."""
+    import pydantic
+
+    from agents import MalformedStreamError
+
+    class Out(pydantic.BaseModel):
+        n: int
+
+    def malformed(request: object) -> str:
+        raise MalformedStreamError("openai: a chunk is not JSON", f'{{"text": "{SECRET}"')
+
+    child_model = ScriptedModel([ToolCall("final_result", {"n": SECRET})])
+    child = Agent(name="child", model=child_model, output_type=Out, output_retries=0)
+    model = ScriptedModel(
+        [[ToolCall("broken", {"reason": SECRET}), ToolCall(TRANSFER_TOOL, {"agent": "child", "task": "t"})], malformed]
+    )
+    agent = Agent(name="a", model=model, tools=[broken], sub_agents=[child])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        with pytest.raises(RunFailedError) as failed:
+            await session.ask("go")
+    assert SECRET in str(failed.value)
+    assert _mentions_secret(traced.spans) == []
+    assert traced.one("execute_tool broken").status.description == "ValueError"
+    assert traced.one("invoke_agent child").status.description == "the output was not valid after 1 attempt(s)"
+    assert traced.named("chat scripted")[-1].status.description == "openai: a chunk is not JSON"
 
 
 async def test_tracing_metrics_token_usage_duration_and_gauges(traced: Traced) -> None:
