@@ -67,7 +67,8 @@ class GeminiModel(HTTPModel):
     Streams text, thought summaries (as reasoning, when ``thinkingConfig``
     asks for them), function calls (each arrives whole; its id is the one
     Gemini sent, else ``"<name>-<n>"``, n counting the response's calls),
-    the stop reason and usage (output tokens include the thinking tokens).
+    the stop reason and usage (output tokens include the thinking tokens, also
+    counted as reasoning; cached prompt tokens are counted as cache reads).
     Answers ``output_mode="native"`` with ``responseJsonSchema``.
 
     The API key is sent in the ``x-goog-api-key`` header only, never in the
@@ -213,8 +214,15 @@ def _stop(reason: str, called: bool) -> StopChunk:
 
 
 def _usage(usage: dict[str, Any]) -> UsageChunk:
-    output = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
-    return UsageChunk(int(usage.get("promptTokenCount") or 0), output)
+    """The usage of a response: ``promptTokenCount`` includes the cached tokens, and the thinking tokens,
+    counted apart from ``candidatesTokenCount``, are output (reasoning) as the other providers count them."""
+    thoughts = int(usage.get("thoughtsTokenCount") or 0)
+    return UsageChunk(
+        int(usage.get("promptTokenCount") or 0),
+        int(usage.get("candidatesTokenCount") or 0) + thoughts,
+        cache_read_tokens=int(usage.get("cachedContentTokenCount") or 0),
+        reasoning_tokens=thoughts,
+    )
 
 
 def _candidate(chunk: dict[str, Any]) -> dict[str, Any] | None:

@@ -303,7 +303,17 @@ def _response(payload: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _usage_chunk(result: dict[str, Any]) -> UsageChunk | None:
+    """The usage of a response: ``input_tokens`` includes the cached ones, ``output_tokens`` the reasoning."""
     usage = result.get("usage")
     if not isinstance(usage, dict):
         return None
-    return UsageChunk(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))
+    inputs = usage.get("input_tokens_details")
+    outputs = usage.get("output_tokens_details")
+    cached = inputs.get("cached_tokens") if isinstance(inputs, dict) else None
+    reasoning = outputs.get("reasoning_tokens") if isinstance(outputs, dict) else None
+    return UsageChunk(
+        int(usage.get("input_tokens") or 0),
+        int(usage.get("output_tokens") or 0),
+        cache_read_tokens=int(cached or 0),
+        reasoning_tokens=int(reasoning or 0),
+    )

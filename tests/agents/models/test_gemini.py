@@ -128,8 +128,9 @@ def _finished(events: list[Event]) -> RunFinished:
 
 
 def _expected_usage(usage: dict[str, Any]) -> UsageChunk:
-    """Input is the prompt; output is the answer and the thinking."""
-    return UsageChunk(usage["promptTokenCount"], usage["candidatesTokenCount"] + usage.get("thoughtsTokenCount", 0))
+    """Input is the prompt; output is the answer and the thinking, which is the reasoning."""
+    thoughts = usage.get("thoughtsTokenCount", 0)
+    return UsageChunk(usage["promptTokenCount"], usage["candidatesTokenCount"] + thoughts, reasoning_tokens=thoughts)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -167,7 +168,7 @@ async def test_gemini_fixture_function_call_chunks(provider_server: Any) -> None
         ToolCallDeltaChunk("get_country-0", "get_country", "{}"),
         ToolCallChunk("get_country-0", "get_country", {}),
         StopChunk("tool_use", "STOP"),
-        UsageChunk(29, 10 + 110),
+        UsageChunk(29, 10 + 110, reasoning_tokens=110),
     ]
 
 
@@ -443,8 +444,25 @@ async def test_gemini_finish_reason_maps_to_a_stop_reason(
     assert await _chunks(_model(provider_server)) == [
         TextChunk("Once upon"),
         StopChunk(reason, finish),
-        UsageChunk(3, 5),
+        UsageChunk(3, 5, reasoning_tokens=1),
     ]
+
+
+async def test_gemini_usage_counts_cached_and_thinking_tokens(provider_server: Any) -> None:
+    """``cachedContentTokenCount`` (part of the prompt's count) is the cache reads; the thinking tokens are
+    output and reasoning both, as the other providers count them."""
+    usage = {"promptTokenCount": 1200, "cachedContentTokenCount": 1024, "candidatesTokenCount": 7}
+    provider_server.serve(
+        _sse(
+            {
+                "candidates": [_candidate({"text": "Hi"}, finish="STOP")],
+                "usageMetadata": usage | {"thoughtsTokenCount": 40},
+            }
+        )
+    )
+    assert (await _chunks(_model(provider_server)))[-1] == UsageChunk(
+        1200, 47, cache_read_tokens=1024, reasoning_tokens=40
+    )
 
 
 async def test_gemini_blocked_prompt_is_a_content_filter_stop(provider_server: Any) -> None:

@@ -177,7 +177,12 @@ async def test_responses_fixture_stream_gives_the_expected_chunks(provider_serve
         usage = expect["usage"]
         assert chunks[-2:] == [
             StopChunk(expect["stop"], expect["status"]),
-            UsageChunk(usage["input_tokens"], usage["output_tokens"]),
+            UsageChunk(
+                usage["input_tokens"],
+                usage["output_tokens"],
+                cache_read_tokens=usage["input_tokens_details"]["cached_tokens"],
+                reasoning_tokens=usage["output_tokens_details"]["reasoning_tokens"],
+            ),
         ]
     assert [(r.method, r.path) for r in provider_server.requests] == [("POST", "/responses")]
 
@@ -210,7 +215,14 @@ async def test_responses_fixture_run_through_a_session(provider_server: Any, nam
         assert _of(events, ErrorEvent) == []
         assert _of(events, ModelStopped) == [ModelStopped(expect["stop"], expect["status"])]
         usage = expect["usage"]
-        assert _of(events, Usage) == [Usage(usage["input_tokens"], usage["output_tokens"])]
+        assert _of(events, Usage) == [
+            Usage(
+                usage["input_tokens"],
+                usage["output_tokens"],
+                cache_read_tokens=usage["input_tokens_details"]["cached_tokens"],
+                reasoning_tokens=usage["output_tokens_details"]["reasoning_tokens"],
+            )
+        ]
         assert _finished(events).reason == ("max_turns" if expect["tool_calls"] else "completed")
 
 
@@ -266,6 +278,25 @@ async def test_responses_argument_deltas_concatenate_to_the_final_arguments(prov
 
 
 # Stream shapes the recordings do not show
+
+
+async def test_responses_usage_counts_cached_and_reasoning_tokens(provider_server: Any) -> None:
+    """``input_tokens_details.cached_tokens`` (part of ``input_tokens``) are the cache reads, and
+    ``output_tokens_details.reasoning_tokens`` (part of ``output_tokens``) the reasoning, as in Chat Completions."""
+    usage = {
+        "input_tokens": 1200,
+        "input_tokens_details": {"cached_tokens": 1024},
+        "output_tokens": 70,
+        "output_tokens_details": {"reasoning_tokens": 64},
+    }
+    provider_server.serve(
+        _stream(_text_delta("Hi"), {"type": "response.completed", "response": _result("completed") | {"usage": usage}})
+    )
+    assert (await _chunks(_model(provider_server)))[-1] == UsageChunk(
+        1200, 70, cache_read_tokens=1024, reasoning_tokens=64
+    )
+    events = await _run(_agent(provider_server))
+    assert _of(events, Usage) == [Usage(1200, 70, cache_read_tokens=1024, reasoning_tokens=64)]
 
 
 async def test_responses_response_failed_is_a_model_error(provider_server: Any) -> None:
