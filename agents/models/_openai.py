@@ -164,7 +164,11 @@ def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
-    """Map the SSE stream to chunks; tool calls are complete, and the stop reason known, only when it ends."""
+    """Map the SSE stream to chunks; tool calls are complete, and the stop reason known, only when it ends.
+
+    Raises:
+        MalformedStreamError: it ended with neither a finish_reason nor ``[DONE]`` (it was cut off).
+    """
     calls: list[tuple[int, list[str]]] = []  # (index, [id, name, arguments so far]), in the order they began
     open_calls: dict[int, list[str]] = {}  # index -> the call its fragments now add to
     usage: dict[str, Any] | None = None
@@ -222,6 +226,10 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                             yield ToolCallDeltaChunk(call[0], call[1], arguments)
                     if choice.get("finish_reason"):  # a later chunk's null does not undo it
                         finish = str(choice["finish_reason"])
+    if not done and finish is None:
+        # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
+        # tool call half sent. Some servers send no [DONE] (Mistral, Azure), but a finish_reason ends theirs.
+        raise MalformedStreamError("openai: the stream ended before a finish_reason or [DONE]")
     for _, (call_id, name, arguments) in sorted(calls, key=lambda entry: entry[0]):  # stable: same index, in order
         yield ToolCallChunk(call_id, name, arguments)
     if finish is not None:

@@ -744,9 +744,41 @@ async def test_openai_finish_reason_is_one_stop_chunk(provider_server: Any, raw:
 
 
 async def test_openai_no_stop_chunk_without_a_finish_reason(provider_server: Any) -> None:
-    """A stream that never names a finish_reason (null everywhere) yields no StopChunk."""
-    provider_server.serve(_sse({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}))
+    """A stream that never names a finish_reason (null everywhere), ended by [DONE], yields no StopChunk."""
+    provider_server.serve(
+        _sse({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}, "[DONE]")
+    )
     assert await _chunks(_model(provider_server)) == [TextChunk("Hi")]
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"choices": [{"index": 0, "delta": {"content": "The answer is"}}]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {"index": 0, "id": "c1", "function": {"name": "weather", "arguments": '{"city": "Par'}}
+                        ]
+                    },
+                }
+            ]
+        },
+    ],
+    ids=["text", "tool-call"],
+)
+async def test_openai_stream_cut_off_before_its_end_ends_the_run(provider_server: Any, chunk: dict[str, Any]) -> None:
+    """A stream the server closes with neither a finish_reason nor [DONE] was cut off: MalformedStreamError,
+    and the run ends with a model error; a half-sent tool call is not run."""
+    provider_server.serve(_sse(chunk))
+    with pytest.raises(MalformedStreamError, match=r"ended before a finish_reason or \[DONE\]"):
+        await _chunks(_model(provider_server))
+    events = await _run(_agent(provider_server))
+    assert _the_error(events).kind == "model"
+    assert _tool_calls(events) == []
 
 
 @pytest.mark.parametrize("path", FINISHED_CASES, ids=[f"{path.parent.name}/{path.stem}" for path in FINISHED_CASES])
