@@ -19,7 +19,8 @@ class RetryPolicy:
     session ends it at once.
 
     The HTTP models retry 429, 5xx and connection errors with it (honouring
-    ``Retry-After``; by default 4 tries, waits capped at 8 s);
+    ``Retry-After``, but never waiting less than :meth:`min_delay`; by
+    default 4 tries, waits capped at 8 s);
     ``streams.RemoteSession`` reconnects with it (by default forever).
     ``streams.Backoff`` is this class.
 
@@ -42,11 +43,22 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after try number ``attempt`` (0 for the first) failed."""
-        try:
-            bound = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        except OverflowError:  # a huge multiplier: the cap is what is left
-            bound = self.maximum if self.initial > 0 else 0.0
+        bound = self._bound(attempt)
         return bound / 2 + random.uniform(0, bound / 2)
+
+    def min_delay(self, attempt: int) -> float:
+        """The shortest wait :meth:`delay` gives after try number ``attempt``: half its bound.
+
+        A server's ``Retry-After`` shorter than this (``0``) is waited this
+        long instead, so that retrying it cannot spin either.
+        """
+        return self._bound(attempt) / 2
+
+    def _bound(self, attempt: int) -> float:
+        try:
+            return min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        except OverflowError:  # a huge multiplier: the cap is what is left
+            return self.maximum if self.initial > 0 else 0.0
 
     def allows(self, attempt: int) -> bool:
         """Whether try number ``attempt`` (0 for the first) may be made."""

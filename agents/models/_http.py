@@ -147,8 +147,8 @@ async def _send_with_retries(
             await trio.sleep(retry.delay(attempt))
         elif error.retry_after > MAX_RETRY_AFTER:
             raise error
-        else:
-            await trio.sleep(error.retry_after)
+        else:  # as asked, but no sooner than the policy would: "Retry-After: 0" must not make a loop spin
+            await trio.sleep(max(error.retry_after, retry.min_delay(attempt)))
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -97,3 +97,30 @@ async def test_retry_policy_without_max_attempts_retries_a_model_call_until_it_w
     for attempt, (before, after) in enumerate(itertools.pairwise(times)):
         bound = _bound(policy, attempt)
         assert bound / 2 - 1e-6 <= after - before <= bound + 1e-6, (attempt, after - before)
+
+
+async def test_retry_policy_retry_after_zero_still_waits_the_policys_least(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A 429 saying ``Retry-After: 0`` (or less than the policy's wait) under ``max_attempts=None`` waits at least
+    the policy's shortest wait each time: it cannot spin; a longer ``Retry-After`` is waited as asked."""
+    failures = 10
+    policy = RetryPolicy(initial=1.0, maximum=16.0, max_attempts=None)
+    times: list[float] = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        if len(times) <= failures:
+            wait = "0" if len(times) < failures else "60"
+            return httpx.Response(429, headers={"retry-after": wait}, json={"error": {"message": "slow down"}})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=SUCCESS)
+
+    model = OpenAIChatModel("m", base_url="http://provider.invalid", api_key="k", retry=policy)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(provider)) as client:
+        request = ModelRequest("", (UserMessage("hi"),), http_client=client)
+        async with model.stream(request) as chunks:
+            received = [chunk async for chunk in chunks]
+    assert received == [TextChunk("at last")]
+    gaps = [after - before for before, after in itertools.pairwise(times)]
+    assert [gap >= policy.min_delay(attempt) - 1e-6 for attempt, gap in enumerate(gaps)] == [True] * failures
+    assert gaps[-1] == pytest.approx(60)
