@@ -576,7 +576,7 @@ class ResumedQuestion:
 class Resumption:
     """A run resuming an interrupted one: the calls to make again, their questions, and what follows."""
 
-    __slots__ = ("calls", "questions", "run_id", "then")
+    __slots__ = ("calls", "done", "questions", "run_id", "then")
 
     def __init__(
         self,
@@ -587,6 +587,8 @@ class Resumption:
     ) -> None:
         self.run_id = run_id
         """The run it resumes."""
+        self.done = False
+        """Whether the resuming run has called them again (their results are in the history)."""
         self.calls = calls
         self.questions = questions
         """By call id, in the order they were asked."""

@@ -154,7 +154,6 @@ class AgentRun:
         "_out",
         "_output",
         "_pending",
-        "_reason",
         "_refusal",
         "_resume",
         "_root",
@@ -177,7 +176,6 @@ class AgentRun:
         "output_tokens",
         "reasoning_tokens",
         "requests",
-        "resumed",
         "run_id",
         "tool_calls",
     )
@@ -251,8 +249,6 @@ class AgentRun:
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
             self._resume = None
             self._tracing = parent._tracing
-        self.resumed = False
-        """Whether it has called again the tool calls of the run it resumes (see :meth:`resume`)."""
         self.final: RunFinished | None = None
         """Its ``RunFinished``, once its end is decided (before its end hooks run and it is sent)."""
         self.requests = 0
@@ -271,7 +267,6 @@ class AgentRun:
         self._stop: StopReason | None = None
         self._refusal: str | None = None
         self._tool_calls: list[ToolCallRecord] = []
-        self._reason: FinishReason = "cancelled"
         self._error: ErrorEvent | None = None
         self._error_traced: str | None = None  # _error's message as spans show it when trace_content is off
         # Made when first needed: most runs (no hooks, no toolsets, no tool asking for a context) never do.
@@ -299,6 +294,12 @@ class AgentRun:
         root = self._root or self
         consumer = root._consumer
         return not self._ended and not root._consumer_left and consumer is not None and not consumer.receiver_closed
+
+    @property
+    def reason(self) -> FinishReason:
+        """Why it ended (``"cancelled"`` until its end is decided)."""
+        final = self.final
+        return "cancelled" if final is None else final.reason
 
     def resume(self, resumption: Resumption) -> None:
         """Before :meth:`drive`: first call again the tool calls an interrupted run was waiting on."""
@@ -335,7 +336,7 @@ class AgentRun:
         return RunResult(
             run_id=self.run_id,
             output=self._output,
-            reason=self._reason,
+            reason=self.reason,
             usage=Usage(
                 self.input_tokens,
                 self.output_tokens,
@@ -394,7 +395,7 @@ class AgentRun:
         tracing.end_agent(
             span,
             token,
-            reason=self._reason,
+            reason=self.reason,
             error=None if error is None else error.kind,
             message=None if error is None else error.message if tracing.content else self._error_traced,
             input_tokens=self.input_tokens,
@@ -455,7 +456,6 @@ class AgentRun:
                 self._ended = True  # a task it started must not ask its (soon closed) stream
         # It has ended as it did: a cancel from now on (the consumer leaving, or cancel()) does not change
         # that. Its RunFinished still reaches every handler, and the consumer (final, if it has no room).
-        self._reason = reason
         self.final = finished = RunFinished(reason, message)
         try:
             await self._run_end_hooks(reason)
@@ -550,7 +550,7 @@ class AgentRun:
             finally:
                 # Their results are in the history now (errors, if the run ends in them): done, whatever
                 # comes next; the messages of runs that were resuming follow them.
-                self.resumed = True
+                self._resume.done = True
                 self._resume.questions.clear()  # those of calls refused before they ran, too
                 self._history.extend(UserMessage(content) for content in self._resume.then)
         if self._user_input is not None:

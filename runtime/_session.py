@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from agents import Agent, ElicitationAction, Message, RunUsage, UserContent
 
-    from ._journal import Journal, Suspended
+    from ._journal import Journal, Resumption, Suspended
     from ._result import RunResult
     from ._tracing import Tracing
     from .events import ElicitationRequest, Event
@@ -360,7 +360,7 @@ class Session(Generic[OutputT]):
                 run,
                 events,
                 ticket,
-                (row if queued else None, user_input, answers),
+                None if journal is None else (row if queued else None, user_input, answers),
                 name=f"run {run.run_id}",
                 scope=run.cancel_scope,
             )
@@ -608,23 +608,24 @@ class Session(Generic[OutputT]):
         run: AgentRun,
         events: EventPipe[Event],
         ticket: trio.Event | None,
-        start: tuple[RunRow | None, Content | None, Mapping[str, tuple[ElicitationAction, Any]] | None],
+        start: tuple[RunRow | None, Content | None, Mapping[str, tuple[ElicitationAction, Any]] | None] | None,
     ) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
         # Runs in run.cancel_scope, in the session's task group: only a bug in
         # the loop itself raises, and that fails the session.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
-        suspended = None
+        resuming = None
         started = False
         try:
             if ticket is not None:
                 await ticket.wait()
             started = True
-            suspended = self._begin(run, *start)
+            if start is not None:  # a durable session's run (only one can be suspended)
+                resuming = self._begin(run, *start)
             await run.drive()
         finally:
-            if suspended is not None and not run.resumed and self._suspended is None:
-                self._suspended = suspended  # it ended before calling them again: the next run resumes
+            if resuming is not None and not resuming[1].done and self._suspended is None:
+                self._suspended = resuming[0]  # it ended before calling them again: the next run resumes
             if not started and self._journal is not None:
                 self._journal.event(run.run_id, RunFinished("cancelled"))  # in its log too, as the stream says
             events.close_sender()
@@ -637,21 +638,23 @@ class Session(Generic[OutputT]):
         row: RunRow | None,
         user_input: Content | None,
         answers: Mapping[str, tuple[ElicitationAction, Any]] | None,
-    ) -> Suspended | None:
+    ) -> tuple[Suspended, Resumption] | None:
         """The run's turn has come: it resumes the interrupted run if one waits, and its row (``row``: one
         written while it waited) says where in the history its message goes."""
         suspended, self._suspended = self._suspended, None
+        resumption = None
         if suspended is not None:
             try:
-                run.resume(suspended.resumption(answers))
+                resumption = suspended.resumption(answers)
             except AgentRuntimeError:  # answers checked against another run's questions: not these
-                run.resume(suspended.resumption(None))
+                resumption = suspended.resumption(None)
+            run.resume(resumption)
         if row is not None and self._journal is not None:
             resumes = None if suspended is None else suspended.run_id
             self._journal.run_row(
                 attrs.evolve(row, input=run_input_to_json(user_input, len(self._history)), resumes=resumes)
             )
-        return suspended
+        return None if suspended is None or resumption is None else (suspended, resumption)
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)

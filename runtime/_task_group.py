@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -38,7 +38,6 @@ class TaskGroup:
         "_on_error",
         "_on_finished",
         "_scopes",
-        "_tasks",
     )
 
     def __init__(
@@ -59,7 +58,6 @@ class TaskGroup:
         self._on_error = on_error
         self._on_finished = on_finished
         self._scopes: list[trio.CancelScope] = []  # a list: smaller than a set, and short
-        self._tasks: list[trio.lowlevel.Task] = []  # those running (a task may be started, not yet running)
         self._left_alone: trio.Event | None = None  # for aclose() from inside: set when only its task is left
         self._closed = False
         self._error: Exception | None = None
@@ -167,7 +165,10 @@ class TaskGroup:
         """The group's task the current task is, or runs under (``None`` if it is outside the group)."""
         task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
         while task is not None:
-            if task in self._tasks:
+            # A task of the group runs _own (or _own_started) of this group: found from its coroutine, on this
+            # rare path, rather than kept in a list by every task (a session per run: memory per run).
+            frame = getattr(task.coro, "cr_frame", None)
+            if frame is not None and frame.f_code in _OWNING_CODE and frame.f_locals.get("self") is self:
                 return task
             nursery = task.parent_nursery
             task = None if nursery is None else nursery.parent_task
@@ -184,15 +185,12 @@ class TaskGroup:
     async def _own(
         self, scope: trio.CancelScope, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
     ) -> None:
-        task = trio.lowlevel.current_task()
-        self._tasks.append(task)
         try:
             with scope:
                 await async_fn(*args)
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._tasks.remove(task)
             self._task_done(scope)
 
     async def _own_started(
@@ -206,8 +204,6 @@ class TaskGroup:
     ) -> None:
         status.ran = True
         status.status = task_status
-        task = trio.lowlevel.current_task()
-        self._tasks.append(task)
         try:
             with scope:
                 await async_fn(*args, task_status=status)
@@ -216,7 +212,6 @@ class TaskGroup:
                 raise  # start() raises it in its caller
             self._fail(exc)
         finally:
-            self._tasks.remove(task)
             self._task_done(scope)
         if not status.started_yet and scope.cancelled_caught:
             raise trio.ClosedResourceError("the task group was closed before the task started")
@@ -243,6 +238,10 @@ class TaskGroup:
         on_finished, self._on_finished, self._on_error = self._on_finished, None, None  # no cycle with the owner
         if on_finished is not None:
             on_finished()
+
+
+_OWNING_CODE: Final = frozenset({TaskGroup._own.__code__, TaskGroup._own_started.__code__})
+"""The code of the coroutines a group's tasks run (what :meth:`TaskGroup._own_task` looks for)."""
 
 
 class _TaskStatus:
