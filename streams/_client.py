@@ -12,18 +12,18 @@ import itertools
 import json
 import ssl
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 import attrs
 import httpx
 import trio
+from httpx_sse._decoders import SSELineDecoder
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from agents.models import http_client as open_http_client
 from agents.models._http import error_message
 from agents.models._sse import SSEStream
-from runtime._runtime import single_errors
 from runtime._tracing import inject as inject_trace
 
 from ._broadcast import Subscriber
@@ -37,16 +37,18 @@ from ._exceptions import (
     WorkspaceError,
 )
 from ._httpx import map_httpx_errors
-from ._workspace import WorkspaceChange
+from ._workspace import Source, WorkspaceChange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable
+    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
     from runtime.events import Event
 
 _NORMAL_CLOSE: Final = frozenset({1000, 1001})
+_OPS: Final = frozenset({"write", "delete"})
+_SOURCES: Final = frozenset({"agent", "client"})
 MAX_MESSAGE: Final = 16 * 2**20
-"""The largest WebSocket message a client accepts (bytes)."""
+"""The largest WebSocket message, or server-sent event, a client accepts (bytes)."""
 MAX_ERROR_BODY: Final = 64 * 2**10
 """The most of an HTTP error response's body a client reads, to quote it (bytes)."""
 
@@ -72,6 +74,33 @@ def _run_id(data: dict[str, Any]) -> str | None:
     return run_id
 
 
+def _dropped(data: dict[str, Any]) -> int:
+    """The ``count`` of an ``EventsDropped`` message.
+
+    Raises:
+        MalformedMessageError: it is not an integer >= 0.
+    """
+    count = data.get("count")
+    if type(count) is not int or count < 0:
+        shown = count if type(count) is int else type(count).__name__
+        raise MalformedMessageError(f"EventsDropped 'count' must be an integer >= 0, not {shown}")
+    return count
+
+
+def _string(data: dict[str, Any], name: str, allowed: frozenset[str] | None = None) -> str:
+    """The string field ``name`` of a message (one of ``allowed``, if given).
+
+    Raises:
+        MalformedMessageError: it is missing, not a string, or not one of ``allowed``.
+    """
+    value = data.get(name)
+    if not isinstance(value, str):
+        raise MalformedMessageError(f"{name!r} must be a string, not {type(value).__name__}")
+    if allowed is not None and value not in allowed:
+        raise MalformedMessageError(f"{name!r} must be one of {sorted(allowed)}, not {value[:40]!r}")
+    return value
+
+
 @attrs.frozen
 class SSEMessage:
     """One server-sent event; ``data`` is JSON-decoded when it is JSON."""
@@ -79,6 +108,36 @@ class SSEMessage:
     event: str
     data: Any
     id: str
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions in ``error``, groups flattened, in order."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+@asynccontextmanager
+async def first_error() -> AsyncIterator[None]:
+    """Around a nursery: its first error comes out alone, never in a group (trio-websocket's rule).
+
+    An enclosing scope's ``Cancelled`` that comes with it (the owner closing while the connection drops)
+    is left out: that scope is still cancelled, so its next checkpoint raises it again. A group of
+    ``Cancelled`` alone goes on as it is, for that scope to absorb.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = next((leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)), None)
+        if error is None:
+            raise
+        context = error.__context__
+        try:
+            raise error
+        finally:
+            error.__context__ = context
 
 
 def _auth(token: str | None) -> list[tuple[str, str]]:
@@ -100,8 +159,8 @@ async def _open_websocket(
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.abc.Stream | None = None
     try:
-        # single_errors: the block's own errors come out as they were, not in a group.
-        async with single_errors(), trio.open_nursery() as nursery:
+        # first_error: the block's own errors come out as they were, not in a group.
+        async with first_error(), trio.open_nursery() as nursery:
             try:
                 try:
                     with trio.fail_after(connect_timeout):
@@ -268,6 +327,10 @@ async def open_updates_stream(
         PeerSilentError: connecting took over ``connect_timeout``, or a ping
             got no pong within ``heartbeat_timeout``.
         StreamClosedError: the connection dropped, or closed with an error code.
+        MalformedMessageError: (iterating) a message is not the protocol: not JSON, not an event, or an
+            ``EventsDropped`` whose ``count`` is not an integer >= 0.
+
+    Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """
     async with _open_websocket(
         url, token=token, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
@@ -292,8 +355,8 @@ async def open_updates_stream(
                         return
                     try:
                         data = json.loads(text)
-                        if data.get("type") == "EventsDropped":
-                            stream.dropped += int(data["count"])
+                        if isinstance(data, dict) and data.get("type") == "EventsDropped":
+                            stream.dropped += _dropped(data)
                             continue
                         update = Update(_run_id(data), event_from_json(data))
                     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
@@ -381,16 +444,29 @@ class WorkspaceStream:
         raise StopAsyncIteration
 
     def _received(self, data: Any) -> None:
-        kind = data.get("type") if isinstance(data, dict) else None
+        """Take one message from the server (one of a type this version does not know is ignored).
+
+        Raises:
+            MalformedMessageError: it is not a JSON object, or a field this client reads is missing or invalid.
+        """
+        if not isinstance(data, dict):
+            raise MalformedMessageError(f"a message is a JSON object, not {type(data).__name__}")
+        kind = data.get("type")
         if kind == "result":
-            reply = self._waiting.get(str(data.get("id")))
+            command_id = _result_id(data)
+            reply = None if command_id is None else self._waiting.get(command_id)
             if reply is not None:
                 reply.answer = data
                 reply.done.set()
         elif kind == "WorkspaceChanged":
-            self._changes.put(WorkspaceChange(data["op"], data["path"], data["source"]))
+            change = WorkspaceChange(
+                cast("Literal['write', 'delete']", _string(data, "op", _OPS)),
+                _string(data, "path"),
+                cast("Source", _string(data, "source", _SOURCES)),
+            )
+            self._changes.put(change)
         elif kind == "EventsDropped":
-            self._server_dropped += int(data["count"])
+            self._server_dropped += _dropped(data)
 
     def _end(self, error: StreamError | None) -> None:
         if self._ended:
@@ -400,6 +476,28 @@ class WorkspaceStream:
         self._changes.close()
         for reply in self._waiting.values():
             reply.done.set()
+
+
+def _result_id(data: dict[str, Any]) -> str | None:
+    """The ``id`` of a ``result``, its ``ok`` and ``error`` checked.
+
+    Raises:
+        MalformedMessageError: ``id`` is not a string or null, ``ok`` not a boolean, or a failure's ``error``
+            neither ``{"type", "message"}`` (strings) nor a string (an older server's).
+    """
+    command_id = data.get("id")
+    if command_id is not None and not isinstance(command_id, str):
+        raise MalformedMessageError(f"a result's 'id' must be a string or null, not {type(command_id).__name__}")
+    ok = data.get("ok")
+    if not isinstance(ok, bool):
+        raise MalformedMessageError(f"a result's 'ok' must be true or false, not {type(ok).__name__}")
+    if not ok:
+        error = data.get("error")
+        if not isinstance(error, str) and not (
+            isinstance(error, dict) and isinstance(error.get("type"), str) and isinstance(error.get("message"), str)
+        ):
+            raise MalformedMessageError("a failed result's 'error' must be a string or an object of strings")
+    return command_id
 
 
 def _workspace_error(error: Any) -> WorkspaceError:
@@ -437,6 +535,10 @@ async def open_workspace_stream(
         RemoteError: the handshake was rejected (``status`` 401, 404, ...).
         PeerSilentError: connecting took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
+        MalformedMessageError: (iterating, or from :meth:`~WorkspaceStream.request`) a message is not the
+            protocol: not a JSON object, or a field this client reads missing or of the wrong type or value.
+
+    Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """
     async with _open_websocket(
         url, token=token, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
@@ -476,6 +578,36 @@ async def open_workspace_stream(
         nursery.start_soon(beat.run, stream._end)  # not a cancel: that would cancel the block's body too
         with outgoing:
             yield stream
+
+
+class _BoundedLines(SSELineDecoder):
+    """httpx-sse's line decoder, failing once what it holds of an event not yet complete passes
+    :data:`MAX_MESSAGE` bytes (as the WebSocket clients refuse a longer message)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+        self._held = 0
+        """Bytes since the text with the last blank line began: at least what is held now."""
+
+    def decode(self, text: str) -> list[str]:
+        lines = super().decode(text)
+        size = len(text) if text.isascii() else len(text.encode())
+        # A blank line ends an event (or a heartbeat): whatever is held now came after it, in this text.
+        self._held = size if "" in lines else self._held + size
+        if self._held > MAX_MESSAGE:
+            raise MalformedMessageError(f"{self._url} sent an event (or a line) over {MAX_MESSAGE} bytes")
+        return lines
+
+
+class _BoundedSSEStream(SSEStream):
+    """An :class:`SSEStream` that refuses an event over :data:`MAX_MESSAGE` bytes (:class:`MalformedMessageError`)."""
+
+    __slots__ = ()
+
+    def __init__(self, response: httpx.Response, url: str) -> None:
+        super().__init__(response)
+        self._lines = _BoundedLines(url)
 
 
 class SSEListener:
@@ -524,15 +656,16 @@ async def open_sse_listener(
         url: The endpoint (``http://host:port/sessions/<id>/feed``).
         token: A bearer token, if the server needs one.
         client: Share this httpx client (default: one of its own).
-        connect_timeout: Seconds to connect and get the response's head.
+        connect_timeout: Seconds to connect and get the response's head (in all).
         read_timeout: Seconds of silence after which the peer counts as gone.
         method: ``GET``, or ``POST`` for endpoints that stream their answer.
         json_body: The JSON body of a ``POST``.
 
     Raises:
         RemoteError: the server answered with an error status (however slowly its body arrives).
-        PeerSilentError: connecting, or the wait for the head, took too long.
+        PeerSilentError: connecting and the wait for the head took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
+        MalformedMessageError: (iterating) an event (or a line) over :data:`MAX_MESSAGE` bytes.
         InvalidRequestError: ``url`` is not an http(s) URL.
     """
     async with AsyncExitStack() as stack:
@@ -540,10 +673,13 @@ async def open_sse_listener(
         timeout = httpx.Timeout(connect_timeout, read=read_timeout)
         headers = {"accept": "text/event-stream", **dict(_auth(token))}
         inject_trace(headers)  # the current span's W3C traceparent: a served run's trace continues it
-        with map_httpx_errors(url):
-            request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
-            response = await http.send(request, stream=True)
-        events = SSEStream(response)
+        try:
+            with map_httpx_errors(url), trio.fail_after(connect_timeout):  # httpx's would be read_timeout
+                request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
+                response = await http.send(request, stream=True)
+        except trio.TooSlowError:
+            raise PeerSilentError(f"{url} sent no response head within {connect_timeout} s") from None
+        events = _BoundedSSEStream(response, url)
         stack.push_async_callback(events.aclose)
         if response.status_code >= 400:
             body = await _error_body(response, connect_timeout)

@@ -464,6 +464,7 @@ class InspectorSubscriber:
 
     def _dirty(self, session_id: str) -> None:
         self._dirty_ids.add(session_id)
+        self._gone_ids.discard(session_id)  # closed and opened again (same id) since the last message: it is open
         self._wakeup.set()
 
     def _gone(self, session_id: str) -> None:

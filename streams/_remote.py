@@ -16,7 +16,15 @@ from agents.models._http import error_message
 from runtime._tracing import inject as inject_trace
 from runtime.events import RunFinished
 
-from ._client import Update, WorkspaceStream, _run_id, open_sse_listener, open_updates_stream, open_workspace_stream
+from ._client import (
+    Update,
+    WorkspaceStream,
+    _run_id,
+    first_error,
+    open_sse_listener,
+    open_updates_stream,
+    open_workspace_stream,
+)
 from ._codec import content_to_json, event_from_json, event_to_json
 from ._exceptions import (
     ClosedRemoteSessionError,
@@ -132,8 +140,9 @@ class RemoteSession:
         handler: Awaited with each :class:`RemoteEvent`, in order per stream.
         backoff: How long to wait between reconnection attempts (default:
             ``RetryPolicy()``, which never gives up). With ``max_attempts``
-            set, a stream that fails that many times in a row ends
-            :meth:`maintain` with its last error.
+            set, a stream that fails that many times in a row (a connection
+            that came up starts the count, and the waits, again) ends
+            :meth:`serve` with its last error.
         heartbeat: Seconds between WebSocket pings.
         heartbeat_timeout: Seconds a ping may wait for its pong.
         read_timeout: Seconds of silence after which the feed's peer counts as gone
@@ -178,6 +187,7 @@ class RemoteSession:
         self._connected: set[StreamName] = set()
         self._changed = trio.Event()
         self._connects = 0
+        self._ups: dict[StreamName, int] = dict.fromkeys(STREAMS, 0)  # connections per stream
         self._failures = 0
         self._last_error: str | None = None
         self._running = False
@@ -220,15 +230,16 @@ class RemoteSession:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
             ClosedRemoteSessionError: (from ``start``) its ``open_remote_session`` block has ended.
             RemoteError: the server refused the token (401/403): retrying cannot help.
-            StreamError: (or ``OSError``, ``httpx.TransportError``) a stream failed
-                ``backoff.max_attempts`` times in a row.
+            StreamError: (or ``OSError``) a stream failed ``backoff.max_attempts`` times in a row (without
+                coming up in between): the first stream's last error, alone (never in a group). When the owner
+                ends ``serve`` meanwhile, it ends as the owner does (cancelled), not with the error.
         """
         with self._registry.claim((self.base_url, self.session_id)):
             async with self._http(quiet=True) as client:
                 self._running = True
                 self._fatal = None
                 try:
-                    async with trio.open_nursery() as nursery:
+                    async with first_error(), trio.open_nursery() as nursery:
                         for name in STREAMS:
                             nursery.start_soon(
                                 self._keep_alive, name, client, nursery.cancel_scope, name=f"{self!r} {name}"
@@ -238,8 +249,9 @@ class RemoteSession:
                     self._running = False
                     self._connected.clear()
                     self._notify()
-        if self._fatal is not None:
-            raise self._fatal
+                # Here, not after the block: if the owner ended it meanwhile, serve just ends.
+                if self._fatal is not None:
+                    raise self._fatal
 
     maintain = serve
     """The name :meth:`serve` had before (an alias, kept for existing code: ``session.start(remote.maintain)``)."""
@@ -263,22 +275,28 @@ class RemoteSession:
             yield client
 
     async def _keep_alive(self, name: StreamName, client: httpx.AsyncClient, scope: trio.CancelScope) -> None:
-        attempt = 0
+        failed = 0  # tries failed in a row: a stream that came up starts the count (and the backoff) again
         while True:
+            ups = self._ups[name]
             try:
                 await self._ensure_session(client)
                 await self._follow(name, client)
-                attempt = 0  # it was up and ended normally: reconnect promptly, and count from the start
             except (StreamError, OSError) as exc:
                 self._failed(name, exc)
-                if (isinstance(exc, RemoteError) and exc.status in _FATAL) or not self._backoff.allows(attempt + 1):
+                if self._ups[name] != ups:
+                    failed = 0  # it was up: this is the first failure in a row
+                if (isinstance(exc, RemoteError) and exc.status in _FATAL) or not self._backoff.allows(failed + 1):
                     # One error for the owner, not one per stream: stop them all.
                     if self._fatal is None:
                         self._fatal = exc
                     scope.cancel()
                     return
-            await trio.sleep(self._backoff.delay(attempt))
-            attempt += 1
+                delay = self._backoff.delay(failed)
+                failed += 1
+            else:
+                failed = 0  # it was up and ended normally: reconnect promptly
+                delay = self._backoff.delay(0)
+            await trio.sleep(delay)
 
     def _failed(self, name: StreamName, error: Exception) -> None:
         self._failures += 1
@@ -292,6 +310,7 @@ class RemoteSession:
     def _up(self, name: StreamName) -> None:
         self._connected.add(name)
         self._connects += 1
+        self._ups[name] += 1
         self._notify()
 
     async def _follow(self, name: StreamName, client: httpx.AsyncClient) -> None:
@@ -399,18 +418,34 @@ class RemoteSession:
             )
             yield _RunUpdates(listener)
 
-    async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> None:
+    async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> str | None:
         """Answer an elicitation of one of the remote session's runs.
+
+        Returns:
+            ``None`` when the question's run was live and goes on with the answer (204); the id of the run
+            the answer resumes when the question was one of the session's ``pending`` (its run was
+            interrupted, as by a server restart: 202 ``{"run_id"}``). Follow that run with
+            ``GET .../runs/{run_id}/events``.
 
         Raises:
             RemoteError: ``status`` 404 (no such pending question) or 422 (the answer does not fit).
+            MalformedMessageError: a 202 without a string ``run_id``.
             ClosedRemoteSessionError: the ``open_remote_session`` block has ended.
         """
         answer = {"action": action, "content": content}
         async with self._http() as client:
             response = await self._post(client, f"{self._session_url}/elicitations/{request_id}", answer)
-        if response.status_code != 204:
+        if response.status_code == 204:
+            return None
+        if response.status_code != 202:
             raise _remote_error(response, f"answering {request_id!r}")
+        try:
+            run_id = response.json()["run_id"]
+        except (ValueError, TypeError, KeyError, RecursionError):
+            run_id = None
+        if not isinstance(run_id, str):
+            raise MalformedMessageError(f"answering {request_id!r}: a 202 without a string 'run_id'")
+        return run_id
 
     async def workspace_request(self, op: str, path: str | None = None, content: str | None = None) -> dict[str, Any]:
         """A workspace command, over the live ``workspace`` stream (see :meth:`WorkspaceStream.request`).

@@ -30,6 +30,7 @@ from runtime.events import (
 )
 from streams import (
     WORKSPACE_TOOLS,
+    MalformedMessageError,
     PeerSilentError,
     RemoteError,
     Server,
@@ -45,6 +46,7 @@ from streams import (
     open_workspace_stream,
 )
 from streams._broadcast import Broadcast, Subscriber
+from streams._client import MAX_MESSAGE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -308,6 +310,25 @@ async def test_an_error_raised_inside_a_client_block_comes_out_of_it(
                     raise BlockError
 
 
+@pytest.mark.parametrize("kind", ["updates", "workspace", "feed"])
+async def test_an_error_inside_a_client_block_comes_out_alone_while_its_owner_is_cancelled(
+    kind: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """The block fails as its owner is cancelled (a connection dropping while its session closes): the block's
+    exception comes out alone, not in a group with the owner's Cancelled, and the owner still ends cancelled."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            with trio.CancelScope() as owner:
+                with pytest.raises(BlockError):
+                    async with open_client(kind, server, "s1", None):
+                        owner.cancel()
+                        raise BlockError
+                await trio.lowlevel.checkpoint()
+                pytest.fail("the owner's cancellation was lost")  # pragma: no cover
+            assert owner.cancelled_caught
+
+
 async def serve_raw(nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Any]) -> int:
     """A TCP server on loopback running ``handler`` per connection, stopped with the test; its port."""
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
@@ -320,26 +341,46 @@ async def accept_and_say_nothing(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
 
+async def accept_websocket(stream: trio.SocketStream) -> bool:
+    """Complete a WebSocket handshake on ``stream``; ``False`` if the client left first."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return False
+        request += chunk
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    return True
+
+
 async def handshake_then_say_nothing(stream: trio.SocketStream) -> None:
     """Complete a WebSocket handshake, then never read or write again (no pongs)."""
     async with stream:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            request += chunk
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        await trio.sleep_forever()
+        if await accept_websocket(stream):
+            await trio.sleep_forever()
+
+
+def handshake_then_send(text: str) -> Callable[[trio.SocketStream], Any]:
+    """A handler that completes a WebSocket handshake, sends ``text`` in one text frame, then says nothing."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            if await accept_websocket(stream):
+                payload = text.encode()
+                assert len(payload) < 126  # one short unmasked frame
+                await stream.send_all(bytes([0x81, len(payload)]) + payload)
+                await trio.sleep_forever()
+
+    return handler
 
 
 @pytest.mark.parametrize("kind", ["updates", "workspace"])
@@ -370,6 +411,49 @@ async def test_a_stream_whose_pings_get_no_pong_is_peer_silent(kind: str, nurser
                     pytest.fail(f"a silent peer sent something on {kind}")  # pragma: no cover
 
 
+MALFORMED: Final = {
+    "updates": [
+        '{"type": "EventsDropped", "count": 1e999}',
+        '{"type": "EventsDropped", "count": -1}',
+        '{"type": "EventsDropped", "count": 2.5}',
+        '{"type": "EventsDropped", "count": true}',
+        '{"type": "EventsDropped"}',
+        "[1]",
+    ],
+    "workspace": [
+        '{"type": "EventsDropped", "count": 1e999}',
+        '{"type": "EventsDropped", "count": -1}',
+        '{"type": "EventsDropped", "count": "3"}',
+        '{"type": "WorkspaceChanged", "op": "move", "path": "a", "source": "agent"}',
+        '{"type": "WorkspaceChanged", "op": "write", "path": 1, "source": "agent"}',
+        '{"type": "WorkspaceChanged", "op": "write", "path": "a"}',
+        '{"type": "result", "id": "c1", "ok": "yes"}',
+        '{"type": "result", "id": 1, "ok": true}',
+        '{"type": "result", "id": "c1", "ok": false, "error": 5}',
+        "[1]",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"), [(kind, message) for kind, messages in MALFORMED.items() for message in messages]
+)
+async def test_a_message_with_a_field_out_of_the_protocol_is_a_malformed_message(
+    kind: str, message: str, nursery: trio.Nursery
+) -> None:
+    """Every field a client reads is checked: a count that is not an integer >= 0 (even one too big for a float),
+    a workspace change or result with a field of the wrong type or value, a message that is not an object:
+    iterating raises MalformedMessageError, never a bare Python error."""
+    port = await serve_raw(nursery, handshake_then_send(message))
+    url = f"ws://127.0.0.1:{port}/sessions/s1/{kind}"
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(MalformedMessageError):
+            async with opener(url) as stream:
+                async for _ in stream:
+                    pytest.fail(f"{message} was taken")  # pragma: no cover
+
+
 async def test_an_sse_listener_on_a_peer_gone_quiet_is_peer_silent(provider_server: Any) -> None:
     """The head arrives, then nothing (not even a heartbeat) for read_timeout: PeerSilentError."""
     provider_server.serve(b'event: Notice\ndata: {"type": "Notice", "message": "hi"}\n\n' * 4, hang_after=0)
@@ -392,6 +476,51 @@ async def test_an_sse_listener_gets_messages_before_the_peer_goes_quiet(provider
                 async for message in feed:
                     received.append(message)
     assert received == [SSEMessage("Notice", {"type": "Notice", "message": "hi"}, "1")]
+
+
+async def test_an_sse_listener_whose_peer_sends_no_head_is_peer_silent_after_connect_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    """A server that accepts the connection and never answers: PeerSilentError after connect_timeout, which
+    bounds the wait for the response's head too (read_timeout is the silence allowed between events)."""
+    port = await serve_raw(nursery, accept_and_say_nothing)
+    url = f"http://127.0.0.1:{port}/feed"
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(PeerSilentError, match="head"):
+            async with open_sse_listener(url, connect_timeout=SILENCE, read_timeout=10 * TIMEOUT):
+                pytest.fail("a server that never answered gave a head")  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    "endless",
+    [b"data: " + b"x" * MAX_MESSAGE, b"data: x\n" * (MAX_MESSAGE // 8 + 1)],
+    ids=["one line", "many lines"],
+)
+async def test_an_sse_event_over_max_message_is_a_malformed_message(provider_server: Any, endless: bytes) -> None:
+    """An event that would hold over MAX_MESSAGE bytes (one line that never ends, or data lines with no blank
+    line) is refused as the WebSocket clients refuse such a message: MalformedMessageError, the events
+    before it delivered."""
+    first = b'event: Notice\nid: 1\ndata: {"type": "Notice", "message": "hi"}\n\n'
+    provider_server.serve(first + endless, hang_after=len(first) + len(endless))
+    received: list[SSEMessage] = []
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(MalformedMessageError, match="over"):
+            async with open_sse_listener(f"{provider_server.base_url}/feed") as feed:
+                async for message in feed:
+                    received.append(message)
+    assert received == [SSEMessage("Notice", {"type": "Notice", "message": "hi"}, "1")]
+
+
+async def test_an_sse_stream_longer_than_max_message_in_events_is_read_whole(provider_server: Any) -> None:
+    """The bound is per event, not per stream: events (and heartbeats) adding up to more than MAX_MESSAGE,
+    arriving in chunks that end anywhere, are all delivered."""
+    event = b"event: Notice\ndata: " + b"x" * 8000 + b"\n\n: ping\n\n"
+    count = MAX_MESSAGE // len(event) + 100
+    provider_server.serve(event * count, chunk_size=65521)
+    with trio.fail_after(TIMEOUT):
+        async with open_sse_listener(f"{provider_server.base_url}/feed") as feed:
+            received = sum([1 async for _ in feed])
+    assert received == count
 
 
 async def test_an_sse_listener_gives_data_too_deep_to_parse_as_its_text(provider_server: Any) -> None:

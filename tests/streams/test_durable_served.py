@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from runtime import PostgresStore
-from streams import open_server
+from streams import ListenerRegistry, open_remote_session, open_server
 from tests.processes import Child, running
 from tests.streams import durable_agent
 from tests.streams.test_protocol import protocol_table
@@ -145,6 +145,30 @@ async def test_an_approval_pending_when_the_process_is_killed_is_answered_after_
             assert (await second.client.get("/sessions/d1")).json()["pending"] == []
             second.kill()
     # Paid once; the model was asked for the turn that asked to pay once, and once after the result.
+    assert ledger_lines(ledger) == ["model 1", "pay 5", "model 3"]
+
+
+async def test_remote_respond_to_a_pending_question_returns_the_resumed_runs_id(
+    sqlite_store: str, tmp_path: Path
+) -> None:
+    """RemoteSession.respond to a question in the session's ``pending`` (its process killed) is an accepted
+    answer (202), not an error: it returns the id of the run the answer resumes."""
+    ledger = tmp_path / "ledger"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            first = await start(nursery, sqlite_store, ledger)
+            assert (await first.client.post("/sessions", json={"id": "d1"})).status_code == 201
+            request = (await detached_until(first, "d1", "pay 5", "ElicitationRequest"))[-1]
+            first.kill()
+
+            second = await start(nursery, sqlite_store, ledger)
+            async with open_remote_session(second.url, "d1", registry=ListenerRegistry()) as remote:
+                run_id = await remote.respond(request["id"], "accept")
+            assert run_id is not None
+            resumed = await sse_events(second.client, "GET", f"/sessions/d1/runs/{run_id}/events")
+            assert resumed[0] == {"type": "RunStarted", "run_id": run_id, "resumes": "d1-r1"}
+            assert resumed[-1]["reason"] == "completed"
+            second.kill()
     assert ledger_lines(ledger) == ["model 1", "pay 5", "model 3"]
 
 

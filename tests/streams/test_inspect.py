@@ -405,6 +405,35 @@ async def test_a_slow_subscriber_holds_the_latest_state_not_a_queue() -> None:
                 assert server.inspector.subscribers == 0
 
 
+async def test_a_session_closed_and_opened_again_within_one_message_is_open_in_it() -> None:
+    """A session closed and opened again under its id before the next message is in that message's sessions,
+    not its closed (which a watcher applies last); one opened and closed meanwhile is only in closed."""
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent(), token=TOKEN) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
+                await client.post("/sessions", json={"id": "s1"})
+                subscriber: InspectorSubscriber = server.inspector.subscribe()
+                try:
+                    message = subscriber.next_nowait()
+                    assert message is not None
+                    watcher = Watcher()
+                    watcher.take(message[1])
+                    assert (await client.delete("/sessions/s1")).status_code == 204
+                    assert (await client.post("/sessions", json={"id": "s1"})).status_code == 201
+                    assert (await client.post("/sessions", json={"id": "s2"})).status_code == 201
+                    assert (await client.delete("/sessions/s2")).status_code == 204
+                    message = await subscriber.next()
+                    assert message is not None
+                    kind, data = message
+                    watcher.take(data)
+                finally:
+                    server.inspector.unsubscribe(subscriber)
+    assert kind == "Changed"
+    assert [node["id"] for node in data["sessions"]] == ["s1"]
+    assert data["closed"] == ["s2"]
+    assert set(watcher.sessions) == {"s1"}
+
+
 async def test_stream_handlers_counters_and_remote_listeners_are_looked_at() -> None:
     """A session's stream handler and its counters, and the process's remote listeners, reach the tree
     without an event of their own (looked at once a second)."""

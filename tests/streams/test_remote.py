@@ -28,6 +28,7 @@ from streams import (
     RemoteError,
     RemoteSession,
     StreamClosedError,
+    StreamError,
     UnknownEvent,
     Update,
     WorkspaceError,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agents import Tool
-    from tests.streams.conftest import Create, MakeAgent, Recorder, Serving, WaitingTool
+    from tests.streams.conftest import Create, FaultProxy, MakeAgent, Recorder, Serving, WaitingTool
 
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
@@ -222,7 +223,7 @@ async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handle
 
 async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serving: Serving) -> None:
     """An ElicitationRequest arrives as an Update; remote.respond answers it (a bad answer or an unknown
-    id is a RemoteError with the server's status) and the tool gets the answer."""
+    id is a RemoteError with the server's status; a live run's answer returns None) and the tool gets it."""
     with trio.fail_after(TIMEOUT):
         async with serving(make_agent(asking_tool(), call=ToolCall("pick"))) as (server, _), open_runtime() as runtime:
             async with runtime.open_session(local_agent()) as local:
@@ -239,7 +240,7 @@ async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serv
                                 with pytest.raises(RemoteError) as raised:
                                     await remote.respond(eid, "accept", content)
                                 statuses.append(raised.value.status)
-                            await remote.respond(update.event.id, "accept", 7)
+                            assert await remote.respond(update.event.id, "accept", 7) is None
 
     assert statuses == [404, 422]
     assert [event.result for event in events if isinstance(event, ToolCallFinished)] == ["picked 7"]
@@ -337,3 +338,59 @@ async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -
     failures = remote.statistics().failures
     assert 2 <= failures <= 2 * 3  # each stream tried at most twice
     assert registry.active == frozenset()
+
+
+async def _wait_connects(remote: RemoteSession, count: int) -> None:
+    """Until ``remote`` has made ``count`` connections in all."""
+    while remote.statistics().connects < count:
+        await remote._changed.wait()
+
+
+async def test_serve_gives_up_with_one_stream_error_not_a_group(
+    make_agent: MakeAgent, serving: Serving, fault_proxy: FaultProxy, nursery: trio.Nursery
+) -> None:
+    """With ``max_attempts=1``, one drop of every connection ends ``serve`` with the first stream's error alone:
+    the streams that fail while the first one's verdict cancels them add no group around it."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _):
+            fault_proxy.upstream = ("127.0.0.1", server.port)
+            url = f"http://127.0.0.1:{fault_proxy.port}"
+            backoff = Backoff(0.01, 0.01, max_attempts=1)
+            async with open_remote_session(url, "s1", registry=ListenerRegistry(), backoff=backoff) as remote:
+
+                async def drop_once_up() -> None:
+                    await remote.wait_connected()
+                    fault_proxy.reset()
+
+                nursery.start_soon(drop_once_up)
+                with pytest.raises(StreamError) as raised:
+                    await remote.serve()
+    assert not isinstance(raised.value, BaseExceptionGroup)
+    assert remote.statistics().connected == frozenset()
+
+
+async def test_serve_counts_the_failures_in_a_row_from_the_last_connection(
+    make_agent: MakeAgent, serving: Serving, fault_proxy: FaultProxy
+) -> None:
+    """With ``max_attempts=2``, drops that each follow a full reconnection are each a first failure: ``serve``
+    keeps reconnecting after any number of them."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _):
+            fault_proxy.upstream = ("127.0.0.1", server.port)
+            url = f"http://127.0.0.1:{fault_proxy.port}"
+            backoff = Backoff(0.01, 0.01, max_attempts=2)
+            async with (
+                open_remote_session(url, "s1", registry=ListenerRegistry(), backoff=backoff) as remote,
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(remote.serve)
+                await remote.wait_connected()
+                for drop in range(1, 4):
+                    fault_proxy.reset()
+                    fault_proxy.forward()
+                    await _wait_connects(remote, 3 * (drop + 1))
+                    await remote.wait_connected()
+                statistics = remote.statistics()
+                nursery.cancel_scope.cancel()
+    assert statistics.connected == {"updates", "workspace", "feed"}
+    assert statistics.failures == 3 * 3
