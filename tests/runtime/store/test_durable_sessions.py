@@ -130,6 +130,18 @@ async def crash_at(tmp_path: Path, session_id: str | None, user_input: str, kind
     raise AssertionError(f"the run ended without a {kind.__name__}")
 
 
+class FailingOnce(SQLiteStore):
+    """A store whose next commit fails once :attr:`fail` is set (a disk error, say), then works again."""
+
+    fail = False
+
+    async def commit(self, checkpoints: Any) -> None:
+        if self.fail:
+            self.fail = False
+            raise StoreUnavailableError("disk I/O error (once)")
+        await super().commit(checkpoints)
+
+
 def stored_events(path: Path, run_id: str) -> list[dict[str, Any]]:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT event FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
@@ -663,15 +675,6 @@ async def test_a_commit_failing_as_the_runtime_closes_is_retried(tmp_path: Path)
     """What a run wrote last goes with the close's commit: a store that fails it once is tried again
     (within the close timeout), and nothing accepted is lost."""
 
-    class FailingOnce(SQLiteStore):
-        fail = False
-
-        async def commit(self, checkpoints: Any) -> None:
-            if self.fail:
-                self.fail = False
-                raise StoreUnavailableError("disk I/O error (once)")
-            await super().commit(checkpoints)
-
     path = tmp_path / "s.db"
     store = FailingOnce(path)
     async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="c") as session:
@@ -809,16 +812,9 @@ async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_wri
     """The bound on what waits to be written holds only if the count is right: back to 0 once everything
     is written, after runs that rewrote their rows and a commit that failed and was retried."""
 
-    class FailingOnce(SQLiteStore):
-        fail = True
-
-        async def commit(self, checkpoints: Any) -> None:
-            if self.fail:
-                self.fail = False
-                raise StoreUnavailableError("disk I/O error (once)")
-            await super().commit(checkpoints)
-
-    async with open_runtime(store=FailingOnce(tmp_path / "s.db")) as runtime:
+    store = FailingOnce(tmp_path / "s.db")
+    store.fail = True  # the first commit
+    async with open_runtime(store=store) as runtime:
         writer = runtime._writer
         assert writer is not None
         async with runtime.open_session(make_agent(), session_id="b") as session:
