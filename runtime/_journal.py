@@ -259,7 +259,7 @@ class Journal:
         self._sent = self._stored  # ... or the checkpoint being written will hold
         # How many message rows the store holds: more than _stored after a repair, which the next checkpoint cuts.
         self._rows = len(history) if rows is None else rows
-        self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as last written
+        self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as written, or being
         self._runs: dict[str, RunRow] = {}
         self._events: list[tuple[str, int, Event | _Pieces]] = []
         self._unwritten: list[EventRow] = []  # events of a checkpoint that failed: they go first
@@ -411,10 +411,14 @@ class Journal:
             self._create,
             self._stored < self._rows,
         )
+        # What it holds has a number of its own: a flush that finds nothing left to take (the writer took a
+        # run's row before the run asked) still waits for this commit, not only for the last one done.
+        self._asked += 1
         self._taken = self._asked
         self.taken_records, self._records = self._records, 0
         self._sent = len(history)
         self._create = None
+        self._known.update(self._runs)  # a run finishing meanwhile finds its row (finished: written again)
         self._runs = {}
         self._events = []
         self._unwritten = []
@@ -442,8 +446,6 @@ class Journal:
         self._stored = self._rows = checkpoint.message_base + len(checkpoint.messages)
         self._done = self._taken
         self.error = None
-        for row in checkpoint.runs:
-            self._known[row.run_id] = row
         self._flushed.set()
 
     def lose(self, conflict: SessionConflictError) -> None:

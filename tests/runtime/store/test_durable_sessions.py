@@ -864,3 +864,28 @@ async def test_a_lone_surrogate_in_a_message_is_stored_and_read_back(backend: Ba
         assert (await s.ask(text)).output == f"echo: {text}"
     async with open_runtime(store=backend.store()) as runtime, runtime.open_session(make_agent(), session_id="u") as s:
         assert [message.text for message in s.history] == [text, f"echo: {text}"]
+
+
+async def test_a_flush_waits_for_the_commit_already_holding_what_it_recorded() -> None:
+    """The writer's group commit may take a run's row before the run asks for it (its flush before
+    RunStarted): nothing is then left to take, but the flush must still wait for that commit. And the run
+    finishing meanwhile finds its row, so the row is written again as finished (not left running)."""
+    writer = StoreWriter(cast("SessionStore", None))
+    journal = Journal(writer, "s", 0, [])
+    journal.run_row(RunRow("s-r1", 1, run_input_to_json("hi", 0), "running"))
+    in_flight = journal.take()  # the writer took it, and is writing it
+    returned = trio.Event()
+
+    async def flush() -> None:
+        await journal.flush()
+        returned.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not returned.is_set()  # the row is not written yet
+        journal.event("s-r1", RunFinished("completed"))
+        journal.committed(in_flight)
+    assert returned.is_set()
+    (finished,) = journal.take().runs
+    assert (finished.run_id, finished.status, finished.reason) == ("s-r1", "finished", "completed")
