@@ -456,10 +456,12 @@ class Server:
 
     async def _open_stored(self, sid: str) -> ServedSession | None:
         """The session ``sid`` from the store, now served here (``None`` if the store has none)."""
-        opening = self._opening.get(sid)
-        if opening is not None:  # another request is opening it: wait for that one
+        while (opening := self._opening.get(sid)) is not None:  # another request is opening it: wait for it
             await opening.wait()
-            return self._sessions.get(sid)
+            served = self._sessions.get(sid)
+            if served is not None:
+                return served
+            # It failed (owned elsewhere: 421; the store away: 503; none: 404): try, for an answer of our own.
         opening = self._opening[sid] = trio.Event()
         try:
             return await self._open_session_answering(sid, create=False)

@@ -354,3 +354,25 @@ async def test_the_durable_errors_table_is_what_the_server_sends(postgres_cluste
                 await trio.to_thread.run_sync(postgres_cluster.start)
             seen.add((str(down.status_code), down.json()["error"]["type"]))
     assert seen == documented
+
+
+async def test_requests_at_once_for_a_session_served_elsewhere_each_get_421(sqlite_store: str, tmp_path: Path) -> None:
+    """Requests that wait on another request opening the session from the store get that answer too (421
+    naming the owner), never a 404 that says the session does not exist."""
+    ledger = tmp_path / "ledger"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            a = await start(nursery, sqlite_store, ledger)
+            b = await start(nursery, sqlite_store, ledger)
+            assert (await a.client.post("/sessions", json={"id": "x"})).status_code == 201
+            statuses: list[int] = []
+
+            async def get() -> None:
+                statuses.append((await b.client.get("/sessions/x")).status_code)
+
+            async with trio.open_nursery() as requests:
+                for _ in range(6):
+                    requests.start_soon(get)
+            assert statuses == [421] * 6
+            a.kill()
+            b.kill()
