@@ -191,6 +191,10 @@ class PostgresStore:
             netloc += f":{port}"
         return f"postgresql://{netloc}/{urllib.parse.quote(str(params.get('dbname', '')), safe='')}{query}"
 
+    def _statement_timeout_option(self) -> str:
+        timeout = self._statement_timeout
+        return "" if timeout is None else f"-c statement_timeout={int(timeout * 1000)}"
+
     def _connect_kwargs(self, options: str) -> dict[str, Any]:
         base = str(self._params.get("options", ""))
         return {
@@ -239,12 +243,9 @@ class PostgresStore:
                 self._lock_conn = None
                 conn.close()
                 raise
-        statement_timeout = (
-            "" if self._statement_timeout is None else f"-c statement_timeout={int(self._statement_timeout * 1000)}"
-        )
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             self._dsn,
-            kwargs=self._connect_kwargs(statement_timeout),
+            kwargs=self._connect_kwargs(self._statement_timeout_option()),
             # None kept idle at first: the lock connection proved the server is there.
             min_size=0,
             max_size=self._max_connections,
@@ -303,7 +304,8 @@ class PostgresStore:
         if old is not None:
             old.close()
         try:
-            conn: psycopg.Connection[Any] = psycopg.connect(self._dsn, **self._connect_kwargs(SERVER_KEEPALIVES))
+            options = f"{SERVER_KEEPALIVES} {self._statement_timeout_option()}"
+            conn: psycopg.Connection[Any] = psycopg.connect(self._dsn, **self._connect_kwargs(options))
         except psycopg.Error as exc:
             raise _unavailable(exc, self.url) from exc
         self._lock_conn = conn
@@ -332,7 +334,7 @@ class PostgresStore:
             raise _unavailable(exc, self.url) from exc
         return conn
 
-    def _take(self, session_id: str) -> None:
+    def _take(self, session_id: str, call: WorkerCall[Any]) -> None:
         """Take the session's advisory lock for this store, or raise :class:`SessionOwnedError`."""
         import psycopg
 
@@ -343,15 +345,23 @@ class PostgresStore:
             conn = self._lock_connection()
             try:
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-                if row and row[0]:
-                    self._held[session_id] = key
-                    self._lost.discard(session_id)
-                    return
+            except psycopg.Error as exc:
+                raise _unavailable(exc, self.url) from exc
+            if row and row[0]:
+                self._held[session_id] = key
+                self._lost.discard(session_id)
+                return
+            # Who holds it, for the message only: a read that a table lock can hold up, so the caller's cancel
+            # interrupts it (as the statement timeout bounds it); failing, the error names no owner.
+            call.set_interrupt(functools.partial(conn.cancel_safe, timeout=INTERRUPT_TIMEOUT))
+            try:
                 owner_row = conn.execute(
                     "SELECT owner FROM trio_agents_sessions WHERE id = %s", (session_id,)
                 ).fetchone()
-            except psycopg.Error as exc:
-                raise _unavailable(exc, self.url) from exc
+            except psycopg.Error:
+                owner_row = None
+            finally:
+                call.set_interrupt(None)
         raise SessionOwnedError(session_id, None if owner_row is None else owner_row[0])
 
     def _let_go(self, session_id: str) -> None:
@@ -461,7 +471,7 @@ class PostgresStore:
             )
 
         def claim(call: WorkerCall[Any]) -> SessionSnapshot | None:
-            self._take(session_id)
+            self._take(session_id, call)
             if fresh and create:
                 return SessionSnapshot(session_id, agent, 0, (), (), (), None, created=True)
             try:
@@ -579,7 +589,7 @@ class PostgresStore:
             with self._lock_conn_lock:
                 held = session_id in self._held
             if not held:
-                self._take(session_id)
+                self._take(session_id, call)
             try:
                 self._with_connection(call, remove)
             finally:

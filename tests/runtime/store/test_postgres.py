@@ -168,3 +168,31 @@ async def test_postgres_second_store_in_process_is_owned(pg_backend: Backend) ->
         with pytest.raises(SessionOwnedError) as caught:
             await second.claim("s1", "agent", create=False)
         assert caught.value.owner == "first"
+
+
+async def test_postgres_cancelled_claim_of_a_session_held_elsewhere_interrupts_its_owner_lookup(
+    pg_backend: Backend,
+) -> None:
+    """A claim of a session another store holds looks up who holds it, a read that a table lock holds up:
+    cancelled, it has the server cancel that read (its thread ends, the store closes at once)."""
+    import psycopg
+
+    holder, claimer = PostgresStore(pg_backend.target), PostgresStore(pg_backend.target)
+    async with holder.open(OWNER):
+        await holder.claim("s1", "agent", create=True)
+        async with claimer.open("other-host:2"):
+            limiter = claimer._limiter
+            assert limiter is not None
+            with psycopg.connect(pg_backend.target) as locker:
+                locker.execute("LOCK TABLE trio_agents_sessions")  # ACCESS EXCLUSIVE: reads wait too
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(functools.partial(claimer.claim, "s1", "agent", create=False))
+                        await trio.to_thread.run_sync(_wait_for_lock_wait, pg_backend.target)
+                        scope.cancel()
+                with trio.fail_after(10):
+                    await settle(limiter)  # the lock is still held: only the interrupt can have ended it
+                locker.rollback()
+            with pytest.raises(SessionOwnedError) as owned:
+                await claimer.claim("s1", "agent", create=False)
+            assert owned.value.owner == OWNER
