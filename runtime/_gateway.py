@@ -134,7 +134,7 @@ class Gateway:
         output, the validated value as JSON; for a refusal, the refusal. Tool calls and tool progress go
         out as best-effort progress messages.
         """
-        refusal: str | None = None
+        given: str | None = None  # a reply the run gave as it ended: a refusal, a stop hook's message
         error: str | None = None
         stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
         async with handle.session.run(message.text) as stream:
@@ -149,13 +149,16 @@ class Gateway:
                     sent = await self._best_effort(message, "progress", _progress_text(event), stalled)
                     stalled = stalled or not sent
                 elif isinstance(event, Refusal):
-                    refusal = event.text or "(the model declined to answer)"
+                    given = event.text or "(the model declined to answer)"
                 elif isinstance(event, ErrorEvent):
                     error = event.message
-                elif isinstance(event, RunFinished) and event.reason == "cancelled":
-                    return
+                elif isinstance(event, RunFinished):
+                    if event.reason == "cancelled":
+                        return
+                    if event.reason == "hook_stop":
+                        given = event.message  # a stop hook's message is the reply, typed output or not
         output = stream.result.output
-        text = refusal if refusal is not None else output if isinstance(output, str) or output is None else None
+        text = given if given is not None else output if isinstance(output, str) or output is None else None
         if text is None:
             try:
                 text = pydantic_core.to_json(output, fallback=str).decode()

@@ -617,12 +617,17 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
     interrupted = [row for row in snapshot.runs if row.status == "running"]
     suspended: Suspended | None = None
     waiting = {pending.call_id for pending in snapshot.pending}
-    then: list[Content] = []  # messages of runs that were resuming: they go after the resumed calls' results
+    # Messages of runs that were resuming, or waiting for their turn, while calls wait: they go after the
+    # resumed calls' results.
+    then: list[Content] = []
+    started = []  # the interrupted runs that began (a run waiting for its turn has no place yet: at is None)
     for row in interrupted:
         content, at = run_input_from_json(row.input)
+        if at is not None:
+            started.append(row)
         if content is None or (at is not None and len(history) > at):
             continue  # none, or written with the history
-        if row.resumes is not None and _waits(history, waiting):
+        if (row.resumes is not None or at is None) and _waits(history, waiting):
             then.append(content)
         else:
             history.append(_user_message(content))
@@ -652,11 +657,10 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
                     repaired.append(ToolResultMessage(call.call_id, call.name, INTERRUPTED_RESULT, True))
     if resumable:
         questions = [pending for pending in snapshot.pending if pending.call_id in resumable]
-        # The run that waited: the last one interrupted (a resumption interrupted in its turn resumes it).
-        waited = interrupted[-1].run_id if interrupted else questions[0].run_id
+        # The run that waited: the last one interrupted that began (a resumption interrupted in its turn
+        # resumes it).
+        waited = started[-1].run_id if started else questions[0].run_id
         suspended = Suspended(waited, questions, resumable, then)
-    else:
-        repaired.extend(_user_message(content) for content in then)
     return repaired, interrupted, suspended, unchanged
 
 

@@ -545,14 +545,16 @@ class AgentRun:
             request_output = output.request_output()
         if self._resume is not None:
             # The tool calls an interrupted run was waiting on are called again (the model is not asked again).
+            resume = self._resume
             try:
-                await self._call_tools(list(self._resume.calls.values()), tools)
+                await self._call_tools(list(resume.calls.values()), tools, resuming=resume)
             finally:
-                # Their results are in the history now (errors, if the run ends in them): done, whatever
-                # comes next; the messages of runs that were resuming follow them.
-                self._resume.done = True
-                self._resume.questions.clear()  # those of calls refused before they ran, too
-                self._history.extend(UserMessage(content) for content in self._resume.then)
+                resume.questions.clear()  # those of calls refused before they ran, too
+                if resume.done:  # their results are in the history (errors, if the run ends in them)
+                    self._history.extend(UserMessage(content) for content in resume.then)
+                    if self._journal is not None:
+                        for call_id in resume.calls:  # their questions wait no more, asked again or not
+                            self._journal.settle_call(call_id)
         if self._user_input is not None:
             self._history.append(UserMessage(self._user_input))
         retries = self._agent.output_retries
@@ -822,7 +824,11 @@ class AgentRun:
             return "", calls, text  # Anthropic: what it wrote before refusing is the refusal
         return text, calls, None
 
-    async def _call_tools(self, calls: list[ToolCallChunk], tools: dict[str, Tool]) -> None:
+    async def _call_tools(
+        self, calls: list[ToolCallChunk], tools: dict[str, Tool], *, resuming: Resumption | None = None
+    ) -> None:
+        """Call the turn's tools (``resuming``: an interrupted run's, called again); every call gets a result
+        in the history, but a resumption's that ended before they were called (it stays to be resumed)."""
         results: list[ToolResultMessage | None] = [None] * len(calls)
         node: AgentRun | UsageTally | None = self
         while node is not None:
@@ -836,6 +842,8 @@ class AgentRun:
                     await self._journal.flush()
                 except StoreError as exc:
                     raise _EndRun("store", f"the session store could not write the turn: {describe(exc)}") from exc
+            if resuming is not None:
+                resuming.done = True
             cut_off = self._stop == "max_tokens"
             parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
             for call, (arguments, _) in zip(calls, parsed, strict=True):
@@ -849,10 +857,11 @@ class AgentRun:
         finally:
             # Every call the model made gets a result, even on cancellation,
             # so the history stays valid for the next run.
-            for call, result in zip(calls, results, strict=True):
-                self._history.append(
-                    result or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
-                )
+            if resuming is None or resuming.done:
+                for call, result in zip(calls, results, strict=True):
+                    self._history.append(
+                        result or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
+                    )
 
     def _call_tool(
         self,

@@ -18,7 +18,6 @@ from agents._content import Content, user_content
 
 from ._bridge import ElicitationBridge, clear_target
 from ._exceptions import (
-    AgentRuntimeError,
     ClosedSessionError,
     NothingToResumeError,
     ReentrantRunError,
@@ -307,10 +306,12 @@ class Session(Generic[OutputT]):
             )
         self._check_open()
         suspended = self._suspended
-        if answers is not None and suspended is None:
-            raise NothingToResumeError(f"{self!r} has no interrupted run waiting for answers")
-        if suspended is not None:
-            suspended.resumption(answers)  # refuses answers that fit no question, now; used when the run starts
+        taken = None
+        if answers is not None:  # resume(): it takes the interrupted run now (a second resume() is refused)
+            if suspended is None:
+                raise NothingToResumeError(f"{self!r} has no interrupted run waiting for answers")
+            taken = (suspended, suspended.resumption(answers))  # refuses answers that fit no question
+            self._suspended = None
         events: EventPipe[Event] = EventPipe(self._event_buffer)  # not EventPipe[Event](): typing's call is slow
         self._run_count += 1
         run_id = f"{self.id}-r{self._run_count}"
@@ -360,7 +361,7 @@ class Session(Generic[OutputT]):
                 run,
                 events,
                 ticket,
-                None if journal is None else (row if queued else None, user_input, answers),
+                None if journal is None else (row if queued else None, user_input, taken),
                 name=f"run {run.run_id}",
                 scope=run.cancel_scope,
             )
@@ -608,13 +609,13 @@ class Session(Generic[OutputT]):
         run: AgentRun,
         events: EventPipe[Event],
         ticket: trio.Event | None,
-        start: tuple[RunRow | None, Content | None, Mapping[str, tuple[ElicitationAction, Any]] | None] | None,
+        start: tuple[RunRow | None, Content | None, tuple[Suspended, Resumption] | None] | None,
     ) -> None:
         # Like _own, inlined: run.cancel_scope is the scope the session owns it by.
         # Runs in run.cancel_scope, in the session's task group: only a bug in
         # the loop itself raises, and that fails the session.
         _RUNNING_IN.set((*_RUNNING_IN.get(), self))
-        resuming = None
+        resuming = None if start is None else start[2]
         started = False
         try:
             if ticket is not None:
@@ -637,24 +638,22 @@ class Session(Generic[OutputT]):
         run: AgentRun,
         row: RunRow | None,
         user_input: Content | None,
-        answers: Mapping[str, tuple[ElicitationAction, Any]] | None,
+        taken: tuple[Suspended, Resumption] | None,
     ) -> tuple[Suspended, Resumption] | None:
-        """The run's turn has come: it resumes the interrupted run if one waits, and its row (``row``: one
-        written while it waited) says where in the history its message goes."""
-        suspended, self._suspended = self._suspended, None
-        resumption = None
-        if suspended is not None:
-            try:
-                resumption = suspended.resumption(answers)
-            except AgentRuntimeError:  # answers checked against another run's questions: not these
-                resumption = suspended.resumption(None)
-            run.resume(resumption)
+        """The run's turn has come: it resumes the interrupted run (``taken`` by resume(), or one still
+        waiting), and its row (``row``: one written while it waited) says where in the history its message
+        goes."""
+        if taken is None and self._suspended is not None:
+            suspended, self._suspended = self._suspended, None
+            taken = (suspended, suspended.resumption(None))
+        if taken is not None:
+            run.resume(taken[1])
         if row is not None and self._journal is not None:
-            resumes = None if suspended is None else suspended.run_id
+            resumes = None if taken is None else taken[0].run_id
             self._journal.run_row(
                 attrs.evolve(row, input=run_input_to_json(user_input, len(self._history)), resumes=resumes)
             )
-        return None if suspended is None or resumption is None else (suspended, resumption)
+        return taken
 
     def _run_ended(self, ticket: trio.Event | None) -> None:
         self._slot.release(ticket)

@@ -31,6 +31,7 @@ class TaskGroup:
 
     __slots__ = (
         "_closed",
+        "_closers",
         "_error",
         "_finished",
         "_left_alone",
@@ -58,7 +59,9 @@ class TaskGroup:
         self._on_error = on_error
         self._on_finished = on_finished
         self._scopes: list[trio.CancelScope] = []  # a list: smaller than a set, and short
-        self._left_alone: trio.Event | None = None  # for aclose() from inside: set when only its task is left
+        # For aclose() from inside: the group's tasks it is called from, and set when only they are left.
+        self._closers: set[trio.lowlevel.Task] | None = None
+        self._left_alone: trio.Event | None = None
         self._closed = False
         self._error: Exception | None = None
         self._finished = Latch()
@@ -154,12 +157,21 @@ class TaskGroup:
         self.cancel()
         if self._finished.is_set():
             return
+        own = self._own_task()
         with trio.CancelScope(shield=True):
-            if self._own_task() is None:
+            if own is None:
                 await self._finished.wait()
-            elif len(self._scopes) > 1:
-                self._left_alone = trio.Event()
-                await self._left_alone.wait()
+                return
+            # Every task but those it is closed from (two may close it at once: each waits for the others').
+            if self._closers is None:
+                self._closers, self._left_alone = set(), trio.Event()
+            self._closers.add(own)
+            self._check_left_alone()
+            await self._left_alone.wait()  # type: ignore[union-attr]
+
+    def _check_left_alone(self) -> None:
+        if self._closers is not None and self._left_alone is not None and len(self._scopes) <= len(self._closers):
+            self._left_alone.set()
 
     def _own_task(self) -> trio.lowlevel.Task | None:
         """The group's task the current task is, or runs under (``None`` if it is outside the group)."""
@@ -226,8 +238,7 @@ class TaskGroup:
 
     def _task_done(self, scope: trio.CancelScope) -> None:
         self._scopes.remove(scope)
-        if self._left_alone is not None and len(self._scopes) <= 1:
-            self._left_alone.set()
+        self._check_left_alone()
         if self._closed and not self._scopes:
             self._finish()
 

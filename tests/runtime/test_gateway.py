@@ -513,3 +513,18 @@ async def test_gateway_answers_an_output_it_cannot_send_with_an_error_reply() ->
         assert "nested deeper than 64" in message.text
         await web.say(gateway.bus, "chat-1", "again")
         assert json.loads((await web.reply()).text) == {"tree": {"a": 1}}
+
+
+async def test_gateway_replies_with_a_stop_hooks_message_for_a_typed_agent_too() -> None:
+    class Answer(pydantic.BaseModel):
+        city: str
+
+    class Stopper(Hooks):
+        async def on_user_prompt(self, ctx: RunContext[None], prompt: str) -> StopRun | None:
+            return StopRun("Sorry, I can't help with that.")
+
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(["never"]), output_type=Answer, hooks=[Stopper()])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "weather?")
+        assert (await web.reply()).text == "Sorry, I can't help with that."

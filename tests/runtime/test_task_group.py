@@ -307,3 +307,21 @@ async def test_task_group_aclose_from_inside_waits_for_the_others_and_ends_its_c
             await group.wait_finished()
     assert returned == [True]
     assert group.finished
+
+
+async def test_task_group_aclose_from_two_of_its_tasks_at_once_ends_both() -> None:
+    """Two tasks of the group close it at once: each waits for the others but not for the other closer."""
+    returned: list[str] = []
+
+    async def closer(name: str, group: TaskGroup) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # both are in: they close it together
+        await group.aclose()
+        returned.append(name)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as parent:
+            group = TaskGroup(parent)
+            group.start_soon(closer, "a", group)
+            group.start_soon(closer, "b", group)
+            await group.wait_finished()
+    assert sorted(returned) == ["a", "b"]

@@ -889,3 +889,81 @@ async def test_a_flush_waits_for_the_commit_already_holding_what_it_recorded() -
     assert returned.is_set()
     (finished,) = journal.take().runs
     assert (finished.run_id, finished.status, finished.reason) == ("s-r1", "finished", "completed")
+
+
+async def test_a_second_resume_while_the_first_waits_for_its_turn_is_refused(tmp_path: Path) -> None:
+    image, asked = await crash_at(tmp_path, "d2", "pay 3", ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="d2") as session,
+        session.resume({asked.id: ("accept", None)}) as first,
+    ):
+        with pytest.raises(NothingToResumeError):
+            async with session.resume({asked.id: ("decline", None)}):
+                pass
+        events = []
+        async for event in first:
+            events.append(event)
+            if isinstance(event, ElicitationRequest):  # asked again: the given answer was for the first ask
+                raise AssertionError("the answer given to resume() was not used")
+        assert events[-1] == RunFinished("completed")
+    assert paid == [3]
+
+
+async def test_a_resumption_ended_before_its_calls_were_made_again_leaves_them_waiting(tmp_path: Path) -> None:
+    """Its consumer leaves at RunStarted, before the resumed call is made again (the turn's commit comes
+    first): no result is made up for it, the question stays pending, and the session is still suspended."""
+    image, asked = await crash_at(tmp_path, "e2", "pay 3", ElicitationRequest)
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="e2") as session,
+    ):
+        async with session.resume() as stream:
+            async for event in stream:
+                assert isinstance(event, RunStarted)
+                break
+        assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
+        assert session.pending == (asked,)
+        assert session.suspended_run == "e2-r1"
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="e2") as session,
+    ):
+        assert session.pending == (asked,)
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+    assert paid == [3]
+
+
+async def test_a_run_waiting_for_its_turn_when_the_process_died_follows_the_resumed_calls(tmp_path: Path) -> None:
+    """The session was suspended; run("thanks") resumed it and asked again, run("later") waited for its
+    turn; the process died. Both messages follow the resumed call's result, in order, and the run resumed
+    next is the one that began."""
+    image, asked = await crash_at(tmp_path, "q2", "pay 3", ElicitationRequest)
+    again = tmp_path / "again.db"
+    async with (
+        open_runtime(store=SQLiteStore(image)) as runtime,
+        runtime.open_session(make_agent(), session_id="q2") as session,
+        session.run("thanks") as resuming,
+        session.run("later") as _,  # waits for its turn
+    ):
+        async for event in resuming:
+            if isinstance(event, ElicitationRequest):
+                crash_image(image, again)
+                break
+    async with (
+        open_runtime(store=SQLiteStore(again)) as runtime,
+        runtime.open_session(make_agent(), session_id="q2") as session,
+    ):
+        assert session.suspended_run == "q2-r2"
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        texts = [(type(message).__name__, message.text) for message in session.history]
+        assert texts[2:] == [
+            ("ToolResultMessage", "paid 3"),
+            ("UserMessage", "thanks"),
+            ("UserMessage", "later"),
+            ("AssistantMessage", "echo: later"),
+        ]
