@@ -378,18 +378,24 @@ class AgentRun:
         try:
             await self._drive()
         except BaseException as exc:
-            kind, message = failure(exc, "the run")
-            tracing.end_agent(
-                span,
-                token,
-                reason="cancelled",
-                error=kind,
-                message=message,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                output=None,
-            )
+            if self.final is None:  # else it had ended (a cancel in its end hooks): the span says how, below
+                kind, message = failure(exc, "the run")
+                tracing.end_agent(
+                    span,
+                    token,
+                    reason="cancelled",
+                    error=kind,
+                    message=message,
+                    input_tokens=self.input_tokens,
+                    output_tokens=self.output_tokens,
+                    output=None,
+                )
+                raise
+            self._end_span(tracing, span, token)
             raise
+        self._end_span(tracing, span, token)
+
+    def _end_span(self, tracing: Tracing, span: Any, token: Any) -> None:
         error = self._error
         output = self._output
         tracing.end_agent(

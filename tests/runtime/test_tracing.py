@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agents import TRANSFER_TOOL, Agent, ScriptedModel, ToolCall, tool
+from agents import TRANSFER_TOOL, Agent, Hooks, RunContext, ScriptedModel, ToolCall, tool
 from runtime import RunFailedError, open_runtime
 from runtime._tracing import provider_name
 from runtime.events import ToolCallStarted
@@ -226,6 +226,26 @@ async def test_tracing_cancelled_run_ends_its_spans(traced: Traced) -> None:
     assert all(attrs_of(call)["error.type"] == "cancelled" for call in tool_calls)
     assert all(parent_of(call) == span_id(run) for call in tool_calls)
     assert run.status.description == "the run was cancelled"
+
+
+async def test_tracing_run_cancelled_once_it_had_ended_keeps_its_reason_in_its_span(traced: Traced) -> None:
+    """Cancelled in its end hook (the consumer left at the end), the run had completed: its span says so,
+    as its result does."""
+    hook_running = trio.Event()
+
+    class SlowEnd(Hooks):
+        async def on_run_end(self, ctx: RunContext[None], reason: str) -> None:
+            hook_running.set()
+            await trio.sleep_forever()
+
+    agent = Agent(name="a", model=ScriptedModel(["hello"]), hooks=[SlowEnd()])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            await hook_running.wait()
+        assert stream.result.reason == "completed"
+    run = traced.one("invoke_agent a")
+    assert attrs_of(run)["trio_agents.run.reason"] == "completed"
+    assert run.status.status_code is not StatusCode.ERROR
 
 
 async def test_tracing_run_timeout_is_an_error(traced: Traced, autojump_clock: trio.testing.MockClock) -> None:
