@@ -40,7 +40,7 @@ from ._wire import content_from_json, content_to_json, event_to_json, message_fr
 from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
     from agents import Message
     from agents._content import Content
@@ -344,6 +344,13 @@ class Journal:
                 self._removed.append(elicitation_id)
                 self._dirty(1)
                 return
+
+    def forget_questions(self, elicitation_ids: Iterable[str]) -> None:
+        """Stored questions that wait no more (recovery found their calls answered): deleted next commit."""
+        removed = list(elicitation_ids)
+        if removed:
+            self._removed.extend(removed)
+            self._dirty(len(removed))
 
     def settle_call(self, call_id: str) -> None:
         """The tool call ended: its questions are pending no more."""

@@ -289,17 +289,21 @@ class Runtime:
                 history, interrupted, suspended, unchanged = recover(snapshot)
             except (ValueError, KeyError, TypeError, RecursionError) as exc:  # rows we did not write
                 raise StoreCorruptError(f"session {session_id!r} in {store.url} cannot be read: {exc!r}") from exc
+            waiting = () if suspended is None else suspended.questions
             journal = Journal(
                 writer,
                 session_id,
                 snapshot.version,
                 history,
                 snapshot.runs,
-                snapshot.pending,
+                waiting,
                 unchanged,
                 create=agent.name if fresh else None,
                 rows=len(snapshot.messages),
             )
+            # Questions of calls that have their result (answered before the process stopped, or repaired as
+            # interrupted) wait no more: their rows go with the recovery.
+            journal.forget_questions(row.elicitation_id for row in snapshot.pending if row not in waiting)
             for row in interrupted:
                 # Its log ends as every run's does: with one RunFinished.
                 logged = len(await store.events(session_id, row.run_id))

@@ -41,8 +41,8 @@ from runtime import (
     open_runtime,
 )
 from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, dumps, run_input_to_json
-from runtime._store import Checkpoint, RunRow
-from runtime._wire import message_to_json
+from runtime._store import Checkpoint, PendingRow, RunRow
+from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
     ElicitationRequest,
     ErrorEvent,
@@ -967,3 +967,27 @@ async def test_a_run_waiting_for_its_turn_when_the_process_died_follows_the_resu
             ("UserMessage", "later"),
             ("AssistantMessage", "echo: later"),
         ]
+
+
+async def test_a_stored_question_whose_call_has_its_result_is_deleted_on_reopen(tmp_path: Path) -> None:
+    """A question row left for a call that has its result (a process stopped between the two writes): it is
+    not pending when the session opens again, and the recovery deletes it from the store."""
+    path = tmp_path / "s.db"
+    call = ToolCallChunk("a", "pay", {"amount": 1})
+    stored: list[Message] = [UserMessage("pay"), AssistantMessage("", (call,)), ToolResultMessage("a", "pay", "paid 1")]
+    request = ElicitationRequest("elicitation-old", "Allow durable to run pay(amount=1)?", None, "durable")
+    store = SQLiteStore(path)
+    async with store.open("crashed-host:1"):
+        await store.claim("z", "durable", create=True)
+        run = RunRow("z-r1", 1, run_input_to_json("pay", 0), "finished", "completed")
+        question = PendingRow("elicitation-old", "z-r1", "a", dumps(event_to_json(request)))
+        messages = [dumps(message_to_json(m)) for m in stored]
+        await store.commit([Checkpoint("z", 0, 0, messages, [run], pending_added=[question])])
+    async with (
+        open_runtime(store=SQLiteStore(path)) as runtime,
+        runtime.open_session(make_agent(), session_id="z", create=False) as session,
+    ):
+        assert session.pending == ()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
+    db.close()
