@@ -83,6 +83,9 @@ class _Direction:
         policy: Policy,
         on_timeout: Literal["raise", "drop"],
     ) -> bool:
+        if policy != "block" and policy != "drop":
+            if isinstance(policy, bool) or not isinstance(policy, int | float) or not policy >= 0:
+                raise ValueError(f"policy must be 'block', 'drop' or seconds to wait (0 or more), not {policy!r}")
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point, even when it never waits
         if send is None:
             self.dropped += 1
@@ -97,9 +100,14 @@ class _Direction:
             elif policy == "block":
                 await send.send(message)
             else:
-                with trio.move_on_after(float(policy)) as deadline:
-                    await send.send(message)
-                if deadline.cancelled_caught:
+                timed_out = False
+                try:
+                    send.send_nowait(message)  # room now: published, whatever the wait allowed (0 s too)
+                except trio.WouldBlock:
+                    with trio.move_on_after(policy) as deadline:
+                        await send.send(message)
+                    timed_out = deadline.cancelled_caught
+                if timed_out:
                     self.timed_out += 1
                     if on_timeout == "raise":
                         raise PublishTimeoutError(f"no room on the bus within {policy}s")
@@ -144,6 +152,7 @@ class MessageBus:
         Raises:
             PublishTimeoutError: no room within the timeout, and ``on_timeout="raise"``.
             ClosedBusError: the bus is closed.
+            ValueError: ``policy`` is none of those of :data:`Policy`.
         """
         self._check_open()
         return await self._in.publish(self._inbound_send, message, policy, on_timeout)
@@ -158,6 +167,7 @@ class MessageBus:
         Raises:
             PublishTimeoutError: no room within the timeout, and ``on_timeout="raise"``.
             ClosedBusError: the bus is closed.
+            ValueError: ``policy`` is none of those of :data:`Policy`.
         """
         self._check_open()
         pair = self._outbound.get(message.channel)

@@ -274,3 +274,19 @@ async def test_bus_publish_that_does_not_wait_is_still_a_cancel_point() -> None:
         scope.cancel()
         await bus.publish_inbound(_in(), policy="drop")
     assert bus.statistics().inbound.published == 0
+
+
+async def test_bus_zero_seconds_publishes_when_there_is_room_and_drops_when_there_is_none() -> None:
+    """A number is how long to wait for room: 0 waits not at all, but room there now is taken."""
+    bus = MessageBus(inbound_size=1)
+    assert await bus.publish_inbound(_in("first"), policy=0, on_timeout="drop")
+    assert not await bus.publish_inbound(_in("second"), policy=0, on_timeout="drop")
+    assert bus.statistics().inbound == DirectionStatistics(published=1, dropped=1, timed_out=1, buffered=1)
+
+
+@pytest.mark.parametrize("policy", [-1, "Drop", True, float("nan")])
+async def test_bus_a_policy_that_is_none_of_the_policies_is_a_value_error(policy: object) -> None:
+    bus = MessageBus()
+    with pytest.raises(ValueError, match="policy must be"):
+        await bus.publish_inbound(_in(), policy=policy)  # type: ignore[arg-type]
+    assert bus.statistics().inbound == DirectionStatistics(published=0, dropped=0, timed_out=0, buffered=0)
