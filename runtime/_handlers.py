@@ -172,8 +172,9 @@ class Tee:
                 handler.offer_nowait(event, owed=True)
             raise
 
-    def send_last(self, event: Event) -> None:
-        """Send what a cancelled run sends last: to the consumer if there is room, to every handler always."""
-        self._pipe.send_last(event)
+    def send_last(self, event: Event, *, owed: bool = False) -> None:
+        """Send what a cancelled run sends last: to the consumer if there is room (or ``owed``, see
+        :meth:`EventPipe.send_last`), to every handler always."""
+        self._pipe.send_last(event, owed=owed)
         for handler in self._handlers:
             handler.offer_nowait(event, owed=True)

@@ -1042,7 +1042,7 @@ class AgentRun:
         try:
             await child.drive()  # its usage is counted into this run's as it goes
         except BaseException:
-            self._out.send_last(AgentSwitched(agent, self._agent.name))
+            self._out.send_last(AgentSwitched(agent, self._agent.name), owed=True)  # this run may go on
             raise
         await self._emit(AgentSwitched(agent, self._agent.name))
         result = child.result()
@@ -1127,7 +1127,7 @@ class EventOut(Protocol):
 
     def send_nowait(self, event: Event) -> None: ...
     async def send(self, event: Event) -> None: ...
-    def send_last(self, event: Event) -> None: ...
+    def send_last(self, event: Event, *, owed: bool = False) -> None: ...
 
 
 class _SubAgentOut:
@@ -1145,8 +1145,9 @@ class _SubAgentOut:
     async def send(self, event: Event) -> None:
         await self._parent.send(SubAgentEvent(self._name, event))
 
-    def send_last(self, event: Event) -> None:
-        self._parent.send_last(SubAgentEvent(self._name, event))
+    def send_last(self, event: Event, *, owed: bool = False) -> None:
+        # The parent's stream goes on (a tool timeout ended this run, not the parent): the end is owed to it.
+        self._parent.send_last(SubAgentEvent(self._name, event), owed=True)
 
 
 async def _emit_custom(event: Any, out: EventOut) -> None:

@@ -72,11 +72,19 @@ class EventPipe(Generic[T]):
         else:
             raise trio.WouldBlock
 
-    def send_last(self, item: T) -> None:
-        """Send if there is room, else drop it: for what a cancelled run sends last (the consumer makes up for it)."""
+    def send_last(self, item: T, *, owed: bool = False) -> None:
+        """Send if there is room, else drop it: for what a cancelled run sends last (the consumer makes up for it).
+
+        ``owed``: what a cancelled sub-agent's run owes a parent that goes on (its ``RunFinished``, the
+        ``AgentSwitched`` back), which nobody would make up for: it goes in even past a full buffer (a
+        bounded overshoot: two events per cancelled sub-agent).
+        """
         try:
             self.send_nowait(item)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.WouldBlock:
+            if owed:
+                self._buffer.append(item)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     async def send(self, item: T) -> None:

@@ -675,3 +675,37 @@ async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tool
     assert isinstance(nested[-1], RunFinished)  # nothing of the child after its end
     assert len(refused) == 1
     assert stream.result.progress_dropped == 1
+
+
+async def test_a_sub_agent_ended_by_the_tool_timeout_still_closes_in_a_full_parent_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The transfer call times out while the consumer is slow (the parent's buffer full): the parent goes
+    on, so the sub-agent's RunFinished and the AgentSwitched back still reach its stream, in order."""
+
+    @tool
+    async def slow() -> str:
+        """Slow."""
+        await trio.sleep(10)
+        return "x"
+
+    child = Agent(name="child", model=ScriptedModel([ToolCall("slow", {})]), tools=[slow])
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel([ToolCall(TRANSFER_TOOL, {"agent": "child", "task": "t"}), "done"]),
+        sub_agents=[child],
+        tool_timeout=1,
+    )
+    async with open_runtime(event_buffer=2) as runtime, runtime.open_session(parent) as session:
+        seen: list[Event] = []
+        async with session.run("go") as stream:
+            async for event in stream:
+                seen.append(event)
+                await trio.sleep(0.6)  # slow: the buffer is full when the timeout fires
+    switches = [(event.from_agent, event.to_agent) for event in seen if isinstance(event, AgentSwitched)]
+    assert switches == [("parent", "child"), ("child", "parent")]
+    ends = [event.innermost()[1] for event in seen if isinstance(event, SubAgentEvent)]
+    assert isinstance(ends[-1], RunFinished)
+    back = next(i for i, event in enumerate(seen) if isinstance(event, AgentSwitched) and event.to_agent == "parent")
+    assert isinstance(seen[back - 1], SubAgentEvent)  # the sub-agent's end comes before the switch back
+    assert seen[-1] == RunFinished("completed")
