@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
@@ -55,10 +56,11 @@ from runtime.events import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from agents import Message
-    from runtime import SessionStore
+    from runtime import Session, SessionStore
     from tests.pg import PostgresCluster
     from tests.runtime.store.conftest import Backend
 
@@ -119,8 +121,7 @@ async def crash_at(tmp_path: Path, session_id: str | None, user_input: str, kind
     ``kind``, and take a crash image of the store there; the image's path, and that event."""
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id=session_id) as session,
+        in_session(path, make_agent(), session_id=session_id) as session,
         session.run(user_input) as stream,
     ):
         async for event in stream:
@@ -140,6 +141,13 @@ class FailingOnce(SQLiteStore):
             self.fail = False
             raise StoreUnavailableError("disk I/O error (once)")
         await super().commit(checkpoints)
+
+
+@asynccontextmanager
+async def in_session(path: Path, agent: Agent, **options: Any) -> AsyncIterator[Session]:
+    """A runtime on the SQLite store at ``path``, and ``agent``'s session opened in it (by ``options``)."""
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(agent, **options) as session:
+        yield session
 
 
 def stored_events(path: Path, run_id: str) -> list[dict[str, Any]]:
@@ -177,10 +185,7 @@ async def test_open_without_create_and_a_second_open_in_one_process_are_typed_er
 async def test_a_run_interrupted_mid_tool_is_marked_and_its_history_repaired(tmp_path: Path) -> None:
     agent = make_agent()
     image, started = await crash_at(tmp_path, "c", "stall", ToolCallStarted)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="c") as session,
-    ):
+    async with in_session(image, agent, session_id="c") as session:
         assert session.pending == ()
         last = session.history[-1]
         assert isinstance(last, ToolResultMessage)
@@ -198,10 +203,7 @@ async def test_a_run_interrupted_mid_tool_is_marked_and_its_history_repaired(tmp
 async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tmp_path: Path) -> None:
     agent = make_agent()
     image, asked = await crash_at(tmp_path, "d", "pay 3", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="d") as session,
-    ):
+    async with in_session(image, agent, session_id="d") as session:
         assert session.pending == (asked,)
         assert session.suspended_run == "d-r1"
         events: list[Event] = []
@@ -221,10 +223,7 @@ async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tm
 async def test_answers_given_to_resume_are_used_and_unknown_ones_refused(tmp_path: Path) -> None:
     agent = make_agent()
     image, asked = await crash_at(tmp_path, "e", "pay 4", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="e") as session,
-    ):
+    async with in_session(image, agent, session_id="e") as session:
         with pytest.raises(UnknownElicitationError):
             async with session.resume({"elicitation-nope": ("accept", None)}):
                 pass
@@ -242,10 +241,7 @@ async def test_run_on_a_suspended_session_settles_the_waiting_call_then_takes_th
 ) -> None:
     agent = make_agent()
     image, asked = await crash_at(tmp_path, "f", "pay 5", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="f") as session,
-    ):
+    async with in_session(image, agent, session_id="f") as session:
         async with session.run("thanks") as stream:
             async for event in stream:
                 if isinstance(event, ElicitationRequest):
@@ -296,10 +292,7 @@ async def test_the_users_message_is_written_before_run_started(tmp_path: Path) -
     """The first durability point: a crash right after RunStarted still has the run and its message."""
     agent = make_agent()
     image, _ = await crash_at(tmp_path, "h", "stall", RunStarted)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="h") as session,
-    ):
+    async with in_session(image, agent, session_id="h") as session:
         assert session.history[0] == UserMessage("stall")
         assert session.run_count == 1
     assert stored_events(image, "h-r1")[-1]["reason"] == "interrupted"
@@ -310,10 +303,7 @@ async def test_a_fresh_session_is_made_in_the_store_by_its_first_run_before_run_
     a crash right after RunStarted has the session, the run and its message."""
     image, started = await crash_at(tmp_path, None, "stall", RunStarted)
     session_id = started.run_id.rsplit("-r", 1)[0]
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id=session_id, create=False) as session,
-    ):
+    async with in_session(image, make_agent(), session_id=session_id, create=False) as session:
         assert session.history[0] == UserMessage("stall")
         assert session.run_count == 1
     with sqlite3.connect(image) as db:
@@ -396,8 +386,7 @@ async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_
     image, asked = await crash_at(tmp_path, "k", "pay 6", ElicitationRequest)
     again = tmp_path / "again.db"
     async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="k") as session,
+        in_session(image, agent, session_id="k") as session,
         session.resume() as stream,
     ):
         async for event in stream:
@@ -405,10 +394,7 @@ async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_
                 assert event.id == asked.id
                 crash_image(image, again)
                 break
-    async with (
-        open_runtime(store=SQLiteStore(again)) as runtime,
-        runtime.open_session(agent, session_id="k") as session,
-    ):
+    async with in_session(again, agent, session_id="k") as session:
         assert session.suspended_run == "k-r2"
         assert session.pending == (asked,)
         async with session.resume({asked.id: ("accept", None)}) as stream:
@@ -421,10 +407,7 @@ async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_
 async def test_a_streamed_answer_is_logged_as_one_text_event(tmp_path: Path) -> None:
     """The pieces a model streams between two other events are written as one TextDelta with all their text."""
     words = " ".join(f"w{i}" for i in range(300))
-    async with (
-        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
-        runtime.open_session(make_agent(), session_id="long") as session,
-    ):
+    async with in_session(tmp_path / "s.db", make_agent(), session_id="long") as session:
         async with session.run(words) as stream:
             streamed = [event async for event in stream]
     assert sum(isinstance(event, TextDelta) for event in streamed) > 100  # streamed word by word
@@ -484,10 +467,7 @@ async def test_a_repair_inside_the_history_rewrites_the_stored_messages_after_it
         await store.commit([Checkpoint("m", 0, 0, [dumps(message_to_json(m)) for m in stored], [run])])
     repaired = [stored[0], stored[1], ToolResultMessage("b", "pay", INTERRUPTED_RESULT, True), stored[2]]
     for _ in range(2):  # recovered, then as written back
-        async with (
-            open_runtime(store=SQLiteStore(path)) as runtime,
-            runtime.open_session(make_agent(), session_id="m", create=False) as session,
-        ):
+        async with in_session(path, make_agent(), session_id="m", create=False) as session:
             assert list(session.history) == repaired
 
 
@@ -496,8 +476,7 @@ async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted
     is answered by a result after it, not by an earlier call's result of the same id."""
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="n") as session,
+        in_session(path, make_agent(), session_id="n") as session,
         session.run("pay 7") as stream,
     ):
         async for event in stream:
@@ -506,8 +485,7 @@ async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted
     first_call = next(m for m in session.history if isinstance(m, AssistantMessage)).tool_calls[0].call_id
     # A new process, whose model numbers its calls from the start again.
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="n") as session,
+        in_session(path, make_agent(), session_id="n") as session,
         session.run("stall") as stream,
     ):
         async for event in stream:
@@ -515,10 +493,7 @@ async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted
                 assert event.call_id == first_call
                 crash_image(path, image)
                 break
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="n") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="n") as session:
         last = session.history[-1]
         assert isinstance(last, ToolResultMessage)
         assert (last.call_id, last.content, last.is_error) == (first_call, INTERRUPTED_RESULT, True)
@@ -529,17 +504,13 @@ async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted
 
 async def test_a_question_waiting_under_a_call_id_used_before_is_pending_after_a_crash(tmp_path: Path) -> None:
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
-    async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="o") as session,
-    ):
+    async with in_session(path, make_agent(), session_id="o") as session:
         async with session.run("pay 1") as stream:
             async for event in stream:
                 if isinstance(event, ElicitationRequest):
                     await stream.respond(event.id, "accept")
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="o") as session,
+        in_session(path, make_agent(), session_id="o") as session,
         session.run("pay 2") as stream,
     ):
         async for event in stream:
@@ -547,10 +518,7 @@ async def test_a_question_waiting_under_a_call_id_used_before_is_pending_after_a
                 asked = event
                 crash_image(path, image)
                 break
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="o") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="o") as session:
         assert session.pending == (asked,)
         assert session.suspended_run == "o-r2"
         async with session.resume({asked.id: ("accept", None)}) as stream:
@@ -575,8 +543,7 @@ async def test_an_answer_given_to_resume_approves_the_resumed_call_only(tmp_path
     image, asked = await crash_at(tmp_path, "p", "pay 10", ElicitationRequest)
     agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(greedy)), tools=[pay])
     async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="p") as session,
+        in_session(image, agent, session_id="p") as session,
         session.resume({asked.id: ("accept", None)}) as stream,
     ):
         questions = []
@@ -608,8 +575,7 @@ async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_
 
     agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(crash_on_second)), tools=[stall])
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(agent, session_id="q") as session,
+        in_session(path, agent, session_id="q") as session,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(session.ask, "stall")
@@ -619,10 +585,7 @@ async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_
             kinds = [type(event) async for event in stream]
         assert kinds[0] is RunStarted
     assert crashed.is_set()
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="q") as session,
-    ):
+    async with in_session(image, agent, session_id="q") as session:
         texts = [message.text for message in session.history]
         assert texts == ["stall", "", "released", "done: released", "second"]
     assert stored_events(image, "q-r2")[-1]["reason"] == "interrupted"
@@ -631,8 +594,7 @@ async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_
 async def test_a_run_cancelled_while_waiting_for_its_turn_is_logged_cancelled(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="g") as session,
+        in_session(path, make_agent(), session_id="g") as session,
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(session.ask, "stall")
@@ -643,10 +605,7 @@ async def test_a_run_cancelled_while_waiting_for_its_turn_is_logged_cancelled(tm
         release.set()
     assert [event["type"] for event in stored_events(path, "g-r2")] == ["RunFinished"]
     assert stored_events(path, "g-r2")[0]["reason"] == "cancelled"
-    async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="g") as session,
-    ):
+    async with in_session(path, make_agent(), session_id="g") as session:
         assert [message.text for message in session.history] == ["stall", "", "released", "done: released"]
     assert stored_events(path, "g-r2")[-1]["reason"] == "cancelled"  # not marked interrupted on reopen
 
@@ -655,10 +614,7 @@ async def test_a_resumption_that_ends_before_calling_again_leaves_the_session_su
     """The resuming run's consumer leaves before the waiting call is called again: the question stays
     pending, and the next run resumes (the history never has a call without its result)."""
     image, asked = await crash_at(tmp_path, "r", "pay 3", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="r") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="r") as session:
         async with session.resume() as stream:
             pass
         assert stream.result.reason == "cancelled"
@@ -681,10 +637,7 @@ async def test_a_commit_failing_as_the_runtime_closes_is_retried(tmp_path: Path)
         assert (await session.ask("hello")).output == "echo: hello"
         store.fail = True
     assert not store.fail
-    async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="c") as session,
-    ):
+    async with in_session(path, make_agent(), session_id="c") as session:
         assert [message.text for message in session.history] == ["hello", "echo: hello"]
     assert stored_events(path, "c-r1")[-1]["reason"] == "completed"
 
@@ -707,17 +660,13 @@ async def test_an_approved_body_runs_once_though_the_process_dies_in_it(tmp_path
 
     agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[transfer])
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(agent, session_id="t") as session,
+        in_session(path, agent, session_id="t") as session,
         session.run("send it") as stream,
     ):
         async for event in stream:
             if isinstance(event, ElicitationRequest):
                 await stream.respond(event.id, "accept")
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="t") as session,
-    ):
+    async with in_session(image, agent, session_id="t") as session:
         assert session.pending == ()
         last = session.history[-1]
         assert isinstance(last, ToolResultMessage)
@@ -748,8 +697,7 @@ async def test_a_call_that_asked_twice_resumes_with_each_answer_for_its_own_ques
 
     agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[transfer])
     async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(agent, session_id="w") as session,
+        in_session(path, agent, session_id="w") as session,
         session.run("send") as stream,
     ):
         async for event in stream:
@@ -759,10 +707,7 @@ async def test_a_call_that_asked_twice_resumes_with_each_answer_for_its_own_ques
                     crash_image(path, image)
                     break
                 await stream.respond(event.id, "accept")
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(agent, session_id="w") as session,
-    ):
+    async with in_session(image, agent, session_id="w") as session:
         assert session.pending == (account,)
         async with session.resume({account.id: ("accept", "acct-42")}) as stream:
             async for event in stream:
@@ -782,18 +727,14 @@ async def test_a_message_sent_while_resuming_follows_the_resumed_calls_results_a
     image, asked = await crash_at(tmp_path, "x", "pay 5", ElicitationRequest)
     again = tmp_path / "again.db"
     async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="x") as session,
+        in_session(image, make_agent(), session_id="x") as session,
         session.run("thanks") as stream,
     ):
         async for event in stream:
             if isinstance(event, ElicitationRequest):
                 crash_image(image, again)
                 break
-    async with (
-        open_runtime(store=SQLiteStore(again)) as runtime,
-        runtime.open_session(make_agent(), session_id="x") as session,
-    ):
+    async with in_session(again, make_agent(), session_id="x") as session:
         assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
         assert session.pending == (asked,)
         async with session.resume({asked.id: ("accept", None)}) as stream:
@@ -826,10 +767,7 @@ async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_wri
         assert journal is not None
         await journal.released.wait()
         assert writer.backlog == 0
-    async with (
-        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
-        runtime.open_session(make_agent(), session_id="b") as session,
-    ):
+    async with in_session(tmp_path / "s.db", make_agent(), session_id="b") as session:
         assert session.run_count == 21  # the failed commit's rows were kept and written by the retry
         assert len(session.history) == 40  # "first" failed before it began: never in the history
     assert [event["type"] for event in stored_events(tmp_path / "s.db", "b-r1")][-1] == "RunFinished"
@@ -839,10 +777,7 @@ async def test_a_resumption_left_while_the_call_asks_again_ends_that_call(tmp_pa
     """Once the waiting call has been called again, a consumer leaving ends it like any call (its result says
     it was cancelled): the session is no longer suspended, and its history has one result for the call."""
     image, asked = await crash_at(tmp_path, "y", "pay 8", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="y") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="y") as session:
         async with session.resume() as stream:
             async for event in stream:
                 if isinstance(event, ElicitationRequest):
@@ -894,8 +829,7 @@ async def test_a_flush_waits_for_the_commit_already_holding_what_it_recorded() -
 async def test_a_second_resume_while_the_first_waits_for_its_turn_is_refused(tmp_path: Path) -> None:
     image, asked = await crash_at(tmp_path, "d2", "pay 3", ElicitationRequest)
     async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="d2") as session,
+        in_session(image, make_agent(), session_id="d2") as session,
         session.resume({asked.id: ("accept", None)}) as first,
     ):
         with pytest.raises(NothingToResumeError):
@@ -914,10 +848,7 @@ async def test_a_resumption_ended_before_its_calls_were_made_again_leaves_them_w
     """Its consumer leaves at RunStarted, before the resumed call is made again (the turn's commit comes
     first): no result is made up for it, the question stays pending, and the session is still suspended."""
     image, asked = await crash_at(tmp_path, "e2", "pay 3", ElicitationRequest)
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="e2") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="e2") as session:
         async with session.resume() as stream:
             async for event in stream:
                 assert isinstance(event, RunStarted)
@@ -925,10 +856,7 @@ async def test_a_resumption_ended_before_its_calls_were_made_again_leaves_them_w
         assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
         assert session.pending == (asked,)
         assert session.suspended_run == "e2-r1"
-    async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="e2") as session,
-    ):
+    async with in_session(image, make_agent(), session_id="e2") as session:
         assert session.pending == (asked,)
         async with session.resume({asked.id: ("accept", None)}) as stream:
             events = [event async for event in stream]
@@ -943,8 +871,7 @@ async def test_a_run_waiting_for_its_turn_when_the_process_died_follows_the_resu
     image, asked = await crash_at(tmp_path, "q2", "pay 3", ElicitationRequest)
     again = tmp_path / "again.db"
     async with (
-        open_runtime(store=SQLiteStore(image)) as runtime,
-        runtime.open_session(make_agent(), session_id="q2") as session,
+        in_session(image, make_agent(), session_id="q2") as session,
         session.run("thanks") as resuming,
         session.run("later") as _,  # waits for its turn
     ):
@@ -952,10 +879,7 @@ async def test_a_run_waiting_for_its_turn_when_the_process_died_follows_the_resu
             if isinstance(event, ElicitationRequest):
                 crash_image(image, again)
                 break
-    async with (
-        open_runtime(store=SQLiteStore(again)) as runtime,
-        runtime.open_session(make_agent(), session_id="q2") as session,
-    ):
+    async with in_session(again, make_agent(), session_id="q2") as session:
         assert session.suspended_run == "q2-r2"
         async with session.resume({asked.id: ("accept", None)}) as stream:
             events = [event async for event in stream]
@@ -983,10 +907,7 @@ async def test_a_stored_question_whose_call_has_its_result_is_deleted_on_reopen(
         question = PendingRow("elicitation-old", "z-r1", "a", dumps(event_to_json(request)))
         messages = [dumps(message_to_json(m)) for m in stored]
         await store.commit([Checkpoint("z", 0, 0, messages, [run], pending_added=[question])])
-    async with (
-        open_runtime(store=SQLiteStore(path)) as runtime,
-        runtime.open_session(make_agent(), session_id="z", create=False) as session,
-    ):
+    async with in_session(path, make_agent(), session_id="z", create=False) as session:
         assert session.pending == ()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
