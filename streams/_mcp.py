@@ -29,9 +29,11 @@ its ``message``; an elicitation in the run is asked of the client with
 final text, or for a typed output (``Agent(output_type=...)``) its JSON as
 text plus ``structuredContent`` (the tool declares its ``outputSchema``). A
 run that does not complete is an ``isError`` result saying why. Over HTTP,
-a call whose POST stream ends before its result (the client left) is
-cancelled, with its questions: the transport keeps no events for a client to
-resume the stream with, so nothing of that call could reach the client again.
+a call that would wait behind more than ``max_queued_runs`` others is an
+``isError`` result saying the session is busy, and starts no run; and a call
+whose POST stream ends before its result (the client left) is cancelled,
+with its questions: the transport keeps no events for a client to resume
+the stream with, so nothing of that call could reach the client again.
 The SDK's encoder refuses a lone surrogate, so one in what is sent (a model's
 text, a question) goes as the six characters of its escape (``\\ud800``).
 
@@ -43,6 +45,7 @@ refused and falls back to the handshake.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -192,6 +195,9 @@ class McpScope:
     """The served session that records the runs, if any."""
     requests: OpenRequests | None = None
     """The requests whose POST is being answered (HTTP); ``None`` over stdio, where one stream carries all."""
+    queue_full: Callable[[], str | None] | None = None
+    """Why a call's run would not be let wait for its turn now (the served runtime's ``max_queued_runs``), or
+    ``None``; called with no checkpoint before the run begins. ``None`` over stdio: no limit."""
 
 
 class AgentTool:
@@ -307,6 +313,10 @@ class _Call:
         progress = _Progress(self._ctx)
         requests = self._scope.requests
         gone = None if requests is None or self._ctx.request_id is None else requests.ended(self._ctx.request_id)
+        # No checkpoint from here to run_begins: calls at once cannot all pass the check.
+        refusal = None if self._scope.queue_full is None else self._scope.queue_full()
+        if refusal is not None:  # the session is left as it is: no run begins
+            return _error_result(refusal)
         async with self._scope.session.run(task, deps=self._scope.deps) as stream:
             run_id = stream.run_id
             if recorder is not None:
@@ -518,11 +528,20 @@ class McpEndpoint:
     Args:
         agent: The agent, served as one tool.
         open_session: Opens a served session with the given id (``Server.open_session``).
+        queue_full: Why a new run of a served session is refused now (``max_queued_runs``), or ``None``:
+            a call it refuses is an ``isError`` result saying so.
     """
 
-    def __init__(self, agent: Agent[Any, Any], open_session: Callable[[str], Awaitable[ServedSession]]) -> None:
+    def __init__(
+        self,
+        agent: Agent[Any, Any],
+        open_session: Callable[[str], Awaitable[ServedSession]],
+        *,
+        queue_full: Callable[[ServedSession], str | None] | None = None,
+    ) -> None:
         self._server = AgentTool(agent).server()
         self._open_session = open_session
+        self._queue_full = queue_full
         self._sessions: dict[str, tuple[StreamableHTTPServerTransport, ServedSession, OpenRequests]] = {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, *, body: bytes = b"") -> None:
@@ -579,7 +598,10 @@ class McpEndpoint:
             async with transport.connect() as (read_stream, write_stream), trio.open_nursery() as nursery:
                 nursery.start_soon(_terminate_when_cancelled, transport)
                 task_status.started()
-                scope = McpScope(served.session, deps=served.workspace, recorder=served, requests=requests)
+                queue_full = None if self._queue_full is None else functools.partial(self._queue_full, served)
+                scope = McpScope(
+                    served.session, deps=served.workspace, recorder=served, requests=requests, queue_full=queue_full
+                )
                 await serve_loop(self._server, read_stream, write_stream, lifespan_state=scope, session_id=served.id)
                 nursery.cancel_scope.cancel()
         except Exception:

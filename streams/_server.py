@@ -406,17 +406,22 @@ class Server:
         if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
             raise TooManySessionsError(f"the server has {self._max_sessions} sessions open, its most")
 
-    def _check_queue(self, served: ServedSession) -> None:
-        """Refuse a run that would wait behind more than ``max_queued_runs`` others (one runs, the rest wait).
+    def _queue_full(self, served: ServedSession) -> str | None:
+        """Why a new run of ``served`` is refused: it would wait behind more than ``max_queued_runs`` others
+        (one runs, the rest wait); ``None`` if it may wait its turn.
 
         Call it with no checkpoint before the run's :meth:`ServedSession.run_begins`, so that concurrent
-        requests cannot all pass it.
+        requests cannot all pass it. An MCP call (``streams._mcp``) is checked with it too.
         """
         if self._max_queued_runs is not None and len(served.live) > self._max_queued_runs:
-            waiting = len(served.live) - 1
-            raise _HTTPError(
-                503, "too_many_runs", f"session {served.id!r} is busy: {waiting} runs already wait for their turn"
-            )
+            return f"session {served.id!r} is busy: {len(served.live) - 1} runs already wait for their turn"
+        return None
+
+    def _check_queue(self, served: ServedSession) -> None:
+        """Refuse a run that :meth:`_queue_full` refuses: 503 ``too_many_runs``."""
+        refusal = self._queue_full(served)
+        if refusal is not None:
+            raise _HTTPError(503, "too_many_runs", refusal)
 
     async def _keep(self, served: ServedSession) -> None:
         try:
@@ -789,7 +794,7 @@ class Server:
                 raise _HTTPError(
                     501, "mcp_unavailable", f"serving MCP needs the mcp package (trio-agents[mcp]): {exc}"
                 ) from None
-            self._mcp = McpEndpoint(self.agent, self._open_session_answering)
+            self._mcp = McpEndpoint(self.agent, self._open_session_answering, queue_full=self._queue_full)
         return self._mcp
 
     # -- WebSockets ------------------------------------------------------------
@@ -1081,7 +1086,8 @@ async def open_server(
         max_queued_runs: The most runs of one session that may wait for their turn
             behind its running run (runs of a session go one at a time); past it,
             a new run (``POST .../runs``, or an answer that resumes one) is 503
-            ``too_many_runs``. 0: none may wait; ``None``: no limit. 16 by default.
+            ``too_many_runs``, and an MCP call an ``isError`` result saying so.
+            0: none may wait; ``None``: no limit. 16 by default.
         heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
         subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
             client; a slower client loses the oldest (and is told how many).

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from agents import ModelRequest
     from agents.models import Turn
     from streams import Server
+    from streams._broadcast import Subscriber
     from streams._runlog import RunLog
 
 pytestmark = [
@@ -278,6 +279,66 @@ async def test_mcp_http_a_call_the_client_cancels_cancels_its_run() -> None:
     assert text_of(after) == "You said: after"
     assert [events[-1]["type"] for events in logs] == ["RunFinished", "RunFinished"]
     assert [events[-1]["reason"] for events in logs] == ["cancelled", "completed"]
+
+
+async def test_mcp_http_a_call_past_max_queued_runs_is_an_error_result_and_the_session_goes_on() -> None:
+    """With max_queued_runs=1, a run holding the session and one call waiting behind it, the next call is an
+    isError result saying the session is busy, and starts no run: the two runs in the session finish as if it
+    never came, and once they have, a call runs again (it used to queue, without bound)."""
+    asked, release = trio.Event(), trio.Event()
+
+    async def held(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.set()
+        await release.wait()
+        return accept({"answer": True})
+
+    results: dict[str, types.CallToolResult] = {}
+
+    async def call(session: ClientSession, task: str) -> None:
+        results[task] = await session.call_tool(TOOL, {"task": task})
+
+    async def running(feed: Subscriber[dict[str, Any]]) -> str:
+        """The id of the next run the feed says has begun."""
+        while True:
+            message = await feed.get()
+            assert isinstance(message, dict)
+            if message["type"] == "SessionState" and message["state"] == "running":
+                return str(message["run_id"])
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(max_queued_runs=1) as server, connected(server, elicit=held) as session:
+            (served,) = server.sessions.values()
+            with served.feed.subscribe() as feed:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call, session, "ask")
+                    first = await running(feed)
+                    await asked.wait()
+                    nursery.start_soon(call, session, "two")
+                    second = await running(feed)  # it waits behind the first: the one run max_queued_runs lets wait
+                    queued: list[str] = []
+                    async with trio.open_nursery() as refusing:
+
+                        async def watch() -> None:
+                            queued.append(await running(feed))
+                            refusing.cancel_scope.cancel()  # it was let wait: it would never be answered
+
+                        refusing.start_soon(watch)
+                        refused = await session.call_tool(TOOL, {"task": "three"})
+                        refusing.cancel_scope.cancel()
+                    assert queued == [], "the call past max_queued_runs was queued"
+                    assert list(served.live) == list(served.runs) == [first, second]
+                    assert not served.session.closed
+                    release.set()
+            after = await session.call_tool(TOOL, {"task": "after"})
+            logs = [logged(log) for log in served.runs.values()]
+            runs = served.run_count
+    assert refused.is_error
+    assert text_of(refused) == f"session {served.id!r} is busy: 1 runs already wait for their turn"
+    assert text_of(results["ask"]) == "The tool said: accept True"
+    assert text_of(results["two"]) == "You said: two"
+    assert text_of(after) == "You said: after"
+    assert [events[-1]["reason"] for events in logs] == ["completed"] * 3
+    assert runs == 3
 
 
 async def test_mcp_http_ending_the_mcp_session_closes_its_session() -> None:
