@@ -12,6 +12,7 @@ import trio
 from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundError
+from ._idle import IdleReaper
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
@@ -126,10 +127,11 @@ class Runtime:
         """Seconds a started session may stay without a run before it is closed (``None``: never)."""
         self._event_buffer = event_buffer
         self._sessions: set[Session[Any]] = set()
+        self._reaper = IdleReaper()
         self._closed = False
 
     async def _hold_sessions(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own the nursery every session's tasks live in, until the runtime exits.
+        """Own the nursery every session's tasks live in, and close idle sessions, until the runtime exits.
 
         The nursery is shielded from cancellation from outside: leaving the
         runtime block closes each session, which cancels the tasks it owns
@@ -140,7 +142,7 @@ class Runtime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await self._exit_requested.wait()
+                await self._reaper.serve(self._exit_requested)  # closes idle sessions until the runtime exits
 
     def _exit(self) -> None:
         self._closed = True
@@ -248,6 +250,7 @@ class Runtime:
             session_id=session_id,
             registry=self._sessions,
             idle_timeout=idle_timeout,
+            reaper=self._reaper,
             log_failure=log_failure,
             restored=restored,
             tracing=self._tracing,

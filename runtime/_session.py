@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from agents import Agent, ElicitationAction, Message, RunUsage, UserContent
 
+    from ._idle import IdleReaper
     from ._journal import Journal, Resumption, Suspended
     from ._result import RunResult
     from ._tracing import Tracing
@@ -70,7 +71,7 @@ class Session(Generic[OutputT]):
 
     Generic in the agent's output type: ``ask`` returns a ``RunResult[OutputT]``.
 
-    The session owns tasks: its runs, its idle reaper, and any task given to
+    The session owns tasks: its runs and any task given to
     :meth:`start_soon` or :meth:`start`. Each runs in the runtime's nursery
     inside a cancel scope the session holds, so closing the session cancels
     them and waits until they have finished, and a task that raises closes
@@ -81,13 +82,13 @@ class Session(Generic[OutputT]):
 
     __slots__ = (
         "__weakref__",
-        "_became_idle",
+        "_close_callbacks",
         "_event_buffer",
         "_handlers",
         "_history",
         "_http_client",
+        "_idle",
         "_journal",
-        "_last_active",
         "_registry",
         "_resources",
         "_run_count",
@@ -112,6 +113,7 @@ class Session(Generic[OutputT]):
         session_id: str | None = None,
         registry: set[Session[Any]] | None = None,
         idle_timeout: float | None = None,
+        reaper: IdleReaper | None = None,
         log_failure: bool = False,
         restored: Restored | None = None,
         tracing: Tracing | None = None,
@@ -143,13 +145,14 @@ class Session(Generic[OutputT]):
             nursery, on_error=self._log_failure if log_failure else None, on_finished=self._unregister
         )
         self._runs_in_flight = 0
-        self._last_active = trio.current_time()
-        self._became_idle: trio.Event | None = None
+        self._close_callbacks: list[Callable[[], object]] | None = None
         self._registry = registry if registry is not None else set()
         self._registry.add(self)
         self._resources: dict[Hashable, SessionResource[Any]] | None = None  # made by the first resource()
-        if idle_timeout is not None:
-            self._tasks.start_soon(self._close_when_idle, idle_timeout, name=f"idle reaper of session {self.id}")
+        # The runtime's reaper closes it once idle for idle_timeout (it has no task of its own for that).
+        self._idle = None if idle_timeout is None or reaper is None else (reaper, idle_timeout)
+        if self._idle is not None:
+            self._idle[0].watch(self._idle[1], self._reap)
 
     def __repr__(self) -> str:
         return f"<Session {self.id} agent={self.agent.name!r}{' closed' if self._tasks.closed else ''}>"
@@ -223,6 +226,23 @@ class Session(Generic[OutputT]):
     async def wait_closed(self) -> None:
         """Wait until the session has been closed, by anyone, and every task it owned has finished."""
         await self._tasks.wait_finished()
+
+    def call_when_closed(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the session has been closed and every task it owned has finished.
+
+        For what must follow a session without a task of its own waiting for
+        it (served mode ends a session's streams this way). Callbacks run in
+        the order given, in whichever task finishes last, before
+        :meth:`wait_closed` returns; they must not block. One that raises is
+        logged, and the others still run. Given after that point, the callback
+        runs at once.
+        """
+        if self._tasks.finished:
+            _call_logged(callback, self.id)
+        elif self._close_callbacks is None:
+            self._close_callbacks = [callback]
+        else:
+            self._close_callbacks.append(callback)
 
     def run(self, user_input: UserContent, *, deps: Any = None) -> RunStream:
         """Run the agent on ``user_input``, streaming its events.
@@ -601,8 +621,13 @@ class Session(Generic[OutputT]):
         # Every task has ended, runs included: a durable session's last changes go to the runtime's
         # writer, which writes them with its next commit and then lets the session go in the store.
         self._registry.discard(self)
+        if self._idle is not None:
+            self._idle[0].forget(self._idle[1], self._reap)
         if self._journal is not None:
             self._journal.writer.closed(self._journal)
+        callbacks, self._close_callbacks = self._close_callbacks, None
+        for callback in callbacks or ():
+            _call_logged(callback, self.id)
 
     async def _serve_run(
         self,
@@ -661,22 +686,20 @@ class Session(Generic[OutputT]):
 
     def _became_unused(self) -> None:
         self._runs_in_flight -= 1
-        self._last_active = trio.current_time()
-        if self._runs_in_flight == 0 and self._became_idle is not None:
-            self._became_idle.set()
+        if self._runs_in_flight == 0 and self._idle is not None and not self._tasks.closed:
+            self._idle[0].watch(self._idle[1], self._reap)  # the idle time counts from now
 
-    async def _close_when_idle(self, idle_timeout: float) -> None:
-        while True:
-            if self._runs_in_flight:
-                self._became_idle = trio.Event()
-                await self._became_idle.wait()
-                self._became_idle = None
-                continue
-            deadline = self._last_active + idle_timeout
-            if trio.current_time() >= deadline:
-                break
-            await trio.sleep_until(deadline)
-        self._tasks.cancel()
+    def _reap(self) -> None:
+        """Its idle time ran out (the reaper calls it): close it, unless a run or a holder came meanwhile."""
+        if not self._runs_in_flight:
+            self._tasks.cancel()
+
+
+def _call_logged(callback: Callable[[], object], session_id: str) -> None:
+    try:
+        callback()
+    except Exception:
+        logger.exception("a close callback of session %s failed", session_id)
 
 
 def new_session_id() -> str:

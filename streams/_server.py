@@ -250,7 +250,7 @@ class ServedSession:
     def run_ends(self, run_id: str) -> None:
         del self.live[run_id]
         self._forget_finished()  # runs that waited behind others, kept meanwhile, go once finished
-        if not self.live and not self.feed.closed:  # a closed session stays closed
+        if not self.live and not self.session.closed:  # a closing session says "closed" next
             self._set_state("idle")
 
     def _forget_finished(self) -> None:
@@ -260,17 +260,14 @@ class ServedSession:
             for run_id in [run_id for run_id, log in self.runs.items() if log.finished][:excess]:
                 del self.runs[run_id]
 
-    async def keep(self) -> None:
-        """The session's task while it is served: when the session closes, end every stream of it."""
-        try:
-            await trio.sleep_forever()
-        finally:
-            for log in self.runs.values():
-                log.finish()
-            self._set_state("closed")
-            self.updates.close()
-            self.changes.close()
-            self.feed.close()
+    def closed(self) -> None:
+        """The session has closed and its runs have ended (``Session.call_when_closed``): end every stream of it."""
+        for log in self.runs.values():
+            log.finish()
+        self._set_state("closed")
+        self.updates.close()
+        self.changes.close()
+        self.feed.close()
 
 
 class Server:
@@ -389,17 +386,15 @@ class Server:
         except TooManySessionsError:
             await handle.aclose()
             raise
+        if handle.session.closed:  # closed meanwhile (the runtime is exiting)
+            await handle.aclose()
+            raise ClosedSessionError(f"session {handle.session.id!r} was closed as it opened")
         served = ServedSession(handle, buffer=self._buffer, inspector=self.inspector)
         served.run_count = handle.session.run_count
         self._sessions[served.id] = served
         self.inspector.session_opened(served)
-        try:
-            handle.session.start_soon(self._keep, served, name=f"served session {served.id}")
-        except BaseException:
-            del self._sessions[served.id]
-            self.inspector.session_closed(served.id)
-            await handle.aclose()
-            raise
+        # No task per served session: its streams end when it has closed.
+        handle.session.call_when_closed(functools.partial(self._forget, served))
         return served
 
     def _check_room(self) -> None:
@@ -423,13 +418,11 @@ class Server:
         if refusal is not None:
             raise _HTTPError(503, "too_many_runs", refusal)
 
-    async def _keep(self, served: ServedSession) -> None:
-        try:
-            await served.keep()
-        finally:
-            self._dropped += served.updates.dropped
-            del self._sessions[served.id]
-            self.inspector.session_closed(served.id)
+    def _forget(self, served: ServedSession) -> None:
+        served.closed()
+        self._dropped += served.updates.dropped
+        del self._sessions[served.id]
+        self.inspector.session_closed(served.id)
 
     async def _close_sessions(self) -> None:
         self._closing = True

@@ -439,6 +439,40 @@ async def test_idle_session_owns_no_task() -> None:
     assert Spawns.count == 0
 
 
+async def test_close_callbacks_run_after_every_task_has_ended_in_order(caplog: pytest.LogCaptureFixture) -> None:
+    """call_when_closed: after the session's runs and tasks have ended, in order, before wait_closed returns;
+    one that raises is logged and the next still runs; given after that, it runs at once."""
+    seen: list[str] = []
+
+    async def listener() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.checkpoint()  # ends a scheduling round after the cancel
+            seen.append("listener ended")
+
+    def fail() -> None:
+        seen.append("failing callback")
+        raise RuntimeError("boom")
+
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])))
+        handle.session.start_soon(listener)
+        handle.session.call_when_closed(lambda: seen.append("first"))
+        handle.session.call_when_closed(fail)
+        handle.session.call_when_closed(lambda: seen.append("third"))
+        await trio.testing.wait_all_tasks_blocked()
+        handle.session.cancel()
+        assert seen == []
+        await handle.wait_closed()
+        assert seen == ["listener ended", "first", "failing callback", "third"]
+        handle.session.call_when_closed(lambda: seen.append("late"))
+        assert seen[-1] == "late"
+    assert "a close callback of session" in caplog.text
+    assert "boom" in caplog.text
+
+
 async def test_outer_cancellation_closes_sessions_through_runtime_exit(autojump_clock: trio.testing.MockClock) -> None:
     """A deadline around the runtime block ends its runs (RunFinished("cancelled")) and its sessions, promptly."""
     tool_cancelled = trio.Event()

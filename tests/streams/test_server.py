@@ -797,6 +797,36 @@ async def test_an_idle_served_session_is_reaped_and_a_busy_one_is_not(
             assert (await client.get("/sessions/s1")).status_code == 404
 
 
+async def test_a_served_session_owns_no_task_and_its_streams_end_when_it_closes(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
+    """Opening served sessions (idle timeout on) spawns no task: nothing waits for each one to close, the
+    runtime's one reaper watches them all. Closing one still ends its streams and forgets it."""
+
+    class Spawns(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def task_spawned(self, task: trio.lowlevel.Task) -> None:
+            self.names.append(task.name)
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), idle_timeout=600) as (server, _):
+            spawns = Spawns()
+            trio.lowlevel.add_instrument(spawns)
+            try:
+                opened = [await server.open_session() for _ in range(20)]
+            finally:
+                trio.lowlevel.remove_instrument(spawns)
+            assert spawns.names == []
+            for served in opened:
+                await served.handle.aclose()
+                assert served.state == {"type": "SessionState", "state": "closed"}
+                assert served.feed.closed
+                assert served.updates.closed
+                assert served.id not in server.sessions
+
+
 # -- the run's life in the response, at the ASGI level ------------------------------
 
 
