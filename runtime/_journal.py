@@ -20,6 +20,7 @@ import socket
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import trio
 from pydantic_core import PydanticSerializationError, to_json
 
@@ -515,6 +516,31 @@ def run_input_from_json(text: str) -> tuple[Content | None, int | None]:
     return (None if content is None else content_from_json(content)), (None if at is None else int(at))
 
 
+def carrying(text: str, contents: Sequence[Content], at: int) -> str:
+    """A run row's ``input`` that also holds the users' messages a recovery carried over (``then``): they
+    follow the results of the calls waiting at history length ``at``, and are stored until those results
+    are (see :func:`carried_from_rows`)."""
+    data = json.loads(text)
+    data["then"] = {"at": at, "content": [content_to_json(content) for content in contents]}
+    return dumps(data)
+
+
+def carried_from_rows(runs: Sequence[RunRow], stored: int) -> list[Content]:
+    """The messages the last recovery that carried some over still carries: those of the last row holding
+    ``then``, unless the history (``stored`` messages) has grown past where they were to go (a resumption
+    made its calls again: the messages are in the history)."""
+    for row in reversed(runs):
+        if '"then":' not in row.input:  # a key: in a JSON string a quote is escaped
+            continue
+        then = json.loads(row.input).get("then")
+        if then is None:
+            continue
+        if stored > int(then["at"]):
+            return []
+        return [content_from_json(content) for content in then["content"]]
+    return []
+
+
 # -- recovery: what a session is after its process stopped --------------------------
 
 
@@ -620,21 +646,26 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
     for an answer: those are called again when the session resumes.
     """
     history = [message_from_json(json.loads(text)) for text in snapshot.messages]
-    unchanged = len(history)
+    unchanged = stored = len(history)
     interrupted = [row for row in snapshot.runs if row.status == "running"]
     suspended: Suspended | None = None
     waiting = {pending.call_id for pending in snapshot.pending}
+    waits = _waits(history, waiting)
     # Messages of runs that were resuming, or waiting for their turn, while calls wait: they go after the
-    # resumed calls' results.
-    then: list[Content] = []
+    # resumed calls' results. Those an earlier recovery carried over come first: their runs are marked
+    # interrupted, so its row is all that holds them until the calls are made again.
+    carried = carried_from_rows(snapshot.runs, stored)
+    then: list[Content] = list(carried) if waits else []
+    if not waits:  # the calls they were to follow have their results, or will have "interrupted" ones
+        history.extend(_user_message(content) for content in carried)
     started = []  # the interrupted runs that began (a run waiting for its turn has no place yet: at is None)
     for row in interrupted:
         content, at = run_input_from_json(row.input)
         if at is not None:
             started.append(row)
-        if content is None or (at is not None and len(history) > at):
+        if content is None or (at is not None and stored > at):
             continue  # none, or written with the history
-        if (row.resumes is not None or at is None) and _waits(history, waiting):
+        if (row.resumes is not None or at is None) and waits:
             then.append(content)
         else:
             history.append(_user_message(content))
@@ -668,6 +699,11 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
         # resumes it).
         waited = started[-1].run_id if started else questions[0].run_id
         suspended = Suspended(waited, questions, resumable, then)
+        if len(then) > len(carried):
+            # Carried over anew: stored now, with the recovery, in the last interrupted run's row (the last
+            # row that holds them), so that a process stopping again before the calls are made keeps them.
+            last = interrupted[-1]
+            interrupted[-1] = attrs.evolve(last, input=carrying(last.input, then, len(repaired)))
     return repaired, interrupted, suspended, unchanged
 
 

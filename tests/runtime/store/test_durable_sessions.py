@@ -41,7 +41,7 @@ from runtime import (
     UnknownElicitationError,
     open_runtime,
 )
-from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, dumps, run_input_to_json
+from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, carrying, dumps, run_input_to_json
 from runtime._store import Checkpoint, PendingRow, RunRow
 from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
@@ -912,3 +912,117 @@ async def test_a_stored_question_whose_call_has_its_result_is_deleted_on_reopen(
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
     db.close()
+
+
+async def test_a_message_carried_over_from_a_crash_survives_a_second_crash_while_resuming(tmp_path: Path) -> None:
+    """run("later") waited behind a run whose call waits for approval when the process died; recovered,
+    "later" is carried to follow the resumed call's result. The resuming run asks again and the process
+    dies again: "later" is still carried, and answered once the call is resumed."""
+    path, image, again = tmp_path / "s.db", tmp_path / "crashed.db", tmp_path / "again.db"
+    asked: ElicitationRequest | None = None
+    async with (
+        in_session(path, make_agent(), session_id="c2") as session,
+        session.run("pay 3") as first,
+        session.run("later") as _,  # waits for its turn
+    ):
+        async for event in first:
+            if isinstance(event, ElicitationRequest):
+                asked = event
+                crash_image(path, image)
+                break
+    assert asked is not None
+    async with (
+        in_session(image, make_agent(), session_id="c2") as session,
+        session.resume() as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):  # the same question, asked again
+                crash_image(image, again)
+                break
+    async with in_session(again, make_agent(), session_id="c2") as session:
+        assert session.pending == (asked,)
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        texts = [(type(message).__name__, message.text) for message in session.history]
+        assert texts[2:] == [
+            ("ToolResultMessage", "paid 3"),
+            ("UserMessage", "later"),
+            ("AssistantMessage", "echo: later"),
+        ]
+    assert paid == [3]
+
+
+async def test_a_message_carried_over_from_a_crash_is_kept_by_a_session_closed_before_resuming(
+    backend: Backend,
+) -> None:
+    """What a process killed while "pay 3" waited for approval and "later" waited for its turn leaves:
+    the session is opened and closed without a run, then resumed by a run left before it calls again,
+    then closed. "later" still follows the resumed call's result when the session is finally resumed."""
+    call = ToolCallChunk("a", "pay", {"amount": 3})
+    request = ElicitationRequest("elicitation-paid", "Allow durable to run pay(amount=3)?", None, "durable")
+    store = backend.store()
+    async with store.open("crashed-host:1"):
+        await store.claim("c3", "durable", create=True)
+        messages = [dumps(message_to_json(m)) for m in (UserMessage("pay 3"), AssistantMessage("", (call,)))]
+        runs = [
+            RunRow("c3-r1", 1, run_input_to_json("pay 3", 0), "running"),
+            RunRow("c3-r2", 2, run_input_to_json("later", None), "running"),
+        ]
+        question = PendingRow(request.id, "c3-r1", "a", dumps(event_to_json(request)))
+        await store.commit([Checkpoint("c3", 0, 0, messages, runs, pending_added=[question])])
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(make_agent(), session_id="c3", create=False) as session:
+            assert session.pending == (request,)
+        async with runtime.open_session(make_agent(), session_id="c3", create=False) as session:
+            assert session.pending == (request,)
+            async with session.resume() as stream:
+                async for event in stream:
+                    assert isinstance(event, RunStarted)
+                    break
+    async with (
+        open_runtime(store=backend.store()) as runtime,
+        runtime.open_session(make_agent(), session_id="c3", create=False) as session,
+    ):
+        assert session.pending == (request,)
+        async with session.resume({request.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        texts = [(type(message).__name__, message.text) for message in session.history]
+        assert texts[2:] == [
+            ("ToolResultMessage", "paid 3"),
+            ("UserMessage", "later"),
+            ("AssistantMessage", "echo: later"),
+        ]
+    assert paid == [3]
+
+
+async def test_a_carried_message_and_the_resumption_that_carried_it_are_both_kept_when_its_call_ends_interrupted(
+    backend: Backend,
+) -> None:
+    """A recovery carried "later" over; run("thanks") resumed the waiting call, its approval was given and
+    the process died in the call's body. Nothing waits now: the call is interrupted, and both messages are
+    put back after its result, in order."""
+    call = ToolCallChunk("a", "pay", {"amount": 3})
+    store = backend.store()
+    async with store.open("crashed-host:1"):
+        await store.claim("c4", "durable", create=True)
+        messages = [dumps(message_to_json(m)) for m in (UserMessage("pay 3"), AssistantMessage("", (call,)))]
+        runs = [
+            RunRow("c4-r1", 1, run_input_to_json("pay 3", 0), "finished", "interrupted"),
+            RunRow("c4-r2", 2, carrying(run_input_to_json("later", None), ["later"], 2), "finished", "interrupted"),
+            RunRow("c4-r3", 3, run_input_to_json("thanks", 2), "running", resumes="c4-r1"),
+        ]
+        await store.commit([Checkpoint("c4", 0, 0, messages, runs)])
+    for _ in range(2):  # recovered, then as written back
+        async with (
+            open_runtime(store=backend.store()) as runtime,
+            runtime.open_session(make_agent(), session_id="c4", create=False) as session,
+        ):
+            assert session.pending == ()
+            texts = [(type(message).__name__, message.text) for message in session.history]
+            assert texts[2:] == [
+                ("ToolResultMessage", INTERRUPTED_RESULT),
+                ("UserMessage", "later"),
+                ("UserMessage", "thanks"),
+            ]
