@@ -49,6 +49,8 @@ class IdleReaper:
         queue = self._queues.get(timeout)
         if queue is not None:
             queue.pop(reap, None)
+            if not queue:  # timeouts are any float: keep no queue for one no session uses now
+                del self._queues[timeout]
 
     async def serve(self, stop: Latch) -> None:
         """Call each ``reap`` whose deadline has passed, until ``stop`` is set."""
@@ -58,7 +60,7 @@ class IdleReaper:
                 await stop.wait()
             self._wake = None
             now = trio.current_time()
-            for queue in list(self._queues.values()):  # a reap may watch a session of a new timeout
+            for queue in list(self._queues.values()):  # a reap may watch or forget: it changes _queues
                 while queue:
                     reap, deadline = next(iter(queue.items()))
                     if deadline > now:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import re
@@ -164,6 +165,7 @@ class ServedSession:
         self.live: dict[str, RunStream] = {}
         self.state: dict[str, Any] = self._state("idle")
         self.run_count = 0
+        self._ended: Callable[[ServedSession], None] | None = None  # set while its streams wait for attached runs
         self.workspace.listen(self._workspace_changed)
 
     @property
@@ -250,7 +252,11 @@ class ServedSession:
     def run_ends(self, run_id: str) -> None:
         del self.live[run_id]
         self._forget_finished()  # runs that waited behind others, kept meanwhile, go once finished
-        if not self.live and not self.session.closed:  # a closing session says "closed" next
+        if self.live:
+            return
+        if self._ended is not None:  # closed while this run's client still read it: now its streams end
+            self._end_streams()
+        elif not self.session.closed:  # a closing session says "closed" next
             self._set_state("idle")
 
     def _forget_finished(self) -> None:
@@ -260,14 +266,28 @@ class ServedSession:
             for run_id in [run_id for run_id, log in self.runs.items() if log.finished][:excess]:
                 del self.runs[run_id]
 
-    def closed(self) -> None:
-        """The session has closed and its runs have ended (``Session.call_when_closed``): end every stream of it."""
+    def closed(self, ended: Callable[[ServedSession], None]) -> None:
+        """The session has closed and its runs' tasks have ended (``Session.call_when_closed``): end every
+        stream of it, then call ``ended(self)``.
+
+        An attached run's events are recorded by its client's request as that client reads them, so
+        they may still come after the run's task has ended: the streams end once the last such run has
+        (:meth:`run_ends`), its ``RunFinished`` included.
+        """
+        self._ended = ended
+        if not self.live:
+            self._end_streams()
+
+    def _end_streams(self) -> None:
         for log in self.runs.values():
             log.finish()
         self._set_state("closed")
         self.updates.close()
         self.changes.close()
         self.feed.close()
+        ended, self._ended = self._ended, None
+        if ended is not None:
+            ended(self)
 
 
 class Server:
@@ -307,6 +327,7 @@ class Server:
         self._streaming = 0
         self._websockets = 0
         self._dropped = 0  # by sessions that have closed
+        self._ending: set[ServedSession] = set()  # closed, their streams waiting for attached runs to end
         self._mcp: McpEndpoint | None = None  # made at the first request to /mcp: only then is the SDK imported
         self._opening: dict[str, trio.Event] = {}  # stored sessions being opened here, by id
         self.inspector = Inspector(kept_runs=KEPT_RUNS)
@@ -348,7 +369,8 @@ class Server:
 
     def statistics(self) -> ServerStatistics:
         """The counters, at any time."""
-        dropped = self._dropped + sum(served.updates.dropped for served in self._sessions.values())
+        open_or_ending = itertools.chain(self._sessions.values(), self._ending)
+        dropped = self._dropped + sum(served.updates.dropped for served in open_or_ending)
         return ServerStatistics(len(self._sessions), self._streaming, self._websockets, dropped)
 
     async def open_session(self, session_id: str | None = None, *, create: bool = True) -> ServedSession:
@@ -386,6 +408,9 @@ class Server:
         except TooManySessionsError:
             await handle.aclose()
             raise
+        if self._closing:  # the server began shutting down meanwhile: it would close only those it had
+            await handle.aclose()
+            raise ClosedSessionError("the server is shutting down")
         if handle.session.closed:  # closed meanwhile (the runtime is exiting)
             await handle.aclose()
             raise ClosedSessionError(f"session {handle.session.id!r} was closed as it opened")
@@ -419,10 +444,14 @@ class Server:
             raise _HTTPError(503, "too_many_runs", refusal)
 
     def _forget(self, served: ServedSession) -> None:
-        served.closed()
-        self._dropped += served.updates.dropped
         del self._sessions[served.id]
         self.inspector.session_closed(served.id)
+        self._ending.add(served)
+        served.closed(self._ended)
+
+    def _ended(self, served: ServedSession) -> None:
+        self._ending.discard(served)
+        self._dropped += served.updates.dropped
 
     async def _close_sessions(self) -> None:
         self._closing = True

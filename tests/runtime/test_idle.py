@@ -115,3 +115,19 @@ async def test_watching_again_moves_the_deadline(autojump_clock: trio.testing.Mo
         await trio.sleep(100)
         stop.set()
     assert reaped == [14]
+
+
+async def test_a_timeout_no_session_uses_any_more_keeps_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    """Idle timeouts are any float: sessions each with a timeout of their own, closed or reaped, leave no
+    queue behind in the reaper."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        closed = [await runtime.start_session(agent, idle_timeout=60 + k / 1000) for k in range(50)]
+        reaped = [await runtime.start_session(agent, idle_timeout=1 + k / 1000) for k in range(50)]
+        for handle in closed:
+            await handle.aclose()
+        assert sorted(runtime._reaper._queues) == [1 + k / 1000 for k in range(50)]
+        with trio.fail_after(10):
+            for handle in reaped:
+                await handle.wait_closed()
+        assert runtime._reaper._queues == {}

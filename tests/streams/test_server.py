@@ -7,6 +7,7 @@ never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,7 +19,7 @@ import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from agents import Agent, ElicitationResult, ToolCall, ToolContext, tool
-from runtime import open_runtime
+from runtime import ClosedSessionError, SQLiteStore, open_runtime
 from runtime.events import (
     ElicitationRequest,
     ErrorEvent,
@@ -33,6 +34,7 @@ from streams import WORKSPACE_TOOLS, SessionExistsError, event_from_json, open_s
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
+    from pathlib import Path
 
     from agents import Tool
     from tests.streams.conftest import Create, MakeAgent, OpenRawWebSocket, PostScope, Serving, WaitingTool
@@ -202,6 +204,79 @@ async def test_delete_closes_the_session_and_later_requests_are_404(
             assert_error(await client.post("/sessions/gone/runs", json={"input": "hi"}), 404)
             assert_error(await client.get("/sessions/gone/feed"), 404)
             assert_error(await client.delete("/sessions/never"), 404)
+
+
+async def test_a_session_deleted_under_an_attached_run_ends_its_streams_after_that_runs_last_event(
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
+) -> None:
+    """DELETE while a client reads an attached run: the run's RunFinished still reaches the updates
+    stream, the run's log and a live follower of it, and only then does the feed say closed."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (server, client):
+            await create(client, "s1")
+            served = server.sessions["s1"]
+            updates = served.updates.add()
+            async with open_sse(client, "POST", "/sessions/s1/runs", json={"input": "tool: wait"}) as run:
+                assert (await next_data(run))["type"] == "RunStarted"
+                await started.wait()
+                follower = served.runs["s1-r1"].follow()
+                assert (await client.delete("/sessions/s1")).status_code == 204
+                assert "s1" not in server.sessions
+                read = [message.json()["type"] async for message in run]
+            assert read[-1] == "RunFinished"
+            seen = []
+            while (event := await follower.next()) is not None:
+                assert isinstance(event, dict)
+                seen.append(event["type"])
+            assert seen[-1] == "RunFinished"
+            published = []
+            with contextlib.suppress(trio.EndOfChannel):  # the session's updates end after the run's last
+                while True:
+                    item = await updates.get()
+                    assert isinstance(item, dict)
+                    published.append(item["type"])
+            assert published[0] == "RunStarted"
+            assert published[-1] == "RunFinished"
+            assert served.state == {"type": "SessionState", "state": "closed"}
+            assert server.statistics().sessions == 0
+
+
+async def test_a_session_still_opening_when_the_server_shuts_down_is_refused_and_closed(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """open_session() whose store claim is under way as the server's block exits: it raises
+    ClosedSessionError("...shutting down") and leaves no session open, in the server or the runtime."""
+    claiming, resume = trio.Event(), trio.Event()
+
+    class SlowStore(SQLiteStore):
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            claiming.set()
+            await resume.wait()
+            return await super().claim(*args, **kwargs)
+
+    outcome: list[BaseException | object] = []
+
+    with trio.fail_after(TIMEOUT):
+        async with open_runtime(store=SlowStore(str(tmp_path / "s.db"))) as runtime:
+            async with trio.open_nursery() as nursery:
+                async with open_server(make_agent(), runtime=runtime, port=0) as server:
+
+                    async def open_late() -> None:
+                        try:
+                            outcome.append(await server.open_session("late"))
+                        except ClosedSessionError as error:
+                            outcome.append(error)
+
+                    nursery.start_soon(open_late)
+                    await claiming.wait()
+                resume.set()
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], ClosedSessionError)
+            assert "shutting down" in str(outcome[0])
+            assert server.sessions == {}
+            assert runtime.sessions == ()
 
 
 async def test_unknown_session_run_and_elicitation_are_404(
