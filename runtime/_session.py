@@ -327,10 +327,16 @@ class Session(Generic[OutputT]):
         self._check_open()
         suspended = self._suspended
         taken = None
+        queued = self._slot.runs() > 0  # it waits for its turn
         if answers is not None:  # resume(): it takes the interrupted run now (a second resume() is refused)
             if suspended is None:
                 raise NothingToResumeError(f"{self!r} has no interrupted run waiting for answers")
             taken = (suspended, suspended.resumption(answers))  # refuses answers that fit no question
+            self._suspended = None
+        elif suspended is not None and not queued:
+            # A run that starts now resumes it, so a resume() right after it cannot take it too (a run
+            # that waits for its turn takes it then, if nothing took it first: _begin).
+            taken = (suspended, suspended.resumption(None))
             self._suspended = None
         events: EventPipe[Event] = EventPipe(self._event_buffer)  # not EventPipe[Event](): typing's call is slow
         self._run_count += 1
@@ -338,7 +344,6 @@ class Session(Generic[OutputT]):
         journal = self._journal
         sinks: tuple[Sink, ...] = tuple(self._handlers)
         row = None
-        queued = self._slot.runs() > 0  # it waits for its turn
         if journal is not None:
             # The run's row and its user's message are written before its RunStarted (drive() waits for it).
             # A run that waits for its turn says where its message goes when its turn comes (_begin): until
@@ -386,6 +391,8 @@ class Session(Generic[OutputT]):
                 scope=run.cancel_scope,
             )
         except BaseException:
+            if taken is not None:  # it never ran: the interrupted run still waits
+                self._suspended = taken[0]
             self._run_ended(ticket)
             events.close_sender()
             events.close_receiver()

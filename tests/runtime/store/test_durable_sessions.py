@@ -844,6 +844,33 @@ async def test_a_second_resume_while_the_first_waits_for_its_turn_is_refused(tmp
     assert paid == [3]
 
 
+async def test_a_run_started_before_a_resume_is_the_resumption_and_the_resume_is_refused(tmp_path: Path) -> None:
+    """run() on a suspended session, then resume() at once: the run (it starts first) takes the waiting
+    call, which asks again, and resume() is refused; the model never sees a call without its result, and
+    the session reopens with the history the run left (nothing marked interrupted)."""
+    image, asked = await crash_at(tmp_path, "r0", "pay 6", ElicitationRequest)
+    async with in_session(image, make_agent(), session_id="r0") as session:
+        async with session.run("thanks") as stream:
+            with pytest.raises(NothingToResumeError):
+                async with session.resume({asked.id: ("accept", None)}):
+                    pass
+            events = []
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ElicitationRequest):
+                    assert event.id == asked.id
+                    await stream.respond(event.id, "accept")
+        assert events[0] == RunStarted("r0-r2", resumes="r0-r1")
+        assert events[-1] == RunFinished("completed")
+        history = session.history
+    assert paid == [6]
+    kinds = [type(message).__name__ for message in history]
+    assert kinds[:3] == ["UserMessage", "AssistantMessage", "ToolResultMessage"]  # the call's result first
+    async with in_session(image, make_agent(), session_id="r0") as session:
+        assert session.history == history
+        assert not any(isinstance(m, ToolResultMessage) and m.content == INTERRUPTED_RESULT for m in history)
+
+
 async def test_a_resumption_ended_before_its_calls_were_made_again_leaves_them_waiting(tmp_path: Path) -> None:
     """Its consumer leaves at RunStarted, before the resumed call is made again (the turn's commit comes
     first): no result is made up for it, the question stays pending, and the session is still suspended."""
