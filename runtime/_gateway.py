@@ -106,7 +106,9 @@ class Gateway:
                 for _ in range(2):  # a session reaped just as its message arrives: a fresh one
                     handle = await self._session_for(message)
                     try:
-                        handle.session.start_soon(self._answer, handle, message)
+                        # In use until its run has begun: the reaper cannot close it in between.
+                        with handle.session.in_use():
+                            await handle.session.start(self._answer, handle, message)
                         break
                     except ClosedSessionError:
                         continue
@@ -127,7 +129,9 @@ class Gateway:
         self._sessions[key] = handle
         return handle
 
-    async def _answer(self, handle: SessionHandle, message: InboundMessage) -> None:
+    async def _answer(
+        self, handle: SessionHandle, message: InboundMessage, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         """Run the agent on one message (runs of a chat are served in order by its session).
 
         The reply is the run's output (the final answer's text, or a stop hook's message); for a typed
@@ -138,6 +142,7 @@ class Gateway:
         error: str | None = None
         stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
         async with handle.session.run(message.text) as stream:
+            task_status.started()  # the run is in the session: from now on it keeps the session
             async for event in stream:
                 if isinstance(event, ReasoningDelta):
                     sent = await self._best_effort(message, "reasoning", event.text, stalled)

@@ -981,18 +981,24 @@ class AgentRun:
                     await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
-                if timeout is None:
-                    value = await tool.invoke(ctx, validated, limiter=tool_threads())
-                else:
-                    with trio.move_on_after(timeout) as deadline:
+                deadline = None if timeout is None else trio.move_on_after(timeout)
+                with deadline or _NO_SCOPE:
+                    try:
                         value = await tool.invoke(ctx, validated, limiter=tool_threads())
-                    if deadline.cancelled_caught:
-                        error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
-                        kind = "timeout"
+                    except BaseExceptionGroup as group:
+                        _cancel_alone(group, call.name)
+                        raise
+                if deadline is not None and deadline.cancelled_caught:
+                    error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
+                    kind = "timeout"
             except _Refused as refused:
                 value, error, kind = None, str(refused), "refused"
             except Exception as exc:
                 value, error, kind = None, describe(exc), type(exc).__qualname__
+            except SystemExit as exc:  # a sync tool's sys.exit() (argparse on bad input): its error, not the process's
+                value, error, kind = None, f"the tool exited: {describe(exc)}", "SystemExit"
+            except BaseExceptionGroup as group:  # with no Cancelled in it (_cancel_alone): SystemExit, ...
+                value, error, kind = None, describe(group), type(group).__qualname__
             for hooks in self._agent.hooks:
                 try:
                     await hooks.after_tool(ctx, value, error)
@@ -1264,6 +1270,18 @@ def _parse_arguments(call: ToolCallChunk, *, cut_off: bool = False) -> tuple[dic
     return value, None
 
 
+def _cancel_alone(group: BaseExceptionGroup[BaseException], tool_name: str) -> None:
+    """A tool's own nursery, cancelled (tool_timeout, the run ending) while a task of it failed, raises both:
+    raise the cancel alone (the errors would outlive the scope that takes the Cancelled, and fail the session).
+    Returns if there is no cancel (or Ctrl+C) in the group."""
+    passing, errors = group.split((trio.Cancelled, KeyboardInterrupt))
+    if passing is None:
+        return
+    if errors is not None:
+        logger.warning("tool %s failed as it was cancelled", tool_name, exc_info=errors)
+    raise passing from None
+
+
 def _to_content(value: Any) -> Content:
     """A tool's return value as a result's content: a string as it is, parts (an image, or a list
     holding one) as parts, anything else as JSON."""
@@ -1280,5 +1298,5 @@ def _to_content(value: Any) -> Content:
     except (TypeError, ValueError):
         try:
             return json.dumps(value, default=str)
-        except (ValueError, RecursionError):
+        except (TypeError, ValueError, RecursionError):  # TypeError: keys, which default= does not convert
             return str(value)

@@ -243,6 +243,24 @@ async def test_gateway_reaps_an_idle_chats_session(autojump_clock: trio.testing.
     assert seen == [(UserMessage("first"),), (UserMessage("second"),)]
 
 
+async def test_gateway_answers_a_message_that_arrives_as_its_chats_session_is_reaped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A message the gateway takes in the very instant its chat's idle session is reaped is answered
+    (the session is in use from then until its run has begun). The reaper and the gateway wake in one
+    batch, in either order: twenty tries."""
+    for _ in range(20):
+        web = RecordingChannel("web")
+        agent = Agent(name="a", model=ScriptedModel(["one", "two"]))
+        async with open_runtime() as runtime, open_gateway(runtime, agent, [web], idle_timeout=10) as gateway:
+            await web.say(gateway.bus, "chat-1", "first")
+            assert (await web.reply()).text == "one"  # its session is idle from this instant
+            # No schedule point in "drop": the gateway is woken with the reaper, at the jump.
+            assert await gateway.bus.publish_inbound(InboundMessage("web", "chat-1", "second"), policy="drop")
+            autojump_clock.jump(10)
+            assert (await web.reply()).text == "two"
+
+
 async def test_gateway_delivers_progress_before_the_reply() -> None:
     """A tool call is announced as a progress message, then the reply follows."""
 

@@ -503,3 +503,97 @@ async def test_toolset_is_closed_when_the_run_is_cancelled() -> None:
                 if isinstance(event, ToolCallStarted):
                     break
     assert toolset.log == ["open", "close"]
+
+
+async def test_a_tool_value_json_cannot_hold_is_sent_as_its_text_and_the_run_goes_on() -> None:
+    """A result dict with keys JSON has no form for (a tuple) is sent as its str; the call beside it and
+    the run are not disturbed."""
+
+    @tool
+    async def tuple_keys() -> dict[Any, str]:
+        """Returns a dict keyed by a tuple."""
+        return {(1, 2): "x"}
+
+    @tool
+    async def fine() -> str:
+        """Fine."""
+        return "fine"
+
+    agent = Agent(
+        name="a", model=ScriptedModel([[ToolCall("tuple_keys"), ToolCall("fine")], "done"]), tools=[tuple_keys, fine]
+    )
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            events = [event async for event in stream]
+        finished = [event for event in events if isinstance(event, ToolCallFinished)]
+        assert sorted((event.name, event.error) for event in finished) == [("fine", None), ("tuple_keys", None)]
+        assert events[-1] == RunFinished("completed")
+        results = [message for message in session.history if isinstance(message, ToolResultMessage)]
+        assert [(result.content, result.is_error) for result in results] == [("{(1, 2): 'x'}", False), ("fine", False)]
+
+
+async def test_a_sync_tool_that_calls_sys_exit_gets_an_error_result_and_nothing_else_ends() -> None:
+    """SystemExit from a tool (argparse on bad input) is that call's error: the run goes on, and the
+    runtime and its other sessions are not brought down."""
+
+    @tool
+    def cli(args: str) -> str:
+        """Parses args as a command line."""
+        raise SystemExit(2)
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("cli", {"args": ""}), "done", "again"]), tools=[cli])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            events = [event async for event in stream]
+        (finished,) = [event for event in events if isinstance(event, ToolCallFinished)]
+        assert finished.error == "the tool exited: SystemExit: 2"
+        assert events[-1] == RunFinished("completed")
+        assert (await session.ask("next")).output == "again"
+
+
+@pytest.mark.parametrize("ending", ["run_timeout", "tool_timeout", "consumer_leaves"])
+async def test_a_tool_whose_task_fails_as_it_is_cancelled_ends_as_cancelled_and_the_session_goes_on(
+    ending: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A tool's own nursery whose task raises while cancelled gives a group of that error and Cancelled:
+    the cancel goes on as any cancel (run_timeout ends the run as "timeout", tool_timeout the call as a
+    timeout), and the session does not fail for it."""
+
+    @tool
+    async def fetch() -> str:
+        """Fetches with a helper whose close fails when cancelled."""
+
+        async def helper() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ConnectionError("close failed")  # a close that fails as it is cancelled
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(helper)
+            await trio.sleep(100)
+        return "fetched"
+
+    agent = Agent(
+        name="a",
+        model=ScriptedModel([ToolCall("fetch"), "done", "again"]),
+        tools=[fetch],
+        run_timeout=1.0 if ending == "run_timeout" else None,
+        tool_timeout=1.0 if ending == "tool_timeout" else None,
+    )
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        events: list[Event] = []
+        with trio.move_on_after(1.0 if ending == "consumer_leaves" else 1000):
+            async with session.run("go") as stream:
+                async for event in stream:
+                    events.append(event)
+        if ending == "run_timeout":
+            assert events[-1] == RunFinished("timeout", events[-1].message)  # type: ignore[union-attr]
+        elif ending == "tool_timeout":
+            (finished,) = [event for event in events if isinstance(event, ToolCallFinished)]
+            assert finished.error is not None
+            assert "tool_timeout" in finished.error
+            assert events[-1] == RunFinished("completed")
+        assert session.error is None
+        assert not session.closed
+        assert (await session.ask("next")).reason == "completed"
