@@ -1,7 +1,9 @@
 """The events a run streams to its consumer, in the order they happen.
 
 Every run's stream starts with :class:`RunStarted` and ends with exactly one
-:class:`RunFinished`, on every path, including cancellation.
+:class:`RunFinished`, on every path, including cancellation. A run cancelled
+while it waited for its turn (behind another run of its session) never
+started: its stream is that one ``RunFinished("cancelled")``.
 """
 
 from __future__ import annotations

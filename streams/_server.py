@@ -240,19 +240,23 @@ class ServedSession:
 
     def run_begins(self, run_id: str, stream: RunStream) -> None:
         """A run was started: keep its events (forgetting the oldest finished runs past
-        :data:`KEPT_RUNS`) and say so on the feed. Call it before the next checkpoint,
-        so that nothing the run does comes first."""
+        :data:`KEPT_RUNS`) and, if no other run is under way, say so on the feed. Call it
+        before the next checkpoint, so that nothing the run does comes first, and in the
+        order the session's runs were started (their turns come in that order)."""
         self.runs[run_id] = RunLog(run_id, limit=REPLAY_LIMIT)
         self._forget_finished()
         self.live[run_id] = stream
         if self._inspector is not None:
             self._inspector.run_begins(self.id, run_id)
-        self._set_state("running", run_id)
+        if len(self.live) == 1:  # a run behind others is named when its turn comes (run_ends)
+            self._set_state("running", run_id)
 
     def run_ends(self, run_id: str) -> None:
         del self.live[run_id]
         self._forget_finished()  # runs that waited behind others, kept meanwhile, go once finished
         if self.live:
+            if self.state.get("run_id") == run_id and not self.session.closed:
+                self._set_state("running", next(iter(self.live)))  # the next run's turn has come
             return
         if self._ended is not None:  # closed while this run's client still read it: now its streams end
             self._end_streams()
@@ -275,6 +279,7 @@ class ServedSession:
         (:meth:`run_ends`), its ``RunFinished`` included.
         """
         self._ended = ended
+        self._inspector = None  # it has forgotten this session: a new one may have its id
         if not self.live:
             self._end_streams()
 
@@ -355,6 +360,7 @@ class Server:
             exception_handlers={_HTTPError: _error_response},
         )
         """The ASGI app."""
+        self.app.router.redirect_slashes = False  # a path with a slash too many is a 404, not a redirect
         json_errors(self.app)
 
     @property
@@ -648,6 +654,8 @@ class Server:
                 async for event in stream:
                     served.record(run_id, event)
             finally:
+                if not served.runs[run_id].finished:  # cancelled with its session: followers see it end
+                    served.record(run_id, RunFinished("cancelled"))
                 served.run_ends(run_id)
 
     async def _follow_run(self, request: Request) -> Response:

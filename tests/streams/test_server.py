@@ -243,6 +243,114 @@ async def test_a_session_deleted_under_an_attached_run_ends_its_streams_after_th
             assert server.statistics().sessions == 0
 
 
+async def test_a_session_deleted_under_a_detached_run_ends_that_run_with_run_finished(
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
+) -> None:
+    """DELETE while a detached run waits in a tool: its log's follower and the updates stream both get
+    its RunFinished("cancelled"), once, before they end."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (server, client):
+            await create(client, "s1")
+            updates = server.sessions["s1"].updates.add()
+            response = await client.post("/sessions/s1/runs", json={"input": "tool: wait", "detach": True})
+            run_id = response.json()["run_id"]
+            await started.wait()
+            async with open_sse(client, "GET", f"/sessions/s1/runs/{run_id}/events") as messages:
+                assert (await next_data(messages))["type"] == "RunStarted"
+                assert (await client.delete("/sessions/s1")).status_code == 204
+                rest = [message.json() async for message in messages]
+            assert cancelled.is_set()
+            assert [item["type"] for item in rest].count("RunFinished") == 1
+            assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": run_id}
+            published = []
+            with contextlib.suppress(trio.EndOfChannel):
+                while True:
+                    item = await updates.get()
+                    assert isinstance(item, dict)
+                    published.append(item)
+            assert published[-1]["type"] == "RunFinished"
+
+
+async def test_the_feed_names_a_run_that_waited_for_its_turn_when_its_turn_comes(
+    make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
+) -> None:
+    """Runs queued behind a running one: the feed says "running" with the id of the run under way, then
+    with the next one's as its turn comes (a queued run cancelled before its turn is never named), then idle."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (server, client):
+            await create(client, "s1")
+            served = server.sessions["s1"]
+            async with open_sse(client, "GET", "/sessions/s1/feed") as feed:
+                assert (await next_data(feed))["state"] == "idle"
+                runs = []
+                for text in ("tool: wait", "second", "third"):
+                    response = await client.post("/sessions/s1/runs", json={"input": text, "detach": True})
+                    runs.append(response.json()["run_id"])
+                await started.wait()
+                assert served.state == {"type": "SessionState", "state": "running", "run_id": runs[0]}
+                assert (await client.post(f"/sessions/s1/runs/{runs[1]}/cancel")).status_code == 204
+                release.set()
+                states = [await next_data(feed) for _ in range(3)]
+            assert [(state["state"], state.get("run_id")) for state in states] == [
+                ("running", runs[0]),
+                ("running", runs[2]),
+                ("idle", None),
+            ]
+
+
+async def test_a_deleted_sessions_attached_run_does_not_touch_a_new_session_of_its_id_in_the_inspector(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """After DELETE, a run of the old session still streaming to its client records nothing in the
+    inspector, where a new session of the same id may be: that one's run is its own."""
+    release = trio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Waits for the test."""
+        await release.wait()
+        return "done"
+
+    agent = make_agent(slow, call=ToolCall("slow"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (server, client):
+
+            def inspected() -> tuple[str, list[tuple[str, str]]]:
+                (node,) = [node for node in server.inspector.snapshot()["sessions"] if node["id"] == "a"]
+                return node["state"], [(run["id"], run["state"]) for run in node["runs"]]
+
+            await create(client, "a")
+            old = server.sessions["a"]
+            async with old.session.run("tool: slow") as stream:  # as an attached run's request holds it
+                old.run_begins(stream.run_id, stream)
+                old.record(stream.run_id, await stream.__anext__())
+                await client.delete("/sessions/a")
+                await create(client, "a")
+                assert inspected() == ("idle", [])
+                async for event in stream:
+                    old.record(stream.run_id, event)
+                old.run_ends(stream.run_id)
+            release.set()
+            assert inspected() == ("idle", [])
+            assert server.sessions["a"].state["state"] == "idle"
+
+
+async def test_a_path_with_a_trailing_slash_is_a_404_not_a_redirect(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """No route takes a slash too many: 404 with the error body (a redirect would re-send a POST elsewhere)."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (_, client):
+            await create(client, "a")
+            for method, path in (("GET", "/sessions/"), ("GET", "/sessions/a/"), ("POST", "/sessions/a/runs/")):
+                response = await client.request(method, path, json={"input": "hi"} if method == "POST" else None)
+                assert assert_error(response, 404)["type"] == "not_found"
+
+
 async def test_a_session_still_opening_when_the_server_shuts_down_is_refused_and_closed(
     make_agent: MakeAgent, tmp_path: Path
 ) -> None:
