@@ -80,7 +80,8 @@ class WebhookChannel:
     bus, or with ``wait_for_response`` ``200 {"message_id", "reply", "kind",
     "progress"}`` once the agent replied. Errors are JSON ``{"error": {"type",
     "message"}}`` (every type is in PROTOCOL.md): 400 ``bad_request`` (a
-    Content-Length that is not a number), 401 ``unauthorized`` (``secret``
+    Content-Length that is not a number, under an ASGI server that lets it
+    through: Hypercorn answers it with an empty 400 first), 401 ``unauthorized`` (``secret``
     set and no matching ``Authorization: Bearer``, the scheme in any case),
     403 (an ``Origin`` or ``Host`` not allowed), 408 (the body took over
     ``body_timeout`` seconds), 413 ``too_large`` (body over ``max_body``
