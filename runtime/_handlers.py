@@ -83,10 +83,11 @@ class StreamHandler:
         """Buffer an event without waiting; a full buffer drops it (``drop_newest``) or the oldest (``drop_oldest``).
 
         A ``block`` handler never drops: ``owed=True`` marks the few events a
-        cancelled run still owes it (the event it was waiting to hand over,
-        then its ``RunFinished``, and one ``AgentSwitched`` and wrapped
-        ``RunFinished`` per sub-agent it was in), which go in even past a full
-        buffer: a bounded overshoot, once per cancelled run.
+        cancelled run still owes it (its ``RunFinished``, and one
+        ``AgentSwitched`` and wrapped ``RunFinished`` per sub-agent it was in),
+        which go in even past a full buffer: a bounded overshoot, once per
+        cancelled run. An event whose send was cancelled while it waited for
+        room is not owed: it went to nobody (see :meth:`Tee.send`).
         """
         if self._removed:
             return
@@ -98,13 +99,12 @@ class StreamHandler:
         self._buffer.append(event)
         self._wakeup.set()
 
-    async def offer(self, event: Event) -> None:
-        """Buffer an event; a full ``block`` buffer waits for room (bounded by the run's cancel scope)."""
+    async def room(self) -> None:
+        """Wait until a ``block`` handler is no longer full (bounded by the run's cancel scope)."""
         while self.full():
             if self._room.is_set():  # a fresh one only once the last was used: all waiters share it
                 self._room = trio.Event()
             await self._room.wait()
-        self.offer_nowait(event)
 
     async def serve(self) -> None:
         """The handler's task (in its session): call the handler on each event, in order."""
@@ -135,11 +135,14 @@ class StreamHandler:
 class Sink(Protocol):
     """What a :class:`Tee` copies events to: a stream handler, or a durable run's recorder."""
 
-    def full(self) -> bool: ...
+    def full(self) -> bool:
+        """Whether a send would wait for this sink now."""
 
-    def offer_nowait(self, event: Event, *, owed: bool = False) -> None: ...
+    def offer_nowait(self, event: Event, *, owed: bool = False) -> None:
+        """Take the event (when not full, or when ``owed``)."""
 
-    async def offer(self, event: Event) -> None: ...
+    async def room(self) -> None:
+        """Wait until it may not be full (another task may fill it first: check :meth:`full` again)."""
 
 
 class Tee:
@@ -159,18 +162,35 @@ class Tee:
             handler.offer_nowait(event)
 
     async def send(self, event: Event) -> None:
-        offered = 0
-        try:
-            await self._pipe.send(event)
+        """Wait for room in the pipe and in every handler, then hand the event to all of them at once.
+
+        Nothing is handed over until everyone has room, and then with no
+        checkpoint in between: a send cancelled while it waits (the run's
+        scope, or a tool's timeout around ``ctx.emit``) reaches nobody, so a
+        block handler's buffer stays within its bound and the handlers see
+        exactly what the consumer sees.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pipe = self._pipe
+        waited = False
+        while True:
             for handler in self._handlers:
-                await handler.offer(event)
-                offered += 1
-        except BaseException:
-            # Cancelled waiting for room: the run made this event, so every
-            # handler still gets it (a block handler sees every event).
-            for handler in self._handlers[offered:]:
-                handler.offer_nowait(event, owed=True)
-            raise
+                if handler.full():
+                    await handler.room()
+                    waited = True
+                    break
+            else:
+                try:
+                    pipe.send_nowait(event)  # raises Closed/BrokenResourceError before anyone has it
+                    break
+                except trio.WouldBlock:
+                    pass
+                await pipe.room()  # outside the except block, so the WouldBlock isn't kept alive while we wait
+                waited = True
+        for handler in self._handlers:  # none is full: checked with no checkpoint since
+            handler.offer_nowait(event)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_last(self, event: Event, *, owed: bool = False) -> None:
         """Send what a cancelled run sends last: to the consumer if there is room (or ``owed``, see

@@ -733,15 +733,19 @@ class Recorder:
         self._run_id = run_id
 
     def full(self) -> bool:
-        """Whether the writer is a whole backlog behind (the run then waits in :meth:`offer`)."""
-        return self._journal.writer.full
+        """Whether the writer is a whole backlog behind (the run then waits in :meth:`room`).
+
+        Not while the store fails: events are kept past the bound, and the
+        run's next durability point fails it with that error.
+        """
+        writer = self._journal.writer
+        return writer.full and writer.failure is None
 
     def offer_nowait(self, event: Event, *, owed: bool = False) -> None:
         self._journal.event(self._run_id, event)
 
-    async def offer(self, event: Event) -> None:
+    async def room(self) -> None:
         try:
             await self._journal.writer.room()
         except StoreUnavailableError:
-            pass  # kept past the bound: the run's next durability point fails it with this error
-        self._journal.event(self._run_id, event)
+            pass  # full() says no more now

@@ -468,7 +468,11 @@ class AgentRun:
         except BaseException:
             self._out.send_last(finished)
             raise
-        await self._emit(finished)  # cancelled waiting for room, it still goes to every handler (Tee.send)
+        try:
+            await self._emit(finished)
+        except BaseException:
+            self._out.send_last(finished)  # cancelled waiting for room: it still goes to every handler
+            raise
 
     async def _accepted(self) -> str | None:
         """The first durability point: the run, and its user's message, are written before ``RunStarted``.

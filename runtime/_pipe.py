@@ -33,7 +33,7 @@ class EventPipe(Generic[T]):
     owns one; with 1,000 runs in flight that was a tenth of their memory.
     """
 
-    __slots__ = ("_buffer", "_capacity", "_receiver", "_receiver_closed", "_sender_closed", "_senders")
+    __slots__ = ("_buffer", "_capacity", "_receiver", "_receiver_closed", "_room_waiters", "_sender_closed", "_senders")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -44,6 +44,7 @@ class EventPipe(Generic[T]):
         self._receiver_closed = False
         self._receiver: trio.lowlevel.Task | None = None
         self._senders: deque[_BlockedSend[T]] | None = None
+        self._room_waiters: list[trio.lowlevel.Task] | None = None  # in room(), woken together
 
     @property
     def receiver_closed(self) -> bool:
@@ -87,6 +88,40 @@ class EventPipe(Generic[T]):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+    async def room(self) -> None:
+        """Wait until :meth:`send_nowait` may not block: room in the buffer, a receiver waiting, or a side
+        closed (a checkpoint). Another producer may take the room first: check again with ``send_nowait``.
+
+        For a sender that must hand its item to others at the same time (``Tee``): it waits for room
+        everywhere first, then sends to all without a checkpoint between, so a cancel sends to none.
+        """
+        if (
+            len(self._buffer) < self._capacity
+            or self._receiver is not None
+            or self._sender_closed
+            or self._receiver_closed
+        ):
+            await trio.lowlevel.checkpoint()
+            return
+        task = trio.lowlevel.current_task()
+        if self._room_waiters is None:
+            self._room_waiters = [task]
+        else:
+            self._room_waiters.append(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            if self._room_waiters is not None:  # still in it: a wake-up takes the whole list
+                self._room_waiters.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _roomy(self) -> None:
+        """Wake every task waiting in :meth:`room`."""
+        waiting, self._room_waiters = self._room_waiters, None
+        for task in waiting or ():
+            trio.lowlevel.reschedule(task)
+
     async def send(self, item: T) -> None:
         """Send, waiting while the buffer is full (a checkpoint, like trio's ``send``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -122,6 +157,7 @@ class EventPipe(Generic[T]):
         for blocked in self._senders or ():
             trio.lowlevel.reschedule(blocked.task, outcome.Error(trio.ClosedResourceError("the pipe was closed")))
         self._senders = None
+        self._roomy()
         if self._receiver is not None and not self._buffer:
             task, self._receiver = self._receiver, None
             trio.lowlevel.reschedule(task, outcome.Error(trio.EndOfChannel()))
@@ -145,6 +181,8 @@ class EventPipe(Generic[T]):
                 blocked = senders.popleft()
                 self._buffer.append(blocked.item)
                 trio.lowlevel.reschedule(blocked.task)
+            elif self._room_waiters is not None:
+                self._roomy()
             return item
         if senders:  # capacity 0: hand over directly
             blocked = senders.popleft()
@@ -174,6 +212,8 @@ class EventPipe(Generic[T]):
         if self._receiver is not None:
             raise trio.BusyResourceError("another task is already receiving from this pipe")
         self._receiver = trio.lowlevel.current_task()
+        if self._room_waiters is not None:  # room for one, even with no buffer
+            self._roomy()
 
         def abort(_: object) -> trio.lowlevel.Abort:
             self._receiver = None
@@ -192,6 +232,7 @@ class EventPipe(Generic[T]):
                 blocked.task, outcome.Error(trio.BrokenResourceError("the consumer closed the pipe"))
             )
         self._senders = None
+        self._roomy()
         if self._receiver is not None:
             task, self._receiver = self._receiver, None
             trio.lowlevel.reschedule(task, outcome.Error(trio.ClosedResourceError("the pipe was closed")))

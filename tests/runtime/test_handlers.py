@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from agents import Agent, Hooks, RunContext, ScriptedModel, ToolCall, tool
+from agents import Agent, Hooks, RunContext, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import open_runtime
-from runtime.events import Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
+from runtime.events import CustomEvent, Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -270,3 +270,59 @@ async def test_a_run_cancelled_once_it_has_ended_keeps_its_end_for_handlers_and_
                 assert stream.result.reason == "completed"
                 await attached.drain()
         assert finished == ["completed"], cancel_while
+
+
+@attrs.frozen
+class _Tick(CustomEvent):
+    n: int
+
+
+@pytest.mark.parametrize("slow", ["handler", "consumer"])
+async def test_an_emit_cancelled_while_waiting_for_room_reaches_nobody(
+    autojump_clock: trio.testing.MockClock, slow: str
+) -> None:
+    """A tool's ctx.emit timed out waiting for room goes to neither the consumer nor a block handler.
+
+    Whichever is a whole buffer behind (a stuck handler, a consumer that does
+    not read), 100 timed-out emits leave the handler's buffer within its bound
+    and the handler sees exactly the events the consumer sees, in order.
+    """
+    behind = trio.Event()  # set by the tool once every emit was tried: the slow side catches up
+    most = 0
+
+    @tool
+    async def ticker(ctx: ToolContext[None]) -> str:
+        """Tick."""
+        nonlocal most
+        for n in range(100):
+            with trio.move_on_after(0.01):
+                await ctx.emit(_Tick(n))
+            most = max(most, attached.statistics().buffered)
+        behind.set()
+        return "ok"
+
+    async def record(event: Event) -> None:
+        if slow == "handler":
+            await behind.wait()
+        handled.append(event)
+
+    handled: list[Event] = []
+    seen: list[Event] = []
+    bound = 4 if slow == "handler" else 256
+    ticker_agent = Agent(name="a", model=ScriptedModel([ToolCall("ticker", {}), "done"]), tools=[ticker])
+    async with (
+        open_runtime(event_buffer=256 if slow == "handler" else 16) as runtime,
+        runtime.open_session(ticker_agent) as s,
+    ):
+        attached = s.add_handler(record, buffer=bound, overflow="block")
+        async with s.run("go") as stream:
+            if slow == "consumer":
+                await behind.wait()
+            seen.extend([event async for event in stream])
+        await attached.drain()
+    assert most <= bound
+    assert handled == seen
+    ticks = [event.n for event in seen if isinstance(event, _Tick)]
+    assert 0 < len(ticks) < 100  # some went before the slow side was a buffer behind; the others timed out
+    assert isinstance(seen[-1], RunFinished)
+    assert seen[-1].reason == "completed"

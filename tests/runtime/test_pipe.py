@@ -446,6 +446,45 @@ async def test_pipe_own_side_closed_wins_over_the_other(make_pipe: Callable[[int
 # -- EventPipe only -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("capacity", "make_room"),
+    [
+        (1, "receive_nowait"),
+        (0, "receive"),
+        (1, "close_sender"),
+        (1, "close_receiver"),
+    ],
+)
+async def test_pipe_room_waits_until_a_send_would_not_block(capacity: int, make_room: str) -> None:
+    """EventPipe.room (for a Tee) returns once a send would not wait, without sending anything itself."""
+    pipe = EventPipe[int](capacity)
+    if capacity:
+        pipe.send_nowait(1)
+    with trio.testing.assert_checkpoints():
+        with trio.move_on_after(0) as timeout:
+            await pipe.room()  # no room: it waits
+    assert timeout.cancelled_caught
+    roomy = trio.Event()
+
+    async def wait_for_room() -> None:
+        await pipe.room()
+        roomy.set()
+
+    async with bounded_nursery() as nursery:
+        nursery.start_soon(wait_for_room)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not roomy.is_set()
+        if make_room == "receive":
+            nursery.start_soon(pipe.receive)
+        else:
+            getattr(pipe, make_room)()
+        await roomy.wait()
+        with trio.testing.assert_checkpoints():
+            await pipe.room()  # room, or closed: it returns at once, a checkpoint all the same
+        if make_room.startswith("receive"):
+            pipe.send_nowait(2)  # room() took nothing: the room is there for a send
+
+
 async def test_pipe_refuses_a_second_concurrent_receiver() -> None:
     """EventPipe has one consumer: a second task waiting in receive is a BusyResourceError (trio allows it)."""
     pipe = EventPipe[int](1)
