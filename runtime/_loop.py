@@ -1143,21 +1143,26 @@ class EventOut(Protocol):
 class _SubAgentOut:
     """A nested run's events, each sent on into its parent's as a :class:`SubAgentEvent`."""
 
-    __slots__ = ("_name", "_parent")
+    __slots__ = ("_name", "_parent", "_started")
 
     def __init__(self, parent: EventOut, name: str) -> None:
         self._parent = parent
         self._name = name
+        self._started = False  # its RunStarted went in: its end is owed
 
     def send_nowait(self, event: Event) -> None:
         self._parent.send_nowait(SubAgentEvent(self._name, event))
+        self._started = True
 
     async def send(self, event: Event) -> None:
-        await self._parent.send(SubAgentEvent(self._name, event))
+        await self._parent.send(SubAgentEvent(self._name, event))  # cancelled waiting: it went nowhere
+        self._started = True
 
     def send_last(self, event: Event, *, owed: bool = False) -> None:
-        # The parent's stream goes on (a tool timeout ended this run, not the parent): the end is owed to it.
-        self._parent.send_last(SubAgentEvent(self._name, event), owed=True)
+        # The parent's stream goes on (a tool timeout ended this run, not the parent): the end is owed to it,
+        # once its start is there (cancelled before its RunStarted went in, it has no stream to end).
+        if self._started:
+            self._parent.send_last(SubAgentEvent(self._name, event), owed=True)
 
 
 async def _emit_custom(event: Any, out: EventOut) -> None:
