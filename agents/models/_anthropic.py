@@ -234,8 +234,14 @@ class _ToolBlock:
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
-    """Map the SSE stream to chunks; each tool call is complete when its content block stops."""
+    """Map the SSE stream to chunks; each tool call is complete when its content block stops.
+
+    Raises:
+        MalformedStreamError: it ended before message_stop (it was cut off), a content block started at the
+            index of one still open, or message_stop came with a block still open.
+    """
     blocks: dict[int, _ToolBlock] = {}
+    open_blocks: set[int] = set()  # the index of every block started and not yet stopped, of any type
     usage: dict[str, Any] = {}
     stop_reason: str | None = None
     stopped = False
@@ -244,6 +250,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
             for event in events:
                 data = event.data.strip()
                 if event.event == "error":
+                    if usage:  # tokens spent before the error still count
+                        yield _usage_chunk(usage)
                     yield error_chunk(data)
                     return
                 if not data:
@@ -251,6 +259,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                 payload = json_object(data, "anthropic: an event")
                 kind = payload.get("type") or event.event
                 if kind == "error":
+                    if usage:
+                        yield _usage_chunk(usage)
                     yield error_chunk(payload)
                     return
                 if kind == "message_start":
@@ -258,6 +268,10 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     if isinstance(message, dict) and isinstance(message.get("usage"), dict):
                         usage.update(message["usage"])
                 elif kind == "content_block_start":
+                    index = _index(payload)
+                    if index in open_blocks:  # it would replace a block (a tool call) never finished
+                        raise MalformedStreamError(f"anthropic: content block {index} started again before it stopped")
+                    open_blocks.add(index)
                     chunk = _block_start(blocks, payload)
                     if chunk is not None:
                         yield chunk
@@ -266,7 +280,9 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     if chunk is not None:
                         yield chunk
                 elif kind == "content_block_stop":
-                    block = blocks.pop(_index(payload), None)
+                    index = _index(payload)
+                    open_blocks.discard(index)
+                    block = blocks.pop(index, None)
                     if block is not None:
                         yield _block_stop(block)
                 elif kind == "message_delta":
@@ -276,6 +292,10 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     if isinstance(delta, dict) and delta.get("stop_reason"):
                         stop_reason = str(delta["stop_reason"])
                 elif kind == "message_stop":
+                    if open_blocks:  # a tool call in it would be lost: the stream is broken, not the answer whole
+                        raise MalformedStreamError(
+                            f"anthropic: message_stop came before content_block_stop of block {min(open_blocks)}"
+                        )
                     stopped = True
                     break
                 # "ping", and event types added to the API later, are skipped.

@@ -9,7 +9,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart, text_only
-from .._exceptions import UnsupportedContentError
+from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._json import loads_untrusted
 from .._messages import (
     AssistantMessage,
@@ -283,7 +283,11 @@ def _part(part: ContentPart) -> dict[str, Any]:
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
-    """Map the SSE stream to chunks: content as it comes, then the stop reason and the last usage seen."""
+    """Map the SSE stream to chunks: content as it comes, then the stop reason and the last usage seen.
+
+    Raises:
+        MalformedStreamError: it ended with neither a finishReason nor a blocked prompt (it was cut off).
+    """
     usage: dict[str, Any] | None = None
     finish: str | None = None
     blocked: str | None = None
@@ -332,5 +336,9 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         yield _stop(finish, calls > 0)
     elif blocked is not None:
         yield StopChunk("content_filter", blocked)
+    else:
+        # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
+        # call of a later chunk never sent. Gemini's last chunk always carries the finishReason.
+        raise MalformedStreamError("gemini: the stream ended before a finishReason")
     if usage is not None:
         yield _usage(usage)

@@ -45,6 +45,9 @@ MAX_RETRY_AFTER: Final = 60.0
 DEFAULT_RETRY: Final = RetryPolicy(maximum=8.0, max_attempts=4)
 """What a model retries with unless given a policy: 4 tries, waits up to 8 s."""
 
+_SHAPE_ERRORS: Final = (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError)
+"""What a parser raises on valid JSON of the wrong shape (a string where an object goes, ``int("many")`` ...)."""
+
 
 @asynccontextmanager
 async def http_client(given: httpx.AsyncClient | None = None) -> AsyncIterator[httpx.AsyncClient]:
@@ -90,16 +93,38 @@ async def stream_chunks(
     Raises:
         ProviderError: (a subclass for each kind) the provider answered with an error.
         ModelConnectionError: the provider could not be reached, or the stream broke.
+        MalformedStreamError: the stream is not the provider's protocol (a chunk ``parse`` cannot read).
     """
     async with http_client(request.http_client) as client:
         response = await _send_with_retries(client, url, headers, body, provider, retry)
         try:
-            async with contextlib.aclosing(parse(response)) as chunks:
+            async with contextlib.aclosing(_parsed(parse(response), provider)) as chunks:
                 yield chunks
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise ModelConnectionError(f"{provider}: the stream broke: {describe(exc)}") from exc
         finally:
             await response.aclose()
+
+
+async def _parsed(chunks: AsyncGenerator[ModelChunk, None], provider: str) -> AsyncGenerator[ModelChunk, None]:
+    """``chunks``, with what their parser raised on an event of the wrong shape as :class:`MalformedStreamError`.
+
+    Only the parser's own errors are mapped: the consumer's code between two
+    chunks runs outside this generator, and the provider's error events are
+    chunks, not exceptions.
+    """
+    async with contextlib.aclosing(chunks):
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except _SHAPE_ERRORS as exc:
+                # The exception's text may quote what the model wrote: it is the sample, kept out of the summary.
+                raise MalformedStreamError(
+                    f"{provider}: an event of an unexpected shape ({type(exc).__name__})", str(exc)[:200]
+                ) from exc
+            yield chunk
 
 
 async def _send_with_retries(

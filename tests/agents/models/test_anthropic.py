@@ -16,6 +16,7 @@ from agents import (
     AnthropicModel,
     AssistantMessage,
     AuthenticationError,
+    ErrorChunk,
     MalformedStreamError,
     ModelChunk,
     ModelRequest,
@@ -373,7 +374,7 @@ async def test_anthropic_401_is_an_authentication_error_event(provider_server: A
 
 
 async def test_anthropic_error_event_mid_stream_stops_with_the_provider_message(provider_server: Any) -> None:
-    """An `event: error` after some text yields the text, then an error chunk, and nothing after it."""
+    """An `event: error` after some text yields the text, the usage so far, then an error chunk, and nothing after."""
     error = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
     provider_server.serve(_stream(_START, _TEXT_START, _TEXT_HELLO, ("error", error), _TEXT_HELLO))
     agent = Agent(name="claude", model=_model(provider_server), max_turns=1)
@@ -381,13 +382,76 @@ async def test_anthropic_error_event_mid_stream_stops_with_the_provider_message(
     events = await _run(agent)
 
     assert [event.text for event in _of(events, TextDelta)] == ["Hello"]
-    assert _of(events, Usage) == []
+    assert _of(events, Usage) == [Usage(3, 1)]
     (event,) = _of(events, ErrorEvent)
     assert event.kind == "model"
     assert "Overloaded" in event.message
     finished = events[-1]
     assert isinstance(finished, RunFinished)
     assert finished.reason == "error"
+
+
+def _events(body: bytes) -> list[bytes]:
+    """A recorded stream's events, each with its blank line."""
+    return [event + b"\n\n" for event in body.split(b"\n\n") if event.strip()]
+
+
+_OVERLOADED: Final = '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+
+
+@pytest.mark.parametrize(
+    "error",
+    [f"event: error\ndata: {_OVERLOADED}\n\n", f"data: {_OVERLOADED}\n\n"],
+    ids=["error-event", "error-data"],
+)
+@pytest.mark.parametrize(("kept", "output_tokens"), [(4, 1), (9, 59)], ids=["after-text", "after-message-delta"])
+async def test_anthropic_error_mid_stream_yields_the_usage_so_far_first(
+    provider_server: Any, error: str, kept: int, output_tokens: int
+) -> None:
+    """An error mid-stream (its own event, or an error object's data) yields the usage seen so far, then the error:
+    tokens spent before the error still count, as with the other providers."""
+    events = _events(_body("text"))
+    provider_server.serve(b"".join(events[:kept]) + error.encode())
+    chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+    *texts, usage, failed = chunks
+    assert texts
+    assert all(isinstance(text, TextChunk) for text in texts)
+    assert CASES["text"]["expect"]["text"].startswith(
+        "".join(text.text for text in texts if isinstance(text, TextChunk))
+    )
+    assert usage == UsageChunk(1007, output_tokens)
+    assert failed == ErrorChunk("provider", "Overloaded")
+
+
+@pytest.mark.parametrize("broken", ["left-open", "started-again"])
+async def test_anthropic_block_left_open_or_started_again_is_malformed(provider_server: Any, broken: str) -> None:
+    """A content block still open at message_stop, or started again at its index before it stopped, raises
+    MalformedStreamError: its tool call is never dropped or replaced in silence, nor run."""
+    events = _events(_body("parallel_tool_use_empty_input"))
+    stops = [event for event in events if event.startswith(b"event: content_block_stop")]
+    assert len(stops) == 2  # one for each tool_use block, index 0 and 1
+    if broken == "left-open":  # the second call's block never stops
+        events.remove(stops[1])
+        expected = "message_stop came before content_block_stop of block 1"
+    else:  # the first block never stops, and the second starts at its index
+        events.remove(stops[0])
+        events = [event.replace(b'"index":1', b'"index":0') for event in events]
+        expected = "content block 0 started again before it stopped"
+    provider_server.serve(b"".join(events))
+    with pytest.raises(MalformedStreamError, match=expected):
+        await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
+
+    @tool
+    def pelican_name_generator() -> str:
+        """Name a pelican."""
+        raise AssertionError("a call from a broken stream must not run")  # pragma: no cover
+
+    agent = Agent(name="claude", model=_model(provider_server), tools=[pelican_name_generator], max_turns=2)
+    run = await _run(agent)
+    assert _of(run, ToolCallStarted) == []
+    (failed,) = _of(run, ErrorEvent)
+    assert expected in failed.message
+    assert run[-1] == RunFinished("error", failed.message)
 
 
 async def test_anthropic_non_json_data_is_a_malformed_stream(provider_server: Any) -> None:
@@ -481,7 +545,7 @@ async def test_anthropic_no_stop_chunk_without_a_stop_reason(provider_server: An
     stopped = json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
     provider_server.serve(_stream(_START, *_text_block("Hi"), ("message_delta", stopped), ("error", error)))
     chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("hi"),)))
-    assert [type(chunk).__name__ for chunk in chunks] == ["TextChunk", "ErrorChunk"]
+    assert [type(chunk).__name__ for chunk in chunks] == ["TextChunk", "UsageChunk", "ErrorChunk"]
 
 
 async def test_anthropic_refusal_ends_the_run_and_leaves_history_valid(provider_server: Any) -> None:

@@ -538,6 +538,31 @@ async def test_gemini_malformed_chunk_is_a_malformed_stream(provider_server: Any
         await _chunks(_model(provider_server))
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_gemini_stream_cut_before_the_finish_reason_is_malformed(provider_server: Any, name: str) -> None:
+    """A recorded stream closed cleanly at any event boundary before its finishReason raises MalformedStreamError,
+    and a run on it ends with that error, not as a complete answer."""
+    body = _body(name)
+    separator = b"\r\n\r\n" if b"\r\n\r\n" in body else b"\n\n"
+    cuts = [
+        at + len(separator)
+        for at in range(len(body))
+        if body.startswith(separator, at) and body[at + len(separator) :].strip()
+    ]
+    assert cuts  # every recorded case has more than one event
+    for cut in cuts:
+        assert b"finishReason" not in body[:cut]  # the recordings send it in their last event only
+        provider_server.serve(body[:cut])
+        with pytest.raises(MalformedStreamError, match="gemini: the stream ended before a finishReason"):
+            await _chunks(_model(provider_server))
+
+    events = await _run(Agent(name="gemini", model=_model(provider_server), max_turns=1))
+    assert _of(events, ModelStopped) == []
+    (error,) = _of(events, ErrorEvent)
+    assert error.message == "gemini: the stream ended before a finishReason"
+    assert _finished(events).reason == "error"
+
+
 async def test_gemini_dropped_connection_mid_stream_ends_the_run(provider_server: Any) -> None:
     """A server that closes the connection halfway is a ModelConnectionError, and ends a run with an error."""
     body = _body("text_usage")

@@ -16,11 +16,15 @@ from agents import (
     AuthenticationError,
     BadRequestError,
     ErrorChunk,
+    GeminiModel,
+    MalformedStreamError,
     MissingAPIKeyError,
     ModelConnectionError,
     ModelRequest,
     OpenAIChatModel,
+    OpenAIResponsesModel,
     RetryPolicy,
+    TextChunk,
     UserMessage,
     resolve_model,
 )
@@ -287,3 +291,87 @@ async def test_a_local_server_not_running_fails_at_once_saying_so(
     message = f"{provider}: nothing is listening at {base_url}/chat/completions; is the server running?{hint}"
     assert str(caught.value) == message
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+# -- a chunk of valid JSON but the wrong shape: the provider's malformed stream, never a bare TypeError ------
+
+_CHAT: Final = '{"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}], "usage": %s}'
+_MESSAGE_STOP: Final = '{"type": "message_stop"}'
+
+
+@pytest.mark.parametrize(
+    ("kind", "events", "error"),
+    [
+        (OpenAIChatModel, ['{"choices": [{"index": 0, "delta": "oops"}]}'], AttributeError),
+        (OpenAIChatModel, ['{"choices": [1]}'], AttributeError),
+        (
+            OpenAIChatModel,
+            ['{"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": {"x": 1}}}]}}]}'],
+            TypeError,
+        ),
+        (OpenAIChatModel, [_CHAT % '{"prompt_tokens": "many"}'], ValueError),
+        (OpenAIChatModel, [_CHAT % '{"prompt_tokens": 1e999}'], OverflowError),
+        (
+            AnthropicModel,
+            ['{"type": "message_start", "message": {"usage": {"input_tokens": {"n": 1}}}}', _MESSAGE_STOP],
+            TypeError,
+        ),
+        (
+            GeminiModel,
+            [
+                '{"candidates": [{"content": {"parts": [{"text": "a"}]}, "finishReason": "STOP", "index": 0}],'
+                ' "usageMetadata": {"promptTokenCount": [1]}}'
+            ],
+            TypeError,
+        ),
+        (
+            OpenAIResponsesModel,
+            ['{"type": "response.completed", "response": {"usage": {"input_tokens": "x"}}}'],
+            ValueError,
+        ),
+    ],
+    ids=[
+        "chat-delta",
+        "chat-choice",
+        "chat-arguments",
+        "chat-usage",
+        "chat-usage-inf",
+        "anthropic",
+        "gemini",
+        "responses",
+    ],
+)
+async def test_a_chunk_of_the_wrong_shape_is_a_malformed_stream_naming_the_provider(
+    provider_server: Any, kind: type[HTTPModel], events: list[str], error: type[Exception]
+) -> None:
+    """What a parser raises on valid JSON of the wrong shape is MalformedStreamError naming the provider, with
+    the original error as its cause and its message as the sample; a run ends with that error."""
+    provider_server.serve("".join(f"data: {data}\n\n" for data in events).encode())
+    model = kind("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+    with trio.fail_after(5), pytest.raises(MalformedStreamError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for _ in chunks:
+                pass
+    cause = caught.value.__cause__
+    assert isinstance(cause, error)
+    assert caught.value.summary == f"{model.provider}: an event of an unexpected shape ({error.__name__})"
+    assert caught.value.sample == str(cause)
+
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+            async with session.run("hi") as stream:
+                run = [event async for event in stream]
+    (event,) = [event for event in run if isinstance(event, ErrorEvent)]
+    assert event.message == str(caught.value)
+    assert run[-1] == RunFinished("error", str(caught.value))
+
+
+async def test_the_consumers_own_error_between_chunks_is_not_mapped(provider_server: Any) -> None:
+    """An error raised by the code reading the chunks is its own, not the provider's malformed stream."""
+    provider_server.serve(b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n')
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+    with trio.fail_after(5), pytest.raises(TypeError, match="the consumer's"):
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for chunk in chunks:
+                assert chunk == TextChunk("a")
+                raise TypeError("the consumer's")
