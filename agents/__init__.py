@@ -49,6 +49,7 @@ from ._messages import (
     ModelFallbackChunk as ModelFallbackChunk,
     ModelRequest as ModelRequest,
     OutputSchema as OutputSchema,
+    ReasoningBlock as ReasoningBlock,
     ReasoningChunk as ReasoningChunk,
     RefusalChunk as RefusalChunk,
     ServerToolChunk as ServerToolChunk,

@@ -43,11 +43,33 @@ class ToolCallChunk:
 
 
 @attrs.frozen
+class ReasoningBlock:
+    """A whole block of a model's reasoning, as its provider wants it back with the history.
+
+    Anthropic's extended thinking signs each thinking block, and a follow-up
+    request (a tool's result) must send the response's thinking back, signed,
+    before its tool calls. A model yields one per block, after its
+    :class:`ReasoningChunk` pieces; the run keeps it in the response's
+    :class:`AssistantMessage` (it is not an event). Providers that need
+    nothing back yield none.
+    """
+
+    text: str
+    """The reasoning's text; for a redacted block, the provider's encrypted ``data``."""
+    signature: str = ""
+    """The provider's signature of ``text`` (Anthropic's ``signature``)."""
+    redacted: bool = False
+    """Whether the provider sent it encrypted (Anthropic's ``redacted_thinking``)."""
+
+
+@attrs.frozen
 class AssistantMessage:
-    """One model response: its text and the tool calls it asked for."""
+    """One model response: its text, the tool calls it asked for, and the reasoning its provider wants back."""
 
     text: str
     tool_calls: tuple[ToolCallChunk, ...] = ()
+    reasoning: tuple[ReasoningBlock, ...] = ()
+    """The response's :class:`ReasoningBlock` s, in order (empty unless the provider sent signed ones)."""
 
 
 @attrs.frozen
@@ -198,6 +220,7 @@ class ModelFallbackChunk:
 ModelChunk: TypeAlias = (
     TextChunk
     | ReasoningChunk
+    | ReasoningBlock
     | ToolCallChunk
     | UsageChunk
     | ErrorChunk

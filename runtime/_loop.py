@@ -26,6 +26,7 @@ from agents import (
     Message,
     ModelFallbackChunk,
     ModelRequest,
+    ReasoningBlock,
     ReasoningChunk,
     RefusalChunk,
     RunContext,
@@ -574,7 +575,7 @@ class AgentRun:
             request = ModelRequest(
                 instructions, tuple(self._history), specs, output=request_output, http_client=self._http_client
             )
-            text, calls, refusal = await self._call_model(request, output)
+            text, calls, refusal, reasoning = await self._call_model(request, output)
             self._text = text
             if refusal is not None:
                 # The model sees its own refusal next turn; its calls, if any, are not run: no results owed.
@@ -584,7 +585,7 @@ class AgentRun:
                     self._output = text  # the last response's text, as for any other ending
                 await self._emit(Refusal(refusal))
                 return "refusal", refusal or "the model refused to answer"
-            self._history.append(AssistantMessage(text, tuple(calls)))
+            self._history.append(AssistantMessage(text, tuple(calls), reasoning))
             if output.is_text:
                 self._output = text
                 if not calls:
@@ -700,8 +701,9 @@ class AgentRun:
 
     async def _call_model(
         self, request: ModelRequest, output: OutputSpec
-    ) -> tuple[str, list[ToolCallChunk], str | None]:
-        """One model call, streamed: its text, its tool calls, and its refusal (``None`` if it did not refuse)."""
+    ) -> tuple[str, list[ToolCallChunk], str | None, tuple[ReasoningBlock, ...]]:
+        """One model call, streamed: its text, its tool calls, its refusal (``None`` if it did not refuse),
+        and the reasoning blocks its provider wants back."""
         tracing = self._tracing
         if tracing is None:
             return await self._stream_model(request, output)
@@ -711,7 +713,7 @@ class AgentRun:
         input_tokens, output_tokens = self.input_tokens, self.output_tokens
         self._answered_by: str | None = None  # (read only here: an untraced run never sets it first)
         try:
-            text, calls, refusal = await self._stream_model(request, output)
+            text, calls, refusal, reasoning = await self._stream_model(request, output)
         except BaseException as exc:
             if isinstance(exc, _EndRun):
                 kind, message = exc.kind, exc.message if tracing.content else exc.traced
@@ -734,14 +736,15 @@ class AgentRun:
             text=text or refusal,
             calls=calls,
         )
-        return text, calls, refusal
+        return text, calls, refusal, reasoning
 
     async def _stream_model(
         self, request: ModelRequest, output: OutputSpec
-    ) -> tuple[str, list[ToolCallChunk], str | None]:
+    ) -> tuple[str, list[ToolCallChunk], str | None, tuple[ReasoningBlock, ...]]:
         texts: list[str] = []
         calls: list[ToolCallChunk] = []
         refusals: list[str] | None = None
+        blocks: list[ReasoningBlock] | None = None
         idle = self._agent.model_idle_timeout
         emit = self._emit
         out = self._out
@@ -812,6 +815,9 @@ class AgentRun:
                         elif isinstance(chunk, ModelFallbackChunk):
                             self._answered_by = chunk.next  # for a traced call's gen_ai.response.model
                             await emit(ModelFallback(chunk.failed, chunk.error, chunk.next))
+                        elif isinstance(chunk, ReasoningBlock):  # kept for the provider, not an event
+                            blocks = blocks or []
+                            blocks.append(chunk)
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)
                         else:
@@ -828,11 +834,12 @@ class AgentRun:
         text = "".join(texts)
         if partial is not None:
             await partial.flush(emit)
+        reasoning = () if blocks is None else tuple(blocks)
         if refusals is not None:
-            return text, calls, "".join(refusals)
+            return text, calls, "".join(refusals), reasoning
         if self._stop == "refusal":
-            return "", calls, text  # Anthropic: what it wrote before refusing is the refusal
-        return text, calls, None
+            return "", calls, text, reasoning  # Anthropic: what it wrote before refusing is the refusal
+        return text, calls, None, reasoning
 
     async def _call_tools(
         self, calls: list[ToolCallChunk], tools: dict[str, Tool], *, resuming: Resumption | None = None

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 from pydantic_core import to_jsonable_python
 
-from agents import AssistantMessage, DocumentPart, ImagePart, TextPart, ToolCallChunk, ToolResultMessage, UserMessage
+from agents import (
+    AssistantMessage,
+    DocumentPart,
+    ImagePart,
+    ReasoningBlock,
+    TextPart,
+    ToolCallChunk,
+    ToolResultMessage,
+    UserMessage,
+)
 
 from .events import CustomEvent, SubAgentEvent
 
@@ -172,6 +181,11 @@ def message_to_json(message: Message) -> dict[str, Any]:
                 }
                 for call in message.tool_calls
             ]
+        if message.reasoning:
+            data["reasoning"] = [
+                {"text": block.text, "signature": block.signature, "redacted": block.redacted}
+                for block in message.reasoning
+            ]
         return data
     data = {"role": "tool", "id": message.call_id, "name": message.name, "content": content_to_json(message.content)}
     if message.is_error:
@@ -196,7 +210,11 @@ def message_from_json(data: Any) -> Message:
                 ToolCallChunk(str(call["id"]), str(call["name"]), call["arguments"])
                 for call in data.get("tool_calls", ())
             )
-            return AssistantMessage(str(data["text"]), calls)
+            reasoning = tuple(
+                ReasoningBlock(str(block["text"]), str(block.get("signature", "")), bool(block.get("redacted")))
+                for block in data.get("reasoning", ())
+            )
+            return AssistantMessage(str(data["text"]), calls, reasoning)
         if role == "tool":
             return ToolResultMessage(
                 str(data["id"]), str(data["name"]), content_from_json(data["content"]), bool(data.get("is_error"))

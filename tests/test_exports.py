@@ -163,6 +163,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "Message",
             "ModelChunk",
             "ModelRequest",
+            "ReasoningBlock",
             "ReasoningChunk",
             "TextChunk",
             "ToolCallChunk",

@@ -14,6 +14,7 @@ from .._messages import (
     AssistantMessage,
     ModelChunk,
     ModelRequest,
+    ReasoningBlock,
     ReasoningChunk,
     ServerToolChunk,
     StopChunk,
@@ -56,7 +57,9 @@ _SERVER_TOOL_BLOCKS: Final = frozenset({"server_tool_use", "mcp_tool_use"})
 class AnthropicModel(HTTPModel):
     """A Claude model behind Anthropic's Messages API (``/v1/messages``).
 
-    Streams text, extended thinking (as reasoning), tool calls assembled from
+    Streams text, extended thinking (as reasoning: each thinking block, signed,
+    or redacted, is also kept with the response and sent back with the
+    history, which the API requires once a tool's result follows), tool calls assembled from
     their ``input_json_delta`` fragments (each fragment also streamed as it
     comes), the tools Anthropic runs itself (web search, tool search ...:
     reported as server tool use, never run here), why the response stopped
@@ -138,7 +141,13 @@ class AnthropicModel(HTTPModel):
             if isinstance(message, UserMessage):
                 messages.append({"role": "user", "content": _content(message.content)})
             elif isinstance(message, AssistantMessage):
-                content: list[dict[str, Any]] = []
+                # Its signed thinking first: with thinking on, a tool's result must follow it (else a 400).
+                content: list[dict[str, Any]] = [
+                    {"type": "redacted_thinking", "data": block.text}
+                    if block.redacted
+                    else {"type": "thinking", "thinking": block.text, "signature": block.signature}
+                    for block in message.reasoning
+                ]
                 if message.text:  # the API refuses empty text blocks
                     content.append({"type": "text", "text": message.text})
                 content += [
@@ -233,6 +242,15 @@ class _ToolBlock:
     fragments: list[str] = attrs.field(factory=list)
 
 
+@attrs.define
+class _ThinkingBlock:
+    """A thinking (or redacted_thinking) block while it streams: sent back, signed, with the history."""
+
+    pieces: list[str]
+    signature: str = ""
+    redacted: bool = False
+
+
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     """Map the SSE stream to chunks; each tool call is complete when its content block stops.
 
@@ -240,7 +258,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         MalformedStreamError: it ended before message_stop (it was cut off), a content block started at the
             index of one still open, or message_stop came with a block still open.
     """
-    blocks: dict[int, _ToolBlock] = {}
+    blocks: dict[int, _ToolBlock | _ThinkingBlock] = {}
     open_blocks: set[int] = set()  # the index of every block started and not yet stopped, of any type
     usage: dict[str, Any] = {}
     stop_reason: str | None = None
@@ -327,7 +345,7 @@ def _index(payload: dict[str, Any]) -> int:
     return index
 
 
-def _block_start(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> ModelChunk | None:
+def _block_start(blocks: dict[int, _ToolBlock | _ThinkingBlock], payload: dict[str, Any]) -> ModelChunk | None:
     block = payload.get("content_block")
     if not isinstance(block, dict):
         raise MalformedStreamError("anthropic: a content_block_start event has no content_block")
@@ -342,34 +360,48 @@ def _block_start(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> Mode
         )
     elif kind == "text" and block.get("text"):
         return TextChunk(str(block["text"]))
-    elif kind == "thinking" and block.get("thinking"):
-        return ReasoningChunk(str(block["thinking"]))
-    # Server tool results (web_search_tool_result ...) and redacted thinking carry nothing for us.
+    elif kind == "thinking":
+        thinking = str(block.get("thinking") or "")
+        blocks[_index(payload)] = _ThinkingBlock([thinking], str(block.get("signature") or ""))
+        return ReasoningChunk(thinking) if thinking else None
+    elif kind == "redacted_thinking":  # nothing to show, but it goes back with the history
+        blocks[_index(payload)] = _ThinkingBlock([str(block.get("data") or "")], redacted=True)
+    # Server tool results (web_search_tool_result ...) carry nothing for us.
     return None
 
 
-def _block_delta(blocks: dict[int, _ToolBlock], payload: dict[str, Any]) -> ModelChunk | None:
+def _block_delta(blocks: dict[int, _ToolBlock | _ThinkingBlock], payload: dict[str, Any]) -> ModelChunk | None:
     delta = payload.get("delta")
     if not isinstance(delta, dict):
         raise MalformedStreamError("anthropic: a content_block_delta event has no delta")
     kind = delta.get("type")
     if kind == "text_delta":
         return TextChunk(str(delta["text"])) if delta.get("text") else None
-    if kind == "thinking_delta":
-        return ReasoningChunk(str(delta["thinking"])) if delta.get("thinking") else None
+    if kind == "thinking_delta" or kind == "signature_delta":
+        thinking = blocks.get(_index(payload))
+        if not isinstance(thinking, _ThinkingBlock) or thinking.redacted:
+            raise MalformedStreamError(f"anthropic: {kind} for a block that is not a thinking block")
+        if kind == "signature_delta":
+            thinking.signature += str(delta.get("signature") or "")
+            return None
+        text = str(delta.get("thinking") or "")
+        thinking.pieces.append(text)
+        return ReasoningChunk(text) if text else None
     if kind == "input_json_delta":
         block = blocks.get(_index(payload))
-        if block is None:
+        if not isinstance(block, _ToolBlock):
             raise MalformedStreamError("anthropic: input_json_delta for a block that is not a tool call")
         fragment = str(delta.get("partial_json") or "")
         block.fragments.append(fragment)
         if fragment and block.kind == "tool_use":  # a server tool's input is reported whole, when it stops
             return ToolCallDeltaChunk(block.call_id, block.name, fragment)
-    # signature_delta, citations_delta ...: nothing to stream.
+    # citations_delta ...: nothing to stream.
     return None
 
 
-def _block_stop(block: _ToolBlock) -> ModelChunk:
+def _block_stop(block: _ToolBlock | _ThinkingBlock) -> ModelChunk:
+    if isinstance(block, _ThinkingBlock):
+        return ReasoningBlock("".join(block.pieces), block.signature, block.redacted)
     text = "".join(block.fragments)
     if block.kind == "tool_use":
         # The raw JSON text, as the model wrote it; the runtime reports bad JSON to the model.

@@ -13,11 +13,13 @@ import trio.testing
 from agents import (
     Agent,
     AgentsError,
+    AssistantMessage,
     ErrorChunk,
     Hooks,
     ModelChunk,
     ModelError,
     ModelRequest,
+    ReasoningBlock,
     ReasoningChunk,
     RunContext,
     ScriptedModel,
@@ -597,3 +599,23 @@ async def test_a_tool_whose_task_fails_as_it_is_cancelled_ends_as_cancelled_and_
         assert session.error is None
         assert not session.closed
         assert (await session.ask("next")).reason == "completed"
+
+
+async def test_reasoning_blocks_go_into_the_responses_message_and_are_no_event() -> None:
+    """A model's ReasoningBlock chunks are kept, in order, in its AssistantMessage (sent back next turn),
+    while only its ReasoningChunk pieces are streamed (as ReasoningDelta)."""
+
+    @tool
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    blocks = (ReasoningBlock("thinking", "sig"), ReasoningBlock("opaque", redacted=True))
+    turn: list[ModelChunk] = [ReasoningChunk("thinking"), *blocks, ToolCallChunk("c1", "add", {"a": 1, "b": 2})]
+    model = ScriptedModel([turn, "3"])
+    events = await collect(Agent(name="a", model=model, tools=[add]))
+    assert [event for event in events if isinstance(event, ReasoningDelta)] == [ReasoningDelta("thinking")]
+    assert events[-1] == RunFinished("completed")
+    (response,) = [message for message in model.requests[1].messages if isinstance(message, AssistantMessage)]
+    assert response.reasoning == blocks
+    assert response.tool_calls == (ToolCallChunk("c1", "add", {"a": 1, "b": 2}),)

@@ -20,6 +20,7 @@ from agents import (
     MalformedStreamError,
     ModelChunk,
     ModelRequest,
+    ReasoningBlock,
     ReasoningChunk,
     RetryPolicy,
     ServerToolChunk,
@@ -179,18 +180,62 @@ async def test_anthropic_fixture_chunks_come_in_block_order(provider_server: Any
     assert chunks[-1] == UsageChunk(1591, 175)
 
 
-async def test_anthropic_thinking_is_reasoning_and_signature_is_dropped(provider_server: Any) -> None:
-    """Thinking deltas are reasoning chunks; the empty thinking delta and the signature yield nothing."""
+def _signature(name: str) -> str:
+    """The signature a recorded stream's signature_delta events carry, joined."""
+    parts = []
+    for line in _body(name).decode().splitlines():
+        if line.startswith("data:") and '"signature_delta"' in line:
+            parts.append(json.loads(line[5:])["delta"]["signature"])
+    return "".join(parts)
+
+
+async def test_anthropic_thinking_is_reasoning_and_its_signed_block_is_kept(provider_server: Any) -> None:
+    """Thinking deltas are reasoning chunks (the signature is never shown); when the block stops, the whole
+    block and its signature come as one ReasoningBlock, before the tool call that follows it."""
     provider_server.serve(_body("thinking_then_tool_use"))
     chunks = await _chunks(_model(provider_server), ModelRequest("", (UserMessage("version?"),)))
     reasoning = [chunk for chunk in chunks if isinstance(chunk, ReasoningChunk)]
     assert len(reasoning) == 2
-    assert "EoQDCm0" not in "".join(chunk.text for chunk in reasoning)
-    assert chunks[-3:] == [
+    signature = _signature("thinking_then_tool_use")
+    assert signature.startswith("EoQDCm0")
+    assert signature not in "".join(chunk.text for chunk in reasoning)
+    assert chunks[-4:] == [
+        ReasoningBlock("".join(chunk.text for chunk in reasoning), signature),
         ToolCallChunk("toolu_01825dXWLSoJwCst1qTsiWdb", "fixed_version", {}),
         StopChunk("tool_use", "tool_use"),
         UsageChunk(598, 92, reasoning_tokens=53),  # message_delta.usage.output_tokens_details.thinking_tokens
     ]
+
+
+async def test_anthropic_sends_the_signed_thinking_back_before_the_tool_call_it_led_to(provider_server: Any) -> None:
+    """With thinking on, the request after a tool's result holds the response's thinking block, with its
+    signature, first in the assistant turn (the API answers 400 without it); a redacted block goes back as
+    it came."""
+
+    @tool
+    def fixed_version() -> str:
+        """The fixed version."""
+        return "1.2.3"
+
+    provider_server.queue(_body("thinking_then_tool_use"), content_type="text/event-stream; charset=utf-8")
+    provider_server.queue(_body("text"), content_type="text/event-stream; charset=utf-8")
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    agent = Agent(name="claude", model=_model(provider_server, thinking=thinking), tools=[fixed_version])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        await session.ask("which version fixed it?")
+        (response,) = [message for message in session.history if isinstance(message, AssistantMessage)][:1]
+    second = json.loads(provider_server.requests[1].body)
+    assert second["thinking"] == thinking
+    assistant = second["messages"][1]
+    assert assistant["role"] == "assistant"
+    (block,) = response.reasoning
+    assert assistant["content"] == [
+        {"type": "thinking", "thinking": block.text, "signature": _signature("thinking_then_tool_use")},
+        {"type": "tool_use", "id": "toolu_01825dXWLSoJwCst1qTsiWdb", "name": "fixed_version", "input": {}},
+    ]
+    redacted = AssistantMessage("", (), (ReasoningBlock("b64==", redacted=True),))
+    body = _model(provider_server).body(ModelRequest("", (UserMessage("hi"), redacted, UserMessage("go on"))))
+    assert body["messages"][1]["content"] == [{"type": "redacted_thinking", "data": "b64=="}]
 
 
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:

@@ -21,8 +21,12 @@ import trio.testing
 from agents import (
     Agent,
     AssistantMessage,
+    ModelChunk,
     ModelRequest,
+    ReasoningBlock,
+    ReasoningChunk,
     ScriptedModel,
+    StopChunk,
     ToolCall,
     ToolCallChunk,
     ToolContext,
@@ -1053,3 +1057,31 @@ async def test_a_carried_message_and_the_resumption_that_carried_it_are_both_kep
                 ("UserMessage", "later"),
                 ("UserMessage", "thanks"),
             ]
+
+
+async def test_a_responses_signed_reasoning_is_stored_with_it_and_sent_back_after_a_restart(tmp_path: Path) -> None:
+    """Reasoning blocks a provider wants back (Anthropic's signed thinking, a redacted block) are part of the
+    response's stored message: the session reopened elsewhere sends them with the history."""
+    path = tmp_path / "s.db"
+    blocks = (ReasoningBlock("let me add", "sig-1"), ReasoningBlock("b64-secret", redacted=True))
+    turn: list[ModelChunk] = [
+        ReasoningChunk("let me add"),
+        *blocks,
+        ToolCallChunk("c1", "add", {"a": 1, "b": 2}),
+        StopChunk("tool_use"),
+    ]
+
+    @tool
+    async def add(a: int, b: int) -> int:
+        """Adds."""
+        return a + b
+
+    first = ScriptedModel([turn, "3"])
+    async with in_session(path, Agent(name="a", model=first, tools=[add]), session_id="t") as session:
+        await session.ask("1 + 2?")
+        call = ToolCallChunk("c1", "add", {"a": 1, "b": 2})
+        assert first.requests[1].messages[1] == AssistantMessage("", (call,), blocks)
+    again = ScriptedModel(["ok"])
+    async with in_session(path, Agent(name="a", model=again, tools=[add]), session_id="t") as session:
+        await session.ask("thanks")
+    assert again.requests[0].messages[1].reasoning == blocks  # type: ignore[union-attr]
