@@ -11,13 +11,15 @@ from __future__ import annotations
 import itertools
 import json
 import ssl
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 import attrs
+import h11
 import httpx
 import trio
+import wsproto.utilities
 from httpx_sse._decoders import SSELineDecoder
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
 
@@ -40,7 +42,7 @@ from ._httpx import map_httpx_errors
 from ._workspace import Source, WorkspaceChange
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from runtime.events import Event
 
@@ -51,6 +53,11 @@ MAX_MESSAGE: Final = 16 * 2**20
 """The largest WebSocket message, or server-sent event, a client accepts (bytes)."""
 MAX_ERROR_BODY: Final = 64 * 2**10
 """The most of an HTTP error response's body a client reads, to quote it (bytes)."""
+_CLOSE_GRACE: Final = 5.0
+"""Seconds closing a response may take (it takes none: the socket is closed first)."""
+_MAX_HANDSHAKE_REPLY: Final = 16 * 2**10 + MAX_ERROR_BODY
+"""The most of the peer's reply to a WebSocket handshake kept, to read a rejection from (bytes): a head as
+long as h11 takes, and an error body's quote."""
 
 
 @attrs.frozen
@@ -158,6 +165,7 @@ async def _open_websocket(
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.abc.Stream | None = None
+    watched: _Watched | None = None
     try:
         # first_error: the block's own errors come out as they were, not in a group.
         async with first_error(), trio.open_nursery() as nursery:
@@ -170,8 +178,13 @@ async def _open_websocket(
                             )
                         else:
                             stream = await trio.open_tcp_stream(parts.hostname, port)
-                        ws = await _handshake(nursery, stream, parts.hostname, resource, token)
+                        watched = _Watched(stream)
+                        ws = await _handshake(nursery, watched, parts.hostname, resource, token)
                 except trio.TooSlowError:
+                    # A rejection whose body is still coming is a rejection: its status is the answer.
+                    rejected = watched.rejection() if watched is not None else None
+                    if rejected is not None:
+                        raise rejected from None
                     raise PeerSilentError(f"connecting to {url} took over {connect_timeout} s") from None
                 except (OSError, trio.BrokenResourceError) as exc:
                     raise StreamClosedError(f"could not connect to {url}: {exc}") from exc
@@ -195,14 +208,37 @@ async def _open_websocket(
         raise RemoteError(f"{url} rejected the connection: {message}", status=rejected.status_code) from None
     except HandshakeError as exc:
         raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
+    except (h11.ProtocolError, wsproto.utilities.ProtocolError) as exc:
+        fault = _peer_fault(exc)
+        raise MalformedMessageError(f"{url} broke the WebSocket handshake: {fault}") from fault
+
+
+def _peer_fault(error: BaseException) -> BaseException:
+    """What the peer did wrong, behind a protocol error raised during the handshake: the innermost remote
+    protocol error of its context chain (``error`` itself if there is none).
+
+    A reply that is not HTTP, or a 101 with a wrong ``Sec-WebSocket-Accept``, is refused by wsproto (after
+    h11, for the former); trio-websocket answers that refusal as a server would, and so trips h11 on our
+    side: that last error is what comes out, the peer's fault in its context.
+    """
+    fault = error
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (h11.RemoteProtocolError, wsproto.utilities.RemoteProtocolError)):
+            fault = seen
+        seen = seen.__context__
+    return fault
 
 
 class _Watched(trio.abc.Stream):
-    """A stream that tells when the peer has gone (reset or closed), for the handshake's sake."""
+    """A stream that tells when the peer has gone (reset or closed), and keeps the start of its reply until
+    the handshake is done, for the handshake's sake."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
         self._inner = inner
         self.gone = trio.Event()
+        self._reply: bytearray | None = bytearray()
+        """The first :data:`_MAX_HANDSHAKE_REPLY` bytes received; ``None`` once the handshake is done."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
@@ -212,7 +248,44 @@ class _Watched(trio.abc.Stream):
             raise
         if not data:
             self.gone.set()
+        if self._reply is not None and len(self._reply) < _MAX_HANDSHAKE_REPLY:
+            self._reply += data[: _MAX_HANDSHAKE_REPLY - len(self._reply)]
         return data
+
+    def handshake_done(self) -> None:
+        """Keep nothing more: what follows is WebSocket frames."""
+        self._reply = None
+
+    def rejection(self) -> ConnectionRejected | None:
+        """The rejection the peer's reply holds (its status, headers, and its body so far), if it holds one.
+
+        trio-websocket raises a rejection only once its body is complete; one whose body ends at the
+        connection's close (no ``content-length``), or is still coming, is read from here instead.
+        """
+        if self._reply is None:
+            return None
+        reply = h11.Connection(h11.CLIENT)
+        reply.send(h11.Request(method="GET", target="/", headers=[("host", "peer")]))
+        reply.send(h11.EndOfMessage())
+        reply.receive_data(bytes(self._reply))
+        if self.gone.is_set():
+            reply.receive_data(b"")
+        head: h11.Response | None = None
+        body = bytearray()
+        while True:
+            try:
+                event = reply.next_event()
+            except h11.RemoteProtocolError:
+                break  # not HTTP, or a body cut short: what was read stands
+            if isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif not isinstance(event, h11.InformationalResponse):
+                break  # the end of the body, or of what arrived
+        if head is None:
+            return None
+        return ConnectionRejected(head.status_code, tuple(head.headers.raw_items()), bytes(body[:MAX_ERROR_BODY]))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._inner.send_all(data)
@@ -225,14 +298,18 @@ class _Watched(trio.abc.Stream):
 
 
 async def _handshake(
-    nursery: trio.Nursery, stream: trio.abc.Stream, host: str, resource: str, token: str | None
+    nursery: trio.Nursery, watched: _Watched, host: str, resource: str, token: str | None
 ) -> WebSocketConnection:
     """trio-websocket's client handshake, ended at once if the peer goes away during it.
 
     (trio-websocket 0.12.2's reader task ends quietly on a reset, and the
     handshake would then wait for ``connect_timeout``.)
+
+    Raises:
+        ConnectionRejected: the peer went away after rejecting the handshake (a status other than 101), its
+            body ending at the close: the rejection, not the close, is the answer.
+        StreamClosedError: the peer went away before answering.
     """
-    watched = _Watched(stream)
     headers = [(name.encode(), value.encode()) for name, value in _auth(token)]
     with trio.CancelScope() as dial:
 
@@ -251,7 +328,11 @@ async def _handshake(
                 max_message_size=MAX_MESSAGE,
             )
             watching.cancel_scope.cancel()
+        watched.handshake_done()
         return ws
+    rejected = watched.rejection()
+    if rejected is not None:
+        raise rejected
     raise StreamClosedError(f"{host}: the connection closed during the WebSocket handshake")
 
 
@@ -323,11 +404,13 @@ async def open_updates_stream(
     the server shut down).
 
     Raises:
-        RemoteError: the handshake was rejected (``status`` 401, 404, ...).
+        RemoteError: the handshake was rejected (``status`` 401, 404, ...), even if the peer closed (or
+            stalled) before the rejection's body was complete.
         PeerSilentError: connecting took over ``connect_timeout``, or a ping
             got no pong within ``heartbeat_timeout``.
         StreamClosedError: the connection dropped, or closed with an error code.
-        MalformedMessageError: (iterating) a message is not the protocol: not JSON, not an event, or an
+        MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
+            ``Sec-WebSocket-Accept``; (iterating) a message is not the protocol: not JSON, not an event, or an
             ``EventsDropped`` whose ``count`` is not an integer >= 0.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
@@ -532,10 +615,12 @@ async def open_workspace_stream(
     the block cancels both and closes the socket.
 
     Raises:
-        RemoteError: the handshake was rejected (``status`` 401, 404, ...).
+        RemoteError: the handshake was rejected (``status`` 401, 404, ...), even if the peer closed (or
+            stalled) before the rejection's body was complete.
         PeerSilentError: connecting took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
-        MalformedMessageError: (iterating, or from :meth:`~WorkspaceStream.request`) a message is not the
+        MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
+            ``Sec-WebSocket-Accept``; (iterating, or from :meth:`~WorkspaceStream.request`) a message is not the
             protocol: not a JSON object, or a field this client reads missing or of the wrong type or value.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
@@ -697,16 +782,37 @@ async def _error_body(response: httpx.Response, timeout: float) -> bytes:
     by the timeout or a broken connection is still a body to quote, where
     ``aread()`` cancelled midway would leave ``content`` unread
     (``httpx.ResponseNotRead``). The status is the error; the body only says more.
+    The response is closed on the way out (:func:`close_response`).
     """
     body = bytearray()
-    with trio.move_on_after(timeout):
-        try:
-            # aiter_raw is an async generator (typed as a bare iterator): aclosing ends it on every path.
-            async with aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_raw())) as chunks:
+    chunks = response.aiter_raw()
+    try:
+        with trio.move_on_after(timeout):
+            try:
                 async for chunk in chunks:
                     body += chunk
                     if len(body) >= MAX_ERROR_BODY:
                         break
-        except httpx.HTTPError:
-            pass  # the connection broke mid-body: what arrived is all there is
+            except httpx.HTTPError:
+                pass  # the connection broke mid-body: what arrived is all there is
+    finally:
+        await close_response(response, chunks)
     return bytes(body[:MAX_ERROR_BODY])
+
+
+async def close_response(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Close ``response``, and end ``chunks``, the iterator of its body that was read, however it was left.
+
+    httpx's iterators are async generators nested several deep: leaving the
+    outermost (a ``break``, an error of ours) would abandon the inner ones,
+    and Trio warns about each. As :meth:`SSEStream.aclose` does, the response
+    is closed first, then the chain runs once more: every layer ends by the
+    closed stream's error, as a normal exception.
+    """
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
+        await response.aclose()
+        try:
+            async for _ in chunks:
+                pass
+        except Exception:  # the closed stream's error, by design
+            pass

@@ -19,8 +19,10 @@ The tree::
 
 Following trio: *Closed* means this side closed it (trio's
 ``ClosedResourceError``); *Broken* means the peer or the network did
-(``BrokenResourceError``). Foreign errors (httpx's) are mapped where they
-enter, in one place (``streams._httpx.map_httpx_errors``).
+(``BrokenResourceError``). Foreign errors are mapped where they enter, in
+one place each: httpx's in ``streams._httpx.map_httpx_errors``;
+trio-websocket's, h11's and wsproto's (a WebSocket handshake the peer
+rejected or broke) in ``streams._client._open_websocket``.
 """
 
 from __future__ import annotations

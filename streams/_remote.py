@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import httpx
@@ -19,7 +21,9 @@ from runtime.events import RunFinished
 from ._client import (
     Update,
     WorkspaceStream,
+    _error_body,
     _run_id,
+    close_response,
     first_error,
     open_sse_listener,
     open_updates_stream,
@@ -28,8 +32,10 @@ from ._client import (
 from ._codec import content_to_json, event_from_json, event_to_json
 from ._exceptions import (
     ClosedRemoteSessionError,
+    InvalidRequestError,
     ListenerBusyError,
     MalformedMessageError,
+    PeerSilentError,
     RemoteError,
     StreamClosedError,
     StreamError,
@@ -46,6 +52,9 @@ StreamName: TypeAlias = Literal["updates", "feed", "workspace"]
 STREAMS: Final[tuple[StreamName, ...]] = ("updates", "feed", "workspace")
 _FATAL: Final = frozenset({401, 403})
 """Statuses no retry can fix: ``serve`` raises them."""
+MAX_ANSWER_BODY: Final = 64 * 2**10
+"""The largest body of a successful answer to one of :class:`RemoteSession`'s POSTs (creating the session,
+answering an elicitation: small JSON objects) it reads (bytes); a longer one is a :class:`MalformedMessageError`."""
 
 
 Backoff: TypeAlias = RetryPolicy
@@ -147,11 +156,16 @@ class RemoteSession:
         heartbeat_timeout: Seconds a ping may wait for its pong.
         read_timeout: Seconds of silence after which the feed's peer counts as gone
             (the server sends a heartbeat more often than that).
-        connect_timeout: Seconds to connect.
+        connect_timeout: Seconds to connect; for a POST (creating the
+            session, :meth:`respond`), seconds for its whole answer, body
+            included.
         disconnect_timeout: Seconds a WebSocket close handshake may take.
         registry: Where the one between-run listener per remote session is
             claimed (default: :data:`LISTENERS`).
         http_client: Share this httpx client (its owner closes it).
+
+    Raises:
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case).
     """
 
     def __init__(
@@ -171,6 +185,13 @@ class RemoteSession:
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        try:
+            parts = urlsplit(self.base_url)  # the scheme comes lower-cased
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # an unbalanced IPv6 bracket, a port that is not a number ...
+            valid = False
+        if not valid:
+            raise InvalidRequestError(f"not an http:// or https:// URL: {base_url!r}")
         self.session_id = session_id
         self._token = token
         self._handler = handler
@@ -357,7 +378,9 @@ class RemoteSession:
 
     @property
     def _ws_url(self) -> str:
-        return "ws" + self._session_url.removeprefix("http")
+        """The session's URL as ``ws://`` (``wss://`` for ``https://``, in any case)."""
+        parts = urlsplit(self._session_url)
+        return urlunsplit(parts._replace(scheme="wss" if parts.scheme == "https" else "ws"))
 
     def _ws_options(self) -> dict[str, Any]:
         return {
@@ -374,16 +397,43 @@ class RemoteSession:
 
     async def _ensure_session(self, client: httpx.AsyncClient) -> None:
         """Create the remote session unless it exists (after a server restart, it does not)."""
-        response = await self._post(client, f"{self.base_url}/sessions", {"id": self.session_id})
-        if response.status_code not in (201, 409):
-            raise _remote_error(response, "creating the session")
+        answer = await self._post(client, f"{self.base_url}/sessions", {"id": self.session_id})
+        if answer.status not in (201, 409):
+            raise _remote_error(answer, "creating the session")
 
-    async def _post(self, client: httpx.AsyncClient, url: str, body: Any) -> httpx.Response:
+    async def _post(self, client: httpx.AsyncClient, url: str, body: Any) -> _Answer:
+        """POST ``body`` as JSON and read the answer, head and body, within ``connect_timeout`` in all.
+
+        The body is streamed, never read unbounded: a successful answer's whole, up to
+        :data:`MAX_ANSWER_BODY` bytes; an error's, what arrives of its first :data:`~streams._client.MAX_ERROR_BODY`
+        bytes by the deadline (the status is the answer; the body only says more).
+
+        Raises:
+            PeerSilentError: the head, or a successful answer's body, took over ``connect_timeout``.
+            MalformedMessageError: a successful answer's body is over :data:`MAX_ANSWER_BODY` bytes.
+            StreamClosedError: the connection could not be made, or broke.
+        """
         headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
         inject_trace(headers)
         timeout = httpx.Timeout(self._connect_timeout)
+        deadline = trio.current_time() + self._connect_timeout
         with map_httpx_errors(url):
-            return await client.post(url, json=body, headers=headers, timeout=timeout)
+            try:
+                with trio.fail_at(deadline):
+                    request = client.build_request("POST", url, json=body, headers=headers, timeout=timeout)
+                    response = await client.send(request, stream=True)
+            except trio.TooSlowError:
+                raise PeerSilentError(f"{url} sent no answer within {self._connect_timeout} s") from None
+            # Each reader closes the response, however it ends.
+            if response.status_code >= 400:
+                content = await _error_body(response, max(0.0, deadline - trio.current_time()))
+            else:
+                try:
+                    with trio.fail_at(deadline):
+                        content = await _answer_body(response, url)
+                except trio.TooSlowError:
+                    raise PeerSilentError(f"{url} sent no whole answer within {self._connect_timeout} s") from None
+        return _Answer(response.status_code, response.reason_phrase, content)
 
     @asynccontextmanager
     async def run(self, user_input: UserContent) -> AsyncIterator[AsyncIterator[Update]]:
@@ -399,6 +449,7 @@ class RemoteSession:
 
         Raises:
             RemoteError: the server refused (unknown session, bad token, a body over its ``max_body`` ...).
+            StreamClosedError: (iterating) the run's stream ended, or broke, before its ``RunFinished``.
             ClosedRemoteSessionError: the ``open_remote_session`` block has ended (or ended during the run).
             TypeError, ValueError: (before sending) ``user_input`` is not text or parts, or is no parts at all.
         """
@@ -416,7 +467,7 @@ class RemoteSession:
                     json_body={"input": wire_input},
                 )
             )
-            yield _RunUpdates(listener)
+            yield _RunUpdates(listener, f"{self._session_url}/runs")
 
     async def respond(self, request_id: str, action: ElicitationAction, content: Any = None) -> str | None:
         """Answer an elicitation of one of the remote session's runs.
@@ -429,18 +480,21 @@ class RemoteSession:
 
         Raises:
             RemoteError: ``status`` 404 (no such pending question) or 422 (the answer does not fit).
-            MalformedMessageError: a 202 without a string ``run_id``.
+            MalformedMessageError: a 202 without a string ``run_id``, or an answer's body over
+                :data:`MAX_ANSWER_BODY` bytes.
+            PeerSilentError: the whole answer (its head, and its body but an error's) took over ``connect_timeout``.
+            StreamClosedError: the connection could not be made, or broke.
             ClosedRemoteSessionError: the ``open_remote_session`` block has ended.
         """
-        answer = {"action": action, "content": content}
+        body = {"action": action, "content": content}
         async with self._http() as client:
-            response = await self._post(client, f"{self._session_url}/elicitations/{request_id}", answer)
-        if response.status_code == 204:
+            answer = await self._post(client, f"{self._session_url}/elicitations/{request_id}", body)
+        if answer.status == 204:
             return None
-        if response.status_code != 202:
-            raise _remote_error(response, f"answering {request_id!r}")
+        if answer.status != 202:
+            raise _remote_error(answer, f"answering {request_id!r}")
         try:
-            run_id = response.json()["run_id"]
+            run_id = json.loads(answer.body)["run_id"]
         except (ValueError, TypeError, KeyError, RecursionError):
             run_id = None
         if not isinstance(run_id, str):
@@ -459,10 +513,15 @@ class RemoteSession:
 
 
 class _RunUpdates:
-    """The events of a run streamed as SSE, as :class:`Update` objects; ends after ``RunFinished``."""
+    """The events of a run streamed as SSE, as :class:`Update` objects; ends after ``RunFinished``.
 
-    def __init__(self, listener: AsyncIterator[Any]) -> None:
+    Every run's events end with exactly one ``RunFinished`` (PROTOCOL.md): a stream that ends before it, even
+    cleanly, was cut short (:class:`StreamClosedError`).
+    """
+
+    def __init__(self, listener: AsyncIterator[Any], url: str) -> None:
         self._listener = listener
+        self._url = url
         self._done = False
 
     def __aiter__(self) -> _RunUpdates:
@@ -470,7 +529,10 @@ class _RunUpdates:
 
     async def __anext__(self) -> Update:
         while not self._done:
-            message = await self._listener.__anext__()
+            try:
+                message = await self._listener.__anext__()
+            except StopAsyncIteration:
+                raise StreamClosedError(f"{self._url}: the run's stream ended before RunFinished") from None
             if not isinstance(message.data, dict) or message.data.get("type") == "EventsDropped":
                 continue
             try:
@@ -482,9 +544,37 @@ class _RunUpdates:
         raise StopAsyncIteration
 
 
-def _remote_error(response: httpx.Response, doing: str) -> RemoteError:
-    message = error_message(response.content) or response.reason_phrase
-    return RemoteError(f"{doing} failed with {response.status_code}: {message}", status=response.status_code)
+@attrs.frozen
+class _Answer:
+    """The answer to one of :class:`RemoteSession`'s POSTs, read (see :meth:`RemoteSession._post`)."""
+
+    status: int
+    reason: str
+    body: bytes
+    """All of a successful answer's body; what arrived in time of an error's (to quote)."""
+
+
+async def _answer_body(response: httpx.Response, url: str) -> bytes:
+    """A successful answer's whole body, decoded.
+
+    Raises:
+        MalformedMessageError: it is over :data:`MAX_ANSWER_BODY` bytes (found as soon as it is: no more is read).
+    """
+    body = bytearray()
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > MAX_ANSWER_BODY:
+                raise MalformedMessageError(f"{url} answered with a body over {MAX_ANSWER_BODY} bytes")
+    finally:
+        await close_response(response, chunks)
+    return bytes(body)
+
+
+def _remote_error(answer: _Answer, doing: str) -> RemoteError:
+    message = error_message(answer.body) or answer.reason
+    return RemoteError(f"{doing} failed with {answer.status}: {message}", status=answer.status)
 
 
 class _ClientOwner:
@@ -568,6 +658,9 @@ async def open_remote_session(
                     print(update.event)
 
     Args: as :class:`RemoteSession`'s.
+
+    Raises:
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case).
     """
     remote = RemoteSession(
         base_url,

@@ -18,9 +18,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import h11
 import pytest
 import trio
 import trio.testing
+import wsproto.utilities
 
 from agents import ToolCall
 from runtime.events import (
@@ -452,6 +454,84 @@ async def test_a_message_with_a_field_out_of_the_protocol_is_a_malformed_message
             async with opener(url) as stream:
                 async for _ in stream:
                     pytest.fail(f"{message} was taken")  # pragma: no cover
+
+
+def reply_to_handshake(reply: bytes, *, then: str) -> Callable[[trio.SocketStream], Any]:
+    """A handler that reads the handshake's request, sends ``reply``, then closes (``"close"``) or says nothing
+    more (``"hang"``)."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                request += chunk
+            await stream.send_all(reply)
+            if then == "hang":
+                await trio.sleep_forever()
+
+    return handler
+
+
+NOT_A_HANDSHAKE: Final = {
+    "not HTTP": b"GARBAGE\r\n\r\n",
+    "a 101 with a wrong accept key": (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: wrong\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("then", ["hang", "close"])
+@pytest.mark.parametrize("reply", NOT_A_HANDSHAKE, ids=str)
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_a_handshake_reply_out_of_the_protocol_is_a_malformed_message(
+    kind: str, reply: str, then: str, nursery: trio.Nursery
+) -> None:
+    """A reply to the handshake that is not HTTP, or a 101 whose Sec-WebSocket-Accept is wrong, raises
+    MalformedMessageError (a StreamError ``serve`` retries), the peer's protocol error as its cause, never a
+    bare h11 or wsproto error."""
+    port = await serve_raw(nursery, reply_to_handshake(NOT_A_HANDSHAKE[reply], then=then))
+    url = f"ws://127.0.0.1:{port}/sessions/s1/{kind}"
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(MalformedMessageError, match="broke the WebSocket handshake") as raised:
+            async with opener(url, connect_timeout=TIMEOUT):
+                pytest.fail("connected through a broken handshake")  # pragma: no cover
+    assert isinstance(raised.value.__cause__, h11.RemoteProtocolError | wsproto.utilities.RemoteProtocolError)
+
+
+REJECTIONS: Final = {
+    "no body, then a close": (b"HTTP/1.1 401 Unauthorized\r\n\r\n", "close", "401"),
+    "a body ended by the close": (
+        b'HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\r\n{"error": "bad token"}',
+        "close",
+        "bad token",
+    ),
+    "a body cut short by the close": (b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 100\r\n\r\nbad", "close", "bad"),
+    "a body still coming": (b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 100\r\n\r\nbad", "hang", "bad"),
+}
+
+
+@pytest.mark.parametrize("case", REJECTIONS, ids=str)
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_a_rejection_whose_body_is_not_complete_is_still_a_remote_error(
+    kind: str, case: str, nursery: trio.Nursery
+) -> None:
+    """A 401 whose body ends at the close (no content-length), is cut short by it, or is still coming at
+    connect_timeout is RemoteError(status=401), quoting what came of the body: the rejection already received
+    wins over the close (StreamClosedError) or the timeout (PeerSilentError), so ``serve`` does not retry it."""
+    reply, then, quoted = REJECTIONS[case]
+    port = await serve_raw(nursery, reply_to_handshake(reply, then=then))
+    url = f"ws://127.0.0.1:{port}/sessions/s1/{kind}"
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(RemoteError, match=quoted) as raised:
+            async with opener(url, connect_timeout=SILENCE if then == "hang" else TIMEOUT):
+                pytest.fail("connected through a rejection")  # pragma: no cover
+    assert raised.value.status == 401
 
 
 async def test_an_sse_listener_on_a_peer_gone_quiet_is_peer_silent(provider_server: Any) -> None:

@@ -8,7 +8,9 @@ collector or ``wait_all_tasks_blocked``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+import functools
+import json
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import httpx
 import pytest
@@ -17,14 +19,25 @@ import trio.testing
 
 from agents import Agent, RetryPolicy, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import open_runtime
-from runtime.events import ElicitationRequest, Event, RunFinished, RunStarted, ToolCallFinished, ToolCallStarted
+from runtime.events import (
+    ElicitationRequest,
+    Event,
+    RunFinished,
+    RunStarted,
+    TextDelta,
+    ToolCallFinished,
+    ToolCallStarted,
+)
 from streams import (
     LISTENERS,
     WORKSPACE_TOOLS,
     Backoff,
     ClosedRemoteSessionError,
+    InvalidRequestError,
     ListenerBusyError,
     ListenerRegistry,
+    MalformedMessageError,
+    PeerSilentError,
     RemoteError,
     RemoteSession,
     StreamClosedError,
@@ -33,17 +46,22 @@ from streams import (
     Update,
     WorkspaceError,
     event_from_json,
+    event_to_json,
     open_remote_session,
 )
+from streams._client import MAX_ERROR_BODY
+from streams._remote import MAX_ANSWER_BODY
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from agents import Tool
     from tests.streams.conftest import Create, FaultProxy, MakeAgent, Recorder, Serving, WaitingTool
 
 TIMEOUT: Final = 10
 TOKEN: Final = "s3cret-token"
+SILENCE: Final = 0.3
+"""The connect_timeout of the tests' remote sessions against peers that never finish an answer (seconds)."""
 
 
 def asking_tool() -> Tool:
@@ -394,3 +412,182 @@ async def test_serve_counts_the_failures_in_a_row_from_the_last_connection(
                 nursery.cancel_scope.cancel()
     assert statistics.connected == {"updates", "workspace", "feed"}
     assert statistics.failures == 3 * 3
+
+
+# -- peers that break the protocol: raw TCP servers sending crafted bytes ------------------------------------
+
+
+Respond: TypeAlias = "Callable[[trio.SocketStream, bytes], Awaitable[None]]"
+"""Answers one request on a raw connection, given its request line (its head and body already read)."""
+
+
+async def serve_raw(nursery: trio.Nursery, respond: Respond) -> str:
+    """An HTTP peer on loopback that reads each connection's one request and hands it to ``respond``, stopped
+    with the test; its base URL."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            lengths = [int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")]
+            while len(body) < sum(lengths):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                body += chunk
+            try:
+                await respond(stream, lines[0])
+            except trio.BrokenResourceError:
+                pass  # the client left: it had heard enough
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    return f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
+
+CREATED: Final = (
+    b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 11\r\n\r\n"
+    b'{"id":"s1"}'
+)
+
+
+async def answer_endlessly(
+    stream: trio.SocketStream, request: bytes, *, status: bytes, chunk: bytes, pause: float | None
+) -> None:
+    """To any request, a chunked answer with ``status`` whose body never ends: ``chunk`` every ``pause``
+    seconds (a trickle faster than any read timeout), or once and then nothing (``None``)."""
+    await stream.send_all(
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    while True:
+        await stream.send_all(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if pause is None:
+            await trio.sleep_forever()
+        await trio.sleep(pause)  # the peer's pace, not a wait for the client: nothing depends on its timing
+
+
+async def test_serve_retries_a_websocket_handshake_the_peer_broke(nursery: trio.Nursery) -> None:
+    """A peer answering the updates and workspace handshakes with a 101 whose Sec-WebSocket-Accept is wrong: each
+    try is a MalformedMessageError that ``serve`` retries (it is a StreamError), and with ``max_attempts=2`` it ends
+    with that error; no h11 error ends it at the first try."""
+
+    async def respond(stream: trio.SocketStream, request: bytes) -> None:
+        if request.startswith(b"POST /sessions "):
+            await stream.send_all(CREATED)
+        elif b"/feed " in request:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n: hi\n\n")
+            await trio.sleep_forever()
+        else:
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Accept: wrong\r\n\r\n"
+            )
+            await trio.sleep_forever()
+
+    url = await serve_raw(nursery, respond)
+    backoff = Backoff(0.01, 0.01, max_attempts=2)
+    with trio.fail_after(TIMEOUT):
+        async with open_remote_session(url, "s1", registry=ListenerRegistry(), backoff=backoff) as remote:
+            with pytest.raises(MalformedMessageError, match="Bad accept token"):
+                await remote.serve()
+    assert remote.statistics().failures >= 2
+
+
+ENDLESS_ANSWERS: Final = {
+    "a success trickled forever": (b"202 Accepted", b"x", SILENCE / 10, PeerSilentError),
+    "an error trickled forever": (b"404 Not Found", b"x", SILENCE / 10, RemoteError),
+    "a success over the cap": (b"202 Accepted", b"x" * (MAX_ANSWER_BODY + 1), None, MalformedMessageError),
+    "an error over the quote's cap": (b"404 Not Found", b"x" * (MAX_ERROR_BODY + 1), None, RemoteError),
+}
+
+
+@pytest.mark.parametrize("case", ENDLESS_ANSWERS, ids=str)
+async def test_respond_reads_an_answer_within_connect_timeout_and_max_answer_body(
+    case: str, nursery: trio.Nursery
+) -> None:
+    """An answer whose body never ends is read for connect_timeout in all, and at most MAX_ANSWER_BODY bytes of
+    it: a success trickled forever is PeerSilentError, an error trickled forever RemoteError with its status (the
+    body so far quoted), a success body over the cap MalformedMessageError at once, and an error whose body passes
+    MAX_ERROR_BODY RemoteError at once."""
+    status, chunk, pause, error = ENDLESS_ANSWERS[case]
+    url = await serve_raw(nursery, functools.partial(answer_endlessly, status=status, chunk=chunk, pause=pause))
+    with trio.fail_after(TIMEOUT):
+        async with open_remote_session(url, "s1", registry=ListenerRegistry(), connect_timeout=SILENCE) as remote:
+            with pytest.raises(error) as raised:
+                await remote.respond("e1", "accept", 1)
+    if isinstance(raised.value, RemoteError):
+        assert raised.value.status == 404
+
+
+async def test_serve_gives_up_on_a_session_creation_whose_answer_never_ends(nursery: trio.Nursery) -> None:
+    """POST /sessions answered 201 with a body trickled forever: each try ends after connect_timeout with
+    PeerSilentError, so ``serve`` retries, and with ``max_attempts=2`` ends with that error."""
+    url = await serve_raw(
+        nursery, functools.partial(answer_endlessly, status=b"201 Created", chunk=b" ", pause=SILENCE / 10)
+    )
+    backoff = Backoff(0.01, 0.01, max_attempts=2)
+    with trio.fail_after(TIMEOUT):
+        async with open_remote_session(
+            url, "s1", registry=ListenerRegistry(), backoff=backoff, connect_timeout=SILENCE
+        ) as remote:
+            with pytest.raises(PeerSilentError):
+                await remote.serve()
+    assert remote.statistics().failures >= 2
+
+
+async def test_a_run_stream_that_ends_before_run_finished_is_stream_closed(nursery: trio.Nursery) -> None:
+    """A run's stream that ends cleanly (its last chunk, then a close) before any RunFinished: the updates that
+    came are delivered, then iterating raises StreamClosedError; every run's events end with a RunFinished."""
+    events: list[Event | UnknownEvent] = [RunStarted("r1"), TextDelta("hel")]
+
+    async def respond(stream: trio.SocketStream, request: bytes) -> None:
+        messages = [f"data: {json.dumps({**event_to_json(event), 'run_id': 'r1'})}\n\n".encode() for event in events]
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(data), data) for data in messages)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+
+    url = await serve_raw(nursery, respond)
+    received: list[Event | UnknownEvent] = []
+    with trio.fail_after(TIMEOUT):
+        async with open_remote_session(url, "s1", registry=ListenerRegistry()) as remote:
+            with pytest.raises(StreamClosedError, match="before RunFinished"):
+                async with remote.run("hi") as updates:
+                    async for update in updates:
+                        received.append(update.event)
+    assert received == events
+
+
+async def test_serve_connects_with_a_base_url_whose_scheme_is_upper_case(
+    make_agent: MakeAgent, serving: Serving
+) -> None:
+    """``HTTP://host:port`` is an http URL: the WebSocket streams go to ``ws://`` and all three come up."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _):
+            url = server.url.replace("http://", "HTTP://")
+            assert url.startswith("HTTP://")
+            async with (
+                open_remote_session(url, "s1", registry=ListenerRegistry()) as remote,
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(remote.serve)
+                await remote.wait_connected()
+                nursery.cancel_scope.cancel()
+    assert remote.statistics().failures == 0
+
+
+@pytest.mark.parametrize(
+    "base_url", ["ftp://127.0.0.1:1", "127.0.0.1:8000", "wsHTTP://127.0.0.1", "http://", "http://h:port"]
+)
+def test_a_base_url_that_is_not_http_is_refused_up_front(base_url: str) -> None:
+    """A base URL that is not http(s), has no host, or a bad port: RemoteSession raises InvalidRequestError when
+    made, before anything connects."""
+    with pytest.raises(InvalidRequestError, match="not an http"):
+        RemoteSession(base_url, "s1", registry=ListenerRegistry())
