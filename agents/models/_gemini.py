@@ -90,7 +90,7 @@ class GeminiModel(HTTPModel):
         agent = Agent(name="helper", model=GeminiModel("gemini-2.5-flash", temperature=0.2))
     """
 
-    provider = "gemini"
+    provider = "google"  # as its model strings name it ("google:gemini-2.5-flash")
     DEFAULT_BASE_URL = DEFAULT_BASE_URL
     BASE_URL_ENV = "GEMINI_BASE_URL"
     API_KEY_ENV = "GEMINI_API_KEY"
@@ -275,11 +275,11 @@ def _part(part: ContentPart) -> dict[str, Any]:
         if media_type is None:
             raise UnsupportedContentError(
                 part,
-                provider="google",
+                provider=GeminiModel.provider,
                 reason="Gemini takes a file URL only with its type: ImagePart(url=..., media_type='image/png')",
             )
         return {"fileData": {"mimeType": media_type, "fileUri": part.url}}
-    raise UnsupportedContentError(part, provider="google", reason="the Gemini API has no such part")
+    raise UnsupportedContentError(part, provider=GeminiModel.provider, reason="the Gemini API has no such part")
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
@@ -303,7 +303,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     return
                 if not data:
                     continue
-                chunk = json_object(data, "gemini: a chunk")
+                chunk = json_object(data, "google: a chunk")
                 if isinstance(chunk.get("usageMetadata"), dict):
                     usage = chunk["usageMetadata"]
                 if chunk.get("error"):
@@ -339,6 +339,6 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     else:
         # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
         # call of a later chunk never sent. Gemini's last chunk always carries the finishReason.
-        raise MalformedStreamError("gemini: the stream ended before a finishReason")
+        raise MalformedStreamError("google: the stream ended before a finishReason")
     if usage is not None:
         yield _usage(usage)

@@ -92,7 +92,7 @@ class OpenAIChatModel(HTTPModel):
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
             if isinstance(message, UserMessage):
-                messages.append({"role": "user", "content": _user_content(message.content)})
+                messages.append({"role": "user", "content": _user_content(message.content, self.provider)})
             elif isinstance(message, AssistantMessage):
                 # Null content only beside tool calls: an assistant turn of neither (a refusal's) is rejected.
                 content = message.text or (None if message.tool_calls else "")
@@ -135,12 +135,12 @@ class OpenAIChatModel(HTTPModel):
         return body
 
 
-def _user_content(content: Content) -> str | list[dict[str, Any]]:
-    return content if isinstance(content, str) else [_part(part) for part in content]
+def _user_content(content: Content, provider: str) -> str | list[dict[str, Any]]:
+    return content if isinstance(content, str) else [_part(part, provider) for part in content]
 
 
-def _part(part: ContentPart) -> dict[str, Any]:
-    """A part of a user message as a Chat Completions content part.
+def _part(part: ContentPart, provider: str) -> dict[str, Any]:
+    """A part of a user message as a Chat Completions content part (``provider``: whose server, for errors).
 
     Raises:
         UnsupportedContentError: a document by URL (Chat Completions takes a file only as its bytes or an
@@ -154,9 +154,9 @@ def _part(part: ContentPart) -> dict[str, Any]:
         return {"type": "file", "file": {"filename": part.filename or "document.pdf", "file_data": part.data_url()}}
     if isinstance(part, DocumentPart):
         raise UnsupportedContentError(
-            part, provider="openai", reason="Chat Completions takes a document only as bytes: DocumentPart(data=...)"
+            part, provider=provider, reason="Chat Completions takes a document only as bytes: DocumentPart(data=...)"
         )
-    raise UnsupportedContentError(part, provider="openai", reason="Chat Completions has no such content part")
+    raise UnsupportedContentError(part, provider=provider, reason="Chat Completions has no such content part")
 
 
 def _arguments_text(arguments: Mapping[str, Any] | str) -> str:

@@ -66,7 +66,7 @@ class OpenAIResponsesModel(HTTPModel):
         agent = Agent(name="helper", model=OpenAIResponsesModel("gpt-4.1-mini"))
     """
 
-    provider = "openai"
+    provider = "openai-responses"  # as its model strings name it
     DEFAULT_BASE_URL = DEFAULT_BASE_URL
     BASE_URL_ENV = "OPENAI_BASE_URL"
     API_KEY_ENV = "OPENAI_API_KEY"
@@ -210,7 +210,9 @@ def _part(part: ContentPart) -> dict[str, Any]:
         if part.url is not None:
             return {"type": "input_file", "file_url": part.url}
         return {"type": "input_file", "filename": part.filename or "document.pdf", "file_data": part.data_url()}
-    raise UnsupportedContentError(part, provider="openai-responses", reason="the Responses API has no such input")
+    raise UnsupportedContentError(
+        part, provider=OpenAIResponsesModel.provider, reason="the Responses API has no such input"
+    )
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:

@@ -534,7 +534,7 @@ async def test_gemini_error_in_a_200_stream_ends_the_run(provider_server: Any, e
 async def test_gemini_malformed_chunk_is_a_malformed_stream(provider_server: Any) -> None:
     """A data line that is not a JSON object raises MalformedStreamError naming the provider."""
     provider_server.serve(_sse({"candidates": [_candidate({"text": "a"})]}, "{not json"))
-    with pytest.raises(MalformedStreamError, match="gemini: a chunk is not JSON"):
+    with pytest.raises(MalformedStreamError, match="google: a chunk is not JSON"):
         await _chunks(_model(provider_server))
 
 
@@ -553,13 +553,13 @@ async def test_gemini_stream_cut_before_the_finish_reason_is_malformed(provider_
     for cut in cuts:
         assert b"finishReason" not in body[:cut]  # the recordings send it in their last event only
         provider_server.serve(body[:cut])
-        with pytest.raises(MalformedStreamError, match="gemini: the stream ended before a finishReason"):
+        with pytest.raises(MalformedStreamError, match="google: the stream ended before a finishReason"):
             await _chunks(_model(provider_server))
 
     events = await _run(Agent(name="gemini", model=_model(provider_server), max_turns=1))
     assert _of(events, ModelStopped) == []
     (error,) = _of(events, ErrorEvent)
-    assert error.message == "gemini: the stream ended before a finishReason"
+    assert error.message == "google: the stream ended before a finishReason"
     assert _finished(events).reason == "error"
 
 
@@ -567,7 +567,7 @@ async def test_gemini_dropped_connection_mid_stream_ends_the_run(provider_server
     """A server that closes the connection halfway is a ModelConnectionError, and ends a run with an error."""
     body = _body("text_usage")
     provider_server.serve(body, drop_after=len(body) // 2)
-    with pytest.raises(ModelConnectionError, match="gemini: the stream broke") as caught:
+    with pytest.raises(ModelConnectionError, match="google: the stream broke") as caught:
         await _chunks(_model(provider_server))
     assert isinstance(caught.value.__cause__, httpx.TransportError)
     events = await _run(Agent(name="gemini", model=_model(provider_server), max_turns=1))
@@ -618,7 +618,7 @@ async def test_gemini_429_every_time_is_a_rate_limit_error(provider_server: Any)
     provider_server.serve(json.dumps(error).encode(), status=429, content_type="application/json")
     with pytest.raises(RateLimitError) as caught:
         await _chunks(_model(provider_server, retry=RetryPolicy(0.01, max_attempts=2)))
-    assert (caught.value.status, caught.value.provider) == (429, "gemini")
+    assert (caught.value.status, caught.value.provider) == (429, "google")
     assert caught.value.provider_message == "Quota exceeded."
     assert len(provider_server.requests) == 2
 
@@ -644,7 +644,7 @@ async def test_gemini_5xx_every_time_is_a_server_error(provider_server: Any) -> 
     with pytest.raises(ServerError) as caught:
         await _chunks(_model(provider_server, retry=RetryPolicy(0.01, max_attempts=2)))
     assert (caught.value.status, caught.value.provider_message) == (500, "Internal error encountered.")
-    assert "gemini: HTTP 500" in str(caught.value)
+    assert "google: HTTP 500" in str(caught.value)
 
 
 async def test_gemini_key_is_in_no_url_and_no_error(provider_server: Any) -> None:

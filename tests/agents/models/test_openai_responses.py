@@ -584,7 +584,7 @@ async def test_responses_429_every_time_is_a_rate_limit_error(provider_server: A
     model = _model(provider_server, retry=RetryPolicy(0.01, max_attempts=2))
     with pytest.raises(RateLimitError) as caught:
         await _chunks(model)
-    assert caught.value.provider == "openai"
+    assert caught.value.provider == "openai-responses"
     assert caught.value.provider_message == "Rate limit reached"
     assert len(provider_server.requests) == 2
     error = _the_error(await _run(Agent(name="gpt", model=model, max_turns=1)))

@@ -19,6 +19,8 @@ from agents import (
     OpenAIChatModel,
     OpenAIResponsesModel,
     ScriptedModel,
+    UnsupportedContentError,
+    UserMessage,
     resolve_model,
 )
 from agents.models._resolve import PROVIDERS
@@ -248,3 +250,34 @@ def test_the_examples_refuse_a_model_string_they_do_not_know(
     assert "unknown model 'gtp:4o'" in completed.stderr
     assert "'groq:<model>'" in completed.stderr  # the known ones
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("built", "prefix"),
+    [
+        (lambda: OpenAIChatModel("m"), "openai"),
+        (lambda: OpenAIResponsesModel("m"), "openai-responses"),
+        (lambda: AnthropicModel("m"), "anthropic"),
+        (lambda: GeminiModel("m"), "google"),
+    ],
+)
+def test_a_model_built_directly_is_named_by_its_model_string(built: Callable[[], Any], prefix: str) -> None:
+    """A model class built by hand has the name its model string has, and that string builds the same class."""
+    model = built()
+    assert model.name == f"{prefix}:m"
+    assert type(resolve_model(model.name)) is type(model)
+
+
+@pytest.mark.parametrize("spec", ["groq:m", "openai:m", "google:m", "openai-responses:m"])
+def test_a_part_a_provider_cannot_take_is_an_error_naming_that_provider(spec: str) -> None:
+    """UnsupportedContentError names the provider of the model string (groq, not the openai its protocol is)."""
+    model = resolve_model(spec)
+    request = ModelRequest("", (UserMessage([_Odd()]),))  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedContentError) as caught:
+        model.body(request)  # type: ignore[attr-defined]
+    assert caught.value.provider == spec.partition(":")[0]
+    assert str(caught.value).startswith(f"{spec.partition(':')[0]}: cannot send")
+
+
+class _Odd:
+    """A content part no provider knows."""
