@@ -45,7 +45,7 @@ from agents import (
     tool,
 )
 from agents._content import Content, content_text, tool_content
-from agents._exceptions import describe
+from agents._exceptions import ToolArgumentsError, describe
 from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from agents._output import OutputSpec, OutputValidationError
 
@@ -720,8 +720,9 @@ class AgentRun:
             else:
                 kind, message = failure(exc, "the model request")
             tracing.end_chat(
-                span, token, measured, started, stop=self._stop, input_tokens=0, output_tokens=0,
-                answered_by=self._answered_by, error=kind, description=message,
+                span, token, measured, started, stop=self._stop, input_tokens=self.input_tokens - input_tokens,
+                output_tokens=self.output_tokens - output_tokens, answered_by=self._answered_by, error=kind,
+                description=message,
             )  # fmt: skip
             raise
         tracing.end_chat(
@@ -986,8 +987,10 @@ class AgentRun:
             kind = "unknown_tool"
         if error is None and tool is not None:
             timeout = self._agent.tool_timeout
+            validating = True
             try:
                 validated = tool.validate(arguments)
+                validating = False
                 if tool.requires_approval and tool.needs_approval(validated):
                     await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
@@ -1005,7 +1008,10 @@ class AgentRun:
             except _Refused as refused:
                 value, error, kind = None, str(refused), "refused"
             except Exception as exc:
-                value, error, kind = None, describe(exc), type(exc).__qualname__
+                value, error = None, describe(exc)
+                # The arguments' schema refused them: as bad JSON is, not as a tool raising ToolArgumentsError.
+                invalid = validating and isinstance(exc, ToolArgumentsError)
+                kind = "invalid_arguments" if invalid else type(exc).__qualname__
             except SystemExit as exc:  # a sync tool's sys.exit() (argparse on bad input): its error, not the process's
                 value, error, kind = None, f"the tool exited: {describe(exc)}", "SystemExit"
             except BaseExceptionGroup as group:  # with no Cancelled in it (_cancel_alone): SystemExit, ...

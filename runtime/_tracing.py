@@ -52,6 +52,8 @@ DURATION_BUCKETS: Final = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56,
 
 # The GenAI conventions' provider names, for the providers trio-agents' models name themselves.
 _PROVIDERS: Final = {
+    "openai-responses": "openai",
+    "mistral": "mistral_ai",
     "gemini": "gcp.gemini",
     "google": "gcp.gemini",
     "vertex": "gcp.vertex_ai",
@@ -63,7 +65,7 @@ _MODEL: Final = "trio_agents.model"  # the model of a chat's measured attributes
 _ENDED_WELL: Final = frozenset({"completed", "max_turns", "hook_stop"})
 """Run reasons that are not an error of the ``invoke_agent`` span."""
 
-_TOOL_ERRORS_WITHOUT_CONTENT: Final = frozenset({"timeout", "invalid_arguments", "ToolArgumentsError", "cancelled"})
+_TOOL_ERRORS_WITHOUT_CONTENT: Final = frozenset({"timeout", "invalid_arguments", "cancelled"})
 """The ``error.type`` of tool failures whose message the loop writes quoting nothing of the call; any
 other's is the tool's own (an exception's message, a sub-agent's failure): its result, content."""
 
@@ -262,11 +264,12 @@ class Tracing:
         measured["gen_ai.response.model"] = response_model
         if stop is not None:
             span.set_attribute("gen_ai.response.finish_reasons", (stop,))
-        if error is None:
+        if error is None or input_tokens or output_tokens:  # tokens spent before an error still count
             span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
             self._tokens.record(input_tokens, {**measured, "gen_ai.token.type": "input"})
             self._tokens.record(output_tokens, {**measured, "gen_ai.token.type": "output"})
+        if error is None:
             if self.content:
                 parts: list[dict[str, Any]] = _parts(text) if text else []
                 parts.extend(_call_part(call) for call in calls)

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agents import TRANSFER_TOOL, Agent, Hooks, RunContext, ScriptedModel, ToolCall, tool
+from agents import TRANSFER_TOOL, Agent, Hooks, RunContext, ScriptedModel, ToolCall, ToolCallChunk, resolve_model, tool
 from runtime import RunFailedError, open_runtime
 from runtime._tracing import provider_name
 from runtime.events import ToolCallStarted
@@ -284,6 +284,49 @@ async def test_tracing_model_error_marks_the_chat_span(traced: Traced) -> None:
     assert [dict(point.attributes)["error.type"] for point in points] == ["model"]
 
 
+async def test_tracing_a_chat_that_fails_after_its_usage_still_counts_its_tokens(traced: Traced) -> None:
+    """Tokens a request reported before its error are on its chat span and in the token metric, as in the
+    run's usage (the per-request figures add up to the run's)."""
+    from agents import ErrorChunk, ModelChunk, TextChunk, UsageChunk
+
+    turn: list[ModelChunk] = [TextChunk("Hel"), UsageChunk(700, 500), ErrorChunk("overloaded", "overloaded")]
+    agent = Agent(name="a", model=ScriptedModel([turn]))
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        with pytest.raises(RunFailedError):
+            await session.ask("go")
+    chat = attrs_of(traced.one("chat scripted"))
+    assert (chat["gen_ai.usage.input_tokens"], chat["gen_ai.usage.output_tokens"]) == (700, 500)
+    assert chat["error.type"] == "model"
+    points = traced.metrics()["gen_ai.client.token.usage"]
+    tokens = {dict(point.attributes)["gen_ai.token.type"]: point.sum for point in points}
+    assert tokens == {"input": 700, "output": 500}
+
+
+async def test_tracing_arguments_the_schema_refuses_are_invalid_arguments(traced: Traced) -> None:
+    """Arguments that are not JSON and arguments the tool's schema refuses are both error.type
+    invalid_arguments; a ToolArgumentsError the tool raises itself is its own."""
+    from agents import ToolArgumentsError
+
+    @tool
+    async def picky(a: int) -> int:
+        """Raises its own ToolArgumentsError."""
+        raise ToolArgumentsError("picky", "picky refuses")
+
+    model = ScriptedModel(
+        [
+            [ToolCallChunk("c1", "add", '{"a": 1,'), ToolCallChunk("c2", "add", {"a": "x", "b": 1})],
+            [ToolCallChunk("c3", "picky", {"a": 1})],
+            "done",
+        ]
+    )
+    agent = Agent(name="a", model=model, tools=[add, picky])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        await session.ask("go")
+    tools = [attrs_of(span) for span in traced.spans if span.name.startswith("execute_tool")]
+    kinds = {span["gen_ai.tool.call.id"]: span["error.type"] for span in tools}
+    assert kinds == {"c1": "invalid_arguments", "c2": "invalid_arguments", "c3": "ToolArgumentsError"}
+
+
 async def test_tracing_user_span_parents_the_run(traced: Traced) -> None:
     """A span the user holds around ``session.run()`` is the parent of the run's span (context is copied
     into the run's task)."""
@@ -489,6 +532,8 @@ def test_tracing_provider_names_follow_the_conventions() -> None:
     assert provider_name(AnthropicModel("claude-sonnet-4-5", api_key="k")) == "anthropic"
     assert provider_name(GeminiModel("gemini-2.5-flash", api_key="k")) == "gcp.gemini"
     assert provider_name(ScriptedModel([])) == "trio_agents.scripted"
+    assert provider_name(resolve_model("openai-responses:gpt-4o-mini")) == "openai"
+    assert provider_name(resolve_model("mistral:mistral-large-latest")) == "mistral_ai"
 
 
 async def test_tracing_global_provider_set_later_is_used(traced: Traced, monkeypatch: pytest.MonkeyPatch) -> None:
