@@ -50,12 +50,14 @@ def bearer_token_matches(connection: HTTPConnection, token: bytes | None) -> boo
     """Whether ``connection`` carries ``Authorization: Bearer <token>`` (always, if ``token`` is ``None``).
 
     The scheme is case-insensitive (RFC 7235: ``bearer TOKEN`` is fine); the
-    token is compared in constant time.
+    token is compared in constant time, as the bytes the client sent (Starlette
+    reads a header as Latin-1: its bytes back are what a client sending a
+    non-ASCII token as UTF-8, as curl and httpx do, sent).
     """
     if token is None:
         return True
     scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode("latin-1"), token)
 
 
 def _is_json(request: Request) -> bool:

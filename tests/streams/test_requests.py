@@ -42,13 +42,13 @@ def _agent() -> Agent:
 
 
 @asynccontextmanager
-async def _serve(kind: str) -> AsyncIterator[tuple[Any, str, dict[str, Any]]]:
-    """One of the two servers, with ``TOKEN`` required: its ASGI app, its URL, and a valid request body."""
+async def _serve(kind: str, token: str = TOKEN) -> AsyncIterator[tuple[Any, str, dict[str, Any]]]:
+    """One of the two servers, with ``token`` required: its ASGI app, its URL, and a valid request body."""
     if kind == "server":
-        async with open_server(_agent(), token=TOKEN) as server:
+        async with open_server(_agent(), token=token) as server:
             yield server.app, f"{server.url}/sessions", {"id": "s1"}
         return
-    channel = WebhookChannel(secret=TOKEN)
+    channel = WebhookChannel(secret=token)
     async with open_runtime() as runtime, open_gateway(runtime, _agent(), [channel]) as gateway:
         await gateway.wait_ready(channel.name)
         yield channel.app, f"http://127.0.0.1:{channel.port}/messages", {"chat_id": "c", "text": "x"}
@@ -73,6 +73,19 @@ async def test_both_servers_refuse_a_missing_or_wrong_token_with_401(kind: str, 
         async with _serve(kind) as (_, url, body), httpx.AsyncClient(timeout=TIMEOUT) as client:
             response = await client.post(url, json=body, headers=headers)
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_take_a_non_ascii_token_sent_as_utf8(kind: str) -> None:
+    """A token with non-ASCII letters matches what curl and httpx send, its UTF-8 bytes (Starlette reads a
+    header as Latin-1); the same text in Latin-1 bytes is another token."""
+    token = "pässwörd-ü"
+    with trio.fail_after(TIMEOUT):
+        async with _serve(kind, token) as (_, url, body), httpx.AsyncClient(timeout=TIMEOUT) as client:
+            utf8 = await client.post(url, json=body, headers={b"authorization": f"Bearer {token}".encode()})
+            latin1 = await client.post(url, json=body, headers={b"authorization": f"Bearer {token}".encode("latin-1")})
+    assert utf8.status_code in (201, 202), utf8.text
+    assert latin1.status_code == 401
 
 
 async def _asgi_post(app: Any, scope: dict[str, Any], body: bytes) -> int:
