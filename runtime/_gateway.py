@@ -162,6 +162,9 @@ class Gateway:
                         return
                     if event.reason == "hook_stop":
                         given = event.message  # a stop hook's message is the reply, typed output or not
+                    elif event.reason not in ("completed", "refusal") and error is None:
+                        # It ended short of an answer with no ErrorEvent (max_turns): say so, as MCP does.
+                        error = f"the run ended: {event.reason}" + (f": {event.message}" if event.message else "")
         output = stream.result.output
         text = given if given is not None else output if isinstance(output, str) or output is None else None
         if text is None:

@@ -546,3 +546,26 @@ async def test_gateway_replies_with_a_stop_hooks_message_for_a_typed_agent_too()
     async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
         await web.say(gateway.bus, "chat-1", "weather?")
         assert (await web.reply()).text == "Sorry, I can't help with that."
+
+
+async def test_gateway_answers_a_run_that_hit_max_turns_with_an_error_reply() -> None:
+    """A run that reached max_turns has no answer: the chat gets an error reply saying so, not an empty
+    reply; the next message is answered as usual."""
+
+    @tool
+    async def noop() -> str:
+        """Does nothing."""
+        return "ok"
+
+    web = RecordingChannel("web")
+    model = ScriptedModel([ToolCall("noop"), ToolCall("noop"), "fine"])
+    agent = Agent(name="a", model=model, tools=[noop], max_turns=2)
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "loop")
+        with trio.fail_after(5):
+            while (message := await web.delivered.receive()).kind not in ("reply", "error"):
+                pass
+        assert message.kind == "error"
+        assert message.text.startswith("the run ended: max_turns")
+        await web.say(gateway.bus, "chat-1", "again")
+        assert (await web.reply()).text == "fine"
