@@ -59,6 +59,7 @@ import anyio
 import attrs
 import mcp.types as types
 import pydantic
+import pydantic_core
 import trio
 from mcp.server.lowlevel import Server as McpServer
 from mcp.server.runner import serve_loop
@@ -440,11 +441,11 @@ async def serve_stdio(
             runtime = await stack.enter_async_context(open_runtime())
         session = await stack.enter_async_context(runtime.open_session(agent))
         scope = McpScope(session, deps=Workspace())
-        read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-        write_send, write_receive = anyio.create_memory_object_stream[SessionMessage](0)
+        read_send, read_receive = anyio.create_memory_object_stream[SessionMessage](0)
+        write_send, write_receive = anyio.create_memory_object_stream[SessionMessage | bytes](0)
         async with trio.open_nursery() as nursery:
             reading = trio.CancelScope()
-            nursery.start_soon(_read_lines, stdin, read_send, reading)
+            nursery.start_soon(_read_lines, stdin, read_send, write_send.clone(), reading)
             nursery.start_soon(_write_lines, stdout, write_receive)
             await serve_loop(server, read_receive, write_send, lifespan_state=scope)
             reading.cancel()  # the loop ended (and closed write_send, so the writer ends once it has written all)
@@ -476,37 +477,114 @@ async def _claim_stdio() -> AsyncIterator[tuple[trio.lowlevel.FdStream, trio.low
 
 async def _read_lines(
     stream: trio.abc.ReceiveStream,
-    messages: MemoryObjectSendStream[SessionMessage | Exception],
+    messages: MemoryObjectSendStream[SessionMessage],
+    answers: MemoryObjectSendStream[bytes],
     scope: trio.CancelScope,
 ) -> None:
-    """Each line read as a message (or, if it is not one, the error: the loop logs it) until EOF."""
+    """Each line read as a message until EOF; a line that is not one is answered on ``answers`` instead
+    (the SDK's loop would drop it, and its client wait for ever)."""
     with scope:
-        async with messages:
+        async with messages, answers:
             buffer = bytearray()
             while data := await stream.receive_some():
                 buffer += data
                 while (end := buffer.find(b"\n")) >= 0:
                     line = bytes(buffer[:end])
                     del buffer[: end + 1]
-                    if line.strip():
-                        await messages.send(_parse(line))
+                    if not line.strip():
+                        continue
+                    parsed = _parse(line)
+                    if isinstance(parsed, SessionMessage):
+                        await messages.send(parsed)
+                    elif parsed is not None:
+                        try:
+                            await answers.send(parsed)
+                        except anyio.BrokenResourceError:
+                            logger.info("stdout was closed: an error could not be answered")
                 if len(buffer) > MAX_LINE:
                     logger.error("a message over %d bytes came on stdin: closing", MAX_LINE)
                     return
 
 
-def _parse(line: bytes) -> SessionMessage | Exception:
+def _parse(line: bytes) -> SessionMessage | bytes | None:
+    """The message ``line`` holds; for a line that is not one, the line answering it as JSON-RPC 2.0 says
+    (``None``: nothing to answer), with a warning.
+
+    Not JSON is a parse error (``-32700``); a request whose ``params`` are not an object an invalid-params
+    error (``-32602``) with its id; anything else that is not a message an invalid request (``-32600``),
+    with its id when that is a string or an integer. A notification, or a response, is not answered. A
+    batch (MCP has none since 2025-06-18) is answered by an array of errors, one for each request in it.
+    """
     try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-    except (ValueError, RecursionError) as exc:  # pydantic's ValidationError is a ValueError
-        return exc
+        data = pydantic_core.from_json(line)
+    except ValueError as exc:
+        return _refuse(_error(None, types.PARSE_ERROR, f"Parse error: {exc}"))
+    if isinstance(data, list):
+        if not data:
+            return _refuse(_error(None, types.INVALID_REQUEST, "Invalid request: an empty batch"))
+        errors = [
+            error
+            for element in data
+            if (error := _invalid(element, "Invalid request: batches are not supported")) is not None
+        ]
+        logger.warning("a batch on stdin: %d of its %d elements answered with an error", len(errors), len(data))
+        return b"[" + b",".join(_dump(error) for error in errors) + b"]" if errors else None
+    try:
+        message = types.jsonrpc_message_adapter.validate_python(data, by_name=False)
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+        error = _invalid(data, None)
+        if error is None:
+            logger.warning("a notification or response on stdin is not valid: dropped")
+            return None
+        return _refuse(error)
+    if isinstance(message, types.JSONRPCNotification) and isinstance(data, dict) and "id" in data:
+        # Read as a notification (pydantic ignores the id), but it asks for an answer.
+        return _refuse(_error(None, types.INVALID_REQUEST, "Invalid request: the id must be a string or an integer"))
+    return SessionMessage(message)
 
 
-async def _write_lines(stream: trio.abc.SendStream, messages: MemoryObjectReceiveStream[SessionMessage]) -> None:
+def _invalid(data: object, reason: str | None) -> types.JSONRPCError | None:
+    """The error answering ``data``, an element of a batch (refused for ``reason``) or a message that is not
+    valid (``reason`` ``None``): ``None`` for a notification or a response, which get no answer."""
+    if not isinstance(data, dict):
+        return _error(None, types.INVALID_REQUEST, reason or "Invalid request: not a JSON-RPC 2.0 message")
+    method, request_id = data.get("method"), data.get("id")
+    if ("id" not in data and isinstance(method, str)) or ("method" not in data and {"result", "error"} & data.keys()):
+        return None
+    readable = request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
+    if reason is not None:
+        return _error(readable, types.INVALID_REQUEST, reason)
+    if readable is not None and isinstance(method, str) and data.get("jsonrpc") == "2.0":
+        return _error(readable, types.INVALID_PARAMS, "Invalid params: they must be an object")
+    return _error(readable, types.INVALID_REQUEST, "Invalid request: not a JSON-RPC 2.0 message")
+
+
+def _error(request_id: types.RequestId | None, code: int, message: str) -> types.JSONRPCError:
+    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=types.ErrorData(code=code, message=message))
+
+
+def _dump(error: types.JSONRPCError) -> bytes:
+    return error.model_dump_json(by_alias=True, exclude_unset=True).encode()
+
+
+def _refuse(error: types.JSONRPCError) -> bytes:
+    logger.warning(
+        "a line on stdin is not a message: answered %d (%s), id %r", error.error.code, error.error.message, error.id
+    )
+    return _dump(error)
+
+
+async def _write_lines(
+    stream: trio.abc.SendStream, messages: MemoryObjectReceiveStream[SessionMessage | bytes]
+) -> None:
+    """Each message (or answer, already a line) written as a line, until every sender is closed."""
     async with messages:
         try:
             async for message in messages:
-                data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                if isinstance(message, SessionMessage):
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+                else:
+                    data = message
                 await stream.send_all(data + b"\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             logger.info("stdout was closed: nothing more can be sent")

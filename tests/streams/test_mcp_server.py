@@ -683,22 +683,81 @@ async def test_mcp_stdio_ends_with_its_input_or_a_signal_and_exits_0(ending: str
 
 
 async def test_mcp_stdio_frames_lines_and_stops_when_cancelled_with_its_input_open() -> None:
-    """serve_stdio on in-memory streams: a line that is not a message is skipped, the SDK's client is served
-    line by line, and cancelling it ends it at once, its input still open."""
+    """serve_stdio on in-memory streams: the SDK's client is served line by line, and cancelling it ends it at
+    once, its input still open."""
     server_end, client_end = trio.testing.memory_stream_pair()
-    read_send, read_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_send, write_receive = anyio.create_memory_object_stream[SessionMessage](0)
+    read_send, read_receive = anyio.create_memory_object_stream[SessionMessage](0)
+    write_send, write_receive = anyio.create_memory_object_stream[SessionMessage | bytes](0)
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(functools.partial(serve_stdio, mcp_agents.agent, stdin=server_end, stdout=server_end))
-            nursery.start_soon(_mcp._read_lines, client_end, read_send, trio.CancelScope())
+            nursery.start_soon(_mcp._read_lines, client_end, read_send, write_send.clone(), trio.CancelScope())
             nursery.start_soon(_mcp._write_lines, client_end, write_receive)
-            await client_end.send_all(b"this is not a message\n\n")
+            await client_end.send_all(b"\n\n")
             async with ClientSession(read_receive, write_send) as session:
                 await session.initialize()
                 result = await session.call_tool(TOOL, {"task": "in memory"})
             nursery.cancel_scope.cancel()
     assert text_of(result) == "You said: in memory"
+
+
+def error_shape(answer: Any) -> Any:
+    """An answer's id and error code (of each, for a batch's)."""
+    if isinstance(answer, list):
+        return [error_shape(each) for each in answer]
+    assert answer["jsonrpc"] == "2.0"
+    assert isinstance(answer["error"]["message"], str)
+    return (answer["id"], answer["error"]["code"])
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", **fields}
+
+
+@pytest.mark.parametrize(
+    ("line", "answers"),
+    [
+        pytest.param(b'{"jsonrpc": "2.0", "id": 2, "method": ', [(None, -32700)], id="not JSON"),
+        pytest.param(b'{"hello": 1}', [(None, -32600)], id="not JSON-RPC"),
+        pytest.param(b'"ping"', [(None, -32600)], id="not an object"),
+        pytest.param({"jsonrpc": "1.0", "id": 3, "method": "ping"}, [(3, -32600)], id="wrong version, id readable"),
+        pytest.param(request(id="s4", method="tools/list", params=[1]), [("s4", -32602)], id="params an array"),
+        pytest.param(request(id=5, method="ping", params="x"), [(5, -32602)], id="params a string"),
+        pytest.param(request(id=None, method="ping"), [(None, -32600)], id="id null"),
+        pytest.param(request(id=1.5, method="ping"), [(None, -32600)], id="id a float"),
+        pytest.param(b"[]", [(None, -32600)], id="empty batch"),
+        pytest.param(
+            [request(id=6, method="tools/list"), request(method="notifications/initialized"), 1],
+            [[(6, -32600), (None, -32600)]],
+            id="batch",
+        ),
+        pytest.param([request(method="notifications/initialized")], [], id="batch of notifications"),
+        pytest.param(request(method="notifications/progress", params=[1]), [], id="invalid notification"),
+        pytest.param(request(id=7, result=[1]), [], id="invalid response"),
+    ],
+)
+async def test_mcp_stdio_answers_what_is_not_a_message_with_an_error_and_goes_on(
+    line: Any, answers: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line that is not a message is answered as JSON-RPC 2.0 says (a notification's not at all), with a
+    warning, and the next request is served."""
+    data = line if isinstance(line, bytes) else json.dumps(line).encode()
+    server_end, client_end = trio.testing.memory_stream_pair()
+    received = bytearray()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(serve_stdio, mcp_agents.agent, stdin=server_end, stdout=server_end))
+            await client_end.send_all(data + b"\n" + b'{"jsonrpc": "2.0", "id": "after", "method": "ping"}\n')
+            while b'"id":"after"' not in received:
+                chunk = await client_end.receive_some()
+                assert chunk, "the server ended its output without answering"
+                received += chunk
+            nursery.cancel_scope.cancel()
+    *errors, pong = [json.loads(each) for each in received.splitlines()]
+    assert pong == {"jsonrpc": "2.0", "id": "after", "result": {}}
+    assert [error_shape(error) for error in errors] == answers
+    warnings = [record for record in caplog.records if record.name == "streams.mcp" and record.levelname == "WARNING"]
+    assert warnings, caplog.text
 
 
 async def test_mcp_stdio_a_line_over_the_limit_ends_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
