@@ -24,7 +24,7 @@ from ._exceptions import (
     RunFailedError,
 )
 from ._handlers import Handler, Overflow, Sink, StreamHandler, Tee
-from ._journal import Recorder, run_input_to_json
+from ._journal import CLOSE_FLUSH_TIMEOUT, Recorder, run_input_to_json
 from ._loop import AgentRun
 from ._pipe import EventPipe
 from ._resources import DEFAULT_CLOSE_TIMEOUT, SessionResource, open_resource
@@ -226,6 +226,29 @@ class Session(Generic[OutputT]):
     async def wait_closed(self) -> None:
         """Wait until the session has been closed, by anyone, and every task it owned has finished."""
         await self._tasks.wait_finished()
+
+    async def wait_released(self) -> None:
+        """Wait until a closed durable session is let go: what it left written, its lock released.
+
+        Closing does not wait for that: a session's last changes go with the
+        writer's next group commit, and its lock with them, so another process
+        (or runtime) opening it a moment after it closed may still find it
+        owned. Wait for this first to hand it over at once (served mode's
+        ``DELETE`` does). Returns at once for a session in memory, and without
+        waiting while the store is failing (the lock is let go with the last
+        changes, or when the runtime exits); waits at most
+        ``CLOSE_FLUSH_TIMEOUT`` (10 s) otherwise. Waits for the session to
+        close first.
+        """
+        journal = self._journal
+        if journal is None:
+            return
+        await self.wait_closed()
+        if journal.released.is_set() or journal.writer.failure is not None:
+            return
+        journal.writer.mark(journal, urgent=True)  # no group-commit delay: someone waits for it
+        with trio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+            await journal.released.wait()
 
     def call_when_closed(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` once the session has been closed and every task it owned has finished.

@@ -578,7 +578,11 @@ class Server:
         return JSONResponse((await self._served(request)).describe())
 
     async def _delete(self, request: Request) -> Response:
-        await (await self._served(request)).handle.aclose()
+        served = await self._served(request)
+        await served.handle.aclose()
+        # Let go in the store too, so that the 204 means any process may open it again at once.
+        with trio.CancelScope(shield=True):
+            await served.session.wait_released()
         return Response(status_code=204)
 
     async def _run(self, request: Request) -> Response:

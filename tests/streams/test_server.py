@@ -351,6 +351,26 @@ async def test_a_path_with_a_trailing_slash_is_a_404_not_a_redirect(
                 assert assert_error(response, 404)["type"] == "not_found"
 
 
+async def test_a_deleted_durable_session_is_free_for_another_process_when_delete_answers(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """DELETE answers 204 once the session's last changes are written and its lock let go: a runtime on
+    another store object of the same file (as another process would) opens it at once."""
+    path = str(tmp_path / "s.db")
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_runtime(store=SQLiteStore(path)) as runtime,
+            open_server(make_agent(), runtime=runtime, port=0) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+            open_runtime(store=SQLiteStore(path)) as other,
+        ):
+            assert (await client.post("/sessions", json={"id": "d1"})).status_code == 201
+            assert (await run_attached(client, "d1", "hello"))[-1]["reason"] == "completed"
+            assert (await client.delete("/sessions/d1")).status_code == 204
+            async with other.open_session(make_agent(), session_id="d1", create=False) as session:
+                assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
+
+
 async def test_a_session_still_opening_when_the_server_shuts_down_is_refused_and_closed(
     make_agent: MakeAgent, tmp_path: Path
 ) -> None:

@@ -1085,3 +1085,20 @@ async def test_a_responses_signed_reasoning_is_stored_with_it_and_sent_back_afte
     async with in_session(path, Agent(name="a", model=again, tools=[add]), session_id="t") as session:
         await session.ask("thanks")
     assert again.requests[0].messages[1].reasoning == blocks  # type: ignore[union-attr]
+
+
+async def test_a_closed_session_waited_for_until_released_opens_at_once_in_another_runtime(tmp_path: Path) -> None:
+    """wait_released(): once it returns, what the session left is written and its lock is let go, so a
+    runtime on another store object (as another process) opens it at once, with its history."""
+    path = tmp_path / "s.db"
+    async with open_runtime(store=SQLiteStore(path)) as first, open_runtime(store=SQLiteStore(path)) as second:
+        async with first.open_session(make_agent(), session_id="h") as session:
+            await session.ask("hello")
+        await session.wait_released()
+        async with second.open_session(make_agent(), session_id="h", create=False) as again:
+            assert [type(message).__name__ for message in again.history] == ["UserMessage", "AssistantMessage"]
+        await again.wait_released()
+        await again.wait_released()  # at once, the second time
+    async with open_runtime() as runtime, runtime.open_session(make_agent()) as in_memory:
+        pass
+    await in_memory.wait_released()  # a session in memory has nothing to let go
