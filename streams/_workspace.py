@@ -27,7 +27,7 @@ class WorkspaceChange:
 
 
 class Workspace:
-    """Files in memory, bounded in size; every change is reported to the listeners.
+    """Files in memory, bounded in size (paths and contents); every change is reported to the listeners.
 
     A served run gets its session's workspace as ``ctx.deps``; the tools in
     :data:`WORKSPACE_TOOLS` use it.
@@ -35,7 +35,7 @@ class Workspace:
 
     def __init__(self, *, max_bytes: int = 16 * 2**20) -> None:
         self.max_bytes = max_bytes
-        """The most the files may hold together (UTF-8 bytes)."""
+        """The most the files may hold together, their paths and contents (UTF-8 bytes)."""
         self._files: dict[str, str] = {}
         self._size = 0
         self._listeners: list[Callable[[WorkspaceChange], object]] = []
@@ -61,7 +61,10 @@ class Workspace:
         path = _checked(path)
         if not isinstance(content, str):
             raise WorkspaceError("content must be a string", kind="bad_command")
-        size = self._size - _size(self._files.get(path)) + _size(content)
+        old = self._files.get(path)
+        # a new file's path counts too: else empty files with long paths would grow without bound
+        added = _size(content) - _size(old) if old is not None else _size(path) + _size(content)
+        size = self._size + added
         if size > self.max_bytes:
             raise WorkspaceError(f"the workspace is full ({self.max_bytes} bytes)", kind="workspace_full")
         self._files[path] = content
@@ -73,7 +76,7 @@ class Workspace:
         path = _checked(path)
         if path not in self._files:
             raise WorkspaceError(f"no such file: {path!r}", kind="no_such_file")
-        self._size -= _size(self._files.pop(path))
+        self._size -= _size(path) + _size(self._files.pop(path))
         self._changed(WorkspaceChange("delete", path, source))
 
     def command(self, command: Any) -> dict[str, Any]:
