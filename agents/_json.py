@@ -18,6 +18,13 @@ MAX_JSON_DEPTH: Final = 64
 """How deep untrusted JSON may nest (``[]`` and ``{}`` are depth 1, ``[[1]]`` is 2)."""
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads takes NaN and Infinity, and json.dumps gives them back
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def loads_untrusted(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads(text)``, refusing text nested deeper than ``max_depth``.
 
@@ -25,11 +32,15 @@ def loads_untrusted(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> An
     (skipped when the text has too few brackets to be that deep).
 
     Raises:
-        ValueError: not JSON (``json.JSONDecodeError``, ``UnicodeDecodeError``), or nested
-            deeper than ``max_depth``; never ``RecursionError``.
+        ValueError: not JSON (``json.JSONDecodeError``, ``UnicodeDecodeError``; ``NaN`` and
+            ``Infinity`` too, which ``json.loads`` takes), or nested deeper than ``max_depth``;
+            never ``RecursionError``.
     """
     try:
-        value = json.loads(text)
+        if isinstance(text, bytes):
+            value = _DECODER.decode(text.decode(json.detect_encoding(text), "surrogatepass"))  # as json.loads
+        else:
+            value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
     brackets = text.count(b"[") + text.count(b"{") if isinstance(text, bytes) else text.count("[") + text.count("{")

@@ -178,11 +178,11 @@ class _Run:
             if kind == "ToolProgress":
                 tool_call["progress"] = data["progress"]
                 tool_call["total"] = data["total"]
-                tool_call["progress_message"] = data["message"]
+                tool_call["progress_message"] = None if data["message"] is None else _cut(data["message"])
             else:
                 tool_call["ended"] = self.turn_start = _now()
                 tool_call["result"] = None if data["result"] is None else _cut(data["result"])
-                tool_call["error"] = data["error"]
+                tool_call["error"] = None if data["error"] is None else _cut(data["error"])
             return
         if kind == "ElicitationRequest":
             self.pending[data["id"]] = {
@@ -193,13 +193,14 @@ class _Run:
             }
             return
         if kind == "ErrorEvent":
-            self.error = f"{data['kind']}: {data['message']}"
+            self.error = _cut(f"{data['kind']}: {data['message']}")
             return
         if kind == "RunFinished" and agent is None:
             self._close_model_call()
             self.ended = _now()
             self.reason = data["reason"]
-            self.message = data.get("message")
+            message = data.get("message")
+            self.message = None if message is None else _cut(message)
             self.pending.clear()
 
     def _model_call(self, agent: str | None) -> dict[str, Any]:

@@ -54,8 +54,8 @@ async def measure(ctx: ToolContext[Any], what: str) -> str:
 
 @tool
 async def broken() -> str:
-    """Fail."""
-    raise ValueError("out of order")
+    """Fail, at length."""
+    raise ValueError("out of order: " + "e" * 1000)
 
 
 @tool
@@ -218,6 +218,7 @@ async def test_tool_calls_sub_agents_and_questions_are_in_the_tree() -> None:
                     assert measured["ended"] >= measured["started"]
                     assert failed["name"] == "broken"
                     assert "out of order" in failed["error"]
+                    assert len(failed["error"]) == 240  # cut as arguments and results are
 
                     await client.post("/sessions/s1/runs", json={"input": "delegate"})
                     await watcher.until(lambda w: w.state("s1", "s1-r2") == "completed")
