@@ -22,27 +22,69 @@ class Dropped:
     count: int
 
 
+class _Kept(Generic[T]):
+    """An item put with ``keep=True``, and how many dropped items followed it."""
+
+    __slots__ = ("gap_after", "item")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.gap_after = 0
+
+
 class Subscriber(Generic[T]):
     """One subscriber's buffer: :meth:`get` the items in order."""
 
     def __init__(self, size: int) -> None:
-        self._items: deque[T] = deque()
+        self._items: deque[T | _Kept[T]] = deque()
         self._size = size
+        self._kept = 0  # items put with keep=True, not yet taken: the size does not count them
         self._gap = 0  # dropped since the last get()
         self.dropped = 0
         """Items dropped so far."""
         self._wakeup = trio.Event()
         self._closed = False
 
-    def put(self, item: T) -> None:
+    def put(self, item: T, *, keep: bool = False) -> None:
+        """Buffer ``item``; when the buffer is full, drop the oldest item not kept.
+
+        Args:
+            item: The item.
+            keep: Never drop this one, nor count it in the buffer's size; the
+                caller bounds how many it keeps (a command's answer, put only
+                when there is room for it).
+        """
         if self._closed:
             return
-        if len(self._items) >= self._size:
+        if keep:
+            self._items.append(_Kept(item))
+            self._kept += 1
+        else:
+            if len(self._items) - self._kept >= self._size:
+                self._drop_oldest()
+            self._items.append(item)
+        self._wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        self.dropped += 1
+        if not self._kept or not isinstance(self._items[0], _Kept):
             self._items.popleft()
             self._gap += 1
-            self.dropped += 1
-        self._items.append(item)
-        self._wakeup.set()
+            return
+        # the gap is marked where the dropped item was: after the kept ones before it
+        at = next(i for i, item in enumerate(self._items) if not isinstance(item, _Kept))
+        before = self._items[at - 1]
+        assert isinstance(before, _Kept)
+        before.gap_after += 1
+        del self._items[at]
+
+    def _take(self) -> T:
+        item = self._items.popleft()
+        if isinstance(item, _Kept):
+            self._kept -= 1
+            self._gap = item.gap_after
+            return item.item
+        return item
 
     def close(self) -> None:
         self._closed = True
@@ -59,7 +101,7 @@ class Subscriber(Generic[T]):
             gap, self._gap = self._gap, 0
             return Dropped(gap)
         if self._items:
-            return self._items.popleft()
+            return self._take()
         if self._closed:
             raise trio.EndOfChannel
         raise trio.WouldBlock
@@ -76,7 +118,7 @@ class Subscriber(Generic[T]):
                 gap, self._gap = self._gap, 0
                 return Dropped(gap)
             if self._items:
-                return self._items.popleft()
+                return self._take()
             if self._closed:
                 raise trio.EndOfChannel
             self._wakeup = trio.Event()

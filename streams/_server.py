@@ -864,14 +864,25 @@ class Server:
             return
         try:
             # Changes and answers share the connection's buffer: an answer
-            # follows the change its command caused.
+            # follows the change its command caused. Changes may be dropped,
+            # answers never: a command is read only when there is room for its
+            # answer, so a client that sends faster than it reads is slowed down.
+            room = trio.Semaphore(max(self._buffer, 1))
             with served.changes.subscribe() as subscriber, served.session.in_use():
 
                 async def receive() -> None:
                     while True:
-                        subscriber.put(_answer_command(served.workspace, await _receive_text(websocket)))
+                        await room.acquire()
+                        text = await _receive_text(websocket)
+                        subscriber.put(_answer_command(served.workspace, text), keep=True)
 
-                await self._pump_ws(websocket, subscriber.get, receive)
+                async def get() -> dict[str, Any] | Dropped:
+                    message = await subscriber.get()
+                    if not isinstance(message, Dropped) and message["type"] == "result":
+                        room.release()
+                    return message
+
+                await self._pump_ws(websocket, get, receive)
         finally:
             self._websockets -= 1
 
@@ -1124,7 +1135,9 @@ async def open_server(
             0: none may wait; ``None``: no limit. 16 by default.
         heartbeat: Seconds between ``: ping`` comments on a quiet SSE stream.
         subscriber_buffer: Messages buffered per ``updates``/``workspace``/feed
-            client; a slower client loses the oldest (and is told how many).
+            client; a slower client loses the oldest (and is told how many), but
+            never a workspace command's answer: past this many answers unsent,
+            the server reads no further commands until the client reads.
         max_body: The largest request body accepted (bytes).
         graceful_timeout: Seconds Hypercorn gives open connections to finish on shutdown.
         allowed_origins: Origins (``http://host:port``) whose web pages may call

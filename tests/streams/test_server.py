@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
+from trio_websocket import open_websocket_url
 
 from agents import Agent, ElicitationResult, ToolCall, ToolContext, tool
 from runtime import ClosedSessionError, SQLiteStore, open_runtime
@@ -872,6 +873,36 @@ async def test_the_optional_fields_of_sessions_and_workspace_commands_take_only_
     assert [answer["ok"] for answer in answers] == [False] * 5
     assert {answer["error"]["type"] for answer in answers} == {"bad_command"}
     assert listed == {"type": "result", "id": 3, "ok": True, "paths": ["5"]}
+
+
+async def test_a_workspace_client_that_pipelines_commands_gets_every_answer(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A client that sends commands faster than it reads gets one ``result`` for each, in order; only
+    change notices are dropped (a buffer of 2 holds far fewer than the commands sent)."""
+    count = 500
+    answered: list[Any] = []
+    notices: list[str] = []
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), subscriber_buffer=2) as (server, client):
+            await create(client, "s1")
+            url = f"ws://127.0.0.1:{server.port}/sessions/s1/workspace"
+            async with open_websocket_url(url) as ws, trio.open_nursery() as nursery:
+
+                async def send() -> None:
+                    for n in range(count):
+                        await ws.send_message(json.dumps({"id": n, "op": "write", "path": f"{n}", "content": ""}))
+
+                nursery.start_soon(send)
+                while not answered or answered[-1] != count - 1:
+                    message = json.loads(await ws.get_message())
+                    if message["type"] == "result":
+                        assert message["ok"], message
+                        answered.append(message["id"])
+                    else:
+                        notices.append(message["type"])
+    assert answered == list(range(count))
+    assert set(notices) <= {"WorkspaceChanged", "EventsDropped"}
 
 
 def body_of(size: int) -> bytes:
