@@ -50,7 +50,7 @@ class Workspace:
         try:
             return self._files[_checked(path)]
         except KeyError:
-            raise WorkspaceError(f"no such file: {path!r}", kind="no_such_file") from None
+            raise WorkspaceError(f"no such file: {_shown(path)}", kind="no_such_file") from None
 
     def list(self, prefix: str = "") -> list[str]:
         """The paths of the files, sorted; only those starting with ``prefix`` if given."""
@@ -75,7 +75,7 @@ class Workspace:
         """Remove a file. Raises :class:`WorkspaceError` if there is no such file."""
         path = _checked(path)
         if path not in self._files:
-            raise WorkspaceError(f"no such file: {path!r}", kind="no_such_file")
+            raise WorkspaceError(f"no such file: {_shown(path)}", kind="no_such_file")
         self._size -= _size(path) + _size(self._files.pop(path))
         self._changed(WorkspaceChange("delete", path, source))
 

@@ -23,3 +23,16 @@ def test_the_size_bound_counts_paths_as_well_as_contents() -> None:
     workspace.delete("ab")  # frees 2 + 3
     workspace.write("efg", "xx")  # 5 + 3 + 2 = 10
     assert workspace.list() == ["cd", "efg", "é"]
+
+
+def test_an_error_quotes_a_long_path_clipped() -> None:
+    """Reading or deleting a missing file with a 1,000-character path: the message quotes it clipped (a
+    client's text is quoted, not all of it), as a bad path's message does."""
+    workspace = Workspace()
+    path = "p" * 1000
+    for op in (workspace.read, workspace.delete):
+        with pytest.raises(WorkspaceError) as caught:
+            op(path)
+        assert caught.value.kind == "no_such_file"
+        assert len(str(caught.value)) < 130
+        assert str(caught.value).endswith("…")
