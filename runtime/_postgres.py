@@ -110,6 +110,13 @@ _MIGRATION_LOCK: Final = session_hash("trio_agents_schema") - (1 << 63)
 
 _MASK64: Final = (1 << 64) - 1
 
+_OWNER_TAG: Final = "trio-agents@"
+"""Starts the lock connection's ``application_name``, the rest being its owner: how a claim that finds a session
+held names the process that holds the lock (in ``pg_stat_activity``), not whoever last wrote the session's row."""
+
+_NAMEDATALEN: Final = 64
+"""The server keeps ``application_name`` to ``NAMEDATALEN - 1`` bytes (cutting the rest) of printable ASCII."""
+
 
 def _require_psycopg() -> None:
     # Imported where used, so that `import runtime` works without the postgres extra.
@@ -195,11 +202,11 @@ class PostgresStore:
         timeout = self._statement_timeout
         return "" if timeout is None else f"-c statement_timeout={int(timeout * 1000)}"
 
-    def _connect_kwargs(self, options: str) -> dict[str, Any]:
+    def _connect_kwargs(self, options: str, application_name: str | None = None) -> dict[str, Any]:
         base = str(self._params.get("options", ""))
         return {
             "connect_timeout": max(1, math.ceil(self._connect_timeout)),
-            "application_name": self._params.get("application_name", "trio-agents"),
+            "application_name": application_name or self._params.get("application_name", "trio-agents"),
             "autocommit": True,  # transactions are explicit: `with conn.transaction()`
             "options": f"{base} {options}".strip(),
             **KEEPALIVES,
@@ -305,7 +312,12 @@ class PostgresStore:
             old.close()
         try:
             options = f"{SERVER_KEEPALIVES} {self._statement_timeout_option()}"
-            conn: psycopg.Connection[Any] = psycopg.connect(self._dsn, **self._connect_kwargs(options))
+            # Named for its owner before it takes a lock: a claim that loses names it (see _holder).
+            name = _OWNER_TAG + self._owner
+            # A name the server would mangle is not given: claims that lose read the sessions table's instead.
+            fits = name.isascii() and name.isprintable() and len(name) < _NAMEDATALEN
+            kwargs = self._connect_kwargs(options, name if fits else None)
+            conn: psycopg.Connection[Any] = psycopg.connect(self._dsn, **kwargs)
         except psycopg.Error as exc:
             raise _unavailable(exc, self.url) from exc
         self._lock_conn = conn
@@ -355,14 +367,12 @@ class PostgresStore:
             # interrupts it (as the statement timeout bounds it); failing, the error names no owner.
             call.set_interrupt(functools.partial(conn.cancel_safe, timeout=INTERRUPT_TIMEOUT))
             try:
-                owner_row = conn.execute(
-                    "SELECT owner FROM trio_agents_sessions WHERE id = %s", (session_id,)
-                ).fetchone()
+                owner = _holder(conn, session_id)
             except psycopg.Error:
-                owner_row = None
+                owner = None
             finally:
                 call.set_interrupt(None)
-        raise SessionOwnedError(session_id, None if owner_row is None else owner_row[0])
+        raise SessionOwnedError(session_id, owner)
 
     def _let_go(self, session_id: str) -> None:
         import psycopg
@@ -596,6 +606,27 @@ class PostgresStore:
                 self._let_go(session_id)
 
         await run_worker(delete, limiter=self._connection())
+
+
+def _holder(conn: psycopg.Connection[Any], session_id: str) -> str | None:
+    """Who holds the session's lock: the owner its lock connection is named for, else the sessions table's.
+
+    The table's owner is written only once the holder loads the session, so right after another process took
+    the lock it still names the one before (perhaps long dead); the lock connection is named before any lock.
+    """
+    key = _lock_key(session_id) & _MASK64
+    row = conn.execute(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND l.classid::bigint = %s AND l.objid::bigint = %s",
+        (key >> 32, key & 0xFFFFFFFF),
+    ).fetchone()
+    if row is not None and row[0] and row[0].startswith(_OWNER_TAG):
+        return str(row[0][len(_OWNER_TAG) :])
+    # Not found (let go meanwhile), or held by a lock connection not named for its owner (too long a name).
+    owner_row = conn.execute("SELECT owner FROM trio_agents_sessions WHERE id = %s", (session_id,)).fetchone()
+    return None if owner_row is None else owner_row[0]
 
 
 def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import socket
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from tests.runtime.store.conftest import Backend
 
 OWNER = "test-host:1"
+LONG_OWNER = "http://" + "a-host-name-longer-than-postgres-keeps-for-an-application-name" + ":8000"
 
 
 def _closed_port() -> int:
@@ -173,12 +174,13 @@ async def test_postgres_second_store_in_process_is_owned(pg_backend: Backend) ->
 async def test_postgres_cancelled_claim_of_a_session_held_elsewhere_interrupts_its_owner_lookup(
     pg_backend: Backend,
 ) -> None:
-    """A claim of a session another store holds looks up who holds it, a read that a table lock holds up:
-    cancelled, it has the server cancel that read (its thread ends, the store closes at once)."""
+    """A claim of a session another store holds looks up who holds it, for a holder whose lock connection
+    cannot carry its name (too long) a read that a table lock holds up: cancelled, it has the server cancel
+    that read (its thread ends, the store closes at once)."""
     import psycopg
 
     holder, claimer = PostgresStore(pg_backend.target), PostgresStore(pg_backend.target)
-    async with holder.open(OWNER):
+    async with holder.open(LONG_OWNER):
         await holder.claim("s1", "agent", create=True)
         async with claimer.open("other-host:2"):
             limiter = claimer._limiter
@@ -195,4 +197,56 @@ async def test_postgres_cancelled_claim_of_a_session_held_elsewhere_interrupts_i
                 locker.rollback()
             with pytest.raises(SessionOwnedError) as owned:
                 await claimer.claim("s1", "agent", create=False)
-            assert owned.value.owner == OWNER
+            assert owned.value.owner == LONG_OWNER
+
+
+async def test_postgres_owned_names_the_lock_holder_not_the_last_owner_written(pg_backend: Backend) -> None:
+    """A claim that loses to a process that has just taken the lock (and not yet written its name to the
+    session's row) names that process, not the one the row still names (which may be long dead)."""
+    import psycopg
+
+    from runtime._postgres import _lock_key
+
+    dead = pg_backend.store()
+    async with dead.open("http://dead:1"):
+        await dead.claim("s1", "agent", create=True)
+    # The winner, stopped between taking the lock and loading the session (which writes its name).
+    with psycopg.connect(pg_backend.target, autocommit=True, application_name="trio-agents@http://winner:2") as conn:
+        for session_id in ("s1", "s2"):
+            conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(session_id),))
+        loser = pg_backend.store()
+        async with loser.open("http://loser:3"):
+            with pytest.raises(SessionOwnedError) as owned:
+                await loser.claim("s1", "agent", create=False)
+            assert owned.value.owner == "http://winner:2"
+            with pytest.raises(SessionOwnedError) as owned:  # one that has no row yet
+                await loser.claim("s2", "agent", create=True)
+            assert owned.value.owner == "http://winner:2"
+
+
+async def test_postgres_owned_names_a_store_that_has_not_loaded_its_claim_yet(pg_backend: Backend) -> None:
+    """The same with a real store as the winner, held between taking the lock and loading the session."""
+    import threading
+
+    dead = pg_backend.store()
+    async with dead.open("http://dead:1"):
+        await dead.claim("s1", "agent", create=True)
+    winner, loser = PostgresStore(pg_backend.target), PostgresStore(pg_backend.target)
+    locked, go_on = threading.Event(), threading.Event()
+    load = winner._with_connection
+
+    def held_load(*args: Any) -> Any:
+        locked.set()
+        go_on.wait(10)
+        return load(*args)
+
+    winner._with_connection = held_load  # type: ignore[method-assign,assignment]
+    async with winner.open("http://winner:2"), loser.open("http://loser:3"), trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(winner.claim, "s1", "agent", create=False))
+        await trio.to_thread.run_sync(locked.wait, 10)
+        try:
+            with pytest.raises(SessionOwnedError) as owned:
+                await loser.claim("s1", "agent", create=False)
+        finally:
+            go_on.set()
+        assert owned.value.owner == "http://winner:2"
