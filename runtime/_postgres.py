@@ -14,6 +14,11 @@ restarted), the next call reconnects and takes every lock again; a session
 it cannot take back is lost, and its next checkpoint raises
 :class:`SessionConflictError` rather than write a session another process
 may now own.
+
+A commit whose reply is lost (the connection broke after COMMIT was sent) may have been made: the store
+keeps the transaction's id, and a retry that finds the session one version on asks the server
+(``txid_status``) whether that transaction committed; if it did, the retry, which holds what it held and
+what came since, is written over it at that version rather than refused as another writer's.
 """
 
 from __future__ import annotations
@@ -179,6 +184,9 @@ class PostgresStore:
         self._lock_conn: psycopg.Connection[Any] | None = None
         self._held: dict[str, int] = {}  # session id -> its lock key
         self._lost: set[str] = set()  # held once, not taken back after the lock connection broke
+        # Session id -> the transactions that wrote it whose outcome we never heard (the connection broke
+        # after COMMIT was sent): a retry finding the session one version on asks the server if they committed.
+        self._uncertain: dict[str, list[int]] = {}
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.url} {'open' if self._pool is not None else 'closed'}>"
@@ -294,6 +302,7 @@ class PostgresStore:
             conn, self._lock_conn = self._lock_conn, None
             self._held.clear()
             self._lost.clear()
+            self._uncertain.clear()
             if conn is not None:
                 conn.close()  # the server drops every lock it held
 
@@ -379,6 +388,7 @@ class PostgresStore:
 
         with self._lock_conn_lock:
             self._lost.discard(session_id)
+            self._uncertain.pop(session_id, None)
             key = self._held.pop(session_id, None)
             conn = self._lock_conn
             if key is None or conn is None or conn.broken or conn.closed:
@@ -519,35 +529,45 @@ class PostgresStore:
             SessionConflictError: A session is not held by this store (never claimed, released, or lost
                 while the server was away), or not at the checkpoint's version, or one to be made
                 (``create``) exists.
-            StoreUnavailableError: The write failed (nothing was written).
+            StoreUnavailableError: The write failed (nothing was written, or its reply was lost: a retry of
+                the same checkpoints, with more, is written over it).
         """
         import psycopg
 
         checkpoints = list(checkpoints)
 
-        def write(call: WorkerCall[None], pid: int, keys: dict[str, int], conn: psycopg.Connection[Any]) -> None:
+        def write(
+            call: WorkerCall[None],
+            pid: int,
+            keys: dict[str, int],
+            uncertain: dict[str, list[int]],
+            conn: psycopg.Connection[Any],
+        ) -> None:
             with conn.transaction():
                 # The lock connection may have died since we looked: the locks must still be its.
-                locked = {
-                    (classid << 32) | objid
-                    for classid, objid in conn.execute(
-                        "SELECT classid::bigint, objid::bigint FROM pg_locks"
-                        " WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = %s",
-                        (pid,),
-                    )
-                }
+                row = conn.execute(
+                    "SELECT txid_current(), ARRAY(SELECT ARRAY[classid::bigint, objid::bigint] FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = %s)",
+                    (pid,),
+                ).fetchone()
+                assert row is not None
+                xid, locked = int(row[0]), {(classid << 32) | objid for classid, objid in row[1]}
                 for cp in checkpoints:
                     if keys[cp.session_id] & _MASK64 not in locked:
                         raise SessionConflictError(cp.session_id, f"session {cp.session_id!r} lost its lock")
                 for cp in checkpoints:
-                    _write(conn, cp, self._owner)
+                    _write(conn, cp, self._owner, uncertain[cp.session_id])
                 if call.abandoned:
                     raise psycopg.Rollback  # the caller gave up on this write: don't make it behind its back
+                with self._lock_conn_lock:  # until we hear it committed, it may have
+                    for cp in checkpoints:
+                        self._uncertain.setdefault(cp.session_id, []).append(xid)
 
         def commit(call: WorkerCall[None]) -> None:
             with self._lock_conn_lock:
                 pid = self._lock_connection().info.backend_pid
                 keys: dict[str, int] = {}
+                uncertain = {cp.session_id: list(self._uncertain.get(cp.session_id, ())) for cp in checkpoints}
                 for cp in checkpoints:
                     sid = cp.session_id
                     if sid in self._lost:
@@ -557,7 +577,10 @@ class PostgresStore:
                     if sid not in self._held:
                         raise SessionConflictError(sid, f"session {sid!r} is not claimed by this store")
                     keys[sid] = self._held[sid]
-            self._with_connection(call, functools.partial(write, call, pid, keys))
+            self._with_connection(call, functools.partial(write, call, pid, keys, uncertain))
+            with self._lock_conn_lock:
+                for cp in checkpoints:
+                    self._uncertain.pop(cp.session_id, None)
 
         await run_worker(commit, limiter=self._connection())
 
@@ -629,8 +652,24 @@ def _holder(conn: psycopg.Connection[Any], session_id: str) -> str | None:
     return None if owner_row is None else owner_row[0]
 
 
-def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
+def _committed_before(conn: psycopg.Connection[Any], cp: Checkpoint, uncertain: Sequence[int]) -> bool:
+    """Whether the session is one version past the checkpoint's by a write of ours whose reply was lost.
+
+    A retry (what that write held, and what came since) then writes over it, at the same version.
+    """
+    if not uncertain:
+        return False
+    row = conn.execute(
+        "SELECT version, EXISTS (SELECT FROM unnest(%s::bigint[]) AS x WHERE txid_status(x) = 'committed')"
+        " FROM trio_agents_sessions WHERE id = %s FOR UPDATE",
+        (list(uncertain), cp.session_id),
+    ).fetchone()
+    return row is not None and int(row[0]) == cp.version + 1 and bool(row[1])
+
+
+def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str, uncertain: Sequence[int] = ()) -> None:
     sid = cp.session_id
+    again = False  # writing over our own earlier write of (part of) this checkpoint
     if cp.create is not None:  # made by this checkpoint, at the version its update would give it
         made = conn.execute(
             "INSERT INTO trio_agents_sessions (id, agent, owner, version, usage) VALUES (%s, %s, %s, %s, %s)"
@@ -638,7 +677,9 @@ def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
             (sid, cp.create, owner, cp.version + 1, cp.usage),
         ).rowcount
         if made != 1:
-            raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
+            again = _committed_before(conn, cp, uncertain)
+            if not again:
+                raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")
     else:
         updated = conn.execute(
             "UPDATE trio_agents_sessions SET version = version + 1, usage = COALESCE(%s, usage)"
@@ -646,8 +687,14 @@ def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
             (cp.usage, sid, cp.version),
         ).rowcount
         if updated != 1:
-            raise SessionConflictError(sid, f"session {sid!r} is no longer at version {cp.version}: another writer won")
-    if cp.cut:
+            again = _committed_before(conn, cp, uncertain)
+            if not again:
+                raise SessionConflictError(
+                    sid, f"session {sid!r} is no longer at version {cp.version}: another writer won"
+                )
+    if again:
+        conn.execute("UPDATE trio_agents_sessions SET usage = COALESCE(%s, usage) WHERE id = %s", (cp.usage, sid))
+    if cp.cut or again:
         conn.execute("DELETE FROM trio_agents_messages WHERE session_id = %s AND seq >= %s", (sid, cp.message_base))
     with conn.cursor() as cursor:
         if cp.messages:
@@ -665,7 +712,8 @@ def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str) -> None:
             )
         if cp.events:
             cursor.executemany(
-                "INSERT INTO trio_agents_events (session_id, run_id, seq, event) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO trio_agents_events (session_id, run_id, seq, event) VALUES (%s, %s, %s, %s)"
+                + (" ON CONFLICT DO NOTHING" if again else ""),
                 [(sid, e.run_id, e.seq, e.event) for e in cp.events],
             )
         if cp.pending_added:

@@ -250,3 +250,77 @@ async def test_postgres_owned_names_a_store_that_has_not_loaded_its_claim_yet(pg
         finally:
             go_on.set()
         assert owned.value.owner == "http://winner:2"
+
+
+async def test_postgres_commit_whose_reply_is_lost_is_not_a_conflict_on_retry(pg_backend: Backend) -> None:
+    """A commit the server made but whose reply the connection lost raises StoreUnavailableError; the retry
+    (what it held and what came since, at the same version) is written over it, not refused as if another
+    writer had won, and the session goes on at the right version with the right rows."""
+    import psycopg
+
+    from runtime import EventRow, RunRow
+
+    store = PostgresStore(pg_backend.target)
+    real = store._with_connection
+    lose_reply = True
+
+    def with_connection(call: Any, fn: Any) -> Any:
+        def committed_then_dropped(conn: psycopg.Connection[Any]) -> Any:
+            result = fn(conn)
+            if lose_reply:
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return result
+
+        return real(call, committed_then_dropped)
+
+    def rolled_back_then_dropped(call: Any, fn: Any) -> Any:
+        def dropped(conn: psycopg.Connection[Any]) -> Any:
+            with conn.transaction():  # the write's own is a savepoint in it: all of it is rolled back
+                fn(conn)
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        return real(call, dropped)
+
+    store._with_connection = with_connection  # type: ignore[method-assign]
+    run = RunRow("s1-1", 1, '"hi"', "running")
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True, fresh=True)
+        first = Checkpoint("s1", 0, 0, ["a"], [run], [EventRow("s1-1", 0, "e0")], usage="u1", create="agent")
+        with pytest.raises(StoreUnavailableError):
+            await store.commit([first])
+        with pytest.raises(StoreUnavailableError):  # lost again: the retry's outcome is unknown too
+            await store.commit([first])
+        lose_reply = False
+        finished = RunRow("s1-1", 1, '"hi"', "finished", "done")
+        events = [EventRow("s1-1", 0, "e0"), EventRow("s1-1", 1, "e1")]
+        await store.commit([Checkpoint("s1", 0, 0, ["a", "b"], [finished], events, usage="u2", create="agent")])
+        await store.commit([Checkpoint("s1", 1, 2, ["c"], cut=False)])
+        with pytest.raises(StoreUnavailableError):
+            lose_reply = True
+            await store.commit([Checkpoint("s1", 2, 3, ["d"], cut=False)])
+        lose_reply = False
+        await store.commit([Checkpoint("s1", 2, 3, ["d", "e"], cut=False, usage="u3")])
+        with pytest.raises(SessionConflictError):  # an old version is still refused
+            await store.commit([Checkpoint("s1", 1, 2, ["x"])])
+        # A write that did not commit, then another writer (not through this store) moved the session on:
+        # the retry is the conflict it is.
+        store._with_connection = rolled_back_then_dropped  # type: ignore[method-assign]
+        with pytest.raises(StoreUnavailableError):
+            await store.commit([Checkpoint("s1", 3, 5, ["f"], cut=False)])
+        store._with_connection = real  # type: ignore[method-assign]
+        with psycopg.connect(pg_backend.target, autocommit=True) as conn:
+            conn.execute("UPDATE trio_agents_sessions SET version = 4 WHERE id = 's1'")
+        with pytest.raises(SessionConflictError):
+            await store.commit([Checkpoint("s1", 3, 5, ["f"], cut=False)])
+        with psycopg.connect(pg_backend.target, autocommit=True) as conn:
+            conn.execute("UPDATE trio_agents_sessions SET version = 3 WHERE id = 's1'")
+        await store.release("s1")
+        snapshot = await store.claim("s1", "agent", create=False)
+        assert snapshot is not None
+        assert (snapshot.version, snapshot.messages, snapshot.runs, snapshot.usage) == (
+            3,
+            ("a", "b", "c", "d", "e"),
+            (finished,),
+            "u3",
+        )
+        assert await store.events("s1", "s1-1") == ["e0", "e1"]
