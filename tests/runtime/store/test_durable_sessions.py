@@ -154,6 +154,15 @@ async def in_session(path: Path, agent: Agent, **options: Any) -> AsyncIterator[
         yield session
 
 
+async def resume_accepting(session: Session, question: ElicitationRequest) -> list[tuple[str, str]]:
+    """Resume with ``question`` accepted, check the run completed, and return the history after its first
+    two messages (the interrupted call's turn) as ``(type, text)`` pairs."""
+    async with session.resume({question.id: ("accept", None)}) as stream:
+        events = [event async for event in stream]
+    assert events[-1] == RunFinished("completed")
+    return [(type(message).__name__, message.text) for message in session.history[2:]]
+
+
 def stored_events(path: Path, run_id: str) -> list[dict[str, Any]]:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT event FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
@@ -741,11 +750,7 @@ async def test_a_message_sent_while_resuming_follows_the_resumed_calls_results_a
     async with in_session(again, make_agent(), session_id="x") as session:
         assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
         assert session.pending == (asked,)
-        async with session.resume({asked.id: ("accept", None)}) as stream:
-            pass_events = [event async for event in stream]
-        assert pass_events[-1] == RunFinished("completed")
-        texts = [(type(message).__name__, message.text) for message in session.history]
-        assert texts[2:] == [
+        assert await resume_accepting(session, asked) == [
             ("ToolResultMessage", "paid 5"),
             ("UserMessage", "thanks"),
             ("AssistantMessage", "echo: thanks"),
@@ -912,11 +917,7 @@ async def test_a_run_waiting_for_its_turn_when_the_process_died_follows_the_resu
                 break
     async with in_session(again, make_agent(), session_id="q2") as session:
         assert session.suspended_run == "q2-r2"
-        async with session.resume({asked.id: ("accept", None)}) as stream:
-            events = [event async for event in stream]
-        assert events[-1] == RunFinished("completed")
-        texts = [(type(message).__name__, message.text) for message in session.history]
-        assert texts[2:] == [
+        assert await resume_accepting(session, asked) == [
             ("ToolResultMessage", "paid 3"),
             ("UserMessage", "thanks"),
             ("UserMessage", "later"),
@@ -972,11 +973,7 @@ async def test_a_message_carried_over_from_a_crash_survives_a_second_crash_while
                 break
     async with in_session(again, make_agent(), session_id="c2") as session:
         assert session.pending == (asked,)
-        async with session.resume({asked.id: ("accept", None)}) as stream:
-            events = [event async for event in stream]
-        assert events[-1] == RunFinished("completed")
-        texts = [(type(message).__name__, message.text) for message in session.history]
-        assert texts[2:] == [
+        assert await resume_accepting(session, asked) == [
             ("ToolResultMessage", "paid 3"),
             ("UserMessage", "later"),
             ("AssistantMessage", "echo: later"),
@@ -1016,11 +1013,7 @@ async def test_a_message_carried_over_from_a_crash_is_kept_by_a_session_closed_b
         runtime.open_session(make_agent(), session_id="c3", create=False) as session,
     ):
         assert session.pending == (request,)
-        async with session.resume({request.id: ("accept", None)}) as stream:
-            events = [event async for event in stream]
-        assert events[-1] == RunFinished("completed")
-        texts = [(type(message).__name__, message.text) for message in session.history]
-        assert texts[2:] == [
+        assert await resume_accepting(session, request) == [
             ("ToolResultMessage", "paid 3"),
             ("UserMessage", "later"),
             ("AssistantMessage", "echo: later"),
