@@ -23,6 +23,7 @@ import trio
 import trio.lowlevel
 
 from tests.pg import PostgresCluster, PostgresMissingError, find_bindir, postgres_cluster as _postgres_cluster
+from tests.raw_http import read_request_head
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -111,12 +112,9 @@ class ProviderServer:
 
 
 async def _read_request(stream: trio.SocketStream) -> Received | None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return None
-        data += chunk
+    data = await read_request_head(stream)
+    if data is None:
+        return None
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     method, path, _ = lines[0].split(" ", 2)

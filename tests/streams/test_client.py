@@ -49,6 +49,7 @@ from streams import (
 )
 from streams._broadcast import Broadcast, Subscriber
 from streams._client import MAX_MESSAGE
+from tests.raw_http import read_request_head
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -345,12 +346,9 @@ async def accept_and_say_nothing(stream: trio.SocketStream) -> None:
 
 async def accept_websocket(stream: trio.SocketStream) -> bool:
     """Complete a WebSocket handshake on ``stream``; ``False`` if the client left first."""
-    request = b""
-    while b"\r\n\r\n" not in request:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            return False
-        request += chunk
+    request = await read_request_head(stream)
+    if request is None:
+        return False
     key = next(
         line.split(b":", 1)[1].strip()
         for line in request.split(b"\r\n")
@@ -462,12 +460,9 @@ def reply_to_handshake(reply: bytes, *, then: str) -> Callable[[trio.SocketStrea
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                request += chunk
+            request = await read_request_head(stream)
+            if request is None:
+                return
             await stream.send_all(reply)
             if then == "hang":
                 await trio.sleep_forever()

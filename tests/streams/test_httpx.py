@@ -21,6 +21,7 @@ from streams import (
     open_sse_listener,
 )
 from streams._httpx import _MAPPING, map_httpx_errors
+from tests.raw_http import read_request_head
 
 TIMEOUT: Final = 10
 SLOW: Final = 0.3
@@ -143,12 +144,9 @@ async def test_an_error_body_that_arrives_slowly_is_a_remote_error(nursery: trio
 
     async def dribble(stream: trio.SocketStream) -> None:
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                request += chunk
+            request = await read_request_head(stream)
+            if request is None:
+                return
             await stream.send_all(
                 b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
                 b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:12]

@@ -51,6 +51,7 @@ from streams import (
 )
 from streams._client import MAX_ERROR_BODY
 from streams._remote import MAX_ANSWER_BODY
+from tests.raw_http import read_request_head
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -427,12 +428,9 @@ async def serve_raw(nursery: trio.Nursery, respond: Respond) -> str:
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = await read_request_head(stream)
+            if data is None:
+                return
             head, body = data.split(b"\r\n\r\n", 1)
             lines = head.split(b"\r\n")
             lengths = [int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")]
