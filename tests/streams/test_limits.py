@@ -10,6 +10,7 @@ must time out, several idle timeouts long.
 from __future__ import annotations
 
 import inspect
+import re
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -84,8 +85,13 @@ async def test_session_ids_outside_the_safe_set_are_422_bad_session_id(make_agen
                 assert (await client.delete(f"/sessions/{good}")).status_code == 204
             with pytest.raises(InvalidSessionIdError):
                 await server.open_session("a/b")
-            made_up = (await client.post("/sessions")).json()["id"]  # the ids the server makes are safe too
-    assert SESSION_ID_PATTERN.fullmatch(made_up)
+            made_up = [(await client.post("/sessions")).json()["id"] for _ in range(2)]
+    # The ids the server makes are safe too, and have the shape PROTOCOL.md gives: "s", 11 hex digits of
+    # milliseconds, 16 random ones (so they sort by creation).
+    for made in made_up:
+        assert SESSION_ID_PATTERN.fullmatch(made)
+        assert re.fullmatch(r"s[0-9a-f]{27}", made)
+    assert made_up[0][:12] <= made_up[1][:12] and made_up[0] != made_up[1]
 
 
 # -- the session cap -------------------------------------------------------------------
