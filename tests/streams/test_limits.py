@@ -91,7 +91,8 @@ async def test_session_ids_outside_the_safe_set_are_422_bad_session_id(make_agen
     for made in made_up:
         assert SESSION_ID_PATTERN.fullmatch(made)
         assert re.fullmatch(r"s[0-9a-f]{27}", made)
-    assert made_up[0][:12] <= made_up[1][:12] and made_up[0] != made_up[1]
+    assert made_up[0][:12] <= made_up[1][:12]
+    assert made_up[0] != made_up[1]
 
 
 # -- the session cap -------------------------------------------------------------------
