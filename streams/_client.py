@@ -31,6 +31,7 @@ from runtime._tracing import inject as inject_trace
 from ._broadcast import Subscriber
 from ._codec import UnknownEvent, event_from_json
 from ._exceptions import (
+    InvalidRequestError,
     MalformedMessageError,
     PeerSilentError,
     RemoteError,
@@ -159,9 +160,13 @@ async def _open_websocket(
 
     (trio-websocket 0.12.2's own client leaks its socket when the server closes first.)
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    try:
+        parts = urlsplit(url)  # the scheme comes lower-cased
+        valid = parts.scheme in ("ws", "wss") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unbalanced IPv6 bracket, a port that is not a number ...
+        valid = False
+    if not valid:
+        raise InvalidRequestError(f"not a ws:// or wss:// URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.abc.Stream | None = None
@@ -412,6 +417,7 @@ async def open_updates_stream(
         MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
             ``Sec-WebSocket-Accept``; (iterating) a message is not the protocol: not JSON, not an event, or an
             ``EventsDropped`` whose ``count`` is not an integer >= 0.
+        InvalidRequestError: ``url`` is not a ws:// or wss:// URL.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """
@@ -622,6 +628,7 @@ async def open_workspace_stream(
         MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
             ``Sec-WebSocket-Accept``; (iterating, or from :meth:`~WorkspaceStream.request`) a message is not the
             protocol: not a JSON object, or a field this client reads missing or of the wrong type or value.
+        InvalidRequestError: ``url`` is not a ws:// or wss:// URL.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """

@@ -32,6 +32,7 @@ from runtime.events import (
 )
 from streams import (
     WORKSPACE_TOOLS,
+    InvalidRequestError,
     MalformedMessageError,
     PeerSilentError,
     RemoteError,
@@ -381,6 +382,19 @@ def handshake_then_send(text: str) -> Callable[[trio.SocketStream], Any]:
                 await trio.sleep_forever()
 
     return handler
+
+
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1/sessions/s1/x", "ws:///no-host", "ws://[::1/x", "ws://h:port/x", "ws://h:0/x"]
+)
+async def test_a_url_that_is_not_ws_is_an_invalid_request(kind: str, url: str) -> None:
+    """Not ws:// or wss://, no host, a broken IPv6 bracket, a port that is not one: InvalidRequestError, before
+    any connection (not urllib's bare ValueError)."""
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT), pytest.raises(InvalidRequestError, match="not a ws:// or wss:// URL"):
+        async with opener(url):
+            pytest.fail("opened a stream on a URL that is not one")  # pragma: no cover
 
 
 @pytest.mark.parametrize("kind", ["updates", "workspace"])
