@@ -160,12 +160,14 @@ async def _open_websocket(
 
     (trio-websocket 0.12.2's own client leaks its socket when the server closes first.)
     """
+    host = None
     try:
         parts = urlsplit(url)  # the scheme comes lower-cased
-        valid = parts.scheme in ("ws", "wss") and bool(parts.hostname) and parts.port != 0
+        if parts.scheme in ("ws", "wss") and parts.port != 0:
+            host = parts.hostname
     except ValueError:  # an unbalanced IPv6 bracket, a port that is not a number ...
-        valid = False
-    if not valid:
+        pass
+    if not host:
         raise InvalidRequestError(f"not a ws:// or wss:// URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -179,12 +181,12 @@ async def _open_websocket(
                     with trio.fail_after(connect_timeout):
                         if parts.scheme == "wss":
                             stream = await trio.open_ssl_over_tcp_stream(
-                                parts.hostname, port, ssl_context=ssl.create_default_context()
+                                host, port, ssl_context=ssl.create_default_context()
                             )
                         else:
-                            stream = await trio.open_tcp_stream(parts.hostname, port)
+                            stream = await trio.open_tcp_stream(host, port)
                         watched = _Watched(stream)
-                        ws = await _handshake(nursery, watched, parts.hostname, resource, token)
+                        ws = await _handshake(nursery, watched, host, resource, token)
                 except trio.TooSlowError:
                     # A rejection whose body is still coming is a rejection: its status is the answer.
                     rejected = watched.rejection() if watched is not None else None
