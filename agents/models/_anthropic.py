@@ -27,7 +27,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
-from ._sse import SSEStream, json_object
+from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping
@@ -308,7 +308,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                         usage.update(payload["usage"])
                     delta = payload.get("delta")
                     if isinstance(delta, dict) and delta.get("stop_reason"):
-                        stop_reason = str(delta["stop_reason"])
+                        stop_reason = text_field(delta, "stop_reason")
                 elif kind == "message_stop":
                     if open_blocks:  # a tool call in it would be lost: the stream is broken, not the answer whole
                         raise MalformedStreamError(
@@ -354,18 +354,19 @@ def _block_start(blocks: dict[int, _ToolBlock | _ThinkingBlock], payload: dict[s
         start = block.get("input")
         blocks[_index(payload)] = _ToolBlock(
             str(kind),
-            str(block.get("id") or ""),
-            str(block.get("name") or ""),
+            text_field(block, "id"),
+            text_field(block, "name"),
             start if isinstance(start, dict) else {},
         )
-    elif kind == "text" and block.get("text"):
-        return TextChunk(str(block["text"]))
+    elif kind == "text":
+        text = text_field(block, "text")
+        return TextChunk(text) if text else None
     elif kind == "thinking":
-        thinking = str(block.get("thinking") or "")
-        blocks[_index(payload)] = _ThinkingBlock([thinking], str(block.get("signature") or ""))
+        thinking = text_field(block, "thinking")
+        blocks[_index(payload)] = _ThinkingBlock([thinking], text_field(block, "signature"))
         return ReasoningChunk(thinking) if thinking else None
     elif kind == "redacted_thinking":  # nothing to show, but it goes back with the history
-        blocks[_index(payload)] = _ThinkingBlock([str(block.get("data") or "")], redacted=True)
+        blocks[_index(payload)] = _ThinkingBlock([text_field(block, "data")], redacted=True)
     # Server tool results (web_search_tool_result ...) carry nothing for us.
     return None
 
@@ -376,22 +377,23 @@ def _block_delta(blocks: dict[int, _ToolBlock | _ThinkingBlock], payload: dict[s
         raise MalformedStreamError("anthropic: a content_block_delta event has no delta")
     kind = delta.get("type")
     if kind == "text_delta":
-        return TextChunk(str(delta["text"])) if delta.get("text") else None
+        text = text_field(delta, "text")
+        return TextChunk(text) if text else None
     if kind == "thinking_delta" or kind == "signature_delta":
         thinking = blocks.get(_index(payload))
         if not isinstance(thinking, _ThinkingBlock) or thinking.redacted:
             raise MalformedStreamError(f"anthropic: {kind} for a block that is not a thinking block")
         if kind == "signature_delta":
-            thinking.signature += str(delta.get("signature") or "")
+            thinking.signature += text_field(delta, "signature")
             return None
-        text = str(delta.get("thinking") or "")
+        text = text_field(delta, "thinking")
         thinking.pieces.append(text)
         return ReasoningChunk(text) if text else None
     if kind == "input_json_delta":
         block = blocks.get(_index(payload))
         if not isinstance(block, _ToolBlock):
             raise MalformedStreamError("anthropic: input_json_delta for a block that is not a tool call")
-        fragment = str(delta.get("partial_json") or "")
+        fragment = text_field(delta, "partial_json")
         block.fragments.append(fragment)
         if fragment and block.kind == "tool_use":  # a server tool's input is reported whole, when it stops
             return ToolCallDeltaChunk(block.call_id, block.name, fragment)

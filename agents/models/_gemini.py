@@ -26,7 +26,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
-from ._sse import SSEStream, json_object
+from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping
@@ -327,7 +327,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                             yield call_chunk
                         calls += 1
                     elif part.get("text"):
-                        text = str(part["text"])
+                        text = text_field(part, "text")
                         yield ReasoningChunk(text) if part.get("thought") else TextChunk(text)
                     # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
                 if candidate.get("finishReason"):

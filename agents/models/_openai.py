@@ -24,7 +24,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import HTTPModel, bearer_headers, error_chunk
-from ._sse import SSEStream, json_object
+from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping
@@ -203,6 +203,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     delta = choice.get("delta") or {}
                     reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                     if reasoning:
+                        if reasoning.__class__ is not str:  # its repr would pass for the model's reasoning
+                            raise TypeError(f"a delta's reasoning is a {type(reasoning).__name__}, not a string")
                         yield ReasoningChunk(reasoning)
                     content = delta.get("content")
                     if content:
@@ -212,7 +214,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                             for part in _content_parts(content):
                                 yield part
                     elif delta.get("refusal"):  # never beside content: a text delta pays no extra lookup
-                        yield RefusalChunk(str(delta["refusal"]))
+                        yield RefusalChunk(text_field(delta, "refusal"))
                     for fragment in delta.get("tool_calls") or ():
                         call = _call_for(fragment, calls, open_calls)
                         function = fragment.get("function") or {}

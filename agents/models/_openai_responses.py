@@ -26,7 +26,7 @@ from .._messages import (
     UserMessage,
 )
 from ._http import HTTPModel, bearer_headers, error_chunk
-from ._sse import SSEStream, json_object
+from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping
@@ -230,19 +230,19 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                 kind = payload.get("type") or event.event
                 if kind == "response.output_text.delta":
                     if payload.get("delta"):
-                        yield TextChunk(str(payload["delta"]))
+                        yield TextChunk(text_field(payload, "delta"))
                 elif kind == "response.function_call_arguments.delta":
                     call = calls.get(payload, kind)
                     if payload.get("delta"):
-                        delta = str(payload["delta"])
+                        delta = text_field(payload, "delta")
                         call.fragments.append(delta)
                         yield ToolCallDeltaChunk(call.call_id, call.name, delta)
                 elif kind in _REASONING_DELTAS:
                     if payload.get("delta"):
-                        yield ReasoningChunk(str(payload["delta"]))
+                        yield ReasoningChunk(text_field(payload, "delta"))
                 elif kind == "response.refusal.delta":
                     if payload.get("delta"):
-                        yield RefusalChunk(str(payload["delta"]))
+                        yield RefusalChunk(text_field(payload, "delta"))
                 elif kind == "response.output_item.added":
                     item = _item(payload, kind)
                     if item.get("type") == "function_call":

@@ -63,6 +63,21 @@ def json_object(data: str, what: str) -> dict[str, Any]:
     return value
 
 
+def text_field(where: dict[str, Any], key: str) -> str:
+    """A text field of a provider's event: ``where[key]`` if a string, "" if absent or null.
+
+    Raises:
+        TypeError: any other value (a number, an object ...), whose Python repr would pass for text. The
+            model's stream maps it to :class:`MalformedStreamError`, as any event of the wrong shape.
+    """
+    value = where.get(key)
+    if value is None:
+        return ""
+    if value.__class__ is not str:
+        raise TypeError(f"{key!r} of a {where.get('type', 'chunk')!s:.40} is a {type(value).__name__}, not a string")
+    return value
+
+
 class SSEStream:
     """The events of a streamed response, read a network read at a time, closable at any point.
 

@@ -329,6 +329,33 @@ _MESSAGE_STOP: Final = '{"type": "message_stop"}'
             ['{"type": "response.completed", "response": {"usage": {"input_tokens": "x"}}}'],
             ValueError,
         ),
+        # Text that is not a string: its Python repr must not pass for what the model wrote.
+        (OpenAIChatModel, ['{"choices": [{"index": 0, "delta": {"reasoning_content": {"t": "x"}}}]}'], TypeError),
+        (OpenAIChatModel, ['{"choices": [{"index": 0, "delta": {"refusal": ["no"]}}]}'], TypeError),
+        (
+            AnthropicModel,
+            ['{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": {"a": 1}}}'],
+            TypeError,
+        ),
+        (
+            AnthropicModel,
+            ['{"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": 7}}'],
+            TypeError,
+        ),
+        (
+            AnthropicModel,
+            [
+                '{"type": "content_block_start", "index": 0,'
+                ' "content_block": {"type": "tool_use", "id": 1, "name": "f"}}'
+            ],
+            TypeError,
+        ),
+        (
+            GeminiModel,
+            ['{"candidates": [{"content": {"parts": [{"text": {"a": 1}}]}, "finishReason": "STOP", "index": 0}]}'],
+            TypeError,
+        ),
+        (OpenAIResponsesModel, ['{"type": "response.output_text.delta", "delta": 42}'], TypeError),
     ],
     ids=[
         "chat-delta",
@@ -339,6 +366,13 @@ _MESSAGE_STOP: Final = '{"type": "message_stop"}'
         "anthropic",
         "gemini",
         "responses",
+        "chat-reasoning-not-text",
+        "chat-refusal-not-text",
+        "anthropic-delta-not-text",
+        "anthropic-block-not-text",
+        "anthropic-call-id-not-text",
+        "gemini-not-text",
+        "responses-not-text",
     ],
 )
 async def test_a_chunk_of_the_wrong_shape_is_a_malformed_stream_naming_the_provider(
