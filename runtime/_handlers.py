@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, get_args
 
 import attrs
 import trio
@@ -44,6 +44,11 @@ class StreamHandler:
     def __init__(self, handler: Handler, *, buffer: int, overflow: Overflow, on_error: Literal["raise", "log"]) -> None:
         if buffer < 1:
             raise ValueError("a handler's buffer must hold at least one event")
+        # Checked here: a misspelt value would otherwise behave as drop_newest / "log" without a word.
+        if overflow not in get_args(Overflow):
+            raise ValueError(f"overflow must be one of {', '.join(get_args(Overflow))}, not {overflow!r}")
+        if on_error not in ("raise", "log"):
+            raise ValueError(f"on_error must be raise or log, not {on_error!r}")
         self.handler = handler
         self.overflow: Overflow = overflow
         self.on_error = on_error

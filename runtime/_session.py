@@ -485,7 +485,7 @@ class Session(Generic[OutputT]):
 
         Raises:
             ClosedSessionError: the session is closed.
-            ValueError: ``buffer`` is less than 1.
+            ValueError: ``buffer`` is less than 1, or ``overflow`` or ``on_error`` is not one of the values above.
         """
         attached = StreamHandler(handler, buffer=buffer, overflow=overflow, on_error=on_error)
         self._check_open()

@@ -162,6 +162,26 @@ async def test_removed_handler_gets_nothing_more_and_its_task_ends() -> None:
             s.add_handler(record, buffer=0)
 
 
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"overflow": "blocking"}, "overflow must be one of block, drop_oldest, drop_newest, not 'blocking'"),
+        ({"overflow": "drop-oldest"}, "overflow must be one of"),
+        ({"on_error": "Raise"}, "on_error must be raise or log, not 'Raise'"),
+    ],
+)
+async def test_add_handler_refuses_unknown_options(options: dict[str, str], match: str) -> None:
+    """A misspelt overflow or on_error is a ValueError naming the allowed values, not another behaviour."""
+
+    async def record(event: Event) -> None:
+        pass
+
+    async with open_runtime() as runtime, runtime.open_session(agent([])) as s:
+        with pytest.raises(ValueError, match=match):
+            s.add_handler(record, **options)  # type: ignore[arg-type]
+        assert s.handlers == ()
+
+
 async def test_drain_waits_until_everything_buffered_is_handled(autojump_clock: trio.testing.MockClock) -> None:
     """drain() returns only once the handler has returned from every event buffered so far."""
     got: list[Event] = []
