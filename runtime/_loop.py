@@ -1014,8 +1014,14 @@ class AgentRun:
                 kind = "invalid_arguments" if invalid else type(exc).__qualname__
             except SystemExit as exc:  # a sync tool's sys.exit() (argparse on bad input): its error, not the process's
                 value, error, kind = None, f"the tool exited: {describe(exc)}", "SystemExit"
-            except BaseExceptionGroup as group:  # with no Cancelled in it (_cancel_alone): SystemExit, ...
-                value, error, kind = None, describe(group), type(group).__qualname__
+            except BaseException as exc:
+                # Its own BaseException (GeneratorExit, a library's), or a group of them, is this call's error
+                # too; only a cancel or Ctrl+C goes on up (from a group, _cancel_alone raised those alone).
+                if isinstance(exc, _PASSING) or (
+                    isinstance(exc, BaseExceptionGroup) and exc.split(_PASSING)[0] is not None
+                ):
+                    raise
+                value, error, kind = None, describe(exc), type(exc).__qualname__
             for hooks in self._agent.hooks:
                 try:
                     await hooks.after_tool(ctx, value, error)
@@ -1292,11 +1298,15 @@ def _parse_arguments(call: ToolCallChunk, *, cut_off: bool = False) -> tuple[dic
     return value, None
 
 
+# What a tool raises that is not its call's error: they end the run (or the process).
+_PASSING: Final = (trio.Cancelled, KeyboardInterrupt)
+
+
 def _cancel_alone(group: BaseExceptionGroup[BaseException], tool_name: str) -> None:
     """A tool's own nursery, cancelled (tool_timeout, the run ending) while a task of it failed, raises both:
     raise the cancel alone (the errors would outlive the scope that takes the Cancelled, and fail the session).
     Returns if there is no cancel (or Ctrl+C) in the group."""
-    passing, errors = group.split((trio.Cancelled, KeyboardInterrupt))
+    passing, errors = group.split(_PASSING)
     if passing is None:
         return
     if errors is not None:

@@ -553,6 +553,47 @@ async def test_a_sync_tool_that_calls_sys_exit_gets_an_error_result_and_nothing_
         assert (await session.ask("next")).output == "again"
 
 
+class _LibraryExit(BaseException):
+    """A library's own BaseException (pytest's Exit, gevent's GreenletExit are ones)."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [(_LibraryExit("custom base"), "_LibraryExit: custom base"), (GeneratorExit(), "GeneratorExit")],
+    ids=["own", "GeneratorExit"],
+)
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_tool_raising_a_base_exception_gets_an_error_result_and_nothing_else_ends(
+    raised: BaseException, message: str, sync: bool
+) -> None:
+    """A BaseException that is neither a cancel nor Ctrl+C (GeneratorExit, a library's own) is that
+    call's error result: the run goes on, and the session and the runtime's other sessions are not ended."""
+
+    def boom() -> str:
+        """Fails."""
+        raise raised
+
+    async def boom_async() -> str:
+        """Fails."""
+        raise raised
+
+    failing = tool(name="boom")(boom if sync else boom_async)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("boom"), "done", "again"]), tools=[failing])
+    other = Agent(name="b", model=ScriptedModel(["hi"]))
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        handle = await runtime.start_session(other)
+        async with session.run("go") as stream:
+            events = [event async for event in stream]
+        (done,) = [event for event in events if isinstance(event, ToolCallFinished)]
+        assert done.error == message
+        assert events[-1] == RunFinished("completed")
+        (result,) = [message for message in session.history if isinstance(message, ToolResultMessage)]
+        assert (result.content, result.is_error) == (message, True)
+        assert (await session.ask("next")).output == "again"
+        assert (await handle.session.ask("x")).output == "hi"
+        await handle.aclose()
+
+
 @pytest.mark.parametrize("ending", ["run_timeout", "tool_timeout", "consumer_leaves"])
 async def test_a_tool_whose_task_fails_as_it_is_cancelled_ends_as_cancelled_and_the_session_goes_on(
     ending: str, autojump_clock: trio.testing.MockClock
