@@ -55,6 +55,8 @@ class RetryPolicy:
         return self._bound(attempt) / 2
 
     def _bound(self, attempt: int) -> float:
+        if self.initial == 0:  # 0 * inf is NaN, which min() would turn into the maximum
+            return 0.0
         try:
             return min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
         except OverflowError:  # a huge multiplier: the cap is what is left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Final
 
 import httpx
@@ -40,6 +41,13 @@ def test_retry_policy_delay_survives_a_huge_multiplier() -> None:
     """A multiplier whose powers overflow a float gives the maximum's bounds, not an OverflowError."""
     policy = RetryPolicy(initial=1.0, maximum=5.0, multiplier=1e300)
     assert 2.5 <= policy.delay(50) <= 5.0
+
+
+def test_retry_policy_delay_is_zero_when_initial_is_zero_even_with_an_infinite_multiplier() -> None:
+    """``initial=0`` waits 0 at every attempt with ``multiplier=inf`` too (0 * inf is NaN, not the maximum)."""
+    policy = RetryPolicy(initial=0, multiplier=math.inf)
+    assert [policy.delay(attempt) for attempt in (0, 1, 2, 100)] == [0.0, 0.0, 0.0, 0.0]
+    assert policy.min_delay(1) == 0.0
 
 
 def test_retry_policy_delay_is_jittered() -> None:
