@@ -62,7 +62,7 @@ def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
 
 
 def _positive_or_none(instance: Agent[Any, Any], attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:  # written so that NaN is refused too
         raise AgentDefinitionError(f"{attribute.name} must be positive or None, not {value!r}")
 
 

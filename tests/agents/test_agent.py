@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -139,17 +140,18 @@ def test_agent_max_turns_of_one_is_allowed() -> None:
 
 
 @pytest.mark.parametrize("field", ["tool_timeout", "run_timeout", "model_idle_timeout"])
-@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5])
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, math.nan, -math.inf])
 def test_agent_non_positive_timeout_is_a_definition_error(field: str, value: float) -> None:
-    """A timeout of zero or less raises ``AgentDefinitionError`` naming the field."""
+    """A timeout of zero or less, or NaN, raises ``AgentDefinitionError`` naming the field."""
     with pytest.raises(AgentDefinitionError, match=rf"{field} must be positive"):
         _agent(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["tool_timeout", "run_timeout", "model_idle_timeout"])
 def test_agent_positive_or_none_timeout_is_allowed(field: str) -> None:
-    """A positive timeout, or ``None``, is accepted as given."""
+    """A positive timeout (infinity: no limit), or ``None``, is accepted as given."""
     assert getattr(_agent(**{field: 0.25}), field) == 0.25
+    assert getattr(_agent(**{field: math.inf}), field) == math.inf
     assert getattr(_agent(**{field: None}), field) is None
 
 
