@@ -98,7 +98,9 @@ class WebhookChannel:
     is disconnected), ``backlog``, and a non-loopback ``host`` needs a
     ``secret`` or ``allow_unauthenticated_remote=True``
     (:class:`~streams.UnsafeBindError` otherwise). An empty ``secret``, or one
-    with spaces, is refused with ``ValueError``.
+    with spaces, is refused with ``ValueError``, and so is a ``max_body``,
+    ``backlog`` or timeout that is not above zero (``graceful_timeout``: below
+    zero).
 
     Hypercorn runs inside ``run``'s own nursery. Cancelling ``run`` first
     answers every request still waiting on the bus with 503, then stops
@@ -129,7 +131,16 @@ class WebhookChannel:
         backlog: int = 1024,
         allow_unauthenticated_remote: bool = False,
     ) -> None:
-        check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+        check_positive(
+            max_body=max_body,
+            publish_timeout=publish_timeout,
+            response_timeout=response_timeout,
+            write_timeout=write_timeout,
+            body_timeout=body_timeout,
+            backlog=backlog,
+        )
+        if not graceful_timeout >= 0:
+            raise ValueError(f"graceful_timeout must be 0 or more, not {graceful_timeout!r}")
         check_token(secret, "the secret")
         check_bind(
             host,

@@ -93,6 +93,9 @@ class WebSocketChannel:
             (the channel has no token: anyone who reaches it can chat). Without
             it, that raises :class:`~streams.UnsafeBindError`.
 
+    Raises:
+        ValueError: ``queue_size`` is below 1, or a timeout is not above zero.
+
     Example::
 
         channel = WebSocketChannel(port=8765)
@@ -121,7 +124,12 @@ class WebSocketChannel:
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
-        check_positive(write_timeout=write_timeout)
+        check_positive(
+            connect_timeout=connect_timeout,
+            disconnect_timeout=disconnect_timeout,
+            publish_timeout=publish_timeout,
+            write_timeout=write_timeout,
+        )
         check_bind(
             host,
             authenticated=False,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -221,6 +222,24 @@ async def test_webhook_refuses_with_503_when_the_bus_stays_full() -> None:
     assert response.status_code == 503
     assert "error" in response.json()
     bus.close()
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["publish_timeout", "response_timeout", "max_body", "write_timeout", "body_timeout", "backlog"],
+)
+@pytest.mark.parametrize("value", [0, -1])
+def test_webhook_refuses_a_limit_not_above_zero(option: str, value: int) -> None:
+    """A limit that is not above zero is a ValueError naming it when the channel is made, not a 500 on every POST."""
+    with pytest.raises(ValueError, match=f"{option} must be above zero"):
+        WebhookChannel(**{option: value})  # type: ignore[arg-type]
+
+
+def test_webhook_refuses_a_negative_graceful_timeout() -> None:
+    """A graceful_timeout below zero is refused when the channel is made (0: no grace, is allowed)."""
+    with pytest.raises(ValueError, match="graceful_timeout must be 0 or more"):
+        WebhookChannel(graceful_timeout=-1)
+    WebhookChannel(graceful_timeout=0)
 
 
 async def test_webhook_bot_example_selftest_exits_0(load_example: Callable[[str], ModuleType]) -> None:

@@ -231,6 +231,15 @@ def test_websocket_channel_rejects_a_bad_queue_size() -> None:
         WebSocketChannel(queue_size=0)
 
 
+@pytest.mark.parametrize("option", ["connect_timeout", "disconnect_timeout", "publish_timeout", "write_timeout"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_websocket_channel_refuses_a_timeout_not_above_zero(option: str, value: int) -> None:
+    """A timeout that is not above zero is a ValueError naming it when the channel is made, not a gateway
+    killed by the first client message."""
+    with pytest.raises(ValueError, match=f"{option} must be above zero"):
+        WebSocketChannel(**{option: value})  # type: ignore[arg-type]
+
+
 def test_websocket_channel_is_a_channel() -> None:
     """WebSocketChannel implements the runtime's Channel protocol."""
     assert isinstance(WebSocketChannel(), Channel)
