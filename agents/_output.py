@@ -66,7 +66,9 @@ class _Target:
                 raise OutputValidationError(f'the answer must be a JSON object {{"{_WRAPPER}": ...}}')
             value = value[_WRAPPER]
         try:
-            return self.adapter.validate_python(value)
+            # The answer is JSON, so it is checked in JSON mode (as ``model_validate_json`` would): a
+            # strict model takes "2024-05-01" for a date, "red" for an Enum and [1, 2] for a tuple there.
+            return self.adapter.validate_json(pydantic_core.to_json(value))
         except pydantic.ValidationError as exc:
             errors = json.dumps(exc.errors(include_url=False, include_context=False), default=str)
             raise OutputValidationError(f"the answer did not validate: {errors}") from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import enum
 import json
 import threading
 from collections.abc import Callable
@@ -208,6 +210,33 @@ def test_output_validate_call_failure_carries_pydantics_errors() -> None:
         (("name",), "string_type"),
         (("lives",), "int_parsing"),
     }
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Paint(pydantic.BaseModel):
+    """A strict model: pydantic takes only exact types, but from JSON their JSON forms too."""
+
+    model_config = pydantic.ConfigDict(strict=True)
+    color: Color
+    when: datetime.date
+    size: tuple[int, int]
+    coats: int
+
+
+def test_output_strict_model_takes_the_json_forms_of_enums_dates_and_tuples() -> None:
+    """A strict model validates an answer as JSON (as model_validate_json would), in every mode, and stays strict."""
+    answer = {"color": "red", "when": "2024-05-01", "size": [2, 3], "coats": 2}
+    expected = Paint(color=Color.RED, when=datetime.date(2024, 5, 1), size=(2, 3), coats=2)
+    tool_spec = OutputSpec(Paint, "tool")
+    assert tool_spec.validate_call(FINAL_RESULT_TOOL, answer) == expected
+    assert tool_spec.validate_call(FINAL_RESULT_TOOL, json.dumps(answer)) == expected
+    assert OutputSpec(Paint, "native").validate_text(json.dumps(answer)) == expected
+    assert OutputSpec(list[Paint], "prompted").validate_text(json.dumps({"response": [answer]})) == [expected]
+    with pytest.raises(OutputValidationError, match="int_type"):  # strict: "2" is not an int
+        tool_spec.validate_call(FINAL_RESULT_TOOL, {**answer, "coats": "2"})
 
 
 @pytest.mark.parametrize(
