@@ -24,7 +24,7 @@ The tree::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ._content import describe_part
 
@@ -176,14 +176,43 @@ class ElicitationTimeout(ElicitationError):
     """The question was not answered within its timeout."""
 
 
+_MAX_LEAVES: Final = 3  # errors of a group that describe() names; the rest are counted
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line, for an error event or a tool's error result.
 
     One of ours (an :class:`AgentsError`) is its message, written to be read;
     any other gets its type name in front (``KeyError: 'x'`` says more than
-    ``'x'``), or is its type name alone if it has no message.
+    ``'x'``), or is its type name alone if it has no message. An exception
+    group (a nursery's) is the errors in it: the first three, then how many
+    more. An exception whose ``str()`` fails is its type name and
+    ``<str() failed>``.
     """
-    text = str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = _leaves(exc)
+        shown = [describe(leaf) for leaf in leaves[:_MAX_LEAVES]]
+        if len(leaves) > _MAX_LEAVES:
+            shown.append(f"and {len(leaves) - _MAX_LEAVES} more")
+        return "; ".join(shown)
+    try:
+        text = str(exc)
+    except Exception:  # its __str__ is broken: the call it came from still gets an error result
+        text = "<str() failed>"
     if isinstance(exc, AgentsError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in ``group`` and its nested groups that are not groups, in order (no recursion:
+    nesting may be deep)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    return leaves
