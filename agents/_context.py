@@ -166,7 +166,8 @@ class RunContext(Generic[DepsT]):
 
         Raises:
             TypeError: ``event`` is not an attrs ``CustomEvent``, or has a field named ``type`` or ``name``.
-            runtime.ClosedRunStreamError: the run has ended (a task that outlived it still holds the context).
+            runtime.ClosedRunStreamError: the run has ended (a task that outlived it still holds the context),
+                or, for a tool's context, its call has.
 
         Example::
 
@@ -197,7 +198,8 @@ class ToolContext(RunContext[DepsT]):
     async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
         """Tell the run's consumer how far this tool got: a ``ToolProgress`` event.
 
-        Best-effort: when the stream is full the report is dropped (and
+        Best-effort: when the stream is full, or the call has finished (a
+        sync tool's thread past ``tool_timeout``), the report is dropped (and
         counted in ``RunResult.progress_dropped``); it never blocks the
         tool. Call it as often as you like.
 

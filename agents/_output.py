@@ -25,7 +25,8 @@ JSON-schema response format, or as JSON text asked for in the instructions."""
 OUTPUT_MODES: Final = frozenset(typing.get_args(OutputMode))
 
 FINAL_RESULT_TOOL: Final = "final_result"
-"""The tool a model calls to answer in ``output_mode="tool"`` (``final_result_<Member>`` per member of a union)."""
+"""The tool a model calls to answer in ``output_mode="tool"`` (``final_result_<Member>`` per member of a union,
+each character but a letter, digit, ``_`` or ``-`` made ``_``, cut to 64 characters)."""
 
 _WRAPPER: Final = "response"
 """The one property a non-object output type is wrapped in (tool arguments and native schemas are objects)."""
@@ -104,9 +105,12 @@ class OutputSpec:
             targets = [_Target(member, FINAL_RESULT_TOOL) for member in structured]
             if len(targets) > 1 and not any(target.wrapped for target in targets):
                 # A union of objects (models, dataclasses, TypedDicts): one tool each, which models pick well.
-                names = [f"{FINAL_RESULT_TOOL}_{_type_name(member)}" for member in structured]
+                names = [_provider_name(f"{FINAL_RESULT_TOOL}_{_type_name(member)}") for member in structured]
                 if len(set(names)) != len(names):
-                    raise AgentDefinitionError(f"output_type {output_type!r}: union members need distinct names")
+                    raise AgentDefinitionError(
+                        f"output_type {output_type!r}: union members need distinct names "
+                        f"(as tool names: {FINAL_RESULT_TOOL}_<Name>, cut to 64 characters)"
+                    )
                 self._targets = [_Target(member, name) for member, name in zip(structured, names, strict=True)]
             else:
                 # One type, or a union with scalars (``int | None``): one tool for the whole of it.
@@ -223,8 +227,12 @@ def _type_name(output_type: Any) -> str:
 
 
 def _schema_name(output_type: Any) -> str:
-    # Providers take [a-zA-Z0-9_-]{1,64}.
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", _type_name(output_type))[:64]
+    return _provider_name(_type_name(output_type))
+
+
+def _provider_name(name: str) -> str:
+    # Providers take tool and schema names of [a-zA-Z0-9_-]{1,64} (Page[Cat] is Page_Cat_).
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64]
 
 
 def _strip_fences(text: str) -> str:

@@ -41,7 +41,7 @@ class ClosedSessionError(AgentRuntimeError):
 
 class ClosedRunStreamError(AgentRuntimeError):
     """A :class:`~runtime.RunStream` was read after its ``async with`` block exited, or ``ctx.emit`` was
-    called after its run had ended."""
+    called after its run (for a tool's context: its call) had ended."""
 
 
 class ReentrantRunError(AgentRuntimeError):

@@ -978,7 +978,7 @@ class AgentRun:
             call.call_id,
             call.name,
             elicitor=elicitor,
-            events=self,
+            events=(sink := _CallEvents(self)),
         )
         if error is None and tool is None:
             known = ", ".join(sorted(tools)) or "none"
@@ -1031,6 +1031,7 @@ class AgentRun:
             call.call_id, call.name, error if error is not None else _to_content(value), error is not None
         )
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
+        sink.ended = True
         await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
         return kind
 
@@ -1127,6 +1128,29 @@ class _ResumedQuestions:
 
 class _Refused(Exception):
     """A tool call that did not run; its message is the error result the model sees."""
+
+
+class _CallEvents:
+    """A tool call's ``ctx.report_progress`` and ``ctx.emit``: its run's, until the call has ended. A thread
+    or task of it that outlives it (a sync tool past tool_timeout) sends nothing after its ToolCallFinished."""
+
+    __slots__ = ("_run", "ended")
+
+    def __init__(self, run: AgentRun) -> None:
+        self._run = run
+        self.ended = False
+
+    def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
+        run = self._run
+        if self.ended:
+            (run._root or run)._dropped += 1
+        else:
+            run.progress(call_id, progress, total, message)
+
+    async def emit(self, event: Any) -> None:
+        if self.ended and not self._run._ended:  # (an ended run says so itself)
+            raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its tool call had ended")
+        await self._run.emit(event)
 
 
 class _RunSink:

@@ -6,9 +6,10 @@ import dataclasses
 import datetime
 import enum
 import json
+import re
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic
 import pytest
@@ -19,6 +20,9 @@ from agents._output import OutputSpec, OutputValidationError
 
 if TYPE_CHECKING:
     from agents import ModelRequest, OutputMode
+
+
+T = TypeVar("T")
 
 
 class Cat(pydantic.BaseModel):
@@ -134,6 +138,47 @@ def test_output_union_with_scalars_is_one_final_result_tool() -> None:
     spec = OutputSpec(int | None, "tool")
     assert spec.validate_call("final_result", {"response": None}) is None
     assert spec.validate_call("final_result", {"response": 3}) == 3
+
+
+class Page(pydantic.BaseModel, Generic[T]):
+    items: list[T]
+
+
+class AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputOne(pydantic.BaseModel):
+    one: int
+
+
+class AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputTwo(pydantic.BaseModel):
+    two: int
+
+
+def test_output_union_tool_names_are_names_providers_take() -> None:
+    """Members whose names have brackets (generic models) or are long still give tools named
+    [A-Za-z0-9_-]{1,64}, the rule every provider (and our own tools) follows, and each such call is answered."""
+    spec = OutputSpec(Page[Cat] | Page[Dog] | AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputOne, "tool")
+    names = [tool_spec.name for tool_spec in spec.tool_specs()]
+    assert names == [
+        "final_result_Page_Cat_",
+        "final_result_Page_Dog_",
+        "final_result_AVeryLongModelNameForTheQuarterlyFinancialReportSum",
+    ]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) for name in names)
+    assert spec.validate_call("final_result_Page_Dog_", {"items": [{"name": "Rex", "good": True}]}) == Page[Dog](
+        items=[Dog("Rex", True)]
+    )
+    assert spec.validate_call(names[2], {"one": 1}) == AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputOne(
+        one=1
+    )
+
+
+def test_output_union_members_alike_in_their_first_64_characters_are_a_definition_error() -> None:
+    """Two names that are one once cut to 64 characters would make two tools of one name: refused."""
+    with pytest.raises(AgentDefinitionError, match="distinct names"):
+        OutputSpec(
+            AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputOne
+            | AVeryLongModelNameForTheQuarterlyFinancialReportSummaryOutputTwo,
+            "tool",
+        )
 
 
 def test_output_union_members_with_the_same_name_are_a_definition_error() -> None:

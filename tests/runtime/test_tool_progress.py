@@ -8,6 +8,7 @@ tells when the run can go no further.
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -144,6 +145,53 @@ async def test_progress_dropped_in_a_sub_agent_counts_in_the_top_result(
     wrapped = [e.event for e in rest if isinstance(e, SubAgentEvent) and isinstance(e.event, ToolProgress)]
     assert [event.progress for event in wrapped] == [1, 2]
     assert result.progress_dropped == count - buffer
+    assert result.reason == "completed"
+
+
+async def test_nothing_of_a_call_is_sent_after_its_tool_call_finished() -> None:
+    """A sync tool past tool_timeout whose thread goes on reporting: its progress after its ToolCallFinished
+    is dropped and counted, and its ctx.emit is a ClosedRunStreamError, while the run goes on."""
+    release = threading.Event()
+    late: list[BaseException | None] = []
+    reported = trio.Event()
+
+    @tool
+    def slow(ctx: ToolContext[None]) -> str:
+        """Blocks, then reports once its call has timed out."""
+        release.wait()
+        trio.from_thread.run(ctx.report_progress, 2)
+        try:
+            trio.from_thread.run(ctx.emit, Step(2))
+        except ClosedRunStreamError as exc:
+            late.append(exc)
+        else:
+            late.append(None)
+        trio.from_thread.run_sync(reported.set)
+        return "late"
+
+    @tool
+    async def after() -> str:
+        """Lets the timed-out thread report, and waits until it has."""
+        release.set()
+        await reported.wait()
+        return "after"
+
+    model = ScriptedModel([ToolCall("slow"), ToolCall("after"), "done"])
+    agent = Agent(name="a", model=model, tools=[slow, after], tool_timeout=0.05)
+    with trio.fail_after(10):
+        events, result = await collect(agent)
+    assert [type(event).__name__ for event in of_interest(events)] == [
+        "ToolCallStarted",
+        "ToolCallFinished",
+        "ToolCallStarted",
+        "ToolCallFinished",
+    ]
+    (timed_out, _) = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert timed_out.error == "tool 'slow' took longer than tool_timeout=0.05s"
+    assert result.progress_dropped == 1
+    assert len(late) == 1
+    assert isinstance(late[0], ClosedRunStreamError)
+    assert "after its tool call had ended" in str(late[0])
     assert result.reason == "completed"
 
 
