@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -235,9 +236,15 @@ class WebSocketChannel:
         except RequestRejected as rejected:
             self._rejected += 1
             body = json.dumps({"type": "error", "text": str(rejected)}).encode()
-            await request.reject(rejected.status, extra_headers=[(b"content-type", b"application/json")], body=body)
+            headers = [(b"content-type", b"application/json")]
+            with suppress(ConnectionClosed):  # the client is gone already: nothing to tell it
+                await request.reject(rejected.status, extra_headers=headers, body=body)
             return
-        websocket = await request.accept()
+        try:
+            websocket = await request.accept()
+        except ConnectionClosed:
+            # It reset or closed before our answer went out: that ends this connection, not the channel.
+            return
         chat_id = f"ws-{secrets.token_hex(8)}"
         send, receive = trio.open_memory_channel[dict[str, Any]](self._queue_size)
         connection = _Connection(chat_id, websocket, send, receive)

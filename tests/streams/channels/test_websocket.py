@@ -231,6 +231,44 @@ def test_websocket_channel_rejects_a_bad_queue_size() -> None:
         WebSocketChannel(queue_size=0)
 
 
+def _handshake_then_reset(port: int, extra_header: bytes) -> None:
+    """Send an opening handshake and reset the connection (RST) before any answer can come back.
+
+    A blocking socket: no Trio checkpoint between the send and the reset, so the server always answers a
+    peer that is gone already.
+    """
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (port, extra_header)
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize(
+    ("extra_header", "rejected"), [(b"", 0), (b"Origin: http://elsewhere.example\r\n", 3)], ids=["accepted", "refused"]
+)
+async def test_websocket_channel_survives_a_client_resetting_during_the_handshake(
+    extra_header: bytes, rejected: int
+) -> None:
+    """A client that resets its connection before the handshake's answer (accept, or a 403 refusal) ends that
+    connection only: the channel and the gateway go on serving other clients."""
+    channel = WebSocketChannel(port=0)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, open_gateway(runtime, _echo_agent(1), [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            for _ in range(3):
+                _handshake_then_reset(channel.port, extra_header)
+                await trio.testing.wait_all_tasks_blocked()
+            assert channel.statistics().connections == 0
+            assert channel.statistics().rejected == rejected
+            async with _open(channel.port) as ws:
+                await _hello(ws)
+                await ws.send_message("still there?")
+                reply = await _receive(ws)
+                assert reply["text"] == "still there? #1"
+
+
 @pytest.mark.parametrize("option", ["connect_timeout", "disconnect_timeout", "publish_timeout", "write_timeout"])
 @pytest.mark.parametrize("value", [0, -1])
 def test_websocket_channel_refuses_a_timeout_not_above_zero(option: str, value: int) -> None:
