@@ -31,7 +31,7 @@ each character but a letter, digit, ``_`` or ``-`` made ``_``, cut to 64 charact
 _WRAPPER: Final = "response"
 """The one property a non-object output type is wrapped in (tool arguments and native schemas are objects)."""
 
-_FENCE: Final = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
+_BRACKET: Final = re.compile(r"[{[]")
 
 
 class OutputValidationError(Exception):
@@ -174,13 +174,14 @@ class OutputSpec:
         return target.validate(value)
 
     def validate_text(self, text: str) -> Any:
-        """The validated output from a text answer (``native`` and ``prompted`` modes).
+        """The validated output from a text answer (``native`` and ``prompted`` modes): its JSON value,
+        in a code fence or not, any prose before or after it ignored.
 
         Raises:
             OutputValidationError: the text is not valid JSON, or does not validate.
         """
         try:
-            value = loads_untrusted(_strip_fences(text))
+            value = _decode_answer(text)
         except ValueError as exc:
             raise OutputValidationError(f"the answer is not valid JSON: {exc}") from None
         return self._targets[0].validate(value)
@@ -235,16 +236,38 @@ def _provider_name(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64]
 
 
-def _strip_fences(text: str) -> str:
-    return _FENCE.sub("", text) if "```" in text else text
+def _decode_answer(text: str) -> Any:
+    """The JSON value in a text answer, from where :func:`_json_start` puts it to its end: a closing
+    fence or prose after it is ignored, as :meth:`OutputSpec.partial` ignores it.
+
+    Raises:
+        ValueError: there is no JSON value there (as :func:`loads_untrusted`).
+    """
+    start = _json_start(text)
+    if start < 0:
+        return loads_untrusted(text)  # no value begins: json's own error says so
+    body = text[start:]
+    try:
+        return loads_untrusted(body)
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data":
+            raise
+        return loads_untrusted(body[: exc.pos])  # json says where the value ended
 
 
 def _json_start(text: str) -> int:
-    """Where the JSON value begins (after any code fence or preamble); -1 if it has not begun."""
-    for i, char in enumerate(text):
-        if char in "{[":
-            return i
-    return -1
+    """Where the JSON value begins; -1 if it has not begun.
+
+    Text that starts with ``{`` or ``[`` is the value (a fence inside one of its strings is no fence);
+    else the value is the first after the opening of the first code fence, or, with no fence, the first
+    in the text: prose before it is ignored.
+    """
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        return len(text) - len(stripped)
+    fence = text.find("```")
+    match = _BRACKET.search(text, fence + 3 if fence >= 0 else 0)
+    return match.start() if match else -1
 
 
 TEXT_OUTPUT: Final = OutputSpec(str, "tool")

@@ -316,11 +316,32 @@ def test_output_wrapped_type_must_be_answered_wrapped() -> None:
         '  {"name": "Tom"}\n',
         '```json\n{"name": "Tom"}\n```',
         '```\n{"name": "Tom"}\n```',
+        'Here is the JSON:\n```json\n{"name": "Tom"}\n```',
+        '```json\n{"name": "Tom"}\n```\nLet me know if you need more.',
+        'Here it is [as asked]:\n```JSON\n{"name": "Tom"}\n```\nDone.',
+        'Sure: {"name": "Tom"} (a cat).',
+        '{"name": "Tom"}\n\nHope this helps!',
     ],
 )
 def test_output_validate_text_parses_json_with_or_without_a_code_fence(text: str) -> None:
-    """A text answer is JSON, possibly in a code fence (models add them despite being asked not to)."""
-    assert OutputSpec(Cat, "prompted").validate_text(text) == Cat(name="Tom")
+    """A text answer is JSON, possibly in a code fence and with prose around it (models add both despite
+    being asked not to): the value the partial parser showed is the one validated."""
+    spec = OutputSpec(Cat, "prompted")
+    assert spec.validate_text(text) == Cat(name="Tom")
+    assert spec.partial(text) == {"name": "Tom"}
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (json.dumps({"name": "```py\nx = 1\n```"}), "```py\nx = 1\n```"),
+        ('```json\n{"name": "```"}\n```', "```"),
+        ('Here:\n```json\n{"name": "a ``` b"}\n```\nBye.', "a ``` b"),
+    ],
+)
+def test_output_validate_text_keeps_code_fences_inside_the_jsons_strings(text: str, code: str) -> None:
+    """A fence inside a string of the answer is part of the value, not where the value ends."""
+    assert OutputSpec(Cat, "native").validate_text(text) == Cat(name=code)
 
 
 @pytest.mark.parametrize(

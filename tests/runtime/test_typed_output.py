@@ -177,6 +177,24 @@ async def test_typed_output_prompted_mode_puts_the_schema_in_the_instructions() 
     assert set(schema["properties"]) == {"name", "lives"}
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'Here is the JSON:\n```json\n{"name": "Tom"}\n```',
+        '```json\n{"name": "Tom"}\n```\nLet me know if you need more.',
+    ],
+)
+async def test_typed_output_prompted_answer_with_prose_around_its_fence_completes(answer: str) -> None:
+    """Prose before or after a fenced answer is ignored: the run completes with the value the last
+    OutputDelta showed, on the first try."""
+    model = ScriptedModel([answer])
+    ran = await run_once(Agent(name="a", model=model, output_type=Cat, output_mode="prompted", output_retries=0))
+    assert finished(ran.events).reason == "completed"
+    assert ran.result.output == Cat(name="Tom")
+    assert [event.partial for event in ran.events if isinstance(event, OutputDelta)][-1] == {"name": "Tom"}
+    assert len(model.requests) == 1
+
+
 async def test_typed_output_union_member_is_chosen_by_the_tool_called() -> None:
     """A union offers final_result_<Member> tools; calling final_result_Dog gives a Dog."""
     model = ScriptedModel([ToolCall("final_result_Dog", {"name": "Rex", "good": True})])
