@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
+import pydantic_core
 import trio
 
 from agents import (
@@ -1340,7 +1340,7 @@ def _cancel_alone(group: BaseExceptionGroup[BaseException], tool_name: str) -> N
 
 def _to_content(value: Any) -> Content:
     """A tool's return value as a result's content: a string as it is, parts (an image, or a list
-    holding one) as parts, anything else as JSON."""
+    holding one) as parts, anything else as JSON (pydantic's, values it has none for as their ``str``)."""
     if isinstance(value, str):
         # A str that carries more (an MCP result with images) gives its parts.
         return value if type(value) is str else (tool_content(value) or value)
@@ -1348,11 +1348,11 @@ def _to_content(value: Any) -> Content:
     if parts is not None:
         return parts
     try:
-        return json.dumps(value)  # the C encoder; default= would force the Python one
-    except RecursionError:
-        return f"<{type(value).__name__} nested too deep to send as JSON>"
-    except (TypeError, ValueError):
+        # pydantic's JSON, as remote clients get the value (a model or dataclass as its fields, a set as
+        # a list, an enum as its value), not its repr.
+        return pydantic_core.to_json(value, fallback=str).decode()
+    except (ValueError, RecursionError):  # nested deeper than pydantic goes, bytes that are not UTF-8
         try:
-            return json.dumps(value, default=str)
-        except (TypeError, ValueError, RecursionError):  # TypeError: keys, which default= does not convert
             return str(value)
+        except RecursionError:
+            return f"<{type(value).__name__} nested too deep to send as JSON>"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
+import json
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+import pydantic
 import pytest
 import trio
 import trio.testing
@@ -33,6 +38,7 @@ from agents import (
     tool,
 )
 from runtime import RunResult, open_runtime
+from runtime._wire import event_to_json
 from runtime.events import (
     ErrorEvent,
     Event,
@@ -508,30 +514,85 @@ async def test_toolset_is_closed_when_the_run_is_cancelled() -> None:
 
 
 async def test_a_tool_value_json_cannot_hold_is_sent_as_its_text_and_the_run_goes_on() -> None:
-    """A result dict with keys JSON has no form for (a tuple) is sent as its str; the call beside it and
+    """A result JSON has no form for (bytes that are not UTF-8) is sent as its str; the call beside it and
     the run are not disturbed."""
 
     @tool
-    async def tuple_keys() -> dict[Any, str]:
-        """Returns a dict keyed by a tuple."""
-        return {(1, 2): "x"}
+    async def raw() -> dict[str, bytes]:
+        """Returns bytes that are not text."""
+        return {"raw": b"\xff"}
 
     @tool
     async def fine() -> str:
         """Fine."""
         return "fine"
 
-    agent = Agent(
-        name="a", model=ScriptedModel([[ToolCall("tuple_keys"), ToolCall("fine")], "done"]), tools=[tuple_keys, fine]
-    )
+    agent = Agent(name="a", model=ScriptedModel([[ToolCall("raw"), ToolCall("fine")], "done"]), tools=[raw, fine])
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         async with session.run("go") as stream:
             events = [event async for event in stream]
         finished = [event for event in events if isinstance(event, ToolCallFinished)]
-        assert sorted((event.name, event.error) for event in finished) == [("fine", None), ("tuple_keys", None)]
+        assert sorted((event.name, event.error) for event in finished) == [("fine", None), ("raw", None)]
         assert events[-1] == RunFinished("completed")
         results = [message for message in session.history if isinstance(message, ToolResultMessage)]
-        assert [(result.content, result.is_error) for result in results] == [("{(1, 2): 'x'}", False), ("fine", False)]
+        assert [(result.content, result.is_error) for result in results] == [
+            ("{'raw': b'\\xff'}", False),
+            ("fine", False),
+        ]
+
+
+class _Cat(pydantic.BaseModel):
+    """A pydantic model a tool may return."""
+
+    name: str
+
+
+@dataclasses.dataclass
+class _Dog:
+    """A dataclass a tool may return."""
+
+    name: str
+
+
+class _Colour(enum.Enum):
+    """An enum a tool may return."""
+
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        (_Cat(name="Tom"), '{"name":"Tom"}'),
+        (_Dog("Rex"), '{"name":"Rex"}'),
+        ([_Cat(name="Tom")], '[{"name":"Tom"}]'),
+        ({1, 2}, "[1,2]"),
+        (_Colour.RED, '"red"'),
+        (b"abc", '"abc"'),
+        (datetime.date(2024, 1, 2), '"2024-01-02"'),
+        ({(1, 2): 3}, '{"1,2":3}'),
+        ({"n": 1, "s": "é"}, '{"n":1,"s":"é"}'),
+    ],
+    ids=["model", "dataclass", "list_of_models", "set", "enum", "bytes", "date", "tuple_key", "dict"],
+)
+async def test_a_tool_value_reaches_the_model_as_the_json_remote_clients_get(value: object, sent: str) -> None:
+    """A tool's value that is not a str is its JSON in the result the model sees (a model or dataclass as
+    its fields, not its repr), the same JSON a remote client gets for its ToolCallFinished."""
+
+    @tool
+    async def get() -> Any:
+        """Returns the value."""
+        return value
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("get"), "done"]), tools=[get])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            events = [event async for event in stream]
+        (result,) = [message for message in session.history if isinstance(message, ToolResultMessage)]
+    assert (result.content, result.is_error) == (sent, False)
+    (done,) = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert done.result is value
+    assert json.loads(sent) == event_to_json(done)["result"]
 
 
 async def test_a_sync_tool_that_calls_sys_exit_gets_an_error_result_and_nothing_else_ends() -> None:

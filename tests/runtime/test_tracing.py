@@ -6,6 +6,7 @@ through providers given to ``open_runtime`` (the global ones are left alone).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -381,6 +382,22 @@ async def test_tracing_content_is_recorded_only_when_asked(traced: Traced) -> No
     call = attrs_of(traced.one("execute_tool add"))
     assert json.loads(call["gen_ai.tool.call.arguments"]) == {"a": 1, "b": 2}
     assert call["gen_ai.tool.call.result"] == "3"
+
+
+@dataclasses.dataclass
+class _Dog:
+    """A typed output that is a dataclass."""
+
+    name: str
+
+
+async def test_tracing_a_typed_output_is_recorded_as_its_json(traced: Traced) -> None:
+    """A typed output (a dataclass) is the run span's output message as its JSON, not its repr."""
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("final_result", {"name": "Rex"})]), output_type=_Dog)
+    async with traced.runtime(content=True) as runtime, runtime.open_session(agent) as session:
+        assert (await session.ask("go")).output == _Dog("Rex")
+    run = attrs_of(traced.one("invoke_agent a"))
+    assert json.loads(run["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": '{"name":"Rex"}'}]
 
 
 SECRET = "patient-ssn-078-05-1120"
