@@ -241,7 +241,8 @@ class ToolContext(RunContext[DepsT]):
             The answer; check ``result.accepted`` before using ``content``.
 
         Raises:
-            ElicitationUnavailable: no consumer can receive the question (at once).
+            ElicitationUnavailable: no consumer can receive the question (at once),
+                or, in a sync tool's thread, its call ended (timeout, cancel) and withdrew it.
             ElicitationTimeout: no answer within ``timeout``.
 
         Example::

@@ -13,8 +13,8 @@ import attrs
 import pydantic
 import trio
 
-from ._context import RunContext, ToolContext
-from ._exceptions import AgentDefinitionError, ToolArgumentsError
+from ._context import ElicitationResult, Elicitor, RunContext, ToolContext
+from ._exceptions import AgentDefinitionError, ElicitationUnavailable, ToolArgumentsError
 from ._messages import ToolSpec
 
 if typing.TYPE_CHECKING:
@@ -106,20 +106,67 @@ class Tool:
         A sync function runs in a worker thread, taken from ``limiter`` (the
         runtime passes its own; ``None``: trio's default thread limiter). If
         the call is cancelled, the thread is abandoned (its result discarded)
-        so cancellation is prompt.
+        so cancellation is prompt; when the call ends, a question the thread
+        asks (``trio.from_thread.run(ctx.elicit, ...)``) is withdrawn, and
+        ``elicit`` raises :exc:`ElicitationUnavailable` in the thread.
         """
         kwargs = validated  # not changed: both calls below copy it
+        bound = None
         if self._context_parameter is not None:
+            if not self._is_async and ctx.elicitor is not None:
+                bound = _CallElicitor(ctx.elicitor)
+                ctx = attrs.evolve(ctx, elicitor=bound)
             kwargs = {**validated, self._context_parameter: ctx}
         if self._is_async:
             return await self.function(**kwargs)
-        return await trio.to_thread.run_sync(
-            functools.partial(self.function, **kwargs),
-            abandon_on_cancel=True,
-            # trio documents the limiter as any object with these two methods;
-            # its annotation names only CapacityLimiter.
-            limiter=typing.cast("trio.CapacityLimiter | None", limiter),
-        )
+        try:
+            return await trio.to_thread.run_sync(
+                functools.partial(self.function, **kwargs),
+                abandon_on_cancel=True,
+                # trio documents the limiter as any object with these two methods;
+                # its annotation names only CapacityLimiter.
+                limiter=typing.cast("trio.CapacityLimiter | None", limiter),
+            )
+        finally:
+            if bound is not None:
+                bound.end()
+
+
+class _CallElicitor:
+    """A sync tool's ``ctx.elicit``, bound to its call: withdrawn when the call ends.
+
+    The thread asks with ``trio.from_thread.run(ctx.elicit, ...)``, which
+    trio runs in a system task (the call's thread is abandoned on cancel),
+    outside the call's cancel scope. So each question runs in a scope of its
+    own that the call cancels when it ends (timeout, cancel, its run
+    ending); a question asked after that fails at once.
+    """
+
+    __slots__ = ("_elicitor", "_ended", "_scopes")
+
+    def __init__(self, elicitor: Elicitor) -> None:
+        self._elicitor = elicitor
+        self._scopes: set[trio.CancelScope] = set()
+        self._ended = False
+
+    async def elicit(
+        self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
+    ) -> ElicitationResult:
+        if not self._ended:
+            scope = trio.CancelScope()
+            self._scopes.add(scope)
+            try:
+                with scope:
+                    return await self._elicitor.elicit(message, schema=schema, timeout=timeout, agent=agent)
+            finally:
+                self._scopes.discard(scope)
+        raise ElicitationUnavailable("no consumer can answer: the tool call has ended (its question is withdrawn)")
+
+    def end(self) -> None:
+        """The call has ended: withdraw its pending questions, and refuse new ones."""
+        self._ended = True
+        for scope in self._scopes:
+            scope.cancel()
 
 
 class ThreadLimiter(Protocol):

@@ -499,6 +499,70 @@ async def test_consumer_leaving_while_a_question_waits_for_room_cancels_the_tool
     assert session.elicitation.asked == 0
 
 
+class SyncAsker:
+    """A sync tool that asks from its worker thread with ``trio.from_thread.run(ctx.elicit, ...)``, twice."""
+
+    def __init__(self) -> None:
+        self.raised: list[BaseException] = []
+        """What each of its two questions raised in the thread."""
+        self.done = trio.Event()
+        """Set when its thread has finished (the call's result is long discarded by then)."""
+
+        @tool
+        def ask(ctx: ToolContext[None]) -> str:
+            """Asks the human from a worker thread."""
+            try:
+                for _ in range(2):  # the second question is asked after the call ended
+                    try:
+                        trio.from_thread.run(ctx.elicit, "Still there?")
+                    except ElicitationUnavailable as exc:
+                        self.raised.append(exc)
+            finally:
+                trio.from_thread.run_sync(self.done.set)
+            return "asked"
+
+        self.tool = ask
+
+
+async def test_sync_tool_question_is_withdrawn_when_its_call_times_out() -> None:
+    """A sync tool's question asked from its thread is withdrawn when tool_timeout ends the call: the thread's
+    ``elicit`` raises ElicitationUnavailable at once, and so does one asked later, instead of waiting in a task
+    outside the call (and the run, and the runtime) for an answer that never comes. Real clock: a thread."""
+    asker = SyncAsker()
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asker.tool], tool_timeout=0.1)
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                events: list[Event] = []
+                async for event in stream:
+                    events.append(event)
+                    if isinstance(event, ToolCallFinished):
+                        await asker.done.wait()
+                        (request,) = requests_in(events)
+                        assert stream.pending_elicitations == ()
+                        with pytest.raises(UnknownElicitationError, match=request.id):
+                            await stream.respond(request.id, "accept", None)
+    assert [type(exc) for exc in asker.raised] == [ElicitationUnavailable, ElicitationUnavailable]
+    assert all("tool call has ended" in str(exc) for exc in asker.raised)
+    assert "tool_timeout" in str(results_by_call(events)["call_1_0"].error)
+    assert finished(events).reason == "completed"
+
+
+async def test_sync_tool_question_is_withdrawn_when_the_consumer_leaves() -> None:
+    """A sync tool's question pending when the consumer leaves is dropped with its call: the thread's
+    ``elicit`` raises ElicitationUnavailable, and nothing waits on after the run. Real clock: a thread."""
+    asker = SyncAsker()
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask")]), tools=[asker.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                async for event in stream:
+                    if isinstance(event, ElicitationRequest):
+                        break
+            await asker.done.wait()
+    assert [type(exc) for exc in asker.raised] == [ElicitationUnavailable, ElicitationUnavailable]
+
+
 # -- guarantee: concurrent questions, each answer to its own tool ---------------
 
 
