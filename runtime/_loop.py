@@ -1076,16 +1076,23 @@ class AgentRun:
             raise
         await self._emit(AgentSwitched(agent, self._agent.name))
         result = child.result()
-        if result.reason not in ("completed", "max_turns", "hook_stop"):
+        ended = child.final.message if child.final is not None else None
+        if result.reason == "hook_stop":
+            return ended or ""  # the stop hook's message is the answer, typed output or not (as the gateway's)
+        # A typed sub-agent out of turns has no answer: not one of None (a valid Optional answer, "null").
+        unanswered = result.reason == "max_turns" and not child_agent.output.is_text
+        if result.reason not in ("completed", "max_turns") or unanswered:
             if result.error is not None:
                 detail = result.error.message
+            elif result.refusal is not None:
+                detail = f"it refused: {result.refusal}"
             else:
-                detail = f"it refused: {result.refusal}" if result.refusal is not None else result.reason
+                detail = f"it ended without an answer: {ended}" if unanswered else result.reason
             raise _Refused(f"{agent} failed: {detail}")
         if child_agent.output.is_text:
             return str(result.output)
         # A typed sub-agent answers with its validated value, as JSON.
-        return "null" if result.output is None else child_agent.output.to_json(result.output)
+        return child_agent.output.to_json(result.output)
 
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:

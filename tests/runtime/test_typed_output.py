@@ -616,6 +616,37 @@ async def test_typed_output_hook_stop_has_no_output() -> None:
     assert not [event for event in events if isinstance(event, FinalOutput)]
 
 
+async def test_typed_output_sub_agent_stopped_by_a_hook_answers_its_parent_with_the_hooks_message() -> None:
+    """A typed sub-agent stopped by its hook tells its parent the hook's message (as a text one does), not
+    "null"."""
+    child = Agent(name="vet", model=ScriptedModel([]), output_type=Cat, hooks=[StopEverything()])
+    model = ScriptedModel([ToolCall(TRANSFER_TOOL, {"agent": "vet", "task": "name the cat"}), "Not today."])
+    ran = await run_once(Agent(name="boss", model=model, sub_agents=[child]))
+    (told,) = [m for m in model.requests[1].messages if isinstance(m, ToolResultMessage)]
+    assert (told.text, told.is_error) == ("not today", False)
+    assert finished(ran.events).reason == "completed"
+
+
+async def test_typed_output_sub_agent_out_of_turns_is_an_error_result_unlike_a_none_answer() -> None:
+    """A typed sub-agent that reaches max_turns without an answer is an error result for its parent, while
+    one whose valid answer is None gives "null"."""
+    asks = ScriptedModel([ToolCall("add", {"a": 1, "b": 2})])
+    child = Agent(name="vet", model=asks, output_type=Cat, tools=[add], max_turns=1)
+    model = ScriptedModel([ToolCall(TRANSFER_TOOL, {"agent": "vet", "task": "name the cat"}), "It failed."])
+    ran = await run_once(Agent(name="boss", model=model, sub_agents=[child]))
+    (told,) = [m for m in model.requests[1].messages if isinstance(m, ToolResultMessage)]
+    assert told.is_error
+    assert told.text == "vet failed: it ended without an answer: the run reached max_turns=1"
+    assert finished(ran.events).reason == "completed"
+
+    answers_none = ScriptedModel([ToolCall("final_result", {"response": None})])
+    maybe = Agent(name="vet", model=answers_none, output_type=Cat | None)
+    model = ScriptedModel([ToolCall(TRANSFER_TOOL, {"agent": "vet", "task": "name the cat"}), "No cat."])
+    await run_once(Agent(name="boss", model=model, sub_agents=[maybe]))
+    (told,) = [m for m in model.requests[1].messages if isinstance(m, ToolResultMessage)]
+    assert (told.text, told.is_error) == ("null", False)
+
+
 @tool
 async def hang() -> int:
     """Never return."""
