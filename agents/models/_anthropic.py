@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -52,6 +53,29 @@ STOP_REASONS: Final[Mapping[str, StopReason]] = {
 """``stop_reason`` values as stop reasons; any other is ``"other"``."""
 _SERVER_TOOL_BLOCKS: Final = frozenset({"server_tool_use", "mcp_tool_use"})
 """Content blocks of tools the provider runs itself: reported, never run by us."""
+_UNSUPPORTED_KEYWORDS: Final = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "maxItems",
+        "uniqueItems",
+        "minProperties",
+        "maxProperties",
+        "discriminator",
+    }
+)
+"""Schema keywords structured outputs refuse (a 400), or may (``pattern``: only simple regexes; ``minItems``
+is kept only as 0 or 1): moved into the description."""
+_STRING_FORMATS: Final = frozenset(
+    {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
+)
+"""The string ``format`` values structured outputs take; any other is moved into the description."""
 
 
 class AnthropicModel(HTTPModel):
@@ -65,7 +89,9 @@ class AnthropicModel(HTTPModel):
     reported as server tool use, never run here), why the response stopped
     (``stop_reason``: a ``refusal`` is how Claude declines) and usage. A
     native structured output is asked for with ``output_format`` and the
-    ``structured-outputs-2025-11-13`` beta.
+    ``structured-outputs-2025-11-13`` beta, its schema made what the API takes
+    (``additionalProperties: false`` on every object, the constraints it refuses
+    moved into descriptions; the answer is still validated against all of them).
 
     Args:
         model: The model name, e.g. ``"claude-sonnet-4-5"``.
@@ -168,10 +194,47 @@ class AnthropicModel(HTTPModel):
         if self.cache_prompt:
             _mark_cache(body)
         if request.output is not None:
-            body["output_format"] = {"type": "json_schema", "schema": dict(request.output.schema)}
+            body["output_format"] = {"type": "json_schema", "schema": _output_schema(request.output.schema)}
         body["stream"] = True
         body.update(self.settings)
         return body
+
+
+def _output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` as Anthropic's structured outputs take it (the runtime still validates the answer
+    against the whole of it).
+
+    Every object gets ``additionalProperties: false`` (required), in ``$defs`` too; the constraints
+    the API refuses (``minimum``, ``maxLength``, ``pattern``, ``minItems`` above 1, a ``format`` it
+    does not know ...) are moved into the description, where the model still reads them; ``oneOf``
+    becomes ``anyOf``. A map (``dict[str, X]``, ``additionalProperties`` a schema) and a recursive
+    schema are sent as they are: the API refuses them, rather than our answering ``{}`` for a map.
+    """
+    out: dict[str, Any] = {}
+    moved: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            out[key] = {name: _output_schema(sub) if isinstance(sub, dict) else sub for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = _output_schema(value)
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
+            out["anyOf" if key == "oneOf" else key] = [
+                _output_schema(sub) if isinstance(sub, dict) else sub for sub in value
+            ]
+        elif (
+            key in _UNSUPPORTED_KEYWORDS
+            or (key == "minItems" and value not in (0, 1))
+            or (key == "format" and value not in _STRING_FORMATS)
+        ):
+            moved[key] = value
+        else:
+            out[key] = value
+    if (out.get("type") == "object" or "properties" in out) and out.get("additionalProperties", True) is True:
+        out["additionalProperties"] = False
+    if moved:
+        note = "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items()) + "}"
+        out["description"] = f"{out['description']}\n\n{note}" if out.get("description") else note
+    return out
 
 
 def _mark_cache(body: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import httpx
 import pydantic
@@ -35,6 +36,7 @@ from agents import (
     UserMessage,
     tool,
 )
+from agents.models._anthropic import _output_schema
 from runtime import open_runtime
 from runtime.events import (
     ErrorEvent,
@@ -687,10 +689,103 @@ async def test_anthropic_native_output_sends_output_format_and_the_beta(provider
     output = agent.output.request_output()
     assert output is not None
     body = json.loads(request.body)
-    assert body["output_format"] == {"type": "json_schema", "schema": dict(output.schema)}
+    # The schema as structured outputs require it: every object closed to other properties.
+    expected = {**output.schema, "additionalProperties": False}
+    assert body["output_format"] == {"type": "json_schema", "schema": expected}
     assert set(body["output_format"]["schema"]["properties"]) == {"name", "country"}
     assert "tools" not in body
     assert AnthropicModel.native_output is True
+
+
+class Day(pydantic.BaseModel):
+    minimum: int = pydantic.Field(description="The coldest hour.")
+    high_c: float = pydantic.Field(ge=-90, le=60)
+    tags: list[str] = pydantic.Field(min_length=2, max_length=5)
+    when: datetime.date
+
+
+class Forecast(pydantic.BaseModel):
+    """A forecast."""
+
+    city: str = pydantic.Field(min_length=1, pattern="^[A-Z]")
+    days: list[Day] = pydantic.Field(min_length=1)
+    sky: Literal["sun", "rain"] | None = None
+
+
+async def test_anthropic_native_output_schema_is_made_what_structured_outputs_take(provider_server: Any) -> None:
+    """Every object, in $defs too, gets additionalProperties: false; the constraints Anthropic refuses are
+    moved into descriptions (the supported ones, and a property named like one, stay); the answer is still
+    held to all of them: one breaking a moved constraint is retried."""
+    day = {"minimum": 3, "high_c": 100, "tags": ["a", "b"], "when": "2024-05-01"}
+    bad = json.dumps({"city": "Oslo", "days": [day]})
+    good = json.dumps({"city": "Oslo", "days": [{**day, "high_c": 20}]})
+    provider_server.queue(_message(*_text_block(bad), stop_reason="end_turn"))
+    provider_server.queue(_message(*_text_block(good), stop_reason="end_turn"))
+    agent = Agent(name="claude", model=_model(provider_server), output_type=Forecast, output_mode="native")
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            result = await session.ask("weather?")
+    assert result.output is not None
+    assert (result.output.days[0].high_c, result.output.days[0].when) == (20, datetime.date(2024, 5, 1))
+    first, second = (json.loads(request.body)["output_format"]["schema"] for request in provider_server.requests)
+    assert first == second
+    assert first == {
+        "$defs": {
+            "Day": {
+                "properties": {
+                    "minimum": {"description": "The coldest hour.", "title": "Minimum", "type": "integer"},
+                    "high_c": {"description": "{maximum: 60, minimum: -90}", "title": "High C", "type": "number"},
+                    "tags": {
+                        "items": {"type": "string"},
+                        "description": "{maxItems: 5, minItems: 2}",
+                        "title": "Tags",
+                        "type": "array",
+                    },
+                    "when": {"format": "date", "title": "When", "type": "string"},
+                },
+                "required": ["minimum", "high_c", "tags", "when"],
+                "title": "Day",
+                "type": "object",
+                "additionalProperties": False,
+            }
+        },
+        "properties": {
+            "city": {"description": '{minLength: 1, pattern: "^[A-Z]"}', "title": "City", "type": "string"},
+            "days": {"items": {"$ref": "#/$defs/Day"}, "minItems": 1, "title": "Days", "type": "array"},
+            "sky": {
+                "anyOf": [{"enum": ["sun", "rain"], "type": "string"}, {"type": "null"}],
+                "default": None,
+                "title": "Sky",
+            },
+        },
+        "required": ["city", "days"],
+        "title": "Forecast",
+        "type": "object",
+        "additionalProperties": False,
+    }
+    output = agent.output.request_output()
+    assert output is not None
+    assert "minLength" in json.dumps(output.schema)  # the agent's own schema is untouched
+
+
+def test_anthropic_output_schema_leaves_a_map_to_the_api_and_makes_one_of_any_of() -> None:
+    """A map's value schema is kept (closing it would make every answer {}: better the API's 400), its own
+    constraints moved; a discriminated oneOf becomes anyOf, the discriminator moved into the description."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+            "pet": {"oneOf": [{"$ref": "#/$defs/Cat"}], "discriminator": {"propertyName": "kind"}},
+        },
+    }
+    assert _output_schema(schema) == {
+        "type": "object",
+        "properties": {
+            "counts": {"type": "object", "additionalProperties": {"type": "integer", "description": "{minimum: 0}"}},
+            "pet": {"anyOf": [{"$ref": "#/$defs/Cat"}], "description": '{discriminator: {"propertyName": "kind"}}'},
+        },
+        "additionalProperties": False,
+    }
 
 
 async def test_anthropic_beta_header_keeps_the_clients_own_betas(provider_server: Any) -> None:
