@@ -221,8 +221,8 @@ def tool(
     from the rest of the docstring. With ``requires_approval`` (``True``, or a
     predicate of the validated arguments) the runtime asks the human before
     each call; a declined call gives the model "declined by user". A
-    parameter annotated :class:`ToolContext`
-    receives the run's context and is not shown to the model.
+    parameter annotated :class:`ToolContext` (one at most, and not
+    positional-only) receives the run's context and is not shown to the model.
 
     What the function returns is the result the model sees: a ``str`` as it
     is, an :class:`ImagePart` or :class:`DocumentPart` (or a list of them
@@ -274,6 +274,17 @@ def _make_tool(fn: Callable[..., Any], *, name: str | None, description: str | N
     for parameter in inspect.signature(fn).parameters.values():
         hint = hints.get(parameter.name)
         if hint is not None and _is_context(hint):
+            # The context is passed by its name, once: checked here, not at every call.
+            if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                raise AgentDefinitionError(
+                    f"tool {tool_name!r}: the context parameter {parameter.name!r} must be an ordinary "
+                    "or keyword-only parameter (not positional-only, *args or **kwargs)"
+                )
+            if context_parameter is not None:
+                raise AgentDefinitionError(
+                    f"tool {tool_name!r}: only one parameter may take the context, "
+                    f"not both {context_parameter!r} and {parameter.name!r}"
+                )
             context_parameter = parameter.name
             continue
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):

@@ -448,6 +448,35 @@ def test_tool_positional_only_is_a_definition_error() -> None:
         tool(first)
 
 
+def test_tool_positional_only_context_parameter_is_a_definition_error() -> None:
+    """A positional-only context parameter raises ``AgentDefinitionError`` when decorated, not at every call."""
+
+    def first(ctx: ToolContext[None], /, a: int) -> int:
+        return a
+
+    with pytest.raises(AgentDefinitionError, match="context parameter 'ctx' must be an ordinary or keyword-only"):
+        tool(first)
+
+
+def test_tool_two_context_parameters_is_a_definition_error() -> None:
+    """Two parameters annotated ``ToolContext`` raise ``AgentDefinitionError`` naming both."""
+
+    def twice(c1: ToolContext[None], c2: ToolContext[None], a: int) -> int:
+        return a
+
+    with pytest.raises(AgentDefinitionError, match="not both 'c1' and 'c2'"):
+        tool(twice)
+
+
+def test_tool_keyword_only_context_parameter_is_allowed() -> None:
+    """A keyword-only context parameter is passed by name, and not shown to the model."""
+
+    def last(a: int, *, ctx: ToolContext[None]) -> int:
+        return a
+
+    assert list(tool(last).parameters["properties"]) == ["a"]
+
+
 def test_tool_missing_type_hint_is_a_definition_error() -> None:
     """A parameter without a type hint raises ``AgentDefinitionError`` naming it."""
 
