@@ -7,7 +7,9 @@ import datetime
 import enum
 import json
 import re
+import sys
 import threading
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -418,6 +420,20 @@ def test_output_type_pydantic_cannot_handle_is_a_definition_error(output_type: A
     """An output_type pydantic cannot validate (or describe as JSON schema) fails when the agent is defined."""
     with pytest.raises(AgentDefinitionError, match="is not something pydantic can validate"):
         Agent(name="a", model=ScriptedModel([]), output_type=output_type)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="pydantic takes typing.TypedDict from Python 3.12")
+def test_output_typing_typed_dict_before_312_is_a_definition_error_naming_typing_extensions() -> None:
+    """As the README says: before Python 3.12 a TypedDict output must come from typing_extensions."""
+
+    class Plain(typing.TypedDict):
+        x: int
+
+    with pytest.raises(AgentDefinitionError, match=r"typing_extensions\.TypedDict"):
+        Agent(name="a", model=ScriptedModel([]), output_type=Plain)
+    assert Agent(name="a", model=ScriptedModel([]), output_type=Point).output.validate_call(
+        FINAL_RESULT_TOOL, {"x": 1, "y": 2}
+    ) == {"x": 1, "y": 2}
 
 
 @pytest.mark.parametrize("mode", ["json", "TOOL", ""])
