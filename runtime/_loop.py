@@ -639,6 +639,10 @@ class AgentRun:
             return ""
         if output.mode == "tool":
             if output.accepts_text:
+                if self._stop == "max_tokens":  # a text answer cut off is no answer: retried as the others are
+                    problem = self._cut_off("the text answer is incomplete")
+                    self._history.append(UserMessage(f"{problem}. Answer again, more briefly."))
+                    return problem
                 self._output = text
                 return None
             self._history.append(UserMessage(output.text_retry()))

@@ -557,6 +557,24 @@ async def test_typed_output_call_cut_at_max_tokens_is_a_validation_retry() -> No
     assert_history_valid(ran.history)
 
 
+async def test_typed_output_text_answer_of_a_union_with_str_cut_at_max_tokens_is_retried() -> None:
+    """With ``str | Cat``, a text answer cut off at max_tokens is no answer: the model is told, and its next,
+    whole answer is the output."""
+    model = ScriptedModel(
+        [turn(TextChunk("The cat is call"), StopChunk("max_tokens", "length")), "The cat is called Tom."]
+    )
+    ran = await run_once(Agent(name="a", model=model, output_type=str | Cat))
+    assert ran.result.output == "The cat is called Tom."
+    assert finished(ran.events).reason == "completed"
+    assert [e for e in ran.events if isinstance(e, FinalOutput)] == [FinalOutput("The cat is called Tom.")]
+    retry = model.requests[1].messages[-1]
+    assert isinstance(retry, UserMessage)
+    assert retry.text == (
+        "the response was cut off at the token limit (max_tokens), so the text answer is incomplete. "
+        "Answer again, more briefly."
+    )
+
+
 async def test_typed_output_cut_answer_with_no_retries_left_is_an_output_error() -> None:
     """With no retries left, a cut-off answer ends the run with an output error naming max_tokens."""
     model = ScriptedModel([turn(TextChunk('{"name": "To'), StopChunk("max_tokens", "length"))])
