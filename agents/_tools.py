@@ -24,8 +24,9 @@ if typing.TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
-_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
+_ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters|Keyword Args|Keyword Arguments|Other Parameters):\s*$")
+# The type in parentheses may hold parentheses itself, `(tuple(int, int))`: it ends at the first `):`.
+_ARG_LINE = re.compile(r"^\s*(\*{0,2}\w+)\s*(\(.*?\))?\s*:\s*(.*)$")
 _SECTION = re.compile(r"^\s*[A-Z]\w*( \w+)?::?\s*$")
 
 MAX_REPORTED_ERRORS: Final = 10
@@ -217,8 +218,8 @@ def tool(
     """Make a :class:`Tool` of a sync or async function.
 
     The argument schema comes from the type hints, each argument's description
-    from the ``Args:`` section of the docstring, and the tool's description
-    from the rest of the docstring. With ``requires_approval`` (``True``, or a
+    from the ``Args:`` (or ``Keyword Args:``) section of the docstring, and
+    the tool's description from the rest of the docstring. With ``requires_approval`` (``True``, or a
     predicate of the validated arguments) the runtime asks the human before
     each call; a declined call gives the model "declined by user". A
     parameter annotated :class:`ToolContext` (one at most, and not
@@ -328,7 +329,8 @@ def _is_context(hint: Any) -> bool:
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into its description and its ``Args:`` entries.
+    """Split a Google-style docstring into its description and its ``Args:`` (or ``Keyword Args:``,
+    ``Other Parameters:``) entries.
 
     Other sections (``Returns:``, ``Raises:``, ``Example:``) are for people
     reading the code, not for the model, and are left out.

@@ -180,6 +180,45 @@ def test_tool_argument_descriptions_from_args_section() -> None:
     assert properties["fast"]["description"] == "Whether to hurry."
 
 
+def test_tool_argument_type_with_parentheses_in_it_starts_its_own_entry() -> None:
+    """``window (tuple(int, int)): ...`` is the entry of ``window``, not a line of the previous argument's."""
+
+    @tool
+    def search(query: str, window: tuple[int, int] = (0, 1)) -> str:
+        """Search the index.
+
+        Args:
+            query: What to look for.
+            window (tuple(int, int)): The (start, end) range: both included.
+        """
+        return query
+
+    properties = search.parameters["properties"]
+    assert properties["query"]["description"] == "What to look for."
+    assert properties["window"]["description"] == "The (start, end) range: both included."
+
+
+@pytest.mark.parametrize("header", ["Keyword Args:", "Keyword Arguments:", "Other Parameters:"])
+def test_tool_argument_descriptions_from_keyword_args_section(header: str) -> None:
+    """Arguments described under ``Keyword Args:`` (and its other Napoleon names) get their descriptions too."""
+
+    def search(query: str, *, limit: int = 10) -> str:
+        return query
+
+    search.__doc__ = f"""Search the index.
+
+    Args:
+        query: What to look for.
+
+    {header}
+        limit: At most this many hits.
+    """
+    made = tool(search)
+    assert made.parameters["properties"]["limit"]["description"] == "At most this many hits."
+    assert made.parameters["properties"]["query"]["description"] == "What to look for."
+    assert made.description == "Search the index."
+
+
 def test_tool_description_excludes_returns_raises_and_example_sections() -> None:
     """``Returns:``, ``Raises:`` and ``Example:`` sections are left out of the description."""
 
