@@ -11,6 +11,7 @@ from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
 
 import attrs
 import pydantic
+import pydantic_core
 import trio
 
 from ._context import ElicitationResult, Elicitor, RunContext, ToolContext
@@ -64,6 +65,11 @@ class Tool:
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Check ``arguments`` against the schema, returning the coerced values.
 
+        They are checked as JSON (pydantic's JSON mode) where Python mode
+        refuses them, so a strict model (``ConfigDict(strict=True)``) takes
+        the JSON forms a model sends: ``"red"`` for an Enum, ``"2024-05-01"``
+        for a date, ``[1, 2]`` for a tuple.
+
         The error names at most :data:`MAX_REPORTED_ERRORS` problems (each
         clipped) and counts the rest, however many arguments a model sent:
         its message goes back to the model.
@@ -82,7 +88,7 @@ class Tool:
                 if unexpected <= MAX_REPORTED_ERRORS:  # enough for pydantic to name; the rest are counted
                     values[key] = value
         try:
-            model = self._arguments.validate_python(values)
+            model = self._validate(values)
         except pydantic.ValidationError as exc:
             errors = exc.errors(include_url=False)[:MAX_REPORTED_ERRORS]
             more = exc.error_count() - len(errors) + max(0, unexpected - MAX_REPORTED_ERRORS)
@@ -90,6 +96,20 @@ class Tool:
                 self.name, f"invalid arguments for tool {self.name!r}: {_summarize(errors, more)}", errors
             ) from None
         return {info.alias: getattr(model, field) for field, info in type(model).model_fields.items()}
+
+    def _validate(self, values: dict[str, Any]) -> Any:
+        try:
+            return self._arguments.validate_python(values)
+        except pydantic.ValidationError as exc:
+            refused = exc
+        # A model's arguments are JSON: in JSON mode a strict model (ConfigDict(strict=True)) takes
+        # "red" for an Enum, "2024-05-01" for a date, [1, 2] for a tuple, which Python mode refuses.
+        # Tried only once Python mode has refused, so valid calls pay nothing for it.
+        try:
+            text = pydantic_core.to_json(values)
+        except (ValueError, RecursionError):  # not JSON (a caller's Python objects): Python mode's answer
+            raise refused from None
+        return self._arguments.validate_json(text)
 
     async def call(self, ctx: ToolContext[Any], arguments: Mapping[str, Any]) -> Any:
         """Validate ``arguments``, then run the tool with them.

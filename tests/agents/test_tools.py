@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import enum
+import json
 import threading
 from typing import Any, cast
 
@@ -45,6 +48,23 @@ class Filter(pydantic.BaseModel):
 
 class Opaque:
     """A class pydantic cannot describe."""
+
+
+class Color(enum.Enum):
+    """An Enum field of a strict model."""
+
+    RED = "red"
+
+
+class StrictQuery(pydantic.BaseModel):
+    """A strict pydantic model argument: JSON forms only in JSON mode."""
+
+    model_config = pydantic.ConfigDict(strict=True)
+
+    color: Color
+    day: datetime.date
+    span: tuple[int, int]
+    count: int = 0
 
 
 @tool
@@ -327,6 +347,23 @@ def test_tool_validate_bad_type_names_the_field() -> None:
     assert "a:" not in message
     assert info.value.tool_name == "add"
     assert [error["loc"] for error in info.value.errors] == [("b",)]
+
+
+def test_tool_validate_takes_the_json_forms_of_a_strict_models_enum_date_and_tuple() -> None:
+    """A strict model's Enum, date and tuple fields take their JSON forms from the model's JSON arguments
+    (pydantic's JSON mode), and the model stays strict: "3" for an int is still refused."""
+
+    @tool
+    def find(q: StrictQuery) -> str:
+        return "found"
+
+    arguments = json.loads('{"q": {"color": "red", "day": "2024-01-02", "span": [1, 2]}}')
+    assert find.validate(arguments) == {"q": StrictQuery(color=Color.RED, day=datetime.date(2024, 1, 2), span=(1, 2))}
+    with pytest.raises(ToolArgumentsError, match=r"q\.count: Input should be a valid integer"):
+        find.validate({"q": {**arguments["q"], "count": "3"}})
+    # A caller's Python objects still validate as they are.
+    given_objects = {"q": StrictQuery(color=Color.RED, day=datetime.date(2024, 1, 2), span=(1, 2))}
+    assert find.validate(given_objects) == given_objects
 
 
 def test_tool_validate_missing_field_names_the_field() -> None:
