@@ -19,7 +19,8 @@ class RetryPolicy:
     session ends it at once.
 
     The HTTP models retry 429, 5xx and connection errors with it (honouring
-    ``Retry-After``, but never waiting less than :meth:`min_delay`; by
+    ``Retry-After``, but never waiting less than :meth:`min_delay`, and
+    raising at once one that asks for over 60 s, whatever the policy; by
     default 4 tries, waits capped at 8 s);
     ``streams.RemoteSession`` reconnects with it (by default forever).
     ``streams.Backoff`` is this class.

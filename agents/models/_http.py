@@ -88,19 +88,22 @@ async def stream_chunks(
     """What a provider's ``stream`` is: POST ``body``, then the chunks ``parse`` reads, all closed on every path.
 
     Retries 429, 5xx and connection errors as ``retry`` says, before any of
-    the stream is read; other errors raise at once.
+    the stream is read; other errors raise at once, and so do a
+    ``Retry-After`` over :data:`MAX_RETRY_AFTER`, a URL that is not
+    ``http(s)://``, and a header that is not valid HTTP (never quoted: it may be a key).
 
     Raises:
         ProviderError: (a subclass for each kind) the provider answered with an error.
-        ModelConnectionError: the provider could not be reached, or the stream broke.
-        MalformedStreamError: the stream is not the provider's protocol (a chunk ``parse`` cannot read).
+        ModelConnectionError: the provider could not be reached, or the stream broke (a corrupt gzip too).
+        MalformedStreamError: the stream is not the provider's protocol (a chunk ``parse`` cannot read, an
+            answer that is not an event stream).
     """
     async with http_client(request.http_client) as client:
         response = await _send_with_retries(client, url, headers, body, provider, retry)
         try:
             async with contextlib.aclosing(_parsed(parse(response), provider)) as chunks:
                 yield chunks
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:  # DecodingError included: a corrupt gzip body
             raise ModelConnectionError(f"{provider}: the stream broke: {describe(exc)}") from exc
         finally:
             await response.aclose()
@@ -138,10 +141,20 @@ async def _send_with_retries(
     content = json.dumps(body).encode()
     for attempt in itertools.count():
         last = not retry.allows(attempt + 1)
-        request = client.build_request("POST", url, headers={**headers, "content-type": "application/json"},
-                                       content=content)  # fmt: skip
+        try:
+            request = client.build_request("POST", url, headers={**headers, "content-type": "application/json"},
+                                           content=content)  # fmt: skip
+        except httpx.InvalidURL as exc:
+            raise ModelConnectionError(f"{provider}: cannot send to {url}: {describe(exc)}") from exc
+        except UnicodeEncodeError as exc:  # a header that is not ASCII; its text would quote it
+            raise ModelConnectionError(f"{provider}: cannot send to {url}: a header is not ASCII") from exc
         try:
             response = await client.send(request, stream=True)
+        except httpx.UnsupportedProtocol as exc:  # a URL without http(s)://: no retry makes one
+            raise ModelConnectionError(f"{provider}: cannot send to {url}: {describe(exc)}") from exc
+        except httpx.LocalProtocolError as exc:
+            # Our own request is not valid HTTP: no retry fixes it, and the text would quote the header (a key).
+            raise ModelConnectionError(f"{provider}: cannot send to {url}: the request is not valid HTTP") from exc
         except httpx.TransportError as exc:
             if isinstance(exc, httpx.ConnectError) and is_loopback(url) and _refused(exc):
                 # Nothing to wait for: a local server that is not running does not start by itself.
@@ -158,9 +171,11 @@ async def _send_with_retries(
             if kind == "text/event-stream":
                 return response
             try:  # e.g. a proxy that ignored "stream": an answer we cannot read as a stream
-                sample = (await response.aread())[:200]
+                body_read = await _read_body(response)
             finally:
                 await response.aclose()
+            # The body is only a sample: the content type already says what is wrong, read or not.
+            sample = None if body_read is None else body_read[:200]
             raise MalformedStreamError(f"{provider}: expected text/event-stream, got {kind!r}", sample)
         try:
             error = await _error_of(response, provider)
@@ -179,11 +194,7 @@ async def _send_with_retries(
 
 async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     status = response.status_code
-    try:
-        raw = (await response.aread())[:65536]
-    except httpx.HTTPError:
-        raw = b""
-    message = error_message(raw)
+    message = error_message((await _read_body(response) or b"")[:65536])
     text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
     retry_after = _retry_after(response.headers.get("retry-after"))
     if status == 429:
@@ -200,6 +211,20 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     return kind(text, status=status, provider=provider, provider_message=message)
 
 
+async def _read_body(response: httpx.Response) -> bytes | None:
+    """The whole body, decoded (gzip ...); ``None`` if it cannot be read (the connection broke, a corrupt gzip).
+
+    Not ``aread``: a decoding error there abandons the generators under it, and each warns when collected.
+    A read error rises through every one of them and ends them.
+    """
+    try:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+        decoder = response._get_content_decoder()
+        return decoder.decode(raw) + decoder.flush()
+    except httpx.HTTPError:
+        return None
+
+
 class HTTPModel(abc.ABC):
     """What every HTTP model shares: its settings, its ``__repr__``, and ``stream`` (POST, retries, parse).
 
@@ -212,7 +237,10 @@ class HTTPModel(abc.ABC):
     was given one, an empty one included (``api_key=""``: a server that
     needs none). Without one, entering :meth:`stream` raises
     :class:`~agents.MissingAPIKeyError` naming the variable to set, and
-    nothing is sent.
+    nothing is sent. A key that cannot be sent in a header (a line end left
+    by a CRLF ``.env`` file, a space, a character that is not printable
+    ASCII) is refused the same way, with an
+    :class:`~agents.AuthenticationError` that does not quote it.
 
     ``provider`` and ``api_key_env`` are for a model string's provider that
     speaks another's API (``"groq:…"`` is an :class:`OpenAIChatModel` named
@@ -252,7 +280,32 @@ class HTTPModel(abc.ABC):
         self.retry = retry
         self.settings = settings
         # Decided once: the key and the URL are fixed from here on.
-        self._key_missing = not self._api_key and api_key is None and not is_loopback(self.base_url)
+        self._key_error = self._check_key(from_env=api_key is None)
+
+    def _check_key(self, *, from_env: bool) -> Callable[[], AuthenticationError] | None:
+        """The error saying why the key cannot be used, if it cannot: missing where one is needed, or not
+        sendable in a header (a new one for each call: one raised again would grow its traceback)."""
+        key = self._api_key
+        if not key:
+            if not from_env or is_loopback(self.base_url):
+                return None
+            return functools.partial(
+                MissingAPIKeyError,
+                f"{self.provider}: no API key: set {self.api_key_env} (or pass api_key=...)",
+                provider=self.provider,
+                variable=self.api_key_env,
+            )
+        if key.isascii() and key.isprintable() and " " not in key:
+            return None
+        # Never quoted: the message reaches every watcher of the run. A CRLF .env file leaves a "\r".
+        where = f" in {self.api_key_env}" if from_env else ""
+        return functools.partial(
+            AuthenticationError,
+            f"{self.provider}: the API key{where} holds whitespace, a line end or a character that is not"
+            " printable ASCII (a .env file with Windows line ends?); nothing was sent",
+            status=401,
+            provider=self.provider,
+        )
 
     @property
     def name(self) -> str:
@@ -267,15 +320,11 @@ class HTTPModel(abc.ABC):
 
         Raises:
             MissingAPIKeyError: on entering, when the provider needs a key and there is none.
+            AuthenticationError: on entering, when the key cannot be sent in a header (a line end, a space,
+                a character that is not printable ASCII); the message does not quote it.
         """
-        if self._key_missing:
-            return _raise_on_enter(
-                MissingAPIKeyError(
-                    f"{self.provider}: no API key: set {self.api_key_env} (or pass api_key=...)",
-                    provider=self.provider,
-                    variable=self.api_key_env,
-                )
-            )
+        if self._key_error is not None:
+            return _raise_on_enter(self._key_error())
         return stream_chunks(
             request,
             self.url(),
@@ -320,7 +369,10 @@ def bearer_headers(api_key: str | None) -> dict[str, str]:
 
 def is_loopback(url: str) -> bool:
     """Whether ``url``'s host is this machine (``localhost``, ``127.0.0.0/8``, ``::1``)."""
-    host = httpx.URL(url).host
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:  # not a URL at all: sending to it says so
+        return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

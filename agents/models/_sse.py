@@ -92,14 +92,16 @@ class SSEStream:
     normal exception, and nothing is abandoned.
     """
 
-    __slots__ = ("_bytes", "_decoder", "_ended", "_first", "_lines", "_pending", "_response", "_utf8")
+    __slots__ = ("_bytes", "_content", "_decoder", "_ended", "_first", "_lines", "_pending", "_response", "_utf8")
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        # Unencoded (as providers stream), the raw bytes: one generator layer less per network read.
+        # The raw bytes, decoded here (gzip ...) rather than by aiter_bytes: one generator layer less per
+        # network read, and a corrupt body's DecodingError leaves no generator under it abandoned.
         encoding = response.headers.get("content-encoding", "").strip().lower()
-        raw = encoding in ("", "identity") and not response.is_stream_consumed  # a read body: from memory
-        self._bytes = response.aiter_raw() if raw else response.aiter_bytes()
+        read = response.is_stream_consumed  # a read body: from memory, decoded already
+        self._bytes = response.aiter_bytes() if read else response.aiter_raw()
+        self._content = None if read or encoding in ("", "identity") else response._get_content_decoder()
         self._lines = SSELineDecoder()
         self._decoder = SSEDecoder()
         # Always UTF-8, whatever charset the Content-Type names (the SSE spec's rule;
@@ -116,8 +118,11 @@ class SSEStream:
                 chunk = await self._bytes.__anext__()
             except StopAsyncIteration:
                 self._ended = True
-                rest = [*self._lines.decode(self._utf8.decode(b"", final=True)), *self._lines.flush()]
+                tail = self._content.flush() if self._content is not None else b""
+                rest = [*self._lines.decode(self._utf8.decode(tail, final=True)), *self._lines.flush()]
                 return _dispatch(self._decoder, rest)
+            if self._content is not None:
+                chunk = self._content.decode(chunk)  # httpx.DecodingError: the model maps it
             text = self._utf8.decode(chunk)
             if self._first and text:
                 text = text.removeprefix(_BOM)

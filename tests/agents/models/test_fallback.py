@@ -302,3 +302,15 @@ def test_fallback_model_takes_model_strings_and_has_a_name(monkeypatch: pytest.M
     plain = FallbackModel(Plain())
     assert plain.name == "fallback(Plain)"
     assert not plain.native_output
+
+
+async def test_fallback_when_the_first_sends_a_corrupt_gzip_stream(provider_server: Any, backup_server: Any) -> None:
+    """A first model whose answer says gzip but is not hands over: the decoding error is a broken stream
+    (a ModelConnectionError), not httpx's DecodingError ending the run."""
+    provider_server.serve(b"\x1f\x8b\x08\x00garbagegarbage", headers={"content-encoding": "gzip"})
+    backup_server.serve(OPENAI_TEXT)
+    events = await _run(FallbackModel(_openai(provider_server), _openai(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert fallback.error.startswith("openai: the stream broke: DecodingError: ")
+    assert _text(events) == OPENAI_ANSWER
+    assert _finished(events) == "completed"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -23,12 +25,21 @@ from agents import (
     ModelRequest,
     OpenAIChatModel,
     OpenAIResponsesModel,
+    RateLimitError,
     RetryPolicy,
     TextChunk,
     UserMessage,
     resolve_model,
 )
-from agents.models._http import DEFAULT_RETRY, HTTPModel, _retry_after, error_chunk, error_message, is_loopback
+from agents.models._http import (
+    DEFAULT_RETRY,
+    MAX_RETRY_AFTER,
+    HTTPModel,
+    _retry_after,
+    error_chunk,
+    error_message,
+    is_loopback,
+)
 from runtime import RunFailedError, open_runtime
 from runtime.events import ErrorEvent, RunFinished
 
@@ -409,3 +420,171 @@ async def test_the_consumers_own_error_between_chunks_is_not_mapped(provider_ser
             async for chunk in chunks:
                 assert chunk == TextChunk("a")
                 raise TypeError("the consumer's")
+
+
+# -- what cannot be sent: a key or a header that is not valid HTTP, a URL that is not http(s) -----------------
+
+_UNSENDABLE_KEYS: Final = ["sk-SECRET\n", "sk-SECRET\r", "sk-SECRET\r\nx-evil: 1", "sk-SECRET\u2026", "sk SECRET"]
+
+
+@pytest.mark.parametrize("kind", [OpenAIChatModel, AnthropicModel, GeminiModel, OpenAIResponsesModel])
+@pytest.mark.parametrize("key", _UNSENDABLE_KEYS, ids=["lf", "cr", "crlf-header", "non-ascii", "space"])
+async def test_a_key_that_cannot_be_sent_in_a_header_is_refused_unquoted(kind: type[HTTPModel], key: str) -> None:
+    """A key with a line end (a CRLF .env file), a space or a non-ASCII character: entering the stream raises
+    AuthenticationError at once, nothing is sent, and the message never quotes the key."""
+    model = kind("m", base_url="https://llm.example.com/v1", api_key=key)
+    sent: list[httpx.Request] = []
+    async with _recording_client(sent) as client:
+        with pytest.raises(AuthenticationError) as caught:
+            async with model.stream(ModelRequest("", (UserMessage("hi"),), http_client=client)):
+                pass  # pragma: no cover
+    assert sent == []
+    assert "SECRET" not in str(caught.value)
+    assert str(caught.value).startswith(f"{model.provider}: the API key holds whitespace")
+    assert caught.value.provider == model.provider
+
+
+async def test_a_run_whose_key_has_a_stray_carriage_return_ends_at_once_without_leaking_it(
+    provider_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OPENAI_API_KEY read from a CRLF .env file: the run ends with an error naming the variable, at once (no
+    retries: its waits would take 100 s), with no request made and the key in no event."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-SECRET\r")
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, retry=RetryPolicy(100, maximum=100))
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=model)) as session:
+            async with session.run("hi") as stream:
+                events = [event async for event in stream]
+    assert provider_server.requests == []
+    assert "SECRET" not in repr(events)
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].reason == "error"
+    assert events[-1].message is not None
+    assert events[-1].message.startswith("openai: the API key in OPENAI_API_KEY holds whitespace")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("localhost:8000/v1", "UnsupportedProtocol: Request URL is missing an 'http://' or 'https://' protocol."),
+        ("ftp://127.0.0.1/v1", "UnsupportedProtocol: Request URL has an unsupported protocol 'ftp://'."),
+        ("http://[::1/v1", "InvalidURL: Invalid port: ':1'"),
+    ],
+    ids=["no-scheme", "ftp", "broken-bracket"],
+)
+async def test_a_base_url_that_is_not_http_fails_at_once(base_url: str, said: str) -> None:
+    """A base URL with no scheme, another scheme, or that is no URL: ModelConnectionError at once, no retry
+    (each would wait at least 50 s, past the test's 5 s bound; real clock)."""
+    model = OpenAIChatModel("m", base_url=base_url, api_key="k", retry=RetryPolicy(100, maximum=100))
+    with trio.fail_after(5), pytest.raises(ModelConnectionError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))):
+            pass  # pragma: no cover
+    assert str(caught.value) == f"openai: cannot send to {base_url}/chat/completions: {said}"
+
+
+class _HeaderModel(OpenAIChatModel):
+    """An OpenAI model with one more header, as a subclass might add one."""
+
+    def __init__(self, value: str, **options: Any) -> None:
+        super().__init__("m", **options)
+        self.value = value
+
+    def headers(self, request: ModelRequest) -> dict[str, str]:
+        return {**super().headers(request), "x-extra": self.value}
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("SECRET\r\nx-evil: 1", "the request is not valid HTTP"), ("SECRET\u2026", "a header is not ASCII")],
+    ids=["line-break", "non-ascii"],
+)
+async def test_a_header_that_is_not_valid_http_fails_at_once_unquoted(
+    provider_server: Any, value: str, said: str
+) -> None:
+    """Whatever header cannot be sent (not only the key's): ModelConnectionError at once, no retry, nothing
+    sent, and the header's value in no message."""
+    model = _HeaderModel(value, base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(100, maximum=100))
+    with trio.fail_after(5), pytest.raises(ModelConnectionError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))):
+            pass  # pragma: no cover
+    assert str(caught.value) == f"openai: cannot send to {provider_server.base_url}/chat/completions: {said}"
+    assert provider_server.requests == []
+
+
+# -- a body that cannot be read: a corrupt gzip, a connection that breaks ------------------------------------
+
+_CORRUPT_GZIP: Final = b"\x1f\x8b\x08\x00garbagegarbage"
+
+
+async def test_a_corrupt_gzip_stream_is_a_broken_stream(provider_server: Any) -> None:
+    """An event stream that says gzip but is not: ModelConnectionError with httpx's DecodingError as its cause,
+    and no generator left unclosed (each would warn, an error here)."""
+    provider_server.serve(_CORRUPT_GZIP, headers={"content-encoding": "gzip"})
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+    with trio.fail_after(5), pytest.raises(ModelConnectionError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for _ in chunks:
+                pass  # pragma: no cover
+    assert isinstance(caught.value.__cause__, httpx.DecodingError)
+    assert str(caught.value).startswith("openai: the stream broke: DecodingError: ")
+    gc.collect()  # an abandoned generator warns when collected
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"drop_after": 6}, {"headers": {"content-encoding": "gzip"}}],
+    ids=["connection-breaks", "corrupt-gzip"],
+)
+async def test_a_non_stream_answer_whose_body_cannot_be_read_is_malformed(
+    provider_server: Any, options: dict[str, Any]
+) -> None:
+    """A 200 that is not an event stream and whose body breaks off or does not decode: MalformedStreamError
+    naming the content type, with no sample, and no httpx error let through or generator left unclosed."""
+    body = _CORRUPT_GZIP if "headers" in options else b'{"id": "chatcmpl-1", "choices": []}'
+    provider_server.serve(body, content_type="application/json", **options)
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=1))
+    with trio.fail_after(5), pytest.raises(MalformedStreamError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))):
+            pass  # pragma: no cover
+    assert str(caught.value) == "openai: expected text/event-stream, got 'application/json'"
+    assert caught.value.sample is None
+    gc.collect()
+
+
+async def test_an_error_answer_with_a_corrupt_gzip_body_is_still_retried(provider_server: Any) -> None:
+    """A 500 whose body does not decode is a ServerError without a message, retried as any 500: the next
+    answer is used, and no generator is left unclosed."""
+    provider_server.queue(_CORRUPT_GZIP, status=500, content_type="application/json",
+                          headers={"content-encoding": "gzip"})  # fmt: skip
+    provider_server.queue(b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n')
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(0.001))
+    with trio.fail_after(5):
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            assert TextChunk("a") in [chunk async for chunk in chunks]
+    assert len(provider_server.requests) == 2
+    gc.collect()
+
+
+# -- a Retry-After longer than MAX_RETRY_AFTER -----------------------------------------------------------------
+
+
+async def test_a_retry_after_over_the_limit_fails_at_once_whatever_the_policy(provider_server: Any) -> None:
+    """A 429 asking for more than MAX_RETRY_AFTER seconds is raised at once, even with ``max_attempts=None``."""
+    provider_server.serve(b'{"error": {"message": "slow down"}}', status=429, content_type="application/json",
+                          headers={"retry-after": str(int(MAX_RETRY_AFTER) + 1)})  # fmt: skip
+    model = OpenAIChatModel("m", base_url=provider_server.base_url, api_key="k", retry=RetryPolicy(max_attempts=None))
+    with trio.fail_after(5), pytest.raises(RateLimitError) as caught:
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))):
+            pass  # pragma: no cover
+    assert caught.value.retry_after == MAX_RETRY_AFTER + 1
+    assert len(provider_server.requests) == 1
+
+
+def test_the_readme_states_the_retry_after_limit() -> None:
+    """The README's retry paragraph, which promises ``max_attempts=None`` retries until cancelled, states the
+    exception: a Retry-After over MAX_RETRY_AFTER (its value) is not waited for."""
+    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
+    assert (
+        f"`max_attempts=None` retries until the run is cancelled, except that a `Retry-After` over"
+        f" {MAX_RETRY_AFTER:g} s is not waited for" in readme
+    )
