@@ -46,7 +46,10 @@ class FallbackModel:
 
     Once a chunk has reached the consumer, the model answering is the one:
     an error after that ends the run like any model's, never switching
-    silently halfway through an answer.
+    silently halfway through an answer. A nested :class:`FallbackModel` is
+    one model among the others: its own :class:`~agents.ModelFallbackChunk`
+    passes through without committing to it, and when its last model fails
+    too, the next one of this list is tried.
 
     Each move is visible: the stream yields a :class:`~agents.ModelFallbackChunk`
     (``failed``, ``error``, ``next``; the runtime's ``ModelFallback`` event)
@@ -108,10 +111,12 @@ class _FallbackStream:
 
     A class rather than an async generator, so abandoning it never warns.
     Until a model's first chunk arrives, ``__anext__`` tries the models in
-    turn; after it, it only passes that model's chunks on.
+    turn; after it, it only passes that model's chunks on. A nested
+    :class:`FallbackModel`'s own :class:`~agents.ModelFallbackChunk` is passed on
+    without committing to it: it says that model is still looking for an answer.
     """
 
-    __slots__ = ("_chunks", "_entered", "_index", "_model", "_request")
+    __slots__ = ("_chunks", "_entered", "_index", "_model", "_request", "_trying")
 
     def __init__(self, model: FallbackModel, request: ModelRequest) -> None:
         self._model = model
@@ -119,6 +124,8 @@ class _FallbackStream:
         self._index = 0
         self._entered: AbstractAsyncContextManager[AsyncIterator[ModelChunk]] | None = None
         """The stream of the model being tried, or answering; closed by ``__aexit__``."""
+        self._trying: AsyncIterator[ModelChunk] | None = None
+        """The chunks of the model being tried, entered, before its first answer's chunk."""
         self._chunks: AsyncIterator[ModelChunk] | None = None
         """The answering model's chunks, once it has sent its first one."""
 
@@ -145,13 +152,14 @@ class _FallbackStream:
 
     async def _try_next(self) -> ModelChunk:
         """The current model's first chunk; or, if it is unavailable, the fallback chunk that moves on."""
-        model = self._model.models[self._index]
-        try:
-            stream = model.stream(self._request)
-            chunks = await stream.__aenter__()
-        except Exception as exc:
-            return self._fall_back(exc)
-        self._entered = stream
+        if self._trying is None:
+            try:
+                stream = self._model.models[self._index].stream(self._request)
+                self._trying = await stream.__aenter__()
+            except Exception as exc:
+                return self._fall_back(exc)
+            self._entered = stream
+        chunks = self._trying
         try:
             first = await chunks.__anext__()
         except StopAsyncIteration:  # it answered with nothing: that is its answer
@@ -159,13 +167,15 @@ class _FallbackStream:
             raise
         except Exception as exc:
             # Closing the stream with the error maps what the model raised (an httpx error, say).
-            self._entered = None
+            entered, self._entered, self._trying = self._entered, None, None
+            assert entered is not None
             try:
-                await stream.__aexit__(type(exc), exc, exc.__traceback__)
+                await entered.__aexit__(type(exc), exc, exc.__traceback__)
             except Exception as mapped:
                 return self._fall_back(mapped)
             return self._fall_back(exc)
-        self._chunks = chunks
+        if not isinstance(first, ModelFallbackChunk):  # a nested FallbackModel moving on is not an answer yet
+            self._chunks = chunks
         return first
 
     def _fall_back(self, error: Exception) -> ModelFallbackChunk:

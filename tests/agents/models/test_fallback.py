@@ -304,6 +304,33 @@ def test_fallback_model_takes_model_strings_and_has_a_name(monkeypatch: pytest.M
     assert not plain.native_output
 
 
+async def test_a_nested_fallback_model_moves_on_to_the_outer_next_model() -> None:
+    """FallbackModel(FallbackModel(a, b), c) with a and b unavailable reaches c: the inner model's own
+    ModelFallback passes through without committing the outer one to it, then the outer moves on."""
+    a = ScriptedModel([lambda request: _raising(ServerError("a: HTTP 503", status=503, provider="a"))], name="a")
+    b = ScriptedModel([lambda request: _raising(ServerError("b: HTTP 503", status=503, provider="b"))], name="b")
+    c = ScriptedModel(["fine"], name="c")
+    events = await _run(FallbackModel(FallbackModel(a, b), c))
+    assert _fallbacks(events) == [
+        ModelFallback("a", "a: HTTP 503", "b"),
+        ModelFallback("fallback(a, b)", "b: HTTP 503", "c"),
+    ]
+    assert _text(events) == "fine"
+    assert _finished(events) == "completed"
+
+
+async def test_a_nested_fallback_model_that_answers_is_the_one(provider_server: Any) -> None:
+    """When the inner FallbackModel's second model answers, the outer commits to it: the outer's next model is
+    never asked, and the one move seen is the inner one."""
+    provider_server.serve(OPENAI_TEXT)
+    a = ScriptedModel([lambda request: _raising(ModelConnectionError("a: cannot reach it"))], name="a")
+    c = ScriptedModel(itertools.repeat("never"), name="c")
+    events = await _run(FallbackModel(FallbackModel(a, _openai(provider_server)), c))
+    assert _fallbacks(events) == [ModelFallback("a", "a: cannot reach it", "openai:gpt")]
+    assert _text(events) == OPENAI_ANSWER
+    assert c.requests == []
+
+
 async def test_fallback_when_the_first_sends_a_corrupt_gzip_stream(provider_server: Any, backup_server: Any) -> None:
     """A first model whose answer says gzip but is not hands over: the decoding error is a broken stream
     (a ModelConnectionError), not httpx's DecodingError ending the run."""
