@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+from urllib.parse import quote
 
 import attrs
 import pydantic_core
@@ -13,6 +14,7 @@ import trio
 from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
 from ._runtime import single_errors
+from ._store import StoreError
 from .events import (
     ErrorEvent,
     ReasoningDelta,
@@ -28,11 +30,15 @@ if TYPE_CHECKING:
     from agents import Agent
 
     from ._runtime import Runtime, SessionHandle
+    from ._stream import RunStream
 
 logger = logging.getLogger("runtime")
 
 BEST_EFFORT_TIMEOUT: Final = 0.05
 """Seconds a reasoning or progress message may wait for room on the bus before it is dropped."""
+
+MAX_IN_FLIGHT: Final = 1000
+"""The default of :func:`open_gateway`'s ``max_in_flight``."""
 
 
 @runtime_checkable
@@ -62,6 +68,23 @@ class GatewayStatistics:
     """Inbound messages answered (with a reply or an error reply)."""
     best_effort_dropped: int
     """Reasoning and progress messages dropped because the bus had no room in time."""
+    in_flight: int = 0
+    """Messages taken from the bus and not answered yet (at most ``max_in_flight``)."""
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One message's place under ``max_in_flight``, handed from the router to the task that answers it."""
+
+    _gateway: Gateway
+    _held: bool = True
+
+    def release(self) -> None:
+        """Give the place back (once: whoever ends up holding it may call this)."""
+        if self._held:
+            self._held = False
+            self._gateway._in_flight -= 1
+            self._gateway._slots.release()
 
 
 class Gateway:
@@ -70,11 +93,22 @@ class Gateway:
     Made by :func:`open_gateway`.
     """
 
-    def __init__(self, runtime: Runtime, agent: Agent[Any, Any], bus: MessageBus, idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        agent: Agent[Any, Any],
+        bus: MessageBus,
+        idle_timeout: float | None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.runtime = runtime
         self.agent = agent
         self.bus = bus
         self._idle_timeout = idle_timeout
+        self._slots = trio.Semaphore(max_in_flight, max_value=max_in_flight)
+        self._in_flight = 0  # slots given to messages (the router may hold one more, waiting for a message)
+        self._nursery: trio.Nursery | None = None  # open_gateway's: error replies are published from it
+        self._closing = False
         self._sessions: dict[tuple[str, str], SessionHandle] = {}
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
@@ -84,7 +118,7 @@ class Gateway:
     def statistics(self) -> GatewayStatistics:
         """The counters, at any time."""
         live = sum(1 for handle in self._sessions.values() if not handle.closed)
-        return GatewayStatistics(live, self._handled, self._dropped)
+        return GatewayStatistics(live, self._handled, self._dropped, self._in_flight)
 
     async def wait_ready(self, channel: str) -> None:
         """Wait until the channel of that name has started serving."""
@@ -102,16 +136,36 @@ class Gateway:
 
     async def _route(self) -> None:
         async with self.bus.inbound() as inbound:
-            async for message in inbound:
-                for _ in range(2):  # a session reaped just as its message arrives: a fresh one
-                    handle = await self._session_for(message)
-                    try:
-                        # In use until its run has begun: the reaper cannot close it in between.
-                        with handle.session.in_use():
-                            await handle.session.start(self._answer, handle, message)
-                        break
-                    except ClosedSessionError:
-                        continue
+            while True:
+                # A place first, then a message: with max_in_flight messages unanswered the router takes
+                # no more, so the bus's inbound queue fills and its bound reaches the channels.
+                await self._slots.acquire()
+                try:
+                    message = await inbound.receive()
+                except trio.EndOfChannel:
+                    self._slots.release()
+                    return
+                self._in_flight += 1
+                await self._dispatch(message, _Slot(self))
+
+    async def _dispatch(self, message: InboundMessage, slot: _Slot) -> None:
+        """Start the answer to ``message`` in its chat's session; the slot goes with it once its run has begun."""
+        for _ in range(2):  # a session reaped just as its message arrives: a fresh one
+            try:
+                handle = await self._session_for(message)
+            except StoreError as exc:
+                # This chat's session cannot be had (another process holds it, the store is down): that
+                # chat gets an error reply, the others go on.
+                self._reply_error(message, f"the chat's session could not be started: {exc}", slot)
+                return
+            try:
+                # In use until its run has begun: the reaper cannot close it in between.
+                with handle.session.in_use():
+                    await handle.session.start(self._answer, handle, message, slot)
+                return
+            except ClosedSessionError:
+                continue
+        self._reply_error(message, "the chat's session was closed before the message could be answered", slot)
 
     async def _session_for(self, message: InboundMessage) -> SessionHandle:
         key = (message.channel, message.chat_id)
@@ -124,64 +178,110 @@ class Gateway:
             self._sessions = {k: h for k, h in self._sessions.items() if not h.closed}
             self._prune_at = max(64, 2 * len(self._sessions))
         handle = await self.runtime.start_session(
-            self.agent, session_id=f"{message.channel}:{message.chat_id}", idle_timeout=self._idle_timeout
+            self.agent, session_id=_session_id(message.channel, message.chat_id), idle_timeout=self._idle_timeout
         )
         self._sessions[key] = handle
         return handle
 
+    def _reply_error(self, message: InboundMessage, text: str, slot: _Slot) -> None:
+        """Publish an error reply to ``message`` from a task of the gateway, then release its slot."""
+        self._reply_outside(OutboundMessage(message.channel, message.chat_id, text, "error", message.message_id), slot)
+
+    def _reply_outside(self, reply: OutboundMessage, slot: _Slot) -> None:
+        """Publish ``reply`` from a task of the gateway, then release its slot.
+
+        Not from the chat's session: this is how a message whose session is failing or closed still
+        gets its answer. Nothing is sent once the gateway is closing.
+        """
+        if self._closing or self._nursery is None:
+            slot.release()
+            return
+        self._nursery.start_soon(self._publish_reply, reply, slot, name=f"reply to {reply.reply_to}")
+
+    async def _publish_reply(self, reply: OutboundMessage, slot: _Slot) -> None:
+        try:
+            await self.bus.publish_outbound(reply, policy="block")
+        except ClosedBusError:
+            return
+        finally:
+            slot.release()
+        self._handled += 1
+
     async def _answer(
-        self, handle: SessionHandle, message: InboundMessage, *, task_status: trio.TaskStatus[None]
+        self, handle: SessionHandle, message: InboundMessage, slot: _Slot, *, task_status: trio.TaskStatus[None]
     ) -> None:
         """Run the agent on one message (runs of a chat are served in order by its session).
 
         The reply is the run's output (the final answer's text, or a stop hook's message); for a typed
         output, the validated value as JSON; for a refusal, the refusal. Tool calls and tool progress go
-        out as best-effort progress messages.
+        out as best-effort progress messages. A run cut short (its session failed or was closed) gets an
+        error reply, published from outside the session. Once the run has begun, ``slot`` is this
+        task's to release.
         """
-        given: str | None = None  # a reply the run gave as it ended: a refusal, a stop hook's message
+        began = answered = False
+        reply: OutboundMessage | None = None
+        try:
+            # In use until the reply is out, not only while the run lasts: reaping the session in between
+            # would cancel a reply still waiting for room on the bus.
+            with handle.session.in_use():
+                async with handle.session.run(message.text) as stream:
+                    task_status.started()  # the run is in the session: from now on it keeps the session
+                    began = True
+                    ended = await self._follow(message, stream)
+                if ended is None:
+                    return  # cancelled: the error reply goes out below, from outside the session
+                reply = _reply(message, stream, *ended)
+                try:
+                    # The reply waits for room, bounded by the session's scope (closing it cancels the wait).
+                    await self.bus.publish_outbound(reply, policy="block")
+                    self._handled += 1
+                except ClosedBusError:
+                    pass
+                answered = True
+        finally:
+            if not began:
+                pass  # the router still holds the slot: start() raises, and it tries a fresh session
+            elif answered:
+                slot.release()
+            elif reply is not None:  # the session closed while the reply waited for room: it goes out anyway
+                self._reply_outside(reply, slot)
+            else:
+                why = "failed" if handle.session.error is not None else "was closed"
+                self._reply_error(message, f"the chat's session {why} before the message was answered", slot)
+
+    async def _follow(self, message: InboundMessage, stream: RunStream) -> tuple[str | None, str | None] | None:
+        """Pass the run's extras on as best-effort messages; returns ``(given, error)`` as it ended, or ``None``
+        if it was cancelled.
+
+        ``given`` is a reply the run gave as it ended (a refusal, a stop hook's message); ``error`` what
+        went wrong, if anything did.
+        """
+        given: str | None = None
         error: str | None = None
         stalled = False  # once one extra was dropped, the rest of this answer's extras don't wait at all
-        async with handle.session.run(message.text) as stream:
-            task_status.started()  # the run is in the session: from now on it keeps the session
-            async for event in stream:
-                if isinstance(event, ReasoningDelta):
-                    sent = await self._best_effort(message, "reasoning", event.text, stalled)
-                    stalled = stalled or not sent
-                elif isinstance(event, ToolCallStarted):
-                    sent = await self._best_effort(message, "progress", f"calling {event.name}", stalled)
-                    stalled = stalled or not sent
-                elif isinstance(event, ToolProgress):
-                    sent = await self._best_effort(message, "progress", _progress_text(event), stalled)
-                    stalled = stalled or not sent
-                elif isinstance(event, Refusal):
-                    given = event.text or "(the model declined to answer)"
-                elif isinstance(event, ErrorEvent):
-                    error = event.message
-                elif isinstance(event, RunFinished):
-                    if event.reason == "cancelled":
-                        return
-                    if event.reason == "hook_stop":
-                        given = event.message  # a stop hook's message is the reply, typed output or not
-                    elif event.reason not in ("completed", "refusal") and error is None:
-                        # It ended short of an answer with no ErrorEvent (max_turns): say so, as MCP does.
-                        error = f"the run ended: {event.reason}" + (f": {event.message}" if event.message else "")
-        output = stream.result.output
-        text = given if given is not None else output if isinstance(output, str) or output is None else None
-        if text is None:
-            try:
-                text = pydantic_core.to_json(output, fallback=str).decode()
-            except (ValueError, RecursionError) as exc:  # PydanticSerializationError is a ValueError
-                error = error or f"the answer could not be sent as JSON: {exc}"
-        if error is not None:
-            reply = OutboundMessage(message.channel, message.chat_id, error, "error", message.message_id)
-        else:
-            reply = OutboundMessage(message.channel, message.chat_id, text or "", "reply", message.message_id)
-        try:
-            # The reply waits for room, bounded by the session's scope (closing it cancels the wait).
-            await self.bus.publish_outbound(reply, policy="block")
-        except ClosedBusError:
-            return
-        self._handled += 1
+        async for event in stream:
+            if isinstance(event, ReasoningDelta):
+                sent = await self._best_effort(message, "reasoning", event.text, stalled)
+                stalled = stalled or not sent
+            elif isinstance(event, ToolCallStarted):
+                sent = await self._best_effort(message, "progress", f"calling {event.name}", stalled)
+                stalled = stalled or not sent
+            elif isinstance(event, ToolProgress):
+                sent = await self._best_effort(message, "progress", _progress_text(event), stalled)
+                stalled = stalled or not sent
+            elif isinstance(event, Refusal):
+                given = event.text or "(the model declined to answer)"
+            elif isinstance(event, ErrorEvent):
+                error = event.message
+            elif isinstance(event, RunFinished):
+                if event.reason == "cancelled":
+                    return None
+                if event.reason == "hook_stop":
+                    given = event.message  # a stop hook's message is the reply, typed output or not
+                elif event.reason not in ("completed", "refusal") and error is None:
+                    # It ended short of an answer with no ErrorEvent (max_turns): say so, as MCP does.
+                    error = f"the run ended: {event.reason}" + (f": {event.message}" if event.message else "")
+        return given, error
 
     async def _best_effort(
         self, message: InboundMessage, kind: Literal["reasoning", "progress"], text: str, stalled: bool
@@ -198,6 +298,32 @@ class Gateway:
         return False
 
 
+def _reply(message: InboundMessage, stream: RunStream, given: str | None, error: str | None) -> OutboundMessage:
+    """The answer to ``message``: the run's output (or what it gave as it ended), or an error reply."""
+    output = stream.result.output
+    text = given if given is not None else output if isinstance(output, str) or output is None else None
+    if text is None:
+        try:
+            text = pydantic_core.to_json(output, fallback=str).decode()
+        except (ValueError, RecursionError) as exc:  # PydanticSerializationError is a ValueError
+            error = error or f"the answer could not be sent as JSON: {exc}"
+    if error is not None:
+        return OutboundMessage(message.channel, message.chat_id, error, "error", message.message_id)
+    return OutboundMessage(message.channel, message.chat_id, text or "", "reply", message.message_id)
+
+
+def _session_id(channel: str, chat_id: str) -> str:
+    """The id of the session of chat ``chat_id`` on ``channel``: one per pair, never the same for two.
+
+    ``channel:chat_id`` when the channel's name has no ``:`` (as ever: sessions stored under those ids
+    stay theirs). Otherwise ``channel:chat_id`` could be another pair's (``a`` + ``x:y``, ``a:x`` + ``y``):
+    both parts are percent-encoded and joined by ``/``, an id with no ``:`` at all, so it is no other's.
+    """
+    if ":" not in channel:
+        return f"{channel}:{chat_id}"
+    return f"{quote(channel, safe='')}/{quote(chat_id, safe='')}"
+
+
 def _progress_text(event: ToolProgress) -> str:
     done = f"{event.progress:g}" if event.total is None else f"{event.progress:g}/{event.total:g}"
     return f"{event.message} ({done})" if event.message else f"progress {done}"
@@ -211,13 +337,26 @@ async def open_gateway(
     *,
     bus: MessageBus | None = None,
     idle_timeout: float | None = 600.0,
+    max_in_flight: int = MAX_IN_FLIGHT,
 ) -> AsyncIterator[Gateway]:
     """Run ``channels`` and answer their chats with ``agent`` until the block exits.
 
     Channels start concurrently (``gateway.wait_ready(name)`` waits for
     one); each chat gets a session of ``runtime``, reaped after
-    ``idle_timeout`` seconds without a message. Leaving the block cancels the
-    channels and closes the bus (and its chats' sessions).
+    ``idle_timeout`` seconds without a message. Its id is
+    ``"{channel}:{chat_id}"`` (for a channel whose name has a ``:``, both
+    parts percent-encoded and joined by ``/``, so no two chats share one).
+    A chat whose session cannot be started (with a store: another process
+    holds it, the store is down) gets an error reply; the others go on.
+
+    At most ``max_in_flight`` messages are being answered (or waiting for
+    their chat's earlier ones) at a time; past that the gateway takes no
+    more from the bus, whose inbound queue then fills, so channels see the
+    bus's bound. Leaving the block cancels the channels and closes the bus
+    (and its chats' sessions).
+
+    Raises:
+        ValueError: channel names are not unique, or ``max_in_flight`` is below 1.
 
     Example::
 
@@ -228,10 +367,13 @@ async def open_gateway(
     names = [channel.name for channel in channels]
     if len(set(names)) != len(names):
         raise ValueError(f"channel names must be unique: {names}")
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
     bus = bus if bus is not None else MessageBus()
-    gateway = Gateway(runtime, agent, bus, idle_timeout)
+    gateway = Gateway(runtime, agent, bus, idle_timeout, max_in_flight)
     try:
         async with single_errors(), trio.open_nursery() as nursery:
+            gateway._nursery = nursery
             for channel in channels:
                 gateway._ready[channel.name] = trio.Event()
                 bus.outbound(channel.name)  # its queue exists before its first reply
@@ -240,6 +382,7 @@ async def open_gateway(
             try:
                 yield gateway
             finally:
+                gateway._closing = True  # runs cancelled from here on are the gateway's doing: no error replies
                 nursery.cancel_scope.cancel()
     finally:
         bus.close()

@@ -29,10 +29,12 @@ from agents import (
     UserMessage,
     tool,
 )
-from runtime import Channel, InboundMessage, MessageBus, OutboundMessage, open_gateway, open_runtime
+from runtime import Channel, InboundMessage, MessageBus, OutboundMessage, SQLiteStore, open_gateway, open_runtime
 from runtime._gateway import BEST_EFFORT_TIMEOUT
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agents import Message, ModelChunk, ModelRequest
 
 
@@ -61,6 +63,29 @@ class RecordingChannel:
                 message = await self.delivered.receive()
                 if message.kind == "reply":
                     return message
+
+    async def answer(self) -> OutboundMessage:
+        """The next delivered reply or error reply, skipping best-effort extras."""
+        with trio.fail_after(5):
+            while True:
+                message = await self.delivered.receive()
+                if message.kind in ("reply", "error"):
+                    return message
+
+
+class GatedChannel(RecordingChannel):
+    """Serves at once, but reads its outbound queue only once ``gate`` is set (a chat app rate-limiting us)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = trio.Event()
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self._send:
+            task_status.started()
+            await self.gate.wait()
+            async for message in bus.outbound(self.name):
+                self._send.send_nowait(message)
 
 
 class MuteChannel:
@@ -159,6 +184,30 @@ class ReasoningModel:
         chunks: list[ModelChunk] = [ReasoningChunk(f"thought {i}") for i in range(self.deltas)]
         chunks.append(TextChunk(self.answer))
         return _ChunkStream(chunks)
+
+
+class _HangingStream:
+    """A model call that never answers."""
+
+    async def __aenter__(self) -> _HangingStream:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> _HangingStream:
+        return self
+
+    async def __anext__(self) -> ModelChunk:
+        raise StopAsyncIteration
+
+
+class HangingModel:
+    """Never answers."""
+
+    def stream(self, request: ModelRequest) -> _HangingStream:
+        return _HangingStream()
 
 
 def _recorder(seen: list[tuple[Message, ...]], answer: str) -> Any:
@@ -569,3 +618,126 @@ async def test_gateway_answers_a_run_that_hit_max_turns_with_an_error_reply() ->
         assert message.text.startswith("the run ended: max_turns")
         await web.say(gateway.bus, "chat-1", "again")
         assert (await web.reply()).text == "fine"
+
+
+async def test_gateway_answers_a_chat_whose_session_another_process_holds_with_an_error_reply(tmp_path: Path) -> None:
+    """With a store, a chat whose session another process holds gets an error reply; the gateway and its
+    other chats go on."""
+    agent = Agent(name="a", model=ScriptedModel(["one"]))
+    web = RecordingChannel("web")
+    async with open_runtime(store=SQLiteStore(tmp_path / "s.db"), owner="other-replica") as other:
+        held = await other.start_session(agent, session_id="web:busy")
+        async with (
+            open_runtime(store=SQLiteStore(tmp_path / "s.db"), owner="me") as runtime,
+            open_gateway(runtime, agent, [web]) as gateway,
+        ):
+            message = await web.say(gateway.bus, "busy", "hi")
+            error = await web.answer()
+            assert (error.kind, error.chat_id, error.reply_to) == ("error", "busy", message.message_id)
+            assert "could not be started" in error.text
+            assert "other-replica" in error.text
+            await web.say(gateway.bus, "free", "hi")
+            assert (await web.answer()).text == "one"
+            assert gateway.statistics().handled == 2
+        await held.aclose()
+
+
+async def test_gateway_session_ids_are_one_per_chat_and_keep_the_stored_ones(tmp_path: Path) -> None:
+    """Chat "x:y" of channel "a" and chat "y" of channel "a:x" get a session each (both were "a:x:y"), and a
+    chat of a channel without ":" in its name finds the session stored under "channel:chat_id" before."""
+    seen: list[tuple[Message, ...]] = []
+    agent = Agent(name="a", model=ScriptedModel(["before", *(_recorder(seen, str(i)) for i in range(3))]))
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        runtime.open_session(agent, session_id="a:old") as session,
+    ):
+        await session.ask("earlier")
+    a, ax = RecordingChannel("a"), RecordingChannel("a:x")
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        open_gateway(runtime, agent, [a, ax]) as gateway,
+    ):
+        await a.say(gateway.bus, "x:y", "first")
+        assert (await a.answer()).text == "0"
+        await ax.say(gateway.bus, "y", "second")
+        assert (await ax.answer()).text == "1"
+        await a.say(gateway.bus, "old", "third")
+        assert (await a.answer()).text == "2"
+        assert gateway.statistics().sessions == 3
+    assert seen == [
+        (UserMessage("first"),),
+        (UserMessage("second"),),
+        (UserMessage("earlier"), AssistantMessage("before"), UserMessage("third")),
+    ]
+
+
+async def test_gateway_reply_waiting_for_room_outlives_the_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    """A reply that waits for room on the bus for longer than idle_timeout is still delivered: its chat's
+    session stays in use until the reply is out, so the reaper cannot cancel it."""
+    bus = MessageBus(outbound_size=1)
+    web = GatedChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(["answer a", "answer b"]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web], bus=bus, idle_timeout=10) as gateway:
+        await web.say(gateway.bus, "chat-a", "q")
+        await web.say(gateway.bus, "chat-b", "q")
+        await trio.sleep(15)
+        # chat-a's reply took the one place on the bus and its session was reaped; chat-b's reply waits.
+        assert gateway.statistics().sessions == 1
+        web.gate.set()
+        assert {(await web.reply()).text, (await web.reply()).text} == {"answer a", "answer b"}
+        assert gateway.statistics().handled == 2
+
+
+@tool
+async def break_the_session(ctx: ToolContext[Any]) -> str:
+    """Start a task of the session that fails, and wait."""
+
+    async def fail() -> None:
+        raise RuntimeError("a background job failed")
+
+    ctx.session.start_soon(fail)
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_gateway_answers_a_message_whose_session_fails_mid_run_with_an_error_reply() -> None:
+    """A message whose chat's session fails while its run is under way gets an error reply, not silence;
+    the chat's next message is answered in a fresh session."""
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("break_the_session"), "fresh"]), tools=[break_the_session])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        message = await web.say(gateway.bus, "chat-1", "go")
+        error = await web.answer()
+        assert (error.kind, error.reply_to) == ("error", message.message_id)
+        assert "session failed" in error.text
+        await web.say(gateway.bus, "chat-1", "again")
+        assert (await web.answer()).text == "fresh"
+        await trio.testing.wait_all_tasks_blocked()
+        assert gateway.statistics().handled == 2
+        assert gateway.statistics().in_flight == 0
+
+
+async def test_gateway_takes_no_more_than_max_in_flight_messages_off_the_bus() -> None:
+    """With every answer stuck, the gateway takes max_in_flight messages and no more: the bus's inbound
+    queue fills, and publishers find no room (rather than the gateway queueing runs without bound)."""
+    bus = MessageBus(inbound_size=2)
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=HangingModel())
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web], bus=bus, max_in_flight=3) as gateway:
+        accepted = 0
+        for i in range(20):
+            accepted += await bus.publish_inbound(InboundMessage("web", "chat-1", f"m{i}"), policy="drop")
+            await trio.testing.wait_all_tasks_blocked()
+        assert accepted == 5
+        assert gateway.statistics().in_flight == 3
+        assert bus.statistics().inbound.buffered == 2
+        assert bus.statistics().inbound.dropped == 15
+
+
+async def test_gateway_max_in_flight_must_be_at_least_one() -> None:
+    """max_in_flight below 1 (a gateway that could take no message) is a ValueError."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+            async with open_gateway(runtime, agent, [], max_in_flight=0):
+                pytest.fail("the block must not run")
