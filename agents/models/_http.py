@@ -217,6 +217,8 @@ async def _read_body(response: httpx.Response) -> bytes | None:
     Not ``aread``: a decoding error there abandons the generators under it, and each warns when collected.
     A read error rises through every one of them and ends them.
     """
+    if response.is_stream_consumed:  # read already (a transport that reads whole bodies): decoded in memory
+        return response.content
     try:
         raw = b"".join([chunk async for chunk in response.aiter_raw()])
         decoder = response._get_content_decoder()
