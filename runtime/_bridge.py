@@ -167,8 +167,10 @@ def compile_schema(schema: type[Any] | Mapping[str, Any] | None) -> tuple[dict[s
     if schema is None:
         return None, _anything
     if isinstance(schema, Mapping):
-        flat = dict(schema)
-        return flat, lambda content: _validate_flat(flat, content)
+        # Two copies: the validator keeps the schema as the tool asked it, whatever the consumer does with
+        # the one it is shown, or the tool with its own afterwards.
+        flat = copy.deepcopy(dict(schema))
+        return copy.deepcopy(flat), functools.partial(_validate_flat, flat)
     try:
         hash(schema)
     except TypeError:  # an unhashable type form: compiled each time

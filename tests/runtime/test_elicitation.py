@@ -6,6 +6,7 @@ Every test runs under the leak checker and inside a ``trio.fail_after`` (on
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -238,6 +239,31 @@ async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
                             assert stream.pending_elicitations == (event.id,)
                         await stream.respond(event.id, "accept", {"env": "prod", "replicas": 3})
     assert got == [ElicitationResult("accept", {"env": "prod", "replicas": 3})]
+
+
+async def test_consumer_editing_a_flat_schema_changes_neither_the_tools_schema_nor_validation(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
+    """The consumer gets its own copy of a dict schema: its edits leave the tool's dict and the answer's check alone."""
+    schema = copy.deepcopy(FLAT_SCHEMA)
+    asked = eliciting_tool("configure", "Configure the deployment", schema=schema)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("configure"), "done"]), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                async for event in stream:
+                    if isinstance(event, ElicitationRequest):
+                        assert event.schema is not None
+                        # A UI that adds a choice for display, and drops the required list.
+                        event.schema["properties"]["env"]["enum"].append("dev")
+                        event.schema["required"] = []
+                        with pytest.raises(InvalidElicitationResponse, match="must be one of"):
+                            await stream.respond(event.id, "accept", {"env": "dev"})
+                        with pytest.raises(InvalidElicitationResponse, match="missing required field"):
+                            await stream.respond(event.id, "accept", {})
+                        await stream.respond(event.id, "accept", {"env": "prod"})
+    assert schema == FLAT_SCHEMA
+    assert asked.answers == [ElicitationResult("accept", {"env": "prod"})]
 
 
 async def test_respond_before_the_run_started_is_a_clear_error() -> None:
