@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
 import math
+import re
 import secrets
 from collections.abc import Callable, Hashable, Mapping
 from contextvars import ContextVar, Token
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import attrs
 import pydantic
@@ -205,7 +207,11 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def _validate_flat(schema: dict[str, Any], content: Any) -> Any:
-    """Validate against a JSON schema of the flat kind MCP elicitation uses (primitive properties)."""
+    """Validate against a JSON schema of the flat kind MCP elicitation uses (primitive properties).
+
+    Checked: ``type``, ``required``, ``additionalProperties: false``, ``enum``, ``minimum``/``maximum``,
+    ``minLength``/``maxLength`` and the formats in ``_FORMATS``.
+    """
     _check_value(schema, content, "answer")
     if schema.get("type") == "object":
         properties: dict[str, Any] = schema.get("properties", {})
@@ -232,3 +238,40 @@ def _check_value(schema: dict[str, Any], value: Any, where: str) -> None:
             raise ValueError(f"{where}: minimum is {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
             raise ValueError(f"{where}: maximum is {schema['maximum']}")
+    if isinstance(value, str):
+        # len() counts code points, as JSON Schema's lengths do.
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            raise ValueError(f"{where}: at least {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            raise ValueError(f"{where}: at most {schema['maxLength']} characters")
+        if "format" in schema and not _has_format(value, schema["format"]):
+            raise ValueError(f"{where}: not a valid {schema['format']}")
+
+
+# MCP's string formats, checked by simple rules: an email has one @ with text on both sides; a uri is a
+# scheme, a colon and only characters a URI may hold; date and date-time have RFC 3339's shape.
+_FORMATS: Final[dict[str, re.Pattern[str]]] = {
+    "email": re.compile(r"[^@\s]+@[^@\s]+"),
+    "uri": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*"),
+    "date": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    "date-time": re.compile(
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+    ),
+}
+
+
+def _has_format(value: str, name: Any) -> bool:
+    pattern = _FORMATS.get(name) if isinstance(name, str) else None
+    if pattern is None:
+        return True  # other formats only annotate, as JSON Schema has it by default
+    if pattern.fullmatch(value) is None:
+        return False
+    try:  # the shape is right; fromisoformat checks the numbers (no 2024-02-30)
+        if name == "date":
+            datetime.date.fromisoformat(value)
+        elif name == "date-time":
+            leap = value[17:19] == "60"  # a leap second, which Python's datetime cannot hold
+            datetime.datetime.fromisoformat((value[:17] + "59" + value[19:] if leap else value).upper())
+    except ValueError:
+        return False
+    return True

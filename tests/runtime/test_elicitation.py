@@ -241,6 +241,56 @@ async def test_respond_flat_json_schema_checks_required_enum_range_and_types(
     assert got == [ElicitationResult("accept", {"env": "prod", "replicas": 3})]
 
 
+async def test_respond_flat_json_schema_checks_string_lengths_and_formats(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
+    """A flat schema's minLength/maxLength (in code points) and the formats email, uri, date, date-time are checked."""
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "pin": {"type": "string", "minLength": 4, "maxLength": 4},
+            "email": {"type": "string", "format": "email"},
+            "home": {"type": "string", "format": "uri"},
+            "day": {"type": "string", "format": "date"},
+            "at": {"type": "string", "format": "date-time"},
+            "host": {"type": "string", "format": "hostname"},  # not one of MCP's: not checked
+        },
+    }
+    asked = eliciting_tool("profile", "Your details?", schema=schema)
+    bad_answers: list[tuple[Any, str]] = [
+        ({"pin": "1"}, "pin: at least 4 characters"),
+        ({"pin": "12345"}, "pin: at most 4 characters"),
+        ({"email": "ada.example.org"}, "email: not a valid email"),
+        ({"email": "ada@"}, "email: not a valid email"),
+        ({"home": "example.org/ada"}, "home: not a valid uri"),
+        ({"home": "https://example.org/a b"}, "home: not a valid uri"),
+        ({"day": "2024-02-30"}, "day: not a valid date"),
+        ({"day": "20240201"}, "day: not a valid date"),
+        ({"at": "2024-02-01T10:00:00"}, "at: not a valid date-time"),  # RFC 3339 needs the offset
+        ({"at": "2024-02-01T25:00:00Z"}, "at: not a valid date-time"),
+    ]
+    good = {
+        "pin": "ab\U0001d11e\u00e9",  # four code points, though five UTF-16 units
+        "email": "ada@example.org",
+        "home": "https://example.org/ada?x=1#top",
+        "day": "2024-02-29",
+        "at": "2016-12-31t23:59:60.5+01:00",  # a leap second, lower-case separators
+        "host": "not a hostname",
+    }
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("profile"), "done"]), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                async for event in stream:
+                    if isinstance(event, ElicitationRequest):
+                        for content, reason in bad_answers:
+                            with pytest.raises(InvalidElicitationResponse, match=reason):
+                                await stream.respond(event.id, "accept", content)
+                            assert stream.pending_elicitations == (event.id,)
+                        await stream.respond(event.id, "accept", good)
+    assert asked.answers == [ElicitationResult("accept", good)]
+
+
 async def test_consumer_editing_a_flat_schema_changes_neither_the_tools_schema_nor_validation(
     autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
