@@ -244,6 +244,7 @@ class ToolContext(RunContext[DepsT]):
             ElicitationUnavailable: no consumer can receive the question (at once),
                 or, in a sync tool's thread, its call ended (timeout, cancel) and withdrew it.
             ElicitationTimeout: no answer within ``timeout``.
+            ValueError: ``timeout`` is negative or NaN (raised before anything is asked).
 
         Example::
 

@@ -136,7 +136,12 @@ class ElicitationBridge:
         """Ask the consumer of the current run; see ``ToolContext.elicit``.
 
         Its id is made up (unique across processes and restarts: a durable session keeps it) unless given.
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN (before anything is asked).
         """
+        if timeout is not None and not timeout >= 0:  # NaN fails every comparison
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         target = _TARGET.get()
         if target is None or not target.can_answer():
             raise ElicitationUnavailable(

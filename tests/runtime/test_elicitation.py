@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pydantic
@@ -392,6 +393,40 @@ async def test_elicit_timeout_also_bounds_delivery_to_a_stalled_consumer(
                     await asked.recorded.wait()
     assert len(asked.errors) == 1
     assert asked.errors[0][1] == 5
+
+
+@pytest.mark.parametrize("timeout", [-1.0, math.nan])
+async def test_elicit_with_a_negative_or_nan_timeout_raises_value_error_before_asking(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool, timeout: float
+) -> None:
+    """elicit(timeout=-1 or NaN) raises a ValueError naming ``timeout``, sends no question, streamed or in ask()."""
+    asked = eliciting_tool("ask", "Which one?", timeout=timeout, catch=ValueError, fallback="bad timeout")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"] * 2), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                events = [event async for event in stream]
+            result = await session.ask("again")  # with no consumer, still the argument's error first
+        assert session.elicitation.asked == 0
+    assert requests_in(events) == []
+    assert [(e.result, e.error) for e in results_by_call(events).values()] == [("bad timeout", None)]
+    assert [(call.result, call.error) for call in result.tool_calls] == [("bad timeout", None)]
+    assert [str(error) for error, _ in asked.errors] == [
+        f"timeout must be None or a number of seconds >= 0, not {timeout!r}"
+    ] * 2
+
+
+async def test_elicit_with_an_infinite_timeout_waits_for_the_answer(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
+    """elicit(timeout=math.inf) is allowed: it waits like no timeout at all."""
+    asked = eliciting_tool("ask", "Which one?", schema=str, timeout=math.inf)
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                await answer_all(stream, lambda request: ("accept", "b"))
+    assert asked.answers == [ElicitationResult("accept", "b")]
 
 
 async def test_elicit_in_ask_raises_unavailable_at_once(
