@@ -381,6 +381,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     break
                 # "ping", and event types added to the API later, are skipped.
     if not stopped:
+        if usage:  # the tokens were spent (and billed) all the same, as before an error event
+            yield _usage_chunk(usage)
         raise MalformedStreamError("anthropic: the stream ended before message_stop")
     if stop_reason is not None:
         yield StopChunk(STOP_REASONS.get(stop_reason, "other"), stop_reason)

@@ -339,6 +339,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     else:
         # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
         # call of a later chunk never sent. Gemini's last chunk always carries the finishReason.
+        if usage is not None:  # the tokens were spent (and billed) all the same
+            yield _usage(usage)
         raise MalformedStreamError("google: the stream ended before a finishReason")
     if usage is not None:
         yield _usage(usage)

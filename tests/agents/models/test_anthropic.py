@@ -470,6 +470,25 @@ async def test_anthropic_error_mid_stream_yields_the_usage_so_far_first(
     assert failed == ErrorChunk("provider", "Overloaded")
 
 
+async def test_anthropic_stream_cut_off_counts_the_usage_it_sent_before_the_error(provider_server: Any) -> None:
+    """A stream that ends after message_start's usage but before message_stop still counts those input tokens
+    (billed all the same, as before an error event): Usage, then the MalformedStreamError, in a run too."""
+    events = _events(_body("text"))
+    provider_server.serve(b"".join(events[:4]))  # message_start (usage), a block start, deltas: no message_stop
+    model = _model(provider_server)
+    seen: list[ModelChunk] = []
+    with trio.fail_after(10), pytest.raises(MalformedStreamError, match="ended before message_stop"):
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for chunk in chunks:  # what came before the error, kept
+                seen.append(chunk)
+    assert seen[-1] == UsageChunk(1007, 1)
+
+    run = await _run(Agent(name="claude", model=model, max_turns=1))
+    assert _of(run, Usage) == [Usage(1007, 1)]
+    assert run.index(_of(run, Usage)[0]) < run.index(_of(run, ErrorEvent)[0])
+    assert run[-1].reason == "error"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("broken", ["left-open", "started-again"])
 async def test_anthropic_block_left_open_or_started_again_is_malformed(provider_server: Any, broken: str) -> None:
     """A content block still open at message_stop, or started again at its index before it stopped, raises
