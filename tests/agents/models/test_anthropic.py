@@ -536,14 +536,15 @@ async def test_anthropic_non_json_data_is_a_malformed_stream(provider_server: An
 
 
 async def test_anthropic_stream_without_message_stop_is_malformed(provider_server: Any) -> None:
-    """A stream that ends cleanly but before message_stop is a truncated response, not an answer."""
+    """A stream that ends cleanly but before message_stop is a truncated response, not an answer (its usage so far
+    still counts)."""
     provider_server.serve(_stream(_START, _TEXT_START, _TEXT_HELLO))
     chunks: list[ModelChunk] = []
     with pytest.raises(MalformedStreamError, match="message_stop"), trio.fail_after(10):
         async with _model(provider_server).stream(ModelRequest("", (UserMessage("hi"),))) as stream:
             async for chunk in stream:
                 chunks.append(chunk)
-    assert chunks == [TextChunk("Hello")]
+    assert chunks == [TextChunk("Hello"), UsageChunk(3, 1)]
 
 
 async def test_anthropic_leaving_early_closes_the_connection(provider_server: Any) -> None:
