@@ -7,8 +7,9 @@ import functools
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
+import anyio
 import attrs
 import mcp_types as types
 import pydantic
@@ -26,8 +27,10 @@ from ._results import to_value
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
+    from types import TracebackType
 
     from mcp.client import ClientRequestContext, IncomingMessage
+    from mcp.shared._stream_protocols import ReadStream, WriteStream
 
     from agents._context import ToolContext
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("agents.mcp")
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 CLIENT_INFO: Final = types.Implementation(name="trio-agents", version="0.1.0")
 MAX_TOOL_PAGES: Final = 100
@@ -54,6 +58,9 @@ class RemoteSession:
     """The server answered 404 to a request naming the session: it no longer knows it (it restarted, or
     ended an idle session), and the protocol says to start a new one. The SDK passes on the server's error
     body, whatever its code, so only the transport, which sees the status, can tell."""
+    network_errors: int = 0
+    """How many answers the network cut off (the server went away mid-stream, or a proxy cut it): the SDK
+    then ends the request with its "connection closed" error, whose code (-32000) servers use too."""
 
     def describe_end(self) -> str:
         """Why the connection can no longer serve, for an error."""
@@ -83,7 +90,7 @@ async def open_connection(
     _CURRENT_CALL.set(None)
     connection = Connection(server, process, remote)
     client = Client(
-        transport,  # entered by the client, in this task
+        _watched(transport, connection),  # entered by the client, in this task
         cache=None,  # tools/list is read once per connection and on list changes, never from a cache
         client_info=CLIENT_INFO,
         elicitation_callback=connection.on_elicitation,
@@ -118,6 +125,90 @@ async def open_connection(
         )
 
 
+@asynccontextmanager
+async def _watched(
+    transport: AbstractAsyncContextManager[Any], connection: Connection
+) -> AsyncIterator[tuple[_ReadEnd[Any], _WriteEnd[Any]]]:
+    """The transport, with its streams telling ``connection`` when they end."""
+    async with transport as (read, write):
+        yield _ReadEnd(read, connection), _WriteEnd(write, connection)
+
+
+class _ReadEnd(Generic[M]):
+    """The transport's read stream, noting its end: the one sure sign that the connection is gone.
+
+    The SDK's "connection closed" error has code -32000, which servers also use for their own errors.
+    """
+
+    __slots__ = ("_connection", "_stream")
+
+    def __init__(self, stream: ReadStream[M], connection: Connection) -> None:
+        self._stream = stream
+        self._connection = connection
+
+    @property
+    def last_context(self) -> contextvars.Context | None:
+        """The sender's context (the SDK's HTTP transport has one: the caller's, so a question finds its call)."""
+        context: contextvars.Context | None = getattr(self._stream, "last_context", None)
+        return context
+
+    async def receive(self) -> M:
+        try:
+            return await self._stream.receive()
+        except BaseException:
+            # Its end, or the reader cancelled: the transport failed (its task group cancels it) or we close.
+            self._connection.transport_ended()
+            raise
+
+    def __aiter__(self) -> _ReadEnd[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> _ReadEnd[M]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _WriteEnd(Generic[M]):
+    """The transport's write stream, noting its end (a request sent then fails at once, before the read end sees it)."""
+
+    __slots__ = ("_connection", "_stream")
+
+    def __init__(self, stream: WriteStream[M], connection: Connection) -> None:
+        self._stream = stream
+        self._connection = connection
+
+    async def send(self, item: M, /) -> None:
+        try:
+            await self._stream.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._connection.transport_ended()
+            raise
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> _WriteEnd[M]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
 def _lists_changes(client: Client) -> bool:
     """Whether list changes come only to a ``subscriptions/listen`` stream (2026-07-28), and the server has them."""
     tools = client.server_capabilities.tools
@@ -137,6 +228,7 @@ class Connection:
         "_calls",
         "_changed",
         "_changes",
+        "_ended",
         "_listed_at",
         "_tools",
         "client",
@@ -152,6 +244,7 @@ class Connection:
         self.remote = remote
         self.client: Client | None = None
         self._broken: str | None = None
+        self._ended = False
         self.tool_cache: tuple[int, Any] | None = None
         """What the toolset built of the last listing, with that listing's number."""
         self._tools: list[types.Tool] | None = None
@@ -162,14 +255,20 @@ class Connection:
 
     @property
     def broken(self) -> str | None:
-        """Why it can no longer serve (``None`` while it can): a call saw it end, its process did, or the
+        """Why it can no longer serve (``None`` while it can): the transport ended, its process did, or the
         server forgot its session."""
         process = self.process
         if self._broken is None and process is not None and (process.returncode is not None or process.problem):
             self._broken = process.describe_end()
         if self._broken is None and self.remote is not None and self.remote.forgotten:
             self._broken = self.remote.describe_end()
+        if self._broken is None and self._ended:
+            self._broken = self.describe_end()
         return self._broken
+
+    def transport_ended(self) -> None:
+        """The transport's streams ended: nothing more can come or go (the server went away, or we closed)."""
+        self._ended = True
 
     def _tools_changed(self) -> None:
         self._changes += 1
@@ -207,8 +306,9 @@ class Connection:
         ``notifications/cancelled`` for it; the connection stays usable.
 
         Raises:
-            MCPToolError: the server answered with an error.
-            BrokenMCPServerError: the connection broke during the call.
+            MCPToolError: the server answered with an error (whatever its code: -32000, the SDK's
+                "connection closed", is also a common server error).
+            BrokenMCPServerError: the connection broke during the call (the transport ended).
         """
         call = _Call(ctx)
         self._calls.append(call)
@@ -235,11 +335,15 @@ class Connection:
         return to_value(self.server, tool, outcome)
 
     async def _request(self, send: Callable[[], Awaitable[T]], what: str) -> T:
+        cut_before = self.remote.network_errors if self.remote is not None else 0
         try:
             return await send()
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED or (self.remote is not None and self.remote.forgotten):
-                broken = self._broken = self.broken or self.describe_end(exc)
+            # Only the transport can say the connection is gone (-32000 is also a common server error).
+            broken = self.broken
+            if broken is None and exc.code == CONNECTION_CLOSED and self._cut_since(cut_before):
+                broken = self._broken = self.describe_end(exc)  # the network cut an answer off, then this
+            if broken is not None:
                 ended = "crashed" if self.process is not None else "went away"
                 raise BrokenMCPServerError(
                     self.server, f"MCP server {self.server!r} {ended} during {what}: {broken}"
@@ -250,6 +354,9 @@ class Connection:
                 self.server, what, f"MCP server {self.server!r} sent a malformed answer to {what}"
             ) from exc
 
+    def _cut_since(self, count: int) -> bool:
+        return self.remote is not None and self.remote.network_errors > count
+
     @property
     def _client(self) -> Client:
         assert self.client is not None
@@ -257,8 +364,9 @@ class Connection:
 
     def describe_end(self, error: BaseException | None = None) -> str:
         """How the connection ended, as far as we know."""
-        if self.process is not None and (self.process.returncode is not None or self.process.problem is not None):
-            return self.process.describe_end()
+        process = self.process
+        if process is not None and (process.returncode is not None or process.problem is not None or self._ended):
+            return process.describe_end()
         if self.remote is not None and self.remote.forgotten:
             return self.remote.describe_end()
         if isinstance(error, MCPError):

@@ -362,16 +362,42 @@ class MCPServerStreamableHTTP(_MCPServer):
 async def _http_transport(
     url: str, headers: Mapping[str, str] | None, timeout: float, sse_read_timeout: float, remote: RemoteSession
 ) -> AsyncIterator[Any]:
-    async def notice_forgotten(response: httpx2.Response) -> None:
+    async def watch(response: httpx2.Response) -> None:
         # The protocol's "that session is gone": 404 to a request naming it (seen before the SDK reads the body).
         if response.status_code == 404 and MCP_SESSION_ID in response.request.headers:
             remote.forgotten = True
+        response.stream = _WatchedBody(response.stream, remote)
 
     # As the SDK's own factory makes it: redirects are the transport's to follow, within the endpoint's origin.
     client = httpx2.AsyncClient(
         headers=dict(headers or {}),
         timeout=httpx2.Timeout(timeout, read=sse_read_timeout),
-        event_hooks={"response": [notice_forgotten]},
+        event_hooks={"response": [watch]},
     )
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams
+
+
+class _WatchedBody(httpx2.AsyncByteStream):
+    """A response's body, counting the times the network cuts it off (the SDK only says "connection closed")."""
+
+    def __init__(self, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream, remote: RemoteSession) -> None:
+        assert isinstance(stream, httpx2.AsyncByteStream)
+        self._stream = stream
+        self._remote = remote
+
+    @property
+    def elapsed(self) -> Any:
+        """As the client's own stream has it (``Response.elapsed`` reads it)."""
+        return getattr(self._stream, "elapsed", None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except httpx2.TransportError:
+            self._remote.network_errors += 1
+            raise
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

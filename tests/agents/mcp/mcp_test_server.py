@@ -1,10 +1,10 @@
 """A small MCP server written with the SDK's ``MCPServer`` (FastMCP in mcp 1.x), run over stdio by the tests.
 
 For what the reference server cannot stage: a tool list that changes, a
-cancelled call the server can tell us about, a crash with an exit status and
-last words, a process it starts and leaves behind, a server that never
-answers ``initialize``, and one that ignores the end of its input and
-SIGTERM::
+cancelled call the server can tell us about, a JSON-RPC error of any code, a
+call that waits for another, a crash with an exit status and last words, a
+process it starts and leaves behind, a server that never answers
+``initialize``, and one that ignores the end of its input and SIGTERM::
 
     python tests/agents/mcp/mcp_test_server.py [--hang-at-initialize] [--stubborn]
 """
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ async def lifespan(server: MCPServer[Any]) -> AsyncIterator[dict[str, Any]]:
 server: MCPServer[Any] = MCPServer("test-server", lifespan=lifespan)
 cancelled: list[str] = []
 cancellation = anyio.Event()
+gate = anyio.Event()
 
 
 @server.tool()
@@ -92,6 +94,26 @@ async def cancellations() -> list[str]:
 def fail(message: str) -> str:
     """Fail with ``message`` (an ``isError`` result)."""
     raise ToolError(message)
+
+
+@server.tool()
+def refuse(message: str, code: int) -> str:
+    """Answer with a JSON-RPC error of that ``code`` (not an ``isError`` result)."""
+    raise MCPError(code=code, message=message)
+
+
+@server.tool()
+async def wait_for_gate() -> str:
+    """Wait until ``open_gate`` is called."""
+    await gate.wait()
+    return "through the gate"
+
+
+@server.tool()
+def open_gate() -> str:
+    """Let ``wait_for_gate`` calls through."""
+    gate.set()
+    return "opened"
 
 
 @server.tool()

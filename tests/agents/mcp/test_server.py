@@ -83,6 +83,9 @@ class _SessionServer:
         if what == "tools/list":
             tool = {"name": "echo", "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}}
             return 200, {"jsonrpc": "2.0", "id": id_, "result": {"tools": [tool]}}, {}
+        if what == "tools/call" and message["params"]["arguments"]["text"] == "refuse":
+            self.calls.append((session, 429))  # a server's own error, with the code the SDK uses for "closed"
+            return 429, {"jsonrpc": "2.0", "id": id_, "error": {"code": -32000, "message": "rate limited"}}, {}
         if what == "tools/call":
             self.calls.append((session, 200))
             content = [{"type": "text", "text": message["params"]["arguments"]["text"]}]
@@ -223,3 +226,52 @@ async def test_server_http_session_the_server_forgot_is_replaced_by_the_next_cal
     )
     assert three.result == "three"
     assert remote.calls == [("session-0", 200), ("session-0", 404), ("session-1", 200)]
+
+
+async def test_server_error_with_the_code_of_connection_closed_fails_only_that_call(test_server: list[str]) -> None:
+    """A server's own JSON-RPC error with code -32000 (the SDK's "connection closed" too) is that call's error:
+    the call in flight beside it completes, and the process is kept."""
+    refused = trio.Event()
+
+    class OpenGateAfterRefusal(Hooks):
+        async def before_tool(self, ctx: ToolContext[Any], arguments: dict[str, Any]) -> None:
+            if ctx.tool_name == "open_gate":
+                await refused.wait()
+
+        async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
+            if ctx.tool_name == "refuse":
+                refused.set()
+
+    refusal = ToolCall("refuse", {"message": "rate limited", "code": -32000})
+    # wait_for_gate is in flight until open_gate, which comes once refuse has failed.
+    turns: list[Any] = [ToolCall("pid", {}), [ToolCall("wait_for_gate", {}), refusal, ToolCall("open_gate", {})]]
+    turns += [ToolCall("pid", {}), "done"]
+    agent = Agent(name="a", model=ScriptedModel(turns), tools=[_server(test_server)], hooks=[OpenGateAfterRefusal()])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            result = await session.ask("go")
+    calls = {call.call_id: call for call in result.tool_calls}
+    assert calls["call_2_1"].error == "MCP server 'test' refused refuse: rate limited"
+    assert calls["call_2_0"].result == "through the gate"
+    assert calls["call_2_2"].result == "opened"
+    assert calls["call_3_0"].result == calls["call_1_0"].result  # the same process
+
+
+async def test_server_http_error_status_with_code_32000_keeps_the_session(
+    nursery: trio.Nursery, stream_run: StreamRun
+) -> None:
+    """An HTTP error status whose body is the server's JSON-RPC error -32000 fails that call only: the next
+    call goes on in the same session (no new session, no DELETE)."""
+    remote = _SessionServer()
+    port = await nursery.start(remote.serve)
+    server = MCPServerStreamableHTTP(f"http://127.0.0.1:{port}/mcp", name="remote", timeout=10)
+    calls = [ToolCall("echo", {"text": text}) for text in ("one", "refuse", "three")]
+    agent = Agent(name="a", model=ScriptedModel([*calls, "done"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            events = await stream_run(session, "go")
+    one, refused, three = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert one.result == "one"
+    assert refused.error == "MCP server 'remote' refused echo: rate limited"
+    assert three.result == "three"
+    assert remote.calls == [("session-0", 200), ("session-0", 429), ("session-0", 200)]
