@@ -324,12 +324,18 @@ class Connection:
                     )
                 except MCPServerError as exc:
                     outcome = exc  # raised below, not from inside the nursery (which would wrap it in a group)
+                except BaseException:
+                    nursery.cancel_scope.cancel()  # cancelled: the questions it is asking are withdrawn
+                    raise
                 finally:
+                    # It takes no more questions. One it is still asking is another call's (the server
+                    # answered this one without waiting for it), whose run may be answering it: wait for that.
+                    self._calls.remove(call)
+                    call.close()
+                if isinstance(outcome, BrokenMCPServerError):
                     nursery.cancel_scope.cancel()
         finally:
             _CURRENT_CALL.reset(token)
-            self._calls.remove(call)
-            call.close()
         if isinstance(outcome, MCPServerError):
             raise outcome
         return to_value(self.server, tool, outcome)
@@ -394,15 +400,23 @@ class Connection:
     async def on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        """A server's question: asked in the run of the call it belongs to, declined if none can take it."""
-        call = _CURRENT_CALL.get()
-        if call is None or call not in self._calls:
-            # Asked in one of the client's own tasks (stdio, 2025 protocol): the
-            # request does not say which call it is for; the latest one asks.
-            call = self._calls[-1] if self._calls else None
-        if call is None:
-            return types.ElicitResult(action="decline")
-        return await call.ask(params)
+        """A server's question: asked in the run of the call it belongs to, declined if none can take it.
+
+        Over HTTP, and in 2026-07-28's rounds, the SDK asks it in the context of the call it is for. Over
+        stdio (2025 protocol) nothing says which call it is for: a call in flight asks it (the latest), and
+        a call that ends while asking it waits for the answer (the question is likely another call's).
+        """
+        current = _CURRENT_CALL.get()
+        tried: set[_Call] = set()
+        while True:
+            live = [call for call in self._calls if call not in tried]
+            if not live:
+                return types.ElicitResult(action="decline")
+            call = current if current in live else live[-1]
+            tried.add(call)
+            answer = await call.ask(params)
+            if answer is not None:
+                return answer
 
 
 class _Call:
@@ -420,16 +434,20 @@ class _Call:
         except ValueError:
             logger.debug("MCP progress that is not a finite number: %r / %r", progress, total)
 
-    async def ask(self, params: types.ElicitRequestParams) -> types.ElicitResult:
-        """Hand the question to the call's task (whose run can ask its consumer) and wait for the answer."""
+    async def ask(self, params: types.ElicitRequestParams) -> types.ElicitResult | None:
+        """Hand the question to the call's task (whose run can ask its consumer) and wait for the answer;
+        ``None`` if the call ended before taking it."""
         question = _Question(params)
         try:
             # Block policy: a rendezvous with the call's task, bounded by the
             # connection's scope; a call that ended has closed the channel.
             await self._questions.send(question)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return types.ElicitResult(action="decline")
-        await question.answered.wait()
+            return None
+        try:
+            await question.answered.wait()
+        finally:
+            question.scope.cancel()  # the server withdrew it, or the connection ends: stop asking
         return question.result
 
     async def serve_questions(self) -> None:
@@ -437,7 +455,8 @@ class _Call:
         async with self._receive:
             async for question in self._receive:
                 try:
-                    question.result = await self._ask_human(question.params)
+                    with question.scope:
+                        question.result = await self._ask_human(question.params)
                 except Exception:  # never into the call: the server hears "cancel"
                     logger.exception("asking the human for an MCP server failed")
                 finally:
@@ -462,11 +481,12 @@ class _Call:
 
 
 class _Question:
-    __slots__ = ("answered", "params", "result")
+    __slots__ = ("answered", "params", "result", "scope")
 
     def __init__(self, params: types.ElicitRequestParams) -> None:
         self.params = params
         self.answered = trio.Event()
+        self.scope = trio.CancelScope()
         self.result = types.ElicitResult(action="cancel")
 
 

@@ -4,6 +4,7 @@ what it takes to watch their processes.
 ``everything_js``: the reference server's entry point, installed by make's set-up into ``.mcp/`` (skipped
 only when ``node`` is missing; a missing install fails, loudly). ``everything(**options)``: a toolset of it.
 ``test_server``: ``tests/agents/mcp/mcp_test_server.py``, an ``MCPServer`` (FastMCP) server.
+``legacy_server``: ``tests/agents/mcp/legacy_server.py``, a hand-written server of the 2025 protocol.
 ``everything_http``: starts the reference server's streamable-HTTP transport on a free port.
 ``children``: the live (and zombie) child processes of this test process.
 ``stream_run``: runs a prompt on a session, streaming, answering questions, and returns the events.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[3]
 EVERYTHING_JS = REPO / ".mcp" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 TEST_SERVER = Path(__file__).with_name("mcp_test_server.py")
+LEGACY_SERVER = Path(__file__).with_name("legacy_server.py")
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +78,12 @@ def everything(node: str, everything_js: Path) -> Callable[..., MCPServerStdio]:
 def test_server() -> list[str]:
     """The command line of our small test server (``[python, mcp_test_server.py]``)."""
     return [sys.executable, str(TEST_SERVER)]
+
+
+@pytest.fixture(scope="session")
+def legacy_server() -> list[str]:
+    """The command line of our hand-written server of the 2025-06-18 protocol (``[python, legacy_server.py]``)."""
+    return [sys.executable, str(LEGACY_SERVER)]
 
 
 @attrs.define(eq=False)

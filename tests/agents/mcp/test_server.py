@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from agents import Agent, Hooks, ScriptedModel, ToolCall, ToolContext
 from agents.mcp import MCPResult, MCPServerStdio, MCPServerStreamableHTTP
 from runtime import open_runtime
-from runtime.events import ToolCallFinished, ToolProgress
+from runtime.events import ElicitationRequest, ToolCallFinished, ToolProgress
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -275,3 +276,39 @@ async def test_server_http_error_status_with_code_32000_keeps_the_session(
     assert refused.error == "MCP server 'remote' refused echo: rate limited"
     assert three.result == "three"
     assert remote.calls == [("session-0", 200), ("session-0", 429), ("session-0", 200)]
+
+
+async def test_server_question_outlives_the_call_it_was_asked_during(legacy_server: list[str]) -> None:
+    """Over stdio (2025 protocol) a question does not say which call it is for: when the call it was asked
+    during ends first, the question stays open until answered, and the answer reaches the server."""
+    ask_in_flight, asked = trio.Event(), trio.Event()
+
+    class Order(Hooks):
+        async def before_tool(self, ctx: ToolContext[Any], arguments: dict[str, Any]) -> None:
+            if ctx.tool_name == "quick":
+                await ask_in_flight.wait()  # quick is the later call: the one a question goes to
+            elif ctx.tool_name == "release":
+                await asked.wait()  # quick ends only once its question is being asked
+
+    turns: list[Any] = [[ToolCall("ask", {}), ToolCall("quick", {}), ToolCall("release", {})], "done"]
+    agent = Agent(name="a", model=ScriptedModel(turns), tools=[_server(legacy_server)], hooks=[Order()])
+    question: ElicitationRequest | None = None
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with session.run("go") as stream:
+                async for event in stream:
+                    if isinstance(event, ToolProgress):
+                        ask_in_flight.set()
+                    elif isinstance(event, ElicitationRequest):
+                        question = event
+                        asked.set()
+                    elif isinstance(event, ToolCallFinished) and event.name == "release":
+                        # The server answered quick before release: let quick's call see its answer first.
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert question is not None
+                        await stream.respond(question.id, "accept", {"name": "Ada"})
+    calls = {call.name: call for call in stream.result.tool_calls}
+    assert calls["ask"].result == "accept: Ada"
+    assert calls["quick"].result == "quick done"
+    assert question is not None
+    assert question.message == "Your name?"
