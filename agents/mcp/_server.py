@@ -147,7 +147,17 @@ class _MCPServer:
         for remote in listed:
             if (self.allow is not None and remote.name not in self.allow) or remote.name in self.deny:
                 continue
+            if remote.execution is not None and remote.execution.task_support == "required":
+                logger.warning(
+                    "MCP server %s: tool %r is left out: it runs only as a task, which this client does not do",
+                    self.name,
+                    remote.name,
+                )
+                continue
             name = self._tool_name(remote.name)
+            if not name:
+                logger.warning("MCP server %s: a tool with an empty name is left out (no model can call it)", self.name)
+                continue
             if name in tools:
                 logger.warning(
                     "MCP server %s: two tools are both named %r for the model; the second is left out", self.name, name

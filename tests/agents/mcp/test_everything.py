@@ -56,6 +56,7 @@ async def test_everything_tools_are_listed_with_their_schemas_and_called(everyth
     ]
     specs = {spec.name: spec for spec in model.requests[0].tools}
     assert {"echo", "get-sum", "trigger-long-running-operation", "get-tiny-image"} <= set(specs)
+    assert "simulate-research-query" not in specs  # it runs only as a task, which this client does not do
     assert specs["echo"].description == "Echoes back the input string"
     assert specs["echo"].parameters == {
         "$schema": "http://json-schema.org/draft-07/schema#",

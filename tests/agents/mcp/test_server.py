@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import mcp_types as types
 import pytest
 import trio
 import trio.testing
@@ -312,3 +313,22 @@ async def test_server_question_outlives_the_call_it_was_asked_during(legacy_serv
     assert calls["quick"].result == "quick done"
     assert question is not None
     assert question.message == "Your name?"
+
+
+def test_server_tools_no_model_can_call_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """A tool with an empty name, or one that runs only as a task, is not offered to the model (and a warning
+    says so)."""
+    schema: dict[str, Any] = {"type": "object"}
+    listed = [
+        types.Tool(name="", input_schema=schema),
+        types.Tool(name="research", input_schema=schema, execution=types.ToolExecution(task_support="required")),
+        types.Tool(name="maybe", input_schema=schema, execution=types.ToolExecution(task_support="optional")),
+        types.Tool(name="echo", input_schema=schema),
+    ]
+    with caplog.at_level("WARNING", logger="agents.mcp"):
+        tools = MCPServerStdio("server", name="s")._make_tools(listed)
+    assert [tool.name for tool in tools] == ["maybe", "echo"]
+    assert caplog.messages == [
+        "MCP server s: a tool with an empty name is left out (no model can call it)",
+        "MCP server s: tool 'research' is left out: it runs only as a task, which this client does not do",
+    ]
