@@ -29,7 +29,7 @@ from agents.models._sse import SSEStream
 from runtime._tracing import inject as inject_trace
 
 from ._broadcast import Subscriber
-from ._codec import UnknownEvent, event_from_json
+from ._codec import UnknownEvent, event_from_json, utf8
 from ._exceptions import (
     InvalidRequestError,
     MalformedMessageError,
@@ -150,6 +150,21 @@ async def first_error() -> AsyncIterator[None]:
 
 def _auth(token: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token is not None else []
+
+
+def json_request_body(value: Any) -> bytes:
+    """``value`` as the UTF-8 JSON body of a request, a lone surrogate in a string sent as its escape.
+
+    httpx's ``json=`` encodes strict UTF-8, so a client's ``"\\ud800"`` (valid JSON, which the server
+    takes) raised ``UnicodeEncodeError`` before anything was sent.
+
+    Raises:
+        ValueError: a float that JSON has no number for (NaN, infinity).
+    """
+    return utf8(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+
+
+JSON_TYPE: Final = {"content-type": "application/json"}
 
 
 @asynccontextmanager
@@ -769,7 +784,10 @@ async def open_sse_listener(
         inject_trace(headers)  # the current span's W3C traceparent: a served run's trace continues it
         try:
             with map_httpx_errors(url), trio.fail_after(connect_timeout):  # httpx's would be read_timeout
-                request = http.build_request(method, url, headers=headers, json=json_body, timeout=timeout)
+                if json_body is not None:
+                    headers.update(JSON_TYPE)
+                body = None if json_body is None else json_request_body(json_body)
+                request = http.build_request(method, url, headers=headers, content=body, timeout=timeout)
                 response = await http.send(request, stream=True)
         except trio.TooSlowError:
             raise PeerSilentError(f"{url} sent no response head within {connect_timeout} s") from None

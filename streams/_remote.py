@@ -19,12 +19,14 @@ from runtime._tracing import inject as inject_trace
 from runtime.events import RunFinished
 
 from ._client import (
+    JSON_TYPE,
     Update,
     WorkspaceStream,
     _error_body,
     _run_id,
     close_response,
     first_error,
+    json_request_body,
     open_sse_listener,
     open_updates_stream,
     open_workspace_stream,
@@ -420,7 +422,9 @@ class RemoteSession:
         with map_httpx_errors(url):
             try:
                 with trio.fail_at(deadline):
-                    request = client.build_request("POST", url, json=body, headers=headers, timeout=timeout)
+                    request = client.build_request(
+                        "POST", url, content=json_request_body(body), headers=headers | JSON_TYPE, timeout=timeout
+                    )
                     response = await client.send(request, stream=True)
             except trio.TooSlowError:
                 raise PeerSilentError(f"{url} sent no answer within {self._connect_timeout} s") from None

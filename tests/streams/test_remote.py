@@ -266,6 +266,35 @@ async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serv
     assert events[-1] == RunFinished("completed")
 
 
+async def test_remote_run_and_respond_send_a_lone_surrogate_as_its_json_escape(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """Input and an answer holding a lone surrogate ("\\ud800" is valid JSON, which the server takes) are sent as
+    its escape and arrive unchanged; httpx's json= raised UnicodeEncodeError before sending anything."""
+
+    @tool
+    async def name(ctx: ToolContext[Any]) -> str:
+        """Ask the human for a name."""
+        answer = await ctx.elicit("A name?", schema=str)
+        return f"named {answer.content}"
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(name, call=ToolCall("name"))) as (server, client):
+            await create(client, "s1")
+            async with open_remote_session(server.url, "s1", registry=ListenerRegistry()) as remote:
+                async with remote.run("echo \ud800") as updates:
+                    echoed = "".join([u.event.text async for u in updates if isinstance(u.event, TextDelta)])
+                async with remote.run("tool: name") as updates:
+                    finished = []
+                    async for update in updates:
+                        if isinstance(update.event, ElicitationRequest):
+                            assert await remote.respond(update.event.id, "accept", "x\ud800y") is None
+                        elif isinstance(update.event, ToolCallFinished):
+                            finished.append(update.event.result)
+    assert "echo \ud800" in echoed
+    assert finished == ["named x\ud800y"]
+
+
 async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_error(
     make_agent: MakeAgent, serving: Serving, create: Create
 ) -> None:
