@@ -489,14 +489,33 @@ def usage_to_json(usage: RunUsage) -> str:
     )
 
 
-def restore_usage(tally: UsageTally, usage: str | None) -> None:
+def usage_from_json(usage: str | None) -> RunUsage | None:
+    """A session row's ``usage`` (``None``: none written yet), as :func:`usage_to_json` wrote it.
+
+    Raises:
+        ValueError, TypeError: it is not (not JSON, not an object, a count that is not a whole number >= 0).
+    """
     if usage is None:
-        return
+        return None
     data = json.loads(usage)
-    tally.requests = int(data.get("requests", 0))
-    tally.input_tokens = int(data.get("input_tokens", 0))
-    tally.output_tokens = int(data.get("output_tokens", 0))
-    tally.tool_calls = int(data.get("tool_calls", 0))
+    if not isinstance(data, dict):
+        raise TypeError(f"usage is not a JSON object: {usage[:80]!r}")
+    counts = []
+    for key in ("requests", "input_tokens", "output_tokens", "tool_calls"):
+        value = data.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ValueError(f"usage {key} is not a count: {value!r:.80}")
+        counts.append(value)
+    return RunUsage(*counts)
+
+
+def restore_usage(tally: UsageTally, usage: RunUsage | None) -> None:
+    """Put what a session's earlier processes spent (:func:`usage_from_json`) back in its tally."""
+    if usage is not None:
+        tally.requests = usage.requests
+        tally.input_tokens = usage.input_tokens
+        tally.output_tokens = usage.output_tokens
+        tally.tool_calls = usage.tool_calls
 
 
 # -- a run's input, as its row holds it ----------------------------------------------

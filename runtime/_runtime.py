@@ -13,7 +13,7 @@ from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundError
 from ._idle import IdleReaper
-from ._journal import Journal, default_owner, open_writer, recover, restore_usage
+from ._journal import Journal, default_owner, open_writer, recover, restore_usage, usage_from_json
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
 from ._store import StoreCorruptError, StoreUnavailableError
@@ -290,6 +290,7 @@ class Runtime:
         try:
             try:
                 history, interrupted, suspended, unchanged = recover(snapshot)
+                usage = usage_from_json(snapshot.usage)
             except (ValueError, KeyError, TypeError, RecursionError) as exc:  # rows we did not write
                 raise StoreCorruptError(f"session {session_id!r} in {store.url} cannot be read: {exc!r}") from exc
             waiting = () if suspended is None else suspended.questions
@@ -323,7 +324,7 @@ class Runtime:
             with trio.CancelScope(shield=True):
                 await store.release(session_id)
             raise
-        restore_usage(session._usage, snapshot.usage)
+        restore_usage(session._usage, usage)
         # From here on, closing the session hands its journal to the writer, which lets the claim go.
         if not fresh:
             try:

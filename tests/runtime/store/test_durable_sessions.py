@@ -392,6 +392,24 @@ async def test_a_session_whose_rows_are_garbage_fails_to_open_with_a_typed_error
                 pass
 
 
+@pytest.mark.parametrize("usage", ["not json", "[1]", '{"requests": "x"}', '{"tool_calls": -1}', '{"requests": 1e999}'])
+async def test_a_session_whose_usage_is_garbage_fails_to_open_with_a_typed_error(tmp_path: Path, usage: str) -> None:
+    """A session row whose usage column is not what trio-agents writes fails to open with StoreCorruptError,
+    and leaves the session unclaimed (a second try fails the same way, not with SessionOwnedError)."""
+    path = tmp_path / "s.db"
+    async with open_runtime(store=SQLiteStore(path)) as runtime, runtime.open_session(make_agent(), session_id="j"):
+        pass
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE sessions SET usage = ? WHERE id = 'j'", (usage,))
+    db.close()
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        for _ in range(2):
+            with pytest.raises(StoreCorruptError, match="'j'"):
+                async with runtime.open_session(make_agent(), session_id="j"):
+                    pass
+        assert runtime.sessions == ()
+
+
 async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_path: Path) -> None:
     """Crash while waiting, resume, crash again while the same question waits: the next resumption names
     the second run, and the question keeps its id."""
