@@ -363,7 +363,7 @@ async def open_runtime(
             after this many seconds without a run (``None``: never).
         http_client: Share this client instead of opening one (it is not
             closed on exit).
-        event_buffer: Events a run may send ahead of a slow consumer.
+        event_buffer: Events a run may send ahead of a slow consumer (0 or more).
         store: Keep sessions in it (:class:`SQLiteStore`, :class:`PostgresStore`): their
             history, their runs' logs and their pending questions outlive this process,
             and ``open_session(agent, session_id=...)`` opens one again. ``None``: in memory.
@@ -381,7 +381,10 @@ async def open_runtime(
         StoreUnavailableError, StoreCorruptError, StoreVersionError: (on entering) the store
             cannot be used.
         ImportError: a provider was given, and ``opentelemetry-api`` is not installed.
+        ValueError: ``event_buffer`` is negative.
     """
+    if event_buffer < 0:
+        raise ValueError(f"event_buffer must be 0 or more, not {event_buffer!r}")
     tracing = open_tracing(tracer_provider, meter_provider, content=trace_content)
     # Sessions contain their own failures, so a group here holds what the
     # block raised: single_errors() gives it back as it was.

@@ -185,3 +185,10 @@ async def test_runtime_cancelled_run_consumer_in_other_task_sees_cancelled(
             consumers.start_soon(consume)
             await trio.testing.wait_all_tasks_blocked()
     assert seen[-1] == RunFinished("cancelled")
+
+
+async def test_open_runtime_refuses_a_negative_event_buffer() -> None:
+    """A negative event_buffer is a ValueError naming it at open_runtime, not an error in every run."""
+    with pytest.raises(ValueError, match="event_buffer"):
+        async with open_runtime(event_buffer=-1):
+            pass  # pragma: no cover - not entered
