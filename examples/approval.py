@@ -11,12 +11,16 @@ Runs offline on ScriptedModel (no key, no network):
     python examples/approval.py          # answer each question with y or n
     python examples/approval.py --yes    # approve everything, unattended
 
+Ctrl-C at a question stops the example at once (exit status 130).
+
 Swap ``ScriptedModel`` for a real model to talk to an LLM; nothing else changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -117,8 +121,17 @@ def make_agent() -> Agent:
     )
 
 
+def stop(why: str) -> None:
+    """Leave at once: the thread still blocked in ``input()`` would hang or abort a normal exit."""
+    print(f"\nstopped ({why}): nothing more runs", flush=True)
+    sys.stderr.flush()
+    os._exit(130)
+
+
 async def ask(prompt: str) -> bool:
-    """Ask the human at the terminal; only "y" or "yes" approves, and end of input is a no."""
+    """Ask the human at the terminal; only "y" or "yes" approves, end of input is a no, Ctrl-C stops."""
+    # Ctrl-C while the thread reads would otherwise leave it blocked on stdin (see stop).
+    previous = signal.signal(signal.SIGINT, lambda *_: stop("Ctrl-C"))
     try:
         if sys.stdin is None:  # started with stdin closed: as good as end of input
             raise EOFError
@@ -127,6 +140,8 @@ async def ask(prompt: str) -> bool:
     except EOFError:
         print("(no input: declined)")
         return False
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if not sys.stdin.isatty():
         print(answer)  # echo a piped answer, as a terminal would
     return answer.strip().lower() in ("y", "yes")

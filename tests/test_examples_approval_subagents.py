@@ -5,6 +5,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+import trio
+
+from tests import processes
+from tests.processes import ROOT
+
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import Callable
@@ -89,6 +94,19 @@ def test_approval_runs_as_a_script_with_yes(run_example: RunExample) -> None:
     assert "  <- delete_file: 'deleted build/cache.tmp'\n" in completed.stdout
     assert "  <- send_payment: 'paid 250.00 EUR to Globex Consulting'\n" in completed.stdout
     assert "[run finished: completed]" in completed.stdout
+
+
+async def test_approval_ctrl_c_at_the_prompt_stops_at_once() -> None:
+    """Ctrl-C while the script waits at its [y/N] prompt prints "stopped" and exits 130 at once, with no
+    traceback and no abort on the stdin its reading thread still holds."""
+    with trio.fail_after(60):
+        example = str(ROOT / "examples" / "approval.py")
+        async with processes.running(example, env={"PYTHONPATH": str(ROOT)}, stdin_pipe=True) as child:
+            await child.wait_for(re.compile(r"\[y/N\] $", re.MULTILINE))  # at the prompt, reading
+            status = await child.interrupt()
+    assert status == 130, child.describe()
+    assert child.stdout.endswith("\nstopped (Ctrl-C): nothing more runs\n"), child.describe()
+    assert child.stderr == ""
 
 
 async def test_subagents_prints_each_agent_indented_and_total_usage(
