@@ -295,7 +295,8 @@ class Session(Generic[OutputT]):
         Raises:
             TypeError, ValueError: (at once) ``user_input`` is not text or parts, or is no parts at all.
             ClosedSessionError: (on entering) the session is closed.
-            ReentrantRunError: (on entering) inside one of this session's own runs.
+            ReentrantRunError: (on entering) inside one of this session's own runs, or one of its
+                stream handlers with ``overflow="block"``.
         """
         return RunStream(self._start_run, user_content(user_input), deps)
 
@@ -344,8 +345,8 @@ class Session(Generic[OutputT]):
         """Start a run's task, owned by this session (RunStream.__aenter__ calls it)."""
         if self in _RUNNING_IN.get():
             raise ReentrantRunError(
-                f"{self!r}: run() was called from inside one of its own runs, which would wait "
-                "forever for the run slot; use another session"
+                f"{self!r}: run() was called from inside one of its own runs (or a block stream handler), "
+                "which would wait forever for the run slot; use another session"
             )
         self._check_open()
         suspended = self._suspended
@@ -437,7 +438,8 @@ class Session(Generic[OutputT]):
                 ``timeout``, ``refusal``, ``usage_limit``, or one added later);
                 its ``result`` holds the refusal, the stop reason and the usage.
             ClosedSessionError: the session was closed before or during the run.
-            ReentrantRunError: called from inside one of this session's own runs.
+            ReentrantRunError: called from inside one of this session's own runs, or one of its
+                stream handlers with ``overflow="block"``.
             TypeError, ValueError: ``user_input`` is not text or parts, or is no parts at all.
         """
         # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
@@ -474,7 +476,9 @@ class Session(Generic[OutputT]):
         ending with exactly one ``RunFinished`` (even a run cancelled while
         it waited for the handler); ``"drop_oldest"`` and ``"drop_newest"``
         never slow the run and count what they drop. A handler that raises fails the
-        session (``on_error="raise"``) or is logged and counted (``"log"``).
+        session (``on_error="raise"``) or is logged and counted (``"log"``). A ``block``
+        handler may not run this session (``run``, ``ask``: :class:`ReentrantRunError`, as
+        from a run): the run would wait for the handler, and the handler for the run.
 
         Example::
 
@@ -525,6 +529,9 @@ class Session(Generic[OutputT]):
         return self._slot.runs(), buffered, dropped
 
     async def _serve_handler(self, handler: StreamHandler) -> None:
+        # A block handler holds up every run of the session: its run() would wait for the slot a run holds,
+        # or that run would wait for it (a full buffer), so it is refused as from a run. A drop handler is not.
+        _RUNNING_IN.set((self,) if handler.overflow == "block" else ())
         try:
             await handler.serve()
         finally:

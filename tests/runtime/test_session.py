@@ -26,6 +26,7 @@ from agents import (
 from runtime import (
     ClosedRunStreamError,
     ClosedSessionError,
+    ReentrantRunError,
     RunFailedError,
     Session,
     open_runtime,
@@ -576,3 +577,45 @@ async def test_a_task_a_tool_starts_in_its_session_is_not_inside_the_run() -> No
             assert (await session.ask("remind me")).output == "ok"
             await done.wait()
     assert reminded == ["reminded"]
+
+
+async def test_a_block_stream_handler_running_its_own_session_is_a_typed_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A block handler calling ask() on its own session gets ReentrantRunError at once: the new run would
+    wait for the handler (its buffer full) while the handler waits for the run, a deadlock."""
+    refused: list[BaseException] = []
+    agent = Agent(name="a", model=ScriptedModel(["one two three four five"] * 2))
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+
+            async def follow_up(event: Event) -> None:
+                if isinstance(event, RunFinished) and not refused:
+                    try:
+                        await session.ask("follow-up")
+                    except ReentrantRunError as exc:
+                        refused.append(exc)
+
+            handler = session.add_handler(follow_up, buffer=1)
+            await session.ask("first")
+            await handler.drain()
+            assert session.run_count == 1  # the follow-up never started
+    assert len(refused) == 1
+
+
+async def test_a_drop_stream_handler_may_run_its_own_session() -> None:
+    """A handler that drops what it cannot take never holds a run up, so it may ask its session (its run
+    waits for the slot like anyone's)."""
+    answers: list[object] = []
+    agent = Agent(name="a", model=ScriptedModel(["one two three four five", "again and again"]))
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+
+            async def follow_up(event: Event) -> None:
+                if isinstance(event, RunFinished) and not answers:
+                    answers.append((await session.ask("follow-up")).output)
+
+            handler = session.add_handler(follow_up, overflow="drop_newest")
+            await session.ask("first")
+            await handler.drain()
+    assert answers == ["again and again"]
