@@ -202,8 +202,9 @@ class Runtime:
         Args:
             agent: What the session runs.
             session_id: Its id; made up if not given.
-            idle_timeout: Close it after this many seconds without a run (or a
-                :meth:`Session.in_use` block); defaults to the runtime's
+            idle_timeout: Close it after this many seconds without a run (a run
+                counts until its ``async with`` block exits) or a
+                :meth:`Session.in_use` block; defaults to the runtime's
                 ``idle_timeout``; ``None``: never.
             create: With a store: make the session if the store has none of that
                 id (else :class:`SessionNotFoundError`). Without one, a session is

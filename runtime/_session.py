@@ -298,7 +298,7 @@ class Session(Generic[OutputT]):
             ReentrantRunError: (on entering) inside one of this session's own runs, or one of its
                 stream handlers with ``overflow="block"``.
         """
-        return RunStream(self._start_run, user_content(user_input), deps)
+        return RunStream(self._start_run, user_content(user_input), deps, left=self._became_unused)
 
     def resume(
         self, answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None, *, deps: Any = None
@@ -333,7 +333,9 @@ class Session(Generic[OutputT]):
             UnknownElicitationError, InvalidElicitationResponse: (on entering) an answer
                 names no pending question, or does not fit it.
         """
-        return RunStream(functools.partial(self._start_run, answers=answers or {}), None, deps)
+        return RunStream(
+            functools.partial(self._start_run, answers=answers or {}), None, deps, left=self._became_unused
+        )
 
     def _start_run(
         self,
@@ -403,7 +405,9 @@ class Session(Generic[OutputT]):
             tracing=self._tracing,
         )
         ticket = self._slot.take_ticket()
-        self._runs_in_flight += 1
+        # In use (not reaped) until both its task has ended and its consumer has left its block (RunStream
+        # calls _became_unused): a consumer may still be reading buffered events after the task ended.
+        self._runs_in_flight += 2
         try:
             self._tasks.start_soon(
                 self._serve_run,
@@ -418,6 +422,7 @@ class Session(Generic[OutputT]):
             if taken is not None:  # it never ran: the interrupted run still waits
                 self._suspended = taken[0]
             self._run_ended(ticket)
+            self._became_unused()  # nor will the block be left: it was never entered
             events.close_sender()
             events.close_receiver()
             raise
@@ -443,7 +448,9 @@ class Session(Generic[OutputT]):
             TypeError, ValueError: ``user_input`` is not text or parts, or is no parts at all.
         """
         # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
-        async with RunStream(self._start_run, user_content(user_input), deps, answerable=False) as stream:
+        async with RunStream(
+            self._start_run, user_content(user_input), deps, left=self._became_unused, answerable=False
+        ) as stream:
             async for _ in stream:
                 pass
         result: RunResult[OutputT] = stream.result

@@ -45,11 +45,31 @@ class RunStream:
     (or the run's own, if it was cancelled once it had ended).
     """
 
-    __slots__ = ("_answerable", "_deps", "_events", "_finished", "_run", "_start", "_unchecked", "_user_input")
+    __slots__ = (
+        "_answerable",
+        "_deps",
+        "_events",
+        "_finished",
+        "_left",
+        "_run",
+        "_start",
+        "_unchecked",
+        "_user_input",
+    )
 
-    def __init__(self, start: StartRun, user_input: Content | None, deps: Any, *, answerable: bool = True) -> None:
-        """``start`` is the session's: it starts the run's task, owned by the session, and returns the run."""
+    def __init__(
+        self,
+        start: StartRun,
+        user_input: Content | None,
+        deps: Any,
+        *,
+        left: Callable[[], None],
+        answerable: bool = True,
+    ) -> None:
+        """``start`` is the session's: it starts the run's task, owned by the session, and returns the run;
+        ``left`` is called once the block that started it has exited (the session is in use until then)."""
         self._start = start
+        self._left = left
         self._user_input = user_input
         self._deps = deps
         self._answerable = answerable
@@ -72,12 +92,15 @@ class RunStream:
         assert self._events is not None
         # Cancel, wait until the task has finished (it does so promptly once
         # cancelled), and only then close our side.
-        self._run.consumer_leaving()
-        self._run.cancel_scope.cancel()
-        if not self._run.done.is_set():
-            with trio.CancelScope(shield=True):
-                await self._run.done.wait()
-        self._events.close_receiver()
+        try:
+            self._run.consumer_leaving()
+            self._run.cancel_scope.cancel()
+            if not self._run.done.is_set():
+                with trio.CancelScope(shield=True):
+                    await self._run.done.wait()
+            self._events.close_receiver()
+        finally:
+            self._left()
 
     def __enter__(self) -> None:
         raise TypeError("use 'async with session.run(...)', not 'with'")

@@ -103,6 +103,27 @@ async def test_runtime_session_is_not_reaped_while_in_use(autojump_clock: trio.t
         assert trio.current_time() - released == pytest.approx(10)
 
 
+async def test_runtime_session_is_not_reaped_while_a_consumer_reads_its_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session stays in use until its run's consumer leaves the run block, though the run's task ended
+    long before: a slow reader of buffered events still reads RunFinished from an open session, and
+    reaping counts from the block's end."""
+    async with open_runtime(idle_timeout=10) as runtime:
+        handle = await runtime.start_session(Agent(name="a", model=ScriptedModel(["one two three"])))
+        async with handle.session.run("hi") as stream:
+            await trio.testing.wait_all_tasks_blocked()  # the run has ended; its events wait in the buffer
+            async for event in stream:
+                await trio.sleep(30)  # a consumer forwarding each event to a slow client
+                assert not handle.closed, event
+            assert isinstance(event, RunFinished)
+            assert event.reason == "completed"
+        left = trio.current_time()
+        with trio.fail_after(60):
+            await handle.wait_closed()
+        assert trio.current_time() - left == pytest.approx(10)
+
+
 async def test_runtime_idle_timeout_can_be_disabled_per_session(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
