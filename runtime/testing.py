@@ -7,7 +7,9 @@ A test fails if, once its fixtures are torn down:
 - the process has more open file descriptors (sockets, pipes, files) than
   before the test;
 - a ``ResourceWarning`` (an unclosed socket or file, an abandoned async
-  generator) or a "coroutine ... was never awaited" warning fired.
+  generator) or a "coroutine ... was never awaited" warning fired, also one
+  that fires when the garbage collector frees what the test dropped in a
+  reference cycle (the checker collects after each test).
 
 Turn it on in your own suite with pytest-trio installed, in ``conftest.py``::
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -130,7 +133,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
         return result
     # Collect first, so an unclosed socket is reported (as a ResourceWarning)
     # by the test that dropped it, and so it isn't counted twice.
-    gc.collect()
+    unclosed = _collect_garbage()
+    if unclosed:
+        pytest.fail(
+            "leak checker: garbage collection after the test found what it dropped unclosed:\n  "
+            + "\n  ".join(unclosed),
+            pytrace=False,
+        )
     after = _open_fds()
     grown = {fd: target for fd, target in after.items() if before.get(fd) != target}
     if len(after) > len(before) and grown:
@@ -140,6 +149,36 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
             pytrace=False,
         )
     return result
+
+
+def _collect_garbage() -> list[str]:
+    """Run the garbage collector and return the warnings its finalizers raised.
+
+    Those fire in ``__del__``, where Python hands them to ``sys.unraisablehook``.
+    pytest's own hook reports them only at its next check, which for this
+    collect (after the test's teardown) is the next test's setup: so catch
+    them here. Other errors in finalizers are re-issued as pytest would.
+    """
+    caught: list[BaseException] = []
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if unraisable.exc_value is not None:
+            caught.append(unraisable.exc_value)
+
+    previous, sys.unraisablehook = sys.unraisablehook, hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    unclosed = []
+    for exc in caught:
+        if isinstance(exc, ResourceWarning) or (isinstance(exc, RuntimeWarning) and "never awaited" in str(exc)):
+            unclosed.append(f"{type(exc).__name__}: {exc}")
+        else:
+            warnings.warn(
+                pytest.PytestUnraisableExceptionWarning(f"Exception ignored in a finalizer: {exc!r}"), stacklevel=1
+            )
+    return unclosed
 
 
 def _open_fds() -> dict[int, str]:

@@ -166,3 +166,62 @@ def test_leak_checker_passes_clean_sync_test(pytester: pytest.Pytester) -> None:
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_blames_socket_freed_by_garbage_collection_on_its_test(pytester: pytest.Pytester) -> None:
+    """A socket dropped unclosed in a reference cycle (freed only by the checker's collect) fails the test that
+    dropped it, naming the ResourceWarning, and not the next test."""
+    result = _run(
+        pytester,
+        """
+        import gc
+        import socket
+
+        gc.disable()  # only the checker's collect frees the cycle, so the test is deterministic
+
+
+        def test_drops_socket_in_cycle() -> None:
+            sock = socket.socket()
+            try:
+                raise ValueError("kept")
+            except ValueError as exc:
+                error = exc  # error -> traceback -> this frame -> error: freed only by the collector
+
+
+        def test_innocent() -> None:
+            assert True
+        """,
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_drops_socket_in_cycle*",
+            "*leak checker: garbage collection after the test found what it dropped unclosed:*",
+            "*ResourceWarning: unclosed <socket.socket*",
+        ]
+    )
+
+
+def test_leak_checker_blames_socket_freed_by_garbage_collection_in_last_test(pytester: pytest.Pytester) -> None:
+    """A socket dropped unclosed in a reference cycle by the session's last test fails that test."""
+    result = _run(
+        pytester,
+        """
+        import gc
+        import socket
+
+        gc.disable()  # only the checker's collect frees the cycle, so the test is deterministic
+
+
+        class Holder:
+            def __init__(self) -> None:
+                self.me = self
+                self.sock = socket.socket()
+
+
+        def test_drops_socket_in_cycle() -> None:
+            Holder()
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_drops_socket_in_cycle*", "*ResourceWarning: unclosed*"])
