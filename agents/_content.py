@@ -183,7 +183,8 @@ def user_content(content: UserContent) -> Content:
 
     Raises:
         TypeError: ``content`` is neither a string nor a sequence, or an item is not a string or a part.
-        ValueError: an empty sequence (a message of no parts cannot be sent).
+        ValueError: an empty sequence, or one of empty text parts alone (a message of no parts cannot be sent,
+            and providers drop or refuse empty text).
     """
     if isinstance(content, str):
         return content
@@ -192,6 +193,8 @@ def user_content(content: UserContent) -> Content:
     parts = tuple(_part(item) for item in content)
     if not parts:
         raise ValueError("user input is an empty sequence: give a str or at least one content part")
+    if all(isinstance(part, TextPart) and not part.text for part in parts):
+        raise ValueError("user input holds only empty text: give some text or at least one image or document")
     return parts
 
 

@@ -63,6 +63,15 @@ def test_user_content_refuses_an_empty_sequence() -> None:
         user_content([])
 
 
+@pytest.mark.parametrize("given", [[""], ["", TextPart("")]])
+def test_user_content_refuses_only_empty_text(given: list[Any]) -> None:
+    """Parts that are all empty text are no message either (Anthropic's body would have content []): a ValueError
+    at once; one empty part beside content is kept."""
+    with pytest.raises(ValueError, match="only empty text"):
+        user_content(given)
+    assert user_content(["", "hi"]) == (TextPart(""), TextPart("hi"))
+
+
 def test_image_part_by_url_or_by_bytes() -> None:
     """An image is a URL (media type optional), or bytes with their media type (normalised to lower case)."""
     by_url = ImagePart(url="https://example.com/a.png")
