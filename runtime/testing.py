@@ -4,8 +4,8 @@ A test fails if, once its fixtures are torn down:
 
 - a Trio task it started is still alive (only a task outside every nursery
   the test owns can be: a system task);
-- the process has more open file descriptors (sockets, pipes, files) than
-  before the test;
+- a file descriptor (socket, pipe, file) is open that was not open before
+  the test, or is open on something else;
 - a ``ResourceWarning`` (an unclosed socket or file, an abandoned async
   generator) or a "coroutine ... was never awaited" warning fired, also one
   that fires when the garbage collector frees what the test dropped in a
@@ -140,14 +140,12 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
             + "\n  ".join(unclosed),
             pytrace=False,
         )
-    after = _open_fds()
-    grown = {fd: target for fd, target in after.items() if before.get(fd) != target}
-    if len(after) > len(before) and grown:
-        listing = "\n  ".join(f"fd {fd}: {target}" for fd, target in sorted(grown.items()))
-        pytest.fail(
-            f"leak checker: the test left {len(after) - len(before)} more file descriptor(s) open:\n  {listing}",
-            pytrace=False,
-        )
+    # Any descriptor that is new, or open on something else than before: one
+    # the test closed doesn't make up for one it leaked.
+    new = sorted((fd, target) for fd, target in _open_fds().items() if before.get(fd) != target)
+    if new:
+        listing = "\n  ".join(f"fd {fd}: {target}" for fd, target in new)
+        pytest.fail(f"leak checker: the test left {len(new)} new file descriptor(s) open:\n  {listing}", pytrace=False)
     return result
 
 

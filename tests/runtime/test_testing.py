@@ -73,7 +73,7 @@ def test_leak_checker_fails_leaked_socket(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
-            "*leak checker: the test left 1 more file descriptor(s) open:*",
+            "*leak checker: the test left 1 new file descriptor(s) open:*",
             "*fd *: socket:*",
         ]
     )
@@ -225,3 +225,25 @@ def test_leak_checker_blames_socket_freed_by_garbage_collection_in_last_test(pyt
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_drops_socket_in_cycle*", "*ResourceWarning: unclosed*"])
+
+
+def test_leak_checker_fails_leaked_socket_when_test_also_closes_an_older_fd(pytester: pytest.Pytester) -> None:
+    """A socket the test keeps open fails it even when the test also closes a file opened before it (the count
+    of open descriptors doesn't grow)."""
+    result = _run(
+        pytester,
+        """
+        import os
+        import socket
+
+        OLD = open(os.devnull)  # opened at import, before the test
+        KEPT: list[socket.socket] = []
+
+
+        def test_closes_old_file_and_leaks_socket() -> None:
+            OLD.close()
+            KEPT.append(socket.socket())
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*leak checker: the test left 1 new file descriptor(s) open:*", "*fd *: socket:*"])
