@@ -5,7 +5,9 @@ A test fails if, once its fixtures are torn down:
 - a Trio task it started is still alive (only a task outside every nursery
   the test owns can be: a system task);
 - a file descriptor (socket, pipe, file) is open that was not open before
-  the test, or is open on something else;
+  the test, or is open on something else (what a module- or session-scoped
+  fixture opens counts as open before: it is the fixture's, not the test's,
+  and isn't checked);
 - a ``ResourceWarning`` (an unclosed socket or file, an abandoned async
   generator) or a "coroutine ... was never awaited" warning fired, also one
   that fires when the garbage collector frees what the test dropped in a
@@ -38,6 +40,7 @@ _FD_DIR: Final = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/
 
 _leaks_key = pytest.StashKey[list[str]]()
 _fds_key = pytest.StashKey[dict[int, str]]()
+_item_key = pytest.StashKey[pytest.Item]()
 
 
 class TaskLeakInstrument(trio.abc.Instrument):
@@ -109,7 +112,26 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     if not item.get_closest_marker("allow_leaks"):
         # No gc.collect() here: the previous test's teardown already ran one.
         item.stash[_fds_key] = _open_fds()
+    item.config.stash[_item_key] = item
     return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+) -> Generator[None, Any, Any]:
+    if fixturedef.scope == "function":
+        return (yield)
+    opening = _open_fds()
+    try:
+        return (yield)
+    finally:
+        # A module- or session-scoped fixture outlives the test that first
+        # uses it: what it opens is its own, as if open before that test.
+        item = request.config.stash.get(_item_key, None)
+        before = item.stash.get(_fds_key, None) if item is not None else None
+        if before is not None:
+            before.update((fd, target) for fd, target in _open_fds().items() if opening.get(fd) != target)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -247,3 +247,62 @@ def test_leak_checker_fails_leaked_socket_when_test_also_closes_an_older_fd(pyte
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*leak checker: the test left 1 new file descriptor(s) open:*", "*fd *: socket:*"])
+
+
+def test_leak_checker_passes_file_held_by_module_scoped_fixture(pytester: pytest.Pytester) -> None:
+    """A file a module-scoped fixture opens and keeps open for the module's tests fails none of them (not the
+    first test that uses it)."""
+    result = _run(
+        pytester,
+        """
+        import os
+        from collections.abc import Iterator
+        from typing import TextIO
+
+        import pytest
+
+
+        @pytest.fixture(scope="module")
+        def shared_log() -> Iterator[TextIO]:
+            with open(os.devnull, "w") as log:
+                yield log
+
+
+        def test_one(shared_log: TextIO) -> None:
+            shared_log.write("one")
+
+
+        def test_two(shared_log: TextIO) -> None:
+            shared_log.write("two")
+        """,
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_leak_checker_still_fails_leak_of_test_using_module_scoped_fixture(pytester: pytest.Pytester) -> None:
+    """A socket leaked by the test that first sets up a module-scoped fixture still fails it."""
+    result = _run(
+        pytester,
+        """
+        import os
+        import socket
+        from collections.abc import Iterator
+        from typing import TextIO
+
+        import pytest
+
+        KEPT: list[socket.socket] = []
+
+
+        @pytest.fixture(scope="module")
+        def shared_log() -> Iterator[TextIO]:
+            with open(os.devnull, "w") as log:
+                yield log
+
+
+        def test_leaks_socket(shared_log: TextIO) -> None:
+            KEPT.append(socket.socket())
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*leak checker: the test left 1 new file descriptor(s) open:*", "*fd *: socket:*"])
