@@ -1073,12 +1073,15 @@ class AgentRun:
             parent=self,
         )
         await self._emit(AgentSwitched(self._agent.name, agent))
+        back = AgentSwitched(agent, self._agent.name)
         try:
             await child.drive()  # its usage is counted into this run's as it goes
+            await self._emit(back)
         except BaseException:
-            self._out.send_last(AgentSwitched(agent, self._agent.name), owed=True)  # this run may go on
+            # This run may go on (a tool timeout), and a send cancelled while it waits for room sent nothing:
+            # the switch back is owed either way.
+            self._out.send_last(back, owed=True)
             raise
-        await self._emit(AgentSwitched(agent, self._agent.name))
         result = child.result()
         ended = child.final.message if child.final is not None else None
         if result.reason == "hook_stop":

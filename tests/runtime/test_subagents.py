@@ -716,3 +716,35 @@ async def test_a_sub_agent_ended_by_the_tool_timeout_still_closes_in_a_full_pare
     else:
         assert nested == []  # no RunStarted went in: no end is owed either
     assert seen[-1] == RunFinished("completed")
+
+
+@pytest.mark.parametrize("timeout", ["tool_timeout", "run_timeout"])
+async def test_the_switch_back_from_a_finished_sub_agent_is_owed_when_a_timeout_cancels_its_send(
+    timeout: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The sub-agent finished; the parent's tool_timeout or run_timeout fires while AgentSwitched back waits
+    for room in a full stream (the consumer stopped reading): the switch back still reaches the consumer,
+    after the sub-agent's RunFinished, so every switch into a sub-agent has its switch back."""
+    child = Agent(name="child", model=ScriptedModel(["child done"]))
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel([transfer("child"), "done"]),
+        sub_agents=[child],
+        tool_timeout=1 if timeout == "tool_timeout" else None,
+        run_timeout=1 if timeout == "run_timeout" else None,
+    )
+    seen: list[Event] = []
+    async with open_runtime(event_buffer=1) as runtime, runtime.open_session(parent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                seen.append(event)
+                if isinstance(event, SubAgentEvent) and isinstance(event.innermost()[1], Usage):
+                    # The child's last event before its RunFinished, which fills the buffer: the switch back
+                    # waits for room. Virtual time (the autojump clock) passes the 1 s timeout meanwhile.
+                    await trio.sleep(2)
+    switches = [(event.from_agent, event.to_agent) for event in seen if isinstance(event, AgentSwitched)]
+    assert switches == [("parent", "child"), ("child", "parent")]
+    back = seen.index(AgentSwitched("child", "parent"))
+    assert seen[back - 1] == SubAgentEvent("child", RunFinished("completed"))
+    assert isinstance(seen[-1], RunFinished)
+    assert seen[-1].reason == ("completed" if timeout == "tool_timeout" else "timeout")
