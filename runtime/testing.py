@@ -3,7 +3,8 @@
 A test fails if, once its fixtures are torn down:
 
 - a Trio task it started is still alive (only a task outside every nursery
-  the test owns can be: a system task);
+  the test owns can be: a system task), also in any example of an async
+  Hypothesis test;
 - a file descriptor (socket, pipe, file) is open that was not open before
   the test, or is open on something else (what a module- or session-scoped
   fixture opens counts as open before: it is the fixture's, not the test's,
@@ -134,17 +135,50 @@ def pytest_fixture_setup(
             before.update((fd, target) for fd, target in _open_fds().items() if opening.get(fd) != target)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    result = yield
+    # trylast: inside pytest-trio's wrapper, which has wrapped the test by now.
+    hypothesis = getattr(getattr(item, "obj", None), "hypothesis", None) if _checked(item) else None
+    runner = hypothesis.inner_test if hypothesis is not None else None
+    if hypothesis is not None:
+        hypothesis.inner_test = _instrumented_hypothesis(item, runner)
+    try:
+        result = yield
+    finally:
+        if hypothesis is not None:
+            hypothesis.inner_test = runner  # shared by the items of a parametrized test
     leaked = item.stash.get(_leaks_key, [])
     if leaked:
         pytest.fail(
             "leak checker: Trio tasks were still alive after the test and its fixtures ended "
-            "(start them in a nursery the test owns):\n  " + "\n  ".join(leaked),
+            "(start them in a nursery the test owns):\n  " + "\n  ".join(dict.fromkeys(leaked)),
             pytrace=False,
         )
     return result
+
+
+def _checked(item: pytest.Item) -> bool:
+    return item.get_closest_marker("trio") is not None and item.get_closest_marker("allow_leaks") is None
+
+
+def _instrumented_hypothesis(item: pytest.Item, runner: Any) -> Callable[..., Any]:
+    # pytest-trio runs each example of an async Hypothesis test with trio.run
+    # itself, not with the marker's run: rebuild its runner around ours.
+    try:
+        from pytest_trio.plugin import _trio_test  # type: ignore[import-untyped]
+
+        test = runner.__wrapped__ if runner._trio_test_runner_wrapped else None
+    except (ImportError, AttributeError):
+        test = None
+    if test is None:
+        pytest.fail(
+            "leak checker: can't check this async Hypothesis test for leaked Trio tasks "
+            "(pytest-trio wraps it in a way the checker doesn't know)",
+            pytrace=False,
+        )
+    checked: Callable[..., Any] = _trio_test(run=_instrumented(item, trio.run))(test)
+    checked._trio_test_runner_wrapped = True  # type: ignore[attr-defined]
+    return checked
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

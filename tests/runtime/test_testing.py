@@ -306,3 +306,53 @@ def test_leak_checker_still_fails_leak_of_test_using_module_scoped_fixture(pytes
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*leak checker: the test left 1 new file descriptor(s) open:*", "*fd *: socket:*"])
+
+
+def test_leak_checker_fails_task_leaked_by_async_hypothesis_test(pytester: pytest.Pytester) -> None:
+    """A Trio task leaked by an example of an async Hypothesis test fails it, named in the message."""
+    result = _run(
+        pytester,
+        """
+        import trio
+        from hypothesis import given, settings, strategies as st
+
+        async def forever_leaked() -> None:
+            await trio.sleep_forever()
+
+        @settings(max_examples=3, deadline=None, database=None)
+        @given(st.integers())
+        async def test_leaks_task(n: int) -> None:
+            trio.lowlevel.spawn_system_task(forever_leaked)
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*leak checker: Trio tasks were still alive after the test and its fixtures ended*",
+            "*forever_leaked*",
+        ]
+    )
+
+
+def test_leak_checker_checks_each_item_of_parametrized_async_hypothesis_test(pytester: pytest.Pytester) -> None:
+    """The items of a parametrized async Hypothesis test share one Hypothesis runner: each is checked on its
+    own, so the clean one passes and the leaking one fails."""
+    result = _run(
+        pytester,
+        """
+        import pytest
+        import trio
+        from hypothesis import given, settings, strategies as st
+
+        @pytest.mark.parametrize("leak", [False, True, False])
+        @settings(max_examples=3, deadline=None, database=None)
+        @given(st.integers())
+        async def test_maybe_leaks_task(leak: bool, n: int) -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep, 0)
+            if leak:
+                trio.lowlevel.spawn_system_task(trio.sleep_forever)
+        """,
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*FAILED*test_maybe_leaks_task?True*"])
