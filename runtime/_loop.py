@@ -515,6 +515,7 @@ class AgentRun:
         await self._out.send(event)
 
     async def _open_toolsets(self, stack: AsyncExitStack, tools: dict[str, Tool]) -> None:
+        toolsets: dict[str, str] = {}  # a toolset's tool's name: which toolset
         for item in self._agent.tools:
             if isinstance(item, Tool):
                 continue
@@ -522,8 +523,26 @@ class AgentRun:
                 opened = await stack.enter_async_context(item.open_tools(self._run_context()))
             except Exception as exc:
                 raise _EndRun("toolset", f"toolset {item!r} failed to open: {describe(exc)}") from exc
+            name = getattr(item, "name", None)
+            here = f"toolset {name!r}" if isinstance(name, str) else f"toolset {item!r}"
             for opened_tool in opened:
-                tools.setdefault(opened_tool.name, opened_tool)
+                # A name the model is already offered: sent twice, a provider refuses the request (400).
+                taken = self._tool_named(opened_tool.name, tools, toolsets)
+                if taken is None:
+                    tools[opened_tool.name] = opened_tool
+                    toolsets[opened_tool.name] = here
+                else:
+                    logger.warning("%s: its tool %r is left out: %s has that name", here, opened_tool.name, taken)
+
+    def _tool_named(self, name: str, tools: dict[str, Tool], toolsets: dict[str, str]) -> str | None:
+        """Who already has this tool name (``None``: no one)."""
+        if not self._agent.output.is_text and self._agent.output.is_output_tool(name):
+            return "the output tool"
+        if name in toolsets:
+            return toolsets[name]
+        if name in tools:
+            return "the transfer tool" if name == TRANSFER_TOOL and self._agent.sub_agents else "a local tool"
+        return None
 
     async def _fail(
         self, kind: str, message: str, reason: FinishReason, traced: str | None = None

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from agents import (
+    TRANSFER_TOOL,
     Agent,
     AgentsError,
     AssistantMessage,
@@ -511,6 +512,79 @@ async def test_toolset_is_closed_when_the_run_is_cancelled() -> None:
                 if isinstance(event, ToolCallStarted):
                     break
     assert toolset.log == ["open", "close"]
+
+
+class NamedToolset:
+    """A toolset named like an MCP server, whose tools answer with that name (which one ran shows)."""
+
+    def __init__(self, name: str, *tool_names: str) -> None:
+        self.name = name
+        self.tool_names = tool_names
+
+    @asynccontextmanager
+    async def open_tools(self, ctx: RunContext[Any]) -> AsyncIterator[Sequence[Tool]]:
+        async def answer() -> str:
+            """Answers with its toolset's name."""
+            return self.name
+
+        yield [tool(name=name)(answer) for name in self.tool_names]
+
+
+class _Answer(pydantic.BaseModel):
+    """A typed answer, given with the output tool."""
+
+    x: int
+
+
+@tool
+async def echo() -> str:
+    """A local tool."""
+    return "local"
+
+
+@pytest.mark.parametrize(
+    ("clash", "holder"),
+    [("final_result", "the output tool"), (TRANSFER_TOOL, "the transfer tool"), ("echo", "a local tool")],
+)
+async def test_a_toolset_tool_named_like_one_the_model_has_is_left_out_with_a_warning(
+    clash: str, holder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A toolset's tool named like the output tool, the transfer tool or a local tool is not offered as well
+    (a provider refuses a request with two tools of one name): it is left out, with a warning naming the
+    toolset and the tool, and the model gets each name once."""
+    helper = Agent(name="helper", model=ScriptedModel(["helped"]))
+    model = ScriptedModel([ToolCall("final_result", {"x": 1})])
+    agent = Agent(
+        name="a",
+        model=model,
+        tools=[echo, NamedToolset("files", clash, "other")],
+        sub_agents=[helper],
+        output_type=_Answer,
+    )
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        assert (await session.ask("go")).output == _Answer(x=1)
+    names = [spec.name for spec in model.requests[0].tools]
+    assert sorted(names) == sorted({"echo", TRANSFER_TOOL, "other", "final_result"})
+    assert f"toolset 'files': its tool {clash!r} is left out: {holder} has that name" in caplog.text
+
+
+async def test_a_tool_name_two_toolsets_have_is_the_first_ones_and_the_local_tools_before_both(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two toolsets with a tool of one name: the first one's is offered and called, the second's left out
+    with a warning; a local tool of that name comes before both."""
+    model = ScriptedModel([[ToolCall("shared"), ToolCall("echo")], "done"])
+    agent = Agent(
+        name="a", model=model, tools=[NamedToolset("one", "shared", "echo"), NamedToolset("two", "shared"), echo]
+    )
+    events = await collect(agent)
+    assert sorted(spec.name for spec in model.requests[0].tools) == ["echo", "shared"]
+    assert sorted((e.name, e.result) for e in events if isinstance(e, ToolCallFinished)) == [
+        ("echo", "local"),
+        ("shared", "one"),
+    ]
+    assert "toolset 'two': its tool 'shared' is left out: toolset 'one' has that name" in caplog.text
+    assert "toolset 'one': its tool 'echo' is left out: a local tool has that name" in caplog.text
 
 
 async def test_a_tool_value_json_cannot_hold_is_sent_as_its_text_and_the_run_goes_on() -> None:
