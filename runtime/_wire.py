@@ -49,8 +49,9 @@ _SHAPES: Final[dict[type[Any], tuple[str, str | None, tuple[str, ...]]]] = {}
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
-    """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, and a
-    value nested too deep to serialize a short placeholder saying so (the event is still sent).
+    """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, a value
+    JSON cannot hold (bytes that are not UTF-8) its ``str`` as a whole, as a tool's result reaches the model,
+    and a value nested too deep for even that a short placeholder saying so (the event is still sent).
 
     Any value (a typed output, a custom event's field) goes through pydantic's JSON conversion: a
     pydantic model becomes its dict. A :class:`~runtime.events.CustomEvent` (a subclass of it) is
@@ -81,10 +82,15 @@ def _shape(cls: type[Any]) -> tuple[str, str | None, tuple[str, ...]]:
 
 
 def _jsonable(value: Any) -> Any:
+    # As the model gets a tool's result (runtime._loop._to_content): what JSON cannot hold, bytes that are not
+    # UTF-8 say, as the str of the whole value; a placeholder only for what is too deep for that too.
     try:
         return to_jsonable_python(value, fallback=str)
-    except (ValueError, RecursionError):  # nested deeper than pydantic serializes (a tool's result, say)
-        return f"<{type(value).__name__} nested too deep to send as JSON>"
+    except (ValueError, RecursionError):  # bytes that are not UTF-8, or nested deeper than pydantic goes
+        try:
+            return str(value)
+        except RecursionError:
+            return f"<{type(value).__name__} nested too deep to send as JSON>"
 
 
 # -- a run's input: text, or text and content parts ------------------------------

@@ -588,8 +588,8 @@ async def test_a_tool_name_two_toolsets_have_is_the_first_ones_and_the_local_too
 
 
 async def test_a_tool_value_json_cannot_hold_is_sent_as_its_text_and_the_run_goes_on() -> None:
-    """A result JSON has no form for (bytes that are not UTF-8) is sent as its str; the call beside it and
-    the run are not disturbed."""
+    """A result JSON has no form for (bytes that are not UTF-8) is sent as its str, to the model and to a
+    remote client alike; the call beside it and the run are not disturbed."""
 
     @tool
     async def raw() -> dict[str, bytes]:
@@ -613,6 +613,8 @@ async def test_a_tool_value_json_cannot_hold_is_sent_as_its_text_and_the_run_goe
             ("{'raw': b'\\xff'}", False),
             ("fine", False),
         ]
+    # A remote client gets the same text in its ToolCallFinished.
+    assert [event_to_json(event)["result"] for event in finished if event.name == "raw"] == [results[0].content]
 
 
 class _Cat(pydantic.BaseModel):

@@ -164,6 +164,18 @@ def test_every_stop_reason_decodes(reason: str) -> None:
 # -- custom events, typed output, progress ---------------------------------------
 
 
+def test_a_value_json_cannot_hold_is_sent_as_its_str_and_only_a_too_deep_one_as_a_placeholder() -> None:
+    """Bytes that are not UTF-8 in a value are sent as the str of the whole value, what the model reads for
+    that tool result (they used to be called "nested too deep"); a value too deep for str too is a placeholder
+    saying so."""
+    raw = ToolCallFinished("call_1", "raw", {"raw": b"\xff"})
+    assert event_to_json(raw)["result"] == "{'raw': b'\\xff'}"
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    assert event_to_json(ToolCallFinished("call_2", "deep", deep))["result"] == "<list nested too deep to send as JSON>"
+
+
 def test_a_custom_event_travels_as_custom_event_with_its_class_name() -> None:
     """A CustomEvent subclass is sent as type CustomEvent, its class name and its fields (JSON-converted)."""
     event = Deployed("https://example.com", 2, details=City(name="Paris", population=2))
