@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import trio
 
 from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicitationError
+from ._task_group import join, runs_in
 from .events import Event, RunFinished
 
 if TYPE_CHECKING:
@@ -33,7 +34,9 @@ class RunStream:
     Made by ``Session.run``; use it as ``async with session.run(...) as
     stream: async for event in stream: ...``. Entering starts the run's task
     (owned by the session); leaving cancels the run if it is still going
-    and waits until its task has finished.
+    and waits until its task has finished, even when cancelled, unless the
+    run's task waits for this one (a tool of the run closing the session the
+    block is in): then leaving raises ``Cancelled`` at once.
 
     The iterator is a class, not an async generator, so breaking out of
     ``async for`` is always safe. Each step is a checkpoint when it has to
@@ -91,13 +94,13 @@ class RunStream:
         assert self._run is not None
         assert self._events is not None
         # Cancel, wait until the task has finished (it does so promptly once
-        # cancelled), and only then close our side.
+        # cancelled; shielded, as a nursery's exit waits, unless the run's task
+        # waits for this one: join), and only then close our side.
         try:
             self._run.consumer_leaving()
             self._run.cancel_scope.cancel()
             if not self._run.done.is_set():
-                with trio.CancelScope(shield=True):
-                    await self._run.done.wait()
+                await join(self._run.done, runs_in(self._run.cancel_scope))
             self._events.close_receiver()
         finally:
             self._left()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+import math
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import trio
 
 from ._latch import Latch
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
+
+    Owns: TypeAlias = Callable[[trio.lowlevel.Task], bool]
 
 
 class TaskGroup:
@@ -27,6 +30,9 @@ class TaskGroup:
 
     Once cancelled, the group is closed: it takes no new task, and it is
     finished when the last task has returned (:meth:`wait_finished`).
+    :meth:`aclose` waits for that even when cancelled, as a nursery's exit
+    does, unless one of the tasks waits in the same way for the caller (see
+    :func:`join`).
     """
 
     __slots__ = (
@@ -153,38 +159,43 @@ class TaskGroup:
 
         Called from inside one of the group's tasks (or a task that one of them started), it cannot wait for
         that task: it waits for all the others, and that task, cancelled, ends at its next checkpoint.
+
+        Raises:
+            trio.Cancelled: the caller is cancelled, and a task of the group waits (in an ``aclose`` or a
+                run block's exit) for the caller: the tasks are cancelled, but waiting for them would wait
+                forever (see :func:`join`).
         """
         self.cancel()
         if self._finished.is_set():
             return
-        own = self._own_task()
-        with trio.CancelScope(shield=True):
-            if own is None:
-                await self._finished.wait()
-                return
-            # Every task but those it is closed from (two may close it at once: each waits for the others').
-            if self._closers is None:
-                self._closers, self._left_alone = set(), trio.Event()
-            self._closers.add(own)
-            self._check_left_alone()
-            await self._left_alone.wait()  # type: ignore[union-attr]
+        own = self._group_task(trio.lowlevel.current_task())
+        if own is None:
+            await join(self._finished, self._owns)
+            return
+        # Every task but those it is closed from (two may close it at once: each waits for the others').
+        if self._closers is None or self._left_alone is None:
+            self._closers, self._left_alone = set(), trio.Event()
+        self._closers.add(own)
+        self._check_left_alone()
+        await join(self._left_alone, self._owns_but_closers)
 
     def _check_left_alone(self) -> None:
         if self._closers is not None and self._left_alone is not None and len(self._scopes) <= len(self._closers):
             self._left_alone.set()
 
-    def _own_task(self) -> trio.lowlevel.Task | None:
-        """The group's task the current task is, or runs under (``None`` if it is outside the group)."""
-        task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
-        while task is not None:
-            # A task of the group runs _own (or _own_started) of this group: found from its coroutine, on this
-            # rare path, rather than kept in a list by every task (a session per run: memory per run).
-            frame = getattr(task.coro, "cr_frame", None)
-            if frame is not None and frame.f_code in _OWNING_CODE and frame.f_locals.get("self") is self:
-                return task
-            nursery = task.parent_nursery
-            task = None if nursery is None else nursery.parent_task
+    def _group_task(self, task: trio.lowlevel.Task) -> trio.lowlevel.Task | None:
+        """The group's task ``task`` is, or runs under (``None`` if it is outside the group)."""
+        for owner, _, group_task in _group_tasks(task):
+            if owner is self:
+                return group_task
         return None
+
+    def _owns(self, task: trio.lowlevel.Task) -> bool:
+        return self._group_task(task) is not None
+
+    def _owns_but_closers(self, task: trio.lowlevel.Task) -> bool:
+        group_task = self._group_task(task)
+        return group_task is not None and group_task not in (self._closers or ())
 
     async def wait_finished(self) -> None:
         """Wait until the group is closed (by anyone) and every task has returned."""
@@ -252,7 +263,78 @@ class TaskGroup:
 
 
 _OWNING_CODE: Final = frozenset({TaskGroup._own.__code__, TaskGroup._own_started.__code__})
-"""The code of the coroutines a group's tasks run (what :meth:`TaskGroup._own_task` looks for)."""
+"""The code of the coroutines a group's tasks run (what :func:`_group_tasks` looks for)."""
+
+
+def _group_tasks(task: trio.lowlevel.Task | None) -> Iterator[tuple[object, object, trio.lowlevel.Task]]:
+    """``(group, scope, group's task)`` for each group task ``task`` is or runs under, innermost first."""
+    while task is not None:
+        # A task of a group runs _own (or _own_started) of it: found from its coroutine, on these rare
+        # paths, rather than kept in a list by every task (a session per run: memory per run).
+        frame = getattr(task.coro, "cr_frame", None)
+        if frame is not None and frame.f_code in _OWNING_CODE:
+            local = frame.f_locals
+            yield local.get("self"), local.get("scope"), task
+        nursery = task.parent_nursery
+        task = None if nursery is None else nursery.parent_task
+
+
+def runs_in(scope: trio.CancelScope) -> Owns:
+    """What :func:`join` waits for when it waits for the group task run in ``scope`` (``start_soon(scope=)``)."""
+    return lambda task: any(owner_scope is scope for _, owner_scope, _ in _group_tasks(task))
+
+
+_JOINS: Final[trio.lowlevel.RunVar[dict[trio.lowlevel.Task, Owns]]] = trio.lowlevel.RunVar("trio_agents_joins")
+"""The tasks waiting in :func:`join`, shielded, and what each waits for."""
+
+
+async def join(done: Latch | trio.Event, waits_for: Owns) -> None:
+    """Wait until ``done`` is set: once the tasks ``waits_for`` names, cancelled just before, have ended.
+
+    The wait is shielded, as a nursery's exit waits for its children however
+    it is cancelled: what closes sessions and leaves run blocks returns only
+    once their tasks have ended. One case is not: a caller that is cancelled
+    while one of those tasks waits in a ``join`` of its own for the caller
+    (directly, or down a chain of joins: a tool of session A closing session
+    B while a tool of B closes A). Neither could ever end, and nothing could
+    cancel them; so that caller's wait is not shielded: it raises
+    ``Cancelled``, its task ends, and with it the loop.
+
+    Raises:
+        trio.Cancelled: the caller is cancelled and waiting would close a loop of joins.
+    """
+    if done.is_set():
+        return
+    me = trio.lowlevel.current_task()
+    try:
+        joins = _JOINS.get()
+    except LookupError:
+        joins = {}
+        _JOINS.set(joins)
+    # Only a cancelled caller can close a loop: each join cancels what it waits for, the next in the loop.
+    if trio.current_effective_deadline() == -math.inf and _closes_loop(joins, me, waits_for):
+        await done.wait()  # cancelled: it raises at once
+        return
+    joins[me] = waits_for
+    try:
+        with trio.CancelScope(shield=True):
+            await done.wait()
+    finally:
+        del joins[me]
+
+
+def _closes_loop(joins: dict[trio.lowlevel.Task, Owns], me: trio.lowlevel.Task, waits_for: Owns) -> bool:
+    """Whether a task ``waits_for`` names is in a join that waits, directly or down a chain of joins, for ``me``."""
+    todo, seen = [waits_for], set()
+    while todo:
+        target = todo.pop()
+        for task, its_target in joins.items():
+            if task not in seen and target(task):
+                if its_target(me):
+                    return True
+                seen.add(task)
+                todo.append(its_target)
+    return False
 
 
 class _TaskStatus:

@@ -619,3 +619,104 @@ async def test_a_drop_stream_handler_may_run_its_own_session() -> None:
             await session.ask("first")
             await handler.drain()
     assert answers == ["again and again"]
+
+
+async def test_a_tool_closing_the_session_whose_tool_asks_its_own_closes_both(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A tool of session A asks a helper session B, whose tool closes A: A's run block waits for B's run,
+    which waits to close A. Both close, and A's consumer sees its run end with RunFinished("cancelled")."""
+    async with open_runtime() as runtime:
+        sessions: dict[str, Session[str]] = {}
+
+        @tool
+        async def end_conversation() -> str:
+            """Close the user's session."""
+            await sessions["a"].aclose()
+            return "closed"
+
+        @tool
+        async def ask_helper() -> str:
+            """Ask the helper agent."""
+            helper = Agent(
+                name="helper", model=ScriptedModel([ToolCall("end_conversation"), "bye"]), tools=[end_conversation]
+            )
+            async with runtime.open_session(helper) as b:
+                sessions["b"] = b
+                return str((await b.ask("should we stop?")).output)
+
+        agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_helper"), "x"]), tools=[ask_helper])
+        sessions["a"] = a = (await runtime.start_session(agent)).session
+        with trio.fail_after(60):
+            async with a.run("go") as stream:
+                events = [event async for event in stream]
+            await a.wait_closed()
+        assert events[-1] == RunFinished("cancelled")
+        assert a.closed
+        assert sessions["b"].closed
+
+
+async def test_tools_of_two_sessions_closing_each_other_close_both(autojump_clock: trio.testing.MockClock) -> None:
+    """A tool of session A closes B while a tool of B closes A, in the same tick: each would wait for the
+    other's run, which waits for it. Both close, and each run ends with RunFinished("cancelled")."""
+    sessions: dict[str, Session[str]] = {}
+    arrived = trio.Event()
+    inside: list[str] = []
+
+    @tool
+    async def close_other(ctx: ToolContext[None]) -> str:
+        """Close the other session."""
+        inside.append(ctx.agent.name)
+        if len(inside) == 2:
+            arrived.set()  # the second goes straight on; the first wakes in the same tick
+        else:
+            await arrived.wait()
+        await sessions["b" if ctx.agent.name == "a" else "a"].aclose()
+        return "closed"
+
+    last: dict[str, Event] = {}
+
+    async def consume(name: str) -> None:
+        async with sessions[name].run("go") as stream:
+            async for event in stream:
+                last[name] = event
+
+    async with open_runtime() as runtime:
+        for name in "ab":
+            agent = Agent(name=name, model=ScriptedModel([ToolCall("close_other"), "x"]), tools=[close_other])
+            sessions[name] = (await runtime.start_session(agent)).session
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume, "a")
+                nursery.start_soon(consume, "b")
+        assert sessions["a"].closed
+        assert sessions["b"].closed
+    assert last == {"a": RunFinished("cancelled"), "b": RunFinished("cancelled")}
+
+
+async def test_a_run_consumed_by_a_task_of_its_session_may_close_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A task of the session consumes a run whose tool closes the session from inside: the tool waits for
+    the consumer, whose run block waits for the tool's run. The session closes."""
+    closing: list[Session[str]] = []
+
+    @tool
+    async def end() -> str:
+        """Close the session."""
+        await closing[0].aclose()
+        return "closed"
+
+    async def consume(session: Session[str]) -> None:
+        async with session.run("go") as stream:
+            async for _ in stream:
+                pass
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("end"), "x"]), tools=[end])
+    async with open_runtime() as runtime:
+        session = (await runtime.start_session(agent)).session
+        closing.append(session)
+        session.start_soon(consume, session)
+        with trio.fail_after(60):
+            await session.wait_closed()
+        assert session.error is None

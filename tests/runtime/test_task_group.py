@@ -325,3 +325,59 @@ async def test_task_group_aclose_from_two_of_its_tasks_at_once_ends_both() -> No
             group.start_soon(closer, "b", group)
             await group.wait_finished()
     assert sorted(returned) == ["a", "b"]
+
+
+async def test_task_group_aclose_of_each_other_from_two_groups_ends_both() -> None:
+    """A task of group A closes group B while a task of B closes A: each would wait, shielded, for the
+    other; the second, cancelled by the first, gets Cancelled instead of waiting, and both groups finish."""
+    outcomes: dict[str, str] = {}
+
+    async def closer(name: str, other: TaskGroup) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # both are in: they close each other together
+        try:
+            await other.aclose()
+        except trio.Cancelled:
+            outcomes[name] = "cancelled"
+            raise
+        outcomes[name] = "returned"
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as parent:
+            a, b = TaskGroup(parent), TaskGroup(parent)
+            a.start_soon(closer, "a", b)
+            b.start_soon(closer, "b", a)
+            await a.wait_finished()
+            await b.wait_finished()
+    # The first closer waited for the other group; the second could not (its own task is what the first
+    # waits for): it ended with Cancelled.
+    assert sorted(outcomes.values()) == ["cancelled", "returned"]
+    assert a.error is None
+    assert b.error is None
+
+
+async def test_task_group_aclose_from_outside_still_waits_when_two_groups_close_each_other() -> None:
+    """A loop is broken only where it is closed: a caller outside both groups, cancelled, still waits
+    (shielded) until every task of the group it closes has ended, slow cleanup included."""
+    ended: list[str] = []
+
+    async def closer(name: str, other: TaskGroup) -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        try:
+            await other.aclose()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(0.01)
+            ended.append(name)
+
+    async with trio.open_nursery() as parent:
+        a, b = TaskGroup(parent), TaskGroup(parent)
+        a.start_soon(closer, "a", b)
+        b.start_soon(closer, "b", a)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as outer:
+            outer.cancel()
+            await a.aclose()
+        assert a.finished
+        assert "a" in ended
+        await b.wait_finished()
+    assert sorted(ended) == ["a", "b"]
