@@ -120,7 +120,7 @@ async def test_a_tool_returning_an_image_gives_a_result_of_parts() -> None:
     assert finished["screenshot"].result == IMAGE
     results = {message.name: message for message in history if isinstance(message, ToolResultMessage)}
     assert results["screenshot"].content == (IMAGE,)
-    assert results["names"].content == '["ada", "alan"]'  # a list of strings alone is JSON, as before
+    assert results["names"].content == '["ada","alan"]'  # a list of strings alone is JSON, as before
     assert model.requests[1].messages[-2:] == tuple(results.values())
 
 
