@@ -181,6 +181,8 @@ async def main(argv: list[str] | None = None) -> int:
     answers.add_argument("--ask", dest="mode", action="store_const", const="ask", help="ask at the terminal")
     parser.set_defaults(mode="approve")
     args = parser.parse_args(argv)
+    if not args.session:
+        parser.error("--session must not be empty")
 
     args.db.parent.mkdir(parents=True, exist_ok=True)
     deployments = args.db.with_name(args.db.name + ".deployments")

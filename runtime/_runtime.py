@@ -186,7 +186,9 @@ class Runtime:
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
             StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
+            ValueError: ``session_id`` is empty (``None`` makes one up).
         """
+        _check_session_id(session_id)
         return _SessionBlock(self, agent, session_id, create)
 
     async def start_session(
@@ -218,7 +220,9 @@ class Runtime:
             SessionOwnedError: (with a store) another process has the session open.
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
+            ValueError: ``session_id`` is empty (``None`` makes one up).
         """
+        _check_session_id(session_id)
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
         if self._writer is None:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -430,3 +434,9 @@ async def single_errors() -> AsyncIterator[None]:
             raise error
         finally:
             error.__context__ = context
+
+
+def _check_session_id(session_id: str | None) -> None:
+    """Refuse ``""``: it read as "make one up", so a durable session given it was a new one each time."""
+    if session_id is not None and not session_id:
+        raise ValueError("session_id is empty: give an id, or None to make one up")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import httpx
 import pytest
 import trio
 import trio.testing
 
 from agents import Agent, ScriptedModel, ToolCall, tool
-from runtime import ClosedSessionError, open_runtime
+from runtime import ClosedSessionError, SQLiteStore, open_runtime
 from runtime.events import RunFinished, ToolCallStarted
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @tool
@@ -213,3 +218,18 @@ async def test_open_runtime_refuses_a_negative_event_buffer() -> None:
     with pytest.raises(ValueError, match="event_buffer"):
         async with open_runtime(event_buffer=-1):
             pass  # pragma: no cover - not entered
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "sqlite"])
+async def test_an_empty_session_id_is_a_value_error_not_a_made_up_one(tmp_path: Path, durable: bool) -> None:
+    """session_id="" is refused by open_session and start_session (it read as "make one up": a durable session
+    given it was a new one each time, and create=False named an id the caller never gave); None makes one up."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    store = SQLiteStore(tmp_path / "s.db") if durable else None
+    async with open_runtime(store=store) as runtime:
+        with pytest.raises(ValueError, match="session_id is empty"):
+            runtime.open_session(agent, session_id="")
+        with pytest.raises(ValueError, match="session_id is empty"):
+            await runtime.start_session(agent, session_id="")
+        async with runtime.open_session(agent, session_id=None) as session:
+            assert session.id
