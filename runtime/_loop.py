@@ -40,6 +40,7 @@ from agents import (
     ToolCallDeltaChunk,
     ToolContext,
     ToolResultMessage,
+    UnsupportedContentError,
     UsageChunk,
     UserMessage,
     tool,
@@ -585,16 +586,27 @@ class AgentRun:
                     if self._journal is not None:
                         for call_id in resume.calls:  # their questions wait no more, asked again or not
                             self._journal.settle_call(call_id)
-        if self._user_input is not None:
-            self._history.append(UserMessage(self._user_input))
+        # The user's new message joins the history with the first request, unless the model cannot take a
+        # part of it: then nothing was sent, and a later run must not send it again (nor the store keep it).
+        new = None if self._user_input is None else UserMessage(self._user_input)
         retries = self._agent.output_retries
         for _ in range(self._agent.max_turns):
-            if self._limited:
-                self._check_limits()
-            request = ModelRequest(
-                instructions, tuple(self._history), specs, output=request_output, http_client=self._http_client
-            )
-            text, calls, refusal, reasoning = await self._call_model(request, output)
+            try:
+                if self._limited:
+                    self._check_limits()
+                messages = tuple(self._history) if new is None else (*self._history, new)
+                request = ModelRequest(
+                    instructions, messages, specs, output=request_output, http_client=self._http_client
+                )
+                text, calls, refusal, reasoning = await self._call_model(request, output)
+            except _EndRun as end:
+                if new is not None and _refuses_part_of(end, new):
+                    new = None
+                raise
+            finally:
+                if new is not None:
+                    self._history.append(new)
+                    new = None
             self._text = text
             if refusal is not None:
                 # The model sees its own refusal next turn; its calls, if any, are not run: no results owed.
@@ -1258,6 +1270,17 @@ async def _emit_custom(event: Any, out: EventOut) -> None:
         await out.send(event)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
+
+
+def _refuses_part_of(end: _EndRun, message: UserMessage) -> bool:
+    """Whether the run ended because its model cannot take a part of ``message`` (nothing was sent)."""
+    cause = end.__cause__
+    parts = message.content
+    return (
+        isinstance(cause, UnsupportedContentError)
+        and not isinstance(parts, str)
+        and any(part is cause.part for part in parts)
+    )
 
 
 def _usage_of(node: AgentRun | UsageTally) -> RunUsage:

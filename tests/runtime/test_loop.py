@@ -20,6 +20,7 @@ from agents import (
     Agent,
     AgentsError,
     AssistantMessage,
+    DocumentPart,
     ErrorChunk,
     Hooks,
     ModelChunk,
@@ -36,9 +37,12 @@ from agents import (
     ToolCallChunk,
     ToolContext,
     ToolResultMessage,
+    UnsupportedContentError,
+    UsageLimits,
+    UserMessage,
     tool,
 )
-from runtime import RunResult, open_runtime
+from runtime import RunFailedError, RunResult, open_runtime
 from runtime._wire import event_to_json
 from runtime.events import (
     ErrorEvent,
@@ -54,6 +58,7 @@ from runtime.events import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 
 async def collect(agent: Agent, prompt: str = "go", *, deps: Any = None) -> list[Event]:
@@ -797,3 +802,55 @@ async def test_reasoning_blocks_go_into_the_responses_message_and_are_no_event()
     (response,) = [message for message in model.requests[1].messages if isinstance(message, AssistantMessage)]
     assert response.reasoning == blocks
     assert response.tool_calls == (ToolCallChunk("c1", "add", {"a": 1, "b": 2}),)
+
+
+class NoDocumentURLs:
+    """A provider that takes no document by URL (as Chat Completions): it refuses one as it builds the
+    request, sending nothing; it sends other requests to ``answers``."""
+
+    def __init__(self, answers: ScriptedModel) -> None:
+        self.answers = answers
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
+        for message in request.messages:
+            if isinstance(message, UserMessage) and not isinstance(message.content, str):
+                for part in message.content:
+                    if isinstance(part, DocumentPart) and part.url is not None:
+                        raise UnsupportedContentError(part, provider="test", reason="no document by URL")
+        return self.answers.stream(request)
+
+
+async def test_a_part_the_model_cannot_take_fails_its_run_only() -> None:
+    """A run whose new message holds a part the model refuses ends with the model error, and the message is
+    not kept in the history: the session's later runs send nothing of it and succeed."""
+    answers = ScriptedModel(["plain", "still"])
+    agent = Agent(name="a", model=NoDocumentURLs(answers))
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run(["read", DocumentPart(url="https://example.com/a.pdf")]) as stream:
+            events = [event async for event in stream]
+        (error,) = [event for event in events if isinstance(event, ErrorEvent)]
+        assert error.kind == "model"
+        assert "cannot send a document by URL" in error.message
+        assert events[-1] == RunFinished("error", error.message)
+        assert session.history == ()
+        assert (await session.ask("hello")).output == "plain"
+        assert (await session.ask("again")).output == "still"
+    assert [message.text for message in answers.requests[1].messages] == ["hello", "plain", "again"]
+
+
+async def test_a_first_request_failing_otherwise_keeps_the_users_message() -> None:
+    """A run whose first model request fails for another reason (the model's error, a usage limit before
+    it) keeps the user's message in the history, as before."""
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=ChunkModel([ErrorChunk("server_error", "overloaded")]))) as s,
+    ):
+        with pytest.raises(RunFailedError, match="overloaded"):
+            await s.ask("hi")
+        assert s.history == (UserMessage("hi"),)
+    limited = Agent(name="a", model=ScriptedModel(["ok"]), session_usage_limits=UsageLimits(requests=1))
+    async with open_runtime() as runtime, runtime.open_session(limited) as s:
+        await s.ask("one")
+        with pytest.raises(RunFailedError, match="requests limit"):
+            await s.ask("two")
+        assert s.history == (UserMessage("one"), AssistantMessage("ok"), UserMessage("two"))

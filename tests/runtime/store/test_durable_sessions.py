@@ -21,6 +21,7 @@ import trio.testing
 from agents import (
     Agent,
     AssistantMessage,
+    DocumentPart,
     ModelChunk,
     ModelRequest,
     ReasoningBlock,
@@ -31,6 +32,7 @@ from agents import (
     ToolCallChunk,
     ToolContext,
     ToolResultMessage,
+    UnsupportedContentError,
     UserMessage,
     tool,
 )
@@ -1113,3 +1115,54 @@ async def test_a_closed_session_waited_for_until_released_opens_at_once_in_anoth
     async with open_runtime() as runtime, runtime.open_session(make_agent()) as in_memory:
         pass
     await in_memory.wait_released()  # a session in memory has nothing to let go
+
+
+class CommitsKnown(SQLiteStore):
+    """A SQLite store that tells when its next commit is done."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.committed = trio.Event()
+
+    async def commit(self, checkpoints: Any) -> None:
+        await super().commit(checkpoints)
+        self.committed.set()
+        self.committed = trio.Event()
+
+
+class NoDocumentURLs:
+    """A provider that takes no document by URL: it refuses one, sending nothing, after the store's next
+    commit (the run's RunStarted goes with it); it answers other requests as ``answer`` does."""
+
+    def __init__(self, store: CommitsKnown) -> None:
+        self.store = store
+        self.answers = ScriptedModel(itertools.repeat(answer))
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        last = request.messages[-1]
+        if isinstance(last, UserMessage) and not isinstance(last.content, str):
+            for part in last.content:
+                if isinstance(part, DocumentPart) and part.url is not None:
+                    await self.store.committed.wait()
+                    raise UnsupportedContentError(part, provider="test", reason="no document by URL")
+        async with self.answers.stream(request) as chunks:
+            yield chunks
+
+
+async def test_a_message_with_a_part_the_model_cannot_take_is_not_stored(tmp_path: Path) -> None:
+    """A run failing on a part of its message the model refuses leaves that message out of the history the
+    store holds too (though the store committed while the model was asked): the session goes on."""
+    path = tmp_path / "s.db"
+    store = CommitsKnown(path)
+    agent = Agent(name="durable", model=NoDocumentURLs(store))
+    async with open_runtime(store=store) as runtime, runtime.open_session(agent, session_id="n") as session:
+        with pytest.raises(RunFailedError, match="cannot send a document by URL"):
+            await session.ask(["read", DocumentPart(url="https://example.com/a.pdf")])
+        assert session.history == ()
+        assert (await session.ask("hello")).output == "echo: hello"
+    async with in_session(path, make_agent(), session_id="n") as session:
+        assert [message.text for message in session.history] == ["hello", "echo: hello"]
+        assert session.run_count == 2
+        assert (await session.ask("again")).output == "echo: again"
+    assert stored_events(path, "n-r1")[-1]["reason"] == "error"
