@@ -886,7 +886,9 @@ class AgentRun:
         node: AgentRun | UsageTally | None = self
         while node is not None:
             node.tool_calls += len(calls)
-            node = node._up
+            # A resumption's calls are in the session's total already: the interrupted run counted them,
+            # and that total was stored with their questions. This run counts them in its own.
+            node = None if resuming is not None else node._up
         try:
             if self._journal is not None:
                 # The second durability point: the turn that asks for tools is written before any runs,

@@ -33,6 +33,7 @@ from agents import (
     ToolContext,
     ToolResultMessage,
     UnsupportedContentError,
+    UsageLimits,
     UserMessage,
     tool,
 )
@@ -1166,3 +1167,44 @@ async def test_a_message_with_a_part_the_model_cannot_take_is_not_stored(tmp_pat
         assert session.run_count == 2
         assert (await session.ask("again")).output == "echo: again"
     assert stored_events(path, "n-r1")[-1]["reason"] == "error"
+
+
+async def test_a_call_resumed_after_crashes_counts_once_in_the_session_usage(tmp_path: Path) -> None:
+    """A call resumed after two crashes (the first resumption dies as it asks again) counts once in
+    session.usage: the totals, and the outcome under a session limit of one tool call, are those of a
+    run never interrupted."""
+
+    def limited() -> Agent:
+        return Agent(
+            name="durable",
+            model=ScriptedModel(itertools.repeat(answer)),
+            tools=[pay],
+            session_usage_limits=UsageLimits(tool_calls=1),
+        )
+
+    async with in_session(tmp_path / "u.db", limited(), session_id="u") as session:
+        async with session.run("pay 5") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    await stream.respond(event.id, "accept")
+        assert stream.result.reason == "completed"
+        uninterrupted = session.usage
+    path, first, second = tmp_path / "s.db", tmp_path / "first.db", tmp_path / "second.db"
+    async with in_session(path, limited(), session_id="v") as session, session.run("pay 5") as stream:
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                crash_image(path, first)
+                break
+    async with in_session(first, limited(), session_id="v") as session, session.resume() as stream:
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                crash_image(first, second)
+                asked = event
+                break
+    async with in_session(second, limited(), session_id="v") as session:
+        assert session.usage.tool_calls == 1
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        assert session.usage == uninterrupted
+    assert paid == [5, 5]
