@@ -1159,6 +1159,8 @@ class _ResumedQuestions:
     async def elicit(
         self, message: str, *, schema: type[Any] | Mapping[str, Any] | None, timeout: float | None, agent: str
     ) -> ElicitationResult:
+        if timeout is not None and not timeout >= 0:  # as the bridge checks it, before an answer is given
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         json_schema, _ = compile_schema(schema)
         for at, question in enumerate(self._questions):
             if question.matches(message, json_schema, agent):

@@ -1208,3 +1208,37 @@ async def test_a_call_resumed_after_crashes_counts_once_in_the_session_usage(tmp
         assert events[-1] == RunFinished("completed")
         assert session.usage == uninterrupted
     assert paid == [5, 5]
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+async def test_a_resumed_question_asked_with_a_bad_timeout_is_a_value_error(tmp_path: Path, timeout: float) -> None:
+    """A resumed call asking its question again with a negative or NaN timeout (a deadline that passed while
+    the process was down) gets ValueError, as a live question does, not the answer given to resume."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    timeouts: list[float | None] = [None]
+
+    @tool
+    async def confirm(ctx: ToolContext[None]) -> str:
+        """Confirm."""
+        answered = await ctx.elicit("Sure?", timeout=timeouts[0])
+        return f"answered {answered.action}"
+
+    def model(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        return ToolCall("confirm", {}) if isinstance(last, UserMessage) else f"done: {last.text}"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[confirm])
+    async with in_session(path, agent, session_id="t") as session, session.run("go") as stream:
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                crash_image(path, image)
+                asked = event
+                break
+    timeouts[0] = timeout
+    async with in_session(image, agent, session_id="t") as session:
+        async with session.resume({asked.id: ("accept", None)}) as stream:
+            events = [event async for event in stream]
+        assert events[-1] == RunFinished("completed")
+        (call,) = stream.result.tool_calls
+        assert call.error is not None
+        assert call.error.startswith("ValueError: timeout must be None or a number of seconds >= 0")
