@@ -12,7 +12,7 @@ import importlib
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -24,7 +24,7 @@ from ._requests import check_bind, check_token
 from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_QUEUED_RUNS, DEFAULT_MAX_SESSIONS, open_server
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from runtime import SessionStore
 
@@ -43,6 +43,29 @@ def store_from_url(url: str) -> SessionStore:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     raise ValueError("a store is sqlite:PATH or postgresql://user@host/dbname")
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def number(convert: Callable[[str], _Number], what: str, ok: Callable[[_Number], bool]) -> Callable[[str], _Number]:
+    """An argparse ``type``: ``convert``, refusing (exit 2, saying it must be ``what``) a value not ``ok``."""
+
+    def parse(text: str) -> _Number:
+        value = convert(text)  # a ValueError is argparse's "invalid int value"
+        if not ok(value):  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+PORT = number(int, "a port, 0 to 65535", lambda port: 0 <= port <= 65535)
+POSITIVE_INT = number(int, "above zero", lambda value: value > 0)
+POSITIVE_FLOAT = number(float, "above zero", lambda value: value > 0)
+NATURAL_INT = number(int, "0 or more", lambda value: value >= 0)
+NATURAL_FLOAT = number(float, "0 or more", lambda value: value >= 0)
 
 
 def load_agent(spec: str) -> Agent:
@@ -102,25 +125,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser = commands.add_parser("serve", help="serve an agent over HTTP, SSE and WebSocket")
     serve_parser.add_argument("--agent", required=True, help="module:attr of an agents.Agent")
     serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8000, help="0: any free port")
+    serve_parser.add_argument("--port", type=PORT, default=8000, help="0: any free port")
     serve_parser.add_argument(
         "--token", default=os.environ.get("TRIO_AGENTS_TOKEN"), help="require this bearer token (env TRIO_AGENTS_TOKEN)"
     )
     serve_parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=NATURAL_FLOAT,
         default=DEFAULT_IDLE_TIMEOUT,
         help=f"close sessions idle this long, in seconds (default {DEFAULT_IDLE_TIMEOUT:g}; 0: never)",
     )
     serve_parser.add_argument(
         "--max-sessions",
-        type=int,
+        type=NATURAL_INT,
         default=DEFAULT_MAX_SESSIONS,
         help=f"the most sessions open at once (default {DEFAULT_MAX_SESSIONS}; 0: no limit)",
     )
     serve_parser.add_argument(
         "--max-queued-runs",
-        type=int,
+        type=NATURAL_INT,
         default=DEFAULT_MAX_QUEUED_RUNS,
         help=f"the most runs of a session waiting for their turn (default {DEFAULT_MAX_QUEUED_RUNS}; 0: no limit)",
     )
@@ -139,12 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a host name the server answers to, any port; repeatable (default: the loopback names on loopback)",
     )
     serve_parser.add_argument(
-        "--write-timeout", type=float, default=10.0, help="drop a client that takes longer to take one send (s)"
+        "--write-timeout",
+        type=POSITIVE_FLOAT,
+        default=10.0,
+        help="drop a client that takes longer to take one send (s)",
     )
     serve_parser.add_argument(
-        "--body-timeout", type=float, default=10.0, help="answer 408 to a body that takes longer to arrive (s)"
+        "--body-timeout", type=POSITIVE_FLOAT, default=10.0, help="answer 408 to a body that takes longer to arrive (s)"
     )
-    serve_parser.add_argument("--backlog", type=int, default=1024, help="the listen backlog (default: 1024)")
+    serve_parser.add_argument("--backlog", type=POSITIVE_INT, default=1024, help="the listen backlog (default: 1024)")
     serve_parser.add_argument(
         "--store",
         default=None,
@@ -213,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except StoreError as exc:
         print(f"error: the store {args.store}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:  # the port is taken, the host is not ours: a line, not a traceback
+        print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("stopped", flush=True)

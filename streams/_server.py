@@ -1124,9 +1124,9 @@ async def open_server(
             <token>``, or (HTTP only) the cookie of a sign-in at ``POST /inspect/login``.
         runtime: Serve sessions of this runtime (default: a runtime of its own).
         idle_timeout: Close a served session after this many seconds idle: no run,
-            and no feed, ``updates`` or ``workspace`` connection open; ``None``:
+            and no feed, ``updates`` or ``workspace`` connection open (above zero); ``None``:
             never. 15 minutes by default.
-        max_sessions: The most served sessions open at once; past it, ``POST
+        max_sessions: The most served sessions open at once (above zero); past it, ``POST
             /sessions`` is 503 ``too_many_sessions`` (``None``: no limit).
         max_queued_runs: The most runs of one session that may wait for their turn
             behind its running run (runs of a session go one at a time); past it,
@@ -1168,10 +1168,19 @@ async def open_server(
     Raises:
         UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
             ``allow_unauthenticated_remote`` is false.
-        ValueError: ``write_timeout``, ``body_timeout`` or ``backlog`` is not above zero, or ``token`` is
-            empty or holds spaces.
+        ValueError: ``write_timeout``, ``body_timeout``, ``backlog``, ``idle_timeout`` or
+            ``max_sessions`` is not above zero (NaN included), ``max_queued_runs`` is below zero, or
+            ``token`` is empty or holds spaces.
     """
-    check_positive(write_timeout=write_timeout, body_timeout=body_timeout, backlog=backlog)
+    limits = {"idle_timeout": idle_timeout, "max_sessions": max_sessions}  # None: none
+    check_positive(
+        write_timeout=write_timeout,
+        body_timeout=body_timeout,
+        backlog=backlog,
+        **{name: value for name, value in limits.items() if value is not None},
+    )
+    if max_queued_runs is not None and not max_queued_runs >= 0:
+        raise ValueError(f"max_queued_runs must be 0 or more, not {max_queued_runs!r}")
     check_token(token, "the token")
     check_bind(
         host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"

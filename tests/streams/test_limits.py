@@ -144,6 +144,41 @@ def test_the_defaults_are_caps_and_an_idle_timeout() -> None:
     assert defaults["idle_timeout"] == DEFAULT_IDLE_TIMEOUT == 900.0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"idle_timeout": -5},
+        {"idle_timeout": 0},
+        {"idle_timeout": float("nan")},
+        {"max_sessions": -3},
+        {"max_sessions": 0},
+        {"max_queued_runs": -3},
+    ],
+    ids=str,
+)
+async def test_a_limit_that_makes_no_sense_is_refused_before_anything_listens(
+    make_agent: MakeAgent, options: dict[str, Any]
+) -> None:
+    """A negative (or zero, or NaN) idle timeout reaped every session at once or never, a negative cap
+    refused every session or run: each is a ``ValueError`` naming the option, before the server starts."""
+    (name,) = options
+    with pytest.raises(ValueError, match=name):
+        async with open_server(make_agent(), **options):
+            pytest.fail("the server started")
+
+
+async def test_none_infinity_and_no_waiting_runs_are_valid_limits(make_agent: MakeAgent) -> None:
+    """``None`` (no limit, never), an infinite idle timeout and ``max_queued_runs=0`` (none may wait) still
+    serve a session."""
+    with trio.fail_after(TIMEOUT):
+        for options in (
+            {"idle_timeout": None, "max_sessions": None, "max_queued_runs": None},
+            {"idle_timeout": float("inf"), "max_sessions": 1, "max_queued_runs": 0},
+        ):
+            async with open_server(make_agent(), **options) as server:
+                assert (await server.open_session("s1")).id == "s1"
+
+
 # -- the runs waiting in a session -----------------------------------------------------------
 
 
