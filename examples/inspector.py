@@ -28,7 +28,7 @@ import httpx
 import trio
 
 from agents import TRANSFER_TOOL, Agent, ScriptedModel, ToolCall, ToolContext, ToolResultMessage, UserMessage, tool
-from streams import open_server
+from streams import UnsafeBindError, open_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Sequence
@@ -150,11 +150,37 @@ async def keep_busy(client: httpx.AsyncClient, session: str, prompts: Sequence[s
         await trio.sleep(pause)
 
 
-async def serve(host: str, port: int, token: str | None, sessions: int) -> None:
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {port}")
+    return port
+
+
+def bearer_token(text: str) -> str:
+    """An argparse ``type``: a token a client can send (``open_server`` refuses any other)."""
+    if not text or any(char.isspace() or not char.isprintable() for char in text):
+        raise argparse.ArgumentTypeError("must not be empty nor hold spaces or control characters")
+    return text
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The error inside ``except*``'s group (there is one: ``open_server`` raises its errors singly)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def serve(
+    host: str, port: int, token: str | None, sessions: int, allow_unauthenticated_remote: bool = False
+) -> None:
     """Serve :data:`agent` and keep ``sessions`` sessions busy until Ctrl-C (SIGINT) or SIGTERM."""
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(agent, host=host, port=port, token=token) as server:
+        async with open_server(
+            agent, host=host, port=port, token=token, allow_unauthenticated_remote=allow_unauthenticated_remote
+        ) as server:
             print(f"serving on {server.url}", flush=True)
             print(f"inspector: {server.url}/inspect", flush=True)
             if token is not None:
@@ -181,16 +207,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     parser = argparse.ArgumentParser(description="Serve a busy agent to watch in the live inspector (/inspect).")
     parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8766, help="the port (default 8766; 0: any free port)")
-    parser.add_argument("--token", default=None, help="require this bearer token (the page signs in with it)")
+    parser.add_argument("--port", type=port_number, default=8766, help="the port (default 8766; 0: any free port)")
+    parser.add_argument(
+        "--token", type=bearer_token, default=None, help="require this bearer token (the page signs in with it)"
+    )
     parser.add_argument("--sessions", type=int, default=4, help="busy sessions, 3 at least (default 4)")
+    parser.add_argument(
+        "--allow-unauthenticated-remote",
+        action="store_true",
+        help="serve on a non-loopback --host with no --token (anyone who reaches it drives the agent)",
+    )
     options = parser.parse_args(argv)
+    status = 0
     try:
-        trio.run(serve, options.host, options.port, options.token, options.sessions)
+        trio.run(
+            serve, options.host, options.port, options.token, options.sessions, options.allow_unauthenticated_remote
+        )
     except* KeyboardInterrupt:  # Ctrl-C before the signal receiver was installed
         pass
-    print("stopped.", flush=True)
-    return 0
+    except* UnsafeBindError as group:  # a --host beyond loopback with no --token
+        print(f"error: {first_error(group)}", file=sys.stderr)
+        status = 2
+    except* OSError as group:  # the port is taken, or the host is not ours
+        print(f"error: cannot serve on {options.host}:{options.port}: {first_error(group)}", file=sys.stderr)
+        status = 1
+    if status == 0:
+        print("stopped.", flush=True)
+    return status
 
 
 if __name__ == "__main__":

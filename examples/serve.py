@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from agents import Agent, ScriptedModel, ToolCall, ToolResultMessage, UserMessage
-from streams import WORKSPACE_TOOLS, open_server
+from streams import WORKSPACE_TOOLS, UnsafeBindError, open_server
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,7 +95,29 @@ def announce(server: Server, message: str) -> None:
         served.notify(message)
 
 
-async def serve(host: str, port: int, token: str | None) -> None:
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {port}")
+    return port
+
+
+def bearer_token(text: str) -> str:
+    """An argparse ``type``: a token a client can send (``open_server`` refuses any other)."""
+    if not text or any(char.isspace() or not char.isprintable() for char in text):
+        raise argparse.ArgumentTypeError("must not be empty nor hold spaces or control characters")
+    return text
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The error inside ``except*``'s group (there is one: ``open_server`` raises its errors singly)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def serve(host: str, port: int, token: str | None, allow_unauthenticated_remote: bool = False) -> None:
     """Serve :data:`agent` until Ctrl-C (SIGINT) or SIGTERM, printing where once listening.
 
     The signals are received as messages, not as a ``KeyboardInterrupt``
@@ -104,7 +126,9 @@ async def serve(host: str, port: int, token: str | None) -> None:
     session's feed is told so first (:func:`announce`).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_server(agent, host=host, port=port, token=token) as server:
+        async with open_server(
+            agent, host=host, port=port, token=token, allow_unauthenticated_remote=allow_unauthenticated_remote
+        ) as server:
             print(f"serving on {server.url}", flush=True)
             print(f"try:\n  {curl_example(server.url, token)}", flush=True)
             token_option = f" --token {shlex.quote(token)}" if token is not None else ""
@@ -119,19 +143,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     parser = argparse.ArgumentParser(description="Serve a note-taking agent over HTTP, SSE and WebSocket.")
     parser.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any free port)")
-    parser.add_argument("--token", default=None, help="require this bearer token (except on /health)")
+    parser.add_argument("--port", type=port_number, default=8765, help="the port (default 8765; 0: any free port)")
+    parser.add_argument(
+        "--token", type=bearer_token, default=None, help="require this bearer token (except on /health)"
+    )
+    parser.add_argument(
+        "--allow-unauthenticated-remote",
+        action="store_true",
+        help="serve on a non-loopback --host with no --token (anyone who reaches it drives the agent)",
+    )
     options = parser.parse_args(argv)
     status = 0
     try:
-        trio.run(serve, options.host, options.port, options.token)
+        trio.run(serve, options.host, options.port, options.token, options.allow_unauthenticated_remote)
     except* KeyboardInterrupt:  # Ctrl-C before the signal receiver was installed
         pass
+    except* UnsafeBindError as group:  # a --host beyond loopback with no --token
+        print(f"error: {first_error(group)}", file=sys.stderr)
+        status = 2
     except* OSError as group:  # the port is taken, or the host is not ours
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
-        print(f"error: cannot serve on {options.host}:{options.port}: {error}", file=sys.stderr)
+        print(f"error: cannot serve on {options.host}:{options.port}: {first_error(group)}", file=sys.stderr)
         status = 1
     if status == 0:
         print("stopped. Goodbye.", flush=True)

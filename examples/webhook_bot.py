@@ -93,26 +93,41 @@ async def selftest(port: int, secret: str) -> int:
     return 0 if ok else 1
 
 
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535."""
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {port}")
+    return port
+
+
 async def main(argv: list[str] | None = None) -> int:
     """Serve the bot until Ctrl+C (or, with --selftest, until the self-test is done); returns the exit status."""
     parser = argparse.ArgumentParser(description="An agent answering chat messages POSTed to a webhook.")
-    parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--port", type=port_number, default=8080, help="port on 127.0.0.1 (0: any free port)")
     parser.add_argument("--secret", default="s3cret", help="bearer token clients must send")
     parser.add_argument("--selftest", action="store_true", help="send a few requests to itself, then exit")
     options = parser.parse_args(argv or [])
-    channel = WebhookChannel(port=options.port, secret=options.secret)
-    async with open_runtime() as runtime, open_gateway(runtime, make_agent(), [channel]) as gateway:
-        await gateway.wait_ready(channel.name)
-        print(f"Listening on http://127.0.0.1:{channel.port}/messages — try:\n")
-        print(
-            f"  curl -s -X POST http://127.0.0.1:{channel.port}/messages "
-            f"-H 'Authorization: Bearer {options.secret}' -H 'Content-Type: application/json' "
-            """-d '{"chat_id": "me", "text": "hello", "wait_for_response": true}'\n""",
-            flush=True,
-        )
-        if options.selftest:
-            return await selftest(channel.port, options.secret)
-        await trio.sleep_forever()
+    try:
+        channel = WebhookChannel(port=options.port, secret=options.secret)
+    except ValueError as exc:  # a --secret no client could send
+        parser.error(f"--secret: {exc}")
+    try:
+        async with open_runtime() as runtime, open_gateway(runtime, make_agent(), [channel]) as gateway:
+            await gateway.wait_ready(channel.name)
+            print(f"Listening on http://127.0.0.1:{channel.port}/messages — try:\n")
+            print(
+                f"  curl -s -X POST http://127.0.0.1:{channel.port}/messages "
+                f"-H 'Authorization: Bearer {options.secret}' -H 'Content-Type: application/json' "
+                """-d '{"chat_id": "me", "text": "hello", "wait_for_response": true}'\n""",
+                flush=True,
+            )
+            if options.selftest:
+                return await selftest(channel.port, options.secret)
+            await trio.sleep_forever()
+    except OSError as exc:  # the port is taken
+        print(f"error: cannot listen on 127.0.0.1:{options.port}: {exc}", file=sys.stderr)
+        return 1
     return 0  # pragma: no cover  (sleep_forever only ends by cancellation)
 
 

@@ -1,8 +1,10 @@
-"""Every example that runs an agent exits non-zero when its run ends in error, saying why."""
+"""Every example that runs an agent exits non-zero when its run ends in error, saying why; given a bad flag
+or a port it cannot have, it says so in a line, not a traceback."""
 
 from __future__ import annotations
 
 import itertools
+import socket
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,12 +14,15 @@ from agents import Agent, ScriptedModel, ServerError, ToolCall, tool
 from streams import open_server
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable
     from pathlib import Path
     from types import ModuleType
 
     from agents import ModelRequest
     from agents.models import Turn
+
+    RunExample = Callable[..., subprocess.CompletedProcess[str]]
 
 OVERLOADED = "provider: HTTP 503: overloaded"
 
@@ -106,3 +111,49 @@ async def test_the_remote_client_exits_1_when_the_remote_run_ends_in_error(
     assert status == 1, captured
     assert OVERLOADED in captured.out
     assert "error: the run ended with error" in captured.err
+
+
+def assert_one_line_error(completed: subprocess.CompletedProcess[str], status: int, says: str) -> None:
+    """The script exited with ``status``, its error saying ``says``, and no traceback."""
+    assert completed.returncode == status, completed.stderr
+    assert says in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("example", "argv", "says"),
+    [
+        (example, argv, says)
+        for example in ("serve", "inspector")
+        for argv, says in [
+            (["--token", ""], "argument --token: must not be empty"),
+            (["--token", "a b"], "argument --token: must not be empty nor hold spaces"),
+            (["--port", "70000"], "argument --port: must be 0 to 65535, not 70000"),
+            (["--host", "0.0.0.0"], "or pass allow_unauthenticated_remote=True (--allow-unauthenticated-remote)"),
+        ]
+    ]
+    + [
+        ("webhook_bot", ["--secret", ""], "error: --secret: the secret is empty"),
+        ("webhook_bot", ["--secret", "a b"], "error: --secret: the secret holds spaces"),
+        ("webhook_bot", ["--port", "70000"], "argument --port: must be 0 to 65535, not 70000"),
+    ],
+)
+def test_a_served_example_refuses_a_bad_flag_in_a_line_with_exit_2(
+    run_example: RunExample, example: str, argv: list[str], says: str
+) -> None:
+    """An empty or spaced token, a port past 65535, or a non-loopback host with no token ended in a
+    ValueError, OverflowError or UnsafeBindError traceback: now an ``error:`` line and exit 2."""
+    assert_one_line_error(run_example(example, *argv), 2, says)
+
+
+@pytest.mark.parametrize("example", ["serve", "inspector", "webhook_bot"])
+def test_a_served_example_on_a_port_in_use_says_so_in_a_line_with_exit_1(run_example: RunExample, example: str) -> None:
+    """A port another socket listens on ended the inspector and the webhook bot in an OSError traceback:
+    now, as for serve.py, an ``error:`` line naming the port, and exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = run_example(example, "--port", str(port))
+    assert_one_line_error(completed, 1, "error: cannot ")
+    assert f"127.0.0.1:{port}: " in completed.stderr.splitlines()[0]

@@ -200,3 +200,19 @@ async def test_the_inspect_example_keeps_sessions_busy_for_the_inspector_and_sto
                 status = await server.interrupt()
             assert status == 0, server.describe()
             assert "Traceback" not in server.stderr, server.describe()
+
+
+async def test_the_served_examples_serve_beyond_loopback_with_no_token_when_told() -> None:
+    """Their refusal of ``--host 0.0.0.0`` with no token tells to pass ``--allow-unauthenticated-remote``:
+    each example has that flag, and with it serves (``/health`` answers), then exits 0 on SIGINT."""
+    with trio.fail_after(30):
+        for example in (SERVE, INSPECT):
+            args = ("--host", "0.0.0.0", "--allow-unauthenticated-remote", "--port", "0")
+            async with running(example, *args) as server:
+                port = (await serving_url(server)).rpartition(":")[2]
+                async with httpx.AsyncClient(timeout=10) as client:
+                    health = await client.get(f"http://127.0.0.1:{port}/health")
+                assert health.json() == {"ok": True}
+                status = await server.interrupt()
+            assert status == 0, server.describe()
+            assert "Traceback" not in server.stderr, server.describe()
