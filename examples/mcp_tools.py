@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall, resolve_model
+from agents import Agent, AgentDefinitionError, ScriptedModel, ToolCall, resolve_model
 from agents.mcp import MCPServerStdio
 from runtime import open_runtime
 from runtime.events import ErrorEvent, RunFinished, TextDelta, ToolCallFinished, ToolCallStarted, ToolProgress
@@ -82,9 +82,13 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="scripted", help="scripted (default), openai:<model>, ...")
     parser.add_argument("--npx", action="store_true", help="run the server with npx -y (downloads it)")
     options = parser.parse_args(argv or [])
+    try:
+        agent = make_agent(options.model, npx=options.npx)
+    except AgentDefinitionError as exc:
+        parser.error(str(exc))  # exits with status 2
     request = "Greet me through the echo tool, add 2 and 3, run the long operation, and fetch the tiny image."
     print(f"> {request}\n")
-    async with open_runtime() as runtime, runtime.open_session(make_agent(options.model, npx=options.npx)) as session:
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
         names: dict[str, str] = {}  # call id -> tool name, for the progress lines
         async with session.run(request) as stream:
             async for event in stream:

@@ -75,3 +75,16 @@ def test_mcp_tools_example_runs_as_a_script(node: str) -> None:
     assert completed.returncode == 0, completed.stderr
     for line in EXPECTED:
         assert line in completed.stdout.splitlines()
+
+
+def test_mcp_tools_example_refuses_an_unknown_model_with_usage(
+    run_example: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    """``--model bad`` ended in an AgentDefinitionError traceback (exit 1): now, as in the quickstart, the
+    usage and the reason, exit 2, before any server starts (no node needed)."""
+    completed = run_example("mcp_tools", "--model", "bad")
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith("usage: mcp_tools.py")
+    assert "mcp_tools.py: error: unknown model 'bad'" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
