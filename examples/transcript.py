@@ -10,6 +10,7 @@ when a run ends in error.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -51,9 +52,17 @@ def make_agent() -> Agent:
 
 async def main(argv: list[str] | None = None) -> int:
     """Run two questions with a transcript handler attached; returns the exit status."""
-    path = Path((argv or [])[0] if argv else "transcript.jsonl")
+    parser = argparse.ArgumentParser(description="Write every event of a session to a JSONL transcript.")
+    parser.add_argument(
+        "path", nargs="?", type=Path, default=Path("transcript.jsonl"), help="the transcript (default transcript.jsonl)"
+    )
+    path: Path = parser.parse_args(argv or []).path
     agent = make_agent()
-    async with await trio.open_file(path, "w") as out:
+    try:
+        out = await trio.open_file(path, "w")
+    except OSError as exc:
+        parser.error(f"cannot write the transcript: {exc}")  # exits with status 2
+    async with out:
 
         async def write(event: Event) -> None:
             await out.write(to_json(event) + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import socket
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,9 +14,9 @@ import trio
 
 from agents import Agent, ScriptedModel, ServerError, ToolCall, tool
 from streams import open_server
+from tests.processes import ROOT
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Callable
     from pathlib import Path
     from types import ModuleType
@@ -76,6 +78,42 @@ async def test_the_transcript_example_exits_0_and_writes_its_transcript(
     out = capsys.readouterr().out
     assert "Lisbon is in Portugal." in out
     assert path.read_text().count('"type": "RunFinished"') == 2
+
+
+def run_transcript(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python examples/transcript.py *args`` in ``cwd`` (where a transcript path that is not one would land)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "transcript.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        env={"PATH": "", "PYTHONWARNINGS": "error", "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+
+
+def test_the_transcript_example_answers_help_without_running(tmp_path: Path) -> None:
+    """``--help`` ran the agent and wrote a transcript named ``--help``: now it prints the usage, exit 0,
+    and writes nothing."""
+    completed = run_transcript(tmp_path, "--help")
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: transcript.py [-h] [path]")
+    assert "> Where is Lisbon?" not in completed.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_transcript_example_refuses_a_path_it_cannot_write_with_usage(tmp_path: Path) -> None:
+    """A transcript in a missing directory was a FileNotFoundError traceback: now the usage and the reason,
+    exit 2, before any run."""
+    completed = run_transcript(tmp_path, str(tmp_path / "missing" / "t.jsonl"))
+    assert completed.returncode == 2, completed.stderr
+    assert "transcript.py: error: cannot write the transcript: [Errno 2] No such file or directory" in (
+        completed.stderr
+    )
+    assert "Traceback" not in completed.stderr
+    assert completed.stdout == ""
 
 
 async def test_the_webhook_bot_selftest_exits_1_when_its_agent_fails(
