@@ -175,6 +175,7 @@ class ServedSession:
 
     @property
     def id(self) -> str:
+        """The session's id: its key in :attr:`Server.sessions` and its ``/sessions/{id}`` in URLs."""
         return self.session.id
 
     def notify(self, message: str) -> None:
@@ -252,6 +253,10 @@ class ServedSession:
             self._set_state("running", run_id)
 
     def run_ends(self, run_id: str) -> None:
+        """A run begun with :meth:`run_begins` is over: call it once the run's block has been left and its
+        ``RunFinished`` recorded (one that ended early: ``RunFinished("cancelled")``). It is no longer
+        live; the feed names the next run waiting its turn, or says the session is idle, or, the session
+        having closed meanwhile, its streams end now."""
         del self.live[run_id]
         self._forget_finished()  # runs that waited behind others, kept meanwhile, go once finished
         if self.live:

@@ -8,6 +8,7 @@ never on sleeps.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
 from trio_websocket import open_websocket_url
 
+import streams
 from agents import Agent, ElicitationResult, ToolCall, ToolContext, tool
 from runtime import ClosedSessionError, SQLiteStore, open_runtime
 from runtime.events import (
@@ -1157,3 +1159,18 @@ async def test_an_error_raised_in_the_open_server_block_arrives_as_itself(
                 async with open_server(make_agent(), runtime=None if own_runtime else runtime):
                     raise ValueError("the block's own")
     assert type(raised.value) is ValueError
+
+
+def test_every_public_method_and_property_of_an_exported_class_has_a_docstring() -> None:
+    """``ServedSession.id`` and ``ServedSession.run_ends`` had none: every public method and property of the
+    classes ``streams`` exports (a served session's, the server's, the clients') says what it is."""
+    undocumented = [
+        f"{cls.__name__}.{name}"
+        for cls in vars(streams).values()
+        if inspect.isclass(cls) and cls.__module__.startswith("streams.")
+        for name, member in vars(cls).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(member) or isinstance(member, property))
+        and not (member.__doc__ or "").strip()
+    ]
+    assert undocumented == []
