@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import socket
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -152,6 +153,34 @@ class _KeepAlive:
                 await self._server._initiate_server_close()
 
 
+def _listening_sockets(config: Config) -> list[socket.socket]:
+    """A listening socket for each ``host:port`` of ``config.bind``, as Hypercorn makes them (no delay,
+    address reuse, non-blocking, ``config.backlog``).
+
+    Not Hypercorn's ``create_sockets``: a bind that fails there (the port in use) drops the sockets made
+    so far unclosed, and each warns when collected.
+
+    Raises:
+        OSError: a socket could not be made, bound (the port in use ...) or listen; none is left open.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for bind in config.bind:
+            host, _, port = bind.replace("[", "").replace("]", "").rpartition(":")
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+            sock.setblocking(False)
+            sock.listen(config.backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def serve_app(
     app: ASGIApp,
     config: Config,
@@ -179,8 +208,7 @@ async def serve_app(
     context = WorkerContext(None)
     listeners = []
     binds = []
-    for sock in config.create_sockets().insecure_sockets:
-        sock.listen(config.backlog)
+    for sock in _listening_sockets(config):
         listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
         binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
     open_connections: set[trio.SocketStream] = set()

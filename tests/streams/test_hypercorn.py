@@ -17,6 +17,7 @@ import struct
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
+import pytest
 import trio
 import wsproto
 from hypercorn.config import Config
@@ -197,6 +198,34 @@ def _burst(port: int, count: int) -> int:
 
 
 BURST: Final = 400
+
+
+async def test_a_port_in_use_is_an_os_error_and_leaves_no_socket_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind that fails (the port in use) raises OSError from serve_app, and every socket made for the other
+    binds is closed: Hypercorn's own create_sockets dropped them open, each a ResourceWarning when collected."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = Config()
+        config.bind = ["127.0.0.1:0", f"127.0.0.1:{port}"]  # the first binds, the second cannot
+        config.accesslog = None
+        made: list[socket.socket] = []
+        real_socket = socket.socket
+
+        def recording(*args: Any, **kwargs: Any) -> socket.socket:
+            sock = real_socket(*args, **kwargs)
+            made.append(sock)
+            return sock
+
+        monkeypatch.setattr(socket, "socket", recording)  # the sockets serve_app makes, to see they are closed
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                with pytest.raises(OSError, match="in use"):
+                    await nursery.start(serve_app, _app(trio.Event()), config, trio.Event())
+        monkeypatch.undo()
+    assert len(made) == 2
+    assert [sock.fileno() for sock in made] == [-1, -1]  # closed
 
 
 async def test_a_burst_of_connections_is_all_accepted(serving: Serving, make_agent: MakeAgent) -> None:
