@@ -1173,19 +1173,24 @@ async def open_server(
     Raises:
         UnsafeBindError: ``host`` is not loopback, there is no ``token``, and
             ``allow_unauthenticated_remote`` is false.
-        ValueError: ``write_timeout``, ``body_timeout``, ``backlog``, ``idle_timeout`` or
-            ``max_sessions`` is not above zero (NaN included), ``max_queued_runs`` is below zero, or
-            ``token`` is empty or holds spaces.
+        ValueError: ``write_timeout``, ``body_timeout``, ``backlog``, ``heartbeat``, ``subscriber_buffer``,
+            ``max_body``, ``idle_timeout`` or ``max_sessions`` is not above zero (NaN included),
+            ``max_queued_runs`` or ``graceful_timeout`` is below zero, or ``token`` is empty or holds spaces.
     """
     limits = {"idle_timeout": idle_timeout, "max_sessions": max_sessions}  # None: none
     check_positive(
         write_timeout=write_timeout,
         body_timeout=body_timeout,
         backlog=backlog,
+        heartbeat=heartbeat,
+        subscriber_buffer=subscriber_buffer,
+        max_body=max_body,
         **{name: value for name, value in limits.items() if value is not None},
     )
     if max_queued_runs is not None and not max_queued_runs >= 0:
         raise ValueError(f"max_queued_runs must be 0 or more, not {max_queued_runs!r}")
+    if not graceful_timeout >= 0:
+        raise ValueError(f"graceful_timeout must be 0 or more, not {graceful_timeout!r}")
     check_token(token, "the token")
     check_bind(
         host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"

@@ -153,6 +153,11 @@ def test_the_defaults_are_caps_and_an_idle_timeout() -> None:
         {"max_sessions": -3},
         {"max_sessions": 0},
         {"max_queued_runs": -3},
+        {"heartbeat": 0},
+        {"heartbeat": float("nan")},
+        {"subscriber_buffer": 0},
+        {"max_body": -1},
+        {"graceful_timeout": -1},
     ],
     ids=str,
 )
