@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -186,7 +186,8 @@ class Runtime:
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
             StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
-            ValueError: ``session_id`` is empty (``None`` makes one up).
+            ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
+                longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """
         _check_session_id(session_id)
         return _SessionBlock(self, agent, session_id, create)
@@ -220,7 +221,8 @@ class Runtime:
             SessionOwnedError: (with a store) another process has the session open.
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
-            ValueError: ``session_id`` is empty (``None`` makes one up).
+            ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
+                longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """
         _check_session_id(session_id)
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
@@ -436,7 +438,24 @@ async def single_errors() -> AsyncIterator[None]:
             error.__context__ = context
 
 
+MAX_SESSION_ID_BYTES: Final = 1024
+"""The longest session id, in bytes of UTF-8: PostgreSQL indexes a run's rows by the session id and the run id
+(the session id again, with ``-r`` and its number), and refuses an index row of more than 2,704 bytes."""
+
+
 def _check_session_id(session_id: str | None) -> None:
-    """Refuse ``""``: it read as "make one up", so a durable session given it was a new one each time."""
-    if session_id is not None and not session_id:
+    """Refuse an id that is empty (it read as "make one up": a durable session given it was a new one each
+    time), or one that not every store can hold: one with NUL, a lone surrogate, or more than
+    :data:`MAX_SESSION_ID_BYTES` bytes; the same ids for every store, and for none."""
+    if session_id is None:
+        return
+    if not session_id:
         raise ValueError("session_id is empty: give an id, or None to make one up")
+    try:
+        size = len(session_id.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"session_id {session_id!r:.80} holds a lone surrogate: it must be UTF-8 text") from None
+    if "\x00" in session_id:
+        raise ValueError(f"session_id {session_id!r:.80} holds NUL, which no session id may")
+    if size > MAX_SESSION_ID_BYTES:
+        raise ValueError(f"session_id is {size} bytes of UTF-8; at most {MAX_SESSION_ID_BYTES} are allowed")

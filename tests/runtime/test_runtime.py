@@ -233,3 +233,26 @@ async def test_an_empty_session_id_is_a_value_error_not_a_made_up_one(tmp_path: 
             await runtime.start_session(agent, session_id="")
         async with runtime.open_session(agent, session_id=None) as session:
             assert session.id
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "sqlite"])
+@pytest.mark.parametrize(
+    ("session_id", "rule"),
+    [("a\x00b", "NUL"), ("a\ud800b", "lone surrogate"), ("x" * 1025, "1025 bytes"), ("é" * 513, "1026 bytes")],
+    ids=["nul", "surrogate", "long", "long-utf8"],
+)
+async def test_a_session_id_not_every_store_can_hold_is_a_value_error_naming_the_rule(
+    tmp_path: Path, durable: bool, session_id: str, rule: str
+) -> None:
+    """An id with NUL, a lone surrogate, or more than MAX_SESSION_ID_BYTES bytes of UTF-8 is refused by
+    open_session and start_session with a ValueError saying why, with a store or without (PostgreSQL cannot
+    hold them: they failed there, with a StoreUnavailableError, at open or at the first run); 1024 is fine."""
+    agent = Agent(name="a", model=ScriptedModel(["ok"]))
+    store = SQLiteStore(tmp_path / "s.db") if durable else None
+    async with open_runtime(store=store) as runtime:
+        with pytest.raises(ValueError, match=rule):
+            runtime.open_session(agent, session_id=session_id)
+        with pytest.raises(ValueError, match=rule):
+            await runtime.start_session(agent, session_id=session_id)
+        async with runtime.open_session(agent, session_id="é" * 512) as session:
+            assert (await session.ask("hi")).output == "ok"

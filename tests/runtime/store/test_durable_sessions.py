@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import sqlite3
+import string
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -49,6 +51,7 @@ from runtime import (
     open_runtime,
 )
 from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, carrying, dumps, run_input_to_json
+from runtime._runtime import MAX_SESSION_ID_BYTES
 from runtime._store import Checkpoint, PendingRow, RunRow
 from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
@@ -829,6 +832,23 @@ async def test_a_lone_surrogate_in_a_message_is_stored_and_read_back(backend: Ba
         assert (await s.ask(text)).output == f"echo: {text}"
     async with open_runtime(store=backend.store()) as runtime, runtime.open_session(make_agent(), session_id="u") as s:
         assert [message.text for message in s.history] == [text, f"echo: {text}"]
+
+
+async def test_a_session_id_of_the_longest_size_allowed_runs_and_opens_again_on_every_store(backend: Backend) -> None:
+    """An id of MAX_SESSION_ID_BYTES bytes (random letters: PostgreSQL could compress a repeated one) fits
+    every store: its runs' rows are indexed by it twice (PostgreSQL refused 1,400 such bytes at the first run)."""
+    session_id = "".join(random.Random(0).choices(string.ascii_letters, k=MAX_SESSION_ID_BYTES))
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(make_agent(), session_id=session_id) as session:
+            assert (await session.ask("hello")).output == "echo: hello"
+            async with session.run("pay 5") as stream:
+                async for event in stream:
+                    if isinstance(event, ElicitationRequest):
+                        await stream.respond(event.id, "accept")
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(make_agent(), session_id=session_id) as session:
+            assert session.run_count == 2
+            assert session.history[-1].text == "done: paid 5"
 
 
 async def test_a_flush_waits_for_the_commit_already_holding_what_it_recorded() -> None:
