@@ -10,7 +10,7 @@ inside a commit that a run waits for.
 
 Ownership is an OS lock that the kernel drops when the process dies: per
 claimed session, a byte-range lock (``fcntl.lockf``) in the sidecar file
-``PATH-sessions.lock``, at an offset hashed from the session id. POSIX
+``PATH-sessions.lock`` (``PATH`` with symlinks resolved), at an offset hashed from the session id. POSIX
 record locks belong to a process, not to a descriptor, and closing *any*
 descriptor of a file drops every lock the process holds on it: so the
 process opens each sidecar once, shared by every store on it, and keeps the
@@ -275,6 +275,8 @@ class SQLiteStore:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the store's checkpointer does it, off the commits
             self._file = conn.execute("PRAGMA database_list").fetchone()[2]
             self._migrate(conn)
+            # Beside the file SQLite opened, symlinks resolved: every name of one file shares its locks.
+            self._lock_path = os.path.realpath(self._path) + "-sessions.lock"
             return conn, _open_lock_file(self._lock_path)
         except BaseException as exc:
             conn.close()

@@ -12,6 +12,7 @@ import pytest
 from runtime import (
     Checkpoint,
     EventRow,
+    SessionOwnedError,
     SQLiteStore,
     StoreCorruptError,
     StoreUnavailableError,
@@ -114,6 +115,26 @@ async def test_sqlite_closing_one_store_keeps_another_stores_locks(sqlite_backen
             pass
         async with sqlite_backend.child("s1", "other") as child:
             assert child.line == "owned keeper"
+
+
+async def test_sqlite_a_store_opened_through_a_symlink_locks_the_files_real_name(
+    sqlite_backend: Backend, tmp_path: Path
+) -> None:
+    """The session locks are in the sidecar of the file SQLite opens (the symlink resolved): a session claimed
+    through a link to the file is owned for a claim through its real name, in this process or another (each
+    name had a lock file of its own, so both claimed it)."""
+    link = tmp_path / "link.db"
+    link.symlink_to(sqlite_backend.target)
+    keeper = SQLiteStore(link)
+    async with keeper.open("keeper"):
+        await keeper.claim("s1", "agent", create=True)
+        other = SQLiteStore(sqlite_backend.target)
+        async with other.open("other"):
+            with pytest.raises(SessionOwnedError):
+                await other.claim("s1", "agent", create=True)
+        async with sqlite_backend.child("s1", "other") as child:
+            assert child.line == "owned keeper"
+    assert not (tmp_path / "link.db-sessions.lock").exists()
 
 
 def _size(path: str | Path) -> int:
