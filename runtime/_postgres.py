@@ -110,6 +110,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+COLUMNS: Final = {
+    "trio_agents_schema": frozenset({"version"}),
+    "trio_agents_sessions": frozenset({"id", "agent", "owner", "version", "usage", "created_at"}),
+    "trio_agents_messages": frozenset({"session_id", "seq", "message"}),
+    "trio_agents_runs": frozenset({"session_id", "run_id", "seq", "input", "status", "reason", "resumes"}),
+    "trio_agents_events": frozenset({"session_id", "run_id", "seq", "event"}),
+    "trio_agents_pending": frozenset({"pos", "session_id", "elicitation_id", "run_id", "call_id", "request"}),
+}
+"""The tables of schema :data:`SCHEMA_VERSION` and their columns: a database missing one is not a session store."""
+
 _MIGRATION_LOCK: Final = session_hash("trio_agents_schema") - (1 << 63)
 """The advisory lock that makes two processes opening a database at once migrate it one after the other."""
 
@@ -278,6 +288,7 @@ class PostgresStore:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 conn.execute("CREATE TABLE IF NOT EXISTS trio_agents_schema (version integer NOT NULL)")
+                self._check_tables(conn, ["trio_agents_schema"])
                 row = conn.execute("SELECT max(version) FROM trio_agents_schema").fetchone()
                 version = 0 if row is None or row[0] is None else int(row[0])
                 if version > SCHEMA_VERSION:
@@ -291,10 +302,34 @@ class PostgresStore:
                     conn.execute("INSERT INTO trio_agents_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                 elif version < SCHEMA_VERSION:
                     conn.execute("UPDATE trio_agents_schema SET version = %s", (SCHEMA_VERSION,))
-        except psycopg.errors.DuplicateTable as exc:
+                self._check_tables(conn, list(COLUMNS))
+        except (psycopg.errors.DuplicateTable, psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
             raise StoreCorruptError(f"{self.url} has tables named like ours that are not a session store") from exc
         except psycopg.Error as exc:
             raise _unavailable(exc, self.url) from exc
+
+    def _check_tables(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
+        """Raise :class:`StoreCorruptError` if a table is missing, or lacks a column we use.
+
+        Each named as our statements name it (``to_regclass``: through the ``search_path``).
+        """
+        rows = conn.execute(
+            "SELECT t.name, to_regclass(t.name) IS NOT NULL, a.attname FROM unnest(%s::text[]) AS t(name)"
+            " LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 AND NOT a.attisdropped",
+            (tables,),
+        ).fetchall()
+        found: dict[str, set[str]] = {}
+        for table, exists, column in rows:
+            if exists:
+                found.setdefault(table, set()).add(column)
+        for table in tables:
+            if table not in found:
+                raise StoreCorruptError(f"{self.url} does not have the session store's table {table}")
+            missing = COLUMNS[table] - found[table]
+            if missing:
+                raise StoreCorruptError(
+                    f"{self.url} has a table {table} that is not the session store's: no {', '.join(sorted(missing))}"
+                )
 
     def _close_opened(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
         pool.close()

@@ -54,6 +54,31 @@ async def test_postgres_foreign_tables_are_corrupt(pg_backend: Backend) -> None:
             pytest.fail("opened")
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        "DROP TABLE trio_agents_events",
+        "DROP TABLE trio_agents_pending",
+        "ALTER TABLE trio_agents_runs DROP COLUMN resumes",
+        "DROP TABLE trio_agents_schema; CREATE TABLE trio_agents_schema (name text)",
+    ],
+    ids=["no-events", "no-pending", "runs-without-resumes", "foreign-schema-table"],
+)
+async def test_postgres_a_store_missing_a_table_or_column_is_corrupt_at_open(pg_backend: Backend, change: str) -> None:
+    """A session store whose tables are not all there with the columns we use raises StoreCorruptError at
+    open, as SQLite's does (it opened, then every commit failed and was retried until the runtime closed; a
+    schema table of someone else's was a StoreUnavailableError)."""
+    import psycopg
+
+    async with pg_backend.store().open(OWNER):
+        pass
+    with psycopg.connect(pg_backend.target, autocommit=True) as conn:
+        conn.execute(change)
+    with pytest.raises(StoreCorruptError, match="session store"):
+        async with pg_backend.store().open(OWNER):
+            pytest.fail("opened")
+
+
 async def test_postgres_server_restart_unavailable_then_locks_taken_back(pg_backend: Backend) -> None:
     """While the server is down a commit raises StoreUnavailableError; once it is back, the store takes its
     locks again (another process cannot claim) and commits."""
