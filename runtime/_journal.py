@@ -566,7 +566,7 @@ def carried_from_rows(runs: Sequence[RunRow], stored: int) -> list[Content]:
 class Suspended:
     """An interrupted run that was waiting for answers: resuming it calls those tool calls again."""
 
-    __slots__ = ("calls", "questions", "run_id", "then")
+    __slots__ = ("_requests", "calls", "questions", "run_id", "then")
 
     def __init__(
         self,
@@ -575,15 +575,18 @@ class Suspended:
         calls: dict[str, ToolCallChunk],
         then: Sequence[Content] = (),
     ) -> None:
+        """The questions are read here, at recovery: a session holding one that is not an ``ElicitationRequest``
+        fails to open (``ValueError``, ``TypeError``), instead of failing at ``Session.pending`` or resume."""
         self.run_id = run_id
         self.questions = questions
+        self._requests = tuple(request_from_row(row) for row in questions)
         self.calls = calls
         """The tool calls to call again, by call id."""
         self.then = tuple(then)
         """Users' messages of runs that were resuming it: they follow the calls' results."""
 
     def requests(self) -> tuple[ElicitationRequest, ...]:
-        return tuple(request_from_row(row) for row in self.questions)
+        return self._requests
 
     def resumption(self, given: Mapping[str, tuple[str, Any]] | None) -> Resumption:
         """What the resuming run needs: per call id, its questions, each with its answer if ``given`` has one.
@@ -597,8 +600,7 @@ class Suspended:
 
         given = dict(given or {})
         questions: dict[str, list[ResumedQuestion]] = {}
-        for row in self.questions:
-            request = request_from_row(row)
+        for row, request in zip(self.questions, self._requests, strict=True):
             answer = given.pop(row.elicitation_id, None)
             outcome: ElicitationResult | None = None
             if answer is not None:
@@ -651,8 +653,21 @@ class Resumption:
 
 
 def request_from_row(row: PendingRow) -> ElicitationRequest:
+    """A stored question's ``ElicitationRequest``.
+
+    Raises:
+        ValueError, TypeError: it is not one (not JSON, or not the fields an ``ElicitationRequest`` has, of
+            their types, with its row's id).
+    """
     data = json.loads(row.request)
-    return ElicitationRequest(data["id"], data["message"], data.get("schema"), data.get("agent", ""))
+    if not isinstance(data, dict):
+        raise TypeError(f"stored question {row.elicitation_id!r} is not a JSON object: {row.request[:80]!r}")
+    request_id, message, schema, agent = data.get("id"), data.get("message"), data.get("schema"), data.get("agent", "")
+    if request_id != row.elicitation_id:
+        raise ValueError(f"stored question {row.elicitation_id!r} has the id {request_id!r:.80}")
+    if not (isinstance(message, str) and isinstance(agent, str) and (schema is None or isinstance(schema, dict))):
+        raise TypeError(f"stored question {row.elicitation_id!r} is not an ElicitationRequest: {row.request[:80]!r}")
+    return ElicitationRequest(row.elicitation_id, message, schema, agent)
 
 
 def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Suspended | None, int]:

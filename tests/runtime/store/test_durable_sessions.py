@@ -239,6 +239,37 @@ async def test_resume_asks_the_waiting_question_again_with_its_id_and_goes_on(tm
     assert paid == [3]
 
 
+@pytest.mark.parametrize(
+    "request_json",
+    [
+        "[]",
+        '"x"',
+        "{}",
+        '{"type": "ElicitationRequest"}',
+        '{"id": "elicitation-other", "message": "Pay?"}',
+        '{"id": ID, "message": 5}',
+        '{"id": ID, "message": "Pay?", "schema": [1]}',
+    ],
+    ids=["array", "string", "empty", "no-id", "other-id", "message-number", "schema-array"],
+)
+async def test_a_stored_question_that_is_not_a_request_fails_the_open_with_a_typed_error(
+    tmp_path: Path, request_json: str
+) -> None:
+    """A pending row whose request is not an ElicitationRequest fails open_session with StoreCorruptError and
+    leaves the session unclaimed (it opened, then session.pending and resume raised KeyError or TypeError)."""
+    image, asked = await crash_at(tmp_path, "q", "pay 5", ElicitationRequest)
+    with sqlite3.connect(image) as db:
+        db.execute("UPDATE pending SET request = ?", (request_json.replace("ID", json.dumps(asked.id)),))
+    db.close()
+    async with open_runtime(store=SQLiteStore(image)) as runtime:
+        for _ in range(2):
+            with pytest.raises(StoreCorruptError, match="'q'"):
+                async with runtime.open_session(make_agent(), session_id="q"):
+                    pass
+        assert runtime.sessions == ()
+    assert paid == []
+
+
 async def test_answers_given_to_resume_are_used_and_unknown_ones_refused(tmp_path: Path) -> None:
     agent = make_agent()
     image, asked = await crash_at(tmp_path, "e", "pay 4", ElicitationRequest)
