@@ -59,6 +59,7 @@ from ._store import (
     SessionStore as SessionStore,
     StoreCorruptError as StoreCorruptError,
     StoreError as StoreError,
+    StoreRejectedError as StoreRejectedError,
     StoreUnavailableError as StoreUnavailableError,
     StoreVersionError as StoreVersionError,
 )

@@ -20,7 +20,8 @@ The tree::
         ├── StoreCorruptError       the file or database is not a session store
         ├── StoreVersionError       a newer trio-agents wrote it
         ├── SessionOwnedError       another process has the session live
-        └── SessionConflictError    a checkpoint found the session changed or lost under it
+        ├── SessionConflictError    a checkpoint found the session changed or lost under it
+        └── StoreRejectedError      the database refused what a session wrote
 """
 
 from __future__ import annotations

@@ -35,7 +35,9 @@ from ._store import (
     RunRow,
     SessionConflictError,
     StoreError,
+    StoreRejectedError,
     StoreUnavailableError,
+    storable,
 )
 from ._wire import content_from_json, content_to_json, event_to_json, message_from_json, message_to_json
 from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta
@@ -89,7 +91,10 @@ class StoreWriter:
     :meth:`Journal.room`) until a commit makes room. A failed commit is retried
     with backoff, keeping everything (nothing accepted is lost); meanwhile the
     journals' flushes fail with :class:`StoreUnavailableError`, so runs at a
-    durability point end with a typed error instead of waiting.
+    durability point end with a typed error instead of waiting. A checkpoint
+    the store refuses (:class:`StoreRejectedError`, as a
+    :class:`SessionConflictError`) fails its own session only: it writes no
+    more, and the others' go again at once.
     """
 
     def __init__(self, store: SessionStore, *, backlog: int = WRITER_BACKLOG) -> None:
@@ -155,8 +160,11 @@ class StoreWriter:
             try:
                 if checkpoints:
                     await self.store.commit(checkpoints)
-            except SessionConflictError as conflict:
-                # That session is someone else's now: it is failed; the others go again at once.
+            except (SessionConflictError, StoreRejectedError) as conflict:
+                # That session is someone else's now, or holds what the store refuses: it is failed (it writes
+                # no more); the others go again at once.
+                if isinstance(conflict, StoreRejectedError):
+                    logger.error("%s; session %r writes no more", conflict, conflict.session_id)
                 for journal, checkpoint in taken:
                     if journal.session_id == conflict.session_id:
                         journal.lose(conflict)
@@ -281,8 +289,8 @@ class Journal:
         self._done = 0  # what the last successful commit included
         self.error: StoreError | None = None
         """Why the last commit failed, until one succeeds."""
-        self.lost: SessionConflictError | None = None
-        """Set if another process took the session: nothing more is written."""
+        self.lost: SessionConflictError | StoreRejectedError | None = None
+        """Set if another process took the session, or the store refused what it wrote: nothing more is written."""
         self.released = trio.Event()
         """Set once the session, closed, has been let go in the store."""
 
@@ -327,6 +335,7 @@ class Journal:
 
     def asked(self, run_id: str, call_id: str, request: ElicitationRequest) -> bool:
         """Record a question (``False`` if it is already stored: a resumed call asking it again)."""
+        call_id = storable(call_id)  # a model's: stored, and compared, as a text column can hold it
         open_ids = self._questions.setdefault(call_id, [])
         if request.id in open_ids:
             return False
@@ -355,7 +364,7 @@ class Journal:
 
     def settle_call(self, call_id: str) -> None:
         """The tool call ended: its questions are pending no more."""
-        settled = self._questions.pop(call_id, None)
+        settled = self._questions.pop(storable(call_id), None)
         if settled:
             self._removed.extend(settled)
             self._dirty(len(settled))
@@ -375,6 +384,7 @@ class Journal:
         Raises:
             StoreUnavailableError: the store failed to write it (it is kept, and written once it can be).
             SessionConflictError: another process took the session.
+            StoreRejectedError: the store refused what the session wrote (it writes no more).
         """
         if self.lost is not None:
             raise self.lost
@@ -456,7 +466,7 @@ class Journal:
         self.error = None
         self._flushed.set()
 
-    def lose(self, conflict: SessionConflictError) -> None:
+    def lose(self, conflict: SessionConflictError | StoreRejectedError) -> None:
         self.lost = conflict
         self._runs.clear()
         self._events.clear()
@@ -599,6 +609,7 @@ class Suspended:
         from ._exceptions import UnknownElicitationError
 
         given = dict(given or {})
+        call_ids = {storable(call_id): call_id for call_id in self.calls}  # rows have them as stored
         questions: dict[str, list[ResumedQuestion]] = {}
         for row, request in zip(self.questions, self._requests, strict=True):
             answer = given.pop(row.elicitation_id, None)
@@ -608,7 +619,7 @@ class Suspended:
                 pending = PendingElicitation(row.elicitation_id, validate)
                 pending.answer(*answer)
                 outcome = pending.result
-            questions.setdefault(row.call_id, []).append(ResumedQuestion(request, outcome))
+            questions.setdefault(call_ids.get(row.call_id, row.call_id), []).append(ResumedQuestion(request, outcome))
         if given:
             raise UnknownElicitationError(f"no pending elicitation {next(iter(given))!r} in this session")
         return Resumption(self.run_id, self.calls, questions, self.then)
@@ -683,7 +694,7 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
     unchanged = stored = len(history)
     interrupted = [row for row in snapshot.runs if row.status == "running"]
     suspended: Suspended | None = None
-    waiting = {pending.call_id for pending in snapshot.pending}
+    waiting = {pending.call_id for pending in snapshot.pending}  # as stored: compared with storable(call_id)
     waits = _waits(history, waiting)
     # Messages of runs that were resuming, or waiting for their turn, while calls wait: they go after the
     # resumed calls' results. Those an earlier recovery carried over come first: their runs are marked
@@ -722,13 +733,14 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
                 if call.call_id in answered[at]:
                     continue
                 answered[at].add(call.call_id)
-                if call.call_id in waiting and at == last_turn:  # a run waits at its last model turn
+                if storable(call.call_id) in waiting and at == last_turn:  # a run waits at its last model turn
                     resumable[call.call_id] = call
                 else:
                     unchanged = min(unchanged, len(repaired))
                     repaired.append(ToolResultMessage(call.call_id, call.name, INTERRUPTED_RESULT, True))
     if resumable:
-        questions = [pending for pending in snapshot.pending if pending.call_id in resumable]
+        resumed = {storable(call_id) for call_id in resumable}
+        questions = [pending for pending in snapshot.pending if pending.call_id in resumed]
         # The run that waited: the last one interrupted that began (a resumption interrupted in its turn
         # resumes it).
         waited = started[-1].run_id if started else questions[0].run_id
@@ -747,7 +759,7 @@ def _waits(history: list[Message], waiting: set[str]) -> bool:
         message = history[at]
         if isinstance(message, AssistantMessage):
             results = {m.call_id for m in history[at + 1 :] if isinstance(m, ToolResultMessage)}
-            return any(call.call_id in waiting and call.call_id not in results for call in message.tool_calls)
+            return any(storable(call.call_id) in waiting and call.call_id not in results for call in message.tool_calls)
     return False
 
 

@@ -41,8 +41,10 @@ from ._store import (
     SessionSnapshot,
     StoreCorruptError,
     StoreError,
+    StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
+    storable,
 )
 from ._worker import INTERRUPT_TIMEOUT, WorkerCall, run_worker, session_hash, settle
 
@@ -494,11 +496,13 @@ class PostgresStore:
                         return None
                     conn.execute(
                         "INSERT INTO trio_agents_sessions (id, agent, owner) VALUES (%s, %s, %s)",
-                        (session_id, agent, self._owner),
+                        (session_id, storable(agent), storable(self._owner)),
                     )
                     row = (agent, 0, None)
                 else:
-                    conn.execute("UPDATE trio_agents_sessions SET owner = %s WHERE id = %s", (self._owner, session_id))
+                    conn.execute(
+                        "UPDATE trio_agents_sessions SET owner = %s WHERE id = %s", (storable(self._owner), session_id)
+                    )
                 messages = conn.execute(
                     "SELECT message FROM trio_agents_messages WHERE session_id = %s ORDER BY seq", (session_id,)
                 ).fetchall()
@@ -564,6 +568,8 @@ class PostgresStore:
             SessionConflictError: A session is not held by this store (never claimed, released, or lost
                 while the server was away), or not at the checkpoint's version, or one to be made
                 (``create``) exists.
+            StoreRejectedError: The server refused what a checkpoint holds (a value it cannot hold, an
+                index row too large, a row a constraint refuses); nothing was written.
             StoreUnavailableError: The write failed (nothing was written, or its reply was lost: a retry of
                 the same checkpoints, with more, is written over it).
         """
@@ -591,7 +597,18 @@ class PostgresStore:
                     if keys[cp.session_id] & _MASK64 not in locked:
                         raise SessionConflictError(cp.session_id, f"session {cp.session_id!r} lost its lock")
                 for cp in checkpoints:
-                    _write(conn, cp, self._owner, uncertain[cp.session_id])
+                    try:
+                        _write(conn, cp, storable(self._owner), uncertain[cp.session_id])
+                    except (
+                        psycopg.DataError,
+                        psycopg.IntegrityError,
+                        psycopg.errors.ProgramLimitExceeded,
+                        UnicodeEncodeError,
+                    ) as exc:
+                        # What this checkpoint holds is refused, and would be again: its session's failure only.
+                        raise StoreRejectedError(
+                            cp.session_id, f"{self.url} refused session {cp.session_id!r}'s changes: {exc}"
+                        ) from exc
                 if call.abandoned:
                     raise psycopg.Rollback  # the caller gave up on this write: don't make it behind its back
                 with self._lock_conn_lock:  # until we hear it committed, it may have
@@ -709,7 +726,7 @@ def _write(conn: psycopg.Connection[Any], cp: Checkpoint, owner: str, uncertain:
         made = conn.execute(
             "INSERT INTO trio_agents_sessions (id, agent, owner, version, usage) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT DO NOTHING",
-            (sid, cp.create, owner, cp.version + 1, cp.usage),
+            (sid, storable(cp.create), owner, cp.version + 1, cp.usage),
         ).rowcount
         if made != 1:
             again = _committed_before(conn, cp, uncertain)

@@ -40,8 +40,10 @@ from ._store import (
     SessionSnapshot,
     StoreCorruptError,
     StoreError,
+    StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
+    storable,
 )
 from ._worker import WorkerCall, WorkerThread, run_worker, session_hash
 
@@ -436,11 +438,12 @@ class SQLiteStore:
                 if not create:
                     return None
                 conn.execute(
-                    "INSERT INTO sessions (id, agent, owner) VALUES (?, ?, ?)", (session_id, agent, self._owner)
+                    "INSERT INTO sessions (id, agent, owner) VALUES (?, ?, ?)",
+                    (session_id, storable(agent), storable(self._owner)),
                 )
                 row = (agent, 0, None)
             else:
-                conn.execute("UPDATE sessions SET owner = ? WHERE id = ?", (self._owner, session_id))
+                conn.execute("UPDATE sessions SET owner = ? WHERE id = ?", (storable(self._owner), session_id))
             messages = conn.execute(
                 "SELECT message FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
@@ -475,6 +478,8 @@ class SQLiteStore:
         Raises:
             SessionConflictError: A session is not claimed by this store, or not at the checkpoint's version,
                 or one to be made (``create``) exists.
+            StoreRejectedError: SQLite refused what a checkpoint holds (text that is not UTF-8, a row a
+                constraint refuses); nothing was written.
             StoreUnavailableError: The write failed (nothing was written).
         """
         checkpoints = list(checkpoints)
@@ -487,7 +492,12 @@ class SQLiteStore:
             conn, _ = self._connection()
             with self._conn_lock, _transaction(conn, self._path, call):
                 for cp in checkpoints:
-                    _write(conn, cp, self._owner)
+                    try:
+                        _write(conn, cp, storable(self._owner))
+                    except (sqlite3.IntegrityError, sqlite3.DataError, UnicodeEncodeError) as exc:
+                        # What this checkpoint holds is refused, and would be again: its session's failure only.
+                        message = f"{self._path} refused session {cp.session_id!r}'s changes: {exc}"
+                        raise StoreRejectedError(cp.session_id, message) from exc
             if self._checkpointer is not None:
                 self._checkpointer.wrote(_pages(checkpoints))
 
@@ -614,7 +624,7 @@ def _write(conn: sqlite3.Connection, cp: Checkpoint, owner: str) -> None:
     if cp.create is not None:  # made by this checkpoint, at the version its update would give it
         made = conn.execute(
             "INSERT INTO sessions (id, agent, owner, version, usage) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (sid, cp.create, owner, cp.version + 1, cp.usage),
+            (sid, storable(cp.create), owner, cp.version + 1, cp.usage),
         ).rowcount
         if made != 1:
             raise SessionConflictError(sid, f"session {sid!r} was to be made by this checkpoint, but it exists")

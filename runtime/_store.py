@@ -72,6 +72,39 @@ class SessionConflictError(StoreError):
         self.session_id = session_id
 
 
+class StoreRejectedError(StoreError):
+    """The store refused what a session wrote (a value its database cannot hold, a row a constraint or a
+    trigger refuses): retrying cannot help, so that session writes no more, and the others go on.
+
+    Its runs end with an ``ErrorEvent`` of kind ``"store"`` at their next durability point, as a
+    :class:`SessionConflictError`'s do.
+
+    Attributes:
+        session_id: The session.
+    """
+
+    def __init__(self, session_id: str, message: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+def storable(text: str) -> str:
+    """``text`` as a plain text column holds it: NUL (PostgreSQL refuses it) and each lone surrogate (UTF-8
+    has none) written as its escape (``\\x00``, ``\\ud800``); any other text is returned as it is.
+
+    For what a store keeps as plain text and gets from outside: a model's tool-call id, an agent's or a
+    process's name (JSON columns escape both already; session ids are refused with them).
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 @attrs.frozen
 class RunRow:
     """One run of a session, as stored."""
@@ -95,7 +128,8 @@ class PendingRow:
     elicitation_id: str
     run_id: str
     call_id: str
-    """The top-level tool call that asked (called again, with the answer, when the run resumes)."""
+    """The top-level tool call that asked (called again, with the answer, when the run resumes), as
+    :func:`storable` has it."""
     request: str
     """The ``ElicitationRequest`` event, JSON."""
 
@@ -209,6 +243,8 @@ class SessionStore(Protocol):
             SessionConflictError: a session is not held here or not at the checkpoint's version, or a
                 checkpoint with ``create`` found it exists (its ``session_id`` says which; nothing was
                 written).
+            StoreRejectedError: the database refused what a checkpoint holds (its ``session_id`` says
+                whose; nothing was written): writing it again would fail again.
             StoreUnavailableError: the write failed; nothing was written.
         """
         ...

@@ -61,6 +61,7 @@ EXPECTED: Final[dict[str, frozenset[str]]] = {
             "SessionStore",
             "StoreError",
             "StoreUnavailableError",
+            "StoreRejectedError",
             "StoreCorruptError",
             "StoreVersionError",
             "SessionOwnedError",

@@ -8,6 +8,7 @@ killed then leaves behind (the copy has no owner). The served tests in
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -880,6 +881,135 @@ async def test_a_session_id_of_the_longest_size_allowed_runs_and_opens_again_on_
         async with runtime.open_session(make_agent(), session_id=session_id) as session:
             assert session.run_count == 2
             assert session.history[-1].text == "done: paid 5"
+
+
+def refuse_runs_of(backend: Backend, session_id: str) -> None:
+    """Make the database refuse every run row of ``session_id`` (a trigger, a check constraint): a row it will
+    never take, as PostgreSQL refuses text with NUL."""
+    if backend.kind == "sqlite":
+        with contextlib.closing(sqlite3.connect(backend.target)) as db:
+            db.execute(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON runs WHEN NEW.session_id = '{session_id}'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(backend.target, autocommit=True) as pg:
+        pg.execute(f"ALTER TABLE trio_agents_runs ADD CONSTRAINT refuse CHECK (session_id <> '{session_id}')")
+
+
+async def test_a_session_whose_rows_the_database_refuses_fails_alone_and_the_others_are_written(
+    backend: Backend,
+) -> None:
+    """A checkpoint the database refuses fails its own session's runs (with StoreRejectedError) and that
+    session writes no more; the other sessions' checkpoints are written at once. It was retried, with every
+    session's checkpoint, until the runtime closed: their runs failed, and their changes were lost."""
+    async with open_runtime(store=backend.store()) as runtime:
+        async with (
+            runtime.open_session(make_agent(), session_id="good") as good,
+            runtime.open_session(make_agent(), session_id="bad") as bad,
+        ):
+            assert (await good.ask("one")).output == "echo: one"
+            refuse_runs_of(backend, "bad")
+            with pytest.raises(RunFailedError, match="StoreRejectedError"):
+                await bad.ask("hi")
+            assert (await good.ask("two")).output == "echo: two"
+            with pytest.raises(RunFailedError, match="StoreRejectedError"):  # it writes no more
+                await bad.ask("again")
+            assert (await good.ask("three")).output == "echo: three"
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(make_agent(), session_id="good") as good:
+            assert [message.text for message in good.history][-2:] == ["three", "echo: three"]
+            assert len(good.history) == 6
+
+
+def calling(call_id: str) -> Agent:
+    """An agent whose model calls ``pay(7)`` with the tool-call id ``call_id``."""
+
+    def turn(request: ModelRequest) -> str | list[ModelChunk]:
+        last = request.messages[-1]
+        if isinstance(last, ToolResultMessage):
+            return f"done: {last.text}"
+        return [ToolCallChunk(call_id, "pay", {"amount": 7}), StopChunk("tool_use", "tool_calls")]
+
+    return Agent(name="durable", model=ScriptedModel(itertools.repeat(turn)), tools=[pay])
+
+
+ODD_CALL_IDS = pytest.mark.parametrize("call_id", ["call\x00id", "call\ud800id"], ids=["nul", "surrogate"])
+
+
+@ODD_CALL_IDS
+async def test_a_tool_call_id_with_nul_or_a_lone_surrogate_is_stored_with_its_question(
+    backend: Backend, call_id: str
+) -> None:
+    """A model's tool-call id is the pending question's plain text column: NUL or a lone surrogate in it is
+    stored escaped, and neither its session nor another fails (PostgreSQL refused NUL, and the writer retried
+    every session's checkpoints until the runtime closed; a surrogate's UnicodeEncodeError took the runtime
+    down, on both stores)."""
+    async with open_runtime(store=backend.store()) as runtime:
+        async with (
+            runtime.open_session(calling(call_id), session_id="c") as session,
+            runtime.open_session(make_agent(), session_id="good") as good,
+        ):
+            async with session.run("pay") as stream:
+                async for event in stream:
+                    if isinstance(event, ElicitationRequest):
+                        await stream.respond(event.id, "accept")
+            assert stream.result.output == "done: paid 7"
+            assert (await good.ask("hi")).output == "echo: hi"
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(calling(call_id), session_id="c") as session:
+            assert [type(message).__name__ for message in session.history] == [
+                "UserMessage",
+                "AssistantMessage",
+                "ToolResultMessage",
+                "AssistantMessage",
+            ]
+            assert session.pending == ()
+        async with runtime.open_session(make_agent(), session_id="good") as good:
+            assert len(good.history) == 2
+    assert paid == [7]
+
+
+@ODD_CALL_IDS
+async def test_a_question_asked_by_a_call_with_an_odd_id_is_resumed_after_a_crash(tmp_path: Path, call_id: str) -> None:
+    """Its question stored with the escaped id, the waiting call is still found in the history after a crash:
+    the question is pending, and resuming calls it again with the answer."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    async with in_session(path, calling(call_id), session_id="c") as session, session.run("pay") as stream:
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                crash_image(path, image)
+                asked = event
+                break
+    async with in_session(image, calling(call_id), session_id="c") as session:
+        assert session.pending == (asked,)
+        after = await resume_accepting(session, asked)
+        assert after == [("ToolResultMessage", "paid 7"), ("AssistantMessage", "done: paid 7")]
+    assert paid == [7]
+
+
+@pytest.mark.parametrize("name", ["bad\x00name", "bad\ud800name"], ids=["nul", "surrogate"])
+async def test_an_agent_name_with_nul_or_a_lone_surrogate_is_stored_and_fails_no_session(
+    backend: Backend, name: str
+) -> None:
+    """An agent's name is the session row's plain text column: with NUL or a lone surrogate, its sessions, made
+    by their claim (an id given) or by their first checkpoint (none), run and open again, and so does another
+    session of the runtime (PostgreSQL refused NUL, and the writer retried every session's checkpoints until the
+    runtime closed; a surrogate's UnicodeEncodeError took the runtime down, on both stores)."""
+    odd = Agent(name=name, model=ScriptedModel(itertools.repeat(answer)))
+    async with open_runtime(store=backend.store()) as runtime:
+        async with runtime.open_session(make_agent(), session_id="good") as good:
+            async with runtime.open_session(odd) as fresh:
+                assert (await fresh.ask("one")).output == "echo: one"
+            async with runtime.open_session(odd, session_id="named") as named:
+                assert (await named.ask("two")).output == "echo: two"
+            assert (await good.ask("three")).output == "echo: three"
+    async with open_runtime(store=backend.store()) as runtime:
+        for session_id, text in ((fresh.id, "one"), ("named", "two"), ("good", "three")):
+            async with runtime.open_session(odd, session_id=session_id, create=False) as session:
+                assert [message.text for message in session.history] == [text, f"echo: {text}"]
 
 
 async def test_a_flush_waits_for_the_commit_already_holding_what_it_recorded() -> None:

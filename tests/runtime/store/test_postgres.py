@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import random
 import socket
+import string
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +15,13 @@ import trio.testing
 
 from runtime import (
     Checkpoint,
+    PendingRow,
     PostgresStore,
+    RunRow,
     SessionConflictError,
     SessionOwnedError,
     StoreCorruptError,
+    StoreRejectedError,
     StoreUnavailableError,
 )
 from runtime._worker import settle
@@ -77,6 +82,28 @@ async def test_postgres_a_store_missing_a_table_or_column_is_corrupt_at_open(pg_
     with pytest.raises(StoreCorruptError, match="session store"):
         async with pg_backend.store().open(OWNER):
             pytest.fail("opened")
+
+
+@pytest.mark.parametrize("refused", ["nul-in-a-call-id", "index-row-too-large"])
+async def test_postgres_checkpoint_the_server_cannot_hold_is_rejected_naming_its_session(
+    pg_backend: Backend, refused: str
+) -> None:
+    """NUL in a plain text column (psycopg's DataError) and a key past the index's 2,704 bytes
+    (ProgramLimitExceeded) raise StoreRejectedError naming the session, not StoreUnavailableError (which the
+    runtime's writer retried, with every other session's checkpoint, until it closed and lost them)."""
+    long_id = "".join(random.Random(0).choices(string.ascii_letters, k=3000))  # random: no compression
+    bad = {
+        "nul-in-a-call-id": Checkpoint("b", 0, 0, pending_added=[PendingRow("e1", "r1", "c\x00", "{}")]),
+        "index-row-too-large": Checkpoint("b", 0, 0, runs=[RunRow(long_id, 1, '"hi"', "running")]),
+    }[refused]
+    store = pg_backend.store()
+    async with store.open(OWNER):
+        await store.claim("a", "agent", create=True)
+        await store.claim("b", "agent", create=True)
+        with pytest.raises(StoreRejectedError) as caught:
+            await store.commit([Checkpoint("a", 0, 0, messages=["a0"]), bad])
+        assert caught.value.session_id == "b"
+        await store.commit([Checkpoint("a", 0, 0, messages=["a0"])])
 
 
 async def test_postgres_server_restart_unavailable_then_locks_taken_back(pg_backend: Backend) -> None:

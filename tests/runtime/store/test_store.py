@@ -17,6 +17,7 @@ from runtime import (
     SessionConflictError,
     SessionOwnedError,
     SessionSnapshot,
+    StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
 )
@@ -210,23 +211,47 @@ async def test_store_version_conflict_writes_nothing(backend: Backend) -> None:
         assert (await _reclaim(store, "b")).messages == ("b0", "b1")
 
 
-async def test_store_failed_write_is_unavailable_and_writes_nothing(backend: Backend) -> None:
-    """A commit the database refuses (here: one event written twice) raises StoreUnavailableError, all undone."""
+REFUSED: dict[str, Checkpoint] = {
+    "event-written-twice": Checkpoint("b", 0, 0, events=[EventRow("r1", 0, "{}"), EventRow("r1", 0, "{}")]),
+    "surrogate-in-a-call-id": Checkpoint("b", 0, 0, pending_added=[PendingRow("e1", "r1", "c\ud800", "{}")]),
+}
+
+
+@pytest.mark.parametrize("refused", list(REFUSED))
+async def test_store_checkpoint_the_database_refuses_is_rejected_naming_its_session(
+    backend: Backend, refused: str
+) -> None:
+    """A checkpoint the database refuses (a row twice, text UTF-8 cannot hold) raises StoreRejectedError naming
+    its session, and no checkpoint of its batch is written; the others are written once sent without it
+    (it was StoreUnavailableError, or a UnicodeEncodeError: the runtime's writer retried it with the others
+    for ever, or died)."""
     store = backend.store()
     async with store.open(OWNER):
         await store.claim("a", "agent", create=True)
         await store.claim("b", "agent", create=True)
-        with pytest.raises(StoreUnavailableError):
-            await store.commit(
-                [
-                    Checkpoint("a", 0, 0, messages=["a0"], usage="1"),
-                    Checkpoint("b", 0, 0, events=[EventRow("r1", 0, "{}"), EventRow("r1", 0, "{}")]),
-                ]
-            )
+        with pytest.raises(StoreRejectedError) as caught:
+            await store.commit([Checkpoint("a", 0, 0, messages=["a0"], usage="1"), REFUSED[refused]])
+        assert caught.value.session_id == "b"
         a = await _reclaim(store, "a")
         assert (a.version, a.messages, a.usage) == (0, (), None)
         assert await store.events("b", "r1") == []
+        assert (await _reclaim(store, "b")).pending == ()
         await store.commit([Checkpoint("a", 0, 0, messages=["a0"])])  # the store goes on
+        assert (await _reclaim(store, "a")).messages == ("a0",)
+
+
+async def test_store_agent_and_owner_names_are_stored_with_nul_and_lone_surrogates_escaped(backend: Backend) -> None:
+    """An agent's name, and the store's owner, are plain text columns: NUL and a lone surrogate are kept as their
+    escapes, whether the session is made by its claim or by its first checkpoint (PostgreSQL refused NUL, and
+    both stores raised UnicodeEncodeError for a surrogate: from the writer, which took the runtime down)."""
+    name = "bad\x00name\ud800"
+    store = backend.store()
+    async with store.open("owner\x00\udfff"):
+        await store.claim("a", name, create=True)
+        await store.claim("b", name, create=True, fresh=True)
+        await store.commit([Checkpoint("b", 0, 0, messages=["b0"], create=name)])
+        for session_id in ("a", "b"):
+            assert (await _reclaim(store, session_id)).agent == "bad\\x00name\\ud800"
 
 
 async def test_store_commit_of_unclaimed_session_conflicts(backend: Backend) -> None:
