@@ -356,3 +356,22 @@ def test_leak_checker_checks_each_item_of_parametrized_async_hypothesis_test(pyt
     )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*FAILED*test_maybe_leaks_task?True*"])
+
+
+def test_leak_checker_freezes_heap_made_before_the_tests(pytester: pytest.Pytester) -> None:
+    """The checker freezes the objects that collection and imports made, so its collect after each test scans
+    only the objects made since (and still frees what a test dropped: see the garbage collection tests)."""
+    result = _run(
+        pytester,
+        """
+        import gc
+
+        IMPORTED: list[int] = []
+
+
+        def test_heap_is_frozen() -> None:
+            assert gc.get_freeze_count() > 0
+            assert not any(obj is IMPORTED for obj in gc.get_objects())  # frozen: no collection looks at it
+        """,
+    )
+    result.assert_outcomes(passed=1)
