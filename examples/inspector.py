@@ -21,6 +21,7 @@ import itertools
 import json
 import signal
 import sys
+import warnings
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
@@ -200,6 +201,9 @@ async def serve(
                 async for signum in signals:
                     print(f"\n{signal.Signals(signum).name}: stopping", flush=True)
                     break
+                # httpx leaves a request body's async generator open when the request is cancelled mid-send
+                # (Trio closes it when collected, with a ResourceWarning): Ctrl-C is no reason to print that.
+                warnings.filterwarnings("ignore", "Async generator 'httpx._content", ResourceWarning)
                 nursery.cancel_scope.cancel()
 
 
