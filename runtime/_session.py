@@ -304,7 +304,7 @@ class Session(Generic[OutputT]):
             ReentrantRunError: (on entering) inside one of this session's own runs, or one of its
                 stream handlers with ``overflow="block"``.
         """
-        return RunStream(self._start_run, user_content(user_input), deps, left=self._became_unused)
+        return RunStream(self, Session._start_run, user_content(user_input), deps, left=Session._became_unused)
 
     def resume(
         self, answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None, *, deps: Any = None
@@ -340,7 +340,7 @@ class Session(Generic[OutputT]):
                 names no pending question, or does not fit it.
         """
         return RunStream(
-            functools.partial(self._start_run, answers=answers or {}), None, deps, left=self._became_unused
+            self, functools.partial(Session._start_run, answers=answers or {}), None, deps, left=Session._became_unused
         )
 
     def _start_run(
@@ -455,7 +455,7 @@ class Session(Generic[OutputT]):
         """
         # Nobody can answer a tool's question here: elicit() raises ElicitationUnavailable.
         async with RunStream(
-            self._start_run, user_content(user_input), deps, left=self._became_unused, answerable=False
+            self, Session._start_run, user_content(user_input), deps, left=Session._became_unused, answerable=False
         ) as stream:
             async for _ in stream:
                 pass

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._pipe import EventPipe
     from ._result import RunResult
 
-    StartRun: TypeAlias = Callable[[Content | None, Any, bool], AgentRun]
+    StartRun: TypeAlias = Callable[[Any, Content | None, Any, bool], AgentRun]
 
 _CANCELLED = RunFinished("cancelled")
 _CANCEL_CHECK_EVERY = 32
@@ -54,6 +54,7 @@ class RunStream:
         "_events",
         "_finished",
         "_left",
+        "_owner",
         "_run",
         "_start",
         "_unchecked",
@@ -62,15 +63,18 @@ class RunStream:
 
     def __init__(
         self,
+        owner: Any,
         start: StartRun,
         user_input: Content | None,
         deps: Any,
         *,
-        left: Callable[[], None],
+        left: Callable[[Any], None],
         answerable: bool = True,
     ) -> None:
-        """``start`` is the session's: it starts the run's task, owned by the session, and returns the run;
-        ``left`` is called once the block that started it has exited (the session is in use until then)."""
+        """``start(owner, ...)`` is the session's: it starts the run's task, owned by the session, and returns
+        the run; ``left(owner)`` is called once the block that started it has exited (the session is in use
+        until then). Functions and their owner, not two bound methods: 144 bytes less per run."""
+        self._owner = owner
         self._start = start
         self._left = left
         self._user_input = user_input
@@ -84,7 +88,7 @@ class RunStream:
     async def __aenter__(self) -> RunStream:
         if self._run is not None:
             raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
-        self._run = self._start(self._user_input, self._deps, self._answerable)
+        self._run = self._start(self._owner, self._user_input, self._deps, self._answerable)
         self._events = self._run.events
         return self
 
@@ -103,7 +107,7 @@ class RunStream:
                 await join(self._run.done, runs_in(self._run.cancel_scope))
             self._events.close_receiver()
         finally:
-            self._left()
+            self._left(self._owner)
 
     def __enter__(self) -> None:
         raise TypeError("use 'async with session.run(...)', not 'with'")
