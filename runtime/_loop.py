@@ -515,6 +515,16 @@ class AgentRun:
         # Outside the except block, so the WouldBlock isn't kept alive while we wait.
         await self._out.send(event)
 
+    async def _emit_kept(self, event: Event) -> None:
+        """Send an event whose effect is kept whatever happens (tokens spent, a call recorded): cancelled while
+        it waits for room (run_timeout, a parent's tool_timeout, the consumer leaving), it is still delivered,
+        as owed, so a consumer reading on sees what the run's result says."""
+        try:
+            await self._emit(event)
+        except BaseException:
+            self._out.send_last(event, owed=True)  # a send cancelled while it waits sent nothing
+            raise
+
     async def _open_toolsets(self, stack: AsyncExitStack, tools: dict[str, Tool]) -> None:
         toolsets: dict[str, str] = {}  # a toolset's tool's name: which toolset
         for item in self._agent.tools:
@@ -831,7 +841,8 @@ class AgentRun:
                                 node.cache_write_tokens += chunk.cache_write_tokens
                                 node.reasoning_tokens += chunk.reasoning_tokens
                                 node = node._up
-                            await emit(
+                            # Counted already: the event must follow (the Usage events add up to the totals).
+                            await self._emit_kept(
                                 Usage(
                                     chunk.input_tokens,
                                     chunk.output_tokens,
@@ -1069,7 +1080,7 @@ class AgentRun:
         )
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
         sink.ended = True
-        await self._emit(ToolCallFinished(call.call_id, call.name, value, error))
+        await self._emit_kept(ToolCallFinished(call.call_id, call.name, value, error))
         return kind
 
     async def _approve(self, ctx: ToolContext[Any], tool: Tool, arguments: dict[str, Any]) -> None:

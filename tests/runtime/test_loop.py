@@ -10,6 +10,7 @@ import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import pydantic
 import pytest
 import trio
@@ -45,6 +46,7 @@ from agents import (
 from runtime import RunFailedError, RunResult, open_runtime
 from runtime._wire import event_to_json
 from runtime.events import (
+    CustomEvent,
     ErrorEvent,
     Event,
     ReasoningDelta,
@@ -854,3 +856,42 @@ async def test_a_first_request_failing_otherwise_keeps_the_users_message() -> No
         with pytest.raises(RunFailedError, match="requests limit"):
             await s.ask("two")
         assert s.history == (UserMessage("one"), AssistantMessage("ok"), UserMessage("two"))
+
+
+@attrs.frozen
+class Step(CustomEvent):
+    """A tool's own event."""
+
+    n: int
+
+
+async def test_a_tool_call_finished_as_run_timeout_cuts_its_send_still_reaches_the_consumer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A call ended and was recorded, but its ToolCallFinished waited for room (a slow consumer, a full
+    stream) when run_timeout fired: it is still delivered, before the ErrorEvent, so the consumer sees
+    every call that RunResult.tool_calls lists."""
+
+    @tool
+    async def stepping(ctx: ToolContext[None]) -> str:
+        """Sends a step, which fills the stream, then ends."""
+        await ctx.emit(Step(1))
+        return "stepped"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("stepping"), "done"]), tools=[stepping], run_timeout=1)
+    async with open_runtime(event_buffer=1) as runtime, runtime.open_session(agent) as session:
+        events: list[Event] = []
+        async with session.run("go") as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ToolCallStarted):
+                    # The step fills the buffer: the call's ToolCallFinished waits for room, and waits on
+                    # past run_timeout (virtual time) while this consumer does not read.
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(5)
+        result = stream.result
+    assert [call.call_id for call in result.tool_calls] == ["call_1_0"]
+    (done,) = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert done == ToolCallFinished("call_1_0", "stepping", "stepped", None)
+    assert [type(event) for event in events[events.index(done) :]] == [ToolCallFinished, ErrorEvent, RunFinished]
+    assert finished(events).reason == "timeout"

@@ -10,6 +10,8 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import trio
+import trio.testing
 
 from agents import (
     TRANSFER_TOOL,
@@ -26,7 +28,7 @@ from agents import (
     tool,
 )
 from runtime import RunFailedError, open_runtime
-from runtime.events import ErrorEvent, Event, RunFinished, SubAgentEvent, Usage
+from runtime.events import AgentSwitched, ErrorEvent, Event, RunFinished, SubAgentEvent, Usage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -335,3 +337,53 @@ async def test_run_result_usage_sums_every_token_count_of_every_call() -> None:
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         result = await session.ask("1 + 2?")
     assert result.usage == Usage(220, 14, 180, 5, 5)
+
+
+# -- Usage events add up, even when a timeout cuts their send -----------------------
+
+
+def usage_events(events: list[Event]) -> tuple[int, int]:
+    """The input and output tokens of every Usage event, a sub-agent's (wrapped) too."""
+    usages = [event.innermost()[1] if isinstance(event, SubAgentEvent) else event for event in events]
+    counted = [usage for usage in usages if isinstance(usage, Usage)]
+    return sum(usage.input_tokens for usage in counted), sum(usage.output_tokens for usage in counted)
+
+
+@pytest.mark.parametrize("where", ["run", "sub-agent"])
+async def test_usage_events_add_up_to_the_totals_when_a_timeout_cuts_their_send(
+    where: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A model's Usage waits for room (the consumer is not reading) when run_timeout, or the parent's
+    tool_timeout for a sub-agent, fires: the tokens were spent, so the event is still delivered, and the
+    Usage events a consumer reads add up to RunResult.usage and Session.usage."""
+    spending = ScriptedModel([[UsageChunk(100, 7), TextChunk("hi"), StopChunk("end_turn")]])
+    if where == "run":
+        agent = Agent(name="a", model=spending, run_timeout=1)
+        usage = (100, 7)
+    else:
+        helper = Agent(name="helper", model=spending)
+        model = ScriptedModel([transfer(), answer(input_tokens=10, output_tokens=5)])
+        agent = Agent(name="boss", model=model, sub_agents=[helper], tool_timeout=1)
+        usage = (100 + 10 + 10, 7 + 5 + 5)
+    events: list[Event] = []
+
+    async def not_reading() -> None:
+        # The next event (the run's RunStarted, or the sub-agent's) fills the buffer, and the Usage after it
+        # waits for room past the timeout (virtual time) while this consumer does not read.
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(5)
+
+    async with open_runtime(event_buffer=1) as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            if where == "run":
+                await not_reading()
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, AgentSwitched) and event.to_agent == "helper":
+                    await not_reading()
+        result = stream.result
+        spent = session.usage
+    assert (result.usage.input_tokens, result.usage.output_tokens) == usage
+    assert (spent.input_tokens, spent.output_tokens) == usage
+    assert usage_events(events) == usage
+    assert events[-1].reason == ("timeout" if where == "run" else "completed")  # type: ignore[union-attr]
