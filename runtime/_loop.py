@@ -112,6 +112,9 @@ OUTPUT_DELTA_INTERVAL: Final = 0.05
 _ANSWERED: Final = "the final answer was given in this response: not run"
 """The tool result of a call made alongside a valid final answer."""
 
+_CANCELLED: Final = "the tool call was cancelled"
+"""The error of a call cancelled before it ended (its run ended, or its sub-agent's parent's tool_timeout)."""
+
 
 class _EndRun(Exception):
     """Ends the run with an ``ErrorEvent`` and the given reason (never escapes the loop).
@@ -894,6 +897,9 @@ class AgentRun:
         """Call the turn's tools (``resuming``: an interrupted run's, called again); every call gets a result
         in the history, but a resumption's that ended before they were called (it stays to be resumed)."""
         results: list[ToolResultMessage | None] = [None] * len(calls)
+        announced = 0  # calls whose ToolCallStarted went out: each is owed its ToolCallFinished
+        cut_off = self._stop == "max_tokens"
+        parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
         node: AgentRun | UsageTally | None = self
         while node is not None:
             node.tool_calls += len(calls)
@@ -910,10 +916,9 @@ class AgentRun:
                     raise _EndRun("store", f"the session store could not write the turn: {describe(exc)}") from exc
             if resuming is not None:
                 resuming.done = True
-            cut_off = self._stop == "max_tokens"
-            parsed = [_parse_arguments(call, cut_off=cut_off) for call in calls]
             for call, (arguments, _) in zip(calls, parsed, strict=True):
                 await self._emit(ToolCallStarted(call.call_id, call.name, arguments))
+                announced += 1
             if len(calls) == 1:
                 await self._call_tool(results, 0, calls[0], *parsed[0], tools)
             else:
@@ -924,10 +929,17 @@ class AgentRun:
             # Every call the model made gets a result, even on cancellation,
             # so the history stays valid for the next run.
             if resuming is None or resuming.done:
-                for call, result in zip(calls, results, strict=True):
-                    self._history.append(
-                        result or ToolResultMessage(call.call_id, call.name, "error: the tool call was cancelled", True)
-                    )
+                for i, (call, result) in enumerate(zip(calls, results, strict=True)):
+                    if result is None:
+                        result = ToolResultMessage(call.call_id, call.name, f"error: {_CANCELLED}", True)
+                        if i < announced:
+                            # Its ToolCallFinished, before its run's RunFinished: owed, as the run (or, for a
+                            # sub-agent, its parent) may go on (run_timeout, tool_timeout).
+                            self._tool_calls.append(
+                                ToolCallRecord(call.call_id, call.name, parsed[i][0], None, _CANCELLED)
+                            )
+                            self._out.send_last(ToolCallFinished(call.call_id, call.name, None, _CANCELLED), owed=True)
+                    self._history.append(result)
 
     def _call_tool(
         self,
@@ -1068,6 +1080,7 @@ class AgentRun:
                 if isinstance(exc, _PASSING) or (
                     isinstance(exc, BaseExceptionGroup) and exc.split(_PASSING)[0] is not None
                 ):
+                    sink.ended = True  # its ToolCallFinished is sent next (see _call_tools): nothing after it
                     raise
                 value, error, kind = None, describe(exc), type(exc).__qualname__
             for hooks in self._agent.hooks:
@@ -1075,6 +1088,9 @@ class AgentRun:
                     await hooks.after_tool(ctx, value, error)
                 except Exception as exc:
                     value, error, kind = None, f"after_tool hook failed: {describe(exc)}", type(exc).__qualname__
+                except BaseException:
+                    sink.ended = True  # (as above)
+                    raise
         results[index] = ToolResultMessage(
             call.call_id, call.name, error if error is not None else _to_content(value), error is not None
         )

@@ -865,6 +865,76 @@ class Step(CustomEvent):
     n: int
 
 
+async def test_a_tool_call_cut_off_by_run_timeout_finishes_as_cancelled_before_the_run_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """run_timeout cancels a call in flight while the stream is full: its ToolCallStarted still gets a
+    ToolCallFinished ("the tool call was cancelled"), owed past the full buffer, before the ErrorEvent and
+    RunFinished("timeout"); RunResult.tool_calls and the history say the same of it as of the call that
+    finished."""
+
+    @tool
+    async def stalling(ctx: ToolContext[None]) -> str:
+        """Sends a step, then takes a minute."""
+        await ctx.emit(Step(1))
+        await trio.sleep(60)
+        return "late"
+
+    model = ScriptedModel([[ToolCallChunk("c1", "add", {"a": 1, "b": 2}), ToolCallChunk("c2", "stalling", {})]])
+    agent = Agent(name="a", model=model, tools=[add, stalling], run_timeout=5.0)
+    events: list[Event] = []
+    async with open_runtime(event_buffer=1) as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ToolCallStarted) and event.call_id == "c2":
+                    # Not reading past run_timeout (virtual time): the stream is full when it fires.
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(10)
+        result = stream.result
+        history = session.history
+    done = [event for event in events if isinstance(event, ToolCallFinished)]
+    cancelled = ToolCallFinished("c2", "stalling", None, "the tool call was cancelled")
+    assert done == [ToolCallFinished("c1", "add", 3, None), cancelled]
+    assert [type(event) for event in events[events.index(cancelled) :]] == [ToolCallFinished, ErrorEvent, RunFinished]
+    assert finished(events).reason == "timeout"
+    assert [(call.call_id, call.result, call.error) for call in result.tool_calls] == [
+        ("c1", 3, None),
+        ("c2", None, "the tool call was cancelled"),
+    ]
+    results = [(m.call_id, m.is_error) for m in history if isinstance(m, ToolResultMessage)]
+    assert results == [("c1", False), ("c2", True)]
+
+
+async def test_a_handler_sees_a_call_cancelled_by_the_consumer_leaving_finish_before_the_run() -> None:
+    """The consumer leaves while a call runs: a stream handler, which sees every event, gets that call's
+    ToolCallFinished ("the tool call was cancelled") before the run's RunFinished("cancelled")."""
+    seen: list[Event] = []
+    ended = trio.Event()
+
+    async def watch(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event, RunFinished):
+            ended.set()
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("slow", {})]), tools=[slow])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        session.add_handler(watch)
+        async with session.run("go") as stream:
+            async for event in stream:
+                if isinstance(event, ToolCallStarted):
+                    break
+        with trio.fail_after(5):
+            await ended.wait()
+        assert stream.result.tool_calls[0].error == "the tool call was cancelled"
+    tail = [event for event in seen if isinstance(event, (ToolCallStarted, ToolCallFinished, RunFinished))]
+    assert tail == [
+        ToolCallStarted("call_1_0", "slow", {}),
+        ToolCallFinished("call_1_0", "slow", None, "the tool call was cancelled"),
+        RunFinished("cancelled"),
+    ]
+
+
 async def test_a_tool_call_finished_as_run_timeout_cuts_its_send_still_reaches_the_consumer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

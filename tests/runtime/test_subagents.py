@@ -44,6 +44,7 @@ from runtime.events import (
     SubAgentEvent,
     ToolCallFinished,
     ToolCallStarted,
+    ToolProgress,
     Usage,
 )
 
@@ -748,3 +749,77 @@ async def test_the_switch_back_from_a_finished_sub_agent_is_owed_when_a_timeout_
     assert seen[back - 1] == SubAgentEvent("child", RunFinished("completed"))
     assert isinstance(seen[-1], RunFinished)
     assert seen[-1].reason == ("completed" if timeout == "tool_timeout" else "timeout")
+
+
+async def test_a_sub_agent_cut_by_the_tool_timeout_finishes_its_tool_calls_in_a_full_parent_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The parent's tool_timeout cancels a sub-agent while its tool runs and the parent's stream is full:
+    the sub-agent's ToolCallStarted still gets its ToolCallFinished ("the tool call was cancelled"), owed
+    as its RunFinished is, before that RunFinished and the switch back; the parent goes on."""
+
+    @tool
+    async def stuck(ctx: ToolContext[None]) -> str:
+        """Fills the stream, then takes too long."""
+        await ctx.emit(_Late("filler"))
+        await trio.sleep(100)
+        return "late"
+
+    child = Agent(name="child", model=ScriptedModel([ToolCall("stuck", {}), "x"]), tools=[stuck])
+    parent = Agent(name="parent", model=ScriptedModel([transfer("child"), "done"]), sub_agents=[child], tool_timeout=1)
+    seen: list[Event] = []
+    async with open_runtime(event_buffer=1) as runtime, runtime.open_session(parent) as session:
+        async with session.run("go") as stream:
+            async for event in stream:
+                seen.append(event)
+                if isinstance(event, SubAgentEvent) and isinstance(event.event, ToolCallStarted):
+                    await trio.testing.wait_all_tasks_blocked()  # the filler is in: the stream is full
+                    await trio.sleep(5)  # past the tool_timeout (virtual time), not reading
+    nested = [event.event for event in seen if isinstance(event, SubAgentEvent)]
+    cancelled = ToolCallFinished("call_1_0", "stuck", None, "the tool call was cancelled")
+    assert nested[-2:] == [cancelled, RunFinished("cancelled")]
+    back = seen.index(AgentSwitched("child", "parent"))
+    assert seen[back - 1] == SubAgentEvent("child", RunFinished("cancelled"))
+    assert seen[-1] == RunFinished("completed")
+
+
+async def test_nothing_of_a_cancelled_sub_agent_call_is_sent_after_its_tool_call_finished(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A sub-agent's call cancelled by the parent's tool_timeout: a task of it that goes on (here while the
+    sub-agent's on_run_end hook runs, before its run has ended) reports progress after the call's
+    ToolCallFinished: that progress is dropped and counted, never sent."""
+    go = trio.Event()
+    reported = trio.Event()
+
+    @tool
+    async def kick(ctx: ToolContext[None]) -> str:
+        """Start a task that reports later, then take too long."""
+
+        async def later() -> None:
+            await go.wait()
+            await ctx.report_progress(1, message="late")
+            reported.set()
+
+        ctx.session.start_soon(later)
+        await trio.sleep(100)
+        return "late"
+
+    class LetItReport(Hooks):
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            go.set()
+            await reported.wait()
+
+    child = Agent(name="child", model=ScriptedModel([ToolCall("kick", {})]), tools=[kick], hooks=[LetItReport()])
+    parent = Agent(name="parent", model=ScriptedModel([transfer("child"), "done"]), sub_agents=[child], tool_timeout=1)
+    async with open_runtime() as runtime, runtime.open_session(parent) as session, session.run("go") as stream:
+        events = [event async for event in stream]
+    assert reported.is_set()
+    nested = [event.event for event in events if isinstance(event, SubAgentEvent)]
+    assert not [event for event in nested if isinstance(event, ToolProgress)]
+    assert nested[-2:] == [
+        ToolCallFinished("call_1_0", "kick", None, "the tool call was cancelled"),
+        RunFinished("cancelled"),
+    ]
+    assert stream.result.progress_dropped == 1
+    assert stream.result.reason == "completed"

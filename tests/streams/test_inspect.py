@@ -246,9 +246,9 @@ async def test_tool_calls_sub_agents_and_questions_are_in_the_tree() -> None:
 
 
 async def test_cancelling_a_run_ends_it_with_run_finished_cancelled_and_nothing_else() -> None:
-    """``POST .../runs/{rid}/cancel`` ends a run in flight (waiting for an answer) with exactly one more event,
-    ``RunFinished`` ``cancelled``; the run is then no longer in flight (404 ``unknown_run``), nor is one
-    that never was."""
+    """``POST .../runs/{rid}/cancel`` ends a run in flight (waiting for an answer) with its waiting call's
+    ``ToolCallFinished`` (cancelled) and ``RunFinished`` ``cancelled``, nothing else; the run is then no longer
+    in flight (404 ``unknown_run``), nor is one that never was."""
     with trio.fail_after(TIMEOUT):
         async with open_server(make_agent(), token=TOKEN) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
@@ -273,7 +273,7 @@ async def test_cancelling_a_run_ends_it_with_run_finished_cancelled_and_nothing_
                     assert ended[0].rstrip().endswith('"reason":"cancelled","message":null,"run_id":"s1-r2"}')
                 log = await client.get(f"/sessions/s1/runs/{rid}/events")
                 types = [json.loads(line[6:])["type"] for line in log.text.splitlines() if line.startswith("data: ")]
-                assert types[-2:] == ["ElicitationRequest", "RunFinished"]
+                assert types[-3:] == ["ElicitationRequest", "ToolCallFinished", "RunFinished"]
                 assert json.loads(log.text.splitlines()[-2][6:])["reason"] == "cancelled"
                 again = await client.post(f"/sessions/s1/runs/{rid}/cancel")
                 assert (again.status_code, again.json()["error"]["type"]) == (404, "unknown_run")
