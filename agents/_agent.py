@@ -98,7 +98,8 @@ class Agent(Generic[AgentDepsT, OutputT]):
     max_turns: int = attrs.field(default=10)
     """Model calls a run may make before it ends with ``max_turns``."""
     tool_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
-    """Seconds one tool call may take; past it, the model gets an error result."""
+    """Seconds one tool call may take; past it, the model gets an error result. It bounds the tool's own
+    work, not the wait for a ``requires_approval`` tool's approval before it (``run_timeout`` bounds that)."""
     run_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds a whole run may take; past it, the run ends with ``timeout``."""
     model_idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)

@@ -47,6 +47,7 @@ from runtime import RunFailedError, RunResult, open_runtime
 from runtime._wire import event_to_json
 from runtime.events import (
     CustomEvent,
+    ElicitationRequest,
     ErrorEvent,
     Event,
     ReasoningDelta,
@@ -965,3 +966,37 @@ async def test_a_tool_call_finished_as_run_timeout_cuts_its_send_still_reaches_t
     assert done == ToolCallFinished("call_1_0", "stepping", "stepped", None)
     assert [type(event) for event in events[events.index(done) :]] == [ToolCallFinished, ErrorEvent, RunFinished]
     assert finished(events).reason == "timeout"
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_the_wait_for_an_approval_is_not_tool_timeout_but_run_timeout_bounds_it(
+    answered: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """tool_timeout bounds a tool's own work, not the human's approval before it: an approval given after
+    longer than tool_timeout runs the tool; one never given waits until run_timeout ends the run (the
+    call is then cancelled)."""
+
+    @tool(requires_approval=True)
+    async def guarded() -> str:
+        """Needs approval."""
+        return "ran"
+
+    agent = Agent(
+        name="a", model=ScriptedModel([ToolCall("guarded"), "done"]), tools=[guarded], tool_timeout=1, run_timeout=60
+    )
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        events: list[Event] = []
+        async with session.run("go") as stream:
+            async for event in stream:
+                events.append(event)
+                if isinstance(event, ElicitationRequest) and answered:
+                    await trio.sleep(30)  # the human takes their time: 30 times tool_timeout
+                    await stream.respond(event.id, "accept")
+    (done,) = [event for event in events if isinstance(event, ToolCallFinished)]
+    if answered:
+        assert done == ToolCallFinished("call_1_0", "guarded", "ran", None)
+        assert finished(events) == RunFinished("completed")
+    else:
+        assert done == ToolCallFinished("call_1_0", "guarded", None, "the tool call was cancelled")
+        assert finished(events).reason == "timeout"
+        assert trio.current_time() == pytest.approx(60)
