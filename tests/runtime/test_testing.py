@@ -375,3 +375,182 @@ def test_leak_checker_freezes_heap_made_before_the_tests(pytester: pytest.Pytest
         """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_fails_thread_left_running(pytester: pytest.Pytester) -> None:
+    """A thread the test starts and leaves running fails that test, named with its target and where it waits,
+    and not the next test."""
+    result = _run(
+        pytester,
+        """
+        import threading
+
+        NEVER = threading.Event()
+
+
+        def wait_forever() -> None:
+            NEVER.wait()
+
+
+        def test_leaks_thread() -> None:
+            threading.Thread(target=wait_forever, name="leaky", daemon=True).start()
+
+
+        def test_innocent() -> None:
+            assert True
+        """,
+    )
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_thread*",
+            "*leak checker: the test left 1 thread(s) running 1 s after it ended*",
+            "*'leaky' running test_leak_checker_fails_thread_left_running.wait_forever at *.py:7 in wait_forever",
+        ]
+    )
+
+
+def test_leak_checker_fails_abandoned_trio_thread_job(pytester: pytest.Pytester) -> None:
+    """A ``trio.to_thread`` job the test abandons on cancel and leaves running fails it, named by the job."""
+    result = _run(
+        pytester,
+        """
+        import threading
+
+        import trio
+
+        STARTED, NEVER = threading.Event(), threading.Event()
+
+
+        def block() -> None:
+            STARTED.set()
+            NEVER.wait()
+
+
+        async def test_abandons_thread() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: trio.to_thread.run_sync(block, abandon_on_cancel=True))
+                await trio.to_thread.run_sync(STARTED.wait)
+                nursery.cancel_scope.cancel()
+        """,
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*leak checker: the test left 1 thread(s) running*",
+            "*'block from *' (a worker of trio's thread cache, named after its job) at *.py:* in block",
+        ]
+    )
+
+
+def test_leak_checker_passes_idle_trio_cache_thread(pytester: pytest.Pytester) -> None:
+    """A ``trio.to_thread`` call that finished leaves an idle worker in trio's thread cache, which passes; this
+    fails loudly if trio changes how the checker tells its idle workers."""
+    result = _run(
+        pytester,
+        """
+        import threading
+
+        import trio
+
+
+        async def test_uses_thread() -> None:
+            before = set(threading.enumerate())
+            assert await trio.to_thread.run_sync(sum, [1, 2]) == 3
+            assert set(threading.enumerate()) - before  # a new worker, idle in the cache
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_passes_thread_ending_within_the_grace(pytester: pytest.Pytester) -> None:
+    """A thread still running when the test ends, but ending soon after (well within the grace), passes."""
+    result = _run(
+        pytester,
+        """
+        import threading
+
+        NEVER = threading.Event()
+
+
+        def test_thread_ends_soon() -> None:
+            thread = threading.Thread(target=NEVER.wait, args=(0.3,), name="ends soon")
+            thread.start()
+            assert thread.is_alive()
+        """,
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_leak_checker_passes_thread_of_module_scoped_fixture(pytester: pytest.Pytester) -> None:
+    """A thread a module-scoped fixture starts and joins at its teardown fails none of the tests that use it
+    (not the first one)."""
+    result = _run(
+        pytester,
+        """
+        import threading
+        from collections.abc import Iterator
+
+        import pytest
+
+
+        @pytest.fixture(scope="module")
+        def background() -> Iterator[threading.Thread]:
+            stop = threading.Event()
+            thread = threading.Thread(target=stop.wait, name="module worker")
+            thread.start()
+            yield thread
+            stop.set()
+            thread.join()
+
+
+        def test_one(background: threading.Thread) -> None:
+            assert background.is_alive()
+
+
+        def test_two(background: threading.Thread) -> None:
+            assert background.is_alive()
+        """,
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_leak_checker_lets_threads_marked_allow_threads_outlive_the_test(pytester: pytest.Pytester) -> None:
+    """A thread whose name an ``allow_threads`` marker matches passes; one it doesn't match still fails, and so does
+    the marker without names."""
+    result = _run(
+        pytester,
+        """
+        import threading
+
+        import pytest
+
+        NEVER = threading.Event()
+
+
+        # The threads outlive the tests on purpose: this module proves the opt-out works.
+        @pytest.mark.allow_threads("keeper-*")
+        def test_allowed() -> None:
+            threading.Thread(target=NEVER.wait, name="keeper-1", daemon=True).start()
+
+
+        @pytest.mark.allow_threads("keeper-*")
+        def test_not_allowed() -> None:
+            threading.Thread(target=NEVER.wait, name="stray", daemon=True).start()
+
+
+        @pytest.mark.allow_threads
+        def test_no_names() -> None:
+            assert True
+        """,
+    )
+    result.assert_outcomes(passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_not_allowed*",
+            "*'stray' running *",
+            "*ERROR at teardown of test_no_names*",
+            "*allow_threads takes the names of the threads it allows*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*'keeper-1'*")
