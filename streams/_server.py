@@ -92,6 +92,11 @@ DEFAULT_MAX_SESSIONS: Final = 1000
 """Served sessions open at once, at most, by default."""
 DEFAULT_MAX_QUEUED_RUNS: Final = 16
 """Runs of one served session that may wait for their turn behind its running run, at most, by default."""
+DETACHED_DRAIN_TIMEOUT: Final = 5.0
+"""Seconds a detached run cancelled with its closing session is still read for what it sends as it ends.
+
+A cancelled run ends promptly; the bound is for one whose tool waits for its own session to close
+(``ctx.session.aclose()``), which cannot end before the task reading the run does."""
 SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A session id a client may choose: 1 to 128 of ``A-Z a-z 0-9 . _ -``, the first a letter or a digit.
 
@@ -660,8 +665,17 @@ class Server:
             served.run_begins(run_id, stream)
             try:
                 task_status.started(run_id)
-                async for event in stream:
-                    served.record(run_id, event)
+                try:
+                    async for event in stream:
+                        served.record(run_id, event)
+                except trio.Cancelled:
+                    # Cancelled with its session, as the run is: what the run still sends as it ends (its
+                    # cancelled calls' ToolCallFinished, its RunFinished) is read, as an attached client would.
+                    stream.cancel()
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + DETACHED_DRAIN_TIMEOUT):
+                        async for event in stream:
+                            served.record(run_id, event)
+                    raise
             finally:
                 if not served.runs[run_id].finished:  # cancelled with its session: followers see it end
                     served.record(run_id, RunFinished("cancelled"))

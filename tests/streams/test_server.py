@@ -250,6 +250,7 @@ async def test_a_session_deleted_under_a_detached_run_ends_that_run_with_run_fin
     make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
 ) -> None:
     """DELETE while a detached run waits in a tool: its log's follower and the updates stream both get
+    what the run sends as it is cancelled, as an attached client would (the call's ToolCallFinished), then
     its RunFinished("cancelled"), once, before they end."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
     agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
@@ -265,7 +266,10 @@ async def test_a_session_deleted_under_a_detached_run_ends_that_run_with_run_fin
                 assert (await client.delete("/sessions/s1")).status_code == 204
                 rest = [message.json() async for message in messages]
             assert cancelled.is_set()
+            tail = ["ToolCallStarted", "ToolCallFinished", "RunFinished"]
+            assert [item["type"] for item in rest][-3:] == tail
             assert [item["type"] for item in rest].count("RunFinished") == 1
+            assert rest[-2]["error"] == "the tool call was cancelled"
             assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": run_id}
             published = []
             with contextlib.suppress(trio.EndOfChannel):
@@ -273,7 +277,39 @@ async def test_a_session_deleted_under_a_detached_run_ends_that_run_with_run_fin
                     item = await updates.get()
                     assert isinstance(item, dict)
                     published.append(item)
-            assert published[-1]["type"] == "RunFinished"
+            assert [item["type"] for item in published][-3:] == tail
+            assert published[-1] == rest[-1]
+
+
+async def test_a_detached_runs_followers_get_its_cancelled_calls_at_shutdown(
+    make_agent: MakeAgent, create: Create, waiting_tool: WaitingTool
+) -> None:
+    """Leaving open_server while a detached run waits in a tool: its log and the updates stream end with
+    the call's ToolCallFinished (cancelled), then one RunFinished("cancelled")."""
+    started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
+    agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
+    with trio.fail_after(TIMEOUT):
+        async with open_server(agent, idle_timeout=None) as server:
+            async with httpx.AsyncClient(base_url=server.url) as client:
+                await create(client, "s1")
+                served = server.sessions["s1"]
+                updates = served.updates.add()
+                response = await client.post("/sessions/s1/runs", json={"input": "tool: wait", "detach": True})
+            run_id = response.json()["run_id"]
+            await started.wait()
+        follower, logged = served.runs[run_id].follow(), []
+        while (logged_item := follower.next_nowait()) is not None:
+            assert isinstance(logged_item, dict)
+            logged.append(logged_item["type"])
+        published = []
+        with contextlib.suppress(trio.EndOfChannel):
+            while True:
+                item = await updates.get()
+                assert isinstance(item, dict)
+                published.append(item["type"])
+    assert cancelled.is_set()
+    assert logged[-3:] == published[-3:] == ["ToolCallStarted", "ToolCallFinished", "RunFinished"]
+    assert logged.count("RunFinished") == 1
 
 
 async def test_the_feed_names_a_run_that_waited_for_its_turn_when_its_turn_comes(
