@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Generic
 
 import attrs
 import trio
+from typing_extensions import TypeVar
 
 from agents.models import http_client as open_http_client
 
@@ -37,15 +38,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("runtime")
 
+HandleOutputT = TypeVar("HandleOutputT", default=Any)
+"""The session's output type; a bare ``SessionHandle`` is any session's (``SessionHandle[Any]``)."""
+
 
 @attrs.define(eq=False)
-class SessionHandle:
+class SessionHandle(Generic[HandleOutputT]):
     """A session started with ``Runtime.start_session``; it lives until closed.
 
     It is closed by :meth:`aclose`, by idle reaping, or by the runtime exiting.
+    Generic in the agent's output type, as its :attr:`session` is.
     """
 
-    session: Session[Any]
+    session: Session[HandleOutputT]
     """The session; use ``handle.session.run(...)``."""
 
     @property
@@ -194,12 +199,12 @@ class Runtime:
 
     async def start_session(
         self,
-        agent: Agent[Any, Any],
+        agent: Agent[Any, OutputT],
         *,
         session_id: str | None = None,
         idle_timeout: float | Any | None = ...,
         create: bool = True,
-    ) -> SessionHandle:
+    ) -> SessionHandle[OutputT]:
         """Start a session that lives in the runtime until closed, reaped when idle, or the runtime exits.
 
         Args:

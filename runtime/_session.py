@@ -273,7 +273,7 @@ class Session(Generic[OutputT]):
         else:
             self._close_callbacks.append(callback)
 
-    def run(self, user_input: UserContent, *, deps: Any = None) -> RunStream:
+    def run(self, user_input: UserContent, *, deps: Any = None) -> RunStream[OutputT]:
         """Run the agent on ``user_input``, streaming its events.
 
         Use the returned :class:`RunStream` as ``async with session.run(...)
@@ -308,7 +308,7 @@ class Session(Generic[OutputT]):
 
     def resume(
         self, answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None, *, deps: Any = None
-    ) -> RunStream:
+    ) -> RunStream[OutputT]:
         """Continue the run that was interrupted while it waited for answers (see :attr:`pending`).
 
         The resuming run is a new run (its ``RunStarted`` names the run it

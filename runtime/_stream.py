@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias
 
 import trio
+from typing_extensions import TypeVar
 
 from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicitationError
 from ._task_group import join, runs_in
@@ -23,13 +24,19 @@ if TYPE_CHECKING:
 
     StartRun: TypeAlias = Callable[[Any, Content | None, Any, bool], AgentRun]
 
+OutputT_co = TypeVar("OutputT_co", covariant=True, default=Any)
+"""The run's output type; a bare ``RunStream`` is any run's (``RunStream[Any]``)."""
+
 _CANCELLED = RunFinished("cancelled")
 _CANCEL_CHECK_EVERY = 32
 """``async for`` over a stream checks for cancellation at least every this many events."""
 
 
-class RunStream:
+class RunStream(Generic[OutputT_co]):
     """One run: an async context manager that starts it, and an async iterator of its events.
+
+    Generic in the agent's output type: :attr:`result` is a ``RunResult[OutputT_co]``
+    (``Session[Weather].run`` returns a ``RunStream[Weather]``).
 
     Made by ``Session.run``; use it as ``async with session.run(...) as
     stream: async for event in stream: ...``. Entering starts the run's task
@@ -85,7 +92,7 @@ class RunStream:
         self._finished = False
         self._unchecked = 0  # events given since the last cancellation check
 
-    async def __aenter__(self) -> RunStream:
+    async def __aenter__(self) -> RunStream[OutputT_co]:
         if self._run is not None:
             raise AgentRuntimeError("a RunStream can be entered only once; call session.run() again")
         self._run = self._start(self._owner, self._user_input, self._deps, self._answerable)
@@ -121,7 +128,7 @@ class RunStream:
         return self._started().run_id
 
     @property
-    def result(self) -> RunResult[Any]:
+    def result(self) -> RunResult[OutputT_co]:
         """What the run produced so far; final once ``RunFinished`` was seen."""
         return self._started().result()
 
@@ -169,7 +176,7 @@ class RunStream:
             raise AgentRuntimeError("the run has not started: use 'async with session.run(...) as stream'")
         return self._run
 
-    def __aiter__(self) -> RunStream:
+    def __aiter__(self) -> RunStream[OutputT_co]:
         return self
 
     def next_nowait(self) -> Event:

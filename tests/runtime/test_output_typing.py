@@ -13,7 +13,7 @@ import pydantic
 import pytest
 
 from agents import Agent, ScriptedModel, ToolCall
-from runtime import RunFailedError, RunResult, Session, open_runtime
+from runtime import RunFailedError, RunResult, RunStream, Session, SessionHandle, open_runtime
 
 
 class Weather(pydantic.BaseModel):
@@ -86,3 +86,29 @@ async def test_typing_run_failed_error_carries_the_result() -> None:
             await session.ask("go")
     assert_type(info.value.result, RunResult[Any])
     assert info.value.result.output is None
+
+
+async def test_typing_run_stream_and_started_session_keep_the_output_type() -> None:
+    """session.run() gives a RunStream[Weather] whose result holds Weather; start_session gives a
+    SessionHandle[Weather]; bare RunStream and SessionHandle mean any output type."""
+    agent = Agent(
+        name="weather",
+        model=ScriptedModel([ToolCall("final_result", {"city": "Oslo", "celsius": -3})]),
+        output_type=Weather,
+    )
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(agent)
+        assert_type(handle, SessionHandle[Weather])
+        assert_type(handle.session, Session[Weather])
+        async with handle.session.run("Weather in Oslo?") as stream:
+            assert_type(stream, RunStream[Weather])
+            async for _ in stream:
+                pass
+        assert_type(stream.result.output, Weather | None)
+        assert_type(handle.session.resume(), RunStream[Weather])  # made, not entered: nothing runs
+        await handle.aclose()
+    any_stream: RunStream = stream  # a bare RunStream is a RunStream[Any]: any run's stream fits it
+    any_handle: SessionHandle = handle
+    assert_type(any_stream.result, RunResult[Any])
+    assert_type(any_handle.session, Session[Any])
+    assert stream.result.output == Weather(city="Oslo", celsius=-3)
