@@ -174,7 +174,7 @@ class ServedSession:
         self.workspace.listen(self._workspace_changed)
 
     @property
-    def session(self) -> Session:
+    def session(self) -> Session[Any]:
         """The runtime session."""
         return self.handle.session
 

@@ -14,6 +14,7 @@ import pytest
 
 from agents import Agent, ScriptedModel, ToolCall
 from runtime import RunFailedError, RunResult, RunStream, Session, SessionHandle, open_runtime
+from streams import open_server
 
 
 class Weather(pydantic.BaseModel):
@@ -112,3 +113,18 @@ async def test_typing_run_stream_and_started_session_keep_the_output_type() -> N
     assert_type(any_stream.result, RunResult[Any])
     assert_type(any_handle.session, Session[Any])
     assert stream.result.output == Weather(city="Oslo", celsius=-3)
+
+
+async def test_typing_served_session_is_of_any_output() -> None:
+    """ServedSession.session is a Session[Any], not a bare Session (which is Session[str] by OutputT's
+    default): a served typed agent's output may be assigned to its own type."""
+    agent = Agent(
+        name="weather",
+        model=ScriptedModel([ToolCall("final_result", {"city": "Oslo", "celsius": -3})]),
+        output_type=Weather,
+    )
+    async with open_server(agent, port=0) as server:
+        served = await server.open_session("s")
+        assert_type(served.session, Session[Any])
+        output: Weather | None = (await served.session.ask("Weather in Oslo?")).output
+    assert output == Weather(city="Oslo", celsius=-3)
