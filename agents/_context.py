@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeAlias, TypeVar, cast
 
 import attrs
 import trio
@@ -221,7 +221,7 @@ class ToolContext(RunContext[DepsT]):
         self,
         message: str,
         *,
-        schema: type[Any] | Mapping[str, Any] | None = None,
+        schema: object = None,
         timeout: float | None = None,
     ) -> ElicitationResult:
         """Ask the human a question and wait for the answer.
@@ -232,9 +232,12 @@ class ToolContext(RunContext[DepsT]):
 
         Args:
             message: The question.
-            schema: What an accepted answer must be: a type (validated by
-                pydantic, e.g. ``int`` or a model class) or a flat JSON
+            schema: What an accepted answer must be: a type or a typing form
+                (validated by pydantic, e.g. ``int``, a model class,
+                ``Literal["yes", "no"]`` or ``int | None``) or a flat JSON
                 schema object (MCP's elicitation subset). ``None``: anything.
+                Typed ``object``: a typing form is not a ``type`` for a type
+                checker.
             timeout: Seconds to wait for the answer.
 
         Returns:
@@ -254,4 +257,6 @@ class ToolContext(RunContext[DepsT]):
         """
         if self.elicitor is None:
             raise ElicitationUnavailable("this tool call has no consumer to ask (it is not running in a runtime)")
-        return await self.elicitor.elicit(message, schema=schema, timeout=timeout, agent=self.agent.name)
+        # A typing form is not a type[Any] for mypy, but the runtime compiles any form pydantic takes.
+        form = cast("type[Any] | Mapping[str, Any] | None", schema)
+        return await self.elicitor.elicit(message, schema=form, timeout=timeout, agent=self.agent.name)

@@ -7,13 +7,14 @@ check of the public types; the tests also run, and check the values match.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, assert_type
+from typing import Any, Literal, assert_type
 
 import pydantic
 import pytest
 
-from agents import Agent, ScriptedModel, ToolCall
+from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import RunFailedError, RunResult, RunStream, Session, SessionHandle, open_runtime
+from runtime.events import ElicitationRequest, ToolCallFinished
 from streams import open_server
 
 
@@ -128,3 +129,31 @@ async def test_typing_served_session_is_of_any_output() -> None:
         assert_type(served.session, Session[Any])
         output: Weather | None = (await served.session.ask("Weather in Oslo?")).output
     assert output == Weather(city="Oslo", celsius=-3)
+
+
+async def test_typing_elicit_takes_typing_forms() -> None:
+    """ctx.elicit(schema=...) takes a typing form (the README's Literal["yes", "no"], a union) as well as a type
+    and a flat JSON schema; the Literal is shown as an enum and checks the answer."""
+
+    @tool
+    async def deploy(ctx: ToolContext[None], env: str) -> str:
+        """Deploy."""
+        if env == "never":  # type-checked only: each form is accepted by mypy
+            await ctx.elicit("n?", schema=int | None)
+            await ctx.elicit("n?", schema=int)
+            await ctx.elicit("n?", schema={"type": "object", "properties": {}})
+        answer = await ctx.elicit(f"Deploy to {env}?", schema=Literal["yes", "no"], timeout=300)
+        return "deployed" if answer.accepted and answer.content == "yes" else "not deployed"
+
+    agent = Agent(name="ops", model=ScriptedModel([ToolCall("deploy", {"env": "prod"}), "done"]), tools=[deploy])
+    results: list[Any] = []
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("deploy") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    assert event.schema is not None
+                    assert event.schema["enum"] == ["yes", "no"]
+                    await stream.respond(event.id, "accept", "yes")
+                elif isinstance(event, ToolCallFinished):
+                    results.append(event.result)
+    assert results == ["deployed"]
