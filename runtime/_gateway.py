@@ -53,8 +53,8 @@ class Channel(Protocol):
 
     name: str
 
-    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled."""
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any]) -> None:
+        """Serve until cancelled (the gateway starts it with ``nursery.start``: no default is needed)."""
         ...
 
 

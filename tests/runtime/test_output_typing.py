@@ -11,9 +11,20 @@ from typing import Any, Literal, assert_type
 
 import pydantic
 import pytest
+import trio
 
 from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
-from runtime import RunFailedError, RunResult, RunStream, Session, SessionHandle, open_runtime
+from runtime import (
+    Channel,
+    MessageBus,
+    RunFailedError,
+    RunResult,
+    RunStream,
+    Session,
+    SessionHandle,
+    open_gateway,
+    open_runtime,
+)
 from runtime.events import ElicitationRequest, ToolCallFinished
 from streams import open_server
 
@@ -157,3 +168,22 @@ async def test_typing_elicit_takes_typing_forms() -> None:
                 elif isinstance(event, ToolCallFinished):
                     results.append(event.result)
     assert results == ["deployed"]
+
+
+class _ServesWithoutDefault:
+    """A channel whose run() takes task_status without a default, as the README writes it."""
+
+    name = "plain"
+
+    async def run(self, bus: MessageBus, *, task_status: trio.TaskStatus[Any]) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+
+async def test_typing_channel_needs_no_task_status_default() -> None:
+    """A Channel's run(bus, *, task_status) needs no default for task_status: the gateway always starts it
+    with nursery.start, and such a channel is a Channel for mypy and serves in a gateway."""
+    channel: Channel = _ServesWithoutDefault()
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, channels=[channel]) as gateway:
+        assert gateway.statistics().sessions == 0
