@@ -23,7 +23,7 @@ from .events import RunFinished
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from types import TracebackType
+    from types import EllipsisType, TracebackType
 
     import httpx
     from opentelemetry.metrics import MeterProvider
@@ -202,7 +202,7 @@ class Runtime:
         agent: Agent[Any, OutputT],
         *,
         session_id: str | None = None,
-        idle_timeout: float | Any | None = ...,
+        idle_timeout: float | EllipsisType | None = ...,
         create: bool = True,
     ) -> SessionHandle[OutputT]:
         """Start a session that lives in the runtime until closed, reaped when idle, or the runtime exits.

@@ -20,6 +20,7 @@ from runtime import (
     RunFailedError,
     RunResult,
     RunStream,
+    Runtime,
     Session,
     SessionHandle,
     open_gateway,
@@ -187,3 +188,21 @@ async def test_typing_channel_needs_no_task_status_default() -> None:
     agent = Agent(name="a", model=ScriptedModel([]))
     async with open_runtime() as runtime, open_gateway(runtime, agent, channels=[channel]) as gateway:
         assert gateway.statistics().sessions == 0
+
+
+async def _rejected_by_mypy(runtime: Runtime, session: Session[str]) -> None:  # pragma: no cover - never run
+    """Calls mypy must refuse (each ``type: ignore`` would be reported unused if it did not)."""
+    await runtime.start_session(Agent(name="a", model=ScriptedModel([])), idle_timeout="5")  # type: ignore[arg-type]
+
+
+async def test_typing_start_session_idle_timeout_is_a_number_none_or_left_out() -> None:
+    """start_session's idle_timeout takes seconds or None (or is left out for the runtime's), and mypy refuses
+    anything else (see _rejected_by_mypy)."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime(idle_timeout=30) as runtime:
+        for timeout in (5.0, None):
+            handle = await runtime.start_session(agent, idle_timeout=timeout)
+            await handle.aclose()
+        handle = await runtime.start_session(agent)
+        await handle.aclose()
+    assert handle.closed
