@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias
 
 import trio
-from typing_extensions import TypeVar
+from typing_extensions import TypeVar, deprecated
 
 from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicitationError
 from ._task_group import join, runs_in
@@ -116,6 +116,7 @@ class RunStream(Generic[OutputT_co]):
         finally:
             self._left(self._owner)
 
+    @deprecated("use 'async with session.run(...)', not 'with'", category=None)  # flagged by type checkers only
     def __enter__(self) -> None:
         raise TypeError("use 'async with session.run(...)', not 'with'")
 

@@ -1,7 +1,11 @@
+# mypy: enable-error-code="deprecated"
 """Typed output is typed for mypy: ``Agent(output_type=M)`` is an ``Agent[Any, M]`` and its results hold ``M``.
 
 mypy runs over tests/ in strict mode, so each ``assert_type`` here is a
 check of the public types; the tests also run, and check the values match.
+What mypy must refuse is in ``_rejected_by_mypy``, each line with a ``type: ignore``
+that mypy reports as unused if it stops refusing it (the ``deprecated`` check,
+off by default, is on for this file).
 """
 
 from __future__ import annotations
@@ -193,6 +197,8 @@ async def test_typing_channel_needs_no_task_status_default() -> None:
 async def _rejected_by_mypy(runtime: Runtime, session: Session[str]) -> None:  # pragma: no cover - never run
     """Calls mypy must refuse (each ``type: ignore`` would be reported unused if it did not)."""
     await runtime.start_session(Agent(name="a", model=ScriptedModel([])), idle_timeout="5")  # type: ignore[arg-type]
+    with session.run("hi"):  # type: ignore[deprecated]
+        pass
 
 
 async def test_typing_start_session_idle_timeout_is_a_number_none_or_left_out() -> None:
@@ -206,3 +212,12 @@ async def test_typing_start_session_idle_timeout_is_a_number_none_or_left_out() 
         handle = await runtime.start_session(agent)
         await handle.aclose()
     assert handle.closed
+
+
+async def test_typing_plain_with_on_a_run_is_flagged_and_raises() -> None:
+    """``with session.run(...)`` is flagged by mypy (__enter__ is deprecated; see _rejected_by_mypy) and raises
+    TypeError, without a DeprecationWarning, when run."""
+    async with open_runtime() as runtime, runtime.open_session(Agent(name="a", model=ScriptedModel([]))) as session:
+        stream = session.run("hi")
+        with pytest.raises(TypeError, match="async with"):
+            stream.__enter__()  # type: ignore[deprecated]
