@@ -8,6 +8,7 @@ import attrs
 
 if TYPE_CHECKING:
     from ._context import RunContext, ToolContext
+    from ._messages import FinishReason
 
 
 @attrs.frozen
@@ -48,7 +49,7 @@ class Hooks:
     async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
         """Called after a tool call ends, with its result or its error."""
 
-    async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+    async def on_run_end(self, ctx: RunContext[Any], reason: FinishReason) -> None:
         """Called once when the run ends, with the ``RunFinished`` reason.
 
         It runs even when the run is cancelled (shielded, for at most a second).

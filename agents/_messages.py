@@ -151,6 +151,20 @@ StopReason: TypeAlias = Literal[
 """Why a model stopped one response, normalised across providers."""
 
 
+FinishReason: TypeAlias = Literal[
+    "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit", "interrupted"
+]
+"""Why a run ended (``RunFinished.reason``; defined here for :class:`~agents.Hooks`, re-exported by
+``runtime.events``).
+
+``interrupted``: the process running it stopped (killed, crashed) before it
+ended; a durable session's log says so when it is opened again.
+
+Consumers must accept reasons they do not know (treat one like ``error``):
+later versions may add more, and a newer served runtime may send them.
+"""
+
+
 @attrs.frozen
 class StopChunk:
     """Why the response ended: at most one per model call, after its content."""

@@ -8,23 +8,11 @@ started: its stream is that one ``RunFinished("cancelled")``.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final, TypeAlias, get_args
 
 import attrs
 
-from agents._messages import StopReason as StopReason, text_init as _text_init
-
-FinishReason: TypeAlias = Literal[
-    "completed", "max_turns", "hook_stop", "timeout", "error", "cancelled", "refusal", "usage_limit", "interrupted"
-]
-"""Why a run ended.
-
-``interrupted``: the process running it stopped (killed, crashed) before it
-ended; a durable session's log says so when it is opened again.
-
-Consumers must accept reasons they do not know (treat one like ``error``):
-later versions may add more, and a newer served runtime may send them.
-"""
+from agents._messages import FinishReason as FinishReason, StopReason as StopReason, text_init as _text_init
 
 FINISH_REASONS: Final[frozenset[str]] = frozenset(get_args(FinishReason))
 """Every :data:`FinishReason`, for checking a reason read from elsewhere (JSON, a peer)."""

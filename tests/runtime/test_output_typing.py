@@ -17,7 +17,7 @@ import pydantic
 import pytest
 import trio
 
-from agents import Agent, ScriptedModel, ToolCall, ToolContext, tool
+from agents import Agent, Hooks, RunContext, ScriptedModel, ToolCall, ToolContext, tool
 from runtime import (
     Channel,
     MessageBus,
@@ -30,7 +30,7 @@ from runtime import (
     open_gateway,
     open_runtime,
 )
-from runtime.events import ElicitationRequest, ToolCallFinished
+from runtime.events import ElicitationRequest, FinishReason, ToolCallFinished
 from streams import open_server
 
 
@@ -221,3 +221,23 @@ async def test_typing_plain_with_on_a_run_is_flagged_and_raises() -> None:
         stream = session.run("hi")
         with pytest.raises(TypeError, match="async with"):
             stream.__enter__()  # type: ignore[deprecated]
+
+
+class _ReasonHooks(Hooks):
+    """Narrows on_run_end's reason to FinishReason: mypy refused that override while the base said ``str``."""
+
+    def __init__(self) -> None:
+        self.reasons: list[FinishReason] = []
+
+    async def on_run_end(self, ctx: RunContext[Any], reason: FinishReason) -> None:
+        self.reasons.append(reason)
+
+
+async def test_typing_on_run_end_gets_a_finish_reason() -> None:
+    """Hooks.on_run_end's reason is a FinishReason (runtime.events' type, defined in agents for Hooks): a hook
+    may annotate it so, and gets the run's RunFinished reason."""
+    hooks = _ReasonHooks()
+    agent = Agent(name="a", model=ScriptedModel(["hi"]), hooks=[hooks])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        await session.ask("hello")
+    assert hooks.reasons == ["completed"]
