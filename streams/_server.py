@@ -97,6 +97,8 @@ DETACHED_DRAIN_TIMEOUT: Final = 5.0
 
 A cancelled run ends promptly; the bound is for one whose tool waits for its own session to close
 (``ctx.session.aclose()``), which cannot end before the task reading the run does."""
+CLOSING_WAIT: Final = 10.0
+"""Seconds ``POST /sessions`` waits for a session of the id it asks for to finish closing, at most."""
 SESSION_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """A session id a client may choose: 1 to 128 of ``A-Z a-z 0-9 . _ -``, the first a letter or a digit.
 
@@ -380,8 +382,8 @@ class Server:
 
     @property
     def sessions(self) -> dict[str, ServedSession]:
-        """The served sessions open now, by id."""
-        return dict(self._sessions)
+        """The served sessions open now, by id (one closing is gone already)."""
+        return {sid: served for sid, served in self._sessions.items() if not served.session.closed}
 
     def statistics(self) -> ServerStatistics:
         """The counters, at any time."""
@@ -394,7 +396,8 @@ class Server:
 
         Raises:
             InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
-            SessionExistsError: a served session has that id.
+            SessionExistsError: a served session has that id (one closing is waited for, up to
+                :data:`CLOSING_WAIT` seconds, then the id is free).
             TooManySessionsError: ``max_sessions`` are open.
             ClosedSessionError: the server is shutting down.
             SessionOwnedError: (with a store) another process serves it.
@@ -407,8 +410,17 @@ class Server:
             )
         if self._closing:
             raise ClosedSessionError("the server is shutting down")
-        if session_id in self._sessions:  # a conflict, whether or not there is room
-            raise SessionExistsError(f"session {session_id!r} exists")
+        # A closing session is gone (404, not listed), but holds its id until its tasks have ended.
+        while session_id is not None and (closing := self._sessions.get(session_id)) is not None:
+            if not closing.session.closed:  # a conflict, whether or not there is room
+                raise SessionExistsError(f"session {session_id!r} exists")
+            with trio.move_on_after(CLOSING_WAIT):
+                await closing.session.wait_closed()  # it is forgotten (_forget) before this returns
+                await closing.session.wait_released()  # with a store: free to open here again
+            if self._sessions.get(session_id) is closing:
+                raise SessionExistsError(f"session {session_id!r} is still closing")
+            if self._closing:
+                raise ClosedSessionError("the server is shutting down")
         self._check_room()
         # The id is made here, not by the runtime: with a store, a session the runtime names is only made
         # there by its first run, and a served session exists (in the store too) once it is answered 201.
@@ -582,7 +594,7 @@ class Server:
     async def _list(self, request: Request) -> Response:
         if not self._authorized(request):
             raise _HTTPError(401, "unauthorized", "a valid bearer token is required")
-        return JSONResponse({"sessions": [served.describe() for served in self._sessions.values()]})
+        return JSONResponse({"sessions": [served.describe() for served in self.sessions.values()]})
 
     async def _get(self, request: Request) -> Response:
         return JSONResponse((await self._served(request)).describe())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 import pytest
 import trio
+import trio.testing
 from httpx_sse import ServerSentEvent, aconnect_sse
 from trio_websocket import open_websocket_url
 
@@ -310,6 +311,55 @@ async def test_a_detached_runs_followers_get_its_cancelled_calls_at_shutdown(
     assert cancelled.is_set()
     assert logged[-3:] == published[-3:] == ["ToolCallStarted", "ToolCallFinished", "RunFinished"]
     assert logged.count("RunFinished") == 1
+
+
+async def test_a_closing_session_is_gone_everywhere_and_its_id_is_free_once_it_has_closed(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """While a deleted session's run is still ending (its tool cleaning up), it is listed nowhere and is
+    404; POST /sessions with its id waits until it has closed, then creates it (201, not 409)."""
+    started, cleaning, cleaned = trio.Event(), trio.Event(), trio.Event()
+
+    @tool
+    async def stubborn() -> str:
+        """Waits, and takes its time to clean up when cancelled."""
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cleaning.set()
+            with trio.CancelScope(shield=True):
+                await cleaned.wait()
+        return "never"  # pragma: no cover
+
+    agent = make_agent(stubborn, call=ToolCall("stubborn"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (server, client):
+            await create(client, "s1")
+            old = server.sessions["s1"]
+            await client.post("/sessions/s1/runs", json={"input": "tool: stubborn", "detach": True})
+            await started.wait()
+            answers: dict[str, httpx.Response] = {}
+
+            async def request(name: str, method: str, url: str, body: Any = None) -> None:
+                answers[name] = await client.request(method, url, json=body)
+
+            async with trio.open_nursery() as nursery:
+                try:
+                    nursery.start_soon(request, "delete", "DELETE", "/sessions/s1")
+                    await cleaning.wait()
+                    assert (await client.get("/sessions")).json() == {"sessions": []}
+                    assert_error(await client.get("/sessions/s1"), 404)
+                    assert "s1" not in server.sessions
+                    nursery.start_soon(request, "create", "POST", "/sessions", {"id": "s1"})
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert "create" not in answers  # it waits for the old session to close
+                finally:
+                    cleaned.set()
+            assert answers["delete"].status_code == 204
+            assert answers["create"].status_code == 201, answers["create"].text
+            assert answers["create"].json()["runs"] == 0
+            assert server.sessions["s1"] is not old
 
 
 async def test_the_feed_names_a_run_that_waited_for_its_turn_when_its_turn_comes(
