@@ -8,7 +8,7 @@ import trio
 from typing_extensions import TypeVar, deprecated
 
 from ._exceptions import AgentRuntimeError, ClosedRunStreamError, UnknownElicitationError
-from ._task_group import join, runs_in
+from ._task_group import join, runs_in, waits_for_me
 from .events import Event, RunFinished
 
 if TYPE_CHECKING:
@@ -238,3 +238,10 @@ class RunStream(Generic[OutputT_co]):
         if type(event) is RunFinished:
             self._finished = True
         return event
+
+
+def run_waits_for_me(stream: RunStream[Any]) -> bool:
+    """Whether ``stream``'s run waits for the current task (one of its tools closing the session this task is
+    in): reading the run to its end would then wait for ever. For served mode's detached runs."""
+    assert stream._run is not None, "the stream was not entered"
+    return waits_for_me(runs_in(stream._run.cancel_scope))

@@ -323,6 +323,16 @@ async def join(done: Latch | trio.Event, waits_for: Owns) -> None:
         del joins[me]
 
 
+def waits_for_me(tasks: Owns) -> bool:
+    """Whether one of ``tasks`` waits in a :func:`join`, directly or down a chain of joins, for the current task
+    (a tool closing its own session, which waits for this task): then waiting for them would wait for ever."""
+    try:
+        joins = _JOINS.get()
+    except LookupError:
+        return False
+    return _closes_loop(joins, trio.lowlevel.current_task(), tasks)
+
+
 def _closes_loop(joins: dict[trio.lowlevel.Task, Owns], me: trio.lowlevel.Task, waits_for: Owns) -> bool:
     """Whether a task ``waits_for`` names is in a join that waits, directly or down a chain of joins, for ``me``."""
     todo, seen = [waits_for], set()

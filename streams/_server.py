@@ -36,6 +36,7 @@ from runtime import (
 )
 from runtime._runtime import single_errors
 from runtime._session import new_session_id
+from runtime._stream import run_waits_for_me
 from runtime._tracing import attached as attached_trace, extracted as extracted_trace
 from runtime.events import RunFinished, RunStarted
 
@@ -684,9 +685,10 @@ class Server:
                     # Cancelled with its session, as the run is: what the run still sends as it ends (its
                     # cancelled calls' ToolCallFinished, its RunFinished) is read, as an attached client would.
                     stream.cancel()
-                    with trio.CancelScope(shield=True, deadline=trio.current_time() + DETACHED_DRAIN_TIMEOUT):
-                        async for event in stream:
-                            served.record(run_id, event)
+                    if not run_waits_for_me(stream):  # (a tool closing its own session waits for this task)
+                        with trio.CancelScope(shield=True, deadline=trio.current_time() + DETACHED_DRAIN_TIMEOUT):
+                            async for event in stream:
+                                served.record(run_id, event)
                     raise
             finally:
                 if not served.runs[run_id].finished:  # cancelled with its session: followers see it end

@@ -35,6 +35,7 @@ from runtime.events import (
     Usage,
 )
 from streams import WORKSPACE_TOOLS, SessionExistsError, event_from_json, open_server
+from streams._server import DETACHED_DRAIN_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
@@ -280,6 +281,34 @@ async def test_a_session_deleted_under_a_detached_run_ends_that_run_with_run_fin
                     published.append(item)
             assert [item["type"] for item in published][-3:] == tail
             assert published[-1] == rest[-1]
+
+
+async def test_a_detached_run_whose_tool_closes_its_own_session_ends_it_at_once(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A detached run's tool closing its own session (ctx.session.aclose(), "end the conversation"): the session
+    closes at once and the run's log ends with one RunFinished. The task reading the run must not wait for the
+    run to end (it waits for that task): it waited DETACHED_DRAIN_TIMEOUT (5 s)."""
+
+    @tool
+    async def hang_up(ctx: ToolContext[Any]) -> str:
+        """End the conversation."""
+        session: Any = ctx.session  # a runtime Session: SessionLike does not offer aclose()
+        await session.aclose()
+        return "bye"  # pragma: no cover - cancelled by its own close
+
+    began = trio.current_time()
+    with trio.fail_after(DETACHED_DRAIN_TIMEOUT * 2):
+        async with serving(make_agent(hang_up, call=ToolCall("hang_up")), idle_timeout=None) as (server, client):
+            await create(client, "s1")
+            session = server.sessions["s1"].session
+            response = await client.post("/sessions/s1/runs", json={"input": "tool: hang up", "detach": True})
+            assert response.status_code == 202
+            await session.wait_released()
+            assert session.closed
+            assert (await client.get("/sessions/s1")).status_code == 404
+    # The close and the server's exit, both shielded (fail_after alone cannot see them take too long).
+    assert trio.current_time() - began < DETACHED_DRAIN_TIMEOUT / 2
 
 
 async def test_a_detached_runs_followers_get_its_cancelled_calls_at_shutdown(
