@@ -40,7 +40,7 @@ from ._store import (
     storable,
 )
 from ._wire import content_from_json, content_to_json, event_to_json, message_from_json, message_to_json
-from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta
+from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta, ToolCallFinished
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -751,6 +751,19 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
             last = interrupted[-1]
             interrupted[-1] = attrs.evolve(last, input=carrying(last.input, then, len(repaired)))
     return repaired, interrupted, suspended, unchanged
+
+
+def unfinished_calls(log: Sequence[str]) -> list[ToolCallFinished]:
+    """The ``ToolCallFinished`` an interrupted run's stored log (JSON events) still owes: one per
+    ``ToolCallStarted`` without its own, with the error the repaired history gives the call."""
+    started: dict[str, str] = {}
+    for text in log:
+        data = json.loads(text)
+        if data.get("type") == "ToolCallStarted":
+            started[data["call_id"]] = data["name"]
+        elif data.get("type") == "ToolCallFinished":
+            started.pop(data["call_id"], None)
+    return [ToolCallFinished(call_id, name, None, INTERRUPTED_RESULT) for call_id, name in started.items()]
 
 
 def _waits(history: list[Message], waiting: set[str]) -> bool:

@@ -14,7 +14,7 @@ from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundError
 from ._idle import IdleReaper
-from ._journal import Journal, default_owner, open_writer, recover, restore_usage, usage_from_json
+from ._journal import Journal, default_owner, open_writer, recover, restore_usage, unfinished_calls, usage_from_json
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
 from ._store import StoreCorruptError, StoreUnavailableError
@@ -321,9 +321,11 @@ class Runtime:
             # interrupted) wait no more: their rows go with the recovery.
             journal.forget_questions(row.elicitation_id for row in snapshot.pending if row not in waiting)
             for row in interrupted:
-                # Its log ends as every run's does: with one RunFinished.
-                logged = len(await store.events(session_id, row.run_id))
-                journal.run_row(row, first_event=logged)
+                # Its log ends as every run's does: a ToolCallFinished for each call it started, one RunFinished.
+                log = await store.events(session_id, row.run_id)
+                journal.run_row(row, first_event=len(log))
+                for finished in unfinished_calls(log):
+                    journal.event(row.run_id, finished)
                 journal.event(row.run_id, RunFinished("interrupted", "the process running it stopped"))
             session = self._start(
                 agent,

@@ -53,7 +53,7 @@ from runtime import (
 )
 from runtime._journal import INTERRUPTED_RESULT, Journal, StoreWriter, carrying, dumps, run_input_to_json
 from runtime._runtime import MAX_SESSION_ID_BYTES
-from runtime._store import Checkpoint, PendingRow, RunRow
+from runtime._store import Checkpoint, EventRow, PendingRow, RunRow
 from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
     ElicitationRequest,
@@ -63,6 +63,7 @@ from runtime.events import (
     RunFinished,
     RunStarted,
     TextDelta,
+    ToolCallFinished,
     ToolCallStarted,
 )
 
@@ -538,6 +539,38 @@ async def test_a_repair_inside_the_history_rewrites_the_stored_messages_after_it
     for _ in range(2):  # recovered, then as written back
         async with in_session(path, make_agent(), session_id="m", create=False) as session:
             assert list(session.history) == repaired
+
+
+async def test_an_interrupted_runs_log_finishes_each_call_it_started_before_its_run_finished(tmp_path: Path) -> None:
+    """A run interrupted with one of two calls finished: recovery logs a ToolCallFinished for the other (its
+    error the result the repaired history gives it) before the RunFinished, as every run's log has."""
+    path = tmp_path / "s.db"
+    calls = (ToolCallChunk("a", "pay", {"amount": 1}), ToolCallChunk("b", "pay", {"amount": 2}))
+    stored: list[Message] = [UserMessage("pay twice"), AssistantMessage("", calls), ToolResultMessage("a", "pay", "1")]
+    logged: list[Event] = [
+        RunStarted("f-r1"),
+        ToolCallStarted("a", "pay", {"amount": 1}),
+        ToolCallStarted("b", "pay", {"amount": 2}),
+        ToolCallFinished("a", "pay", "1"),
+    ]
+    store = SQLiteStore(path)
+    async with store.open("crashed-host:1"):  # what a process killed in the second call's body leaves
+        await store.claim("f", "durable", create=True)
+        run = RunRow("f-r1", 1, run_input_to_json("pay twice", 0), "running")
+        events = [EventRow("f-r1", seq, dumps(event_to_json(event))) for seq, event in enumerate(logged)]
+        await store.commit([Checkpoint("f", 0, 0, [dumps(message_to_json(m)) for m in stored], [run], events)])
+    async with in_session(path, make_agent(), session_id="f", create=False):
+        pass
+    log = stored_events(path, "f-r1")
+    assert [(event["type"], event.get("call_id")) for event in log] == [
+        ("RunStarted", None),
+        ("ToolCallStarted", "a"),
+        ("ToolCallStarted", "b"),
+        ("ToolCallFinished", "a"),
+        ("ToolCallFinished", "b"),
+        ("RunFinished", None),
+    ]
+    assert (log[4]["result"], log[4]["error"], log[5]["reason"]) == (None, INTERRUPTED_RESULT, "interrupted")
 
 
 async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted_call(tmp_path: Path) -> None:
