@@ -40,8 +40,9 @@ class ElicitationTarget(Protocol):
         """Send the request on the run's stream (block policy, bounded by the run's scope)."""
         ...
 
-    def answered(self, request_id: str) -> None:
-        """The request was answered (a durable run writes that it no longer waits)."""
+    async def answered(self, request_id: str) -> None:
+        """The request was answered: a durable run writes that it no longer waits before the tool gets the
+        answer (raising :class:`ElicitationUnavailable` if it cannot)."""
         ...
 
 
@@ -160,9 +161,9 @@ class ElicitationBridge:
                     raise ElicitationUnavailable("no consumer can answer: the run's stream is closed") from None
                 self.asked += 1
                 await pending.answered.wait()
-                target.answered(pending.id)
             if pending.result is None:
                 raise ElicitationTimeout(f"{pending.id} was not answered within {timeout}s")
+            await target.answered(pending.id)  # outside the timeout: an answer given is kept, or an error
         finally:
             target.pending.pop(pending.id, None)
         assert pending.result is not None

@@ -344,8 +344,9 @@ class Journal:
         self._dirty(1)
         return True
 
-    def answered(self, elicitation_id: str) -> None:
-        """A question was answered: it is pending no more (the next commit says so)."""
+    def answered(self, elicitation_id: str) -> bool:
+        """A question was answered: it is pending no more (the next commit says so); ``False`` if it was not
+        stored."""
         for call_id, open_ids in self._questions.items():
             if elicitation_id in open_ids:
                 open_ids.remove(elicitation_id)
@@ -353,7 +354,8 @@ class Journal:
                     del self._questions[call_id]
                 self._removed.append(elicitation_id)
                 self._dirty(1)
-                return
+                return True
+        return False
 
     def forget_questions(self, elicitation_ids: Iterable[str]) -> None:
         """Stored questions that wait no more (recovery found their calls answered): deleted next commit."""

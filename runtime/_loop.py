@@ -310,11 +310,19 @@ class AgentRun:
         """Before :meth:`drive`: first call again the tool calls an interrupted run was waiting on."""
         self._resume = resumption
 
-    def answered(self, request_id: str) -> None:
-        """A question of this run (or a nested one) was answered: a durable session writes that it waits no more."""
+    async def answered(self, request_id: str) -> None:
+        """A question of this run (or a nested one) was answered: a durable session writes that it waits no more
+        before the tool acts on the answer (a process stopping after that never asks it again).
+
+        Raises:
+            ElicitationUnavailable: the answer could not be written.
+        """
         journal = (self._root or self)._journal
-        if journal is not None:
-            journal.answered(request_id)
+        if journal is not None and journal.answered(request_id):
+            try:
+                await journal.flush()
+            except StoreError as exc:
+                raise ElicitationUnavailable(f"the answer could not be kept: {describe(exc)}") from exc
 
     def consumer_leaving(self) -> None:
         """The consumer is leaving its block: from now on, questions fail at once."""
@@ -1009,7 +1017,7 @@ class AgentRun:
             # Only the resumed call itself takes its questions' ids and answers: the model may give a later
             # call the same id.
             resumed = None if self._resume is None else self._resume.questions.pop(call.call_id, None)
-            elicitor = self._bridge if resumed is None else _ResumedQuestions(self._bridge, resumed, journal.answered)
+            elicitor = self._bridge if resumed is None else _ResumedQuestions(self._bridge, resumed, self.answered)
             return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         finally:
             _TOP_CALL.reset(token)
@@ -1177,7 +1185,10 @@ class _ResumedQuestions:
     __slots__ = ("_answered", "_bridge", "_questions")
 
     def __init__(
-        self, bridge: ElicitationBridge, questions: list[ResumedQuestion], answered: Callable[[str], None]
+        self,
+        bridge: ElicitationBridge,
+        questions: list[ResumedQuestion],
+        answered: Callable[[str], Awaitable[None]],
     ) -> None:
         self._bridge = bridge
         self._questions = questions
@@ -1193,8 +1204,7 @@ class _ResumedQuestions:
             if question.matches(message, json_schema, agent):
                 del self._questions[at]
                 if question.answer is not None:
-                    self._answered(question.request.id)
-                    await trio.lowlevel.checkpoint()
+                    await self._answered(question.request.id)  # kept before the tool acts on it
                     return question.answer
                 return await self._bridge.elicit(
                     message, schema=schema, timeout=timeout, agent=agent, request_id=question.request.id

@@ -779,6 +779,40 @@ async def test_an_approved_body_runs_once_though_the_process_dies_in_it(tmp_path
     assert paid == [100]
 
 
+async def test_an_answer_is_written_before_the_tool_acts_on_it(tmp_path: Path) -> None:
+    """A tool acts on its question's answer and the process dies right after: the answer was written before
+    the tool got it, so the question is not pending again (the code after it would run twice): the call is
+    interrupted."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+
+    @tool
+    async def send(ctx: ToolContext[None], amount: int) -> str:
+        """Send."""
+        await ctx.elicit("Send it?")
+        paid.append(amount)
+        crash_image(path, image)  # the process dies right after the side effect
+        return f"sent {amount}"
+
+    def model(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        return ToolCall("send", {"amount": 7}) if isinstance(last, UserMessage) else "sent"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[send])
+    async with (
+        in_session(path, agent, session_id="w") as session,
+        session.run("send it") as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                await stream.respond(event.id, "accept")
+    async with in_session(image, agent, session_id="w") as session:
+        assert session.pending == ()
+        last = session.history[-1]
+        assert isinstance(last, ToolResultMessage)
+        assert last.content == INTERRUPTED_RESULT
+    assert paid == [7]
+
+
 async def test_a_call_that_asked_twice_resumes_with_each_answer_for_its_own_question(tmp_path: Path) -> None:
     """Approved, then its body asks which account, and the process dies: only the account question is
     pending, and its answer goes to that question when the call is made again (the approval, written, is
