@@ -233,6 +233,17 @@ class Session(Generic[OutputT]):
         """Wait until the session has been closed, by anyone, and every task it owned has finished."""
         await self._tasks.wait_finished()
 
+    async def _runs_stored(self) -> None:
+        """Wait until the runs started so far (their rows) are in the store; returns at once in memory.
+
+        For served mode's ``202``: a run's id it answers survives a restart, and is never given to another run.
+
+        Raises:
+            StoreUnavailableError: the store failed to write them (they are kept, and written once it can).
+        """
+        if self._journal is not None:
+            await self._journal.flush()
+
     async def wait_released(self) -> None:
         """Wait until a closed durable session is let go: what it left written, its lock released.
 

@@ -670,13 +670,20 @@ class Server:
         """A run no client is attached to (``detach``, or an answer that resumes a run): followed by its log.
 
         Raises:
-            _HTTPError: (before ``started``) the 503 of :meth:`_check_queue`.
+            _HTTPError: (before ``started``) the 503 of :meth:`_check_queue`; a 503 if the store cannot write
+                the run's row.
         """
         self._check_queue(served)
         async with start(what, deps=served.workspace) as stream:
             run_id = stream.run_id
             served.run_begins(run_id, stream)
             try:
+                # Its row is written before its id is answered (a queued run's too): a 202's id survives a
+                # restart, never given to another run.
+                try:
+                    await served.session._runs_stored()
+                except StoreUnavailableError as exc:
+                    raise _HTTPError(503, "store_unavailable", str(exc)) from None
                 task_status.started(run_id)
                 try:
                     async for event in stream:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
 import pytest
 import trio
+import trio.testing
 
-from runtime import PostgresStore
+from runtime import PostgresStore, SQLiteStore
 from streams import ListenerRegistry, open_remote_session, open_server
 from tests.processes import Child, running
 from tests.streams import durable_agent
@@ -376,3 +378,32 @@ async def test_requests_at_once_for_a_session_served_elsewhere_each_get_421(sqli
             assert statuses == [421] * 6
             a.kill()
             b.kill()
+
+
+async def test_a_detached_runs_202_id_is_stored_before_the_answer_queued_or_not(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A 202's run id is in the store when the client gets it, for a run that starts at once and for one
+    queued behind it: a process killed right after the 202 (a copy of what SQLite has committed) keeps both
+    runs, so their ids are never given to other runs. The clock stands still: no group commit comes on its
+    own, only the writes something waits for."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    async with (
+        open_server(durable_agent.agent, store=SQLiteStore(path)) as server,
+        httpx.AsyncClient(base_url=server.url) as client,
+    ):
+        assert (await client.post("/sessions", json={"id": "q"})).status_code == 201
+        ids = []
+        for user_input in ("stall", "hello"):  # "hello" waits for its turn behind the stalled run
+            started = await client.post("/sessions/q/runs", json={"input": user_input, "detach": True})
+            assert started.status_code == 202, started.text
+            ids.append(started.json()["run_id"])
+        with sqlite3.connect(path) as source, sqlite3.connect(image) as copy:  # the process killed now
+            source.backup(copy)
+        source.close()
+        copy.close()
+    with sqlite3.connect(image) as db:
+        stored = [row[0] for row in db.execute("SELECT run_id FROM runs ORDER BY seq")]
+    db.close()
+    assert ids == ["q-r1", "q-r2"]
+    assert stored == ids
