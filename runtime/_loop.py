@@ -1111,7 +1111,9 @@ class AgentRun:
         shown = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
         try:
             answer = await ctx.elicit(f"Allow {self._agent.name} to run {tool.name}({shown})?")
-        except ElicitationUnavailable:
+        except ElicitationUnavailable as exc:
+            if isinstance(exc.__cause__, StoreError):  # given, but not written: the body must not run
+                raise _Refused(f"not run: the approval could not be kept: {describe(exc.__cause__)}") from exc
             raise _Refused(f"not run: {tool.name} needs approval, and no one is there to give it") from None
         if not answer.accepted:
             raise _Refused("declined by user")

@@ -881,6 +881,24 @@ async def test_a_message_sent_while_resuming_follows_the_resumed_calls_results_a
     assert paid == [5]
 
 
+async def test_an_approval_the_store_cannot_write_runs_nothing_and_says_so(tmp_path: Path) -> None:
+    """An approval given while the store fails its commit: the tool's body does not run (a process that stopped
+    then would run it again unknowingly), and the call's error says the approval could not be kept, not that
+    no one was there to give it."""
+    store = FailingOnce(tmp_path / "s.db")
+    async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="a") as session:
+        async with session.run("pay 5") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    store.fail = True  # the answer's commit
+                    await stream.respond(event.id, "accept")
+                elif isinstance(event, ToolCallFinished):
+                    finished = event
+    assert paid == []
+    assert finished.error is not None
+    assert finished.error.startswith("not run: the approval could not be kept: ")
+
+
 async def test_the_writer_backlog_counts_what_waits_and_is_empty_once_all_is_written(tmp_path: Path) -> None:
     """The bound on what waits to be written holds only if the count is right: back to 0 once everything
     is written, after runs that rewrote their rows and a commit that failed and was retried."""
