@@ -248,6 +248,8 @@ class ToolContext(RunContext[DepsT]):
                 or, in a sync tool's thread, its call ended (timeout, cancel) and withdrew it.
             ElicitationTimeout: no answer within ``timeout``.
             ValueError: ``timeout`` is negative or NaN (raised before anything is asked).
+            TypeError: ``schema`` is no type, typing form or mapping a schema can be made of (raised before
+                anything is asked, when a consumer could answer).
 
         Example::
 

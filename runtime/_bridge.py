@@ -140,6 +140,8 @@ class ElicitationBridge:
 
         Raises:
             ValueError: ``timeout`` is negative or NaN (before anything is asked).
+            TypeError: ``schema`` is no type, typing form or mapping pydantic can make a schema of (before anything
+                is asked).
         """
         if timeout is not None and not timeout >= 0:  # NaN fails every comparison
             raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
@@ -180,11 +182,17 @@ def compile_schema(schema: type[Any] | Mapping[str, Any] | None) -> tuple[dict[s
         flat = copy.deepcopy(dict(schema))
         return copy.deepcopy(flat), functools.partial(_validate_flat, flat)
     try:
-        hash(schema)
-    except TypeError:  # an unhashable type form: compiled each time
-        json_schema, validate = _compile_type.__wrapped__(schema)
-    else:
-        json_schema, validate = _compile_type(cast("Hashable", schema))
+        try:
+            hash(schema)
+        except TypeError:  # an unhashable type form: compiled each time
+            json_schema, validate = _compile_type.__wrapped__(schema)
+        else:
+            json_schema, validate = _compile_type(cast("Hashable", schema))
+    except pydantic.PydanticUserError as exc:  # 42, "x", object(): the tool's mistake, said in our terms
+        raise TypeError(
+            f"an elicitation schema is a type, a typing form or a flat JSON schema mapping; pydantic cannot make a"
+            f" schema of {schema!r}: {exc}"
+        ) from exc
     return copy.deepcopy(json_schema), validate  # a copy: the consumer may change what it is given
 
 

@@ -416,6 +416,24 @@ async def test_elicit_with_a_negative_or_nan_timeout_raises_value_error_before_a
     ] * 2
 
 
+@pytest.mark.parametrize("schema", [42, "x", object()], ids=["int", "str", "object"])
+async def test_elicit_with_a_schema_pydantic_cannot_make_is_a_type_error_before_asking(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool, schema: Any
+) -> None:
+    """elicit(schema=42) (no type, typing form or mapping) raises TypeError saying what a schema is, not
+    pydantic's own error, and sends no question."""
+    asked = eliciting_tool("ask", "Which one?", schema=schema, catch=TypeError, fallback="bad schema")
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask"), "done"]), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            async with session.run("go") as stream:
+                events = [event async for event in stream]
+        assert session.elicitation.asked == 0
+    assert requests_in(events) == []
+    ((error, _),) = asked.errors
+    assert str(error).startswith("an elicitation schema is a type, a typing form or a flat JSON schema mapping")
+
+
 async def test_elicit_with_an_infinite_timeout_waits_for_the_answer(
     autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
 ) -> None:
