@@ -44,6 +44,7 @@ from ._store import (
     StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
+    history_of,
     storable,
 )
 from ._worker import INTERRUPT_TIMEOUT, WorkerCall, run_worker, session_hash, settle
@@ -483,6 +484,7 @@ class PostgresStore:
         Raises:
             SessionOwnedError: Another process, or another claim through this store, holds it.
             StoreUnavailableError: The server cannot be reached.
+            StoreCorruptError: Its history rows are not numbered 0, 1, 2, ... (nothing is left claimed).
         """
 
         def load(conn: psycopg.Connection[Any]) -> SessionSnapshot | None:
@@ -503,9 +505,13 @@ class PostgresStore:
                     conn.execute(
                         "UPDATE trio_agents_sessions SET owner = %s WHERE id = %s", (storable(self._owner), session_id)
                     )
-                messages = conn.execute(
-                    "SELECT message FROM trio_agents_messages WHERE session_id = %s ORDER BY seq", (session_id,)
-                ).fetchall()
+                messages = history_of(
+                    session_id,
+                    conn.execute(
+                        "SELECT seq, message FROM trio_agents_messages WHERE session_id = %s ORDER BY seq",
+                        (session_id,),
+                    ).fetchall(),
+                )
                 runs = conn.execute(
                     "SELECT run_id, seq, input, status, reason, resumes FROM trio_agents_runs"
                     " WHERE session_id = %s ORDER BY seq",
@@ -520,7 +526,7 @@ class PostgresStore:
                 session_id=session_id,
                 agent=row[0],
                 version=int(row[1]),
-                messages=tuple(message for (message,) in messages),
+                messages=messages,
                 runs=tuple(
                     RunRow(run_id=r[0], seq=r[1], input=r[2], status=r[3], reason=r[4], resumes=r[5]) for r in runs
                 ),

@@ -226,6 +226,7 @@ class Runtime:
             SessionOwnedError: (with a store) another process has the session open.
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
+            StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
                 longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """

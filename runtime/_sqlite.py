@@ -43,6 +43,7 @@ from ._store import (
     StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
+    history_of,
     storable,
 )
 from ._worker import WorkerCall, WorkerThread, run_worker, session_hash
@@ -361,6 +362,7 @@ class SQLiteStore:
         Raises:
             SessionOwnedError: Another process, or another claim in this one, holds it.
             StoreUnavailableError: The file could not be read or written.
+            StoreCorruptError: Its history rows are not numbered 0, 1, 2, ... (nothing is left claimed).
         """
         if fresh and create:
             # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed. If the
@@ -444,9 +446,12 @@ class SQLiteStore:
                 row = (agent, 0, None)
             else:
                 conn.execute("UPDATE sessions SET owner = ? WHERE id = ?", (storable(self._owner), session_id))
-            messages = conn.execute(
-                "SELECT message FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
-            ).fetchall()
+            messages = history_of(
+                session_id,
+                conn.execute(
+                    "SELECT seq, message FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
+                ).fetchall(),
+            )
             runs = conn.execute(
                 "SELECT run_id, seq, input, status, reason, resumes FROM runs WHERE session_id = ? ORDER BY seq",
                 (session_id,),
@@ -459,7 +464,7 @@ class SQLiteStore:
             session_id=session_id,
             agent=row[0],
             version=row[1],
-            messages=tuple(message for (message,) in messages),
+            messages=messages,
             runs=tuple(_run_row(*run) for run in runs),
             pending=tuple(PendingRow(*p) for p in pending),
             usage=row[2],

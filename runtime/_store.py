@@ -39,7 +39,8 @@ class StoreUnavailableError(StoreError):
 
 
 class StoreCorruptError(StoreError):
-    """The store is not a session store: a truncated or garbage file, or tables that are not ours."""
+    """The store is not a session store (a truncated or garbage file, tables that are not ours), or a
+    session's rows are not what trio-agents writes (raised when that session is opened)."""
 
 
 class StoreVersionError(StoreError):
@@ -86,6 +87,23 @@ class StoreRejectedError(StoreError):
     def __init__(self, session_id: str, message: str) -> None:
         super().__init__(message)
         self.session_id = session_id
+
+
+def history_of(session_id: str, rows: Sequence[tuple[int, str]]) -> tuple[str, ...]:
+    """A session's history from its ``(seq, message)`` rows in ``seq`` order, checked to be numbered 0, 1, 2, ...
+
+    A gap or a row before 0 would make the next checkpoint's messages collide with stored ones: refused here,
+    when the session is opened, instead of by a run's write.
+
+    Raises:
+        StoreCorruptError: the numbers are not 0 to ``len(rows) - 1``.
+    """
+    for expected, (seq, _) in enumerate(rows):
+        if seq != expected:
+            raise StoreCorruptError(
+                f"session {session_id!r} cannot be read: its history has message {seq} where {expected} should be"
+            )
+    return tuple(message for _, message in rows)
 
 
 def storable(text: str) -> str:
@@ -229,6 +247,8 @@ class SessionStore(Protocol):
         Raises:
             SessionOwnedError: another process holds it (nothing is left claimed).
             StoreUnavailableError: the store cannot be reached.
+            StoreCorruptError: its history rows are not numbered 0, 1, 2, ... (see :func:`history_of`;
+                nothing is left claimed).
         """
         ...
 

@@ -121,6 +121,17 @@ class Backend:
             yield
             pg.rollback()
 
+    def delete_message(self, session_id: str, seq: int) -> None:
+        """Delete one stored history message from outside the store (a hole no store writes)."""
+        if self.kind == "sqlite":
+            with contextlib.closing(sqlite3.connect(self.target)) as conn, conn:
+                conn.execute("DELETE FROM messages WHERE session_id = ? AND seq = ?", (session_id, seq))
+            return
+        import psycopg
+
+        with psycopg.connect(self.target, autocommit=True) as pg:
+            pg.execute("DELETE FROM trio_agents_messages WHERE session_id = %s AND seq = %s", (session_id, seq))
+
     def stamp_version(self, version: int) -> None:
         """Mark the (already created) schema as written by schema ``version``."""
         if self.kind == "sqlite":

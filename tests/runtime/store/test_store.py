@@ -17,6 +17,7 @@ from runtime import (
     SessionConflictError,
     SessionOwnedError,
     SessionSnapshot,
+    StoreCorruptError,
     StoreRejectedError,
     StoreUnavailableError,
     StoreVersionError,
@@ -184,6 +185,21 @@ async def test_store_message_base_cuts_the_history(backend: Backend) -> None:
         assert (await _reclaim(store, "s1")).messages == ("a", "x")
         await store.commit([Checkpoint("s1", 2, 0)])
         assert (await _reclaim(store, "s1")).messages == ()
+
+
+async def test_store_claim_of_a_history_with_a_hole_is_corrupt_and_claims_nothing(backend: Backend) -> None:
+    """A session whose stored messages are numbered 0, 2 (1 deleted behind the store's back) fails its claim with
+    StoreCorruptError, leaving it unclaimed; it used to load as two messages, and the session's next write
+    collided with message 2 in the middle of a run."""
+    store = backend.store()
+    async with store.open(OWNER):
+        await store.claim("s1", "agent", create=True)
+        await store.commit([Checkpoint("s1", 0, 0, messages=["a", "b", "c"])])
+        await store.release("s1")
+        backend.delete_message("s1", 1)
+        for _ in range(2):  # nothing was left claimed: the second claim fails the same way
+            with pytest.raises(StoreCorruptError, match=r"'s1'.*message 2 where 1 should be"):
+                await store.claim("s1", "agent", create=False)
 
 
 async def test_store_version_conflict_writes_nothing(backend: Backend) -> None:
