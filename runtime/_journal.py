@@ -40,7 +40,16 @@ from ._store import (
     storable,
 )
 from ._wire import content_from_json, content_to_json, event_to_json, message_from_json, message_to_json
-from .events import ElicitationRequest, Event, ReasoningDelta, RunFinished, TextDelta, ToolCallFinished
+from .events import (
+    AgentSwitched,
+    ElicitationRequest,
+    Event,
+    ReasoningDelta,
+    RunFinished,
+    SubAgentEvent,
+    TextDelta,
+    ToolCallFinished,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -755,17 +764,53 @@ def recover(snapshot: SessionSnapshot) -> tuple[list[Message], list[RunRow], Sus
     return repaired, interrupted, suspended, unchanged
 
 
-def unfinished_calls(log: Sequence[str]) -> list[ToolCallFinished]:
-    """The ``ToolCallFinished`` an interrupted run's stored log (JSON events) still owes: one per
-    ``ToolCallStarted`` without its own, with the error the repaired history gives the call."""
-    started: dict[str, str] = {}
+def unfinished_calls(log: Sequence[str]) -> list[Event]:
+    """What an interrupted run's stored log (JSON events) still owes before its ``RunFinished``.
+
+    A sub-agent's run still open is closed as a live one ends, wrapped as its events were (deepest first):
+    a ``ToolCallFinished`` for each of its calls without one, its ``RunFinished("interrupted")``, and the
+    ``AgentSwitched`` back. Then one ``ToolCallFinished`` per top-level call without its own. Each call gets
+    the error the repaired history gives it.
+    """
+    calls: dict[tuple[str, ...], dict[str, str]] = {(): {}}  # open calls by sub-agent path ((): the run's own)
+    runs: dict[tuple[str, ...], None] = {}  # sub-agent runs started and not finished, by path
+    came_from: dict[tuple[str, ...], str] = {}  # the agent each sub-agent path was switched to from
     for text in log:
         data = json.loads(text)
-        if data.get("type") == "ToolCallStarted":
-            started[data["call_id"]] = data["name"]
-        elif data.get("type") == "ToolCallFinished":
-            started.pop(data["call_id"], None)
-    return [ToolCallFinished(call_id, name, None, INTERRUPTED_RESULT) for call_id, name in started.items()]
+        path: tuple[str, ...] = ()
+        while data.get("type") == "SubAgentEvent":
+            path += (data["agent"],)
+            data = data["event"]
+        kind = data.get("type")
+        if kind == "ToolCallStarted":
+            calls.setdefault(path, {})[data["call_id"]] = data["name"]
+        elif kind == "ToolCallFinished":
+            calls.get(path, {}).pop(data["call_id"], None)
+        elif kind == "AgentSwitched":
+            came_from[(*path, data["to_agent"])] = data["from_agent"]
+        elif path and kind == "RunStarted":
+            runs[path] = None
+            calls[path] = {}
+        elif path and kind == "RunFinished":
+            runs.pop(path, None)
+            calls.pop(path, None)
+    owed: list[Event] = []
+    for path in sorted(runs, key=len, reverse=True):
+        closing: list[Event] = [
+            ToolCallFinished(call_id, name, None, INTERRUPTED_RESULT) for call_id, name in calls[path].items()
+        ]
+        closing.append(RunFinished("interrupted", "the process running it stopped"))
+        owed.extend(_wrapped(path, event) for event in closing)
+        if path in came_from:
+            owed.append(_wrapped(path[:-1], AgentSwitched(path[-1], came_from[path])))
+    owed.extend(ToolCallFinished(call_id, name, None, INTERRUPTED_RESULT) for call_id, name in calls[()].items())
+    return owed
+
+
+def _wrapped(path: tuple[str, ...], event: Event) -> Event:
+    for agent in reversed(path):
+        event = SubAgentEvent(agent, event)
+    return event
 
 
 def _waits(history: list[Message], waiting: set[str]) -> bool:

@@ -322,11 +322,12 @@ class Runtime:
             # interrupted) wait no more: their rows go with the recovery.
             journal.forget_questions(row.elicitation_id for row in snapshot.pending if row not in waiting)
             for row in interrupted:
-                # Its log ends as every run's does: a ToolCallFinished for each call it started, one RunFinished.
+                # Its log ends as every run's does: each call it started finished (a sub-agent's too), one
+                # RunFinished.
                 log = await store.events(session_id, row.run_id)
                 journal.run_row(row, first_event=len(log))
-                for finished in unfinished_calls(log):
-                    journal.event(row.run_id, finished)
+                for owed in unfinished_calls(log):
+                    journal.event(row.run_id, owed)
                 journal.event(row.run_id, RunFinished("interrupted", "the process running it stopped"))
             session = self._start(
                 agent,

@@ -56,12 +56,14 @@ from runtime._runtime import MAX_SESSION_ID_BYTES
 from runtime._store import Checkpoint, EventRow, PendingRow, RunRow
 from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
+    AgentSwitched,
     ElicitationRequest,
     ErrorEvent,
     Event,
     ReasoningDelta,
     RunFinished,
     RunStarted,
+    SubAgentEvent,
     TextDelta,
     ToolCallFinished,
     ToolCallStarted,
@@ -571,6 +573,50 @@ async def test_an_interrupted_runs_log_finishes_each_call_it_started_before_its_
         ("RunFinished", None),
     ]
     assert (log[4]["result"], log[4]["error"], log[5]["reason"]) == (None, INTERRUPTED_RESULT, "interrupted")
+
+
+async def test_an_interrupted_runs_log_closes_the_sub_agent_runs_it_left_open(tmp_path: Path) -> None:
+    """A run interrupted inside a sub-agent's tool call: recovery closes the sub-agent's run as a live one
+    ends, wrapped as its events were (its call's ToolCallFinished, its RunFinished, the AgentSwitched back),
+    then the parent's own call; a sub-agent run that had finished is left as it was. Before, only top-level
+    calls were closed: the nested call and run stayed open in the log forever."""
+    path = tmp_path / "s.db"
+    calls = (ToolCallChunk("c1", "transfer_task", {"agent": "child", "task": "go"}),)
+    stored: list[Message] = [UserMessage("delegate"), AssistantMessage("", calls)]
+
+    def child(event: Event) -> Event:
+        return SubAgentEvent("child", event)
+
+    logged: list[Event] = [
+        RunStarted("g-r1"),
+        ToolCallStarted("c1", "transfer_task", {"agent": "child", "task": "go"}),
+        AgentSwitched("durable", "child"),
+        child(RunStarted("g-r1/child-1")),
+        child(ToolCallStarted("c1", "pay", {"amount": 1})),  # the same id as the parent's call, one level down
+        child(ToolCallFinished("c1", "pay", "paid 1")),
+        child(ToolCallStarted("c2", "stall", {})),
+        child(AgentSwitched("child", "grandchild")),
+        child(SubAgentEvent("grandchild", RunStarted("g-r1/child-1/grandchild-1"))),
+        child(SubAgentEvent("grandchild", RunFinished("completed"))),
+        child(AgentSwitched("grandchild", "child")),
+    ]
+    store = SQLiteStore(path)
+    async with store.open("crashed-host:1"):
+        await store.claim("g", "durable", create=True)
+        run = RunRow("g-r1", 1, run_input_to_json("delegate", 0), "running")
+        events = [EventRow("g-r1", seq, dumps(event_to_json(event))) for seq, event in enumerate(logged)]
+        await store.commit([Checkpoint("g", 0, 0, [dumps(message_to_json(m)) for m in stored], [run], events)])
+    async with in_session(path, make_agent(), session_id="g", create=False):
+        pass
+    interrupted = "the process running it stopped"
+    owed: list[Event] = [
+        child(ToolCallFinished("c2", "stall", None, INTERRUPTED_RESULT)),
+        child(RunFinished("interrupted", interrupted)),
+        AgentSwitched("child", "durable"),
+        ToolCallFinished("c1", "transfer_task", None, INTERRUPTED_RESULT),
+        RunFinished("interrupted", interrupted),
+    ]
+    assert stored_events(path, "g-r1")[len(logged) :] == [event_to_json(event) for event in owed]
 
 
 async def test_a_call_id_answered_in_an_earlier_run_does_not_hide_an_interrupted_call(tmp_path: Path) -> None:
