@@ -33,6 +33,7 @@ import attrs
 import pydantic
 from attrs import AttrsInstance
 
+from agents._content import user_content
 from runtime import events
 from runtime._wire import (
     content_from_json as _content_from_json,
@@ -167,12 +168,14 @@ def content_from_json(value: Any) -> Content:
     """A run's input from the wire: a string, or a list of parts (see :func:`content_to_json`).
 
     Raises:
-        MalformedMessageError: not a string or a non-empty list of parts; a part of an unknown
-            ``type``, with an unknown or mistyped field, bad base64, or that fails the part's own
-            validation (no source, an unsupported media type ...). It is also a ``ValueError``.
+        MalformedMessageError: not a string or a non-empty list of parts; parts that are all empty
+            text (which a run refuses, with the same message); a part of an unknown ``type``, with an
+            unknown or mistyped field, bad base64, or that fails the part's own validation (no source,
+            an unsupported media type ...). It is also a ``ValueError``.
     """
     try:
-        return _content_from_json(value)
+        # user_content: what Session.run would refuse is refused here, as a malformed body, not a 500.
+        return user_content(_content_from_json(value))
     except ValueError as exc:
         raise MalformedMessageError(str(exc)) from None
 

@@ -78,6 +78,8 @@ def test_a_tool_image_in_an_event_is_described_not_sent() -> None:
         ([{"type": "image", "data": "!!not base64!!", "media_type": "image/png"}], "'data' is not base64"),
         ([{"type": "image", "data": PNG_B64, "media_type": "image/bmp"}], "'image/bmp' is not one of"),
         ([{"type": "document", "data": PDF_B64, "media_type": "text/html"}], "'text/html' is not one of"),
+        ([""], "only empty text"),
+        ([{"type": "text", "text": ""}, ""], "only empty text"),
     ],
 )
 def test_content_from_json_refuses_what_is_not_parts(value: Any, message: str) -> None:
@@ -118,6 +120,24 @@ async def test_a_served_run_with_bad_parts_is_refused(serving: Serving, create: 
                 assert response.status_code == 422
                 assert response.json()["error"]["type"] == "bad_request"
             assert "'data' is not base64" in (await client.post("/sessions/s1/runs", json={"input": bad})).text
+            assert (await client.get("/sessions/s1")).json()["runs"] == 0
+    assert model.requests == []
+
+
+async def test_a_served_run_of_empty_text_is_refused(serving: Serving, create: Create) -> None:
+    """Input of empty text parts alone, which Session.run refuses, is a 422 bad_request saying so (attached or
+    detached), not a 500; a session run before keeps serving."""
+    model = ScriptedModel(["never"])
+    with trio.fail_after(TIMEOUT):
+        async with serving(Agent(name="a", model=model)) as (_, client):
+            await create(client, "s1")
+            empty = [{"type": "text", "text": ""}]
+            bodies: list[dict[str, Any]] = [{"input": empty}, {"input": empty, "detach": True}, {"input": ["", ""]}]
+            for body in bodies:
+                response = await client.post("/sessions/s1/runs", json=body)
+                assert response.status_code == 422
+                assert response.json()["error"]["type"] == "bad_request"
+                assert "only empty text" in response.json()["error"]["message"]
             assert (await client.get("/sessions/s1")).json()["runs"] == 0
     assert model.requests == []
 
