@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
@@ -13,7 +15,7 @@ import trio
 
 from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
-from ._runtime import single_errors
+from ._runtime import check_session_id, single_errors
 from ._store import StoreError
 from .events import (
     ErrorEvent,
@@ -318,10 +320,20 @@ def _session_id(channel: str, chat_id: str) -> str:
     ``channel:chat_id`` when the channel's name has no ``:`` (as ever: sessions stored under those ids
     stay theirs). Otherwise ``channel:chat_id`` could be another pair's (``a`` + ``x:y``, ``a:x`` + ``y``):
     both parts are percent-encoded and joined by ``/``, an id with no ``:`` at all, so it is no other's.
+    A client picks the chat id: one that makes an id no session may have (NUL, a lone surrogate, over
+    :data:`MAX_SESSION_ID_BYTES`) gets ``chat-`` and the SHA-256 of the pair, the same every time, with
+    neither ``:`` nor ``/``, so no other's either.
     """
     if ":" not in channel:
-        return f"{channel}:{chat_id}"
-    return f"{quote(channel, safe='')}/{quote(chat_id, safe='')}"
+        natural = f"{channel}:{chat_id}"
+    else:
+        natural = f"{quote(channel, safe='')}/{quote(chat_id, safe='')}"
+    try:
+        check_session_id(natural)
+    except ValueError:
+        pair = json.dumps([channel, chat_id]).encode()  # ASCII (lone surrogates escaped): one text per pair
+        return f"chat-{hashlib.sha256(pair).hexdigest()}"
+    return natural
 
 
 def _progress_text(event: ToolProgress) -> str:
@@ -345,7 +357,10 @@ async def open_gateway(
     one); each chat gets a session of ``runtime``, reaped after
     ``idle_timeout`` seconds without a message. Its id is
     ``"{channel}:{chat_id}"`` (for a channel whose name has a ``:``, both
-    parts percent-encoded and joined by ``/``, so no two chats share one).
+    parts percent-encoded and joined by ``/``, so no two chats share one);
+    a chat id that would make an id no session may have (NUL, a lone
+    surrogate, over 1,024 bytes) gets ``"chat-"`` and the SHA-256 of the
+    pair instead: its chat is answered, in the same session each time.
     A chat whose session cannot be started (with a store: another process
     holds it, the store is down) gets an error reply; the others go on.
 

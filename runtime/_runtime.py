@@ -194,7 +194,7 @@ class Runtime:
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
                 longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """
-        _check_session_id(session_id)
+        check_session_id(session_id)
         return _SessionBlock(self, agent, session_id, create)
 
     async def start_session(
@@ -230,7 +230,7 @@ class Runtime:
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
                 longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """
-        _check_session_id(session_id)
+        check_session_id(session_id)
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
         if self._writer is None:
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -452,7 +452,7 @@ MAX_SESSION_ID_BYTES: Final = 1024
 (the session id again, with ``-r`` and its number), and refuses an index row of more than 2,704 bytes."""
 
 
-def _check_session_id(session_id: str | None) -> None:
+def check_session_id(session_id: str | None) -> None:
     """Refuse an id that is empty (it read as "make one up": a durable session given it was a new one each
     time), or one that not every store can hold: one with NUL, a lone surrogate, or more than
     :data:`MAX_SESSION_ID_BYTES` bytes; the same ids for every store, and for none."""

@@ -671,6 +671,36 @@ async def test_gateway_session_ids_are_one_per_chat_and_keep_the_stored_ones(tmp
     ]
 
 
+async def test_gateway_answers_a_chat_whose_id_no_session_id_may_hold(tmp_path: Path) -> None:
+    """A chat id that makes a session id the rule refuses (over 1,024 bytes, NUL, a lone surrogate) no longer
+    fails the gateway: each such chat is answered in a session of its own, the same one for its next message,
+    in the next process too (a stable id in the store), and the other chats go on."""
+    seen: list[tuple[Message, ...]] = []
+    agent = Agent(name="a", model=ScriptedModel([_recorder(seen, str(i)) for i in range(8)]))
+    web = RecordingChannel("web")
+    odd = ["x" * 1100, "a\x00b", "\ud800", "x" * 1101]
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        open_gateway(runtime, agent, [web]) as gateway,
+    ):
+        for i, chat_id in enumerate(odd):
+            message = await web.say(gateway.bus, chat_id, f"hi {i}")
+            answer = await web.answer()
+            assert (answer.kind, answer.chat_id, answer.reply_to) == ("reply", chat_id, message.message_id)
+        await web.say(gateway.bus, "ok", "hello")
+        assert (await web.answer()).text == str(len(odd))
+        assert gateway.statistics().sessions == len(odd) + 1
+    web = RecordingChannel("web")
+    async with (
+        open_runtime(store=SQLiteStore(tmp_path / "s.db")) as runtime,
+        open_gateway(runtime, agent, [web]) as gateway,
+    ):
+        await web.say(gateway.bus, odd[0], "again")
+        assert (await web.answer()).text == "5"
+    assert seen[:4] == [(UserMessage(f"hi {i}"),) for i in range(4)]
+    assert seen[5] == (UserMessage("hi 0"), AssistantMessage("0"), UserMessage("again"))
+
+
 async def test_gateway_reply_waiting_for_room_outlives_the_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
     """A reply that waits for room on the bus for longer than idle_timeout is still delivered: its chat's
     session stays in use until the reply is out, so the reaper cannot cancel it."""
