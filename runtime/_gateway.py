@@ -15,6 +15,7 @@ import trio
 
 from ._bus import InboundMessage, MessageBus, OutboundMessage, Policy
 from ._exceptions import ClosedBusError, ClosedSessionError
+from ._idle import check_idle_timeout
 from ._runtime import check_session_id, single_errors
 from ._store import StoreError
 from .events import (
@@ -355,7 +356,7 @@ async def open_gateway(
 
     Channels start concurrently (``gateway.wait_ready(name)`` waits for
     one); each chat gets a session of ``runtime``, reaped after
-    ``idle_timeout`` seconds without a message. Its id is
+    ``idle_timeout`` seconds (above zero; ``None``: never) without a message. Its id is
     ``"{channel}:{chat_id}"`` (for a channel whose name has a ``:``, both
     parts percent-encoded and joined by ``/``, so no two chats share one);
     a chat id that would make an id no session may have (NUL, a lone
@@ -371,7 +372,8 @@ async def open_gateway(
     (and its chats' sessions).
 
     Raises:
-        ValueError: channel names are not unique, or ``max_in_flight`` is below 1.
+        ValueError: channel names are not unique, ``max_in_flight`` is below 1, or ``idle_timeout`` is
+            not above zero (NaN included) or ``None``.
 
     Example::
 
@@ -384,6 +386,7 @@ async def open_gateway(
         raise ValueError(f"channel names must be unique: {names}")
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+    check_idle_timeout(idle_timeout)
     bus = bus if bus is not None else MessageBus()
     gateway = Gateway(runtime, agent, bus, idle_timeout, max_in_flight)
     try:

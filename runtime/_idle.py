@@ -67,3 +67,10 @@ class IdleReaper:
                         break
                     del queue[reap]
                     reap()
+
+
+def check_idle_timeout(idle_timeout: float | None) -> None:
+    """Refuse an ``idle_timeout`` that is not ``None`` or above zero: NaN read as "never", below zero as "now"
+    (``open_server``'s rule, for every way a session gets one)."""
+    if idle_timeout is not None and not idle_timeout > 0:
+        raise ValueError(f"idle_timeout must be above zero, not {idle_timeout!r}")

@@ -13,7 +13,7 @@ from typing_extensions import TypeVar
 from agents.models import http_client as open_http_client
 
 from ._exceptions import AgentRuntimeError, ClosedSessionError, SessionNotFoundError
-from ._idle import IdleReaper
+from ._idle import IdleReaper, check_idle_timeout
 from ._journal import Journal, default_owner, open_writer, recover, restore_usage, unfinished_calls, usage_from_json
 from ._latch import Latch
 from ._session import DEFAULT_EVENT_BUFFER, Restored, Session, new_session_id
@@ -210,8 +210,8 @@ class Runtime:
         Args:
             agent: What the session runs.
             session_id: Its id; made up if not given.
-            idle_timeout: Close it after this many seconds without a run (a run
-                counts until its ``async with`` block exits) or a
+            idle_timeout: Close it after this many seconds (above zero) without a
+                run (a run counts until its ``async with`` block exits) or a
                 :meth:`Session.in_use` block; defaults to the runtime's
                 ``idle_timeout``; ``None``: never.
             create: With a store: make the session if the store has none of that
@@ -228,10 +228,12 @@ class Runtime:
             StoreUnavailableError: (with a store) the store cannot be reached.
             StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
-                longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
+                longer than 1,024 bytes of UTF-8 (the same rule with a store and without); or
+                ``idle_timeout`` is not above zero (NaN included) or ``None``.
         """
         check_session_id(session_id)
         timeout = self.idle_timeout if idle_timeout is ... else idle_timeout
+        check_idle_timeout(timeout)
         if self._writer is None:
             await trio.lowlevel.checkpoint_if_cancelled()
             if not create:
@@ -376,7 +378,7 @@ async def open_runtime(
 
     Args:
         idle_timeout: Default for ``start_session``: close a started session
-            after this many seconds without a run (``None``: never).
+            after this many seconds without a run (above zero; ``None``: never).
         http_client: Share this client instead of opening one (it is not
             closed on exit).
         event_buffer: Events a run may send ahead of a slow consumer (0 or more).
@@ -397,10 +399,12 @@ async def open_runtime(
         StoreUnavailableError, StoreCorruptError, StoreVersionError: (on entering) the store
             cannot be used.
         ImportError: a provider was given, and ``opentelemetry-api`` is not installed.
-        ValueError: ``event_buffer`` is negative.
+        ValueError: ``event_buffer`` is negative, or ``idle_timeout`` is not above zero (NaN included)
+            or ``None``.
     """
     if event_buffer < 0:
         raise ValueError(f"event_buffer must be 0 or more, not {event_buffer!r}")
+    check_idle_timeout(idle_timeout)
     tracing = open_tracing(tracer_provider, meter_provider, content=trace_content)
     # Sessions contain their own failures, so a group here holds what the
     # block raised: single_errors() gives it back as it was.

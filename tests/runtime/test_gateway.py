@@ -771,3 +771,15 @@ async def test_gateway_max_in_flight_must_be_at_least_one() -> None:
         with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
             async with open_gateway(runtime, agent, [], max_in_flight=0):
                 pytest.fail("the block must not run")
+
+
+@pytest.mark.parametrize("idle_timeout", [math.nan, -1, 0])
+async def test_gateway_idle_timeout_that_is_not_above_zero_is_a_value_error(idle_timeout: float) -> None:
+    """open_gateway refuses an idle_timeout that is not above zero (NaN meant its chats' sessions were never
+    reaped, zero or below that each was reaped at once), before any channel starts."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    web = RecordingChannel("web")
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match=f"idle_timeout must be above zero, not {idle_timeout!r}"):
+            async with open_gateway(runtime, agent, [web], idle_timeout=idle_timeout):
+                pytest.fail("the block must not run")

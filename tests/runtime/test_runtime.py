@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import httpx
@@ -137,6 +138,20 @@ async def test_runtime_idle_timeout_can_be_disabled_per_session(
         handle = await runtime.start_session(Agent(name="a", model=ScriptedModel([])), idle_timeout=None)
         await trio.sleep(3600)
         assert not handle.closed
+
+
+@pytest.mark.parametrize("idle_timeout", [math.nan, -1, 0])
+async def test_runtime_idle_timeout_that_is_not_above_zero_is_a_value_error(idle_timeout: float) -> None:
+    """open_runtime and start_session refuse an idle_timeout that is not above zero, as open_server does:
+    NaN meant "never reaped", zero or below "reaped at once"; no session is started."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    with pytest.raises(ValueError, match=f"idle_timeout must be above zero, not {idle_timeout!r}"):
+        async with open_runtime(idle_timeout=idle_timeout):
+            pytest.fail("the block must not run")
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match=f"idle_timeout must be above zero, not {idle_timeout!r}"):
+            await runtime.start_session(agent, idle_timeout=idle_timeout)
+        assert runtime.sessions == ()
 
 
 async def test_runtime_session_failure_does_not_disturb_other_sessions() -> None:
