@@ -148,8 +148,22 @@ async def first_error() -> AsyncIterator[None]:
             error.__context__ = context
 
 
-def _auth(token: str | None) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")] if token is not None else []
+def auth_headers(token: str | None, headers: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """``headers`` and ``Authorization: Bearer <token>`` (if a token is given), as bytes: the token as UTF-8.
+
+    httpx encodes a ``str`` header value as ASCII, so a non-ASCII token (which the server takes, reading the
+    UTF-8 bytes a client sends) raised ``UnicodeEncodeError`` before anything was sent.
+
+    Raises:
+        InvalidRequestError: the token has no UTF-8 bytes (a lone surrogate).
+    """
+    pairs = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+    if token is not None:
+        try:
+            pairs.append((b"authorization", b"Bearer " + token.encode()))
+        except UnicodeEncodeError:
+            raise InvalidRequestError("the token cannot be sent: it has no UTF-8 bytes (a lone surrogate)") from None
+    return pairs
 
 
 def json_request_body(value: Any) -> bytes:
@@ -332,7 +346,7 @@ async def _handshake(
             body ending at the close: the rejection, not the close, is the answer.
         StreamClosedError: the peer went away before answering.
     """
-    headers = [(name.encode(), value.encode()) for name, value in _auth(token)]
+    headers = auth_headers(token)
     with trio.CancelScope() as dial:
 
         async def watch() -> None:
@@ -775,19 +789,20 @@ async def open_sse_listener(
         PeerSilentError: connecting and the wait for the head took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
         MalformedMessageError: (iterating) an event (or a line) over :data:`MAX_MESSAGE` bytes.
-        InvalidRequestError: ``url`` is not an http(s) URL.
+        InvalidRequestError: ``url`` is not an http(s) URL, or ``token`` has no UTF-8 bytes (a lone surrogate).
     """
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(open_http_client(client))
         timeout = httpx.Timeout(connect_timeout, read=read_timeout)
-        headers = {"accept": "text/event-stream", **dict(_auth(token))}
+        headers = {"accept": "text/event-stream"}
         inject_trace(headers)  # the current span's W3C traceparent: a served run's trace continues it
+        if json_body is not None:
+            headers.update(JSON_TYPE)
+        raw_headers = auth_headers(token, headers)
         try:
             with map_httpx_errors(url), trio.fail_after(connect_timeout):  # httpx's would be read_timeout
-                if json_body is not None:
-                    headers.update(JSON_TYPE)
                 body = None if json_body is None else json_request_body(json_body)
-                request = http.build_request(method, url, headers=headers, content=body, timeout=timeout)
+                request = http.build_request(method, url, headers=raw_headers, content=body, timeout=timeout)
                 response = await http.send(request, stream=True)
         except trio.TooSlowError:
             raise PeerSilentError(f"{url} sent no response head within {connect_timeout} s") from None

@@ -24,6 +24,7 @@ from ._client import (
     WorkspaceStream,
     _error_body,
     _run_id,
+    auth_headers,
     close_response,
     first_error,
     json_request_body,
@@ -167,7 +168,8 @@ class RemoteSession:
         http_client: Share this httpx client (its owner closes it).
 
     Raises:
-        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case).
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case), or
+            ``token`` has no UTF-8 bytes (a lone surrogate; any other token is sent as UTF-8).
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class RemoteSession:
         if not valid:
             raise InvalidRequestError(f"not an http:// or https:// URL: {base_url!r}")
         self.session_id = session_id
+        auth_headers(token)  # a token that cannot be sent is refused now, not at each retry
         self._token = token
         self._handler = handler
         self._backoff = backoff or Backoff()
@@ -415,7 +418,7 @@ class RemoteSession:
             MalformedMessageError: a successful answer's body is over :data:`MAX_ANSWER_BODY` bytes.
             StreamClosedError: the connection could not be made, or broke.
         """
-        headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+        headers = dict(JSON_TYPE)
         inject_trace(headers)
         timeout = httpx.Timeout(self._connect_timeout)
         deadline = trio.current_time() + self._connect_timeout
@@ -423,7 +426,11 @@ class RemoteSession:
             try:
                 with trio.fail_at(deadline):
                     request = client.build_request(
-                        "POST", url, content=json_request_body(body), headers=headers | JSON_TYPE, timeout=timeout
+                        "POST",
+                        url,
+                        content=json_request_body(body),
+                        headers=auth_headers(self._token, headers),
+                        timeout=timeout,
                     )
                     response = await client.send(request, stream=True)
             except trio.TooSlowError:
@@ -664,7 +671,8 @@ async def open_remote_session(
     Args: as :class:`RemoteSession`'s.
 
     Raises:
-        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case).
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case), or
+            ``token`` has no UTF-8 bytes.
     """
     remote = RemoteSession(
         base_url,

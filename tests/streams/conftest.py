@@ -358,7 +358,8 @@ class Serving(Protocol):
 async def _serving(agent: Agent[Any, Any], **options: Any) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
     """A server for ``agent`` and an httpx client pointed at it (closed before the server)."""
     async with open_server(agent, **options) as server:
-        headers = {"authorization": f"Bearer {options['token']}"} if options.get("token") else {}
+        # As bytes: httpx sends a str header as ASCII, and a test's token may not be.
+        headers = {b"authorization": f"Bearer {options['token']}".encode()} if options.get("token") else {}
         async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=headers) as client:
             yield server, client
 

@@ -297,6 +297,30 @@ async def test_clients_raise_remote_error_404_for_an_unknown_session_and_401_for
                 pass  # the right token and session work
 
 
+UNICODE_TOKEN: Final = "pässwörd-ключ"
+
+
+@pytest.mark.parametrize("kind", ["updates", "workspace", "feed"])
+async def test_clients_send_a_non_ascii_token_as_utf8(
+    kind: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A non-ASCII token (the server takes one) is sent as its UTF-8 bytes, so each client connects with it and a
+    near miss is 401; a token with no UTF-8 bytes is InvalidRequestError (httpx sent str headers as ASCII: the
+    SSE listener raised UnicodeEncodeError)."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), token=UNICODE_TOKEN) as (server, client):
+            await create(client, "s1")
+            async with open_client(kind, server, "s1", UNICODE_TOKEN):
+                pass
+            with pytest.raises(RemoteError) as raised:
+                async with open_client(kind, server, "s1", UNICODE_TOKEN.replace("ä", "a")):
+                    pass  # pragma: no cover
+            assert raised.value.status == 401
+            with pytest.raises(InvalidRequestError, match="UTF-8"):
+                async with open_client(kind, server, "s1", "key\ud800"):
+                    pass  # pragma: no cover
+
+
 class BlockError(Exception):
     """Raised by a test inside a client's block."""
 

@@ -311,6 +311,32 @@ async def test_remote_run_on_an_unknown_session_or_with_a_bad_token_is_a_remote_
             assert (await client.get("/sessions/s1")).json()["runs"] == 0
 
 
+async def test_remote_session_sends_a_non_ascii_token_as_utf8(make_agent: MakeAgent, serving: Serving) -> None:
+    """With a non-ASCII token (the server takes one), serve brings all three streams up, a run completes and
+    respond reaches the server (404: no such question), each sending the token as UTF-8; a token with no UTF-8
+    bytes is InvalidRequestError when made (serve, run and respond raised UnicodeEncodeError)."""
+    token = "pässwörd-ключ"
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), token=token) as (server, _):
+            async with (
+                open_remote_session(server.url, "s1", token=token, registry=ListenerRegistry()) as remote,
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(remote.serve)
+                await remote.wait_connected()
+                async with remote.run("hello") as updates:
+                    events = [update.event async for update in updates]
+                with pytest.raises(RemoteError) as raised:
+                    await remote.respond("nope", "accept", 1)
+                statistics = remote.statistics()
+                nursery.cancel_scope.cancel()
+    assert events[-1] == RunFinished("completed")
+    assert raised.value.status == 404
+    assert statistics.failures == 0
+    with pytest.raises(InvalidRequestError, match="UTF-8"):
+        RemoteSession("http://127.0.0.1:1", "s1", token="key\ud800", registry=ListenerRegistry())
+
+
 async def test_a_second_listener_for_the_same_remote_session_is_refused(
     make_agent: MakeAgent, serving: Serving
 ) -> None:
