@@ -27,9 +27,11 @@ from agents._json import loads_untrusted
 from runtime import (
     ClosedSessionError,
     ElicitationResponseError,
+    SessionConflictError,
     SessionNotFoundError,
     SessionOwnedError,
     StoreCorruptError,
+    StoreRejectedError,
     StoreUnavailableError,
     UnknownElicitationError,
     open_runtime,
@@ -670,8 +672,9 @@ class Server:
         """A run no client is attached to (``detach``, or an answer that resumes a run): followed by its log.
 
         Raises:
-            _HTTPError: (before ``started``) the 503 of :meth:`_check_queue`; a 503 if the store cannot write
-                the run's row.
+            _HTTPError: (before ``started``) the 503 of :meth:`_check_queue`; if the store cannot write the
+                run's row, a 503 (unreachable), a 409 (another writer changed the session: it is lost here)
+                or a 500 (the store refused the session's rows).
         """
         self._check_queue(served)
         async with start(what, deps=served.workspace) as stream:
@@ -684,6 +687,10 @@ class Server:
                     await served.session._runs_stored()
                 except StoreUnavailableError as exc:
                     raise _HTTPError(503, "store_unavailable", str(exc)) from None
+                except SessionConflictError as exc:  # lost here: retrying cannot help, as with a rejection
+                    raise _HTTPError(409, "session_conflict", str(exc)) from None
+                except StoreRejectedError as exc:
+                    raise _HTTPError(500, "store_rejected", str(exc)) from None
                 task_status.started(run_id)
                 try:
                     async for event in stream:

@@ -330,7 +330,8 @@ async def test_two_processes_racing_for_one_session_exactly_one_wins(postgres_ds
 
 async def test_the_durable_errors_table_is_what_the_server_sends(postgres_cluster: PostgresCluster) -> None:
     """PROTOCOL.md's durable-errors rows, each provoked: two served runtimes on one PostgreSQL (in this
-    process: each store holds its own locks), then the database stopped."""
+    process: each store holds its own locks), detached runs on sessions changed under one or refused by the
+    database, then the database stopped."""
     documented = {(row["status"], row["type"]) for row in protocol_table("durable-errors")}
     seen: set[tuple[str, str]] = set()
     dsn = postgres_cluster.create_database()
@@ -349,6 +350,14 @@ async def test_the_durable_errors_table_is_what_the_server_sends(postgres_cluste
                 db.execute("INSERT INTO trio_agents_messages (session_id, seq, message) VALUES ('t3', 0, 'garbage')")
             corrupt = await client.get(f"{second.url}/sessions/t3")
             seen.add((str(corrupt.status_code), corrupt.json()["error"]["type"]))
+            for sid in ("t4", "t5"):
+                assert (await client.post(f"{first.url}/sessions", json={"id": sid})).status_code == 201
+            with psycopg.connect(dsn, autocommit=True) as db:  # another writer; a row the database refuses
+                db.execute("UPDATE trio_agents_sessions SET version = version + 100 WHERE id = 't4'")
+                db.execute("ALTER TABLE trio_agents_runs ADD CONSTRAINT refuse_t5 CHECK (session_id <> 't5')")
+            for sid in ("t4", "t5"):
+                lost = await client.post(f"{first.url}/sessions/{sid}/runs", json={"input": "hi", "detach": True})
+                seen.add((str(lost.status_code), lost.json()["error"]["type"]))
             await trio.to_thread.run_sync(postgres_cluster.stop, "immediate")
             try:
                 down = await client.get(f"{second.url}/sessions/t2")

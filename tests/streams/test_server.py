@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import itertools
 import json
+import sqlite3
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -487,6 +488,34 @@ async def test_a_deleted_durable_session_is_free_for_another_process_when_delete
             assert (await client.delete("/sessions/d1")).status_code == 204
             async with other.open_session(make_agent(), session_id="d1", create=False) as session:
                 assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "status", "kind"),
+    [
+        # Another writer moved the session on: this process has lost it (SessionConflictError).
+        ("UPDATE sessions SET version = version + 100 WHERE id = 'd1'", 409, "session_conflict"),
+        # The database refuses the run's row, and would again (StoreRejectedError).
+        ("CREATE TRIGGER no BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'no'); END", 500, "store_rejected"),
+    ],
+)
+async def test_a_detached_run_the_store_cannot_keep_is_a_typed_error(
+    make_agent: MakeAgent, tmp_path: Path, tamper: str, status: int, kind: str
+) -> None:
+    """A detached run whose row a lost session's store will never write is answered in the error shape
+    (409 session_conflict, 500 store_rejected), not a 500 internal; the session still answers."""
+    path = str(tmp_path / "s.db")
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_server(make_agent(), store=SQLiteStore(path), port=0) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            assert (await client.post("/sessions", json={"id": "d1"})).status_code == 201
+            with contextlib.closing(sqlite3.connect(path)) as db, db:
+                db.execute(tamper)
+            error = assert_error(await client.post("/sessions/d1/runs", json={"input": "hi", "detach": True}), status)
+            assert error["type"] == kind
+            assert (await client.get("/sessions/d1")).status_code == 200
 
 
 async def test_a_session_still_opening_when_the_server_shuts_down_is_refused_and_closed(
