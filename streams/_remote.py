@@ -149,7 +149,9 @@ class RemoteSession:
         session_id: The remote session; created if it does not exist (again
             after a server restart).
         token: A bearer token, if the server needs one.
-        handler: Awaited with each :class:`RemoteEvent`, in order per stream.
+        handler: Awaited with each :class:`RemoteEvent`, in order per stream. An exception it raises ends
+            :meth:`serve` with that exception, as it is, even a :class:`StreamError` or an ``OSError`` (of a
+            :meth:`workspace_request` or :meth:`respond` it made): it is never taken for a broken stream.
         backoff: How long to wait between reconnection attempts (default:
             ``RetryPolicy()``, which never gives up). With ``max_attempts``
             set, a stream that fails that many times in a row (a connection
@@ -256,6 +258,7 @@ class RemoteSession:
             ListenerBusyError: (from ``start``) this remote session already has a listener.
             ClosedRemoteSessionError: (from ``start``) its ``open_remote_session`` block has ended.
             RemoteError: the server refused the token (401/403): retrying cannot help.
+            Exception: what the handler raised, alone (see ``handler``).
             StreamError: (or ``OSError``) a stream failed ``backoff.max_attempts`` times in a row (without
                 coming up in between): the first stream's last error, alone (never in a group). When the owner
                 ends ``serve`` meanwhile, it ends as the owner does (cancelled), not with the error.
@@ -307,6 +310,13 @@ class RemoteSession:
             try:
                 await self._ensure_session(client)
                 await self._follow(name, client)
+            except _HandlerFailed as handler_failed:
+                # The handler's own error, as it is: ``serve`` ends with it, never retried as a failed stream.
+                error, context = handler_failed.error, handler_failed.error.__context__
+                try:
+                    raise error
+                finally:
+                    error.__context__ = context
             except (StreamError, OSError) as exc:
                 self._failed(name, exc)
                 if self._ups[name] != ups:
@@ -397,8 +407,17 @@ class RemoteSession:
         }
 
     async def _deliver(self, name: StreamName, data: dict[str, Any]) -> None:
+        """Await the handler with one event.
+
+        Raises:
+            _HandlerFailed: the handler raised (wrapped, so no ``except`` on the way mistakes a ``StreamError``
+                or ``OSError`` of the handler's own for the stream's).
+        """
         if self._handler is not None:
-            await self._handler(RemoteEvent(name, data))
+            try:
+                await self._handler(RemoteEvent(name, data))
+            except Exception as exc:
+                raise _HandlerFailed(exc) from exc
 
     async def _ensure_session(self, client: httpx.AsyncClient) -> None:
         """Create the remote session unless it exists (after a server restart, it does not)."""
@@ -521,6 +540,14 @@ class RemoteSession:
         if self._workspace is None:
             raise StreamClosedError(f"{self!r}: the workspace stream is not connected")
         return await self._workspace.request(op, path, content)
+
+
+class _HandlerFailed(Exception):
+    """The handler raised ``error``: carried past the stream's own error handling (:meth:`RemoteSession._deliver`)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _RunUpdates:

@@ -39,6 +39,7 @@ from streams import (
     MalformedMessageError,
     PeerSilentError,
     RemoteError,
+    RemoteEvent,
     RemoteSession,
     StreamClosedError,
     StreamError,
@@ -412,6 +413,46 @@ async def test_remote_session_with_max_attempts_gives_up_with_the_last_error() -
     failures = remote.statistics().failures
     assert 2 <= failures <= 2 * 3  # each stream tried at most twice
     assert registry.active == frozenset()
+
+
+@pytest.mark.parametrize("failure", ["workspace_request", "OSError"])
+async def test_a_handler_error_ends_serve_as_it_is_never_as_a_broken_stream(
+    failure: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A handler that raises a StreamError (a WorkspaceError from its own workspace_request) or an OSError ends
+    serve with that very exception, at once, with no failure counted: it was taken for a broken connection,
+    the stream reconnected (the rest of its events lost) and serve went on."""
+    raised: list[Exception] = []
+
+    async def handler(event: RemoteEvent) -> None:
+        if event.stream == "updates" and event.type == "RunStarted":
+            try:
+                if failure == "OSError":
+                    raise ConnectionResetError("the handler's own socket")
+                await remote.workspace_request("read", "missing.txt")
+            except Exception as exc:
+                raised.append(exc)
+                raise
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            async with (
+                open_remote_session(server.url, "s1", handler=handler, registry=ListenerRegistry()) as remote,
+                trio.open_nursery() as nursery,
+            ):
+
+                async def run_once_up() -> None:
+                    await remote.wait_connected()
+                    async with remote.run("hello") as updates:
+                        async for _ in updates:
+                            pass
+
+                nursery.start_soon(run_once_up)
+                with pytest.raises((WorkspaceError, OSError)) as ended:
+                    await remote.serve()
+    assert [ended.value] == raised
+    assert remote.statistics().failures == 0
 
 
 async def _wait_connects(remote: RemoteSession, count: int) -> None:
