@@ -6,12 +6,19 @@ from typing import TYPE_CHECKING, ClassVar
 
 import trio
 
-from .._exceptions import AuthenticationError, ModelConnectionError, RateLimitError, ServerError, describe
+from .._exceptions import (
+    AgentDefinitionError,
+    AuthenticationError,
+    ModelConnectionError,
+    RateLimitError,
+    ServerError,
+    describe,
+)
 from .._messages import ModelFallbackChunk
 from ._resolve import resolve_model
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterable
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
@@ -60,8 +67,12 @@ class FallbackModel:
     Args:
         first: The model tried first: a model, or a model string (``"openai:gpt-4o-mini"``).
         *others: The models tried next, in order.
-        fallback_on: The exceptions that mean "try the next one" (default :attr:`FALLBACK_ON`;
-            e.g. ``(*FallbackModel.FALLBACK_ON, BadRequestError)`` to move on from a refused request too).
+        fallback_on: The exceptions that mean "try the next one", exception classes in a tuple, list or any
+            iterable (default :attr:`FALLBACK_ON`; e.g. ``(*FallbackModel.FALLBACK_ON, BadRequestError)`` to
+            move on from a refused request too). Kept as a tuple.
+
+    Raises:
+        AgentDefinitionError: ``fallback_on`` is not exception classes.
 
     Example::
 
@@ -81,11 +92,13 @@ class FallbackModel:
         self,
         first: Model | str,
         *others: Model | str,
-        fallback_on: tuple[type[Exception], ...] | None = None,
+        fallback_on: Iterable[type[Exception]] | None = None,
     ) -> None:
         self.models: tuple[Model, ...] = tuple(resolve_model(model) for model in (first, *others))
         """The models, in the order they are tried."""
-        self.fallback_on = self.FALLBACK_ON if fallback_on is None else fallback_on
+        self.fallback_on: tuple[type[Exception], ...] = (
+            self.FALLBACK_ON if fallback_on is None else _exception_classes(fallback_on)
+        )
         """The exceptions that make it try the next model."""
 
     @property
@@ -104,6 +117,17 @@ class FallbackModel:
     def stream(self, request: ModelRequest) -> _FallbackStream:
         """Answer ``request`` with the first model that is available."""
         return _FallbackStream(self, request)
+
+
+def _exception_classes(fallback_on: Iterable[type[Exception]]) -> tuple[type[Exception], ...]:
+    # A tuple, as isinstance needs it: a list would fail only at the first outage, as a TypeError.
+    if isinstance(fallback_on, type | str) or not hasattr(fallback_on, "__iter__"):
+        raise AgentDefinitionError(f"fallback_on must be exception classes, e.g. (ServerError,), not {fallback_on!r}")
+    classes = tuple(fallback_on)
+    for item in classes:
+        if not (isinstance(item, type) and issubclass(item, Exception)):
+            raise AgentDefinitionError(f"fallback_on must be exception classes, not {item!r}")
+    return classes
 
 
 class _FallbackStream:

@@ -12,6 +12,7 @@ import trio
 
 from agents import (
     Agent,
+    AgentDefinitionError,
     AnthropicModel,
     AuthenticationError,
     BadRequestError,
@@ -267,6 +268,30 @@ async def test_what_moves_on_and_what_ends_the_run(error: Exception, moves_on: b
         [event] = _errors(events)
         assert str(error) in event.message
         assert _finished(events) == "error"
+
+
+async def test_fallback_on_given_as_a_list_moves_on() -> None:
+    """``fallback_on`` as a list is kept as a tuple, and an outage it names moves on to the next model."""
+    first = ScriptedModel([lambda request: _raising(BadRequestError("a: HTTP 400", status=400, provider="a"))])
+    model = FallbackModel(
+        first, ScriptedModel(["fine"], name="second"), fallback_on=[*FallbackModel.FALLBACK_ON, BadRequestError]
+    )
+    assert model.fallback_on == (*FallbackModel.FALLBACK_ON, BadRequestError)
+    events = await _run(model)
+    assert _fallbacks(events) == [ModelFallback("scripted", "a: HTTP 400", "second")]
+    assert _text(events) == "fine"
+    assert _finished(events) == "completed"
+
+
+@pytest.mark.parametrize(
+    "fallback_on",
+    [ServerError, "ServerError", [ServerError, "BadRequestError"], [ValueError("x")], [KeyboardInterrupt], 42],
+    ids=["a-class", "a-string", "a-name", "an-instance", "a-base-exception", "an-int"],
+)
+def test_fallback_on_that_is_not_exception_classes_is_a_definition_error(fallback_on: Any) -> None:
+    """Anything but an iterable of Exception subclasses is refused when the FallbackModel is made."""
+    with pytest.raises(AgentDefinitionError, match="fallback_on must be exception classes"):
+        FallbackModel(ScriptedModel([]), fallback_on=fallback_on)
 
 
 async def test_a_run_with_a_first_model_that_answers_streams_nothing_extra() -> None:
