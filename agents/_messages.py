@@ -69,7 +69,7 @@ class AssistantMessage:
     text: str
     tool_calls: tuple[ToolCallChunk, ...] = ()
     reasoning: tuple[ReasoningBlock, ...] = ()
-    """The response's :class:`ReasoningBlock` s, in order (empty unless the provider sent signed ones)."""
+    """The response's :class:`ReasoningBlock` s, in order (empty unless its provider wants them back)."""
 
 
 @attrs.frozen

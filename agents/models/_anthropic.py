@@ -168,11 +168,13 @@ class AnthropicModel(HTTPModel):
                 messages.append({"role": "user", "content": _content(message.content)})
             elif isinstance(message, AssistantMessage):
                 # Its signed thinking first: with thinking on, a tool's result must follow it (else a 400).
+                # Unsigned reasoning (another provider's, before a fallback) would be refused: left out.
                 content: list[dict[str, Any]] = [
                     {"type": "redacted_thinking", "data": block.text}
                     if block.redacted
                     else {"type": "thinking", "thinking": block.text, "signature": block.signature}
                     for block in message.reasoning
+                    if block.redacted or block.signature
                 ]
                 if message.text:  # the API refuses empty text blocks
                     content.append({"type": "text", "text": message.text})

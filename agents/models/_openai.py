@@ -6,12 +6,15 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any, Final
 
+import httpx
+
 from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart, text_only
 from .._exceptions import MalformedStreamError, UnsupportedContentError
 from .._messages import (
     AssistantMessage,
     ModelChunk,
     ModelRequest,
+    ReasoningBlock,
     ReasoningChunk,
     RefusalChunk,
     StopChunk,
@@ -29,8 +32,6 @@ from ._sse import SSEStream, json_object, text_field
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping
 
-    import httpx
-
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 STOP_REASONS: Final[Mapping[str, StopReason]] = {
@@ -41,6 +42,9 @@ STOP_REASONS: Final[Mapping[str, StopReason]] = {
     "content_filter": "content_filter",
 }
 """``finish_reason`` values as stop reasons; any other is ``"other"``."""
+REASONING_BACK_HOSTS: Final = frozenset({"api.deepseek.com", "api.moonshot.ai", "api.moonshot.cn"})
+"""Servers whose thinking models want each assistant turn's ``reasoning_content`` back: without it, a
+request after a tool call is a 400 (DeepSeek, Kimi). Others may refuse the field (OpenAI, Cerebras)."""
 
 
 class OpenAIChatModel(HTTPModel):
@@ -56,6 +60,13 @@ class OpenAIChatModel(HTTPModel):
     Groq's ``x_groq.usage`` serves too). A native structured output is asked
     for as a ``json_schema`` ``response_format``, not strict (OpenAI's strict
     mode refuses many schemas pydantic writes); the runtime validates the answer.
+
+    DeepSeek's and Moonshot's (Kimi's) thinking models want their reasoning
+    back with the history once they have called a tool: for the ``deepseek``
+    provider, or a base URL on :data:`REASONING_BACK_HOSTS`, a response's
+    reasoning is kept (a :class:`~agents.ReasoningBlock`) and every assistant
+    turn is sent with its ``reasoning_content`` (``""`` if it has none). Other
+    servers get no such field.
 
     Args:
         model: The provider's model name, e.g. ``"gpt-4o-mini"``.
@@ -83,11 +94,21 @@ class OpenAIChatModel(HTTPModel):
 
     def parse(self, response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         """The chunks of a Chat Completions stream."""
-        return _chunks(response)
+        return _chunks(response, keep_reasoning=self._reasoning_back())
+
+    def _reasoning_back(self) -> bool:
+        """Whether the server wants each assistant turn's ``reasoning_content`` back (DeepSeek, Kimi)."""
+        if self.provider == "deepseek":
+            return True
+        try:
+            return httpx.URL(self.base_url).host in REASONING_BACK_HOSTS
+        except httpx.InvalidURL:  # sending to it says so
+            return False
 
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body of a request."""
         messages: list[dict[str, Any]] = []
+        reasoning_back = self._reasoning_back()
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
@@ -106,6 +127,8 @@ class OpenAIChatModel(HTTPModel):
                         }
                         for call in message.tool_calls
                     ]
+                if reasoning_back:  # "" too: a turn with tool calls and no reasoning_content is a 400
+                    entry["reasoning_content"] = "".join(b.text for b in message.reasoning if not b.redacted)
                 messages.append(entry)
             elif isinstance(message, ToolResultMessage):
                 messages.append(
@@ -163,8 +186,11 @@ def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
-async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
+async def _chunks(response: httpx.Response, *, keep_reasoning: bool = False) -> AsyncGenerator[ModelChunk, None]:
     """Map the SSE stream to chunks; tool calls are complete, and the stop reason known, only when it ends.
+
+    With ``keep_reasoning``, the reasoning deltas are also one :class:`ReasoningBlock` at the end, for the
+    history (a server that wants it back).
 
     Raises:
         MalformedStreamError: it ended with neither a finish_reason nor ``[DONE]`` (it was cut off).
@@ -173,6 +199,7 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     open_calls: dict[int, list[str]] = {}  # index -> the call its fragments now add to
     usage: dict[str, Any] | None = None
     finish: str | None = None
+    thoughts: list[str] | None = [] if keep_reasoning else None
     done = False
     async with contextlib.aclosing(SSEStream(response)) as stream:
         while not done and (events := await stream.read()):  # one await per network read, not per event
@@ -206,6 +233,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                         if reasoning.__class__ is not str:  # its repr would pass for the model's reasoning
                             raise TypeError(f"a delta's reasoning is a {type(reasoning).__name__}, not a string")
                         yield ReasoningChunk(reasoning)
+                        if thoughts is not None:
+                            thoughts.append(reasoning)
                     content = delta.get("content")
                     if content:
                         if content.__class__ is str:
@@ -232,6 +261,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
         # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
         # tool call half sent. Some servers send no [DONE] (Mistral, Azure), but a finish_reason ends theirs.
         raise MalformedStreamError("openai: the stream ended before a finish_reason or [DONE]")
+    if thoughts:
+        yield ReasoningBlock("".join(thoughts))
     for _, (call_id, name, arguments) in sorted(calls, key=lambda entry: entry[0]):  # stable: same index, in order
         yield ToolCallChunk(call_id, name, arguments)
     if finish is not None:

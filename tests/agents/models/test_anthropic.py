@@ -240,6 +240,22 @@ async def test_anthropic_sends_the_signed_thinking_back_before_the_tool_call_it_
     assert body["messages"][1]["content"] == [{"type": "redacted_thinking", "data": "b64=="}]
 
 
+def test_anthropic_leaves_out_unsigned_reasoning_from_another_provider() -> None:
+    """An unsigned ReasoningBlock (DeepSeek's, kept in the history before a fallback) is not sent as a
+    thinking block, which the API would refuse; the turn's signed thinking and tool call still go."""
+    turn = AssistantMessage(
+        "",
+        (ToolCallChunk("c1", "now", "{}"),),
+        (ReasoningBlock("deepseek's thoughts"), ReasoningBlock("claude's", "sig")),
+    )
+    model = AnthropicModel("m", base_url="http://unused", api_key="k")
+    body = model.body(ModelRequest("", (UserMessage("hi"), turn, ToolResultMessage("c1", "now", "12:00"))))
+    assert body["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "claude's", "signature": "sig"},
+        {"type": "tool_use", "id": "c1", "name": "now", "input": {}},
+    ]
+
+
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:
     """The requests carry the key and version headers, the system prompt, tools, tool_use inputs and grouped results."""
 

@@ -16,6 +16,7 @@ import trio.testing
 
 from agents import (
     Agent,
+    AssistantMessage,
     AuthenticationError,
     BadRequestError,
     MalformedStreamError,
@@ -26,6 +27,8 @@ from agents import (
     OutputSchema,
     ProviderError,
     RateLimitError,
+    ReasoningBlock,
+    ReasoningChunk,
     RefusalChunk,
     RetryPolicy,
     ServerError,
@@ -34,8 +37,10 @@ from agents import (
     TextChunk,
     ToolCallChunk,
     ToolCallDeltaChunk,
+    ToolResultMessage,
     UsageChunk,
     UserMessage,
+    tool,
 )
 from runtime import open_runtime
 from runtime.events import (
@@ -955,3 +960,67 @@ async def test_openai_done_ends_the_stream_though_the_connection_stays_open(prov
     provider_server.serve(answer + _sse(_delta(content=" and more")), hang_after=len(answer))
     chunks = await _chunks(_model(provider_server))
     assert [chunk.text for chunk in chunks if isinstance(chunk, TextChunk)] == ["Hi"]
+
+
+async def test_deepseek_sends_the_reasoning_back_with_the_turn_that_called_a_tool(provider_server: Any) -> None:
+    """deepseek-reasoner: the response's reasoning is kept as one ReasoningBlock, and the request after the
+    tool's result carries it as the assistant turn's ``reasoning_content`` (DeepSeek answers 400 without it)."""
+
+    @tool
+    def now() -> str:
+        """The time."""
+        return "12:00"
+
+    provider_server.queue(
+        _sse(
+            _delta(reasoning_content="I should call "),
+            _delta(reasoning_content="the clock."),
+            _delta(
+                tool_calls=[
+                    {"index": 0, "id": "call_0", "type": "function", "function": {"name": "now", "arguments": "{}"}}
+                ]
+            ),
+            _finish("tool_calls"),
+            "[DONE]",
+        )
+    )
+    provider_server.queue(_sse(_delta(content="It is noon."), _finish("stop"), "[DONE]"))
+    model = OpenAIChatModel(
+        "deepseek-reasoner", base_url=provider_server.base_url, api_key="k", retry=ONE_TRY, provider="deepseek"
+    )
+    agent = Agent(name="ds", model=model, tools=[now])
+    with trio.fail_after(RUN_LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            result = await session.ask("what time is it?")
+            history = list(session.history)
+    assert result.text == "It is noon."
+    first = next(message for message in history if isinstance(message, AssistantMessage))
+    assert first.reasoning == (ReasoningBlock("I should call the clock."),)
+    assistant = json.loads(provider_server.requests[1].body)["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert assistant["tool_calls"][0]["id"] == "call_0"
+    assert assistant["reasoning_content"] == "I should call the clock."
+
+
+def test_reasoning_content_goes_only_to_servers_that_want_it() -> None:
+    """Moonshot's host gets ``reasoning_content`` on every assistant turn (``""`` when it has none, so an old
+    tool-calling turn is not a 400); OpenAI's gets no such field, as it may refuse an unknown one."""
+    messages = (
+        UserMessage("hi"),
+        AssistantMessage("", (ToolCallChunk("c1", "now", "{}"),)),
+        ToolResultMessage("c1", "now", "12:00"),
+        AssistantMessage("noon", (), (ReasoningBlock("so "), ReasoningBlock("b64==", redacted=True))),
+    )
+    request = ModelRequest("", messages)
+    kimi = OpenAIChatModel("kimi-k2-thinking", base_url="https://api.moonshot.ai/v1", api_key="k")
+    sent = [m for m in kimi.body(request)["messages"] if m["role"] == "assistant"]
+    assert [m["reasoning_content"] for m in sent] == ["", "so "]
+    openai = OpenAIChatModel("gpt-4o-mini", api_key="k")
+    assert all("reasoning_content" not in m for m in openai.body(request)["messages"])
+
+
+async def test_openai_keeps_no_reasoning_block_for_a_server_that_wants_none(provider_server: Any) -> None:
+    """A server not known to want its reasoning back gets reasoning chunks only: no ReasoningBlock to keep."""
+    provider_server.serve(_sse(_delta(reasoning_content="hm"), _delta(content="ok"), _finish("stop"), "[DONE]"))
+    chunks = await _chunks(_model(provider_server))
+    assert [type(chunk) for chunk in chunks] == [ReasoningChunk, TextChunk, StopChunk]
