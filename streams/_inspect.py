@@ -31,6 +31,8 @@ from ._codec import dumps
 from ._remote import LISTENERS
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ._server import ServedSession
 
 TOOL_CALLS_SHOWN: Final = 30
@@ -285,7 +287,7 @@ class Inspector:
         self._closed = False
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return sum(not node.served.session.closed for node in self._sessions.values())
 
     # -- what the server tells it ------------------------------------------------
 
@@ -295,11 +297,21 @@ class Inspector:
         self._changed(served.id)
 
     def session_closed(self, session_id: str) -> None:
-        """A served session closed: it leaves the tree."""
+        """A served session closed: it leaves the tree (if it has not already, as it began closing)."""
         if self._sessions.pop(session_id, None) is not None:
             self._handler_counts.pop(session_id, None)
             for subscriber in self._subscribers:
                 subscriber._gone(session_id)
+
+    def _forget_closing(self, session_ids: Iterable[str]) -> list[str]:
+        """Those of ``session_ids`` that began closing leave the tree now (returned): the server lists them no
+        more, though their tasks may still be ending (:meth:`session_closed` comes once they have). Nothing
+        tells the inspector when a session begins to close (a reaper, a tool, ``DELETE``): it looks."""
+        nodes = self._sessions
+        closing = [sid for sid in session_ids if (node := nodes.get(sid)) is not None and node.served.session.closed]
+        for session_id in closing:
+            self.session_closed(session_id)
+        return closing
 
     def state(self, session_id: str, state: str) -> None:
         """A served session's state changed (``idle``, ``running``, ``closed``)."""
@@ -377,6 +389,7 @@ class Inspector:
 
     def snapshot(self) -> dict[str, Any]:
         """``{"type": "Snapshot", "now", "sessions", "listeners"}``: the whole tree."""
+        self._forget_closing(list(self._sessions))
         return {
             "type": "Snapshot",
             "now": _now(),
@@ -388,7 +401,9 @@ class Inspector:
         return [{"url": url, "session": session} for url, session in sorted(self._listeners)]
 
     def sweep(self) -> None:
-        """Look at what changes without an event: stream handlers' counters and the remote listeners."""
+        """Look at what changes without an event: sessions that began closing, stream handlers' counters and
+        the remote listeners."""
+        self._forget_closing(list(self._sessions))
         for session_id, node in self._sessions.items():
             handlers = node.served.session.handlers
             if not handlers and session_id not in self._handler_counts:
@@ -430,12 +445,13 @@ class Inspector:
 
     def changes(self, session_ids: set[str], gone: set[str], listeners: bool) -> dict[str, Any]:
         """``{"type": "Changed", "now", "sessions", "closed"[, "listeners"]}``: the latest state of the
-        sessions named (those still open), and those that closed."""
+        sessions named (those still open), and those that closed (or began closing)."""
+        closing = self._forget_closing(list(session_ids))
         message: dict[str, Any] = {
             "type": "Changed",
             "now": _now(),
             "sessions": [self._sessions[sid].to_json() for sid in session_ids if sid in self._sessions],
-            "closed": sorted(gone),
+            "closed": sorted({*gone, *closing}),
         }
         if listeners:
             message["listeners"] = self._listeners_json()

@@ -131,7 +131,7 @@ class ServerStatistics:
     """What :meth:`Server.statistics` returns."""
 
     sessions: int
-    """Served sessions open now."""
+    """Served sessions open now (one closing is not: it is gone already)."""
     sse_streams: int
     """SSE responses streaming now (runs and feeds)."""
     websockets: int
@@ -392,7 +392,7 @@ class Server:
         """The counters, at any time."""
         open_or_ending = itertools.chain(self._sessions.values(), self._ending)
         dropped = self._dropped + sum(served.updates.dropped for served in open_or_ending)
-        return ServerStatistics(len(self._sessions), self._streaming, self._websockets, dropped)
+        return ServerStatistics(len(self.sessions), self._streaming, self._websockets, dropped)
 
     async def open_session(self, session_id: str | None = None, *, create: bool = True) -> ServedSession:
         """Start a served session (what ``POST /sessions`` does); with a store, open it from there if it has it.
@@ -401,7 +401,7 @@ class Server:
             InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
             SessionExistsError: a served session has that id (one closing is waited for, up to
                 :data:`CLOSING_WAIT` seconds, then the id is free).
-            TooManySessionsError: ``max_sessions`` are open.
+            TooManySessionsError: ``max_sessions`` are open (one closing does not count).
             ClosedSessionError: the server is shutting down.
             SessionOwnedError: (with a store) another process serves it.
             SessionNotFoundError: (with a store) ``create`` is false and the store has no such session.
@@ -454,7 +454,8 @@ class Server:
         return served
 
     def _check_room(self) -> None:
-        if self._max_sessions is not None and len(self._sessions) >= self._max_sessions:
+        # A closing session holds its id (in _sessions) until its tasks end, but no longer its room.
+        if self._max_sessions is not None and len(self.sessions) >= self._max_sessions:
             raise TooManySessionsError(f"the server has {self._max_sessions} sessions open, its most")
 
     def _queue_full(self, served: ServedSession) -> str | None:

@@ -392,6 +392,55 @@ async def test_a_closing_session_is_gone_everywhere_and_its_id_is_free_once_it_h
             assert server.sessions["s1"] is not old
 
 
+async def test_a_closing_session_counts_toward_neither_max_sessions_nor_statistics_nor_the_inspector(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """While a deleted session's run is still ending, it leaves room under max_sessions (another session opens:
+    201, not 503), statistics().sessions and the inspector's tree no longer count it, and a watcher of the
+    inspector is told it closed."""
+    started, cleaning, cleaned = trio.Event(), trio.Event(), trio.Event()
+
+    @tool
+    async def stubborn() -> str:
+        """Waits, and takes its time to clean up when cancelled."""
+        started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cleaning.set()
+            with trio.CancelScope(shield=True):
+                await cleaned.wait()
+        return "never"  # pragma: no cover
+
+    agent = make_agent(stubborn, call=ToolCall("stubborn"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None, max_sessions=1) as (server, client):
+            await create(client, "s1")
+            subscriber = server.inspector.subscribe()
+            try:
+                assert subscriber.next_nowait() is not None  # the snapshot
+                await client.post("/sessions/s1/runs", json={"input": "tool: stubborn", "detach": True})
+                await started.wait()
+                async with trio.open_nursery() as nursery:
+                    try:
+                        nursery.start_soon(client.delete, "/sessions/s1")
+                        await cleaning.wait()
+                        changed = await subscriber.next()
+                        assert changed is not None
+                        assert changed[1]["closed"] == ["s1"]
+                        assert server.statistics().sessions == 0
+                        assert server.inspector.snapshot()["sessions"] == []
+                        assert len(server.inspector) == 0
+                        await create(client, "s2")
+                        assert_error(await client.post("/sessions", json={"id": "s3"}), 503)  # s2 has the room
+                        assert server.statistics().sessions == 1
+                        assert [node["id"] for node in server.inspector.snapshot()["sessions"]] == ["s2"]
+                    finally:
+                        cleaned.set()
+            finally:
+                server.inspector.unsubscribe(subscriber)
+
+
 async def test_the_feed_names_a_run_that_waited_for_its_turn_when_its_turn_comes(
     make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
 ) -> None:
