@@ -74,7 +74,8 @@ class OpenAIChatModel(HTTPModel):
         api_key: Defaults to ``OPENAI_API_KEY``. With neither, a server on this machine gets none, and any
             other fails with :class:`~agents.MissingAPIKeyError` (``api_key=""``: it needs none).
         retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
-        **settings: Sent with every request (``temperature``, ``max_tokens`` ...).
+        **settings: Sent with every request (``temperature``, ``max_tokens`` ...); a ``stream_options``
+            is merged into ``{"include_usage": True}``.
 
     Example::
 
@@ -134,13 +135,10 @@ class OpenAIChatModel(HTTPModel):
                 messages.append(
                     {"role": "tool", "tool_call_id": message.call_id, "content": text_only(message.content)}
                 )
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **self.settings,
-        }
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True, **self.settings}
+        # Merged, not replaced: a stream_options setting (include_obfuscation ...) must not turn usage off.
+        options = self.settings.get("stream_options")
+        body["stream_options"] = {"include_usage": True, **(options if isinstance(options, dict) else {})}
         if request.tools:
             body["tools"] = [
                 {

@@ -1024,3 +1024,13 @@ async def test_openai_keeps_no_reasoning_block_for_a_server_that_wants_none(prov
     provider_server.serve(_sse(_delta(reasoning_content="hm"), _delta(content="ok"), _finish("stop"), "[DONE]"))
     chunks = await _chunks(_model(provider_server))
     assert [type(chunk) for chunk in chunks] == [ReasoningChunk, TextChunk, StopChunk]
+
+
+def test_openai_stream_options_setting_keeps_usage_asked_for() -> None:
+    """A ``stream_options`` setting is merged into ``{"include_usage": True}``, not put in its place: usage
+    is still asked for (an explicit ``include_usage`` of the setting's wins)."""
+    model = OpenAIChatModel("m", base_url="http://unused", api_key="k", stream_options={"include_obfuscation": False})
+    body = model.body(ModelRequest("", (UserMessage("hi"),)))
+    assert body["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    off = OpenAIChatModel("m", base_url="http://unused", api_key="k", stream_options={"include_usage": False})
+    assert off.body(ModelRequest("", (UserMessage("hi"),)))["stream_options"] == {"include_usage": False}
