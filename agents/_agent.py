@@ -88,7 +88,8 @@ class Agent(Generic[AgentDepsT, OutputT]):
     name: str
     """Shown in events and logs."""
     model: Model = attrs.field(converter=resolve_model)
-    """Answers each turn; see :class:`Model`. A model string works too: ``"openai:gpt-4o-mini"``."""
+    """Answers each turn; see :class:`Model`. A model string works too: ``"openai:gpt-4o-mini"``. Anything
+    else (``None``, a model class rather than an instance) is an :class:`AgentDefinitionError`."""
     instructions: Instructions = ""
     """The system prompt, or a function of the :class:`RunContext` returning it."""
     tools: tuple[Tool | Toolset, ...] = attrs.field(default=(), converter=_convert_tools)

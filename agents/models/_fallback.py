@@ -72,7 +72,8 @@ class FallbackModel:
             move on from a refused request too). Kept as a tuple.
 
     Raises:
-        AgentDefinitionError: ``fallback_on`` is not exception classes.
+        AgentDefinitionError: a model is neither a model nor a model string (see :func:`resolve_model`), or
+            ``fallback_on`` is not exception classes.
 
     Example::
 

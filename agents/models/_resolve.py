@@ -71,7 +71,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
 
 
 def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
-    """The model a string names; a model is returned as it is.
+    """The model a string names; a model (an instance with a callable ``stream``) is returned as it is.
 
     - ``"scripted"``: the ``scripted`` model given here (offline, the default of the examples);
     - ``"<provider>:<model>"``: the provider's model, its base URL and key from
@@ -81,9 +81,16 @@ def resolve_model(spec: str | Model, *, scripted: Model | None = None) -> Model:
       and its errors name the provider as the string does.
 
     Raises:
-        AgentDefinitionError: the string names no model this knows.
+        AgentDefinitionError: the string names no model this knows, or ``spec`` is neither a string nor a
+            model (``None``, say, from an unset environment variable; or a model class, not an instance).
     """
     if not isinstance(spec, str):
+        # Refused here, not as an AttributeError in every run.
+        if isinstance(spec, type) or not callable(getattr(spec, "stream", None)):
+            raise AgentDefinitionError(
+                f"model must be a model (an object with a stream(request) method, e.g. ScriptedModel([...]) "
+                f"or OpenAIChatModel(...)) or a model string (e.g. 'openai:gpt-4o-mini'), not {spec!r}"
+            )
         return spec
     if spec == "scripted":
         if scripted is None:

@@ -134,6 +134,13 @@ def test_agent_max_turns_below_one_is_a_definition_error(max_turns: int) -> None
         _agent(max_turns=max_turns)
 
 
+@pytest.mark.parametrize("model", [None, ScriptedModel], ids=["None", "a-model-class"])
+def test_agent_model_that_is_not_a_model_is_a_definition_error(model: Any) -> None:
+    """``Agent(model=None)`` (an unset environment variable) or a model class is refused when the agent is made."""
+    with pytest.raises(AgentDefinitionError, match="model must be a model"):
+        Agent(name="tester", model=model)
+
+
 def test_agent_max_turns_of_one_is_allowed() -> None:
     """``max_turns=1`` is the smallest valid limit."""
     assert _agent(max_turns=1).max_turns == 1

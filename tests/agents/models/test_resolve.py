@@ -98,6 +98,35 @@ def test_resolve_model_rejects_what_it_cannot_build(spec: str) -> None:
         resolve_model(spec)
 
 
+class _StreamlessModel:
+    """Has a ``stream`` attribute that cannot be called."""
+
+    stream = "not a method"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [None, 42, object(), ScriptedModel, OpenAIChatModel, _StreamlessModel()],
+    ids=["None", "an-int", "an-object", "a-model-class", "an-http-model-class", "a-stream-attribute"],
+)
+def test_resolve_model_rejects_what_is_not_a_model(spec: Any) -> None:
+    """Neither a string nor an instance with a callable ``stream`` (None from an unset variable, a model
+    class) is an AgentDefinitionError saying what a model is, not an AttributeError in every run."""
+    with pytest.raises(AgentDefinitionError, match=r"model must be a model \(an object with a stream\(request\)"):
+        resolve_model(spec)
+
+
+def test_resolve_model_takes_any_instance_with_a_stream_method() -> None:
+    """A model of one's own is duck-typed: any instance with a callable ``stream`` is returned as it is."""
+
+    class Own:
+        def stream(self, request: ModelRequest) -> Any:
+            raise NotImplementedError
+
+    own = Own()
+    assert resolve_model(own) is own
+
+
 def test_agent_accepts_a_model_string(monkeypatch: pytest.MonkeyPatch) -> None:
     """Agent(model="openai:...") builds the provider, with base URL and key from the environment."""
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1/")
