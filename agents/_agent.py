@@ -66,6 +66,14 @@ def _positive_or_none(instance: Agent[Any, Any], attribute: attrs.Attribute[Any]
         raise AgentDefinitionError(f"{attribute.name} must be positive or None, not {value!r}")
 
 
+def _check_int_at_least(name: str, value: object, minimum: int) -> None:
+    # A float (2.5, NaN) passes a bare comparison and fails only in each run, in range(); True is a mistake too.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AgentDefinitionError(f"{name} must be an int, not {value!r}")
+    if value < minimum:
+        raise AgentDefinitionError(f"{name} must be at least {minimum}, not {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Agent(Generic[AgentDepsT, OutputT]):
     """An agent definition: immutable, and safe to share between sessions.
@@ -97,7 +105,7 @@ class Agent(Generic[AgentDepsT, OutputT]):
     hooks: tuple[Hooks, ...] = attrs.field(default=(), converter=_convert_hooks)
     """Called at fixed points of every run, in order."""
     max_turns: int = attrs.field(default=10)
-    """Model calls a run may make before it ends with ``max_turns``."""
+    """Model calls a run may make before it ends with ``max_turns``: an int, at least 1."""
     tool_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds one tool call may take; past it, the model gets an error result. It bounds the tool's own
     work, not the wait for a ``requires_approval`` tool's approval before it (``run_timeout`` bounds that)."""
@@ -108,7 +116,8 @@ class Agent(Generic[AgentDepsT, OutputT]):
     sub_agents: tuple[Agent[Any, Any], ...] = attrs.field(default=(), converter=_convert_agents)
     """Agents this one may hand tasks to: the model gets a ``transfer_task(agent, task)`` tool."""
     max_depth: int = attrs.field(default=3)
-    """How deep sub-agents may nest below a run of this agent; past it, the transfer is an error result."""
+    """How deep sub-agents may nest below a run of this agent (an int, at least 0); past it, the transfer is an
+    error result."""
     output_type: type[OutputT] | types.UnionType = attrs.field(default=str)  # type: ignore[assignment]
     """What a run returns: ``str`` (the last response's text), or anything pydantic validates (a
     ``BaseModel``, a dataclass, a ``TypedDict``, ``list[...]``, a union of those)."""
@@ -117,7 +126,8 @@ class Agent(Generic[AgentDepsT, OutputT]):
     ``"native"`` (the provider's JSON-schema response format) or ``"prompted"`` (JSON text, schema in
     the instructions)."""
     output_retries: int = attrs.field(default=1)
-    """Answers that fail validation the model may correct (each a turn, counted in ``max_turns``)."""
+    """Answers that fail validation the model may correct (an int, at least 0; each a turn, counted in
+    ``max_turns``)."""
     usage_limits: UsageLimits | None = None
     """What one run may spend (its sub-agents' runs included)."""
     session_usage_limits: UsageLimits | None = None
@@ -142,18 +152,15 @@ class Agent(Generic[AgentDepsT, OutputT]):
 
     @output_retries.validator
     def _check_output_retries(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if value < 0:
-            raise AgentDefinitionError(f"output_retries must be at least 0, not {value!r}")
+        _check_int_at_least(attribute.name, value, 0)
 
     @max_turns.validator
     def _check_max_turns(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if value < 1:
-            raise AgentDefinitionError(f"max_turns must be at least 1, not {value!r}")
+        _check_int_at_least(attribute.name, value, 1)
 
     @max_depth.validator
     def _check_max_depth(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if value < 0:
-            raise AgentDefinitionError(f"max_depth must be at least 0, not {value!r}")
+        _check_int_at_least(attribute.name, value, 0)
 
     @sub_agents.validator
     def _check_sub_agents(

@@ -141,6 +141,15 @@ def test_agent_model_that_is_not_a_model_is_a_definition_error(model: Any) -> No
         Agent(name="tester", model=model)
 
 
+@pytest.mark.parametrize("field", ["max_turns", "max_depth", "output_retries"])
+@pytest.mark.parametrize("value", [2.5, 3.0, math.nan, math.inf, True, "3", None])
+def test_agent_non_int_limit_is_a_definition_error(field: str, value: Any) -> None:
+    """``max_turns``, ``max_depth`` and ``output_retries`` that are not an int (a float, NaN, a bool, a string)
+    raise ``AgentDefinitionError`` naming the field when the agent is made, not a TypeError in each run."""
+    with pytest.raises(AgentDefinitionError, match=rf"{field} must be an int, not "):
+        _agent(**{field: value})
+
+
 def test_agent_max_turns_of_one_is_allowed() -> None:
     """``max_turns=1`` is the smallest valid limit."""
     assert _agent(max_turns=1).max_turns == 1
