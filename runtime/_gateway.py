@@ -124,12 +124,27 @@ class Gateway:
         return GatewayStatistics(live, self._handled, self._dropped, self._in_flight)
 
     async def wait_ready(self, channel: str) -> None:
-        """Wait until the channel of that name has started serving."""
-        await self._ready[channel].wait()
+        """Wait until the channel of that name has started serving.
+
+        Raises:
+            ValueError: no channel of the gateway has that name.
+        """
+        await self._ready_event(channel).wait()
 
     def is_ready(self, channel: str) -> bool:
-        """Whether the channel of that name has started serving."""
-        return self._ready[channel].is_set()
+        """Whether the channel of that name has started serving.
+
+        Raises:
+            ValueError: no channel of the gateway has that name.
+        """
+        return self._ready_event(channel).is_set()
+
+    def _ready_event(self, channel: str) -> trio.Event:
+        try:
+            return self._ready[channel]
+        except KeyError:
+            known = ", ".join(repr(name) for name in self._ready)
+            raise ValueError(f"the gateway has no channel named {channel!r}; its channels: {known}") from None
 
     async def _start_channel(self, nursery: trio.Nursery, channel: Channel) -> None:
         # Each channel starts in a task of its own: one stuck logging in does

@@ -467,6 +467,18 @@ async def test_gateway_stuck_login_does_not_delay_other_channels(autojump_clock:
         assert not gateway.is_ready("whatsapp")
 
 
+async def test_gateway_ready_of_an_unknown_channel_is_a_value_error() -> None:
+    """``is_ready`` and ``wait_ready`` with a name that is none of the gateway's channels raise a ValueError
+    naming the channels it has, not a bare KeyError."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [RecordingChannel("webhook")]) as gateway:
+        await gateway.wait_ready("webhook")
+        with pytest.raises(ValueError, match=r"no channel named 'webhooks'; its channels: 'webhook'$"):
+            gateway.is_ready("webhooks")
+        with pytest.raises(ValueError, match=r"no channel named 'webhooks'; its channels: 'webhook'$"):
+            await gateway.wait_ready("webhooks")
+
+
 async def test_gateway_cancels_a_reconnect_backoff_at_once(autojump_clock: trio.testing.MockClock) -> None:
     """A channel sleeping in its reconnect backoff is cancelled at once when the gateway exits."""
     channel = ReconnectingChannel("flaky")
