@@ -25,7 +25,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
+from ._http import BROKEN_STREAM, DEFAULT_RETRY, HTTPModel, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -287,13 +287,22 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
 
     Raises:
         MalformedStreamError: it ended with neither a finishReason nor a blocked prompt (it was cut off).
+        httpx.HTTPError: the connection broke (``stream_chunks`` maps it), after the usage counted so far.
     """
     usage: dict[str, Any] | None = None
     finish: str | None = None
     blocked: str | None = None
     calls = 0
+    broken: Exception | None = None
     async with contextlib.aclosing(SSEStream(response)) as stream:
-        while events := await stream.read():  # one await per network read, not per event
+        while True:
+            try:
+                events = await stream.read()  # one await per network read, not per event
+            except BROKEN_STREAM as exc:
+                broken = exc
+                break
+            if not events:
+                break
             for event in events:
                 data = event.data.strip()
                 if event.event == "error":
@@ -332,6 +341,10 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
                 if candidate.get("finishReason"):
                     finish = str(candidate["finishReason"])
+    if broken is not None:
+        if usage is not None:  # the tokens were spent (and billed) all the same
+            yield _usage(usage)
+        raise broken  # the connection broke: that is the error (the model maps it)
     if finish is not None:
         yield _stop(finish, calls > 0)
     elif blocked is not None:

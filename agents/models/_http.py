@@ -45,6 +45,10 @@ MAX_RETRY_AFTER: Final = 60.0
 DEFAULT_RETRY: Final = RetryPolicy(maximum=8.0, max_attempts=4)
 """What a model retries with unless given a policy: 4 tries, waits up to 8 s."""
 
+BROKEN_STREAM: Final = (httpx.HTTPError, httpx.StreamError)
+"""What reading a streamed answer raises when it breaks (the connection, a corrupt gzip's ``DecodingError``).
+A parser that has counted usage by then reports it before letting this rise: those tokens were billed."""
+
 _SHAPE_ERRORS: Final = (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError)
 """What a parser raises on valid JSON of the wrong shape (a string where an object goes, ``int("many")`` ...)."""
 
@@ -103,7 +107,7 @@ async def stream_chunks(
         try:
             async with contextlib.aclosing(_parsed(parse(response), provider)) as chunks:
                 yield chunks
-        except (httpx.HTTPError, httpx.StreamError) as exc:  # DecodingError included: a corrupt gzip body
+        except BROKEN_STREAM as exc:
             raise ModelConnectionError(f"{provider}: the stream broke: {describe(exc)}") from exc
         finally:
             await response.aclose()

@@ -20,6 +20,7 @@ from agents import (
     ErrorChunk,
     MalformedStreamError,
     ModelChunk,
+    ModelConnectionError,
     ModelRequest,
     ReasoningBlock,
     ReasoningChunk,
@@ -503,6 +504,26 @@ async def test_anthropic_stream_cut_off_counts_the_usage_it_sent_before_the_erro
     assert _of(run, Usage) == [Usage(1007, 1)]
     assert run.index(_of(run, Usage)[0]) < run.index(_of(run, ErrorEvent)[0])
     assert run[-1].reason == "error"  # type: ignore[union-attr]
+
+
+async def test_anthropic_broken_connection_counts_the_usage_it_sent_before_the_error(provider_server: Any) -> None:
+    """A connection that breaks after message_start's usage (the server promised more bytes and closed) still
+    counts those tokens: Usage, then the ModelConnectionError, in a run too."""
+    events = _events(_body("text"))
+    body = b"".join(events)
+    provider_server.serve(body, drop_after=len(b"".join(events[:4])))  # cut where message_stop never came
+    model = _model(provider_server)
+    seen: list[ModelChunk] = []
+    with trio.fail_after(10), pytest.raises(ModelConnectionError, match="the stream broke"):
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for chunk in chunks:  # what came before the error, kept
+                seen.append(chunk)
+    assert seen[-1] == UsageChunk(1007, 1)
+
+    run = await _run(Agent(name="claude", model=model, max_turns=1))
+    assert _of(run, Usage) == [Usage(1007, 1)]
+    assert run.index(_of(run, Usage)[0]) < run.index(_of(run, ErrorEvent)[0])
+    assert "stream broke" in _of(run, ErrorEvent)[0].message
 
 
 @pytest.mark.parametrize("broken", ["left-open", "started-again"])

@@ -585,6 +585,28 @@ async def test_gemini_stream_cut_off_counts_the_usage_it_sent_before_the_error(p
     assert _finished(run).reason == "error"
 
 
+async def test_gemini_broken_connection_counts_the_usage_it_sent_before_the_error(provider_server: Any) -> None:
+    """A connection that breaks after a chunk with usageMetadata (the server promised more bytes and closed)
+    still counts those tokens: the last usage seen, then the ModelConnectionError, in a run too."""
+    body = _body("text_usage")
+    separator = b"\r\n\r\n" if b"\r\n\r\n" in body else b"\n\n"
+    first = body.split(separator)[0] + separator
+    usage = json.loads(first.decode().partition("data:")[2])["usageMetadata"]
+    provider_server.serve(body, drop_after=len(first))
+    model = _model(provider_server)
+    seen: list[ModelChunk] = []
+    with trio.fail_after(10), pytest.raises(ModelConnectionError, match="google: the stream broke"):
+        async with model.stream(ModelRequest("", (UserMessage("hi"),))) as chunks:
+            async for chunk in chunks:  # what came before the error, kept
+                seen.append(chunk)
+    assert seen[-1] == _expected_usage(usage)
+
+    run = await _run(Agent(name="gemini", model=model, max_turns=1))
+    (counted,) = _of(run, Usage)
+    assert (counted.input_tokens, counted.output_tokens) == (seen[-1].input_tokens, seen[-1].output_tokens)
+    assert "stream broke" in _of(run, ErrorEvent)[0].message
+
+
 async def test_gemini_dropped_connection_mid_stream_ends_the_run(provider_server: Any) -> None:
     """A server that closes the connection halfway is a ModelConnectionError, and ends a run with an error."""
     body = _body("text_usage")
