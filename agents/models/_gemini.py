@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 from .._content import Content, ContentPart, DocumentPart, ImagePart, TextPart, text_only
-from .._exceptions import MalformedStreamError, UnsupportedContentError
+from .._exceptions import MalformedStreamError, MissingAPIKeyError, UnsupportedContentError
 from .._json import loads_untrusted
 from .._messages import (
     AssistantMessage,
@@ -29,10 +30,11 @@ from ._http import BROKEN_STREAM, DEFAULT_RETRY, HTTPModel, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Mapping
+    from collections.abc import AsyncGenerator, Callable, Mapping
 
     import httpx
 
+    from .._exceptions import AuthenticationError
     from .._retry import RetryPolicy
 
 DEFAULT_BASE_URL: Final = "https://generativelanguage.googleapis.com/v1beta"
@@ -78,8 +80,9 @@ class GeminiModel(HTTPModel):
         model: The model name, e.g. ``"gemini-2.5-flash"`` (a name with a ``/``,
             such as ``"tunedModels/my-model"``, is used as the resource path as it is).
         base_url: Defaults to ``GEMINI_BASE_URL``, else Google's (``.../v1beta``).
-        api_key: Defaults to ``GOOGLE_API_KEY``, else ``GEMINI_API_KEY`` (Google's
-            SDKs read them in that order); none is sent if neither is set.
+        api_key: Defaults to ``GOOGLE_API_KEY``, else ``GEMINI_API_KEY`` (Google's SDKs read them in that
+            order). With none, a server on this machine gets none, and any other fails with
+            :class:`~agents.MissingAPIKeyError` naming both (``api_key=""``: it needs none).
         retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         **settings: Sent in ``generationConfig`` (``temperature``, ``maxOutputTokens``,
             ``thinkingConfig`` ...), except ``safetySettings``, ``toolConfig`` and
@@ -119,6 +122,18 @@ class GeminiModel(HTTPModel):
             provider=provider,
             api_key_env=api_key_env,
             **settings,
+        )
+
+    def _check_key(self, *, from_env: bool) -> Callable[[], AuthenticationError] | None:
+        """As every model's, but a missing key names ``GOOGLE_API_KEY`` too: either variable serves."""
+        error = super()._check_key(from_env=from_env)
+        if error is None or self._api_key:  # no error, or a key that cannot be sent: that error stands
+            return error
+        return functools.partial(
+            MissingAPIKeyError,
+            f"{self.provider}: no API key: set {self.api_key_env} or GOOGLE_API_KEY (or pass api_key=...)",
+            provider=self.provider,
+            variable=self.api_key_env,
         )
 
     def url(self) -> str:

@@ -57,7 +57,8 @@ class OpenAIResponsesModel(HTTPModel):
     Args:
         model: The model name, e.g. ``"gpt-4.1-mini"`` or ``"o4-mini"``.
         base_url: Defaults to ``OPENAI_BASE_URL``, else OpenAI's.
-        api_key: Defaults to ``OPENAI_API_KEY`` (none is sent if neither is set).
+        api_key: Defaults to ``OPENAI_API_KEY``. With neither, a server on this machine gets none, and any
+            other fails with :class:`~agents.MissingAPIKeyError` (``api_key=""``: it needs none).
         retry: Retries of 429, 5xx and connection errors (default: 4 tries, waits of at most 8 s).
         **settings: Sent with every request (``max_output_tokens``, ``reasoning``, ``temperature`` ...).
 

@@ -15,10 +15,12 @@ import trio.testing
 from agents import (
     Agent,
     AssistantMessage,
+    AuthenticationError,
     BadRequestError,
     ErrorChunk,
     GeminiModel,
     MalformedStreamError,
+    MissingAPIKeyError,
     ModelChunk,
     ModelConnectionError,
     ModelRequest,
@@ -405,6 +407,27 @@ def test_gemini_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     model = GeminiModel("g")
     assert model.base_url == "https://generativelanguage.googleapis.com/v1beta"
     assert "x-goog-api-key" not in model.headers(_HI)
+
+
+async def test_gemini_missing_key_error_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With neither GOOGLE_API_KEY nor GEMINI_API_KEY set, entering the stream raises MissingAPIKeyError
+    naming both, as either serves; a server on this machine needs none, and a key that cannot be sent is
+    still refused as such."""
+    for name in ("GEMINI_BASE_URL", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with trio.fail_after(5), pytest.raises(MissingAPIKeyError) as caught:
+        async with GeminiModel("g").stream(_HI):
+            pass  # pragma: no cover
+    assert str(caught.value) == "google: no API key: set GEMINI_API_KEY or GOOGLE_API_KEY (or pass api_key=...)"
+    assert (caught.value.variable, caught.value.provider) == ("GEMINI_API_KEY", "google")
+    with trio.fail_after(5), pytest.raises(ModelConnectionError, match="nothing is listening"):
+        async with GeminiModel("g", base_url="http://127.0.0.1:1").stream(_HI):
+            pass  # pragma: no cover
+    monkeypatch.setenv("GOOGLE_API_KEY", "bad key")
+    with trio.fail_after(5), pytest.raises(AuthenticationError, match="holds whitespace") as refused:
+        async with GeminiModel("g").stream(_HI):
+            pass  # pragma: no cover
+    assert not isinstance(refused.value, MissingAPIKeyError)
 
 
 def test_gemini_shares_the_http_model_base() -> None:
