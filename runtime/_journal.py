@@ -234,19 +234,43 @@ class StoreWriter:
 
 @asynccontextmanager
 async def open_writer(store: SessionStore, owner: str) -> AsyncIterator[StoreWriter]:
-    """Open the store, and run its writer until the block exits; then write what is left (bounded) and close."""
-    async with store.open(owner), trio.open_nursery() as nursery:
+    """Open the store, and run its writer until the block exits; then write what is left (bounded) and close.
+
+    However the block exits (an error, a cancellation, Ctrl-C), what is left is written first, for up to
+    :data:`CLOSE_FLUSH_TIMEOUT`; then the block's exception is raised as it was.
+    """
+    failure: BaseException | None = None
+    async with store.open(owner):
         writer = StoreWriter(store)
-        await nursery.start(writer.serve)
+        # Shielded: a cancel from outside would stop the writer before the closing sessions' last records (it
+        # reaches the block anyway); close() stops it, or the deadline set then.
+        serving = trio.CancelScope(shield=True)
+
+        async def serve(*, task_status: trio.TaskStatus[None]) -> None:
+            with serving:
+                await writer.serve(task_status=task_status)
+
         try:
-            yield writer
-        finally:
-            writer.close()
-            # What sessions left is written even if the runtime is being cancelled, for a while.
-            nursery.cancel_scope.shield = True
-            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve)
+                try:
+                    yield writer
+                except BaseException as exc:
+                    # Kept out of the nursery until the writer is done: there it would cancel the nursery's
+                    # scope, and that scope, shielded below, would take an outer Cancelled for its own.
+                    failure = exc
+                writer.close()
+                # What sessions left is written even if the runtime is being cancelled, for a while.
+                nursery.cancel_scope.shield = True
+                serving.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT
+        except BaseException as error:  # the writer failed (a bug): neither error is lost
+            if failure is None:
+                raise
+            raise BaseExceptionGroup("the runtime block and the store writer failed", [failure, error]) from None
     for journal in writer.closing.values():  # not written in time: the store's close let them go
         journal.released.set()
+    if failure is not None:
+        raise failure
 
 
 class Journal:

@@ -368,7 +368,9 @@ async def open_runtime(
     """Open a runtime: the nursery every session lives in.
 
     Leaving the block closes every session (and so every run and every task
-    a session owns) and waits until all of them have finished.
+    a session owns) and waits until all of them have finished. With a store,
+    what they left is written then (for up to 10 s), however the block is
+    left: its error, cancellation or ``KeyboardInterrupt`` goes on after that.
 
     Example::
 

@@ -790,6 +790,52 @@ async def test_a_commit_failing_as_the_runtime_closes_is_retried(tmp_path: Path)
     assert stored_events(path, "c-r1")[-1]["reason"] == "completed"
 
 
+class Boom(Exception):
+    """An error of the code inside the runtime's block."""
+
+
+@pytest.mark.parametrize("how", ["cancel", "error", "ctrl-c"])
+async def test_leaving_the_runtime_block_by_a_cancel_an_error_or_ctrl_c_writes_what_is_left_then_raises_it(
+    tmp_path: Path, how: str
+) -> None:
+    """Leaving ``open_runtime(store=...)`` by a cancel, an error or Ctrl-C while a run waits in a tool: the close
+    still writes the run's end (``cancelled``, not marked interrupted on reopen), and then the block's exception
+    goes on as itself (a cancel reaches its scope; the code after the block does not run)."""
+    path = tmp_path / "s.db"
+    outcome = "cancel"
+    with trio.CancelScope() as outer:
+        try:
+            async with in_session(path, make_agent(), session_id="x") as session:
+                assert (await session.ask("hello")).output == "echo: hello"
+                in_tool = trio.Event()
+
+                async def consume() -> None:
+                    async with session.run("stall") as stream:
+                        async for event in stream:
+                            if isinstance(event, ToolCallStarted):
+                                in_tool.set()
+
+                session.start_soon(consume)
+                await in_tool.wait()
+                if how == "cancel":
+                    outer.cancel()
+                    await trio.sleep_forever()
+                raise Boom("the block failed") if how == "error" else KeyboardInterrupt
+            outcome = "returned"
+        except Boom:
+            outcome = "error"
+        except KeyboardInterrupt:
+            outcome = "ctrl-c"
+    assert outcome == how
+    assert outer.cancelled_caught == (how == "cancel")
+    ended = stored_events(path, "x-r2")[-2:]
+    assert [event["type"] for event in ended] == ["ToolCallFinished", "RunFinished"]
+    assert ended[-1]["reason"] == "cancelled"
+    async with in_session(path, make_agent(), session_id="x") as session:
+        assert [message.text for message in session.history][:3] == ["hello", "echo: hello", "stall"]
+    assert stored_events(path, "x-r2")[-1]["reason"] == "cancelled"  # not marked interrupted on reopen
+
+
 async def test_an_approved_body_runs_once_though_the_process_dies_in_it(tmp_path: Path) -> None:
     """The approval is written before the body runs: a process that dies in the body leaves the call
     interrupted, not its question pending to be approved and run again."""
