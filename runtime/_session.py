@@ -472,6 +472,12 @@ class Session(Generic[OutputT]):
                 pass
         result: RunResult[OutputT] = stream.result
         if result.reason == "cancelled":
+            if not self.closed:
+                # Neither closed nor left: a task of the runtime raised past it (a tool's KeyboardInterrupt),
+                # which cancels the runtime's tasks, and the caller's block, then closes every session. The
+                # caller gets that cancellation, not a false ClosedSessionError beside the real error.
+                await self.wait_closed()
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise ClosedSessionError(f"{self!r} was closed during the run")
         if result.reason not in ("completed", "max_turns", "hook_stop"):
             error = result.error

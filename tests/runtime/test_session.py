@@ -270,6 +270,46 @@ async def test_ask_raises_run_failed_on_error() -> None:
     assert info.value.result.reason == "error"
 
 
+async def test_ask_raises_closed_session_when_the_session_is_closed_during_the_run() -> None:
+    """ask() of a run that closing its session cancels raises ClosedSessionError."""
+    entered = trio.Event()
+
+    @tool
+    async def hold() -> str:
+        """Waits until the session closes."""
+        entered.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("hold"), "done"]), tools=[hold])
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(agent)
+
+        async def close_when_held() -> None:
+            await entered.wait()
+            await handle.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_when_held)
+            with pytest.raises(ClosedSessionError, match="was closed during the run"):
+                await handle.session.ask("go")
+
+
+async def test_ask_whose_tool_raises_keyboard_interrupt_raises_it_bare() -> None:
+    """A tool's KeyboardInterrupt reaches ask()'s caller as itself, as it does run()'s: the run ends cancelled
+    because the runtime is going down, not because the session was closed (no ClosedSessionError beside it)."""
+
+    @tool
+    async def interrupt() -> str:
+        """Ctrl-C landing in the tool."""
+        raise KeyboardInterrupt
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("interrupt"), "done"]), tools=[interrupt])
+    with pytest.raises(KeyboardInterrupt):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            await session.ask("go")
+
+
 async def test_closed_session_refuses_runs_and_tasks() -> None:
     """A closed session raises ClosedSessionError from run(), ask(), start_soon() and start()."""
     async with open_runtime() as runtime:
