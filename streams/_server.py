@@ -716,7 +716,10 @@ class Server:
         log = served.runs.get(rid)
         store = self.runtime.store
         if log is None and store is not None:  # a run of an earlier process: its log is in the store
-            stored = await store.events(served.id, rid)
+            try:
+                stored = await store.events(served.id, rid)
+            except StoreUnavailableError as exc:
+                raise _HTTPError(503, "store_unavailable", str(exc)) from None
             if stored:
                 log = RunLog(rid, limit=REPLAY_LIMIT)
                 for text in stored:

@@ -24,7 +24,7 @@ from trio_websocket import open_websocket_url
 
 import streams
 from agents import Agent, ElicitationResult, ToolCall, ToolContext, tool
-from runtime import ClosedSessionError, SQLiteStore, open_runtime
+from runtime import ClosedSessionError, SQLiteStore, StoreUnavailableError, open_runtime
 from runtime.events import (
     ElicitationRequest,
     ErrorEvent,
@@ -564,6 +564,27 @@ async def test_a_detached_run_the_store_cannot_keep_is_a_typed_error(
                 db.execute(tamper)
             error = assert_error(await client.post("/sessions/d1/runs", json={"input": "hi", "detach": True}), status)
             assert error["type"] == kind
+            assert (await client.get("/sessions/d1")).status_code == 200
+
+
+async def test_a_run_log_the_store_cannot_be_reached_for_is_503_store_unavailable(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """GET .../runs/{rid}/events for a run this process does not hold asks the store for its log: a store that
+    cannot be reached then is 503 store_unavailable, as PROTOCOL's durable errors say, not a 500 internal."""
+
+    class Unreachable(SQLiteStore):
+        async def events(self, session_id: str, run_id: str) -> list[str]:
+            raise StoreUnavailableError("the database is down")
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_server(make_agent(), store=Unreachable(str(tmp_path / "s.db")), port=0) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            assert (await client.post("/sessions", json={"id": "d1"})).status_code == 201
+            error = assert_error(await client.get("/sessions/d1/runs/d1-r1/events"), 503)
+            assert error["type"] == "store_unavailable"
             assert (await client.get("/sessions/d1")).status_code == 200
 
 
