@@ -349,7 +349,7 @@ class Server:
         self._dropped = 0  # by sessions that have closed
         self._ending: set[ServedSession] = set()  # closed, their streams waiting for attached runs to end
         self._mcp: McpEndpoint | None = None  # made at the first request to /mcp: only then is the SDK imported
-        self._opening: dict[str, trio.Event] = {}  # stored sessions being opened here, by id
+        self._opening: dict[str, trio.Event] = {}  # sessions being opened here (open_session), by id
         self.inspector = Inspector(kept_runs=KEPT_RUNS)
         """The live tree of the served sessions, that ``/inspect`` shows (``GET /inspect/events``)."""
         self._logins: OrderedDict[str, None] = OrderedDict()  # inspector cookies honoured, oldest first
@@ -400,7 +400,7 @@ class Server:
         Raises:
             InvalidSessionIdError: ``session_id`` does not match :data:`SESSION_ID_PATTERN`.
             SessionExistsError: a served session has that id (one closing is waited for, up to
-                :data:`CLOSING_WAIT` seconds, then the id is free).
+                :data:`CLOSING_WAIT` seconds, then the id is free; one being opened, until it is open).
             TooManySessionsError: ``max_sessions`` are open (one closing does not count).
             ClosedSessionError: the server is shutting down.
             SessionOwnedError: (with a store) another process serves it.
@@ -413,27 +413,40 @@ class Server:
             )
         if self._closing:
             raise ClosedSessionError("the server is shutting down")
-        # A closing session is gone (404, not listed), but holds its id until its tasks have ended.
-        while session_id is not None and (closing := self._sessions.get(session_id)) is not None:
-            if not closing.session.closed:  # a conflict, whether or not there is room
-                raise SessionExistsError(f"session {session_id!r} exists")
-            with trio.move_on_after(CLOSING_WAIT):
-                await closing.session.wait_closed()  # it is forgotten (_forget) before this returns
-                await closing.session.wait_released()  # with a store: free to open here again
-            if self._sessions.get(session_id) is closing:
-                raise SessionExistsError(f"session {session_id!r} is still closing")
+        while session_id is not None:
+            if (opening := self._opening.get(session_id)) is not None:
+                # Another request opens it here (its store claim would refuse us as if another process had
+                # it): once it is done, the id is served (a conflict) or free again.
+                await opening.wait()
+            elif (closing := self._sessions.get(session_id)) is None:
+                break
+            else:
+                # A closing session is gone (404, not listed), but holds its id until its tasks have ended.
+                if not closing.session.closed:  # a conflict, whether or not there is room
+                    raise SessionExistsError(f"session {session_id!r} exists")
+                with trio.move_on_after(CLOSING_WAIT):
+                    await closing.session.wait_closed()  # it is forgotten (_forget) before this returns
+                    await closing.session.wait_released()  # with a store: free to open here again
+                if self._sessions.get(session_id) is closing:
+                    raise SessionExistsError(f"session {session_id!r} is still closing")
             if self._closing:
                 raise ClosedSessionError("the server is shutting down")
         self._check_room()
         # The id is made here, not by the runtime: with a store, a session the runtime names is only made
         # there by its first run, and a served session exists (in the store too) once it is answered 201.
+        session_id = session_id or new_session_id()
+        opening = self._opening[session_id] = trio.Event()
+        try:
+            return await self._start_served(session_id, create)
+        finally:
+            del self._opening[session_id]
+            opening.set()
+
+    async def _start_served(self, session_id: str, create: bool) -> ServedSession:
         handle = await self.runtime.start_session(
-            self.agent, session_id=session_id or new_session_id(), idle_timeout=self._idle_timeout, create=create
+            self.agent, session_id=session_id, idle_timeout=self._idle_timeout, create=create
         )
-        # Checked again after the await: no other task can slip in between these checks and the insert.
-        if handle.session.id in self._sessions:
-            await handle.aclose()
-            raise SessionExistsError(f"session {handle.session.id!r} exists")
+        # Checked again after the await (no other open of this id can have slipped in: _opening).
         try:
             self._check_room()
         except TooManySessionsError:
@@ -515,24 +528,14 @@ class Server:
 
     async def _open_stored(self, sid: str) -> ServedSession | None:
         """The session ``sid`` from the store, now served here (``None`` if the store has none)."""
-        while (opening := self._opening.get(sid)) is not None:  # another request is opening it: wait for it
-            await opening.wait()
-            served = self._sessions.get(sid)
-            if served is not None:
-                return served
-            # It failed (owned elsewhere: 421; the store away: 503; none: 404): try, for an answer of our own.
-        opening = self._opening[sid] = trio.Event()
         try:
             return await self._open_session_answering(sid, create=False)
         except _HTTPError as error:
             if error.kind == "unknown_session":
                 return None
-            if error.kind == "conflict":  # opened meanwhile by POST /sessions
+            if error.kind == "conflict":  # opened meanwhile by another request
                 return self._sessions.get(sid)
             raise
-        finally:
-            del self._opening[sid]
-            opening.set()
 
     async def _raw_body(self, request: Request) -> bytes:
         try:

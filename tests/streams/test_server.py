@@ -588,6 +588,62 @@ async def test_a_run_log_the_store_cannot_be_reached_for_is_503_store_unavailabl
             assert (await client.get("/sessions/d1")).status_code == 200
 
 
+async def test_a_run_log_the_store_cannot_be_reached_for_is_503_store_unavailable(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """GET .../runs/{rid}/events for a run this process does not hold asks the store for its log: a store that
+    cannot be reached then is 503 store_unavailable, as PROTOCOL's durable errors say, not a 500 internal."""
+
+    class Unreachable(SQLiteStore):
+        async def events(self, session_id: str, run_id: str) -> list[str]:
+            raise StoreUnavailableError("the database is down")
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_server(make_agent(), store=Unreachable(str(tmp_path / "s.db")), port=0) as server,
+            httpx.AsyncClient(base_url=server.url) as client,
+        ):
+            assert (await client.post("/sessions", json={"id": "d1"})).status_code == 201
+            error = assert_error(await client.get("/sessions/d1/runs/d1-r1/events"), 503)
+            assert error["type"] == "store_unavailable"
+            assert (await client.get("/sessions/d1")).status_code == 200
+
+
+async def test_a_second_open_of_an_id_being_opened_waits_and_is_a_conflict_not_owned_elsewhere(
+    make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """Two open_session() of one id at once on a durable server (two POST /sessions): the second waits for
+    the first's store claim, then raises SessionExistsError (409 conflict), not the SessionOwnedError (421
+    session_elsewhere, naming this very server) its own claim would meet; the first opens the session."""
+    claiming, resume = trio.Event(), trio.Event()
+
+    class SlowStore(SQLiteStore):
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            claiming.set()
+            await resume.wait()
+            return await super().claim(*args, **kwargs)
+
+    outcomes: dict[str, BaseException | object] = {}
+
+    with trio.fail_after(TIMEOUT):
+        async with open_server(make_agent(), store=SlowStore(str(tmp_path / "s.db")), port=0) as server:
+
+            async def open_as(name: str) -> None:
+                try:
+                    outcomes[name] = await server.open_session("x")
+                except Exception as error:
+                    outcomes[name] = error
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_as, "first")
+                await claiming.wait()
+                nursery.start_soon(open_as, "second")
+                await trio.testing.wait_all_tasks_blocked()
+                resume.set()
+            assert outcomes["first"] is server.sessions["x"]
+            assert isinstance(outcomes["second"], SessionExistsError)
+
+
 async def test_a_session_still_opening_when_the_server_shuts_down_is_refused_and_closed(
     make_agent: MakeAgent, tmp_path: Path
 ) -> None:
