@@ -96,7 +96,8 @@ DEFAULT_MAX_SESSIONS: Final = 1000
 DEFAULT_MAX_QUEUED_RUNS: Final = 16
 """Runs of one served session that may wait for their turn behind its running run, at most, by default."""
 DETACHED_DRAIN_TIMEOUT: Final = 5.0
-"""Seconds a detached run cancelled with its closing session is still read for what it sends as it ends.
+"""Seconds a cancelled run (detached, with its closing session; attached, when its client left) is still read
+for what it sends as it ends.
 
 A cancelled run ends promptly; the bound is for one whose tool waits for its own session to close
 (``ctx.session.aclose()``), which cannot end before the task reading the run does."""
@@ -653,8 +654,12 @@ class Server:
                 async with served.session.run(user_input, deps=served.workspace) as stream:
                     source = _AttachedRun(served, stream)
                     served.run_begins(source.run_id, stream)
-                    yield source
-            # Leaving the block cancelled the run if the client left early, and waited for it.
+                    try:
+                        yield source
+                    except BaseException:
+                        # The client left: its followers still get what the run sends as it ends.
+                        await source.drain()
+                        raise
         except ClosedSessionError:
             if source is not None:
                 raise
@@ -699,14 +704,8 @@ class Server:
                 try:
                     async for event in stream:
                         served.record(run_id, event)
-                except trio.Cancelled:
-                    # Cancelled with its session, as the run is: what the run still sends as it ends (its
-                    # cancelled calls' ToolCallFinished, its RunFinished) is read, as an attached client would.
-                    stream.cancel()
-                    if not run_waits_for_me(stream):  # (a tool closing its own session waits for this task)
-                        with trio.CancelScope(shield=True, deadline=trio.current_time() + DETACHED_DRAIN_TIMEOUT):
-                            async for event in stream:
-                                served.record(run_id, event)
+                except trio.Cancelled:  # cancelled with its session, as the run is
+                    await _drain(stream, functools.partial(served.record, run_id))
                     raise
             finally:
                 if not served.runs[run_id].finished:  # cancelled with its session: followers see it end
@@ -1057,6 +1056,22 @@ class _AttachedRun:
         self.finished = type(event) is RunFinished
         data = self._served.record(self.run_id, event)
         return data["type"], data
+
+    async def drain(self) -> None:
+        """Its client left: cancel the run, and record what it still sends as it ends (:func:`_drain`)."""
+        if not self.finished:
+            await _drain(self._stream, self._record)
+
+
+async def _drain(stream: RunStream, record: Callable[[Event], object]) -> None:
+    """Cancel a run whose reader is leaving, and read what the run still sends as it ends (its cancelled calls'
+    ``ToolCallFinished``, its ``RunFinished``) into ``record``, for its followers: shielded, for up to
+    :data:`DETACHED_DRAIN_TIMEOUT` seconds."""
+    stream.cancel()
+    if not run_waits_for_me(stream):  # (a tool closing its own session waits for this task)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + DETACHED_DRAIN_TIMEOUT):
+            async for event in stream:
+                record(event)
 
 
 class _Following:

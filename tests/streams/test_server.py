@@ -588,27 +588,6 @@ async def test_a_run_log_the_store_cannot_be_reached_for_is_503_store_unavailabl
             assert (await client.get("/sessions/d1")).status_code == 200
 
 
-async def test_a_run_log_the_store_cannot_be_reached_for_is_503_store_unavailable(
-    make_agent: MakeAgent, tmp_path: Path
-) -> None:
-    """GET .../runs/{rid}/events for a run this process does not hold asks the store for its log: a store that
-    cannot be reached then is 503 store_unavailable, as PROTOCOL's durable errors say, not a 500 internal."""
-
-    class Unreachable(SQLiteStore):
-        async def events(self, session_id: str, run_id: str) -> list[str]:
-            raise StoreUnavailableError("the database is down")
-
-    with trio.fail_after(TIMEOUT):
-        async with (
-            open_server(make_agent(), store=Unreachable(str(tmp_path / "s.db")), port=0) as server,
-            httpx.AsyncClient(base_url=server.url) as client,
-        ):
-            assert (await client.post("/sessions", json={"id": "d1"})).status_code == 201
-            error = assert_error(await client.get("/sessions/d1/runs/d1-r1/events"), 503)
-            assert error["type"] == "store_unavailable"
-            assert (await client.get("/sessions/d1")).status_code == 200
-
-
 async def test_a_second_open_of_an_id_being_opened_waits_and_is_a_conflict_not_owned_elsewhere(
     make_agent: MakeAgent, tmp_path: Path
 ) -> None:
@@ -770,8 +749,8 @@ async def test_an_abandoned_attached_run_ends_for_its_followers(
     create: Create,
     waiting_tool: WaitingTool,
 ) -> None:
-    """Someone following an attached run (GET /runs/{rid}/events) gets its RunFinished("cancelled")
-    once the run's own client has left and the run was cancelled."""
+    """Someone following an attached run (GET /runs/{rid}/events) gets the run's whole end once its own client
+    has left and the run was cancelled: the cancelled call's ToolCallFinished, then RunFinished("cancelled")."""
     started, release, cancelled = trio.Event(), trio.Event(), trio.Event()
     agent = make_agent(waiting_tool(started, release, cancelled), call=ToolCall("wait_here"))
     with trio.fail_after(TIMEOUT):
@@ -790,7 +769,12 @@ async def test_an_abandoned_attached_run_ends_for_its_followers(
                     await attached.aclose()  # the attached client leaves
                     await cancelled.wait()
                     rest = [message.json() async for message in followed]
-    assert rest[-1] == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": "s1-r1"}
+    started_at = next(at for at, event in enumerate(rest) if event["type"] == "ToolCallStarted")
+    call_id = rest[started_at]["call_id"]
+    finished, last = rest[started_at + 1 :]
+    assert (finished["type"], finished["call_id"]) == ("ToolCallFinished", call_id)
+    assert finished["error"] is not None
+    assert last == {"type": "RunFinished", "reason": "cancelled", "message": None, "run_id": "s1-r1"}
 
 
 async def test_an_abandoned_attached_run_leaves_the_session_idle(
