@@ -405,22 +405,25 @@ class _Heartbeat:
 class UpdatesStream:
     """The remote session's run events, live: ``async for update in stream``."""
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[Update]) -> None:
+    def __init__(self, receive: trio.MemoryReceiveChannel[Update | int]) -> None:
         self._receive = receive
         self._error: StreamError | None = None
         self.dropped = 0
-        """Events the server dropped for this client because it read too slowly."""
+        """Events the server dropped for this client because it read too slowly: counted when the iteration
+        reaches the gap, so a count that grew before an update was dropped just before it."""
 
     def __aiter__(self) -> UpdatesStream:
         return self
 
     async def __anext__(self) -> Update:
         try:
-            return await self._receive.receive()
+            while isinstance(item := await self._receive.receive(), int):
+                self.dropped += item  # a gap, in its place among the updates
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if self._error is not None:
                 raise self._error from None
             raise StopAsyncIteration from None
+        return item
 
 
 @asynccontextmanager
@@ -455,7 +458,7 @@ async def open_updates_stream(
     async with _open_websocket(
         url, token=token, connect_timeout=connect_timeout, disconnect_timeout=disconnect_timeout
     ) as (ws, nursery):
-        send, receive = trio.open_memory_channel[Update](buffer)
+        send, receive = trio.open_memory_channel[Update | int](buffer)  # an int: EventsDropped's count
         stream = UpdatesStream(receive)
         beat = _Heartbeat(ws, heartbeat, heartbeat_timeout)
 
@@ -475,16 +478,17 @@ async def open_updates_stream(
                         return
                     try:
                         data = json.loads(text)
+                        item: Update | int
                         if isinstance(data, dict) and data.get("type") == "EventsDropped":
-                            stream.dropped += _dropped(data)
-                            continue
-                        update = Update(_run_id(data), event_from_json(data))
+                            item = _dropped(data)
+                        else:
+                            item = Update(_run_id(data), event_from_json(data))
                     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                         stream._error = stream._error or MalformedMessageError(f"{url} sent a malformed update: {exc}")
                         return
                     beat.backlogged = True
                     try:
-                        await send.send(update)
+                        await send.send(item)
                     except (trio.ClosedResourceError, trio.BrokenResourceError):
                         return  # the heartbeat gave up on the peer, or the block is leaving
                     finally:

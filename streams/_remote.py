@@ -120,6 +120,9 @@ class RemoteStatistics:
     """Failed or dropped connections so far."""
     last_error: str | None
     """The latest failure, as text."""
+    dropped: int
+    """Messages the handler never got, its streams having fallen behind: the sum of the ``EventsDropped``
+    counts it was handed, over the three streams."""
 
 
 class RemoteSession:
@@ -149,7 +152,9 @@ class RemoteSession:
         session_id: The remote session; created if it does not exist (again
             after a server restart).
         token: A bearer token, if the server needs one.
-        handler: Awaited with each :class:`RemoteEvent`, in order per stream. An exception it raises ends
+        handler: Awaited with each :class:`RemoteEvent`, in order per stream. Messages a stream lost, the
+            handler having fallen behind, are told where they were, as the feed tells them: an ``EventsDropped``
+            event (``{"type": "EventsDropped", "count": n}``) on that stream. An exception it raises ends
             :meth:`serve` with that exception, as it is, even a :class:`StreamError` or an ``OSError`` (of a
             :meth:`workspace_request` or :meth:`respond` it made): it is never taken for a broken stream.
         backoff: How long to wait between reconnection attempts (default:
@@ -218,6 +223,7 @@ class RemoteSession:
         self._ups: dict[StreamName, int] = dict.fromkeys(STREAMS, 0)  # connections per stream
         self._failures = 0
         self._last_error: str | None = None
+        self._dropped = 0
         self._running = False
         self._fatal: Exception | None = None
 
@@ -230,7 +236,9 @@ class RemoteSession:
 
     def statistics(self) -> RemoteStatistics:
         """The counters, at any time."""
-        return RemoteStatistics(frozenset(self._connected), self._connects, self._failures, self._last_error)
+        return RemoteStatistics(
+            frozenset(self._connected), self._connects, self._failures, self._last_error, self._dropped
+        )
 
     async def wait_connected(self) -> None:
         """Wait until all three streams are up.
@@ -378,16 +386,22 @@ class RemoteSession:
     async def _follow_updates(self) -> None:
         async with open_updates_stream(f"{self._ws_url}/updates", **self._ws_options()) as updates:
             self._up("updates")
+            told = 0
             async for update in updates:
+                told = await self._tell_dropped("updates", updates.dropped, told)
                 await self._deliver("updates", {**event_to_json(update.event), "run_id": update.run_id})
+            await self._tell_dropped("updates", updates.dropped, told)
 
     async def _follow_workspace(self) -> None:
         async with open_workspace_stream(f"{self._ws_url}/workspace", **self._ws_options()) as workspace:
             self._workspace = workspace
             try:
                 self._up("workspace")
+                told = 0
                 async for change in workspace:
+                    told = await self._tell_dropped("workspace", workspace.dropped, told)
                     await self._deliver("workspace", {"type": "WorkspaceChanged", **attrs.asdict(change)})
+                await self._tell_dropped("workspace", workspace.dropped, told)
             finally:
                 self._workspace = None
 
@@ -406,13 +420,23 @@ class RemoteSession:
             "heartbeat_timeout": self._heartbeat_timeout,
         }
 
+    async def _tell_dropped(self, name: StreamName, dropped: int, told: int) -> int:
+        """Hand the handler an ``EventsDropped`` (as the feed sends one) for what ``dropped``, a stream's running
+        count of lost messages, grew by since it was ``told``; the count it is told now."""
+        if dropped > told:
+            await self._deliver(name, {"type": "EventsDropped", "count": dropped - told})
+        return dropped
+
     async def _deliver(self, name: StreamName, data: dict[str, Any]) -> None:
-        """Await the handler with one event.
+        """Await the handler with one event (an ``EventsDropped``'s count goes into :meth:`statistics`).
 
         Raises:
             _HandlerFailed: the handler raised (wrapped, so no ``except`` on the way mistakes a ``StreamError``
                 or ``OSError`` of the handler's own for the stream's).
         """
+        count = data.get("count")
+        if data.get("type") == "EventsDropped" and type(count) is int and count > 0:
+            self._dropped += count
         if self._handler is not None:
             try:
                 await self._handler(RemoteEvent(name, data))

@@ -51,7 +51,7 @@ from streams import (
     open_remote_session,
 )
 from streams._client import MAX_ERROR_BODY
-from streams._remote import MAX_ANSWER_BODY
+from streams._remote import MAX_ANSWER_BODY, STREAMS
 from tests.raw_http import read_request_head
 
 if TYPE_CHECKING:
@@ -239,6 +239,85 @@ async def test_remote_session_connects_runs_and_hands_every_stream_to_its_handle
     ]
     assert written["ok"] is True
     assert files == ["notes.txt", "plan.md"]
+
+
+def _dropped_counts(recorder: Recorder, stream: str) -> list[int]:
+    return [data["count"] for data in recorder.of(stream) if data["type"] == "EventsDropped"]
+
+
+async def test_a_slow_handler_is_told_the_updates_it_lost(
+    make_agent: MakeAgent, serving: Serving, create: Create, new_recorder: Callable[[], Recorder]
+) -> None:
+    """A handler too slow for a run's burst of updates is handed EventsDropped {"count"} on the updates stream, as
+    the feed does, and statistics().dropped adds the counts up: what it got plus what was dropped is the whole run
+    (the counts were dropped silently)."""
+    collector = new_recorder()
+    caught_up = trio.Event()
+
+    async def slow(event: RemoteEvent) -> None:
+        if event.stream == "updates":
+            await caught_up.wait()
+        await collector(event)
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), subscriber_buffer=1) as (server, client):
+            await create(client, "s1")
+            async with (
+                open_remote_session(server.url, "s1", handler=slow, registry=ListenerRegistry()) as remote,
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(remote.serve)
+                await remote.wait_connected()
+                await trio.testing.wait_all_tasks_blocked()  # the server has subscribed all three
+                async with remote.run(" ".join(f"w{n}" for n in range(1000))) as updates:
+                    whole = [update async for update in updates]
+                caught_up.set()
+                await collector.wait_until(lambda c: any(d["type"] == "RunFinished" for d in c.of("updates")))
+                statistics = remote.statistics()
+                nursery.cancel_scope.cancel()
+    counts = _dropped_counts(collector, "updates")
+    assert counts
+    assert all(count > 0 for count in counts)
+    assert len(collector.of("updates")) - len(counts) + sum(counts) == len(whole)
+    assert statistics.dropped == sum(sum(_dropped_counts(collector, stream)) for stream in STREAMS)
+
+
+async def test_a_slow_handler_is_told_the_workspace_changes_it_lost(
+    make_agent: MakeAgent, serving: Serving, create: Create, new_recorder: Callable[[], Recorder]
+) -> None:
+    """A handler that falls a whole buffer behind the workspace stream is handed EventsDropped {"count"} on it
+    before the changes that follow the gap: what it got plus what was dropped is every change."""
+    collector = new_recorder()
+    caught_up = trio.Event()
+    writes = 300  # more than the workspace stream's buffer (256)
+
+    async def slow(event: RemoteEvent) -> None:
+        if event.stream == "workspace":
+            await caught_up.wait()
+        await collector(event)
+
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            async with (
+                open_remote_session(server.url, "s1", handler=slow, registry=ListenerRegistry()) as remote,
+                trio.open_nursery() as nursery,
+            ):
+                await nursery.start(remote.serve)
+                await remote.wait_connected()
+                for n in range(writes):
+                    await remote.workspace_request("write", f"{n}.txt", "x")
+                caught_up.set()
+                last = {"type": "WorkspaceChanged", "op": "write", "path": f"{writes - 1}.txt", "source": "client"}
+                await collector.wait_until(lambda c: last in c.of("workspace"))
+                statistics = remote.statistics()
+                nursery.cancel_scope.cancel()
+    got = collector.of("workspace")
+    counts = _dropped_counts(collector, "workspace")
+    assert got[0]["type"] == "WorkspaceChanged"  # the one the handler was blocked on
+    assert got[1]["type"] == "EventsDropped"
+    assert len(got) - len(counts) + sum(counts) == writes
+    assert statistics.dropped == sum(counts)
 
 
 async def test_remote_session_answers_an_elicitation(make_agent: MakeAgent, serving: Serving) -> None:
