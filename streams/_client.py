@@ -198,7 +198,12 @@ async def _open_websocket(
         pass
     if not host:
         raise InvalidRequestError(f"not a ws:// or wss:// URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    default_port = 443 if parts.scheme == "wss" else 80
+    port = parts.port or default_port
+    # RFC 6455 4.1: Host is host:port unless the port is the default, an IPv6 address in brackets.
+    host_header = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        host_header = f"{host_header}:{port}"
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.abc.Stream | None = None
     watched: _Watched | None = None
@@ -215,7 +220,7 @@ async def _open_websocket(
                         else:
                             stream = await trio.open_tcp_stream(host, port)
                         watched = _Watched(stream)
-                        ws = await _handshake(nursery, watched, host, resource, token)
+                        ws = await _handshake(nursery, watched, host_header, resource, token)
                 except trio.TooSlowError:
                     # A rejection whose body is still coming is a rejection: its status is the answer.
                     rejected = watched.rejection() if watched is not None else None
@@ -336,7 +341,8 @@ class _Watched(trio.abc.Stream):
 async def _handshake(
     nursery: trio.Nursery, watched: _Watched, host: str, resource: str, token: str | None
 ) -> WebSocketConnection:
-    """trio-websocket's client handshake, ended at once if the peer goes away during it.
+    """trio-websocket's client handshake (``host``: the ``Host`` header), ended at once if the peer goes away
+    during it.
 
     (trio-websocket 0.12.2's reader task ends quietly on a reset, and the
     handshake would then wait for ``connect_timeout``.)

@@ -364,6 +364,29 @@ async def serve_raw(nursery: trio.Nursery, handler: Callable[[trio.SocketStream]
     return port
 
 
+@pytest.mark.parametrize(("address", "netloc"), [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")])
+async def test_a_websocket_handshake_sends_host_with_its_port(address: str, netloc: str, nursery: trio.Nursery) -> None:
+    """The handshake's Host is host:port for a port that is not the scheme's default, an IPv6 address in brackets
+    (RFC 6455 4.1); it was the bare host."""
+    heads: list[bytes] = []
+
+    async def record(stream: trio.SocketStream) -> None:
+        async with stream:
+            heads.append(await read_request_head(stream) or b"")
+            await stream.send_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+
+    try:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, record, 0, host=address))
+    except OSError:  # pragma: no cover
+        pytest.skip(f"cannot listen on {address}")
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(TIMEOUT), pytest.raises(RemoteError):
+        async with open_updates_stream(f"ws://{netloc}:{port}/sessions/s1/updates"):
+            pass  # pragma: no cover
+    hosts = [line for line in heads[0].split(b"\r\n") if line.lower().startswith(b"host:")]
+    assert hosts == [f"Host: {netloc}:{port}".encode()]
+
+
 async def accept_and_say_nothing(stream: trio.SocketStream) -> None:
     async with stream:
         await trio.sleep_forever()
