@@ -41,6 +41,7 @@ from agents import (
     tool,
 )
 from runtime import (
+    InvalidElicitationResponse,
     NothingToResumeError,
     RunFailedError,
     SessionNotFoundError,
@@ -756,6 +757,38 @@ async def test_a_run_cancelled_while_waiting_for_its_turn_is_logged_cancelled(tm
     async with in_session(path, make_agent(), session_id="g") as session:
         assert [message.text for message in session.history] == ["stall", "", "released", "done: released"]
     assert stored_events(path, "g-r2")[-1]["reason"] == "cancelled"  # not marked interrupted on reopen
+
+
+class Gated(SQLiteStore):
+    """A store whose commits wait, once :attr:`gate` is set, until it is; :attr:`waiting` says one does."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate: trio.Event | None = None
+        self.waiting = trio.Event()
+
+    async def commit(self, checkpoints: Any) -> None:
+        if self.gate is not None:
+            self.waiting.set()
+            await self.gate.wait()
+        await super().commit(checkpoints)
+
+
+async def test_a_run_cancelled_while_its_message_is_written_streams_only_its_run_finished(tmp_path: Path) -> None:
+    """A durable run cancelled at its first durability point (its user's message not yet written) never started,
+    as the README says: its stream, and its stored log, are that one ``RunFinished("cancelled")``."""
+    path = tmp_path / "s.db"
+    store = Gated(path)
+    async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="w") as session:
+        store.gate = gate = trio.Event()
+        async with session.run("hello") as stream:
+            await store.waiting.wait()
+            stream.cancel()
+            events = [event async for event in stream]
+        assert events == [RunFinished("cancelled")]
+        store.gate = None
+        gate.set()
+    assert [(event["type"], event["reason"]) for event in stored_events(path, "w-r1")] == [("RunFinished", "cancelled")]
 
 
 async def test_a_resumption_that_ends_before_calling_again_leaves_the_session_suspended(tmp_path: Path) -> None:
@@ -1600,3 +1633,58 @@ async def test_a_resumed_question_asked_with_a_bad_timeout_is_a_value_error(tmp_
         (call,) = stream.result.tool_calls
         assert call.error is not None
         assert call.error.startswith("ValueError: timeout must be None or a number of seconds >= 0")
+
+
+async def test_a_resumed_question_is_answered_on_the_stream_before_its_call_asks_it_again(tmp_path: Path) -> None:
+    """Two calls wait on questions when the process dies; resume() with the first one's answer: its stream
+    lists the other question from its start and takes its answer (respond) before its call asks it again
+    (the calls wait here until then), checked against the stored schema; the call uses that answer, nothing
+    is asked again and the session waits no more. Before, the answer was refused (nothing listed it) and the
+    call then asked it again."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    gate = trio.Event()
+    gate.set()
+    got: list[tuple[str, Any]] = []
+
+    @tool
+    async def confirm(ctx: ToolContext[None], what: str) -> str:
+        """Ask about ``what`` (once let through)."""
+        await gate.wait()
+        answer = await ctx.elicit(f"{what}?", schema=str)
+        got.append((what, answer.content))
+        return f"{what}: {answer.content}"
+
+    def model(request: ModelRequest) -> str | list[ToolCall]:
+        if isinstance(request.messages[-1], UserMessage):
+            return [ToolCall("confirm", {"what": "a"}), ToolCall("confirm", {"what": "b"})]
+        return "done"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[confirm])
+    async with in_session(path, agent, session_id="q") as session, session.run("go") as stream:
+        asked = 0
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                asked += 1
+                if asked == 2:
+                    crash_image(path, image)
+                    break
+    gate = trio.Event()  # the calls made again wait before they ask
+    async with in_session(image, agent, session_id="q") as session:
+        first, second = sorted(session.pending, key=lambda question: question.message)
+        assert (first.message, second.message) == ("a?", "b?")
+        async with session.resume({first.id: ("accept", "yes a")}) as stream:
+            assert session.pending == ()
+            assert stream.pending_elicitations == (second.id,)
+            with pytest.raises(InvalidElicitationResponse):
+                await stream.respond(second.id, "accept", 5)  # not a string: it stays open
+            await stream.respond(second.id, "accept", "yes b")
+            assert stream.pending_elicitations == ()
+            with pytest.raises(UnknownElicitationError):
+                await stream.respond(second.id, "accept", "again")
+            gate.set()
+            events = [event async for event in stream]
+        assert not [event for event in events if isinstance(event, ElicitationRequest)]
+        assert events[-1] == RunFinished("completed")
+        assert sorted(got) == [("a", "yes a"), ("b", "yes b")]
+        assert session.pending == ()
+        assert session.suspended_run is None
