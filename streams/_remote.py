@@ -150,7 +150,7 @@ class RemoteSession:
     Args:
         base_url: The server (``http://host:port``).
         session_id: The remote session; created if it does not exist (again
-            after a server restart).
+            after a server restart). It must match :data:`~streams.SESSION_ID_PATTERN`, as the server's do.
         token: A bearer token, if the server needs one.
         handler: Awaited with each :class:`RemoteEvent`, in order per stream. Messages a stream lost, the
             handler having fallen behind, are told where they were, as the feed tells them: an ``EventsDropped``
@@ -175,8 +175,9 @@ class RemoteSession:
         http_client: Share this httpx client (its owner closes it).
 
     Raises:
-        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case), or
-            ``token`` has no UTF-8 bytes (a lone surrogate; any other token is sent as UTF-8).
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case),
+            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` has no UTF-8 bytes
+            (a lone surrogate; any other token is sent as UTF-8).
     """
 
     def __init__(
@@ -203,6 +204,13 @@ class RemoteSession:
             valid = False
         if not valid:
             raise InvalidRequestError(f"not an http:// or https:// URL: {base_url!r}")
+        from ._server import SESSION_ID_PATTERN  # not at the top: _server imports this module (through _inspect)
+
+        if not (isinstance(session_id, str) and SESSION_ID_PATTERN.fullmatch(session_id)):
+            # Refused now: every server would answer 422 bad_session_id, and serve would retry that forever.
+            raise InvalidRequestError(
+                f"not a session id: {session_id!r} (1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or a digit)"
+            )
         self.session_id = session_id
         auth_headers(token)  # a token that cannot be sent is refused now, not at each retry
         self._token = token
@@ -722,8 +730,8 @@ async def open_remote_session(
     Args: as :class:`RemoteSession`'s.
 
     Raises:
-        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case), or
-            ``token`` has no UTF-8 bytes.
+        InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case),
+            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` has no UTF-8 bytes.
     """
     remote = RemoteSession(
         base_url,

@@ -30,6 +30,7 @@ from runtime.events import (
 )
 from streams import (
     LISTENERS,
+    SESSION_ID_PATTERN,
     WORKSPACE_TOOLS,
     Backoff,
     ClosedRemoteSessionError,
@@ -764,3 +765,22 @@ def test_a_base_url_that_is_not_http_is_refused_up_front(base_url: str) -> None:
     made, before anything connects."""
     with pytest.raises(InvalidRequestError, match="not an http"):
         RemoteSession(base_url, "s1", registry=ListenerRegistry())
+
+
+@pytest.mark.parametrize("session_id", ["bad id!", "", "-s1", "a/b", "..", "s" * 129, "s1\n"])
+def test_a_session_id_the_server_would_refuse_is_refused_up_front(session_id: str) -> None:
+    """An id outside SESSION_ID_PATTERN (which every server answers with 422 bad_session_id): RemoteSession and
+    open_remote_session raise InvalidRequestError when made, as for a bad base_url; serve retried the 422
+    forever."""
+    with pytest.raises(InvalidRequestError, match="not a session id"):
+        RemoteSession("http://127.0.0.1:1", session_id, registry=ListenerRegistry())
+    assert not SESSION_ID_PATTERN.fullmatch(session_id)
+
+
+async def test_open_remote_session_refuses_a_bad_session_id_and_takes_any_the_server_takes() -> None:
+    """open_remote_session refuses a bad id before its block; ids at the edges of SESSION_ID_PATTERN are taken."""
+    with pytest.raises(InvalidRequestError, match="not a session id"):
+        async with open_remote_session("http://127.0.0.1:1", "bad id!", registry=ListenerRegistry()):
+            pytest.fail("the block ran")  # pragma: no cover
+    for session_id in ["s", "0._-", "s" * 128]:
+        assert RemoteSession("http://127.0.0.1:1", session_id).session_id == session_id
