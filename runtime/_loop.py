@@ -83,7 +83,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable
 
     import httpx
 
@@ -307,8 +307,29 @@ class AgentRun:
         return "cancelled" if final is None else final.reason
 
     def resume(self, resumption: Resumption) -> None:
-        """Before :meth:`drive`: first call again the tool calls an interrupted run was waiting on."""
+        """Before :meth:`drive`: first call again the tool calls an interrupted run was waiting on.
+
+        Their questions without an answer are pending from now on (a second call with it changes nothing): the
+        consumer may answer any of them before its call asks it again (the session lists none while this run
+        resumes them).
+        """
+        if self._resume is resumption:
+            return
         self._resume = resumption
+        if self._consumer is None:  # nobody can answer (ask())
+            return
+        pending = self.pending
+        for questions in resumption.questions.values():
+            for question in questions:
+                if question.answer is None:
+                    pending[question.request.id] = _ResumedPending(question)
+
+    def _unlist(self, questions: Iterable[ResumedQuestion]) -> None:
+        """Resumed questions no call asks again now: no longer answerable (one asked again is the bridge's)."""
+        pending = self.pending
+        for question in questions:
+            if type(pending.get(question.request.id)) is _ResumedPending:
+                del pending[question.request.id]
 
     async def answered(self, request_id: str) -> None:
         """A question of this run (or a nested one) was answered: a durable session writes that it waits no more
@@ -601,7 +622,9 @@ class AgentRun:
             try:
                 await self._call_tools(list(resume.calls.values()), tools, resuming=resume)
             finally:
-                resume.questions.clear()  # those of calls refused before they ran, too
+                for questions in resume.questions.values():  # those of calls refused before they ran
+                    self._unlist(questions)
+                resume.questions.clear()
                 if resume.done:  # their results are in the history (errors, if the run ends in them)
                     self._history.extend(UserMessage(content) for content in resume.then)
                     if self._journal is not None:
@@ -1020,6 +1043,8 @@ class AgentRun:
             elicitor = self._bridge if resumed is None else _ResumedQuestions(self._bridge, resumed, self.answered)
             return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         finally:
+            if resumed:  # the questions it did not ask again
+                self._unlist(resumed)
             _TOP_CALL.reset(token)
             journal.settle_call(call.call_id)
 
@@ -1212,6 +1237,22 @@ class _ResumedQuestions:
                     message, schema=schema, timeout=timeout, agent=agent, request_id=question.request.id
                 )
         return await self._bridge.elicit(message, schema=schema, timeout=timeout, agent=agent)
+
+
+class _ResumedPending(PendingElicitation):
+    """A resumed question its call has not asked again yet (listed in the run's ``pending``): an answer given
+    now is kept in the question, for when its call asks it."""
+
+    __slots__ = ("question",)
+
+    def __init__(self, question: ResumedQuestion) -> None:
+        _, validate = compile_schema(question.request.schema)  # its JSON schema, as stored
+        super().__init__(question.request.id, validate)
+        self.question = question
+
+    def answer(self, action: str, content: Any) -> None:
+        super().answer(action, content)
+        self.question.answer = self.result
 
 
 class _Refused(Exception):

@@ -328,9 +328,12 @@ class Session(Generic[OutputT]):
         agent) answered from ``answers`` (by question id: ``(action, content)``)
         or asked again on this stream with its old id, and the loop goes on
         from there; the model is not asked again for the turn that made those
-        calls. :meth:`run` does the same first when a run is suspended, then
-        adds its user's message. A resuming run that ends before it has made
-        those calls leaves the session suspended.
+        calls. From the moment it starts, this stream lists the questions not
+        answered in ``answers`` (``pending_elicitations``; :attr:`pending` is
+        then empty) and takes their answers (``respond``), even before their
+        calls ask them again. :meth:`run` does the same first when a run is
+        suspended, then adds its user's message. A resuming run that ends
+        before it has made those calls leaves the session suspended.
 
         Tools that can be resumed this way are those that may be called again:
         anything a tool does before its question happens twice, so it must be
@@ -421,6 +424,8 @@ class Session(Generic[OutputT]):
             journal=journal,
             tracing=self._tracing,
         )
+        if taken is not None:  # its questions are answerable from now on, not from its turn (_begin)
+            run.resume(taken[1])
         ticket = self._slot.take_ticket()
         # In use (not reaped) until both its task has ended and its consumer has left its block (RunStream
         # calls _became_unused): a consumer may still be reading buffered events after the task ended.

@@ -9,6 +9,7 @@ same store. ``tests/streams/durable_agent.py`` writes what really happened
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -20,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 
+from agents import Agent, ModelRequest, ScriptedModel, ToolCall, ToolContext, UserMessage, tool
 from runtime import PostgresStore, SQLiteStore
 from streams import ListenerRegistry, open_remote_session, open_server
 from tests.processes import Child, running
@@ -65,9 +67,9 @@ async def start(nursery: trio.Nursery, store: str, ledger: Path, *options: str) 
 
 
 async def sse_events(
-    client: httpx.AsyncClient, method: str, path: str, *, until: str | None = None, **kwargs: Any
+    client: httpx.AsyncClient, method: str, path: str, *, until: str | None = None, times: int = 1, **kwargs: Any
 ) -> list[dict[str, Any]]:
-    """The JSON events of an SSE response, to its end or up to the first of type ``until``."""
+    """The JSON events of an SSE response, to its end or up to the ``times``-th of type ``until``."""
     events: list[dict[str, Any]] = []
     async with client.stream(method, path, **kwargs) as response:
         assert response.status_code == 200, await response.aread()
@@ -77,7 +79,9 @@ async def sse_events(
                 if line.startswith("data: "):
                     events.append(json.loads(line.removeprefix("data: ")))
                     if events[-1]["type"] == until:
-                        break
+                        times -= 1
+                        if not times:
+                            break
         finally:
             # httpx's iterators are generators nested several deep: close the response, then run the
             # chain to its end (the closed stream's read error ends it), so that none is left unfinished.
@@ -416,3 +420,62 @@ async def test_a_detached_runs_202_id_is_stored_before_the_answer_queued_or_not(
     db.close()
     assert ids == ["q-r1", "q-r2"]
     assert stored == ids
+
+
+async def test_every_pending_question_is_answered_after_a_restart_while_the_first_answer_resumes(
+    tmp_path: Path,
+) -> None:
+    """Two questions pending after a crash: the first answer resumes the run (202), and the second, given
+    before its call has asked it again, is taken as a live question's answer (204), not refused with 404
+    (the session listed it as pending); the resumed run uses both answers and completes."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    gate = trio.Event()
+    gate.set()
+
+    @tool
+    async def confirm(ctx: ToolContext[None], what: str) -> str:
+        """Ask about ``what`` (once let through)."""
+        await gate.wait()
+        answer = await ctx.elicit(f"{what}?", schema=str)
+        return f"{what}: {answer.content}"
+
+    def model(request: ModelRequest) -> str | list[ToolCall]:
+        if isinstance(request.messages[-1], UserMessage):
+            return [ToolCall("confirm", {"what": "a"}), ToolCall("confirm", {"what": "b"})]
+        return "done"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[confirm])
+    with trio.fail_after(30):
+        async with (
+            open_server(agent, store=SQLiteStore(path)) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        ):
+            assert (await client.post("/sessions", json={"id": "q"})).status_code == 201
+            started = await client.post("/sessions/q/runs", json={"input": "go", "detach": True})
+            path_of_run = f"/sessions/q/runs/{started.json()['run_id']}/events"
+            await sse_events(client, "GET", path_of_run, until="ElicitationRequest", times=2)  # both stored
+            with sqlite3.connect(path) as source, sqlite3.connect(image) as copy:  # the process killed now
+                source.backup(copy)
+            source.close()
+            copy.close()
+        gate = trio.Event()  # the calls made again wait before they ask
+        async with (
+            open_server(agent, store=SQLiteStore(image)) as server,
+            httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        ):
+            pending = (await client.get("/sessions/q")).json()["pending"]
+            assert sorted(question["message"] for question in pending) == ["a?", "b?"]
+            answers = [
+                await client.post(
+                    f"/sessions/q/elicitations/{question['id']}",
+                    json={"action": "accept", "content": f"yes {question['message'][0]}"},
+                )
+                for question in pending
+            ]
+            assert [answer.status_code for answer in answers] == [202, 204], answers[1].text
+            gate.set()
+            resumed = await sse_events(client, "GET", f"/sessions/q/runs/{answers[0].json()['run_id']}/events")
+    finished = sorted(event["result"] for event in resumed if event["type"] == "ToolCallFinished")
+    assert finished == ["a: yes a", "b: yes b"]
+    assert not [event for event in resumed if event["type"] == "ElicitationRequest"]
+    assert resumed[-1]["reason"] == "completed"

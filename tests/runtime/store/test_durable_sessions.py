@@ -41,6 +41,7 @@ from agents import (
     tool,
 )
 from runtime import (
+    InvalidElicitationResponse,
     NothingToResumeError,
     RunFailedError,
     SessionNotFoundError,
@@ -1632,3 +1633,58 @@ async def test_a_resumed_question_asked_with_a_bad_timeout_is_a_value_error(tmp_
         (call,) = stream.result.tool_calls
         assert call.error is not None
         assert call.error.startswith("ValueError: timeout must be None or a number of seconds >= 0")
+
+
+async def test_a_resumed_question_is_answered_on_the_stream_before_its_call_asks_it_again(tmp_path: Path) -> None:
+    """Two calls wait on questions when the process dies; resume() with the first one's answer: its stream
+    lists the other question from its start and takes its answer (respond) before its call asks it again
+    (the calls wait here until then), checked against the stored schema; the call uses that answer, nothing
+    is asked again and the session waits no more. Before, the answer was refused (nothing listed it) and the
+    call then asked it again."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    gate = trio.Event()
+    gate.set()
+    got: list[tuple[str, Any]] = []
+
+    @tool
+    async def confirm(ctx: ToolContext[None], what: str) -> str:
+        """Ask about ``what`` (once let through)."""
+        await gate.wait()
+        answer = await ctx.elicit(f"{what}?", schema=str)
+        got.append((what, answer.content))
+        return f"{what}: {answer.content}"
+
+    def model(request: ModelRequest) -> str | list[ToolCall]:
+        if isinstance(request.messages[-1], UserMessage):
+            return [ToolCall("confirm", {"what": "a"}), ToolCall("confirm", {"what": "b"})]
+        return "done"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[confirm])
+    async with in_session(path, agent, session_id="q") as session, session.run("go") as stream:
+        asked = 0
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                asked += 1
+                if asked == 2:
+                    crash_image(path, image)
+                    break
+    gate = trio.Event()  # the calls made again wait before they ask
+    async with in_session(image, agent, session_id="q") as session:
+        first, second = sorted(session.pending, key=lambda question: question.message)
+        assert (first.message, second.message) == ("a?", "b?")
+        async with session.resume({first.id: ("accept", "yes a")}) as stream:
+            assert session.pending == ()
+            assert stream.pending_elicitations == (second.id,)
+            with pytest.raises(InvalidElicitationResponse):
+                await stream.respond(second.id, "accept", 5)  # not a string: it stays open
+            await stream.respond(second.id, "accept", "yes b")
+            assert not stream.pending_elicitations
+            with pytest.raises(UnknownElicitationError):
+                await stream.respond(second.id, "accept", "again")
+            gate.set()
+            events = [event async for event in stream]
+        assert not [event for event in events if isinstance(event, ElicitationRequest)]
+        assert events[-1] == RunFinished("completed")
+        assert sorted(got) == [("a", "yes a"), ("b", "yes b")]
+        assert session.pending == ()
+        assert session.suspended_run is None
