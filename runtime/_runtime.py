@@ -191,6 +191,7 @@ class Runtime:
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
             StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
+            TypeError: ``session_id`` is not a ``str`` (or ``None``).
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
                 longer than 1,024 bytes of UTF-8 (the same rule with a store and without).
         """
@@ -227,6 +228,7 @@ class Runtime:
             SessionNotFoundError: ``create`` is false and there is no such session.
             StoreUnavailableError: (with a store) the store cannot be reached.
             StoreCorruptError: (with a store) the session's rows are not what trio-agents writes.
+            TypeError: ``session_id`` is not a ``str`` (or ``None``).
             ValueError: ``session_id`` is empty (``None`` makes one up), holds NUL or a lone surrogate, or is
                 longer than 1,024 bytes of UTF-8 (the same rule with a store and without); or
                 ``idle_timeout`` is not above zero (NaN included) or ``None``.
@@ -464,6 +466,8 @@ def check_session_id(session_id: str | None) -> None:
     :data:`MAX_SESSION_ID_BYTES` bytes; the same ids for every store, and for none."""
     if session_id is None:
         return
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str (or None to make one up), not {type(session_id).__name__}")
     if not session_id:
         raise ValueError("session_id is empty: give an id, or None to make one up")
     try:

@@ -251,6 +251,20 @@ async def test_an_empty_session_id_is_a_value_error_not_a_made_up_one(tmp_path: 
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "sqlite"])
+async def test_a_session_id_that_is_not_a_str_is_a_type_error(tmp_path: Path, durable: bool) -> None:
+    """session_id=42 (a numeric user id, say) is a TypeError naming the type from open_session and
+    start_session, not an AttributeError from deep inside."""
+    agent = Agent(name="a", model=ScriptedModel([]))
+    store = SQLiteStore(tmp_path / "s.db") if durable else None
+    async with open_runtime(store=store) as runtime:
+        with pytest.raises(TypeError, match=r"session_id must be a str.*not int"):
+            runtime.open_session(agent, session_id=42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"session_id must be a str.*not int"):
+            await runtime.start_session(agent, session_id=42)  # type: ignore[arg-type]
+        assert runtime.sessions == ()
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "sqlite"])
 @pytest.mark.parametrize(
     ("session_id", "rule"),
     [("a\x00b", "NUL"), ("a\ud800b", "lone surrogate"), ("x" * 1025, "1025 bytes"), ("é" * 513, "1026 bytes")],
