@@ -808,10 +808,14 @@ async def test_a_resumption_that_ends_before_calling_again_leaves_the_session_su
     assert paid == [3]
 
 
-async def test_a_commit_failing_as_the_runtime_closes_is_retried(tmp_path: Path) -> None:
+async def test_a_commit_failing_as_the_runtime_closes_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What a run wrote last goes with the close's commit: a store that fails it once is tried again
     (within the close timeout), and nothing accepted is lost."""
-
+    # No group commit before the close: on a busy machine its 5 ms could pass before the test sets `fail`
+    # (the retry after the failure waits for it too).
+    monkeypatch.setattr("runtime._journal.GROUP_COMMIT_DELAY", 0.5)
     path = tmp_path / "s.db"
     store = FailingOnce(path)
     async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="c") as session:
