@@ -91,8 +91,10 @@ class StreamHandler:
         cancelled run still owes it (its ``RunFinished``, and one
         ``AgentSwitched`` and wrapped ``RunFinished`` per sub-agent it was in),
         which go in even past a full buffer: a bounded overshoot, once per
-        cancelled run. An event whose send was cancelled while it waited for
-        room is not owed: it went to nobody (see :meth:`Tee.send`).
+        cancelled run that had started (a run starts only once there is room,
+        so the buffer holds at most its bound and one run's owed events). An
+        event whose send was cancelled while it waited for room is not owed:
+        it went to nobody (see :meth:`Tee.send`).
         """
         if self._removed:
             return
@@ -153,11 +155,13 @@ class Sink(Protocol):
 class Tee:
     """A run's event pipe, with a copy of each event for the session's handlers (and its store's journal)."""
 
-    __slots__ = ("_handlers", "_pipe")
+    __slots__ = ("_handlers", "_journal", "_pipe", "_started")
 
-    def __init__(self, pipe: EventPipe[Event], handlers: tuple[Sink, ...]) -> None:
+    def __init__(self, pipe: EventPipe[Event], handlers: tuple[Sink, ...], journal: Sink | None = None) -> None:
         self._pipe = pipe
-        self._handlers = handlers
+        self._handlers = handlers if journal is None else (*handlers, journal)
+        self._journal = () if journal is None else (journal,)
+        self._started = False  # the run's first event (its RunStarted) went in: its end is owed to the handlers
 
     def send_nowait(self, event: Event) -> None:
         if any(handler.full() for handler in self._handlers):
@@ -165,6 +169,7 @@ class Tee:
         self._pipe.send_nowait(event)
         for handler in self._handlers:
             handler.offer_nowait(event)
+        self._started = True
 
     async def send(self, event: Event) -> None:
         """Wait for room in the pipe and in every handler, then hand the event to all of them at once.
@@ -194,12 +199,19 @@ class Tee:
                 waited = True
         for handler in self._handlers:  # none is full: checked with no checkpoint since
             handler.offer_nowait(event)
+        self._started = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_last(self, event: Event, *, owed: bool = False) -> None:
         """Send what a cancelled run sends last: to the consumer if there is room (or ``owed``, see
-        :meth:`EventPipe.send_last`), to every handler always."""
+        :meth:`EventPipe.send_last`), and to every handler, once the run's ``RunStarted`` reached them.
+
+        A run cancelled before that (waiting for room in a full ``block`` handler, or for its
+        store) reaches the handlers not at all: they never saw it start, and a stuck handler's
+        buffer takes no owed ``RunFinished`` from each run that waits for it. Its journal, which
+        has the run's row already, gets it always.
+        """
         self._pipe.send_last(event, owed=owed)
-        for handler in self._handlers:
+        for handler in self._handlers if self._started else self._journal:
             handler.offer_nowait(event, owed=True)

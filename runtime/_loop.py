@@ -199,7 +199,6 @@ class AgentRun:
         bridge: ElicitationBridge | None = None,
         consumer: EventPipe[Event] | None = None,
         parent: AgentRun | None = None,
-        tee: Tee | None = None,
         session_usage: UsageTally | None = None,
         journal: Journal | None = None,
         tracing: Tracing | None = None,
@@ -224,8 +223,8 @@ class AgentRun:
         if parent is None:
             assert events is not None
             assert bridge is not None
-            # Where its events go; with stream handlers, every event is copied to them too.
-            self._out: EventOut = tee or events
+            # Where its events go; with stream handlers, every event is copied to them too (copy_to).
+            self._out: EventOut = events
             self._bridge = bridge
             self._consumer = consumer
             self._root: AgentRun | None = None  # itself: not stored, which would be a reference cycle
@@ -387,6 +386,11 @@ class AgentRun:
             progress_dropped=self._dropped,
         )
 
+    def copy_to(self, tee: Tee) -> None:
+        """Before :meth:`drive`, when its turn comes: its events go through ``tee`` (to the session's stream
+        handlers, its journal) as well as to its consumer."""
+        self._out = tee
+
     def drive(self) -> Coroutine[Any, Any, None]:
         """Run the agent to the end, streaming events; see the class docstring.
 
@@ -485,8 +489,9 @@ class AgentRun:
                         "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
                     )
             except BaseException:
-                # Cancelled: the hooks still hear of it, briefly, and the consumer
-                # gets the real RunFinished if there is room (else RunStream makes one).
+                # Cancelled: the hooks still hear of it, briefly, the consumer gets the real
+                # RunFinished if there is room (else RunStream makes one), and the stream
+                # handlers get it if its RunStarted reached them (the Tee knows).
                 if self._agent.hooks:
                     with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                         await self._run_end_hooks("cancelled")

@@ -23,7 +23,7 @@ from ._exceptions import (
     ReentrantRunError,
     RunFailedError,
 )
-from ._handlers import Handler, Overflow, Sink, StreamHandler, Tee
+from ._handlers import Handler, Overflow, StreamHandler, Tee
 from ._journal import CLOSE_FLUSH_TIMEOUT, Recorder, run_input_to_json
 from ._loop import AgentRun
 from ._pipe import EventPipe
@@ -388,7 +388,6 @@ class Session(Generic[OutputT]):
         self._run_count += 1
         run_id = f"{self.id}-r{self._run_count}"
         journal = self._journal
-        sinks: tuple[Sink, ...] = tuple(self._handlers)
         row = None
         if journal is not None:
             # The run's row and its user's message are written before its RunStarted (drive() waits for it).
@@ -406,7 +405,6 @@ class Session(Generic[OutputT]):
                     resumes=resumes,
                 )
             journal.run_row(row)
-            sinks += (Recorder(journal, run_id),)
         run = AgentRun(
             run_id=run_id,
             agent=self.agent,
@@ -417,7 +415,6 @@ class Session(Generic[OutputT]):
             http_client=self._http_client,
             events=events,
             bridge=self.elicitation,
-            tee=Tee(events, sinks) if sinks else None,
             # Its tools may ask the human only while a consumer streams the run.
             consumer=events if answerable else None,
             session_usage=self._usage,
@@ -503,13 +500,18 @@ class Session(Generic[OutputT]):
         overflow: Overflow = "block",
         on_error: Literal["raise", "log"] = "raise",
     ) -> StreamHandler:
-        """Call ``handler`` with every event of this session's runs (from the next run on), in order.
+        """Call ``handler`` with every event of this session's runs that start from now on, in order.
 
-        The handler runs in a task of the session, with a buffer of its own:
-        with ``overflow="block"`` a handler a whole buffer behind makes the
-        run wait for it, and it sees every event of every run, each run
-        ending with exactly one ``RunFinished`` (even a run cancelled while
-        it waited for the handler); ``"drop_oldest"`` and ``"drop_newest"``
+        A run starts when its turn comes: one entered before this call and
+        still waiting for the run slot is seen. The handler runs in a task of
+        the session, with a buffer of its own: with ``overflow="block"`` a
+        handler a whole buffer behind makes the run wait for it, and it sees
+        every event of every run, each run ending with exactly one
+        ``RunFinished`` (even a run cancelled while it waited for the
+        handler). A run cancelled before its ``RunStarted`` reached the
+        handlers (while it waited for its turn, or for room in a full
+        handler) reaches them not at all, though its consumer gets
+        ``RunFinished("cancelled")``. ``"drop_oldest"`` and ``"drop_newest"``
         never slow the run and count what they drop. A handler that raises fails the
         session (``on_error="raise"``) or is logged and counted (``"log"``). A ``block``
         handler may not run this session (``run``, ``ask``: :class:`ReentrantRunError`, as
@@ -718,6 +720,11 @@ class Session(Generic[OutputT]):
             if ticket is not None:
                 await ticket.wait()
             started = True
+            # Its turn: the handlers attached now (not when its block was entered) see it, and its journal.
+            journal = self._journal
+            if self._handlers or journal is not None:
+                recorder = None if journal is None else Recorder(journal, run.run_id)
+                run.copy_to(Tee(events, tuple(self._handlers), recorder))
             if start is not None:  # a durable session's run (only one can be suspended)
                 resuming = self._begin(run, *start)
             await run.drive()
@@ -725,7 +732,8 @@ class Session(Generic[OutputT]):
             if resuming is not None and not resuming[1].done and self._suspended is None:
                 self._suspended = resuming[0]  # it ended before calling them again: the next run resumes
             if not started and self._journal is not None:
-                self._journal.event(run.run_id, RunFinished("cancelled"))  # in its log too, as the stream says
+                # In its log too, as the stream says; its handlers never saw it start, so they get nothing (Tee).
+                self._journal.event(run.run_id, RunFinished("cancelled"))
             events.close_sender()
             self._run_ended(ticket)
             run.done.set()

@@ -346,3 +346,115 @@ async def test_an_emit_cancelled_while_waiting_for_room_reaches_nobody(
     assert 0 < len(ticks) < 100  # some went before the slow side was a buffer behind; the others timed out
     assert isinstance(seen[-1], RunFinished)
     assert seen[-1].reason == "completed"
+
+
+def _runs_seen(events: list[Event]) -> list[list[type[Event]]]:
+    """The events a handler got, split into runs: each should open with RunStarted and close with RunFinished."""
+    runs: list[list[type[Event]]] = []
+    for event in events:
+        if isinstance(event, RunStarted) or not runs:
+            runs.append([])
+        runs[-1].append(type(event))
+    return runs
+
+
+async def test_a_stuck_block_handler_stays_bounded_over_many_cancelled_runs(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A block handler stuck on its first event, buffer 1, under 20 runs each cancelled while it waits for it:
+    its buffer holds at most its bound and the first run's owed RunFinished, and it gets no RunFinished of a
+    run whose RunStarted never reached it (each later run was cancelled waiting to send its RunStarted)."""
+    gate = trio.Event()
+    got: list[Event] = []
+    most = 0
+
+    async def stuck(event: Event) -> None:
+        await gate.wait()
+        got.append(event)
+
+    async with open_runtime() as runtime, runtime.open_session(agent(["hi there"] * 20)) as s:
+        handler = s.add_handler(stuck, buffer=1, overflow="block")
+        for _ in range(20):
+            async with s.run("go") as stream:
+                with trio.move_on_after(1):  # a consumer that gives up: leaving cancels the run
+                    async for _event in stream:
+                        pass
+            most = max(most, handler.statistics().buffered)
+        gate.set()
+        await handler.drain()
+    assert most <= 2
+    assert handler.statistics().dropped == 0
+    assert _runs_seen(got) == [[RunStarted, TextDelta, RunFinished]]
+    assert got[-1] == RunFinished("cancelled")
+
+
+async def test_a_run_cancelled_while_it_waits_for_its_turn_reaches_no_handler() -> None:
+    """A run cancelled while it waits for the run slot never started: its consumer gets RunFinished("cancelled")
+    (the stream contract), the handlers nothing of it, and every run they see opens and ends once."""
+    got: list[Event] = []
+
+    async def record(event: Event) -> None:
+        got.append(event)
+
+    slow_done = trio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Wait until the test lets it finish."""
+        await slow_done.wait()
+        return "ok"
+
+    model = ScriptedModel([ToolCall("slow", {}), "first", "third"])
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[slow])) as s,
+        trio.open_nursery() as nursery,
+    ):
+        handler = s.add_handler(record)
+        nursery.start_soon(s.ask, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        async with s.run("second") as stream:  # waits for its turn behind "first"
+            stream.cancel()
+            assert [event async for event in stream] == [RunFinished("cancelled")]
+        slow_done.set()
+        await s.ask("third")
+        await handler.drain()
+    runs = _runs_seen(got)
+    assert len(runs) == 2, runs
+    for run in runs:
+        assert run[0] is RunStarted
+        assert run[-1] is RunFinished
+        assert run.count(RunFinished) == 1
+
+
+async def test_a_handler_added_while_a_run_waits_for_its_turn_sees_that_run() -> None:
+    """add_handler while a run's block is entered but the run waits for the slot: the run starts after it, so
+    the handler gets all of it, exactly as its consumer does."""
+    got: list[Event] = []
+
+    async def record(event: Event) -> None:
+        got.append(event)
+
+    slow_done = trio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Wait until the test lets it finish."""
+        await slow_done.wait()
+        return "ok"
+
+    model = ScriptedModel([ToolCall("slow", {}), "first", "second"])
+    async with (
+        open_runtime() as runtime,
+        runtime.open_session(Agent(name="a", model=model, tools=[slow])) as s,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(s.ask, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        async with s.run("second") as stream:  # waits for its turn behind "first"
+            handler = s.add_handler(record)
+            slow_done.set()
+            seen = [event async for event in stream]
+        await handler.drain()
+    assert isinstance(seen[0], RunStarted)
+    assert got == seen
