@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -49,6 +51,8 @@ class StreamHandler:
             raise ValueError(f"overflow must be one of {', '.join(get_args(Overflow))}, not {overflow!r}")
         if on_error not in ("raise", "log"):
             raise ValueError(f"on_error must be raise or log, not {on_error!r}")
+        if _surely_sync(handler):
+            raise TypeError(f"a stream handler must be an async function, not {handler!r}")
         self.handler = handler
         self.overflow: Overflow = overflow
         self.on_error = on_error
@@ -125,7 +129,13 @@ class StreamHandler:
                 self._room.set()
                 self._busy = True
                 try:
-                    await self.handler(event)
+                    result = self.handler(event)
+                    if not inspect.isawaitable(result):  # a sync function add_handler could not tell from an async one
+                        raise TypeError(
+                            f"stream handler {self.handler!r} returned {result!r}, not an awaitable: "
+                            "a stream handler must be an async function"
+                        )
+                    await result
                 except Exception:
                     if self.on_error == "raise":
                         raise  # fails the session, like any task of it
@@ -137,6 +147,15 @@ class StreamHandler:
                     self._busy = False
                     if not self._buffer:
                         self._drained.set()
+
+
+def _surely_sync(handler: object) -> bool:
+    """Whether calling ``handler`` cannot give an awaitable: not callable, a builtin (``print``, ``list.append``),
+    or an async generator function, maybe in a ``functools.partial``. Any other callable may return one
+    (``lambda event: channel.send(event)``): :meth:`StreamHandler.serve` checks what it returns."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    return not callable(handler) or inspect.isbuiltin(handler) or inspect.isasyncgenfunction(handler)
 
 
 class Sink(Protocol):

@@ -527,6 +527,10 @@ class Session(Generic[OutputT]):
         Raises:
             ClosedSessionError: the session is closed.
             ValueError: ``buffer`` is less than 1, or ``overflow`` or ``on_error`` is not one of the values above.
+            TypeError: ``handler`` cannot be an async function (not callable, a builtin such as
+                ``print``). A sync function that this cannot tell from one returning an awaitable
+                (a ``lambda`` may) raises TypeError, naming it, from its first call instead:
+                a handler raising, as ``on_error`` says.
         """
         attached = StreamHandler(handler, buffer=buffer, overflow=overflow, on_error=on_error)
         self._check_open()

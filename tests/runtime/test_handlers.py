@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from runtime import open_runtime
 from runtime.events import CustomEvent, Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
     from types import ModuleType
 
@@ -458,3 +459,75 @@ async def test_a_handler_added_while_a_run_waits_for_its_turn_sees_that_run() ->
         await handler.drain()
     assert isinstance(seen[0], RunStarted)
     assert got == seen
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [print, [].append, functools.partial(print, end=""), "record"],
+    ids=["print", "list.append", "partial-of-print", "not-callable"],
+)
+async def test_add_handler_refuses_at_once_what_cannot_be_async(handler: object) -> None:
+    """A builtin (print, list.append, in a partial or not) or something not callable is a TypeError from
+    add_handler naming it, and attaches nothing: it used to be taken, then fail the session at its first event."""
+    async with open_runtime() as runtime, runtime.open_session(agent(["hi"])) as s:
+        with pytest.raises(TypeError, match="a stream handler must be an async function, not"):
+            s.add_handler(handler)  # type: ignore[arg-type]
+        assert s.handlers == ()
+        assert (await s.ask("go")).reason == "completed"
+
+
+async def test_add_handler_takes_every_kind_of_async_callable() -> None:
+    """An async function, a partial of one, a bound async method, an object with an async __call__ and a lambda
+    returning a coroutine are all taken, and each gets every event of the run."""
+    got: dict[str, list[Event]] = {}
+
+    async def record(name: str, event: Event) -> None:
+        got.setdefault(name, []).append(event)
+
+    class Recorder:
+        async def __call__(self, event: Event) -> None:
+            await record("callable object", event)
+
+        async def method(self, event: Event) -> None:
+            await record("bound method", event)
+
+    async def plain(event: Event) -> None:
+        await record("async function", event)
+
+    handlers: list[Callable[[Event], Awaitable[object]]] = [
+        plain,
+        functools.partial(record, "partial"),
+        Recorder().method,
+        Recorder(),
+        lambda event: record("lambda", event),
+    ]
+    async with open_runtime() as runtime, runtime.open_session(agent(["hi"])) as s:
+        attached = [s.add_handler(handler) for handler in handlers]
+        async with s.run("go") as stream:
+            seen = [event async for event in stream]
+        for handler in attached:
+            await handler.drain()
+    assert set(got) == {"async function", "partial", "bound method", "callable object", "lambda"}
+    assert all(events == seen for events in got.values())
+
+
+async def test_a_sync_handler_add_handler_cannot_tell_fails_with_a_type_error_naming_it() -> None:
+    """A sync function (which add_handler cannot tell from one returning an awaitable) raises a TypeError naming
+    it at its first event, not "NoneType can't be used in 'await' expression": logged and counted with
+    on_error="log", failing the session with on_error="raise"."""
+    calls: list[Event] = []
+
+    def sync_record(event: Event) -> None:
+        calls.append(event)
+
+    async with open_runtime() as runtime:
+        async with runtime.open_session(agent(["hi"])) as s:
+            logged = s.add_handler(sync_record, on_error="log")  # type: ignore[arg-type]
+            await s.ask("go")
+            await trio.testing.wait_all_tasks_blocked()
+            assert logged.statistics().failed == len(calls) > 0
+        with pytest.raises(TypeError, match=r"handler <function .*sync_record.* returned None, not an awaitable"):
+            async with runtime.open_session(agent(["hi"])) as s:
+                s.add_handler(sync_record)  # type: ignore[arg-type]
+                await s.ask("go")
+                await trio.testing.wait_all_tasks_blocked()
