@@ -7,6 +7,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, get_args
 
 import attrs
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from .events import Event
 
 logger = logging.getLogger("runtime")
+
+_SERVING: ContextVar[StreamHandler | None] = ContextVar("_SERVING", default=None)
+"""The handler whose task this is (or whose task started this one): its drain() would wait for itself."""
 
 Overflow: TypeAlias = Literal["block", "drop_oldest", "drop_newest"]
 """What happens when a handler's buffer is full: the run waits for it (``block``),
@@ -78,7 +82,16 @@ class StreamHandler:
         self._drained.set()
 
     async def drain(self) -> None:
-        """Wait until the handler has handled every event buffered so far (or was removed)."""
+        """Wait until the handler has handled every event buffered so far (or was removed).
+
+        Called by the handler itself (or a task it started), it returns at
+        once, after a checkpoint: every event before the one being handled
+        has been handled, and the ones after wait for the handler to return,
+        so waiting for them would never end.
+        """
+        if _SERVING.get() is self:
+            await trio.lowlevel.checkpoint()
+            return
         while (self._buffer or self._busy) and not self._removed:
             if self._drained.is_set():
                 self._drained = trio.Event()
@@ -119,6 +132,7 @@ class StreamHandler:
 
     async def serve(self) -> None:
         """The handler's task (in its session): call the handler on each event, in order."""
+        _SERVING.set(self)
         with self._scope:
             while True:
                 if not self._buffer:

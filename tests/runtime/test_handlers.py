@@ -531,3 +531,30 @@ async def test_a_sync_handler_add_handler_cannot_tell_fails_with_a_type_error_na
                 s.add_handler(sync_record)  # type: ignore[arg-type]
                 await s.ask("go")
                 await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_drain_from_inside_the_handler_returns_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    """A handler (or a task it started) awaiting its own drain() gets it back at once, with every earlier event
+    handled; drain() from outside still works after. It used to wait for itself for ever, and so did every
+    later drain()."""
+    handled: list[Event] = []
+    drained_at: list[int] = []
+
+    async def flush_on_end(event: Event) -> None:
+        if isinstance(event, RunFinished):
+            await attached.drain()
+            drained_at.append(len(handled))
+            async with trio.open_nursery() as nursery:  # a task of the handler's: the same
+                nursery.start_soon(attached.drain)
+        handled.append(event)
+
+    with trio.fail_after(60):  # the clock jumps here at once if anything hangs
+        async with open_runtime() as runtime, runtime.open_session(agent(["one two", "three"])) as s:
+            attached = s.add_handler(flush_on_end, buffer=64, overflow="drop_oldest")
+            async with s.run("a") as stream:
+                first = [event async for event in stream]
+            await s.ask("b")
+            await attached.drain()
+            assert attached.statistics().buffered == 0
+    assert drained_at == [len(first) - 1, len(handled) - 1]
+    assert sum(isinstance(event, RunFinished) for event in handled) == 2
