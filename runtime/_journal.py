@@ -103,7 +103,8 @@ class StoreWriter:
     durability point end with a typed error instead of waiting. A checkpoint
     the store refuses (:class:`StoreRejectedError`, as a
     :class:`SessionConflictError`) fails its own session only: it writes no
-    more, and the others' go again at once.
+    more, and the others' go again at once; so does a journal whose records
+    cannot be turned into rows (a bug), as a :class:`StoreRejectedError`.
     """
 
     def __init__(self, store: SessionStore, *, backlog: int = WRITER_BACKLOG) -> None:
@@ -164,7 +165,7 @@ class StoreWriter:
                 continue
             journals = list(self._dirty)
             self._dirty.clear()
-            taken = [(journal, journal.take()) for journal in journals if not journal.lost and journal.unwritten()]
+            taken = self._take(journals)
             checkpoints = [checkpoint for _, checkpoint in taken]
             try:
                 if checkpoints:
@@ -207,6 +208,24 @@ class StoreWriter:
                 journal.committed(checkpoint)
             self._made_room()
             await self._release_closed(journals)
+
+    def _take(self, journals: list[Journal]) -> list[tuple[Journal, Checkpoint]]:
+        """The checkpoints of the journals with something to write. A journal whose records cannot be taken
+        (a bug turning one into JSON) fails its own session only, as a refused checkpoint does: the writer
+        serves every session, and the others' go on."""
+        taken = []
+        for journal in journals:
+            if journal.lost or not journal.unwritten():
+                continue
+            try:
+                taken.append((journal, journal.take()))
+            except Exception as exc:
+                message = f"what session {journal.session_id!r} recorded could not be written: {describe(exc)}"
+                rejected = StoreRejectedError(journal.session_id, message)
+                logger.error("%s; it writes no more", rejected, exc_info=exc)
+                journal.lose(rejected)
+                self._made_room()
+        return taken
 
     async def _release_closed(self, journals: list[Journal]) -> None:
         """Let go of the closed sessions among ``journals`` that have nothing left to write (or were lost)."""

@@ -25,6 +25,7 @@ from agents import (
     ToolResultMessage,
     UserMessage,
 )
+from agents._exceptions import describe
 
 from .events import CustomEvent, SubAgentEvent
 
@@ -51,7 +52,8 @@ _SHAPES: Final[dict[type[Any], tuple[str, str | None, tuple[str, ...]]]] = {}
 def event_to_json(event: Event) -> dict[str, Any]:
     """``{"type": <class name>, <field>: <value>, ...}``; values that are not JSON become their ``str``, a value
     JSON cannot hold (bytes that are not UTF-8) its ``str`` as a whole, as a tool's result reaches the model,
-    and a value nested too deep for even that a short placeholder saying so (the event is still sent).
+    and a value nested too deep for even that, or with no ``str`` (its ``__str__``, or a pydantic computed
+    field, raises), a short placeholder saying so (the event is still sent, and written).
 
     Any value (a typed output, a custom event's field) goes through pydantic's JSON conversion: a
     pydantic model becomes its dict. A :class:`~runtime.events.CustomEvent` (a subclass of it) is
@@ -83,14 +85,17 @@ def _shape(cls: type[Any]) -> tuple[str, str | None, tuple[str, ...]]:
 
 def _jsonable(value: Any) -> Any:
     # As the model gets a tool's result (runtime._loop._to_content): what JSON cannot hold, bytes that are not
-    # UTF-8 say, as the str of the whole value; a placeholder only for what is too deep for that too.
+    # UTF-8 say, as the str of the whole value; a placeholder only for what has no str either. Never raises:
+    # an event is written by the runtime's one store writer and sent by the server, for every session.
     try:
         return to_jsonable_python(value, fallback=str)
-    except (ValueError, RecursionError):  # bytes that are not UTF-8, or nested deeper than pydantic goes
+    except Exception:  # bytes that are not UTF-8, too deep, or a __str__ / computed field that raises
         try:
             return str(value)
         except RecursionError:
             return f"<{type(value).__name__} nested too deep to send as JSON>"
+        except Exception as exc:
+            return f"<{type(value).__name__} that could not be converted to JSON: {describe(exc)}>"
 
 
 # -- a run's input: text, or text and content parts ------------------------------

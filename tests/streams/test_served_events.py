@@ -178,6 +178,39 @@ async def test_tool_progress_and_a_custom_event_reach_a_remote_session_in_order(
     assert custom in handled
 
 
+class Opaque:
+    """A value with no text form: its ``__str__`` raises (its repr is object's)."""
+
+    def __str__(self) -> str:
+        raise TypeError("no text form")
+
+    __repr__ = object.__repr__
+
+
+@tool
+async def hand_over(ctx: ToolContext[Any]) -> str:
+    """Emit a custom event holding a value with no text form."""
+    await ctx.emit(MyEvent(step=1, note="opaque", city=Opaque()))
+    return "handed"
+
+
+async def test_an_event_field_with_no_text_form_is_served_as_a_placeholder_and_the_run_ends(
+    serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
+    """A custom event whose field's str() raises reaches the run's SSE stream with a placeholder for that
+    field, and the stream goes on to its RunFinished; recording the event raised, which cut the stream with
+    no ErrorEvent and no RunFinished."""
+    agent = Agent(name="bot", model=ScriptedModel([ToolCall("hand_over"), "done"]), tools=[hand_over])
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            data = await run_attached(client, "s1", "go")
+    (custom,) = [item for item in data if item["type"] == "CustomEvent"]
+    assert custom["city"] == "<Opaque that could not be converted to JSON: TypeError: no text form>"
+    assert [item["type"] for item in data if item["type"] in ("ToolCallFinished", "ErrorEvent")] == ["ToolCallFinished"]
+    assert data[-1] == {"type": "RunFinished", "reason": "completed", "message": None, "run_id": "s1-r1"}
+
+
 def refusing_model() -> ScriptedModel:
     """Refuses every request, as a provider does: a refusal's text, then the stop reason ``refusal``."""
     refusal: list[ModelChunk] = [RefusalChunk(REFUSAL), StopChunk("refusal")]

@@ -17,6 +17,7 @@ import string
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -58,6 +59,7 @@ from runtime._store import Checkpoint, EventRow, PendingRow, RunRow
 from runtime._wire import event_to_json, message_to_json
 from runtime.events import (
     AgentSwitched,
+    CustomEvent,
     ElicitationRequest,
     ErrorEvent,
     Event,
@@ -1136,6 +1138,91 @@ async def test_a_session_whose_rows_the_database_refuses_fails_alone_and_the_oth
         async with runtime.open_session(make_agent(), session_id="good") as good:
             assert [message.text for message in good.history][-2:] == ["three", "echo: three"]
             assert len(good.history) == 6
+
+
+class Opaque:
+    """A value with no text form: its ``__str__`` raises (its repr is object's)."""
+
+    def __str__(self) -> str:
+        raise TypeError("no text form")
+
+    __repr__ = object.__repr__
+
+
+@attrs.frozen
+class Handed(CustomEvent):
+    """A tool's own event, holding whatever it was given."""
+
+    payload: object
+
+
+@tool
+async def hand_over(ctx: ToolContext[None], broken: bool = False) -> object:
+    """Emits an event holding a value with no text form (or, ``broken``, missing its field), and returns one.
+
+    Args:
+        broken: Emit an event the store's writer cannot even read.
+    """
+    event = Handed(Opaque())
+    if broken:
+        object.__delattr__(event, "payload")  # a bug in making it: turning it into JSON raises AttributeError
+    await ctx.emit(event)
+    return {"handle": Opaque()}
+
+
+def handing_over(*, broken: bool = False) -> Agent:
+    return Agent(
+        name="durable",
+        model=ScriptedModel(
+            itertools.chain([ToolCall("hand_over", {"broken": broken}), "done"], itertools.repeat("more"))
+        ),
+        tools=[hand_over],
+    )
+
+
+async def test_a_value_with_no_text_form_is_written_as_a_placeholder_and_every_session_goes_on(
+    tmp_path: Path,
+) -> None:
+    """An event field whose str() raises is written as a placeholder naming what failed, and the runtime's
+    other sessions go on. The store's one writer, shared by every session, used to die of it and take the
+    runtime down with it ("the runtime block and the store writer failed")."""
+    path = tmp_path / "s.db"
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        async with (
+            runtime.open_session(make_agent(), session_id="good") as good,
+            runtime.open_session(handing_over(), session_id="bad") as bad,
+        ):
+            assert (await bad.ask("go")).output == "done"
+            assert (await good.ask("one")).output == "echo: one"
+            assert (await bad.ask("again")).output == "more"  # its first run's last events are written by now
+            assert (await good.ask("two")).output == "echo: two"
+    (custom,) = [event for event in stored_events(path, "bad-r1") if event["type"] == "CustomEvent"]
+    assert custom["payload"] == "<Opaque that could not be converted to JSON: TypeError: no text form>"
+    assert stored_events(path, "bad-r2")[-1] == {"type": "RunFinished", "reason": "completed", "message": None}
+    assert stored_events(path, "good-r2")[-1]["reason"] == "completed"
+
+
+async def test_a_session_whose_records_cannot_be_written_fails_alone_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """A session whose records the store's writer cannot turn into rows (an event missing a field) writes no
+    more, as one whose rows the database refuses: its next run fails with StoreRejectedError, while the other
+    sessions' runs are written. The error escaped the writer, which stopped for every session, and the
+    runtime's block raised it."""
+    path = tmp_path / "s.db"
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        async with (
+            runtime.open_session(make_agent(), session_id="good") as good,
+            runtime.open_session(handing_over(broken=True), session_id="bad") as bad,
+        ):
+            assert (await bad.ask("go")).output == "done"  # its events after the tool are written later
+            with pytest.raises(RunFailedError, match=r"StoreRejectedError.*could not be written: AttributeError"):
+                await bad.ask("again")
+            assert (await good.ask("one")).output == "echo: one"
+            with pytest.raises(RunFailedError, match="StoreRejectedError"):  # it writes no more
+                await bad.ask("and again")
+            assert (await good.ask("two")).output == "echo: two"
+    async with open_runtime(store=SQLiteStore(path)) as runtime:
+        async with runtime.open_session(make_agent(), session_id="good") as good:
+            assert [message.text for message in good.history][-2:] == ["two", "echo: two"]
 
 
 def calling(call_id: str) -> Agent:
