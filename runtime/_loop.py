@@ -1066,6 +1066,7 @@ class AgentRun:
         """Returns ``None``, or a short name of the failure (its ``error.type``)."""
         tool = tools.get(call.name)
         value: Any = None
+        content: Content = ""
         error = parse_error
         kind = None if error is None else "invalid_arguments"
         ctx = ToolContext(
@@ -1103,8 +1104,12 @@ class AgentRun:
                 if deadline is not None and deadline.cancelled_caught:
                     error = f"tool {tool.name!r} took longer than tool_timeout={timeout}s"
                     kind = "timeout"
+                else:
+                    content = _to_content(value)  # here: a result with no text form is this call's error
             except _Refused as refused:
                 value, error, kind = None, str(refused), "refused"
+            except _NoTextForm as unconvertible:
+                value, error, kind = None, str(unconvertible), type(unconvertible.__cause__).__qualname__
             except Exception as exc:
                 value, error = None, describe(exc)
                 # The arguments' schema refused them: as bad JSON is, not as a tool raising ToolArgumentsError.
@@ -1130,7 +1135,7 @@ class AgentRun:
                     sink.ended = True  # (as above)
                     raise
         results[index] = ToolResultMessage(
-            call.call_id, call.name, error if error is not None else _to_content(value), error is not None
+            call.call_id, call.name, error if error is not None else content, error is not None
         )
         self._tool_calls.append(ToolCallRecord(call.call_id, call.name, arguments, value, error))
         sink.ended = True
@@ -1262,6 +1267,11 @@ class _ResumedPending(PendingElicitation):
 
 class _Refused(Exception):
     """A tool call that did not run; its message is the error result the model sees."""
+
+
+class _NoTextForm(Exception):
+    """A tool's result that cannot be given to the model; its message is the error result the model sees, its
+    ``__cause__`` what failed."""
 
 
 class _CallEvents:
@@ -1485,7 +1495,11 @@ def _cancel_alone(group: BaseExceptionGroup[BaseException], tool_name: str) -> N
 
 def _to_content(value: Any) -> Content:
     """A tool's return value as a result's content: a string as it is, parts (an image, or a list
-    holding one) as parts, anything else as JSON (pydantic's, values it has none for as their ``str``)."""
+    holding one) as parts, anything else as JSON (pydantic's, values it has none for as their ``str``).
+
+    Raises:
+        _NoTextForm: the value has neither a JSON nor a ``str`` form (a ``__str__`` that raises).
+    """
     if isinstance(value, str):
         # A str that carries more (an MCP result with images) gives its parts.
         return value if type(value) is str else (tool_content(value) or value)
@@ -1496,8 +1510,12 @@ def _to_content(value: Any) -> Content:
         # pydantic's JSON, as remote clients get the value (a model or dataclass as its fields, a set as
         # a list, an enum as its value), not its repr.
         return pydantic_core.to_json(value, fallback=str).decode()
-    except (ValueError, RecursionError):  # nested deeper than pydantic goes, bytes that are not UTF-8
+    except Exception:  # nested deeper than pydantic goes, bytes that are not UTF-8, a __str__ that raises
         try:
             return str(value)
         except RecursionError:
             return f"<{type(value).__name__} nested too deep to send as JSON>"
+        except Exception as exc:
+            raise _NoTextForm(
+                f"the tool's result ({type(value).__name__}) has no JSON or text form: {describe(exc)}"
+            ) from exc

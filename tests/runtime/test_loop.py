@@ -679,6 +679,41 @@ async def test_a_tool_value_reaches_the_model_as_the_json_remote_clients_get(val
     assert json.loads(sent) == event_to_json(done)["result"]
 
 
+class _Report(pydantic.BaseModel):
+    """A tool's result whose computed field raises: it has no JSON form, nor a str (its repr shows the field)."""
+
+    rows: dict[str, int] = {}
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_of_a(self) -> int:
+        return self.rows["a"]
+
+
+async def test_a_tool_result_with_no_text_form_is_that_calls_error_result_and_the_run_goes_on() -> None:
+    """A tool's value that can be turned into neither JSON nor a str (a computed field raising KeyError) is
+    an error result the model sees, saying so, and the run goes on. It was converted outside the call's
+    error handling: the run failed as a runtime bug, its ToolCallFinished saying "the tool call was
+    cancelled"."""
+
+    @tool
+    async def report() -> _Report:
+        """A report."""
+        return _Report()
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("report"), "done"]), tools=[report])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("go") as stream:
+            events = [event async for event in stream]
+        (result,) = [message for message in session.history if isinstance(message, ToolResultMessage)]
+    error = "the tool's result (_Report) has no JSON or text form: KeyError: 'a'"
+    assert (result.content, result.is_error) == (error, True)
+    (finished,) = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert (finished.result, finished.error) == (None, error)
+    assert not [event for event in events if isinstance(event, ErrorEvent)]
+    assert events[-1] == RunFinished("completed")
+
+
 async def test_a_sync_tool_that_calls_sys_exit_gets_an_error_result_and_nothing_else_ends() -> None:
     """SystemExit from a tool (argparse on bad input) is that call's error: the run goes on, and the
     runtime and its other sessions are not brought down."""
