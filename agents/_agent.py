@@ -108,7 +108,9 @@ class Agent(Generic[AgentDepsT, OutputT]):
     """Model calls a run may make before it ends with ``max_turns``: an int, at least 1."""
     tool_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds one tool call may take; past it, the model gets an error result. It bounds the tool's own
-    work, not the wait for a ``requires_approval`` tool's approval before it (``run_timeout`` bounds that)."""
+    work, not the wait for a ``requires_approval`` tool's approval before it (``run_timeout`` bounds that),
+    nor a sync tool's wait for a worker thread: the trio run shares 40 among all its sessions, and a thread
+    abandoned past its timeout holds its place until its function returns."""
     run_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
     """Seconds a whole run may take; past it, the run ends with ``timeout``."""
     model_idle_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)

@@ -127,7 +127,8 @@ class Tool:
         A sync function runs in a worker thread, taken from ``limiter`` (the
         runtime passes its own; ``None``: trio's default thread limiter). If
         the call is cancelled, the thread is abandoned (its result discarded)
-        so cancellation is prompt; when the call ends, a question the thread
+        so cancellation is prompt, but it holds its place in ``limiter`` until
+        its function returns; when the call ends, a question the thread
         asks (``trio.from_thread.run(ctx.elicit, ...)``) is withdrawn, and
         ``elicit`` raises :exc:`ElicitationUnavailable` in the thread.
         """

@@ -55,7 +55,7 @@ from ._exceptions import ClosedRunStreamError
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._store import StoreError
-from ._threads import tool_threads
+from ._threads import TimedThreads, tool_threads
 from ._tracing import failure
 from .events import (
     AgentSwitched,
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from agents import ElicitationResult, SessionLike, StopReason
+    from agents import ElicitationResult, SessionLike, StopReason, ThreadLimiter
     from agents._context import Elicitor
 
     from ._handlers import Tee
@@ -1094,10 +1094,14 @@ class AgentRun:
                     await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
-                deadline = None if timeout is None else trio.move_on_after(timeout)
+                threads: ThreadLimiter = tool_threads()
+                deadline = None
+                if timeout is not None:
+                    deadline = trio.move_on_after(timeout)
+                    threads = TimedThreads(tool_threads(), deadline, timeout)  # the wait for a thread is not counted
                 with deadline or _NO_SCOPE:
                     try:
-                        value = await tool.invoke(ctx, validated, limiter=tool_threads())
+                        value = await tool.invoke(ctx, validated, limiter=threads)
                     except BaseExceptionGroup as group:
                         _cancel_alone(group, call.name)
                         raise

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Final
 
 import trio
 
 TOOL_THREADS: Final = 40
-"""Sync tools running at once in worker threads, per trio run (trio's own default)."""
+"""Sync tools running at once in worker threads, per trio run (trio's own default): shared by every runtime and
+session in it. A thread abandoned on cancel (a tool past ``tool_timeout``, a closed session's) holds its place
+until its function really returns, so stuck tools leave fewer for everyone."""
 
 
 class ToolThreads:
@@ -57,6 +60,32 @@ class ToolThreads:
             trio.lowlevel.reschedule(self._waiting.popleft())
         else:
             self._free += 1
+
+
+class TimedThreads:
+    """``threads`` for one call bounded by ``timeout`` (the deadline of ``scope``, entered around the call): the
+    clock starts once the call has its thread. Waiting in line for one is not the tool's own work; the wait stays
+    cancellable from outside and keeps its place in the FIFO."""
+
+    __slots__ = ("_scope", "_threads", "_timeout")
+
+    def __init__(self, threads: ToolThreads, scope: trio.CancelScope, timeout: float) -> None:
+        self._threads = threads
+        self._scope = scope
+        self._timeout = timeout
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take a thread; if the call has to wait for one, its timeout starts over once it has it."""
+        threads = self._threads
+        if threads._free:  # no wait: nothing to take off the clock (and no schedule point)
+            threads._free -= 1
+            return
+        self._scope.deadline = math.inf
+        await threads.acquire_on_behalf_of(borrower)
+        self._scope.deadline = trio.current_time() + self._timeout
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self._threads.release_on_behalf_of(borrower)
 
 
 _TOOL_THREADS: trio.lowlevel.RunVar[ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")

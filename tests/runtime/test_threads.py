@@ -12,6 +12,7 @@ import trio.testing
 from agents import Agent, ScriptedModel, ThreadLimiter, ToolCall
 from runtime import open_runtime
 from runtime._threads import TOOL_THREADS, ToolThreads, tool_threads
+from runtime.events import ToolCallStarted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -239,3 +240,76 @@ async def test_threads_sync_tools_in_a_run_wait_for_the_runtimes_limiter() -> No
         limiter.release_on_behalf_of(borrower)
     assert called == [7]
     assert [c.result for c in results[0].tool_calls] == [7]
+
+
+async def test_threads_the_wait_for_a_thread_does_not_count_against_tool_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """With every thread of the trio run taken (as abandoned threads of a closed session hold theirs), a sync
+    tool waits in line for one past its tool_timeout, then runs and gives its result: the timeout bounds the
+    tool's own work, from the moment it has its thread. The wait counted, and the call timed out without
+    having run."""
+    called: list[int] = []
+
+    def double(x: int) -> int:
+        called.append(x)
+        return 2 * x
+
+    limiter = tool_threads()
+    taken = [object() for _ in range(TOOL_THREADS)]
+    for borrower in taken:
+        await limiter.acquire_on_behalf_of(borrower)
+    model = ScriptedModel([ToolCall("double", {"x": 21}), "done"])
+    agent = Agent(name="a", model=model, tools=[double], tool_timeout=1.0)
+    results: list[Any] = []
+
+    async def run(session: Any) -> None:
+        results.append(await session.ask("go"))
+
+    try:
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, session)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(limiter._waiting) == 1  # the call, in line for a thread
+                mock_clock.jump(10)  # well past its tool_timeout (the clock stands still otherwise)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(limiter._waiting) == 1  # still in line, not timed out
+                limiter.release_on_behalf_of(taken.pop())
+    finally:
+        for borrower in taken:
+            limiter.release_on_behalf_of(borrower)
+    assert called == [21]
+    (call,) = results[0].tool_calls
+    assert (call.result, call.error) == (42, None)
+
+
+async def test_threads_a_call_waiting_for_a_thread_is_cancelled_at_once_and_leaves_the_line() -> None:
+    """A sync tool call under tool_timeout waiting for a thread ends at once when its session closes, and
+    leaves the line: the thread freed next goes to the one behind it."""
+    limiter = tool_threads()
+    taken = [object() for _ in range(TOOL_THREADS)]
+    for borrower in taken:
+        await limiter.acquire_on_behalf_of(borrower)
+
+    def record(n: int) -> int:
+        return n
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("record", {"n": 1})]), tools=[record], tool_timeout=1.0)
+    try:
+        with trio.fail_after(WAIT):
+            async with open_runtime() as runtime:
+                async with runtime.open_session(agent) as session, session.run("go") as stream:
+                    async for event in stream:
+                        if isinstance(event, ToolCallStarted):
+                            break
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert len(limiter._waiting) == 1
+                assert not limiter._waiting  # the session closed: its call left the line
+                last = object()
+                limiter.release_on_behalf_of(taken.pop())
+                await limiter.acquire_on_behalf_of(last)  # the freed thread was not handed to a gone waiter
+                taken.append(last)
+    finally:
+        for borrower in taken:
+            limiter.release_on_behalf_of(borrower)
