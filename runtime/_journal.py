@@ -320,7 +320,10 @@ class Journal:
         self._sent = self._stored  # ... or the checkpoint being written will hold
         # How many message rows the store holds: more than _stored after a repair, which the next checkpoint cuts.
         self._rows = len(history) if rows is None else rows
-        self._known: dict[str, RunRow] = {row.run_id: row for row in runs}  # the rows as written, or being
+        # The rows of runs not yet finished, as written or being written: a RunFinished recorded later finds its
+        # row there. A finished run's row is written and needed no more (it held the user's input: kept, it grew
+        # with every run the session made).
+        self._known: dict[str, RunRow] = {row.run_id: row for row in runs if row.status != "finished"}
         self._runs: dict[str, RunRow] = {}
         self._events: list[tuple[str, int, Event | _Pieces]] = []
         self._unwritten: list[EventRow] = []  # events of a checkpoint that failed: they go first
@@ -379,7 +382,7 @@ class Journal:
         self._next_seq[run_id] = seq + 1
         events.append((run_id, seq, record))
         if isinstance(event, RunFinished):
-            row = self._runs.get(run_id) or self._known.get(run_id)
+            row = self._runs.get(run_id) or self._known.pop(run_id, None)
             if row is not None:
                 self._runs[run_id] = RunRow(row.run_id, row.seq, row.input, "finished", event.reason, row.resumes)
             self._next_seq.pop(run_id, None)
@@ -490,7 +493,11 @@ class Journal:
         self.taken_records, self._records = self._records, 0
         self._sent = len(history)
         self._create = None
-        self._known.update(self._runs)  # a run finishing meanwhile finds its row (finished: written again)
+        for run_id, row in self._runs.items():  # a run finishing meanwhile finds its row (finished: written again)
+            if row.status == "finished":
+                self._known.pop(run_id, None)
+            else:
+                self._known[run_id] = row
         self._runs = {}
         self._events = []
         self._unwritten = []

@@ -513,6 +513,22 @@ async def test_text_pieces_are_joined_per_checkpoint_and_numbered_in_order() -> 
     ]
 
 
+async def test_a_journal_keeps_no_row_of_a_finished_run() -> None:
+    """A run's row (it holds the user's whole input) is kept only until its RunFinished is recorded: a
+    finished run's row, stored or just written, is dropped, and a run finishing after its row was taken
+    still gets its finished row written. They were all kept for the session's life, loaded again at open."""
+    writer = StoreWriter(cast("SessionStore", None))
+    stored = (RunRow("r0", 0, '"old"', "finished", "completed"), RunRow("r1", 1, '"waiting"', "running"))
+    journal = Journal(writer, "s", 0, [], runs=stored)
+    journal.run_row(RunRow("r2", 2, '"new"', "running"))
+    journal.take()
+    journal.event("r2", RunFinished("completed"))
+    assert [(row.run_id, row.status) for row in journal.take().runs] == [("r2", "finished")]
+    journal.event("r1", RunFinished("cancelled"))
+    assert [(row.run_id, row.status, row.input) for row in journal.take().runs] == [("r1", "finished", '"waiting"')]
+    assert journal._known == {}
+
+
 async def test_a_checkpoint_cuts_the_stored_history_only_after_a_repair() -> None:
     """A journal whose store holds more message rows than it keeps (a repaired history) asks the next
     checkpoint to cut them; after that commit, and for a fresh session, nothing is cut (no statement)."""
