@@ -436,6 +436,13 @@ class AgentRun:
     def _end_span(self, tracing: Tracing, span: Any, token: Any) -> None:
         error = self._error
         output = self._output
+        traced_output = None
+        if tracing.content and output is not None:
+            try:
+                traced_output = content_text(_to_content(output))
+            except _NoTextForm as exc:  # a typed output whose computed field raises, say: the span says so
+                cause = exc.__cause__ or exc
+                traced_output = f"the output ({type(output).__name__}) has no JSON or text form: {describe(cause)}"
         tracing.end_agent(
             span,
             token,
@@ -444,7 +451,7 @@ class AgentRun:
             message=None if error is None else error.message if tracing.content else self._error_traced,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            output=None if not tracing.content or output is None else content_text(_to_content(output)),
+            output=traced_output,
         )
 
     async def _drive(self) -> None:

@@ -400,6 +400,31 @@ async def test_tracing_a_typed_output_is_recorded_as_its_json(traced: Traced) ->
     assert json.loads(run["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": '{"name":"Rex"}'}]
 
 
+async def test_tracing_a_typed_output_with_no_text_form_is_said_so_and_the_run_completes(traced: Traced) -> None:
+    """With content recorded, a typed output that has no JSON or text form (a computed field that raises) is
+    named as such in the run's span; its conversion raised in the span's end and failed the session."""
+    import pydantic
+
+    class Out(pydantic.BaseModel):
+        n: int
+
+        @pydantic.computed_field  # type: ignore[prop-decorator]
+        @property
+        def label(self) -> str:
+            raise KeyError("a")
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("final_result", {"n": 1})]), output_type=Out)
+    async with traced.runtime(content=True) as runtime, runtime.open_session(agent) as session:
+        output = (await session.ask("go")).output
+        assert output is not None
+        assert output.n == 1
+        assert not session.closed
+    run = attrs_of(traced.one("invoke_agent a"))
+    assert json.loads(run["gen_ai.output.messages"])[0]["parts"] == [
+        {"type": "text", "content": "the output (Out) has no JSON or text form: KeyError: 'a'"}
+    ]
+
+
 SECRET = "patient-ssn-078-05-1120"
 
 
