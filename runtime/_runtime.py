@@ -126,6 +126,7 @@ class Runtime:
         self._tracing = tracing
         self._writer = writer
         self._exit_requested = Latch()
+        self._sessions_done = Latch()  # the sessions' nursery has closed
         self.http_client = http_client
         """The HTTP client every model of this runtime uses."""
         self.idle_timeout = idle_timeout
@@ -143,11 +144,14 @@ class Runtime:
         (each in a scope of the session's). That is the graceful order of
         DESIGN.md; the nursery then joins them all.
         """
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await self._reaper.serve(self._exit_requested)  # closes idle sessions until the runtime exits
+        try:
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started()
+                    await self._reaper.serve(self._exit_requested)  # closes idle sessions until the runtime exits
+        finally:
+            self._sessions_done.set()
 
     def _exit(self) -> None:
         self._closed = True
@@ -271,6 +275,7 @@ class Runtime:
             log_failure=log_failure,
             restored=restored,
             tracing=self._tracing,
+            runtime_done=self._sessions_done,
         )
 
     async def _start_durable(

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from ._idle import IdleReaper
     from ._journal import Journal, Resumption, Suspended
+    from ._latch import Latch
     from ._result import RunResult
     from ._tracing import Tracing
     from .events import ElicitationRequest, Event
@@ -93,6 +94,7 @@ class Session(Generic[OutputT]):
         "_resources",
         "_run_count",
         "_runs_in_flight",
+        "_runtime_done",
         "_slot",
         "_suspended",
         "_tasks",
@@ -117,6 +119,7 @@ class Session(Generic[OutputT]):
         log_failure: bool = False,
         restored: Restored | None = None,
         tracing: Tracing | None = None,
+        runtime_done: Latch | None = None,
     ) -> None:
         self.agent = agent
         """The agent every run of this session runs."""
@@ -126,6 +129,7 @@ class Session(Generic[OutputT]):
         """Routes its tools' questions to the consumer of the run they belong to."""
         self._http_client = http_client
         self._tracing = tracing
+        self._runtime_done = runtime_done  # set once the nursery its tasks run in has closed
         self._event_buffer = event_buffer
         self._handlers: list[StreamHandler] = []
         self._slot = RunSlot()
@@ -474,11 +478,12 @@ class Session(Generic[OutputT]):
                 pass
         result: RunResult[OutputT] = stream.result
         if result.reason == "cancelled":
-            if not self.closed:
-                # Neither closed nor left: a task of the runtime raised past it (a tool's KeyboardInterrupt),
-                # which cancels the runtime's tasks, and the caller's block, then closes every session. The
-                # caller gets that cancellation, not a false ClosedSessionError beside the real error.
-                await self.wait_closed()
+            if not self.closed and self._runtime_done is not None and self._tasks.parent_cancelled:
+                # Not closed: a task raised past its session (a tool's KeyboardInterrupt), which cancels every
+                # session's tasks, then the caller's block once they have ended. The caller gets that
+                # cancellation, not a false ClosedSessionError beside the real error (a shielded caller
+                # gets the ClosedSessionError: it is not waiting for a cancellation that cannot reach it).
+                await self._runtime_done.wait()
             await trio.lowlevel.checkpoint_if_cancelled()
             raise ClosedSessionError(f"{self!r} was closed during the run")
         if result.reason not in ("completed", "max_turns", "hook_stop"):

@@ -83,6 +83,11 @@ class TaskGroup:
         return self._finished.is_set()
 
     @property
+    def parent_cancelled(self) -> bool:
+        """Whether the nursery the tasks run in is being cancelled (one of its tasks raised past its group)."""
+        return self._nursery.cancel_scope.cancel_called
+
+    @property
     def error(self) -> Exception | None:
         """The first error a task raised (``None`` if none did)."""
         return self._error

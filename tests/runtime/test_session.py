@@ -310,6 +310,27 @@ async def test_ask_whose_tool_raises_keyboard_interrupt_raises_it_bare() -> None
             await session.ask("go")
 
 
+async def test_shielded_ask_whose_tool_raises_keyboard_interrupt_does_not_wait_for_ever() -> None:
+    """ask() in a shielded scope (cleanup code) whose tool raises KeyboardInterrupt returns at once with a
+    ClosedSessionError, and the KeyboardInterrupt still leaves the runtime's block: it waited for its session
+    to close, which only the block's exit does, and the block waited for it."""
+
+    @tool
+    async def interrupt() -> str:
+        """Ctrl-C landing in the tool."""
+        raise KeyboardInterrupt
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("interrupt"), "done"]), tools=[interrupt])
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            # The deadline only guards the test from a hang: a shielded wait no outer timeout can end.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5) as shielded:
+                await session.ask("go")
+    assert not shielded.cancelled_caught
+    assert caught.value.subgroup(KeyboardInterrupt) is not None
+    assert caught.value.subgroup(ClosedSessionError) is not None
+
+
 async def test_closed_session_refuses_runs_and_tasks() -> None:
     """A closed session raises ClosedSessionError from run(), ask(), start_soon() and start()."""
     async with open_runtime() as runtime:
