@@ -283,6 +283,8 @@ async def open_writer(store: SessionStore, owner: str) -> AsyncIterator[StoreWri
                 nursery.cancel_scope.shield = True
                 serving.deadline = trio.current_time() + CLOSE_FLUSH_TIMEOUT
         except BaseException as error:  # the writer failed (a bug): neither error is lost
+            if failure is not None and nursery.cancel_scope.cancel_called:
+                failure = _without_cancelled(failure)  # the writer's failure cancelled the block: not news
             if failure is None:
                 raise
             raise BaseExceptionGroup("the runtime block and the store writer failed", [failure, error]) from None
@@ -290,6 +292,15 @@ async def open_writer(store: SessionStore, owner: str) -> AsyncIterator[StoreWri
         journal.released.set()
     if failure is not None:
         raise failure
+
+
+def _without_cancelled(error: BaseException) -> BaseException | None:
+    """``error`` without the ``trio.Cancelled`` in it (``None`` if that is all it is)."""
+    if isinstance(error, trio.Cancelled):
+        return None
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1]
+    return error
 
 
 class Journal:

@@ -845,6 +845,24 @@ async def test_a_commit_failing_as_the_runtime_closes_is_retried(
     assert stored_events(path, "c-r1")[-1]["reason"] == "completed"
 
 
+class BuggyStore(SQLiteStore):
+    """A store whose commit has a bug (it raises what no store should)."""
+
+    async def commit(self, checkpoints: Any) -> None:
+        raise ValueError("bug in the store")
+
+
+async def test_a_writer_that_fails_in_the_block_raises_its_error_alone(tmp_path: Path) -> None:
+    """A store bug that kills the writer while the runtime's block waits ends the block with that error as
+    itself: the Cancelled the writer's failure sent into the block is not raised beside it (it was, in a group
+    the caller's `except ValueError` missed)."""
+    agent = Agent(name="a", model=ScriptedModel(["hi"]))
+    with pytest.raises(ValueError, match="bug in the store"):
+        async with open_runtime(store=BuggyStore(tmp_path / "s.db")) as runtime:
+            async with runtime.open_session(agent) as session:
+                await session.ask("go")
+
+
 class Boom(Exception):
     """An error of the code inside the runtime's block."""
 
