@@ -340,13 +340,13 @@ def _session_id(channel: str, chat_id: str) -> str:
     :data:`MAX_SESSION_ID_BYTES`) gets ``chat-`` and the SHA-256 of the pair, the same every time, with
     neither ``:`` nor ``/``, so no other's either.
     """
-    if ":" not in channel:
-        natural = f"{channel}:{chat_id}"
-    else:
-        natural = f"{quote(channel, safe='')}/{quote(chat_id, safe='')}"
     try:
+        if ":" not in channel:
+            natural = f"{channel}:{chat_id}"
+        else:
+            natural = f"{quote(channel, safe='')}/{quote(chat_id, safe='')}"  # UTF-8: a lone surrogate raises
         check_session_id(natural)
-    except ValueError:
+    except ValueError:  # UnicodeEncodeError too
         pair = json.dumps([channel, chat_id]).encode()  # ASCII (lone surrogates escaped): one text per pair
         return f"chat-{hashlib.sha256(pair).hexdigest()}"
     return natural

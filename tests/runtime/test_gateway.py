@@ -713,6 +713,19 @@ async def test_gateway_answers_a_chat_whose_id_no_session_id_may_hold(tmp_path: 
     assert seen[5] == (UserMessage("hi 0"), AssistantMessage("0"), UserMessage("again"))
 
 
+async def test_gateway_answers_a_chat_with_a_lone_surrogate_on_a_channel_named_with_a_colon() -> None:
+    """On a channel whose name holds ':' (its ids are percent-encoded, UTF-8), a chat id with a lone surrogate
+    is answered in a session of its own and the other chats go on; encoding it raised UnicodeEncodeError, which
+    ended the gateway."""
+    agent = Agent(name="a", model=ScriptedModel(["one", "two"]))
+    web = RecordingChannel("team:web")
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "\ud800", "hi")
+        assert (await web.answer()).text == "one"
+        await web.say(gateway.bus, "ok", "hi")
+        assert (await web.answer()).text == "two"
+
+
 async def test_gateway_reply_waiting_for_room_outlives_the_idle_timeout(autojump_clock: trio.testing.MockClock) -> None:
     """A reply that waits for room on the bus for longer than idle_timeout is still delivered: its chat's
     session stays in use until the reply is out, so the reaper cannot cancel it."""
