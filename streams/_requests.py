@@ -243,7 +243,7 @@ class ExposureGuard:
         except RequestRejected as rejected:
             if self._on_reject is not None:
                 self._on_reject()
-            body = json.dumps(error_json(rejected.kind, str(rejected))).encode()
+            body = json.dumps(error_json(rejected.kind, str(rejected)), separators=(",", ":")).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
             if scope["type"] == "http":
                 await send({"type": "http.response.start", "status": rejected.status, "headers": headers})

@@ -141,6 +141,8 @@ class Errors:
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/json"
         body = response.json()
+        compact = {json.dumps(body, separators=(",", ":"), ensure_ascii=ascii).encode() for ascii in (True, False)}
+        assert response.content in compact, response.content  # PROTOCOL: "the server sends it compact"
         assert set(body) == {"error"}
         assert set(body["error"]) == {"type", "message"}
         assert isinstance(body["error"]["message"], str)
