@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from runtime import ClosedBusError, InboundMessage, MessageBus, OutboundMessage
 
@@ -19,8 +19,6 @@ from .._requests import Exposure, RequestRejected, check_bind, check_positive
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from trio_websocket import WebSocketServer
 
 logger = logging.getLogger("streams")
 
@@ -46,12 +44,51 @@ class WebSocketChannelStatistics:
     refused (an ``Origin`` or ``Host`` not allowed)."""
 
 
+class _DeadlineStream(trio.abc.Stream):
+    """A client's socket stream on which every ``send_all`` must finish within ``write_timeout``.
+
+    A send cut short may have put part of a frame on the wire, and nothing
+    sent after it (a close frame least of all) would be framed right: past
+    the deadline, or when a send is cancelled or fails, the socket is closed
+    (which also wakes its reader), as the server's WebSockets do
+    (``streams._hypercorn._DeadlineStream``).
+    """
+
+    def __init__(self, stream: trio.SocketStream, write_timeout: float) -> None:
+        self._stream = stream
+        self._write_timeout = write_timeout
+        self.timed_out = False
+        """Whether a send missed the deadline (and the socket was closed for it)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            with trio.move_on_after(self._write_timeout):
+                await self._stream.send_all(data)
+                return
+        except BaseException:  # cancelled or broken part way: nothing may follow on this stream
+            self._stream.socket.close()
+            raise
+        self.timed_out = True
+        self._stream.socket.close()
+        raise trio.BrokenResourceError(f"the client read nothing for {self._write_timeout} s")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 @attrs.define(eq=False)
 class _Connection:
     """One accepted WebSocket: its chat, its bounded outbound queue, and how to end it."""
 
     chat_id: str
     websocket: WebSocketConnection
+    stream: _DeadlineStream
     send: trio.MemorySendChannel[dict[str, Any]]
     receive: trio.MemoryReceiveChannel[dict[str, Any]]
     too_slow: trio.Event = attrs.field(factory=trio.Event)
@@ -69,9 +106,12 @@ class WebSocketChannel:
     by that connection's writer task. A client that stops reading fills its
     queue; it is then closed with code :attr:`SLOW_CLIENT_CODE` (1008, policy
     violation, reason ``"client too slow"``) and its queue dropped, so memory
-    never grows with a slow client and other chats are not held up. So is a
-    client that takes more than ``write_timeout`` seconds to take in one
-    message (its TCP window stayed full).
+    never grows with a slow client and other chats are not held up. The
+    close frame follows the message being sent when the queue overflowed.
+    A client that takes more than ``write_timeout`` seconds to take in any
+    one send (its TCP window stayed full) is disconnected instead: part of
+    a message is on the wire, so no close frame can follow it; the TCP
+    connection is closed (the client sees 1006, abnormal closure).
 
     A handshake whose ``Origin`` is not allowed (a web page of another site)
     or whose ``Host`` is not a name the channel answers to (DNS rebinding)
@@ -85,7 +125,7 @@ class WebSocketChannel:
         connect_timeout: Seconds a client has to finish the opening handshake.
         disconnect_timeout: Seconds a closing handshake may take before the socket is dropped.
         publish_timeout: Seconds a client's message may wait for room on the bus before it is rejected.
-        write_timeout: Seconds one message to a client may take to send before the client is dropped as too slow.
+        write_timeout: Seconds one send to a client may take before its connection is dropped as too slow.
         allowed_origins: Origins whose web pages may connect, besides the same
             origin (none by default: non-browser clients only); ``"*"``: any.
         allowed_hosts: Host names (any port) the channel answers to; default:
@@ -173,18 +213,9 @@ class WebSocketChannel:
         # Claim our outbound queue before reporting ready, so no reply published after that is dropped.
         outbound = bus.outbound(self.name)
         async with trio.open_nursery() as nursery:
-            server: WebSocketServer = await nursery.start(
-                partial(
-                    serve_websocket,
-                    partial(self._handle, bus),
-                    self.host,
-                    self.port,
-                    ssl_context=None,
-                    connect_timeout=self._connect_timeout,
-                    disconnect_timeout=self._disconnect_timeout,
-                )
-            )
-            self.port = server.port
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            self.port = listeners[0].socket.getsockname()[1]
+            await nursery.start(trio.serve_listeners, partial(self._serve, bus), listeners)
             nursery.start_soon(self._route, outbound, name=f"{self.name} router")
             logger.info("websocket channel %r listening on %s:%d", self.name, self.host, self.port)
             task_status.started(self.port)
@@ -229,7 +260,18 @@ class WebSocketChannel:
             self._dropped += 1
         connection.too_slow.set()
 
-    async def _handle(self, bus: MessageBus, request: WebSocketRequest) -> None:
+    async def _serve(self, bus: MessageBus, socket_stream: trio.SocketStream) -> None:
+        """Serve one TCP connection as trio-websocket's ``serve_websocket`` does, every send on the write deadline."""
+        stream = _DeadlineStream(socket_stream, self._write_timeout)
+        async with stream, trio.open_nursery() as nursery:  # the nursery runs trio-websocket's reader task
+            request: WebSocketRequest | None = None
+            with trio.move_on_after(self._connect_timeout):
+                request = await wrap_server_stream(nursery, stream)
+            if request is not None:
+                await self._handle(bus, request, stream)
+            nursery.cancel_scope.cancel()
+
+    async def _handle(self, bus: MessageBus, request: WebSocketRequest, stream: _DeadlineStream) -> None:
         """Serve one connection: its reader, writer and closer live in this nursery."""
         try:
             self._exposure.check(request.headers)
@@ -247,7 +289,7 @@ class WebSocketChannel:
             return
         chat_id = f"ws-{secrets.token_hex(8)}"
         send, receive = trio.open_memory_channel[dict[str, Any]](self._queue_size)
-        connection = _Connection(chat_id, websocket, send, receive)
+        connection = _Connection(chat_id, websocket, stream, send, receive)
         # The hello goes first into the empty queue, before the chat can be routed to.
         send.send_nowait({"type": "hello", "chat_id": chat_id})
         try:
@@ -259,6 +301,8 @@ class WebSocketChannel:
         finally:
             if self._connections.get(chat_id) is connection:
                 del self._connections[chat_id]
+            with trio.move_on_after(self._disconnect_timeout):
+                await websocket.aclose()
 
     async def _read(self, bus: MessageBus, connection: _Connection, scope: trio.CancelScope) -> None:
         while True:
@@ -280,26 +324,28 @@ class WebSocketChannel:
                 self._rejected += 1
                 busy = f"server busy: message not accepted within {self._publish_timeout}s, send it again later"
                 self._enqueue(connection, {"type": "error", "text": busy, "reply_to": message.message_id})
+        if connection.stream.timed_out:
+            self._drop_slow(connection)
         # The peer closed (or the bus did): end the writer too, unless a slow-client close is under way.
         if not connection.too_slow.is_set():
             scope.cancel()
 
     async def _write(self, connection: _Connection) -> None:
+        # No cancel scope around a send: one cut short would leave part of a frame on the wire. The stream's
+        # write deadline closes the socket instead, and the send raises ConnectionClosed.
         try:
             async for payload in connection.receive:
-                with trio.move_on_after(self._write_timeout):
-                    await connection.websocket.send_message(json.dumps(payload))
-                    continue
+                await connection.websocket.send_message(json.dumps(payload))
+        except ConnectionClosed:
+            if connection.stream.timed_out:
                 self._drop_slow(connection)  # its TCP window stayed full: it reads nothing
-                return
-        except (ConnectionClosed, trio.ClosedResourceError):
-            # Closed: the reader sees it too. ClosedResourceError: our queue was dropped.
-            return
+        except trio.ClosedResourceError:
+            return  # our queue was dropped
 
     async def _close_if_slow(self, connection: _Connection, scope: trio.CancelScope) -> None:
         await connection.too_slow.wait()
         # The close frame waits behind the write in progress (trio-websocket's FIFO lock); if the client
-        # never reads again, the timeout drops the socket instead.
+        # never reads again, the write deadline or this timeout drops the socket instead.
         with trio.move_on_after(self._disconnect_timeout):
             await connection.websocket.aclose(self.SLOW_CLIENT_CODE, _SLOW_CLIENT_REASON)
         scope.cancel()

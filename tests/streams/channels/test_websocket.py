@@ -13,7 +13,7 @@ import trio
 import trio.testing
 import wsproto
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from agents import Agent, ModelRequest, ScriptedModel, UserMessage
 from runtime import Channel, MessageBus, OutboundMessage, open_gateway, open_runtime
@@ -310,3 +310,43 @@ async def test_websocket_channel_drops_a_client_that_takes_no_reply_within_the_w
                     await trio.sleep(0.01)
                 assert channel.statistics().closed_too_slow == 1
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def test_websocket_channel_sends_nothing_after_a_message_cut_short_by_the_write_deadline() -> None:
+    """A client too slow to take in one message within ``write_timeout`` is disconnected right after the
+    part of that message it got: no close frame follows the unfinished frame (a client would read its bytes
+    as the message's payload, and fail with 1007 or worse), the TCP connection just ends (1006 on its side)."""
+    big = ("x" * 1023 + " ") * 8192  # 8 MiB: more than the server's send and the client's receive buffers
+    channel = WebSocketChannel(write_timeout=0.2, disconnect_timeout=0.5)
+    with trio.fail_after(10):
+        async with (
+            open_runtime() as runtime,
+            open_gateway(runtime, Agent(name="big", model=ScriptedModel([big])), [channel]) as gateway,
+        ):
+            await gateway.wait_ready("websocket")
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+            await sock.connect(("127.0.0.1", channel.port))
+            async with trio.SocketStream(sock) as stream:
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                await stream.send_all(ws.send(Request(host="127.0.0.1", target="/")))
+                accepted = False
+                while not accepted:
+                    ws.receive_data(await stream.receive_some(4096))
+                    accepted = any(isinstance(event, AcceptConnection) for event in ws.events())
+                await stream.send_all(ws.send(TextMessage("say something long")))
+                while channel.statistics().closed_too_slow == 0:  # noqa: ASYNC110  # polled, under fail_after
+                    await trio.sleep(0.01)
+                # Now the client reads again, everything until the server's end of the connection.
+                received = bytearray()
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+                assert len(received) > 4096
+                assert set(received[-64:]) <= set(b"x "), bytes(received[-64:])
+                ws.receive_data(bytes(received))
+                ws.receive_data(None)  # the end of the TCP stream
+                events = list(ws.events())
+                assert not [event for event in events if isinstance(event, CloseConnection) and event.code != 1006]
+                parts = [event for event in events if isinstance(event, TextMessage)]
+                assert not parts[-1].frame_finished  # the reply, cut short
+            assert channel.statistics().connections == 0
