@@ -42,6 +42,8 @@ KILL_WAIT: Final = 5.0
 """Seconds to wait for a killed process to be reaped (only a process stuck in the kernel takes any)."""
 GROUP_POLL: Final = 0.05
 """Seconds between looks at whether what a server left in its process group has exited (they are not our children)."""
+STOPPED_READING: Final = "it stopped reading its stdin"
+"""The problem of a server whose stdin closed while it still runs (once it has exited, its status says more)."""
 _STDERR_LINES: Final = 20
 _STDERR_SHOWN: Final = 500
 _STDERR_NAMED: Final = 2  # the last lines, in an error: a traceback's last line says the most
@@ -66,8 +68,8 @@ class ServerProcess:
     def describe_end(self) -> str:
         """How the server ended, for an error: its exit status or signal, and its last words on stderr."""
         code = self.returncode
-        if self.problem is not None:
-            what = self.problem
+        if self.problem is not None and not (self.problem == STOPPED_READING and code is not None):
+            what = self.problem  # a closed stdin says less than the exit status, once there is one
         elif code is None:
             what = "it closed its stdout"
         elif code < 0:
@@ -131,7 +133,7 @@ async def stdio_transport(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_stderr, proc, process, stderr_done)
             nursery.start_soon(_read_stdout, proc, process, read_send, stderr_done)
-            nursery.start_soon(_write_stdin, proc, process, write_receive, read_send, writer_done)
+            nursery.start_soon(_write_stdin, proc, process, write_receive, read_send, writer_done, stderr_done)
             nursery.start_soon(_watch_exit, proc, process, terminate_grace)
             try:
                 yield read_receive, write_send
@@ -233,19 +235,28 @@ async def _write_stdin(
     write_receive: MemoryObjectReceiveStream[SessionMessage],
     read_send: MemoryObjectSendStream[SessionMessage | Exception],
     writer_done: trio.Event,
+    stderr_done: trio.Event,
 ) -> None:
     assert proc.stdin is not None
     try:
-        async with write_receive:
-            async for message in write_receive:
-                data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                await proc.stdin.send_all(data.encode() + b"\n")
-    except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
-        # It stopped reading (it exited, or closed its stdin): end the connection,
-        # or a call would wait forever for an answer to a request never delivered.
-        if not process.closing and process.problem is None:
-            process.problem = "it stopped reading its stdin"
-        read_send.close()
+        async with write_receive:  # open until the end is known: a message sent meanwhile waits for it
+            try:
+                async for message in write_receive:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await proc.stdin.send_all(data.encode() + b"\n")
+            except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+                # It stopped reading (it exited, or closed its stdin): end the connection,
+                # or a call would wait forever for an answer to a request never delivered.
+                if not process.closing:
+                    # Most often it exited: learn how before the calls in flight fail (closing
+                    # read_send fails them), so their errors can say it, as the stdout reader does.
+                    with trio.move_on_after(EXIT_WAIT):
+                        await proc.wait()
+                        await stderr_done.wait()
+                    process.returncode = proc.returncode
+                    if process.returncode is None and process.problem is None:
+                        process.problem = STOPPED_READING
+                read_send.close()
     finally:
         writer_done.set()
 

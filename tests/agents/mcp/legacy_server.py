@@ -8,15 +8,23 @@ server stages that, each step waiting for the client's next message::
     ask      reports progress, and waits: its question is asked during ``quick``
     quick    asks ``ask``'s question ("Your name?"), and waits
     release  answers ``quick``, then itself; ``ask`` is answered once its question is
+
+and two faults: ``--mute-list`` never answers ``tools/list``; ``--exit-at-initialize`` closes its stdin,
+answers ``initialize``, then exits with status 1 (our next message finds its stdin closed)::
+
+    python tests/agents/mcp/legacy_server.py [--mute-list | --exit-at-initialize]
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("ask", "quick", "release")]
+MUTE_LIST = "--mute-list" in sys.argv
+EXIT_AT_INITIALIZE = "--exit-at-initialize" in sys.argv
 NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
 
@@ -44,7 +52,14 @@ def main() -> None:
                 "capabilities": {"tools": {}},
                 "serverInfo": {"name": "legacy", "version": "1"},
             }
+            if EXIT_AT_INITIALIZE:
+                os.close(0)  # before the answer: the client's next message finds no reader
+                print("fatal: exiting at initialize", file=sys.stderr, flush=True)
+                send({"id": id_, "result": result})
+                sys.exit(1)
             send({"id": id_, "result": result})
+        elif method == "tools/list" and MUTE_LIST:
+            pass  # never answered
         elif method == "tools/list":
             send({"id": id_, "result": {"tools": TOOLS}})
         elif method == "tools/call":

@@ -180,3 +180,21 @@ async def test_stdio_close_stops_what_the_server_left_in_its_process_group(
             await _exited(child)
     assert _alive(children) == []
     assert _zombies(children) == []
+
+
+async def test_stdio_server_that_exits_with_its_stdin_closed_is_named_by_its_exit_status(
+    legacy_server: list[str], children: Children
+) -> None:
+    """A server that closes its stdin and exits (as a failed npx does): the toolset error names its exit status
+    and last words, not only that our next message found its stdin closed."""
+    server = _server(legacy_server, "--exit-at-initialize")
+    agent = Agent(name="a", model=ScriptedModel(["never"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            with pytest.raises(RunFailedError) as failed:
+                await session.ask("go")
+    assert failed.value.kind == "toolset"
+    assert "its process exited with status 1 (stderr: fatal: exiting at initialize)" in str(failed.value)
+    assert "stdin" not in str(failed.value)
+    assert _alive(children) == []
+    assert _zombies(children) == []
