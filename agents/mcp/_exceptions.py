@@ -5,7 +5,7 @@ The tree::
     AgentsError
     └── MCPServerError            an MCP server could not serve a call
         ├── MCPConnectionError    no connection: the server would not start, refused, or did
-        │                         not answer ``initialize`` within ``connect_timeout``
+        │                         not answer ``initialize`` (or ``tools/list``) within ``connect_timeout``
         ├── BrokenMCPServerError  the connection broke: its process exited or was killed, or the
         │                         remote server went away (``__cause__`` holds what we saw)
         └── MCPToolError          the server answered the call with an error (an ``isError``
@@ -33,7 +33,8 @@ class MCPServerError(AgentsError):
 
 
 class MCPConnectionError(MCPServerError):
-    """No connection to the server: it would not start, refused, or did not answer ``initialize`` in time."""
+    """No connection to the server: it would not start, refused, or did not answer ``initialize`` (or
+    ``tools/list``) in time."""
 
 
 class BrokenMCPServerError(MCPServerError):

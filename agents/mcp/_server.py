@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import attrs
 import httpx2
 import pydantic
+import trio
 from mcp.client.stdio import get_default_environment
 from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 
 from agents._tools import Tool
 
 from ._connection import Connection, RemoteSession, open_connection
-from ._exceptions import BrokenMCPServerError
+from ._exceptions import BrokenMCPServerError, MCPConnectionError
 from ._stdio import ServerProcess, stdio_transport
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ Lifetime: TypeAlias = Literal["session", "run"]
 """How long a connection lives: as long as the session (shared by its runs), or one run."""
 
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
-"""Seconds a server has to start and answer ``initialize``."""
+"""Seconds a server has to start and answer ``initialize``, and to list its tools."""
 DEFAULT_SHUTDOWN_GRACE: Final = 2.0
 """Seconds a stdio server has to exit once its stdin is closed, before SIGTERM (the SDK's default too)."""
 DEFAULT_TERMINATE_GRACE: Final = 2.0
@@ -75,7 +76,8 @@ class _MCPServer:
         """``"session"``: one connection per session, opened by its first run that needs it, shared by its
         later runs and concurrent calls, closed with the session. ``"run"``: one connection per run."""
         self.connect_timeout = connect_timeout
-        """Seconds the server has to answer ``initialize`` (and, for stdio, to start)."""
+        """Seconds the server has to answer ``initialize`` (and, for stdio, to start), and each ``tools/list``
+        (all its pages)."""
         self._run_resources: dict[tuple[SessionLike, str], SessionResourceLike[Connection]] = {}
 
     @asynccontextmanager
@@ -83,7 +85,8 @@ class _MCPServer:
         """Connect (once per session by default) and yield the server's tools, as filtered and named here.
 
         Raises:
-            MCPConnectionError: the server could not be reached (the run ends with a ``toolset`` error).
+            MCPConnectionError: the server could not be reached, or did not list its tools within
+                ``connect_timeout`` (the run ends with a ``toolset`` error).
         """
         try:
             resource = await self._connection(ctx.session, ctx.run_id)
@@ -93,6 +96,9 @@ class _MCPServer:
                 resource.close()  # it died between two runs: once more, on a fresh connection
                 resource = await self._connection(ctx.session, ctx.run_id)
                 tools = await self._tools(resource.value)
+            except MCPConnectionError:
+                resource.close()  # it does not list its tools: the next run tries a fresh connection
+                raise
             yield tools
         finally:
             if self.lifetime == "run":
@@ -133,7 +139,14 @@ class _MCPServer:
         return resource
 
     async def _tools(self, connection: Connection) -> Sequence[Tool]:
-        listed_at, listed = await connection.tools()
+        # Bounded: a server that never answers tools/list would hang the run (run_timeout is off by default).
+        with trio.move_on_after(self.connect_timeout) as listing:
+            listed_at, listed = await connection.tools()
+        if listing.cancelled_caught:
+            raise MCPConnectionError(
+                self.name,
+                f"MCP server {self.name!r} did not list its tools within connect_timeout={self.connect_timeout}s",
+            )
         cache = connection.tool_cache
         if cache is not None and cache[0] == listed_at:
             tools: tuple[Tool, ...] = cache[1]
@@ -236,7 +249,7 @@ class MCPServerStdio(_MCPServer):
         allow: Only these of its tools (by their names on the server).
         deny: None of these.
         lifetime: ``"session"`` (default: one connection per session, shared by its runs) or ``"run"``.
-        connect_timeout: Seconds to start and answer ``initialize``.
+        connect_timeout: Seconds to start and answer ``initialize``, and to answer each ``tools/list``.
         shutdown_grace: Seconds to exit once its stdin is closed.
         terminate_grace: Seconds between SIGTERM and SIGKILL.
     """

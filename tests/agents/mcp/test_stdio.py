@@ -104,6 +104,26 @@ async def test_stdio_server_that_never_answers_initialize_fails_within_connect_t
     assert _zombies(children) == []
 
 
+async def test_stdio_server_that_never_answers_tools_list_fails_within_connect_timeout(
+    legacy_server: list[str], children: Children
+) -> None:
+    """A server that answers initialize but never tools/list fails the run's toolset after connect_timeout,
+    as one that never answers initialize does (the run used to wait for the list forever)."""
+    server = _server(legacy_server, "--mute-list", connect_timeout=1.0, shutdown_grace=0.5)
+    agent = Agent(name="a", model=ScriptedModel(["never"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            start = trio.current_time()
+            with pytest.raises(RunFailedError) as failed:
+                await session.ask("go")
+            took = trio.current_time() - start
+    assert failed.value.kind == "toolset"
+    assert "MCP server 'test' did not list its tools within connect_timeout=1.0s" in str(failed.value)
+    assert 1.0 <= took < 1.0 + 10
+    assert _alive(children) == []
+    assert _zombies(children) == []
+
+
 async def test_stdio_server_that_ignores_shutdown_and_sigterm_is_killed_and_reaped(
     test_server: list[str], children: Children
 ) -> None:
