@@ -12,6 +12,7 @@ both import.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final
 
 MAX_JSON_DEPTH: Final = 64
@@ -22,7 +23,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # json.loads takes NaN and Infinity, and json.dumps gives them back
 
 
-_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: JSON, but not a float, and no encoder may write what it becomes
+        raise ValueError(f"the number {text[:32]} is out of range")
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def loads_untrusted(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -33,7 +41,8 @@ def loads_untrusted(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> An
 
     Raises:
         ValueError: not JSON (``json.JSONDecodeError``, ``UnicodeDecodeError``; ``NaN`` and
-            ``Infinity`` too, which ``json.loads`` takes), or nested deeper than ``max_depth``;
+            ``Infinity`` too, which ``json.loads`` takes), a number too large for a float
+            (``1e400``, which ``json.loads`` makes infinite), or nested deeper than ``max_depth``;
             never ``RecursionError``.
     """
     try:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
-from pydantic_core import PydanticSerializationError, to_json
 
 from agents import AssistantMessage, ElicitationResult, RetryPolicy, RunUsage, ToolCallChunk, ToolResultMessage
 from agents._exceptions import describe
@@ -39,7 +38,14 @@ from ._store import (
     StoreUnavailableError,
     storable,
 )
-from ._wire import content_from_json, content_to_json, event_to_json, message_from_json, message_to_json
+from ._wire import (
+    content_from_json,
+    content_to_json,
+    dumps as dumps,
+    event_to_json,
+    message_from_json,
+    message_to_json,
+)
 from .events import (
     AgentSwitched,
     ElicitationRequest,
@@ -73,19 +79,6 @@ INTERRUPTED_RESULT: Final = "error: interrupted: the process running this tool c
 """The result a tool call gets when its run was interrupted before the call had one."""
 
 _RETRY: Final = RetryPolicy(initial=0.05, maximum=2.0)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON text of a value already in JSON form (pydantic-core's encoder: several times faster
-    than ``json``'s, and every event and message of a durable run goes through it).
-
-    A string holding a lone surrogate (valid JSON's ``"\\ud800"``, from a client, a model or a tool) is
-    kept as that escape: pydantic-core, and the databases' UTF-8, refuse the character itself.
-    """
-    try:
-        return to_json(value).decode()
-    except PydanticSerializationError:
-        return json.dumps(value, separators=(",", ":"))  # every non-ASCII character escaped
 
 
 def default_owner() -> str:

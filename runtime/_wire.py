@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_json, to_jsonable_python
 
 from agents import (
     AssistantMessage,
@@ -39,9 +40,41 @@ if TYPE_CHECKING:
 
 _CUSTOM: Final = CustomEvent.__name__
 
-dumps: Final[Callable[[Any], str]] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-"""Compact JSON, one line (what every stream sends). One encoder made once: ``json.dumps`` with
-arguments builds a new one per call."""
+_ASCII_DUMPS: Final[Callable[[Any], str]] = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+"""``json.dumps`` without NaN and Infinity, every non-ASCII character escaped. One encoder made once:
+``json.dumps`` with arguments builds a new one per call."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, one line, of a value already in JSON form: what every stream sends and a store keeps.
+
+    pydantic-core's encoder, several times faster than ``json``'s (every event goes through it). A
+    number JSON cannot hold (infinite or NaN: a tool's ``float("inf")``, a custom event's field) is
+    written ``null``, as JavaScript's ``JSON.stringify`` does, never ``Infinity`` or ``NaN``, which no
+    JSON parser need take. A string holding a lone surrogate (valid JSON's ``"\\ud800"``, from a
+    client, a model or a tool) is written as that escape: pydantic-core, and UTF-8, refuse the
+    character itself.
+    """
+    try:
+        return to_json(value, inf_nan_mode="null").decode()
+    except PydanticSerializationError:  # a lone surrogate, or nested deeper than pydantic-core goes
+        pass
+    try:
+        return _ASCII_DUMPS(value)
+    except ValueError:  # and a number JSON cannot hold: the only time the value is walked first
+        return _ASCII_DUMPS(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every infinite or NaN number made ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 """Values that are their own JSON form: no conversion needed."""

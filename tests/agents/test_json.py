@@ -35,3 +35,18 @@ def test_nesting_past_the_limit_and_bad_bytes_are_value_errors() -> None:
     with pytest.raises(UnicodeDecodeError):  # a ValueError
         loads_untrusted(b'{"a": "\xff"}')
     assert loads_untrusted("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH) is not None
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1e400", '{"x": 1E309}', "[1, " + "9" * 400 + ".0]"])
+def test_a_number_too_large_for_a_float_is_refused(text: str) -> None:
+    """A number json.loads would make infinite is refused as NaN is (else every encoder would have an
+    infinity to write, which is not JSON); large finite numbers, and integers of any size, are kept."""
+    with pytest.raises(ValueError, match="out of range"):
+        loads_untrusted(text)
+    with pytest.raises(ValueError, match="out of range"):
+        loads_untrusted(text.encode())
+    assert loads_untrusted("[1.7976931348623157e308, -5e-324, 1" + "0" * 400 + "]") == [
+        1.7976931348623157e308,
+        -5e-324,
+        10**400,
+    ]

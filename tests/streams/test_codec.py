@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import types
 import typing
 from typing import Any, Final
@@ -42,6 +43,7 @@ from runtime.events import (
 )
 from streams import MalformedMessageError, StreamError, UnknownEvent, event_from_json, event_to_json
 from streams._codec import dumps, escape_surrogates, utf8
+from streams._sse import encode
 
 EVENT_CLASSES: Final = sorted(
     (
@@ -433,3 +435,11 @@ def test_json_text_without_a_lone_surrogate_is_sent_as_it_is() -> None:
     assert utf8(text) == text.encode()
     assert utf8(dumps("\ud800")) == b'"\\ud800"'
     assert escape_surrogates(dumps(["\udfff"])) == '["\\udfff"]'
+
+
+def test_an_event_holding_an_infinite_number_is_sent_as_json() -> None:
+    """A tool call's arguments holding float("inf") (a model's 1e400 read by a lenient parser) reach a client
+    as null in an SSE message, not as Infinity, which no strict parser takes."""
+    message = encode("ToolCallStarted", event_to_json(ToolCallStarted("c1", "f", {"x": math.inf})), 1)
+    data = message.decode().split("data: ", 1)[1]
+    assert json.loads(data, parse_constant=lambda name: pytest.fail(f"{name} sent"))["arguments"] == {"x": None}
