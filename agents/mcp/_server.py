@@ -330,9 +330,11 @@ class MCPServerStreamableHTTP(_MCPServer):
     Args:
         url: The server's endpoint (``…/mcp``).
         headers: Sent with every request (authorization …).
-        timeout: Seconds for connecting, writing and each read of a response (an event stream may stay
-            open longer between events: ``sse_read_timeout``).
-        sse_read_timeout: Seconds an event stream may stay silent.
+        timeout: Seconds for connecting, and for sending a request.
+        sse_read_timeout: Seconds each read of a response may wait: for its status and headers (a server
+            may send them only once the tool is done), for each part of its body, or for an event
+            stream's next event. When it passes, the connection ends: the calls in flight get error
+            results, and the next call connects again (``tool_timeout`` bounds a call and keeps it).
         name: The server's name (default: the URL's host).
         prefix, allow, deny, lifetime, connect_timeout: As for :class:`MCPServerStdio`.
     """
@@ -364,9 +366,9 @@ class MCPServerStreamableHTTP(_MCPServer):
         self.headers = None if headers is None else dict(headers)
         """Sent with every request."""
         self.timeout = timeout
-        """Seconds for connecting, writing, and each read."""
+        """Seconds for connecting, and for sending a request."""
         self.sse_read_timeout = sse_read_timeout
-        """Seconds an event stream may stay silent."""
+        """Seconds each read of a response may wait (its headers, its body, an event stream's next event)."""
 
     def __repr__(self) -> str:
         return f"<MCPServerStreamableHTTP {self.name!r}: {self.url}>"
@@ -392,6 +394,8 @@ async def _http_transport(
         response.stream = _WatchedBody(response.stream, remote)
 
     # As the SDK's own factory makes it: redirects are the transport's to follow, within the endpoint's origin.
+    # One read timeout for every read: the SDK sets no timeout of its own per request, and a server may
+    # hold a tool call's answer, headers and all, for as long as the tool runs.
     client = httpx2.AsyncClient(
         headers=dict(headers or {}),
         timeout=httpx2.Timeout(timeout, read=sse_read_timeout),

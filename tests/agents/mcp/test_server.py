@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     StreamRun = Callable[..., Awaitable[list[Event]]]
 
 LIMIT = 60  # seconds: real processes on a loaded machine
+SLOW = 0.5  # seconds _SessionServer takes to answer echo("slow")
 
 
 @attrs.define(eq=False)
 class _SessionServer:
     """A minimal streamable-HTTP MCP server of the 2025 protocol, with sessions it can forget (as a restart
-    does): then it answers requests naming one with 404, as the SDK's server does."""
+    does): then it answers requests naming one with 404, as the SDK's server does. ``echo`` of "slow" sends
+    its answer, headers and all, after SLOW seconds; of "stall", never."""
 
     sessions: list[str] = attrs.field(factory=list)
     """The sessions it opened, in order."""
@@ -57,6 +59,10 @@ class _SessionServer:
             headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
             while len(body) < int(headers.get("content-length", 0)):
                 body += await stream.receive_some()
+            if b'"stall"' in body:
+                await trio.sleep_forever()
+            if b'"slow"' in body:
+                await trio.sleep(SLOW)  # a tool that takes its time: nothing is sent until it is done
             status, answer, extra = self._answer(method.split()[0], headers.get("mcp-session-id"), body)
             out = json.dumps(answer).encode() if answer is not None else b""
             response = {"content-type": "application/json", "content-length": str(len(out)), **extra}
@@ -228,6 +234,27 @@ async def test_server_http_session_the_server_forgot_is_replaced_by_the_next_cal
     )
     assert three.result == "three"
     assert remote.calls == [("session-0", 200), ("session-0", 404), ("session-1", 200)]
+
+
+async def test_server_http_sse_read_timeout_bounds_the_wait_for_an_answer_and_timeout_does_not(
+    nursery: trio.Nursery, stream_run: StreamRun
+) -> None:
+    """Over HTTP an answer may take longer than ``timeout`` (a server sends nothing until the tool is done);
+    ``sse_read_timeout`` bounds the wait: past it the call fails, and the next call connects again."""
+    remote = _SessionServer()
+    port = await nursery.start(remote.serve)
+    server = MCPServerStreamableHTTP(f"http://127.0.0.1:{port}/mcp", name="remote", timeout=0.1, sse_read_timeout=2)
+    calls = [ToolCall("echo", {"text": text}) for text in ("slow", "stall", "three")]
+    agent = Agent(name="a", model=ScriptedModel([*calls, "done"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            events = await stream_run(session, "go")
+    slow, stall, three = [event for event in events if isinstance(event, ToolCallFinished)]
+    assert slow.result == "slow"
+    assert stall.error is not None
+    assert stall.error.startswith("MCP server 'remote' went away during echo")
+    assert three.result == "three"
+    assert remote.sessions == ["session-0", "session-1"]
 
 
 async def test_server_error_with_the_code_of_connection_closed_fails_only_that_call(test_server: list[str]) -> None:
