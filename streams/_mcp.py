@@ -598,10 +598,12 @@ class McpEndpoint:
 
     The served runtime checks what it checks for every route (``Host``,
     ``Origin``, the token, the body's size and time) before a request gets
-    here. A request without ``Mcp-Session-Id`` opens a session (it must be
-    an ``initialize``, or the session is closed again); one with an id the
-    endpoint does not know (never was, or closed) is answered 404 with a
-    JSON-RPC error, which tells the client to start again.
+    here. A POST of an ``initialize`` without ``Mcp-Session-Id`` opens a
+    session (closed again if MCP's transport refuses it, as it refuses a
+    body that is not a message); any other request without one is answered
+    400, opening nothing; one with an id the endpoint does not know (never
+    was, or closed) is answered 404 with a JSON-RPC error, which tells the
+    client to start again.
 
     Args:
         agent: The agent, served as one tool.
@@ -627,7 +629,10 @@ class McpEndpoint:
         (``receive`` gives it again)."""
         session_id = _header(scope, MCP_SESSION_ID_HEADER)
         if session_id is None:
-            await self._open(scope, receive, send)
+            if scope["method"] == "POST" and _may_open(body):
+                await self._open(scope, receive, send)
+            else:  # refused before a session is opened: no session limit can answer 503 instead
+                await _missing_session(scope, receive, send)
             return
         found = self._sessions.get(session_id)
         if found is None:
@@ -715,12 +720,33 @@ def _request_id(body: bytes) -> types.RequestId | None:
     return message.id if isinstance(message, types.JSONRPCRequest) else None
 
 
+def _may_open(body: bytes) -> bool:
+    """Whether a POST without a session id may open one: an ``initialize``, or a body that is not a message
+    (MCP's transport answers that, in a session it opens and closes at once)."""
+    try:
+        message = types.jsonrpc_message_adapter.validate_json(body, by_name=False)
+    except ValueError:  # pydantic's ValidationError is a ValueError
+        return True
+    return isinstance(message, types.JSONRPCRequest) and message.method == "initialize"
+
+
 def _header(scope: Scope, name: str) -> str | None:
     wanted = name.encode()
     for key, value in scope["headers"]:
         if key.lower() == wanted:
             return str(value.decode("latin-1"))
     return None
+
+
+async def _missing_session(scope: Scope, receive: Receive, send: Send) -> None:
+    """MCP's transport's own answer to a request that needs a session and names none."""
+    error = types.JSONRPCError(
+        jsonrpc="2.0",
+        id=None,
+        error=types.ErrorData(code=types.INVALID_REQUEST, message="Bad Request: Missing session ID"),
+    )
+    body = error.model_dump_json(by_alias=True, exclude_unset=True)
+    await Response(body, status_code=400, media_type="application/json")(scope, receive, send)
 
 
 async def _unknown_session(scope: Scope, receive: Receive, send: Send) -> None:

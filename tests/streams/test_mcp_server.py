@@ -448,6 +448,25 @@ async def test_mcp_http_a_request_that_does_not_open_a_session_leaves_none() -> 
     assert full.json()["error"]["type"] == "too_many_sessions"
 
 
+async def test_mcp_http_a_request_without_a_session_id_that_is_not_initialize_is_400_even_when_full() -> None:
+    """A GET, a DELETE or a message other than initialize without Mcp-Session-Id is answered 400 (-32600)
+    before any session opens: at max_sessions too, where opening one first answered 503."""
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    with trio.fail_after(TIMEOUT):
+        async with serving(max_sessions=1) as server:
+            async with httpx.AsyncClient(base_url=server.url, headers={**AUTH, **MCP_HEADERS}) as http:
+                assert (await http.post("/mcp", json=INITIALIZE)).status_code == 200
+                (opened,) = server.sessions
+                answers = {
+                    "GET": await http.get("/mcp"),
+                    "DELETE": await http.delete("/mcp"),
+                    "tools/list": await http.post("/mcp", json=listing),
+                }
+                assert list(server.sessions) == [opened]
+    shapes = {what: (answer.status_code, answer.json()["error"].get("code")) for what, answer in answers.items()}
+    assert shapes == {"GET": (400, -32600), "DELETE": (400, -32600), "tools/list": (400, -32600)}
+
+
 async def test_mcp_http_a_client_probing_the_2026_era_first_falls_back_to_the_handshake() -> None:
     """The SDK's high-level Client (mode "auto": server/discover first) ends up on the handshake era, and works."""
     timeout = httpx2.Timeout(TIMEOUT, read=300)
