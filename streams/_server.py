@@ -43,7 +43,8 @@ from runtime._tracing import attached as attached_trace, extracted as extracted_
 from runtime.events import RunFinished, RunStarted
 
 from ._broadcast import Broadcast, Dropped, Subscriber
-from ._codec import content_from_json, dumps, escape_surrogates, event_to_json
+from ._client import MAX_MESSAGE
+from ._codec import content_from_json, dumps, escape_surrogates, event_to_json, utf8
 from ._error_shape import JSONResponse, error_response, json_errors
 from ._exceptions import (
     InvalidSessionIdError,
@@ -1127,7 +1128,13 @@ def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
         fields = workspace.command(command)
     except WorkspaceError as exc:
         return _failed(command_id, exc.kind, str(exc))
-    return {"type": "result", "id": command_id, "ok": True, **fields}
+    answer = {"type": "result", "id": command_id, "ok": True, **fields}
+    # A read or a list: the files fit the workspace as UTF-8, but JSON escapes may make the answer more than
+    # a client takes in one message (open_workspace_stream would close the connection with 1009).
+    if fields and len(utf8(dumps(answer))) > MAX_MESSAGE:
+        message = f"the answer would be over {MAX_MESSAGE} bytes as JSON, more than a client takes in one message"
+        return _failed(command_id, "too_large", message)
+    return answer
 
 
 def _failed(command_id: Any, kind: str, message: str) -> dict[str, Any]:

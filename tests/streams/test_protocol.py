@@ -514,6 +514,7 @@ async def test_the_workspace_sends_the_documented_messages_and_error_types(
             async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT, headers=AUTH) as client:
                 await client.post("/sessions", json={"id": "s1"})
                 served = server.sessions["s1"]
+                served.workspace.write("huge", "\n" * (8 * 2**20 + 1))  # over 16 MiB as JSON
                 served.workspace.max_bytes = 10
                 async with open_raw_websocket(server.port, "/sessions/s1/workspace", headers=AUTH) as ws:
                     failing = [
@@ -522,15 +523,17 @@ async def test_the_workspace_sends_the_documented_messages_and_error_types(
                         json.dumps({"id": 2, "op": "read", "path": ""}),
                         json.dumps({"id": 3, "op": "read", "path": "missing"}),
                         json.dumps({"id": 4, "op": "write", "path": "big", "content": "x" * 11}),
+                        json.dumps({"id": 5, "op": "read", "path": "huge"}),
                     ]
                     answers = []
                     for command in failing:
                         await ws.send_text(command)
                         answers.append(await ws.receive_json())
+                    served.workspace.delete("huge")
                     await trio.testing.wait_all_tasks_blocked()
                     for n in range(5):  # at once: more than the buffer of 2
                         served.workspace.write(f"{n}", "x")
-                    await ws.send_text(json.dumps({"id": 5, "op": "list"}))
+                    await ws.send_text(json.dumps({"id": 6, "op": "list"}))
                     messages = [await ws.receive_json()]
                     while messages[-1]["type"] != "result":
                         messages.append(await ws.receive_json())
@@ -541,6 +544,7 @@ async def test_the_workspace_sends_the_documented_messages_and_error_types(
         "bad_path",
         "no_such_file",
         "workspace_full",
+        "too_large",
     ]
     assert {answer["error"]["type"] for answer in answers} == documented_types("workspace-errors")
     assert {message["type"] for message in [*answers, *messages]} == documented_types("workspace-messages")

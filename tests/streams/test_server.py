@@ -36,6 +36,7 @@ from runtime.events import (
     Usage,
 )
 from streams import WORKSPACE_TOOLS, SessionExistsError, event_from_json, open_server
+from streams._client import MAX_MESSAGE
 from streams._server import DETACHED_DRAIN_TIMEOUT
 
 if TYPE_CHECKING:
@@ -1159,6 +1160,31 @@ async def test_a_workspace_client_that_pipelines_commands_gets_every_answer(
                         notices.append(message["type"])
     assert answered == list(range(count))
     assert set(notices) <= {"WorkspaceChanged", "EventsDropped"}
+
+
+async def test_a_workspace_read_whose_answer_a_client_cannot_take_fails_and_the_connection_goes_on(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A file the workspace holds (the agent's 8 MiB of newlines) whose answer would be over the client's
+    16 MiB message size as JSON (each newline is 2 bytes there) is refused as ``too_large``, a WorkspaceError:
+    the package's own client gets no message it would close the connection for (1009), and reads on; a file
+    just under that size as JSON is read in full."""
+    escaped = "\n" * (8 * 2**20 + 1)
+    fitting = "x" * (MAX_MESSAGE - 100)
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            workspace = server.sessions["s1"].workspace
+            workspace.write("escaped.txt", escaped, source="agent")
+            url = f"ws://127.0.0.1:{server.port}/sessions/s1/workspace"
+            async with streams.open_workspace_stream(url) as ws:
+                with pytest.raises(streams.WorkspaceError) as refused:
+                    await ws.request("read", "escaped.txt")
+                assert refused.value.kind == "too_large"
+                assert (await ws.request("list"))["paths"] == ["escaped.txt"]
+                workspace.delete("escaped.txt", source="agent")
+                workspace.write("fitting.txt", fitting, source="agent")
+                assert (await ws.request("read", "fitting.txt"))["content"] == fitting
 
 
 def body_of(size: int) -> bytes:
