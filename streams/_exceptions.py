@@ -84,7 +84,7 @@ class WorkspaceError(StreamError):
         super().__init__(message)
         self.kind = kind
         """The error's ``type`` in the workspace protocol (PROTOCOL.md): ``no_such_file``, ``bad_path``,
-        ``workspace_full``, ``bad_command``, ``bad_json``."""
+        ``workspace_full``, ``too_large``, ``bad_command``, ``bad_json``."""
 
 
 class SessionExistsError(StreamError, ValueError):
