@@ -175,7 +175,7 @@ class ElicitationBridge:
 def compile_schema(schema: type[Any] | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, Callable[[Any], Any]]:
     """The JSON schema to show, and the validator of accepted content."""
     if schema is None:
-        return None, _anything
+        return None, as_given
     if isinstance(schema, Mapping):
         # Two copies: the validator keeps the schema as the tool asked it, whatever the consumer does with
         # the one it is shown, or the tool with its own afterwards.
@@ -205,7 +205,8 @@ def _compile_type(schema: Any) -> tuple[dict[str, Any], Callable[[Any], Any]]:
     return adapter.json_schema(), adapter.validate_python
 
 
-def _anything(content: Any) -> Any:
+def as_given(content: Any) -> Any:
+    """The validator of a question without a schema: any content, as it is."""
     return content
 
 

@@ -26,7 +26,6 @@ import trio
 from agents import AssistantMessage, ElicitationResult, RetryPolicy, RunUsage, ToolCallChunk, ToolResultMessage
 from agents._exceptions import describe
 
-from ._bridge import compile_schema
 from ._store import (
     Checkpoint,
     EventRow,
@@ -666,11 +665,14 @@ class Suspended:
     def resumption(self, given: Mapping[str, tuple[str, Any]] | None) -> Resumption:
         """What the resuming run needs: per call id, its questions, each with its answer if ``given`` has one.
 
+        Only an answer's action is checked here: its content is checked when its call asks the question
+        again, by the tool's own validator (see :class:`ResumedQuestion`).
+
         Raises:
             UnknownElicitationError: ``given`` answers a question that is not pending.
-            InvalidElicitationResponse: an answer does not fit its question.
+            InvalidElicitationResponse: an answer's action is not ``accept``, ``decline`` or ``cancel``.
         """
-        from ._bridge import PendingElicitation
+        from ._bridge import PendingElicitation, as_given
         from ._exceptions import UnknownElicitationError
 
         given = dict(given or {})
@@ -680,8 +682,7 @@ class Suspended:
             answer = given.pop(row.elicitation_id, None)
             outcome: ElicitationResult | None = None
             if answer is not None:
-                _, validate = compile_schema(request.schema)
-                pending = PendingElicitation(row.elicitation_id, validate)
+                pending = PendingElicitation(row.elicitation_id, as_given)
                 pending.answer(*answer)
                 outcome = pending.result
             questions.setdefault(call_ids.get(row.call_id, row.call_id), []).append(ResumedQuestion(request, outcome))
@@ -692,7 +693,11 @@ class Suspended:
 
 class ResumedQuestion:
     """A question a resumed call asked before: asked again with the same text, it keeps its id (and is
-    answered at once if the answer came with the resumption)."""
+    answered at once if the answer came with the resumption).
+
+    Its ``answer`` is as given: the tool's own validator (a pydantic model, lax coercion) checks an accepted
+    one when the call asks again; the JSON schema stored with the question is only what the consumer was shown.
+    """
 
     __slots__ = ("answer", "request")
 

@@ -50,8 +50,8 @@ from agents._exceptions import ToolArgumentsError, describe
 from agents._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from agents._output import OutputSpec, OutputValidationError
 
-from ._bridge import ElicitationBridge, PendingElicitation, compile_schema
-from ._exceptions import ClosedRunStreamError
+from ._bridge import ElicitationBridge, PendingElicitation, as_given, compile_schema
+from ._exceptions import ClosedRunStreamError, InvalidElicitationResponse
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._store import StoreError
@@ -1227,8 +1227,9 @@ class AgentRun:
 
 class _ResumedQuestions:
     """A resumed tool call's elicitor: a question it asked before, asked again (the same text, schema and
-    agent), keeps its id, and is answered at once if the answer came with the resumption; others are asked
-    as usual."""
+    agent), keeps its id, and is answered at once if the answer came with the resumption (or was given on the
+    stream before) and the tool's validator takes it; others, and one whose answer it refuses, are asked on
+    the stream (with the old id)."""
 
     __slots__ = ("_answered", "_bridge", "_questions")
 
@@ -1247,13 +1248,19 @@ class _ResumedQuestions:
     ) -> ElicitationResult:
         if timeout is not None and not timeout >= 0:  # as the bridge checks it, before an answer is given
             raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
-        json_schema, _ = compile_schema(schema)
+        json_schema, validate = compile_schema(schema)
         for at, question in enumerate(self._questions):
             if question.matches(message, json_schema, agent):
                 del self._questions[at]
                 if question.answer is not None:
-                    await self._answered(question.request.id)  # kept before the tool acts on it
-                    return question.answer
+                    # Checked as a live answer is, by the tool's own validator (its model, lax coercion); one it
+                    # refuses is not handed over: the question is asked again.
+                    check = PendingElicitation(question.request.id, validate)
+                    with contextlib.suppress(InvalidElicitationResponse):
+                        check.answer(question.answer.action, question.answer.content)
+                    if check.result is not None:
+                        await self._answered(question.request.id)  # kept before the tool acts on it
+                        return check.result
                 return await self._bridge.elicit(
                     message, schema=schema, timeout=timeout, agent=agent, request_id=question.request.id
                 )
@@ -1262,13 +1269,14 @@ class _ResumedQuestions:
 
 class _ResumedPending(PendingElicitation):
     """A resumed question its call has not asked again yet (listed in the run's ``pending``): an answer given
-    now is kept in the question, for when its call asks it."""
+    now is kept in the question, for when its call asks it. Only its action is checked now: its content is
+    checked by the tool's validator when the call asks (the stored JSON schema would refuse what the tool takes,
+    "3" for an int, and could not give it its pydantic model)."""
 
     __slots__ = ("question",)
 
     def __init__(self, question: ResumedQuestion) -> None:
-        _, validate = compile_schema(question.request.schema)  # its JSON schema, as stored
-        super().__init__(question.request.id, validate)
+        super().__init__(question.request.id, as_given)
         self.question = question
 
     def answer(self, action: str, content: Any) -> None:

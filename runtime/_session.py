@@ -335,8 +335,12 @@ class Session(Generic[OutputT]):
         calls. From the moment it starts, this stream lists the questions not
         answered in ``answers`` (``pending_elicitations``; :attr:`pending` is
         then empty) and takes their answers (``respond``), even before their
-        calls ask them again. :meth:`run` does the same first when a run is
-        suspended, then adds its user's message. A resuming run that ends
+        calls ask them again. An answer given either way is checked when its
+        question is asked again, by the tool's own schema as a live answer is
+        (the tool gets its pydantic model, say); one it refuses is not given:
+        the question is asked again on this stream with its id. :meth:`run`
+        does the same first when a run is suspended, then adds its user's
+        message. A resuming run that ends
         before it has made those calls leaves the session suspended.
 
         Tools that can be resumed this way are those that may be called again:
@@ -354,8 +358,9 @@ class Session(Generic[OutputT]):
 
         Raises:
             NothingToResumeError: (on entering) no run of this session waits for answers.
-            UnknownElicitationError, InvalidElicitationResponse: (on entering) an answer
-                names no pending question, or does not fit it.
+            UnknownElicitationError: (on entering) an answer names no pending question.
+            InvalidElicitationResponse: (on entering) an answer's action is not ``accept``, ``decline`` or
+                ``cancel``.
         """
         return RunStream(
             self, functools.partial(Session._start_run, answers=answers or {}), None, deps, left=Session._became_unused

@@ -15,9 +15,10 @@ import random
 import sqlite3
 import string
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import attrs
+import pydantic
 import pytest
 import trio
 import trio.testing
@@ -1763,9 +1764,9 @@ async def test_a_resumed_question_asked_with_a_bad_timeout_is_a_value_error(tmp_
 async def test_a_resumed_question_is_answered_on_the_stream_before_its_call_asks_it_again(tmp_path: Path) -> None:
     """Two calls wait on questions when the process dies; resume() with the first one's answer: its stream
     lists the other question from its start and takes its answer (respond) before its call asks it again
-    (the calls wait here until then), checked against the stored schema; the call uses that answer, nothing
-    is asked again and the session waits no more. Before, the answer was refused (nothing listed it) and the
-    call then asked it again."""
+    (the calls wait here until then), its action checked at once (its content when its call asks); the call
+    uses that answer, nothing is asked again and the session waits no more. Before, the answer was refused
+    (nothing listed it) and the call then asked it again."""
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
     gate = trio.Event()
     gate.set()
@@ -1801,7 +1802,7 @@ async def test_a_resumed_question_is_answered_on_the_stream_before_its_call_asks
             assert session.pending == ()
             assert stream.pending_elicitations == (second.id,)
             with pytest.raises(InvalidElicitationResponse):
-                await stream.respond(second.id, "accept", 5)  # not a string: it stays open
+                await stream.respond(second.id, "maybe", "yes b")  # type: ignore[arg-type]  # it stays open
             await stream.respond(second.id, "accept", "yes b")
             assert not stream.pending_elicitations
             with pytest.raises(UnknownElicitationError):
@@ -1813,3 +1814,67 @@ async def test_a_resumed_question_is_answered_on_the_stream_before_its_call_asks
         assert sorted(got) == [("a", "yes a"), ("b", "yes b")]
         assert session.pending == ()
         assert session.suspended_run is None
+
+
+class Deployment(pydantic.BaseModel):
+    env: Literal["staging", "prod"]
+    replicas: int
+
+
+@pytest.mark.parametrize("given", ["to-resume", "on-the-stream"])
+async def test_a_resumed_answer_is_validated_by_the_tools_own_schema_when_its_call_asks_again(
+    tmp_path: Path, given: str
+) -> None:
+    """Answers given to resume(), or on its stream before their calls ask again, are checked by the tool's own
+    validator as a live answer is: the tool gets its pydantic model (a lax "3" taken as 3), and an answer the
+    validator refuses is not handed over: its question is asked again on the stream with its id. Before, they
+    were checked against the stored JSON schema only: the tool got a plain dict, and "3" was refused."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+    gate = trio.Event()
+    gate.set()
+    got: dict[int, Any] = {}
+
+    @tool
+    async def deploy(ctx: ToolContext[None], n: int) -> str:
+        """Ask how to deploy (once let through)."""
+        await gate.wait()
+        answer = await ctx.elicit(f"How ({n})?", schema=Deployment)
+        got[n] = answer.content
+        return "ok"
+
+    def model(request: ModelRequest) -> str | list[ToolCall]:
+        if isinstance(request.messages[-1], UserMessage):
+            return [ToolCall("deploy", {"n": 1}), ToolCall("deploy", {"n": 2})]
+        return "done"
+
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(model)), tools=[deploy])
+    async with in_session(path, agent, session_id="m") as session, session.run("go") as stream:
+        asked = 0
+        async for event in stream:
+            if isinstance(event, ElicitationRequest):
+                asked += 1
+                if asked == 2:
+                    crash_image(path, image)
+                    break
+    gate = trio.Event()  # the calls made again wait before they ask
+    lax = {"env": "prod", "replicas": "3"}
+    wrong = {"env": "dev", "replicas": 1}
+    async with in_session(image, agent, session_id="m") as session:
+        first, second = sorted(session.pending, key=lambda question: question.message)
+        answers: dict[str, tuple[Literal["accept"], Any]] = {}
+        if given == "to-resume":
+            answers = {first.id: ("accept", lax), second.id: ("accept", wrong)}
+        asked_again: list[str] = []
+        async with session.resume(answers) as stream:
+            if given == "on-the-stream":
+                await stream.respond(first.id, "accept", lax)
+                await stream.respond(second.id, "accept", wrong)
+            gate.set()
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    asked_again.append(event.id)
+                    await stream.respond(event.id, "accept", {"env": "staging", "replicas": 2})
+        assert asked_again == [second.id]
+        assert got == {1: Deployment(env="prod", replicas=3), 2: Deployment(env="staging", replicas=2)}
+        assert stream.result.reason == "completed"
+        assert session.pending == ()
