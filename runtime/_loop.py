@@ -102,6 +102,9 @@ _NO_SCOPE: Final = contextlib.nullcontext()
 
 # In a durable run, the top-level tool call the current task works for: its questions are stored with it.
 _TOP_CALL: ContextVar[str | None] = ContextVar("trio_agents_top_call", default=None)
+# A resumed top-level call's elicitor, with its run: the sub-agents it runs ask through it too, so a question
+# one of them asked before the crash is answered from the resumption, or asked again with its id.
+_RESUMED: ContextVar[tuple[AgentRun, Elicitor] | None] = ContextVar("trio_agents_resumed", default=None)
 
 ON_RUN_END_GRACE: Final = 1.0
 """Seconds ``on_run_end`` hooks may take when the run was cancelled."""
@@ -1004,7 +1007,10 @@ class AgentRun:
             return self._call_tool_traced(tracing, results, index, call, arguments, parse_error, tools)
         journal = self._journal
         if journal is None:
-            return self._run_tool(results, index, call, arguments, parse_error, tools, self._bridge)
+            elicitor: Elicitor = self._bridge
+            if self._root is not None and (resumed := _RESUMED.get()) is not None and resumed[0] is self._root:
+                elicitor = resumed[1]  # a sub-agent of a resumed call
+            return self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
         return self._call_tool_durable(journal, results, index, call, arguments, parse_error, tools)
 
     async def _call_tool_traced(
@@ -1053,7 +1059,11 @@ class AgentRun:
             # call the same id.
             resumed = None if self._resume is None else self._resume.questions.pop(call.call_id, None)
             elicitor = self._bridge if resumed is None else _ResumedQuestions(self._bridge, resumed, self.answered)
-            return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
+            resumed_token = _RESUMED.set(None if resumed is None else (self, elicitor))
+            try:
+                return await self._run_tool(results, index, call, arguments, parse_error, tools, elicitor)
+            finally:
+                _RESUMED.reset(resumed_token)
         finally:
             if resumed:  # the questions it did not ask again
                 self._unlist(resumed)

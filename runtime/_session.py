@@ -329,8 +329,9 @@ class Session(Generic[OutputT]):
         The resuming run is a new run (its ``RunStarted`` names the run it
         resumes in ``resumes``): the tool calls that were waiting are called
         again, a pending question they ask again (the same message, schema and
-        agent) answered from ``answers`` (by question id: ``(action, content)``)
-        or asked again on this stream with its old id, and the loop goes on
+        agent: a sub-agent they run asks its own) answered from ``answers``
+        (by question id: ``(action, content)``) or asked again on this stream
+        with its old id, and the loop goes on
         from there; the model is not asked again for the turn that made those
         calls. From the moment it starts, this stream lists the questions not
         answered in ``answers`` (``pending_elicitations``; :attr:`pending` is

@@ -1878,3 +1878,45 @@ async def test_a_resumed_answer_is_validated_by_the_tools_own_schema_when_its_ca
         assert got == {1: Deployment(env="prod", replicas=3), 2: Deployment(env="staging", replicas=2)}
         assert stream.result.reason == "completed"
         assert session.pending == ()
+
+
+@pytest.mark.parametrize("answered", [True, False])
+async def test_a_sub_agents_question_pending_at_a_crash_is_answered_by_resume_or_asked_again_with_its_id(
+    tmp_path: Path, answered: bool
+) -> None:
+    """A sub-agent's approval waiting when the process died: resume() with its answer approves the call made
+    again (nothing asked on the stream); without one, it is asked again with its stored id. Before, nested runs
+    asked through the plain bridge: the answer was dropped and the question asked again under a new id."""
+    path, image = tmp_path / "s.db", tmp_path / "crashed.db"
+
+    def child_turn(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        return f"child: {last.text}" if isinstance(last, ToolResultMessage) else ToolCall("pay", {"amount": 5})
+
+    def top_turn(request: ModelRequest) -> str | ToolCall:
+        last = request.messages[-1]
+        if isinstance(last, ToolResultMessage):
+            return f"top: {last.text}"
+        return ToolCall("transfer_task", {"agent": "child", "task": "pay 5"})
+
+    child = Agent(name="child", model=ScriptedModel(itertools.repeat(child_turn)), tools=[pay])
+    agent = Agent(name="top", model=ScriptedModel(itertools.repeat(top_turn)), sub_agents=[child])
+    async with in_session(path, agent, session_id="n") as session, session.run("go") as stream:
+        async for event in stream:
+            if isinstance(event, SubAgentEvent) and isinstance(event.innermost()[1], ElicitationRequest):
+                crash_image(path, image)
+                break
+    async with in_session(image, agent, session_id="n") as session:
+        (question,) = session.pending
+        assert question.agent == "child"
+        asked_again: list[str] = []
+        async with session.resume({question.id: ("accept", None)} if answered else None) as stream:
+            async for event in stream:
+                inner = event.innermost()[1] if isinstance(event, SubAgentEvent) else event
+                if isinstance(inner, ElicitationRequest):
+                    asked_again.append(inner.id)
+                    await stream.respond(inner.id, "accept")
+        assert asked_again == ([] if answered else [question.id])
+        assert paid == [5]
+        assert stream.result.output == "top: child: paid 5"
+        assert session.pending == ()
