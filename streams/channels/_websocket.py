@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 from contextlib import suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -23,6 +24,37 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streams")
 
 _SLOW_CLIENT_REASON: Final = "client too slow"
+
+
+async def _open_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """A listener for each address of ``host``, all on ``port`` (0: one free port for them all).
+
+    ``trio.open_tcp_listeners(0, ...)`` gives each address (``localhost``: ``::1`` and
+    ``127.0.0.1``) its own free port, and only one of them could be reported.
+
+    Raises:
+        OSError: a listener could not be opened (none is left open).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    if port != 0 or len(listeners) == 1:
+        return listeners
+    port = listeners[0].socket.getsockname()[1]
+    sockets = [listener.socket for listener in listeners]
+    try:
+        for i, old in enumerate(sockets[1:], 1):
+            address = (old.getsockname()[0], port, *old.getsockname()[2:])
+            old.close()
+            sockets[i] = sock = trio.socket.socket(old.family, old.type, old.proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in sockets]
 
 
 @attrs.frozen
@@ -120,7 +152,7 @@ class WebSocketChannel:
     Args:
         name: The channel's name on the bus.
         host: The interface to listen on.
-        port: The port to listen on; 0 picks a free one (see :attr:`port`).
+        port: The port to listen on; 0 picks a free one, the same for every address of ``host`` (see :attr:`port`).
         queue_size: The most messages buffered for one connection.
         connect_timeout: Seconds a client has to finish the opening handshake.
         disconnect_timeout: Seconds a closing handshake may take before the socket is dropped.
@@ -213,7 +245,7 @@ class WebSocketChannel:
         # Claim our outbound queue before reporting ready, so no reply published after that is dropped.
         outbound = bus.outbound(self.name)
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            listeners = await _open_listeners(self.port, self.host)
             self.port = listeners[0].socket.getsockname()[1]
             await nursery.start(trio.serve_listeners, partial(self._serve, bus), listeners)
             nursery.start_soon(self._route, outbound, name=f"{self.name} router")

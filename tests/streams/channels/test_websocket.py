@@ -6,7 +6,7 @@ import json
 import socket
 import struct
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pytest
 import trio
@@ -350,3 +350,59 @@ async def test_websocket_channel_sends_nothing_after_a_message_cut_short_by_the_
                 parts = [event for event in events if isinstance(event, TextMessage)]
                 assert not parts[-1].frame_finished  # the reply, cut short
             assert channel.statistics().connections == 0
+
+
+class _LocalhostOnBothFamilies(trio.abc.HostnameResolver):
+    """``localhost`` as most distributions' /etc/hosts has it: ``::1`` and ``127.0.0.1``."""
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[
+        tuple[Literal[socket.AddressFamily.AF_INET], socket.SocketKind, int, str, tuple[str, int]]
+        | tuple[
+            Literal[socket.AddressFamily.AF_INET6],
+            socket.SocketKind,
+            int,
+            str,
+            tuple[str, int, int, int] | tuple[int, bytes],
+        ]
+    ]:
+        assert host == b"localhost"
+        assert isinstance(port, (bytes, int))
+        number = int(port)
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("::1", number, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", number)),
+        ]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+async def test_websocket_channel_on_port_0_listens_on_one_port_for_every_address_of_its_host() -> None:
+    """``host="localhost", port=0`` with localhost on ``::1`` and ``127.0.0.1``: both listeners are on the
+    reported port (each had its own random port, and a client of the other address was refused)."""
+    channel = WebSocketChannel(host="localhost", port=0)
+    trio.socket.set_custom_hostname_resolver(_LocalhostOnBothFamilies())
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(channel.run, MessageBus())
+                trio.socket.set_custom_hostname_resolver(None)
+                assert port == channel.port
+                for address in ("[::1]", "127.0.0.1"):
+                    url = f"ws://{address}:{port}/"
+                    async with open_websocket_url(
+                        url, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=DISCONNECT_TIMEOUT
+                    ) as ws:
+                        assert await _hello(ws)
+                nursery.cancel_scope.cancel()
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
