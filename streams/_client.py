@@ -29,7 +29,7 @@ from agents.models._sse import SSEStream
 from runtime._tracing import inject as inject_trace
 
 from ._broadcast import Subscriber
-from ._codec import UnknownEvent, event_from_json, utf8
+from ._codec import UnknownEvent, dumps, event_from_json, utf8
 from ._exceptions import (
     InvalidRequestError,
     MalformedMessageError,
@@ -529,7 +529,8 @@ class WorkspaceStream:
         """Run a command (``read``, ``write``, ``delete``, ``list``) and return the server's answer.
 
         Raises:
-            WorkspaceError: the command failed (``ok`` is false).
+            WorkspaceError: the command failed (``ok`` is false); ``kind="too_large"`` without sending it if it
+                is over :data:`MAX_MESSAGE` bytes as JSON (the connection stays open).
             PeerSilentError: no answer within ``request_timeout``.
             StreamClosedError: the connection ended first.
         """
@@ -541,10 +542,17 @@ class WorkspaceStream:
             command["path"] = path
         if content is not None:
             command["content"] = content
+        # Compact UTF-8, as the server measures it: ``json.dumps``'s ASCII escapes made a file the workspace
+        # holds (6 bytes for an ``é``) a message over the server's limit, which closed the connection.
+        text = dumps(command)
+        if len(utf8(text)) > MAX_MESSAGE:
+            raise WorkspaceError(
+                f"the command is over {MAX_MESSAGE} bytes as JSON, more than the server takes", kind="too_large"
+            )
         reply = self._waiting[command_id] = _Reply()
         try:
             with trio.move_on_after(self._request_timeout) as waited:
-                await self._outgoing.send(json.dumps(command))
+                await self._outgoing.send(text)
                 await reply.done.wait()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise self._error or StreamClosedError(f"{self._url} is closed") from None

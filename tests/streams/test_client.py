@@ -214,6 +214,28 @@ async def test_workspace_stream_iterates_the_changes_of_clients_and_the_agent(
     assert own == changes
 
 
+async def test_workspace_stream_sends_a_command_as_utf8_and_refuses_one_over_the_limit_keeping_the_connection(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A file the workspace holds (6 MB of ``é``) is written through the client: sent with ASCII escapes
+    (18 MB) it was over the server's message limit, which closed the connection (1009). A command over
+    MAX_MESSAGE bytes as compact UTF-8 JSON raises WorkspaceError(too_large) unsent, and the stream goes on."""
+    content = "é" * 3_000_000
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            async with open_workspace_stream(ws_url(server, "s1", "workspace")) as ws:
+                await ws.request("write", "big.txt", content)
+                with pytest.raises(WorkspaceError, match="over") as too_large:
+                    await ws.request("write", "huge.txt", "x" * MAX_MESSAGE)
+                listed = await ws.request("list")
+            stored = server.sessions["s1"].workspace.read("big.txt")
+
+    assert stored == content
+    assert too_large.value.kind == "too_large"
+    assert listed["paths"] == ["big.txt"]
+
+
 # -- the SSE listener ------------------------------------------------------------
 
 
