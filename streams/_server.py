@@ -1127,13 +1127,16 @@ def _answer_command(workspace: Workspace, text: str) -> dict[str, Any]:
     try:
         fields = workspace.command(command)
     except WorkspaceError as exc:
-        return _failed(command_id, exc.kind, str(exc))
-    answer = {"type": "result", "id": command_id, "ok": True, **fields}
-    # A read or a list: the files fit the workspace as UTF-8, but JSON escapes may make the answer more than
-    # a client takes in one message (open_workspace_stream would close the connection with 1009).
-    if fields and len(utf8(dumps(answer))) > MAX_MESSAGE:
+        answer = _failed(command_id, exc.kind, str(exc))
+    else:
+        answer = {"type": "result", "id": command_id, "ok": True, **fields}
+    # Any answer may be more than a client takes in one message (open_workspace_stream would close the
+    # connection with 1009): a read's or a list's JSON escapes, or the echoed id of a command near the limit.
+    if len(utf8(dumps(answer))) > MAX_MESSAGE:
         message = f"the answer would be over {MAX_MESSAGE} bytes as JSON, more than a client takes in one message"
-        return _failed(command_id, "too_large", message)
+        answer = _failed(command_id, "too_large", message)
+        if len(utf8(dumps(answer))) > MAX_MESSAGE:
+            answer = _failed(None, "too_large", message)  # the id alone is too large to send back
     return answer
 
 

@@ -1187,6 +1187,36 @@ async def test_a_workspace_read_whose_answer_a_client_cannot_take_fails_and_the_
                 assert (await ws.request("read", "fitting.txt"))["content"] == fitting
 
 
+async def test_a_workspace_answer_echoing_an_id_too_large_to_send_back_fails_within_the_message_size(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A command near the 16 MiB message size: its answer, the id echoed, would be over it. A read's answer is
+    refused as ``too_large`` with the id; a failure (a delete of no file) the id alone makes too large is
+    ``too_large`` with ``id: null``. Both were sent over the size, closing the connection (1009); it goes on."""
+    read = json.dumps({"id": "r" * (MAX_MESSAGE - 600), "op": "read", "path": "small.txt"})
+    delete = json.dumps({"id": "d" * (MAX_MESSAGE - 60), "op": "delete", "path": "missing"})
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            server.sessions["s1"].workspace.write("small.txt", "x" * 1000, source="agent")
+            url = f"ws://127.0.0.1:{server.port}/sessions/s1/workspace"
+            async with open_websocket_url(
+                url, max_message_size=MAX_MESSAGE, connect_timeout=TIMEOUT, disconnect_timeout=TIMEOUT
+            ) as ws:
+                answers = []
+                for command in (read, delete, json.dumps({"id": "l", "op": "list"})):
+                    await ws.send_message(command)
+                    answers.append(json.loads(await ws.get_message()))
+
+    assert len(read) <= MAX_MESSAGE
+    assert len(delete) <= MAX_MESSAGE
+    assert [(a["id"], a["ok"], a.get("error", {}).get("type")) for a in answers] == [
+        (json.loads(read)["id"], False, "too_large"),
+        (None, False, "too_large"),
+        ("l", True, None),
+    ]
+
+
 def body_of(size: int) -> bytes:
     """A run request's JSON body of exactly ``size`` bytes."""
     overhead = len(json.dumps({"input": ""}))
