@@ -89,16 +89,18 @@ class _MCPServer:
                 ``connect_timeout`` (the run ends with a ``toolset`` error).
         """
         try:
-            resource = await self._connection(ctx.session, ctx.run_id)
-            try:
-                tools = await self._tools(resource.value)
-            except BrokenMCPServerError:
-                resource.close()  # it died between two runs: once more, on a fresh connection
+            for retry in (False, True):
                 resource = await self._connection(ctx.session, ctx.run_id)
-                tools = await self._tools(resource.value)
-            except MCPConnectionError:
-                resource.close()  # it does not list its tools: the next run tries a fresh connection
-                raise
+                try:
+                    tools = await self._tools(resource.value)
+                    break
+                except BrokenMCPServerError:
+                    resource.close()  # it died between two runs: once more, on a fresh connection
+                    if retry:
+                        raise
+                except MCPConnectionError:
+                    resource.close()  # it does not list its tools: the next run tries a fresh connection
+                    raise
             yield tools
         finally:
             if self.lifetime == "run":

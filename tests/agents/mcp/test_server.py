@@ -13,7 +13,7 @@ import trio.testing
 
 from agents import Agent, Hooks, ScriptedModel, ToolCall, ToolContext
 from agents.mcp import MCPResult, MCPServerStdio, MCPServerStreamableHTTP
-from runtime import open_runtime
+from runtime import RunFailedError, open_runtime
 from runtime.events import ElicitationRequest, ToolCallFinished, ToolProgress
 
 if TYPE_CHECKING:
@@ -359,3 +359,40 @@ def test_server_tools_no_model_can_call_are_left_out(caplog: pytest.LogCaptureFi
         "MCP server s: a tool with an empty name is left out (no model can call it)",
         "MCP server s: tool 'research' is left out: it runs only as a task, which this client does not do",
     ]
+
+
+_LAUNCHER = """
+import os, sys
+count, server = sys.argv[1], sys.argv[2]
+launch = len(open(count).read()) if os.path.exists(count) else 0
+open(count, "a").write("x")
+flags = [["--exit-at-initialize"], ["--mute-list"]][launch] if launch < 2 else []
+os.execv(sys.executable, [sys.executable, server, *flags])
+"""
+
+
+async def test_server_fresh_connection_that_does_not_list_its_tools_is_not_kept_for_the_next_run(
+    legacy_server: list[str], tmp_path: Any
+) -> None:
+    """The first connection breaks at tools/list, and the fresh one it is retried on never lists its tools:
+    that run fails, and the next run tries a fresh connection again (the silent one was kept, and the next
+    run waited connect_timeout on it and failed too)."""
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(_LAUNCHER)
+    count = tmp_path / "launches"
+    server = MCPServerStdio(
+        legacy_server[0],
+        [str(launcher), str(count), legacy_server[1]],
+        name="flaky",
+        connect_timeout=1.0,
+        shutdown_grace=0.5,
+    )
+    agent = Agent(name="a", model=ScriptedModel(["first", "second"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            with pytest.raises(RunFailedError, match="did not list its tools") as first:
+                await session.ask("go")
+            second = await session.ask("again")
+    assert first.value.kind == "toolset"
+    assert second.output == "first"
+    assert count.read_text() == "xxx"
