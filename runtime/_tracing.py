@@ -65,9 +65,11 @@ _MODEL: Final = "trio_agents.model"  # the model of a chat's measured attributes
 _ENDED_WELL: Final = frozenset({"completed", "max_turns", "hook_stop"})
 """Run reasons that are not an error of the ``invoke_agent`` span."""
 
-_TOOL_ERRORS_WITHOUT_CONTENT: Final = frozenset({"timeout", "invalid_arguments", "cancelled"})
+_TOOL_ERRORS_WITHOUT_CONTENT: Final = frozenset({"timeout", "cancelled"})
 """The ``error.type`` of tool failures whose message the loop writes quoting nothing of the call; any
-other's is the tool's own (an exception's message, a sub-agent's failure): its result, content."""
+other's is the tool's own (an exception's message, a sub-agent's failure): its result, content.
+Invalid arguments' message quotes the call (pydantic's locations hold the model's keys, a validator's
+message its values): without content, the span only says they were invalid."""
 
 _otel: list[ModuleType | None] = []  # the cached result of the first import attempt
 
@@ -303,7 +305,9 @@ class Tracing:
         result only if it quotes nothing of the call or content is recorded."""
         if self.content and result is not None and error is None:
             span.set_attribute("gen_ai.tool.call.result", content_text(result))
-        if not self.content and error not in _TOOL_ERRORS_WITHOUT_CONTENT:
+        if not self.content and error == "invalid_arguments":
+            description = "invalid arguments"
+        elif not self.content and error not in _TOOL_ERRORS_WITHOUT_CONTENT:
             description = None
         self.end(span, token, error, description)
 

@@ -493,6 +493,43 @@ async def test_tracing_failed_tool_and_malformed_stream_keep_content_out_of_span
     assert traced.named("chat scripted")[-1].status.description == "openai: a chunk is not JSON"
 
 
+async def test_tracing_invalid_tool_arguments_keep_the_call_out_of_spans(traced: Traced) -> None:
+    """Invalid arguments (a dict key, an extra key the model sent) are quoted by pydantic's locations: the
+    tool span says only "invalid arguments" unless content is recorded; the model still gets the detail."""
+
+    @tool
+    async def scores(d: dict[str, int]) -> str:
+        """Scores."""
+        return "ok"
+
+    from agents import ModelRequest, ToolResultMessage
+
+    errors: list[str] = []
+
+    def done(request: ModelRequest) -> str:
+        errors.extend(str(m.content) for m in request.messages if isinstance(m, ToolResultMessage))
+        return "done"
+
+    for content in (False, True):
+        traced.exporter.clear()
+        errors.clear()
+        batch = [ToolCall("scores", {"d": {SECRET: "x"}}), ToolCall("add", {"a": 1, "b": 2, SECRET: 1})]
+        agent = Agent(name="a", model=ScriptedModel([batch, done]), tools=[scores, add])
+        async with traced.runtime(content=content) as runtime, runtime.open_session(agent) as session:
+            await session.ask("go")
+        assert len(errors) == 2
+        assert all(SECRET in error for error in errors)
+        for name in ("execute_tool scores", "execute_tool add"):
+            span = traced.one(name)
+            assert attrs_of(span)["error.type"] == "invalid_arguments"
+            if content:
+                assert SECRET in (span.status.description or "")
+            else:
+                assert span.status.description == "invalid arguments"
+        if not content:
+            assert _mentions_secret(traced.spans) == []
+
+
 async def test_tracing_metrics_token_usage_duration_and_gauges(traced: Traced) -> None:
     """Each model request records its tokens (input and output) and its duration; the gauges count the
     runtime's open sessions and live runs."""
