@@ -617,7 +617,10 @@ class AgentRun:
             try:
                 stop = await hooks.on_user_prompt(self._run_context(), content_text(self._user_input))
             except Exception as exc:
-                raise _EndRun("hook", f"on_user_prompt hook failed: {describe(exc)}") from exc
+                failed = "on_user_prompt hook failed"  # its words may quote the prompt: spans get only the class
+                raise _EndRun(
+                    "hook", f"{failed}: {describe(exc)}", traced=f"{failed}: {type(exc).__qualname__}"
+                ) from exc
             if isinstance(stop, StopRun):
                 return stop
         return None
@@ -790,7 +793,10 @@ class AgentRun:
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
-            raise _EndRun("instructions", f"the instructions callable failed: {describe(exc)}") from exc
+            failed = "the instructions callable failed"  # (as the hook's, above)
+            raise _EndRun(
+                "instructions", f"{failed}: {describe(exc)}", traced=f"{failed}: {type(exc).__qualname__}"
+            ) from exc
         return str(value)
 
     async def _call_model(

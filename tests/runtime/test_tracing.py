@@ -530,6 +530,40 @@ async def test_tracing_invalid_tool_arguments_keep_the_call_out_of_spans(traced:
             assert _mentions_secret(traced.spans) == []
 
 
+@pytest.mark.parametrize("failing", ["on_user_prompt", "instructions"])
+async def test_tracing_a_failing_prompt_hook_or_instructions_keeps_its_words_out_of_spans(
+    traced: Traced, failing: str
+) -> None:
+    """An on_user_prompt hook or instructions callable that raises: the run's span names only the
+    exception's class (its words may quote the prompt) unless content is recorded; the error keeps them."""
+
+    class PromptCheck(Hooks):
+        async def on_user_prompt(self, ctx: RunContext[Any], prompt: str) -> None:
+            raise ValueError(f"prompt not allowed: {prompt}")
+
+    def instructions(ctx: RunContext[Any]) -> str:
+        raise KeyError(f"no profile for {SECRET}")
+
+    for content in (False, True):
+        traced.exporter.clear()
+        if failing == "on_user_prompt":
+            agent = Agent(name="a", model=ScriptedModel(["done"]), hooks=[PromptCheck()])
+            expected = "on_user_prompt hook failed: ValueError"
+        else:
+            agent = Agent(name="a", model=ScriptedModel(["done"]), instructions=instructions)
+            expected = "the instructions callable failed: KeyError"
+        async with traced.runtime(content=content) as runtime, runtime.open_session(agent) as session:
+            with pytest.raises(RunFailedError) as failed:
+                await session.ask(f"hello {SECRET}")
+        assert SECRET in str(failed.value)
+        run = traced.one("invoke_agent a")
+        if content:
+            assert SECRET in (run.status.description or "")
+        else:
+            assert run.status.description == expected
+            assert _mentions_secret(traced.spans) == []
+
+
 async def test_tracing_metrics_token_usage_duration_and_gauges(traced: Traced) -> None:
     """Each model request records its tokens (input and output) and its duration; the gauges count the
     runtime's open sessions and live runs."""
