@@ -16,7 +16,7 @@ from ._json import MAX_JSON_DEPTH, loads_untrusted, nested_deeper_than
 from ._messages import OutputSchema, ToolSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 OutputMode: TypeAlias = Literal["tool", "native", "prompted"]
 """How the model gives a typed answer: by calling a ``final_result`` tool, with the provider's native
@@ -32,6 +32,7 @@ _WRAPPER: Final = "response"
 """The one property a non-object output type is wrapped in (tool arguments and native schemas are objects)."""
 
 _BRACKET: Final = re.compile(r"[{[]")
+_MAX_STARTS: Final = 32  # the brackets tried as where a text answer's JSON begins
 
 
 class OutputValidationError(Exception):
@@ -180,23 +181,46 @@ class OutputSpec:
         Raises:
             OutputValidationError: the text is not valid JSON, or does not validate.
         """
-        try:
-            value = _decode_answer(text)
-        except ValueError as exc:
-            raise OutputValidationError(f"the answer is not valid JSON: {exc}") from None
-        return self._targets[0].validate(value)
+        # Prose before the value may hold brackets ("Here it is [as asked]: {...}"): each start is tried in
+        # turn, but none inside a value that decoded (its inner object is not the answer). The error told
+        # is the first value's that decoded and did not validate, else the first start's.
+        not_json: OutputValidationError | None = None
+        invalid: OutputValidationError | None = None
+        end = 0
+        for start in list(_json_starts(text)) or [0]:  # no start: json's own error says so
+            if start < end:
+                continue
+            try:
+                value, end = _decode_answer(text, start)
+            except ValueError as exc:
+                not_json = not_json or OutputValidationError(f"the answer is not valid JSON: {exc}")
+                continue
+            try:
+                return self._targets[0].validate(value)
+            except OutputValidationError as exc:
+                invalid = invalid or exc
+        refused = invalid or not_json
+        assert refused is not None  # at least one start was tried
+        raise refused
 
     def partial(self, text: str, tool: str | None = None) -> Any:
         """The JSON value ``text`` (an answer still being written) holds so far; ``None`` if nothing yet."""
         target = self._targets[0] if tool is None else self._by_tool[tool]
-        start = _json_start(text)
-        if start < 0:
-            return None
-        try:
-            value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
-        except ValueError:
-            return None
-        return target.unwrap(value)
+        end = 0
+        for start in _json_starts(text):  # as validate_text tries them
+            if start < end:
+                continue
+            try:
+                value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
+            except ValueError:
+                continue
+            if isinstance(value, dict):  # the answer is a JSON object
+                return target.unwrap(value)
+            try:  # another value ("see [1]"): the answer is after it, if it is complete
+                end = _decode_answer(text, start)[1]
+            except ValueError:
+                return None
+        return None
 
     def to_json(self, value: Any) -> str:
         """The output as JSON text (a sub-agent's output, as its parent's tool result)."""
@@ -236,38 +260,40 @@ def _provider_name(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64]
 
 
-def _decode_answer(text: str) -> Any:
-    """The JSON value in a text answer, from where :func:`_json_start` puts it to its end: a closing
-    fence or prose after it is ignored, as :meth:`OutputSpec.partial` ignores it.
+def _decode_answer(text: str, start: int) -> tuple[Any, int]:
+    """The JSON value in a text answer from ``start``, and where it ends: a closing fence or prose after
+    it is ignored, as :meth:`OutputSpec.partial` ignores it.
 
     Raises:
         ValueError: there is no JSON value there (as :func:`loads_untrusted`).
     """
-    start = _json_start(text)
-    if start < 0:
-        return loads_untrusted(text)  # no value begins: json's own error says so
     body = text[start:]
     try:
-        return loads_untrusted(body)
+        return loads_untrusted(body), len(text)
     except json.JSONDecodeError as exc:
         if exc.msg != "Extra data":
             raise
-        return loads_untrusted(body[: exc.pos])  # json says where the value ended
+        return loads_untrusted(body[: exc.pos]), start + exc.pos  # json says where the value ended
 
 
-def _json_start(text: str) -> int:
-    """Where the JSON value begins; -1 if it has not begun.
+def _json_starts(text: str) -> Iterator[int]:
+    """Where the JSON value may begin, likeliest first; at most :data:`_MAX_STARTS` (a hostile answer
+    full of brackets stays cheap); none if it has not begun.
 
     Text that starts with ``{`` or ``[`` is the value (a fence inside one of its strings is no fence);
     else the value is the first after the opening of the first code fence, or, with no fence, the first
-    in the text: prose before it is ignored.
+    in the text: prose before it is ignored. If that is no value (a bracket in the prose), the next
+    ``{`` or ``[`` is tried, and so on.
     """
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
-        return len(text) - len(stripped)
+        yield len(text) - len(stripped)
+        return
     fence = text.find("```")
-    match = _BRACKET.search(text, fence + 3 if fence >= 0 else 0)
-    return match.start() if match else -1
+    for tried, match in enumerate(_BRACKET.finditer(text, fence + 3 if fence >= 0 else 0)):
+        if tried == _MAX_STARTS:
+            return
+        yield match.start()
 
 
 TEXT_OUTPUT: Final = OutputSpec(str, "tool")

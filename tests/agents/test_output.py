@@ -323,6 +323,9 @@ def test_output_wrapped_type_must_be_answered_wrapped() -> None:
         'Here it is [as asked]:\n```JSON\n{"name": "Tom"}\n```\nDone.',
         'Sure: {"name": "Tom"} (a cat).',
         '{"name": "Tom"}\n\nHope this helps!',
+        'Here it is [as asked]: {"name": "Tom"}',
+        'Result (see [1]):\n{"name": "Tom"}',
+        'Answer for {city}:\n{"name": "Tom"}',
     ],
 )
 def test_output_validate_text_parses_json_with_or_without_a_code_fence(text: str) -> None:
@@ -358,6 +361,19 @@ def test_output_validate_text_failure_is_an_output_validation_error(text: str, m
     """Text that is not JSON, is cut off, or does not validate raises OutputValidationError."""
     with pytest.raises(OutputValidationError, match=message):
         OutputSpec(Cat, "native").validate_text(text)
+
+
+def test_output_validate_text_tries_brackets_in_prose_but_not_inside_a_value_or_without_end() -> None:
+    """A bracket in the prose before the answer is passed over for the next one, but an object inside a
+    value that decoded is not the answer, and only the first few dozen brackets are tried (a hostile
+    answer full of them stays cheap)."""
+    spec = OutputSpec(Cat, "prompted")
+    with pytest.raises(OutputValidationError, match="did not validate"):
+        spec.validate_text('Answer: {"lives": 3, "cat": {"name": "Tom"}}')
+    assert spec.partial('Answer: [{"lives": 3}, {"name": "Tom"}] and') is None
+    with pytest.raises(OutputValidationError, match="not valid JSON"):
+        spec.validate_text("[x " * 10_000 + '{"name": "Tom"}')
+    assert spec.partial("[x " * 10_000 + '{"name": "Tom"}') is None
 
 
 # -- partial values -------------------------------------------------------------
