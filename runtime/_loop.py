@@ -580,7 +580,14 @@ class AgentRun:
             try:
                 opened = await stack.enter_async_context(item.open_tools(self._run_context()))
             except Exception as exc:
-                raise _EndRun("toolset", f"toolset {item!r} failed to open: {describe(exc)}") from exc
+                # Its words may quote what the run holds (an MCP server's stderr, a URL): the span names the class.
+                label = getattr(item, "name", None)
+                traced = f"toolset {label!r} failed to open: {type(exc).__name__}" if isinstance(label, str) else None
+                raise _EndRun(
+                    "toolset",
+                    f"toolset {item!r} failed to open: {describe(exc)}",
+                    traced=traced or f"a toolset failed to open: {type(exc).__name__}",
+                ) from exc
             name = getattr(item, "name", None)
             here = f"toolset {name!r}" if isinstance(name, str) else f"toolset {item!r}"
             for opened_tool in opened:
@@ -923,7 +930,11 @@ class AgentRun:
                         elif isinstance(chunk, ErrorChunk):
                             raise _EndRun("model", chunk.message)
                         else:
-                            raise _EndRun("model", f"the model sent an unknown chunk: {chunk!r}")
+                            raise _EndRun(
+                                "model",
+                                f"the model sent an unknown chunk: {chunk!r}",
+                                traced=f"the model sent an unknown chunk: {type(chunk).__name__}",
+                            )
                         if idle_scope is not None:
                             idle_scope.deadline = trio.current_time() + (idle or 0.0)
         except _EndRun:

@@ -6,6 +6,7 @@ through providers given to ``open_runtime`` (the global ones are left alone).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,24 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agents import TRANSFER_TOOL, Agent, Hooks, RunContext, ScriptedModel, ToolCall, ToolCallChunk, resolve_model, tool
+from agents import (
+    TRANSFER_TOOL,
+    Agent,
+    Hooks,
+    RunContext,
+    ScriptedModel,
+    Tool,
+    ToolCall,
+    ToolCallChunk,
+    resolve_model,
+    tool,
+)
 from runtime import RunFailedError, open_runtime
 from runtime._tracing import provider_name
 from runtime.events import ToolCallStarted
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Sequence
     from contextlib import AbstractAsyncContextManager
     from pathlib import Path
 
@@ -561,6 +573,33 @@ async def test_tracing_a_failing_prompt_hook_or_instructions_keeps_its_words_out
             assert SECRET in (run.status.description or "")
         else:
             assert run.status.description == expected
+            assert _mentions_secret(traced.spans) == []
+
+
+async def test_tracing_a_toolset_that_fails_to_open_keeps_its_words_out_of_spans(traced: Traced) -> None:
+    """A toolset whose opening raises: the run's span names the toolset and the exception's class only (its
+    words may quote an MCP server's stderr or a URL) unless content is recorded; the error keeps them."""
+
+    class Broken:
+        name = "files"
+
+        @contextlib.asynccontextmanager
+        async def open_tools(self, ctx: RunContext[Any]) -> AsyncIterator[Sequence[Tool]]:
+            raise OSError(f"cannot reach {SECRET}")
+            yield ()  # pragma: no cover - an async generator
+
+    for content in (False, True):
+        traced.exporter.clear()
+        agent = Agent(name="a", model=ScriptedModel(["done"]), tools=[Broken()])
+        async with traced.runtime(content=content) as runtime, runtime.open_session(agent) as session:
+            with pytest.raises(RunFailedError) as failed:
+                await session.ask("hello")
+        assert SECRET in str(failed.value)
+        run = traced.one("invoke_agent a")
+        if content:
+            assert SECRET in (run.status.description or "")
+        else:
+            assert run.status.description == "toolset 'files' failed to open: OSError"
             assert _mentions_secret(traced.spans) == []
 
 
