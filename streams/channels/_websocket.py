@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import secrets
@@ -26,15 +27,29 @@ logger = logging.getLogger("streams")
 _SLOW_CLIENT_REASON: Final = "client too slow"
 
 
+_PORT_0_ATTEMPTS: Final = 10
+
+
 async def _open_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
     """A listener for each address of ``host``, all on ``port`` (0: one free port for them all).
 
     ``trio.open_tcp_listeners(0, ...)`` gives each address (``localhost``: ``::1`` and
-    ``127.0.0.1``) its own free port, and only one of them could be reported.
+    ``127.0.0.1``) its own free port, and only one of them could be reported. The port picked
+    for the first address may be taken on another by someone else: then a new port is tried.
 
     Raises:
         OSError: a listener could not be opened (none is left open).
     """
+    for _ in range(_PORT_0_ATTEMPTS - 1):
+        try:
+            return await _open_listeners_once(port, host)
+        except OSError as exc:
+            if port != 0 or exc.errno != errno.EADDRINUSE:
+                raise
+    return await _open_listeners_once(port, host)
+
+
+async def _open_listeners_once(port: int, host: str | None) -> list[trio.SocketListener]:
     listeners = await trio.open_tcp_listeners(port, host=host)
     if port != 0 or len(listeners) == 1:
         return listeners

@@ -406,3 +406,56 @@ async def test_websocket_channel_on_port_0_listens_on_one_port_for_every_address
                 nursery.cancel_scope.cancel()
     finally:
         trio.socket.set_custom_hostname_resolver(None)
+
+
+class _TakeFirstPortOnIPv4(trio.abc.SocketFactory):
+    """Sockets as usual, but when the third is made (re-binding ``127.0.0.1`` to the port ``::1`` got),
+    another program takes that port on ``127.0.0.1`` first."""
+
+    def __init__(self) -> None:
+        self.made: list[trio.socket.SocketType] = []
+        self.blocker: socket.socket | None = None
+
+    def socket(
+        self,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        type: socket.SocketKind | int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        if len(self.made) == 2:
+            self.blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.blocker.bind(("127.0.0.1", self.made[0].getsockname()[1]))
+            self.blocker.listen()
+        sock = trio.socket.from_stdlib_socket(socket.socket(family, type, proto))
+        self.made.append(sock)
+        return sock
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+async def test_websocket_channel_on_port_0_tries_another_port_when_its_port_is_taken_on_another_address() -> None:
+    """``host="localhost", port=0``: the port picked for ``::1`` being taken on ``127.0.0.1`` by someone
+    else, the channel starts on another port for both addresses (it failed with ``EADDRINUSE``)."""
+    channel = WebSocketChannel(host="localhost", port=0)
+    factory = _TakeFirstPortOnIPv4()
+    trio.socket.set_custom_hostname_resolver(_LocalhostOnBothFamilies())
+    trio.socket.set_custom_socket_factory(factory)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(channel.run, MessageBus())
+                trio.socket.set_custom_hostname_resolver(None)
+                trio.socket.set_custom_socket_factory(None)
+                assert factory.blocker is not None
+                assert port != factory.blocker.getsockname()[1]
+                for address in ("[::1]", "127.0.0.1"):
+                    url = f"ws://{address}:{port}/"
+                    async with open_websocket_url(
+                        url, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=DISCONNECT_TIMEOUT
+                    ) as ws:
+                        assert await _hello(ws)
+                nursery.cancel_scope.cancel()
+    finally:
+        trio.socket.set_custom_hostname_resolver(None)
+        trio.socket.set_custom_socket_factory(None)
+        if factory.blocker is not None:
+            factory.blocker.close()
