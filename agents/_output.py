@@ -183,7 +183,8 @@ class OutputSpec:
         """
         # Prose before the value may hold brackets ("Here it is [as asked]: {...}"): each start is tried in
         # turn, but none inside a value that decoded (its inner object is not the answer). The error told
-        # is the first value's that decoded and did not validate, else the first start's.
+        # is the last value's that decoded and did not validate (the answer comes after the prose), else
+        # the first start's.
         not_json: OutputValidationError | None = None
         invalid: OutputValidationError | None = None
         end = 0
@@ -198,7 +199,7 @@ class OutputSpec:
             try:
                 return self._targets[0].validate(value)
             except OutputValidationError as exc:
-                invalid = invalid or exc
+                invalid = exc
         refused = invalid or not_json
         assert refused is not None  # at least one start was tried
         raise refused

@@ -376,6 +376,16 @@ def test_output_validate_text_tries_brackets_in_prose_but_not_inside_a_value_or_
     assert spec.partial("[x " * 10_000 + '{"name": "Tom"}') is None
 
 
+@pytest.mark.parametrize("prose", ["Per the format {} here it is: ", "As noted [1]: ", "Example {}, see [2]: "])
+def test_output_validate_text_failure_tells_the_answers_error_not_the_proses(prose: str) -> None:
+    """An answer that does not validate after a bracket in the prose that decodes (``{}``, ``[1]``): the
+    error (which the retry message quotes) is the answer's, the last value, not the prose's."""
+    with pytest.raises(OutputValidationError, match="did not validate") as caught:
+        OutputSpec(Cat, "prompted").validate_text(prose + '{"name": ["Tom"]}')
+    assert '"input": ["Tom"]' in str(caught.value)
+    assert "missing" not in str(caught.value)
+
+
 # -- partial values -------------------------------------------------------------
 
 
