@@ -208,6 +208,7 @@ class OutputSpec:
         """The JSON value ``text`` (an answer still being written) holds so far; ``None`` if nothing yet."""
         target = self._targets[0] if tool is None else self._by_tool[tool]
         end = 0
+        skipped: dict[str, Any] | None = None  # a complete object that did not validate ("Example {} then")
         for start in _json_starts(text):  # as validate_text tries them
             if start < end:
                 continue
@@ -215,13 +216,18 @@ class OutputSpec:
                 value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
             except ValueError:
                 continue
-            if isinstance(value, dict):  # the answer is a JSON object
-                return target.unwrap(value)
-            try:  # another value ("see [1]"): the answer is after it, if it is complete
-                end = _decode_answer(text, start)[1]
+            try:  # complete, the value is passed over as validate_text passes it over; else it is the answer
+                complete, end = _decode_answer(text, start)
             except ValueError:
-                return None
-        return None
+                return target.unwrap(value) if isinstance(value, dict) else None
+            if isinstance(value, dict):  # the answer is a JSON object
+                try:
+                    target.validate(complete)
+                except OutputValidationError:
+                    skipped = value
+                    continue
+                return target.unwrap(value)
+        return None if skipped is None else target.unwrap(skipped)
 
     def to_json(self, value: Any) -> str:
         """The output as JSON text (a sub-agent's output, as its parent's tool result)."""

@@ -326,6 +326,7 @@ def test_output_wrapped_type_must_be_answered_wrapped() -> None:
         'Here it is [as asked]: {"name": "Tom"}',
         'Result (see [1]):\n{"name": "Tom"}',
         'Answer for {city}:\n{"name": "Tom"}',
+        'Example {} then {"name": "Tom"}',
     ],
 )
 def test_output_validate_text_parses_json_with_or_without_a_code_fence(text: str) -> None:
@@ -398,6 +399,8 @@ def test_output_validate_text_failure_tells_the_answers_error_not_the_proses(pro
         ('{"name": "To', {"name": "To"}),
         ('{"name": "Tom", "lives": 3', {"name": "Tom", "lives": 3}),
         ('```json\n{"name": "Tom"', {"name": "Tom"}),
+        ('Example {} then {"name": "To', {"name": "To"}),  # a complete object that does not validate is prose
+        ('{"lives": 3}', {"lives": 3}),  # unless it is the only one
         ("[" * 100_000, None),  # deeper than the parser goes: nothing yet, not an error
     ],
 )
