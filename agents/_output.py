@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import types
@@ -187,19 +188,22 @@ class OutputSpec:
         # the first start's.
         not_json: OutputValidationError | None = None
         invalid: OutputValidationError | None = None
-        end = 0
+        invalid_at = 0
+        begun = end = 0  # the last value that decoded
         for start in list(_json_starts(text)) or [0]:  # no start: json's own error says so
-            if start < end:
+            if begun <= start < end:
                 continue
             try:
                 value, end = _decode_answer(text, start)
             except ValueError as exc:
                 not_json = not_json or OutputValidationError(f"the answer is not valid JSON: {exc}")
                 continue
+            begun = start
             try:
                 return self._targets[0].validate(value)
             except OutputValidationError as exc:
-                invalid = exc
+                if invalid is None or start > invalid_at:  # the last in the text, not the last tried
+                    invalid, invalid_at = exc, start
         refused = invalid or not_json
         assert refused is not None  # at least one start was tried
         raise refused
@@ -207,10 +211,10 @@ class OutputSpec:
     def partial(self, text: str, tool: str | None = None) -> Any:
         """The JSON value ``text`` (an answer still being written) holds so far; ``None`` if nothing yet."""
         target = self._targets[0] if tool is None else self._by_tool[tool]
-        end = 0
+        begun = end = 0
         skipped: dict[str, Any] | None = None  # a complete object that did not validate ("Example {} then")
         for start in _json_starts(text):  # as validate_text tries them
-            if start < end:
+            if begun <= start < end:
                 continue
             try:
                 value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
@@ -220,6 +224,7 @@ class OutputSpec:
                 complete, end = _decode_answer(text, start)
             except ValueError:
                 return target.unwrap(value) if isinstance(value, dict) else None
+            begun = start
             if isinstance(value, dict):  # the answer is a JSON object
                 try:
                     target.validate(complete)
@@ -290,14 +295,17 @@ def _json_starts(text: str) -> Iterator[int]:
     Text that starts with ``{`` or ``[`` is the value (a fence inside one of its strings is no fence);
     else the value is the first after the opening of the first code fence, or, with no fence, the first
     in the text: prose before it is ignored. If that is no value (a bracket in the prose), the next
-    ``{`` or ``[`` is tried, and so on.
+    ``{`` or ``[`` is tried, and so on; after those past the fence, those before it (the fence may be
+    in prose after the value: "{...}. Wrap code in ``` fences.").
     """
     stripped = text.lstrip()
     if stripped[:1] in ("{", "["):
         yield len(text) - len(stripped)
         return
     fence = text.find("```")
-    for tried, match in enumerate(_BRACKET.finditer(text, fence + 3 if fence >= 0 else 0)):
+    after = _BRACKET.finditer(text, fence + 3 if fence >= 0 else 0)
+    before = _BRACKET.finditer(text, 0, fence) if fence >= 0 else iter(())
+    for tried, match in enumerate(itertools.chain(after, before)):
         if tried == _MAX_STARTS:
             return
         yield match.start()

@@ -327,6 +327,7 @@ def test_output_wrapped_type_must_be_answered_wrapped() -> None:
         'Result (see [1]):\n{"name": "Tom"}',
         'Answer for {city}:\n{"name": "Tom"}',
         'Example {} then {"name": "Tom"}',
+        'The answer is {"name": "Tom"}. Wrap code in ``` fences.',
     ],
 )
 def test_output_validate_text_parses_json_with_or_without_a_code_fence(text: str) -> None:
@@ -377,7 +378,9 @@ def test_output_validate_text_tries_brackets_in_prose_but_not_inside_a_value_or_
     assert spec.partial("[x " * 10_000 + '{"name": "Tom"}') is None
 
 
-@pytest.mark.parametrize("prose", ["Per the format {} here it is: ", "As noted [1]: ", "Example {}, see [2]: "])
+@pytest.mark.parametrize(
+    "prose", ["Per the format {} here it is: ", "As noted [1]: ", "Example {}, see [2]: ", "See [1]:\n```json\n"]
+)
 def test_output_validate_text_failure_tells_the_answers_error_not_the_proses(prose: str) -> None:
     """An answer that does not validate after a bracket in the prose that decodes (``{}``, ``[1]``): the
     error (which the retry message quotes) is the answer's, the last value, not the prose's."""
