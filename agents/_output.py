@@ -206,7 +206,10 @@ class OutputSpec:
                     invalid, invalid_at = exc, start
         refused = invalid or not_json
         assert refused is not None  # at least one start was tried
-        raise refused
+        try:
+            raise refused
+        finally:  # held by this frame, which its traceback holds: a cycle only the collector would free
+            refused = invalid = not_json = None
 
     def partial(self, text: str, tool: str | None = None) -> Any:
         """The JSON value ``text`` (an answer still being written) holds so far; ``None`` if nothing yet."""
