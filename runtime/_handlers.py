@@ -188,23 +188,33 @@ class Sink(Protocol):
 class Tee:
     """A run's event pipe, with a copy of each event for the session's handlers (and its store's journal)."""
 
-    __slots__ = ("_handlers", "_journal", "_pipe", "_started")
+    __slots__ = ("_handlers", "_journal", "_pipe", "_shown", "_started")
 
     def __init__(self, pipe: EventPipe[Event], handlers: tuple[Sink, ...], journal: Sink | None = None) -> None:
         self._pipe = pipe
         self._handlers = handlers if journal is None else (*handlers, journal)
+        self._shown = handlers  # what a recorded event still goes to
         self._journal = () if journal is None else (journal,)
         self._started = False  # the run's first event (its RunStarted) went in: its end is owed to the handlers
 
-    def send_nowait(self, event: Event) -> None:
-        if any(handler.full() for handler in self._handlers):
-            raise trio.WouldBlock  # the run will wait in send() instead
+    def record_nowait(self, event: Event) -> None:
+        """Copy ``event`` into the run's journal alone, now; the consumer and the handlers get it later, by a
+        send with ``recorded=True`` (a durable run's held events, written with the turn that asked for tools
+        before anyone may see them: ``runtime._held``)."""
+        for journal in self._journal:
+            journal.offer_nowait(event, owed=True)
+
+    def send_nowait(self, event: Event, *, recorded: bool = False) -> None:
+        handlers = self._shown if recorded else self._handlers
+        for handler in handlers:
+            if handler.full():
+                raise trio.WouldBlock  # the run will wait in send() instead
         self._pipe.send_nowait(event)
-        for handler in self._handlers:
+        for handler in handlers:
             handler.offer_nowait(event)
         self._started = True
 
-    async def send(self, event: Event) -> None:
+    async def send(self, event: Event, *, recorded: bool = False) -> None:
         """Wait for room in the pipe and in every handler, then hand the event to all of them at once.
 
         Nothing is handed over until everyone has room, and then with no
@@ -215,9 +225,10 @@ class Tee:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         pipe = self._pipe
+        handlers = self._shown if recorded else self._handlers
         waited = False
         while True:
-            for handler in self._handlers:
+            for handler in handlers:
                 if handler.full():
                     await handler.room()
                     waited = True
@@ -230,21 +241,25 @@ class Tee:
                     pass
                 await pipe.room()  # outside the except block, so the WouldBlock isn't kept alive while we wait
                 waited = True
-        for handler in self._handlers:  # none is full: checked with no checkpoint since
+        for handler in handlers:  # none is full: checked with no checkpoint since
             handler.offer_nowait(event)
         self._started = True
         if not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    def send_last(self, event: Event, *, owed: bool = False) -> None:
+    def send_last(self, event: Event, *, owed: bool = False, recorded: bool = False) -> None:
         """Send what a cancelled run sends last: to the consumer if there is room (or ``owed``, see
         :meth:`EventPipe.send_last`), and to every handler, once the run's ``RunStarted`` reached them.
 
         A run cancelled before that (waiting for room in a full ``block`` handler, or for its
         store) reaches the handlers not at all: they never saw it start, and a stuck handler's
         buffer takes no owed ``RunFinished`` from each run that waits for it. Its journal, which
-        has the run's row already, gets it always.
+        has the run's row already, gets it always (once: ``recorded``, it has it).
         """
         self._pipe.send_last(event, owed=owed)
-        for handler in self._handlers if self._started else self._journal:
+        if self._started:
+            sinks = self._shown if recorded else self._handlers
+        else:
+            sinks = () if recorded else self._journal
+        for handler in sinks:
             handler.offer_nowait(event, owed=True)

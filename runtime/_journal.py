@@ -4,10 +4,11 @@ A durable session keeps a :class:`Journal`: the run rows, events, history
 messages and questions it has not yet written. The runtime's :class:`StoreWriter`
 commits every dirty journal in one transaction (group commit), in a task of
 its own; runs never touch the database. A run waits for a commit only at the
-two durability points (its user's message, before ``RunStarted``; a model turn
-that asks for tools, before any tool runs: :meth:`Journal.flush`) and for room
-when the writer is a whole backlog behind; a slow store slows the runs that
-write into it, never another session's events.
+two durability points (its user's message, before ``RunStarted`` is sent,
+while its model is asked: ``runtime._held``; a model turn that asks for
+tools, before any tool runs: :meth:`Journal.flush`) and for room when the
+writer is a whole backlog behind; a slow store slows the runs that write into
+it, never another session's events.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from .events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
     from agents import Message
     from agents._content import Content
@@ -122,10 +123,14 @@ class StoreWriter:
         return self.backlog >= self._backlog_limit
 
     def mark(self, journal: Journal, *, urgent: bool = False) -> None:
-        self._dirty[journal] = None
-        if urgent or self.full:
+        if urgent or self.backlog >= self._backlog_limit:
+            self._dirty[journal] = None
             self._urgent.set()
-        elif self._waiting.deadline == math.inf:
+            return
+        if journal in self._dirty:
+            return  # (the writer gets to it within the delay set when it was marked)
+        self._dirty[journal] = None
+        if self._waiting.deadline == math.inf:
             # Written within GROUP_COMMIT_DELAY, with whatever comes meanwhile: no wake-up now.
             self._waiting.deadline = trio.current_time() + GROUP_COMMIT_DELAY
 
@@ -351,6 +356,8 @@ class Journal:
         """Set if another process took the session, or the store refused what it wrote: nothing more is written."""
         self.released = trio.Event()
         """Set once the session, closed, has been let go in the store."""
+        self.on_commit: Callable[[], None] | None = None
+        """Called by the writer after each commit of this journal, or its failure (it must not raise)."""
 
     def unwritten(self) -> bool:
         """Whether anything recorded (history included) is not yet in a checkpoint."""
@@ -374,7 +381,7 @@ class Journal:
         """Record an event of a run's log; consecutive text (or reasoning) pieces become one."""
         events = self._events
         record: Event | _Pieces = event
-        if isinstance(event, TextDelta | ReasoningDelta):
+        if isinstance(event, _PIECES):
             if events:
                 last_run, _, last = events[-1]
                 if last_run == run_id and isinstance(last, _Pieces) and last.kind is type(event):
@@ -448,15 +455,29 @@ class Journal:
         """
         if self.lost is not None:
             raise self.lost
+        await self.wait(self.flush_soon())
+
+    def flush_soon(self) -> int:
+        """Have everything recorded so far written at once, without waiting for it: what :meth:`wait` and
+        :meth:`written` take to know when it is."""
         if self.unwritten():
             self._asked += 1
-            wanted = self._asked
             self.writer.mark(self, urgent=True)
-        else:
-            wanted = self._taken  # all of it is written, or in the commit being made: wait for that one only
-            if self._done >= wanted:
-                await trio.lowlevel.checkpoint()
-                return
+            return self._asked
+        return self._taken  # all of it is written, or in the commit being made: that one only
+
+    def written(self, ticket: int) -> bool:
+        """Whether what :meth:`flush_soon` gave ``ticket`` for is written."""
+        return self._done >= ticket
+
+    async def wait(self, ticket: int) -> None:
+        """Wait until what :meth:`flush_soon` gave ``ticket`` for is written; raises as :meth:`flush`."""
+        if self.lost is not None:
+            raise self.lost
+        wanted = ticket
+        if self._done >= wanted:
+            await trio.lowlevel.checkpoint()
+            return
         while self._done < wanted:
             if self._flushed.is_set():
                 self._flushed = trio.Event()
@@ -522,6 +543,8 @@ class Journal:
     def failed(self, error: StoreError) -> None:
         self.error = error
         self._flushed.set()
+        if self.on_commit is not None:
+            self.on_commit()
 
     def committed(self, checkpoint: Checkpoint) -> None:
         self.version += 1
@@ -529,6 +552,8 @@ class Journal:
         self._done = self._taken
         self.error = None
         self._flushed.set()
+        if self.on_commit is not None:
+            self.on_commit()
 
     def lose(self, conflict: SessionConflictError | StoreRejectedError) -> None:
         self.lost = conflict
@@ -537,6 +562,11 @@ class Journal:
         self.writer.backlog -= self._records  # what came since the lost checkpoint was taken
         self._records = 0
         self._flushed.set()
+        if self.on_commit is not None:
+            self.on_commit()
+
+
+_PIECES: Final = (TextDelta, ReasoningDelta)
 
 
 class _Pieces:

@@ -52,6 +52,8 @@ from agents._output import OutputSpec, OutputValidationError
 
 from ._bridge import ElicitationBridge, PendingElicitation, as_given, compile_schema
 from ._exceptions import ClosedRunStreamError, InvalidElicitationResponse
+from ._handlers import Tee
+from ._held import HeldEvents
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._store import StoreError
@@ -90,7 +92,6 @@ if TYPE_CHECKING:
     from agents import ElicitationResult, SessionLike, StopReason, ThreadLimiter
     from agents._context import Elicitor
 
-    from ._handlers import Tee
     from ._journal import Journal, ResumedQuestion, Resumption
     from ._pipe import EventPipe
     from ._tally import UsageTally
@@ -154,6 +155,7 @@ class AgentRun:
         "_ended",
         "_error",
         "_error_traced",
+        "_held",
         "_history",
         "_http_client",
         "_journal",
@@ -242,6 +244,7 @@ class AgentRun:
             self._journal = journal
             self._resume: Resumption | None = None
             self._tracing = tracing
+            self._held: HeldEvents | None = None
         else:
             self._out = _SubAgentOut(parent._out, agent.name)
             self._bridge = parent._bridge
@@ -254,6 +257,7 @@ class AgentRun:
             self._up = parent
             self._limited = agent.usage_limits is not None or parent._limited
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
+            self._held = None
             self._resume = None
             self._tracing = parent._tracing
         self.final: RunFinished | None = None
@@ -359,6 +363,10 @@ class AgentRun:
         """
         root = self._root or self
         journal = root._journal
+        if root._held is not None:  # a hook's question, before the run is written: asked once it is
+            failure = await root._held.settle()
+            if failure is not None:
+                raise ElicitationUnavailable(f"the run could not be kept: {failure}")
         call_id = _TOP_CALL.get()
         if journal is not None and call_id is not None and journal.asked(root.run_id, call_id, request):
             try:
@@ -462,9 +470,11 @@ class AgentRun:
         # restores the target it replaced (the cagent #3073 seed).
         with ElicitationBridge.target(self):
             try:
-                stored = None
                 if self._journal is not None:
-                    stored = await self._accepted()
+                    # The first durability point: its events are held until the store has the run (see HeldEvents).
+                    tee = self._out
+                    assert isinstance(tee, Tee)  # a durable run's events are copied to its journal
+                    self._out = self._held = HeldEvents(tee, self._journal)
                 await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
                 timeout = self._agent.run_timeout
                 deadline = None if timeout is None else trio.move_on_after(timeout)
@@ -472,8 +482,6 @@ class AgentRun:
                 message: str | None
                 with deadline or _NO_SCOPE:
                     try:
-                        if stored is not None:
-                            raise _EndRun("store", f"the session store could not write the run: {stored}")
                         stop = await self._user_prompt_hooks() if self._agent.hooks else None
                         tools = {item.name: item for item in self._agent.tools if isinstance(item, Tool)}
                         if self._agent.sub_agents:
@@ -498,6 +506,11 @@ class AgentRun:
                     reason, message = await self._fail(
                         "timeout", f"the run took longer than run_timeout={timeout}s", "timeout"
                     )
+                if self._held is not None:  # it never asked its model: it ends once it is written
+                    try:
+                        await self._settle()
+                    except _EndRun as end:
+                        reason, message = await self._fail(end.kind, end.message, end.reason)
             except BaseException:
                 # Cancelled: the hooks still hear of it, briefly, the consumer gets the real
                 # RunFinished if there is room (else RunStream makes one), and the stream
@@ -523,18 +536,26 @@ class AgentRun:
             self._out.send_last(finished)  # cancelled waiting for room: it still goes to every handler
             raise
 
-    async def _accepted(self) -> str | None:
-        """The first durability point: the run, and its user's message, are written before ``RunStarted``.
+    async def _settle(self, *, failed: bool = False) -> None:
+        """The first durability point, settled: wait until the store has the run and its user's message, and
+        its held events have gone on (:class:`HeldEvents`). Called before the run acts on anything but its
+        model's stream (a turn asking for tools: once that turn is written, with the run if it had not been).
+        Cancelled, the events stay held.
 
-        Returns:
-            ``None``, or why the store could not write it (the run then ends with that error).
+        Args:
+            failed: The write of the turn that asks for tools (with the run, if it was not written) failed:
+                the held events go on now, and the run ends with that write's error.
+
+        Raises:
+            _EndRun: the store could not write the run (its ``RunStarted`` went on; what followed is dropped).
         """
-        assert self._journal is not None
-        try:
-            await self._journal.flush()
-        except StoreError as exc:
-            return describe(exc)
-        return None
+        held = self._held
+        assert held is not None
+        failure = await held.settle(failed=failed)
+        self._held = None
+        self._out = held.out
+        if failure is not None:
+            raise _EndRun("store", f"the session store could not write the run: {failure}")
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context
@@ -668,9 +689,13 @@ class AgentRun:
                     instructions, messages, specs, output=request_output, http_client=self._http_client
                 )
                 text, calls, refusal, reasoning = await self._call_model(request, output)
+                if self._held is not None and not (refusal is None and _asks_for_tools(calls, output)):
+                    await self._settle()  # (a turn that asks for tools settles at its durability point)
             except _EndRun as end:
-                if new is not None and _refuses_part_of(end, new):
-                    new = None
+                if self._held is not None:
+                    await self._settle()  # the store's failure, if it failed, is the run's
+                if new is not None and (end.kind == "store" or _refuses_part_of(end, new)):
+                    new = None  # a run the store did not take leaves no trace in the history, as a refused part
                 raise
             finally:
                 if new is not None:
@@ -973,10 +998,19 @@ class AgentRun:
             if self._journal is not None:
                 # The second durability point: the turn that asks for tools is written before any runs,
                 # so that a restarted process knows these calls were made and never makes them unknowingly.
+                # The run's first one too, if it is not written yet: one write for both, which has the
+                # events it holds too (a process stopping in a tool has them in the run's log).
+                held = self._held
+                if held is not None:
+                    held.record()
                 try:
                     await self._journal.flush()
                 except StoreError as exc:
+                    if held is not None:
+                        await self._settle(failed=True)
                     raise _EndRun("store", f"the session store could not write the turn: {describe(exc)}") from exc
+                if held is not None:
+                    await self._settle()
             if resuming is not None:
                 resuming.done = True
             for call, (arguments, _) in zip(calls, parsed, strict=True):
@@ -1415,6 +1449,11 @@ async def _emit_custom(event: Any, out: EventOut) -> None:
         await out.send(event)
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         raise ClosedRunStreamError(f"{type(event).__name__} was emitted after its run had ended") from None
+
+
+def _asks_for_tools(calls: list[ToolCallChunk], output: OutputSpec) -> bool:
+    """Whether a model's answer with these calls goes on to call tools (not to give a typed output)."""
+    return bool(calls) and (output.is_text or not any(output.is_output_tool(call.name) for call in calls))
 
 
 def _refuses_part_of(end: _EndRun, message: UserMessage) -> bool:

@@ -365,11 +365,12 @@ class SQLiteStore:
             StoreCorruptError: Its history rows are not numbered 0, 1, 2, ... (nothing is left claimed).
         """
         if fresh and create:
-            # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed. If the
-            # id is held after all, the thread's claim says by whom (reading the file), or takes it.
+            # Taking the lock is one non-blocking syscall (as letting it go is): no thread needed, nor a
+            # schedule point (as a session in memory opens). If the id is held after all, the thread's claim
+            # says by whom (reading the file), or takes it.
+            await trio.lowlevel.checkpoint_if_cancelled()
             if not self._lock(session_id):
                 await self._run(lambda call: self._take(session_id), undo=lambda _: self._let_go(session_id))
-            await trio.lowlevel.cancel_shielded_checkpoint()
             return SessionSnapshot(session_id, agent, 0, (), (), (), None, created=True)
 
         def claim(call: WorkerCall[Any]) -> SessionSnapshot | None:
@@ -473,9 +474,9 @@ class SQLiteStore:
 
     async def release(self, session_id: str) -> None:
         """Let the session go (idempotent; never raises)."""
-        # Unlocking is one non-blocking syscall: no thread needed, and it cannot be cancelled halfway.
+        # Unlocking is one non-blocking syscall: no thread needed, nor a schedule point (the writer lets
+        # sessions go between its commits), and it cannot be cancelled halfway.
         self._let_go(session_id)
-        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def commit(self, checkpoints: Sequence[Checkpoint]) -> None:
         """Write the checkpoints in one transaction: all of them, or (raising) none.

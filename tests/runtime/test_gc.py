@@ -35,15 +35,16 @@ from agents import (
     UsageLimits,
     tool,
 )
-from runtime import open_runtime
-from runtime.events import CustomEvent, ElicitationRequest, ToolCallStarted
+from runtime import SQLiteStore, StoreUnavailableError, open_runtime
+from runtime.events import CustomEvent, ElicitationRequest, ErrorEvent, RunFinished, ToolCallStarted
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     from agents import ModelChunk
     from agents.models import Turn
-    from runtime import Runtime
+    from runtime import Runtime, SessionStore
 
 _PROJECT = ("runtime", "agents", "streams")
 
@@ -51,15 +52,18 @@ _PROJECT = ("runtime", "agents", "streams")
 # -- the check ----------------------------------------------------------------
 
 
-async def assert_freed_by_refcount(scenario: Callable[[Runtime], Awaitable[None]]) -> None:
-    """Run ``scenario`` in a fresh runtime twice; the second time, nothing may be left for the collector."""
-    await _in_runtime(scenario)  # warm-up: first-use caches are not the run's garbage
+async def assert_freed_by_refcount(
+    scenario: Callable[[Runtime], Awaitable[None]], store: Callable[[], SessionStore] | None = None
+) -> None:
+    """Run ``scenario`` in a fresh runtime twice (on a new ``store()``, if given); the second time, nothing may
+    be left for the collector."""
+    await _in_runtime(scenario, store)  # warm-up: first-use caches are not the run's garbage
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        await _in_runtime(scenario)
+        await _in_runtime(scenario, store)
         gc.collect()
         garbage = list(gc.garbage)
         assert not garbage, _explain(garbage)
@@ -70,9 +74,9 @@ async def assert_freed_by_refcount(scenario: Callable[[Runtime], Awaitable[None]
             gc.enable()
 
 
-async def _in_runtime(scenario: Callable[[Runtime], Awaitable[None]]) -> None:
+async def _in_runtime(scenario: Callable[[Runtime], Awaitable[None]], store: Callable[[], SessionStore] | None) -> None:
     # A frame of its own, so no local of the caller keeps anything of the run reachable.
-    async with open_runtime() as runtime:
+    async with open_runtime(store=None if store is None else store()) as runtime:
         await scenario(runtime)
 
 
@@ -239,6 +243,30 @@ async def test_gc_asked_run_with_a_sync_tool_is_freed_by_refcount() -> None:
             await session.ask("go")
 
     await assert_freed_by_refcount(scenario)
+
+
+async def test_gc_durable_runs_are_freed_by_refcount(tmp_path: Path) -> None:
+    """Durable runs (a tool turn; a run its store could not write, its events held until then) leave no cycle:
+    nor does the store, its writer and its threads."""
+    answering = agent(ToolCall("add_in_thread", {"a": 1, "b": 2}), "done", "again")
+    failing: list[bool] = []
+
+    class FailingOnce(SQLiteStore):
+        async def commit(self, checkpoints: Any) -> None:
+            if failing:
+                failing.clear()
+                raise StoreUnavailableError("disk I/O error (once)")
+            await super().commit(checkpoints)
+
+    async def scenario(runtime: Runtime) -> None:
+        async with runtime.open_session(answering) as session:
+            await session.ask("go")
+            failing.append(True)
+            async with session.run("fails") as stream:
+                assert [type(event) async for event in stream][-2:] == [ErrorEvent, RunFinished]
+
+    paths = (tmp_path / f"s{k}.db" for k in itertools.count())
+    await assert_freed_by_refcount(scenario, lambda: FailingOnce(next(paths)))
 
 
 async def test_gc_run_whose_tool_raises_is_freed_by_refcount() -> None:

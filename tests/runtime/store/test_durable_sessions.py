@@ -177,6 +177,30 @@ async def resume_accepting(session: Session, question: ElicitationRequest) -> li
     return [(type(message).__name__, message.text) for message in session.history[2:]]
 
 
+def hold_commits(store: SessionStore) -> trio.Event:
+    """Make ``store``'s commits wait, from now on, until the event returned is set."""
+    gate = trio.Event()
+    commit = store.commit
+
+    async def held(checkpoints: Any) -> None:
+        await gate.wait()
+        await commit(checkpoints)
+
+    store.commit = held  # type: ignore[method-assign]
+    return gate
+
+
+async def leave_before_its_calls(session: Session, store: SessionStore) -> None:
+    """Resume ``session``, and leave while the resumption's turn is being written: before its calls are
+    made again, and before it is seen to start."""
+    gate = hold_commits(store)
+    async with session.resume() as stream:
+        await trio.testing.wait_all_tasks_blocked()
+        stream.cancel()
+        assert [event async for event in stream] == [RunFinished("cancelled")]
+    gate.set()
+
+
 def stored_events(path: Path, run_id: str) -> list[dict[str, Any]]:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT event FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
@@ -729,19 +753,10 @@ async def test_an_answer_given_to_resume_approves_the_resumed_call_only(tmp_path
 
 
 async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_path: Path) -> None:
-    """The second run waits behind the first; the process dies as the second's model works. Its message
+    """The second run waits behind the first; the process dies once the second has started. Its message
     was accepted (its RunStarted was sent): recovery puts it after the first run's messages."""
     path, image = tmp_path / "s.db", tmp_path / "crashed.db"
-    crashed = trio.Event()
-
-    def crash_on_second(request: ModelRequest) -> str | ToolCall:
-        last = request.messages[-1]
-        if isinstance(last, UserMessage) and last.text == "second":
-            crash_image(path, image)
-            crashed.set()
-        return answer(request)
-
-    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(crash_on_second)), tools=[stall])
+    agent = Agent(name="durable", model=ScriptedModel(itertools.repeat(answer)), tools=[stall])
     async with (
         in_session(path, agent, session_id="q") as session,
         trio.open_nursery() as nursery,
@@ -750,9 +765,10 @@ async def test_a_run_waiting_for_its_turn_keeps_its_message_through_a_crash(tmp_
         await trio.testing.wait_all_tasks_blocked()
         async with session.run("second") as stream:  # waits behind the first run
             release.set()
-            kinds = [type(event) async for event in stream]
-        assert kinds[0] is RunStarted
-    assert crashed.is_set()
+            first = await stream.__anext__()
+            crash_image(path, image)
+            assert type(first) is RunStarted
+            assert first.run_id == "q-r2"
     async with in_session(image, agent, session_id="q") as session:
         texts = [message.text for message in session.history]
         assert texts == ["stall", "", "released", "done: released", "second"]
@@ -1419,14 +1435,12 @@ async def test_a_run_started_before_a_resume_is_the_resumption_and_the_resume_is
 
 
 async def test_a_resumption_ended_before_its_calls_were_made_again_leaves_them_waiting(tmp_path: Path) -> None:
-    """Its consumer leaves at RunStarted, before the resumed call is made again (the turn's commit comes
-    first): no result is made up for it, the question stays pending, and the session is still suspended."""
+    """Its consumer leaves before the resumed call is made again (while the turn's commit is written): no
+    result is made up for it, the question stays pending, and the session is still suspended."""
     image, asked = await crash_at(tmp_path, "e2", "pay 3", ElicitationRequest)
-    async with in_session(image, make_agent(), session_id="e2") as session:
-        async with session.resume() as stream:
-            async for event in stream:
-                assert isinstance(event, RunStarted)
-                break
+    store = SQLiteStore(image)
+    async with open_runtime(store=store) as runtime, runtime.open_session(make_agent(), session_id="e2") as session:
+        await leave_before_its_calls(session, store)
         assert [type(message).__name__ for message in session.history] == ["UserMessage", "AssistantMessage"]
         assert session.pending == (asked,)
         assert session.suspended_run == "e2-r1"
@@ -1537,15 +1551,13 @@ async def test_a_message_carried_over_from_a_crash_is_kept_by_a_session_closed_b
         ]
         question = PendingRow(request.id, "c3-r1", "a", dumps(event_to_json(request)))
         await store.commit([Checkpoint("c3", 0, 0, messages, runs, pending_added=[question])])
-    async with open_runtime(store=backend.store()) as runtime:
+    store = backend.store()
+    async with open_runtime(store=store) as runtime:
         async with runtime.open_session(make_agent(), session_id="c3", create=False) as session:
             assert session.pending == (request,)
         async with runtime.open_session(make_agent(), session_id="c3", create=False) as session:
             assert session.pending == (request,)
-            async with session.resume() as stream:
-                async for event in stream:
-                    assert isinstance(event, RunStarted)
-                    break
+            await leave_before_its_calls(session, store)
     async with (
         open_runtime(store=backend.store()) as runtime,
         runtime.open_session(make_agent(), session_id="c3", create=False) as session,

@@ -1,0 +1,279 @@
+"""HeldEvents: a durable run asks its model while its first durability point is written, and nobody sees
+it start before the store has it.
+
+The store here is a real SQLiteStore whose commits wait at a gate the test opens (and may fail once):
+what a consumer, a stream handler and the file hold is checked while a commit is held back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio.testing
+
+from agents import (
+    Agent,
+    ModelChunk,
+    ModelRequest,
+    ScriptedModel,
+    TextChunk,
+    ToolCall,
+    ToolResultMessage,
+    UsageChunk,
+    tool,
+)
+from runtime import SQLiteStore, StoreUnavailableError, open_runtime
+from runtime._held import HELD_EVENTS
+from runtime.events import ErrorEvent, Event, RunFinished, RunStarted, TextDelta
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from runtime import Session
+
+
+class GatedStore(SQLiteStore):
+    """Its commits wait until :attr:`gate` is set; the next one fails once :attr:`fail` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = trio.Event()
+        self.fail = False
+        self.written = trio.Event()
+        """Set once a commit has written."""
+
+    async def commit(self, checkpoints: Any) -> None:
+        await self.gate.wait()
+        if self.fail:
+            self.fail = False
+            raise StoreUnavailableError("disk I/O error (once)")
+        await super().commit(checkpoints)
+        self.written.set()
+
+
+class Asked:
+    """A scripted model's turns, counting the requests it was asked."""
+
+    def __init__(self, *answers: str | ToolCall) -> None:
+        self.requests = 0
+        self._answers = list(answers)
+
+    def __call__(self, request: ModelRequest) -> str | ToolCall:
+        self.requests += 1
+        return self._answers.pop(0)
+
+
+class StreamingModel:
+    """Streams ``chunks`` text chunks of one word, counting those it has given; first waits for ``go`` if set."""
+
+    def __init__(self, chunks: int, go: trio.Event | None = None) -> None:
+        self.chunks = chunks
+        self.given = 0
+        self.go = go
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        async def chunks() -> AsyncIterator[ModelChunk]:
+            if self.go is not None:
+                await self.go.wait()
+            for k in range(self.chunks):
+                self.given += 1
+                yield TextChunk(f"w{k} ")
+            yield UsageChunk(1, self.chunks)
+
+        iterator = chunks()
+        try:
+            yield iterator
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+
+ran: list[int] = []
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    ran.append(a + b)
+    return a + b
+
+
+def stored_runs(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        (count,) = db.execute("SELECT count(*) FROM runs").fetchone()
+    db.close()
+    return int(count)
+
+
+@asynccontextmanager
+async def gated_session(path: Path, model: Any, **agent: Any) -> AsyncIterator[tuple[GatedStore, Session]]:
+    store = GatedStore(path)
+    async with (
+        open_runtime(store=store) as runtime,
+        runtime.open_session(Agent(name="held", model=model, **agent)) as session,
+    ):
+        yield store, session
+
+
+def _recording(into: list[Event]) -> Any:
+    async def record(event: Event) -> None:
+        into.append(event)
+
+    return record
+
+
+async def collect(session: Session, text: str, into: list[Event]) -> None:
+    async with session.run(text) as stream:
+        async for event in stream:
+            into.append(event)
+
+
+async def test_the_model_is_asked_while_the_run_is_written_and_nothing_is_seen_before_it_is(tmp_path: Path) -> None:
+    model = Asked("hello there")
+    seen: list[Event] = []
+    handled: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(model))) as (store, session):
+        handler = session.add_handler(_recording(handled))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert model.requests == 1  # asked, though the store has not the run yet
+            assert stored_runs(tmp_path / "s.db") == 0
+            assert seen == []
+            store.gate.set()
+        await handler.drain()
+        assert isinstance(seen[0], RunStarted)
+        assert seen[-1] == RunFinished("completed")
+        assert "".join(e.text for e in seen if isinstance(e, TextDelta)) == "hello there"
+        assert handled == seen
+        assert [message.text for message in session.history] == ["hi", "hello there"]
+    assert stored_runs(tmp_path / "s.db") == 1
+
+
+async def test_a_run_its_store_cannot_write_shows_its_start_and_the_error_only_and_leaves_no_history(
+    tmp_path: Path,
+) -> None:
+    """As when the run waited for the write: RunStarted, the store's error, RunFinished; the model's answer,
+    given meanwhile, is dropped, and the history does not have the run."""
+    model = Asked("hello there", "second answer")
+    seen: list[Event] = []
+    handled: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(model))) as (store, session):
+        handler = session.add_handler(_recording(handled))
+        store.fail = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert model.requests == 1
+            store.gate.set()
+        await handler.drain()
+        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
+        assert isinstance(seen[1], ErrorEvent)
+        assert seen[1].kind == "store"
+        assert seen[1].message.startswith("the session store could not write the run: ")
+        assert seen[1].message.endswith("disk I/O error (once)")
+        assert seen[2] == RunFinished("error", seen[1].message)
+        assert handled == seen
+        assert session.history == ()
+        assert (await session.ask("again")).output == "second answer"
+
+
+async def test_a_tool_turn_written_with_the_run_that_fails_never_runs_its_tool_and_shows_the_turn(
+    tmp_path: Path,
+) -> None:
+    """The one write of the run and its tool turn fails: as when the turn's own write failed, the stream
+    shows the turn, then the store's error; the tool never runs, and its call gets an error result."""
+    ran.clear()
+    model = Asked(ToolCall("add", {"a": 1, "b": 2}), "3")
+    seen: list[Event] = []
+    handled: list[Event] = []
+    scripted = ScriptedModel(itertools.repeat(model))
+    async with gated_session(tmp_path / "s.db", scripted, tools=[add]) as (store, session):
+        handler = session.add_handler(_recording(handled))
+        store.fail = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "add", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (model.requests, seen) == (1, [])
+            store.gate.set()
+        await handler.drain()
+        kinds = [type(event).__name__ for event in seen]
+        assert kinds[0] == "RunStarted"
+        assert "ModelStopped" in kinds
+        assert "ToolCallStarted" not in kinds
+        assert kinds[-2:] == ["ErrorEvent", "RunFinished"]
+        assert isinstance(seen[-2], ErrorEvent)
+        assert seen[-2].message.startswith("the session store could not write the turn: ")
+        assert handled == seen
+        results = [message for message in session.history if isinstance(message, ToolResultMessage)]
+        assert [result.is_error for result in results] == [True]
+    assert ran == []
+
+
+async def test_a_tool_turn_and_the_run_are_written_before_the_tool_runs(tmp_path: Path) -> None:
+    ran.clear()
+    model = Asked(ToolCall("add", {"a": 1, "b": 2}), "3")
+    seen: list[Event] = []
+    scripted = ScriptedModel(itertools.repeat(model))
+    async with gated_session(tmp_path / "s.db", scripted, tools=[add]) as (store, session):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "add", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (model.requests, ran, seen) == (1, [], [])
+            store.gate.set()
+        assert ran == [3]
+        assert seen[-1] == RunFinished("completed")
+        kinds = [type(event).__name__ for event in seen]
+        assert kinds.index("RunStarted") == 0
+        assert kinds.index("ToolCallStarted") > kinds.index("ModelStopped")
+
+
+async def test_run_started_goes_on_once_written_while_the_model_has_not_answered(tmp_path: Path) -> None:
+    """The writer sends what is held as it commits: a consumer sees the run start while a slow model thinks."""
+    go = trio.Event()
+    model = StreamingModel(3, go)
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model) as (store, session):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            store.gate.set()
+            await store.written.wait()  # (in a thread: wait_all_tasks_blocked does not see it)
+            await trio.testing.wait_all_tasks_blocked()
+            assert [type(event) for event in seen] == [RunStarted]
+            go.set()
+        assert [e.text for e in seen if isinstance(e, TextDelta)] == ["w0 ", "w1 ", "w2 "]
+
+
+async def test_a_run_holds_a_bounded_number_of_events_then_waits_for_the_write(tmp_path: Path) -> None:
+    model = StreamingModel(5 * HELD_EVENTS)
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model) as (store, session):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            assert model.given <= HELD_EVENTS + 1  # the run waits for the write instead of holding them all
+            store.gate.set()
+        words = [e.text for e in seen if isinstance(e, TextDelta)]
+        assert words == [f"w{k} " for k in range(5 * HELD_EVENTS)]
+        assert seen[-1] == RunFinished("completed")
+
+
+async def test_a_run_cancelled_before_it_is_written_ends_cancelled_and_was_never_seen_to_start(
+    tmp_path: Path,
+) -> None:
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(Asked("hello")))) as (store, session):
+        async with session.run("hi") as stream:
+            await trio.testing.wait_all_tasks_blocked()
+            stream.cancel()
+            seen.extend([event async for event in stream])
+        assert seen == [RunFinished("cancelled")]
+        store.gate.set()
