@@ -8,6 +8,7 @@ what a consumer, a stream handler and the file hold is checked while a commit is
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -38,19 +39,19 @@ if TYPE_CHECKING:
 
 
 class GatedStore(SQLiteStore):
-    """Its commits wait until :attr:`gate` is set; the next one fails once :attr:`fail` is set."""
+    """Its commits wait until :attr:`gate` is set; the next :attr:`fail` ones fail."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.gate = trio.Event()
-        self.fail = False
+        self.fail = 0
         self.written = trio.Event()
         """Set once a commit has written."""
 
     async def commit(self, checkpoints: Any) -> None:
         await self.gate.wait()
         if self.fail:
-            self.fail = False
+            self.fail -= 1
             raise StoreUnavailableError("disk I/O error (once)")
         await super().commit(checkpoints)
         self.written.set()
@@ -101,6 +102,13 @@ def add(a: int, b: int) -> int:
     """Add two numbers."""
     ran.append(a + b)
     return a + b
+
+
+def stored_log(path: Path, run_id: str) -> list[str]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT event FROM events WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+    db.close()
+    return [json.loads(row[0])["type"] for row in rows]
 
 
 def stored_runs(path: Path) -> int:
@@ -165,7 +173,7 @@ async def test_a_run_its_store_cannot_write_shows_its_start_and_the_error_only_a
     handled: list[Event] = []
     async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(model))) as (store, session):
         handler = session.add_handler(_recording(handled))
-        store.fail = True
+        store.fail = 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, session, "hi", seen)
             await trio.testing.wait_all_tasks_blocked()
@@ -195,7 +203,7 @@ async def test_a_tool_turn_written_with_the_run_that_fails_never_runs_its_tool_a
     scripted = ScriptedModel(itertools.repeat(model))
     async with gated_session(tmp_path / "s.db", scripted, tools=[add]) as (store, session):
         handler = session.add_handler(_recording(handled))
-        store.fail = True
+        store.fail = 2  # (its retry too)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, session, "add", seen)
             await trio.testing.wait_all_tasks_blocked()
@@ -231,6 +239,7 @@ async def test_a_tool_turn_and_the_run_are_written_before_the_tool_runs(tmp_path
         kinds = [type(event).__name__ for event in seen]
         assert kinds.index("RunStarted") == 0
         assert kinds.index("ToolCallStarted") > kinds.index("ModelStopped")
+    assert stored_log(tmp_path / "s.db", seen[0].run_id) == kinds  # each event once, in order
 
 
 async def test_run_started_goes_on_once_written_while_the_model_has_not_answered(tmp_path: Path) -> None:
@@ -277,3 +286,27 @@ async def test_a_run_cancelled_before_it_is_written_ends_cancelled_and_was_never
             seen.extend([event async for event in stream])
         assert seen == [RunFinished("cancelled")]
         store.gate.set()
+
+
+async def test_a_run_ending_before_its_model_is_asked_ends_with_the_stores_error_if_it_was_not_written(
+    tmp_path: Path,
+) -> None:
+    """Its instructions fail, and so does the write of the run: the store's error is the run's."""
+
+    def instructions(ctx: Any) -> str:
+        raise RuntimeError("no instructions today")
+
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(["unused"]), instructions=instructions) as (
+        store,
+        session,
+    ):
+        store.fail = 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            store.gate.set()
+    assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
+    assert isinstance(seen[1], ErrorEvent)
+    assert seen[1].kind == "store"
