@@ -363,7 +363,7 @@ class AgentRun:
         """
         root = self._root or self
         journal = root._journal
-        if root._held is not None:  # a hook's question, before the run is written: asked once it is
+        if root._held is not None:  # asked before the run is written (an MCP server's, as it opens): once it is
             failure = await root._held.settle()
             if failure is not None:
                 raise ElicitationUnavailable(f"the run could not be kept: {failure}")
