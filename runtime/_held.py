@@ -119,6 +119,7 @@ class HeldEvents:
                 if self._events is not None:
                     # Its RunStarted goes on, as it did when the run waited; what it recorded too (in its log).
                     del self._events[max(self._next, self._recorded, 1) :]
+        self._journal.on_commit = None  # this task sends on what is left: the writer's commits must not too
         events = self._events
         if events is not None:
             out = self.out
@@ -131,7 +132,6 @@ class HeldEvents:
                     await out.send(held, recorded=recorded)  # cancelled while it waits: it went nowhere
                 self._next += 1
             self._events = None
-        self._journal.on_commit = None
         self._settled = True
         return self._failure
 

@@ -11,8 +11,9 @@ import itertools
 import json
 import sqlite3
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import pytest
 import trio
 import trio.testing
 
@@ -28,7 +29,9 @@ from agents import (
     tool,
 )
 from runtime import SQLiteStore, StoreUnavailableError, open_runtime
-from runtime._held import HELD_EVENTS
+from runtime._handlers import Tee
+from runtime._held import HELD_EVENTS, HeldEvents
+from runtime._pipe import EventPipe
 from runtime.events import ErrorEvent, Event, RunFinished, RunStarted, TextDelta
 
 if TYPE_CHECKING:
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from runtime import Session
+    from runtime._journal import Journal
 
 
 class GatedStore(SQLiteStore):
@@ -310,3 +314,44 @@ async def test_a_run_ending_before_its_model_is_asked_ends_with_the_stores_error
     assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
     assert isinstance(seen[1], ErrorEvent)
     assert seen[1].kind == "store"
+
+
+class FakeJournal:
+    """What HeldEvents uses of a Journal: its write is done once :attr:`done` is set."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.on_commit: Any = None
+
+    def flush_soon(self) -> int:
+        return 1
+
+    def written(self, ticket: int) -> bool:
+        return self.done
+
+    async def wait(self, ticket: int) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_held_events_go_on_once_each_when_the_writer_commits_while_the_run_sends_them_on() -> None:
+    """The run sends on what is held, waiting for room; a commit of the writer meanwhile (its callback) must
+    not send the same events too."""
+    pipe: EventPipe[Event] = EventPipe(1)
+    journal = FakeJournal()
+    held = HeldEvents(Tee(pipe, ()), cast("Journal", journal))
+    for event in (RunStarted("r"), TextDelta("a"), TextDelta("b")):
+        held.send_nowait(event)
+    journal.done = True
+    journal.on_commit()  # the writer's commit: RunStarted goes on, the pipe is full
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(held.settle)
+        await trio.testing.wait_all_tasks_blocked()  # the run waits for room for "a"
+        got = [pipe.receive_nowait()]  # room: the run is woken...
+        if journal.on_commit is not None:
+            journal.on_commit()  # ... and another commit's callback comes first
+        while len(got) < 3:
+            await trio.testing.wait_all_tasks_blocked()
+            got.append(pipe.receive_nowait())
+    with pytest.raises(trio.WouldBlock):
+        pipe.receive_nowait()
+    assert got == [RunStarted("r"), TextDelta("a"), TextDelta("b")]
