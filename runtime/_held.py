@@ -42,7 +42,9 @@ class HeldEvents:
     had waited. A turn that asks for tools is written before any of them runs: the run first
     :meth:`record` s what it holds into its journal, to be written with the turn (its log then has
     them, as when the run did not hold them), and sends them on once that write is done. A run
-    cancelled before it is written gives up what it held: nobody saw it start.
+    cancelled before it is written waits for the write briefly (``AgentRun``: its model may have
+    spent tokens, which its ``Usage`` events show), then gives up what it still holds: nobody saw it
+    start.
     """
 
     __slots__ = ("_events", "_failure", "_journal", "_next", "_recorded", "_settled", "_ticket", "out")

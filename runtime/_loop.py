@@ -515,6 +515,8 @@ class AgentRun:
                 # Cancelled: the hooks still hear of it, briefly, the consumer gets the real
                 # RunFinished if there is room (else RunStream makes one), and the stream
                 # handlers get it if its RunStarted reached them (the Tee knows).
+                if self._held is not None:
+                    await self._held_when_cancelled()
                 if self._agent.hooks:
                     with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                         await self._run_end_hooks("cancelled")
@@ -556,6 +558,18 @@ class AgentRun:
         self._out = held.out
         if failure is not None:
             raise _EndRun("store", f"the session store could not write the run: {failure}")
+
+    async def _held_when_cancelled(self) -> None:
+        """Cancelled with its events held: its model may have been asked (tokens spent), so what it holds
+        goes on once its write is done, briefly waited for (as its end hooks are); a run its store did
+        not take by then gives it up (nobody saw it start)."""
+        held = self._held
+        assert held is not None
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
+            try:
+                await held.settle()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # its consumer has gone: what is left goes by send_last, as the rest of the run's end
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context

@@ -32,7 +32,7 @@ from runtime import SQLiteStore, StoreUnavailableError, open_runtime
 from runtime._handlers import Tee
 from runtime._held import HELD_EVENTS, HeldEvents
 from runtime._pipe import EventPipe
-from runtime.events import ErrorEvent, Event, RunFinished, RunStarted, TextDelta
+from runtime.events import ErrorEvent, Event, RunFinished, RunStarted, TextDelta, Usage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -279,8 +279,33 @@ async def test_a_run_holds_a_bounded_number_of_events_then_waits_for_the_write(t
         assert seen[-1] == RunFinished("completed")
 
 
-async def test_a_run_cancelled_before_it_is_written_ends_cancelled_and_was_never_seen_to_start(
-    tmp_path: Path,
+async def test_a_run_cancelled_before_it_is_written_still_shows_what_it_spent_once_written(tmp_path: Path) -> None:
+    """Its model was asked (tokens spent): what it held goes on once the write is done, then its end."""
+    model = StreamingModel(3)
+    seen: list[Event] = []
+    handled: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model) as (store, session):
+        handler = session.add_handler(_recording(handled))
+        async with session.run("hi") as stream:
+            await trio.testing.wait_all_tasks_blocked()
+            assert model.given == 3
+            stream.cancel()
+            await trio.testing.wait_all_tasks_blocked()  # the run waits for its write, briefly
+            store.gate.set()
+            seen.extend([event async for event in stream])
+        await handler.drain()
+        kinds = [type(event).__name__ for event in seen]
+        assert kinds[0] == "RunStarted"
+        assert kinds.count("TextDelta") == 3
+        assert seen[-1] == RunFinished("cancelled")
+        assert handled == seen
+        spent = [event for event in seen if isinstance(event, Usage)]
+        assert [(u.input_tokens, u.output_tokens) for u in spent] == [(1, 3)]
+        assert (session.usage.input_tokens, session.usage.output_tokens) == (1, 3)
+
+
+async def test_a_run_cancelled_while_its_store_stalls_gives_up_what_it_held_after_a_grace(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     seen: list[Event] = []
     async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(Asked("hello")))) as (store, session):
@@ -288,7 +313,7 @@ async def test_a_run_cancelled_before_it_is_written_ends_cancelled_and_was_never
             await trio.testing.wait_all_tasks_blocked()
             stream.cancel()
             seen.extend([event async for event in stream])
-        assert seen == [RunFinished("cancelled")]
+        assert seen == [RunFinished("cancelled")]  # nobody saw it start: the store never had it meanwhile
         store.gate.set()
 
 
