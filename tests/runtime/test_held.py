@@ -380,3 +380,22 @@ async def test_held_events_go_on_once_each_when_the_writer_commits_while_the_run
     with pytest.raises(trio.WouldBlock):
         pipe.receive_nowait()
     assert got == [RunStarted("r"), TextDelta("a"), TextDelta("b")]
+
+
+async def test_a_run_whose_model_fails_and_whose_write_fails_ends_with_the_stores_error_and_no_history(
+    tmp_path: Path,
+) -> None:
+    def failing(request: ModelRequest) -> str:
+        raise RuntimeError("the model is down")
+
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(failing))) as (store, session):
+        store.fail = 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
+        assert isinstance(seen[1], ErrorEvent)
+        assert seen[1].kind == "store"
+        assert session.history == ()
