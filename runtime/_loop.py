@@ -706,16 +706,14 @@ class AgentRun:
                 if self._held is not None and not (refusal is None and _asks_for_tools(calls, output)):
                     await self._settle()  # (a turn that asks for tools settles at its durability point)
             except _EndRun as end:
-                ended = end
                 if self._held is not None:
                     try:
                         await self._settle()
-                    except _EndRun as unstored:
-                        ended = unstored  # the store's failure is the run's
-                if new is not None and (ended.kind == "store" or _refuses_part_of(ended, new)):
-                    new = None  # a run the store did not take leaves no trace in the history, as a refused part
-                if ended is not end:
-                    raise ended from None
+                    except _EndRun:
+                        new = None  # the store did not take the run: its failure is the run's, and (below) ...
+                        raise
+                if new is not None and (end.kind == "store" or _refuses_part_of(end, new)):
+                    new = None  # ... a run the store did not take leaves no trace in the history, as a refused part
                 raise
             finally:
                 if new is not None:
