@@ -19,6 +19,7 @@ import trio
 from agents._exceptions import describe
 
 from ._store import StoreError
+from .events import Usage
 
 if TYPE_CHECKING:
     from ._handlers import Tee
@@ -35,19 +36,19 @@ class HeldEvents:
     Made as the run starts: it asks the journal to write at once (:meth:`Journal.flush_soon`). Events
     sent meanwhile are held (at most :data:`HELD_EVENTS`; then :meth:`send` waits for the write), and
     sent on into the run's ``Tee`` as soon as the write is done: by the writer, as it commits, or by
-    the run's next send. The run calls :meth:`settle` before it does anything but stream its model
-    (before the model's answer joins the history, before any tool, before it ends), which waits for
-    the write. If the store could not write the run, only the first event (its ``RunStarted``) goes
-    on, the rest is dropped, and :meth:`settle` says why; the run then ends with that error, as if it
-    had waited. A turn that asks for tools is written before any of them runs: the run first
-    :meth:`record` s what it holds into its journal, to be written with the turn (its log then has
-    them, as when the run did not hold them), and sends them on once that write is done. A run
-    cancelled before it is written waits for the write briefly (``AgentRun``: its model may have
-    spent tokens, which its ``Usage`` events show), then gives up what it still holds: nobody saw it
+    the next send. The run calls :meth:`settle` before it does anything but stream its model (before
+    the model's answer joins the history, before any tool, before it ends), which waits for the
+    write; while one task settles, what others send is held behind what it sends on. If the store
+    could not write the run, its ``RunStarted`` goes on, and its ``Usage`` events (the tokens were
+    spent), and nothing else until the run ends with that error, as if it had waited. A turn that
+    asks for tools is written before any of them runs: the run first :meth:`record` s what it holds
+    into its journal, to be written with the turn (its log then has them, as when the run did not
+    hold them), and sends them on once that write is done. A run cancelled before it is written
+    waits for the write briefly (``AgentRun``), then gives up what it still holds: nobody saw it
     start.
     """
 
-    __slots__ = ("_events", "_failure", "_journal", "_next", "_recorded", "_settled", "_ticket", "out")
+    __slots__ = ("_events", "_failure", "_journal", "_next", "_recorded", "_settled", "_settling", "_ticket", "out")
 
     def __init__(self, out: Tee, journal: Journal) -> None:
         self.out = out
@@ -58,6 +59,7 @@ class HeldEvents:
         self._recorded = 0  # held events before this one are in the journal already
         self._failure: str | None = None
         self._settled = False
+        self._settling: trio.Event | None = None  # set while a task sends on what is held: others wait
         self._ticket = journal.flush_soon()
         journal.on_commit = self._committed
 
@@ -67,9 +69,11 @@ class HeldEvents:
         return self._journal.written(self._ticket)
 
     def send_nowait(self, event: Event) -> None:
+        if self._failure is not None and type(event) is not Usage:
+            return  # the store did not take the run: it ends with that error, and nobody sees more of it
         events = self._events
         if events is not None:
-            if not (self._journal.written(self._ticket) and self._send_on_nowait()):
+            if self._settling is not None or not (self._journal.written(self._ticket) and self._send_on_nowait()):
                 if len(events) - self._next >= HELD_EVENTS:
                     raise trio.WouldBlock
                 events.append(event)
@@ -77,8 +81,11 @@ class HeldEvents:
         self.out.send_nowait(event)
 
     async def send(self, event: Event) -> None:
-        if self._events is not None:
+        while self._events is not None:
             await self.settle()
+        if self._failure is not None and type(event) is not Usage:
+            await trio.lowlevel.checkpoint()
+            return
         await self.out.send(event)
 
     def send_last(self, event: Event, *, owed: bool = False) -> None:
@@ -103,37 +110,50 @@ class HeldEvents:
 
     async def settle(self, *, failed: bool = False) -> str | None:
         """Wait until the run is written, and every held event has gone on (waiting for room); ``None``, or why
-        the store could not write it (then only its first event went on, unless :meth:`record` ed). Cancelled,
-        it still holds what it did.
+        the store could not write it (then only its ``RunStarted`` and ``Usage`` events went on, and what
+        was :meth:`record` ed). Cancelled, it still holds what it did. A second task calling it meanwhile
+        waits for the first.
 
         Args:
             failed: The write of what was recorded failed: send everything on now (the run ends with that
                 write's error, as when it waited for the run before that write).
         """
-        if self._settled:
-            await trio.lowlevel.checkpoint()
-            return self._failure
-        if not failed and not self._journal.written(self._ticket):
+        while True:
+            while (settling := self._settling) is not None:  # another task sends on what is held: after it
+                await settling.wait()
+            if self._settled:
+                await trio.lowlevel.checkpoint()
+                return self._failure
+            if failed or self._failure is not None or self._journal.written(self._ticket):
+                break
             try:
-                await self._journal.wait(self._ticket)
+                await self._journal.wait(self._ticket)  # then look again: another task may be settling
             except StoreError as exc:
-                self._failure = describe(exc)
-                if self._events is not None:
-                    # Its RunStarted goes on, as it did when the run waited; what it recorded too (in its log).
-                    del self._events[max(self._next, self._recorded, 1) :]
+                if self._failure is None:
+                    self._failure = describe(exc)
+                    events = self._events
+                    if events is not None:
+                        # What went on stays; RunStarted goes on, as when the run waited, and the Usage (spent).
+                        sent = max(self._next, self._recorded, 1)
+                        events[sent:] = [event for event in events[sent:] if type(event) is Usage]
         self._journal.on_commit = None  # this task sends on what is left: the writer's commits must not too
         events = self._events
         if events is not None:
+            self._settling = trio.Event()
             out = self.out
-            while self._next < len(events):
-                held = events[self._next]
-                recorded = self._next < self._recorded
-                try:
-                    out.send_nowait(held, recorded=recorded)
-                except trio.WouldBlock:
-                    await out.send(held, recorded=recorded)  # cancelled while it waits: it went nowhere
-                self._next += 1
-            self._events = None
+            try:
+                while self._next < len(events):  # (others' sends meanwhile join the end)
+                    held = events[self._next]
+                    recorded = self._next < self._recorded
+                    try:
+                        out.send_nowait(held, recorded=recorded)
+                    except trio.WouldBlock:
+                        await out.send(held, recorded=recorded)  # cancelled while it waits: it went nowhere
+                    self._next += 1
+                self._events = None
+            finally:
+                done, self._settling = self._settling, None
+                done.set()
         self._settled = True
         return self._failure
 
@@ -146,7 +166,8 @@ class HeldEvents:
                 pass  # the consumer has gone: the run is being cancelled, and its send_last decides
 
     def _send_on_nowait(self) -> bool:
-        """Send on what is held while there is room (the run is written); whether all of it went."""
+        """Send on what is held while there is room (the run is written, and no task settles: it would be
+        sending them); whether all of it went."""
         events = self._events
         if events is None:
             return True

@@ -174,6 +174,7 @@ class AgentRun:
         "_text",
         "_tool_calls",
         "_tracing",
+        "_unwritten_message",
         "_up",
         "_user_input",
         "cache_read_tokens",
@@ -245,6 +246,8 @@ class AgentRun:
             self._resume: Resumption | None = None
             self._tracing = tracing
             self._held: HeldEvents | None = None
+            # The user's message of a run that ended before it was written: it joins the history once it is.
+            self._unwritten_message: UserMessage | None = None
         else:
             self._out = _SubAgentOut(parent._out, agent.name)
             self._bridge = parent._bridge
@@ -258,6 +261,7 @@ class AgentRun:
             self._limited = agent.usage_limits is not None or parent._limited
             self._journal = None  # written by the top-level run: its tool call is the unit of recovery
             self._held = None
+            self._unwritten_message = None
             self._resume = None
             self._tracing = parent._tracing
         self.final: RunFinished | None = None
@@ -556,8 +560,16 @@ class AgentRun:
         failure = await held.settle(failed=failed)
         self._held = None
         self._out = held.out
+        self._written(failure)
         if failure is not None:
             raise _EndRun("store", f"the session store could not write the run: {failure}")
+
+    def _written(self, failure: str | None) -> None:
+        """The first durability point is settled: the message of a run that ended before it joins the history,
+        unless the store did not take the run."""
+        message, self._unwritten_message = self._unwritten_message, None
+        if message is not None and failure is None:
+            self._history.append(message)
 
     async def _held_when_cancelled(self) -> None:
         """Cancelled with its events held: its model may have been asked (tokens spent), so what it holds
@@ -567,9 +579,11 @@ class AgentRun:
         assert held is not None
         with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
             try:
-                await held.settle()
+                failure = await held.settle()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # its consumer has gone: what is left goes by send_last, as the rest of the run's end
+                failure = None  # its consumer has gone: what is left goes by send_last, as the rest of the run's end
+            if held.written:
+                self._written(failure)
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context
@@ -695,6 +709,7 @@ class AgentRun:
         new = None if self._user_input is None else UserMessage(self._user_input)
         retries = self._agent.output_retries
         for _ in range(self._agent.max_turns):
+            answered = False
             try:
                 if self._limited:
                     self._check_limits()
@@ -705,6 +720,7 @@ class AgentRun:
                 text, calls, refusal, reasoning = await self._call_model(request, output)
                 if self._held is not None and not (refusal is None and _asks_for_tools(calls, output)):
                     await self._settle()  # (a turn that asks for tools settles at its durability point)
+                answered = True
             except _EndRun as end:
                 if self._held is not None:
                     try:
@@ -717,7 +733,10 @@ class AgentRun:
                 raise
             finally:
                 if new is not None:
-                    self._history.append(new)
+                    if answered or self._held is None:
+                        self._history.append(new)
+                    else:  # it ended before it was written (a timeout, a cancel): settling decides
+                        self._unwritten_message = new
                     new = None
             self._text = text
             if refusal is not None:

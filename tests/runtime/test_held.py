@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import sqlite3
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -32,7 +34,7 @@ from runtime import SQLiteStore, StoreUnavailableError, open_runtime
 from runtime._handlers import Tee
 from runtime._held import HELD_EVENTS, HeldEvents
 from runtime._pipe import EventPipe
-from runtime.events import ErrorEvent, Event, RunFinished, RunStarted, TextDelta, Usage
+from runtime.events import CustomEvent, ErrorEvent, Event, RunFinished, RunStarted, TextDelta, Usage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -184,12 +186,13 @@ async def test_a_run_its_store_cannot_write_shows_its_start_and_the_error_only_a
             assert model.requests == 1
             store.gate.set()
         await handler.drain()
-        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
-        assert isinstance(seen[1], ErrorEvent)
-        assert seen[1].kind == "store"
-        assert seen[1].message.startswith("the session store could not write the run: ")
-        assert seen[1].message.endswith("disk I/O error (once)")
-        assert seen[2] == RunFinished("error", seen[1].message)
+        # Its Usage too: the model was asked, and the tokens are the session's.
+        assert [type(event) for event in seen] == [RunStarted, Usage, ErrorEvent, RunFinished]
+        assert isinstance(seen[2], ErrorEvent)
+        assert seen[2].kind == "store"
+        assert seen[2].message.startswith("the session store could not write the run: ")
+        assert seen[2].message.endswith("disk I/O error (once)")
+        assert seen[3] == RunFinished("error", seen[2].message)
         assert handled == seen
         assert session.history == ()
         assert (await session.ask("again")).output == "second answer"
@@ -399,3 +402,144 @@ async def test_a_run_whose_model_fails_and_whose_write_fails_ends_with_the_store
         assert isinstance(seen[1], ErrorEvent)
         assert seen[1].kind == "store"
         assert session.history == ()
+
+
+async def test_a_run_its_store_cannot_write_shows_no_more_of_its_stream_than_its_usage_past_the_held_bound(
+    tmp_path: Path,
+) -> None:
+    """More than HELD_EVENTS streamed before the write fails: the run waited for the write at the bound, and what
+    it streams after the failure reaches nobody either (its Usage does: the tokens are spent)."""
+    model = StreamingModel(2 * HELD_EVENTS)
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model) as (store, session):
+        store.fail = 2  # (its retry too)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+        assert [type(event) for event in seen] == [RunStarted, Usage, ErrorEvent, RunFinished]
+        assert isinstance(seen[1], Usage)
+        assert (seen[1].input_tokens, seen[1].output_tokens) == (1, 2 * HELD_EVENTS)
+        assert (session.usage.input_tokens, session.usage.output_tokens) == (1, 2 * HELD_EVENTS)
+        assert session.history == ()
+
+
+class HangingModel:
+    """Never answers; :attr:`cancelled` is set once its stream is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = trio.Event()
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        async def chunks() -> AsyncIterator[ModelChunk]:
+            try:
+                await trio.sleep_forever()
+            finally:
+                self.cancelled.set()
+            yield TextChunk("never")  # pragma: no cover
+
+        iterator = chunks()
+        try:
+            yield iterator
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_run_timed_out_before_its_write_failed_leaves_no_history(tmp_path: Path) -> None:
+    model = HangingModel()
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
+        store.fail = 2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await model.cancelled.wait()  # run_timeout: the run ends once its write is settled
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            store.gate.set()
+        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
+        assert isinstance(seen[1], ErrorEvent)
+        assert seen[1].kind == "store"
+        assert session.history == ()
+
+
+async def test_a_run_timed_out_before_its_write_keeps_its_message_once_written(tmp_path: Path) -> None:
+    model = HangingModel()
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await model.cancelled.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+        assert isinstance(seen[0], RunStarted)
+        assert isinstance(seen[-1], RunFinished)
+        assert seen[-1].reason == "timeout"
+        assert [message.text for message in session.history] == ["hi"]
+
+
+@attrs.frozen
+class Tick(CustomEvent):
+    k: int
+
+
+class Ticking:
+    """A toolset whose task emits ``count`` custom events while the run streams its model (from another task)."""
+
+    name = "ticking"
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.count = count
+        self.rng = random.Random(seed)
+
+    @asynccontextmanager
+    async def open_tools(self, ctx: Any) -> AsyncIterator[list[Any]]:
+        async def tick() -> None:
+            for k in range(self.count):
+                await ctx.emit(Tick(k))
+                if self.rng.random() < 0.5:
+                    await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            yield []
+            nursery.cancel_scope.cancel()
+
+
+async def _ticking_run(path: Path, seed: int) -> list[Event]:
+    """One run of an agent with :class:`Ticking`, its write landing after ``seed``-chosen steps, read slowly
+    through a pipe with no buffer; what the consumer saw."""
+    rng = random.Random(seed)
+    store = GatedStore(path)
+    seen: list[Event] = []
+    agent = Agent(name="held", model=StreamingModel(40), tools=[Ticking(40, seed)])  # more than HELD_EVENTS
+    async with open_runtime(store=store, event_buffer=0) as runtime, runtime.open_session(agent) as session:
+
+        async def consume() -> None:
+            async with session.run("hi") as stream:
+                async for event in stream:
+                    seen.append(event)
+                    if rng.random() < 0.5:
+                        await trio.lowlevel.checkpoint()
+
+        async def land() -> None:
+            for _ in range(rng.randrange(30)):
+                await trio.lowlevel.checkpoint()
+            store.gate.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(land)
+    return seen
+
+
+async def test_events_sent_by_another_task_while_the_run_is_held_go_on_once_each_in_order(tmp_path: Path) -> None:
+    """A toolset's task emits while the run streams its model, and the write lands at varied moments: every
+    event reaches the consumer once, each task's in its order."""
+    for seed in range(12):
+        seen = await _ticking_run(tmp_path / f"s{seed}.db", seed)
+        ticks = [event.k for event in seen if isinstance(event, Tick)]
+        words = [event.text for event in seen if isinstance(event, TextDelta)]
+        assert ticks == list(range(len(ticks))), (seed, ticks)  # once each, in order (the rest cut at its end)
+        assert words == [f"w{k} " for k in range(40)], (seed, words)
+        assert seen[-1] == RunFinished("completed"), seed
