@@ -147,6 +147,16 @@ async def collect(session: Session, text: str, into: list[Event]) -> None:
             into.append(event)
 
 
+def assert_not_written(seen: list[Event]) -> None:
+    """The stream of a run its store did not take (and whose model spent nothing): RunStarted, the store's
+    error, RunFinished, as when the run waited for its write."""
+    assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
+    assert isinstance(seen[1], ErrorEvent)
+    assert seen[1].kind == "store"
+    assert seen[1].message.startswith("the session store could not write the run: ")
+    assert seen[2] == RunFinished("error", seen[1].message)
+
+
 async def test_the_model_is_asked_while_the_run_is_written_and_nothing_is_seen_before_it_is(tmp_path: Path) -> None:
     model = Asked("hello there")
     seen: list[Event] = []
@@ -339,9 +349,7 @@ async def test_a_run_ending_before_its_model_is_asked_ends_with_the_stores_error
             await trio.testing.wait_all_tasks_blocked()
             assert seen == []
             store.gate.set()
-    assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
-    assert isinstance(seen[1], ErrorEvent)
-    assert seen[1].kind == "store"
+    assert_not_written(seen)
 
 
 class FakeJournal:
@@ -398,9 +406,7 @@ async def test_a_run_whose_model_fails_and_whose_write_fails_ends_with_the_store
             nursery.start_soon(collect, session, "hi", seen)
             await trio.testing.wait_all_tasks_blocked()
             store.gate.set()
-        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
-        assert isinstance(seen[1], ErrorEvent)
-        assert seen[1].kind == "store"
+        assert_not_written(seen)
         assert session.history == ()
 
 
@@ -457,9 +463,7 @@ async def test_a_run_timed_out_before_its_write_failed_leaves_no_history(tmp_pat
             await trio.testing.wait_all_tasks_blocked()
             assert seen == []
             store.gate.set()
-        assert [type(event) for event in seen] == [RunStarted, ErrorEvent, RunFinished]
-        assert isinstance(seen[1], ErrorEvent)
-        assert seen[1].kind == "store"
+        assert_not_written(seen)
         assert session.history == ()
 
 
