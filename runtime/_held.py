@@ -19,7 +19,7 @@ import trio
 from agents._exceptions import describe
 
 from ._store import StoreError
-from .events import Usage
+from .events import RunFinished, Usage
 
 if TYPE_CHECKING:
     from ._handlers import Tee
@@ -68,6 +68,11 @@ class HeldEvents:
         """Whether the store has the run."""
         return self._journal.written(self._ticket)
 
+    @property
+    def settled(self) -> bool:
+        """Whether :meth:`settle` is done: nothing is held, and nothing will be."""
+        return self._settled
+
     def send_nowait(self, event: Event) -> None:
         if self._failure is not None and type(event) is not Usage:
             return  # the store did not take the run: it ends with that error, and nobody sees more of it
@@ -91,6 +96,9 @@ class HeldEvents:
     def send_last(self, event: Event, *, owed: bool = False) -> None:
         events = self._events
         if events is not None:
+            if type(event) is not RunFinished:  # owed mid-run (a Usage whose send was cancelled): held as any
+                events.append(event)
+                return
             self._events = None
             self._journal.on_commit = None
             if self._journal.written(self._ticket):  # started and written: what it sent is owed to the consumer
@@ -142,7 +150,7 @@ class HeldEvents:
             self._settling = trio.Event()
             out = self.out
             try:
-                while self._next < len(events):  # (others' sends meanwhile join the end)
+                while self._events is events and self._next < len(events):  # (others' sends join the end)
                     held = events[self._next]
                     recorded = self._next < self._recorded
                     try:
@@ -150,7 +158,8 @@ class HeldEvents:
                     except trio.WouldBlock:
                         await out.send(held, recorded=recorded)  # cancelled while it waits: it went nowhere
                     self._next += 1
-                self._events = None
+                if self._events is events:  # (else the run's end, send_last, took over)
+                    self._events = None
             finally:
                 done, self._settling = self._settling, None
                 done.set()

@@ -559,10 +559,16 @@ class AgentRun:
         assert held is not None
         failure = await held.settle(failed=failed)
         self._held = None
-        self._out = held.out
+        self._out_settled(held)
         self._written(failure)
         if failure is not None:
             raise _EndRun("store", f"the session store could not write the run: {failure}")
+
+    def _out_settled(self, held: HeldEvents) -> None:
+        """Its events go straight to its Tee from now on: its own, and its hooks' (a context made while held)."""
+        self._out = held.out
+        if self._sink is not None:
+            self._sink.retarget(held.out)
 
     def _written(self, failure: str | None) -> None:
         """The first durability point is settled: the message of a run that ended before it joins the history,
@@ -584,6 +590,9 @@ class AgentRun:
                 failure = None  # its consumer has gone: what is left goes by send_last, as the rest of the run's end
             if held.written:
                 self._written(failure)
+            if held.settled:
+                self._held = None
+                self._out_settled(held)
 
     def _run_context(self) -> RunContext[Any]:
         context = self._context
@@ -1426,6 +1435,10 @@ class _RunSink:
     __slots__ = ("_out",)
 
     def __init__(self, out: EventOut) -> None:
+        self._out = out
+
+    def retarget(self, out: EventOut) -> None:
+        """Send into ``out`` from now on (the run's events were held until its store had it)."""
         self._out = out
 
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:

@@ -21,6 +21,7 @@ import trio.testing
 
 from agents import (
     Agent,
+    Hooks,
     ModelChunk,
     ModelRequest,
     ScriptedModel,
@@ -547,3 +548,70 @@ async def test_events_sent_by_another_task_while_the_run_is_held_go_on_once_each
         assert ticks == list(range(len(ticks))), (seed, ticks)  # once each, in order (the rest cut at its end)
         assert words == [f"w{k} " for k in range(40)], (seed, words)
         assert seen[-1] == RunFinished("completed"), seed
+
+
+class UsageAtTheBound:
+    """Streams ``HELD_EVENTS - 1`` words (with RunStarted: a full hold), then its Usage, then never ends."""
+
+    def __init__(self) -> None:
+        self.closed = trio.Event()
+
+    @asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        async def chunks() -> AsyncIterator[ModelChunk]:
+            try:
+                for k in range(HELD_EVENTS - 1):
+                    yield TextChunk(f"w{k} ")
+                yield UsageChunk(7, 11)  # past the bound: its send waits for the write
+                await trio.sleep_forever()
+            finally:
+                self.closed.set()  # run_timeout ended the stream
+
+        iterator = chunks()
+        try:
+            yield iterator
+        finally:
+            await iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_usage_owed_at_the_held_bound_is_held_too_when_the_run_times_out_before_its_write(
+    tmp_path: Path,
+) -> None:
+    """The Usage past the bound waits for the write; run_timeout cancels that wait, and the Usage, owed, is held
+    behind the rest (not sent ahead of them, nor before the write)."""
+    model = UsageAtTheBound()
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await model.closed.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []  # the owed Usage is held too: nothing before the write
+            store.gate.set()
+        kinds = [type(event).__name__ for event in seen]
+        assert kinds[0] == "RunStarted"
+        assert kinds.count("TextDelta") == HELD_EVENTS - 1
+        assert kinds[-3:] == ["Usage", "ErrorEvent", "RunFinished"]
+        assert seen[-1] == RunFinished("timeout", "the run took longer than run_timeout=0.01s")
+
+
+@attrs.frozen
+class Bye(CustomEvent):
+    reason: str
+
+
+class SayingBye(Hooks):
+    async def on_run_end(self, ctx: Any, reason: str) -> None:
+        await ctx.emit(Bye(reason))
+
+
+async def test_a_hook_emits_after_its_run_was_not_written(tmp_path: Path) -> None:
+    """The hooks' context was made while the run was held: it sends straight on once the run is settled."""
+    seen: list[Event] = []
+    async with gated_session(tmp_path / "s.db", ScriptedModel(["hello"]), hooks=[SayingBye()]) as (store, session):
+        store.fail = 2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, session, "hi", seen)
+            await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+    assert [type(event).__name__ for event in seen] == ["RunStarted", "Usage", "ErrorEvent", "Bye", "RunFinished"]
