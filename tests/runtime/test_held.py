@@ -11,7 +11,7 @@ import itertools
 import json
 import random
 import sqlite3
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import attrs
@@ -38,7 +38,7 @@ from runtime._pipe import EventPipe
 from runtime.events import CustomEvent, ErrorEvent, Event, RunFinished, RunStarted, TextDelta, Usage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
     from pathlib import Path
 
     from runtime import Session
@@ -84,21 +84,44 @@ class StreamingModel:
         self.given = 0
         self.go = go
 
-    @asynccontextmanager
-    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
-        async def chunks() -> AsyncIterator[ModelChunk]:
-            if self.go is not None:
-                await self.go.wait()
-            for k in range(self.chunks):
-                self.given += 1
-                yield TextChunk(f"w{k} ")
-            yield UsageChunk(1, self.chunks)
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
+        return streaming(self._chunks())
 
-        iterator = chunks()
+    async def _chunks(self) -> AsyncGenerator[ModelChunk, None]:
+        if self.go is not None:
+            await self.go.wait()
+        for k in range(self.chunks):
+            self.given += 1
+            yield TextChunk(f"w{k} ")
+        yield UsageChunk(1, self.chunks)
+
+
+class HangingAfter:
+    """Streams ``chunks``, then never ends; :attr:`closed` is set once its stream is (run_timeout ended it)."""
+
+    def __init__(self, *chunks: ModelChunk) -> None:
+        self.chunks = chunks
+        self.closed = trio.Event()
+
+    def stream(self, request: ModelRequest) -> AbstractAsyncContextManager[AsyncIterator[ModelChunk]]:
+        return streaming(self._chunks())
+
+    async def _chunks(self) -> AsyncGenerator[ModelChunk, None]:
         try:
-            yield iterator
+            for chunk in self.chunks:
+                yield chunk
+            await trio.sleep_forever()
         finally:
-            await iterator.aclose()  # type: ignore[attr-defined]
+            self.closed.set()
+
+
+@asynccontextmanager
+async def streaming(chunks: AsyncGenerator[ModelChunk, None]) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+    """A model's stream of ``chunks``, closed when the run leaves it."""
+    try:
+        yield chunks
+    finally:
+        await chunks.aclose()
 
 
 ran: list[int] = []
@@ -140,6 +163,20 @@ def _recording(into: list[Event]) -> Any:
         into.append(event)
 
     return record
+
+
+async def through_the_gate(session: Session, store: GatedStore, *, after: trio.Event | None = None) -> list[Event]:
+    """Run "hi" in ``session`` while ``store`` holds its commits (until ``after``, if given, then until every task
+    waits): nothing may be seen before the write; then let the write land, and return what the run streamed."""
+    seen: list[Event] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, session, "hi", seen)
+        if after is not None:
+            await after.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == []
+        store.gate.set()
+    return seen
 
 
 async def collect(session: Session, text: str, into: list[Event]) -> None:
@@ -339,17 +376,12 @@ async def test_a_run_ending_before_its_model_is_asked_ends_with_the_stores_error
     def instructions(ctx: Any) -> str:
         raise RuntimeError("no instructions today")
 
-    seen: list[Event] = []
     async with gated_session(tmp_path / "s.db", ScriptedModel(["unused"]), instructions=instructions) as (
         store,
         session,
     ):
         store.fail = 1
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await trio.testing.wait_all_tasks_blocked()
-            assert seen == []
-            store.gate.set()
+        seen = await through_the_gate(session, store)
     assert_not_written(seen)
 
 
@@ -400,13 +432,9 @@ async def test_a_run_whose_model_fails_and_whose_write_fails_ends_with_the_store
     def failing(request: ModelRequest) -> str:
         raise RuntimeError("the model is down")
 
-    seen: list[Event] = []
     async with gated_session(tmp_path / "s.db", ScriptedModel(itertools.repeat(failing))) as (store, session):
         store.fail = 1
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await trio.testing.wait_all_tasks_blocked()
-            store.gate.set()
+        seen = await through_the_gate(session, store)
         assert_not_written(seen)
         assert session.history == ()
 
@@ -417,13 +445,9 @@ async def test_a_run_its_store_cannot_write_shows_no_more_of_its_stream_than_its
     """More than HELD_EVENTS streamed before the write fails: the run waited for the write at the bound, and what
     it streams after the failure reaches nobody either (its Usage does: the tokens are spent)."""
     model = StreamingModel(2 * HELD_EVENTS)
-    seen: list[Event] = []
     async with gated_session(tmp_path / "s.db", model) as (store, session):
         store.fail = 2  # (its retry too)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await trio.testing.wait_all_tasks_blocked()
-            store.gate.set()
+        seen = await through_the_gate(session, store)
         assert [type(event) for event in seen] == [RunStarted, Usage, ErrorEvent, RunFinished]
         assert isinstance(seen[1], Usage)
         assert (seen[1].input_tokens, seen[1].output_tokens) == (1, 2 * HELD_EVENTS)
@@ -431,52 +455,19 @@ async def test_a_run_its_store_cannot_write_shows_no_more_of_its_stream_than_its
         assert session.history == ()
 
 
-class HangingModel:
-    """Never answers; :attr:`cancelled` is set once its stream is cancelled."""
-
-    def __init__(self) -> None:
-        self.cancelled = trio.Event()
-
-    @asynccontextmanager
-    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
-        async def chunks() -> AsyncIterator[ModelChunk]:
-            try:
-                await trio.sleep_forever()
-            finally:
-                self.cancelled.set()
-            yield TextChunk("never")  # pragma: no cover
-
-        iterator = chunks()
-        try:
-            yield iterator
-        finally:
-            await iterator.aclose()  # type: ignore[attr-defined]
-
-
 async def test_a_run_timed_out_before_its_write_failed_leaves_no_history(tmp_path: Path) -> None:
-    model = HangingModel()
-    seen: list[Event] = []
+    model = HangingAfter()
     async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
         store.fail = 2
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await model.cancelled.wait()  # run_timeout: the run ends once its write is settled
-            await trio.testing.wait_all_tasks_blocked()
-            assert seen == []
-            store.gate.set()
+        seen = await through_the_gate(session, store, after=model.closed)
         assert_not_written(seen)
         assert session.history == ()
 
 
 async def test_a_run_timed_out_before_its_write_keeps_its_message_once_written(tmp_path: Path) -> None:
-    model = HangingModel()
-    seen: list[Event] = []
+    model = HangingAfter()
     async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await model.cancelled.wait()
-            await trio.testing.wait_all_tasks_blocked()
-            store.gate.set()
+        seen = await through_the_gate(session, store, after=model.closed)
         assert isinstance(seen[0], RunStarted)
         assert isinstance(seen[-1], RunFinished)
         assert seen[-1].reason == "timeout"
@@ -550,44 +541,15 @@ async def test_events_sent_by_another_task_while_the_run_is_held_go_on_once_each
         assert seen[-1] == RunFinished("completed"), seed
 
 
-class UsageAtTheBound:
-    """Streams ``HELD_EVENTS - 1`` words (with RunStarted: a full hold), then its Usage, then never ends."""
-
-    def __init__(self) -> None:
-        self.closed = trio.Event()
-
-    @asynccontextmanager
-    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
-        async def chunks() -> AsyncIterator[ModelChunk]:
-            try:
-                for k in range(HELD_EVENTS - 1):
-                    yield TextChunk(f"w{k} ")
-                yield UsageChunk(7, 11)  # past the bound: its send waits for the write
-                await trio.sleep_forever()
-            finally:
-                self.closed.set()  # run_timeout ended the stream
-
-        iterator = chunks()
-        try:
-            yield iterator
-        finally:
-            await iterator.aclose()  # type: ignore[attr-defined]
-
-
 async def test_a_usage_owed_at_the_held_bound_is_held_too_when_the_run_times_out_before_its_write(
     tmp_path: Path,
 ) -> None:
     """The Usage past the bound waits for the write; run_timeout cancels that wait, and the Usage, owed, is held
     behind the rest (not sent ahead of them, nor before the write)."""
-    model = UsageAtTheBound()
-    seen: list[Event] = []
+    # With RunStarted, the words fill the hold: the Usage's send waits for the write.
+    model = HangingAfter(*(TextChunk(f"w{k} ") for k in range(HELD_EVENTS - 1)), UsageChunk(7, 11))
     async with gated_session(tmp_path / "s.db", model, run_timeout=0.01) as (store, session):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await model.closed.wait()
-            await trio.testing.wait_all_tasks_blocked()
-            assert seen == []  # the owed Usage is held too: nothing before the write
-            store.gate.set()
+        seen = await through_the_gate(session, store, after=model.closed)
         kinds = [type(event).__name__ for event in seen]
         assert kinds[0] == "RunStarted"
         assert kinds.count("TextDelta") == HELD_EVENTS - 1
@@ -607,11 +569,7 @@ class SayingBye(Hooks):
 
 async def test_a_hook_emits_after_its_run_was_not_written(tmp_path: Path) -> None:
     """The hooks' context was made while the run was held: it sends straight on once the run is settled."""
-    seen: list[Event] = []
     async with gated_session(tmp_path / "s.db", ScriptedModel(["hello"]), hooks=[SayingBye()]) as (store, session):
         store.fail = 2
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect, session, "hi", seen)
-            await trio.testing.wait_all_tasks_blocked()
-            store.gate.set()
+        seen = await through_the_gate(session, store)
     assert [type(event).__name__ for event in seen] == ["RunStarted", "Usage", "ErrorEvent", "Bye", "RunFinished"]
