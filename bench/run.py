@@ -133,6 +133,30 @@ METRICS = {  # workload -> [(metric, label, unit, lower is better)]
     "w1_durable": [
         ("fresh_us_per_run", "W1 streamed, a fresh session per prompt", "µs/run", True),
         ("shared_us_per_run", "W1 streamed, all prompts in one session", "µs/run", True),
+        (
+            "fresh_memory_us_per_run",
+            "in memory, paired: fresh sessions, beside each repetition on the store",
+            "µs/run",
+            True,
+        ),
+        (
+            "shared_memory_us_per_run",
+            "in memory, paired: one session, beside each repetition on the store",
+            "µs/run",
+            True,
+        ),
+        (
+            "fresh_over_memory",
+            "paired ratio, fresh sessions: the store's repetition over its in-memory pair's",
+            "×",
+            True,
+        ),
+        (
+            "shared_over_memory",
+            "paired ratio, one session: the store's repetition over its in-memory pair's",
+            "×",
+            True,
+        ),
         ("concurrent_wall_s", "1,000 runs at once, one session each: wall time", "s", True),
         ("concurrent_runs_per_s", "1,000 runs at once: throughput", "runs/s", False),
         ("concurrent_completed", "1,000 runs at once: ended completed", "runs", False),
@@ -316,13 +340,17 @@ def _w1_durable_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     and the 1,000 runs at once on one SQLite file."""
     table = results["workloads"]["w1_durable"]
     rows = []
-    for metric, how in (("fresh_us_per_run", "fresh sessions"), ("shared_us_per_run", "one shared session")):
+    for way, how in (("fresh", "fresh sessions"), ("shared", "one shared session")):
+        metric = f"{way}_us_per_run"
         sqlite = median_of(results, "w1_durable", "trio-agents-sqlite", metric)
-        memory = median_of(results, "w1_durable", "trio-agents", metric)
         peer = median_of(results, "w1_durable", "openai-agents-sqlite", metric)
-        rows.append((f"W1 durable, {how}: SQLite ≤ {W1D_SQLITE_OVER_MEMORY:.0f}× in memory",
-                     f"{sqlite:,.0f} / {memory:,.0f} µs = {sqlite / memory:.2f}×",
-                     sqlite <= W1D_SQLITE_OVER_MEMORY * memory))  # fmt: skip
+        # Read from the pairs (each repetition on SQLite beside one in memory, in its process): the processes
+        # between the columns move this VM's speed by more than the store's cost.
+        paired = median_of(results, "w1_durable", "trio-agents-sqlite", f"{way}_over_memory")
+        memory = median_of(results, "w1_durable", "trio-agents-sqlite", f"{way}_memory_us_per_run")
+        rows.append((f"W1 durable, {how}: SQLite ≤ {W1D_SQLITE_OVER_MEMORY:.0f}× in memory (paired repetitions)",
+                     f"{sqlite:,.0f} / {memory:,.0f} µs, median of the pairs' ratios {paired:.2f}×",
+                     paired <= W1D_SQLITE_OVER_MEMORY))  # fmt: skip
         rows.append((f"W1 durable, {how}: SQLite ≤ 1/5 of openai-agents + SQLiteSession (file)",
                      f"{sqlite:,.0f} / {peer:,.0f} µs = {sqlite / peer:.3f}",
                      sqlite <= W1D_SQLITE_OVER_PEER * peer))  # fmt: skip
@@ -599,6 +627,8 @@ def _w6_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[st
 
 
 RATIOED = ("fresh_us_per_run", "shared_us_per_run", "concurrent_wall_s", "concurrent_runs_per_s")
+PAIRED = {"fresh_over_memory": "fresh_us_per_run", "shared_over_memory": "shared_us_per_run"}
+"""The paired ratios, and the column figure each stands beside."""
 
 
 def _w1_durable_table(table: dict[str, dict[str, list[float]]], notes: dict[str, dict[str, str]]) -> list[str]:
@@ -611,6 +641,8 @@ def _w1_durable_table(table: dict[str, dict[str, list[float]]], notes: dict[str,
     ]  # fmt: skip
 
     def ratio(impl: str, over: str, metric: str) -> str:
+        if metric in PAIRED and over == "trio-agents" and metric in table.get(impl, {}):
+            return f"{statistics.median(table[impl][metric]):.2f}× (pairs)"
         if metric not in RATIOED or metric not in table.get(impl, {}) or metric not in table.get(over, {}):
             return "–"
         value = statistics.median(table[impl][metric]) / statistics.median(table[over][metric])
@@ -683,8 +715,12 @@ def _describe(workload: str) -> str:
         "libraries). 5 repetitions of 300 prompts after a warm-up, per process. trio-agents columns also run "
         "1,000 streamed runs at once, each its own fresh session, on one store: wall time, runs/s, runs that "
         'ended `completed`, every "database is locked" seen (raised, an `ErrorEvent`, or logged by the '
-        "writer) and the store transactions they took (the writer commits every dirty session in one). Ratios: "
-        "medians over medians; below 1, the first uses less time.",
+        "writer) and the store transactions they took (the writer commits every dirty session in one). A store's "
+        "column also times its in-memory reference **paired**: beside each repetition on the store, the same "
+        "repetition in memory in the same process (which goes first alternating), the two kept as a ratio; the "
+        "targets against in memory are read from those pairs, since this VM's speed drifts from one process to "
+        "the next (the columns run between leave it slower for a while) by more than a store's cost moves. "
+        "Other ratios: medians over medians; below 1, the first uses less time.",
         "w6": "A loopback provider (bench/token_server.py, its own process) answers every request with one pre-built "
         "body of 5,000 one-token chunks in the provider's format (bench/token_bodies.py: Chat Completions, "
         "Anthropic Messages, Responses, Gemini `streamGenerateContent?alt=sse`), chunked transfer encoding, one "

@@ -17,6 +17,13 @@ run and goes to the model every turn). The model answers the latest prompt. A wa
 ``--reps`` repetitions of each; the store's file (or database) is made once per process, the
 runtime opened on it for each repetition (outside the timed loop).
 
+A store's column also measures its reference **paired**: each repetition on the store is
+followed (or, every other time, preceded) by the same repetition in memory, in the same process,
+and the ratio of the two is kept (``fresh_over_memory``, ``shared_over_memory``; the in-memory
+figures as ``fresh_memory_us_per_run``, ``shared_memory_us_per_run``). The store's target is read
+from those ratios: this VM drifts from one process to the next by more than a store's cost moves
+(the columns run between leave it slower for a while), and a pair shares whatever state it is in.
+
 trio-agents columns also run ``--runs`` (1,000) streamed runs at once across ``--sessions`` (1,000:
 each run its own session) fresh sessions of one store, and report the wall time, runs/s, how many
 ended ``completed``, every "database is locked" seen (raised, an ``ErrorEvent``, or the writer's
@@ -93,22 +100,43 @@ def measure(args: argparse.Namespace, directory: str) -> tuple[Any, dict[str, An
     with _store_factory(args.impl, directory) as (factory, why):
         if factory is None:
             return ours, metrics, {"w1_durable": why}
-        series(metrics, args, lambda n, shared: ours.durable_w1(n, store=factory, shared=shared))
+        in_memory = (
+            None
+            if args.impl == "trio-agents"
+            else (lambda n, shared: ours.durable_w1(n, store=lambda: None, shared=shared))
+        )
+        series(metrics, args, lambda n, shared: ours.durable_w1(n, store=factory, shared=shared), paired=in_memory)
         quiet_gc()
         result = ours.durable_concurrent(args.runs, store=factory, sessions=args.sessions)
     metrics.update({f"concurrent_{name}": value for name, value in result.items()})
     return ours, metrics, {}
 
 
-def series(metrics: dict[str, Any], args: argparse.Namespace, run: Callable[[int, bool], float]) -> None:
-    """Fresh sessions, then one shared session: a warm-up pass, then ``--reps`` timed passes (µs/run)."""
-    for shared, key in ((False, "fresh_us_per_run"), (True, "shared_us_per_run")):
-        run(max(args.prompts // 3, 1), shared)
-        values = []
-        for _ in range(args.reps):
-            quiet_gc()
-            values.append(run(args.prompts, shared) / args.prompts * 1e6)
-        metrics[key] = values
+def series(
+    metrics: dict[str, Any],
+    args: argparse.Namespace,
+    run: Callable[[int, bool], float],
+    *,
+    paired: Callable[[int, bool], float] | None = None,
+) -> None:
+    """Fresh sessions, then one shared session: a warm-up pass, then ``--reps`` timed passes (µs/run).
+
+    With ``paired`` (the in-memory reference), each pass of ``run`` has one of ``paired`` beside it,
+    which of the two goes first alternating, and their ratios are kept too.
+    """
+    for shared, way in ((False, "fresh"), (True, "shared")):
+        runs = [run] if paired is None else [run, paired]
+        for each in runs:
+            each(max(args.prompts // 3, 1), shared)
+        timed: list[list[float]] = [[] for _ in runs]
+        for rep in range(args.reps):
+            for index in range(len(runs)) if rep % 2 == 0 else reversed(range(len(runs))):
+                quiet_gc()
+                timed[index].append(runs[index](args.prompts, shared) / args.prompts * 1e6)
+        metrics[f"{way}_us_per_run"] = timed[0]
+        if paired is not None:
+            metrics[f"{way}_memory_us_per_run"] = timed[1]
+            metrics[f"{way}_over_memory"] = [store / memory for store, memory in zip(*timed, strict=True)]
 
 
 def main() -> None:
