@@ -357,9 +357,11 @@ class _Call:
         if self._output is None:
             return types.CallToolResult(content=[types.TextContent(text=escape_surrogates(str(result.output or "")))])
         data, structured = self._output.dump(result.output)
-        return types.CallToolResult(
-            content=[types.TextContent(text=json.dumps(data))], structured_content=_sendable(structured)
-        )
+        try:
+            text = json.dumps(data, allow_nan=False)
+        except ValueError:  # Infinity or NaN: not JSON, and not a number the output schema allows
+            return _error_result("the agent's output holds a number JSON cannot carry (infinity or NaN)")
+        return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=_sendable(structured))
 
     async def _cancel_when_gone(self, gone: trio.Event, stream: RunStream) -> None:
         """Cancel the run once the client's stream of this call has ended: it would wait for answers forever."""

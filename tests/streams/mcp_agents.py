@@ -66,7 +66,9 @@ class Weather(pydantic.BaseModel):
 def _weather(request: ModelRequest) -> Turn:
     last = request.messages[-1]
     assert isinstance(last, UserMessage)
-    return ToolCall("final_result", {"city": last.content, "celsius": 21.5})
+    # "Infinity" validates as a float (pydantic's lax mode), which JSON has no number for.
+    celsius = "Infinity" if last.content == "the sun" else 21.5
+    return ToolCall("final_result", {"city": last.content, "celsius": celsius})
 
 
 typed_agent = Agent(

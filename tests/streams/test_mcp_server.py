@@ -201,6 +201,19 @@ async def test_mcp_http_typed_output_is_structured_content_with_its_schema() -> 
     assert json.loads(text_of(result)) == {"city": "Paris", "celsius": 21.5}
 
 
+async def test_mcp_http_typed_output_json_cannot_carry_is_an_error_result() -> None:
+    """An output with a float JSON has no number for (infinity) is the call's error result, saying why: not
+    ``Infinity`` in the text (no strict JSON parser takes it) beside structuredContent its schema refuses."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(mcp_agents.typed_agent) as server, connected(server) as session:
+            result = await session.call_tool("weather", {"task": "the sun"})
+            after = await session.call_tool("weather", {"task": "Paris"})
+    assert result.is_error
+    assert result.structured_content is None
+    assert text_of(result) == "the agent's output holds a number JSON cannot carry (infinity or NaN)"
+    assert after.structured_content == {"city": "Paris", "celsius": 21.5}  # the session goes on
+
+
 @pytest.mark.parametrize(
     ("answer", "said"),
     [(accept({"answer": True}), "accept True"), (types.ElicitResult(action="decline"), "decline None")],
