@@ -1,8 +1,10 @@
-"""ToolThreads: the limiter of sync tools' worker threads, FIFO and cheap when a thread is free."""
+"""ToolThreads: the limiter of sync tools' worker threads, FIFO and cheap when a thread is free; and each
+session's share of them."""
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 from typing import Final
 
@@ -12,6 +14,9 @@ TOOL_THREADS: Final = 40
 """Sync tools running at once in worker threads, per trio run (trio's own default): shared by every runtime and
 session in it. A thread abandoned on cancel (a tool past ``tool_timeout``, a closed session's) holds its place
 until its function really returns, so stuck tools leave fewer for everyone."""
+SESSION_TOOL_THREADS: Final = TOOL_THREADS // 2
+"""Of those, the most one session (its runs and their sub-agents) holds at once: a session whose tools hang
+cannot take every thread from the others."""
 
 
 class ToolThreads:
@@ -40,6 +45,13 @@ class ToolThreads:
         self._free = total
         self._waiting: deque[trio.lowlevel.Task] = deque()
 
+    def try_acquire(self) -> bool:
+        """Take a thread if one is free now (never a schedule point)."""
+        if self._free:
+            self._free -= 1
+            return True
+        return False
+
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """Take a thread, waiting in line if none is free (a checkpoint only if it waits)."""
         if self._free:
@@ -62,6 +74,40 @@ class ToolThreads:
             self._free += 1
 
 
+class SessionThreads:
+    """One session's share of the trio run's :class:`ToolThreads`: a thread is taken from the session's own
+    ``share`` first (its calls wait their turn there, FIFO), then from the shared limiter, so the session never
+    holds more than ``share`` at once, abandoned threads included. Got from :func:`session_threads`."""
+
+    __slots__ = ("__weakref__", "_own", "_shared")
+
+    def __init__(self, shared: ToolThreads, share: int) -> None:
+        self._own = ToolThreads(share)
+        self._shared = shared
+
+    def try_acquire(self) -> bool:
+        """Take a thread if the session's share and the shared limiter both have one free now."""
+        if self._own._free and self._shared._free:
+            self._own._free -= 1
+            self._shared._free -= 1
+            return True
+        return False
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        """Take a place in the session's share, then a thread (a checkpoint only if either waits)."""
+        await self._own.acquire_on_behalf_of(borrower)
+        try:
+            await self._shared.acquire_on_behalf_of(borrower)
+        except BaseException:
+            self._own.release_on_behalf_of(borrower)
+            raise
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        """Give the thread back, then the place in the session's share."""
+        self._shared.release_on_behalf_of(borrower)
+        self._own.release_on_behalf_of(borrower)
+
+
 class TimedThreads:
     """``threads`` for one call bounded by ``timeout`` (the deadline of ``scope``, entered around the call): the
     clock starts once the call has its thread. Waiting in line for one is not the tool's own work; the wait stays
@@ -69,7 +115,7 @@ class TimedThreads:
 
     __slots__ = ("_scope", "_threads", "_timeout")
 
-    def __init__(self, threads: ToolThreads, scope: trio.CancelScope, timeout: float) -> None:
+    def __init__(self, threads: ToolThreads | SessionThreads, scope: trio.CancelScope, timeout: float) -> None:
         self._threads = threads
         self._scope = scope
         self._timeout = timeout
@@ -77,8 +123,7 @@ class TimedThreads:
     async def acquire_on_behalf_of(self, borrower: object) -> None:
         """Take a thread; if the call has to wait for one, its timeout starts over once it has it."""
         threads = self._threads
-        if threads._free:  # no wait: nothing to take off the clock (and no schedule point)
-            threads._free -= 1
+        if threads.try_acquire():  # no wait: nothing to take off the clock (and no schedule point)
             return
         self._scope.deadline = math.inf
         await threads.acquire_on_behalf_of(borrower)
@@ -89,6 +134,9 @@ class TimedThreads:
 
 
 _TOOL_THREADS: trio.lowlevel.RunVar[ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")
+_SESSION_THREADS: trio.lowlevel.RunVar[weakref.WeakValueDictionary[str, SessionThreads]] = trio.lowlevel.RunVar(
+    "trio_agents_session_threads"
+)
 
 
 def tool_threads() -> ToolThreads:
@@ -99,3 +147,22 @@ def tool_threads() -> ToolThreads:
         limiter = ToolThreads(TOOL_THREADS)
         _TOOL_THREADS.set(limiter)
         return limiter
+
+
+def session_threads(session_id: str) -> SessionThreads:
+    """Session ``session_id``'s share of this trio run's sync-tool threads (:data:`SESSION_TOOL_THREADS` of
+    :func:`tool_threads`).
+
+    Kept only while something holds it (a call waiting or holding a thread, an abandoned thread that has
+    not yet returned), so an idle session costs nothing; while anything does, every call of the session
+    gets the same one.
+    """
+    try:
+        shares = _SESSION_THREADS.get()
+    except LookupError:
+        shares = weakref.WeakValueDictionary()
+        _SESSION_THREADS.set(shares)
+    share = shares.get(session_id)
+    if share is None:
+        share = shares[session_id] = SessionThreads(tool_threads(), SESSION_TOOL_THREADS)
+    return share

@@ -1,8 +1,10 @@
-"""ToolThreads: the sync tools' thread limiter, checked against trio.CapacityLimiter and in a run."""
+"""ToolThreads: the sync tools' thread limiter, checked against trio.CapacityLimiter and in a run; and each
+session's share of it."""
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -11,7 +13,7 @@ import trio.testing
 
 from agents import Agent, ScriptedModel, ThreadLimiter, ToolCall
 from runtime import open_runtime
-from runtime._threads import TOOL_THREADS, ToolThreads, tool_threads
+from runtime._threads import SESSION_TOOL_THREADS, TOOL_THREADS, ToolThreads, session_threads, tool_threads
 from runtime.events import ToolCallStarted
 
 if TYPE_CHECKING:
@@ -313,3 +315,101 @@ async def test_threads_a_call_waiting_for_a_thread_is_cancelled_at_once_and_leav
     finally:
         for borrower in taken:
             limiter.release_on_behalf_of(borrower)
+
+
+# -- each session's share --------------------------------------------------------
+
+
+async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_others() -> None:
+    """A session whose sync tools all hang holds SESSION_TOOL_THREADS threads at most, its other calls waiting
+    in its own line: another session's sync tool still gets a thread and answers. Before, the hanging
+    session took all TOOL_THREADS and every other session's sync tools waited for it."""
+    calls = TOOL_THREADS + 5
+    release = threading.Event()
+    lock = threading.Lock()
+    running = most = 0
+    share_full = trio.Event()
+
+    def note_full() -> None:
+        share_full.set()
+
+    def hang(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            full = running == SESSION_TOOL_THREADS
+        if full:
+            trio.from_thread.run_sync(note_full)
+        release.wait(WAIT)  # bounded: a broken share fails below instead of hanging
+        with lock:
+            running -= 1
+        return n
+
+    def double(x: int) -> int:
+        return 2 * x
+
+    hanging = Agent(name="h", model=ScriptedModel([[ToolCall("hang", {"n": n}) for n in range(calls)], "done"]),
+                    tools=[hang])  # fmt: skip
+    other = Agent(name="o", model=ScriptedModel([ToolCall("double", {"x": 21}), "done"]), tools=[double])
+    results: list[Any] = []
+
+    async def ask(session: Any) -> None:
+        results.append(await session.ask("go"))
+
+    try:
+        with trio.fail_after(WAIT):
+            async with (
+                open_runtime() as runtime,
+                runtime.open_session(hanging) as stuck,
+                runtime.open_session(other) as healthy,
+            ):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ask, stuck)
+                    await share_full.wait()
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert tool_threads()._free == TOOL_THREADS - SESSION_TOOL_THREADS
+                    answered = await healthy.ask("go")  # its tool gets one of the threads left
+                    assert [call.result for call in answered.tool_calls] == [42]
+                    assert running == SESSION_TOOL_THREADS  # the hanging session never took more
+                    release.set()
+    finally:
+        release.set()
+    assert most == SESSION_TOOL_THREADS
+    assert sorted(call.result for call in results[0].tool_calls) == list(range(calls))
+    assert tool_threads()._free == TOOL_THREADS  # every thread given back, shares too
+
+
+async def test_threads_a_session_share_waiting_for_a_thread_is_cancelled_cleanly() -> None:
+    """A call that has its place in the session's share but waits for a thread of the trio run's, cancelled,
+    gives its place back: the session's share is whole again, and nothing waits anywhere."""
+    shared = tool_threads()
+    taken = [object() for _ in range(TOOL_THREADS)]
+    for borrower in taken:
+        await shared.acquire_on_behalf_of(borrower)
+    share = session_threads("s-cancel")
+    with trio.move_on_after(0) as scope:
+        await share.acquire_on_behalf_of(object())
+    assert scope.cancelled_caught
+    assert not shared._waiting
+    assert share._own._free == SESSION_TOOL_THREADS
+    for borrower in taken:
+        shared.release_on_behalf_of(borrower)
+    assert share.try_acquire()
+    assert shared._free == TOOL_THREADS - 1
+    share.release_on_behalf_of(None)
+    assert shared._free == TOOL_THREADS
+
+
+async def test_threads_a_session_share_is_one_per_session_while_anything_holds_it() -> None:
+    """Every call of a session gets the same share while anything holds it (a call, or trio for an abandoned
+    thread); another session has its own; a share nothing holds is gone (an idle session keeps nothing)."""
+    first = session_threads("s-a")
+    assert session_threads("s-a") is first
+    assert session_threads("s-b") is not first
+    assert first.try_acquire()
+    assert session_threads("s-a") is first  # its tokens stay counted against the session
+    first.release_on_behalf_of(None)
+    gone = weakref.ref(first)
+    del first  # reference counting alone frees it
+    assert gone() is None
