@@ -35,6 +35,33 @@ def make_limiter(request: pytest.FixtureRequest) -> Callable[[int], ThreadLimite
     return factory
 
 
+class Blocking:
+    """Work for worker threads that blocks until ``release`` (bounded by WAIT: a broken limiter fails its test
+    instead of hanging), counting how many run at once and the most; ``reached`` is set once ``signal_at``
+    have started."""
+
+    def __init__(self, *, signal_at: int) -> None:
+        self.release = threading.Event()
+        self.reached = trio.Event()
+        self.started: list[int] = []
+        self.running = self.most = 0
+        self._signal_at = signal_at
+        self._lock = threading.Lock()
+
+    def __call__(self, n: int) -> int:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.started.append(n)
+            reached = len(self.started) == self._signal_at
+        if reached:
+            trio.from_thread.run_sync(self.reached.set)
+        self.release.wait(WAIT)
+        with self._lock:
+            self.running -= 1
+        return n
+
+
 class Holders:
     """Tasks borrowing from a limiter, in the order they got it, and how many held it at once."""
 
@@ -144,26 +171,7 @@ def test_threads_rejects_a_negative_total(make_limiter: Callable[[int], ThreadLi
 async def test_threads_to_thread_runs_at_most_total_threads(make_limiter: Callable[[int], ThreadLimiter]) -> None:
     """Through trio.to_thread.run_sync, six blocking calls with a limit of 2 run two real threads at a time."""
     limiter = make_limiter(2)
-    lock = threading.Lock()
-    release = threading.Event()
-    started: list[int] = []
-    active = most = 0
-    two_started = trio.Event()
-
-    def note_started(i: int) -> None:
-        started.append(i)
-        if len(started) == 2:
-            two_started.set()
-
-    def work(i: int) -> None:
-        nonlocal active, most
-        with lock:
-            active += 1
-            most = max(most, active)
-        trio.from_thread.run_sync(note_started, i)
-        release.wait(WAIT)  # bounded: a broken limiter fails below instead of hanging
-        with lock:
-            active -= 1
+    work = Blocking(signal_at=2)
 
     async def call(i: int) -> None:
         await trio.to_thread.run_sync(work, i, limiter=limiter)  # type: ignore[arg-type]
@@ -173,15 +181,15 @@ async def test_threads_to_thread_runs_at_most_total_threads(make_limiter: Callab
             async with trio.open_nursery() as nursery:
                 for i in range(6):
                     nursery.start_soon(call, i)
-                await two_started.wait()
+                await work.reached.wait()
                 # The other four wait in the limiter, in Trio, so no thread can start behind our back.
                 await trio.testing.wait_all_tasks_blocked()
-                assert len(started) == 2
-                release.set()
+                assert len(work.started) == 2
+                work.release.set()
     finally:
-        release.set()
-    assert most == 2
-    assert sorted(started) == list(range(6))
+        work.release.set()
+    assert work.most == 2
+    assert sorted(work.started) == list(range(6))
 
 
 # -- ToolThreads only ------------------------------------------------------------
@@ -325,26 +333,10 @@ async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_other
     in its own line: another session's sync tool still gets a thread and answers. Before, the hanging
     session took all TOOL_THREADS and every other session's sync tools waited for it."""
     calls = TOOL_THREADS + 5
-    release = threading.Event()
-    lock = threading.Lock()
-    running = most = 0
-    share_full = trio.Event()
-
-    def note_full() -> None:
-        share_full.set()
+    blocking = Blocking(signal_at=SESSION_TOOL_THREADS)
 
     def hang(n: int) -> int:
-        nonlocal running, most
-        with lock:
-            running += 1
-            most = max(most, running)
-            full = running == SESSION_TOOL_THREADS
-        if full:
-            trio.from_thread.run_sync(note_full)
-        release.wait(WAIT)  # bounded: a broken share fails below instead of hanging
-        with lock:
-            running -= 1
-        return n
+        return blocking(n)
 
     def double(x: int) -> int:
         return 2 * x
@@ -366,16 +358,16 @@ async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_other
             ):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ask, stuck)
-                    await share_full.wait()
+                    await blocking.reached.wait()
                     await trio.testing.wait_all_tasks_blocked()
                     assert tool_threads()._free == TOOL_THREADS - SESSION_TOOL_THREADS
                     answered = await healthy.ask("go")  # its tool gets one of the threads left
                     assert [call.result for call in answered.tool_calls] == [42]
-                    assert running == SESSION_TOOL_THREADS  # the hanging session never took more
-                    release.set()
+                    assert blocking.running == SESSION_TOOL_THREADS  # the hanging session never took more
+                    blocking.release.set()
     finally:
-        release.set()
-    assert most == SESSION_TOOL_THREADS
+        blocking.release.set()
+    assert blocking.most == SESSION_TOOL_THREADS
     assert sorted(call.result for call in results[0].tool_calls) == list(range(calls))
     assert tool_threads()._free == TOOL_THREADS  # every thread given back, shares too
 
