@@ -58,6 +58,11 @@ class Tool:
         return bool(check(arguments)) if callable(check) else check
 
     @property
+    def runs_in_thread(self) -> bool:
+        """Whether :meth:`invoke` runs the function in a worker thread (a sync function does)."""
+        return not self._is_async
+
+    @property
     def spec(self) -> ToolSpec:
         """How this tool is described to a model."""
         return ToolSpec(self.name, self.description, self.parameters)

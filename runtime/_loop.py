@@ -57,7 +57,7 @@ from ._held import HeldEvents
 from ._latch import Latch
 from ._result import RunResult, ToolCallRecord
 from ._store import StoreError
-from ._threads import SessionThreads, TimedThreads, session_threads
+from ._threads import TimedThreads, session_threads
 from ._tracing import failure
 from .events import (
     AgentSwitched,
@@ -1167,10 +1167,6 @@ class AgentRun:
             _TOP_CALL.reset(token)
             journal.settle_call(call.call_id)
 
-    def _thread_share(self) -> SessionThreads:
-        """Where this run's sync tools take their worker threads: its session's share of the trio run's."""
-        return session_threads(self._session.id)
-
     async def _run_tool(
         self,
         results: list[ToolResultMessage | None],
@@ -1212,12 +1208,13 @@ class AgentRun:
                     await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
-                share = self._thread_share()
-                threads: ThreadLimiter = share
+                share = session_threads(self._session) if tool.runs_in_thread else None  # of the worker threads
+                threads: ThreadLimiter | None = share
                 deadline = None
                 if timeout is not None:
                     deadline = trio.move_on_after(timeout)
-                    threads = TimedThreads(share, deadline, timeout)  # the wait for a thread is not counted
+                    if share is not None:
+                        threads = TimedThreads(share, deadline, timeout)  # the wait for a thread is not counted
                 with deadline or _NO_SCOPE:
                     try:
                         value = await tool.invoke(ctx, validated, limiter=threads)

@@ -75,9 +75,10 @@ class ToolThreads:
 
 
 class SessionThreads:
-    """One session's share of the trio run's :class:`ToolThreads`: a thread is taken from the session's own
-    ``share`` first (its calls wait their turn there, FIFO), then from the shared limiter, so the session never
-    holds more than ``share`` at once, abandoned threads included. Got from :func:`session_threads`."""
+    """One session's share of the trio run's :class:`ToolThreads`: a call takes a place in the session's own
+    ``share`` first (in line, first come first served), then a thread from the shared limiter (in its line),
+    so the session never holds more than ``share`` at once, abandoned threads included. Calls that got their
+    places together may get their threads in another order. Got from :func:`session_threads`."""
 
     __slots__ = ("__weakref__", "_own", "_shared")
 
@@ -134,7 +135,7 @@ class TimedThreads:
 
 
 _TOOL_THREADS: trio.lowlevel.RunVar[ToolThreads] = trio.lowlevel.RunVar("trio_agents_tool_threads")
-_SESSION_THREADS: trio.lowlevel.RunVar[weakref.WeakValueDictionary[str, SessionThreads]] = trio.lowlevel.RunVar(
+_SESSION_THREADS: trio.lowlevel.RunVar[weakref.WeakValueDictionary[object, SessionThreads]] = trio.lowlevel.RunVar(
     "trio_agents_session_threads"
 )
 
@@ -149,20 +150,20 @@ def tool_threads() -> ToolThreads:
         return limiter
 
 
-def session_threads(session_id: str) -> SessionThreads:
-    """Session ``session_id``'s share of this trio run's sync-tool threads (:data:`SESSION_TOOL_THREADS` of
-    :func:`tool_threads`).
+def session_threads(session: object) -> SessionThreads:
+    """``session``'s share of this trio run's sync-tool threads (:data:`SESSION_TOOL_THREADS` of
+    :func:`tool_threads`): the session object's, not its id's (two runtimes may each have a session of one id).
 
     Kept only while something holds it (a call waiting or holding a thread, an abandoned thread that has
-    not yet returned), so an idle session costs nothing; while anything does, every call of the session
-    gets the same one.
+    not yet returned), and the session with it, so an idle session costs nothing; while anything does,
+    every call of the session gets the same one.
     """
     try:
         shares = _SESSION_THREADS.get()
     except LookupError:
         shares = weakref.WeakValueDictionary()
         _SESSION_THREADS.set(shares)
-    share = shares.get(session_id)
+    share = shares.get(session)
     if share is None:
-        share = shares[session_id] = SessionThreads(tool_threads(), SESSION_TOOL_THREADS)
+        share = shares[session] = SessionThreads(tool_threads(), SESSION_TOOL_THREADS)
     return share

@@ -328,10 +328,12 @@ async def test_threads_a_call_waiting_for_a_thread_is_cancelled_at_once_and_leav
 # -- each session's share --------------------------------------------------------
 
 
-async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_others() -> None:
+@pytest.mark.parametrize("same_id", [False, True], ids=["another-id", "same-id-another-runtime"])
+async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_others(same_id: bool) -> None:
     """A session whose sync tools all hang holds SESSION_TOOL_THREADS threads at most, its other calls waiting
-    in its own line: another session's sync tool still gets a thread and answers. Before, the hanging
-    session took all TOOL_THREADS and every other session's sync tools waited for it."""
+    in its own line: another session's sync tool still gets a thread and answers, even one with the same id
+    in another runtime (a share is the session's, not its id's). Before, the hanging session took all
+    TOOL_THREADS and every other session's sync tools waited for it."""
     calls = TOOL_THREADS + 5
     blocking = Blocking(signal_at=SESSION_TOOL_THREADS)
 
@@ -353,8 +355,11 @@ async def test_threads_a_session_with_hanging_tools_leaves_threads_for_the_other
         with trio.fail_after(WAIT):
             async with (
                 open_runtime() as runtime,
+                open_runtime() as elsewhere,
                 runtime.open_session(hanging) as stuck,
-                runtime.open_session(other) as healthy,
+                (elsewhere if same_id else runtime).open_session(
+                    other, session_id=stuck.id if same_id else None
+                ) as healthy,
             ):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ask, stuck)
@@ -379,7 +384,7 @@ async def test_threads_a_session_share_waiting_for_a_thread_is_cancelled_cleanly
     taken = [object() for _ in range(TOOL_THREADS)]
     for borrower in taken:
         await shared.acquire_on_behalf_of(borrower)
-    share = session_threads("s-cancel")
+    share = session_threads(object())
     with trio.move_on_after(0) as scope:
         await share.acquire_on_behalf_of(object())
     assert scope.cancelled_caught
@@ -396,11 +401,16 @@ async def test_threads_a_session_share_waiting_for_a_thread_is_cancelled_cleanly
 async def test_threads_a_session_share_is_one_per_session_while_anything_holds_it() -> None:
     """Every call of a session gets the same share while anything holds it (a call, or trio for an abandoned
     thread); another session has its own; a share nothing holds is gone (an idle session keeps nothing)."""
-    first = session_threads("s-a")
-    assert session_threads("s-a") is first
-    assert session_threads("s-b") is not first
+
+    class Session:
+        """Stands for a session: shares are keyed by the object."""
+
+    one, two = Session(), Session()
+    first = session_threads(one)
+    assert session_threads(one) is first
+    assert session_threads(two) is not first
     assert first.try_acquire()
-    assert session_threads("s-a") is first  # its tokens stay counted against the session
+    assert session_threads(one) is first  # its tokens stay counted against the session
     first.release_on_behalf_of(None)
     gone = weakref.ref(first)
     del first  # reference counting alone frees it
