@@ -169,9 +169,23 @@ def host_name(value: str) -> str:
     if value.startswith("["):  # [v6]:port
         return value[1 : value.find("]")] if "]" in value else value
     name, colon, port = value.rpartition(":")
-    if colon and port.isdigit() and ":" not in name:
+    if colon and port.isdigit() and (":" not in name or _unbracketed_v6(name, value)):
         value = name
     return value.rstrip(".")
+
+
+def _unbracketed_v6(name: str, value: str) -> bool:
+    """Whether ``value`` is an IPv6 address and a port without the brackets (``::1:43477``, as trio-websocket's
+    client sends it): ``name`` is an address and ``value`` is not (``::1:8080`` is an address itself)."""
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 class Exposure:

@@ -321,7 +321,7 @@ class WebSocketChannel:
     async def _handle(self, bus: MessageBus, request: WebSocketRequest, stream: _DeadlineStream) -> None:
         """Serve one connection: its reader, writer and closer live in this nursery."""
         try:
-            self._exposure.check(request.headers)
+            self._exposure.check(_handshake_headers(request))
         except RequestRejected as rejected:
             self._rejected += 1
             body = json.dumps({"type": "error", "text": str(rejected)}).encode()
@@ -412,3 +412,14 @@ def _parse(frame: str | bytes) -> tuple[str, None] | tuple[None, str]:
     if not isinstance(text, str):
         return None, 'a JSON message needs a string "text" field'
     return text, None
+
+
+def _handshake_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
+    """The handshake's headers with its ``Host``, which wsproto keeps apart from ``extra_headers`` (the only
+    ones trio-websocket shows): without it the host check and the same-origin comparison see no host."""
+    # trio-websocket has no public accessor for the handshake's host: its wsproto Request event has it.
+    host = getattr(getattr(request, "_event", None), "host", None)
+    headers = list(request.headers)
+    if isinstance(host, str):
+        headers.append((b"host", host.encode("latin-1", "replace")))
+    return headers

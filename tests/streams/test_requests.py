@@ -24,7 +24,7 @@ from agents import Agent, ScriptedModel
 from runtime import open_gateway, open_runtime
 from streams import UnsafeBindError, WebhookChannel, WebSocketChannel, open_server
 from streams.__main__ import main
-from streams._requests import RequestRejected, read_body
+from streams._requests import RequestRejected, host_name, read_body
 from streams._server import _owner
 
 if TYPE_CHECKING:
@@ -409,3 +409,20 @@ def test_a_served_runtime_names_itself_by_where_it_listens() -> None:
     assert _owner(None, "0.0.0.0", 8000) == f"http://{socket.gethostname()}:8000"
     assert _owner(None, "::1", 8000) == "http://[::1]:8000"
     assert _owner(None, "10.0.0.7", 0) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("Example.COM.:443", "example.com"),
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("[::1]:8080", "::1"),
+        ("::1:43477", "::1"),  # an IPv6 address and a port without brackets, as trio-websocket's client sends it
+        ("2001:db8::1", "2001:db8::1"),  # no port: every part is the address's
+        ("::1:8080", "::1:8080"),  # an address as it stands (0::1:8080): never cut, whatever was meant
+    ],
+)
+def test_host_name_of_a_host_header(header: str, name: str) -> None:
+    """The name a Host header is checked by: lowercase, no port, no final dot, an IPv6 address with or without
+    its brackets."""
+    assert host_name(header) == name

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 import wsproto
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
 
 from agents import Agent, ModelRequest, ScriptedModel, UserMessage
 from runtime import Channel, MessageBus, OutboundMessage, open_gateway, open_runtime
@@ -267,6 +267,49 @@ async def test_websocket_channel_survives_a_client_resetting_during_the_handshak
                 await ws.send_message("still there?")
                 reply = await _receive(ws)
                 assert reply["text"] == "still there? #1"
+
+
+async def _handshake_status(port: int, host: str, origin: str | None) -> int:
+    """Open a WebSocket handshake with this ``Host`` (and ``Origin``): 101 if accepted, else the refusal's status."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        extra = [] if origin is None else [(b"origin", origin.encode())]
+        await stream.send_all(client.send(Request(host=host, target="/", extra_headers=extra)))
+        while True:
+            client.receive_data(await stream.receive_some(4096))
+            for event in client.events():
+                if isinstance(event, AcceptConnection):
+                    return 101
+                if isinstance(event, RejectConnection):
+                    return event.status_code
+
+
+@pytest.mark.parametrize(
+    ("options", "host", "origin", "status"),
+    [
+        ({}, "evil.example:{port}", None, 403),
+        ({}, "127.0.0.1:{port}", "http://127.0.0.1:{port}", 101),
+        ({"allowed_origins": ["*"]}, "evil.example:{port}", "http://evil.example:{port}", 403),
+        ({"allowed_hosts": ["api.example"]}, "127.0.0.1:{port}", None, 403),
+        ({"allowed_hosts": ["api.example"]}, "api.example", "http://api.example", 101),
+    ],
+    ids=["foreign-host", "same-origin-page", "any-origin-foreign-host", "host-not-allowed", "allowed-host-same-origin"],
+)
+async def test_websocket_channel_checks_the_handshakes_host(
+    options: dict[str, Any], host: str, origin: str | None, status: int
+) -> None:
+    """The handshake's Host is checked as a served runtime's is (DNS rebinding: a page whose name points at the
+    channel), and a page served from the channel's own origin may connect. wsproto keeps Host out of the
+    headers trio-websocket shows: before, no host was ever refused and every same-origin page was."""
+    channel = WebSocketChannel(port=0, **options)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, open_gateway(runtime, _echo_agent(1), [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            port = channel.port
+            got = await _handshake_status(port, host.format(port=port), origin and origin.format(port=port))
+    assert got == status
+    assert channel.statistics().rejected == (status != 101)
 
 
 @pytest.mark.parametrize("option", ["connect_timeout", "disconnect_timeout", "publish_timeout", "write_timeout"])
