@@ -106,8 +106,15 @@ class _SessionBlock:
     ) -> None:
         assert self._session is not None
         await self._session.aclose()
-        if self._session.error is not None and exc is None:
-            raise _unwrap(self._session.error)
+        error = self._session.error
+        if error is None:
+            return
+        if exc is None or isinstance(exc, (ClosedSessionError, trio.Cancelled)):
+            # What the block raised is the session's failure seen from inside (its run ended, the session
+            # closed under it, its scope cancelled): the failure itself is what the block raises, with it as
+            # the context, as a nursery raises a child's error rather than the Cancelled it caused.
+            raise _unwrap(error)
+        exc.add_note(f"while the session {self._session.id} had failed: {_unwrap(error)!r}")
 
 
 class Runtime:

@@ -384,6 +384,49 @@ async def test_open_session_raises_a_failing_task_error_at_exit() -> None:
                 assert session.closed
 
 
+async def test_open_session_raises_the_session_error_a_run_was_closed_by() -> None:
+    """A handler that raises (on_error="raise") fails the session while ``ask`` runs: ``ask`` raises
+    ClosedSessionError, and the block raises the handler's error, with that as its context. Before, the
+    block raised the ClosedSessionError and the handler's error was lost (not raised, chained or logged)."""
+    release = trio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Waits until the test lets it go (never: the session fails first)."""
+        await release.wait()
+        return "x"
+
+    async def broken(event: Event) -> None:
+        if isinstance(event, ToolCallStarted):
+            raise ValueError("the transcript disk is full")
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("slow"), "done"]), tools=[slow])
+    with trio.fail_after(5):
+        async with open_runtime() as runtime:
+            with pytest.raises(ValueError, match="the transcript disk is full") as raised:
+                async with runtime.open_session(agent) as session:
+                    session.add_handler(broken)
+                    await session.ask("go")
+    assert isinstance(raised.value.__context__, ClosedSessionError)
+
+
+async def test_open_session_keeps_its_own_error_and_notes_the_session_error() -> None:
+    """An error of the block's own, raised after the session failed, is what the block raises: the session's
+    error is named in a note, not lost."""
+
+    async def crash() -> None:
+        raise ValueError("listener broke")
+
+    async with open_runtime() as runtime:
+        with pytest.raises(KeyError) as raised:
+            async with runtime.open_session(Agent(name="a", model=ScriptedModel([]))) as session:
+                session.start_soon(crash)
+                await trio.testing.wait_all_tasks_blocked()
+                raise KeyError("the caller's own")
+    (note,) = raised.value.__notes__
+    assert note == f"while the session {session.id} had failed: ValueError('listener broke')"
+
+
 async def test_session_ids_are_unique_and_settable() -> None:
     """Sessions get distinct ids unless one is given."""
     agent = Agent(name="a", model=ScriptedModel([]))
