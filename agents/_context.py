@@ -167,7 +167,8 @@ class RunContext(Generic[DepsT]):
         Raises:
             TypeError: ``event`` is not an attrs ``CustomEvent``, or has a field named ``type`` or ``name``.
             runtime.ClosedRunStreamError: the run has ended (a task that outlived it still holds the context),
-                or, for a tool's context, its call has.
+                or, for a tool's context, its call has; or the run was cancelled before it started (an
+                ``on_run_end`` hook then has no stream to send to: it is ``RunFinished`` alone).
 
         Example::
 

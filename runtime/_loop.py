@@ -170,6 +170,7 @@ class AgentRun:
         "_session",
         "_sink",
         "_stop",
+        "_stream",
         "_sub_runs",
         "_text",
         "_tool_calls",
@@ -287,6 +288,7 @@ class AgentRun:
         # Made when first needed: most runs (no hooks, no toolsets, no tool asking for a context) never do.
         self._context: RunContext[Any] | None = None
         self._sink: _RunSink | None = None  # a RunContext's (hooks'): not this run, which would be a cycle
+        self._stream = _NOT_STARTED  # where its stream is: what a RunContext's emit may do (its sink has it too)
         self.cancel_scope = trio.CancelScope()
         """The run task's scope: cancelling it cancels the run."""
         self.done = Latch()
@@ -480,6 +482,7 @@ class AgentRun:
                     assert isinstance(tee, Tee)  # a durable run's events are copied to its journal
                     self._out = self._held = HeldEvents(tee, self._journal)
                 await self._emit(RunStarted(self.run_id, None if self._resume is None else self._resume.run_id))
+                self._stream_is(_OPEN)
                 timeout = self._agent.run_timeout
                 deadline = None if timeout is None else trio.move_on_after(timeout)
                 reason: FinishReason
@@ -525,6 +528,7 @@ class AgentRun:
                     with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                         await self._run_end_hooks("cancelled")
                 self._out.send_last(RunFinished("cancelled"))
+                self._stream_is(_CLOSED)
                 raise
             finally:
                 self._ended = True  # a task it started must not ask its (soon closed) stream
@@ -532,15 +536,18 @@ class AgentRun:
         # that. Its RunFinished still reaches every handler, and the consumer (final, if it has no room).
         self.final = finished = RunFinished(reason, message)
         try:
-            await self._run_end_hooks(reason)
-        except BaseException:
-            self._out.send_last(finished)
-            raise
-        try:
-            await self._emit(finished)
-        except BaseException:
-            self._out.send_last(finished)  # cancelled waiting for room: it still goes to every handler
-            raise
+            try:
+                await self._run_end_hooks(reason)
+            except BaseException:
+                self._out.send_last(finished)
+                raise
+            try:
+                await self._emit(finished)
+            except BaseException:
+                self._out.send_last(finished)  # cancelled waiting for room: it still goes to every handler
+                raise
+        finally:
+            self._stream_is(_CLOSED)
 
     async def _settle(self, *, failed: bool = False) -> None:
         """The first durability point, settled: wait until the store has the run and its user's message, and
@@ -604,8 +611,13 @@ class AgentRun:
     def _events(self) -> _RunSink:
         sink = self._sink
         if sink is None:
-            sink = self._sink = _RunSink(self._out)
+            sink = self._sink = _RunSink(self._out, self._stream)
         return sink
+
+    def _stream_is(self, state: int) -> None:
+        self._stream = state
+        if self._sink is not None:
+            self._sink.stream = state
 
     async def _emit(self, event: Event) -> None:
         # Block policy, bounded by the run's cancel scope. A full trio
@@ -1434,10 +1446,12 @@ class _RunSink:
     holds the run itself, which implements the same two methods.
     """
 
-    __slots__ = ("_out",)
+    __slots__ = ("_out", "stream")
 
-    def __init__(self, out: EventOut) -> None:
+    def __init__(self, out: EventOut, stream: int) -> None:
         self._out = out
+        self.stream = stream
+        """Where the run's stream is (the run says): :data:`_OPEN` from its ``RunStarted`` to its ``RunFinished``."""
 
     def retarget(self, out: EventOut) -> None:
         """Send into ``out`` from now on (the run's events were held until its store had it)."""
@@ -1448,7 +1462,17 @@ class _RunSink:
         raise NotImplementedError  # pragma: no cover
 
     async def emit(self, event: Any) -> None:
+        if self.stream != _OPEN:
+            # Cancelled before its RunStarted went out, its stream is RunFinished alone; after its RunFinished
+            # (a task a sub-agent's hook started, its parent going on), nothing more of it is sent.
+            when = "before its run had started" if self.stream == _NOT_STARTED else "after its run had ended"
+            raise ClosedRunStreamError(f"{type(event).__name__} was emitted {when}")
         await _emit_custom(event, self._out)
+
+
+_NOT_STARTED: Final = 0
+_OPEN: Final = 1
+_CLOSED: Final = 2
 
 
 class EventOut(Protocol):

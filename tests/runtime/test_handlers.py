@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from agents import Agent, Hooks, RunContext, ScriptedModel, ToolCall, ToolContext, tool
-from runtime import open_runtime
+from runtime import ClosedRunStreamError, open_runtime
 from runtime.events import CustomEvent, Event, RunFinished, RunStarted, TextDelta, ToolCallFinished
 
 if TYPE_CHECKING:
@@ -291,6 +291,50 @@ async def test_a_run_cancelled_once_it_has_ended_keeps_its_end_for_handlers_and_
                 assert stream.result.reason == "completed"
                 await attached.drain()
         assert finished == ["completed"], cancel_while
+
+
+@attrs.frozen
+class _Ended(CustomEvent):
+    reason: str
+
+
+async def test_a_run_cancelled_before_its_start_sends_nothing_its_end_hook_emits() -> None:
+    """A run cancelled while its RunStarted waits for room in a block handler: its on_run_end hook's ctx.emit
+    is refused (the run never started: its stream is RunFinished alone), so the consumer gets only
+    RunFinished("cancelled") and the handler nothing of that run. Before, the hook's event went out, and
+    with it an owed RunFinished to a handler that never saw the run start."""
+    refused: list[BaseException] = []
+    gate = trio.Event()
+    seen: list[Event] = []
+
+    class EndHook(Hooks):
+        async def on_run_end(self, ctx: RunContext[None], reason: str) -> None:
+            try:
+                await ctx.emit(_Ended(reason))
+            except ClosedRunStreamError as exc:
+                refused.append(exc)
+
+    async def stuck(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event, _Ended):
+            await gate.wait()  # behind from the first run's end: its buffer (1) then holds that RunFinished
+
+    agent = Agent(name="a", model=ScriptedModel(["one", "two"]), hooks=[EndHook()])
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            handler = session.add_handler(stuck, buffer=1)
+            async with session.run("first") as first:
+                assert [event async for event in first][-2:] == [_Ended("completed"), RunFinished("completed")]
+            before = len(seen)
+            async with session.run("second") as second:
+                await trio.testing.wait_all_tasks_blocked()  # its RunStarted waits for room in the handler
+                second.cancel()
+                events = [event async for event in second]
+            gate.set()
+            await handler.drain()
+    assert events == [RunFinished("cancelled")]
+    assert seen[before:] == [RunFinished("completed")]  # the first run's, from the buffer: nothing of the second
+    assert [str(exc) for exc in refused] == ["_Ended was emitted before its run had started"]
 
 
 @attrs.frozen

@@ -678,6 +678,51 @@ async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tool
     assert stream.result.progress_dropped == 1
 
 
+async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_hooks_tasks() -> None:
+    """The same through a hook's context (a RunContext, not a tool's): a task a sub-agent's hook started emits
+    after the sub-agent's RunFinished, while the parent goes on. Refused; before, the parent's stream got
+    a SubAgentEvent of the child after the child's end."""
+    child_ended = trio.Event()
+    refused: list[BaseException] = []
+    done = trio.Event()
+
+    class Heartbeat(Hooks):
+        async def on_user_prompt(self, ctx: RunContext[Any], prompt: Any) -> None:
+            async def later() -> None:
+                await child_ended.wait()
+                try:
+                    await ctx.emit(_Late("late"))
+                except ClosedRunStreamError as exc:
+                    refused.append(exc)
+                done.set()
+
+            ctx.session.start_soon(later)
+
+    @tool
+    async def wait_for_late() -> str:
+        """The parent's next tool: the late task has had its chance by the time it returns."""
+        child_ended.set()
+        await done.wait()
+        return "waited"
+
+    child = Agent(name="child", model=ScriptedModel(["child done"]), hooks=[Heartbeat()])
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel(
+            [ToolCall(TRANSFER_TOOL, {"agent": "child", "task": "t"}), ToolCall("wait_for_late"), "end"]
+        ),
+        sub_agents=[child],
+        tools=[wait_for_late],
+    )
+    with trio.fail_after(5):
+        async with open_runtime() as runtime, runtime.open_session(parent) as session, session.run("go") as stream:
+            events = [event async for event in stream]
+    nested = [event.innermost()[1] for event in events if isinstance(event, SubAgentEvent)]
+    assert isinstance(nested[-1], RunFinished)  # nothing of the child after its end
+    assert [str(exc) for exc in refused] == ["_Late was emitted after its run had ended"]
+    assert stream.result.reason == "completed"
+
+
 @pytest.mark.parametrize("pace", [0.3, 0.6])
 async def test_a_sub_agent_ended_by_the_tool_timeout_still_closes_in_a_full_parent_stream(
     pace: float, autojump_clock: trio.testing.MockClock
