@@ -242,7 +242,9 @@ class Gateway:
             # In use until the reply is out, not only while the run lasts: reaping the session in between
             # would cancel a reply still waiting for room on the bus.
             with handle.session.in_use():
-                async with handle.session.run(message.text) as stream:
+                # A chat cannot answer a tool's question: it gets ElicitationUnavailable (an approval, a
+                # refusal) at once, not a wait that would hold the chat for good.
+                async with handle.session.run(message.text, answerable=False) as stream:
                     task_status.started()  # the run is in the session: from now on it keeps the session
                     began = True
                     ended = await self._follow(message, stream)

@@ -288,7 +288,7 @@ class Session(Generic[OutputT]):
         else:
             self._close_callbacks.append(callback)
 
-    def run(self, user_input: UserContent, *, deps: Any = None) -> RunStream[OutputT]:
+    def run(self, user_input: UserContent, *, deps: Any = None, answerable: bool = True) -> RunStream[OutputT]:
         """Run the agent on ``user_input``, streaming its events.
 
         Use the returned :class:`RunStream` as ``async with session.run(...)
@@ -312,6 +312,10 @@ class Session(Generic[OutputT]):
                 parts (:class:`~agents.ImagePart`, :class:`~agents.DocumentPart` ...;
                 a plain ``str`` item is a text part).
             deps: Anything; tools and hooks see it as ``ctx.deps``.
+            answerable: Whether this block answers the run's questions (``respond``). ``False`` for a
+                consumer that only watches (a chat channel, a log): a tool's ``ctx.elicit`` then raises
+                ``ElicitationUnavailable`` at once and a call needing approval is refused, as under
+                :meth:`ask`, instead of waiting for an answer that never comes.
 
         Raises:
             TypeError, ValueError: (at once) ``user_input`` is not text or parts, or is no parts at all.
@@ -319,7 +323,14 @@ class Session(Generic[OutputT]):
             ReentrantRunError: (on entering) inside one of this session's own runs, or one of its
                 stream handlers with ``overflow="block"``.
         """
-        return RunStream(self, Session._start_run, user_content(user_input), deps, left=Session._became_unused)
+        return RunStream(
+            self,
+            Session._start_run,
+            user_content(user_input),
+            deps,
+            left=Session._became_unused,
+            answerable=answerable,
+        )
 
     def resume(
         self, answers: Mapping[str, tuple[ElicitationAction, Any]] | None = None, *, deps: Any = None

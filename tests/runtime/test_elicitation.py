@@ -467,6 +467,28 @@ async def test_elicit_in_ask_raises_unavailable_at_once(
     assert session.elicitation.asked == 0
 
 
+async def test_elicit_in_a_run_that_is_not_answerable_raises_unavailable_at_once(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+) -> None:
+    """``session.run(..., answerable=False)``: its block only watches, so elicit raises ElicitationUnavailable
+    without waiting, and no ElicitationRequest is streamed, as under ask()."""
+    asked = eliciting_tool(
+        "ask_human", "Which one?", schema=str, timeout=3600, catch=ElicitationUnavailable, fallback="used the default"
+    )
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_human"), "done"]), tools=[asked.tool])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        with trio.fail_after(10):
+            start = trio.current_time()
+            async with session.run("go", answerable=False) as stream:
+                events = [event async for event in stream]
+            assert trio.current_time() == start
+    ((error, waited),) = asked.errors
+    assert waited == 0
+    assert "no consumer can answer" in str(error)
+    assert not any(isinstance(event, ElicitationRequest) for event in events)
+    assert [(call.result, call.error) for call in stream.result.tool_calls] == [("used the default", None)]
+
+
 async def test_elicit_unavailable_not_caught_becomes_the_tool_error_result(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import trio.testing
 from agents import (
     Agent,
     AssistantMessage,
+    ElicitationUnavailable,
     Hooks,
     ReasoningChunk,
     RefusalChunk,
@@ -26,6 +28,7 @@ from agents import (
     ToolCall,
     ToolCallChunk,
     ToolContext,
+    ToolResultMessage,
     UserMessage,
     tool,
 )
@@ -347,6 +350,43 @@ async def test_gateway_sends_tool_progress_as_progress_messages() -> None:
         with trio.fail_after(5):
             texts = [(await web.delivered.receive()).text for _ in range(4)]
     assert texts == ["calling crunch", "half way (1/2)", "progress 2", "done"]
+
+
+async def test_gateway_runs_a_tool_that_asks_without_waiting_for_an_answer_no_chat_can_give() -> None:
+    """A chat cannot answer a tool's question: a call needing approval is refused and a tool's ctx.elicit
+    raises ElicitationUnavailable, at once, and the run goes on to its reply; the chat's next message is
+    answered too. Before, the run waited for an answer for good: no reply, and the chat wedged behind it."""
+    asked: list[str] = []
+
+    @tool(requires_approval=True)
+    async def deploy() -> str:
+        """Deploy (needs a human's yes)."""
+        return "deployed"
+
+    @tool
+    async def confirm(ctx: ToolContext[None]) -> str:
+        """Ask the human."""
+        try:
+            await ctx.elicit("sure?")
+        except ElicitationUnavailable as exc:
+            asked.append(str(exc))
+        return "asked"
+
+    def answer(request: ModelRequest) -> Any:
+        last = request.messages[-1]
+        if isinstance(last, UserMessage):
+            return [ToolCall("deploy"), ToolCall("confirm")] if last.content == "ship it" else "fine"
+        assert isinstance(last, ToolResultMessage)
+        return "answered without the human"
+
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(itertools.repeat(answer)), tools=[deploy, confirm])
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "ship it")
+        await web.say(gateway.bus, "chat-1", "and then?")
+        assert (await web.answer()).text == "answered without the human"
+        assert (await web.answer()).text == "fine"
+    assert len(asked) == 1
 
 
 async def test_gateway_replies_with_a_typed_output_as_json() -> None:
