@@ -86,6 +86,8 @@ class _Direction:
         if policy != "block" and policy != "drop":
             if isinstance(policy, bool) or not isinstance(policy, int | float) or not policy >= 0:
                 raise ValueError(f"policy must be 'block', 'drop' or seconds to wait (0 or more), not {policy!r}")
+        if on_timeout != "raise" and on_timeout != "drop":
+            raise ValueError(f"on_timeout must be 'raise' or 'drop', not {on_timeout!r}")
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point, even when it never waits
         if send is None:
             self.dropped += 1
@@ -152,7 +154,7 @@ class MessageBus:
         Raises:
             PublishTimeoutError: no room within the timeout, and ``on_timeout="raise"``.
             ClosedBusError: the bus is closed.
-            ValueError: ``policy`` is none of those of :data:`Policy`.
+            ValueError: ``policy`` is none of those of :data:`Policy`, or ``on_timeout`` neither of its two.
         """
         self._check_open()
         return await self._in.publish(self._inbound_send, message, policy, on_timeout)
@@ -167,7 +169,7 @@ class MessageBus:
         Raises:
             PublishTimeoutError: no room within the timeout, and ``on_timeout="raise"``.
             ClosedBusError: the bus is closed.
-            ValueError: ``policy`` is none of those of :data:`Policy`.
+            ValueError: ``policy`` is none of those of :data:`Policy`, or ``on_timeout`` neither of its two.
         """
         self._check_open()
         pair = self._outbound.get(message.channel)

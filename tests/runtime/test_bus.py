@@ -290,3 +290,19 @@ async def test_bus_a_policy_that_is_none_of_the_policies_is_a_value_error(policy
     with pytest.raises(ValueError, match="policy must be"):
         await bus.publish_inbound(_in(), policy=policy)  # type: ignore[arg-type]
     assert bus.statistics().inbound == DirectionStatistics(published=0, dropped=0, timed_out=0, buffered=0)
+
+
+@pytest.mark.parametrize("on_timeout", ["rasie", None, "Drop"])
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+async def test_bus_an_on_timeout_that_is_neither_raise_nor_drop_is_a_value_error(
+    on_timeout: object, direction: str
+) -> None:
+    """A misspelt ``on_timeout`` is a ValueError at once, even with room on the bus; before, it dropped the
+    message silently once a publish timed out (``publish_*`` returned False)."""
+    bus = MessageBus()
+    with pytest.raises(ValueError, match="on_timeout must be 'raise' or 'drop'"):
+        if direction == "inbound":
+            await bus.publish_inbound(_in(), policy=1, on_timeout=on_timeout)  # type: ignore[arg-type]
+        else:
+            await bus.publish_outbound(_out(), policy=1, on_timeout=on_timeout)  # type: ignore[arg-type]
+    assert bus.statistics().inbound.published == bus.statistics().outbound.published == 0
