@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -113,6 +114,8 @@ class Gateway:
         self._nursery: trio.Nursery | None = None  # open_gateway's: error replies are published from it
         self._closing = False
         self._sessions: dict[tuple[str, str], SessionHandle] = {}
+        # Chats whose session is being opened, and their messages in order (the first is the one opening it).
+        self._opening: dict[tuple[str, str], deque[tuple[InboundMessage, _Slot]]] = {}
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
         self._dropped = 0
@@ -164,7 +167,37 @@ class Gateway:
                     self._slots.release()
                     return
                 self._in_flight += 1
-                await self._dispatch(message, _Slot(self))
+                slot = _Slot(self)
+                key = (message.channel, message.chat_id)
+                waiting = self._opening.get(key)
+                if waiting is not None:  # its session is being opened: after the messages already waiting
+                    waiting.append((message, slot))
+                    continue
+                handle = self._sessions.get(key)
+                if (handle is not None and not handle.closed) or self._nursery is None:
+                    await self._dispatch(message, slot)
+                    continue
+                # Opening a session may wait on its store (a claim, a long history to load): in a task of its
+                # own, so other chats' messages go on; this chat's next ones wait behind it, in order.
+                self._opening[key] = deque([(message, slot)])
+                self._nursery.start_soon(self._open_and_dispatch, key, name=f"open the session of {key}")
+
+    async def _open_and_dispatch(self, key: tuple[str, str]) -> None:
+        """Dispatch a chat's messages in order, the first opening its session, those the router adds meanwhile
+        after it; the chat's messages go straight to its session again once none waits here."""
+        waiting = self._opening[key]
+        try:
+            while waiting:
+                message, slot = waiting.popleft()
+                try:
+                    await self._dispatch(message, slot)
+                except BaseException:
+                    slot.release()  # the gateway is closing: nobody answers it (a slot given on is released once)
+                    raise
+        finally:
+            del self._opening[key]
+            for _, slot in waiting:
+                slot.release()
 
     async def _dispatch(self, message: InboundMessage, slot: _Slot) -> None:
         """Start the answer to ``message`` in its chat's session; the slot goes with it once its run has begun."""

@@ -389,6 +389,71 @@ async def test_gateway_runs_a_tool_that_asks_without_waiting_for_an_answer_no_ch
     assert len(asked) == 1
 
 
+class _ChatHeldStore(SQLiteStore):
+    """A store whose claim of one chat's session waits until the test lets it go (a long history to load, a
+    remote database under load)."""
+
+    def __init__(self, path: str, chat: str) -> None:
+        super().__init__(path)
+        self.chat = chat
+        self.claiming = trio.Event()
+        self.let_go = trio.Event()
+
+    async def claim(self, session_id: str, agent: str, *, create: bool, fresh: bool = False) -> Any:
+        if self.chat in session_id:
+            self.claiming.set()
+            await self.let_go.wait()
+        return await super().claim(session_id, agent, create=create, fresh=fresh)
+
+
+async def test_gateway_a_chat_whose_session_is_slow_to_open_holds_up_no_other_chat(tmp_path: Path) -> None:
+    """One chat's session takes long to open (its store's claim waits): another chat's messages, live or new,
+    are answered meanwhile, and the slow chat's own messages are answered in order once it is open. Before,
+    the router opened sessions inline, so every message behind it waited."""
+
+    def echo(request: ModelRequest) -> str:
+        last = request.messages[-1]
+        assert isinstance(last, UserMessage)
+        return f"re: {last.content}"
+
+    store = _ChatHeldStore(str(tmp_path / "sessions.db"), "big")
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(itertools.repeat(echo)))
+    with trio.fail_after(10):
+        async with open_runtime(store=store) as runtime, open_gateway(runtime, agent, [web]) as gateway:
+            await web.say(gateway.bus, "alice", "hello")
+            assert (await web.answer()).text == "re: hello"
+            await web.say(gateway.bus, "big", "one")
+            await store.claiming.wait()
+            await web.say(gateway.bus, "big", "two")
+            await web.say(gateway.bus, "alice", "again")
+            await web.say(gateway.bus, "bob", "hi")
+            early = {(reply.chat_id, reply.text) for reply in [await web.answer(), await web.answer()]}
+            assert early == {("alice", "re: again"), ("bob", "re: hi")}
+            store.let_go.set()
+            late = [(reply.chat_id, reply.text) for reply in [await web.answer(), await web.answer()]]
+            assert late == [("big", "re: one"), ("big", "re: two")]
+            await web.say(gateway.bus, "big", "three")
+            assert (await web.answer()).text == "re: three"
+            assert gateway.statistics().in_flight == 0
+
+
+async def test_gateway_exit_while_a_chats_session_is_opening_finishes_promptly(tmp_path: Path) -> None:
+    """The gateway exits while a chat's session is being opened with more of its messages waiting: the
+    opening is cancelled, the waiting messages' places are given back, nothing is left running."""
+    store = _ChatHeldStore(str(tmp_path / "sessions.db"), "big")
+    web = RecordingChannel("web")
+    with trio.fail_after(10):
+        async with open_runtime(store=store) as runtime:
+            async with open_gateway(runtime, Agent(name="a", model=ScriptedModel(["x"])), [web]) as gateway:
+                await web.say(gateway.bus, "big", "one")
+                await store.claiming.wait()
+                await web.say(gateway.bus, "big", "two")
+                await trio.testing.wait_all_tasks_blocked()
+                assert gateway.statistics().in_flight == 2
+            assert gateway.statistics().in_flight == 0
+
+
 async def test_gateway_replies_with_a_typed_output_as_json() -> None:
     """An agent with an output type answers the chat with its validated value, as JSON."""
 
