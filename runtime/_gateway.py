@@ -78,17 +78,35 @@ class GatewayStatistics:
 
 @attrs.define(eq=False)
 class _Slot:
-    """One message's place under ``max_in_flight``, handed from the router to the task that answers it."""
+    """One message's place under ``max_in_flight``, handed from the router to the task that answers it; given
+    back once the message is answered (or given up), which lets its chat's next reply go out."""
 
     _gateway: Gateway
+    _key: tuple[str, str]
+    _before: _Slot | None
+    """The chat's message before this one, while it is unanswered: this one's reply waits for its."""
+    done: trio.Event = attrs.field(factory=trio.Event)
     _held: bool = True
+
+    async def wait_turn(self) -> None:
+        """Wait until the chat's earlier messages are answered: a chat's replies go out in its messages' order
+        (the error replies of a failed session's waiting messages, published by tasks of their own, too)."""
+        before = self._before
+        if before is not None:
+            await before.done.wait()
+            self._before = None  # (cancelled waiting, it still waits when its reply goes out from outside)
 
     def release(self) -> None:
         """Give the place back (once: whoever ends up holding it may call this)."""
         if self._held:
             self._held = False
-            self._gateway._in_flight -= 1
-            self._gateway._slots.release()
+            self._before = None
+            self.done.set()
+            gateway = self._gateway
+            gateway._in_flight -= 1
+            gateway._slots.release()
+            if gateway._last.get(self._key) is self:
+                del gateway._last[self._key]
 
 
 class Gateway:
@@ -116,6 +134,7 @@ class Gateway:
         self._sessions: dict[tuple[str, str], SessionHandle] = {}
         # Chats whose session is being opened, and their messages in order (the first is the one opening it).
         self._opening: dict[tuple[str, str], deque[tuple[InboundMessage, _Slot]]] = {}
+        self._last: dict[tuple[str, str], _Slot] = {}  # each chat's latest unanswered message
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
         self._dropped = 0
@@ -167,8 +186,8 @@ class Gateway:
                     self._slots.release()
                     return
                 self._in_flight += 1
-                slot = _Slot(self)
                 key = (message.channel, message.chat_id)
+                slot = self._last[key] = _Slot(self, key, self._last.get(key))
                 waiting = self._opening.get(key)
                 if waiting is not None:  # its session is being opened: after the messages already waiting
                     waiting.append((message, slot))
@@ -251,6 +270,7 @@ class Gateway:
 
     async def _publish_reply(self, reply: OutboundMessage, slot: _Slot) -> None:
         try:
+            await slot.wait_turn()
             await self.bus.publish_outbound(reply, policy="block")
         except ClosedBusError:
             return
@@ -285,7 +305,9 @@ class Gateway:
                     return  # cancelled: the error reply goes out below, from outside the session
                 reply = _reply(message, stream, *ended)
                 try:
-                    # The reply waits for room, bounded by the session's scope (closing it cancels the wait).
+                    # The reply waits for its turn and for room, bounded by the session's scope (closing it
+                    # cancels the wait).
+                    await slot.wait_turn()
                     await self.bus.publish_outbound(reply, policy="block")
                     self._handled += 1
                 except ClosedBusError:

@@ -877,6 +877,39 @@ async def test_gateway_answers_a_message_whose_session_fails_mid_run_with_an_err
         assert gateway.statistics().in_flight == 0
 
 
+@tool
+async def break_the_session_once_all_wait(ctx: ToolContext[Any]) -> str:
+    """Fail the session once everything else waits (the chat's later messages in its run slot)."""
+
+    async def fail() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        raise RuntimeError("a background job failed")
+
+    ctx.session.start_soon(fail)
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def test_gateway_error_replies_of_a_failed_session_go_out_in_the_order_of_their_messages() -> None:
+    """A chat's session fails with four of its messages unanswered: their error replies go out in the order
+    the messages came, every time. Before, each went out from a task of its own as soon as it could, in
+    whatever order the scheduler ran them (newest first about half the time)."""
+    for _ in range(12):  # trio runs a pass's tasks in a random order: a wrong order shows within a few rounds
+        web = RecordingChannel("web")
+        agent = Agent(
+            name="a",
+            model=ScriptedModel([ToolCall("break_the_session_once_all_wait")]),
+            tools=[break_the_session_once_all_wait],
+        )
+        with trio.fail_after(5):
+            async with open_runtime() as runtime, open_gateway(runtime, agent, [web]) as gateway:
+                sent = [(await web.say(gateway.bus, "chat-1", f"m{n}")).message_id for n in range(4)]
+                replies = [await web.answer() for _ in sent]
+        assert [reply.kind for reply in replies] == ["error"] * 4
+        assert [reply.reply_to for reply in replies] == sent
+        assert gateway.statistics().in_flight == 0
+
+
 async def test_gateway_takes_no_more_than_max_in_flight_messages_off_the_bus() -> None:
     """With every answer stuck, the gateway takes max_in_flight messages and no more: the bus's inbound
     queue fills, and publishers find no room (rather than the gateway queueing runs without bound)."""
