@@ -40,7 +40,7 @@ from runtime._runtime import single_errors
 from runtime._session import new_session_id
 from runtime._stream import run_waits_for_me
 from runtime._tracing import attached as attached_trace, extracted as extracted_trace
-from runtime.events import RunFinished, RunStarted
+from runtime.events import RunFinished
 
 from ._broadcast import Broadcast, Dropped, Subscriber
 from ._client import MAX_MESSAGE
@@ -176,7 +176,6 @@ class ServedSession:
         self.runs: OrderedDict[str, RunLog] = OrderedDict()
         self.live: dict[str, RunStream] = {}
         self.state: dict[str, Any] = self._state("idle")
-        self.run_count = 0
         self._ended: Callable[[ServedSession], None] | None = None  # set while its streams wait for attached runs
         self.workspace.listen(self._workspace_changed)
 
@@ -189,6 +188,12 @@ class ServedSession:
     def id(self) -> str:
         """The session's id: its key in :attr:`Server.sessions` and its ``/sessions/{id}`` in URLs."""
         return self.session.id
+
+    @property
+    def run_count(self) -> int:
+        """Runs started in the session (the ``n`` of its last run id ``<session>-r<n>``), a stored session's
+        earlier processes' included; a run cancelled while it waited for its turn counts too."""
+        return self.session.run_count
 
     def notify(self, message: str) -> None:
         """Post ``{"type": "Notice", "message": message}`` on the session's between-run feed.
@@ -243,9 +248,7 @@ class ServedSession:
         log = self.runs[run_id]  # a live run's log is never dropped
         log.append(data)
         self.updates.publish(data)
-        if type(event) is RunStarted:
-            self.run_count += 1
-        elif type(event) is RunFinished:
+        if type(event) is RunFinished:
             log.finish()
         if self._inspector is not None:
             self._inspector.record(self.id, run_id, data)
@@ -461,7 +464,6 @@ class Server:
             await handle.aclose()
             raise ClosedSessionError(f"session {handle.session.id!r} was closed as it opened")
         served = ServedSession(handle, buffer=self._buffer, inspector=self.inspector)
-        served.run_count = handle.session.run_count
         self._sessions[served.id] = served
         self.inspector.session_opened(served)
         # No task per served session: its streams end when it has closed.

@@ -393,6 +393,34 @@ async def test_a_closing_session_is_gone_everywhere_and_its_id_is_free_once_it_h
             assert server.sessions["s1"] is not old
 
 
+async def test_a_sessions_run_count_counts_a_run_cancelled_while_it_waited_for_its_turn(
+    make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """``runs`` is the ``n`` of the session's latest run id: a run cancelled while it waited for its turn (it
+    never sent RunStarted) counts, as it does in the count a stored session reopens with. Before, only runs
+    that started counted here, so the count and the run ids disagreed, and a restart changed the count."""
+    started = trio.Event()
+
+    @tool
+    async def stall() -> str:
+        """Waits for good."""
+        started.set()
+        await trio.sleep_forever()
+        return "never"  # pragma: no cover
+
+    agent = make_agent(stall, call=ToolCall("stall"))
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent, idle_timeout=None) as (_, client):
+            await create(client, "s1")
+            first = (await client.post("/sessions/s1/runs", json={"input": "tool: stall", "detach": True})).json()
+            await started.wait()
+            second = (await client.post("/sessions/s1/runs", json={"input": "hi", "detach": True})).json()
+            assert (first["run_id"], second["run_id"]) == ("s1-r1", "s1-r2")
+            assert (await client.post("/sessions/s1/runs/s1-r2/cancel")).status_code == 204
+            assert (await client.post("/sessions/s1/runs/s1-r1/cancel")).status_code == 204
+            assert (await client.get("/sessions/s1")).json()["runs"] == 2
+
+
 async def test_a_closing_session_counts_toward_neither_max_sessions_nor_statistics_nor_the_inspector(
     make_agent: MakeAgent, serving: Serving, create: Create
 ) -> None:
