@@ -332,7 +332,8 @@ class MCPServerStreamableHTTP(_MCPServer):
     Args:
         url: The server's endpoint (``…/mcp``).
         headers: Sent with every request (authorization …).
-        timeout: Seconds for connecting, and for sending a request.
+        timeout: Seconds for connecting, for sending a request, and for the answer to the DELETE that
+            ends the server's session (so a server that never answers it holds up a close this long).
         sse_read_timeout: Seconds each read of a response may wait: for its status and headers (a server
             may send them only once the tool is done), for each part of its body, or for an event
             stream's next event. When it passes, the connection ends: the calls in flight get error
@@ -395,13 +396,19 @@ async def _http_transport(
             remote.forgotten = True
         response.stream = _WatchedBody(response.stream, remote)
 
+    async def bound(request: httpx2.Request) -> None:
+        # The closing DELETE's answer is no stream: waited for ``timeout``, not ``sse_read_timeout`` (a server
+        # that never answers it held a run's end, or the session's close, until the close guard cut it off).
+        if request.method == "DELETE":
+            request.extensions["timeout"] = httpx2.Timeout(timeout).as_dict()
+
     # As the SDK's own factory makes it: redirects are the transport's to follow, within the endpoint's origin.
-    # One read timeout for every read: the SDK sets no timeout of its own per request, and a server may
+    # One read timeout for every other read: the SDK sets no timeout of its own per request, and a server may
     # hold a tool call's answer, headers and all, for as long as the tool runs.
     client = httpx2.AsyncClient(
         headers=dict(headers or {}),
         timeout=httpx2.Timeout(timeout, read=sse_read_timeout),
-        event_hooks={"response": [watch]},
+        event_hooks={"request": [bound], "response": [watch]},
     )
     async with client, streamable_http_client(url, http_client=client) as streams:
         yield streams

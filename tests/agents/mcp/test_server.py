@@ -14,7 +14,7 @@ import trio.testing
 from agents import Agent, Hooks, ScriptedModel, ToolCall, ToolContext
 from agents.mcp import MCPResult, MCPServerStdio, MCPServerStreamableHTTP
 from runtime import RunFailedError, open_runtime
-from runtime.events import ElicitationRequest, ToolCallFinished, ToolProgress
+from runtime.events import ElicitationRequest, RunFinished, ToolCallFinished, ToolProgress
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -38,6 +38,9 @@ class _SessionServer:
     forgotten: set[str] = attrs.field(factory=set)
     calls: list[tuple[str | None, int]] = attrs.field(factory=list)
     """Each tools/call: the session it named, and the status it was answered with."""
+    hang_delete: bool = False
+    """Never answer a DELETE (a session's end), as a stuck server or proxy would not."""
+    deletes: int = 0
 
     def restart(self) -> None:
         self.forgotten.update(self.sessions)
@@ -59,6 +62,10 @@ class _SessionServer:
             headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
             while len(body) < int(headers.get("content-length", 0)):
                 body += await stream.receive_some()
+            if method.startswith("DELETE"):
+                self.deletes += 1
+                if self.hang_delete:
+                    await trio.sleep_forever()
             if b'"stall"' in body:
                 await trio.sleep_forever()
             if b'"slow"' in body:
@@ -255,6 +262,25 @@ async def test_server_http_sse_read_timeout_bounds_the_wait_for_an_answer_and_ti
     assert stall.error.startswith("MCP server 'remote' went away during echo")
     assert three.result == "three"
     assert remote.sessions == ["session-0", "session-1"]
+
+
+async def test_server_http_delete_never_answered_holds_the_end_for_timeout_only(
+    nursery: trio.Nursery, stream_run: StreamRun
+) -> None:
+    """A server (or a proxy) that never answers the DELETE ending its session: closing waits for it ``timeout``
+    at most, not ``sse_read_timeout`` (before, only the close guard, ``timeout`` + 5 s, cut it off): the run's
+    end with ``lifetime="run"``, the session's close with the default."""
+    remote = _SessionServer(hang_delete=True)
+    port = await nursery.start(remote.serve)
+    url = f"http://127.0.0.1:{port}/mcp"
+    for lifetime in ("run", "session"):
+        server = MCPServerStreamableHTTP(url, name="remote", timeout=0.2, sse_read_timeout=60, lifetime=lifetime)
+        agent = Agent(name="a", model=ScriptedModel([ToolCall("echo", {"text": "hi"}), "done"]), tools=[server])
+        with trio.fail_after(2.5):  # the close guard would end it at 5.2 s
+            async with open_runtime() as runtime, runtime.open_session(agent) as session:
+                events = await stream_run(session, "go")
+        assert events[-1] == RunFinished("completed")
+    assert remote.deletes == 2
 
 
 async def test_server_error_with_the_code_of_connection_closed_fails_only_that_call(test_server: list[str]) -> None:
