@@ -447,46 +447,34 @@ async def test_elicit_with_an_infinite_timeout_waits_for_the_answer(
     assert asked.answers == [ElicitationResult("accept", "b")]
 
 
-async def test_elicit_in_ask_raises_unavailable_at_once(
-    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
+@pytest.mark.parametrize("how", ["ask", "run-not-answerable"])
+async def test_elicit_with_nobody_to_answer_raises_unavailable_at_once(
+    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool, how: str
 ) -> None:
-    """A run started with ask() has no consumer: elicit raises ElicitationUnavailable without waiting at all."""
+    """A run started with ask() has no consumer, and one started with ``session.run(..., answerable=False)``
+    a consumer that only watches: elicit raises ElicitationUnavailable without waiting at all, and nothing
+    is asked (no ElicitationRequest streamed)."""
     asked = eliciting_tool(
         "ask_human", "Which one?", schema=str, timeout=3600, catch=ElicitationUnavailable, fallback="used the default"
     )
     agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_human"), "done"]), tools=[asked.tool])
+    events: list[Event] = []
     async with open_runtime() as runtime, runtime.open_session(agent) as session:
         with trio.fail_after(10):
             start = trio.current_time()
-            result = await session.ask("go")
+            if how == "ask":
+                result = await session.ask("go")
+            else:
+                async with session.run("go", answerable=False) as stream:
+                    events = [event async for event in stream]
+                result = stream.result
             assert trio.current_time() == start
     ((error, waited),) = asked.errors
     assert waited == 0
     assert "no consumer can answer" in str(error)
+    assert requests_in(events) == []
     assert [(call.result, call.error) for call in result.tool_calls] == [("used the default", None)]
     assert session.elicitation.asked == 0
-
-
-async def test_elicit_in_a_run_that_is_not_answerable_raises_unavailable_at_once(
-    autojump_clock: trio.testing.MockClock, eliciting_tool: ElicitingTool
-) -> None:
-    """``session.run(..., answerable=False)``: its block only watches, so elicit raises ElicitationUnavailable
-    without waiting, and no ElicitationRequest is streamed, as under ask()."""
-    asked = eliciting_tool(
-        "ask_human", "Which one?", schema=str, timeout=3600, catch=ElicitationUnavailable, fallback="used the default"
-    )
-    agent = Agent(name="a", model=ScriptedModel([ToolCall("ask_human"), "done"]), tools=[asked.tool])
-    async with open_runtime() as runtime, runtime.open_session(agent) as session:
-        with trio.fail_after(10):
-            start = trio.current_time()
-            async with session.run("go", answerable=False) as stream:
-                events = [event async for event in stream]
-            assert trio.current_time() == start
-    ((error, waited),) = asked.errors
-    assert waited == 0
-    assert "no consumer can answer" in str(error)
-    assert not any(isinstance(event, ElicitationRequest) for event in events)
-    assert [(call.result, call.error) for call in stream.result.tool_calls] == [("used the default", None)]
 
 
 async def test_elicit_unavailable_not_caught_becomes_the_tool_error_result(

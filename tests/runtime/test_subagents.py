@@ -630,20 +630,21 @@ class _Late(CustomEvent):
     note: str
 
 
-async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tools_tasks() -> None:
-    """A sub-agent's tool starts a task that outlives the sub-agent's run: its progress is dropped and its
-    emit refused (as at top level), never a SubAgentEvent after the sub-agent's RunFinished."""
+@pytest.mark.parametrize("via", ["tool", "hook"])
+async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tasks(via: str) -> None:
+    """A task started from a sub-agent's tool (a ToolContext) or hook (a RunContext) outlives the sub-agent's
+    run, its parent going on: its emit is refused (as at top level) and a tool's progress dropped, never a
+    SubAgentEvent after the sub-agent's RunFinished. Before, a hook's context still sent into the parent's
+    stream."""
     child_ended = trio.Event()
     refused: list[BaseException] = []
     done = trio.Event()
 
-    @tool
-    async def kick(ctx: ToolContext[None]) -> str:
-        """Start background work."""
-
+    def start_late_task(ctx: RunContext[Any]) -> None:
         async def later() -> None:
             await child_ended.wait()
-            await ctx.report_progress(1, message="late")
+            if isinstance(ctx, ToolContext):
+                await ctx.report_progress(1, message="late")
             try:
                 await ctx.emit(_Late("late"))
             except ClosedRunStreamError as exc:
@@ -651,52 +652,16 @@ async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_tool
             done.set()
 
         ctx.session.start_soon(later)
-        return "started"
 
     @tool
-    async def wait_for_late() -> str:
-        """The parent's next tool: the late task has had its chance by the time it returns."""
-        child_ended.set()
-        await done.wait()
-        return "waited"
-
-    child = Agent(name="child", model=ScriptedModel([ToolCall("kick", {}), "child done"]), tools=[kick])
-    parent = Agent(
-        name="parent",
-        model=ScriptedModel(
-            [ToolCall(TRANSFER_TOOL, {"agent": "child", "task": "t"}), ToolCall("wait_for_late"), "end"]
-        ),
-        sub_agents=[child],
-        tools=[wait_for_late],
-    )
-    with trio.fail_after(5):
-        async with open_runtime() as runtime, runtime.open_session(parent) as session, session.run("go") as stream:
-            events = [event async for event in stream]
-    nested = [event.innermost()[1] for event in events if isinstance(event, SubAgentEvent)]
-    assert isinstance(nested[-1], RunFinished)  # nothing of the child after its end
-    assert len(refused) == 1
-    assert stream.result.progress_dropped == 1
-
-
-async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_hooks_tasks() -> None:
-    """The same through a hook's context (a RunContext, not a tool's): a task a sub-agent's hook started emits
-    after the sub-agent's RunFinished, while the parent goes on. Refused; before, the parent's stream got
-    a SubAgentEvent of the child after the child's end."""
-    child_ended = trio.Event()
-    refused: list[BaseException] = []
-    done = trio.Event()
+    async def kick(ctx: ToolContext[None]) -> str:
+        """Start background work."""
+        start_late_task(ctx)
+        return "started"
 
     class Heartbeat(Hooks):
         async def on_user_prompt(self, ctx: RunContext[Any], prompt: Any) -> None:
-            async def later() -> None:
-                await child_ended.wait()
-                try:
-                    await ctx.emit(_Late("late"))
-                except ClosedRunStreamError as exc:
-                    refused.append(exc)
-                done.set()
-
-            ctx.session.start_soon(later)
+            start_late_task(ctx)
 
     @tool
     async def wait_for_late() -> str:
@@ -705,7 +670,10 @@ async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_hook
         await done.wait()
         return "waited"
 
-    child = Agent(name="child", model=ScriptedModel(["child done"]), hooks=[Heartbeat()])
+    if via == "tool":
+        child = Agent(name="child", model=ScriptedModel([ToolCall("kick", {}), "child done"]), tools=[kick])
+    else:
+        child = Agent(name="child", model=ScriptedModel(["child done"]), hooks=[Heartbeat()])
     parent = Agent(
         name="parent",
         model=ScriptedModel(
@@ -720,6 +688,7 @@ async def test_a_sub_agent_run_that_has_ended_takes_no_more_events_from_its_hook
     nested = [event.innermost()[1] for event in events if isinstance(event, SubAgentEvent)]
     assert isinstance(nested[-1], RunFinished)  # nothing of the child after its end
     assert [str(exc) for exc in refused] == ["_Late was emitted after its run had ended"]
+    assert stream.result.progress_dropped == (via == "tool")
     assert stream.result.reason == "completed"
 
 
