@@ -37,6 +37,12 @@ def _dispatch(events: SSEDecoder, lines: Iterable[str]) -> list[ServerSentEvent]
             events._event = ""
             events._retry = None
             continue
+        if line.startswith("error:"):
+            # Not an SSE field (the spec ignores it), but llama.cpp's server reports an error met
+            # mid-stream as an `error: {...}` line, then `data: [DONE]`: read it as an "error" event.
+            events._event = "error"
+            events._data.append(line[6:].removeprefix(" "))
+            continue
         event = events.decode(line)
         if event is not None:
             dispatched.append(event)

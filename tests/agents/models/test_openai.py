@@ -238,6 +238,53 @@ async def test_openai_usage_in_an_error_chunk_is_still_reported(provider_server:
     assert [type(e) for e in events if isinstance(e, Usage | ErrorEvent)] == [Usage, ErrorEvent]
 
 
+_USAGE_EVERY_CHUNK = {"prompt_tokens": 1200, "completion_tokens": 2, "total_tokens": 1202}
+
+
+@pytest.mark.parametrize("ending", ["connection-broken", "cut-off"])
+async def test_openai_usage_received_before_the_stream_failed_is_counted(provider_server: Any, ending: str) -> None:
+    """Usage a server sent in its chunks (vLLM's continuous usage stats) counts when the stream then breaks, or
+    ends before a finish_reason: those tokens were billed. Usage, then the error, from the model and in a run."""
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": "Hello"}}], "usage": _USAGE_EVERY_CHUNK},
+        {"choices": [{"index": 0, "delta": {"content": " world"}}], "usage": _USAGE_EVERY_CHUNK},
+    ]
+    if ending == "connection-broken":
+        head = _sse(*chunks)
+        provider_server.serve(head + _sse({"choices": [], "usage": _USAGE_EVERY_CHUNK}, "[DONE]"), drop_after=len(head))
+        error: type[Exception] = ModelConnectionError
+    else:
+        provider_server.serve(_sse(*chunks))
+        error = MalformedStreamError
+    seen: list[ModelChunk] = []
+    with trio.fail_after(RUN_LIMIT), pytest.raises(error):
+        async with _model(provider_server).stream(ModelRequest("", (UserMessage("hi"),))) as stream:
+            async for chunk in stream:
+                seen.append(chunk)
+    assert seen[-1] == UsageChunk(1200, 2)
+
+    events = await _run(_agent(provider_server))
+    assert _usage(events) == [(1200, 2)]
+    assert [type(e) for e in events if isinstance(e, Usage | ErrorEvent)] == [Usage, ErrorEvent]
+    assert _finished(events).reason == "error"
+
+
+@pytest.mark.parametrize("text", ["", "The answer is"])
+async def test_openai_llama_cpp_error_line_ends_the_run_with_an_error(provider_server: Any, text: str) -> None:
+    """llama.cpp's server reports an error met mid-stream as an ``error: {...}`` line (not an SSE field), then
+    ``data: [DONE]``: the run ends with the provider's message as an ErrorEvent and RunFinished("error"), not as
+    a completed (empty or cut-off) answer."""
+    error = {"code": 400, "message": "the request exceeds the available context size", "type": "exceed_context_size"}
+    head = _sse(_delta(role="assistant", content=text)) if text else b""
+    provider_server.serve(head + f"error: {json.dumps(error)}\n\n".encode() + _sse("[DONE]"))
+    events = await _run(_agent(provider_server))
+    assert [event.message for event in events if isinstance(event, ErrorEvent)] == [
+        "the request exceeds the available context size"
+    ]
+    assert _finished(events).reason == "error"
+    assert "".join(event.text for event in events if isinstance(event, TextDelta)) == text
+
+
 async def test_openai_tool_calls_split_across_chunks_are_assembled(provider_server: Any) -> None:
     """Two calls whose id, name and argument fragments arrive interleaved across chunks are rebuilt in index order,
     each fragment streamed first as a delta with the call's id and name so far."""
