@@ -68,6 +68,7 @@ from mcp.shared.exceptions import MCPError, NoBackChannelError
 from mcp.shared.message import SessionMessage
 from starlette.responses import Response
 
+from agents._json import loads_untrusted
 from runtime import ClosedSessionError, InvalidElicitationResponse, UnknownElicitationError, open_runtime
 from runtime.events import ElicitationRequest, ErrorEvent, RunFinished, SubAgentEvent, TextDelta
 
@@ -519,8 +520,11 @@ def _parse(line: bytes) -> SessionMessage | bytes | None:
     """
     try:
         data = pydantic_core.from_json(line)
-    except ValueError as exc:
-        return _refuse(_error(None, types.PARSE_ERROR, f"Parse error: {exc}"))
+    except ValueError:
+        try:  # what pydantic's parser refuses that is JSON all the same: a lone surrogate escape ("\ud83d")
+            data = loads_untrusted(line)
+        except ValueError as exc:
+            return _refuse(_error(None, types.PARSE_ERROR, f"Parse error: {exc}"))
     if isinstance(data, list):
         if not data:
             return _refuse(_error(None, types.INVALID_REQUEST, "Invalid request: an empty batch"))

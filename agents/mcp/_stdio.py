@@ -21,7 +21,10 @@ import anyio
 import attrs
 import trio
 from mcp.shared.message import SessionMessage
-from mcp_types import jsonrpc_message_adapter
+from mcp_types import PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
+
+from .._exceptions import describe
+from .._json import loads_untrusted
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -203,12 +206,31 @@ async def _read_stdout(
 
 
 def _parse(line: bytes) -> SessionMessage | Exception:
+    """The message on one line of the server's stdout; what is not one is logged, and an error.
+
+    An answer that cannot be read fails its own request: the SDK's client logs
+    an error it is handed and goes on, and the call would wait for ever.
+    """
     try:
         return SessionMessage(jsonrpc_message_adapter.validate_json(line, by_name=False))
-    except ValueError as exc:  # pydantic's ValidationError is one; the SDK's client logs it and goes on
-        shown = line[:200].decode("utf-8", "replace")
-        logger.warning("an MCP server sent a line that is not a JSON-RPC message: %s", shown)
-        return exc
+    except ValueError as exc:  # pydantic's ValidationError is one
+        error = exc
+    data = None
+    try:
+        # pydantic's parser refuses a lone surrogate escape ("\ud83d"), which is JSON all the same:
+        # JavaScript writes one for any string cut in the middle of an emoji.
+        data = loads_untrusted(line)
+        return SessionMessage(jsonrpc_message_adapter.validate_python(data, by_name=False))
+    except ValueError as exc:
+        error = exc
+    shown = line[:200].decode("utf-8", "replace")
+    logger.warning("an MCP server sent a line that is not a JSON-RPC message: %s", shown)
+    answer_to = data.get("id") if isinstance(data, dict) and "method" not in data else None
+    if isinstance(answer_to, int | str) and not isinstance(answer_to, bool):
+        message = f"the MCP server's answer is not a valid JSON-RPC message: {describe(error)[:300]}"
+        error_data = ErrorData(code=PARSE_ERROR, message=message)
+        return SessionMessage(JSONRPCError(jsonrpc="2.0", id=answer_to, error=error_data))
+    return error
 
 
 async def _watch_exit(proc: trio.Process, process: ServerProcess, terminate_grace: float) -> None:

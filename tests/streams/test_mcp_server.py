@@ -792,6 +792,23 @@ async def test_mcp_stdio_answers_what_is_not_a_message_with_an_error_and_goes_on
     assert warnings, caplog.text
 
 
+async def test_mcp_stdio_a_lone_surrogate_escape_in_a_request_is_read() -> None:
+    """A request holding a lone surrogate escape (JSON all the same; pydantic's parser refuses it) is served
+    with its id, not answered by a parse error with id null, which no client can match to its request."""
+    server_end, client_end = trio.testing.memory_stream_pair()
+    received = bytearray()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(serve_stdio, mcp_agents.agent, stdin=server_end, stdout=server_end))
+            await client_end.send_all(b'{"jsonrpc": "2.0", "id": 9, "method": "ping", "params": {"note": "\\ud83d"}}\n')
+            while not received.endswith(b"\n"):
+                chunk = await client_end.receive_some()
+                assert chunk, "the server ended its output without answering"
+                received += chunk
+            nursery.cancel_scope.cancel()
+    assert json.loads(received) == {"jsonrpc": "2.0", "id": 9, "result": {}}
+
+
 async def test_mcp_stdio_a_line_over_the_limit_ends_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     """Input that grows past MAX_LINE without a newline ends the connection: serve_stdio returns."""
     monkeypatch.setattr(_mcp, "MAX_LINE", 100)

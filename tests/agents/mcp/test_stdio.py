@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,3 +219,25 @@ async def test_stdio_server_that_exits_with_its_stdin_closed_is_named_by_its_exi
     assert "stdin" not in str(failed.value)
     assert _alive(children) == []
     assert _zombies(children) == []
+
+
+ODD_ANSWERS_SERVER = Path(__file__).with_name("odd_answers_server.py")
+
+
+async def test_stdio_answers_the_sdk_cannot_parse_end_their_calls(stream_run: StreamRun) -> None:
+    """An answer holding a lone surrogate escape (JSON all the same: JavaScript writes one for a string cut
+    mid-emoji) is read; an answer that is JSON but not JSON-RPC fails its own call with a clear error. Before,
+    both were logged and dropped, and their calls (no tool_timeout) waited for ever: the run never ended."""
+    server = _server([sys.executable, str(ODD_ANSWERS_SERVER)])
+    turn = [ToolCall("snippet", {}), ToolCall("garbled", {}), ToolCall("echo", {})]
+    agent = Agent(name="a", model=ScriptedModel([turn, "done"]), tools=[server])
+    with trio.fail_after(LIMIT):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            events = await stream_run(session, "go")
+    finished = {event.name: event for event in events if isinstance(event, ToolCallFinished)}
+    assert (finished["snippet"].result, finished["snippet"].error) == ("ok \ud83d", None)
+    assert finished["garbled"].error is not None
+    assert "answer is not a valid JSON-RPC message" in finished["garbled"].error
+    assert (finished["echo"].result, finished["echo"].error) == ("echo", None)
+    assert isinstance(events[-1], RunFinished)
+    assert events[-1].reason == "completed"
