@@ -47,10 +47,18 @@ class Hooks:
         """
 
     async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
-        """Called after a tool call ends, with its result or its error."""
+        """Called after a tool call ends, with its result or its error.
+
+        A call cut short by a cancel (the run's, or its consumer leaving) is
+        ended too, with ``error="the tool call was cancelled"``: shielded, for
+        at most a second, so a ``before_tool``/``after_tool`` pair stays balanced.
+        """
 
     async def on_run_end(self, ctx: RunContext[Any], reason: FinishReason) -> None:
         """Called once when the run ends, with the ``RunFinished`` reason.
 
         It runs even when the run is cancelled (shielded, for at most a second).
+        A run that has ended gives it as long as it takes, but a cancel that comes
+        meanwhile (the consumer leaving before ``RunFinished``, the session closed)
+        leaves it at most a second more.
         """

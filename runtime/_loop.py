@@ -537,7 +537,8 @@ class AgentRun:
         self.final = finished = RunFinished(reason, message)
         try:
             try:
-                await self._run_end_hooks(reason)
+                if self._agent.hooks:
+                    await self._run_end_hooks_graced(reason)
             except BaseException:
                 self._out.send_last(finished)
                 raise
@@ -1255,6 +1256,9 @@ class AgentRun:
                 if isinstance(exc, _PASSING) or (
                     isinstance(exc, BaseExceptionGroup) and exc.split(_PASSING)[0] is not None
                 ):
+                    if self._agent.hooks:  # they still hear of it, briefly, as the run's end hooks do
+                        with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
+                            await self._after_tool_hooks(ctx, None, _CANCELLED)
                     sink.ended = True  # its ToolCallFinished is sent next (see _call_tools): nothing after it
                     raise
                 value, error, kind = None, describe(exc), type(exc).__qualname__
@@ -1338,12 +1342,40 @@ class AgentRun:
         # A typed sub-agent answers with its validated value, as JSON.
         return child_agent.output.to_json(result.output)
 
+    async def _run_end_hooks_graced(self, reason: FinishReason) -> None:
+        """The end hooks of a run that has ended: as long as they take, but a cancel that comes meanwhile (the
+        consumer leaving before RunFinished, the session closed) leaves them ``ON_RUN_END_GRACE`` more, as a
+        cancelled run's hooks have; then the cancel goes on."""
+        async with trio.open_nursery() as nursery:
+            grace = trio.CancelScope(shield=True)
+            nursery.start_soon(_cut_when_cancelled, grace)
+            with grace:
+                await self._run_end_hooks(reason)
+            nursery.cancel_scope.cancel()
+
+    async def _after_tool_hooks(self, ctx: ToolContext[Any], value: Any, error: str | None) -> None:
+        """A cancelled call's ``after_tool`` hooks; one that fails is logged (the call's error is the cancel)."""
+        for hooks in self._agent.hooks:
+            try:
+                await hooks.after_tool(ctx, value, error)
+            except Exception:
+                logger.exception("after_tool hook failed for a cancelled call in run %s", self.run_id)
+
     async def _run_end_hooks(self, reason: FinishReason) -> None:
         for hooks in self._agent.hooks:
             try:
                 await hooks.on_run_end(self._run_context(), reason)
             except Exception:
                 logger.exception("on_run_end hook failed in run %s", self.run_id)
+
+
+async def _cut_when_cancelled(grace: trio.CancelScope) -> None:
+    """Give ``grace`` (a shielded scope) ``ON_RUN_END_GRACE`` more once this task is cancelled from outside;
+    the cancel itself goes on in the task that owns ``grace``, at its next checkpoint (no group to unwrap)."""
+    try:
+        await trio.sleep_forever()
+    except trio.Cancelled:
+        grace.deadline = min(grace.deadline, trio.current_time() + ON_RUN_END_GRACE)
 
 
 class _ResumedQuestions:

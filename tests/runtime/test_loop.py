@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import enum
 import json
+import math
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +45,7 @@ from agents import (
     tool,
 )
 from runtime import RunFailedError, RunResult, open_runtime
+from runtime._loop import ON_RUN_END_GRACE
 from runtime._wire import event_to_json
 from runtime.events import (
     CustomEvent,
@@ -421,6 +423,76 @@ async def test_hooks_failing_user_prompt_hook_is_an_error_event() -> None:
     (error,) = [e for e in events if isinstance(e, ErrorEvent)]
     assert error.kind == "hook"
     assert finished(events).reason == "error"
+
+
+@pytest.mark.parametrize("hook_takes", [0.5, math.inf], ids=["within-the-grace", "for-ever"])
+@pytest.mark.parametrize("cancel", ["consumer-leaves", "session-closed"])
+async def test_hooks_on_run_end_of_an_ended_run_gets_a_second_when_a_cancel_comes(
+    autojump_clock: trio.testing.MockClock, cancel: str, hook_takes: float
+) -> None:
+    """A run has ended (completed) and its on_run_end is writing (an audit row): the consumer leaving before
+    RunFinished, or the session closing, leaves the hook ON_RUN_END_GRACE more, as a cancelled run's hooks
+    have, not a Cancelled at its next checkpoint. A hook that would take for ever is cut after that second."""
+    ends: list[str] = []
+    writing = trio.Event()
+
+    class Audit(Hooks):
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            writing.set()
+            await trio.sleep(hook_takes)
+            ends.append(reason)
+
+    agent = Agent(name="a", model=ScriptedModel(["answer"]), hooks=[Audit()])  # one word: one TextDelta
+    async with open_runtime() as runtime:
+        handle = await runtime.start_session(agent)
+        async with handle.session.run("hi") as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    await writing.wait()  # the run has ended: its end hook runs
+                    cancelled_at = trio.current_time()
+                    if cancel == "consumer-leaves":
+                        break
+                    await handle.aclose()
+    assert ends == (["completed"] if hook_takes < ON_RUN_END_GRACE else [])
+    assert trio.current_time() - cancelled_at == min(hook_takes, ON_RUN_END_GRACE)
+
+
+async def test_hooks_on_run_end_of_an_ended_run_takes_as_long_as_it_needs_when_nothing_cancels(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The second of grace is for a cancel: an ended run's slow on_run_end, never cancelled, is not cut."""
+    ends: list[str] = []
+
+    class Slow(Hooks):
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            await trio.sleep(30)
+            ends.append(reason)
+
+    events = await collect(Agent(name="a", model=ScriptedModel(["x"]), hooks=[Slow()]))
+    assert ends == ["completed"]
+    assert finished(events).reason == "completed"
+
+
+async def test_hooks_after_tool_hears_of_a_call_cut_by_a_cancel(autojump_clock: trio.testing.MockClock) -> None:
+    """A call cut short by the run's end (run_timeout here) is ended for its hooks too: after_tool gets the
+    call's error, so a before_tool/after_tool pair (a metric, a lock, a span) stays balanced."""
+
+    @tool
+    async def hang() -> str:
+        """Never answers."""
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    hooks = RecordingHooks()
+    model = ScriptedModel([ToolCall("hang"), "never"])
+    events = await collect(Agent(name="a", model=model, tools=[hang], hooks=[hooks], run_timeout=5))
+    (done,) = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert done.error == "the tool call was cancelled"
+    assert hooks.calls[1:] == [
+        ("before_tool", ("hang", {})),
+        ("after_tool", ("hang", None, "the tool call was cancelled")),
+        ("on_run_end", "timeout"),
+    ]
 
 
 @pytest.mark.parametrize("is_async", [False, True])
