@@ -65,8 +65,9 @@ class StreamHandler:
         self._handled = self._dropped = self._failed = 0
         self._wakeup = trio.Event()  # the handler's task waits for events here
         self._room = trio.Event()  # a blocked run waits for room here
-        self._drained = trio.Event()  # drain() waits for the buffer to empty and the handler to return
-        self._busy = False
+        self._drained = trio.Event()  # drain() waits here for the next event to be settled
+        self._taken = 0  # events ever buffered
+        self._settled = 0  # of those, the ones handled, failed on or dropped from the buffer (drop_oldest)
         self._scope = trio.CancelScope()
         self._removed = False
 
@@ -92,7 +93,9 @@ class StreamHandler:
         if _SERVING.get() is self:
             await trio.lowlevel.checkpoint()
             return
-        while (self._buffer or self._busy) and not self._removed:
+        # Counted, not "until the buffer is empty": events that keep coming would put that off for ever.
+        owed = self._taken
+        while self._settled < owed and not self._removed:
             if self._drained.is_set():
                 self._drained = trio.Event()
             await self._drained.wait()
@@ -120,7 +123,9 @@ class StreamHandler:
             if self.overflow != "drop_oldest":
                 return  # the new event goes
             self._buffer.popleft()
+            self._settled += 1
         self._buffer.append(event)
+        self._taken += 1
         self._wakeup.set()
 
     async def room(self) -> None:
@@ -141,7 +146,6 @@ class StreamHandler:
                     continue
                 event = self._buffer.popleft()
                 self._room.set()
-                self._busy = True
                 try:
                     result = self.handler(event)
                     if not inspect.isawaitable(result):  # a sync function add_handler could not tell from an async one
@@ -158,9 +162,8 @@ class StreamHandler:
                 else:
                     self._handled += 1
                 finally:
-                    self._busy = False
-                    if not self._buffer:
-                        self._drained.set()
+                    self._settled += 1
+                    self._drained.set()
 
 
 def _surely_sync(handler: object) -> bool:

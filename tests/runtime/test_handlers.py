@@ -199,6 +199,44 @@ async def test_drain_waits_until_everything_buffered_is_handled(autojump_clock: 
         assert handler.statistics().handled == len(got)
 
 
+@attrs.frozen
+class Tick(CustomEvent):
+    n: int
+
+
+async def test_drain_returns_once_what_was_buffered_is_handled_while_events_keep_coming(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """drain() waits for the events buffered when it was called, not for a moment with an empty buffer: a run
+    that keeps streaming (a chatty tool) does not put it off for ever."""
+    handled: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        await trio.sleep(1)  # a write to a slow sink
+        handled.append(event)
+
+    @tool
+    async def chatty(ctx: ToolContext[None]) -> str:
+        """Emits events for a long while."""
+        for n in range(10_000):
+            await ctx.emit(Tick(n))
+        return "done"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("chatty"), "ok"]), tools=[chatty])
+    async with open_runtime() as runtime, runtime.open_session(agent) as s:
+        handler = s.add_handler(slow, buffer=8, overflow="block")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.ask, "go")
+            await trio.sleep(50.5)  # mid-event: the buffer is full and the run waits for room
+            at_call = handler.statistics()
+            assert at_call.buffered == 8
+            with trio.fail_after(20):
+                await handler.drain()
+            assert len(handled) >= at_call.handled + 1 + at_call.buffered  # the one in hand, then the buffer
+            assert handler.statistics().buffered > 0  # the run went on streaming meanwhile
+            nursery.cancel_scope.cancel()
+
+
 async def test_transcript_example_writes_one_json_line_per_event(
     tmp_path: Path, load_example: Callable[[str], ModuleType]
 ) -> None:
