@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import ssl
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
@@ -155,15 +156,27 @@ def auth_headers(token: str | None, headers: dict[str, str] | None = None) -> li
     UTF-8 bytes a client sends) raised ``UnicodeEncodeError`` before anything was sent.
 
     Raises:
-        InvalidRequestError: the token has no UTF-8 bytes (a lone surrogate).
+        InvalidRequestError: the token has no UTF-8 bytes (a lone surrogate), or cannot be a header's value: a
+            control character (a line end, as a token read from a file keeps) or white space at either end.
     """
     pairs = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
     if token is not None:
         try:
-            pairs.append((b"authorization", b"Bearer " + token.encode()))
+            value = token.encode()
         except UnicodeEncodeError:
             raise InvalidRequestError("the token cannot be sent: it has no UTF-8 bytes (a lone surrogate)") from None
+        if _NOT_IN_A_HEADER.search(value) or value != value.strip(b" \t"):
+            # h11 would refuse the header (LocalProtocolError) at every request and retry, never reaching the peer.
+            raise InvalidRequestError(
+                "the token cannot be sent in a header: it has a control character (a line end?) "
+                "or white space at either end"
+            )
+        pairs.append((b"authorization", b"Bearer " + value))
     return pairs
+
+
+_NOT_IN_A_HEADER: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""What no header value may hold: control characters but the tab."""
 
 
 def json_request_body(value: Any) -> bytes:
@@ -251,6 +264,9 @@ async def _open_websocket(
         raise StreamClosedError(f"{url}: the WebSocket handshake failed: {exc}") from exc
     except (h11.ProtocolError, wsproto.utilities.ProtocolError) as exc:
         fault = _peer_fault(exc)
+        if fault is exc and isinstance(exc, h11.LocalProtocolError | wsproto.utilities.LocalProtocolError):
+            # Ours alone, no reply of the peer's behind it: a request that cannot be written (a path with a space).
+            raise InvalidRequestError(f"{url}: the WebSocket handshake cannot be sent: {exc}") from exc
         raise MalformedMessageError(f"{url} broke the WebSocket handshake: {fault}") from fault
 
 

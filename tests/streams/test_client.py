@@ -343,6 +343,38 @@ async def test_clients_send_a_non_ascii_token_as_utf8(
                     pass  # pragma: no cover
 
 
+@pytest.mark.parametrize("kind", ["updates", "workspace", "feed"])
+@pytest.mark.parametrize("token", ["secret\n", "sec\r\nret", " secret", "sec\x00ret"])
+async def test_clients_refuse_a_token_no_header_can_carry(
+    kind: str, token: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A token with a line end (read from a file) or a control character, or white space at an end, is
+    InvalidRequestError, our mistake; the WebSocket clients said the server broke the handshake
+    (MalformedMessageError) and the SSE listener raised h11's LocalProtocolError inside a StreamClosedError."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), token="secret") as (server, client):
+            await create(client, "s1")
+            with pytest.raises(InvalidRequestError, match="cannot be sent in a header"):
+                async with open_client(kind, server, "s1", token):
+                    pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_websocket_clients_call_a_handshake_h11_cannot_write_an_invalid_request(
+    kind: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """A WebSocket URL whose path h11 cannot write (a space) is InvalidRequestError, our mistake: it was a
+    MalformedMessageError saying the server broke the handshake, before anything was sent."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, client):
+            await create(client, "s1")
+            url = ws_url(server, "s1", kind).replace("/sessions/", "/a b/sessions/")
+            opened = open_updates_stream(url) if kind == "updates" else open_workspace_stream(url)
+            with pytest.raises(InvalidRequestError, match="handshake cannot be sent"):
+                async with opened:
+                    pass  # pragma: no cover
+
+
 class BlockError(Exception):
     """Raised by a test inside a client's block."""
 

@@ -416,6 +416,8 @@ async def test_remote_session_sends_a_non_ascii_token_as_utf8(make_agent: MakeAg
     assert statistics.failures == 0
     with pytest.raises(InvalidRequestError, match="UTF-8"):
         RemoteSession("http://127.0.0.1:1", "s1", token="key\ud800", registry=ListenerRegistry())
+    with pytest.raises(InvalidRequestError, match="cannot be sent in a header"):  # read from a file, line end kept
+        RemoteSession("http://127.0.0.1:1", "s1", token="secret\n", registry=ListenerRegistry())
 
 
 async def test_a_second_listener_for_the_same_remote_session_is_refused(
