@@ -24,6 +24,7 @@ import wsproto.utilities
 from httpx_sse._decoders import SSELineDecoder
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
 
+from agents._exceptions import describe
 from agents.models import http_client as open_http_client
 from agents.models._http import error_message
 from agents.models._sse import SSEStream
@@ -294,13 +295,16 @@ class _Watched(trio.abc.Stream):
     def __init__(self, inner: trio.abc.Stream) -> None:
         self._inner = inner
         self.gone = trio.Event()
+        self.error: BaseException | None = None
+        """Why it broke, when a receive or a send failed (a TLS handshake fails in the first send)."""
         self._reply: bytearray | None = bytearray()
         """The first :data:`_MAX_HANDSHAKE_REPLY` bytes received; ``None`` once the handshake is done."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
             data = await self._inner.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.error = exc
             self.gone.set()
             raise
         if not data:
@@ -345,7 +349,14 @@ class _Watched(trio.abc.Stream):
         return ConnectionRejected(head.status_code, tuple(head.headers.raw_items()), bytes(body[:MAX_ERROR_BODY]))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._inner.send_all(data)
+        try:
+            await self._inner.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # The reader task that sent it ends quietly: without this, the handshake waited out connect_timeout
+            # (then "the peer is silent") on a TLS error.
+            self.error = exc
+            self.gone.set()
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
@@ -391,7 +402,11 @@ async def _handshake(
     rejected = watched.rejection()
     if rejected is not None:
         raise rejected
-    raise StreamClosedError(f"{host}: the connection closed during the WebSocket handshake")
+    error = watched.error
+    if error is None:
+        raise StreamClosedError(f"{host}: the connection closed during the WebSocket handshake")
+    why = error.__cause__ or error  # trio's SSLStream: a BrokenResourceError from the ssl module's error
+    raise StreamClosedError(f"{host}: the connection failed during the WebSocket handshake: {describe(why)}") from error
 
 
 def _abnormal(url: str, closed: ConnectionClosed) -> StreamClosedError | None:

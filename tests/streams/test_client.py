@@ -613,6 +613,27 @@ async def test_a_handshake_reply_out_of_the_protocol_is_a_malformed_message(
     assert isinstance(raised.value.__cause__, h11.RemoteProtocolError | wsproto.utilities.RemoteProtocolError)
 
 
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_a_wss_dial_whose_tls_handshake_fails_says_so_at_once(kind: str, nursery: trio.Nursery) -> None:
+    """A ``wss://`` peer whose TLS handshake fails (here it is not TLS at all; a certificate the client refuses
+    fails the same way) raises StreamClosedError at once, naming the TLS error: the handshake fails in
+    trio-websocket's first send, its reader task ended quietly, and the dial waited out connect_timeout to say
+    PeerSilentError."""
+
+    async def not_tls(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            await trio.sleep_forever()  # and never closes: only the TLS error can end the dial
+
+    port = await serve_raw(nursery, not_tls)
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(StreamClosedError, match="failed during the WebSocket handshake: SSLError") as raised:
+            async with opener(f"wss://127.0.0.1:{port}/sessions/s1/{kind}", connect_timeout=3 * TIMEOUT):
+                pytest.fail("connected")  # pragma: no cover
+    assert isinstance(raised.value.__cause__, trio.BrokenResourceError)
+
+
 REJECTIONS: Final = {
     "no body, then a close": (b"HTTP/1.1 401 Unauthorized\r\n\r\n", "close", "401"),
     "a body ended by the close": (
