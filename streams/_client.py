@@ -834,10 +834,11 @@ async def open_sse_listener(
         json_body: The JSON body of a ``POST``.
 
     Raises:
-        RemoteError: the server answered with an error status (however slowly its body arrives).
+        RemoteError: the server answered with an error status (however slowly its body arrives), or a redirect.
+        MalformedMessageError: the answer is not ``text/event-stream``; (iterating) an event (or a line) over
+            :data:`MAX_MESSAGE` bytes.
         PeerSilentError: connecting and the wait for the head took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
-        MalformedMessageError: (iterating) an event (or a line) over :data:`MAX_MESSAGE` bytes.
         InvalidRequestError: ``url`` is not an http(s) URL, or ``token`` has no UTF-8 bytes (a lone surrogate).
     """
     async with AsyncExitStack() as stack:
@@ -857,11 +858,17 @@ async def open_sse_listener(
             raise PeerSilentError(f"{url} sent no response head within {connect_timeout} s") from None
         events = _BoundedSSEStream(response, url)
         stack.push_async_callback(events.aclose)
-        if response.status_code >= 400:
+        status = response.status_code
+        if not 200 <= status < 300:  # a redirect too (an auth proxy's to its login page): not the stream asked for
             body = await _error_body(response, connect_timeout)
-            raise RemoteError(
-                f"{url} answered {response.status_code}: {error_message(body) or response.reason_phrase}",
-                status=response.status_code,
+            said = error_message(body) or response.reason_phrase
+            if "location" in response.headers:
+                said = f"{said} (to {response.headers['location'][:200]})"
+            raise RemoteError(f"{url} answered {status}: {said}", status=status)
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "text/event-stream":  # an HTML page read as events would be an empty stream
+            raise MalformedMessageError(
+                f"{url} answered {status} with {media_type or 'no'} content, not an event stream"
             )
         yield SSEListener(url, events, read_timeout)
 

@@ -634,6 +634,40 @@ async def test_a_wss_dial_whose_tls_handshake_fails_says_so_at_once(kind: str, n
     assert isinstance(raised.value.__cause__, trio.BrokenResourceError)
 
 
+NOT_AN_EVENT_STREAM: Final = {
+    "a redirect": (
+        b"HTTP/1.1 302 Found\r\nlocation: /login\r\ncontent-length: 0\r\n\r\n",
+        RemoteError,
+        "302: Found \\(to /login\\)",
+    ),
+    "an HTML page": (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\n\r\n<html></html>",
+        MalformedMessageError,
+        "200 with text/html content, not an event stream",
+    ),
+    "no content type": (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", MalformedMessageError, "with no content"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_AN_EVENT_STREAM, ids=str)
+async def test_an_sse_answer_that_is_not_an_event_stream_is_an_error(case: str, nursery: trio.Nursery) -> None:
+    """A redirect (an auth proxy's, to its login page) is RemoteError with its status and where it points; a
+    2xx that is not ``text/event-stream`` is MalformedMessageError. Each was read as an empty stream that ended
+    normally, so ``serve`` counted no failure and reconnected in a loop."""
+    reply, error, message = NOT_AN_EVENT_STREAM[case]
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            if await read_request_head(stream) is not None:
+                await stream.send_all(reply)
+                await trio.sleep_forever()
+
+    port = await serve_raw(nursery, answer)
+    with trio.fail_after(TIMEOUT), pytest.raises(error, match=message):
+        async with open_sse_listener(f"http://127.0.0.1:{port}/sessions/s1/feed"):
+            pytest.fail("listening")  # pragma: no cover
+
+
 REJECTIONS: Final = {
     "no body, then a close": (b"HTTP/1.1 401 Unauthorized\r\n\r\n", "close", "401"),
     "a body ended by the close": (
