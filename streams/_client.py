@@ -8,6 +8,7 @@ barrier: nothing of the connection outlives it.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import re
@@ -544,8 +545,10 @@ class WorkspaceStream:
         self._url = url
         self._outgoing = outgoing
         self._waiting: dict[str, _Reply] = {}
-        self._changes: Subscriber[WorkspaceChange] = Subscriber(buffer)  # drop-oldest, like a feed's
-        self._server_dropped = 0
+        self._changes: Subscriber[WorkspaceChange | _ServerGap] = Subscriber(buffer)  # drop-oldest, like a feed's
+        self._server_dropped = 0  # counted as the client reaches each gap, so a gap is told where it was
+        self._gaps: collections.deque[_ServerGap] = collections.deque()  # the server's gaps queued, not yet reached
+        self._buffer = buffer
         self._request_timeout = request_timeout
         self._ids = itertools.count(1)
         self._ended = False
@@ -553,7 +556,8 @@ class WorkspaceStream:
 
     @property
     def dropped(self) -> int:
-        """Changes not kept because this client did not iterate fast enough (or the server dropped them)."""
+        """Changes not kept because this client did not iterate fast enough, or that the server dropped (counted
+        as iterating reaches the place where the server said so)."""
         return self._changes.dropped + self._server_dropped
 
     async def request(self, op: str, path: str | None = None, content: str | None = None) -> dict[str, Any]:
@@ -603,7 +607,10 @@ class WorkspaceStream:
     async def __anext__(self) -> WorkspaceChange:
         try:
             while not isinstance(change := await self._changes.get(), WorkspaceChange):
-                pass  # a gap: already counted in ``dropped``
+                if isinstance(change, _ServerGap):  # the server's: counted now, in its place
+                    self._gaps.popleft()
+                    self._server_dropped += change.count
+                # else one of ours, counted in ``dropped`` already
         except trio.EndOfChannel:
             pass
         else:
@@ -634,8 +641,18 @@ class WorkspaceStream:
                 cast("Source", _string(data, "source", _SOURCES)),
             )
             self._changes.put(change)
+            if self._gaps:
+                self._gaps[-1].last = False
         elif kind == "EventsDropped":
-            self._server_dropped += _dropped(data)
+            count = _dropped(data)
+            if self._gaps and (self._gaps[-1].last or len(self._gaps) >= self._buffer):
+                # Nothing since the last one, or as many queued as the buffer holds changes: one gap, so the
+                # queue stays bounded whatever the server sends.
+                self._gaps[-1].count += count
+            elif count:
+                gap = _ServerGap(count)
+                self._changes.put(gap, keep=True)  # never dropped: what it counts would be lost
+                self._gaps.append(gap)
 
     def _end(self, error: StreamError | None) -> None:
         if self._ended:
@@ -645,6 +662,15 @@ class WorkspaceStream:
         self._changes.close()
         for reply in self._waiting.values():
             reply.done.set()
+
+
+@attrs.define
+class _ServerGap:
+    """An ``EventsDropped`` from the server, queued in its place among the changes."""
+
+    count: int
+    last: bool = True
+    """Nothing has been queued after it: another ``EventsDropped`` adds to it."""
 
 
 def _result_id(data: dict[str, Any]) -> str | None:

@@ -471,15 +471,19 @@ async def handshake_then_say_nothing(stream: trio.SocketStream) -> None:
             await trio.sleep_forever()
 
 
-def handshake_then_send(text: str) -> Callable[[trio.SocketStream], Any]:
-    """A handler that completes a WebSocket handshake, sends ``text`` in one text frame, then says nothing."""
+def handshake_then_send(*texts: str) -> Callable[[trio.SocketStream], Any]:
+    """A handler that completes a WebSocket handshake, sends each of ``texts`` in a text frame (all in one
+    write), then says nothing."""
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
             if await accept_websocket(stream):
-                payload = text.encode()
-                assert len(payload) < 126  # one short unmasked frame
-                await stream.send_all(bytes([0x81, len(payload)]) + payload)
+                frames = bytearray()
+                for text in texts:
+                    payload = text.encode()
+                    assert len(payload) < 126  # one short unmasked frame
+                    frames += bytes([0x81, len(payload)]) + payload
+                await stream.send_all(frames)
                 await trio.sleep_forever()
 
     return handler
@@ -524,6 +528,28 @@ async def test_a_stream_whose_pings_get_no_pong_is_peer_silent(kind: str, nurser
             ) as stream:
                 async for _ in stream:
                     pytest.fail(f"a silent peer sent something on {kind}")  # pragma: no cover
+
+
+def _changed(path: str) -> str:
+    return json.dumps({"type": "WorkspaceChanged", "op": "write", "path": path, "source": "agent"})
+
+
+async def test_the_servers_workspace_gaps_are_counted_where_they_were(nursery: trio.Nursery) -> None:
+    """The server's EventsDropped on the workspace counts in ``dropped`` when iterating reaches its place among
+    the changes (so ``serve`` tells its handler there, as on the updates stream): it was counted on arrival,
+    before changes that came ahead of it."""
+    dropped = '{"type": "EventsDropped", "count": %d}'
+    sent = [_changed("a"), _changed("b"), dropped % 5, _changed("c"), dropped % 2, dropped % 3, _changed("d")]
+    port = await serve_raw(nursery, handshake_then_send(*sent))
+    seen = []
+    with trio.fail_after(TIMEOUT):
+        url = f"ws://127.0.0.1:{port}/sessions/s1/workspace"
+        async with open_workspace_stream(url, disconnect_timeout=0.01) as stream:  # the peer never closes
+            async for change in stream:
+                seen.append((change.path, stream.dropped))
+                if change.path == "d":
+                    break
+    assert seen == [("a", 0), ("b", 0), ("c", 5), ("d", 10)]
 
 
 MALFORMED: Final = {
