@@ -320,7 +320,10 @@ class Runtime:
             try:
                 history, interrupted, suspended, unchanged = recover(snapshot)
                 usage = usage_from_json(snapshot.usage)
-            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # rows we did not write
+                # An interrupted run's log, read and each call it left unfinished found: rows of its too.
+                logs = [(row, await store.events(session_id, row.run_id)) for row in interrupted]
+                unfinished = [(row, len(log), unfinished_calls(log)) for row, log in logs]
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # rows we did not write
                 raise StoreCorruptError(f"session {session_id!r} in {store.url} cannot be read: {exc!r}") from exc
             waiting = () if suspended is None else suspended.questions
             journal = Journal(
@@ -337,12 +340,11 @@ class Runtime:
             # Questions of calls that have their result (answered before the process stopped, or repaired as
             # interrupted) wait no more: their rows go with the recovery.
             journal.forget_questions(row.elicitation_id for row in snapshot.pending if row not in waiting)
-            for row in interrupted:
+            for row, logged, owed_events in unfinished:
                 # Its log ends as every run's does: each call it started finished (a sub-agent's too), one
                 # RunFinished.
-                log = await store.events(session_id, row.run_id)
-                journal.run_row(row, first_event=len(log))
-                for owed in unfinished_calls(log):
+                journal.run_row(row, first_event=logged)
+                for owed in owed_events:
                     journal.event(row.run_id, owed)
                 journal.event(row.run_id, RunFinished("interrupted", "the process running it stopped"))
             session = self._start(

@@ -679,8 +679,9 @@ def _run_row(run_id: str, seq: int, input: str, status: RunStatus, reason: str |
 
 
 def _map_error(exc: sqlite3.Error, path: str, *, opening: bool = False) -> StoreError:
-    """An sqlite3 error as ours: at open, "not a database" is corruption; anything else is unavailability."""
+    """An sqlite3 error as ours: "not a database" or "malformed" is corruption (a page that cannot be read may
+    be met long after the open); anything else is unavailability."""
     code = getattr(exc, "sqlite_errorcode", None)
-    if opening and code is not None and code & 0xFF in _CORRUPT_CODES:
-        return StoreCorruptError(f"{path} is not a session store: {exc}")
+    if code is not None and code & 0xFF in _CORRUPT_CODES:
+        return StoreCorruptError(f"{path} is not a session store: {exc}" if opening else f"{path} is damaged: {exc}")
     return StoreUnavailableError(f"{path}: {exc}")

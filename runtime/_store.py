@@ -39,8 +39,9 @@ class StoreUnavailableError(StoreError):
 
 
 class StoreCorruptError(StoreError):
-    """The store is not a session store (a truncated or garbage file, tables that are not ours), or a
-    session's rows are not what trio-agents writes (raised when that session is opened)."""
+    """The store is not a session store (a truncated or garbage file, tables that are not ours), or is
+    damaged (a page that cannot be read, met by any call), or a session's rows are not what trio-agents
+    writes (raised when that session is opened)."""
 
 
 class StoreVersionError(StoreError):

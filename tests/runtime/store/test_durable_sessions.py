@@ -479,6 +479,33 @@ async def test_a_session_whose_usage_is_garbage_fails_to_open_with_a_typed_error
         assert runtime.sessions == ()
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "UPDATE events SET event = 'not json' WHERE run_id = 'j-r1' AND seq = 0",
+        """UPDATE events SET event = '{"type": "ToolCallStarted", "call_id": "x"}' WHERE run_id = 'j-r1'""",
+        "UPDATE runs SET input = '[1, 2]' WHERE run_id = 'j-r1'",
+    ],
+    ids=["event not JSON", "event without a field", "run input a list"],
+)
+async def test_an_interrupted_run_whose_rows_are_garbage_fails_to_open_with_a_typed_error(
+    tmp_path: Path, garbage: str
+) -> None:
+    """The rows of a run interrupted in a tool (its log, its input) are read when the session opens: rows
+    trio-agents did not write fail with StoreCorruptError, and leave the session unclaimed. They raised
+    JSONDecodeError, KeyError and AttributeError."""
+    image, _ = await crash_at(tmp_path, "j", "stall", ToolCallStarted)
+    with sqlite3.connect(image) as db:
+        assert db.execute(garbage).rowcount >= 1
+    db.close()
+    async with open_runtime(store=SQLiteStore(image)) as runtime:
+        for _ in range(2):
+            with pytest.raises(StoreCorruptError, match="'j'"):
+                async with runtime.open_session(make_agent(), session_id="j"):
+                    pass
+        assert runtime.sessions == ()
+
+
 async def test_a_resumption_interrupted_in_its_turn_is_the_run_resumed_next(tmp_path: Path) -> None:
     """Crash while waiting, resume, crash again while the same question waits: the next resumption names
     the second run, and the question keeps its id."""

@@ -82,6 +82,24 @@ async def test_sqlite_extra_table_in_a_session_store_is_corrupt(tmp_path: Path) 
             pytest.fail("opened")
 
 
+async def test_sqlite_a_damaged_page_met_after_the_open_is_corrupt(tmp_path: Path) -> None:
+    """A page of the file that cannot be read (a disk fault, a bad copy) is met by a claim long after the open,
+    which checks only the schema: StoreCorruptError, not StoreUnavailableError ("the session goes on once the
+    store is back", which it never will be)."""
+    path = tmp_path / "sessions.db"
+    await _fill(path)
+    with sqlite3.connect(path) as conn:
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages'").fetchone()
+    conn.close()
+    with path.open("r+b") as file:
+        file.seek((root - 1) * PAGE_SIZE)
+        file.write(b"\xff" * PAGE_SIZE)
+    store = SQLiteStore(path)
+    async with store.open(OWNER):
+        with pytest.raises(StoreCorruptError, match="is damaged"):
+            await store.claim("s3", "agent", create=False)
+
+
 async def test_sqlite_unopenable_path_is_unavailable(tmp_path: Path) -> None:
     """A file in a missing directory, or a directory, raises StoreUnavailableError at open."""
     for path in (tmp_path / "missing" / "sessions.db", tmp_path):
