@@ -204,6 +204,10 @@ class ErrorChunk:
 
     kind: str
     message: str
+    status: int | None = None
+    """The HTTP status the error stands for, when the provider named its kind (Anthropic's ``overloaded_error``
+    is 529, Gemini's ``UNAVAILABLE`` 503, OpenAI's ``insufficient_quota`` 429): what decides whether a
+    :class:`~agents.FallbackModel` moves on, as it would for that status over HTTP."""
 
 
 @attrs.frozen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, ClassVar
 
 import trio
@@ -10,11 +11,13 @@ from .._exceptions import (
     AgentDefinitionError,
     AuthenticationError,
     ModelConnectionError,
+    ProviderError,
     RateLimitError,
     ServerError,
     describe,
 )
-from .._messages import ModelFallbackChunk
+from .._messages import ErrorChunk, ModelFallbackChunk, UsageChunk
+from ._http import provider_error
 from ._resolve import resolve_model
 
 if TYPE_CHECKING:
@@ -36,8 +39,12 @@ class FallbackModel:
     """Models tried in order: when one is unavailable before it has streamed anything, the next one answers.
 
     A model is unavailable when it raises one of ``fallback_on``, on
-    entering its stream or before its first chunk. By default that is a
-    :class:`~agents.ModelConnectionError` (nothing reachable, the HTTP
+    entering its stream or before its first chunk, or when the first thing
+    it streams is an error (:class:`~agents.ErrorChunk`) whose ``status``
+    stands for one (Anthropic's ``overloaded_error`` after ``message_start``,
+    an exhausted quota in a Responses stream). Usage reported before is no
+    answer: it is passed on (it was billed), then the move. By default,
+    ``fallback_on`` is a :class:`~agents.ModelConnectionError` (nothing reachable, the HTTP
     models having retried already; a local server not running fails at
     once), a :class:`~agents.RateLimitError` or :class:`~agents.ServerError`
     still there after the retries, and an :class:`~agents.AuthenticationError`
@@ -141,7 +148,7 @@ class _FallbackStream:
     without committing to it: it says that model is still looking for an answer.
     """
 
-    __slots__ = ("_chunks", "_entered", "_index", "_model", "_request", "_trying")
+    __slots__ = ("_chunks", "_entered", "_failed", "_index", "_model", "_ready", "_request", "_trying")
 
     def __init__(self, model: FallbackModel, request: ModelRequest) -> None:
         self._model = model
@@ -153,6 +160,11 @@ class _FallbackStream:
         """The chunks of the model being tried, entered, before its first answer's chunk."""
         self._chunks: AsyncIterator[ModelChunk] | None = None
         """The answering model's chunks, once it has sent its first one."""
+        self._ready: collections.deque[ModelChunk] = collections.deque()
+        """Chunks read while trying a model, to give before anything else: its usage, then its answer's first
+        chunk or the fallback chunk that moves on."""
+        self._failed: Exception | None = None
+        """The call's error, raised once the usage read before it has been given."""
 
     async def __aenter__(self) -> _FallbackStream:
         # Entering a model's stream happens in __anext__, so a fallback is reported as it happens.
@@ -171,37 +183,83 @@ class _FallbackStream:
         return self
 
     async def __anext__(self) -> ModelChunk:
+        if self._ready:
+            return self._ready.popleft()
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         if self._chunks is not None:
             return await self._chunks.__anext__()
-        return await self._try_next()
+        await self._try_next()
+        return self._ready.popleft()
 
-    async def _try_next(self) -> ModelChunk:
-        """The current model's first chunk; or, if it is unavailable, the fallback chunk that moves on."""
+    async def _try_next(self) -> None:
+        """Read the current model until its answer's first chunk, or until it turns out unavailable (then the
+        fallback chunk that moves on): into ``_ready``, after the usage it reported meanwhile.
+
+        Usage is no answer: Anthropic reports the input tokens first (``message_start``), and an overloaded
+        model says so only after. The usage still counts (it was billed), before the fallback.
+        """
         if self._trying is None:
             try:
                 stream = self._model.models[self._index].stream(self._request)
                 self._trying = await stream.__aenter__()
             except Exception as exc:
-                return self._fall_back(exc)
+                self._ready.append(self._fall_back(exc))
+                return
             self._entered = stream
         chunks = self._trying
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:  # it answered with nothing: that is its answer
-            self._chunks = chunks
-            raise
-        except Exception as exc:
-            # Closing the stream with the error maps what the model raised (an httpx error, say).
+        while True:
+            try:
+                first = await chunks.__anext__()
+            except StopAsyncIteration:  # it answered with nothing (its usage at most): that is its answer
+                self._chunks = chunks
+                if self._ready:
+                    return
+                raise
+            except Exception as exc:
+                # Closing the stream with the error maps what the model raised (an httpx error, say).
+                entered, self._entered, self._trying = self._entered, None, None
+                assert entered is not None
+                try:
+                    await entered.__aexit__(type(exc), exc, exc.__traceback__)
+                except Exception as mapped:
+                    exc = mapped
+                try:
+                    self._ready.append(self._fall_back(exc))
+                except Exception as final:
+                    if not self._ready:
+                        raise
+                    self._failed = final  # after the usage it reported: those tokens were billed
+                return
+            if isinstance(first, UsageChunk):
+                self._ready.append(first)
+                continue
+            break
+        error = self._unavailable(first)
+        if error is not None:  # an error the provider reported in the stream, of a kind that moves on
             entered, self._entered, self._trying = self._entered, None, None
             assert entered is not None
-            try:
-                await entered.__aexit__(type(exc), exc, exc.__traceback__)
-            except Exception as mapped:
-                return self._fall_back(mapped)
-            return self._fall_back(exc)
+            await entered.__aexit__(None, None, None)
+            self._ready.append(self._fall_back(error))
+            return
         if not isinstance(first, ModelFallbackChunk):  # a nested FallbackModel moving on is not an answer yet
             self._chunks = chunks
-        return first
+        self._ready.append(first)
+
+    def _unavailable(self, chunk: ModelChunk) -> ProviderError | None:
+        """The error an in-stream error chunk stands for (by its status) when it makes this stream move on."""
+        if not isinstance(chunk, ErrorChunk) or chunk.status is None or self._index + 1 == len(self._model.models):
+            return None
+        model = self._model.models[self._index]
+        provider = getattr(model, "provider", None)
+        error = provider_error(
+            chunk.message,
+            status=chunk.status,
+            provider=provider if isinstance(provider, str) else model_name(model),
+            message=chunk.message,
+        )
+        return error if isinstance(error, self._model.fallback_on) else None
 
     def _fall_back(self, error: Exception) -> ModelFallbackChunk:
         models = self._model.models

@@ -201,6 +201,14 @@ async def _error_of(response: httpx.Response, provider: str) -> ProviderError:
     message = error_message((await _read_body(response) or b"")[:65536])
     text = f"{provider}: HTTP {status}" + (f": {message}" if message else "")
     retry_after = _retry_after(response.headers.get("retry-after"))
+    return provider_error(text, status=status, provider=provider, message=message, retry_after=retry_after)
+
+
+def provider_error(
+    text: str, *, status: int, provider: str, message: str | None, retry_after: float | None = None
+) -> ProviderError:
+    """The error for an HTTP ``status`` (or an error inside a stream that stands for one): a subclass of
+    :class:`ProviderError` for each kind, as :class:`FallbackModel` and the retries tell them apart."""
     if status == 429:
         return RateLimitError(text, status=status, provider=provider, provider_message=message, retry_after=retry_after)
     if status >= 500:
@@ -435,9 +443,62 @@ def error_message(body: object) -> str | None:
 
 
 def error_chunk(error: object) -> ErrorChunk:
-    """An error the provider reported inside a stream (an ``error`` event, or an ``error`` in a chunk)."""
+    """An error the provider reported inside a stream (an ``error`` event, or an ``error`` in a chunk), with the
+    HTTP status its kind stands for when it names one."""
     text = str(error).strip()[:500] if error is not None else ""
-    return ErrorChunk("provider", error_message(error) or text or "the provider reported an error")
+    return ErrorChunk("provider", error_message(error) or text or "the provider reported an error", _status_of(error))
+
+
+_STATUS_OF_KIND: Final = {
+    # Anthropic's error types (the same in a stream as in an HTTP error's body).
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+    # OpenAI's codes and types.
+    "context_length_exceeded": 400,
+    "invalid_api_key": 401,
+    "insufficient_quota": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+    # google.rpc.Code names (Gemini's "status").
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+"""The HTTP status an error's kind, as a provider names it inside a stream, stands for."""
+
+
+def _status_of(error: object) -> int | None:
+    """The HTTP status of an in-stream error: its numeric ``code`` (Gemini, llama.cpp), else the status its
+    ``status``, ``type`` or ``code`` name stands for; ``None`` when it names none this knows."""
+    if isinstance(error, str):
+        try:
+            error = json.loads(error)
+        except (ValueError, RecursionError):
+            return None
+    if isinstance(error, dict) and isinstance(error.get("error"), dict):
+        error = error["error"]
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if type(code) is int and 400 <= code <= 599:
+        return code
+    for field in ("status", "type", "code"):
+        status = _STATUS_OF_KIND.get(error[field]) if isinstance(error.get(field), str) else None
+        if status is not None:
+            return status
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:

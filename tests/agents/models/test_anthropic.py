@@ -484,7 +484,7 @@ async def test_anthropic_error_mid_stream_yields_the_usage_so_far_first(
         "".join(text.text for text in texts if isinstance(text, TextChunk))
     )
     assert usage == UsageChunk(1007, output_tokens)
-    assert failed == ErrorChunk("provider", "Overloaded")
+    assert failed == ErrorChunk("provider", "Overloaded", 529)  # overloaded_error
 
 
 async def test_anthropic_stream_cut_off_counts_the_usage_it_sent_before_the_error(provider_server: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
@@ -19,21 +20,26 @@ from agents import (
     FallbackModel,
     MalformedStreamError,
     MissingAPIKeyError,
+    ModelChunk,
     ModelConnectionError,
     ModelFallbackChunk,
     ModelRequest,
     OpenAIChatModel,
+    OpenAIResponsesModel,
     RateLimitError,
     RetryPolicy,
     ScriptedModel,
     ServerError,
     TextChunk,
+    UsageChunk,
     UserMessage,
 )
 from runtime import open_runtime
-from runtime.events import ErrorEvent, Event, ModelFallback, RunFinished, TextDelta
+from runtime.events import ErrorEvent, Event, ModelFallback, RunFinished, TextDelta, Usage
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from agents import Model
     from agents.models import Turn
 
@@ -146,6 +152,97 @@ async def test_fallback_when_the_stream_breaks_before_its_first_chunk(provider_s
     [fallback] = _fallbacks(events)
     assert "the stream broke" in fallback.error
     assert _finished(events) == "completed"
+
+
+OUR_STREAMS: Final = Path(__file__).resolve().parents[2] / "fixtures" / "llm_streams"
+RESPONSES_QUOTA_ERROR: Final = (OUR_STREAMS / "openai_responses" / "error_event_then_failed.sse").read_bytes()
+
+
+def _anthropic_error_after_message_start(kind: str, message: str) -> bytes:
+    """Anthropic's way to fail a stream already begun: ``message_start`` (the input tokens), then an error event."""
+    start = ANTHROPIC_TEXT.split(b"\n\n")[0] + b"\n\n"
+    error = {"type": "error", "error": {"type": kind, "message": message}}
+    return start + f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+
+
+async def test_fallback_on_an_overloaded_error_after_anthropics_message_start(
+    provider_server: Any, backup_server: Any
+) -> None:
+    """Anthropic reports the input tokens first and an overload after, in the stream: nothing of an answer was
+    seen, so the next model answers; the tokens reported still count, before the ModelFallback. The run ended
+    with "Overloaded" before: the usage had committed to the first model."""
+    provider_server.serve(_anthropic_error_after_message_start("overloaded_error", "Overloaded"))
+    backup_server.serve(OPENAI_TEXT)
+    events = await _run(FallbackModel(_anthropic(provider_server), _openai(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert (fallback.failed, fallback.error, fallback.next) == ("anthropic:claude", "Overloaded", "openai:gpt")
+    usage = [event for event in events if isinstance(event, Usage)]
+    assert (usage[0].input_tokens, usage[0].output_tokens) == (1007, 1)
+    assert events.index(usage[0]) < events.index(fallback)
+    assert _text(events) == OPENAI_ANSWER
+    assert _finished(events) == "completed"
+
+
+async def test_fallback_on_a_quota_error_inside_a_responses_stream(provider_server: Any, backup_server: Any) -> None:
+    """The Responses API reports an exhausted quota inside a 200 stream (a recorded one): a 429 by its kind, so
+    the next model answers, as it would after an HTTP 429."""
+    provider_server.serve(RESPONSES_QUOTA_ERROR)
+    backup_server.serve(ANTHROPIC_TEXT)
+    first = OpenAIResponsesModel("gpt-5-nano", base_url=provider_server.base_url, api_key="k")
+    events = await _run(FallbackModel(first, _anthropic(backup_server)))
+    [fallback] = _fallbacks(events)
+    assert "exceeded your current quota" in fallback.error
+    assert _errors(events) == []
+    assert _finished(events) == "completed"
+
+
+async def test_no_fallback_on_an_in_stream_error_of_a_refused_request(provider_server: Any, backup_server: Any) -> None:
+    """An error in the stream whose kind is a refused request (Anthropic's invalid_request_error, a 400) ends the
+    run as a 400 would: the next model is never asked, and the tokens reported count."""
+    provider_server.serve(_anthropic_error_after_message_start("invalid_request_error", "prompt is too long"))
+    backup_server.serve(OPENAI_TEXT)
+    events = await _run(FallbackModel(_anthropic(provider_server), _openai(backup_server)))
+    assert _fallbacks(events) == []
+    [error] = _errors(events)
+    assert error.message == "prompt is too long"
+    assert [(event.input_tokens, event.output_tokens) for event in events if isinstance(event, Usage)] == [(1007, 1)]
+    assert _finished(events) == "error"
+    assert backup_server.requests == []
+
+
+class _UsageThenRaises:
+    """A model that reports usage, then raises ``error`` (a stream that broke, a refusal): never an answer."""
+
+    name = "usage-then-raises"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @contextlib.asynccontextmanager
+    async def stream(self, request: ModelRequest) -> AsyncIterator[AsyncIterator[ModelChunk]]:
+        async def chunks() -> AsyncIterator[ModelChunk]:
+            yield UsageChunk(40, 0)
+            raise self.error
+
+        yield chunks()
+
+
+@pytest.mark.parametrize("moves_on", [True, False], ids=["unavailable", "refused"])
+async def test_usage_before_an_error_counts_whether_or_not_it_moves_on(moves_on: bool) -> None:
+    """Usage a model reported before it failed is given either way: before the ModelFallback when its error
+    moves on, before the run's error when it does not (it is not lost with the error)."""
+    error = (
+        ServerError("a: HTTP 503", status=503, provider="a")
+        if moves_on
+        else BadRequestError("a: HTTP 400", status=400, provider="a")
+    )
+    events = await _run(FallbackModel(_UsageThenRaises(error), ScriptedModel(["fine"], name="second")))
+    usage = [event for event in events if isinstance(event, Usage)]
+    assert usage[0] == Usage(40, 0)
+    after = _fallbacks(events) if moves_on else _errors(events)
+    assert len(after) == 1
+    assert events.index(usage[0]) < events.index(after[0])
+    assert _finished(events) == ("completed" if moves_on else "error")
 
 
 async def test_no_fallback_once_output_reached_the_consumer(provider_server: Any, backup_server: Any) -> None:

@@ -542,10 +542,11 @@ async def test_gemini_error_in_a_200_stream_ends_the_run(provider_server: Any, e
     head = _sse({"candidates": [_candidate({"text": "Hel"})], "usageMetadata": _usage(5, 1)})
     tail = f"{error}\r\n\r\n".encode() if isinstance(error, str) else _sse(error)
     provider_server.serve(head + tail + _sse({"candidates": [_candidate({"text": "lo"})]}))
+    status = None if isinstance(error, str) else 500  # an error event's plain text names no kind
     assert await _chunks(_model(provider_server)) == [
         TextChunk("Hel"),
         UsageChunk(5, 1),
-        ErrorChunk("provider", "An internal error has occurred."),
+        ErrorChunk("provider", "An internal error has occurred.", status),
     ]
     events = await _run(Agent(name="gemini", model=_model(provider_server), max_turns=1))
     (event,) = _of(events, ErrorEvent)

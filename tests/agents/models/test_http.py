@@ -105,17 +105,27 @@ def test_error_message_reads_every_error_body_shape(body: object, message: str |
 
 
 @pytest.mark.parametrize(
-    ("error", "text"),
+    ("error", "text", "status"),
     [
-        ('{"error": {"message": "model melted"}}', "model melted"),
-        ("overloaded, try later", "overloaded, try later"),
-        ({"code": 500}, "{'code': 500}"),
-        ("", "the provider reported an error"),
+        ('{"error": {"message": "model melted"}}', "model melted", None),
+        ("overloaded, try later", "overloaded, try later", None),
+        ({"code": 500}, "{'code': 500}", 500),
+        ("", "the provider reported an error", None),
+        ('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', "Overloaded", 529),
+        ({"code": 503, "message": "try later", "status": "UNAVAILABLE"}, "try later", 503),
+        ({"message": "busy", "status": "RESOURCE_EXHAUSTED"}, "busy", 429),
+        ({"code": "insufficient_quota", "message": "quota"}, "quota", 429),
+        ({"type": "error", "code": "invented_code", "message": "odd"}, "odd", None),
+        ({"code": 200, "message": "not an error status"}, "not an error status", None),
+        ({"code": True, "type": "api_error", "message": "a bool is no code"}, "a bool is no code", 500),
     ],
 )
-def test_error_chunk_carries_the_message_or_what_the_provider_sent(error: object, text: str) -> None:
-    """An error inside a stream becomes a provider ErrorChunk with its message, else its text, never an empty one."""
-    assert error_chunk(error) == ErrorChunk("provider", text)
+def test_error_chunk_carries_the_message_or_what_the_provider_sent(
+    error: object, text: str, status: int | None
+) -> None:
+    """An error inside a stream becomes a provider ErrorChunk with its message, else its text, never an empty one;
+    with the HTTP status its kind stands for, when it names one this knows (a numeric code, a status or type)."""
+    assert error_chunk(error) == ErrorChunk("provider", text, status)
 
 
 def test_error_bodies_have_one_reader() -> None:

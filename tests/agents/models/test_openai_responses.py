@@ -171,7 +171,7 @@ async def test_responses_fixture_stream_gives_the_expected_chunks(provider_serve
         (call["id"], call["name"], call["arguments"]) for call in expect["tool_calls"]
     ]
     if expect["error"] is not None:
-        assert chunks[-1] == ErrorChunk("provider", expect["error"]["message"])
+        assert chunks[-1] == ErrorChunk("provider", expect["error"]["message"], 429)  # insufficient_quota
         assert _of(chunks, StopChunk) == []
     else:
         usage = expect["usage"]
@@ -306,7 +306,7 @@ async def test_responses_response_failed_is_a_model_error(provider_server: Any) 
         _stream(_text_delta("Half an"), {"type": "response.failed", "response": _result("failed", error=error)})
     )
     chunks = await _chunks(_model(provider_server))
-    assert chunks == [TextChunk("Half an"), UsageChunk(5, 7), ErrorChunk("provider", error["message"])]
+    assert chunks == [TextChunk("Half an"), UsageChunk(5, 7), ErrorChunk("provider", error["message"], 500)]
     events = await _run(_agent(provider_server))
     assert _the_error(events).message.endswith(error["message"])
     assert _the_error(events).kind == "model"
@@ -329,7 +329,7 @@ async def test_responses_error_event_ends_the_stream_with_its_message(provider_s
             COMPLETED,  # never read: the error ended the stream
         )
     )
-    assert await _chunks(_model(provider_server)) == [TextChunk("partial"), ErrorChunk("provider", "Slow down.")]
+    assert await _chunks(_model(provider_server)) == [TextChunk("partial"), ErrorChunk("provider", "Slow down.", 429)]
 
 
 @pytest.mark.parametrize(
