@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from runtime.events import Event
 
 _NORMAL_CLOSE: Final = frozenset({1000, 1001})
+_MESSAGE_TOO_BIG: Final = 1009
+"""The close code for a message over the size limit (RFC 6455 7.4.1)."""
 _OPS: Final = frozenset({"write", "delete"})
 _SOURCES: Final = frozenset({"agent", "client"})
 MAX_MESSAGE: Final = 16 * 2**20
@@ -410,10 +412,14 @@ async def _handshake(
     raise StreamClosedError(f"{host}: the connection failed during the WebSocket handshake: {describe(why)}") from error
 
 
-def _abnormal(url: str, closed: ConnectionClosed) -> StreamClosedError | None:
-    """The error for a close that was not normal (1000 or 1001); ``None`` for one that was."""
+def _abnormal(url: str, closed: ConnectionClosed) -> StreamError | None:
+    """The error for a close that was not normal (1000 or 1001); ``None`` for one that was. A 1009 is a
+    message over the size limit (over :data:`MAX_MESSAGE` from the peer: the client closes with it), which
+    is the message's fault, not the connection's."""
     if closed.reason is not None and closed.reason.code in _NORMAL_CLOSE:
         return None
+    if closed.reason is not None and closed.reason.code == _MESSAGE_TOO_BIG:
+        return MalformedMessageError(f"{url}: a message over the size limit ({MAX_MESSAGE} bytes): {closed.reason}")
     return StreamClosedError(f"{url} closed: {closed.reason}")
 
 

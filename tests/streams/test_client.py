@@ -22,8 +22,10 @@ import h11
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 import wsproto.utilities
 
+import streams._client
 from agents import ToolCall
 from runtime.events import (
     RunFinished,
@@ -780,6 +782,28 @@ async def test_an_sse_event_over_max_message_is_a_malformed_message(provider_ser
                 async for message in feed:
                     received.append(message)
     assert received == [SSEMessage("Notice", {"type": "Notice", "message": "hi"}, "1")]
+
+
+@pytest.mark.parametrize("kind", ["updates", "workspace"])
+async def test_a_websocket_message_over_max_message_is_a_malformed_message(
+    kind: str, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message over MAX_MESSAGE bytes from the server (the client closes with 1009) raises MalformedMessageError
+    when iterating, as an SSE event over it does (the README's promise); it was a StreamClosedError."""
+    monkeypatch.setattr(streams._client, "MAX_MESSAGE", 1000)
+
+    async def oversized(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(json.dumps({"type": "TextDelta", "text": "x" * 2000, "run_id": "s1-r1"}))
+        await trio.sleep_forever()
+
+    server = await nursery.start(functools.partial(trio_websocket.serve_websocket, oversized, "127.0.0.1", 0, None))
+    opener = open_updates_stream if kind == "updates" else open_workspace_stream
+    with trio.fail_after(TIMEOUT):
+        with pytest.raises(MalformedMessageError, match="over the size limit"):
+            async with opener(f"ws://127.0.0.1:{server.port}/sessions/s1/{kind}", disconnect_timeout=0.01) as stream:
+                async for _ in stream:
+                    pytest.fail("an oversized message was taken")  # pragma: no cover
 
 
 async def test_an_sse_stream_longer_than_max_message_in_events_is_read_whole(provider_server: Any) -> None:
