@@ -76,7 +76,8 @@ class EventStreamResponse(Response):
     watches for ``http.disconnect``: a client that goes away cancels the
     source, even while it is still opening. The ``200`` is sent once the
     source is open; a :class:`Refusal` raised while it opens is answered
-    with its own response instead.
+    with its own response instead. A ``HEAD`` gets the head alone: the
+    source is never opened.
     """
 
     def __init__(self, open_source: OpenSource, *, heartbeat: float) -> None:
@@ -94,6 +95,12 @@ class EventStreamResponse(Response):
         """Whether the client went away before the stream ended."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD":
+            # Starlette routes HEAD to a GET route, and Hypercorn drops the body but ends the response only at
+            # its end: an event stream's never comes. The head alone, with nothing opened (no session in use).
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         refusal: Refusal | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch, receive, nursery.cancel_scope)

@@ -470,6 +470,25 @@ async def test_a_closing_session_counts_toward_neither_max_sessions_nor_statisti
                 server.inspector.unsubscribe(subscriber)
 
 
+@pytest.mark.parametrize("path", ["/sessions/s1/feed", "/inspect/events"])
+async def test_head_on_an_event_stream_gets_the_head_and_ends(
+    path: str, make_agent: MakeAgent, serving: Serving, create: Create
+) -> None:
+    """HEAD on an SSE route (a monitoring probe, ``curl -I``) gets the stream's head and the response ends: the
+    keep-alive connection answers its next request, and nothing is held open. The source was opened and
+    pumped for ever (Hypercorn ends a HEAD response only at its body's end): the connection hung, the feed
+    counted in sse_streams, and its session, held in use, was never reaped."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent(), idle_timeout=0.5) as (server, client):
+            await create(client, "s1")
+            head = await client.head(path)
+            assert head.status_code == 200
+            assert head.headers["content-type"].startswith("text/event-stream")
+            assert (await client.get("/health")).status_code == 200  # the same connection, free again
+            assert server.statistics().sse_streams == 0
+            await server.sessions["s1"].session.wait_closed()  # reaped when idle: nothing holds it
+
+
 async def test_the_feed_names_a_run_that_waited_for_its_turn_when_its_turn_comes(
     make_agent: MakeAgent, serving: Serving, create: Create, waiting_tool: WaitingTool
 ) -> None:
