@@ -8,8 +8,10 @@ session's history and its runs' logs in it.
 from __future__ import annotations
 
 import base64
+import decimal
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,28 +53,44 @@ def dumps(value: Any) -> str:
     pydantic-core's encoder, several times faster than ``json``'s (every event goes through it). A
     number JSON cannot hold (infinite or NaN: a tool's ``float("inf")``, a custom event's field) is
     written ``null``, as JavaScript's ``JSON.stringify`` does, never ``Infinity`` or ``NaN``, which no
-    JSON parser need take. A string holding a lone surrogate (valid JSON's ``"\\ud800"``, from a
-    client, a model or a tool) is written as that escape: pydantic-core, and UTF-8, refuse the
-    character itself.
+    JSON parser need take. An integer of over 4,300 digits (a tool's ``math.factorial(2000)``) is written
+    as its decimal string: Python's ``json`` refuses to read a longer number (``sys.int_max_str_digits``),
+    so a client, or the store's own recovery, could not read the event back. A string holding a lone
+    surrogate (valid JSON's ``"\\ud800"``, from a client, a model or a tool) is written as that escape:
+    pydantic-core, and UTF-8, refuse the character itself.
     """
     try:
-        return to_json(value, inf_nan_mode="null").decode()
+        text = to_json(value, inf_nan_mode="null").decode()
     except PydanticSerializationError:  # a lone surrogate, or nested deeper than pydantic-core goes
         pass
+    else:
+        # A run of digits that long may be a number no reader takes (or only a string's): walk it then.
+        if len(text) <= _MAX_DIGITS or _LONG_DIGITS.search(text) is None:
+            return text
+        return to_json(_readable(value), inf_nan_mode="null").decode()
     try:
         return _ASCII_DUMPS(value)
     except ValueError:  # and a number JSON cannot hold: the only time the value is walked first
-        return _ASCII_DUMPS(_finite(value))
+        return _ASCII_DUMPS(_readable(value))
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every infinite or NaN number made ``None``."""
+_MAX_DIGITS: Final = 4300
+"""The longest integer, in decimal digits, Python's ``json`` reads by default (``sys.int_max_str_digits``)."""
+_TOO_LONG: Final = 10**_MAX_DIGITS
+_LONG_DIGITS: Final = re.compile(rf"\d{{{_MAX_DIGITS + 1}}}")
+
+
+def _readable(value: Any) -> Any:
+    """``value`` with every infinite or NaN number made ``None``, and every integer too long to read back its
+    decimal string (``str`` refuses it: ``Decimal``'s does not)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, int) and not isinstance(value, bool) and not -_TOO_LONG < value < _TOO_LONG:
+        return str(decimal.Decimal(value))
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: _readable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_readable(item) for item in value]
     return value
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -50,3 +51,26 @@ def test_dumps_writes_null_for_a_number_json_cannot_hold(
     assert "Infinity" not in text
     assert "NaN" not in text
     assert _strict_loads(text) == expected
+
+
+HUGE: Final = math.factorial(2000)  # 5,736 digits
+
+
+@pytest.mark.parametrize("dumps", [_wire.dumps, _journal.dumps], ids=["wire", "store"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"result": HUGE}, {"result": str(decimal.Decimal(HUGE))}),
+        ([-HUGE, 10**4300 - 1], [str(decimal.Decimal(-HUGE)), 10**4300 - 1]),  # 4,300 digits: read as it is
+        ({"x": HUGE, "text": "\ud800", "y": math.inf}, {"x": str(decimal.Decimal(HUGE)), "text": "\ud800", "y": None}),
+        ({"digits": "7" * 5000, "n": 12}, {"digits": "7" * 5000, "n": 12}),  # a long string of digits is no number
+    ],
+    ids=["plain", "at-the-limit", "lone-surrogate", "digits-in-a-string"],
+)
+def test_dumps_writes_an_integer_too_long_to_read_back_as_its_decimal_string(
+    dumps: Callable[[Any], str], value: Any, expected: Any
+) -> None:
+    """An integer of over 4,300 digits (a tool's math.factorial(2000)) is written as its decimal string:
+    Python's json refuses to read a longer number, so a client dropped the event and a store's recovery
+    failed the session for good (StoreCorruptError on every open). Shorter ones stay numbers."""
+    assert json.loads(dumps(value)) == expected

@@ -7,8 +7,10 @@ Real sockets, so the real clock: every test is bounded by ``trio.fail_after``.
 
 from __future__ import annotations
 
+import decimal
 import itertools
 import json
+import math
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -209,6 +211,28 @@ async def test_an_event_field_with_no_text_form_is_served_as_a_placeholder_and_t
     assert custom["city"] == "<Opaque that could not be converted to JSON: TypeError: no text form>"
     assert [item["type"] for item in data if item["type"] in ("ToolCallFinished", "ErrorEvent")] == ["ToolCallFinished"]
     assert data[-1] == {"type": "RunFinished", "reason": "completed", "message": None, "run_id": "s1-r1"}
+
+
+@tool
+async def factorial(n: int) -> int:
+    """n!"""
+    return math.factorial(n)
+
+
+async def test_a_tool_result_too_long_a_number_for_json_readers_is_served_as_its_digits(
+    serving: Serving, create: Create, run_attached: RunAttached
+) -> None:
+    """A tool's integer of over 4,300 digits reaches a client as its decimal string, which Python's json reads
+    (run_attached parses each event with json.loads): it was a bare number json refuses, so a RemoteSession
+    dropped the ToolCallFinished and an updates client failed with MalformedMessageError."""
+    agent = Agent(name="bot", model=ScriptedModel([ToolCall("factorial", {"n": 2000}), "done"]), tools=[factorial])
+    with trio.fail_after(TIMEOUT):
+        async with serving(agent) as (_, client):
+            await create(client, "s1")
+            data = await run_attached(client, "s1", "go")
+    (finished,) = [item for item in data if item["type"] == "ToolCallFinished"]
+    assert finished["result"] == str(decimal.Decimal(math.factorial(2000)))
+    assert data[-1]["reason"] == "completed"
 
 
 def refusing_model() -> ScriptedModel:
