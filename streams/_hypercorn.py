@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from hypercorn.events import RawData
@@ -153,6 +153,32 @@ class _KeepAlive:
                 await self._server._initiate_server_close()
 
 
+KEEPALIVE_IDLE: Final = 10
+"""Seconds a connection may be silent both ways before TCP asks the client whether it is still there."""
+KEEPALIVE_INTERVAL: Final = 5
+KEEPALIVE_PROBES: Final = 3
+"""Unanswered probes, ``KEEPALIVE_INTERVAL`` seconds apart, after which the connection is dropped."""
+
+
+def _probe_when_idle(sock: trio.socket.SocketType) -> None:
+    """TCP keepalive on an accepted connection: a client gone without a FIN (a NAT that forgot it, a phone out
+    of range) is noticed within ``KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES`` seconds (25) even
+    when nothing is sent, and the connection dropped, which ends what it held (an idle session's updates or
+    workspace WebSocket keeps the session from being reaped). Options a platform lacks are left as they are."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:  # the client already gone (reset as it was accepted): Hypercorn finds out as it reads
+        pass
+
+
 def _listening_sockets(config: Config) -> list[socket.socket]:
     """A listening socket for each ``host:port`` of ``config.bind``, as Hypercorn makes them (no delay,
     address reuse, non-blocking, ``config.backlog``).
@@ -216,6 +242,7 @@ async def serve_app(
 
     async def serve_connection(stream: trio.SocketStream) -> None:
         open_connections.add(stream)
+        _probe_when_idle(stream.socket)
         try:
             server = _Connection(wrapped, config, context, ConnectionState({}), _DeadlineStream(stream, write_timeout))
             await server.run()

@@ -15,10 +15,12 @@ import select
 import socket
 import struct
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 import trio
+import trio.testing
 import wsproto
 from hypercorn.config import Config
 from starlette.applications import Starlette
@@ -26,7 +28,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from wsproto.events import AcceptConnection, Ping, Request as WSRequest, TextMessage
 
-from streams._hypercorn import serve_app
+from streams._hypercorn import KEEPALIVE_IDLE, serve_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -346,3 +348,35 @@ async def test_a_response_larger_than_the_socket_takes_at_once_arrives_whole() -
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             assert await _get(stream, "/big") == b"y" * 2**22
             assert await _get(stream, "/quick") == b"x" * 100
+
+
+def _server_side_timer(server_port: int, client_port: int) -> tuple[int, int]:
+    """The kernel's timer on the server's end of a loopback connection (``/proc/net/tcp``): its kind (2 is the
+    keepalive timer) and the clock ticks (1/100 s) before it fires."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(address.rpartition(":")[2], 16) for address in fields[1:3])
+            if (local, remote) == (server_port, client_port):
+                kind, ticks = fields[5].split(":")
+                return int(kind, 16), int(ticks, 16)
+    raise AssertionError(f"no connection from port {client_port} to port {server_port}")
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the kernel's connection table (Linux)")
+async def test_a_connection_is_probed_by_tcp_keepalive_when_idle(make_agent: MakeAgent, serving: Serving) -> None:
+    """Every accepted connection has TCP keepalive: an idle one (here, nothing sent at all) has the kernel's
+    keepalive timer armed within KEEPALIVE_IDLE seconds, so a client gone without a FIN is dropped within
+    ~25 s. Nothing probed it: an idle updates or workspace WebSocket whose client vanished kept its session
+    from being reaped, for ever."""
+    with trio.fail_after(TIMEOUT):
+        async with serving(make_agent()) as (server, _):
+            stream = await _connect(server.port)
+            try:
+                client_port = stream.socket.getsockname()[1]
+                await trio.testing.wait_all_tasks_blocked()  # accepted, its options set
+                kind, ticks = _server_side_timer(server.port, client_port)
+                assert kind == 2
+                assert 0 < ticks <= KEEPALIVE_IDLE * 100
+            finally:
+                _reset(stream)
