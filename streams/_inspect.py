@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from ._codec import dumps
+from ._codec import dumps, event_to_json
 from ._remote import LISTENERS
 
 if TYPE_CHECKING:
@@ -292,8 +292,15 @@ class Inspector:
     # -- what the server tells it ------------------------------------------------
 
     def session_opened(self, served: ServedSession) -> None:
-        """A served session opened."""
-        self._sessions[served.id] = _Session(served)
+        """A served session opened; one opened from its store with questions still waiting (its process
+        stopped while a run asked them) shows them on that run, interrupted, to be answered from the page."""
+        node = self._sessions[served.id] = _Session(served)
+        session = served.session
+        if session.pending and session.suspended_run is not None:
+            run = node.runs[session.suspended_run] = _Run(session.suspended_run)
+            run.ended, run.reason = run.started, "interrupted"
+            for request in session.pending:
+                run.note(event_to_json(request), None)
         self._changed(served.id)
 
     def session_closed(self, session_id: str) -> None:
@@ -358,6 +365,9 @@ class Inspector:
             node.output_tokens += run.output_tokens - tokens[1]
             if run.pending and kind != "ElicitationRequest":
                 self._reconcile(node, run)
+            resumes = data.get("resumes") if kind == "RunStarted" else None
+            if resumes is not None and (resumed := node.runs.get(resumes)) is not None:
+                resumed.pending.clear()  # its questions were answered: the answer resumed it
             if kind == "RunFinished":  # runs that waited behind others, kept meanwhile, go once finished
                 self._forget_finished(node)
         if self._subscribers:
@@ -375,9 +385,10 @@ class Inspector:
 
     def _reconcile(self, node: _Session, run: _Run) -> None:
         stream = node.served.live.get(run.id)
-        if stream is None:
-            return
-        waiting = set(stream.pending_elicitations)
+        if stream is not None:
+            waiting = set(stream.pending_elicitations)
+        else:  # an interrupted run's questions, kept by the store
+            waiting = {request.id for request in node.served.session.pending}
         for question in [question for question in run.pending if question not in waiting]:
             del run.pending[question]
 

@@ -16,10 +16,14 @@ import trio
 import trio.testing
 
 from agents import TRANSFER_TOOL, Agent, ScriptedModel, ToolCall, ToolContext, ToolResultMessage, UserMessage, tool
+from runtime import SQLiteStore
+from runtime.events import ElicitationRequest
 from streams import LISTENERS, open_server
+from tests.runtime.store.test_durable_sessions import crash_at, make_agent as durable_agent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
+    from pathlib import Path
 
     from agents import ModelRequest
     from agents.models import Turn
@@ -491,3 +495,28 @@ async def test_the_stream_ends_when_the_server_stops() -> None:
         assert trio.current_time() - stopping < 5
         assert watcher.ended
         assert watcher.sessions == {}
+
+
+async def test_questions_a_durable_session_kept_across_a_restart_are_on_its_interrupted_run(tmp_path: Path) -> None:
+    """A session opened from its store with a question still waiting (its process stopped while the run asked
+    it) shows the question on that run, interrupted, so it can be answered from the page; the answer resumes
+    the run, and the question leaves the tree. The tree showed no run and no question: the README's "approve
+    or decline a pending question from the page" was impossible for exactly the questions that outlive a
+    restart."""
+    image, asked = await crash_at(tmp_path, "d", "pay 3", ElicitationRequest)
+    with trio.fail_after(TIMEOUT):
+        async with open_server(durable_agent(), store=SQLiteStore(image)) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
+                async with watching(server, headers={}) as watcher:
+                    assert (await client.get("/sessions/d")).status_code == 200  # opened from the store
+                    await watcher.until(lambda w: "d" in w.sessions)
+                    assert watcher.sessions["d"]["pending"] == 1
+                    assert watcher.state("d", "d-r1") == "interrupted"
+                    (question,) = watcher.run("d", "d-r1")["pending"]
+                    assert (question["id"], question["message"]) == (asked.id, asked.message)
+                    answer = await client.post(f"/sessions/d/elicitations/{asked.id}", json={"action": "accept"})
+                    assert answer.status_code == 202, answer.text
+                    resumed = answer.json()["run_id"]
+                    await watcher.until(lambda w: w.state("d", resumed) == "completed")
+                    assert watcher.run("d", "d-r1")["pending"] == []
+                    assert watcher.sessions["d"]["pending"] == 0
