@@ -27,7 +27,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import BROKEN_STREAM, DEFAULT_RETRY, HTTPModel, error_chunk
+from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -329,16 +329,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     usage: dict[str, Any] = {}
     stop_reason: str | None = None
     stopped = False
-    broken: Exception | None = None
     async with contextlib.aclosing(SSEStream(response)) as stream:
-        while not stopped:
-            try:
-                events = await stream.read()  # one await per network read, not per event
-            except BROKEN_STREAM as exc:
-                broken = exc
-                break
-            if not events:
-                break
+        while not stopped and (events := await stream.read_or_end()):  # one await per network read, not per event
             for event in events:
                 data = event.data.strip()
                 if event.event == "error":
@@ -394,8 +386,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     if not stopped:
         if usage:  # the tokens were spent (and billed) all the same, as before an error event
             yield _usage_chunk(usage)
-        if broken is not None:  # the connection broke: that is the error (the model maps it)
-            raise broken
+        if stream.broken is not None:  # the connection broke: that is the error (the model maps it)
+            raise stream.broken
         raise MalformedStreamError("anthropic: the stream ended before message_stop")
     if stop_reason is not None:
         yield StopChunk(STOP_REASONS.get(stop_reason, "other"), stop_reason)

@@ -26,7 +26,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import BROKEN_STREAM, DEFAULT_RETRY, HTTPModel, error_chunk
+from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -308,16 +308,8 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
     finish: str | None = None
     blocked: str | None = None
     calls = 0
-    broken: Exception | None = None
     async with contextlib.aclosing(SSEStream(response)) as stream:
-        while True:
-            try:
-                events = await stream.read()  # one await per network read, not per event
-            except BROKEN_STREAM as exc:
-                broken = exc
-                break
-            if not events:
-                break
+        while events := await stream.read_or_end():  # one await per network read, not per event
             for event in events:
                 data = event.data.strip()
                 if event.event == "error":
@@ -356,10 +348,10 @@ async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:
                     # A part with only a thoughtSignature, code execution, inline data ...: nothing to stream.
                 if candidate.get("finishReason"):
                     finish = str(candidate["finishReason"])
-    if broken is not None:
+    if stream.broken is not None:
         if usage is not None:  # the tokens were spent (and billed) all the same
             yield _usage(usage)
-        raise broken  # the connection broke: that is the error (the model maps it)
+        raise stream.broken  # the connection broke: that is the error (the model maps it)
     if finish is not None:
         yield _stop(finish, calls > 0)
     elif blocked is not None:

@@ -30,6 +30,7 @@ from .._exceptions import (
 )
 from .._messages import ErrorChunk
 from .._retry import RetryPolicy
+from ._sse import BROKEN_STREAM
 
 if TYPE_CHECKING:
     import ssl
@@ -44,10 +45,6 @@ MAX_RETRY_AFTER: Final = 60.0
 
 DEFAULT_RETRY: Final = RetryPolicy(maximum=8.0, max_attempts=4)
 """What a model retries with unless given a policy: 4 tries, waits up to 8 s."""
-
-BROKEN_STREAM: Final = (httpx.HTTPError, httpx.StreamError)
-"""What reading a streamed answer raises when it breaks (the connection, a corrupt gzip's ``DecodingError``).
-A parser that has counted usage by then reports it before letting this rise: those tokens were billed."""
 
 _SHAPE_ERRORS: Final = (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError)
 """What a parser raises on valid JSON of the wrong shape (a string where an object goes, ``int("many")`` ...)."""

@@ -26,7 +26,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import BROKEN_STREAM, HTTPModel, bearer_headers, error_chunk
+from ._http import HTTPModel, bearer_headers, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -200,16 +200,8 @@ async def _chunks(response: httpx.Response, *, keep_reasoning: bool = False) -> 
     finish: str | None = None
     thoughts: list[str] | None = [] if keep_reasoning else None
     done = False
-    broken: Exception | None = None
     async with contextlib.aclosing(SSEStream(response)) as stream:
-        while not done:
-            try:
-                events = await stream.read()  # one await per network read, not per event
-            except BROKEN_STREAM as exc:
-                broken = exc
-                break
-            if not events:
-                break
+        while not done and (events := await stream.read_or_end()):  # one await per network read, not per event
             for event in events:
                 if event.event == "error":
                     if usage is not None:
@@ -264,13 +256,13 @@ async def _chunks(response: httpx.Response, *, keep_reasoning: bool = False) -> 
                             yield ToolCallDeltaChunk(call[0], call[1], arguments)
                     if choice.get("finish_reason"):  # a later chunk's null does not undo it
                         finish = str(choice["finish_reason"])
-    if broken is not None or (not done and finish is None):
+    if stream.broken is not None or (not done and finish is None):
         # Closed before the end (a dropped connection, a proxy's timeout): the answer may be cut off, and a
         # tool call half sent. Some servers send no [DONE] (Mistral, Azure), but a finish_reason ends theirs.
         if usage is not None:  # the tokens were spent (and billed) all the same, as before an error event
             yield _usage_chunk(usage)
-        if broken is not None:  # the connection broke: that is the error (the model maps it)
-            raise broken
+        if stream.broken is not None:  # the connection broke: that is the error (the model maps it)
+            raise stream.broken
         raise MalformedStreamError("openai: the stream ended before a finish_reason or [DONE]")
     if thoughts:
         yield ReasoningBlock("".join(thoughts))

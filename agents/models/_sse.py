@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import codecs
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+import httpx
 import trio
 
 # The decoders are httpx-sse's own (its EventSource is built on them); we use
@@ -19,8 +20,11 @@ from .._exceptions import MalformedStreamError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import httpx
     from httpx_sse import ServerSentEvent
+
+BROKEN_STREAM: Final = (httpx.HTTPError, httpx.StreamError)
+"""What reading a streamed answer raises when it breaks (the connection, a corrupt gzip's ``DecodingError``).
+A parser that has counted usage by then reports it before letting this rise: those tokens were billed."""
 
 _BOM = "\ufeff"
 _CLOSE_GRACE = 5.0
@@ -98,7 +102,18 @@ class SSEStream:
     normal exception, and nothing is abandoned.
     """
 
-    __slots__ = ("_bytes", "_content", "_decoder", "_ended", "_first", "_lines", "_pending", "_response", "_utf8")
+    __slots__ = (
+        "_bytes",
+        "_content",
+        "_decoder",
+        "_ended",
+        "_first",
+        "_lines",
+        "_pending",
+        "_response",
+        "_utf8",
+        "broken",
+    )
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
@@ -116,6 +131,8 @@ class SSEStream:
         self._first = True
         self._ended = False
         self._pending: list[ServerSentEvent] = []  # read, not yet given by __anext__ (reversed)
+        self.broken: Exception | None = None
+        """What broke the connection, once :meth:`read_or_end` met it."""
 
     async def read(self) -> list[ServerSentEvent]:
         """The next events, in order: never empty until the stream has ended, then ``[]``."""
@@ -138,6 +155,16 @@ class SSEStream:
                 if events:
                     return events
         return []
+
+    async def read_or_end(self) -> list[ServerSentEvent]:
+        """:meth:`read`, a broken connection (an ``httpx`` error) ending the stream as its close does (``[]``),
+        the error kept in :attr:`broken`: a provider's parser reports the usage it counted, then raises it."""
+        try:
+            return await self.read()
+        except BROKEN_STREAM as exc:
+            self.broken = exc
+            self._ended = True
+            return []
 
     def __aiter__(self) -> SSEStream:
         return self
