@@ -193,18 +193,19 @@ class Exposure:
 
     Args:
         bind_host: The address the server listens on; bound to loopback, it
-            answers to :data:`LOOPBACK_NAMES` unless ``allowed_hosts`` says otherwise.
+            answers to :data:`LOOPBACK_NAMES` and that address unless ``allowed_hosts`` says otherwise.
         allowed_origins: Origins (``scheme://host[:port]``) whose pages may
             call the server, besides the same origin; ``"*"``: any.
         allowed_hosts: Host names the server answers to, any port (clients
             may come through a proxy); ``"*"``: any. ``None``: the loopback
-            names when bound to loopback, else any.
+            names and the bound address when bound to loopback, else any.
     """
 
     def __init__(self, bind_host: str, *, allowed_origins: Iterable[str], allowed_hosts: Iterable[str] | None) -> None:
         self.origins = frozenset(origin.strip().lower().rstrip("/") for origin in allowed_origins)
         if allowed_hosts is None:
-            hosts: frozenset[str] | None = LOOPBACK_NAMES if is_loopback(bind_host) else None
+            # The address it is bound to too (127.0.0.2 is loopback): the URL it prints must answer.
+            hosts: frozenset[str] | None = LOOPBACK_NAMES | {host_name(bind_host)} if is_loopback(bind_host) else None
         else:
             hosts = frozenset(host_name(host) for host in allowed_hosts)
         self.hosts = None if hosts is not None and "*" in hosts else hosts

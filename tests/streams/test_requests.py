@@ -206,6 +206,21 @@ async def test_both_servers_refuse_a_cross_origin_request_and_a_foreign_host_wit
 
 
 @pytest.mark.parametrize("kind", SERVERS)
+async def test_both_servers_bound_to_another_loopback_address_answer_to_it(kind: str) -> None:
+    """Bound to 127.0.0.2 (loopback too), a server answers at the URL it prints, and still refuses a foreign
+    Host; every request to it was 403 forbidden_host (only the loopback names were allowed)."""
+    with trio.fail_after(TIMEOUT):
+        async with (
+            _serve_open(kind, host="127.0.0.2") as (port, path, body, accepted),
+            httpx.AsyncClient(timeout=TIMEOUT) as client,
+        ):
+            url = f"http://127.0.0.2:{port}{path}"
+            assert (await client.post(url, json=body)).status_code in (201, 202)
+            assert (await client.post(url, json=body, headers={"host": "evil.example"})).status_code == 403
+            assert accepted() == 1
+
+
+@pytest.mark.parametrize("kind", SERVERS)
 async def test_both_servers_take_the_origins_and_hosts_they_are_given(kind: str) -> None:
     """``allowed_origins`` lets the pages of those origins in; ``allowed_hosts`` replaces the loopback names."""
     options = {"allowed_origins": ["http://app.example:3000/"], "allowed_hosts": ["api.example"]}
