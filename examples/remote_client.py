@@ -37,7 +37,7 @@ import trio
 from agents import Agent, ScriptedModel
 from runtime import open_runtime
 from runtime.events import ErrorEvent, RunFinished, TextDelta, ToolCallFinished, ToolCallStarted
-from streams import RemoteError, RemoteSession, StreamError
+from streams import ClosedRemoteSessionError, RemoteError, RemoteSession, StreamError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -191,9 +191,9 @@ async def attach(url: str, session_id: str, prompt: str, *, token: str | None = 
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 await remote.wait_connected()
+        except ClosedRemoteSessionError:
+            return 1  # serve ended: the server refused us (a wrong token?); its error is raised as the block exits
         except trio.TooSlowError:
-            if session.closed:
-                return 1  # the server refused us (a wrong token?): its error is raised as the block exits
             reason = remote.statistics().last_error or "no answer"
             print(f"error: could not connect to {url} within {CONNECT_TIMEOUT:g} s ({reason})", file=sys.stderr)
             print("is the server running? start it with: python examples/serve.py", file=sys.stderr)

@@ -216,3 +216,20 @@ async def test_the_served_examples_serve_beyond_loopback_with_no_token_when_told
                 status = await server.interrupt()
             assert status == 0, server.describe()
             assert "Traceback" not in server.stderr, server.describe()
+
+
+async def test_remote_client_with_a_wrong_or_missing_token_says_the_server_refused_it() -> None:
+    """Against a server with a token, the client with a wrong one, or none, exits 1 with the server's 401 in
+    its one error line; it said "<RemoteSession ...> is not served", its own state, not the refusal."""
+    with trio.fail_after(60):
+        async with running(SERVE, "--port", "0", "--token", "s3cret") as server:
+            url = await serving_url(server)
+            for token in (["--token", "wrong"], []):
+                client = await run_python(CLIENT, "--url", url, "--once", *token)
+                err = client.stderr.decode()
+                assert client.returncode == 1, err
+                assert "Traceback" not in err
+                assert "401" in err, err
+                assert "is not served" not in err, err
+            with trio.fail_after(10):
+                assert await server.interrupt() == 0, server.describe()
