@@ -10,6 +10,7 @@ import argparse
 import functools
 import importlib
 import os
+import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,6 +44,11 @@ def store_from_url(url: str) -> SessionStore:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     raise ValueError("a store is sqlite:PATH or postgresql://user@host/dbname")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without the password it may hold (``scheme://user:password@host``): errors are printed."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 _Number = TypeVar("_Number", int, float)
@@ -215,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = None if args.store is None else store_from_url(args.store)
     except ValueError as exc:
-        parser.error(f"--store {args.store}: {exc}")
+        parser.error(f"--store {_redacted(args.store)}: {exc}")
     try:
         trio.run(
             functools.partial(
@@ -238,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     except StoreError as exc:
-        print(f"error: the store {args.store}: {exc}", file=sys.stderr, flush=True)
+        assert store is not None
+        print(f"error: the store {store.url}: {exc}", file=sys.stderr, flush=True)  # its URL, never a password
         return 1
     except OSError as exc:  # the port is taken, the host is not ours: a line, not a traceback
         print(f"error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)

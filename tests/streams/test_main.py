@@ -54,3 +54,24 @@ async def test_serve_on_a_port_in_use_says_so_in_one_line() -> None:
     assert completed.returncode == 1, err
     assert err.splitlines()[0].startswith(f"error: cannot serve on 127.0.0.1:{port}: ")
     assert "Traceback" not in err  # (only -W error shows Hypercorn's unclosed socket after the line)
+
+
+async def test_serve_never_prints_the_stores_password() -> None:
+    """A store it cannot reach, or a URL it cannot read, is one ``error:`` line naming the store without the
+    password the URL holds; it printed the --store value as given, password and all."""
+    with trio.fail_after(60):
+        unreachable = "postgresql://agent:S3CRET-PW@127.0.0.1:1/sessions"
+        completed = await run_python("-m", "streams", "serve", "--agent", AGENT, "--port", "0", "--store", unreachable)
+    err = completed.stderr.decode()
+    assert completed.returncode == 1, err
+    assert err.startswith("error: the store postgresql://agent@127.0.0.1:1/sessions: "), err
+    assert "S3CRET-PW" not in err
+
+
+def test_serve_refusing_a_store_url_hides_its_password(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--agent", AGENT, "--store", "mysql://agent:S3CRET-PW@db/sessions"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--store mysql://agent:***@db/sessions: a store is sqlite:PATH or postgresql://" in err
+    assert "S3CRET-PW" not in err
