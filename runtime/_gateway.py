@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -138,7 +139,6 @@ class Gateway:
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
         self._dropped = 0
-        self._prune_at = 64
 
     def statistics(self) -> GatewayStatistics:
         """The counters, at any time."""
@@ -193,13 +193,19 @@ class Gateway:
                     waiting.append((message, slot))
                     continue
                 handle = self._sessions.get(key)
-                if (handle is not None and not handle.closed) or self._nursery is None:
-                    await self._dispatch(message, slot)
-                    continue
-                # Opening a session may wait on its store (a claim, a long history to load): in a task of its
-                # own, so other chats' messages go on; this chat's next ones wait behind it, in order.
+                if handle is not None and not handle.closed:
+                    try:
+                        await self._start_answer(handle, message, slot)
+                        continue
+                    except ClosedSessionError:
+                        pass  # reaped as the message came: a fresh session, opened as any is
+                # Opening a session may wait on its store (a claim, a long history to load, the last one's
+                # tasks ending): in a task of its own, so other chats' messages go on; this chat's next ones
+                # wait behind it, in order.
+                nursery = self._nursery
+                assert nursery is not None  # the router runs in it
                 self._opening[key] = deque([(message, slot)])
-                self._nursery.start_soon(self._open_and_dispatch, key, name=f"open the session of {key}")
+                nursery.start_soon(self._open_and_dispatch, key, name=f"open the session of {key}")
 
     async def _open_and_dispatch(self, key: tuple[str, str]) -> None:
         """Dispatch a chat's messages in order, the first opening its session, those the router adds meanwhile
@@ -229,29 +235,43 @@ class Gateway:
                 self._reply_error(message, f"the chat's session could not be started: {exc}", slot)
                 return
             try:
-                # In use until its run has begun: the reaper cannot close it in between.
-                with handle.session.in_use():
-                    await handle.session.start(self._answer, handle, message, slot)
+                await self._start_answer(handle, message, slot)
                 return
             except ClosedSessionError:
                 continue
         self._reply_error(message, "the chat's session was closed before the message could be answered", slot)
 
+    async def _start_answer(self, handle: SessionHandle, message: InboundMessage, slot: _Slot) -> None:
+        """Start the answer to ``message`` in ``handle``'s session.
+
+        Raises:
+            ClosedSessionError: the session was closed first; nothing was started, and ``slot`` is still the
+                caller's.
+        """
+        # In use until its run has begun: the reaper cannot close it in between.
+        with handle.session.in_use():
+            await handle.session.start(self._answer, handle, message, slot)
+
     async def _session_for(self, message: InboundMessage) -> SessionHandle:
         key = (message.channel, message.chat_id)
         handle = self._sessions.get(key)
-        if handle is not None and not handle.closed:
-            return handle
-        if len(self._sessions) >= self._prune_at:
-            # Forget reaped chats now and then (amortized O(1)), so the map
-            # tracks live chats, not every chat ever seen.
-            self._sessions = {k: h for k, h in self._sessions.items() if not h.closed}
-            self._prune_at = max(64, 2 * len(self._sessions))
+        if handle is not None:
+            if not handle.closed:
+                return handle
+            # Closed, its tasks still ending (a hook's second of grace, a resource closing): with a store, its
+            # claim is let go only once they have, and opening it again before that would find it taken.
+            await handle.session.wait_closed()
         handle = await self.runtime.start_session(
             self.agent, session_id=_session_id(message.channel, message.chat_id), idle_timeout=self._idle_timeout
         )
         self._sessions[key] = handle
+        # Forgotten once closed (reaped, failed): a chat gone quiet keeps nothing, its history least of all.
+        handle.session.call_when_closed(functools.partial(self._forget, key, handle))
         return handle
+
+    def _forget(self, key: tuple[str, str], handle: SessionHandle) -> None:
+        if self._sessions.get(key) is handle:
+            del self._sessions[key]
 
     def _reply_error(self, message: InboundMessage, text: str, slot: _Slot) -> None:
         """Publish an error reply to ``message`` from a task of the gateway, then release its slot."""
@@ -476,5 +496,5 @@ async def open_gateway(
                 nursery.cancel_scope.cancel()
     finally:
         bus.close()
-        for handle in gateway._sessions.values():
+        for handle in list(gateway._sessions.values()):  # (each forgets itself as it closes)
             await handle.aclose()

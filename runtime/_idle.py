@@ -61,12 +61,18 @@ class IdleReaper:
             self._wake = None
             now = trio.current_time()
             for queue in list(self._queues.values()):  # a reap may watch or forget: it changes _queues
-                while queue:
-                    reap, deadline = next(iter(queue.items()))
-                    if deadline > now:
-                        break
-                    del queue[reap]
-                    reap()
+                _reap_due(queue, now)
+
+
+def _reap_due(queue: OrderedDict[Callable[[], None], float], now: float) -> None:
+    """Call (and forget) each ``reap`` of ``queue`` whose deadline has passed, in deadline order. A function of
+    its own: the last one called is no local of ``serve``'s, which would keep its session alive while idle."""
+    while queue:
+        reap, deadline = next(iter(queue.items()))
+        if deadline > now:
+            return
+        del queue[reap]
+        reap()
 
 
 def check_idle_timeout(idle_timeout: float | None) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pydantic
@@ -946,3 +948,49 @@ async def test_gateway_idle_timeout_that_is_not_above_zero_is_a_value_error(idle
         with pytest.raises(ValueError, match=f"idle_timeout must be above zero, not {idle_timeout!r}"):
             async with open_gateway(runtime, agent, [web], idle_timeout=idle_timeout):
                 pytest.fail("the block must not run")
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "sqlite"])
+async def test_a_chats_next_message_waits_for_its_closing_session_to_end(tmp_path: Path, durable: bool) -> None:
+    """A chat's session failed, and its run's on_run_end still has its second of grace, when the chat's next
+    message comes: it is answered in a fresh session once the old one has ended. With a store, it was an
+    error reply ("session ... is live in another process", this one): the old session's claim is let go only
+    once its tasks have ended. (The real clock: the store's thread and an autojumping clock do not mix.)"""
+    ending = trio.Event()
+
+    class SlowEnd(Hooks):
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            if reason == "cancelled":
+                ending.set()
+                await trio.sleep_forever()  # cut by the runtime after its second of grace
+
+    web = RecordingChannel("web")
+    model = ScriptedModel([ToolCall("break_the_session"), "second answer"])
+    agent = Agent(name="a", model=model, tools=[break_the_session], hooks=[SlowEnd()])
+    store = SQLiteStore(tmp_path / "s.db") if durable else None
+    async with open_runtime(store=store) as runtime, open_gateway(runtime, agent, [web]) as gateway:
+        await web.say(gateway.bus, "chat-1", "first")
+        await ending.wait()  # the session has failed; its run's end hook runs on
+        await web.say(gateway.bus, "chat-1", "second")
+        first, second = await web.answer(), await web.answer()
+    assert first.kind == "error"
+    assert (second.kind, second.text) == ("reply", "second answer")
+
+
+async def test_a_reaped_chats_session_and_history_are_not_kept(autojump_clock: trio.testing.MockClock) -> None:
+    """Once a chat's session is reaped, the gateway keeps nothing of it: its Session (and the history in it)
+    is freed. Reaped sessions were forgotten only when enough new ones were opened: a gateway gone quiet kept
+    every one, history and all."""
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=ScriptedModel(itertools.repeat("ok")))
+    async with open_runtime() as runtime, open_gateway(runtime, agent, [web], idle_timeout=60) as gateway:
+        for chat in ("a", "b", "c"):
+            await web.say(gateway.bus, chat, "x" * 100_000)
+            await web.answer()
+        sessions = [weakref.ref(session) for session in runtime.sessions]
+        assert len(sessions) == 3
+        await trio.sleep(120)  # every chat idle past its timeout: reaped
+        assert runtime.sessions == ()
+        gc.collect()
+        assert [ref() for ref in sessions] == [None, None, None]
+        assert gateway.statistics().sessions == 0
