@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import secrets
 import socket
 from contextlib import suppress
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streams")
 
 _SLOW_CLIENT_REASON: Final = "client too slow"
+_NORMAL: Final = 1000
+_GOING_AWAY: Final = 1001
+"""The close code a client gets when the channel stops (RFC 6455 7.4.1), as served mode's WebSockets send."""
+_STOPPING_CLOSE_TIMEOUT: Final = 0.1
+"""Seconds the close frame of a channel that stops may take to go out (no answer to it can be read then)."""
 
 
 _PORT_0_ATTEMPTS: Final = 10
@@ -348,8 +354,14 @@ class WebSocketChannel:
         finally:
             if self._connections.get(chat_id) is connection:
                 del self._connections[chat_id]
-            with trio.move_on_after(self._disconnect_timeout):
-                await websocket.aclose()
+            # Cancelled (the channel stopping): a 1001 all the same, or the client sees the socket drop (1006),
+            # as after a crash. Its answer cannot be read then (trio-websocket's reader is cancelled with the
+            # channel): the frame is given a moment to go out, not the whole closing handshake.
+            stopping = trio.current_effective_deadline() == -math.inf
+            code, reason = (_GOING_AWAY, "the server is shutting down") if stopping else (_NORMAL, None)
+            timeout = min(self._disconnect_timeout, _STOPPING_CLOSE_TIMEOUT) if stopping else self._disconnect_timeout
+            with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+                await websocket.aclose(code, reason)
 
     async def _read(self, bus: MessageBus, connection: _Connection, scope: trio.CancelScope) -> None:
         while True:
