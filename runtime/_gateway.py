@@ -44,6 +44,8 @@ BEST_EFFORT_TIMEOUT: Final = 0.05
 
 MAX_IN_FLIGHT: Final = 1000
 """The default of :func:`open_gateway`'s ``max_in_flight``."""
+MAX_WAITING_PER_CHAT: Final = 16
+"""The default of :func:`open_gateway`'s ``max_waiting_per_chat`` (served mode's ``max_queued_runs``)."""
 
 
 @runtime_checkable
@@ -88,6 +90,8 @@ class _Slot:
     """The chat's message before this one, while it is unanswered: this one's reply waits for its."""
     done: trio.Event = attrs.field(factory=trio.Event)
     _held: bool = True
+    _in_line: bool = True
+    """Counted among its chat's unanswered messages (not a message refused at once, out of its turn)."""
 
     async def wait_turn(self) -> None:
         """Wait until the chat's earlier messages are answered: a chat's replies go out in its messages' order
@@ -108,6 +112,12 @@ class _Slot:
             gateway._slots.release()
             if gateway._last.get(self._key) is self:
                 del gateway._last[self._key]
+            if self._in_line:
+                left = gateway._unanswered[self._key] - 1
+                if left:
+                    gateway._unanswered[self._key] = left
+                else:
+                    del gateway._unanswered[self._key]
 
 
 class Gateway:
@@ -123,6 +133,7 @@ class Gateway:
         bus: MessageBus,
         idle_timeout: float | None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        max_waiting_per_chat: int | None = MAX_WAITING_PER_CHAT,
     ) -> None:
         self.runtime = runtime
         self.agent = agent
@@ -136,6 +147,8 @@ class Gateway:
         # Chats whose session is being opened, and their messages in order (the first is the one opening it).
         self._opening: dict[tuple[str, str], deque[tuple[InboundMessage, _Slot]]] = {}
         self._last: dict[tuple[str, str], _Slot] = {}  # each chat's latest unanswered message
+        self._unanswered: dict[tuple[str, str], int] = {}  # each chat's unanswered messages (those in line)
+        self._max_waiting = max_waiting_per_chat
         self._ready: dict[str, trio.Event] = {}
         self._handled = 0
         self._dropped = 0
@@ -187,6 +200,17 @@ class Gateway:
                     return
                 self._in_flight += 1
                 key = (message.channel, message.chat_id)
+                unanswered = self._unanswered.get(key, 0)
+                if self._max_waiting is not None and unanswered > self._max_waiting:
+                    # One chat (a flood, an agent that hangs) must not take every place: refused at once, out
+                    # of its turn, so the refusal never waits behind the answers it is refused for.
+                    text = (
+                        f"too many messages waiting in this chat (at most {self._max_waiting} behind the one being "
+                        "answered): send it again once the chat has been answered"
+                    )
+                    self._reply_error(message, text, _Slot(self, key, None, in_line=False))
+                    continue
+                self._unanswered[key] = unanswered + 1
                 slot = self._last[key] = _Slot(self, key, self._last.get(key))
                 waiting = self._opening.get(key)
                 if waiting is not None:  # its session is being opened: after the messages already waiting
@@ -443,6 +467,7 @@ async def open_gateway(
     bus: MessageBus | None = None,
     idle_timeout: float | None = 600.0,
     max_in_flight: int = MAX_IN_FLIGHT,
+    max_waiting_per_chat: int | None = MAX_WAITING_PER_CHAT,
 ) -> AsyncIterator[Gateway]:
     """Run ``channels`` and answer their chats with ``agent`` until the block exits.
 
@@ -460,12 +485,16 @@ async def open_gateway(
     At most ``max_in_flight`` messages are being answered (or waiting for
     their chat's earlier ones) at a time; past that the gateway takes no
     more from the bus, whose inbound queue then fills, so channels see the
-    bus's bound. Leaving the block cancels the channels and closes the bus
-    (and its chats' sessions).
+    bus's bound. Of those, at most ``max_waiting_per_chat`` may be one
+    chat's messages waiting behind the one of it being answered: past that,
+    a message of that chat gets an error reply at once (a chat that floods,
+    or whose agent hangs, cannot take the places of every other chat;
+    ``None``: no limit). Leaving the block cancels the channels and closes
+    the bus (and its chats' sessions).
 
     Raises:
-        ValueError: channel names are not unique, ``max_in_flight`` is below 1, or ``idle_timeout`` is
-            not above zero (NaN included) or ``None``.
+        ValueError: channel names are not unique, ``max_in_flight`` is below 1, ``max_waiting_per_chat`` is
+            below 0, or ``idle_timeout`` is not above zero (NaN included) or ``None``.
 
     Example::
 
@@ -478,9 +507,11 @@ async def open_gateway(
         raise ValueError(f"channel names must be unique: {names}")
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+    if max_waiting_per_chat is not None and max_waiting_per_chat < 0:
+        raise ValueError(f"max_waiting_per_chat must be at least 0 (or None), not {max_waiting_per_chat}")
     check_idle_timeout(idle_timeout)
     bus = bus if bus is not None else MessageBus()
-    gateway = Gateway(runtime, agent, bus, idle_timeout, max_in_flight)
+    gateway = Gateway(runtime, agent, bus, idle_timeout, max_in_flight, max_waiting_per_chat)
     try:
         async with single_errors(), trio.open_nursery() as nursery:
             gateway._nursery = nursery

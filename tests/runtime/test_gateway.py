@@ -994,3 +994,44 @@ async def test_a_reaped_chats_session_and_history_are_not_kept(autojump_clock: t
         gc.collect()
         assert [ref() for ref in sessions] == [None, None, None]
         assert gateway.statistics().sessions == 0
+
+
+class _HangsOnItsFirstMessage:
+    """Answers "ok", but never the message "hang"."""
+
+    def stream(self, request: ModelRequest) -> _HangingStream | _ChunkStream:
+        last = request.messages[-1]
+        if isinstance(last, UserMessage) and last.content == "hang":
+            return _HangingStream()
+        return _ChunkStream([TextChunk("ok")])
+
+
+async def test_one_chat_cannot_take_every_place_of_the_gateway() -> None:
+    """A chat whose agent hangs keeps at most max_waiting_per_chat messages waiting behind the one being
+    answered; its next ones get an error reply at once, and another chat is still answered. Every message of
+    the one chat took a place of max_in_flight: at 1,000 no chat was answered any more."""
+    web = RecordingChannel("web")
+    agent = Agent(name="a", model=_HangsOnItsFirstMessage())
+    async with (
+        open_runtime() as runtime,
+        open_gateway(runtime, agent, [web], max_in_flight=10, max_waiting_per_chat=3) as gateway,
+    ):
+        await web.say(gateway.bus, "stuck", "hang")
+        for i in range(3):
+            await web.say(gateway.bus, "stuck", f"waits {i}")
+        refused = [await web.say(gateway.bus, "stuck", f"refused {i}") for i in range(5)]
+        errors = [await web.answer() for _ in refused]
+        assert [error.reply_to for error in errors] == [message.message_id for message in refused]
+        assert {error.kind for error in errors} == {"error"}
+        assert "too many messages waiting in this chat" in errors[0].text
+        await web.say(gateway.bus, "other", "hello")
+        assert (await web.answer()).text == "ok"
+        assert gateway.statistics().in_flight == 4  # the stuck chat's: the one being answered and 3 waiting
+
+
+async def test_gateway_max_waiting_per_chat_must_not_be_negative() -> None:
+    agent = Agent(name="a", model=ScriptedModel([]))
+    async with open_runtime() as runtime:
+        with pytest.raises(ValueError, match="max_waiting_per_chat must be at least 0"):
+            async with open_gateway(runtime, agent, [], max_waiting_per_chat=-1):
+                pytest.fail("the block must not run")
