@@ -21,7 +21,8 @@ class RetryPolicy:
     The HTTP models retry 429, 5xx and connection errors with it (honouring
     ``Retry-After``, but never waiting less than :meth:`min_delay`, and
     raising at once one that asks for over 60 s, whatever the policy; by
-    default 4 tries, waits capped at 8 s);
+    default 4 tries, waits capped at 8 s: their own policy, not this
+    class's defaults, which are no limit on tries and waits up to 30 s);
     ``streams.RemoteSession`` reconnects with it (by default forever).
     ``streams.Backoff`` is this class.
 

@@ -49,7 +49,8 @@ class StoreVersionError(StoreError):
 
 
 class SessionOwnedError(StoreError):
-    """Another process has this session live; it can be opened here once that process lets go or dies.
+    """Someone has this session live: another process (it can be opened here once that process lets go or
+    dies), or this one, through the same store (it is open already).
 
     Attributes:
         session_id: The session.
@@ -57,7 +58,7 @@ class SessionOwnedError(StoreError):
     """
 
     def __init__(self, session_id: str, owner: str | None) -> None:
-        super().__init__(f"session {session_id!r} is live in another process ({owner or 'unknown'})")
+        super().__init__(f"session {session_id!r} is live already, held by {owner or 'an unknown owner'}")
         self.session_id = session_id
         self.owner = owner
 

@@ -215,6 +215,7 @@ async def _open_websocket(
         pass
     if not host:
         raise InvalidRequestError(f"not a ws:// or wss:// URL: {url!r}")
+    auth_headers(token)  # a token no header can carry is refused before connecting
     default_port = 443 if parts.scheme == "wss" else 80
     port = parts.port or default_port
     # RFC 6455 4.1: Host is host:port unless the port is the default, an IPv6 address in brackets.
@@ -495,7 +496,8 @@ async def open_updates_stream(
         MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
             ``Sec-WebSocket-Accept``; (iterating) a message is not the protocol: not JSON, not an event, or an
             ``EventsDropped`` whose ``count`` is not an integer >= 0.
-        InvalidRequestError: ``url`` is not a ws:// or wss:// URL.
+        InvalidRequestError: ``url`` is not a ws:// or wss:// URL, or ``token`` cannot be sent (no UTF-8
+            bytes, a control character, white space at either end): before connecting.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """
@@ -740,7 +742,8 @@ async def open_workspace_stream(
         MalformedMessageError: the handshake's reply is not HTTP, or a 101 with a wrong
             ``Sec-WebSocket-Accept``; (iterating, or from :meth:`~WorkspaceStream.request`) a message is not the
             protocol: not a JSON object, or a field this client reads missing or of the wrong type or value.
-        InvalidRequestError: ``url`` is not a ws:// or wss:// URL.
+        InvalidRequestError: ``url`` is not a ws:// or wss:// URL, or ``token`` cannot be sent (no UTF-8
+            bytes, a control character, white space at either end): before connecting.
 
     Each comes out alone, never in an exception group (even when the block's owner is cancelled meanwhile).
     """
@@ -871,7 +874,8 @@ async def open_sse_listener(
             :data:`MAX_MESSAGE` bytes.
         PeerSilentError: connecting and the wait for the head took over ``connect_timeout``.
         StreamClosedError: the connection could not be made.
-        InvalidRequestError: ``url`` is not an http(s) URL, or ``token`` has no UTF-8 bytes (a lone surrogate).
+        InvalidRequestError: ``url`` is not an http(s) URL, or ``token`` cannot be sent (no UTF-8 bytes, a
+            control character, white space at either end).
     """
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(open_http_client(client))

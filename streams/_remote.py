@@ -176,8 +176,9 @@ class RemoteSession:
 
     Raises:
         InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case),
-            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` has no UTF-8 bytes
-            (a lone surrogate; any other token is sent as UTF-8).
+            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` cannot be sent: no
+            UTF-8 bytes (a lone surrogate; any other token is sent as UTF-8), a control character (a line end
+            kept from a file) or white space at either end.
     """
 
     def __init__(
@@ -731,7 +732,8 @@ async def open_remote_session(
 
     Raises:
         InvalidRequestError: ``base_url`` is not an ``http://`` or ``https://`` URL (the scheme in any case),
-            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` has no UTF-8 bytes.
+            ``session_id`` does not match :data:`~streams.SESSION_ID_PATTERN`, or ``token`` cannot be sent (as
+            for :class:`RemoteSession`).
     """
     remote = RemoteSession(
         base_url,

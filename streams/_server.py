@@ -1251,7 +1251,8 @@ async def open_server(
             ``allow_unauthenticated_remote`` is false.
         ValueError: ``write_timeout``, ``body_timeout``, ``backlog``, ``heartbeat``, ``subscriber_buffer``,
             ``max_body``, ``idle_timeout`` or ``max_sessions`` is not above zero (NaN included),
-            ``max_queued_runs`` or ``graceful_timeout`` is below zero, or ``token`` is empty or holds spaces.
+            ``max_queued_runs`` or ``graceful_timeout`` is below zero, ``port`` is not 0 to 65535, or ``token``
+            is empty or holds spaces.
     """
     limits = {"idle_timeout": idle_timeout, "max_sessions": max_sessions}  # None: none
     check_positive(
@@ -1267,6 +1268,8 @@ async def open_server(
         raise ValueError(f"max_queued_runs must be 0 or more, not {max_queued_runs!r}")
     if not graceful_timeout >= 0:
         raise ValueError(f"graceful_timeout must be 0 or more, not {graceful_timeout!r}")
+    if not 0 <= port <= 65535:  # bind() would raise OverflowError
+        raise ValueError(f"port must be 0 (any free one) to 65535, not {port!r}")
     check_token(token, "the token")
     check_bind(
         host, authenticated=token is not None, allow_unauthenticated_remote=allow_unauthenticated_remote, what="a token"

@@ -954,7 +954,7 @@ async def test_gateway_idle_timeout_that_is_not_above_zero_is_a_value_error(idle
 async def test_a_chats_next_message_waits_for_its_closing_session_to_end(tmp_path: Path, durable: bool) -> None:
     """A chat's session failed, and its run's on_run_end still has its second of grace, when the chat's next
     message comes: it is answered in a fresh session once the old one has ended. With a store, it was an
-    error reply ("session ... is live in another process", this one): the old session's claim is let go only
+    error reply ("session ... is live already, held by" this process): the old session's claim is let go only
     once its tasks have ended. (The real clock: the store's thread and an autojumping clock do not mix.)"""
     ending = trio.Event()
 

@@ -359,6 +359,13 @@ async def test_clients_refuse_a_token_no_header_can_carry(
             with pytest.raises(InvalidRequestError, match="cannot be sent in a header"):
                 async with open_client(kind, server, "s1", token):
                     pass  # pragma: no cover
+    # Refused before connecting: a peer that is not there changes nothing (it was a StreamClosedError).
+    if kind != "feed":
+        url = f"ws://127.0.0.1:{await _closed_port()}/sessions/s1/{kind}"
+        opened = open_updates_stream(url, token=token) if kind == "updates" else open_workspace_stream(url, token=token)
+        with pytest.raises(InvalidRequestError, match="cannot be sent in a header"):
+            async with opened:
+                pass  # pragma: no cover
 
 
 @pytest.mark.parametrize("kind", ["updates", "workspace"])
@@ -375,6 +382,14 @@ async def test_websocket_clients_call_a_handshake_h11_cannot_write_an_invalid_re
             with pytest.raises(InvalidRequestError, match="handshake cannot be sent"):
                 async with opened:
                     pass  # pragma: no cover
+
+
+async def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with trio.socket.socket() as listener:
+        await listener.bind(("127.0.0.1", 0))
+        port: int = listener.getsockname()[1]
+    return port
 
 
 class BlockError(Exception):

@@ -396,6 +396,14 @@ async def test_deadlines_and_backlog_must_be_above_zero(option: str) -> None:
         WebhookChannel(**zero)
 
 
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+async def test_a_port_out_of_range_is_a_value_error(port: int) -> None:
+    """A port that is none (bind() raised OverflowError) is a ValueError, as every bad argument is."""
+    with pytest.raises(ValueError, match="port must be 0"):
+        async with open_server(_agent(), port=port):
+            pass
+
+
 @pytest.mark.parametrize("token", ["", "  ", "two words", "tab\there"])
 async def test_a_token_no_client_could_send_is_refused_before_anything_listens(token: str) -> None:
     """An empty token (a variable set to nothing) would let in every ``Authorization: Bearer`` with nothing
