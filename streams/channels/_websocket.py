@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("streams")
 
 _SLOW_CLIENT_REASON: Final = "client too slow"
+_BEST_EFFORT: Final = frozenset({"reasoning", "progress"})
+"""The kinds of outbound message a connection may miss (dropped, counted) rather than be closed for."""
 _NORMAL: Final = 1000
 _GOING_AWAY: Final = 1001
 """The close code a client gets when the channel stops (RFC 6455 7.4.1), as served mode's WebSockets send."""
@@ -156,8 +158,11 @@ class WebSocketChannel:
     ``{"type": kind, "text": ..., "reply_to": ...}``.
 
     Every connection has a queue of at most ``queue_size`` messages, drained
-    by that connection's writer task. A client that stops reading fills its
-    queue; it is then closed with code :attr:`SLOW_CLIENT_CODE` (1008, policy
+    by that connection's writer task. Reasoning and progress take at most
+    half of it: past that they are dropped (``dropped`` counts them), so a
+    burst of them never costs a client its answer. A client that stops
+    reading fills its queue with answers; it is then closed with code
+    :attr:`SLOW_CLIENT_CODE` (1008, policy
     violation, reason ``"client too slow"``) and its queue dropped, so memory
     never grows with a slow client and other chats are not held up. The
     close frame follows the message being sent when the queue overflowed.
@@ -282,7 +287,17 @@ class WebSocketChannel:
                 self._dropped += 1
                 continue
             payload = {"type": message.kind, "text": message.text, "reply_to": message.reply_to}
+            if message.kind in _BEST_EFFORT and self._queued(connection) * 2 >= self._queue_size:
+                # Reasoning and progress come in bursts faster than any client reads: past half the queue
+                # they are dropped (counted), so they never fill it and get a reading client closed as slow,
+                # its answer lost; the other half is the answers'.
+                self._dropped += 1
+                continue
             self._enqueue(connection, payload)
+
+    @staticmethod
+    def _queued(connection: _Connection) -> int:
+        return connection.receive.statistics().current_buffer_used
 
     def _enqueue(self, connection: _Connection, payload: dict[str, Any]) -> None:
         try:
@@ -293,8 +308,7 @@ class WebSocketChannel:
         except trio.ClosedResourceError:
             self._dropped += 1
         else:
-            used = connection.receive.statistics().current_buffer_used
-            self._high_water = max(self._high_water, used)
+            self._high_water = max(self._high_water, self._queued(connection))
 
     def _drop_slow(self, connection: _Connection) -> None:
         """Stop routing to a client that does not read, drop its queue, and have it closed."""

@@ -15,7 +15,7 @@ import wsproto
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
 from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, Request, TextMessage
 
-from agents import Agent, ModelRequest, ScriptedModel, UserMessage
+from agents import Agent, ModelChunk, ModelRequest, ReasoningChunk, ScriptedModel, TextChunk, UserMessage
 from runtime import Channel, MessageBus, OutboundMessage, open_gateway, open_runtime
 from streams import WebSocketChannel
 
@@ -167,7 +167,7 @@ async def test_websocket_channel_closes_a_client_that_stops_reading() -> None:
                 # The slow client reads nothing more: its socket buffers fill, then its queue.
                 pushed = 0
                 while channel.statistics().closed_too_slow == 0:
-                    await bus.publish_outbound(OutboundMessage("websocket", slow_chat, big, "progress"), policy="drop")
+                    await bus.publish_outbound(OutboundMessage("websocket", slow_chat, big), policy="drop")
                     pushed += 1
                     await trio.testing.wait_all_tasks_blocked()
                     assert channel.statistics().queue_high_water <= 4
@@ -190,13 +190,36 @@ async def test_websocket_channel_closes_a_client_that_stops_reading() -> None:
                 with pytest.raises(ConnectionClosed) as closed:
                     while True:
                         message = await _receive(slow)
-                        assert message["type"] == "progress"
+                        assert message["type"] == "reply"
                         received += 1
                 assert closed.value.reason is not None
                 assert closed.value.reason.code == WebSocketChannel.SLOW_CLIENT_CODE
                 assert closed.value.reason.reason == "client too slow"
                 assert received < pushed
             nursery.cancel_scope.cancel()
+
+
+async def test_websocket_channel_drops_a_burst_of_reasoning_rather_than_the_client_that_reads() -> None:
+    """A model streaming reasoning faster than any client reads: past half the connection's queue the reasoning
+    is dropped (counted), never the client: it gets its reply. The burst filled the queue, and the reading
+    client was closed as too slow, its reply lost."""
+    turn: list[ModelChunk] = [ReasoningChunk(f"thought {i} ") for i in range(300)]
+    agent = Agent(name="a", model=ScriptedModel([[*turn, TextChunk("the answer")]]))
+    channel = WebSocketChannel(port=0, queue_size=8)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, open_gateway(runtime, agent, [channel]) as gateway:
+            await gateway.wait_ready("websocket")
+            async with _open(channel.port) as ws:
+                await _hello(ws)
+                await ws.send_message("think hard")
+                kinds: list[str] = []
+                while not kinds or kinds[-1] != "reply":
+                    kinds.append((await _receive(ws))["type"])
+    assert set(kinds[:-1]) == {"reasoning"}
+    stats = channel.statistics()
+    assert stats.closed_too_slow == 0
+    assert stats.dropped + len(kinds) - 1 == 300
+    assert stats.queue_high_water <= 8 // 2 + 1  # reasoning stops at half; the reply may take one more
 
 
 async def test_websocket_channel_gateway_closes_promptly_with_clients_connected() -> None:
