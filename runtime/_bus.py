@@ -128,6 +128,9 @@ class MessageBus:
     buffered beyond the sizes given here, and counters say what was
     dropped. Closing the bus ends every consumer's ``async for``.
 
+    Raises:
+        ValueError: a size is below 0 (0: a publish waits for its consumer).
+
     Example::
 
         bus = MessageBus(inbound_size=100, outbound_size=100)
@@ -135,6 +138,10 @@ class MessageBus:
     """
 
     def __init__(self, *, inbound_size: int = 100, outbound_size: int = 100) -> None:
+        # Checked here, both: an outbound size is used only when a channel's queue is made, far from the mistake.
+        for name, size in (("inbound_size", inbound_size), ("outbound_size", outbound_size)):
+            if not size >= 0:  # NaN too
+                raise ValueError(f"{name} must be 0 or more, not {size!r}")
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[InboundMessage](inbound_size)
         self._outbound: dict[str, _Queue] = {}
         self._in = _Direction(inbound_size)

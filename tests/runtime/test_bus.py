@@ -153,6 +153,14 @@ async def test_bus_sizes_are_configurable_and_never_exceeded() -> None:
     )
 
 
+@pytest.mark.parametrize("sizes", [{"inbound_size": -1}, {"outbound_size": -1}, {"outbound_size": float("nan")}])
+def test_bus_sizes_below_zero_are_refused_when_made(sizes: dict[str, float]) -> None:
+    """A size below zero is a ValueError from the constructor; an outbound one was taken, and failed only when
+    the first channel's queue was made (in open_gateway), far from the mistake."""
+    with pytest.raises(ValueError, match="must be 0 or more"):
+        MessageBus(**sizes)  # type: ignore[arg-type]
+
+
 async def test_bus_default_sizes_are_one_hundred() -> None:
     """Without sizes, each queue holds 100 messages."""
     bus = MessageBus()
