@@ -75,6 +75,8 @@ class _Target:
         except pydantic.ValidationError as exc:
             errors = json.dumps(exc.errors(include_url=False, include_context=False), default=str)
             raise OutputValidationError(f"the answer did not validate: {errors}") from None
+        except pydantic_core.PydanticSerializationError as exc:  # a lone surrogate ("\ud83d": JSON, not Unicode)
+            raise OutputValidationError(f"the answer is not valid Unicode text: {exc}") from None
 
     def unwrap(self, partial: Any) -> Any:
         return partial.get(_WRAPPER) if self.wrapped and isinstance(partial, dict) else partial
@@ -197,6 +199,7 @@ class OutputSpec:
                 value, end = _decode_answer(text, start)
             except ValueError as exc:
                 not_json = not_json or OutputValidationError(f"the answer is not valid JSON: {exc}")
+                begun, end = start, _broken_until(text, start, exc)  # nothing inside a broken value is the answer
                 continue
             begun = start
             try:
@@ -220,8 +223,12 @@ class OutputSpec:
             if begun <= start < end:
                 continue
             try:
-                value = pydantic_core.from_json(text[start:], allow_partial="trailing-strings")
-            except ValueError:
+                # A number that ends the text may be cut short (1 of 1999): left out until it is followed.
+                value = pydantic_core.from_json(
+                    _TRAILING_NUMBER.sub("", text[start:]), allow_partial="trailing-strings"
+                )
+            except ValueError as exc:
+                begun, end = start, _broken_until(text, start, exc)  # as validate_text: not inside a broken value
                 continue
             try:  # complete, the value is passed over as validate_text passes it over; else it is the answer
                 complete, end = _decode_answer(text, start)
@@ -289,6 +296,22 @@ def _decode_answer(text: str, start: int) -> tuple[Any, int]:
         if exc.msg != "Extra data":
             raise
         return loads_untrusted(body[: exc.pos]), start + exc.pos  # json says where the value ended
+
+
+_TRAILING_NUMBER: Final = re.compile(r"-?\d[\d.eE+-]*\Z")
+
+
+def _broken_until(text: str, start: int, error: ValueError) -> int:
+    """Where the value from ``start`` that did not decode went wrong: the brackets before that are inside it
+    (a cut-off or malformed answer's inner object is not the answer). ``start + 1`` if not known."""
+    if not isinstance(error, json.JSONDecodeError):
+        try:
+            json.loads(text[start:])
+        except json.JSONDecodeError as exc:
+            error = exc
+        except (ValueError, RecursionError):
+            pass
+    return start + error.pos if isinstance(error, json.JSONDecodeError) else start + 1
 
 
 def _json_starts(text: str) -> Iterator[int]:

@@ -162,7 +162,8 @@ class OutputDelta:
 
     ``partial`` is plain JSON data (dicts, lists, strings ...) from partial
     parsing: fields still missing are absent, the last string may be cut
-    short. Sent at a bounded rate, and only when it changed; the validated
+    short, and a number shows only once it is whole (``1`` of ``1999`` is
+    never sent). Sent at a bounded rate, and only when it changed; the validated
     value follows in :class:`FinalOutput`.
     """
 

@@ -231,7 +231,9 @@ def _output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
             moved[key] = value
         else:
             out[key] = value
-    if (out.get("type") == "object" or "properties" in out) and out.get("additionalProperties", True) is True:
+    # Closed where nothing is said; an explicit true (dict[str, Any], extra="allow") is a map, sent as it is:
+    # closed, the only answer constrained decoding allows is {}.
+    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
         out["additionalProperties"] = False
     if moved:
         note = "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items()) + "}"

@@ -378,6 +378,48 @@ def test_output_validate_text_tries_brackets_in_prose_but_not_inside_a_value_or_
     assert spec.partial("[x " * 10_000 + '{"name": "Tom"}') is None
 
 
+class Litter(pydantic.BaseModel):
+    mother: str
+    kittens: list[Cat]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '```json\n{"mother": "Tom", "kittens": [{"name": "Felix"}, {"name": "Fig',  # cut off at max_tokens
+        '{"mother": "Tom", "kittens": [{"name": "Felix"},]}',  # a trailing comma
+    ],
+    ids=["cut-off", "trailing-comma"],
+)
+def test_output_an_object_inside_a_broken_answer_is_not_the_answer(text: str) -> None:
+    """An answer cut off, or with a syntax error, is not valid JSON (the model is asked again), even when an
+    object inside it validates as the output type (a kitten, a Cat): that inner object was taken as the whole
+    answer, and the run completed with it."""
+    spec = OutputSpec(Cat, "prompted")
+    with pytest.raises(OutputValidationError, match="not valid JSON"):
+        spec.validate_text(text)
+    if "," in text[-3:]:  # the broken one (a cut-off one parses so far as its outer object, no Cat)
+        assert spec.partial(text) is None
+
+
+def test_output_a_bracket_in_the_prose_that_never_closes_is_passed_over() -> None:
+    """Prose with a bracket that is no JSON and never closes ("[draft") is passed over at its error, not to
+    its end: the answer after it is found."""
+    spec = OutputSpec(Cat, "prompted")
+    assert spec.validate_text('See [draft: {"name": "Tom"}') == Cat(name="Tom")
+    assert spec.partial('See [draft: {"name": "To') == {"name": "To"}
+
+
+def test_output_an_answer_with_a_lone_surrogate_escape_is_an_invalid_answer() -> None:
+    """A string holding a lone surrogate escape (valid JSON: "\\ud83d") cannot be a str: an invalid answer the
+    model is told about, not a crash of the run ("failed inside trio-agents")."""
+    answer = '{"name": "smile \\ud83d"}'
+    with pytest.raises(OutputValidationError, match="not valid Unicode text"):
+        OutputSpec(Cat, "native").validate_text(answer)
+    with pytest.raises(OutputValidationError, match="not valid Unicode text"):
+        OutputSpec(Cat, "tool").validate_call("final_result", answer)
+
+
 @pytest.mark.parametrize(
     "prose", ["Per the format {} here it is: ", "As noted [1]: ", "Example {}, see [2]: ", "See [1]:\n```json\n"]
 )
@@ -400,7 +442,9 @@ def test_output_validate_text_failure_tells_the_answers_error_not_the_proses(pro
         ("Sure, here it is", None),
         ('{"na', {}),
         ('{"name": "To', {"name": "To"}),
-        ('{"name": "Tom", "lives": 3', {"name": "Tom", "lives": 3}),
+        ('{"name": "Tom", "lives": 3', {"name": "Tom"}),  # 3 may be the start of 30: left out until followed
+        ('{"name": "Tom", "lives": 3}', {"name": "Tom", "lives": 3}),
+        ('{"lives": -1.5e', {}),
         ('```json\n{"name": "Tom"', {"name": "Tom"}),
         ('Example {} then {"name": "To', {"name": "To"}),  # a complete object that does not validate is prose
         ('{"lives": 3}', {"lives": 3}),  # unless it is the only one
@@ -415,7 +459,8 @@ def test_output_partial_is_the_json_parsed_so_far(text: str, partial: Any) -> No
 def test_output_partial_unwraps_a_wrapped_type() -> None:
     """For a wrapped type the partial value is what is inside "response", as the consumer will get it."""
     spec = OutputSpec(list[int], "tool")
-    assert spec.partial('{"response": [1, 2', "final_result") == [1, 2]
+    assert spec.partial('{"response": [1, 2', "final_result") == [1]  # 2 may be cut short
+    assert spec.partial('{"response": [1, 2,', "final_result") == [1, 2]
     assert spec.partial('{"respo', "final_result") is None
 
 
@@ -425,7 +470,7 @@ def test_output_partial_of_a_union_member_uses_that_members_tool() -> None:
     spec = OutputSpec(Cat | Dog, "tool")
     assert spec.partial('{"name": "Re', "final_result_Cat") == {"name": "Re"}
     spec = OutputSpec(Cat | list[int], "tool")
-    assert spec.partial('{"response": [4', "final_result") == [4]
+    assert spec.partial('{"response": [4 ', "final_result") == [4]
 
 
 def test_output_to_json_is_the_validated_values_json() -> None:

@@ -833,6 +833,7 @@ def test_anthropic_output_schema_leaves_a_map_to_the_api_and_makes_one_of_any_of
         "properties": {
             "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             "pet": {"oneOf": [{"$ref": "#/$defs/Cat"}], "discriminator": {"propertyName": "kind"}},
+            "attributes": {"type": "object", "additionalProperties": True},  # dict[str, Any]
         },
     }
     assert _output_schema(schema) == {
@@ -840,6 +841,7 @@ def test_anthropic_output_schema_leaves_a_map_to_the_api_and_makes_one_of_any_of
         "properties": {
             "counts": {"type": "object", "additionalProperties": {"type": "integer", "description": "{minimum: 0}"}},
             "pet": {"anyOf": [{"$ref": "#/$defs/Cat"}], "description": '{discriminator: {"propertyName": "kind"}}'},
+            "attributes": {"type": "object", "additionalProperties": True},  # was closed: only {} could answer
         },
         "additionalProperties": False,
     }
