@@ -153,8 +153,8 @@ class SessionResource(Generic[T]):
         # gracefully: a stdio server's shutdown, an HTTP session's DELETE.
         async with trio.open_nursery() as watcher:
             with trio.CancelScope() as scope:  # not shielded while opening: the opener's caller may cancel it
-                manager = opener()
                 try:
+                    manager = opener()
                     self._value = await manager.__aenter__()
                 except BaseException as exc:
                     return exc  # re-raised by _run outside the nursery, which would wrap it (a Cancelled too)
@@ -177,6 +177,17 @@ class SessionResource(Generic[T]):
                     except Exception as exc:
                         self._error = _unwrap(exc)
                         logger.warning("session resource %s failed: %r", self.name, self._error)
+                    except BaseExceptionGroup as group:
+                        # Cut by the close deadline while a task of its own failed: the failure is the
+                        # resource's error, the deadline's Cancelled goes to `scope` (the TimeoutError below).
+                        cancelled, failed = group.split(trio.Cancelled)
+                        if not isinstance(failed, ExceptionGroup | None):
+                            raise  # a KeyboardInterrupt among them: not the resource's to keep
+                        if failed is not None:
+                            self._error = _unwrap(failed)
+                            logger.warning("session resource %s failed: %r", self.name, self._error)
+                        if cancelled is not None:
+                            raise cancelled from None
             if scope.cancelled_caught:
                 self._error = TimeoutError(f"{self.name} did not close within {self._close_timeout}s")
                 logger.warning("session resource %s did not close within %ss", self.name, self._close_timeout)

@@ -676,8 +676,11 @@ class Session(Generic[OutputT]):
 
         Raises:
             ClosedSessionError: the session is closed, or closed while opening.
+            ValueError: ``close_timeout`` is below zero, or NaN.
             Exception: whatever entering the manager raised (nothing is left behind).
         """
+        if not close_timeout >= 0:  # NaN too: its deadline would raise in the close, and the manager never exit
+            raise ValueError(f"close_timeout must be 0 or more seconds, not {close_timeout!r}")
         resources = self._resources
         if resources is None:
             resources = self._resources = {}

@@ -62,6 +62,7 @@ class _MCPServer:
     ) -> None:
         if lifetime not in ("session", "run"):
             raise ValueError(f"lifetime must be 'session' or 'run', not {lifetime!r}")
+        _check_seconds(connect_timeout=connect_timeout)
         if isinstance(allow, str) or isinstance(deny, str):
             raise TypeError("allow and deny are collections of tool names, not one string")
         self.name = name
@@ -254,6 +255,10 @@ class MCPServerStdio(_MCPServer):
         connect_timeout: Seconds to start and answer ``initialize``, and to answer each ``tools/list``.
         shutdown_grace: Seconds to exit once its stdin is closed.
         terminate_grace: Seconds between SIGTERM and SIGKILL.
+
+    Raises:
+        ValueError: ``lifetime`` is neither, or a number of seconds is below zero or NaN.
+        TypeError: ``args``, ``allow`` or ``deny`` is one string.
     """
 
     def __init__(
@@ -274,6 +279,7 @@ class MCPServerStdio(_MCPServer):
     ) -> None:
         if isinstance(args, str):
             raise TypeError("args is a sequence of arguments, not one string")
+        _check_seconds(shutdown_grace=shutdown_grace, terminate_grace=terminate_grace)
         super().__init__(
             name=name or os.path.basename(command) or command,
             prefix=prefix,
@@ -340,6 +346,9 @@ class MCPServerStreamableHTTP(_MCPServer):
             results, and the next call connects again (``tool_timeout`` bounds a call and keeps it).
         name: The server's name (default: the URL's host).
         prefix, allow, deny, lifetime, connect_timeout: As for :class:`MCPServerStdio`.
+
+    Raises:
+        ValueError: ``lifetime`` is neither, or a number of seconds is below zero or NaN.
     """
 
     def __init__(
@@ -356,6 +365,7 @@ class MCPServerStreamableHTTP(_MCPServer):
         lifetime: Lifetime = "session",
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
+        _check_seconds(timeout=timeout, sse_read_timeout=sse_read_timeout)
         super().__init__(
             name=name or httpx2.URL(url).host or url,
             prefix=prefix,
@@ -384,6 +394,13 @@ class MCPServerStreamableHTTP(_MCPServer):
     @property
     def _close_timeout(self) -> float:
         return self.timeout + 5.0
+
+
+def _check_seconds(**values: float) -> None:
+    """Refuse a number of seconds below zero, or NaN (a deadline made of it raises far from here, in a close)."""
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
 
 
 @asynccontextmanager

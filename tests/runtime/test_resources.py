@@ -16,6 +16,7 @@ from runtime import ClosedSessionError, Session, SessionResource, open_runtime
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
 
 
 @attrs.define(eq=False)
@@ -267,6 +268,63 @@ async def test_resource_that_never_finishes_closing_is_cut_off_after_close_timeo
         assert trio.current_time() - start == pytest.approx(3)
         assert isinstance(resource.error, TimeoutError)
         assert "did not close within 3" in str(resource.error)
+
+
+@asynccontextmanager
+async def _connection_whose_reader_fails_as_it_is_cut() -> AsyncIterator[str]:
+    """A connection with a reader task whose cleanup fails once cancelled, and a goodbye never answered."""
+    async with trio.open_nursery() as nursery:
+
+        async def reader() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise BrokenPipeError("reader: pipe closed")
+
+        nursery.start_soon(reader)
+        yield "connection"
+        await trio.sleep_forever()  # the goodbye: cut off by close_timeout
+
+
+async def test_resource_cut_off_by_close_timeout_while_its_task_fails_never_fails_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A manager cut off by close_timeout while a task of its own fails (a group of the deadline's Cancelled and
+    that error) is a resource error like any other, never the session's: the group went up through the owner
+    and failed the session, the resource's error left None."""
+    async with open_runtime() as runtime, runtime.open_session(_agent("ok")) as session:
+        resource = await session.resource("db", _connection_whose_reader_fails_as_it_is_cut, close_timeout=1)
+        await resource.aclose()
+        assert isinstance(resource.error, TimeoutError)
+        assert "did not close within 1" in str(resource.error)
+        assert not session.closed
+        assert session.error is None
+        assert (await session.ask("still there?")).output == "ok"
+
+
+@pytest.mark.parametrize("close_timeout", [-1.0, float("nan")])
+async def test_resource_close_timeout_below_zero_or_nan_is_refused_before_anything_opens(close_timeout: float) -> None:
+    """A NaN close timeout was taken, then its deadline raised inside the close: the manager was never exited
+    (a connection, a process leaked) and the session failed."""
+    tracked = Tracked()
+    async with open_runtime() as runtime, runtime.open_session(_agent()) as session:
+        with pytest.raises(ValueError, match="close_timeout must be 0 or more"):
+            await session.resource("db", tracked.manager, close_timeout=close_timeout)
+        assert tracked.opened == 0
+        assert not session.closed
+
+
+async def test_resource_opener_that_raises_is_its_error_alone() -> None:
+    """An opener that raises (a bad URL, before any manager exists) raises its own error in resource(), as an
+    error entering the manager does: it came wrapped in an ExceptionGroup of the owner's nursery."""
+
+    def bad_opener() -> AbstractAsyncContextManager[str]:
+        raise ValueError("bad DSN 'postgres://'")
+
+    async with open_runtime() as runtime, runtime.open_session(_agent("ok")) as session:
+        with pytest.raises(ValueError, match="bad DSN"):
+            await session.resource("db", bad_opener)
+        assert not session.closed
 
 
 async def test_resource_of_a_closed_session_is_refused() -> None:

@@ -124,6 +124,24 @@ def test_server_options_are_checked() -> None:
         MCPServerStdio("server", allow="echo")
 
 
+@pytest.mark.parametrize(
+    ("make", "option"),
+    [
+        (lambda value: MCPServerStdio("server", shutdown_grace=value), "shutdown_grace"),
+        (lambda value: MCPServerStdio("server", terminate_grace=value), "terminate_grace"),
+        (lambda value: MCPServerStdio("server", connect_timeout=value), "connect_timeout"),
+        (lambda value: MCPServerStreamableHTTP("http://127.0.0.1:1/mcp", timeout=value), "timeout"),
+        (lambda value: MCPServerStreamableHTTP("http://127.0.0.1:1/mcp", sse_read_timeout=value), "sse_read_timeout"),
+    ],
+)
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_server_seconds_below_zero_or_nan_are_refused(make: Any, option: str, value: float) -> None:
+    """A NaN grace or timeout was taken, and the connection's close (whose deadline is made of it) raised
+    instead of ending the server: its process or HTTP session was left behind."""
+    with pytest.raises(ValueError, match=f"{option} must be 0 or more seconds"):
+        make(value)
+
+
 def test_server_names_and_reprs() -> None:
     """A server is named after its command or its host unless named; its repr says what it runs."""
     stdio = MCPServerStdio("/usr/bin/mcp-files", ["--root", "/tmp"])
