@@ -34,6 +34,7 @@ import pydantic
 from attrs import AttrsInstance
 
 from agents._content import user_content
+from agents._json import MAX_JSON_DEPTH
 from runtime import events
 from runtime._wire import (
     content_from_json as _content_from_json,
@@ -114,11 +115,21 @@ def event_from_json(data: Any) -> Event | UnknownEvent:
         if isinstance(reason, str) and reason not in known:
             return _unknown_reason(cls, reason, data)
     if cls is SubAgentEvent:
-        agent = _field(cls, "agent", data)
-        inner = event_from_json(data.get("event"))
+        # Unwrapped in a loop, not by recursion: a peer's nesting, however deep, is a typed error, never a
+        # RecursionError (a sub-agent nests at most Agent.max_depth deep: the limit is far above any real one).
+        agents: list[str] = []
+        wrapped: Any = data
+        while isinstance(wrapped, dict) and wrapped.get("type") == "SubAgentEvent":
+            if len(agents) == MAX_JSON_DEPTH:
+                raise MalformedMessageError(f"a SubAgentEvent nested more than {MAX_JSON_DEPTH} deep")
+            agents.append(_field(cls, "agent", wrapped))
+            wrapped = wrapped.get("event")
+        inner = event_from_json(wrapped)
         if isinstance(inner, UnknownEvent):
             return UnknownEvent(kind, data)
-        return SubAgentEvent(agent=agent, event=inner)
+        for agent in reversed(agents):
+            inner = SubAgentEvent(agent=agent, event=inner)
+        return inner
     values = {name: _field(cls, name, data) for name in _validators(cls) if name in data or _required(cls, name)}
     return cast("Event", cls(**values))
 

@@ -153,6 +153,26 @@ def test_a_sub_agent_event_wrapping_an_unknown_event_is_unknown() -> None:
     assert event_from_json(wire) == UnknownEvent("SubAgentEvent", wire)
 
 
+def _nested(depth: int, inner: dict[str, Any]) -> dict[str, Any]:
+    for level in range(depth):
+        inner = {"type": "SubAgentEvent", "agent": f"a{level}", "event": inner}
+    return inner
+
+
+def test_sub_agent_events_nested_as_deep_as_the_wire_allows_decode_and_deeper_is_malformed() -> None:
+    """Nesting is unwrapped in a loop: 64 levels decode (far beyond Agent.max_depth), one more is a
+    MalformedMessageError. Decoded by recursion, a peer's ~985 levels raised a bare RecursionError out of
+    RemoteSession.run, which promises MalformedMessageError."""
+    event = event_from_json(_nested(64, {"type": "TextDelta", "text": "x"}))
+    assert isinstance(event, SubAgentEvent)
+    path, inner = event.innermost()
+    assert (len(path), inner) == (64, TextDelta("x"))
+    with pytest.raises(MalformedMessageError, match="nested more than 64 deep"):
+        event_from_json(_nested(65, {"type": "TextDelta", "text": "x"}))
+    with pytest.raises(MalformedMessageError):
+        event_from_json(_nested(5_000, {"type": "TextDelta", "text": "x"}))
+
+
 @pytest.mark.parametrize("reason", sorted(FINISH_REASONS))
 def test_every_finish_reason_decodes(reason: str) -> None:
     assert event_from_json({"type": "RunFinished", "reason": reason}) == RunFinished(reason)  # type: ignore[arg-type]
