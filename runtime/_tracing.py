@@ -19,7 +19,9 @@ they belong.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final
@@ -28,7 +30,7 @@ from agents._content import content_text
 from agents.models._fallback import model_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, MutableMapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
     from types import ModuleType
 
     from opentelemetry.context import Context
@@ -72,6 +74,8 @@ Invalid arguments' message quotes the call (pydantic's locations hold the model'
 message its values): without content, the span only says they were invalid."""
 
 _otel: list[ModuleType | None] = []  # the cached result of the first import attempt
+
+logger = logging.getLogger("runtime")
 
 
 def _opentelemetry() -> ModuleType | None:
@@ -149,7 +153,9 @@ class Tracing:
         from opentelemetry import context, trace
 
         kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
-        span = self._tracer.start_span(name, kind=kind, attributes=attributes)
+        span: Span = trace.INVALID_SPAN
+        with _telemetry_errors(f"starting span {name!r}"):
+            span = self._tracer.start_span(name, kind=kind, attributes=attributes)
         return span, context.attach(trace.set_span_in_context(span))
 
     def end(self, span: Span, token: object, error: str | None = None, description: str | None = None) -> None:
@@ -157,10 +163,11 @@ class Tracing:
         from opentelemetry import context, trace
 
         context.detach(token)  # type: ignore[arg-type]
-        if error is not None:
-            span.set_attribute("error.type", error)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, description or error))
-        span.end()
+        with _telemetry_errors("ending a span"):
+            if error is not None:
+                span.set_attribute("error.type", error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, description or error))
+            span.end()
 
     # -- invoke_agent -------------------------------------------------------
 
@@ -194,11 +201,12 @@ class Tracing:
         output: str | None,
     ) -> None:
         """End a run's span: its reason, its usage, an error status unless it ended well."""
-        span.set_attribute("trio_agents.run.reason", reason)
-        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
-        if self.content and output is not None:
-            span.set_attribute("gen_ai.output.messages", _dumps([_message("assistant", _parts(output))]))
+        with _telemetry_errors("recording a run's span"):
+            span.set_attribute("trio_agents.run.reason", reason)
+            span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+            if self.content and output is not None:
+                span.set_attribute("gen_ai.output.messages", _dumps([_message("assistant", _parts(output))]))
         if reason in _ENDED_WELL:
             self.end(span, token)
         else:
@@ -253,6 +261,25 @@ class Tracing:
         ``answered_by``: the name of the model a :class:`~agents.FallbackModel` moved on to last (its
         provider and model name are then the response's).
         """
+        with _telemetry_errors("recording a model request's span"):
+            self._record_chat(
+                span, measured, started, stop, input_tokens, output_tokens, answered_by, text, calls, error
+            )
+        self.end(span, token, error, description)
+
+    def _record_chat(
+        self,
+        span: Span,
+        measured: dict[str, Any],
+        started: float,
+        stop: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        answered_by: str | None,
+        text: str | None,
+        calls: Iterable[ToolCallChunk],
+        error: str | None,
+    ) -> None:
         model = measured.pop(_MODEL)
         response_model = measured["gen_ai.request.model"]
         if answered_by is not None:
@@ -282,7 +309,6 @@ class Tracing:
         else:
             measured["error.type"] = error
         self._duration.record(time.perf_counter() - started, measured)
-        self.end(span, token, error, description)
 
     # -- execute_tool -------------------------------------------------------
 
@@ -304,7 +330,8 @@ class Tracing:
         """End a tool call's span: an error status (``error.type``) if it failed, described by the error
         result only if it quotes nothing of the call or content is recorded."""
         if self.content and result is not None and error is None:
-            span.set_attribute("gen_ai.tool.call.result", content_text(result))
+            with _telemetry_errors("recording a tool call's span"):
+                span.set_attribute("gen_ai.tool.call.result", content_text(result))
         if not self.content and error == "invalid_arguments":
             description = "invalid arguments"
         elif not self.content and error not in _TOOL_ERRORS_WITHOUT_CONTENT:
@@ -461,12 +488,17 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 
 def extracted(headers: Mapping[str, str]) -> Context | None:
-    """The trace context ``headers`` carry (``traceparent``), or ``None`` (none, or no ``opentelemetry-api``)."""
+    """The W3C trace context ``headers`` carry (``traceparent``, ``tracestate``), or ``None`` (none, or no
+    ``opentelemetry-api``).
+
+    Only those two, whatever the global propagators: a client's ``baggage`` would become the run's, passed on
+    to every call it makes (an MCP server's, a provider's) and readable as the run's own.
+    """
     if _opentelemetry() is None or "traceparent" not in headers:
         return None
-    from opentelemetry import propagate
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    return propagate.extract(headers)
+    return TraceContextTextMapPropagator().extract(headers)
 
 
 class attached:
@@ -489,6 +521,16 @@ class attached:
             from opentelemetry import context
 
             context.detach(self._token)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _telemetry_errors(what: str) -> Iterator[None]:
+    """Telemetry never breaks a run: an error of the SDK's (a span processor's ``on_start`` or ``on_end``, a
+    metric view's) is logged, and the run goes on (untraced where it failed)."""
+    try:
+        yield
+    except Exception:
+        logger.exception("trio-agents: the telemetry failed %s; the run goes on", what)
 
 
 def _dumps(value: Any) -> str:

@@ -789,9 +789,10 @@ class Server:
             # A question an interrupted run waited on: the answer resumes that run, detached.
             resume = functools.partial(served.session.resume, {eid: (action, body.get("content"))})
             try:
-                run_id = await served.session.start(
-                    self._drive_detached, served, lambda _, deps: resume(deps=deps), None
-                )
+                with attached_trace(extracted_trace(request.headers)):  # the run's task copies the context
+                    run_id = await served.session.start(
+                        self._drive_detached, served, lambda _, deps: resume(deps=deps), None
+                    )
             except ElicitationResponseError as exc:
                 raise _HTTPError(422, "invalid_answer", str(exc)) from None
             except ClosedSessionError:

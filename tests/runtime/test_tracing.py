@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -789,3 +789,36 @@ async def test_tracing_fallback_model_names_the_model_that_answered(traced: Trac
     assert chat["gen_ai.response.model"] == "second"
     (duration,) = traced.metrics()["gen_ai.client.operation.duration"]
     assert dict(duration.attributes)["gen_ai.response.model"] == "second"
+
+
+class _RaisingProcessor(SpanProcessor):
+    """A span processor with a bug: it raises in ``on_start`` or ``on_end`` of spans whose name starts with
+    ``prefix``."""
+
+    def __init__(self, hook: str, prefix: str) -> None:
+        self.hook = hook
+        self.prefix = prefix
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.hook == "on_start" and span.name.startswith(self.prefix):
+            raise RuntimeError(f"span processor bug in on_start of {span.name!r}")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.hook == "on_end" and span.name.startswith(self.prefix):
+            raise RuntimeError(f"span processor bug in on_end of {span.name!r}")
+
+
+@pytest.mark.parametrize("prefix", ["invoke_agent", "chat", "execute_tool"])
+@pytest.mark.parametrize("hook", ["on_start", "on_end"])
+async def test_tracing_a_span_processor_that_raises_never_breaks_a_run_or_its_session(
+    traced: Traced, hook: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenTelemetry's SDK does not guard its processors: one that raises was a run's failure (a chat's or a
+    tool's span), or, on a run's own span, the session's and the runtime's. It is logged; runs go on."""
+    traced.tracer_provider.add_span_processor(_RaisingProcessor(hook, prefix))
+    agent = Agent(name="calc", model=ScriptedModel([ToolCall("add", {"a": 2, "b": 3}), "5"]), tools=[add])
+    async with traced.runtime() as runtime, runtime.open_session(agent) as session:
+        assert (await session.ask("2 + 3?")).output == "5"
+        assert not session.closed
+    assert f"span processor bug in {hook}" in caplog.text
+    assert "the telemetry failed" in caplog.text
