@@ -163,7 +163,9 @@ class TaskGroup:
         """Cancel every task and wait until all have returned; idempotent, and complete even if cancelled.
 
         Called from inside one of the group's tasks (or a task that one of them started), it cannot wait for
-        that task: it waits for all the others, and that task, cancelled, ends at its next checkpoint.
+        that task: it waits for all the others, and that task, cancelled, ends at its next checkpoint. Nor does
+        it wait for a task of the group that waits (in a :func:`join`) for the caller: that one, cancelled,
+        ends once the caller has.
 
         Raises:
             trio.Cancelled: the caller is cancelled, and a task of the group waits (in an ``aclose`` or a
@@ -173,16 +175,36 @@ class TaskGroup:
         self.cancel()
         if self._finished.is_set():
             return
-        own = self._group_task(trio.lowlevel.current_task())
-        if own is None:
+        me = trio.lowlevel.current_task()
+        # Not waited for: the task it is closed from, and any task of the group that waits (in a join, down a
+        # chain of them) for that one (a task leaving a run block whose run's hook closes the session): each
+        # would wait for the other for ever, shielded. Cancelled, they end once this one does.
+        not_waited = self._waiting_for(me)
+        own = self._group_task(me)
+        if own is not None:
+            not_waited.add(own)
+        if not not_waited:
             await join(self._finished, self._owns)
             return
         # Every task but those it is closed from (two may close it at once: each waits for the others').
         if self._closers is None or self._left_alone is None:
             self._closers, self._left_alone = set(), trio.Event()
-        self._closers.add(own)
+        self._closers.update(not_waited)
         self._check_left_alone()
         await join(self._left_alone, self._owns_but_closers)
+
+    def _waiting_for(self, task: trio.lowlevel.Task) -> set[trio.lowlevel.Task]:
+        """The group's tasks that wait in a :func:`join`, directly or down a chain of joins, for ``task``."""
+        try:
+            joins = _JOINS.get()
+        except LookupError:
+            return set()
+        waiting = set()
+        for joined in list(joins):
+            group_task = self._group_task(joined)
+            if group_task is not None and _closes_loop(joins, task, _just(joined)):
+                waiting.add(group_task)
+        return waiting
 
     def _check_left_alone(self) -> None:
         if self._closers is not None and self._left_alone is not None and len(self._scopes) <= len(self._closers):
@@ -336,6 +358,11 @@ def waits_for_me(tasks: Owns) -> bool:
     except LookupError:
         return False
     return _closes_loop(joins, trio.lowlevel.current_task(), tasks)
+
+
+def _just(task: trio.lowlevel.Task) -> Owns:
+    """The :data:`Owns` that names ``task`` alone."""
+    return lambda other: other is task
 
 
 def _closes_loop(joins: dict[trio.lowlevel.Task, Owns], me: trio.lowlevel.Task, waits_for: Owns) -> bool:

@@ -44,7 +44,7 @@ from agents import (
     UserMessage,
     tool,
 )
-from runtime import RunFailedError, RunResult, open_runtime
+from runtime import RunFailedError, RunResult, SessionHandle, open_runtime
 from runtime._loop import ON_RUN_END_GRACE
 from runtime._wire import event_to_json
 from runtime.events import (
@@ -1107,3 +1107,50 @@ async def test_the_wait_for_an_approval_is_not_tool_timeout_but_run_timeout_boun
         assert done == ToolCallFinished("call_1_0", "guarded", None, "the tool call was cancelled")
         assert finished(events).reason == "timeout"
         assert trio.current_time() == pytest.approx(60)
+
+
+@pytest.mark.parametrize("hook", ["on_run_end", "after_tool"])
+async def test_hooks_a_cancelled_runs_hook_that_closes_its_session_while_a_session_task_leaves_the_run(
+    autojump_clock: trio.testing.MockClock, hook: str
+) -> None:
+    """A task of the session (a background consumer) leaves a run block early, which waits for the run; the
+    run's hook, in its shielded second of grace, closes the session, which waited for every other task of it,
+    that consumer too: each waited for the other for ever, shielded, and the runtime could not exit."""
+    ended: list[str] = []
+    handles: list[SessionHandle] = []
+
+    class CloseTheSession(Hooks):
+        async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
+            if hook == "after_tool":
+                await handles[0].aclose()
+                ended.append("after_tool")
+
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            if hook == "on_run_end":
+                await handles[0].aclose()
+                ended.append("on_run_end")
+
+    @tool
+    async def slow() -> str:
+        """Never answers."""
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("slow"), "x"]), tools=[slow], hooks=[CloseTheSession()])
+    left = trio.Event()
+    with trio.fail_after(60):
+        async with open_runtime() as runtime:
+            handle = await runtime.start_session(agent)
+            handles.append(handle)
+
+            async def consume() -> None:
+                async with handle.session.run("go") as stream:
+                    async for event in stream:
+                        if isinstance(event, ToolCallStarted):
+                            break  # cancels the run, and waits for its task
+                left.set()
+
+            handle.session.start_soon(consume)
+            await handle.wait_closed()
+    assert left.is_set()
+    assert ended == [hook]
