@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias
 
@@ -54,11 +55,20 @@ def _convert_agents(items: Sequence[Agent[Any, Any]]) -> tuple[Agent[Any, Any], 
 
 
 def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
+    if isinstance(items, Hooks):
+        raise AgentDefinitionError(f"hooks is a list of Hooks instances: hooks=[{items!r}]")
     hooks = tuple(items)
     for item in hooks:
         if not isinstance(item, Hooks):
             raise AgentDefinitionError(f"{item!r} is not a Hooks instance")
+        for method in _HOOK_METHODS:
+            # The runtime awaits what a hook returns: a sync override ran, then failed every call it guards.
+            if not inspect.iscoroutinefunction(getattr(item, method)):
+                raise AgentDefinitionError(f"{type(item).__qualname__}.{method} must be an async def")
     return hooks
+
+
+_HOOK_METHODS: Final = ("on_user_prompt", "before_tool", "after_tool", "on_run_end")
 
 
 def _positive_or_none(instance: Agent[Any, Any], attribute: attrs.Attribute[Any], value: float | None) -> None:

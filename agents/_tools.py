@@ -291,6 +291,12 @@ def _make_tool(fn: Callable[..., Any], *, name: str | None, description: str | N
     tool_name = name or getattr(fn, "__name__", None)
     if not tool_name or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tool_name):
         raise AgentDefinitionError(f"{fn!r} needs a tool name of letters, digits, '_' or '-'")
+    if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+        # Called, it gives a generator, not a result: the model was sent its repr (and a sync one's body ran on
+        # the event loop, outside the worker thread and tool_timeout, when its result was converted).
+        raise AgentDefinitionError(
+            f"tool {tool_name!r} is a generator function: a tool returns its result (collect it in a list)"
+        )
     summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
     try:
         hints = typing.get_type_hints(fn)

@@ -208,6 +208,21 @@ def test_agent_non_hooks_entry_is_a_definition_error(entry: Any) -> None:
         _agent(hooks=[Hooks(), entry])
 
 
+def test_agent_hooks_with_a_sync_method_or_not_in_a_list_are_a_definition_error() -> None:
+    """A hook method written without async (the runtime awaits what it returns: it ran, then every call it
+    guards failed with "NoneType can't be used in 'await' expression"), or one Hooks not in a list (an
+    untyped TypeError), raises AgentDefinitionError when the agent is made."""
+
+    class Audit(Hooks):
+        def before_tool(self, ctx: Any, arguments: dict[str, Any]) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(AgentDefinitionError, match=r"Audit.before_tool must be an async def"):
+        _agent(hooks=[Audit()])
+    with pytest.raises(AgentDefinitionError, match=r"hooks is a list of Hooks instances"):
+        _agent(hooks=Hooks())
+
+
 @pytest.mark.parametrize("entry", ["helper", None, object()])
 def test_agent_non_agent_sub_agent_is_a_definition_error(entry: Any) -> None:
     """An entry of ``sub_agents`` that is not an ``Agent`` raises ``AgentDefinitionError``, whatever it lacks."""

@@ -7,7 +7,7 @@ import datetime
 import enum
 import json
 import threading
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pydantic
 import pytest
@@ -26,6 +26,9 @@ from agents import (
     ToolSpec,
     tool,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 # Types used in tool signatures live at module level: with postponed
 # annotations, `tool` resolves hints in the function's module namespace.
@@ -492,6 +495,21 @@ def test_tool_bad_name_is_a_definition_error(name: str) -> None:
 
     with pytest.raises(AgentDefinitionError, match="tool name"):
         tool(name=name)(fine)
+
+
+def test_tool_generator_functions_are_a_definition_error() -> None:
+    """A generator (async or not) returns no result when called: the model was sent its repr, and a sync
+    one's body ran on the event loop, outside the worker thread and tool_timeout."""
+
+    async def search_async(query: str) -> AsyncIterator[str]:
+        yield query
+
+    def search_sync(query: str) -> Iterator[str]:
+        yield query
+
+    for fn in (search_async, search_sync):
+        with pytest.raises(AgentDefinitionError, match="is a generator function"):
+            tool(fn)
 
 
 def test_tool_star_args_is_a_definition_error() -> None:
