@@ -888,7 +888,9 @@ class AgentRun:
             raise _EndRun(
                 "instructions", f"{failed}: {describe(exc)}", traced=f"{failed}: {type(exc).__qualname__}"
             ) from exc
-        return str(value)
+        if not isinstance(value, str):  # a forgotten return: "None" was sent as the system prompt
+            raise _EndRun("instructions", f"the instructions callable returned a {type(value).__name__}, not a str")
+        return value
 
     async def _call_model(
         self, request: ModelRequest, output: OutputSpec

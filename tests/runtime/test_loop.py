@@ -511,6 +511,22 @@ async def test_instructions_callable_gets_run_context_with_deps(is_async: bool) 
     assert model.requests[0].instructions == "Speak to Ada as guide."
 
 
+async def test_instructions_callable_that_returns_no_string_ends_the_run_with_an_error() -> None:
+    """An instructions callable that forgets its return gives None: the run ends with an ErrorEvent of kind
+    "instructions" before the model is asked; "None" was sent as the system prompt."""
+
+    def forgot(ctx: RunContext[Any]) -> str:
+        prompt = f"Speak as {ctx.agent.name}."
+        assert prompt  # ... and the return of it forgotten
+        return None  # type: ignore[return-value]
+
+    model = ScriptedModel(["hi"])
+    events = await collect(Agent(name="guide", model=model, instructions=forgot))
+    (error,) = [event for event in events if isinstance(event, ErrorEvent)]
+    assert (error.kind, error.message) == ("instructions", "the instructions callable returned a NoneType, not a str")
+    assert model.requests == []
+
+
 async def test_tool_context_carries_deps_session_and_call() -> None:
     """A tool declaring a ToolContext gets the run's deps, session, agent and call id."""
     seen: list[ToolContext[dict[str, str]]] = []
