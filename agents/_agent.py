@@ -63,7 +63,7 @@ def _convert_hooks(items: Sequence[Hooks]) -> tuple[Hooks, ...]:
             raise AgentDefinitionError(f"{item!r} is not a Hooks instance")
         for method in _HOOK_METHODS:
             # The runtime awaits what a hook returns: a sync override ran, then failed every call it guards.
-            if not inspect.iscoroutinefunction(getattr(item, method)):
+            if not inspect.iscoroutinefunction(inspect.unwrap(getattr(item, method))):  # a decorator's too
                 raise AgentDefinitionError(f"{type(item).__qualname__}.{method} must be an async def")
     return hooks
 

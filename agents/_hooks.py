@@ -49,9 +49,11 @@ class Hooks:
     async def after_tool(self, ctx: ToolContext[Any], result: Any, error: str | None) -> None:
         """Called after a tool call ends, with its result or its error.
 
-        A call cut short by a cancel (the run's, or its consumer leaving) is
-        ended too, with ``error="the tool call was cancelled"``: shielded, for
-        at most a second, so a ``before_tool``/``after_tool`` pair stays balanced.
+        A call cut short by a cancel (the run's, or its consumer leaving) once
+        its ``before_tool`` hooks have run is ended too, with
+        ``error="the tool call was cancelled"``: shielded, for at most a
+        second, so that pair stays balanced. (A call refused before them, by
+        its arguments or its approval, gets ``after_tool`` with that error.)
         """
 
     async def on_run_end(self, ctx: RunContext[Any], reason: FinishReason) -> None:

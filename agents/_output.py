@@ -192,14 +192,15 @@ class OutputSpec:
         invalid: OutputValidationError | None = None
         invalid_at = 0
         begun = end = 0  # the last value that decoded
+        inside: set[int] = set()  # the brackets inside values that did not decode
         for start in list(_json_starts(text)) or [0]:  # no start: json's own error says so
-            if begun <= start < end:
+            if begun <= start < end or start in inside:
                 continue
             try:
                 value, end = _decode_answer(text, start)
             except ValueError as exc:
                 not_json = not_json or OutputValidationError(f"the answer is not valid JSON: {exc}")
-                begun, end = start, _broken_until(text, start, exc)  # nothing inside a broken value is the answer
+                inside |= _brackets_inside(text, start, exc)  # an object inside a broken value is not the answer
                 continue
             begun = start
             try:
@@ -219,16 +220,18 @@ class OutputSpec:
         target = self._targets[0] if tool is None else self._by_tool[tool]
         begun = end = 0
         skipped: dict[str, Any] | None = None  # a complete object that did not validate ("Example {} then")
+        inside: set[int] = set()
         for start in _json_starts(text):  # as validate_text tries them
-            if begun <= start < end:
+            if begun <= start < end or start in inside:
                 continue
+            body = text[start:]
+            # A number that ends the text may be cut short (1 of 1999): left out until it is followed.
+            if body[-1:].isdigit() and not _ends_in_string(body):
+                body = _TRAILING_NUMBER.sub("", body)
             try:
-                # A number that ends the text may be cut short (1 of 1999): left out until it is followed.
-                value = pydantic_core.from_json(
-                    _TRAILING_NUMBER.sub("", text[start:]), allow_partial="trailing-strings"
-                )
+                value = pydantic_core.from_json(body, allow_partial="trailing-strings")
             except ValueError as exc:
-                begun, end = start, _broken_until(text, start, exc)  # as validate_text: not inside a broken value
+                inside |= _brackets_inside(text, start, exc)  # as validate_text: not inside a broken value
                 continue
             try:  # complete, the value is passed over as validate_text passes it over; else it is the answer
                 complete, end = _decode_answer(text, start)
@@ -301,9 +304,11 @@ def _decode_answer(text: str, start: int) -> tuple[Any, int]:
 _TRAILING_NUMBER: Final = re.compile(r"-?\d[\d.eE+-]*\Z")
 
 
-def _broken_until(text: str, start: int, error: ValueError) -> int:
-    """Where the value from ``start`` that did not decode went wrong: the brackets before that are inside it
-    (a cut-off or malformed answer's inner object is not the answer). ``start + 1`` if not known."""
+def _brackets_inside(text: str, start: int, error: ValueError) -> set[int]:
+    """The brackets inside the value from ``start`` that did not decode, up to where it went wrong, but
+    those in its strings: a cut-off or malformed answer's inner object is not the answer, while a bracket of
+    prose that only looked like a value's start (``["quoted] here: {...}``) swallows the real answer into
+    a string of its own, which leaves that answer to be tried."""
     if not isinstance(error, json.JSONDecodeError):
         try:
             json.loads(text[start:])
@@ -311,7 +316,40 @@ def _broken_until(text: str, start: int, error: ValueError) -> int:
             error = exc
         except (ValueError, RecursionError):
             pass
-    return start + error.pos if isinstance(error, json.JSONDecodeError) else start + 1
+    if not isinstance(error, json.JSONDecodeError):
+        return set()
+    found = set()
+    in_string = escaped = False
+    for at in range(start + 1, start + error.pos):
+        char = text[at]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            found.add(at)
+    return found
+
+
+def _ends_in_string(body: str) -> bool:
+    """Whether ``body``, a JSON value being written, ends inside a string (its digits are no number)."""
+    in_string = escaped = False
+    for char in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+    return in_string
 
 
 def _json_starts(text: str) -> Iterator[int]:

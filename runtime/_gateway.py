@@ -507,7 +507,7 @@ async def open_gateway(
         raise ValueError(f"channel names must be unique: {names}")
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
-    if max_waiting_per_chat is not None and max_waiting_per_chat < 0:
+    if max_waiting_per_chat is not None and not max_waiting_per_chat >= 0:  # NaN too: no limit, silently
         raise ValueError(f"max_waiting_per_chat must be at least 0 (or None), not {max_waiting_per_chat}")
     check_idle_timeout(idle_timeout)
     bus = bus if bus is not None else MessageBus()

@@ -1216,6 +1216,7 @@ class AgentRun:
         if error is None and tool is not None:
             timeout = self._agent.tool_timeout
             validating = True
+            began = False  # its before_tool hooks have all run: a cancel from here on owes them after_tool
             try:
                 validated = tool.validate(arguments)
                 validating = False
@@ -1223,6 +1224,7 @@ class AgentRun:
                     await self._approve(ctx, tool, validated)
                 for hooks in self._agent.hooks:
                     await hooks.before_tool(ctx, validated)
+                began = True
                 share = session_threads(self._session) if tool.runs_in_thread else None  # of the worker threads
                 threads: ThreadLimiter | None = share
                 deadline = None
@@ -1258,7 +1260,7 @@ class AgentRun:
                 if isinstance(exc, _PASSING) or (
                     isinstance(exc, BaseExceptionGroup) and exc.split(_PASSING)[0] is not None
                 ):
-                    if self._agent.hooks:  # they still hear of it, briefly, as the run's end hooks do
+                    if began and self._agent.hooks:  # they still hear of it, briefly, as the run's end hooks do
                         with trio.CancelScope(shield=True, deadline=trio.current_time() + ON_RUN_END_GRACE):
                             await self._after_tool_hooks(ctx, None, _CANCELLED)
                     sink.ended = True  # its ToolCallFinished is sent next (see _call_tools): nothing after it
@@ -1373,7 +1375,11 @@ class AgentRun:
 
 async def _cut_when_cancelled(grace: trio.CancelScope) -> None:
     """Give ``grace`` (a shielded scope) ``ON_RUN_END_GRACE`` more once this task is cancelled from outside;
-    the cancel itself goes on in the task that owns ``grace``, at its next checkpoint (no group to unwrap)."""
+    the cancel itself goes on in the task that owns ``grace``, at its next checkpoint (no group to unwrap).
+
+    The one place a ``Cancelled`` is not re-raised: this watcher's only work is noticing it, and the scope
+    that was cancelled is still cancelled for the parent task, which raises it at its next checkpoint.
+    """
     try:
         await trio.sleep_forever()
     except trio.Cancelled:

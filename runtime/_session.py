@@ -222,14 +222,11 @@ class Session(Generic[OutputT]):
         """Close the session and wait until every task it owns has finished.
 
         Idempotent; it completes even if the caller is cancelled. Called from inside the session (a
-        stream handler, a task of :meth:`start_soon`, a tool), it waits for every other task: the one it
-        runs in is cancelled, and ends at its next checkpoint.
-
-        Raises:
-            trio.Cancelled: the caller is cancelled while a task of this session waits for it, closing
-                the caller's session or leaving a run block (two sessions whose tools close each other, a
-                tool closing the session whose tool asks its own): the session is closed, its tasks
-                cancelled, but they cannot end before the caller does, so it does not wait.
+        stream handler, a task of :meth:`start_soon`, a tool, a hook), it waits for every other task: the
+        one it runs in is cancelled, and ends at its next checkpoint. Nor does it wait for a task of the
+        session that waits for the caller (leaving a run block of the caller's run, closing the caller's
+        session: two sessions whose tools close each other): cancelled, that task ends once the caller has,
+        and waiting for it would wait for ever.
         """
         await self._tasks.aclose()
 

@@ -164,13 +164,8 @@ class TaskGroup:
 
         Called from inside one of the group's tasks (or a task that one of them started), it cannot wait for
         that task: it waits for all the others, and that task, cancelled, ends at its next checkpoint. Nor does
-        it wait for a task of the group that waits (in a :func:`join`) for the caller: that one, cancelled,
-        ends once the caller has.
-
-        Raises:
-            trio.Cancelled: the caller is cancelled, and a task of the group waits (in an ``aclose`` or a
-                run block's exit) for the caller: the tasks are cancelled, but waiting for them would wait
-                forever (see :func:`join`).
+        it wait for a task of the group that waits (in a :func:`join`, down a chain of them) for the caller:
+        that one, cancelled, ends once the caller has.
         """
         self.cancel()
         if self._finished.is_set():

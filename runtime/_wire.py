@@ -77,7 +77,7 @@ def dumps(value: Any) -> str:
 _MAX_DIGITS: Final = 4300
 """The longest integer, in decimal digits, Python's ``json`` reads by default (``sys.int_max_str_digits``)."""
 _TOO_LONG: Final = 10**_MAX_DIGITS
-_LONG_DIGITS: Final = re.compile(rf"\d{{{_MAX_DIGITS + 1}}}")
+_LONG_DIGITS: Final = re.compile(rf"(?<!\d)\d{{{_MAX_DIGITS + 1}}}")  # anchored: not retried inside a run
 
 
 def _readable(value: Any) -> Any:

@@ -168,7 +168,7 @@ def _probe_when_idle(sock: trio.socket.SocketType) -> None:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for name, value in (
-            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPIDLE" if hasattr(socket, "TCP_KEEPIDLE") else "TCP_KEEPALIVE", KEEPALIVE_IDLE),  # (macOS)
             ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
             ("TCP_KEEPCNT", KEEPALIVE_PROBES),
         ):

@@ -231,9 +231,13 @@ def _output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
             moved[key] = value
         else:
             out[key] = value
-    # Closed where nothing is said; an explicit true (dict[str, Any], extra="allow") is a map, sent as it is:
-    # closed, the only answer constrained decoding allows is {}.
-    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out:
+    # Closed where nothing is said, and a model's extra fields (extra="allow": its declared ones are the answer);
+    # a map with nothing declared (dict[str, Any]) is sent as it is, for the API's clear 400: closed, the only
+    # answer constrained decoding allows is {}.
+    opened = out.get("additionalProperties", None)
+    if (out.get("type") == "object" or "properties" in out) and (
+        opened is None or (opened is True and "properties" in out)
+    ):
         out["additionalProperties"] = False
     if moved:
         note = "{" + ", ".join(f"{key}: {json.dumps(value)}" for key, value in moved.items()) + "}"

@@ -408,6 +408,16 @@ def test_output_a_bracket_in_the_prose_that_never_closes_is_passed_over() -> Non
     spec = OutputSpec(Cat, "prompted")
     assert spec.validate_text('See [draft: {"name": "Tom"}') == Cat(name="Tom")
     assert spec.partial('See [draft: {"name": "To') == {"name": "To"}
+    # A quote in it makes the answer part of a string the broken value reads: the answer is still tried.
+    assert spec.validate_text('Sure ["quoted] here it is: {"name": "x"}') == Cat(name="x")
+
+
+def test_output_partial_keeps_the_digits_that_end_a_string_being_written() -> None:
+    """Only a number is held back until it is whole: digits at the end of a string being written are text."""
+    spec = OutputSpec(Cat, "prompted")
+    assert spec.partial('{"name": "Room 10') == {"name": "Room 10"}
+    assert spec.partial('{"name": "call \\"555\\" 0199') == {"name": 'call "555" 0199'}
+    assert spec.partial('{"name": "Room 10", "lives": 4') == {"name": "Room 10"}
 
 
 def test_output_an_answer_with_a_lone_surrogate_escape_is_an_invalid_answer() -> None:

@@ -1029,9 +1029,11 @@ async def test_one_chat_cannot_take_every_place_of_the_gateway() -> None:
         assert gateway.statistics().in_flight == 4  # the stuck chat's: the one being answered and 3 waiting
 
 
-async def test_gateway_max_waiting_per_chat_must_not_be_negative() -> None:
+@pytest.mark.parametrize("limit", [-1, math.nan])
+async def test_gateway_max_waiting_per_chat_must_not_be_negative(limit: float) -> None:
+    """Below zero, or NaN (every comparison false: no limit at all, silently), is a ValueError."""
     agent = Agent(name="a", model=ScriptedModel([]))
     async with open_runtime() as runtime:
         with pytest.raises(ValueError, match="max_waiting_per_chat must be at least 0"):
-            async with open_gateway(runtime, agent, [], max_waiting_per_chat=-1):
+            async with open_gateway(runtime, agent, [], max_waiting_per_chat=limit):  # type: ignore[arg-type]
                 pytest.fail("the block must not run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import json
 import math
 import threading
@@ -493,6 +494,43 @@ async def test_hooks_after_tool_hears_of_a_call_cut_by_a_cancel(autojump_clock: 
         ("after_tool", ("hang", None, "the tool call was cancelled")),
         ("on_run_end", "timeout"),
     ]
+
+
+async def test_hooks_a_call_cancelled_before_its_before_tool_gets_no_after_tool() -> None:
+    """A call cancelled while it waits for its approval never reached before_tool: no after_tool either (a
+    pair keyed by call id would find no start)."""
+
+    @tool(requires_approval=True)
+    async def pay(amount: int) -> str:
+        """Pay."""
+        return f"paid {amount}"
+
+    hooks = RecordingHooks()
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("pay", {"amount": 5}), "x"]), tools=[pay], hooks=[hooks])
+    async with open_runtime() as runtime, runtime.open_session(agent) as session:
+        async with session.run("pay 5") as stream:
+            async for event in stream:
+                if isinstance(event, ElicitationRequest):
+                    break  # leaving cancels the run while its call waits for the approval
+    assert [name for name, _ in hooks.calls] == ["on_user_prompt", "on_run_end"]
+
+
+def test_hooks_a_decorated_async_hook_is_taken() -> None:
+    """A hook wrapped by a decorator (a plain def returning the coroutine, functools.wraps) is an async hook."""
+
+    def logged(method: Any) -> Any:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    class Decorated(Hooks):
+        @logged
+        async def on_run_end(self, ctx: RunContext[Any], reason: str) -> None:
+            pass
+
+    assert Agent(name="a", model=ScriptedModel([]), hooks=[Decorated()]).hooks
 
 
 @pytest.mark.parametrize("is_async", [False, True])

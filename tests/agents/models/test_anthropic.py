@@ -834,6 +834,7 @@ def test_anthropic_output_schema_leaves_a_map_to_the_api_and_makes_one_of_any_of
             "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             "pet": {"oneOf": [{"$ref": "#/$defs/Cat"}], "discriminator": {"propertyName": "kind"}},
             "attributes": {"type": "object", "additionalProperties": True},  # dict[str, Any]
+            "extra": {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": True},
         },
     }
     assert _output_schema(schema) == {
@@ -842,6 +843,8 @@ def test_anthropic_output_schema_leaves_a_map_to_the_api_and_makes_one_of_any_of
             "counts": {"type": "object", "additionalProperties": {"type": "integer", "description": "{minimum: 0}"}},
             "pet": {"anyOf": [{"$ref": "#/$defs/Cat"}], "description": '{discriminator: {"propertyName": "kind"}}'},
             "attributes": {"type": "object", "additionalProperties": True},  # was closed: only {} could answer
+            # A model with extra="allow": its declared fields are the answer (open, the API refuses it).
+            "extra": {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
         },
         "additionalProperties": False,
     }
