@@ -14,12 +14,12 @@ from ._exceptions import AgentDefinitionError
 from ._hooks import Hooks
 from ._output import OutputMode, OutputSpec, output_spec
 from ._tools import Tool, ToolLike, Toolset, as_tool
+from ._usage import UsageLimits
 from .models._resolve import resolve_model
 
 if TYPE_CHECKING:
     import types
 
-    from ._usage import UsageLimits
     from .models._protocol import Model
 
 TRANSFER_TOOL: Final = "transfer_task"
@@ -74,6 +74,12 @@ _HOOK_METHODS: Final = ("on_user_prompt", "before_tool", "after_tool", "on_run_e
 def _positive_or_none(instance: Agent[Any, Any], attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not value > 0:  # written so that NaN is refused too
         raise AgentDefinitionError(f"{attribute.name} must be positive or None, not {value!r}")
+
+
+def _limits(instance: Agent[Any, Any], attribute: attrs.Attribute[Any], value: object) -> None:
+    # A dict or a number failed only in the first run, as an "internal" error.
+    if value is not None and not isinstance(value, UsageLimits):
+        raise AgentDefinitionError(f"{attribute.name} must be a UsageLimits or None, not {value!r}")
 
 
 def _check_int_at_least(name: str, value: object, minimum: int) -> None:
@@ -140,9 +146,9 @@ class Agent(Generic[AgentDepsT, OutputT]):
     output_retries: int = attrs.field(default=1)
     """Answers that fail validation the model may correct (an int, at least 0; each a turn, counted in
     ``max_turns``)."""
-    usage_limits: UsageLimits | None = None
+    usage_limits: UsageLimits | None = attrs.field(default=None, validator=_limits)
     """What one run may spend (its sub-agents' runs included)."""
-    session_usage_limits: UsageLimits | None = None
+    session_usage_limits: UsageLimits | None = attrs.field(default=None, validator=_limits)
     """What all runs of one session may spend together."""
     output: OutputSpec = attrs.field(init=False, repr=False, eq=False)
     """How the output is asked for and validated (made from ``output_type`` and ``output_mode``)."""

@@ -8,8 +8,11 @@ import attrs
 
 
 def _none_or_at_least_zero(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"UsageLimits.{attribute.name} must be at least 0 or None, not {value!r}")
+    if value is None:
+        return
+    # A float, a bool or NaN passes a bare comparison: NaN would silently be no limit at all.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"UsageLimits.{attribute.name} must be an int of at least 0, or None, not {value!r}")
 
 
 @attrs.frozen

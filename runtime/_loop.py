@@ -863,7 +863,14 @@ class AgentRun:
                 raise trio.ClosedResourceError
             self._out.send_nowait(ToolProgress(call_id, progress, total, message))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            (self._root or self)._dropped += 1  # a nested run's drops count in the result the consumer gets
+            self._count_dropped()
+
+    def _count_dropped(self) -> None:
+        """Count a dropped progress report in the result the consumer gets (a nested run's: its root's), while
+        that run lasts: once it has ended its result is final."""
+        root = self._root or self
+        if not root._ended:
+            root._dropped += 1
 
     async def emit(self, event: Any) -> None:
         """Send a ``CustomEvent`` in order with the run's events (waits for room).
@@ -1467,7 +1474,7 @@ class _CallEvents:
     def progress(self, call_id: str, progress: float, total: float | None, message: str | None) -> None:
         run = self._run
         if self.ended:
-            (run._root or run)._dropped += 1
+            run._count_dropped()
         else:
             run.progress(call_id, progress, total, message)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pytest
 
-from agents import RunUsage, UsageLimits
+from agents import Agent, AgentDefinitionError, RunUsage, ScriptedModel, UsageLimits
 
 
 def test_usage_total_tokens_is_input_plus_output() -> None:
@@ -55,9 +58,20 @@ def test_usage_requests_limit_is_reported_before_token_limits() -> None:
 
 
 @pytest.mark.parametrize("field", ["requests", "input_tokens", "output_tokens", "total_tokens", "tool_calls"])
-def test_usage_negative_limit_is_refused(field: str) -> None:
-    """A negative limit is a ValueError naming the field; 0 and None are allowed."""
-    with pytest.raises(ValueError, match=f"UsageLimits.{field} must be at least 0"):
-        UsageLimits(**{field: -1})
+@pytest.mark.parametrize("bad", [-1, math.nan, 1.5, True, "5"])
+def test_usage_a_limit_that_is_not_a_count_is_refused(field: str, bad: Any) -> None:
+    """A negative limit, NaN (which was no limit at all, silently), a float, a bool or a string is a ValueError
+    naming the field; 0 and None are allowed."""
+    with pytest.raises(ValueError, match=f"UsageLimits.{field} must be an int of at least 0, or None"):
+        UsageLimits(**{field: bad})
     assert getattr(UsageLimits(**{field: 0}), field) == 0
     assert getattr(UsageLimits(**{field: None}), field) is None
+
+
+@pytest.mark.parametrize("option", ["usage_limits", "session_usage_limits"])
+@pytest.mark.parametrize("bad", [{"requests": 5}, 5])
+def test_usage_limits_of_an_agent_that_are_not_usage_limits_are_refused(option: str, bad: Any) -> None:
+    """A dict or a number given as limits failed only in the first run, as an "internal" error."""
+    with pytest.raises(AgentDefinitionError, match=f"{option} must be a UsageLimits or None"):
+        options: dict[str, Any] = {option: bad}
+        Agent(name="a", model=ScriptedModel([]), **options)

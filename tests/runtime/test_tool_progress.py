@@ -195,6 +195,32 @@ async def test_nothing_of_a_call_is_sent_after_its_tool_call_finished() -> None:
     assert result.reason == "completed"
 
 
+async def test_progress_reported_after_the_run_ended_leaves_its_result_as_it_was() -> None:
+    """A timed-out sync tool's thread that reports after the run's RunFinished changes nothing of its result,
+    final once RunFinished was seen: progress_dropped went on counting those."""
+    release, reported = threading.Event(), threading.Event()
+
+    @tool
+    def slow(ctx: ToolContext[None]) -> str:
+        """Blocks; reports once released (after the run has ended)."""
+        release.wait()
+        for step in range(5):
+            trio.from_thread.run(ctx.report_progress, step)
+        reported.set()
+        return "late"
+
+    agent = Agent(name="a", model=ScriptedModel([ToolCall("slow"), "done"]), tools=[slow], tool_timeout=0.05)
+    with trio.fail_after(10):
+        async with open_runtime() as runtime, runtime.open_session(agent) as session:
+            async with session.run("go") as stream:
+                async for _ in stream:
+                    pass
+                at_the_end = stream.result.progress_dropped
+                release.set()
+                await trio.to_thread.run_sync(reported.wait)
+                assert stream.result.progress_dropped == at_the_end == 0
+
+
 @pytest.mark.parametrize(
     ("progress", "total"),
     [(math.nan, None), (math.inf, None), (1.0, math.nan), (1.0, -math.inf)],
