@@ -271,7 +271,11 @@ def _call_chunks(call: object, number: int) -> list[ModelChunk]:
 
 def _parts(content: Content) -> list[dict[str, Any]]:
     """A user message's content as Gemini parts."""
-    return [{"text": content}] if isinstance(content, str) else [_part(part) for part in content]
+    if isinstance(content, str):
+        return [{"text": content}]
+    # An empty text part (an attachment's empty caption) is left out, as Anthropic's adapter does: Gemini reads
+    # {"text": ""} as a part with no data, and refuses the request.
+    return [_part(part) for part in content if not (isinstance(part, TextPart) and not part.text)]
 
 
 def _part(part: ContentPart) -> dict[str, Any]:

@@ -439,6 +439,22 @@ def error_message(body: object) -> str | None:
     return error if isinstance(error, str) and error else None
 
 
+def arguments_text(arguments: Mapping[str, Any] | str) -> str:
+    """A past tool call's arguments as the JSON object text OpenAI-style APIs take back in the history.
+
+    Text that is no JSON object (cut off at ``max_tokens``, or malformed: its call got an error result, which
+    says so) is sent as ``{}``: vLLM, Moonshot and MiniMax parse every past call's arguments and refuse the
+    whole request, every later request of the session too, as Anthropic's and Gemini's adapters already do.
+    """
+    if not isinstance(arguments, str):
+        return json.dumps(arguments)
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return "{}"
+    return arguments if isinstance(parsed, dict) else "{}"
+
+
 def error_chunk(error: object) -> ErrorChunk:
     """An error the provider reported inside a stream (an ``error`` event, or an ``error`` in a chunk), with the
     HTTP status its kind stands for when it names one."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -26,7 +25,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, bearer_headers, error_chunk
+from ._http import HTTPModel, arguments_text, bearer_headers, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -124,7 +123,7 @@ class OpenAIChatModel(HTTPModel):
                         {
                             "id": call.call_id,
                             "type": "function",
-                            "function": {"name": call.name, "arguments": _arguments_text(call.arguments)},
+                            "function": {"name": call.name, "arguments": arguments_text(call.arguments)},
                         }
                         for call in message.tool_calls
                     ]
@@ -178,10 +177,6 @@ def _part(part: ContentPart, provider: str) -> dict[str, Any]:
             part, provider=provider, reason="Chat Completions takes a document only as bytes: DocumentPart(data=...)"
         )
     raise UnsupportedContentError(part, provider=provider, reason="Chat Completions has no such content part")
-
-
-def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
-    return arguments if isinstance(arguments, str) else json.dumps(arguments)
 
 
 async def _chunks(response: httpx.Response, *, keep_reasoning: bool = False) -> AsyncGenerator[ModelChunk, None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -25,11 +24,11 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, bearer_headers, error_chunk
+from ._http import HTTPModel, arguments_text, bearer_headers, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Mapping
+    from collections.abc import AsyncGenerator
 
     import httpx
 
@@ -96,7 +95,7 @@ class OpenAIResponsesModel(HTTPModel):
                         "type": "function_call",
                         "call_id": call.call_id,
                         "name": call.name,
-                        "arguments": _arguments_text(call.arguments),
+                        "arguments": arguments_text(call.arguments),
                     }
                     for call in message.tool_calls
                 ]
@@ -131,12 +130,6 @@ class OpenAIResponsesModel(HTTPModel):
             # Beside a ``text`` setting (e.g. ``{"verbosity": "low"}``), not instead of it.
             body["text"] = {**(text if isinstance(text, dict) else {}), "format": schema}
         return body
-
-
-def _arguments_text(arguments: Mapping[str, Any] | str) -> str:
-    if not isinstance(arguments, str):
-        return json.dumps(arguments)
-    return arguments if arguments.strip() else "{}"  # the API wants a JSON object's text
 
 
 @attrs.define

@@ -36,6 +36,7 @@ from agents.models._http import (
     MAX_RETRY_AFTER,
     HTTPModel,
     _retry_after,
+    arguments_text,
     error_chunk,
     error_message,
     is_loopback,
@@ -598,3 +599,21 @@ def test_the_readme_states_the_retry_after_limit() -> None:
         f"`max_attempts=None` retries until the run is cancelled, except that a `Retry-After` over"
         f" {MAX_RETRY_AFTER:g} s is not waited for" in readme
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "sent"),
+    [
+        ('{"city": "Oslo"}', '{"city": "Oslo"}'),  # as the model wrote it
+        ({"city": "Oslo"}, '{"city": "Oslo"}'),
+        ('{"city": "Osl', "{}"),  # cut off at max_tokens
+        ("", "{}"),
+        ("[1, 2]", "{}"),  # JSON, but no object
+        ("[" * 100_000, "{}"),  # deeper than json goes
+    ],
+)
+def test_past_tool_call_arguments_go_back_as_a_json_object(arguments: Any, sent: str) -> None:
+    """The OpenAI-style adapters send a past call's arguments back as JSON object text: anything else (its call
+    got an error result for it) as {}, since servers that parse them (vLLM, Moonshot, MiniMax) refuse the
+    whole request, and every later request of the session."""
+    assert arguments_text(arguments) == sent

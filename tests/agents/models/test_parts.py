@@ -392,6 +392,15 @@ async def test_gemini_user_parts_become_inline_and_file_data(provider_server: An
     }
 
 
+async def test_gemini_leaves_out_empty_text_parts(provider_server: Any) -> None:
+    """An attachment with an empty caption: Gemini reads {"text": ""} as a part with no data and refuses the
+    request, so an empty text part is not sent, as for Anthropic."""
+    provider_server.serve(GEMINI_TEXT)
+    await _run(Agent(name="a", model=_gemini(provider_server)), ["", ImagePart(data=PNG, media_type="image/png")])
+    [user] = _sent(provider_server)["contents"]
+    assert user["parts"] == [{"inlineData": {"mimeType": "image/png", "data": PNG_B64}}]
+
+
 async def test_gemini_image_url_without_a_media_type_fails_before_any_request(provider_server: Any) -> None:
     """Gemini needs a file URL's type: without one, a typed error and nothing sent."""
     provider_server.serve(GEMINI_TEXT)
