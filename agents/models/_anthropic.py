@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -157,7 +159,7 @@ class AnthropicModel(HTTPModel):
                 results.append(
                     {
                         "type": "tool_result",
-                        "tool_use_id": message.call_id,
+                        "tool_use_id": _call_id(message.call_id),
                         "content": _content(message.content),
                         "is_error": message.is_error,
                     }
@@ -179,7 +181,12 @@ class AnthropicModel(HTTPModel):
                 if message.text:  # the API refuses empty text blocks
                     content.append({"type": "text", "text": message.text})
                 content += [
-                    {"type": "tool_use", "id": call.call_id, "name": call.name, "input": _input(call.arguments)}
+                    {
+                        "type": "tool_use",
+                        "id": _call_id(call.call_id),
+                        "name": call.name,
+                        "input": _input(call.arguments),
+                    }
                     for call in message.tool_calls
                 ]
                 if content:  # nor does it take an assistant turn with no content
@@ -320,6 +327,20 @@ class _ThinkingBlock:
     pieces: list[str]
     signature: str = ""
     redacted: bool = False
+
+
+def _call_id(call_id: str) -> str:
+    """A tool call's id as Anthropic takes it (letters, digits, ``_`` and ``-``): another provider's
+    (OpenRouter's ``llm_version:0``, a FallbackModel's history) with the rest replaced, and a digest of the
+    original so that two ids stay two; the same for the call and its result."""
+    if _TOOL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
+    return f"{_NOT_IN_A_TOOL_ID.sub('_', call_id)[:48]}_{digest}"
+
+
+_TOOL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_IN_A_TOOL_ID: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 
 async def _chunks(response: httpx.Response) -> AsyncGenerator[ModelChunk, None]:

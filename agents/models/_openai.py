@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -109,6 +110,7 @@ class OpenAIChatModel(HTTPModel):
         """The JSON body of a request."""
         messages: list[dict[str, Any]] = []
         reasoning_back = self._reasoning_back()
+        wire_id = _mistral_call_id if self.provider == "mistral" else _call_id
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
@@ -121,7 +123,7 @@ class OpenAIChatModel(HTTPModel):
                 if message.tool_calls:
                     entry["tool_calls"] = [
                         {
-                            "id": call.call_id,
+                            "id": wire_id(call.call_id),
                             "type": "function",
                             "function": {"name": call.name, "arguments": arguments_text(call.arguments)},
                         }
@@ -132,7 +134,7 @@ class OpenAIChatModel(HTTPModel):
                 messages.append(entry)
             elif isinstance(message, ToolResultMessage):
                 messages.append(
-                    {"role": "tool", "tool_call_id": message.call_id, "content": text_only(message.content)}
+                    {"role": "tool", "tool_call_id": wire_id(message.call_id), "content": text_only(message.content)}
                 )
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True, **self.settings}
         # Merged, not replaced: a stream_options setting (include_obfuscation ...) must not turn usage off.
@@ -153,6 +155,20 @@ class OpenAIChatModel(HTTPModel):
             schema["strict"] = False
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
+
+
+def _call_id(call_id: str) -> str:
+    """A tool call's id as OpenAI takes it (40 characters at most): another provider's longer one (vLLM's are
+    46, a FallbackModel's history, a session reopened with another model) as a digest, the same for the call
+    and its result."""
+    return call_id if len(call_id) <= 40 else "call_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+
+
+def _mistral_call_id(call_id: str) -> str:
+    """A tool call's id as Mistral takes it: exactly 9 letters or digits (Anthropic's or OpenAI's as a digest)."""
+    if len(call_id) == 9 and call_id.isascii() and call_id.isalnum():
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
 
 
 def _user_content(content: Content, provider: str) -> str | list[dict[str, Any]]:

@@ -9,6 +9,7 @@ expectation is the fixture's ``expect``, worked out from the chunks.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ import trio
 from agents import (
     Agent,
     AnthropicModel,
+    AssistantMessage,
     ModelChunk,
     ModelRequest,
     OpenAIChatModel,
@@ -27,6 +29,7 @@ from agents import (
     TextChunk,
     ToolCallChunk,
     ToolCallDeltaChunk,
+    ToolResultMessage,
     UsageChunk,
     UserMessage,
     tool,
@@ -388,3 +391,34 @@ async def test_anthropic_cache_prompt_without_instructions_or_tools_changes_noth
     assert "system" not in body
     assert "tools" not in body
     assert "cache_control" not in json.dumps(body)
+
+
+def _history(call_id: str) -> ModelRequest:
+    """A history whose tool call (made by another provider) has the id ``call_id``."""
+    call = ToolCallChunk(call_id, "lookup", {"q": "x"})
+    return ModelRequest(
+        "", (UserMessage("hi"), AssistantMessage("", (call,)), ToolResultMessage(call_id, "lookup", "found"))
+    )
+
+
+@pytest.mark.parametrize(
+    "call_id", ["chatcmpl-tool-" + "a" * 32, "toolu_01825dXWLSoJwCst1qTsiWdb", "llm_version:0", "lookup-0"]
+)
+def test_another_providers_tool_call_ids_are_made_ones_each_provider_takes(call_id: str) -> None:
+    """A history made by one provider (a FallbackModel's, a session reopened with another model) may hold ids
+    another refuses: OpenAI's are 40 characters at most (vLLM's are 46), Anthropic's letters, digits, _ and -
+    (OpenRouter's "llm_version:0"), Mistral's exactly 9 letters or digits. Each gets one it takes, the same
+    for the call and its result; an id it takes goes as it is."""
+    openai = OpenAIChatModel("m", api_key="k")
+    mistral = OpenAIChatModel("m", api_key="k", provider="mistral")
+    for model, valid in ((openai, r".{1,40}"), (mistral, r"[A-Za-z0-9]{9}")):
+        _, assistant, result = model.body(_history(call_id))["messages"]
+        sent = assistant["tool_calls"][0]["id"]
+        assert re.fullmatch(valid, sent), sent
+        assert result["tool_call_id"] == sent
+        assert sent == call_id or not re.fullmatch(valid, call_id)
+    _, assistant, result = AnthropicModel("m", api_key="k").body(_history(call_id))["messages"]
+    sent = assistant["content"][0]["id"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", sent), sent
+    assert result["content"][0]["tool_use_id"] == sent
+    assert sent == call_id or ":" in call_id
