@@ -206,7 +206,23 @@ class AnthropicModel(HTTPModel):
             body["output_format"] = {"type": "json_schema", "schema": _output_schema(request.output.schema)}
         body["stream"] = True
         body.update(self.settings)
+        if "thinking" in body and _unsigned_tool_turn(messages):
+            # The turn the model goes on from asked for tools without a signed thinking block (another
+            # provider's, before a fallback, or a session reopened with this model): with thinking on the API
+            # refuses it, so this one request goes without thinking; the next turn has its own.
+            del body["thinking"]
         return body
+
+
+def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
+    """Whether the history ends with tool results whose assistant turn does not begin with a thinking block."""
+    if len(messages) < 2 or messages[-1]["role"] != "user":
+        return False
+    results = messages[-1]["content"]
+    if not (isinstance(results, list) and results and results[0].get("type") == "tool_result"):
+        return False
+    turn = messages[-2]
+    return turn["role"] == "assistant" and turn["content"][0]["type"] not in ("thinking", "redacted_thinking")
 
 
 def _output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:

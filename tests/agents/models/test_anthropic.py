@@ -257,6 +257,20 @@ def test_anthropic_leaves_out_unsigned_reasoning_from_another_provider() -> None
     ]
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["another-providers-turn", "claudes-turn"])
+def test_anthropic_thinking_is_left_out_of_a_request_going_on_from_an_unsigned_tool_turn(signed: bool) -> None:
+    """With thinking on, the API refuses a request whose last assistant turn asked for tools without starting
+    with a thinking block (another provider's turn, before a fallback): that request goes without thinking.
+    Going on from Claude's own signed turn, thinking stays."""
+    reasoning = (ReasoningBlock("claude's", "sig"),) if signed else (ReasoningBlock("gpt's thoughts"),)
+    turn = AssistantMessage("", (ToolCallChunk("c1", "now", "{}"),), reasoning)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    model = AnthropicModel("m", base_url="http://unused", api_key="k", thinking=thinking)
+    body = model.body(ModelRequest("", (UserMessage("hi"), turn, ToolResultMessage("c1", "now", "12:00"))))
+    assert ("thinking" in body) is signed
+    assert "thinking" in model.body(ModelRequest("", (UserMessage("hi"),)))  # a turn of its own: thinking on
+
+
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:
     """The requests carry the key and version headers, the system prompt, tools, tool_use inputs and grouped results."""
 
