@@ -110,11 +110,16 @@ class OpenAIChatModel(HTTPModel):
         """The JSON body of a request."""
         messages: list[dict[str, Any]] = []
         reasoning_back = self._reasoning_back()
-        wire_id = _mistral_call_id if self.provider == "mistral" else _call_id
+        mistral = self.provider == "mistral"  # its stricter rules: tool call ids, the order of turns
+        wire_id = _mistral_call_id if mistral else _call_id
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
             if isinstance(message, UserMessage):
+                if mistral and messages and messages[-1]["role"] == "tool":
+                    # Mistral refuses a user message right after tool results (a run that ended after its tools:
+                    # max_turns, a timeout, an interrupted run repaired): an empty assistant turn between them.
+                    messages.append({"role": "assistant", "content": ""})
                 messages.append({"role": "user", "content": _user_content(message.content, self.provider)})
             elif isinstance(message, AssistantMessage):
                 # Null content only beside tool calls: an assistant turn of neither (a refusal's) is rejected.

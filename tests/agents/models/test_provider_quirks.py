@@ -422,3 +422,21 @@ def test_another_providers_tool_call_ids_are_made_ones_each_provider_takes(call_
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", sent), sent
     assert result["content"][0]["tool_use_id"] == sent
     assert sent == call_id or ":" in call_id
+
+
+def test_mistral_gets_an_assistant_turn_between_tool_results_and_the_next_user_message() -> None:
+    """A run that ended right after its tools (max_turns, a timeout, an interrupted run repaired) leaves tool
+    results followed by the next run's user message: Mistral refuses that order ("Unexpected role 'user'
+    after role 'tool'"), so an empty assistant turn goes between them; other servers get the history as is."""
+    call = ToolCallChunk("abcdefghi", "lookup", {"q": "x"})
+    history = (
+        UserMessage("hi"),
+        AssistantMessage("", (call,)),
+        ToolResultMessage("abcdefghi", "lookup", "found"),
+        UserMessage("and now?"),
+    )
+    mistral = OpenAIChatModel("m", api_key="k", provider="mistral").body(ModelRequest("", history))
+    assert [message["role"] for message in mistral["messages"]] == ["user", "assistant", "tool", "assistant", "user"]
+    assert mistral["messages"][3] == {"role": "assistant", "content": ""}
+    openai = OpenAIChatModel("m", api_key="k").body(ModelRequest("", history))
+    assert [message["role"] for message in openai["messages"]] == ["user", "assistant", "tool", "user"]
