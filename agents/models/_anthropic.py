@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 from typing import TYPE_CHECKING, Any, Final
@@ -29,7 +28,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import DEFAULT_RETRY, HTTPModel, error_chunk
+from ._http import DEFAULT_RETRY, HTTPModel, digest, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -215,14 +214,25 @@ class AnthropicModel(HTTPModel):
 
 
 def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
-    """Whether the history ends with tool results whose assistant turn does not begin with a thinking block."""
-    if len(messages) < 2 or messages[-1]["role"] != "user":
-        return False
-    results = messages[-1]["content"]
-    if not (isinstance(results, list) and results and results[0].get("type") == "tool_result"):
-        return False
-    turn = messages[-2]
-    return turn["role"] == "assistant" and turn["content"][0]["type"] not in ("thinking", "redacted_thinking")
+    """Whether the history ends in a tool loop (assistant turns asking for tools, each answered by its results)
+    whose first assistant turn does not begin with a thinking block: the API checks that one (Claude thinks
+    at a loop's start; its later steps may not)."""
+    first = None
+    at = len(messages) - 1
+    while at >= 1 and _only_tool_results(messages[at]) and messages[at - 1]["role"] == "assistant":
+        first = messages[at - 1]
+        at -= 2
+    return first is not None and first["content"][0]["type"] not in ("thinking", "redacted_thinking")
+
+
+def _only_tool_results(message: dict[str, Any]) -> bool:
+    content = message["content"]
+    return (
+        message["role"] == "user"
+        and isinstance(content, list)
+        and bool(content)
+        and all(block.get("type") == "tool_result" for block in content)
+    )
 
 
 def _output_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,8 +361,7 @@ def _call_id(call_id: str) -> str:
     original so that two ids stay two; the same for the call and its result."""
     if _TOOL_ID.fullmatch(call_id):
         return call_id
-    digest = hashlib.sha256(call_id.encode()).hexdigest()[:8]
-    return f"{_NOT_IN_A_TOOL_ID.sub('_', call_id)[:48]}_{digest}"
+    return f"{_NOT_IN_A_TOOL_ID.sub('_', call_id)[:48]}_{digest(call_id, 8)}"
 
 
 _TOOL_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")

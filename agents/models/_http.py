@@ -6,6 +6,7 @@ import abc
 import contextlib
 import email.utils
 import functools
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -28,6 +29,7 @@ from .._exceptions import (
     ServerError,
     describe,
 )
+from .._json import loads_untrusted
 from .._messages import ErrorChunk
 from .._retry import RetryPolicy
 from ._sse import BROKEN_STREAM
@@ -439,6 +441,12 @@ def error_message(body: object) -> str | None:
     return error if isinstance(error, str) and error else None
 
 
+def digest(text: str, length: int) -> str:
+    """``length`` hex digits of ``text``'s SHA-256: a provider's id made from another's (a lone surrogate
+    encodes too: a model's id is any string)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:length]
+
+
 def arguments_text(arguments: Mapping[str, Any] | str) -> str:
     """A past tool call's arguments as the JSON object text OpenAI-style APIs take back in the history.
 
@@ -449,8 +457,8 @@ def arguments_text(arguments: Mapping[str, Any] | str) -> str:
     if not isinstance(arguments, str):
         return json.dumps(arguments)
     try:
-        parsed = json.loads(arguments)
-    except (ValueError, RecursionError):
+        parsed = loads_untrusted(arguments)  # NaN, 1e400 and deep nesting are no JSON a strict server takes
+    except ValueError:
         return "{}"
     return arguments if isinstance(parsed, dict) else "{}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -26,11 +25,11 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, arguments_text, bearer_headers, error_chunk
+from ._http import HTTPModel, arguments_text, bearer_headers, digest, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Mapping
+    from collections.abc import AsyncGenerator, Callable, Mapping
 
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -106,12 +105,23 @@ class OpenAIChatModel(HTTPModel):
         except httpx.InvalidURL:  # sending to it says so
             return False
 
+    def _host(self) -> str | None:
+        try:
+            return httpx.URL(self.base_url).host
+        except httpx.InvalidURL:  # sending to it says so
+            return None
+
     def body(self, request: ModelRequest) -> dict[str, Any]:
         """The JSON body of a request."""
         messages: list[dict[str, Any]] = []
         reasoning_back = self._reasoning_back()
-        mistral = self.provider == "mistral"  # its stricter rules: tool call ids, the order of turns
-        wire_id = _mistral_call_id if mistral else _call_id
+        host = self._host()
+        # Mistral's stricter rules (tool call ids, the order of turns), and OpenAI's own 40-character ids; any
+        # other server's ids go as they are (Kimi's own are longer, and it relies on their form).
+        mistral = self.provider == "mistral" or host == "api.mistral.ai"
+        wire_id: Callable[[str], str] = _mistral_call_id if mistral else _same
+        if not mistral and (host == "api.openai.com" or (host or "").endswith(".openai.azure.com")):
+            wire_id = _call_id
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
         for message in request.messages:
@@ -119,7 +129,7 @@ class OpenAIChatModel(HTTPModel):
                 if mistral and messages and messages[-1]["role"] == "tool":
                     # Mistral refuses a user message right after tool results (a run that ended after its tools:
                     # max_turns, a timeout, an interrupted run repaired): an empty assistant turn between them.
-                    messages.append({"role": "assistant", "content": ""})
+                    messages.append({"role": "assistant", "content": "OK."})  # not empty: Mistral refuses that
                 messages.append({"role": "user", "content": _user_content(message.content, self.provider)})
             elif isinstance(message, AssistantMessage):
                 # Null content only beside tool calls: an assistant turn of neither (a refusal's) is rejected.
@@ -162,18 +172,22 @@ class OpenAIChatModel(HTTPModel):
         return body
 
 
+def _same(call_id: str) -> str:
+    return call_id
+
+
 def _call_id(call_id: str) -> str:
     """A tool call's id as OpenAI takes it (40 characters at most): another provider's longer one (vLLM's are
     46, a FallbackModel's history, a session reopened with another model) as a digest, the same for the call
     and its result."""
-    return call_id if len(call_id) <= 40 else "call_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+    return call_id if len(call_id) <= 40 else "call_" + digest(call_id, 24)
 
 
 def _mistral_call_id(call_id: str) -> str:
     """A tool call's id as Mistral takes it: exactly 9 letters or digits (Anthropic's or OpenAI's as a digest)."""
     if len(call_id) == 9 and call_id.isascii() and call_id.isalnum():
         return call_id
-    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+    return digest(call_id, 9)
 
 
 def _user_content(content: Content, provider: str) -> str | list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from .._messages import (
     UsageChunk,
     UserMessage,
 )
-from ._http import HTTPModel, arguments_text, bearer_headers, error_chunk
+from ._http import HTTPModel, arguments_text, bearer_headers, digest, error_chunk
 from ._sse import SSEStream, json_object, text_field
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class OpenAIResponsesModel(HTTPModel):
                 items += [
                     {
                         "type": "function_call",
-                        "call_id": call.call_id,
+                        "call_id": _call_id(call.call_id),
                         "name": call.name,
                         "arguments": arguments_text(call.arguments),
                     }
@@ -101,7 +101,7 @@ class OpenAIResponsesModel(HTTPModel):
                 ]
             elif isinstance(message, ToolResultMessage):
                 output = _content(message.content)
-                items.append({"type": "function_call_output", "call_id": message.call_id, "output": output})
+                items.append({"type": "function_call_output", "call_id": _call_id(message.call_id), "output": output})
         body: dict[str, Any] = {"model": self.model}
         if request.instructions:
             body["instructions"] = request.instructions
@@ -130,6 +130,12 @@ class OpenAIResponsesModel(HTTPModel):
             # Beside a ``text`` setting (e.g. ``{"verbosity": "low"}``), not instead of it.
             body["text"] = {**(text if isinstance(text, dict) else {}), "format": schema}
         return body
+
+
+def _call_id(call_id: str) -> str:
+    """A tool call's id as the Responses API takes it (64 characters at most): another provider's longer one
+    (Gemini's made of a long tool name) as a digest, the same for the call and its output."""
+    return call_id if len(call_id) <= 64 else "call_" + digest(call_id, 24)
 
 
 @attrs.define

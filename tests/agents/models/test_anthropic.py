@@ -269,6 +269,11 @@ def test_anthropic_thinking_is_left_out_of_a_request_going_on_from_an_unsigned_t
     body = model.body(ModelRequest("", (UserMessage("hi"), turn, ToolResultMessage("c1", "now", "12:00"))))
     assert ("thinking" in body) is signed
     assert "thinking" in model.body(ModelRequest("", (UserMessage("hi"),)))  # a turn of its own: thinking on
+    # Claude's own loop of two steps: it thought at the loop's start only; the API checks that turn.
+    second = AssistantMessage("", (ToolCallChunk("c2", "now", "{}"),))
+    results = ToolResultMessage("c1", "now", "12:00"), ToolResultMessage("c2", "now", "12:01")
+    loop = (UserMessage("hi"), turn, results[0], second, results[1])
+    assert ("thinking" in model.body(ModelRequest("", loop))) is signed
 
 
 async def test_anthropic_request_body_and_headers_over_three_turns(provider_server: Any) -> None:

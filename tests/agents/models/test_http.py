@@ -610,6 +610,8 @@ def test_the_readme_states_the_retry_after_limit() -> None:
         ("", "{}"),
         ("[1, 2]", "{}"),  # JSON, but no object
         ("[" * 100_000, "{}"),  # deeper than json goes
+        ('{"x": NaN}', "{}"),  # json.loads takes it; no strict server does
+        ('{"x": 1e400}', "{}"),
     ],
 )
 def test_past_tool_call_arguments_go_back_as_a_json_object(arguments: Any, sent: str) -> None:

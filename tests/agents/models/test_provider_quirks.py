@@ -23,6 +23,7 @@ from agents import (
     ModelChunk,
     ModelRequest,
     OpenAIChatModel,
+    OpenAIResponsesModel,
     ReasoningChunk,
     RetryPolicy,
     StopChunk,
@@ -437,6 +438,27 @@ def test_mistral_gets_an_assistant_turn_between_tool_results_and_the_next_user_m
     )
     mistral = OpenAIChatModel("m", api_key="k", provider="mistral").body(ModelRequest("", history))
     assert [message["role"] for message in mistral["messages"]] == ["user", "assistant", "tool", "assistant", "user"]
-    assert mistral["messages"][3] == {"role": "assistant", "content": ""}
+    assert mistral["messages"][3] == {"role": "assistant", "content": "OK."}  # empty, Mistral refuses it too
     openai = OpenAIChatModel("m", api_key="k").body(ModelRequest("", history))
     assert [message["role"] for message in openai["messages"]] == ["user", "assistant", "tool", "user"]
+
+
+def test_tool_call_ids_of_other_servers_go_as_they_are_and_odd_ones_never_break_a_request() -> None:
+    """Only OpenAI's own API caps ids at 40: Kimi's own (functions.name:3, longer) go back as they are, which it
+    relies on. An id holding a lone surrogate (a model's id is any string) is mapped, not a crash. The
+    Responses API caps ids at 64."""
+    kimi_id = "functions.search_internal_knowledge_base:3"
+    kimi = OpenAIChatModel("kimi-k2", api_key="k", base_url="https://api.moonshot.ai/v1")
+    _, assistant, result = kimi.body(_history(kimi_id))["messages"]
+    assert assistant["tool_calls"][0]["id"] == result["tool_call_id"] == kimi_id
+    odd = "x" * 41 + "\ud800"
+    for model in (OpenAIChatModel("m", api_key="k"), OpenAIChatModel("m", api_key="k", provider="mistral")):
+        _, assistant, result = model.body(_history(odd))["messages"]
+        assert assistant["tool_calls"][0]["id"] == result["tool_call_id"] != odd
+    _, assistant, result = AnthropicModel("m", api_key="k").body(_history(odd))["messages"]
+    assert assistant["content"][0]["id"] == result["content"][0]["tool_use_id"] != odd
+    long_id = "lookup_" + "x" * 70
+    items = OpenAIResponsesModel("m", api_key="k").body(_history(long_id))["input"]
+    call, output = (item for item in items if item.get("type") in ("function_call", "function_call_output"))
+    assert call["call_id"] == output["call_id"]
+    assert len(call["call_id"]) <= 64
