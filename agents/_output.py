@@ -318,9 +318,20 @@ def _brackets_inside(text: str, start: int, error: ValueError) -> set[int]:
             pass
     if not isinstance(error, json.JSONDecodeError):
         return set()
-    found = set()
+    return _scan(text, start + 1, start + error.pos)[0]
+
+
+def _ends_in_string(body: str) -> bool:
+    """Whether ``body``, a JSON value being written, ends inside a string (its digits are no number)."""
+    return _scan(body, 0, len(body))[1]
+
+
+def _scan(text: str, start: int, stop: int) -> tuple[set[int], bool]:
+    """JSON text from ``start`` (outside a string) to ``stop``: where its brackets outside strings are, and
+    whether it stops inside a string."""
+    brackets = set()
     in_string = escaped = False
-    for at in range(start + 1, start + error.pos):
+    for at in range(start, stop):
         char = text[at]
         if in_string:
             if escaped:
@@ -332,24 +343,8 @@ def _brackets_inside(text: str, start: int, error: ValueError) -> set[int]:
         elif char == '"':
             in_string = True
         elif char in "{[":
-            found.add(at)
-    return found
-
-
-def _ends_in_string(body: str) -> bool:
-    """Whether ``body``, a JSON value being written, ends inside a string (its digits are no number)."""
-    in_string = escaped = False
-    for char in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-    return in_string
+            brackets.add(at)
+    return brackets, in_string
 
 
 def _json_starts(text: str) -> Iterator[int]:
