@@ -455,7 +455,10 @@ def arguments_text(arguments: Mapping[str, Any] | str) -> str:
     whole request, every later request of the session too, as Anthropic's and Gemini's adapters already do.
     """
     if not isinstance(arguments, str):
-        return json.dumps(arguments)
+        try:
+            return json.dumps(arguments, allow_nan=False)
+        except (ValueError, RecursionError):  # a mapping Gemini sent nested too deep, or holding NaN
+            return "{}"
     try:
         parsed = loads_untrusted(arguments)  # NaN, 1e400 and deep nesting are no JSON a strict server takes
     except ValueError:
